@@ -1,0 +1,97 @@
+"""blackbox-sdk: a drop-in for the `openai` client that adds caching, hard budgets, retries, a call
+log for training, and local adaptation of black-box models (BBox-Adapter reranking, Black-Box Tuning).
+
+Replacing `openai` by `blackbox_sdk` in an import line is the whole migration: every public name
+of the openai package is re-exported here, with `OpenAI` and `AsyncOpenAI` swapped for ours.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import openai as _openai
+from openai import DEFAULT_MAX_RETRIES as _DEFAULT_MAX_RETRIES
+from openai import DEFAULT_TIMEOUT as _DEFAULT_TIMEOUT
+
+from .budget import Budget
+from .cache import Cache
+from .calllog import CallLog, CallRecord
+from .client import AsyncOpenAI, OpenAI, wrap
+from .errors import (
+    AdapterError,
+    BackendError,
+    BlackBoxError,
+    BudgetExceededError,
+    CacheError,
+    CallLogError,
+    ConfigError,
+    EmbeddingsNotSupportedError,
+    InvalidRequestError,
+    PriceMissingError,
+    TuningError,
+)
+from .info import BlackBoxInfo
+from .retry import RetryPolicy
+
+AsyncClient = AsyncOpenAI
+Client = OpenAI
+
+_OWN = [
+    "AdapterError",
+    "AsyncClient",
+    "AsyncOpenAI",
+    "BackendError",
+    "BlackBoxError",
+    "BlackBoxInfo",
+    "Budget",
+    "BudgetExceededError",
+    "Cache",
+    "CacheError",
+    "CallLog",
+    "CallLogError",
+    "CallRecord",
+    "Client",
+    "ConfigError",
+    "EmbeddingsNotSupportedError",
+    "InvalidRequestError",
+    "OpenAI",
+    "PriceMissingError",
+    "RetryPolicy",
+    "TuningError",
+    "wrap",
+]
+_LAZY = {  # need torch / transformers / cma: imported on first use
+    "Adapter": "blackbox_sdk.adapter",
+    "SoftPrompt": "blackbox_sdk.bbt",
+    "Tuner": "blackbox_sdk.bbt",
+}
+_OPENAI_NAMES = [name for name in _openai.__all__ if name not in _OWN and not name.startswith("__")]
+for _name in _OPENAI_NAMES:
+    globals()[_name] = getattr(_openai, _name)
+
+__version__ = "0.1.0"
+__all__ = sorted({*_OWN, *_LAZY, *_OPENAI_NAMES})
+
+# Module-level client settings, as in the openai package.
+api_key: str | None = None
+organization: str | None = None
+project: str | None = None
+base_url: str | None = None
+timeout: Any = _DEFAULT_TIMEOUT
+max_retries: int = _DEFAULT_MAX_RETRIES
+default_headers: dict[str, str] | None = None
+default_query: dict[str, object] | None = None
+
+_CLIENT_ATTRIBUTES = frozenset({"chat", "completions", "embeddings", "models", "files", "images", "audio", "moderations", "batches", "uploads", "responses", "beta", "fine_tuning", "vector_stores", "with_raw_response", "with_streaming_response"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in _CLIENT_ATTRIBUTES:
+        from .module_client import module_client
+
+        return getattr(module_client(), name)
+    raise AttributeError(f"module 'blackbox_sdk' has no attribute {name!r}")

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Set up everything on a fresh machine: a virtual environment in .venv with the SDK and all extras.
+# torch is pinned first so that pip takes the CPU wheel instead of a multi-GB CUDA build.
+# llama-cpp-python builds from source once (about 6-10 minutes on 2 cores); pip caches the wheel.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+python -m pip install -q "torch==2.13.0"
+python -m pip install -q -e ".[all]"

@@ -1,0 +1,186 @@
+"""Cache, budget and call log on the real path: the SDK client against a real llama.cpp server."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import httpx2
+import openai
+import pytest
+
+from blackbox_sdk import AsyncOpenAI, Budget, BudgetExceededError, Cache, CallLog, OpenAI
+
+MODEL = "smollm2"
+QUESTION = [{"role": "user", "content": "What is 26 plus 28?"}]
+PRICES = {MODEL: {"input": 1.0, "output": 2.0}}
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> Cache:
+    return Cache(tmp_path / "cache")
+
+
+@pytest.fixture
+def log(tmp_path: Path) -> CallLog:
+    return CallLog(tmp_path / "calls.db")
+
+
+@pytest.fixture
+def client(llama_server: str, cache: Cache, log: CallLog) -> OpenAI:
+    return OpenAI(base_url=llama_server, api_key="sk-secret-key-123", cache=cache, log=log)
+
+
+def ask(client: OpenAI, **kwargs: object) -> openai.types.chat.ChatCompletion:
+    params = {"model": MODEL, "messages": QUESTION, "max_tokens": 8, "temperature": 0.9, "seed": 11, **kwargs}
+    return client.chat.completions.create(**params)
+
+
+def texts(completion: openai.types.chat.ChatCompletion) -> list[str | None]:
+    return [c.message.content for c in completion.choices]
+
+
+def test_a_repeated_request_is_served_from_the_cache_for_free(client: OpenAI, log: CallLog) -> None:
+    first = ask(client, n=3)
+    again = ask(client, n=3)
+    assert texts(again) == texts(first)
+    assert again.blackbox.cache_hit and again.blackbox.requests == 0 and again.blackbox.cost_usd == 0.0
+    assert not first.blackbox.cache_hit
+    assert log.get(again.blackbox.call_id).cache_hit is True
+
+
+def test_a_bucket_serves_fewer_and_tops_up_more(client: OpenAI) -> None:
+    three = ask(client, n=3)
+    two = ask(client, n=2)
+    assert texts(two) == texts(three)[:2] and two.blackbox.cache_hit
+    five = ask(client, n=5)
+    assert texts(five)[:3] == texts(three)
+    assert five.blackbox.cached_candidates == 3 and five.blackbox.requests == 2 and not five.blackbox.cache_hit
+
+
+def test_refresh_replaces_the_bucket_and_write_only_adds_to_it(client: OpenAI) -> None:
+    ask(client, n=2, seed=None)
+    fresh = ask(client, n=2, seed=None, cache="refresh")
+    assert fresh.blackbox.cached_candidates == 0 and fresh.blackbox.requests >= 1
+    assert texts(ask(client, n=2, seed=None)) == texts(fresh)
+    more = ask(client, n=2, seed=None, cache="write")
+    later = ask(client, n=4, seed=None)
+    assert later.blackbox.cache_hit and texts(later) == texts(fresh) + texts(more)
+
+
+def test_read_only_and_off_modes_do_not_write(client: OpenAI) -> None:
+    ask(client, cache="read")
+    assert not ask(client, cache="read").blackbox.cache_hit
+    ask(client, cache="off")
+    assert not ask(client).blackbox.cache_hit
+    assert ask(client).blackbox.cache_hit
+
+
+def test_a_finished_stream_is_stored_and_replayed_as_a_real_stream(client: OpenAI) -> None:
+    options = {"stream": True, "stream_options": {"include_usage": True}}
+    live = ask(client, **options)
+    live_chunks = list(live)
+    replay = ask(client, **options)
+    assert isinstance(replay, openai.Stream) and replay.blackbox.cache_hit
+    replay_chunks = list(replay)
+    content = lambda chunks: [c.choices[0].delta.content for c in chunks if c.choices]  # noqa: E731
+    assert content(replay_chunks) == content(live_chunks)
+    assert replay_chunks[-1].usage == live_chunks[-1].usage and replay_chunks[-1].choices == []
+
+
+def test_a_stream_closed_early_is_never_stored_but_is_logged(client: OpenAI, log: CallLog) -> None:
+    stream = ask(client, stream=True, max_tokens=16)
+    next(iter(stream))
+    stream.close()
+    record = log.get(stream.blackbox.call_id)
+    assert record.error is not None and "before its end" in record.error
+    assert not ask(client, stream=True, max_tokens=16).blackbox.cache_hit
+
+
+def test_whole_and_streamed_requests_share_a_bucket(client: OpenAI) -> None:
+    whole = ask(client, n=2)
+    stream = ask(client, n=2, stream=True)
+    pieces: dict[int, str] = {}
+    for chunk in stream:
+        for choice in chunk.choices:
+            pieces[choice.index] = pieces.get(choice.index, "") + (choice.delta.content or "")
+    assert stream.blackbox.cache_hit and [pieces[0], pieces[1]] == texts(whole)
+
+
+async def test_async_streams_are_cached_too(llama_server: str, cache: Cache) -> None:
+    client = AsyncOpenAI(base_url=llama_server, api_key="sk-test", cache=cache)
+    params = {"model": MODEL, "messages": QUESTION, "max_tokens": 6, "seed": 3, "stream": True}
+    first = "".join([c.choices[0].delta.content or "" async for c in await client.chat.completions.create(**params) if c.choices])
+    replay = await client.chat.completions.create(**params)
+    assert replay.blackbox.cache_hit
+    assert "".join([c.choices[0].delta.content or "" async for c in replay if c.choices]) == first
+    await client.close()
+
+
+def test_corrupt_cache_entries_are_dropped_and_refetched(client: OpenAI, cache: Cache) -> None:
+    first = ask(client)
+    key = cache.key(route="chat.completions", endpoint=client._core.endpoint,
+                    params={"model": MODEL, "messages": QUESTION, "max_tokens": 8, "temperature": 0.9, "seed": 11})
+    assert cache.get(key)
+    with sqlite3.connect(cache.directory / "cache.db") as db:  # damage every stored value on disk
+        db.execute("UPDATE Cache SET value = ?", ("{not json",))
+    again = ask(client)
+    assert not again.blackbox.cache_hit and texts(again) == texts(first)
+
+
+def test_budget_refuses_before_sending_and_logs_the_refusal(llama_server: str, log: CallLog) -> None:
+    budget = Budget(per_call_usd=1e-6, prices=PRICES)
+    client = OpenAI(base_url=llama_server, api_key="sk-test", budget=budget, log=log)
+    with pytest.raises(BudgetExceededError) as caught:
+        ask(client)
+    assert caught.value.scope == "per_call" and caught.value.limit == pytest.approx(1e-6)
+    assert budget.report().spent_usd == 0.0
+    (record,) = list(log.calls())
+    assert record.error is not None and "BudgetExceededError" in record.error and record.extra["requests"] == 0
+
+
+def test_budget_settles_real_usage_and_cache_hits_cost_nothing(llama_server: str, cache: Cache) -> None:
+    budget = Budget(total_usd=1.0, prices=PRICES)
+    client = OpenAI(base_url=llama_server, api_key="sk-test", budget=budget, cache=cache)
+    first = ask(client, n=2)
+    usage = first.usage
+    expected = (usage.prompt_tokens * 1.0 + usage.completion_tokens * 2.0) / 1e6
+    assert first.blackbox.cost_usd == pytest.approx(expected, rel=1e-6)
+    assert budget.report().spent_usd == pytest.approx(expected, rel=1e-6)
+    assert ask(client, n=2).blackbox.cost_usd == 0.0
+    assert budget.report().spent_usd == pytest.approx(expected, rel=1e-6)
+
+
+def test_shrink_policy_lowers_n_to_fit(llama_server: str) -> None:
+    budget = Budget(per_call_usd=0.0002, prices=PRICES, policy="shrink")
+    client = OpenAI(base_url=llama_server, api_key="sk-test", budget=budget)
+    completion = ask(client, n=8, max_tokens=16)
+    assert 1 <= len(completion.choices) < 8
+
+
+def test_per_call_budget_override(llama_server: str) -> None:
+    client = OpenAI(base_url=llama_server, api_key="sk-test", budget=Budget(per_call_usd=1e-6, prices=PRICES))
+    assert ask(client, budget=None).choices
+    with pytest.raises(BudgetExceededError):
+        ask(client)
+
+
+def test_every_call_is_logged_with_candidates_and_no_secret(client: OpenAI, log: CallLog, tmp_path: Path) -> None:
+    completion = ask(client, n=2)
+    record = log.get(completion.blackbox.call_id)
+    assert record.candidates == texts(completion) and record.model == MODEL
+    assert record.usage["completion_tokens"] == completion.usage.completion_tokens
+    assert record.endpoint_host == "127.0.0.1"
+    client.feedback(completion.blackbox.call_id, label="correct", reference="54")
+    assert [f.label for f in log.feedback_for(completion.blackbox.call_id)] == ["correct"]
+    raw = b"".join(p.read_bytes() for p in tmp_path.glob("calls.db*"))
+    assert b"sk-secret-key-123" not in raw
+
+
+def test_errors_are_logged_and_reraised_unchanged(tmp_path: Path, log: CallLog) -> None:
+    http = httpx2.Client(transport=httpx2.MockTransport(lambda r: httpx2.Response(404, json={"error": {"message": "no such model"}})))
+    client = OpenAI(base_url="http://api.test/v1", api_key="sk-test", http_client=http, log=log)
+    with pytest.raises(openai.NotFoundError):
+        ask(client)
+    (record,) = list(log.calls())
+    assert record.error is not None and record.error.startswith("NotFoundError")

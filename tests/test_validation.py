@@ -1,0 +1,92 @@
+"""Bad input fails at the boundary with the right class, before anything is sent or spent."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx2
+import openai
+import pytest
+
+from blackbox_sdk import BlackBoxError, ConfigError, InvalidRequestError, OpenAI
+
+
+@pytest.fixture
+def sent() -> list[httpx2.Request]:
+    return []
+
+
+@pytest.fixture
+def client(sent: list[httpx2.Request]) -> OpenAI:
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        sent.append(request)
+        return httpx2.Response(500)
+
+    http = httpx2.Client(transport=httpx2.MockTransport(handler))
+    return OpenAI(api_key="sk-test", base_url="http://api.test/v1", http_client=http, max_retries=0)
+
+
+HELLO = [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "param"),
+    [
+        pytest.param({"messages": HELLO, "n": 0}, "n", id="n-zero"),
+        pytest.param({"messages": HELLO, "n": -2}, "n", id="n-negative"),
+        pytest.param({"messages": HELLO, "n": 1.5}, "n", id="n-float"),
+        pytest.param({"messages": HELLO, "max_tokens": 0}, "max_tokens", id="max-tokens-zero"),
+        pytest.param({"messages": HELLO, "temperature": 3}, "temperature", id="temperature-high"),
+        pytest.param({"messages": HELLO, "top_p": -0.1}, "top_p", id="top-p-negative"),
+        pytest.param({"messages": "hi"}, "messages", id="messages-a-string"),
+        pytest.param({"messages": []}, "messages", id="messages-empty"),
+        pytest.param({"messages": [{"content": "no role"}]}, "messages[0]", id="message-without-role"),
+        pytest.param({"messages": [{"role": "wizard", "content": "x"}]}, "messages[0]", id="unknown-role"),
+        pytest.param({"messages": [{"role": "user", "content": 42}]}, "messages[0].content", id="content-a-number"),
+    ],
+)
+def test_bad_chat_requests_raise_bad_request_before_sending(client: OpenAI, sent: list[Any], kwargs: dict[str, Any], param: str) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="m", **kwargs)
+    assert isinstance(caught.value, InvalidRequestError) and isinstance(caught.value, BlackBoxError)
+    assert caught.value.status_code == 400 and caught.value.param == param
+    assert sent == []
+
+
+def test_missing_required_arguments_raise_type_error_like_openai(client: OpenAI) -> None:
+    with pytest.raises(TypeError):
+        client.chat.completions.create(model="m")  # type: ignore[call-arg]
+
+
+def test_bad_prompt_and_embedding_input(client: OpenAI, sent: list[Any]) -> None:
+    with pytest.raises(InvalidRequestError):
+        client.completions.create(model="m", prompt=None)
+    with pytest.raises(InvalidRequestError):
+        client.embeddings.create(model="m", input=[])
+    assert sent == []
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        pytest.param({"rerank_n": 0}, id="rerank-n-zero"),
+        pytest.param({"cache": 42}, id="cache-a-number"),
+        pytest.param({"budget": {"total_usd": 1}}, id="budget-a-dict"),
+        pytest.param({"log": 3.5}, id="log-a-float"),
+        pytest.param({"reranker": 7}, id="reranker-a-number"),
+    ],
+)
+def test_bad_sdk_options_raise_config_error(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError):
+        OpenAI(api_key="sk-test", base_url="http://api.test/v1", **kwargs)
+
+
+def test_cache_mode_without_a_cache_is_refused(client: OpenAI, sent: list[Any]) -> None:
+    with pytest.raises(ConfigError, match="needs a cache"):
+        client.chat.completions.create(model="m", messages=HELLO, cache="refresh")
+    assert sent == []
+
+
+def test_negative_max_retries_is_refused() -> None:
+    with pytest.raises(ValueError):
+        OpenAI(api_key="sk-test", base_url="http://api.test/v1", max_retries=-1)
