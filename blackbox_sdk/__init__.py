@@ -31,6 +31,7 @@ from .errors import (
     TuningError,
 )
 from .info import BlackBoxInfo
+from .logs import setup_logging as _setup_logging
 from .retry import RetryPolicy
 
 AsyncClient = AsyncOpenAI
@@ -68,6 +69,8 @@ _LAZY = {  # need torch / transformers / cma: imported on first use
 _OPENAI_NAMES = [name for name in _openai.__all__ if name not in _OWN and not name.startswith("__")]
 for _name in _OPENAI_NAMES:
     globals()[_name] = getattr(_openai, _name)
+
+_setup_logging()
 
 __version__ = "0.1.0"
 __all__ = sorted({*_OWN, *_LAZY, *_OPENAI_NAMES})

@@ -6,7 +6,6 @@ cache, budget, retries, the call log and reranking around `create`.
 from __future__ import annotations
 
 import ipaddress
-import logging
 import os
 from functools import cached_property
 from pathlib import Path
@@ -17,13 +16,12 @@ import openai
 from openai import DEFAULT_MAX_RETRIES
 
 from .errors import ConfigError
+from .logs import logger
 from .options import Options
 from .retry import RetryPolicy
 from .resources import AsyncChat, AsyncCompletions, AsyncEmbeddings, Chat, Completions, Embeddings
 
 __all__ = ["AsyncOpenAI", "LOCAL_BASE_URL", "OpenAI", "wrap"]
-
-logger = logging.getLogger("blackbox_sdk")
 
 LOCAL_BASE_URL = "http://hf.local/v1"  # what the inner client calls when a local model answers
 HF_PREFIX = "hf:"

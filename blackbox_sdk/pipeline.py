@@ -4,21 +4,18 @@ settle, store, rerank, log, and `response.blackbox`. Sync and async share all bu
 
 from __future__ import annotations
 
-import asyncio
-import copy
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import httpx2
-import openai
 from openai.types import Completion, CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
+from .cache import canonical_params
 from .calllog import new_call_id
 from .candidates import (
     CHAT,
@@ -32,8 +29,8 @@ from .candidates import (
     usage_chunk,
 )
 from .info import BlackBoxInfo, attach
+from .logs import logger
 from .options import Options
-from .retry import RetryPolicy
 from .validation import given, validate_embedding
 
 __all__ = ["Call", "Core", "EMBEDDINGS", "MAX_FANOUT_WORKERS", "add_usage", "new_call_id"]
@@ -57,6 +54,7 @@ class Call:
     key: str | None = None
     reservation: Any = None
     usage_counted: bool = False
+    request: Json = field(default_factory=dict)  # the request as the log keeps it
 
     @property
     def n(self) -> int:
@@ -97,6 +95,8 @@ class Core:
         if opts.reranker is not None and opts.rerank_n > want:
             want = opts.rerank_n
         call = Call(route=route, params=params, opts=opts, info=info, want=want)
+        if opts.log is not None:
+            call.request = canonical_params(params)  # fails here, before sending, if it can't be logged
         if opts.cache is not None:
             keyed = {k: v for k, v in params.items() if k not in SDK_PARAMS}
             call.key = opts.cache.key(route=route.name, endpoint=self.endpoint, params=keyed)
@@ -241,6 +241,11 @@ class Core:
         info = call.info
         info.latency_s = time.perf_counter() - call.started
         info.usage_counted = call.usage_counted
+        logger.info(
+            "%s %s: %s tokens, $%.6f, cache %s, %d requests, %d retries%s",
+            call.route.name, call.params.get("model"), (usage or {}).get("total_tokens", "?"), info.cost_usd,
+            "hit" if info.cache_hit else "miss", info.requests, info.retries, f", error {type(error).__name__}" if error else "",
+        )
         log = call.opts.log
         if log is None:
             return
@@ -253,7 +258,7 @@ class Core:
                 endpoint_host=httpx2.URL(self.endpoint).host if "://" in self.endpoint else self.endpoint,
                 model=str(call.params.get("model", "")),
                 route=call.route.name,
-                request=_jsonable(call.params),
+                request=call.request,
                 candidates=info.candidates or [call.route.text(c.choice) for c in candidates],
                 chosen=info.chosen,
                 scores=info.scores,
@@ -414,14 +419,3 @@ def add_usage(a: Json, b: Json) -> Json:
     keys = ("prompt_tokens", "completion_tokens", "total_tokens")
     return {k: int(a.get(k) or 0) + int(b.get(k) or 0) for k in keys}
 
-
-def _jsonable(params: Mapping[str, Any]) -> Json:
-    """The request as JSON-ready data for the log: pydantic classes by schema, sentinels dropped."""
-    out: Json = {}
-    for key, value in params.items():
-        if not given(value) or key in ("extra_headers", "timeout"):
-            continue
-        if isinstance(value, type) and hasattr(value, "model_json_schema"):
-            value = value.model_json_schema()
-        out[key] = copy.deepcopy(value) if isinstance(value, (dict, list, str, int, float, bool)) else repr(value)
-    return out

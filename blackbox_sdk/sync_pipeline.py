@@ -7,7 +7,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .candidates import CHAT, Candidate, Route, chunks_from_candidates, split_response, usage_chunk
-from .info import attach
 from .pipeline import MAX_FANOUT_WORKERS, Call, Core, Json
 from .streams import BlackBoxStream
 from .validation import validate_chat, validate_completion

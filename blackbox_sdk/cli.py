@@ -1,0 +1,134 @@
+"""The ``blackbox-sdk`` command: export and summarise the call log, and train a reranker adapter.
+
+    blackbox-sdk log export --log calls.db --out calls.jsonl   # "-" writes to stdout
+    blackbox-sdk stats --log calls.db [--json]
+    blackbox-sdk adapter train ...                            # forwarded to blackbox_sdk.adapter_training
+
+Exit status: 0 on success, 1 when the SDK reports an error (printed on stderr), 2 for a usage
+error or when the ``[adapter]`` extra is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .calllog import CallLog
+from .errors import BlackBoxError, ConfigError
+
+__all__ = ["main"]
+
+_ADAPTER_HINT = (
+    "blackbox-sdk adapter train needs the adapter extra (torch, transformers, an encoder): "
+    "pip install 'blackbox-sdk[adapter]'"
+)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``) and return its exit status."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:2] == ["adapter", "train"]:
+        return _adapter_train(args[2:])
+    options = _parser().parse_args(args)
+    try:
+        return int(options.run(options))
+    except BlackBoxError as exc:
+        print(f"blackbox-sdk: {exc}", file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    """The argument parser with its subcommands."""
+    parser = argparse.ArgumentParser(prog="blackbox-sdk", description="Tools for the blackbox-sdk call log and adapters.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    log = commands.add_parser("log", help="work with the call log").add_subparsers(dest="action", required=True, metavar="ACTION")
+    export = log.add_parser("export", help="write the call log as JSON lines (the adapter trainer's input)")
+    export.add_argument("--log", required=True, type=Path, help="the call log (SQLite file)")
+    export.add_argument("--out", required=True, help="the JSONL file to write, or - for stdout")
+    export.set_defaults(run=_export)
+
+    stats = commands.add_parser("stats", help="spend by model and day, cache hit rate, calls, errors")
+    stats.add_argument("--log", required=True, type=Path, help="the call log (SQLite file)")
+    stats.add_argument("--json", action="store_true", help="print the numbers as JSON instead of tables")
+    stats.set_defaults(run=_stats)
+
+    adapter = commands.add_parser("adapter", help="train a BBox-Adapter reranker (needs the [adapter] extra)")
+    adapter.add_argument("action", choices=["train"], help="'train ...': run 'blackbox-sdk adapter train --help' for its options")
+    return parser
+
+
+def _open_log(path: Path) -> CallLog:
+    """The call log at an existing path (the CLI reads logs; it never creates one by accident)."""
+    if not path.is_file():
+        raise ConfigError(f"no call log at {path}")
+    return CallLog(path)
+
+
+def _export(options: argparse.Namespace) -> int:
+    """``log export``: write every call as one JSON line."""
+    with _open_log(options.log) as log:
+        if options.out == "-":
+            count = log.export_jsonl(sys.stdout)
+        else:
+            count = log.export_jsonl(Path(options.out))
+    print(f"exported {count} calls to {options.out}", file=sys.stderr)
+    return 0
+
+
+def _stats(options: argparse.Namespace) -> int:
+    """``stats``: the log's numbers as tables, or as JSON with ``--json``."""
+    with _open_log(options.log) as log:
+        numbers = log.stats()
+    print(json.dumps(numbers, indent=2) if options.json else _format_stats(numbers))
+    return 0
+
+
+def _format_stats(numbers: dict[str, Any]) -> str:
+    """The stats as readable text: a summary line, then spend by model and by UTC day and model."""
+    summary = (
+        f"calls {numbers['calls']}   errors {numbers['errors']}   "
+        f"cache hits {numbers['cache_hits']} ({numbers['cache_hit_rate']:.1%})   "
+        f"spend ${numbers['cost_usd']:.6f}   feedback {numbers['feedback']}"
+    )
+    columns = ("calls", "errors", "cache_hits", "cost_usd")
+    by_model = [[model, *(_cell(row[c]) for c in columns)] for model, row in numbers["by_model"].items()]
+    by_day = [[row["day"], row["model"], *(_cell(row[c]) for c in columns)] for row in numbers["by_day_model"]]
+    return "\n\n".join([
+        summary,
+        "By model\n" + _table(["model", "calls", "errors", "cache hits", "spend $"], by_model, left=1),
+        "By day (UTC) and model\n" + _table(["day", "model", "calls", "errors", "cache hits", "spend $"], by_day, left=2),
+    ])
+
+
+def _cell(value: Any) -> str:
+    """A number as a table cell: spend to six decimals (a cheap call costs millionths), counts as integers."""
+    return f"{value:.6f}" if isinstance(value, float) else str(value)
+
+
+def _table(header: list[str], rows: list[list[str]], *, left: int) -> str:
+    """A plain-text table: the first ``left`` columns left-aligned, the numbers right-aligned."""
+    if not rows:
+        return "  (no calls)"
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
+
+    def line(cells: list[str]) -> str:
+        """One row, padded to the column widths."""
+        return "  " + "  ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+
+    rule = "  " + "  ".join("-" * w for w in widths)
+    return "\n".join([line(header), rule, *(line(row) for row in rows)])
+
+
+def _adapter_train(argv: list[str]) -> int:
+    """``adapter train ...``: hand the rest of the command line to the adapter trainer's own CLI."""
+    try:
+        from .adapter_training import cli_main
+    except ImportError as exc:
+        print(f"{_ADAPTER_HINT} (import failed: {exc})", file=sys.stderr)
+        return 2
+    return int(cli_main(argv))

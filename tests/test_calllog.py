@@ -1,0 +1,375 @@
+"""The call log: whole records, several writers, redaction on disk, feedback checks, export, stats."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import doctest
+import io
+import json
+import math
+import multiprocessing
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pydantic
+import pytest
+
+from blackbox_sdk import calllog as calllog_module
+from blackbox_sdk.calllog import EXPORT_FORMAT, SCHEMA_VERSION, CallLog, CallRecord, Feedback, new_call_id
+from blackbox_sdk.errors import CallLogError, ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+OPENAI_KEY = "sk-proj-" + "Zx9Yw8Vu" * 6
+BEARER_TOKEN = "eyJhbGciOiJIUzI1NiJ9.c2VjcmV0LXBheWxvYWQ.c2lnbmF0dXJl"
+PLAIN_SECRET = "hunter2-plain-password"
+
+
+@pytest.fixture
+def log(tmp_path: Path) -> Iterator[CallLog]:
+    """A fresh call log in a temporary folder."""
+    with CallLog(tmp_path / "calls.db") as opened:
+        yield opened
+
+
+def _record(**changes: Any) -> CallRecord:
+    """A plausible chat call with three candidates, the second chosen by a reranker."""
+    fields: dict[str, Any] = {
+        "endpoint_host": "api.openai.com",
+        "model": "gpt-4o-mini",
+        "route": "chat",
+        "request": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "2 + 2?"}], "max_tokens": 16},
+        "candidates": ["5", "4", "four"],
+        "chosen": [1],
+        "scores": [-1.5, 2.0, 0.5],
+        "usage": {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15},
+        "usage_counted": True,
+        "cost_usd": 0.000123,
+        "latency_s": 0.42,
+        "retries": 1,
+        "key": "team-a",
+        "extra": {"requests": 1},
+    }
+    return CallRecord(**{**fields, **changes})
+
+
+def _db_bytes(path: Path) -> bytes:
+    """Every byte of an SQLite database on disk, including its WAL and shared-memory files."""
+    return b"".join(p.read_bytes() for p in sorted(path.parent.glob(path.name + "*")))
+
+
+# ----------------------------------------------------------------------------------- records
+
+
+def test_record_then_get_returns_the_same_call(log: CallLog) -> None:
+    rec = _record()
+    log.record(rec)
+    assert log.get(rec.call_id) == rec
+
+
+def test_log_file_is_in_wal_mode(log: CallLog) -> None:
+    with contextlib.closing(sqlite3.connect(log.path)) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_secrets_never_reach_the_database_file(log: CallLog) -> None:
+    rec = _record(
+        request={
+            "model": "gpt-4o-mini",
+            "api_key": PLAIN_SECRET,
+            "extra_headers": {"Authorization": f"Bearer {BEARER_TOKEN}", "OpenAI-Organization": "org-1"},
+            "messages": [{"role": "user", "content": f"my key is {OPENAI_KEY}"}],
+            "max_tokens": 16,
+        },
+        error=f"AuthenticationError: bad key {OPENAI_KEY}",
+        extra={"token": PLAIN_SECRET},
+    )
+    log.record(rec)
+    raw = _db_bytes(log.path)
+    assert raw, "the database files should not be empty"
+    for secret in (OPENAI_KEY, BEARER_TOKEN, PLAIN_SECRET):
+        assert secret.encode() not in raw
+    stored = log.get(rec.call_id)
+    assert stored.request["api_key"] == "[REDACTED]"
+    assert stored.request["extra_headers"] == {"Authorization": "[REDACTED]", "OpenAI-Organization": "org-1"}
+    assert stored.request["max_tokens"] == 16
+    assert stored.error == "AuthenticationError: bad key [REDACTED]"
+
+
+def test_a_failure_inside_the_transaction_leaves_no_trace(log: CallLog) -> None:
+    with contextlib.closing(sqlite3.connect(log.path)) as conn:
+        conn.execute(
+            "CREATE TRIGGER fail_second_candidate BEFORE INSERT ON candidates WHEN NEW.idx = 1"
+            " BEGIN SELECT RAISE(ABORT, 'disk trouble'); END"
+        )
+        conn.commit()
+    rec = _record()
+    with pytest.raises(CallLogError, match="disk trouble"):
+        log.record(rec)
+    with contextlib.closing(sqlite3.connect(log.path)) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM calls").fetchone()[0] == 0
+        assert conn.execute("SELECT COUNT(*) FROM candidates").fetchone()[0] == 0
+    single = _record(candidates=["4"], chosen=[0], scores=None)
+    log.record(single)
+    assert [c.call_id for c in log.calls()] == [single.call_id]
+
+
+def test_recording_the_same_call_twice_is_refused_and_keeps_the_first(log: CallLog) -> None:
+    rec = _record()
+    log.record(rec)
+    with pytest.raises(ConfigError, match="already"):
+        log.record(rec.model_copy(update={"candidates": ["other"], "chosen": [0], "scores": None}))
+    assert log.get(rec.call_id).candidates == rec.candidates
+
+
+def _record_many(path: str, worker: int, count: int) -> None:
+    """Child process: record calls one by one into a shared log."""
+    with CallLog(path) as shared:
+        for i in range(count):
+            shared.record(_record(model=f"model-{worker}", candidates=[f"w{worker}-{i}-a", f"w{worker}-{i}-b"], chosen=[0], scores=None))
+
+
+def test_concurrent_writers_from_several_processes_all_land(tmp_path: Path) -> None:
+    path = tmp_path / "shared.db"
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_record_many, args=(str(path), w, 15)) for w in range(3)]
+    for process in workers:
+        process.start()
+    for process in workers:
+        process.join(timeout=120)
+    assert [p.exitcode for p in workers] == [0, 0, 0]
+    with CallLog(path) as log:
+        calls = list(log.calls())
+        assert len(calls) == 45 and len({c.call_id for c in calls}) == 45
+        assert {tuple(c.candidates) for c in calls} == {(f"w{w}-{i}-a", f"w{w}-{i}-b") for w in range(3) for i in range(15)}
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        pytest.param({"chosen": [3]}, id="chosen-out-of-range"),
+        pytest.param({"scores": [1.0]}, id="scores-length"),
+        pytest.param({"cost_usd": math.nan}, id="nan-cost"),
+        pytest.param({"latency_s": -1.0}, id="negative-latency"),
+        pytest.param({"request": {"when": dt.datetime(2024, 1, 1)}}, id="request-not-json"),
+        pytest.param({"unknown_field": 1}, id="unknown-field"),
+    ],
+)
+def test_invalid_records_are_rejected_when_built(changes: dict[str, Any]) -> None:
+    with pytest.raises(pydantic.ValidationError):
+        _record(**changes)
+
+
+def test_record_takes_only_call_records(log: CallLog) -> None:
+    with pytest.raises(ConfigError, match="CallRecord"):
+        log.record(_record().model_dump())  # type: ignore[arg-type]
+
+
+def test_new_call_ids_are_unique_and_time_sortable() -> None:
+    first = new_call_id()
+    time.sleep(0.002)
+    later = [new_call_id() for _ in range(200)]
+    assert len(set(later)) == 200
+    assert all(i.startswith("bb-") for i in later)
+    assert all(int(first.split("-")[1], 16) < int(i.split("-")[1], 16) for i in later)
+
+
+# ---------------------------------------------------------------------------------- feedback
+
+
+def test_feedback_is_stored_in_order_and_rates_the_chosen_answer(log: CallLog) -> None:
+    rec = _record()
+    log.record(rec)
+    log.feedback(rec.call_id, label="correct", note="checked by hand")
+    log.feedback(rec.call_id, preferred=2, reference="4")
+    log.feedback(rec.call_id, reward=0.25)
+    items = log.feedback_for(rec.call_id)
+    assert [(f.label, f.preferred, f.reference, f.reward) for f in items] == [
+        ("correct", None, None, None), (None, 2, "4", None), (None, None, None, 0.25)
+    ]
+    assert [f.candidate for f in items] == [rec.chosen[0], None, rec.chosen[0]]
+    assert items[0].created <= items[1].created <= items[2].created
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        pytest.param({"label": "correct"}, "no call", id="unknown-call"),
+        pytest.param({"preferred": 3}, "must index", id="preferred-past-the-end"),
+        pytest.param({"preferred": -1}, "must index", id="preferred-negative"),
+        pytest.param({"preferred": True}, "preferred", id="preferred-bool"),
+        pytest.param({"label": "maybe"}, "label", id="label-not-allowed"),
+        pytest.param({"reward": math.inf}, "reward", id="reward-infinite"),
+        pytest.param({}, "at least one", id="no-feedback"),
+    ],
+)
+def test_bad_feedback_raises_config_error_and_stores_nothing(log: CallLog, kwargs: dict[str, Any], message: str) -> None:
+    rec = _record()
+    log.record(rec)
+    call_id = "bb-unknown" if message == "no call" else rec.call_id
+    with pytest.raises(ConfigError, match=message):
+        log.feedback(call_id, **kwargs)
+    assert log.feedback_for(rec.call_id) == []
+
+
+def test_failed_call_takes_a_reference_but_not_a_rating(log: CallLog) -> None:
+    failed = _record(candidates=[], chosen=[], scores=None, error="APIConnectionError: down")
+    log.record(failed)
+    with pytest.raises(ConfigError, match="nothing to rate"):
+        log.feedback(failed.call_id, reward=1.0)
+    log.feedback(failed.call_id, reference="4")
+    assert [f.reference for f in log.feedback_for(failed.call_id)] == ["4"]
+
+
+# ------------------------------------------------------------------------------ reading back
+
+
+def test_calls_filter_by_model_route_and_time_in_created_order(log: CallLog) -> None:
+    base = 1_700_000_000.0
+    records = [
+        _record(created=base + 30, model="a"),
+        _record(created=base + 10, model="b"),
+        _record(created=base + 20, model="a", route="completions"),
+        _record(created=base + 40, model="a"),
+    ]
+    for rec in records:
+        log.record(rec)
+    ids = {rec.created: rec.call_id for rec in records}
+    assert [c.created for c in log.calls()] == [base + 10, base + 20, base + 30, base + 40]
+    assert [c.call_id for c in log.calls(model="a", route="chat")] == [ids[base + 30], ids[base + 40]]
+    assert [c.created for c in log.calls(since=base + 20, until=base + 40)] == [base + 20, base + 30]
+    assert [c.created for c in log.calls(limit=2)] == [base + 10, base + 20]
+
+
+def test_calls_pages_through_more_calls_than_one_read(log: CallLog, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(calllog_module, "_PAGE", 2)
+    records = [_record(created=1_700_000_000.0 + i) for i in range(7)]
+    for rec in reversed(records):
+        log.record(rec)
+    assert [c.call_id for c in log.calls()] == [r.call_id for r in records]
+    assert [c.call_id for c in log.calls(limit=5)] == [r.call_id for r in records[:5]]
+
+
+def test_get_unknown_call_raises_config_error(log: CallLog) -> None:
+    with pytest.raises(ConfigError, match="no call"):
+        log.get("bb-missing")
+
+
+@pytest.mark.parametrize("limit", [pytest.param(-1, id="negative"), pytest.param(True, id="bool"), pytest.param(1.5, id="float")])
+def test_bad_limit_raises_config_error_at_the_call(log: CallLog, limit: Any) -> None:
+    with pytest.raises(ConfigError, match="limit"):
+        log.calls(limit=limit)
+
+
+# ------------------------------------------------------------------------------------- export
+
+
+def test_export_round_trips_every_call_with_candidates_and_feedback(log: CallLog, tmp_path: Path) -> None:
+    rated, plain = _record(created=1_700_000_000.0), _record(created=1_700_000_001.0, cache_hit=True)
+    log.record(rated)
+    log.record(plain)
+    log.feedback(rated.call_id, label="incorrect", preferred=2, reference="4")
+    out = tmp_path / "export" / "calls.jsonl"
+    out.parent.mkdir()
+    assert log.export_jsonl(out) == 2
+    lines = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [line["format"] for line in lines] == [EXPORT_FORMAT, EXPORT_FORMAT]
+    for line, rec in zip(lines, (rated, plain), strict=True):
+        feedback = line.pop("feedback")
+        line.pop("format")
+        assert CallRecord(**line) == log.get(rec.call_id)
+        assert [Feedback(call_id=rec.call_id, **item) for item in feedback] == log.feedback_for(rec.call_id)
+    assert lines[0]["candidates"] == ["5", "4", "four"]
+    assert list(out.parent.iterdir()) == [out]
+
+
+def test_export_to_an_open_stream_matches_export_to_a_file(log: CallLog, tmp_path: Path) -> None:
+    log.record(_record())
+    stream = io.StringIO()
+    assert log.export_jsonl(stream) == 1
+    log.export_jsonl(tmp_path / "calls.jsonl")
+    assert stream.getvalue() == (tmp_path / "calls.jsonl").read_text(encoding="utf-8")
+
+
+def test_export_into_a_missing_folder_raises_call_log_error(log: CallLog, tmp_path: Path) -> None:
+    with pytest.raises(CallLogError, match="export"):
+        log.export_jsonl(tmp_path / "no-such-folder" / "calls.jsonl")
+
+
+# -------------------------------------------------------------------------------------- stats
+
+
+def test_stats_add_up_spend_by_model_and_utc_day(log: CallLog) -> None:
+    day_one = dt.datetime(2024, 3, 1, 23, 59, tzinfo=dt.timezone.utc).timestamp()
+    day_two = dt.datetime(2024, 3, 2, 0, 1, tzinfo=dt.timezone.utc).timestamp()
+    records = [
+        _record(created=day_one, model="a", cost_usd=0.25),
+        _record(created=day_one, model="b", cost_usd=0.5, cache_hit=True),
+        _record(created=day_two, model="a", cost_usd=1.0, error="RateLimitError: slow down"),
+        _record(created=day_two, model="a", cost_usd=0.0, cache_hit=True),
+    ]
+    for rec in records:
+        log.record(rec)
+    log.feedback(records[0].call_id, reward=1.0)
+    stats = log.stats()
+    assert (stats["calls"], stats["errors"], stats["cache_hits"], stats["feedback"]) == (4, 1, 2, 1)
+    assert stats["cache_hit_rate"] == pytest.approx(0.5)
+    assert stats["cost_usd"] == pytest.approx(sum(r.cost_usd for r in records))
+    assert stats["by_model"]["a"] == {"calls": 3, "errors": 1, "cache_hits": 1, "cost_usd": pytest.approx(1.25)}
+    assert stats["by_model"]["b"] == {"calls": 1, "errors": 0, "cache_hits": 1, "cost_usd": pytest.approx(0.5)}
+    assert {day: row["cost_usd"] for day, row in stats["by_day"].items()} == {"2024-03-01": 0.75, "2024-03-02": 1.0}
+    assert [(r["day"], r["model"], r["calls"]) for r in stats["by_day_model"]] == [
+        ("2024-03-01", "a", 1), ("2024-03-01", "b", 1), ("2024-03-02", "a", 2)
+    ]
+
+
+def test_stats_of_an_empty_log_are_zero(log: CallLog) -> None:
+    stats = log.stats()
+    assert (stats["calls"], stats["cache_hit_rate"], stats["cost_usd"], stats["by_model"]) == (0, 0.0, 0.0, {})
+
+
+# ------------------------------------------------------------------------------- opening
+
+
+def test_a_file_that_is_not_sqlite_raises_call_log_error(tmp_path: Path) -> None:
+    path = tmp_path / "calls.db"
+    path.write_bytes(b"this is not a database, just some text that is long enough " * 20)
+    with pytest.raises(CallLogError, match=r"calls\.db"):
+        CallLog(path)
+
+
+def test_a_path_under_a_regular_file_raises_call_log_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(CallLogError, match="a-file"):
+        CallLog(blocker / "calls.db")
+
+
+def test_a_log_from_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "calls.db"
+    CallLog(path).close()
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
+    with pytest.raises(CallLogError, match="upgrade"):
+        CallLog(path)
+
+
+def test_reopening_a_log_keeps_its_calls(tmp_path: Path) -> None:
+    path = tmp_path / "calls.db"
+    rec = _record()
+    with CallLog(path) as first:
+        first.record(rec)
+    with CallLog(path) as second:
+        assert second.get(rec.call_id) == rec
+
+
+def test_the_examples_in_docs_call_log_md_run() -> None:
+    results = doctest.testfile(str(REPO_ROOT / "docs" / "call-log.md"), module_relative=False, verbose=False)
+    assert results.attempted > 5 and results.failed == 0
+
+
+def test_calllog_module_exports_are_sorted() -> None:
+    assert calllog_module.__all__ == sorted(calllog_module.__all__)

@@ -1,0 +1,130 @@
+"""The blackbox-sdk command line: log export, stats, the adapter hand-off, and example 3."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from blackbox_sdk import cli
+from blackbox_sdk.calllog import CallLog, CallRecord
+from blackbox_sdk.cli import main
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DAY_ONE = dt.datetime(2024, 5, 1, 12, tzinfo=dt.timezone.utc).timestamp()
+DAY_TWO = dt.datetime(2024, 5, 2, 12, tzinfo=dt.timezone.utc).timestamp()
+
+
+@pytest.fixture
+def log_path(tmp_path: Path) -> Path:
+    """A call log with three calls over two days and two models, one a cache hit, one an error, one rated."""
+    path = tmp_path / "calls.db"
+    calls = [
+        CallRecord(created=DAY_ONE, endpoint_host="api.openai.com", model="gpt-4o-mini", route="chat",
+                   request={"messages": [{"role": "user", "content": "2+2?"}]}, candidates=["4", "5"], chosen=[0], cost_usd=0.0015),
+        CallRecord(created=DAY_ONE + 60, endpoint_host="api.openai.com", model="gpt-4o-mini", route="chat",
+                   request={"messages": [{"role": "user", "content": "2+2?"}]}, candidates=["4"], chosen=[0], cache_hit=True),
+        CallRecord(created=DAY_TWO, endpoint_host="127.0.0.1", model="smollm2", route="completions",
+                   request={"prompt": "Hello"}, error="APITimeoutError: Request timed out."),
+    ]
+    with CallLog(path) as log:
+        for rec in calls:
+            log.record(rec)
+        log.feedback(calls[0].call_id, label="correct")
+    return path
+
+
+def _env() -> dict[str, str]:
+    """A child environment that imports this checkout, without the developer's SDK settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BLACKBOX_", "OPENAI_"))}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))
+    return env
+
+
+def test_log_export_writes_one_line_per_call(log_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "calls.jsonl"
+    assert main(["log", "export", "--log", str(log_path), "--out", str(out)]) == 0
+    lines = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [line["model"] for line in lines] == ["gpt-4o-mini", "gpt-4o-mini", "smollm2"]
+    assert [item["label"] for item in lines[0]["feedback"]] == ["correct"]
+    assert "exported 3 calls" in capsys.readouterr().err
+
+
+def test_log_export_to_dash_writes_to_stdout(log_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["log", "export", "--log", str(log_path), "--out", "-"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and json.loads(lines[2])["route"] == "completions"
+
+
+def test_stats_prints_spend_by_model_and_day_with_hit_rate(log_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["stats", "--log", str(log_path)]) == 0
+    out = capsys.readouterr().out
+    assert "calls 3   errors 1   cache hits 1 (33.3%)   spend $0.001500   feedback 1" in out
+    rows = {tuple(line.split()[:3]) for line in out.splitlines() if line.startswith("  2024-")}
+    assert rows == {("2024-05-01", "gpt-4o-mini", "2"), ("2024-05-02", "smollm2", "1")}
+
+
+def test_stats_json_matches_the_log(log_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["stats", "--log", str(log_path), "--json"]) == 0
+    with CallLog(log_path) as log:
+        assert json.loads(capsys.readouterr().out) == log.stats()
+
+
+def test_a_missing_log_is_an_error_and_is_not_created(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "nope.db"
+    assert main(["stats", "--log", str(missing)]) == 1
+    assert f"no call log at {missing}" in capsys.readouterr().err
+    assert not missing.exists()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [pytest.param([], id="no-command"), pytest.param(["log"], id="no-action"), pytest.param(["stats"], id="no-log")],
+)
+def test_incomplete_command_lines_are_usage_errors(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+
+
+def test_adapter_train_without_the_extra_names_it_and_exits_2(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(sys.modules, "blackbox_sdk.adapter_training", None)  # the import system's own "cannot import"
+    assert main(["adapter", "train", "--log", "calls.db"]) == 2
+    assert "pip install 'blackbox-sdk[adapter]'" in capsys.readouterr().err
+
+
+def test_adapter_train_hands_its_arguments_to_the_trainer_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing, out = tmp_path / "missing.db", tmp_path / "adapter"
+    assert main(["adapter", "train", "--log", str(missing), "--out", str(out), "--no-progress"]) == 1
+    assert f"no call log at {missing}" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_stats_runs_as_a_real_subprocess(log_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "blackbox_sdk", "stats", "--log", str(log_path)],
+        capture_output=True, text=True, env=_env(), timeout=120, cwd=log_path.parent,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "By day (UTC) and model" in result.stdout and "smollm2" in result.stdout
+
+
+def test_example_3_runs_and_keeps_the_key_out_of_the_log(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "examples" / "03_cache_and_log.py"), "--dir", str(tmp_path)],
+        capture_output=True, text=True, env=_env(), timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "second lookup: ['51', '17 * 3 = 51']" in result.stdout
+    assert "logged request api_key: [REDACTED]" in result.stdout
+    raw = b"".join(p.read_bytes() for p in tmp_path.glob("calls.*"))
+    assert b"sk-example-" not in raw
+
+
+def test_cli_module_exports_are_sorted() -> None:
+    assert cli.__all__ == sorted(cli.__all__)

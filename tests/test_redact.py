@@ -1,0 +1,156 @@
+"""Secret redaction: credential-named keys, key-shaped strings, and the logging filter."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from blackbox_sdk import redact as redact_module
+from blackbox_sdk.logs import LOG_ENV, logger
+from blackbox_sdk.redact import REDACTED, SecretFilter, is_secret_key, redact, redact_text
+
+OPENAI_KEY = "sk-proj-" + "A1b2C3d4" * 6
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BEARER = "Bearer eyJhbGciOiJIUzI1NiJ9.payload.signature"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param("api_key", id="api_key"),
+        pytest.param("Authorization", id="authorization-capitalised"),
+        pytest.param("proxy-authorization", id="proxy-authorization"),
+        pytest.param("X-API-Key", id="x-api-key-mixed-case"),
+        pytest.param("OPENAI_API_KEY", id="openai-api-key-env-style"),
+        pytest.param("openai-api-key", id="openai-api-key-header-style"),
+        pytest.param("password", id="password"),
+        pytest.param("secret", id="secret"),
+        pytest.param("client_secret", id="client-secret"),
+        pytest.param("token", id="token"),
+        pytest.param("access_token", id="access-token"),
+        pytest.param("azure_api_key", id="prefixed-api-key"),
+        pytest.param("Ocp-Apim-Subscription-Key", id="azure-subscription-header"),
+    ],
+)
+def test_credential_names_are_secret(name: str) -> None:
+    assert is_secret_key(name)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param("max_tokens", id="max_tokens"),
+        pytest.param("prompt_tokens", id="prompt_tokens"),
+        pytest.param("completion_tokens", id="completion_tokens"),
+        pytest.param("max_completion_tokens", id="max_completion_tokens"),
+        pytest.param("total_tokens", id="total_tokens"),
+        pytest.param("prompt_cache_key", id="prompt_cache_key"),
+        pytest.param("model", id="model"),
+        pytest.param("messages", id="messages"),
+    ],
+)
+def test_count_and_request_names_are_not_secret(name: str) -> None:
+    assert not is_secret_key(name)
+
+
+def test_redact_replaces_credential_values_at_any_depth_and_keeps_the_rest() -> None:
+    request = {
+        "model": "gpt-4o-mini",
+        "max_tokens": 64,
+        "api_key": "plain-value-without-a-key-shape",
+        "extra_headers": {"Authorization": "Basic dXNlcjpwYXNz", "X-Trace": "abc"},
+        "usage": {"prompt_tokens": 12, "completion_tokens": 3},
+        "nested": [{"password": {"deep": 1}}],
+    }
+    out = redact(request)
+    assert out == {
+        "model": "gpt-4o-mini",
+        "max_tokens": 64,
+        "api_key": REDACTED,
+        "extra_headers": {"Authorization": REDACTED, "X-Trace": "abc"},
+        "usage": {"prompt_tokens": 12, "completion_tokens": 3},
+        "nested": [{"password": REDACTED}],
+    }
+
+
+def test_redact_returns_a_copy_and_leaves_the_input_unchanged() -> None:
+    request = {"api_key": "x", "messages": [{"role": "user", "content": OPENAI_KEY}]}
+    out = redact(request)
+    out["messages"][0]["role"] = "changed"
+    assert request == {"api_key": "x", "messages": [{"role": "user", "content": OPENAI_KEY}]}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param(f"my key is {OPENAI_KEY}, please use it", id="openai-key-in-prose"),
+        pytest.param(f"header {BEARER}", id="bearer-token"),
+        pytest.param("hf_" + "a" * 34, id="huggingface-token"),
+        pytest.param("ghp_" + "B" * 36, id="github-token"),
+        pytest.param("AKIAIOSFODNN7EXAMPLE", id="aws-access-key-id"),
+    ],
+)
+def test_key_shaped_substrings_are_replaced_inside_strings(text: str) -> None:
+    out = redact_text(text)
+    assert REDACTED in out
+    assert not any(secret in out for secret in (OPENAI_KEY, BEARER.split()[1], "a" * 34, "B" * 36, "IOSFODNN7"))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("the task-force met on sk-day", id="sk-inside-words"),
+        pytest.param("Bearer", id="bare-bearer-word"),
+        pytest.param("max_tokens=256 and prompt_tokens=12", id="token-counts"),
+    ],
+)
+def test_ordinary_text_is_left_alone(text: str) -> None:
+    assert redact_text(text) == text
+
+
+def test_secret_filter_redacts_arguments_message_and_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="blackbox_sdk")
+    try:
+        raise RuntimeError(f"server said {BEARER}")
+    except RuntimeError:
+        logger.exception("call with %s and %s", {"api_key": "plain-secret", "max_tokens": 5}, OPENAI_KEY)
+    record = caplog.records[-1]
+    text = caplog.text
+    assert "plain-secret" not in text and OPENAI_KEY not in text and BEARER not in text
+    assert "'max_tokens': 5" in record.getMessage()
+    assert REDACTED in (record.exc_text or "")
+
+
+def test_secret_filter_never_drops_records() -> None:
+    record = logging.LogRecord("blackbox_sdk", logging.INFO, __file__, 1, "plain %d", (3,), None)
+    assert SecretFilter().filter(record) is True
+    assert record.getMessage() == "plain 3"
+
+
+def test_sdk_logger_prints_nothing_unless_blackbox_log_is_set() -> None:
+    script = (
+        "from blackbox_sdk.logs import logger, setup_logging\n"
+        "setup_logging()\n"
+        f"logger.info('call with %s', {OPENAI_KEY!r})\n"
+    )
+    quiet = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=_env(), check=True)
+    loud = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=_env(**{LOG_ENV: "info"}), check=True)
+    assert quiet.stderr == ""
+    assert "call with [REDACTED]" in loud.stderr and OPENAI_KEY not in loud.stderr
+
+
+def test_redact_module_exports_are_sorted() -> None:
+    assert redact_module.__all__ == sorted(redact_module.__all__)
+
+
+def _env(**extra: str) -> dict[str, str]:
+    """A child environment with the repository importable and no inherited SDK settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BLACKBOX_", "OPENAI_"))}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))
+    env.update(extra)
+    return env
