@@ -13,9 +13,9 @@ import openai as _openai
 from openai import DEFAULT_MAX_RETRIES as _DEFAULT_MAX_RETRIES
 from openai import DEFAULT_TIMEOUT as _DEFAULT_TIMEOUT
 
-from .budget import Budget
-from .cache import Cache
-from .calllog import CallLog, CallRecord
+from .budget import Budget, BudgetReport, Reservation
+from .cache import Cache, CacheStats
+from .calllog import CallLog, CallRecord, Feedback
 from .client import AsyncOpenAI, OpenAI, wrap
 from .errors import (
     AdapterError,
@@ -33,6 +33,7 @@ from .errors import (
 from .info import BlackBoxInfo
 from .logs import setup_logging as _setup_logging
 from .retry import RetryPolicy
+from .tokens import TokenCount
 
 AsyncClient = AsyncOpenAI
 Client = OpenAI
@@ -46,18 +47,23 @@ _OWN = [
     "BlackBoxInfo",
     "Budget",
     "BudgetExceededError",
+    "BudgetReport",
     "Cache",
     "CacheError",
+    "CacheStats",
     "CallLog",
     "CallLogError",
     "CallRecord",
     "Client",
     "ConfigError",
     "EmbeddingsNotSupportedError",
+    "Feedback",
     "InvalidRequestError",
     "OpenAI",
     "PriceMissingError",
+    "Reservation",
     "RetryPolicy",
+    "TokenCount",
     "TuningError",
     "wrap",
 ]

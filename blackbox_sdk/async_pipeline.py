@@ -59,13 +59,13 @@ class AsyncCore(Core):
     async def _fetch(self, call: Call, count: int, max_tokens: int | None) -> list[Any]:
         """`count` fresh choices: one request with n, then concurrent single requests for what it lacked."""
         seeds = self.seeds(call, count)
-        if count > 1 and self.ignores_n:
+        if count > 1 and self.ignores_n and call.prompts == 1:
             return await self._send_many(call, seeds, max_tokens)
         first = await self._send(call, count, max_tokens, seeds[0])
         got = len(first.choices)
-        if count > 1:
+        if count > 1 and call.prompts == 1:
             self.ignores_n = got < count
-        if got >= count or got == 0:
+        if got >= count or got == 0 or call.prompts > 1:
             return [first]
         return [first] + await self._send_many(call, seeds[got:count], max_tokens)
 

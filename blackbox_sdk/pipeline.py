@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import httpx2
+import pydantic
 from openai.types import Completion, CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
@@ -33,7 +34,7 @@ from .logs import logger
 from .options import Options
 from .validation import given, validate_embedding
 
-__all__ = ["Call", "Core", "EMBEDDINGS", "MAX_FANOUT_WORKERS", "add_usage", "new_call_id"]
+__all__ = ["Call", "Core", "EMBEDDINGS", "MAX_FANOUT_WORKERS", "add_usage", "build", "new_call_id"]
 
 Json = dict[str, Any]
 EMBEDDINGS = Route(name="embeddings", object="list", chunk_object="")
@@ -61,6 +62,19 @@ class Call:
         """How many choices the caller asked for."""
         n = self.params.get("n")
         return int(n) if given(n) else 1
+
+    @property
+    def output_cap(self) -> str:
+        """The name the caller used for the output-token cap (`max_completion_tokens` for o-series / gpt-5)."""
+        return "max_completion_tokens" if given(self.params.get("max_completion_tokens")) else "max_tokens"
+
+    @property
+    def prompts(self) -> int:
+        """How many prompts a legacy completions call carries (each gets n choices); 1 for chat."""
+        prompt = self.params.get("prompt")
+        if self.route is CHAT or not isinstance(prompt, list) or not prompt or isinstance(prompt[0], int):
+            return 1
+        return len(prompt)
 
     @property
     def stream(self) -> bool:
@@ -97,6 +111,9 @@ class Core:
         call = Call(route=route, params=params, opts=opts, info=info, want=want)
         if opts.log is not None:
             call.request = canonical_params(params)  # fails here, before sending, if it can't be logged
+        if call.prompts > 1:  # choices of several prompts share one list: no bucket, no reranking, no fan-out
+            opts = call.opts = replace(opts, cache=None, reranker=None)
+            call.want = call.n
         if opts.cache is not None:
             keyed = {k: v for k, v in params.items() if k not in SDK_PARAMS}
             call.key = opts.cache.key(route=route.name, endpoint=self.endpoint, params=keyed)
@@ -140,9 +157,9 @@ class Core:
         return tokens.count_tokens(text, str(call.params.get("model", "")), tokenizer=counter).tokens
 
     def reserve(self, call: Call, count: int) -> tuple[int, int | None]:
-        """Reserve the worst case for `count` candidates; returns (count, max_tokens) after the policy."""
+        """Reserve the worst case for `count` candidates; returns (count, max output tokens) after the policy."""
         budget = call.opts.budget
-        max_tokens = call.params.get("max_tokens")
+        max_tokens = call.params.get(call.output_cap)
         max_tokens = int(max_tokens) if given(max_tokens) else None
         if call.route is EMBEDDINGS:
             max_tokens = 0
@@ -153,20 +170,21 @@ class Core:
             model=str(call.params.get("model", "")),
             prompt_tokens=replace(prompt, tokens=prompt.tokens * count),  # a server ignoring n bills each request
             max_output_tokens=max_tokens,
-            n=count,
+            n=count * call.prompts,
             key=call.opts.budget_key,
             local=self.local,
             call_id=call.info.call_id,
         )
-        return call.reservation.n, call.reservation.max_output_tokens or None
+        granted = max(1, call.reservation.n // call.prompts)
+        return granted, call.reservation.max_output_tokens or None
 
     def request_params(self, call: Call, count: int, max_tokens: int | None, seed: int | None) -> Json:
-        """What the inner client is sent for `count` candidates."""
+        """What the inner client is sent for `count` candidates (the output cap under the caller's name)."""
         params = {k: v for k, v in call.params.items() if k != "n"}
         if count > 1 or given(call.params.get("n")):
             params["n"] = count
-        if max_tokens is not None and "max_completion_tokens" not in params:
-            params["max_tokens"] = max_tokens
+        if max_tokens is not None:
+            params[call.output_cap] = max_tokens
         if seed is not None:
             params["seed"] = seed
         return params
@@ -296,14 +314,13 @@ class Core:
         chosen = self.choose(call, everything)
         if original is None or stored or call.opts.reranker is not None or call.usage_counted:
             model = ChatCompletion if call.route is CHAT else Completion
-            original = model.construct(**response_from_candidates(call.route, chosen, total))
+            original = build(model, response_from_candidates(call.route, chosen, total))
         self.record(call, everything, total, None)
         return attach(original, call.info)
 
     def chunk(self, call: Call, data: Json) -> Any:
         """A typed stream chunk from its JSON."""
-        model = ChatCompletionChunk if call.route is CHAT else Completion
-        return model.construct(**data)
+        return build(ChatCompletionChunk if call.route is CHAT else Completion, data)
 
     def replay_response(self) -> httpx2.Response:
         """The HTTP response a stream served wholly from the cache reports as its `.response`."""
@@ -401,7 +418,7 @@ class Core:
         info = call.info
         if stored is not None:
             info.cache_hit, info.cached_candidates = True, 1
-            response = CreateEmbeddingResponse.construct(**stored)
+            response = build(CreateEmbeddingResponse, stored)
         usage = response.usage.to_dict() if response.usage is not None else None
         if usage is None:
             call.usage_counted = True
@@ -412,6 +429,15 @@ class Core:
                 call.opts.cache.extend(call.key, [{"response": response.to_dict()}])
         self.record(call, [], usage, None)
         return attach(response, info)
+
+
+def build(model: Any, data: Json) -> Any:
+    """An openai model from JSON: validated (fast, in pydantic-core), or built leniently as the
+    openai client does for what a quirky server sent."""
+    try:
+        return model.model_validate(data)
+    except pydantic.ValidationError:
+        return model.construct(**data)
 
 
 def add_usage(a: Json, b: Json) -> Json:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -184,3 +185,22 @@ def test_errors_are_logged_and_reraised_unchanged(tmp_path: Path, log: CallLog) 
         ask(client)
     (record,) = list(log.calls())
     assert record.error is not None and record.error.startswith("NotFoundError")
+
+
+@pytest.mark.parametrize("cap", ["max_tokens", "max_completion_tokens"])
+def test_budget_sends_the_reserved_output_cap_under_the_callers_name(cap: str) -> None:
+    sent: list[dict[str, object]] = []
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        sent.append(json.loads(request.content))
+        body = {"id": "x", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "54"}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11}}
+        return httpx2.Response(200, json=body)
+
+    budget = Budget(per_call_usd=0.001, policy="shrink")
+    http = httpx2.Client(transport=httpx2.MockTransport(handler))
+    client = OpenAI(base_url="http://api.test/v1", api_key="sk-test", http_client=http, budget=budget)
+    client.chat.completions.create(model="gpt-4o-mini", messages=QUESTION, **{cap: 100_000})
+    assert 16 <= sent[0][cap] < 100_000
+    assert ("max_tokens" in sent[0]) == (cap == "max_tokens")

