@@ -134,12 +134,12 @@ def test_stream_include_usage_ends_with_a_usage_only_chunk(
 def test_first_chunk_arrives_while_the_model_is_still_generating(client: openai.OpenAI, backend: HFBackend) -> None:
     stream = client.chat.completions.create(**{**GREEDY, "max_tokens": 16}, stream=True)
     first_content = next(c for c in stream if c.choices[0].delta.content)
-    generating = backend._lock.locked()
+    generating = backend.lock.locked()
     rest = list(stream)
     assert first_content.choices[0].delta.content
     assert generating
     assert rest[-1].choices[0].finish_reason is not None
-    assert not backend._lock.locked()
+    assert not backend.lock.locked()
 
 
 def test_stream_with_n_two_streams_each_choice_with_its_index(client: openai.OpenAI) -> None:
@@ -198,7 +198,7 @@ def test_models_list_names_the_local_model(client: openai.OpenAI, backend: HFBac
 def test_bad_input_raises_bad_request_before_generation(
     client: openai.OpenAI, backend: HFBackend, params: dict[str, Any], param: str
 ) -> None:
-    with concurrent.futures.ThreadPoolExecutor(1) as pool, backend._lock:  # the model is busy: no compute possible
+    with concurrent.futures.ThreadPoolExecutor(1) as pool, backend.lock:  # the model is busy: no compute possible
         error = pool.submit(lambda: client.chat.completions.create(**{**GREEDY, **params})).exception(timeout=30)
     assert isinstance(error, openai.BadRequestError)
     assert error.param == param

@@ -1,0 +1,271 @@
+"""HFBackend on the real SmolLM2 GGUF: loading rules, validation before compute, and the tuning hooks."""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from blackbox_sdk.errors import BackendError, ConfigError
+from blackbox_sdk.hf_backend import HFBackend, InvalidRequest, load_backend
+from blackbox_sdk.models import default_encoder_path, default_gguf_path
+
+COUNT = [{"role": "user", "content": "Count from 1 to 10."}]
+GREEDY = {"messages": COUNT, "max_tokens": 8, "temperature": 0}
+
+
+@pytest.fixture(scope="module")
+def backend() -> HFBackend:
+    """The SmolLM2 GGUF, loaded once per process."""
+    torch.set_num_threads(1)
+    return load_backend(default_gguf_path())
+
+
+def _without_the_model(backend: HFBackend, call: Callable[[], Any]) -> Any:
+    """Run call while the model lock is held elsewhere: it can only finish if it never touches the model."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool, backend.lock:
+        return pool.submit(call).exception(timeout=30)
+
+
+def _text(chunks: list[dict[str, Any]]) -> str:
+    """The content of a chat stream, joined."""
+    return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+
+
+def test_load_backend_loads_each_resolved_path_once(backend: HFBackend) -> None:
+    path = default_gguf_path()
+    assert load_backend(str(path)) is backend
+    assert load_backend(path.parent / ".." / path.parent.name / path.name) is backend
+
+
+@pytest.mark.parametrize(
+    ("path", "says"),
+    [
+        pytest.param(lambda tmp: tmp / "missing.gguf", "no model at", id="missing-file"),
+        pytest.param(lambda tmp: default_encoder_path() / "config.json", "not a GGUF file", id="json-file"),
+        pytest.param(lambda tmp: default_encoder_path(), "not a causal language model", id="encoder-folder"),
+        pytest.param(lambda tmp: tmp, "has no config.json", id="empty-folder"),
+    ],
+)
+def test_bad_model_paths_raise_backend_error_at_construction(
+    tmp_path: Path, path: Callable[[Path], Path], says: str
+) -> None:
+    with pytest.raises(BackendError, match=says):
+        HFBackend(path(tmp_path))
+
+
+def test_truncated_gguf_file_raises_backend_error(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(default_gguf_path().read_bytes()[:4096])
+    with pytest.raises(BackendError, match="can't load"):
+        HFBackend(broken)
+
+
+@pytest.mark.parametrize(
+    "options", [pytest.param({"device": "tpu9"}, id="device"), pytest.param({"dtype": "int3"}, id="dtype")]
+)
+def test_bad_device_or_dtype_raise_config_error(options: dict[str, str]) -> None:
+    with pytest.raises(ConfigError):
+        HFBackend(default_gguf_path(), **options)
+
+
+def test_model_folder_loads_and_answers_chat(tmp_path: Path, backend: HFBackend) -> None:
+    config = LlamaConfig(
+        vocab_size=len(backend.tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=256,
+        eos_token_id=backend.tokenizer.eos_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(tmp_path)
+    backend.tokenizer.save_pretrained(tmp_path)
+    local = HFBackend(tmp_path)
+    reply = local.chat_completion({"messages": COUNT, "max_tokens": 3, "temperature": 0})
+    assert local.model_id == tmp_path.name
+    assert reply["usage"]["prompt_tokens"] == local.chat_prompt_tokens(COUNT)
+    assert reply["usage"]["completion_tokens"] <= 3
+
+
+def test_chat_prompt_tokens_counts_the_chat_template(backend: HFBackend) -> None:
+    templated = backend.tokenizer.apply_chat_template(
+        COUNT, add_generation_prompt=True, tokenize=True, return_dict=False
+    )
+    assert backend.chat_prompt_tokens(COUNT) == len(templated)
+    assert backend.count_tokens("Count from 1 to 10.") == len(backend.tokenizer.encode("Count from 1 to 10."))
+
+
+def test_text_parts_read_like_the_same_string(backend: HFBackend) -> None:
+    parts = [{"role": "user", "content": [{"type": "text", "text": "Count from 1 to 10."}]}]
+    assert backend.chat_prompt_tokens(parts) == backend.chat_prompt_tokens(COUNT)
+
+
+@pytest.mark.parametrize(
+    ("params", "param"),
+    [
+        pytest.param({"messages": []}, "messages", id="no-messages"),
+        pytest.param({"messages": [{"role": "robot", "content": "hi"}]}, "messages[0].role", id="bad-role"),
+        pytest.param({"messages": [{"role": "user"}]}, "messages[0].content", id="no-content"),
+        pytest.param(
+            {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages[0].content", id="image"
+        ),
+        pytest.param({"messages": COUNT, "n": 0}, "n", id="n-zero"),
+        pytest.param({"messages": COUNT, "n": 1.5}, "n", id="n-float"),
+        pytest.param({"messages": COUNT, "max_tokens": 0}, "max_tokens", id="max-tokens"),
+        pytest.param({"messages": COUNT, "temperature": 2.5}, "temperature", id="temperature"),
+        pytest.param({"messages": COUNT, "top_p": 1.5}, "top_p", id="top-p"),
+        pytest.param({"messages": COUNT, "stop": ["a", "b", "c", "d", "e"]}, "stop", id="five-stops"),
+        pytest.param({"messages": COUNT, "top_logprobs": 2}, "top_logprobs", id="top-logprobs-alone"),
+        pytest.param({"messages": COUNT, "soft_prompt": "unknown"}, "soft_prompt", id="soft-prompt"),
+        pytest.param({"messages": COUNT, "tools": [{"type": "function"}]}, "tools", id="tools"),
+        pytest.param({"messages": COUNT, "max_tokens": 10**6}, "messages", id="context"),
+    ],
+)
+def test_invalid_chat_requests_fail_without_touching_the_model(
+    backend: HFBackend, params: dict[str, Any], param: str
+) -> None:
+    error = _without_the_model(backend, lambda: backend.chat_completion(params))
+    assert isinstance(error, InvalidRequest)
+    assert error.param == param
+
+
+@pytest.mark.parametrize(
+    ("call", "params", "param"),
+    [
+        pytest.param("completion", {"prompt": ""}, "prompt[0]", id="empty-prompt"),
+        pytest.param("completion", {"prompt": "Hi", "logprobs": 9}, "logprobs", id="logprobs-too-many"),
+        pytest.param("embeddings", {"input": ""}, "input", id="empty-input"),
+        pytest.param("embeddings", {"input": "hi", "encoding_format": "hex"}, "encoding_format", id="format"),
+        pytest.param("embeddings", {"input": [10**9]}, "input[0]", id="token-out-of-vocab"),
+    ],
+)
+def test_invalid_completion_and_embedding_requests_name_the_param(
+    backend: HFBackend, call: str, params: dict[str, Any], param: str
+) -> None:
+    error = _without_the_model(backend, lambda: getattr(backend, call)(params))
+    assert isinstance(error, InvalidRequest)
+    assert error.param == param
+
+
+def test_greedy_n_repeats_the_one_decoding_and_bills_each_choice(backend: HFBackend) -> None:
+    reply = backend.chat_completion({**GREEDY, "n": 2})
+    first, second = (c["message"]["content"] for c in reply["choices"])
+    assert first == second
+    assert reply["usage"]["completion_tokens"] == 2 * backend.chat_completion(GREEDY)["usage"]["completion_tokens"]
+
+
+def test_seeded_generation_leaves_the_global_rng_alone(backend: HFBackend) -> None:
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    backend.chat_completion({"messages": COUNT, "max_tokens": 2, "seed": 7})
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_stream_logprobs_match_the_non_streamed_ones(backend: HFBackend) -> None:
+    params = {**GREEDY, "logprobs": True, "top_logprobs": 2}
+    whole = backend.chat_completion(params)["choices"][0]["logprobs"]["content"]
+    chunks = list(backend.chat_completion_stream(params))
+    streamed = [e for c in chunks for e in ((c["choices"][0]["logprobs"] or {}).get("content") or [])]
+    assert [e["token"] for e in streamed] == [e["token"] for e in whole]
+    assert [e["logprob"] for e in streamed] == pytest.approx([e["logprob"] for e in whole], abs=1e-4)
+
+
+def test_closing_a_stream_early_stops_generation(backend: HFBackend) -> None:
+    stream = backend.chat_completion_stream({"messages": COUNT, "max_tokens": 200, "temperature": 0})
+    chunks = [next(stream), next(stream)]
+    assert backend.lock.locked()
+    stream.close()
+    assert not backend.lock.locked()
+    assert chunks[1]["choices"][0]["delta"]["content"]
+
+
+def test_completion_echo_and_logprobs_follow_the_legacy_shape(backend: HFBackend) -> None:
+    prompt = "The capital of France is"
+    echoed = backend.completion({"prompt": prompt, "max_tokens": 4, "temperature": 0, "echo": True})
+    plain = backend.completion({"prompt": prompt, "max_tokens": 4, "temperature": 0, "logprobs": 1})
+    choice = plain["choices"][0]
+    assert echoed["choices"][0]["text"] == prompt + choice["text"]
+    assert "".join(choice["logprobs"]["tokens"]) == choice["text"]
+    assert all(lp <= 0 for lp in choice["logprobs"]["token_logprobs"])
+    assert plain["usage"]["prompt_tokens"] == backend.count_tokens(prompt)
+
+
+def test_embeddings_are_unit_vectors_in_float_and_base64(backend: HFBackend) -> None:
+    floats = backend.embeddings({"input": ["hello there", "tea"], "encoding_format": "float"})
+    packed = backend.embeddings({"input": ["hello there", "tea"], "encoding_format": "base64"})
+    hidden = backend.input_embeddings().embedding_dim
+    for as_list, as_b64 in zip(floats["data"], packed["data"], strict=True):
+        vector = torch.tensor(as_list["embedding"])
+        decoded = torch.frombuffer(bytearray(base64.b64decode(as_b64["embedding"])), dtype=torch.float32)
+        assert vector.shape == (hidden,)
+        assert torch.allclose(vector, decoded)
+        assert vector.norm().item() == pytest.approx(1.0, abs=1e-5)
+    assert floats["usage"]["prompt_tokens"] == backend.count_tokens("hello there") + backend.count_tokens("tea")
+
+
+def test_embedding_of_a_text_does_not_depend_on_its_batch(backend: HFBackend) -> None:
+    alone = backend.embeddings({"input": "tea", "encoding_format": "float"})["data"][0]["embedding"]
+    padded = backend.embeddings({"input": ["tea", "a much longer sentence about tea"], "encoding_format": "float"})
+    assert padded["data"][0]["embedding"] == pytest.approx(alone, abs=1e-4)
+
+
+def test_embedding_dimensions_truncate_and_renormalise(backend: HFBackend) -> None:
+    short = backend.embeddings({"input": "tea", "encoding_format": "float", "dimensions": 16})["data"][0]["embedding"]
+    assert len(short) == 16
+    assert torch.tensor(short).norm().item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_forward_embeds_of_embedded_ids_equals_the_model_logits(backend: HFBackend) -> None:
+    ids = torch.tensor([backend.tokenizer.encode("The capital of France is")])  # [1, T]
+    embeds = backend.input_embeddings()(ids)  # [1, T, H]
+    logits = backend.forward_embeds(embeds, torch.ones_like(ids), logits_to_keep=2)
+    with torch.inference_mode():
+        expected = backend.model(input_ids=ids).logits[:, -2:].float()
+    assert logits.shape == (1, 2, backend.input_embeddings().num_embeddings)
+    assert not logits.requires_grad
+    assert torch.allclose(logits, expected, atol=1e-4)
+
+
+def test_forward_embeds_gives_left_padded_rows_their_unpadded_logits(backend: HFBackend) -> None:
+    long_ids = backend.tokenizer.encode("The capital of France is")
+    short_ids = backend.tokenizer.encode("Paris is")
+    pad = len(long_ids) - len(short_ids)
+    ids = torch.tensor([long_ids, [0] * pad + short_ids])  # [2, T]
+    mask = torch.tensor([[1] * len(long_ids), [0] * pad + [1] * len(short_ids)])  # [2, T]
+    batch = backend.forward_embeds(backend.input_embeddings()(ids), mask)
+    alone = backend.forward_embeds(backend.input_embeddings()(torch.tensor([short_ids])), torch.ones(1, len(short_ids)))
+    assert torch.allclose(batch[1], alone[0], atol=1e-3)
+
+
+def test_forward_embeds_rejects_a_wrong_hidden_size(backend: HFBackend) -> None:
+    with pytest.raises(ConfigError, match="inputs_embeds"):
+        backend.forward_embeds(torch.zeros(1, 3, 7), torch.ones(1, 3))
+
+
+def test_registered_soft_prompt_changes_the_reply_and_counts_its_positions(backend: HFBackend) -> None:
+    hidden = backend.input_embeddings().embedding_dim
+    soft = torch.randn(4, hidden, generator=torch.Generator().manual_seed(0)) * 0.5
+    backend.register_soft_prompt("test-soft", soft)
+    params = {**GREEDY, "logprobs": True}
+    plain = backend.chat_completion(params)
+    tuned = backend.chat_completion({**params, "soft_prompt": "test-soft"})
+    first_plain, first_tuned = (r["choices"][0]["logprobs"]["content"][0]["logprob"] for r in (plain, tuned))
+    assert first_tuned != pytest.approx(first_plain, abs=1e-3)
+    assert tuned["usage"]["prompt_tokens"] == plain["usage"]["prompt_tokens"] + 4
+    assert _text(list(backend.chat_completion_stream({**GREEDY, "soft_prompt": "test-soft"}))) == (
+        tuned["choices"][0]["message"]["content"]
+    )
+
+
+def test_register_soft_prompt_rejects_a_wrong_shape(backend: HFBackend) -> None:
+    with pytest.raises(ConfigError, match="shape"):
+        backend.register_soft_prompt("bad", torch.zeros(4, 3))

@@ -1,0 +1,86 @@
+"""The client on a local HuggingFace model (`hf:` URLs and the embedded default), no server."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import openai
+import pytest
+from openai.types.chat import ChatCompletion
+
+from blackbox_sdk import AsyncOpenAI, BackendError, Budget, OpenAI
+from blackbox_sdk.models import default_encoder_path
+
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def local(gguf_path: Path) -> OpenAI:
+    return OpenAI(base_url=f"hf:{gguf_path}")
+
+
+def test_hf_url_answers_with_the_openai_type_and_true_usage(local: OpenAI) -> None:
+    completion = local.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=6, temperature=0)
+    assert isinstance(completion, ChatCompletion) and completion.choices[0].message.content
+    assert completion.usage.prompt_tokens == local.backend.chat_prompt_tokens(QUESTION)
+    assert completion.blackbox.usage_counted is False
+
+
+def test_local_n_is_one_batched_request(local: OpenAI) -> None:
+    completion = local.chat.completions.create(model="smollm2", messages=QUESTION, n=3, max_tokens=4, temperature=1.0, seed=3)
+    assert len(completion.choices) == 3 and completion.blackbox.requests == 1
+
+
+def test_local_streaming_matches_the_whole_answer(local: OpenAI) -> None:
+    whole = local.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=6, temperature=0)
+    stream = local.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=6, temperature=0, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == whole.choices[0].message.content
+
+
+def test_local_embeddings_are_cached_on_the_callers_arguments(gguf_path: Path, tmp_path: Path) -> None:
+    client = OpenAI(base_url=f"hf:{gguf_path}", cache=tmp_path / "cache")
+    first = client.embeddings.create(model="smollm2", input=["hello", "world"])
+    again = client.embeddings.create(model="smollm2", input=["hello", "world"])
+    assert len(first.data) == 2 and again.blackbox.cache_hit
+    assert again.data[1].embedding == pytest.approx(first.data[1].embedding)
+
+
+def test_local_model_costs_nothing_unless_priced(gguf_path: Path) -> None:
+    free = OpenAI(base_url=f"hf:{gguf_path}", budget=Budget(total_usd=0.01))
+    assert free.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=3).blackbox.cost_usd == 0.0
+    priced = OpenAI(base_url=f"hf:{gguf_path}", budget=Budget(total_usd=0.01, prices={"smollm2": {"input": 1.0, "output": 1.0}}))
+    assert priced.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=3).blackbox.cost_usd > 0.0
+
+
+def test_no_key_and_no_url_uses_the_embedded_model(caplog: pytest.LogCaptureFixture, gguf_path: Path) -> None:
+    with caplog.at_level(logging.WARNING, logger="blackbox_sdk"):
+        client = OpenAI()
+    assert client.backend is not None and client.backend is OpenAI(base_url=f"hf:{gguf_path}").backend
+    assert "embedded local model" in caplog.text
+
+
+def test_an_api_key_means_the_real_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    assert OpenAI().backend is None
+
+
+async def test_async_local_client_streams(gguf_path: Path) -> None:
+    client = AsyncOpenAI(base_url=f"hf:{gguf_path}")
+    stream = await client.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=4, temperature=0, stream=True)
+    assert isinstance(stream, openai.AsyncStream)
+    assert "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+
+
+def test_local_bad_request_is_a_bad_request_error(local: OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError):
+        local.chat.completions.create(model="smollm2", messages=QUESTION, n=0)
+
+
+@pytest.mark.parametrize(
+    "target",
+    [pytest.param("/no/such/model.gguf", id="missing-file"), pytest.param(str(default_encoder_path()), id="an-encoder")],
+)
+def test_bad_local_models_raise_backend_error_at_construction(target: str) -> None:
+    with pytest.raises(BackendError):
+        OpenAI(base_url=f"hf:{target}")
