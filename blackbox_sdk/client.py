@@ -61,7 +61,6 @@ class _ClientBase:
     """What the sync and async clients share: options, pass-through, copies."""
 
     _inner_class: type[Any]
-    _core_class: type[Any]
 
     def __init__(
         self,
@@ -111,7 +110,11 @@ class _ClientBase:
 
     def _setup(self, inner: Any, options: Options, *, endpoint: str, local: bool, backend: Any) -> None:
         """Attach the inner client and the shared call machinery."""
-        self._core = self._core_class(inner, options, endpoint=endpoint, local=local, backend=backend)
+        self._core = self._new_core(inner, options, endpoint=endpoint, local=local, backend=backend)
+
+    def _new_core(self, inner: Any, options: Options, **where: Any) -> Any:
+        """The call machinery for this kind of client (sync or async)."""
+        raise NotImplementedError
 
     @classmethod
     def _around(cls, inner: Any, options: Options, *, endpoint: str, local: bool, backend: Any) -> Any:
@@ -171,11 +174,11 @@ class OpenAI(_ClientBase):
 
     _inner_class = openai.OpenAI
 
-    @property
-    def _core_class(self) -> type[Any]:  # type: ignore[override]
+    def _new_core(self, inner: Any, options: Options, **where: Any) -> Any:
+        """Synchronous call machinery."""
         from .sync_pipeline import SyncCore
 
-        return SyncCore
+        return SyncCore(inner, options, **where)
 
     @cached_property
     def chat(self) -> Chat:
@@ -222,11 +225,11 @@ class AsyncOpenAI(_ClientBase):
 
     _inner_class = openai.AsyncOpenAI
 
-    @property
-    def _core_class(self) -> type[Any]:  # type: ignore[override]
+    def _new_core(self, inner: Any, options: Options, **where: Any) -> Any:
+        """Asynchronous call machinery."""
         from .async_pipeline import AsyncCore
 
-        return AsyncCore
+        return AsyncCore(inner, options, **where)
 
     def _local_http_client(self, backend: Any) -> Any:
         """An async httpx2 client whose transport answers from the local model."""

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx2
@@ -204,3 +207,30 @@ def test_budget_sends_the_reserved_output_cap_under_the_callers_name(cap: str) -
     client.chat.completions.create(model="gpt-4o-mini", messages=QUESTION, **{cap: 100_000})
     assert 16 <= sent[0][cap] < 100_000
     assert ("max_tokens" in sent[0]) == (cap == "max_tokens")
+
+
+CRASHING_CALLER = """
+import sys, time, httpx2
+from blackbox_sdk import Budget, OpenAI
+def hang(request):
+    print("sent", flush=True)
+    time.sleep(600)
+budget = Budget(total_usd=1.0, prices={"gpt-4o-mini": {"input": 1.0, "output": 2.0}}, ledger=sys.argv[1])
+client = OpenAI(base_url="http://api.test/v1", api_key="sk-test", budget=budget, log=sys.argv[2],
+                http_client=httpx2.Client(transport=httpx2.MockTransport(hang)))
+client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], max_tokens=50)
+"""
+
+
+def test_a_crash_mid_call_leaves_the_ledger_consistent_and_no_half_record(tmp_path: Path) -> None:
+    ledger, log_path = tmp_path / "ledger.db", tmp_path / "calls.db"
+    child = subprocess.Popen([sys.executable, "-c", CRASHING_CALLER, str(ledger), str(log_path)], stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None and child.stdout.readline().strip() == "sent"  # reserved, request in flight
+    before = Budget(total_usd=1.0, prices={"gpt-4o-mini": {"input": 1.0, "output": 2.0}}, ledger=ledger).report()
+    assert before.outstanding_reservations == 1  # the in-flight call holds its worst case
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    reopened = Budget(total_usd=1.0, prices={"gpt-4o-mini": {"input": 1.0, "output": 2.0}}, ledger=ledger)
+    report = reopened.report()
+    assert report.outstanding_reservations == 0 and report.reserved_usd == 0.0 and report.spent_usd == 0.0
+    assert list(CallLog(log_path).calls()) == []

@@ -1,0 +1,24 @@
+"""Every numbered example runs to the end, as a user would run it (the README's demo among them)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("[0-9][0-9]_*.py"))
+
+
+def test_the_examples_folder_is_numbered_from_one() -> None:
+    assert [int(p.name[:2]) for p in EXAMPLES] == list(range(1, len(EXAMPLES) + 1))
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_example_runs(example: Path, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(example)], cwd=tmp_path, capture_output=True, text=True, timeout=900
+    )  # the environment is the test's: clean_env has removed OPENAI_* and BLACKBOX_*
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert result.stdout.strip(), "an example should show what it did"
