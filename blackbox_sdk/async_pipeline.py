@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
-from .candidates import CHAT, Candidate, Route, chunks_from_candidates, split_response, usage_chunk
+from .candidates import CHAT, Candidate, Route, chunks_from_candidates, usage_chunk
 from .pipeline import Call, Core, Json
 from .streams import BlackBoxAsyncStream
 from .validation import validate_chat, validate_completion
@@ -23,11 +23,29 @@ class AsyncCore(Core):
         """`create` for chat or legacy completions, streamed or not."""
         (validate_chat if route is CHAT else validate_completion)(params)
         call = self.begin(route, params, overrides)
-        if not call.stream:
+        if self.beaming(call):
+            whole = await self._beam(self.unstreamed(call))
+        elif call.opts.reranker is not None and call.want > call.n:
+            whole = await self._complete(self.unstreamed(call))
+        elif call.stream:
+            return await self._stream(call)
+        else:
             return await self._complete(call)
-        if call.opts.reranker is not None and call.want > call.n:
-            return await self._reranked_stream(call)
-        return await self._stream(call)
+        if not call.stream:
+            return whole
+        chunks = _iterate(self.whole_stream_chunks(call, whole))
+        return BlackBoxAsyncStream(chunks, response=self.replay_response(), info=whole.blackbox)
+
+    async def _beam(self, call: Call) -> Any:
+        """Adapter-guided beam search in a worker thread; its step calls run on this event loop."""
+        loop = asyncio.get_running_loop()
+        step_options = {**call.overrides, "reranker": None, "beam": None}
+
+        def create(route: Route, params: Json) -> Any:
+            return asyncio.run_coroutine_threadsafe(self.create(route, params, step_options), loop).result()
+
+        result, tally = await asyncio.to_thread(self.beam_run, call, create)
+        return self.beam_response(call, result, tally)
 
     async def embed(self, params: Json, overrides: Json) -> Any:
         """`embeddings.create`: cached whole, budgeted on input tokens, retried, logged."""
@@ -161,19 +179,6 @@ class AsyncCore(Core):
             await live.close()
             if not done:
                 self.abort(call, collected, usages, failure)
-
-    async def _reranked_stream(self, call: Call) -> BlackBoxAsyncStream[Any]:
-        """Gather and rerank whole candidates first, then stream the chosen ones."""
-        whole = await self._complete(self.unstreamed(call))
-        chosen = split_response(call.route, whole.to_dict(), whole.usage.to_dict() if whole.usage else {})
-        return BlackBoxAsyncStream(self._chosen_chunks(call, chosen, whole), response=self.replay_response(), info=whole.blackbox)
-
-    async def _chosen_chunks(self, call: Call, chosen: list[Candidate], whole: Any) -> AsyncIterator[Any]:
-        """The chosen answers as chunks, then the usage chunk when asked."""
-        for data in chunks_from_candidates(call.route, chosen):
-            yield self.chunk(call, data)
-        if call.include_usage and whole.usage is not None:
-            yield self.chunk(call, usage_chunk(call.route, chosen[0].meta, whole.usage.to_dict()))
 
 
 async def _with_head(head: Any, stream: Any) -> AsyncIterator[Any]:

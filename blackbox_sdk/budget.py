@@ -91,10 +91,12 @@ class _Request:
     prompt: int
     n: int
     max_output: int
+    prompt_per_choice: bool = False  # each choice is its own request (a server that ignores n)
 
     def worst_nano(self, n: int, max_output: int) -> int:
         """The worst-case cost in nano-dollars with `n` choices of up to `max_output` tokens."""
-        return usd_to_nano(self.price.cost_usd(self.prompt, n * max_output), round_up=True)
+        prompt = self.prompt * n if self.prompt_per_choice else self.prompt
+        return usd_to_nano(self.price.cost_usd(prompt, n * max_output), round_up=True)
 
 
 @dataclass(frozen=True)
@@ -264,11 +266,14 @@ class Budget(BaseModel):
         key: str | None = None,
         local: bool = False,
         call_id: str | None = None,
+        prompt_per_choice: bool = False,
     ) -> Reservation:
         """Atomically check every cap and hold the call's worst case; raise BudgetExceededError if it can't fit.
 
         `max_output_tokens=None` assumes `default_max_output_tokens`; pass 0 for embeddings. `key`
-        defaults to the budget's key. Send the returned `n` and `max_output_tokens` with the call.
+        defaults to the budget's key. `prompt_per_choice` charges the prompt once per choice, for
+        servers that ignore `n` (each choice is then a request of its own). Send the returned `n`
+        and `max_output_tokens` with the call.
         """
         key = self.key if key is None else key
         if key is not None and (not isinstance(key, str) or not key):
@@ -283,6 +288,7 @@ class Budget(BaseModel):
             prompt=self._prompt_tokens(prompt_tokens),
             n=_count("n", n, 1),
             max_output=_count("max_output_tokens", output, 0),
+            prompt_per_choice=prompt_per_choice,
         )
         call_id = call_id or uuid.uuid4().hex
         with self._ledger.transaction() as transaction:

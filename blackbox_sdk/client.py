@@ -25,7 +25,7 @@ __all__ = ["AsyncOpenAI", "LOCAL_BASE_URL", "OpenAI", "wrap"]
 
 LOCAL_BASE_URL = "http://hf.local/v1"  # what the inner client calls when a local model answers
 HF_PREFIX = "hf:"
-SDK_KWARGS = ("cache", "budget", "log", "reranker", "rerank_n", "budget_key", "retry")
+SDK_KWARGS = ("cache", "budget", "log", "reranker", "rerank_n", "beam", "budget_key", "retry")
 
 
 def _is_loopback(url: str) -> bool:
@@ -74,6 +74,7 @@ class _ClientBase:
         log: Any = None,
         reranker: Any = None,
         rerank_n: int | None = None,
+        beam: Any = None,
         budget_key: str | None = None,
         retry: RetryPolicy | None = None,
         **openai_kwargs: Any,
@@ -85,6 +86,7 @@ class _ClientBase:
             log=log,
             reranker=reranker,
             rerank_n=rerank_n,
+            beam=beam,
             budget_key=budget_key,
             max_retries=max_retries,
             retry=retry,

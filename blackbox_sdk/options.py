@@ -10,7 +10,7 @@ from typing import Any
 from .errors import ConfigError
 from .retry import RetryPolicy
 
-__all__ = ["DEFAULT_RERANK_N", "Options", "Scorer", "open_budget", "open_cache", "open_log", "open_reranker"]
+__all__ = ["BeamOptions", "DEFAULT_RERANK_N", "Options", "Scorer", "open_beam", "open_budget", "open_cache", "open_log", "open_reranker"]
 
 Scorer = Callable[[str, Sequence[str]], Sequence[float]]
 DEFAULT_RERANK_N = 8
@@ -69,6 +69,42 @@ def open_reranker(value: Any) -> Scorer | None:
 
 
 @dataclass(frozen=True)
+class BeamOptions:
+    """Step-wise reranking (the paper's sentence-level beam search) instead of best-of-n."""
+
+    beam: int = 3  # prefixes kept after each step
+    candidates: int = 5  # next steps sampled per kept prefix per step
+    max_steps: int = 8
+    answer_marker: str | None = "####"  # a step holding it ends its beam
+    separator: str = "\n"  # the step boundary (sampling stops there)
+    mode: str = "chat"  # "chat": the partial answer quoted in the user turn; "completions": ChatML continued
+
+    def __post_init__(self) -> None:
+        for name in ("beam", "candidates", "max_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"beam option {name} must be an integer >= 1, got {value!r}")
+        if self.mode not in ("chat", "completions"):
+            raise ConfigError(f"beam option mode must be 'chat' or 'completions', got {self.mode!r}")
+
+
+def open_beam(value: Any) -> BeamOptions | None:
+    """BeamOptions from None (best-of-n), True (defaults), a mapping or a BeamOptions."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return BeamOptions()
+    if isinstance(value, BeamOptions):
+        return value
+    if isinstance(value, dict):
+        try:
+            return BeamOptions(**value)
+        except TypeError as error:
+            raise ConfigError(f"unknown beam option: {error}") from None
+    raise ConfigError(f"beam must be None, True, a dict of BeamOptions fields or a BeamOptions; got {value!r}")
+
+
+@dataclass(frozen=True)
 class Options:
     """Cache, budget, log, reranker, retries: what the SDK adds around each call."""
 
@@ -77,6 +113,7 @@ class Options:
     log: Any = None
     reranker: Scorer | None = None
     rerank_n: int = DEFAULT_RERANK_N
+    beam: BeamOptions | None = None
     budget_key: str | None = None
     retry: RetryPolicy = RetryPolicy()
 
@@ -89,6 +126,7 @@ class Options:
         log: Any = None,
         reranker: Any = None,
         rerank_n: int | None = None,
+        beam: Any = None,
         budget_key: str | None = None,
         max_retries: int = 2,
         retry: RetryPolicy | None = None,
@@ -100,6 +138,7 @@ class Options:
             log=open_log(log),
             reranker=open_reranker(reranker),
             rerank_n=_rerank_n(rerank_n),
+            beam=open_beam(beam),
             budget_key=budget_key,
             retry=retry if retry is not None else RetryPolicy(max_retries=max_retries),
         )
@@ -117,6 +156,8 @@ class Options:
             changes["reranker"] = open_reranker(overrides["reranker"])
         if "rerank_n" in overrides:
             changes["rerank_n"] = _rerank_n(overrides["rerank_n"])
+        if "beam" in overrides:
+            changes["beam"] = open_beam(overrides["beam"])
         if "budget_key" in overrides:
             changes["budget_key"] = overrides["budget_key"]
         if "retry" in overrides:

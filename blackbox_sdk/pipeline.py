@@ -7,8 +7,9 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from types import SimpleNamespace
 from typing import Any
 
 import httpx2
@@ -20,6 +21,7 @@ from .cache import canonical_params
 from .calllog import new_call_id
 from .candidates import (
     CHAT,
+    COMPLETIONS,
     Candidate,
     Route,
     chunks_from_candidates,
@@ -29,16 +31,18 @@ from .candidates import (
     sum_usage,
     usage_chunk,
 )
+from .errors import ConfigError
 from .info import BlackBoxInfo, attach
 from .logs import logger
 from .options import Options
 from .validation import given, validate_embedding
 
-__all__ = ["Call", "Core", "EMBEDDINGS", "MAX_FANOUT_WORKERS", "add_usage", "build", "new_call_id"]
+__all__ = ["Call", "Core", "EMBEDDINGS", "MAX_FANOUT_WORKERS", "StepTally", "add_usage", "build", "new_call_id"]
 
 Json = dict[str, Any]
 EMBEDDINGS = Route(name="embeddings", object="list", chunk_object="")
-SDK_PARAMS = ("n", "stream", "stream_options")  # left out of cache keys: a bucket serves any n, streamed or not
+SDK_PARAMS = ("n", "stream", "stream_options")
+BEAM_OWN_PARAMS = ("messages", "model", "n", "stream", "stream_options", "stop")  # the beam sampler sets these  # left out of cache keys: a bucket serves any n, streamed or not
 MAX_FANOUT_WORKERS = 8
 
 
@@ -56,6 +60,7 @@ class Call:
     reservation: Any = None
     usage_counted: bool = False
     request: Json = field(default_factory=dict)  # the request as the log keeps it
+    overrides: Json = field(default_factory=dict)  # the caller's per-call SDK options
 
     @property
     def n(self) -> int:
@@ -108,7 +113,9 @@ class Core:
         want = int(params["n"]) if given(params.get("n")) else 1
         if opts.reranker is not None and opts.rerank_n > want:
             want = opts.rerank_n
-        call = Call(route=route, params=params, opts=opts, info=info, want=want)
+        call = Call(route=route, params=params, opts=opts, info=info, want=want, overrides=overrides)
+        if opts.beam is not None and opts.reranker is not None and route is not CHAT:
+            raise ConfigError("beam search reranks chat completions only")
         if opts.log is not None:
             call.request = canonical_params(params)  # fails here, before sending, if it can't be logged
         if call.prompts > 1:  # choices of several prompts share one list: no bucket, no reranking, no fan-out
@@ -168,9 +175,10 @@ class Core:
         prompt = self.prompt_count(call)
         call.reservation = budget.reserve(
             model=str(call.params.get("model", "")),
-            prompt_tokens=replace(prompt, tokens=prompt.tokens * count),  # a server ignoring n bills each request
+            prompt_tokens=prompt,
             max_output_tokens=max_tokens,
             n=count * call.prompts,
+            prompt_per_choice=self.ignores_n is not False,  # until the server is seen to honour n
             key=call.opts.budget_key,
             local=self.local,
             call_id=call.info.call_id,
@@ -398,6 +406,52 @@ class Core:
         params = {k: v for k, v in call.params.items() if k not in ("stream", "stream_options")}
         return replace(call, params=params)
 
+    # ---------------------------------------------------------------- step-wise reranking
+    def beaming(self, call: Call) -> bool:
+        """Whether this call runs the adapter-guided beam search."""
+        return call.opts.reranker is not None and call.opts.beam is not None
+
+    def beam_run(self, call: Call, create: Callable[[Route, Json], Any]) -> Any:
+        """Run the beam search with step calls made through `create`; the search's result and tally."""
+        from .beam import beam_search, client_sampler
+        from .rerank import question_of
+
+        options, tally = call.opts.beam, StepTally(create)
+        messages = list(call.params["messages"])
+        extra = {k: v for k, v in call.params.items() if k not in BEAM_OWN_PARAMS}
+        sample = client_sampler(tally, str(call.params["model"]), mode=options.mode, messages=messages[:-1], **extra)
+        result = beam_search(
+            question_of(CHAT, call.params), sample, call.opts.reranker, beam=options.beam, candidates=options.candidates,
+            max_steps=options.max_steps, answer_marker=options.answer_marker, separator=options.separator,
+        )
+        return result, tally
+
+    def beam_response(self, call: Call, result: Any, tally: StepTally) -> Any:
+        """The best beams as a ChatCompletion; every final beam and its score on `.blackbox`; logged."""
+        info = call.info
+        beams = list(result.beams) or [(result.text, result.score)]
+        info.candidates, info.scores = [text for text, _ in beams], [float(score) for _, score in beams]
+        info.chosen = list(range(min(call.n, len(beams))))
+        info.cost_usd, info.requests, info.retries = tally.cost, tally.requests, tally.retries
+        body = {
+            "id": f"chatcmpl-{info.call_id}", "object": "chat.completion", "created": int(time.time()),
+            "model": str(call.params.get("model", "")), "usage": tally.usage,
+            "choices": [
+                {"index": i, "message": {"role": "assistant", "content": beams[i][0]}, "finish_reason": "stop"}
+                for i in info.chosen
+            ],
+        }
+        self.record(call, [], tally.usage, None)
+        return attach(build(ChatCompletion, body), info)
+
+    def whole_stream_chunks(self, call: Call, whole: Any) -> list[Any]:
+        """A whole (reranked) response as the chunks of a stream, usage last when asked."""
+        chosen = split_response(call.route, whole.to_dict(), whole.usage.to_dict() if whole.usage else {})
+        chunks = [self.chunk(call, data) for data in chunks_from_candidates(call.route, chosen)]
+        if call.include_usage and whole.usage is not None:
+            chunks.append(self.chunk(call, usage_chunk(call.route, chosen[0].meta, whole.usage.to_dict())))
+        return chunks
+
     # ---------------------------------------------------------------- embeddings
     def begin_embedding(self, params: Json, overrides: Json) -> Call:
         """An embeddings call, keyed on the caller's own arguments (not the wire's base64 default)."""
@@ -429,6 +483,29 @@ class Core:
                 call.opts.cache.extend(call.key, [{"response": response.to_dict()}])
         self.record(call, [], usage, None)
         return attach(response, info)
+
+
+class StepTally:
+    """A client-like view for the beam sampler: its `create` calls run through the SDK (cached,
+    budgeted, logged, never reranked), and their cost, requests and usage add up here."""
+
+    def __init__(self, create: Callable[[Route, Json], Any]) -> None:
+        self._create = create
+        self.cost, self.requests, self.retries = 0.0, 0, 0
+        self.usage: Json = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        self.chat = SimpleNamespace(completions=SimpleNamespace(create=lambda **params: self._run(CHAT, params)))
+        self.completions = SimpleNamespace(create=lambda **params: self._run(COMPLETIONS, params))
+
+    def _run(self, route: Route, params: Json) -> Any:
+        """One step call, counted."""
+        response = self._create(route, params)
+        info = response.blackbox
+        self.cost += info.cost_usd
+        self.requests += info.requests
+        self.retries += info.retries
+        if response.usage is not None:
+            self.usage = add_usage(self.usage, response.usage.to_dict())
+        return response
 
 
 def build(model: Any, data: Json) -> Any:

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from .candidates import CHAT, Candidate, Route, chunks_from_candidates, split_response, usage_chunk
+from .candidates import CHAT, Candidate, Route, chunks_from_candidates, usage_chunk
 from .pipeline import MAX_FANOUT_WORKERS, Call, Core, Json
 from .streams import BlackBoxStream
 from .validation import validate_chat, validate_completion
@@ -21,11 +21,23 @@ class SyncCore(Core):
         """`create` for chat or legacy completions, streamed or not."""
         (validate_chat if route is CHAT else validate_completion)(params)
         call = self.begin(route, params, overrides)
-        if not call.stream:
+        if self.beaming(call):
+            whole = self._beam(self.unstreamed(call))
+        elif call.opts.reranker is not None and call.want > call.n:
+            whole = self._complete(self.unstreamed(call))
+        elif call.stream:
+            return self._stream(call)
+        else:
             return self._complete(call)
-        if call.opts.reranker is not None and call.want > call.n:
-            return self._reranked_stream(call)
-        return self._stream(call)
+        if not call.stream:
+            return whole
+        return BlackBoxStream(iter(self.whole_stream_chunks(call, whole)), response=self.replay_response(), info=whole.blackbox)
+
+    def _beam(self, call: Call) -> Any:
+        """Adapter-guided beam search; each step is a call through this client, without reranking."""
+        step_options = {**call.overrides, "reranker": None, "beam": None}
+        result, tally = self.beam_run(call, lambda route, params: self.create(route, params, step_options))
+        return self.beam_response(call, result, tally)
 
     def embed(self, params: Json, overrides: Json) -> Any:
         """`embeddings.create`: cached whole, budgeted on input tokens, retried, logged."""
@@ -160,19 +172,6 @@ class SyncCore(Core):
             live.close()
             if not done:
                 self.abort(call, collected, usages, failure)
-
-    def _reranked_stream(self, call: Call) -> BlackBoxStream[Any]:
-        """Gather and rerank whole candidates first, then stream the chosen ones."""
-        whole = self._complete(self.unstreamed(call))
-        chosen = split_response(call.route, whole.to_dict(), whole.usage.to_dict() if whole.usage else {})
-        return BlackBoxStream(self._chosen_chunks(call, chosen, whole), response=self.replay_response(), info=whole.blackbox)
-
-    def _chosen_chunks(self, call: Call, chosen: list[Candidate], whole: Any) -> Iterator[Any]:
-        """The chosen answers as chunks, then the usage chunk when asked."""
-        for data in chunks_from_candidates(call.route, chosen):
-            yield self.chunk(call, data)
-        if call.include_usage and whole.usage is not None:
-            yield self.chunk(call, usage_chunk(call.route, chosen[0].meta, whole.usage.to_dict()))
 
 
 def _with_head(head: Any, stream: Any) -> Iterator[Any]:

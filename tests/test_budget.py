@@ -337,3 +337,11 @@ def test_ledger_path_expands_the_home_folder(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setenv("HOME", str(tmp_path))
     assert budget(ledger="~/budgets/ledger.sqlite3").ledger_path == tmp_path / "budgets" / "ledger.sqlite3"
     assert (tmp_path / "budgets" / "ledger.sqlite3").is_file()
+
+
+def test_prompt_per_choice_charges_the_prompt_once_per_choice() -> None:
+    budget = Budget(per_call_usd=1.0, prices={"m": {"input": 1.0, "output": 1.0}})
+    once = budget.reserve(model="m", prompt_tokens=1000, max_output_tokens=10, n=4)
+    each = budget.reserve(model="m", prompt_tokens=1000, max_output_tokens=10, n=4, prompt_per_choice=True)
+    assert once.worst_case_usd == pytest.approx((1000 + 4 * 10) / 1e6)
+    assert each.worst_case_usd == pytest.approx((4 * 1000 + 4 * 10) / 1e6)

@@ -1,0 +1,99 @@
+"""Reranking in the client on a real llama.cpp server: best-of-K, streams, async, beam, budgets."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import openai
+import pytest
+
+from blackbox_sdk import AsyncOpenAI, Budget, CallLog, OpenAI
+
+MODEL = "smollm2"
+QUESTION = [{"role": "user", "content": "Name a colour."}]
+
+
+def shortest_first(question: str, answers: Sequence[str]) -> list[float]:
+    """A real scorer with an easy rule to check: shorter answers score higher."""
+    return [-float(len(a)) for a in answers]
+
+
+def ask(client: OpenAI, **kwargs: object) -> openai.types.chat.ChatCompletion:
+    params = {"model": MODEL, "messages": QUESTION, "max_tokens": 12, "temperature": 1.0, "seed": 21, **kwargs}
+    return client.chat.completions.create(**params)
+
+
+@pytest.fixture
+def client(llama_server: str, tmp_path: Path) -> OpenAI:
+    return OpenAI(base_url=llama_server, api_key="sk-test", reranker=shortest_first, rerank_n=6, log=tmp_path / "calls.db")
+
+
+def test_rerank_samples_k_and_returns_the_best_as_choice_zero(client: OpenAI) -> None:
+    completion = ask(client)
+    info = completion.blackbox
+    assert len(info.candidates) == 6 and len(info.scores) == 6
+    assert len(completion.choices) == 1
+    assert completion.choices[0].message.content == min(info.candidates, key=len)
+    assert info.scores[info.chosen[0]] == max(info.scores)
+
+
+def test_rerank_with_n_returns_the_top_n_in_order(client: OpenAI) -> None:
+    completion = ask(client, n=2)
+    info = completion.blackbox
+    texts = [c.message.content for c in completion.choices]
+    assert texts == [info.candidates[i] for i in info.chosen] and len(texts) == 2
+    assert info.scores[info.chosen[0]] >= info.scores[info.chosen[1]] >= sorted(info.scores)[-2]
+
+
+def test_rerank_is_logged_with_candidates_scores_and_choice(client: OpenAI) -> None:
+    completion = ask(client)
+    record = CallLog(client.options.log.path).get(completion.blackbox.call_id)
+    assert record.candidates == completion.blackbox.candidates
+    assert record.scores == completion.blackbox.scores and record.chosen == completion.blackbox.chosen
+
+
+def test_reranked_stream_streams_the_chosen_answer(client: OpenAI) -> None:
+    stream = ask(client, stream=True)
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert text == min(stream.blackbox.candidates, key=len)
+
+
+def test_per_call_reranker_none_turns_it_off(client: OpenAI) -> None:
+    completion = ask(client, reranker=None)
+    assert completion.blackbox.candidates is None and completion.blackbox.requests == 1
+
+
+async def test_async_rerank(llama_server: str) -> None:
+    client = AsyncOpenAI(base_url=llama_server, api_key="sk-test", reranker=shortest_first, rerank_n=4)
+    completion = await client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=10, temperature=1.0)
+    assert completion.choices[0].message.content == min(completion.blackbox.candidates, key=len)
+    await client.close()
+
+
+def test_shrink_budget_lowers_k_down_to_what_fits(llama_server: str) -> None:
+    budget = Budget(per_call_usd=0.00013, prices={MODEL: {"input": 1.0, "output": 2.0}}, policy="shrink")
+    client = OpenAI(base_url=llama_server, api_key="sk-test", reranker=shortest_first, rerank_n=8, budget=budget)
+    completion = ask(client, max_tokens=16)
+    assert 1 <= len(completion.blackbox.candidates or [completion.choices[0].message.content]) < 8
+
+
+def steps_scorer(question: str, prefixes: Sequence[str]) -> list[float]:
+    """Prefers prefixes with more lines, then shorter ones."""
+    return [p.count("\n") * 100.0 - len(p) for p in prefixes]
+
+
+def test_beam_search_builds_the_answer_step_by_step(llama_server: str, tmp_path: Path) -> None:
+    log = CallLog(tmp_path / "calls.db")
+    client = OpenAI(base_url=llama_server, api_key="sk-test", reranker=steps_scorer, log=log,
+                    beam={"beam": 2, "candidates": 2, "max_steps": 2, "answer_marker": None})
+    completion = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "List two fruits, one per line."}], max_tokens=12, temperature=1.0
+    )
+    info = completion.blackbox
+    assert completion.choices[0].message.content == info.candidates[0]
+    assert info.scores == sorted(info.scores, reverse=True)
+    assert info.requests >= 2  # one step call per kept beam per step, each fanned out to 2 samples
+    step_records = [r for r in log.calls() if r.call_id != info.call_id]
+    assert len(step_records) >= 2 and all(not r.scores for r in step_records)
+    assert completion.usage.completion_tokens == sum(r.usage["completion_tokens"] for r in step_records)
