@@ -31,6 +31,7 @@ from .errors import (
     TuningError,
 )
 from .info import BlackBoxInfo
+from .options import BeamOptions
 from .logs import setup_logging as _setup_logging
 from .retry import RetryPolicy
 from .tokens import TokenCount
@@ -43,6 +44,7 @@ _OWN = [
     "AsyncClient",
     "AsyncOpenAI",
     "BackendError",
+    "BeamOptions",
     "BlackBoxError",
     "BlackBoxInfo",
     "Budget",
