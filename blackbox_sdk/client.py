@@ -25,7 +25,7 @@ __all__ = ["AsyncOpenAI", "LOCAL_BASE_URL", "OpenAI", "wrap"]
 
 LOCAL_BASE_URL = "http://hf.local/v1"  # what the inner client calls when a local model answers
 HF_PREFIX = "hf:"
-SDK_KWARGS = ("cache", "budget", "log", "reranker", "rerank_n", "beam", "budget_key", "retry")
+SDK_KWARGS = ("cache", "budget", "log", "reranker", "rerank_n", "beam", "soft_prompt", "budget_key", "retry")
 
 
 def _is_loopback(url: str) -> bool:
@@ -75,6 +75,7 @@ class _ClientBase:
         reranker: Any = None,
         rerank_n: int | None = None,
         beam: Any = None,
+        soft_prompt: Any = None,
         budget_key: str | None = None,
         retry: RetryPolicy | None = None,
         **openai_kwargs: Any,
@@ -87,6 +88,7 @@ class _ClientBase:
             reranker=reranker,
             rerank_n=rerank_n,
             beam=beam,
+            soft_prompt=soft_prompt,
             budget_key=budget_key,
             max_retries=max_retries,
             retry=retry,
@@ -103,6 +105,7 @@ class _ClientBase:
         if local is None:
             endpoint = str(inner.base_url)
         self._setup(inner, options, endpoint=endpoint, local=local is not None or _is_loopback(endpoint), backend=backend)
+        self._core.check_soft_prompt(options)
 
     def _local_http_client(self, backend: Any) -> Any:
         """An httpx2 client whose transport answers from the local model."""

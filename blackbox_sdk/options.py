@@ -10,7 +10,7 @@ from typing import Any
 from .errors import ConfigError
 from .retry import RetryPolicy
 
-__all__ = ["BeamOptions", "DEFAULT_RERANK_N", "Options", "Scorer", "open_beam", "open_budget", "open_cache", "open_log", "open_reranker"]
+__all__ = ["BeamOptions", "DEFAULT_RERANK_N", "Options", "Scorer", "open_beam", "open_budget", "open_cache", "open_log", "open_reranker", "open_soft_prompt"]
 
 Scorer = Callable[[str, Sequence[str]], Sequence[float]]
 DEFAULT_RERANK_N = 8
@@ -104,6 +104,19 @@ def open_beam(value: Any) -> BeamOptions | None:
     raise ConfigError(f"beam must be None, True, a dict of BeamOptions fields or a BeamOptions; got {value!r}")
 
 
+def open_soft_prompt(value: Any) -> Any:
+    """A SoftPrompt from a saved folder or a SoftPrompt, or None."""
+    if value is None:
+        return None
+    if isinstance(value, (str, Path)):
+        from .soft_prompt import SoftPrompt
+
+        return SoftPrompt.load(value)
+    if hasattr(value, "embeds") and hasattr(value, "name"):
+        return value
+    raise ConfigError(f"soft_prompt must be a SoftPrompt, a saved soft-prompt folder or None; got {value!r}")
+
+
 @dataclass(frozen=True)
 class Options:
     """Cache, budget, log, reranker, retries: what the SDK adds around each call."""
@@ -114,6 +127,7 @@ class Options:
     reranker: Scorer | None = None
     rerank_n: int = DEFAULT_RERANK_N
     beam: BeamOptions | None = None
+    soft_prompt: Any = None  # a tuned SoftPrompt (Black-Box Tuning) served with every call
     budget_key: str | None = None
     retry: RetryPolicy = RetryPolicy()
 
@@ -127,6 +141,7 @@ class Options:
         reranker: Any = None,
         rerank_n: int | None = None,
         beam: Any = None,
+        soft_prompt: Any = None,
         budget_key: str | None = None,
         max_retries: int = 2,
         retry: RetryPolicy | None = None,
@@ -139,6 +154,7 @@ class Options:
             reranker=open_reranker(reranker),
             rerank_n=_rerank_n(rerank_n),
             beam=open_beam(beam),
+            soft_prompt=open_soft_prompt(soft_prompt),
             budget_key=budget_key,
             retry=retry if retry is not None else RetryPolicy(max_retries=max_retries),
         )
@@ -158,6 +174,8 @@ class Options:
             changes["rerank_n"] = _rerank_n(overrides["rerank_n"])
         if "beam" in overrides:
             changes["beam"] = open_beam(overrides["beam"])
+        if "soft_prompt" in overrides:
+            changes["soft_prompt"] = open_soft_prompt(overrides["soft_prompt"])
         if "budget_key" in overrides:
             changes["budget_key"] = overrides["budget_key"]
         if "retry" in overrides:

@@ -31,7 +31,7 @@ from .candidates import (
     sum_usage,
     usage_chunk,
 )
-from .errors import ConfigError
+from .errors import ConfigError, EmbeddingsNotSupportedError
 from .info import BlackBoxInfo, attach
 from .logs import logger
 from .options import Options
@@ -109,6 +109,8 @@ class Core:
     def begin(self, route: Route, params: Json, overrides: Json) -> Call:
         """Build the call: options with per-call overrides, cache key, how many candidates to gather."""
         opts = self.opts.merge(**overrides)
+        if opts.soft_prompt is not None:
+            params = self.with_soft_prompt(opts, params)
         info = BlackBoxInfo(call_id=new_call_id())
         want = int(params["n"]) if given(params.get("n")) else 1
         if opts.reranker is not None and opts.rerank_n > want:
@@ -125,6 +127,24 @@ class Core:
             keyed = {k: v for k, v in params.items() if k not in SDK_PARAMS}
             call.key = opts.cache.key(route=route.name, endpoint=self.endpoint, params=keyed)
         return call
+
+    def check_soft_prompt(self, opts: Options) -> None:
+        """A soft prompt needs an endpoint that takes input embeddings: refuse before anything is spent."""
+        if opts.soft_prompt is None:
+            return
+        if self.backend is None or not getattr(self.backend, "supports_embeddings", False):
+            raise EmbeddingsNotSupportedError(
+                f"{self.endpoint} does not take input embeddings, so a soft prompt can't be served there; "
+                "use a local model (base_url='hf:...')"
+            )
+
+    def with_soft_prompt(self, opts: Options, params: Json) -> Json:
+        """The request with the soft prompt registered on the local model and named in the body."""
+        self.check_soft_prompt(opts)
+        prompt = opts.soft_prompt
+        self.backend.register_soft_prompt(prompt.name, prompt.embeds)
+        body = params.get("extra_body") if given(params.get("extra_body")) else {}
+        return {**params, "extra_body": {**body, "soft_prompt": prompt.name}}
 
     def lookup(self, call: Call) -> list[Candidate]:
         """Stored candidates for this request, at most `want`; foreign entries are skipped."""

@@ -24,7 +24,7 @@ __all__ = [
     "split_options",
 ]
 
-SDK_OPTIONS = ("cache", "budget", "log", "reranker", "rerank_n", "beam", "budget_key")
+SDK_OPTIONS = ("cache", "budget", "log", "reranker", "rerank_n", "beam", "soft_prompt", "budget_key")
 
 
 def split_options(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

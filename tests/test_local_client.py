@@ -84,3 +84,40 @@ def test_local_bad_request_is_a_bad_request_error(local: OpenAI) -> None:
 def test_bad_local_models_raise_backend_error_at_construction(target: str) -> None:
     with pytest.raises(BackendError):
         OpenAI(base_url=f"hf:{target}")
+
+
+def a_soft_prompt(local: OpenAI, seed: int = 0) -> object:
+    import torch
+
+    from blackbox_sdk.soft_prompt import SoftPrompt
+
+    table = local.backend.input_embeddings().weight.detach()
+    generator = torch.Generator().manual_seed(seed)
+    embeds = table[torch.randint(0, table.shape[0], (4,), generator=generator)] * 3.0
+    return SoftPrompt.create(embeds, model_id="smollm2", template="{text} It was {label}", verbalizer={"a": "good", "b": "bad"},
+                             placement="prefix")
+
+
+def test_a_soft_prompt_is_served_by_create_and_changes_the_answer(local: OpenAI, tmp_path: Path) -> None:
+    prompt = a_soft_prompt(local)
+    options = {"model": "smollm2", "messages": QUESTION, "max_tokens": 8, "temperature": 0, "logprobs": True}
+    plain = local.chat.completions.create(**options)
+    tuned = local.chat.completions.create(**options, soft_prompt=prompt)
+    assert tuned.usage.prompt_tokens == plain.usage.prompt_tokens + 4
+    first = lambda c: c.choices[0].logprobs.content[0].logprob  # noqa: E731
+    assert first(tuned) != pytest.approx(first(plain), abs=1e-4)
+    prompt.save(tmp_path / "prompt")
+    bound = local.with_options(soft_prompt=tmp_path / "prompt")
+    again = bound.chat.completions.create(**options)
+    assert first(again) == pytest.approx(first(tuned), abs=1e-5)
+
+
+def test_a_soft_prompt_on_an_http_endpoint_is_refused_before_any_call(local: OpenAI) -> None:
+    from blackbox_sdk import EmbeddingsNotSupportedError
+
+    prompt = a_soft_prompt(local)
+    with pytest.raises(EmbeddingsNotSupportedError):
+        OpenAI(base_url="http://127.0.0.1:9/v1", api_key="sk-test", soft_prompt=prompt)
+    client = OpenAI(base_url="http://127.0.0.1:9/v1", api_key="sk-test", max_retries=0)
+    with pytest.raises(EmbeddingsNotSupportedError):
+        client.chat.completions.create(model="m", messages=QUESTION, soft_prompt=prompt)
