@@ -8,7 +8,9 @@ held-out questions, all methods see the same K samples per question:
 
     single        the first sample
     majority      the most frequent extracted answer among the K (self-consistency)
-    adapter       the adapter's pick among the K (`Adapter.score`, as the client's reranker does)
+    adapter g only  the highest adapter score g among the K (no consensus term)
+    adapter       the adapter's pick among the K (`Adapter.score`, as the client's reranker does:
+                  g + consensus * log(copies), consensus chosen on validation questions)
     beam          the adapter's sentence-level beam search (on the first `beam_questions`)
     oracle        any of the K is right (the ceiling of reranking)
 
@@ -44,7 +46,7 @@ SAMPLING: dict[str, Any] = {"temperature": 0.9, "max_tokens": 16, "stop": ["\n"]
 class Size:
     """How much of each task the benchmark uses, and how hard it trains."""
 
-    train: int  # training questions
+    train: int  # training questions (a quarter of them only chooses the adapter's consensus weight)
     held_out: int  # held-out questions
     samples: int  # K: samples per question (training rounds and evaluation)
     rounds: int  # online rounds
@@ -55,7 +57,7 @@ class Size:
 
 
 QUICK = Size(train=10, held_out=10, samples=4, rounds=1, epochs=2, beam_questions=4, beam=2, candidates=3)
-DEFAULT = Size(train=36, held_out=40, samples=8, rounds=2, epochs=2, beam_questions=16, beam=2, candidates=4)
+DEFAULT = Size(train=40, held_out=40, samples=8, rounds=2, epochs=2, beam_questions=16, beam=2, candidates=4)
 
 
 def _online_config(size: Size) -> Any:
@@ -112,12 +114,14 @@ def evaluate_reranking(client: Any, adapter: Any, task: Task, held: list[Item], 
         texts += [adapter.config.render(item.question, a) for a in answers]
         ok = [task.check(item, a) for a in answers]
         scores = adapter.score(item.question, answers)
+        energy = adapter.score_pairs([(item.question, a) for a in answers])
         correct["single"] += ok[0]
         correct["majority"] += ok[_majority(task, answers)]
         correct["adapter"] += ok[max(range(k), key=lambda i: scores[i])]
+        correct["energy"] += ok[max(range(k), key=lambda i: energy[i])]
         correct["oracle"] += any(ok)
         tokens += response.usage.total_tokens if response.usage else 0
-    return {m: correct[m] / len(held) for m in ("single", "majority", "adapter", "oracle")}, tokens / len(held), texts
+    return {m: correct[m] / len(held) for m in ("single", "majority", "energy", "adapter", "oracle")}, tokens / len(held), texts
 
 
 def evaluate_beam(client: Any, adapter: Any, task: Task, items: list[Item], size: Size) -> tuple[float, float]:
@@ -160,12 +164,14 @@ def task_rows(client: Any, task: Task, size: Size, work: Path) -> list[dict[str,
     return [
         {**base, "method": "single", "accuracy": accuracy["single"], "tokens_per_question": per_sample},
         {**base, "method": f"majority@{size.samples}", "accuracy": accuracy["majority"], "tokens_per_question": tokens},
+        {**base, "method": f"adapter g only@{size.samples}", "accuracy": accuracy["energy"], "tokens_per_question": tokens},
         {
             **base,
             "method": f"adapter@{size.samples}",
             "accuracy": accuracy["adapter"],
             "tokens_per_question": tokens,
             "gap_recovered": (accuracy["adapter"] - accuracy["single"]) / gap if gap else None,
+            "consensus": adapter.config.consensus,
             "train_s": train_s,
             "cpu_candidates_per_s": round(cpu_rate, 1),
             "gpu_candidates_per_s": round(gpu_rate, 1) if gpu_rate else None,

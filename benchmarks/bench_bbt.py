@@ -77,10 +77,14 @@ class Plan:
 def plan(quick: bool) -> Plan:
     """The configuration for this machine and flags."""
     if not quick and (torch.cuda.is_available() or os.environ.get("BBT_BENCH_PAPER") == "1"):
-        paper = BBTConfig(d=500, prompt_len=50, popsize=20, budget=8000, dev_every=100, placement="prefix", batch_size=640)
+        paper = BBTConfig(
+            d=500, prompt_len=50, popsize=20, budget=8000, dev_every=100, placement="prefix", batch_size=640
+        )
         return Plan("paper", paper, paper, ("prefix", "after_text", "suffix"))
     if quick:
-        return Plan("quick", BBTConfig(d=50, prompt_len=2, budget=100, dev_every=20, placement="suffix"), None, ("suffix",))
+        return Plan(
+            "quick", BBTConfig(d=50, prompt_len=2, budget=100, dev_every=20, placement="suffix"), None, ("suffix",)
+        )
     main = BBTConfig(d=100, prompt_len=4, budget=600, dev_every=60, placement="suffix")
     compare = main.model_copy(update={"budget": 200, "dev_every": 40})
     return Plan("cpu", main, compare, ("suffix", "prefix"))
@@ -96,46 +100,79 @@ def zero_shot(backend: HFBackend, task: Task, test: list[tuple[str, str]]) -> di
     start = time.perf_counter()
     template = PromptTemplate(task.template, task.verbalizer, backend.tokenizer, "prefix")
     examples = template.encode([t for t, _ in test], [y for _, y in test])
-    logprobs = LocalScorer(backend).label_logprobs(torch.zeros(1, 0, backend.input_embeddings().embedding_dim), examples, template.label_token_ids)
+    logprobs = LocalScorer(backend).label_logprobs(
+        torch.zeros(1, 0, backend.input_embeddings().embedding_dim), examples, template.label_token_ids
+    )
     return {"accuracy": _accuracy(logprobs[0], examples.labels), "calls": 0, "seconds": time.perf_counter() - start}
 
 
-def in_context(backend: HFBackend, task: Task, train: list[tuple[str, str]], test: list[tuple[str, str]]) -> dict[str, Any]:
+def in_context(
+    backend: HFBackend, task: Task, train: list[tuple[str, str]], test: list[tuple[str, str]]
+) -> dict[str, Any]:
     """Every training example as a filled-in demonstration (shuffled, seed 0) before each test query."""
     from transformers import DynamicCache
 
     start = time.perf_counter()
     template = PromptTemplate(task.template, task.verbalizer, backend.tokenizer, "prefix")
     order = np.random.default_rng(0).permutation(len(train))
-    demos = "".join(task.template.replace("{text}", train[i][0]).replace("{label}", task.verbalizer[train[i][1]]) + "\n" for i in order)
+    demos = "".join(
+        task.template.replace("{text}", train[i][0]).replace("{label}", task.verbalizer[train[i][1]]) + "\n"
+        for i in order
+    )
     examples = template.encode([t for t, _ in test], [y for _, y in test])
-    demo_ids = torch.tensor([list(examples.heads[0]) + backend.tokenizer.encode(demos, add_special_tokens=False)], device=backend.device)
+    demo_ids = torch.tensor(
+        [list(examples.heads[0]) + backend.tokenizer.encode(demos, add_special_tokens=False)], device=backend.device
+    )
     model = backend.model
     with torch.inference_mode():
-        shared = [(layer.keys, layer.values) for layer in model(input_ids=demo_ids, use_cache=True).past_key_values.layers]
+        shared = [
+            (layer.keys, layer.values) for layer in model(input_ids=demo_ids, use_cache=True).past_key_values.layers
+        ]
         rows = []
         for first in range(0, len(test), ICL_BATCH):
             tails = examples.tails[first : first + ICL_BATCH]
             width = max(len(t) for t in tails)
-            ids = torch.tensor([[0] * (width - len(t)) + list(t) for t in tails], device=backend.device)  # [B, T], left-padded
+            ids = torch.tensor(
+                [[0] * (width - len(t)) + list(t) for t in tails], device=backend.device
+            )  # [B, T], left-padded
             query_mask = torch.tensor([[0] * (width - len(t)) + [1] * len(t) for t in tails], device=backend.device)
-            mask = torch.cat([torch.ones(len(tails), demo_ids.shape[1], dtype=torch.long, device=backend.device), query_mask], dim=1)
-            cache = DynamicCache([(k.expand(len(tails), -1, -1, -1), v.expand(len(tails), -1, -1, -1)) for k, v in shared])
+            mask = torch.cat(
+                [torch.ones(len(tails), demo_ids.shape[1], dtype=torch.long, device=backend.device), query_mask], dim=1
+            )
+            cache = DynamicCache(
+                [(k.expand(len(tails), -1, -1, -1), v.expand(len(tails), -1, -1, -1)) for k, v in shared]
+            )
             positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, demo_ids.shape[1] :]
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, logits_to_keep=1).logits[:, -1]
+            logits = model(
+                input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, logits_to_keep=1
+            ).logits[:, -1]
             rows.append(torch.log_softmax(logits.float(), -1)[:, template.label_token_ids].cpu())
     accuracy = _accuracy(torch.cat(rows), examples.labels)
-    return {"accuracy": accuracy, "calls": 0, "seconds": time.perf_counter() - start, "demo_tokens": int(demo_ids.shape[1])}
+    return {
+        "accuracy": accuracy,
+        "calls": 0,
+        "seconds": time.perf_counter() - start,
+        "demo_tokens": int(demo_ids.shape[1]),
+    }
 
 
-def bbt(backend: HFBackend, task: Task, config: BBTConfig, plot_name: str) -> dict[str, Any]:
+def bbt(
+    backend: HFBackend, task: Task, config: BBTConfig, test: list[tuple[str, str]], plot_name: str
+) -> dict[str, Any]:
     """Tune on train (selected on dev), test once; calls and seconds to the best dev score."""
-    tuner = Tuner(backend, template=task.template, verbalizer=task.verbalizer, train=task.split("train"), dev=task.split("dev"), config=config)
+    tuner = Tuner(
+        backend,
+        template=task.template,
+        verbalizer=task.verbalizer,
+        train=task.split("train"),
+        dev=task.split("dev"),
+        config=config,
+    )
     prompt = tuner.fit()
     scores = prompt.info.scores
     PLOTS.mkdir(exist_ok=True)
     return {
-        "accuracy": tuner.evaluate(task.split("test"), prompt)["accuracy"],
+        "accuracy": tuner.evaluate(test, prompt)["accuracy"],
         "calls": int(scores["calls"]),
         "seconds": scores["seconds"],
         "dev_accuracy": scores["dev_accuracy"],
@@ -151,7 +188,9 @@ def bbt(backend: HFBackend, task: Task, config: BBTConfig, plot_name: str) -> di
 def throughput(backend: HFBackend, task: Task, config: BBTConfig, placement: str) -> list[dict[str, Any]]:
     """Population evaluations per second on the training set: one batched evaluation vs one candidate at a time."""
     setting = config.model_copy(update={"placement": placement, "progress": False})
-    tuner = Tuner(backend, template=task.template, verbalizer=task.verbalizer, train=task.split("train"), config=setting)
+    tuner = Tuner(
+        backend, template=task.template, verbalizer=task.verbalizer, train=task.split("train"), config=setting
+    )
     z = np.random.default_rng(0).standard_normal((config.popsize, config.d))
     tuner.score_population(z[:1])  # warm-up; also computes the head KV caches
     rows = []
@@ -163,10 +202,17 @@ def throughput(backend: HFBackend, task: Task, config: BBTConfig, placement: str
             for i in range(config.popsize):
                 tuner.score_population(z[i : i + 1])
         seconds = time.perf_counter() - start
-        rows.append({
-            "task": task.name, "method": f"throughput {mode}", "accuracy": None, "calls": config.popsize, "seconds": seconds,
-            "placement": placement, "evals_per_s": config.popsize / seconds,
-        })
+        rows.append(
+            {
+                "task": task.name,
+                "method": f"throughput {mode}",
+                "accuracy": None,
+                "calls": config.popsize,
+                "seconds": seconds,
+                "placement": placement,
+                "evals_per_s": config.popsize / seconds,
+            }
+        )
     return rows
 
 
@@ -177,15 +223,21 @@ def rows(quick: bool) -> list[dict[str, Any]]:
     backend = load_backend(default_gguf_path())
     out: list[dict[str, Any]] = []
     for task in TASKS:
-        train, test = task.split("train"), task.split("test")
+        train, test = task.split("train"), task.split("test")[:: 2 if quick else 1]  # quick: every other test example
         out.append({"task": task.name, "method": "zero-shot", **zero_shot(backend, task, test)})
         out.append({"task": task.name, "method": "in-context", **in_context(backend, task, train, test)})
-        out.append({"task": task.name, "method": "bbt", **bbt(backend, task, chosen.main, f"bbt_{task.name}_{chosen.name}")})
+        out.append(
+            {
+                "task": task.name,
+                "method": "bbt",
+                **bbt(backend, task, chosen.main, test, f"bbt_{task.name}_{chosen.name}"),
+            }
+        )
     first = TASKS[0]
     if chosen.compare is not None:
         for placement in ("prefix", "after_text", "suffix"):
             setting = chosen.compare.model_copy(update={"placement": placement})
-            result = bbt(backend, first, setting, f"bbt_{first.name}_{chosen.name}_{placement}")
+            result = bbt(backend, first, setting, first.split("test"), f"bbt_{first.name}_{chosen.name}_{placement}")
             out.append({"task": first.name, "method": f"bbt {placement}", **result})
     for placement in chosen.throughput_placements:
         out += throughput(backend, first, chosen.main, placement)

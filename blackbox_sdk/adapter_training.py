@@ -161,7 +161,8 @@ def build_groups(
     """One group per distinct positive against all distinct negatives (none if either side is empty).
 
     Repeats in the lists are the black box's samples agreeing: each group records every entry's
-    copies (as `normalize_answer` counts them), which the loss adds as log(copies) like `score` does.
+    copies (as `normalize_answer` counts them), so `evaluate` judges it the way `Adapter.score`
+    picks among samples. Training ranks the adapter's own score g and ignores the copies.
     """
     pos_all = _texts(a for p in positives for a in (line_prefixes(p) if expand_prefixes else [p]))
     neg_all = _texts(a for n in negatives for a in (line_prefixes(n) if expand_prefixes else [n]))
@@ -206,11 +207,9 @@ def evaluate(adapter: Adapter, groups: Sequence[RankingGroup]) -> RankingMetrics
 def _batch_tensors(adapter: Adapter, batch: Sequence[RankingGroup], config: TrainConfig, rng: random.Random) -> Any:
     """Forward one batch of groups: scores padded to (G, 1+N) and the mask of real entries."""
     torch = _import_torch()
-    rows = [_draw(g, config.max_negatives, rng) for g in batch]  # [(text, log copies), ...] positive first
-    texts = [adapter.config.render(g.question, t) for g, row in zip(batch, rows) for t, _ in row]
+    rows = [(g.positive, *_draw(g.negatives, config.max_negatives, rng)) for g in batch]
+    texts = [adapter.config.render(g.question, t) for g, row in zip(batch, rows) for t in row]
     flat = adapter.forward_texts(texts)  # (sum of row lengths,)
-    prior = torch.tensor([p for row in rows for _, p in row], device=flat.device) * adapter.config.consensus
-    flat = flat + prior  # the score `Adapter.score` gives: g + consensus * log(copies)
     width = max(len(r) for r in rows)
     scores = torch.zeros(len(rows), width, device=flat.device)  # (G, 1+N)
     mask = torch.zeros(len(rows), width, dtype=torch.bool, device=flat.device)  # (G, 1+N)
@@ -222,11 +221,9 @@ def _batch_tensors(adapter: Adapter, batch: Sequence[RankingGroup], config: Trai
     return scores, mask
 
 
-def _draw(group: RankingGroup, limit: int, rng: random.Random) -> list[tuple[str, float]]:
-    """The positive and at most `limit` negatives (a random subset when there are more), with log copies."""
-    entries = list(zip((group.positive, *group.negatives), group.log_copies()))
-    negatives = entries[1:] if len(entries) - 1 <= limit else rng.sample(entries[1:], limit)
-    return [entries[0], *negatives]
+def _draw(negatives: Sequence[str], limit: int, rng: random.Random) -> list[str]:
+    """At most `limit` negatives, a random subset when there are more."""
+    return list(negatives) if len(negatives) <= limit else rng.sample(list(negatives), limit)
 
 
 def _loss(scores: Any, mask: Any, config: TrainConfig) -> Any:

@@ -78,11 +78,15 @@ class BBTConfig(BaseModel):
     sigma0: float = Field(1.0, gt=0)  # CMA-ES initial step size (the ICML paper: 0.5 with bounds)
     alpha: float = Field(1.0, gt=0)  # A's scale: A z starts with per-entry std ~ alpha * std_e
     bounds: tuple[float, float] | None = None  # box on every z coordinate, e.g. (-5, 5); None: unbounded
-    budget: int = Field(8000, ge=1)  # training calls (candidate x whole train set); a run stops at budget // popsize generations
+    budget: int = Field(
+        8000, ge=1
+    )  # training calls (candidate x whole train set); a run stops at budget // popsize generations
     loss: Literal["ce", "hinge", "neg_acc"] = "ce"  # cross entropy, multi-class hinge, or minus accuracy
     margin: float = Field(2.0, gt=0)  # hinge margin, in log-prob units
     p0: Literal["zeros", "vocab"] | Path = "zeros"  # offset: zeros, word embeddings, or a saved SoftPrompt folder
-    p0_words: str | None = None  # with p0="vocab": text whose token embeddings (cycled to L) start the prompt; None: random tokens
+    p0_words: str | None = (
+        None  # with p0="vocab": text whose token embeddings (cycled to L) start the prompt; None: random tokens
+    )
     placement: Placement = "prefix"  # where the prompt goes: prefix (paper), after_text or suffix (KV cache reused)
     dev_every: int = Field(100, ge=1)  # training calls between dev evaluations (the paper: 100)
     seed: int = 0  # seeds A, random p0 words and CMA-ES sampling
@@ -171,14 +175,18 @@ class _Normal:
 # ---------------------------------------------------------------- pieces
 
 
-def build_projection(d: int, prompt_len: int, hidden: int, *, std_e: float, alpha: float, sigma: float, seed: int) -> torch.Tensor:
+def build_projection(
+    d: int, prompt_len: int, hidden: int, *, std_e: float, alpha: float, sigma: float, seed: int
+) -> torch.Tensor:
     """A: [L*H, d] float32 normal with std alpha * std_e / (sqrt(d) * sigma), from a seeded CPU generator."""
     generator = torch.Generator().manual_seed(seed)
     std = alpha * std_e / (math.sqrt(d) * sigma)
     return torch.randn(prompt_len * hidden, d, generator=generator) * std  # [L*H, d]
 
 
-def population_losses(logprobs: torch.Tensor, labels: torch.Tensor, loss: str, margin: float) -> tuple[torch.Tensor, torch.Tensor]:
+def population_losses(
+    logprobs: torch.Tensor, labels: torch.Tensor, loss: str, margin: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss [P], accuracy [P]) from label log-probs [P, N, C] and class indexes [N], renormalised over the labels."""
     scores = torch.log_softmax(logprobs.float(), dim=-1)  # [P, N, C]
     target = labels.to(scores.device).expand(scores.shape[:2])  # [P, N]
@@ -198,7 +206,9 @@ def _checked_examples(data: Sequence[Any], labels: Sequence[str], name: str, *, 
         raise TuningError(f"the {name} set is empty")
     pairs: list[Example] = []
     for i, item in enumerate(data):
-        if not (isinstance(item, Sequence) and len(item) == 2 and isinstance(item[0], str) and isinstance(item[1], str)):
+        if not (
+            isinstance(item, Sequence) and len(item) == 2 and isinstance(item[0], str) and isinstance(item[1], str)
+        ):
             raise TuningError(f"{name}[{i}] must be a (text, label) pair of strings, got {item!r}")
         if not item[0].strip():
             raise TuningError(f"{name}[{i}] has an empty text")
@@ -259,8 +269,13 @@ class Tuner:
         self.std_e = float(table.float().std())
         self.p0 = self._initial_prompt(table)  # [L, H] float32 on the scorer's device
         self.projection = build_projection(
-            self.config.d, self.config.prompt_len, self.hidden, std_e=self.std_e, alpha=self.config.alpha,
-            sigma=self.config.sigma0, seed=self.config.seed,
+            self.config.d,
+            self.config.prompt_len,
+            self.hidden,
+            std_e=self.std_e,
+            alpha=self.config.alpha,
+            sigma=self.config.sigma0,
+            seed=self.config.seed,
         ).to(self.scorer.device)  # [L*H, d]
         self.history: list[GenerationRecord] = []
         self.dev_history: list[DevRecord] = []
@@ -338,7 +353,9 @@ class Tuner:
         self.history, self.dev_history = state.generations, state.dev
         started = time.perf_counter() - state.elapsed
         generations_left = self.config.budget // self.config.popsize - len(state.fitness)
-        with tqdm(total=self.config.budget, initial=state.calls, unit="call", desc="BBT", disable=not self.config.progress) as bar:
+        with tqdm(
+            total=self.config.budget, initial=state.calls, unit="call", desc="BBT", disable=not self.config.progress
+        ) as bar:
             for step in range(generations_left):
                 self._generation(state, started, last=step == generations_left - 1)
                 bar.update(self.config.popsize)
@@ -357,8 +374,13 @@ class Tuner:
 
         bounds = [None, None] if self.config.bounds is None else list(self.config.bounds)
         options = {
-            "popsize": self.config.popsize, "bounds": bounds, "randn": _Normal(self.config.seed), "seed": float("nan"),
-            "verbose": -9, "verb_disp": 0, "verb_log": 0,
+            "popsize": self.config.popsize,
+            "bounds": bounds,
+            "randn": _Normal(self.config.seed),
+            "seed": float("nan"),
+            "verbose": -9,
+            "verb_disp": 0,
+            "verb_log": 0,
         }
         return cma.CMAEvolutionStrategy(np.zeros(self.config.d), self.config.sigma0, options)
 
@@ -376,7 +398,9 @@ class Tuner:
         winner = int(np.argmin(fitness))
         best_so_far = min(fitness[winner], state.generations[-1].best_so_far if state.generations else math.inf)
         state.generations.append(
-            GenerationRecord(state.calls, fitness[winner], float(np.mean(fitness)), best_so_far, float(state.es.sigma), seconds)
+            GenerationRecord(
+                state.calls, fitness[winner], float(np.mean(fitness)), best_so_far, float(state.es.sigma), seconds
+            )
         )
         due = state.calls // self.config.dev_every > before // self.config.dev_every or last
         if due or self._dev is None:
@@ -404,16 +428,28 @@ class Tuner:
     def _result(self, state: _State, best: _Best) -> SoftPrompt:
         """The selected candidate as a SoftPrompt with its metadata and scores."""
         scores = {
-            "train_loss": best.train_loss, "train_accuracy": best.train_accuracy, "calls": float(state.calls),
-            "dev_calls": float(state.dev_calls), "tokens": float(state.tokens), "calls_to_best": float(best.calls),
-            "seconds": state.elapsed, "seconds_to_best": best.seconds,
+            "train_loss": best.train_loss,
+            "train_accuracy": best.train_accuracy,
+            "calls": float(state.calls),
+            "dev_calls": float(state.dev_calls),
+            "tokens": float(state.tokens),
+            "calls_to_best": float(best.calls),
+            "seconds": state.elapsed,
+            "seconds_to_best": best.seconds,
         }
         if best.dev_accuracy is not None and best.dev_loss is not None:
             scores |= {"dev_accuracy": best.dev_accuracy, "dev_loss": best.dev_loss}
         return SoftPrompt.create(
-            self.prompts(best.z[None])[0].cpu(), z=torch.as_tensor(best.z, dtype=torch.float32), target=self.target,
-            model_id=self.scorer.model_id, template=self.template.template, verbalizer=self.template.verbalizer,
-            placement=self.config.placement, d=self.config.d, seed=self.config.seed, scores=scores,
+            self.prompts(best.z[None])[0].cpu(),
+            z=torch.as_tensor(best.z, dtype=torch.float32),
+            target=self.target,
+            model_id=self.scorer.model_id,
+            template=self.template.template,
+            verbalizer=self.template.verbalizer,
+            placement=self.config.placement,
+            d=self.config.d,
+            seed=self.config.seed,
+            scores=scores,
             config=self.config.model_dump(mode="json"),
         )
 
@@ -423,8 +459,12 @@ class Tuner:
         """A hash of everything a checkpoint must agree on to be resumed (not the budget or bookkeeping)."""
         settings = self.config.model_dump(mode="json", exclude=_RESUME_IRRELEVANT)
         what = {
-            "config": settings, "model": self.scorer.model_id, "template": self.template.template,
-            "verbalizer": self.template.verbalizer, "train": self._train.key, "dev": self._dev.key if self._dev else None,
+            "config": settings,
+            "model": self.scorer.model_id,
+            "template": self.template.template,
+            "verbalizer": self.template.verbalizer,
+            "train": self._train.key,
+            "dev": self._dev.key if self._dev else None,
         }
         return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
 
@@ -434,10 +474,17 @@ class Tuner:
         folder.mkdir(parents=True, exist_ok=True)
         best = None if state.best is None else {k: v for k, v in dataclasses.asdict(state.best).items() if k != "z"}
         document = {
-            "format": STATE_FORMAT, "fingerprint": self._fingerprint(), "fitness": state.fitness, "calls": state.calls,
-            "dev_calls": state.dev_calls, "tokens": state.tokens, "elapsed": state.elapsed, "sigma": float(state.es.sigma),
+            "format": STATE_FORMAT,
+            "fingerprint": self._fingerprint(),
+            "fitness": state.fitness,
+            "calls": state.calls,
+            "dev_calls": state.dev_calls,
+            "tokens": state.tokens,
+            "elapsed": state.elapsed,
+            "sigma": float(state.es.sigma),
             "generations": [dataclasses.asdict(g) for g in state.generations],
-            "dev": [dataclasses.asdict(r) for r in state.dev], "best": best,
+            "dev": [dataclasses.asdict(r) for r in state.dev],
+            "best": best,
         }
         tensors = {"mean": torch.as_tensor(np.asarray(state.es.mean), dtype=torch.float64)}
         if state.best is not None:
@@ -458,8 +505,11 @@ class Tuner:
         tensors = load_file(str(folder / STATE_TENSORS))
         state = _State(
             es=self._replayed(document["fitness"], tensors["mean"].numpy(), document["sigma"]),
-            fitness=document["fitness"], calls=document["calls"], dev_calls=document["dev_calls"],
-            tokens=document["tokens"], elapsed=document["elapsed"],
+            fitness=document["fitness"],
+            calls=document["calls"],
+            dev_calls=document["dev_calls"],
+            tokens=document["tokens"],
+            elapsed=document["elapsed"],
             generations=[GenerationRecord(**g) for g in document["generations"]],
             dev=[DevRecord(**r) for r in document["dev"]],
         )
@@ -468,12 +518,14 @@ class Tuner:
         return state
 
     def _replayed(self, fitness: list[list[float]], mean: np.ndarray, sigma: float) -> Any:
-        """A fresh CMA-ES told the stored fitness values again, generation by generation; checked against mean and sigma."""
+        """A fresh CMA-ES told the stored fitness values again, generation by generation; checked after."""
         es = self._new_es()
         for values in fitness:
             es.tell(es.ask(), values)
         if not (np.allclose(es.mean, mean, rtol=0, atol=1e-12) and math.isclose(es.sigma, sigma, rel_tol=1e-12)):
-            raise TuningError("replaying the checkpoint did not rebuild the same CMA-ES state (another cma or numpy version?)")
+            raise TuningError(
+                "replaying the checkpoint did not rebuild the same CMA-ES state (another cma or numpy version?)"
+            )
         return es
 
     # ------------------------------------------------------------ reporting
@@ -495,12 +547,20 @@ class Tuner:
         axis.set_ylabel(f"train loss ({self.config.loss})")
         if self.dev_history:
             dev_axis = axis.twinx()
-            dev_axis.plot([r.calls for r in self.dev_history], [r.accuracy for r in self.dev_history], "o-", color="tab:orange", label="dev accuracy")
+            dev_axis.plot(
+                [r.calls for r in self.dev_history],
+                [r.accuracy for r in self.dev_history],
+                "o-",
+                color="tab:orange",
+                label="dev accuracy",
+            )
             dev_axis.set_ylabel("dev accuracy")
             dev_axis.set_ylim(0, 1)
             dev_axis.legend(loc="upper right")
         axis.legend(loc="upper left")
-        axis.set_title(f"BBT on {self.scorer.model_id}: d={self.config.d}, L={self.config.prompt_len}, {self.config.placement}")
+        axis.set_title(
+            f"BBT on {self.scorer.model_id}: d={self.config.d}, L={self.config.prompt_len}, {self.config.placement}"
+        )
         figure.tight_layout()
         out = Path(path)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -99,7 +99,8 @@ class EmbedsEndpoint:
 
     def __repr__(self) -> str:
         """Names the endpoint and model, never the key."""
-        return f"EmbedsEndpoint({self.url!r}, model={self.model_id!r}, supports_prompt_embeds={self.supports_prompt_embeds})"
+        switch = self.supports_prompt_embeds
+        return f"EmbedsEndpoint({self.url!r}, model={self.model_id!r}, supports_prompt_embeds={switch})"
 
     def embedding_table(self) -> torch.Tensor:
         """The local copy of the model's input-embedding matrix [V, H]."""

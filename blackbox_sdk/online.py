@@ -8,8 +8,9 @@ Each round:
      client, or `log_labels` from the call log's feedback),
   3. positives = references + accepted candidates + the best earlier positive; negatives =
      rejected candidates + the previous adapter's wrong picks (kept across rounds),
-  4. train the adapter (continuing from the last round), evaluate on held-out questions, save a
-     checkpoint and the JSON state.
+  4. train the adapter (continuing from the last round), choose its `consensus` weight on a
+     quarter of the training questions kept out of training (`calibrate_consensus`), evaluate on
+     held-out questions, save a checkpoint and the JSON state.
 A crash loses at most the round in progress: `online_train` with the same state file picks up
 after the last completed round.
 """
@@ -18,7 +19,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import random
 import shutil
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,7 +30,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .adapter import Adapter, AdapterConfig
+from .adapter import Adapter, AdapterConfig, normalize_answer
 from .adapter_training import (
     RankingGroup,
     TrainConfig,
@@ -46,6 +50,7 @@ __all__ = [
     "OnlineReport",
     "Samples",
     "ai_judge",
+    "calibrate_consensus",
     "client_answer_sampler",
     "log_labels",
     "online_train",
@@ -86,6 +91,8 @@ class OnlineConfig:
     rounds: int = 2  # online rounds (the paper: 2-3)
     samples: int = 8  # fresh candidates per training question per round
     epochs_per_round: int = 2  # passes over the round's groups
+    validation_fraction: float = 0.25  # training questions kept out of training, to choose `consensus` on
+    consensus_grid: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)  # the consensus weights tried on them
     write_feedback: bool = True  # label the sampled calls in the client's call log, when it has one
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(progress=False))
@@ -94,6 +101,10 @@ class OnlineConfig:
         """Reject options that cannot run."""
         if self.rounds < 1 or self.samples < 1 or self.epochs_per_round < 1:
             raise AdapterError("rounds, samples and epochs_per_round must be >= 1")
+        if not 0 <= self.validation_fraction < 1:
+            raise AdapterError(f"validation_fraction must be in [0, 1), not {self.validation_fraction}")
+        if not self.consensus_grid or min(self.consensus_grid) < 0:
+            raise AdapterError("consensus_grid must hold at least one weight, all >= 0")
 
     def fingerprint(self, questions: Sequence[OnlineQuestion]) -> str:
         """A hash of the config and the questions, so a state file is never resumed by another run."""
@@ -212,6 +223,28 @@ def log_labels(log_path: str | Path, *, high_reward: float = 0.5, low_reward: fl
     return label
 
 
+def calibrate_consensus(
+    adapter: Adapter, validation: Sequence[tuple[str, Sequence[str], Sequence[bool | None]]], grid: Sequence[float]
+) -> tuple[float, float]:
+    """The consensus weight from `grid` whose picks are right most often on (question, samples, labels)
+    held out from training, and that accuracy; ties go to the weight nearest 1 (the paper's model)."""
+    table = []
+    for question, answers, labels in validation:
+        raw = adapter.score_pairs([(question, a) for a in answers])
+        copies = Counter(normalize_answer(a) for a in answers)
+        table.append((raw, [math.log(copies[normalize_answer(a)]) for a in answers], labels))
+
+    def accuracy(weight: float) -> float:
+        right = 0
+        for raw, log_copies, labels in table:
+            best = max(range(len(raw)), key=lambda i: raw[i] + weight * log_copies[i])
+            right += bool(labels[best])
+        return right / max(len(table), 1)
+
+    best = max(grid, key=lambda w: (accuracy(w), -abs(w - 1.0)))
+    return best, accuracy(best)
+
+
 def _pick(adapter: Adapter, question: str, answers: Sequence[str]) -> int:
     """The index of the adapter's choice among sampled answers."""
     scores = adapter.score(question, answers)
@@ -248,9 +281,10 @@ class _Run:
         device: str | None,
     ) -> None:
         self.sampler, self.label, self.config, self.device = sampler, label, config, device
-        self.train_items, self.eval_items = list(train_items), list(eval_items)
+        self.train_items, self.val_items = _split_validation(list(train_items), config.validation_fraction, config.train.seed)
+        self.eval_items = list(eval_items)
         self.out_dir, self.state_path = out_dir, state_path
-        self.state = _State.load(state_path, config.fingerprint([*self.train_items, *self.eval_items]))
+        self.state = _State.load(state_path, config.fingerprint([*train_items, *self.eval_items]))
         self.eval_samples: dict[str, list[str]] = {}
         self.eval_labels: dict[str, list[bool | None]] = {}
 
@@ -266,14 +300,14 @@ class _Run:
         return Adapter.load(checkpoint if checkpoint.exists() else self.out_dir, device=self.device)
 
     def sample_and_label(self, item: OnlineQuestion, round_number: int) -> tuple[Samples, list[bool | None]]:
-        """K fresh samples for a question, their labels, and feedback in the call log."""
+        """K fresh samples for a question (this round's) and the labeler's verdict on each."""
         samples = self.sampler(item.question, self.config.samples, round_number)
         labels = [self.label(item, answer) for answer in samples.answers]
         return samples, labels
 
     def prepare_eval(self) -> None:
-        """Sample and label the held-out questions once (round 1's request, so cached afterwards)."""
-        for item in self.eval_items:
+        """Sample and label the validation and held-out questions once (round 1's request, so cached afterwards)."""
+        for item in [*self.val_items, *self.eval_items]:
             samples, labels = self.sample_and_label(item, 1)
             self.eval_samples[item.question], self.eval_labels[item.question] = samples.answers, labels
         if not self.state.baseline:
@@ -334,6 +368,10 @@ class _Run:
         result: TrainResult = train(adapter, groups, config, eval_groups=eval_groups) if groups else TrainResult()
         self.keep_best_positives(adapter, groups)
         row: dict[str, Any] = {"round": number, "groups": len(groups), **totals, **result.final_metrics()}
+        if self.val_items:
+            validation = [(q.question, self.eval_samples[q.question], self.eval_labels[q.question]) for q in self.val_items]
+            adapter.config.consensus, row["validation_accuracy"] = calibrate_consensus(adapter, validation, self.config.consensus_grid)
+            row["consensus"] = adapter.config.consensus
         row.update(_evaluate_items(adapter, self.eval_items, self.eval_samples, self.eval_labels))
         row["loss_curve"] = [round(s["loss"], 4) for s in result.steps]
         return row
@@ -351,7 +389,8 @@ class _Run:
         last = self.state.rounds[-1] if self.state.rounds else {}
         adapter.metadata = {
             "name": self.out_dir.name,
-            "trained_on": f"{len(self.train_items)} questions, {self.config.rounds} online rounds of {self.config.samples} samples each",
+            "trained_on": f"{len(self.train_items)} questions, {self.config.rounds} online rounds of {self.config.samples} samples each"
+            + (f"; consensus {adapter.config.consensus:g} chosen on {len(self.val_items)} more" if self.val_items else ""),
             "recipe": {"rounds": self.config.rounds, "samples": self.config.samples, "epochs_per_round": self.config.epochs_per_round},
             "training": asdict(self.config.train),
             "metrics": {k: v for k, v in last.items() if isinstance(v, (int, float)) and not isinstance(v, bool)} | {
@@ -368,6 +407,13 @@ class _Run:
         ]
         plot_curve(TrainResult(steps=steps, evals=evals), self.out_dir / "curve.png", title=f"{self.out_dir.name}: online rounds")
         shutil.rmtree(self.out_dir / "checkpoints", ignore_errors=True)
+
+
+def _split_validation(items: list[OnlineQuestion], fraction: float, seed: int) -> tuple[list[OnlineQuestion], list[OnlineQuestion]]:
+    """(trained on, validation): a seeded `fraction` of the training questions, at least one left to train."""
+    count = min(round(len(items) * fraction), len(items) - 1)
+    chosen = set(random.Random(seed).sample(range(len(items)), count)) if count > 0 else set()
+    return [q for i, q in enumerate(items) if i not in chosen], [q for i, q in enumerate(items) if i in chosen]
 
 
 def online_train(

@@ -83,13 +83,15 @@ def _split_template(template: str) -> tuple[str, str, str]:
         raise TuningError(f"{LABEL_SLOT} must come after {TEXT_SLOT}: a causal LM reads the answer after the text")
     between, after = rest.split(LABEL_SLOT)
     if after.strip():
-        raise TuningError(f"{LABEL_SLOT} must end the template (a causal LM predicts it last), found {after!r} after it")
+        raise TuningError(
+            f"{LABEL_SLOT} must end the template (a causal LM predicts it last), found {after!r} after it"
+        )
     stripped = between.rstrip()
     return before, stripped, between[len(stripped) :]
 
 
 class PromptTemplate:
-    """A template such as `"Review: {text} It was {label}"` and a verbalizer {label: word}, checked against a tokenizer."""
+    """A template such as `"Review: {text} It was {label}"` and a verbalizer {label: word}, tokenizer-checked."""
 
     def __init__(self, template: str, verbalizer: Mapping[str, str], tokenizer: Any, placement: Placement) -> None:
         self.template = template
@@ -178,7 +180,9 @@ def _left_pad(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, to
     """Left-padded ids [N, T] and their mask [N, T] (T may be 0)."""
     width = max((len(r) for r in rows), default=0)
     ids = torch.tensor([[pad] * (width - len(r)) + list(r) for r in rows], dtype=torch.long).reshape(len(rows), width)
-    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long).reshape(len(rows), width)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long).reshape(
+        len(rows), width
+    )
     return ids, mask
 
 
@@ -278,7 +282,9 @@ class LocalScorer:
                     inputs_embeds=block.embeds[rows], attention_mask=mask, position_ids=_positions(mask), use_cache=True
                 )
             chunks.append([(layer.keys, layer.values) for layer in out.past_key_values.layers])
-        layers = [(torch.cat([c[i][0] for c in chunks]), torch.cat([c[i][1] for c in chunks])) for i in range(len(chunks[0]))]
+        layers = [
+            (torch.cat([c[i][0] for c in chunks]), torch.cat([c[i][1] for c in chunks])) for i in range(len(chunks[0]))
+        ]
         return _HeadCache(layers, block.mask)
 
     def _cached(self, head: _HeadCache, soft: torch.Tensor, tails: _Block, n_idx: torch.Tensor) -> torch.Tensor:
@@ -292,7 +298,11 @@ class LocalScorer:
         positions = _positions(mask)[:, -embeds.shape[1] :]  # [B, L + T_tail]
         with torch.inference_mode():
             out = self.backend.model(
-                inputs_embeds=embeds, attention_mask=mask, position_ids=positions, past_key_values=cache, logits_to_keep=1
+                inputs_embeds=embeds,
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=cache,
+                logits_to_keep=1,
             )
         return out.logits[:, -1]  # [B, V]
 
@@ -357,9 +367,13 @@ def _default_name(embeds: torch.Tensor) -> str:
 class SoftPrompt:
     """A tuned soft prompt: embeds [L, H] (float32) plus its SoftPromptInfo; saved as safetensors + JSON."""
 
-    def __init__(self, embeds: torch.Tensor, info: SoftPromptInfo, *, z: torch.Tensor | None = None, target: Any = None) -> None:
+    def __init__(
+        self, embeds: torch.Tensor, info: SoftPromptInfo, *, z: torch.Tensor | None = None, target: Any = None
+    ) -> None:
         if embeds.ndim != 2 or tuple(embeds.shape) != (info.prompt_len, info.hidden_size):
-            raise TuningError(f"soft prompt embeds must be [{info.prompt_len}, {info.hidden_size}], got {list(embeds.shape)}")
+            raise TuningError(
+                f"soft prompt embeds must be [{info.prompt_len}, {info.hidden_size}], got {list(embeds.shape)}"
+            )
         if not torch.isfinite(embeds).all():
             raise TuningError("soft prompt embeds must be finite")
         self.embeds = embeds.detach().float().cpu()
@@ -369,7 +383,13 @@ class SoftPrompt:
 
     @classmethod
     def create(
-        cls, embeds: torch.Tensor, *, z: torch.Tensor | None = None, target: Any = None, name: str | None = None, **fields: Any
+        cls,
+        embeds: torch.Tensor,
+        *,
+        z: torch.Tensor | None = None,
+        target: Any = None,
+        name: str | None = None,
+        **fields: Any,
     ) -> SoftPrompt:
         """A SoftPrompt from embeds and SoftPromptInfo fields (the name defaults to a hash of the values)."""
         if embeds.ndim != 2:
@@ -447,4 +467,3 @@ def _labelled(labels: Sequence[str], probs: torch.Tensor) -> tuple[str, dict[str
     """The most probable label and the label -> probability map of one example."""
     values = [float(p) for p in probs]
     return labels[max(range(len(values)), key=values.__getitem__)], dict(zip(labels, values, strict=True))
-

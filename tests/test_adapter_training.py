@@ -253,6 +253,15 @@ def test_train_from_log_writes_adapter_curve_and_metrics(tmp_path: Path) -> None
     assert "12 questions" in (out / "README.md").read_text()
 
 
+def test_cli_trains_from_the_log_and_prints_the_metrics(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _write_log(tmp_path / "calls.db")
+    argv = ["--log", str(tmp_path / "calls.db"), "--out", str(tmp_path / "cli"), "--epochs", "0", "--trainable-layers", "0", "--no-progress"]
+    assert cli_main(argv) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["calls"] == 13 and printed["out"] == str(tmp_path / "cli")
+    assert Adapter.load(tmp_path / "cli", device="cpu").config.trainable_layers == 0
+
+
 def test_cli_reports_a_log_without_usable_feedback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with CallLog(tmp_path / "calls.db") as log:
         log.record(CallRecord(endpoint_host="127.0.0.1", model="m", route="chat", request={"messages": [{"role": "user", "content": "hi"}]}, candidates=["a", "b"], chosen=[0]))

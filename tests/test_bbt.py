@@ -51,7 +51,9 @@ def backend(gguf_path: Path) -> HFBackend:
 
 def tuner(backend: HFBackend, **options: Any) -> Tuner:
     """A tiny tuner on the sentiment examples above."""
-    return Tuner(backend, template=TEMPLATE, verbalizer=VERBALIZER, train=TRAIN, dev=DEV, config=BBTConfig(**{**TINY, **options}))
+    return Tuner(
+        backend, template=TEMPLATE, verbalizer=VERBALIZER, train=TRAIN, dev=DEV, config=BBTConfig(**{**TINY, **options})
+    )
 
 
 # ---------------------------------------------------------------- bad input, before any call
@@ -226,8 +228,13 @@ def test_a_short_fit_lowers_the_training_loss(backend: HFBackend) -> None:
 def test_the_call_hook_sees_every_evaluation_and_can_stop_the_search(backend: HFBackend) -> None:
     seen: list[tuple[int, int]] = []
     tuned = Tuner(
-        backend, template=TEMPLATE, verbalizer=VERBALIZER, train=TRAIN, dev=DEV,
-        config=BBTConfig(**{**TINY, "budget": 12}), on_calls=lambda calls, tokens: seen.append((calls, tokens)),
+        backend,
+        template=TEMPLATE,
+        verbalizer=VERBALIZER,
+        train=TRAIN,
+        dev=DEV,
+        config=BBTConfig(**{**TINY, "budget": 12}),
+        on_calls=lambda calls, tokens: seen.append((calls, tokens)),
     )
     prompt = tuned.fit()
     assert sum(c for c, _ in seen) == prompt.info.scores["calls"] + prompt.info.scores["dev_calls"]
@@ -264,7 +271,13 @@ def test_a_checkpoint_for_other_settings_is_not_resumed(backend: HFBackend, tmp_
 
 
 def test_selection_without_dev_keeps_the_lowest_training_loss(backend: HFBackend) -> None:
-    tuned = Tuner(backend, template=TEMPLATE, verbalizer=VERBALIZER, train=TRAIN, config=BBTConfig(**{**TINY, "placement": "suffix"}))
+    tuned = Tuner(
+        backend,
+        template=TEMPLATE,
+        verbalizer=VERBALIZER,
+        train=TRAIN,
+        config=BBTConfig(**{**TINY, "placement": "suffix"}),
+    )
     prompt = tuned.fit()
     assert prompt.info.scores["train_loss"] == min(g.best_loss for g in tuned.history)
     assert "dev_accuracy" not in prompt.info.scores
@@ -276,7 +289,9 @@ def test_p0_from_words_and_from_a_saved_prompt(backend: HFBackend, tmp_path: Pat
     assert torch.equal(worded.p0, backend.input_embeddings().weight[torch.tensor(ids)].float())
     random_words = tuner(backend, p0="vocab")
     assert random_words.p0.shape == (2, 576) and float(random_words.p0.abs().sum()) > 0
-    saved = SoftPrompt.create(torch.ones(2, 576), model_id="m", template=TEMPLATE, verbalizer=VERBALIZER, placement="prefix").save(tmp_path / "p")
+    saved = SoftPrompt.create(
+        torch.ones(2, 576), model_id="m", template=TEMPLATE, verbalizer=VERBALIZER, placement="prefix"
+    ).save(tmp_path / "p")
     assert torch.equal(tuner(backend, p0=saved).p0, torch.ones(2, 576))
     with pytest.raises(TuningError, match="shape"):
         tuner(backend, p0=saved, prompt_len=3)
@@ -308,7 +323,9 @@ def test_save_and_load_round_trip_keeps_embeds_metadata_and_predictions(backend:
 def test_loading_refuses_missing_or_inconsistent_files(tmp_path: Path) -> None:
     with pytest.raises(TuningError):
         SoftPrompt.load(tmp_path)
-    folder = SoftPrompt.create(torch.zeros(2, 4), model_id="m", template=TEMPLATE, verbalizer=VERBALIZER, placement="prefix").save(tmp_path / "sp")
+    folder = SoftPrompt.create(
+        torch.zeros(2, 4), model_id="m", template=TEMPLATE, verbalizer=VERBALIZER, placement="prefix"
+    ).save(tmp_path / "sp")
     info = (folder / "soft_prompt.json").read_text().replace('"prompt_len": 2', '"prompt_len": 3')
     (folder / "soft_prompt.json").write_text(info)
     with pytest.raises(TuningError, match="shape|\\[3, 4\\]"):
@@ -317,8 +334,11 @@ def test_loading_refuses_missing_or_inconsistent_files(tmp_path: Path) -> None:
 
 def test_classify_returns_label_probabilities_that_sum_to_one(backend: HFBackend) -> None:
     prompt = SoftPrompt.create(
-        backend.input_embeddings().weight[:2].float(), model_id=backend.model_id, template=TEMPLATE,
-        verbalizer=VERBALIZER, placement="suffix",
+        backend.input_embeddings().weight[:2].float(),
+        model_id=backend.model_id,
+        template=TEMPLATE,
+        verbalizer=VERBALIZER,
+        placement="suffix",
     )
     results = prompt.classify(["I loved it.", "I hated it.", "It is a film."], backend)
     assert len(results) == 3

@@ -47,10 +47,14 @@ class VLLMDouble:
         if self.status != 200:
             return httpx2.Response(self.status, json={"error": {"message": "engine overloaded"}})
         if body.get("echo") or body.get("prompt_logprobs"):
-            return httpx2.Response(400, json={"error": {"message": "echo and prompt_logprobs are not supported with prompt embeds"}})
+            return httpx2.Response(
+                400, json={"error": {"message": "echo and prompt_logprobs are not supported with prompt embeds"}}
+            )
         items = body["prompt_embeds"] if isinstance(body["prompt_embeds"], list) else [body["prompt_embeds"]]
         choices = [self._choice(i, decode_embeds(item), body) for i, item in enumerate(items)]
-        return httpx2.Response(200, json={"id": "cmpl-1", "object": "text_completion", "model": body["model"], "choices": choices})
+        return httpx2.Response(
+            200, json={"id": "cmpl-1", "object": "text_completion", "model": body["model"], "choices": choices}
+        )
 
     def _choice(self, index: int, embeds: torch.Tensor, body: dict[str, Any]) -> dict[str, Any]:
         """One greedy token with its top-k log-probs, keyed by token id or text."""
@@ -67,7 +71,12 @@ class VLLMDouble:
             "index": index,
             "text": self.backend.tokenizer.decode([first]),
             "finish_reason": "length",
-            "logprobs": {"tokens": [key(first)], "token_logprobs": [float(values[0])], "top_logprobs": [top], "text_offset": [0]},
+            "logprobs": {
+                "tokens": [key(first)],
+                "token_logprobs": [float(values[0])],
+                "top_logprobs": [top],
+                "text_offset": [0],
+            },
         }
 
 
@@ -82,8 +91,11 @@ def endpoint(backend: HFBackend, double: VLLMDouble, **options: Any) -> EmbedsEn
     """An EmbedsEndpoint talking to the double."""
     settings: dict[str, Any] = {"supports_prompt_embeds": True, **options}
     return EmbedsEndpoint(
-        "http://vllm.test/v1", model="smollm2", embedding_table_source=backend,
-        http_client=httpx2.Client(transport=httpx2.MockTransport(double)), **settings,
+        "http://vllm.test/v1",
+        model="smollm2",
+        embedding_table_source=backend,
+        http_client=httpx2.Client(transport=httpx2.MockTransport(double)),
+        **settings,
     )
 
 
@@ -91,7 +103,13 @@ def test_without_the_capability_switch_nothing_is_sent(backend: HFBackend) -> No
     double = VLLMDouble(backend)
     off = endpoint(backend, double, supports_prompt_embeds=False)
     with pytest.raises(EmbeddingsNotSupportedError):
-        Tuner(off, template=TEMPLATE, verbalizer=VERBALIZER, train=[(TEXTS[0], "positive"), (TEXTS[1], "negative")], config=BBTConfig(d=4, prompt_len=1, popsize=4, budget=4))
+        Tuner(
+            off,
+            template=TEMPLATE,
+            verbalizer=VERBALIZER,
+            train=[(TEXTS[0], "positive"), (TEXTS[1], "negative")],
+            config=BBTConfig(d=4, prompt_len=1, popsize=4, budget=4),
+        )
     template = PromptTemplate(TEMPLATE, VERBALIZER, backend.tokenizer, "prefix")
     with pytest.raises(EmbeddingsNotSupportedError):
         off.label_logprobs(torch.zeros(1, 1, 576), template.encode(TEXTS), template.label_token_ids)
@@ -149,7 +167,10 @@ def test_decoded_token_keys_are_matched_too(backend: HFBackend) -> None:
         return double(httpx2.Request("POST", request.url, json=body))
 
     texts = EmbedsEndpoint(
-        "http://vllm.test/v1", model="smollm2", embedding_table_source=backend, supports_prompt_embeds=True,
+        "http://vllm.test/v1",
+        model="smollm2",
+        embedding_table_source=backend,
+        supports_prompt_embeds=True,
         http_client=httpx2.Client(transport=httpx2.MockTransport(as_text)),
     )
     assert torch.allclose(texts.label_logprobs(prompts, template.encode(TEXTS), template.label_token_ids), with_ids)
@@ -176,7 +197,10 @@ def test_server_errors_and_malformed_answers_raise_backend_errors(backend: HFBac
     with pytest.raises(BackendError, match="503"):
         failing.label_logprobs(torch.zeros(1, 1, 576), template.encode(TEXTS), template.label_token_ids)
     empty = EmbedsEndpoint(
-        "http://vllm.test/v1", model="smollm2", embedding_table_source=backend, supports_prompt_embeds=True,
+        "http://vllm.test/v1",
+        model="smollm2",
+        embedding_table_source=backend,
+        supports_prompt_embeds=True,
         http_client=httpx2.Client(transport=httpx2.MockTransport(lambda r: httpx2.Response(200, json={"choices": []}))),
     )
     with pytest.raises(BackendError, match="choices"):
@@ -195,11 +219,16 @@ def test_a_tuner_runs_over_the_endpoint(backend: HFBackend) -> None:
     double = VLLMDouble(backend)
     remote = endpoint(backend, double, batch_size=64)
     train = [(TEXTS[0], "positive"), (TEXTS[1], "negative")]
-    tuned = Tuner(remote, template=TEMPLATE, verbalizer=VERBALIZER, train=train, dev=train,
-                  config=BBTConfig(d=4, prompt_len=1, popsize=4, budget=8, dev_every=4, placement="suffix", progress=False))
+    tuned = Tuner(
+        remote,
+        template=TEMPLATE,
+        verbalizer=VERBALIZER,
+        train=train,
+        dev=train,
+        config=BBTConfig(d=4, prompt_len=1, popsize=4, budget=8, dev_every=4, placement="suffix", progress=False),
+    )
     prompt = tuned.fit()
     assert len(double.bodies) == 2 + 2  # one request per generation (4 prompts x 2 examples) and per dev evaluation
     assert prompt.info.model_id == "smollm2"
     label, probs = prompt.classify([TEXTS[0]])[0]
     assert label in VERBALIZER and sum(probs.values()) == pytest.approx(1.0, abs=1e-5)
-

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from blackbox_sdk.online import (
     OnlineConfig,
     OnlineQuestion,
     Samples,
+    ai_judge,
+    calibrate_consensus,
     client_answer_sampler,
     log_labels,
     online_train,
@@ -36,6 +39,7 @@ CONFIG = OnlineConfig(
     rounds=2,
     samples=3,
     epochs_per_round=1,
+    validation_fraction=0.0,
     adapter=AdapterConfig(trainable_layers=1),
     train=TrainConfig(progress=False, groups_per_batch=4, lr=1e-4, warmup_steps=1),
 )
@@ -133,6 +137,48 @@ def test_log_labels_reads_the_feedback_that_the_rounds_wrote(client: blackbox_sd
     assert label(item, item.reference or "") is True
     assert label(item, rec.candidates[rec.chosen[0]]) is names_the_capital(item, rec.candidates[rec.chosen[0]])
     assert label(item, "an answer nobody rated") is None
+
+
+def test_consensus_is_chosen_on_training_questions_kept_out_of_training(client: blackbox_sdk.OpenAI, tmp_path: Path) -> None:
+    config = replace(CONFIG, rounds=1, validation_fraction=0.34, consensus_grid=(0.0, 3.0))
+    sampler = sampler_for(client)
+    report = online_train(sampler, TRAIN, names_the_capital, tmp_path / "adapter", config=config)
+    (row,) = report.rounds
+    assert row["samples"] == 6  # two questions trained on, one kept for validation
+    assert row["consensus"] in (0.0, 3.0) and 0.0 <= row["validation_accuracy"] <= 1.0
+    saved = Adapter.load(tmp_path / "adapter", device="cpu")
+    assert saved.config.consensus == row["consensus"]
+    assert sorted(q for q, _ in sampler.asked) == sorted(t.question for t in TRAIN)  # the third was sampled and labelled
+
+
+def test_calibrate_consensus_picks_the_weight_that_is_right_most_often(fresh: Adapter) -> None:
+    question = "What is the capital of Canada?"
+    samples = ["The capital of Canada is Toronto."] * 5 + ["The capital of Canada is Ottawa."] * 2 + ["Montreal."]
+    labels = ["Ottawa" in s for s in samples]
+    raw = fresh.score_pairs([(question, s) for s in samples])
+    majority_wins = raw[0] + math.log(5) > raw[5] + math.log(2)
+    weight, accuracy = calibrate_consensus(fresh, [(question, samples, labels)], (0.0, 1.0))
+    expected_at_1 = 0.0 if majority_wins else 1.0
+    expected_at_0 = 1.0 if raw[5] > max(raw[0], raw[7]) else 0.0
+    assert accuracy == max(expected_at_0, expected_at_1)
+    assert weight == (1.0 if expected_at_1 >= expected_at_0 else 0.0)
+
+
+@pytest.fixture(scope="module")
+def fresh() -> Adapter:
+    torch.set_num_threads(1)
+    return Adapter.create(AdapterConfig(trainable_layers=1), seed=5, device="cpu")
+
+
+def test_ai_judge_asks_the_black_box_through_the_client(client: blackbox_sdk.OpenAI, tmp_path: Path) -> None:
+    judge = ai_judge(client, "smollm2")
+    verdict = judge(TRAIN[0], "The capital of Pakistan is Islamabad.")
+    assert isinstance(verdict, bool)
+    with CallLog(tmp_path / "calls.db") as log:
+        (call,) = list(log.calls())
+    prompt = call.request["messages"][-1]["content"]
+    assert TRAIN[0].question in prompt and "The capital of Pakistan is Islamabad." in prompt
+    assert call.request["temperature"] == 0 and verdict == call.candidates[call.chosen[0]].strip().lower().startswith("yes")
 
 
 def test_online_training_needs_questions(tmp_path: Path) -> None:
