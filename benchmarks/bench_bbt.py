@@ -83,7 +83,7 @@ def plan(quick: bool) -> Plan:
         return Plan("paper", paper, paper, ("prefix", "after_text", "suffix"))
     if quick:
         return Plan(
-            "quick", BBTConfig(d=50, prompt_len=2, budget=100, dev_every=20, placement="suffix"), None, ("suffix",)
+            "quick", BBTConfig(d=50, prompt_len=2, budget=60, dev_every=20, placement="suffix"), None, ("suffix",)
         )
     main = BBTConfig(d=100, prompt_len=4, budget=600, dev_every=60, placement="suffix")
     compare = main.model_copy(update={"budget": 200, "dev_every": 40})

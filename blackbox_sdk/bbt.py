@@ -11,7 +11,9 @@ Counting: one *call* is one candidate evaluated on the whole training set (the p
 generation costs `popsize` calls and `budget` caps them; dev evaluations (one call each, on the dev
 set) are counted apart in `dev_calls`. Every evaluation is announced to `on_calls(n_calls,
 n_tokens)` before it runs, n_tokens being the prompt tokens a server would bill; a budget hook may
-raise there to stop the search (the checkpoint written so far stays resumable).
+raise there to stop the search (the checkpoint written so far stays resumable). When the target is
+an SDK client with a budget or a call log, each evaluation is also one call to them (`ClientMeter`):
+reserved before its forward pass, settled after, logged with route "bbt".
 
 Checkpoints hold no pickle: JSON (the fitness values CMA-ES was told, history, counters) plus
 safetensors (mean, best z). Resuming re-creates the CMA-ES with the same seed and replays ask/tell
@@ -29,6 +31,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -38,6 +41,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from safetensors.torch import load_file, save_file
 
+from .bbt_meter import ClientMeter, EvaluationKind
 from .errors import TuningError
 from .soft_prompt import (
     EncodedExamples,
@@ -50,6 +54,7 @@ from .soft_prompt import (
 
 __all__ = [
     "BBTConfig",
+    "ClientMeter",
     "DevRecord",
     "GenerationRecord",
     "SoftPrompt",
@@ -206,9 +211,8 @@ def _checked_examples(data: Sequence[Any], labels: Sequence[str], name: str, *, 
         raise TuningError(f"the {name} set is empty")
     pairs: list[Example] = []
     for i, item in enumerate(data):
-        if not (
-            isinstance(item, Sequence) and len(item) == 2 and isinstance(item[0], str) and isinstance(item[1], str)
-        ):
+        pair = isinstance(item, Sequence) and not isinstance(item, str) and len(item) == 2
+        if not (pair and isinstance(item[0], str) and isinstance(item[1], str)):
             raise TuningError(f"{name}[{i}] must be a (text, label) pair of strings, got {item!r}")
         if not item[0].strip():
             raise TuningError(f"{name}[{i}] has an empty text")
@@ -264,6 +268,7 @@ class Tuner:
         self._train = self._encode(self.train)
         self._dev = None if self.dev is None else self._encode(self.dev)
         self.on_calls = on_calls
+        self.meter = ClientMeter.of(target)  # the client's budget and call log, if it has either
         table = self.scorer.embedding_table().detach()
         self.hidden = int(table.shape[1])
         self.std_e = float(table.float().std())
@@ -316,30 +321,37 @@ class Tuner:
         zs = torch.as_tensor(np.asarray(z), dtype=torch.float32, device=self.scorer.device).reshape(-1, self.config.d)
         return (zs @ self.projection.T).reshape(-1, self.config.prompt_len, self.hidden) + self.p0  # [P, L, H]
 
-    def _spend(self, calls: int, examples: EncodedExamples, prompt_len: int) -> int:
-        """Announce calls to the hook before they run; returns the tokens they bill."""
+    def _score(
+        self, kind: EvaluationKind, prompts: torch.Tensor, examples: EncodedExamples, loss: str
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(loss [P], accuracy [P], prompt tokens billed) of one evaluation of prompts [P, L, H]: P calls, hook, meter."""
+        calls, prompt_len = int(prompts.shape[0]), int(prompts.shape[1])
         tokens = calls * self.scorer.tokens_sent(prompt_len, examples)
         if self.on_calls is not None:
             self.on_calls(calls, tokens)
-        return tokens
+        with self._metered(kind, calls, len(examples), prompt_len, tokens):
+            logprobs = self.scorer.label_logprobs(prompts, examples, self.template.label_token_ids)  # [P, N, C]
+        losses, accuracy = population_losses(logprobs, torch.tensor(examples.labels), loss, self.config.margin)
+        return losses, accuracy, tokens
 
-    def _score(self, prompts: torch.Tensor, examples: EncodedExamples, loss: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loss [P], accuracy [P]) of prompts on an encoded example set."""
-        logprobs = self.scorer.label_logprobs(prompts, examples, self.template.label_token_ids)  # [P, N, C]
-        return population_losses(logprobs, torch.tensor(examples.labels), loss, self.config.margin)
+    def _metered(
+        self, kind: EvaluationKind, calls: int, examples: int, prompt_len: int, tokens: int
+    ) -> AbstractContextManager[None]:
+        """The client meter's call around one forward pass, or nothing when the target has no budget or log."""
+        if self.meter is None:
+            return nullcontext()
+        return self.meter.call(kind, calls=calls, examples=examples, prompt_len=prompt_len, tokens=tokens)
 
     def score_population(self, z: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss [P], accuracy [P]) of search points z [P, d] on the training set: one batched evaluation, P calls."""
-        prompts = self.prompts(z)
-        self._spend(prompts.shape[0], self._train, self.config.prompt_len)
-        return self._score(prompts, self._train, self.config.loss)
+        loss, accuracy, _ = self._score("train", self.prompts(z), self._train, self.config.loss)
+        return loss, accuracy
 
     def evaluate(self, data: Sequence[Example], prompt: SoftPrompt | torch.Tensor) -> dict[str, float]:
         """Accuracy and cross entropy of one soft prompt (or embeds [L, H]) on labelled data: one call."""
         checked = self._encode(_checked_examples(data, self.template.labels, "data", balanced=False))
         embeds = prompt.embeds if isinstance(prompt, SoftPrompt) else prompt
-        self._spend(1, checked, embeds.shape[0])
-        loss, accuracy = self._score(embeds[None].float(), checked, "ce")
+        loss, accuracy, _ = self._score("evaluate", embeds[None].float(), checked, "ce")
         return {"accuracy": float(accuracy[0]), "loss": float(loss[0])}
 
     # ------------------------------------------------------------ the search
@@ -387,8 +399,8 @@ class Tuner:
     def _generation(self, state: _State, started: float, *, last: bool) -> None:
         """Ask, score the population on the train set in one batched evaluation, tell; dev-evaluate when due."""
         solutions = state.es.ask()
-        state.tokens += self._spend(self.config.popsize, self._train, self.config.prompt_len)
-        losses, accuracy = self._score(self.prompts(np.stack(solutions)), self._train, self.config.loss)
+        losses, accuracy, tokens = self._score("train", self.prompts(np.stack(solutions)), self._train, self.config.loss)
+        state.tokens += tokens
         fitness = [float(v) for v in losses]
         state.es.tell(solutions, fitness)
         state.fitness.append(fitness)
@@ -410,9 +422,9 @@ class Tuner:
         """Dev-evaluate a candidate (when there is a dev set) and keep it if it beats the selected one."""
         dev_accuracy = dev_loss = None
         if self._dev is not None:
-            state.tokens += self._spend(1, self._dev, self.config.prompt_len)
+            loss, accuracy, tokens = self._score("dev", self.prompts(z[None]), self._dev, "ce")
+            state.tokens += tokens
             state.dev_calls += 1
-            loss, accuracy = self._score(self.prompts(z[None]), self._dev, "ce")
             dev_accuracy, dev_loss = float(accuracy[0]), float(loss[0])
             state.dev.append(DevRecord(state.calls, dev_accuracy, dev_loss, seconds))
         if state.best is None or state.best.beaten_by(dev_accuracy, dev_loss, train_loss):

@@ -392,7 +392,7 @@ class _Run:
             "trained_on": f"{len(self.train_items)} questions, {self.config.rounds} online rounds of {self.config.samples} samples each"
             + (f"; consensus {adapter.config.consensus:g} chosen on {len(self.val_items)} more" if self.val_items else ""),
             "recipe": {"rounds": self.config.rounds, "samples": self.config.samples, "epochs_per_round": self.config.epochs_per_round},
-            "training": asdict(self.config.train),
+            "training": {**asdict(self.config.train), "epochs": self.config.epochs_per_round},
             "metrics": {k: v for k, v in last.items() if isinstance(v, (int, float)) and not isinstance(v, bool)} | {
                 f"baseline_{k}": v for k, v in self.state.baseline.items()
             },
