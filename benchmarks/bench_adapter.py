@@ -4,7 +4,8 @@ The black box is SmolLM2-135M-Instruct behind llama.cpp's OpenAI-compatible serv
 and stopped at the end; every call goes through the SDK client with a disk cache under
 .bench/adapter/, so a re-run spends (almost) no sampling time. Per task (benchmarks/tasks/suite.py):
 an adapter is trained from scratch with the online rounds on the training questions, then on the
-held-out questions, all methods see the same K samples per question:
+held-out questions, all methods see the same K samples per question, in each of `draws` disjoint
+sets of K (accuracies are averaged over the draws, which takes out most of the sampling noise):
 
     single        the first sample
     majority      the most frequent extracted answer among the K (self-consistency)
@@ -38,6 +39,7 @@ from tasks.suite import TASKS, Item, Task, split
 WORK = HERE.parent / ".bench" / "adapter"
 SHIPPED = HERE.parent / "adapters"
 MODEL = "smollm2"
+ROWS_FILE = "rows.json"
 PORT = 18765  # a fixed port: the cache keys on the endpoint URL, so a random port would miss every time
 SAMPLING: dict[str, Any] = {"temperature": 0.9, "max_tokens": 16, "stop": ["\n"]}
 
@@ -46,7 +48,7 @@ SAMPLING: dict[str, Any] = {"temperature": 0.9, "max_tokens": 16, "stop": ["\n"]
 class Size:
     """How much of each task the benchmark uses, and how hard it trains."""
 
-    train: int  # training questions (a quarter of them only chooses the adapter's consensus weight)
+    train: int  # training questions, at most (a task with fewer uses all it has; a quarter only chooses the consensus weight)
     held_out: int  # held-out questions
     samples: int  # K: samples per question (training rounds and evaluation)
     rounds: int  # online rounds
@@ -54,14 +56,15 @@ class Size:
     beam_questions: int  # held-out questions that also get beam search
     beam: int  # beams kept per step
     candidates: int  # next steps sampled per beam per step
+    draws: int  # disjoint sets of K samples per held-out question that the rerank accuracies average over
 
 
-QUICK = Size(train=10, held_out=10, samples=4, rounds=1, epochs=2, beam_questions=4, beam=2, candidates=3)
-DEFAULT = Size(train=40, held_out=40, samples=8, rounds=2, epochs=2, beam_questions=16, beam=2, candidates=4)
+QUICK = Size(train=10, held_out=10, samples=4, rounds=1, epochs=2, beam_questions=4, beam=2, candidates=3, draws=1)
+DEFAULT = Size(train=180, held_out=40, samples=8, rounds=2, epochs=8, beam_questions=16, beam=2, candidates=4, draws=4)
 
 
 def _online_config(size: Size) -> Any:
-    """The recipe of the shipped adapters (adapters/<task>/): MiniLM-L6, top 2 layers, NCE."""
+    """The recipe of the shipped adapters (adapters/<task>/): MiniLM-L6, all six layers (not the embeddings), NCE."""
     from blackbox_sdk.adapter import AdapterConfig
     from blackbox_sdk.adapter_training import TrainConfig
     from blackbox_sdk.online import OnlineConfig
@@ -70,7 +73,7 @@ def _online_config(size: Size) -> Any:
         rounds=size.rounds,
         samples=size.samples,
         epochs_per_round=size.epochs,
-        adapter=AdapterConfig(trainable_layers=2),
+        adapter=AdapterConfig(trainable_layers=6),
         train=TrainConfig(lr=1e-4, groups_per_batch=8, max_negatives=7, warmup_steps=5, progress=False),
     )
 
@@ -103,25 +106,31 @@ def _majority(task: Task, answers: list[str]) -> int:
     return next(i for i, v in enumerate(values) if v and counts[v] == top)
 
 
-def evaluate_reranking(client: Any, adapter: Any, task: Task, held: list[Item], k: int) -> tuple[dict[str, float], float, list[str]]:
-    """Correct counts per method over the same K samples per question, tokens per question, all samples."""
+def evaluate_reranking(client: Any, adapter: Any, task: Task, held: list[Item], k: int, draws: int) -> tuple[dict[str, float], float, list[str]]:
+    """Accuracy per method, averaged over `draws` disjoint sets of K samples per question; tokens per question per draw; all samples.
+
+    Every method sees the same K samples in each draw; averaging over draws takes out most of the
+    sampling noise, so that what is left is the questions' own variance.
+    """
     correct = Counter[str]()
     tokens = 0
     texts: list[str] = []
     for item in held:
-        response = client.chat.completions.create(model=MODEL, messages=[*task.messages(), {"role": "user", "content": item.question}], n=k, **SAMPLING)
-        answers = [c.message.content or "" for c in response.choices]
-        texts += [adapter.config.render(item.question, a) for a in answers]
-        ok = [task.check(item, a) for a in answers]
-        scores = adapter.score(item.question, answers)
-        energy = adapter.score_pairs([(item.question, a) for a in answers])
-        correct["single"] += ok[0]
-        correct["majority"] += ok[_majority(task, answers)]
-        correct["adapter"] += ok[max(range(k), key=lambda i: scores[i])]
-        correct["energy"] += ok[max(range(k), key=lambda i: energy[i])]
-        correct["oracle"] += any(ok)
+        response = client.chat.completions.create(model=MODEL, messages=[*task.messages(), {"role": "user", "content": item.question}], n=k * draws, **SAMPLING)
         tokens += response.usage.total_tokens if response.usage else 0
-    return {m: correct[m] / len(held) for m in ("single", "majority", "energy", "adapter", "oracle")}, tokens / len(held), texts
+        for draw in range(draws):
+            answers = [c.message.content or "" for c in response.choices[draw * k : (draw + 1) * k]]
+            texts += [adapter.config.render(item.question, a) for a in answers]
+            ok = [task.check(item, a) for a in answers]
+            scores = adapter.score(item.question, answers)
+            energy = adapter.score_pairs([(item.question, a) for a in answers])
+            correct["single"] += ok[0]
+            correct["majority"] += ok[_majority(task, answers)]
+            correct["adapter"] += ok[max(range(k), key=lambda i: scores[i])]
+            correct["energy"] += ok[max(range(k), key=lambda i: energy[i])]
+            correct["oracle"] += any(ok)
+    runs = len(held) * draws
+    return {m: correct[m] / runs for m in ("single", "majority", "energy", "adapter", "oracle")}, tokens / runs, texts
 
 
 def evaluate_beam(client: Any, adapter: Any, task: Task, items: list[Item], size: Size) -> tuple[float, float]:
@@ -151,16 +160,16 @@ def task_rows(client: Any, task: Task, size: Size, work: Path) -> list[dict[str,
     """Train on one task, evaluate every method, and return its rows."""
     import torch
 
-    train, held = split(task, size.train, size.held_out)
+    train, held = split(task, min(size.train, len(task.items) - size.held_out), size.held_out)
     adapter, report = train_adapter(client, task, train, held, size, work / task.name)
-    accuracy, tokens, texts = evaluate_reranking(client, adapter, task, held, size.samples)
+    accuracy, tokens, texts = evaluate_reranking(client, adapter, task, held, size.samples, size.draws)
     beam_accuracy, beam_tokens = evaluate_beam(client, adapter, task, held[: size.beam_questions], size)
     train_s = round(sum(r.get("train_seconds", 0.0) for r in report["rounds"]), 1)
     cpu_rate = throughput(adapter, texts, "cpu")
     gpu_rate = throughput(adapter, texts, "cuda") if torch.cuda.is_available() else None
     gap = accuracy["oracle"] - accuracy["single"]
     per_sample = tokens / size.samples
-    base = {"task": task.name, "questions": len(held)}
+    base = {"task": task.name, "questions": len(held), "draws": size.draws}
     return [
         {**base, "method": "single", "accuracy": accuracy["single"], "tokens_per_question": per_sample},
         {**base, "method": f"majority@{size.samples}", "accuracy": accuracy["majority"], "tokens_per_question": tokens},
@@ -172,11 +181,12 @@ def task_rows(client: Any, task: Task, size: Size, work: Path) -> list[dict[str,
             "tokens_per_question": tokens,
             "gap_recovered": (accuracy["adapter"] - accuracy["single"]) / gap if gap else None,
             "consensus": adapter.config.consensus,
+            "train_questions": len(train),
             "train_s": train_s,
             "cpu_candidates_per_s": round(cpu_rate, 1),
             "gpu_candidates_per_s": round(gpu_rate, 1) if gpu_rate else None,
         },
-        {**base, "questions": min(size.beam_questions, len(held)), "method": f"beam {size.beam}x{size.candidates}", "accuracy": beam_accuracy, "tokens_per_question": beam_tokens},
+        {**base, "questions": min(size.beam_questions, len(held)), "draws": 1, "method": f"beam {size.beam}x{size.candidates}", "accuracy": beam_accuracy, "tokens_per_question": beam_tokens},
         {**base, "method": f"oracle@{size.samples}", "accuracy": accuracy["oracle"], "tokens_per_question": tokens},
     ]
 
@@ -209,6 +219,7 @@ def rows(quick: bool) -> list[dict[str, Any]]:
         client = blackbox_sdk.OpenAI(base_url=base_url, api_key="local", cache=WORK / "cache", log=WORK / "calls.db")
         for task in TASKS:
             out += task_rows(client, task, size, work)
+    (work / ROWS_FILE).write_text(json.dumps(out, indent=2) + "\n")  # for --ship: each card gets its task's rows
     return out
 
 
@@ -216,6 +227,7 @@ def ship() -> list[Path]:
     """Copy the default run's adapters into adapters/<task>/ (fp16 weights, card, curve, report, recipe)."""
     from blackbox_sdk.adapter import Adapter
 
+    rows = json.loads((WORK / "default" / ROWS_FILE).read_text())
     shipped = []
     for task in TASKS:
         trained = WORK / "default" / task.name
@@ -233,8 +245,19 @@ def ship() -> list[Path]:
             "online_config": json.loads(json.dumps(_online_config(DEFAULT), default=lambda o: o.__dict__)),
         }
         (target / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
+        with (target / "README.md").open("a") as card:
+            card.write(_benchmark_section([r for r in rows if r["task"] == task.name]))
         shipped.append(target)
     return shipped
+
+
+def _benchmark_section(rows: list[dict[str, Any]]) -> str:
+    """The card's benchmark table: accuracy per method on the held-out questions."""
+    from run import markdown_table
+
+    keep = ("method", "questions", "draws", "accuracy", "tokens_per_question", "gap_recovered")
+    table = markdown_table([{k: r.get(k) for k in keep} for r in rows])
+    return f"\n## Benchmark (held-out questions, `python benchmarks/run.py adapter`)\n\n{table}\n"
 
 
 def main(argv: list[str]) -> int:

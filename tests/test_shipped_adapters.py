@@ -1,0 +1,59 @@
+"""The adapters shipped in adapters/ load from safetensors + JSON and rank held-out answers better than chance."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+
+from blackbox_sdk.adapter import Adapter
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = sorted(p for p in (ROOT / "adapters").iterdir() if (p / "adapter_config.json").is_file())
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from tasks.suite import TASKS, split
+
+HELD_OUT = 40  # the benchmark's held-out questions, never trained on
+
+
+def _wrong_answer(task_name: str, question: str, reference: str, other: str) -> str:
+    """A wrong answer in the reference's form: the smaller number, or another question's sum or capital."""
+    if task_name == "comparison":
+        smaller = min(int(n) for n in re.findall(r"\d+", question))
+        return f"{smaller} is larger."
+    head, _ = reference.rsplit(" is ", 1)
+    return f"{head} is {other.rsplit(' is ', 1)[1]}"
+
+
+def test_every_task_of_the_benchmark_has_a_shipped_adapter() -> None:
+    assert [p.name for p in SHIPPED] == sorted(t.name for t in TASKS)
+
+
+@pytest.mark.parametrize("folder", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_a_shipped_adapter_has_its_card_recipe_and_benchmark_rows(folder: Path) -> None:
+    card = (folder / "README.md").read_text()
+    assert "## Benchmark (held-out questions" in card and "adapter@8" in card
+    recipe = json.loads((folder / "recipe.json").read_text())
+    assert recipe["task"] == folder.name
+    assert (folder / "adapter.safetensors").stat().st_size < 30_000_000
+
+
+@pytest.mark.parametrize("folder", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_a_shipped_adapter_prefers_the_right_answer_on_held_out_questions(folder: Path) -> None:
+    task = next(t for t in TASKS if t.name == folder.name)
+    _, held = split(task, 0, HELD_OUT)
+    adapter = Adapter.load(folder, device="cpu")
+    wins = 0
+    for i, item in enumerate(held):
+        other = held[(i + 1) % len(held)]
+        wrong = _wrong_answer(task.name, item.question, item.reference, other.reference)
+        assert not task.check(item, wrong), wrong
+        right_score, wrong_score = adapter.score_pairs([(item.question, item.reference), (item.question, wrong)])
+        wins += right_score > wrong_score
+    assert wins / len(held) > 0.6, f"{folder.name}: the right answer won {wins} of {len(held)}"
