@@ -9,8 +9,8 @@ Each round:
   3. positives = references + accepted candidates + the best earlier positive; negatives =
      rejected candidates + the previous adapter's wrong picks (kept across rounds),
   4. train the adapter (continuing from the last round), choose its `consensus` weight on a
-     quarter of the training questions kept out of training (`calibrate_consensus`), evaluate on
-     held-out questions, save a checkpoint and the JSON state.
+     quarter of the training questions kept out of training, one draw of K samples per round each
+     (`calibrate_consensus`), evaluate on held-out questions, save a checkpoint and the JSON state.
 A crash loses at most the round in progress: `online_train` with the same state file picks up
 after the last completed round.
 """
@@ -92,7 +92,7 @@ class OnlineConfig:
     samples: int = 8  # fresh candidates per training question per round
     epochs_per_round: int = 2  # passes over the round's groups
     validation_fraction: float = 0.25  # training questions kept out of training, to choose `consensus` on
-    consensus_grid: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)  # the consensus weights tried on them
+    consensus_grid: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0)  # the consensus weights tried on them (4: near majority vote)
     write_feedback: bool = True  # label the sampled calls in the client's call log, when it has one
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(progress=False))
@@ -287,6 +287,7 @@ class _Run:
         self.state = _State.load(state_path, config.fingerprint([*train_items, *self.eval_items]))
         self.eval_samples: dict[str, list[str]] = {}
         self.eval_labels: dict[str, list[bool | None]] = {}
+        self.validation: list[tuple[str, list[str], list[bool | None]]] = []  # one entry per question and draw
 
     def checkpoint(self, number: int) -> Path:
         """The folder of round `number`'s adapter."""
@@ -306,8 +307,16 @@ class _Run:
         return samples, labels
 
     def prepare_eval(self) -> None:
-        """Sample and label the validation and held-out questions once (round 1's request, so cached afterwards)."""
-        for item in [*self.val_items, *self.eval_items]:
+        """Sample and label the held-out questions once, and the validation questions once per round (cached afterwards).
+
+        A validation question gets `rounds` disjoint draws of K samples, so the consensus weight is
+        chosen on rounds x more picks than there are validation questions: one draw is too noisy.
+        """
+        for item in self.val_items:
+            for number in range(1, self.config.rounds + 1):
+                samples, labels = self.sample_and_label(item, number)
+                self.validation.append((item.question, samples.answers, labels))
+        for item in self.eval_items:
             samples, labels = self.sample_and_label(item, 1)
             self.eval_samples[item.question], self.eval_labels[item.question] = samples.answers, labels
         if not self.state.baseline:
@@ -368,9 +377,8 @@ class _Run:
         result: TrainResult = train(adapter, groups, config, eval_groups=eval_groups) if groups else TrainResult()
         self.keep_best_positives(adapter, groups)
         row: dict[str, Any] = {"round": number, "groups": len(groups), **totals, **result.final_metrics()}
-        if self.val_items:
-            validation = [(q.question, self.eval_samples[q.question], self.eval_labels[q.question]) for q in self.val_items]
-            adapter.config.consensus, row["validation_accuracy"] = calibrate_consensus(adapter, validation, self.config.consensus_grid)
+        if self.validation:
+            adapter.config.consensus, row["validation_accuracy"] = calibrate_consensus(adapter, self.validation, self.config.consensus_grid)
             row["consensus"] = adapter.config.consensus
         row.update(_evaluate_items(adapter, self.eval_items, self.eval_samples, self.eval_labels))
         row["loss_curve"] = [round(s["loss"], 4) for s in result.steps]

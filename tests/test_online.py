@@ -139,16 +139,16 @@ def test_log_labels_reads_the_feedback_that_the_rounds_wrote(client: blackbox_sd
     assert label(item, "an answer nobody rated") is None
 
 
-def test_consensus_is_chosen_on_training_questions_kept_out_of_training(client: blackbox_sdk.OpenAI, tmp_path: Path) -> None:
-    config = replace(CONFIG, rounds=1, validation_fraction=0.34, consensus_grid=(0.0, 3.0))
+def test_consensus_is_chosen_on_training_questions_kept_out_of_training_one_draw_per_round(client: blackbox_sdk.OpenAI, tmp_path: Path) -> None:
+    config = replace(CONFIG, rounds=2, validation_fraction=0.34, consensus_grid=(0.0, 3.0))
     sampler = sampler_for(client)
     report = online_train(sampler, TRAIN, names_the_capital, tmp_path / "adapter", config=config)
-    (row,) = report.rounds
-    assert row["samples"] == 6  # two questions trained on, one kept for validation
-    assert row["consensus"] in (0.0, 3.0) and 0.0 <= row["validation_accuracy"] <= 1.0
+    assert [row["samples"] for row in report.rounds] == [6, 6]  # two questions trained on, one kept for validation
+    last = report.rounds[-1]
+    assert last["consensus"] in (0.0, 3.0) and 0.0 <= last["validation_accuracy"] <= 1.0
     saved = Adapter.load(tmp_path / "adapter", device="cpu")
-    assert saved.config.consensus == row["consensus"]
-    assert sorted(q for q, _ in sampler.asked) == sorted(t.question for t in TRAIN)  # the third was sampled and labelled
+    assert saved.config.consensus == last["consensus"]
+    assert sorted(sampler.asked) == sorted((t.question, r) for t in TRAIN for r in (1, 2))  # the third too, once per round
 
 
 def test_calibrate_consensus_picks_the_weight_that_is_right_most_often(fresh: Adapter) -> None:
