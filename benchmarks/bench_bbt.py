@@ -14,7 +14,7 @@ news is about World/Sports/Business/Tech"):
 Rows report test accuracy, BBT's training calls and wall time (in all, and to its best dev score),
 a placement comparison (prefix / after_text / suffix at one budget) and population evaluations
 per second, batched vs one candidate at a time. Configurations: `--quick` (about 3 minutes on two
-CPU cores), the default CPU one (about 20 minutes), and the paper's (d=500, L=50, 8000 calls,
+CPU cores), the default CPU one (about 30 minutes), and the paper's (d=500, L=50, 8000 calls,
 prefix) when CUDA is available or BBT_BENCH_PAPER=1.
 """
 
@@ -85,7 +85,7 @@ def plan(quick: bool) -> Plan:
         return Plan(
             "quick", BBTConfig(d=50, prompt_len=2, budget=60, dev_every=20, placement="suffix"), None, ("suffix",)
         )
-    main = BBTConfig(d=100, prompt_len=4, budget=600, dev_every=60, placement="suffix")
+    main = BBTConfig(d=100, prompt_len=4, budget=2000, dev_every=100, placement="suffix")
     compare = main.model_copy(update={"budget": 200, "dev_every": 40})
     return Plan("cpu", main, compare, ("suffix", "prefix"))
 
