@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("torch")
-
 from blackbox_sdk.adapter import Adapter
 
 ROOT = Path(__file__).resolve().parent.parent
