@@ -7,7 +7,8 @@ an adapter is trained from scratch with the online rounds on the training questi
 held-out questions, all methods see the same K samples per question, in each of `draws` disjoint
 sets of K (accuracies are averaged over the draws, which takes out most of the sampling noise):
 
-    single        the first sample
+    single        a plain call's accuracy: the share of the K samples that are right (its
+                  expectation; the first sample alone estimates it with K times the variance)
     majority      the most frequent extracted answer among the K (self-consistency)
     adapter g only  the highest adapter score g among the K (no consensus term)
     adapter       the adapter's pick among the K (`Adapter.score`, as the client's reranker does:
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import shutil
 import sys
 import time
@@ -106,31 +108,52 @@ def _majority(task: Task, answers: list[str]) -> int:
     return next(i for i, v in enumerate(values) if v and counts[v] == top)
 
 
-def evaluate_reranking(client: Any, adapter: Any, task: Task, held: list[Item], k: int, draws: int) -> tuple[dict[str, float], float, list[str]]:
-    """Accuracy per method, averaged over `draws` disjoint sets of K samples per question; tokens per question per draw; all samples.
+METHODS = ("single", "majority", "energy", "adapter", "oracle")
+
+
+def evaluate_reranking(client: Any, adapter: Any, task: Task, held: list[Item], k: int, draws: int) -> tuple[dict[str, list[float]], float, list[str]]:
+    """Per method, each question's accuracy averaged over `draws` disjoint sets of K samples; tokens per question per draw; all samples.
 
     Every method sees the same K samples in each draw; averaging over draws takes out most of the
     sampling noise, so that what is left is the questions' own variance.
     """
-    correct = Counter[str]()
+    per_question: dict[str, list[float]] = {m: [] for m in METHODS}
     tokens = 0
     texts: list[str] = []
     for item in held:
         response = client.chat.completions.create(model=MODEL, messages=[*task.messages(), {"role": "user", "content": item.question}], n=k * draws, **SAMPLING)
         tokens += response.usage.total_tokens if response.usage else 0
+        correct = Counter[str]()
         for draw in range(draws):
             answers = [c.message.content or "" for c in response.choices[draw * k : (draw + 1) * k]]
             texts += [adapter.config.render(item.question, a) for a in answers]
             ok = [task.check(item, a) for a in answers]
             scores = adapter.score(item.question, answers)
             energy = adapter.score_pairs([(item.question, a) for a in answers])
-            correct["single"] += ok[0]
+            correct["single"] += sum(ok) / k
             correct["majority"] += ok[_majority(task, answers)]
             correct["adapter"] += ok[max(range(k), key=lambda i: scores[i])]
             correct["energy"] += ok[max(range(k), key=lambda i: energy[i])]
             correct["oracle"] += any(ok)
-    runs = len(held) * draws
-    return {m: correct[m] / runs for m in ("single", "majority", "energy", "adapter", "oracle")}, tokens / runs, texts
+        for method in METHODS:
+            per_question[method].append(correct[method] / draws)
+    return per_question, tokens / (len(held) * draws), texts
+
+
+def gap_recovered(per_question: dict[str, list[float]], picks: list[int] | None = None) -> float | None:
+    """(adapter - single) / (oracle - single) over the questions `picks` (default: all)."""
+    index = picks if picks is not None else range(len(per_question["single"]))
+    mean = {m: sum(per_question[m][i] for i in index) for m in ("single", "adapter", "oracle")}
+    gap = mean["oracle"] - mean["single"]
+    return (mean["adapter"] - mean["single"]) / gap if gap > 0 else None
+
+
+def gap_interval(per_question: dict[str, list[float]], resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """A 95% bootstrap interval of the gap recovered, resampling questions (their own variance is what draws don't remove)."""
+    rng = random.Random(seed)
+    count = len(per_question["single"])
+    values = sorted(v for v in (gap_recovered(per_question, [rng.randrange(count) for _ in range(count)]) for _ in range(resamples)) if v is not None)
+    return values[int(0.025 * len(values))], values[int(0.975 * len(values)) - 1]
 
 
 def evaluate_beam(client: Any, adapter: Any, task: Task, items: list[Item], size: Size) -> tuple[float, float]:
@@ -162,36 +185,34 @@ def task_rows(client: Any, task: Task, size: Size, work: Path) -> list[dict[str,
 
     train, held = split(task, min(size.train, len(task.items) - size.held_out), size.held_out)
     adapter, report = train_adapter(client, task, train, held, size, work / task.name)
-    accuracy, tokens, texts = evaluate_reranking(client, adapter, task, held, size.samples, size.draws)
+    per_question, tokens, texts = evaluate_reranking(client, adapter, task, held, size.samples, size.draws)
     beam_accuracy, beam_tokens = evaluate_beam(client, adapter, task, held[: size.beam_questions], size)
-    train_s = round(sum(r.get("train_seconds", 0.0) for r in report["rounds"]), 1)
     cpu_rate = throughput(adapter, texts, "cpu")
     gpu_rate = throughput(adapter, texts, "cuda") if torch.cuda.is_available() else None
-    gap = accuracy["oracle"] - accuracy["single"]
-    per_sample = tokens / size.samples
     base = {"task": task.name, "questions": len(held), "draws": size.draws}
-    return [
-        {**base, "method": "single", "accuracy": accuracy["single"], "tokens_per_question": per_sample},
-        {**base, "method": f"majority@{size.samples}", "accuracy": accuracy["majority"], "tokens_per_question": tokens},
-        {**base, "method": f"adapter g only@{size.samples}", "accuracy": accuracy["energy"], "tokens_per_question": tokens},
-        {
-            **base,
-            "method": f"adapter@{size.samples}",
-            "accuracy": accuracy["adapter"],
-            "tokens_per_question": tokens,
-            "gap_recovered": (accuracy["adapter"] - accuracy["single"]) / gap if gap else None,
-            "consensus": adapter.config.consensus,
-            "train_questions": len(train),
-            "train_s": train_s,
-            "cpu_candidates_per_s": round(cpu_rate, 1),
-            "gpu_candidates_per_s": round(gpu_rate, 1) if gpu_rate else None,
-        },
-        {**base, "questions": min(size.beam_questions, len(held)), "draws": 1, "method": f"beam {size.beam}x{size.candidates}", "accuracy": beam_accuracy, "tokens_per_question": beam_tokens},
-        {**base, "method": f"oracle@{size.samples}", "accuracy": accuracy["oracle"], "tokens_per_question": tokens},
-    ]
+    out = method_rows(base, per_question, tokens, size.samples)
+    out[3] |= {
+        "consensus": adapter.config.consensus,
+        "train_questions": len(train),
+        "train_s": round(sum(r.get("train_seconds", 0.0) for r in report["rounds"]), 1),
+        "cpu_candidates_per_s": round(cpu_rate, 1),
+        "gpu_candidates_per_s": round(gpu_rate, 1) if gpu_rate else None,
+    }
+    beam = {**base, "questions": min(size.beam_questions, len(held)), "draws": 1, "method": f"beam {size.beam}x{size.candidates}", "accuracy": beam_accuracy, "tokens_per_question": beam_tokens}
+    return [*out[:4], beam, out[4]]
 
 
-def _server() -> Any:
+def method_rows(base: dict[str, Any], per_question: dict[str, list[float]], tokens: float, k: int) -> list[dict[str, Any]]:
+    """The single, majority, g-only, adapter and oracle rows; the adapter's with the gap recovered and its 95% interval."""
+    accuracy = {m: sum(v) / len(v) for m, v in per_question.items()}
+    low, high = gap_interval(per_question)
+    names = {"single": "single", "majority": f"majority@{k}", "energy": f"adapter g only@{k}", "adapter": f"adapter@{k}", "oracle": f"oracle@{k}"}
+    rows = [{**base, "method": names[m], "accuracy": accuracy[m], "tokens_per_question": tokens / k if m == "single" else tokens} for m in METHODS]
+    rows[3] |= {"gap_recovered": gap_recovered(per_question), "gap_ci95": f"{low:.2f}..{high:.2f}"}
+    return rows
+
+
+def local_server() -> Any:
     """The llama.cpp server on PORT when it is free (so the cache hits across runs), else on any free port."""
     import socket
 
@@ -215,7 +236,7 @@ def rows(quick: bool) -> list[dict[str, Any]]:
     work = WORK / ("quick" if quick else "default")
     WORK.mkdir(parents=True, exist_ok=True)
     out: list[dict[str, Any]] = []
-    with _server() as base_url:
+    with local_server() as base_url:
         client = blackbox_sdk.OpenAI(base_url=base_url, api_key="local", cache=WORK / "cache", log=WORK / "calls.db")
         for task in TASKS:
             out += task_rows(client, task, size, work)
@@ -255,7 +276,7 @@ def _benchmark_section(rows: list[dict[str, Any]]) -> str:
     """The card's benchmark table: accuracy per method on the held-out questions."""
     from run import markdown_table
 
-    keep = ("method", "questions", "draws", "accuracy", "tokens_per_question", "gap_recovered")
+    keep = ("method", "questions", "draws", "accuracy", "tokens_per_question", "gap_recovered", "gap_ci95")
     table = markdown_table([{k: r.get(k) for k in keep} for r in rows])
     return f"\n## Benchmark (held-out questions, `python benchmarks/run.py adapter`)\n\n{table}\n"
 

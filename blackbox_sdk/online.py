@@ -254,10 +254,10 @@ def _pick(adapter: Adapter, question: str, answers: Sequence[str]) -> int:
 def _evaluate_items(
     adapter: Adapter | None, items: Sequence[OnlineQuestion], sampled: dict[str, list[str]], labels: dict[str, list[bool | None]]
 ) -> dict[str, float]:
-    """Held-out accuracy: first sample, the adapter's pick (when there is one), any correct."""
+    """Held-out accuracy: one sample (the share of samples right), the adapter's pick (when there is one), any correct."""
     if not items:
         return {}
-    single = sum(bool(labels[q.question][0]) for q in items)
+    single = sum(sum(map(bool, labels[q.question])) / max(len(labels[q.question]), 1) for q in items)
     oracle = sum(any(labels[q.question]) for q in items)
     out = {"single_accuracy": single / len(items), "oracle_accuracy": oracle / len(items)}
     if adapter is not None:

@@ -3,7 +3,8 @@
 Three tasks, each with two few-shot turns that fix the answer's form (one short line):
 - arithmetic: "What is 7 plus 12?" with both numbers in 1..15 (SmolLM2-135M at T=0.9: about one
   sample in four right, a right answer among 8 samples for about half the questions);
-- capitals: "What is the capital of Kenya?" over the 146 countries of capitals.json;
+- capitals: "What is the capital of Kenya?" for capitals.json's 193 UN members and
+  the Vatican, less the shots' France and Japan (193 questions);
 - comparison: "Which number is larger, 24 or 57?" with two numbers in 10..99 (the model leans
   towards the first number it read, so majority vote inherits its bias).
 Splits never share a question (arithmetic's 3 plus 5 and 5 plus 3 are different questions).
@@ -23,7 +24,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 SEED = 2024
 
-__all__ = ["TASKS", "Item", "Task", "split"]
+__all__ = ["TASKS", "Item", "Task", "folds", "split"]
 
 
 @dataclass(frozen=True)
@@ -81,11 +82,19 @@ def _arithmetic() -> Task:
 
 
 def _capitals() -> Task:
-    """Capitals of the countries in capitals.json (several accepted names where usage differs)."""
-    table: dict[str, list[str]] = json.loads((HERE / "capitals.json").read_text())["capitals"]
+    """Capitals of the 195 countries in capitals.json (several accepted names where usage differs).
+
+    The file's first table is shuffled, then its `added` countries, shuffled, come after it: the
+    held-out questions (the first 40) stay those of the first table whatever is added.
+    """
+    data = json.loads((HERE / "capitals.json").read_text())
+    table: dict[str, list[str]] = {**data["capitals"], **data["added"]}
     shots = (("What is the capital of France?", "The capital of France is Paris."), ("What is the capital of Japan?", "The capital of Japan is Tokyo."))
-    countries = [c for c in sorted(table) if c not in ("France", "Japan")]
+    countries = [c for c in sorted(data["capitals"]) if c not in ("France", "Japan")]
     random.Random(SEED).shuffle(countries)
+    added = sorted(data["added"])
+    random.Random(SEED).shuffle(added)
+    countries += added
     items = tuple(Item(f"What is the capital of {c}?", tuple(table[c]), f"The capital of {c} is {table[c][0]}.") for c in countries)
     cities = sorted({name for names in table.values() for name in names}, key=len, reverse=True)
     pattern = re.compile(r"\b(" + "|".join(re.escape(c) for c in cities) + r")\b", re.IGNORECASE)
@@ -123,6 +132,18 @@ def split(task: Task, train: int, held_out: int) -> tuple[list[Item], list[Item]
     if train + held_out > len(task.items):
         raise ValueError(f"{task.name} has {len(task.items)} questions, not {train + held_out}")
     return list(task.items[held_out : held_out + train]), list(task.items[:held_out])
+
+
+def folds(task: Task, train: int, held_out: int) -> list[tuple[list[Item], list[Item]]]:
+    """Every question held out once: blocks of `held_out` in the seeded order, each with up to `train` of the others.
+
+    The first block is `split`'s held-out set, with the same training questions.
+    """
+    out = []
+    for start in range(0, len(task.items), held_out):
+        rest = [*task.items[start + held_out :], *task.items[:start]]
+        out.append((rest[:train], list(task.items[start : start + held_out])))
+    return out
 
 
 def main(argv: list[str]) -> int:
