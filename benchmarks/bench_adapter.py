@@ -254,7 +254,11 @@ def ship() -> list[Path]:
         trained = WORK / "default" / task.name
         target = SHIPPED / task.name
         shutil.rmtree(target, ignore_errors=True)
-        Adapter.load(trained, device="cpu").save(target, dtype="float16")
+        adapter = Adapter.load(trained, device="cpu")
+        item = task.items[0]  # a held-out question for the card's usage example: its reference, and the same with the first shot's answer
+        wrong = item.reference.replace(item.gold[0], task.extract(task.shots[0][1]) or "?")
+        adapter.metadata["example"] = {"question": item.question, "answers": [item.reference, wrong]}
+        adapter.save(target, dtype="float16")
         for name in ("curve.png", "online_report.json"):
             shutil.copy2(trained / name, target / name)
         recipe = {

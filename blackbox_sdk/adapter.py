@@ -362,7 +362,7 @@ def _autocast(device: Any) -> Any:
 
 
 def render_card(config: AdapterConfig, metadata: dict[str, Any], tensors: dict[str, Any]) -> str:
-    """The README card of a saved adapter: base, data, metrics, size and usage."""
+    """The README card of a saved adapter: base, data, metrics, size and usage (on metadata's `example` when it has one)."""
     count = sum(t.numel() for t in tensors.values())
     lines = [
         f"# {metadata.get('name', 'BBox-Adapter reranker')}",
@@ -383,6 +383,7 @@ def render_card(config: AdapterConfig, metadata: dict[str, Any], tensors: dict[s
         if key in metadata:
             lines.append(f"- {key.capitalize()}: `{json.dumps(metadata[key], sort_keys=True)}`")
     metrics = metadata.get("metrics", {})
+    example = metadata.get("example") or {"question": "What is 2 plus 3?", "answers": ["2 plus 3 is 5.", "2 plus 3 is 6."]}
     if metrics:
         lines += ["", "## Metrics", "", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in sorted(metrics.items())]
@@ -393,7 +394,7 @@ def render_card(config: AdapterConfig, metadata: dict[str, Any], tensors: dict[s
         "```python",
         "from blackbox_sdk.adapter import Adapter",
         "adapter = Adapter.load(\"path/to/this/folder\")",
-        "adapter.score(\"What is 2 plus 3?\", [\"2 plus 3 is 5.\", \"2 plus 3 is 6.\"])",
+        f"adapter.score({json.dumps(example['question'])}, {json.dumps(example['answers'])})",
         "```",
         "",
     ]

@@ -105,6 +105,13 @@ def test_save_then_load_gives_identical_scores_from_safetensors(adapter: Adapter
     assert "a unit test" in card and "pair_accuracy" in card and "all-MiniLM-L6-v2" in card
 
 
+def test_the_card_usage_example_is_the_metadata_example(adapter: Adapter, tmp_path: Path) -> None:
+    adapter.metadata = {"example": {"question": QUESTION, "answers": ANSWERS[:2]}}
+    card = (adapter.save(tmp_path / "example") / "README.md").read_text()
+    assert f"adapter.score({json.dumps(QUESTION)}, {json.dumps(ANSWERS[:2])})" in card
+    assert "2 plus 3" not in card
+
+
 def test_saved_weights_are_the_trainable_part_only(adapter: Adapter, tmp_path: Path) -> None:
     from safetensors import safe_open
 

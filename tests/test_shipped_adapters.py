@@ -55,3 +55,14 @@ def test_a_shipped_adapter_prefers_the_right_answer_on_held_out_questions(folder
         right_score, wrong_score = adapter.score_pairs([(item.question, item.reference), (item.question, wrong)])
         wins += right_score > wrong_score
     assert wins / len(held) > 0.6, f"{folder.name}: the right answer won {wins} of {len(held)}"
+
+
+@pytest.mark.parametrize("folder", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_a_shipped_card_usage_example_runs_and_ranks_its_reference_first(folder: Path) -> None:
+    card = (folder / "README.md").read_text()
+    code = card.split("```python\n", 1)[1].split("```", 1)[0].replace("path/to/this/folder", str(folder))
+    *statements, call = code.strip().splitlines()
+    namespace: dict[str, object] = {}
+    exec("\n".join(statements), namespace)
+    right, wrong = eval(call, namespace)
+    assert right > wrong, call
