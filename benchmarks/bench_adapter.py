@@ -143,9 +143,9 @@ def evaluate_reranking(client: Any, adapter: Any, task: Task, held: list[Item], 
 def gap_recovered(per_question: dict[str, list[float]], picks: list[int] | None = None) -> float | None:
     """(adapter - single) / (oracle - single) over the questions `picks` (default: all)."""
     index = picks if picks is not None else range(len(per_question["single"]))
-    mean = {m: sum(per_question[m][i] for i in index) for m in ("single", "adapter", "oracle")}
-    gap = mean["oracle"] - mean["single"]
-    return (mean["adapter"] - mean["single"]) / gap if gap > 0 else None
+    total = {m: sum(per_question[m][i] for i in index) for m in ("single", "adapter", "oracle")}
+    gap = total["oracle"] - total["single"]
+    return (total["adapter"] - total["single"]) / gap if gap > 0 else None
 
 
 def gap_interval(per_question: dict[str, list[float]], resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
@@ -190,8 +190,8 @@ def task_rows(client: Any, task: Task, size: Size, work: Path) -> list[dict[str,
     cpu_rate = throughput(adapter, texts, "cpu")
     gpu_rate = throughput(adapter, texts, "cuda") if torch.cuda.is_available() else None
     base = {"task": task.name, "questions": len(held), "draws": size.draws}
-    out = method_rows(base, per_question, tokens, size.samples)
-    out[3] |= {
+    single, majority, energy, reranked, oracle = method_rows(base, per_question, tokens, size.samples)
+    reranked |= {
         "consensus": adapter.config.consensus,
         "train_questions": len(train),
         "train_s": round(sum(r.get("train_seconds", 0.0) for r in report["rounds"]), 1),
@@ -199,7 +199,7 @@ def task_rows(client: Any, task: Task, size: Size, work: Path) -> list[dict[str,
         "gpu_candidates_per_s": round(gpu_rate, 1) if gpu_rate else None,
     }
     beam = {**base, "questions": min(size.beam_questions, len(held)), "draws": 1, "method": f"beam {size.beam}x{size.candidates}", "accuracy": beam_accuracy, "tokens_per_question": beam_tokens}
-    return [*out[:4], beam, out[4]]
+    return [single, majority, energy, reranked, beam, oracle]
 
 
 def method_rows(base: dict[str, Any], per_question: dict[str, list[float]], tokens: float, k: int) -> list[dict[str, Any]]:
@@ -207,9 +207,9 @@ def method_rows(base: dict[str, Any], per_question: dict[str, list[float]], toke
     accuracy = {m: sum(v) / len(v) for m, v in per_question.items()}
     low, high = gap_interval(per_question)
     names = {"single": "single", "majority": f"majority@{k}", "energy": f"adapter g only@{k}", "adapter": f"adapter@{k}", "oracle": f"oracle@{k}"}
-    rows = [{**base, "method": names[m], "accuracy": accuracy[m], "tokens_per_question": tokens / k if m == "single" else tokens} for m in METHODS]
-    rows[3] |= {"gap_recovered": gap_recovered(per_question), "gap_ci95": f"{low:.2f}..{high:.2f}"}
-    return rows
+    rows = {m: {**base, "method": names[m], "accuracy": accuracy[m], "tokens_per_question": tokens / k if m == "single" else tokens} for m in METHODS}
+    rows["adapter"] |= {"gap_recovered": gap_recovered(per_question), "gap_ci95": f"{low:.2f}..{high:.2f}"}
+    return list(rows.values())
 
 
 def local_server() -> Any:
