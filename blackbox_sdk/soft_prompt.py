@@ -29,7 +29,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as to_safetensors
 
 from .errors import EmbeddingsNotSupportedError, TuningError
 
@@ -426,7 +427,7 @@ class SoftPrompt:
         tensors = {"embeds": self.embeds.contiguous()}
         if self.z is not None:
             tensors["z"] = self.z.contiguous()
-        save_file(tensors, str(path / TENSORS_FILE))
+        (path / TENSORS_FILE).write_bytes(to_safetensors(tensors))  # save_file would make it 0600, unlike the JSON beside it
         (path / INFO_FILE).write_text(self.info.model_dump_json(indent=2) + "\n")
         return path
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pickle
 import subprocess
 import sys
@@ -103,6 +104,15 @@ def test_save_then_load_gives_identical_scores_from_safetensors(adapter: Adapter
     assert loaded.metadata == adapter.metadata
     card = (folder / "README.md").read_text()
     assert "a unit test" in card and "pair_accuracy" in card and "all-MiniLM-L6-v2" in card
+
+
+def test_saved_files_are_readable_by_others_as_the_umask_allows(adapter: Adapter, tmp_path: Path) -> None:
+    previous = os.umask(0o022)
+    try:
+        folder = adapter.save(tmp_path / "shared")
+    finally:
+        os.umask(previous)
+    assert {p.name: p.stat().st_mode & 0o777 for p in folder.iterdir()} == dict.fromkeys(["README.md", "adapter.safetensors", "adapter_config.json"], 0o644)
 
 
 def test_the_card_usage_example_is_the_metadata_example(adapter: Adapter, tmp_path: Path) -> None:

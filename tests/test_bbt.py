@@ -312,6 +312,7 @@ def test_save_and_load_round_trip_keeps_embeds_metadata_and_predictions(backend:
     prompt = tuner(backend, placement="after_text").fit()
     folder = prompt.save(tmp_path / "sp")
     assert sorted(p.name for p in folder.iterdir()) == ["soft_prompt.json", "soft_prompt.safetensors"]
+    assert (folder / "soft_prompt.safetensors").stat().st_mode == (folder / "soft_prompt.json").stat().st_mode  # both as the umask allows
     loaded = SoftPrompt.load(folder)
     assert torch.equal(loaded.embeds, prompt.embeds) and loaded.info == prompt.info
     assert loaded.z is not None and torch.equal(loaded.z, prompt.z)

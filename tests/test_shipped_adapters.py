@@ -39,7 +39,8 @@ def test_a_shipped_adapter_has_its_card_recipe_and_benchmark_rows(folder: Path) 
     assert "## Benchmark (held-out questions" in card and "adapter@8" in card
     recipe = json.loads((folder / "recipe.json").read_text())
     assert recipe["task"] == folder.name
-    assert (folder / "adapter.safetensors").stat().st_size < 30_000_000
+    limit = 60_000_000 if "mpnet" in json.loads((folder / "adapter_config.json").read_text())["config"]["base_model"] else 30_000_000
+    assert (folder / "adapter.safetensors").stat().st_size < limit  # fp16: MiniLM's six layers, or mpnet's top four
 
 
 @pytest.mark.parametrize("folder", SHIPPED, ids=[p.name for p in SHIPPED])
