@@ -29,6 +29,7 @@ import shutil
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ sys.path.insert(0, str(HERE))
 
 from tasks.suite import TASKS, Item, Task, split
 
+TASK_NAMES = tuple(t.name for t in TASKS)
 WORK = HERE.parent / ".bench" / "adapter"
 SHIPPED = HERE.parent / "adapters"
 MODEL = "smollm2"
@@ -63,15 +65,15 @@ class Size:
 
 QUICK = Size(train=10, held_out=10, samples=4, rounds=1, epochs=2, beam_questions=4, beam=2, candidates=3, draws=1)
 DEFAULT = Size(train=180, held_out=40, samples=8, rounds=2, epochs=8, beam_questions=16, beam=2, candidates=4, draws=4)
-# A knowledge task needs facts that training questions about other countries cannot teach: the
-# larger encoder (110M parameters against MiniLM-L6's 22M) brings more of them; its top 4 of 12
-# layers train (all 12 would take 2x longer on a CPU).
+# A knowledge task needs facts that training questions about other countries cannot teach, and a
+# sum is a fact about two numbers: the larger encoder (110M parameters against MiniLM-L6's 22M)
+# brings more of both; its top 4 of 12 layers train (all 12 would take 2x longer on a CPU).
 LARGER_ENCODER = ("all-mpnet-base-v2", 4)
-LARGER_ENCODER_TASKS = ("capitals",)
+LARGER_ENCODER_TASKS = ("arithmetic", "capitals")
 
 
 def _online_config(size: Size, task: str) -> Any:
-    """The recipe of the shipped adapters (adapters/<task>/): NCE on MiniLM-L6's six layers, or all-mpnet-base-v2's top four on capitals."""
+    """The recipe of the shipped adapters (adapters/<task>/): NCE on MiniLM-L6's six layers, or all-mpnet-base-v2's top four (LARGER_ENCODER_TASKS)."""
     from blackbox_sdk.adapter import AdapterConfig
     from blackbox_sdk.adapter_training import TrainConfig
     from blackbox_sdk.online import OnlineConfig
@@ -231,8 +233,8 @@ def local_server() -> Any:
     return server
 
 
-def rows(quick: bool) -> list[dict[str, Any]]:
-    """Every task's rows, with the llama.cpp server running for the duration."""
+def rows(quick: bool, tasks: Sequence[str] = TASK_NAMES) -> list[dict[str, Any]]:
+    """The named tasks' rows (default: all), with the llama.cpp server running for the duration; rows.json keeps other tasks' earlier rows."""
     import torch
 
     import blackbox_sdk
@@ -240,23 +242,31 @@ def rows(quick: bool) -> list[dict[str, Any]]:
     torch.set_num_threads(2)
     size = QUICK if quick else DEFAULT
     work = WORK / ("quick" if quick else "default")
-    WORK.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
     out: list[dict[str, Any]] = []
     with local_server() as base_url:
         client = blackbox_sdk.OpenAI(base_url=base_url, api_key="local", cache=WORK / "cache", log=WORK / "calls.db")
         for task in TASKS:
-            out += task_rows(client, task, size, work)
-    (work / ROWS_FILE).write_text(json.dumps(out, indent=2) + "\n")  # for --ship: each card gets its task's rows
+            if task.name in tasks:
+                out += task_rows(client, task, size, work)
+    earlier = json.loads((work / ROWS_FILE).read_text()) if (work / ROWS_FILE).exists() else []
+    (work / ROWS_FILE).write_text(json.dumps(merge_rows(earlier, out), indent=2) + "\n")  # for --ship: each card gets its task's rows
     return out
 
 
-def ship() -> list[Path]:
-    """Copy the default run's adapters into adapters/<task>/ (fp16 weights, card, curve, report, recipe)."""
+def merge_rows(earlier: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A run's rows replace the earlier rows of the tasks it ran; other tasks keep theirs, in suite order."""
+    ran = {r["task"] for r in new}
+    return [r for t in TASK_NAMES for r in (new if t in ran else earlier) if r["task"] == t]
+
+
+def ship(tasks: Sequence[str] = TASK_NAMES) -> list[Path]:
+    """Copy the default run's adapters of the named tasks into adapters/<task>/ (fp16 weights, card, curve, report, recipe)."""
     from blackbox_sdk.adapter import Adapter
 
     rows = json.loads((WORK / "default" / ROWS_FILE).read_text())
     shipped = []
-    for task in TASKS:
+    for task in (t for t in TASKS if t.name in tasks):
         trained = WORK / "default" / task.name
         target = SHIPPED / task.name
         shutil.rmtree(target, ignore_errors=True)
@@ -292,17 +302,21 @@ def _benchmark_section(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    """`--ship`: publish the default run's adapters to adapters/ (run the benchmark first)."""
+    """Run the default benchmark on some tasks (`--task`, repeatable), or `--ship` the default run's adapters to adapters/."""
+    from run import markdown_table
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", action="append", choices=TASK_NAMES, help="only this task (repeatable; default: all)")
     parser.add_argument("--ship", action="store_true", help="copy .bench/adapter/default/<task> to adapters/<task>")
     args = parser.parse_args(argv)
+    tasks = tuple(args.task or TASK_NAMES)
     if args.ship:
-        for path in ship():
+        for path in ship(tasks):
             size = sum(p.stat().st_size for p in path.iterdir())
             print(f"{path}: {size / 1e6:.1f} MB")
         return 0
-    parser.print_help()
-    return 2
+    print(markdown_table(rows(quick=False, tasks=tasks)))
+    return 0
 
 
 if __name__ == "__main__":

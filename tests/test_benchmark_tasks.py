@@ -11,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_adapter import gap_interval, gap_recovered
+from bench_adapter import gap_interval, gap_recovered, merge_rows
 from tasks.suite import TASKS, folds, split
 
 
@@ -49,3 +49,11 @@ def test_gap_recovered_and_its_interval_follow_the_adapter_between_single_and_or
     mixed = {"single": single, "oracle": oracle, "adapter": [1.0, 0.5, 0.25, 0.0]}
     low, high = gap_interval(mixed)
     assert low < gap_recovered(mixed) < high
+
+
+def test_a_run_of_one_task_replaces_its_rows_and_keeps_the_other_tasks_rows_in_suite_order() -> None:
+    earlier = [{"task": t.name, "method": "single", "run": 1} for t in TASKS]
+    new = [{"task": "capitals", "method": "single", "run": 2}, {"task": "capitals", "method": "oracle", "run": 2}]
+    merged = merge_rows(earlier, new)
+    assert [(r["task"], r["run"]) for r in merged] == [("arithmetic", 1), ("capitals", 2), ("capitals", 2), ("comparison", 1)]
+    assert merge_rows([], new) == new
