@@ -1,4 +1,4 @@
-"""Does the BBox-Adapter make a black box's answers better? `python benchmarks/run.py adapter [--quick]`.
+"""Does the BBox-Adapter make a black box's answers better? `python benchmarks/run.py adapter [--quick] [--task NAME]`.
 
 The black box is SmolLM2-135M-Instruct behind llama.cpp's OpenAI-compatible server, started here
 and stopped at the end; every call goes through the SDK client with a disk cache under
@@ -302,21 +302,18 @@ def _benchmark_section(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    """Run the default benchmark on some tasks (`--task`, repeatable), or `--ship` the default run's adapters to adapters/."""
-    from run import markdown_table
-
+    """`--ship [--task NAME ...]`: publish the default run's adapters to adapters/ (run the benchmark first)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--task", action="append", choices=TASK_NAMES, help="only this task (repeatable; default: all)")
     parser.add_argument("--ship", action="store_true", help="copy .bench/adapter/default/<task> to adapters/<task>")
+    parser.add_argument("--task", action="append", choices=TASK_NAMES, help="only this task's adapter (repeatable; default: all)")
     args = parser.parse_args(argv)
-    tasks = tuple(args.task or TASK_NAMES)
     if args.ship:
-        for path in ship(tasks):
+        for path in ship(tuple(args.task or TASK_NAMES)):
             size = sum(p.stat().st_size for p in path.iterdir())
             print(f"{path}: {size / 1e6:.1f} MB")
         return 0
-    print(markdown_table(rows(quick=False, tasks=tasks)))
-    return 0
+    parser.print_help()
+    return 2
 
 
 if __name__ == "__main__":

@@ -7,26 +7,24 @@ cut into blocks of 40 in the seeded order (the first block is the default run's 
 last is smaller); per block, a fresh adapter is trained with the default recipe (for both tasks:
 all-mpnet-base-v2, its top four layers) on the other questions and evaluated on the block, as in
 `bench_adapter` (4 draws of 8 samples per question). On 2 CPU cores: capitals about 75 minutes,
-arithmetic about 90, most of it training; `python benchmarks/bench_adapter_cv.py --task NAME`
-runs one task. Per task, the pooled rows hold all its questions, with a bootstrap interval of the
-gap recovered; one row per block follows. Samples come from the same cache as `bench_adapter`'s,
-so shared questions are not sampled again.
+arithmetic about 90, most of it training; `--task NAME` runs one task. Per task, the pooled
+rows hold all its questions, with a bootstrap interval of the gap recovered; one row per block
+follows. Samples come from the same cache as `bench_adapter`'s, so shared questions are not
+sampled again.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 from collections.abc import Sequence
 from typing import Any
 
 from bench_adapter import DEFAULT, METHODS, QUICK, WORK, evaluate_reranking, gap_recovered, local_server, method_rows, train_adapter
 from tasks.suite import TASKS, folds
 
-CV_TASKS = ("capitals", "arithmetic")
+TASK_NAMES = ("capitals", "arithmetic")
 
 
-def rows(quick: bool, tasks: Sequence[str] = CV_TASKS) -> list[dict[str, Any]]:
+def rows(quick: bool, tasks: Sequence[str] = TASK_NAMES) -> list[dict[str, Any]]:
     """The named CV tasks' rows (default: all), with the llama.cpp server running for the duration."""
     import torch
 
@@ -69,18 +67,3 @@ def task_rows(client: Any, name: str, quick: bool) -> list[dict[str, Any]]:
     questions = len(pooled["single"])
     return [*method_rows({"task": name, "block": "all", "questions": questions, "draws": size.draws}, pooled, tokens / questions, size.samples), *per_block]
 
-
-def main(argv: list[str]) -> int:
-    """Cross-validate some tasks (`--task`, repeatable) and print their rows; `run.py adapter_cv` runs all."""
-    from run import markdown_table
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--task", action="append", choices=CV_TASKS, help="only this task (repeatable; default: all)")
-    parser.add_argument("--quick", action="store_true", help="a small configuration, for smoke runs")
-    args = parser.parse_args(argv)
-    print(markdown_table(rows(quick=args.quick, tasks=tuple(args.task or CV_TASKS))))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -1,7 +1,8 @@
-"""One entry point for every benchmark: `python benchmarks/run.py KIND [--json FILE] [--quick]`.
+"""One entry point for every benchmark: `python benchmarks/run.py KIND [--json FILE] [--quick] [--task NAME ...]`.
 
-Each KIND lives in `benchmarks/bench_KIND.py` and exposes `rows(quick: bool) -> list[dict]`.
-The rows print as a markdown table, and as JSON (one object per row) with --json.
+Each KIND lives in `benchmarks/bench_KIND.py` and exposes `rows(quick: bool) -> list[dict]`; a kind
+made of tasks also names them in `TASK_NAMES` and takes `rows(quick, tasks=...)`, so `--task` runs
+some of them. The rows print as a markdown table, and as JSON (one object per row) with --json.
 """
 
 from __future__ import annotations
@@ -42,10 +43,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("kind", choices=kinds())
     parser.add_argument("--json", type=Path, help="also write the rows as a JSON list to this file")
     parser.add_argument("--quick", action="store_true", help="a small configuration, for smoke runs")
+    parser.add_argument("--task", action="append", help="only this task of the kind (repeatable; default: all)")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(HERE))
     module = importlib.import_module(f"bench_{args.kind}")
-    rows = module.rows(quick=args.quick)
+    if not args.task:
+        rows = module.rows(quick=args.quick)
+    else:
+        names = getattr(module, "TASK_NAMES", ())
+        unknown = [t for t in args.task if t not in names]
+        if unknown:
+            parser.error(f"{args.kind} has no task {', '.join(unknown)} (its tasks: {', '.join(names) or 'none'})")
+        rows = module.rows(quick=args.quick, tasks=tuple(args.task))
     print(markdown_table(rows))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")

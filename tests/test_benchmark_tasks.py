@@ -11,6 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import run
 from bench_adapter import gap_interval, gap_recovered, merge_rows
 from tasks.suite import TASKS, folds, split
 
@@ -57,3 +58,11 @@ def test_a_run_of_one_task_replaces_its_rows_and_keeps_the_other_tasks_rows_in_s
     merged = merge_rows(earlier, new)
     assert [(r["task"], r["run"]) for r in merged] == [("arithmetic", 1), ("capitals", 2), ("capitals", 2), ("comparison", 1)]
     assert merge_rows([], new) == new
+
+
+@pytest.mark.parametrize(("kind", "task"), [("adapter", "nope"), ("adapter_cv", "comparison"), ("bbt", "arithmetic")])
+def test_run_refuses_a_task_that_the_kind_does_not_have_before_running_anything(kind: str, task: str, capsys) -> None:
+    with pytest.raises(SystemExit) as exited:
+        run.main([kind, "--task", task])
+    assert exited.value.code == 2
+    assert f"{kind} has no task {task}" in capsys.readouterr().err
