@@ -5,11 +5,11 @@ the single-to-oracle gap), 40 questions leave an interval about 30 points wide o
 recovered. Here, for capitals and arithmetic (the two tasks nearest the line), the questions are
 cut into blocks of 40 in the seeded order (the first block is the default run's held-out set, the
 last is smaller); per block, a fresh adapter is trained with the default recipe (for both tasks:
-all-mpnet-base-v2, its top four layers) on the other questions and evaluated on the block, as in
-`bench_adapter` (4 draws of 8 samples per question). On 2 CPU cores: capitals about 75 minutes,
-arithmetic about 90, most of it training; `--task NAME` runs one task. Per task, the pooled
-rows hold all its questions, with a bootstrap interval of the gap recovered; one row per block
-follows. Samples come from the same cache as `bench_adapter`'s, so shared questions are not
+all-mpnet-base-v2, its top four layers; arithmetic with three online rounds) on the other questions
+and evaluated on the block, as in `bench_adapter` (4 draws of 8 samples per question). On 2 CPU
+cores: capitals about 75 minutes, arithmetic about 2 hours, most of it training; `--task NAME`
+runs one task. Per task, the pooled rows hold all its questions, with a bootstrap interval of the
+gap recovered; one row per block follows. Samples come from the same cache as `bench_adapter`'s, so shared questions are not
 sampled again.
 """
 
