@@ -9,8 +9,8 @@ all-mpnet-base-v2, its top four layers; arithmetic with three online rounds) on 
 and evaluated on the block, as in `bench_adapter` (4 draws of 8 samples per question). On 2 CPU
 cores: capitals about 75 minutes, arithmetic about 2 hours, most of it training; `--task NAME`
 runs one task. Per task, the pooled rows hold all its questions, with a bootstrap interval of the
-gap recovered; one row per block follows. Samples come from the same cache as `bench_adapter`'s, so shared questions are not
-sampled again.
+gap recovered; one row per block follows. Samples come from the same cache as `bench_adapter`'s,
+so shared questions are not sampled again.
 """
 
 from __future__ import annotations
@@ -66,4 +66,3 @@ def task_rows(client: Any, name: str, quick: bool) -> list[dict[str, Any]]:
         )
     questions = len(pooled["single"])
     return [*method_rows({"task": name, "block": "all", "questions": questions, "draws": size.draws}, pooled, tokens / questions, size.samples), *per_block]
-
