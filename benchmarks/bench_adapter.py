@@ -77,9 +77,7 @@ EXTRA_ROUND_TASKS = ("arithmetic",)
 
 def _online_config(size: Size, task: str) -> Any:
     """The recipe of the shipped adapters (adapters/<task>/): NCE on MiniLM-L6's six layers, or all-mpnet-base-v2's top four (LARGER_ENCODER_TASKS); one more round for EXTRA_ROUND_TASKS."""
-    from blackbox_sdk.adapter import AdapterConfig
-    from blackbox_sdk.adapter_training import TrainConfig
-    from blackbox_sdk.online import OnlineConfig
+    from blackbox_sdk.adapter import AdapterConfig, OnlineConfig, TrainConfig
 
     base, layers = LARGER_ENCODER if task in LARGER_ENCODER_TASKS else ("default", 6)
     return OnlineConfig(
@@ -93,8 +91,7 @@ def _online_config(size: Size, task: str) -> Any:
 
 def train_adapter(client: Any, task: Task, train: list[Item], held: list[Item], size: Size, out: Path) -> tuple[Any, dict[str, Any]]:
     """Train a fresh adapter with the online rounds (samples come from the cache on re-runs)."""
-    from blackbox_sdk.adapter import Adapter
-    from blackbox_sdk.online import OnlineQuestion, client_answer_sampler, online_train
+    from blackbox_sdk.adapter import Adapter, OnlineQuestion, client_answer_sampler, online_train
 
     shutil.rmtree(out, ignore_errors=True)
     questions = {i.question: i for i in [*train, *held]}
@@ -169,7 +166,7 @@ def gap_interval(per_question: dict[str, list[float]], resamples: int = 2000, se
 
 def evaluate_beam(client: Any, adapter: Any, task: Task, items: list[Item], size: Size) -> tuple[float, float]:
     """Beam-search accuracy and tokens per question (the completions endpoint continues the partial answer)."""
-    from blackbox_sdk.beam import beam_search, client_sampler
+    from blackbox_sdk.adapter import beam_search, client_sampler
 
     sampler = client_sampler(client, MODEL, mode="completions", messages=task.messages(), temperature=SAMPLING["temperature"], max_tokens=SAMPLING["max_tokens"])
     right = 0
@@ -227,7 +224,7 @@ def local_server() -> Any:
     """The llama.cpp server on PORT when it is free (so the cache hits across runs), else on any free port."""
     import socket
 
-    from blackbox_sdk.local_server import LlamaServer
+    from blackbox_sdk.local import LlamaServer
 
     server = LlamaServer(threads=2)
     with socket.socket() as probe:

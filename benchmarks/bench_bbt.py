@@ -30,10 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from blackbox_sdk.bbt import BBTConfig, Tuner
-from blackbox_sdk.hf_backend import HFBackend, load_backend
-from blackbox_sdk.models import default_gguf_path
-from blackbox_sdk.soft_prompt import LocalScorer, PromptTemplate
+from blackbox_sdk.local import HFBackend, default_gguf_path, load_backend
+from blackbox_sdk.tuning import BBTConfig, LocalScorer, PromptTemplate, Tuner
 
 HERE = Path(__file__).resolve().parent
 PLOTS = HERE.parent / ".bench"

@@ -24,7 +24,7 @@ import diskcache
 
 import blackbox_sdk
 from blackbox_sdk import Budget, Cache
-from blackbox_sdk.local_server import LlamaServer
+from blackbox_sdk.local import LlamaServer
 
 MODEL = "smollm2"
 QUESTION = [{"role": "user", "content": "What is 26 plus 28?"}]

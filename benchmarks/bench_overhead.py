@@ -19,7 +19,7 @@ import httpx2
 import openai
 
 import blackbox_sdk
-from blackbox_sdk.local_server import LlamaServer
+from blackbox_sdk.local import LlamaServer
 
 QUESTION = [{"role": "user", "content": "What is 26 plus 28?"}]
 BODY = {
@@ -86,8 +86,7 @@ def transport_rows(rounds: int) -> list[dict[str, object]]:
 
 def hf_rows(max_tokens: int) -> list[dict[str, object]]:
     """Tokens per second of the local HF backend for n=1 and n=8 (one batched generate)."""
-    from blackbox_sdk.hf_backend import load_backend
-    from blackbox_sdk.models import default_gguf_path
+    from blackbox_sdk.local import default_gguf_path, load_backend
 
     backend = load_backend(default_gguf_path())
     rows = []

@@ -13,11 +13,9 @@ import openai as _openai
 from openai import DEFAULT_MAX_RETRIES as _DEFAULT_MAX_RETRIES
 from openai import DEFAULT_TIMEOUT as _DEFAULT_TIMEOUT
 
-from .budget import Budget, BudgetReport, Reservation
-from .cache import Cache, CacheStats
-from .calllog import CallLog, CallRecord, Feedback
-from .client import AsyncOpenAI, OpenAI, wrap
-from .errors import (
+from . import _compat
+from ._client import AsyncOpenAI, OpenAI, wrap
+from ._exceptions import (
     AdapterError,
     BackendError,
     BlackBoxError,
@@ -30,11 +28,15 @@ from .errors import (
     PriceMissingError,
     TuningError,
 )
-from .info import BlackBoxInfo
-from .options import BeamOptions
-from .logs import setup_logging as _setup_logging
-from .retry import RetryPolicy
-from .tokens import TokenCount
+from ._info import BlackBoxInfo
+from ._lazy import lazy_attributes
+from ._logging import setup_logging as _setup_logging
+from ._module_client import module_client as _module_client
+from ._options import BeamOptions
+from ._retry import RetryPolicy
+from .budget import Budget, BudgetReport, Reservation, TokenCount
+from .cache import Cache, CacheStats
+from .call_log import CallLog, CallRecord, Feedback
 
 AsyncClient = AsyncOpenAI
 Client = OpenAI
@@ -70,15 +72,16 @@ _OWN = [
     "wrap",
 ]
 _LAZY = {  # need torch / transformers / cma: imported on first use
-    "Adapter": "blackbox_sdk.adapter",
-    "SoftPrompt": "blackbox_sdk.bbt",
-    "Tuner": "blackbox_sdk.bbt",
+    "Adapter": ".adapter",
+    "SoftPrompt": ".tuning",
+    "Tuner": ".tuning",
 }
 _OPENAI_NAMES = [name for name in _openai.__all__ if name not in _OWN and not name.startswith("__")]
 for _name in _OPENAI_NAMES:
     globals()[_name] = getattr(_openai, _name)
 
 _setup_logging()
+_compat.install()
 
 __version__ = "0.1.0"
 __all__ = sorted({*_OWN, *_LAZY, *_OPENAI_NAMES})
@@ -96,13 +99,11 @@ default_query: dict[str, object] | None = None
 _CLIENT_ATTRIBUTES = frozenset({"chat", "completions", "embeddings", "models", "files", "images", "audio", "moderations", "batches", "uploads", "responses", "beta", "fine_tuning", "vector_stores", "with_raw_response", "with_streaming_response"})
 
 
+_lazy = lazy_attributes(__name__, _LAZY)
+
+
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
+    """The torch-backed classes on first use, and the module-level client's resources."""
     if name in _CLIENT_ATTRIBUTES:
-        from .module_client import module_client
-
-        return getattr(module_client(), name)
-    raise AttributeError(f"module 'blackbox_sdk' has no attribute {name!r}")
+        return getattr(_module_client(globals()), name)
+    return _lazy(name)

@@ -2,7 +2,7 @@
 
     blackbox-sdk log export --log calls.db --out calls.jsonl   # "-" writes to stdout
     blackbox-sdk stats --log calls.db [--json]
-    blackbox-sdk adapter train ...                            # forwarded to blackbox_sdk.adapter_training
+    blackbox-sdk adapter train ...                            # forwarded to blackbox_sdk.adapter (the trainer's CLI)
 
 Exit status: 0 on success, 1 when the SDK reports an error (printed on stderr), 2 for a usage
 error or when the ``[adapter]`` extra is missing.
@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .calllog import CallLog
-from .errors import BlackBoxError, ConfigError
+from .call_log import CallLog
+from ._exceptions import BlackBoxError, ConfigError
 
 __all__ = ["main"]
 
@@ -127,7 +127,7 @@ def _table(header: list[str], rows: list[list[str]], *, left: int) -> str:
 def _adapter_train(argv: list[str]) -> int:
     """``adapter train ...``: hand the rest of the command line to the adapter trainer's own CLI."""
     try:
-        from .adapter_training import cli_main
+        from .adapter._cli import cli_main
     except ImportError as exc:
         print(f"{_ADAPTER_HINT} (import failed: {exc})", file=sys.stderr)
         return 2

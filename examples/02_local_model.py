@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from blackbox_sdk import OpenAI
-from blackbox_sdk.models import default_gguf_path
+from blackbox_sdk.local import default_gguf_path
 
 MODEL = "smollm2"  # any name: the local endpoint serves its one model
 QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]

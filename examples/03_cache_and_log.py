@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from blackbox_sdk.cache import Cache
-from blackbox_sdk.calllog import CallLog, CallRecord, new_call_id
+from blackbox_sdk.call_log import CallLog, CallRecord, new_call_id
 from blackbox_sdk.cli import main as cli_main
 
 MODEL = "gpt-4o-mini"

@@ -15,9 +15,8 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from blackbox_sdk.budget import Budget
-from blackbox_sdk.errors import BudgetExceededError, PriceMissingError
-from blackbox_sdk.tokens import count_chat_tokens
+from blackbox_sdk import BudgetExceededError, PriceMissingError
+from blackbox_sdk.budget import Budget, count_chat_tokens
 
 MODEL = "gpt-4o-mini"
 MESSAGES = [

@@ -17,7 +17,7 @@ import torch
 
 from blackbox_sdk import OpenAI
 from blackbox_sdk.adapter import Adapter
-from blackbox_sdk.local_server import LlamaServer
+from blackbox_sdk.local import LlamaServer
 
 ADAPTER = Path(__file__).resolve().parent.parent / "adapters" / "capitals"
 SHOTS = [

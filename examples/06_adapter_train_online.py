@@ -17,16 +17,18 @@ from pathlib import Path
 import torch
 
 from blackbox_sdk import OpenAI
-from blackbox_sdk.adapter import Adapter, AdapterConfig
-from blackbox_sdk.adapter_training import TrainConfig
-from blackbox_sdk.beam import beam_search, client_sampler
-from blackbox_sdk.local_server import LlamaServer
-from blackbox_sdk.online import (
+from blackbox_sdk.adapter import (
+    Adapter,
+    AdapterConfig,
     OnlineConfig,
     OnlineQuestion,
+    TrainConfig,
+    beam_search,
     client_answer_sampler,
+    client_sampler,
     online_train,
 )
+from blackbox_sdk.local import LlamaServer
 
 SHOTS = [
     {"role": "user", "content": "What is the capital of France?"},

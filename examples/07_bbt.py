@@ -16,8 +16,7 @@ import tempfile
 from pathlib import Path
 
 import blackbox_sdk
-from blackbox_sdk.bbt import BBTConfig, Tuner
-from blackbox_sdk.soft_prompt import SoftPrompt
+from blackbox_sdk.tuning import BBTConfig, SoftPrompt, Tuner
 
 TEMPLATE = "{text} It was {label}"
 VERBALIZER = {"positive": "great", "negative": "terrible"}

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from blackbox_sdk.local_server import LlamaServer, free_port
-from blackbox_sdk.models import default_gguf_path
+from blackbox_sdk.local import LlamaServer, free_port
+from blackbox_sdk.local import default_gguf_path
 
 __all__ = ["free_port"]
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from blackbox_sdk._exceptions import AdapterError
 from blackbox_sdk.adapter import Adapter, AdapterConfig, normalize_answer
-from blackbox_sdk.errors import AdapterError
 
 QUESTION = "What is the capital of Kenya?"
 ANSWERS = ["The capital of Kenya is Nairobi.", "The capital of Kenya is Mombasa.", "Bananas are yellow.", "Nairobi"]
@@ -211,5 +211,5 @@ def test_a_single_string_of_answers_is_refused(adapter: Adapter) -> None:
 
 
 def test_module_imports_without_torch() -> None:
-    code = "import sys, blackbox_sdk.adapter, blackbox_sdk.beam; assert 'torch' not in sys.modules"
+    code = "import sys, blackbox_sdk.adapter; from blackbox_sdk.adapter import beam_search; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

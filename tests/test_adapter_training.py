@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from blackbox_sdk.adapter import Adapter, AdapterConfig
-from blackbox_sdk.adapter_training import (
+from blackbox_sdk._exceptions import AdapterError
+from blackbox_sdk.adapter import (
+    Adapter,
+    AdapterConfig,
     RankingGroup,
     TrainConfig,
     batch_energy_loss,
@@ -27,8 +29,7 @@ from blackbox_sdk.adapter_training import (
     train,
     train_from_log,
 )
-from blackbox_sdk.calllog import CallLog, CallRecord
-from blackbox_sdk.errors import AdapterError
+from blackbox_sdk.call_log import CallLog, CallRecord
 
 CAPITALS = {
     "Kenya": "Nairobi", "Peru": "Lima", "Norway": "Oslo", "Egypt": "Cairo", "Chile": "Santiago",

@@ -12,20 +12,22 @@ import pytest
 import torch
 
 import blackbox_sdk
-from blackbox_sdk.bbt import (
+from blackbox_sdk._exceptions import (
+    BudgetExceededError,
+    EmbeddingsNotSupportedError,
+    TuningError,
+)
+from blackbox_sdk.local._backend import HFBackend, load_backend
+from blackbox_sdk.tuning import (
     BBTConfig,
+    LocalScorer,
+    PromptTemplate,
+    SoftPrompt,
     Tuner,
     build_projection,
     population_losses,
     sample_few_shot,
 )
-from blackbox_sdk.errors import (
-    BudgetExceededError,
-    EmbeddingsNotSupportedError,
-    TuningError,
-)
-from blackbox_sdk.hf_backend import HFBackend, load_backend
-from blackbox_sdk.soft_prompt import LocalScorer, PromptTemplate, SoftPrompt
 
 TEMPLATE = "{text} It was {label}"
 VERBALIZER = {"positive": "great", "negative": "terrible"}

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 import blackbox_sdk
-from blackbox_sdk.bbt import BBTConfig, ClientMeter, Tuner
 from blackbox_sdk.budget import Budget
-from blackbox_sdk.calllog import CallLog, CallRecord
-from blackbox_sdk.errors import BudgetExceededError
+from blackbox_sdk.call_log import CallLog, CallRecord
+from blackbox_sdk._exceptions import BudgetExceededError
+from blackbox_sdk.tuning import BBTConfig, ClientMeter, Tuner
 
 TEMPLATE = "{text} It was {label}"
 VERBALIZER = {"positive": "great", "negative": "terrible"}

@@ -8,9 +8,8 @@ from collections.abc import Sequence
 import pytest
 import torch
 
-from blackbox_sdk.adapter import Adapter, AdapterConfig
-from blackbox_sdk.beam import beam_search, render_chatml
-from blackbox_sdk.errors import ConfigError
+from blackbox_sdk._exceptions import ConfigError
+from blackbox_sdk.adapter import Adapter, AdapterConfig, beam_search, render_chatml
 
 # The next steps the "black box" offers after each prefix (a deterministic step tree).
 TREE: dict[str, list[str]] = {

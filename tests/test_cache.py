@@ -16,16 +16,23 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 import diskcache
 import openai
 import pydantic
 import pytest
 
+from blackbox_sdk import CacheError, ConfigError
 from blackbox_sdk import cache as cache_module
-from blackbox_sdk.cache import CACHE_FORMAT, KEY_SCHEMA_VERSION, Cache, canonical_params
-from blackbox_sdk.errors import CacheError, ConfigError
+from blackbox_sdk.cache import (
+    CACHE_FORMAT,
+    KEY_SCHEMA_VERSION,
+    Cache,
+    CacheStore,
+    canonical_params,
+)
+from blackbox_sdk.cache._disk import DiskStore
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ENDPOINT = "https://api.example.test/v1"
@@ -423,7 +430,7 @@ def _without_permission_override() -> None:
 def _open_in_child(directory: Path) -> subprocess.CompletedProcess[str]:
     """Open a Cache in a child process that can't override file permissions (even as root)."""
     script = (
-        "import sys\nfrom blackbox_sdk.cache import Cache\nfrom blackbox_sdk.errors import CacheError\n"
+        "import sys\nfrom blackbox_sdk.cache import Cache\nfrom blackbox_sdk import CacheError\n"
         "try:\n    Cache(sys.argv[1]).get('0' * 64)\nexcept CacheError as exc:\n    print(exc)\n    sys.exit(3)\n"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
@@ -480,3 +487,12 @@ def test_the_examples_in_docs_cache_md_run() -> None:
 
 def test_cache_module_exports_are_sorted() -> None:
     assert cache_module.__all__ == sorted(cache_module.__all__)
+
+
+def test_the_disk_store_implements_the_cache_store_protocol_the_cache_is_typed_against(tmp_path: Path) -> None:
+    store = DiskStore(tmp_path / "c", timeout=1.0)
+    try:
+        assert isinstance(store, CacheStore)
+    finally:
+        store.close()
+    assert get_type_hints(Cache)["_store"] is CacheStore

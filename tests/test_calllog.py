@@ -18,9 +18,18 @@ from typing import Any
 import pydantic
 import pytest
 
-from blackbox_sdk import calllog as calllog_module
-from blackbox_sdk.calllog import EXPORT_FORMAT, SCHEMA_VERSION, CallLog, CallRecord, Feedback, new_call_id
-from blackbox_sdk.errors import CallLogError, ConfigError
+from blackbox_sdk import CallLogError, ConfigError
+from blackbox_sdk import call_log as calllog_module
+from blackbox_sdk.call_log import (
+    EXPORT_FORMAT,
+    SCHEMA_VERSION,
+    CallLog,
+    CallLogStore,
+    CallRecord,
+    Feedback,
+    new_call_id,
+)
+from blackbox_sdk.call_log import _log as log_module
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 OPENAI_KEY = "sk-proj-" + "Zx9Yw8Vu" * 6
@@ -245,7 +254,7 @@ def test_calls_filter_by_model_route_and_time_in_created_order(log: CallLog) -> 
 
 
 def test_calls_pages_through_more_calls_than_one_read(log: CallLog, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(calllog_module, "_PAGE", 2)
+    monkeypatch.setattr(log_module, "_PAGE", 2)
     records = [_record(created=1_700_000_000.0 + i) for i in range(7)]
     for rec in reversed(records):
         log.record(rec)
@@ -373,3 +382,7 @@ def test_the_examples_in_docs_call_log_md_run() -> None:
 
 def test_calllog_module_exports_are_sorted() -> None:
     assert calllog_module.__all__ == sorted(calllog_module.__all__)
+
+
+def test_the_sqlite_call_log_implements_the_call_log_store_protocol(log: CallLog) -> None:
+    assert isinstance(log, CallLogStore)

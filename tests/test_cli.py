@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from blackbox_sdk import cli
-from blackbox_sdk.calllog import CallLog, CallRecord
+from blackbox_sdk.call_log import CallLog, CallRecord
 from blackbox_sdk.cli import main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -93,7 +93,7 @@ def test_incomplete_command_lines_are_usage_errors(argv: list[str]) -> None:
 
 
 def test_adapter_train_without_the_extra_names_it_and_exits_2(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setitem(sys.modules, "blackbox_sdk.adapter_training", None)  # the import system's own "cannot import"
+    monkeypatch.setitem(sys.modules, "blackbox_sdk.adapter._cli", None)  # the import system's own "cannot import"
     assert main(["adapter", "train", "--log", "calls.db"]) == 2
     assert "pip install 'blackbox-sdk[adapter]'" in capsys.readouterr().err
 

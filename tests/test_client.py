@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import openai
 import pytest
 from openai.types import Completion
@@ -90,6 +92,21 @@ def test_with_streaming_response_reads_lines(client: OpenAI) -> None:
     with client.chat.completions.with_streaming_response.create(model=MODEL, messages=HELLO, max_tokens=4) as response:
         body = "".join(response.iter_lines())
     assert '"choices"' in body
+
+
+async def test_async_raw_paths_are_awaited_accounted_and_logged(llama_server: str, tmp_path: Path) -> None:
+    client = AsyncOpenAI(base_url=llama_server, api_key="sk-test", log=tmp_path / "calls.db")
+    raw = await client.chat.completions.with_raw_response.create(model=MODEL, messages=HELLO, max_tokens=4)
+    completion = raw.parse()  # openai's LegacyAPIResponse: parse() is synchronous on the async client too
+    assert isinstance(completion, ChatCompletion) and completion.blackbox.call_id == raw.blackbox.call_id
+    raw = await client.with_raw_response.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=4)
+    assert isinstance(raw.parse(), ChatCompletion)
+    async with client.chat.completions.with_streaming_response.create(model=MODEL, messages=HELLO, max_tokens=4) as response:
+        body = "".join([line async for line in response.iter_lines()])
+    assert '"choices"' in body
+    records = list(client.options.log.calls())
+    assert [r.error for r in records] == [None, None, None] and all(r.extra["requests"] == 1 for r in records)
+    await client.close()
 
 
 def test_models_list_passes_through(client: OpenAI) -> None:

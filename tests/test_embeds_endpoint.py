@@ -15,11 +15,10 @@ import httpx2
 import pytest
 import torch
 
-from blackbox_sdk.bbt import BBTConfig, Tuner
-from blackbox_sdk.embeds_endpoint import EmbedsEndpoint, decode_embeds, missing_logprob
-from blackbox_sdk.errors import BackendError, ConfigError, EmbeddingsNotSupportedError
-from blackbox_sdk.hf_backend import HFBackend, load_backend
-from blackbox_sdk.soft_prompt import LocalScorer, PromptTemplate
+from blackbox_sdk._exceptions import BackendError, ConfigError, EmbeddingsNotSupportedError
+from blackbox_sdk.local._backend import HFBackend, load_backend
+from blackbox_sdk.tuning import BBTConfig, EmbedsEndpoint, LocalScorer, PromptTemplate, Tuner, decode_embeds
+from blackbox_sdk.tuning._embeds_endpoint import missing_logprob
 
 TEMPLATE = "{text} It was {label}"
 VERBALIZER = {"positive": "great", "negative": "terrible"}

@@ -32,8 +32,8 @@ def test_clients_are_ours_and_errors_are_openais() -> None:
 
 def test_core_imports_without_torch() -> None:
     code = (
-        "import sys; import blackbox_sdk, blackbox_sdk.cache, blackbox_sdk.budget, blackbox_sdk.calllog, "
-        "blackbox_sdk.retry, blackbox_sdk.sync_pipeline, blackbox_sdk.async_pipeline; "
+        "import sys; import blackbox_sdk, blackbox_sdk.cache, blackbox_sdk.budget, blackbox_sdk.call_log, "
+        "blackbox_sdk._retry, blackbox_sdk._pipeline, blackbox_sdk.resources; "
         "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -12,9 +12,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from blackbox_sdk.errors import BackendError, ConfigError
-from blackbox_sdk.hf_backend import HFBackend, InvalidRequest, load_backend
-from blackbox_sdk.models import default_encoder_path, default_gguf_path
+from blackbox_sdk._exceptions import BackendError, ConfigError
+from blackbox_sdk.local import HFBackend, LocalRequestError, default_encoder_path, default_gguf_path, load_backend
 
 COUNT = [{"role": "user", "content": "Count from 1 to 10."}]
 GREEDY = {"messages": COUNT, "max_tokens": 8, "temperature": 0}
@@ -133,7 +132,7 @@ def test_invalid_chat_requests_fail_without_touching_the_model(
     backend: HFBackend, params: dict[str, Any], param: str
 ) -> None:
     error = _without_the_model(backend, lambda: backend.chat_completion(params))
-    assert isinstance(error, InvalidRequest)
+    assert isinstance(error, LocalRequestError)
     assert error.param == param
 
 
@@ -151,7 +150,7 @@ def test_invalid_completion_and_embedding_requests_name_the_param(
     backend: HFBackend, call: str, params: dict[str, Any], param: str
 ) -> None:
     error = _without_the_model(backend, lambda: getattr(backend, call)(params))
-    assert isinstance(error, InvalidRequest)
+    assert isinstance(error, LocalRequestError)
     assert error.param == param
 
 

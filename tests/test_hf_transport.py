@@ -13,9 +13,14 @@ import torch
 from openai.types import Completion, CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from blackbox_sdk.hf_backend import HFBackend, load_backend
-from blackbox_sdk.hf_transport import HFTransport, local_async_http_client, local_http_client
-from blackbox_sdk.models import default_gguf_path
+from blackbox_sdk.local import (
+    HFBackend,
+    HFTransport,
+    default_gguf_path,
+    load_backend,
+    local_async_http_client,
+    local_http_client,
+)
 
 BASE_URL = "http://hf.local/v1"
 COUNT = [{"role": "user", "content": "Count from 1 to 10."}]

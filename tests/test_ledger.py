@@ -14,12 +14,20 @@ from multiprocessing.connection import Connection
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event
 from pathlib import Path
+from typing import get_type_hints
 
 import pytest
 
-from blackbox_sdk.budget import Budget
-from blackbox_sdk.errors import BudgetExceededError, ConfigError
-from blackbox_sdk.ledger import Cap, Ledger, nano_to_usd, usd_to_nano
+from blackbox_sdk import BudgetExceededError, ConfigError
+from blackbox_sdk.budget import (
+    Budget,
+    Cap,
+    CapTransaction,
+    Ledger,
+    LedgerStore,
+    nano_to_usd,
+    usd_to_nano,
+)
 
 PRICES = {"unit": {"input": 1.0, "output": 10.0}}  # USD per million tokens
 OUTPUT_TOKENS = 100  # each call: 100 output tokens = $0.001, reserved and settled in full
@@ -217,3 +225,12 @@ def test_ledger_uses_wal_so_readers_are_not_blocked(tmp_path: Path) -> None:
     Ledger(path)
     with sqlite3.connect(path) as connection:
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_the_sqlite_ledger_implements_the_ledger_store_protocol_the_budget_is_typed_against(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "ledger.sqlite3")
+    assert isinstance(ledger, LedgerStore)
+    with ledger.transaction() as transaction:
+        assert isinstance(transaction, CapTransaction)
+    ledger.close()
+    assert get_type_hints(Budget)["_ledger"] is LedgerStore

@@ -10,7 +10,7 @@ import pytest
 from openai.types.chat import ChatCompletion
 
 from blackbox_sdk import AsyncOpenAI, BackendError, Budget, OpenAI
-from blackbox_sdk.models import default_encoder_path
+from blackbox_sdk.local import default_encoder_path
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -89,7 +89,7 @@ def test_bad_local_models_raise_backend_error_at_construction(target: str) -> No
 def a_soft_prompt(local: OpenAI, seed: int = 0) -> object:
     import torch
 
-    from blackbox_sdk.soft_prompt import SoftPrompt
+    from blackbox_sdk.tuning import SoftPrompt
 
     table = local.backend.input_embeddings().weight.detach()
     generator = torch.Generator().manual_seed(seed)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from blackbox_sdk import models
+from blackbox_sdk.local import _packaged as models
 from blackbox_sdk.adapter import AdapterConfig
-from blackbox_sdk.errors import BackendError
+from blackbox_sdk._exceptions import BackendError
 
 
 @pytest.fixture(scope="module")

@@ -11,21 +11,22 @@ import pytest
 import torch
 
 import blackbox_sdk
-from blackbox_sdk.adapter import Adapter, AdapterConfig
-from blackbox_sdk.adapter_training import TrainConfig
-from blackbox_sdk.calllog import CallLog
-from blackbox_sdk.errors import AdapterError
-from blackbox_sdk.online import (
+from blackbox_sdk._exceptions import AdapterError
+from blackbox_sdk.adapter import (
+    Adapter,
+    AdapterConfig,
     ClientAnswerSampler,
     OnlineConfig,
     OnlineQuestion,
     Samples,
+    TrainConfig,
     ai_judge,
     calibrate_consensus,
     client_answer_sampler,
     log_labels,
     online_train,
 )
+from blackbox_sdk.call_log import CallLog
 
 SHOTS = [
     {"role": "user", "content": "What is the capital of France?"},

@@ -9,9 +9,15 @@ from pathlib import Path
 import pydantic
 import pytest
 
-from blackbox_sdk.budget import Budget
-from blackbox_sdk.errors import ConfigError
-from blackbox_sdk.prices import DEFAULT_PRICES_FILE, ModelPrice, default_prices, load_price_file, snapshot_base
+from blackbox_sdk import ConfigError
+from blackbox_sdk.budget import (
+    DEFAULT_PRICES_FILE,
+    Budget,
+    ModelPrice,
+    default_prices,
+    load_price_file,
+    snapshot_base,
+)
 
 REQUIRED_MODELS = (
     "gpt-5",

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from blackbox_sdk import redact as redact_module
-from blackbox_sdk.logs import LOG_ENV, logger
-from blackbox_sdk.redact import REDACTED, SecretFilter, is_secret_key, redact, redact_text
+from blackbox_sdk._logging import LOG_ENV, logger
+from blackbox_sdk._redact import REDACTED, SecretFilter, is_secret_key, redact, redact_text
 
 OPENAI_KEY = "sk-proj-" + "A1b2C3d4" * 6
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -134,7 +133,7 @@ def test_secret_filter_never_drops_records() -> None:
 
 def test_sdk_logger_prints_nothing_unless_blackbox_log_is_set() -> None:
     script = (
-        "from blackbox_sdk.logs import logger, setup_logging\n"
+        "from blackbox_sdk._logging import logger, setup_logging\n"
         "setup_logging()\n"
         f"logger.info('call with %s', {OPENAI_KEY!r})\n"
     )
@@ -142,10 +141,6 @@ def test_sdk_logger_prints_nothing_unless_blackbox_log_is_set() -> None:
     loud = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=_env(**{LOG_ENV: "info"}), check=True)
     assert quiet.stderr == ""
     assert "call with [REDACTED]" in loud.stderr and OPENAI_KEY not in loud.stderr
-
-
-def test_redact_module_exports_are_sorted() -> None:
-    assert redact_module.__all__ == sorted(redact_module.__all__)
 
 
 def _env(**extra: str) -> dict[str, str]:

@@ -14,7 +14,7 @@ import openai
 import pytest
 
 from blackbox_sdk import AsyncOpenAI, OpenAI, RetryPolicy
-from blackbox_sdk.retry import INITIAL_RETRY_DELAY, MAX_RETRY_DELAY, should_retry
+from blackbox_sdk._retry import INITIAL_RETRY_DELAY, MAX_RETRY_DELAY, should_retry
 
 HELLO = [{"role": "user", "content": "hi"}]
 

@@ -7,9 +7,8 @@ import json
 import pytest
 import tiktoken
 
-from blackbox_sdk import tokens
-from blackbox_sdk.errors import ConfigError
-from blackbox_sdk.tokens import (
+from blackbox_sdk import ConfigError
+from blackbox_sdk.budget import (
     TOKENS_PER_MESSAGE,
     TOKENS_PER_NAME,
     TOKENS_TO_PRIME_REPLY,
@@ -19,6 +18,7 @@ from blackbox_sdk.tokens import (
     count_tokens,
     encoding_name_for_model,
 )
+from blackbox_sdk.budget import _tokens as tokens
 
 TEXT = "The quick brown fox jumps over the lazy dog, 1234567 times; naïve café ünïcode!"
 

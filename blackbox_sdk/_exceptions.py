@@ -1,0 +1,84 @@
+"""The SDK's own errors, rooted in one class; the openai package's errors pass through unchanged.
+
+BlackBoxError
+ ├── ConfigError                 bad SDK option or argument, raised before any work is spent
+ │    ├── InvalidRequestError    a malformed request; also an openai.BadRequestError
+ │    └── PriceMissingError      a model has no price while a hard budget is set
+ ├── BudgetExceededError         a call would cross a cap (carries spent, reserved, limit)
+ ├── CacheError                  the cache folder is locked, read-only or unusable
+ ├── CallLogError                the call log can't be opened or written
+ ├── BackendError                a local model can't be loaded or run
+ │    └── EmbeddingsNotSupportedError  the endpoint does not take input embeddings
+ ├── AdapterError                a reranker adapter can't be trained, saved or loaded
+ └── TuningError                 black-box tuning got bad data or options
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import openai
+
+
+class BlackBoxError(Exception):
+    """Root of every error the SDK raises itself."""
+
+
+class ConfigError(BlackBoxError, ValueError):
+    """An SDK option or argument is invalid; nothing was spent."""
+
+
+class PriceMissingError(ConfigError):
+    """A model has no price, so a hard budget can't be enforced for it."""
+
+
+class BudgetExceededError(BlackBoxError):
+    """A call would cross a budget cap; raised before the call is sent."""
+
+    def __init__(self, message: str, *, spent: float, reserved: float, limit: float, scope: str) -> None:
+        super().__init__(message)
+        self.spent = spent
+        self.reserved = reserved
+        self.limit = limit
+        self.scope = scope
+
+
+class CacheError(BlackBoxError):
+    """The response cache can't be opened or written."""
+
+
+class CallLogError(BlackBoxError):
+    """The call log can't be opened or written."""
+
+
+class BackendError(BlackBoxError):
+    """A local model can't be loaded or run."""
+
+
+class EmbeddingsNotSupportedError(BackendError):
+    """The endpoint can't take input embeddings, so embedding-based tuning can't run on it."""
+
+
+class AdapterError(BlackBoxError):
+    """A reranker adapter can't be trained, saved or loaded."""
+
+
+class TuningError(BlackBoxError):
+    """Black-box tuning got bad data or options."""
+
+
+def _bad_request_response(message: str, param: str | None) -> Any:
+    """A 400 httpx2 response with OpenAI's error body, for errors raised before anything is sent."""
+    import httpx2
+
+    body = {"error": {"message": message, "type": "invalid_request_error", "param": param, "code": None}}
+    return httpx2.Response(400, json=body, request=httpx2.Request("POST", "blackbox-sdk://validation"))
+
+
+class InvalidRequestError(openai.BadRequestError, ConfigError):
+    """A request the SDK refuses before sending; an `openai.BadRequestError`, as the server's 400 would be."""
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        response = _bad_request_response(message, param)
+        super().__init__(message, response=response, body=response.json()["error"])
+        self.param = param

@@ -1,0 +1,33 @@
+"""`response.blackbox`: what the SDK did for one call, attached to every response it returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class BlackBoxInfo:
+    """Call id, cache and cost facts, and the reranker's candidates and scores for one call."""
+
+    call_id: str
+    cache_hit: bool = False  # every returned candidate came from the cache
+    cached_candidates: int = 0  # how many candidates the cache supplied
+    cost_usd: float = 0.0  # settled cost of what was sent (0 for a hit)
+    usage_counted: bool = False  # the server sent no usage, so the SDK counted tokens itself
+    requests: int = 0  # HTTP requests sent (fan-out included, retries excluded)
+    retries: int = 0
+    latency_s: float = 0.0
+    candidates: list[str] | None = None  # every candidate the reranker saw, in sampling order
+    scores: list[float] | None = None  # the reranker's score per candidate (higher is better)
+    chosen: list[int] = field(default_factory=list)  # candidate indices returned as choices, in order
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready copy."""
+        return dict(self.__dict__)
+
+
+def attach(obj: Any, info: BlackBoxInfo) -> Any:
+    """Set `obj.blackbox` without making it part of the openai model's fields or its JSON dump."""
+    object.__setattr__(obj, "blackbox", info)
+    return obj

@@ -1,0 +1,223 @@
+"""The SDK's own options for a client, their per-call overrides (a new Options, never mutation),
+and the resources opened from paths for them, kept once per client.
+
+`Options`' fields are the one list of option names: the client's constructor, `copy`, `wrap`
+and every resource's `create` take exactly these (and openai's `max_retries`).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from openai import NOT_GIVEN
+
+from ._exceptions import ConfigError
+from ._retry import RetryPolicy
+from ._types import Scorer
+
+DEFAULT_RERANK_N = 8
+CACHE_MODES = ("on", "read", "write", "refresh", "off")
+
+
+class Opened:
+    """Resources opened from paths (caches, logs, adapters, soft prompts): opened once per
+    (kind, path), reused by every call that names them, closed with the client."""
+
+    def __init__(self) -> None:
+        self._items: dict[tuple[str, Path], Any] = {}
+        self._lock = threading.Lock()
+
+    def get(self, kind: str, path: str | Path, make: Callable[[Path], Any]) -> Any:
+        """The resource of this kind at `path`, opened on first use."""
+        key = (kind, Path(path).expanduser().resolve())
+        with self._lock:
+            if key not in self._items:
+                self._items[key] = make(Path(path).expanduser())
+            return self._items[key]
+
+    def close(self) -> None:
+        """Close everything opened here (what a caller passed in as an object is the caller's)."""
+        with self._lock:
+            items, self._items = list(self._items.values()), {}
+        for item in items:
+            close = getattr(item, "close", None)
+            if callable(close):
+                close()
+
+
+def _instance_or_path(value: Any, kind: type, name: str, opened: Opened, accepted: str) -> Any:
+    """None, an instance of `kind`, or a path opened once as one."""
+    if value is None or isinstance(value, kind):
+        return value
+    if isinstance(value, (str, Path)):
+        return opened.get(name, value, kind)
+    raise ConfigError(f"{name} must be {accepted} or None; got {value!r}")
+
+
+def open_cache(value: Any, current: Any, opened: Opened) -> Any:
+    """A Cache from what a caller passed: a folder, a Cache, a mode string for the current one, or None."""
+    from .cache import Cache
+
+    if isinstance(value, str) and value in CACHE_MODES:
+        if current is None:
+            raise ConfigError(f"cache={value!r} needs a cache on the client: OpenAI(cache='folder')")
+        return current.with_mode(value)
+    return _instance_or_path(value, Cache, "cache", opened, f"a folder, a blackbox_sdk.Cache, one of {CACHE_MODES}")
+
+
+def open_log(value: Any, current: Any, opened: Opened) -> Any:
+    """A CallLog from a file path, a CallLog, or None."""
+    from .call_log import CallLog
+
+    return _instance_or_path(value, CallLog, "log", opened, "a file path, a blackbox_sdk.CallLog")
+
+
+def open_budget(value: Any, current: Any, opened: Opened) -> Any:
+    """A Budget, or None for no limit."""
+    from .budget import Budget
+
+    if value is None or isinstance(value, Budget):
+        return value
+    raise ConfigError(f"budget must be a blackbox_sdk.Budget or None; got {value!r}")
+
+
+def open_reranker(value: Any, current: Any, opened: Opened) -> Scorer | None:
+    """A scorer from an adapter folder, an object with `.score`, a callable, or None."""
+    if value is None:
+        return None
+    if isinstance(value, (str, Path)):
+        from .adapter import Adapter
+
+        return opened.get("reranker", value, Adapter.load).score  # weights from safetensors, never pickle
+    score = getattr(value, "score", None)
+    if callable(score):
+        return score
+    if callable(value):
+        return value
+    raise ConfigError(f"reranker must be an adapter folder, an Adapter, a callable or None; got {value!r}")
+
+
+def open_rerank_n(value: Any, current: Any, opened: Opened) -> int:
+    """rerank_n checked: an integer >= 1 (None means the default)."""
+    if value is None:
+        return DEFAULT_RERANK_N
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"rerank_n must be an integer >= 1, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class BeamOptions:
+    """Step-wise reranking (the paper's sentence-level beam search) instead of best-of-n."""
+
+    beam: int = 3  # prefixes kept after each step
+    candidates: int = 5  # next steps sampled per kept prefix per step
+    max_steps: int = 8
+    answer_marker: str | None = "####"  # a step holding it ends its beam
+    separator: str = "\n"  # the step boundary (sampling stops there)
+    mode: str = "chat"  # "chat": the partial answer quoted in the user turn; "completions": ChatML continued
+
+    def __post_init__(self) -> None:
+        for name in ("beam", "candidates", "max_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"beam option {name} must be an integer >= 1, got {value!r}")
+        if self.mode not in ("chat", "completions"):
+            raise ConfigError(f"beam option mode must be 'chat' or 'completions', got {self.mode!r}")
+
+
+def open_beam(value: Any, current: Any, opened: Opened) -> BeamOptions | None:
+    """BeamOptions from None (best-of-n), True (defaults), a mapping or a BeamOptions."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return BeamOptions()
+    if isinstance(value, BeamOptions):
+        return value
+    if isinstance(value, dict):
+        try:
+            return BeamOptions(**value)
+        except TypeError as error:
+            raise ConfigError(f"unknown beam option: {error}") from None
+    raise ConfigError(f"beam must be None, True, a dict of BeamOptions fields or a BeamOptions; got {value!r}")
+
+
+def open_soft_prompt(value: Any, current: Any, opened: Opened) -> Any:
+    """A SoftPrompt from a saved folder or a SoftPrompt, or None."""
+    if value is None:
+        return None
+    if isinstance(value, (str, Path)):
+        from .tuning import SoftPrompt
+
+        return opened.get("soft_prompt", value, SoftPrompt.load)
+    if hasattr(value, "embeds") and hasattr(value, "name"):
+        return value
+    raise ConfigError(f"soft_prompt must be a SoftPrompt, a saved soft-prompt folder or None; got {value!r}")
+
+
+def open_budget_key(value: Any, current: Any, opened: Opened) -> str | None:
+    """The tenant key budgets and the log file calls under: a string or None."""
+    if value is not None and not isinstance(value, str):
+        raise ConfigError(f"budget_key must be a string or None; got {value!r}")
+    return value
+
+
+def open_retry(value: Any, current: Any, opened: Opened) -> RetryPolicy:
+    """A RetryPolicy; None keeps the current one."""
+    if value is None:
+        return current
+    if not isinstance(value, RetryPolicy):
+        raise ConfigError(f"retry must be a blackbox_sdk.RetryPolicy or None; got {value!r}")
+    return value
+
+
+def _option(default: Any, opener: Callable[[Any, Any, Opened], Any]) -> Any:
+    """A field of Options with the function that checks and opens what a caller passes for it."""
+    return field(default=default, metadata={"open": opener})
+
+
+@dataclass(frozen=True)
+class Options:
+    """Cache, budget, log, reranker, retries: what the SDK adds around each call."""
+
+    cache: Any = _option(None, open_cache)
+    budget: Any = _option(None, open_budget)
+    log: Any = _option(None, open_log)
+    reranker: Scorer | None = _option(None, open_reranker)
+    rerank_n: int = _option(DEFAULT_RERANK_N, open_rerank_n)
+    beam: BeamOptions | None = _option(None, open_beam)
+    soft_prompt: Any = _option(None, open_soft_prompt)  # a tuned SoftPrompt (Black-Box Tuning) served with every call
+    budget_key: str | None = _option(None, open_budget_key)
+    retry: RetryPolicy = _option(RetryPolicy(), open_retry)
+
+    @classmethod
+    def build(cls, opened: Opened, *, max_retries: int = 2, **given: Any) -> Options:
+        """Options from constructor arguments, each checked and opened; `retry` wins over `max_retries`."""
+        return cls(retry=RetryPolicy(max_retries=max_retries)).merge(opened, **given)
+
+    def merge(self, opened: Opened, **overrides: Any) -> Options:
+        """These options with per-call overrides (only the keys given) applied."""
+        unknown = set(overrides) - set(OPTION_NAMES) - {"max_retries"}
+        if unknown:
+            raise ConfigError(f"unknown SDK options {sorted(unknown)}; expected some of {list(OPTION_NAMES)}")
+        changes: dict[str, Any] = {}
+        if "max_retries" in overrides:
+            changes["retry"] = replace(self.retry, max_retries=overrides["max_retries"])
+        for spec in fields(self):
+            if spec.name in overrides:
+                current = changes.get(spec.name, getattr(self, spec.name))
+                changes[spec.name] = spec.metadata["open"](overrides[spec.name], current, opened)
+        return replace(self, **changes)
+
+
+OPTION_NAMES = tuple(spec.name for spec in fields(Options))
+
+
+def split_options(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Separate the SDK's per-call options (those given) from the openai parameters."""
+    overrides = {name: kwargs.pop(name) for name in OPTION_NAMES if name in kwargs}
+    return kwargs, {name: value for name, value in overrides.items() if value is not NOT_GIVEN}

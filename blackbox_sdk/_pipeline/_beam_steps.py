@@ -1,0 +1,82 @@
+"""Adapter-guided beam search inside a call: each step is a call through the same client
+(cached, budgeted, logged, never reranked), and the best beams come back as one ChatCompletion.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
+from openai.types.chat import ChatCompletion
+
+from .._info import attach
+from .._types import CHAT, COMPLETIONS, Json, Route, add_usage
+from ._call import Call
+from ._core import Core, build
+from ._rerank import question_of
+
+BEAM_OWN_PARAMS = ("messages", "model", "n", "stream", "stream_options", "stop")  # the beam sampler sets these
+
+
+class StepTally:
+    """A client-like view for the beam sampler: its `create` calls run through the SDK, and their
+    cost, requests and usage add up here."""
+
+    def __init__(self, create: Callable[[Route, Json], Any]) -> None:
+        self._create = create
+        self.cost, self.requests, self.retries = 0.0, 0, 0
+        self.usage: Json = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        self.chat = SimpleNamespace(completions=SimpleNamespace(create=lambda **params: self._run(CHAT, params)))
+        self.completions = SimpleNamespace(create=lambda **params: self._run(COMPLETIONS, params))
+
+    def _run(self, route: Route, params: Json) -> Any:
+        """One step call, counted."""
+        response = self._create(route, params)
+        info = response.blackbox
+        self.cost += info.cost_usd
+        self.requests += info.requests
+        self.retries += info.retries
+        if response.usage is not None:
+            self.usage = add_usage(self.usage, response.usage.to_dict())
+        return response
+
+
+def step_options(call: Call) -> Json:
+    """The per-call options of each step: the caller's, without reranking or beams."""
+    return {**call.overrides, "reranker": None, "beam": None}
+
+
+def run_beam(call: Call, create: Callable[[Route, Json], Any]) -> tuple[Any, StepTally]:
+    """Run the beam search with step calls made through `create`; the search's result and tally."""
+    from ..adapter import beam_search, client_sampler
+
+    options, tally = call.opts.beam, StepTally(create)
+    messages = list(call.params["messages"])
+    extra = {k: v for k, v in call.params.items() if k not in BEAM_OWN_PARAMS}
+    sample = client_sampler(tally, call.model, mode=options.mode, messages=messages[:-1], **extra)
+    result = beam_search(
+        question_of(CHAT, call.params), sample, call.opts.reranker, beam=options.beam, candidates=options.candidates,
+        max_steps=options.max_steps, answer_marker=options.answer_marker, separator=options.separator,
+    )
+    return result, tally
+
+
+def beam_response(core: Core, call: Call, result: Any, tally: StepTally) -> Any:
+    """The best beams as a ChatCompletion; every final beam and its score on `.blackbox`; logged."""
+    info = call.info
+    beams = list(result.beams) or [(result.text, result.score)]
+    info.candidates, info.scores = [text for text, _ in beams], [float(score) for _, score in beams]
+    info.chosen = list(range(min(call.n, len(beams))))
+    info.cost_usd, info.requests, info.retries = tally.cost, tally.requests, tally.retries
+    body = {
+        "id": f"chatcmpl-{info.call_id}", "object": "chat.completion", "created": int(time.time()),
+        "model": call.model, "usage": tally.usage,
+        "choices": [
+            {"index": i, "message": {"role": "assistant", "content": beams[i][0]}, "finish_reason": "stop"}
+            for i in info.chosen
+        ],
+    }
+    core.record(call, [], tally.usage)
+    return attach(build(ChatCompletion, body), info)

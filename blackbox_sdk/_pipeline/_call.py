@@ -1,0 +1,72 @@
+"""One call's request and the SDK's running account of it, as the pipeline passes it along."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from .._info import BlackBoxInfo
+from .._options import Options
+from .._types import CHAT, Json, Route
+from ._meter import Meter
+from ._validation import given
+
+
+@dataclass
+class Call:
+    """One call's request and the SDK's running account of it."""
+
+    route: Route
+    params: Json
+    opts: Options
+    info: BlackBoxInfo
+    want: int  # candidates to gather: the caller's n, or rerank_n when reranking
+    started: float = field(default_factory=time.perf_counter)
+    key: str | None = None
+    reservation: Any = None
+    usage_counted: bool = False
+    request: Json = field(default_factory=dict)  # the request as the log keeps it
+    overrides: Json = field(default_factory=dict)  # the caller's per-call SDK options
+
+    @cached_property
+    def meter(self) -> Meter:
+        """The budget and call log this call is accounted on."""
+        return Meter(self.opts.budget, self.opts.log, self.opts.budget_key)
+
+    @property
+    def n(self) -> int:
+        """How many choices the caller asked for."""
+        n = self.params.get("n")
+        return int(n) if given(n) else 1
+
+    @property
+    def model(self) -> str:
+        """The model named in the request, as budgets price it and the log names it."""
+        return str(self.params.get("model", ""))
+
+    @property
+    def output_cap(self) -> str:
+        """The name the caller used for the output-token cap (`max_completion_tokens` for o-series / gpt-5)."""
+        return "max_completion_tokens" if given(self.params.get("max_completion_tokens")) else "max_tokens"
+
+    @property
+    def prompts(self) -> int:
+        """How many prompts a legacy completions call carries (each gets n choices); 1 for chat."""
+        prompt = self.params.get("prompt")
+        if self.route is CHAT or not isinstance(prompt, list) or not prompt or isinstance(prompt[0], int):
+            return 1
+        return len(prompt)
+
+    @property
+    def stream(self) -> bool:
+        """Whether the caller asked for a stream."""
+        return bool(self.params.get("stream"))
+
+    @property
+    def include_usage(self) -> bool:
+        """Whether the caller's stream asked for a final usage chunk."""
+        options = self.params.get("stream_options")
+        return isinstance(options, Mapping) and bool(options.get("include_usage"))

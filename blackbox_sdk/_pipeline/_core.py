@@ -1,0 +1,220 @@
+"""What one client's calls share, and every decision a call needs that is not I/O: options with
+per-call overrides, cache keys and lookups, reservations, what to send, settling, storing and
+logging. The sync and async cores add only the sending.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Callable, Generator
+from dataclasses import replace
+from typing import Any
+
+import httpx2
+import pydantic
+
+from .._exceptions import ConfigError, EmbeddingsNotSupportedError
+from .._info import BlackBoxInfo
+from .._options import Opened, Options
+from .._types import CHAT, EMBEDDINGS, Json, Route
+from ..cache import canonical_params
+from ..call_log import new_call_id
+from ._call import Call
+from ._candidates import Candidate
+from ._usage import UsageCounter
+from ._validation import given, validate
+
+SDK_PARAMS = ("n", "stream", "stream_options")  # left out of cache keys: a bucket serves any n, streamed or not
+MAX_FANOUT_WORKERS = 8
+
+
+class Core:
+    """What one client's calls share: the inner openai client, the endpoint, options and counters."""
+
+    def __init__(self, inner: Any, opts: Options, *, endpoint: str, local: bool, backend: Any = None, opened: Opened) -> None:
+        self.inner = inner
+        self.opts = opts
+        self.endpoint = endpoint
+        self.local = local
+        self.backend = backend
+        self.opened = opened  # resources opened from paths, shared with copies of the client
+        self.count = UsageCounter(backend)
+        self.ignores_n: bool | None = None  # learnt from the first multi-choice answer
+        self._lock = threading.Lock()
+
+    # ---------------------------------------------------------------- before sending
+    def begin(self, route: Route, params: Json, overrides: Json) -> Call:
+        """Check the request, then build the call: options with overrides, cache key, candidates to gather."""
+        validate(route, params)
+        opts = self.opts.merge(self.opened, **overrides)
+        if opts.soft_prompt is not None:
+            params = self.with_soft_prompt(opts, params)
+        want = int(params["n"]) if given(params.get("n")) else 1
+        if opts.reranker is not None and opts.rerank_n > want:
+            want = opts.rerank_n
+        call = Call(route=route, params=params, opts=opts, info=BlackBoxInfo(call_id=new_call_id()), want=want, overrides=overrides)
+        if opts.beam is not None and opts.reranker is not None and route is not CHAT:
+            raise ConfigError("beam search reranks chat completions only")
+        if opts.log is not None:
+            call.request = canonical_params(params)  # fails here, before sending, if it can't be logged
+        if call.prompts > 1:  # choices of several prompts share one list: no bucket, no reranking, no fan-out
+            opts = call.opts = replace(opts, cache=None, reranker=None)
+            call.want = call.n
+        if opts.cache is not None:
+            keyed = {k: v for k, v in params.items() if k not in SDK_PARAMS}
+            call.key = opts.cache.key(route=route.name, endpoint=self.endpoint, params=keyed)
+        return call
+
+    def check_soft_prompt(self, opts: Options) -> None:
+        """A soft prompt needs an endpoint that takes input embeddings: refuse before anything is spent."""
+        if opts.soft_prompt is None:
+            return
+        if self.backend is None or not getattr(self.backend, "supports_embeddings", False):
+            raise EmbeddingsNotSupportedError(
+                f"{self.endpoint} does not take input embeddings, so a soft prompt can't be served there; "
+                "use a local model (base_url='hf:...')"
+            )
+
+    def with_soft_prompt(self, opts: Options, params: Json) -> Json:
+        """The request with the soft prompt registered on the local model and named in the body."""
+        self.check_soft_prompt(opts)
+        prompt = opts.soft_prompt
+        self.backend.register_soft_prompt(prompt.name, prompt.embeds)
+        body = params.get("extra_body") if given(params.get("extra_body")) else {}
+        return {**params, "extra_body": {**body, "soft_prompt": prompt.name}}
+
+    def lookup(self, call: Call) -> list[Candidate]:
+        """Stored candidates for this request, at most `want`; foreign entries are skipped."""
+        if call.key is None or call.opts.cache is None:
+            return []
+        found = []
+        for entry in call.opts.cache.get(call.key):
+            try:
+                found.append(Candidate.from_json(entry))
+            except (KeyError, TypeError, ValueError):
+                continue
+        return found[: call.want]
+
+    def reserve(self, call: Call, count: int) -> tuple[int, int | None]:
+        """Reserve the worst case for `count` candidates; returns (count, max output tokens) after the policy."""
+        max_tokens = call.params.get(call.output_cap)
+        max_tokens = 0 if call.route is EMBEDDINGS else int(max_tokens) if given(max_tokens) else None
+        if call.opts.budget is None:
+            return count, max_tokens
+        call.reservation = call.meter.reserve(
+            call_id=call.info.call_id,
+            model=call.model,
+            prompt_tokens=self.count.prompt(call),
+            max_output_tokens=max_tokens,
+            n=count * call.prompts,
+            prompt_per_choice=self.ignores_n is not False,  # until the server is seen to honour n
+            local=self.local,
+        )
+        granted = max(1, call.reservation.n // call.prompts)
+        return granted, call.reservation.max_output_tokens or None
+
+    def request(self, call: Call, count: int, max_tokens: int | None, seed: int | None = None) -> Json:
+        """What the inner client is sent for `count` candidates (the output cap under the caller's name)."""
+        params = {k: v for k, v in call.params.items() if k != "n"}
+        if count > 1 or given(call.params.get("n")):
+            params["n"] = count
+        if max_tokens is not None:
+            params[call.output_cap] = max_tokens
+        if seed is not None:
+            params["seed"] = seed
+        return params
+
+    def sender(self, call: Call, count: int, max_tokens: int | None, seed: int | None) -> Callable[[], Any]:
+        """The inner client's `create` for `count` candidates, ready to send."""
+        params = self.request(call, count, max_tokens, seed)
+        create = self.inner.chat.completions.create if call.route is CHAT else self.inner.completions.create
+        return lambda: create(**params)
+
+    def seeds(self, call: Call, count: int) -> list[int | None]:
+        """Distinct seeds for fanned-out requests: the caller's seed + i, else random after the first."""
+        seed = call.params.get("seed")
+        if given(seed):
+            return [int(seed) + i for i in range(count)]
+        return [None] + [secrets.randbelow(2**31) for _ in range(count - 1)]
+
+    def count_retry(self, call: Call) -> None:
+        """Count one retry on the call (fan-out threads share it)."""
+        with self._lock:
+            call.info.retries += 1
+
+    def stream_of(self, chunks: list[Any], response: Any, info: Any) -> Any:
+        """A stream (sync or async, by the core) over chunks the SDK already holds."""
+        raise NotImplementedError
+
+    def live_stream(self, relay: Any, live: Any, head: Any) -> Any:
+        """A stream (sync or async, by the core) over an opened live stream, accounted by the relay."""
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- after receiving
+    def settle(self, call: Call, usage: Json) -> None:
+        """Settle the reservation from real usage; the cost lands on `call.info`."""
+        if call.reservation is not None:
+            call.info.cost_usd = call.meter.settle(call.reservation, usage)
+            call.reservation = None
+
+    def settle_reserved(self, call: Call) -> None:
+        """Settle at the reserved worst case: for raw streams, whose usage the SDK does not see."""
+        held = call.reservation
+        call.usage_counted = True
+        if held is not None:
+            self.settle(call, {"prompt_tokens": held.prompt_tokens, "completion_tokens": held.max_output_tokens * held.n})
+
+    def store(self, call: Call, fresh: list[Json]) -> None:
+        """Append complete fresh entries (candidates' JSON) to the request's bucket."""
+        if call.key is not None and call.opts.cache is not None and fresh:
+            call.opts.cache.extend(call.key, fresh)
+
+    def record(self, call: Call, texts: list[str], usage: Json | None, error: BaseException | None = None) -> None:
+        """One call-log record for the call, with its candidates, scores, cost and outcome."""
+        info = call.info
+        info.latency_s = time.perf_counter() - call.started
+        info.usage_counted = call.usage_counted
+        call.meter.record(
+            error,
+            call_id=info.call_id,
+            endpoint_host=httpx2.URL(self.endpoint).host if "://" in self.endpoint else self.endpoint,
+            model=call.model,
+            route=call.route.name,
+            request=call.request,
+            candidates=info.candidates or texts,
+            chosen=info.chosen,
+            scores=info.scores,
+            usage=usage,
+            usage_counted=call.usage_counted,
+            cost_usd=info.cost_usd,
+            latency_s=info.latency_s,
+            cache_hit=info.cache_hit,
+            retries=info.retries,
+            extra={"requests": info.requests, "cached_candidates": info.cached_candidates},
+        )
+
+    def fail(self, call: Call, error: BaseException) -> None:
+        """Release what was reserved and log the failed call; the caller re-raises."""
+        call.meter.release(call.reservation)
+        call.reservation = None
+        self.record(call, [], None, error)
+
+
+def advance(flow: Generator[Any, Any, Any], result: Any, error: BaseException | None) -> tuple[bool, Any]:
+    """Resume a flow with its last effect's result, or throw in its error: (True, the flow's value)
+    once it returned, else (False, its next effect)."""
+    try:
+        return False, (flow.throw(error) if error is not None else flow.send(result))
+    except StopIteration as stop:
+        return True, stop.value
+
+
+def build(model: Any, data: Json) -> Any:
+    """An openai model from JSON: validated (fast, in pydantic-core), or built leniently as the
+    openai client does for what a quirky server sent."""
+    try:
+        return model.model_validate(data)
+    except pydantic.ValidationError:
+        return model.construct(**data)

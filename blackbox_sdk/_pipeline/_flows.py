@@ -1,0 +1,175 @@
+"""Every call as a flow written once: a generator that makes each decision and yields an effect
+whenever it needs I/O (send, open a stream, run a beam search). The sync and async cores drive
+the same flows and differ only in how they perform the effects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from .._info import attach
+from .._options import split_options
+from .._types import EMBEDDINGS, Json, Route
+from ._beam_steps import beam_response
+from ._call import Call
+from ._core import Core
+from ._relay import Relay
+from ._responses import finish, finish_embedding, lookup_embedding, pieces, replay, unstreamed, whole_stream_chunks
+
+Flow = Generator["Effect", Any, Any]
+
+
+EffectKind = Literal["send", "open", "raw", "enter", "beam"]
+
+
+@dataclass(frozen=True)
+class Effect:
+    """I/O a flow needs, each with the call's retries; what the driver sends back, by kind:
+    "send" the responses to the requests (sent concurrently when several), in order;
+    "open" (stream, first chunk) of a stream opened until its first chunk has arrived;
+    "raw" (raw response, parsed body); "enter" (context, unread response) of a streaming response;
+    "beam" (result, step tally) of the beam search, each step a call through the same client."""
+
+    kind: EffectKind
+    call: Call
+    requests: tuple[Callable[[], Any], ...] = ()
+
+    @property
+    def request(self) -> Callable[[], Any]:
+        """The one request of a kind that sends one."""
+        return self.requests[0]
+
+
+def guarded(core: Core, effect: Effect) -> Flow:
+    """One effect whose failure releases the call's reservation and logs it before it propagates."""
+    try:
+        return (yield effect)
+    except BaseException as error:
+        core.fail(effect.call, error)
+        raise
+
+
+def create(core: Core, route: Route, params: Json, overrides: Json) -> Flow:
+    """`create` for chat or legacy completions, streamed or not, reranked or beam-searched."""
+    call = core.begin(route, params, overrides)
+    if call.opts.beam is not None and call.opts.reranker is not None:
+        whole_call = unstreamed(call)
+        result, tally = yield Effect("beam", whole_call)
+        whole = beam_response(core, whole_call, result, tally)
+    elif call.opts.reranker is not None and call.want > call.n:
+        whole = yield from complete(core, unstreamed(call))
+    elif call.stream:
+        return (yield from stream(core, call))
+    else:
+        return (yield from complete(core, call))
+    if not call.stream:
+        return whole
+    return core.stream_of(whole_stream_chunks(call, whole), None, whole.blackbox)
+
+
+def complete(core: Core, call: Call) -> Flow:
+    """A whole response: cached candidates first, the rest fetched."""
+    stored = core.lookup(call)
+    missing = call.want - len(stored)
+    if missing <= 0:
+        return finish(core, call, stored, [], None)
+    try:
+        count, max_tokens = core.reserve(call, missing)
+        responses = yield from fetch(core, call, count, max_tokens)
+        fresh, usage = pieces(core, call, [r.to_dict() for r in responses])
+    except BaseException as error:
+        core.fail(call, error)
+        raise
+    return finish(core, call, stored, fresh, usage, original=responses[0] if len(responses) == 1 else None)
+
+
+def fetch(core: Core, call: Call, count: int, max_tokens: int | None) -> Flow:
+    """`count` fresh choices: one request with n, then concurrent single requests for what it lacked."""
+    seeds = core.seeds(call, count)
+    single = call.prompts == 1
+    if count > 1 and core.ignores_n and single:
+        return (yield Effect("send", call, tuple(core.sender(call, 1, max_tokens, seed) for seed in seeds)))
+    [first] = yield Effect("send", call, (core.sender(call, count, max_tokens, seeds[0]),))
+    got = len(first.choices)
+    if count > 1 and single:
+        core.ignores_n = got < count
+    if got >= count or got == 0 or not single:
+        return [first]
+    rest = yield Effect("send", call, tuple(core.sender(call, 1, max_tokens, seed) for seed in seeds[got:count]))
+    return [first, *rest]
+
+
+def stream(core: Core, call: Call) -> Flow:
+    """Stored chunks replayed, then live chunks as they come, fanned out when `n` was ignored."""
+    stored = core.lookup(call)
+    missing = call.want - len(stored)
+    if missing <= 0:
+        return core.stream_of(replay(core, call, stored), None, call.info)
+    try:
+        count, max_tokens = core.reserve(call, missing)
+        seeds = core.seeds(call, count)
+        live, head = yield Effect("open", call, (core.sender(call, count, max_tokens, seeds[0]),))
+    except BaseException as error:
+        core.fail(call, error)
+        raise
+    return core.live_stream(Relay(core, call, stored, seeds, max_tokens), live, head)
+
+
+def embed(core: Core, params: Json, overrides: Json) -> Flow:
+    """`embeddings.create`: cached whole, budgeted on input tokens, retried, logged."""
+    call = core.begin(EMBEDDINGS, params, overrides)
+    stored = lookup_embedding(call)
+    if stored is not None:
+        return finish_embedding(core, call, None, stored)
+    try:
+        core.reserve(call, 1)
+        [response] = yield Effect("send", call, (lambda: core.inner.embeddings.create(**params),))
+    except BaseException as error:
+        core.fail(call, error)
+        raise
+    return finish_embedding(core, call, response, None)
+
+
+def begin_raw(core: Core, route: Route, kwargs: Json) -> tuple[Call, Json]:
+    """A raw-response call: checked, never cached, its worst case reserved; the call and what to send."""
+    params, overrides = split_options(kwargs)
+    call = core.begin(route, params, overrides)
+    call.key = None  # a raw response is the HTTP exchange itself: never served from or stored in the cache
+    try:
+        count, max_tokens = core.reserve(call, call.n)
+    except BaseException as error:
+        core.fail(call, error)
+        raise
+    return call, core.request(call, count, max_tokens)
+
+
+def settle_raw(core: Core, call: Call, parsed: Any) -> None:
+    """Settle a raw call from its parsed usage, or at the reserved worst case for a stream, and log it."""
+    whole = None if call.stream else parsed  # a stream's usage and text are the caller's to read
+    usage = getattr(whole, "usage", None)
+    if usage is not None:
+        core.settle(call, usage.to_dict())
+    else:
+        core.settle_reserved(call)
+    texts = [call.route.text(c.to_dict()) for c in whole.choices] if whole is not None else []
+    call.info.candidates = texts or None
+    call.info.chosen = list(range(len(texts)))
+    core.record(call, [], usage.to_dict() if usage is not None else None)
+
+
+def raw_create(core: Core, route: Route, target: Any, kwargs: Json) -> Flow:
+    """`with_raw_response.create`: openai's raw response, with budget, retries and log."""
+    call, params = begin_raw(core, route, kwargs)
+    raw, parsed = yield from guarded(core, Effect("raw", call, (lambda: target.create(**params),)))
+    settle_raw(core, call, parsed)
+    attach(parsed, call.info)
+    return attach(raw, call.info)
+
+
+def open_raw(core: Core, route: Route, target: Any, kwargs: Json) -> Flow:
+    """`with_streaming_response.create` up to the unread response: (call, context to exit, response)."""
+    call, params = begin_raw(core, route, kwargs)
+    context, response = yield from guarded(core, Effect("enter", call, (lambda: target.create(**params),)))
+    return call, context, attach(response, call.info)

@@ -1,0 +1,59 @@
+"""The accounting every metered call shares: reserve the worst case on the budget before the
+work, settle what was used or release after it, and write one call-log record either way.
+The client's calls and Black-Box Tuning's evaluations both go through it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .._logging import logger
+from .._types import Json
+from ..budget import Budget, Reservation
+from ..call_log import CallLogStore, CallRecord
+
+
+@dataclass(frozen=True)
+class Meter:
+    """A budget and a call log (either may be None) under one budget key."""
+
+    budget: Budget | None
+    log: CallLogStore | None
+    key: str | None = None
+
+    def reserve(self, **request: Any) -> Reservation | None:
+        """Reserve the worst case before anything is sent (`Budget.reserve`'s arguments but the key); None without a budget."""
+        return None if self.budget is None else self.budget.reserve(key=self.key, **request)
+
+    def settle(self, reservation: Reservation | None, usage: Json) -> float:
+        """Charge what was used (prompt, completion, cached prompt tokens); the cost in USD."""
+        if reservation is None or self.budget is None:
+            return 0.0
+        details = usage.get("prompt_tokens_details") or {}
+        return float(
+            self.budget.settle(
+                reservation,
+                prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                completion_tokens=int(usage.get("completion_tokens") or 0),
+                cached_tokens=int(details.get("cached_tokens") or 0),
+            )
+        )
+
+    def release(self, reservation: Reservation | None) -> None:
+        """Give back a reservation whose work did not run."""
+        if reservation is not None and self.budget is not None:
+            self.budget.release(reservation)
+
+    def record(self, error: BaseException | None = None, **fields: Any) -> None:
+        """One INFO line, and one call-log record (`CallRecord` fields) when there is a log."""
+        usage = fields.get("usage") or {}
+        logger.info(
+            "%s %s: %s tokens, $%.6f, cache %s, %d retries%s",
+            fields["route"], fields["model"], usage.get("total_tokens", "?"), fields.get("cost_usd", 0.0),
+            "hit" if fields.get("cache_hit") else "miss", fields.get("retries", 0),
+            f", error {type(error).__name__}" if error else "",
+        )
+        if self.log is not None:
+            error_text = None if error is None else f"{type(error).__name__}: {error}"
+            self.log.record(CallRecord(key=self.key, error=error_text, **fields))

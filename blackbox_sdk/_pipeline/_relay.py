@@ -1,0 +1,79 @@
+"""The account of a live stream while its chunks pass to the caller: stored chunks first, live
+ones re-indexed after them, more streams opened when the server ignored `n`, settled and logged
+at the end, or charged for what arrived when the stream did not end."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .._types import Json
+from ._call import Call
+from ._candidates import Candidate, chunks_from_candidates, split_chunks
+from ._core import Core
+from ._responses import chunk, finish_stream
+
+
+class Relay:
+    """One streamed call's running account: what was collected, and what to open next."""
+
+    def __init__(self, core: Core, call: Call, stored: list[Candidate], seeds: list[int | None], max_tokens: int | None) -> None:
+        self.core, self.call, self.stored = core, call, stored
+        self.seeds, self.max_tokens = seeds, max_tokens
+        self.collected: list[Json] = []  # every live chunk with choices, re-indexed
+        self.usages: list[Json] = []  # usage chunks, held back and summed
+        self.got = 0  # choices received from the streams that ended
+        self.indices: set[int] = set()  # choice indices seen in the current stream
+        self.done = False
+
+    def replayed(self) -> list[Any]:
+        """The stored candidates' chunks, which go out before any live chunk."""
+        return [chunk(self.call, data) for data in chunks_from_candidates(self.call.route, self.stored)]
+
+    def pass_on(self, live: Any) -> Any | None:
+        """The chunk to hand the caller for a live chunk (None for a usage-only chunk, held back)."""
+        data = live.to_dict()
+        usage = data.pop("usage", None)
+        if usage:
+            self.usages.append(usage)
+        if not data.get("choices"):
+            return None
+        offset = len(self.stored) + self.got
+        for choice in data["choices"]:
+            choice["index"] = offset + int(choice.get("index") or 0)
+            self.indices.add(choice["index"])
+        self.collected.append(data)
+        return live if offset == 0 and not usage else chunk(self.call, data)
+
+    def next_stream(self) -> Callable[[], Any] | None:
+        """After a live stream ended: the request for the next one (the server ignored `n`), or None."""
+        seen, self.indices = len(self.indices), set()
+        self.got += seen
+        if self.got >= len(self.seeds) or not seen:
+            return None
+        self.core.ignores_n = True
+        return self.core.sender(self.call, 1, self.max_tokens, self.seeds[self.got])
+
+    def _pieces(self) -> tuple[list[Candidate], Json]:
+        """The collected chunks as candidates, with the server's usage or a count."""
+        per_choice = split_chunks(self.call.route, self.collected, {})
+        usage = self.core.count.of_stream(self.call, self.usages, [self.call.route.text(c.choice) for c in per_choice])
+        return split_chunks(self.call.route, self.collected, usage), usage
+
+    def finish(self) -> list[Any]:
+        """Settle, store and log the finished stream; the usage chunk when the caller asked for one."""
+        fresh, usage = self._pieces()
+        meta = self.collected[0] if self.collected else self.stored[0].meta
+        tail = finish_stream(self.core, self.call, self.stored, fresh, usage, meta)
+        self.done = True
+        return tail
+
+    def abort(self, error: BaseException | None) -> None:
+        """A stream that did not end normally: charge what arrived, store nothing, log the error."""
+        if self.done:
+            return
+        if self.collected or self.usages:
+            self.core.settle(self.call, self._pieces()[1])
+        if isinstance(error, GeneratorExit) or error is None:
+            error = RuntimeError("stream closed before its end")
+        self.core.fail(self.call, error)

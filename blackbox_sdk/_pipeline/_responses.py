@@ -1,0 +1,134 @@
+"""From gathered candidates to what the caller gets: account (settle, store), choose (rerank),
+log, and build the typed response or stream chunks, each with `.blackbox`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import httpx2
+from openai.types import Completion, CreateEmbeddingResponse
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+from .._info import attach
+from .._types import CHAT, Json, add_usage
+from ._call import Call
+from ._candidates import Candidate, chunks_from_candidates, response_from_candidates, split_response, sum_usage, usage_chunk
+from ._core import Core, build
+from ._rerank import question_of, rank
+
+
+def unstreamed(call: Call) -> Call:
+    """The same call asking for a whole response (to rerank before streaming the winner)."""
+    params = {k: v for k, v in call.params.items() if k not in ("stream", "stream_options")}
+    return replace(call, params=params)
+
+
+def chunk(call: Call, data: Json) -> Any:
+    """A typed stream chunk from its JSON."""
+    return build(ChatCompletionChunk if call.route is CHAT else Completion, data)
+
+
+def replay_response() -> httpx2.Response:
+    """The HTTP response a stream served by the SDK (cache or reranked winner) reports as its `.response`."""
+    return httpx2.Response(200, headers={"content-type": "text/event-stream", "x-blackbox-cache": "hit"})
+
+
+def texts(call: Call, candidates: list[Candidate]) -> list[str]:
+    """The answer text of each candidate."""
+    return [call.route.text(c.choice) for c in candidates]
+
+
+def pieces(core: Core, call: Call, responses: list[Json]) -> tuple[list[Candidate], Json]:
+    """Split received responses into candidates and their total usage."""
+    fresh: list[Candidate] = []
+    total = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    for response in responses:
+        usage = core.count.of_response(call, response)
+        fresh += split_response(call.route, response, usage)
+        total = add_usage(total, usage)
+    return fresh, total
+
+
+def account(core: Core, call: Call, stored: list[Candidate], fresh: list[Candidate], usage: Json | None) -> tuple[list[Candidate], Json]:
+    """Settle the reservation, store fresh candidates; all candidates and their total usage."""
+    call.info.cached_candidates = len(stored)
+    call.info.cache_hit = bool(stored) and not fresh
+    if usage is not None:
+        core.settle(call, usage)
+    core.store(call, [c.to_json() for c in fresh])
+    total = sum_usage(stored) if usage is None else add_usage(sum_usage(stored), usage)
+    return stored + fresh, total
+
+
+def choose(call: Call, candidates: list[Candidate]) -> list[Candidate]:
+    """The candidates to return: reranked best-first when a reranker is on, `n` of them."""
+    info = call.info
+    if call.opts.reranker is None or len(candidates) <= 1:
+        info.chosen = list(range(min(call.n, len(candidates))))
+        return candidates[: call.n]
+    answers = texts(call, candidates)
+    scores = call.opts.reranker(question_of(call.route, call.params), answers)
+    info.candidates, info.scores = answers, [float(s) for s in scores]
+    info.chosen = rank(info.scores)[: call.n]
+    return [candidates[i] for i in info.chosen]
+
+
+def finish(core: Core, call: Call, stored: list[Candidate], fresh: list[Candidate], usage: Json | None, original: Any = None) -> Any:
+    """Account, choose, log; the typed response with `.blackbox` (the server's own object when untouched)."""
+    everything, total = account(core, call, stored, fresh, usage)
+    chosen = choose(call, everything)
+    if original is None or stored or call.opts.reranker is not None or call.usage_counted:
+        original = build(ChatCompletion if call.route is CHAT else Completion, response_from_candidates(call.route, chosen, total))
+    core.record(call, texts(call, everything), total)
+    return attach(original, call.info)
+
+
+def finish_stream(core: Core, call: Call, stored: list[Candidate], fresh: list[Candidate], usage: Json | None, meta: Json) -> list[Any]:
+    """Account and log a stream whose chunks have all been passed on; the usage chunk when asked."""
+    everything, total = account(core, call, stored, fresh, usage)
+    call.info.chosen = list(range(len(everything)))
+    core.record(call, texts(call, everything), total)
+    return [chunk(call, usage_chunk(call.route, meta, total))] if call.include_usage else []
+
+
+def replay(core: Core, call: Call, stored: list[Candidate]) -> list[Any]:
+    """A stream served wholly from the cache, accounted and logged before its first chunk is read."""
+    replayed = [chunk(call, data) for data in chunks_from_candidates(call.route, stored)]
+    return replayed + finish_stream(core, call, stored, [], None, stored[0].meta)
+
+
+def whole_stream_chunks(call: Call, whole: Any) -> list[Any]:
+    """A whole (reranked) response as the chunks of a stream, usage last when asked."""
+    chosen = split_response(call.route, whole.to_dict(), whole.usage.to_dict() if whole.usage else {})
+    chunks = [chunk(call, data) for data in chunks_from_candidates(call.route, chosen)]
+    if call.include_usage and whole.usage is not None:
+        chunks.append(chunk(call, usage_chunk(call.route, chosen[0].meta, whole.usage.to_dict())))
+    return chunks
+
+
+def lookup_embedding(call: Call) -> Json | None:
+    """A stored embeddings response for this request, or None."""
+    if call.key is None or call.opts.cache is None:
+        return None
+    for entry in call.opts.cache.get(call.key):
+        if isinstance(entry.get("response"), dict) and isinstance(entry["response"].get("data"), list):
+            return entry["response"]
+    return None
+
+
+def finish_embedding(core: Core, call: Call, response: Any, stored: Json | None) -> Any:
+    """Settle, store, log; the typed embeddings response with `.blackbox`."""
+    if stored is not None:
+        call.info.cache_hit, call.info.cached_candidates = True, 1
+        response = build(CreateEmbeddingResponse, stored)
+    usage = response.usage.to_dict() if response.usage is not None else None
+    if usage is None:
+        call.usage_counted = True
+        usage = {"prompt_tokens": core.count.prompt_tokens(call), "total_tokens": core.count.prompt_tokens(call)}
+    if stored is None:
+        core.settle(call, usage)
+        core.store(call, [{"response": response.to_dict()}])
+    core.record(call, [], usage)
+    return attach(response, call.info)

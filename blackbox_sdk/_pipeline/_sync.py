@@ -1,0 +1,134 @@
+"""The synchronous core: performs the flows' effects with blocking calls and threads."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any
+
+from .._types import Json, Route
+from . import _flows as flows
+from ._beam_steps import run_beam, step_options
+from ._call import Call
+from ._core import MAX_FANOUT_WORKERS, Core, advance
+from ._relay import Relay
+from ._responses import replay_response
+from ._streams import BlackBoxStream
+
+
+class SyncCore(Core):
+    """Runs the calls of `blackbox_sdk.OpenAI`."""
+
+    def create(self, route: Route, params: Json, overrides: Json) -> Any:
+        """`create` for chat or legacy completions, streamed or not."""
+        return self._run(flows.create(self, route, params, overrides))
+
+    def embed(self, params: Json, overrides: Json) -> Any:
+        """`embeddings.create`."""
+        return self._run(flows.embed(self, params, overrides))
+
+    def raw_create(self, route: Route, target: Any, kwargs: Json) -> Any:
+        """`with_raw_response.create`: the raw response."""
+        return self._run(flows.raw_create(self, route, target, kwargs))
+
+    @contextmanager
+    def streaming_response(self, route: Route, target: Any, kwargs: Json) -> Iterator[Any]:
+        """`with_streaming_response.create`: openai's unread response, entered with retries; settled and logged on exit."""
+        call, context, response = self._run(flows.open_raw(self, route, target, kwargs))
+        try:
+            yield response
+        finally:
+            context.__exit__(None, None, None)
+            flows.settle_raw(self, call, None)
+
+    def stream_of(self, chunks: list[Any], response: Any, info: Any) -> BlackBoxStream[Any]:
+        """A stream over chunks the SDK already holds."""
+        return BlackBoxStream(iter(chunks), response=response or replay_response(), info=info)
+
+    def live_stream(self, relay: Relay, live: Any, head: Any) -> BlackBoxStream[Any]:
+        """A stream over an opened live stream, accounted by the relay."""
+        return BlackBoxStream(self._live(relay, live, head), response=live.response, info=relay.call.info)
+
+    # ---------------------------------------------------------------- effects
+    def _run(self, flow: flows.Flow) -> Any:
+        """Drive a flow: perform each effect it yields and hand back the result, or throw in the error."""
+        done, value = advance(flow, None, None)
+        while not done:
+            try:
+                result, error = self._perform(value), None
+            except BaseException as raised:  # the flow releases, logs and re-raises it
+                result, error = None, raised
+            done, value = advance(flow, result, error)
+        return value
+
+    def _perform(self, effect: flows.Effect) -> Any:
+        """One effect's I/O."""
+        if effect.kind == "send":
+            if len(effect.requests) == 1:
+                return [self._retry(effect.call, effect.requests[0])]
+            with ThreadPoolExecutor(max_workers=min(MAX_FANOUT_WORKERS, len(effect.requests))) as pool:
+                return list(pool.map(lambda request: self._retry(effect.call, request), effect.requests))
+        if effect.kind == "open":
+            return self._open(effect.call, effect.request)
+        if effect.kind == "raw":
+            raw = self._retry(effect.call, effect.request)
+            return raw, raw.parse()
+        if effect.kind == "enter":
+            return self._retry(effect.call, lambda: _entered(effect.request()))
+        overrides = step_options(effect.call)
+        return run_beam(effect.call, lambda route, params: self.create(route, params, overrides))
+
+    def _retry(self, call: Call, send: Callable[[], Any]) -> Any:
+        """One request with the call's retry policy, counted on the call."""
+        response = call.opts.retry.call(send, on_retry=lambda _: self.count_retry(call))
+        call.info.requests += 1
+        return response
+
+    def _open(self, call: Call, request: Callable[[], Any]) -> tuple[Any, Any]:
+        """Open a stream and read its first chunk, retrying only until that chunk has arrived."""
+
+        def attempt() -> tuple[Any, Any]:
+            stream = request()
+            try:
+                return stream, next(stream, None)
+            except BaseException:
+                stream.close()
+                raise
+
+        return self._retry(call, attempt)
+
+    def _live(self, relay: Relay, live: Any, head: Any) -> Iterator[Any]:
+        """Stored chunks, then live ones; accounting when the last stream ends, an abort otherwise."""
+        failure = None
+        try:
+            yield from relay.replayed()
+            while True:
+                for chunk in _with_head(head, live):
+                    passed = relay.pass_on(chunk)
+                    if passed is not None:
+                        yield passed
+                live.close()
+                request = relay.next_stream()
+                if request is None:
+                    break
+                live, head = self._open(relay.call, request)
+            yield from relay.finish()
+        except BaseException as error:
+            failure = error
+            raise
+        finally:
+            live.close()
+            relay.abort(failure)
+
+
+def _with_head(head: Any, stream: Any) -> Iterator[Any]:
+    """The already-read first chunk, then the rest of the stream."""
+    if head is not None:
+        yield head
+    yield from stream
+
+
+def _entered(context: Any) -> tuple[Any, Any]:
+    """Enter a context manager: it and what it yields."""
+    return context, context.__enter__()

@@ -1,0 +1,61 @@
+"""Tokens the SDK counts itself: to reserve before a call, and to charge a call whose server
+sent no usage. The local model's own tokenizer when one answers, else tiktoken.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._types import CHAT, EMBEDDINGS, Json, add_usage
+from ..budget import TokenCount, count_chat_tokens, count_input_tokens, count_tokens
+from ._call import Call
+
+
+class UsageCounter:
+    """Counts a call's prompt and answers with the tokenizer that fits its endpoint."""
+
+    def __init__(self, backend: Any = None) -> None:
+        self.backend = backend
+
+    def prompt(self, call: Call) -> TokenCount:
+        """Prompt tokens of one request, with how they were counted."""
+        if call.route is CHAT:
+            messages = list(call.params["messages"])
+            if self.backend is not None:
+                return TokenCount(int(self.backend.chat_prompt_tokens(messages)), "local tokenizer", True)
+            return count_chat_tokens(messages, call.model, tools=call.params.get("tools"))
+        counter = self.backend.count_tokens if self.backend is not None else None
+        prompt = call.params.get("input") if call.route is EMBEDDINGS else call.params.get("prompt")
+        return count_input_tokens(prompt, call.model, tokenizer=counter)
+
+    def prompt_tokens(self, call: Call) -> int:
+        """Prompt tokens of one request."""
+        return int(self.prompt(call).tokens)
+
+    def completion_tokens(self, call: Call, text: str) -> int:
+        """Tokens of one answer."""
+        counter = self.backend.count_tokens if self.backend is not None else None
+        return count_tokens(text, call.model, tokenizer=counter).tokens
+
+    def counted(self, call: Call, texts: list[str], requests: int = 1) -> Json:
+        """Usage counted for answers the server did not count: `requests` prompts and the texts."""
+        call.usage_counted = True
+        prompt = self.prompt_tokens(call) * max(1, requests)
+        completion = sum(self.completion_tokens(call, text) for text in texts)
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+    def of_response(self, call: Call, response: Json) -> Json:
+        """A whole response's usage, or a count when the server sent none."""
+        usage = response.get("usage")
+        if usage and usage.get("completion_tokens") is not None:
+            return usage
+        return self.counted(call, [call.route.text(choice) for choice in response.get("choices") or []])
+
+    def of_stream(self, call: Call, usages: list[Json], texts: list[str]) -> Json:
+        """A finished stream's usage: the server's usage chunks summed, or a count of the texts."""
+        if not usages:
+            return self.counted(call, texts, call.info.requests)
+        total = usages[0]
+        for extra in usages[1:]:
+            total = add_usage(total, extra)
+        return total

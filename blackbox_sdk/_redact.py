@@ -1,0 +1,83 @@
+"""Secret removal for anything the SDK writes down: call-log rows, cache keys' inputs, log lines.
+
+Two rules, applied together. A mapping key that names a credential (``api_key``,
+``Authorization``, ``x-api-key``, ``password``, ``token``, ...; matched case-insensitively with
+``-`` and ``_`` treated alike) has its whole value replaced by ``[REDACTED]``; count-like names
+such as ``max_tokens`` or ``prompt_tokens`` are not credentials and are kept. Inside every string,
+substrings shaped like keys (``sk-...``, ``Bearer ...``, Hugging Face ``hf_...``, GitHub
+``ghp_...``, AWS ``AKIA...``) are replaced by ``[REDACTED]``, so a key pasted into a prompt
+does not survive either.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from typing import Any
+
+REDACTED = "[REDACTED]"
+
+# Whole names (after lower-casing and mapping "-" to "_") that always hold a credential.
+_SECRET_NAMES = frozenset({
+    "access_token", "api_key", "api_token", "apikey", "auth", "auth_token", "authorization",
+    "bearer", "bearer_token", "client_secret", "cookie", "credentials", "id_token",
+    "openai_api_key", "passwd", "password", "private_key", "proxy_authorization",
+    "refresh_token", "secret", "secret_key", "session_token", "set_cookie", "token",
+    "x_api_key", "x_auth_token",
+})
+# Name endings that mark a credential: "azure_api_key", "db_password", "client_secret", ...
+_SECRET_SUFFIXES = ("_api_key", "_apikey", "_password", "_secret", "_subscription_key")
+
+_SECRET_PATTERN = re.compile(
+    r"\bsk-[A-Za-z0-9_\-]{16,}"                  # OpenAI / Anthropic-style keys
+    r"|\bBearer\s+[A-Za-z0-9._~+/=\-]{8,}"       # HTTP bearer credentials
+    r"|\bhf_[A-Za-z0-9]{20,}"                    # Hugging Face tokens
+    r"|\bgh[pousr]_[A-Za-z0-9]{20,}"             # GitHub tokens
+    r"|\bAKIA[0-9A-Z]{16}\b",                    # AWS access key ids
+    re.IGNORECASE,
+)
+
+
+def is_secret_key(name: str) -> bool:
+    """Whether a mapping key names a credential (``Authorization`` yes, ``max_tokens`` no)."""
+    normal = name.strip().lower().replace("-", "_")
+    return normal in _SECRET_NAMES or normal.endswith(_SECRET_SUFFIXES)
+
+
+def redact_text(text: str) -> str:
+    """The text with every key-shaped substring replaced by ``[REDACTED]``."""
+    return _SECRET_PATTERN.sub(REDACTED, text)
+
+
+def redact(obj: Any) -> Any:
+    """A copy of a JSON-like object with credential-named keys and key-shaped strings redacted.
+
+    Mappings, lists and tuples are rebuilt all the way down (mappings as dicts); other leaves
+    (numbers, booleans, None: immutable in JSON) are returned as they are, never deep-copied,
+    so the logging filter can pass arbitrary objects through safely.
+    """
+    if isinstance(obj, str):
+        return redact_text(obj)
+    if isinstance(obj, Mapping):
+        return {key: REDACTED if isinstance(key, str) and is_secret_key(key) else redact(value)
+                for key, value in obj.items()}
+    if isinstance(obj, tuple):
+        return tuple(redact(item) for item in obj)
+    if isinstance(obj, list):
+        return [redact(item) for item in obj]
+    return obj
+
+
+class SecretFilter(logging.Filter):
+    """A logging filter that redacts a record's arguments, its rendered message and its traceback text."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Render the message with redacted arguments, then redact the text itself; never drops a record."""
+        if record.args:
+            record.args = redact(record.args) if isinstance(record.args, Mapping) else tuple(redact(a) for a in record.args)
+        record.msg = redact_text(record.getMessage())
+        record.args = None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = redact_text(logging.Formatter().formatException(record.exc_info))
+        return True

@@ -1,0 +1,123 @@
+"""Retries around the inner openai client (which runs with max_retries=0), built on tenacity.
+
+The policy mirrors the openai client's own: retry 408, 409, 429, 5xx, timeouts and dropped
+connections (and whatever `x-should-retry` says), never other 4xx; back off 0.5 s doubling to 8 s
+with up to 25% jitter, or wait what `retry-after-ms` / `retry-after` asks when it is at most 120 s (as openai 3.x does).
+When the retries run out the last openai error is raised unchanged. `sleep` is injectable so
+tests assert the waits without sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import openai
+import tenacity
+
+INITIAL_RETRY_DELAY = 0.5
+MAX_RETRY_DELAY = 8.0
+MAX_RETRY_AFTER_DELAY = 120.0  # as openai 3.x: honour server delays up to two minutes
+RETRY_STATUSES = frozenset({408, 409, 429})
+
+T = TypeVar("T")
+
+
+def retry_after(error: BaseException) -> float | None:
+    """Seconds the server asked us to wait (`retry-after-ms`, then `retry-after` as seconds or a date)."""
+    response = getattr(error, "response", None)
+    headers = getattr(response, "headers", None)
+    if headers is None:
+        return None
+    for name, divisor in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            return float(value) / divisor
+        except ValueError:
+            continue
+    parsed = email.utils.parsedate_tz(headers.get("retry-after") or "")
+    if parsed is None:
+        return None
+    return float(email.utils.mktime_tz(parsed) - time.time())
+
+
+def should_retry(error: BaseException) -> bool:
+    """Whether an error from the openai client is worth another attempt."""
+    if isinstance(error, openai.APIConnectionError):  # includes APITimeoutError
+        return True
+    if not isinstance(error, openai.APIStatusError):
+        return False
+    wait = retry_after(error)
+    if wait is not None and math.isfinite(wait) and wait > MAX_RETRY_AFTER_DELAY:
+        return False
+    hint = error.response.headers.get("x-should-retry")
+    if hint in ("true", "false"):
+        return hint == "true"
+    return error.status_code in RETRY_STATUSES or error.status_code >= 500
+
+
+def _backoff(attempt: int, error: BaseException | None, rand: Callable[[], float]) -> float:
+    """Seconds to wait before retry number `attempt` (1-based)."""
+    wait = retry_after(error) if error is not None else None
+    if wait is not None and math.isfinite(wait) and 0 < wait <= MAX_RETRY_AFTER_DELAY:
+        return wait
+    delay = min(INITIAL_RETRY_DELAY * 2.0 ** (attempt - 1), MAX_RETRY_DELAY)
+    return delay * (1 - 0.25 * rand())
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How many times to retry and how to wait; `sleep`/`async_sleep` are injectable for tests."""
+
+    max_retries: int = 2
+    sleep: Callable[[float], None] = time.sleep
+    async_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    rand: Callable[[], float] = field(default=random.random, repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_retries, int) or isinstance(self.max_retries, bool) or self.max_retries < 0:
+            raise ValueError("max_retries must be a non-negative integer")
+
+    def _wait(self, state: tenacity.RetryCallState) -> float:
+        """Tenacity wait hook: backoff from the attempt number and the last error."""
+        outcome = state.outcome
+        error = outcome.exception() if outcome is not None else None
+        return _backoff(state.attempt_number, error, self.rand)
+
+    def _options(self) -> dict[str, object]:
+        """Tenacity arguments shared by the sync and async retry loops."""
+        return {
+            "stop": tenacity.stop_after_attempt(self.max_retries + 1),
+            "wait": self._wait,
+            "retry": tenacity.retry_if_exception(should_retry),
+            "reraise": True,
+        }
+
+    def call(self, fn: Callable[[], T], on_retry: Callable[[int], None] | None = None) -> T:
+        """Run `fn` with retries; `on_retry(n)` is told each retry's number."""
+        retrying = tenacity.Retrying(sleep=self.sleep, before_sleep=_notify(on_retry), **self._options())
+        return retrying(fn)
+
+    async def acall(self, fn: Callable[[], Awaitable[T]], on_retry: Callable[[int], None] | None = None) -> T:
+        """Await `fn` with retries; `on_retry(n)` is told each retry's number."""
+        retrying = tenacity.AsyncRetrying(sleep=self.async_sleep, before_sleep=_notify(on_retry), **self._options())
+
+        async def attempt() -> T:
+            return await fn()
+
+        return await retrying(attempt)
+
+
+def _notify(on_retry: Callable[[int], None] | None) -> Callable[[tenacity.RetryCallState], None] | None:
+    """A tenacity before_sleep hook that reports the retry number."""
+    if on_retry is None:
+        return None
+    return lambda state: on_retry(state.attempt_number)

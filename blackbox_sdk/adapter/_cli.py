@@ -1,0 +1,68 @@
+"""`blackbox-sdk adapter train --log calls.db --out adapters/<name>`: offline training from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .._exceptions import AdapterError
+from ._config import AdapterConfig
+from ._loss import LOSSES
+from ._offline import train_from_log
+from ._trainer import TrainConfig
+
+
+def _parser() -> argparse.ArgumentParser:
+    """The `blackbox-sdk adapter train` arguments."""
+    defaults = TrainConfig()
+    parser = argparse.ArgumentParser(prog="blackbox-sdk adapter train", description="Train a BBox-Adapter reranker from the call log.")
+    parser.add_argument("--log", required=True, type=Path, help="call log: the SQLite file or its JSONL export")
+    parser.add_argument("--out", required=True, type=Path, help="adapter folder to write, e.g. adapters/<name>")
+    parser.add_argument("--base", default=AdapterConfig.base_model, help="HF encoder folder ('default' = all-MiniLM-L6-v2)")
+    parser.add_argument("--trainable-layers", type=int, default=AdapterConfig.trainable_layers, help="top encoder layers to train (-1 = all)")
+    parser.add_argument("--epochs", type=int, default=defaults.epochs)
+    parser.add_argument("--lr", type=float, default=defaults.lr)
+    parser.add_argument("--loss", choices=LOSSES, default=defaults.loss)
+    parser.add_argument("--temperature", type=float, default=defaults.temperature)
+    parser.add_argument("--l2", type=float, default=defaults.l2)
+    parser.add_argument("--eval-fraction", type=float, default=defaults.eval_fraction)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--expand-prefixes", action="store_true", help="also train on each answer's line prefixes (for beam search)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def _train_config(args: argparse.Namespace) -> TrainConfig:
+    """The training options given on the command line."""
+    return TrainConfig(
+        epochs=args.epochs,
+        lr=args.lr,
+        loss=args.loss,
+        temperature=args.temperature,
+        l2=args.l2,
+        eval_fraction=args.eval_fraction,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+
+
+def cli_main(argv: list[str]) -> int:
+    """`blackbox-sdk adapter train ...`: train from the call log, print the metrics; 0 on success, 1 on error."""
+    args = _parser().parse_args(argv)
+    try:
+        report = train_from_log(
+            args.log,
+            args.out,
+            adapter_config=AdapterConfig(base_model=args.base, trainable_layers=args.trainable_layers),
+            train_config=_train_config(args),
+            expand_prefixes=args.expand_prefixes,
+            device=args.device,
+        )
+    except AdapterError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps({k: v for k, v in report.items() if k != "evals"}, indent=2))
+    return 0

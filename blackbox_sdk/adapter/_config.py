@@ -1,0 +1,62 @@
+"""What an adapter is: its base encoder, input template, pooling and trainable part (stored as JSON)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from .._exceptions import AdapterError
+from ..local import MPNET_ENCODER, default_encoder_path, mpnet_encoder_path
+
+DEFAULT_BASE = "default"
+
+
+@dataclass
+class AdapterConfig:
+    """What an adapter is (base encoder, input template, pooling, which part trains); stored as JSON."""
+
+    base_model: str = DEFAULT_BASE  # "default" = all-MiniLM-L6-v2, "all-mpnet-base-v2", or the path of an HF encoder folder
+    template: str = "Q: {question}\nA: {answer}"  # one text per (question, answer) pair
+    max_length: int = 128  # tokens per text; longer texts lose their beginning (left truncation)
+    pooling: str = "mean"  # "mean" over the tokens, or "cls" (the first token)
+    trainable_layers: int = 2  # top encoder layers that train and are saved with the head; -1 = all
+    score_batch_size: int = 64  # texts per forward pass when scoring
+    consensus: float = 1.0  # weight of log(copies of the same answer among those scored together), see Adapter.score()
+
+    def __post_init__(self) -> None:
+        """Reject a config that could not score anything, before any model is loaded."""
+        if "{question}" not in self.template or "{answer}" not in self.template:
+            raise AdapterError(f"template must contain {{question}} and {{answer}}: {self.template!r}")
+        if self.pooling not in ("mean", "cls"):
+            raise AdapterError(f"pooling must be 'mean' or 'cls', not {self.pooling!r}")
+        if self.max_length < 8:
+            raise AdapterError(f"max_length must be at least 8 tokens, not {self.max_length}")
+        if self.trainable_layers < -1:
+            raise AdapterError(f"trainable_layers must be -1 (all) or >= 0, not {self.trainable_layers}")
+        if self.score_batch_size < 1:
+            raise AdapterError(f"score_batch_size must be >= 1, not {self.score_batch_size}")
+        if not (self.consensus >= 0 and math.isfinite(self.consensus)):
+            raise AdapterError(f"consensus must be a finite number >= 0, not {self.consensus}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AdapterConfig:
+        """A config from its JSON form; unknown keys are an error, not silently dropped."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise AdapterError(f"unknown adapter config keys: {unknown}")
+        return cls(**data)
+
+    def render(self, question: str, answer: str) -> str:
+        """The text the encoder reads for one (question, answer) pair."""
+        return self.template.format(question=question, answer=answer)
+
+    def base_path(self) -> Path:
+        """The folder of the base encoder (the names "default" and "all-mpnet-base-v2" resolve to packaged encoders)."""
+        named = {DEFAULT_BASE: default_encoder_path, MPNET_ENCODER: mpnet_encoder_path}
+        path = named[self.base_model]() if self.base_model in named else Path(self.base_model)
+        if not (path / "config.json").is_file():
+            raise AdapterError(f"base encoder folder {path} has no config.json")
+        return path

@@ -1,0 +1,106 @@
+"""The call log's feedback as training data: its records, and ranking groups from their judgements.
+
+References, `correct` labels, positive rewards and preferred candidates are positives; `incorrect`
+labels, non-preferred candidates and negative rewards are negatives.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from .._exceptions import AdapterError
+from ._groups import RankingGroup, build_groups
+
+LOG_FORMAT = "blackbox-calllog/1"
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def read_log(path: str | Path) -> list[dict[str, Any]]:
+    """The call log's records as export dicts, from its JSONL export or from the SQLite file itself."""
+    source = Path(path)
+    if not source.is_file():
+        raise AdapterError(f"no call log at {source}")
+    with source.open("rb") as handle:
+        is_sqlite = handle.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
+    text = _export_sqlite(source) if is_sqlite else source.read_text(encoding="utf-8")
+    records = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise AdapterError(f"{source}:{number}: not JSON ({exc.msg})") from exc
+        if not isinstance(record, dict) or record.get("format") != LOG_FORMAT:
+            raise AdapterError(f"{source}:{number}: not a {LOG_FORMAT} record")
+        records.append(record)
+    return records
+
+
+def _export_sqlite(path: Path) -> str:
+    """The JSONL export of a SQLite call log, in memory."""
+    from ..call_log import CallLog
+
+    sink = io.StringIO()
+    with CallLog(path) as log:
+        log.export_jsonl(sink)
+    return sink.getvalue()
+
+
+def _question(record: dict[str, Any]) -> str | None:
+    """The question a logged call answers: the last user message (chat) or the prompt (completions)."""
+    request = record.get("request") or {}
+    if record.get("route") == "chat":
+        for message in reversed(request.get("messages") or []):
+            if isinstance(message, dict) and message.get("role") == "user" and isinstance(message.get("content"), str):
+                return message["content"]
+        return None
+    prompt = request.get("prompt")
+    return prompt if isinstance(prompt, str) else None
+
+
+def judgements(record: dict[str, Any], high_reward: float, low_reward: float) -> tuple[set[str], set[str]]:
+    """(positives, negatives) a record's feedback gives: references, labels, rewards, preferences."""
+    candidates: list[str] = record.get("candidates") or []
+    good: set[str] = set()
+    bad: set[str] = set()
+    for item in record.get("feedback") or []:
+        if item.get("reference"):
+            good.add(item["reference"])
+        rated = item.get("candidate")
+        if rated is not None and 0 <= rated < len(candidates):
+            reward = item.get("reward")
+            if item.get("label") == "correct" or (reward is not None and reward >= high_reward):
+                good.add(candidates[rated])
+            if item.get("label") == "incorrect" or (reward is not None and reward <= low_reward):
+                bad.add(candidates[rated])
+        preferred = item.get("preferred")
+        if preferred is not None and 0 <= preferred < len(candidates):
+            good.add(candidates[preferred])
+            bad.update(c for i, c in enumerate(candidates) if i != preferred)
+    return good, bad
+
+
+def groups_from_log(
+    records: Iterable[dict[str, Any]], *, high_reward: float = 0.5, low_reward: float = 0.0, expand_prefixes: bool = False
+) -> list[RankingGroup]:
+    """Ranking groups per question from logged feedback; a text judged good anywhere is never a negative."""
+    good: dict[str, set[str]] = {}
+    bad: dict[str, set[str]] = {}
+    for record in records:
+        question = _question(record)
+        if question is None or record.get("error"):
+            continue
+        pos, neg = judgements(record, high_reward, low_reward)
+        good.setdefault(question, set()).update(pos)
+        bad.setdefault(question, set()).update(neg)
+    groups: list[RankingGroup] = []
+    for question in sorted(good):
+        positives = sorted(good[question])
+        negatives = sorted(bad[question] - good[question])
+        groups += build_groups(question, positives, negatives, expand_prefixes=expand_prefixes)
+    return groups

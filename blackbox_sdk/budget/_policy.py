@@ -1,0 +1,135 @@
+"""The admission arithmetic of a budget: a call's worst case, whether it fits, shrinking it, the refusal.
+
+The worst case is the prompt at the input price plus n x max_output_tokens at the output price
+(prompt tokens are billed once per request, whatever n). A call fits when that worst case is
+within the headroom of the tightest cap that applies. Under policy="shrink" a call that doesn't
+fit gets a lower n, then fewer output tokens (down to a floor), before it is refused.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from .._exceptions import BudgetExceededError, ConfigError
+from ._ledger import CapUsage, nano_to_usd, usd_to_nano
+from ._prices import ModelPrice
+from ._tokens import TokenCount
+
+FREE = ModelPrice(input=0.0, output=0.0)
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """An admitted call: what to send (n, max_output_tokens) and the worst case held for it."""
+
+    id: str
+    call_id: str
+    model: str
+    key: str | None
+    day: str
+    n: int
+    max_output_tokens: int
+    prompt_tokens: int
+    worst_case_usd: float
+    shrunk: bool
+    price: ModelPrice | None  # None: unpriced and uncapped, recorded at cost 0
+
+
+@dataclass(frozen=True)
+class Request:
+    """A call to admit: its model and price, prompt tokens to charge, and the n and output tokens asked for."""
+
+    model: str
+    price: ModelPrice
+    prompt: int
+    n: int
+    max_output: int
+    prompt_per_choice: bool = False  # each choice is its own request (a server that ignores n)
+
+    def worst_nano(self, n: int, max_output: int) -> int:
+        """The worst-case cost in nano-dollars with `n` choices of up to `max_output` tokens."""
+        prompt = self.prompt * n if self.prompt_per_choice else self.prompt
+        return usd_to_nano(self.price.cost_usd(prompt, n * max_output), round_up=True)
+
+
+@dataclass(frozen=True)
+class Fit:
+    """The n and output tokens chosen for a call and its worst-case cost in nano-dollars."""
+
+    n: int
+    max_output_tokens: int
+    usd_nano: int
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What to do with a call that doesn't fit: refuse it, or shrink it down to `min_output_tokens` first."""
+
+    shrink: bool
+    min_output_tokens: int
+
+    def admit(self, request: Request, usages: list[CapUsage]) -> Fit:
+        """The call as requested when it fits every cap, else shrunk (when allowed), else BudgetExceededError."""
+        requested = Fit(request.n, request.max_output, request.worst_nano(request.n, request.max_output))
+        if not usages:
+            return requested
+        tightest = min(usages, key=lambda usage: usage.headroom_nano)
+        if requested.usd_nano <= tightest.headroom_nano:
+            return requested
+        fit = self.shrunk(request, tightest.headroom_nano) if self.shrink else None
+        if fit is None:
+            raise self.refusal(request, tightest)
+        return fit
+
+    def shrunk(self, request: Request, headroom: int) -> Fit | None:
+        """The largest call fitting `headroom`: fewer choices first, then fewer output tokens; None if none fits."""
+        for fewer in range(request.n - 1, 0, -1):
+            if request.worst_nano(fewer, request.max_output) <= headroom:
+                return Fit(fewer, request.max_output, request.worst_nano(fewer, request.max_output))
+        per_token = request.price.output_usd_per_token()
+        if per_token == 0:
+            return None  # output is free: fewer tokens can't make the prompt fit
+        floor = min(self.min_output_tokens, request.max_output)
+        affordable = math.floor((nano_to_usd(headroom) - request.price.cost_usd(request.prompt, 0)) / per_token)
+        tokens = min(request.max_output - 1, affordable)
+        while tokens >= floor and request.worst_nano(1, tokens) > headroom:  # absorb rounding at the boundary
+            tokens -= 1
+        return Fit(1, tokens, request.worst_nano(1, tokens)) if tokens >= floor else None
+
+    def refusal(self, request: Request, usage: CapUsage) -> BudgetExceededError:
+        """The refusal for a call whose worst case does not fit under `usage`'s cap."""
+        cap = usage.cap
+        label = cap.scope.replace("_", "-") + (f" ({cap.value})" if cap.value is not None else "")
+        spent, reserved, limit = (nano_to_usd(nano) for nano in (usage.spent_nano, usage.reserved_nano, cap.limit_nano))
+        needed = nano_to_usd(request.worst_nano(request.n, request.max_output))
+        shape = f"{request.prompt} prompt tokens + {request.n} x {request.max_output} output tokens"
+        message = (
+            f"{label} budget of ${limit:.6f} would be exceeded: ${spent:.6f} spent + ${reserved:.6f} reserved + "
+            f"up to ${needed:.6f} for this call ({request.model}: {shape})"
+        )
+        if self.shrink:
+            floor = min(self.min_output_tokens, request.max_output)
+            message += f"; shrinking to n=1 and {floor} output tokens didn't fit either"
+        return BudgetExceededError(message, spent=spent, reserved=reserved, limit=limit, scope=cap.scope)
+
+
+def charged_prompt_tokens(prompt_tokens: int | TokenCount, estimate_margin: float) -> int:
+    """Prompt tokens to charge in the worst case: estimates are inflated by the margin."""
+    if isinstance(prompt_tokens, TokenCount):
+        tokens = checked_count("prompt_tokens", prompt_tokens.tokens, 0)
+        return tokens if prompt_tokens.exact else math.ceil(tokens * (1.0 + estimate_margin))
+    return checked_count("prompt_tokens", prompt_tokens, 0)
+
+
+def checked_count(name: str, value: object, minimum: int) -> int:
+    """`value` as a checked integer >= minimum, or a ConfigError naming the argument."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def utc_day() -> str:
+    """Today's date in UTC, the unit of per-day caps."""
+    return datetime.now(timezone.utc).date().isoformat()

@@ -1,0 +1,120 @@
+"""The cache's store on disk: diskcache (SQLite plus files) that holds JSON text and never unpickles.
+
+:class:`_JSONTextDisk` writes only JSON text and refuses to decode anything else: a pickle planted
+in the database is dropped unread, where diskcache's own ``JSONDisk`` would unpickle it, and a
+file path outside the cache folder is neither read nor deleted.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import diskcache  # type: ignore[import-untyped]  # ships no type hints
+
+from .._exceptions import CacheError
+from ._store import ForeignValueError
+
+_FILE_PATTERN = re.compile(r"[0-9a-f]{2}[/\\][0-9a-f]{2}[/\\][0-9a-f]{28}\.val")
+
+
+class _JSONTextDisk(diskcache.Disk):  # type: ignore[misc]  # diskcache ships no type hints
+    """A diskcache Disk that stores only ``str`` keys and JSON text values, and decodes nothing else."""
+
+    def get(self, key: Any, raw: bool) -> str:
+        """A stored key, only when it is raw text (diskcache would unpickle the others)."""
+        if not raw or not isinstance(key, str):
+            raise ForeignValueError("stored key is not text")
+        return key
+
+    def store(self, value: Any, read: bool, key: Any = diskcache.UNKNOWN) -> tuple[int, int, str | None, Any]:
+        """Store JSON text: inline in SQLite when small, else in a ``.val`` file diskcache names."""
+        if read or type(value) is not str:
+            raise TypeError(f"the response cache stores JSON text only, not {type(value).__name__}")
+        stored: tuple[int, int, str | None, Any] = super().store(value, read, key=key)
+        return stored
+
+    def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> str:
+        """The stored text; any other mode (pickle, bytes) or a foreign file path is refused unread."""
+        if mode == diskcache.core.MODE_RAW and type(value) is str:
+            return value
+        if mode == diskcache.core.MODE_TEXT and not read and _is_own_file(filename):
+            return str(super().fetch(mode, filename, value, read))
+        raise ForeignValueError(f"stored value has mode {mode} and is not JSON text")
+
+    def remove(self, file_path: str) -> None:
+        """Delete a value file, but only one shaped like diskcache's own names inside the cache folder."""
+        if _is_own_file(file_path):
+            super().remove(file_path)
+
+
+def _is_own_file(filename: str | None) -> bool:
+    """Whether a stored file name is one diskcache generates (``ab/cd/<28 hex>.val``), not a planted path."""
+    return filename is not None and _FILE_PATTERN.fullmatch(filename) is not None
+
+
+class DiskStore:
+    """A diskcache folder as a :class:`~blackbox_sdk.cache.CacheStore`, with its errors raised as CacheError."""
+
+    def __init__(self, directory: Path, *, timeout: float) -> None:
+        """Open (creating) the diskcache at ``directory``; ``timeout`` bounds waits for its lock."""
+        self.directory = directory
+        try:
+            self._disk = diskcache.Cache(str(directory), timeout=timeout, disk=_JSONTextDisk)
+        except (OSError, sqlite3.Error) as exc:
+            raise CacheError(
+                f"can't open the response cache at {directory} ({exc}): the folder must be creatable and "
+                "writable (not read-only, not under a file) and not held locked by another process"
+            ) from exc
+
+    def get(self, key: str) -> str | None:
+        """The text stored at ``key``, None on a miss; ForeignValueError for a row this cache did not write."""
+        try:
+            value = self._disk.get(key)
+        except sqlite3.Error as exc:
+            raise CacheError(f"can't read the response cache at {self.directory}: {exc}") from exc
+        return value if isinstance(value, str) else None
+
+    def set(self, key: str, text: str, *, expire: float | None) -> None:
+        """Store ``text`` at ``key``; diskcache drops it after ``expire`` seconds."""
+        self._disk.set(key, text, expire=expire)
+
+    def delete(self, key: str) -> None:
+        """Remove ``key`` (and its value file) if it is stored."""
+        self._disk.delete(key)
+
+    def clear(self) -> None:
+        """Remove every key and value file."""
+        self._disk.clear()
+
+    @contextmanager
+    def transaction(self, action: str) -> Iterator[None]:
+        """A diskcache write transaction, with lock timeouts and disk errors raised as CacheError."""
+        try:
+            with self._disk.transact():
+                yield
+        except diskcache.Timeout as exc:
+            raise CacheError(
+                f"can't {action}: the response cache at {self.directory} is locked by another process or "
+                "thread (timed out waiting); retry later or raise Cache(timeout=...)"
+            ) from exc
+        except (sqlite3.Error, OSError) as exc:
+            raise CacheError(
+                f"can't {action} in the response cache at {self.directory}: {exc}. "
+                "Check that the folder is writable and the disk is not full."
+            ) from exc
+
+    def size(self) -> tuple[int, int]:
+        """How many keys are stored, and diskcache's estimate of the folder's size in bytes."""
+        try:
+            return len(self._disk), int(self._disk.volume())
+        except sqlite3.Error as exc:
+            raise CacheError(f"can't read the response cache at {self.directory}: {exc}") from exc
+
+    def close(self) -> None:
+        """Close the database connections; a later use reopens them."""
+        self._disk.close()

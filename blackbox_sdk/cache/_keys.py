@@ -1,0 +1,114 @@
+"""Cache keys: the SHA-256 of the canonical JSON of what decides a response, and nothing else.
+
+A key covers the schema version, the namespace, the route, the endpoint and the caller's request
+arguments minus transport options and credentials, so the same question asked through another
+timeout or API key still hits, and two namespaces sharing a folder never see each other's answers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import openai
+import pydantic
+
+from .._exceptions import ConfigError
+from .._redact import is_secret_key
+
+KEY_SCHEMA_VERSION = 1  # bump when the key recipe changes: old entries then simply miss
+TRANSPORT_KEYS = frozenset({"extra_headers", "http_client", "max_retries", "timeout"})
+
+_KEY_PATTERN = re.compile(r"[0-9a-f]{64}")
+
+
+def cache_key(*, namespace: str, route: str, endpoint: str, params: Mapping[str, Any]) -> str:
+    """SHA-256 hex of the canonical JSON of (schema version, namespace, route, endpoint, params)."""
+    if not isinstance(route, str) or not isinstance(endpoint, str):
+        raise ConfigError("cache key: route and endpoint must be strings")
+    material = {
+        "v": KEY_SCHEMA_VERSION,
+        "namespace": namespace,
+        "route": route,
+        "endpoint": endpoint,
+        "params": canonical_params(params),
+    }
+    text = json.dumps(material, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def check_key(key: str) -> None:
+    """ConfigError unless the key is a 64-character lowercase hex digest, as ``Cache.key`` makes."""
+    if not isinstance(key, str) or _KEY_PATTERN.fullmatch(key) is None:
+        raise ConfigError(f"cache key must be a SHA-256 hex digest from Cache.key(); got {key!r}")
+
+
+def canonical_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The request arguments as plain JSON for keying: unset/None/transport/credential keys gone, models expanded.
+
+    Top level: None, openai ``NOT_GIVEN``/``omit``, transport options (``timeout``,
+    ``extra_headers``, ...) and credential-named keys are dropped; credential-named keys inside
+    ``extra_query`` too. At every depth: ``NOT_GIVEN``/``omit`` are dropped (never sent), a pydantic
+    model class becomes its JSON schema, a pydantic instance its ``model_dump(mode="json")``,
+    tuples become lists. Anything else that isn't JSON raises ConfigError naming where it is.
+    """
+    if not isinstance(params, Mapping):
+        raise ConfigError(f"cache key: params must be a mapping, not {type(params).__name__}")
+    kept = {name: value for name, value in params.items() if not _is_dropped_top(name, value)}
+    result = _canonical_mapping(kept, "params")
+    if isinstance(result.get("extra_query"), dict):
+        result["extra_query"] = {k: v for k, v in result["extra_query"].items() if not is_secret_key(k)}
+    return result
+
+
+def _is_dropped_top(name: Any, value: Any) -> bool:
+    """Whether a top-level argument is left out of the key (unset, None, transport-only, or a credential)."""
+    if not isinstance(name, str):
+        return False
+    return value is None or _is_unset(value) or name in TRANSPORT_KEYS or is_secret_key(name)
+
+
+def _is_unset(value: Any) -> bool:
+    """Whether a value is openai's "not given" / "omit" sentinel."""
+    return isinstance(value, (openai.NotGiven, openai.Omit))
+
+
+def _canonical(value: Any, where: str) -> Any:
+    """Plain JSON for one value, recursively; ConfigError naming ``where`` for anything that isn't JSON."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ConfigError(f"cache key: {where} is {value!r}, which JSON can't hold")
+        return float(value)
+    if isinstance(value, type) and issubclass(value, pydantic.BaseModel):
+        schema: dict[str, Any] = value.model_json_schema()
+        return schema
+    if isinstance(value, pydantic.BaseModel):
+        return _canonical(value.model_dump(mode="json"), where)
+    if isinstance(value, Mapping):
+        return _canonical_mapping(value, where)
+    if isinstance(value, (list, tuple)):
+        return [_canonical(item, f"{where}[{i}]") for i, item in enumerate(value) if not _is_unset(item)]
+    if isinstance(value, Iterable) and not isinstance(value, (bytes, bytearray, set, frozenset)):
+        raise ConfigError(f"cache key: {where} is a one-shot {type(value).__name__}; pass a list so it can be keyed and sent")
+    raise ConfigError(f"cache key: {where} is a {type(value).__name__}, which is not JSON; pass JSON-able values")
+
+
+def _canonical_mapping(value: Mapping[Any, Any], where: str) -> dict[str, Any]:
+    """A mapping with string keys and canonical values, openai sentinels dropped."""
+    out: dict[str, Any] = {}
+    for name, item in value.items():
+        if not isinstance(name, str):
+            raise ConfigError(f"cache key: {where} has a non-string key {name!r}; JSON keys must be strings")
+        if not _is_unset(item):
+            out[name] = _canonical(item, f"{where}[{name!r}]")
+    return out

@@ -1,0 +1,90 @@
+"""What the call log keeps: one record per call and any number of feedback items on it."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Annotated, Any, Literal
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field
+
+from .._exceptions import ConfigError
+
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+Count = Annotated[int, Field(ge=0, strict=True)]
+Label = Literal["correct", "incorrect"]
+
+
+def new_call_id() -> str:
+    """A unique, time-sortable call id: ``bb-<ms since epoch, hex>-<16 random hex>``."""
+    return f"bb-{int(time.time() * 1000):x}-{uuid.uuid4().hex[:16]}"
+
+
+class CallRecord(BaseModel):
+    """One call as the log keeps it; ``record()`` redacts ``request``, ``error`` and ``extra``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    call_id: str = Field(default_factory=new_call_id, min_length=1)
+    created: FiniteFloat = Field(default_factory=time.time)  # seconds since the epoch
+    endpoint_host: str  # host of the endpoint called ("api.openai.com", "127.0.0.1", "local")
+    model: str
+    route: str  # "chat", "completions", "embeddings", ...
+    request: dict[str, Any]  # the caller's request arguments (JSON)
+    candidates: list[str] = Field(default_factory=list)  # every answer gathered, in gathering order
+    chosen: list[Count] = Field(default_factory=list)  # indices into candidates returned, best first
+    scores: list[FiniteFloat] | None = None  # reranker score per candidate
+    usage: dict[str, Any] | None = None  # token usage summed over the requests sent
+    usage_counted: bool = False  # whether the usage was charged to a budget (not on cache hits)
+    cost_usd: FiniteFloat = Field(default=0.0, ge=0.0)
+    latency_s: FiniteFloat = Field(default=0.0, ge=0.0)
+    cache_hit: bool = False  # every returned candidate came from the cache
+    error: str | None = None  # "ErrorType: message" when the call failed
+    retries: Count = 0
+    key: str | None = None  # the caller's grouping key (the client stores its budget key here)
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+    @pydantic.field_validator("request", "usage", "extra")
+    @classmethod
+    def _plain_json(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Only values that survive strict JSON encoding can be logged."""
+        if value is not None:
+            try:
+                json.dumps(value, allow_nan=False)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"must be plain JSON: {exc}") from exc
+        return value
+
+    @pydantic.model_validator(mode="after")
+    def _indices_fit(self) -> CallRecord:
+        """``chosen`` must index ``candidates``; ``scores`` must have one score per candidate."""
+        if any(i >= len(self.candidates) for i in self.chosen):
+            raise ValueError(f"chosen {self.chosen} must index the {len(self.candidates)} candidates")
+        if self.scores is not None and len(self.scores) != len(self.candidates):
+            raise ValueError(f"{len(self.scores)} scores for {len(self.candidates)} candidates")
+        return self
+
+
+class Feedback(BaseModel):
+    """One piece of feedback on a logged call; ``candidate`` is the answer ``reward`` and ``label`` rate."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    call_id: str
+    created: FiniteFloat
+    reward: FiniteFloat | None = None  # any finite number; higher is better
+    label: Label | None = None
+    preferred: Count | None = None  # index of the candidate the rater preferred
+    reference: str | None = None  # the correct answer, written by the rater
+    note: str | None = None
+    candidate: Count | None = None  # chosen[0] when reward or label is given: the answer they rate
+
+
+def validated_feedback(**fields: Any) -> Feedback:
+    """A Feedback, with pydantic's complaints raised as ConfigError."""
+    try:
+        return Feedback(**fields)
+    except pydantic.ValidationError as exc:
+        raise ConfigError(f"bad feedback: {exc}") from exc

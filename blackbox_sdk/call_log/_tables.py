@@ -1,0 +1,153 @@
+"""The call log's SQLite tables: their schema, how records become rows and back, and batched reads.
+
+Tables: ``calls`` (one row per call, JSON columns for the structured fields), ``candidates``
+(``call_id``, ``idx``, ``text``), ``feedback`` (any number of rows per call), ``meta`` (schema
+version). Requests, errors and extras are redacted on their way into a row.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .._exceptions import CallLogError, ConfigError
+from .._redact import redact
+from .._sqlite import immediate
+from ._records import CallRecord, Feedback
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS calls ("
+    " call_id TEXT PRIMARY KEY, created REAL NOT NULL, endpoint_host TEXT NOT NULL, model TEXT NOT NULL,"
+    " route TEXT NOT NULL, request TEXT NOT NULL, chosen TEXT NOT NULL, scores TEXT, usage TEXT,"
+    " usage_counted INTEGER NOT NULL, cost_usd REAL NOT NULL, latency_s REAL NOT NULL,"
+    " cache_hit INTEGER NOT NULL, error TEXT, retries INTEGER NOT NULL, key TEXT, extra TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS candidates ("
+    " call_id TEXT NOT NULL REFERENCES calls(call_id) ON DELETE CASCADE, idx INTEGER NOT NULL,"
+    " text TEXT NOT NULL, PRIMARY KEY (call_id, idx))",
+    "CREATE TABLE IF NOT EXISTS feedback ("
+    " id INTEGER PRIMARY KEY AUTOINCREMENT, call_id TEXT NOT NULL REFERENCES calls(call_id) ON DELETE CASCADE,"
+    " created REAL NOT NULL, reward REAL, label TEXT, preferred INTEGER, reference TEXT, note TEXT, candidate INTEGER)",
+    "CREATE INDEX IF NOT EXISTS calls_created ON calls(created, call_id)",
+    "CREATE INDEX IF NOT EXISTS feedback_call ON feedback(call_id)",
+)
+CALL_COLUMNS = (
+    "call_id", "created", "endpoint_host", "model", "route", "request", "chosen", "scores", "usage",
+    "usage_counted", "cost_usd", "latency_s", "cache_hit", "error", "retries", "key", "extra",
+)
+FEEDBACK_COLUMNS = ("call_id", "created", "reward", "label", "preferred", "reference", "note", "candidate")
+_JSON_COLUMNS = frozenset({"request", "chosen", "scores", "usage", "extra"})
+
+
+@dataclass(frozen=True)
+class CallFilter:
+    """Which calls to read: one model or route, and ``since <= created < until``; None matches all."""
+
+    model: str | None = None
+    route: str | None = None
+    since: float | None = None
+    until: float | None = None
+
+    def where(self) -> tuple[list[str], list[Any]]:
+        """SQL conditions on the calls table and their arguments."""
+        pairs = (("model = ?", self.model), ("route = ?", self.route), ("created >= ?", self.since), ("created < ?", self.until))
+        chosen = [(clause, value) for clause, value in pairs if value is not None]
+        return [clause for clause, _ in chosen], [value for _, value in chosen]
+
+
+def prepare(conn: sqlite3.Connection) -> None:
+    """Create the tables if missing, and refuse a log from a newer schema."""
+    conn.execute("PRAGMA foreign_keys=ON")
+    with immediate(conn):
+        for statement in _SCHEMA:
+            conn.execute(statement)
+        conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        version = int(conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
+    if version > SCHEMA_VERSION:
+        raise CallLogError(f"the call log has schema version {version}; this SDK reads up to {SCHEMA_VERSION}: upgrade blackbox-sdk")
+
+
+def insert_call(conn: sqlite3.Connection, rec: CallRecord) -> None:
+    """Insert one call and its candidates, secrets redacted; ConfigError when its id is already logged."""
+    row = _call_row(rec)
+    if conn.execute("SELECT 1 FROM calls WHERE call_id = ?", (rec.call_id,)).fetchone():
+        raise ConfigError(f"call {rec.call_id!r} is already in the log")
+    conn.execute(f"INSERT INTO calls ({', '.join(CALL_COLUMNS)}) VALUES ({', '.join('?' * len(row))})", row)
+    conn.executemany(
+        "INSERT INTO candidates (call_id, idx, text) VALUES (?, ?, ?)",
+        [(rec.call_id, idx, text) for idx, text in enumerate(rec.candidates)],
+    )
+
+
+def insert_feedback(conn: sqlite3.Connection, item: Feedback) -> None:
+    """Insert one feedback row."""
+    values = item.model_dump()
+    conn.execute(
+        f"INSERT INTO feedback ({', '.join(FEEDBACK_COLUMNS)}) VALUES ({', '.join('?' * len(values))})",
+        tuple(values[c] for c in FEEDBACK_COLUMNS),
+    )
+
+
+def _call_row(rec: CallRecord) -> tuple[Any, ...]:
+    """The calls-table row for a record: redacted, JSON columns encoded, booleans as integers."""
+    values = rec.model_dump(exclude={"candidates"})
+    values["request"] = redact(values["request"])
+    values["extra"] = redact(values["extra"])
+    values["error"] = redact(values["error"])
+    return tuple(_encode(column, values[column]) for column in CALL_COLUMNS)
+
+
+def _encode(column: str, value: Any) -> Any:
+    """One column value as SQLite stores it."""
+    if column in _JSON_COLUMNS:
+        return None if value is None else json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    if isinstance(value, bool):
+        return int(value)
+    return value
+
+
+def record_from(row: Sequence[Any], candidates: list[str]) -> CallRecord:
+    """A CallRecord from a calls-table row and its candidate texts."""
+    values = dict(zip(CALL_COLUMNS, row, strict=True))
+    for column in _JSON_COLUMNS:
+        if values[column] is not None:
+            values[column] = json.loads(values[column])
+    values["usage_counted"] = bool(values["usage_counted"])
+    values["cache_hit"] = bool(values["cache_hit"])
+    return CallRecord(candidates=candidates, **values)
+
+
+def candidates_of(conn: sqlite3.Connection, call_id: str) -> tuple[int, list[int]]:
+    """How many candidates a call has and which it returned; ConfigError for an unknown call."""
+    row = conn.execute("SELECT chosen FROM calls WHERE call_id = ?", (call_id,)).fetchone()
+    if row is None:
+        raise ConfigError(f"no call {call_id!r} in the log: feedback needs the call_id of a logged call")
+    count = conn.execute("SELECT COUNT(*) FROM candidates WHERE call_id = ?", (call_id,)).fetchone()[0]
+    return int(count), list(json.loads(row[0]))
+
+
+def candidate_texts(conn: sqlite3.Connection, ids: list[str]) -> dict[str, list[str]]:
+    """Candidate texts per call id, in index order."""
+    found: dict[str, list[str]] = {}
+    if ids:
+        marks = ", ".join("?" * len(ids))
+        for call_id, text in conn.execute(f"SELECT call_id, text FROM candidates WHERE call_id IN ({marks}) ORDER BY call_id, idx", ids):
+            found.setdefault(call_id, []).append(text)
+    return found
+
+
+def feedback_by_call(conn: sqlite3.Connection, ids: list[str]) -> dict[str, list[Feedback]]:
+    """Feedback per call id, oldest first."""
+    found: dict[str, list[Feedback]] = {}
+    if ids:
+        marks = ", ".join("?" * len(ids))
+        sql = f"SELECT {', '.join(FEEDBACK_COLUMNS)} FROM feedback WHERE call_id IN ({marks}) ORDER BY id"
+        for row in conn.execute(sql, ids):
+            item = Feedback(**dict(zip(FEEDBACK_COLUMNS, row, strict=True)))
+            found.setdefault(item.call_id, []).append(item)
+    return found

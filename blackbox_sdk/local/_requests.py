@@ -1,0 +1,211 @@
+"""What the local backend accepts: OpenAI's request bodies as pydantic schemas, checked before any
+compute, and `LocalRequestError`, the refusal the transport answers with an HTTP 400.
+
+Imports without torch, so the `local` face can export the error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+
+from .._exceptions import ConfigError
+
+MAX_STOP_STRINGS = 4  # OpenAI accepts up to 4 stop sequences
+MAX_TOP_LOGPROBS_CHAT = 20  # OpenAI's cap for chat top_logprobs
+MAX_LOGPROBS_COMPLETION = 5  # OpenAI's cap for legacy completions logprobs
+UNSUPPORTED_PARAMS = ("tools", "functions", "audio", "prediction", "logit_bias", "suffix", "best_of")
+
+Schema = TypeVar("Schema", bound=BaseModel)
+PositiveInt = Annotated[int, Field(strict=True, ge=1)]
+
+
+class LocalRequestError(ConfigError):
+    """A request the local backend refuses by OpenAI's rules, before any compute; the transport answers it with a 400.
+
+    `param` names the offending field as OpenAI does (`messages[0].role`), `code` is OpenAI's
+    error code when it has one (`context_length_exceeded`).
+    """
+
+    def __init__(self, message: str, *, param: str | None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+        self.code = code
+
+
+class Message(BaseModel):
+    """One chat message; content parts are flattened to text, since the model reads only text."""
+
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: str
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _join_text_parts(cls, value: object) -> object:
+        """Join a list of `{"type": "text", "text": ...}` parts with newlines."""
+        if isinstance(value, list):
+            return "\n".join(_part_text(part) for part in value)
+        return value
+
+
+class StreamOptions(BaseModel):
+    """`stream_options`: only `include_usage` changes what is sent."""
+
+    model_config = ConfigDict(extra="allow")
+    include_usage: StrictBool = False
+
+
+class Sampling(BaseModel):
+    """Options shared by chat and text completions, with OpenAI's names, defaults and ranges."""
+
+    model_config = ConfigDict(extra="allow")
+    n: PositiveInt = 1
+    max_tokens: PositiveInt | None = None
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    stop: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list, max_length=MAX_STOP_STRINGS)
+    seed: Annotated[int, Field(strict=True, ge=-(2**63), lt=2**64)] | None = None
+    presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None  # accepted, not applied
+    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None  # accepted, not applied
+    stream: StrictBool | None = None
+    stream_options: StreamOptions | None = None
+    soft_prompt: Annotated[str, Field(min_length=1)] | None = None
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop_as_list(cls, value: object) -> object:
+        """Accept one stop string, a list of them, or null, as OpenAI does."""
+        if value is None:
+            return []
+        return [value] if isinstance(value, str) else value
+
+    @property
+    def include_usage(self) -> bool:
+        """Whether a stream ends with a usage-only chunk."""
+        return self.stream_options is not None and self.stream_options.include_usage
+
+
+class ChatRequest(Sampling):
+    """The body of POST /chat/completions."""
+
+    messages: list[Message] = Field(min_length=1)
+    max_completion_tokens: PositiveInt | None = None
+    logprobs: StrictBool | None = None
+    top_logprobs: Annotated[int, Field(strict=True, ge=0, le=MAX_TOP_LOGPROBS_CHAT)] | None = None
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _needs_logprobs(cls, value: int | None, info: ValidationInfo) -> int | None:
+        """OpenAI refuses top_logprobs unless logprobs is true."""
+        if value is not None and not info.data.get("logprobs"):
+            raise ValueError("top_logprobs requires logprobs=true")
+        return value
+
+
+class CompletionRequest(Sampling):
+    """The body of POST /completions (text prompts only, not token-id prompts)."""
+
+    prompt: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
+    logprobs: Annotated[int, Field(strict=True, ge=0, le=MAX_LOGPROBS_COMPLETION)] | None = None
+    echo: StrictBool = False
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _prompt_as_list(cls, value: object) -> object:
+        """Accept one prompt or a list of prompts."""
+        return [value] if isinstance(value, str) else value
+
+
+class EmbeddingRequest(BaseModel):
+    """The body of POST /embeddings: strings or token-id lists, float or base64 output."""
+
+    model_config = ConfigDict(extra="allow")
+    input: list[str | list[int]] = Field(min_length=1)
+    encoding_format: Literal["float", "base64"] | None = None
+    dimensions: PositiveInt | None = None
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _input_as_list(cls, value: object) -> object:
+        """Normalise a string or a token-id list into a list of inputs; each a non-empty text or id list."""
+        if isinstance(value, str) or (isinstance(value, list) and value and _is_token_id(value[0])):
+            value = [value]
+        if not isinstance(value, list) or not all(_is_embedding_input(item) for item in value):
+            raise ValueError("input must be a non-empty string, a list of them, or non-empty lists of token ids")
+        return value
+
+
+_MESSAGES = TypeAdapter(list[Message])
+
+
+def _is_token_id(value: object) -> bool:
+    """An int that is not a bool."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_embedding_input(item: object) -> bool:
+    """A non-empty string or a non-empty list of token ids."""
+    if isinstance(item, str):
+        return bool(item)
+    return isinstance(item, list) and bool(item) and all(_is_token_id(t) for t in item)
+
+
+def _part_text(part: object) -> str:
+    """The text of one content part; anything but a text part is refused."""
+    if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
+        return part["text"]
+    raise ValueError("content parts must be {'type': 'text', 'text': str}; this local model reads text only")
+
+
+def _param_path(loc: Sequence[int | str]) -> str:
+    """A pydantic error location as OpenAI names params, e.g. `messages[0].role`."""
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
+
+
+def _validated(schema: Callable[[object], Schema], params: object, *, prefix: str = "") -> Schema:
+    """Validate a request body with a schema, turning the first problem into a LocalRequestError."""
+    try:
+        return schema(params)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        param = _param_path((prefix, *error["loc"]) if prefix else error["loc"]) or None
+        message = error["msg"].removeprefix("Value error, ")
+        raise LocalRequestError(f"Invalid value for {param or 'the body'!r}: {message}", param=param) from None
+
+
+def _reject_unsupported(params: dict[str, Any]) -> None:
+    """Refuse OpenAI options this backend can't honour, rather than silently ignoring them."""
+    for name in UNSUPPORTED_PARAMS:
+        if params.get(name) not in (None, [], {}):
+            raise LocalRequestError(f"{name!r} is not supported by the local HF backend", param=name)
+    response_format = params.get("response_format")
+    if response_format not in (None, {"type": "text"}):
+        raise LocalRequestError("only response_format {'type': 'text'} is supported locally", param="response_format")
+
+
+def parse_request(schema: type[Schema], params: object) -> Schema:
+    """Check a request body (a JSON object) against its schema and the unsupported options."""
+    if not isinstance(params, dict):
+        raise LocalRequestError("the request body must be a JSON object", param=None)
+    _reject_unsupported(params)
+    return _validated(schema.model_validate, params)
+
+
+def parse_messages(messages: object) -> list[Message]:
+    """Check a chat `messages` list alone, errors named from `messages`."""
+    return _validated(_MESSAGES.validate_python, messages, prefix="messages")

@@ -1,0 +1,186 @@
+"""Scoring soft prompts over HTTP, on servers whose `/v1/completions` takes prompt embeddings.
+
+vLLM's OpenAI-compatible server started with `--enable-prompt-embeds` accepts `prompt_embeds` (a
+list gives a batch): base64 of `torch.save(tensor)`, shape (seq_len, hidden), float32, bfloat16 or
+float16, sent with `prompt=""`. The server applies no template, so the client embeds every token
+itself and needs the model's embedding table locally (`embedding_table_source`: an HFBackend or a
+model path). Only the generated tokens' top-k log-probs come back (no echo, no prompt_logprobs),
+so a label is read from the first generated token's top-k (`max_tokens=1`, greedy), asking for
+token ids as keys (`return_tokens_as_token_ids`, answered as `"token_id:123"`; decoded strings are
+matched too).
+
+A verbalizer token outside the top-k gets an explicit stand-in log-prob:
+`min(lowest shown log-prob, log(remaining mass / missing labels))`, where the remaining mass is
+`1 - sum(shown probabilities)`. The true value can't exceed either bound, so a missing label never
+outranks a shown one, and the loss stays finite.
+
+Most servers can't take embeddings (llama.cpp's server, TGI; SGLang only off the OpenAI routes),
+so the capability is a switch: `supports_prompt_embeds=True` must be set explicitly, otherwise
+scoring raises EmbeddingsNotSupportedError before any request. This client only sends tensors and
+never loads one from a server (see CVE-2025-62164 for why servers must be careful loading them).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx2
+import torch
+
+from .._exceptions import BackendError, ConfigError, EmbeddingsNotSupportedError
+from ._template import EncodedExamples
+
+MAX_SERVER_LOGPROBS = 20  # vLLM's default --max-logprobs
+TOKEN_ID_PREFIX = "token_id:"
+_WIRE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def encode_embeds(tensor: torch.Tensor) -> str:
+    """base64 of torch.save(tensor) (a fresh contiguous CPU copy), as prompt_embeds carries it."""
+    buffer = io.BytesIO()
+    torch.save(tensor.detach().cpu().contiguous().clone(), buffer)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def decode_embeds(text: str) -> torch.Tensor:
+    """The tensor in one prompt_embeds item, loaded with weights_only=True (for test doubles and tools)."""
+    return torch.load(io.BytesIO(base64.b64decode(text)), weights_only=True)
+
+
+def missing_logprob(shown: Sequence[float], missing: int) -> float:
+    """Stand-in log-prob for each of `missing` tokens absent from a top-k list of log-probs `shown`."""
+    floor = min(shown)
+    remaining = max(1.0 - sum(math.exp(v) for v in shown), 1e-12)
+    return min(floor, math.log(remaining / missing))
+
+
+class EmbedsEndpoint:
+    """A completions endpoint that takes prompt embeddings (vLLM style), as a soft-prompt scorer."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        model: str,
+        embedding_table_source: Any,
+        api_key: str | None = None,
+        supports_prompt_embeds: bool = False,
+        top_logprobs: int = MAX_SERVER_LOGPROBS,
+        wire_dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+        batch_size: int = 64,
+        timeout: float = 120.0,
+        http_client: httpx2.Client | None = None,
+    ) -> None:
+        if not 1 <= top_logprobs <= MAX_SERVER_LOGPROBS:
+            raise ConfigError(f"top_logprobs must be in 1..{MAX_SERVER_LOGPROBS}, got {top_logprobs}")
+        if wire_dtype not in _WIRE_DTYPES:
+            raise ConfigError(f"wire_dtype must be one of {sorted(_WIRE_DTYPES)}, got {wire_dtype!r}")
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+        self.url = base_url.rstrip("/") + "/completions"
+        self.model_id = model
+        self.supports_prompt_embeds = supports_prompt_embeds
+        self.top_logprobs = top_logprobs
+        self.wire_dtype = _WIRE_DTYPES[wire_dtype]
+        self.batch_size = batch_size
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = http_client or httpx2.Client(timeout=timeout)
+        source = _table_source(embedding_table_source)
+        self.tokenizer = source.tokenizer
+        self._table = source.input_embeddings().weight.detach()
+        self.device: torch.device = self._table.device
+
+    def __repr__(self) -> str:
+        """Names the endpoint and model, never the key."""
+        switch = self.supports_prompt_embeds
+        return f"EmbedsEndpoint({self.url!r}, model={self.model_id!r}, supports_prompt_embeds={switch})"
+
+    def embedding_table(self) -> torch.Tensor:
+        """The local copy of the model's input-embedding matrix [V, H]."""
+        return self._table
+
+    def tokens_sent(self, prompt_len: int, examples: EncodedExamples) -> int:
+        """Prompt positions one candidate sends on these examples (what the server bills)."""
+        return sum(examples.tokens_per_sequence(prompt_len))
+
+    def label_logprobs(
+        self, prompts: torch.Tensor, examples: EncodedExamples, label_ids: Sequence[int]
+    ) -> torch.Tensor:
+        """Label log-probs [P, N, C] read from the first generated token's top-k, one sequence per (prompt, example)."""
+        if not self.supports_prompt_embeds:
+            raise EmbeddingsNotSupportedError(f"{self!r} is not marked as taking prompt embeddings; nothing was sent")
+        heads = [self._embed(ids) for ids in examples.heads]
+        tails = [self._embed(ids) for ids in examples.tails]
+        soft = prompts.detach().to(self._table.device, torch.float32)
+        sequences = [torch.cat([heads[i], soft[p], tails[i]]) for p in range(len(soft)) for i in range(len(examples))]
+        rows: list[list[float]] = []
+        for start in range(0, len(sequences), self.batch_size):
+            rows += self._request(sequences[start : start + self.batch_size], list(label_ids))
+        return torch.tensor(rows, dtype=torch.float32).reshape(len(soft), len(examples), len(label_ids))
+
+    def _embed(self, ids: Sequence[int]) -> torch.Tensor:
+        """Token embeddings [T, H] (float32) of ids from the local table."""
+        return self._table[torch.tensor(list(ids), dtype=torch.long, device=self._table.device)].float()
+
+    def _request(self, sequences: list[torch.Tensor], label_ids: list[int]) -> list[list[float]]:
+        """One batched /completions request; label log-probs per sequence, in order."""
+        body = {
+            "model": self.model_id,
+            "prompt": "",
+            "prompt_embeds": [encode_embeds(s.to(self.wire_dtype)) for s in sequences],
+            "max_tokens": 1,
+            "temperature": 0,
+            "logprobs": self.top_logprobs,
+            "return_tokens_as_token_ids": True,
+        }
+        try:
+            response = self._http.post(self.url, json=body, headers=self._headers)
+        except httpx2.HTTPError as exc:
+            raise BackendError(f"can't reach {self.url}: {exc}") from None
+        if response.status_code != 200:
+            raise BackendError(f"{self.url} answered {response.status_code}: {response.text[:300]}")
+        choices = sorted(_field(response.json(), "choices", list), key=lambda c: _field(c, "index", int))
+        if len(choices) != len(sequences):
+            raise BackendError(f"{self.url} returned {len(choices)} choices for {len(sequences)} prompt embeddings")
+        return [self._label_row(choice, label_ids) for choice in choices]
+
+    def _label_row(self, choice: Any, label_ids: list[int]) -> list[float]:
+        """Label log-probs of one choice's first generated token, with the stand-in for labels outside the top-k."""
+        tops = _field(_field(choice, "logprobs", dict), "top_logprobs", list)
+        if not tops or not isinstance(tops[0], dict) or not tops[0]:
+            raise BackendError(f"{self.url} returned no top log-probs for the first generated token")
+        shown = {self._token_id(key): float(value) for key, value in tops[0].items()}
+        missing = [t for t in label_ids if t not in shown]
+        stand_in = missing_logprob(list(shown.values()), len(missing)) if missing else 0.0
+        return [shown.get(t, stand_in) for t in label_ids]
+
+    def _token_id(self, key: str) -> int:
+        """The token id of a top_logprobs key: `token_id:N`, or a decoded token text (-1 when it is not one token)."""
+        if key.startswith(TOKEN_ID_PREFIX):
+            return int(key[len(TOKEN_ID_PREFIX) :])
+        ids = self.tokenizer.encode(key, add_special_tokens=False)
+        return ids[0] if len(ids) == 1 else -1
+
+
+def _table_source(source: Any) -> Any:
+    """The object holding the tokenizer and embedding table: an HFBackend as given, or one loaded from a path."""
+    if isinstance(source, (str, Path)):
+        from ..local import load_backend
+
+        return load_backend(source)
+    if not (hasattr(source, "tokenizer") and hasattr(source, "input_embeddings")):
+        raise ConfigError("embedding_table_source must be an HFBackend or a path to the served model's weights")
+    return source
+
+
+def _field(container: Any, name: str, kind: type) -> Any:
+    """container[name] checked to be of kind, or a BackendError naming what the server got wrong."""
+    value = container.get(name) if isinstance(container, dict) else None
+    if not isinstance(value, kind):
+        raise BackendError(f"malformed completions response: {name!r} should be {kind.__name__}, got {value!r}"[:300])
+    return value
