@@ -26,6 +26,8 @@ from ._exceptions import (
     EmbeddingsNotSupportedError,
     InvalidRequestError,
     PriceMissingError,
+    RateLimitExceededError,
+    StoreUnavailableError,
     TuningError,
 )
 from ._info import BlackBoxInfo
@@ -37,6 +39,7 @@ from ._retry import RetryPolicy
 from .budget import Budget, BudgetReport, Reservation, TokenCount
 from .cache import Cache, CacheStats
 from .call_log import CallLog, CallRecord, Feedback
+from .limits import RateLimits
 
 AsyncClient = AsyncOpenAI
 Client = OpenAI
@@ -65,8 +68,11 @@ _OWN = [
     "InvalidRequestError",
     "OpenAI",
     "PriceMissingError",
+    "RateLimitExceededError",
+    "RateLimits",
     "Reservation",
     "RetryPolicy",
+    "StoreUnavailableError",
     "TokenCount",
     "TuningError",
     "wrap",

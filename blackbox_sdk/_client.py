@@ -18,6 +18,7 @@ from openai import DEFAULT_MAX_RETRIES
 from ._exceptions import ConfigError
 from ._logging import logger
 from ._options import OPTION_NAMES, Opened, Options
+from ._redact import remember_secret
 from ._pipeline import AsyncCore, SyncCore
 from .resources import AsyncChat, AsyncCompletions, AsyncEmbeddings, Chat, Completions, Embeddings, RawClient
 
@@ -85,6 +86,7 @@ class _ClientBase:
             http_client = http_client or self._local_http_client(backend)
             api_key, base_url, endpoint = api_key or "local", LOCAL_BASE_URL, f"{HF_PREFIX}{local.resolve()}"
         inner = self._inner_class(api_key=api_key, base_url=base_url, max_retries=0, http_client=http_client, **kwargs)
+        remember_secret(inner.api_key)
         if local is None:
             endpoint = str(inner.base_url)
         self._setup(inner, options, endpoint=endpoint, local=local is not None or _is_loopback(endpoint), backend=backend, opened=opened)
@@ -229,6 +231,7 @@ def wrap(client: openai.OpenAI | openai.AsyncOpenAI, **options: Any) -> OpenAI |
     unknown = set(options) - set(OPTION_NAMES)
     if unknown:
         raise ConfigError(f"unknown wrap() options {sorted(unknown)}; expected some of {list(OPTION_NAMES)}")
+    remember_secret(client.api_key)
     opened = Opened()
     opts = Options.build(opened, max_retries=client.max_retries, **options)
     cls = AsyncOpenAI if isinstance(client, openai.AsyncOpenAI) else OpenAI

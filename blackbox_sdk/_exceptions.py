@@ -5,6 +5,8 @@ BlackBoxError
  │    ├── InvalidRequestError    a malformed request; also an openai.BadRequestError
  │    └── PriceMissingError      a model has no price while a hard budget is set
  ├── BudgetExceededError         a call would cross a cap (carries spent, reserved, limit)
+ ├── RateLimitExceededError      a call would cross a requests/tokens-per-minute limit (carries retry_after)
+ ├── StoreUnavailableError       a shared store (Redis, PostgreSQL) can't be reached: budgets fail closed
  ├── CacheError                  the cache folder is locked, read-only or unusable
  ├── CallLogError                the call log can't be opened or written
  ├── BackendError                a local model can't be loaded or run
@@ -41,6 +43,20 @@ class BudgetExceededError(BlackBoxError):
         self.reserved = reserved
         self.limit = limit
         self.scope = scope
+
+
+class RateLimitExceededError(BlackBoxError):
+    """A call would cross a rate limit (requests or tokens per minute); raised before it is sent."""
+
+    def __init__(self, message: str, *, limit: float, scope: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.scope = scope
+        self.retry_after = retry_after  # seconds until the window has room again
+
+
+class StoreUnavailableError(BlackBoxError):
+    """A shared store (a Redis ledger, rate window or cache; a PostgreSQL log) can't be reached or answered wrongly."""
 
 
 class CacheError(BlackBoxError):

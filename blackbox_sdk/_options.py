@@ -23,20 +23,26 @@ DEFAULT_RERANK_N = 8
 CACHE_MODES = ("on", "read", "write", "refresh", "off")
 
 
+def is_url(target: object) -> bool:
+    """Whether a target names a server (redis://, postgresql://, ...) rather than a local path."""
+    return isinstance(target, str) and "://" in target
+
+
 class Opened:
-    """Resources opened from paths (caches, logs, adapters, soft prompts): opened once per
-    (kind, path), reused by every call that names them, closed with the client."""
+    """Resources opened from paths or URLs (caches, logs, adapters, soft prompts): opened once per
+    (kind, target), reused by every call that names them, closed with the client."""
 
     def __init__(self) -> None:
-        self._items: dict[tuple[str, Path], Any] = {}
+        self._items: dict[tuple[str, str | Path], Any] = {}
         self._lock = threading.Lock()
 
-    def get(self, kind: str, path: str | Path, make: Callable[[Path], Any]) -> Any:
-        """The resource of this kind at `path`, opened on first use."""
-        key = (kind, Path(path).expanduser().resolve())
+    def get(self, kind: str, target: str | Path, make: Callable[[Any], Any]) -> Any:
+        """The resource of this kind at `target` (a path, or a URL such as redis://...), opened on first use."""
+        where: str | Path = target if is_url(target) else Path(target).expanduser()
+        key = (kind, where if isinstance(where, str) else where.resolve())
         with self._lock:
             if key not in self._items:
-                self._items[key] = make(Path(path).expanduser())
+                self._items[key] = make(where)
             return self._items[key]
 
     def close(self) -> None:
@@ -70,10 +76,14 @@ def open_cache(value: Any, current: Any, opened: Opened) -> Any:
 
 
 def open_log(value: Any, current: Any, opened: Opened) -> Any:
-    """A CallLog from a file path, a CallLog, or None."""
-    from .call_log import CallLog
+    """A call log from a file path, a postgresql:// URL, a CallLog (any CallLogStore), or None."""
+    from .call_log import CallLogStore, open_call_log
 
-    return _instance_or_path(value, CallLog, "log", opened, "a file path, a blackbox_sdk.CallLog")
+    if value is None or isinstance(value, CallLogStore):
+        return value
+    if isinstance(value, (str, Path)):
+        return opened.get("log", value, open_call_log)
+    raise ConfigError(f"log must be a file path, a postgresql:// URL, a blackbox_sdk.CallLog or None; got {value!r}")
 
 
 def open_budget(value: Any, current: Any, opened: Opened) -> Any:
@@ -175,6 +185,22 @@ def open_retry(value: Any, current: Any, opened: Opened) -> RetryPolicy:
     return value
 
 
+def open_tokenizer_option(value: Any, current: Any, opened: Opened) -> Any:
+    """What counts tokens for budgets: a callable, a tiktoken name, a folder or GGUF, "server", or None."""
+    from ._tokenizer import open_tokenizer
+
+    return open_tokenizer(value)
+
+
+def open_rate_limit(value: Any, current: Any, opened: Opened) -> Any:
+    """RateLimits (requests and tokens per minute), or None for no limit."""
+    from .limits import RateLimits
+
+    if value is None or isinstance(value, RateLimits):
+        return value
+    raise ConfigError(f"rate_limit must be a blackbox_sdk.RateLimits or None; got {value!r}")
+
+
 def _option(default: Any, opener: Callable[[Any, Any, Opened], Any]) -> Any:
     """A field of Options with the function that checks and opens what a caller passes for it."""
     return field(default=default, metadata={"open": opener})
@@ -193,6 +219,8 @@ class Options:
     soft_prompt: Any = _option(None, open_soft_prompt)  # a tuned SoftPrompt (Black-Box Tuning) served with every call
     budget_key: str | None = _option(None, open_budget_key)
     retry: RetryPolicy = _option(RetryPolicy(), open_retry)
+    rate_limit: Any = _option(None, open_rate_limit)  # RateLimits: requests and tokens per minute, checked before sending
+    tokenizer: Any = _option(None, open_tokenizer_option)  # counts tokens where the endpoint's own count is not at hand
 
     @classmethod
     def build(cls, opened: Opened, *, max_retries: int = 2, **given: Any) -> Options:

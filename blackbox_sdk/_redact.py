@@ -6,13 +6,16 @@ Two rules, applied together. A mapping key that names a credential (``api_key``,
 such as ``max_tokens`` or ``prompt_tokens`` are not credentials and are kept. Inside every string,
 substrings shaped like keys (``sk-...``, ``Bearer ...``, Hugging Face ``hf_...``, GitHub
 ``ghp_...``, AWS ``AKIA...``) are replaced by ``[REDACTED]``, so a key pasted into a prompt
-does not survive either.
+does not survive either. And every client's actual API key is remembered (`remember_secret`)
+and redacted wherever it appears, whatever its shape: a short or custom key echoed back in a
+server's error body matches no pattern, but it is the one secret the SDK knows for sure.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -39,6 +42,23 @@ _SECRET_PATTERN = re.compile(
 )
 
 
+MIN_REMEMBERED_SECRET = 6  # shorter strings would redact ordinary words
+_remembered: frozenset[str] = frozenset()
+_remembered_pattern: re.Pattern[str] | None = None
+_remember_lock = threading.Lock()
+
+
+def remember_secret(value: object) -> None:
+    """Redact this exact string everywhere from now on (a client's API key, whatever its shape)."""
+    global _remembered, _remembered_pattern
+    if not isinstance(value, str) or len(value) < MIN_REMEMBERED_SECRET or value in _remembered:
+        return
+    with _remember_lock:
+        _remembered = _remembered | {value}
+        longest_first = sorted(_remembered, key=len, reverse=True)
+        _remembered_pattern = re.compile("|".join(re.escape(secret) for secret in longest_first))
+
+
 def is_secret_key(name: str) -> bool:
     """Whether a mapping key names a credential (``Authorization`` yes, ``max_tokens`` no)."""
     normal = name.strip().lower().replace("-", "_")
@@ -46,7 +66,10 @@ def is_secret_key(name: str) -> bool:
 
 
 def redact_text(text: str) -> str:
-    """The text with every key-shaped substring replaced by ``[REDACTED]``."""
+    """The text with every remembered secret and every key-shaped substring replaced by ``[REDACTED]``."""
+    remembered = _remembered_pattern
+    if remembered is not None:
+        text = remembered.sub(REDACTED, text)
     return _SECRET_PATTERN.sub(REDACTED, text)
 
 

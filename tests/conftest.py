@@ -1,15 +1,17 @@
-"""Shared fixtures: a real llama.cpp OpenAI-compatible server, the embedded GGUF, a clean environment."""
+"""Shared fixtures: a real llama.cpp OpenAI-compatible server, real Redis and PostgreSQL servers, the
+embedded GGUF, a clean environment."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from blackbox_sdk.local import LlamaServer, free_port
-from blackbox_sdk.local import default_gguf_path
+from blackbox_sdk.local import LlamaServer, default_gguf_path, free_port
+
+from servers import PostgresServer, RedisServer
 
 __all__ = ["free_port"]
 
@@ -25,6 +27,32 @@ def llama_server(gguf_path: Path) -> Iterator[str]:
     """A real llama.cpp OpenAI-compatible server on a free loopback port; yields its /v1 base URL."""
     with LlamaServer(gguf_path) as base_url:
         yield base_url
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A real redis-server of this test's own on a free loopback port (`.url`; `.stop()` / `.start()` to crash it)."""
+    server = RedisServer().start()
+    yield server
+    server.close()
+
+
+@pytest.fixture(params=["local", "redis"])
+def store_at(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[str], str]:
+    """Where a shared store lives, once per kind: `store_at(name)` is a file or folder of that name
+    in the test's temporary folder, then a real redis-server's URL."""
+    if request.param == "local":
+        return lambda name: str(tmp_path / name)
+    url = request.getfixturevalue("redis_server").url
+    return lambda name: url
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A real PostgreSQL cluster on a free loopback port for the session (`.url`)."""
+    server = PostgresServer().start()
+    yield server
+    server.close()
 
 
 @pytest.fixture(autouse=True)

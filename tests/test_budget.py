@@ -223,23 +223,38 @@ def test_local_model_under_a_cap_costs_nothing() -> None:
 
 
 @pytest.mark.parametrize(
-    "options",
+    ("options", "field"),
     [
-        {"total_usd": 0.0},
-        {"per_call_usd": -1.0},
-        {"per_day_usd": 0},
-        {"per_key_usd": -0.5},
-        {"per_model_usd": {"gpt-4o": 0.0}},
-        {"policy": "maybe"},
-        {"default_max_output_tokens": 0},
-        {"key": ""},
-        {"totl_usd": 1.0},
+        ({"total_usd": 0.0}, "total_usd"),
+        ({"per_call_usd": -1.0}, "per_call_usd"),
+        ({"per_day_usd": 0}, "per_day_usd"),
+        ({"per_key_usd": -0.5}, "per_key_usd"),
+        ({"per_model_usd": {"gpt-4o": 0.0}}, "per_model_usd.gpt-4o"),
+        ({"policy": "maybe"}, "policy"),
+        ({"default_max_output_tokens": 0}, "default_max_output_tokens"),
+        ({"key": ""}, "key"),
+        ({"totl_usd": 1.0}, "totl_usd: not a Budget option"),
+        ({"lease_s": 0}, "lease_s"),
+        ({"ledger_prefix": ""}, "ledger_prefix"),
+        ({"prices": {"m": {"input": -1.0, "output": 1.0}}}, "prices.m.input"),
     ],
-    ids=["total", "per_call", "per_day", "per_key", "per_model", "policy", "default_output", "key", "typo"],
+    ids=[
+        "total", "per_call", "per_day", "per_key", "per_model", "policy", "default_output", "key", "typo", "lease",
+        "prefix", "prices",
+    ],
 )
-def test_bad_options_are_refused_at_construction(options: dict) -> None:
-    with pytest.raises(pydantic.ValidationError):
+def test_bad_options_are_a_config_error_naming_the_field(options: dict, field: str) -> None:
+    with pytest.raises(ConfigError, match="invalid Budget") as refused:
         Budget(**options)
+    assert field in str(refused.value)
+    assert not isinstance(refused.value, pydantic.ValidationError)
+
+
+def test_a_key_passed_as_an_unknown_option_is_not_echoed() -> None:
+    secret = "sk-" + "a1" * 20
+    with pytest.raises(ConfigError, match="api_key: not a Budget option") as refused:
+        Budget(api_key=secret)
+    assert secret not in str(refused.value)
 
 
 @pytest.mark.parametrize(

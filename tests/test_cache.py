@@ -7,6 +7,7 @@ import ctypes
 import doctest
 import hashlib
 import json
+import logging
 import multiprocessing
 import os
 import pickle
@@ -22,6 +23,7 @@ import diskcache
 import openai
 import pydantic
 import pytest
+from payloads import RunsOnUnpickle
 
 from blackbox_sdk import CacheError, ConfigError
 from blackbox_sdk import cache as cache_module
@@ -58,16 +60,6 @@ class Message(pydantic.BaseModel):
 
     role: str
     content: str
-
-
-class _RunsOnUnpickle:
-    """A pickle payload that makes a folder when unpickled: proof of code execution."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[Any, tuple[str]]:
-        return (os.mkdir, (str(self.marker),))
 
 
 @pytest.fixture
@@ -378,10 +370,36 @@ def test_corrupt_or_foreign_buckets_are_dropped_and_removed(cache: Cache, text: 
     assert cache.get(key) == [_entry("after")]
 
 
+def test_a_bucket_that_is_not_json_is_a_miss_with_a_warning(cache: Cache, caplog: pytest.LogCaptureFixture) -> None:
+    key = _key(cache)
+    _plant(cache.directory, key, mode=diskcache.core.MODE_RAW, value="[{not json")
+    with caplog.at_level(logging.WARNING, logger="blackbox_sdk"):
+        assert cache.get(key) == []
+    assert [r.levelname for r in caplog.records] == ["WARNING"] and "corrupt" in caplog.text
+    assert _row_count(cache.directory, key) == 0
+
+
+def test_a_value_file_with_invalid_utf8_is_a_miss_with_a_warning_and_is_dropped(cache: Cache, caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 16: such a file raised a raw UnicodeDecodeError on every call for the key, and stayed."""
+    key = _key(cache)
+    cache.extend(key, [_entry("ü✓ " * 40_000)])  # beyond diskcache's inline limit: a .val file diskcache named
+    (value_file,) = cache.directory.rglob("*.val")
+    value_file.write_bytes(b"\xff\xfe\xc3" + value_file.read_bytes()[3:])
+    with caplog.at_level(logging.WARNING, logger="blackbox_sdk"):
+        assert cache.get(key) == []
+    assert "not UTF-8" in caplog.text and key[:12] in caplog.text
+    assert _row_count(cache.directory, key) == 0 and not value_file.exists()
+    assert cache.stats.dropped == 1
+    caplog.clear()
+    assert cache.get(key) == [] and caplog.records == []  # dropped once, not warned about on every call
+    cache.extend(key, [_entry("after")])
+    assert cache.get(key) == [_entry("after")]
+
+
 def test_planted_pickle_is_dropped_without_being_executed(cache: Cache, tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     key = _key(cache)
-    _plant(cache.directory, key, mode=diskcache.core.MODE_PICKLE, value=pickle.dumps(_RunsOnUnpickle(marker)))
+    _plant(cache.directory, key, mode=diskcache.core.MODE_PICKLE, value=pickle.dumps(RunsOnUnpickle(marker)))
     assert cache.get(key) == []
     assert not marker.exists()
     assert _row_count(cache.directory, key) == 0
@@ -393,7 +411,7 @@ def test_the_planted_pickle_would_run_under_diskcache_json_disk(tmp_path: Path) 
     directory = tmp_path / "plain"
     with diskcache.Cache(str(directory), disk=diskcache.JSONDisk) as plain:
         db_key, _ = plain.disk.put("k")
-        _plant(directory, db_key, mode=diskcache.core.MODE_PICKLE, value=pickle.dumps(_RunsOnUnpickle(marker)))
+        _plant(directory, db_key, mode=diskcache.core.MODE_PICKLE, value=pickle.dumps(RunsOnUnpickle(marker)))
         with pytest.raises(TypeError):
             plain.get("k")
     assert marker.is_dir()

@@ -29,7 +29,7 @@ from blackbox_sdk.call_log import (
     Feedback,
     new_call_id,
 )
-from blackbox_sdk.call_log import _log as log_module
+from blackbox_sdk.call_log import _paging as paging_module
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 OPENAI_KEY = "sk-proj-" + "Zx9Yw8Vu" * 6
@@ -254,7 +254,7 @@ def test_calls_filter_by_model_route_and_time_in_created_order(log: CallLog) -> 
 
 
 def test_calls_pages_through_more_calls_than_one_read(log: CallLog, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(log_module, "_PAGE", 2)
+    monkeypatch.setattr(paging_module, "PAGE_SIZE", 2)
     records = [_record(created=1_700_000_000.0 + i) for i in range(7)]
     for rec in reversed(records):
         log.record(rec)

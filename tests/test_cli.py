@@ -1,4 +1,4 @@
-"""The blackbox-sdk command line: log export, stats, the adapter hand-off, and example 3."""
+"""The blackbox-sdk command line: log export, stats, the adapter hand-off (on SQLite and PostgreSQL logs), and example 3."""
 
 from __future__ import annotations
 
@@ -7,36 +7,65 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from pg_databases import fresh_database
+from servers import PostgresServer
 
 from blackbox_sdk import cli
-from blackbox_sdk.call_log import CallLog, CallRecord
+from blackbox_sdk.adapter import Adapter
+from blackbox_sdk.call_log import CallLog, CallLogStore, CallRecord, PostgresCallLog
+from blackbox_sdk.call_log import _records as records_module
 from blackbox_sdk.cli import main
+from blackbox_sdk.local import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DAY_ONE = dt.datetime(2024, 5, 1, 12, tzinfo=dt.timezone.utc).timestamp()
 DAY_TWO = dt.datetime(2024, 5, 2, 12, tzinfo=dt.timezone.utc).timestamp()
 
 
+_CALLS = [
+    CallRecord(call_id="bb-cli-1", created=DAY_ONE, endpoint_host="api.openai.com", model="gpt-4o-mini", route="chat",
+               request={"messages": [{"role": "user", "content": "2+2?"}]}, candidates=["4", "5"], chosen=[0], cost_usd=0.0015),
+    CallRecord(call_id="bb-cli-2", created=DAY_ONE + 60, endpoint_host="api.openai.com", model="gpt-4o-mini", route="chat",
+               request={"messages": [{"role": "user", "content": "2+2?"}]}, candidates=["4"], chosen=[0], cache_hit=True),
+    CallRecord(call_id="bb-cli-3", created=DAY_TWO, endpoint_host="127.0.0.1", model="smollm2", route="completions",
+               request={"prompt": "Hello"}, error="APITimeoutError: Request timed out."),
+]
+
+
+def _fill(log: CallLogStore) -> None:
+    """Three calls over two days and two models, one a cache hit, one an error, one rated."""
+    for rec in _CALLS:
+        log.record(rec)
+    log.feedback(_CALLS[0].call_id, label="correct")
+
+
+@pytest.fixture(autouse=True)
+def fixed_feedback_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Feedback stamped at one time, so an SQLite and a PostgreSQL log of the same calls export alike."""
+    monkeypatch.setattr(records_module, "time", SimpleNamespace(time=lambda: DAY_TWO + 3600))
+
+
 @pytest.fixture
 def log_path(tmp_path: Path) -> Path:
-    """A call log with three calls over two days and two models, one a cache hit, one an error, one rated."""
+    """An SQLite call log of `_CALLS`."""
     path = tmp_path / "calls.db"
-    calls = [
-        CallRecord(created=DAY_ONE, endpoint_host="api.openai.com", model="gpt-4o-mini", route="chat",
-                   request={"messages": [{"role": "user", "content": "2+2?"}]}, candidates=["4", "5"], chosen=[0], cost_usd=0.0015),
-        CallRecord(created=DAY_ONE + 60, endpoint_host="api.openai.com", model="gpt-4o-mini", route="chat",
-                   request={"messages": [{"role": "user", "content": "2+2?"}]}, candidates=["4"], chosen=[0], cache_hit=True),
-        CallRecord(created=DAY_TWO, endpoint_host="127.0.0.1", model="smollm2", route="completions",
-                   request={"prompt": "Hello"}, error="APITimeoutError: Request timed out."),
-    ]
     with CallLog(path) as log:
-        for rec in calls:
-            log.record(rec)
-        log.feedback(calls[0].call_id, label="correct")
+        _fill(log)
     return path
+
+
+@pytest.fixture
+def pg_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """A PostgreSQL call log of the same `_CALLS`, in a database of this test's own; yields its URL."""
+    with fresh_database(postgres_server) as url:
+        with PostgresCallLog(url) as log:
+            _fill(log)
+        yield url
 
 
 def _env() -> dict[str, str]:
@@ -112,6 +141,53 @@ def test_stats_runs_as_a_real_subprocess(log_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "By day (UTC) and model" in result.stdout and "smollm2" in result.stdout
+
+
+def _run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``python -m blackbox_sdk ARGS`` as a real subprocess; fails the test on a non-zero exit."""
+    result = subprocess.run(
+        [sys.executable, "-m", "blackbox_sdk", *args], capture_output=True, text=True, env=_env(), timeout=120, cwd=cwd, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_stats_and_export_of_a_postgres_log_match_the_sqlite_logs_as_real_subprocesses(
+    log_path: Path, pg_url: str, tmp_path: Path
+) -> None:
+    for command in (["stats"], ["stats", "--json"], ["log", "export", "--out", "-"]):
+        from_pg = _run_cli(command[0], *command[1:], "--log", pg_url, cwd=tmp_path)
+        from_sqlite = _run_cli(command[0], *command[1:], "--log", str(log_path), cwd=tmp_path)
+        assert from_pg.stdout == from_sqlite.stdout, command
+    assert "calls 3   errors 1   cache hits 1 (33.3%)   spend $0.001500   feedback 1" in _run_cli("stats", "--log", pg_url, cwd=tmp_path).stdout
+    exported = _run_cli("log", "export", "--log", pg_url, "--out", str(tmp_path / "pg.jsonl"), cwd=tmp_path)
+    assert "exported 3 calls" in exported.stderr
+    lines = [json.loads(line) for line in (tmp_path / "pg.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [line["call_id"] for line in lines] == ["bb-cli-1", "bb-cli-2", "bb-cli-3"]
+    assert [item["label"] for item in lines[0]["feedback"]] == ["correct"]
+
+
+def test_an_unreachable_postgres_log_is_an_error_without_its_password(capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"postgresql://someone:hunter2-in-the-url@127.0.0.1:{free_port()}/calls"
+    assert main(["stats", "--log", url]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("blackbox-sdk: ") and "127.0.0.1" in err and "hunter2" not in err
+
+
+def test_adapter_train_reads_a_postgres_log(postgres_server: PostgresServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    capitals = {"France": ("Paris", "Lyon"), "Italy": ("Rome", "Milan"), "Spain": ("Madrid", "Seville"), "Japan": ("Tokyo", "Osaka")}
+    with fresh_database(postgres_server) as url:
+        with PostgresCallLog(url) as log:
+            for country, (right, wrong) in capitals.items():
+                rec = CallRecord(endpoint_host="127.0.0.1", model="m", route="chat", candidates=[wrong, right], chosen=[0],
+                                 request={"messages": [{"role": "user", "content": f"What is the capital of {country}?"}]})
+                log.record(rec)
+                log.feedback(rec.call_id, preferred=1)
+        out = tmp_path / "adapter"
+        argv = ["adapter", "train", "--log", url, "--out", str(out), "--epochs", "0", "--trainable-layers", "0", "--no-progress", "--device", "cpu"]
+        assert main(argv) == 0, capsys.readouterr().err
+    assert json.loads(capsys.readouterr().out)["calls"] == 4
+    assert Adapter.load(out, device="cpu").metadata["trained_on"].startswith(f"call log {url}: 4 calls, 4 questions")
 
 
 def test_example_3_runs_and_keeps_the_key_out_of_the_log(tmp_path: Path) -> None:

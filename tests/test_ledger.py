@@ -7,6 +7,7 @@ import multiprocessing
 import multiprocessing.process
 import os
 import signal
+import socket
 import sqlite3
 import threading
 import time
@@ -234,3 +235,24 @@ def test_the_sqlite_ledger_implements_the_ledger_store_protocol_the_budget_is_ty
         assert isinstance(transaction, CapTransaction)
     ledger.close()
     assert get_type_hints(Budget)["_ledger"] is LedgerStore
+
+
+def test_a_ledger_file_from_before_leases_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    with sqlite3.connect(path) as connection:  # the schema ledgers were created with before leases
+        connection.execute(
+            "CREATE TABLE reservations (id TEXT PRIMARY KEY, call_id TEXT NOT NULL, model TEXT NOT NULL, family TEXT"
+            " NOT NULL, key TEXT, day TEXT NOT NULL, usd_nano INTEGER NOT NULL, host TEXT NOT NULL, pid INTEGER NOT"
+            " NULL, pid_start INTEGER, created REAL NOT NULL)"
+        )
+        connection.execute(
+            "INSERT INTO reservations VALUES ('old', 'c', 'unit', 'unit', NULL, '2000-01-01', 7000, ?, ?, ?, 0)",
+            (socket.gethostname(), os.getpid(), _start_ticks(os.getpid())),
+        )
+    ledger = Ledger(path)
+    assert ledger.outstanding() == (7000, 1)  # an old reservation has no lease: it holds until settled
+    assert ledger.settle("old", usd_nano=5000, prompt_tokens=1, completion_tokens=1, cached_tokens=0) is True
+    assert ledger.settle("old", usd_nano=5000, prompt_tokens=1, completion_tokens=1, cached_tokens=0) is False
+    assert (ledger.outstanding(), ledger.spent_nano(Cap("total", 0))) == ((0, 0), 5000)
+    with sqlite3.connect(path) as connection:
+        assert "expires" in {row[1] for row in connection.execute("PRAGMA table_info(reservations)")}

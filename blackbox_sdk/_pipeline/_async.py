@@ -11,7 +11,7 @@ from .._types import Json, Route
 from . import _flows as flows
 from ._beam_steps import run_beam, step_options
 from ._call import Call
-from ._core import Core, advance
+from ._core import SINGLE_FLIGHT_WAIT_S, Core, advance
 from ._relay import Relay
 from ._responses import replay_response
 from ._streams import BlackBoxAsyncStream
@@ -66,6 +66,12 @@ class AsyncCore(Core):
 
     async def _perform(self, effect: flows.Effect) -> Any:
         """One effect's I/O."""
+        if effect.kind == "gate":
+            return await asyncio.sleep(flows.GATE_PAUSE_S)
+        if effect.kind == "wait":
+            return await effect.call.opts.cache.wait_for_async(effect.call.key, SINGLE_FLIGHT_WAIT_S, want=effect.call.want)
+        if effect.kind == "admit":
+            return await effect.call.opts.rate_limit.aadmit(key=effect.call.opts.budget_key, model=effect.call.model, tokens=effect.tokens)
         if effect.kind == "send":
             return list(await asyncio.gather(*(self._retry(effect.call, request) for request in effect.requests)))
         if effect.kind == "open":
@@ -107,29 +113,25 @@ class AsyncCore(Core):
         return await self._retry(call, attempt)
 
     async def _live(self, relay: Relay, live: Any, head: Any) -> AsyncIterator[Any]:
-        """Stored chunks, then live ones; accounting when the last stream ends, an abort otherwise."""
-        failure = None
+        """Stored chunks, then live ones; accounted when the last stream ends, aborted otherwise."""
         try:
-            for replayed in relay.replayed():
-                yield replayed
-            while True:
-                async for chunk in _with_head(head, live):
-                    passed = relay.pass_on(chunk)
-                    if passed is not None:
-                        yield passed
-                await live.close()
-                request = relay.next_stream()
-                if request is None:
-                    break
-                live, head = await self._open(relay.call, request)
-            for tail in relay.finish():
-                yield tail
-        except BaseException as error:
-            failure = error
-            raise
+            with relay.accounting():
+                for replayed in relay.replayed():
+                    yield replayed
+                while True:
+                    async for chunk in _with_head(head, live):
+                        passed = relay.pass_on(chunk)
+                        if passed is not None:
+                            yield passed
+                    await live.close()
+                    request = relay.next_stream()
+                    if request is None:
+                        break
+                    live, head = await self._open(relay.call, request)
+                for tail in relay.finish():
+                    yield tail
         finally:
-            await live.close()
-            relay.abort(failure)
+            await live.close()  # after the account: a close that raises must not leave the reservation held
 
 
 async def _with_head(head: Any, stream: Any) -> AsyncIterator[Any]:

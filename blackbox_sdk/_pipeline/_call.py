@@ -27,6 +27,10 @@ class Call:
     started: float = field(default_factory=time.perf_counter)
     key: str | None = None
     reservation: Any = None
+    admission: Any = None  # the rate limit's admission, until corrected by real usage or released
+    gated: bool = False  # this call holds its uncalibrated endpoint's gate: its answer calibrates the rest
+    counted_prompt: int | None = None  # the SDK's own prompt count per request, to learn the endpoint's overhead
+    claimed: bool = False  # this call won the single-flight claim on its cache key: it fetches, others wait
     usage_counted: bool = False
     request: Json = field(default_factory=dict)  # the request as the log keeps it
     overrides: Json = field(default_factory=dict)  # the caller's per-call SDK options

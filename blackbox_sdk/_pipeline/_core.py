@@ -18,7 +18,9 @@ import pydantic
 from .._exceptions import ConfigError, EmbeddingsNotSupportedError
 from .._info import BlackBoxInfo
 from .._options import Opened, Options
+from .._tokenizer import ServerTokenizer
 from .._types import CHAT, EMBEDDINGS, Json, Route
+from ..budget import UNCALIBRATED_ALLOWANCE, TokenCount
 from ..cache import canonical_params
 from ..call_log import new_call_id
 from ._call import Call
@@ -26,6 +28,8 @@ from ._candidates import Candidate
 from ._usage import UsageCounter
 from ._validation import given, validate
 
+CLAIM_TTL_S = 120.0  # a single-flight claim's lease: frees the key if its fetcher dies
+SINGLE_FLIGHT_WAIT_S = 60.0  # how long identical requests wait for the fetcher's answer before sending anyway
 SDK_PARAMS = ("n", "stream", "stream_options")  # left out of cache keys: a bucket serves any n, streamed or not
 MAX_FANOUT_WORKERS = 8
 
@@ -40,7 +44,8 @@ class Core:
         self.local = local
         self.backend = backend
         self.opened = opened  # resources opened from paths, shared with copies of the client
-        self.count = UsageCounter(backend)
+        server = None if backend is not None else ServerTokenizer(str(inner.base_url), inner.auth_headers)
+        self.count = UsageCounter(backend, server, ask_server=local)
         self.ignores_n: bool | None = None  # learnt from the first multi-choice answer
         self._lock = threading.Lock()
 
@@ -97,16 +102,72 @@ class Core:
                 continue
         return found[: call.want]
 
+    def admission_tokens(self, call: Call, count: int) -> int:
+        """The worst case a rate limit admits a call at: its prompts and `count` full answers each."""
+        max_tokens = call.params.get(call.output_cap)
+        output = int(max_tokens) if given(max_tokens) and call.route is not EMBEDDINGS else 0
+        return (self.count.prompt(call).tokens + output * count) * call.prompts
+
+    def claim(self, call: Call) -> bool:
+        """Single flight: whether this call fetches (True), or another caller is already fetching
+        this very request and its answer is worth waiting for (False)."""
+        if call.key is None or call.opts.cache is None:
+            return True
+        call.claimed = call.opts.cache.claim(call.key, CLAIM_TTL_S)
+        return call.claimed
+
+    def unclaim(self, call: Call) -> None:
+        """Let the callers waiting on this call's request go (its answer is stored, or it failed)."""
+        if call.claimed:
+            call.claimed = False
+            call.opts.cache.release_claim(call.key)
+
+    def calibration_key(self, call: Call) -> str:
+        """What an overhead is learnt for, with the model: the endpoint and the route (templates differ by route)."""
+        return f"{self.endpoint}#{call.route.name}"
+
+    def passes_gate(self, call: Call) -> bool:
+        """Fail closed until calibrated: True once this endpoint and model are calibrated (or no budget
+        or a local model counts them), or when this call took the gate; False while another call has it."""
+        budget = call.opts.budget
+        if budget is None or self.backend is not None:
+            return True
+        if budget.calibration.overhead(self.calibration_key(call), call.model) is not None:
+            return True
+        call.gated = budget.calibration.open_gate(self.calibration_key(call), call.model, call.info.call_id)
+        return call.gated
+
+    def learn(self, call: Call, usage: Json) -> None:
+        """Learn the endpoint's hidden prompt tokens from a reported usage, and let the next call through."""
+        budget = call.opts.budget
+        if budget is None or self.backend is not None or call.counted_prompt is None:
+            return
+        per_request = int(usage.get("prompt_tokens") or 0) // max(1, call.info.requests)
+        if call.usage_counted:  # the server said nothing: keep the allowance rather than stay gated
+            per_request = call.counted_prompt + UNCALIBRATED_ALLOWANCE if call.gated else 0
+        if per_request:
+            budget.calibration.learn(self.calibration_key(call), call.model, call.counted_prompt, per_request)
+        self.ungate(call)
+
+    def ungate(self, call: Call) -> None:
+        """Give back the calibration gate this call holds."""
+        if call.gated:
+            call.gated = False
+            call.opts.budget.calibration.close_gate(self.calibration_key(call), call.model, call.info.call_id)
+
     def reserve(self, call: Call, count: int) -> tuple[int, int | None]:
         """Reserve the worst case for `count` candidates; returns (count, max output tokens) after the policy."""
         max_tokens = call.params.get(call.output_cap)
         max_tokens = 0 if call.route is EMBEDDINGS else int(max_tokens) if given(max_tokens) else None
         if call.opts.budget is None:
             return count, max_tokens
+        counted = self.count.prompt(call)
+        call.counted_prompt = counted.tokens
+        extra = 0 if self.backend is not None else call.opts.budget.calibration.overhead(self.calibration_key(call), call.model)
         call.reservation = call.meter.reserve(
             call_id=call.info.call_id,
             model=call.model,
-            prompt_tokens=self.count.prompt(call),
+            prompt_tokens=TokenCount(counted.tokens + (UNCALIBRATED_ALLOWANCE if extra is None else extra), counted.method, counted.exact),
             max_output_tokens=max_tokens,
             n=count * call.prompts,
             prompt_per_choice=self.ignores_n is not False,  # until the server is seen to honour n
@@ -158,6 +219,11 @@ class Core:
         if call.reservation is not None:
             call.info.cost_usd = call.meter.settle(call.reservation, usage)
             call.reservation = None
+        self.learn(call, usage)
+        if call.admission is not None:
+            used = usage.get("total_tokens") or int(usage.get("prompt_tokens") or 0) + int(usage.get("completion_tokens") or 0)
+            call.opts.rate_limit.correct(call.admission, int(used))
+            call.admission = None
 
     def settle_reserved(self, call: Call) -> None:
         """Settle at the reserved worst case: for raw streams, whose usage the SDK does not see."""
@@ -170,6 +236,7 @@ class Core:
         """Append complete fresh entries (candidates' JSON) to the request's bucket."""
         if call.key is not None and call.opts.cache is not None and fresh:
             call.opts.cache.extend(call.key, fresh)
+        self.unclaim(call)
 
     def record(self, call: Call, texts: list[str], usage: Json | None, error: BaseException | None = None) -> None:
         """One call-log record for the call, with its candidates, scores, cost and outcome."""
@@ -199,6 +266,11 @@ class Core:
         """Release what was reserved and log the failed call; the caller re-raises."""
         call.meter.release(call.reservation)
         call.reservation = None
+        self.unclaim(call)
+        self.ungate(call)
+        if call.admission is not None and call.info.requests == 0:  # never sent: give the window its room back
+            call.opts.rate_limit.release(call.admission)
+        call.admission = None
         self.record(call, [], None, error)
 
 

@@ -9,6 +9,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from .._exceptions import RateLimitExceededError
 from .._info import attach
 from .._options import split_options
 from .._types import EMBEDDINGS, Json, Route
@@ -19,9 +20,11 @@ from ._relay import Relay
 from ._responses import finish, finish_embedding, lookup_embedding, pieces, replay, unstreamed, whole_stream_chunks
 
 Flow = Generator["Effect", Any, Any]
+GATE_PAUSE_S = 0.05  # between looks at an uncalibrated endpoint's gate
+CALIBRATION_WAIT_S = 120.0  # the longest a call waits for the endpoint's first answer before it is refused
 
 
-EffectKind = Literal["send", "open", "raw", "enter", "beam"]
+EffectKind = Literal["admit", "gate", "wait", "send", "open", "raw", "enter", "beam"]
 
 
 @dataclass(frozen=True)
@@ -30,11 +33,15 @@ class Effect:
     "send" the responses to the requests (sent concurrently when several), in order;
     "open" (stream, first chunk) of a stream opened until its first chunk has arrived;
     "raw" (raw response, parsed body); "enter" (context, unread response) of a streaming response;
-    "beam" (result, step tally) of the beam search, each step a call through the same client."""
+    "beam" (result, step tally) of the beam search, each step a call through the same client;
+    "admit" the rate limit's admission for `tokens` (waiting for room, or refused, by its policy);
+    "wait" nothing, once the cache holds another caller's answer to the same request (single flight);
+    "gate" nothing, after a pause while another call calibrates the endpoint (`passes_gate`)."""
 
     kind: EffectKind
     call: Call
     requests: tuple[Callable[[], Any], ...] = ()
+    tokens: int = 0
 
     @property
     def request(self) -> Callable[[], Any]:
@@ -49,6 +56,34 @@ def guarded(core: Core, effect: Effect) -> Flow:
     except BaseException as error:
         core.fail(effect.call, error)
         raise
+
+
+def admit(core: Core, call: Call, count: int) -> Flow:
+    """Pass the call's rate limit (if any), then the calibration gate, before anything is reserved or sent."""
+    if call.opts.rate_limit is not None:
+        call.admission = yield Effect("admit", call, tokens=core.admission_tokens(call, count))
+    waited = 0.0
+    while not core.passes_gate(call):
+        if waited >= CALIBRATION_WAIT_S:
+            message = f"{core.endpoint} is not calibrated yet for {call.model} and its first call is still running"
+            raise RateLimitExceededError(message, limit=1, scope="calibration", retry_after=GATE_PAUSE_S)
+        yield Effect("gate", call)
+        waited += GATE_PAUSE_S
+
+
+def cached(core: Core, call: Call) -> Flow:
+    """The cached candidates; when some are missing and an identical request is already in flight
+    (here or on another host), its answer is waited for first, so that it is sent once."""
+    found = core.lookup(call)
+    if len(found) >= call.want:
+        return found
+    if core.claim(call):
+        found = core.lookup(call)  # the last fetcher may have stored its answer between our look and our claim
+        if len(found) >= call.want:
+            core.unclaim(call)
+        return found
+    yield Effect("wait", call)
+    return core.lookup(call)
 
 
 def create(core: Core, route: Route, params: Json, overrides: Json) -> Flow:
@@ -71,11 +106,12 @@ def create(core: Core, route: Route, params: Json, overrides: Json) -> Flow:
 
 def complete(core: Core, call: Call) -> Flow:
     """A whole response: cached candidates first, the rest fetched."""
-    stored = core.lookup(call)
+    stored = yield from cached(core, call)
     missing = call.want - len(stored)
     if missing <= 0:
         return finish(core, call, stored, [], None)
     try:
+        yield from admit(core, call, missing)
         count, max_tokens = core.reserve(call, missing)
         responses = yield from fetch(core, call, count, max_tokens)
         fresh, usage = pieces(core, call, [r.to_dict() for r in responses])
@@ -103,11 +139,12 @@ def fetch(core: Core, call: Call, count: int, max_tokens: int | None) -> Flow:
 
 def stream(core: Core, call: Call) -> Flow:
     """Stored chunks replayed, then live chunks as they come, fanned out when `n` was ignored."""
-    stored = core.lookup(call)
+    stored = yield from cached(core, call)
     missing = call.want - len(stored)
     if missing <= 0:
         return core.stream_of(replay(core, call, stored), None, call.info)
     try:
+        yield from admit(core, call, missing)
         count, max_tokens = core.reserve(call, missing)
         seeds = core.seeds(call, count)
         live, head = yield Effect("open", call, (core.sender(call, count, max_tokens, seeds[0]),))
@@ -124,6 +161,7 @@ def embed(core: Core, params: Json, overrides: Json) -> Flow:
     if stored is not None:
         return finish_embedding(core, call, None, stored)
     try:
+        yield from admit(core, call, 1)
         core.reserve(call, 1)
         [response] = yield Effect("send", call, (lambda: core.inner.embeddings.create(**params),))
     except BaseException as error:
@@ -132,12 +170,13 @@ def embed(core: Core, params: Json, overrides: Json) -> Flow:
     return finish_embedding(core, call, response, None)
 
 
-def begin_raw(core: Core, route: Route, kwargs: Json) -> tuple[Call, Json]:
-    """A raw-response call: checked, never cached, its worst case reserved; the call and what to send."""
+def begin_raw(core: Core, route: Route, kwargs: Json) -> Flow:
+    """A raw-response call: checked, never cached, admitted, its worst case reserved; (call, what to send)."""
     params, overrides = split_options(kwargs)
     call = core.begin(route, params, overrides)
     call.key = None  # a raw response is the HTTP exchange itself: never served from or stored in the cache
     try:
+        yield from admit(core, call, call.n)
         count, max_tokens = core.reserve(call, call.n)
     except BaseException as error:
         core.fail(call, error)
@@ -161,7 +200,7 @@ def settle_raw(core: Core, call: Call, parsed: Any) -> None:
 
 def raw_create(core: Core, route: Route, target: Any, kwargs: Json) -> Flow:
     """`with_raw_response.create`: openai's raw response, with budget, retries and log."""
-    call, params = begin_raw(core, route, kwargs)
+    call, params = yield from begin_raw(core, route, kwargs)
     raw, parsed = yield from guarded(core, Effect("raw", call, (lambda: target.create(**params),)))
     settle_raw(core, call, parsed)
     attach(parsed, call.info)
@@ -170,6 +209,6 @@ def raw_create(core: Core, route: Route, target: Any, kwargs: Json) -> Flow:
 
 def open_raw(core: Core, route: Route, target: Any, kwargs: Json) -> Flow:
     """`with_streaming_response.create` up to the unread response: (call, context to exit, response)."""
-    call, params = begin_raw(core, route, kwargs)
+    call, params = yield from begin_raw(core, route, kwargs)
     context, response = yield from guarded(core, Effect("enter", call, (lambda: target.create(**params),)))
     return call, context, attach(response, call.info)

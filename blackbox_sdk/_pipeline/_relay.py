@@ -4,7 +4,8 @@ at the end, or charged for what arrived when the stream did not end."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from .._types import Json
@@ -61,12 +62,28 @@ class Relay:
         return split_chunks(self.call.route, self.collected, usage), usage
 
     def finish(self) -> list[Any]:
-        """Settle, store and log the finished stream; the usage chunk when the caller asked for one."""
+        """Settle, store and log the finished stream; the usage chunk when the caller asked for one.
+        A stream whose server stopped before every choice had a finish_reason (a connection closed
+        early) is not complete: it is charged for what arrived, never cached, and logged as cut."""
         fresh, usage = self._pieces()
+        if any(candidate.choice.get("finish_reason") is None for candidate in fresh):
+            self.abort(ConnectionError("the server ended the stream before every choice had a finish_reason"))
+            self.done = True
+            return []
         meta = self.collected[0] if self.collected else self.stored[0].meta
         tail = finish_stream(self.core, self.call, self.stored, fresh, usage, meta)
         self.done = True
         return tail
+
+    @contextmanager
+    def accounting(self) -> Iterator[None]:
+        """Around the passing of a stream: however it ends but finished, it is aborted (charged for what arrived)."""
+        try:
+            yield
+        except BaseException as error:
+            self.abort(error)
+            raise
+        self.abort(None)  # nothing to do once finished
 
     def abort(self, error: BaseException | None) -> None:
         """A stream that did not end normally: charge what arrived, store nothing, log the error."""

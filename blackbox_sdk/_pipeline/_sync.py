@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -11,7 +12,7 @@ from .._types import Json, Route
 from . import _flows as flows
 from ._beam_steps import run_beam, step_options
 from ._call import Call
-from ._core import MAX_FANOUT_WORKERS, Core, advance
+from ._core import MAX_FANOUT_WORKERS, SINGLE_FLIGHT_WAIT_S, Core, advance
 from ._relay import Relay
 from ._responses import replay_response
 from ._streams import BlackBoxStream
@@ -64,6 +65,12 @@ class SyncCore(Core):
 
     def _perform(self, effect: flows.Effect) -> Any:
         """One effect's I/O."""
+        if effect.kind == "gate":
+            return time.sleep(flows.GATE_PAUSE_S)
+        if effect.kind == "wait":
+            return effect.call.opts.cache.wait_for(effect.call.key, SINGLE_FLIGHT_WAIT_S, want=effect.call.want)
+        if effect.kind == "admit":
+            return effect.call.opts.rate_limit.admit(key=effect.call.opts.budget_key, model=effect.call.model, tokens=effect.tokens)
         if effect.kind == "send":
             if len(effect.requests) == 1:
                 return [self._retry(effect.call, effect.requests[0])]
@@ -99,27 +106,23 @@ class SyncCore(Core):
         return self._retry(call, attempt)
 
     def _live(self, relay: Relay, live: Any, head: Any) -> Iterator[Any]:
-        """Stored chunks, then live ones; accounting when the last stream ends, an abort otherwise."""
-        failure = None
+        """Stored chunks, then live ones; accounted when the last stream ends, aborted otherwise."""
         try:
-            yield from relay.replayed()
-            while True:
-                for chunk in _with_head(head, live):
-                    passed = relay.pass_on(chunk)
-                    if passed is not None:
-                        yield passed
-                live.close()
-                request = relay.next_stream()
-                if request is None:
-                    break
-                live, head = self._open(relay.call, request)
-            yield from relay.finish()
-        except BaseException as error:
-            failure = error
-            raise
+            with relay.accounting():
+                yield from relay.replayed()
+                while True:
+                    for chunk in _with_head(head, live):
+                        passed = relay.pass_on(chunk)
+                        if passed is not None:
+                            yield passed
+                    live.close()
+                    request = relay.next_stream()
+                    if request is None:
+                        break
+                    live, head = self._open(relay.call, request)
+                yield from relay.finish()
         finally:
-            live.close()
-            relay.abort(failure)
+            live.close()  # after the account: a close that raises must not leave the reservation held
 
 
 def _with_head(head: Any, stream: Any) -> Iterator[Any]:

@@ -1,11 +1,14 @@
 """Tokens the SDK counts itself: to reserve before a call, and to charge a call whose server
-sent no usage. The local model's own tokenizer when one answers, else tiktoken.
+sent no usage. The local model's own tokenizer when one answers; else the `tokenizer=` option;
+else the endpoint's own tokenize route when it runs on this machine (or `tokenizer="server"`);
+else tiktoken.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from .._tokenizer import SERVER, ServerTokenizer, Tokenizer
 from .._types import CHAT, EMBEDDINGS, Json, add_usage
 from ..budget import TokenCount, count_chat_tokens, count_input_tokens, count_tokens
 from ._call import Call
@@ -14,8 +17,26 @@ from ._call import Call
 class UsageCounter:
     """Counts a call's prompt and answers with the tokenizer that fits its endpoint."""
 
-    def __init__(self, backend: Any = None) -> None:
+    def __init__(self, backend: Any = None, server: ServerTokenizer | None = None, *, ask_server: bool = False) -> None:
         self.backend = backend
+        self.server = server  # the endpoint's tokenize route, probed on first use
+        self.ask_server = ask_server  # by default: the endpoint runs on this machine
+
+    def _tokenizer(self, call: Call) -> Tokenizer | None:
+        """The call's tokenizer: the option's, else the server's when it has one and is asked."""
+        chosen = call.opts.tokenizer
+        if isinstance(chosen, Tokenizer):
+            return chosen
+        if self.server is not None and (chosen == SERVER or (chosen is None and self.ask_server)):
+            return self.server.counter(call.model)
+        return None
+
+    def _text_counter(self, call: Call) -> Any:
+        """What counts plain text for this call (None: tiktoken for the model)."""
+        if self.backend is not None:
+            return self.backend.count_tokens
+        tokenizer = self._tokenizer(call)
+        return tokenizer.count if tokenizer is not None else None
 
     def prompt(self, call: Call) -> TokenCount:
         """Prompt tokens of one request, with how they were counted."""
@@ -23,10 +44,13 @@ class UsageCounter:
             messages = list(call.params["messages"])
             if self.backend is not None:
                 return TokenCount(int(self.backend.chat_prompt_tokens(messages)), "local tokenizer", True)
-            return count_chat_tokens(messages, call.model, tools=call.params.get("tools"))
-        counter = self.backend.count_tokens if self.backend is not None else None
+            tokenizer = self._tokenizer(call)
+            if tokenizer is not None and tokenizer.chat is not None and not call.params.get("tools"):
+                return TokenCount(tokenizer.chat(messages), f"{tokenizer.name} chat template", True)
+            counter = tokenizer.count if tokenizer is not None else None
+            return count_chat_tokens(messages, call.model, tools=call.params.get("tools"), tokenizer=counter)
         prompt = call.params.get("input") if call.route is EMBEDDINGS else call.params.get("prompt")
-        return count_input_tokens(prompt, call.model, tokenizer=counter)
+        return count_input_tokens(prompt, call.model, tokenizer=self._text_counter(call))
 
     def prompt_tokens(self, call: Call) -> int:
         """Prompt tokens of one request."""
@@ -34,8 +58,7 @@ class UsageCounter:
 
     def completion_tokens(self, call: Call, text: str) -> int:
         """Tokens of one answer."""
-        counter = self.backend.count_tokens if self.backend is not None else None
-        return count_tokens(text, call.model, tokenizer=counter).tokens
+        return count_tokens(text, call.model, tokenizer=self._text_counter(call)).tokens
 
     def counted(self, call: Call, texts: list[str], requests: int = 1) -> Json:
         """Usage counted for answers the server did not count: `requests` prompts and the texts."""

@@ -69,8 +69,16 @@ def validate_embedding(params: Mapping[str, Any]) -> None:
         raise InvalidRequestError("input must be a non-empty string or list", param="input")
 
 
+def validate_model(params: Mapping[str, Any]) -> None:
+    """A model name: a non-empty string (None would go out as `"model": null`, and no price fits it)."""
+    model = params.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise InvalidRequestError(f"model must be a non-empty string, got {model!r}", param="model")
+
+
 def validate(route: Route, params: Mapping[str, Any]) -> None:
     """The checks of the request's route."""
+    validate_model(params)
     if route is CHAT:
         validate_chat(params)
     elif route is COMPLETIONS:

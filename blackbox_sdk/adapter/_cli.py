@@ -1,4 +1,7 @@
-"""`blackbox-sdk adapter train --log calls.db --out adapters/<name>`: offline training from the command line."""
+"""`blackbox-sdk adapter train --log calls.db --out adapters/<name>`: offline training from the command line.
+
+``--log`` also takes a ``postgresql://`` URL (a fleet's log, read through ``call_log.open_call_log``).
+"""
 
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ def _parser() -> argparse.ArgumentParser:
     """The `blackbox-sdk adapter train` arguments."""
     defaults = TrainConfig()
     parser = argparse.ArgumentParser(prog="blackbox-sdk adapter train", description="Train a BBox-Adapter reranker from the call log.")
-    parser.add_argument("--log", required=True, type=Path, help="call log: the SQLite file or its JSONL export")
+    parser.add_argument("--log", required=True, help="call log: the SQLite file, its JSONL export, or a postgresql:// URL")
     parser.add_argument("--out", required=True, type=Path, help="adapter folder to write, e.g. adapters/<name>")
     parser.add_argument("--base", default=AdapterConfig.base_model, help="HF encoder folder ('default' = all-MiniLM-L6-v2)")
     parser.add_argument("--trainable-layers", type=int, default=AdapterConfig.trainable_layers, help="top encoder layers to train (-1 = all)")

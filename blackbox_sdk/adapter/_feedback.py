@@ -6,13 +6,14 @@ labels, non-preferred candidates and negative rewards are negatives.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .._exceptions import AdapterError
+from .._exceptions import AdapterError, BlackBoxError
 from ._groups import RankingGroup, build_groups
 
 LOG_FORMAT = "blackbox-calllog/1"
@@ -20,13 +21,18 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
 def read_log(path: str | Path) -> list[dict[str, Any]]:
-    """The call log's records as export dicts, from its JSONL export or from the SQLite file itself."""
-    source = Path(path)
-    if not source.is_file():
-        raise AdapterError(f"no call log at {source}")
-    with source.open("rb") as handle:
-        is_sqlite = handle.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
-    text = _export_sqlite(source) if is_sqlite else source.read_text(encoding="utf-8")
+    """The call log's records as export dicts: from its JSONL export, the SQLite file itself, or a postgresql:// URL."""
+    from ..call_log import is_postgres_url
+
+    if is_postgres_url(path):
+        name, text = log_name(path), _export_store(str(path))
+    else:
+        source = Path(path)
+        if not source.is_file():
+            raise AdapterError(f"no call log at {source}")
+        with source.open("rb") as handle:
+            is_sqlite = handle.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
+        name, text = str(source), _export_store(source) if is_sqlite else source.read_text(encoding="utf-8")
     records = []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -34,20 +40,32 @@ def read_log(path: str | Path) -> list[dict[str, Any]]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise AdapterError(f"{source}:{number}: not JSON ({exc.msg})") from exc
+            raise AdapterError(f"{name}:{number}: not JSON ({exc.msg})") from exc
         if not isinstance(record, dict) or record.get("format") != LOG_FORMAT:
-            raise AdapterError(f"{source}:{number}: not a {LOG_FORMAT} record")
+            raise AdapterError(f"{name}:{number}: not a {LOG_FORMAT} record")
         records.append(record)
     return records
 
 
-def _export_sqlite(path: Path) -> str:
-    """The JSONL export of a SQLite call log, in memory."""
-    from ..call_log import CallLog
+def log_name(path: str | Path) -> str:
+    """How messages and the adapter's card name a log: a file's name, or a database URL without its password."""
+    from ..call_log import is_postgres_url, url_without_password
+
+    return url_without_password(str(path)) if is_postgres_url(path) else Path(path).name
+
+
+def _export_store(target: str | Path) -> str:
+    """The JSONL export of an SQLite or PostgreSQL call log, in memory; a PostgreSQL log's errors as AdapterError."""
+    from ..call_log import open_call_log
 
     sink = io.StringIO()
-    with CallLog(path) as log:
-        log.export_jsonl(sink)
+    try:
+        with contextlib.closing(open_call_log(target)) as log:
+            log.export_jsonl(sink)
+    except BlackBoxError as exc:
+        if isinstance(target, Path):
+            raise
+        raise AdapterError(f"can't read the call log {log_name(target)}: {exc}") from exc
     return sink.getvalue()
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from .._exceptions import AdapterError
 from ._config import AdapterConfig
 from ._curve import plot_curve
-from ._feedback import groups_from_log, read_log
+from ._feedback import groups_from_log, log_name, read_log
 from ._groups import split_groups
 from ._model import Adapter
 from ._trainer import TrainConfig, train
@@ -49,13 +49,13 @@ def train_from_log(
     metrics = result.final_metrics()
     adapter.metadata = {
         "name": out.name,
-        "trained_on": f"call log {Path(log_path).name}: {len(records)} calls, {len({g.question for g in groups})} questions, "
+        "trained_on": f"call log {log_name(log_path)}: {len(records)} calls, {len({g.question for g in groups})} questions, "
         f"{len(groups)} ranking groups",
         "training": asdict(train_config),
         "metrics": metrics,
     }
     adapter.save(out)
-    plot_curve(result, out / "curve.png", title=f"{out.name}: training from {Path(log_path).name}")
+    plot_curve(result, out / "curve.png", title=f"{out.name}: training from {log_name(log_path)}")
     report = {"out": str(out), "calls": len(records), **metrics, "evals": result.evals}
     (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     return report

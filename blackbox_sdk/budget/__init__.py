@@ -1,16 +1,9 @@
-"""Hard cost budgets: caps and their policy, the shared ledger, model prices and token counting."""
+"""Hard cost budgets: caps and their policy, the shared ledger (SQLite or Redis), model prices and token counting."""
 
 from ._budget import Budget
-from ._ledger import (
-    NANO_PER_USD,
-    Cap,
-    CapUsage,
-    Ledger,
-    LedgerTransaction,
-    Scope,
-    nano_to_usd,
-    usd_to_nano,
-)
+from ._calibration import UNCALIBRATED_ALLOWANCE, Calibration
+from ._caps import NANO_PER_USD, Cap, CapUsage, Scope, nano_to_usd, usd_to_nano
+from ._ledger import Ledger, LedgerTransaction
 from ._policy import Reservation
 from ._prices import (
     DEFAULT_PRICES_FILE,
@@ -20,8 +13,9 @@ from ._prices import (
     load_price_file,
     snapshot_base,
 )
+from ._redis_ledger import RedisLedger
 from ._report import BudgetReport, CapStatus
-from ._store import CapTransaction, LedgerStore
+from ._store import CapTransaction, Hold, LedgerSnapshot, LedgerStore
 from ._tokens import (
     TOKENS_PER_MESSAGE,
     TOKENS_PER_NAME,
@@ -32,22 +26,27 @@ from ._tokens import (
     count_input_tokens,
     count_tokens,
     encoding_name_for_model,
+    load_encoding,
 )
 
 __all__ = [
     "Budget",
     "BudgetReport",
+    "Calibration",
     "Cap",
     "CapStatus",
     "CapTransaction",
     "CapUsage",
     "DEFAULT_PRICES_FILE",
+    "Hold",
     "Ledger",
+    "LedgerSnapshot",
     "LedgerStore",
     "LedgerTransaction",
     "ModelPrice",
     "NANO_PER_USD",
     "PriceTable",
+    "RedisLedger",
     "Reservation",
     "Scope",
     "TOKENS_PER_MESSAGE",
@@ -55,11 +54,13 @@ __all__ = [
     "TOKENS_TO_PRIME_REPLY",
     "TokenCount",
     "Tokenizer",
+    "UNCALIBRATED_ALLOWANCE",
     "count_chat_tokens",
     "count_input_tokens",
     "count_tokens",
     "default_prices",
     "encoding_name_for_model",
+    "load_encoding",
     "load_price_file",
     "nano_to_usd",
     "snapshot_base",

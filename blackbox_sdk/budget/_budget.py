@@ -6,18 +6,19 @@
     budget.release(reservation)   # instead of settle, when the call failed
 
 Every cap that applies (total, per call, per UTC day, per key, per model) is checked against
-settled spend plus outstanding reservations in one ledger transaction, so threads, asyncio tasks
-and processes sharing a ledger file never overspend together. The arithmetic of admitting a call
-(its worst case, shrinking it, the refusal) is in ``_policy``; the ledger behind it is a
+settled spend plus outstanding reservations in one atomic ledger operation, so threads, asyncio
+tasks, processes and hosts sharing a ledger (an SQLite file, or Redis) never overspend together.
+The Budget decides which caps apply and the worst case; the arithmetic of admitting a call
+(shrinking it, the refusal) is in ``_policy``; the ledger behind it is a
 :class:`~blackbox_sdk.budget.LedgerStore`.
 """
 
 from __future__ import annotations
 
-import shutil
-import tempfile
+import time
 import uuid
-import weakref
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -29,13 +30,18 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     PrivateAttr,
+    ValidationError,
 )
 
 from .._exceptions import ConfigError, PriceMissingError
 from .._logging import logger
-from ._ledger import Cap, Ledger, Scope, nano_to_usd, usd_to_nano
+from .._redact import redact_text
+from ._calibration import Calibration, open_calibration
+from ._caps import Cap, Scope, nano_to_usd, usd_to_nano
+from ._open import open_ledger
 from ._policy import (
     FREE,
+    Fit,
     Policy,
     Request,
     Reservation,
@@ -50,11 +56,12 @@ from ._prices import (
     load_price_file,
     snapshot_base,
 )
+from ._redis_ledger import DEFAULT_PREFIX, redact_url
 from ._report import BudgetReport, read_report
-from ._store import LedgerStore
+from ._store import Hold, LedgerStore
 from ._tokens import TokenCount
 
-LEDGER_FILE_NAME = "ledger.sqlite3"
+DEFAULT_LEASE_S = 300.0
 
 
 class Budget(BaseModel):
@@ -63,9 +70,12 @@ class Budget(BaseModel):
     Caps are optional and all apply at once: `total_usd` (the ledger's lifetime), `per_call_usd`,
     `per_day_usd` (UTC day), `per_key_usd` (each user/tenant id, calls without one share a
     bucket) and `per_model_usd` (a name covers its dated snapshots). `ledger` is an SQLite file
-    shared by every process using it; None gives this Budget a private ledger in a temp folder.
-    `default_max_output_tokens` is the worst case assumed when a call gives no max_tokens (and is
-    then sent as its max_tokens). Inexact (estimated) prompt counts are inflated by `estimate_margin`.
+    shared by every process on a host, or a `redis://host:port/db` (`rediss://`) URL shared by
+    hosts (keys under `ledger_prefix`); None gives this Budget a private ledger in a temp folder.
+    A reservation not settled or released within `lease_s` seconds stops holding (its process
+    died or hung). `default_max_output_tokens` is the worst case assumed when a call gives no
+    max_tokens (and is then sent as its max_tokens). Inexact (estimated) prompt counts are
+    inflated by `estimate_margin`. Every bad argument raises ConfigError naming the field.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -83,12 +93,27 @@ class Budget(BaseModel):
     default_max_output_tokens: PositiveInt = 4096
     min_output_tokens: PositiveInt = 16  # the shrink policy's floor for max_output_tokens
     estimate_margin: NonNegativeFloat = 0.25  # +25% on prompt counts that are estimates
+    lease_s: PositiveFloat = DEFAULT_LEASE_S  # longer than the longest call: a lapsed hold stops counting
+    ledger_prefix: Annotated[str, Field(min_length=1)] = DEFAULT_PREFIX  # Redis keys, one prefix per tenant/app
 
     _ledger: LedgerStore = PrivateAttr()
-    _ledger_path: Path = PrivateAttr()
+    _calibration: Calibration = PrivateAttr()
+    _ledger_path: Path | None = PrivateAttr()
     _prices: PriceTable = PrivateAttr()
     _overrides: PriceTable = PrivateAttr()
     _warned: set[str] = PrivateAttr(default_factory=set)
+
+    def __init__(self, /, **options: Any) -> None:
+        """Validate the options; ConfigError (naming the field) for any bad one, a bad prices file or ledger."""
+        try:
+            super().__init__(**options)
+        except ValidationError as error:
+            raise _config_error(error) from None
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        """The fields shown by repr(), with a Redis ledger URL's password hidden."""
+        for name, value in super().__repr_args__():
+            yield name, redact_url(value) if name == "ledger" and isinstance(value, str) else value
 
     def model_post_init(self, context: Any, /) -> None:
         """Load the price table with overrides and open (or create) the ledger."""
@@ -96,13 +121,13 @@ class Budget(BaseModel):
         origin = ", ".join(filter(None, [str(self.prices_file or ""), "Budget(prices=...)" if self.prices else ""]))
         self._overrides = PriceTable(source=origin or "none", models=overrides)
         self._prices = default_prices().with_overrides(overrides, origin)
-        if self.ledger is None:
-            folder = Path(tempfile.mkdtemp(prefix="blackbox-budget-"))
-            ledger = Ledger(folder / LEDGER_FILE_NAME)
-            weakref.finalize(self, _remove_private_ledger, ledger, folder)
-        else:
-            ledger = Ledger(self.ledger)
-        self._ledger, self._ledger_path = ledger, ledger.path
+        self._ledger, self._ledger_path = open_ledger(self, self.ledger, self.ledger_prefix)
+        self._calibration = open_calibration(self._ledger)
+
+    @property
+    def calibration(self) -> Calibration:
+        """What each endpoint adds to the prompts the SDK counts, learnt from answers and shared like the ledger."""
+        return self._calibration
 
     @property
     def price_table(self) -> PriceTable:
@@ -147,14 +172,12 @@ class Budget(BaseModel):
             max_output=checked_count("max_output_tokens", output, 0),
             prompt_per_choice=prompt_per_choice,
         )
-        call_id = call_id or uuid.uuid4().hex
-        policy = Policy(shrink=self.policy == "shrink", min_output_tokens=self.min_output_tokens)
-        with self._ledger.transaction() as transaction:
-            fit = policy.admit(request, [transaction.usage(cap) for cap in caps])
-            reservation_id = transaction.add_reservation(call_id=call_id, model=model, key=key, day=day, usd_nano=fit.usd_nano)
+        worst = request.worst_nano(request.n, request.max_output)
+        hold = Hold(uuid.uuid4().hex, call_id or uuid.uuid4().hex, model, key, day, worst, self.lease_s)
+        fit = self._hold(request, hold, caps)
         return Reservation(
-            id=reservation_id,
-            call_id=call_id,
+            id=hold.reservation_id,
+            call_id=hold.call_id,
             model=model,
             key=key,
             day=day,
@@ -164,7 +187,20 @@ class Budget(BaseModel):
             worst_case_usd=nano_to_usd(fit.usd_nano),
             shrunk=(fit.n, fit.max_output_tokens) != (request.n, request.max_output),
             price=price,
+            leased_until=time.monotonic() + self.lease_s,
         )
+
+    def _hold(self, request: Request, hold: Hold, caps: list[Cap]) -> Fit:
+        """Hold the call's worst case; if a cap refuses, shrink it (when allowed) and try once more, else refuse."""
+        policy = Policy(shrink=self.policy == "shrink", min_output_tokens=self.min_output_tokens)
+        refused = self._ledger.reserve(hold, caps)
+        if refused is None:
+            return Fit(request.n, request.max_output, hold.usd_nano)
+        fit = policy.admit(request, refused)  # the refusal, or the largest call that fits what the ledger reported
+        refused = self._ledger.reserve(replace(hold, usd_nano=fit.usd_nano), caps)
+        if refused is None:
+            return fit
+        raise policy.refusal(request, min(refused, key=lambda usage: usage.headroom_nano))
 
     def settle(
         self, reservation: Reservation, *, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0
@@ -177,10 +213,20 @@ class Budget(BaseModel):
             raise ConfigError(f"cached_tokens ({cached}) can't exceed prompt_tokens ({prompt})")
         usd = reservation.price.cost_usd(prompt, completion, cached) if reservation.price else 0.0
         usd_nano = usd_to_nano(usd, round_up=True)
-        self._ledger.settle(
-            reservation.id, usd_nano=usd_nano, prompt_tokens=prompt, completion_tokens=completion, cached_tokens=cached
+        reserved = usd_to_nano(reservation.worst_case_usd, round_up=True)
+        hold = Hold(reservation.id, reservation.call_id, reservation.model, reservation.key, reservation.day, reserved, self.lease_s)
+        charged = self._ledger.settle(
+            reservation.id, usd_nano=usd_nano, prompt_tokens=prompt, completion_tokens=completion, cached_tokens=cached,
+            hold=hold,
         )
-        if usd_nano > usd_to_nano(reservation.worst_case_usd, round_up=True):
+        if not charged:
+            raise ConfigError(f"reservation {reservation.id} is not outstanding: it was already settled (charged once)")
+        if time.monotonic() > reservation.leased_until:
+            logger.warning(
+                "call %s was settled after its %.0f s lease lapsed, so its hold had stopped counting: "
+                "set Budget(lease_s=...) above your longest call", reservation.call_id, self.lease_s,
+            )
+        if usd_nano > reserved:
             logger.warning(
                 "call %s cost $%.6f, more than its reservation of $%.6f (the prompt count was an estimate)",
                 reservation.call_id,
@@ -201,8 +247,8 @@ class Budget(BaseModel):
         return None if price is None else price.cost_usd(prompt_tokens, completion_tokens, cached_tokens)
 
     @property
-    def ledger_path(self) -> Path:
-        """The SQLite file holding this budget's reservations and spends."""
+    def ledger_path(self) -> Path | None:
+        """The SQLite file holding this budget's reservations and spends; None for a Redis ledger."""
         return self._ledger_path
 
     def spent(self, *, day: str | None = None, key: str | None = None, model: str | None = None) -> float:
@@ -218,8 +264,7 @@ class Budget(BaseModel):
         """Totals by day, key and model across every process sharing the ledger, and each cap's headroom."""
         caps = [cap for cap in self._caps("", self.key, utc_day()) if cap.scope != "per_call"]
         caps += [Cap("per_model", usd_to_nano(limit, round_up=False), name) for name, limit in self.per_model_usd.items()]
-        with self._ledger.transaction() as transaction:  # one consistent snapshot of every figure
-            return read_report(self._ledger, [transaction.usage(cap) for cap in caps])
+        return read_report(self._ledger.snapshot(caps))  # one consistent snapshot of every figure
 
     def _key_for(self, key: str | None) -> str | None:
         """The key a call is charged to: its own, else this budget's; ConfigError for an empty or non-string key."""
@@ -258,7 +303,17 @@ class Budget(BaseModel):
         )
 
 
-def _remove_private_ledger(ledger: Ledger, folder: Path) -> None:
-    """Close and delete a Budget's private temporary ledger."""
-    ledger.close()
-    shutil.rmtree(folder, ignore_errors=True)
+def _config_error(error: ValidationError) -> ConfigError:
+    """A Budget's validation error as a ConfigError naming each bad field (a ConfigError raised inside passes as is)."""
+    problems = []
+    for item in error.errors():
+        cause = (item.get("ctx") or {}).get("error")
+        if isinstance(cause, ConfigError):
+            return cause
+        field = ".".join(str(part) for part in item["loc"]) or "Budget"
+        if item["type"] == "extra_forbidden":
+            problems.append(f"{field}: not a Budget option (options: {', '.join(Budget.model_fields)})")
+        else:
+            shown = redact_text(repr(item["input"]))
+            problems.append(f"{field}: {item['msg']} (got {shown[:80]})")
+    return ConfigError("invalid Budget: " + "; ".join(problems))

@@ -1,4 +1,4 @@
-"""A budget ledger in SQLite that several threads and processes share: reservations, spends, totals.
+"""A budget ledger in SQLite that several threads and processes on one host share: reservations, spends, totals.
 
 Money is stored as integer nano-dollars (1e-9 USD) so sums are exact and a cap admits exactly
 the calls that fit. Check-and-reserve runs in one `BEGIN IMMEDIATE` transaction, so writers
@@ -9,40 +9,37 @@ table in the same transaction, so a cap check reads a handful of rows however lo
 Crash safety: each reservation records its host, process id and that process's start time. A
 process that dies mid-call leaves its reservations behind; they are released whenever a ledger
 is opened and inside every reserve transaction, once the process is gone (a reused pid is told
-apart by its start time). A transaction interrupted by a crash is rolled back by SQLite.
-The file must live on a local disk: SQLite locking is unreliable over network file systems.
+apart by its start time). A reservation also carries a lease: once it lapses the hold stops
+counting (a hung process), though a late settle still records the spend. A transaction
+interrupted by a crash is rolled back by SQLite. The file must live on a local disk: SQLite
+locking is unreliable over network file systems.
 """
 
 from __future__ import annotations
 
-import contextlib
-import math
 import os
-import socket
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from .._exceptions import ConfigError
 from .._sqlite import connect, immediate
+from ._caps import REPORTED_SCOPES, Cap, CapUsage, charged_rows, totals_row
+from ._owners import process_alive, this_process
 from ._prices import snapshot_base
+from ._store import Hold, LedgerSnapshot
 
-NANO_PER_USD = 1_000_000_000
 DEFAULT_BUSY_TIMEOUT_S = 60.0
-
-Scope = Literal["total", "per_call", "per_day", "per_key", "per_model"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS reservations (
     id TEXT PRIMARY KEY, call_id TEXT NOT NULL, model TEXT NOT NULL, family TEXT NOT NULL, key TEXT,
     day TEXT NOT NULL, usd_nano INTEGER NOT NULL, host TEXT NOT NULL, pid INTEGER NOT NULL,
-    pid_start INTEGER, created REAL NOT NULL
+    pid_start INTEGER, created REAL NOT NULL, expires REAL
 );
 CREATE TABLE IF NOT EXISTS spends (
     id INTEGER PRIMARY KEY AUTOINCREMENT, reservation_id TEXT NOT NULL, call_id TEXT NOT NULL,
@@ -55,126 +52,84 @@ CREATE TABLE IF NOT EXISTS totals (
     PRIMARY KEY (scope, value)
 ) WITHOUT ROWID;
 """
-
-
-def usd_to_nano(usd: float, *, round_up: bool) -> int:
-    """USD as integer nano-dollars; float noise below a thousandth of a nano-dollar is dropped first."""
-    scaled = round(usd * NANO_PER_USD, 3)
-    return math.ceil(scaled) if round_up else math.floor(scaled)
-
-
-def nano_to_usd(nano: int) -> float:
-    """Integer nano-dollars as USD."""
-    return nano / NANO_PER_USD
-
-
-@dataclass(frozen=True)
-class Cap:
-    """A spending limit: its scope, its limit, and the day, key or model it is for."""
-
-    scope: Scope
-    limit_nano: int
-    value: str | None = None
-
-
-@dataclass(frozen=True)
-class CapUsage:
-    """What is already settled and reserved under a cap."""
-
-    cap: Cap
-    spent_nano: int
-    reserved_nano: int
-
-    @property
-    def headroom_nano(self) -> int:
-        """What a new reservation may still take under this cap."""
-        return self.cap.limit_nano - self.spent_nano - self.reserved_nano
-
-
-def _totals_row(cap: Cap) -> tuple[str, str]:
-    """The `totals` row holding a cap's settled spend."""
-    value = cap.value or ""
-    if cap.scope == "per_model":
-        return ("family", value) if snapshot_base(value) == value else ("model", value)
-    return cap.scope, value
+_LIVE = "(expires IS NULL OR expires > ?)"  # a reservation whose lease has not lapsed
 
 
 def _reservations_filter(cap: Cap) -> tuple[str, tuple[str | None, ...]]:
-    """SQL condition and parameters selecting the outstanding reservations under a cap."""
+    """SQL condition and parameters selecting the reservations under a cap."""
     if cap.scope == "per_day":
         return "day = ?", (cap.value,)
     if cap.scope == "per_key":
         return "key IS ?", (cap.value,)
     if cap.scope == "per_model":
-        column, value = _totals_row(cap)
+        column, value = totals_row(cap)
         return f"{column} = ?", (value,)
     return "1", ()
 
 
-def _process_state(pid: int) -> tuple[str, int] | None:
-    """A process's state letter and start time (clock ticks since boot) from /proc; None where unreadable."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2 :].split()  # fields 3.. of proc(5); the command name may hold spaces
-    return fields[0], int(fields[19])
-
-
-def _process_alive(pid: int, started: int | None) -> bool:
-    """Whether the process that made a reservation still runs (and is not a zombie or a reused pid)."""
-    try:
-        with contextlib.suppress(PermissionError):  # it exists but belongs to another user
-            os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    state = _process_state(pid)
-    if started is None or state is None:
-        return True  # no /proc to tell a reused pid apart: keep the reservation, the safe side
-    letter, now_started = state
-    return letter not in ("Z", "X") and now_started == started
+def _migrate(connection: sqlite3.Connection) -> None:
+    """Bring a ledger file from before leases up to date: the `expires` column, the spends index."""
+    columns = {row[1] for row in connection.execute("PRAGMA table_info(reservations)")}
+    if "expires" not in columns:
+        connection.execute("ALTER TABLE reservations ADD COLUMN expires REAL")
+    connection.execute("CREATE INDEX IF NOT EXISTS spends_reservation ON spends (reservation_id)")
 
 
 class LedgerTransaction:
     """An open write transaction: read cap usage and add reservations while holding the lock."""
 
     def __init__(self, connection: sqlite3.Connection, ledger: Ledger) -> None:
-        """Wrap the connection that holds the ledger's write lock."""
+        """Wrap the connection that holds the ledger's write lock; leases are judged at this moment."""
         self._connection = connection
         self._ledger = ledger
+        self._now = time.time()
 
     def usage(self, cap: Cap) -> CapUsage:
-        """Settled and outstanding spend under `cap` (per-call caps have neither)."""
+        """Settled and held spend under `cap` (per-call caps have neither; lapsed leases hold nothing)."""
         if cap.scope == "per_call":
             return CapUsage(cap, 0, 0)
         row = self._connection.execute(
-            "SELECT usd_nano FROM totals WHERE scope = ? AND value = ?", _totals_row(cap)
+            "SELECT usd_nano FROM totals WHERE scope = ? AND value = ?", totals_row(cap)
         ).fetchone()
         condition, parameters = _reservations_filter(cap)
         (reserved,) = self._connection.execute(
-            f"SELECT COALESCE(SUM(usd_nano), 0) FROM reservations WHERE {condition}", parameters
+            f"SELECT COALESCE(SUM(usd_nano), 0) FROM reservations WHERE {condition} AND {_LIVE}",
+            (*parameters, self._now),
         ).fetchone()
         return CapUsage(cap, row[0] if row else 0, reserved)
 
-    def add_reservation(self, *, call_id: str, model: str, key: str | None, day: str, usd_nano: int) -> str:
-        """Record a reservation for this process and return its id."""
-        reservation_id = uuid.uuid4().hex
+    def add_reservation(
+        self,
+        *,
+        call_id: str,
+        model: str,
+        key: str | None,
+        day: str,
+        usd_nano: int,
+        reservation_id: str | None = None,
+        lease_s: float | None = None,
+    ) -> str:
+        """Record a reservation for this process (leased for `lease_s`, else until settled) and return its id."""
+        reservation_id = reservation_id or uuid.uuid4().hex
+        expires = None if lease_s is None else self._now + lease_s
         self._connection.execute(
-            "INSERT INTO reservations (id, call_id, model, family, key, day, usd_nano, host, pid, pid_start, created)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                reservation_id,
-                call_id,
-                model,
-                snapshot_base(model),
-                key,
-                day,
-                usd_nano,
-                *self._ledger.owner(),
-                time.time(),
-            ),
+            "INSERT INTO reservations (id, call_id, model, family, key, day, usd_nano, host, pid, pid_start, created,"
+            " expires) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (reservation_id, call_id, model, snapshot_base(model), key, day, usd_nano, *self._ledger.owner(),
+             self._now, expires),
         )
         return reservation_id
+
+    def has_reservation(self, reservation_id: str) -> bool:
+        """Whether a reservation with this id is recorded (held or lapsed)."""
+        query = "SELECT 1 FROM reservations WHERE id = ?"
+        return self._connection.execute(query, (reservation_id,)).fetchone() is not None
+
+    def outstanding(self) -> tuple[int, int]:
+        """Nano-dollars and number of reservations whose lease has not lapsed."""
+        return self._connection.execute(
+            f"SELECT COALESCE(SUM(usd_nano), 0), COUNT(*) FROM reservations WHERE {_LIVE}", (self._now,)
+        ).fetchone()
 
 
 class Ledger:
@@ -187,13 +142,12 @@ class Ledger:
         self._lock = threading.RLock()
         self._connection: sqlite3.Connection | None = None
         self._pid = -1
-        self._host = socket.gethostname()
-        self._pid_start: int | None = None
+        self._owner: tuple[str, int, int | None] = ("", -1, None)
         self.release_dead()
 
     def owner(self) -> tuple[str, int, int | None]:
         """This process's host, pid and start time, as recorded on its reservations."""
-        return self._host, self._pid, self._pid_start
+        return self._owner
 
     def _connect(self) -> sqlite3.Connection:
         """The process's connection, opened (again after a fork) with WAL, busy timeout and schema."""
@@ -202,11 +156,10 @@ class Ledger:
         try:
             connection = connect(self.path, self._busy_timeout_s)
             connection.executescript(_SCHEMA)
+            _migrate(connection)
         except (OSError, sqlite3.Error) as error:
             raise ConfigError(f"can't open the budget ledger {self.path}: {error}") from error
-        self._connection, self._pid = connection, os.getpid()
-        state = _process_state(self._pid)
-        self._pid_start = state[1] if state else None
+        self._connection, self._pid, self._owner = connection, os.getpid(), this_process()
         return connection
 
     @contextmanager
@@ -226,17 +179,32 @@ class Ledger:
             self._release_dead(connection)
             yield LedgerTransaction(connection, self)
 
+    def reserve(self, hold: Hold, caps: Sequence[Cap]) -> list[CapUsage] | None:
+        """Hold `hold.usd_nano` if it fits every cap (None), else every cap's usage; one transaction."""
+        with self.transaction() as transaction:
+            if transaction.has_reservation(hold.reservation_id):
+                return None  # a retried reserve: held already
+            usages = [transaction.usage(cap) for cap in caps]
+            if any(hold.usd_nano > usage.headroom_nano for usage in usages):
+                return usages
+            transaction.add_reservation(
+                call_id=hold.call_id, model=hold.model, key=hold.key, day=hold.day, usd_nano=hold.usd_nano,
+                reservation_id=hold.reservation_id, lease_s=hold.lease_s,
+            )
+        return None
+
     def _release_dead(self, connection: sqlite3.Connection) -> int:
         """Delete the reservations of processes on this host that no longer run; return how many."""
+        host, pid, started = self._owner
         owners = connection.execute(
             "SELECT DISTINCT pid, pid_start FROM reservations WHERE host = ? AND NOT (pid = ? AND pid_start IS ?)",
-            (self._host, self._pid, self._pid_start),
+            (host, pid, started),
         ).fetchall()
         released = 0
-        for pid, started in owners:
-            if not _process_alive(pid, started):
+        for other, other_started in owners:
+            if not process_alive(other, other_started):
                 released += connection.execute(
-                    "DELETE FROM reservations WHERE host = ? AND pid = ? AND pid_start IS ?", (self._host, pid, started)
+                    "DELETE FROM reservations WHERE host = ? AND pid = ? AND pid_start IS ?", (host, other, other_started)
                 ).rowcount
         return released
 
@@ -246,74 +214,73 @@ class Ledger:
             return self._release_dead(connection)
 
     def settle(
-        self, reservation_id: str, *, usd_nano: int, prompt_tokens: int, completion_tokens: int, cached_tokens: int
-    ) -> None:
-        """Replace a reservation by the real spend, and add it to the totals, in one transaction."""
+        self, reservation_id: str, *, usd_nano: int, prompt_tokens: int, completion_tokens: int, cached_tokens: int,
+        hold: Hold | None = None,
+    ) -> bool:
+        """Replace a reservation (held or lapsed) by the real spend and add it to the totals, in one transaction.
+
+        False (nothing charged) when it was already settled; ConfigError when released or unknown.
+        `hold` is not needed here: an SQLite ledger never loses a committed reservation.
+        """
         with self._immediate() as connection:
             row = connection.execute(
-                "SELECT call_id, model, family, key, day, usd_nano FROM reservations WHERE id = ?", (reservation_id,)
+                "SELECT call_id, model, key, day, usd_nano FROM reservations WHERE id = ?", (reservation_id,)
             ).fetchone()
             if row is None:
-                raise ConfigError(
-                    f"reservation {reservation_id} is not outstanding: it was already settled or released"
-                )
-            call_id, model, family, key, day, reserved = row
+                if connection.execute("SELECT 1 FROM spends WHERE reservation_id = ?", (reservation_id,)).fetchone():
+                    return False
+                raise ConfigError(f"reservation {reservation_id} is not outstanding: it was released, or is unknown")
+            call_id, model, key, day, reserved = row
             connection.execute("DELETE FROM reservations WHERE id = ?", (reservation_id,))
             connection.execute(
                 "INSERT INTO spends (reservation_id, call_id, model, key, day, usd_nano, reserved_nano, prompt_tokens,"
                 " completion_tokens, cached_tokens, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    reservation_id,
-                    call_id,
-                    model,
-                    key,
-                    day,
-                    usd_nano,
-                    reserved,
-                    prompt_tokens,
-                    completion_tokens,
-                    cached_tokens,
-                    time.time(),
-                ),
+                (reservation_id, call_id, model, key, day, usd_nano, reserved, prompt_tokens, completion_tokens,
+                 cached_tokens, time.time()),
             )
-            rows = [("total", ""), ("per_day", day), ("per_key", key or ""), ("model", model), ("family", family)]
             connection.executemany(
                 "INSERT INTO totals (scope, value, usd_nano, calls) VALUES (?, ?, ?, 1) ON CONFLICT (scope, value)"
                 " DO UPDATE SET usd_nano = usd_nano + excluded.usd_nano, calls = calls + 1",
-                [(scope, value, usd_nano) for scope, value in rows],
+                [(scope, value, usd_nano) for scope, value in charged_rows(model, key, day)],
             )
+        return True
 
     def release(self, reservation_id: str) -> bool:
-        """Drop a reservation without spending (the call failed); False if it was not outstanding."""
+        """Drop a reservation without spending (the call failed); False if it was not held."""
         with self._immediate() as connection:
-            return connection.execute("DELETE FROM reservations WHERE id = ?", (reservation_id,)).rowcount > 0
+            row = connection.execute("SELECT expires FROM reservations WHERE id = ?", (reservation_id,)).fetchone()
+            if row is None:
+                return False
+            connection.execute("DELETE FROM reservations WHERE id = ?", (reservation_id,))  # a lapsed one too
+            return row[0] is None or row[0] > time.time()
+
+    def snapshot(self, caps: Sequence[Cap]) -> LedgerSnapshot:
+        """Each cap's usage, what is held, and the settled totals, read in one transaction."""
+        with self.transaction() as transaction:
+            usages = [transaction.usage(cap) for cap in caps]
+            reserved, outstanding = transaction.outstanding()
+            totals = {scope: self.totals(scope) for scope in REPORTED_SCOPES}
+        return LedgerSnapshot(usages=usages, reserved_nano=reserved, outstanding=outstanding, totals=totals)
 
     def spent_nano(self, cap: Cap) -> int:
         """Settled spend under a cap's scope and value."""
         with self._lock:
-            row = (
-                self._connect()
-                .execute("SELECT usd_nano FROM totals WHERE scope = ? AND value = ?", _totals_row(cap))
-                .fetchone()
-            )
+            query = "SELECT usd_nano FROM totals WHERE scope = ? AND value = ?"
+            row = self._connect().execute(query, totals_row(cap)).fetchone()
         return row[0] if row else 0
 
     def totals(self, scope: str) -> dict[str, tuple[int, int]]:
         """Settled nano-dollars and call counts per value of a totals scope (per_day, per_key, model, ...)."""
         with self._lock:
-            rows = (
-                self._connect()
-                .execute("SELECT value, usd_nano, calls FROM totals WHERE scope = ?", (scope,))
-                .fetchall()
-            )
+            query = "SELECT value, usd_nano, calls FROM totals WHERE scope = ?"
+            rows = self._connect().execute(query, (scope,)).fetchall()
         return {value: (usd_nano, calls) for value, usd_nano, calls in rows}
 
     def outstanding(self) -> tuple[int, int]:
-        """Nano-dollars and number of reservations not yet settled or released."""
+        """Nano-dollars and number of reservations held (not settled, released, or past their lease)."""
         with self._lock:
-            total, count = (
-                self._connect().execute("SELECT COALESCE(SUM(usd_nano), 0), COUNT(*) FROM reservations").fetchone()
-            )
+            query = f"SELECT COALESCE(SUM(usd_nano), 0), COUNT(*) FROM reservations WHERE {_LIVE}"
+            total, count = self._connect().execute(query, (time.time(),)).fetchone()
         return total, count
 
     def close(self) -> None:

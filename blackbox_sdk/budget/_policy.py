@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from .._exceptions import BudgetExceededError, ConfigError
-from ._ledger import CapUsage, nano_to_usd, usd_to_nano
+from ._caps import CapUsage, nano_to_usd, usd_to_nano
 from ._prices import ModelPrice
 from ._tokens import TokenCount
 
@@ -35,6 +35,7 @@ class Reservation:
     worst_case_usd: float
     shrunk: bool
     price: ModelPrice | None  # None: unpriced and uncapped, recorded at cost 0
+    leased_until: float = math.inf  # time.monotonic() when its lease lapses and its hold stops counting
 
 
 @dataclass(frozen=True)

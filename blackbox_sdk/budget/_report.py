@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from ._ledger import CapUsage, nano_to_usd
-from ._store import LedgerStore
-
-REPORTED_SCOPES = ("total", "per_day", "per_key", "model")  # the ledger's totals scopes a report shows
+from ._caps import REPORTED_SCOPES, CapUsage, nano_to_usd
+from ._store import LedgerSnapshot
 
 
 class CapStatus(BaseModel):
@@ -34,21 +32,22 @@ class BudgetReport(BaseModel):
     caps: list[CapStatus]
 
 
-def read_report(ledger: LedgerStore, usages: list[CapUsage]) -> BudgetReport:
-    """The ledger's totals with the given cap usages; call it inside the transaction that read them."""
-    reserved, outstanding = ledger.outstanding()
-    totals = {scope: ledger.totals(scope) for scope in REPORTED_SCOPES}
-    by = {scope: {value: nano_to_usd(nano) for value, (nano, _) in rows.items()} for scope, rows in totals.items()}
-    spent_nano, calls = totals["total"].get("", (0, 0))
+def read_report(snapshot: LedgerSnapshot) -> BudgetReport:
+    """A report from one consistent snapshot of the ledger (totals, what is held, each cap's usage)."""
+    by = {
+        scope: {value: nano_to_usd(nano) for value, (nano, _) in snapshot.totals.get(scope, {}).items()}
+        for scope in REPORTED_SCOPES
+    }
+    spent_nano, calls = snapshot.totals.get("total", {}).get("", (0, 0))
     return BudgetReport(
         spent_usd=nano_to_usd(spent_nano),
-        reserved_usd=nano_to_usd(reserved),
-        outstanding_reservations=outstanding,
+        reserved_usd=nano_to_usd(snapshot.reserved_nano),
+        outstanding_reservations=snapshot.outstanding,
         calls=calls,
         by_day=by["per_day"],
         by_key=by["per_key"],
         by_model=by["model"],
-        caps=[_cap_status(usage) for usage in usages],
+        caps=[_cap_status(usage) for usage in snapshot.usages],
     )
 
 

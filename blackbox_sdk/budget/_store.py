@@ -1,22 +1,48 @@
-"""The seam between a Budget and its ledger: small protocols a second backend implements.
+"""The seam between a Budget and its ledger: what a backend implements (SQLite on one host, Redis for a fleet).
 
-Today's implementation is :class:`~blackbox_sdk.budget.Ledger` (one SQLite file shared by every
-process on a host). A ledger keeps settled spend per cap scope and the reservations of calls in
-flight; the Budget decides what to admit, inside the ledger's check-and-reserve transaction, so
-processes sharing a ledger never overspend together. Money is integer nano-dollars throughout.
+The Budget keeps the policy: which caps apply to a call and its worst case. The store keeps the
+money and does one thing atomically: hold that amount only if, under every cap, settled + held +
+amount stays within the limit. When it refuses it returns each cap's usage, so the Budget can
+shrink the call and try once more, or refuse with the numbers. Reservations carry a lease: a hold
+whose lease lapsed (its process died or hung) stops counting. Settle and release are idempotent
+by reservation id, so a retry after a lost reply never charges twice. Money is integer nano-dollars.
 """
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from ._ledger import Cap, CapUsage
+from ._caps import Cap, CapUsage
+
+
+@dataclass(frozen=True)
+class Hold:
+    """A call's worst case to hold under its caps until it is settled, released, or its lease lapses."""
+
+    reservation_id: str
+    call_id: str
+    model: str
+    key: str | None
+    day: str
+    usd_nano: int
+    lease_s: float
+
+
+@dataclass(frozen=True)
+class LedgerSnapshot:
+    """One consistent read of a ledger: each cap's usage, what is held now, and settled totals."""
+
+    usages: list[CapUsage]
+    reserved_nano: int
+    outstanding: int  # reservations held now (lapsed leases excluded)
+    totals: dict[str, dict[str, tuple[int, int]]]  # scope -> value -> (settled nano-dollars, calls)
 
 
 @runtime_checkable
 class CapTransaction(Protocol):
-    """An open check-and-reserve transaction: read what each cap holds, then hold a call's worst case."""
+    """The SQLite ledger's open check-and-reserve transaction: read what each cap holds, then hold a worst case."""
 
     def usage(self, cap: Cap) -> CapUsage:
         """Settled and outstanding spend under ``cap``."""
@@ -29,30 +55,43 @@ class CapTransaction(Protocol):
 
 @runtime_checkable
 class LedgerStore(Protocol):
-    """What a Budget needs from its ledger: reserve under a lock, settle, release, and spend per scope."""
+    """What a Budget needs from its ledger: an atomic capped hold, idempotent settle and release, reports."""
 
-    def transaction(self) -> AbstractContextManager[CapTransaction]:
-        """A transaction no other writer interleaves with (reads inside it see one state); committed when it ends cleanly."""
+    def reserve(self, hold: Hold, caps: Sequence[Cap]) -> list[CapUsage] | None:
+        """Hold ``hold.usd_nano`` if it fits every cap (None), else each cap's usage with nothing held.
+
+        Lapsed leases are released first. Reserving the same reservation id again holds nothing more.
+        """
         ...
 
     def settle(
-        self, reservation_id: str, *, usd_nano: int, prompt_tokens: int, completion_tokens: int, cached_tokens: int
-    ) -> None:
-        """Replace a reservation by the real spend; ConfigError when it is not outstanding."""
+        self, reservation_id: str, *, usd_nano: int, prompt_tokens: int, completion_tokens: int, cached_tokens: int,
+        hold: Hold | None = None,
+    ) -> bool:
+        """Replace a reservation (held or lapsed) by the real spend: True; False when it was already settled.
+
+        ConfigError when it was released or is unknown; ``hold`` lets a store that lost its data
+        (a Redis restarted without persistence) still record the spend.
+        """
         ...
 
     def release(self, reservation_id: str) -> bool:
-        """Drop a reservation without spending; False if it was not outstanding."""
+        """Drop a reservation without spending; False if it was not held (already settled, released or lapsed)."""
+        ...
+
+    def snapshot(self, caps: Sequence[Cap]) -> LedgerSnapshot:
+        """Each cap's usage, what is held, and the settled totals, read at one moment."""
         ...
 
     def spent_nano(self, cap: Cap) -> int:
         """Settled spend under a cap's scope and value."""
         ...
 
-    def totals(self, scope: str) -> dict[str, tuple[int, int]]:
-        """Settled nano-dollars and call counts per value of a scope ("total", "per_day", "per_key", "model")."""
+    def outstanding(self) -> tuple[int, int]:
+        """Nano-dollars held, and the number of reservations held (lapsed leases excluded)."""
         ...
 
-    def outstanding(self) -> tuple[int, int]:
-        """Nano-dollars held, and the number of reservations not yet settled or released."""
+    def close(self) -> None:
+        """Let go of connections; the next use opens new ones."""
         ...
+

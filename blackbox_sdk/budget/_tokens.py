@@ -73,7 +73,7 @@ def encoding_name_for_model(model: str) -> str | None:
 
 
 @cache
-def _load_encoding(name: str) -> tiktoken.Encoding | None:
+def load_encoding(name: str) -> tiktoken.Encoding | None:
     """The encoding `name` from the bundled offline copy or tiktoken's cache/download; None if it can't load."""
     for candidate in (OFFLINE_ALIASES.get(name), name):
         if candidate is None:
@@ -89,10 +89,10 @@ def _resolve(model: str) -> tuple[tiktoken.Encoding, str, bool]:
     """The encoding to count `model` with, a description of it, and whether counts are exact."""
     wanted = encoding_name_for_model(model)
     if wanted is not None:
-        encoding = _load_encoding(wanted)
+        encoding = load_encoding(wanted)
         if encoding is not None:
             return encoding, f"tiktoken {wanted}", True
-    fallback = _load_encoding(FALLBACK_ENCODING)
+    fallback = load_encoding(FALLBACK_ENCODING)
     if fallback is None:
         raise ConfigError(
             f"No tiktoken encoding can be loaded to count tokens for {model!r}: neither {wanted or FALLBACK_ENCODING} "

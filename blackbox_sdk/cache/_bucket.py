@@ -29,18 +29,19 @@ def encode(wrappers: list[dict[str, Any]]) -> str:
     return json.dumps(wrappers, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
-def live_entries(text: str | None, ttl: float | None, now: float) -> tuple[list[dict[str, Any]], int]:
-    """The well-formed, unexpired wrappers in a stored bucket, and how many others were dropped."""
+def live_entries(text: str | None, ttl: float | None, now: float) -> tuple[list[dict[str, Any]], int, bool]:
+    """The well-formed, unexpired wrappers in a stored bucket, how many others were dropped, and
+    whether the whole value was corrupt (not a JSON list)."""
     if text is None:
-        return [], 0
+        return [], 0, False
     try:
         stored = json.loads(text)
     except ValueError:
-        return [], 1
+        return [], 1, True
     if not isinstance(stored, list):
-        return [], 1
+        return [], 1, True
     live = [item for item in stored if _is_wrapper(item) and (ttl is None or now - item["created"] < ttl)]
-    return live, len(stored) - len(live)
+    return live, len(stored) - len(live), False
 
 
 def _check_json(entry: dict[str, Any]) -> None:

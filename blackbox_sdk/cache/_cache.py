@@ -4,11 +4,16 @@ A key (see ``_keys``) is the SHA-256 of the canonical JSON of what decides the a
 is a *bucket*: the stored responses for that request, oldest first, so sampled requests
 (temperature > 0, ``n`` > 1) can hold several distinct answers. Every entry is wrapped with its
 format version and creation time (see ``_bucket``), so expired, corrupt and foreign values are
-detected and removed. The bytes live in a :class:`~blackbox_sdk.cache.CacheStore`; today that
-is diskcache (see ``_disk``).
+detected and removed. The bytes live in a :class:`~blackbox_sdk.cache.CacheStore`: diskcache in
+a folder for one machine (see ``_disk``), or a Redis server that many processes and hosts share
+(``redis://`` / ``rediss://``, see ``_redis``). While Redis can't be reached a lookup is a miss and
+a write is skipped, with one warning per outage: a call never fails because the cache is down.
 
 Modes: ``on`` reads and writes; ``read`` only reads; ``write`` only writes; ``refresh`` never
 reads and each write *replaces* the bucket with the fresh entries; ``off`` does neither.
+
+Single flight (``claim``, ``wait_for``, ``release_claim``; see ``_flight``): of identical requests
+in flight at once, one caller claims the key and sends, the others wait for its stored answer.
 """
 
 from __future__ import annotations
@@ -27,8 +32,10 @@ from .._exceptions import CacheError, ConfigError
 from .._logging import logger
 from ._bucket import encode, live_entries, wrap
 from ._disk import DiskStore
+from ._flight import SingleFlight, check_seconds, check_wait
 from ._keys import cache_key, check_key
-from ._store import CacheStore, ForeignValueError
+from ._redis import RedisStore, is_redis_url
+from ._store import CacheStore, CacheUnavailableError, ForeignValueError
 
 CacheMode = Literal["on", "read", "write", "refresh", "off"]
 DEFAULT_TIMEOUT_S = 60.0
@@ -70,7 +77,7 @@ class _Counters:
 
 
 class Cache(Closing):
-    """A bucket of JSON responses per request key in a diskcache folder; see the module docstring."""
+    """A bucket of JSON responses per request key, in a diskcache folder or on Redis; see the module docstring."""
 
     _store: CacheStore
 
@@ -84,23 +91,33 @@ class Cache(Closing):
         max_bucket: int = 64,
         timeout: float = DEFAULT_TIMEOUT_S,
     ) -> None:
-        """Open the store at ``directory`` (``~`` expanded); ``ttl`` (seconds) ages entries out, ``timeout`` bounds lock waits."""
+        """Open a folder (``~`` expanded) or a ``redis://`` / ``rediss://`` URL; ``ttl`` (seconds) ages entries out.
+
+        ``timeout`` bounds a write's wait for the folder's lock, or a Redis write's retries under
+        contention (Redis connect and read timeouts are ``min(timeout, 2)`` s unless the URL sets them).
+        A Redis cache connects on first use: one that is down then reads as a miss.
+        """
         _check_options(namespace=namespace, mode=mode, ttl=ttl, max_bucket=max_bucket, timeout=timeout)
-        self._directory = Path(directory).expanduser()
         self._namespace = namespace
         self._mode: CacheMode = mode
         self._ttl = ttl
         self._max_bucket = max_bucket
         self._counters = _Counters()
-        self._store = DiskStore(self._directory, timeout=timeout)
+        self._directory: Path | None = None
+        if is_redis_url(directory):
+            self._store = RedisStore(str(directory), namespace=namespace, timeout=timeout)
+        else:
+            self._directory = Path(directory).expanduser()
+            self._store = DiskStore(self._directory, timeout=timeout)
+        self._flights = SingleFlight(self._store)
 
     def __repr__(self) -> str:
-        """Where the store is and how this view of it behaves."""
-        return f"Cache({str(self.directory)!r}, namespace={self._namespace!r}, mode={self._mode!r}, ttl={self._ttl!r})"
+        """Where the store is (a Redis URL without its password) and how this view of it behaves."""
+        return f"Cache({self.location!r}, namespace={self._namespace!r}, mode={self._mode!r}, ttl={self._ttl!r})"
 
     @property
     def namespace(self) -> str:
-        """The namespace mixed into every key, so separate projects can share a folder."""
+        """The namespace mixed into every key (and on Redis, into every stored name), so tenants stay apart."""
         return self._namespace
 
     def key(self, *, route: str, endpoint: str, params: Mapping[str, Any]) -> str:
@@ -135,16 +152,14 @@ class Cache(Closing):
         return self._ttl
 
     def get(self, key: str) -> list[dict[str, Any]]:
-        """The bucket's entries, oldest first; [] on a miss or when this mode doesn't read."""
+        """The bucket's entries, oldest first; [] on a miss, when this mode doesn't read, or while the store is down."""
         check_key(key)
         if not self.readable:
             return []
-        entries, dropped = live_entries(self._read(key), self._ttl, time.time())
-        if dropped:
-            self._prune(key)
+        entries = self._lookup(key)
         self._counters.add("hits" if entries else "misses")
         logger.debug("cache %s for %s (%d entries)", "hit" if entries else "miss", key[:12], len(entries))
-        return [wrapper["entry"] for wrapper in entries]
+        return entries
 
     @property
     def max_bucket(self) -> int:
@@ -152,30 +167,87 @@ class Cache(Closing):
         return self._max_bucket
 
     def extend(self, key: str, entries: list[dict[str, Any]]) -> None:
-        """Append entries to a bucket atomically (replace it in refresh mode), keeping the newest ``max_bucket``."""
+        """Append entries to a bucket atomically (replace it in refresh mode), keeping the newest ``max_bucket``.
+
+        Atomic across threads, processes and hosts: a diskcache transaction, or WATCH / MULTI on
+        Redis. While Redis can't be reached the write is skipped (the outage logs one warning).
+        """
         check_key(key)
         wrapped = wrap(entries, time.time())
         if not self.writable or not wrapped:
             return
-        replace = self._mode == "refresh"
-        with self._store.transaction(f"store {len(wrapped)} entries"):
-            kept, dropped = ([], 0) if replace else live_entries(self._read(key), self._ttl, time.time())
-            self._write(key, (kept + wrapped)[-self._max_bucket:])
+        replace, dropped = self._mode == "refresh", 0
+
+        def change(current: str | None) -> str | None:
+            nonlocal dropped
+            kept, dropped, _ = ([], 0, False) if replace else live_entries(current, self._ttl, time.time())
+            return encode((kept + wrapped)[-self._max_bucket:])
+
+        try:
+            self._store.update(key, change, expire=self._ttl, action=f"store {len(wrapped)} entries")
+        except CacheUnavailableError as exc:
+            logger.debug("cache: storing %s skipped (%s)", key[:12], exc)
+            return
         self._counters.add("dropped", dropped)
         self._counters.add("writes")
 
+    def claim(self, key: str, ttl_s: float) -> bool:
+        """Single flight: True for the one caller (thread, process or host) that should send this request now.
+
+        The winner sends, stores its answer with ``extend``, then calls ``release_claim`` (also when it
+        fails); the others call ``wait_for``. ``ttl_s`` is the claim's lease, freeing the key if the
+        winner dies. Only mode ``on`` claims (the winner's answer must be stored and read back); in
+        other modes, and while the store can't be reached, every caller is a winner.
+        """
+        check_key(key)
+        if self._mode != "on":
+            check_seconds("ttl_s", ttl_s, zero=False)
+            return True
+        return self._flights.claim(key, ttl_s)
+
+    def release_claim(self, key: str) -> None:
+        """Give up a claim this cache object won, so waiting callers stop waiting; a no-op for any other key."""
+        check_key(key)
+        self._flights.release(key)
+
+    def wait_for(self, key: str, timeout_s: float, want: int = 1) -> list[dict[str, Any]]:
+        """Single flight: wait for the winner's answer, polling until the bucket holds ``want`` entries,
+        the claim is gone (the winner stored its answer or failed) or ``timeout_s`` is up.
+
+        Returns the entries then stored, maybe fewer than ``want`` or none: the caller sends for the
+        rest. [] at once when this mode doesn't read or the store can't be reached. A non-empty
+        result counts as a hit.
+        """
+        check_key(key)
+        if not self.readable:
+            check_wait(timeout_s, want)
+            return []
+        return self._count_wait(self._flights.wait(key, timeout_s, want, self._lookup))
+
+    async def wait_for_async(self, key: str, timeout_s: float, want: int = 1) -> list[dict[str, Any]]:
+        """``wait_for`` for an event loop (``AsyncOpenAI``): the pauses between polls don't block the loop."""
+        check_key(key)
+        if not self.readable:
+            check_wait(timeout_s, want)
+            return []
+        return self._count_wait(await self._flights.wait_async(key, timeout_s, want, self._lookup))
+
     @property
-    def directory(self) -> Path:
-        """The cache folder."""
+    def directory(self) -> Path | None:
+        """The cache folder; None for a Redis cache (see ``location``)."""
         return self._directory
 
+    @property
+    def location(self) -> str:
+        """Where the buckets live, safe to print: the folder, or the Redis URL without user and password."""
+        return self._store.location
+
     def clear(self) -> None:
-        """Remove every bucket from the store (whatever the mode: this is an explicit admin action)."""
-        with self._store.transaction("clear the cache"):
-            self._store.clear()
+        """Remove every bucket (on Redis: of this namespace), whatever the mode: an explicit admin action."""
+        self._store.clear()
 
     def close(self) -> None:
-        """Close the store's database connections; a later use reopens them."""
+        """Close the store's connections; a later use reopens them."""
         self._store.close()
 
     @property
@@ -185,39 +257,58 @@ class Cache(Closing):
         keys, volume = self._store.size()
         return CacheStats(keys=keys, volume_bytes=volume, **counts)
 
+    def _lookup(self, key: str) -> list[dict[str, Any]]:
+        """The live entries at ``key``, dropping what is expired, corrupt or foreign; [] while the store is down."""
+        try:
+            text = self._read(key)
+        except CacheUnavailableError as exc:
+            logger.debug("cache: lookup of %s missed (%s)", key[:12], exc)
+            return []
+        live, dropped, corrupt = live_entries(text, self._ttl, time.time())
+        if corrupt:
+            logger.warning("cache: dropping a corrupt bucket at %s (not a JSON list of entries)", key[:12])
+        if dropped:
+            self._prune(key)
+        return [wrapper["entry"] for wrapper in live]
+
+    def _count_wait(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Count a wait that ended with entries as a hit."""
+        if entries:
+            self._counters.add("hits")
+        return entries
+
     def _read(self, key: str) -> str | None:
-        """The raw stored text for a key, or None; a foreign row (pickle, bytes) is deleted unread."""
+        """The raw stored text for a key, or None; a foreign or undecodable value is dropped with a warning."""
         try:
             return self._store.get(key)
         except ForeignValueError as exc:
-            logger.warning("cache: dropping a foreign value at %s (%s)", key[:12], exc)
+            logger.warning("cache: dropping an unreadable value at %s (%s)", key[:12], exc)
             self._counters.add("dropped")
             self._delete_quietly(key)
             return None
 
-    def _write(self, key: str, wrappers: list[dict[str, Any]]) -> None:
-        """Store a bucket's wrapped entries as JSON text with the store-level expiry, or delete it when empty."""
-        if wrappers:
-            self._store.set(key, encode(wrappers), expire=self._ttl)
-        else:
-            self._store.delete(key)
-
     def _prune(self, key: str) -> None:
-        """Rewrite a bucket without its expired or corrupt entries; skipped if the store is busy."""
+        """Rewrite a bucket without its expired or corrupt entries; skipped if the store is busy or down."""
+        pruned = 0
+
+        def change(current: str | None) -> str | None:
+            nonlocal pruned
+            kept, pruned, _ = live_entries(current, self._ttl, time.time())
+            if not pruned:
+                return current
+            return encode(kept) if kept else None
+
         try:
-            with self._store.transaction("prune a bucket"):
-                kept, dropped = live_entries(self._read(key), self._ttl, time.time())
-                if dropped:
-                    self._counters.add("dropped", dropped)
-                    self._write(key, kept)
+            self._store.update(key, change, expire=self._ttl, action="prune a bucket")
         except CacheError as exc:
             logger.debug("cache: pruning %s skipped (%s)", key[:12], exc)
+            return
+        self._counters.add("dropped", pruned)
 
     def _delete_quietly(self, key: str) -> None:
-        """Delete a key, tolerating a busy store (the row is then dropped again next time)."""
+        """Delete a key, tolerating a busy or unreachable store (the value is then dropped again next time)."""
         try:
-            with self._store.transaction("drop a foreign value"):
-                self._store.delete(key)
+            self._store.delete(key)
         except CacheError as exc:
             logger.debug("cache: deleting %s skipped (%s)", key[:12], exc)
 

@@ -1,8 +1,9 @@
 """The cache's store on disk: diskcache (SQLite plus files) that holds JSON text and never unpickles.
 
 :class:`_JSONTextDisk` writes only JSON text and refuses to decode anything else: a pickle planted
-in the database is dropped unread, where diskcache's own ``JSONDisk`` would unpickle it, and a
-file path outside the cache folder is neither read nor deleted.
+in the database is dropped unread, where diskcache's own ``JSONDisk`` would unpickle it, a value
+file that is not UTF-8 is refused like any foreign value, and a file path outside the cache folder
+is neither read nor deleted.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 import diskcache  # type: ignore[import-untyped]  # ships no type hints
 
 from .._exceptions import CacheError
-from ._store import ForeignValueError
+from ._store import Change, ForeignValueError
 
 _FILE_PATTERN = re.compile(r"[0-9a-f]{2}[/\\][0-9a-f]{2}[/\\][0-9a-f]{28}\.val")
 
@@ -43,7 +44,10 @@ class _JSONTextDisk(diskcache.Disk):  # type: ignore[misc]  # diskcache ships no
         if mode == diskcache.core.MODE_RAW and type(value) is str:
             return value
         if mode == diskcache.core.MODE_TEXT and not read and _is_own_file(filename):
-            return str(super().fetch(mode, filename, value, read))
+            try:
+                return str(super().fetch(mode, filename, value, read))
+            except UnicodeDecodeError as exc:
+                raise ForeignValueError(f"stored value file is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
         raise ForeignValueError(f"stored value has mode {mode} and is not JSON text")
 
     def remove(self, file_path: str) -> None:
@@ -63,6 +67,7 @@ class DiskStore:
     def __init__(self, directory: Path, *, timeout: float) -> None:
         """Open (creating) the diskcache at ``directory``; ``timeout`` bounds waits for its lock."""
         self.directory = directory
+        self.location = str(directory)
         try:
             self._disk = diskcache.Cache(str(directory), timeout=timeout, disk=_JSONTextDisk)
         except (OSError, sqlite3.Error) as exc:
@@ -79,24 +84,45 @@ class DiskStore:
             raise CacheError(f"can't read the response cache at {self.directory}: {exc}") from exc
         return value if isinstance(value, str) else None
 
-    def set(self, key: str, text: str, *, expire: float | None) -> None:
-        """Store ``text`` at ``key``; diskcache drops it after ``expire`` seconds."""
-        self._disk.set(key, text, expire=expire)
+    def update(self, key: str, change: Change, *, expire: float | None, action: str) -> None:
+        """Apply ``change`` to the text at ``key`` inside one diskcache write transaction (``BEGIN IMMEDIATE``)."""
+        with self._guard(action), self._disk.transact():
+            try:
+                current = self.get(key)
+            except ForeignValueError:
+                current = None  # overwritten below; diskcache removes only its own value files
+            new = change(current)
+            if new is None:
+                self._disk.delete(key)  # also removes a foreign row read as None
+            elif new != current:
+                self._disk.set(key, new, expire=expire)
 
     def delete(self, key: str) -> None:
         """Remove ``key`` (and its value file) if it is stored."""
-        self._disk.delete(key)
+        with self._guard("delete a bucket"):
+            self._disk.delete(key)
+
+    def add(self, key: str, text: str, *, expire: float) -> bool:
+        """diskcache's atomic ``add``: store ``text`` only if ``key`` is absent or expired."""
+        with self._guard("take a claim"):
+            return bool(self._disk.add(key, text, expire=expire))
+
+    def discard(self, key: str, text: str) -> None:
+        """Remove ``key`` only while it still holds ``text``, in one write transaction."""
+        with self._guard("release a claim"), self._disk.transact():
+            if self._disk.get(key) == text:
+                self._disk.delete(key)
 
     def clear(self) -> None:
         """Remove every key and value file."""
-        self._disk.clear()
+        with self._guard("clear the cache"):
+            self._disk.clear()
 
     @contextmanager
-    def transaction(self, action: str) -> Iterator[None]:
-        """A diskcache write transaction, with lock timeouts and disk errors raised as CacheError."""
+    def _guard(self, action: str) -> Iterator[None]:
+        """Lock timeouts and disk errors raised as CacheError naming ``action``."""
         try:
-            with self._disk.transact():
-                yield
+            yield
         except diskcache.Timeout as exc:
             raise CacheError(
                 f"can't {action}: the response cache at {self.directory} is locked by another process or "

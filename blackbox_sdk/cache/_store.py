@@ -1,44 +1,63 @@
-"""The seam between a Cache and where its buckets live: a small protocol a second backend implements.
+"""The seam between a Cache and where its buckets live: a small protocol each backend implements.
 
-Today's implementation is :class:`~blackbox_sdk.cache._disk.DiskStore` (diskcache: SQLite plus
-files). A store keeps text by key with an expiry and runs a Cache's read-modify-write under its
-write lock; the Cache does the rest (keys, the bucket format, modes, TTL checks, counters).
+:class:`~blackbox_sdk.cache._disk.DiskStore` (diskcache: SQLite plus files, one machine) and
+:class:`~blackbox_sdk.cache._redis.RedisStore` (Redis, shared by many hosts) implement it. A store
+keeps text by key with an expiry, applies a Cache's read-modify-write atomically, and adds or
+discards the short-lived claims that single flight uses; the Cache does the rest (keys, the
+bucket format, modes, TTL checks, counters).
 """
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
-from .._exceptions import CacheError
+from .._exceptions import CacheError, StoreUnavailableError
+
+Change = Callable[[str | None], str | None]  # current text (None: absent) -> new text (None: delete)
 
 
 class ForeignValueError(CacheError):
-    """A stored row is not JSON text this cache wrote (a pickle, bytes, a path outside the cache)."""
+    """A stored value is not JSON text this cache wrote (a pickle, bytes, invalid UTF-8, another type)."""
+
+
+class CacheUnavailableError(CacheError, StoreUnavailableError):
+    """A shared store can't be reached now: the Cache reads it as a miss and skips the write."""
 
 
 @runtime_checkable
 class CacheStore(Protocol):
     """What a Cache needs from its backing store; every failure is raised as CacheError."""
 
+    location: str  # where the store is, safe to print (a folder, or a URL without its password)
+
     def get(self, key: str) -> str | None:
-        """The text stored at ``key``, None on a miss; ForeignValueError for a row the store did not write."""
+        """The text stored at ``key``, None on a miss; ForeignValueError for a value the store did not write."""
         ...
 
-    def set(self, key: str, text: str, *, expire: float | None) -> None:
-        """Store ``text`` at ``key`` for ``expire`` seconds (None: until evicted); called inside ``transaction``."""
+    def update(self, key: str, change: Change, *, expire: float | None, action: str) -> None:
+        """Replace the text at ``key`` by ``change(current)`` atomically across processes and hosts.
+
+        ``change`` may run more than once (optimistic retries); returning the current text writes
+        nothing, None deletes the key, any other text is stored for ``expire`` seconds (None: until
+        evicted). An unreadable current value is passed as None. CacheError names ``action``.
+        """
         ...
 
     def delete(self, key: str) -> None:
-        """Remove ``key`` if it is stored; called inside ``transaction``."""
+        """Remove ``key`` if it is stored."""
+        ...
+
+    def add(self, key: str, text: str, *, expire: float) -> bool:
+        """Store ``text`` for ``expire`` seconds only if ``key`` holds nothing live; whether it was stored."""
+        ...
+
+    def discard(self, key: str, text: str) -> None:
+        """Remove ``key`` only while it still holds ``text`` (a claim this caller made, not a later one)."""
         ...
 
     def clear(self) -> None:
-        """Remove every key; called inside ``transaction``."""
-        ...
-
-    def transaction(self, action: str) -> AbstractContextManager[None]:
-        """The store's write lock held for one read-modify-write; CacheError naming ``action`` if it fails."""
+        """Remove every bucket of this store (for a shared store: of this namespace)."""
         ...
 
     def size(self) -> tuple[int, int]:

@@ -13,7 +13,6 @@ import contextlib
 import math
 import sqlite3
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
@@ -23,7 +22,8 @@ from .._exceptions import CallLogError, ConfigError
 from .._logging import logger
 from .._sqlite import connect, immediate
 from ._export import export_jsonl
-from ._records import CallRecord, Feedback, Label, validated_feedback
+from ._paging import Cursor, Page, check_limit, paged
+from ._records import CallRecord, Feedback, Label, feedback_fields, feedback_on
 from ._stats import summarize
 from ._tables import (
     CALL_COLUMNS,
@@ -38,9 +38,6 @@ from ._tables import (
 )
 
 DEFAULT_TIMEOUT_S = 30.0
-_PAGE = 500
-
-_Page = list[tuple[CallRecord, list[Feedback]]]
 
 
 class CallLog(Closing):
@@ -85,20 +82,10 @@ class CallLog(Closing):
         note: str | None = None,
     ) -> None:
         """Attach feedback to a logged call; ConfigError for an unknown call, a bad index or no feedback at all."""
-        if reward is None and label is None and preferred is None and reference is None and note is None:
-            raise ConfigError("feedback() needs at least one of reward, label, preferred, reference, note")
+        fields = feedback_fields(reward, label, preferred, reference, note)
         with self._write(f"add feedback to {call_id}") as conn:
             count, chosen = candidates_of(conn, call_id)
-            rated = reward is not None or label is not None
-            if rated and not chosen:
-                raise ConfigError(f"call {call_id!r} returned no answer, so reward and label have nothing to rate")
-            if preferred is not None and not (isinstance(preferred, int) and 0 <= preferred < count):
-                raise ConfigError(f"preferred={preferred!r} must index the {count} candidates of call {call_id!r}")
-            item = validated_feedback(
-                call_id=call_id, created=time.time(), reward=reward, label=label, preferred=preferred,
-                reference=reference, note=note, candidate=chosen[0] if rated else None,
-            )
-            insert_feedback(conn, item)
+            insert_feedback(conn, feedback_on(call_id, count, chosen, fields))
 
     def get(self, call_id: str) -> CallRecord:
         """One logged call; ConfigError when the id is unknown."""
@@ -123,7 +110,7 @@ class CallLog(Closing):
         limit: int | None = None,
     ) -> Iterator[CallRecord]:
         """Logged calls oldest first, optionally one model or route, ``since <= created < until``, at most ``limit``."""
-        _check_limit(limit)
+        check_limit(limit)
         pages = self._pages(CallFilter(model=model, route=route, since=since, until=until), limit)
         return (record for page in pages for record, _ in page)
 
@@ -137,21 +124,12 @@ class CallLog(Closing):
         with self._read() as conn:
             return summarize(conn)
 
-    def _pages(self, filters: CallFilter, limit: int | None) -> Iterator[_Page]:
+    def _pages(self, filters: CallFilter, limit: int | None) -> Iterator[Page]:
         """Calls with their feedback, oldest first, a page per read so writers are never blocked for long."""
         where, args = filters.where()
-        after: tuple[float, str] | None = None
-        remaining = limit
-        while remaining is None or remaining > 0:
-            size = _PAGE if remaining is None else min(_PAGE, remaining)
-            page = self._page(where, args, after, size)
-            if not page:
-                return
-            yield page
-            after = (page[-1][0].created, page[-1][0].call_id)
-            remaining = None if remaining is None else remaining - len(page)
+        return paged(lambda after, size: self._page(where, args, after, size), limit)
 
-    def _page(self, where: list[str], args: list[Any], after: tuple[float, str] | None, size: int) -> _Page:
+    def _page(self, where: list[str], args: list[Any], after: Cursor | None, size: int) -> Page:
         """One page of calls after the (created, call_id) cursor, with candidates and feedback."""
         clauses = where + (["(created, call_id) > (?, ?)"] if after else [])
         sql = f"SELECT {', '.join(CALL_COLUMNS)} FROM calls"
@@ -211,8 +189,3 @@ def _not_a_log(path: Path, exc: sqlite3.Error) -> CallLogError:
     """The error for a file SQLite can't open or set up as a call log."""
     return CallLogError(f"can't open the call log {path}: {exc}; is it an SQLite file this SDK wrote, and writable?")
 
-
-def _check_limit(limit: int | None) -> None:
-    """ConfigError unless ``limit`` is None or a non-negative integer."""
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
-        raise ConfigError(f"limit must be a non-negative integer or None; got {limit!r}")

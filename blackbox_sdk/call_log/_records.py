@@ -82,9 +82,24 @@ class Feedback(BaseModel):
     candidate: Count | None = None  # chosen[0] when reward or label is given: the answer they rate
 
 
-def validated_feedback(**fields: Any) -> Feedback:
-    """A Feedback, with pydantic's complaints raised as ConfigError."""
+def feedback_fields(
+    reward: float | None, label: Label | None, preferred: int | None, reference: str | None, note: str | None
+) -> dict[str, Any]:
+    """The feedback a caller gave, as fields; ConfigError when there is none at all (checked before any store is touched)."""
+    if reward is None and label is None and preferred is None and reference is None and note is None:
+        raise ConfigError("feedback() needs at least one of reward, label, preferred, reference, note")
+    return {"reward": reward, "label": label, "preferred": preferred, "reference": reference, "note": note}
+
+
+def feedback_on(call_id: str, count: int, chosen: list[int], fields: dict[str, Any]) -> Feedback:
+    """Feedback on a logged call with ``count`` candidates and ``chosen`` returned, checked; ConfigError when it doesn't fit."""
+    rated = fields["reward"] is not None or fields["label"] is not None
+    if rated and not chosen:
+        raise ConfigError(f"call {call_id!r} returned no answer, so reward and label have nothing to rate")
+    preferred = fields["preferred"]
+    if preferred is not None and not (isinstance(preferred, int) and 0 <= preferred < count):
+        raise ConfigError(f"preferred={preferred!r} must index the {count} candidates of call {call_id!r}")
     try:
-        return Feedback(**fields)
+        return Feedback(call_id=call_id, created=time.time(), candidate=chosen[0] if rated else None, **fields)
     except pydantic.ValidationError as exc:
         raise ConfigError(f"bad feedback: {exc}") from exc

@@ -1,9 +1,14 @@
-"""The call log's summary: calls, errors, cache hits and spend, in total, by model and by UTC day."""
+"""The call log's summary: calls, errors, cache hits and spend, in total, by model and by UTC day.
+
+A store supplies one row per (UTC day, model), ordered by day then model in code-point order,
+and its feedback count; :func:`summary` shapes them, so every store's ``stats()`` has one form.
+"""
 
 from __future__ import annotations
 
 import math
 import sqlite3
+from collections.abc import Iterable
 from typing import Any
 
 _BY_DAY_AND_MODEL = (
@@ -11,11 +16,16 @@ _BY_DAY_AND_MODEL = (
     " SUM(cache_hit), SUM(cost_usd) FROM calls GROUP BY day, model ORDER BY day, model"
 )
 
+DayModelRow = tuple[str, str, int, "int | None", "int | None", "float | None"]  # day, model, calls, errors, hits, cost
+
 
 def summarize(conn: sqlite3.Connection) -> dict[str, Any]:
-    """Counters of every logged call, with the feedback count and the hit rate, grouped three ways."""
-    rows = conn.execute(_BY_DAY_AND_MODEL).fetchall()
-    feedback = conn.execute("SELECT COUNT(*) FROM feedback").fetchone()[0]
+    """The summary of an SQLite log (see :func:`summary`)."""
+    return summary(conn.execute(_BY_DAY_AND_MODEL).fetchall(), conn.execute("SELECT COUNT(*) FROM feedback").fetchone()[0])
+
+
+def summary(rows: Iterable[DayModelRow], feedback: int) -> dict[str, Any]:
+    """Counters of every logged call from its (day, model) groups, with the feedback count and hit rate, grouped three ways."""
     by_day_model = [
         {"day": day, "model": model, **_tally(calls, errors, hits, cost)} for day, model, calls, errors, hits, cost in rows
     ]

@@ -1,21 +1,23 @@
 """The seam between the SDK and a call log's storage: a small protocol a second backend implements.
 
-Today's implementation is :class:`~blackbox_sdk.call_log.CallLog` (one SQLite file). The client
-records every call and its feedback through it, and the adapter trainer reads the log back
-through its JSONL export (``_export.export_jsonl`` writes that format from any store's calls).
+Two implement it: :class:`~blackbox_sdk.call_log.CallLog` (one SQLite file) and
+:class:`~blackbox_sdk.call_log.PostgresCallLog` (a database a fleet shares). The client records
+every call and its feedback through it; the readers (``blackbox-sdk stats``, ``log export`` and
+``adapter train``) use ``stats()`` and the JSONL export (``_export.export_jsonl`` writes that
+format from any store's calls).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol, TextIO, runtime_checkable
+from typing import Any, Protocol, TextIO, runtime_checkable
 
 from ._records import CallRecord, Label
 
 
 @runtime_checkable
 class CallLogStore(Protocol):
-    """What the SDK needs from a call log: write calls and feedback, export them for training, close."""
+    """What the SDK needs from a call log: write calls and feedback, export and summarise them, close."""
 
     def record(self, rec: CallRecord) -> None:
         """Write one call with its candidates, all or nothing, secrets redacted."""
@@ -30,6 +32,10 @@ class CallLogStore(Protocol):
 
     def export_jsonl(self, out: str | Path | TextIO) -> int:
         """Write every call with its feedback as JSON lines (the trainer's input); returns the number of lines."""
+        ...
+
+    def stats(self) -> dict[str, Any]:
+        """Calls, errors, cache hits, spend and feedback: in total, by model, by UTC day (``_stats.summary``'s form)."""
         ...
 
     def close(self) -> None:

@@ -41,7 +41,7 @@ CALL_COLUMNS = (
     "usage_counted", "cost_usd", "latency_s", "cache_hit", "error", "retries", "key", "extra",
 )
 FEEDBACK_COLUMNS = ("call_id", "created", "reward", "label", "preferred", "reference", "note", "candidate")
-_JSON_COLUMNS = frozenset({"request", "chosen", "scores", "usage", "extra"})
+JSON_COLUMNS = ("request", "chosen", "scores", "usage", "extra")
 
 
 @dataclass(frozen=True)
@@ -53,10 +53,10 @@ class CallFilter:
     since: float | None = None
     until: float | None = None
 
-    def where(self) -> tuple[list[str], list[Any]]:
-        """SQL conditions on the calls table and their arguments."""
-        pairs = (("model = ?", self.model), ("route = ?", self.route), ("created >= ?", self.since), ("created < ?", self.until))
-        chosen = [(clause, value) for clause, value in pairs if value is not None]
+    def where(self, mark: str = "?") -> tuple[list[str], list[Any]]:
+        """SQL conditions on the calls table and their arguments, with ``mark`` as the placeholder ("?" or "%s")."""
+        pairs = (("model = ", self.model), ("route = ", self.route), ("created >= ", self.since), ("created < ", self.until))
+        chosen = [(clause + mark, value) for clause, value in pairs if value is not None]
         return [clause for clause, _ in chosen], [value for _, value in chosen]
 
 
@@ -93,28 +93,28 @@ def insert_feedback(conn: sqlite3.Connection, item: Feedback) -> None:
     )
 
 
-def _call_row(rec: CallRecord) -> tuple[Any, ...]:
-    """The calls-table row for a record: redacted, JSON columns encoded, booleans as integers."""
+def call_values(rec: CallRecord) -> dict[str, Any]:
+    """A record's calls-table values by column, secrets redacted and JSON columns as text: what every store writes."""
     values = rec.model_dump(exclude={"candidates"})
     values["request"] = redact(values["request"])
     values["extra"] = redact(values["extra"])
     values["error"] = redact(values["error"])
-    return tuple(_encode(column, values[column]) for column in CALL_COLUMNS)
+    for column in JSON_COLUMNS:
+        if values[column] is not None:
+            values[column] = json.dumps(values[column], ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return values
 
 
-def _encode(column: str, value: Any) -> Any:
-    """One column value as SQLite stores it."""
-    if column in _JSON_COLUMNS:
-        return None if value is None else json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    if isinstance(value, bool):
-        return int(value)
-    return value
+def _call_row(rec: CallRecord) -> tuple[Any, ...]:
+    """The calls-table row for a record as SQLite stores it: booleans as integers."""
+    values = call_values(rec)
+    return tuple(int(v) if isinstance(v, bool) else v for v in (values[column] for column in CALL_COLUMNS))
 
 
 def record_from(row: Sequence[Any], candidates: list[str]) -> CallRecord:
     """A CallRecord from a calls-table row and its candidate texts."""
     values = dict(zip(CALL_COLUMNS, row, strict=True))
-    for column in _JSON_COLUMNS:
+    for column in JSON_COLUMNS:
         if values[column] is not None:
             values[column] = json.loads(values[column])
     values["usage_counted"] = bool(values["usage_counted"])

@@ -23,6 +23,7 @@ from ._packaged import (
     sha256_files,
 )
 from ._requests import LocalRequestError
+from ._prompts import chat_template_tokens
 from ._transport import AsyncHFTransport, HFTransport, local_async_http_client, local_http_client
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "LocalRequestError",
     "MPNET_ENCODER",
     "MPNET_PACKAGES",
+    "chat_template_tokens",
     "default_encoder_path",
     "default_gguf_path",
     "free_port",

@@ -23,13 +23,12 @@ import torch
 from ._embeddings import embed, embedding_ids, forward_embeds, soft_prompt_tensor
 from ._generation import generate
 from ._loading import existing_path, load_model, resolve_device, resolve_dtype
-from ._prompts import Decoding, Prompt, chat_decoding, completion_plan, template_ids
+from ._prompts import Decoding, Prompt, chat_decoding, chat_template_tokens, completion_plan, template_ids
 from ._requests import (
     ChatRequest,
     CompletionRequest,
     EmbeddingRequest,
     LocalRequestError,
-    parse_messages,
     parse_request,
 )
 from ._responses import chat_choice, completion_choice, embedding_list, envelope, usage
@@ -117,7 +116,7 @@ class HFBackend:
 
     def chat_prompt_tokens(self, messages: list[dict[str, Any]]) -> int:
         """Tokens of the messages after the chat template, the way a chat request counts them."""
-        return len(template_ids(self.tokenizer, parse_messages(messages)))
+        return chat_template_tokens(self.tokenizer, messages)
 
     # ------------------------------------------------------------ Black-Box Tuning hooks
 

@@ -5,6 +5,7 @@ dtype, checked before transformers reads it, into a `LoadedModel` that generatio
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -122,12 +123,19 @@ def _as_tuple(names: str | tuple[str, ...]) -> tuple[str, ...]:
 
 @contextlib.contextmanager
 def _quiet_progress() -> Iterator[None]:
-    """Hide transformers' loading progress bars, restoring the caller's setting afterwards."""
+    """Hide transformers' loading progress bars (its GGUF reader's plain tqdm too), restoring them afterwards."""
+    from transformers import modeling_gguf_pytorch_utils as gguf_reader
+
     was_enabled = hf_logging.is_progress_bar_enabled()
+    bar = getattr(gguf_reader, "tqdm", None)
     hf_logging.disable_progress_bar()
+    if bar is not None:
+        gguf_reader.tqdm = functools.partial(bar, disable=True)
     try:
         yield
     finally:
+        if bar is not None:
+            gguf_reader.tqdm = bar
         if was_enabled:
             hf_logging.enable_progress_bar()
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import jinja2
 
-from ._requests import ChatRequest, CompletionRequest, LocalRequestError, Message, Sampling
+from ._requests import ChatRequest, CompletionRequest, LocalRequestError, Message, Sampling, parse_messages
 
 if TYPE_CHECKING:
     import torch
@@ -42,6 +42,11 @@ class Prompt:
     def tokens(self) -> int:
         """Positions the model reads: real tokens plus soft-prompt vectors."""
         return len(self.ids) + (0 if self.soft is None else self.soft.shape[0])
+
+
+def chat_template_tokens(tokenizer: Any, messages: list[dict[str, Any]]) -> int:
+    """Tokens of OpenAI chat messages after a tokenizer's chat template: what the model itself reads."""
+    return len(template_ids(tokenizer, parse_messages(messages)))
 
 
 def template_ids(tokenizer: Any, messages: list[Message]) -> list[int]:

@@ -7,6 +7,7 @@ prompt, so `LocalScorer` computes each example's KV cache once and every candida
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -142,13 +143,15 @@ class LocalScorer:
         positions = _positions(mask)[:, -embeds.shape[1] :]  # [B, L + T_tail]
         with torch.inference_mode():
             out = self.backend.model(
-                inputs_embeds=embeds,
-                attention_mask=mask,
-                position_ids=positions,
-                past_key_values=cache,
-                logits_to_keep=1,
+                inputs_embeds=embeds, attention_mask=mask, position_ids=positions, logits_to_keep=1, **_cache_argument(self.backend.model, cache)
             )
         return out.logits[:, -1]  # [B, V]
+
+
+def _cache_argument(model: Any, cache: Any) -> dict[str, Any]:
+    """The KV cache under the name this transformers version takes (`cache` from 5.x, `past_key_values` before)."""
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return {name: cache}
 
 
 def _cacheable(examples: EncodedExamples) -> bool:

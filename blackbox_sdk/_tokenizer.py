@@ -1,0 +1,127 @@
+"""`tokenizer=`: what counts a request's tokens for budgets when the endpoint's own count is
+not at hand. A callable `text -> tokens`, a tiktoken encoding name ("o200k_base"), a HuggingFace
+tokenizer folder or a GGUF file (its chat template then renders chat prompts exactly), or
+"server": the endpoint's own tokenize route (llama.cpp's `/extras/tokenize/count`, vLLM's
+`/tokenize`), asked once per distinct text.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import httpx2
+
+from ._exceptions import ConfigError
+
+SERVER = "server"
+SERVER_TIMEOUT_S = 10.0
+
+
+class Tokenizer:
+    """Counts text (and, when it knows the model's chat template, whole chat prompts) exactly."""
+
+    def __init__(self, count: Callable[[str], int], name: str, chat: Callable[[Sequence[Mapping[str, Any]]], int] | None = None) -> None:
+        self.count = count
+        self.name = name
+        self.chat = chat  # the rendered chat template's token count, when known
+
+    def __repr__(self) -> str:
+        return f"Tokenizer({self.name})"
+
+
+def _tiktoken(name: str) -> Tokenizer | None:
+    """A tiktoken encoding by name, or None when tiktoken has no such encoding."""
+    from .budget import load_encoding
+
+    encoding = load_encoding(name)
+    if encoding is None:
+        return None
+    return Tokenizer(lambda text: len(encoding.encode(text, disallowed_special=())), f"tiktoken {name}")
+
+
+def _huggingface(path: Path) -> Tokenizer:
+    """A HuggingFace tokenizer from a folder or a GGUF file, with its chat template when it has one."""
+    try:
+        from transformers import AutoTokenizer
+
+        from .local import chat_template_tokens
+    except ImportError:
+        raise ConfigError("tokenizer=<folder or .gguf> needs transformers: pip install 'blackbox-sdk[hf]'") from None
+    if path.suffix == ".gguf":
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+
+    def chat(messages: Sequence[Mapping[str, Any]]) -> int:
+        return chat_template_tokens(tokenizer, list(messages))
+
+    count = lambda text: len(tokenizer.encode(text, add_special_tokens=False))  # noqa: E731
+    return Tokenizer(count, f"{path.name} tokenizer", chat if tokenizer.chat_template else None)
+
+
+def open_tokenizer(value: Any) -> Tokenizer | str | None:
+    """A Tokenizer from what a caller passed, "server" for the endpoint's own, or None for the default."""
+    if value is None or isinstance(value, Tokenizer) or value == SERVER:
+        return value
+    if callable(value):
+        return Tokenizer(lambda text: int(value(text)), getattr(value, "__name__", "caller's tokenizer"))
+    if isinstance(value, str) and "/" not in value and not value.endswith(".gguf"):
+        found = _tiktoken(value)
+        if found is None:
+            raise ConfigError(f"tokenizer {value!r} is no tiktoken encoding name, folder or .gguf file")
+        return found
+    if isinstance(value, (str, Path)):
+        path = Path(value).expanduser()
+        if not path.exists():
+            raise ConfigError(f"tokenizer: no folder or GGUF file at {path}")
+        return _huggingface(path)
+    raise ConfigError(f"tokenizer must be a callable, a tiktoken encoding name, a folder, a .gguf file, 'server' or None; got {value!r}")
+
+
+class ServerTokenizer:
+    """The endpoint's own tokenize route, found on first use: llama.cpp's, then vLLM's; None if neither."""
+
+    def __init__(self, base_url: str, headers: Mapping[str, str]) -> None:
+        url = httpx2.URL(base_url)
+        root = str(url.copy_with(path=url.path.removesuffix("/").removesuffix("/v1") or "/")).rstrip("/")
+        self._routes = {"llama.cpp": f"{root}/extras/tokenize/count", "vllm": f"{root}/tokenize"}
+        self._headers = dict(headers)
+        self._found: str | None = None
+        self._probed = False
+        self._counters: dict[str, Tokenizer] = {}
+        self._lock = threading.Lock()
+
+    def _ask(self, kind: str, model: str, text: str) -> int:
+        """One count from one route."""
+        body = {"input": text, "model": model} if kind == "llama.cpp" else {"prompt": text, "model": model, "add_special_tokens": False}
+        response = httpx2.post(self._routes[kind], json=body, headers=self._headers, timeout=SERVER_TIMEOUT_S)
+        response.raise_for_status()
+        data = response.json()
+        return int(data["count"]) if kind == "llama.cpp" else int(data["count"] if "count" in data else len(data["tokens"]))
+
+    def counter(self, model: str) -> Tokenizer | None:
+        """A counting Tokenizer through the server for `model` (each distinct text asked once), or
+        None when the server has no tokenize route."""
+        with self._lock:
+            if not self._probed:
+                self._probed = True
+                self._found = next((kind for kind in self._routes if self._answers(kind, model)), None)
+            if self._found is None:
+                return None
+            if model not in self._counters:
+                kind = self._found
+                count = lru_cache(maxsize=4096)(lambda text: self._ask(kind, model, text))
+                self._counters[model] = Tokenizer(count, f"{kind} server tokenizer")
+            return self._counters[model]
+
+    def _answers(self, kind: str, model: str) -> bool:
+        """Whether the server answers this tokenize route."""
+        try:
+            self._ask(kind, model, "probe")
+        except (httpx2.HTTPError, KeyError, ValueError, TypeError):
+            return False
+        return True

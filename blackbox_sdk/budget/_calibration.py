@@ -1,0 +1,180 @@
+"""Calibration: the prompt tokens an endpoint adds that the SDK's own count can't see (a chat
+template's hidden system prompt, a gateway's preamble), learnt from every answer's reported usage
+and kept in the ledger's store so that every process sees it; and the gate that, until an endpoint
+and model are calibrated, lets one call at a time through, so that its answer calibrates the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from typing import Any, Protocol
+
+from ._ledger import Ledger
+from ._store import LedgerStore
+
+UNCALIBRATED_ALLOWANCE = 64  # prompt tokens reserved on top of the count while an endpoint is uncalibrated (one call in flight)
+GATE_LEASE_S = 300.0  # the gate frees itself if the calling process dies
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS calibration (endpoint TEXT, model TEXT, extra INTEGER NOT NULL, PRIMARY KEY (endpoint, model))",
+    "CREATE TABLE IF NOT EXISTS calibration_gates"
+    " (endpoint TEXT, model TEXT, holder TEXT NOT NULL, expires REAL NOT NULL, PRIMARY KEY (endpoint, model))",
+)
+_RAISE = """
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+if not current or tonumber(current) < tonumber(ARGV[2]) then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+return 1
+"""
+_CLOSE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class CalibrationStore(Protocol):
+    """Where overheads and gates live: the ledger's own store."""
+
+    def overhead(self, endpoint: str, model: str) -> int | None:
+        """The learnt extra prompt tokens, None while uncalibrated."""
+        ...
+
+    def raise_overhead(self, endpoint: str, model: str, extra: int) -> None:
+        """Keep the larger of the stored overhead and `extra`."""
+        ...
+
+    def open_gate(self, endpoint: str, model: str, holder: str) -> bool:
+        """Take the gate of an uncalibrated endpoint and model (True), unless another holder has it."""
+        ...
+
+    def close_gate(self, endpoint: str, model: str, holder: str) -> None:
+        """Give the gate back (a no-op for a holder that no longer has it)."""
+        ...
+
+
+class SQLiteCalibration:
+    """Calibration in the SQLite ledger's file, inside its immediate transactions."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+        self._ready = False
+
+    def _transaction(self) -> Any:
+        """The ledger's immediate transaction, with the calibration tables in place."""
+        if not self._ready:
+            with self._ledger._immediate() as connection:
+                for statement in _SCHEMA:
+                    connection.execute(statement)
+            self._ready = True
+        return self._ledger._immediate()
+
+    def overhead(self, endpoint: str, model: str) -> int | None:
+        with self._transaction() as connection:
+            row = connection.execute("SELECT extra FROM calibration WHERE endpoint = ? AND model = ?", (endpoint, model)).fetchone()
+        return None if row is None else int(row[0])
+
+    def raise_overhead(self, endpoint: str, model: str, extra: int) -> None:
+        with self._transaction() as connection:
+            connection.execute(
+                "INSERT INTO calibration VALUES (?, ?, ?) ON CONFLICT (endpoint, model) DO UPDATE SET extra = MAX(extra, excluded.extra)",
+                (endpoint, model, extra),
+            )
+
+    def open_gate(self, endpoint: str, model: str, holder: str) -> bool:
+        now = time.time()
+        with self._transaction() as connection:
+            row = connection.execute("SELECT holder, expires FROM calibration_gates WHERE endpoint = ? AND model = ?", (endpoint, model)).fetchone()
+            if row is not None and row[0] != holder and row[1] > now:
+                return False
+            connection.execute("INSERT OR REPLACE INTO calibration_gates VALUES (?, ?, ?, ?)", (endpoint, model, holder, now + GATE_LEASE_S))
+        return True
+
+    def close_gate(self, endpoint: str, model: str, holder: str) -> None:
+        with self._transaction() as connection:
+            connection.execute("DELETE FROM calibration_gates WHERE endpoint = ? AND model = ? AND holder = ?", (endpoint, model, holder))
+
+
+class RedisCalibration:
+    """Calibration on the Redis ledger's server, under its key prefix; failures are StoreUnavailableError."""
+
+    def __init__(self, ledger: Any) -> None:
+        self._ledger = ledger
+        self._raise = ledger._client.register_script(_RAISE)
+        self._close = ledger._client.register_script(_CLOSE)
+
+    def _do(self, what: str, action: Any) -> Any:
+        """One Redis operation, its failure raised as the ledger raises its own (fail closed)."""
+        import redis
+
+        try:
+            return action()
+        except redis.RedisError as error:
+            raise self._ledger._unavailable(what, error) from error
+
+    def _gate(self, endpoint: str, model: str) -> str:
+        return f"{self._ledger.prefix}calibration-gate:{_field(endpoint, model)}"
+
+    def overhead(self, endpoint: str, model: str) -> int | None:
+        value = self._do("calibration", lambda: self._ledger._client.hget(self._ledger.prefix + "calibration", _field(endpoint, model)))
+        return None if value is None else int(value)
+
+    def raise_overhead(self, endpoint: str, model: str, extra: int) -> None:
+        self._do("calibration", lambda: self._raise(keys=[self._ledger.prefix + "calibration"], args=[_field(endpoint, model), extra]))
+
+    def open_gate(self, endpoint: str, model: str, holder: str) -> bool:
+        key = self._gate(endpoint, model)
+        taken = self._do("calibration gate", lambda: self._ledger._client.set(key, holder, nx=True, px=int(GATE_LEASE_S * 1000)))
+        return bool(taken) or self._do("calibration gate", lambda: self._ledger._client.get(key)) == holder.encode()
+
+    def close_gate(self, endpoint: str, model: str, holder: str) -> None:
+        self._do("calibration gate", lambda: self._close(keys=[self._gate(endpoint, model)], args=[holder]))
+
+
+def _field(endpoint: str, model: str) -> str:
+    """One store key for an endpoint and model."""
+    return hashlib.sha256(f"{endpoint}\x1f{model}".encode()).hexdigest()
+
+
+class Calibration:
+    """A budget's calibration: overheads cached in this process once known, the store shared."""
+
+    def __init__(self, store: CalibrationStore) -> None:
+        self._store = store
+        self._known: dict[tuple[str, str], int] = {}
+        self._lock = threading.Lock()
+
+    def overhead(self, endpoint: str, model: str) -> int | None:
+        """Extra prompt tokens this endpoint adds for this model; None until an answer showed it."""
+        with self._lock:
+            known = self._known.get((endpoint, model))
+        if known is not None:
+            return known
+        stored = self._store.overhead(endpoint, model)
+        if stored is not None:
+            with self._lock:
+                self._known[(endpoint, model)] = max(stored, self._known.get((endpoint, model), 0))
+        return stored
+
+    def learn(self, endpoint: str, model: str, counted: int, reported: int) -> None:
+        """One answer's evidence: the endpoint reported `reported` prompt tokens where the SDK counted `counted`."""
+        extra = max(0, int(reported) - int(counted))
+        with self._lock:
+            known = self._known.get((endpoint, model))
+            if known is not None and extra <= known:
+                return
+            self._known[(endpoint, model)] = extra if known is None else max(known, extra)
+        self._store.raise_overhead(endpoint, model, extra)
+
+    def open_gate(self, endpoint: str, model: str, holder: str) -> bool:
+        """Whether the call `holder` may run while the endpoint is uncalibrated (one at a time)."""
+        return self._store.open_gate(endpoint, model, holder)
+
+    def close_gate(self, endpoint: str, model: str, holder: str) -> None:
+        """Let the next uncalibrated call through."""
+        self._store.close_gate(endpoint, model, holder)
+
+
+def open_calibration(ledger: LedgerStore) -> Calibration:
+    """The calibration kept in the same store as the ledger."""
+    return Calibration(SQLiteCalibration(ledger) if isinstance(ledger, Ledger) else RedisCalibration(ledger))

@@ -1,0 +1,203 @@
+"""A budget ledger on Redis that every process on every host shares: one Lua script per operation.
+
+Reserve, settle, release and the report's snapshot each run as one atomic script (one round
+trip; see ``_redis_scripts``), so hosts sharing a Redis never overspend together. A reservation's
+lease is kept on the server's clock and lapsed ones are purged inside the reserve script. Every
+script is idempotent by reservation id (a settle by the id and its attempt's token), so redis-py
+retrying a command whose reply was lost never holds or charges twice. When Redis can't be
+reached, times out or answers wrongly, every operation raises StoreUnavailableError: a call is
+never sent unbudgeted. `import redis` happens here, only when a Redis ledger is used.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from .._exceptions import ConfigError, StoreUnavailableError
+from .._logging import logger
+from ._caps import REPORTED_SCOPES, Cap, CapUsage, totals_row
+from ._prices import snapshot_base
+from ._redis_scripts import RELEASE, RESERVE, SETTLE, SNAPSHOT
+from ._store import Hold, LedgerSnapshot
+
+DEFAULT_PREFIX = "blackbox:ledger:"
+REDIS_SCHEMES = ("redis", "rediss")
+RECORD_TTL_S = 86_400  # how long settled / released markers and lapsed reservations are kept
+SPENDS_KEPT = 100_000  # settled calls kept in the audit stream (approximately)
+SOCKET_TIMEOUT_S, CONNECT_TIMEOUT_S, RETRIES = 5.0, 2.0, 2
+_CONSEQUENCES = {
+    "reserve": ": the call is refused, nothing was sent",
+    "settle": ": the spend is not recorded, and the reservation stays held until its lease lapses",
+    "release": ": the reservation stays held until its lease lapses",
+}
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password (and query, which may carry one) replaced, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None and not parts.query:
+        return url
+    host = parts.netloc.rsplit("@", 1)[-1]
+    user = f"{parts.username or ''}:***@" if parts.password is not None else (f"{parts.username}@" if parts.username else "")
+    return urlunsplit((parts.scheme, user + host, parts.path, "***" if parts.query else "", ""))
+
+
+def is_redis_url(value: object) -> bool:
+    """Whether a `ledger=` value names a Redis server rather than a file."""
+    return isinstance(value, str) and value.split("://", 1)[0].lower() in REDIS_SCHEMES and "://" in value
+
+
+def _checked_url(url: str) -> None:
+    """ConfigError unless `url` is redis[s]://[user:password@]host[:port][/db] (the password never echoed)."""
+    shown = redact_url(url)
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number in range
+    except ValueError as error:
+        raise ConfigError(f"bad Redis ledger URL {shown}: the port is not a number from 1 to 65535") from error
+    if parts.scheme.lower() not in REDIS_SCHEMES or not parts.hostname:
+        raise ConfigError(f"bad Redis ledger URL {shown}: expected redis://host:port/db or rediss://...")
+    database = parts.path.strip("/")
+    if database and not database.isdigit():
+        raise ConfigError(f"bad Redis ledger URL {shown}: the database after the host must be a number, got {database!r}")
+
+
+def _client(url: str) -> Any:
+    """A redis-py client for `url` with short timeouts and a bounded retry; the connection opens on first use."""
+    try:
+        import redis
+        from redis.backoff import ExponentialBackoff
+        from redis.retry import Retry
+    except ImportError as error:
+        raise ConfigError(
+            "a Redis ledger needs the redis package: pip install 'blackbox-sdk[redis]'"
+        ) from error
+    _checked_url(url)
+    retry = Retry(ExponentialBackoff(cap=0.25, base=0.02), RETRIES)
+    try:
+        client = redis.Redis.from_url(
+            url, socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=CONNECT_TIMEOUT_S, retry=retry
+        )
+        pool = client.connection_pool
+        pool.connection_class(**pool.connection_kwargs)  # unknown URL options fail here, before any call
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"bad Redis ledger URL {redact_url(url)}: {error}") from None
+    return client
+
+
+class RedisLedger:
+    """The ledger on a Redis server (or a primary), shared by every process and host using the same URL and prefix."""
+
+    def __init__(self, url: str, *, prefix: str = DEFAULT_PREFIX, record_ttl_s: int = RECORD_TTL_S) -> None:
+        """Check `url` and prepare the scripts (ConfigError when it is malformed); nothing connects yet."""
+        if not isinstance(prefix, str):
+            raise ConfigError(f"the ledger's key prefix must be a string, got {prefix!r}")
+        self.url = redact_url(url)
+        self.prefix = prefix
+        self._password = urlsplit(url).password
+        self._keep = str(int(record_ttl_s))
+        self._client = _client(url)
+        self._scripts = {
+            name: self._client.register_script(text)
+            for name, text in (("reserve", RESERVE), ("settle", SETTLE), ("release", RELEASE), ("snapshot", SNAPSHOT))
+        }
+
+    def _run(self, name: str, *args: object) -> Any:
+        """Run one script; StoreUnavailableError (password redacted) when Redis fails to answer."""
+        from redis.exceptions import RedisError
+
+        try:
+            return self._scripts[name](args=[self.prefix, *args])
+        except RedisError as error:
+            raise self._unavailable(name, error) from error
+
+    def _unavailable(self, what: str, error: Exception) -> StoreUnavailableError:
+        """The error a failed ledger operation raises; a reserve that fails sends nothing."""
+        detail = f"{type(error).__name__}: {error}"
+        if self._password:
+            detail = detail.replace(self._password, "***")
+        consequence = _CONSEQUENCES.get(what, "")
+        return StoreUnavailableError(f"the Redis budget ledger at {self.url} failed to {what} ({detail}){consequence}")
+
+    def reserve(self, hold: Hold, caps: Sequence[Cap]) -> list[CapUsage] | None:
+        """Hold `hold.usd_nano` if it fits every cap (None), else every cap's usage; one script."""
+        reply = self._run(
+            "reserve", hold.reservation_id, hold.call_id, hold.model, snapshot_base(hold.model), hold.key or "",
+            hold.day, str(hold.usd_nano), str(max(1, math.ceil(hold.lease_s * 1000))), self._keep, *_cap_args(caps),
+        )
+        return None if int(reply[0]) == 1 else _usages(caps, reply[1:])
+
+    def settle(
+        self, reservation_id: str, *, usd_nano: int, prompt_tokens: int, completion_tokens: int, cached_tokens: int,
+        hold: Hold | None = None,
+    ) -> bool:
+        """Charge the real spend once: True; False when another attempt already settled it; ConfigError if released."""
+        known = (hold.call_id, hold.model, snapshot_base(hold.model), hold.key or "", hold.day) if hold else ("",) * 5
+        status = int(self._run(
+            "settle", reservation_id, uuid.uuid4().hex, str(usd_nano), str(prompt_tokens), str(completion_tokens),
+            str(cached_tokens), self._keep, str(SPENDS_KEPT), *known,
+        ))
+        if status == 0:
+            raise ConfigError(f"reservation {reservation_id} is not outstanding: it was released, or is unknown")
+        if status == 3:
+            logger.warning(
+                "the Redis ledger at %s did not know reservation %s (it lost its data: run Redis with AOF "
+                "persistence); its spend was recorded anyway", self.url, reservation_id,
+            )
+        return status != 2
+
+    def release(self, reservation_id: str) -> bool:
+        """Drop a held reservation without spending; False if it was not held."""
+        return int(self._run("release", reservation_id, self._keep)) == 1
+
+    def snapshot(self, caps: Sequence[Cap]) -> LedgerSnapshot:
+        """Each cap's usage, what is held, and the settled totals, read by one script."""
+        held, count, usages, spent, calls = self._run("snapshot", self._keep, *_cap_args(caps))
+        counts = _pairs(calls)
+        totals: dict[str, dict[str, tuple[int, int]]] = {scope: {} for scope in REPORTED_SCOPES}
+        for row, nano in _pairs(spent).items():
+            scope, value = row.split("|", 1)
+            if scope in totals:
+                totals[scope][value] = (nano, counts.get(row, 0))
+        return LedgerSnapshot(_usages(caps, usages), int(held), int(count), totals)
+
+    def spent_nano(self, cap: Cap) -> int:
+        """Settled spend under a cap's scope and value."""
+        from redis.exceptions import RedisError
+
+        try:
+            value = self._client.hget(self.prefix + "spent", "|".join(totals_row(cap)))
+        except RedisError as error:
+            raise self._unavailable("read", error) from error
+        return int(value or 0)
+
+    def outstanding(self) -> tuple[int, int]:
+        """Nano-dollars held and the number of reservations held, lapsed leases purged first."""
+        snapshot = self.snapshot([])
+        return snapshot.reserved_nano, snapshot.outstanding
+
+    def close(self) -> None:
+        """Close the connection pool; the next use opens new connections."""
+        self._client.close()
+
+
+def _cap_args(caps: Sequence[Cap]) -> list[str]:
+    """(row, limit) pairs for a script; a per-call cap has no row (nothing is spent or held under it)."""
+    args: list[str] = []
+    for cap in caps:
+        args += ["" if cap.scope == "per_call" else "|".join(totals_row(cap)), str(cap.limit_nano)]
+    return args
+
+
+def _usages(caps: Sequence[Cap], flat: Sequence[Any]) -> list[CapUsage]:
+    """Cap usages from a script's (spent, held) pairs."""
+    return [CapUsage(cap, int(flat[2 * i]), int(flat[2 * i + 1])) for i, cap in enumerate(caps)]
+
+
+def _pairs(flat: Sequence[bytes]) -> dict[str, int]:
+    """An HGETALL reply as {field: integer}."""
+    return {flat[i].decode(): int(flat[i + 1]) for i in range(0, len(flat), 2)}

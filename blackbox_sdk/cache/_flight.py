@@ -1,0 +1,124 @@
+"""Single flight: identical requests in flight at the same moment are sent by one caller; the others wait.
+
+A caller that finds no cached answer *claims* the request's key: an atomic add of a short-lived
+marker in the cache's own store (diskcache's ``add`` on one machine, ``SET NX PX`` on Redis), so
+exactly one thread, process or host wins. The winner sends, stores the answer, then releases the
+claim; the others poll the bucket until it holds the entries they want, the claim is gone (the
+winner finished or failed) or their wait is up, and then send themselves if they still need to.
+A claim's ``ttl_s`` is a lease: a winner that dies frees the key when it lapses. A store that
+can't be reached makes every caller a winner: nothing waits on a cache that is down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+import uuid
+from collections.abc import Callable, Generator
+from typing import Any
+
+from .._exceptions import CacheError, ConfigError
+from .._logging import logger
+from ._store import CacheStore
+
+CLAIM_SUFFIX = ":claim"  # a claim lives beside the bucket, under the bucket's key plus this
+FIRST_POLL_S, MAX_POLL_S = 0.005, 0.05  # waiting polls start fast and back off to this interval
+
+Lookup = Callable[[str], list[dict[str, Any]]]
+
+
+class SingleFlight:
+    """Claims on cache keys in one store, and the tokens of the claims this object's callers hold."""
+
+    def __init__(self, store: CacheStore) -> None:
+        """Claims go to ``store``, next to the buckets."""
+        self._store = store
+        self._tokens: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def claim(self, key: str, ttl_s: float) -> bool:
+        """Whether this caller won the key for ``ttl_s`` seconds; True too when the store can't be reached."""
+        check_seconds("ttl_s", ttl_s, zero=False)
+        token = uuid.uuid4().hex
+        try:
+            won = self._store.add(key + CLAIM_SUFFIX, token, expire=ttl_s)
+        except CacheError as exc:
+            logger.debug("cache: claiming %s skipped, sending without single flight (%s)", key[:12], exc)
+            return True
+        if won:
+            with self._lock:
+                self._tokens[key] = token
+        return won
+
+    def release(self, key: str) -> None:
+        """Give up a claim this object's caller won, unless it already lapsed and someone else holds it."""
+        with self._lock:
+            token = self._tokens.pop(key, None)
+        if token is None:
+            return
+        try:
+            self._store.discard(key + CLAIM_SUFFIX, token)
+        except CacheError as exc:
+            logger.debug("cache: releasing %s skipped; the claim lapses at its ttl (%s)", key[:12], exc)
+
+    def held(self, key: str) -> bool:
+        """Whether anyone holds a live claim on ``key``; False when the store can't tell."""
+        try:
+            return self._store.get(key + CLAIM_SUFFIX) is not None
+        except CacheError:
+            return False
+
+    def wait(self, key: str, timeout_s: float, want: int, lookup: Lookup) -> list[dict[str, Any]]:
+        """Poll until ``lookup(key)`` has ``want`` entries, the claim is gone or ``timeout_s`` is up."""
+        rounds = self._rounds(key, timeout_s, want, lookup)
+        try:
+            while True:
+                time.sleep(next(rounds))
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]  # the generator's return value
+
+    async def wait_async(self, key: str, timeout_s: float, want: int, lookup: Lookup) -> list[dict[str, Any]]:
+        """``wait`` for an event loop: the pauses between polls are ``asyncio.sleep``."""
+        rounds = self._rounds(key, timeout_s, want, lookup)
+        try:
+            while True:
+                await asyncio.sleep(next(rounds))
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]  # the generator's return value
+
+    def _rounds(self, key: str, timeout_s: float, want: int, lookup: Lookup) -> Generator[float, None, list[dict[str, Any]]]:
+        """The pauses between polls, backing off; returns the entries when the wait is over."""
+        check_wait(timeout_s, want)
+        deadline, pause = time.monotonic() + timeout_s, FIRST_POLL_S
+        while True:
+            entries, left = self._poll(key, want, deadline, lookup)
+            if left <= 0:
+                return entries
+            yield min(pause, left)
+            pause = min(pause * 2, MAX_POLL_S)
+
+    def _poll(self, key: str, want: int, deadline: float, lookup: Lookup) -> tuple[list[dict[str, Any]], float]:
+        """One look: the entries, and the seconds left to wait (0 when done).
+
+        The claim is checked before the bucket: a winner stores before it releases, so a claim seen
+        gone means the bucket read next already holds whatever the winner stored.
+        """
+        gone = not self.held(key)
+        entries = lookup(key)
+        done = gone or len(entries) >= want
+        return entries, 0.0 if done else deadline - time.monotonic()
+
+
+def check_seconds(name: str, value: Any, *, zero: bool) -> None:
+    """ConfigError unless ``value`` is a finite number of seconds, positive (or zero when allowed)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+        raise ConfigError(f"{name} must be a {'non-negative' if zero else 'positive'} number of seconds; got {value!r}")
+
+
+def check_wait(timeout_s: float, want: int) -> None:
+    """ConfigError for a bad wait or a bad number of wanted entries."""
+    check_seconds("timeout_s", timeout_s, zero=True)
+    if isinstance(want, bool) or not isinstance(want, int) or want < 1:
+        raise ConfigError(f"want must be a positive integer; got {want!r}")

@@ -1,0 +1,210 @@
+"""The cache's shared store on Redis: JSON text per key under a prefix and the namespace, never unpickled.
+
+Every process and host that opens the same URL and namespace shares the buckets, stored as
+``blackbox:cache:<namespace>:<key>`` (claims for single flight as ``...:<key>:claim``). A bucket's
+read-modify-write is optimistic (WATCH / MULTI / EXEC, retried with jitter until ``timeout``),
+a claim is ``SET NX PX`` and is released by a compare-and-delete Lua script, and the TTL is Redis's
+own expiry. redis-py is imported only here, when a ``redis://`` or ``rediss://`` cache is opened.
+Failures to reach the server are raised as CacheUnavailableError (the Cache then misses or skips
+the write) and tracked by an :class:`~blackbox_sdk.cache._outage.Outage`; no message carries the
+URL's user or password.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+from urllib.parse import unquote, urlsplit
+
+from .._exceptions import CacheError, ConfigError
+from ._outage import Outage
+from ._store import CacheUnavailableError, Change, ForeignValueError
+
+KEY_PREFIX = "blackbox:cache:"
+SOCKET_TIMEOUT_S = 2.0  # connect and read timeouts unless the URL sets its own (?socket_timeout=...)
+INSTALL_HINT = "pip install 'blackbox-sdk[redis]'"
+
+_SCHEMES = ("redis://", "rediss://")
+_KEY_GLOB = "[0-9a-f]" * 64  # a bucket name ends in exactly a SHA-256 hex key; claims end in ":claim"
+_BATCH = 500
+_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+_T = TypeVar("_T")
+
+
+def is_redis_url(value: object) -> bool:
+    """Whether a cache location names a Redis server (``redis://`` or ``rediss://``)."""
+    return isinstance(value, str) and value.lower().startswith(_SCHEMES)
+
+
+class _Secrets:
+    """The URL's user and password, scrubbed from every message this store builds."""
+
+    def __init__(self, url: str) -> None:
+        """Collect the credentials of ``url``, raw and percent-decoded."""
+        parts = urlsplit(url)
+        userinfo = parts.netloc.rpartition("@")[0]
+        raw = [userinfo, *userinfo.split(":"), parts.username or "", parts.password or ""]
+        found = {value for value in raw if value} | {unquote(value) for value in raw if value}
+        self._values = sorted(found, key=len, reverse=True)  # longest first: a whole password before its pieces
+        self.location = self.scrub(f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}")
+
+    def scrub(self, text: str) -> str:
+        """The text with every credential of the URL replaced by ``***``."""
+        for value in self._values:
+            text = text.replace(value, "***")
+        return text
+
+
+def _connect(url: str, timeout: float, secrets: _Secrets) -> tuple[Any, Any]:
+    """The redis module and a client for ``url`` (no connection yet); ConfigError if either is unavailable."""
+    try:
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+    except ImportError:
+        raise ConfigError(f"a Redis cache ({secrets.location}) needs the redis package: {INSTALL_HINT}") from None
+    wait = min(timeout, SOCKET_TIMEOUT_S)
+    try:
+        client = redis.Redis.from_url(
+            url, socket_timeout=wait, socket_connect_timeout=wait, retry=Retry(NoBackoff(), 1)
+        )  # one immediate retry: a pooled connection to a restarted server fails once, then reconnects
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(secrets.scrub(f"cache URL {secrets.location} is not a usable Redis URL: {exc}")) from None
+    return redis, client
+
+
+def _milliseconds(seconds: float | None) -> int | None:
+    """A Redis PX expiry (at least 1 ms) for an expiry in seconds, None for no expiry."""
+    return None if seconds is None else max(1, math.ceil(seconds * 1000))
+
+
+def _text(raw: bytes | None) -> str | None:
+    """Stored bytes as text; ForeignValueError for bytes that are not UTF-8."""
+    if raw is None:
+        return None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ForeignValueError(f"stored value is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+class RedisStore:
+    """A namespace on a Redis server as a :class:`~blackbox_sdk.cache.CacheStore` that many hosts share."""
+
+    def __init__(self, url: str, *, namespace: str, timeout: float) -> None:
+        """Prepare a client for ``url`` (connecting on first use); ``timeout`` bounds a contended write."""
+        self._secrets = _Secrets(url)
+        self.location = self._secrets.location
+        self._prefix = f"{KEY_PREFIX}{namespace}:"
+        self._pattern = "".join(f"\\{c}" if c in "*?[]\\^" else c for c in self._prefix) + _KEY_GLOB
+        self._timeout = timeout
+        self._redis, self._client = _connect(url, timeout, self._secrets)
+        self._release = self._client.register_script(_RELEASE)
+        self._outage = Outage(self.location)
+
+    def get(self, key: str) -> str | None:
+        """The text stored at ``key``, None on a miss; ForeignValueError for another type or non-UTF-8 bytes."""
+        return _text(self._run("read the cache", lambda: self._client.get(self._prefix + key)))
+
+    def update(self, key: str, change: Change, *, expire: float | None, action: str) -> None:
+        """Apply ``change`` under WATCH / MULTI / EXEC, retrying with jitter while other writers win the race."""
+        name = self._prefix + key
+        deadline = time.monotonic() + self._timeout
+        while not self._run(action, lambda: self._attempt(name, change, expire)):
+            if time.monotonic() >= deadline:
+                raise CacheError(
+                    f"can't {action}: the bucket at {self.location} kept changing under other writers for "
+                    f"{self._timeout}s; retry later or raise Cache(timeout=...)"
+                )
+            time.sleep(random.uniform(0.0, 0.005))
+
+    def delete(self, key: str) -> None:
+        """Remove ``key`` if it is stored."""
+        self._run("delete a bucket", lambda: self._client.delete(self._prefix + key))
+
+    def add(self, key: str, text: str, *, expire: float) -> bool:
+        """``SET NX PX``: store ``text`` only if ``key`` holds nothing; whether it was stored."""
+        name, expiry = self._prefix + key, _milliseconds(expire)
+        return bool(self._run("take a claim", lambda: self._client.set(name, text.encode("utf-8"), nx=True, px=expiry)))
+
+    def discard(self, key: str, text: str) -> None:
+        """Remove ``key`` only while it still holds ``text``, in one Lua script."""
+        name = self._prefix + key
+        self._run("release a claim", lambda: self._release(keys=[name], args=[text.encode("utf-8")]))
+
+    def clear(self) -> None:
+        """Remove every bucket of this namespace (other namespaces and claims stay)."""
+
+        def wipe() -> None:
+            for batch in self._batches():
+                self._client.delete(*batch)
+
+        self._run("clear the cache", wipe)
+
+    def size(self) -> tuple[int, int]:
+        """How many buckets this namespace holds, and the bytes of their values."""
+
+        def measure() -> tuple[int, int]:
+            keys = volume = 0
+            for batch in self._batches():
+                pipe = self._client.pipeline(transaction=False)
+                for name in batch:
+                    pipe.strlen(name)
+                keys, volume = keys + len(batch), volume + sum(pipe.execute())
+            return keys, volume
+
+        return self._run("measure the cache", measure)
+
+    def close(self) -> None:
+        """Close the client's connections; a later use reconnects."""
+        self._client.close()
+
+    def _attempt(self, name: str, change: Change, expire: float | None) -> bool:
+        """One optimistic read-modify-write; False when another writer changed the key first."""
+        with self._client.pipeline(transaction=True) as pipe:
+            pipe.watch(name)
+            try:
+                current = _text(pipe.get(name))
+            except (ForeignValueError, self._redis.exceptions.ResponseError):
+                current = None  # another type or bytes: the SET below replaces it
+            new = change(current)
+            if new == current:
+                return True
+            pipe.multi()
+            if new is None:
+                pipe.delete(name)
+            else:
+                pipe.set(name, new.encode("utf-8"), px=_milliseconds(expire))
+            try:
+                pipe.execute()
+            except self._redis.exceptions.WatchError:
+                return False
+            return True
+
+    def _batches(self) -> Iterator[list[bytes]]:
+        """This namespace's bucket names, a few hundred at a time (SCAN: no blocking KEYS)."""
+        batch: list[bytes] = []
+        for name in self._client.scan_iter(match=self._pattern, count=_BATCH):
+            batch.append(name)
+            if len(batch) >= _BATCH:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+    def _run(self, action: str, operation: Callable[[], _T]) -> _T:
+        """Run one Redis operation; a wrong-type value is foreign, any other Redis failure is an outage."""
+        self._outage.check(action)
+        try:
+            result = operation()
+        except self._redis.exceptions.RedisError as exc:
+            if str(exc).startswith("WRONGTYPE"):
+                raise ForeignValueError("stored value is another Redis type, not JSON text") from None
+            reason = self._secrets.scrub(f"{type(exc).__name__}: {exc}")
+            self._outage.failed(reason)
+            raise CacheUnavailableError(f"can't {action}: the cache's Redis at {self.location} is unreachable ({reason})") from None
+        self._outage.recovered()
+        return result

@@ -1,0 +1,175 @@
+"""The call log's PostgreSQL tables: their schema, records as rows, a batch insert in one statement, and reads.
+
+Tables (in the connection's ``search_path``, prefixed so they sit beside an application's own):
+``blackbox_calls``, ``blackbox_candidates``, ``blackbox_feedback`` and ``blackbox_meta``, the
+same columns as the SQLite log's. JSON columns are ``json`` (kept as written, key order and all),
+text columns compare in code-point order (``COLLATE "C"``), so reads and exports come back in
+the SQLite log's order, byte for byte. Rows are built by ``_tables.call_values``: one redaction.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from .._exceptions import CallLogError
+from ._paging import Cursor, Page
+from ._records import CallRecord, Feedback
+from ._stats import DayModelRow
+from ._tables import (
+    CALL_COLUMNS,
+    FEEDBACK_COLUMNS,
+    JSON_COLUMNS,
+    SCHEMA_VERSION,
+    call_values,
+    record_from,
+)
+
+if TYPE_CHECKING:
+    from psycopg import Connection
+
+PgRow = tuple[tuple[Any, ...], list[str]]  # the calls-table values in CALL_COLUMNS order, and the candidate texts
+
+_LOCK_ID = 0x626C61636B626F78  # "blackbox": the advisory lock that serialises schema set-up between processes
+_INT8_MAX = 2**63 - 1
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS blackbox_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    (
+        'CREATE TABLE IF NOT EXISTS blackbox_calls (call_id TEXT COLLATE "C" PRIMARY KEY,'
+        ' created DOUBLE PRECISION NOT NULL, endpoint_host TEXT COLLATE "C" NOT NULL, model TEXT COLLATE "C" NOT NULL,'
+        ' route TEXT COLLATE "C" NOT NULL, request JSON NOT NULL, chosen JSON NOT NULL, scores JSON, usage JSON,'
+        " usage_counted BOOLEAN NOT NULL, cost_usd DOUBLE PRECISION NOT NULL, latency_s DOUBLE PRECISION NOT NULL,"
+        ' cache_hit BOOLEAN NOT NULL, error TEXT, retries BIGINT NOT NULL, key TEXT COLLATE "C", extra JSON NOT NULL)'
+    ),
+    (
+        'CREATE TABLE IF NOT EXISTS blackbox_candidates (call_id TEXT COLLATE "C" NOT NULL'
+        " REFERENCES blackbox_calls (call_id) ON DELETE CASCADE, idx INTEGER NOT NULL, text TEXT NOT NULL,"
+        " PRIMARY KEY (call_id, idx))"
+    ),
+    (
+        "CREATE TABLE IF NOT EXISTS blackbox_feedback (id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
+        ' call_id TEXT COLLATE "C" NOT NULL REFERENCES blackbox_calls (call_id) ON DELETE CASCADE,'
+        " created DOUBLE PRECISION NOT NULL, reward DOUBLE PRECISION, label TEXT, preferred BIGINT, reference TEXT,"
+        " note TEXT, candidate BIGINT)"
+    ),
+    "CREATE INDEX IF NOT EXISTS blackbox_calls_created ON blackbox_calls (created, call_id)",
+    "CREATE INDEX IF NOT EXISTS blackbox_feedback_call ON blackbox_feedback (call_id)",
+)
+_TYPES = {"created": "float8", "cost_usd": "float8", "latency_s": "float8", "usage_counted": "bool", "cache_hit": "bool", "retries": "int8"}
+_INSERT_BATCH = (
+    f"WITH new AS (INSERT INTO blackbox_calls ({', '.join(CALL_COLUMNS)})"
+    f" SELECT {', '.join(c + '::json' if c in JSON_COLUMNS else c for c in CALL_COLUMNS)}"
+    f" FROM unnest({', '.join('%s::' + _TYPES.get(c, 'text') + '[]' for c in CALL_COLUMNS)}) AS r ({', '.join(CALL_COLUMNS)})"
+    " ON CONFLICT (call_id) DO NOTHING RETURNING call_id),"
+    " texts AS (INSERT INTO blackbox_candidates (call_id, idx, text) SELECT c.call_id, c.idx, c.text"
+    " FROM unnest(%s::text[], %s::int4[], %s::text[]) AS c (call_id, idx, text) JOIN new USING (call_id))"
+    " SELECT call_id FROM new"
+)
+_SELECT_CALLS = f"SELECT {', '.join(c + '::text' if c in JSON_COLUMNS else c for c in CALL_COLUMNS)} FROM blackbox_calls"
+_BY_DAY_AND_MODEL = (
+    "SELECT to_char(to_timestamp(created) AT TIME ZONE 'UTC', 'YYYY-MM-DD') COLLATE \"C\" AS day, model, COUNT(*),"
+    " COUNT(error), COUNT(*) FILTER (WHERE cache_hit), SUM(cost_usd) FROM blackbox_calls GROUP BY day, model ORDER BY day, model"
+)
+
+
+def prepare(conn: Connection[Any]) -> None:
+    """Create the tables if missing (one process at a time), and refuse a log from a newer schema."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_ID,))
+        for statement in _SCHEMA:
+            conn.execute(statement)
+        conn.execute("INSERT INTO blackbox_meta (key, value) VALUES ('schema_version', %s) ON CONFLICT DO NOTHING", (str(SCHEMA_VERSION),))
+        row = conn.execute("SELECT value FROM blackbox_meta WHERE key = 'schema_version'").fetchone()
+    version = int(row[0]) if row else SCHEMA_VERSION
+    if version > SCHEMA_VERSION:
+        raise CallLogError(f"the call log has schema version {version}; this SDK reads up to {SCHEMA_VERSION}: upgrade blackbox-sdk")
+
+
+def pg_row(rec: CallRecord) -> PgRow:
+    """A record as the batch insert takes it, redacted; CallLogError for text PostgreSQL can't hold.
+
+    PostgreSQL text can't contain NUL: a NUL in a text column or a candidate becomes U+FFFD (JSON
+    columns escape it as ``\\u0000`` and keep it). Checked here, on the caller's thread, so that a
+    batch never fails for one bad record.
+    """
+    values = call_values(rec)
+    if values["retries"] > _INT8_MAX:
+        raise CallLogError(f"call {rec.call_id!r}: retries={values['retries']} is too large to log")
+    row = tuple(_text(values[c], rec.call_id) if isinstance(values[c], str) else values[c] for c in CALL_COLUMNS)
+    return row, [_text(text, rec.call_id) for text in rec.candidates]
+
+
+def _text(value: str, call_id: str) -> str:
+    """A string PostgreSQL text can hold: NUL replaced; CallLogError when it isn't valid Unicode (lone surrogates)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise CallLogError(f"call {call_id!r} has text that is not valid Unicode and can't be logged: {exc}") from exc
+    return value.replace("\x00", "\ufffd") if "\x00" in value else value
+
+
+def insert_batch(conn: Connection[Any], rows: list[PgRow]) -> tuple[int, int]:
+    """Insert calls and their candidates in one statement, skipping ids already logged; (records sent, inserted)."""
+    first: dict[str, PgRow] = {}
+    for row in rows:
+        first.setdefault(row[0][0], row)  # one id twice in a batch: the first is kept, as across batches
+    columns = [list(values) for values in zip(*(row for row, _ in first.values()), strict=True)]
+    texts = [(call_id, idx, text) for call_id, (_, candidates) in first.items() for idx, text in enumerate(candidates)]
+    ids, indices, bodies = ([list(v) for v in zip(*texts, strict=True)] if texts else ([], [], []))
+    inserted = conn.execute(_INSERT_BATCH, [*columns, ids, indices, bodies]).fetchall()
+    return len(rows), len(inserted)
+
+
+def read_page(conn: Connection[Any], where: list[str], args: list[Any], after: Cursor | None, size: int) -> Page:
+    """One page of calls after the (created, call_id) cursor, with candidates and feedback."""
+    clauses = where + (["(created, call_id) > (%s, %s)"] if after else [])
+    sql = _SELECT_CALLS + (f" WHERE {' AND '.join(clauses)}" if clauses else "") + " ORDER BY created, call_id LIMIT %s"
+    rows = conn.execute(sql, [*args, *(after or ()), size]).fetchall()
+    ids = [row[0] for row in rows]
+    texts, feedback = candidate_texts(conn, ids), feedback_by_call(conn, ids)
+    return [(record_from(row, texts.get(row[0], [])), feedback.get(row[0], [])) for row in rows]
+
+
+def read_call(conn: Connection[Any], call_id: str) -> CallRecord | None:
+    """One logged call, or None."""
+    row = conn.execute(_SELECT_CALLS + " WHERE call_id = %s", (call_id,)).fetchone()
+    return None if row is None else record_from(row, candidate_texts(conn, [call_id]).get(call_id, []))
+
+
+def candidate_texts(conn: Connection[Any], ids: list[str]) -> dict[str, list[str]]:
+    """Candidate texts per call id, in index order."""
+    found: dict[str, list[str]] = {}
+    for call_id, text in conn.execute("SELECT call_id, text FROM blackbox_candidates WHERE call_id = ANY(%s) ORDER BY call_id, idx", (ids,)):
+        found.setdefault(call_id, []).append(text)
+    return found
+
+
+def feedback_by_call(conn: Connection[Any], ids: list[str]) -> dict[str, list[Feedback]]:
+    """Feedback per call id, oldest first."""
+    found: dict[str, list[Feedback]] = {}
+    sql = f"SELECT {', '.join(FEEDBACK_COLUMNS)} FROM blackbox_feedback WHERE call_id = ANY(%s) ORDER BY id"
+    for row in conn.execute(sql, (ids,)):
+        item = Feedback(**dict(zip(FEEDBACK_COLUMNS, row, strict=True)))
+        found.setdefault(item.call_id, []).append(item)
+    return found
+
+
+def candidates_of(conn: Connection[Any], call_id: str) -> tuple[int, list[int]] | None:
+    """How many candidates a call has and which it returned, the call's row locked against deletion; None if unknown."""
+    sql = "SELECT chosen::text, (SELECT COUNT(*) FROM blackbox_candidates WHERE call_id = %s) FROM blackbox_calls WHERE call_id = %s FOR SHARE"
+    row = conn.execute(sql, (call_id, call_id)).fetchone()
+    return None if row is None else (int(row[1]), [int(i) for i in json.loads(row[0])])
+
+
+def insert_feedback(conn: Connection[Any], item: Feedback) -> None:
+    """Insert one feedback row."""
+    values = item.model_dump()
+    sql = f"INSERT INTO blackbox_feedback ({', '.join(FEEDBACK_COLUMNS)}) VALUES ({', '.join(['%s'] * len(FEEDBACK_COLUMNS))})"
+    conn.execute(sql, tuple(values[c] for c in FEEDBACK_COLUMNS))
+
+
+def day_model_rows(conn: Connection[Any]) -> tuple[list[DayModelRow], int]:
+    """The stats' (day, model) groups and the feedback count."""
+    rows = conn.execute(_BY_DAY_AND_MODEL).fetchall()
+    feedback = conn.execute("SELECT COUNT(*) FROM blackbox_feedback").fetchone()
+    return rows, int(feedback[0]) if feedback else 0

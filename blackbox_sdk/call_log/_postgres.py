@@ -1,0 +1,239 @@
+"""The call log on PostgreSQL, for a fleet: the SQLite log's records, candidates and feedback, shared by every host.
+
+``record()`` only checks and redacts the record (the SQLite log's own code) and queues it; a
+background writer inserts queued records in batches, one transaction each (``_batches``), so the
+call path never waits for the database. A record is dropped from memory only once committed:
+while the database is down the writer retries with backoff, and past ``max_pending`` waiting
+records ``record()`` raises StoreUnavailableError instead of losing one. ``close()``, and
+interpreter exit, flush. Reads and ``feedback()`` flush first, so a process sees its own calls.
+psycopg 3 with a ``psycopg_pool.ConnectionPool``; the ``[postgres]`` extra installs both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import weakref
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, TextIO
+
+from .._closing import Closing
+from .._exceptions import CallLogError, ConfigError, StoreUnavailableError
+from .._logging import logger
+from .._redact import redact_text
+from ._batches import BatchWriter
+from ._export import export_jsonl
+from ._paging import Page, check_limit, paged
+from ._pg_tables import (
+    PgRow,
+    candidates_of,
+    day_model_rows,
+    feedback_by_call,
+    insert_batch,
+    insert_feedback,
+    pg_row,
+    prepare,
+    read_call,
+    read_page,
+)
+from ._records import CallRecord, Feedback, Label, feedback_fields, feedback_on
+from ._stats import summary
+from ._tables import CallFilter
+from ._urls import is_postgres_url, url_without_password
+
+if TYPE_CHECKING:
+    from psycopg import Connection
+    from psycopg_pool import ConnectionPool
+
+EXTRA_HINT = "pip install 'blackbox-sdk[postgres]'"
+DEFAULT_TIMEOUT_S = 30.0
+WRITER_WAIT_S = 5.0  # the writer's wait for a pooled connection before it backs off and retries
+RECONNECT_S = 10.0  # the pool's reconnection attempts give up (and start afresh, from 1 s apart) after this
+
+
+class PostgresCallLog(Closing):
+    """A call log in a PostgreSQL database that many processes and hosts share; see the module docstring."""
+
+    def __init__(
+        self, url: str, *, timeout: float = DEFAULT_TIMEOUT_S, batch_size: int = 256, interval: float = 0.05,
+        max_pending: int = 100_000, pool_size: int = 4,
+    ) -> None:
+        """Connect to ``url``, create the tables if missing, start the writer; StoreUnavailableError if unreachable.
+
+        ``timeout`` bounds flushes, reads and waits for a connection; a batch holds at most
+        ``batch_size`` records and waits at most ``interval`` s to fill; ``max_pending`` bounds
+        the records kept in memory while the database is down.
+        """
+        if not is_postgres_url(url):
+            raise ConfigError(f"PostgresCallLog takes a postgresql:// URL; got {url_without_password(str(url))!r}")
+        _check_options(timeout, batch_size, interval, max_pending, pool_size)
+        self._psycopg, pool_module = _drivers()
+        self._where, self._timeout = url_without_password(url), float(timeout)
+        options = _connect_options(self._psycopg, url, timeout)
+        with self._errors("open"), self._psycopg.connect(url, **options) as conn:
+            prepare(conn)
+        self._pool: ConnectionPool[Any] = pool_module.ConnectionPool(
+            url, min_size=1, max_size=pool_size, kwargs=options, open=True, timeout=self._timeout,
+            check=pool_module.ConnectionPool.check_connection, reconnect_timeout=RECONNECT_S, name="blackbox-call-log",
+        )
+        write = functools.partial(_write_batch, self._pool, min(WRITER_WAIT_S, self._timeout))
+        self._writer: BatchWriter[PgRow] = BatchWriter(write, where=self._where, batch_size=batch_size, interval=interval, max_pending=max_pending)
+        self._finalizer = weakref.finalize(self, _shut_down, self._writer, self._pool, self._where, self._timeout)
+
+    def __repr__(self) -> str:
+        """Where the log is (without a password)."""
+        return f"PostgresCallLog({self._where!r})"
+
+    @property
+    def url(self) -> str:
+        """The database URL without its password."""
+        return self._where
+
+    @property
+    def pending(self) -> int:
+        """How many records wait in memory to be written."""
+        return self._writer.pending
+
+    def record(self, rec: CallRecord) -> None:
+        """Queue one call for the writer, secrets redacted; StoreUnavailableError when too many already wait."""
+        if not isinstance(rec, CallRecord):
+            raise ConfigError(f"record() takes a CallRecord, not {type(rec).__name__}")
+        self._writer.put(pg_row(rec), self._timeout)
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until every call recorded so far is in the database; StoreUnavailableError after ``timeout`` s."""
+        self._writer.flush(self._timeout if timeout is None else timeout)
+
+    def close(self) -> None:
+        """Write what waits (up to ``timeout`` s), stop the writer, close the pool; StoreUnavailableError if records were left."""
+        if self._finalizer.detach() is not None:
+            _shut_down(self._writer, self._pool, self._where, self._timeout, raise_lost=True)
+
+    def feedback(
+        self, call_id: str, *, reward: float | None = None, label: Label | None = None, preferred: int | None = None,
+        reference: str | None = None, note: str | None = None,
+    ) -> None:
+        """Attach feedback to a logged call (after a flush); ConfigError for an unknown call, a bad index or no feedback."""
+        fields = feedback_fields(reward, label, preferred, reference, note)
+        with self._connection(f"add feedback to {call_id}") as conn, conn.transaction():
+            found = candidates_of(conn, call_id)
+            if found is None:
+                raise ConfigError(f"no call {call_id!r} in the log: feedback needs the call_id of a logged call")
+            insert_feedback(conn, feedback_on(call_id, *found, fields))
+
+    def get(self, call_id: str) -> CallRecord:
+        """One logged call; ConfigError when the id is unknown."""
+        with self._connection("read") as conn:
+            found = read_call(conn, call_id)
+        if found is None:
+            raise ConfigError(f"no call {call_id!r} in the log {self._where}")
+        return found
+
+    def feedback_for(self, call_id: str) -> list[Feedback]:
+        """All feedback on one call, oldest first (empty when there is none)."""
+        with self._connection("read") as conn:
+            return feedback_by_call(conn, [call_id]).get(call_id, [])
+
+    def calls(
+        self, *, model: str | None = None, route: str | None = None, since: float | None = None,
+        until: float | None = None, limit: int | None = None,
+    ) -> Iterator[CallRecord]:
+        """Logged calls oldest first, optionally one model or route, ``since <= created < until``, at most ``limit``."""
+        check_limit(limit)
+        self.flush()
+        pages = self._pages(CallFilter(model=model, route=route, since=since, until=until), limit)
+        return (record for page in pages for record, _ in page)
+
+    def export_jsonl(self, out: str | Path | TextIO) -> int:
+        """Write one JSON line per call (its record, candidates and all feedback); returns the number of lines."""
+        self.flush()
+        return export_jsonl((pair for page in self._pages(CallFilter(), None) for pair in page), out)
+
+    def stats(self) -> dict[str, Any]:
+        """Calls, errors, cache hits and hit rate, spend, and feedback count: in total, by model, by UTC day."""
+        with self._connection("read") as conn:
+            return summary(*day_model_rows(conn))
+
+    def _pages(self, filters: CallFilter, limit: int | None) -> Iterator[Page]:
+        """Calls with their feedback, oldest first, a page per query."""
+        where, args = filters.where("%s")
+
+        def read(after: tuple[float, str] | None, size: int) -> Page:
+            with self._errors("read"), self._pool.connection(timeout=self._timeout) as conn:
+                return read_page(conn, where, args, after, size)
+
+        return paged(read, limit)
+
+    @contextlib.contextmanager
+    def _connection(self, action: str) -> Iterator[Connection[Any]]:
+        """A pooled connection after a flush (so this process's calls are there), errors raised as the SDK's."""
+        if not self._finalizer.alive:
+            raise CallLogError(f"the call log {self._where} is closed")
+        self.flush()
+        with self._errors(action), self._pool.connection(timeout=self._timeout) as conn:
+            yield conn
+
+    @contextlib.contextmanager
+    def _errors(self, action: str) -> Iterator[None]:
+        """psycopg's errors as StoreUnavailableError (can't reach the database) or CallLogError (it refused)."""
+        try:
+            yield
+        except self._psycopg.OperationalError as exc:  # includes the pool's timeouts
+            raise StoreUnavailableError(f"can't {action} the call log {self._where}: {redact_text(str(exc))}") from exc
+        except self._psycopg.Error as exc:
+            raise CallLogError(f"can't {action} the call log {self._where}: {redact_text(str(exc))}") from exc
+
+
+def _write_batch(pool: ConnectionPool[Any], wait: float, rows: list[PgRow]) -> None:
+    """The writer's one transaction: insert a batch, noting ids that were already logged (kept as first written)."""
+    with pool.connection(timeout=wait) as conn, conn.transaction():
+        sent, inserted = insert_batch(conn, rows)
+    if inserted < sent:
+        logger.warning("call log: %d of %d records were already in the log (a retried batch or a repeated call_id); the first copy is kept", sent - inserted, sent)
+
+
+def _shut_down(writer: BatchWriter[PgRow], pool: ConnectionPool[Any], where: str, timeout: float, *, raise_lost: bool = False) -> None:
+    """Flush and stop the writer, close the pool; records left unwritten are named in an error (raised from close())."""
+    try:
+        lost = writer.close(timeout)
+    finally:
+        pool.close()
+    if lost:
+        ids = ", ".join(row[0][0] for row in lost[:20]) + (", ..." if len(lost) > 20 else "")
+        message = f"the call log {where} was closed with {len(lost)} records it could not write: {ids}"
+        logger.error("call log: %s", message)
+        if raise_lost:
+            raise StoreUnavailableError(message)
+
+
+def _drivers() -> tuple[ModuleType, ModuleType]:
+    """psycopg and psycopg_pool; ConfigError naming the extra when they are missing."""
+    try:
+        import psycopg
+        import psycopg_pool
+    except ImportError as exc:
+        raise ConfigError(f"a PostgreSQL call log needs psycopg 3 and psycopg_pool: {EXTRA_HINT} ({exc})") from exc
+    return psycopg, psycopg_pool
+
+
+def _connect_options(psycopg: ModuleType, url: str, timeout: float) -> dict[str, Any]:
+    """Connection keywords: a connect timeout unless the URL sets one; ConfigError for a URL libpq can't parse."""
+    try:
+        given = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.Error as exc:
+        raise ConfigError(f"bad PostgreSQL URL {url_without_password(url)!r}: {redact_text(str(exc))}") from exc
+    return {} if "connect_timeout" in given else {"connect_timeout": max(2, math.ceil(timeout))}
+
+
+def _check_options(timeout: float, batch_size: int, interval: float, max_pending: int, pool_size: int) -> None:
+    """ConfigError for a setting that can't work."""
+    for name, value, zero_ok in (("timeout", timeout, False), ("interval", interval, True)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 <= value < math.inf) or (value == 0 and not zero_ok):
+            bound = "0 or more" if zero_ok else "more than 0"
+            raise ConfigError(f"PostgresCallLog {name} must be a finite number of seconds, {bound}; got {value!r}")
+    for name, count in (("batch_size", batch_size), ("max_pending", max_pending), ("pool_size", pool_size)):
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ConfigError(f"PostgresCallLog {name} must be a positive integer; got {count!r}")

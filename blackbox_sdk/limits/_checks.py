@@ -1,0 +1,87 @@
+"""RateLimits' option checks: every bad value is a ConfigError at construction, never a call later."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from .._exceptions import ConfigError
+from ._redis import redact_url
+
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def limit(name: str, value: Any) -> int | None:
+    """A per-window limit: None, or a positive integer (not a bool)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer or None, got {value!r}")
+    return value
+
+
+def seconds(name: str, value: Any, *, zero: bool) -> float:
+    """A finite number of seconds, > 0 (or >= 0 where ``zero``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+        bound = ">= 0" if zero else "> 0"
+        raise ConfigError(f"{name} must be a finite number of seconds {bound}, got {value!r}")
+    return float(value)
+
+
+def choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
+    """One of a few option words."""
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+    return str(value)
+
+
+def is_url(store: str | Path | None) -> bool:
+    """Whether a store option names a server (Redis) rather than a file."""
+    return isinstance(store, str) and "://" in store
+
+
+def store(value: Any) -> str | Path | None:
+    """None (in-process), a Redis URL, or an SQLite file path (``~`` expanded)."""
+    if value is None:
+        return None
+    if isinstance(value, str) and "://" in value:
+        shown = redact_url(value) if value.startswith(REDIS_SCHEMES) else value.split("://", 1)[0] + "://..."
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018  (raises ValueError for a bad port)
+        except ValueError as exc:
+            raise ConfigError(f"store {shown} is not a valid URL: {exc}") from None
+        if parts.scheme not in REDIS_SCHEMES:
+            raise ConfigError(f"store must be None, a file path or a redis:// URL, got a {parts.scheme}:// URL")
+        if (parts.scheme == "unix" and not parts.path) or (parts.scheme != "unix" and not parts.hostname):
+            raise ConfigError(f"store {shown} names no {'socket path' if parts.scheme == 'unix' else 'host'}")
+        return value
+    if isinstance(value, (str, os.PathLike)) and str(value).strip():
+        return Path(value).expanduser()
+    raise ConfigError(f"store must be None, a file path or a redis:// URL, got {value!r}")
+
+
+def callable_or_none(name: str, value: Any, *, optional: bool) -> None:
+    """An injected clock or sleep must be callable."""
+    if (value is None and optional) or callable(value):
+        return
+    raise ConfigError(f"{name} must be callable{' or None' if optional else ''}, got {value!r}")
+
+
+def tokens(name: str, value: Any) -> int:
+    """A token amount: a non-negative integer."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
+    return value
+
+
+def label(name: str, value: Any, *, optional: bool) -> str | None:
+    """A key or model name: a non-empty string (or None where ``optional``)."""
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{name} must be a non-empty string{' or None' if optional else ''}, got {value!r}")
+    return value

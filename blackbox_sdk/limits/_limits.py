@@ -1,0 +1,181 @@
+"""RateLimits: requests and tokens per minute (a sliding window) per key, per model or per client.
+
+    limits = RateLimits(rpm=600, tpm=100_000, per="key", store="redis://host:6379/0")
+    admission = limits.admit(key="team-a", model="gpt-4o", tokens=estimate)  # before sending
+    limits.correct(admission, used)        # after the response: tpm counts what was really used
+    limits.release(admission)              # instead, when the call was never sent
+
+The policy (refuse or wait) is decided once in ``_policy``; the window lives in a store: this
+process's memory, an SQLite file shared by the processes of a host, or Redis shared by hosts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .._closing import Closing
+from .._exceptions import ConfigError
+from . import _checks as check
+from ._memory import MemoryWindow
+from ._policy import Admission, Policy, Request, admission_flow, run_async, run_sync
+from ._redis import RedisWindow, redact_url
+from ._sqlite_window import SQLiteWindow
+from ._store import WindowStore
+from ._window import Window
+
+Per = Literal["key", "model", "client"]
+
+
+def open_store(store: str | Path | None) -> WindowStore:
+    """The store an option names: None -> this process's memory, a redis:// URL -> Redis, a path -> SQLite."""
+    if store is None:
+        return MemoryWindow()
+    if isinstance(store, str) and check.is_url(store):
+        return RedisWindow(store)
+    return SQLiteWindow(Path(store))
+
+
+class _Opened:
+    """A RateLimits' store, opened on first use and again in a forked child (connections don't cross a fork)."""
+
+    def __init__(self, store: WindowStore | None) -> None:
+        self.lock = threading.Lock()
+        self.store = store
+        self.pid = os.getpid()
+
+
+@dataclass(frozen=True, repr=False)
+class RateLimits(Closing):
+    """At most ``rpm`` requests and ``tpm`` tokens in any ``window_s`` seconds, per key, model or client.
+
+    ``per="key"``: each budget key has its window (calls without a key share one); ``"model"``: each
+    model name; ``"client"``: one window for everything. ``policy="raise"`` refuses a call that
+    doesn't fit with RateLimitExceededError (``retry_after`` in seconds); ``"wait"`` sleeps until
+    it fits, at most ``max_wait_s`` in all, then raises. ``store``: None (this process; pass the same
+    object to clients that share a window), an SQLite file path (the processes of a host) or a
+    ``redis://`` URL (every host). ``clock`` (seconds) defaults to the store's own: ``time.time``, or
+    the Redis server's clock so hosts agree. ``sleep`` / ``asleep`` are injectable for tests.
+    """
+
+    rpm: int | None = None
+    tpm: int | None = None
+    per: Per = "client"
+    policy: Policy = "raise"
+    max_wait_s: float = 60.0
+    store: str | Path | None = None
+    window_s: float = 60.0
+    clock: Callable[[], float] | None = field(default=None, compare=False)
+    sleep: Callable[[float], Any] = field(default=time.sleep, compare=False)
+    asleep: Callable[[float], Awaitable[Any]] = field(default=asyncio.sleep, compare=False)
+    _opened: _Opened = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        values = {
+            "rpm": check.limit("rpm", self.rpm),
+            "tpm": check.limit("tpm", self.tpm),
+            "per": check.choice("per", self.per, ("key", "model", "client")),
+            "policy": check.choice("policy", self.policy, ("raise", "wait")),
+            "max_wait_s": check.seconds("max_wait_s", self.max_wait_s, zero=True),
+            "window_s": check.seconds("window_s", self.window_s, zero=False),
+            "store": check.store(self.store),
+        }
+        if values["rpm"] is None and values["tpm"] is None:
+            raise ConfigError("RateLimits needs rpm, tpm or both")
+        check.callable_or_none("clock", self.clock, optional=True)
+        check.callable_or_none("sleep", self.sleep, optional=False)
+        check.callable_or_none("asleep", self.asleep, optional=False)
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+        object.__setattr__(self, "_opened", _Opened(MemoryWindow() if self.store is None else None))
+
+    def __copy__(self) -> RateLimits:
+        """The same object: a copied client shares its window (and its store connections)."""
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> RateLimits:
+        """The same object, as for ``copy``: options are frozen and the window is meant to be shared."""
+        return self
+
+    def __repr__(self) -> str:
+        """The options that differ from the defaults; a Redis URL's password redacted."""
+        shown = {"rpm": self.rpm, "tpm": self.tpm, "per": self.per, "policy": self.policy, "max_wait_s": self.max_wait_s,
+                 "store": redact_url(self.store) if isinstance(self.store, str) else self.store, "window_s": self.window_s}
+        defaults = {"rpm": None, "tpm": None, "per": "client", "policy": "raise", "max_wait_s": 60.0, "store": None, "window_s": 60.0}
+        return "RateLimits(" + ", ".join(f"{name}={value!r}" for name, value in shown.items() if value != defaults[name]) + ")"
+
+    @property
+    def window(self) -> Window:
+        """The limits every scope is held to."""
+        return Window(self.rpm, self.tpm, self.window_s)
+
+    def scope(self, *, key: str | None, model: str | None) -> str:
+        """The window a call counts in: ``"client"``, ``"key"`` (no key), ``"key:<key>"`` or ``"model:<model>"``."""
+        if self.per == "client":
+            return "client"
+        if self.per == "key":
+            key = check.label("key", key, optional=True)
+            return "key" if key is None else f"key:{key}"
+        return f"model:{check.label('model', model, optional=False)}"
+
+    def _request(self, key: str | None, model: str | None, tokens: int) -> Request:
+        """A call's request for room, its arguments checked."""
+        scope = self.scope(key=key, model=model)
+        amount = check.tokens("tokens", tokens)
+        bucket = f"{scope}|{self.window_s!r}s"
+        return Request(scope, bucket, uuid.uuid4().hex, amount, self.window, self.policy, self.max_wait_s, self.clock)
+
+    def _store(self) -> WindowStore:
+        """The open store (opened now if this is its first use, or the first in a forked child)."""
+        opened = self._opened
+        with opened.lock:
+            if opened.store is None or opened.pid != os.getpid():
+                opened.store, opened.pid = open_store(self.store), os.getpid()
+            return opened.store
+
+    def admit(self, *, key: str | None, model: str | None, tokens: int) -> Admission:
+        """Room for one call of ``tokens`` (an estimate: ``correct`` it later), or RateLimitExceededError."""
+        return run_sync(admission_flow(self._request(key, model, tokens)), self._store(), self.sleep)
+
+    async def aadmit(self, *, key: str | None, model: str | None, tokens: int) -> Admission:
+        """``admit``, waiting with ``asleep`` and never blocking the event loop."""
+        return await run_async(admission_flow(self._request(key, model, tokens)), self._store(), self.asleep)
+
+    def correct(self, admission: Admission, tokens: int) -> bool:
+        """Count the tokens the call really used instead of its estimate; False once the store has dropped it (it left the window)."""
+        return self._store().correct(admission.bucket, admission.id, check.tokens("tokens", tokens))
+
+    async def acorrect(self, admission: Admission, tokens: int) -> bool:
+        """``correct`` without blocking the event loop."""
+        return await self._store().acorrect(admission.bucket, admission.id, check.tokens("tokens", tokens))
+
+    def release(self, admission: Admission) -> bool:
+        """Take back an admission whose call was never sent (refused by a budget, failed before sending)."""
+        return self._store().release(admission.bucket, admission.id)
+
+    async def arelease(self, admission: Admission) -> bool:
+        """``release`` without blocking the event loop."""
+        return await self._store().arelease(admission.bucket, admission.id)
+
+    def close(self) -> None:
+        """Close the store's connections (a file or server store reopens on next use; memory keeps its window)."""
+        opened = self._opened
+        with opened.lock:
+            if opened.store is not None and not isinstance(opened.store, MemoryWindow):
+                opened.store.close()
+                opened.store = None
+
+    async def aclose(self) -> None:
+        """``close``, awaiting the asyncio Redis client's connections."""
+        opened = self._opened
+        with opened.lock:
+            store, opened.store = opened.store, (opened.store if isinstance(opened.store, MemoryWindow) else None)
+        if store is not None and not isinstance(store, MemoryWindow):
+            await store.aclose()

@@ -1,0 +1,163 @@
+"""RedisWindow: sliding windows in Redis, shared by every process and host using the same URL.
+
+Admission, correction and release are each one Lua script (``_lua``), so they are atomic and take
+one round trip. By default the script reads the server's clock, so hosts agree on the window
+whatever their own clocks say. Keys expire a little after their window, so idle scopes vanish.
+An unreachable or failing server raises StoreUnavailableError, with the URL's password redacted:
+a rate limit fails closed, it is never silently off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+
+from .._closing import Closing
+from .._exceptions import ConfigError, StoreUnavailableError
+from ._lua import ADMIT, CORRECT, RELEASE
+from ._store import Clock
+from ._window import Verdict, Window
+
+KEY_PREFIX = "blackbox:rate"
+SOCKET_TIMEOUT_S = 5.0
+_MASK = "***"
+_T = TypeVar("_T")
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password (in the user part or a ``password=`` query) shown as ``***``."""
+    parts = urlsplit(url)
+    netloc, query = parts.netloc, parts.query
+    if parts.password is not None:
+        netloc = f"{parts.username or ''}:{_MASK}@{netloc.rpartition('@')[2]}"
+    if query:
+        query = urlencode([(name, _MASK if name == "password" else value) for name, value in parse_qsl(query, keep_blank_values=True)])
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def _secrets(url: str) -> list[str]:
+    """The password as written in the URL and decoded, longest first, for scrubbing error texts."""
+    parts = urlsplit(url)
+    found = [parts.password or ""] + [value for name, value in parse_qsl(parts.query) if name == "password"]
+    return sorted({text for secret in found for text in (secret, unquote(secret)) if text}, key=len, reverse=True)
+
+
+class RedisWindow(Closing):
+    """Sliding windows in the Redis server at ``url`` (redis://, rediss:// or unix://)."""
+
+    def __init__(self, url: str, *, prefix: str = KEY_PREFIX, timeout_s: float = SOCKET_TIMEOUT_S) -> None:
+        try:
+            import redis
+        except ImportError as exc:
+            raise ConfigError("a redis:// rate-limit store needs the redis package: pip install 'blackbox-sdk[redis]'") from exc
+        self.url = redact_url(url)
+        self._url, self._prefix, self._timeout_s = url, prefix, timeout_s
+        self._hidden = _secrets(url)
+        with self._unavailable("connect"):
+            self._client = redis.Redis.from_url(url, decode_responses=True, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        self._scripts = {name: self._client.register_script(source) for name, source in (("admit", ADMIT), ("correct", CORRECT), ("release", RELEASE))}
+        self._async: tuple[asyncio.AbstractEventLoop, Any, dict[str, Any]] | None = None
+
+    def _scrub(self, text: str) -> str:
+        """An error text with the password taken out, wherever the driver put it."""
+        for secret in self._hidden:
+            text = text.replace(secret, _MASK)
+        return text
+
+    @contextmanager
+    def _unavailable(self, action: str) -> Iterator[None]:
+        """Redis and socket errors as StoreUnavailableError, password redacted, the driver's error not chained."""
+        import redis
+
+        try:
+            yield
+        except (redis.RedisError, OSError, ValueError) as exc:
+            detail = self._scrub(f"{type(exc).__name__}: {exc}")
+            raise StoreUnavailableError(f"the rate-limit store {self.url} can't {action}: {detail}") from None
+
+    def _keys(self, scope: str) -> list[str]:
+        """A scope's sorted set and hash; one hash tag, so a cluster keeps them on one node."""
+        tag = hashlib.sha256(scope.encode()).hexdigest()[:32]
+        return [f"{self._prefix}:{{{tag}}}:z", f"{self._prefix}:{{{tag}}}:h"]
+
+    @staticmethod
+    def _admit_args(event_id: str, tokens: int, window: Window, clock: Clock | None) -> list[str | int]:
+        """The admission script's ARGV."""
+        now = "" if clock is None else repr(float(clock()))
+        ttl_ms = math.ceil(window.window_s * 1000) + 1000
+        limit = [-1 if value is None else value for value in (window.rpm, window.tpm)]
+        return [event_id, tokens, repr(float(window.window_s)), *limit, now, ttl_ms]
+
+    def _verdict(self, reply: Any) -> Verdict:
+        """The admission script's reply as a Verdict; StoreUnavailableError when it is not one."""
+        try:
+            if reply[0] == 1:
+                return Verdict(True, float(reply[1]))
+            if reply[0] == 0 and reply[3] in ("rpm", "tpm"):
+                return Verdict(False, float(reply[1]), float(reply[2]), reply[3])
+        except (TypeError, IndexError, ValueError):
+            pass
+        raise StoreUnavailableError(f"the rate-limit store {self.url} answered an admission with {reply!r}")
+
+    def try_admit(self, scope: str, event_id: str, tokens: int, window: Window, clock: Clock | None) -> Verdict:
+        """Admit and record the event if it fits: one script, one round trip."""
+        args = self._admit_args(event_id, tokens, window, clock)
+        with self._unavailable("admit a call"):
+            reply = self._scripts["admit"](keys=self._keys(scope), args=args)
+        return self._verdict(reply)
+
+    def correct(self, scope: str, event_id: str, tokens: int) -> bool:
+        """Replace a live event's token amount: one script."""
+        with self._unavailable("correct a call's tokens"):
+            return bool(self._scripts["correct"](keys=self._keys(scope), args=[event_id, tokens]))
+
+    def release(self, scope: str, event_id: str) -> bool:
+        """Drop a live event: one script."""
+        with self._unavailable("release a call"):
+            return bool(self._scripts["release"](keys=self._keys(scope), args=[event_id]))
+
+    def _async_scripts(self) -> dict[str, Any]:
+        """The scripts on redis-py's asyncio client for the running loop (a client belongs to one loop)."""
+        loop = asyncio.get_running_loop()
+        if self._async is None or self._async[0] is not loop:
+            import redis.asyncio
+
+            client = redis.asyncio.Redis.from_url(self._url, decode_responses=True, socket_timeout=self._timeout_s, socket_connect_timeout=self._timeout_s)
+            scripts = {name: client.register_script(script.script) for name, script in self._scripts.items()}
+            self._async = (loop, client, scripts)
+        return self._async[2]
+
+    async def _arun(self, action: str, call: Callable[[dict[str, Any]], Awaitable[_T]]) -> _T:
+        """Await one script on the asyncio client, its errors worded as StoreUnavailableError."""
+        with self._unavailable(action):
+            return await call(self._async_scripts())
+
+    async def atry_admit(self, scope: str, event_id: str, tokens: int, window: Window, clock: Clock | None) -> Verdict:
+        """``try_admit`` on the asyncio client."""
+        args = self._admit_args(event_id, tokens, window, clock)
+        reply = await self._arun("admit a call", lambda scripts: scripts["admit"](keys=self._keys(scope), args=args))
+        return self._verdict(reply)
+
+    async def acorrect(self, scope: str, event_id: str, tokens: int) -> bool:
+        """``correct`` on the asyncio client."""
+        return bool(await self._arun("correct a call's tokens", lambda scripts: scripts["correct"](keys=self._keys(scope), args=[event_id, tokens])))
+
+    async def arelease(self, scope: str, event_id: str) -> bool:
+        """``release`` on the asyncio client."""
+        return bool(await self._arun("release a call", lambda scripts: scripts["release"](keys=self._keys(scope), args=[event_id])))
+
+    def close(self) -> None:
+        """Close the connections (an asyncio client left open is dropped with its loop)."""
+        self._client.close()
+        self._async = None
+
+    async def aclose(self) -> None:
+        """Close the connections, awaiting the asyncio client's."""
+        if self._async is not None:
+            await self._async[1].aclose()
+        self.close()

@@ -1,0 +1,110 @@
+"""Real Redis and PostgreSQL servers for tests: Debian's binaries, on free loopback ports, in
+temporary folders, stopped after. `stop()` and `start()` let a test kill a server mid-run."""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from blackbox_sdk.local import free_port
+
+START_TIMEOUT_S = 30.0
+
+
+def _wait_for_port(port: int, process: subprocess.Popen[bytes] | None = None) -> None:
+    """Until something accepts connections on 127.0.0.1:port (or the process died)."""
+    import socket
+
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode} before listening on {port}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listened on 127.0.0.1:{port} within {START_TIMEOUT_S}s")
+
+
+class RedisServer:
+    """`redis-server` on a free loopback port, no persistence; `url` is redis://127.0.0.1:PORT/0."""
+
+    def __init__(self) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="bb-redis-"))
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> RedisServer:
+        """Start (or restart, empty) the server on the same port."""
+        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.folder)]
+        self._process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_for_port(self.port, self._process)
+        return self
+
+    def stop(self) -> None:
+        """Kill the server at once (SIGKILL), as a crash would."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+        self._process = None
+
+    def close(self) -> None:
+        """Stop the server and remove its folder."""
+        self.stop()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _pg_bin(name: str) -> str:
+    """A PostgreSQL server binary from Debian's package (not on PATH)."""
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    if not found:
+        raise RuntimeError(f"PostgreSQL's {name} is not installed: apt-get install postgresql (scripts/setup.sh does)")
+    return found[-1]
+
+
+class PostgresServer:
+    """A fresh PostgreSQL cluster (`initdb` in a temporary folder) on a free loopback port, trust
+    authentication; run as the `postgres` user when the tests run as root (initdb refuses root)."""
+
+    def __init__(self) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="bb-pg-"))
+        self.port = free_port()
+        self.user = "postgres" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
+        self.url = f"postgresql://{self.user}@127.0.0.1:{self.port}/postgres"
+        if os.geteuid() == 0:
+            entry = pwd.getpwnam("postgres")
+            os.chmod(self.folder, 0o700)
+            os.chown(self.folder, entry.pw_uid, entry.pw_gid)
+        self._run([_pg_bin("initdb"), "-D", str(self.folder / "data"), "-U", self.user, "-A", "trust", "--no-sync"])
+
+    def _run(self, command: list[str]) -> None:
+        """A command as the cluster's owner."""
+        if os.geteuid() == 0:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def start(self) -> PostgresServer:
+        """Start the server on its port, listening on loopback only."""
+        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._run([_pg_bin("pg_ctl"), "-D", str(self.folder / "data"), "-o", options, "-l", str(self.folder / "log"), "-w", "start"])
+        _wait_for_port(self.port)
+        return self
+
+    def stop(self) -> None:
+        """Stop the server at once (immediate mode)."""
+        self._run([_pg_bin("pg_ctl"), "-D", str(self.folder / "data"), "-m", "immediate", "-w", "stop"])
+
+    def close(self) -> None:
+        """Stop the server and remove its folder."""
+        try:
+            self.stop()
+        except subprocess.CalledProcessError:
+            pass  # already stopped
+        shutil.rmtree(self.folder, ignore_errors=True)

@@ -1,0 +1,141 @@
+"""A cap that is never exceeded, against the real llama.cpp server, whose chat template adds a
+hidden system prompt the SDK's count can't see: the first answer calibrates the endpoint (one call
+at a time until then), every later reservation covers what was learnt. 4 processes x 8 threads
+share one cap on the SQLite ledger and on Redis, with half the streams closed early, and with
+Redis killed mid-run: settled spend <= cap, calls refused, nothing left reserved, and the log's
+spend equal to the ledger's."""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from blackbox_sdk import Budget, BudgetExceededError, CallLog, OpenAI, StoreUnavailableError
+
+MODEL = "smollm2"
+PRICES = {MODEL: {"input": 1000.0, "output": 1000.0}}  # $1000 per million tokens: a call costs a few cents
+QUESTION = [{"role": "user", "content": "Name a fruit."}]
+SPAWN = multiprocessing.get_context("spawn")
+
+
+def _budget(ledger: str, cap: float) -> Budget:
+    return Budget(total_usd=cap, prices=PRICES, ledger=ledger, estimate_margin=0.25)
+
+
+def _spend_until_refused(client: OpenAI, stream_every: int, index: int, errors: list[str]) -> None:
+    """Calls until the budget refuses; every `stream_every`-th call streams and stops reading early."""
+    for attempt in range(40):
+        try:
+            if stream_every and (attempt + index) % stream_every == 0:
+                stream = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=16, stream=True)
+                next(iter(stream), None)
+                stream.close()  # closed early: settled at what arrived
+            else:
+                client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=16)
+        except BudgetExceededError:
+            return
+        except StoreUnavailableError as error:
+            errors.append(f"unavailable: {error}")
+            time.sleep(0.2)
+        except Exception as error:  # noqa: BLE001 - any other failure fails the test
+            errors.append(repr(error))
+            return
+
+
+def _process(url: str, ledger: str, cap: float, log: str, stream_every: int, threads: int, out: Any) -> None:
+    """One process of the fleet: its own client on the shared ledger and log, `threads` threads."""
+    client = OpenAI(base_url=url, api_key="sk-test", budget=_budget(ledger, cap), log=log, max_retries=0)
+    errors: list[str] = []
+    workers = [threading.Thread(target=_spend_until_refused, args=(client, stream_every, i, errors)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    client.close()
+    out.put(errors)
+
+
+def _run_fleet(url: str, ledger: str, cap: float, log: Path, *, stream_every: int = 0, during: Any = None) -> list[str]:
+    """4 processes x 8 threads spending one cap; their errors."""
+    out = SPAWN.Queue()
+    processes = [SPAWN.Process(target=_process, args=(url, ledger, cap, str(log), stream_every, 8, out)) for _ in range(4)]
+    for process in processes:
+        process.start()
+    if during is not None:
+        during()
+    errors = [error for _ in processes for error in out.get(timeout=600)]
+    for process in processes:
+        process.join(timeout=60)
+    return errors
+
+
+def _check(ledger: str, cap: float, log: Path) -> None:
+    """Spend within the cap, refusals happened, nothing held, the log's spend is the ledger's."""
+    report = _budget(ledger, cap).report()
+    records = list(CallLog(log).calls())
+    assert report.spent_usd <= cap
+    assert report.outstanding_reservations == 0 and report.reserved_usd == 0
+    assert any("BudgetExceededError" in (r.error or "") for r in records)
+    assert sum(r.cost_usd for r in records) == pytest.approx(report.spent_usd, abs=1e-9)
+
+
+@pytest.fixture
+def ledger(store_at: Callable[[str], str]) -> str:
+    """Where the store lives: ledger.db in the test's folder, then a real redis-server."""
+    return store_at("ledger.db")
+
+
+def test_threads_sharing_a_cap_never_exceed_it_and_the_first_answer_calibrates(llama_server: str, tmp_path: Path) -> None:
+    budget = _budget(str(tmp_path / "ledger.db"), 0.25)
+    client = OpenAI(base_url=llama_server, api_key="sk-test", budget=budget, log=tmp_path / "calls.db")
+    refused = []
+    real_gate = budget.calibration.open_gate
+    budget.calibration.open_gate = lambda *a: refused.append(a) or real_gate(*a)  # type: ignore[method-assign]
+    workers = [threading.Thread(target=_spend_until_refused, args=(client, 0, i, [])) for i in range(6)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    report = budget.report()
+    assert report.spent_usd <= 0.25 and report.outstanding_reservations == 0
+    first = next(r for r in CallLog(tmp_path / "calls.db").calls() if r.usage)
+    overhead = budget.calibration.overhead(f"{client._core.endpoint}#chat.completions", MODEL)
+    assert overhead is not None and overhead >= 15  # the hidden system prompt and template, learnt
+    assert first.usage["prompt_tokens"] >= overhead
+    assert len(refused) > 1  # the others waited at the gate while the first call calibrated
+
+
+def test_a_fleet_sharing_one_cap_never_exceeds_it(llama_server: str, ledger: str, tmp_path: Path) -> None:
+    errors = _run_fleet(llama_server, ledger, 0.5, tmp_path / "calls.db")
+    assert errors == []
+    _check(ledger, 0.5, tmp_path / "calls.db")
+
+
+def test_streams_closed_early_in_half_the_calls_still_hold_the_cap(llama_server: str, ledger: str, tmp_path: Path) -> None:
+    errors = _run_fleet(llama_server, ledger, 0.5, tmp_path / "calls.db", stream_every=2)
+    assert errors == []
+    _check(ledger, 0.5, tmp_path / "calls.db")
+
+
+def test_redis_killed_mid_run_fails_closed_and_the_run_completes_after_restart(llama_server: str, redis_server: Any, tmp_path: Path) -> None:
+    def crash() -> None:
+        time.sleep(4)
+        redis_server.stop()
+        time.sleep(2)
+        redis_server.start()  # empty: a Redis without persistence forgets the ledger (docs: use AOF)
+
+    errors = _run_fleet(llama_server, redis_server.url, 0.5, tmp_path / "calls.db", during=crash)
+    assert all(error.startswith("unavailable") for error in errors)
+    records = list(CallLog(tmp_path / "calls.db").calls())
+    unbudgeted = [r for r in records if r.error is None and r.cost_usd == 0]
+    assert unbudgeted == []  # every call that ran was charged; none ran while the ledger was down
+    assert any("StoreUnavailableError" in (r.error or "") for r in records) or errors
+    with contextlib.suppress(Exception):
+        assert _budget(redis_server.url, 0.5).report().outstanding_reservations == 0

@@ -1,0 +1,451 @@
+"""The call log on a real PostgreSQL server: the SQLite log's records, feedback, export and stats, batched
+writes off the call path, nothing lost when the database stops, and the factory that picks a store."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import io
+import math
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import psycopg
+import pytest
+from pg_databases import fresh_database
+from servers import PostgresServer
+
+from blackbox_sdk import CallLogError, ConfigError, StoreUnavailableError
+from blackbox_sdk.call_log import (
+    SCHEMA_VERSION,
+    CallLog,
+    CallLogStore,
+    CallRecord,
+    PostgresCallLog,
+    is_postgres_url,
+    open_call_log,
+    url_without_password,
+)
+from blackbox_sdk.call_log import _paging as paging_module
+from blackbox_sdk.call_log import _records as records_module
+from blackbox_sdk.local import free_port
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+OPENAI_KEY = "sk-proj-" + "Qw7Er6Ty" * 6
+PLAIN_SECRET = "hunter2-plain-password"
+FEEDBACK_TIME = 1_700_000_999.25  # one clock for feedback in both stores, so their exports can match byte for byte
+
+
+@pytest.fixture
+def pg_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """The URL of an empty database of this test's own."""
+    with fresh_database(postgres_server) as url:
+        yield url
+
+
+@pytest.fixture
+def pg_log(pg_url: str) -> Iterator[PostgresCallLog]:
+    """A PostgreSQL call log in this test's database."""
+    with PostgresCallLog(pg_url) as log:
+        yield log
+
+
+@pytest.fixture
+def own_server() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of this test's own, to stop and start."""
+    server = PostgresServer().start()
+    yield server
+    server.close()
+
+
+def _record(**changes: Any) -> CallRecord:
+    """A chat call with three candidates, the second chosen by a reranker, and a secret in the request."""
+    fields: dict[str, Any] = {
+        "endpoint_host": "api.openai.com",
+        "model": "gpt-4o-mini",
+        "route": "chat",
+        "request": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "2 + 2?"}], "max_tokens": 16, "api_key": PLAIN_SECRET},
+        "candidates": ["5", "4", "four"],
+        "chosen": [1],
+        "scores": [-1.5, 2.0, 0.5],
+        "usage": {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15},
+        "usage_counted": True,
+        "cost_usd": 0.000123,
+        "latency_s": 0.42,
+        "retries": 1,
+        "key": "team-a",
+        "extra": {"requests": 1},
+    }
+    return CallRecord(**{**fields, **changes})
+
+
+def _varied_records() -> list[CallRecord]:
+    """Calls over two UTC days and three models: hits, errors, no scores, unicode, and ties on `created`
+    whose ids sort differently by bytes than by a locale (the export's order must be the SQLite log's)."""
+    day_one = dt.datetime(2024, 3, 1, 23, 59, tzinfo=dt.timezone.utc).timestamp()
+    day_two = dt.datetime(2024, 3, 2, 0, 1, tzinfo=dt.timezone.utc).timestamp()
+    return [
+        _record(call_id="bb-tie-b", created=day_one, cost_usd=0.25),
+        _record(call_id="bb-tie-B", created=day_one, model="b", cost_usd=0.5, cache_hit=True, usage_counted=False),
+        _record(call_id="bb-tie-a", created=day_one, model="ä-model", candidates=["日本", "x"], chosen=[0, 1], scores=None),
+        _record(call_id="bb-tie_a", created=day_one, request={"z": 1, "a": [1.5, None, True], "messages": []}),
+        _record(created=day_two, cost_usd=1.0, candidates=[], chosen=[], scores=None, usage=None,
+                error=f"AuthenticationError: bad key {OPENAI_KEY}"),
+        _record(created=day_two + 0.001, cost_usd=0.0, cache_hit=True, extra={"token": PLAIN_SECRET, "n": 2}),
+        _record(created=day_two + 7, key=None, route="completions", request={"prompt": "Hi"}, candidates=["there"], chosen=[0], scores=None),
+    ]
+
+
+def _fill(log: CallLogStore, records: list[CallRecord]) -> None:
+    """Record the calls and the same feedback on the first three, at a fixed feedback time."""
+    for rec in records:
+        log.record(rec)
+    log.feedback(records[0].call_id, label="correct", note="checked")
+    log.feedback(records[0].call_id, preferred=2, reference="4")
+    log.feedback(records[1].call_id, reward=-0.5)
+    log.feedback(records[4].call_id, reference="4")
+
+
+def _export(log: CallLogStore) -> str:
+    """The log's JSONL export as text."""
+    sink = io.StringIO()
+    log.export_jsonl(sink)
+    return sink.getvalue()
+
+
+def _wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll until ``condition`` holds; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the writer never got there"
+        time.sleep(0.02)
+
+
+def _rows(url: str, sql: str) -> list[tuple[Any, ...]]:
+    """Rows read on a connection of the test's own (what another host would see)."""
+    with psycopg.connect(url) as conn:
+        return conn.execute(sql).fetchall()
+
+
+# --------------------------------------------------------------------------- the same log as SQLite
+
+
+def test_record_and_feedback_round_trip(pg_log: PostgresCallLog) -> None:
+    rec = _record()
+    pg_log.record(rec)
+    pg_log.feedback(rec.call_id, label="correct", note="by hand")  # right after record: feedback flushes first
+    pg_log.feedback(rec.call_id, preferred=2, reference="4")
+    stored = pg_log.get(rec.call_id)
+    assert stored == rec.model_copy(update={"request": {**rec.request, "api_key": "[REDACTED]"}})
+    items = pg_log.feedback_for(rec.call_id)
+    assert [(f.label, f.note, f.preferred, f.reference, f.candidate) for f in items] == [
+        ("correct", "by hand", None, None, 1), (None, None, 2, "4", None)
+    ]
+
+
+def test_export_is_the_sqlite_logs_line_for_line(pg_log: PostgresCallLog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(records_module, "time", SimpleNamespace(time=lambda: FEEDBACK_TIME))
+    records = _varied_records()
+    with CallLog(tmp_path / "calls.db") as sqlite_log:
+        _fill(sqlite_log, records)
+        _fill(pg_log, records)
+        expected = _export(sqlite_log)
+    assert expected.count("\n") == len(records)
+    assert _export(pg_log) == expected
+    pg_log.export_jsonl(tmp_path / "pg.jsonl")
+    assert (tmp_path / "pg.jsonl").read_text(encoding="utf-8") == expected
+
+
+def test_stats_and_filtered_reads_equal_the_sqlite_logs(pg_log: PostgresCallLog, tmp_path: Path) -> None:
+    records = _varied_records()
+    with CallLog(tmp_path / "calls.db") as sqlite_log:
+        _fill(sqlite_log, records)
+        _fill(pg_log, records)
+        stats = sqlite_log.stats()
+        assert pg_log.stats() == stats
+        since = records[4].created
+        for query in ({}, {"model": "gpt-4o-mini", "route": "chat"}, {"since": since}, {"until": since, "limit": 2}):
+            assert list(pg_log.calls(**query)) == list(sqlite_log.calls(**query))
+    assert (stats["calls"], stats["errors"], stats["cache_hits"], stats["feedback"]) == (7, 1, 2, 4)
+    assert list(stats["by_day"]) == ["2024-03-01", "2024-03-02"]
+
+
+def test_reads_page_through_ties_on_created_in_the_sqlite_logs_order(
+    pg_log: PostgresCallLog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(paging_module, "PAGE_SIZE", 2)  # the (created, call_id) cursor falls inside the ties
+    records = _varied_records()
+    with CallLog(tmp_path / "calls.db") as sqlite_log:
+        for rec in reversed(records):
+            sqlite_log.record(rec)
+            pg_log.record(rec)
+        expected = [c.call_id for c in sqlite_log.calls()]
+    assert expected[:4] == ["bb-tie-B", "bb-tie-a", "bb-tie-b", "bb-tie_a"]  # byte order, not the database's en-US order
+    assert [c.call_id for c in pg_log.calls()] == expected
+    assert [c.call_id for c in pg_log.calls(limit=3)] == expected[:3]
+
+
+def test_secrets_never_reach_the_database(pg_log: PostgresCallLog, pg_url: str) -> None:
+    rec = _record(error=f"AuthenticationError: bad key {OPENAI_KEY}", extra={"token": PLAIN_SECRET})
+    pg_log.record(rec)
+    pg_log.flush()
+    dump = "".join(str(row) for table in ("blackbox_calls", "blackbox_candidates") for row in _rows(pg_url, f"SELECT t::text FROM {table} t"))
+    assert "[REDACTED]" in dump and "2 + 2?" in dump
+    assert PLAIN_SECRET not in dump and OPENAI_KEY not in dump
+
+
+def test_nul_in_text_becomes_a_replacement_character(pg_log: PostgresCallLog) -> None:
+    rec = _record(candidates=["a\x00b", "4"], chosen=[1], scores=None, request={"prompt": "x\x00y"})
+    pg_log.record(rec)
+    stored = pg_log.get(rec.call_id)
+    assert stored.candidates == ["a\ufffdb", "4"]
+    assert stored.request == {"prompt": "x\x00y"}  # JSON keeps it, escaped
+
+
+def test_a_repeated_call_id_keeps_the_first_record(pg_log: PostgresCallLog) -> None:
+    rec = _record()
+    pg_log.record(rec)
+    pg_log.record(rec.model_copy(update={"candidates": ["other"], "chosen": [0], "scores": None}))
+    assert pg_log.get(rec.call_id).candidates == rec.candidates
+    assert [c.call_id for c in pg_log.calls()] == [rec.call_id]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        pytest.param({"label": "correct"}, "no call", id="unknown-call"),
+        pytest.param({"preferred": 3}, "must index", id="preferred-past-the-end"),
+        pytest.param({"preferred": True}, "preferred", id="preferred-bool"),
+        pytest.param({"reward": math.inf}, "reward", id="reward-infinite"),
+        pytest.param({}, "at least one", id="no-feedback"),
+    ],
+)
+def test_bad_feedback_raises_config_error_and_stores_nothing(pg_log: PostgresCallLog, kwargs: dict[str, Any], message: str) -> None:
+    rec = _record()
+    pg_log.record(rec)
+    with pytest.raises(ConfigError, match=message):
+        pg_log.feedback("bb-unknown" if message == "no call" else rec.call_id, **kwargs)
+    assert pg_log.feedback_for(rec.call_id) == []
+    assert pg_log.stats()["feedback"] == 0
+
+
+def test_a_failed_call_takes_a_reference_but_not_a_rating(pg_log: PostgresCallLog) -> None:
+    failed = _record(candidates=[], chosen=[], scores=None, error="APIConnectionError: down")
+    pg_log.record(failed)
+    with pytest.raises(ConfigError, match="nothing to rate"):
+        pg_log.feedback(failed.call_id, reward=1.0)
+    pg_log.feedback(failed.call_id, reference="4")
+    assert [f.reference for f in pg_log.feedback_for(failed.call_id)] == ["4"]
+
+
+def test_get_of_an_unknown_call_and_a_bad_limit_raise_config_error(pg_log: PostgresCallLog) -> None:
+    with pytest.raises(ConfigError, match="no call"):
+        pg_log.get("bb-missing")
+    with pytest.raises(ConfigError, match="limit"):
+        pg_log.calls(limit=-1)
+
+
+def test_a_log_from_a_newer_schema_is_refused(pg_url: str) -> None:
+    PostgresCallLog(pg_url).close()
+    with psycopg.connect(pg_url) as conn:
+        conn.execute("UPDATE blackbox_meta SET value = %s WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
+    with pytest.raises(CallLogError, match="upgrade"):
+        PostgresCallLog(pg_url)
+
+
+def test_several_logs_opening_one_empty_database_at_once_all_work(pg_url: str) -> None:
+    logs: list[PostgresCallLog] = []
+    errors: list[BaseException] = []
+
+    def open_one() -> None:
+        try:
+            logs.append(PostgresCallLog(pg_url))
+        except Exception as exc:  # noqa: BLE001 - collected: the assertion names it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and len(logs) == 6
+    for i, log in enumerate(logs):
+        log.record(_record(call_id=f"bb-open-{i}"))
+        log.close()
+    assert _rows(pg_url, "SELECT COUNT(*) FROM blackbox_calls") == [(6,)]
+
+
+# ------------------------------------------------------------------------- batched, off the call path
+
+
+def test_record_returns_before_the_insert_and_a_batch_is_one_transaction(pg_url: str) -> None:
+    with PostgresCallLog(pg_url, batch_size=4, interval=60.0) as log:
+        for i in range(10):
+            log.record(_record(call_id=f"bb-batch-{i:02d}"))
+        _wait_until(lambda: log.pending == 2)  # two full batches go at once; two records wait for more
+        time.sleep(0.3)
+        assert log.pending == 2 and _rows(pg_url, "SELECT COUNT(*) FROM blackbox_calls") == [(8,)]
+        log.flush()
+        assert log.pending == 0
+    per_transaction = _rows(pg_url, "SELECT xmin::text, COUNT(*) FROM blackbox_calls GROUP BY 1 ORDER BY 2 DESC")
+    assert [count for _, count in per_transaction] == [4, 4, 2]
+    assert _rows(pg_url, "SELECT COUNT(DISTINCT xmin::text) FROM blackbox_candidates") == [(3,)]
+
+
+def test_a_partial_batch_is_written_after_the_interval_without_a_flush(pg_url: str) -> None:
+    with PostgresCallLog(pg_url, batch_size=1000, interval=0.2) as log:
+        log.record(_record())
+        _wait_until(lambda: _rows(pg_url, "SELECT COUNT(*) FROM blackbox_calls") == [(1,)])
+        assert log.pending == 0
+
+
+def test_eight_threads_of_fifty_records_all_land(pg_url: str) -> None:
+    log = PostgresCallLog(pg_url, batch_size=64, interval=30.0)  # the last partial batch is written by close()
+
+    def work(worker: int) -> None:
+        for i in range(50):
+            log.record(_record(call_id=f"bb-w{worker}-{i:02d}", candidates=[f"w{worker}-{i}", "b"], chosen=[0], scores=None))
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    log.close()
+    ids = {row[0] for row in _rows(pg_url, "SELECT call_id FROM blackbox_calls")}
+    assert ids == {f"bb-w{w}-{i:02d}" for w in range(8) for i in range(50)}
+    assert _rows(pg_url, "SELECT COUNT(*) FROM blackbox_candidates") == [(800,)]
+    assert _rows(pg_url, "SELECT COUNT(DISTINCT xmin::text) FROM blackbox_calls") <= [(8,)]  # 400 / 64, rounded up
+
+
+def test_records_left_at_interpreter_exit_are_written(pg_url: str) -> None:
+    script = (
+        "import sys\n"
+        "from blackbox_sdk.call_log import CallRecord, PostgresCallLog\n"
+        "log = PostgresCallLog(sys.argv[1], interval=600.0)\n"
+        "for i in range(5):\n"
+        "    log.record(CallRecord(call_id=f'bb-exit-{i}', endpoint_host='h', model='m', route='chat', request={}))\n"
+        "print(log.pending)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, pg_url], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "5"  # nothing written before exit
+    assert _rows(pg_url, "SELECT call_id FROM blackbox_calls ORDER BY call_id") == [(f"bb-exit-{i}",) for i in range(5)]
+
+
+# ------------------------------------------------------------------------------ a database that stops
+
+
+def test_records_made_while_the_database_is_down_are_kept_and_written_after(own_server: PostgresServer) -> None:
+    log = PostgresCallLog(own_server.url, timeout=20.0, max_pending=3)
+    try:
+        log.record(_record(call_id="bb-before"))
+        log.flush()
+        own_server.stop()
+        started = time.monotonic()
+        for i in range(3):
+            log.record(_record(call_id=f"bb-down-{i}"))
+        assert time.monotonic() - started < 1.0  # the call path never waits for the database
+        with pytest.raises(StoreUnavailableError, match="could not write 3 records"):
+            log.flush(timeout=0.5)
+        with pytest.raises(StoreUnavailableError, match="3 records waiting"):
+            log.record(_record(call_id="bb-refused"))  # the memory bound: refused, never dropped silently
+        assert log.pending == 3
+        own_server.start()
+        log.flush(timeout=120)
+        assert log.pending == 0
+    finally:
+        log.close()
+    ids = [row[0] for row in _rows(own_server.url, "SELECT call_id FROM blackbox_calls ORDER BY call_id")]
+    assert ids == ["bb-before", "bb-down-0", "bb-down-1", "bb-down-2"]
+
+
+def test_feedback_and_reads_while_the_database_is_down_raise_store_unavailable(own_server: PostgresServer) -> None:
+    log = PostgresCallLog(own_server.url, timeout=3.0)
+    try:
+        rec = _record()
+        log.record(rec)
+        log.flush()
+        own_server.stop()
+        with pytest.raises(StoreUnavailableError):
+            log.feedback(rec.call_id, label="correct")
+        with pytest.raises(StoreUnavailableError):
+            log.stats()
+    finally:
+        own_server.start()
+        log.close()
+
+
+def test_an_unreachable_database_fails_at_open_without_its_password() -> None:
+    url = f"postgresql://someone:{PLAIN_SECRET}@127.0.0.1:{free_port()}/nowhere"
+    with pytest.raises(StoreUnavailableError) as caught:
+        PostgresCallLog(url, timeout=5.0)
+    assert PLAIN_SECRET not in str(caught.value) and "127.0.0.1" in str(caught.value)
+
+
+def test_repr_and_url_never_show_the_password(postgres_server: PostgresServer) -> None:
+    url = postgres_server.url.replace("@", f":{PLAIN_SECRET}@", 1)  # trust authentication ignores it
+    with PostgresCallLog(url) as log:
+        assert PLAIN_SECRET not in repr(log) and PLAIN_SECRET not in log.url
+        assert log.url == postgres_server.url
+
+
+def test_closed_log_refuses_records_and_reads(pg_log: PostgresCallLog) -> None:
+    pg_log.close()
+    pg_log.close()  # twice is fine
+    with pytest.raises(CallLogError, match="closed"):
+        pg_log.record(_record())
+    with pytest.raises(CallLogError, match="closed"):
+        pg_log.stats()
+
+
+# ------------------------------------------------------------------------------- opening by target
+
+
+def test_open_call_log_picks_the_store_by_target(pg_url: str, tmp_path: Path) -> None:
+    with contextlib.closing(open_call_log(pg_url)) as pg, contextlib.closing(open_call_log(tmp_path / "calls.db")) as lite:
+        assert isinstance(pg, PostgresCallLog) and isinstance(lite, CallLog)
+        assert isinstance(pg, CallLogStore) and isinstance(lite, CallLogStore)
+    with contextlib.closing(open_call_log(pg_url.replace("postgresql://", "postgres://", 1))) as short:
+        assert isinstance(short, PostgresCallLog)
+    with contextlib.closing(open_call_log(str(tmp_path / "other.db"))) as by_string:
+        assert isinstance(by_string, CallLog)
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [("postgresql://u@h/db", True), ("postgres://h/db", True), ("POSTGRESQL://h", True), ("calls.db", False),
+     ("postgresql:/h/db", False), ("/data/postgresql://x", False)],
+)
+def test_is_postgres_url(target: str, expected: bool) -> None:
+    assert is_postgres_url(target) is expected
+
+
+def test_url_without_password_drops_password_and_query() -> None:
+    assert url_without_password("postgresql://u:p%40ss@db.example:5433/calls?password=x&sslmode=require") == "postgresql://u@db.example:5433/calls"
+
+
+def test_missing_psycopg_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # the import system's own "cannot import"
+    with pytest.raises(ConfigError, match=r"pip install 'blackbox-sdk\[postgres\]'"):
+        PostgresCallLog("postgresql://u@127.0.0.1/db")
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"batch_size": 0}, {"max_pending": True}, {"interval": -1.0}, {"timeout": 0}, {"timeout": math.inf}, {"pool_size": 1.5}],
+)
+def test_bad_settings_raise_config_error(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError):
+        PostgresCallLog("postgresql://u@127.0.0.1/db", **kwargs)
+
+
+def test_a_path_is_not_a_postgres_url() -> None:
+    with pytest.raises(ConfigError, match="postgresql://"):
+        PostgresCallLog("calls.db")

@@ -1,0 +1,57 @@
+"""`OpenAI(rate_limit=RateLimits(...))`: a call past the window is refused (or waits) before it is
+reserved or sent, is logged, and the window counts what the server really used."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from blackbox_sdk import AsyncOpenAI, Budget, CallLog, OpenAI, RateLimitExceededError, RateLimits
+
+MODEL = "smollm2"
+HELLO = [{"role": "user", "content": "Say hi"}]
+
+
+def test_the_third_call_in_the_window_is_refused_before_anything_is_spent(llama_server: str, tmp_path: Path) -> None:
+    budget = Budget(total_usd=10.0, prices={MODEL: {"input": 1.0, "output": 1.0}})
+    limits = RateLimits(rpm=2, per="client")
+    client = OpenAI(base_url=llama_server, api_key="sk-test", rate_limit=limits, budget=budget, log=tmp_path / "calls.db")
+    for _ in range(2):
+        client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=4)
+    spent = budget.spent()
+    with pytest.raises(RateLimitExceededError) as refused:
+        client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=4)
+    assert 0 < refused.value.retry_after <= 60
+    assert budget.spent() == spent and budget.report().outstanding_reservations == 0
+    records = list(CallLog(tmp_path / "calls.db").calls())
+    assert len(records) == 3 and "RateLimitExceededError" in (records[-1].error or "")
+
+
+def test_tpm_counts_what_the_server_used_not_the_worst_case(llama_server: str) -> None:
+    limits = RateLimits(tpm=5_000, per="model")
+    client = OpenAI(base_url=llama_server, api_key="sk-test", rate_limit=limits)
+    for _ in range(5):  # each is admitted at its 2,000-token worst case, then corrected to the few it used
+        completion = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=2000, temperature=0)
+        assert completion.usage.total_tokens < 500
+    uncorrected = RateLimits(tpm=5_000, per="model")
+    admitted = [uncorrected.admit(key=None, model=MODEL, tokens=2000) for _ in range(2)]
+    with pytest.raises(RateLimitExceededError):
+        uncorrected.admit(key=None, model=MODEL, tokens=2000)  # without corrections, the third worst case would not fit
+    assert len(admitted) == 2
+
+
+async def test_the_async_client_waits_for_room_by_policy(llama_server: str) -> None:
+    slept: list[float] = []
+
+    async def asleep(seconds: float) -> None:
+        slept.append(seconds)
+        raise RateLimitExceededError("stop here", limit=1, scope="client", retry_after=seconds)
+
+    limits = RateLimits(rpm=1, per="client", policy="wait", max_wait_s=120, asleep=asleep)
+    client = AsyncOpenAI(base_url=llama_server, api_key="sk-test", rate_limit=limits)
+    await client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=2)
+    with pytest.raises(RateLimitExceededError):
+        await client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=2)
+    assert len(slept) == 1 and 0 < slept[0] <= 60
+    await client.close()

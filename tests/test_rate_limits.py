@@ -1,0 +1,516 @@
+"""Rate limits (blackbox_sdk.limits): a sliding window of requests and tokens per key, model or
+client, in memory, SQLite and a real redis-server; refusing or waiting by policy; failing closed."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import math
+import multiprocessing
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from servers import RedisServer
+
+from blackbox_sdk import ConfigError, RateLimitExceededError, StoreUnavailableError
+from blackbox_sdk.limits import Admission, RateLimits, redact_url
+
+STORES = ["memory", "sqlite", "redis"]
+
+
+class FakeTime:
+    """An injected clock whose sleeps advance it, recording each sleep; ``during_sleep`` runs inside one."""
+
+    def __init__(self, now: float = 1_000.0) -> None:
+        self.now = now
+        self.sleeps: list[float] = []
+        self.during_sleep: Any = None
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+        if self.during_sleep is not None:
+            self.during_sleep()
+
+    async def asleep(self, seconds: float) -> None:
+        self.sleep(seconds)
+
+
+@pytest.fixture(params=STORES)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path | None:
+    """Each store kind in turn: this process's memory, an SQLite file, a real redis-server."""
+    if request.param == "memory":
+        return None
+    if request.param == "sqlite":
+        return tmp_path / "rate.sqlite3"
+    return request.getfixturevalue("redis_server").url
+
+
+def limits_on(store: str | Path | None, clock: FakeTime, **options: Any) -> RateLimits:
+    """RateLimits on ``store`` with the fake clock and its sleeps injected."""
+    return RateLimits(store=store, clock=clock, sleep=clock.sleep, asleep=clock.asleep, **options)
+
+
+def admit(limits: RateLimits, tokens: int = 1, *, key: str | None = None, model: str = "gpt-4o") -> Admission:
+    return limits.admit(key=key, model=model, tokens=tokens)
+
+
+def refusal(limits: RateLimits, tokens: int = 1, *, key: str | None = None, model: str = "gpt-4o") -> RateLimitExceededError:
+    with pytest.raises(RateLimitExceededError) as caught:
+        admit(limits, tokens, key=key, model=model)
+    return caught.value
+
+
+# --- the window ---------------------------------------------------------------------------------------
+
+
+def test_rpm_refuses_with_the_time_until_the_oldest_call_leaves(store: str | Path | None) -> None:
+    clock = FakeTime()
+    limits = limits_on(store, clock, rpm=3)
+    for offset in (0.0, 10.0, 20.0):
+        clock.now = 1_000.0 + offset
+        assert admit(limits).at == pytest.approx(clock.now, abs=1e-5)
+    clock.now = 1_030.0
+    error = refusal(limits)
+    assert error.retry_after == pytest.approx(30.0, abs=1e-4)  # the call at 1000 leaves at 1060
+    assert (error.limit, error.scope) == (3, "client")
+    assert "rpm=3" in str(error) and "retry after 30.00s" in str(error)
+
+
+def test_tpm_refuses_until_enough_tokens_have_left(store: str | Path | None) -> None:
+    clock = FakeTime()
+    limits = limits_on(store, clock, tpm=1_000)
+    for offset, tokens in ((0.0, 300), (5.0, 300), (10.0, 300)):
+        clock.now = 1_000.0 + offset
+        admit(limits, tokens)
+    clock.now = 1_020.0
+    admit(limits, 100)  # exactly 1000
+    error = refusal(limits, 500)  # 500 must leave: the calls at 1000 and 1005, the second leaves at 1065
+    assert error.retry_after == pytest.approx(45.0, abs=1e-4)
+    assert (error.limit, error.scope) == (1_000, "client")
+    assert "tpm=1000" in str(error) and "500 tokens" in str(error)
+    assert refusal(limits, 1).retry_after == pytest.approx(40.0, abs=1e-4)  # one token: the first call's leaving is enough
+
+
+def test_the_binding_limit_is_the_one_that_waits_longest(store: str | Path | None) -> None:
+    clock = FakeTime()
+    limits = limits_on(store, clock, rpm=2, tpm=100)
+    admit(limits, 90)
+    clock.now += 30
+    admit(limits, 5)
+    clock.now += 1
+    error = refusal(limits, 50)  # rpm needs the first to leave (29s), tpm too (29s): rpm wins ties
+    assert error.retry_after == pytest.approx(29.0, abs=1e-4) and "rpm=2" in str(error)
+    limits = limits_on(store, clock, rpm=5, tpm=100, per="model")
+    admit(limits, 50, model="m")
+    clock.now += 10
+    admit(limits, 50, model="m")
+    clock.now += 1
+    error = refusal(limits, 60, model="m")  # only tpm binds, and both calls must leave: 10 + 60 - 11
+    assert error.retry_after == pytest.approx(59.0, abs=1e-4) and error.limit == 100 and "tpm=100" in str(error)
+
+
+def test_the_window_slides(store: str | Path | None) -> None:
+    clock = FakeTime(0.0)
+    limits = limits_on(store, clock, rpm=2, window_s=10.0)
+    admit(limits)
+    clock.now = 6.0
+    admit(limits)
+    clock.now = 9.999
+    assert refusal(limits).retry_after == pytest.approx(0.001, abs=1e-4)
+    clock.now = 10.0  # the call at 0 has left; the one at 6 has not
+    admit(limits)
+    assert refusal(limits).retry_after == pytest.approx(6.0, abs=1e-4)
+    clock.now = 16.0
+    admit(limits)
+    clock.now = 40.0  # both left long ago: the window is empty again
+    admit(limits)
+    admit(limits)
+    refusal(limits)
+
+
+def test_correct_counts_what_the_call_really_used(store: str | Path | None) -> None:
+    clock = FakeTime()
+    limits = limits_on(store, clock, tpm=1_000)
+    first = admit(limits, 800)  # the estimate
+    refusal(limits, 300)
+    assert limits.correct(first, 200) is True  # the response used 200
+    admit(limits, 800)
+    refusal(limits, 1)
+    assert limits.correct(first, 900) is True  # a response larger than its estimate counts in full
+    clock.now += 61  # both left, and the next admission drops them
+    admit(limits, 1_000)
+    assert limits.correct(first, 5) is False
+
+
+def test_release_takes_back_a_call_never_sent(store: str | Path | None) -> None:
+    clock = FakeTime()
+    limits = limits_on(store, clock, rpm=1, tpm=10)
+    admission = admit(limits, 10)
+    refusal(limits)
+    assert limits.release(admission) is True
+    admit(limits, 10)
+    assert limits.release(admission) is False
+
+
+def test_a_call_larger_than_tpm_never_fits_and_never_waits(store: str | Path | None) -> None:
+    clock = FakeTime()
+    limits = limits_on(store, clock, tpm=100, policy="wait", max_wait_s=1e6)
+    error = refusal(limits, 101)
+    assert error.retry_after == math.inf and "can never fit" in str(error)
+    assert clock.sleeps == []
+    admit(limits, 100)
+
+
+# --- policies -----------------------------------------------------------------------------------------
+
+
+def test_wait_sleeps_until_the_window_has_room(store: str | Path | None) -> None:
+    clock = FakeTime(0.0)
+    limits = limits_on(store, clock, rpm=1, tpm=50, policy="wait", max_wait_s=60.0)
+    admit(limits, 40)
+    clock.now = 15.0
+    admission = admit(limits, 20)
+    assert clock.sleeps == [pytest.approx(45.0, abs=1e-4)]
+    assert admission.waited_s == pytest.approx(45.0, abs=1e-4)
+    assert admission.at == pytest.approx(60.0, abs=1e-4)
+
+
+def test_wait_gives_up_when_the_wait_would_pass_max_wait_s(store: str | Path | None) -> None:
+    clock = FakeTime(0.0)
+    limits = limits_on(store, clock, rpm=1, policy="wait", max_wait_s=44.0)
+    admit(limits)
+    clock.now = 15.0
+    error = refusal(limits)  # 45s needed, 44 allowed: no pointless sleep
+    assert clock.sleeps == [] and error.retry_after == pytest.approx(45.0, abs=1e-4)
+
+
+def test_wait_gives_up_when_others_keep_taking_the_room(store: str | Path | None) -> None:
+    clock = FakeTime(0.0)
+    limits = limits_on(store, clock, rpm=1, policy="wait", max_wait_s=100.0)
+    other = limits_on(store, clock, rpm=1)  # another client sharing the store (a separate window in memory)
+    target = other if store is not None else limits
+    admit(limits)
+    clock.during_sleep = lambda: admit(target)  # while we sleep, another caller takes the freed room
+    error = refusal(limits)
+    assert clock.sleeps == [pytest.approx(60.0, abs=1e-4)]  # slept 60, then 60 more would pass 100
+    assert error.retry_after == pytest.approx(60.0, abs=1e-4) and "after waiting 60.00s" in str(error)
+
+
+def test_raise_policy_never_sleeps(store: str | Path | None) -> None:
+    clock = FakeTime()
+    limits = limits_on(store, clock, rpm=1)
+    admit(limits)
+    refusal(limits)
+    assert clock.sleeps == []
+
+
+async def test_aadmit_makes_the_same_decisions_with_asyncio(store: str | Path | None) -> None:
+    clock = FakeTime(0.0)
+    limits = limits_on(store, clock, rpm=2, tpm=100, policy="wait", max_wait_s=30.0)
+    first = await limits.aadmit(key=None, model="m", tokens=60)
+    clock.now = 20.0
+    await limits.aadmit(key=None, model="m", tokens=40)
+    clock.now = 35.0
+    admission = await limits.aadmit(key=None, model="m", tokens=10)  # the first call leaves at 60: 25s
+    assert admission.waited_s == pytest.approx(25.0, abs=1e-4)
+    later = await limits.aadmit(key=None, model="m", tokens=10)  # the call at 20 leaves at 80: 20s more
+    assert later.waited_s == pytest.approx(20.0, abs=1e-4) and later.at == pytest.approx(80.0, abs=1e-4)
+    with pytest.raises(RateLimitExceededError) as caught:
+        await limits.aadmit(key=None, model="m", tokens=10)  # the call at 60 leaves at 120: 40s > 30
+    assert caught.value.retry_after == pytest.approx(40.0, abs=1e-4)
+    assert clock.sleeps == [pytest.approx(25.0, abs=1e-4), pytest.approx(20.0, abs=1e-4)]
+    assert await limits.acorrect(first, 1) is False  # it has left, and the last admission dropped it
+    assert await limits.arelease(admission) is True
+    await limits.aclose()
+
+
+# --- scopes -------------------------------------------------------------------------------------------
+
+
+def test_per_key_windows_are_separate_and_keyless_calls_share_one(store: str | Path | None) -> None:
+    clock = FakeTime()
+    limits = limits_on(store, clock, rpm=1, per="key")
+    assert admit(limits, key="team-a").scope == "key:team-a"
+    error = refusal(limits, key="team-a")
+    assert error.scope == "key:team-a" and "key:team-a" in str(error)
+    assert admit(limits, key="team-b").scope == "key:team-b"
+    assert admit(limits, key=None).scope == "key"
+    assert refusal(limits, key=None, model="another-model").scope == "key"
+
+
+def test_per_model_windows_are_separate(store: str | Path | None) -> None:
+    clock = FakeTime()
+    limits = limits_on(store, clock, rpm=1, per="model")
+    assert admit(limits, key="a", model="gpt-4o").scope == "model:gpt-4o"
+    assert refusal(limits, key="b", model="gpt-4o").scope == "model:gpt-4o"
+    admit(limits, key="a", model="gpt-4o-mini")
+
+
+def test_per_client_is_one_window_for_every_key_and_model(store: str | Path | None) -> None:
+    clock = FakeTime()
+    limits = limits_on(store, clock, rpm=2, per="client")
+    admit(limits, key="a", model="m1")
+    admit(limits, key="b", model="m2")
+    assert refusal(limits, key="c", model="m3").scope == "client"
+
+
+def test_clients_sharing_a_store_share_the_window(tmp_path: Path, redis_server: RedisServer) -> None:
+    for store in (tmp_path / "shared.sqlite3", redis_server.url):
+        clock = FakeTime()
+        first, second = limits_on(store, clock, rpm=2), limits_on(store, clock, rpm=2)
+        admit(first)
+        admit(second)
+        refusal(first)
+        refusal(second)
+    mine, yours = RateLimits(rpm=1), RateLimits(rpm=1)  # in-process: each object is its own window
+    admit(mine)
+    admit(yours)
+
+
+# --- many processes and threads -----------------------------------------------------------------------
+
+
+def _hammer(store: str, rpm: int, window_s: float, seconds: float, out: Any) -> None:
+    """A process: 8 threads asking for room until the deadline; sends back the admitted times and refusals."""
+    limits = RateLimits(rpm=rpm, window_s=window_s, store=store)
+    admitted: list[float] = []
+    refused = [0]
+    guard = threading.Lock()
+    deadline = time.time() + seconds
+
+    def ask() -> None:
+        while time.time() < deadline:
+            try:
+                at = limits.admit(key=None, model="m", tokens=1).at
+                with guard:
+                    admitted.append(at)
+            except RateLimitExceededError:
+                with guard:
+                    refused[0] += 1
+            time.sleep(0.005)
+
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    limits.close()
+    out.put((admitted, refused[0]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_four_processes_of_eight_threads_never_admit_more_than_rpm_in_any_window(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    store = str(tmp_path / "rate.sqlite3") if kind == "sqlite" else request.getfixturevalue("redis_server").url
+    rpm, window_s, seconds = 10, 1.0, 3.0
+    context = multiprocessing.get_context("fork")
+    out = context.Queue()
+    processes = [context.Process(target=_hammer, args=(store, rpm, window_s, seconds, out)) for _ in range(4)]
+    for process in processes:
+        process.start()
+    results = [out.get(timeout=60) for _ in processes]
+    for process in processes:
+        process.join(timeout=30)
+        assert process.exitcode == 0
+    times = sorted(at for admitted, _ in results for at in admitted)
+    refused = sum(count for _, count in results)
+    assert refused > len(times)  # 32 threads asked far more often than the limit allows
+    assert len(times) >= 2 * rpm  # and the window was filled, not starved
+    crowded = [(times[i], times[i + rpm]) for i in range(len(times) - rpm) if times[i + rpm] - times[i] < window_s - 1e-5]
+    assert crowded == []  # any rpm + 1 admissions are at least a window apart
+
+
+# --- faults -------------------------------------------------------------------------------------------
+
+
+def test_redis_killed_fails_closed_and_recovers_after_restart(redis_server: RedisServer) -> None:
+    limits = RateLimits(rpm=100, store=redis_server.url)
+    admit(limits)
+    redis_server.stop()
+    with pytest.raises(StoreUnavailableError) as caught:
+        admit(limits)
+    assert "can't admit a call" in str(caught.value) and redis_server.url in str(caught.value)
+    redis_server.start()  # a fresh, empty server: the scripts are loaded again
+    admit(limits)
+    limits.close()
+
+
+async def test_redis_killed_fails_closed_for_aadmit(redis_server: RedisServer) -> None:
+    limits = RateLimits(rpm=100, store=redis_server.url)
+    await limits.aadmit(key=None, model="m", tokens=1)
+    redis_server.stop()
+    with pytest.raises(StoreUnavailableError):
+        await limits.aadmit(key=None, model="m", tokens=1)
+    redis_server.start()
+    await limits.aadmit(key=None, model="m", tokens=1)
+    await limits.aclose()
+
+
+def test_the_redis_password_never_shows(redis_server: RedisServer) -> None:
+    url = redis_server.url.replace("redis://", "redis://user:s3cret-pass@")
+    limits = RateLimits(rpm=1, store=url)
+    assert "s3cret-pass" not in repr(limits)
+    with pytest.raises(StoreUnavailableError) as caught:
+        admit(limits)  # the server has no such user: refused
+    assert "s3cret-pass" not in str(caught.value) and "user:***@" in str(caught.value)
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__  # the driver's error is not chained
+    redis_server.stop()
+    with pytest.raises(StoreUnavailableError) as caught:
+        admit(limits)
+    assert "s3cret-pass" not in str(caught.value)
+    assert redact_url("redis://h:6379/0?password=top%20secret&db=1") == "redis://h:6379/0?password=%2A%2A%2A&db=1"
+
+
+def test_each_redis_admission_is_one_script_call_and_its_keys_expire(redis_server: RedisServer) -> None:
+    limits = RateLimits(rpm=3, tpm=1_000, window_s=5.0, per="key", store=redis_server.url)
+    inspect = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    limits.correct(admit(limits, 1, key="warm-up"), 1)  # the first use of each script loads it (NOSCRIPT, then SCRIPT LOAD)
+    inspect.config_resetstat()
+    admission = admit(limits, 400, key="team-a")
+    admit(limits, 400, key="team-a")
+    limits.correct(admission, 100)
+    admit(limits, 400, key="team-a")
+    with pytest.raises(RateLimitExceededError):
+        admit(limits, 1, key="team-a")
+    stats = inspect.info("commandstats")
+    calls = {name: stats[name]["calls"] for name in stats}
+    assert calls["cmdstat_evalsha"] == 5  # 4 admissions and 1 correction: one script call each
+    assert not {"cmdstat_eval", "cmdstat_multi", "cmdstat_script"} & set(calls)
+    keys = inspect.keys("blackbox:rate:*")
+    assert len(keys) == 4 and all(0 < inspect.pttl(key) <= 6_000 for key in keys)
+    inspect.close()
+    limits.close()
+
+
+def test_an_unreachable_sqlite_file_fails_closed(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(StoreUnavailableError, match="can't open"):
+        admit(RateLimits(rpm=1, store=blocker / "rate.sqlite3"))
+    garbage = tmp_path / "garbage.sqlite3"
+    garbage.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreUnavailableError):
+        admit(RateLimits(rpm=1, store=garbage))
+
+
+def test_a_locked_sqlite_file_fails_closed_instead_of_admitting(tmp_path: Path) -> None:
+    from blackbox_sdk.limits import SQLiteWindow, Window
+
+    path = tmp_path / "rate.sqlite3"
+    window = SQLiteWindow(path, busy_timeout_s=0.2)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    with pytest.raises(StoreUnavailableError, match="locked"):
+        window.try_admit("client|60.0s", "id-1", 1, Window(1, None, 60.0), None)
+    holder.execute("ROLLBACK")
+    assert window.try_admit("client|60.0s", "id-1", 1, Window(1, None, 60.0), None).admitted
+    holder.close()
+    window.close()
+
+
+def test_a_sqlite_store_reopens_after_close(tmp_path: Path) -> None:
+    limits = RateLimits(rpm=1, store=tmp_path / "rate.sqlite3")
+    admit(limits)
+    limits.close()
+    refusal(limits)  # the window is in the file, not the connection
+    with limits:
+        refusal(limits)
+
+
+# --- options ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"rpm": 0},
+        {"rpm": -5},
+        {"rpm": 1.5},
+        {"rpm": True},
+        {"rpm": "600"},
+        {"tpm": 0},
+        {"rpm": 1, "per": "user"},
+        {"rpm": 1, "policy": "queue"},
+        {"rpm": 1, "max_wait_s": -1},
+        {"rpm": 1, "max_wait_s": math.inf},
+        {"rpm": 1, "window_s": 0},
+        {"rpm": 1, "window_s": math.nan},
+        {"rpm": 1, "window_s": "60"},
+        {"rpm": 1, "store": ""},
+        {"rpm": 1, "store": 5},
+        {"rpm": 1, "store": "postgresql://u:pw@h/db"},
+        {"rpm": 1, "store": "redis://"},
+        {"rpm": 1, "store": "redis://h:notaport/0"},
+        {"rpm": 1, "clock": 5.0},
+        {"rpm": 1, "sleep": None},
+    ],
+)
+def test_bad_options_are_config_errors(options: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError) as caught:
+        RateLimits(**options)
+    assert "pw" not in str(caught.value)
+
+
+def test_bad_call_arguments_are_config_errors() -> None:
+    limits = RateLimits(rpm=10, per="model")
+    for kwargs in ({"key": None, "model": None, "tokens": 1}, {"key": None, "model": "", "tokens": 1},
+                   {"key": None, "model": "m", "tokens": -1}, {"key": None, "model": "m", "tokens": 1.5}):
+        with pytest.raises(ConfigError):
+            limits.admit(**kwargs)
+    with pytest.raises(ConfigError):
+        RateLimits(rpm=1, per="key").admit(key="", model="m", tokens=1)
+    admission = limits.admit(key=None, model="m", tokens=1)
+    with pytest.raises(ConfigError):
+        limits.correct(admission, -3)
+
+
+def test_options_are_frozen_compared_and_shown() -> None:
+    limits = RateLimits(rpm=600, tpm=100_000, per="key")
+    with pytest.raises(AttributeError):
+        limits.rpm = 5  # type: ignore[misc]
+    assert limits == RateLimits(rpm=600, tpm=100_000, per="key", clock=time.time)
+    assert repr(limits) == "RateLimits(rpm=600, tpm=100000, per='key')"
+    assert RateLimits(rpm=1, store="~/rate.sqlite3").store == Path.home() / "rate.sqlite3"
+    assert copy.copy(limits) is limits and copy.deepcopy({"rate_limit": limits})["rate_limit"] is limits  # copies share the window
+
+
+def test_in_process_threads_never_exceed_rpm() -> None:
+    limits = RateLimits(rpm=50, window_s=3600.0)
+    admitted = []
+
+    def ask() -> None:
+        for _ in range(40):
+            try:
+                admitted.append(limits.admit(key=None, model="m", tokens=1))
+            except RateLimitExceededError:
+                pass
+
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(admitted) == 50
+
+
+def test_asyncio_tasks_waiting_share_the_window() -> None:
+    limits = RateLimits(rpm=2, window_s=0.3, policy="wait", max_wait_s=5.0)
+
+    async def main() -> list[Admission]:
+        return await asyncio.gather(*(limits.aadmit(key=None, model="m", tokens=1) for _ in range(6)))
+
+    started = time.monotonic()
+    admissions = asyncio.run(main())
+    assert time.monotonic() - started >= 0.6 - 0.05  # 6 calls at 2 per 0.3s: two windows of waiting
+    times = sorted(admission.at for admission in admissions)
+    assert all(times[i + 2] - times[i] >= 0.3 - 1e-6 for i in range(len(times) - 2))

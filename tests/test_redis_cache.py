@@ -1,0 +1,429 @@
+"""The cache on a real redis-server: buckets, TTL, namespaces, atomic appends from several processes,
+planted values, the server killed and restarted; and single flight on both stores (disk and Redis)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+import pickle
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from payloads import RunsOnUnpickle
+from servers import RedisServer
+
+from blackbox_sdk import CacheError, ConfigError, OpenAI, StoreUnavailableError
+from blackbox_sdk.cache import CACHE_FORMAT, Cache, CacheStore
+
+ENDPOINT = "https://api.example.test/v1"
+PARAMS: dict[str, Any] = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "What is 2 + 2?"}]}
+PREFIX = "blackbox:cache:"
+PASSWORD = "s3cret-pa55word-xyz"
+
+
+@pytest.fixture
+def location(store_at: Callable[[str], str]) -> str:
+    """Where the store lives: cache in the test's folder, then a real redis-server."""
+    return store_at("cache")
+
+
+@pytest.fixture
+def raw(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    """A plain redis-py client on the test's server, to look at and plant what is stored."""
+    client = redis.Redis.from_url(redis_server.url)
+    yield client
+    client.close()
+
+
+def _key(cache: Cache, **changes: Any) -> str:
+    """The cache key of PARAMS with some arguments changed."""
+    return cache.key(route="chat", endpoint=ENDPOINT, params={**PARAMS, **changes})
+
+
+def _entry(text: str) -> dict[str, Any]:
+    """A stored chat candidate the way a client might shape it."""
+    return {"kind": "chat", "response": {"choices": [{"message": {"role": "assistant", "content": text}}]}}
+
+
+def _until(condition: Callable[[], bool], seconds: float = 10.0) -> bool:
+    """Poll until the condition holds or the time is up; whether it held."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+def _reachable(cache: Cache) -> bool:
+    """Whether the cache's store answers now (stats raise while it is down)."""
+    try:
+        return cache.stats.keys >= 0
+    except CacheError:
+        return False
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The SDK's warning messages captured so far."""
+    return [r.getMessage() for r in caplog.records if r.name == "blackbox_sdk" and r.levelno == logging.WARNING]
+
+
+# ------------------------------------------------------------------- the same semantics on both stores
+
+
+def test_buckets_round_trip_oldest_first_trimmed_and_replaced(location: str) -> None:
+    with Cache(location, max_bucket=3) as cache:
+        key, other = _key(cache), _key(cache, seed=1)
+        assert cache.get(key) == []
+        cache.extend(key, [_entry("a")])
+        cache.extend(key, [_entry("b"), _entry("c")])
+        assert cache.get(key) == [_entry("a"), _entry("b"), _entry("c")]
+        cache.extend(key, [_entry("d")])
+        assert cache.get(key) == [_entry("b"), _entry("c"), _entry("d")]
+        big = _entry("ü✓ " * 40_000)
+        cache.with_mode("refresh").extend(key, [big])
+        assert cache.get(key) == [big] and cache.get(other) == []
+        assert cache.with_mode("off").get(key) == []
+        stats = cache.stats
+        assert (stats.hits, stats.misses, stats.writes, stats.keys) == (3, 2, 4, 1) and stats.volume_bytes > 100_000
+
+
+def test_entries_expire_after_the_ttl(location: str) -> None:
+    with Cache(location, ttl=0.4) as cache:
+        key = _key(cache)
+        cache.extend(key, [_entry("short-lived")])
+        assert cache.get(key) == [_entry("short-lived")]
+        time.sleep(0.5)
+        assert cache.get(key) == []
+
+
+def test_a_disk_and_a_redis_cache_make_the_same_keys(tmp_path: Path, redis_server: RedisServer) -> None:
+    with Cache(tmp_path / "c", namespace="team") as disk, Cache(redis_server.url, namespace="team") as shared:
+        assert _key(disk) == _key(shared) and _key(disk, seed=3) == _key(shared, seed=3)
+
+
+def test_single_flight_32_threads_one_leader_the_others_get_its_answer(location: str) -> None:
+    with Cache(location) as cache:
+        key = _key(cache)
+        start, waiting = threading.Barrier(32), threading.Semaphore(0)
+
+        def call(_: int) -> tuple[bool, list[dict[str, Any]]]:
+            start.wait()
+            if cache.claim(key, ttl_s=30):
+                _hold_until_the_others_wait(waiting, 31)  # the one upstream request
+                cache.extend(key, [_entry("the leader's answer")])
+                cache.release_claim(key)
+                return True, cache.get(key)
+            waiting.release()
+            return False, cache.wait_for(key, timeout_s=30)
+
+        with ThreadPoolExecutor(32) as pool:
+            results = list(pool.map(call, range(32)))
+    assert sum(leader for leader, _ in results) == 1
+    assert all(entries == [_entry("the leader's answer")] for _, entries in results)
+
+
+def _hold_until_the_others_wait(waiting: Any, others: int, seconds: float = 20.0) -> None:
+    """The leader's request: it lasts until every other caller is waiting (or the time is up), so no
+    caller can come late and find the key free; with a broken claim every "leader" waits it out."""
+    deadline = time.monotonic() + seconds
+    for _ in range(others):
+        if not waiting.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            return
+
+
+def _claim_in_threads(location: str, key: str, start: Any, waiting: Any, results: Any) -> None:
+    """Child process: 8 threads claim one key at once; the leader stores, the others wait for it."""
+    with Cache(location) as cache:
+
+        def call(_: int) -> None:
+            start.wait()
+            if cache.claim(key, ttl_s=60):
+                _hold_until_the_others_wait(waiting, 31)
+                cache.extend(key, [{"answer": os.getpid()}])
+                cache.release_claim(key)
+                results.put(("leader", cache.get(key)))
+            else:
+                waiting.release()
+                results.put(("follower", cache.wait_for(key, timeout_s=60)))
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(call, range(8)))
+
+
+def test_single_flight_across_processes_sends_once(location: str) -> None:
+    with Cache(location) as cache:
+        key = _key(cache)
+    context = multiprocessing.get_context("spawn")
+    start, waiting, results = context.Barrier(32), context.Semaphore(0), context.Queue()
+    workers = [context.Process(target=_claim_in_threads, args=(location, key, start, waiting, results)) for _ in range(4)]
+    for process in workers:
+        process.start()
+    outcomes = [results.get(timeout=180) for _ in range(32)]
+    for process in workers:
+        process.join(timeout=60)
+    assert [p.exitcode for p in workers] == [0, 0, 0, 0]
+    assert [role for role, _ in outcomes].count("leader") == 1
+    answers = {json.dumps(entries) for _, entries in outcomes}
+    assert len(answers) == 1 and json.loads(answers.pop())[0]["answer"] in {p.pid for p in workers}
+
+
+def test_a_leader_that_fails_releases_the_waiters_at_once(location: str) -> None:
+    with Cache(location) as leader, Cache(location) as follower:
+        key = _key(leader)
+        assert leader.claim(key, ttl_s=30) and not follower.claim(key, ttl_s=30)
+        threading.Timer(0.2, leader.release_claim, args=(key,)).start()  # no answer stored
+        started = time.monotonic()
+        assert follower.wait_for(key, timeout_s=20) == []
+        assert time.monotonic() - started < 5
+        assert follower.claim(key, ttl_s=30)  # the key is free: the next caller leads
+
+
+def test_the_wait_is_bounded_and_then_the_caller_sends(location: str) -> None:
+    with Cache(location) as cache:
+        key = _key(cache)
+        assert cache.claim(key, ttl_s=30)
+        started = time.monotonic()
+        assert cache.wait_for(key, timeout_s=0.3) == []
+        assert 0.3 <= time.monotonic() - started < 3
+
+
+def test_a_waiter_wants_as_many_entries_as_it_needs(location: str) -> None:
+    with Cache(location) as cache:
+        key = _key(cache)
+        assert cache.claim(key, ttl_s=30)
+        cache.extend(key, [_entry("1")])
+        threading.Timer(0.2, cache.extend, args=(key, [_entry("2")])).start()
+        assert cache.wait_for(key, timeout_s=20, want=2) == [_entry("1"), _entry("2")]
+        assert cache.wait_for(key, timeout_s=0.2, want=5) == [_entry("1"), _entry("2")]  # fewer after the wait
+
+
+def test_a_lapsed_claim_frees_the_key_and_its_old_leader_cannot_release_the_new_one(location: str) -> None:
+    with Cache(location) as first, Cache(location) as second, Cache(location) as third:
+        key = _key(first)
+        assert first.claim(key, ttl_s=0.2)
+        assert not second.claim(key, ttl_s=30)
+        time.sleep(0.3)
+        assert second.claim(key, ttl_s=30)
+        first.release_claim(key)  # too late: the claim it held lapsed, and is someone else's now
+        assert not third.claim(key, ttl_s=30)
+        second.release_claim(key)
+        assert third.claim(key, ttl_s=30)
+
+
+def test_only_mode_on_claims_and_only_reading_modes_wait(location: str) -> None:
+    with Cache(location) as cache:
+        key = _key(cache)
+        assert cache.claim(key, ttl_s=30)
+        for mode in ("read", "write", "refresh", "off"):
+            assert cache.with_mode(mode).claim(key, ttl_s=30)  # type: ignore[arg-type]
+        started = time.monotonic()
+        assert cache.with_mode("off").wait_for(key, timeout_s=10) == []
+        assert time.monotonic() - started < 1
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        pytest.param(lambda c, k: c.claim(k, ttl_s=0), id="zero-ttl"),
+        pytest.param(lambda c, k: c.claim(k, ttl_s=float("inf")), id="infinite-ttl"),
+        pytest.param(lambda c, k: c.wait_for(k, timeout_s=-1), id="negative-wait"),
+        pytest.param(lambda c, k: c.wait_for(k, timeout_s=1, want=0), id="want-none"),
+        pytest.param(lambda c, k: c.claim("not-a-key", ttl_s=1), id="bad-key"),
+    ],
+)
+def test_bad_single_flight_arguments_raise_config_error(location: str, call: Callable[[Cache, str], Any]) -> None:
+    with Cache(location) as cache, pytest.raises(ConfigError):
+        call(cache, _key(cache))
+
+
+async def test_waiting_on_an_event_loop(location: str) -> None:
+    with Cache(location) as cache:
+        key = _key(cache)
+        assert cache.claim(key, ttl_s=30)
+        threading.Timer(0.2, cache.extend, args=(key, [_entry("async")])).start()
+        assert await cache.wait_for_async(key, timeout_s=20) == [_entry("async")]
+
+
+# ------------------------------------------------------------------------------------- Redis only
+
+
+def test_values_are_json_text_under_the_prefix_and_namespace_with_redis_expiry(redis_server: RedisServer, raw: redis.Redis) -> None:
+    with Cache(redis_server.url, namespace="tenant-a", ttl=60) as cache:
+        key = _key(cache)
+        cache.extend(key, [_entry("4")])
+        stored = json.loads(raw.get(f"{PREFIX}tenant-a:{key}").decode("utf-8"))
+        assert [w["bb"] for w in stored] == [CACHE_FORMAT] and stored[0]["entry"] == _entry("4")
+        assert 59_000 < raw.pttl(f"{PREFIX}tenant-a:{key}") <= 60_000
+        assert isinstance(cache._store, CacheStore) and cache.directory is None
+
+
+def test_two_caches_on_one_url_share_buckets_like_two_hosts(redis_server: RedisServer) -> None:
+    with Cache(redis_server.url) as host_a, Cache(redis_server.url) as host_b:
+        host_a.extend(_key(host_a), [_entry("from a")])
+        host_b.extend(_key(host_b), [_entry("from b")])
+        assert host_a.get(_key(host_a)) == [_entry("from a"), _entry("from b")]
+
+
+def test_namespaces_are_isolated_even_when_one_prefixes_another(redis_server: RedisServer, raw: redis.Redis) -> None:
+    names = ["a", "a:b", "a*", "other"]
+    caches = [Cache(redis_server.url, namespace=n) for n in names]
+    for cache in caches:
+        cache.extend(_key(cache), [_entry(cache.namespace)])
+    assert [c.get(_key(c)) for c in caches] == [[_entry(n)] for n in names]
+    assert caches[0].get(_key(caches[1])) == []  # a key of another namespace misses here
+    caches[0].clear()
+    assert [c.stats.keys for c in caches] == [0, 1, 1, 1]
+    assert sorted(name.decode().split(":")[2] for name in raw.scan_iter(f"{PREFIX}*")) == ["a", "a*", "other"]
+    for cache in caches:
+        cache.close()
+
+
+def _extend_many(url: str, key: str, worker: int, count: int, start: Any) -> None:
+    """Child process: once every worker is ready, append entries one at a time to a shared bucket on Redis."""
+    with Cache(url, max_bucket=1000) as shared:
+        shared.get(key)  # connected before the race starts
+        start.wait()
+        for i in range(count):
+            shared.extend(key, [{"worker": worker, "i": i}])
+
+
+def test_concurrent_appends_from_several_processes_all_land(redis_server: RedisServer) -> None:
+    with Cache(redis_server.url, max_bucket=1000) as cache:
+        key = _key(cache)
+        context = multiprocessing.get_context("spawn")
+        start = context.Barrier(4)
+        workers = [context.Process(target=_extend_many, args=(redis_server.url, key, w, 100, start)) for w in range(4)]
+        for process in workers:
+            process.start()
+        for process in workers:
+            process.join(timeout=180)
+        assert [p.exitcode for p in workers] == [0, 0, 0, 0]
+        assert sorted((e["worker"], e["i"]) for e in cache.get(key)) == [(w, i) for w in range(4) for i in range(100)]
+
+
+@pytest.mark.parametrize(
+    "plant",
+    [
+        pytest.param(lambda raw, name, marker: raw.set(name, pickle.dumps(RunsOnUnpickle(marker))), id="pickle"),
+        pytest.param(lambda raw, name, marker: raw.set(name, b"\xff\xfe[not utf-8"), id="invalid-utf8"),
+        pytest.param(lambda raw, name, marker: raw.set(name, b"[{not json"), id="not-json"),
+        pytest.param(lambda raw, name, marker: raw.rpush(name, b"a list"), id="another-type"),
+    ],
+)
+def test_planted_values_are_a_miss_with_a_warning_and_are_dropped(
+    redis_server: RedisServer, raw: redis.Redis, tmp_path: Path, caplog: pytest.LogCaptureFixture, plant: Callable[..., Any]
+) -> None:
+    marker = tmp_path / "pwned"
+    with Cache(redis_server.url) as cache:
+        key = _key(cache)
+        plant(raw, f"{PREFIX}default:{key}", marker)
+        with caplog.at_level(logging.WARNING, logger="blackbox_sdk"):
+            assert cache.get(key) == []
+        assert len(_warnings(caplog)) == 1 and not marker.exists()
+        assert raw.exists(f"{PREFIX}default:{key}") == 0
+        cache.extend(key, [_entry("after")])
+        assert cache.get(key) == [_entry("after")]
+
+
+def test_a_killed_server_is_a_miss_with_one_warning_and_a_restart_heals(redis_server: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
+    with Cache(redis_server.url) as cache:
+        key = _key(cache)
+        cache.extend(key, [_entry("before")])
+        redis_server.stop()
+        with caplog.at_level(logging.WARNING, logger="blackbox_sdk"):
+            started = time.monotonic()
+            assert cache.get(key) == []
+            cache.extend(key, [_entry("lost")])  # skipped, never raised
+            assert cache.claim(key, ttl_s=30)  # nothing waits on a cache that is down
+            assert cache.wait_for(key, timeout_s=10) == []
+            time.sleep(0.6)  # past the rest: the next calls try the server again, and fail again
+            assert cache.get(key) == [] and cache.get(key) == []
+            assert time.monotonic() - started < 5
+        (warning,) = _warnings(caplog)
+        assert "unreachable" in warning and redis_server.url.rsplit("/", 1)[0].split("//")[1] in warning
+        with pytest.raises(CacheError) as raised:
+            cache.clear()  # an explicit admin action says so
+        assert isinstance(raised.value, StoreUnavailableError)
+        redis_server.start()  # back, empty
+
+        def round_trip() -> bool:
+            cache.extend(key, [_entry("after")])
+            return cache.get(key) == [_entry("after")]
+
+        assert _until(round_trip)
+        assert cache.stats.keys == 1
+
+
+def test_a_call_through_the_client_is_unaffected_by_a_dead_cache_and_streams_replay_after(
+    llama_server: str, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = Cache(redis_server.url, namespace="client")
+    client = OpenAI(base_url=llama_server, api_key="sk-test", cache=cache)
+    ask = {"model": "smollm2", "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 8, "temperature": 0, "seed": 1}
+    redis_server.stop()
+    with caplog.at_level(logging.WARNING, logger="blackbox_sdk"):
+        first = client.chat.completions.create(**ask)
+    assert first.choices[0].message.content and not first.blackbox.cache_hit
+    assert any("unreachable" in w for w in _warnings(caplog))
+    redis_server.start()
+    assert _until(lambda: _reachable(cache))
+    streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(**ask, stream=True) if c.choices)
+    replay = client.chat.completions.create(**ask, stream=True)
+    assert replay.blackbox.cache_hit
+    assert "".join(c.choices[0].delta.content or "" for c in replay if c.choices) == streamed
+    again = client.chat.completions.create(**ask)
+    assert again.blackbox.cache_hit and again.choices[0].message.content == streamed
+    client.close()
+    cache.close()
+
+
+def test_the_password_never_appears_in_messages(redis_server: RedisServer, raw: redis.Redis, caplog: pytest.LogCaptureFixture) -> None:
+    raw.config_set("requirepass", PASSWORD)
+    host = redis_server.url.split("//")[1]
+    good, wrong = f"redis://:{PASSWORD}@{host}", f"redis://user:{PASSWORD}-wrong@{host}"
+    with Cache(good) as cache:
+        cache.extend(_key(cache), [_entry("secret-free")])
+        assert cache.get(_key(cache)) == [_entry("secret-free")]
+        texts = [repr(cache), cache.location]
+    with Cache(wrong) as denied, caplog.at_level(logging.DEBUG, logger="blackbox_sdk"):
+        assert denied.get(_key(denied)) == []  # a wrong password reads as a miss, with a warning
+        with pytest.raises(CacheError) as raised:
+            denied.clear()
+        texts += [repr(denied), str(raised.value), repr(raised.value.__cause__), caplog.text]
+    with pytest.raises(ConfigError) as bad:
+        Cache(f"redis://:{PASSWORD}@127.0.0.1:notaport/0")
+    texts.append(str(bad.value))
+    assert _warnings(caplog) and all(PASSWORD not in text for text in texts), texts
+
+
+def test_url_options_win_and_rediss_is_accepted(redis_server: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
+    host = redis_server.url.split("//")[1].split("/")[0]
+    with Cache(f"rediss://{host}/0?socket_timeout=0.3&socket_connect_timeout=0.3") as tls:  # TLS to a plain server
+        started = time.monotonic()
+        with caplog.at_level(logging.WARNING, logger="blackbox_sdk"):
+            assert tls.get(_key(tls)) == []
+        assert time.monotonic() - started < 3 and len(_warnings(caplog)) == 1
+
+
+def test_a_closed_cache_reconnects_on_next_use(redis_server: RedisServer) -> None:
+    cache = Cache(redis_server.url)
+    cache.extend(_key(cache), [_entry("x")])
+    cache.close()
+    assert cache.get(_key(cache)) == [_entry("x")]
+    cache.close()
+
+
+def test_without_the_redis_package_a_config_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "redis", None)  # what `import redis` meets when it is not installed
+    with pytest.raises(ConfigError, match=r"pip install 'blackbox-sdk\[redis\]'"):
+        Cache("redis://127.0.0.1:6379/0")

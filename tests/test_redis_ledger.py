@@ -1,0 +1,418 @@
+"""The ledger a fleet shares: Redis (against a real redis-server), and the SQLite ledger under the same contract.
+
+Caps hold across processes x threads on either store; settle and release are idempotent by
+reservation id (also when Redis ran a script and the reply was lost: a loopback proxy drops it);
+lapsed leases free their hold; a killed, paused or restarted Redis fails closed with
+StoreUnavailableError (the URL's password never shown) and works again once it is back.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Event
+from typing import Any
+
+import pytest
+import redis
+from servers import RedisServer
+
+from blackbox_sdk import BudgetExceededError, ConfigError, StoreUnavailableError
+from blackbox_sdk.budget import Budget, Hold, LedgerStore, RedisLedger, usd_to_nano
+
+PRICES = {"unit": {"input": 1.0, "output": 10.0}}  # USD per million tokens
+OUTPUT_TOKENS = 100  # each call: 100 output tokens = $0.001, reserved and settled in full
+CALL_USD = 0.001
+CAP_USD = 0.06  # exactly 60 calls fit
+SPAWN = multiprocessing.get_context("spawn")
+SPAWN_TIMEOUT_S = 180.0
+PASSWORD = "s3cret-Pa55word"
+
+
+@pytest.fixture
+def ledger(store_at: Callable[[str], str]) -> str:
+    """Where the store lives: ledger.sqlite3 in the test's folder, then a real redis-server."""
+    return store_at("ledger.sqlite3")
+
+
+def capped(ledger: str, **options: Any) -> Budget:
+    """A budget over the synthetic `unit` model on `ledger`."""
+    return Budget(prices=PRICES, ledger=ledger, **options)
+
+
+def call(budget: Budget, **request: Any) -> Any:
+    """Reserve one $0.001 call."""
+    return budget.reserve(model="unit", prompt_tokens=0, max_output_tokens=OUTPUT_TOKENS, **request)
+
+
+# --- caps hold across 4 processes x 8 threads ----------------------------------------------------
+
+
+def _calls(budget: Budget, attempts: int) -> int:
+    """Reserve, hold briefly, settle in full; return how many calls were admitted."""
+    admitted = 0
+    for _ in range(attempts):
+        try:
+            reservation = call(budget)
+        except BudgetExceededError:
+            continue
+        time.sleep(0.001)
+        budget.settle(reservation, prompt_tokens=0, completion_tokens=OUTPUT_TOKENS)
+        admitted += 1
+    return admitted
+
+
+def _fleet_process(ledger: str, threads: int, attempts: int, ready: Queue, go: Event, results: Queue) -> None:
+    """A spawned process: open the shared ledger, wait for the start signal, call from `threads` threads."""
+    budget = capped(ledger, total_usd=CAP_USD)
+    ready.put(os.getpid())
+    go.wait(SPAWN_TIMEOUT_S)
+    counts: list[int] = []
+    workers = [threading.Thread(target=lambda: counts.append(_calls(budget, attempts))) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    results.put(sum(counts))
+
+
+def test_caps_hold_across_4_processes_x_8_threads(ledger: str) -> None:
+    ready, results, go = SPAWN.Queue(), SPAWN.Queue(), SPAWN.Event()
+    processes = [SPAWN.Process(target=_fleet_process, args=(ledger, 8, 4, ready, go, results)) for _ in range(4)]
+    for process in processes:
+        process.start()
+    for _ in processes:
+        ready.get(timeout=SPAWN_TIMEOUT_S)
+    go.set()
+    admitted = sum(results.get(timeout=SPAWN_TIMEOUT_S) for _ in processes)
+    for process in processes:
+        process.join(timeout=SPAWN_TIMEOUT_S)
+        assert process.exitcode == 0
+    fits = usd_to_nano(CAP_USD, round_up=False) // usd_to_nano(CALL_USD, round_up=True)
+    assert 4 * 8 * 4 > admitted == fits  # some calls were refused, and every call that fits was admitted
+    report = capped(ledger).report()
+    assert report.spent_usd <= CAP_USD
+    assert report.spent_usd == pytest.approx(fits * CALL_USD)
+    assert (report.calls, report.outstanding_reservations, report.reserved_usd) == (fits, 0, 0.0)
+
+
+# --- the contract both stores keep ----------------------------------------------------------------
+
+
+def test_settling_twice_charges_once(ledger: str) -> None:
+    budget = capped(ledger, total_usd=1.0)
+    reservation = call(budget)
+    assert budget.settle(reservation, prompt_tokens=0, completion_tokens=40) == pytest.approx(40 * 10 / 1e6)
+    with pytest.raises(ConfigError, match="already settled"):
+        budget.settle(reservation, prompt_tokens=0, completion_tokens=40)
+    budget.release(reservation)  # a release after the settle does not give the spend back
+    report = budget.report()
+    assert (report.calls, report.spent_usd, report.outstanding_reservations) == (1, pytest.approx(4e-4), 0)
+
+
+def test_the_store_settles_by_reservation_id_once(ledger: str) -> None:
+    budget = capped(ledger, total_usd=1.0)
+    reservation = call(budget)
+    store: LedgerStore = budget._ledger
+    charge = {"usd_nano": 123, "prompt_tokens": 0, "completion_tokens": 1, "cached_tokens": 0}
+    assert store.settle(reservation.id, **charge) is True
+    assert store.settle(reservation.id, **charge) is False  # a second settle: nothing charged again
+    assert (budget.report().calls, store.outstanding()) == (1, (0, 0))
+    assert budget.spent() == pytest.approx(123e-9)
+
+
+def test_a_retried_reserve_holds_once(ledger: str) -> None:
+    budget = capped(ledger, total_usd=1.0)
+    hold = Hold("r-1", "c-1", "unit", None, "2000-01-01", 5000, 60.0)
+    assert budget._ledger.reserve(hold, []) is None
+    assert budget._ledger.reserve(hold, []) is None
+    assert budget._ledger.outstanding() == (5000, 1)
+
+
+def test_release_is_idempotent_and_gives_the_hold_back(ledger: str) -> None:
+    budget = capped(ledger, total_usd=0.0015)
+    failed = call(budget)
+    with pytest.raises(BudgetExceededError):
+        call(budget)
+    budget.release(failed)
+    budget.release(failed)
+    assert budget._ledger.release(failed.id) is False
+    assert call(budget).worst_case_usd == pytest.approx(CALL_USD)
+    assert (budget.spent(), budget.report().outstanding_reservations) == (0.0, 1)
+
+
+def test_a_lapsed_lease_frees_its_hold_and_a_late_settle_still_counts(
+    ledger: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    budget = capped(ledger, total_usd=0.0015, lease_s=0.3)
+    hung = call(budget)
+    with pytest.raises(BudgetExceededError) as refused:
+        call(budget)
+    assert refused.value.reserved == pytest.approx(CALL_USD)
+    time.sleep(0.5)
+    assert budget.report().outstanding_reservations == 0  # the lapsed lease holds nothing
+    fresh = call(budget)
+    with caplog.at_level(logging.WARNING, logger="blackbox_sdk"):
+        assert budget.settle(hung, prompt_tokens=0, completion_tokens=OUTPUT_TOKENS) == pytest.approx(CALL_USD)
+    assert "lease lapsed" in caplog.text
+    report = budget.report()
+    assert (report.calls, report.spent_usd, report.outstanding_reservations) == (1, pytest.approx(CALL_USD), 1)
+    budget.release(fresh)
+
+
+def test_reports_break_down_by_day_key_and_model(ledger: str) -> None:
+    budget = capped(ledger, total_usd=1.0, per_model_usd={"unit": 0.5})
+    for model, key, completion in (("unit", "alice", 10), ("unit-2025-01-01", "bob", 20)):
+        reservation = budget.reserve(model=model, prompt_tokens=100, max_output_tokens=50, key=key)
+        budget.settle(reservation, prompt_tokens=100, completion_tokens=completion)
+    held = budget.reserve(model="unit", prompt_tokens=0, max_output_tokens=10)
+    costs = {10: (100 + 10 * 10) / 1e6, 20: (100 + 20 * 10) / 1e6}
+    assert budget.spent() == pytest.approx(costs[10] + costs[20])
+    assert budget.spent(key="bob") == pytest.approx(costs[20])
+    assert budget.spent(model="unit") == pytest.approx(costs[10] + costs[20])  # the snapshot counts
+    assert budget.spent(model="unit-2025-01-01") == pytest.approx(costs[20])
+    report = budget.report()
+    assert report.by_key == pytest.approx({"alice": costs[10], "bob": costs[20]})
+    assert report.by_model == pytest.approx({"unit": costs[10], "unit-2025-01-01": costs[20]})
+    assert budget.spent(day=next(iter(report.by_day))) == pytest.approx(costs[10] + costs[20])
+    assert (report.calls, report.outstanding_reservations, report.reserved_usd) == (2, 1, pytest.approx(1e-4))
+    remaining = {(cap.scope, cap.value): cap.remaining_usd for cap in report.caps}
+    assert remaining == pytest.approx(
+        {("total", None): 1.0 - sum(costs.values()) - 1e-4, ("per_model", "unit"): 0.5 - sum(costs.values()) - 1e-4}
+    )
+    budget.release(held)
+
+
+def test_shrink_fits_the_call_into_what_is_left(ledger: str) -> None:
+    budget = capped(ledger, total_usd=0.01, policy="shrink")
+    budget.reserve(model="unit", prompt_tokens=0, max_output_tokens=600)  # holds $0.006
+    shrunk = budget.reserve(model="unit", prompt_tokens=0, max_output_tokens=600, n=2)
+    assert (shrunk.n, shrunk.max_output_tokens, shrunk.shrunk) == (1, 400, True)
+    with pytest.raises(BudgetExceededError, match="shrinking"):
+        budget.reserve(model="unit", prompt_tokens=0, max_output_tokens=600)
+
+
+def test_free_calls_hold_and_settle_nothing(ledger: str) -> None:
+    budget = capped(ledger, total_usd=0.001)
+    local = budget.reserve(model="smollm2", prompt_tokens=10, max_output_tokens=10, local=True)
+    assert budget.settle(local, prompt_tokens=10, completion_tokens=10) == 0.0
+    budget.release(budget.reserve(model="smollm2", prompt_tokens=10, max_output_tokens=10, local=True))
+    assert (budget.report().calls, budget.report().outstanding_reservations) == (1, 0)
+
+
+# --- Redis only ---------------------------------------------------------------------------------
+
+
+def test_the_redis_ledger_is_a_ledger_store_and_budgets_on_one_url_share_caps(redis_server: RedisServer) -> None:
+    first, second = capped(redis_server.url, total_usd=0.0015), capped(redis_server.url, total_usd=0.0015)
+    assert isinstance(first._ledger, RedisLedger) and isinstance(first._ledger, LedgerStore)
+    assert first.ledger_path is None
+    call(first)
+    with pytest.raises(BudgetExceededError) as refused:
+        call(second)
+    assert refused.value.reserved == pytest.approx(CALL_USD)
+
+
+def test_keys_live_under_the_prefix_so_tenants_share_a_redis(redis_server: RedisServer) -> None:
+    team_a = capped(redis_server.url, total_usd=0.0015, ledger_prefix="app:a:")
+    team_b = capped(redis_server.url, total_usd=0.0015, ledger_prefix="app:b:")
+    team_a.settle(call(team_a), prompt_tokens=0, completion_tokens=OUTPUT_TOKENS)
+    team_b.settle(call(team_b), prompt_tokens=0, completion_tokens=OUTPUT_TOKENS)  # a's spend is not b's
+    call(capped(redis_server.url, total_usd=1.0))  # the default prefix
+    keys = [key.decode() for key in redis.Redis.from_url(redis_server.url).keys("*")]
+    assert keys and all(key.startswith(("app:a:", "app:b:", "blackbox:ledger:")) for key in keys)
+    assert {key for key in keys if key.startswith("app:a:")} >= {"app:a:spent", "app:a:calls"}
+
+
+def test_a_lapsed_lease_is_purged_inside_the_reserve_script(redis_server: RedisServer) -> None:
+    budget = capped(redis_server.url, total_usd=1.0, lease_s=0.2)
+    call(budget)
+    raw = redis.Redis.from_url(redis_server.url)
+    assert raw.zcard("blackbox:ledger:leases") == 1
+    time.sleep(0.3)
+    assert raw.zcard("blackbox:ledger:leases") == 1  # nothing expires on its own: the next script purges
+    call(budget)
+    assert raw.zcard("blackbox:ledger:leases") == 1
+    assert int(raw.hget("blackbox:ledger:held", "count|")) == 1
+
+
+def test_a_killed_redis_fails_closed_and_a_restarted_one_serves_again(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    redis.Redis.from_url(redis_server.url).config_set("requirepass", PASSWORD)
+    url = redis_server.url.replace("redis://", f"redis://:{PASSWORD}@")
+    budget = capped(url, total_usd=1.0)
+    in_flight = call(budget)
+    redis_server.stop()
+    for operation in (
+        lambda: call(budget),
+        lambda: budget.settle(in_flight, prompt_tokens=0, completion_tokens=OUTPUT_TOKENS),
+        lambda: budget.release(in_flight),
+        budget.report,
+    ):
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailableError) as unavailable:
+            operation()
+        assert time.monotonic() - started < 5.0
+        message = str(unavailable.value)
+        assert PASSWORD not in message and ":***@127.0.0.1" in message
+    assert "the call is refused, nothing was sent" in _message(lambda: call(budget))
+    redis_server.start()  # empty, and with no password now
+    restarted = capped(redis_server.url, total_usd=1.0)
+    assert call(restarted).worst_case_usd == pytest.approx(CALL_USD)
+    with caplog.at_level(logging.WARNING, logger="blackbox_sdk"):  # the call that was in flight is still charged
+        restarted.settle(in_flight, prompt_tokens=0, completion_tokens=OUTPUT_TOKENS)
+    assert "did not know reservation" in caplog.text and "AOF" in caplog.text
+    report = restarted.report()
+    assert (report.calls, report.outstanding_reservations) == (1, 1)
+
+
+def test_the_same_budget_reconnects_after_a_restart(redis_server: RedisServer) -> None:
+    budget = capped(redis_server.url, total_usd=1.0)
+    call(budget)
+    redis_server.stop()
+    with pytest.raises(StoreUnavailableError):
+        call(budget)
+    redis_server.start()
+    budget.settle(call(budget), prompt_tokens=0, completion_tokens=OUTPUT_TOKENS)  # scripts reloaded on the new server
+    assert budget.report().calls == 1
+
+
+def test_a_budget_shows_its_redis_url_without_the_password(redis_server: RedisServer) -> None:
+    url = redis_server.url.replace("redis://", f"redis://user:{PASSWORD}@")
+    budget = capped(url, total_usd=1.0)
+    assert PASSWORD not in repr(budget) and PASSWORD not in str(budget)
+    assert "redis://user:***@127.0.0.1" in repr(budget)
+
+
+def test_a_wrong_password_is_unavailable_without_echoing_it(redis_server: RedisServer) -> None:
+    redis.Redis.from_url(redis_server.url).config_set("requirepass", PASSWORD)
+    wrong = "not-" + PASSWORD
+    budget = capped(redis_server.url.replace("redis://", f"redis://user:{wrong}@"), total_usd=1.0)
+    message = _message(lambda: call(budget))
+    assert wrong not in message and "redis://user:***@" in message
+
+
+def test_a_paused_redis_times_out_and_fails_closed(redis_server: RedisServer) -> None:
+    budget = capped(redis_server.url + "?socket_timeout=0.2", total_usd=1.0)
+    call(budget)  # connected
+    admin = redis.Redis.from_url(redis_server.url)
+    admin.execute_command("CLIENT", "PAUSE", "3000", "WRITE")  # scripts wait; UNPAUSE still runs
+    try:
+        started = time.monotonic()
+        assert "Timeout" in _message(lambda: call(budget))
+        assert time.monotonic() - started < 2.5
+    finally:
+        admin.execute_command("CLIENT", "UNPAUSE")
+
+
+class ReplyDropper:
+    """A loopback proxy in front of a real Redis; armed, it drops the next reply and cuts the connection,
+    as a network failure after the server ran a script would."""
+
+    def __init__(self, port: int) -> None:
+        """Listen on a free loopback port and forward every connection to 127.0.0.1:`port`."""
+        self.target = port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"redis://127.0.0.1:{self.listener.getsockname()[1]}/0"
+        self.armed = threading.Event()
+        self.dropped = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        """Accept connections until closed."""
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, replies: bool) -> None:
+        """Copy bytes one way; on the reply side, an armed proxy drops the reply and closes both ends."""
+        try:
+            while data := source.recv(65536):
+                if replies and self.armed.is_set():
+                    self.armed.clear()
+                    self.dropped += 1
+                    break
+                sink.sendall(data)
+        except OSError:
+            pass
+        for end in (source, sink):
+            try:
+                end.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            end.close()
+
+    def close(self) -> None:
+        """Stop accepting."""
+        self.listener.close()
+
+
+@pytest.fixture
+def dropper(redis_server: RedisServer) -> Iterator[ReplyDropper]:
+    """A reply-dropping proxy in front of this test's redis-server."""
+    proxy = ReplyDropper(redis_server.port)
+    yield proxy
+    proxy.close()
+
+
+def test_a_lost_reply_is_retried_without_charging_or_holding_twice(dropper: ReplyDropper) -> None:
+    budget = capped(dropper.url, total_usd=1.0)
+    budget.settle(call(budget), prompt_tokens=0, completion_tokens=OUTPUT_TOKENS)  # every script loaded
+    dropper.armed.set()
+    held = call(budget)  # the reserve script ran, its reply was lost, redis-py sent it again
+    assert dropper.dropped == 1
+    assert budget.report().outstanding_reservations == 1
+    dropper.armed.set()
+    assert budget.settle(held, prompt_tokens=0, completion_tokens=OUTPUT_TOKENS) == pytest.approx(CALL_USD)
+    assert dropper.dropped == 2
+    report = budget.report()
+    assert (report.calls, report.spent_usd, report.outstanding_reservations) == (2, pytest.approx(2 * CALL_USD), 0)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"redis://:{PASSWORD}@127.0.0.1:notaport/0",
+        f"redis://:{PASSWORD}@127.0.0.1:6379/zero",
+        f"redis://:{PASSWORD}@:6379/0",
+        f"redis://:{PASSWORD}@127.0.0.1:6379/0?no_such_option=1",
+        f"postgresql://user:{PASSWORD}@127.0.0.1/ledger",
+    ],
+    ids=["port", "database", "host", "option", "scheme"],
+)
+def test_a_bad_url_is_a_config_error_that_hides_the_password(url: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        Budget(total_usd=1.0, ledger=url)
+    assert PASSWORD not in str(refused.value) and "***" in str(refused.value)
+
+
+def test_without_the_redis_package_a_redis_ledger_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "redis", None)  # the fault: redis-py not installed
+    with pytest.raises(ConfigError, match=r"pip install 'blackbox-sdk\[redis\]'"):
+        Budget(total_usd=1.0, ledger="redis://127.0.0.1:6379/0")
+
+
+def test_the_core_imports_without_redis() -> None:
+    code = "import sys, blackbox_sdk, blackbox_sdk.budget; assert 'redis' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _message(operation: Callable[[], object]) -> str:
+    """The message of the StoreUnavailableError `operation` raises."""
+    with pytest.raises(StoreUnavailableError) as unavailable:
+        operation()
+    return str(unavailable.value)

@@ -1,0 +1,62 @@
+"""Single flight: identical requests in flight at the same moment are sent once; the others get
+that answer from the shared cache (on disk here, Redis across hosts), against the real server."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from blackbox_sdk import AsyncOpenAI, OpenAI
+
+MODEL = "smollm2"
+QUESTION = [{"role": "user", "content": "Name a colour."}]
+
+
+@pytest.fixture
+def cache_target(store_at: Callable[[str], str]) -> str:
+    """Where the store lives: cache in the test's folder, then a real redis-server."""
+    return store_at("cache")
+
+
+def test_eight_threads_asking_the_same_thing_send_it_once(llama_server: str, cache_target: str) -> None:
+    client = OpenAI(base_url=llama_server, api_key="sk-test", cache=cache_target)
+    ask = lambda _: client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=12, temperature=0)  # noqa: E731
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(ask, range(8)))
+    assert sum(a.blackbox.requests for a in answers) == 1
+    assert sum(a.blackbox.cache_hit for a in answers) == 7
+    assert len({a.choices[0].message.content for a in answers}) == 1
+
+
+async def test_async_streams_asking_the_same_thing_send_it_once(llama_server: str, cache_target: str) -> None:
+    client = AsyncOpenAI(base_url=llama_server, api_key="sk-test", cache=cache_target)
+
+    async def ask() -> tuple[str, int]:
+        stream = await client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=12, temperature=0, stream=True)
+        text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+        return text, stream.blackbox.requests
+
+    answers = await asyncio.gather(*(ask() for _ in range(6)))
+    assert sum(requests for _, requests in answers) == 1
+    assert len({text for text, _ in answers}) == 1
+    await client.close()
+
+
+def test_an_answer_stored_between_the_look_and_the_claim_is_not_sent_again(llama_server: str, tmp_path: Path) -> None:
+    first = OpenAI(base_url=llama_server, api_key="sk-test", cache=tmp_path / "cache")
+    second = OpenAI(base_url=llama_server, api_key="sk-test", cache=tmp_path / "cache")
+    real_lookup = second._core.lookup
+    looks: list[int] = []
+
+    def late_look(call: object) -> object:  # the second caller looked before the first had stored its answer
+        looks.append(1)
+        return [] if len(looks) == 1 else real_lookup(call)
+
+    second._core.lookup = late_look  # type: ignore[method-assign]
+    first.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=12, temperature=0)
+    answer = second.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=12, temperature=0)
+    assert answer.blackbox.cache_hit and answer.blackbox.requests == 0
