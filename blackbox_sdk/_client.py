@@ -15,7 +15,7 @@ import httpx2
 import openai
 from openai import DEFAULT_MAX_RETRIES
 
-from ._exceptions import ConfigError
+from ._exceptions import CallLogError, ConfigError, StoreUnavailableError
 from ._logging import logger
 from ._options import OPTION_NAMES, Opened, Options
 from ._redact import remember_secret
@@ -55,6 +55,22 @@ def _local_target(api_key: str | None, base_url: Any) -> Path | None:
     return None
 
 
+def _repair_log(options: Options) -> None:
+    """A client with a budget and a log first writes the records of calls its ledger charged but a
+    process that died never logged, so that the log's spend is the ledger's again."""
+    if options.budget is None or options.log is None:
+        return
+    from .call_log import repair_log
+
+    try:
+        repaired = repair_log(options.log, options.budget)
+    except (CallLogError, StoreUnavailableError) as error:
+        logger.warning("could not repair the call log from the budget ledger now: %s", error)
+        return
+    if repaired:
+        logger.warning("the call log lacked %d charged calls of processes that ended before logging them: recovered from the ledger", repaired)
+
+
 class _ClientBase:
     """What the sync and async clients share: options, resources, pass-through, copies. The
     subclasses name their inner openai class, their core and their resource classes; nothing else."""
@@ -91,6 +107,7 @@ class _ClientBase:
             endpoint = str(inner.base_url)
         self._setup(inner, options, endpoint=endpoint, local=local is not None or _is_loopback(endpoint), backend=backend, opened=opened)
         self._core.check_soft_prompt(options)
+        _repair_log(options)
 
     def _local_http_client(self, backend: Any) -> Any:
         """An httpx2 client (sync or async, by the class) whose transport answers from the local model."""
@@ -234,6 +251,7 @@ def wrap(client: openai.OpenAI | openai.AsyncOpenAI, **options: Any) -> OpenAI |
     remember_secret(client.api_key)
     opened = Opened()
     opts = Options.build(opened, max_retries=client.max_retries, **options)
+    _repair_log(opts)
     cls = AsyncOpenAI if isinstance(client, openai.AsyncOpenAI) else OpenAI
     endpoint = str(client.base_url)
     return cls._around(client.with_options(max_retries=0), opts, endpoint=endpoint, local=_is_loopback(endpoint), backend=None, opened=opened)

@@ -11,7 +11,7 @@ from .._types import Json, Route
 from . import _flows as flows
 from ._beam_steps import run_beam, step_options
 from ._call import Call
-from ._core import SINGLE_FLIGHT_WAIT_S, Core, advance
+from ._core import SINGLE_FLIGHT_WAIT_S, Core, advance, replay
 from ._relay import Relay
 from ._responses import replay_response
 from ._streams import BlackBoxAsyncStream
@@ -84,8 +84,11 @@ class AsyncCore(Core):
         return await self._beam(effect.call)
 
     async def _retry(self, call: Call, send: Callable[[], Awaitable[T]]) -> T:
-        """One request with the call's retry policy, counted on the call."""
-        response = await call.opts.retry.acall(send, on_retry=lambda _: self.count_retry(call))
+        """One request with the call's retry policy, counted on the call; the policy steps in only once the first attempt fails."""
+        try:
+            response = await send()
+        except Exception as first:  # noqa: BLE001 - the same attempts, waits and final error as the policy alone: see `replay`
+            response = await call.opts.retry.acall(replay(first, send), on_retry=lambda _: self.count_retry(call))
         call.info.requests += 1
         return response
 

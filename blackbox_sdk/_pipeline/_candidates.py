@@ -71,14 +71,14 @@ def _share(total: int, weights: list[int]) -> list[int]:
 
 
 def split_response(route: Route, response: Json, usage: Json) -> list[Candidate]:
-    """One candidate per choice; completion tokens shared out by answer length when there are several."""
+    """One candidate per choice; completion tokens shared out by answer length when there are several.
+
+    The candidates take the response's own choice objects (not copies): pass a fresh ``to_dict()``.
+    """
     choices = sorted(response.get("choices") or [], key=lambda c: c.get("index", 0))
     completion = _share(int(usage.get("completion_tokens") or 0), [len(route.text(c)) for c in choices])
     prompt = _share(int(usage.get("prompt_tokens") or 0), [1] * len(choices))
-    return [
-        Candidate({**copy.deepcopy(c), "index": 0}, _meta(response), completion[i], prompt[i])
-        for i, c in enumerate(choices)
-    ]
+    return [Candidate({**c, "index": 0}, _meta(response), completion[i], prompt[i]) for i, c in enumerate(choices)]
 
 
 def split_chunks(route: Route, chunks: list[Json], usage: Json) -> list[Candidate]:
@@ -116,11 +116,14 @@ def sum_usage(candidates: Iterable[Candidate]) -> Json:
 
 
 def response_from_candidates(route: Route, candidates: list[Candidate], usage: Json | None = None) -> Json:
-    """One response whose choices are the candidates in order, re-indexed from 0."""
+    """One response whose choices are the candidates in order, re-indexed from 0.
+
+    Each choice is a new top-level object over the candidate's nested ones (a candidate is built
+    fresh for each call, from the cache's JSON or a fresh ``to_dict()``, and only read after)."""
     if not candidates:
         raise ValueError("a response needs at least one candidate")
     response: Json = {"object": route.object, **candidates[0].meta}
-    response["choices"] = [{**copy.deepcopy(c.choice), "index": i} for i, c in enumerate(candidates)]
+    response["choices"] = [{**c.choice, "index": i} for i, c in enumerate(candidates)]
     response["usage"] = usage if usage is not None else sum_usage(candidates)
     return response
 

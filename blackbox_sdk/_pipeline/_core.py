@@ -15,8 +15,9 @@ from typing import Any
 import httpx2
 import pydantic
 
-from .._exceptions import ConfigError, EmbeddingsNotSupportedError
+from .._exceptions import ConfigError, EmbeddingsNotSupportedError, StoreUnavailableError
 from .._info import BlackBoxInfo
+from .._logging import logger
 from .._options import Opened, Options
 from .._tokenizer import ServerTokenizer
 from .._types import CHAT, EMBEDDINGS, Json, Route
@@ -24,7 +25,9 @@ from ..budget import UNCALIBRATED_ALLOWANCE, TokenCount
 from ..cache import canonical_params
 from ..call_log import new_call_id
 from ._call import Call
+from ._calibrate import calibration_key, learn, ungate
 from ._candidates import Candidate
+from ._meter import recording
 from ._usage import UsageCounter
 from ._validation import given, validate
 
@@ -46,6 +49,7 @@ class Core:
         self.opened = opened  # resources opened from paths, shared with copies of the client
         server = None if backend is not None else ServerTokenizer(str(inner.base_url), inner.auth_headers)
         self.count = UsageCounter(backend, server, ask_server=local)
+        self.host = httpx2.URL(endpoint).host if "://" in endpoint else endpoint  # the log's endpoint_host, parsed once
         self.ignores_n: bool | None = None  # learnt from the first multi-choice answer
         self._lock = threading.Lock()
 
@@ -53,7 +57,7 @@ class Core:
     def begin(self, route: Route, params: Json, overrides: Json) -> Call:
         """Check the request, then build the call: options with overrides, cache key, candidates to gather."""
         validate(route, params)
-        opts = self.opts.merge(self.opened, **overrides)
+        opts = self.opts.merge(self.opened, **overrides) if overrides else self.opts
         if opts.soft_prompt is not None:
             params = self.with_soft_prompt(opts, params)
         want = int(params["n"]) if given(params.get("n")) else 1
@@ -62,14 +66,16 @@ class Core:
         call = Call(route=route, params=params, opts=opts, info=BlackBoxInfo(call_id=new_call_id()), want=want, overrides=overrides)
         if opts.beam is not None and opts.reranker is not None and route is not CHAT:
             raise ConfigError("beam search reranks chat completions only")
-        if opts.log is not None:
-            call.request = canonical_params(params)  # fails here, before sending, if it can't be logged
         if call.prompts > 1:  # choices of several prompts share one list: no bucket, no reranking, no fan-out
             opts = call.opts = replace(opts, cache=None, reranker=None)
             call.want = call.n
-        if opts.cache is not None:
-            keyed = {k: v for k, v in params.items() if k not in SDK_PARAMS}
-            call.key = opts.cache.key(route=route.name, endpoint=self.endpoint, params=keyed)
+        if opts.log is not None or opts.cache is not None:
+            canonical = canonical_params(params)  # once, for the log and the key; fails here, before sending
+            if opts.log is not None:
+                call.request = canonical
+            if opts.cache is not None:
+                keyed = {k: v for k, v in canonical.items() if k not in SDK_PARAMS}
+                call.key = opts.cache.key_of_canonical(route=route.name, endpoint=self.endpoint, canonical=keyed)
         return call
 
     def check_soft_prompt(self, opts: Options) -> None:
@@ -122,39 +128,6 @@ class Core:
             call.claimed = False
             call.opts.cache.release_claim(call.key)
 
-    def calibration_key(self, call: Call) -> str:
-        """What an overhead is learnt for, with the model: the endpoint and the route (templates differ by route)."""
-        return f"{self.endpoint}#{call.route.name}"
-
-    def passes_gate(self, call: Call) -> bool:
-        """Fail closed until calibrated: True once this endpoint and model are calibrated (or no budget
-        or a local model counts them), or when this call took the gate; False while another call has it."""
-        budget = call.opts.budget
-        if budget is None or self.backend is not None:
-            return True
-        if budget.calibration.overhead(self.calibration_key(call), call.model) is not None:
-            return True
-        call.gated = budget.calibration.open_gate(self.calibration_key(call), call.model, call.info.call_id)
-        return call.gated
-
-    def learn(self, call: Call, usage: Json) -> None:
-        """Learn the endpoint's hidden prompt tokens from a reported usage, and let the next call through."""
-        budget = call.opts.budget
-        if budget is None or self.backend is not None or call.counted_prompt is None:
-            return
-        per_request = int(usage.get("prompt_tokens") or 0) // max(1, call.info.requests)
-        if call.usage_counted:  # the server said nothing: keep the allowance rather than stay gated
-            per_request = call.counted_prompt + UNCALIBRATED_ALLOWANCE if call.gated else 0
-        if per_request:
-            budget.calibration.learn(self.calibration_key(call), call.model, call.counted_prompt, per_request)
-        self.ungate(call)
-
-    def ungate(self, call: Call) -> None:
-        """Give back the calibration gate this call holds."""
-        if call.gated:
-            call.gated = False
-            call.opts.budget.calibration.close_gate(self.calibration_key(call), call.model, call.info.call_id)
-
     def reserve(self, call: Call, count: int) -> tuple[int, int | None]:
         """Reserve the worst case for `count` candidates; returns (count, max output tokens) after the policy."""
         max_tokens = call.params.get(call.output_cap)
@@ -163,7 +136,7 @@ class Core:
             return count, max_tokens
         counted = self.count.prompt(call)
         call.counted_prompt = counted.tokens
-        extra = 0 if self.backend is not None else call.opts.budget.calibration.overhead(self.calibration_key(call), call.model)
+        extra = 0 if self.backend is not None else call.opts.budget.calibration.overhead(calibration_key(self, call), call.model)
         call.reservation = call.meter.reserve(
             call_id=call.info.call_id,
             model=call.model,
@@ -217,9 +190,14 @@ class Core:
     def settle(self, call: Call, usage: Json) -> None:
         """Settle the reservation from real usage; the cost lands on `call.info`."""
         if call.reservation is not None:
-            call.info.cost_usd = call.meter.settle(call.reservation, usage)
+            try:
+                call.info.cost_usd = call.meter.settle(call.reservation, usage)
+            except StoreUnavailableError as error:  # the ledger can't be told: its lease keeps the worst case held meanwhile
+                call.reservation = None
+                self.fail(call, error)
+                raise
             call.reservation = None
-        self.learn(call, usage)
+        learn(self, call, usage)
         if call.admission is not None:
             used = usage.get("total_tokens") or int(usage.get("prompt_tokens") or 0) + int(usage.get("completion_tokens") or 0)
             call.opts.rate_limit.correct(call.admission, int(used))
@@ -243,10 +221,12 @@ class Core:
         info = call.info
         info.latency_s = time.perf_counter() - call.started
         info.usage_counted = call.usage_counted
+        if not recording(call.opts.log):
+            return
         call.meter.record(
             error,
             call_id=info.call_id,
-            endpoint_host=httpx2.URL(self.endpoint).host if "://" in self.endpoint else self.endpoint,
+            endpoint_host=self.host,
             model=call.model,
             route=call.route.name,
             request=call.request,
@@ -264,14 +244,30 @@ class Core:
 
     def fail(self, call: Call, error: BaseException) -> None:
         """Release what was reserved and log the failed call; the caller re-raises."""
-        call.meter.release(call.reservation)
+        try:
+            call.meter.release(call.reservation)
+        except StoreUnavailableError as unreleased:  # the lease gives the hold back once it lapses
+            logger.warning("call %s: the reservation could not be released now: %s", call.info.call_id, unreleased)
         call.reservation = None
         self.unclaim(call)
-        self.ungate(call)
+        ungate(self, call)
         if call.admission is not None and call.info.requests == 0:  # never sent: give the window its room back
             call.opts.rate_limit.release(call.admission)
         call.admission = None
         self.record(call, [], None, error)
+
+
+def replay(error: Exception, send: Callable[[], Any]) -> Callable[[], Any]:
+    """`send` for the retry policy once a first attempt, made without it (the cheap common case), failed
+    with `error`: the policy's first attempt raises that error again, sending nothing; later ones send."""
+    first = [error]
+
+    def attempt() -> Any:
+        if first:
+            raise first.pop()
+        return send()
+
+    return attempt
 
 
 def advance(flow: Generator[Any, Any, Any], result: Any, error: BaseException | None) -> tuple[bool, Any]:

@@ -14,10 +14,21 @@ from .._info import attach
 from .._options import split_options
 from .._types import EMBEDDINGS, Json, Route
 from ._beam_steps import beam_response
+from ._calibrate import passes_gate
 from ._call import Call
 from ._core import Core
 from ._relay import Relay
-from ._responses import finish, finish_embedding, lookup_embedding, pieces, replay, unstreamed, whole_stream_chunks
+from ._responses import (
+    finish,
+    finish_embedding,
+    finish_untouched,
+    lookup_embedding,
+    pieces,
+    replay,
+    unstreamed,
+    untouched,
+    whole_stream_chunks,
+)
 
 Flow = Generator["Effect", Any, Any]
 GATE_PAUSE_S = 0.05  # between looks at an uncalibrated endpoint's gate
@@ -63,7 +74,7 @@ def admit(core: Core, call: Call, count: int) -> Flow:
     if call.opts.rate_limit is not None:
         call.admission = yield Effect("admit", call, tokens=core.admission_tokens(call, count))
     waited = 0.0
-    while not core.passes_gate(call):
+    while not passes_gate(core, call):
         if waited >= CALIBRATION_WAIT_S:
             message = f"{core.endpoint} is not calibrated yet for {call.model} and its first call is still running"
             raise RateLimitExceededError(message, limit=1, scope="calibration", retry_after=GATE_PAUSE_S)
@@ -114,11 +125,13 @@ def complete(core: Core, call: Call) -> Flow:
         yield from admit(core, call, missing)
         count, max_tokens = core.reserve(call, missing)
         responses = yield from fetch(core, call, count, max_tokens)
-        fresh, usage = pieces(core, call, [r.to_dict() for r in responses])
+        split = None if untouched(call, stored, responses) else pieces(core, call, [r.to_dict() for r in responses])
     except BaseException as error:
         core.fail(call, error)
         raise
-    return finish(core, call, stored, fresh, usage, original=responses[0] if len(responses) == 1 else None)
+    if split is None:
+        return finish_untouched(core, call, responses[0])
+    return finish(core, call, stored, *split, original=responses[0] if len(responses) == 1 else None)
 
 
 def fetch(core: Core, call: Call, count: int, max_tokens: int | None) -> Flow:

@@ -5,13 +5,19 @@ The client's calls and Black-Box Tuning's evaluations both go through it.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 from .._logging import logger
 from .._types import Json
 from ..budget import Budget, Reservation
-from ..call_log import CallLogStore, CallRecord
+from ..call_log import CallLog, CallLogStore, CallRecord
+
+
+def recording(log: CallLogStore | None) -> bool:
+    """Whether a call metered onto `log` writes anything: a log record, or the INFO line."""
+    return log is not None or logger.isEnabledFor(logging.INFO)
 
 
 @dataclass(frozen=True)
@@ -46,14 +52,19 @@ class Meter:
             self.budget.release(reservation)
 
     def record(self, error: BaseException | None = None, **fields: Any) -> None:
-        """One INFO line, and one call-log record (`CallRecord` fields) when there is a log."""
-        usage = fields.get("usage") or {}
-        logger.info(
-            "%s %s: %s tokens, $%.6f, cache %s, %d retries%s",
-            fields["route"], fields["model"], usage.get("total_tokens", "?"), fields.get("cost_usd", 0.0),
-            "hit" if fields.get("cache_hit") else "miss", fields.get("retries", 0),
-            f", error {type(error).__name__}" if error else "",
-        )
+        """One INFO line (when INFO is on), and one call-log record (`CallRecord` fields) when there is a log.
+
+        An SQLite `CallLog` gets it through `enqueue`: its background writer inserts it off the call path.
+        """
+        if logger.isEnabledFor(logging.INFO):
+            usage = fields.get("usage") or {}
+            logger.info(
+                "%s %s: %s tokens, $%.6f, cache %s, %d retries%s",
+                fields["route"], fields["model"], usage.get("total_tokens", "?"), fields.get("cost_usd", 0.0),
+                "hit" if fields.get("cache_hit") else "miss", fields.get("retries", 0),
+                f", error {type(error).__name__}" if error else "",
+            )
         if self.log is not None:
             error_text = None if error is None else f"{type(error).__name__}: {error}"
-            self.log.record(CallRecord(key=self.key, error=error_text, **fields))
+            record = CallRecord(key=self.key, error=error_text, **fields)
+            (self.log.enqueue if isinstance(self.log, CallLog) else self.log.record)(record)

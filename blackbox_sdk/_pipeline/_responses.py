@@ -16,6 +16,7 @@ from .._types import CHAT, Json, add_usage
 from ._call import Call
 from ._candidates import Candidate, chunks_from_candidates, response_from_candidates, split_response, sum_usage, usage_chunk
 from ._core import Core, build
+from ._meter import recording
 from ._rerank import question_of, rank
 
 
@@ -40,6 +41,11 @@ def texts(call: Call, candidates: list[Candidate]) -> list[str]:
     return [call.route.text(c.choice) for c in candidates]
 
 
+def logged_texts(call: Call, candidates: list[Candidate]) -> list[str]:
+    """The candidates' texts for the call log; none to gather when there is no log."""
+    return texts(call, candidates) if call.opts.log is not None else []
+
+
 def pieces(core: Core, call: Call, responses: list[Json]) -> tuple[list[Candidate], Json]:
     """Split received responses into candidates and their total usage."""
     fresh: list[Candidate] = []
@@ -52,12 +58,12 @@ def pieces(core: Core, call: Call, responses: list[Json]) -> tuple[list[Candidat
 
 
 def account(core: Core, call: Call, stored: list[Candidate], fresh: list[Candidate], usage: Json | None) -> tuple[list[Candidate], Json]:
-    """Settle the reservation, store fresh candidates; all candidates and their total usage."""
+    """Store fresh candidates, settle the reservation; all candidates and their total usage."""
     call.info.cached_candidates = len(stored)
     call.info.cache_hit = bool(stored) and not fresh
+    core.store(call, [c.to_json() for c in fresh])  # first: an answer paid for is kept even if the ledger can't be told
     if usage is not None:
         core.settle(call, usage)
-    core.store(call, [c.to_json() for c in fresh])
     total = sum_usage(stored) if usage is None else add_usage(sum_usage(stored), usage)
     return stored + fresh, total
 
@@ -81,15 +87,32 @@ def finish(core: Core, call: Call, stored: list[Candidate], fresh: list[Candidat
     chosen = choose(call, everything)
     if original is None or stored or call.opts.reranker is not None or call.usage_counted:
         original = build(ChatCompletion if call.route is CHAT else Completion, response_from_candidates(call.route, chosen, total))
-    core.record(call, texts(call, everything), total)
+    core.record(call, logged_texts(call, everything), total)
     return attach(original, call.info)
+
+
+def untouched(call: Call, stored: list[Candidate], responses: list[Any]) -> bool:
+    """Whether the server's one response goes back as it came: nothing cached, stored, charged, reranked,
+    rate-limited or logged, and the server counted the tokens (the SDK has nothing to rebuild)."""
+    opts = call.opts
+    if stored or len(responses) != 1 or opts.cache is not None or opts.budget is not None or opts.log is not None:
+        return False
+    usage = getattr(responses[0], "usage", None)
+    return opts.reranker is None and opts.rate_limit is None and usage is not None and usage.completion_tokens is not None
+
+
+def finish_untouched(core: Core, call: Call, response: Any) -> Any:
+    """`finish` for an `untouched` response, without splitting it into candidates: the server's object with `.blackbox`."""
+    call.info.chosen = list(range(min(call.n, len(response.choices))))
+    core.record(call, [], response.usage.to_dict() if recording(call.opts.log) else None)
+    return attach(response, call.info)
 
 
 def finish_stream(core: Core, call: Call, stored: list[Candidate], fresh: list[Candidate], usage: Json | None, meta: Json) -> list[Any]:
     """Account and log a stream whose chunks have all been passed on; the usage chunk when asked."""
     everything, total = account(core, call, stored, fresh, usage)
     call.info.chosen = list(range(len(everything)))
-    core.record(call, texts(call, everything), total)
+    core.record(call, logged_texts(call, everything), total)
     return [chunk(call, usage_chunk(call.route, meta, total))] if call.include_usage else []
 
 

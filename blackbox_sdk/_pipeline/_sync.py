@@ -12,7 +12,7 @@ from .._types import Json, Route
 from . import _flows as flows
 from ._beam_steps import run_beam, step_options
 from ._call import Call
-from ._core import MAX_FANOUT_WORKERS, SINGLE_FLIGHT_WAIT_S, Core, advance
+from ._core import MAX_FANOUT_WORKERS, SINGLE_FLIGHT_WAIT_S, Core, advance, replay
 from ._relay import Relay
 from ._responses import replay_response
 from ._streams import BlackBoxStream
@@ -87,8 +87,11 @@ class SyncCore(Core):
         return run_beam(effect.call, lambda route, params: self.create(route, params, overrides))
 
     def _retry(self, call: Call, send: Callable[[], Any]) -> Any:
-        """One request with the call's retry policy, counted on the call."""
-        response = call.opts.retry.call(send, on_retry=lambda _: self.count_retry(call))
+        """One request with the call's retry policy, counted on the call; the policy steps in only once the first attempt fails."""
+        try:
+            response = send()
+        except Exception as first:  # noqa: BLE001 - the same attempts, waits and final error as the policy alone: see `replay`
+            response = call.opts.retry.call(replay(first, send), on_retry=lambda _: self.count_retry(call))
         call.info.requests += 1
         return response
 

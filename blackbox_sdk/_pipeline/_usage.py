@@ -39,7 +39,14 @@ class UsageCounter:
         return tokenizer.count if tokenizer is not None else None
 
     def prompt(self, call: Call) -> TokenCount:
-        """Prompt tokens of one request, with how they were counted."""
+        """Prompt tokens of one request, with how they were counted; counted once per call (admission, reserve, charge)."""
+        if call.prompt_count is None:
+            call.prompt_count = self._prompt(call)
+        counted: TokenCount = call.prompt_count
+        return counted
+
+    def _prompt(self, call: Call) -> TokenCount:
+        """Count the prompt tokens of one request."""
         if call.route is CHAT:
             messages = list(call.params["messages"])
             if self.backend is not None:

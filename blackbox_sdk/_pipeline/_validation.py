@@ -5,15 +5,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import openai
+
 from .._exceptions import InvalidRequestError
 from .._types import CHAT, COMPLETIONS, Route
 
+_UNSET = (openai.NotGiven, openai.Omit)
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
 
 def given(value: Any) -> bool:
     """False for None and the openai NOT_GIVEN / omit sentinels."""
-    return value is not None and type(value).__name__ not in ("NotGiven", "Omit")
+    return value is not None and not isinstance(value, _UNSET)
 
 
 def _check_number(params: Mapping[str, Any], name: str, low: float, high: float) -> None:

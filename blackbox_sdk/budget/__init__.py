@@ -15,7 +15,7 @@ from ._prices import (
 )
 from ._redis_ledger import RedisLedger
 from ._report import BudgetReport, CapStatus
-from ._store import CapTransaction, Hold, LedgerSnapshot, LedgerStore
+from ._store import CapTransaction, Hold, LedgerSnapshot, LedgerStore, SettledSpend
 from ._tokens import (
     TOKENS_PER_MESSAGE,
     TOKENS_PER_NAME,
@@ -49,6 +49,7 @@ __all__ = [
     "RedisLedger",
     "Reservation",
     "Scope",
+    "SettledSpend",
     "TOKENS_PER_MESSAGE",
     "TOKENS_PER_NAME",
     "TOKENS_TO_PRIME_REPLY",

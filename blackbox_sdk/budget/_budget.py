@@ -15,6 +15,7 @@ The Budget decides which caps apply and the worst case; the arithmetic of admitt
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from collections.abc import Iterator
@@ -58,7 +59,7 @@ from ._prices import (
 )
 from ._redis_ledger import DEFAULT_PREFIX, redact_url
 from ._report import BudgetReport, read_report
-from ._store import Hold, LedgerStore
+from ._store import Hold, LedgerStore, SettledSpend
 from ._tokens import TokenCount
 
 DEFAULT_LEASE_S = 300.0
@@ -259,6 +260,12 @@ class Budget(BaseModel):
             raise ConfigError("spent() takes at most one of day, key and model")
         chosen: tuple[Scope, str | None] = filters[0] if filters else ("total", None)
         return nano_to_usd(self._ledger.spent_nano(Cap(chosen[0], 0, chosen[1])))
+
+    def settled_since(self, since: float) -> list[SettledSpend]:
+        """The calls settled at or after `since` (epoch seconds), oldest first: what a call log is repaired from."""
+        if isinstance(since, bool) or not isinstance(since, (int, float)) or not math.isfinite(since):
+            raise ConfigError(f"settled_since() takes a time in seconds since the epoch, got {since!r}")
+        return self._ledger.settled_since(float(since))
 
     def report(self) -> BudgetReport:
         """Totals by day, key and model across every process sharing the ledger, and each cap's headroom."""

@@ -12,7 +12,8 @@ is opened and inside every reserve transaction, once the process is gone (a reus
 apart by its start time). A reservation also carries a lease: once it lapses the hold stops
 counting (a hung process), though a late settle still records the spend. A transaction
 interrupted by a crash is rolled back by SQLite. The file must live on a local disk: SQLite
-locking is unreliable over network file systems.
+locking is unreliable over network file systems. Each spend keeps the process that settled it,
+so a call charged by a process that died before logging it can be found (``settled_since``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from .._sqlite import connect, immediate
 from ._caps import REPORTED_SCOPES, Cap, CapUsage, charged_rows, totals_row
 from ._owners import process_alive, this_process
 from ._prices import snapshot_base
-from ._store import Hold, LedgerSnapshot
+from ._store import Hold, LedgerSnapshot, SettledSpend
 
 DEFAULT_BUSY_TIMEOUT_S = 60.0
 
@@ -45,7 +46,7 @@ CREATE TABLE IF NOT EXISTS spends (
     id INTEGER PRIMARY KEY AUTOINCREMENT, reservation_id TEXT NOT NULL, call_id TEXT NOT NULL,
     model TEXT NOT NULL, key TEXT, day TEXT NOT NULL, usd_nano INTEGER NOT NULL,
     reserved_nano INTEGER NOT NULL, prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,
-    cached_tokens INTEGER NOT NULL, created REAL NOT NULL
+    cached_tokens INTEGER NOT NULL, created REAL NOT NULL, host TEXT, pid INTEGER, pid_start INTEGER
 );
 CREATE TABLE IF NOT EXISTS totals (
     scope TEXT NOT NULL, value TEXT NOT NULL, usd_nano INTEGER NOT NULL, calls INTEGER NOT NULL,
@@ -53,6 +54,11 @@ CREATE TABLE IF NOT EXISTS totals (
 ) WITHOUT ROWID;
 """
 _LIVE = "(expires IS NULL OR expires > ?)"  # a reservation whose lease has not lapsed
+_ADDED_COLUMNS = (("reservations", "expires", "REAL"), ("spends", "host", "TEXT"), ("spends", "pid", "INTEGER"),
+                  ("spends", "pid_start", "INTEGER"))
+_SPEND_COLUMNS = (
+    "call_id, model, key, day, usd_nano, prompt_tokens, completion_tokens, cached_tokens, created, host, pid, pid_start"
+)
 
 
 def _reservations_filter(cap: Cap) -> tuple[str, tuple[str | None, ...]]:
@@ -68,11 +74,16 @@ def _reservations_filter(cap: Cap) -> tuple[str, tuple[str | None, ...]]:
 
 
 def _migrate(connection: sqlite3.Connection) -> None:
-    """Bring a ledger file from before leases up to date: the `expires` column, the spends index."""
-    columns = {row[1] for row in connection.execute("PRAGMA table_info(reservations)")}
-    if "expires" not in columns:
-        connection.execute("ALTER TABLE reservations ADD COLUMN expires REAL")
+    """Bring an older ledger file up to date: leases, the settling process on spends, the spends indexes."""
+    for table, column, kind in _ADDED_COLUMNS:
+        if column not in {row[1] for row in connection.execute(f"PRAGMA table_info({table})")}:
+            try:
+                connection.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+            except sqlite3.OperationalError as error:
+                if "duplicate column" not in str(error):  # another process added it first
+                    raise
     connection.execute("CREATE INDEX IF NOT EXISTS spends_reservation ON spends (reservation_id)")
+    connection.execute("CREATE INDEX IF NOT EXISTS spends_created ON spends (created)")
 
 
 class LedgerTransaction:
@@ -234,9 +245,10 @@ class Ledger:
             connection.execute("DELETE FROM reservations WHERE id = ?", (reservation_id,))
             connection.execute(
                 "INSERT INTO spends (reservation_id, call_id, model, key, day, usd_nano, reserved_nano, prompt_tokens,"
-                " completion_tokens, cached_tokens, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " completion_tokens, cached_tokens, created, host, pid, pid_start)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (reservation_id, call_id, model, key, day, usd_nano, reserved, prompt_tokens, completion_tokens,
-                 cached_tokens, time.time()),
+                 cached_tokens, time.time(), *self._owner),
             )
             connection.executemany(
                 "INSERT INTO totals (scope, value, usd_nano, calls) VALUES (?, ?, ?, 1) ON CONFLICT (scope, value)"
@@ -282,6 +294,13 @@ class Ledger:
             query = f"SELECT COALESCE(SUM(usd_nano), 0), COUNT(*) FROM reservations WHERE {_LIVE}"
             total, count = self._connect().execute(query, (time.time(),)).fetchone()
         return total, count
+
+    def settled_since(self, since: float) -> list[SettledSpend]:
+        """The spends settled at or after `since` (seconds since the epoch), oldest first, with their processes."""
+        with self._lock:
+            query = f"SELECT {_SPEND_COLUMNS} FROM spends WHERE created >= ? ORDER BY created, id"
+            rows = self._connect().execute(query, (since,)).fetchall()
+        return [SettledSpend(*row[:9], host=row[9] or "", pid=row[10] or 0, pid_start=row[11]) for row in rows]
 
     def close(self) -> None:
         """Close this process's connection; the next use opens a new one."""

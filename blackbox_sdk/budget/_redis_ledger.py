@@ -12,6 +12,7 @@ never sent unbudgeted. `import redis` happens here, only when a Redis ledger is 
 from __future__ import annotations
 
 import math
+import os
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -20,14 +21,16 @@ from urllib.parse import urlsplit, urlunsplit
 from .._exceptions import ConfigError, StoreUnavailableError
 from .._logging import logger
 from ._caps import REPORTED_SCOPES, Cap, CapUsage, totals_row
+from ._owners import this_process
 from ._prices import snapshot_base
 from ._redis_scripts import RELEASE, RESERVE, SETTLE, SNAPSHOT
-from ._store import Hold, LedgerSnapshot
+from ._store import Hold, LedgerSnapshot, SettledSpend
 
 DEFAULT_PREFIX = "blackbox:ledger:"
 REDIS_SCHEMES = ("redis", "rediss")
 RECORD_TTL_S = 86_400  # how long settled / released markers and lapsed reservations are kept
 SPENDS_KEPT = 100_000  # settled calls kept in the audit stream (approximately)
+SPENDS_PAGE = 1000  # stream entries read per round trip by settled_since
 SOCKET_TIMEOUT_S, CONNECT_TIMEOUT_S, RETRIES = 5.0, 2.0, 2
 _CONSEQUENCES = {
     "reserve": ": the call is refused, nothing was sent",
@@ -101,6 +104,7 @@ class RedisLedger:
         self._password = urlsplit(url).password
         self._keep = str(int(record_ttl_s))
         self._client = _client(url)
+        self._owner: tuple[int, list[str]] = (-1, [])  # (pid, the settling process's host, pid, start time as ARGV)
         self._scripts = {
             name: self._client.register_script(text)
             for name, text in (("reserve", RESERVE), ("settle", SETTLE), ("release", RELEASE), ("snapshot", SNAPSHOT))
@@ -139,7 +143,7 @@ class RedisLedger:
         known = (hold.call_id, hold.model, snapshot_base(hold.model), hold.key or "", hold.day) if hold else ("",) * 5
         status = int(self._run(
             "settle", reservation_id, uuid.uuid4().hex, str(usd_nano), str(prompt_tokens), str(completion_tokens),
-            str(cached_tokens), self._keep, str(SPENDS_KEPT), *known,
+            str(cached_tokens), self._keep, str(SPENDS_KEPT), *known, *self._settler(),
         ))
         if status == 0:
             raise ConfigError(f"reservation {reservation_id} is not outstanding: it was released, or is unknown")
@@ -149,6 +153,13 @@ class RedisLedger:
                 "persistence); its spend was recorded anyway", self.url, reservation_id,
             )
         return status != 2
+
+    def _settler(self) -> list[str]:
+        """This process's host, pid and start time as script arguments (read again after a fork)."""
+        if self._owner[0] != os.getpid():
+            host, pid, started = this_process()
+            self._owner = (pid, [host, str(pid), "" if started is None else str(started)])
+        return self._owner[1]
 
     def release(self, reservation_id: str) -> bool:
         """Drop a held reservation without spending; False if it was not held."""
@@ -180,6 +191,22 @@ class RedisLedger:
         snapshot = self.snapshot([])
         return snapshot.reserved_nano, snapshot.outstanding
 
+    def settled_since(self, since: float) -> list[SettledSpend]:
+        """The spends settled from `since` on (to the millisecond, by the server's clock), oldest first, from the
+        audit stream (which keeps about SPENDS_KEPT of the latest)."""
+        from redis.exceptions import RedisError
+
+        start, found = str(max(0, math.floor(since * 1000))), []
+        try:
+            while True:
+                entries = self._client.xrange(self.prefix + "spends", min=start, max="+", count=SPENDS_PAGE)
+                found += [_spend(entry_id, fields) for entry_id, fields in entries]
+                if len(entries) < SPENDS_PAGE:
+                    return found
+                start = "(" + entries[-1][0].decode()
+        except RedisError as error:
+            raise self._unavailable("read", error) from error
+
     def close(self) -> None:
         """Close the connection pool; the next use opens new connections."""
         self._client.close()
@@ -196,6 +223,19 @@ def _cap_args(caps: Sequence[Cap]) -> list[str]:
 def _usages(caps: Sequence[Cap], flat: Sequence[Any]) -> list[CapUsage]:
     """Cap usages from a script's (spent, held) pairs."""
     return [CapUsage(cap, int(flat[2 * i]), int(flat[2 * i + 1])) for i, cap in enumerate(caps)]
+
+
+def _spend(entry_id: bytes, fields: dict[bytes, bytes]) -> SettledSpend:
+    """A spends-stream entry as a SettledSpend; its id's first part is when it was settled (ms)."""
+    text = {name.decode(): value.decode() for name, value in fields.items()}
+    started = text.get("pid_start")
+    return SettledSpend(
+        call_id=text["call_id"], model=text["model"], key=text["key"] or None, day=text["day"],
+        usd_nano=int(text["usd_nano"]), prompt_tokens=int(text["prompt_tokens"]),
+        completion_tokens=int(text["completion_tokens"]), cached_tokens=int(text["cached_tokens"]),
+        settled=int(entry_id.split(b"-", 1)[0]) / 1000, host=text.get("host", ""), pid=int(text.get("pid") or 0),
+        pid_start=int(started) if started else None,
+    )
 
 
 def _pairs(flat: Sequence[bytes]) -> dict[str, int]:

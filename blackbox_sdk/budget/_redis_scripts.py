@@ -6,7 +6,8 @@ rows, `scope|value` (`total|`, `per_day|2025-01-31`, `per_key|alice`, `model|gpt
 reservation ids by lease expiry (ms, the server's clock); `res:ID` is a held (or lapsed)
 reservation; `done:ID` marks one settled (with the settling attempt's token) or released, for
 `keep_s` seconds, which is what makes settle and release idempotent; `spends` is a capped stream
-of settled calls, for audit. Amounts travel as decimal strings and are compared as Lua numbers,
+of settled calls (with the host, pid and start time of the process that settled each), for audit and
+for repairing a call log whose process ended between the charge and the record. Amounts travel as decimal strings and are compared as Lua numbers,
 exact to 2^53 nano-dollars (about $9 million).
 """
 
@@ -81,7 +82,8 @@ return {1}
 """
 
 # ARGV: prefix, id, token, usd, prompt, completion, cached, keep_s, spends_kept, then the
-# reservation's call_id, model, family, key, day (to charge one the ledger lost).
+# reservation's call_id, model, family, key, day (to charge one the ledger lost), then the settling
+# process's host, pid and start time ('' when unknown), kept on its entry in the spends stream.
 # Returns 1 charged now (or by this token before), 2 already settled by another attempt,
 # 0 released (or unknown, with no call_id to charge), 3 charged though the ledger did not know the reservation.
 SETTLE = _PRELUDE + """
@@ -111,7 +113,7 @@ redis.call('DEL', rk)
 redis.call('SET', dk, 'settled:' .. ARGV[3], 'EX', ARGV[8])
 redis.call('XADD', p .. 'spends', 'MAXLEN', '~', ARGV[9], '*', 'reservation_id', ARGV[2], 'call_id', r[7],
   'model', r[4], 'key', r[3], 'day', r[2], 'usd_nano', ARGV[4], 'reserved_nano', r[1], 'prompt_tokens', ARGV[5],
-  'completion_tokens', ARGV[6], 'cached_tokens', ARGV[7])
+  'completion_tokens', ARGV[6], 'cached_tokens', ARGV[7], 'host', ARGV[15], 'pid', ARGV[16], 'pid_start', ARGV[17])
 return status
 """
 

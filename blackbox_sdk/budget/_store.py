@@ -6,6 +6,8 @@ amount stays within the limit. When it refuses it returns each cap's usage, so t
 shrink the call and try once more, or refuse with the numbers. Reservations carry a lease: a hold
 whose lease lapsed (its process died or hung) stops counting. Settle and release are idempotent
 by reservation id, so a retry after a lost reply never charges twice. Money is integer nano-dollars.
+Settled spends are kept, with the process that settled them, so that the call log can be repaired
+from the ledger when a process ended between charging a call and logging it (``settled_since``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from ._caps import Cap, CapUsage
+from ._owners import process_alive, this_process
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,31 @@ class LedgerSnapshot:
     reserved_nano: int
     outstanding: int  # reservations held now (lapsed leases excluded)
     totals: dict[str, dict[str, tuple[int, int]]]  # scope -> value -> (settled nano-dollars, calls)
+
+
+@dataclass(frozen=True)
+class SettledSpend:
+    """One settled call as the ledger keeps it: what was charged, for which tokens, when, and by which process."""
+
+    call_id: str
+    model: str
+    key: str | None
+    day: str
+    usd_nano: int
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    settled: float  # seconds since the epoch (the Redis server's clock for a Redis ledger)
+    host: str = ""  # the settling process: host name, pid and start time ("", 0, None when not recorded)
+    pid: int = 0
+    pid_start: int | None = None
+
+    def may_still_be_logged(self, now: float, grace_s: float) -> bool:
+        """Whether its process may yet write the call's log record: it runs on this host, or ran on another
+        host (or an unrecorded one) and settled less than `grace_s` seconds before `now`."""
+        if self.host and self.host == this_process()[0]:
+            return process_alive(self.pid, self.pid_start)
+        return self.settled > now - grace_s
 
 
 @runtime_checkable
@@ -89,6 +117,10 @@ class LedgerStore(Protocol):
 
     def outstanding(self) -> tuple[int, int]:
         """Nano-dollars held, and the number of reservations held (lapsed leases excluded)."""
+        ...
+
+    def settled_since(self, since: float) -> list[SettledSpend]:
+        """The spends settled at or after `since` (seconds since the epoch), oldest first."""
         ...
 
     def close(self) -> None:

@@ -33,7 +33,7 @@ from .._logging import logger
 from ._bucket import encode, live_entries, wrap
 from ._disk import DiskStore
 from ._flight import SingleFlight, check_seconds, check_wait
-from ._keys import cache_key, check_key
+from ._keys import cache_key, canonical_key, check_key
 from ._redis import RedisStore, is_redis_url
 from ._store import CacheStore, CacheUnavailableError, ForeignValueError
 
@@ -123,6 +123,10 @@ class Cache(Closing):
     def key(self, *, route: str, endpoint: str, params: Mapping[str, Any]) -> str:
         """SHA-256 hex of the canonical JSON of (schema version, namespace, route, endpoint, params)."""
         return cache_key(namespace=self._namespace, route=route, endpoint=endpoint, params=params)
+
+    def key_of_canonical(self, *, route: str, endpoint: str, canonical: dict[str, Any]) -> str:
+        """``key`` for params that are already ``canonical_params``' output: the call path walks them once."""
+        return canonical_key(namespace=self._namespace, route=route, endpoint=endpoint, canonical=canonical)
 
     @property
     def mode(self) -> CacheMode:

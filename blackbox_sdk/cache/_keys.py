@@ -7,6 +7,7 @@ timeout or API key still hits, and two namespaces sharing a folder never see eac
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -24,19 +25,21 @@ KEY_SCHEMA_VERSION = 1  # bump when the key recipe changes: old entries then sim
 TRANSPORT_KEYS = frozenset({"extra_headers", "http_client", "max_retries", "timeout"})
 
 _KEY_PATTERN = re.compile(r"[0-9a-f]{64}")
+_PLAIN = (str, int, bool, type(None))  # exactly these types are their own canonical JSON
+Where = str | tuple[Any, str | int]  # a value's place: the root's name, or (its parent's place, key or index)
+_secret_name = functools.lru_cache(maxsize=4096)(is_secret_key)  # the same few argument names, every call
 
 
 def cache_key(*, namespace: str, route: str, endpoint: str, params: Mapping[str, Any]) -> str:
     """SHA-256 hex of the canonical JSON of (schema version, namespace, route, endpoint, params)."""
+    return canonical_key(namespace=namespace, route=route, endpoint=endpoint, canonical=canonical_params(params))
+
+
+def canonical_key(*, namespace: str, route: str, endpoint: str, canonical: dict[str, Any]) -> str:
+    """``cache_key`` for params that are already ``canonical_params``' output (the call path makes them once)."""
     if not isinstance(route, str) or not isinstance(endpoint, str):
         raise ConfigError("cache key: route and endpoint must be strings")
-    material = {
-        "v": KEY_SCHEMA_VERSION,
-        "namespace": namespace,
-        "route": route,
-        "endpoint": endpoint,
-        "params": canonical_params(params),
-    }
+    material = {"v": KEY_SCHEMA_VERSION, "namespace": namespace, "route": route, "endpoint": endpoint, "params": canonical}
     text = json.dumps(material, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
     return hashlib.sha256(text.encode("ascii")).hexdigest()
 
@@ -61,7 +64,7 @@ def canonical_params(params: Mapping[str, Any]) -> dict[str, Any]:
     kept = {name: value for name, value in params.items() if not _is_dropped_top(name, value)}
     result = _canonical_mapping(kept, "params")
     if isinstance(result.get("extra_query"), dict):
-        result["extra_query"] = {k: v for k, v in result["extra_query"].items() if not is_secret_key(k)}
+        result["extra_query"] = {k: v for k, v in result["extra_query"].items() if not _secret_name(k)}
     return result
 
 
@@ -69,7 +72,7 @@ def _is_dropped_top(name: Any, value: Any) -> bool:
     """Whether a top-level argument is left out of the key (unset, None, transport-only, or a credential)."""
     if not isinstance(name, str):
         return False
-    return value is None or _is_unset(value) or name in TRANSPORT_KEYS or is_secret_key(name)
+    return value is None or _is_unset(value) or name in TRANSPORT_KEYS or _secret_name(name)
 
 
 def _is_unset(value: Any) -> bool:
@@ -77,9 +80,16 @@ def _is_unset(value: Any) -> bool:
     return isinstance(value, (openai.NotGiven, openai.Omit))
 
 
-def _canonical(value: Any, where: str) -> Any:
+def _canonical(value: Any, where: Where) -> Any:
     """Plain JSON for one value, recursively; ConfigError naming ``where`` for anything that isn't JSON."""
-    if value is None or isinstance(value, bool):
+    kind = type(value)
+    if kind in _PLAIN:  # the common leaves, exactly typed: nothing to unwrap
+        return value
+    if kind is dict:
+        return _canonical_mapping(value, where)
+    if kind is list:
+        return [_canonical(item, (where, i)) for i, item in enumerate(value) if not _is_unset(item)]
+    if isinstance(value, bool):
         return value
     if isinstance(value, str):
         return str.__str__(value)
@@ -87,7 +97,7 @@ def _canonical(value: Any, where: str) -> Any:
         return int(value)
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise ConfigError(f"cache key: {where} is {value!r}, which JSON can't hold")
+            raise ConfigError(f"cache key: {_render(where)} is {value!r}, which JSON can't hold")
         return float(value)
     if isinstance(value, type) and issubclass(value, pydantic.BaseModel):
         schema: dict[str, Any] = value.model_json_schema()
@@ -97,18 +107,26 @@ def _canonical(value: Any, where: str) -> Any:
     if isinstance(value, Mapping):
         return _canonical_mapping(value, where)
     if isinstance(value, (list, tuple)):
-        return [_canonical(item, f"{where}[{i}]") for i, item in enumerate(value) if not _is_unset(item)]
+        return [_canonical(item, (where, i)) for i, item in enumerate(value) if not _is_unset(item)]
     if isinstance(value, Iterable) and not isinstance(value, (bytes, bytearray, set, frozenset)):
-        raise ConfigError(f"cache key: {where} is a one-shot {type(value).__name__}; pass a list so it can be keyed and sent")
-    raise ConfigError(f"cache key: {where} is a {type(value).__name__}, which is not JSON; pass JSON-able values")
+        raise ConfigError(f"cache key: {_render(where)} is a one-shot {type(value).__name__}; pass a list so it can be keyed and sent")
+    raise ConfigError(f"cache key: {_render(where)} is a {type(value).__name__}, which is not JSON; pass JSON-able values")
 
 
-def _canonical_mapping(value: Mapping[Any, Any], where: str) -> dict[str, Any]:
+def _canonical_mapping(value: Mapping[Any, Any], where: Where) -> dict[str, Any]:
     """A mapping with string keys and canonical values, openai sentinels dropped."""
     out: dict[str, Any] = {}
     for name, item in value.items():
         if not isinstance(name, str):
-            raise ConfigError(f"cache key: {where} has a non-string key {name!r}; JSON keys must be strings")
+            raise ConfigError(f"cache key: {_render(where)} has a non-string key {name!r}; JSON keys must be strings")
         if not _is_unset(item):
-            out[name] = _canonical(item, f"{where}[{name!r}]")
+            out[name] = _canonical(item, (where, name))
     return out
+
+
+def _render(where: Where) -> str:
+    """Where a value sits, as text (``params['messages'][0]``): built only for an error message."""
+    if isinstance(where, str):
+        return where
+    parent, step = where
+    return f"{_render(parent)}[{step!r}]"

@@ -2,6 +2,13 @@
 
 One file, WAL journal, one ``BEGIN IMMEDIATE`` transaction per write, so several threads and
 processes can record into the same log at once and every record lands whole or not at all.
+``record()`` writes at once and raises what went wrong. The client's calls go through
+``enqueue()`` instead: the record is checked and queued, and a background writer (``_batches``,
+shared with the PostgreSQL log) inserts queued records in batches, one transaction each, off the
+call path. A queued record leaves memory only once committed; past ``max_pending`` waiting,
+``enqueue()`` raises StoreUnavailableError rather than drop one. ``flush()``, ``close()`` and
+interpreter exit write what waits, and every read and ``feedback()`` flushes first (every writer
+of the same file in this process), so a process always sees its own calls.
 Requests, errors and extras are passed through :func:`~blackbox_sdk._redact.redact` before they
 are written (see ``_tables``), so no API key or auth header reaches the file. ``export_jsonl``
 writes the format the adapter trainer reads (see ``_export`` and ``docs/call-log.md``).
@@ -10,20 +17,25 @@ writes the format the adapter trainer reads (see ``_export`` and ``docs/call-log
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import sqlite3
 import threading
-from collections.abc import Iterator
+import weakref
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
 from .._closing import Closing
-from .._exceptions import CallLogError, ConfigError
+from .._exceptions import CallLogError, ConfigError, StoreUnavailableError
 from .._logging import logger
 from .._sqlite import connect, immediate
+from . import _known
+from ._batches import BatchWriter
 from ._export import export_jsonl
 from ._paging import Cursor, Page, check_limit, paged
 from ._records import CallRecord, Feedback, Label, feedback_fields, feedback_on
+from ._sqlite_batches import flush_all, register, write_batch
 from ._stats import summarize
 from ._tables import (
     CALL_COLUMNS,
@@ -43,11 +55,27 @@ DEFAULT_TIMEOUT_S = 30.0
 class CallLog(Closing):
     """An SQLite call log that several threads and processes can write at once; see the module docstring."""
 
-    def __init__(self, path: str | Path, *, timeout: float = DEFAULT_TIMEOUT_S) -> None:
-        """Open (creating) the log at ``path``; ``timeout`` bounds waits for another writer's lock."""
+    def __init__(
+        self, path: str | Path, *, timeout: float = DEFAULT_TIMEOUT_S, batch_size: int = 256, interval: float = 0.05,
+        max_pending: int = 100_000,
+    ) -> None:
+        """Open (creating) the log at ``path`` and start its background writer.
+
+        ``timeout`` bounds waits for another writer's lock, and flushes; a batch of queued records
+        holds at most ``batch_size`` and waits at most ``interval`` s to fill; ``max_pending``
+        bounds the records kept in memory while the file can't be written.
+        """
+        _check_batching(batch_size, interval, max_pending)
         self._path = Path(path)
         self._lock = threading.Lock()
         self._conn = _open(self._path, timeout)
+        self._timeout = float(timeout)
+        write = functools.partial(write_batch, self._conn, self._lock, str(self._path))
+        self._writer: BatchWriter[CallRecord] = BatchWriter(
+            write, where=str(self._path), batch_size=batch_size, interval=interval, max_pending=max_pending,
+        )
+        register(self._path, self._writer)
+        self._finalizer = weakref.finalize(self, _shut_down, self._writer, self._conn, self._lock, str(self._path), self._timeout)
 
     def __repr__(self) -> str:
         """Where the log is."""
@@ -59,17 +87,32 @@ class CallLog(Closing):
         return self._path
 
     def close(self) -> None:
-        """Close the database connection."""
-        with self._lock:
-            self._conn.close()
+        """Write what is queued (up to ``timeout`` s), stop the writer, close the connection; StoreUnavailableError if records were left."""
+        if self._finalizer.detach() is not None:
+            _shut_down(self._writer, self._conn, self._lock, str(self._path), self._timeout, raise_lost=True)
 
     def record(self, rec: CallRecord) -> None:
-        """Write one call with its candidates in one transaction (all or nothing), secrets redacted."""
+        """Write one call with its candidates now, in one transaction (all or nothing), secrets redacted."""
         if not isinstance(rec, CallRecord):
             raise ConfigError(f"record() takes a CallRecord, not {type(rec).__name__}")
         with self._write(f"record call {rec.call_id}") as conn:
             insert_call(conn, rec)
         logger.debug("call log: recorded %s (%s, %d candidates)", rec.call_id, rec.model, len(rec.candidates))
+
+    def enqueue(self, rec: CallRecord) -> None:
+        """Queue one call for the background writer and return (the client's path); StoreUnavailableError when too many wait."""
+        if not isinstance(rec, CallRecord):
+            raise ConfigError(f"enqueue() takes a CallRecord, not {type(rec).__name__}")
+        self._writer.put(rec, self._timeout)
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Write every call queued so far in this process; StoreUnavailableError after ``timeout`` s."""
+        flush_all(self._path, self._timeout if timeout is None else timeout)
+
+    @property
+    def pending(self) -> int:
+        """How many of this log's queued records wait to be written."""
+        return self._writer.pending
 
     def feedback(
         self,
@@ -83,6 +126,7 @@ class CallLog(Closing):
     ) -> None:
         """Attach feedback to a logged call; ConfigError for an unknown call, a bad index or no feedback at all."""
         fields = feedback_fields(reward, label, preferred, reference, note)
+        self.flush()
         with self._write(f"add feedback to {call_id}") as conn:
             count, chosen = candidates_of(conn, call_id)
             insert_feedback(conn, feedback_on(call_id, count, chosen, fields))
@@ -99,6 +143,16 @@ class CallLog(Closing):
         """All feedback on one call, oldest first (empty when there is none)."""
         with self._read() as conn:
             return feedback_by_call(conn, [call_id]).get(call_id, [])
+
+    def logged_call_ids(self, call_ids: Iterable[str]) -> set[str]:
+        """Which of these call ids the log holds (asked by ``repair_log``)."""
+        with self._read() as conn:
+            return _known.logged_call_ids(conn, call_ids)
+
+    def latest_created(self) -> float | None:
+        """When the latest logged call was made; None for an empty log (asked by ``repair_log``)."""
+        with self._read() as conn:
+            return _known.latest_created(conn)
 
     def calls(
         self,
@@ -157,12 +211,40 @@ class CallLog(Closing):
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
-        """The connection under the lock, with database errors raised as CallLogError."""
+        """The connection under the lock after a flush (so this process's calls are there), database errors as CallLogError."""
+        self.flush()
         with self._lock:
             try:
                 yield self._conn
             except sqlite3.Error as exc:
                 raise CallLogError(f"can't read the call log {self._path}: {exc}") from exc
+
+
+def _shut_down(
+    writer: BatchWriter[CallRecord], conn: sqlite3.Connection, lock: threading.Lock, where: str, timeout: float,
+    *, raise_lost: bool = False,
+) -> None:
+    """Write what is queued and stop the writer, close the connection; records left unwritten are named in an error."""
+    try:
+        lost = writer.close(timeout)
+    finally:
+        with lock:
+            conn.close()
+    if lost:
+        ids = ", ".join(rec.call_id for rec in lost[:20]) + (", ..." if len(lost) > 20 else "")
+        message = f"the call log {where} was closed with {len(lost)} records it could not write: {ids}"
+        logger.error("call log: %s", message)
+        if raise_lost:
+            raise StoreUnavailableError(message)
+
+
+def _check_batching(batch_size: int, interval: float, max_pending: int) -> None:
+    """ConfigError for a batching setting that can't work."""
+    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not 0 <= interval < math.inf:
+        raise ConfigError(f"call log interval must be a finite number of seconds, 0 or more; got {interval!r}")
+    for name, count in (("batch_size", batch_size), ("max_pending", max_pending)):
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ConfigError(f"call log {name} must be a positive integer; got {count!r}")
 
 
 def _open(path: Path, timeout: float) -> sqlite3.Connection:

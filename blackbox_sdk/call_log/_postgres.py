@@ -15,7 +15,7 @@ import contextlib
 import functools
 import math
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TextIO
@@ -24,6 +24,7 @@ from .._closing import Closing
 from .._exceptions import CallLogError, ConfigError, StoreUnavailableError
 from .._logging import logger
 from .._redact import redact_text
+from . import _known
 from ._batches import BatchWriter
 from ._export import export_jsonl
 from ._paging import Page, check_limit, paged
@@ -136,6 +137,16 @@ class PostgresCallLog(Closing):
         """All feedback on one call, oldest first (empty when there is none)."""
         with self._connection("read") as conn:
             return feedback_by_call(conn, [call_id]).get(call_id, [])
+
+    def logged_call_ids(self, call_ids: Iterable[str]) -> set[str]:
+        """Which of these call ids the log holds, after a flush (asked by ``repair_log``)."""
+        with self._connection("read") as conn:
+            return _known.logged_call_ids(conn, call_ids, table="blackbox_calls", mark="%s")
+
+    def latest_created(self) -> float | None:
+        """When the latest logged call was made, after a flush; None for an empty log (asked by ``repair_log``)."""
+        with self._connection("read") as conn:
+            return _known.latest_created(conn, table="blackbox_calls")
 
     def calls(
         self, *, model: str | None = None, route: str | None = None, since: float | None = None,

@@ -1,0 +1,61 @@
+"""Calibration in the call path: until an endpoint and model are calibrated, one call at a time
+passes the gate; each answer's reported prompt tokens teach the budget what the endpoint adds.
+Store outages here are warnings (a later answer teaches the same; the gate's lease frees it).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from .._exceptions import StoreUnavailableError
+from .._logging import logger
+from .._types import Json
+from ..budget import UNCALIBRATED_ALLOWANCE
+from ._call import Call
+
+
+class Core(Protocol):
+    """What calibration needs of the client's core: where calls go, and the local model if one answers."""
+
+    endpoint: str
+    backend: Any
+
+
+def calibration_key(core: Core, call: Call) -> str:
+    """What an overhead is learnt for, with the model: the endpoint and the route (templates differ by route)."""
+    return f"{core.endpoint}#{call.route.name}"
+
+def passes_gate(core: Core, call: Call) -> bool:
+    """Fail closed until calibrated: True once this endpoint and model are calibrated (or no budget
+    or a local model counts them), or when this call took the gate; False while another call has it."""
+    budget = call.opts.budget
+    if budget is None or core.backend is not None:
+        return True
+    if budget.calibration.overhead(calibration_key(core, call), call.model) is not None:
+        return True
+    call.gated = budget.calibration.open_gate(calibration_key(core, call), call.model, call.info.call_id)
+    return call.gated
+
+def learn(core: Core, call: Call, usage: Json) -> None:
+    """Learn the endpoint's hidden prompt tokens from a reported usage, and let the next call through."""
+    budget = call.opts.budget
+    if budget is None or core.backend is not None or call.counted_prompt is None:
+        return
+    per_request = int(usage.get("prompt_tokens") or 0) // max(1, call.info.requests)
+    if call.usage_counted:  # the server said nothing: keep the allowance rather than stay gated
+        per_request = call.counted_prompt + UNCALIBRATED_ALLOWANCE if call.gated else 0
+    try:
+        if per_request:
+            budget.calibration.learn(calibration_key(core, call), call.model, call.counted_prompt, per_request)
+    except StoreUnavailableError as error:  # learnt from a later answer instead
+        logger.warning("call %s: the endpoint's overhead could not be stored now: %s", call.info.call_id, error)
+    ungate(core, call)
+
+def ungate(core: Core, call: Call) -> None:
+    """Give back the calibration gate this call holds."""
+    if call.gated:
+        call.gated = False
+        try:
+            call.opts.budget.calibration.close_gate(calibration_key(core, call), call.model, call.info.call_id)
+        except StoreUnavailableError as error:  # the gate's lease frees it
+            logger.warning("call %s: the calibration gate could not be given back now: %s", call.info.call_id, error)

@@ -1,0 +1,288 @@
+"""The SQLite call log's background writer: the client's records are queued off the call path and
+written in batches, and none is ever lost: close, every read, and interpreter exit write what waits."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from blackbox_sdk import (
+    Budget,
+    CallLog,
+    CallLogError,
+    ConfigError,
+    OpenAI,
+    RateLimits,
+    StoreUnavailableError,
+)
+from blackbox_sdk.call_log import CallRecord
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MODEL = "smollm2"
+QUESTION = [{"role": "user", "content": "What is 26 plus 28?"}]
+LATER = {"interval": 600.0, "batch_size": 1_000_000}  # nothing is written until a flush, a read or close
+
+
+def _record(**changes: Any) -> CallRecord:
+    """A plausible logged call with two candidates."""
+    fields: dict[str, Any] = {
+        "endpoint_host": "127.0.0.1", "model": MODEL, "route": "chat.completions",
+        "request": {"model": MODEL, "messages": QUESTION}, "candidates": ["54", "fifty-four"], "chosen": [0],
+    }
+    return CallRecord(**{**fields, **changes})
+
+
+def _count(path: Path, table: str = "calls") -> int:
+    """Rows in one table, read through a connection of this test's own."""
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+
+
+def _ids(path: Path) -> list[str]:
+    """The logged call ids, sorted."""
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return sorted(row[0] for row in conn.execute("SELECT call_id FROM calls"))
+
+
+def _wait_until(done: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Poll until ``done()``; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+@contextlib.contextmanager
+def _failing_inserts(path: Path) -> Iterator[None]:
+    """Every insert of a candidate fails (a disk-trouble stand-in SQLite itself raises) until the block ends."""
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("CREATE TRIGGER trouble BEFORE INSERT ON candidates BEGIN SELECT RAISE(ABORT, 'disk trouble'); END")
+        conn.commit()
+        try:
+            yield
+        finally:
+            conn.execute("DROP TRIGGER trouble")
+            conn.commit()
+
+
+# --------------------------------------------------------------------------- queued, then written
+
+
+def test_enqueue_returns_before_the_insert_and_close_writes_every_record(tmp_path: Path) -> None:
+    path = tmp_path / "calls.db"
+    log = CallLog(path, **LATER)
+    records = [_record(call_id=f"bb-q-{i:02d}") for i in range(20)]
+    for rec in records:
+        log.enqueue(rec)
+    assert log.pending == 20 and _count(path) == 0
+    log.close()
+    assert _ids(path) == [rec.call_id for rec in records]
+    assert _count(path, "candidates") == 40
+
+
+def test_a_full_batch_is_written_without_a_flush_in_one_transaction(tmp_path: Path) -> None:
+    path = tmp_path / "calls.db"
+    with CallLog(path, batch_size=5, interval=600.0) as log:
+        for i in range(12):
+            log.enqueue(_record(call_id=f"bb-b-{i:02d}"))
+        _wait_until(lambda: log.pending == 2)  # two full batches go at once; two records wait for more
+        assert _count(path) == 10
+
+
+def test_a_partial_batch_is_written_after_the_interval(tmp_path: Path) -> None:
+    path = tmp_path / "calls.db"
+    with CallLog(path, batch_size=1000, interval=0.1) as log:
+        log.enqueue(_record())
+        _wait_until(lambda: _count(path) == 1)
+        assert log.pending == 0
+
+
+def test_every_read_and_feedback_sees_the_records_queued_before_it(tmp_path: Path) -> None:
+    with CallLog(tmp_path / "calls.db", **LATER) as log:
+        first, second = _record(), _record(candidates=["4"])
+        log.enqueue(first)
+        assert log.get(first.call_id) == first
+        log.enqueue(second)
+        log.feedback(second.call_id, label="correct")  # feedback needs its call: it flushes first
+        assert [f.label for f in log.feedback_for(second.call_id)] == ["correct"]
+        third = _record()
+        log.enqueue(third)
+        assert [c.call_id for c in log.calls()] == [first.call_id, second.call_id, third.call_id]
+        log.enqueue(_record())
+        assert log.stats()["calls"] == 4
+        log.enqueue(_record())
+        out = io.StringIO()
+        assert log.export_jsonl(out) == 5
+        assert [json.loads(line)["call_id"] for line in out.getvalue().splitlines()][:3] == [first.call_id, second.call_id, third.call_id]
+
+
+def test_another_log_object_on_the_same_file_sees_this_process_queue(tmp_path: Path) -> None:
+    writer = CallLog(tmp_path / "calls.db", **LATER)
+    rec = _record()
+    writer.enqueue(rec)
+    with CallLog(tmp_path / "." / "calls.db") as reader:  # the same file, spelled another way
+        assert [c.call_id for c in reader.calls()] == [rec.call_id]
+    writer.close()
+
+
+def test_records_queued_at_interpreter_exit_are_written(tmp_path: Path) -> None:
+    path = tmp_path / "calls.db"
+    script = (
+        "import sys\n"
+        "from blackbox_sdk.call_log import CallLog, CallRecord\n"
+        "log = CallLog(sys.argv[1], interval=600.0, batch_size=10**6)\n"
+        "for i in range(5):\n"
+        "    log.enqueue(CallRecord(call_id=f'bb-exit-{i}', endpoint_host='h', model='m', route='chat', request={}, candidates=['a']))\n"
+        "print(log.pending)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "5"  # nothing written before exit
+    assert _ids(path) == [f"bb-exit-{i}" for i in range(5)]
+    assert _count(path, "candidates") == 5
+
+
+def test_eight_threads_of_fifty_records_all_land(tmp_path: Path) -> None:
+    path = tmp_path / "calls.db"
+    log = CallLog(path, batch_size=64, interval=30.0)
+
+    def work(worker: int) -> None:
+        for i in range(50):
+            log.enqueue(_record(call_id=f"bb-w{worker}-{i:02d}"))
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(work, range(8)))
+    log.close()
+    assert _ids(path) == sorted(f"bb-w{w}-{i:02d}" for w in range(8) for i in range(50))
+    assert _count(path, "candidates") == 800
+
+
+# ------------------------------------------------------------------------------- nothing is lost
+
+
+def test_records_are_kept_while_the_file_fails_and_refused_past_max_pending(tmp_path: Path) -> None:
+    path = tmp_path / "calls.db"
+    log = CallLog(path, max_pending=3)
+    try:
+        with _failing_inserts(path):
+            for i in range(3):
+                log.enqueue(_record(call_id=f"bb-kept-{i}"))
+            with pytest.raises(StoreUnavailableError, match="could not write 3 records"):
+                log.flush(timeout=0.5)
+            with pytest.raises(StoreUnavailableError, match="3 records waiting"):
+                log.enqueue(_record(call_id="bb-refused"))  # the memory bound: refused, never dropped silently
+            assert log.pending == 3 and _count(path) == 0
+        log.flush(timeout=30)
+        assert log.pending == 0
+    finally:
+        log.close()
+    assert _ids(path) == ["bb-kept-0", "bb-kept-1", "bb-kept-2"]
+
+
+def test_close_names_the_records_it_could_not_write(tmp_path: Path) -> None:
+    path = tmp_path / "calls.db"
+    log = CallLog(path, timeout=0.5)
+    with _failing_inserts(path):
+        log.enqueue(_record(call_id="bb-stuck"))
+        with pytest.raises(StoreUnavailableError, match="1 records it could not write: bb-stuck"):
+            log.close()
+    with pytest.raises(CallLogError, match="closed"):
+        log.enqueue(_record())
+
+
+def test_a_repeated_call_id_is_skipped_without_holding_up_the_queue(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with CallLog(tmp_path / "calls.db", **LATER) as log:
+        rec = _record()
+        log.record(rec)  # written at once
+        after = _record()
+        log.enqueue(rec.model_copy(update={"candidates": ["other"]}))
+        log.enqueue(after)
+        with caplog.at_level(logging.WARNING, logger="blackbox_sdk"):
+            log.flush()
+        assert log.get(rec.call_id).candidates == rec.candidates  # the first copy is kept
+        assert log.get(after.call_id) == after
+        assert "1 of 2 queued records were already in" in caplog.text
+
+
+def test_a_record_spoilt_after_it_was_queued_is_dropped_loudly_and_the_rest_written(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with CallLog(tmp_path / "calls.db", **LATER) as log:
+        spoilt, fine = _record(), _record()
+        log.enqueue(spoilt)
+        log.enqueue(fine)
+        spoilt.request["when"] = object()  # the caller changed it after handing it over: no JSON can hold it
+        with caplog.at_level(logging.ERROR, logger="blackbox_sdk"):
+            assert [c.call_id for c in log.calls()] == [fine.call_id]
+        assert f"call {spoilt.call_id} can't be written" in caplog.text
+
+
+def test_bad_batching_settings_and_records_are_refused(tmp_path: Path) -> None:
+    for bad in ({"batch_size": 0}, {"max_pending": True}, {"interval": -1.0}, {"interval": float("inf")}):
+        with pytest.raises(ConfigError):
+            CallLog(tmp_path / "calls.db", **bad)  # type: ignore[arg-type]
+    with CallLog(tmp_path / "calls.db") as log, pytest.raises(ConfigError, match="CallRecord"):
+        log.enqueue(_record().model_dump())  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------------- the client
+
+
+def test_a_client_call_never_waits_for_the_log_file(llama_server: str, tmp_path: Path) -> None:
+    path = tmp_path / "calls.db"
+    log = CallLog(path, timeout=60.0)
+    client = OpenAI(base_url=llama_server, api_key="sk-test", log=log)
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as other:
+        other.execute("BEGIN IMMEDIATE")  # another process holds the file's write lock
+        started = time.monotonic()
+        answers = [client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=4, temperature=0) for _ in range(3)]
+        assert time.monotonic() - started < 20.0  # a synchronous insert would wait for the lock (60 s here)
+        assert _count(path) == 0
+        other.execute("ROLLBACK")
+    assert [c.call_id for c in log.calls()] == [a.blackbox.call_id for a in answers]
+    client.close()
+    log.close()
+
+
+CLIENT_THAT_EXITS = """
+import sys
+from blackbox_sdk import OpenAI
+client = OpenAI(base_url=sys.argv[1], api_key="sk-test", log=sys.argv[2])
+for _ in range(3):
+    print(client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "Hi"}], max_tokens=2).blackbox.call_id)
+"""
+
+
+def test_a_client_process_that_exits_without_close_leaves_every_record(llama_server: str, tmp_path: Path) -> None:
+    path = tmp_path / "calls.db"
+    result = subprocess.run(
+        [sys.executable, "-c", CLIENT_THAT_EXITS, llama_server, str(path)], capture_output=True, text=True, timeout=300,
+        cwd=REPO_ROOT, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert _ids(path) == sorted(result.stdout.split())
+
+
+def test_the_prompt_is_counted_once_per_call(llama_server: str, tmp_path: Path) -> None:
+    counted: list[str] = []
+
+    def words(text: str) -> int:
+        counted.append(text)
+        return len(text.split())
+
+    budget = Budget(total_usd=10.0, prices={MODEL: {"input": 1.0, "output": 2.0}}, ledger=str(tmp_path / "ledger.db"))
+    client = OpenAI(base_url=llama_server, api_key="sk-test", budget=budget, rate_limit=RateLimits(tpm=1_000_000), tokenizer=words)
+    for _ in range(2):
+        client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=4, temperature=0)
+    assert counted.count(QUESTION[0]["content"]) == 2  # the rate limit's admission and the reservation share one count
+    client.close()

@@ -1,0 +1,316 @@
+"""A process killed between the ledger's settle and the log's record leaves a charged call with no
+record; `repair_log`, run by a later process, writes it from the ledger, so the log's spend is the
+ledger's again. Real processes against an instant loopback upstream, the SQLite and Redis ledgers
+(a real redis-server), the SQLite and PostgreSQL logs; the ledgers' `settled_since` on both."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pg_databases import fresh_database
+from servers import PostgresServer
+
+from blackbox_sdk import ConfigError
+from blackbox_sdk.budget import Budget, Ledger, RedisLedger, usd_to_nano
+from blackbox_sdk.budget import _redis_ledger as redis_ledger_module
+from blackbox_sdk.budget._store import SettledSpend
+from blackbox_sdk.call_log import (
+    CallLog,
+    CallRecord,
+    PostgresCallLog,
+    RepairableLog,
+    new_call_id,
+    repair_log,
+)
+from blackbox_sdk.call_log import _repair as repair_module
+from blackbox_sdk.call_log._repair import GRACE_S, RECOVERED_ERROR
+
+MODEL = "unit"
+PRICES = {MODEL: {"input": 1000.0, "output": 1000.0}}  # USD per million tokens
+PROMPT, COMPLETION = 12, 3  # what the upstream reports for every call
+CALL_USD = (PROMPT + COMPLETION) * 1000.0 / 1e6  # $0.015
+CALLS, KILLED_AT = 6, 4  # the child dies while recording its 4th call
+KILLED_EXIT = 17
+ANSWER = {
+    "id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": MODEL,
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": PROMPT, "completion_tokens": COMPLETION, "total_tokens": PROMPT + COMPLETION},
+}
+
+# The child: calls through OpenAI(budget=..., log=...), and dies (os._exit) inside the log's record of
+# call number KILLED_AT: after the ledger settled it, before its record was written.
+CHILD = """
+import json, os, sys
+from blackbox_sdk import Budget, OpenAI
+from blackbox_sdk.call_log import CallLog, PostgresCallLog
+url, ledger, log, calls, killed_at, exit_code, prices = json.loads(sys.argv[1])
+recorded = []
+
+def dying(original):
+    def record(self, rec):
+        recorded.append(rec.call_id)
+        if len(recorded) == killed_at:
+            print(rec.call_id, flush=True)
+            os._exit(exit_code)
+        return original(self, rec)
+    return record
+
+CallLog.record = dying(CallLog.record)
+CallLog.enqueue = dying(CallLog.enqueue)  # the client queues its records for the log's writer
+PostgresCallLog.record = dying(PostgresCallLog.record)
+client = OpenAI(base_url=url, api_key="sk-test", budget=Budget(total_usd=10.0, prices=prices, ledger=ledger), log=log, max_retries=0)
+for _ in range(calls):
+    client.chat.completions.create(model="unit", messages=[{"role": "user", "content": "Say ok."}], max_tokens=8)
+"""
+
+# A new process: opens the same budget and log, repairs, and says how many records it wrote.
+REPAIR = """
+import json, sys
+from blackbox_sdk import Budget
+from blackbox_sdk.call_log import open_call_log, repair_log
+ledger, log, prices = json.loads(sys.argv[1])
+store = open_call_log(log)
+print(json.dumps(repair_log(store, Budget(prices=prices, ledger=ledger))))
+store.close()
+"""
+
+# A new process that only builds a client with the same budget and log: the client repairs on construction.
+CLIENT = """
+import json, sys
+from blackbox_sdk import Budget, OpenAI
+ledger, log, prices = json.loads(sys.argv[1])
+OpenAI(base_url="http://127.0.0.1:9/v1", api_key="sk-test", budget=Budget(prices=prices, ledger=ledger), log=log).close()
+"""
+
+
+class _Upstream(BaseHTTPRequestHandler):
+    """An instant OpenAI-compatible chat endpoint: every call answers "ok" with fixed usage."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = json.dumps(ANSWER).encode() if self.path.endswith("/chat/completions") else b"{}"
+        self.send_response(200 if self.path.endswith("/chat/completions") else 404)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        """Quiet."""
+
+
+@pytest.fixture
+def upstream() -> Iterator[str]:
+    """The instant upstream on a free loopback port; yields its /v1 base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Upstream)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def ledger(store_at: Callable[[str], str]) -> str:
+    """The ledger: a file in the test's folder, then a real redis-server."""
+    return store_at("ledger.sqlite3")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def log_target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The call log: an SQLite file in the test's folder, then a fresh database on a real PostgreSQL."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "calls.sqlite3")
+        return
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    with fresh_database(server) as url:
+        yield url
+
+
+def _open_log(target: str) -> CallLog | PostgresCallLog:
+    return PostgresCallLog(target) if target.startswith("postgresql://") else CallLog(target)
+
+
+def _python(code: str, *args: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", code, json.dumps(list(args))], check=False, capture_output=True, text=True, timeout=120)
+
+
+def _log_view(target: str) -> dict[str, CallRecord]:
+    log = _open_log(target)
+    try:
+        return {record.call_id: record for record in log.calls()}
+    finally:
+        log.close()
+
+
+# --- the kill between settle and record, repaired by a new process ------------------------------
+
+
+def test_a_call_charged_by_a_killed_process_is_logged_by_the_repair(upstream: str, ledger: str, log_target: str) -> None:
+    child = _python(CHILD, upstream, ledger, log_target, CALLS, KILLED_AT, KILLED_EXIT, PRICES)
+    assert child.returncode == KILLED_EXIT, child.stderr
+    killed = child.stdout.strip()
+    budget = Budget(prices=PRICES, ledger=ledger)
+    charged = {spend.call_id for spend in budget.settled_since(0)}
+    assert killed in charged and len(charged) == KILLED_AT  # the ledger charged the call the log never saw
+    before = _log_view(log_target)
+    assert killed not in before
+    assert sum(record.cost_usd for record in before.values()) < budget.spent()
+
+    repair = _python(REPAIR, ledger, log_target, PRICES)
+    assert repair.returncode == 0, repair.stderr
+    after = _log_view(log_target)
+    assert json.loads(repair.stdout) == len(after) - len(before) >= 1  # the killed call, and on PostgreSQL whatever the queue lost
+    assert set(after) == charged
+    assert sum(record.cost_usd for record in after.values()) == pytest.approx(budget.spent(), abs=1e-12)
+    recovered = after[killed]
+    assert recovered.error == RECOVERED_ERROR and recovered.endpoint_host == "unknown" and recovered.request == {}
+    assert recovered.model == MODEL and recovered.usage_counted and recovered.cost_usd == pytest.approx(CALL_USD)
+    assert recovered.usage == {"prompt_tokens": PROMPT, "completion_tokens": COMPLETION, "total_tokens": PROMPT + COMPLETION}
+
+    log = _open_log(log_target)
+    try:
+        assert repair_log(log, budget) == 0  # idempotent: nothing more to write
+    finally:
+        log.close()
+    assert _log_view(log_target) == after
+
+
+def test_a_client_with_the_same_budget_and_log_repairs_it_on_construction(upstream: str, ledger: str, log_target: str) -> None:
+    child = _python(CHILD, upstream, ledger, log_target, CALLS, KILLED_AT, KILLED_EXIT, PRICES)
+    assert child.returncode == KILLED_EXIT, child.stderr
+    budget = Budget(prices=PRICES, ledger=ledger)
+    assert set(_log_view(log_target)) != {spend.call_id for spend in budget.settled_since(0)}
+    built = _python(CLIENT, ledger, log_target, PRICES)
+    assert built.returncode == 0, built.stderr
+    after = _log_view(log_target)
+    assert set(after) == {spend.call_id for spend in budget.settled_since(0)}
+    assert sum(record.cost_usd for record in after.values()) == pytest.approx(budget.spent(), abs=1e-12)
+    assert "recovered from the ledger" in built.stderr
+
+
+# --- what the repair leaves alone ---------------------------------------------------------------
+
+
+def _settle(budget: Budget, *, call_id: str | None = None, key: str | None = None, cached: int = 0) -> str:
+    """Reserve and settle one call in this process, as the client does before it records the call."""
+    reservation = budget.reserve(model=MODEL, prompt_tokens=PROMPT, max_output_tokens=8, key=key, call_id=call_id or new_call_id())
+    budget.settle(reservation, prompt_tokens=PROMPT, completion_tokens=COMPLETION, cached_tokens=cached)
+    return reservation.call_id
+
+
+def _settle_in_a_process_that_ends(ledger: str, count: int) -> None:
+    code = (
+        "import json, sys\nfrom blackbox_sdk import Budget\nledger, prices, count = json.loads(sys.argv[1])\n"
+        "budget = Budget(prices=prices, ledger=ledger)\nfor _ in range(count):\n"
+        "    budget.settle(budget.reserve(model='unit', prompt_tokens=12, max_output_tokens=8), prompt_tokens=12, completion_tokens=3)\n"
+    )
+    finished = _python(code, ledger, PRICES, count)
+    assert finished.returncode == 0, finished.stderr
+
+
+def test_a_live_process_s_unlogged_spend_is_left_to_it(ledger: str, tmp_path: Path) -> None:
+    budget = Budget(prices=PRICES, ledger=ledger)
+    _settle(budget)  # settled by this process, which runs and may still record it
+    with CallLog(tmp_path / "calls.sqlite3") as log:
+        assert repair_log(log, budget) == 0
+        assert list(log.calls()) == []
+
+
+def test_the_repair_is_bounded_by_since_and_by_the_log_s_latest_call(
+    ledger: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(repair_module, "MARGIN_S", 0.5)
+    _settle_in_a_process_that_ends(ledger, 3)
+    budget = Budget(prices=PRICES, ledger=ledger)
+    with CallLog(tmp_path / "calls.sqlite3") as log:
+        assert repair_log(log, budget, since=time.time() + 5) == 0  # nothing settled since then
+        time.sleep(1.0)
+        log.record(CallRecord(endpoint_host="h", model=MODEL, route="CHAT", request={}))
+        assert repair_log(log, budget) == 0  # settled more than the margin before the log's latest call
+        assert repair_log(log, budget, since=0) == 3
+        assert repair_log(log, budget, since=0) == 0
+        assert sum(record.cost_usd for record in log.calls()) == pytest.approx(budget.spent())
+
+
+def test_a_log_that_can_t_be_asked_is_left_as_it_is(ledger: str, caplog: pytest.LogCaptureFixture) -> None:
+    class WriteOnly:
+        def record(self, rec: CallRecord) -> None:
+            raise AssertionError("nothing is written")
+
+    _settle_in_a_process_that_ends(ledger, 1)
+    assert not isinstance(WriteOnly(), RepairableLog)
+    assert repair_log(WriteOnly(), Budget(prices=PRICES, ledger=ledger), since=0) == 0  # type: ignore[arg-type]
+    assert "not repaired" in caplog.text
+
+
+def test_another_host_s_spend_waits_out_the_grace() -> None:
+    now = time.time()
+    spend = SettledSpend("bb-1", MODEL, None, "2025-01-01", 1, 1, 1, 0, settled=now - 1, host="elsewhere", pid=os.getpid())
+    assert spend.may_still_be_logged(now, GRACE_S)
+    assert not spend.may_still_be_logged(now + GRACE_S + 1, GRACE_S)
+    mine = SettledSpend("bb-2", MODEL, None, "2025-01-01", 1, 1, 1, 0, settled=now - 3600, host=socket.gethostname(), pid=os.getpid())
+    assert mine.may_still_be_logged(now, GRACE_S)  # this process runs: however old, its spend is its own to log
+
+
+# --- the ledgers' settled spends ----------------------------------------------------------------
+
+
+def test_settled_since_returns_each_spend_with_its_process(ledger: str) -> None:
+    budget = Budget(prices=PRICES, ledger=ledger)
+    started = time.time() - 1
+    first = _settle(budget, key="alice", cached=4)
+    middle = time.time() + 0.002
+    time.sleep(0.01)
+    second = _settle(budget)
+    spends = budget.settled_since(started)
+    assert [spend.call_id for spend in spends] == [first, second]
+    spend = spends[0]
+    assert (spend.model, spend.key, spend.prompt_tokens, spend.completion_tokens, spend.cached_tokens) == (MODEL, "alice", PROMPT, COMPLETION, 4)
+    assert spend.usd_nano == usd_to_nano(budget.cost(MODEL, prompt_tokens=PROMPT, completion_tokens=COMPLETION, cached_tokens=4) or 0, round_up=True)
+    assert spend.day == time.strftime("%Y-%m-%d", time.gmtime()) and started <= spend.settled <= time.time() + 1
+    assert (spend.host, spend.pid) == (socket.gethostname(), os.getpid()) and spend.pid_start is not None
+    assert spends[1].key is None
+    assert [spend.call_id for spend in budget.settled_since(middle)] == [second]
+    assert budget.settled_since(time.time() + 60) == []
+    with pytest.raises(ConfigError, match="settled_since"):
+        budget.settled_since(float("nan"))
+
+
+def test_the_redis_ledger_reads_the_spends_stream_in_pages(redis_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(redis_ledger_module, "SPENDS_PAGE", 2)
+    budget = Budget(prices=PRICES, ledger=redis_server.url)
+    ids = [_settle(budget) for _ in range(5)]
+    assert isinstance(budget._ledger, RedisLedger)
+    assert [spend.call_id for spend in budget.settled_since(0)] == ids
+
+
+def test_an_older_ledger_file_gains_the_settling_process(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as old:  # the spends table as it was before it kept the settling process
+        old.execute(
+            "CREATE TABLE spends (id INTEGER PRIMARY KEY AUTOINCREMENT, reservation_id TEXT NOT NULL, call_id TEXT NOT NULL,"
+            " model TEXT NOT NULL, key TEXT, day TEXT NOT NULL, usd_nano INTEGER NOT NULL, reserved_nano INTEGER NOT NULL,"
+            " prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL, cached_tokens INTEGER NOT NULL, created REAL NOT NULL)"
+        )
+        old.execute("INSERT INTO spends VALUES (1, 'r', 'bb-old', 'unit', NULL, '2025-01-01', 7, 9, 1, 2, 0, 100.0)")
+    old.close()
+    budget = Budget(prices=PRICES, ledger=str(path))
+    assert isinstance(budget._ledger, Ledger)
+    new = _settle(budget)
+    old_spend, new_spend = budget.settled_since(0)
+    assert (old_spend.call_id, old_spend.usd_nano, old_spend.host, old_spend.pid, old_spend.pid_start) == ("bb-old", 7, "", 0, None)
+    assert new_spend.call_id == new and new_spend.host == socket.gethostname()
+    assert not old_spend.may_still_be_logged(time.time(), GRACE_S)  # no process recorded: only the grace applies
