@@ -9,7 +9,9 @@ import pwd
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from blackbox_sdk.local import free_port
@@ -108,3 +110,38 @@ class PostgresServer:
         except subprocess.CalledProcessError:
             pass  # already stopped
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class InstantUpstream:
+    """An OpenAI-compatible chat endpoint on a free loopback port that answers `answer` at once
+    (404 on other routes); `before` runs before each chat answer (to inject a fault)."""
+
+    def __init__(self, answer: dict[str, object], before: Callable[[], object] | None = None) -> None:
+        import json
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        body = json.dumps(answer).encode()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                chat = self.path.endswith("/chat/completions")
+                if chat and before is not None:
+                    before()
+                self.send_response(200 if chat else 404)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body) if chat else 2))
+                self.end_headers()
+                self.wfile.write(body if chat else b"{}")
+
+            def log_message(self, *args: object) -> None:
+                """Quiet."""
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    def close(self) -> None:
+        """Stop serving."""
+        self._server.shutdown()
+        self._server.server_close()

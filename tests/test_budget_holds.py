@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from servers import InstantUpstream
+
 from blackbox_sdk import Budget, BudgetExceededError, CallLog, OpenAI, StoreUnavailableError
 
 MODEL = "smollm2"
@@ -142,30 +144,10 @@ def test_redis_killed_mid_run_fails_closed_and_the_run_completes_after_restart(l
 
 
 def test_a_ledger_lost_after_the_answer_is_a_logged_error_and_the_paid_answer_is_kept(redis_server: Any, tmp_path: Path) -> None:
-    import json
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
     answer = {"id": "c", "object": "chat.completion", "created": 1, "model": MODEL, "usage": {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11},
               "choices": [{"index": 0, "message": {"role": "assistant", "content": "Apple."}, "finish_reason": "stop"}]}
-
-    class KillsTheLedger(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            if self.path.endswith("/chat/completions"):
-                redis_server.stop()  # the ledger dies while the call is out: its settle can't be recorded
-            body = json.dumps(answer).encode() if self.path.endswith("/chat/completions") else b"{}"
-            self.send_response(200 if self.path.endswith("/chat/completions") else 404)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    upstream = ThreadingHTTPServer(("127.0.0.1", 0), KillsTheLedger)
-    threading.Thread(target=upstream.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{upstream.server_address[1]}/v1"
+    upstream = InstantUpstream(answer, before=redis_server.stop)  # the ledger dies while the call is out
+    url = upstream.url
     budget = Budget(total_usd=1.0, prices=PRICES, ledger=redis_server.url)
     client = OpenAI(base_url=url, api_key="sk-test", budget=budget, cache=tmp_path / "cache", log=tmp_path / "calls.db", max_retries=0)
     budget.calibration.learn(f"{client._core.endpoint}#chat.completions", MODEL, 0, 0)  # calibrated: no gate in this test
@@ -178,4 +160,4 @@ def test_a_ledger_lost_after_the_answer_is_a_logged_error_and_the_paid_answer_is
         again = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=4)  # the paid answer, from the cache
         assert again.blackbox.cache_hit and again.choices[0].message.content == "Apple."
     finally:
-        upstream.shutdown()
+        upstream.close()

@@ -11,16 +11,14 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pg_databases import fresh_database
-from servers import PostgresServer
+from servers import InstantUpstream, PostgresServer
 
 from blackbox_sdk import ConfigError
 from blackbox_sdk.budget import Budget, Ledger, RedisLedger, usd_to_nano
@@ -95,31 +93,12 @@ OpenAI(base_url="http://127.0.0.1:9/v1", api_key="sk-test", budget=Budget(prices
 """
 
 
-class _Upstream(BaseHTTPRequestHandler):
-    """An instant OpenAI-compatible chat endpoint: every call answers "ok" with fixed usage."""
-
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        body = json.dumps(ANSWER).encode() if self.path.endswith("/chat/completions") else b"{}"
-        self.send_response(200 if self.path.endswith("/chat/completions") else 404)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        """Quiet."""
-
-
 @pytest.fixture
 def upstream() -> Iterator[str]:
-    """The instant upstream on a free loopback port; yields its /v1 base URL."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Upstream)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
-    server.server_close()
+    """An instant upstream answering every chat with "ok" and fixed usage; yields its /v1 base URL."""
+    server = InstantUpstream(ANSWER)
+    yield server.url
+    server.close()
 
 
 @pytest.fixture
