@@ -21,7 +21,7 @@ SERVER = "server"
 SERVER_TIMEOUT_S = 10.0
 
 
-class Tokenizer:
+class TokenCounter:
     """Counts text (and, when it knows the model's chat template, whole chat prompts) exactly."""
 
     def __init__(self, count: Callable[[str], int], name: str, chat: Callable[[Sequence[Mapping[str, Any]]], int] | None = None) -> None:
@@ -30,20 +30,20 @@ class Tokenizer:
         self.chat = chat  # the rendered chat template's token count, when known
 
     def __repr__(self) -> str:
-        return f"Tokenizer({self.name})"
+        return f"TokenCounter({self.name})"
 
 
-def _tiktoken(name: str) -> Tokenizer | None:
+def _tiktoken(name: str) -> TokenCounter | None:
     """A tiktoken encoding by name, or None when tiktoken has no such encoding."""
     from .budget import load_encoding
 
     encoding = load_encoding(name)
     if encoding is None:
         return None
-    return Tokenizer(lambda text: len(encoding.encode(text, disallowed_special=())), f"tiktoken {name}")
+    return TokenCounter(lambda text: len(encoding.encode(text, disallowed_special=())), f"tiktoken {name}")
 
 
-def _huggingface(path: Path) -> Tokenizer:
+def _huggingface(path: Path) -> TokenCounter:
     """A HuggingFace tokenizer from a folder or a GGUF file, with its chat template when it has one."""
     try:
         from transformers import AutoTokenizer
@@ -59,16 +59,18 @@ def _huggingface(path: Path) -> Tokenizer:
     def chat(messages: Sequence[Mapping[str, Any]]) -> int:
         return chat_template_tokens(tokenizer, list(messages))
 
-    count = lambda text: len(tokenizer.encode(text, add_special_tokens=False))  # noqa: E731
-    return Tokenizer(count, f"{path.name} tokenizer", chat if tokenizer.chat_template else None)
+    def count(text: str) -> int:
+        return len(tokenizer.encode(text, add_special_tokens=False))
+
+    return TokenCounter(count, f"{path.name} tokenizer", chat if tokenizer.chat_template else None)
 
 
-def open_tokenizer(value: Any) -> Tokenizer | str | None:
-    """A Tokenizer from what a caller passed, "server" for the endpoint's own, or None for the default."""
-    if value is None or isinstance(value, Tokenizer) or value == SERVER:
+def open_tokenizer(value: Any) -> TokenCounter | str | None:
+    """A TokenCounter from what a caller passed, "server" for the endpoint's own, or None for the default."""
+    if value is None or isinstance(value, TokenCounter) or value == SERVER:
         return value
     if callable(value):
-        return Tokenizer(lambda text: int(value(text)), getattr(value, "__name__", "caller's tokenizer"))
+        return TokenCounter(lambda text: int(value(text)), getattr(value, "__name__", "caller's tokenizer"))
     if isinstance(value, str) and "/" not in value and not value.endswith(".gguf"):
         found = _tiktoken(value)
         if found is None:
@@ -92,7 +94,7 @@ class ServerTokenizer:
         self._headers = dict(headers)
         self._found: str | None = None
         self._probed = False
-        self._counters: dict[str, Tokenizer] = {}
+        self._counters: dict[str, TokenCounter] = {}
         self._lock = threading.Lock()
 
     def _ask(self, kind: str, model: str, text: str) -> int:
@@ -103,8 +105,8 @@ class ServerTokenizer:
         data = response.json()
         return int(data["count"]) if kind == "llama.cpp" else int(data["count"] if "count" in data else len(data["tokens"]))
 
-    def counter(self, model: str) -> Tokenizer | None:
-        """A counting Tokenizer through the server for `model` (each distinct text asked once), or
+    def counter(self, model: str) -> TokenCounter | None:
+        """A counting TokenCounter through the server for `model` (each distinct text asked once), or
         None when the server has no tokenize route."""
         with self._lock:
             if not self._probed:
@@ -115,7 +117,7 @@ class ServerTokenizer:
             if model not in self._counters:
                 kind = self._found
                 count = lru_cache(maxsize=4096)(lambda text: self._ask(kind, model, text))
-                self._counters[model] = Tokenizer(count, f"{kind} server tokenizer")
+                self._counters[model] = TokenCounter(count, f"{kind} server tokenizer")
             return self._counters[model]
 
     def _answers(self, kind: str, model: str) -> bool:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from blackbox_sdk import ConfigError, OpenAI
-from blackbox_sdk._tokenizer import ServerTokenizer, Tokenizer, open_tokenizer
+from blackbox_sdk._tokenizer import ServerTokenizer, TokenCounter, open_tokenizer
 from blackbox_sdk._types import CHAT, COMPLETIONS
 
 MODEL = "smollm2"
@@ -24,7 +24,7 @@ def _counted(client: OpenAI, route: object, params: dict[str, object]) -> object
 def test_a_tiktoken_name_and_a_callable_count_text() -> None:
     assert open_tokenizer("cl100k_base").count("hello world") == 2
     words = open_tokenizer(lambda text: len(text.split()))
-    assert isinstance(words, Tokenizer) and words.count("one two three") == 3
+    assert isinstance(words, TokenCounter) and words.count("one two three") == 3
 
 
 @pytest.mark.parametrize("bad", ["no_such_encoding", "/no/such/folder", 3.5], ids=["name", "path", "number"])

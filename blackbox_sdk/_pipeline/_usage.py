@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._tokenizer import SERVER, ServerTokenizer, Tokenizer
+from .._tokenizer import SERVER, ServerTokenizer, TokenCounter
 from .._types import CHAT, EMBEDDINGS, Json, add_usage
 from ..budget import TokenCount, count_chat_tokens, count_input_tokens, count_tokens
 from ._call import Call
@@ -22,10 +22,10 @@ class UsageCounter:
         self.server = server  # the endpoint's tokenize route, probed on first use
         self.ask_server = ask_server  # by default: the endpoint runs on this machine
 
-    def _tokenizer(self, call: Call) -> Tokenizer | None:
+    def _tokenizer(self, call: Call) -> TokenCounter | None:
         """The call's tokenizer: the option's, else the server's when it has one and is asked."""
         chosen = call.opts.tokenizer
-        if isinstance(chosen, Tokenizer):
+        if isinstance(chosen, TokenCounter):
             return chosen
         if self.server is not None and (chosen == SERVER or (chosen is None and self.ask_server)):
             return self.server.counter(call.model)
