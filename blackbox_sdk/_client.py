@@ -1,12 +1,14 @@
-"""`OpenAI` and `AsyncOpenAI`: drop-ins for the openai package's clients, and `wrap` for a client
-an app already built. The inner openai client does the HTTP (with max_retries=0); the SDK adds
-cache, budget, retries, the call log and reranking around `create`.
+"""`OpenAI` and `AsyncOpenAI`: subclasses of the openai package's clients, and `wrap` for a client
+an app already built. The generating resources run through the SDK's pipeline (cache, budget,
+rate limits, retries, the call log, reranking), which sends through a plain inner openai client
+with max_retries=0 on the same connections; every other resource is openai's own.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -15,13 +17,33 @@ import httpx2
 import openai
 from openai import DEFAULT_MAX_RETRIES
 
-from ._exceptions import CallLogError, ConfigError, StoreUnavailableError
+from ._exceptions import CallLogError, ConfigError, PriceMissingError, StoreUnavailableError
 from ._logging import logger
 from ._options import OPTION_NAMES, Opened, Options
 from ._redact import remember_secret
 from ._pipeline import AsyncCore, SyncCore
-from .resources import AsyncChat, AsyncCompletions, AsyncEmbeddings, Chat, Completions, Embeddings, RawClient
+from .resources import (
+    AsyncChat,
+    AsyncCompletions,
+    AsyncEmbeddings,
+    AsyncRawClient,
+    AsyncResponses,
+    AsyncStreamedClient,
+    Chat,
+    Completions,
+    Embeddings,
+    RawClient,
+    Responses,
+    StreamedClient,
+)
 
+# Generating routes the client itself would send (openai's resources the SDK does not run, or a bare
+# `client.post`): with a budget set they are refused, since the SDK can't price them.
+UNPRICED = re.compile(
+    r"^/(chat/completions|completions|embeddings|responses(/compact)?|images/(generations|edits|variations)"
+    r"|audio/(speech|transcriptions|translations)|threads/(runs|[^/]+/runs(/[^/]+/submit_tool_outputs)?)"
+    r"|videos(/[^/]+/remix)?|batches|fine_tuning/jobs|evals/[^/]+/runs)$"
+)
 LOCAL_BASE_URL = "http://hf.local/v1"  # what the inner client calls when a local model answers
 HF_PREFIX = "hf:"
 
@@ -71,20 +93,26 @@ def _repair_log(options: Options) -> None:
         logger.warning("the call log lacked %d charged calls of processes that ended before logging them: recovered from the ledger", repaired)
 
 
-class _ClientBase:
-    """What the sync and async clients share: options, resources, pass-through, copies. The
-    subclasses name their inner openai class, their core and their resource classes; nothing else."""
+class _Blackbox:
+    """What the SDK adds to openai's sync and async clients: options, a core that runs the generating
+    resources through the pipeline, copies that keep both. The subclasses name openai's class, their
+    core and their resource classes; nothing else. Every resource the SDK does not run is openai's
+    own, sent by this client with its own retries."""
 
-    _inner_class: type[Any]
+    _plain: type[Any]
     _core_class: type[SyncCore] | type[AsyncCore]
-    _chat_class: type[Chat]
-    _completions_class: type[Completions]
-    _embeddings_class: type[Embeddings]
+    _chat_class: type[Any]
+    _completions_class: type[Any]
+    _embeddings_class: type[Any]
+    _responses_class: type[Any]
+    _raw_class: type[Any]
+    _streamed_class: type[Any]
+    _core: SyncCore | AsyncCore
 
     def __init__(
         self,
         *,
-        api_key: str | None = None,
+        api_key: Any = None,
         base_url: str | httpx2.URL | None = None,
         max_retries: int = DEFAULT_MAX_RETRIES,
         http_client: Any = None,
@@ -93,19 +121,20 @@ class _ClientBase:
         """Same arguments and environment variables as the openai client, then the SDK's options (`Options`' fields)."""
         opened = Opened()
         options = Options.build(opened, max_retries=max_retries, **{k: kwargs.pop(k) for k in OPTION_NAMES if k in kwargs})
-        local = _local_target(api_key, base_url if base_url is None else str(base_url))
+        local = _local_target(api_key, None if base_url is None else str(base_url))
         backend = None
         if local is not None:
             from .local import load_backend
 
             backend = load_backend(local)
             http_client = http_client or self._local_http_client(backend)
-            api_key, base_url, endpoint = api_key or "local", LOCAL_BASE_URL, f"{HF_PREFIX}{local.resolve()}"
-        inner = self._inner_class(api_key=api_key, base_url=base_url, max_retries=0, http_client=http_client, **kwargs)
+            api_key, base_url = api_key or "local", LOCAL_BASE_URL
+        retries = options.retry.max_retries  # one count for the SDK's calls and openai's own (`retry=` may set it)
+        super().__init__(api_key=api_key, base_url=base_url, max_retries=retries, http_client=http_client, **kwargs)  # type: ignore[call-arg]
+        inner = self._plain(api_key=api_key, base_url=base_url, max_retries=0, http_client=self._client, **kwargs)  # type: ignore[attr-defined]
         remember_secret(inner.api_key)
-        if local is None:
-            endpoint = str(inner.base_url)
-        self._setup(inner, options, endpoint=endpoint, local=local is not None or _is_loopback(endpoint), backend=backend, opened=opened)
+        endpoint = f"{HF_PREFIX}{local.resolve()}" if local is not None else str(inner.base_url)
+        self._core = self._core_class(inner, options, endpoint=endpoint, local=local is not None or _is_loopback(endpoint), backend=backend, opened=opened)
         self._core.check_soft_prompt(options)
         _repair_log(options)
 
@@ -117,71 +146,74 @@ class _ClientBase:
             return httpx2.AsyncClient(transport=AsyncHFTransport(backend))
         return httpx2.Client(transport=HFTransport(backend))
 
-    def _setup(self, inner: Any, options: Options, **where: Any) -> None:
-        """Attach the inner client and the shared call machinery (sync or async, by the class)."""
-        self._core = self._core_class(inner, options, **where)
-
-    @classmethod
-    def _around(cls, inner: Any, options: Options, **where: Any) -> Any:
-        """A client of this class around an existing inner client."""
-        client = cls.__new__(cls)
-        client._setup(inner, options, **where)
-        return client
-
     @property
     def backend(self) -> Any:
         """The local model answering this client (`hf:` URLs and the embedded default), else None."""
         return self._core.backend
-
-    # ---------------------------------------------------------------- the openai surface
-    @cached_property
-    def chat(self) -> Chat:
-        """`client.chat` (completions through the SDK)."""
-        return self._chat_class(self._core, ("chat",))
-
-    @cached_property
-    def completions(self) -> Completions:
-        """`client.completions` (legacy text completions through the SDK)."""
-        return self._completions_class(self._core, ("completions",))
-
-    @cached_property
-    def embeddings(self) -> Embeddings:
-        """`client.embeddings` through the SDK."""
-        return self._embeddings_class(self._core, ("embeddings",))
-
-    @cached_property
-    def with_raw_response(self) -> RawClient:
-        """`client.with_raw_response.chat.completions.create(...)`, as in openai."""
-        return RawClient(self, streaming=False)
-
-    @cached_property
-    def with_streaming_response(self) -> RawClient:
-        """`client.with_streaming_response.chat.completions.create(...)`, as in openai."""
-        return RawClient(self, streaming=True)
 
     @property
     def options(self) -> Options:
         """The SDK's options of this client: cache, budget, log, reranker, retries."""
         return self._core.opts
 
+    # ---------------------------------------------------------------- the resources the SDK runs
+    @cached_property
+    def chat(self) -> Any:
+        """`client.chat`: completions through the SDK (`create`, `parse`, `stream`)."""
+        return self._chat_class(self)
+
+    @cached_property
+    def completions(self) -> Any:
+        """`client.completions` (legacy text completions) through the SDK."""
+        return self._completions_class(self)
+
+    @cached_property
+    def embeddings(self) -> Any:
+        """`client.embeddings` through the SDK."""
+        return self._embeddings_class(self)
+
+    @cached_property
+    def responses(self) -> Any:
+        """`client.responses`: the Responses API through the SDK (`create`, `parse`, `stream`)."""
+        return self._responses_class(self)
+
+    @cached_property
+    def with_raw_response(self) -> Any:
+        """`client.with_raw_response.chat.completions.create(...)`, as in openai, budgeted and logged."""
+        return self._raw_class(self)
+
+    @cached_property
+    def with_streaming_response(self) -> Any:
+        """`client.with_streaming_response.chat.completions.create(...)`, as in openai, budgeted and logged."""
+        return self._streamed_class(self)
+
+    def request(self, cast_to: Any, options: Any, *args: Any, **kwargs: Any) -> Any:
+        """openai's request, for what the SDK does not run; a generating route it can't price is refused under a budget."""
+        if self._core.opts.budget is not None and options.method.lower() == "post" and UNPRICED.match(options.url):
+            raise PriceMissingError(
+                f"a budget is set and the SDK can't price POST {options.url}, so it would run unbudgeted: refused. "
+                "Send it from a copy without the budget: client.with_options(budget=None)"
+            )
+        return super().request(cast_to, options, *args, **kwargs)  # type: ignore[misc]
+
+    # ---------------------------------------------------------------- copies
     def copy(self, **kwargs: Any) -> Any:
-        """A new client with some options changed; this one is left as it is (openai's `copy`)."""
-        ours = {k: kwargs.pop(k) for k in (*OPTION_NAMES, "max_retries") if k in kwargs}
+        """A new client with some options changed, openai's or the SDK's; this one is left as it is."""
+        ours = {k: kwargs.pop(k) for k in OPTION_NAMES if k in kwargs}
         if isinstance(kwargs.get("base_url"), str) and kwargs["base_url"].startswith(HF_PREFIX):
             raise ConfigError("copy() can't move a client to a local model: build a new client with base_url='hf:...'")
+        copied = super().copy(**kwargs)  # type: ignore[misc]
         core = self._core
-        inner = core.inner.copy(max_retries=0, **kwargs) if kwargs else core.inner
-        endpoint = core.endpoint if "base_url" not in kwargs else str(inner.base_url)
-        local = core.local if "base_url" not in kwargs else _is_loopback(endpoint)
+        endpoint = core.endpoint if "base_url" not in kwargs else copied._core.endpoint
+        local = core.local if "base_url" not in kwargs else copied._core.local
+        if "max_retries" in kwargs:
+            ours["max_retries"] = kwargs["max_retries"]
         options = core.opts.merge(core.opened, **ours)
-        return self._around(inner, options, endpoint=endpoint, local=local, backend=core.backend, opened=core.opened)
+        copied._core = self._core_class(copied._core.inner, options, endpoint=endpoint, local=local, backend=core.backend, opened=core.opened)
+        copied.max_retries = options.retry.max_retries
+        return copied
 
     with_options = copy
-
-    @property
-    def max_retries(self) -> int:
-        """Retries the SDK makes per request (the openai meaning; the inner client makes none)."""
-        return self._core.opts.retry.max_retries
 
     def feedback(self, call_id: str, **kwargs: Any) -> None:
         """Record feedback on a logged call: reward, label, preferred candidate or reference answer."""
@@ -190,59 +222,51 @@ class _ClientBase:
             raise ConfigError("feedback needs a call log: OpenAI(log='calls.db')")
         log.feedback(call_id, **kwargs)
 
-    def __getattr__(self, name: str) -> Any:
-        if name == "_core":
-            raise AttributeError(name)
-        return getattr(self._core.inner, name)
-
     def __repr__(self) -> str:
         return f"<blackbox_sdk.{type(self).__name__} endpoint={self._core.endpoint!r}>"
 
 
-class OpenAI(_ClientBase):
-    """Drop-in for `openai.OpenAI` with cache, budget, retries, a call log and reranking."""
+class OpenAI(_Blackbox, openai.OpenAI):
+    """`openai.OpenAI` with cache, budget, retries, a call log and reranking on every generating call."""
 
-    _inner_class = openai.OpenAI
+    _plain = openai.OpenAI
     _core_class = SyncCore
     _chat_class = Chat
     _completions_class = Completions
     _embeddings_class = Embeddings
+    _responses_class = Responses
+    _raw_class = RawClient
+    _streamed_class = StreamedClient
 
     def close(self) -> None:
-        """Close the inner client's connections and what the client opened from paths."""
-        self._core.inner.close()
+        """Close the connections and what the client opened from paths."""
+        super().close()
         self._core.opened.close()
 
-    def __enter__(self) -> OpenAI:
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+class AsyncOpenAI(_Blackbox, openai.AsyncOpenAI):
+    """`openai.AsyncOpenAI` with cache, budget, retries, a call log and reranking on every generating call."""
 
-
-class AsyncOpenAI(_ClientBase):
-    """Drop-in for `openai.AsyncOpenAI` with cache, budget, retries, a call log and reranking."""
-
-    _inner_class = openai.AsyncOpenAI
+    _plain = openai.AsyncOpenAI
     _core_class = AsyncCore
     _chat_class = AsyncChat
     _completions_class = AsyncCompletions
     _embeddings_class = AsyncEmbeddings
+    _responses_class = AsyncResponses
+    _raw_class = AsyncRawClient
+    _streamed_class = AsyncStreamedClient
 
     async def close(self) -> None:
-        """Close the inner client's connections and what the client opened from paths."""
-        await self._core.inner.close()
+        """Close the connections and what the client opened from paths."""
+        await super().close()
         self._core.opened.close()
-
-    async def __aenter__(self) -> AsyncOpenAI:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
 
 def wrap(client: openai.OpenAI | openai.AsyncOpenAI, **options: Any) -> OpenAI | AsyncOpenAI:
-    """Wrap a client the app already built; its `max_retries` becomes the SDK's, the inner one makes none."""
+    """The SDK's client in place of one the app already built: a copy of it (same key, URL, headers,
+    HTTP client) that is also a `blackbox_sdk` client; its `max_retries` becomes the SDK's."""
+    if isinstance(client, _Blackbox):
+        raise ConfigError("this client is already a blackbox_sdk client: change its options with .with_options(...)")
     if not isinstance(client, (openai.OpenAI, openai.AsyncOpenAI)):
         raise ConfigError(f"wrap() takes an openai.OpenAI or openai.AsyncOpenAI, got {type(client).__name__}")
     unknown = set(options) - set(OPTION_NAMES)
@@ -252,6 +276,11 @@ def wrap(client: openai.OpenAI | openai.AsyncOpenAI, **options: Any) -> OpenAI |
     opened = Opened()
     opts = Options.build(opened, max_retries=client.max_retries, **options)
     _repair_log(opts)
-    cls = AsyncOpenAI if isinstance(client, openai.AsyncOpenAI) else OpenAI
+    cls: type[OpenAI] | type[AsyncOpenAI] = AsyncOpenAI if isinstance(client, openai.AsyncOpenAI) else OpenAI
+    wrapped = cls.__new__(cls)  # openai's copy of the client, every setting kept, in the SDK's class
+    state = client.copy().__dict__
+    wrapped.__dict__.update({k: v for k, v in state.items() if not isinstance(getattr(cls, k, None), cached_property)})
     endpoint = str(client.base_url)
-    return cls._around(client.with_options(max_retries=0), opts, endpoint=endpoint, local=_is_loopback(endpoint), backend=None, opened=opened)
+    wrapped._core = cls._core_class(client.with_options(max_retries=0), opts, endpoint=endpoint, local=_is_loopback(endpoint), backend=None, opened=opened)
+    wrapped.max_retries = opts.retry.max_retries
+    return wrapped  # type: ignore[return-value]

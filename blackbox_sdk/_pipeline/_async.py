@@ -9,9 +9,10 @@ from typing import Any, TypeVar
 
 from .._types import Json, Route
 from . import _flows as flows
+from . import _responses_api as responses_api
 from ._beam_steps import run_beam, step_options
-from ._call import Call
-from ._core import SINGLE_FLIGHT_WAIT_S, Core, advance, replay
+from ._call import Call, KeptHttp
+from ._core import SINGLE_FLIGHT_WAIT_S, Core, advance, keep_http, replay
 from ._relay import Relay
 from ._responses import replay_response
 from ._streams import BlackBoxAsyncStream
@@ -22,9 +23,26 @@ T = TypeVar("T")
 class AsyncCore(Core):
     """Runs the calls of `blackbox_sdk.AsyncOpenAI`."""
 
-    async def create(self, route: Route, params: Json, overrides: Json) -> Any:
-        """`create` for chat or legacy completions, streamed or not."""
-        return await self._run(flows.create(self, route, params, overrides))
+    async def create(self, route: Route, params: Json, overrides: Json, valid: Callable[[str], bool] | None = None) -> Any:
+        """`create` for chat or legacy completions, streamed or not (`valid`: a check reranking prefers, for `parse`)."""
+        return await self._run(flows.create(self, route, params, overrides, valid))
+
+    async def whole_raw(self, route: Route, params: Json, overrides: Json, valid: Callable[[str], bool] | None, wrap: Callable[[Any, Any], Any]) -> Any:
+        """A raw view's whole `create`/`parse` through the whole pipeline, its result wrapped with the last HTTP response."""
+        kept = KeptHttp()
+        return wrap(await self._run(flows.create(self, route, params, overrides, valid, kept)), kept.response)
+
+    def kept(self, kept: KeptHttp, raw_create: Callable[..., Any], params: Json) -> Callable[[], Any]:
+        """A request through the raw view that keeps its HTTP response."""
+
+        async def send() -> Any:
+            return keep_http(kept, await raw_create(**params))
+
+        return send
+
+    async def respond(self, params: Json, overrides: Json, valid: Callable[[str], bool] | None = None) -> Any:
+        """`responses.create`, whole or streamed (`valid`: a check reranking prefers, for `parse`)."""
+        return await self._run(responses_api.create(self, params, overrides, valid))
 
     async def embed(self, params: Json, overrides: Json) -> Any:
         """`embeddings.create`."""
@@ -77,8 +95,7 @@ class AsyncCore(Core):
         if effect.kind == "open":
             return await self._open(effect.call, effect.request)
         if effect.kind == "raw":
-            raw = await self._retry(effect.call, effect.request)
-            return raw, raw.parse()  # openai's LegacyAPIResponse parses synchronously on the async client too
+            return await self._retry(effect.call, effect.request)
         if effect.kind == "enter":
             return await self._retry(effect.call, lambda: _entered(effect.request()))
         return await self._beam(effect.call)

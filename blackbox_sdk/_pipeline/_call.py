@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
 from .._info import BlackBoxInfo
 from .._options import Options
-from .._types import CHAT, Json, Route
+from .._types import COMPLETIONS, RESPONSES, Json, Route
 from ._meter import Meter
 from ._validation import given
+
+
+@dataclass
+class KeptHttp:
+    """The last HTTP response a call's requests got, for a raw view the SDK builds (status, headers)."""
+
+    response: Any = None
 
 
 @dataclass
@@ -35,6 +42,8 @@ class Call:
     usage_counted: bool = False
     request: Json = field(default_factory=dict)  # the request as the log keeps it
     overrides: Json = field(default_factory=dict)  # the caller's per-call SDK options
+    valid: Callable[[str], bool] | None = None  # the caller's check of an answer (parse: it fits the schema); reranking prefers those it accepts
+    kept: KeptHttp | None = None  # send through the raw view and keep the last HTTP response there (a raw view's headers)
 
     @cached_property
     def meter(self) -> Meter:
@@ -54,14 +63,17 @@ class Call:
 
     @property
     def output_cap(self) -> str:
-        """The name the caller used for the output-token cap (`max_completion_tokens` for o-series / gpt-5)."""
+        """The name the caller used for the output-token cap (`max_completion_tokens` for o-series / gpt-5;
+        the Responses API's `max_output_tokens`)."""
+        if self.route is RESPONSES:
+            return "max_output_tokens"
         return "max_completion_tokens" if given(self.params.get("max_completion_tokens")) else "max_tokens"
 
     @property
     def prompts(self) -> int:
-        """How many prompts a legacy completions call carries (each gets n choices); 1 for chat."""
+        """How many prompts a legacy completions call carries (each gets n choices); 1 for the other routes."""
         prompt = self.params.get("prompt")
-        if self.route is CHAT or not isinstance(prompt, list) or not prompt or isinstance(prompt[0], int):
+        if self.route is not COMPLETIONS or not isinstance(prompt, list) or not prompt or isinstance(prompt[0], int):
             return 1
         return len(prompt)
 

@@ -20,11 +20,11 @@ from .._info import BlackBoxInfo
 from .._logging import logger
 from .._options import Opened, Options
 from .._tokenizer import ServerTokenizer
-from .._types import CHAT, EMBEDDINGS, Json, Route
+from .._types import CHAT, EMBEDDINGS, RESPONSES, Json, Route
 from ..budget import UNCALIBRATED_ALLOWANCE, TokenCount
 from ..cache import canonical_params
 from ..call_log import new_call_id
-from ._call import Call
+from ._call import Call, KeptHttp
 from ._calibrate import calibration_key, learn, ungate
 from ._candidates import Candidate
 from ._meter import recording
@@ -143,7 +143,7 @@ class Core:
             prompt_tokens=TokenCount(counted.tokens + (UNCALIBRATED_ALLOWANCE if extra is None else extra), counted.method, counted.exact),
             max_output_tokens=max_tokens,
             n=count * call.prompts,
-            prompt_per_choice=self.ignores_n is not False,  # until the server is seen to honour n
+            prompt_per_choice=call.route is RESPONSES or self.ignores_n is not False,  # until the server is seen to honour n
             local=self.local,
         )
         granted = max(1, call.reservation.n // call.prompts)
@@ -163,8 +163,14 @@ class Core:
     def sender(self, call: Call, count: int, max_tokens: int | None, seed: int | None) -> Callable[[], Any]:
         """The inner client's `create` for `count` candidates, ready to send."""
         params = self.request(call, count, max_tokens, seed)
-        create = self.inner.chat.completions.create if call.route is CHAT else self.inner.completions.create
-        return lambda: create(**params)
+        resource = self.inner.chat.completions if call.route is CHAT else self.inner.completions
+        if call.kept is not None and not call.stream:
+            return self.kept(call.kept, resource.with_raw_response.create, params)
+        return lambda: resource.create(**params)
+
+    def kept(self, kept: KeptHttp, raw_create: Callable[..., Any], params: Json) -> Callable[[], Any]:
+        """A request through the raw view that keeps its HTTP response on the call (sync or async, by the core)."""
+        raise NotImplementedError
 
     def seeds(self, call: Call, count: int) -> list[int | None]:
         """Distinct seeds for fanned-out requests: the caller's seed + i, else random after the first."""
@@ -286,3 +292,9 @@ def build(model: Any, data: Json) -> Any:
         return model.model_validate(data)
     except pydantic.ValidationError:
         return model.construct(**data)
+
+
+def keep_http(kept: KeptHttp, raw: Any) -> Any:
+    """Keep a raw response's HTTP exchange; the typed response it parses to."""
+    kept.response = raw.http_response
+    return raw.parse()

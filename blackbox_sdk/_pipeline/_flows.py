@@ -5,6 +5,7 @@ the same flows and differ only in how they perform the effects.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -15,7 +16,7 @@ from .._options import split_options
 from .._types import EMBEDDINGS, Json, Route
 from ._beam_steps import beam_response
 from ._calibrate import passes_gate
-from ._call import Call
+from ._call import Call, KeptHttp
 from ._core import Core
 from ._relay import Relay
 from ._responses import (
@@ -43,7 +44,7 @@ class Effect:
     """I/O a flow needs, each with the call's retries; what the driver sends back, by kind:
     "send" the responses to the requests (sent concurrently when several), in order;
     "open" (stream, first chunk) of a stream opened until its first chunk has arrived;
-    "raw" (raw response, parsed body); "enter" (context, unread response) of a streaming response;
+    "raw" the raw response; "enter" (context, unread response) of a streaming response;
     "beam" (result, step tally) of the beam search, each step a call through the same client;
     "admit" the rate limit's admission for `tokens` (waiting for room, or refused, by its policy);
     "wait" nothing, once the cache holds another caller's answer to the same request (single flight);
@@ -97,9 +98,13 @@ def cached(core: Core, call: Call) -> Flow:
     return core.lookup(call)
 
 
-def create(core: Core, route: Route, params: Json, overrides: Json) -> Flow:
-    """`create` for chat or legacy completions, streamed or not, reranked or beam-searched."""
+def create(core: Core, route: Route, params: Json, overrides: Json, valid: Callable[[str], bool] | None = None, kept: KeptHttp | None = None) -> Flow:
+    """`create` for chat or legacy completions, streamed or not, reranked or beam-searched; reranking
+    prefers the answers `valid` accepts (for `parse`: those that fit the schema); `kept` receives the
+    last HTTP response (a raw view's status and headers)."""
     call = core.begin(route, params, overrides)
+    call.valid = valid
+    call.kept = kept
     if call.opts.beam is not None and call.opts.reranker is not None:
         whole_call = unstreamed(call)
         result, tally = yield Effect("beam", whole_call)
@@ -197,27 +202,37 @@ def begin_raw(core: Core, route: Route, kwargs: Json) -> Flow:
     return call, core.request(call, count, max_tokens)
 
 
-def settle_raw(core: Core, call: Call, parsed: Any) -> None:
-    """Settle a raw call from its parsed usage, or at the reserved worst case for a stream, and log it."""
-    whole = None if call.stream else parsed  # a stream's usage and text are the caller's to read
-    usage = getattr(whole, "usage", None)
+def settle_raw(core: Core, call: Call, whole: Json | None) -> None:
+    """Settle a raw call from its body's usage, or at the reserved worst case for a stream or a body
+    the SDK can't read, and log it."""
+    usage = call.route.usage(whole) if whole is not None else None
     if usage is not None:
-        core.settle(call, usage.to_dict())
+        core.settle(call, usage)
     else:
         core.settle_reserved(call)
-    texts = [call.route.text(c.to_dict()) for c in whole.choices] if whole is not None else []
+    texts = call.route.texts(whole) if whole is not None else []
     call.info.candidates = texts or None
     call.info.chosen = list(range(len(texts)))
-    core.record(call, [], usage.to_dict() if usage is not None else None)
+    core.record(call, [], usage)
 
 
 def raw_create(core: Core, route: Route, target: Any, kwargs: Json) -> Flow:
     """`with_raw_response.create`: openai's raw response, with budget, retries and log."""
     call, params = yield from begin_raw(core, route, kwargs)
-    raw, parsed = yield from guarded(core, Effect("raw", call, (lambda: target.create(**params),)))
-    settle_raw(core, call, parsed)
-    attach(parsed, call.info)
+    raw = yield from guarded(core, Effect("raw", call, (lambda: target.create(**params),)))
+    settle_raw(core, call, None if call.stream else raw_body(raw))  # a stream's usage and text are the caller's to read
+    with contextlib.suppress(Exception):  # the caller's own `parse()` raises what openai raises (a cut answer, a bad schema)
+        attach(raw.parse(), call.info)
     return attach(raw, call.info)
+
+
+def raw_body(raw: Any) -> Json | None:
+    """The JSON body of a whole raw response, read as it came (no parser of `parse` applied), or None."""
+    try:
+        body = raw.http_response.json()
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
 
 
 def open_raw(core: Core, route: Route, target: Any, kwargs: Json) -> Flow:

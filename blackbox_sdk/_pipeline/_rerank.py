@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from .._types import CHAT, Route
+from .._types import CHAT, RESPONSES, Route
+from ._response_input import question
 
 
 def question_of(route: Route, params: Mapping[str, Any]) -> str:
-    """The text the candidates answer: the last user message for chat, the prompt otherwise."""
+    """The text the candidates answer: the last user message for chat and responses, the prompt otherwise."""
+    if route is RESPONSES:
+        return question(params)
     if route is not CHAT:
         prompt = params.get("prompt")
         return prompt if isinstance(prompt, str) else str(prompt)
@@ -25,3 +28,11 @@ def question_of(route: Route, params: Mapping[str, Any]) -> str:
 def rank(scores: Sequence[float]) -> list[int]:
     """Candidate indices best first; ties keep sampling order."""
     return sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+
+
+def valid_first(order: Sequence[int], answers: Sequence[str], valid: Callable[[str], bool] | None) -> list[int]:
+    """Ranked candidate indices with the answers `valid` accepts first (for `parse`: those that fit the schema)."""
+    if valid is None:
+        return list(order)
+    accepted = {i for i in order if valid(answers[i])}
+    return [i for i in order if i in accepted] + [i for i in order if i not in accepted]

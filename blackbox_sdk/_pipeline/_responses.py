@@ -17,7 +17,7 @@ from ._call import Call
 from ._candidates import Candidate, chunks_from_candidates, response_from_candidates, split_response, sum_usage, usage_chunk
 from ._core import Core, build
 from ._meter import recording
-from ._rerank import question_of, rank
+from ._rerank import question_of, rank, valid_first
 
 
 def unstreamed(call: Call) -> Call:
@@ -69,7 +69,8 @@ def account(core: Core, call: Call, stored: list[Candidate], fresh: list[Candida
 
 
 def choose(call: Call, candidates: list[Candidate]) -> list[Candidate]:
-    """The candidates to return: reranked best-first when a reranker is on, `n` of them."""
+    """The candidates to return: reranked best-first when a reranker is on (those the call's check
+    accepts before the rest), `n` of them."""
     info = call.info
     if call.opts.reranker is None or len(candidates) <= 1:
         info.chosen = list(range(min(call.n, len(candidates))))
@@ -77,7 +78,7 @@ def choose(call: Call, candidates: list[Candidate]) -> list[Candidate]:
     answers = texts(call, candidates)
     scores = call.opts.reranker(question_of(call.route, call.params), answers)
     info.candidates, info.scores = answers, [float(s) for s in scores]
-    info.chosen = rank(info.scores)[: call.n]
+    info.chosen = valid_first(rank(info.scores), answers, call.valid)[: call.n]
     return [candidates[i] for i in info.chosen]
 
 

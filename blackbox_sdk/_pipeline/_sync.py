@@ -10,9 +10,10 @@ from typing import Any
 
 from .._types import Json, Route
 from . import _flows as flows
+from . import _responses_api as responses_api
 from ._beam_steps import run_beam, step_options
-from ._call import Call
-from ._core import MAX_FANOUT_WORKERS, SINGLE_FLIGHT_WAIT_S, Core, advance, replay
+from ._call import Call, KeptHttp
+from ._core import MAX_FANOUT_WORKERS, SINGLE_FLIGHT_WAIT_S, Core, advance, keep_http, replay
 from ._relay import Relay
 from ._responses import replay_response
 from ._streams import BlackBoxStream
@@ -21,9 +22,22 @@ from ._streams import BlackBoxStream
 class SyncCore(Core):
     """Runs the calls of `blackbox_sdk.OpenAI`."""
 
-    def create(self, route: Route, params: Json, overrides: Json) -> Any:
-        """`create` for chat or legacy completions, streamed or not."""
-        return self._run(flows.create(self, route, params, overrides))
+    def create(self, route: Route, params: Json, overrides: Json, valid: Callable[[str], bool] | None = None) -> Any:
+        """`create` for chat or legacy completions, streamed or not (`valid`: a check reranking prefers, for `parse`)."""
+        return self._run(flows.create(self, route, params, overrides, valid))
+
+    def whole_raw(self, route: Route, params: Json, overrides: Json, valid: Callable[[str], bool] | None, wrap: Callable[[Any, Any], Any]) -> Any:
+        """A raw view's whole `create`/`parse` through the whole pipeline, its result wrapped with the last HTTP response."""
+        kept = KeptHttp()
+        return wrap(self._run(flows.create(self, route, params, overrides, valid, kept)), kept.response)
+
+    def kept(self, kept: KeptHttp, raw_create: Callable[..., Any], params: Json) -> Callable[[], Any]:
+        """A request through the raw view that keeps its HTTP response."""
+        return lambda: keep_http(kept, raw_create(**params))
+
+    def respond(self, params: Json, overrides: Json, valid: Callable[[str], bool] | None = None) -> Any:
+        """`responses.create`, whole or streamed (`valid`: a check reranking prefers, for `parse`)."""
+        return self._run(responses_api.create(self, params, overrides, valid))
 
     def embed(self, params: Json, overrides: Json) -> Any:
         """`embeddings.create`."""
@@ -79,8 +93,7 @@ class SyncCore(Core):
         if effect.kind == "open":
             return self._open(effect.call, effect.request)
         if effect.kind == "raw":
-            raw = self._retry(effect.call, effect.request)
-            return raw, raw.parse()
+            return self._retry(effect.call, effect.request)
         if effect.kind == "enter":
             return self._retry(effect.call, lambda: _entered(effect.request()))
         overrides = step_options(effect.call)

@@ -9,9 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 from .._tokenizer import SERVER, ServerTokenizer, TokenCounter
-from .._types import CHAT, EMBEDDINGS, Json, add_usage
+from .._types import CHAT, EMBEDDINGS, RESPONSES, Json, add_usage
 from ..budget import TokenCount, count_chat_tokens, count_input_tokens, count_tokens
 from ._call import Call
+from ._response_input import input_messages
 
 
 class UsageCounter:
@@ -46,16 +47,18 @@ class UsageCounter:
         return counted
 
     def _prompt(self, call: Call) -> TokenCount:
-        """Count the prompt tokens of one request."""
-        if call.route is CHAT:
-            messages = list(call.params["messages"])
+        """Count the prompt tokens of one request (the Responses API's instructions and input as chat messages)."""
+        if call.route is CHAT or call.route is RESPONSES:
+            messages = list(call.params["messages"]) if call.route is CHAT else input_messages(call.params)
             if self.backend is not None:
-                return TokenCount(int(self.backend.chat_prompt_tokens(messages)), "local tokenizer", True)
+                form = {"response_format": call.params.get("response_format")} if call.route is CHAT else {"text": call.params.get("text")}
+                return TokenCount(int(self.backend.chat_prompt_tokens(messages, **form)), "local tokenizer", True)
             tokenizer = self._tokenizer(call)
-            if tokenizer is not None and tokenizer.chat is not None and not call.params.get("tools"):
+            extras = prompt_extras(call.params)
+            if tokenizer is not None and tokenizer.chat is not None and not extras:
                 return TokenCount(tokenizer.chat(messages), f"{tokenizer.name} chat template", True)
             counter = tokenizer.count if tokenizer is not None else None
-            return count_chat_tokens(messages, call.model, tools=call.params.get("tools"), tokenizer=counter)
+            return count_chat_tokens(messages, call.model, tools=extras or None, tokenizer=counter)
         prompt = call.params.get("input") if call.route is EMBEDDINGS else call.params.get("prompt")
         return count_input_tokens(prompt, call.model, tokenizer=self._text_counter(call))
 
@@ -75,11 +78,11 @@ class UsageCounter:
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
     def of_response(self, call: Call, response: Json) -> Json:
-        """A whole response's usage, or a count when the server sent none."""
-        usage = response.get("usage")
+        """A whole response's usage (in the chat shape), or a count when the server sent none."""
+        usage = call.route.usage(response)
         if usage and usage.get("completion_tokens") is not None:
             return usage
-        return self.counted(call, [call.route.text(choice) for choice in response.get("choices") or []])
+        return self.counted(call, call.route.texts(response))
 
     def of_stream(self, call: Call, usages: list[Json], texts: list[str]) -> Json:
         """A finished stream's usage: the server's usage chunks summed, or a count of the texts."""
@@ -89,3 +92,15 @@ class UsageCounter:
         for extra in usages[1:]:
             total = add_usage(total, extra)
         return total
+
+
+def prompt_extras(params: Json) -> list[Json]:
+    """What a request sends besides its messages that endpoints count as prompt: tools, and the
+    JSON schema of a structured output (chat's `response_format`, the Responses API's `text.format`)."""
+    tools = params.get("tools")
+    extras = [dict(tool) for tool in tools] if isinstance(tools, list) else []
+    text = params.get("text")
+    for form in (params.get("response_format"), text.get("format") if isinstance(text, dict) else None):
+        if isinstance(form, dict) and form.get("type") in ("json_schema", "json_object"):
+            extras.append(dict(form))
+    return extras

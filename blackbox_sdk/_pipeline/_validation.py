@@ -8,7 +8,7 @@ from typing import Any
 import openai
 
 from .._exceptions import InvalidRequestError
-from .._types import CHAT, COMPLETIONS, Route
+from .._types import CHAT, COMPLETIONS, RESPONSES, Route
 
 _UNSET = (openai.NotGiven, openai.Omit)
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
@@ -72,6 +72,22 @@ def validate_embedding(params: Mapping[str, Any]) -> None:
         raise InvalidRequestError("input must be a non-empty string or list", param="input")
 
 
+def validate_responses(params: Mapping[str, Any]) -> None:
+    """Responses: `input` a string or a list of items (left out only to continue a stored prompt,
+    response or conversation), `max_output_tokens`, `temperature`, `top_p` in range."""
+    value = params.get("input")
+    continues = any(given(params.get(name)) for name in ("prompt", "previous_response_id", "conversation"))
+    if not given(value) and not continues:
+        raise InvalidRequestError("input is required: a string or a list of input items", param="input")
+    if given(value) and (not isinstance(value, (str, list, tuple)) or not (value or continues)):
+        raise InvalidRequestError("input must be a non-empty string or list of input items", param="input")
+    cap = params.get("max_output_tokens")
+    if given(cap) and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+        raise InvalidRequestError(f"max_output_tokens must be an integer >= 1, got {cap!r}", param="max_output_tokens")
+    _check_number(params, "temperature", 0.0, 2.0)
+    _check_number(params, "top_p", 0.0, 1.0)
+
+
 def validate_model(params: Mapping[str, Any]) -> None:
     """A model name: a non-empty string (None would go out as `"model": null`, and no price fits it)."""
     model = params.get("model")
@@ -86,5 +102,7 @@ def validate(route: Route, params: Mapping[str, Any]) -> None:
         validate_chat(params)
     elif route is COMPLETIONS:
         validate_completion(params)
+    elif route is RESPONSES:
+        validate_responses(params)
     else:
         validate_embedding(params)

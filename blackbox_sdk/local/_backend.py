@@ -1,7 +1,8 @@
 """A local HuggingFace causal LM (a model folder or a GGUF file) answering OpenAI-shaped requests.
 
-`HFBackend` turns the JSON bodies of `/chat/completions`, `/completions` and `/embeddings` into
-`model.generate` / forward calls and returns the JSON an OpenAI server would send; the transport
+`HFBackend` turns the JSON bodies of `/chat/completions`, `/responses`, `/completions` and
+`/embeddings` into `model.generate` / forward calls and returns the JSON an OpenAI server would
+send (chat and responses share one plan: template, structured-output schema, decoding); the transport
 puts it behind an `httpx2` transport. It also exposes the embedding-level hooks that Black-Box
 Tuning needs (`input_embeddings`, `forward_embeds`, `register_soft_prompt`).
 
@@ -20,8 +21,9 @@ from typing import Any
 
 import torch
 
+from .._exceptions import BackendError
 from ._embeddings import embed, embedding_ids, forward_embeds, soft_prompt_tensor
-from ._generation import generate
+from ._generation import Candidate, generate
 from ._loading import existing_path, load_model, resolve_device, resolve_dtype
 from ._prompts import Decoding, Prompt, chat_decoding, chat_template_tokens, completion_plan, template_ids
 from ._requests import (
@@ -29,10 +31,14 @@ from ._requests import (
     CompletionRequest,
     EmbeddingRequest,
     LocalRequestError,
+    parse_messages,
     parse_request,
 )
 from ._responses import chat_choice, completion_choice, embedding_list, envelope, usage
-from ._streaming import chat_chunks, completion_chunks
+from ._responses_api import Shell, response_body, response_events
+from ._responses_request import ResponsesRequest, chat_request, parse_responses_request
+from ._streaming import chat_chunks, completion_chunks, stream_choice
+from ._structured import Structured, chat_format, conforms, text_format, with_instruction
 
 
 class HFBackend:
@@ -57,7 +63,7 @@ class HFBackend:
         """Answer a /chat/completions body with ChatCompletion JSON (n choices from one generate)."""
         request = parse_request(ChatRequest, params)
         prompt, decoding = self._chat_plan(request)
-        candidates = generate(self._lm, prompt, decoding, request.n)
+        candidates = _conforming(generate(self._lm, prompt, decoding, request.n), decoding)
         choices = [chat_choice(i, c, decoding.top_logprobs is not None) for i, c in enumerate(candidates)]
         return {
             **envelope("chatcmpl", "chat.completion", self.model_id),
@@ -70,6 +76,21 @@ class HFBackend:
         request = parse_request(ChatRequest, params)
         prompt, decoding = self._chat_plan(request)
         return chat_chunks(self._lm, prompt, decoding, request.n, request.include_usage)
+
+    def response(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Answer a /responses body with a Response (one output message), on the chat generation path."""
+        request = parse_responses_request(params)
+        prompt, decoding = self._responses_plan(request)
+        candidate = _conforming(generate(self._lm, prompt, decoding, 1), decoding)[0]
+        shell = Shell(self.model_id, request)
+        return response_body(shell, candidate.text, candidate.finish_reason, prompt.tokens, candidate.completion_tokens)
+
+    def response_stream(self, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """Validate a streaming /responses body now, then yield its typed events as tokens come."""
+        request = parse_responses_request(params)
+        prompt, decoding = self._responses_plan(request)
+        deltas = stream_choice(self._lm, prompt, decoding, decoding.seed)
+        return response_events(Shell(self.model_id, request), deltas, prompt.tokens)
 
     def completion(self, params: dict[str, Any]) -> dict[str, Any]:
         """Answer a /completions body with Completion JSON (choice index = prompt * n + i)."""
@@ -114,9 +135,17 @@ class HFBackend:
         """Tokens in a plain text, without special tokens."""
         return len(self.tokenizer.encode(text, add_special_tokens=False))
 
-    def chat_prompt_tokens(self, messages: list[dict[str, Any]]) -> int:
-        """Tokens of the messages after the chat template, the way a chat request counts them."""
-        return chat_template_tokens(self.tokenizer, messages)
+    def chat_prompt_tokens(
+        self, messages: list[dict[str, Any]], *, response_format: object = None, text: object = None
+    ) -> int:
+        """Tokens of the messages after the chat template as a request counts them, its format's instruction included."""
+        try:
+            structured = chat_format(response_format) or text_format(text)
+        except LocalRequestError:  # a format the backend refuses counts as none: the request itself gets the 400
+            structured = None
+        if structured is None:
+            return chat_template_tokens(self.tokenizer, messages)
+        return len(template_ids(self.tokenizer, with_instruction(parse_messages(messages), structured)))
 
     # ------------------------------------------------------------ Black-Box Tuning hooks
 
@@ -144,10 +173,33 @@ class HFBackend:
             raise LocalRequestError(f"no soft prompt named {name!r} is registered", param="soft_prompt")
         return self._soft_prompts[name]
 
-    def _chat_plan(self, request: ChatRequest) -> tuple[Prompt, Decoding]:
-        """The templated prompt of a chat request and its decoding settings."""
-        prompt = Prompt(template_ids(self.tokenizer, request.messages), self._soft_prompt(request.soft_prompt))
-        return prompt, chat_decoding(self._lm, request, prompt)
+    def _chat_plan(self, request: ChatRequest, structured: Structured | None = None) -> tuple[Prompt, Decoding]:
+        """The templated prompt of a chat request (its format's instruction added) and its decoding settings."""
+        structured = structured or chat_format(request.response_format)
+        ids = template_ids(self.tokenizer, with_instruction(request.messages, structured))
+        prompt = Prompt(ids, self._soft_prompt(request.soft_prompt))
+        return prompt, chat_decoding(self._lm, request, prompt, structured)
+
+    def _responses_plan(self, request: ResponsesRequest) -> tuple[Prompt, Decoding]:
+        """A Responses request planned as the chat request it becomes; errors named by Responses fields."""
+        structured = text_format(request.text)
+        try:
+            return self._chat_plan(chat_request(request), structured)
+        except LocalRequestError as exc:
+            if exc.param is None or not exc.param.startswith("messages"):
+                raise
+            raise LocalRequestError(str(exc), param="input", code=exc.code) from None
+
+
+def _conforming(candidates: list[Candidate], decoding: Decoding) -> list[Candidate]:
+    """The candidates, once every finished structured answer is checked against its schema (a 500 if one is not)."""
+    structured = decoding.structured
+    if structured is None or decoding.stop:  # a stop string may cut a document where the caller asked
+        return candidates
+    for candidate in candidates:
+        if candidate.finish_reason == "stop" and not conforms(structured, candidate.text):
+            raise BackendError(f"the constrained answer does not match the schema: {candidate.text[:200]!r}")
+    return candidates
 
 
 _BACKENDS: dict[tuple[str, str], HFBackend] = {}

@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import GenerationConfig
+from transformers import GenerationConfig, LogitsProcessorList
 
 from .._exceptions import BackendError
+from ._constrained import SchemaConstraint
 from ._loading import LoadedModel
 from ._prompts import Decoding, Prompt
 
@@ -52,8 +53,12 @@ def _token_entry(tokenizer: Any, token_id: int, logprob: float) -> dict[str, Any
 def run_generate(
     lm: LoadedModel, prompt: Prompt, decoding: Decoding, n: int, *, with_logits: bool, **extra: Any
 ) -> Any:
-    """One model.generate call under the model lock, seeded when the request has a seed."""
+    """One model.generate call under the model lock, seeded when the request has a seed, held to its schema if any."""
     config = _generation_config(lm, decoding, n, with_logits=with_logits)
+    if decoding.structured is not None:
+        start = len(prompt.ids) if prompt.soft is None else 0  # with inputs_embeds, input_ids hold only new tokens
+        constraint = SchemaConstraint(lm, decoding.structured.node, start)
+        extra = {**extra, "logits_processor": LogitsProcessorList([constraint])}
     with lm.lock, _seeded(decoding.seed, lm.device), torch.inference_mode():
         inputs = _model_inputs(lm, prompt)  # the soft prompt's embedding lookup is a model use too
         return lm.model.generate(**inputs, generation_config=config, tokenizer=lm.tokenizer, **extra)

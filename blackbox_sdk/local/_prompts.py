@@ -4,12 +4,14 @@ soft prompt attached) and the decoding settings, refused when they overflow the 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import jinja2
 
 from ._requests import ChatRequest, CompletionRequest, LocalRequestError, Message, Sampling, parse_messages
+from ._structured import Structured
 
 if TYPE_CHECKING:
     import torch
@@ -29,6 +31,7 @@ class Decoding:
     stop: tuple[str, ...]
     seed: int | None
     top_logprobs: int | None  # None: no logprobs; k: the chosen token plus k alternatives
+    structured: Structured | None = None  # the schema the answer is held to (response_format / text.format)
 
 
 @dataclass(frozen=True)
@@ -65,11 +68,13 @@ def template_ids(tokenizer: Any, messages: list[Message]) -> list[int]:
         raise LocalRequestError(f"the model's chat template refused these messages: {exc}", param="messages") from None
 
 
-def chat_decoding(lm: LoadedModel, request: ChatRequest, prompt: Prompt) -> Decoding:
+def chat_decoding(
+    lm: LoadedModel, request: ChatRequest, prompt: Prompt, structured: Structured | None = None
+) -> Decoding:
     """Decoding settings of a chat request (max_completion_tokens wins over max_tokens)."""
     top = (request.top_logprobs or 0) if request.logprobs else None
     limit = request.max_completion_tokens or request.max_tokens
-    return _decoding(lm, request, prompt, limit, top)
+    return dataclasses.replace(_decoding(lm, request, prompt, limit, top), structured=structured)
 
 
 def completion_plan(

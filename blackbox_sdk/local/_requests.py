@@ -104,6 +104,7 @@ class ChatRequest(Sampling):
     max_completion_tokens: PositiveInt | None = None
     logprobs: StrictBool | None = None
     top_logprobs: Annotated[int, Field(strict=True, ge=0, le=MAX_TOP_LOGPROBS_CHAT)] | None = None
+    response_format: dict[str, Any] | None = None  # read by _structured.chat_format
 
     @field_validator("top_logprobs")
     @classmethod
@@ -177,7 +178,7 @@ def _param_path(loc: Sequence[int | str]) -> str:
     return path
 
 
-def _validated(schema: Callable[[object], Schema], params: object, *, prefix: str = "") -> Schema:
+def validated(schema: Callable[[object], Schema], params: object, *, prefix: str = "") -> Schema:
     """Validate a request body with a schema, turning the first problem into a LocalRequestError."""
     try:
         return schema(params)
@@ -193,9 +194,6 @@ def _reject_unsupported(params: dict[str, Any]) -> None:
     for name in UNSUPPORTED_PARAMS:
         if params.get(name) not in (None, [], {}):
             raise LocalRequestError(f"{name!r} is not supported by the local HF backend", param=name)
-    response_format = params.get("response_format")
-    if response_format not in (None, {"type": "text"}):
-        raise LocalRequestError("only response_format {'type': 'text'} is supported locally", param="response_format")
 
 
 def parse_request(schema: type[Schema], params: object) -> Schema:
@@ -203,9 +201,9 @@ def parse_request(schema: type[Schema], params: object) -> Schema:
     if not isinstance(params, dict):
         raise LocalRequestError("the request body must be a JSON object", param=None)
     _reject_unsupported(params)
-    return _validated(schema.model_validate, params)
+    return validated(schema.model_validate, params)
 
 
 def parse_messages(messages: object) -> list[Message]:
     """Check a chat `messages` list alone, errors named from `messages`."""
-    return _validated(_MESSAGES.validate_python, messages, prefix="messages")
+    return validated(_MESSAGES.validate_python, messages, prefix="messages")

@@ -78,7 +78,7 @@ def chat_chunks(
     spent = 0
     for index in range(n):
         yield {**head, **extra, "choices": [chunk_choice(index, {"role": "assistant", "content": ""}, None, None)]}
-        for delta in _stream_choice(lm, prompt, decoding, _choice_seed(decoding, index)):
+        for delta in stream_choice(lm, prompt, decoding, _choice_seed(decoding, index)):
             logprobs = {"content": delta.logprobs, "refusal": None} if delta.logprobs else None
             if delta.text:
                 yield {**head, **extra, "choices": [chunk_choice(index, {"content": delta.text}, logprobs, None)]}
@@ -102,7 +102,7 @@ def completion_chunks(
             offset = len(source) if request.echo else 0
             if request.echo:
                 yield {**head, "choices": [text_chunk(index, source, None, None)]}
-            for delta in _stream_choice(lm, prompt, decoding, _choice_seed(decoding, index)):
+            for delta in stream_choice(lm, prompt, decoding, _choice_seed(decoding, index)):
                 logprobs = None if request.logprobs is None else legacy_logprobs(delta.logprobs, offset)
                 offset += len(delta.text)
                 spent += delta.completion_tokens
@@ -111,7 +111,7 @@ def completion_chunks(
         yield {**head, "choices": [], "usage": usage(sum(p.tokens for p in prompts), spent)}
 
 
-def _stream_choice(lm: LoadedModel, prompt: Prompt, decoding: Decoding, seed: int | None) -> Iterator[Delta]:
+def stream_choice(lm: LoadedModel, prompt: Prompt, decoding: Decoding, seed: int | None) -> Iterator[Delta]:
     """Text deltas of one live choice, stop strings honoured; the last delta carries the finish."""
     ids: list[int] = []
     pending: list[dict[str, Any]] = []

@@ -3,8 +3,11 @@
 Give `openai.OpenAI(http_client=local_http_client(path))` and the openai package itself parses
 responses, decodes the SSE stream and raises its own errors, exactly as against a real server:
 
-    POST .../chat/completions   JSON, or `text/event-stream` when the body has "stream": true
-    POST .../completions        likewise
+    POST .../chat/completions   JSON, or `text/event-stream` when the body has "stream": true;
+                                `response_format` json_schema / json_object constrains the answer
+    POST .../responses          a Response, or with "stream": true its typed events (`event: <type>`
+                                lines, no [DONE]); `text.format` constrains the answer likewise
+    POST .../completions        JSON, or `text/event-stream` when the body has "stream": true
     POST .../embeddings         JSON
     GET  .../models             the one local model; GET .../models/{id} that model
 
@@ -42,6 +45,7 @@ class _Reply:
     status: int
     body: Any = None
     events: Iterator[dict[str, Any]] | None = None
+    named: bool = False  # Responses streams: `event: <type>` before each data line, and no [DONE]
 
 
 def _error(status: int, message: str, *, kind: str, param: str | None = None, code: str | None = None) -> _Reply:
@@ -78,6 +82,8 @@ def _post_handler(backend: HFBackend, segments: list[str], stream: bool) -> Call
     """The backend method for a POST path, streaming or not; None for an unknown path."""
     if segments[-2:] == ["chat", "completions"]:
         return backend.chat_completion_stream if stream else backend.chat_completion
+    if segments[-1:] == ["responses"]:
+        return backend.response_stream if stream else backend.response
     if segments[-1:] == ["completions"]:
         return backend.completion_stream if stream else backend.completion
     if segments[-1:] == ["embeddings"] and not stream:
@@ -119,15 +125,18 @@ def _route(backend: HFBackend, method: str, path: str, raw: bytes) -> _Reply:
         result = handler(body)
     except Exception as exc:  # every failure becomes an HTTP status, as a server would answer
         return _error_for(exc)
-    return _Reply(200, events=result) if stream else _Reply(200, result)
+    return _Reply(200, events=result, named=segments[-1:] == ["responses"]) if stream else _Reply(200, result)
 
 
-def _sse(events: Iterator[dict[str, Any]]) -> Iterator[bytes]:
-    """SSE frames (`data: {json}\\n\\n` ... `data: [DONE]\\n\\n`); a failure mid-stream becomes an error event."""
+def _sse(reply: _Reply) -> Iterator[bytes]:
+    """SSE frames (`data: {json}\\n\\n` ... `data: [DONE]\\n\\n`, or named events); a failure mid-stream becomes an error event."""
+    events = reply.events or iter(())
     try:
         for event in events:
-            yield b"data: " + json.dumps(event).encode() + b"\n\n"
-        yield SSE_DONE
+            name = b"event: " + event["type"].encode() + b"\n" if reply.named else b""
+            yield name + b"data: " + json.dumps(event).encode() + b"\n\n"
+        if not reply.named:
+            yield SSE_DONE
     except Exception as exc:  # the status line is already sent: report it the way OpenAI streams errors
         yield b"data: " + json.dumps(_error_for(exc).body).encode() + b"\n\n"
     finally:
@@ -224,7 +233,7 @@ class HFTransport(httpx2.BaseTransport):
         reply = _route(self.backend, request.method, request.url.path, request.read())
         if reply.events is None:
             return _json_response(reply)
-        return httpx2.Response(200, headers=_headers(True), stream=_SyncEventStream(_sse(reply.events)))
+        return httpx2.Response(200, headers=_headers(True), stream=_SyncEventStream(_sse(reply)))
 
 
 class AsyncHFTransport(httpx2.AsyncBaseTransport):
@@ -239,7 +248,7 @@ class AsyncHFTransport(httpx2.AsyncBaseTransport):
         reply = await asyncio.to_thread(_route, self.backend, request.method, request.url.path, raw)
         if reply.events is None:
             return _json_response(reply)
-        return httpx2.Response(200, headers=_headers(True), stream=_AsyncEventStream(_sse(reply.events)))
+        return httpx2.Response(200, headers=_headers(True), stream=_AsyncEventStream(_sse(reply)))
 
 
 def local_http_client(path: str | Path, *, device: str = "auto") -> httpx2.Client:

@@ -1,8 +1,10 @@
-"""The resource tree the SDK wraps (`chat.completions`, `completions`, `embeddings`) and their raw
-and streaming-response views; every other resource passes through to the inner openai client.
+"""The resources the SDK runs through its pipeline, as subclasses of openai's own (`chat.completions`,
+`completions`, `embeddings`, `responses`), and their raw and streaming-response views; every other resource is
+openai's, unchanged.
 """
 
-from ._raw import RawClient, RawCreate
+from ._raw import AsyncRawClient, AsyncStreamedClient, RawClient, RawMethod, StreamedClient
+from ._responses_api import AsyncResponses, Responses
 from ._resources import AsyncChat, AsyncChatCompletions, AsyncCompletions, AsyncEmbeddings, Chat, ChatCompletions, Completions, Embeddings
 
 __all__ = [
@@ -10,10 +12,15 @@ __all__ = [
     "AsyncChatCompletions",
     "AsyncCompletions",
     "AsyncEmbeddings",
+    "AsyncRawClient",
+    "AsyncResponses",
+    "AsyncStreamedClient",
     "Chat",
     "ChatCompletions",
     "Completions",
     "Embeddings",
     "RawClient",
-    "RawCreate",
+    "RawMethod",
+    "Responses",
+    "StreamedClient",
 ]

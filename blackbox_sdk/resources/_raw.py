@@ -1,59 +1,197 @@
-"""`with_raw_response` and `with_streaming_response`: the openai objects, with budget, retries and log.
+"""Raw views (`with_raw_response`, `with_streaming_response`): openai's own view classes, whose
+generating methods go through the SDK's budget, retries and log.
 
-A raw response exposes the HTTP exchange itself, so it is never served from or stored in the
-cache and never fanned out or reranked. The budget settles from the parsed usage of a whole
-response; for a stream read by the caller it settles the reserved worst case (an upper bound,
-recorded as such), since the SDK does not see what the caller reads.
+A whole chat or text completion (`create` or `parse` without `stream`) runs through the whole
+pipeline, cache, fan-out and reranking included (LangChain's `ChatOpenAI` calls the raw view on
+every `invoke`): its raw response carries the last HTTP response's status and headers (none on a
+cache hit) and the returned object's JSON, and `parse()` gives that object. A stream, a
+streaming-response view and the other routes expose the HTTP exchange itself, so they are never
+cached, fanned out or reranked; a stream read by the caller settles the reserved worst case (an
+upper bound, recorded as such), since the SDK does not see what the caller reads.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import cached_property
 from typing import Any
 
-from .._types import CHAT, COMPLETIONS, Route
+import httpx2
+import openai
+from openai._legacy_response import LegacyAPIResponse
+from openai._models import FinalRequestOptions
+from openai._client import AsyncOpenAIWithRawResponse, AsyncOpenAIWithStreamedResponse, OpenAIWithRawResponse, OpenAIWithStreamedResponse
+
+from .._info import attach
+from .._options import split_options
+from .._types import CHAT, COMPLETIONS
+from ._structured import STRUCTURED, parse_request
+
+_UNSET = (openai.NotGiven, openai.Omit)
 
 
-class RawCreate:
-    """`create` returning openai's raw response (awaitable on the async client), or for streaming
-    a context manager over it (async with on the async client)."""
+def present(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The arguments actually given: openai's helpers pass `omit` / `NOT_GIVEN` for every other one."""
+    return {name: value for name, value in kwargs.items() if not isinstance(value, _UNSET)}
 
-    def __init__(self, core: Any, route: Route, path: tuple[str, ...], *, streaming: bool) -> None:
-        self._core = core
-        self._route = route
-        self._path = path
+
+def parts(resource: Any, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """The core, the openai parameters given and the SDK's options of a call on `resource`."""
+    params, overrides = split_options(present(kwargs))
+    return resource._client._core, params, overrides
+
+
+class _Send:
+    """What the raw flows send through: `create(**params)` calls the inner view's method."""
+
+    def __init__(self, method: Callable[..., Any], originals: dict[str, Any]) -> None:
+        self._method = method
+        self._originals = originals
+
+    def create(self, **params: Any) -> Any:
+        """The inner method, with the caller's own structured-output arguments back in place."""
+        return self._method(**{**params, **self._originals})
+
+
+class RawMethod:
+    """One generating method of a raw view: openai's raw response (awaitable on the async client), or
+    for streaming a context manager over the unread response (`async with` on the async client)."""
+
+    def __init__(self, resource: Any, method: Callable[..., Any], *, streaming: bool, parsing: bool) -> None:
+        self._core = resource._client._core
+        self._route = resource._route
+        self._method = method
         self._streaming = streaming
+        self._parsing = parsing
 
-    def _target(self) -> Any:
-        """The inner resource's with_raw_response / with_streaming_response."""
-        target = self._core.inner
-        for name in self._path:
-            target = getattr(target, name)
-        return getattr(target, "with_streaming_response" if self._streaming else "with_raw_response")
-
-    def create(self, **kwargs: Any) -> Any:
-        """The raw response, or for streaming a context manager over it."""
+    def __call__(self, **kwargs: Any) -> Any:
+        if not self._streaming and not kwargs.get("stream") and self._route in (CHAT, COMPLETIONS):
+            return self._whole(kwargs)
+        originals = {name: kwargs[name] for name in STRUCTURED if name in kwargs} if self._parsing else {}
+        request = parse_request(dict(kwargs))[0] if self._parsing else kwargs
+        target = _Send(self._method, present(originals))
         if self._streaming:
-            return self._core.streaming_response(self._route, self._target(), kwargs)
-        return self._core.raw_create(self._route, self._target(), kwargs)
+            return self._core.streaming_response(self._route, target, present(request))
+        return self._core.raw_create(self._route, target, present(request))
 
 
-class _RawChat:
-    """`client.with_raw_response.chat`."""
+    def _whole(self, kwargs: dict[str, Any]) -> Any:
+        """A whole completion through the pipeline, wrapped as openai's raw response."""
+        request, valid, finish = parse_request(dict(kwargs)) if self._parsing else (kwargs, None, None)
+        params, overrides = split_options(present(request))
+        path = "/chat/completions" if self._route is CHAT else "/completions"
 
-    def __init__(self, completions: RawCreate) -> None:
-        self.completions = completions
+        def wrap(result: Any, http: Any) -> Any:
+            return BlackBoxRawResponse(result, finish, http, client=self._core.inner, path=path)
+
+        return self._core.whole_raw(self._route, params, overrides, valid, wrap)
 
 
-class RawClient:
-    """`client.with_raw_response` / `client.with_streaming_response` with the SDK's resources swapped in."""
+_NOT_COPIED = ("content-length", "content-encoding", "transfer-encoding")  # the body is the SDK's, re-encoded
 
-    def __init__(self, client: Any, *, streaming: bool) -> None:
-        core = client._core
-        self._core = core
-        self._streaming = streaming
-        self.chat = _RawChat(RawCreate(core, CHAT, ("chat", "completions"), streaming=streaming))
-        self.completions = RawCreate(core, COMPLETIONS, ("completions",), streaming=streaming)
 
-    def __getattr__(self, name: str) -> Any:
-        inner = self._core.inner
-        return getattr(inner.with_streaming_response if self._streaming else inner.with_raw_response, name)
+class BlackBoxRawResponse(LegacyAPIResponse[Any]):
+    """openai's raw response for a whole call the SDK ran: the last HTTP response's status and
+    headers (none on a cache hit), the returned object's JSON as the body; `parse()` is that object
+    (for `parse`, openai's parsed completion, raising what openai raises for a cut answer)."""
+
+    def __init__(self, result: Any, finish: Any, http: Any, *, client: Any, path: str) -> None:
+        headers = {k: v for k, v in http.headers.items() if k.lower() not in _NOT_COPIED} if http is not None else {"content-type": "application/json"}
+        request = http.request if http is not None else httpx2.Request("POST", str(client.base_url).rstrip("/") + path)
+        body = result.to_json(indent=None).encode()
+        raw = httpx2.Response(http.status_code if http is not None else 200, headers=headers, content=body, request=request)
+        options = FinalRequestOptions.construct(method="post", url=path)
+        super().__init__(raw=raw, cast_to=type(result), client=client, stream=False, stream_cls=None, options=options)
+        self._result = result
+        self._finish = finish
+        attach(self, result.blackbox)
+
+    def parse(self, *, to: Any = None) -> Any:
+        """The returned object (or the body as `to`, as openai's raw response does)."""
+        if to is not None:
+            return super().parse(to=to)
+        if self._finish is not None:
+            self._result, self._finish = self._finish(self._result), None
+        return self._result
+
+
+def raw_view(resource: Any, view_class: type[Any], *, streaming: bool, parsing: bool = False) -> Any:
+    """openai's view of `resource`, with `create` (and `parse`) sent by the SDK through the inner client."""
+    view = view_class(resource)
+    inner = resource._client._core.inner
+    for step in resource._path:
+        inner = getattr(inner, step)
+    inner_view = inner.with_streaming_response if streaming else inner.with_raw_response
+    view.create = RawMethod(resource, inner_view.create, streaming=streaming, parsing=False)
+    if parsing:
+        view.parse = RawMethod(resource, inner_view.parse, streaming=streaming, parsing=True)
+    return view
+
+
+class RawViews:
+    """`with_raw_response` / `with_streaming_response` of a resource the SDK runs: openai's view
+    classes (`_views`), their generating methods through the SDK (`parse` too when `_parsing`)."""
+
+    _views: tuple[type[Any], type[Any]]
+    _parsing = False
+
+    @cached_property
+    def with_raw_response(self) -> Any:
+        """openai's raw view, with `create` (and `parse`) budgeted, retried and logged."""
+        return raw_view(self, self._views[0], streaming=False, parsing=self._parsing)
+
+    @cached_property
+    def with_streaming_response(self) -> Any:
+        """openai's streaming-response view, with `create` (and `parse`) budgeted, retried and logged."""
+        return raw_view(self, self._views[1], streaming=True, parsing=self._parsing)
+
+
+class _Views:
+    """The client-level view: the resources the SDK runs answer with their own views."""
+
+    _client: Any
+    _view: str
+
+    @cached_property
+    def chat(self) -> Any:
+        """`client.<view>.chat`."""
+        return getattr(self._client.chat, self._view)
+
+    @cached_property
+    def completions(self) -> Any:
+        """`client.<view>.completions`."""
+        return getattr(self._client.completions, self._view)
+
+    @cached_property
+    def embeddings(self) -> Any:
+        """`client.<view>.embeddings`."""
+        return getattr(self._client.embeddings, self._view)
+
+    @cached_property
+    def responses(self) -> Any:
+        """`client.<view>.responses`."""
+        return getattr(self._client.responses, self._view)
+
+
+class RawClient(_Views, OpenAIWithRawResponse):
+    """`OpenAI().with_raw_response`."""
+
+    _view = "with_raw_response"
+
+
+class AsyncRawClient(_Views, AsyncOpenAIWithRawResponse):
+    """`AsyncOpenAI().with_raw_response`."""
+
+    _view = "with_raw_response"
+
+
+class StreamedClient(_Views, OpenAIWithStreamedResponse):
+    """`OpenAI().with_streaming_response`."""
+
+    _view = "with_streaming_response"
+
+
+class AsyncStreamedClient(_Views, AsyncOpenAIWithStreamedResponse):
+    """`AsyncOpenAI().with_streaming_response`."""
+
+    _view = "with_streaming_response"

@@ -1,6 +1,8 @@
-"""The resource tree the SDK wraps (`chat.completions`, `completions`, `embeddings`); every other
-attribute passes through to the inner openai resource unchanged. Whether a call is sync or async
-is the core's to decide: the async classes only await what it returns.
+"""The resources the SDK runs through its pipeline, as subclasses of openai's own classes:
+`chat.completions` (`create`, `parse`, and `stream`, which openai builds on `create`),
+`completions` and `embeddings`. Every other method (retrieve, list, update, delete, messages) is
+openai's, sent by the client itself with openai's retries. Whether a call is sync or async is the
+core's to decide: the async classes only await what it returns.
 """
 
 from __future__ import annotations
@@ -8,109 +10,145 @@ from __future__ import annotations
 from functools import cached_property
 from typing import Any
 
-from .._options import split_options
-from .._types import CHAT, COMPLETIONS, Route
-from ._raw import RawCreate
+import openai.resources as oai
+from openai.resources.chat import completions as oai_chat
 
+from .._types import CHAT, COMPLETIONS, EMBEDDINGS, Route
+from ._raw import RawViews, parts
+from ._structured import parse_request
 
-class _Resource:
-    """A wrapped resource: our methods, the inner resource at the same path for everything else."""
+class ChatCompletions(RawViews, oai_chat.Completions):
+    """`client.chat.completions`: `create` and `parse` through the SDK; `stream` is openai's, over our `create`."""
 
-    def __init__(self, core: Any, path: tuple[str, ...]) -> None:
-        self._core = core
-        self._path = path
+    _route: Route = CHAT
+    _path = ("chat", "completions")
+    _views = (oai_chat.CompletionsWithRawResponse, oai_chat.CompletionsWithStreamingResponse)
+    _parsing = True
 
-    def __getattr__(self, name: str) -> Any:
-        target = self._core.inner
-        for step in self._path:
-            target = getattr(target, step)
-        return getattr(target, name)
-
-
-class _Generating(_Resource):
-    """A resource whose `create` generates text (chat or legacy completions), with raw views."""
-
-    _route: Route
-
-    @cached_property
-    def with_raw_response(self) -> RawCreate:
-        """`.with_raw_response.create(...)` returns the raw HTTP response; budget, retries and log apply."""
-        return RawCreate(self._core, self._route, self._path, streaming=False)
-
-    @cached_property
-    def with_streaming_response(self) -> RawCreate:
-        """`.with_streaming_response.create(...)`, a context manager over the unread HTTP response."""
-        return RawCreate(self._core, self._route, self._path, streaming=True)
-
-
-class ChatCompletions(_Generating):
-    """`client.chat.completions` with the SDK around `create`."""
-
-    _route = CHAT
-
-    def create(self, *, messages: Any, model: Any, **kwargs: Any) -> Any:
+    def create(self, *, messages: Any, model: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         """Create a chat completion (openai's arguments, plus the SDK's options)."""
-        params, overrides = split_options({"messages": messages, "model": model, **kwargs})
-        return self._core.create(CHAT, params, overrides)
+        core, params, overrides = parts(self, {"messages": messages, "model": model, **kwargs})
+        return core.create(CHAT, params, overrides)
+
+    def parse(self, *, messages: Any, model: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        """Structured outputs: a chat completion through the SDK, parsed by openai's own helper."""
+        request, valid, finish = parse_request({"messages": messages, "model": model, **kwargs})
+        core, params, overrides = parts(self, request)
+        return finish(core.create(CHAT, params, overrides, valid))
 
 
-class Completions(_Generating):
-    """`client.completions` (legacy text completions) with the SDK around `create`."""
-
-    _route = COMPLETIONS
-
-    def create(self, *, model: Any, prompt: Any, **kwargs: Any) -> Any:
-        """Create a text completion (openai's arguments, plus the SDK's options)."""
-        params, overrides = split_options({"model": model, "prompt": prompt, **kwargs})
-        return self._core.create(COMPLETIONS, params, overrides)
-
-
-class Embeddings(_Resource):
-    """`client.embeddings` with the SDK around `create`."""
-
-    def create(self, *, input: Any, model: Any, **kwargs: Any) -> Any:
-        """Create embeddings (openai's arguments, plus cache/budget/log/budget_key)."""
-        params, overrides = split_options({"input": input, "model": model, **kwargs})
-        return self._core.embed(params, overrides)
-
-
-class Chat(_Resource):
-    """`client.chat`: our `completions`, the rest passed through."""
-
-    @cached_property
-    def completions(self) -> ChatCompletions:
-        """Chat completions through the SDK."""
-        return ChatCompletions(self._core, ("chat", "completions"))
-
-
-class AsyncChatCompletions(ChatCompletions):
+class AsyncChatCompletions(RawViews, oai_chat.AsyncCompletions):
     """`client.chat.completions` for `AsyncOpenAI`."""
 
-    async def create(self, *, messages: Any, model: Any, **kwargs: Any) -> Any:
+    _route: Route = CHAT
+    _path = ("chat", "completions")
+    _views = (oai_chat.AsyncCompletionsWithRawResponse, oai_chat.AsyncCompletionsWithStreamingResponse)
+    _parsing = True
+
+    async def create(self, *, messages: Any, model: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         """Create a chat completion (openai's arguments, plus the SDK's options)."""
-        return await super().create(messages=messages, model=model, **kwargs)
+        core, params, overrides = parts(self, {"messages": messages, "model": model, **kwargs})
+        return await core.create(CHAT, params, overrides)
+
+    async def parse(self, *, messages: Any, model: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        """Structured outputs: a chat completion through the SDK, parsed by openai's own helper."""
+        request, valid, finish = parse_request({"messages": messages, "model": model, **kwargs})
+        core, params, overrides = parts(self, request)
+        return finish(await core.create(CHAT, params, overrides, valid))
 
 
-class AsyncCompletions(Completions):
+class Completions(RawViews, oai.Completions):
+    """`client.completions` (legacy text completions) with the SDK around `create`."""
+
+    _route: Route = COMPLETIONS
+    _path = ("completions",)
+    _views = (oai.CompletionsWithRawResponse, oai.CompletionsWithStreamingResponse)
+
+    def create(self, *, model: Any, prompt: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        """Create a text completion (openai's arguments, plus the SDK's options)."""
+        core, params, overrides = parts(self, {"model": model, "prompt": prompt, **kwargs})
+        return core.create(COMPLETIONS, params, overrides)
+
+
+class AsyncCompletions(RawViews, oai.AsyncCompletions):
     """`client.completions` for `AsyncOpenAI`."""
 
-    async def create(self, *, model: Any, prompt: Any, **kwargs: Any) -> Any:
+    _route: Route = COMPLETIONS
+    _path = ("completions",)
+    _views = (oai.AsyncCompletionsWithRawResponse, oai.AsyncCompletionsWithStreamingResponse)
+
+    async def create(self, *, model: Any, prompt: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         """Create a text completion (openai's arguments, plus the SDK's options)."""
-        return await super().create(model=model, prompt=prompt, **kwargs)
+        core, params, overrides = parts(self, {"model": model, "prompt": prompt, **kwargs})
+        return await core.create(COMPLETIONS, params, overrides)
 
 
-class AsyncEmbeddings(Embeddings):
+class Embeddings(RawViews, oai.Embeddings):
+    """`client.embeddings` with the SDK around `create`."""
+
+    _route: Route = EMBEDDINGS
+    _path = ("embeddings",)
+    _views = (oai.EmbeddingsWithRawResponse, oai.EmbeddingsWithStreamingResponse)
+
+    def create(self, *, input: Any, model: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        """Create embeddings (openai's arguments, plus cache/budget/log/budget_key)."""
+        core, params, overrides = parts(self, {"input": input, "model": model, **kwargs})
+        return core.embed(params, overrides)
+
+
+class AsyncEmbeddings(RawViews, oai.AsyncEmbeddings):
     """`client.embeddings` for `AsyncOpenAI`."""
 
-    async def create(self, *, input: Any, model: Any, **kwargs: Any) -> Any:
+    _route: Route = EMBEDDINGS
+    _path = ("embeddings",)
+    _views = (oai.AsyncEmbeddingsWithRawResponse, oai.AsyncEmbeddingsWithStreamingResponse)
+
+    async def create(self, *, input: Any, model: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         """Create embeddings (openai's arguments, plus the SDK's options)."""
-        return await super().create(input=input, model=model, **kwargs)
+        core, params, overrides = parts(self, {"input": input, "model": model, **kwargs})
+        return await core.embed(params, overrides)
 
 
-class AsyncChat(Chat):
+class Chat(oai.Chat):
+    """`client.chat`: our `completions`, and raw views that reach them."""
+
+    @cached_property
+    def completions(self) -> ChatCompletions:  # type: ignore[override]
+        """Chat completions through the SDK."""
+        return ChatCompletions(self._client)
+
+    @cached_property
+    def with_raw_response(self) -> Any:  # type: ignore[override]
+        """`chat.with_raw_response.completions`, the SDK's raw view."""
+        return _ChatView(self.completions.with_raw_response)
+
+    @cached_property
+    def with_streaming_response(self) -> Any:  # type: ignore[override]
+        """`chat.with_streaming_response.completions`, the SDK's streaming-response view."""
+        return _ChatView(self.completions.with_streaming_response)
+
+
+class AsyncChat(oai.AsyncChat):
     """`client.chat` for `AsyncOpenAI`."""
 
     @cached_property
-    def completions(self) -> AsyncChatCompletions:
+    def completions(self) -> AsyncChatCompletions:  # type: ignore[override]
         """Chat completions through the SDK."""
-        return AsyncChatCompletions(self._core, ("chat", "completions"))
+        return AsyncChatCompletions(self._client)
+
+    @cached_property
+    def with_raw_response(self) -> Any:  # type: ignore[override]
+        """`chat.with_raw_response.completions`, the SDK's raw view."""
+        return _ChatView(self.completions.with_raw_response)
+
+    @cached_property
+    def with_streaming_response(self) -> Any:  # type: ignore[override]
+        """`chat.with_streaming_response.completions`, the SDK's streaming-response view."""
+        return _ChatView(self.completions.with_streaming_response)
+
+
+class _ChatView:
+    """`chat.with_raw_response` / `chat.with_streaming_response`: their `completions` is the SDK's view."""
+
+    def __init__(self, completions: Any) -> None:
+        self.completions = completions

@@ -1,0 +1,74 @@
+"""The Responses API's stream events, as JSON: the events a whole response streams as (for a cached
+or reranked answer replayed as a stream), and what a received event list comes to (its final
+response, the text that arrived) for a live stream's account.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from openai._models import construct_type
+from openai.types.responses import ResponseStreamEvent
+
+from .._types import RESPONSES, Json
+
+_PIECES = re.compile(r"\s*\S+\s*|\s+")
+ENDED = ("response.completed", "response.incomplete")  # a stream that ended with one of these is whole
+FAILED = ("response.failed", "error")
+
+
+def event(data: Json) -> Any:
+    """A typed stream event from its JSON, built leniently as the openai client builds what a server sent."""
+    return construct_type(type_=ResponseStreamEvent, value=data)
+
+
+def _item_events(item: Json, index: int) -> Iterator[Json]:
+    """One output item's events: added, then (for a message) each text part piece by piece, then done."""
+    if item.get("type") != "message":
+        yield {"type": "response.output_item.added", "output_index": index, "item": item}
+        yield {"type": "response.output_item.done", "output_index": index, "item": item}
+        return
+    item_id = item.get("id") or f"msg_{index}"
+    yield {"type": "response.output_item.added", "output_index": index, "item": {**item, "id": item_id, "status": "in_progress", "content": []}}
+    for part_index, part in enumerate(item.get("content") or []):
+        where = {"item_id": item_id, "output_index": index, "content_index": part_index}
+        if part.get("type") != "output_text":
+            yield {"type": "response.content_part.added", **where, "part": part}
+            yield {"type": "response.content_part.done", **where, "part": part}
+            continue
+        text = part.get("text") or ""
+        yield {"type": "response.content_part.added", **where, "part": {**part, "text": "", "annotations": []}}
+        for piece in _PIECES.findall(text):
+            yield {"type": "response.output_text.delta", **where, "delta": piece, "logprobs": []}
+        yield {"type": "response.output_text.done", **where, "text": text, "logprobs": []}
+        yield {"type": "response.content_part.done", **where, "part": part}
+    yield {"type": "response.output_item.done", "output_index": index, "item": {**item, "id": item_id}}
+
+
+def events_of(response: Json) -> list[Json]:
+    """The events a server streams a whole response as: created, in progress, each output item, then
+    completed (or incomplete) with the whole response; numbered in order."""
+    started = {**copy.deepcopy(response), "status": "in_progress", "output": [], "usage": None}
+    events: list[Json] = [{"type": "response.created", "response": started}, {"type": "response.in_progress", "response": started}]
+    for index, item in enumerate(response.get("output") or []):
+        events += _item_events(item, index)
+    last = "response.incomplete" if response.get("status") == "incomplete" else "response.completed"
+    events.append({"type": last, "response": response})
+    return [{**e, "sequence_number": number} for number, e in enumerate(events)]
+
+
+def final_response(events: list[Json]) -> Json | None:
+    """The whole response a stream ended with (completed or incomplete), or None when it did not end so."""
+    last = events[-1] if events else {}
+    return last.get("response") if last.get("type") in ENDED else None
+
+
+def arrived(events: list[Json]) -> tuple[str, Json | None]:
+    """What a stream that did not end whole brought: the text streamed, and a failed response's own
+    account of it (None when the stream was cut or closed before one came)."""
+    text = "".join(RESPONSES.delta_text(e) for e in events)
+    failed = next((e.get("response") for e in reversed(events) if e.get("type") in FAILED), None)
+    return text, failed if isinstance(failed, dict) else None

@@ -1,0 +1,187 @@
+"""`responses.create` as a flow, written once like chat's: cached answers first (replayed as events
+when streamed), the rate limit and the budget's worst case from `instructions` + `input` and
+`max_output_tokens`, `rerank_n` requests when a reranker picks (the Responses API has no `n`),
+settled from `usage.input_tokens` / `output_tokens` (or counted), stored, logged as route
+"responses", and `response.blackbox` on what the caller gets.
+
+A candidate here is a whole response: its JSON is the candidate's choice, its events (when it
+came streamed) the candidate's chunks, so that the cache stores Responses answers exactly as it
+stores chat's, under the same key scheme (the route's name in the key keeps them apart).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from openai.types.responses import Response
+
+from .._info import attach
+from .._types import RESPONSES, Json
+from ._call import Call
+from ._candidates import Candidate
+from ._core import Core, build
+from ._flows import Effect, Flow, admit, cached
+from ._relay import Relay
+from ._response_events import ENDED, arrived, event, events_of, final_response
+from ._responses import account, choose, logged_texts, unstreamed
+
+Valid = Callable[[str], bool]  # whether an answer's text is acceptable (parses against the caller's schema)
+STORED_STATUSES = (None, "completed", "incomplete")  # a queued or background response is not an answer to keep
+
+
+def create(core: Core, params: Json, overrides: Json, valid: Valid | None = None) -> Flow:
+    """`responses.create`, whole or streamed; reranked over `rerank_n` whole answers when a reranker is on."""
+    call = core.begin(RESPONSES, params, overrides)
+    call.valid = valid
+    if call.opts.reranker is not None and call.want > 1:
+        whole = yield from complete(core, unstreamed(call))
+        if not call.stream:
+            return whole
+        return core.stream_of([event(e) for e in events_of(whole.to_dict())], None, whole.blackbox)
+    if call.stream:
+        return (yield from stream(core, call))
+    return (yield from complete(core, call))
+
+
+def sender(core: Core, call: Call, max_tokens: int | None) -> Callable[[], Any]:
+    """The inner client's `responses.create` for one answer (the output cap as the budget granted it)."""
+    params = core.request(call, 1, max_tokens)
+    return lambda: core.inner.responses.create(**params)
+
+
+def complete(core: Core, call: Call) -> Flow:
+    """A whole response: cached answers first, the rest fetched as concurrent requests."""
+    stored = yield from cached(core, call)
+    missing = call.want - len(stored)
+    if missing <= 0:
+        return finish(core, call, stored, [], None)
+    try:
+        yield from admit(core, call, missing)
+        count, max_tokens = core.reserve(call, missing)
+        responses = yield Effect("send", call, tuple(sender(core, call, max_tokens) for _ in range(count)))
+        fresh, usage = pieces(core, call, [r.to_dict() for r in responses])
+    except BaseException as error:
+        core.fail(call, error)
+        raise
+    return finish(core, call, stored, fresh, usage, original=responses[0] if len(responses) == 1 else None)
+
+
+def candidate(core: Core, call: Call, response: Json, events: list[Json] | None = None) -> tuple[Candidate, Json]:
+    """One answer as a candidate, and its usage in the chat shape (the server's, or counted);
+    an answer that is not one to keep (queued, in the background) leaves the call uncached."""
+    usage = core.count.of_response(call, response)
+    if response.get("status") not in STORED_STATUSES:
+        call.key = None
+    found = Candidate(response, {}, int(usage.get("completion_tokens") or 0), int(usage.get("prompt_tokens") or 0), events)
+    return found, usage
+
+
+def pieces(core: Core, call: Call, responses: list[Json]) -> tuple[list[Candidate], Json]:
+    """Received responses as candidates, and their total usage (cached input tokens kept)."""
+    fresh, usages = zip(*(candidate(core, call, response) for response in responses))
+    return list(fresh), total_usage(list(usages))
+
+
+def total_usage(usages: list[Json]) -> Json:
+    """Usages summed in the chat shape, cached prompt tokens included."""
+    keys = ("prompt_tokens", "completion_tokens", "total_tokens")
+    total: Json = {k: sum(int(u.get(k) or 0) for u in usages) for k in keys}
+    cached_tokens = sum(int((u.get("prompt_tokens_details") or {}).get("cached_tokens") or 0) for u in usages)
+    total["prompt_tokens_details"] = {"cached_tokens": cached_tokens}
+    return total
+
+
+def responses_usage(usage: Json) -> Json:
+    """A chat-shaped usage as the Responses API's `usage` object."""
+    details = usage.get("prompt_tokens_details") or {}
+    return {
+        "input_tokens": int(usage.get("prompt_tokens") or 0),
+        "input_tokens_details": {"cached_tokens": int(details.get("cached_tokens") or 0)},
+        "output_tokens": int(usage.get("completion_tokens") or 0),
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": int(usage.get("total_tokens") or 0),
+    }
+
+
+def finish(core: Core, call: Call, stored: list[Candidate], fresh: list[Candidate], usage: Json | None, original: Any = None) -> Any:
+    """Account, rerank, log; the chosen `Response` with `.blackbox` (the server's own object when
+    nothing changed it). A reranked response reports the usage of every answer it was chosen from."""
+    everything, total = account(core, call, stored, fresh, usage)
+    [best] = choose(call, everything)
+    if original is None or stored or call.opts.reranker is not None or call.usage_counted:
+        data = best.choice if len(everything) == 1 else {**best.choice, "usage": responses_usage(total)}
+        original = build(Response, data)
+    core.record(call, logged_texts(call, everything), total)
+    return attach(original, call.info)
+
+
+def stream(core: Core, call: Call) -> Flow:
+    """A cached answer replayed as events, or a live stream passed on event by event and accounted."""
+    stored = yield from cached(core, call)
+    if stored:
+        return core.stream_of(replay(core, call, stored), None, call.info)
+    try:
+        yield from admit(core, call, 1)
+        _, max_tokens = core.reserve(call, 1)
+        live, head = yield Effect("open", call, (sender(core, call, max_tokens),))
+    except BaseException as error:
+        core.fail(call, error)
+        raise
+    return core.live_stream(ResponseRelay(core, call), live, head)
+
+
+def replay(core: Core, call: Call, stored: list[Candidate]) -> list[Any]:
+    """A stream served from the cache: accounted and logged before its first event is read; the
+    stored events as they came, or a whole answer's events."""
+    everything, total = account(core, call, stored[:1], [], None)
+    call.info.chosen = [0]
+    core.record(call, logged_texts(call, everything), total)
+    return [event(e) for e in stored[0].chunks or events_of(stored[0].choice)]
+
+
+class ResponseRelay(Relay):
+    """A live Responses stream's account: every event collected as it passes; at the end the final
+    response's usage settles it and it is stored whole, or, when the stream was cut, closed early or
+    failed, what arrived is charged, nothing is stored and the call is logged with the error."""
+
+    def __init__(self, core: Core, call: Call) -> None:
+        super().__init__(core, call, [], [None], None)
+
+    def pass_on(self, live: Any) -> Any:
+        """The event itself, collected (the final response gets `.blackbox`)."""
+        self.collected.append(live.to_dict())
+        if self.collected[-1].get("type") in ENDED:
+            attach(live.response, self.call.info)
+        return live
+
+    def next_stream(self) -> None:
+        """One stream per call: the Responses API has no `n` to fan out."""
+
+    def _pieces(self) -> tuple[list[Candidate], Json]:
+        """What arrived: a failed response's own usage, else the prompt and the streamed text counted."""
+        text, failed = arrived(self.collected)
+        usage = RESPONSES.usage(failed) if failed is not None else None
+        return [], usage or self.core.count.counted(self.call, [text], 1)
+
+    def _unfinished(self) -> Exception:
+        """The error a stream that did not end whole is logged with: the failed response's, or a cut."""
+        failed = arrived(self.collected)[1]
+        if failed is None:
+            return ConnectionError("the server ended the stream before response.completed")
+        return RuntimeError(f"the response failed: {(failed.get('error') or {}).get('message')}")
+
+    def finish(self) -> list[Any]:
+        """Settle from the final response's usage, store the events, log; a stream with no final
+        response (cut, or failed) is charged for what arrived and logged as an error instead."""
+        response = final_response(self.collected)
+        if response is None:
+            self.abort(self._unfinished())
+            self.done = True
+            return []
+        fresh, usage = candidate(self.core, self.call, response, self.collected)
+        everything, total = account(self.core, self.call, [], [fresh], usage)
+        self.call.info.chosen = [0]
+        self.core.record(self.call, logged_texts(self.call, everything), total)
+        self.done = True
+        return []

@@ -1,0 +1,150 @@
+"""`client.responses`, the Responses API, as subclasses of openai's own resources: `create` and
+`parse` go through the SDK's pipeline (cache, budget, rate limits, retries, reranking over
+`rerank_n` answers, the call log, `response.blackbox`); `stream` is openai's helper over our
+`create`; everything else (retrieve, delete, cancel, input_items, input_tokens, ...) is openai's,
+sent by the client itself with openai's retries. The async class only awaits what the core returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from copy import copy
+from functools import cached_property
+from typing import Any
+
+from openai import omit
+from openai._utils import is_dict, is_given
+from openai.lib import _response_resources as oai_helpers
+from openai.lib._parsing._responses import parse_response, parse_text, type_to_text_format_param
+from openai.resources.responses import responses as oai
+
+from .._exceptions import ConfigError
+from .._info import attach
+from .._options import split_options
+from .._types import RESPONSES, Json, Route
+from ._raw import RawMethod, parts, present, raw_view
+from ._structured import fits
+
+Finish = Callable[[Any], Any]
+
+
+def parse_request(kwargs: Json) -> tuple[Json, Callable[[str], bool] | None, Finish]:
+    """A `parse` call as a `create` (openai's own helpers turn `text_format` into `text.format` and
+    chat-style pydantic tools into Responses tools); the check reranking prefers (the answer parses);
+    what turns the response into openai's `ParsedResponse` (`output_parsed`, parsed tool arguments)."""
+    if kwargs.pop("stream", False):
+        raise ConfigError("parse() returns a whole response; use responses.stream(..., text_format=...) to stream")
+    text_format, parse_as = kwargs.pop("text_format", omit), kwargs.pop("parse_as", omit)
+    text = kwargs.get("text", omit)
+    if is_given(text_format):
+        text = copy(text) if text else {}
+        if "format" in text:
+            raise TypeError("Cannot mix and match text.format with text_format")
+        text["format"] = type_to_text_format_param(text_format)
+        kwargs["text"] = text
+    extra_body = kwargs.get("extra_body")
+    asked = extra_body.get("input", kwargs.get("input", omit)) if is_dict(extra_body) else kwargs.get("input", omit)
+    output_format = oai_helpers._output_text_parser(input=asked, text=text, text_format=text_format, parse_as=parse_as)
+    tools = oai_helpers._make_tools(kwargs.pop("tools", omit))
+    if is_given(tools):
+        kwargs["tools"] = tools
+
+    def finish(response: Any) -> Any:
+        parsed = parse_response(text_format=output_format, input_tools=tools, response=response)
+        return attach(parsed, response.blackbox)
+
+    valid = fits(lambda answer: parse_text(answer, output_format, phase=None)) if is_given(output_format) else None
+    return kwargs, valid, finish
+
+
+class _WithOptions:
+    """The resource as openai's `stream` helper sees it, its `create` carrying the call's SDK options
+    (the helper passes only openai's arguments on)."""
+
+    def __init__(self, resource: Any, overrides: Json) -> None:
+        self._resource = resource
+        self._overrides = overrides
+
+    def create(self, **kwargs: Any) -> Any:
+        """The resource's `create` with the SDK's options added."""
+        return self._resource.create(**kwargs, **self._overrides)
+
+    def retrieve(self, *args: Any, **kwargs: Any) -> Any:
+        """The resource's `retrieve` (streaming a stored response goes to openai unchanged)."""
+        return self._resource.retrieve(*args, **kwargs)
+
+
+def _views(resource: Any, view: type[Any], *, streaming: bool) -> Any:
+    """openai's raw or streaming-response view, `create` (and the raw view's `parse`: openai's
+    streaming-response view has none) budgeted, retried and logged."""
+    out = raw_view(resource, view, streaming=streaming)
+    if not streaming:
+        inner = resource._client._core.inner.responses.with_raw_response
+        out.parse = RawMethod(resource, inner.parse, streaming=False, parsing=False)
+    return out
+
+
+class Responses(oai.Responses):
+    """`client.responses` with the SDK around `create` and `parse` (and so openai's `stream`)."""
+
+    _route: Route = RESPONSES
+    _path = ("responses",)
+
+    def create(self, **kwargs: Any) -> Any:  # type: ignore[override]
+        """Create a response, whole or streamed (openai's arguments, plus the SDK's options)."""
+        core, params, overrides = parts(self, kwargs)
+        return core.respond(params, overrides)
+
+    def parse(self, **kwargs: Any) -> Any:  # type: ignore[override]
+        """Structured outputs: a response through the SDK, parsed by openai's own helper."""
+        request, valid, finish = parse_request(present(kwargs))
+        core, params, overrides = parts(self, request)
+        return finish(core.respond(params, overrides, valid))
+
+    def stream(self, **kwargs: Any) -> Any:  # type: ignore[override]
+        """openai's `ResponseStreamManager` over our `create` (the SDK's options allowed per call)."""
+        params, overrides = split_options(kwargs)
+        return oai_helpers.stream(_WithOptions(self, overrides) if overrides else self, **params)  # type: ignore[arg-type]
+
+    @cached_property
+    def with_raw_response(self) -> Any:  # type: ignore[override]
+        """openai's raw view, with `create` and `parse` budgeted, retried and logged."""
+        return _views(self, oai.ResponsesWithRawResponse, streaming=False)
+
+    @cached_property
+    def with_streaming_response(self) -> Any:  # type: ignore[override]
+        """openai's streaming-response view, with `create` budgeted, retried and logged."""
+        return _views(self, oai.ResponsesWithStreamingResponse, streaming=True)
+
+
+class AsyncResponses(oai.AsyncResponses):
+    """`client.responses` for `AsyncOpenAI`."""
+
+    _route: Route = RESPONSES
+    _path = ("responses",)
+
+    async def create(self, **kwargs: Any) -> Any:  # type: ignore[override]
+        """Create a response, whole or streamed (openai's arguments, plus the SDK's options)."""
+        core, params, overrides = parts(self, kwargs)
+        return await core.respond(params, overrides)
+
+    async def parse(self, **kwargs: Any) -> Any:  # type: ignore[override]
+        """Structured outputs: a response through the SDK, parsed by openai's own helper."""
+        request, valid, finish = parse_request(present(kwargs))
+        core, params, overrides = parts(self, request)
+        return finish(await core.respond(params, overrides, valid))
+
+    def stream(self, **kwargs: Any) -> Any:  # type: ignore[override]
+        """openai's `AsyncResponseStreamManager` over our `create` (the SDK's options allowed per call)."""
+        params, overrides = split_options(kwargs)
+        return oai_helpers.async_stream(_WithOptions(self, overrides) if overrides else self, **params)  # type: ignore[arg-type]
+
+    @cached_property
+    def with_raw_response(self) -> Any:  # type: ignore[override]
+        """openai's raw view, with `create` and `parse` budgeted, retried and logged."""
+        return _views(self, oai.AsyncResponsesWithRawResponse, streaming=False)
+
+    @cached_property
+    def with_streaming_response(self) -> Any:  # type: ignore[override]
+        """openai's streaming-response view, with `create` budgeted, retried and logged."""
+        return _views(self, oai.AsyncResponsesWithStreamingResponse, streaming=True)

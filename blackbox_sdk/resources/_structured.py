@@ -1,0 +1,52 @@
+"""Structured outputs on chat completions: `parse` as a `create` through the SDK, with openai's
+own helpers turning a pydantic type into the request's response format and the answer back into
+`ParsedChatCompletion` (`message.parsed`, parsed tool arguments).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from openai import omit
+from openai.lib._parsing import parse_chat_completion, type_to_response_format_param, validate_input_tools
+from openai.lib._parsing._completions import _parse_content as parse_content
+
+from .._exceptions import ConfigError
+from .._info import attach
+
+STRUCTURED = ("response_format", "tools")  # the arguments `parse` takes as types and openai converts
+
+
+Valid = Callable[[str], bool] | None
+
+
+def parse_request(kwargs: dict[str, Any]) -> tuple[dict[str, Any], Valid, Callable[[Any], Any]]:
+    """The `create` arguments of a `parse` call; which answers fit its response format (the reranker
+    ranks those first); and what turns the completion into openai's parsed one."""
+    if kwargs.pop("stream", False):
+        raise ConfigError("parse() returns a whole completion; use chat.completions.stream(...) to stream")
+    response_format = kwargs.pop("response_format", omit)
+    tools = kwargs.pop("tools", omit)
+    validate_input_tools(tools)
+    request = {**kwargs, "response_format": type_to_response_format_param(response_format), "tools": tools}
+
+    def finish(completion: Any) -> Any:
+        parsed = parse_chat_completion(response_format=response_format, chat_completion=completion, input_tools=tools)
+        return attach(parsed, completion.blackbox)
+
+    valid = fits(lambda answer: parse_content(response_format, answer)) if isinstance(response_format, type) else None
+    return request, valid, finish
+
+
+def fits(parse: Callable[[str], Any]) -> Callable[[str], bool]:
+    """Whether an answer parses (reranking ranks the answers that fit a schema first)."""
+
+    def valid(answer: str) -> bool:
+        try:
+            parse(answer)
+        except Exception:  # noqa: BLE001 - any failure to parse means the answer does not fit
+            return False
+        return True
+
+    return valid

@@ -1,0 +1,264 @@
+"""`client.responses` through the SDK's pipeline: cache (streams replayed as events), budget
+(reserved from instructions + input and max_output_tokens, settled from input/output tokens),
+rate limits, retries, the call log (route "responses"), `response.blackbox`, reranking over
+`rerank_n` requests, and `parse` / `stream` built on them.
+
+The real path is the local `hf:` backend, which answers /responses itself. Faults no real server
+shows on demand (a stream cut before `response.completed`, a failed response, 500s before an
+answer) use `responses_upstream.ResponsesUpstream`, a loopback double of the same wire format.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+from pydantic import BaseModel
+
+from blackbox_sdk import AsyncOpenAI, Budget, BudgetExceededError, CallLog, InvalidRequestError, OpenAI, RateLimitExceededError
+from blackbox_sdk.limits import RateLimits
+from blackbox_sdk.resources._responses_api import AsyncResponses, Responses
+
+from responses_upstream import ResponsesUpstream
+
+MODEL = "smollm2"
+PRICES = {MODEL: {"input": 1000.0, "output": 2000.0}}  # dollars per million tokens: every token shows
+QUESTION = "What is the capital of France?"
+
+
+class City(BaseModel):
+    name: str
+
+
+def spent(usage: openai.types.responses.ResponseUsage) -> float:
+    """What a response's usage costs at PRICES."""
+    return (usage.input_tokens * 1000.0 + usage.output_tokens * 2000.0) / 1e6
+
+
+@pytest.fixture
+def budget(tmp_path: Path) -> Budget:
+    return Budget(total_usd=100.0, prices=PRICES, ledger=tmp_path / "ledger.db")
+
+
+@pytest.fixture
+def log(tmp_path: Path) -> CallLog:
+    return CallLog(tmp_path / "calls.db")
+
+
+@pytest.fixture
+def local(gguf_path: Path, tmp_path: Path, budget: Budget, log: CallLog) -> Iterator[OpenAI]:
+    """The SDK client on the real local backend, with a cache, a budget and a log."""
+    client = OpenAI(base_url=f"hf:{gguf_path}", cache=tmp_path / "cache", budget=budget, log=log)
+    yield client
+    client.close()
+
+
+def ask(client: OpenAI, **kwargs: object) -> object:
+    params: dict[str, object] = {"model": MODEL, "input": QUESTION, "max_output_tokens": 8, "temperature": 0.0, **kwargs}
+    return client.responses.create(**params)
+
+
+def records(log: CallLog) -> list[object]:
+    return list(log.calls())
+
+
+def test_the_clients_responses_resource_is_the_sdks(gguf_path: Path) -> None:
+    client = OpenAI(base_url=f"hf:{gguf_path}")
+    assert isinstance(client.responses, Responses)
+    assert isinstance(AsyncOpenAI(base_url=f"hf:{gguf_path}").responses, AsyncResponses)
+
+
+def test_create_is_budgeted_logged_and_then_served_from_the_cache(local: OpenAI, budget: Budget, log: CallLog) -> None:
+    first = ask(local)
+    assert isinstance(first, openai.types.responses.Response) and first.output_text
+    assert first.blackbox.cost_usd == pytest.approx(spent(first.usage)) and not first.blackbox.cache_hit
+    assert budget.report().spent_usd == pytest.approx(spent(first.usage))
+    again = ask(local)
+    assert again.output_text == first.output_text and again.blackbox.cache_hit and again.blackbox.cost_usd == 0
+    report = budget.report()
+    assert report.outstanding_reservations == 0 and report.spent_usd == pytest.approx(spent(first.usage))
+    logged = records(log)
+    assert [r.route for r in logged] == ["responses", "responses"]
+    assert [r.cache_hit for r in logged] == [False, True] and logged[0].candidates == [first.output_text]
+    assert logged[0].usage["prompt_tokens"] == first.usage.input_tokens
+
+
+def test_the_output_cap_bounds_the_reservation_and_a_small_budget_refuses_before_sending(gguf_path: Path, tmp_path: Path, log: CallLog) -> None:
+    tight = Budget(per_call_usd=0.001, prices=PRICES, ledger=tmp_path / "tight.db")
+    client = OpenAI(base_url=f"hf:{gguf_path}", budget=tight, log=log)
+    with pytest.raises(BudgetExceededError):
+        ask(client, max_output_tokens=4096)
+    with pytest.raises(BudgetExceededError):
+        client.responses.parse(model=MODEL, input=QUESTION, text_format=City, max_output_tokens=4096)
+    with pytest.raises(BudgetExceededError), client.responses.stream(model=MODEL, input=QUESTION, max_output_tokens=4096) as stream:
+        stream.until_done()
+    refused = records(log)
+    assert [r.route for r in refused] == ["responses"] * 3
+    assert all("BudgetExceededError" in r.error and r.extra["requests"] == 0 for r in refused)
+    assert tight.report().spent_usd == 0 and tight.report().outstanding_reservations == 0
+
+
+def test_a_finished_stream_is_stored_and_replayed_as_events(local: OpenAI, log: CallLog) -> None:
+    events = list(ask(local, stream=True))
+    assert events[0].type == "response.created" and events[-1].type == "response.completed"
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert text == events[-1].response.output_text
+    replayed = ask(local, stream=True)
+    again = list(replayed)
+    assert replayed.blackbox.cache_hit and [e.type for e in again] == [e.type for e in events]
+    whole = ask(local)  # a whole request shares the streamed answer's bucket
+    assert whole.blackbox.cache_hit and whole.output_text == text
+    assert [r.cache_hit for r in records(log)] == [False, True, True]
+
+
+def test_the_stream_helper_parses_the_final_response_and_an_early_close_is_accounted_at_once(local: OpenAI, budget: Budget, log: CallLog) -> None:
+    with local.responses.stream(model=MODEL, input="Say hi.", max_output_tokens=64, temperature=0.0) as stream:
+        final = stream.get_final_response()  # the helper needs `response.completed`: an answer that ends by itself
+    assert final.output_text and budget.report().spent_usd == pytest.approx(spent(final.usage))
+    with local.responses.stream(model=MODEL, input="Say hi.", max_output_tokens=64, temperature=0.0, cache=None) as stream:
+        stream.until_done()  # the SDK's options per call: this one neither reads nor writes the cache
+    assert [r.cache_hit for r in records(log)] == [False, False]
+    with local.responses.stream(model=MODEL, input="Tell me a long story about a dragon.", max_output_tokens=32) as stream:
+        next(e for e in stream if e.type == "response.output_text.delta")
+    cut = records(log)[-1]
+    assert cut.error is not None and cut.cost_usd > 0  # charged for what arrived, logged before the `with` ends
+    assert budget.report().outstanding_reservations == 0
+    with local.responses.stream(model=MODEL, input="Tell me a long story about a dragon.", max_output_tokens=32) as stream:
+        stream.until_done()
+    assert not records(log)[-1].cache_hit  # the stream closed early was never stored
+
+
+def test_rerank_sends_k_requests_and_returns_the_best_scored_answer(local: OpenAI, log: CallLog) -> None:
+    def longest(question: str, answers: list[str]) -> list[float]:
+        assert question == QUESTION
+        return [float(len(a)) for a in answers]
+
+    best = ask(local, temperature=1.0, reranker=longest, rerank_n=3)
+    info = best.blackbox
+    assert info.requests == 3 and len(info.candidates) == 3 and info.scores == [float(len(a)) for a in info.candidates]
+    assert best.output_text == max(info.candidates, key=len)
+    [logged] = records(log)
+    assert logged.candidates == info.candidates and logged.chosen == info.chosen and logged.scores == info.scores
+    streamed = ask(local, temperature=1.0, reranker=longest, rerank_n=3, stream=True)
+    events = list(streamed)
+    assert streamed.blackbox.cache_hit and events[-1].response.output_text == best.output_text
+
+
+def test_parse_returns_output_parsed_through_the_pipeline(local: OpenAI, log: CallLog) -> None:
+    parsed = local.responses.parse(model=MODEL, input="Name the capital of France as JSON.", text_format=City, max_output_tokens=24)
+    assert isinstance(parsed.output_parsed, City) and parsed.blackbox.call_id == records(log)[-1].call_id
+
+
+def test_a_rate_limit_refuses_the_call_past_its_window(gguf_path: Path) -> None:
+    client = OpenAI(base_url=f"hf:{gguf_path}", rate_limit=RateLimits(rpm=1, per="client"))
+    ask(client)
+    with pytest.raises(RateLimitExceededError):
+        ask(client, input="Another question?")
+
+
+def test_a_malformed_request_is_refused_before_anything_is_spent(local: OpenAI, budget: Budget) -> None:
+    with pytest.raises(InvalidRequestError):
+        local.responses.create(model=MODEL, input=42)
+    with pytest.raises(InvalidRequestError):
+        local.responses.create(model=MODEL, input=QUESTION, max_output_tokens=0)
+    assert budget.report().spent_usd == 0
+
+
+async def test_async_create_stream_helper_and_parse(gguf_path: Path, tmp_path: Path, budget: Budget, log: CallLog) -> None:
+    client = AsyncOpenAI(base_url=f"hf:{gguf_path}", cache=tmp_path / "cache", budget=budget, log=log)
+    resource = AsyncResponses(client)
+    whole = await resource.create(model=MODEL, input=QUESTION, max_output_tokens=8, temperature=0.0)
+    events = [e async for e in await resource.create(model=MODEL, input=QUESTION, max_output_tokens=8, temperature=0.0, stream=True)]
+    assert events[-1].response.output_text == whole.output_text  # replayed from the cache
+    async with resource.stream(model=MODEL, input="Say hi.", max_output_tokens=64, temperature=0.0) as stream:
+        final = await stream.get_final_response()
+    assert final.output_text
+    parsed = await resource.parse(model=MODEL, input="Name the capital of France as JSON.", text_format=City, max_output_tokens=24)
+    assert isinstance(parsed.output_parsed, City) and parsed.blackbox.call_id == records(log)[-1].call_id
+    assert [r.cache_hit for r in records(log)] == [False, True, False, False]
+    assert budget.report().outstanding_reservations == 0
+    await client.close()
+
+
+# ---------------------------------------------------------------- faults, on the loopback double
+
+
+@pytest.fixture
+def upstream() -> Iterator[ResponsesUpstream]:
+    server = ResponsesUpstream(["Paris is the capital of France", "It is Paris", "Lyon"])
+    yield server
+    server.close()
+
+
+def double_client(kind: type, upstream: ResponsesUpstream, tmp_path: Path, budget: Budget, **options: object) -> object:
+    return kind(api_key="sk-test", base_url=upstream.url, cache=tmp_path / "cache", budget=budget, log=tmp_path / "calls.db", **options)
+
+
+@pytest.mark.parametrize("mode", ["cut", "failed"])
+def test_a_stream_that_never_completes_is_charged_never_cached_and_logged(mode: str, upstream: ResponsesUpstream, tmp_path: Path, budget: Budget, log: CallLog) -> None:
+    upstream.mode = mode
+    client = double_client(OpenAI, upstream, tmp_path, budget)
+    events = list(client.responses.create(model=MODEL, input=QUESTION, max_output_tokens=16, stream=True))
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == ("Paris is" if mode == "cut" else "Paris is the capital of France")
+    [logged] = records(log)
+    assert logged.route == "responses" and logged.cost_usd > 0
+    assert logged.error.startswith("ConnectionError" if mode == "cut" else "RuntimeError: the response failed: boom")
+    report = budget.report()
+    assert report.outstanding_reservations == 0 and report.spent_usd == pytest.approx(logged.cost_usd)
+    upstream.mode = "ok"
+    list(client.responses.create(model=MODEL, input=QUESTION, max_output_tokens=16, stream=True))
+    assert len(upstream.bodies) == 2  # not served from the cache
+
+
+async def test_a_cut_async_stream_is_charged_and_never_cached(upstream: ResponsesUpstream, tmp_path: Path, budget: Budget, log: CallLog) -> None:
+    upstream.mode = "cut"
+    client = double_client(AsyncOpenAI, upstream, tmp_path, budget)
+    with contextlib.suppress(Exception):
+        [e async for e in await AsyncResponses(client).create(model=MODEL, input=QUESTION, max_output_tokens=16, stream=True)]
+    [logged] = records(log)
+    assert logged.error is not None and logged.cost_usd > 0 and budget.report().outstanding_reservations == 0
+
+
+def test_server_errors_are_retried_by_the_calls_policy(upstream: ResponsesUpstream, tmp_path: Path, budget: Budget, log: CallLog) -> None:
+    from blackbox_sdk import RetryPolicy
+
+    upstream.errors = 2
+    client = double_client(OpenAI, upstream, tmp_path, budget, retry=RetryPolicy(max_retries=2, sleep=lambda _: None))
+    answer = client.responses.create(model=MODEL, input=QUESTION, max_output_tokens=16)
+    assert answer.output_text == "Paris is the capital of France" and answer.blackbox.retries == 2
+    assert records(log)[0].retries == 2
+
+
+def test_the_budget_settles_the_servers_input_and_output_tokens(upstream: ResponsesUpstream, tmp_path: Path, budget: Budget) -> None:
+    client = double_client(OpenAI, upstream, tmp_path, budget)
+    answer = client.responses.create(model=MODEL, instructions="Be brief.", input=QUESTION, max_output_tokens=16)
+    assert (answer.usage.input_tokens, answer.usage.output_tokens) == (8, 6)  # words, as the double counts
+    assert budget.report().spent_usd == pytest.approx(spent(answer.usage))
+    body = upstream.bodies[0]
+    assert body["max_output_tokens"] == 16 and "n" not in body and "seed" not in body
+
+
+def test_the_raw_response_is_budgeted_and_logged(upstream: ResponsesUpstream, tmp_path: Path, budget: Budget, log: CallLog) -> None:
+    client = double_client(OpenAI, upstream, tmp_path, budget)
+    raw = client.responses.with_raw_response.create(model=MODEL, input=QUESTION, max_output_tokens=16)
+    answer = raw.parse()
+    assert answer.output_text == "Paris is the capital of France" and raw.headers["content-type"] == "application/json"
+    assert budget.report().spent_usd == pytest.approx(spent(answer.usage))
+    assert records(log)[0].candidates == [answer.output_text]
+
+
+def test_parse_reranks_answers_that_fit_the_schema_first(upstream: ResponsesUpstream, tmp_path: Path, budget: Budget, log: CallLog) -> None:
+    upstream.answers = ["not json at all, and longer", '{"name": "Paris"}']
+    client = double_client(OpenAI, upstream, tmp_path, budget)
+    parsed = client.responses.parse(
+        model=MODEL, input=QUESTION, text_format=City, max_output_tokens=16,
+        reranker=lambda q, answers: [float(len(a)) for a in answers], rerank_n=2,
+    )
+    info = parsed.blackbox  # the two requests run concurrently: either may get either answer
+    [chosen] = info.chosen
+    assert parsed.output_parsed == City(name="Paris") and info.candidates[chosen] == '{"name": "Paris"}'
+    assert info.scores[chosen] < max(info.scores)  # the reranker scored the other higher; the one that fits wins
+    assert upstream.bodies[0]["text"]["format"]["type"] == "json_schema"
