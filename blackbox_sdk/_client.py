@@ -48,15 +48,19 @@ LOCAL_BASE_URL = "http://hf.local/v1"  # what the inner client calls when a loca
 HF_PREFIX = "hf:"
 
 
-def _is_loopback(url: str) -> bool:
-    """Whether an endpoint runs on this machine (priced as a local model)."""
-    host = httpx2.URL(url).host
+def is_loopback_host(host: str) -> bool:
+    """Whether a host name or address is reachable only from this machine."""
     if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _is_loopback(url: str) -> bool:
+    """Whether an endpoint runs on this machine (priced as a local model)."""
+    return is_loopback_host(httpx2.URL(url).host)
 
 
 def _local_target(api_key: str | None, base_url: Any) -> Path | None:

@@ -37,7 +37,8 @@ _SECRET_PATTERN = re.compile(
     r"|\bBearer\s+[A-Za-z0-9._~+/=\-]{8,}"       # HTTP bearer credentials
     r"|\bhf_[A-Za-z0-9]{20,}"                    # Hugging Face tokens
     r"|\bgh[pousr]_[A-Za-z0-9]{20,}"             # GitHub tokens
-    r"|\bAKIA[0-9A-Z]{16}\b",                    # AWS access key ids
+    r"|\bAKIA[0-9A-Z]{16}\b"                     # AWS access key ids
+    r"|\bbb-[A-Za-z0-9_\-]{40,}",                # the proxy's tenant keys (call ids are shorter)
     re.IGNORECASE,
 )
 

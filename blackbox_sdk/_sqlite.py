@@ -6,6 +6,7 @@ writes on SQLite's lock while readers go on. The budget ledger and the call log 
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,13 +20,20 @@ def connect(path: Path, timeout: float) -> sqlite3.Connection:
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     connection = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
-    try:
-        connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute("PRAGMA synchronous=NORMAL")
-    except sqlite3.Error:
-        connection.close()
-        raise
-    return connection
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
+            return connection
+        except sqlite3.OperationalError as exc:  # a fresh file: another process may hold it while it turns on WAL
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                connection.close()
+                raise
+            time.sleep(0.02)
+        except sqlite3.Error:
+            connection.close()
+            raise
 
 
 @contextmanager

@@ -4,9 +4,10 @@
     blackbox-sdk stats --log calls.db [--json]
     blackbox-sdk stats --log postgresql://user@host/db        # a fleet's log: any postgresql:// URL
     blackbox-sdk adapter train ...                            # forwarded to blackbox_sdk.adapter (the trainer's CLI)
+    blackbox-sdk serve --upstream URL --config proxy.toml     # the OpenAI-compatible proxy (blackbox_sdk.serve's CLI)
 
 Exit status: 0 on success, 1 when the SDK reports an error (printed on stderr), 2 for a usage
-error or when the ``[adapter]`` extra is missing.
+error or when the ``[adapter]`` or ``[proxy]`` extra is missing.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ _ADAPTER_HINT = (
     "blackbox-sdk adapter train needs the adapter extra (torch, transformers, an encoder): "
     "pip install 'blackbox-sdk[adapter]'"
 )
+_PROXY_HINT = "blackbox-sdk serve needs the proxy extra (starlette, uvicorn): pip install 'blackbox-sdk[proxy]'"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -35,6 +37,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:2] == ["adapter", "train"]:
         return _adapter_train(args[2:])
+    if args[:1] == ["serve"]:
+        return _serve(args[1:])
     options = _parser().parse_args(args)
     try:
         return int(options.run(options))
@@ -61,6 +65,14 @@ def _parser() -> argparse.ArgumentParser:
 
     adapter = commands.add_parser("adapter", help="train a BBox-Adapter reranker (needs the [adapter] extra)")
     adapter.add_argument("action", choices=["train"], help="'train ...': run 'blackbox-sdk adapter train --help' for its options")
+
+    commands.add_parser("serve", help="run the OpenAI-compatible proxy (needs the [proxy] extra): 'blackbox-sdk serve --help'")
+    try:
+        from .serve._keys_cli import add_keys_command  # the face imports starlette: the [proxy] extra
+    except ImportError:
+        pass
+    else:
+        add_keys_command(commands)
     return parser
 
 
@@ -132,5 +144,15 @@ def _adapter_train(argv: list[str]) -> int:
         from .adapter._cli import cli_main
     except ImportError as exc:
         print(f"{_ADAPTER_HINT} (import failed: {exc})", file=sys.stderr)
+        return 2
+    return int(cli_main(argv))
+
+
+def _serve(argv: list[str]) -> int:
+    """``serve ...``: hand the rest of the command line to the proxy's own CLI."""
+    try:
+        from .serve import cli_main
+    except ImportError as exc:
+        print(f"{_PROXY_HINT} (import failed: {exc})", file=sys.stderr)
         return 2
     return int(cli_main(argv))

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up everything on a fresh machine: Redis and PostgreSQL for the fleet tests, and a virtual
+# Set up everything on a fresh machine: Redis and PostgreSQL for the fleet tests, Node for the
+# proxy's Node client example, and a virtual
 # environment in .venv with the SDK and all extras.
 # torch is pinned first so that pip takes the CPU wheel instead of a multi-GB CUDA build.
 # llama-cpp-python builds from source once (about 6-10 minutes on 2 cores); pip caches the wheel.
@@ -8,14 +9,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Redis and PostgreSQL from Debian's packages: the fleet tests start real servers on loopback ports.
-if ! command -v redis-server >/dev/null || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+# Node and npm for the proxy's tests with the official Node openai client (examples/node).
+if ! command -v redis-server >/dev/null || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v npm >/dev/null; then
   if [ "$(id -u)" != 0 ]; then
-    echo "setup.sh: install redis-server and postgresql first (sudo apt-get install redis-server postgresql)" >&2
+    echo "setup.sh: install redis-server, postgresql, nodejs and npm first (sudo apt-get install redis-server postgresql nodejs npm)" >&2
     exit 1
   fi
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server postgresql >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server postgresql nodejs npm >/dev/null
 fi
+npm ci --prefix examples/node --no-audit --no-fund --silent
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi

@@ -16,7 +16,7 @@ import blackbox_sdk
 
 PACKAGE = Path(blackbox_sdk.__file__).parent
 MAX_MODULE_LINES, MAX_CLASS_LINES, MAX_FUNCTION_LINES = 400, 250, 50
-FACES = ["blackbox_sdk.adapter", "blackbox_sdk.budget", "blackbox_sdk.cache", "blackbox_sdk.call_log", "blackbox_sdk.limits", "blackbox_sdk.local", "blackbox_sdk.resources", "blackbox_sdk.tuning", "blackbox_sdk._pipeline"]
+FACES = ["blackbox_sdk.adapter", "blackbox_sdk.budget", "blackbox_sdk.cache", "blackbox_sdk.call_log", "blackbox_sdk.limits", "blackbox_sdk.local", "blackbox_sdk.resources", "blackbox_sdk.serve", "blackbox_sdk.tuning", "blackbox_sdk._pipeline"]
 
 
 def _modules() -> dict[str, Path]:

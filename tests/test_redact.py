@@ -175,3 +175,10 @@ def test_a_short_key_echoed_in_a_401_body_never_reaches_the_log_or_its_export(tm
     for text in (record.model_dump_json(), (tmp_path / "out.jsonl").read_text(), caplog.text):
         assert key not in text
     assert REDACTED in record.error
+
+
+def test_the_proxys_tenant_keys_are_redacted_and_call_ids_are_not() -> None:
+    from blackbox_sdk._redact import redact_text
+
+    key = "bb-" + "Ab3_-" * 9  # the shape `blackbox-sdk keys create` prints
+    assert redact_text(f"key {key} call bb-1a237ec71c4-4896817aded14855") == "key [REDACTED] call bb-1a237ec71c4-4896817aded14855"

@@ -153,6 +153,6 @@ def finish_embedding(core: Core, call: Call, response: Any, stored: Json | None)
         usage = {"prompt_tokens": core.count.prompt_tokens(call), "total_tokens": core.count.prompt_tokens(call)}
     if stored is None:
         core.settle(call, usage)
-        core.store(call, [{"response": response.to_dict()}])
+        core.store(call, [{"response": response.to_dict(warnings=False)}])  # base64 vectors asked for are strings in a float field
     core.record(call, [], usage)
     return attach(response, call.info)

@@ -1,0 +1,94 @@
+"""The admin routes over a key store, behind the admin key (``Authorization: Bearer <admin key>``).
+
+    POST   /admin/keys            {"name": "team-a", "budget_usd": 50, "rpm": 600, ...} -> 201, the key shown once
+    GET    /admin/keys            -> 200 {"object": "list", "data": [records, no secrets]}
+    DELETE /admin/keys/{key_id}   -> 200 the revoked record (an id or a name), 404 for an unknown one
+
+Anything without the admin key gets 401 with OpenAI's error body, before its body is read. The
+store's blocking calls run in Starlette's thread pool.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .._exceptions import BlackBoxError
+from ._errors import ProxyError, error_response
+from ._keys import KeyStore
+from ._tenants import presented_key
+
+MAX_ADMIN_BODY_BYTES = 64 * 1024
+_NO_STORE = {"cache-control": "no-store"}
+
+
+def admin_routes(store: KeyStore) -> list[Route]:
+    """The three admin routes over ``store``, for the app to mount."""
+
+    async def create_key(request: Request) -> Response:
+        """POST /admin/keys: a new key; its secret is in this answer and nowhere else."""
+        return await _guarded(request, store, lambda: _create(request, store))
+
+    async def list_keys(request: Request) -> Response:
+        """GET /admin/keys: every record, revoked ones included, never a secret."""
+        return await _guarded(request, store, lambda: _list(store))
+
+    async def revoke_key(request: Request) -> Response:
+        """DELETE /admin/keys/{key_id}: revoke a key by id (or name)."""
+        return await _guarded(request, store, lambda: _revoke(store, request.path_params["key_id"]))
+
+    return [
+        Route("/admin/keys", create_key, methods=["POST"]),
+        Route("/admin/keys", list_keys, methods=["GET"]),
+        Route("/admin/keys/{key_id}", revoke_key, methods=["DELETE"]),
+    ]
+
+
+async def _guarded(request: Request, store: KeyStore, handle: Callable[[], Awaitable[Response]]) -> Response:
+    """401 without the admin key; else the handler's answer, the SDK's errors as OpenAI error bodies."""
+    if not store.is_admin(presented_key(request)):
+        refusal = ProxyError(401, "This route needs the proxy's admin key: send it as 'Authorization: Bearer ADMIN_KEY'.", code="invalid_api_key")
+        return error_response(refusal)
+    try:
+        return await handle()
+    except BlackBoxError as exc:
+        return error_response(exc)
+
+
+async def _create(request: Request, store: KeyStore) -> Response:
+    """Check the body, create the key, answer 201 with the secret (not cached by anything in between)."""
+    declared = request.headers.get("content-length", "0")
+    if declared.isdigit() and int(declared) > MAX_ADMIN_BODY_BYTES:
+        raise ProxyError(413, f"the request body is over {MAX_ADMIN_BODY_BYTES} bytes", code="request_too_large")
+    raw = await request.body()
+    if len(raw) > MAX_ADMIN_BODY_BYTES:
+        raise ProxyError(413, f"the request body is over {MAX_ADMIN_BODY_BYTES} bytes", code="request_too_large")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ProxyError(400, "the request body is not valid JSON") from None
+    if not isinstance(body, dict) or not isinstance(body.get("name"), str):
+        raise ProxyError(400, "the body must be a JSON object with a 'name' and optional limits", param="name")
+    name = body.pop("name")
+    secret, record = await run_in_threadpool(store.create, name, **body)
+    return JSONResponse({"key": str(secret), **record.to_json()}, status_code=201, headers=_NO_STORE)
+
+
+async def _list(store: KeyStore) -> Response:
+    """Every record as JSON."""
+    records = await run_in_threadpool(store.list)
+    return JSONResponse({"object": "list", "data": [record.to_json() for record in records]})
+
+
+async def _revoke(store: KeyStore, key_id: str) -> Response:
+    """Revoke one key; 404 when there is no such key."""
+    record = await run_in_threadpool(store.find, key_id)
+    if record is None:
+        raise ProxyError(404, "no key has this id or name", code="key_not_found", param="key_id")
+    revoked = await run_in_threadpool(store.revoke, record.key_id)
+    return JSONResponse(revoked.to_json())

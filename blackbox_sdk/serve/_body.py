@@ -1,0 +1,87 @@
+"""A request's body: read up to a size limit and a deadline, parsed as a JSON object, and split into
+the openai arguments of the route's `create` and the rest (passed upstream in `extra_body`).
+
+The SDK's own options (`budget`, `cache`, `log`, ...) and openai's transport arguments
+(`extra_headers`, `timeout`, ...) are the proxy's to set, never a client's: a body naming one is
+refused, as OpenAI refuses an unknown argument.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Callable
+from functools import cache
+from typing import Any
+
+import anyio
+from starlette.requests import Request
+
+from .._options import OPTION_NAMES
+from ._errors import ProxyError
+
+_TRANSPORT = frozenset({"extra_headers", "extra_query", "extra_body", "timeout", "max_retries"})
+_RESERVED = frozenset(OPTION_NAMES) | _TRANSPORT
+
+
+async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The whole body, refused with 413 once it passes `limit` bytes (by its declared length, before
+    reading) and with 408 when it has not arrived within `timeout_s` (a client that stalls)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    with anyio.move_on_after(timeout_s) as scope:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            chunks.append(chunk)
+    if scope.cancelled_caught:
+        raise ProxyError(408, f"the request body did not arrive within {timeout_s:g} s", code="request_timeout")
+    return b"".join(chunks)
+
+
+def _too_large(limit: int) -> ProxyError:
+    """The 413 refusal."""
+    return ProxyError(413, f"the request body is larger than the proxy's limit of {limit} bytes", code="request_too_large")
+
+
+def parse_object(raw: bytes) -> dict[str, Any]:
+    """The body as a JSON object; 400 for anything else."""
+    try:
+        value = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as error:
+        raise ProxyError(400, f"We could not parse the JSON body of your request: {error}", code="invalid_json") from None
+    if not isinstance(value, dict):
+        raise ProxyError(400, "the request body must be a JSON object", code="invalid_json")
+    return value
+
+
+@cache
+def _accepted(method: Callable[..., Any]) -> frozenset[str]:
+    """The keyword arguments an openai `create` takes, without its transport arguments."""
+    parameters = inspect.signature(method).parameters.values()
+    return frozenset(p.name for p in parameters if p.kind is p.KEYWORD_ONLY) - _TRANSPORT
+
+
+def call_arguments(body: dict[str, Any], method: Callable[..., Any]) -> dict[str, Any]:
+    """The keyword arguments for the SDK's `create`: openai's own by name, any other field in
+    `extra_body` (sent upstream as given); 400 for a field naming an SDK option or a transport argument."""
+    reserved = sorted(set(body) & _RESERVED)
+    if reserved:
+        raise ProxyError(400, f"Unrecognized request argument supplied: {reserved[0]}", param=reserved[0], code="unknown_parameter")
+    accepted = _accepted(method)
+    arguments = {name: value for name, value in body.items() if name in accepted}
+    extra = {name: value for name, value in body.items() if name not in accepted}
+    if extra:
+        arguments["extra_body"] = extra
+    return arguments
+
+
+def required(body: dict[str, Any], *names: str) -> None:
+    """400 naming the first required field the body lacks."""
+    for name in names:
+        if name not in body:
+            raise ProxyError(400, f"you must provide a {name} parameter", param=name, code="missing_required_parameter")

@@ -1,0 +1,97 @@
+"""Errors as OpenAI's JSON error bodies with the right HTTP status: the proxy's own refusals, the
+SDK's errors and the upstream's, mapped once here.
+
+    400 invalid_request_error   malformed JSON, bad parameters (InvalidRequestError, ConfigError)
+    401 invalid_api_key         a missing or unknown key
+    404 model_not_found         a model the key may not use; an unknown route (OpenAI's "Invalid URL")
+    413 request_too_large       a body over the proxy's limit, refused before it is read whole
+    429 insufficient_quota      a budget refusal (OpenAI's status for an exhausted quota; sent with
+                                x-should-retry: false, so openai's clients do not retry it)
+    429 rate_limit_exceeded     a rate limit, with Retry-After
+    502 / 503 / 504             upstream unreachable or refusing the proxy's key / a shared store down or the
+                                proxy starting / upstream timeout
+    upstream status             an upstream error (openai.APIStatusError) passes with its own status and body
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import openai
+from starlette.responses import JSONResponse
+
+from .._exceptions import (
+    BlackBoxError,
+    BudgetExceededError,
+    ConfigError,
+    InvalidRequestError,
+    RateLimitExceededError,
+    StoreUnavailableError,
+)
+from .._logging import logger
+from .._redact import redact_text
+
+_PASSED_HEADERS = ("retry-after", "retry-after-ms", "x-request-id")
+
+
+class ProxyError(BlackBoxError):
+    """A request the proxy refuses itself (401, 404, 413, 503, ...): nothing sent upstream, nothing charged."""
+
+    def __init__(self, status: int, message: str, *, kind: str = "invalid_request_error", code: str | None = None, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+        self.code = code
+        self.param = param
+
+
+def error_body(message: str, kind: str, *, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    """OpenAI's error body: {"error": {"message", "type", "param", "code"}}."""
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def _upstream(exc: openai.APIStatusError) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """An upstream's error: its status, its own error object (messages redacted), its retry headers.
+    The upstream refusing the proxy's own key is the proxy's fault, not the client's: 502, and the
+    upstream's message (which may quote part of that key) stays here."""
+    if exc.status_code in (401, 403):
+        logger.error("proxy: the upstream refused the proxy's credentials (%d)", exc.status_code)
+        return 502, error_body("the upstream refused the proxy's credentials", "upstream_error", code="upstream_auth_failed"), {}
+    body = exc.body if isinstance(exc.body, dict) and "message" in exc.body else None
+    error = {**body, "message": redact_text(str(body["message"]))} if body else error_body(redact_text(exc.message), "upstream_error")["error"]
+    headers = {name: exc.response.headers[name] for name in _PASSED_HEADERS if name in exc.response.headers}
+    return exc.status_code, {"error": error}, headers
+
+
+def describe(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """The status, OpenAI error body and extra headers for an exception raised while serving a request."""
+    message = redact_text(str(exc))
+    if isinstance(exc, ProxyError):
+        return exc.status, error_body(message, exc.kind, param=exc.param, code=exc.code), {}
+    if isinstance(exc, InvalidRequestError):
+        return 400, error_body(message, "invalid_request_error", param=exc.param), {}
+    if isinstance(exc, openai.APIStatusError):
+        return _upstream(exc)
+    if isinstance(exc, openai.APITimeoutError):
+        return 504, error_body("the upstream did not answer in time", "upstream_error", code="upstream_timeout"), {}
+    if isinstance(exc, openai.APIConnectionError):
+        return 502, error_body("the upstream can't be reached", "upstream_error", code="upstream_unreachable"), {}
+    if isinstance(exc, BudgetExceededError):
+        return 429, error_body(message, "insufficient_quota", code="insufficient_quota"), {"x-should-retry": "false"}
+    if isinstance(exc, RateLimitExceededError):
+        wait = max(exc.retry_after, 0.0)
+        headers = {"retry-after": str(max(1, math.ceil(wait))), "retry-after-ms": str(int(wait * 1000))}
+        return 429, error_body(message, "requests", code="rate_limit_exceeded"), headers
+    if isinstance(exc, ConfigError):
+        return 400, error_body(message, "invalid_request_error"), {}
+    if isinstance(exc, StoreUnavailableError):
+        return 503, error_body(message, "server_error", code="store_unavailable"), {}
+    logger.error("proxy: %s while serving a request: %s", type(exc).__name__, message)
+    return 500, error_body("the proxy failed to serve the request", "server_error"), {}
+
+
+def error_response(exc: BaseException) -> JSONResponse:
+    """The JSON response for an exception (see `describe`)."""
+    status, body, headers = describe(exc)
+    return JSONResponse(body, status_code=status, headers=headers)

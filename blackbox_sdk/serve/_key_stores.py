@@ -1,0 +1,262 @@
+"""The two key stores: an SQLite file the processes of a host share, and Redis shared by proxy replicas.
+
+SQLite: one ``keys`` table (the digest unique, a live name unique through a partial index) and a
+``meta`` table holding the pepper, in WAL mode with ``BEGIN IMMEDIATE`` writes (``_sqlite``).
+Redis, under a prefix: ``pepper``; a hash per key id ``id:<key_id>`` (each field JSON); a lookup
+index ``digest:<hmac>`` -> key id; ``name:<name>`` -> the live key id; ``ids``, a sorted set by
+creation time. Creating and revoking are Lua scripts, so replicas never race on a name. Any
+failure to reach or read a store raises StoreUnavailableError: the proxy answers 503, never
+serving a request it could not authenticate.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from .._exceptions import ConfigError, StoreUnavailableError
+from .._sqlite import connect, immediate
+from ..limits import redact_url
+from ._keys import ADMIN_KEY_ENV, KeyRecord, KeyStore, KeyStoreBase, new_pepper
+
+DEFAULT_PREFIX = "blackbox:keys:"
+BUSY_TIMEOUT_S = 30.0
+REDIS_TIMEOUT_S = 5.0
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+_COLUMNS = ("key_id", "name", "budget_usd", "per_day_usd", "rpm", "tpm", "models", "reranker", "cache_namespace", "created_at", "revoked")
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    (
+        "CREATE TABLE IF NOT EXISTS keys (key_id TEXT PRIMARY KEY, digest TEXT NOT NULL UNIQUE, name TEXT NOT NULL,"
+        " budget_usd REAL, per_day_usd REAL, rpm INTEGER, tpm INTEGER, models TEXT NOT NULL, reranker TEXT,"
+        " cache_namespace TEXT NOT NULL, created_at REAL NOT NULL, revoked INTEGER NOT NULL DEFAULT 0)"
+    ),
+    "CREATE UNIQUE INDEX IF NOT EXISTS keys_live_name ON keys (name) WHERE revoked = 0",
+)
+_CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[2], unpack(ARGV, 3))
+redis.call('SET', KEYS[3], ARGV[1])
+redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
+return 1
+"""
+_REVOKE = """
+redis.call('HSET', KEYS[1], 'revoked', 'true')
+if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
+return 1
+"""
+
+
+def open_key_store(where: str | Path, *, admin_key: str | None = None, prefix: str = DEFAULT_PREFIX) -> KeyStore:
+    """The key store at an SQLite file path or a ``redis://`` (``rediss://``, ``unix://``) URL.
+
+    ``admin_key`` defaults to the environment's ``BLACKBOX_ADMIN_KEY``; without one, no request is admin.
+    """
+    if admin_key is None:
+        admin_key = os.environ.get(ADMIN_KEY_ENV) or None
+    if isinstance(where, str) and "://" in where:
+        scheme = where.split("://", 1)[0]
+        if scheme not in REDIS_SCHEMES:
+            raise ConfigError(f"a key store is an SQLite file path or a redis:// URL, got a {scheme}:// URL")
+        return RedisKeyStore(where, admin_key=admin_key, prefix=prefix)
+    if not isinstance(where, (str, Path)) or not str(where):
+        raise ConfigError(f"a key store is an SQLite file path or a redis:// URL, got {where!r}")
+    return SQLiteKeyStore(Path(where), admin_key=admin_key)
+
+
+class SQLiteKeyStore(KeyStoreBase):
+    """Keys in an SQLite file (WAL), shared by the threads and processes of one host."""
+
+    def __init__(self, path: Path, *, admin_key: str | None = None, timeout_s: float = BUSY_TIMEOUT_S) -> None:
+        super().__init__(admin_key)
+        self.path = Path(path).expanduser()
+        self._timeout_s = timeout_s
+        self._lock = threading.Lock()
+        self._connection: sqlite3.Connection | None = None
+        self._pid = 0
+        try:
+            with self._lock:
+                db = self._db()
+                with immediate(db):
+                    for statement in _SCHEMA:
+                        db.execute(statement)
+                    db.execute("INSERT OR IGNORE INTO meta VALUES ('pepper', ?)", (new_pepper(),))
+                    self._pepper_value = str(db.execute("SELECT value FROM meta WHERE name = 'pepper'").fetchone()[0])
+        except (OSError, sqlite3.Error) as exc:
+            self.close()
+            raise ConfigError(f"can't open the key store {self.path}: {type(exc).__name__}: {exc}") from None
+
+    def __repr__(self) -> str:
+        """The file, never a key or digest."""
+        return f"SQLiteKeyStore({str(self.path)!r})"
+
+    def _db(self) -> sqlite3.Connection:
+        """This process's connection (a forked child opens its own); call under the lock."""
+        if self._connection is None or self._pid != os.getpid():
+            self._connection = connect(self.path, self._timeout_s)
+            self._pid = os.getpid()
+        return self._connection
+
+    @contextmanager
+    def _using(self, action: str) -> Iterator[sqlite3.Connection]:
+        """The connection under the lock; SQLite failures as StoreUnavailableError (a duplicate name as ConfigError)."""
+        try:
+            with self._lock:
+                yield self._db()
+        except sqlite3.IntegrityError:
+            raise
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreUnavailableError(f"the key store {self.path} can't {action}: {type(exc).__name__}: {exc}") from None
+
+    def _pepper(self) -> str:
+        """Read once when the store was opened."""
+        return self._pepper_value
+
+    def _insert(self, record: KeyRecord, key_digest: str) -> None:
+        """One INSERT; the partial unique index refuses a second live key of one name, in any process."""
+        row = _row(record)
+        try:
+            with self._using("add a key") as db, immediate(db):
+                db.execute(f"INSERT INTO keys (digest, {', '.join(_COLUMNS)}) VALUES (?{', ?' * len(_COLUMNS)})", (key_digest, *row))
+        except sqlite3.IntegrityError:
+            raise ConfigError(f"the name {record.name!r} already has a live key: revoke it first") from None
+
+    def _by_digest(self, key_digest: str) -> tuple[str, KeyRecord] | None:
+        """One indexed SELECT."""
+        with self._using("look a key up") as db:
+            row = db.execute(f"SELECT digest, {', '.join(_COLUMNS)} FROM keys WHERE digest = ?", (key_digest,)).fetchone()
+        return None if row is None else (str(row[0]), _record(row[1:]))
+
+    def list(self) -> list[KeyRecord]:
+        """Every record, oldest first."""
+        with self._using("list keys") as db:
+            rows = db.execute(f"SELECT {', '.join(_COLUMNS)} FROM keys ORDER BY created_at, key_id").fetchall()
+        return [_record(row) for row in rows]
+
+    def _mark_revoked(self, record: KeyRecord) -> None:
+        """One UPDATE."""
+        with self._using("revoke a key") as db, immediate(db):
+            db.execute("UPDATE keys SET revoked = 1 WHERE key_id = ?", (record.key_id,))
+
+    def close(self) -> None:
+        """Close this process's connection."""
+        with self._lock:
+            if self._connection is not None and self._pid == os.getpid():
+                self._connection.close()
+            self._connection = None
+
+
+def _row(record: KeyRecord) -> tuple[Any, ...]:
+    """A record as the table's columns (models as JSON)."""
+    data = record.to_json()
+    data["models"] = json.dumps(data["models"])
+    data["revoked"] = int(record.revoked)
+    return tuple(data[name] for name in _COLUMNS)
+
+
+def _record(row: tuple[Any, ...] | list[Any]) -> KeyRecord:
+    """A record from the table's columns."""
+    data = dict(zip(_COLUMNS, row, strict=True))
+    data["models"] = json.loads(data["models"])
+    return KeyRecord.from_json(data)
+
+
+class RedisKeyStore(KeyStoreBase):
+    """Keys in Redis, shared by every proxy replica using the same URL and prefix."""
+
+    def __init__(self, url: str, *, admin_key: str | None = None, prefix: str = DEFAULT_PREFIX, timeout_s: float = REDIS_TIMEOUT_S) -> None:
+        super().__init__(admin_key)
+        try:
+            import redis
+        except ImportError as exc:
+            raise ConfigError("a redis:// key store needs the redis package: pip install 'blackbox-sdk[redis]'") from exc
+        self.url = redact_url(url)
+        self._prefix = prefix
+        self._hidden = sorted({text for text in (urlsplit(url).password or "", unquote(urlsplit(url).password or "")) if text}, key=len, reverse=True)
+        self._pepper_value: str | None = None
+        try:
+            self._client = redis.Redis.from_url(url, decode_responses=True, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        except ValueError as exc:
+            raise ConfigError(f"the key store URL {self.url} is not valid: {self._scrub(str(exc))}") from None
+        self._create = self._client.register_script(_CREATE)
+        self._revoke = self._client.register_script(_REVOKE)
+
+    def __repr__(self) -> str:
+        """The URL without its password."""
+        return f"RedisKeyStore({self.url!r})"
+
+    def _scrub(self, text: str) -> str:
+        """An error text with the URL's password taken out."""
+        for secret in self._hidden:
+            text = text.replace(secret, "***")
+        return text
+
+    @contextmanager
+    def _unavailable(self, action: str) -> Iterator[None]:
+        """Redis, socket and decoding errors as StoreUnavailableError, the password scrubbed, the cause not chained."""
+        import redis
+
+        try:
+            yield
+        except (redis.RedisError, OSError, ValueError, TypeError, KeyError) as exc:
+            detail = self._scrub(f"{type(exc).__name__}: {exc}")
+            raise StoreUnavailableError(f"the key store {self.url} can't {action}: {detail}") from None
+
+    def _pepper(self) -> str:
+        """The pepper, set once by whichever replica comes first, then read once per process."""
+        if self._pepper_value is None:
+            with self._unavailable("read its pepper"):
+                self._client.set(self._prefix + "pepper", new_pepper(), nx=True)
+                value = self._client.get(self._prefix + "pepper")
+                bytes.fromhex(value)
+                self._pepper_value = value
+        return self._pepper_value
+
+    def _insert(self, record: KeyRecord, key_digest: str) -> None:
+        """The create script: refused (0) when the name already has a live key."""
+        pairs = [item for name, value in record.to_json().items() for item in (name, json.dumps(value))]
+        keys = [f"{self._prefix}name:{record.name}", f"{self._prefix}id:{record.key_id}", f"{self._prefix}digest:{key_digest}", f"{self._prefix}ids"]
+        with self._unavailable("add a key"):
+            created = self._create(keys=keys, args=[record.key_id, repr(record.created_at), *pairs, "digest", json.dumps(key_digest)])
+        if created != 1:
+            raise ConfigError(f"the name {record.name!r} already has a live key: revoke it first")
+
+    def _by_digest(self, key_digest: str) -> tuple[str, KeyRecord] | None:
+        """The index, then the key's hash: two reads."""
+        with self._unavailable("look a key up"):
+            key_id = self._client.get(f"{self._prefix}digest:{key_digest}")
+            if key_id is None:
+                return None
+            fields = self._client.hgetall(f"{self._prefix}id:{key_id}")
+            return (json.loads(fields["digest"]), _from_hash(fields)) if fields else None
+
+    def list(self) -> list[KeyRecord]:
+        """Every record by creation time, read in one pipeline."""
+        with self._unavailable("list keys"):
+            ids = self._client.zrange(self._prefix + "ids", 0, -1)
+            pipe = self._client.pipeline(transaction=False)
+            for key_id in ids:
+                pipe.hgetall(f"{self._prefix}id:{key_id}")
+            return [_from_hash(fields) for fields in pipe.execute() if fields]
+
+    def _mark_revoked(self, record: KeyRecord) -> None:
+        """The revoke script: the record marked, its name freed if it still points at it."""
+        with self._unavailable("revoke a key"):
+            self._revoke(keys=[f"{self._prefix}id:{record.key_id}", f"{self._prefix}name:{record.name}"], args=[record.key_id])
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._client.close()
+
+
+def _from_hash(fields: dict[str, str]) -> KeyRecord:
+    """A record from its Redis hash (each field JSON; the digest left out)."""
+    return KeyRecord.from_json({name: json.loads(value) for name, value in fields.items() if name != "digest"})

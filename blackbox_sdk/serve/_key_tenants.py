@@ -1,0 +1,159 @@
+"""What a virtual key means for a call: the SDK options of its tenant, and the authenticator the app takes.
+
+    tenants = TenantOptions(TenantDefaults.from_proxy(cache=config.cache, budget=config.budget, rate_limit=config.rate_limit))
+    app = create_app(config, authenticate=key_authenticator(store, tenants))
+
+A tenant's spend is charged to a ledger of its own, named after it: a file ``<name>.sqlite3`` in
+the tenants' ledger folder, or the prefix ``<ledger_prefix>tenant:<name>:`` on the Redis ledger.
+That is how both of a key's caps hold with the Budget that exists: ``total_usd`` is the tenant's
+lifetime and ``per_day_usd`` its UTC day. A key revoked and created again under the same name
+keeps the tenant's spend. Its rate limits are a window per key (``per="key"``, the key being the
+tenant's name) in the proxy's rate-limit store, so replicas sharing a Redis store share it. A
+limit the record leaves out (None) leaves the proxy's own option for that call in place.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from .._exceptions import ConfigError
+from ..budget import Budget
+from ..cache import Cache
+from ..limits import RateLimits
+from ._keys import KeyRecord, KeyStore
+from ._tenants import Tenant
+
+DEFAULT_LEDGER_PREFIX = "blackbox:ledger:"
+# The proxy's [budget] fields a tenant's Budget keeps: prices and policy, not the proxy's own caps or ledger.
+INHERITED_BUDGET_FIELDS = (
+    "per_call_usd", "prices", "prices_file", "policy", "default_max_output_tokens", "min_output_tokens", "estimate_margin", "lease_s",
+)
+
+
+@dataclass(frozen=True)
+class TenantDefaults:
+    """Where tenants' budgets, rate windows and caches live, and the Budget options they all take."""
+
+    ledger: str | Path | None = None  # a folder of per-tenant SQLite ledgers, or a redis:// URL; None: private to this process
+    ledger_prefix: str = DEFAULT_LEDGER_PREFIX  # on Redis, each tenant's keys sit under <prefix>tenant:<name>:
+    budget_options: Mapping[str, Any] = field(default_factory=dict)  # Budget fields from INHERITED_BUDGET_FIELDS
+    rate_store: str | Path | None = None  # RateLimits' store: None (this process), an SQLite file or a redis:// URL
+    cache: str | Path | None = None  # the proxy's cache folder or redis:// URL; None: tenants get no cache of their own
+
+    @classmethod
+    def from_proxy(
+        cls, *, cache: str | Path | None = None, budget: Mapping[str, Any] | None = None, rate_limit: Mapping[str, Any] | None = None
+    ) -> TenantDefaults:
+        """Defaults from the proxy's configuration tables: its cache, its [budget] and its [rate_limit].
+
+        The tenants' ledgers sit beside the proxy's: the same Redis URL, or a folder ``<ledger stem>-tenants``
+        next to its SQLite file.
+        """
+        budget = dict(budget or {})
+        ledger = budget.get("ledger")
+        if ledger is not None and not (isinstance(ledger, str) and "://" in ledger):
+            path = Path(ledger).expanduser()
+            ledger = path.with_name(f"{path.stem}-tenants")
+        return cls(
+            ledger=ledger,
+            ledger_prefix=budget.get("ledger_prefix", DEFAULT_LEDGER_PREFIX),
+            budget_options={name: budget[name] for name in INHERITED_BUDGET_FIELDS if name in budget},
+            rate_store=(rate_limit or {}).get("store"),
+            cache=cache,
+        )
+
+    def tenant_ledger(self, name: str) -> tuple[str | Path | None, str]:
+        """The ledger and Redis prefix of one tenant's budget."""
+        prefix = f"{self.ledger_prefix}tenant:{name}:"
+        if self.ledger is None or (isinstance(self.ledger, str) and "://" in self.ledger):
+            return self.ledger, prefix
+        return Path(self.ledger).expanduser() / f"{name}.sqlite3", prefix
+
+
+def model_allowed(record: KeyRecord, model: object) -> bool:
+    """Whether the key may call ``model``: any model when its list is empty, else one of its names exactly."""
+    return not record.models or (isinstance(model, str) and model in record.models)
+
+
+def tenant_budget(record: KeyRecord, defaults: TenantDefaults) -> Budget | None:
+    """The key's caps as a Budget on the tenant's own ledger; None when the key sets no cap."""
+    if record.budget_usd is None and record.per_day_usd is None:
+        return None
+    ledger, prefix = defaults.tenant_ledger(record.name)
+    unknown = set(defaults.budget_options) - set(INHERITED_BUDGET_FIELDS)
+    if unknown:
+        raise ConfigError(f"a tenant's budget can't take {sorted(unknown)}: its caps come from its key")
+    return Budget(
+        **defaults.budget_options,
+        total_usd=record.budget_usd,
+        per_day_usd=record.per_day_usd,
+        key=record.name,
+        ledger=ledger,
+        ledger_prefix=prefix,
+    )
+
+
+def tenant_options(record: KeyRecord, defaults: TenantDefaults | None = None) -> dict[str, Any]:
+    """The SDK options of the key's calls (new objects each time: keep them per record, as TenantOptions does).
+
+    Always ``budget_key`` (the tenant's name: the ledger's key, the rate window's key, the log's key);
+    ``budget``, ``rate_limit``, ``reranker`` and ``cache`` only where the key or the defaults set them.
+    """
+    defaults = defaults or TenantDefaults()
+    options: dict[str, Any] = {"budget_key": record.name}
+    budget = tenant_budget(record, defaults)
+    if budget is not None:
+        options["budget"] = budget
+    if record.rpm is not None or record.tpm is not None:
+        options["rate_limit"] = RateLimits(rpm=record.rpm, tpm=record.tpm, per="key", store=defaults.rate_store)
+    if record.reranker is not None:
+        options["reranker"] = record.reranker
+    if defaults.cache is not None:
+        options["cache"] = Cache(defaults.cache, namespace=record.cache_namespace)
+    return options
+
+
+class TenantOptions:
+    """Each record's options, built once: a rate window in this process and a ledger stay open across calls,
+    and the app's per-tenant client copy is reused while a key is unchanged."""
+
+    def __init__(self, defaults: TenantDefaults | None = None) -> None:
+        self.defaults = defaults or TenantDefaults()
+        self._built: dict[KeyRecord, Mapping[str, Any]] = {}
+        self._lock = threading.Lock()
+
+    def options(self, record: KeyRecord) -> Mapping[str, Any]:
+        """The options of ``record``'s calls (the same object every time for the same record)."""
+        with self._lock:
+            built = self._built.get(record)
+            if built is None:
+                built = self._built[record] = MappingProxyType(tenant_options(record, self.defaults))
+            return built
+
+    def close(self) -> None:
+        """Close the caches and rate windows opened for tenants."""
+        with self._lock:
+            built, self._built = list(self._built.values()), {}
+        for options in built:
+            for name in ("cache", "rate_limit"):
+                if name in options:
+                    options[name].close()
+
+
+def key_authenticator(store: KeyStore, tenants: TenantOptions) -> Callable[[str | None], Tenant | None]:
+    """The app's ``authenticate``: a presented key -> its Tenant, or None (401). A store that is down raises
+    StoreUnavailableError, which the app answers with 503: a request is never let through unauthenticated."""
+
+    def authenticate(presented: str | None) -> Tenant | None:
+        """The live key's tenant, with its models and options."""
+        record = store.lookup(presented)
+        if record is None:
+            return None
+        return Tenant(name=record.name, models=record.models, options=tenants.options(record))
+
+    return authenticate

@@ -1,0 +1,162 @@
+"""The proxy's routes: each reads and checks the request, hands it to the SDK's `AsyncOpenAI`, and
+answers with the pure OpenAI body and the `x-blackbox-*` headers.
+
+    POST /v1/chat/completions, /v1/completions   whole or streamed (SSE)
+    POST /v1/embeddings
+    GET  /v1/models
+    POST /v1/feedback                           {"call_id", "label" | "preferred" | "reward" | "reference" | "note"}
+    GET  /healthz, /readyz
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import wraps
+from typing import Any
+
+import openai.resources as oai
+from openai.resources.chat import completions as oai_chat
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .._exceptions import ConfigError
+from ._body import call_arguments, parse_object, read_body, required
+from ._errors import ProxyError, error_response
+from ._sse import EventStream, events
+from ._state import Proxy
+
+Handler = Callable[[Request], Awaitable[Response]]
+FEEDBACK_FIELDS = frozenset({"label", "preferred", "reward", "reference", "note"})
+
+
+def blackbox_headers(info: Any, *, settled: bool = True) -> dict[str, str]:
+    """The `x-blackbox-*` headers: call id, cache hit, and the cost once it is settled (a live stream's is not yet)."""
+    headers = {"x-blackbox-call-id": info.call_id, "x-blackbox-cache-hit": "true" if info.cache_hit else "false"}
+    if settled or info.cache_hit:
+        headers["x-blackbox-cost-usd"] = f"{info.cost_usd:.9f}"
+    return headers
+
+
+def guarded(handler: Handler) -> Handler:
+    """Any error becomes OpenAI's JSON error body with its status (`_errors.describe`)."""
+
+    @wraps(handler)
+    async def guard(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except Exception as exc:  # noqa: BLE001 - every failure is answered in OpenAI's error format
+            return error_response(exc)
+
+    return guard
+
+
+@dataclass(frozen=True)
+class Generating:
+    """A generating route: the fields it requires, openai's `create` (its arguments) and how the client calls it."""
+
+    required: tuple[str, ...]
+    signature: Callable[..., Any]
+    call: Callable[[Any, dict[str, Any]], Awaitable[Any]]
+
+
+CHAT = Generating(("model", "messages"), oai_chat.AsyncCompletions.create, lambda client, a: client.chat.completions.create(**a))
+COMPLETIONS = Generating(("model", "prompt"), oai.AsyncCompletions.create, lambda client, a: client.completions.create(**a))
+EMBEDDINGS = Generating(("model", "input"), oai.AsyncEmbeddings.create, lambda client, a: client.embeddings.create(**a))
+
+
+async def _request_json(proxy: Proxy, request: Request) -> dict[str, Any]:
+    """The request's body as a JSON object, within the proxy's size and time limits."""
+    return parse_object(await read_body(request, proxy.config.max_body_bytes, proxy.config.body_timeout_s))
+
+
+def generating(route: Generating) -> Handler:
+    """The handler of one generating route."""
+
+    @guarded
+    async def handle(request: Request) -> Response:
+        proxy: Proxy = request.app.state.proxy
+        tenant = await proxy.tenant(request)
+        body = await _request_json(proxy, request)
+        required(body, *route.required)
+        if tenant is not None:
+            tenant.check_model(body["model"])
+        client = proxy.client_for(tenant)
+        result = await route.call(client, call_arguments(body, route.signature))
+        if body.get("stream") is True and hasattr(result, "__aiter__"):
+            return EventStream(events(result), blackbox_headers(result.blackbox, settled=False))
+        content = result.model_dump_json(exclude_unset=True, warnings=False)  # base64 embeddings are strings
+        return Response(content, media_type="application/json", headers=blackbox_headers(result.blackbox))
+
+    return handle
+
+
+@guarded
+async def models(request: Request) -> Response:
+    """GET /v1/models: the upstream's models (those the key may use)."""
+    proxy: Proxy = request.app.state.proxy
+    tenant = await proxy.tenant(request)
+    page = await proxy.client_for(None).models.list()
+    data = [model.model_dump(exclude_unset=True) for model in page.data if tenant is None or not tenant.models or model.id in tenant.models]
+    return JSONResponse({"object": "list", "data": data})
+
+
+@guarded
+async def feedback(request: Request) -> Response:
+    """POST /v1/feedback: feedback on a call, into the same call log as the call (the Python API's `feedback`)."""
+    proxy: Proxy = request.app.state.proxy
+    tenant = await proxy.tenant(request)
+    body = await _request_json(proxy, request)
+    required(body, "call_id")
+    call_id = body.pop("call_id")
+    unknown = sorted(set(body) - FEEDBACK_FIELDS)
+    if not isinstance(call_id, str) or unknown:
+        raise ProxyError(400, f"feedback takes a string call_id and some of {sorted(FEEDBACK_FIELDS)}; got {unknown or call_id!r}")
+    client = proxy.client_for(tenant)
+    await run_in_threadpool(_record_feedback, client, None if tenant is None else tenant.name, call_id, body)
+    return JSONResponse({"object": "feedback", "call_id": call_id, "recorded": True})
+
+
+def _record_feedback(client: Any, owner: str | None, call_id: str, fields: dict[str, Any]) -> None:
+    """Record feedback; a tenant may only rate its own calls (another's is reported as unknown)."""
+    log = client.options.log
+    if log is None:
+        raise ConfigError("the proxy has no call log to record feedback in: set log in its configuration")
+    if owner is not None:
+        log.flush()
+        try:
+            theirs = log.get(call_id).key != owner
+        except ConfigError:
+            theirs = True
+        if theirs:
+            raise ProxyError(404, f"no call {call_id!r} in the log", param="call_id", code="call_not_found")
+    try:
+        client.feedback(call_id, **fields)
+    except TypeError as error:
+        raise ProxyError(400, f"bad feedback: {error}") from None
+
+
+async def healthz(request: Request) -> Response:
+    """GET /healthz: the process answers."""
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    """GET /readyz: 200 once the upstream client is built, 503 before (or when building it failed)."""
+    proxy: Proxy = request.app.state.proxy
+    if proxy.ready:
+        return JSONResponse({"status": "ready"})
+    return JSONResponse({"status": "failed" if proxy.failure else "starting", "error": proxy.failure}, status_code=503)
+
+
+ROUTES = [
+    Route("/v1/chat/completions", generating(CHAT), methods=["POST"]),
+    Route("/v1/completions", generating(COMPLETIONS), methods=["POST"]),
+    Route("/v1/embeddings", generating(EMBEDDINGS), methods=["POST"]),
+    Route("/v1/models", models, methods=["GET"]),
+    Route("/v1/feedback", feedback, methods=["POST"]),
+    Route("/healthz", healthz, methods=["GET"]),
+    Route("/readyz", readyz, methods=["GET"]),
+]

@@ -1,0 +1,90 @@
+"""Running the proxy: `serve(config)` under uvicorn (graceful shutdown finishes in-flight streams),
+and the `blackbox-sdk serve` command's arguments."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from starlette.routing import BaseRoute
+
+from .._client import is_loopback_host
+from .._exceptions import BlackBoxError, ConfigError
+from ._app import create_app
+from ._config import ProxyConfig, load_config
+from ._tenants import Authenticate
+
+
+def check_exposure(config: ProxyConfig, authenticate: Authenticate | None) -> None:
+    """Without tenant keys the proxy listens on loopback only, unless `open_without_keys` says otherwise."""
+    if authenticate is None and not config.open_without_keys and not is_loopback_host(config.host):
+        raise ConfigError(
+            f"no key store is configured, so anyone reaching {config.host} could spend the upstream's budget: "
+            "listen on 127.0.0.1, or set open_without_keys = true (--open-without-keys) to allow it"
+        )
+
+
+def serve(
+    config: ProxyConfig, *, authenticate: Authenticate | None = None, routes: Sequence[BaseRoute] = (), graceful_timeout_s: float | None = None
+) -> None:
+    """Run the proxy until interrupted; on SIGINT/SIGTERM uvicorn stops accepting and finishes the streams in flight."""
+    import uvicorn
+
+    check_exposure(config, authenticate)
+    app = create_app(config, authenticate=authenticate, routes=routes)
+    uvicorn.run(app, host=config.host, port=config.port, log_level="info", timeout_graceful_shutdown=graceful_timeout_s)
+
+
+def _parser() -> argparse.ArgumentParser:
+    """The `serve` command's flags (each overrides the configuration file)."""
+    parser = argparse.ArgumentParser(prog="blackbox-sdk serve", description="An OpenAI-compatible proxy over the SDK's cache, budgets, log and reranking.")
+    parser.add_argument("--config", help="a TOML file with the proxy's configuration (docs/proxy.md)")
+    parser.add_argument("--upstream", help="an http(s) URL, hf:/path/model.gguf, or left out: the embedded model")
+    parser.add_argument("--upstream-api-key-env", help="the environment variable holding the upstream's API key")
+    parser.add_argument("--host", help="the address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="the port to listen on (default 8000)")
+    parser.add_argument("--cache", help="a cache folder or redis:// URL")
+    parser.add_argument("--log", help="the call log: an SQLite file or a postgresql:// URL")
+    parser.add_argument("--reranker", help="an adapter folder: rerank every sampled answer")
+    parser.add_argument("--max-body-bytes", type=int, help="larger request bodies are refused with 413 (default 4 MiB)")
+    parser.add_argument("--open-without-keys", action="store_true", default=None, help="listen beyond loopback with no tenant keys")
+    parser.add_argument("--keys", help="the tenant key store (an SQLite file or redis:// URL): every request needs a key from it")
+    parser.add_argument("--graceful-timeout", type=float, help="seconds to let in-flight requests finish on shutdown (default: no limit)")
+    return parser
+
+
+FLAGS = ("upstream", "upstream_api_key_env", "host", "port", "cache", "log", "reranker", "max_body_bytes", "open_without_keys", "keys")
+
+
+def cli_main(argv: Sequence[str]) -> int:
+    """`blackbox-sdk serve ...`: load the configuration, apply the flags, serve until interrupted.
+    Exit status 0, 1 for an SDK error (printed on stderr), 2 for a usage error."""
+    options = _parser().parse_args(list(argv))
+    try:
+        config = load_config(options.config, **{name: getattr(options, name) for name in FLAGS})
+        if config.keys is None:
+            serve(config, graceful_timeout_s=options.graceful_timeout)
+        else:
+            _serve_with_keys(config, options.graceful_timeout)
+    except BlackBoxError as exc:
+        print(f"blackbox-sdk serve: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _serve_with_keys(config: ProxyConfig, graceful_timeout_s: float | None) -> None:
+    """Serve with the tenant keys of `config.keys`: each request authenticated, the /admin/keys routes mounted."""
+    from ._admin import admin_routes
+    from ._key_stores import open_key_store
+    from ._key_tenants import TenantDefaults, TenantOptions, key_authenticator
+
+    store = open_key_store(config.keys)
+    tenants = TenantOptions(TenantDefaults.from_proxy(cache=config.cache, budget=config.budget, rate_limit=config.rate_limit))
+    try:
+        serve(config, authenticate=key_authenticator(store, tenants), routes=admin_routes(store), graceful_timeout_s=graceful_timeout_s)
+    finally:
+        tenants.close()
+        close = getattr(store, "close", None)
+        if close is not None:
+            close()

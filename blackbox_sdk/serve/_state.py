@@ -1,0 +1,72 @@
+"""The proxy's running state: its configuration, the SDK client it serves with (built in the
+background, so /healthz answers at once and /readyz says when the upstream client is ready), the
+tenants' copies of that client, and who a request speaks for."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+
+from .._logging import logger
+from .._redact import redact_text
+from ._config import ProxyConfig
+from ._errors import ProxyError
+from ._tenants import (
+    Authenticate,
+    Tenant,
+    TenantClients,
+    presented_key,
+    refuse_unknown_key,
+)
+
+
+class Proxy:
+    """One proxy: configuration, the SDK's `AsyncOpenAI` once built, and the key check."""
+
+    def __init__(self, config: ProxyConfig, options: dict[str, Any], authenticate: Authenticate | None) -> None:
+        self.config = config
+        self.authenticate = authenticate
+        self.failure: str | None = None
+        self._options = options
+        self._clients: TenantClients | None = None
+
+    @property
+    def ready(self) -> bool:
+        """Whether the upstream client is built."""
+        return self._clients is not None
+
+    async def start(self) -> None:
+        """Build the SDK client (loading a local model can take a while: off the event loop)."""
+        from .._client import AsyncOpenAI
+
+        try:
+            client = await run_in_threadpool(lambda: AsyncOpenAI(**self._options))
+        except Exception as error:  # noqa: BLE001 - reported by /readyz and the log; the process keeps answering
+            self.failure = redact_text(f"{type(error).__name__}: {error}")
+            logger.error("proxy: the upstream client could not be built: %s", self.failure)
+            return
+        self._clients = TenantClients(client)
+
+    async def close(self) -> None:
+        """Close the client and what it opened (caches, logs, ledgers)."""
+        if self._clients is not None:
+            await self._clients.client(None).close()
+            self._clients = None
+
+    async def tenant(self, request: Request) -> Tenant | None:
+        """Who the request speaks for (None without a key store); 401 for a missing or unknown key."""
+        if self.authenticate is None:
+            return None
+        presented = presented_key(request)
+        tenant = await run_in_threadpool(self.authenticate, presented)
+        if tenant is None:
+            raise refuse_unknown_key(presented)
+        return tenant
+
+    def client_for(self, tenant: Tenant | None) -> Any:
+        """The client serving this tenant; 503 while the upstream client is still being built."""
+        if self._clients is None:
+            raise ProxyError(503, self.failure or "the proxy is starting: the upstream client is not ready yet", kind="server_error", code="not_ready")
+        return self._clients.client(tenant)

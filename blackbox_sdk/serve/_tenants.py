@@ -1,0 +1,77 @@
+"""Tenants: who a request speaks for, and the seam a key store plugs into.
+
+`authenticate(presented_key)` is called with the bearer key a request presents (None when it
+presents none) and returns the `Tenant` it speaks for, or None to refuse the request with 401. The
+app takes it as `create_app(config, authenticate=...)`; without one, the proxy has no tenant keys
+(every request is the proxy's own) and `serve` listens on loopback only unless told otherwise.
+A tenant's calls run on a copy of the proxy's client with the tenant's SDK options on top and
+`budget_key` set to its name, so budgets per key, rate limits per key and the log's key all see it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.requests import Request
+
+from ._errors import ProxyError
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """A virtual key's tenant: its name (the budget key and the log's key), the models it may use
+    (empty: all) and SDK options for its calls (`budget`, `rate_limit`, `reranker`, `cache`, ...)."""
+
+    name: str
+    models: tuple[str, ...] = ()
+    options: Mapping[str, Any] = field(default_factory=dict)  # keep the same objects for an unchanged key: they are compared
+
+    def check_model(self, model: Any) -> None:
+        """404 (OpenAI's answer for a model the key can't use) when the tenant may not use `model`."""
+        if self.models and model not in self.models:
+            raise ProxyError(404, f"The model `{model}` does not exist or you do not have access to it.", code="model_not_found", param="model")
+
+
+Authenticate = Callable[[str | None], Tenant | None]  # presented key (None: none presented) -> its tenant, or None: 401
+
+
+def presented_key(request: Request) -> str | None:
+    """The bearer key of `Authorization: Bearer ...` (or `api-key:`, as Azure clients send it); None when absent."""
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return request.headers.get("api-key") or None
+
+
+def refuse_unknown_key(presented: str | None) -> ProxyError:
+    """The 401 for a missing or unknown key (the key itself is never echoed)."""
+    if presented is None:
+        return ProxyError(401, "You didn't provide an API key: send it as 'Authorization: Bearer KEY'.", code="missing_api_key")
+    return ProxyError(401, "Incorrect API key provided.", code="invalid_api_key")
+
+
+class TenantClients:
+    """A client per tenant: a copy of the proxy's client with the tenant's options, built once and
+    rebuilt only when the tenant's options change."""
+
+    def __init__(self, base: Any) -> None:
+        self._base = base
+        self._copies: dict[str, tuple[Mapping[str, Any], Any]] = {}
+        self._lock = threading.Lock()
+
+    def client(self, tenant: Tenant | None) -> Any:
+        """The client that serves `tenant` (the proxy's own without one)."""
+        if tenant is None:
+            return self._base
+        with self._lock:
+            held = self._copies.get(tenant.name)
+            if held is not None and held[0] == tenant.options:
+                return held[1]
+        copy = self._base.with_options(**{**tenant.options, "budget_key": tenant.name})
+        with self._lock:
+            self._copies[tenant.name] = (tenant.options, copy)
+        return copy

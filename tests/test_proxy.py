@@ -1,0 +1,421 @@
+"""`blackbox-sdk serve`: the proxy in front of the real llama.cpp server (and the real `hf:` backend
+for embeddings), called by the openai client with only `base_url` changed, and by raw HTTP."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import openai
+import pytest
+import uvicorn
+from openai.types import Completion, CreateEmbeddingResponse
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+from blackbox_sdk import Budget, CallLog, ConfigError
+from blackbox_sdk.local import free_port
+from blackbox_sdk.serve import ProxyConfig, Tenant, create_app, load_config
+
+pytestmark = pytest.mark.slow
+
+MODEL = "smollm2"
+PRICES = {MODEL: {"input": 1000.0, "output": 1000.0}}  # $1000 per million tokens: a call costs cents
+HELLO = [{"role": "user", "content": "Say hello in three words."}]
+START_TIMEOUT_S = 120.0
+
+
+class Proxy:
+    """The proxy app under uvicorn in a thread of this process, on a free loopback port."""
+
+    def __init__(self, config: ProxyConfig, **app: Any) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.base_url = f"{self.url}/v1"
+        settings = uvicorn.Config(create_app(config, **app), host="127.0.0.1", port=self.port, log_level="warning")
+        self.server = uvicorn.Server(settings)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> Proxy:
+        self.thread.start()
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:  # until the upstream client is built (/readyz)
+            try:
+                if httpx2.get(f"{self.url}/readyz", timeout=5).status_code == 200:
+                    return self
+            except httpx2.TransportError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("the proxy did not become ready")
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=60)
+
+    def client(self, **kwargs: Any) -> openai.OpenAI:
+        """The openai package's own client, pointed at the proxy."""
+        return openai.OpenAI(base_url=self.base_url, api_key=kwargs.pop("api_key", "sk-unused"), **kwargs)
+
+    def post(self, path: str, content: bytes, **headers: str) -> httpx2.Response:
+        """A raw POST (bodies the openai client would never send)."""
+        return httpx2.post(f"{self.base_url}{path}", content=content, headers={"content-type": "application/json", **headers}, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("proxy")
+
+
+@pytest.fixture(scope="module")
+def proxy(llama_server: str, folder: Path) -> Iterator[Proxy]:
+    """The proxy with a cache, a call log and a budget (priced, so costs show) in front of llama.cpp."""
+    budget = {"total_usd": 100.0, "prices": PRICES, "ledger": str(folder / "ledger.db")}
+    config = ProxyConfig(upstream=llama_server, cache=str(folder / "cache"), log=str(folder / "calls.db"), budget=budget, body_timeout_s=1.0)
+    with Proxy(config) as running:
+        yield running
+
+
+def _log(folder: Path) -> CallLog:
+    return CallLog(folder / "calls.db")
+
+
+def _spent(folder: Path) -> float:
+    return Budget(prices=PRICES, ledger=str(folder / "ledger.db")).report().spent_usd
+
+
+def test_sync_chat_and_legacy_completions_through_the_openai_client(proxy: Proxy) -> None:
+    client = proxy.client()
+    completion = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=8, temperature=0)
+    assert isinstance(completion, ChatCompletion) and completion.choices[0].message.content
+    assert completion.usage is not None and completion.usage.completion_tokens > 0
+    text = client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=4, temperature=0)
+    assert isinstance(text, Completion) and text.choices[0].text
+
+
+async def test_async_create_and_stream_through_the_openai_client(proxy: Proxy) -> None:
+    client = openai.AsyncOpenAI(base_url=proxy.base_url, api_key="sk-unused")
+    messages = [{"role": "user", "content": "Name a colour."}]
+    whole = await client.chat.completions.create(model=MODEL, messages=messages, max_tokens=6, temperature=0)
+    assert isinstance(whole, ChatCompletion)
+    stream = await client.chat.completions.create(model=MODEL, messages=messages, max_tokens=6, temperature=0, stream=True)
+    text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+    assert text == whole.choices[0].message.content
+    await client.close()
+
+
+def test_a_stream_is_openai_chunks_with_usage_when_asked(proxy: Proxy) -> None:
+    stream = proxy.client().chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Count to three."}], max_tokens=8, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = list(stream)
+    assert chunks and all(isinstance(c, ChatCompletionChunk) for c in chunks)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+    assert stream.response.headers["x-blackbox-call-id"].startswith("bb-")
+
+
+def test_raw_response_headers_and_a_repeat_is_a_free_cache_hit(proxy: Proxy, folder: Path) -> None:
+    client = proxy.client()
+    ask: dict[str, Any] = {"model": MODEL, "messages": [{"role": "user", "content": "Name a river."}], "max_tokens": 6, "temperature": 0}
+    first = client.chat.completions.with_raw_response.create(**ask)
+    second = client.chat.completions.with_raw_response.create(**ask)
+    assert first.headers["x-blackbox-cache-hit"] == "false" and float(first.headers["x-blackbox-cost-usd"]) > 0
+    assert second.headers["x-blackbox-cache-hit"] == "true" and float(second.headers["x-blackbox-cost-usd"]) == 0
+    assert first.parse().choices[0].message.content == second.parse().choices[0].message.content
+    assert "blackbox" not in json.loads(first.text)  # the body is pure OpenAI JSON
+    log = _log(folder)
+    log.flush()
+    assert log.get(first.headers["x-blackbox-call-id"]).cost_usd == pytest.approx(float(first.headers["x-blackbox-cost-usd"]), abs=1e-9)
+    assert log.get(second.headers["x-blackbox-call-id"]).cache_hit is True
+
+
+def test_feedback_lands_in_the_same_call_log(proxy: Proxy, folder: Path) -> None:
+    raw = proxy.client().chat.completions.with_raw_response.create(model=MODEL, messages=HELLO, max_tokens=4)
+    call_id = raw.headers["x-blackbox-call-id"]
+    answer = proxy.post("/feedback", json.dumps({"call_id": call_id, "label": "correct", "reference": "hello there friend"}).encode())
+    assert answer.status_code == 200 and answer.json()["recorded"] is True
+    [given] = _log(folder).feedback_for(call_id)
+    assert given.label == "correct" and given.reference == "hello there friend"
+    unknown = proxy.post("/feedback", json.dumps({"call_id": "bb-nope", "label": "correct"}).encode())
+    assert unknown.status_code == 400 and unknown.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_models_lists_the_upstreams(proxy: Proxy) -> None:
+    assert MODEL in [model.id for model in proxy.client().models.list().data]
+
+
+def test_a_raw_sse_stream_is_openais_event_format(proxy: Proxy) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=60)
+    body = {"model": MODEL, "messages": HELLO, "max_tokens": 6, "stream": True}
+    connection.request("POST", "/v1/chat/completions", body=json.dumps(body), headers={"content-type": "application/json"})
+    response = connection.getresponse()
+    raw = response.read().decode()
+    connection.close()
+    assert response.status == 200 and response.getheader("content-type", "").startswith("text/event-stream")
+    events = raw.split("\n\n")
+    assert events[-2:] == ["data: [DONE]", ""]
+    assert all(event.startswith("data: {") for event in events[:-2]) and len(events) > 3
+    assert json.loads(events[0][len("data: "):])["object"] == "chat.completion.chunk"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "param"),
+    [
+        pytest.param(b'{"model": "smollm2", "messages": [', 400, None, id="malformed-json"),
+        pytest.param(b"[1, 2]", 400, None, id="not-an-object"),
+        pytest.param(json.dumps({"model": MODEL, "messages": HELLO, "n": 0}).encode(), 400, "n", id="n=0"),
+        pytest.param(json.dumps({"model": MODEL}).encode(), 400, "messages", id="no-messages"),
+        pytest.param(json.dumps({"model": MODEL, "messages": HELLO, "budget": None}).encode(), 400, "budget", id="an-sdk-option"),
+        pytest.param(b'{"model": "smollm2", "messages": "' + b"x" * (10 * 1024 * 1024) + b'"}', 413, None, id="10MB"),
+    ],
+)
+def test_bad_requests_get_openai_errors_and_reach_nothing(proxy: Proxy, folder: Path, body: bytes, status: int, param: str | None) -> None:
+    log = _log(folder)
+    log.flush()
+    calls, spent = len(list(log.calls())), _spent(folder)
+    answer = proxy.post("/chat/completions", body)
+    assert answer.status_code == status
+    error = answer.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"] and error["param"] == param
+    log.flush()
+    assert len(list(log.calls())) == calls and _spent(folder) == spent  # nothing sent, nothing charged
+    assert httpx2.get(f"{proxy.url}/healthz").status_code == 200  # and the proxy keeps serving
+
+
+def test_the_openai_client_raises_its_own_errors_and_unknown_routes_are_404(proxy: Proxy) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        proxy.client().chat.completions.create(model=MODEL, messages=HELLO, n=0)
+    assert refused.value.body["param"] == "n"  # type: ignore[index]
+    unknown = httpx2.post(f"{proxy.base_url}/nothing/here", json={})
+    assert unknown.status_code == 404 and unknown.json()["error"]["message"] == "Invalid URL (POST /v1/nothing/here)"
+
+
+def test_a_budget_that_runs_out_answers_429_insufficient_quota_without_retries(llama_server: str, tmp_path: Path) -> None:
+    budget = {"total_usd": 0.2, "prices": PRICES, "ledger": str(tmp_path / "ledger.db")}
+    config = ProxyConfig(upstream=llama_server, budget=budget, log=str(tmp_path / "calls.db"))
+    with Proxy(config) as running:
+        client = running.client(max_retries=3)
+        with pytest.raises(openai.RateLimitError) as refused:
+            for _ in range(20):
+                client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=16)
+        assert refused.value.status_code == 429 and refused.value.code == "insufficient_quota"
+        assert refused.value.response.headers["x-should-retry"] == "false"
+        calls = len(list(CallLog(tmp_path / "calls.db").calls()))
+    report = Budget(prices=PRICES, ledger=str(tmp_path / "ledger.db")).report()
+    assert 0 < report.spent_usd <= 0.2 and report.outstanding_reservations == 0
+    assert calls >= 2  # the calls made, and the refusal, each logged once: openai's client did not retry it
+
+
+def test_a_rate_limit_answers_429_with_retry_after(llama_server: str) -> None:
+    with Proxy(ProxyConfig(upstream=llama_server, rate_limit={"rpm": 1})) as running:
+        running.client().chat.completions.create(model=MODEL, messages=HELLO, max_tokens=2)
+        answer = running.post("/chat/completions", json.dumps({"model": MODEL, "messages": HELLO, "max_tokens": 2}).encode())
+    assert answer.status_code == 429 and answer.json()["error"]["code"] == "rate_limit_exceeded"
+    assert int(answer.headers["retry-after"]) >= 1
+
+
+def test_tenant_keys_through_the_authenticate_seam(llama_server: str, tmp_path: Path) -> None:
+    team = Tenant("team-a", models=(MODEL,))
+    config = ProxyConfig(upstream=llama_server, log=str(tmp_path / "calls.db"))
+    with Proxy(config, authenticate=lambda key: team if key == "sk-team-a" else None) as running:
+        missing = running.post("/chat/completions", json.dumps({"model": MODEL, "messages": HELLO}).encode())
+        with pytest.raises(openai.AuthenticationError):
+            running.client(api_key="sk-wrong").chat.completions.create(model=MODEL, messages=HELLO)
+        with pytest.raises(openai.NotFoundError):
+            running.client(api_key="sk-team-a").chat.completions.create(model="gpt-4o", messages=HELLO)
+        raw = running.client(api_key="sk-team-a").chat.completions.with_raw_response.create(model=MODEL, messages=HELLO, max_tokens=4)
+    assert missing.status_code == 401 and missing.json()["error"]["code"] == "missing_api_key"
+    [record] = CallLog(tmp_path / "calls.db").calls()
+    assert record.call_id == raw.headers["x-blackbox-call-id"] and record.key == "team-a"
+
+
+def test_embeddings_through_the_proxy_on_a_local_model(gguf_path: Path) -> None:
+    with Proxy(ProxyConfig(upstream=f"hf:{gguf_path}")) as running:
+        raw = running.client().embeddings.with_raw_response.create(model=MODEL, input=["a cat", "a dog"])
+    embedded = raw.parse()
+    assert isinstance(embedded, CreateEmbeddingResponse) and len(embedded.data) == 2 and len(embedded.data[0].embedding) > 8
+    assert raw.headers["x-blackbox-call-id"].startswith("bb-")
+
+
+def _raw_exchange(port: int, head: bytes, pieces: list[bytes]) -> bytes:
+    """Send a request's head and some body pieces on a socket, never finishing the body; the reply's first bytes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(head)
+        for piece in pieces:
+            sock.sendall(piece)
+        reply = b""
+        while b"\r\n\r\n" not in reply or len(reply.partition(b"\r\n\r\n")[2]) < _length(reply):
+            received = sock.recv(65536)
+            if not received:
+                break
+            reply += received
+        return reply
+
+
+def _length(reply: bytes) -> int:
+    """The content-length a reply's head declares."""
+    for line in reply.partition(b"\r\n\r\n")[0].split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    return 0
+
+
+def test_a_chunked_body_over_the_limit_is_refused_before_it_ends(proxy: Proxy) -> None:
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: proxy\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    megabyte = b" " * (1024 * 1024)
+    pieces = [b"%x\r\n%s\r\n" % (len(megabyte), megabyte)] * 4 + [b"10\r\n" + b" " * 16 + b"\r\n"]
+    reply = _raw_exchange(proxy.port, head, pieces)  # the body never ends: the answer comes at the limit
+    assert reply.startswith(b"HTTP/1.1 413") and b"request_too_large" in reply
+
+
+def test_a_client_that_stalls_mid_body_gets_408(proxy: Proxy) -> None:
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: proxy\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+    reply = _raw_exchange(proxy.port, head, [b'{"model": "smollm2", '])
+    assert reply.startswith(b"HTTP/1.1 408") and b"request_timeout" in reply
+
+
+def test_a_client_that_leaves_mid_stream_is_settled_and_logged(proxy: Proxy, folder: Path) -> None:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Tell a long story about a fox."}], "max_tokens": 400, "stream": True}
+    with httpx2.stream("POST", f"{proxy.base_url}/chat/completions", json=body, timeout=60) as response:
+        call_id = response.headers["x-blackbox-call-id"]
+        assert "x-blackbox-cost-usd" not in response.headers  # a live stream's cost is not known yet
+        next(response.iter_bytes())
+    log = _log(folder)
+    deadline = time.monotonic() + 60
+    record = None
+    while record is None and time.monotonic() < deadline:
+        log.flush()
+        record = next((r for r in log.calls() if r.call_id == call_id), None)
+        time.sleep(0.05)
+    assert record is not None and "closed before its end" in (record.error or "")
+    assert 0 < record.cost_usd < 400 * PRICES[MODEL]["output"] / 1e6  # settled at what was sent, not the worst case
+    assert Budget(prices=PRICES, ledger=str(folder / "ledger.db")).report().outstanding_reservations == 0
+
+
+def test_an_upstream_that_is_down_is_502_and_one_that_hangs_is_504() -> None:
+    with socket.socket() as silent:  # accepts connections (the kernel does) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        hanging = f"http://127.0.0.1:{silent.getsockname()[1]}/v1"
+        for upstream, status in ((f"http://127.0.0.1:{free_port()}/v1", 502), (hanging, 504)):
+            with Proxy(ProxyConfig(upstream=upstream, max_retries=0, timeout_s=0.5)) as running:
+                with pytest.raises(openai.APIStatusError) as failed:
+                    running.client(max_retries=0).chat.completions.create(model=MODEL, messages=HELLO, max_tokens=2)
+            assert failed.value.status_code == status and failed.value.body["type"] == "upstream_error"  # type: ignore[index]
+
+
+def test_an_upstream_refusal_passes_with_its_status(proxy: Proxy) -> None:
+    answer = proxy.post("/chat/completions", json.dumps({"model": MODEL, "messages": HELLO, "max_tokens": 2, "top_k": "many"}).encode())
+    assert answer.status_code == 500  # llama.cpp's own answer to a field the proxy passed on (in extra_body)
+    error = answer.json()["error"]
+    assert "top_k" in error["message"]  # the upstream's own error, not the proxy's 500
+
+
+def test_a_repeated_stream_is_replayed_from_the_cache_for_free(proxy: Proxy) -> None:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Name a mountain."}], "max_tokens": 6, "temperature": 0, "stream": True}
+    replies = []
+    for _ in range(2):
+        with httpx2.stream("POST", f"{proxy.base_url}/chat/completions", json=body, timeout=60) as response:
+            replies.append((dict(response.headers), response.read().decode()))
+    (live, first), (replay, second) = replies
+    assert live["x-blackbox-cache-hit"] == "false" and "x-blackbox-cost-usd" not in live
+    assert replay["x-blackbox-cache-hit"] == "true" and float(replay["x-blackbox-cost-usd"]) == 0
+    assert second.endswith("data: [DONE]\n\n")
+
+    def text(events: str) -> str:
+        chunks = [json.loads(line[len("data: "):]) for line in events.split("\n\n") if line.startswith("data: {")]
+        return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+
+    assert text(first) == text(second) != ""
+
+
+def test_a_graceful_shutdown_lets_a_stream_in_flight_finish(llama_server: str, tmp_path: Path) -> None:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Tell a story."}], "max_tokens": 48, "stream": True}
+    running = Proxy(ProxyConfig(upstream=llama_server, log=str(tmp_path / "calls.db"))).__enter__()
+    with httpx2.stream("POST", f"{running.base_url}/chat/completions", json=body, timeout=60) as response:
+        events = response.iter_bytes()
+        received = next(events)
+        running.server.should_exit = True  # as SIGTERM does
+        received += b"".join(events)
+    running.thread.join(timeout=60)
+    assert received.endswith(b"data: [DONE]\n\n") and not running.thread.is_alive()
+    [record] = CallLog(tmp_path / "calls.db").calls()
+    assert record.error is None and record.call_id == response.headers["x-blackbox-call-id"]
+
+
+def test_an_upstream_refusing_the_proxys_key_is_502_and_the_key_stays_inside(monkeypatch: pytest.MonkeyPatch) -> None:
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen: list[str] = []
+    refusal = json.dumps({"error": {"message": "Incorrect API key provided: sk-upstream-...cret", "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}}).encode()
+
+    class Refusing(BaseHTTPRequestHandler):  # a fault double: an upstream that rejects the proxy's key
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            seen.append(self.headers.get("Authorization", ""))
+            self.send_response(401)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(refusal)))
+            self.end_headers()
+            self.wfile.write(refusal)
+
+        def log_message(self, *args: object) -> None:
+            """Quiet."""
+
+    upstream = ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    monkeypatch.setenv("UPSTREAM_KEY", "sk-upstream-secret")
+    config = ProxyConfig(upstream=f"http://127.0.0.1:{upstream.server_address[1]}/v1", upstream_api_key_env="UPSTREAM_KEY", max_retries=0)
+    try:
+        with Proxy(config) as running:
+            answer = running.post("/chat/completions", json.dumps({"model": MODEL, "messages": HELLO}).encode(), authorization="Bearer sk-client")
+    finally:
+        upstream.shutdown()
+        upstream.server_close()
+    assert seen == ["Bearer sk-upstream-secret"]  # the upstream got the proxy's key from the environment, not the client's
+    assert answer.status_code == 502 and answer.json()["error"]["code"] == "upstream_auth_failed"
+    assert "cret" not in answer.text and "sk-upstream" not in answer.text
+
+
+def test_the_config_file_maps_onto_the_clients_options_and_refuses_unknown_keys(tmp_path: Path) -> None:
+    path = tmp_path / "proxy.toml"
+    path.write_text('upstream = "http://127.0.0.1:9/v1"\nport = 9001\n[budget]\ntotal_usd = 5.0\n[budget.prices.smollm2]\ninput = 1.0\noutput = 2.0\n')
+    config = load_config(path, port=9002, host=None)
+    assert config.port == 9002 and config.host == "127.0.0.1" and config.budget == {"total_usd": 5.0, "prices": {MODEL: {"input": 1.0, "output": 2.0}}}
+    path.write_text('upstream = "http://127.0.0.1:9/v1"\nbudgt = 1\n')
+    with pytest.raises(ConfigError, match="budgt"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="total_usd"):
+        create_app(ProxyConfig(budget={"total_usd": -1}))  # a bad budget fails when the app is made, not on the first call
+
+
+def test_the_serve_command_runs_until_sigterm_and_refuses_to_listen_openly_without_keys(llama_server: str) -> None:
+    command = [sys.executable, "-m", "blackbox_sdk", "serve", "--upstream", llama_server]
+    exposed = subprocess.run([*command, "--host", "0.0.0.0"], check=False, capture_output=True, text=True, timeout=60)
+    assert exposed.returncode == 1 and "open_without_keys" in exposed.stderr
+    port = free_port()
+    process = subprocess.Popen([*command, "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                if httpx2.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200:
+                    break
+            except httpx2.TransportError:
+                time.sleep(0.05)
+        models = httpx2.get(f"http://127.0.0.1:{port}/v1/models", timeout=30).json()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    assert MODEL in [model["id"] for model in models["data"]]
+    assert "Finished server process" in stderr and process.returncode in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it handled

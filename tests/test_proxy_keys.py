@@ -1,0 +1,371 @@
+"""The proxy's virtual keys: the stores on SQLite and on a real redis-server, secrets never kept in
+clear, garbage refused, Redis down fails closed, the admin routes, the CLI, and what a key means
+for a real call through the SDK against llama.cpp."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import multiprocessing
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from servers import RedisServer
+from starlette.applications import Starlette
+from starlette.testclient import TestClient
+
+from blackbox_sdk import (
+    BudgetExceededError,
+    ConfigError,
+    OpenAI,
+    RateLimitExceededError,
+    StoreUnavailableError,
+)
+from blackbox_sdk.serve import ProxyConfig, create_app
+from blackbox_sdk.serve._admin import admin_routes
+from blackbox_sdk.serve._key_stores import open_key_store
+from blackbox_sdk.serve._key_tenants import (
+    TenantDefaults,
+    TenantOptions,
+    key_authenticator,
+    model_allowed,
+    tenant_options,
+)
+from blackbox_sdk.serve._keys import KEY_LENGTH, KeyRecord, KeyStore, SecretKey
+
+ADMIN = "admin-key-for-the-tests-0123456789"
+MODEL = "smollm2"
+HELLO = [{"role": "user", "content": "Say hi"}]
+SPAWN = multiprocessing.get_context("spawn")
+CLI = [sys.executable, "-m", "blackbox_sdk"]
+
+
+@pytest.fixture
+def store(store_at: Callable[[str], str]) -> Iterator[KeyStore]:
+    """A key store with the admin key set, once on an SQLite file and once on a real redis-server."""
+    with open_key_store(store_at("keys.db"), admin_key=ADMIN) as opened:
+        yield opened
+
+
+def _everything_stored(store: KeyStore, where: str) -> bytes:
+    """Every byte the store holds: the SQLite file and its WAL, or every Redis key and value."""
+    if "://" not in where:
+        return b"".join(path.read_bytes() for path in Path(where).parent.glob("keys.db*"))
+    client = redis.Redis.from_url(where)
+    found = []
+    for name in client.scan_iter("*"):
+        kind = client.type(name)
+        if kind == b"string":
+            value: Any = client.get(name)
+        elif kind == b"hash":
+            value = client.hgetall(name)
+        else:
+            value = client.zrange(name, 0, -1)
+        found.append(name + repr(value).encode())
+    return b"".join(found)
+
+
+def test_create_lookup_list_and_revoke(store: KeyStore) -> None:
+    secret, record = store.create("team-a", budget_usd=50, per_day_usd=5, rpm=600, models=["smollm2", "gpt-4o"])
+    other, other_record = store.create("team-b", tpm=1000, reranker="adapters/capitals", cache_namespace="shared")
+    assert isinstance(secret, SecretKey) and secret.startswith("bb-") and len(secret) == KEY_LENGTH
+    assert store.lookup(secret) == record and store.lookup(other) == other_record
+    assert (record.budget_usd, record.per_day_usd, record.rpm, record.models) == (50.0, 5.0, 600, ("smollm2", "gpt-4o"))
+    assert record.cache_namespace == "team-a" and other_record.cache_namespace == "shared"
+    assert [r.key_id for r in store.list()] == [record.key_id, other_record.key_id]
+    assert store.revoke(record.key_id).revoked
+    assert store.lookup(secret) is None and store.lookup(other) == other_record  # the other key still works
+    assert [r.revoked for r in store.list()] == [True, False]
+    assert store.revoke(record.key_id).revoked  # twice is harmless
+    assert store.revoke("team-b").key_id == other_record.key_id and store.lookup(other) is None  # by name
+    with pytest.raises(ConfigError, match="no key"):
+        store.revoke("key_000000000000")
+
+
+def test_a_name_has_one_live_key_until_it_is_revoked(store: KeyStore) -> None:
+    first, record = store.create("team-a")
+    with pytest.raises(ConfigError, match="already has a live key") as refused:
+        store.create("team-a", rpm=5)
+    assert first not in str(refused.value)
+    store.revoke("team-a")
+    second, again = store.create("team-a", rpm=5)
+    assert store.lookup(second) == again and store.lookup(first) is None
+    assert store.find("team-a") == again and store.find(record.key_id) == KeyRecord(**{**record.__dict__, "revoked": True})
+
+
+@pytest.mark.parametrize("limits", [
+    pytest.param({"budget_usd": -1}, id="negative-budget"), pytest.param({"per_day_usd": float("nan")}, id="nan"),
+    pytest.param({"rpm": 0}, id="zero-rpm"), pytest.param({"tpm": 1.5}, id="float-tpm"),
+    pytest.param({"models": [""]}, id="empty-model"), pytest.param({"color": "red"}, id="unknown"),
+])
+def test_bad_limits_are_refused_before_anything_is_stored(store: KeyStore, limits: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError):
+        store.create("team-a", **limits)
+    assert store.list() == []
+
+
+@pytest.mark.parametrize("name", ["", "../etc", "a b", "x" * 65, "tenant:1", "é"])
+def test_names_are_safe_as_file_names_and_redis_keys(tmp_path: Path, name: str) -> None:
+    with open_key_store(tmp_path / "keys.db") as store, pytest.raises(ConfigError, match="key name"):
+        store.create(name)
+
+
+def test_the_secret_is_never_stored_in_clear(store: KeyStore, store_at: Callable[[str], str]) -> None:
+    secret, record = store.create("team-a", budget_usd=5)
+    stored = _everything_stored(store, store_at("keys.db"))
+    assert record.key_id.encode() in stored  # the record is there: the bytes read are the store's
+    assert secret.encode() not in stored and secret[3:].encode() not in stored and secret[3:20].encode() not in stored
+    assert ADMIN.encode() not in stored
+    assert secret not in repr(secret) and secret not in repr((secret, record)) and secret not in repr(store)
+    assert f"{secret}" == secret  # printing it (once, to whoever created it) still works
+
+
+def test_lookup_compares_digests_in_constant_time(store: KeyStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret, record = store.create("team-a")
+    compared: list[tuple[Any, Any]] = []
+    real = hmac.compare_digest
+
+    def spy(a: Any, b: Any) -> bool:
+        compared.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", spy)
+    assert store.lookup(secret) == record
+    assert len(compared) == 1 and compared[0][0] == compared[0][1] and len(compared[0][0]) == 64  # HMAC-SHA256 hex, not the key
+    assert secret.encode() not in compared[0][0]
+    wrong = secret[:-1] + ("A" if secret[-1] != "A" else "B")  # right length and shape, one character off
+    assert len(wrong) == len(secret) and store.lookup(wrong) is None
+    assert store.is_admin(ADMIN) and not store.is_admin(ADMIN[:-1] + "X") and not store.is_admin(secret)
+
+
+@pytest.mark.parametrize("presented", [
+    pytest.param(None, id="none"), pytest.param("", id="empty"), pytest.param("x" * 10240, id="10KB"),
+    pytest.param("bb-" + "é" * (KEY_LENGTH - 3), id="non-ascii"), pytest.param("bb-\x00" + "a" * (KEY_LENGTH - 4), id="nul"),
+    pytest.param(b"bb-" + b"a" * (KEY_LENGTH - 3), id="bytes"), pytest.param(12345, id="int"),
+    pytest.param("bb-" + "a" * (KEY_LENGTH - 3), id="right-shape"), pytest.param("Bearer bb-abc", id="bearer"),
+])
+def test_garbage_is_refused_without_raising(store: KeyStore, presented: Any) -> None:
+    secret, _ = store.create("team-a")
+    assert store.lookup(presented) is None
+    assert store.lookup(secret + "x") is None and store.lookup(" " + secret[1:]) is None
+    assert store.is_admin(presented) is False
+
+
+def test_an_admin_key_is_needed_and_never_weak(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with open_key_store(tmp_path / "keys.db") as store:
+        assert not store.is_admin("") and not store.is_admin(None) and not store.is_admin(ADMIN)
+    with pytest.raises(ConfigError, match="at least 16"):
+        open_key_store(tmp_path / "keys.db", admin_key="short")
+    monkeypatch.setenv("BLACKBOX_ADMIN_KEY", ADMIN)
+    with open_key_store(tmp_path / "keys.db") as store:
+        assert store.is_admin(ADMIN)
+
+
+def test_a_file_that_is_not_a_key_store_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "junk.db").write_bytes(b"not sqlite" * 100)
+    with pytest.raises(ConfigError, match="can't open the key store"):
+        open_key_store(tmp_path / "junk.db")
+    with pytest.raises(ConfigError, match="postgresql://"):
+        open_key_store("postgresql://localhost/keys")
+
+
+def _create_keys(path: str, name: str, count: int, ready: Any, out: Any) -> None:
+    """A spawned process: open the shared file at the same moment as the other, create keys, send them back."""
+    ready.wait(timeout=60)
+    with open_key_store(path) as store:
+        out.put([str(store.create(f"{name}-{i}", rpm=i + 1)[0]) for i in range(count)])
+
+
+def test_two_processes_create_keys_on_one_sqlite_file(tmp_path: Path) -> None:
+    path = str(tmp_path / "keys.db")  # a fresh file: both processes race to make its schema and pepper
+    ready, out = SPAWN.Barrier(2), SPAWN.Queue()
+    workers = [SPAWN.Process(target=_create_keys, args=(path, name, 15, ready, out)) for name in ("a", "b")]
+    for worker in workers:
+        worker.start()
+    secrets = [out.get(timeout=120), out.get(timeout=120)]
+    for worker in workers:
+        worker.join(timeout=60)
+        assert worker.exitcode == 0
+    with open_key_store(path) as store:
+        found = {store.lookup(secret).name for batch in secrets for secret in batch}  # type: ignore[union-attr]
+        assert found == {f"{name}-{i}" for name in ("a", "b") for i in range(15)} and len(store.list()) == 30
+
+
+def test_redis_down_fails_closed(redis_server: RedisServer) -> None:
+    url = redis_server.url.replace("redis://", "redis://:hunter2-redis-pw@")  # a password, to see it kept out of errors
+    with open_key_store(redis_server.url) as store:
+        secret, _ = store.create("team-a")
+    redis_server.stop()
+    for where in (redis_server.url, url):
+        with open_key_store(where) as down:  # opening does not connect yet
+            for action in (lambda: down.lookup(secret), down.list, lambda: down.create("team-b"), lambda: down.revoke("team-a")):
+                with pytest.raises(StoreUnavailableError) as failed:
+                    action()
+                assert "hunter2" not in str(failed.value) and secret not in str(failed.value)
+            assert down.lookup(None) is None  # garbage is refused without asking the store
+    redis_server.start()  # back, but empty: the key is gone, and the store says so instead of failing
+    with open_key_store(redis_server.url) as store:
+        assert store.lookup(secret) is None
+
+
+def test_a_replica_sees_keys_another_one_created_and_revoked(redis_server: RedisServer) -> None:
+    with open_key_store(redis_server.url, admin_key=ADMIN) as one, open_key_store(redis_server.url) as two:
+        secret, record = one.create("team-a", models="smollm2")
+        assert two.lookup(secret) == record
+        two.revoke(record.key_id)
+        assert one.lookup(secret) is None
+        one.create("team-b")
+        with pytest.raises(ConfigError, match="already has a live key"):
+            two.create("team-b")
+
+
+def _admin(store: KeyStore) -> TestClient:
+    """The admin routes in a bare Starlette app."""
+    return TestClient(Starlette(routes=admin_routes(store)))
+
+
+def test_admin_routes_create_list_and_revoke(store: KeyStore) -> None:
+    admin = {"authorization": f"Bearer {ADMIN}"}
+    with _admin(store) as http:
+        created = http.post("/admin/keys", json={"name": "team-a", "budget_usd": 50, "rpm": 600, "models": ["smollm2"]}, headers=admin)
+        assert created.status_code == 201 and created.headers["cache-control"] == "no-store"
+        body = created.json()
+        record = store.lookup(body["key"])
+        assert record is not None and record.key_id == body["key_id"] and body["models"] == ["smollm2"] and body["rpm"] == 600
+        listed = http.get("/admin/keys", headers=admin)
+        assert listed.status_code == 200 and [item["name"] for item in listed.json()["data"]] == ["team-a"]
+        assert body["key"] not in listed.text and "digest" not in listed.text
+        revoked = http.delete(f"/admin/keys/{record.key_id}", headers=admin)
+        assert revoked.status_code == 200 and revoked.json()["revoked"] is True and store.lookup(body["key"]) is None
+        assert http.delete("/admin/keys/key_000000000000", headers=admin).status_code == 404
+        bad = http.post("/admin/keys", json={"name": "team-b", "rpm": -1}, headers=admin)
+        assert bad.status_code == 400 and bad.json()["error"]["type"] == "invalid_request_error"
+        assert http.post("/admin/keys", content=b"{not json", headers=admin).status_code == 400
+        assert http.post("/admin/keys", content=b" " * (65 * 1024), headers=admin).status_code == 413
+
+
+@pytest.mark.parametrize("headers", [
+    pytest.param({}, id="none"), pytest.param({"authorization": "Bearer wrong-admin-key-0123456789"}, id="wrong"),
+    pytest.param({"authorization": ADMIN}, id="no-bearer"), pytest.param({"authorization": "Bearer "}, id="empty"),
+])
+def test_admin_routes_refuse_without_the_admin_key(store: KeyStore, headers: dict[str, str]) -> None:
+    tenant, _ = store.create("team-a")
+    with _admin(store) as http:
+        for method, path in (("POST", "/admin/keys"), ("GET", "/admin/keys"), ("DELETE", "/admin/keys/team-a")):
+            for sent in (headers, {"authorization": f"Bearer {tenant}"}):  # a tenant's key is not the admin's
+                answer = http.request(method, path, headers=sent, json={"name": "intruder"})
+                assert answer.status_code == 401
+                assert set(answer.json()["error"]) == {"message", "type", "param", "code"} and answer.json()["error"]["code"] == "invalid_api_key"
+    assert [record.name for record in store.list()] == ["team-a"] and not store.list()[0].revoked
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """The keys command in a subprocess."""
+    return subprocess.run([*CLI, "keys", *args], check=False, capture_output=True, text=True, timeout=120)
+
+
+def test_the_cli_creates_lists_and_revokes(store_at: Callable[[str], str]) -> None:
+    where = store_at("keys.db")
+    created = _cli("create", "--name", "team-a", "--budget-usd", "50", "--per-day-usd", "5", "--rpm", "600",
+                   "--reranker", "adapters/capitals", "--models", "smollm2,gpt-4o", "--store", where)
+    assert created.returncode == 0, created.stderr
+    secret = created.stdout.strip()
+    assert "budget $50" in created.stderr and secret not in created.stderr
+    with open_key_store(where) as store:
+        record = store.lookup(secret)
+    assert record is not None and record.models == ("smollm2", "gpt-4o") and record.reranker == "adapters/capitals"
+    assert _cli("revoke", record.key_id, "--store", where).returncode == 0
+    listed = _cli("list", "--json", "--store", where)
+    assert listed.returncode == 0 and json.loads(listed.stdout)[0]["revoked"] is True and secret not in listed.stdout
+    refused = _cli("create", "--name", "bad name", "--store", where)
+    assert refused.returncode == 1 and "key name" in refused.stderr
+
+
+def test_the_cli_reads_no_store_it_was_not_given(tmp_path: Path) -> None:
+    missing = _cli("list", "--store", str(tmp_path / "nowhere.db"))
+    assert missing.returncode == 1 and "no key store" in missing.stderr and not (tmp_path / "nowhere.db").exists()
+
+
+def test_model_allowed() -> None:
+    anything = KeyRecord(key_id="key_1", name="a")
+    some = KeyRecord(key_id="key_2", name="b", models=("smollm2", "gpt-4o"))
+    assert model_allowed(anything, "gpt-5") and model_allowed(some, "smollm2")
+    assert not model_allowed(some, "gpt-4o-mini") and not model_allowed(some, None) and not model_allowed(some, ["smollm2"])
+
+
+def test_tenant_defaults_follow_the_proxy_configuration(tmp_path: Path) -> None:
+    budget = {"total_usd": 100, "ledger": str(tmp_path / "ledger.db"), "prices": {MODEL: {"input": 1, "output": 1}}, "policy": "shrink"}
+    defaults = TenantDefaults.from_proxy(cache=str(tmp_path / "cache"), budget=budget, rate_limit={"rpm": 10, "store": "redis://h:1/0"})
+    assert defaults.ledger == tmp_path / "ledger-tenants" and defaults.rate_store == "redis://h:1/0"
+    assert dict(defaults.budget_options) == {"prices": budget["prices"], "policy": "shrink"}  # the proxy's own caps stay its own
+    assert defaults.tenant_ledger("team-a") == (tmp_path / "ledger-tenants" / "team-a.sqlite3", "blackbox:ledger:tenant:team-a:")
+    shared = TenantDefaults.from_proxy(budget={"ledger": "redis://h:1/0", "ledger_prefix": "p:"})
+    assert shared.tenant_ledger("team-a") == ("redis://h:1/0", "p:tenant:team-a:")
+    plain = tenant_options(KeyRecord(key_id="key_1", name="team-a"), TenantDefaults())
+    assert plain == {"budget_key": "team-a"}  # no limit on the key: the proxy's own options stay in place
+
+
+def test_a_keys_limits_hold_on_real_calls(llama_server: str, tmp_path: Path) -> None:
+    defaults = TenantDefaults(ledger=tmp_path / "tenants", cache=tmp_path / "cache", budget_options={"prices": {MODEL: {"input": 1.0, "output": 1.0}}})
+    tenants = TenantOptions(defaults)
+    with open_key_store(tmp_path / "keys.db") as store:
+        poor_key, _ = store.create("team-a", per_day_usd=1e-6)
+        busy_key, _ = store.create("team-b", budget_usd=1.0, rpm=1, reranker="adapters/capitals", cache_namespace="team-b-ns")
+        authenticate = key_authenticator(store, tenants)
+        poor, busy = authenticate(poor_key), authenticate(busy_key)
+        assert poor is not None and busy is not None and authenticate("bb-" + "x" * (KEY_LENGTH - 3)) is None
+        assert authenticate(busy_key).options is busy.options  # type: ignore[union-attr]  # built once per key
+    assert busy.options["reranker"] == "adapters/capitals" and busy.options["cache"].namespace == "team-b-ns"
+    client = OpenAI(base_url=llama_server, api_key="sk-test")
+    poor_client = client.with_options(**{name: value for name, value in poor.options.items() if name != "cache"})
+    with pytest.raises(BudgetExceededError) as refused:
+        poor_client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=4)
+    assert refused.value.scope == "per_day"
+    busy_options = {name: value for name, value in busy.options.items() if name not in ("cache", "reranker")}
+    busy_client = client.with_options(**busy_options)
+    busy_client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=4)
+    with pytest.raises(RateLimitExceededError):
+        busy_client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=4)
+    assert busy.options["budget"].spent(key="team-b") > 0 and poor.options["budget"].spent() == 0  # ledgers of their own
+    assert sorted(path.name for path in (tmp_path / "tenants").glob("*.sqlite3")) == ["team-a.sqlite3", "team-b.sqlite3"]
+    tenants.close()
+
+
+def test_keys_in_front_of_the_proxy(llama_server: str, tmp_path: Path) -> None:
+    with open_key_store(tmp_path / "keys.db", admin_key=ADMIN) as store:
+        tenants = TenantOptions(TenantDefaults())
+        app = create_app(ProxyConfig(upstream=llama_server), authenticate=key_authenticator(store, tenants))
+        app.router.routes[:0] = admin_routes(store)
+        admin = {"authorization": f"Bearer {ADMIN}"}
+        chat = {"model": MODEL, "messages": HELLO, "max_tokens": 4}
+        with TestClient(app) as http:
+            deadline = time.monotonic() + 120
+            while http.get("/readyz").status_code != 200:
+                assert time.monotonic() < deadline, "the proxy did not become ready"
+                time.sleep(0.05)  # polling /readyz until the upstream client is built
+            key = http.post("/admin/keys", json={"name": "team-a", "rpm": 1, "models": [MODEL]}, headers=admin).json()["key"]
+            other = http.post("/admin/keys", json={"name": "team-b", "models": ["gpt-4o"]}, headers=admin).json()["key"]
+            as_a, as_b = {"authorization": f"Bearer {key}"}, {"authorization": f"Bearer {other}"}
+            assert http.post("/v1/chat/completions", json=chat, headers=as_a).status_code == 200
+            limited = http.post("/v1/chat/completions", json=chat, headers=as_a)
+            assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1  # team-a's own rpm
+            assert http.post("/v1/chat/completions", json=chat, headers=as_b).json()["error"]["code"] == "model_not_found"
+            for headers in ({}, {"authorization": "Bearer " + "x" * 10240}, {"authorization": f"Bearer {ADMIN}"}):
+                assert http.post("/v1/chat/completions", json=chat, headers=headers).status_code == 401
+            assert http.delete("/admin/keys/team-a", headers=admin).status_code == 200
+            refused = http.post("/v1/chat/completions", json=chat, headers=as_a)
+            assert refused.status_code == 401 and key not in refused.text
+        tenants.close()
+
+
+def test_revoking_by_the_secret_itself_does_not_echo_it(store: KeyStore) -> None:
+    secret, _ = store.create("team-a")
+    with pytest.raises(ConfigError, match="not the key itself") as refused:
+        store.revoke(secret)
+    assert secret not in str(refused.value) and store.lookup(secret) is not None
