@@ -109,42 +109,38 @@ class AsyncEmbeddings(RawViews, oai.AsyncEmbeddings):
         return await core.embed(params, overrides)
 
 
-class Chat(oai.Chat):
-    """`client.chat`: our `completions`, and raw views that reach them."""
+class _ChatViews:
+    """`client.chat`, sync or async by `_completions_class`: our `completions`, and raw views that reach them."""
+
+    _client: Any
+    _completions_class: type[Any]
 
     @cached_property
-    def completions(self) -> ChatCompletions:  # type: ignore[override]
+    def completions(self) -> Any:
         """Chat completions through the SDK."""
-        return ChatCompletions(self._client)
+        return self._completions_class(self._client)
 
     @cached_property
-    def with_raw_response(self) -> Any:  # type: ignore[override]
+    def with_raw_response(self) -> Any:
         """`chat.with_raw_response.completions`, the SDK's raw view."""
         return _ChatView(self.completions.with_raw_response)
 
     @cached_property
-    def with_streaming_response(self) -> Any:  # type: ignore[override]
+    def with_streaming_response(self) -> Any:
         """`chat.with_streaming_response.completions`, the SDK's streaming-response view."""
         return _ChatView(self.completions.with_streaming_response)
 
 
-class AsyncChat(oai.AsyncChat):
+class Chat(_ChatViews, oai.Chat):
+    """`client.chat` for `OpenAI`."""
+
+    _completions_class = ChatCompletions
+
+
+class AsyncChat(_ChatViews, oai.AsyncChat):
     """`client.chat` for `AsyncOpenAI`."""
 
-    @cached_property
-    def completions(self) -> AsyncChatCompletions:  # type: ignore[override]
-        """Chat completions through the SDK."""
-        return AsyncChatCompletions(self._client)
-
-    @cached_property
-    def with_raw_response(self) -> Any:  # type: ignore[override]
-        """`chat.with_raw_response.completions`, the SDK's raw view."""
-        return _ChatView(self.completions.with_raw_response)
-
-    @cached_property
-    def with_streaming_response(self) -> Any:  # type: ignore[override]
-        """`chat.with_streaming_response.completions`, the SDK's streaming-response view."""
-        return _ChatView(self.completions.with_streaming_response)
+    _completions_class = AsyncChatCompletions
 
 
 class _ChatView:
