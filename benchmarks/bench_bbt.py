@@ -1,10 +1,15 @@
-"""Black-Box Tuning vs zero-shot and in-context learning on two few-shot tasks, on the local SmolLM2.
+"""Black-Box Tuning vs zero-shot and in-context learning on five few-shot tasks, on the local SmolLM2.
 
 Tasks ship beside this file (`tasks/bbt_*.jsonl`, written for this benchmark): sentiment (movie
 and product reviews, positive/negative) and topic (news headlines: world/sports/business/
-technology); 16 per label for training, a disjoint 16 per label for dev, the rest for test. All
-methods use the same template and verbalizer (the paper's: "It was great/terrible"; news "This
-news is about World/Sports/Business/Tech"):
+technology), on which the CPU configuration was chosen; and three held out, run with that
+configuration unchanged: questions (six topics of forum questions), nli (premise/hypothesis
+pairs, entailment/contradiction; every premise appears once with each label) and yesno (a
+one-sentence passage and a question about it; two questions per passage, one yes, one no). 16 per
+label for training, a disjoint 16 per label for dev, the rest for test (pairs and passages never
+straddle splits). All methods use the same template and verbalizer (the paper's: "It was
+great/terrible"; news "This news is about World/Sports/Business/Tech"; "This question is about
+Health/.../Politics"; "... True or False? Answer: True/False"; "... Answer: Yes/No"):
 
 - zero-shot: the template alone;
 - in-context learning: every training example, filled in with its label word, before the query
@@ -14,8 +19,9 @@ news is about World/Sports/Business/Tech"):
 Rows report test accuracy, BBT's training calls and wall time (in all, and to its best dev score),
 a placement comparison (prefix / after_text / suffix at one budget) and population evaluations
 per second, batched vs one candidate at a time. Configurations: `--quick` (about 3 minutes on two
-CPU cores), the default CPU one (about 30 minutes), and the paper's (d=500, L=50, 8000 calls,
-prefix) when CUDA is available or BBT_BENCH_PAPER=1.
+CPU cores), the default CPU one (about 30 minutes for the first two tasks; BBT_BENCH_BUDGET=N runs
+it with N calls instead of 2000), and the paper's (d=500, L=50, 8000 calls, prefix) when CUDA is
+available or BBT_BENCH_PAPER=1.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,16 +47,18 @@ ICL_BATCH = 16  # test queries per forward on top of the shared demonstrations
 
 @dataclass(frozen=True)
 class Task:
-    """A shipped few-shot task: its data file, template and verbalizer."""
+    """A shipped few-shot task: its data file, template, verbalizer, and how a row's fields make the text."""
 
     name: str
     template: str
     verbalizer: dict[str, str]
+    text: str = "{text}"  # a row's fields joined into the template's {text} (pairs: premise and hypothesis)
+    held_out: bool = False  # not looked at while the CPU configuration was chosen
 
     def split(self, name: str) -> list[tuple[str, str]]:
         """(text, label) pairs of one split (train, dev or test)."""
         rows = [json.loads(line) for line in (HERE / "tasks" / f"bbt_{self.name}.jsonl").read_text().splitlines()]
-        return [(r["text"], r["label"]) for r in rows if r["split"] == name]
+        return [(self.text.format(**r), r["label"]) for r in rows if r["split"] == name]
 
 
 TASKS = [
@@ -59,7 +68,28 @@ TASKS = [
         "{text} This news is about {label}",
         {"world": "World", "sports": "Sports", "business": "Business", "technology": "Tech"},
     ),
+    Task(
+        "questions",
+        "{text} This question is about {label}",
+        {w.lower(): w for w in ("Health", "Science", "Music", "Food", "Travel", "Politics")},
+        held_out=True,
+    ),
+    Task(
+        "nli",
+        "{text} Answer: {label}",
+        {"entailment": "True", "contradiction": "False"},
+        text="{premise} Question: {hypothesis} True or False?",
+        held_out=True,
+    ),
+    Task(
+        "yesno",
+        "{text} Answer: {label}",
+        {"yes": "Yes", "no": "No"},
+        text="{passage} Question: {question}?",
+        held_out=True,
+    ),
 ]
+TASK_NAMES = tuple(t.name for t in TASKS)
 
 
 @dataclass(frozen=True)
@@ -83,9 +113,10 @@ def plan(quick: bool) -> Plan:
         return Plan(
             "quick", BBTConfig(d=50, prompt_len=2, budget=60, dev_every=20, placement="suffix"), None, ("suffix",)
         )
-    main = BBTConfig(d=100, prompt_len=4, budget=2000, dev_every=100, placement="suffix")
+    budget = int(os.environ.get("BBT_BENCH_BUDGET", "2000"))  # a shorter run of the same configuration
+    main = BBTConfig(d=100, prompt_len=4, budget=budget, dev_every=100, placement="suffix")
     compare = main.model_copy(update={"budget": 200, "dev_every": 40})
-    return Plan("cpu", main, compare, ("suffix", "prefix"))
+    return Plan("cpu" if budget == 2000 else f"cpu-{budget}", main, compare, ("suffix", "prefix"))
 
 
 def _accuracy(logprobs: torch.Tensor, labels: tuple[int, ...]) -> float:
@@ -215,24 +246,23 @@ def throughput(backend: HFBackend, task: Task, config: BBTConfig, placement: str
     return rows
 
 
-def rows(quick: bool) -> list[dict[str, Any]]:
-    """Every row of the benchmark for this configuration."""
+def rows(quick: bool, tasks: Sequence[str] = TASK_NAMES) -> list[dict[str, Any]]:
+    """Every row of the benchmark for this configuration (the placement and throughput checks with sentiment)."""
     torch.manual_seed(0)
     chosen = plan(quick)
     backend = load_backend(default_gguf_path())
     out: list[dict[str, Any]] = []
-    for task in TASKS:
+    for task in (t for t in TASKS if t.name in tasks):
         train, test = task.split("train"), task.split("test")[:: 2 if quick else 1]  # quick: every other test example
-        out.append({"task": task.name, "method": "zero-shot", **zero_shot(backend, task, test)})
-        out.append({"task": task.name, "method": "in-context", **in_context(backend, task, train, test)})
+        side = {"task": task.name, "held_out": task.held_out}
+        out.append({**side, "method": "zero-shot", **zero_shot(backend, task, test)})
+        out.append({**side, "method": "in-context", **in_context(backend, task, train, test)})
         out.append(
-            {
-                "task": task.name,
-                "method": "bbt",
-                **bbt(backend, task, chosen.main, test, f"bbt_{task.name}_{chosen.name}"),
-            }
+            {**side, "method": "bbt", **bbt(backend, task, chosen.main, test, f"bbt_{task.name}_{chosen.name}")}
         )
     first = TASKS[0]
+    if first.name not in tasks:
+        return [{**row, "config": chosen.name} for row in out]
     if chosen.compare is not None:
         for placement in ("prefix", "after_text", "suffix"):
             setting = chosen.compare.model_copy(update={"placement": placement})

@@ -21,6 +21,7 @@ class BlackBoxInfo:
     candidates: list[str] | None = None  # every candidate the reranker saw, in sampling order
     scores: list[float] | None = None  # the reranker's score per candidate (higher is better)
     chosen: list[int] = field(default_factory=list)  # candidate indices returned as choices, in order
+    usage: dict[str, Any] | None = None  # tokens of the whole call (a stream's too, once it has ended), as logged
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready copy."""

@@ -120,6 +120,15 @@ def open_rerank_n(value: Any, current: Any, opened: Opened) -> int:
     return value
 
 
+def open_rerank_confidence(value: Any, current: Any, opened: Opened) -> float | None:
+    """rerank_confidence checked: None (always `rerank_n` samples) or a share in (0, 1]."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ConfigError(f"rerank_confidence must be None or a number in (0, 1], got {value!r}")
+    return float(value)
+
+
 @dataclass(frozen=True)
 class BeamOptions:
     """Step-wise reranking (the paper's sentence-level beam search) instead of best-of-n."""
@@ -215,6 +224,7 @@ class Options:
     log: Any = _option(None, open_log)
     reranker: Scorer | None = _option(None, open_reranker)
     rerank_n: int = _option(DEFAULT_RERANK_N, open_rerank_n)
+    rerank_confidence: float | None = _option(None, open_rerank_confidence)  # adaptive K: stop sampling once the pick is this clear
     beam: BeamOptions | None = _option(None, open_beam)
     soft_prompt: Any = _option(None, open_soft_prompt)  # a tuned SoftPrompt (Black-Box Tuning) served with every call
     budget_key: str | None = _option(None, open_budget_key)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import sys
 from collections.abc import Sequence
@@ -36,9 +37,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``) and return its exit status."""
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:2] == ["adapter", "train"]:
-        return _adapter_train(args[2:])
+        return _delegate(".adapter._cli", _ADAPTER_HINT, args[2:])
     if args[:1] == ["serve"]:
-        return _serve(args[1:])
+        return _delegate(".serve", _PROXY_HINT, args[1:])
     options = _parser().parse_args(args)
     try:
         return int(options.run(options))
@@ -138,21 +139,11 @@ def _table(header: list[str], rows: list[list[str]], *, left: int) -> str:
     return "\n".join([line(header), rule, *(line(row) for row in rows)])
 
 
-def _adapter_train(argv: list[str]) -> int:
-    """``adapter train ...``: hand the rest of the command line to the adapter trainer's own CLI."""
+def _delegate(module: str, hint: str, argv: list[str]) -> int:
+    """Hand the rest of the command line to an extra's own CLI (`module`'s `cli_main`), or say which extra is missing."""
     try:
-        from .adapter._cli import cli_main
+        cli_main = importlib.import_module(module, __package__).cli_main
     except ImportError as exc:
-        print(f"{_ADAPTER_HINT} (import failed: {exc})", file=sys.stderr)
-        return 2
-    return int(cli_main(argv))
-
-
-def _serve(argv: list[str]) -> int:
-    """``serve ...``: hand the rest of the command line to the proxy's own CLI."""
-    try:
-        from .serve import cli_main
-    except ImportError as exc:
-        print(f"{_PROXY_HINT} (import failed: {exc})", file=sys.stderr)
+        print(f"{hint} (import failed: {exc})", file=sys.stderr)
         return 2
     return int(cli_main(argv))

@@ -10,13 +10,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # Redis and PostgreSQL from Debian's packages: the fleet tests start real servers on loopback ports.
 # Node and npm for the proxy's tests with the official Node openai client (examples/node).
-if ! command -v redis-server >/dev/null || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v npm >/dev/null; then
+# Chromium (headless) renders the proxy's status page in tests/test_proxy_status_page.py.
+if ! command -v redis-server >/dev/null || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v npm >/dev/null \
+    || ! command -v chromium >/dev/null; then
   if [ "$(id -u)" != 0 ]; then
-    echo "setup.sh: install redis-server, postgresql, nodejs and npm first (sudo apt-get install redis-server postgresql nodejs npm)" >&2
+    echo "setup.sh: install redis-server, postgresql, nodejs, npm and chromium first (sudo apt-get install redis-server postgresql nodejs npm chromium)" >&2
     exit 1
   fi
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server postgresql nodejs npm >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server postgresql nodejs npm chromium >/dev/null
 fi
 npm ci --prefix examples/node --no-audit --no-fund --silent
 if [ ! -x .venv/bin/python ]; then

@@ -119,3 +119,11 @@ def test_old_import_paths_still_work_with_a_warning() -> None:
         "from blackbox_sdk.errors import BudgetExceededError\nimport blackbox_sdk\nassert BudgetExceededError is blackbox_sdk.BudgetExceededError\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_tree_in_docs_names_every_module() -> None:
+    doc = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+    tree = doc.split("## The tree, one line per module", 1)[1].split("\n## ", 1)[0]
+    named = {line.split()[0] for line in tree.splitlines() if line.strip().endswith(".py") or ".py " in line}
+    missing = sorted(str(path.relative_to(PACKAGE)) for path in PACKAGE.rglob("*.py") if "__pycache__" not in path.parts and path.name not in named)
+    assert missing == []

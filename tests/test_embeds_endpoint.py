@@ -29,9 +29,10 @@ SERVER_MAX_LOGPROBS = 20
 class VLLMDouble:
     """Answers POST /v1/completions with prompt_embeds the way vLLM does, using the real local model."""
 
-    def __init__(self, backend: HFBackend, *, status: int = 200) -> None:
+    def __init__(self, backend: HFBackend, *, status: int = 200, answers_token_ids: bool = True) -> None:
         self.backend = backend
         self.status = status
+        self.answers_token_ids = answers_token_ids  # False: an older server that ignores logprob_token_ids
         self.bodies: list[dict[str, Any]] = []
         self.headers: list[httpx2.Headers] = []
         self.answered: list[dict[str, float]] = []  # each choice's first-token top_logprobs, in order
@@ -45,22 +46,31 @@ class VLLMDouble:
         self.headers.append(request.headers)
         if self.status != 200:
             return httpx2.Response(self.status, json={"error": {"message": "engine overloaded"}})
+        if body.get("prompt") == "":
+            return httpx2.Response(400, json={"error": {"message": "The decoder prompt cannot be empty"}})
         if body.get("echo") or body.get("prompt_logprobs"):
             return httpx2.Response(
                 400, json={"error": {"message": "echo and prompt_logprobs are not supported with prompt embeds"}}
             )
         items = body["prompt_embeds"] if isinstance(body["prompt_embeds"], list) else [body["prompt_embeds"]]
-        choices = [self._choice(i, decode_embeds(item), body) for i, item in enumerate(items)]
+        tensors = [decode_embeds(item) for item in items]
+        choices = [self._choice(i, tensor, body) for i, tensor in enumerate(tensors)]
+        positions = sum(int(t.shape[0]) for t in tensors)
+        usage = {"prompt_tokens": positions, "completion_tokens": len(items), "total_tokens": positions + len(items)}
         return httpx2.Response(
-            200, json={"id": "cmpl-1", "object": "text_completion", "model": body["model"], "choices": choices}
+            200,
+            json={"id": "cmpl-1", "object": "text_completion", "model": body["model"], "choices": choices, "usage": usage},
         )
 
     def _choice(self, index: int, embeds: torch.Tensor, body: dict[str, Any]) -> dict[str, Any]:
-        """One greedy token with its top-k log-probs, keyed by token id or text."""
+        """One greedy token with its top-k log-probs (or those of logprob_token_ids), keyed by token id or text."""
         assert embeds.ndim == 2 and embeds.shape[1] == 576
         logits = self.backend.forward_embeds(embeds[None].float(), torch.ones(1, embeds.shape[0], dtype=torch.long))
         logprobs = torch.log_softmax(logits[0, -1], dim=-1)
         values, ids = torch.topk(logprobs, min(body["logprobs"], SERVER_MAX_LOGPROBS))
+        if self.answers_token_ids and body.get("logprob_token_ids"):  # vLLM: the sampled token, then those asked for
+            ids = torch.tensor([int(ids[0]), *body["logprob_token_ids"]])
+            values = logprobs[ids]
         as_ids = body.get("return_tokens_as_token_ids")
         key = (lambda t: f"token_id:{t}") if as_ids else (lambda t: self.backend.tokenizer.decode([t]))
         top = {key(int(t)): float(v) for v, t in zip(values, ids, strict=True)}
@@ -139,7 +149,7 @@ def test_endpoint_scores_match_the_local_model_for_labels_in_the_top_k(backend: 
 
 
 def test_labels_outside_the_top_k_get_the_documented_stand_in(backend: HFBackend) -> None:
-    double = VLLMDouble(backend)
+    double = VLLMDouble(backend, answers_token_ids=False)
     remote = endpoint(backend, double, top_logprobs=1)
     template = PromptTemplate(TEMPLATE, VERBALIZER, backend.tokenizer, "suffix")
     scores = remote.label_logprobs(torch.zeros(1, 1, 576), template.encode(TEXTS[:1]), template.label_token_ids)[0, 0]
@@ -182,7 +192,8 @@ def test_the_wire_format_is_what_vllm_reads(backend: HFBackend) -> None:
     examples = template.encode(TEXTS[:1])
     remote.label_logprobs(torch.zeros(1, 3, 576), examples, template.label_token_ids)
     (body,) = double.bodies
-    assert body["prompt"] == "" and body["max_tokens"] == 1 and body["temperature"] == 0 and body["model"] == "smollm2"
+    assert "prompt" not in body and body["logprob_token_ids"] == template.label_token_ids
+    assert body["max_tokens"] == 1 and body["temperature"] == 0 and body["model"] == "smollm2"
     assert "echo" not in body and "prompt_logprobs" not in body
     tensor = decode_embeds(body["prompt_embeds"][0])
     assert tensor.dtype == torch.bfloat16 and tuple(tensor.shape) == (examples.tokens_per_sequence(3)[0], 576)
@@ -231,3 +242,22 @@ def test_a_tuner_runs_over_the_endpoint(backend: HFBackend) -> None:
     assert prompt.info.model_id == "smollm2"
     label, probs = prompt.classify([TEXTS[0]])[0]
     assert label in VERBALIZER and sum(probs.values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_tuned_prompt_is_served_through_an_openai_clients_create(backend: HFBackend) -> None:
+    import blackbox_sdk
+    from blackbox_sdk.tuning import SoftPrompt
+
+    double = VLLMDouble(backend)
+    remote = endpoint(backend, double)
+    embeds = torch.randn(2, 576, generator=torch.Generator().manual_seed(0)) * 0.02
+    prompt = SoftPrompt.create(embeds, model_id="smollm2", template=TEMPLATE, verbalizer=VERBALIZER, placement="suffix")
+    classified = prompt.classify(TEXTS, target=remote)
+    client = blackbox_sdk.OpenAI(
+        base_url="http://vllm.test/v1", api_key="sk-test", http_client=httpx2.Client(transport=httpx2.MockTransport(double))
+    )
+    served = remote.read_labels(prompt, client.completions.create(**remote.completion_params(prompt, TEXTS)))
+    assert double.bodies[-1]["prompt"] == [] and len(double.bodies[-1]["prompt_embeds"]) == 2
+    assert [label for label, _ in served] == [label for label, _ in classified]
+    for (_, mine), (_, theirs) in zip(served, classified, strict=True):
+        assert mine == pytest.approx(theirs, abs=1e-5)

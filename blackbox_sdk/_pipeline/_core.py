@@ -197,7 +197,7 @@ class Core:
         """Settle the reservation from real usage; the cost lands on `call.info`."""
         if call.reservation is not None:
             try:
-                call.info.cost_usd = call.meter.settle(call.reservation, usage)
+                call.info.cost_usd += call.meter.settle(call.reservation, usage)  # adaptive K settles each round
             except StoreUnavailableError as error:  # the ledger can't be told: its lease keeps the worst case held meanwhile
                 call.reservation = None
                 self.fail(call, error)
@@ -227,6 +227,7 @@ class Core:
         info = call.info
         info.latency_s = time.perf_counter() - call.started
         info.usage_counted = call.usage_counted
+        info.usage = usage
         if not recording(call.opts.log):
             return
         call.meter.record(

@@ -8,24 +8,30 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 from .._exceptions import RateLimitExceededError
 from .._info import attach
 from .._options import split_options
-from .._types import EMBEDDINGS, Json, Route
+from .._types import EMBEDDINGS, Json, Route, add_usage
 from ._beam_steps import beam_response
 from ._calibrate import passes_gate
 from ._call import Call, KeptHttp
+from ._candidates import Candidate
 from ._core import Core
 from ._relay import Relay
+from ._rerank import FIRST_ROUND, next_round, pick_share
 from ._responses import (
     finish,
     finish_embedding,
     finish_untouched,
     lookup_embedding,
+    pay,
     pieces,
     replay,
+    score,
+    texts,
     unstreamed,
     untouched,
     whole_stream_chunks,
@@ -120,23 +126,63 @@ def create(core: Core, route: Route, params: Json, overrides: Json, valid: Calla
     return core.stream_of(whole_stream_chunks(call, whole), None, whole.blackbox)
 
 
-def complete(core: Core, call: Call) -> Flow:
-    """A whole response: cached candidates first, the rest fetched."""
-    stored = yield from cached(core, call)
-    missing = call.want - len(stored)
-    if missing <= 0:
-        return finish(core, call, stored, [], None)
+def paid(core: Core, call: Call, missing: int, fetch_all: Callable[[int, int | None], Flow]) -> Flow:
+    """Admit and reserve `missing` answers, then `fetch_all(count, max_tokens)`; a failure releases what was held."""
     try:
         yield from admit(core, call, missing)
         count, max_tokens = core.reserve(call, missing)
-        responses = yield from fetch(core, call, count, max_tokens)
-        split = None if untouched(call, stored, responses) else pieces(core, call, [r.to_dict() for r in responses])
+        return (yield from fetch_all(count, max_tokens))
     except BaseException as error:
         core.fail(call, error)
         raise
+
+
+def complete(core: Core, call: Call) -> Flow:
+    """A whole response: cached candidates first, the rest fetched."""
+    stored = yield from cached(core, call)
+    if call.opts.rerank_confidence is not None and call.opts.reranker is not None and call.n == 1:
+        return (yield from rounds(core, call, stored))
+    missing = call.want - len(stored)
+    if missing <= 0:
+        return finish(core, call, stored, [], None)
+
+    def fetched(count: int, max_tokens: int | None) -> Flow:
+        """The fresh responses, and their candidates unless the one response is passed on untouched."""
+        responses = yield from fetch(core, call, count, max_tokens)
+        return responses, None if untouched(call, stored, responses) else pieces(core, call, [r.to_dict() for r in responses])
+
+    responses, split = yield from paid(core, call, missing, fetched)
     if split is None:
         return finish_untouched(core, call, responses[0])
     return finish(core, call, stored, *split, original=responses[0] if len(responses) == 1 else None)
+
+
+def rounds(core: Core, call: Call, stored: list[Candidate]) -> Flow:
+    """Adaptive K: hold 2 answers, then 4, 8, ... up to `rerank_n`, each round paid on its own, until
+    the reranker's pick holds `rerank_confidence` of the softmax over the scores."""
+    fresh: list[Candidate] = []
+    usage: Json | None = None
+    share = pick_share(*_scored(call, stored)) if len(stored) >= FIRST_ROUND else None
+    size = next_round(len(stored), call.want, share, call.opts.rerank_confidence)
+    while size:
+        got, used = yield from paid(core, call, size - len(stored) - len(fresh), partial(_answers, core, call))
+        pay(core, call, got, used)
+        fresh, usage = fresh + got, add_usage(usage or {}, used)
+        share = pick_share(*_scored(call, stored + fresh))
+        size = next_round(len(stored) + len(fresh), call.want, share, call.opts.rerank_confidence)
+    return finish(core, call, stored, fresh, usage, paid=True)
+
+
+def _scored(call: Call, candidates: list[Candidate]) -> tuple[list[str], list[float]]:
+    """The candidates' answers and the reranker's scores of them (kept for the final pick)."""
+    answers = texts(call, candidates)
+    return answers, score(call, answers)
+
+
+def _answers(core: Core, call: Call, count: int, max_tokens: int | None) -> Flow:
+    """One round's fresh candidates and their usage."""
+    responses = yield from fetch(core, call, count, max_tokens)
+    return pieces(core, call, [r.to_dict() for r in responses])
 
 
 def fetch(core: Core, call: Call, count: int, max_tokens: int | None) -> Flow:
@@ -161,15 +207,15 @@ def stream(core: Core, call: Call) -> Flow:
     missing = call.want - len(stored)
     if missing <= 0:
         return core.stream_of(replay(core, call, stored), None, call.info)
-    try:
-        yield from admit(core, call, missing)
-        count, max_tokens = core.reserve(call, missing)
+
+    def opened(count: int, max_tokens: int | None) -> Flow:
+        """The live stream asking for `count` choices, and the relay that fans out what it lacks."""
         seeds = core.seeds(call, count)
         live, head = yield Effect("open", call, (core.sender(call, count, max_tokens, seeds[0]),))
-    except BaseException as error:
-        core.fail(call, error)
-        raise
-    return core.live_stream(Relay(core, call, stored, seeds, max_tokens), live, head)
+        return live, head, Relay(core, call, stored, seeds, max_tokens)
+
+    live, head, relay = yield from paid(core, call, missing, opened)
+    return core.live_stream(relay, live, head)
 
 
 def embed(core: Core, params: Json, overrides: Json) -> Flow:

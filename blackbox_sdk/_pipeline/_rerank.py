@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -36,3 +37,29 @@ def valid_first(order: Sequence[int], answers: Sequence[str], valid: Callable[[s
         return list(order)
     accepted = {i for i in order if valid(answers[i])}
     return [i for i in order if i in accepted] + [i for i in order if i not in accepted]
+
+
+FIRST_ROUND = 2  # adaptive K samples 2 answers first, then doubles while the pick is unclear
+_END_PUNCTUATION = " .!?;:,'\"`"
+
+
+def same_answer(text: str) -> str:
+    """An answer reduced for telling copies apart: case-folded, spaces collapsed, end punctuation dropped."""
+    return " ".join(text.casefold().split()).strip(_END_PUNCTUATION)
+
+
+def pick_share(answers: Sequence[str], scores: Sequence[float]) -> float:
+    """The best-scored answer's share of softmax(scores), its copies included, beside one answer not
+    yet sampled that scores 0 (neutral): near 1 only when the pick is both ahead and good."""
+    top = max(range(len(scores)), key=lambda i: (scores[i], -i))
+    ceiling = max(max(scores), 0.0)
+    weights = [math.exp(s - ceiling) for s in scores]
+    winner = same_answer(answers[top])
+    return sum(w for w, a in zip(weights, answers) if same_answer(a) == winner) / (sum(weights) + math.exp(-ceiling))
+
+
+def next_round(gathered: int, most: int, share: float | None, confidence: float) -> int:
+    """How many answers adaptive K should hold next: 0 to stop (the pick is clear, or `most` is reached), else double."""
+    if gathered >= most or (share is not None and share >= confidence):
+        return 0
+    return min(most, max(FIRST_ROUND, 2 * gathered))

@@ -57,15 +57,30 @@ def pieces(core: Core, call: Call, responses: list[Json]) -> tuple[list[Candidat
     return fresh, total
 
 
-def account(core: Core, call: Call, stored: list[Candidate], fresh: list[Candidate], usage: Json | None) -> tuple[list[Candidate], Json]:
-    """Store fresh candidates, settle the reservation; all candidates and their total usage."""
+def pay(core: Core, call: Call, fresh: list[Candidate], usage: Json) -> None:
+    """Store fresh candidates, then settle their reservation from their usage."""
+    core.store(call, [c.to_json() for c in fresh])  # first: an answer paid for is kept even if the ledger can't be told
+    core.settle(call, usage)
+
+
+def account(core: Core, call: Call, stored: list[Candidate], fresh: list[Candidate], usage: Json | None, paid: bool = False) -> tuple[list[Candidate], Json]:
+    """Store fresh candidates and settle the reservation (unless each round was `paid` already); all
+    candidates and their total usage."""
     call.info.cached_candidates = len(stored)
     call.info.cache_hit = bool(stored) and not fresh
-    core.store(call, [c.to_json() for c in fresh])  # first: an answer paid for is kept even if the ledger can't be told
-    if usage is not None:
+    if not paid:
+        core.store(call, [c.to_json() for c in fresh])  # first: an answer paid for is kept even if the ledger can't be told
+    if usage is not None and not paid:
         core.settle(call, usage)
     total = sum_usage(stored) if usage is None else add_usage(sum_usage(stored), usage)
     return stored + fresh, total
+
+
+def score(call: Call, answers: list[str]) -> list[float]:
+    """The reranker's scores of the answers, kept on `call.info` with them."""
+    scores = call.opts.reranker(question_of(call.route, call.params), answers)
+    call.info.candidates, call.info.scores = answers, [float(s) for s in scores]
+    return call.info.scores
 
 
 def choose(call: Call, candidates: list[Candidate]) -> list[Candidate]:
@@ -76,15 +91,15 @@ def choose(call: Call, candidates: list[Candidate]) -> list[Candidate]:
         info.chosen = list(range(min(call.n, len(candidates))))
         return candidates[: call.n]
     answers = texts(call, candidates)
-    scores = call.opts.reranker(question_of(call.route, call.params), answers)
-    info.candidates, info.scores = answers, [float(s) for s in scores]
+    if info.candidates != answers or info.scores is None:  # adaptive K's last round scored these already
+        score(call, answers)
     info.chosen = valid_first(rank(info.scores), answers, call.valid)[: call.n]
     return [candidates[i] for i in info.chosen]
 
 
-def finish(core: Core, call: Call, stored: list[Candidate], fresh: list[Candidate], usage: Json | None, original: Any = None) -> Any:
+def finish(core: Core, call: Call, stored: list[Candidate], fresh: list[Candidate], usage: Json | None, original: Any = None, paid: bool = False) -> Any:
     """Account, choose, log; the typed response with `.blackbox` (the server's own object when untouched)."""
-    everything, total = account(core, call, stored, fresh, usage)
+    everything, total = account(core, call, stored, fresh, usage, paid)
     chosen = choose(call, everything)
     if original is None or stored or call.opts.reranker is not None or call.usage_counted:
         original = build(ChatCompletion if call.route is CHAT else Completion, response_from_candidates(call.route, chosen, total))

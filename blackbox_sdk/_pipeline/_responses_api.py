@@ -12,6 +12,7 @@ stores chat's, under the same key scheme (the route's name in the key keeps them
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from openai.types.responses import Response
@@ -21,7 +22,7 @@ from .._types import RESPONSES, Json
 from ._call import Call
 from ._candidates import Candidate
 from ._core import Core, build
-from ._flows import Effect, Flow, admit, cached
+from ._flows import Effect, Flow, cached, paid
 from ._relay import Relay
 from ._response_events import ENDED, arrived, event, events_of, final_response
 from ._responses import account, choose, logged_texts, unstreamed
@@ -50,20 +51,18 @@ def sender(core: Core, call: Call, max_tokens: int | None) -> Callable[[], Any]:
     return lambda: core.inner.responses.create(**params)
 
 
+def answers(core: Core, call: Call, count: int, max_tokens: int | None) -> Flow:
+    """`count` concurrent requests, and their answers as candidates."""
+    responses = yield Effect("send", call, tuple(sender(core, call, max_tokens) for _ in range(count)))
+    return responses, pieces(core, call, [r.to_dict() for r in responses])
+
+
 def complete(core: Core, call: Call) -> Flow:
     """A whole response: cached answers first, the rest fetched as concurrent requests."""
     stored = yield from cached(core, call)
-    missing = call.want - len(stored)
-    if missing <= 0:
+    if len(stored) >= call.want:
         return finish(core, call, stored, [], None)
-    try:
-        yield from admit(core, call, missing)
-        count, max_tokens = core.reserve(call, missing)
-        responses = yield Effect("send", call, tuple(sender(core, call, max_tokens) for _ in range(count)))
-        fresh, usage = pieces(core, call, [r.to_dict() for r in responses])
-    except BaseException as error:
-        core.fail(call, error)
-        raise
+    responses, (fresh, usage) = yield from paid(core, call, call.want - len(stored), partial(answers, core, call))
     return finish(core, call, stored, fresh, usage, original=responses[0] if len(responses) == 1 else None)
 
 
@@ -121,13 +120,12 @@ def stream(core: Core, call: Call) -> Flow:
     stored = yield from cached(core, call)
     if stored:
         return core.stream_of(replay(core, call, stored), None, call.info)
-    try:
-        yield from admit(core, call, 1)
-        _, max_tokens = core.reserve(call, 1)
-        live, head = yield Effect("open", call, (sender(core, call, max_tokens),))
-    except BaseException as error:
-        core.fail(call, error)
-        raise
+
+    def opened(_: int, max_tokens: int | None) -> Flow:
+        """The one live stream (the Responses API has no `n`)."""
+        return (yield Effect("open", call, (sender(core, call, max_tokens),)))
+
+    live, head = yield from paid(core, call, 1, opened)
     return core.live_stream(ResponseRelay(core, call), live, head)
 
 

@@ -45,15 +45,21 @@ def _summary(config: AdapterConfig, metadata: dict[str, Any], tensors: dict[str,
         f"- Base encoder: `{config.base_model}`" + _BASE_NOTES.get(config.base_model, ""),
         f"- Template: `{config.template!r}`, {config.pooling} pooling, max {config.max_length} tokens (left-truncated)",
         f"- Score: g(question, answer) + {config.consensus:g} x log(copies of the answer among the candidates)",
-        f"- Saved tensors: the head and the top {config.trainable_layers} encoder layer(s), {count:,} values"
-        if config.trainable_layers != -1
-        else f"- Saved tensors: the whole encoder and the head, {count:,} values",
+        _saved(config, count),
         f"- Trained on: {metadata.get('trained_on', 'not recorded')}",
     ]
     for key in ("recipe", "training"):
         if key in metadata:
             lines.append(f"- {key.capitalize()}: `{json.dumps(metadata[key], sort_keys=True)}`")
     return lines
+
+
+def _saved(config: AdapterConfig, count: int) -> str:
+    """The card's line on what the folder holds of the model."""
+    layers = "every encoder layer" if config.trainable_layers == -1 else f"the top {config.trainable_layers} encoder layer(s)"
+    if config.lora_rank:
+        return f"- Saved tensors: the head and rank-{config.lora_rank} LoRA deltas (peft, in `lora/`) on {layers}, {count:,} values"
+    return f"- Saved tensors: the head and {layers}, {count:,} values"
 
 
 def _metrics(metrics: dict[str, Any]) -> list[str]:

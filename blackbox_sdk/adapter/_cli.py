@@ -25,6 +25,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, type=Path, help="adapter folder to write, e.g. adapters/<name>")
     parser.add_argument("--base", default=AdapterConfig.base_model, help="HF encoder folder ('default' = all-MiniLM-L6-v2)")
     parser.add_argument("--trainable-layers", type=int, default=AdapterConfig.trainable_layers, help="top encoder layers to train (-1 = all)")
+    parser.add_argument("--lora-rank", type=int, default=AdapterConfig.lora_rank, help="> 0: train LoRA deltas of this rank (a folder of a few MB)")
     parser.add_argument("--epochs", type=int, default=defaults.epochs)
     parser.add_argument("--lr", type=float, default=defaults.lr)
     parser.add_argument("--loss", choices=LOSSES, default=defaults.loss)
@@ -59,7 +60,7 @@ def cli_main(argv: list[str]) -> int:
         report = train_from_log(
             args.log,
             args.out,
-            adapter_config=AdapterConfig(base_model=args.base, trainable_layers=args.trainable_layers),
+            adapter_config=AdapterConfig(base_model=args.base, trainable_layers=args.trainable_layers, lora_rank=args.lora_rank),
             train_config=_train_config(args),
             expand_prefixes=args.expand_prefixes,
             device=args.device,

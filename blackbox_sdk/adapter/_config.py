@@ -21,7 +21,9 @@ class AdapterConfig:
     template: str = "Q: {question}\nA: {answer}"  # one text per (question, answer) pair
     max_length: int = 128  # tokens per text; longer texts lose their beginning (left truncation)
     pooling: str = "mean"  # "mean" over the tokens, or "cls" (the first token)
-    trainable_layers: int = 2  # top encoder layers that train and are saved with the head; -1 = all
+    trainable_layers: int = 2  # top encoder layers that adapt (whole, or through LoRA deltas); -1 = all
+    lora_rank: int = 0  # > 0: those layers adapt through LoRA deltas of this rank (peft) on one shared frozen base
+    lora_alpha: float = 16.0  # LoRA scaling numerator: the deltas are multiplied by lora_alpha / lora_rank
     score_batch_size: int = 64  # texts per forward pass when scoring
     consensus: float = 1.0  # weight of log(copies of the same answer among those scored together), see Adapter.score()
 
@@ -35,6 +37,8 @@ class AdapterConfig:
             raise AdapterError(f"max_length must be at least 8 tokens, not {self.max_length}")
         if self.trainable_layers < -1:
             raise AdapterError(f"trainable_layers must be -1 (all) or >= 0, not {self.trainable_layers}")
+        if self.lora_rank < 0 or not self.lora_alpha > 0:
+            raise AdapterError(f"lora_rank must be >= 0 and lora_alpha > 0, not {self.lora_rank} and {self.lora_alpha}")
         if self.score_batch_size < 1:
             raise AdapterError(f"score_batch_size must be >= 1, not {self.score_batch_size}")
         if not (self.consensus >= 0 and math.isfinite(self.consensus)):

@@ -68,13 +68,17 @@ def default_device() -> str:
     return "cuda" if import_torch().cuda.is_available() else "cpu"
 
 
-def autocast(device: Any) -> Any:
-    """bf16 (or fp16) autocast on the GPU; a no-op context on the CPU."""
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def autocast(device: Any, precision: str = "auto") -> Any:
+    """Mixed precision for a forward: "auto" is bf16 (or fp16) on the GPU and fp32 on the CPU; "bf16" is bf16 anywhere."""
     torch = import_torch()
-    if torch.device(device).type != "cuda":
+    kind = torch.device(device).type
+    if precision == "fp32" or (precision == "auto" and kind != "cuda"):
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
+    fp16 = kind == "cuda" and precision == "auto" and not torch.cuda.is_bf16_supported()
+    return torch.autocast(kind, dtype=torch.float16 if fp16 else torch.bfloat16)
 
 
 def needs_grad_scaler(device: Any) -> bool:

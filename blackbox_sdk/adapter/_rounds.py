@@ -99,7 +99,7 @@ class _Run:
         if not self.state.completed:
             return Adapter.create(self.config.adapter, seed=self.config.train.seed, device=self.device)
         checkpoint = self.checkpoint(self.state.completed)
-        return Adapter.load(checkpoint if checkpoint.exists() else self.out_dir, device=self.device)
+        return Adapter.load(checkpoint if checkpoint.exists() else self.out_dir, device=self.device, shared=False)  # it trains: a base of its own
 
     def sample_and_label(self, item: OnlineQuestion, round_number: int) -> tuple[Samples, list[bool | None]]:
         """K fresh samples for a question (this round's) and the labeler's verdict on each."""

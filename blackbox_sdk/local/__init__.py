@@ -11,7 +11,7 @@ import warnings
 from typing import Any
 
 from .._lazy import lazy_attributes
-from ._llama_server import LlamaServer, free_port
+from ._llama_server import LlamaServer
 from ._packaged import (
     DEFAULT_ENCODER_PACKAGE,
     DEFAULT_LOCAL_MODEL,
@@ -23,6 +23,7 @@ from ._packaged import (
     sha256_files,
 )
 from ._requests import LocalRequestError
+from ._server_process import ServerProcess, free_port
 from ._prompts import chat_template_tokens
 from ._transport import AsyncHFTransport, HFTransport, local_async_http_client, local_http_client
 
@@ -36,6 +37,7 @@ __all__ = [
     "LocalRequestError",
     "MPNET_ENCODER",
     "MPNET_PACKAGES",
+    "ServerProcess",
     "chat_template_tokens",
     "default_encoder_path",
     "default_gguf_path",

@@ -9,7 +9,8 @@ SDK's errors and the upstream's, mapped once here.
                                 x-should-retry: false, so openai's clients do not retry it)
     429 rate_limit_exceeded     a rate limit, with Retry-After
     502 / 503 / 504             upstream unreachable or refusing the proxy's key / a shared store down or the
-                                proxy starting / upstream timeout
+                                proxy starting / upstream timeout (also an SDK request of its own to the
+                                upstream's host, such as llama.cpp's tokenize route, that fails or times out)
     upstream status             an upstream error (openai.APIStatusError) passes with its own status and body
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import httpx2
 import openai
 from starlette.responses import JSONResponse
 
@@ -73,9 +75,9 @@ def describe(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:
         return 400, error_body(message, "invalid_request_error", param=exc.param), {}
     if isinstance(exc, openai.APIStatusError):
         return _upstream(exc)
-    if isinstance(exc, openai.APITimeoutError):
+    if isinstance(exc, (openai.APITimeoutError, httpx2.TimeoutException)):
         return 504, error_body("the upstream did not answer in time", "upstream_error", code="upstream_timeout"), {}
-    if isinstance(exc, openai.APIConnectionError):
+    if isinstance(exc, (openai.APIConnectionError, httpx2.TransportError)):
         return 502, error_body("the upstream can't be reached", "upstream_error", code="upstream_unreachable"), {}
     if isinstance(exc, BudgetExceededError):
         return 429, error_body(message, "insufficient_quota", code="insufficient_quota"), {"x-should-retry": "false"}

@@ -153,32 +153,24 @@ def new_record(name: object, **limits: Any) -> KeyRecord:
     return KeyRecord(
         key_id=new_key_id(),
         name=name,
-        budget_usd=_usd("budget_usd", limits.get("budget_usd")),
-        per_day_usd=_usd("per_day_usd", limits.get("per_day_usd")),
-        rpm=_count("rpm", limits.get("rpm")),
-        tpm=_count("tpm", limits.get("tpm")),
+        budget_usd=_positive("budget_usd", limits.get("budget_usd"), usd=True),
+        per_day_usd=_positive("per_day_usd", limits.get("per_day_usd"), usd=True),
+        rpm=_positive("rpm", limits.get("rpm"), usd=False),
+        tpm=_positive("tpm", limits.get("tpm"), usd=False),
         models=_models(limits.get("models")),
         reranker=reranker,
         cache_namespace=namespace,
     )
 
 
-def _usd(name: str, value: Any) -> float | None:
-    """A positive finite amount of USD, or None."""
+def _positive(name: str, value: Any, *, usd: bool) -> Any:
+    """None, or a positive finite amount of USD (`usd`) or a positive integer (a bool is neither)."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"{name} must be a positive number of USD or None, got {value!r}")
-    return float(value)
-
-
-def _count(name: str, value: Any) -> int | None:
-    """A positive integer, or None."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer or None, got {value!r}")
-    return value
+    ok = isinstance(value, (int, float)) and math.isfinite(value) and value > 0 if usd else isinstance(value, int) and value >= 1
+    if isinstance(value, bool) or not ok:
+        raise ConfigError(f"{name} must be a positive {'number of USD' if usd else 'integer'} or None, got {value!r}")
+    return float(value) if usd else value
 
 
 def _models(value: Any) -> tuple[str, ...]:

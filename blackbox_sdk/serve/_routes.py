@@ -6,6 +6,9 @@ answers with the pure OpenAI body and the `x-blackbox-*` headers.
     GET  /v1/models
     POST /v1/feedback                           {"call_id", "label" | "preferred" | "reward" | "reference" | "note"}
     GET  /healthz, /readyz
+    GET  /metrics                               Prometheus text (the admin's: docs/proxy-operations.md)
+
+Each /v1 request is metered (`_metrics.RequestMeter`): its labels, clock and the SDK's figures.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 
 import openai.resources as oai
 from openai.resources.chat import completions as oai_chat
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -25,10 +29,13 @@ from starlette.routing import Route
 from .._exceptions import ConfigError
 from ._body import call_arguments, parse_object, read_body, required
 from ._errors import ProxyError, error_response
+from ._metrics import RequestMeter
 from ._sse import EventStream, events
 from ._state import Proxy
 
 Handler = Callable[[Request], Awaitable[Response]]
+MeteredHandler = Callable[[Request, RequestMeter], Awaitable[Response]]
+CLIENT_CLOSED = 499  # the status a request cancelled before its answer is counted under (nginx's)
 FEEDBACK_FIELDS = frozenset({"label", "preferred", "reward", "reference", "note"})
 
 
@@ -40,31 +47,46 @@ def blackbox_headers(info: Any, *, settled: bool = True) -> dict[str, str]:
     return headers
 
 
-def guarded(handler: Handler) -> Handler:
-    """Any error becomes OpenAI's JSON error body with its status (`_errors.describe`)."""
+def guarded(route: str) -> Callable[[MeteredHandler], Handler]:
+    """A metered route: any error becomes OpenAI's JSON error body with its status (`_errors.describe`),
+    and the request is counted under `route` once answered (a stream counts itself when it ends)."""
 
-    @wraps(handler)
-    async def guard(request: Request) -> Response:
-        try:
-            return await handler(request)
-        except Exception as exc:  # noqa: BLE001 - every failure is answered in OpenAI's error format
-            return error_response(exc)
+    def wrap(handler: MeteredHandler) -> Handler:
+        """The handler, metered and guarded."""
 
-    return guard
+        @wraps(handler)
+        async def guard(request: Request) -> Response:
+            meter = RequestMeter(request.app.state.proxy.metrics, route)
+            try:
+                response = await handler(request, meter)
+            except Exception as exc:  # noqa: BLE001 - every failure is answered in OpenAI's error format
+                meter.failed(exc)
+                response = error_response(exc)
+            except BaseException:
+                meter.answer(CLIENT_CLOSED)  # cancelled (the server stopping): counted, not left in flight
+                raise
+            if not meter.deferred:
+                meter.answer(response.status_code)
+            return response
+
+        return guard
+
+    return wrap
 
 
 @dataclass(frozen=True)
 class Generating:
     """A generating route: the fields it requires, openai's `create` (its arguments) and how the client calls it."""
 
+    name: str  # the metrics' route label
     required: tuple[str, ...]
     signature: Callable[..., Any]
     call: Callable[[Any, dict[str, Any]], Awaitable[Any]]
 
 
-CHAT = Generating(("model", "messages"), oai_chat.AsyncCompletions.create, lambda client, a: client.chat.completions.create(**a))
-COMPLETIONS = Generating(("model", "prompt"), oai.AsyncCompletions.create, lambda client, a: client.completions.create(**a))
-EMBEDDINGS = Generating(("model", "input"), oai.AsyncEmbeddings.create, lambda client, a: client.embeddings.create(**a))
+CHAT = Generating("chat", ("model", "messages"), oai_chat.AsyncCompletions.create, lambda client, a: client.chat.completions.create(**a))
+COMPLETIONS = Generating("completions", ("model", "prompt"), oai.AsyncCompletions.create, lambda client, a: client.completions.create(**a))
+EMBEDDINGS = Generating("embeddings", ("model", "input"), oai.AsyncEmbeddings.create, lambda client, a: client.embeddings.create(**a))
 
 
 async def _request_json(proxy: Proxy, request: Request) -> dict[str, Any]:
@@ -75,39 +97,45 @@ async def _request_json(proxy: Proxy, request: Request) -> dict[str, Any]:
 def generating(route: Generating) -> Handler:
     """The handler of one generating route."""
 
-    @guarded
-    async def handle(request: Request) -> Response:
+    @guarded(route.name)
+    async def handle(request: Request, meter: RequestMeter) -> Response:
         proxy: Proxy = request.app.state.proxy
         tenant = await proxy.tenant(request)
+        meter.label(tenant)
         body = await _request_json(proxy, request)
         required(body, *route.required)
+        meter.label(tenant, body["model"])
         if tenant is not None:
             tenant.check_model(body["model"])
         client = proxy.client_for(tenant)
         result = await route.call(client, call_arguments(body, route.signature))
+        cached = client.options.cache is not None
         if body.get("stream") is True and hasattr(result, "__aiter__"):
-            return EventStream(events(result), blackbox_headers(result.blackbox, settled=False))
+            return EventStream(events(meter.stream(result, cached)), blackbox_headers(result.blackbox, settled=False))
+        meter.called(result, cached)
         content = result.model_dump_json(exclude_unset=True, warnings=False)  # base64 embeddings are strings
         return Response(content, media_type="application/json", headers=blackbox_headers(result.blackbox))
 
     return handle
 
 
-@guarded
-async def models(request: Request) -> Response:
+@guarded("models")
+async def models(request: Request, meter: RequestMeter) -> Response:
     """GET /v1/models: the upstream's models (those the key may use)."""
     proxy: Proxy = request.app.state.proxy
     tenant = await proxy.tenant(request)
+    meter.label(tenant)
     page = await proxy.client_for(None).models.list()
     data = [model.model_dump(exclude_unset=True) for model in page.data if tenant is None or not tenant.models or model.id in tenant.models]
     return JSONResponse({"object": "list", "data": data})
 
 
-@guarded
-async def feedback(request: Request) -> Response:
+@guarded("feedback")
+async def feedback(request: Request, meter: RequestMeter) -> Response:
     """POST /v1/feedback: feedback on a call, into the same call log as the call (the Python API's `feedback`)."""
     proxy: Proxy = request.app.state.proxy
     tenant = await proxy.tenant(request)
+    meter.label(tenant)
     body = await _request_json(proxy, request)
     required(body, "call_id")
     call_id = body.pop("call_id")
@@ -151,6 +179,14 @@ async def readyz(request: Request) -> Response:
     return JSONResponse({"status": "failed" if proxy.failure else "starting", "error": proxy.failure}, status_code=503)
 
 
+async def metrics(request: Request) -> Response:
+    """GET /metrics: the Prometheus text format, for the admin only (`_admin_gate`)."""
+    proxy: Proxy = request.app.state.proxy
+    if not proxy.gate.allows(request):
+        return error_response(proxy.gate.refusal())
+    return Response(proxy.metrics.exposition(), media_type=CONTENT_TYPE_LATEST, headers={"cache-control": "no-store"})
+
+
 ROUTES = [
     Route("/v1/chat/completions", generating(CHAT), methods=["POST"]),
     Route("/v1/completions", generating(COMPLETIONS), methods=["POST"]),
@@ -159,4 +195,5 @@ ROUTES = [
     Route("/v1/feedback", feedback, methods=["POST"]),
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
 ]

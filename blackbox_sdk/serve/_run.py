@@ -13,6 +13,8 @@ from .._client import is_loopback_host
 from .._exceptions import BlackBoxError, ConfigError
 from ._app import create_app
 from ._config import ProxyConfig, load_config
+from ._key_tenants import TenantOptions
+from ._keys import KeyStore
 from ._tenants import Authenticate
 
 
@@ -26,13 +28,20 @@ def check_exposure(config: ProxyConfig, authenticate: Authenticate | None) -> No
 
 
 def serve(
-    config: ProxyConfig, *, authenticate: Authenticate | None = None, routes: Sequence[BaseRoute] = (), graceful_timeout_s: float | None = None
+    config: ProxyConfig,
+    *,
+    authenticate: Authenticate | None = None,
+    routes: Sequence[BaseRoute] = (),
+    graceful_timeout_s: float | None = None,
+    keys: KeyStore | None = None,
+    tenants: TenantOptions | None = None,
 ) -> None:
-    """Run the proxy until interrupted; on SIGINT/SIGTERM uvicorn stops accepting and finishes the streams in flight."""
+    """Run the proxy until interrupted; on SIGINT/SIGTERM uvicorn stops accepting and finishes the streams in flight.
+    `keys` and `tenants` let the admin read /metrics and the status page (docs/proxy-operations.md)."""
     import uvicorn
 
     check_exposure(config, authenticate)
-    app = create_app(config, authenticate=authenticate, routes=routes)
+    app = create_app(config, authenticate=authenticate, routes=routes, keys=keys, tenants=tenants)
     uvicorn.run(app, host=config.host, port=config.port, log_level="info", timeout_graceful_shutdown=graceful_timeout_s)
 
 
@@ -82,7 +91,14 @@ def _serve_with_keys(config: ProxyConfig, graceful_timeout_s: float | None) -> N
     store = open_key_store(config.keys)
     tenants = TenantOptions(TenantDefaults.from_proxy(cache=config.cache, budget=config.budget, rate_limit=config.rate_limit))
     try:
-        serve(config, authenticate=key_authenticator(store, tenants), routes=admin_routes(store), graceful_timeout_s=graceful_timeout_s)
+        serve(
+            config,
+            authenticate=key_authenticator(store, tenants),
+            routes=admin_routes(store),
+            graceful_timeout_s=graceful_timeout_s,
+            keys=store,
+            tenants=tenants,
+        )
     finally:
         tenants.close()
         close = getattr(store, "close", None)

@@ -1,6 +1,7 @@
 """The proxy's running state: its configuration, the SDK client it serves with (built in the
 background, so /healthz answers at once and /readyz says when the upstream client is ready), the
-tenants' copies of that client, and who a request speaks for."""
+tenants' copies of that client, who a request speaks for, its metrics and the admin gate of the
+operations pages (the key store and the tenants' options, for spend against budgets)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,12 @@ from starlette.requests import Request
 
 from .._logging import logger
 from .._redact import redact_text
+from ._admin_gate import AdminGate
 from ._config import ProxyConfig
 from ._errors import ProxyError
+from ._key_tenants import TenantOptions
+from ._keys import KeyStore
+from ._metrics import ProxyMetrics
 from ._tenants import (
     Authenticate,
     Tenant,
@@ -25,9 +30,20 @@ from ._tenants import (
 class Proxy:
     """One proxy: configuration, the SDK's `AsyncOpenAI` once built, and the key check."""
 
-    def __init__(self, config: ProxyConfig, options: dict[str, Any], authenticate: Authenticate | None) -> None:
+    def __init__(
+        self,
+        config: ProxyConfig,
+        options: dict[str, Any],
+        authenticate: Authenticate | None,
+        *,
+        keys: KeyStore | None = None,
+        tenants: TenantOptions | None = None,
+    ) -> None:
         self.config = config
         self.authenticate = authenticate
+        self.keys, self.tenants = keys, tenants
+        self.metrics = ProxyMetrics()
+        self.gate = AdminGate(keys, loopback=authenticate is None)
         self.failure: str | None = None
         self._options = options
         self._clients: TenantClients | None = None

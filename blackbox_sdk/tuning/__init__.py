@@ -1,7 +1,8 @@
 """Black-Box Tuning: CMA-ES over a low-dimensional z, the soft prompt `A z + p0` it projects to,
-the scorers that read verbalizer logits (local model or an HTTP embeds endpoint), and the meter
-that puts every evaluation on an SDK client's budget and call log. Names that need torch, numpy
-or cma, and the meter (which reads the client's options), load on first use.
+the scorers that read verbalizer logits (local model or an HTTP embeds endpoint), the meter that
+puts every evaluation on an SDK client's budget and call log, and a vLLM server to tune over.
+Names that need torch, numpy or cma, and the meter (which reads the client's options), load on
+first use.
 """
 
 from .._lazy import lazy_attributes
@@ -24,9 +25,11 @@ __all__ = [
     "SoftPrompt",
     "SoftPromptInfo",
     "Tuner",
+    "VLLMServer",
     "build_projection",
     "decode_embeds",
     "encode_embeds",
+    "export_hf_folder",
     "population_losses",
     "resolve_target",
     "sample_few_shot",
@@ -45,9 +48,11 @@ __getattr__ = lazy_attributes(
         "SoftPrompt": "._soft_prompt",
         "SoftPromptInfo": "._soft_prompt",
         "Tuner": "._tuner",
+        "VLLMServer": "._vllm",
         "build_projection": "._projection",
         "decode_embeds": "._embeds_endpoint",
         "encode_embeds": "._embeds_endpoint",
+        "export_hf_folder": "._vllm",
         "population_losses": "._losses",
         "resolve_target": "._scorer",
     },

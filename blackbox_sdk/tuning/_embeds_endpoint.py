@@ -2,22 +2,25 @@
 
 vLLM's OpenAI-compatible server started with `--enable-prompt-embeds` accepts `prompt_embeds` (a
 list gives a batch): base64 of `torch.save(tensor)`, shape (seq_len, hidden), float32, bfloat16 or
-float16, sent with `prompt=""`. The server applies no template, so the client embeds every token
-itself and needs the model's embedding table locally (`embedding_table_source`: an HFBackend or a
-model path). Only the generated tokens' top-k log-probs come back (no echo, no prompt_logprobs),
-so a label is read from the first generated token's top-k (`max_tokens=1`, greedy), asking for
-token ids as keys (`return_tokens_as_token_ids`, answered as `"token_id:123"`; decoded strings are
-matched too).
+float16. `prompt` is left out (vLLM reads `prompt: ""` as one more, empty, prompt and answers 400
+"The decoder prompt cannot be empty"); through an OpenAI client, whose `create` requires it, it is
+`[]`. The server applies no template, so the client embeds every token itself and needs the
+model's embedding table locally (`embedding_table_source`: an HFBackend or a model path). Only the
+generated tokens' log-probs come back (no echo, no prompt_logprobs), so a label is read from the
+first generated token (`max_tokens=1`, greedy), asking for the verbalizer tokens by id
+(`logprob_token_ids`, answered exactly by vLLM 0.32) and for token ids as keys
+(`return_tokens_as_token_ids`, answered as `"token_id:123"`; decoded strings are matched too).
 
-A verbalizer token outside the top-k gets an explicit stand-in log-prob:
-`min(lowest shown log-prob, log(remaining mass / missing labels))`, where the remaining mass is
-`1 - sum(shown probabilities)`. The true value can't exceed either bound, so a missing label never
-outranks a shown one, and the loss stays finite.
+A server that ignores `logprob_token_ids` answers the top-k only; a verbalizer token outside it
+gets an explicit stand-in log-prob: `min(lowest shown log-prob, log(remaining mass / missing
+labels))`, where the remaining mass is `1 - sum(shown probabilities)`. The true value can't exceed
+either bound, so a missing label never outranks a shown one, and the loss stays finite.
 
 Most servers can't take embeddings (llama.cpp's server, TGI; SGLang only off the OpenAI routes),
 so the capability is a switch: `supports_prompt_embeds=True` must be set explicitly, otherwise
 scoring raises EmbeddingsNotSupportedError before any request. This client only sends tensors and
-never loads one from a server (see CVE-2025-62164 for why servers must be careful loading them).
+never loads one from a server (see CVE-2025-62164 for why servers must be careful loading them:
+use vLLM >= 0.11.1).
 """
 
 from __future__ import annotations
@@ -32,8 +35,9 @@ from typing import Any, Literal
 import httpx2
 import torch
 
-from .._exceptions import BackendError, ConfigError, EmbeddingsNotSupportedError
-from ._template import EncodedExamples
+from .._exceptions import BackendError, ConfigError, EmbeddingsNotSupportedError, TuningError
+from ._soft_prompt import SoftPrompt, label_and_probs
+from ._template import EncodedExamples, PromptTemplate
 
 MAX_SERVER_LOGPROBS = 20  # vLLM's default --max-logprobs
 TOKEN_ID_PREFIX = "token_id:"
@@ -111,35 +115,66 @@ class EmbedsEndpoint:
     def label_logprobs(
         self, prompts: torch.Tensor, examples: EncodedExamples, label_ids: Sequence[int]
     ) -> torch.Tensor:
-        """Label log-probs [P, N, C] read from the first generated token's top-k, one sequence per (prompt, example)."""
+        """Label log-probs [P, N, C] at the first generated token, one sequence per (prompt, example)."""
         if not self.supports_prompt_embeds:
             raise EmbeddingsNotSupportedError(f"{self!r} is not marked as taking prompt embeddings; nothing was sent")
-        heads = [self._embed(ids) for ids in examples.heads]
-        tails = [self._embed(ids) for ids in examples.tails]
+        label_ids = list(label_ids)
         soft = prompts.detach().to(self._table.device, torch.float32)
-        sequences = [torch.cat([heads[i], soft[p], tails[i]]) for p in range(len(soft)) for i in range(len(examples))]
+        sequences = self._sequences(soft, examples)
         rows: list[list[float]] = []
         for start in range(0, len(sequences), self.batch_size):
-            rows += self._request(sequences[start : start + self.batch_size], list(label_ids))
+            rows += self._request(sequences[start : start + self.batch_size], label_ids)
         return torch.tensor(rows, dtype=torch.float32).reshape(len(soft), len(examples), len(label_ids))
+
+    def completion_params(self, prompt: SoftPrompt, texts: Sequence[str]) -> dict[str, Any]:
+        """Keyword arguments for any OpenAI client's `completions.create` that classify texts with prompt here."""
+        template = self._template(prompt)
+        soft = prompt.embeds[None].to(self._table.device)
+        body = self._body(self._sequences(soft, template.encode(list(texts))), template.label_token_ids)
+        core = {key: body.pop(key) for key in ("model", "max_tokens", "temperature", "logprobs")}
+        return {**core, "prompt": [], "extra_body": body}
+
+    def read_labels(self, prompt: SoftPrompt, completion: Any) -> list[tuple[str, dict[str, float]]]:
+        """(label, {label: probability}) per text of a `completions.create` answer to completion_params."""
+        template = self._template(prompt)
+        answer = completion.model_dump() if hasattr(completion, "model_dump") else completion
+        choices = sorted(_field(answer, "choices", list), key=lambda c: _field(c, "index", int))
+        rows = torch.tensor([self._label_row(c, template.label_token_ids) for c in choices], dtype=torch.float32)
+        return [label_and_probs(template.labels, row) for row in torch.softmax(rows, dim=-1)]
+
+    def _template(self, prompt: SoftPrompt) -> PromptTemplate:
+        """The template prompt was tuned with, on this endpoint's tokenizer."""
+        hidden = int(self._table.shape[1])
+        if prompt.info.hidden_size != hidden:
+            raise TuningError(f"this soft prompt is for hidden size {prompt.info.hidden_size}, the model has {hidden}")
+        return PromptTemplate(prompt.template, prompt.verbalizer, self.tokenizer, prompt.placement)
+
+    def _sequences(self, soft: torch.Tensor, examples: EncodedExamples) -> list[torch.Tensor]:
+        """Input embeddings [T, H] of every (prompt, example) pair, prompt-major: head, soft prompt, tail."""
+        heads = [self._embed(ids) for ids in examples.heads]
+        tails = [self._embed(ids) for ids in examples.tails]
+        return [torch.cat([heads[i], soft[p], tails[i]]) for p in range(len(soft)) for i in range(len(examples))]
 
     def _embed(self, ids: Sequence[int]) -> torch.Tensor:
         """Token embeddings [T, H] (float32) of ids from the local table."""
         return self._table[torch.tensor(list(ids), dtype=torch.long, device=self._table.device)].float()
 
-    def _request(self, sequences: list[torch.Tensor], label_ids: list[int]) -> list[list[float]]:
-        """One batched /completions request; label log-probs per sequence, in order."""
-        body = {
+    def _body(self, sequences: list[torch.Tensor], label_ids: list[int]) -> dict[str, Any]:
+        """The /completions body that scores sequences: one greedy token, the labels' log-probs by id."""
+        return {
             "model": self.model_id,
-            "prompt": "",
             "prompt_embeds": [encode_embeds(s.to(self.wire_dtype)) for s in sequences],
             "max_tokens": 1,
             "temperature": 0,
             "logprobs": self.top_logprobs,
+            "logprob_token_ids": label_ids,
             "return_tokens_as_token_ids": True,
         }
+
+    def _request(self, sequences: list[torch.Tensor], label_ids: list[int]) -> list[list[float]]:
+        """One batched /completions request; label log-probs per sequence, in order."""
         try:
-            response = self._http.post(self.url, json=body, headers=self._headers)
+            response = self._http.post(self.url, json=self._body(sequences, label_ids), headers=self._headers)
         except httpx2.HTTPError as exc:
             raise BackendError(f"can't reach {self.url}: {exc}") from None
         if response.status_code != 200:

@@ -139,7 +139,7 @@ class SoftPrompt:
         template = PromptTemplate(self.info.template, self.info.verbalizer, scorer.tokenizer, self.info.placement)
         logprobs = scorer.label_logprobs(self.embeds[None], template.encode(list(texts)), template.label_token_ids)[0]
         probs = torch.softmax(logprobs, dim=-1)  # [N, C], over the labels only
-        return [_labelled(template.labels, row) for row in probs]
+        return [label_and_probs(template.labels, row) for row in probs]
 
     def _target(self, target: Any) -> Any:
         """The target to score on: the one given, else the one it was tuned on."""
@@ -148,7 +148,7 @@ class SoftPrompt:
         return self.target if target is None else target
 
 
-def _labelled(labels: Sequence[str], probs: torch.Tensor) -> tuple[str, dict[str, float]]:
+def label_and_probs(labels: Sequence[str], probs: torch.Tensor) -> tuple[str, dict[str, float]]:
     """The most probable label and the label -> probability map of one example."""
     values = [float(p) for p in probs]
     return labels[max(range(len(values)), key=values.__getitem__)], dict(zip(labels, values, strict=True))

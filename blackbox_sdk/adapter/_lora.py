@@ -1,0 +1,191 @@
+"""LoRA adapters through peft on one shared base encoder: one base in memory, one delta per adapter.
+
+A `SharedBase` holds a frozen base encoder (its tokenizer and SHA-256) wrapped as a peft
+`PeftModel`; every LoRA adapter loaded on it is one named peft adapter (`load_adapter`), made
+active under the base's lock for its forward passes (`set_adapter`). `shared_base` hands out one
+base per (folder, device), so the proxy's per-key rerankers and several clients on the same
+encoder load it once. A saved adapter keeps its deltas in peft's own format in `lora/`
+(`adapter_config.json` and `adapter_model.safetensors`), readable by `PeftModel.from_pretrained`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import re
+import threading
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .._exceptions import AdapterError
+from ..local import sha256_files
+from ._config import AdapterConfig
+from ._energy import import_torch
+
+LORA_DIR = "lora"
+PEFT_WEIGHTS = "adapter_model.safetensors"
+PEFT_CONFIG = "adapter_config.json"
+_LAYER_INDEX = re.compile(r"(?:^|\.)layers?\.(\d+)\.")
+
+
+def layer_index(name: str, missing: int | None = None) -> int | None:
+    """The transformer layer a parameter or module belongs to, from its name (`missing` for embeddings etc.)."""
+    match = _LAYER_INDEX.search(name)
+    return int(match.group(1)) if match else missing
+
+
+def import_peft() -> Any:
+    """peft, or an AdapterError that says which extra to install."""
+    try:
+        import peft
+    except ImportError:
+        raise AdapterError("LoRA adapters need peft: pip install 'blackbox-sdk[adapter]'") from None
+    return peft
+
+
+def base_fingerprint(folder: Path) -> str:
+    """SHA-256 over the base folder's safetensors weights, so an adapter never meets the wrong base."""
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise AdapterError(f"base encoder {folder} has no .safetensors weights (pickled weights are refused)")
+    return sha256_files(files)
+
+
+def load_base(config: AdapterConfig) -> tuple[Any, Any, str]:
+    """The base encoder (safetensors only), its left-truncating tokenizer and its fingerprint, on the CPU."""
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    base = config.base_path()
+    fingerprint = base_fingerprint(base)
+    hf_logging.disable_progress_bar()
+    try:
+        encoder = AutoModel.from_pretrained(base, use_safetensors=True)
+        tokenizer = AutoTokenizer.from_pretrained(base)
+    except (OSError, ValueError) as exc:
+        raise AdapterError(f"can't load base encoder {base}: {exc}") from exc
+    tokenizer.truncation_side = "left"
+    return encoder, tokenizer, fingerprint
+
+
+@dataclass(eq=False)
+class SharedBase:
+    """A frozen base encoder that LoRA adapters share: the peft model, tokenizer, fingerprint and a lock."""
+
+    plain: Any  # the base encoder; peft injects each adapter's LoRA layers into it
+    tokenizer: Any
+    sha256: str
+    shared: bool  # handed out by `shared_base` to every adapter on this (folder, device)
+    peft: Any = None  # the PeftModel over `plain`, from the first adapter on
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    _names: Iterator[int] = field(default_factory=itertools.count)
+
+    @property
+    def encoder(self) -> Any:
+        """The module an EnergyModel runs: the PeftModel (the plain encoder before any adapter)."""
+        return self.peft if self.peft is not None else self.plain
+
+    def new_name(self) -> str:
+        """A fresh peft adapter name on this base."""
+        return f"adapter{next(self._names)}"
+
+    def add(self, config: AdapterConfig, name: str) -> None:
+        """Add a freshly initialised LoRA adapter (the random A, zero B of LoRA: g starts as the base's)."""
+        lora = lora_config(config, self.plain)
+        with self.lock, _quiet():
+            if self.peft is None:
+                self.peft = import_peft().get_peft_model(self.plain, lora, adapter_name=name)
+            else:
+                self.peft.add_adapter(name, lora)
+
+    def load(self, folder: Path, name: str) -> None:
+        """Load a saved adapter's LoRA deltas (peft format, safetensors) under `name`."""
+        where = folder / LORA_DIR
+        if not (where / PEFT_WEIGHTS).is_file() or not (where / PEFT_CONFIG).is_file():
+            raise AdapterError(f"{folder} is a LoRA adapter without {LORA_DIR}/{PEFT_WEIGHTS} and {LORA_DIR}/{PEFT_CONFIG}")
+        with self.lock, _quiet():
+            if self.peft is None:
+                self.peft = import_peft().PeftModel.from_pretrained(self.plain, str(where), adapter_name=name, is_trainable=False)
+            else:
+                self.peft.load_adapter(str(where), adapter_name=name, is_trainable=False)
+        self.plain.requires_grad_(False)
+
+    def remove(self, name: str) -> None:
+        """Drop an adapter's deltas (the last one stays: peft keeps at least one adapter)."""
+        with self.lock, _quiet():
+            if self.peft is not None and name in self.peft.peft_config and len(self.peft.peft_config) > 1:
+                self.peft.delete_adapter(name)
+
+    @contextlib.contextmanager
+    def active(self, name: str) -> Iterator[None]:
+        """Hold the base with `name` the active adapter, for one forward pass."""
+        with self.lock:
+            if self.peft.active_adapter != name:
+                self.peft.set_adapter(name)
+            yield
+
+    def save(self, name: str, folder: Path, dtype: str, base_model: str) -> dict[str, Any]:
+        """Write `name`'s deltas to folder/lora in peft's format; returns them (for the card's count)."""
+        from safetensors.torch import save as to_safetensors
+
+        torch = import_torch()
+        where = folder / LORA_DIR
+        where.mkdir(parents=True, exist_ok=True)
+        state = import_peft().get_peft_model_state_dict(self.peft, adapter_name=name, save_embedding_layers=False)  # no hub look-up
+        tensors = {k: v.detach().to("cpu", getattr(torch, dtype)).contiguous() for k, v in state.items()}
+        (where / PEFT_WEIGHTS).write_bytes(to_safetensors(tensors, metadata={"format": "pt"}))
+        config = self.peft.peft_config[name]
+        document = {**config.to_dict(), "base_model_name_or_path": base_model, "inference_mode": True}
+        (where / PEFT_CONFIG).write_text(json.dumps(document, indent=2, sort_keys=True, default=list) + "\n")
+        return tensors
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence peft's and transformers' notices that say nothing to our users (deprecations, the active adapter's switch)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+        warnings.filterwarnings("ignore", message="Adapter .* was active which is now deleted.*")
+        yield
+
+
+def lora_config(config: AdapterConfig, encoder: Any) -> Any:
+    """peft's LoraConfig: rank `lora_rank` on every linear map of the top `trainable_layers` layers."""
+    from torch import nn
+
+    names = (n.removesuffix(".base_layer") for n, m in encoder.named_modules() if isinstance(m, nn.Linear) and ".lora_" not in n)
+    linear = [name for name in names if layer_index(name + ".") is not None]
+    depth = 1 + max((layer_index(n + ".") or 0 for n in linear), default=-1)
+    top = depth if config.trainable_layers == -1 else min(config.trainable_layers, depth)
+    if not linear or top < 1:
+        raise AdapterError("a LoRA adapter needs an encoder with linear layers and trainable_layers >= 1 (or -1)")
+    return import_peft().LoraConfig(
+        r=config.lora_rank,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=0.0,
+        target_modules=sorted({n.rsplit(".", 1)[-1] for n in linear}),
+        layers_to_transform=list(range(depth - top, depth)),
+        bias="none",
+    )
+
+
+_BASES: dict[tuple[str, str], SharedBase] = {}
+_BASES_LOCK = threading.Lock()
+
+
+def shared_base(config: AdapterConfig, device: str, *, shared: bool = True) -> SharedBase:
+    """The one base encoder for this config's base folder on `device` (loaded on first use), or a private one."""
+    key = (str(config.base_path().resolve()), str(import_torch().device(device)))
+    with _BASES_LOCK:
+        if shared and key in _BASES:
+            return _BASES[key]
+        encoder, tokenizer, fingerprint = load_base(config)
+        encoder.requires_grad_(False)
+        base = SharedBase(encoder.to(device).eval(), tokenizer, fingerprint, shared)
+        if shared:
+            _BASES[key] = base
+        return base

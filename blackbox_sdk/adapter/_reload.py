@@ -1,0 +1,43 @@
+"""Hot reload: a loaded adapter picks up a re-trained folder swapped in under the same path, without a restart.
+
+`reload_if_changed` is called before each scoring: at most once per `reload_interval` seconds it
+stats the folder's config file; only when that changed does it read the JSON, and only a new
+`revision` there loads the new weights (on the same shared base, as the same kind: fast or not).
+A folder caught mid-swap (absent, or unreadable) keeps the loaded weights until the next check.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from .._exceptions import AdapterError
+from ._folder import read_document, stamp
+
+_SWAPPED = ("config", "model", "tokenizer", "base_sha256", "metadata", "base", "lora_name", "revision", "_scorer", "_stamp")
+
+
+def reload_if_changed(adapter: Any) -> bool:
+    """Load the adapter's source folder again into it when the folder holds a new revision; whether it did."""
+    now = time.monotonic()
+    if adapter.source is None or now - adapter._checked < adapter.reload_interval:
+        return False
+    adapter._checked = now
+    current = stamp(adapter.source)
+    if current is None or current == adapter._stamp:
+        return False
+    try:
+        if read_document(adapter.source).get("revision") == adapter.revision:
+            adapter._stamp = current
+            return False
+        shared = adapter.base is None or adapter.base.shared
+        fresh = type(adapter).load(adapter.source, device=str(adapter.device), shared=shared, fast=adapter.fast, precision=adapter.precision)
+    except (AdapterError, OSError):
+        return False
+    with adapter._lock:
+        old_base, old_name = adapter.base, adapter.lora_name
+        for name in _SWAPPED:
+            setattr(adapter, name, getattr(fresh, name))
+    if old_base is not None and old_name is not None:
+        old_base.remove(old_name)  # the old deltas; the base stays for the new ones
+    return True

@@ -1,0 +1,80 @@
+"""Fast scoring: ONNX Runtime (`fast=True`) and CPU bf16 rank real held-out candidates as the fp32 torch forward does."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from blackbox_sdk._exceptions import AdapterError
+from blackbox_sdk.adapter import Adapter, AdapterConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_adapter_speed import CANDIDATES, candidates, spearman, top1_agreement
+
+COMPARISON = ROOT / "adapters" / "comparison"  # the shipped MiniLM adapter (a full-weight v1 folder)
+
+
+@pytest.fixture(scope="module")
+def texts() -> list[str]:
+    """The benchmark's held-out candidates: 16 comparison questions, 8 answers each, rendered."""
+    torch.set_num_threads(1)
+    config = Adapter.load(COMPARISON, device="cpu").config
+    return [config.render(q, a) for q, a in candidates("comparison", 16)]
+
+
+@pytest.fixture(scope="module")
+def reference(texts: list[str]) -> list[float]:
+    """fp32 torch scores of those candidates."""
+    return Adapter.load(COMPARISON, device="cpu").score_texts(texts)
+
+
+def test_fast_scoring_through_onnxruntime_ranks_as_fp32(texts: list[str], reference: list[float]) -> None:
+    fast = Adapter.load(COMPARISON, device="cpu", fast=True)
+    assert fast._scorer is not None
+    scores = fast.score_texts(texts)
+    assert spearman(reference, scores) >= 0.999
+    assert top1_agreement(reference, scores) == 1.0
+    assert max(abs(a - b) for a, b in zip(reference, scores)) < 1e-3
+    one_by_one = [fast.score_texts([t])[0] for t in texts[:CANDIDATES]]  # batches without padding
+    assert one_by_one == pytest.approx(reference[:CANDIDATES], abs=1e-3)
+    question_scores = fast.score(texts[0].split("\n")[0][3:], ["57 is larger.", "24 is larger."])
+    assert len(question_scores) == 2 and question_scores[0] != question_scores[1]
+
+
+def test_fast_scoring_of_a_lora_adapter_on_a_shared_base_matches_its_torch_scores(texts: list[str], tmp_path: Path) -> None:
+    adapter = Adapter.create(AdapterConfig(lora_rank=4, trainable_layers=2), seed=3, device="cpu")
+    with torch.no_grad():
+        for name, param in adapter.model.named_parameters():
+            if ".lora_B." in name or name.startswith("head."):
+                param.normal_(0, 0.1 if ".lora_B." in name else 0.5)
+    folder = adapter.save(tmp_path / "lora")
+    fast = Adapter.load(folder, device="cpu", fast=True)
+    slow = Adapter.load(folder, device="cpu")
+    assert fast.base is slow.base  # the export leaves the shared base as it was
+    expected = slow.score_texts(texts[:CANDIDATES * 2])
+    assert fast.score_texts(texts[:CANDIDATES * 2]) == pytest.approx(expected, abs=1e-3)
+    assert spearman(expected, fast.score_texts(texts[:CANDIDATES * 2])) >= 0.999
+
+
+def test_bf16_scoring_on_the_cpu_ranks_close_to_fp32(texts: list[str], reference: list[float]) -> None:
+    bf16 = Adapter.load(COMPARISON, device="cpu", precision="bf16")
+    scores = bf16.score_texts(texts)
+    assert scores != reference  # it did run in bf16
+    assert spearman(reference, scores) >= 0.97
+    assert top1_agreement(reference, scores) >= 0.8
+
+
+def test_an_unknown_precision_is_refused() -> None:
+    with pytest.raises(AdapterError, match="precision"):
+        Adapter.load(COMPARISON, device="cpu", precision="int4")
+
+
+def test_fast_without_onnx_installed_says_which_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "onnx", None)  # as if not installed
+    with pytest.raises(AdapterError, match=r"blackbox-sdk\[adapter\]"):
+        Adapter.load(COMPARISON, device="cpu", fast=True)

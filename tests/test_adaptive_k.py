@@ -1,0 +1,98 @@
+"""Adaptive K on a real llama.cpp server: sample in rounds of 2, 4, 8 and stop once the pick is clear."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from blackbox_sdk import AsyncOpenAI, Budget, CallLog, ConfigError, OpenAI
+from blackbox_sdk._pipeline._rerank import next_round, pick_share
+
+MODEL = "smollm2"
+QUESTION = [{"role": "user", "content": "Write one random word."}]
+PRICES = {MODEL: {"input": 1000.0, "output": 1000.0}}
+
+
+def first_wins(question: str, answers: Sequence[str]) -> list[float]:
+    """A decisive scorer: the first answer far ahead of the rest."""
+    return [20.0] + [0.0] * (len(answers) - 1)
+
+
+def undecided(question: str, answers: Sequence[str]) -> list[float]:
+    """A scorer that can't tell answers apart: only agreement can make the pick clear."""
+    return [0.0] * len(answers)
+
+
+def ask(client: OpenAI, **kwargs: object) -> object:
+    params = {"model": MODEL, "messages": QUESTION, "max_tokens": 8, "temperature": 1.5, **kwargs}
+    return client.chat.completions.create(**params)
+
+
+def client_for(llama_server: str, tmp_path: Path, scorer: object, **options: object) -> OpenAI:
+    budget = Budget(total_usd=5.0, prices=PRICES, ledger=tmp_path / "ledger.db")
+    settings = {"reranker": scorer, "rerank_n": 8, "rerank_confidence": 0.9, "budget": budget, "log": tmp_path / "calls.db", **options}
+    return OpenAI(base_url=llama_server, api_key="sk-test", **settings)
+
+
+def test_the_stop_rule_doubles_until_the_pick_holds_the_share() -> None:
+    assert next_round(0, 8, None, 0.9) == 2
+    assert next_round(2, 8, 0.5, 0.9) == 4 and next_round(4, 8, 0.5, 0.9) == 8
+    assert next_round(8, 8, 0.5, 0.9) == 0 and next_round(4, 8, 0.95, 0.9) == 0
+    assert next_round(4, 6, 0.1, 0.9) == 6
+    assert pick_share(["Red", "red."], [5.0, 5.0]) > 0.99  # copies of one good answer: clear
+    assert pick_share(["Red", "red."], [-3.0, -3.0]) < 0.1  # all agree, but the scorer finds them poor
+    assert pick_share(["a", "b"], [0.0, 0.0]) == pytest.approx(1 / 3)  # beside the unsampled answer at 0
+    assert pick_share(["a", "b"], [6.0, 0.0]) == pytest.approx(1 / (1 + 2 * 2.718281828 ** -6))
+
+
+def test_a_clear_pick_stops_after_the_first_round_and_pays_for_two(llama_server: str, tmp_path: Path) -> None:
+    client = client_for(llama_server, tmp_path, first_wins)
+    completion = ask(client)
+    info = completion.blackbox
+    assert len(info.candidates) == 2 and info.requests == 2
+    assert completion.choices[0].message.content == info.candidates[0]
+    record = CallLog(tmp_path / "calls.db").get(info.call_id)
+    assert record.candidates == info.candidates and record.scores == info.scores
+    assert info.cost_usd == pytest.approx(client.options.budget.report().spent_usd)
+    assert completion.usage.completion_tokens == record.usage["completion_tokens"] > 0
+
+
+def test_an_unclear_pick_samples_up_to_rerank_n_in_rounds_each_settled(llama_server: str, tmp_path: Path) -> None:
+    client = client_for(llama_server, tmp_path, undecided, rerank_confidence=1.0)
+    completion = ask(client)
+    info = completion.blackbox
+    assert len(set(info.candidates)) > 1  # a random word at temperature 1.5: the answers differ
+    assert len(info.candidates) == 8 and info.requests == 8
+    report = client.options.budget.report()
+    assert report.reserved_usd == 0 and report.spent_usd > 0 and info.cost_usd == pytest.approx(report.spent_usd)
+    assert report.calls == 3  # rounds of 2, 2 more and 4 more, each settled on its own
+    log = CallLog(tmp_path / "calls.db")
+    assert log.get(info.call_id).cost_usd == pytest.approx(report.spent_usd)
+    assert log.get(info.call_id).usage["total_tokens"] == completion.usage.total_tokens
+
+
+def test_stored_candidates_count_as_a_round_and_a_clear_pick_is_a_hit(llama_server: str, tmp_path: Path) -> None:
+    client = client_for(llama_server, tmp_path, first_wins, cache=tmp_path / "cache")
+    first = ask(client, seed=3)
+    again = ask(client, seed=3)
+    assert again.blackbox.cache_hit and again.blackbox.requests == 0
+    assert again.choices[0].message.content == first.choices[0].message.content
+    assert again.blackbox.cost_usd == 0
+
+
+def test_async_client_takes_the_same_rounds(llama_server: str, tmp_path: Path) -> None:
+    async def run() -> object:
+        async with AsyncOpenAI(base_url=llama_server, api_key="sk-test", reranker=undecided, rerank_n=4, rerank_confidence=1.0) as client:
+            return await client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=8, temperature=1.5)
+
+    info = asyncio.run(run()).blackbox
+    assert len(info.candidates) == 4 and info.requests == 4
+
+
+@pytest.mark.parametrize("bad", [0, 1.5, -0.2, True, "0.9"])
+def test_a_bad_confidence_is_refused_before_anything_is_sent(bad: object, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="rerank_confidence"):
+        OpenAI(base_url="http://127.0.0.1:9/v1", api_key="sk-test", reranker=first_wins, rerank_confidence=bad)

@@ -1,0 +1,182 @@
+"""The proxy's /metrics: scraped after real calls through the proxy in front of the real llama.cpp
+server, parsed with prometheus_client's own parser; behind the admin key, with no key material."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from starlette.testclient import TestClient
+
+from blackbox_sdk import Budget, CallLog, ConfigError
+from blackbox_sdk.local import free_port
+from blackbox_sdk.serve import (
+    ProxyConfig,
+    TenantDefaults,
+    TenantOptions,
+    admin_routes,
+    create_app,
+    key_authenticator,
+    open_key_store,
+)
+
+pytestmark = pytest.mark.slow
+
+MODEL = "smollm2"
+PRICES = {MODEL: {"input": 1000.0, "output": 1000.0}}
+ADMIN = "admin-key-for-metrics-tests-0123456789"
+HELLO = [{"role": "user", "content": "Say hello in three words."}]
+
+
+def _ready(http: TestClient) -> None:
+    """Poll /readyz until the upstream client is built."""
+    deadline = time.monotonic() + 120
+    while http.get("/readyz").status_code != 200:
+        assert time.monotonic() < deadline, "the proxy did not become ready"
+        time.sleep(0.05)
+
+
+def scrape(http: TestClient, **headers: str) -> tuple[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]]:
+    """/metrics' text and its samples by (name, sorted labels), parsed by prometheus_client."""
+    answer = http.get("/metrics", headers=headers)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"].startswith("text/plain")
+    samples = {}
+    for family in text_string_to_metric_families(answer.text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return answer.text, samples
+
+
+def value(samples: dict[Any, float], name: str, **labels: str) -> float:
+    """The sum of a metric's samples whose labels include `labels` (0 when none)."""
+    return sum(v for (n, ls), v in samples.items() if n == name and labels.items() <= dict(ls).items())
+
+
+@pytest.fixture
+def keyed(llama_server: str, tmp_path: Path) -> Iterator[tuple[TestClient, str, Path]]:
+    """The proxy with a key store (admin key), a cache, a log and priced tenant budgets; team-a's key."""
+    store = open_key_store(tmp_path / "keys.db", admin_key=ADMIN)
+    tenants = TenantOptions(TenantDefaults(ledger=tmp_path / "tenants", cache=tmp_path / "cache", budget_options={"prices": PRICES}))
+    config = ProxyConfig(upstream=llama_server, log=str(tmp_path / "calls.db"))
+    app = create_app(config, authenticate=key_authenticator(store, tenants), routes=admin_routes(store), keys=store, tenants=tenants)
+    secret, _ = store.create("team-a", budget_usd=5.0, models=[MODEL])
+    with TestClient(app) as http:
+        _ready(http)
+        yield http, str(secret), tmp_path
+    tenants.close()
+    store.close()
+
+
+def test_counters_move_with_real_calls_and_show_no_key(keyed: tuple[TestClient, str, Path]) -> None:
+    http, secret, folder = keyed
+    as_a = {"authorization": f"Bearer {secret}"}
+    chat = {"model": MODEL, "messages": HELLO, "max_tokens": 8, "temperature": 0}
+    first = http.post("/v1/chat/completions", json=chat, headers=as_a)
+    again = http.post("/v1/chat/completions", json=chat, headers=as_a)
+    assert first.status_code == again.status_code == 200
+    assert (first.headers["x-blackbox-cache-hit"], again.headers["x-blackbox-cache-hit"]) == ("false", "true")
+    streamed = {**chat, "messages": [{"role": "user", "content": "Count to three."}], "stream": True, "stream_options": {"include_usage": True}}
+    with http.stream("POST", "/v1/chat/completions", json=streamed, headers=as_a) as stream:
+        events = [line for line in stream.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "data: [DONE]"
+    stream_usage = json.loads(events[-2][6:])["usage"]
+    assert http.post("/v1/chat/completions", json={**chat, "model": "gpt-4o"}, headers=as_a).status_code == 404  # not team-a's model
+    assert http.post("/v1/chat/completions", json=chat, headers={"authorization": "Bearer bb-wrong"}).status_code == 401
+
+    for refused in ({}, as_a, {"authorization": "Bearer " + "x" * 40}):  # nobody but the admin
+        assert http.get("/metrics", headers=refused).status_code == 401
+    text, samples = scrape(http, authorization=f"Bearer {ADMIN}")
+    mine = {"key": "team-a", "model": MODEL}
+    assert value(samples, "blackbox_proxy_requests_total", route="chat", status="200", **mine) == 3
+    assert value(samples, "blackbox_proxy_requests_total", route="chat", status="404", key="team-a", model="gpt-4o") == 1
+    assert value(samples, "blackbox_proxy_requests_total", route="chat", status="401", key="") == 1
+    assert value(samples, "blackbox_proxy_cache_lookups_total", result="hit", **mine) == 1  # the hit, counted once
+    assert value(samples, "blackbox_proxy_cache_lookups_total", result="miss", **mine) == 2
+    usage = first.json()["usage"]
+    assert value(samples, "blackbox_proxy_tokens_total", direction="in", **mine) == usage["prompt_tokens"] + stream_usage["prompt_tokens"]
+    assert value(samples, "blackbox_proxy_tokens_total", direction="out", **mine) == usage["completion_tokens"] + stream_usage["completion_tokens"]
+    spend = value(samples, "blackbox_proxy_spend_usd_total", **mine)
+    ledger = Budget(prices=PRICES, ledger=folder / "tenants" / "team-a.sqlite3").spent()
+    assert spend > 0 and spend == pytest.approx(ledger, abs=1e-9)  # the metric is what the tenant's ledger settled
+    assert value(samples, "blackbox_proxy_request_duration_seconds_count", route="chat", **mine) == 3
+    assert value(samples, "blackbox_proxy_stream_first_byte_seconds_count", route="chat", **mine) == 1
+    assert value(samples, "blackbox_proxy_requests_in_flight") == 0
+    assert value(samples, "blackbox_proxy_upstream_errors_total") == 0
+    assert secret not in text and ADMIN not in text and "bb-wrong" not in text
+
+
+def test_a_browser_session_reads_metrics_too_and_logs_out(keyed: tuple[TestClient, str, Path]) -> None:
+    http, secret, _ = keyed
+    assert http.post("/login", content=f"key={secret}", headers={"content-type": "application/x-www-form-urlencoded"}, follow_redirects=False).status_code == 401
+    assert "blackbox_admin" not in http.cookies
+    answer = http.post("/login", content=f"key={ADMIN}", headers={"content-type": "application/x-www-form-urlencoded"}, follow_redirects=False)
+    assert answer.status_code == 303 and answer.headers["location"] == "/"
+    cookie = answer.headers["set-cookie"]
+    assert ADMIN not in cookie and "HttpOnly" in cookie and "SameSite=lax" in cookie
+    assert http.get("/metrics").status_code == 200 and http.get("/").status_code == 200
+    http.post("/logout", follow_redirects=False)
+    http.cookies.clear()
+    assert http.get("/metrics").status_code == 401
+
+
+def test_upstream_errors_are_counted_and_metrics_stay_on_loopback_without_keys(tmp_path: Path) -> None:
+    dead = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there: a real connection failure
+    app = create_app(ProxyConfig(upstream=dead, max_retries=0))
+    with TestClient(app, client=("127.0.0.1", 50000)) as http:
+        _ready(http)
+        failed = http.post("/v1/chat/completions", json={"model": MODEL, "messages": HELLO, "max_tokens": 4})
+        assert failed.status_code == 502
+        _, samples = scrape(http)  # no keys: this machine may read it without a key
+        assert value(samples, "blackbox_proxy_upstream_errors_total", kind="connection", model=MODEL, key="") == 1
+        assert value(samples, "blackbox_proxy_requests_total", status="502") == 1
+    with TestClient(app, client=("203.0.113.7", 50000)) as remote:
+        assert remote.get("/metrics").status_code == 403 and remote.get("/").status_code == 403
+
+
+def test_two_apps_in_one_process_keep_their_own_metrics(llama_server: str) -> None:
+    one, two = create_app(ProxyConfig(upstream=llama_server)), create_app(ProxyConfig(upstream=llama_server))
+    loopback = ("127.0.0.1", 50000)
+    with TestClient(one, client=loopback) as first, TestClient(two, client=loopback) as second:
+        _ready(first)
+        assert first.post("/v1/chat/completions", json={"model": MODEL, "messages": HELLO, "max_tokens": 2}).status_code == 200
+        assert value(scrape(first)[1], "blackbox_proxy_requests_total", route="chat") == 1
+        assert value(scrape(second)[1], "blackbox_proxy_requests_total", route="chat") == 0
+
+
+def test_the_model_label_is_bounded() -> None:
+    from blackbox_sdk.serve._metrics import MAX_MODELS, ModelNames
+
+    names = ModelNames()
+    assert [names.label(f"m{i}") for i in range(MAX_MODELS)] == [f"m{i}" for i in range(MAX_MODELS)]
+    assert names.label("one-too-many") == "other" and names.label("m3") == "m3" and names.label(7) == ""
+
+
+def test_a_stream_without_a_usage_chunk_counts_the_tokens_the_sdk_settled(keyed: tuple[TestClient, str, Path]) -> None:
+    http, secret, folder = keyed
+    streamed = {"model": MODEL, "messages": HELLO, "max_tokens": 8, "temperature": 0, "stream": True}
+    with http.stream("POST", "/v1/chat/completions", json=streamed, headers={"authorization": f"Bearer {secret}"}) as stream:
+        call_id = stream.headers["x-blackbox-call-id"]
+        events = [line for line in stream.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "data: [DONE]" and all('"usage"' not in e or '"usage":null' in e.replace(" ", "") for e in events[:-1])
+    _, samples = scrape(http, authorization=f"Bearer {ADMIN}")
+    logged = _logged(folder / "calls.db", call_id).usage
+    mine = {"key": "team-a", "model": MODEL}
+    assert value(samples, "blackbox_proxy_tokens_total", direction="in", **mine) == logged["prompt_tokens"] > 0
+    assert value(samples, "blackbox_proxy_tokens_total", direction="out", **mine) == logged["completion_tokens"] > 0
+
+
+def _logged(path: Path, call_id: str) -> Any:
+    """A call's log record, once the log's background writer has written it."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return CallLog(path).get(call_id)
+        except ConfigError:
+            assert time.monotonic() < deadline, f"{call_id} never reached the log"
+            time.sleep(0.05)
