@@ -161,7 +161,7 @@ async def test_async_n_fans_out_concurrently(llama_server: str) -> None:
 
 
 def test_unreachable_endpoint_raises_openai_connection_error() -> None:
-    from conftest import free_port
+    from blackbox_sdk.local import free_port
 
     client = OpenAI(base_url=f"http://127.0.0.1:{free_port()}/v1", api_key="sk-test", max_retries=0)
     with pytest.raises(openai.APIConnectionError):
