@@ -89,12 +89,9 @@ def _repair_log(options: Options) -> None:
     from .call_log import repair_log
 
     try:
-        repaired = repair_log(options.log, options.budget)
+        repair_log(options.log, options.budget)  # it says what it recovered
     except (CallLogError, StoreUnavailableError) as error:
         logger.warning("could not repair the call log from the budget ledger now: %s", error)
-        return
-    if repaired:
-        logger.warning("the call log lacked %d charged calls of processes that ended before logging them: recovered from the ledger", repaired)
 
 
 class _Blackbox:

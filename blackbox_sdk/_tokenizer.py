@@ -105,6 +105,11 @@ class ServerTokenizer:
         data = response.json()
         return int(data["count"]) if kind == "llama.cpp" else int(data["count"] if "count" in data else len(data["tokens"]))
 
+    @property
+    def may_answer(self) -> bool:
+        """Whether asking it may send a request: not probed yet, or a tokenize route was found."""
+        return not self._probed or self._found is not None
+
     def counter(self, model: str) -> TokenCounter | None:
         """A counting TokenCounter through the server for `model` (each distinct text asked once), or
         None when the server has no tokenize route."""

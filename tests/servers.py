@@ -7,11 +7,13 @@ import glob
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from blackbox_sdk.local import free_port
@@ -49,6 +51,17 @@ class RedisServer:
         self._process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _wait_for_port(self.port, self._process)
         return self
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """The server stopped (SIGSTOP) inside the block, as a stalled host or a long GC pause is: it takes
+        connections but answers nothing until it goes on (SIGCONT) at the block's end."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            self._process.send_signal(signal.SIGCONT)
 
     def stop(self) -> None:
         """Kill the server at once (SIGKILL), as a crash would."""

@@ -219,6 +219,26 @@ def test_groups_from_log_use_every_kind_of_feedback(tmp_path: Path) -> None:
     assert all(g.positive.endswith(f"{CAPITALS[g.question[23:-1]]}.") for g in groups)
 
 
+@pytest.mark.parametrize(
+    ("route", "request_"),
+    [
+        ("chat.completions", {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+2?"}]}),
+        ("chat.completions", {"messages": [{"role": "user", "content": [{"type": "text", "text": "What is 2+2?"}]}]}),
+        ("responses", {"input": "What is 2+2?", "instructions": "Be brief."}),
+        ("responses", {"input": [{"role": "user", "content": [{"type": "input_text", "text": "What is 2+2?"}]}]}),
+        ("completions", {"prompt": "What is 2+2?"}),
+    ],
+)
+def test_groups_come_from_calls_as_the_client_logs_them(tmp_path: Path, route: str, request_: dict[str, object]) -> None:
+    """The route names and request shapes the client itself writes (chat as "chat.completions"), each read for its question."""
+    with CallLog(tmp_path / "calls.db") as log:
+        rec = CallRecord(endpoint_host="127.0.0.1", model="m", route=route, request=request_, candidates=["5", "4"], chosen=[0])
+        log.record(rec)
+        log.feedback(rec.call_id, preferred=1)
+    [group] = groups_from_log(read_log(tmp_path / "calls.db"))
+    assert group.question == "What is 2+2?" and group.positive == "4" and list(group.negatives) == ["5"]
+
+
 def test_read_log_takes_the_jsonl_export_too(tmp_path: Path) -> None:
     _write_log(tmp_path / "calls.db")
     with CallLog(tmp_path / "calls.db") as log:

@@ -498,6 +498,51 @@ def test_locked_database_makes_writes_fail_fast_while_reads_go_on(tmp_path: Path
         assert cache.get(key) == [_entry("before"), _entry("after")]
 
 
+@contextlib.contextmanager
+def _write_locked(directory: Path) -> Iterator[None]:
+    """Another connection holds the cache database's write lock inside the block, as a busy process would."""
+    blocker = sqlite3.connect(directory / "cache.db", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+
+
+def test_a_store_that_fails_keeps_the_claim_and_release_claim_then_frees_it(tmp_path: Path) -> None:
+    with Cache(tmp_path / "c", timeout=0.2) as leader, Cache(tmp_path / "c") as other:
+        key = _key(leader)
+        assert leader.claim(key, ttl_s=60)
+        with _write_locked(tmp_path / "c"), pytest.raises(CacheError, match="locked"):
+            leader.extend(key, [_entry("never stored")])
+        assert not other.claim(key, ttl_s=60) and other.get(key) == []
+        leader.release_claim(key)
+        assert other.claim(key, ttl_s=60)
+
+
+def test_release_claim_after_the_leaders_store_writes_nothing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with Cache(tmp_path / "c", timeout=0.2) as leader:
+        key = _key(leader)
+        assert leader.claim(key, ttl_s=60)
+        leader.extend(key, [_entry("answer")])
+        with _write_locked(tmp_path / "c"), caplog.at_level(logging.DEBUG, logger="blackbox_sdk"):
+            leader.release_claim(key)  # a write now would wait for the lock, then give up and log it
+        assert not [r for r in caplog.records if r.name == "blackbox_sdk"]
+        assert leader.get(key) == [_entry("answer")]
+
+
+def test_lapsed_claims_and_expired_buckets_still_leave_the_disk(tmp_path: Path) -> None:
+    with Cache(tmp_path / "c", ttl=0.1) as first:
+        key, other = _key(first), _key(first, seed=2)
+        assert first.claim(key, ttl_s=0.1)  # its holder "dies": never released
+        first.extend(other, [_entry("short-lived")])
+    time.sleep(0.3)  # past both expiries (a lower bound: a slow machine only waits longer)
+    with Cache(tmp_path / "c") as later:  # a later process: its first write culls what expired
+        later.extend(_key(later, seed=3), [_entry("new")])
+    assert _row_count(tmp_path / "c", key + ":claim") == 0 and _row_count(tmp_path / "c", other) == 0
+
+
 def test_the_examples_in_docs_cache_md_run() -> None:
     results = doctest.testfile(str(REPO_ROOT / "docs" / "cache.md"), module_relative=False, verbose=False)
     assert results.attempted > 5 and results.failed == 0

@@ -17,7 +17,7 @@ import torch
 
 from blackbox_sdk._exceptions import BackendError, ConfigError, EmbeddingsNotSupportedError
 from blackbox_sdk.local._backend import HFBackend, load_backend
-from blackbox_sdk.tuning import BBTConfig, EmbedsEndpoint, LocalScorer, PromptTemplate, Tuner, decode_embeds
+from blackbox_sdk.tuning import BBTConfig, EmbedsEndpoint, LocalScorer, PromptTemplate, Tuner, decode_embeds, encode_embeds
 from blackbox_sdk.tuning._embeds_endpoint import missing_logprob
 
 TEMPLATE = "{text} It was {label}"
@@ -261,3 +261,55 @@ def test_a_tuned_prompt_is_served_through_an_openai_clients_create(backend: HFBa
     assert [label for label, _ in served] == [label for label, _ in classified]
     for (_, mine), (_, theirs) in zip(served, classified, strict=True):
         assert mine == pytest.approx(theirs, abs=1e-5)
+
+
+def test_a_budget_counts_prompt_embeds_as_the_server_does(backend: HFBackend) -> None:
+    """A batch of prompt_embeds is counted from the tensors' shapes: the reservation covers it, the
+    calibration learns no hidden tokens (the count equals the server's), and a cap it would cross
+    refuses it before anything is sent."""
+    import blackbox_sdk
+    from blackbox_sdk.tuning import SoftPrompt
+
+    double = VLLMDouble(backend)
+    remote = endpoint(backend, double)
+    embeds = torch.randn(2, 576, generator=torch.Generator().manual_seed(0)) * 0.02
+    prompt = SoftPrompt.create(embeds, model_id="smollm2", template=TEMPLATE, verbalizer=VERBALIZER, placement="suffix")
+    params = remote.completion_params(prompt, TEXTS)
+    prices = {"smollm2": {"input": 1000.0, "output": 1000.0}}  # $0.001 a token
+    budget = blackbox_sdk.Budget(total_usd=10.0, prices=prices)
+    client = blackbox_sdk.OpenAI(
+        base_url="http://vllm.test/v1", api_key="sk-test", budget=budget,
+        http_client=httpx2.Client(transport=httpx2.MockTransport(double)),
+    )
+    answer = client.completions.create(**params)
+    sent = sum(int(decode_embeds(item).shape[0]) for item in double.bodies[-1]["prompt_embeds"])
+    assert answer.usage.prompt_tokens == sent > 20
+    assert budget.calibration.overhead(f"{client.base_url}#completions", "smollm2") == 0
+
+    tight = blackbox_sdk.Budget(total_usd=0.8 * sent / 1000, prices=prices)  # room for most of the batch's prompt, not all
+    refusing = blackbox_sdk.OpenAI(
+        base_url="http://vllm.test/v1", api_key="sk-test", budget=tight,
+        http_client=httpx2.Client(transport=httpx2.MockTransport(double)),
+    )
+    before = len(double.bodies)
+    with pytest.raises(blackbox_sdk.BudgetExceededError):
+        refusing.completions.create(**params)
+    assert len(double.bodies) == before and tight.spent() == 0
+
+
+@pytest.mark.parametrize("item", ["not base64!", "aGVsbG8=", None])
+def test_a_malformed_prompt_embeds_item_is_refused_before_sending(backend: HFBackend, item: Any) -> None:
+    """An item that is not base64 of a saved 2-D tensor: a 400-style InvalidRequestError, nothing sent or held."""
+    import blackbox_sdk
+    from blackbox_sdk import InvalidRequestError
+
+    double = VLLMDouble(backend)
+    budget = blackbox_sdk.Budget(total_usd=10.0, prices={"smollm2": {"input": 1.0, "output": 1.0}})
+    client = blackbox_sdk.OpenAI(
+        base_url="http://vllm.test/v1", api_key="sk-test", budget=budget,
+        http_client=httpx2.Client(transport=httpx2.MockTransport(double)),
+    )
+    flat = encode_embeds(torch.zeros(4))
+    with pytest.raises(InvalidRequestError, match="prompt_embeds"):
+        client.completions.create(model="smollm2", prompt=[], max_tokens=1, extra_body={"prompt_embeds": [flat, item]})
+    assert double.bodies == [] and budget.report().outstanding_reservations == 0

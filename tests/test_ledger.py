@@ -29,6 +29,7 @@ from blackbox_sdk.budget import (
     nano_to_usd,
     usd_to_nano,
 )
+from blackbox_sdk.budget import _ledger as ledger_module
 
 PRICES = {"unit": {"input": 1.0, "output": 10.0}}  # USD per million tokens
 OUTPUT_TOKENS = 100  # each call: 100 output tokens = $0.001, reserved and settled in full
@@ -162,6 +163,22 @@ def test_open_ledger_releases_a_dead_process_reservation_on_the_next_reserve(tmp
     os.kill(process.pid, signal.SIGKILL)
     process.join(timeout=SPAWN_TIMEOUT_S)
     assert survivor.reserve(model="unit", prompt_tokens=0, max_output_tokens=800).worst_case_usd == pytest.approx(0.008)
+
+
+def test_a_dead_process_s_reservation_never_causes_a_refusal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ledger_module, "DEAD_CHECK_S", 3600.0)  # the periodic look for dead processes never comes again
+    path = tmp_path / "ledger.sqlite3"
+    survivor = Budget(total_usd=0.01, prices=PRICES, ledger=path)
+    process = _start_crashing_process(path, "sigkill")  # holds $0.008 of the $0.01
+    beside = survivor.reserve(model="unit", prompt_tokens=0, max_output_tokens=100)  # $0.001 fits beside it
+    os.kill(process.pid, signal.SIGKILL)
+    process.join(timeout=SPAWN_TIMEOUT_S)
+    assert _raw_reservations(path) == 2  # the killed process's hold is still in the file
+    held = survivor.reserve(model="unit", prompt_tokens=0, max_output_tokens=800)  # fits only without the dead hold
+    assert held.worst_case_usd == pytest.approx(0.008) and not held.shrunk
+    assert _raw_reservations(path) == 2 and Ledger(path).outstanding()[1] == 2  # the survivor's two
+    survivor.settle(beside, prompt_tokens=0, completion_tokens=100)
+    assert survivor.report().spent_usd == pytest.approx(0.001)
 
 
 def test_own_reservations_survive_reopening(tmp_path: Path) -> None:

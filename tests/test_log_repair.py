@@ -1,7 +1,8 @@
 """A process killed between the ledger's settle and the log's record leaves a charged call with no
 record; `repair_log`, run by a later process, writes it from the ledger, so the log's spend is the
-ledger's again. Real processes against an instant loopback upstream, the SQLite and Redis ledgers
-(a real redis-server), the SQLite and PostgreSQL logs; the ledgers' `settled_since` on both."""
+ledger's again: only into the log the call was meant for, when one ledger serves several logs.
+Real processes against an instant loopback upstream, the SQLite and Redis ledgers (a real
+redis-server), the SQLite and PostgreSQL logs; the ledgers' `settled_since` on both."""
 
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ import pytest
 from pg_databases import fresh_database
 from servers import InstantUpstream, PostgresServer
 
-from blackbox_sdk import ConfigError
-from blackbox_sdk.budget import Budget, Ledger, RedisLedger, usd_to_nano
+from blackbox_sdk import ConfigError, OpenAI
+from blackbox_sdk.budget import NO_LOG, Budget, Ledger, RedisLedger, usd_to_nano
 from blackbox_sdk.budget import _redis_ledger as redis_ledger_module
 from blackbox_sdk.budget._store import SettledSpend
 from blackbox_sdk.call_log import (
@@ -177,27 +178,30 @@ def test_a_client_with_the_same_budget_and_log_repairs_it_on_construction(upstre
     after = _log_view(log_target)
     assert set(after) == {spend.call_id for spend in budget.settled_since(0)}
     assert sum(record.cost_usd for record in after.values()) == pytest.approx(budget.spent(), abs=1e-12)
-    assert "recovered from the ledger" in built.stderr
+    assert built.stderr.count("recovered from the budget ledger") == 1  # said once
 
 
 # --- what the repair leaves alone ---------------------------------------------------------------
 
 
-def _settle(budget: Budget, *, call_id: str | None = None, key: str | None = None, cached: int = 0) -> str:
+def _settle(budget: Budget, *, call_id: str | None = None, key: str | None = None, cached: int = 0, log_id: str | None = None) -> str:
     """Reserve and settle one call in this process, as the client does before it records the call."""
     reservation = budget.reserve(model=MODEL, prompt_tokens=PROMPT, max_output_tokens=8, key=key, call_id=call_id or new_call_id())
-    budget.settle(reservation, prompt_tokens=PROMPT, completion_tokens=COMPLETION, cached_tokens=cached)
+    budget.settle(reservation, prompt_tokens=PROMPT, completion_tokens=COMPLETION, cached_tokens=cached, log_id=log_id)
     return reservation.call_id
 
 
-def _settle_in_a_process_that_ends(ledger: str, count: int) -> None:
+def _settle_in_a_process_that_ends(ledger: str, count: int, log_id: str | None = None) -> list[str]:
+    """Settle `count` calls (for the log `log_id`; None: not said) in a process that then ends; their call ids."""
     code = (
-        "import json, sys\nfrom blackbox_sdk import Budget\nledger, prices, count = json.loads(sys.argv[1])\n"
+        "import json, sys\nfrom blackbox_sdk import Budget\nledger, prices, count, log_id = json.loads(sys.argv[1])\n"
         "budget = Budget(prices=prices, ledger=ledger)\nfor _ in range(count):\n"
-        "    budget.settle(budget.reserve(model='unit', prompt_tokens=12, max_output_tokens=8), prompt_tokens=12, completion_tokens=3)\n"
+        "    held = budget.reserve(model='unit', prompt_tokens=12, max_output_tokens=8)\n"
+        "    budget.settle(held, prompt_tokens=12, completion_tokens=3, log_id=log_id)\n    print(held.call_id)\n"
     )
-    finished = _python(code, ledger, PRICES, count)
+    finished = _python(code, ledger, PRICES, count, log_id)
     assert finished.returncode == 0, finished.stderr
+    return finished.stdout.split()
 
 
 def test_a_live_process_s_unlogged_spend_is_left_to_it(ledger: str, tmp_path: Path) -> None:
@@ -288,8 +292,80 @@ def test_an_older_ledger_file_gains_the_settling_process(tmp_path: Path) -> None
     old.close()
     budget = Budget(prices=PRICES, ledger=str(path))
     assert isinstance(budget._ledger, Ledger)
-    new = _settle(budget)
+    new = _settle(budget, log_id="a-log")
     old_spend, new_spend = budget.settled_since(0)
     assert (old_spend.call_id, old_spend.usd_nano, old_spend.host, old_spend.pid, old_spend.pid_start) == ("bb-old", 7, "", 0, None)
+    assert old_spend.log_id is None and old_spend.meant_for("any-log") and old_spend.meant_for(None)  # not said: any log's
+    assert new_spend.log_id == "a-log" and new_spend.meant_for("a-log") and not new_spend.meant_for("any-log")
     assert new_spend.call_id == new and new_spend.host == socket.gethostname()
     assert not old_spend.may_still_be_logged(time.time(), GRACE_S)  # no process recorded: only the grace applies
+
+
+# --- one ledger, several logs -------------------------------------------------------------------
+
+
+def test_each_log_on_a_shared_ledger_gets_back_only_its_own_lost_calls(upstream: str, ledger: str, tmp_path: Path) -> None:
+    # two hosts' (or apps') SQLite logs on one ledger, each writer killed between settle and record
+    targets = [str(tmp_path / "first.sqlite3"), str(tmp_path / "second.sqlite3")]
+    budget = Budget(prices=PRICES, ledger=ledger)
+    charged: list[set[str]] = []
+    killed: list[str] = []
+    for target in targets:
+        before = {spend.call_id for spend in budget.settled_since(0)}
+        child = _python(CHILD, upstream, ledger, target, CALLS, KILLED_AT, KILLED_EXIT, PRICES)
+        assert child.returncode == KILLED_EXIT, child.stderr
+        killed.append(child.stdout.strip())
+        charged.append({spend.call_id for spend in budget.settled_since(0)} - before)  # this child's calls
+    assert [len(calls) for calls in charged] == [KILLED_AT, KILLED_AT] and killed[0] in charged[0] and killed[1] in charged[1]
+    for target, own in zip(targets, charged, strict=True):
+        assert not own <= set(_log_view(target))  # its killed call at least is missing
+        repair = _python(REPAIR, ledger, target, PRICES)
+        assert repair.returncode == 0, repair.stderr
+        assert set(_log_view(target)) == own  # its own lost calls back, none of the other log's
+    first, second = (_log_view(target) for target in targets)
+    assert first[killed[0]].error == second[killed[1]].error == RECOVERED_ERROR
+    spent = sum(record.cost_usd for log in (first, second) for record in log.values())
+    assert spent == pytest.approx(budget.spent(), abs=1e-12)
+    ids = {_open_log_id(target) for target in targets}
+    assert {spend.log_id for spend in budget.settled_since(0)} == ids and len(ids) == 2
+
+
+def test_spends_that_do_not_say_their_log_are_repaired_into_any_log(ledger: str, tmp_path: Path) -> None:
+    first, second = CallLog(tmp_path / "first.sqlite3"), CallLog(tmp_path / "second.sqlite3")
+    try:
+        unsaid = set(_settle_in_a_process_that_ends(ledger, 2))  # as an older ledger (or a bare Budget.settle) keeps them
+        mine = set(_settle_in_a_process_that_ends(ledger, 1, first.log_id))
+        theirs = set(_settle_in_a_process_that_ends(ledger, 1, second.log_id))
+        _settle_in_a_process_that_ends(ledger, 1, NO_LOG)  # a client without a log: no log's call
+        budget = Budget(prices=PRICES, ledger=ledger)
+        assert repair_log(first, budget, since=0) == 3 and repair_log(second, budget, since=0) == 3
+        assert {record.call_id for record in first.calls()} == unsaid | mine
+        assert {record.call_id for record in second.calls()} == unsaid | theirs
+        assert repair_log(first, budget, since=0) == repair_log(second, budget, since=0) == 0
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_client_without_a_log_settles_its_calls_for_no_log(upstream: str, ledger: str, tmp_path: Path) -> None:
+    budget = Budget(prices=PRICES, ledger=ledger)
+    with OpenAI(base_url=upstream, api_key="sk-test", budget=budget, max_retries=0) as client:
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Say ok."}], max_tokens=8)
+    (spend,) = budget.settled_since(0)
+    assert spend.log_id == NO_LOG
+    with CallLog(tmp_path / "calls.sqlite3") as log:
+        assert not spend.meant_for(log.log_id)
+
+
+def test_a_log_keeps_its_id(log_target: str, tmp_path: Path) -> None:
+    first = _open_log_id(log_target)
+    assert first and _open_log_id(log_target) == first  # every process opening the log names it alike
+    assert _open_log_id(str(tmp_path / "other.sqlite3")) != first
+
+
+def _open_log_id(target: str) -> str:
+    log = _open_log(target)
+    try:
+        return log.log_id
+    finally:
+        log.close()

@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -198,13 +198,13 @@ def test_the_wait_is_bounded_and_then_the_caller_sends(location: str) -> None:
 
 
 def test_a_waiter_wants_as_many_entries_as_it_needs(location: str) -> None:
-    with Cache(location) as cache:
-        key = _key(cache)
-        assert cache.claim(key, ttl_s=30)
-        cache.extend(key, [_entry("1")])
-        threading.Timer(0.2, cache.extend, args=(key, [_entry("2")])).start()
-        assert cache.wait_for(key, timeout_s=20, want=2) == [_entry("1"), _entry("2")]
-        assert cache.wait_for(key, timeout_s=0.2, want=5) == [_entry("1"), _entry("2")]  # fewer after the wait
+    with Cache(location) as leader, Cache(location) as writer, Cache(location) as waiter:
+        key = _key(leader)
+        assert leader.claim(key, ttl_s=30)
+        writer.extend(key, [_entry("1")])  # a caller that holds no claim: the leader's stays
+        threading.Timer(0.2, writer.extend, args=(key, [_entry("2")])).start()
+        assert waiter.wait_for(key, timeout_s=20, want=2) == [_entry("1"), _entry("2")]
+        assert waiter.wait_for(key, timeout_s=0.2, want=5) == [_entry("1"), _entry("2")]  # fewer after the wait
 
 
 def test_a_lapsed_claim_frees_the_key_and_its_old_leader_cannot_release_the_new_one(location: str) -> None:
@@ -218,6 +218,47 @@ def test_a_lapsed_claim_frees_the_key_and_its_old_leader_cannot_release_the_new_
         assert not third.claim(key, ttl_s=30)
         second.release_claim(key)
         assert third.claim(key, ttl_s=30)
+
+
+def _claim_and_read(location: str, key: str) -> tuple[bool, list[dict[str, Any]]]:
+    """Child process: whether it can claim the key now, and what the bucket holds."""
+    with Cache(location) as cache:
+        return cache.claim(key, ttl_s=30), cache.get(key)
+
+
+def test_the_leaders_store_ends_its_claim_in_the_same_write(location: str) -> None:
+    with Cache(location) as leader, Cache(location) as third:
+        key = _key(leader)
+        assert leader.claim(key, ttl_s=30)
+        leader.extend(key, [_entry("answer")])  # no release_claim yet: the store itself ended the claim
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(1, mp_context=context) as pool:  # another process (or host) looks at once
+            won, seen = pool.submit(_claim_and_read, location, key).result(timeout=120)
+        assert won and seen == [_entry("answer")]
+        leader.release_claim(key)  # a no-op now: the claim the child took stays the child's
+        assert not third.claim(key, ttl_s=30)
+
+
+def test_a_store_that_stores_nothing_leaves_the_claim_to_release_claim(location: str) -> None:
+    with Cache(location) as leader, Cache(location) as other:
+        key = _key(leader)
+        assert leader.claim(key, ttl_s=30)
+        leader.extend(key, [])
+        leader.with_mode("read").extend(key, [_entry("not stored")])
+        leader.with_mode("off").extend(key, [_entry("not stored")])
+        assert not other.claim(key, ttl_s=30) and other.get(key) == []
+        leader.release_claim(key)
+        assert other.claim(key, ttl_s=30)
+
+
+def test_a_writer_without_the_claim_leaves_the_leaders_claim_alone(location: str) -> None:
+    with Cache(location) as leader, Cache(location) as writer, Cache(location) as other:
+        key = _key(leader)
+        assert leader.claim(key, ttl_s=30)
+        writer.extend(key, [_entry("from elsewhere")])
+        assert not other.claim(key, ttl_s=30)
+        leader.extend(key, [_entry("the leader's")])
+        assert other.claim(key, ttl_s=30) and other.get(key) == [_entry("from elsewhere"), _entry("the leader's")]
 
 
 def test_only_mode_on_claims_and_only_reading_modes_wait(location: str) -> None:
@@ -335,6 +376,30 @@ def test_planted_values_are_a_miss_with_a_warning_and_are_dropped(
         assert cache.get(key) == [_entry("after")]
 
 
+@pytest.mark.parametrize(
+    "plant",
+    [
+        pytest.param(lambda raw, name: raw.set(name, b"\xff\xfe[not utf-8"), id="invalid-utf8"),
+        pytest.param(lambda raw, name: raw.set(name, b"[{not json"), id="not-json"),
+        pytest.param(lambda raw, name: raw.rpush(name, b"a list"), id="another-type"),
+        pytest.param(lambda raw, name: raw.set(name, json.dumps([{"bb": CACHE_FORMAT, "created": time.time(), "entry": _entry("older")}])), id="a-bucket"),
+    ],
+)
+def test_the_leaders_store_writes_over_whatever_the_bucket_holds_and_drops_its_claim(
+    redis_server: RedisServer, raw: redis.Redis, plant: Callable[..., Any]
+) -> None:
+    with Cache(redis_server.url) as leader, Cache(redis_server.url) as other:
+        key = _key(leader)
+        assert leader.claim(key, ttl_s=60)
+        plant(raw, f"{PREFIX}default:{key}")  # written after the leader's look, by anyone
+        leader.extend(key, [_entry("answer")])
+        assert other.get(key)[-1] == _entry("answer") and raw.exists(f"{PREFIX}default:{key}:claim") == 0
+        raw.rpush(f"{PREFIX}default:{key}:claim", b"not a claim")  # a foreign claim is never ours to drop
+        assert other.claim(key, ttl_s=60) is False
+        leader.extend(key, [_entry("again")])
+        assert raw.type(f"{PREFIX}default:{key}:claim") == b"list" and other.get(key)[-1] == _entry("again")
+
+
 def test_a_killed_server_is_a_miss_with_one_warning_and_a_restart_heals(redis_server: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
     with Cache(redis_server.url) as cache:
         key = _key(cache)
@@ -362,6 +427,29 @@ def test_a_killed_server_is_a_miss_with_one_warning_and_a_restart_heals(redis_se
 
         assert _until(round_trip)
         assert cache.stats.keys == 1
+
+
+def test_a_store_skipped_while_the_server_stalls_keeps_the_claim_for_release_claim(redis_server: RedisServer) -> None:
+    with Cache(redis_server.url, timeout=0.3) as leader, Cache(redis_server.url) as other:
+        key = _key(leader)
+        assert leader.claim(key, ttl_s=60)
+        with redis_server.paused():
+            leader.extend(key, [_entry("lost")])  # times out: skipped, never raised
+        assert _until(lambda: _reachable(leader))
+        assert not other.claim(key, ttl_s=60) and other.get(key) == []
+        leader.release_claim(key)
+        assert other.claim(key, ttl_s=60)
+
+
+def test_release_claim_after_the_leaders_store_sends_nothing(redis_server: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
+    with Cache(redis_server.url) as leader:
+        key = _key(leader)
+        assert leader.claim(key, ttl_s=60)
+        leader.extend(key, [_entry("answer")])
+        redis_server.stop()
+        with caplog.at_level(logging.DEBUG, logger="blackbox_sdk"):
+            leader.release_claim(key)  # would find the server gone, had it anything left to send
+        assert not [r for r in caplog.records if r.name == "blackbox_sdk" and r.levelno >= logging.DEBUG]
 
 
 def test_a_call_through_the_client_is_unaffected_by_a_dead_cache_and_streams_replay_after(

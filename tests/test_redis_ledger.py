@@ -26,7 +26,7 @@ import redis
 from servers import RedisServer
 
 from blackbox_sdk import BudgetExceededError, ConfigError, StoreUnavailableError
-from blackbox_sdk.budget import Budget, Hold, LedgerStore, RedisLedger, usd_to_nano
+from blackbox_sdk.budget import Budget, Cap, Hold, LedgerStore, RedisLedger, usd_to_nano
 
 PRICES = {"unit": {"input": 1.0, "output": 10.0}}  # USD per million tokens
 OUTPUT_TOKENS = 100  # each call: 100 output tokens = $0.001, reserved and settled in full
@@ -132,9 +132,13 @@ def test_the_store_settles_by_reservation_id_once(ledger: str) -> None:
 def test_a_retried_reserve_holds_once(ledger: str) -> None:
     budget = capped(ledger, total_usd=1.0)
     hold = Hold("r-1", "c-1", "unit", None, "2000-01-01", 5000, 60.0)
-    assert budget._ledger.reserve(hold, []) is None
+    only_once = [Cap("total", 6000)]  # the hold fits once: a retry that counted it again would be refused
+    assert budget._ledger.reserve(hold, only_once) is None
+    assert budget._ledger.reserve(hold, only_once) is None
     assert budget._ledger.reserve(hold, []) is None
     assert budget._ledger.outstanding() == (5000, 1)
+    refused = budget._ledger.reserve(Hold("r-2", "c-2", "unit", None, "2000-01-01", 5000, 60.0), only_once)
+    assert refused is not None and refused[0].reserved_nano == 5000
 
 
 def test_release_is_idempotent_and_gives_the_hold_back(ledger: str) -> None:

@@ -4,9 +4,11 @@ that answer from the shared cache (on disk here, Redis across hosts), against th
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
+import multiprocessing
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,6 +32,35 @@ def test_eight_threads_asking_the_same_thing_send_it_once(llama_server: str, cac
     assert sum(a.blackbox.requests for a in answers) == 1
     assert sum(a.blackbox.cache_hit for a in answers) == 7
     assert len({a.choices[0].message.content for a in answers}) == 1
+
+
+def _ask_in_process(base_url: str, cache: str, start: Any, results: Any) -> None:
+    """Child process: two threads ask the question when every process is ready; put each (requests, text)."""
+    client = OpenAI(base_url=base_url, api_key="sk-test", cache=cache)
+    start.wait()
+
+    def ask(_: int) -> tuple[int, str | None]:
+        answer = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=12, temperature=0)
+        return answer.blackbox.requests, answer.choices[0].message.content
+
+    with ThreadPoolExecutor(2) as pool:
+        for outcome in pool.map(ask, range(2)):
+            results.put(outcome)
+    client.close()
+
+
+def test_four_processes_asking_the_same_thing_send_it_once(llama_server: str, cache_target: str) -> None:
+    context = multiprocessing.get_context("spawn")
+    start, results = context.Barrier(4), context.Queue()
+    workers = [context.Process(target=_ask_in_process, args=(llama_server, cache_target, start, results)) for _ in range(4)]
+    for process in workers:
+        process.start()
+    outcomes = [results.get(timeout=120) for _ in range(8)]
+    for process in workers:
+        process.join(timeout=60)
+    assert [p.exitcode for p in workers] == [0, 0, 0, 0]
+    assert sum(requests for requests, _ in outcomes) == 1
+    assert len({text for _, text in outcomes}) == 1
 
 
 async def test_async_streams_asking_the_same_thing_send_it_once(llama_server: str, cache_target: str) -> None:

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import os
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any, TypeVar
 
 from .._types import Json, Route
@@ -18,6 +23,19 @@ from ._responses import replay_response
 from ._streams import BlackBoxAsyncStream
 
 T = TypeVar("T")
+STORE_WORKERS = 4  # threads for async clients' store work: few, so they contend little with the event loop for the GIL
+_workers: dict[int, ThreadPoolExecutor] = {}  # by process id: a forked child makes its own (threads don't cross a fork)
+_workers_lock = threading.Lock()
+
+
+def store_workers() -> ThreadPoolExecutor:
+    """The threads this process's async clients run their store work on (created on first use)."""
+    with _workers_lock:
+        pid = os.getpid()
+        if pid not in _workers:
+            _workers.clear()
+            _workers[pid] = ThreadPoolExecutor(max_workers=STORE_WORKERS, thread_name_prefix="blackbox-io")
+        return _workers[pid]
 
 
 class AsyncCore(Core):
@@ -60,7 +78,7 @@ class AsyncCore(Core):
             yield response
         finally:
             await context.__aexit__(None, None, None)
-            flows.settle_raw(self, call, None)
+            await self._io(call, partial(flows.settle_raw, self, call, None))
 
     def stream_of(self, chunks: list[Any], response: Any, info: Any) -> BlackBoxAsyncStream[Any]:
         """A stream over chunks the SDK already holds."""
@@ -84,6 +102,8 @@ class AsyncCore(Core):
 
     async def _perform(self, effect: flows.Effect) -> Any:
         """One effect's I/O."""
+        if effect.kind == "io":
+            return await self._io(effect.call, effect.request, counts=effect.counts)
         if effect.kind == "gate":
             return await asyncio.sleep(flows.GATE_PAUSE_S)
         if effect.kind == "wait":
@@ -100,6 +120,12 @@ class AsyncCore(Core):
             return await self._retry(effect.call, lambda: _entered(effect.request()))
         return await self._beam(effect.call)
 
+    async def _io(self, call: Call, work: Callable[[], T], *, counts: bool = False) -> T:
+        """Store, tokenizer or reranker work: in a worker thread when it may block (`offloads`), so the loop never waits on it."""
+        if self.offloads(call, counts):
+            return await asyncio.get_running_loop().run_in_executor(store_workers(), contextvars.copy_context().run, work)
+        return work()
+
     async def _retry(self, call: Call, send: Callable[[], Awaitable[T]]) -> T:
         """One request with the call's retry policy, counted on the call; the policy steps in only once the first attempt fails."""
         try:
@@ -110,14 +136,16 @@ class AsyncCore(Core):
         return response
 
     async def _beam(self, call: Call) -> Any:
-        """The beam search in a worker thread; its step calls run on this event loop."""
+        """The beam search in a thread of its own (its steps' store work needs the shared workers); its
+        step calls run on this event loop."""
         loop = asyncio.get_running_loop()
         overrides = step_options(call)
 
         def create(route: Route, params: Json) -> Any:
             return asyncio.run_coroutine_threadsafe(self.create(route, params, overrides), loop).result()
 
-        return await asyncio.to_thread(run_beam, call, create)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="blackbox-beam") as own:
+            return await loop.run_in_executor(own, run_beam, call, create)
 
     async def _open(self, call: Call, request: Callable[[], Awaitable[Any]]) -> tuple[Any, Any]:
         """Open a stream and read its first chunk, retrying only until that chunk has arrived."""
@@ -133,9 +161,9 @@ class AsyncCore(Core):
         return await self._retry(call, attempt)
 
     async def _live(self, relay: Relay, live: Any, head: Any) -> AsyncIterator[Any]:
-        """Stored chunks, then live ones; accounted when the last stream ends, aborted otherwise."""
+        """Stored chunks, then live ones; accounted (off the loop) when the last stream ends, aborted otherwise."""
         try:
-            with relay.accounting():
+            try:
                 for replayed in relay.replayed():
                     yield replayed
                 while True:
@@ -148,8 +176,12 @@ class AsyncCore(Core):
                     if request is None:
                         break
                     live, head = await self._open(relay.call, request)
-                for tail in relay.finish():
-                    yield tail
+                tail = await self._io(relay.call, relay.finish, counts=True)
+            except BaseException as error:
+                await self._io(relay.call, partial(relay.abort, error), counts=True)
+                raise
+            for chunk in tail:
+                yield chunk
         finally:
             await live.close()  # after the account: a close that raises must not leave the reservation held
 

@@ -71,11 +71,22 @@ class Call:
 
     @property
     def prompts(self) -> int:
-        """How many prompts a legacy completions call carries (each gets n choices); 1 for the other routes."""
-        prompt = self.params.get("prompt")
-        if self.route is not COMPLETIONS or not isinstance(prompt, list) or not prompt or isinstance(prompt[0], int):
+        """How many prompts a legacy completions call carries (each gets n choices): its list of
+        texts, or its batch of `prompt_embeds` (vLLM's, in `extra_body`); 1 for the other routes."""
+        if self.route is not COMPLETIONS:
             return 1
-        return len(prompt)
+        prompt = self.params.get("prompt")
+        texts = len(prompt) if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int) else int(bool(prompt))
+        return max(1, texts + len(self.prompt_embeds))
+
+    @property
+    def prompt_embeds(self) -> list[Any]:
+        """A completions call's `prompt_embeds` items (sent in `extra_body`, or as an extra keyword); [] when none."""
+        body = self.params.get("extra_body")
+        found = body.get("prompt_embeds") if isinstance(body, Mapping) else self.params.get("prompt_embeds")
+        if self.route is not COMPLETIONS or not given(found):
+            return []
+        return list(found) if isinstance(found, list) else [found]
 
     @property
     def stream(self) -> bool:

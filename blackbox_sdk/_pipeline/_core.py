@@ -78,14 +78,23 @@ class Core:
                 call.key = opts.cache.key_of_canonical(route=route.name, endpoint=self.endpoint, canonical=keyed)
         return call
 
+    def offloads(self, call: Call, counts: bool = False) -> bool:
+        """Whether the call's "io" work may block: it has a store or a reranker, or the work `counts`
+        tokens with a tokenizer that may ask a server. An async client then runs it in a worker
+        thread; otherwise where it is, which is cheaper than a thread hop."""
+        opts = call.opts
+        stores = (opts.cache, opts.budget, opts.log, opts.rate_limit, opts.reranker)
+        return any(store is not None for store in stores) or (counts and self.count.may_block(call))
+
     def check_soft_prompt(self, opts: Options) -> None:
         """A soft prompt needs an endpoint that takes input embeddings: refuse before anything is spent."""
         if opts.soft_prompt is None:
             return
         if self.backend is None or not getattr(self.backend, "supports_embeddings", False):
             raise EmbeddingsNotSupportedError(
-                f"{self.endpoint} does not take input embeddings, so a soft prompt can't be served there; "
-                "use a local model (base_url='hf:...')"
+                f"{self.endpoint} is not a local model, so soft_prompt= can't be served there; use base_url='hf:...', "
+                "or, on a server that takes prompt embeddings (vLLM with --enable-prompt-embeds), send "
+                "EmbedsEndpoint(...).completion_params(prompt, texts) to completions.create"
             )
 
     def with_soft_prompt(self, opts: Options, params: Json) -> Json:

@@ -9,7 +9,7 @@ import contextlib
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from .._exceptions import RateLimitExceededError
 from .._info import attach
@@ -38,11 +38,12 @@ from ._responses import (
 )
 
 Flow = Generator["Effect", Any, Any]
+T = TypeVar("T")
 GATE_PAUSE_S = 0.05  # between looks at an uncalibrated endpoint's gate
 CALIBRATION_WAIT_S = 120.0  # the longest a call waits for the endpoint's first answer before it is refused
 
 
-EffectKind = Literal["admit", "gate", "wait", "send", "open", "raw", "enter", "beam"]
+EffectKind = Literal["admit", "gate", "wait", "send", "open", "raw", "enter", "beam", "io"]
 
 
 @dataclass(frozen=True)
@@ -54,12 +55,16 @@ class Effect:
     "beam" (result, step tally) of the beam search, each step a call through the same client;
     "admit" the rate limit's admission for `tokens` (waiting for room, or refused, by its policy);
     "wait" nothing, once the cache holds another caller's answer to the same request (single flight);
-    "gate" nothing, after a pause while another call calibrates the endpoint (`passes_gate`)."""
+    "gate" nothing, after a pause while another call calibrates the endpoint (`passes_gate`);
+    "io" what its one function returns: work on the call's stores (cache, ledger, rate limit, call
+    log), a server's tokenizer or the reranker, run where it is by the sync core and in a worker
+    thread by the async one, so that an event loop never waits on SQLite, Redis or a model."""
 
     kind: EffectKind
     call: Call
     requests: tuple[Callable[[], Any], ...] = ()
     tokens: int = 0
+    counts: bool = False  # an "io" effect that may count tokens (answers that came without usage)
 
     @property
     def request(self) -> Callable[[], Any]:
@@ -67,21 +72,41 @@ class Effect:
         return self.requests[0]
 
 
+def io(call: Call, work: Callable[[], T], *, counts: bool = False) -> Generator[Effect, Any, T]:
+    """`work()`, done as an "io" effect: off the event loop in an async client (`counts`: it may
+    count tokens, which can ask the server's tokenizer even when the call has no store)."""
+    result: T = yield Effect("io", call, (work,), counts=counts)
+    return result
+
+
+def failed(core: Core, call: Call, error: BaseException) -> Flow:
+    """Release what the call holds and log its failure (the caller re-raises)."""
+    if isinstance(error, GeneratorExit):  # the flow is being closed: it can't yield any more
+        core.fail(call, error)
+        return
+    yield from io(call, partial(core.fail, call, error))
+
+
 def guarded(core: Core, effect: Effect) -> Flow:
     """One effect whose failure releases the call's reservation and logs it before it propagates."""
     try:
         return (yield effect)
     except BaseException as error:
-        core.fail(effect.call, error)
+        yield from failed(core, effect.call, error)
         raise
 
 
 def admit(core: Core, call: Call, count: int) -> Flow:
-    """Pass the call's rate limit (if any), then the calibration gate, before anything is reserved or sent."""
+    """Pass the call's rate limit (if any), then the calibration gate, and reserve the worst case of
+    `count` answers: (count, max output tokens) as the budget granted them."""
     if call.opts.rate_limit is not None:
-        call.admission = yield Effect("admit", call, tokens=core.admission_tokens(call, count))
+        tokens = yield from io(call, partial(core.admission_tokens, call, count))  # may ask the server's tokenizer
+        call.admission = yield Effect("admit", call, tokens=tokens)
     waited = 0.0
-    while not passes_gate(core, call):
+    while True:
+        granted = yield from io(call, partial(reserve_past_gate, core, call, count))
+        if granted is not None:
+            return granted
         if waited >= CALIBRATION_WAIT_S:
             message = f"{core.endpoint} is not calibrated yet for {call.model} and its first call is still running"
             raise RateLimitExceededError(message, limit=1, scope="calibration", retry_after=GATE_PAUSE_S)
@@ -89,19 +114,32 @@ def admit(core: Core, call: Call, count: int) -> Flow:
         waited += GATE_PAUSE_S
 
 
+def reserve_past_gate(core: Core, call: Call, count: int) -> tuple[int, int | None] | None:
+    """The call's reservation once it passes the calibration gate; None while another call holds the gate."""
+    return core.reserve(call, count) if passes_gate(core, call) else None
+
+
 def cached(core: Core, call: Call) -> Flow:
     """The cached candidates; when some are missing and an identical request is already in flight
     (here or on another host), its answer is waited for first, so that it is sent once."""
+    found, in_flight = yield from io(call, partial(look, core, call))
+    if not in_flight:
+        return found
+    yield Effect("wait", call)
+    return (yield from io(call, partial(core.lookup, call)))
+
+
+def look(core: Core, call: Call) -> tuple[list[Candidate], bool]:
+    """The cached candidates, and whether another caller is fetching the rest (else this call claimed them)."""
     found = core.lookup(call)
     if len(found) >= call.want:
-        return found
+        return found, False
     if core.claim(call):
         found = core.lookup(call)  # the last fetcher may have stored its answer between our look and our claim
         if len(found) >= call.want:
             core.unclaim(call)
-        return found
-    yield Effect("wait", call)
-    return core.lookup(call)
+        return found, False
+    return found, True
 
 
 def create(core: Core, route: Route, params: Json, overrides: Json, valid: Callable[[str], bool] | None = None, kept: KeptHttp | None = None) -> Flow:
@@ -114,7 +152,7 @@ def create(core: Core, route: Route, params: Json, overrides: Json, valid: Calla
     if call.opts.beam is not None and call.opts.reranker is not None:
         whole_call = unstreamed(call)
         result, tally = yield Effect("beam", whole_call)
-        whole = beam_response(core, whole_call, result, tally)
+        whole = yield from io(call, partial(beam_response, core, whole_call, result, tally))
     elif call.opts.reranker is not None and call.want > call.n:
         whole = yield from complete(core, unstreamed(call))
     elif call.stream:
@@ -129,11 +167,10 @@ def create(core: Core, route: Route, params: Json, overrides: Json, valid: Calla
 def paid(core: Core, call: Call, missing: int, fetch_all: Callable[[int, int | None], Flow]) -> Flow:
     """Admit and reserve `missing` answers, then `fetch_all(count, max_tokens)`; a failure releases what was held."""
     try:
-        yield from admit(core, call, missing)
-        count, max_tokens = core.reserve(call, missing)
+        count, max_tokens = yield from admit(core, call, missing)
         return (yield from fetch_all(count, max_tokens))
     except BaseException as error:
-        core.fail(call, error)
+        yield from failed(core, call, error)
         raise
 
 
@@ -144,17 +181,20 @@ def complete(core: Core, call: Call) -> Flow:
         return (yield from rounds(core, call, stored))
     missing = call.want - len(stored)
     if missing <= 0:
-        return finish(core, call, stored, [], None)
+        return (yield from io(call, partial(finish, core, call, stored, [], None)))
 
     def fetched(count: int, max_tokens: int | None) -> Flow:
         """The fresh responses, and their candidates unless the one response is passed on untouched."""
         responses = yield from fetch(core, call, count, max_tokens)
-        return responses, None if untouched(call, stored, responses) else pieces(core, call, [r.to_dict() for r in responses])
+        if untouched(call, stored, responses):
+            return responses, None
+        return responses, (yield from io(call, partial(pieces, core, call, [r.to_dict() for r in responses]), counts=True))
 
     responses, split = yield from paid(core, call, missing, fetched)
     if split is None:
-        return finish_untouched(core, call, responses[0])
-    return finish(core, call, stored, *split, original=responses[0] if len(responses) == 1 else None)
+        return (yield from io(call, partial(finish_untouched, core, call, responses[0])))
+    original = responses[0] if len(responses) == 1 else None
+    return (yield from io(call, partial(finish, core, call, stored, *split, original=original)))
 
 
 def rounds(core: Core, call: Call, stored: list[Candidate]) -> Flow:
@@ -162,27 +202,27 @@ def rounds(core: Core, call: Call, stored: list[Candidate]) -> Flow:
     the reranker's pick holds `rerank_confidence` of the softmax over the scores."""
     fresh: list[Candidate] = []
     usage: Json | None = None
-    share = pick_share(*_scored(call, stored)) if len(stored) >= FIRST_ROUND else None
+    share = (yield from io(call, partial(_share, call, stored))) if len(stored) >= FIRST_ROUND else None
     size = next_round(len(stored), call.want, share, call.opts.rerank_confidence)
     while size:
         got, used = yield from paid(core, call, size - len(stored) - len(fresh), partial(_answers, core, call))
-        pay(core, call, got, used)
+        yield from io(call, partial(pay, core, call, got, used))
         fresh, usage = fresh + got, add_usage(usage or {}, used)
-        share = pick_share(*_scored(call, stored + fresh))
+        share = yield from io(call, partial(_share, call, stored + fresh))
         size = next_round(len(stored) + len(fresh), call.want, share, call.opts.rerank_confidence)
-    return finish(core, call, stored, fresh, usage, paid=True)
+    return (yield from io(call, partial(finish, core, call, stored, fresh, usage, paid=True)))
 
 
-def _scored(call: Call, candidates: list[Candidate]) -> tuple[list[str], list[float]]:
-    """The candidates' answers and the reranker's scores of them (kept for the final pick)."""
+def _share(call: Call, candidates: list[Candidate]) -> float:
+    """The reranker's pick's share of the candidates' scores (the scores kept for the final pick)."""
     answers = texts(call, candidates)
-    return answers, score(call, answers)
+    return pick_share(answers, score(call, answers))
 
 
 def _answers(core: Core, call: Call, count: int, max_tokens: int | None) -> Flow:
     """One round's fresh candidates and their usage."""
     responses = yield from fetch(core, call, count, max_tokens)
-    return pieces(core, call, [r.to_dict() for r in responses])
+    return (yield from io(call, partial(pieces, core, call, [r.to_dict() for r in responses]), counts=True))
 
 
 def fetch(core: Core, call: Call, count: int, max_tokens: int | None) -> Flow:
@@ -206,7 +246,7 @@ def stream(core: Core, call: Call) -> Flow:
     stored = yield from cached(core, call)
     missing = call.want - len(stored)
     if missing <= 0:
-        return core.stream_of(replay(core, call, stored), None, call.info)
+        return core.stream_of((yield from io(call, partial(replay, core, call, stored))), None, call.info)
 
     def opened(count: int, max_tokens: int | None) -> Flow:
         """The live stream asking for `count` choices, and the relay that fans out what it lacks."""
@@ -221,17 +261,16 @@ def stream(core: Core, call: Call) -> Flow:
 def embed(core: Core, params: Json, overrides: Json) -> Flow:
     """`embeddings.create`: cached whole, budgeted on input tokens, retried, logged."""
     call = core.begin(EMBEDDINGS, params, overrides)
-    stored = lookup_embedding(call)
+    stored = yield from io(call, partial(lookup_embedding, call))
     if stored is not None:
-        return finish_embedding(core, call, None, stored)
+        return (yield from io(call, partial(finish_embedding, core, call, None, stored)))
     try:
         yield from admit(core, call, 1)
-        core.reserve(call, 1)
         [response] = yield Effect("send", call, (lambda: core.inner.embeddings.create(**params),))
     except BaseException as error:
-        core.fail(call, error)
+        yield from failed(core, call, error)
         raise
-    return finish_embedding(core, call, response, None)
+    return (yield from io(call, partial(finish_embedding, core, call, response, None), counts=True))
 
 
 def begin_raw(core: Core, route: Route, kwargs: Json) -> Flow:
@@ -240,10 +279,9 @@ def begin_raw(core: Core, route: Route, kwargs: Json) -> Flow:
     call = core.begin(route, params, overrides)
     call.key = None  # a raw response is the HTTP exchange itself: never served from or stored in the cache
     try:
-        yield from admit(core, call, call.n)
-        count, max_tokens = core.reserve(call, call.n)
+        count, max_tokens = yield from admit(core, call, call.n)
     except BaseException as error:
-        core.fail(call, error)
+        yield from failed(core, call, error)
         raise
     return call, core.request(call, count, max_tokens)
 
@@ -266,7 +304,7 @@ def raw_create(core: Core, route: Route, target: Any, kwargs: Json) -> Flow:
     """`with_raw_response.create`: openai's raw response, with budget, retries and log."""
     call, params = yield from begin_raw(core, route, kwargs)
     raw = yield from guarded(core, Effect("raw", call, (lambda: target.create(**params),)))
-    settle_raw(core, call, None if call.stream else raw_body(raw))  # a stream's usage and text are the caller's to read
+    yield from io(call, partial(settle_raw, core, call, None if call.stream else raw_body(raw)))  # a stream's usage and text are the caller's to read
     with contextlib.suppress(Exception):  # the caller's own `parse()` raises what openai raises (a cut answer, a bad schema)
         attach(raw.parse(), call.info)
     return attach(raw, call.info)

@@ -11,7 +11,7 @@ from typing import Any
 
 from .._logging import logger
 from .._types import Json
-from ..budget import Budget, Reservation
+from ..budget import NO_LOG, Budget, Reservation
 from ..call_log import CallLog, CallLogStore, CallRecord
 
 
@@ -28,6 +28,15 @@ class Meter:
     log: CallLogStore | None
     key: str | None = None
 
+    @property
+    def log_id(self) -> str | None:
+        """The id of the call log this call is recorded in, noted on its spend: NO_LOG without a log; None for a log
+        that has no id (its spends are then anyone's to repair, as from an older ledger)."""
+        if self.log is None:
+            return NO_LOG
+        found = getattr(self.log, "log_id", None)
+        return found if isinstance(found, str) and found else None
+
     def reserve(self, **request: Any) -> Reservation | None:
         """Reserve the worst case before anything is sent (`Budget.reserve`'s arguments but the key); None without a budget."""
         return None if self.budget is None else self.budget.reserve(key=self.key, **request)
@@ -43,6 +52,7 @@ class Meter:
                 prompt_tokens=int(usage.get("prompt_tokens") or 0),
                 completion_tokens=int(usage.get("completion_tokens") or 0),
                 cached_tokens=int(details.get("cached_tokens") or 0),
+                log_id=self.log_id,
             )
         )
 

@@ -22,7 +22,7 @@ from .._types import RESPONSES, Json
 from ._call import Call
 from ._candidates import Candidate
 from ._core import Core, build
-from ._flows import Effect, Flow, cached, paid
+from ._flows import Effect, Flow, cached, io, paid
 from ._relay import Relay
 from ._response_events import ENDED, arrived, event, events_of, final_response
 from ._responses import account, choose, logged_texts, unstreamed
@@ -54,16 +54,17 @@ def sender(core: Core, call: Call, max_tokens: int | None) -> Callable[[], Any]:
 def answers(core: Core, call: Call, count: int, max_tokens: int | None) -> Flow:
     """`count` concurrent requests, and their answers as candidates."""
     responses = yield Effect("send", call, tuple(sender(core, call, max_tokens) for _ in range(count)))
-    return responses, pieces(core, call, [r.to_dict() for r in responses])
+    return responses, (yield from io(call, partial(pieces, core, call, [r.to_dict() for r in responses]), counts=True))
 
 
 def complete(core: Core, call: Call) -> Flow:
     """A whole response: cached answers first, the rest fetched as concurrent requests."""
     stored = yield from cached(core, call)
     if len(stored) >= call.want:
-        return finish(core, call, stored, [], None)
+        return (yield from io(call, partial(finish, core, call, stored, [], None)))
     responses, (fresh, usage) = yield from paid(core, call, call.want - len(stored), partial(answers, core, call))
-    return finish(core, call, stored, fresh, usage, original=responses[0] if len(responses) == 1 else None)
+    original = responses[0] if len(responses) == 1 else None
+    return (yield from io(call, partial(finish, core, call, stored, fresh, usage, original=original)))
 
 
 def candidate(core: Core, call: Call, response: Json, events: list[Json] | None = None) -> tuple[Candidate, Json]:
@@ -119,7 +120,7 @@ def stream(core: Core, call: Call) -> Flow:
     """A cached answer replayed as events, or a live stream passed on event by event and accounted."""
     stored = yield from cached(core, call)
     if stored:
-        return core.stream_of(replay(core, call, stored), None, call.info)
+        return core.stream_of((yield from io(call, partial(replay, core, call, stored))), None, call.info)
 
     def opened(_: int, max_tokens: int | None) -> Flow:
         """The one live stream (the Responses API has no `n`)."""

@@ -79,6 +79,8 @@ class SyncCore(Core):
 
     def _perform(self, effect: flows.Effect) -> Any:
         """One effect's I/O."""
+        if effect.kind == "io":
+            return effect.request()
         if effect.kind == "gate":
             return time.sleep(flows.GATE_PAUSE_S)
         if effect.kind == "wait":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .._embeds import embeds_lengths
 from .._tokenizer import SERVER, ServerTokenizer, TokenCounter
 from .._types import CHAT, EMBEDDINGS, RESPONSES, Json, add_usage
 from ..budget import TokenCount, count_chat_tokens, count_input_tokens, count_tokens
@@ -31,6 +32,15 @@ class UsageCounter:
         if self.server is not None and (chosen == SERVER or (chosen is None and self.ask_server)):
             return self.server.counter(call.model)
         return None
+
+    def may_block(self, call: Call) -> bool:
+        """Whether counting this call's tokens may wait on I/O (the endpoint's tokenize route, unless it
+        was probed and found missing) or on a caller's tokenizer."""
+        chosen = call.opts.tokenizer
+        if isinstance(chosen, TokenCounter):
+            return True
+        asks = chosen == SERVER or (chosen is None and self.ask_server)
+        return self.server is not None and asks and self.server.may_answer
 
     def _text_counter(self, call: Call) -> Any:
         """What counts plain text for this call (None: tiktoken for the model)."""
@@ -60,6 +70,9 @@ class UsageCounter:
             counter = tokenizer.count if tokenizer is not None else None
             return count_chat_tokens(messages, call.model, tools=extras or None, tokenizer=counter)
         prompt = call.params.get("input") if call.route is EMBEDDINGS else call.params.get("prompt")
+        if call.prompt_embeds:  # embedded prompts (and maybe texts), summed as a list of texts is
+            texts = count_input_tokens(prompt, call.model, tokenizer=self._text_counter(call)).tokens if prompt else 0
+            return TokenCount(sum(embeds_lengths(call.prompt_embeds)) + texts, "prompt_embeds shapes", True)
         return count_input_tokens(prompt, call.model, tokenizer=self._text_counter(call))
 
     def prompt_tokens(self, call: Call) -> int:

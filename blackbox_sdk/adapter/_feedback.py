@@ -69,16 +69,33 @@ def _export_store(target: str | Path) -> str:
     return sink.getvalue()
 
 
+CHAT_ROUTES = ("chat.completions", "chat")  # the client's route name, and the one older logs and hand-made records use
+
+
 def _question(record: dict[str, Any]) -> str | None:
-    """The question a logged call answers: the last user message (chat) or the prompt (completions)."""
+    """The question a logged call answers, as the reranker sees it at inference: the last user message
+    (chat; the Responses API's `input`, a string or items) or the prompt (completions)."""
     request = record.get("request") or {}
-    if record.get("route") == "chat":
-        for message in reversed(request.get("messages") or []):
-            if isinstance(message, dict) and message.get("role") == "user" and isinstance(message.get("content"), str):
-                return message["content"]
+    route = record.get("route")
+    if route in CHAT_ROUTES or route == "responses":
+        items = request.get("messages") if route in CHAT_ROUTES else request.get("input")
+        if isinstance(items, str):
+            return items
+        for item in reversed(items if isinstance(items, list) else []):
+            if isinstance(item, dict) and item.get("role") == "user":
+                return _text(item.get("content"))
         return None
     prompt = request.get("prompt")
     return prompt if isinstance(prompt, str) else None
+
+
+def _text(content: Any) -> str | None:
+    """A message's text: a string, or its text parts joined (chat's `text`, the Responses API's `input_text`)."""
+    if isinstance(content, str):
+        return content
+    parts = [part.get("text") for part in content if isinstance(part, dict)] if isinstance(content, list) else []
+    texts = [text for text in parts if isinstance(text, str)]
+    return " ".join(texts) if texts else None
 
 
 def judgements(record: dict[str, Any], high_reward: float, low_reward: float) -> tuple[set[str], set[str]]:

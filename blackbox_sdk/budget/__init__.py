@@ -15,7 +15,14 @@ from ._prices import (
 )
 from ._redis_ledger import RedisLedger
 from ._report import BudgetReport, CapStatus
-from ._store import CapTransaction, Hold, LedgerSnapshot, LedgerStore, SettledSpend
+from ._store import (
+    NO_LOG,
+    CapTransaction,
+    Hold,
+    LedgerSnapshot,
+    LedgerStore,
+    SettledSpend,
+)
 from ._tokens import (
     TOKENS_PER_MESSAGE,
     TOKENS_PER_NAME,
@@ -45,6 +52,7 @@ __all__ = [
     "LedgerTransaction",
     "ModelPrice",
     "NANO_PER_USD",
+    "NO_LOG",
     "PriceTable",
     "RedisLedger",
     "Reservation",

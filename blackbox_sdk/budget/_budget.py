@@ -204,9 +204,15 @@ class Budget(BaseModel):
         raise policy.refusal(request, min(refused, key=lambda usage: usage.headroom_nano))
 
     def settle(
-        self, reservation: Reservation, *, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0
+        self, reservation: Reservation, *, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0,
+        log_id: str | None = None,
     ) -> float:
-        """Record the call's real cost from its usage, release the rest of its reservation, return the cost in USD."""
+        """Record the call's real cost from its usage, release the rest of its reservation, return the cost in USD.
+
+        `log_id` names the call log that will record the call (its `log_id`; NO_LOG when none will), so
+        that `repair_log` gives a call lost between charge and record back to its own log only; None
+        (not said) leaves the spend to whichever log is repaired from this ledger.
+        """
         prompt = checked_count("prompt_tokens", prompt_tokens, 0)
         completion = checked_count("completion_tokens", completion_tokens, 0)
         cached = checked_count("cached_tokens", cached_tokens, 0)
@@ -218,7 +224,7 @@ class Budget(BaseModel):
         hold = Hold(reservation.id, reservation.call_id, reservation.model, reservation.key, reservation.day, reserved, self.lease_s)
         charged = self._ledger.settle(
             reservation.id, usd_nano=usd_nano, prompt_tokens=prompt, completion_tokens=completion, cached_tokens=cached,
-            hold=hold,
+            hold=hold, log_id=log_id,
         )
         if not charged:
             raise ConfigError(f"reservation {reservation.id} is not outstanding: it was already settled (charged once)")

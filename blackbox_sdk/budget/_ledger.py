@@ -7,17 +7,25 @@ from every process are serialised by SQLite's write lock (WAL mode keeps readers
 table in the same transaction, so a cap check reads a handful of rows however long the history.
 
 Crash safety: each reservation records its host, process id and that process's start time. A
-process that dies mid-call leaves its reservations behind; they are released whenever a ledger
-is opened and inside every reserve transaction, once the process is gone (a reused pid is told
-apart by its start time). A reservation also carries a lease: once it lapses the hold stops
-counting (a hung process), though a late settle still records the spend. A transaction
-interrupted by a crash is rolled back by SQLite. The file must live on a local disk: SQLite
-locking is unreliable over network file systems. Each spend keeps the process that settled it,
-so a call charged by a process that died before logging it can be found (``settled_since``).
+process that dies mid-call leaves its reservations behind; they are released once the process is
+gone (a reused pid is told apart by its start time): whenever a ledger is opened, inside a reserve
+transaction at most once every ``DEAD_CHECK_S`` per process (a dead process's hold only holds
+money back, so a later release is on the safe side), and at once inside any reserve that would
+otherwise be refused, so a refusal never comes from a dead process's hold. A reservation also
+carries a lease: once it lapses the hold stops counting (a hung process), though a late settle
+still records the spend. A transaction interrupted by a crash is rolled back by SQLite. The file
+must live on a local disk: SQLite locking is unreliable over network file systems. Each spend
+keeps the process that settled it and the call log it was meant for, so a call charged by a
+process that died before logging it can be found, and given to its own log (``settled_since``).
+
+The call path costs few statements: a reserve reads every cap's settled and held spend in one
+statement and inserts (or finds) its reservation in one more; a settle moves the reservation to
+``spends`` and adds it to every totals row in four.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
 import threading
@@ -35,6 +43,7 @@ from ._prices import snapshot_base
 from ._store import Hold, LedgerSnapshot, SettledSpend
 
 DEFAULT_BUSY_TIMEOUT_S = 60.0
+DEAD_CHECK_S = 1.0  # a reserve looks for dead processes' reservations at most this often per process (and on refusal)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS reservations (
@@ -46,7 +55,7 @@ CREATE TABLE IF NOT EXISTS spends (
     id INTEGER PRIMARY KEY AUTOINCREMENT, reservation_id TEXT NOT NULL, call_id TEXT NOT NULL,
     model TEXT NOT NULL, key TEXT, day TEXT NOT NULL, usd_nano INTEGER NOT NULL,
     reserved_nano INTEGER NOT NULL, prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,
-    cached_tokens INTEGER NOT NULL, created REAL NOT NULL, host TEXT, pid INTEGER, pid_start INTEGER
+    cached_tokens INTEGER NOT NULL, created REAL NOT NULL, host TEXT, pid INTEGER, pid_start INTEGER, log_id TEXT
 );
 CREATE TABLE IF NOT EXISTS totals (
     scope TEXT NOT NULL, value TEXT NOT NULL, usd_nano INTEGER NOT NULL, calls INTEGER NOT NULL,
@@ -55,9 +64,15 @@ CREATE TABLE IF NOT EXISTS totals (
 """
 _LIVE = "(expires IS NULL OR expires > ?)"  # a reservation whose lease has not lapsed
 _ADDED_COLUMNS = (("reservations", "expires", "REAL"), ("spends", "host", "TEXT"), ("spends", "pid", "INTEGER"),
-                  ("spends", "pid_start", "INTEGER"))
+                  ("spends", "pid_start", "INTEGER"), ("spends", "log_id", "TEXT"))  # log_id NULL: not said (settled before it was kept)
 _SPEND_COLUMNS = (
-    "call_id, model, key, day, usd_nano, prompt_tokens, completion_tokens, cached_tokens, created, host, pid, pid_start"
+    "call_id, model, key, day, usd_nano, prompt_tokens, completion_tokens, cached_tokens, created, host, pid, pid_start,"
+    " log_id"
+)
+_INSERT_SPEND = (
+    "INSERT INTO spends (reservation_id, call_id, model, key, day, usd_nano, reserved_nano, prompt_tokens,"
+    " completion_tokens, cached_tokens, created, host, pid, pid_start, log_id)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -71,6 +86,23 @@ def _reservations_filter(cap: Cap) -> tuple[str, tuple[str | None, ...]]:
         column, value = totals_row(cap)
         return f"{column} = ?", (value,)
     return "1", ()
+
+
+@functools.lru_cache(maxsize=64)
+def _usages_query(conditions: tuple[str, ...]) -> str:
+    """One statement reading, per cap, its settled totals row and the live reservations under its condition
+    (parameters: each cap's totals row, then each condition's, then the time leases are judged at)."""
+    spent = ["(SELECT usd_nano FROM totals WHERE scope = ? AND value = ?)"] * len(conditions)
+    held = [f"COALESCE(SUM(CASE WHEN {condition} THEN usd_nano END), 0)" for condition in conditions]
+    return f"SELECT {', '.join(spent + held)} FROM reservations WHERE {_LIVE}"
+
+
+def _totals_upsert(rows: int) -> str:
+    """An upsert adding one spend to `rows` totals rows in one statement."""
+    return (
+        f"INSERT INTO totals (scope, value, usd_nano, calls) VALUES {', '.join(['(?, ?, ?, 1)'] * rows)}"
+        " ON CONFLICT (scope, value) DO UPDATE SET usd_nano = usd_nano + excluded.usd_nano, calls = calls + 1"
+    )
 
 
 def _migrate(connection: sqlite3.Connection) -> None:
@@ -97,17 +129,24 @@ class LedgerTransaction:
 
     def usage(self, cap: Cap) -> CapUsage:
         """Settled and held spend under `cap` (per-call caps have neither; lapsed leases hold nothing)."""
-        if cap.scope == "per_call":
-            return CapUsage(cap, 0, 0)
-        row = self._connection.execute(
-            "SELECT usd_nano FROM totals WHERE scope = ? AND value = ?", totals_row(cap)
-        ).fetchone()
-        condition, parameters = _reservations_filter(cap)
-        (reserved,) = self._connection.execute(
-            f"SELECT COALESCE(SUM(usd_nano), 0) FROM reservations WHERE {condition} AND {_LIVE}",
-            (*parameters, self._now),
-        ).fetchone()
-        return CapUsage(cap, row[0] if row else 0, reserved)
+        return self.usages([cap])[0]
+
+    def usages(self, caps: Sequence[Cap]) -> list[CapUsage]:
+        """Settled and held spend under each cap, all read in one statement."""
+        counted = [cap for cap in caps if cap.scope != "per_call"]
+        if not counted:
+            return [CapUsage(cap, 0, 0) for cap in caps]
+        filters = [_reservations_filter(cap) for cap in counted]
+        parameters = [part for cap in counted for part in totals_row(cap)]
+        parameters += [parameter for _, given in filters for parameter in given]
+        query = _usages_query(tuple(condition for condition, _ in filters))
+        row = self._connection.execute(query, (*parameters, self._now)).fetchone()
+        found = iter(zip(row[: len(counted)], row[len(counted) :], strict=True))
+        usages = []
+        for cap in caps:
+            spent, held = (0, 0) if cap.scope == "per_call" else next(found)
+            usages.append(CapUsage(cap, spent or 0, held))
+        return usages
 
     def add_reservation(
         self,
@@ -120,12 +159,13 @@ class LedgerTransaction:
         reservation_id: str | None = None,
         lease_s: float | None = None,
     ) -> str:
-        """Record a reservation for this process (leased for `lease_s`, else until settled) and return its id."""
+        """Record a reservation for this process (leased for `lease_s`, else until settled) and return its id; an id
+        recorded already (a retried reserve) holds nothing more."""
         reservation_id = reservation_id or uuid.uuid4().hex
         expires = None if lease_s is None else self._now + lease_s
-        self._connection.execute(
+        self._connection.execute(  # only a recorded id is passed over: any other constraint still fails
             "INSERT INTO reservations (id, call_id, model, family, key, day, usd_nano, host, pid, pid_start, created,"
-            " expires) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " expires) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
             (reservation_id, call_id, model, snapshot_base(model), key, day, usd_nano, *self._ledger.owner(),
              self._now, expires),
         )
@@ -154,6 +194,7 @@ class Ledger:
         self._connection: sqlite3.Connection | None = None
         self._pid = -1
         self._owner: tuple[str, int, int | None] = ("", -1, None)
+        self._next_dead_check = 0.0  # time.monotonic() from which a reserve looks for dead processes again
         self.release_dead()
 
     def owner(self) -> tuple[str, int, int | None]:
@@ -191,13 +232,25 @@ class Ledger:
             yield LedgerTransaction(connection, self)
 
     def reserve(self, hold: Hold, caps: Sequence[Cap]) -> list[CapUsage] | None:
-        """Hold `hold.usd_nano` if it fits every cap (None), else every cap's usage; one transaction."""
-        with self.transaction() as transaction:
-            if transaction.has_reservation(hold.reservation_id):
-                return None  # a retried reserve: held already
-            usages = [transaction.usage(cap) for cap in caps]
+        """Hold `hold.usd_nano` if it fits every cap (None), else every cap's usage; one transaction.
+
+        A reservation id recorded already (a retried reserve) holds nothing more and is not refused.
+        Dead processes' reservations are released first every DEAD_CHECK_S, and always before a refusal.
+        """
+        with self._immediate() as connection:
+            checked = time.monotonic() >= self._next_dead_check
+            if checked:
+                self._release_dead(connection)
+            transaction = LedgerTransaction(connection, self)
+            usages = transaction.usages(caps)
             if any(hold.usd_nano > usage.headroom_nano for usage in usages):
-                return usages
+                if transaction.has_reservation(hold.reservation_id):
+                    return None  # a retried reserve: held already (its own hold is in the usages)
+                if checked or not self._release_dead(connection):
+                    return usages
+                usages = transaction.usages(caps)  # a dead process held some of it: read again
+                if any(hold.usd_nano > usage.headroom_nano for usage in usages):
+                    return usages
             transaction.add_reservation(
                 call_id=hold.call_id, model=hold.model, key=hold.key, day=hold.day, usd_nano=hold.usd_nano,
                 reservation_id=hold.reservation_id, lease_s=hold.lease_s,
@@ -206,6 +259,7 @@ class Ledger:
 
     def _release_dead(self, connection: sqlite3.Connection) -> int:
         """Delete the reservations of processes on this host that no longer run; return how many."""
+        self._next_dead_check = time.monotonic() + DEAD_CHECK_S
         host, pid, started = self._owner
         owners = connection.execute(
             "SELECT DISTINCT pid, pid_start FROM reservations WHERE host = ? AND NOT (pid = ? AND pid_start IS ?)",
@@ -226,12 +280,13 @@ class Ledger:
 
     def settle(
         self, reservation_id: str, *, usd_nano: int, prompt_tokens: int, completion_tokens: int, cached_tokens: int,
-        hold: Hold | None = None,
+        hold: Hold | None = None, log_id: str | None = None,
     ) -> bool:
         """Replace a reservation (held or lapsed) by the real spend and add it to the totals, in one transaction.
 
         False (nothing charged) when it was already settled; ConfigError when released or unknown.
-        `hold` is not needed here: an SQLite ledger never loses a committed reservation.
+        `hold` is not needed here: an SQLite ledger never loses a committed reservation. `log_id`
+        is the call log the call is recorded in (NO_LOG: none; None, stored NULL: not said), kept on the spend.
         """
         with self._immediate() as connection:
             row = connection.execute(
@@ -243,18 +298,12 @@ class Ledger:
                 raise ConfigError(f"reservation {reservation_id} is not outstanding: it was released, or is unknown")
             call_id, model, key, day, reserved = row
             connection.execute("DELETE FROM reservations WHERE id = ?", (reservation_id,))
-            connection.execute(
-                "INSERT INTO spends (reservation_id, call_id, model, key, day, usd_nano, reserved_nano, prompt_tokens,"
-                " completion_tokens, cached_tokens, created, host, pid, pid_start)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (reservation_id, call_id, model, key, day, usd_nano, reserved, prompt_tokens, completion_tokens,
-                 cached_tokens, time.time(), *self._owner),
-            )
-            connection.executemany(
-                "INSERT INTO totals (scope, value, usd_nano, calls) VALUES (?, ?, ?, 1) ON CONFLICT (scope, value)"
-                " DO UPDATE SET usd_nano = usd_nano + excluded.usd_nano, calls = calls + 1",
-                [(scope, value, usd_nano) for scope, value in charged_rows(model, key, day)],
-            )
+            connection.execute(_INSERT_SPEND, (
+                reservation_id, call_id, model, key, day, usd_nano, reserved, prompt_tokens, completion_tokens,
+                cached_tokens, time.time(), *self._owner, log_id,
+            ))
+            charged = charged_rows(model, key, day)
+            connection.execute(_totals_upsert(len(charged)), [part for pair in charged for part in (*pair, usd_nano)])
         return True
 
     def release(self, reservation_id: str) -> bool:
@@ -300,7 +349,9 @@ class Ledger:
         with self._lock:
             query = f"SELECT {_SPEND_COLUMNS} FROM spends WHERE created >= ? ORDER BY created, id"
             rows = self._connect().execute(query, (since,)).fetchall()
-        return [SettledSpend(*row[:9], host=row[9] or "", pid=row[10] or 0, pid_start=row[11]) for row in rows]
+        return [
+            SettledSpend(*row[:9], host=row[9] or "", pid=row[10] or 0, pid_start=row[11], log_id=row[12]) for row in rows
+        ]
 
     def close(self) -> None:
         """Close this process's connection; the next use opens a new one."""

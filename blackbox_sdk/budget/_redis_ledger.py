@@ -137,13 +137,17 @@ class RedisLedger:
 
     def settle(
         self, reservation_id: str, *, usd_nano: int, prompt_tokens: int, completion_tokens: int, cached_tokens: int,
-        hold: Hold | None = None,
+        hold: Hold | None = None, log_id: str | None = None,
     ) -> bool:
-        """Charge the real spend once: True; False when another attempt already settled it; ConfigError if released."""
+        """Charge the real spend once: True; False when another attempt already settled it; ConfigError if released.
+
+        `log_id` (the call log the call is recorded in; NO_LOG: none; None: not said) is kept on its spends-stream entry.
+        """
         known = (hold.call_id, hold.model, snapshot_base(hold.model), hold.key or "", hold.day) if hold else ("",) * 5
         status = int(self._run(
             "settle", reservation_id, uuid.uuid4().hex, str(usd_nano), str(prompt_tokens), str(completion_tokens),
             str(cached_tokens), self._keep, str(SPENDS_KEPT), *known, *self._settler(),
+            "0" if log_id is None else "1", log_id or "",
         ))
         if status == 0:
             raise ConfigError(f"reservation {reservation_id} is not outstanding: it was released, or is unknown")
@@ -234,7 +238,7 @@ def _spend(entry_id: bytes, fields: dict[bytes, bytes]) -> SettledSpend:
         usd_nano=int(text["usd_nano"]), prompt_tokens=int(text["prompt_tokens"]),
         completion_tokens=int(text["completion_tokens"]), cached_tokens=int(text["cached_tokens"]),
         settled=int(entry_id.split(b"-", 1)[0]) / 1000, host=text.get("host", ""), pid=int(text.get("pid") or 0),
-        pid_start=int(started) if started else None,
+        pid_start=int(started) if started else None, log_id=text.get("log_id"),  # None: an entry from before it was kept
     )
 
 

@@ -6,8 +6,9 @@ rows, `scope|value` (`total|`, `per_day|2025-01-31`, `per_key|alice`, `model|gpt
 reservation ids by lease expiry (ms, the server's clock); `res:ID` is a held (or lapsed)
 reservation; `done:ID` marks one settled (with the settling attempt's token) or released, for
 `keep_s` seconds, which is what makes settle and release idempotent; `spends` is a capped stream
-of settled calls (with the host, pid and start time of the process that settled each), for audit and
-for repairing a call log whose process ended between the charge and the record. Amounts travel as decimal strings and are compared as Lua numbers,
+of settled calls (with the host, pid and start time of the process that settled each, and the id of the
+call log each was meant for), for audit and for repairing a call log whose process ended between the
+charge and the record. Amounts travel as decimal strings and are compared as Lua numbers,
 exact to 2^53 nano-dollars (about $9 million).
 """
 
@@ -83,7 +84,8 @@ return {1}
 
 # ARGV: prefix, id, token, usd, prompt, completion, cached, keep_s, spends_kept, then the
 # reservation's call_id, model, family, key, day (to charge one the ledger lost), then the settling
-# process's host, pid and start time ('' when unknown), kept on its entry in the spends stream.
+# process's host, pid and start time ('' when unknown), then '1' and the id of the call log the call is
+# recorded in ('' for none), or '0' and '' when the settle did not say, kept on its entry in the spends stream.
 # Returns 1 charged now (or by this token before), 2 already settled by another attempt,
 # 0 released (or unknown, with no call_id to charge), 3 charged though the ledger did not know the reservation.
 SETTLE = _PRELUDE + """
@@ -111,9 +113,14 @@ for _, field in ipairs(rows(r[2], r[3], r[4], r[5])) do
 end
 redis.call('DEL', rk)
 redis.call('SET', dk, 'settled:' .. ARGV[3], 'EX', ARGV[8])
-redis.call('XADD', p .. 'spends', 'MAXLEN', '~', ARGV[9], '*', 'reservation_id', ARGV[2], 'call_id', r[7],
-  'model', r[4], 'key', r[3], 'day', r[2], 'usd_nano', ARGV[4], 'reserved_nano', r[1], 'prompt_tokens', ARGV[5],
-  'completion_tokens', ARGV[6], 'cached_tokens', ARGV[7], 'host', ARGV[15], 'pid', ARGV[16], 'pid_start', ARGV[17])
+local entry = {'reservation_id', ARGV[2], 'call_id', r[7], 'model', r[4], 'key', r[3], 'day', r[2],
+  'usd_nano', ARGV[4], 'reserved_nano', r[1], 'prompt_tokens', ARGV[5], 'completion_tokens', ARGV[6],
+  'cached_tokens', ARGV[7], 'host', ARGV[15], 'pid', ARGV[16], 'pid_start', ARGV[17]}
+if ARGV[18] == '1' then
+  entry[#entry + 1] = 'log_id'
+  entry[#entry + 1] = ARGV[19]
+end
+redis.call('XADD', p .. 'spends', 'MAXLEN', '~', ARGV[9], '*', unpack(entry))
 return status
 """
 

@@ -6,8 +6,10 @@ amount stays within the limit. When it refuses it returns each cap's usage, so t
 shrink the call and try once more, or refuse with the numbers. Reservations carry a lease: a hold
 whose lease lapsed (its process died or hung) stops counting. Settle and release are idempotent
 by reservation id, so a retry after a lost reply never charges twice. Money is integer nano-dollars.
-Settled spends are kept, with the process that settled them, so that the call log can be repaired
-from the ledger when a process ended between charging a call and logging it (``settled_since``).
+Settled spends are kept, with the process that settled them and the call log the call was meant
+for, so that a call log can be repaired from the ledger when a process ended between charging a
+call and logging it (``settled_since``), exactly: only with its own calls, however widely the
+ledger is shared.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from typing import Protocol, runtime_checkable
 
 from ._caps import Cap, CapUsage
 from ._owners import process_alive, this_process
+
+NO_LOG = ""  # a spend's log_id when the call was recorded in no call log (None: the settle did not say)
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,12 @@ class SettledSpend:
     host: str = ""  # the settling process: host name, pid and start time ("", 0, None when not recorded)
     pid: int = 0
     pid_start: int | None = None
+    log_id: str | None = None  # the call log it was meant for (its `log_id`); NO_LOG: none; None: not said (an older ledger)
+
+    def meant_for(self, log_id: str | None) -> bool:
+        """Whether the call log with this id (None: a log that has none) should hold this call: it was settled
+        for that log, or without saying for which (an older ledger, or a settle not made by the client)."""
+        return self.log_id is None or (log_id is not None and self.log_id == log_id)
 
     def may_still_be_logged(self, now: float, grace_s: float) -> bool:
         """Whether its process may yet write the call's log record: it runs on this host, or ran on another
@@ -94,12 +104,13 @@ class LedgerStore(Protocol):
 
     def settle(
         self, reservation_id: str, *, usd_nano: int, prompt_tokens: int, completion_tokens: int, cached_tokens: int,
-        hold: Hold | None = None,
+        hold: Hold | None = None, log_id: str | None = None,
     ) -> bool:
         """Replace a reservation (held or lapsed) by the real spend: True; False when it was already settled.
 
         ConfigError when it was released or is unknown; ``hold`` lets a store that lost its data
-        (a Redis restarted without persistence) still record the spend.
+        (a Redis restarted without persistence) still record the spend. ``log_id`` is the call
+        log the call is recorded in (NO_LOG: none; None: not said), kept on the spend.
         """
         ...
 

@@ -14,19 +14,32 @@ from .._exceptions import ConfigError
 
 CACHE_FORMAT = 1  # version stamped on every stored entry
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)  # compact, strict; built once
 
-def wrap(entries: list[dict[str, Any]], now: float) -> list[dict[str, Any]]:
-    """Each entry wrapped with the format version and creation time; ConfigError unless all are JSON objects."""
+
+def wrap(entries: list[dict[str, Any]], now: float) -> list[str]:
+    """Each entry wrapped with the format version and creation time, as the JSON text that is stored:
+    encoded once, which also checks it (ConfigError unless all are plain JSON objects)."""
     if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
         raise ConfigError("cache entries must be a list of dicts")
-    for entry in entries:
-        _check_json(entry)
-    return [{"bb": CACHE_FORMAT, "created": now, "entry": entry} for entry in entries]
+    try:
+        return [_ENCODER.encode({"bb": CACHE_FORMAT, "created": now, "entry": entry}) for entry in entries]
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"cache entries must be plain JSON (dicts, lists, str, finite numbers): {exc}") from exc
 
 
 def encode(wrappers: list[dict[str, Any]]) -> str:
     """A bucket's wrapped entries as the compact JSON text that is stored."""
-    return json.dumps(wrappers, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return _ENCODER.encode(wrappers)
+
+
+def joined(kept: list[dict[str, Any]], fresh: list[str], limit: int) -> str:
+    """The stored text of a bucket of the ``kept`` wrappers then the ``fresh`` ones (already text),
+    the newest ``limit`` of them; only the kept ones that stay are encoded."""
+    fresh = fresh[-limit:]
+    room = limit - len(fresh)
+    texts = [_ENCODER.encode(wrapper) for wrapper in kept[max(0, len(kept) - room):]] if room else []
+    return "[" + ",".join(texts + fresh) + "]"
 
 
 def live_entries(text: str | None, ttl: float | None, now: float) -> tuple[list[dict[str, Any]], int, bool]:
@@ -42,14 +55,6 @@ def live_entries(text: str | None, ttl: float | None, now: float) -> tuple[list[
         return [], 1, True
     live = [item for item in stored if _is_wrapper(item) and (ttl is None or now - item["created"] < ttl)]
     return live, len(stored) - len(live), False
-
-
-def _check_json(entry: dict[str, Any]) -> None:
-    """ConfigError unless the entry survives strict JSON encoding (no NaN, no objects)."""
-    try:
-        json.dumps(entry, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"cache entries must be plain JSON (dicts, lists, str, finite numbers): {exc}") from exc
 
 
 def _is_wrapper(item: Any) -> bool:

@@ -13,7 +13,8 @@ Modes: ``on`` reads and writes; ``read`` only reads; ``write`` only writes; ``re
 reads and each write *replaces* the bucket with the fresh entries; ``off`` does neither.
 
 Single flight (``claim``, ``wait_for``, ``release_claim``; see ``_flight``): of identical requests
-in flight at once, one caller claims the key and sends, the others wait for its stored answer.
+in flight at once, one caller claims the key and sends, the others wait for its stored answer;
+``extend`` stores that answer and drops the claim in one write.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Any, Literal, get_args
 from .._closing import Closing
 from .._exceptions import CacheError, ConfigError
 from .._logging import logger
-from ._bucket import encode, live_entries, wrap
+from ._bucket import encode, joined, live_entries, wrap
 from ._disk import DiskStore
 from ._flight import SingleFlight, check_seconds, check_wait
 from ._keys import cache_key, canonical_key, check_key
@@ -171,35 +172,40 @@ class Cache(Closing):
         return self._max_bucket
 
     def extend(self, key: str, entries: list[dict[str, Any]]) -> None:
-        """Append entries to a bucket atomically (replace it in refresh mode), keeping the newest ``max_bucket``.
+        """Append entries to a bucket atomically (replace it in refresh mode), keeping the newest ``max_bucket``;
+        a claim this object holds on ``key`` is dropped in the same transaction (``release_claim`` then does nothing).
 
-        Atomic across threads, processes and hosts: a diskcache transaction, or WATCH / MULTI on
-        Redis. While Redis can't be reached the write is skipped (the outage logs one warning).
+        Atomic across threads, processes and hosts: a diskcache transaction, or a compare-and-set
+        script on Redis. While Redis can't be reached the write is skipped (the outage logs one warning) and
+        the claim is kept for ``release_claim``, as it is when nothing is stored.
         """
         check_key(key)
-        wrapped = wrap(entries, time.time())
-        if not self.writable or not wrapped:
+        fresh = wrap(entries, time.time())  # encoded once, here: a retried change only joins texts
+        if not self.writable or not fresh:
             return
-        replace, dropped = self._mode == "refresh", 0
+        replace, dropped, claim = self._mode == "refresh", 0, self._flights.mine(key)
 
         def change(current: str | None) -> str | None:
             nonlocal dropped
             kept, dropped, _ = ([], 0, False) if replace else live_entries(current, self._ttl, time.time())
-            return encode((kept + wrapped)[-self._max_bucket:])
+            return joined(kept, fresh, self._max_bucket)
 
         try:
-            self._store.update(key, change, expire=self._ttl, action=f"store {len(wrapped)} entries")
+            self._store.update(key, change, expire=self._ttl, action=f"store {len(fresh)} entries", discard=claim)
         except CacheUnavailableError as exc:
             logger.debug("cache: storing %s skipped (%s)", key[:12], exc)
             return
+        if claim is not None:
+            self._flights.dropped(key, claim)
         self._counters.add("dropped", dropped)
         self._counters.add("writes")
 
     def claim(self, key: str, ttl_s: float) -> bool:
         """Single flight: True for the one caller (thread, process or host) that should send this request now.
 
-        The winner sends, stores its answer with ``extend``, then calls ``release_claim`` (also when it
-        fails); the others call ``wait_for``. ``ttl_s`` is the claim's lease, freeing the key if the
+        The winner sends, stores its answer with ``extend`` (which drops the claim with it), then calls
+        ``release_claim`` (which releases it if ``extend`` did not, e.g. when it failed or stored
+        nothing); the others call ``wait_for``. ``ttl_s`` is the claim's lease, freeing the key if the
         winner dies. Only mode ``on`` claims (the winner's answer must be stored and read back); in
         other modes, and while the store can't be reached, every caller is a winner.
         """
@@ -210,7 +216,8 @@ class Cache(Closing):
         return self._flights.claim(key, ttl_s)
 
     def release_claim(self, key: str) -> None:
-        """Give up a claim this cache object won, so waiting callers stop waiting; a no-op for any other key."""
+        """Give up a claim this cache object won, so waiting callers stop waiting; a no-op for any other key
+        and once ``extend`` has dropped the claim with the answer."""
         check_key(key)
         self._flights.release(key)
 

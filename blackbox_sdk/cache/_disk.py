@@ -4,12 +4,20 @@
 in the database is dropped unread, where diskcache's own ``JSONDisk`` would unpickle it, a value
 file that is not UTF-8 is refused like any foreign value, and a file path outside the cache folder
 is neither read nor deleted.
+
+diskcache culls (drops expired rows, then evicts past its size limit) inside every write by default:
+three more statements per write. The store opens it with ``cull_limit=0`` and calls diskcache's own
+``cull`` after the first write and then at most every ``CULL_EVERY_S`` seconds or ``CULL_EVERY_WRITES``
+writes: an expired row waits until then (a read never serves it: diskcache's ``get`` skips it and
+the Cache checks its TTL) and the folder may pass its size limit by what is written in between.
 """
 
 from __future__ import annotations
 
 import re
 import sqlite3
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,8 +26,11 @@ from typing import Any
 import diskcache  # type: ignore[import-untyped]  # ships no type hints
 
 from .._exceptions import CacheError
-from ._store import Change, ForeignValueError
+from .._logging import logger
+from ._store import Change, Claim, ForeignValueError
 
+CULL_EVERY_S = 60.0  # the longest a writing store goes between culls
+CULL_EVERY_WRITES = 256  # ... or this many writes, whichever comes first
 _FILE_PATTERN = re.compile(r"[0-9a-f]{2}[/\\][0-9a-f]{2}[/\\][0-9a-f]{28}\.val")
 
 
@@ -69,12 +80,14 @@ class DiskStore:
         self.directory = directory
         self.location = str(directory)
         try:
-            self._disk = diskcache.Cache(str(directory), timeout=timeout, disk=_JSONTextDisk)
+            self._disk = diskcache.Cache(str(directory), timeout=timeout, disk=_JSONTextDisk, cull_limit=0)
         except (OSError, sqlite3.Error) as exc:
             raise CacheError(
                 f"can't open the response cache at {directory} ({exc}): the folder must be creatable and "
                 "writable (not read-only, not under a file) and not held locked by another process"
             ) from exc
+        self._cull_lock = threading.Lock()
+        self._writes, self._cull_at = 0, 0.0  # the first write culls: a short-lived process still does
 
     def get(self, key: str) -> str | None:
         """The text stored at ``key``, None on a miss; ForeignValueError for a row this cache did not write."""
@@ -84,8 +97,8 @@ class DiskStore:
             raise CacheError(f"can't read the response cache at {self.directory}: {exc}") from exc
         return value if isinstance(value, str) else None
 
-    def update(self, key: str, change: Change, *, expire: float | None, action: str) -> None:
-        """Apply ``change`` to the text at ``key`` inside one diskcache write transaction (``BEGIN IMMEDIATE``)."""
+    def update(self, key: str, change: Change, *, expire: float | None, action: str, discard: Claim | None = None) -> None:
+        """Apply ``change`` to the text at ``key`` (and drop the ``discard`` claim) in one write transaction (``BEGIN IMMEDIATE``)."""
         with self._guard(action), self._disk.transact():
             try:
                 current = self.get(key)
@@ -96,6 +109,9 @@ class DiskStore:
                 self._disk.delete(key)  # also removes a foreign row read as None
             elif new != current:
                 self._disk.set(key, new, expire=expire)
+            if discard is not None:
+                self._discard(*discard)
+        self._wrote()
 
     def delete(self, key: str) -> None:
         """Remove ``key`` (and its value file) if it is stored."""
@@ -105,13 +121,14 @@ class DiskStore:
     def add(self, key: str, text: str, *, expire: float) -> bool:
         """diskcache's atomic ``add``: store ``text`` only if ``key`` is absent or expired."""
         with self._guard("take a claim"):
-            return bool(self._disk.add(key, text, expire=expire))
+            added = bool(self._disk.add(key, text, expire=expire))
+        self._wrote()
+        return added
 
     def discard(self, key: str, text: str) -> None:
         """Remove ``key`` only while it still holds ``text``, in one write transaction."""
         with self._guard("release a claim"), self._disk.transact():
-            if self._disk.get(key) == text:
-                self._disk.delete(key)
+            self._discard(key, text)
 
     def clear(self) -> None:
         """Remove every key and value file."""
@@ -133,6 +150,30 @@ class DiskStore:
                 f"can't {action} in the response cache at {self.directory}: {exc}. "
                 "Check that the folder is writable and the disk is not full."
             ) from exc
+
+    def _discard(self, key: str, text: str) -> None:
+        """Inside a transaction: delete ``key`` if it holds ``text``; a foreign value there is not this claim."""
+        try:
+            held = self._disk.get(key)
+        except ForeignValueError:
+            return
+        if held == text:
+            self._disk.delete(key)
+
+    def _wrote(self) -> None:
+        """Count a write; cull (expired rows, then past the size limit) when one is due, never failing the write."""
+        with self._cull_lock:
+            self._writes += 1
+            due = self._writes >= CULL_EVERY_WRITES or time.monotonic() >= self._cull_at
+            if due:
+                self._writes, self._cull_at = 0, time.monotonic() + CULL_EVERY_S
+        if due:
+            try:
+                self._disk.cull()
+            except (diskcache.Timeout, sqlite3.Error, OSError) as exc:
+                logger.debug("cache: culling %s skipped; the next write tries again (%s)", self.directory, exc)
+                with self._cull_lock:
+                    self._cull_at = 0.0
 
     def size(self) -> tuple[int, int]:
         """How many keys are stored, and diskcache's estimate of the folder's size in bytes."""

@@ -2,9 +2,10 @@
 
 A caller that finds no cached answer *claims* the request's key: an atomic add of a short-lived
 marker in the cache's own store (diskcache's ``add`` on one machine, ``SET NX PX`` on Redis), so
-exactly one thread, process or host wins. The winner sends, stores the answer, then releases the
-claim; the others poll the bucket until it holds the entries they want, the claim is gone (the
-winner finished or failed) or their wait is up, and then send themselves if they still need to.
+exactly one thread, process or host wins. The winner sends, then stores the answer and drops its
+claim in one transaction (the store's ``update``), or on failure releases the claim; the others
+poll the bucket until it holds the entries they want, the claim is gone (the winner finished or
+failed) or their wait is up, and then send themselves if they still need to.
 A claim's ``ttl_s`` is a lease: a winner that dies frees the key when it lapses. A store that
 can't be reached makes every caller a winner: nothing waits on a cache that is down.
 """
@@ -13,15 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import threading
 import time
-import uuid
 from collections.abc import Callable, Generator
 from typing import Any
 
 from .._exceptions import CacheError, ConfigError
 from .._logging import logger
-from ._store import CacheStore
+from ._store import CacheStore, Claim
 
 CLAIM_SUFFIX = ":claim"  # a claim lives beside the bucket, under the bucket's key plus this
 FIRST_POLL_S, MAX_POLL_S = 0.005, 0.05  # waiting polls start fast and back off to this interval
@@ -41,7 +42,7 @@ class SingleFlight:
     def claim(self, key: str, ttl_s: float) -> bool:
         """Whether this caller won the key for ``ttl_s`` seconds; True too when the store can't be reached."""
         check_seconds("ttl_s", ttl_s, zero=False)
-        token = uuid.uuid4().hex
+        token = os.urandom(16).hex()  # unguessable and unique, like uuid4's, at a tenth of its cost
         try:
             won = self._store.add(key + CLAIM_SUFFIX, token, expire=ttl_s)
         except CacheError as exc:
@@ -51,6 +52,18 @@ class SingleFlight:
             with self._lock:
                 self._tokens[key] = token
         return won
+
+    def mine(self, key: str) -> Claim | None:
+        """The claim this object's caller holds on ``key``, as the store's (key, token), for ``update`` to drop."""
+        with self._lock:
+            token = self._tokens.get(key)
+        return None if token is None else (key + CLAIM_SUFFIX, token)
+
+    def dropped(self, key: str, claim: Claim) -> None:
+        """Note that the store dropped ``claim`` (with the answer): a later ``release`` of it does nothing."""
+        with self._lock:
+            if self._tokens.get(key) == claim[1]:
+                del self._tokens[key]
 
     def release(self, key: str) -> None:
         """Give up a claim this object's caller won, unless it already lapsed and someone else holds it."""
@@ -80,13 +93,14 @@ class SingleFlight:
             return done.value  # type: ignore[no-any-return]  # the generator's return value
 
     async def wait_async(self, key: str, timeout_s: float, want: int, lookup: Lookup) -> list[dict[str, Any]]:
-        """``wait`` for an event loop: the pauses between polls are ``asyncio.sleep``."""
+        """``wait`` for an event loop: each poll of the store runs in a worker thread (a stalled store
+        never blocks the loop) and the pauses between polls are ``asyncio.sleep``."""
         rounds = self._rounds(key, timeout_s, want, lookup)
-        try:
-            while True:
-                await asyncio.sleep(next(rounds))
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]  # the generator's return value
+        while True:
+            pause, entries = await asyncio.to_thread(_step, rounds)
+            if entries is not None:
+                return entries
+            await asyncio.sleep(pause)
 
     def _rounds(self, key: str, timeout_s: float, want: int, lookup: Lookup) -> Generator[float, None, list[dict[str, Any]]]:
         """The pauses between polls, backing off; returns the entries when the wait is over."""
@@ -109,6 +123,14 @@ class SingleFlight:
         entries = lookup(key)
         done = gone or len(entries) >= want
         return entries, 0.0 if done else deadline - time.monotonic()
+
+
+def _step(rounds: Generator[float, None, list[dict[str, Any]]]) -> tuple[float, list[dict[str, Any]] | None]:
+    """One poll: (the pause before the next, None), or (0, the entries) once the wait is over."""
+    try:
+        return next(rounds), None
+    except StopIteration as done:
+        return 0.0, done.value
 
 
 def check_seconds(name: str, value: Any, *, zero: bool) -> None:

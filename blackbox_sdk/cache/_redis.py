@@ -2,9 +2,11 @@
 
 Every process and host that opens the same URL and namespace shares the buckets, stored as
 ``blackbox:cache:<namespace>:<key>`` (claims for single flight as ``...:<key>:claim``). A bucket's
-read-modify-write is optimistic (WATCH / MULTI / EXEC, retried with jitter until ``timeout``),
-a claim is ``SET NX PX`` and is released by a compare-and-delete Lua script, and the TTL is Redis's
-own expiry. redis-py is imported only here, when a ``redis://`` or ``rediss://`` cache is opened.
+read-modify-write is optimistic: a compare-and-set Lua script writes the new text only while the
+bucket still holds what it was computed from, and answers what it holds otherwise (the first try
+guesses an absent bucket, as a miss's store finds it: one round trip; then retried, with jitter
+after the second, until ``timeout``). The same script drops the writer's claim. A claim is
+``SET NX PX`` and is released by a compare-and-delete Lua script, and the TTL is Redis's own expiry. redis-py is imported only here, when a ``redis://`` or ``rediss://`` cache is opened.
 Failures to reach the server are raised as CacheUnavailableError (the Cache then misses or skips
 the write) and tracked by an :class:`~blackbox_sdk.cache._outage.Outage`; no message carries the
 URL's user or password.
@@ -12,6 +14,7 @@ URL's user or password.
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import time
@@ -21,7 +24,7 @@ from urllib.parse import unquote, urlsplit
 
 from .._exceptions import CacheError, ConfigError
 from ._outage import Outage
-from ._store import CacheUnavailableError, Change, ForeignValueError
+from ._store import CacheUnavailableError, Change, Claim, ForeignValueError
 
 KEY_PREFIX = "blackbox:cache:"
 SOCKET_TIMEOUT_S = 2.0  # connect and read timeouts unless the URL sets its own (?socket_timeout=...)
@@ -31,6 +34,22 @@ _SCHEMES = ("redis://", "rediss://")
 _KEY_GLOB = "[0-9a-f]" * 64  # a bucket name ends in exactly a SHA-256 hex key; claims end in ":claim"
 _BATCH = 500
 _RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+# KEYS: bucket, claim. ARGV: 1 if a value is expected, the expected bytes, the write (set / del / none),
+# the new bytes, PX in ms ('' for none), the claim's token ('' for none). Another Redis type reads as
+# absent (SET replaces it). Returns {1} when written, else {0} or {0, what the bucket holds}.
+_SWAP = """
+local current = false
+if redis.call('TYPE', KEYS[1])['ok'] == 'string' then current = redis.call('GET', KEYS[1]) end
+if (ARGV[1] == '1' and current ~= ARGV[2]) or (ARGV[1] == '0' and current) then
+  if current then return {0, current} end
+  return {0}
+end
+if ARGV[3] == 'set' and ARGV[5] == '' then redis.call('SET', KEYS[1], ARGV[4])
+elseif ARGV[3] == 'set' then redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[5])
+elseif ARGV[3] == 'del' then redis.call('DEL', KEYS[1]) end
+if ARGV[6] ~= '' and redis.pcall('GET', KEYS[2]) == ARGV[6] then redis.call('DEL', KEYS[2]) end
+return {1}
+"""
 _T = TypeVar("_T")
 
 
@@ -91,6 +110,14 @@ def _text(raw: bytes | None) -> str | None:
         raise ForeignValueError(f"stored value is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
+def _decoded(raw: bytes | None) -> str | None:
+    """Stored bytes as text, None for bytes that are not UTF-8 (a SET replaces them)."""
+    try:
+        return _text(raw)
+    except ForeignValueError:
+        return None
+
+
 class RedisStore:
     """A namespace on a Redis server as a :class:`~blackbox_sdk.cache.CacheStore` that many hosts share."""
 
@@ -103,23 +130,29 @@ class RedisStore:
         self._timeout = timeout
         self._redis, self._client = _connect(url, timeout, self._secrets)
         self._release = self._client.register_script(_RELEASE)
+        self._swap_script = self._client.register_script(_SWAP)
         self._outage = Outage(self.location)
 
     def get(self, key: str) -> str | None:
         """The text stored at ``key``, None on a miss; ForeignValueError for another type or non-UTF-8 bytes."""
         return _text(self._run("read the cache", lambda: self._client.get(self._prefix + key)))
 
-    def update(self, key: str, change: Change, *, expire: float | None, action: str) -> None:
-        """Apply ``change`` under WATCH / MULTI / EXEC, retrying with jitter while other writers win the race."""
+    def update(self, key: str, change: Change, *, expire: float | None, action: str, discard: Claim | None = None) -> None:
+        """Apply ``change`` (and drop the ``discard`` claim) by compare-and-set, retrying while other writers win the race."""
         name = self._prefix + key
+        claim = (name, "") if discard is None else (self._prefix + discard[0], discard[1])
         deadline = time.monotonic() + self._timeout
-        while not self._run(action, lambda: self._attempt(name, change, expire)):
-            if time.monotonic() >= deadline:
+        seen: list[bytes | None] = [None]  # what the bucket held at the last look; first guess: absent
+        for attempt in itertools.count():
+            if self._run(action, lambda: self._swap(name, change, expire, claim, seen)):
+                return
+            if attempt and time.monotonic() >= deadline:
                 raise CacheError(
                     f"can't {action}: the bucket at {self.location} kept changing under other writers for "
                     f"{self._timeout}s; retry later or raise Cache(timeout=...)"
                 )
-            time.sleep(random.uniform(0.0, 0.005))
+            if attempt:  # the first miss only corrected the guess; later ones are contention
+                time.sleep(random.uniform(0.0, 0.005))
 
     def delete(self, key: str) -> None:
         """Remove ``key`` if it is stored."""
@@ -162,27 +195,22 @@ class RedisStore:
         """Close the client's connections; a later use reconnects."""
         self._client.close()
 
-    def _attempt(self, name: str, change: Change, expire: float | None) -> bool:
-        """One optimistic read-modify-write; False when another writer changed the key first."""
-        with self._client.pipeline(transaction=True) as pipe:
-            pipe.watch(name)
-            try:
-                current = _text(pipe.get(name))
-            except (ForeignValueError, self._redis.exceptions.ResponseError):
-                current = None  # another type or bytes: the SET below replaces it
-            new = change(current)
-            if new == current:
-                return True
-            pipe.multi()
-            if new is None:
-                pipe.delete(name)
-            else:
-                pipe.set(name, new.encode("utf-8"), px=_milliseconds(expire))
-            try:
-                pipe.execute()
-            except self._redis.exceptions.WatchError:
-                return False
+    def _swap(self, name: str, change: Change, expire: float | None, claim: tuple[str, str], seen: list[bytes | None]) -> bool:
+        """One compare-and-set from ``seen[0]`` (dropping the claim if it still holds its token); on a
+        mismatch, False with ``seen[0]`` set to what the bucket holds now."""
+        expected = seen[0]
+        current = _decoded(expected)  # not UTF-8: None, and a SET replaces it
+        new = change(current)
+        write = "none" if new == current else "del" if new is None else "set"
+        args = [
+            "0" if expected is None else "1", b"" if expected is None else expected, write,
+            b"" if new is None else new.encode("utf-8"), "" if expire is None else str(_milliseconds(expire)), claim[1],
+        ]
+        reply = self._swap_script(keys=[name, claim[0]], args=args)
+        if reply[0] == 1:
             return True
+        seen[0] = reply[1] if len(reply) > 1 else None
+        return False
 
     def _batches(self) -> Iterator[list[bytes]]:
         """This namespace's bucket names, a few hundred at a time (SCAN: no blocking KEYS)."""

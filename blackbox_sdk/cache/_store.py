@@ -15,6 +15,7 @@ from typing import Protocol, runtime_checkable
 from .._exceptions import CacheError, StoreUnavailableError
 
 Change = Callable[[str | None], str | None]  # current text (None: absent) -> new text (None: delete)
+Claim = tuple[str, str]  # (claim's key, the token its holder stored there)
 
 
 class ForeignValueError(CacheError):
@@ -35,12 +36,14 @@ class CacheStore(Protocol):
         """The text stored at ``key``, None on a miss; ForeignValueError for a value the store did not write."""
         ...
 
-    def update(self, key: str, change: Change, *, expire: float | None, action: str) -> None:
+    def update(self, key: str, change: Change, *, expire: float | None, action: str, discard: Claim | None = None) -> None:
         """Replace the text at ``key`` by ``change(current)`` atomically across processes and hosts.
 
         ``change`` may run more than once (optimistic retries); returning the current text writes
         nothing, None deletes the key, any other text is stored for ``expire`` seconds (None: until
-        evicted). An unreadable current value is passed as None. CacheError names ``action``.
+        evicted). An unreadable current value is passed as None. ``discard``, a (key, token) claim,
+        is removed in the same transaction while it still holds that token, so that a winner's
+        answer and the end of its claim are seen together. CacheError names ``action``.
         """
         ...
 

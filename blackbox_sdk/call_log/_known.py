@@ -1,4 +1,4 @@
-"""What a call log is asked before it is repaired from the budget ledger: which call ids it holds, its latest call.
+"""What a call log is asked before it is repaired from the budget ledger: its id, which call ids it holds, its latest call.
 
 The same SQL serves the SQLite log (table ``calls``, ``?`` placeholders) and the PostgreSQL log
 (``blackbox_calls``, ``%s``); both look ids up by primary key and the latest call by the
@@ -7,6 +7,7 @@ The same SQL serves the SQLite log (table ``calls``, ``?`` placeholders) and the
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable
 from typing import Any
 
@@ -27,3 +28,14 @@ def latest_created(conn: Any, *, table: str = "calls") -> float | None:
     """When the log's latest call was made (seconds since the epoch); None for an empty log."""
     row = conn.execute(f"SELECT MAX(created) FROM {table}").fetchone()
     return None if row is None or row[0] is None else float(row[0])
+
+
+def stored_log_id(conn: Any, *, table: str = "meta", mark: str = "?") -> str:
+    """The log's id from its meta ``table``, made (a random hex string) by whichever process asks first."""
+    select = f"SELECT value FROM {table} WHERE key = 'log_id'"
+    row = conn.execute(select).fetchone()
+    if row is None:
+        insert = f"INSERT INTO {table} (key, value) VALUES ('log_id', {mark}) ON CONFLICT (key) DO NOTHING"
+        conn.execute(insert, (uuid.uuid4().hex,))
+        row = conn.execute(select).fetchone()
+    return str(row[0])

@@ -68,7 +68,7 @@ class CallLog(Closing):
         _check_batching(batch_size, interval, max_pending)
         self._path = Path(path)
         self._lock = threading.Lock()
-        self._conn = _open(self._path, timeout)
+        self._conn, self._log_id = _open(self._path, timeout)
         self._timeout = float(timeout)
         write = functools.partial(write_batch, self._conn, self._lock, str(self._path))
         self._writer: BatchWriter[CallRecord] = BatchWriter(
@@ -85,6 +85,11 @@ class CallLog(Closing):
     def path(self) -> Path:
         """The SQLite file."""
         return self._path
+
+    @property
+    def log_id(self) -> str:
+        """This log's id, made with the file and kept in it: the budget ledger notes it on each call's spend."""
+        return self._log_id
 
     def close(self) -> None:
         """Write what is queued (up to ``timeout`` s), stop the writer, close the connection; StoreUnavailableError if records were left."""
@@ -247,8 +252,9 @@ def _check_batching(batch_size: int, interval: float, max_pending: int) -> None:
             raise ConfigError(f"call log {name} must be a positive integer; got {count!r}")
 
 
-def _open(path: Path, timeout: float) -> sqlite3.Connection:
-    """A WAL connection to the log with the schema in place; ConfigError for a bad timeout, CallLogError if it fails."""
+def _open(path: Path, timeout: float) -> tuple[sqlite3.Connection, str]:
+    """A WAL connection to the log with the schema in place, and the log's id; ConfigError for a bad timeout,
+    CallLogError if it fails."""
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
         raise ConfigError(f"call log timeout must be a positive number of seconds; got {timeout!r}")
     try:
@@ -259,12 +265,13 @@ def _open(path: Path, timeout: float) -> sqlite3.Connection:
         raise _not_a_log(path, exc) from exc
     try:
         prepare(conn)
+        log_id = _known.stored_log_id(conn)
     except BaseException as exc:
         conn.close()
         if isinstance(exc, sqlite3.Error):
             raise _not_a_log(path, exc) from exc
         raise
-    return conn
+    return conn, log_id
 
 
 def _not_a_log(path: Path, exc: sqlite3.Error) -> CallLogError:

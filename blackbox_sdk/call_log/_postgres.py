@@ -76,6 +76,8 @@ class PostgresCallLog(Closing):
         options = _connect_options(self._psycopg, url, timeout)
         with self._errors("open"), self._psycopg.connect(url, **options) as conn:
             prepare(conn)
+            with conn.transaction():
+                self._log_id = _known.stored_log_id(conn, table="blackbox_meta", mark="%s")
         self._pool: ConnectionPool[Any] = pool_module.ConnectionPool(
             url, min_size=1, max_size=pool_size, kwargs=options, open=True, timeout=self._timeout,
             check=pool_module.ConnectionPool.check_connection, reconnect_timeout=RECONNECT_S, name="blackbox-call-log",
@@ -92,6 +94,11 @@ class PostgresCallLog(Closing):
     def url(self) -> str:
         """The database URL without its password."""
         return self._where
+
+    @property
+    def log_id(self) -> str:
+        """This log's id, made with its tables and kept in the database: the budget ledger notes it on each call's spend."""
+        return self._log_id
 
     @property
     def pending(self) -> int:

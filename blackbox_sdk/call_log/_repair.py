@@ -2,13 +2,19 @@
 
 A call is settled on the ledger first and recorded in the log after, so a process killed between
 the two leaves a charged call with no record, and the log's spend below the ledger's. The ledger
-keeps every settled spend with the process that settled it; ``repair_log`` writes one record for
-each call the log lacks, once its process can no longer write it: on this host, once that process
-is gone (a live one may still be about to record it); on another host, ``grace_s`` after its
-settle. The route, request and answers are not in the ledger, so the record says so in ``error``
-and carries the ledger's model, key, usage and cost. It is idempotent (ids the log holds are
-skipped) and bounded: by default only spends from ``MARGIN_S`` before the log's latest call on.
-It assumes the log is meant to record every call charged to this ledger (one ledger, one log).
+keeps every settled spend with the process that settled it and the id of the call log the call was
+meant for (``log_id``: made when the log is created and kept inside it, so every process and host
+writing the same log names it alike, and two logs never share one). ``repair_log`` writes one
+record for each call meant for this log that it lacks, once its process can no longer write it: on
+this host, once that process is gone (a live one may still be about to record it); on another
+host, ``grace_s`` after its settle. So one ledger may serve many logs (hosts each with an SQLite
+log, one Redis ledger): each log gets back only its own calls, and a call a client made without
+a log goes into none. A spend that does not say which log it was meant for (from a ledger that
+did not keep it yet, or a ``Budget.settle`` made without ``log_id``) could be any log's and is
+repaired into whichever log asks, as before; a log with no ``log_id`` gets only those. The route,
+request and answers are not in the ledger, so the record says so in ``error`` and carries the
+ledger's model, key, usage and cost. It is idempotent (ids the log holds are skipped) and bounded:
+by default only spends from ``MARGIN_S`` before the log's latest call on.
 """
 
 from __future__ import annotations
@@ -24,8 +30,7 @@ from ._records import CallRecord
 from ._store import CallLogStore
 
 if TYPE_CHECKING:
-    from ..budget import Budget
-    from ..budget import SettledSpend
+    from ..budget import Budget, SettledSpend
 
 MARGIN_S = 600.0  # spends this long before the log's latest call are checked too (clocks, slow writers)
 GRACE_S = 60.0  # a spend settled on another host this recently may still be on its way to the log
@@ -50,11 +55,18 @@ class RepairableLog(Protocol):
         ...
 
 
-def repair_log(log: CallLogStore, budget: Budget, *, since: float | None = None, grace_s: float = GRACE_S) -> int:
-    """Write a record for every call charged on `budget`'s ledger from `since` on that `log` lacks; how many.
+def log_identity(log: object) -> str | None:
+    """The id a log's calls are settled under (``log_id``); None for a log that has none."""
+    found = getattr(log, "log_id", None)
+    return found if isinstance(found, str) and found else None
 
-    `since` (epoch seconds) defaults to ``MARGIN_S`` before the log's latest call (before now for
-    an empty log). Calls whose process may still log them are left alone (see the module docstring).
+
+def repair_log(log: CallLogStore, budget: Budget, *, since: float | None = None, grace_s: float = GRACE_S) -> int:
+    """Write a record for every call meant for `log`, charged on `budget`'s ledger from `since` on, that it lacks.
+
+    Returns how many. `since` (epoch seconds) defaults to ``MARGIN_S`` before the log's latest
+    call (before now for an empty log). Calls meant for another log, and calls whose process may
+    still log them, are left alone (see the module docstring).
     """
     if not isinstance(log, RepairableLog):
         logger.warning("call log %r can't say which calls it holds, so it is not repaired from the budget ledger", log)
@@ -64,8 +76,10 @@ def repair_log(log: CallLogStore, budget: Budget, *, since: float | None = None,
         latest = log.latest_created()
         since = min(now, now if latest is None else latest) - MARGIN_S
     by_call: dict[str, list[SettledSpend]] = {}
+    identity = log_identity(log)
     for spend in budget.settled_since(since):
-        by_call.setdefault(spend.call_id, []).append(spend)
+        if spend.meant_for(identity):
+            by_call.setdefault(spend.call_id, []).append(spend)
     done = {
         call_id: spends for call_id, spends in by_call.items() if not any(s.may_still_be_logged(now, grace_s) for s in spends)
     }

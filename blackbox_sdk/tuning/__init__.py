@@ -5,6 +5,7 @@ Names that need torch, numpy or cma, and the meter (which reads the client's opt
 first use.
 """
 
+from .._embeds import decode_embeds, encode_embeds
 from .._lazy import lazy_attributes
 from ._config import BBTConfig
 from ._examples import sample_few_shot
@@ -50,8 +51,6 @@ __getattr__ = lazy_attributes(
         "Tuner": "._tuner",
         "VLLMServer": "._vllm",
         "build_projection": "._projection",
-        "decode_embeds": "._embeds_endpoint",
-        "encode_embeds": "._embeds_endpoint",
         "export_hf_folder": "._vllm",
         "population_losses": "._losses",
         "resolve_target": "._scorer",

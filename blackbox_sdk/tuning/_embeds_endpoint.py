@@ -25,8 +25,6 @@ use vLLM >= 0.11.1).
 
 from __future__ import annotations
 
-import base64
-import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,6 +33,7 @@ from typing import Any, Literal
 import httpx2
 import torch
 
+from .._embeds import encode_embeds
 from .._exceptions import BackendError, ConfigError, EmbeddingsNotSupportedError, TuningError
 from ._soft_prompt import SoftPrompt, label_and_probs
 from ._template import EncodedExamples, PromptTemplate
@@ -42,18 +41,6 @@ from ._template import EncodedExamples, PromptTemplate
 MAX_SERVER_LOGPROBS = 20  # vLLM's default --max-logprobs
 TOKEN_ID_PREFIX = "token_id:"
 _WIRE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def encode_embeds(tensor: torch.Tensor) -> str:
-    """base64 of torch.save(tensor) (a fresh contiguous CPU copy), as prompt_embeds carries it."""
-    buffer = io.BytesIO()
-    torch.save(tensor.detach().cpu().contiguous().clone(), buffer)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def decode_embeds(text: str) -> torch.Tensor:
-    """The tensor in one prompt_embeds item, loaded with weights_only=True (for test doubles and tools)."""
-    return torch.load(io.BytesIO(base64.b64decode(text)), weights_only=True)
 
 
 def missing_logprob(shown: Sequence[float], missing: int) -> float:

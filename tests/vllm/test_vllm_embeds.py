@@ -134,8 +134,12 @@ def test_bbt_tuned_over_http_matches_the_local_run_and_is_served_by_create(
 
     tuned = runs["vllm"]["prompt"]
     texts = [text for text, _ in test]
-    client = blackbox_sdk.OpenAI(base_url=vllm_server.base_url, api_key="sk-none")
+    budget = blackbox_sdk.Budget(total_usd=100.0, prices={remote.model_id: {"input": 1.0, "output": 1.0}})
+    client = blackbox_sdk.OpenAI(base_url=vllm_server.base_url, api_key="sk-none", budget=budget)
     completion = client.completions.create(**remote.completion_params(tuned, texts))
+    # the budget counts the embeds' tokens as vLLM does: no hidden tokens learnt, the spend is the server's usage
+    assert budget.calibration.overhead(f"{client.base_url}#completions", remote.model_id) == 0
+    assert budget.spent() == pytest.approx(completion.usage.total_tokens / 1e6)
     served = remote.read_labels(tuned, completion)
     classified = tuned.classify(texts)
     assert [label for label, _ in served] == [label for label, _ in classified]

@@ -1,0 +1,50 @@
+"""Prompt embeddings as the OpenAI-compatible wire carries them (vLLM's `prompt_embeds`): base64 of
+`torch.save(tensor)`, shape (tokens, hidden). Written by tuning's EmbedsEndpoint, read by the
+budget to count a request's prompt tokens before it is sent. torch is imported only here, inside
+the functions, and tensors are read with ``weights_only=True`` (never a full unpickle).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from typing import Any
+
+from ._exceptions import ConfigError, InvalidRequestError
+
+
+def _torch() -> Any:
+    """torch, or ConfigError naming the extra that brings it."""
+    try:
+        import torch
+    except ImportError as error:
+        raise ConfigError("prompt_embeds need torch to be read: pip install 'blackbox-sdk[tuning]'") from error
+    return torch
+
+
+def encode_embeds(tensor: Any) -> str:
+    """base64 of torch.save(tensor) (a fresh contiguous CPU copy), as prompt_embeds carries it."""
+    buffer = io.BytesIO()
+    _torch().save(tensor.detach().cpu().contiguous().clone(), buffer)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def decode_embeds(text: str) -> Any:
+    """The tensor in one prompt_embeds item, loaded with weights_only=True."""
+    return _torch().load(io.BytesIO(base64.b64decode(text, validate=True)), weights_only=True)
+
+
+def embeds_lengths(items: list[Any]) -> list[int]:
+    """The prompt tokens of each prompt_embeds item (its first dimension); InvalidRequestError for an
+    item that is not base64 of a saved 2-D tensor, before anything is sent or reserved."""
+    lengths = []
+    for index, item in enumerate(items):
+        try:
+            tensor = decode_embeds(item) if isinstance(item, str) else None
+        except (binascii.Error, ValueError, RuntimeError, EOFError, OSError) as error:
+            raise InvalidRequestError(f"prompt_embeds[{index}] is not base64 of a saved tensor: {error}", param="prompt_embeds") from None
+        if tensor is None or getattr(tensor, "ndim", None) != 2:
+            raise InvalidRequestError(f"prompt_embeds[{index}] must be base64 of a 2-D tensor (tokens, hidden)", param="prompt_embeds")
+        lengths.append(int(tensor.shape[0]))
+    return lengths
