@@ -73,6 +73,7 @@ def test_training_in_lora_form_moves_only_the_deltas_and_head_and_saves_a_small_
     assert Adapter.load(folder, device="cpu", shared=False).score(QUESTION, ANSWERS) == adapter.score(QUESTION, ANSWERS)
 
 
+@pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")  # peft's own loader, called here directly
 def test_the_lora_folder_is_peft_s_own_format(folders: tuple[Path, Path]) -> None:
     from peft import PeftModel
     from transformers import AutoModel
