@@ -86,11 +86,11 @@ class SingleFlight:
     def wait(self, key: str, timeout_s: float, want: int, lookup: Lookup) -> list[dict[str, Any]]:
         """Poll until ``lookup(key)`` has ``want`` entries, the claim is gone or ``timeout_s`` is up."""
         rounds = self._rounds(key, timeout_s, want, lookup)
-        try:
-            while True:
-                time.sleep(next(rounds))
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]  # the generator's return value
+        while True:
+            pause, entries = _step(rounds)
+            if entries is not None:
+                return entries
+            time.sleep(pause)
 
     async def wait_async(self, key: str, timeout_s: float, want: int, lookup: Lookup) -> list[dict[str, Any]]:
         """``wait`` for an event loop: each poll of the store runs in a worker thread (a stalled store
