@@ -73,10 +73,14 @@ LARGER_ENCODER_TASKS = ("arithmetic", "capitals")
 # Arithmetic's adapter learns sums from the samples themselves: a third round (the paper runs 2-3)
 # brings 8 more samples per question and the second adapter's wrong picks as negatives.
 EXTRA_ROUND_TASKS = ("arithmetic",)
+# The adapted layers train as rank-8 LoRA deltas (peft) on the frozen base, so a shipped folder is
+# about 1 MB instead of 21-57 MB; LoRA takes 10x the whole layers' learning rate (1e-3 against 1e-4).
+LORA_RANK, LORA_LR = 8, 1e-3
 
 
 def _online_config(size: Size, task: str) -> Any:
-    """The recipe of the shipped adapters (adapters/<task>/): NCE on MiniLM-L6's six layers, or all-mpnet-base-v2's top four (LARGER_ENCODER_TASKS); one more round for EXTRA_ROUND_TASKS."""
+    """The recipe of the shipped adapters (adapters/<task>/): NCE through rank-8 LoRA on MiniLM-L6's six layers, or on
+    all-mpnet-base-v2's top four (LARGER_ENCODER_TASKS); one more round for EXTRA_ROUND_TASKS."""
     from blackbox_sdk.adapter import AdapterConfig, OnlineConfig, TrainConfig
 
     base, layers = LARGER_ENCODER if task in LARGER_ENCODER_TASKS else ("default", 6)
@@ -84,14 +88,19 @@ def _online_config(size: Size, task: str) -> Any:
         rounds=size.rounds + (task in EXTRA_ROUND_TASKS),
         samples=size.samples,
         epochs_per_round=size.epochs,
-        adapter=AdapterConfig(base_model=base, trainable_layers=layers),
-        train=TrainConfig(lr=1e-4, groups_per_batch=8, max_negatives=7, warmup_steps=5, progress=False),
+        adapter=AdapterConfig(base_model=base, trainable_layers=layers, lora_rank=LORA_RANK),
+        train=TrainConfig(lr=LORA_LR, groups_per_batch=8, max_negatives=7, warmup_steps=5, progress=False),
     )
 
 
 def train_adapter(client: Any, task: Task, train: list[Item], held: list[Item], size: Size, out: Path) -> tuple[Any, dict[str, Any]]:
     """Train a fresh adapter with the online rounds (samples come from the cache on re-runs)."""
-    from blackbox_sdk.adapter import Adapter, OnlineQuestion, client_answer_sampler, online_train
+    from blackbox_sdk.adapter import (
+        Adapter,
+        OnlineQuestion,
+        client_answer_sampler,
+        online_train,
+    )
 
     shutil.rmtree(out, ignore_errors=True)
     questions = {i.question: i for i in [*train, *held]}
@@ -192,6 +201,7 @@ def task_rows(client: Any, task: Task, size: Size, work: Path) -> list[dict[str,
     import torch
 
     train, held = split(task, min(size.train, len(task.items) - size.held_out), size.held_out)
+    before = shipped_rows(client, task, held, size)  # the adapter shipped now, on the very samples the new one is judged on
     adapter, report = train_adapter(client, task, train, held, size, work / task.name)
     per_question, tokens, texts = evaluate_reranking(client, adapter, task, held, size.samples, size.draws)
     beam_accuracy, beam_tokens = evaluate_beam(client, adapter, task, held[: size.beam_questions], size)
@@ -205,9 +215,34 @@ def task_rows(client: Any, task: Task, size: Size, work: Path) -> list[dict[str,
         "train_s": round(sum(r.get("train_seconds", 0.0) for r in report["rounds"]), 1),
         "cpu_candidates_per_s": round(cpu_rate, 1),
         "gpu_candidates_per_s": round(gpu_rate, 1) if gpu_rate else None,
+        "folder_mb": folder_mb(adapter),
     }
     beam = {**base, "questions": min(size.beam_questions, len(held)), "draws": 1, "method": f"beam {size.beam}x{size.candidates}", "accuracy": beam_accuracy, "tokens_per_question": beam_tokens}
-    return [single, majority, energy, reranked, beam, oracle]
+    return [single, majority, energy, reranked, *before, beam, oracle]
+
+
+def shipped_rows(client: Any, task: Task, held: list[Item], size: Size) -> list[dict[str, Any]]:
+    """adapters/<task> as shipped when this run started, judged on the same held-out samples (none when absent or --quick)."""
+    from blackbox_sdk.adapter import Adapter
+
+    folder = SHIPPED / task.name
+    if size is QUICK or not (folder / "adapter_config.json").exists():
+        return []
+    shipped = Adapter.load(folder, device="cpu", shared=False)
+    per_question, tokens, _ = evaluate_reranking(client, shipped, task, held, size.samples, size.draws)
+    row = method_rows({"task": task.name, "questions": len(held), "draws": size.draws}, per_question, tokens, size.samples)[3]
+    form = f"rank-{shipped.config.lora_rank} LoRA" if shipped.config.lora_rank else "whole layers"
+    size_mb = round(sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6, 2)
+    return [{**row, "method": f"{row['method']}, adapters/{task.name} as shipped before ({form})", "consensus": shipped.config.consensus, "folder_mb": size_mb}]
+
+
+def folder_mb(adapter: Any) -> float:
+    """The size of the adapter's folder as `--ship` writes it (fp16 weights), in MB."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="bb-size-") as tmp:
+        saved = adapter.save(Path(tmp) / "adapter", dtype="float16")
+        return round(sum(p.stat().st_size for p in saved.rglob("*") if p.is_file()) / 1e6, 2)
 
 
 def method_rows(base: dict[str, Any], per_question: dict[str, list[float]], tokens: float, k: int) -> list[dict[str, Any]]:
@@ -309,7 +344,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.ship:
         for path in ship(tuple(args.task or TASK_NAMES)):
-            size = sum(p.stat().st_size for p in path.iterdir())
+            size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
             print(f"{path}: {size / 1e6:.1f} MB")
         return 0
     parser.print_help()

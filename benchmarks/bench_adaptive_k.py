@@ -17,7 +17,12 @@ pool is cut into disjoint draws; in every draw each method sees the same samples
 Out of sample, twice: the stop rule was designed on the first DESIGN held-out questions of each task
 (`--quick` runs those), and the full run judges it on the other HELD_OUT - DESIGN; the confidence c
 for a task is chosen on the other tasks (the cheapest c whose pooled accuracy there is within
-`TOLERANCE` of adapter@8's), then judged once on this task. Goal: adaptive
+`TOLERANCE` of adapter@8's), then judged once on this task. A second adaptive row chooses c for a
+task on its own DESIGN questions instead (the same rule on that adapter's own task, other
+questions: what a per-adapter confidence chosen at training time on its validation questions
+does) and judges it on the same HELD_OUT - DESIGN questions; a third takes the confidence the
+shipped adapter chose on its own validation questions in training (`rerank_confidence="auto"`;
+none chosen: every answer, adapter@8 itself). Goal: adaptive
 reaches adapter@8's accuracy at no more than half its tokens. A PNG of accuracy against tokens per
 question is written to .bench/adaptive_k/curve.png.
 """
@@ -38,7 +43,7 @@ sys.path.insert(0, str(HERE))
 from bench_adapter import SAMPLING, local_server
 from tasks.suite import TASKS, Item, Task
 
-from blackbox_sdk._pipeline._rerank import next_round, pick_share
+from blackbox_sdk._adaptive import next_round, pick_share
 
 TASK_NAMES = tuple(t.name for t in TASKS)
 WORK = HERE.parent / ".bench" / "adaptive_k"
@@ -164,25 +169,42 @@ def rows(quick: bool, tasks: Sequence[str] = TASK_NAMES) -> list[dict[str, Any]]
 
     questions = slice(0, DESIGN) if quick else slice(DESIGN, HELD_OUT)
     per_task: dict[str, tuple[list[dict[str, Any]], dict[str, Any], list[dict[str, Any]]]] = {}
+    own: dict[str, float] = {}  # each task's confidence chosen on its own DESIGN questions (full run only)
+    trained: dict[str, float | None] = {}  # the confidence each adapter chose on its validation questions (rerank_confidence="auto")
     with local_server() as base_url:
         client = blackbox_sdk.OpenAI(base_url=base_url, api_key="local", cache=WORK / "cache")
         for task in TASKS:
             adapter = Adapter.load(SHIPPED / task.name, device="cpu")
-            pools = sample_pools(client, task, task.items[questions], adapter)
-            consensus = adapter.config.consensus
-            fixed = fixed_rows(task, pools, consensus)
-            grid = [adaptive_row(task, pools, consensus, c) for c in GRID]
-            per_task[task.name] = (fixed, next(r for r in fixed if r["method"] == "adapter@8"), grid)
+            consensus, trained[task.name] = adapter.config.consensus, adapter.config.confidence
+            per_task[task.name] = _measured(task, sample_pools(client, task, task.items[questions], adapter), consensus)
+            if not quick:
+                _, design_reference, design_grid = _measured(task, sample_pools(client, task, task.items[:DESIGN], adapter), consensus)
+                own[task.name] = choose_confidence([(design_reference, design_grid)])
     out = []
     for name in tasks:
         fixed, reference, grid = per_task[name]
-        confidence = choose_confidence([(ref, g) for other, (_, ref, g) in per_task.items() if other != name])
-        chosen = {**grid[GRID.index(confidence)], "method": "adaptive (c chosen on the other tasks)", "confidence": confidence}
-        chosen["token_ratio_vs_adapter@8"] = chosen["tokens_per_question"] / reference["tokens_per_question"]
-        chosen["met"] = chosen["accuracy"] >= reference["accuracy"] - 1e-9 and chosen["token_ratio_vs_adapter@8"] <= 0.5
-        out += [*fixed, chosen]
+        out += fixed
+        choices = [("adaptive (c chosen on the other tasks)", choose_confidence([(ref, g) for other, (_, ref, g) in per_task.items() if other != name]))]
+        choices += [("adaptive (c chosen on this task's design questions)", own[name])] if name in own else []
+        out += [_judged(grid, reference, method, confidence) for method, confidence in choices]
+        out += [_judged(grid, reference, "adaptive (c the adapter chose in training: \"auto\")", trained[name])]
     _plot(out, {n: per_task[n][2] for n in tasks})
     return out
+
+
+def _measured(task: Task, pools: list[list[Sample]], consensus: float) -> tuple[list[dict[str, Any]], dict[str, Any], list[dict[str, Any]]]:
+    """The fixed-K rows, adapter@8's row among them, and the adaptive rows over the confidence grid."""
+    fixed = fixed_rows(task, pools, consensus)
+    return fixed, next(r for r in fixed if r["method"] == "adapter@8"), [adaptive_row(task, pools, consensus, c) for c in GRID]
+
+
+def _judged(grid: list[dict[str, Any]], reference: dict[str, Any], method: str, confidence: float | None) -> dict[str, Any]:
+    """The adaptive row at a confidence chosen elsewhere, against adapter@8 on the same questions (None: every answer, adapter@8 itself)."""
+    measured = reference if confidence is None else grid[GRID.index(confidence)]
+    chosen = {**measured, "method": method, "confidence": confidence}
+    chosen["token_ratio_vs_adapter@8"] = chosen["tokens_per_question"] / reference["tokens_per_question"]
+    chosen["met"] = chosen["accuracy"] >= reference["accuracy"] - 1e-9 and chosen["token_ratio_vs_adapter@8"] <= 0.5
+    return chosen
 
 
 def _plot(out: list[dict[str, Any]], grids: dict[str, list[dict[str, Any]]]) -> None:
@@ -198,8 +220,8 @@ def _plot(out: list[dict[str, Any]], grids: dict[str, list[dict[str, Any]]]) -> 
         fixed = [r for r in out if r["task"] == name and r["method"].startswith(("single", "adapter@"))]
         axis.plot([r["tokens_per_question"] for r in fixed], [r["accuracy"] for r in fixed], "o-", label="adapter@K (K=1: single)")
         axis.plot([r["tokens_per_question"] for r in grids[name]], [r["accuracy"] for r in grids[name]], "s--", alpha=0.6, label="adaptive, confidence grid")
-        chosen = next(r for r in out if r["task"] == name and r["method"].startswith("adaptive"))
-        axis.plot([chosen["tokens_per_question"]], [chosen["accuracy"]], "r*", markersize=14, label="adaptive, c chosen on other tasks")
+        for chosen, mark in zip([r for r in out if r["task"] == name and r["method"].startswith("adaptive")], ("r*", "g^", "kD")):
+            axis.plot([chosen["tokens_per_question"]], [chosen["accuracy"]], mark, markersize=12, label=chosen["method"].replace("adaptive (", "adaptive: ").rstrip(")"))
         axis.set(title=name, xlabel="tokens per question", ylabel="accuracy")
         axis.legend(fontsize=7)
     figure.tight_layout()

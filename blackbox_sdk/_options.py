@@ -15,6 +15,7 @@ from typing import Any
 
 from openai import NOT_GIVEN
 
+from ._adaptive import AUTO
 from ._exceptions import ConfigError
 from ._retry import RetryPolicy
 from ._types import Scorer
@@ -120,12 +121,12 @@ def open_rerank_n(value: Any, current: Any, opened: Opened) -> int:
     return value
 
 
-def open_rerank_confidence(value: Any, current: Any, opened: Opened) -> float | None:
-    """rerank_confidence checked: None (always `rerank_n` samples) or a share in (0, 1]."""
-    if value is None:
-        return None
+def open_rerank_confidence(value: Any, current: Any, opened: Opened) -> float | str | None:
+    """rerank_confidence checked: None (always `rerank_n` samples), a share in (0, 1], or "auto" (the adapter's own)."""
+    if value is None or value == AUTO:
+        return value
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
-        raise ConfigError(f"rerank_confidence must be None or a number in (0, 1], got {value!r}")
+        raise ConfigError(f"rerank_confidence must be None, a number in (0, 1] or {AUTO!r}, got {value!r}")
     return float(value)
 
 
@@ -224,7 +225,7 @@ class Options:
     log: Any = _option(None, open_log)
     reranker: Scorer | None = _option(None, open_reranker)
     rerank_n: int = _option(DEFAULT_RERANK_N, open_rerank_n)
-    rerank_confidence: float | None = _option(None, open_rerank_confidence)  # adaptive K: stop sampling once the pick is this clear
+    rerank_confidence: float | str | None = _option(None, open_rerank_confidence)  # adaptive K: stop sampling once the pick is this clear
     beam: BeamOptions | None = _option(None, open_beam)
     soft_prompt: Any = _option(None, open_soft_prompt)  # a tuned SoftPrompt (Black-Box Tuning) served with every call
     budget_key: str | None = _option(None, open_budget_key)

@@ -74,8 +74,9 @@ def main() -> None:
         print(
             f"round {row['round']}: {row['samples']} samples, {row['prompt_tokens'] + row['completion_tokens']} tokens, "
             f"${row['cost_usd']:.4f}, {row['groups']} ranking groups, trained in {row.get('train_seconds', 0)} s, "
-            f"held-out rerank accuracy {row['rerank_accuracy']:.2f}"
+            f"held-out rerank accuracy {row['rerank_accuracy']:.2f} (majority vote {row['majority_accuracy']:.2f})"
         )
+        print("verdict:", report.verdict.summary if report.verdict else "not judged (no validation questions)")
         print("adapter saved to", report.adapter_path, "with", sorted(p.name for p in Path(report.adapter_path).iterdir()))
         adapter = Adapter.load(report.adapter_path)
         sampler = client_sampler(client, "smollm2", mode="completions", messages=SHOTS, temperature=0.9, max_tokens=16)

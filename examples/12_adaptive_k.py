@@ -3,7 +3,9 @@
 The black box is SmolLM2-135M-Instruct behind llama.cpp's server (started here), the reranker the
 shipped capitals adapter. The same questions are asked with a fixed K (`rerank_n=8`) and with
 adaptive K (`rerank_n=8, rerank_confidence=0.8`): 2 samples first, then 4, then 8, stopping as soon
-as the pick holds 80% of the softmax over the scores and one unsampled answer scored 0. Each round
+as the pick holds 80% of the softmax over the scores and one unsampled answer scored 0; and with
+`rerank_confidence="auto"`, the confidence chosen for this adapter on its validation questions when
+it was trained (its card says which; none for this one, so it samples all 8). Each round
 is budgeted and settled on its own, so the budget's spend is what was really sent. Needs the
 `adapter` and `server` extras (`scripts/setup.sh` installs everything).
 Run: python examples/12_adaptive_k.py
@@ -16,6 +18,7 @@ from pathlib import Path
 import torch
 
 from blackbox_sdk import Budget, OpenAI
+from blackbox_sdk.adapter import Adapter
 from blackbox_sdk.local import LlamaServer
 
 ADAPTER = Path(__file__).resolve().parent.parent / "adapters" / "capitals"
@@ -47,6 +50,9 @@ def main() -> None:
         run(base_url)
         print("adaptive K (rerank_confidence=0.8, at most 8):")
         run(base_url, rerank_confidence=0.8)
+        chosen = Adapter.load(ADAPTER, device="cpu").config.confidence
+        print(f"adaptive K (rerank_confidence='auto': this adapter's own, {chosen if chosen is not None else 'none, so all 8'}):")
+        run(base_url, rerank_confidence="auto")
 
 
 if __name__ == "__main__":

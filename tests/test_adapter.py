@@ -50,6 +50,14 @@ def test_copies_of_an_answer_add_consensus_times_log_count(adapter: Adapter) -> 
     assert alone.score(QUESTION, answers) == pytest.approx(raw, abs=1e-6)
 
 
+def test_an_adapter_keeps_its_own_copy_of_the_config() -> None:
+    """Training writes its choices (consensus, confidence) into the adapter's config, never into the caller's."""
+    config = AdapterConfig(trainable_layers=1, lora_rank=2)
+    made = Adapter.create(config, device="cpu")
+    made.config.consensus, made.config.confidence = 4.0, 0.9
+    assert (config.consensus, config.confidence) == (1.0, None) and made.config is not config
+
+
 def test_normalize_answer_ignores_case_spacing_and_end_punctuation() -> None:
     assert normalize_answer("  The capital is  Nairobi. ") == normalize_answer('the capital is nairobi"') == "the capital is nairobi"
     assert normalize_answer("Nairobi") != normalize_answer("Nairobbi")

@@ -276,11 +276,12 @@ def test_train_from_log_writes_adapter_curve_and_metrics(tmp_path: Path) -> None
 
 def test_cli_trains_from_the_log_and_prints_the_metrics(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _write_log(tmp_path / "calls.db")
-    argv = ["--log", str(tmp_path / "calls.db"), "--out", str(tmp_path / "cli"), "--epochs", "0", "--trainable-layers", "0", "--no-progress"]
+    argv = ["--log", str(tmp_path / "calls.db"), "--out", str(tmp_path / "cli"), "--epochs", "0", "--trainable-layers", "0", "--warmup-steps", "3", "--no-progress"]
     assert cli_main(argv) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["calls"] == 13 and printed["out"] == str(tmp_path / "cli")
-    assert Adapter.load(tmp_path / "cli", device="cpu").config.trainable_layers == 0
+    loaded = Adapter.load(tmp_path / "cli", device="cpu")
+    assert loaded.config.trainable_layers == 0 and loaded.metadata["training"]["warmup_steps"] == 3
 
 
 def test_cli_reports_a_log_without_usable_feedback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from blackbox_sdk import AsyncOpenAI, Budget, CallLog, ConfigError, OpenAI
-from blackbox_sdk._pipeline._rerank import next_round, pick_share
+from blackbox_sdk._adaptive import CONFIDENCE_GRID, next_round, pick_share
+from blackbox_sdk.adapter import Adapter, AdapterConfig
+from blackbox_sdk.adapter._confidence import choose_confidence
 
 MODEL = "smollm2"
 QUESTION = [{"role": "user", "content": "Write one random word."}]
@@ -96,3 +98,41 @@ def test_async_client_takes_the_same_rounds(llama_server: str, tmp_path: Path) -
 def test_a_bad_confidence_is_refused_before_anything_is_sent(bad: object, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="rerank_confidence"):
         OpenAI(base_url="http://127.0.0.1:9/v1", api_key="sk-test", reranker=first_wins, rerank_confidence=bad)
+
+
+class _Scored:
+    """Fixed scores g per answer text, as `Adapter.score_pairs` gives them (the choice logic under test is the adapter's own)."""
+
+    def __init__(self, g: dict[str, float]) -> None:
+        self.g = g
+        self.config = AdapterConfig(consensus=0.0)
+
+    def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
+        return [self.g[answer] for _, answer in pairs]
+
+
+def test_training_keeps_the_cheapest_confidence_that_keeps_the_adapters_accuracy() -> None:
+    adapter = _Scored({"right": 5.1, "wrong": 1.0, "clear": 9.0, "bad": -5.0})
+    clear = ("q1", ["clear", "clear", *["bad"] * 6], [True, True, *[False] * 6])  # the first two settle it
+    tricky = ("q2", ["wrong", "wrong", "right", *["wrong"] * 5], [False, False, True, *[False] * 5])  # two agree, and are wrong
+    confidence, report = choose_confidence(adapter, [clear, tricky] * 3)  # type: ignore[arg-type]
+    # at 2 the two wrong copies hold 0.845 (c <= 0.8 stops there, wrongly); at 4 the right one holds 0.947 (0.9 stops
+    # there, rightly; 0.95 and 0.99 go on to all 8): 0.9 is the cheapest that keeps every pick
+    assert confidence == 0.9
+    assert report["adaptive_accuracy"] == report["all_answers_accuracy"] == 1.0
+    assert report["all_answers"] == 8 and report["adaptive_answers"] == (2 + 4) / 2
+    assert choose_confidence(adapter, [clear] * 2)[0] == max(CONFIDENCE_GRID)  # all equally cheap: the safest
+
+
+def test_auto_confidence_is_the_reranking_adapters_own(llama_server: str, tmp_path: Path) -> None:
+    adapter = Adapter.create(AdapterConfig(trainable_layers=1), seed=0, device="cpu")
+    adapter.save(tmp_path / "plain")
+    adapter.config.confidence = 1e-9  # any pick is clear enough: one round of 2
+    adapter.save(tmp_path / "eager")
+    assert Adapter.load(tmp_path / "eager", device="cpu").config.confidence == 1e-9
+    assert "rerank_confidence=\"auto\"` stops once the pick holds 1e-09" in (tmp_path / "eager" / "README.md").read_text()
+    for folder, expected in (("eager", 2), ("plain", 8)):  # no confidence chosen: every one of rerank_n
+        run = tmp_path / f"run-{folder}"
+        run.mkdir()
+        client = client_for(llama_server, run, str(tmp_path / folder), rerank_confidence="auto")
+        assert len(ask(client).blackbox.candidates) == expected

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal, TypeVar
 
+from .._adaptive import FIRST_ROUND, next_round, pick_share
 from .._exceptions import RateLimitExceededError
 from .._info import attach
 from .._options import split_options
@@ -21,7 +22,7 @@ from ._call import Call, KeptHttp
 from ._candidates import Candidate
 from ._core import Core
 from ._relay import Relay
-from ._rerank import FIRST_ROUND, next_round, pick_share
+from ._rerank import confidence_of
 from ._responses import (
     finish,
     finish_embedding,
@@ -177,8 +178,9 @@ def paid(core: Core, call: Call, missing: int, fetch_all: Callable[[int, int | N
 def complete(core: Core, call: Call) -> Flow:
     """A whole response: cached candidates first, the rest fetched."""
     stored = yield from cached(core, call)
-    if call.opts.rerank_confidence is not None and call.opts.reranker is not None and call.n == 1:
-        return (yield from rounds(core, call, stored))
+    confidence = confidence_of(call.opts) if call.opts.reranker is not None and call.n == 1 else None
+    if confidence is not None:
+        return (yield from rounds(core, call, stored, confidence))
     missing = call.want - len(stored)
     if missing <= 0:
         return (yield from io(call, partial(finish, core, call, stored, [], None)))
@@ -197,19 +199,19 @@ def complete(core: Core, call: Call) -> Flow:
     return (yield from io(call, partial(finish, core, call, stored, *split, original=original)))
 
 
-def rounds(core: Core, call: Call, stored: list[Candidate]) -> Flow:
+def rounds(core: Core, call: Call, stored: list[Candidate], confidence: float) -> Flow:
     """Adaptive K: hold 2 answers, then 4, 8, ... up to `rerank_n`, each round paid on its own, until
-    the reranker's pick holds `rerank_confidence` of the softmax over the scores."""
+    the reranker's pick holds `confidence` of the softmax over the scores."""
     fresh: list[Candidate] = []
     usage: Json | None = None
     share = (yield from io(call, partial(_share, call, stored))) if len(stored) >= FIRST_ROUND else None
-    size = next_round(len(stored), call.want, share, call.opts.rerank_confidence)
+    size = next_round(len(stored), call.want, share, confidence)
     while size:
         got, used = yield from paid(core, call, size - len(stored) - len(fresh), partial(_answers, core, call))
         yield from io(call, partial(pay, core, call, got, used))
         fresh, usage = fresh + got, add_usage(usage or {}, used)
         share = yield from io(call, partial(_share, call, stored + fresh))
-        size = next_round(len(stored) + len(fresh), call.want, share, call.opts.rerank_confidence)
+        size = next_round(len(stored) + len(fresh), call.want, share, confidence)
     return (yield from io(call, partial(finish, core, call, stored, fresh, usage, paid=True)))
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from .._adaptive import AUTO
+from .._options import Options
 from .._types import CHAT, RESPONSES, Route
 from ._response_input import question
 
@@ -39,27 +40,12 @@ def valid_first(order: Sequence[int], answers: Sequence[str], valid: Callable[[s
     return [i for i in order if i in accepted] + [i for i in order if i not in accepted]
 
 
-FIRST_ROUND = 2  # adaptive K samples 2 answers first, then doubles while the pick is unclear
-_END_PUNCTUATION = " .!?;:,'\"`"
-
-
-def same_answer(text: str) -> str:
-    """An answer reduced for telling copies apart: case-folded, spaces collapsed, end punctuation dropped."""
-    return " ".join(text.casefold().split()).strip(_END_PUNCTUATION)
-
-
-def pick_share(answers: Sequence[str], scores: Sequence[float]) -> float:
-    """The best-scored answer's share of softmax(scores), its copies included, beside one answer not
-    yet sampled that scores 0 (neutral): near 1 only when the pick is both ahead and good."""
-    top = max(range(len(scores)), key=lambda i: (scores[i], -i))
-    ceiling = max(max(scores), 0.0)
-    weights = [math.exp(s - ceiling) for s in scores]
-    winner = same_answer(answers[top])
-    return sum(w for w, a in zip(weights, answers) if same_answer(a) == winner) / (sum(weights) + math.exp(-ceiling))
-
-
-def next_round(gathered: int, most: int, share: float | None, confidence: float) -> int:
-    """How many answers adaptive K should hold next: 0 to stop (the pick is clear, or `most` is reached), else double."""
-    if gathered >= most or (share is not None and share >= confidence):
-        return 0
-    return min(most, max(FIRST_ROUND, 2 * gathered))
+def confidence_of(opts: Options) -> float | None:
+    """The adaptive-K confidence a call stops at: the option's, or with "auto" the reranking adapter's own,
+    chosen when it was trained (None: no adaptive K, every one of `rerank_n` answers)."""
+    chosen = opts.rerank_confidence
+    if chosen != AUTO:
+        return chosen if isinstance(chosen, float) else None
+    adapter = getattr(opts.reranker, "__self__", None)  # reranker="folder" keeps the loaded Adapter's bound `score`
+    confidence = getattr(getattr(adapter, "config", None), "confidence", None)
+    return float(confidence) if isinstance(confidence, (int, float)) and not isinstance(confidence, bool) else None

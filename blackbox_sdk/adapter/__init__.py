@@ -20,6 +20,7 @@ from ._picks import calibrate_consensus
 from ._rounds import online_train
 from ._sampling import ClientAnswerSampler, Samples, client_answer_sampler
 from ._trainer import RankingMetrics, TrainConfig, TrainResult, evaluate, train
+from ._verdict import Verdict
 
 __all__ = [
     "Adapter",
@@ -39,6 +40,7 @@ __all__ = [
     "ScoreFn",
     "TrainConfig",
     "TrainResult",
+    "Verdict",
     "ai_judge",
     "batch_energy_loss",
     "beam_search",

@@ -1,4 +1,4 @@
-"""The README card saved with an adapter: base, data, metrics, size and how to use it."""
+"""The README card saved with an adapter: base, data, its verdict against majority vote, metrics, size and how to use it."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ _DEFAULT_EXAMPLE = {"question": "What is 2 plus 3?", "answers": ["2 plus 3 is 5.
 
 def render_card(config: AdapterConfig, metadata: dict[str, Any], tensors: dict[str, Any]) -> str:
     """The README card of a saved adapter: base, data, metrics, size and usage (on metadata's `example` when it has one)."""
-    lines = [*_summary(config, metadata, tensors), *_metrics(metadata.get("metrics", {}))]
+    lines = [*_summary(config, metadata, tensors), *_verdict(metadata.get("verdict")), *_metrics(metadata.get("metrics", {}))]
     example = metadata.get("example") or _DEFAULT_EXAMPLE
     lines += [
         "",
@@ -45,6 +45,7 @@ def _summary(config: AdapterConfig, metadata: dict[str, Any], tensors: dict[str,
         f"- Base encoder: `{config.base_model}`" + _BASE_NOTES.get(config.base_model, ""),
         f"- Template: `{config.template!r}`, {config.pooling} pooling, max {config.max_length} tokens (left-truncated)",
         f"- Score: g(question, answer) + {config.consensus:g} x log(copies of the answer among the candidates)",
+        _adaptive(config),
         _saved(config, count),
         f"- Trained on: {metadata.get('trained_on', 'not recorded')}",
     ]
@@ -62,9 +63,32 @@ def _saved(config: AdapterConfig, count: int) -> str:
     return f"- Saved tensors: the head and {layers}, {count:,} values"
 
 
+def _verdict(verdict: dict[str, Any] | None) -> list[str]:
+    """The card's verdict: does the adapter beat majority vote on questions it did not train on (nothing when not judged at all)."""
+    if not verdict:
+        return []
+    lines = ["", "## Verdict", "", verdict["summary"]]
+    if verdict.get("adapter_accuracy") is not None:
+        lines += [
+            "",
+            "| | right |",
+            "|---|---|",
+            f"| adapter's picks | {verdict['adapter_accuracy']:.4g} |",
+            f"| majority vote | {verdict['majority_accuracy']:.4g} |",
+        ]
+    return lines
+
+
 def _metrics(metrics: dict[str, Any]) -> list[str]:
     """The card's metrics table (nothing when there are none)."""
     if not metrics:
         return []
     lines = ["", "## Metrics", "", "| metric | value |", "|---|---|"]
     return lines + [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in sorted(metrics.items())]
+
+
+def _adaptive(config: AdapterConfig) -> str:
+    """The card's line on adaptive K: the confidence `rerank_confidence="auto"` uses, or that there is none."""
+    if config.confidence is None:
+        return '- Adaptive K: no confidence chosen (`rerank_confidence="auto"` samples every answer)'
+    return f'- Adaptive K: `rerank_confidence="auto"` stops once the pick holds {config.confidence:g} of the softmax (chosen on validation questions)'

@@ -28,6 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--lora-rank", type=int, default=AdapterConfig.lora_rank, help="> 0: train LoRA deltas of this rank (a folder of a few MB)")
     parser.add_argument("--epochs", type=int, default=defaults.epochs)
     parser.add_argument("--lr", type=float, default=defaults.lr)
+    parser.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps, help="linear learning-rate warm-up steps")
     parser.add_argument("--loss", choices=LOSSES, default=defaults.loss)
     parser.add_argument("--temperature", type=float, default=defaults.temperature)
     parser.add_argument("--l2", type=float, default=defaults.l2)
@@ -44,6 +45,7 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
         epochs=args.epochs,
         lr=args.lr,
+        warmup_steps=args.warmup_steps,
         loss=args.loss,
         temperature=args.temperature,
         l2=args.l2,
@@ -54,7 +56,7 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def cli_main(argv: list[str]) -> int:
-    """`blackbox-sdk adapter train ...`: train from the call log, print the metrics; 0 on success, 1 on error."""
+    """`blackbox-sdk adapter train ...`: train from the call log, print the metrics (JSON) and the verdict line; 0 on success, 1 on error."""
     args = _parser().parse_args(argv)
     try:
         report = train_from_log(
@@ -69,4 +71,6 @@ def cli_main(argv: list[str]) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(json.dumps({k: v for k, v in report.items() if k != "evals"}, indent=2))
+    if report["verdict"]["beats_majority"] is not False:  # a failed verdict was said already, by train_from_log's warning
+        print(f"verdict: {report['verdict']['summary']}", file=sys.stderr)  # beside the JSON, which stays machine-readable
     return 0

@@ -26,6 +26,7 @@ class AdapterConfig:
     lora_alpha: float = 16.0  # LoRA scaling numerator: the deltas are multiplied by lora_alpha / lora_rank
     score_batch_size: int = 64  # texts per forward pass when scoring
     consensus: float = 1.0  # weight of log(copies of the same answer among those scored together), see Adapter.score()
+    confidence: float | None = None  # adaptive K's stop share for rerank_confidence="auto", chosen at training (None: every answer)
 
     def __post_init__(self) -> None:
         """Reject a config that could not score anything, before any model is loaded."""
@@ -43,6 +44,8 @@ class AdapterConfig:
             raise AdapterError(f"score_batch_size must be >= 1, not {self.score_batch_size}")
         if not (self.consensus >= 0 and math.isfinite(self.consensus)):
             raise AdapterError(f"consensus must be a finite number >= 0, not {self.consensus}")
+        if self.confidence is not None and not 0 < self.confidence <= 1:
+            raise AdapterError(f"confidence must be None or in (0, 1], not {self.confidence}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AdapterConfig:

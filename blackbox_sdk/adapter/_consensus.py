@@ -6,12 +6,9 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 
-_END_PUNCTUATION = " .!?;:,'\"`"
-
-
-def normalize_answer(text: str) -> str:
-    """An answer reduced for counting copies: case-folded, spaces collapsed, end punctuation dropped."""
-    return " ".join(text.casefold().split()).strip(_END_PUNCTUATION)
+from .._adaptive import (
+    same_answer as normalize_answer,  # one rule for what counts as a copy: scoring, adaptive K, majority vote
+)
 
 
 def log_copies(answers: Sequence[str]) -> list[float]:

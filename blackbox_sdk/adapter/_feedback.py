@@ -72,7 +72,7 @@ def _export_store(target: str | Path) -> str:
 CHAT_ROUTES = ("chat.completions", "chat")  # the client's route name, and the one older logs and hand-made records use
 
 
-def _question(record: dict[str, Any]) -> str | None:
+def logged_question(record: dict[str, Any]) -> str | None:
     """The question a logged call answers, as the reranker sees it at inference: the last user message
     (chat; the Responses API's `input`, a string or items) or the prompt (completions)."""
     request = record.get("request") or {}
@@ -127,7 +127,7 @@ def groups_from_log(
     good: dict[str, set[str]] = {}
     bad: dict[str, set[str]] = {}
     for record in records:
-        question = _question(record)
+        question = logged_question(record)
         if question is None or record.get("error"):
             continue
         pos, neg = judgements(record, high_reward, low_reward)

@@ -21,7 +21,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +61,9 @@ class Adapter:
 
     @classmethod
     def create(cls, config: AdapterConfig | None = None, *, seed: int = 0, device: str | None = None, shared: bool = False) -> Adapter:
-        """A fresh adapter on the base encoder: pretrained encoder, new LoRA deltas (when lora_rank > 0), random head."""
-        config = config or AdapterConfig()
+        """A fresh adapter on the base encoder: pretrained encoder, new LoRA deltas (when lora_rank > 0), random head.
+        It keeps a copy of `config`: what training chooses (consensus, confidence) never changes the caller's."""
+        config = replace(config) if config is not None else AdapterConfig()
         torch = import_torch()
         device = device or default_device()
         if config.lora_rank:

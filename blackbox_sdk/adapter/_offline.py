@@ -1,7 +1,8 @@
 """Offline training from the call log: groups from its feedback, a held-out split, training, the saved folder.
 
 `train_from_log` writes the adapter folder, its training curve (PNG) and metrics; the
-`blackbox-sdk adapter train` command runs it.
+`blackbox-sdk adapter train` command runs it. On the held-out questions' logged calls with two or
+more labelled candidates it also judges the adapter's pick against majority vote's (`_verdict.py`).
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ from typing import Any
 from .._exceptions import AdapterError
 from ._config import AdapterConfig
 from ._curve import plot_curve
-from ._feedback import groups_from_log, log_name, read_log
+from ._consensus import normalize_answer
+from ._feedback import groups_from_log, judgements, log_name, logged_question, read_log
 from ._groups import split_groups
 from ._model import Adapter
+from ._picks import pick
 from ._trainer import TrainConfig, train
+from ._verdict import OFFLINE_ADVICE, Pick, announce, judge, majority_pick
 
 
 def train_from_log(
@@ -45,6 +49,8 @@ def train_from_log(
         train_groups, eval_groups = eval_groups, []
     adapter = Adapter.create(adapter_config, seed=train_config.seed, device=device)
     result = train(adapter, train_groups, train_config, eval_groups=eval_groups)
+    held_out = {g.question for g in eval_groups}
+    verdict = judge(_held_out_picks(adapter, records, held_out, high_reward, low_reward), where="held-out", advice=OFFLINE_ADVICE)
     out = Path(out_dir)
     metrics = result.final_metrics()
     adapter.metadata = {
@@ -53,9 +59,34 @@ def train_from_log(
         f"{len(groups)} ranking groups",
         "training": asdict(train_config),
         "metrics": metrics,
+        "verdict": verdict.to_dict(),
     }
     adapter.save(out)
     plot_curve(result, out / "curve.png", title=f"{out.name}: training from {log_name(log_path)}")
-    report = {"out": str(out), "calls": len(records), **metrics, "evals": result.evals}
+    report = {"out": str(out), "calls": len(records), **metrics, "verdict": verdict.to_dict(), "evals": result.evals}
     (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    announce(verdict, "train_from_log")
     return report
+
+
+def _held_out_picks(adapter: Adapter, records: list[dict[str, Any]], questions: set[str], high_reward: float, low_reward: float) -> list[Pick]:
+    """Per logged call of a held-out question with two or more labelled candidates: the adapter's pick and majority vote's among them."""
+    good: dict[str, set[str]] = {}
+    bad: dict[str, set[str]] = {}
+    for record in records:
+        question = logged_question(record)
+        if question in questions and not record.get("error"):
+            pos, neg = judgements(record, high_reward, low_reward)
+            good.setdefault(question, set()).update(map(normalize_answer, pos))
+            bad.setdefault(question, set()).update(map(normalize_answer, neg))
+    picks = []
+    for record in records:
+        question = logged_question(record)
+        if question not in good or record.get("error"):
+            continue
+        judged = good[question] | bad[question]
+        labelled = [(text, key in good[question]) for text in record.get("candidates") or [] if (key := normalize_answer(text)) in judged]
+        if len(labelled) >= 2:
+            answers = [text for text, _ in labelled]
+            picks.append(Pick(question, labelled[pick(adapter, question, answers)][1], labelled[majority_pick(answers)][1]))
+    return picks

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .._exceptions import AdapterError
 from ._config import AdapterConfig
 from ._trainer import TrainConfig
+from ._verdict import Verdict
 
 
 class OnlineQuestion(BaseModel):
@@ -55,13 +56,15 @@ class OnlineConfig:
 
 @dataclass
 class OnlineReport:
-    """Per-round numbers (samples, tokens, cost, training, held-out accuracy) and where the adapter is."""
+    """Per-round numbers (samples, tokens, cost, training, held-out accuracy), where the adapter is, and
+    whether its picks beat majority vote on the validation questions (`verdict`; None without any)."""
 
     rounds: list[dict[str, Any]]
     baseline: dict[str, float]
     adapter_path: str
     state_path: str
+    verdict: Verdict | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The report as JSON-ready data."""
-        return asdict(self)
+        return {**asdict(self), "verdict": self.verdict.to_dict() if self.verdict else None}

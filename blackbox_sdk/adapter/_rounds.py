@@ -10,7 +10,8 @@ Each round:
      rejected candidates + the previous adapter's wrong picks (kept across rounds),
   4. train the adapter (continuing from the last round), choose its `consensus` weight on a
      quarter of the training questions kept out of training, one draw of K samples per round each
-     (`calibrate_consensus`), evaluate on held-out questions, save a checkpoint and the JSON state.
+     (`calibrate_consensus`) and judge its picks there against majority vote's (`_verdict.py`),
+     evaluate on held-out questions, save a checkpoint and the JSON state.
 A crash loses at most the round in progress: `online_train` with the same state file picks up
 after the last completed round.
 """
@@ -31,9 +32,11 @@ from ._groups import RankingGroup, build_groups
 from ._labelers import Labeler
 from ._model import Adapter
 from ._online_config import OnlineConfig, OnlineQuestion, OnlineReport
-from ._picks import calibrate_consensus, held_out_accuracy, pick
+from ._confidence import choose_confidence
+from ._picks import calibrate_and_judge, held_out_accuracy, pick
 from ._sampling import AnswerSampler, Samples
 from ._trainer import TrainConfig, TrainResult, train
+from ._verdict import ONLINE_ADVICE, Verdict, announce, judge
 
 STATE_VERSION = 1
 
@@ -178,8 +181,12 @@ class _Run:
         self.keep_best_positives(adapter, groups)
         row: dict[str, Any] = {"round": number, "groups": len(groups), **totals, **result.final_metrics()}
         if self.validation:
-            adapter.config.consensus, row["validation_accuracy"] = calibrate_consensus(adapter, self.validation, self.config.consensus_grid)
+            adapter.config.consensus, row["validation_accuracy"], verdict = calibrate_and_judge(adapter, self.validation, self.config.consensus_grid)
             row["consensus"] = adapter.config.consensus
+            row["validation_majority_accuracy"], row["validation_questions"] = verdict.majority_accuracy, verdict.questions
+            row["verdict"] = verdict.to_dict()
+            adapter.config.confidence, adaptive = choose_confidence(adapter, self.validation)
+            row.update(adaptive)
         row.update(held_out_accuracy(adapter, self.eval_items, self.eval_samples, self.eval_labels))
         row["loss_curve"] = [round(s["loss"], 4) for s in result.steps]
         return row
@@ -209,6 +216,11 @@ class _Run:
         plot_curve(_rounds_curve(self.state.rounds), self.out_dir / "curve.png", title=f"{self.out_dir.name}: online rounds")
         shutil.rmtree(self.out_dir / "checkpoints", ignore_errors=True)
 
+    def verdict(self) -> Verdict:
+        """The last completed round's verdict on the validation questions (not judged without any)."""
+        last = self.state.rounds[-1] if self.state.rounds else {}
+        return Verdict.from_dict(last["verdict"]) if "verdict" in last else judge([], where="validation", advice=ONLINE_ADVICE)
+
     def metadata(self, adapter: Adapter) -> dict[str, Any]:
         """The final adapter's card data: what it was trained on, the recipe, the last round's and the baseline's metrics."""
         last = self.state.rounds[-1] if self.state.rounds else {}
@@ -221,6 +233,7 @@ class _Run:
             "metrics": {k: v for k, v in last.items() if isinstance(v, (int, float)) and not isinstance(v, bool)} | {
                 f"baseline_{k}": v for k, v in self.state.baseline.items()
             },
+            "verdict": self.verdict().to_dict(),
         }
 
 
@@ -277,6 +290,8 @@ def online_train(
         run.complete_round(adapter, number)
     if run.checkpoint(config.rounds).exists():
         run.finish(adapter)
-    report = OnlineReport(run.state.rounds, run.state.baseline, str(out), str(state_file))
+    verdict = run.verdict()
+    report = OnlineReport(run.state.rounds, run.state.baseline, str(out), str(state_file), verdict)
     (out / "online_report.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    announce(verdict, "online_train")
     return report
