@@ -17,9 +17,9 @@ from typing import Any
 from .._adaptive import CONFIDENCE_GRID, stops_at
 from ._consensus import log_copies
 from ._model import Adapter
+from ._picks import Validation
 
 TOLERANCE = 0.01  # accuracy the chosen confidence may give up against sampling every answer, on the validation draws
-Validation = Sequence[tuple[str, Sequence[str], Sequence[bool | None]]]  # (question, samples, labels), one per draw
 
 
 def choose_confidence(adapter: Adapter, validation: Validation, grid: Sequence[float] = CONFIDENCE_GRID) -> tuple[float | None, dict[str, Any]]:
