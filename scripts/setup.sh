@@ -11,14 +11,20 @@ cd "$(dirname "$0")/.."
 # Redis and PostgreSQL from Debian's packages: the fleet tests start real servers on loopback ports.
 # Node and npm for the proxy's tests with the official Node openai client (examples/node).
 # Chromium (headless) renders the proxy's status page in tests/test_proxy_status_page.py.
-if ! command -v redis-server >/dev/null || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v npm >/dev/null \
-    || ! command -v chromium >/dev/null; then
+# Only what is missing is installed: a machine may already carry Node from another source (NodeSource's
+# nodejs bundles npm and conflicts with Debian's npm package), so asking apt for npm there would fail.
+missing=()
+command -v redis-server >/dev/null || missing+=(redis-server)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+command -v npm >/dev/null || missing+=(nodejs npm)
+command -v chromium >/dev/null || missing+=(chromium)
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
-    echo "setup.sh: install redis-server, postgresql, nodejs, npm and chromium first (sudo apt-get install redis-server postgresql nodejs npm chromium)" >&2
+    echo "setup.sh: install ${missing[*]} first (sudo apt-get install ${missing[*]})" >&2
     exit 1
   fi
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server postgresql nodejs npm chromium >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 npm ci --prefix examples/node --no-audit --no-fund --silent
 if [ ! -x .venv/bin/python ]; then
