@@ -8,7 +8,8 @@ for the larger size), every recipe of the grid is trained once with the online r
 SmolLM2 on llama.cpp through the SDK client and judged on the family's 40 held-out questions
 (`split`) over 4 disjoint draws of 8 samples, as in `bench_adapter` (whose functions this reuses):
 single, majority@8, adapter@8, oracle@8, the gap recovered and its bootstrap interval. The
-held-out questions never reach training: no `eval_items` are given to `online_train`.
+held-out questions never reach training: no `eval_items` are given to `online_train`. Judging
+scores through ONNX Runtime (`fast=True`: the torch path's scores to about 1e-5, so the same picks).
 
 The grid (`GRID`, cheapest first; ties go to the cheaper recipe):
 - minilm-lora: MiniLM-L6, all six layers through rank-8 LoRA, lr 1e-3, 2 rounds of 8 samples,
@@ -17,8 +18,8 @@ The grid (`GRID`, cheapest first; ties go to the cheaper recipe):
   the knowledge tasks' recipe (a larger encoder holds facts that training cannot teach);
 - mpnet-lora-3r: mpnet-lora with a third round (8 more samples per question, the second
   adapter's wrong picks as negatives): arithmetic's recipe.
-These are exactly the recipes `bench_adapter` now picks by task name (`LARGER_ENCODER_TASKS`,
-`EXTRA_ROUND_TASKS`); the protocol asks whether that choice can be made without the name.
+These are the library's `blackbox_sdk.adapter.RECIPES`, exactly the recipes `bench_adapter` picks
+by task name (`TASK_RECIPES`); the protocol asks whether that choice can be made without the name.
 Every recipe chooses its consensus weight on its own validation questions (`OnlineConfig`).
 
 Two selections, each judged on the held-out family F:
@@ -26,18 +27,21 @@ Two selections, each judged on the held-out family F:
   training size. capitals and capital_facts share their facts (capital_facts asks about the
   capitals that capitals asks for), so when either is held out the other is left out of the
   choice too (`PAIRED`): the choice is made on six families for those two, on seven otherwise.
-- auto: the recipe whose last round's `validation_accuracy` (on the quarter of F's own training
-  questions kept for validation, never on held-out ones) is highest: what a user with a new task
-  can do. It needs no extra training: it picks among the same trainings.
+- auto: what `blackbox_sdk.adapter.online_train_auto` keeps (`choose_recipe`): the recipe whose
+  last round's `validation_accuracy` (on the quarter of F's own training questions kept for
+  validation, never on held-out ones) is highest, what a user with a new task can do. It needs
+  no extra training here: it picks among the same trainings.
 Rows per family and size: the LOFO and auto picks with single, majority@8, adapter@8, oracle@8,
 gap recovered (95% interval) and whether the adapter beats majority vote; then pooled rows over
 the families (interval by resampling questions across families) with the goal: above majority
 vote on every held-out family and at least half of the single-to-oracle gap pooled; then every
 recipe on every family (what the choices chose from).
 
-Each (family, size, recipe) result is a JSON file under .bench/adapter_lofo/default/results/, so an
-interrupted run resumes (online_train resumes its rounds too) and a re-run only re-tabulates
-without starting llama.cpp. Samples share bench_adapter's disk cache (.bench/adapter/cache, fixed
+Each (family, size, recipe) result is a small JSON file under benchmarks/results/adapter_lofo/, kept
+in the repository: the full protocol takes longer than one session, so each session commits the
+results it finished and the next runs only what is missing; a re-run with every result stored only
+re-tabulates without starting llama.cpp. An interrupted training resumes its rounds from
+.bench/adapter_lofo/default/adapters/ on the same machine. Samples share bench_adapter's disk cache (.bench/adapter/cache, fixed
 port), so the three shipped tasks' samples are reused. `--family` and `--train` split the work
 across sessions; the table covers every family whose results exist for the whole grid.
 
@@ -65,9 +69,6 @@ from pathlib import Path
 from typing import Any
 
 from bench_adapter import (
-    LARGER_ENCODER,
-    LORA_LR,
-    LORA_RANK,
     MODEL,
     SAMPLING,
     WORK,
@@ -80,7 +81,8 @@ from tasks.suite import FAMILIES, KIND, Task, split
 
 FAMILY_NAMES = tuple(t.name for t in FAMILIES)
 TRAIN_SIZES = (30, 180)
-LOFO_WORK = WORK.parent / "adapter_lofo"
+LOFO_WORK = WORK.parent / "adapter_lofo"  # adapters in training (resumable), --quick's cache
+LOFO_RESULTS = Path(__file__).resolve().parent / "results" / "adapter_lofo"  # committed: one result per file
 PAIRED = {"capitals": "capital_facts", "capital_facts": "capitals"}  # share facts: out of each other's choice
 
 
@@ -98,48 +100,18 @@ class Scale:
     grid: tuple[str, ...]  # recipe names, cheapest first
 
 
-def _config(scale: Scale, base: str, layers: int, rank: int, extra_rounds: int = 0) -> Any:
-    """An OnlineConfig: NCE through LoRA on `layers` of `base`, lr and batching as bench_adapter's recipe."""
-    from blackbox_sdk.adapter import AdapterConfig, OnlineConfig, TrainConfig
+def recipe_config(name: str, scale: Scale) -> Any:
+    """A recipe's OnlineConfig at this scale: the library's (`blackbox_sdk.adapter.RECIPES`), or --quick's tiny one."""
+    from blackbox_sdk.adapter import RECIPES, Recipe
 
-    return OnlineConfig(
-        rounds=scale.rounds + extra_rounds,
-        samples=scale.samples,
-        epochs_per_round=scale.epochs,
-        adapter=AdapterConfig(base_model=base, trainable_layers=layers, lora_rank=rank),
-        train=TrainConfig(lr=LORA_LR, groups_per_batch=8, max_negatives=7, warmup_steps=5, progress=False),
-    )
+    recipe = Recipe("default", 2, lora_rank=4) if name == QUICK_RECIPE else RECIPES[name]
+    return recipe.config(rounds=scale.rounds, samples=scale.samples, epochs_per_round=scale.epochs)
 
 
-def minilm_lora(scale: Scale) -> Any:
-    """MiniLM-L6, all six layers through rank-8 LoRA: comparison's recipe, the cheapest to train and score."""
-    return _config(scale, "default", 6, LORA_RANK)
-
-
-def mpnet_lora(scale: Scale) -> Any:
-    """all-mpnet-base-v2's top four layers through rank-8 LoRA: the knowledge tasks' recipe (more facts held)."""
-    return _config(scale, LARGER_ENCODER[0], LARGER_ENCODER[1], LORA_RANK)
-
-
-def mpnet_lora_3r(scale: Scale) -> Any:
-    """mpnet-lora with a third online round: arithmetic's recipe (more samples, the last adapter's wrong picks)."""
-    return _config(scale, LARGER_ENCODER[0], LARGER_ENCODER[1], LORA_RANK, extra_rounds=1)
-
-
-def minilm_top2_lora(scale: Scale) -> Any:
-    """MiniLM-L6's top two layers through rank-4 LoRA: --quick's second tiny recipe, so both choices have two to pick from."""
-    return _config(scale, "default", 2, 4)
-
-
-RECIPES: dict[str, Callable[[Scale], Any]] = {
-    "minilm-lora": minilm_lora,
-    "mpnet-lora": mpnet_lora,
-    "mpnet-lora-3r": mpnet_lora_3r,
-    "minilm-top2-lora": minilm_top2_lora,
-}
-GRID = ("minilm-lora", "mpnet-lora", "mpnet-lora-3r")
+QUICK_RECIPE = "minilm-top2-lora"  # MiniLM-L6's top two layers through rank-4 LoRA: --quick's second tiny recipe
+GRID = ("minilm-lora", "mpnet-lora", "mpnet-lora-3r")  # blackbox_sdk.adapter.RECIPES, cheapest first
 FULL = Scale(FAMILY_NAMES, TRAIN_SIZES, held_out=40, samples=8, rounds=2, epochs=8, draws=4, grid=GRID)
-QUICK = Scale(("comparison", "opposites"), (6,), held_out=4, samples=4, rounds=1, epochs=1, draws=1, grid=("minilm-lora", "minilm-top2-lora"))
+QUICK = Scale(("comparison", "opposites"), (6,), held_out=4, samples=4, rounds=1, epochs=1, draws=1, grid=("minilm-lora", QUICK_RECIPE))
 
 
 @dataclass
@@ -170,21 +142,26 @@ def config_json(config: Any) -> dict[str, Any]:
     return json.loads(json.dumps(asdict(config), default=str))
 
 
-def result_path(work: Path, family: str, train: int, recipe: str) -> Path:
+def results_dir(quick: bool) -> Path:
+    """Where results are kept: the full protocol's in the repository (a run spans sessions), --quick's under .bench."""
+    return LOFO_WORK / "quick" / "results" if quick else LOFO_RESULTS
+
+
+def result_path(results: Path, family: str, train: int, recipe: str) -> Path:
     """Where one (family, size, recipe) result is kept."""
-    return work / "results" / f"{family}-{train}-{recipe}.json"
+    return results / f"{family}-{train}-{recipe}.json"
 
 
-def load_result(work: Path, scale: Scale, family: str, train: int, recipe: str) -> Result | None:
+def load_result(results: Path, scale: Scale, family: str, train: int, recipe: str) -> Result | None:
     """The stored result when it exists and was made with the recipe as it is now, else None."""
-    path = result_path(work, family, train, recipe)
+    path = result_path(results, family, train, recipe)
     if not path.is_file():
         return None
     result = Result.from_json(path.read_text())
-    return result if result.config == config_json(RECIPES[recipe](scale)) else None
+    return result if result.config == config_json(recipe_config(recipe, scale)) else None
 
 
-def run_one(client: Any, task: Task, train: int, recipe: str, scale: Scale, work: Path) -> Result:
+def run_one(client: Any, task: Task, train: int, recipe: str, scale: Scale, work: Path, results: Path) -> Result:
     """Train one recipe on one family's training questions (resuming its rounds), judge it on the held-out ones, store it."""
     from blackbox_sdk.adapter import (
         Adapter,
@@ -194,7 +171,7 @@ def run_one(client: Any, task: Task, train: int, recipe: str, scale: Scale, work
     )
 
     items, held = split(task, min(train, len(task.items) - scale.held_out), scale.held_out)
-    config = RECIPES[recipe](scale)
+    config = recipe_config(recipe, scale)
     recipe_json = config_json(config)  # before training: online_train sets the chosen consensus on config.adapter
     questions = [OnlineQuestion(question=i.question, reference=i.reference, gold=list(i.gold)) for i in items]
     out = work / "adapters" / f"{task.name}-{train}-{recipe}"
@@ -205,12 +182,12 @@ def run_one(client: Any, task: Task, train: int, recipe: str, scale: Scale, work
     sampler = client_answer_sampler(client, MODEL, messages=task.messages(), **SAMPLING)
     report = online_train(sampler, questions, lambda q, answer: task.check(by_text[q.question], answer), out, config=config)
     last = report.rounds[-1]
-    per_question, tokens, _ = evaluate_reranking(client, Adapter.load(out, shared=False), task, held, scale.samples, scale.draws)
+    per_question, tokens, _ = evaluate_reranking(client, Adapter.load(out, shared=False, fast=True), task, held, scale.samples, scale.draws)
     result = Result(
         task.name, train, recipe, len(items), last.get("validation_accuracy"), last.get("validation_majority_accuracy"), last.get("consensus"),
         round(sum(r.get("train_seconds", 0.0) for r in report.rounds), 1), tokens, per_question, recipe_json,
     )
-    path = result_path(work, task.name, train, recipe)
+    path = result_path(results, task.name, train, recipe)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.with_suffix(".tmp").write_text(json.dumps(asdict(result)) + "\n")
     path.with_suffix(".tmp").replace(path)
@@ -253,13 +230,10 @@ def lofo_choice(results: Mapping[tuple[str, str], Result], held_out: str, grid: 
 
 
 def auto_choice(results: Mapping[tuple[str, str], Result], family: str, grid: Sequence[str]) -> str:
-    """The recipe with the highest validation accuracy on the family's own training questions (ties: the cheaper)."""
+    """The recipe `online_train_auto` keeps: the highest validation accuracy on the family's own training questions (ties: the cheaper)."""
+    from blackbox_sdk.adapter import choose_recipe
 
-    def accuracy(recipe: str) -> float:
-        value = results[(family, recipe)].validation_accuracy
-        return float("-inf") if value is None else round(value, 9)
-
-    return max(grid, key=lambda r: (accuracy(r), -grid.index(r)))
+    return choose_recipe({recipe: results[(family, recipe)].validation_accuracy for recipe in grid})
 
 
 def _interval(per_question: dict[str, list[float]]) -> str | None:
@@ -341,18 +315,18 @@ def table(results: Sequence[Result], grid: Sequence[str], k: int) -> list[dict[s
 def rows(quick: bool, families: Sequence[str] | None = None, train_sizes: Sequence[int] | None = None) -> list[dict[str, Any]]:
     """Run what is missing for the named families and sizes (default: all), then tabulate every stored result at those sizes."""
     scale = QUICK if quick else FULL
-    work = LOFO_WORK / ("quick" if quick else "default")
+    work, results = LOFO_WORK / ("quick" if quick else "default"), results_dir(quick)
     sizes = tuple(train_sizes or scale.train_sizes)
     tasks = [t for t in FAMILIES if t.name in (families or scale.families)]
-    missing = [(t, n, r) for t in tasks for n in sizes for r in scale.grid if load_result(work, scale, t.name, n, r) is None]
+    missing = [(t, n, r) for t in tasks for n in sizes for r in scale.grid if load_result(results, scale, t.name, n, r) is None]
     if missing:
-        _run_missing(missing, scale, work, quick)
+        _run_missing(missing, scale, work, results, quick)
     shown = dict.fromkeys([*scale.families, *(t.name for t in tasks)])
-    stored = [load_result(work, scale, f, n, r) for f in shown for n in sizes for r in scale.grid]
+    stored = [load_result(results, scale, f, n, r) for f in shown for n in sizes for r in scale.grid]
     return table([r for r in stored if r is not None], scale.grid, scale.samples)
 
 
-def _run_missing(missing: Sequence[tuple[Task, int, str]], scale: Scale, work: Path, quick: bool) -> None:
+def _run_missing(missing: Sequence[tuple[Task, int, str]], scale: Scale, work: Path, results: Path, quick: bool) -> None:
     """Train and judge the missing (family, size, recipe) results with llama.cpp running (quick: a cache of its own)."""
     import torch
 
@@ -363,4 +337,4 @@ def _run_missing(missing: Sequence[tuple[Task, int, str]], scale: Scale, work: P
     with local_server() as base_url:
         client = blackbox_sdk.OpenAI(base_url=base_url, api_key="local", cache=store / "cache", log=store / "calls.db")
         for task, train, recipe in missing:
-            run_one(client, task, train, recipe, scale, work)
+            run_one(client, task, train, recipe, scale, work, results)

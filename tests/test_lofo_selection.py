@@ -15,7 +15,6 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_adapter_lofo import (
     FULL,
     PAIRED,
-    RECIPES,
     Result,
     auto_choice,
     complete_families,
@@ -23,6 +22,7 @@ from bench_adapter_lofo import (
     load_result,
     lofo_choice,
     pooled,
+    recipe_config,
     result_path,
     table,
 )
@@ -129,9 +129,8 @@ def test_rows_keep_training_sizes_apart() -> None:
 
 def test_a_stored_result_of_a_changed_recipe_is_not_reused(tmp_path: Path) -> None:
     path = result_path(tmp_path, "units", 30, "minilm-lora")
-    path.parent.mkdir(parents=True)
     stored = result("units", "minilm-lora", [1.0])
-    stored.config = config_json(RECIPES["minilm-lora"](FULL))
+    stored.config = config_json(recipe_config("minilm-lora", FULL))
     path.write_text(json.dumps(asdict(stored)))
     assert load_result(tmp_path, FULL, "units", 30, "minilm-lora") == stored
     stored.config["rounds"] = 7
@@ -139,12 +138,12 @@ def test_a_stored_result_of_a_changed_recipe_is_not_reused(tmp_path: Path) -> No
     assert load_result(tmp_path, FULL, "units", 30, "minilm-lora") is None
 
 
-def stored_grid(work: Path, family: str, train: int, adapter: float) -> None:
+def stored_grid(results: Path, family: str, train: int, adapter: float) -> None:
     """Store a result for every recipe of the full grid, as a finished run leaves them."""
     for recipe in FULL.grid:
         done = result(family, recipe, [adapter] * 4, train=train)
-        done.config = config_json(RECIPES[recipe](FULL))
-        path = result_path(work, family, train, recipe)
+        done.config = config_json(recipe_config(recipe, FULL))
+        path = result_path(results, family, train, recipe)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(asdict(done)))
 
@@ -156,11 +155,11 @@ def test_a_re_run_with_every_result_stored_only_tabulates(tmp_path: Path, monkey
     def no_training(*_: object) -> None:
         raise AssertionError("nothing is missing: no server, no training")
 
-    monkeypatch.setattr(bench_adapter_lofo, "LOFO_WORK", tmp_path)
+    monkeypatch.setattr(bench_adapter_lofo, "LOFO_RESULTS", tmp_path)
     monkeypatch.setattr(bench_adapter_lofo, "_run_missing", no_training)
-    stored_grid(tmp_path / "default", "units", 30, 0.5)
-    stored_grid(tmp_path / "default", "letters", 30, 0.0)
-    stored_grid(tmp_path / "default", "letters", 180, 1.0)
+    stored_grid(tmp_path, "units", 30, 0.5)
+    stored_grid(tmp_path, "letters", 30, 0.0)
+    stored_grid(tmp_path, "letters", 180, 1.0)
     out = tmp_path / "rows.json"
     assert run.main(["adapter_lofo", "--family", "units", "--train", "30", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())

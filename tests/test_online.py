@@ -116,8 +116,9 @@ def test_an_interrupted_round_resumes_after_the_last_completed_one(client: black
     assert {rnd for q, rnd in second.asked if q in {t.question for t in TRAIN}} == {2}  # round 1 was not redone
     assert report.rounds[1]["samples"] == 9
     assert not (out / "checkpoints").exists() and Adapter.load(out, device="cpu").metadata["recipe"]["rounds"] == 2
-    again = online_train(sampler_for(client), TRAIN, names_the_capital, out, eval_items=HELD_OUT, config=CONFIG)
-    assert again.rounds == report.rounds  # finished: nothing more to do
+    third = sampler_for(client)
+    again = online_train(third, TRAIN, names_the_capital, out, eval_items=HELD_OUT, config=CONFIG)
+    assert again.rounds == report.rounds and third.asked == []  # finished: nothing more to do, nothing sampled
 
 
 def test_a_state_file_of_another_run_is_refused(client: blackbox_sdk.OpenAI, tmp_path: Path) -> None:

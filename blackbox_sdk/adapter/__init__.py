@@ -17,6 +17,7 @@ from ._model import Adapter
 from ._offline import train_from_log
 from ._online_config import OnlineConfig, OnlineQuestion, OnlineReport
 from ._picks import calibrate_consensus
+from ._recipes import RECIPES, Recipe, RecipeChoice, choose_recipe, online_train_auto
 from ._rounds import online_train
 from ._sampling import ClientAnswerSampler, Samples, client_answer_sampler
 from ._trainer import RankingMetrics, TrainConfig, TrainResult, evaluate, train
@@ -33,8 +34,11 @@ __all__ = [
     "OnlineConfig",
     "OnlineQuestion",
     "OnlineReport",
+    "RECIPES",
     "RankingGroup",
     "RankingMetrics",
+    "Recipe",
+    "RecipeChoice",
     "SampleFn",
     "Samples",
     "ScoreFn",
@@ -46,6 +50,7 @@ __all__ = [
     "beam_search",
     "build_groups",
     "calibrate_consensus",
+    "choose_recipe",
     "cli_main",
     "client_answer_sampler",
     "client_sampler",
@@ -56,6 +61,7 @@ __all__ = [
     "nce_loss",
     "normalize_answer",
     "online_train",
+    "online_train_auto",
     "plot_curve",
     "read_log",
     "render_chatml",

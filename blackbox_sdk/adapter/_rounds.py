@@ -284,12 +284,14 @@ def online_train(
     out.mkdir(parents=True, exist_ok=True)
     state_file = Path(state_path) if state_path is not None else out / "online_state.json"
     run = _Run(sampler, label, train_items, eval_items, config, out, state_file, device)
-    adapter = run.adapter()
-    run.prepare_eval()
-    for number in range(run.state.completed + 1, config.rounds + 1):
-        run.complete_round(adapter, number)
+    adapter = None
+    if run.state.completed < config.rounds:  # a finished run samples nothing and loads no model again
+        adapter = run.adapter()
+        run.prepare_eval()
+        for number in range(run.state.completed + 1, config.rounds + 1):
+            run.complete_round(adapter, number)
     if run.checkpoint(config.rounds).exists():
-        run.finish(adapter)
+        run.finish(adapter or run.adapter())
     verdict = run.verdict()
     report = OnlineReport(run.state.rounds, run.state.baseline, str(out), str(state_file), verdict)
     (out / "online_report.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
