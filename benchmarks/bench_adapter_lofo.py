@@ -45,7 +45,8 @@ re-tabulates without starting llama.cpp. An interrupted training resumes its rou
 port), so the three shipped tasks' samples are reused. `--family` and `--train` split the work
 across sessions; the table covers every family whose results exist for the whole grid.
 
-Cost of the full protocol (not run yet), from bench_adapter's measured runs on 2 CPU cores:
+Cost of the full protocol, estimated from bench_adapter's runs on 2 CPU cores (the 30-question half
+measured about 20 minutes a family, 2026-12-03; docs/adapter.md has its table):
 samples per family are 40 x 32 held-out + 180 x 8 x 3 rounds = 5,600 (the 30-question set is the
 first 30 of the 180, and the recipes share the same sampled requests), 44,800 for eight families
 (about 31,000 new if the three shipped tasks' samples are cached); at the 4-5 samples/s that
