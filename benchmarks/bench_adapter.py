@@ -39,8 +39,6 @@ sys.path.insert(0, str(HERE))
 
 from tasks.suite import TASKS, Item, Task, split
 
-from blackbox_sdk.adapter._consensus import log_copies
-
 TASK_NAMES = tuple(t.name for t in TASKS)
 WORK = HERE.parent / ".bench" / "adapter"
 SHIPPED = HERE.parent / "adapters"
@@ -137,7 +135,7 @@ def evaluate_reranking(client: Any, adapter: Any, task: Task, held: list[Item], 
             texts += [adapter.config.render(item.question, a) for a in answers]
             ok = [task.check(item, a) for a in answers]
             energy = adapter.score_pairs([(item.question, a) for a in answers])  # one encoder pass serves both picks
-            scores = [g + (adapter.config.consensus or 0.0) * c for g, c in zip(energy, log_copies(answers), strict=True)]
+            scores = adapter.with_consensus(answers, energy)
             correct["single"] += sum(ok) / k
             correct["majority"] += ok[_majority(task, answers)]
             correct["adapter"] += ok[max(range(k), key=lambda i: scores[i])]

@@ -173,10 +173,13 @@ class Adapter:
         """
         if isinstance(answers, str):
             raise AdapterError("answers must be a list of strings, not one string")
-        raw = self.score_pairs([(question, a) for a in answers])
+        return self.with_consensus(answers, self.score_pairs([(question, a) for a in answers]))
+
+    def with_consensus(self, answers: Sequence[str], energies: Sequence[float]) -> list[float]:
+        """`score` from the answers' scores already computed by `score_pairs`: adds consensus * log(copies)."""
         if not self.config.consensus:
-            return raw
-        return [g + self.config.consensus * c for g, c in zip(raw, log_copies(answers))]
+            return list(energies)
+        return [g + self.config.consensus * c for g, c in zip(energies, log_copies(answers), strict=True)]
 
     __call__ = score
 

@@ -119,8 +119,6 @@ def online_train_auto(
     """
     grid = dict(recipes) if recipes is not None else {name: recipe.config() for name, recipe in RECIPES.items()}
     _check_grid(grid)
-    if not train_items:
-        raise AdapterError("online training needs at least one training question")
     out = Path(out_dir)
     reports = {
         name: online_train(sampler, train_items, label, out / "recipes" / name, eval_items=eval_items, config=config, device=device)
