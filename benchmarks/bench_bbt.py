@@ -14,18 +14,22 @@ Health/.../Politics"; "... True or False? Answer: True/False"; "... Answer: Yes/
 - zero-shot: the template alone;
 - in-context learning: every training example, filled in with its label word, before the query
   (that block's KV cache is computed once and shared by all test queries);
-- BBT: a soft prompt tuned by CMA-ES, selected on dev, tested once.
+- BBT: a soft prompt tuned by CMA-ES, selected on dev, tested once;
+- BBT deep (BBTv2): the same budget spread over a prompt at every decoder layer, one CMA-ES per
+  layer in turn, with BBTv2's published step size and scale (sigma 0.2, alpha 0.2), not tuned here.
 
 Rows report test accuracy, BBT's training calls and wall time (in all, and to its best dev score),
 a placement comparison (prefix / after_text / suffix at one budget) and population evaluations
 per second, batched vs one candidate at a time. Configurations: `--quick` (about 3 minutes on two
 CPU cores), the default CPU one (about 30 minutes for the first two tasks; BBT_BENCH_BUDGET=N runs
 it with N calls instead of 2000), and the paper's (d=500, L=50, 8000 calls, prefix) when CUDA is
-available or BBT_BENCH_PAPER=1.
+available or BBT_BENCH_PAPER=1. BBT_BENCH_METHODS=bbt or =deep runs only one of the two tuned
+methods (the baselines always run, side by side).
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import time
@@ -98,6 +102,7 @@ class Plan:
 
     name: str
     main: BBTConfig
+    deep: BBTConfig  # the main configuration with a prompt at every layer (BBTv2)
     compare: BBTConfig | None  # placement comparison on the first task at this config (placement varied)
     throughput_placements: tuple[str, ...]
 
@@ -108,15 +113,28 @@ def plan(quick: bool) -> Plan:
         paper = BBTConfig(
             d=500, prompt_len=50, popsize=20, budget=8000, dev_every=100, placement="prefix", batch_size=640
         )
-        return Plan("paper", paper, paper, ("prefix", "after_text", "suffix"))
+        return Plan("paper", paper, _deep(paper), paper, ("prefix", "after_text", "suffix"))
     if quick:
-        return Plan(
-            "quick", BBTConfig(d=50, prompt_len=2, budget=60, dev_every=20, placement="suffix"), None, ("suffix",)
-        )
+        main = BBTConfig(d=50, prompt_len=2, budget=60, dev_every=20, placement="suffix")
+        return Plan("quick", main, _deep(main), None, ("suffix",))
     budget = int(os.environ.get("BBT_BENCH_BUDGET", "2000"))  # a shorter run of the same configuration
     main = BBTConfig(d=100, prompt_len=4, budget=budget, dev_every=100, placement="suffix")
     compare = main.model_copy(update={"budget": 200, "dev_every": 40})
-    return Plan("cpu" if budget == 2000 else f"cpu-{budget}", main, compare, ("suffix", "prefix"))
+    return Plan("cpu" if budget == 2000 else f"cpu-{budget}", main, _deep(main), compare, ("suffix", "prefix"))
+
+
+def _deep(config: BBTConfig) -> BBTConfig:
+    """The configuration as a deep prompt, with BBTv2's README step size and scale."""
+    return config.model_copy(update={"deep": True, "sigma0": 0.2, "alpha": 0.2})
+
+
+def methods() -> tuple[str, ...]:
+    """The tuned methods to run: bbt and deep, or the one BBT_BENCH_METHODS names."""
+    chosen = tuple(m.strip() for m in os.environ.get("BBT_BENCH_METHODS", "bbt,deep").split(",") if m.strip())
+    unknown = set(chosen) - {"bbt", "deep"}
+    if unknown or not chosen:
+        raise SystemExit(f"BBT_BENCH_METHODS takes bbt and/or deep, got {os.environ['BBT_BENCH_METHODS']!r}")
+    return chosen
 
 
 def _accuracy(logprobs: torch.Tensor, labels: tuple[int, ...]) -> float:
@@ -153,10 +171,10 @@ def in_context(
         [list(examples.heads[0]) + backend.tokenizer.encode(demos, add_special_tokens=False)], device=backend.device
     )
     model = backend.model
+    cache_name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"  # 5.x renamed it
     with torch.inference_mode():
-        shared = [
-            (layer.keys, layer.values) for layer in model(input_ids=demo_ids, use_cache=True).past_key_values.layers
-        ]
+        out = model(input_ids=demo_ids, use_cache=True)
+        shared = [(layer.keys, layer.values) for layer in (out["cache"] if "cache" in out else out.past_key_values).layers]
         rows = []
         for first in range(0, len(test), ICL_BATCH):
             tails = examples.tails[first : first + ICL_BATCH]
@@ -173,7 +191,7 @@ def in_context(
             )
             positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, demo_ids.shape[1] :]
             logits = model(
-                input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, logits_to_keep=1
+                input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1, **{cache_name: cache}
             ).logits[:, -1]
             rows.append(torch.log_softmax(logits.float(), -1)[:, template.label_token_ids].cpu())
     accuracy = _accuracy(torch.cat(rows), examples.labels)
@@ -210,6 +228,7 @@ def bbt(
         "placement": config.placement,
         "d": config.d,
         "L": config.prompt_len,
+        "layers": tuner.layers,
         "plot": str(tuner.plot(PLOTS / f"{plot_name}.png").relative_to(HERE.parent)),
     }
 
@@ -249,7 +268,7 @@ def throughput(backend: HFBackend, task: Task, config: BBTConfig, placement: str
 def rows(quick: bool, tasks: Sequence[str] = TASK_NAMES) -> list[dict[str, Any]]:
     """Every row of the benchmark for this configuration (the placement and throughput checks with sentiment)."""
     torch.manual_seed(0)
-    chosen = plan(quick)
+    chosen, tuned = plan(quick), methods()
     backend = load_backend(default_gguf_path())
     out: list[dict[str, Any]] = []
     for task in (t for t in TASKS if t.name in tasks):
@@ -257,11 +276,14 @@ def rows(quick: bool, tasks: Sequence[str] = TASK_NAMES) -> list[dict[str, Any]]
         side = {"task": task.name, "held_out": task.held_out}
         out.append({**side, "method": "zero-shot", **zero_shot(backend, task, test)})
         out.append({**side, "method": "in-context", **in_context(backend, task, train, test)})
-        out.append(
-            {**side, "method": "bbt", **bbt(backend, task, chosen.main, test, f"bbt_{task.name}_{chosen.name}")}
-        )
+        if "bbt" in tuned:
+            result = bbt(backend, task, chosen.main, test, f"bbt_{task.name}_{chosen.name}")
+            out.append({**side, "method": "bbt", **result})
+        if "deep" in tuned:
+            result = bbt(backend, task, chosen.deep, test, f"bbt_{task.name}_{chosen.name}_deep")
+            out.append({**side, "method": "bbt deep", **result})
     first = TASKS[0]
-    if first.name not in tasks:
+    if first.name not in tasks or "bbt" not in tuned:
         return [{**row, "config": chosen.name} for row in out]
     if chosen.compare is not None:
         for placement in ("prefix", "after_text", "suffix"):

@@ -167,16 +167,21 @@ def open_beam(value: Any, current: Any, opened: Opened) -> BeamOptions | None:
 
 
 def open_soft_prompt(value: Any, current: Any, opened: Opened) -> Any:
-    """A SoftPrompt from a saved folder or a SoftPrompt, or None."""
+    """A SoftPrompt from a saved folder or a SoftPrompt, or None; a deep one is refused (requests carry input vectors only)."""
     if value is None:
         return None
     if isinstance(value, (str, Path)):
         from .tuning import SoftPrompt
 
-        return opened.get("soft_prompt", value, SoftPrompt.load)
-    if hasattr(value, "embeds") and hasattr(value, "name"):
-        return value
-    raise ConfigError(f"soft_prompt must be a SoftPrompt, a saved soft-prompt folder or None; got {value!r}")
+        value = opened.get("soft_prompt", value, SoftPrompt.load)
+    elif not (hasattr(value, "embeds") and hasattr(value, "name")):
+        raise ConfigError(f"soft_prompt must be a SoftPrompt, a saved soft-prompt folder or None; got {value!r}")
+    if getattr(value, "layers", None) is not None:
+        raise ConfigError(
+            f"soft prompt {value.name} is deep (BBTv2: vectors inside every layer), which a request can't carry; "
+            "score texts with prompt.classify(texts, target) instead"
+        )
+    return value
 
 
 def open_budget_key(value: Any, current: Any, opened: Opened) -> str | None:

@@ -1,8 +1,9 @@
 """Resumable checkpoints of a search, with no pickle: JSON (the fitness values CMA-ES was told,
-history, counters) plus safetensors (mean, selected z).
+history, counters, step sizes) plus safetensors (the strategies' means, the selected z).
 
-Resuming re-creates the CMA-ES with the same seed and replays ask/tell with the stored fitness
-values; the replayed mean is checked against the stored one.
+Resuming re-creates the search with the same seed and replays ask/tell with the stored fitness
+values; the replayed means and step sizes are checked against the stored ones. A plain BBT
+checkpoint is the one-layer case (a mean [d] and one step size read as [1, d] and [sigma]).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .._exceptions import TuningError
-from ._cma import replayed_strategy
+from ._cma import LayerSearch
 from ._config import BBTConfig
 from ._state import Best, DevRecord, GenerationRecord, SearchState
 from ._template import EncodedExamples, PromptTemplate
@@ -48,7 +49,7 @@ def fingerprint(
 def save_checkpoint(folder: Path, state: SearchState, fingerprint: str) -> None:
     """Write the checkpoint (JSON + safetensors) atomically into folder."""
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = {"mean": torch.as_tensor(np.asarray(state.es.mean), dtype=torch.float64)}
+    tensors = {"mean": torch.as_tensor(state.search.means(), dtype=torch.float64)}
     if state.best is not None:
         tensors["best_z"] = torch.as_tensor(state.best.z, dtype=torch.float64)
     save_file(tensors, str(folder / (STATE_TENSORS + ".tmp")))
@@ -68,14 +69,14 @@ def _document(state: SearchState, fingerprint: str) -> dict[str, Any]:
         "dev_calls": state.dev_calls,
         "tokens": state.tokens,
         "elapsed": state.elapsed,
-        "sigma": float(state.es.sigma),
+        "sigma": state.search.sigmas(),
         "generations": [dataclasses.asdict(g) for g in state.generations],
         "dev": [dataclasses.asdict(r) for r in state.dev],
         "best": best,
     }
 
 
-def load_checkpoint(config: BBTConfig, fingerprint: str) -> SearchState | None:
+def load_checkpoint(config: BBTConfig, fingerprint: str, layers: int) -> SearchState | None:
     """The state of the checkpoint in config.checkpoint_dir rebuilt by replay, or None when there is none."""
     folder = config.checkpoint_dir
     if folder is None or not (folder / STATE_JSON).is_file():
@@ -85,7 +86,9 @@ def load_checkpoint(config: BBTConfig, fingerprint: str) -> SearchState | None:
         raise TuningError(f"the checkpoint in {folder} is for other settings or data; use another checkpoint_dir")
     tensors = load_file(str(folder / STATE_TENSORS))
     state = SearchState(
-        es=replayed_strategy(config, document["fitness"], tensors["mean"].numpy(), document["sigma"]),
+        search=LayerSearch.replayed(
+            config, layers, document["fitness"], tensors["mean"].numpy(), np.atleast_1d(document["sigma"]).tolist()
+        ),
         fitness=document["fitness"],
         calls=document["calls"],
         dev_calls=document["dev_calls"],
@@ -95,5 +98,5 @@ def load_checkpoint(config: BBTConfig, fingerprint: str) -> SearchState | None:
         dev=[DevRecord(**r) for r in document["dev"]],
     )
     if document["best"] is not None:
-        state.best = Best(z=tensors["best_z"].numpy(), **document["best"])
+        state.best = Best(z=tensors["best_z"].numpy().reshape(layers, config.d), **document["best"])
     return state

@@ -1,12 +1,18 @@
-"""The CMA-ES that searches z: built at z = 0 with a private seeded normal source, or rebuilt by replay.
+"""The CMA-ES search over z: one strategy per prompt layer, taken in turn, rebuilt exactly by replay.
 
-Replaying ask/tell with the fitness values a checkpoint stored rebuilds the strategy's state
-exactly (mean, step size, covariance, evolution paths, random stream) without a forward call.
+Plain BBT searches one layer (the input embeddings), so every generation asks the same strategy and
+its candidates are its solutions. A deep prompt (BBTv2's divide and conquer) has one strategy per
+layer: generation g searches layer g mod n, its candidates are the current z of every layer with
+that layer's row replaced by each solution, and a winner that beats the best training loss so far
+becomes that layer's current z, so the other layers stay at their best. Everything here follows from
+the fitness values told, so replaying them (ask, tell) rebuilds the search exactly (mean, step
+size, covariance, evolution paths, random streams, current z) without a forward call.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -18,7 +24,7 @@ from ._config import BBTConfig
 class _Normal:
     """CMA-ES's private N(0, 1) source, so the search neither reads nor moves numpy's global random state."""
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int | list[int]) -> None:
         self._rng = np.random.default_rng(seed)
 
     def __call__(self, count: int, dimension: int) -> np.ndarray:
@@ -26,15 +32,15 @@ class _Normal:
         return self._rng.standard_normal((count, dimension))
 
 
-def new_strategy(config: BBTConfig) -> Any:
-    """A fresh CMA-ES at z = 0 with its own seeded normal source."""
+def new_strategy(config: BBTConfig, layer: int = 0) -> Any:
+    """A fresh CMA-ES at z = 0 with its own seeded normal source (layer 0 draws from the plain seed)."""
     import cma
 
     bounds = [None, None] if config.bounds is None else list(config.bounds)
     options = {
         "popsize": config.popsize,
         "bounds": bounds,
-        "randn": _Normal(config.seed),
+        "randn": _Normal(config.seed if layer == 0 else [config.seed, layer]),
         "seed": float("nan"),
         "verbose": -9,
         "verb_disp": 0,
@@ -43,13 +49,66 @@ def new_strategy(config: BBTConfig) -> Any:
     return cma.CMAEvolutionStrategy(np.zeros(config.d), config.sigma0, options)
 
 
-def replayed_strategy(config: BBTConfig, fitness: list[list[float]], mean: np.ndarray, sigma: float) -> Any:
-    """A fresh CMA-ES told the stored fitness values again, generation by generation; checked after."""
-    es = new_strategy(config)
-    for values in fitness:
-        es.tell(es.ask(), values)
-    if not (np.allclose(es.mean, mean, rtol=0, atol=1e-12) and math.isclose(es.sigma, sigma, rel_tol=1e-12)):
-        raise TuningError(
-            "replaying the checkpoint did not rebuild the same CMA-ES state (another cma or numpy version?)"
+class LayerSearch:
+    """CMA-ES over every prompt layer's z in turn, each layer held at its best while another is searched."""
+
+    def __init__(self, config: BBTConfig, layers: int) -> None:
+        self.strategies = [new_strategy(config, layer) for layer in range(layers)]
+        self.current = np.zeros((layers, config.d))  # [n, d]: each layer's z in the best combination so far
+        self.best_loss = math.inf
+        self.generations = 0
+
+    @property
+    def layer(self) -> int:
+        """The layer the next generation searches."""
+        return self.generations % len(self.strategies)
+
+    @property
+    def sigma(self) -> float:
+        """The step size of the strategy told last (the first one's before any generation)."""
+        return float(self.strategies[(self.generations - 1) % len(self.strategies)].sigma)
+
+    def ask(self) -> tuple[list[np.ndarray], np.ndarray]:
+        """This generation's solutions for its layer, and the candidates [P, n, d] they make with the other layers' current z."""
+        solutions = self.strategies[self.layer].ask()
+        candidates = np.repeat(self.current[None], len(solutions), axis=0)
+        candidates[:, self.layer] = np.stack(solutions)
+        return solutions, candidates
+
+    def tell(self, solutions: list[np.ndarray], fitness: list[float]) -> int:
+        """Tell the generation's strategy its fitness; a winner better than the best so far becomes its layer's z. Returns the winner."""
+        layer = self.layer
+        self.strategies[layer].tell(solutions, fitness)
+        winner = int(np.argmin(fitness))
+        if fitness[winner] < self.best_loss:
+            self.best_loss = fitness[winner]
+            self.current[layer] = solutions[winner]
+        self.generations += 1
+        return winner
+
+    def means(self) -> np.ndarray:
+        """Every strategy's mean, [n, d]."""
+        return np.stack([np.asarray(s.mean) for s in self.strategies])
+
+    def sigmas(self) -> list[float]:
+        """Every strategy's step size."""
+        return [float(s.sigma) for s in self.strategies]
+
+    @classmethod
+    def replayed(
+        cls, config: BBTConfig, layers: int, fitness: Sequence[list[float]], means: np.ndarray, sigmas: Sequence[float]
+    ) -> LayerSearch:
+        """A fresh search told the stored fitness values again, generation by generation; checked against the stored means and step sizes."""
+        search = cls(config, layers)
+        for values in fitness:
+            solutions, _ = search.ask()
+            search.tell(solutions, values)
+        same_means = np.allclose(search.means(), np.reshape(means, (layers, config.d)), rtol=0, atol=1e-12)
+        same_sigmas = len(sigmas) == layers and all(
+            math.isclose(a, b, rel_tol=1e-12) for a, b in zip(search.sigmas(), sigmas, strict=True)
         )
-    return es
+        if not (same_means and same_sigmas):
+            raise TuningError(
+                "replaying the checkpoint did not rebuild the same CMA-ES state (another cma or numpy version?)"
+            )
+        return search

@@ -32,6 +32,7 @@ class BBTConfig(BaseModel):
         None  # with p0="vocab": text whose token embeddings (cycled to L) start the prompt; None: random tokens
     )
     placement: Placement = "prefix"  # where the prompt goes: prefix (paper), after_text or suffix (KV cache reused)
+    deep: bool = False  # BBTv2: a prompt at every layer's input, one CMA-ES per layer in turn (local models only)
     dev_every: int = Field(100, ge=1)  # training calls between dev evaluations (the paper: 100)
     seed: int = 0  # seeds A, random p0 words and CMA-ES sampling
     batch_size: int = Field(256, ge=1)  # sequences per forward pass

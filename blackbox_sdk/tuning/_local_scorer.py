@@ -2,13 +2,16 @@
 
 With `after_text` and `suffix` placement the head (template start and text) does not depend on the
 prompt, so `LocalScorer` computes each example's KV cache once and every candidate runs on top of it.
+A deep prompt (BBTv2) also adds a vector to the hidden state at every prompt position on the way
+into each decoder layer after the first, through forward pre-hooks on those layers.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,17 +80,67 @@ class LocalScorer:
             embeds = self.backend.input_embeddings()(ids.to(self.device))  # [N, T, H]
         return _Block(embeds, mask.to(self.device))
 
+    def layer_count(self) -> int:
+        """The model's decoder layers: a deep prompt has one vector block per layer."""
+        return len(_decoder_layers(self.backend.model))
+
+    def hidden_stds(self, examples: EncodedExamples) -> list[float]:
+        """The std of the hidden state entering each decoder layer, over the examples' tokens but each one's first.
+
+        The first position is left out because decoder LMs park huge activations there (SmolLM2's
+        reach 20,000 against a std of about 5 elsewhere), which would swamp the scale of a deep prompt.
+        """
+        rows = [list(h) + list(t) for h, t in zip(examples.heads, examples.tails, strict=True)]
+        block = self._embed(rows)
+        sums = [torch.zeros((), dtype=torch.float64) for _ in range(self.layer_count())]
+        squares, count = [s.clone() for s in sums], 0
+        for start in range(0, len(rows), self.batch_size):
+            mask = block.mask[start : start + self.batch_size]
+            keep = mask.bool() & (_positions(mask) > 0)  # real tokens after each row's first
+            with torch.inference_mode():
+                states = self.backend.model(
+                    inputs_embeds=block.embeds[start : start + self.batch_size],
+                    attention_mask=mask,
+                    position_ids=_positions(mask),
+                    output_hidden_states=True,
+                ).hidden_states  # the embeddings, then each layer's output
+            for layer in range(self.layer_count()):
+                values = states[layer][keep].double()
+                sums[layer] += values.sum().cpu()
+                squares[layer] += values.square().sum().cpu()
+            count += int(keep.sum()) * int(block.embeds.shape[-1])
+        if count < 2:
+            raise TuningError("the examples are too short to measure hidden-state scales for a deep prompt")
+        return [float(((q - s * s / count) / (count - 1)).sqrt()) for s, q in zip(sums, squares, strict=True)]
+
     def label_logprobs(
-        self, prompts: torch.Tensor, examples: EncodedExamples, label_ids: Sequence[int]
+        self,
+        prompts: torch.Tensor,
+        examples: EncodedExamples,
+        label_ids: Sequence[int],
+        *,
+        layers: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Log-probs [P, N, C] (float32, CPU) of the label tokens for every prompt [P, L, H] on every example."""
+        """Log-probs [P, N, C] (float32, CPU) of the label tokens for every prompt [P, L, H] on every example.
+
+        `layers` [P, n - 1, L, H] makes them deep prompts: row l is added at the prompt positions to
+        the hidden state entering decoder layer l + 1 (n: `layer_count()`).
+        """
         count, n = prompts.shape[0], len(examples)
+        if layers is not None and tuple(layers.shape) != (count, self.layer_count() - 1, *prompts.shape[1:]):
+            raise TuningError(
+                f"deep prompt layers must be [{count}, {self.layer_count() - 1}, {prompts.shape[1]}, "
+                f"{prompts.shape[2]}], got {list(layers.shape)}"
+            )
         pairs = [(p, i) for p in range(count) for i in range(n)]  # prompt-major
         tails = self._embed(examples.tails)
         if self.reuse_cache and _cacheable(examples):
             forward = functools.partial(self._cached, self._head_cache(examples))
+            start_of_prompt = 0  # the forward begins with the prompt, after the cached head
         else:
-            forward = functools.partial(self._full, self._embed(examples.heads))
+            heads = self._embed(examples.heads)
+            forward = functools.partial(self._full, heads)
+            start_of_prompt = int(heads.embeds.shape[1])  # heads are left-padded to one width
         labels = torch.tensor(list(label_ids), device=self.device)
         prompts = prompts.to(self.device)
         out = []
@@ -95,7 +148,9 @@ class LocalScorer:
             chunk = pairs[start : start + self.batch_size]
             p_idx = torch.tensor([p for p, _ in chunk], device=self.device)
             n_idx = torch.tensor([i for _, i in chunk], device=self.device)
-            logits = forward(prompts[p_idx], tails, n_idx)  # [B, V]
+            deltas = None if layers is None else layers.to(self.device)[p_idx]
+            with _added_to_layers(self.backend.model, deltas, start_of_prompt):
+                logits = forward(prompts[p_idx], tails, n_idx)  # [B, V]
             out.append(torch.log_softmax(logits.float(), dim=-1)[:, labels].cpu())  # [B, C]
         return torch.cat(out).reshape(count, n, len(label_ids))
 
@@ -126,7 +181,7 @@ class LocalScorer:
                 out = self.backend.model(
                     inputs_embeds=block.embeds[rows], attention_mask=mask, position_ids=_positions(mask), use_cache=True
                 )
-            chunks.append([(layer.keys, layer.values) for layer in out.past_key_values.layers])
+            chunks.append([(layer.keys, layer.values) for layer in _returned_cache(out).layers])
         layers = [
             (torch.cat([c[i][0] for c in chunks]), torch.cat([c[i][1] for c in chunks])) for i in range(len(chunks[0]))
         ]
@@ -146,6 +201,48 @@ class LocalScorer:
                 inputs_embeds=embeds, attention_mask=mask, position_ids=positions, logits_to_keep=1, **_cache_argument(self.backend.model, cache)
             )
         return out.logits[:, -1]  # [B, V]
+
+
+def _decoder_layers(model: Any) -> Any:
+    """The model's stack of decoder layers (where a deep prompt's hooks go)."""
+    layers = getattr(model.get_decoder(), "layers", None)
+    if layers is None:
+        raise TuningError(f"{type(model).__name__} has no decoder layer stack to put a deep prompt into")
+    return layers
+
+
+@contextmanager
+def _added_to_layers(model: Any, deltas: torch.Tensor | None, start: int) -> Iterator[None]:
+    """While open, add deltas[:, l] [B, L, H] to the hidden state at positions start..start+L entering decoder layer l + 1."""
+    if deltas is None:
+        yield
+        return
+
+    def hook_for(delta: torch.Tensor) -> Any:
+        def add(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+            hidden = args[0] if args else kwargs["hidden_states"]
+            end = start + delta.shape[1]
+            shifted = torch.cat([hidden[:, :start], hidden[:, start:end] + delta.to(hidden.dtype), hidden[:, end:]], dim=1)
+            if args:
+                return (shifted, *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": shifted}
+
+        return add
+
+    handles = [
+        layer.register_forward_pre_hook(hook_for(deltas[:, i]), with_kwargs=True)
+        for i, layer in enumerate(list(_decoder_layers(model))[1:])
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _returned_cache(out: Any) -> Any:
+    """The KV cache a forward returned, under this transformers version's name (reading the old name warns from 5.x)."""
+    return out["cache"] if "cache" in out else out.past_key_values
 
 
 def _cache_argument(model: Any, cache: Any) -> dict[str, Any]:

@@ -1,8 +1,10 @@
-"""The map from the search space to soft prompts, `p = A z + p0`: the random projection A and the offset p0.
+"""The map from the search space to soft prompts, `p = A z + p0`: the random projections A and the offset p0.
 
 A is a fixed random normal map d -> L*H of std `alpha * std_e / (sqrt(d) * sigma0)`, as BBTv2
 scales it (std_e: std of the word-embedding matrix), so A z starts with per-entry std about
-`alpha * std_e`.
+`alpha * std_e`. A deep prompt has one A per layer, each scaled by the std of the hidden state
+entering that layer in place of std_e, and drawn from its own seeded stream (layer 0's is the
+plain prompt's).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import math
 import random
 from typing import Any
 
+import numpy as np
 import torch
 
 from .._exceptions import TuningError
@@ -20,10 +23,11 @@ from ._soft_prompt import SoftPrompt
 
 
 def build_projection(
-    d: int, prompt_len: int, hidden: int, *, std_e: float, alpha: float, sigma: float, seed: int
+    d: int, prompt_len: int, hidden: int, *, std_e: float, alpha: float, sigma: float, seed: int, layer: int = 0
 ) -> torch.Tensor:
-    """A: [L*H, d] float32 normal with std alpha * std_e / (sqrt(d) * sigma), from a seeded CPU generator."""
-    generator = torch.Generator().manual_seed(seed)
+    """A: [L*H, d] float32 normal with std alpha * std_e / (sqrt(d) * sigma), from a CPU generator seeded by (seed, layer)."""
+    stream = seed if layer == 0 else int(np.random.SeedSequence([seed, layer]).generate_state(1)[0])
+    generator = torch.Generator().manual_seed(stream)
     std = alpha * std_e / (math.sqrt(d) * sigma)
     return torch.randn(prompt_len * hidden, d, generator=generator) * std  # [L*H, d]
 

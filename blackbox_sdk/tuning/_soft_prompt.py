@@ -1,7 +1,9 @@
 """The tuned artefact: a soft prompt's embeds and what it was tuned for, saved as safetensors + JSON.
 
 A `SoftPrompt` is what tuning returns and serving registers; `classify` scores texts with it on a
-target (by default the one it was tuned on). Saving and loading use no pickle.
+target (by default the one it was tuned on). A deep prompt (BBTv2) also carries `layers`, the
+vectors added inside every decoder layer after the first; it is scored on local models only.
+Saving and loading use no pickle.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as to_safetensors
 
 from .._exceptions import TuningError
+from ._local_scorer import LocalScorer
 from ._scorer import resolve_target
 from ._template import Placement, PromptTemplate
 
@@ -36,6 +39,7 @@ class SoftPromptInfo(BaseModel):
     placement: Placement
     prompt_len: int = Field(ge=1)
     hidden_size: int = Field(ge=1)
+    layers: int = Field(default=1, ge=1)  # prompt layers: 1, or the model's decoder layers for a deep prompt
     d: int | None = Field(default=None, ge=1)
     seed: int | None = None
     scores: dict[str, float] = Field(default_factory=dict)
@@ -49,18 +53,29 @@ def _default_name(embeds: torch.Tensor) -> str:
 
 
 class SoftPrompt:
-    """A tuned soft prompt: embeds [L, H] (float32) plus its SoftPromptInfo; saved as safetensors + JSON."""
+    """A tuned soft prompt: embeds [L, H] (float32), a deep prompt's layers [n - 1, L, H], and its SoftPromptInfo."""
 
     def __init__(
-        self, embeds: torch.Tensor, info: SoftPromptInfo, *, z: torch.Tensor | None = None, target: Any = None
+        self,
+        embeds: torch.Tensor,
+        info: SoftPromptInfo,
+        *,
+        layers: torch.Tensor | None = None,
+        z: torch.Tensor | None = None,
+        target: Any = None,
     ) -> None:
         if embeds.ndim != 2 or tuple(embeds.shape) != (info.prompt_len, info.hidden_size):
             raise TuningError(
                 f"soft prompt embeds must be [{info.prompt_len}, {info.hidden_size}], got {list(embeds.shape)}"
             )
-        if not torch.isfinite(embeds).all():
+        want = (info.layers - 1, info.prompt_len, info.hidden_size)
+        if (layers is None) != (info.layers == 1) or (layers is not None and tuple(layers.shape) != want):
+            got = "none" if layers is None else list(layers.shape)
+            raise TuningError(f"a soft prompt of {info.layers} layer(s) needs layers {list(want)}, got {got}")
+        if not torch.isfinite(embeds).all() or (layers is not None and not torch.isfinite(layers).all()):
             raise TuningError("soft prompt embeds must be finite")
         self.embeds = embeds.detach().float().cpu()
+        self.layers = None if layers is None else layers.detach().float().cpu()
         self.info = info
         self.z = None if z is None else z.detach().float().cpu()
         self.target = target  # what classify() scores on by default; not saved
@@ -70,18 +85,25 @@ class SoftPrompt:
         cls,
         embeds: torch.Tensor,
         *,
+        layers: torch.Tensor | None = None,
         z: torch.Tensor | None = None,
         target: Any = None,
         name: str | None = None,
         **fields: Any,
     ) -> SoftPrompt:
-        """A SoftPrompt from embeds and SoftPromptInfo fields (the name defaults to a hash of the values)."""
+        """A SoftPrompt from embeds (and a deep prompt's layers) and SoftPromptInfo fields (the name defaults to a hash of the values)."""
         if embeds.ndim != 2:
             raise TuningError(f"soft prompt embeds must be [L, H], got {list(embeds.shape)}")
+        count = 1 if layers is None else 1 + int(layers.shape[0])
+        stacked = embeds if layers is None else torch.cat([embeds[None], layers])
         info = SoftPromptInfo(
-            name=name or _default_name(embeds), prompt_len=embeds.shape[0], hidden_size=embeds.shape[1], **fields
+            name=name or _default_name(stacked),
+            prompt_len=embeds.shape[0],
+            hidden_size=embeds.shape[1],
+            layers=count,
+            **fields,
         )
-        return cls(embeds, info, z=z, target=target)
+        return cls(embeds, info, layers=layers, z=z, target=target)
 
     @property
     def name(self) -> str:
@@ -92,6 +114,15 @@ class SoftPrompt:
     def placement(self) -> Placement:
         """Where it goes in the input (only `prefix` can be served by prepending)."""
         return self.info.placement
+
+    @property
+    def deep(self) -> bool:
+        """Whether it adds vectors inside the model's layers too (BBTv2); such a prompt is scored on local models only."""
+        return self.layers is not None
+
+    def stacked(self) -> torch.Tensor:
+        """Every layer's vectors [n, L, H]: the embeds, then a deep prompt's layers."""
+        return self.embeds[None] if self.layers is None else torch.cat([self.embeds[None], self.layers])
 
     @property
     def template(self) -> str:
@@ -108,6 +139,8 @@ class SoftPrompt:
         path = Path(folder)
         path.mkdir(parents=True, exist_ok=True)
         tensors = {"embeds": self.embeds.contiguous()}
+        if self.layers is not None:
+            tensors["layers"] = self.layers.contiguous()
         if self.z is not None:
             tensors["z"] = self.z.contiguous()
         # save_file would make it 0600, unlike the JSON beside it
@@ -128,7 +161,7 @@ class SoftPrompt:
         tensors = load_file(str(path / TENSORS_FILE))
         if "embeds" not in tensors:
             raise TuningError(f"{path / TENSORS_FILE} has no 'embeds' tensor")
-        return cls(tensors["embeds"], info, z=tensors.get("z"), target=target)
+        return cls(tensors["embeds"], info, layers=tensors.get("layers"), z=tensors.get("z"), target=target)
 
     def classify(self, texts: Sequence[str], target: Any = None) -> list[tuple[str, dict[str, float]]]:
         """(label, {label: probability}) per text, scored on target (default: the model it was tuned on)."""
@@ -136,8 +169,12 @@ class SoftPrompt:
         hidden = scorer.embedding_table().shape[1]
         if hidden != self.info.hidden_size:
             raise TuningError(f"this soft prompt is for hidden size {self.info.hidden_size}, the target has {hidden}")
+        deep = {} if self.layers is None else {"layers": self.layers[None]}
+        if deep and not isinstance(scorer, LocalScorer):
+            raise TuningError("a deep soft prompt adds vectors inside the model's layers: classify it on a local model")
         template = PromptTemplate(self.info.template, self.info.verbalizer, scorer.tokenizer, self.info.placement)
-        logprobs = scorer.label_logprobs(self.embeds[None], template.encode(list(texts)), template.label_token_ids)[0]
+        examples = template.encode(list(texts))
+        logprobs = scorer.label_logprobs(self.embeds[None], examples, template.label_token_ids, **deep)[0]
         probs = torch.softmax(logprobs, dim=-1)  # [N, C], over the labels only
         return [label_and_probs(template.labels, row) for row in probs]
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
-
 import numpy as np
+
+from ._cma import LayerSearch
 
 
 @dataclass(frozen=True)
@@ -55,9 +55,9 @@ class Best:
 
 @dataclass
 class SearchState:
-    """Everything the search loop changes: the CMA-ES, what it was told, counters, history, the selection."""
+    """Everything the search loop changes: the CMA-ES search, what it was told, counters, history, the selection."""
 
-    es: Any
+    search: LayerSearch
     fitness: list[list[float]] = field(default_factory=list)  # what CMA-ES was told, per generation
     calls: int = 0
     dev_calls: int = 0
@@ -68,7 +68,7 @@ class SearchState:
     best: Best | None = None
 
     def record_generation(self, fitness: list[float], *, calls: int, tokens: int, seconds: float) -> int:
-        """Count a generation whose fitness CMA-ES was told; returns the index of its best candidate."""
+        """Count a generation whose fitness CMA-ES was just told; returns the index of its best candidate."""
         self.fitness.append(fitness)
         self.calls += calls
         self.tokens += tokens
@@ -76,7 +76,7 @@ class SearchState:
         winner = int(np.argmin(fitness))
         best_so_far = min(fitness[winner], self.generations[-1].best_so_far if self.generations else math.inf)
         record = GenerationRecord(
-            self.calls, fitness[winner], float(np.mean(fitness)), best_so_far, float(self.es.sigma), seconds
+            self.calls, fitness[winner], float(np.mean(fitness)), best_so_far, self.search.sigma, seconds
         )
         self.generations.append(record)
         return winner

@@ -3,7 +3,9 @@
 The search runs in z in R^d; the soft prompt is `p = A z + p0` (L vectors of the model's hidden
 size H; see `_projection`). Each CMA-ES generation scores the whole population on the training set
 in batched forwards (popsize x examples sequences, no gradients) and reads only the verbalizer
-tokens' log-probs at the answer position.
+tokens' log-probs at the answer position. With `deep=True` (BBTv2, Sun et al., EMNLP 2022) every
+decoder layer gets its own L vectors, added to the hidden state at the prompt positions, each from
+its own z and A; one CMA-ES per layer searches in turn, the others held at their best (`_cma`).
 
 Counting: one *call* is one candidate evaluated on the whole training set (the paper's unit), so a
 generation costs `popsize` calls and `budget` caps them; dev evaluations (one call each, on the dev
@@ -27,9 +29,10 @@ import torch
 
 from .._exceptions import TuningError
 from ._checkpoint import fingerprint, load_checkpoint, save_checkpoint
-from ._cma import new_strategy
+from ._cma import LayerSearch
 from ._config import BBTConfig
 from ._examples import Example, checked_examples
+from ._local_scorer import LocalScorer
 from ._losses import population_losses
 from ._meter import ClientMeter, EvaluationKind
 from ._plot import plot_convergence
@@ -59,6 +62,11 @@ class Tuner:
         self.config = config or BBTConfig()
         self.target = target
         self.scorer: PromptScorer = resolve_target(target, batch_size=self.config.batch_size)
+        if self.config.deep and not isinstance(self.scorer, LocalScorer):
+            raise TuningError(
+                "a deep prompt (deep=True) adds vectors inside the model's layers, which an HTTP embeddings "
+                "endpoint can't take: tune a local model (an HFBackend or a client with base_url='hf:...')"
+            )
         self.template = PromptTemplate(template, verbalizer, self.scorer.tokenizer, self.config.placement)
         self.train = checked_examples(train, self.template.labels, "train", balanced=True)
         self.dev = None if dev is None else checked_examples(dev, self.template.labels, "dev", balanced=False)
@@ -70,15 +78,25 @@ class Tuner:
         self.hidden = int(table.shape[1])
         self.std_e = float(table.float().std())
         self.p0 = initial_prompt(self.config, self.scorer, table)  # [L, H] float32 on the scorer's device
-        self.projection = build_projection(
-            self.config.d,
-            self.config.prompt_len,
-            self.hidden,
-            std_e=self.std_e,
-            alpha=self.config.alpha,
-            sigma=self.config.sigma0,
-            seed=self.config.seed,
-        ).to(self.scorer.device)  # [L*H, d]
+        self.layer_stds = [self.std_e]  # the scale of each prompt layer's A: word embeddings, then hidden states
+        if self.config.deep:
+            assert isinstance(self.scorer, LocalScorer)
+            self.layer_stds += self.scorer.hidden_stds(self._train)[1:]
+        self.projection = torch.stack(
+            [
+                build_projection(
+                    self.config.d,
+                    self.config.prompt_len,
+                    self.hidden,
+                    std_e=std,
+                    alpha=self.config.alpha,
+                    sigma=self.config.sigma0,
+                    seed=self.config.seed,
+                    layer=layer,
+                )
+                for layer, std in enumerate(self.layer_stds)
+            ]
+        ).to(self.scorer.device)  # [n, L*H, d]: n = 1, or one per decoder layer for a deep prompt
         self.history: list[GenerationRecord] = []
         self.dev_history: list[DevRecord] = []
 
@@ -88,21 +106,31 @@ class Tuner:
 
     # ------------------------------------------------------------ scoring
 
+    @property
+    def layers(self) -> int:
+        """Prompt layers searched: 1, or the model's decoder layers for a deep prompt."""
+        return int(self.projection.shape[0])
+
     def prompts(self, z: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """Soft prompts [P, L, H] (float32) for search points z [P, d]: A z + p0."""
-        zs = torch.as_tensor(np.asarray(z), dtype=torch.float32, device=self.scorer.device).reshape(-1, self.config.d)
-        return (zs @ self.projection.T).reshape(-1, self.config.prompt_len, self.hidden) + self.p0  # [P, L, H]
+        """Soft prompts [P, n, L, H] (float32) for search points z [P, n, d] (or [P, d] when n = 1): A_l z_l, plus p0 at layer 0."""
+        zs = torch.as_tensor(np.asarray(z), dtype=torch.float32, device=self.scorer.device)
+        zs = zs.reshape(-1, self.layers, self.config.d)  # [P, n, d]
+        flat = torch.einsum("pnd,nkd->pnk", zs, self.projection)  # [P, n, L*H]
+        out = flat.reshape(-1, self.layers, self.config.prompt_len, self.hidden)
+        out[:, 0] += self.p0
+        return out
 
     def _score(
         self, kind: EvaluationKind, prompts: torch.Tensor, examples: EncodedExamples, loss: str
     ) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """(loss [P], accuracy [P], tokens billed) of one evaluation of prompts [P, L, H]: P calls, hook, meter."""
-        calls, prompt_len = int(prompts.shape[0]), int(prompts.shape[1])
+        """(loss [P], accuracy [P], tokens billed) of one evaluation of prompts [P, n, L, H]: P calls, hook, meter."""
+        calls, prompt_len = int(prompts.shape[0]), int(prompts.shape[2])
         tokens = calls * self.scorer.tokens_sent(prompt_len, examples)
         if self.on_calls is not None:
             self.on_calls(calls, tokens)
+        deep = {"layers": prompts[:, 1:]} if prompts.shape[1] > 1 else {}  # only a LocalScorer is given layers
         with self._metered(kind, calls, len(examples), prompt_len, tokens):
-            logprobs = self.scorer.label_logprobs(prompts, examples, self.template.label_token_ids)  # [P, N, C]
+            logprobs = self.scorer.label_logprobs(prompts[:, 0], examples, self.template.label_token_ids, **deep)
         losses, accuracy = population_losses(logprobs, torch.tensor(examples.labels), loss, self.config.margin)
         return losses, accuracy, tokens
 
@@ -115,15 +143,18 @@ class Tuner:
         return self.meter.call(kind, calls=calls, examples=examples, prompt_len=prompt_len, tokens=tokens)
 
     def score_population(self, z: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loss [P], accuracy [P]) of search points z [P, d] on the training set: one batched evaluation, P calls."""
+        """(loss [P], accuracy [P]) of search points z [P, n, d] on the training set: one batched evaluation, P calls."""
         loss, accuracy, _ = self._score("train", self.prompts(z), self._train, self.config.loss)
         return loss, accuracy
 
     def evaluate(self, data: Sequence[Example], prompt: SoftPrompt | torch.Tensor) -> dict[str, float]:
-        """Accuracy and cross entropy of one soft prompt (or embeds [L, H]) on labelled data: one call."""
+        """Accuracy and cross entropy of one soft prompt (or its vectors [n, L, H], or [L, H]) on labelled data: one call."""
         checked = self._encode(checked_examples(data, self.template.labels, "data", balanced=False))
-        embeds = prompt.embeds if isinstance(prompt, SoftPrompt) else prompt
-        loss, accuracy, _ = self._score("evaluate", embeds[None].float(), checked, "ce")
+        vectors = prompt.stacked() if isinstance(prompt, SoftPrompt) else prompt
+        vectors = vectors.reshape(-1, *vectors.shape[-2:]).to(self.scorer.device)  # [n, L, H]
+        if vectors.shape[0] != self.layers:
+            raise TuningError(f"this run's prompts have {self.layers} layer(s), the one given has {vectors.shape[0]}")
+        loss, accuracy, _ = self._score("evaluate", vectors[None].float(), checked, "ce")
         return {"accuracy": float(accuracy[0]), "loss": float(loss[0])}
 
     # ------------------------------------------------------------ the search
@@ -132,8 +163,8 @@ class Tuner:
         """Run CMA-ES until the budget is spent and return the selected soft prompt (resuming a checkpoint if any)."""
         from tqdm.auto import tqdm
 
-        state = load_checkpoint(self.config, self._fingerprint()) if resume else None
-        state = state or SearchState(es=new_strategy(self.config))
+        state = load_checkpoint(self.config, self._fingerprint(), self.layers) if resume else None
+        state = state or SearchState(search=LayerSearch(self.config, self.layers))
         self.history, self.dev_history = state.generations, state.dev
         started = time.perf_counter() - state.elapsed
         generations_left = self.config.budget // self.config.popsize - len(state.fitness)
@@ -154,16 +185,15 @@ class Tuner:
 
     def _generation(self, state: SearchState, started: float, *, last: bool) -> None:
         """Ask, score the population on the train set in one batched evaluation, tell; dev-evaluate when due."""
-        solutions = state.es.ask()
-        prompts = self.prompts(np.stack(solutions))
-        losses, accuracy, tokens = self._score("train", prompts, self._train, self.config.loss)
+        solutions, candidates = state.search.ask()  # candidates [P, n, d]
+        losses, accuracy, tokens = self._score("train", self.prompts(candidates), self._train, self.config.loss)
         fitness = [float(v) for v in losses]
-        state.es.tell(solutions, fitness)
+        state.search.tell(solutions, fitness)
         before, seconds = state.calls, time.perf_counter() - started
         winner = state.record_generation(fitness, calls=self.config.popsize, tokens=tokens, seconds=seconds)
         due = state.calls // self.config.dev_every > before // self.config.dev_every or last
         if due or self._dev is None:
-            self._select(state, np.asarray(solutions[winner]), fitness[winner], float(accuracy[winner]), seconds)
+            self._select(state, candidates[winner], fitness[winner], float(accuracy[winner]), seconds)
 
     def _select(
         self, state: SearchState, z: np.ndarray, train_loss: float, train_accuracy: float, seconds: float
@@ -178,9 +208,11 @@ class Tuner:
 
     def _result(self, state: SearchState, best: Best) -> SoftPrompt:
         """The selected candidate as a SoftPrompt with its metadata and scores."""
+        vectors = self.prompts(best.z[None])[0].cpu()  # [n, L, H]
         return SoftPrompt.create(
-            self.prompts(best.z[None])[0].cpu(),
-            z=torch.as_tensor(best.z, dtype=torch.float32),
+            vectors[0],
+            layers=vectors[1:] if self.layers > 1 else None,
+            z=torch.as_tensor(best.z, dtype=torch.float32).squeeze(0),
             target=self.target,
             model_id=self.scorer.model_id,
             template=self.template.template,
