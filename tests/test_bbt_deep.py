@@ -99,6 +99,22 @@ def test_each_layers_projection_is_scaled_by_its_hidden_state_std(backend: HFBac
     assert torch.equal(plain.projection[0], Tuner(backend, template=TEMPLATE, verbalizer=VERBALIZER, train=TRAIN, config=BBTConfig(**{**DEEP, "d": 64})).projection[0])
 
 
+def test_measuring_the_layers_scales_is_announced_as_one_call(backend: HFBackend) -> None:
+    seen: list[tuple[int, int]] = []
+    config = BBTConfig(**{**DEEP, "placement": "suffix"})
+    tuned = Tuner(
+        backend, template=TEMPLATE, verbalizer=VERBALIZER, train=TRAIN, dev=DEV, config=config, on_calls=lambda c, t: seen.append((c, t))
+    )
+    assert seen == [(1, sum(tuned._train.tokens_per_sequence(0)))]  # before any search: the hidden-state pass
+    with pytest.raises(RuntimeError, match="no"):
+        Tuner(backend, template=TEMPLATE, verbalizer=VERBALIZER, train=TRAIN, config=config, on_calls=refuse)
+
+
+def refuse(calls: int, tokens: int) -> None:
+    """A call hook that refuses every call, as a spent budget would."""
+    raise RuntimeError("no")
+
+
 def test_a_deep_fit_searches_one_layer_per_generation_and_lowers_the_loss(backend: HFBackend) -> None:
     tuned = tuner(backend, budget=24)
     start = tuned.evaluate(TRAIN, torch.cat([tuned.p0[None], torch.zeros(LAYERS - 1, 2, 576)]))["loss"]

@@ -78,10 +78,8 @@ class Tuner:
         self.hidden = int(table.shape[1])
         self.std_e = float(table.float().std())
         self.p0 = initial_prompt(self.config, self.scorer, table)  # [L, H] float32 on the scorer's device
-        self.layer_stds = [self.std_e]  # the scale of each prompt layer's A: word embeddings, then hidden states
-        if self.config.deep:
-            assert isinstance(self.scorer, LocalScorer)
-            self.layer_stds += self.scorer.hidden_stds(self._train)[1:]
+        # the scale of each prompt layer's A: the word embeddings', then (deep) the hidden states'
+        self.layer_stds = [self.std_e, *(self._hidden_stds() if self.config.deep else [])]
         self.projection = torch.stack(
             [
                 build_projection(
@@ -103,6 +101,15 @@ class Tuner:
     def _encode(self, data: Sequence[Example]) -> EncodedExamples:
         """Token ids and class indexes of a checked data set."""
         return self.template.encode([t for t, _ in data], [y for _, y in data])
+
+    def _hidden_stds(self) -> list[float]:
+        """The std of the hidden state entering each layer after the first: one forward over the training set, one call."""
+        assert isinstance(self.scorer, LocalScorer)  # deep=True was checked against the target above
+        tokens = self.scorer.tokens_sent(0, self._train)
+        if self.on_calls is not None:
+            self.on_calls(1, tokens)
+        with self._metered("evaluate", 1, len(self._train), 0, tokens):
+            return self.scorer.hidden_stds(self._train)[1:]
 
     # ------------------------------------------------------------ scoring
 
