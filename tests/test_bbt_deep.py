@@ -40,6 +40,18 @@ def tuner(backend: HFBackend, **options: Any) -> Tuner:
     return Tuner(backend, template=TEMPLATE, verbalizer=VERBALIZER, train=TRAIN, dev=DEV, config=config)
 
 
+def zero_deep_prompt() -> SoftPrompt:
+    """A deep SoftPrompt of zeros (for the refusals, which must come before any scoring)."""
+    return SoftPrompt.create(
+        torch.zeros(2, 576),
+        layers=torch.zeros(LAYERS - 1, 2, 576),
+        model_id="m",
+        template=TEMPLATE,
+        verbalizer=VERBALIZER,
+        placement="suffix",
+    )
+
+
 def random_layers(count: int, scale: float, seed: int = 0) -> torch.Tensor:
     """Deep prompt layers [count, LAYERS - 1, 2, 576] of the given per-entry std."""
     return torch.randn(count, LAYERS - 1, 2, 576, generator=torch.Generator().manual_seed(seed)) * scale
@@ -182,14 +194,7 @@ def test_deep_prompts_are_refused_on_an_http_endpoint_before_any_call(backend: H
     )
     with pytest.raises(TuningError, match="local model"):
         Tuner(endpoint, template=TEMPLATE, verbalizer=VERBALIZER, train=TRAIN, config=BBTConfig(**DEEP))
-    prompt = SoftPrompt.create(
-        torch.zeros(2, 576),
-        layers=torch.zeros(LAYERS - 1, 2, 576),
-        model_id="m",
-        template=TEMPLATE,
-        verbalizer=VERBALIZER,
-        placement="suffix",
-    )
+    prompt = zero_deep_prompt()
     with pytest.raises(TuningError, match="local model"):
         prompt.classify(["A fine film."], target=endpoint)
 
@@ -198,14 +203,7 @@ def test_a_client_refuses_a_deep_prompt_as_a_request_option(backend: HFBackend, 
     import blackbox_sdk
     from blackbox_sdk._exceptions import ConfigError
 
-    prompt = SoftPrompt.create(
-        torch.zeros(2, 576),
-        layers=torch.zeros(LAYERS - 1, 2, 576),
-        model_id="m",
-        template=TEMPLATE,
-        verbalizer=VERBALIZER,
-        placement="suffix",
-    )
+    prompt = zero_deep_prompt()
     client = blackbox_sdk.OpenAI(base_url="hf:default")
     for value in (prompt, prompt.save(tmp_path / "deep")):
         with pytest.raises(ConfigError, match="deep"):
