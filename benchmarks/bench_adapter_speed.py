@@ -9,6 +9,7 @@ the same form, taken from other questions), for each shipped adapter's encoder:
     bf16 autocast     the same under CPU bf16 autocast (the path a GPU takes)
     int8 dynamic      torch.ao.quantization.quantize_dynamic on every nn.Linear, bucketed
     onnxruntime fp32  `Adapter.load(..., fast=True)`: the model exported with torch.onnx, ONNX Runtime, bucketed
+    onnxruntime int8 weights  `fast="int8"`: that export with the encoder's weights in blockwise int8 (MatMulNBits)
     prefix once       not measured: the encoders attend both ways, so the question's tokens depend on the answer's
 
 Two regimes: `bulk` scores all candidates in batches of 64; `per call` scores each question's 8
@@ -16,8 +17,10 @@ candidates as one call, as the client's reranker does. Each option's time is the
 interleaved repetitions (the machine is shared); Spearman and top-1 agreement are against plain fp32's
 scores. On a GPU (when there is one) it adds bf16 rows, batched by 256. Last, what reranking adds
 to a real call: SmolLM2-135M behind llama.cpp's server (started here), K = 8 samples, the
-reranker's own time inside the call against the median call without a reranker (n = 8), the calls
-alternating.
+reranker's own time inside the call against the median call for the same 8 samples without a
+reranker (the SDK's client with n = 8, which the server ignores, so it fans out 8 seeded requests
+as the reranking client does), and the median wall-clock difference of the two calls for the same
+question (`added`); the calls alternate, each going first for every other question.
 """
 
 from __future__ import annotations
@@ -107,14 +110,16 @@ def plain_scorer(adapter: Any, batch: int, device: str = "cpu", autocast_dtype: 
 
 
 def int8_scorer(adapter: Any) -> Scorer:
-    """Dynamic int8 quantization of every nn.Linear (a copy of the model), batches longest first."""
+    """Dynamic int8 quantization of every nn.Linear (of a copy of the model, a LoRA adapter's deltas
+    merged into it first), batches longest first."""
     import torch
 
-    from blackbox_sdk.adapter._fast import in_length_order
+    from blackbox_sdk.adapter._fast import in_length_order, merged_copy
 
-    quantized = torch.ao.quantization.quantize_dynamic(copy.deepcopy(adapter.model).eval(), {torch.nn.Linear}, dtype=torch.qint8)
+    model = merged_copy(adapter.model, adapter.lora_name)
+    quantized = torch.ao.quantization.quantize_dynamic(copy.deepcopy(model).eval(), {torch.nn.Linear}, dtype=torch.qint8)
     twin = copy.copy(adapter)
-    twin.model = quantized
+    twin.model, twin.base, twin.lora_name = quantized, None, None
     return lambda texts: in_length_order(texts, adapter.config.score_batch_size, twin._torch_batch)
 
 
@@ -125,12 +130,14 @@ def options(folder: Path) -> dict[str, Scorer]:
     adapter = Adapter.load(folder, device="cpu", shared=False)
     bf16 = Adapter.load(folder, device="cpu", shared=False, precision="bf16")
     fast = Adapter.load(folder, device="cpu", shared=False, fast=True)
+    int8 = Adapter.load(folder, device="cpu", shared=False, fast="int8")
     return {
         "plain fp32": plain_scorer(adapter, 64),
         "bucketed fp32": adapter.score_texts,
         "bf16 autocast": bf16.score_texts,
         "int8 dynamic": int8_scorer(adapter),
         "onnxruntime fp32": fast.score_texts,
+        "onnxruntime int8 weights": int8.score_texts,
     }
 
 
@@ -181,7 +188,10 @@ def measure(name: str, folder: Path, questions: int, device: str = "cpu") -> lis
 
 
 def latency_rows(name: str, questions: int) -> list[dict[str, Any]]:
-    """What reranking adds to a real call: llama.cpp's server, K = 8 samples, the reranker's time inside the call."""
+    """What reranking adds to a real call: llama.cpp's server, K = 8 samples with and without the reranker.
+
+    Both clients are the SDK's and ask for the same 8 samples (the server ignores `n`, so each fans
+    out 8 requests with seeds seed..seed+7); the reranker's own time is measured inside the call."""
     from blackbox_sdk import OpenAI
     from blackbox_sdk.adapter import Adapter
     from blackbox_sdk.local import LlamaServer
@@ -192,31 +202,34 @@ def latency_rows(name: str, questions: int) -> list[dict[str, Any]]:
     out = []
     with LlamaServer() as base_url:
         plain = OpenAI(base_url=base_url, api_key="local")
-        for option, fast in (("bucketed fp32", False), ("onnxruntime fp32", True)):
+        for option, fast in (("bucketed fp32", False), ("onnxruntime fp32", True), ("onnxruntime int8 weights", "int8")):
             adapter = Adapter.load(SHIPPED / name, device="cpu", shared=False, fast=fast)
             spent: list[float] = []
+            distinct: list[int] = []
 
-            def timed_score(question: str, answers: list[str], adapter: Any = adapter, spent: list[float] = spent) -> list[float]:
+            def timed_score(question: str, answers: list[str], adapter: Any = adapter, spent: list[float] = spent, distinct: list[int] = distinct) -> list[float]:
                 started = time.perf_counter()
                 scores = adapter.score(question, answers)
                 spent.append(time.perf_counter() - started)
+                distinct.append(len(set(answers)))
                 return scores
 
             client = OpenAI(base_url=base_url, api_key="local", reranker=timed_score, rerank_n=CANDIDATES)
             with_rerank, without = [], []
-            for item in held[:questions]:  # alternating, so both see the same load
+            for seed, item in enumerate(held[:questions]):  # alternating which goes first, so both see the same load and server cache
                 messages = [*task.messages(), {"role": "user", "content": item.question}]
-                started = time.perf_counter()
-                client.chat.completions.create(messages=messages, **sampling)
-                with_rerank.append(time.perf_counter() - started)
-                started = time.perf_counter()
-                plain.chat.completions.create(messages=messages, n=CANDIDATES, **sampling)
-                without.append(time.perf_counter() - started)
+                pair = [(client, {}, with_rerank), (plain, {"n": CANDIDATES}, without)]
+                for sender, extra, times in pair if seed % 2 == 0 else pair[::-1]:
+                    started = time.perf_counter()
+                    sender.chat.completions.create(messages=messages, seed=CANDIDATES * seed, **extra, **sampling)
+                    times.append(time.perf_counter() - started)
             call = statistics.median(without)
+            added = statistics.median(w - o for w, o in zip(with_rerank, without))
             out.append({
                 "adapter": name, "encoder": adapter.config.base_model, "device": "cpu", "regime": "llama.cpp call, K=8",
                 "option": option, "call_ms_without": round(1000 * call), "call_ms_with": round(1000 * statistics.median(with_rerank)),
                 "rerank_ms": round(1000 * statistics.median(spent), 1), "rerank_share": round(statistics.median(spent) / call, 4),
+                "added_ms": round(1000 * added), "added_share": round(added / call, 4), "distinct_answers": statistics.median(distinct),
             })
     return out
 

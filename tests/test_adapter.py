@@ -67,10 +67,11 @@ def test_cpu_scoring_runs_in_batches_of_score_batch_size(adapter: Adapter) -> No
     seen: list[int] = []
     hook = adapter.model.encoder.register_forward_hook(lambda _m, _a, kw, _out: seen.append(kw["input_ids"].shape[0]), with_kwargs=True)
     try:
-        adapter.score(QUESTION, ANSWERS * 2)  # 8 answers, batches of 3
+        adapter.score(QUESTION, ANSWERS + [a.upper() for a in ANSWERS])  # 8 distinct answers, batches of 3
+        adapter.score(QUESTION, ANSWERS * 2)  # the same 4 twice: each distinct text is scored once
     finally:
         hook.remove()
-    assert sorted(seen) == [2, 3, 3]
+    assert sorted(seen[:3]) == [2, 3, 3] and sorted(seen[3:]) == [1, 3]
 
 
 def test_scoring_does_not_track_gradients_or_leave_train_mode(adapter: Adapter) -> None:

@@ -131,8 +131,9 @@ def test_auto_confidence_is_the_reranking_adapters_own(llama_server: str, tmp_pa
     adapter.save(tmp_path / "eager")
     assert Adapter.load(tmp_path / "eager", device="cpu").config.confidence == 1e-9
     assert "rerank_confidence=\"auto\"` stops once the pick holds 1e-09" in (tmp_path / "eager" / "README.md").read_text()
-    for folder, expected in (("eager", 2), ("plain", 8)):  # no confidence chosen: every one of rerank_n
-        run = tmp_path / f"run-{folder}"
+    loaded = Adapter.load(tmp_path / "eager", device="cpu")  # an Adapter itself as the reranker: its own confidence too
+    for name, scorer, expected in (("eager", str(tmp_path / "eager"), 2), ("plain", str(tmp_path / "plain"), 8), ("object", loaded, 2)):
+        run = tmp_path / f"run-{name}"  # "plain": no confidence chosen, so every one of rerank_n
         run.mkdir()
-        client = client_for(llama_server, run, str(tmp_path / folder), rerank_confidence="auto")
+        client = client_for(llama_server, run, scorer, rerank_confidence="auto")
         assert len(ask(client).blackbox.candidates) == expected
