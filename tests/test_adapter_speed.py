@@ -49,13 +49,19 @@ def test_fast_scoring_through_onnxruntime_ranks_as_fp32(texts: list[str], refere
     assert len(question_scores) == 2 and question_scores[0] != question_scores[1]
 
 
-def test_fast_scoring_of_a_lora_adapter_on_a_shared_base_matches_its_torch_scores(texts: list[str], tmp_path: Path) -> None:
-    adapter = Adapter.create(AdapterConfig(lora_rank=4, trainable_layers=2), seed=3, device="cpu")
+def random_lora_folder(tmp_path: Path, seed: int) -> Path:
+    """A saved rank-4 LoRA adapter with random deltas and head (a fresh one's B is zero: it would score as its base)."""
+    adapter = Adapter.create(AdapterConfig(lora_rank=4, trainable_layers=2), seed=seed, device="cpu")
     with torch.no_grad():
         for name, param in adapter.model.named_parameters():
             if ".lora_B." in name or name.startswith("head."):
                 param.normal_(0, 0.1 if ".lora_B." in name else 0.5)
     folder = adapter.save(tmp_path / "lora")
+    return folder
+
+
+def test_fast_scoring_of_a_lora_adapter_on_a_shared_base_matches_its_torch_scores(texts: list[str], tmp_path: Path) -> None:
+    folder = random_lora_folder(tmp_path, seed=3)
     fast = Adapter.load(folder, device="cpu", fast=True)
     slow = Adapter.load(folder, device="cpu")
     assert fast.base is slow.base  # the export leaves the shared base as it was
@@ -74,12 +80,7 @@ def test_int8_weights_rank_as_fp32(texts: list[str], reference: list[float]) -> 
 
 
 def test_int8_weights_of_a_lora_adapter_leave_its_shared_base_as_it_was(texts: list[str], tmp_path: Path) -> None:
-    adapter = Adapter.create(AdapterConfig(lora_rank=4, trainable_layers=2), seed=5, device="cpu")
-    with torch.no_grad():
-        for name, param in adapter.model.named_parameters():
-            if ".lora_B." in name or name.startswith("head."):
-                param.normal_(0, 0.1 if ".lora_B." in name else 0.5)
-    folder = adapter.save(tmp_path / "lora")
+    folder = random_lora_folder(tmp_path, seed=5)
     before = Adapter.load(folder, device="cpu").score_texts(texts[:CANDIDATES * 2])
     fast = Adapter.load(folder, device="cpu", fast="int8")
     after = Adapter.load(folder, device="cpu")
