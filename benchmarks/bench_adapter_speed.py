@@ -116,8 +116,8 @@ def int8_scorer(adapter: Any) -> Scorer:
 
     from blackbox_sdk.adapter._fast import in_length_order, merged_copy
 
-    model = merged_copy(adapter.model, adapter.lora_name)
-    quantized = torch.ao.quantization.quantize_dynamic(copy.deepcopy(model).eval(), {torch.nn.Linear}, dtype=torch.qint8)
+    model = merged_copy(adapter.model, adapter.lora_name).eval()
+    quantized = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)  # quantizes a copy
     twin = copy.copy(adapter)
     twin.model, twin.base, twin.lora_name = quantized, None, None
     return lambda texts: in_length_order(texts, adapter.config.score_batch_size, twin._torch_batch)

@@ -13,8 +13,8 @@ into a copy of its layers (the same function, fewer matrix products).
 `fast="int8"` also stores each weight matrix in int8 (blocks of `INT8_BLOCK` along the input, one
 scale each; ONNX Runtime's MatMulNBits at accuracy level 4, which quantizes the activations in the
 same blocks): about 1.7x fp32 ONNX Runtime on all-mpnet-base-v2 (3.3x to 5.5x plain fp32) with
-Spearman 0.998 against fp32, little faster on MiniLM. Dynamic int8 with one scale per activation tensor reorders the candidates
-(Spearman 0.86 to 0.93 on mpnet), so it is not offered.
+Spearman 0.998 against fp32, little faster on MiniLM. Dynamic int8 with one scale per activation
+tensor reorders the candidates (Spearman 0.86 to 0.93 on mpnet), so it is not offered.
 """
 
 from __future__ import annotations
