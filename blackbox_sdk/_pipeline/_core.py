@@ -8,7 +8,7 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -56,6 +56,7 @@ class Core:
     # ---------------------------------------------------------------- before sending
     def begin(self, route: Route, params: Json, overrides: Json) -> Call:
         """Check the request, then build the call: options with overrides, cache key, candidates to gather."""
+        params = {k: list(v) if isinstance(v, Iterator) else v for k, v in params.items()}  # read a generator once, send what was read
         validate(route, params)
         opts = self.opts.merge(self.opened, **overrides) if overrides else self.opts
         if opts.soft_prompt is not None:
@@ -139,8 +140,8 @@ class Core:
 
     def reserve(self, call: Call, count: int) -> tuple[int, int | None]:
         """Reserve the worst case for `count` candidates; returns (count, max output tokens) after the policy."""
-        max_tokens = call.params.get(call.output_cap)
-        max_tokens = 0 if call.route is EMBEDDINGS else int(max_tokens) if given(max_tokens) else None
+        cap = call.params.get(call.output_cap)
+        max_tokens = int(cap) if given(cap) and call.route is not EMBEDDINGS else None  # embeddings have no cap to send
         if call.opts.budget is None:
             return count, max_tokens
         counted = self.count.prompt(call)
@@ -150,7 +151,7 @@ class Core:
             call_id=call.info.call_id,
             model=call.model,
             prompt_tokens=TokenCount(counted.tokens + (UNCALIBRATED_ALLOWANCE if extra is None else extra), counted.method, counted.exact),
-            max_output_tokens=max_tokens,
+            max_output_tokens=0 if call.route is EMBEDDINGS else max_tokens,
             n=count * call.prompts,
             prompt_per_choice=call.route is RESPONSES or self.ignores_n is not False,  # until the server is seen to honour n
             local=self.local,
@@ -163,6 +164,8 @@ class Core:
         params = {k: v for k, v in call.params.items() if k != "n"}
         if count > 1 or given(call.params.get("n")):
             params["n"] = count
+        elif "n" in call.params:
+            params["n"] = call.params["n"]  # None or omit, sent as the caller gave it
         if max_tokens is not None:
             params[call.output_cap] = max_tokens
         if seed is not None:
