@@ -42,6 +42,7 @@ class Call:
     counted_prompt: int | None = None  # the SDK's own prompt count per request, to learn the endpoint's overhead
     prompt_count: Any = None  # the prompt's TokenCount, counted once per call (`UsageCounter.prompt`)
     claimed: bool = False  # this call won the single-flight claim on its cache key: it fetches, others wait
+    cut_short: bool = False  # the budget shrank the output cap: its answers are not the request's, so not stored under its key
     usage_counted: bool = False
     request: Json = field(default_factory=dict)  # the request as the log keeps it
     overrides: Json = field(default_factory=dict)  # the caller's per-call SDK options

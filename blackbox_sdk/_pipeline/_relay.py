@@ -73,9 +73,11 @@ class Relay:
         A stream whose server stopped before every choice had a finish_reason (a connection closed
         early) is not complete: it is charged for what arrived, never cached, and logged as cut."""
         fresh, usage = self._pieces()
+        if not fresh and not self.stored:
+            self.abort(ConnectionError("the server's stream ended without a choice"))
+            return []
         if any(candidate.choice.get("finish_reason") is None for candidate in fresh):
             self.abort(ConnectionError("the server ended the stream before every choice had a finish_reason"))
-            self.done = True
             return []
         meta = self.collected[0] if self.collected else self.stored[0].meta
         tail = finish_stream(self.core, self.call, self.stored, fresh, usage, meta)
@@ -93,10 +95,12 @@ class Relay:
         self.abort(None)  # nothing to do once finished
 
     def abort(self, error: BaseException | None) -> None:
-        """A stream that did not end normally: charge what arrived, store nothing, log the error."""
+        """A stream that did not end normally: charge what arrived (at least the prompt of what was
+        sent), store nothing, log the error; once."""
         if self.done:
             return
-        if self.collected or self.ended_usages():
+        self.done = True
+        if self.collected or self.ended_usages() or self.call.info.requests:
             self.core.settle(self.call, self._pieces()[1])
         if isinstance(error, GeneratorExit) or error is None:
             error = RuntimeError("stream closed before its end")
