@@ -93,6 +93,7 @@ __version__ = "0.1.0"
 __all__ = sorted({*_OWN, *_LAZY, *_OPENAI_NAMES})
 
 # Module-level client settings, as in the openai package.
+admin_api_key: str | None = None
 api_key: str | None = None
 organization: str | None = None
 project: str | None = None
@@ -101,6 +102,8 @@ timeout: Any = _DEFAULT_TIMEOUT
 max_retries: int = _DEFAULT_MAX_RETRIES
 default_headers: dict[str, str] | None = None
 default_query: dict[str, object] | None = None
+http_client: Any = None  # an httpx2.Client
+webhook_secret: str | None = None
 
 _CLIENT_ATTRIBUTES = frozenset({"chat", "completions", "embeddings", "models", "files", "images", "audio", "moderations", "batches", "uploads", "responses", "beta", "fine_tuning", "vector_stores", "with_raw_response", "with_streaming_response"})
 

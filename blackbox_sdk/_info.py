@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import openai
+from openai._models import add_request_id
+
 
 @dataclass
 class BlackBoxInfo:
@@ -29,6 +32,10 @@ class BlackBoxInfo:
 
 
 def attach(obj: Any, info: BlackBoxInfo) -> Any:
-    """Set `obj.blackbox` without making it part of the openai model's fields or its JSON dump."""
+    """Set `obj.blackbox` without making it part of the openai model's fields or its JSON dump; an
+    openai model the SDK built (a hit, a merged or parsed answer) gets openai's `_request_id` too
+    (None when no one request answered it)."""
     object.__setattr__(obj, "blackbox", info)
+    if isinstance(obj, openai.BaseModel) and not hasattr(obj, "_request_id"):
+        add_request_id(obj, None)
     return obj

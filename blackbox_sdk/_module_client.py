@@ -10,7 +10,10 @@ from typing import Any
 
 from ._client import OpenAI
 
-MODULE_SETTINGS = ("api_key", "organization", "project", "base_url", "timeout", "max_retries", "default_headers", "default_query")
+MODULE_SETTINGS = (
+    "admin_api_key", "api_key", "base_url", "default_headers", "default_query", "http_client", "max_retries", "organization",
+    "project", "timeout", "webhook_secret",
+)
 
 _lock = threading.Lock()
 _cached: tuple[tuple[Any, ...], Any] | None = None

@@ -106,6 +106,13 @@ RESPONSES = ResponsesRoute(name="responses", object="response", chunk_object="")
 
 
 def add_usage(a: Json, b: Json) -> Json:
-    """Two usages summed (prompt, completion, total)."""
+    """Two usages summed: prompt, completion and total tokens, and the counts in their details
+    (cached, reasoning, audio tokens) where either has them."""
     keys = ("prompt_tokens", "completion_tokens", "total_tokens")
-    return {k: int(a.get(k) or 0) + int(b.get(k) or 0) for k in keys}
+    total: Json = {k: int(a.get(k) or 0) + int(b.get(k) or 0) for k in keys}
+    for details in ("prompt_tokens_details", "completion_tokens_details"):
+        parts = [part for part in (a.get(details), b.get(details)) if isinstance(part, dict)]
+        if parts:
+            counts = {k for part in parts for k, v in part.items() if isinstance(v, int)}
+            total[details] = {k: sum(int(part.get(k) or 0) for part in parts) for k in sorted(counts)}
+    return total

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx2
@@ -41,7 +42,11 @@ HELLO = [{"role": "user", "content": "hi"}]
         pytest.param({"messages": "hi"}, "messages", id="messages-a-string"),
         pytest.param({"messages": []}, "messages", id="messages-empty"),
         pytest.param({"messages": [{"content": "no role"}]}, "messages[0]", id="message-without-role"),
-        pytest.param({"messages": [{"role": "wizard", "content": "x"}]}, "messages[0]", id="unknown-role"),
+        pytest.param({"messages": [{"role": 5, "content": "x"}]}, "messages[0]", id="role-not-a-string"),
+        pytest.param({"messages": HELLO, "n": 129}, "n", id="n-over-openai-limit"),
+        pytest.param({"messages": HELLO, "stream": "true"}, "stream", id="stream-a-string"),
+        pytest.param({"messages": HELLO, "stream": 1}, "stream", id="stream-an-int"),
+        pytest.param({"messages": HELLO, "stream": True, "stream_options": "usage"}, "stream_options", id="stream-options-a-string"),
         pytest.param({"messages": [{"role": "user", "content": 42}]}, "messages[0].content", id="content-a-number"),
     ],
 )
@@ -51,6 +56,28 @@ def test_bad_chat_requests_raise_bad_request_before_sending(client: OpenAI, sent
     assert isinstance(caught.value, InvalidRequestError) and isinstance(caught.value, BlackBoxError)
     assert caught.value.status_code == 400 and caught.value.param == param
     assert sent == []
+
+
+def test_requests_openai_sends_are_sent(sent: list[Any]) -> None:
+    """What openai sends as it is goes out: a server's own role (vLLM's "ipython"), a prompt scored with
+    `max_tokens=0` and `echo`, Responses `instructions` without `input`, messages from a generator."""
+    def answer(request: httpx2.Request) -> httpx2.Response:
+        sent.append(request)
+        return httpx2.Response(400, json={"error": {"message": "the server decides", "type": "invalid_request_error"}})
+
+    client = OpenAI(api_key="sk-test", base_url="http://api.test/v1", http_client=httpx2.Client(transport=httpx2.MockTransport(answer)), max_retries=0)
+    calls = [
+        lambda: client.chat.completions.create(model="m", messages=[{"role": "ipython", "content": "42"}]),
+        lambda: client.completions.create(model="m", prompt="score me", max_tokens=0, echo=True, logprobs=1),
+        lambda: client.responses.create(model="m", instructions="Say hi."),
+        lambda: client.chat.completions.create(model="m", messages=(m for m in HELLO)),
+    ]
+    for call in calls:
+        with pytest.raises(openai.BadRequestError) as caught:
+            call()
+        assert not isinstance(caught.value, InvalidRequestError)  # the server's 400, not the SDK's
+    assert len(sent) == len(calls)
+    assert json.loads(sent[-1].content)["messages"] == HELLO  # the generator's messages, read once
 
 
 def test_missing_required_arguments_raise_type_error_like_openai(client: OpenAI) -> None:

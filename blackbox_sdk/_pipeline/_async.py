@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import os
 import threading
@@ -86,7 +87,7 @@ class AsyncCore(Core):
 
     def live_stream(self, relay: Relay, live: Any, head: Any) -> BlackBoxAsyncStream[Any]:
         """A stream over an opened live stream, accounted by the relay."""
-        return BlackBoxAsyncStream(self._live(relay, live, head), response=live.response, info=relay.call.info)
+        return BlackBoxAsyncStream(self._live(relay, live, head), response=live.response, info=relay.call.info, abandon=partial(relay.abort, None))
 
     # ---------------------------------------------------------------- effects
     async def _run(self, flow: flows.Flow) -> Any:
@@ -111,7 +112,7 @@ class AsyncCore(Core):
         if effect.kind == "admit":
             return await effect.call.opts.rate_limit.aadmit(key=effect.call.opts.budget_key, model=effect.call.model, tokens=effect.tokens)
         if effect.kind == "send":
-            return list(await asyncio.gather(*(self._retry(effect.call, request) for request in effect.requests)))
+            return list(await asyncio.gather(*(self._outcome(effect.call, request) for request in effect.requests)))
         if effect.kind == "open":
             return await self._open(effect.call, effect.request)
         if effect.kind == "raw":
@@ -122,9 +123,15 @@ class AsyncCore(Core):
 
     async def _io(self, call: Call, work: Callable[[], T], *, counts: bool = False) -> T:
         """Store, tokenizer or reranker work: in a worker thread when it may block (`offloads`), so the loop never waits on it."""
-        if self.offloads(call, counts):
-            return await asyncio.get_running_loop().run_in_executor(store_workers(), contextvars.copy_context().run, work)
-        return work()
+        if not self.offloads(call, counts):
+            return work()
+        running = asyncio.get_running_loop().run_in_executor(store_workers(), contextvars.copy_context().run, work)
+        try:
+            return await asyncio.shield(running)
+        except asyncio.CancelledError:  # the thread runs on: let it finish, so that what it took (a hold, a claim) is on the call for the flow to give back
+            with contextlib.suppress(Exception):
+                await running
+            raise
 
     async def _retry(self, call: Call, send: Callable[[], Awaitable[T]]) -> T:
         """One request with the call's retry policy, counted on the call; the policy steps in only once the first attempt fails."""
@@ -146,6 +153,13 @@ class AsyncCore(Core):
 
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="blackbox-beam") as own:
             return await loop.run_in_executor(own, run_beam, call, create)
+
+    async def _outcome(self, call: Call, send: Callable[[], Awaitable[Any]]) -> Any:
+        """One request of a "send": its answer, or the error it ended with (the flow settles what arrived)."""
+        try:
+            return await self._retry(call, send)
+        except Exception as error:  # noqa: BLE001 - handed back in place of the answer
+            return error
 
     async def _open(self, call: Call, request: Callable[[], Awaitable[Any]]) -> tuple[Any, Any]:
         """Open a stream and read its first chunk, retrying only until that chunk has arrived."""

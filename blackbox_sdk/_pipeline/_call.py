@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -10,9 +11,11 @@ from typing import Any
 
 from .._info import BlackBoxInfo
 from .._options import Options
-from .._types import COMPLETIONS, RESPONSES, Json, Route
+from .._types import CHAT, COMPLETIONS, RESPONSES, Json, Route
 from ._meter import Meter
 from ._validation import given
+
+REASONING_MODEL = re.compile(r"o\d|gpt-5")  # OpenAI's o-series and gpt-5 refuse `max_tokens`: they take `max_completion_tokens`
 
 
 @dataclass
@@ -39,6 +42,7 @@ class Call:
     counted_prompt: int | None = None  # the SDK's own prompt count per request, to learn the endpoint's overhead
     prompt_count: Any = None  # the prompt's TokenCount, counted once per call (`UsageCounter.prompt`)
     claimed: bool = False  # this call won the single-flight claim on its cache key: it fetches, others wait
+    cut_short: bool = False  # the budget shrank the output cap: its answers are not the request's, so not stored under its key
     usage_counted: bool = False
     request: Json = field(default_factory=dict)  # the request as the log keeps it
     overrides: Json = field(default_factory=dict)  # the caller's per-call SDK options
@@ -63,11 +67,15 @@ class Call:
 
     @property
     def output_cap(self) -> str:
-        """The name the caller used for the output-token cap (`max_completion_tokens` for o-series / gpt-5;
-        the Responses API's `max_output_tokens`)."""
+        """The output-token cap's name: the Responses API's `max_output_tokens`; in chat the one the
+        caller used, else `max_completion_tokens` for the models that refuse `max_tokens`."""
         if self.route is RESPONSES:
             return "max_output_tokens"
-        return "max_completion_tokens" if given(self.params.get("max_completion_tokens")) else "max_tokens"
+        if given(self.params.get("max_completion_tokens")):
+            return "max_completion_tokens"
+        if self.route is CHAT and not given(self.params.get("max_tokens")) and REASONING_MODEL.match(self.model):
+            return "max_completion_tokens"
+        return "max_tokens"
 
     @property
     def prompts(self) -> int:

@@ -18,8 +18,6 @@ from .._types import CHAT, Json, Route
 _PIECES = re.compile(r"\s*\S+\s*|\s+")
 
 
-
-
 @dataclass
 class Candidate:
     """One answer: its choice (index 0), its stream chunks when it came streamed, and what it cost."""
@@ -52,10 +50,21 @@ class Candidate:
         return cls(choice, meta, int(data["completion_tokens"]), int(data["prompt_tokens"]), chunks)
 
 
-def _meta(response: Json) -> Json:
-    """The response fields every candidate keeps (id, created, model, fingerprint)."""
-    keys = ("id", "created", "model", "system_fingerprint", "service_tier")
-    return {k: response[k] for k in keys if response.get(k) is not None}
+CORE_META = ("id", "created", "model", "system_fingerprint", "service_tier")  # what every chunk of a stream carries
+
+
+def _meta(response: Json, extras: bool = True) -> Json:
+    """The fields every candidate keeps: id, created, model, fingerprint, and with `extras` the rest
+    of a whole response's own fields beside its choices and usage (a provider's, such as Azure's
+    `prompt_filter_results`), so that a hit gives them back."""
+    if not extras:
+        return {k: response[k] for k in CORE_META if response.get(k) is not None}
+    return {k: v for k, v in response.items() if k not in ("object", "choices", "usage") and v is not None}
+
+
+def _core_meta(meta: Json) -> Json:
+    """The part of a candidate's fields that each chunk of a stream carries."""
+    return {k: meta[k] for k in CORE_META if k in meta}
 
 
 def _share(total: int, weights: list[int]) -> list[int]:
@@ -98,7 +107,7 @@ def split_chunks(route: Route, chunks: list[Json], usage: Json) -> list[Candidat
         choice = route.with_text({"index": 0, "finish_reason": finish}, text)
         if route is CHAT:
             choice["message"]["role"] = "assistant"
-        candidates.append(Candidate(choice, _meta(own[0]), 0, 0, own))
+        candidates.append(Candidate(choice, _meta(own[0], extras=False), 0, 0, own))
     texts = [len(route.text(c.choice)) for c in candidates]
     for candidate, tokens in zip(candidates, _share(int(usage.get("completion_tokens") or 0), texts)):
         candidate.completion_tokens = tokens
@@ -130,7 +139,7 @@ def response_from_candidates(route: Route, candidates: list[Candidate], usage: J
 
 def _synthetic_chunks(route: Route, candidate: Candidate) -> list[Json]:
     """Chunks for a candidate that arrived whole: a role chunk, its text piece by piece, the finish."""
-    base = {"object": route.chunk_object, **candidate.meta}
+    base = {"object": route.chunk_object, **_core_meta(candidate.meta)}
     choice = candidate.choice
     pieces = _PIECES.findall(route.text(choice)) or [""]
     if route is CHAT:
@@ -155,4 +164,4 @@ def chunks_from_candidates(route: Route, candidates: Iterable[Candidate], first_
 
 def usage_chunk(route: Route, meta: Json, usage: Json) -> Json:
     """The last chunk of a stream asked for with include_usage: no choices, the usage."""
-    return {"object": route.chunk_object, **meta, "choices": [], "usage": usage}
+    return {"object": route.chunk_object, **_core_meta(meta), "choices": [], "usage": usage}

@@ -8,19 +8,19 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import replace
 from typing import Any
 
 import httpx2
 import pydantic
 
-from .._exceptions import ConfigError, EmbeddingsNotSupportedError, StoreUnavailableError
+from .._exceptions import CacheError, ConfigError, EmbeddingsNotSupportedError, StoreUnavailableError
 from .._info import BlackBoxInfo
 from .._logging import logger
 from .._options import Opened, Options
 from .._tokenizer import ServerTokenizer
-from .._types import CHAT, EMBEDDINGS, RESPONSES, Json, Route
+from .._types import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, Json, Route
 from ..budget import UNCALIBRATED_ALLOWANCE, TokenCount
 from ..cache import canonical_params
 from ..call_log import new_call_id
@@ -56,6 +56,7 @@ class Core:
     # ---------------------------------------------------------------- before sending
     def begin(self, route: Route, params: Json, overrides: Json) -> Call:
         """Check the request, then build the call: options with overrides, cache key, candidates to gather."""
+        params = {k: list(v) if isinstance(v, Iterator) else v for k, v in params.items()}  # read a generator once, send what was read
         validate(route, params)
         opts = self.opts.merge(self.opened, **overrides) if overrides else self.opts
         if opts.soft_prompt is not None:
@@ -118,10 +119,23 @@ class Core:
         return found[: call.want]
 
     def admission_tokens(self, call: Call, count: int) -> int:
-        """The worst case a rate limit admits a call at: its prompts and `count` full answers each."""
-        max_tokens = call.params.get(call.output_cap)
-        output = int(max_tokens) if given(max_tokens) and call.route is not EMBEDDINGS else 0
-        return (self.count.prompt(call).tokens + output * count) * call.prompts
+        """The worst case a rate limit admits a call at: its prompts and `count` full answers each, at
+        the output cap the call will send."""
+        return (self.count.prompt(call).tokens + (self.output_cap(call) or 0) * count) * call.prompts
+
+    def output_cap(self, call: Call) -> int | None:
+        """The output-token cap the call sends: the caller's; else the budget's default, which it
+        reserves; else, under a tokens-per-minute limit, that limit's default (a call without one
+        could use any number of tokens); None for embeddings and when nothing bounds it."""
+        cap = call.params.get(call.output_cap)
+        if call.route is EMBEDDINGS:
+            return None
+        if given(cap):
+            return int(cap)
+        if call.opts.budget is not None:
+            return call.opts.budget.default_max_output_tokens
+        limits = call.opts.rate_limit
+        return limits.default_max_output_tokens if limits is not None and limits.tpm is not None else None
 
     def claim(self, call: Call) -> bool:
         """Single flight: whether this call fetches (True), or another caller is already fetching
@@ -139,10 +153,12 @@ class Core:
 
     def reserve(self, call: Call, count: int) -> tuple[int, int | None]:
         """Reserve the worst case for `count` candidates; returns (count, max output tokens) after the policy."""
-        max_tokens = call.params.get(call.output_cap)
-        max_tokens = 0 if call.route is EMBEDDINGS else int(max_tokens) if given(max_tokens) else None
+        max_tokens = self.output_cap(call)
         if call.opts.budget is None:
             return count, max_tokens
+        best_of = call.params.get("best_of") if call.route is COMPLETIONS else None
+        generations = max(count, int(best_of)) if given(best_of) else count  # the server generates best_of and bills them all
+        fixed = call.prompts > 1 or generations != count  # every prompt gets all its generations: choices can't be dropped
         counted = self.count.prompt(call)
         call.counted_prompt = counted.tokens
         extra = 0 if self.backend is not None else call.opts.budget.calibration.overhead(calibration_key(self, call), call.model)
@@ -150,12 +166,14 @@ class Core:
             call_id=call.info.call_id,
             model=call.model,
             prompt_tokens=TokenCount(counted.tokens + (UNCALIBRATED_ALLOWANCE if extra is None else extra), counted.method, counted.exact),
-            max_output_tokens=max_tokens,
-            n=count * call.prompts,
+            max_output_tokens=0 if call.route is EMBEDDINGS else max_tokens,
+            n=generations * call.prompts,
             prompt_per_choice=call.route is RESPONSES or self.ignores_n is not False,  # until the server is seen to honour n
             local=self.local,
+            shrink=not fixed,
         )
-        granted = max(1, call.reservation.n // call.prompts)
+        granted = count if fixed else call.reservation.n
+        call.cut_short = max_tokens is not None and call.reservation.max_output_tokens < max_tokens
         return granted, call.reservation.max_output_tokens or None
 
     def request(self, call: Call, count: int, max_tokens: int | None, seed: int | None = None) -> Json:
@@ -163,6 +181,8 @@ class Core:
         params = {k: v for k, v in call.params.items() if k != "n"}
         if count > 1 or given(call.params.get("n")):
             params["n"] = count
+        elif "n" in call.params:
+            params["n"] = call.params["n"]  # None or omit, sent as the caller gave it
         if max_tokens is not None:
             params[call.output_cap] = max_tokens
         if seed is not None:
@@ -226,10 +246,15 @@ class Core:
             self.settle(call, {"prompt_tokens": held.prompt_tokens, "completion_tokens": held.max_output_tokens * held.n})
 
     def store(self, call: Call, fresh: list[Json]) -> None:
-        """Append complete fresh entries (candidates' JSON) to the request's bucket."""
-        if call.key is not None and call.opts.cache is not None and fresh:
-            call.opts.cache.extend(call.key, fresh)
-        self.unclaim(call)
+        """Append complete fresh entries (candidates' JSON) to the request's bucket. A store that fails
+        is a warning (the answer is paid for and goes back); the claim is let go either way."""
+        try:
+            if call.key is not None and call.opts.cache is not None and fresh and not call.cut_short:
+                call.opts.cache.extend(call.key, fresh)
+        except CacheError as error:
+            logger.warning("call %s: its answer could not be cached: %s", call.info.call_id, error)
+        finally:
+            self.unclaim(call)
 
     def record(self, call: Call, texts: list[str], usage: Json | None, error: BaseException | None = None) -> None:
         """One call-log record for the call, with its candidates, scores, cost and outcome."""

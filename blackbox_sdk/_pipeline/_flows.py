@@ -88,6 +88,35 @@ def failed(core: Core, call: Call, error: BaseException) -> Flow:
     yield from io(call, partial(core.fail, call, error))
 
 
+def sent(call: Call, requests: tuple[Callable[[], Any], ...], arrived: list[Any]) -> Flow:
+    """Send the requests together (the core hands back each answer or its error); every answer joins
+    `arrived`, then the first error is raised."""
+    outcomes = yield Effect("send", call, requests)
+    arrived += [outcome for outcome in outcomes if not isinstance(outcome, Exception)]
+    failure = next((outcome for outcome in outcomes if isinstance(outcome, Exception)), None)
+    if failure is not None:
+        raise failure
+    return outcomes
+
+
+def billed(core: Core, call: Call, fetching: Callable[[list[Any]], Flow], split: Callable[[Core, Call, list[Json]], tuple[Any, Json]]) -> Flow:
+    """Run `fetching(arrived)`; when it fails after some answers arrived (the server bills those),
+    settle them (their usage as `split` finds it) before the error goes on, so the hold's release
+    charges what they cost."""
+    arrived: list[Any] = []
+    try:
+        return (yield from fetching(arrived))
+    except Exception:
+        if arrived:
+            yield from io(call, partial(_settle_arrived, core, call, arrived, split), counts=True)
+        raise
+
+
+def _settle_arrived(core: Core, call: Call, arrived: list[Any], split: Callable[[Core, Call, list[Json]], tuple[Any, Json]]) -> None:
+    """Settle the call's hold at what the answers that arrived used."""
+    core.settle(call, split(core, call, [response.to_dict() for response in arrived])[1])
+
+
 def guarded(core: Core, effect: Effect) -> Flow:
     """One effect whose failure releases the call's reservation and logs it before it propagates."""
     try:
@@ -123,7 +152,11 @@ def reserve_past_gate(core: Core, call: Call, count: int) -> tuple[int, int | No
 def cached(core: Core, call: Call) -> Flow:
     """The cached candidates; when some are missing and an identical request is already in flight
     (here or on another host), its answer is waited for first, so that it is sent once."""
-    found, in_flight = yield from io(call, partial(look, core, call))
+    try:
+        found, in_flight = yield from io(call, partial(look, core, call))
+    except BaseException as error:  # cancelled while the look ran on: a claim it won is given back
+        yield from failed(core, call, error)
+        raise
     if not in_flight:
         return found
     yield Effect("wait", call)
@@ -228,18 +261,24 @@ def _answers(core: Core, call: Call, count: int, max_tokens: int | None) -> Flow
 
 
 def fetch(core: Core, call: Call, count: int, max_tokens: int | None) -> Flow:
-    """`count` fresh choices: one request with n, then concurrent single requests for what it lacked."""
+    """`count` fresh choices: one request with n, then concurrent single requests for what it lacked;
+    when one fails, those that arrived are settled first."""
+    return (yield from billed(core, call, partial(_fetch, core, call, count, max_tokens), pieces))
+
+
+def _fetch(core: Core, call: Call, count: int, max_tokens: int | None, arrived: list[Any]) -> Flow:
+    """`fetch`'s requests, each answer added to `arrived`."""
     seeds = core.seeds(call, count)
     single = call.prompts == 1
     if count > 1 and core.ignores_n and single:
-        return (yield Effect("send", call, tuple(core.sender(call, 1, max_tokens, seed) for seed in seeds)))
-    [first] = yield Effect("send", call, (core.sender(call, count, max_tokens, seeds[0]),))
+        return (yield from sent(call, tuple(core.sender(call, 1, max_tokens, seed) for seed in seeds), arrived))
+    [first] = yield from sent(call, (core.sender(call, count, max_tokens, seeds[0]),), arrived)
     got = len(first.choices)
     if count > 1 and single:
         core.ignores_n = got < count
     if got >= count or got == 0 or not single:
         return [first]
-    rest = yield Effect("send", call, tuple(core.sender(call, 1, max_tokens, seed) for seed in seeds[got:count]))
+    rest = yield from sent(call, tuple(core.sender(call, 1, max_tokens, seed) for seed in seeds[got:count]), arrived)
     return [first, *rest]
 
 
@@ -268,7 +307,7 @@ def embed(core: Core, params: Json, overrides: Json) -> Flow:
         return (yield from io(call, partial(finish_embedding, core, call, None, stored)))
     try:
         yield from admit(core, call, 1)
-        [response] = yield Effect("send", call, (lambda: core.inner.embeddings.create(**params),))
+        [response] = yield from sent(call, (lambda: core.inner.embeddings.create(**params),), [])
     except BaseException as error:
         yield from failed(core, call, error)
         raise

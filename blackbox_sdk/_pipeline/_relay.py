@@ -22,7 +22,8 @@ class Relay:
         self.core, self.call, self.stored = core, call, stored
         self.seeds, self.max_tokens = seeds, max_tokens
         self.collected: list[Json] = []  # every live chunk with choices, re-indexed
-        self.usages: list[Json] = []  # usage chunks, held back and summed
+        self.usages: list[Json] = []  # each ended stream's usage, summed at the end
+        self.running: Json | None = None  # the current stream's latest usage: a running total (vLLM) or its one count
         self.got = 0  # choices received from the streams that ended
         self.indices: set[int] = set()  # choice indices seen in the current stream
         self.done = False
@@ -32,23 +33,29 @@ class Relay:
         return [chunk(self.call, data) for data in chunks_from_candidates(self.call.route, self.stored)]
 
     def pass_on(self, live: Any) -> Any | None:
-        """The chunk to hand the caller for a live chunk (None for a usage-only chunk, held back)."""
+        """The chunk to hand the caller for a live chunk: None for a usage-only chunk (held back: the
+        call's own goes last); other chunks without choices (Azure's prompt filter results) as they came."""
         data = live.to_dict()
-        usage = data.pop("usage", None)
+        usage = data.get("usage")
         if usage:
-            self.usages.append(usage)
+            self.running = usage
         if not data.get("choices"):
-            return None
+            return None if usage else live
         offset = len(self.stored) + self.got
         for choice in data["choices"]:
             choice["index"] = offset + int(choice.get("index") or 0)
             self.indices.add(choice["index"])
         self.collected.append(data)
-        return live if offset == 0 and not usage else chunk(self.call, data)
+        return live if offset == 0 else chunk(self.call, data)
+
+    def ended_usages(self) -> list[Json]:
+        """One usage per stream so far, the current one's latest included."""
+        return self.usages + ([self.running] if self.running else [])
 
     def next_stream(self) -> Callable[[], Any] | None:
         """After a live stream ended: the request for the next one (the server ignored `n`), or None."""
         seen, self.indices = len(self.indices), set()
+        self.usages, self.running = self.ended_usages(), None
         self.got += seen
         if self.got >= len(self.seeds) or not seen:
             return None
@@ -58,7 +65,7 @@ class Relay:
     def _pieces(self) -> tuple[list[Candidate], Json]:
         """The collected chunks as candidates, with the server's usage or a count."""
         per_choice = split_chunks(self.call.route, self.collected, {})
-        usage = self.core.count.of_stream(self.call, self.usages, [self.call.route.text(c.choice) for c in per_choice])
+        usage = self.core.count.of_stream(self.call, self.ended_usages(), [self.call.route.text(c.choice) for c in per_choice])
         return split_chunks(self.call.route, self.collected, usage), usage
 
     def finish(self) -> list[Any]:
@@ -66,9 +73,11 @@ class Relay:
         A stream whose server stopped before every choice had a finish_reason (a connection closed
         early) is not complete: it is charged for what arrived, never cached, and logged as cut."""
         fresh, usage = self._pieces()
+        if not fresh and not self.stored:
+            self.abort(ConnectionError("the server's stream ended without a choice"))
+            return []
         if any(candidate.choice.get("finish_reason") is None for candidate in fresh):
             self.abort(ConnectionError("the server ended the stream before every choice had a finish_reason"))
-            self.done = True
             return []
         meta = self.collected[0] if self.collected else self.stored[0].meta
         tail = finish_stream(self.core, self.call, self.stored, fresh, usage, meta)
@@ -86,10 +95,12 @@ class Relay:
         self.abort(None)  # nothing to do once finished
 
     def abort(self, error: BaseException | None) -> None:
-        """A stream that did not end normally: charge what arrived, store nothing, log the error."""
+        """A stream that did not end normally: charge what arrived (at least the prompt of what was
+        sent), store nothing, log the error; once."""
         if self.done:
             return
-        if self.collected or self.usages:
+        self.done = True
+        if self.collected or self.ended_usages() or self.call.info.requests:
             self.core.settle(self.call, self._pieces()[1])
         if isinstance(error, GeneratorExit) or error is None:
             error = RuntimeError("stream closed before its end")

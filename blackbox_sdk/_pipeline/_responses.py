@@ -58,9 +58,11 @@ def pieces(core: Core, call: Call, responses: list[Json]) -> tuple[list[Candidat
 
 
 def pay(core: Core, call: Call, fresh: list[Candidate], usage: Json) -> None:
-    """Store fresh candidates, then settle their reservation from their usage."""
-    core.store(call, [c.to_json() for c in fresh])  # first: an answer paid for is kept even if the ledger can't be told
-    core.settle(call, usage)
+    """Store fresh candidates, then settle their reservation from their usage (whatever the store did)."""
+    try:
+        core.store(call, [c.to_json() for c in fresh])  # first: an answer paid for is kept even if the ledger can't be told
+    finally:
+        core.settle(call, usage)
 
 
 def account(core: Core, call: Call, stored: list[Candidate], fresh: list[Candidate], usage: Json | None, paid: bool = False) -> tuple[list[Candidate], Json]:
@@ -68,10 +70,10 @@ def account(core: Core, call: Call, stored: list[Candidate], fresh: list[Candida
     candidates and their total usage."""
     call.info.cached_candidates = len(stored)
     call.info.cache_hit = bool(stored) and not fresh
-    if not paid:
-        core.store(call, [c.to_json() for c in fresh])  # first: an answer paid for is kept even if the ledger can't be told
-    if usage is not None and not paid:
-        core.settle(call, usage)
+    if not paid and usage is not None:
+        pay(core, call, fresh, usage)
+    elif not paid:
+        core.store(call, [c.to_json() for c in fresh])
     total = sum_usage(stored) if usage is None else add_usage(sum_usage(stored), usage)
     return stored + fresh, total
 

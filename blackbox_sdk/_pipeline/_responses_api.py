@@ -22,7 +22,7 @@ from .._types import RESPONSES, Json
 from ._call import Call
 from ._candidates import Candidate
 from ._core import Core, build
-from ._flows import Effect, Flow, cached, io, paid
+from ._flows import Effect, Flow, billed, cached, io, paid, sent
 from ._relay import Relay
 from ._response_events import ENDED, arrived, event, events_of, final_response
 from ._responses import account, choose, logged_texts, unstreamed
@@ -52,8 +52,9 @@ def sender(core: Core, call: Call, max_tokens: int | None) -> Callable[[], Any]:
 
 
 def answers(core: Core, call: Call, count: int, max_tokens: int | None) -> Flow:
-    """`count` concurrent requests, and their answers as candidates."""
-    responses = yield Effect("send", call, tuple(sender(core, call, max_tokens) for _ in range(count)))
+    """`count` concurrent requests, and their answers as candidates (when one fails, those that arrived are settled first)."""
+    requests = tuple(sender(core, call, max_tokens) for _ in range(count))
+    responses = yield from billed(core, call, partial(sent, call, requests), pieces)
     return responses, (yield from io(call, partial(pieces, core, call, [r.to_dict() for r in responses]), counts=True))
 
 
@@ -176,7 +177,6 @@ class ResponseRelay(Relay):
         response = final_response(self.collected)
         if response is None:
             self.abort(self._unfinished())
-            self.done = True
             return []
         fresh, usage = candidate(self.core, self.call, response, self.collected)
         everything, total = account(self.core, self.call, [], [fresh], usage)

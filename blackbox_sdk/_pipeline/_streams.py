@@ -8,8 +8,12 @@ than whenever its iterator happens to be collected.
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import httpx2
 import openai
@@ -46,17 +50,58 @@ def _astop_first(response: httpx2.Response, stop: Callable[[], Awaitable[None]])
     response.aclose = closing  # type: ignore[method-assign]
 
 
+@dataclass
+class _Reading:
+    """Whether a stream's iterator was started, and whether the stream was stopped."""
+
+    started: bool = False
+    stopped: bool = False
+
+
+def _forgotten(reading: _Reading, abandon: Callable[[], None]) -> None:
+    """A stream collected unread and unclosed: account for it (in a thread of its own, never inside
+    whatever the garbage collector interrupted)."""
+    if not (reading.started or reading.stopped):
+        threading.Thread(target=abandon, name="blackbox-abandon", daemon=True).start()
+
+
+def _watch(stream: Any, abandon: Callable[[], None] | None) -> _Reading:
+    """The reading state of a new stream; an `abandon` (what a live stream closed before its first
+    chunk was read owes: charged, released, logged) also runs if the stream is dropped unread, since
+    closing a generator that never started runs none of its clean-up."""
+    reading = _Reading()
+    if abandon is not None:
+        weakref.finalize(stream, _forgotten, reading, abandon)
+    return reading
+
+
 class BlackBoxStream(openai.Stream[T]):
     """An `openai.Stream` whose chunks come through the SDK (cache replay, fan-out, accounting)."""
 
-    def __init__(self, iterator: Iterator[T], *, response: httpx2.Response, info: BlackBoxInfo) -> None:
+    def __init__(self, iterator: Iterator[T], *, response: httpx2.Response, info: BlackBoxInfo, abandon: Callable[[], None] | None = None) -> None:
         self.response = response
         self._iterator = iterator
         self.blackbox = info
+        self._abandon = abandon
+        self._reading = _watch(self, abandon)
         _stop_first(response, self._stop)
 
+    def __next__(self) -> T:
+        """The next chunk (the iterator has started: its own clean-up accounts from now on)."""
+        self._reading.started = True
+        return next(self._iterator)
+
+    def __iter__(self) -> Iterator[T]:
+        """The chunks."""
+        self._reading.started = True
+        yield from self._iterator
+
     def _stop(self) -> None:
-        """Stop the SDK's iterator: its bookkeeping runs (a stream closed early is charged and logged)."""
+        """Stop the SDK's iterator: its bookkeeping runs (a stream closed early is charged and logged;
+        one never read is abandoned, since its iterator's clean-up never began)."""
+        reading, self._reading.stopped = self._reading, True
+        if not reading.started and self._abandon is not None:
+            self._abandon()
         close = getattr(self._iterator, "close", None)
         if close is not None and not getattr(self._iterator, "gi_running", False):
             close()
@@ -69,14 +114,31 @@ class BlackBoxStream(openai.Stream[T]):
 class BlackBoxAsyncStream(openai.AsyncStream[T]):
     """An `openai.AsyncStream` whose chunks come through the SDK (cache replay, fan-out, accounting)."""
 
-    def __init__(self, iterator: AsyncIterator[T], *, response: httpx2.Response, info: BlackBoxInfo) -> None:
+    def __init__(self, iterator: AsyncIterator[T], *, response: httpx2.Response, info: BlackBoxInfo, abandon: Callable[[], None] | None = None) -> None:
         self.response = response
         self._iterator = iterator
         self.blackbox = info
+        self._abandon = abandon
+        self._reading = _watch(self, abandon)
         _astop_first(response, self._stop)
 
+    async def __anext__(self) -> T:
+        """The next chunk (the iterator has started: its own clean-up accounts from now on)."""
+        self._reading.started = True
+        return await anext(self._iterator)
+
+    async def __aiter__(self) -> AsyncIterator[T]:
+        """The chunks."""
+        self._reading.started = True
+        async for item in self._iterator:
+            yield item
+
     async def _stop(self) -> None:
-        """Stop the SDK's iterator: its bookkeeping runs (a stream closed early is charged and logged)."""
+        """Stop the SDK's iterator: its bookkeeping runs (a stream closed early is charged and logged;
+        one never read is abandoned, off the event loop, since its iterator's clean-up never began)."""
+        reading, self._reading.stopped = self._reading, True
+        if not reading.started and self._abandon is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._abandon)
         aclose = getattr(self._iterator, "aclose", None)
         if aclose is not None and not getattr(self._iterator, "ag_running", False):
             await aclose()

@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 from .._types import Json, Route
@@ -63,7 +64,7 @@ class SyncCore(Core):
 
     def live_stream(self, relay: Relay, live: Any, head: Any) -> BlackBoxStream[Any]:
         """A stream over an opened live stream, accounted by the relay."""
-        return BlackBoxStream(self._live(relay, live, head), response=live.response, info=relay.call.info)
+        return BlackBoxStream(self._live(relay, live, head), response=live.response, info=relay.call.info, abandon=partial(relay.abort, None))
 
     # ---------------------------------------------------------------- effects
     def _run(self, flow: flows.Flow) -> Any:
@@ -89,9 +90,9 @@ class SyncCore(Core):
             return effect.call.opts.rate_limit.admit(key=effect.call.opts.budget_key, model=effect.call.model, tokens=effect.tokens)
         if effect.kind == "send":
             if len(effect.requests) == 1:
-                return [self._retry(effect.call, effect.requests[0])]
+                return [self._outcome(effect.call, effect.requests[0])]
             with ThreadPoolExecutor(max_workers=min(MAX_FANOUT_WORKERS, len(effect.requests))) as pool:
-                return list(pool.map(lambda request: self._retry(effect.call, request), effect.requests))
+                return list(pool.map(lambda request: self._outcome(effect.call, request), effect.requests))
         if effect.kind == "open":
             return self._open(effect.call, effect.request)
         if effect.kind == "raw":
@@ -109,6 +110,13 @@ class SyncCore(Core):
             response = call.opts.retry.call(replay(first, send), on_retry=lambda _: self.count_retry(call))
         call.info.requests += 1
         return response
+
+    def _outcome(self, call: Call, send: Callable[[], Any]) -> Any:
+        """One request of a "send": its answer, or the error it ended with (the flow settles what arrived)."""
+        try:
+            return self._retry(call, send)
+        except Exception as error:  # noqa: BLE001 - handed back in place of the answer
+            return error
 
     def _open(self, call: Call, request: Callable[[], Any]) -> tuple[Any, Any]:
         """Open a stream and read its first chunk, retrying only until that chunk has arrived."""

@@ -11,7 +11,6 @@ from .._exceptions import InvalidRequestError
 from .._types import CHAT, COMPLETIONS, RESPONSES, Route
 
 _UNSET = (openai.NotGiven, openai.Omit)
-ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
 
 def given(value: Any) -> bool:
@@ -28,18 +27,38 @@ def _check_number(params: Mapping[str, Any], name: str, low: float, high: float)
         raise InvalidRequestError(f"{name} must be a number in [{low}, {high}], got {value!r}", param=name)
 
 
-def validate_sampling(params: Mapping[str, Any]) -> None:
-    """`n`, `max_tokens`, `temperature`, `top_p` in range."""
-    for name in ("n", "max_tokens", "max_completion_tokens"):
-        value = params.get(name)
-        if given(value) and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise InvalidRequestError(f"{name} must be an integer >= 1, got {value!r}", param=name)
+MAX_N = 128  # OpenAI's own limit on `n`; more would fan out that many requests where a server ignores `n`
+
+
+def _check_integer(params: Mapping[str, Any], name: str, low: int, high: int | None = None) -> None:
+    """An integer option inside [low, high], when given."""
+    value = params.get(name)
+    if given(value) and (isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high)):
+        bounds = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise InvalidRequestError(f"{name} must be an integer {bounds}, got {value!r}", param=name)
+
+
+def validate_sampling(params: Mapping[str, Any], min_tokens: int = 1) -> None:
+    """`n` in [1, 128], the output caps >= `min_tokens`, `temperature` and `top_p` in range, `stream` a bool."""
+    _check_integer(params, "n", 1, MAX_N)
+    _check_integer(params, "max_tokens", min_tokens)
+    _check_integer(params, "max_completion_tokens", 1)
     _check_number(params, "temperature", 0.0, 2.0)
     _check_number(params, "top_p", 0.0, 1.0)
 
 
+def validate_stream(params: Mapping[str, Any]) -> None:
+    """`stream` a bool and `stream_options` an object, when given: a truthy string would open a stream
+    the caller does not expect to read (and so never settles)."""
+    stream, options = params.get("stream"), params.get("stream_options")
+    if given(stream) and not isinstance(stream, bool):
+        raise InvalidRequestError(f"stream must be true or false, got {stream!r}", param="stream")
+    if given(options) and not isinstance(options, Mapping):
+        raise InvalidRequestError(f"stream_options must be an object, got {options!r}", param="stream_options")
+
+
 def validate_chat(params: Mapping[str, Any]) -> None:
-    """Chat messages: a non-empty list of {role, content} with a known role."""
+    """Chat messages: a non-empty list of {role, content}, each role a string (servers add their own, such as vLLM's "ipython")."""
     messages = params.get("messages")
     if isinstance(messages, (str, bytes)) or not hasattr(messages, "__iter__"):
         raise InvalidRequestError("messages must be a list of {'role', 'content'} objects", param="messages")
@@ -47,10 +66,9 @@ def validate_chat(params: Mapping[str, Any]) -> None:
     if not messages:
         raise InvalidRequestError("messages must not be empty", param="messages")
     for i, message in enumerate(messages):
-        if not isinstance(message, Mapping) or message.get("role") not in ROLES:
-            raise InvalidRequestError(
-                f"messages[{i}] must be an object with a role in {sorted(ROLES)}", param=f"messages[{i}]"
-            )
+        role = message.get("role") if isinstance(message, Mapping) else None
+        if not isinstance(role, str) or not role:
+            raise InvalidRequestError(f"messages[{i}] must be an object with a role (a string)", param=f"messages[{i}]")
         content = message.get("content")
         if content is not None and not isinstance(content, (str, list)):
             raise InvalidRequestError(f"messages[{i}].content must be a string or a list of parts", param=f"messages[{i}].content")
@@ -58,11 +76,11 @@ def validate_chat(params: Mapping[str, Any]) -> None:
 
 
 def validate_completion(params: Mapping[str, Any]) -> None:
-    """Legacy completions: a prompt string (or list of strings / token ids)."""
+    """Legacy completions: a prompt string (or list of strings / token ids); `max_tokens` may be 0 (with `echo`, to score a prompt)."""
     prompt = params.get("prompt")
     if not isinstance(prompt, (str, list)):
         raise InvalidRequestError("prompt must be a string or a list", param="prompt")
-    validate_sampling(params)
+    validate_sampling(params, min_tokens=0)
 
 
 def validate_embedding(params: Mapping[str, Any]) -> None:
@@ -73,17 +91,12 @@ def validate_embedding(params: Mapping[str, Any]) -> None:
 
 
 def validate_responses(params: Mapping[str, Any]) -> None:
-    """Responses: `input` a string or a list of items (left out only to continue a stored prompt,
-    response or conversation), `max_output_tokens`, `temperature`, `top_p` in range."""
+    """Responses: `input`, when given (instructions alone, a stored prompt, response or conversation
+    can stand for it), a string or a list of items; `max_output_tokens`, `temperature`, `top_p` in range."""
     value = params.get("input")
-    continues = any(given(params.get(name)) for name in ("prompt", "previous_response_id", "conversation"))
-    if not given(value) and not continues:
-        raise InvalidRequestError("input is required: a string or a list of input items", param="input")
-    if given(value) and (not isinstance(value, (str, list, tuple)) or not (value or continues)):
-        raise InvalidRequestError("input must be a non-empty string or list of input items", param="input")
-    cap = params.get("max_output_tokens")
-    if given(cap) and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
-        raise InvalidRequestError(f"max_output_tokens must be an integer >= 1, got {cap!r}", param="max_output_tokens")
+    if given(value) and not isinstance(value, (str, list, tuple)):
+        raise InvalidRequestError("input must be a string or a list of input items", param="input")
+    _check_integer(params, "max_output_tokens", 1)
     _check_number(params, "temperature", 0.0, 2.0)
     _check_number(params, "top_p", 0.0, 1.0)
 
@@ -98,6 +111,7 @@ def validate_model(params: Mapping[str, Any]) -> None:
 def validate(route: Route, params: Mapping[str, Any]) -> None:
     """The checks of the request's route."""
     validate_model(params)
+    validate_stream(params)
     if route is CHAT:
         validate_chat(params)
     elif route is COMPLETIONS:

@@ -152,13 +152,15 @@ class Budget(BaseModel):
         local: bool = False,
         call_id: str | None = None,
         prompt_per_choice: bool = False,
+        shrink: bool = True,
     ) -> Reservation:
         """Atomically check every cap and hold the call's worst case; raise BudgetExceededError if it can't fit.
 
         `max_output_tokens=None` assumes `default_max_output_tokens`; pass 0 for embeddings. `key`
         defaults to the budget's key. `prompt_per_choice` charges the prompt once per choice, for
-        servers that ignore `n` (each choice is then a request of its own). Send the returned `n`
-        and `max_output_tokens` with the call.
+        servers that ignore `n` (each choice is then a request of its own). `shrink=False` refuses
+        rather than shrinks under `policy="shrink"` (a call whose choices can't be dropped, such as
+        several prompts or `best_of`). Send the returned `n` and `max_output_tokens` with the call.
         """
         key = self._key_for(key)
         output = self.default_max_output_tokens if max_output_tokens is None else max_output_tokens
@@ -175,7 +177,7 @@ class Budget(BaseModel):
         )
         worst = request.worst_nano(request.n, request.max_output)
         hold = Hold(uuid.uuid4().hex, call_id or uuid.uuid4().hex, model, key, day, worst, self.lease_s)
-        fit = self._hold(request, hold, caps)
+        fit = self._hold(request, hold, caps, shrink)
         return Reservation(
             id=hold.reservation_id,
             call_id=hold.call_id,
@@ -191,9 +193,9 @@ class Budget(BaseModel):
             leased_until=time.monotonic() + self.lease_s,
         )
 
-    def _hold(self, request: Request, hold: Hold, caps: list[Cap]) -> Fit:
+    def _hold(self, request: Request, hold: Hold, caps: list[Cap], shrink: bool) -> Fit:
         """Hold the call's worst case; if a cap refuses, shrink it (when allowed) and try once more, else refuse."""
-        policy = Policy(shrink=self.policy == "shrink", min_output_tokens=self.min_output_tokens)
+        policy = Policy(shrink=shrink and self.policy == "shrink", min_output_tokens=self.min_output_tokens)
         refused = self._ledger.reserve(hold, caps)
         if refused is None:
             return Fit(request.n, request.max_output, hold.usd_nano)

@@ -72,6 +72,7 @@ class RateLimits(Closing):
     max_wait_s: float = 60.0
     store: str | Path | None = None
     window_s: float = 60.0
+    default_max_output_tokens: int = 4096
     clock: Callable[[], float] | None = field(default=None, compare=False)
     sleep: Callable[[float], Any] = field(default=time.sleep, compare=False)
     asleep: Callable[[float], Awaitable[Any]] = field(default=asyncio.sleep, compare=False)
@@ -85,6 +86,7 @@ class RateLimits(Closing):
             "policy": check.choice("policy", self.policy, ("raise", "wait")),
             "max_wait_s": check.seconds("max_wait_s", self.max_wait_s, zero=True),
             "window_s": check.seconds("window_s", self.window_s, zero=False),
+            "default_max_output_tokens": check.limit("default_max_output_tokens", self.default_max_output_tokens),
             "store": check.store(self.store),
         }
         if values["rpm"] is None and values["tpm"] is None:

@@ -13,6 +13,7 @@ from functools import cached_property
 from typing import Any
 
 from openai import omit
+from openai._models import add_request_id
 from openai._utils import is_dict, is_given
 from openai.lib import _response_resources as oai_helpers
 from openai.lib._parsing._responses import parse_response, parse_text, type_to_text_format_param
@@ -51,6 +52,7 @@ def parse_request(kwargs: Json) -> tuple[Json, Callable[[str], bool] | None, Fin
 
     def finish(response: Any) -> Any:
         parsed = parse_response(text_format=output_format, input_tools=tools, response=response)
+        add_request_id(parsed, getattr(response, "_request_id", None))  # openai's parse keeps the request's id
         return attach(parsed, response.blackbox)
 
     valid = fits(lambda answer: parse_text(answer, output_format, phase=None)) if is_given(output_format) else None

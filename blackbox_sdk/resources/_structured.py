@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from openai import omit
+from openai._models import add_request_id
 from openai.lib._parsing import parse_chat_completion, type_to_response_format_param, validate_input_tools
 from openai.lib._parsing._completions import _parse_content as parse_content
 
@@ -28,11 +29,13 @@ def parse_request(kwargs: dict[str, Any]) -> tuple[dict[str, Any], Valid, Callab
         raise ConfigError("parse() returns a whole completion; use chat.completions.stream(...) to stream")
     response_format = kwargs.pop("response_format", omit)
     tools = kwargs.pop("tools", omit)
-    validate_input_tools(tools)
-    request = {**kwargs, "response_format": type_to_response_format_param(response_format), "tools": tools}
+    tools = validate_input_tools(tools)  # a list: an iterator given as `tools` is read once, here
+    headers = {"X-Stainless-Helper-Method": "chat.completions.parse", **(kwargs.pop("extra_headers", None) or {})}  # as openai's parse
+    request = {**kwargs, "response_format": type_to_response_format_param(response_format), "tools": tools, "stream": False, "extra_headers": headers}
 
     def finish(completion: Any) -> Any:
         parsed = parse_chat_completion(response_format=response_format, chat_completion=completion, input_tools=tools)
+        add_request_id(parsed, getattr(completion, "_request_id", None))  # openai's parse keeps the request's id
         return attach(parsed, completion.blackbox)
 
     valid = fits(lambda answer: parse_content(response_format, answer)) if isinstance(response_format, type) else None

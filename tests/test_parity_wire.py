@@ -1,0 +1,139 @@
+"""The same call through `openai.OpenAI` and `blackbox_sdk.OpenAI` against one in-process server:
+what goes on the wire and what comes back agree, where a user switching clients would notice."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import openai
+import pydantic
+import pytest
+
+import blackbox_sdk
+from blackbox_sdk import Budget, OpenAI
+
+HI = [{"role": "user", "content": "hi"}]
+USAGE = {
+    "prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7,
+    "prompt_tokens_details": {"cached_tokens": 4}, "completion_tokens_details": {"reasoning_tokens": 1},
+}
+CHAT = {
+    "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": '{"city": "Paris"}'}, "finish_reason": "stop"}],
+    "usage": USAGE, "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": {}}],
+}
+EMBEDDING = {"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}], "model": "e", "usage": {"prompt_tokens": 1, "total_tokens": 1}}
+BASE = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o"}
+CHUNKS = [
+    {"id": "", "object": "", "created": 0, "model": "", "choices": [], "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": {}}]},
+    {**BASE, "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hi"}, "finish_reason": None}], "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}},
+    {**BASE, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}},
+    {**BASE, "choices": [], "usage": USAGE},
+]
+
+
+class City(pydantic.BaseModel):
+    city: str
+
+
+class Server:
+    """Answers like OpenAI (request id header, chat, SSE, embeddings) and keeps every request."""
+
+    def __init__(self) -> None:
+        self.requests: list[httpx2.Request] = []
+
+    def __call__(self, request: httpx2.Request) -> httpx2.Response:
+        self.requests.append(request)
+        headers = {"x-request-id": "req_abc"}
+        if request.url.path.endswith("/embeddings"):
+            return httpx2.Response(200, json=EMBEDDING, headers=headers)
+        if json.loads(request.content).get("stream"):
+            sse = "".join(f"data: {json.dumps(c)}\n\n" for c in CHUNKS) + "data: [DONE]\n\n"
+            return httpx2.Response(200, content=sse.encode(), headers={**headers, "content-type": "text/event-stream"})
+        return httpx2.Response(200, json=CHAT, headers=headers)
+
+    def body(self, i: int = -1) -> dict[str, Any]:
+        """The JSON body of request `i`."""
+        return json.loads(self.requests[i].content)
+
+
+def both(**options: Any) -> tuple[openai.OpenAI, OpenAI, Server, Server]:
+    """openai's client and the SDK's, each on its own recording server."""
+    plain, ours = Server(), Server()
+    kwargs = {"api_key": "sk-test", "base_url": "https://api.test/v1", "max_retries": 0}
+    return (
+        openai.OpenAI(**kwargs, http_client=httpx2.Client(transport=httpx2.MockTransport(plain))),
+        OpenAI(**kwargs, http_client=httpx2.Client(transport=httpx2.MockTransport(ours)), **options),
+        plain,
+        ours,
+    )
+
+
+def test_raw_and_streaming_views_of_embeddings_work_as_openais() -> None:
+    theirs, ours, plain, mine = both()
+    for client in (theirs, ours):
+        raw = client.embeddings.with_raw_response.create(model="e", input="hi")
+        assert raw.parse().data[0].embedding == [0.1, 0.2]
+        with client.embeddings.with_streaming_response.create(model="e", input="hi") as streamed:
+            assert streamed.parse().data[0].embedding == [0.1, 0.2]
+    assert [r.content for r in mine.requests] == [r.content for r in plain.requests]  # no output cap added
+
+
+def test_a_stream_with_no_options_comes_through_chunk_for_chunk() -> None:
+    """A choice-less chunk (Azure's prompt filter results) passes, running usage stays on its chunks,
+    and the include_usage chunk is the server's last count with its details, not a sum of all."""
+    theirs, ours, _, _ = both()
+    params: dict[str, Any] = {"model": "gpt-4o", "messages": HI, "stream": True, "stream_options": {"include_usage": True}}
+    expected = [chunk.to_dict() for chunk in theirs.chat.completions.create(**params)]
+    assert [chunk.to_dict() for chunk in ours.chat.completions.create(**params)] == expected
+
+
+def test_parse_sends_what_openais_parse_sends_and_keeps_the_request_id() -> None:
+    theirs, ours, plain, mine = both()
+    got = [client.chat.completions.parse(model="gpt-4o", messages=HI, response_format=City) for client in (theirs, ours)]
+    assert got[1].choices[0].message.parsed == City(city="Paris")
+    assert mine.body() == plain.body() and mine.body()["stream"] is False
+    assert mine.requests[-1].headers["x-stainless-helper-method"] == "chat.completions.parse"
+    assert got[0]._request_id == got[1]._request_id == "req_abc"
+
+
+def test_an_explicit_none_and_a_generator_go_out_as_openai_sends_them() -> None:
+    theirs, ours, plain, mine = both()
+    for client in (theirs, ours):
+        client.chat.completions.create(model="gpt-4o", messages=(m for m in HI), n=None)
+    assert mine.body() == plain.body() and mine.body()["n"] is None and mine.body()["messages"] == HI
+
+
+@pytest.mark.parametrize("model", ["o3-mini", "gpt-5"])
+def test_a_budget_caps_reasoning_models_with_max_completion_tokens(model: str) -> None:
+    """OpenAI's o-series and gpt-5 refuse `max_tokens`: the budget's default cap goes out under the name they take."""
+    _, ours, _, mine = both(budget=Budget(total_usd=10.0))
+    ours.chat.completions.create(model=model, messages=HI)
+    assert "max_tokens" not in mine.body() and mine.body()["max_completion_tokens"] > 0
+
+
+def test_a_budget_keeps_max_tokens_for_other_models() -> None:
+    _, ours, _, mine = both(budget=Budget(total_usd=10.0))
+    ours.chat.completions.create(model="gpt-4o", messages=HI)
+    assert mine.body()["max_tokens"] > 0 and "max_completion_tokens" not in mine.body()
+
+
+def test_a_cache_hit_keeps_the_providers_fields_and_has_a_request_id(tmp_path: Path) -> None:
+    _, ours, _, mine = both(cache=str(tmp_path / "cache"))
+    first = ours.chat.completions.create(model="gpt-4o", messages=HI)
+    hit = ours.chat.completions.create(model="gpt-4o", messages=HI)
+    assert hit.blackbox.cache_hit and len(mine.requests) == 1
+    assert hit.model_extra == first.model_extra == {"prompt_filter_results": CHAT["prompt_filter_results"]}
+    assert first._request_id == "req_abc" and hit._request_id is None  # no request answered the hit
+
+
+def test_the_module_level_client_uses_the_module_http_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    server = Server()
+    for name, value in {"api_key": "sk-test", "base_url": "https://api.test/v1", "http_client": httpx2.Client(transport=httpx2.MockTransport(server))}.items():
+        monkeypatch.setattr(blackbox_sdk, name, value)
+    answer = blackbox_sdk.chat.completions.create(model="gpt-4o", messages=HI)
+    assert answer.choices[0].message.content == '{"city": "Paris"}' and len(server.requests) == 1
+
