@@ -21,10 +21,15 @@ import pytest
 import uvicorn
 from openai.types import Completion, CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from prometheus_client.parser import text_string_to_metric_families
+from starlette.routing import Route
+from starlette.testclient import TestClient
 
 from blackbox_sdk import Budget, CallLog, ConfigError
 from blackbox_sdk.local import free_port
-from blackbox_sdk.serve import ProxyConfig, Tenant, create_app, load_config
+from blackbox_sdk.serve import ProxyConfig, ProxyError, Tenant, create_app, load_config
+from blackbox_sdk.serve._body import MAX_JSON_DEPTH, parse_object
+from blackbox_sdk.serve._routes import CHAT, Generating, generating
 
 pytestmark = pytest.mark.slow
 
@@ -167,6 +172,14 @@ def test_a_raw_sse_stream_is_openais_event_format(proxy: Proxy) -> None:
     assert json.loads(events[0][len("data: "):])["object"] == "chat.completion.chunk"
 
 
+def _nested(depth: int) -> list[Any]:
+    """Lists nested `depth` deep."""
+    value: list[Any] = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
 @pytest.mark.parametrize(
     ("body", "status", "param"),
     [
@@ -176,6 +189,8 @@ def test_a_raw_sse_stream_is_openais_event_format(proxy: Proxy) -> None:
         pytest.param(json.dumps({"model": MODEL}).encode(), 400, "messages", id="no-messages"),
         pytest.param(json.dumps({"model": MODEL, "messages": HELLO, "budget": None}).encode(), 400, "budget", id="an-sdk-option"),
         pytest.param(b'{"model": "smollm2", "messages": "' + b"x" * (10 * 1024 * 1024) + b'"}', 413, None, id="10MB"),
+        pytest.param(json.dumps({"model": MODEL, "messages": HELLO, "x": _nested(MAX_JSON_DEPTH)}).encode(), 400, None, id="nested-65-deep"),
+        pytest.param(b'{"model": "smollm2", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}", 400, None, id="nested-5000-deep"),
     ],
 )
 def test_bad_requests_get_openai_errors_and_reach_nothing(proxy: Proxy, folder: Path, body: bytes, status: int, param: str | None) -> None:
@@ -189,6 +204,46 @@ def test_bad_requests_get_openai_errors_and_reach_nothing(proxy: Proxy, folder: 
     log.flush()
     assert len(list(log.calls())) == calls and _spent(folder) == spent  # nothing sent, nothing charged
     assert httpx2.get(f"{proxy.url}/healthz").status_code == 200  # and the proxy keeps serving
+
+
+def test_nesting_is_limited_without_recursion() -> None:
+    assert parse_object(json.dumps({"x": _nested(MAX_JSON_DEPTH - 1)}).encode())["x"]  # exactly the limit: accepted
+    for body in (json.dumps({"x": _nested(MAX_JSON_DEPTH)}).encode(), b'{"x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"):
+        with pytest.raises(ProxyError) as refused:
+            parse_object(body)
+        assert refused.value.status == 400 and refused.value.code == "invalid_json"
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "text/plain;charset=UTF-8", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"])
+def test_a_body_a_browser_may_send_cross_site_is_refused_with_415(proxy: Proxy, folder: Path, content_type: str) -> None:
+    log = _log(folder)
+    log.flush()
+    calls = len(list(log.calls()))
+    answer = proxy.post("/chat/completions", json.dumps({"model": MODEL, "messages": HELLO, "max_tokens": 2}).encode(), **{"content-type": content_type})
+    assert answer.status_code == 415
+    error = answer.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and "Content-Type: application/json" in error["message"]
+    log.flush()
+    assert len(list(log.calls())) == calls  # nothing sent
+
+
+def test_json_bodies_are_taken_with_a_charset_or_no_content_type(proxy: Proxy) -> None:
+    body = json.dumps({"model": MODEL, "messages": HELLO, "max_tokens": 2}).encode()
+    assert proxy.post("/chat/completions", body, **{"content-type": "application/json; charset=utf-8"}).status_code == 200
+    assert httpx2.post(f"{proxy.base_url}/chat/completions", content=body, timeout=60).status_code == 200  # no Content-Type at all
+
+
+def test_without_keys_only_requests_addressed_to_this_machine_are_answered(proxy: Proxy) -> None:
+    rebound = {"host": "rebind.attacker.example", "origin": "http://rebind.attacker.example"}  # DNS rebinding: the page's own name
+    for method, path in (("GET", "/metrics"), ("GET", "/"), ("GET", "/v1/models"), ("POST", "/v1/chat/completions")):
+        answer = httpx2.request(method, f"{proxy.url}{path}", headers=rebound, json={"model": MODEL, "messages": HELLO}, timeout=60)
+        assert answer.status_code == 403 and answer.json()["error"]["code"] == "host_not_allowed"
+    for host in (f"localhost:{proxy.port}", f"127.0.0.1:{proxy.port}", f"[::1]:{proxy.port}", "LOCALHOST"):
+        assert httpx2.get(f"{proxy.url}/v1/models", headers={"host": host}, timeout=60).status_code == 200
+    with TestClient(create_app(ProxyConfig(upstream=proxy.base_url, open_without_keys=True)), base_url="http://proxy.internal") as opened:
+        assert opened.get("/healthz").status_code == 200  # served beyond loopback on purpose: any name
+    with TestClient(create_app(ProxyConfig(upstream=proxy.base_url), authenticate=lambda key: None), base_url="http://proxy.internal") as keyed:
+        assert keyed.get("/healthz").status_code == 200  # with keys, a request is judged by its key
 
 
 def test_the_openai_client_raises_its_own_errors_and_unknown_routes_are_404(proxy: Proxy) -> None:
@@ -271,7 +326,7 @@ def _length(reply: bytes) -> int:
 
 
 def test_a_chunked_body_over_the_limit_is_refused_before_it_ends(proxy: Proxy) -> None:
-    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: proxy\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
     megabyte = b" " * (1024 * 1024)
     pieces = [b"%x\r\n%s\r\n" % (len(megabyte), megabyte)] * 4 + [b"10\r\n" + b" " * 16 + b"\r\n"]
     reply = _raw_exchange(proxy.port, head, pieces)  # the body never ends: the answer comes at the limit
@@ -279,9 +334,27 @@ def test_a_chunked_body_over_the_limit_is_refused_before_it_ends(proxy: Proxy) -
 
 
 def test_a_client_that_stalls_mid_body_gets_408(proxy: Proxy) -> None:
-    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: proxy\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
     reply = _raw_exchange(proxy.port, head, [b'{"model": "smollm2", '])
     assert reply.startswith(b"HTTP/1.1 408") and b"request_timeout" in reply
+
+
+def _answered(proxy: Proxy, status: str) -> float:
+    """How many chat requests the proxy counted as answered with `status` (its /metrics, read from this machine)."""
+    text = httpx2.get(f"{proxy.url}/metrics", timeout=30).text
+    samples = (sample for family in text_string_to_metric_families(text) for sample in family.samples)
+    return sum(s.value for s in samples if s.name == "blackbox_proxy_requests_total" and (s.labels["route"], s.labels["status"]) == ("chat", status))
+
+
+def test_a_client_that_leaves_mid_body_is_counted_as_closed_not_as_a_failure(proxy: Proxy) -> None:
+    closed, failed = _answered(proxy, "499"), _answered(proxy, "500")
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=30) as sock:
+        sock.sendall(head + b'{"model": "smollm2", ')
+    deadline = time.monotonic() + 30
+    while _answered(proxy, "499") == closed and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _answered(proxy, "499") == closed + 1 and _answered(proxy, "500") == failed
 
 
 def test_a_client_that_leaves_mid_stream_is_settled_and_logged(proxy: Proxy, folder: Path) -> None:
@@ -385,6 +458,53 @@ def test_an_upstream_refusing_the_proxys_key_is_502_and_the_key_stays_inside(mon
     assert seen == ["Bearer sk-upstream-secret"]  # the upstream got the proxy's key from the environment, not the client's
     assert answer.status_code == 502 and answer.json()["error"]["code"] == "upstream_auth_failed"
     assert "cret" not in answer.text and "sk-upstream" not in answer.text
+
+
+def test_an_upstream_error_passes_as_openais_four_fields_redacted(monkeypatch: pytest.MonkeyPatch) -> None:
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Echoing(BaseHTTPRequestHandler):  # a fault double: an upstream whose error object echoes the request's key
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            sent = self.headers.get("Authorization", "")
+            error = {"message": f"no; you sent {sent}", "type": "invalid_request_error", "param": f"auth={sent}", "code": 4001, "debug": {"header": sent}}
+            refusal = json.dumps({"error": error}).encode()
+            self.send_response(400)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(refusal)))
+            self.end_headers()
+            self.wfile.write(refusal)
+
+        def log_message(self, *args: object) -> None:
+            """Quiet."""
+
+    upstream = ThreadingHTTPServer(("127.0.0.1", 0), Echoing)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    monkeypatch.setenv("UPSTREAM_KEY", "upstream-Secret-0123456789")  # a shape no pattern knows
+    config = ProxyConfig(upstream=f"http://127.0.0.1:{upstream.server_address[1]}/v1", upstream_api_key_env="UPSTREAM_KEY", max_retries=0)
+    body = {"model": MODEL, "messages": HELLO}
+    try:
+        with Proxy(config) as running:
+            answers = [running.post("/chat/completions", json.dumps({**body, "stream": stream}).encode()) for stream in (False, True)]
+    finally:
+        upstream.shutdown()
+        upstream.server_close()
+    for answer in answers:
+        assert answer.status_code == 400 and "Secret" not in answer.text
+        assert answer.json()["error"] == {"message": "no; you sent Bearer [REDACTED]", "type": "invalid_request_error", "param": "auth=Bearer [REDACTED]", "code": "4001"}
+
+
+def test_a_stream_the_body_did_not_ask_for_is_still_sent_and_closed(llama_server: str, tmp_path: Path) -> None:
+    # the SDK's answer, not the body's `stream`, decides how it is sent: a stream is never left open
+    streaming = Generating("chat", ("model", "messages"), CHAT.signature, lambda client, a: client.chat.completions.create(**a, stream=True))
+    budget = {"total_usd": 100.0, "prices": PRICES, "ledger": str(tmp_path / "ledger.db")}
+    config = ProxyConfig(upstream=llama_server, log=str(tmp_path / "calls.db"), budget=budget)
+    with Proxy(config, routes=[Route("/v1/always/streamed", generating(streaming), methods=["POST"])]) as running:
+        answer = running.post("/always/streamed", json.dumps({"model": MODEL, "messages": HELLO, "max_tokens": 4}).encode())
+    assert answer.status_code == 200 and answer.text.endswith("data: [DONE]\n\n")
+    [record] = CallLog(tmp_path / "calls.db").calls()
+    assert record.error is None and record.call_id == answer.headers["x-blackbox-call-id"]
+    assert Budget(prices=PRICES, ledger=str(tmp_path / "ledger.db")).report().outstanding_reservations == 0
 
 
 def test_the_config_file_maps_onto_the_clients_options_and_refuses_unknown_keys(tmp_path: Path) -> None:

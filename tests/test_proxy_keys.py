@@ -19,6 +19,7 @@ import redis
 from servers import RedisServer
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
+from starlette.types import ASGIApp, Message
 
 from blackbox_sdk import (
     BudgetExceededError,
@@ -248,6 +249,37 @@ def test_admin_routes_create_list_and_revoke(store: KeyStore) -> None:
         assert bad.status_code == 400 and bad.json()["error"]["type"] == "invalid_request_error"
         assert http.post("/admin/keys", content=b"{not json", headers=admin).status_code == 400
         assert http.post("/admin/keys", content=b" " * (65 * 1024), headers=admin).status_code == 413
+
+
+async def _post_chunks(app: ASGIApp, path: str, headers: dict[str, str], chunks: int = 1000) -> tuple[int, int]:
+    """POST a chunked body of `chunks` 16 KiB pieces straight to an ASGI app: its answer's status and how many pieces it read."""
+    read = status = 0
+
+    async def receive() -> Message:
+        nonlocal read
+        read += 1
+        return {"type": "http.request", "body": b"k" * 16384, "more_body": read < chunks}
+
+    async def send(message: Message) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+
+    raw_headers = [(name.encode(), value.encode()) for name, value in headers.items()]
+    scope = {"type": "http", "http_version": "1.1", "method": "POST", "scheme": "http", "path": path, "raw_path": path.encode(),
+             "query_string": b"", "root_path": "", "headers": raw_headers, "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000)}
+    await app(scope, receive, send)
+    return status, read
+
+
+async def test_login_and_key_creation_stop_reading_a_body_at_their_limit(tmp_path: Path) -> None:
+    with open_key_store(tmp_path / "keys.db", admin_key=ADMIN) as keys:
+        app = create_app(ProxyConfig(upstream="http://127.0.0.1:9/v1"), authenticate=lambda key: None, routes=admin_routes(keys), keys=keys)
+        login = await _post_chunks(app, "/login", {"content-type": "application/x-www-form-urlencoded"})
+        created = await _post_chunks(app, "/admin/keys", {"authorization": f"Bearer {ADMIN}", "content-type": "application/json"})
+        assert keys.list() == []
+    assert login == (413, 1)  # 16 MiB offered, one piece read: past MAX_LOGIN_BODY (4 KiB)
+    assert created == (413, 5)  # past MAX_ADMIN_BODY_BYTES (64 KiB)
 
 
 @pytest.mark.parametrize("headers", [

@@ -94,7 +94,7 @@ def test_counters_move_with_real_calls_and_show_no_key(keyed: tuple[TestClient, 
     text, samples = scrape(http, authorization=f"Bearer {ADMIN}")
     mine = {"key": "team-a", "model": MODEL}
     assert value(samples, "blackbox_proxy_requests_total", route="chat", status="200", **mine) == 3
-    assert value(samples, "blackbox_proxy_requests_total", route="chat", status="404", key="team-a", model="gpt-4o") == 1
+    assert value(samples, "blackbox_proxy_requests_total", route="chat", status="404", key="team-a", model="refused") == 1
     assert value(samples, "blackbox_proxy_requests_total", route="chat", status="401", key="") == 1
     assert value(samples, "blackbox_proxy_cache_lookups_total", result="hit", **mine) == 1  # the hit, counted once
     assert value(samples, "blackbox_proxy_cache_lookups_total", result="miss", **mine) == 2
@@ -128,21 +128,21 @@ def test_a_browser_session_reads_metrics_too_and_logs_out(keyed: tuple[TestClien
 def test_upstream_errors_are_counted_and_metrics_stay_on_loopback_without_keys(tmp_path: Path) -> None:
     dead = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there: a real connection failure
     app = create_app(ProxyConfig(upstream=dead, max_retries=0))
-    with TestClient(app, client=("127.0.0.1", 50000)) as http:
+    with TestClient(app, base_url="http://localhost", client=("127.0.0.1", 50000)) as http:
         _ready(http)
         failed = http.post("/v1/chat/completions", json={"model": MODEL, "messages": HELLO, "max_tokens": 4})
         assert failed.status_code == 502
         _, samples = scrape(http)  # no keys: this machine may read it without a key
         assert value(samples, "blackbox_proxy_upstream_errors_total", kind="connection", model=MODEL, key="") == 1
         assert value(samples, "blackbox_proxy_requests_total", status="502") == 1
-    with TestClient(app, client=("203.0.113.7", 50000)) as remote:
+    with TestClient(app, base_url="http://localhost", client=("203.0.113.7", 50000)) as remote:
         assert remote.get("/metrics").status_code == 403 and remote.get("/").status_code == 403
 
 
 def test_two_apps_in_one_process_keep_their_own_metrics(llama_server: str) -> None:
     one, two = create_app(ProxyConfig(upstream=llama_server)), create_app(ProxyConfig(upstream=llama_server))
     loopback = ("127.0.0.1", 50000)
-    with TestClient(one, client=loopback) as first, TestClient(two, client=loopback) as second:
+    with TestClient(one, base_url="http://localhost", client=loopback) as first, TestClient(two, base_url="http://localhost", client=loopback) as second:
         _ready(first)
         assert first.post("/v1/chat/completions", json={"model": MODEL, "messages": HELLO, "max_tokens": 2}).status_code == 200
         assert value(scrape(first)[1], "blackbox_proxy_requests_total", route="chat") == 1
@@ -155,6 +155,19 @@ def test_the_model_label_is_bounded() -> None:
     names = ModelNames()
     assert [names.label(f"m{i}") for i in range(MAX_MODELS)] == [f"m{i}" for i in range(MAX_MODELS)]
     assert names.label("one-too-many") == "other" and names.label("m3") == "m3" and names.label(7) == ""
+
+
+def test_refused_model_names_take_no_model_label(keyed: tuple[TestClient, str, Path]) -> None:
+    from blackbox_sdk.serve._metrics import MAX_MODELS
+
+    http, secret, _ = keyed
+    as_a = {"authorization": f"Bearer {secret}"}
+    for number in range(MAX_MODELS):  # names team-a may not use: each refused with 404, nothing sent
+        assert http.post("/v1/chat/completions", json={"model": f"not-mine-{number}", "messages": HELLO}, headers=as_a).status_code == 404
+    assert http.post("/v1/chat/completions", json={"model": MODEL, "messages": HELLO, "max_tokens": 2}, headers=as_a).status_code == 200
+    _, samples = scrape(http, authorization=f"Bearer {ADMIN}")
+    assert value(samples, "blackbox_proxy_requests_total", route="chat", status="404", key="team-a", model="refused") == MAX_MODELS
+    assert value(samples, "blackbox_proxy_requests_total", route="chat", status="200", key="team-a", model=MODEL) == 1
 
 
 def test_a_stream_without_a_usage_chunk_counts_the_tokens_the_sdk_settled(keyed: tuple[TestClient, str, Path]) -> None:

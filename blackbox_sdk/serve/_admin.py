@@ -19,6 +19,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .._exceptions import BlackBoxError
+from ._body import read_body
+from ._config import DEFAULT_BODY_TIMEOUT_S
 from ._errors import ProxyError, error_response
 from ._keys import KeyStore
 from ._tenants import presented_key
@@ -62,12 +64,7 @@ async def _guarded(request: Request, store: KeyStore, handle: Callable[[], Await
 
 async def _create(request: Request, store: KeyStore) -> Response:
     """Check the body, create the key, answer 201 with the secret (not cached by anything in between)."""
-    declared = request.headers.get("content-length", "0")
-    if declared.isdigit() and int(declared) > MAX_ADMIN_BODY_BYTES:
-        raise ProxyError(413, f"the request body is over {MAX_ADMIN_BODY_BYTES} bytes", code="request_too_large")
-    raw = await request.body()
-    if len(raw) > MAX_ADMIN_BODY_BYTES:
-        raise ProxyError(413, f"the request body is over {MAX_ADMIN_BODY_BYTES} bytes", code="request_too_large")
+    raw = await read_body(request, MAX_ADMIN_BODY_BYTES, DEFAULT_BODY_TIMEOUT_S)  # the routes have no configuration of their own
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):

@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from .._client import is_loopback_host
+from ._body import read_body
 from ._errors import ProxyError
 from ._keys import KeyStore
 from ._tenants import presented_key
@@ -65,13 +66,12 @@ class AdminGate:
             return ProxyError(403, "This proxy checks tenant keys but was given no key store for its admin key.", code="forbidden")
         return ProxyError(401, "This page needs the proxy's admin key: 'Authorization: Bearer ADMIN_KEY', or log in at /login.", code="invalid_api_key")
 
-    async def login(self, request: Request, response: Response) -> bool:
-        """Check a POSTed form's admin key; when it is right, set a new session cookie on `response`."""
+    async def login(self, request: Request, response: Response, body_timeout_s: float) -> bool:
+        """Check a POSTed form's admin key; when it is right, set a new session cookie on `response`.
+        The form is read up to MAX_LOGIN_BODY bytes and `body_timeout_s` (ProxyError 413 / 408 past them)."""
         if self.keys is None:
             return False
-        body = await request.body()
-        if len(body) > MAX_LOGIN_BODY:
-            return False
+        body = await read_body(request, MAX_LOGIN_BODY, body_timeout_s)
         presented = parse_qs(body.decode("utf-8", "replace")).get("key", [""])[0]
         if not self.keys.is_admin(presented):
             return False

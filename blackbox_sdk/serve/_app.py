@@ -1,5 +1,11 @@
 """`create_app`: the proxy as a Starlette ASGI application over the SDK's `AsyncOpenAI`, with its
-operations pages (/metrics and the status page at /, docs/proxy-operations.md)."""
+operations pages (/metrics and the status page at /, docs/proxy-operations.md).
+
+Without tenant keys (and without `open_without_keys`) the proxy trusts this machine, so it answers
+only requests addressed to it: a Host header naming a loopback address or the configured host.
+A web page can point a name of its own at 127.0.0.1 (DNS rebinding) and then read the proxy's
+answers as its own origin's; the Host it sends is still its own name, and is refused with 403.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +14,15 @@ from contextlib import asynccontextmanager
 
 import anyio
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from .._client import is_loopback_host
 from ._config import ProxyConfig, client_options
 from ._errors import error_body
 from ._key_tenants import TenantOptions
@@ -30,6 +40,35 @@ async def _no_route(request: Request, exc: Exception) -> Response:
     return JSONResponse(error_body(message, "invalid_request_error"), status_code=status)
 
 
+def _host_name(header: str) -> str:
+    """The name or address a Host header names, in lower case, without its port or an IPv6 address's brackets."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:].partition("]")[0]
+    return header.partition(":")[0]
+
+
+class LocalHostsOnly:
+    """ASGI middleware of a proxy without tenant keys: 403 for a request whose Host is neither a loopback
+    name or address nor the configured host (a page that rebound its own name to this machine)."""
+
+    def __init__(self, app: ASGIApp, bind_host: str) -> None:
+        self.app = app
+        self.bind_host = bind_host.strip("[]").lower()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not self.allows(Headers(scope=scope).get("host", "")):
+            message = "Without tenant keys this proxy answers only requests addressed to this machine (Host: localhost, 127.0.0.1 or [::1])."
+            await JSONResponse(error_body(message, "invalid_request_error", code="host_not_allowed"), status_code=403)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def allows(self, header: str) -> bool:
+        """Whether a Host header names this machine: a loopback name or address, or the host the proxy listens on."""
+        name = _host_name(header)
+        return name == self.bind_host or is_loopback_host(name)
+
+
 def create_app(
     config: ProxyConfig | None = None,
     *,
@@ -43,7 +82,8 @@ def create_app(
     `authenticate(presented_key) -> Tenant | None` plugs in a key store (None: no tenant keys);
     `routes` are served beside the proxy's own (the key store's /admin routes). `keys` (the key
     store) puts /metrics and the status page behind its admin key, and `tenants` (the options the
-    authenticator builds) lets the page read each key's spend from its ledger."""
+    authenticator builds) lets the page read each key's spend from its ledger. Without `authenticate`
+    (and without `open_without_keys`) only requests whose Host names this machine are answered."""
     config = config or ProxyConfig()
     proxy = Proxy(config, client_options(config), authenticate, keys=keys, tenants=tenants)
 
@@ -55,6 +95,9 @@ def create_app(
             yield
         await proxy.close()
 
-    app = Starlette(routes=[*ROUTES, *status_routes(), *routes], lifespan=lifespan, exception_handlers={404: _no_route, 405: _no_route})
+    local_only = authenticate is None and not config.open_without_keys
+    middleware = [Middleware(LocalHostsOnly, bind_host=config.host)] if local_only else []
+    handlers = {404: _no_route, 405: _no_route}
+    app = Starlette(routes=[*ROUTES, *status_routes(), *routes], middleware=middleware, lifespan=lifespan, exception_handlers=handlers)
     app.state.proxy = proxy
     return app

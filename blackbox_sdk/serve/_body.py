@@ -1,5 +1,10 @@
-"""A request's body: read up to a size limit and a deadline, parsed as a JSON object, and split into
-the openai arguments of the route's `create` and the rest (passed upstream in `extra_body`).
+"""A request's body: read up to a size limit and a deadline, parsed as a JSON object (nested at most
+MAX_JSON_DEPTH deep), and split into the openai arguments of the route's `create` and the rest
+(passed upstream in `extra_body`).
+
+A body whose Content-Type is one a browser sends cross-site without asking first (a CORS "simple"
+type: text/plain, a form) is refused with 415, so a web page cannot spend through a proxy that
+trusts this machine; JSON's type, or none, is accepted.
 
 The SDK's own options (`budget`, `cache`, `log`, ...) and openai's transport arguments
 (`extra_headers`, `timeout`, ...) are the proxy's to set, never a client's: a body naming one is
@@ -22,6 +27,16 @@ from ._errors import ProxyError
 
 _TRANSPORT = frozenset({"extra_headers", "extra_query", "extra_body", "timeout", "max_retries"})
 _RESERVED = frozenset(OPTION_NAMES) | _TRANSPORT
+_SIMPLE_TYPES = frozenset({"text/plain", "application/x-www-form-urlencoded", "multipart/form-data"})
+MAX_JSON_DEPTH = 64  # arrays and objects nested deeper are refused (the SDK walks bodies recursively)
+
+
+def check_content_type(request: Request) -> None:
+    """415 for a body sent as a browser's simple type, which a web page may POST cross-site with no preflight."""
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type in _SIMPLE_TYPES:
+        message = f"The Content-Type {media_type} is not accepted: send the JSON body with 'Content-Type: application/json'."
+        raise ProxyError(415, message, code="unsupported_media_type")
 
 
 async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
@@ -49,14 +64,37 @@ def _too_large(limit: int) -> ProxyError:
 
 
 def parse_object(raw: bytes) -> dict[str, Any]:
-    """The body as a JSON object; 400 for anything else."""
+    """The body as a JSON object nested at most MAX_JSON_DEPTH deep; 400 for anything else."""
     try:
         value = json.loads(raw)
+    except RecursionError:
+        raise _too_deep() from None
     except (UnicodeDecodeError, ValueError) as error:
         raise ProxyError(400, f"We could not parse the JSON body of your request: {error}", code="invalid_json") from None
     if not isinstance(value, dict):
         raise ProxyError(400, "the request body must be a JSON object", code="invalid_json")
+    if _nested_deeper(value, MAX_JSON_DEPTH):
+        raise _too_deep()
     return value
+
+
+def _nested_deeper(value: Any, limit: int) -> bool:
+    """Whether arrays and objects nest more than `limit` deep in a parsed JSON value (walked with a stack, not recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def _too_deep() -> ProxyError:
+    """The 400 refusal of a body nested too deep."""
+    return ProxyError(400, f"the request body nests arrays and objects more than {MAX_JSON_DEPTH} deep", code="invalid_json")
 
 
 @cache

@@ -29,6 +29,7 @@ else:  # pragma: no cover - Python 3.10 reads TOML with tomli (the proxy extra i
     import tomli as tomllib
 
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+DEFAULT_BODY_TIMEOUT_S = 30.0
 LOCAL_UPSTREAM = "hf:default"  # the embedded model, even when OPENAI_API_KEY is set
 
 
@@ -49,7 +50,7 @@ class ProxyConfig:
     max_retries: int = 2  # the SDK's retries towards the upstream
     timeout_s: float = 600.0  # one upstream request; past it the client gets 504
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES  # larger request bodies are refused with 413
-    body_timeout_s: float = 30.0  # a body that has not arrived by then is refused with 408 (a client that stalls)
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S  # a body that has not arrived by then is refused with 408 (a client that stalls)
     open_without_keys: bool = False  # serve beyond loopback with no tenant keys (anyone who reaches it spends)
     keys: str | None = None  # the tenant key store: an SQLite file or redis:// URL (`blackbox-sdk keys create`); admin key in BLACKBOX_ADMIN_KEY
 

@@ -3,15 +3,18 @@ SDK's errors and the upstream's, mapped once here.
 
     400 invalid_request_error   malformed JSON, bad parameters (InvalidRequestError, ConfigError)
     401 invalid_api_key         a missing or unknown key
+    403 host_not_allowed        without tenant keys: a Host header naming no loopback address (DNS rebinding)
     404 model_not_found         a model the key may not use; an unknown route (OpenAI's "Invalid URL")
     413 request_too_large       a body over the proxy's limit, refused before it is read whole
+    415 unsupported_media_type  a body sent as a browser's simple type (text/plain, a form): not JSON's
     429 insufficient_quota      a budget refusal (OpenAI's status for an exhausted quota; sent with
                                 x-should-retry: false, so openai's clients do not retry it)
     429 rate_limit_exceeded     a rate limit, with Retry-After
     502 / 503 / 504             upstream unreachable or refusing the proxy's key / a shared store down or the
                                 proxy starting / upstream timeout (also an SDK request of its own to the
                                 upstream's host, such as llama.cpp's tokenize route, that fails or times out)
-    upstream status             an upstream error (openai.APIStatusError) passes with its own status and body
+    upstream status             an upstream error (openai.APIStatusError) passes with its own status, its error
+                                object rebuilt as OpenAI's four fields (strings redacted, anything else dropped)
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from .._logging import logger
 from .._redact import redact_text
 
 _PASSED_HEADERS = ("retry-after", "retry-after-ms", "x-request-id")
+_ERROR_FIELDS = ("message", "type", "param", "code")
 
 
 class ProxyError(BlackBoxError):
@@ -54,16 +58,31 @@ def error_body(message: str, kind: str, *, param: str | None = None, code: str |
 
 
 def _upstream(exc: openai.APIStatusError) -> tuple[int, dict[str, Any], dict[str, str]]:
-    """An upstream's error: its status, its own error object (messages redacted), its retry headers.
+    """An upstream's error: its status, its own error object (as OpenAI's four fields, redacted), its retry headers.
     The upstream refusing the proxy's own key is the proxy's fault, not the client's: 502, and the
     upstream's message (which may quote part of that key) stays here."""
     if exc.status_code in (401, 403):
         logger.error("proxy: the upstream refused the proxy's credentials (%d)", exc.status_code)
         return 502, error_body("the upstream refused the proxy's credentials", "upstream_error", code="upstream_auth_failed"), {}
     body = exc.body if isinstance(exc.body, dict) and "message" in exc.body else None
-    error = {**body, "message": redact_text(str(body["message"]))} if body else error_body(redact_text(exc.message), "upstream_error")["error"]
+    error = _passed_on(body, exc.status_code) if body else error_body(redact_text(exc.message), "upstream_error")["error"]
     headers = {name: exc.response.headers[name] for name in _PASSED_HEADERS if name in exc.response.headers}
     return exc.status_code, {"error": error}, headers
+
+
+def _passed_on(error: dict[str, Any], status: int) -> dict[str, str | None]:
+    """An upstream's error object as OpenAI's four fields, each a redacted string or None; vendor extras dropped
+    (an upstream may echo the request, the proxy's own key included, in any field)."""
+    passed = {name: _error_field(error.get(name)) for name in _ERROR_FIELDS}
+    passed["message"] = passed["message"] or f"the upstream answered {status}"
+    return passed
+
+
+def _error_field(value: object) -> str | None:
+    """One field of a passed-on error: a string redacted, an integer (a numeric code) as a string, anything else None."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    return redact_text(value) if isinstance(value, str) else None
 
 
 def describe(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:

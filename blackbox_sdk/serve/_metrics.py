@@ -10,7 +10,8 @@
     blackbox_proxy_upstream_errors_total{key, model, status, kind}    kind: status, timeout or connection
     blackbox_proxy_requests_in_flight
 
-`key` is the tenant's name ("" without a key store), never a key. The numbers come from what the
+`key` is the tenant's name ("" without a key store), never a key; `model` the name asked for, "refused"
+for a model the key may not use. The numbers come from what the
 SDK attaches to each response (`response.blackbox`, `usage`): nothing is read on the request path.
 """
 
@@ -35,6 +36,7 @@ from prometheus_client import (
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 MAX_MODELS = 100  # distinct model label values kept; a client naming more gets "other" (bounded series)
+REFUSED_MODEL = "refused"  # the model label of a request naming a model its key may not use (takes no slot)
 MAX_LABEL_CHARS = 100
 TIMELINE_MINUTES = 60
 _PER_CALL = ("key", "model")
@@ -203,6 +205,10 @@ class RequestMeter:
         self.key = "" if tenant is None else tenant.name
         if model is not None:
             self.model = self.metrics.models.label(model)
+
+    def refused_model(self) -> None:
+        """The request named a model its key may not use: a fixed label, so refused names never use up the model slots."""
+        self.model = REFUSED_MODEL
 
     def answer(self, status: int) -> None:
         """The request is answered with `status` (counted once)."""

@@ -22,16 +22,17 @@ import openai.resources as oai
 from openai.resources.chat import completions as oai_chat
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .._exceptions import ConfigError
-from ._body import call_arguments, parse_object, read_body, required
+from ._body import call_arguments, check_content_type, parse_object, read_body, required
 from ._errors import ProxyError, error_response
 from ._metrics import RequestMeter
 from ._sse import EventStream, events
 from ._state import Proxy
+from ._tenants import Tenant
 
 Handler = Callable[[Request], Awaitable[Response]]
 MeteredHandler = Callable[[Request, RequestMeter], Awaitable[Response]]
@@ -59,6 +60,8 @@ def guarded(route: str) -> Callable[[MeteredHandler], Handler]:
             meter = RequestMeter(request.app.state.proxy.metrics, route)
             try:
                 response = await handler(request, meter)
+            except ClientDisconnect:  # the client left while its body was read: no failure of the proxy's
+                response = Response(status_code=CLIENT_CLOSED)
             except Exception as exc:  # noqa: BLE001 - every failure is answered in OpenAI's error format
                 meter.failed(exc)
                 response = error_response(exc)
@@ -91,6 +94,7 @@ EMBEDDINGS = Generating("embeddings", ("model", "input"), oai.AsyncEmbeddings.cr
 
 async def _request_json(proxy: Proxy, request: Request) -> dict[str, Any]:
     """The request's body as a JSON object, within the proxy's size and time limits."""
+    check_content_type(request)
     return parse_object(await read_body(request, proxy.config.max_body_bytes, proxy.config.body_timeout_s))
 
 
@@ -104,19 +108,28 @@ def generating(route: Generating) -> Handler:
         meter.label(tenant)
         body = await _request_json(proxy, request)
         required(body, *route.required)
-        meter.label(tenant, body["model"])
-        if tenant is not None:
-            tenant.check_model(body["model"])
+        _check_model(tenant, body["model"], meter)
         client = proxy.client_for(tenant)
         result = await route.call(client, call_arguments(body, route.signature))
         cached = client.options.cache is not None
-        if body.get("stream") is True and hasattr(result, "__aiter__"):
+        if hasattr(result, "__aiter__"):  # a stream, whatever the body's `stream` said: sent, so it is always closed
             return EventStream(events(meter.stream(result, cached)), blackbox_headers(result.blackbox, settled=False))
         meter.called(result, cached)
         content = result.model_dump_json(exclude_unset=True, warnings=False)  # base64 embeddings are strings
         return Response(content, media_type="application/json", headers=blackbox_headers(result.blackbox))
 
     return handle
+
+
+def _check_model(tenant: Tenant | None, model: object, meter: RequestMeter) -> None:
+    """404 for a model the tenant may not use, labelled as refused: only models served take the metrics' label slots."""
+    if tenant is not None:
+        try:
+            tenant.check_model(model)
+        except ProxyError:
+            meter.refused_model()
+            raise
+    meter.label(tenant, model)
 
 
 @guarded("models")

@@ -25,6 +25,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from .._redact import redact_text
+from ._errors import ProxyError
 from ._keys import KeyRecord
 from ._metrics import KeyTally
 from ._state import Proxy
@@ -151,12 +152,17 @@ async def login_form(request: Request) -> Response:
 
 
 async def login(request: Request) -> Response:
-    """POST /login: a session cookie for the admin key, then the page; the form again (401) otherwise."""
+    """POST /login: a session cookie for the admin key, then the page; the form again (401) otherwise,
+    or with the refusal's status for a form too large or too slow to arrive."""
     proxy: Proxy = request.app.state.proxy
     response = RedirectResponse("/", status_code=303, headers=PAGE_HEADERS)
-    if await proxy.gate.login(request, response):
-        return response
-    return _html(login_page("That is not the admin key.", can_log_in=proxy.keys is not None), 401)
+    try:
+        if await proxy.gate.login(request, response, proxy.config.body_timeout_s):
+            return response
+        message, status = "That is not the admin key.", 401
+    except ProxyError as refusal:
+        message, status = str(refusal), refusal.status
+    return _html(login_page(message, can_log_in=proxy.keys is not None), status)
 
 
 async def logout(request: Request) -> Response:
