@@ -173,13 +173,20 @@ def test_nested_none_is_kept_because_null_is_sent() -> None:
     assert canonical_params({"tools": [schema]})["tools"] == [schema]
 
 
+def test_int_keys_are_keyed_as_the_strings_json_sends(cache: Cache) -> None:
+    """logit_bias takes token ids as int keys, as openai's own client does (JSON sends them as strings)."""
+    assert canonical_params({"logit_bias": {50256: -100}}) == {"logit_bias": {"50256": -100}}
+    assert _key(cache, logit_bias={50256: -100}) == _key(cache, logit_bias={"50256": -100}) != _key(cache)
+
+
 @pytest.mark.parametrize(
     ("params", "where"),
     [
         pytest.param({"messages": [{"role": "user", "content": b"bytes"}]}, "params['messages'][0]['content']", id="bytes"),
         pytest.param({"stop": {"a", "b"}}, "params['stop']", id="set"),
         pytest.param({"temperature": float("nan")}, "params['temperature']", id="nan"),
-        pytest.param({"metadata": {1: "x"}}, "params['metadata']", id="non-string-key"),
+        pytest.param({"metadata": {1.5: "x"}}, "params['metadata']", id="float-key"),
+        pytest.param({"logit_bias": {50256: -100, "50256": 5}}, "params['logit_bias']", id="int-key-sent-twice"),
         pytest.param({"messages": (m for m in BASE["messages"])}, "params['messages']", id="generator"),
         pytest.param({"user": object()}, "params['user']", id="arbitrary-object"),
     ],
@@ -359,6 +366,7 @@ def test_entries_expire_in_real_time(tmp_path: Path) -> None:
         pytest.param(json.dumps({"kind": "chat"}), id="json-object-not-bucket"),
         pytest.param(json.dumps([{"kind": "chat", "response": {}}]), id="entries-without-wrapper"),
         pytest.param(json.dumps([{"bb": 99, "created": 1.0, "entry": {}}]), id="future-format"),
+        pytest.param("[" * 100_000, id="nested-too-deep"),  # json.loads raised a raw RecursionError on every call
     ],
 )
 def test_corrupt_or_foreign_buckets_are_dropped_and_removed(cache: Cache, text: str) -> None:

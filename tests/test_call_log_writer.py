@@ -227,6 +227,46 @@ def test_a_record_spoilt_after_it_was_queued_is_dropped_loudly_and_the_rest_writ
         assert f"call {spoilt.call_id} can't be written" in caplog.text
 
 
+def test_lone_surrogates_are_replaced_when_a_record_is_built_and_the_queue_goes_on(tmp_path: Path) -> None:
+    """Issue: one answer holding half an emoji ("\\ud83d") failed every insert of its batch, so the
+    writer retried it forever and nothing queued after it was ever written."""
+    with CallLog(tmp_path / "calls.db", timeout=2, **LATER) as log:
+        cut = _record(candidates=["smile \ud83d", "4"], request={"messages": [{"role": "user", "content": "\udc00?"}]},
+                      error="ValueError: \ud83d", extra={"note\ud800": ["\ud800"]})
+        fine = _record()
+        log.enqueue(cut)
+        log.enqueue(fine)
+        stored = {c.call_id: c for c in log.calls()}
+        log.feedback(cut.call_id, note="cut \ud83d", reference="\ud83d\ude00")
+        feedback = log.feedback_for(cut.call_id)
+    assert set(stored) == {cut.call_id, fine.call_id} and log.pending == 0
+    assert stored[cut.call_id].candidates == ["smile \ufffd", "4"] and stored[cut.call_id].error == "ValueError: \ufffd"
+    assert stored[cut.call_id].request == {"messages": [{"role": "user", "content": "\ufffd?"}]} and stored[cut.call_id].extra == {"note\ufffd": ["\ufffd"]}
+    assert (feedback[0].note, feedback[0].reference) == ("cut \ufffd", "\U0001f600")  # a pair is joined into its character
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        pytest.param(lambda rec: rec.candidates.append("\ud83d"), id="surrogate-set-after-it-was-queued"),
+        pytest.param(lambda rec: setattr(rec, "retries", 2**64), id="integer-past-64-bits"),
+    ],
+)
+def test_a_record_sqlite_cannot_take_is_dropped_loudly_and_the_rest_of_its_batch_written(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, spoil: Callable[[CallRecord], None]
+) -> None:
+    """Such a record failed its batch with an error that is not an sqlite3.Error, on every retry, forever."""
+    with CallLog(tmp_path / "calls.db", timeout=2, **LATER) as log:
+        before, spoilt, after = _record(), _record(), _record()
+        for rec in (before, spoilt, after):
+            log.enqueue(rec)
+        spoil(spoilt)
+        with caplog.at_level(logging.ERROR, logger="blackbox_sdk"):
+            assert [c.call_id for c in log.calls()] == [before.call_id, after.call_id]
+        assert f"call {spoilt.call_id} can't be written" in caplog.text and log.pending == 0
+    assert _count(tmp_path / "calls.db", "candidates") == 4  # the dropped call left none of its candidates behind
+
+
 def test_bad_batching_settings_and_records_are_refused(tmp_path: Path) -> None:
     for bad in ({"batch_size": 0}, {"max_pending": True}, {"interval": -1.0}, {"interval": float("inf")}):
         with pytest.raises(ConfigError):

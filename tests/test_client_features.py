@@ -132,6 +132,42 @@ def test_corrupt_cache_entries_are_dropped_and_refetched(client: OpenAI, cache: 
     assert not again.blackbox.cache_hit and texts(again) == texts(first)
 
 
+@pytest.mark.parametrize(
+    "entry",
+    [
+        pytest.param({"choice": {"message": "not an object", "finish_reason": "stop"}}, id="message-not-an-object"),
+        pytest.param({"choice": {"message": {"content": 5}}}, id="text-not-a-string"),
+        pytest.param({"choice": {"message": {"content": "x", "tool_calls": "call"}}}, id="tool-calls-not-a-list"),
+        pytest.param({"choice": {"message": {"content": "x"}}, "chunks": [{"choices": 5}]}, id="chunk-choices-not-a-list"),
+        pytest.param({"choice": {"message": {"content": "x"}}, "chunks": [{"choices": ["a"]}]}, id="chunk-choice-not-an-object"),
+        pytest.param({"choice": {"message": {"content": "x"}}, "chunks": [{"choices": [{"delta": "x"}]}]}, id="delta-not-an-object"),
+    ],
+)
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_stored_entries_shaped_unlike_an_answer_are_skipped_and_sent_for(tmp_path: Path, entry: dict[str, object], stream: bool) -> None:
+    """Such entries (a tampered folder, a shared Redis) raised AttributeError/TypeError when replayed."""
+    sent: list[httpx2.Request] = []
+    chunks = [{"id": "c", "object": "chat.completion.chunk", "created": 1, "model": MODEL,
+               "choices": [{"index": 0, "delta": {"role": "assistant", "content": "live"}, "finish_reason": "stop"}]}]
+    whole = {"id": "c", "object": "chat.completion", "created": 1, "model": MODEL, "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+             "choices": [{"index": 0, "message": {"role": "assistant", "content": "live"}, "finish_reason": "stop"}]}
+
+    def handle(request: httpx2.Request) -> httpx2.Response:
+        sent.append(request)
+        if json.loads(request.content).get("stream"):
+            sse = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
+            return httpx2.Response(200, content=sse.encode(), headers={"content-type": "text/event-stream"})
+        return httpx2.Response(200, json=whole)
+
+    cache = Cache(tmp_path / "cache")
+    client = OpenAI(base_url="http://api.test/v1", api_key="sk-test", max_retries=0, cache=cache, http_client=httpx2.Client(transport=httpx2.MockTransport(handle)))
+    key = cache.key(route="chat.completions", endpoint=client._core.endpoint, params={"model": MODEL, "messages": QUESTION})
+    cache.extend(key, [{"meta": {}, "completion_tokens": 1, "prompt_tokens": 1, **entry}])
+    answer = client.chat.completions.create(model=MODEL, messages=QUESTION, stream=stream)
+    text = "".join(c.choices[0].delta.content or "" for c in answer if c.choices) if stream else answer.choices[0].message.content
+    assert text == "live" and len(sent) == 1
+
+
 def test_budget_refuses_before_sending_and_logs_the_refusal(llama_server: str, log: CallLog) -> None:
     budget = Budget(per_call_usd=1e-6, prices=PRICES)
     client = OpenAI(base_url=llama_server, api_key="sk-test", budget=budget, log=log)

@@ -11,6 +11,8 @@ import httpx2
 import openai
 import pydantic
 import pytest
+from openai.lib.streaming.chat import ChatCompletionStreamState
+from openai.types.chat import ChatCompletionChunk
 
 import blackbox_sdk
 from blackbox_sdk import Budget, OpenAI
@@ -137,3 +139,91 @@ def test_the_module_level_client_uses_the_module_http_client(monkeypatch: pytest
     answer = blackbox_sdk.chat.completions.create(model="gpt-4o", messages=HI)
     assert answer.choices[0].message.content == '{"city": "Paris"}' and len(server.requests) == 1
 
+
+
+TOOLS = [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+ASKED: dict[str, Any] = {"model": "gpt-4o", "messages": HI, "tools": TOOLS, "logprobs": True}
+LOGPROB = {"token": "x", "logprob": -0.5, "bytes": [120], "top_logprobs": []}
+TOOL_STREAM = [  # two tool calls, each call's arguments in pieces, logprobs on two chunks
+    {**BASE, "choices": [{"index": 0, "delta": {"role": "assistant", "content": None, "tool_calls": [
+        {"index": 0, "id": "call_a", "type": "function", "function": {"name": "weather", "arguments": ""}}]}, "logprobs": {"content": [LOGPROB]}, "finish_reason": None}]},
+    {**BASE, "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": '{"city":'}}]}, "logprobs": {"content": [LOGPROB]}, "finish_reason": None}]},
+    {**BASE, "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 1, "id": "call_b", "type": "function", "function": {"name": "weather", "arguments": '{"city":'}}]}, "finish_reason": None}]},
+    {**BASE, "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}, {"index": 1, "function": {"arguments": '"Oslo"}'}}]}, "finish_reason": None}]},
+    {**BASE, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
+]
+REFUSAL_STREAM = [
+    {**BASE, "choices": [{"index": 0, "delta": {"role": "assistant", "content": None, "refusal": "I can't"}, "finish_reason": None}]},
+    {**BASE, "choices": [{"index": 0, "delta": {"refusal": " help with that."}, "logprobs": {"content": None, "refusal": [LOGPROB]}, "finish_reason": None}]},
+    {**BASE, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+]
+TOOL_ANSWER = {**CHAT, "choices": [{"index": 0, "finish_reason": "tool_calls", "logprobs": {"content": [LOGPROB, LOGPROB], "refusal": None}, "message": {
+    "role": "assistant", "content": None, "refusal": None, "tool_calls": [
+        {"id": "call_a", "type": "function", "function": {"name": "weather", "arguments": '{"city":"Paris"}'}},
+        {"id": "call_b", "type": "function", "function": {"name": "weather", "arguments": '{"city":"Oslo"}'}}]}}]}
+REFUSAL_ANSWER = {**CHAT, "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None, "message": {
+    "role": "assistant", "content": None, "refusal": "I can't help with that."}}]}
+
+
+def cached_client(answer: dict[str, Any] | list[dict[str, Any]], tmp_path: Path) -> tuple[OpenAI, list[httpx2.Request]]:
+    """The SDK with a cache, on a server that answers every request with `answer`: a whole response, or these chunks streamed."""
+    requests: list[httpx2.Request] = []
+
+    def handle(request: httpx2.Request) -> httpx2.Response:
+        requests.append(request)
+        if isinstance(answer, list):
+            sse = "".join(f"data: {json.dumps(c)}\n\n" for c in answer) + "data: [DONE]\n\n"
+            return httpx2.Response(200, content=sse.encode(), headers={"content-type": "text/event-stream"})
+        return httpx2.Response(200, json=answer)
+
+    client = OpenAI(api_key="sk-test", base_url="https://api.test/v1", max_retries=0, cache=str(tmp_path / "cache"),
+                    http_client=httpx2.Client(transport=httpx2.MockTransport(handle)))
+    return client, requests
+
+
+def accumulated(chunks: list[Any]) -> Any:
+    """The one choice openai's own stream accumulation builds from these chunks."""
+    state: ChatCompletionStreamState[None] = ChatCompletionStreamState()
+    for chunk in chunks:
+        state.handle_chunk(chunk if isinstance(chunk, ChatCompletionChunk) else ChatCompletionChunk.model_validate(chunk))
+    return state.get_final_completion().choices[0]
+
+
+def essence(choice: Any) -> dict[str, Any]:
+    """What a caller reads off a choice: text, refusal, tool calls, logprobs and why it finished."""
+    message = choice.message
+    calls = [(c.id, c.type, c.function.name, c.function.arguments) for c in message.tool_calls or []]
+    logprobs = choice.logprobs.to_dict() if choice.logprobs is not None else None
+    return {"content": message.content, "refusal": message.refusal, "tool_calls": calls, "logprobs": logprobs, "finish": choice.finish_reason}
+
+
+@pytest.mark.parametrize("stream", [TOOL_STREAM, REFUSAL_STREAM], ids=["tool-calls", "refusal"])
+def test_a_streamed_answer_served_whole_from_the_cache_is_what_openais_accumulation_builds(stream: list[dict[str, Any]], tmp_path: Path) -> None:
+    """Tool calls, refusal and logprobs of a cached stream used to be lost when the same request came without `stream`."""
+    client, requests = cached_client(stream, tmp_path)
+    live = list(client.chat.completions.create(**ASKED, stream=True))
+    hit = client.chat.completions.create(**ASKED)
+    assert hit.blackbox.cache_hit and len(requests) == 1
+    assert essence(hit.choices[0]) == essence(accumulated(stream)) == essence(accumulated(live))
+    assert essence(hit.choices[0])["tool_calls" if stream is TOOL_STREAM else "refusal"]
+
+
+@pytest.mark.parametrize("answer", [TOOL_ANSWER, REFUSAL_ANSWER], ids=["tool-calls", "refusal"])
+def test_a_whole_answer_replayed_as_a_stream_adds_up_to_it_in_openais_accumulation(answer: dict[str, Any], tmp_path: Path) -> None:
+    """A whole answer replayed as chunks used to carry its text only: no tool calls, refusal or logprobs."""
+    client, requests = cached_client(answer, tmp_path)
+    whole = client.chat.completions.create(**ASKED)
+    replay = client.chat.completions.create(**ASKED, stream=True)
+    chunks = list(replay)
+    assert replay.blackbox.cache_hit and len(requests) == 1
+    assert essence(accumulated(chunks)) == essence(whole.choices[0]) == essence(openai.types.chat.ChatCompletion.model_validate(answer).choices[0])
+    assert [c.choices[0].delta.tool_calls[0].index for c in chunks if c.choices and c.choices[0].delta.tool_calls] == list(range(len(whole.choices[0].message.tool_calls or [])))
+
+
+def test_int_keys_of_logit_bias_go_out_as_openai_sends_them_with_a_cache_and_a_log(tmp_path: Path) -> None:
+    """With a cache or a log on, an int-keyed logit_bias used to be refused with a ConfigError before sending."""
+    theirs, ours, plain, mine = both(cache=str(tmp_path / "cache"), log=str(tmp_path / "calls.db"))
+    for client in (theirs, ours):
+        client.chat.completions.create(model="gpt-4o", messages=HI, logit_bias={50256: -100})
+    assert mine.body() == plain.body() and mine.body()["logit_bias"] == {"50256": -100}
+    assert ours.chat.completions.create(model="gpt-4o", messages=HI, logit_bias={"50256": -100}).blackbox.cache_hit

@@ -208,6 +208,17 @@ def test_nul_in_text_becomes_a_replacement_character(pg_log: PostgresCallLog) ->
     assert stored.request == {"prompt": "x\x00y"}  # JSON keeps it, escaped
 
 
+def test_lone_surrogates_become_replacement_characters_and_the_call_is_logged(pg_log: PostgresCallLog) -> None:
+    """Issue: half an emoji ("\\ud83d") in an answer made record() raise CallLogError on the caller's
+    thread, after the call was paid for; the record was never written."""
+    rec = _record(candidates=["smile \ud83d", "4"], chosen=[1], scores=None, request={"prompt": "x\udc00y"}, error="ValueError: \ud83d")
+    pg_log.record(rec)
+    pg_log.feedback(rec.call_id, note="cut \ud83d")
+    stored = pg_log.get(rec.call_id)
+    assert stored.candidates == ["smile \ufffd", "4"] and stored.request == {"prompt": "x\ufffdy"} and stored.error == "ValueError: \ufffd"
+    assert [f.note for f in pg_log.feedback_for(rec.call_id)] == ["cut \ufffd"]
+
+
 def test_a_repeated_call_id_keeps_the_first_record(pg_log: PostgresCallLog) -> None:
     rec = _record()
     pg_log.record(rec)

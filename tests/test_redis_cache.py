@@ -16,6 +16,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import pytest
 import redis
 from payloads import RunsOnUnpickle
@@ -95,6 +96,44 @@ def test_buckets_round_trip_oldest_first_trimmed_and_replaced(location: str) -> 
         assert cache.with_mode("off").get(key) == []
         stats = cache.stats
         assert (stats.hits, stats.misses, stats.writes, stats.keys) == (3, 2, 4, 1) and stats.volume_bytes > 100_000
+
+
+def test_an_answer_with_a_lone_surrogate_is_stored_and_read_back_as_it_came(location: str) -> None:
+    """Issue: half an emoji ("\\ud83d" in the server's JSON) made both stores raise a raw UnicodeEncodeError,
+    which failed the paid call and left its claim held."""
+    with Cache(location) as cache, Cache(location) as other:
+        key, cut = _key(cache), _entry("smile \ud83d")
+        assert cache.claim(key, ttl_s=60)
+        cache.extend(key, [cut])
+        assert other.get(key) == [cut] and other.claim(key, ttl_s=60)  # stored, and the claim gone with it
+        cache.extend(key, [_entry("\udc00 again")])  # the stored entry is encoded again beside the new one
+        assert cache.get(key) == [cut, _entry("\udc00 again")]
+
+
+def test_a_store_handed_text_it_cannot_encode_raises_cache_error(location: str) -> None:
+    with Cache(location) as cache:
+        store, key = cache._store, _key(cache)
+        with pytest.raises(CacheError, match="not valid Unicode"):
+            store.update(key, lambda current: '["\ud83d"]', expire=None, action="store a bucket")
+        with pytest.raises(CacheError, match="not valid Unicode"):
+            store.add(key + ":claim", "\ud83d", expire=60)
+        assert cache.get(key) == [] and cache.claim(key, ttl_s=60)
+
+
+def test_a_client_call_whose_answer_holds_a_lone_surrogate_is_answered_and_cached(location: str) -> None:
+    body = (b'{"id":"c","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant",'
+            b'"content":"smile \\ud83d"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}')
+    sent: list[httpx2.Request] = []
+
+    def handle(request: httpx2.Request) -> httpx2.Response:
+        sent.append(request)
+        return httpx2.Response(200, content=body, headers={"content-type": "application/json"})
+
+    http = httpx2.Client(transport=httpx2.MockTransport(handle))
+    with Cache(location) as cache, OpenAI(base_url="http://api.test/v1", api_key="sk-test", max_retries=0, http_client=http, cache=cache) as client:
+        answers = [client.chat.completions.create(model="m", messages=PARAMS["messages"]) for _ in range(2)]
+    assert [a.choices[0].message.content for a in answers] == ["smile \ud83d"] * 2
+    assert answers[1].blackbox.cache_hit and len(sent) == 1
 
 
 def test_entries_expire_after_the_ttl(location: str) -> None:

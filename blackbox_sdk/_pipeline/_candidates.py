@@ -1,8 +1,10 @@
 """Candidates: one sampled answer each, the unit the cache stores and fan-out and reranking merge.
 
 A response with k choices splits into k candidates; a stream splits into one chunk list per
-choice. Any list of candidates rebuilds into one response (choices re-indexed, usage summed) or
-one chunk sequence (the stored chunks replayed as they came, choice indices re-numbered).
+choice, each with the whole choice its chunks add up to (text, refusal, tool calls, logprobs), as
+openai's own stream accumulation rebuilds it. Any list of candidates rebuilds into one response
+(choices re-indexed, usage summed) or one chunk sequence (the stored chunks replayed as they came,
+choice indices re-numbered; a whole answer as chunks that add up to it again).
 Everything here works on JSON dicts, so that what the cache holds is plain data.
 """
 
@@ -12,6 +14,7 @@ import copy
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from .._types import CHAT, Json, Route
 
@@ -40,14 +43,39 @@ class Candidate:
 
     @classmethod
     def from_json(cls, data: Json) -> Candidate:
-        """Rebuild a stored candidate; KeyError/TypeError on anything foreign (the cache drops those)."""
+        """Rebuild a stored candidate; KeyError/TypeError on anything foreign (the cache drops those)
+        or shaped unlike an answer, which replaying it would trip over."""
         choice, meta = data["choice"], data["meta"]
         if not isinstance(choice, dict) or not isinstance(meta, dict):
             raise TypeError("candidate choice and meta must be objects")
+        _check_choice(choice, "message")
         chunks = data.get("chunks")
         if chunks is not None and not (isinstance(chunks, list) and all(isinstance(c, dict) for c in chunks)):
             raise TypeError("candidate chunks must be a list of objects")
+        for chunk in chunks or []:
+            if not _objects(chunk.get("choices")):
+                raise TypeError("a stored chunk's choices must be a list of objects")
+            for chunk_choice in chunk.get("choices") or []:
+                _check_choice(chunk_choice, "delta")
         return cls(choice, meta, int(data["completion_tokens"]), int(data["prompt_tokens"]), chunks)
+
+
+def _objects(value: object) -> bool:
+    """Whether a stored value is null or a list of JSON objects (choices, tool calls)."""
+    return value is None or (isinstance(value, list) and all(isinstance(item, dict) for item in value))
+
+
+def _check_choice(choice: Json, body: str) -> None:
+    """TypeError unless a stored choice (or chunk choice) has the shape replay reads: its ``body``
+    (message or delta) an object, with text and refusal strings or null, and tool calls a list of objects."""
+    inner = choice.get(body)
+    if inner is None:
+        inner = {}
+    elif not isinstance(inner, dict):
+        raise TypeError(f"a stored choice's {body} must be an object")
+    texts = (choice.get("text"), inner.get("content"), inner.get("refusal"))
+    if not all(text is None or isinstance(text, str) for text in texts) or not _objects(inner.get("tool_calls")):
+        raise TypeError("a stored choice's text must be a string and its tool calls a list of objects")
 
 
 CORE_META = ("id", "created", "model", "system_fingerprint", "service_tier")  # what every chunk of a stream carries
@@ -99,21 +127,76 @@ def split_chunks(route: Route, chunks: list[Json], usage: Json) -> list[Candidat
             one["choices"] = [{**copy.deepcopy(choice), "index": 0}]
             one.pop("usage", None)
             per_index.setdefault(int(choice.get("index", 0)), []).append(one)
-    candidates = []
-    for index in sorted(per_index):
-        own = per_index[index]
-        text = "".join(route.delta_text(c["choices"][0]) for c in own)
-        finish = next((c["choices"][0].get("finish_reason") for c in reversed(own) if c["choices"][0].get("finish_reason")), None)
-        choice = route.with_text({"index": 0, "finish_reason": finish}, text)
-        if route is CHAT:
-            choice["message"]["role"] = "assistant"
-        candidates.append(Candidate(choice, _meta(own[0], extras=False), 0, 0, own))
+    candidates = [Candidate(_whole_choice(route, own), _meta(own[0], extras=False), 0, 0, own) for _, own in sorted(per_index.items())]
     texts = [len(route.text(c.choice)) for c in candidates]
     for candidate, tokens in zip(candidates, _share(int(usage.get("completion_tokens") or 0), texts)):
         candidate.completion_tokens = tokens
     for candidate, tokens in zip(candidates, _share(int(usage.get("prompt_tokens") or 0), [1] * len(candidates))):
         candidate.prompt_tokens = tokens
     return candidates
+
+
+def _whole_choice(route: Route, own: list[Json]) -> Json:
+    """The choice a whole response holds for one choice's chunks, as openai's stream accumulation
+    rebuilds it: text, refusal and tool calls gathered, logprobs joined, the last finish_reason."""
+    choice: Json = {"index": 0, "finish_reason": None}
+    message: Json = {}
+    for chunk in own:
+        for name, value in chunk["choices"][0].items():
+            if name == "delta" and isinstance(value, dict):
+                _fold(message, value)
+            elif name in ("text", "logprobs"):
+                _fold(choice, {name: value})
+            elif name != "index" and value is not None:
+                choice[name] = copy.deepcopy(value)  # finish_reason and a provider's own fields: the last one sent
+    if route is not CHAT:
+        choice.setdefault("text", "")
+        return choice
+    message.setdefault("role", "assistant")
+    message.setdefault("content", None)
+    if message.get("tool_calls"):
+        calls = sorted(message["tool_calls"], key=_position)
+        message["tool_calls"] = [{k: v for k, v in call.items() if k != "index"} for call in calls]
+    choice["message"] = message
+    return choice
+
+
+def _fold(into: Json, delta: Json) -> None:
+    """Add one stream delta to what was gathered so far, copying: strings concatenated, objects folded
+    in turn, tool calls folded by their index, other lists extended; a role, type or index replaced."""
+    for name, value in delta.items():
+        have = into.get(name)
+        if value is None:
+            into.setdefault(name, None)
+        elif isinstance(value, dict) and (have is None or isinstance(have, dict)):
+            into[name] = have if have is not None else {}
+            _fold(into[name], value)
+        elif isinstance(value, list) and (have is None or isinstance(have, list)):
+            into[name] = have if have is not None else []
+            _extend(into[name], value, by_index=name == "tool_calls")
+        elif isinstance(value, str) and isinstance(have, str) and name not in ("role", "type", "index"):
+            into[name] = have + value
+        else:
+            into[name] = value
+
+
+def _extend(into: list[Any], items: list[Any], *, by_index: bool) -> None:
+    """Add a delta's list items, copying; with ``by_index`` an object folds into the one of its index."""
+    for item in items:
+        if by_index and isinstance(item, dict):
+            same = next((had for had in into if isinstance(had, dict) and had.get("index") == item.get("index")), None)
+            if same is None:
+                same = {}
+                into.append(same)
+            _fold(same, item)
+        else:
+            into.append(copy.deepcopy(item))
+
+
+def _position(call: Json) -> int:
+    """A gathered tool call's index, for putting the calls in order (0 when a server sent none)."""
+    index = call.get("index")
+    return index if isinstance(index, int) else 0
 
 
 def sum_usage(candidates: Iterable[Candidate]) -> Json:
@@ -138,18 +221,38 @@ def response_from_candidates(route: Route, candidates: list[Candidate], usage: J
 
 
 def _synthetic_chunks(route: Route, candidate: Candidate) -> list[Json]:
-    """Chunks for a candidate that arrived whole: a role chunk, its text piece by piece, the finish."""
+    """Chunks for a candidate that arrived whole, which openai's stream accumulation folds back into
+    the same choice: a role chunk (with the logprobs), its text and refusal piece by piece, one chunk
+    per tool call, the finish (with the choice's other fields)."""
     base = {"object": route.chunk_object, **_core_meta(candidate.meta)}
     choice = candidate.choice
-    pieces = _PIECES.findall(route.text(choice)) or [""]
+    logprobs = choice.get("logprobs")
+    rest = {k: v for k, v in choice.items() if k not in ("index", "message", "text", "logprobs", "finish_reason") and v is not None}
     if route is CHAT:
-        deltas = [{"role": "assistant", "content": ""}] + [{"content": p} for p in pieces]
+        deltas = _synthetic_deltas(choice.get("message") or {})
         chunks = [{**base, "choices": [{"index": 0, "delta": d, "finish_reason": None}]} for d in deltas]
-        chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": choice.get("finish_reason")}]})
-        return chunks
-    chunks = [{**base, "choices": [{"index": 0, "text": p, "finish_reason": None, "logprobs": None}]} for p in pieces]
-    chunks[-1]["choices"][0]["finish_reason"] = choice.get("finish_reason")
+        chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": choice.get("finish_reason"), **rest}]})
+    else:
+        pieces = _PIECES.findall(route.text(choice)) or [""]
+        chunks = [{**base, "choices": [{"index": 0, "text": p, "finish_reason": None, "logprobs": None}]} for p in pieces]
+        chunks[-1]["choices"][0].update(finish_reason=choice.get("finish_reason"), **rest)
+    if logprobs is not None:
+        chunks[0]["choices"][0]["logprobs"] = logprobs
     return chunks
+
+
+def _synthetic_deltas(message: Json) -> list[Json]:
+    """The deltas of a whole chat message: role (and any other field of its own), text pieces,
+    refusal pieces, one delta per tool call with its index."""
+    content, refusal = message.get("content"), message.get("refusal")
+    own = {k: v for k, v in message.items() if k not in ("role", "content", "refusal", "tool_calls") and v is not None}
+    deltas: list[Json] = [{"role": message.get("role") or "assistant", "content": None if content is None else "", **own}]
+    if content is not None:
+        deltas += [{"content": p} for p in _PIECES.findall(content) or [""]]
+    if refusal is not None:
+        deltas += [{"refusal": p} for p in _PIECES.findall(refusal) or [""]]
+    deltas += [{"tool_calls": [{**call, "index": i}]} for i, call in enumerate(message.get("tool_calls") or [])]
+    return deltas
 
 
 def chunks_from_candidates(route: Route, candidates: Iterable[Candidate], first_index: int = 0) -> Iterator[Json]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 from .._exceptions import ConfigError
@@ -15,6 +16,16 @@ from .._exceptions import ConfigError
 CACHE_FORMAT = 1  # version stamped on every stored entry
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)  # compact, strict; built once
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _encoded(value: Any) -> str:
+    """Compact JSON text that every store can write as UTF-8: a lone surrogate (an emoji a server cut
+    in half) is escaped as ``\\udXXX``, which JSON reads back as the same string, not left raw."""
+    text = _ENCODER.encode(value)
+    if text.isascii() or _SURROGATE.search(text) is None:
+        return text
+    return _SURROGATE.sub(lambda found: f"\\u{ord(found.group()):04x}", text)
 
 
 def wrap(entries: list[dict[str, Any]], now: float) -> list[str]:
@@ -23,14 +34,14 @@ def wrap(entries: list[dict[str, Any]], now: float) -> list[str]:
     if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
         raise ConfigError("cache entries must be a list of dicts")
     try:
-        return [_ENCODER.encode({"bb": CACHE_FORMAT, "created": now, "entry": entry}) for entry in entries]
+        return [_encoded({"bb": CACHE_FORMAT, "created": now, "entry": entry}) for entry in entries]
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"cache entries must be plain JSON (dicts, lists, str, finite numbers): {exc}") from exc
 
 
 def encode(wrappers: list[dict[str, Any]]) -> str:
     """A bucket's wrapped entries as the compact JSON text that is stored."""
-    return _ENCODER.encode(wrappers)
+    return _encoded(wrappers)
 
 
 def joined(kept: list[dict[str, Any]], fresh: list[str], limit: int) -> str:
@@ -38,18 +49,18 @@ def joined(kept: list[dict[str, Any]], fresh: list[str], limit: int) -> str:
     the newest ``limit`` of them; only the kept ones that stay are encoded."""
     fresh = fresh[-limit:]
     room = limit - len(fresh)
-    texts = [_ENCODER.encode(wrapper) for wrapper in kept[max(0, len(kept) - room):]] if room else []
+    texts = [_encoded(wrapper) for wrapper in kept[max(0, len(kept) - room):]] if room else []
     return "[" + ",".join(texts + fresh) + "]"
 
 
 def live_entries(text: str | None, ttl: float | None, now: float) -> tuple[list[dict[str, Any]], int, bool]:
     """The well-formed, unexpired wrappers in a stored bucket, how many others were dropped, and
-    whether the whole value was corrupt (not a JSON list)."""
+    whether the whole value was corrupt (not a JSON list, or nested too deep for Python to read)."""
     if text is None:
         return [], 0, False
     try:
         stored = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return [], 1, True
     if not isinstance(stored, list):
         return [], 1, True

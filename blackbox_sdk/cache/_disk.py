@@ -137,7 +137,7 @@ class DiskStore:
 
     @contextmanager
     def _guard(self, action: str) -> Iterator[None]:
-        """Lock timeouts and disk errors raised as CacheError naming ``action``."""
+        """Lock timeouts, disk errors and text that can't be encoded raised as CacheError naming ``action``."""
         try:
             yield
         except diskcache.Timeout as exc:
@@ -150,6 +150,8 @@ class DiskStore:
                 f"can't {action} in the response cache at {self.directory}: {exc}. "
                 "Check that the folder is writable and the disk is not full."
             ) from exc
+        except UnicodeEncodeError as exc:  # SQLite and value files take UTF-8 only: a lone surrogate can't be written
+            raise CacheError(f"can't {action} in the response cache at {self.directory}: its text is not valid Unicode ({exc.reason})") from exc
 
     def _discard(self, key: str, text: str) -> None:
         """Inside a transaction: delete ``key`` if it holds ``text``; a foreign value there is not this claim."""

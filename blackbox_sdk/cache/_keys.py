@@ -117,11 +117,22 @@ def _canonical_mapping(value: Mapping[Any, Any], where: Where) -> dict[str, Any]
     """A mapping with string keys and canonical values, openai sentinels dropped."""
     out: dict[str, Any] = {}
     for name, item in value.items():
-        if not isinstance(name, str):
-            raise ConfigError(f"cache key: {_render(where)} has a non-string key {name!r}; JSON keys must be strings")
+        key = _json_key(name, where)
+        if key is not name and key in value:
+            raise ConfigError(f"cache key: {_render(where)} has the key {key!r} twice (as {name!r} and as {key!r}); JSON would send both")
         if not _is_unset(item):
-            out[name] = _canonical(item, (where, name))
+            out[key] = _canonical(item, (where, key))
     return out
+
+
+def _json_key(name: Any, where: Where) -> str:
+    """A mapping key as JSON sends it: a string as it is, an integer as its digits (``logit_bias={50256: -100}``
+    goes out as ``{"50256": -100}``); ConfigError naming ``where`` for any other key."""
+    if isinstance(name, str):
+        return name
+    if isinstance(name, int) and not isinstance(name, bool):
+        return int.__repr__(name)
+    raise ConfigError(f"cache key: {_render(where)} has a key {name!r}; JSON keys must be strings (or integers, sent as strings)")
 
 
 def _render(where: Where) -> str:

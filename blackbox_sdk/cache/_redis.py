@@ -224,7 +224,8 @@ class RedisStore:
             yield batch
 
     def _run(self, action: str, operation: Callable[[], _T]) -> _T:
-        """Run one Redis operation; a wrong-type value is foreign, any other Redis failure is an outage."""
+        """Run one Redis operation; a wrong-type value is foreign, any other Redis failure is an outage,
+        text that can't be encoded as UTF-8 a CacheError."""
         self._outage.check(action)
         try:
             result = operation()
@@ -234,5 +235,7 @@ class RedisStore:
             reason = self._secrets.scrub(f"{type(exc).__name__}: {exc}")
             self._outage.failed(reason)
             raise CacheUnavailableError(f"can't {action}: the cache's Redis at {self.location} is unreachable ({reason})") from None
+        except UnicodeEncodeError as exc:  # values go as UTF-8: a lone surrogate can't be sent
+            raise CacheError(f"can't {action} in the cache's Redis at {self.location}: its text is not valid Unicode ({exc.reason})") from None
         self._outage.recovered()
         return result

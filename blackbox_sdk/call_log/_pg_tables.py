@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._exceptions import CallLogError
 from ._paging import Cursor, Page
-from ._records import CallRecord, Feedback
+from ._records import CallRecord, Feedback, valid_text
 from ._stats import DayModelRow
 from ._tables import (
     CALL_COLUMNS,
@@ -86,25 +86,23 @@ def prepare(conn: Connection[Any]) -> None:
 
 
 def pg_row(rec: CallRecord) -> PgRow:
-    """A record as the batch insert takes it, redacted; CallLogError for text PostgreSQL can't hold.
+    """A record as the batch insert takes it, redacted; CallLogError for a count PostgreSQL can't hold.
 
     PostgreSQL text can't contain NUL: a NUL in a text column or a candidate becomes U+FFFD (JSON
-    columns escape it as ``\\u0000`` and keep it). Checked here, on the caller's thread, so that a
-    batch never fails for one bad record.
+    columns escape it as ``\\u0000`` and keep it), and so does a lone surrogate (half an emoji),
+    which isn't valid UTF-8. Done here, on the caller's thread, so that a batch never fails for one
+    bad record.
     """
     values = call_values(rec)
     if values["retries"] > _INT8_MAX:
         raise CallLogError(f"call {rec.call_id!r}: retries={values['retries']} is too large to log")
-    row = tuple(_text(values[c], rec.call_id) if isinstance(values[c], str) else values[c] for c in CALL_COLUMNS)
-    return row, [_text(text, rec.call_id) for text in rec.candidates]
+    row = tuple(_text(values[c]) if isinstance(values[c], str) else values[c] for c in CALL_COLUMNS)
+    return row, [_text(text) for text in rec.candidates]
 
 
-def _text(value: str, call_id: str) -> str:
-    """A string PostgreSQL text can hold: NUL replaced; CallLogError when it isn't valid Unicode (lone surrogates)."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise CallLogError(f"call {call_id!r} has text that is not valid Unicode and can't be logged: {exc}") from exc
+def _text(value: str) -> str:
+    """A string PostgreSQL text can hold: NUL and lone surrogates replaced by U+FFFD."""
+    value = valid_text(value)
     return value.replace("\x00", "\ufffd") if "\x00" in value else value
 
 

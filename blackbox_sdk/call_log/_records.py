@@ -17,6 +17,34 @@ Count = Annotated[int, Field(ge=0, strict=True)]
 Label = Literal["correct", "incorrect"]
 
 
+def valid_text(value: str) -> str:
+    """``value`` with each lone surrogate (half of an emoji a server cut) replaced by U+FFFD: text that
+    SQLite and PostgreSQL can take as UTF-8, where a raw surrogate made every write of the record fail."""
+    return value if _encodable(value) else value.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
+def _encodable(text: str) -> bool:
+    """Whether ``text`` encodes as UTF-8 (holds no lone surrogate); ASCII is known at once."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _valid(value: Any) -> Any:
+    """Plain JSON data with ``valid_text`` applied to every string in it, keys too."""
+    if isinstance(value, str):
+        return valid_text(value)
+    if isinstance(value, dict):
+        return {_valid(k): _valid(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_valid(item) for item in value]
+    return value
+
+
 def new_call_id() -> str:
     """A unique, time-sortable call id: ``bb-<ms since epoch, hex>-<16 random hex>``."""
     return f"bb-{int(time.time() * 1000):x}-{uuid.uuid4().hex[:16]}"
@@ -49,13 +77,23 @@ class CallRecord(BaseModel):
     @pydantic.field_validator("request", "usage", "extra")
     @classmethod
     def _plain_json(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        """Only values that survive strict JSON encoding can be logged."""
+        """Only values that survive strict JSON encoding can be logged; lone surrogates in them are replaced."""
         if value is not None:
             try:
-                json.dumps(value, allow_nan=False)
+                text = json.dumps(value, ensure_ascii=False, allow_nan=False)
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"must be plain JSON: {exc}") from exc
+            if not _encodable(text):
+                return _valid(value)  # type: ignore[no-any-return]  # a dict in, a dict out
         return value
+
+    @pydantic.field_validator("call_id", "endpoint_host", "model", "route", "candidates", "error", "key")
+    @classmethod
+    def _text(cls, value: str | list[str] | None) -> str | list[str] | None:
+        """Lone surrogates replaced (an answer cut mid-emoji), so that every store can write the record."""
+        if isinstance(value, list):
+            return [valid_text(text) for text in value]
+        return value if value is None else valid_text(value)
 
     @pydantic.model_validator(mode="after")
     def _indices_fit(self) -> CallRecord:
@@ -80,6 +118,12 @@ class Feedback(BaseModel):
     reference: str | None = None  # the correct answer, written by the rater
     note: str | None = None
     candidate: Count | None = None  # chosen[0] when reward or label is given: the answer they rate
+
+    @pydantic.field_validator("call_id", "reference", "note")
+    @classmethod
+    def _text(cls, value: str | None) -> str | None:
+        """Lone surrogates replaced, so that every store can write the feedback."""
+        return value if value is None else valid_text(value)
 
 
 def feedback_fields(

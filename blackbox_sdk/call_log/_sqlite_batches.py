@@ -3,9 +3,10 @@
 ``CallLog.enqueue`` puts a validated :class:`CallRecord` in the writer's queue and returns; here
 the writer's thread turns a batch into rows (redacted by ``_tables.call_values``, the same rows
 ``record`` writes) and inserts them in one ``BEGIN IMMEDIATE`` transaction. A call id already in
-the log is skipped with a warning (the first copy is kept, as ``record`` refuses a second), so one
-repeated id can never hold the queue up. The writers of this process are registered per file, so
-that a read of that file through any ``CallLog`` writes what they hold first.
+the log is skipped with a warning (the first copy is kept, as ``record`` refuses a second), and a
+record SQLite can't take is dropped with an error, so neither can ever hold the queue up. The
+writers of this process are registered per file, so that a read of that file through any
+``CallLog`` writes what they hold first.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from ._tables import CALL_COLUMNS, call_values
 _INSERT_CALL = f"INSERT INTO calls ({', '.join(CALL_COLUMNS)}) VALUES ({', '.join('?' * len(CALL_COLUMNS))}) ON CONFLICT (call_id) DO NOTHING"
 _INSERT_CANDIDATE = "INSERT INTO candidates (call_id, idx, text) VALUES (?, ?, ?)"
 
+_Row = tuple[tuple[Any, ...], CallRecord]  # a record's calls-table row, and the record (for its candidates)
+
 _writers: dict[str, weakref.WeakSet[BatchWriter[CallRecord]]] = {}
 _writers_lock = threading.Lock()
 
@@ -36,17 +39,53 @@ def row_of(rec: CallRecord) -> tuple[Any, ...]:
 
 
 def write_batch(conn: sqlite3.Connection, lock: threading.Lock, where: str, records: list[CallRecord]) -> None:
-    """The writer's one transaction: insert a batch of calls with their candidates, skipping ids already logged."""
+    """The writer's one transaction: insert a batch of calls with their candidates, skipping ids already logged.
+
+    A record SQLite refuses to bind (an integer past 64 bits, text it can't encode) fails the
+    batch with an error that is not an sqlite3.Error and would fail every retry of it: the batch
+    is then written again record by record, and that record dropped with an error logged.
+    """
     rows = [(row, rec) for rec in records if (row := _row_or_none(rec, where)) is not None]  # before the lock
+    try:
+        skipped = _insert(conn, lock, rows)
+    except sqlite3.Error:
+        raise
+    except Exception:  # noqa: BLE001 - not the file's trouble but a record's: find it, write the rest
+        skipped = _insert_each(conn, lock, rows, where)
+    if skipped:
+        logger.warning("call log: %d of %d queued records were already in %s (a repeated call_id); the first copy is kept", skipped, len(rows), where)
+
+
+def _insert(conn: sqlite3.Connection, lock: threading.Lock, rows: list[_Row]) -> int:
+    """Insert rows in one transaction; how many ids were already logged."""
+    with lock, immediate(conn) as connection:
+        return sum(_insert_one(connection, row, rec) for row, rec in rows)
+
+
+def _insert_each(conn: sqlite3.Connection, lock: threading.Lock, rows: list[_Row], where: str) -> int:
+    """``_insert`` with each record in a savepoint: one whose insert raises anything but an sqlite3.Error
+    is dropped with an error logged, the others written."""
     skipped = 0
     with lock, immediate(conn) as connection:
         for row, rec in rows:
-            if connection.execute(_INSERT_CALL, row).rowcount == 0:
-                skipped += 1
-                continue
-            connection.executemany(_INSERT_CANDIDATE, [(rec.call_id, idx, text) for idx, text in enumerate(rec.candidates)])
-    if skipped:
-        logger.warning("call log: %d of %d queued records were already in %s (a repeated call_id); the first copy is kept", skipped, len(rows), where)
+            connection.execute("SAVEPOINT record")
+            try:
+                skipped += _insert_one(connection, row, rec)
+            except sqlite3.Error:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the record SQLite can't take, whatever it raised
+                connection.execute("ROLLBACK TO record")
+                logger.error("call log: call %s can't be written to %s and is dropped: %s: %s", rec.call_id, where, type(exc).__name__, exc)
+            connection.execute("RELEASE record")
+    return skipped
+
+
+def _insert_one(connection: sqlite3.Connection, row: tuple[Any, ...], rec: CallRecord) -> int:
+    """Insert one call and its candidates; 1 when its id was already logged (nothing inserted), else 0."""
+    if connection.execute(_INSERT_CALL, row).rowcount == 0:
+        return 1
+    connection.executemany(_INSERT_CANDIDATE, [(rec.call_id, idx, text) for idx, text in enumerate(rec.candidates)])
+    return 0
 
 
 def _row_or_none(rec: CallRecord, where: str) -> tuple[Any, ...] | None:
