@@ -1,8 +1,9 @@
 """A Responses API endpoint (POST /v1/responses, whole and streamed) on a free loopback port, for
 the faults no real server shows on demand: a stream cut before `response.completed`, a failed
 response, errors before an answer. It answers `answers` in turn (one per request, word by word
-when streamed), counts input and output tokens as words, and keeps every request body it got;
-every other route is a 404 (so the SDK's probe of a tokenize route falls back to tiktoken).
+when streamed), counts input and output tokens as words (plus `history` for a request that
+continues stored state, as a server bills it), and keeps every request body it got; every other
+route is a 404 (so the SDK's probe of a tokenize route falls back to tiktoken).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 Json = dict[str, Any]
+STORED_STATE = ("previous_response_id", "conversation", "prompt")  # what a request may continue
 
 
 def words(text: str) -> int:
@@ -33,15 +35,16 @@ def prompt_text(body: Json) -> str:
     return " ".join(texts)
 
 
-def response_json(number: int, body: Json, answer: str) -> Json:
-    """A whole response: one assistant message, cut to `max_output_tokens` words (then incomplete)."""
+def response_json(number: int, body: Json, answer: str, history: int = 0) -> Json:
+    """A whole response: one assistant message, cut to `max_output_tokens` words (then incomplete);
+    `history` input tokens are billed on top."""
     pieces = answer.split(" ")
     cap = body.get("max_output_tokens")
     incomplete = isinstance(cap, int) and len(pieces) > cap
     text = " ".join(pieces[:cap] if incomplete else pieces)
     message = {"type": "message", "id": f"msg_{number}", "role": "assistant", "status": "completed",
                "content": [{"type": "output_text", "text": text, "annotations": []}]}
-    usage = {"input_tokens": words(prompt_text(body)), "input_tokens_details": {"cached_tokens": 0},
+    usage = {"input_tokens": words(prompt_text(body)) + history, "input_tokens_details": {"cached_tokens": 0},
              "output_tokens": words(text), "output_tokens_details": {"reasoning_tokens": 0}}
     usage["total_tokens"] = usage["input_tokens"] + usage["output_tokens"]
     return {"id": f"resp_{number}", "object": "response", "created_at": 1, "model": body.get("model"),
@@ -74,12 +77,14 @@ def stream_events(response: Json, mode: str) -> Iterator[Json]:
 
 class ResponsesUpstream:
     """The endpoint; `mode` is "ok", "cut" or "failed" (for streams), `errors` the number of 500s to
-    answer before answering; `bodies` the requests received; `url` its /v1 base URL."""
+    answer before answering, `history` the input tokens billed for the stored state a request
+    continues; `bodies` the requests received; `url` its /v1 base URL."""
 
     def __init__(self, answers: list[str]) -> None:
         self.answers = answers
         self.mode = "ok"
         self.errors = 0
+        self.history = 0
         self.bodies: list[Json] = []
         self._lock = threading.Lock()
         upstream = self
@@ -112,7 +117,8 @@ class ResponsesUpstream:
             handler.end_headers()
             handler.wfile.write(payload)
             return
-        response = response_json(number, body, self.answers[(number - 1) % len(self.answers)])
+        history = self.history if any(body.get(name) for name in STORED_STATE) else 0
+        response = response_json(number, body, self.answers[(number - 1) % len(self.answers)], history)
         if body.get("stream"):
             handler.send_response(200)
             handler.send_header("Content-Type", "text/event-stream")

@@ -237,10 +237,17 @@ def test_local_model_under_a_cap_costs_nothing() -> None:
         ({"lease_s": 0}, "lease_s"),
         ({"ledger_prefix": ""}, "ledger_prefix"),
         ({"prices": {"m": {"input": -1.0, "output": 1.0}}}, "prices.m.input"),
+        ({"total_usd": math.inf}, "total_usd"),
+        ({"per_model_usd": {"gpt-4o": math.inf}}, "per_model_usd.gpt-4o"),
+        ({"per_day_usd": 1e300}, "per_day_usd"),
+        ({"estimate_margin": math.inf}, "estimate_margin"),
+        ({"lease_s": math.inf}, "lease_s"),
+        ({"prices": {"m": {"input": math.inf, "output": 1.0}}}, "prices.m.input"),
     ],
     ids=[
         "total", "per_call", "per_day", "per_key", "per_model", "policy", "default_output", "key", "typo", "lease",
-        "prefix", "prices",
+        "prefix", "prices", "infinite-total", "infinite-per-model", "huge-per-day", "infinite-margin", "infinite-lease",
+        "infinite-price",
     ],
 )
 def test_bad_options_are_a_config_error_naming_the_field(options: dict, field: str) -> None:
@@ -259,13 +266,47 @@ def test_a_key_passed_as_an_unknown_option_is_not_echoed() -> None:
 
 @pytest.mark.parametrize(
     "arguments",
-    [{"n": 0}, {"prompt_tokens": -1}, {"max_output_tokens": -5}, {"key": ""}, {"n": True}],
-    ids=["n", "prompt", "output", "key", "bool-n"],
+    [
+        {"n": 0}, {"prompt_tokens": -1}, {"max_output_tokens": -5}, {"key": ""}, {"n": True}, {"prompt_tokens": 10**400},
+        {"max_output_tokens": 2**53}, {"model": None},
+    ],
+    ids=["n", "prompt", "output", "key", "bool-n", "huge-prompt", "huge-output", "no-model"],
 )
 def test_bad_reserve_arguments_are_refused(arguments: dict) -> None:
     call = {"model": "unit", "prompt_tokens": 10, **arguments}
     with pytest.raises(ConfigError):
         budget(total_usd=1.0).reserve(**call)
+
+
+@pytest.mark.parametrize(
+    "prompt_tokens",
+    [2**52, TokenCount(1000, "estimate", False)],
+    ids=["worst-case", "margin"],
+)
+def test_a_worst_case_beyond_what_a_ledger_counts_exactly_is_refused(prompt_tokens: int | TokenCount) -> None:
+    uncapped = budget(estimate_margin=1e300)  # no cap to refuse it: 2**52 tokens at $1 per million is $4.5 billion
+    with pytest.raises(ConfigError, match="2\\*\\*53"):
+        uncapped.reserve(model="unit", prompt_tokens=prompt_tokens, max_output_tokens=1)
+    assert uncapped.report().outstanding_reservations == 0
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"prompt_tokens": 10, "completion_tokens": 10**18},
+        {"prompt_tokens": 10, "completion_tokens": -1},
+        {"prompt_tokens": math.inf, "completion_tokens": 1},
+        {"prompt_tokens": 10, "completion_tokens": 1, "cached_tokens": "many"},
+    ],
+    ids=["huge", "negative", "infinite", "not-a-number"],
+)
+def test_usage_that_cant_be_real_is_charged_at_the_worst_case(usage: dict, caplog: pytest.LogCaptureFixture) -> None:
+    capped = budget(total_usd=1.0)
+    reservation = capped.reserve(model="unit", prompt_tokens=10, max_output_tokens=20)
+    assert capped.settle(reservation, **usage) == pytest.approx(reservation.worst_case_usd)
+    report = capped.report()
+    assert report.outstanding_reservations == 0 and report.spent_usd == pytest.approx(reservation.worst_case_usd)
+    assert "can't be real" in caplog.text
 
 
 def test_spent_and_report_break_down_by_day_key_and_model() -> None:

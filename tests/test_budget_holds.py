@@ -14,16 +14,25 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import pytest
 
 from servers import InstantUpstream
 
-from blackbox_sdk import Budget, BudgetExceededError, CallLog, OpenAI, StoreUnavailableError
+from blackbox_sdk import Budget, BudgetExceededError, CallLog, OpenAI, RateLimitExceededError, StoreUnavailableError
+from blackbox_sdk._pipeline import _flows
 
 MODEL = "smollm2"
 PRICES = {MODEL: {"input": 1000.0, "output": 1000.0}}  # $1000 per million tokens: a call costs a few cents
 QUESTION = [{"role": "user", "content": "Name a fruit."}]
 SPAWN = multiprocessing.get_context("spawn")
+
+
+def _answer(completion_tokens: int = 2) -> dict[str, Any]:
+    """A chat answer "Apple." whose usage reports `completion_tokens`."""
+    usage = {"prompt_tokens": 9, "completion_tokens": completion_tokens, "total_tokens": 9 + completion_tokens}
+    return {"id": "c", "object": "chat.completion", "created": 1, "model": MODEL, "usage": usage,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Apple."}, "finish_reason": "stop"}]}
 
 
 def _budget(ledger: str, cap: float) -> Budget:
@@ -148,9 +157,7 @@ def test_redis_killed_mid_run_fails_closed_and_the_run_completes_after_restart(l
 
 
 def test_a_ledger_lost_after_the_answer_is_a_logged_error_and_the_paid_answer_is_kept(redis_server: Any, tmp_path: Path) -> None:
-    answer = {"id": "c", "object": "chat.completion", "created": 1, "model": MODEL, "usage": {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11},
-              "choices": [{"index": 0, "message": {"role": "assistant", "content": "Apple."}, "finish_reason": "stop"}]}
-    upstream = InstantUpstream(answer, before=redis_server.stop)  # the ledger dies while the call is out
+    upstream = InstantUpstream(_answer(), before=redis_server.stop)  # the ledger dies while the call is out
     url = upstream.url
     budget = Budget(total_usd=1.0, prices=PRICES, ledger=redis_server.url)
     client = OpenAI(base_url=url, api_key="sk-test", budget=budget, cache=tmp_path / "cache", log=tmp_path / "calls.db", max_retries=0)
@@ -165,3 +172,34 @@ def test_a_ledger_lost_after_the_answer_is_a_logged_error_and_the_paid_answer_is
         assert again.blackbox.cache_hit and again.choices[0].message.content == "Apple."
     finally:
         upstream.close()
+
+
+def test_usage_a_server_reports_that_cant_be_real_is_charged_at_the_worst_case(tmp_path: Path) -> None:
+    upstream = InstantUpstream(_answer(completion_tokens=-1))
+    budget = Budget(total_usd=1.0, prices=PRICES, ledger=tmp_path / "ledger.db")
+    client = OpenAI(base_url=upstream.url, api_key="sk-test", budget=budget, max_retries=0)
+    try:
+        answer = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=4)
+        report = budget.report()
+        assert answer.blackbox.cost_usd > 0 and report.spent_usd == pytest.approx(answer.blackbox.cost_usd)
+        assert report.outstanding_reservations == 0  # settled, not left held until its lease lapses
+    finally:
+        upstream.close()
+
+
+def test_credentials_in_the_base_url_stay_out_of_the_ledger_and_the_calibration_refusal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    base_url = "https://svc:gw-pass-12345@gateway.example/v1?key=gw-query-secret-6789"
+    http = httpx2.Client(transport=httpx2.MockTransport(lambda request: httpx2.Response(200, json=_answer())))
+    budget = Budget(total_usd=1.0, prices=PRICES, ledger=tmp_path / "ledger.db")
+    client = OpenAI(base_url=base_url, api_key="sk-test", budget=budget, http_client=http, max_retries=0)
+    client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=4)  # calibrates the endpoint
+    stored = b"".join(path.read_bytes() for path in tmp_path.glob("ledger.db*"))
+    assert b"gateway.example" in stored and b"gw-pass-12345" not in stored and b"gw-query-secret-6789" not in stored
+    other = Budget(total_usd=1.0, prices=PRICES, ledger=tmp_path / "other.db")
+    waiting = OpenAI(base_url=base_url, api_key="sk-test", budget=other, http_client=http, max_retries=0)
+    other.calibration.open_gate("https://gateway.example/v1/#chat.completions", MODEL, "another-process")  # it calibrates
+    monkeypatch.setattr(_flows, "CALIBRATION_WAIT_S", 0.0)
+    with pytest.raises(RateLimitExceededError) as refused:
+        waiting.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=4)
+    assert refused.value.scope == "calibration" and "https://gateway.example/v1/ is not calibrated" in str(refused.value)
+    assert "gw-pass-12345" not in str(refused.value) and "gw-query-secret-6789" not in str(refused.value)

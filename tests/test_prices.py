@@ -126,6 +126,7 @@ def test_dict_overrides_win_over_the_file(tmp_path: Path) -> None:
         pytest.param(json.dumps({"m": {"input": -1.0, "output": 1.0}}), "invalid prices", id="negative"),
         pytest.param(json.dumps({"m": {"input": 1.0}}), "invalid prices", id="no-output"),
         pytest.param(json.dumps(["m"]), "must be a mapping", id="not-a-mapping"),
+        pytest.param('{"m": {"input": Infinity, "output": 1.0}}', "invalid prices", id="infinite"),  # JSON as Python reads it
     ],
 )
 def test_bad_price_file_names_the_file(tmp_path: Path, content: str, message: str) -> None:
@@ -147,8 +148,8 @@ def test_missing_price_file_is_refused(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "price",
-    [{"input": -0.1, "output": 1.0}, {"input": 1.0, "output": 1.0, "typo": 2.0}, {"output": 1.0}],
-    ids=["negative", "unknown-field", "no-input"],
+    [{"input": -0.1, "output": 1.0}, {"input": 1.0, "output": 1.0, "typo": 2.0}, {"output": 1.0}, {"input": 1.0, "output": float("inf")}],
+    ids=["negative", "unknown-field", "no-input", "infinite"],
 )
 def test_bad_override_dict_is_a_config_error_naming_the_field(price: dict[str, float]) -> None:
     with pytest.raises(ConfigError, match=r"invalid Budget: prices\.m") as refused:

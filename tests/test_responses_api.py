@@ -19,6 +19,7 @@ import pytest
 from pydantic import BaseModel
 
 from blackbox_sdk import AsyncOpenAI, Budget, BudgetExceededError, CallLog, InvalidRequestError, OpenAI, RateLimitExceededError
+from blackbox_sdk._pipeline import _flows
 from blackbox_sdk.limits import RateLimits
 from blackbox_sdk.resources._responses_api import AsyncResponses, Responses
 
@@ -262,3 +263,26 @@ def test_parse_reranks_answers_that_fit_the_schema_first(upstream: ResponsesUpst
     assert parsed.output_parsed == City(name="Paris") and info.candidates[chosen] == '{"name": "Paris"}'
     assert info.scores[chosen] < max(info.scores)  # the reranker scored the other higher; the one that fits wins
     assert upstream.bodies[0]["text"]["format"]["type"] == "json_schema"
+
+
+@pytest.mark.parametrize(
+    "state", [{"previous_response_id": "resp_0"}, {"conversation": "conv_0"}, {"prompt": {"id": "pmpt_0"}}],
+    ids=["previous_response_id", "conversation", "stored-prompt"],
+)
+def test_a_continued_response_is_charged_its_history_but_neither_calibrates_nor_takes_the_gate(
+    state: dict[str, object], upstream: ResponsesUpstream, tmp_path: Path, budget: Budget, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    upstream.history = 20_000  # the stored history, billed as input: the SDK can't count it
+    client = double_client(OpenAI, upstream, tmp_path, budget)
+    key = f"{client._core.endpoint}#responses"
+    budget.calibration.open_gate(key, MODEL, "another-process")  # a plain call elsewhere is calibrating the endpoint
+    monkeypatch.setattr(_flows, "CALIBRATION_WAIT_S", 0.0)  # a call that waited at the gate would be refused at once
+    continued = client.responses.create(model=MODEL, input=QUESTION, max_output_tokens=16, **state)
+    assert continued.usage.input_tokens > 20_000 and budget.report().spent_usd == pytest.approx(spent(continued.usage))
+    assert budget.calibration.overhead(key, MODEL) is None  # its history taught the endpoint nothing
+    assert not budget.calibration.open_gate(key, MODEL, "a-third-process")  # the gate is still the other process's
+    budget.calibration.close_gate(key, MODEL, "another-process")
+    client.responses.create(model=MODEL, input="And of Italy?", max_output_tokens=16)  # a plain call calibrates
+    learnt = budget.calibration.overhead(key, MODEL)
+    client.responses.create(model=MODEL, input="And of Spain?", max_output_tokens=16, **state)
+    assert learnt is not None and learnt < 100 and budget.calibration.overhead(key, MODEL) == learnt

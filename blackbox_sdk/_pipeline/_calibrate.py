@@ -1,17 +1,24 @@
 """Calibration in the call path: until an endpoint and model are calibrated, one call at a time
 passes the gate; each answer's reported prompt tokens teach the budget what the endpoint adds.
+A Responses call that continues stored state (a previous response, a conversation, a stored
+prompt) is billed for history the SDK can't count: it neither takes the gate nor teaches anything.
 Store outages here are warnings (a later answer teaches the same; the gate's lease frees it).
 """
 
 from __future__ import annotations
 
 from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 from .._exceptions import StoreUnavailableError
 from .._logging import logger
-from .._types import Json
+from .._types import RESPONSES, Json
 from ..budget import UNCALIBRATED_ALLOWANCE
 from ._call import Call
+from ._meter import reported
+from ._validation import given
+
+STORED_STATE = ("previous_response_id", "conversation", "prompt")  # what a Responses call continues, billed as input
 
 
 class Core(Protocol):
@@ -21,15 +28,33 @@ class Core(Protocol):
     backend: Any
 
 
+def public_endpoint(endpoint: str) -> str:
+    """The endpoint without what a URL can carry a credential in (user:password@, the query, the
+    fragment): what calibration is kept under in the ledger and what its messages show."""
+    parts = urlsplit(endpoint)
+    if "@" not in parts.netloc and not parts.query and not parts.fragment:
+        return endpoint
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
+
+
 def calibration_key(core: Core, call: Call) -> str:
     """What an overhead is learnt for, with the model: the endpoint and the route (templates differ by route)."""
-    return f"{core.endpoint}#{call.route.name}"
+    return f"{public_endpoint(core.endpoint)}#{call.route.name}"
+
+
+def continues_stored_state(call: Call) -> bool:
+    """Whether the call is billed for a stored history the SDK can't count (a Responses call with a
+    previous response, a conversation or a stored prompt): its usage tells nothing of the endpoint."""
+    return call.route is RESPONSES and any(given(call.params.get(name)) for name in STORED_STATE)
+
 
 def passes_gate(core: Core, call: Call) -> bool:
     """Fail closed until calibrated: True once this endpoint and model are calibrated (or no budget
-    or a local model counts them), or when this call took the gate; False while another call has it."""
+    or a local model counts them), or when this call took the gate; False while another call has it.
+    A call continuing stored state can't calibrate, so it passes without the gate (reserved with the
+    allowance until a plain call has calibrated the endpoint)."""
     budget = call.opts.budget
-    if budget is None or core.backend is not None:
+    if budget is None or core.backend is not None or continues_stored_state(call):
         return True
     if budget.calibration.overhead(calibration_key(core, call), call.model) is not None:
         return True
@@ -39,9 +64,10 @@ def passes_gate(core: Core, call: Call) -> bool:
 def learn(core: Core, call: Call, usage: Json) -> None:
     """Learn the endpoint's hidden prompt tokens from a reported usage, and let the next call through."""
     budget = call.opts.budget
-    if budget is None or core.backend is not None or call.counted_prompt is None:
+    if budget is None or core.backend is not None or call.counted_prompt is None or continues_stored_state(call):
         return
-    per_request = int(usage.get("prompt_tokens") or 0) // max(1, call.info.requests)
+    prompt = reported(usage.get("prompt_tokens"))
+    per_request = prompt // max(1, call.info.requests) if isinstance(prompt, int) else 0
     if call.usage_counted:  # the server said nothing: keep the allowance rather than stay gated
         per_request = call.counted_prompt + UNCALIBRATED_ALLOWANCE if call.gated else 0
     try:

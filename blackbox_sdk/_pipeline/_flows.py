@@ -17,7 +17,7 @@ from .._info import attach
 from .._options import split_options
 from .._types import EMBEDDINGS, Json, Route, add_usage
 from ._beam_steps import beam_response
-from ._calibrate import passes_gate
+from ._calibrate import passes_gate, public_endpoint
 from ._call import Call, KeptHttp
 from ._candidates import Candidate
 from ._core import Core
@@ -138,7 +138,7 @@ def admit(core: Core, call: Call, count: int) -> Flow:
         if granted is not None:
             return granted
         if waited >= CALIBRATION_WAIT_S:
-            message = f"{core.endpoint} is not calibrated yet for {call.model} and its first call is still running"
+            message = f"{public_endpoint(core.endpoint)} is not calibrated yet for {call.model} and its first call is still running"
             raise RateLimitExceededError(message, limit=1, scope="calibration", retry_after=GATE_PAUSE_S)
         yield Effect("gate", call)
         waited += GATE_PAUSE_S

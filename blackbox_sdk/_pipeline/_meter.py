@@ -15,6 +15,15 @@ from ..budget import NO_LOG, Budget, Reservation
 from ..call_log import CallLog, CallLogStore, CallRecord
 
 
+def reported(count: Any) -> Any:
+    """A token count from a server's usage as an int (none: 0); one that reads as no integer (infinity, a
+    word) as it came, for `Budget.settle` to charge the reserved worst case rather than fail the call."""
+    try:
+        return int(count or 0)
+    except (TypeError, ValueError, OverflowError):
+        return count
+
+
 def recording(log: CallLogStore | None) -> bool:
     """Whether a call metered onto `log` writes anything: a log record, or the INFO line."""
     return log is not None or logger.isEnabledFor(logging.INFO)
@@ -49,9 +58,9 @@ class Meter:
         return float(
             self.budget.settle(
                 reservation,
-                prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                completion_tokens=int(usage.get("completion_tokens") or 0),
-                cached_tokens=int(details.get("cached_tokens") or 0),
+                prompt_tokens=reported(usage.get("prompt_tokens")),
+                completion_tokens=reported(usage.get("completion_tokens")),
+                cached_tokens=reported(details.get("cached_tokens")),
                 log_id=self.log_id,
             )
         )

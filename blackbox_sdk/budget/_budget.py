@@ -27,8 +27,6 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    NonNegativeFloat,
-    PositiveFloat,
     PositiveInt,
     PrivateAttr,
     ValidationError,
@@ -38,7 +36,7 @@ from .._exceptions import ConfigError, PriceMissingError
 from .._logging import logger
 from .._redact import redact_text
 from ._calibration import Calibration, open_calibration
-from ._caps import Cap, Scope, nano_to_usd, usd_to_nano
+from ._caps import MAX_CAP_USD, Cap, Scope, nano_to_usd, usd_to_nano
 from ._open import open_ledger
 from ._policy import (
     FREE,
@@ -47,7 +45,9 @@ from ._policy import (
     Request,
     Reservation,
     charged_prompt_tokens,
+    charged_usage,
     checked_count,
+    checked_model,
     utc_day,
 )
 from ._prices import (
@@ -63,29 +63,33 @@ from ._store import Hold, LedgerStore, SettledSpend
 from ._tokens import TokenCount
 
 DEFAULT_LEASE_S = 300.0
+MAX_LEASE_S = 1e9  # about 32 years: any longer is never, and a Redis lease in milliseconds stays exact
+
+Usd = Annotated[float, Field(gt=0, le=MAX_CAP_USD, allow_inf_nan=False)]  # a cap, in nano-dollars an int64 in every ledger
 
 
 class Budget(BaseModel):
     """Hard spending caps in USD, checked before each call against a ledger shared by processes.
 
-    Caps are optional and all apply at once: `total_usd` (the ledger's lifetime), `per_call_usd`,
-    `per_day_usd` (UTC day), `per_key_usd` (each user/tenant id, calls without one share a
-    bucket) and `per_model_usd` (a name covers its dated snapshots). `ledger` is an SQLite file
-    shared by every process on a host, or a `redis://host:port/db` (`rediss://`) URL shared by
-    hosts (keys under `ledger_prefix`); None gives this Budget a private ledger in a temp folder.
-    A reservation not settled or released within `lease_s` seconds stops holding (its process
-    died or hung). `default_max_output_tokens` is the worst case assumed when a call gives no
-    max_tokens (and is then sent as its max_tokens). Inexact (estimated) prompt counts are
-    inflated by `estimate_margin`. Every bad argument raises ConfigError naming the field.
+    Caps are optional (at most about $9.2 billion, an int64 of nano-dollars) and all apply at
+    once: `total_usd` (the ledger's lifetime), `per_call_usd`, `per_day_usd` (UTC day),
+    `per_key_usd` (each user/tenant id, calls without one share a bucket) and `per_model_usd` (a
+    name covers its dated snapshots). `ledger` is an SQLite file shared by every process on a
+    host, or a `redis://host:port/db` (`rediss://`) URL shared by hosts (keys under
+    `ledger_prefix`); None gives this Budget a private ledger in a temp folder. A reservation not
+    settled or released within `lease_s` seconds stops holding (its process died or hung).
+    `default_max_output_tokens` is the worst case assumed when a call gives no max_tokens (and is
+    then sent as its max_tokens). Inexact (estimated) prompt counts are inflated by
+    `estimate_margin`. Every bad argument (infinite and NaN too) raises ConfigError naming it.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    total_usd: PositiveFloat | None = None
-    per_call_usd: PositiveFloat | None = None
-    per_day_usd: PositiveFloat | None = None
-    per_key_usd: PositiveFloat | None = None
-    per_model_usd: dict[str, PositiveFloat] = Field(default_factory=dict)
+    total_usd: Usd | None = None
+    per_call_usd: Usd | None = None
+    per_day_usd: Usd | None = None
+    per_key_usd: Usd | None = None
+    per_model_usd: dict[str, Usd] = Field(default_factory=dict)
     prices: dict[str, ModelPrice] | None = None  # {"model": {"input": ..., "output": ...}} per million tokens
     prices_file: Path | None = None
     policy: Literal["raise", "shrink"] = "raise"
@@ -93,8 +97,8 @@ class Budget(BaseModel):
     key: Annotated[str, Field(min_length=1)] | None = None
     default_max_output_tokens: PositiveInt = 4096
     min_output_tokens: PositiveInt = 16  # the shrink policy's floor for max_output_tokens
-    estimate_margin: NonNegativeFloat = 0.25  # +25% on prompt counts that are estimates
-    lease_s: PositiveFloat = DEFAULT_LEASE_S  # longer than the longest call: a lapsed hold stops counting
+    estimate_margin: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.25  # +25% on prompt counts that are estimates
+    lease_s: Annotated[float, Field(gt=0, le=MAX_LEASE_S, allow_inf_nan=False)] = DEFAULT_LEASE_S  # longer than the longest call: a lapsed hold stops counting
     ledger_prefix: Annotated[str, Field(min_length=1)] = DEFAULT_PREFIX  # Redis keys, one prefix per tenant/app
 
     _ledger: LedgerStore = PrivateAttr()
@@ -165,7 +169,7 @@ class Budget(BaseModel):
         key = self._key_for(key)
         output = self.default_max_output_tokens if max_output_tokens is None else max_output_tokens
         day = utc_day()
-        caps = self._caps(model, key, day)
+        caps = self._caps(checked_model(model), key, day)
         price = self._price_or_raise(model, local, caps)
         request = Request(
             model=model,
@@ -213,15 +217,10 @@ class Budget(BaseModel):
 
         `log_id` names the call log that will record the call (its `log_id`; NO_LOG when none will), so
         that `repair_log` gives a call lost between charge and record back to its own log only; None
-        (not said) leaves the spend to whichever log is repaired from this ledger.
+        (not said) leaves the spend to whichever log is repaired from this ledger. Usage that can't be
+        real is charged at the worst case (`charged_usage`), so that the hold is settled all the same.
         """
-        prompt = checked_count("prompt_tokens", prompt_tokens, 0)
-        completion = checked_count("completion_tokens", completion_tokens, 0)
-        cached = checked_count("cached_tokens", cached_tokens, 0)
-        if cached > prompt:
-            raise ConfigError(f"cached_tokens ({cached}) can't exceed prompt_tokens ({prompt})")
-        usd = reservation.price.cost_usd(prompt, completion, cached) if reservation.price else 0.0
-        usd_nano = usd_to_nano(usd, round_up=True)
+        usd_nano, prompt, completion, cached = charged_usage(reservation, prompt_tokens, completion_tokens, cached_tokens)
         reserved = usd_to_nano(reservation.worst_case_usd, round_up=True)
         hold = Hold(reservation.id, reservation.call_id, reservation.model, reservation.key, reservation.day, reserved, self.lease_s)
         charged = self._ledger.settle(

@@ -12,6 +12,7 @@ import time
 from typing import Any, Protocol
 
 from ._ledger import Ledger
+from ._policy import is_count
 from ._store import LedgerStore
 
 UNCALIBRATED_ALLOWANCE = 64  # prompt tokens reserved on top of the count while an endpoint is uncalibrated (one call in flight)
@@ -157,8 +158,11 @@ class Calibration:
         return stored
 
     def learn(self, endpoint: str, model: str, counted: int, reported: int) -> None:
-        """One answer's evidence: the endpoint reported `reported` prompt tokens where the SDK counted `counted`."""
-        extra = max(0, int(reported) - int(counted))
+        """One answer's evidence: the endpoint reported `reported` prompt tokens where the SDK counted `counted`;
+        a report that can't be real (negative, or from 2**53 up) teaches nothing."""
+        if not is_count(reported):
+            return
+        extra = max(0, reported - int(counted))
         with self._lock:
             known = self._known.get((endpoint, model))
             if known is not None and extra <= known:

@@ -14,6 +14,8 @@ from typing import Literal
 from ._prices import snapshot_base
 
 NANO_PER_USD = 1_000_000_000
+EXACT_LIMIT = 2**53  # a call's token counts and nano-dollars stay below this: Redis Lua's doubles hold them exactly
+MAX_CAP_USD = float((2**63 - 1) // NANO_PER_USD)  # the largest cap (about $9.2 billion): its nano-dollars fit an int64
 REPORTED_SCOPES = ("total", "per_day", "per_key", "model")  # the totals rows a report shows, by scope
 
 Scope = Literal["total", "per_call", "per_day", "per_key", "per_model"]
@@ -23,6 +25,13 @@ def usd_to_nano(usd: float, *, round_up: bool) -> int:
     """USD as integer nano-dollars; float noise below a thousandth of a nano-dollar is dropped first."""
     scaled = round(usd * NANO_PER_USD, 3)
     return math.ceil(scaled) if round_up else math.floor(scaled)
+
+
+def bounded_nano(usd: float) -> int | None:
+    """`usd` as nano-dollars rounded up; None when it is beyond what every ledger counts exactly (or not a number)."""
+    if not usd * NANO_PER_USD < EXACT_LIMIT:  # NaN and infinity fail too
+        return None
+    return usd_to_nano(usd, round_up=True)
 
 
 def nano_to_usd(nano: int) -> float:

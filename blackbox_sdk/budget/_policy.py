@@ -11,9 +11,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import TypeGuard
 
 from .._exceptions import BudgetExceededError, ConfigError
-from ._caps import CapUsage, nano_to_usd, usd_to_nano
+from .._logging import logger
+from ._caps import EXACT_LIMIT, CapUsage, bounded_nano, nano_to_usd, usd_to_nano
 from ._prices import ModelPrice
 from ._tokens import TokenCount
 
@@ -50,9 +52,17 @@ class Request:
     prompt_per_choice: bool = False  # each choice is its own request (a server that ignores n)
 
     def worst_nano(self, n: int, max_output: int) -> int:
-        """The worst-case cost in nano-dollars with `n` choices of up to `max_output` tokens."""
+        """The worst-case cost in nano-dollars with `n` choices of up to `max_output` tokens; ConfigError when
+        its tokens or its cost are beyond what a ledger counts exactly (2**53)."""
         prompt = self.prompt * n if self.prompt_per_choice else self.prompt
-        return usd_to_nano(self.price.cost_usd(prompt, n * max_output), round_up=True)
+        usd = self.price.cost_usd(prompt, n * max_output)
+        nano = bounded_nano(usd) if prompt + n * max_output < EXACT_LIMIT else None
+        if nano is None:
+            raise ConfigError(
+                f"{self.model}: {prompt} prompt tokens + {n} x {max_output} output tokens (${usd:.6g}) is beyond what "
+                f"a ledger counts exactly (2**53 tokens or nano-dollars, about $9 million)"
+            )
+        return nano
 
 
 @dataclass(frozen=True)
@@ -118,17 +128,54 @@ class Policy:
 
 def charged_prompt_tokens(prompt_tokens: int | TokenCount, estimate_margin: float) -> int:
     """Prompt tokens to charge in the worst case: estimates are inflated by the margin."""
-    if isinstance(prompt_tokens, TokenCount):
-        tokens = checked_count("prompt_tokens", prompt_tokens.tokens, 0)
-        return tokens if prompt_tokens.exact else math.ceil(tokens * (1.0 + estimate_margin))
-    return checked_count("prompt_tokens", prompt_tokens, 0)
+    if not isinstance(prompt_tokens, TokenCount):
+        return checked_count("prompt_tokens", prompt_tokens, 0)
+    tokens = checked_count("prompt_tokens", prompt_tokens.tokens, 0)
+    if prompt_tokens.exact:
+        return tokens
+    inflated = tokens * (1.0 + estimate_margin)
+    if not inflated < EXACT_LIMIT:
+        raise ConfigError(f"prompt_tokens ({tokens}) with the estimate margin ({estimate_margin:g}) is beyond 2**53 tokens")
+    return math.ceil(inflated)
 
 
 def checked_count(name: str, value: object, minimum: int) -> int:
-    """`value` as a checked integer >= minimum, or a ConfigError naming the argument."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    """`value` as a checked integer from `minimum` up to below 2**53 (what a ledger counts exactly), or a
+    ConfigError naming the argument."""
+    if not is_count(value, minimum):
+        raise ConfigError(f"{name} must be an integer >= {minimum} and below 2**53, got {value!r:.40}")
     return value
+
+
+def checked_model(model: object) -> str:
+    """`model` when it is a non-empty string (what prices and caps are looked up by), else a ConfigError."""
+    if not isinstance(model, str) or not model:
+        raise ConfigError(f"model must be a non-empty string, got {model!r:.80}")
+    return model
+
+
+def charged_usage(reservation: Reservation, prompt: object, completion: object, cached: object) -> tuple[int, int, int, int]:
+    """What to charge for a call's reported usage: (nano-dollars, prompt, completion, cached tokens). Usage
+    that can't be real (a count that is negative, not an integer, or from 2**53 up, as a broken server
+    may report) is charged at the reservation's worst case, with a warning; ConfigError for more cached
+    than prompt tokens."""
+    if is_count(prompt) and is_count(completion) and is_count(cached):
+        if cached > prompt:
+            raise ConfigError(f"cached_tokens ({cached}) can't exceed prompt_tokens ({prompt})")
+        nano = bounded_nano(reservation.price.cost_usd(prompt, completion, cached) if reservation.price else 0.0)
+        if nano is not None:
+            return nano, prompt, completion, cached
+    logger.warning(
+        "call %s reported usage that can't be real (prompt_tokens=%.40r, completion_tokens=%.40r, cached_tokens=%.40r): "
+        "charged its reserved worst case of $%.6f", reservation.call_id, prompt, completion, cached, reservation.worst_case_usd,
+    )
+    worst = usd_to_nano(reservation.worst_case_usd, round_up=True)
+    return worst, reservation.prompt_tokens, reservation.n * reservation.max_output_tokens, 0
+
+
+def is_count(value: object, minimum: int = 0) -> TypeGuard[int]:
+    """Whether `value` is an integer (not a bool) from `minimum` up to below 2**53."""
+    return isinstance(value, int) and not isinstance(value, bool) and minimum <= value < EXACT_LIMIT
 
 
 def utc_day() -> str:

@@ -14,15 +14,17 @@ import re
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, NonNegativeFloat, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .._exceptions import ConfigError
 
 DEFAULT_PRICES_FILE = Path(__file__).parent.parent / "data" / "prices.json"  # blackbox_sdk/data/prices.json
 TOKENS_PER_PRICE_UNIT = 1_000_000
 _SNAPSHOT_SUFFIX = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{4})$")  # -2024-08-06 or -0613
+
+Rate = Annotated[float, Field(ge=0, allow_inf_nan=False)]  # USD per million tokens: an infinite one prices nothing
 
 
 def snapshot_base(model: str) -> str:
@@ -35,9 +37,9 @@ class ModelPrice(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    input: NonNegativeFloat
-    output: NonNegativeFloat
-    cached_input: NonNegativeFloat | None = None
+    input: Rate
+    output: Rate
+    cached_input: Rate | None = None
 
     def cost_usd(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> float:
         """USD for a call; `cached_tokens` are the part of `prompt_tokens` billed at the cached rate."""
@@ -83,7 +85,7 @@ def _parse_models(raw: Any, origin: str) -> dict[str, ModelPrice]:
     except ValidationError as error:
         raise ConfigError(
             f"invalid prices from {origin} (expected {{'model': {{'input': 1.0, 'output': 2.0}}}} "
-            f"in USD per million tokens, non-negative): {error}"
+            f"in USD per million tokens, non-negative and finite): {error}"
         ) from error
 
 
