@@ -11,7 +11,7 @@ from typing import Any
 
 from .._info import BlackBoxInfo
 from .._options import Options
-from .._types import CHAT, COMPLETIONS, RESPONSES, Json, Route
+from .._types import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, Json, Route
 from ._meter import Meter
 from ._validation import given
 
@@ -76,6 +76,21 @@ class Call:
         if self.route is CHAT and not given(self.params.get("max_tokens")) and REASONING_MODEL.match(self.model):
             return "max_completion_tokens"
         return "max_tokens"
+
+    @property
+    def cap_sent(self) -> int | None:
+        """The output-token cap the call sends: the caller's; else the budget's default, which it
+        reserves; else, under a tokens-per-minute limit, that limit's default (a call without one
+        could use any number of tokens); None for embeddings and when nothing bounds it."""
+        cap = self.params.get(self.output_cap)
+        if self.route is EMBEDDINGS:
+            return None
+        if given(cap):
+            return int(cap)
+        if self.opts.budget is not None:
+            return int(self.opts.budget.default_max_output_tokens)
+        limits = self.opts.rate_limit
+        return limits.default_max_output_tokens if limits is not None and limits.tpm is not None else None
 
     @property
     def prompts(self) -> int:

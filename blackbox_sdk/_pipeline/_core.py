@@ -121,21 +121,7 @@ class Core:
     def admission_tokens(self, call: Call, count: int) -> int:
         """The worst case a rate limit admits a call at: its prompts and `count` full answers each, at
         the output cap the call will send."""
-        return (self.count.prompt(call).tokens + (self.output_cap(call) or 0) * count) * call.prompts
-
-    def output_cap(self, call: Call) -> int | None:
-        """The output-token cap the call sends: the caller's; else the budget's default, which it
-        reserves; else, under a tokens-per-minute limit, that limit's default (a call without one
-        could use any number of tokens); None for embeddings and when nothing bounds it."""
-        cap = call.params.get(call.output_cap)
-        if call.route is EMBEDDINGS:
-            return None
-        if given(cap):
-            return int(cap)
-        if call.opts.budget is not None:
-            return call.opts.budget.default_max_output_tokens
-        limits = call.opts.rate_limit
-        return limits.default_max_output_tokens if limits is not None and limits.tpm is not None else None
+        return (self.count.prompt(call).tokens + (call.cap_sent or 0) * count) * call.prompts
 
     def claim(self, call: Call) -> bool:
         """Single flight: whether this call fetches (True), or another caller is already fetching
@@ -153,7 +139,7 @@ class Core:
 
     def reserve(self, call: Call, count: int) -> tuple[int, int | None]:
         """Reserve the worst case for `count` candidates; returns (count, max output tokens) after the policy."""
-        max_tokens = self.output_cap(call)
+        max_tokens = call.cap_sent
         if call.opts.budget is None:
             return count, max_tokens
         best_of = call.params.get("best_of") if call.route is COMPLETIONS else None

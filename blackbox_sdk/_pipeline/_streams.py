@@ -71,7 +71,8 @@ def _watch(stream: Any, abandon: Callable[[], None] | None) -> _Reading:
     closing a generator that never started runs none of its clean-up."""
     reading = _Reading()
     if abandon is not None:
-        weakref.finalize(stream, _forgotten, reading, abandon)
+        # not at interpreter exit: a dead process's holds are freed by the ledger (its pid, its lease)
+        weakref.finalize(stream, _forgotten, reading, abandon).atexit = False
     return reading
 
 

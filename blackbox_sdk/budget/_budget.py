@@ -161,10 +161,9 @@ class Budget(BaseModel):
         """Atomically check every cap and hold the call's worst case; raise BudgetExceededError if it can't fit.
 
         `max_output_tokens=None` assumes `default_max_output_tokens`; pass 0 for embeddings. `key`
-        defaults to the budget's key. `prompt_per_choice` charges the prompt once per choice, for
-        servers that ignore `n` (each choice is then a request of its own). `shrink=False` refuses
-        rather than shrinks under `policy="shrink"` (a call whose choices can't be dropped, such as
-        several prompts or `best_of`). Send the returned `n` and `max_output_tokens` with the call.
+        defaults to the budget's key. `prompt_per_choice` charges the prompt once per choice (servers
+        that ignore `n`). `shrink=False` refuses rather than shrinks under `policy="shrink"` (choices
+        that can't be dropped: several prompts, `best_of`). Send the returned `n` and `max_output_tokens`.
         """
         key = self._key_for(key)
         output = self.default_max_output_tokens if max_output_tokens is None else max_output_tokens
