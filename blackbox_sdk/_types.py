@@ -105,14 +105,22 @@ EMBEDDINGS = Route(name="embeddings", object="list", chunk_object="")
 RESPONSES = ResponsesRoute(name="responses", object="response", chunk_object="")
 
 
+def _count(value: Any) -> int:
+    """A token count from a usage: an int; 0 for none, or for what a server wrote that can't be one (infinity, NaN, a word)."""
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError, OverflowError):
+        return 0
+
+
 def add_usage(a: Json, b: Json) -> Json:
     """Two usages summed: prompt, completion and total tokens, and the counts in their details
     (cached, reasoning, audio tokens) where either has them."""
     keys = ("prompt_tokens", "completion_tokens", "total_tokens")
-    total: Json = {k: int(a.get(k) or 0) + int(b.get(k) or 0) for k in keys}
+    total: Json = {k: _count(a.get(k)) + _count(b.get(k)) for k in keys}
     for details in ("prompt_tokens_details", "completion_tokens_details"):
         parts = [part for part in (a.get(details), b.get(details)) if isinstance(part, dict)]
         if parts:
             counts = {k for part in parts for k, v in part.items() if isinstance(v, int)}
-            total[details] = {k: sum(int(part.get(k) or 0) for part in parts) for k in sorted(counts)}
+            total[details] = {k: sum(_count(part.get(k)) for part in parts) for k in sorted(counts)}
     return total

@@ -271,3 +271,24 @@ def test_a_stream_that_ends_without_a_choice_is_charged_and_logged_not_stored(tm
     outstanding, spent = held(budget)
     assert outstanding == 0 and spent > 0
     assert errors(log) == ["ConnectionError: the server's stream ended without a choice"]
+
+
+@pytest.mark.parametrize(
+    ("usage", "spent"),
+    [
+        pytest.param({"prompt_tokens_details": {"cached_tokens": 2000}}, 1000 * 1e-6 + 500 * 2e-6, id="more-cached-than-prompt-charged-uncached"),
+        pytest.param({"total_tokens": float("inf")}, 1000 * 1e-6 + 500 * 2e-6, id="infinite-total-under-a-rate-limit"),
+    ],
+)
+@pytest.mark.filterwarnings("ignore:Pydantic serializer warnings:UserWarning")  # openai's model of the server's infinite total
+def test_a_servers_impossible_usage_never_fails_a_paid_call_or_leaves_a_hold(usage: dict[str, Any], spent: float) -> None:
+    def reporting(request: httpx2.Request) -> httpx2.Response:
+        body = answer(prompt=1000, completion=500)
+        body["usage"].update(usage)
+        return httpx2.Response(200, content=json.dumps(body).encode(), headers={"content-type": "application/json"})  # json writes inf as Infinity
+
+    budget = Budget(total_usd=1.0, prices=PRICES)
+    http = httpx2.Client(transport=httpx2.MockTransport(reporting))
+    sdk = OpenAI(base_url="http://api.test/v1", api_key="sk-test", http_client=http, max_retries=0, budget=budget, rate_limit=RateLimits(tpm=100_000))
+    sdk.chat.completions.create(model=MODEL, messages=HI, max_tokens=600)
+    assert held(budget) == (0, pytest.approx(spent))

@@ -27,7 +27,7 @@ from ..call_log import new_call_id
 from ._call import Call, KeptHttp
 from ._calibrate import calibration_key, learn, ungate
 from ._candidates import Candidate
-from ._meter import recording
+from ._meter import recording, used_tokens
 from ._usage import UsageCounter
 from ._validation import given, validate
 
@@ -220,8 +220,8 @@ class Core:
             call.reservation = None
         learn(self, call, usage)
         if call.admission is not None:
-            used = usage.get("total_tokens") or int(usage.get("prompt_tokens") or 0) + int(usage.get("completion_tokens") or 0)
-            call.opts.rate_limit.correct(call.admission, int(used))
+            used = used_tokens(usage)
+            call.opts.rate_limit.correct(call.admission, call.admission.tokens if used is None else used)  # an impossible report keeps the estimate
             call.admission = None
 
     def settle_reserved(self, call: Call) -> None:

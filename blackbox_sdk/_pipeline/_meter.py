@@ -24,6 +24,13 @@ def reported(count: Any) -> Any:
         return count
 
 
+def used_tokens(usage: Json) -> int | None:
+    """The tokens a server's usage reports in all (its total, else prompt plus completion); None when it reads as no count."""
+    total, prompt, completion = (reported(usage.get(name)) for name in ("total_tokens", "prompt_tokens", "completion_tokens"))
+    used = total or (prompt + completion if isinstance(prompt, int) and isinstance(completion, int) else None)
+    return used if isinstance(used, int) and 0 <= used < 2**53 else None
+
+
 def recording(log: CallLogStore | None) -> bool:
     """Whether a call metered onto `log` writes anything: a log record, or the INFO line."""
     return log is not None or logger.isEnabledFor(logging.INFO)
@@ -55,13 +62,13 @@ class Meter:
         if reservation is None or self.budget is None:
             return 0.0
         details = usage.get("prompt_tokens_details") or {}
+        prompt, cached = reported(usage.get("prompt_tokens")), reported(details.get("cached_tokens"))
+        if isinstance(prompt, int) and isinstance(cached, int) and cached > prompt:  # a server's impossible report
+            logger.warning("call %s: the server reported %d cached of %d prompt tokens; charged as uncached", reservation.call_id, cached, prompt)
+            cached = 0
         return float(
             self.budget.settle(
-                reservation,
-                prompt_tokens=reported(usage.get("prompt_tokens")),
-                completion_tokens=reported(usage.get("completion_tokens")),
-                cached_tokens=reported(details.get("cached_tokens")),
-                log_id=self.log_id,
+                reservation, prompt_tokens=prompt, completion_tokens=reported(usage.get("completion_tokens")), cached_tokens=cached, log_id=self.log_id
             )
         )
 
