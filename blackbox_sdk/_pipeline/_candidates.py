@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .._types import CHAT, Json, Route
+from .._types import CHAT, COMPLETIONS, Json, Route
 
 _PIECES = re.compile(r"\s*\S+\s*|\s+")
 
@@ -42,22 +42,29 @@ class Candidate:
         }
 
     @classmethod
-    def from_json(cls, data: Json) -> Candidate:
-        """Rebuild a stored candidate; KeyError/TypeError on anything foreign (the cache drops those)
-        or shaped unlike an answer, which replaying it would trip over."""
+    def from_json(cls, data: Json, route: Route) -> Candidate:
+        """Rebuild a stored candidate of `route`; KeyError/TypeError on anything foreign (the cache drops
+        those) or, for chat and completions, shaped unlike a choice, which replaying it would trip over
+        (a Responses candidate holds a whole response and its events, which replay reads as they are)."""
         choice, meta = data["choice"], data["meta"]
         if not isinstance(choice, dict) or not isinstance(meta, dict):
             raise TypeError("candidate choice and meta must be objects")
-        _check_choice(choice, "message")
         chunks = data.get("chunks")
         if chunks is not None and not (isinstance(chunks, list) and all(isinstance(c, dict) for c in chunks)):
             raise TypeError("candidate chunks must be a list of objects")
-        for chunk in chunks or []:
-            if not _objects(chunk.get("choices")):
-                raise TypeError("a stored chunk's choices must be a list of objects")
-            for chunk_choice in chunk.get("choices") or []:
-                _check_choice(chunk_choice, "delta")
+        if route is CHAT or route is COMPLETIONS:
+            _check_shapes(choice, chunks)
         return cls(choice, meta, int(data["completion_tokens"]), int(data["prompt_tokens"]), chunks)
+
+
+def _check_shapes(choice: Json, chunks: list[Json] | None) -> None:
+    """TypeError unless a stored chat or completions choice, and its chunks, have the shapes replay reads."""
+    _check_choice(choice, "message")
+    for chunk in chunks or []:
+        if not _objects(chunk.get("choices")):
+            raise TypeError("a stored chunk's choices must be a list of objects")
+        for chunk_choice in chunk.get("choices") or []:
+            _check_choice(chunk_choice, "delta")
 
 
 def _objects(value: object) -> bool:

@@ -113,7 +113,7 @@ class Core:
         found = []
         for entry in call.opts.cache.get(call.key):
             try:
-                found.append(Candidate.from_json(entry))
+                found.append(Candidate.from_json(entry, call.route))
             except (KeyError, TypeError, ValueError):
                 continue
         return found[: call.want]
