@@ -15,6 +15,7 @@ The Budget decides which caps apply and the worst case; the arithmetic of admitt
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 import uuid
@@ -37,6 +38,7 @@ from .._logging import logger
 from .._redact import redact_text
 from ._calibration import Calibration, open_calibration
 from ._caps import MAX_CAP_USD, Cap, Scope, nano_to_usd, usd_to_nano
+from ._keeper import KEEPER
 from ._open import open_ledger
 from ._policy import (
     FREE,
@@ -76,8 +78,8 @@ class Budget(BaseModel):
     `per_key_usd` (each user/tenant id, calls without one share a bucket) and `per_model_usd` (a
     name covers its dated snapshots). `ledger` is an SQLite file shared by every process on a
     host, or a `redis://host:port/db` (`rediss://`) URL shared by hosts (keys under
-    `ledger_prefix`); None gives this Budget a private ledger in a temp folder. A reservation not
-    settled or released within `lease_s` seconds stops holding (its process died or hung).
+    `ledger_prefix`); None gives this Budget a private ledger in a temp folder. A hold is renewed
+    while its process runs and holds it; `lease_s` is how long it outlives a process that died or froze.
     `default_max_output_tokens` is the worst case assumed when a call gives no max_tokens (and is
     then sent as its max_tokens). Inexact (estimated) prompt counts are inflated by
     `estimate_margin`. Every bad argument (infinite and NaN too) raises ConfigError naming it.
@@ -98,7 +100,7 @@ class Budget(BaseModel):
     default_max_output_tokens: PositiveInt = 4096
     min_output_tokens: PositiveInt = 16  # the shrink policy's floor for max_output_tokens
     estimate_margin: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.25  # +25% on prompt counts that are estimates
-    lease_s: Annotated[float, Field(gt=0, le=MAX_LEASE_S, allow_inf_nan=False)] = DEFAULT_LEASE_S  # longer than the longest call: a lapsed hold stops counting
+    lease_s: Annotated[float, Field(gt=0, le=MAX_LEASE_S, allow_inf_nan=False)] = DEFAULT_LEASE_S  # how long a hold outlives its process: renewed while it runs
     ledger_prefix: Annotated[str, Field(min_length=1)] = DEFAULT_PREFIX  # Redis keys, one prefix per tenant/app
 
     _ledger: LedgerStore = PrivateAttr()
@@ -181,7 +183,7 @@ class Budget(BaseModel):
         worst = request.worst_nano(request.n, request.max_output)
         hold = Hold(uuid.uuid4().hex, call_id or uuid.uuid4().hex, model, key, day, worst, self.lease_s)
         fit = self._hold(request, hold, caps, shrink)
-        return Reservation(
+        return KEEPER.kept(Reservation(
             id=hold.reservation_id,
             call_id=hold.call_id,
             model=model,
@@ -194,7 +196,7 @@ class Budget(BaseModel):
             shrunk=(fit.n, fit.max_output_tokens) != (request.n, request.max_output),
             price=price,
             leased_until=time.monotonic() + self.lease_s,
-        )
+        ), functools.partial(self._ledger.renew, hold.reservation_id, self.lease_s), self.lease_s)
 
     def _hold(self, request: Request, hold: Hold, caps: list[Cap], shrink: bool) -> Fit:
         """Hold the call's worst case; if a cap refuses, shrink it (when allowed) and try once more, else refuse."""
@@ -222,16 +224,17 @@ class Budget(BaseModel):
         usd_nano, prompt, completion, cached = charged_usage(reservation, prompt_tokens, completion_tokens, cached_tokens)
         reserved = usd_to_nano(reservation.worst_case_usd, round_up=True)
         hold = Hold(reservation.id, reservation.call_id, reservation.model, reservation.key, reservation.day, reserved, self.lease_s)
+        leased_until = KEEPER.drop(reservation)  # renewed no more: a settle that fails leaves the hold to lapse at its lease
         charged = self._ledger.settle(
             reservation.id, usd_nano=usd_nano, prompt_tokens=prompt, completion_tokens=completion, cached_tokens=cached,
             hold=hold, log_id=log_id,
         )
         if not charged:
             raise ConfigError(f"reservation {reservation.id} is not outstanding: it was already settled (charged once)")
-        if time.monotonic() > reservation.leased_until:
+        if time.monotonic() > leased_until:
             logger.warning(
-                "call %s was settled after its %.0f s lease lapsed, so its hold had stopped counting: "
-                "set Budget(lease_s=...) above your longest call", reservation.call_id, self.lease_s,
+                "call %s was settled after its %.0f s lease lapsed unrenewed (the ledger was out of reach, or this "
+                "process stalled), so its hold had stopped counting meanwhile", reservation.call_id, self.lease_s,
             )
         if usd_nano > reserved:
             logger.warning(
@@ -244,6 +247,7 @@ class Budget(BaseModel):
 
     def release(self, reservation: Reservation) -> None:
         """Give a failed call's reservation back; releasing twice does nothing."""
+        KEEPER.drop(reservation)
         self._ledger.release(reservation.id)
 
     def cost(

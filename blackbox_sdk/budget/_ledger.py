@@ -306,6 +306,14 @@ class Ledger:
             connection.execute(_totals_upsert(len(charged)), [part for pair in charged for part in (*pair, usd_nano)])
         return True
 
+    def renew(self, reservation_id: str, lease_s: float) -> bool:
+        """Hold a reservation for `lease_s` more seconds from now; False (nothing changed) once its lease lapsed
+        or it was settled or released: a lapsed hold stopped counting, so it is never revived."""
+        with self._immediate() as connection:
+            now = time.time()
+            query = "UPDATE reservations SET expires = ? WHERE id = ? AND expires > ?"
+            return connection.execute(query, (now + lease_s, reservation_id, now)).rowcount == 1
+
     def release(self, reservation_id: str) -> bool:
         """Drop a reservation without spending (the call failed); False if it was not held."""
         with self._immediate() as connection:

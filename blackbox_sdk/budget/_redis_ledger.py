@@ -23,7 +23,7 @@ from .._logging import logger
 from ._caps import REPORTED_SCOPES, Cap, CapUsage, totals_row
 from ._owners import this_process
 from ._prices import snapshot_base
-from ._redis_scripts import RELEASE, RESERVE, SETTLE, SNAPSHOT
+from ._redis_scripts import RELEASE, RENEW, RESERVE, SETTLE, SNAPSHOT
 from ._store import Hold, LedgerSnapshot, SettledSpend
 
 DEFAULT_PREFIX = "blackbox:ledger:"
@@ -36,6 +36,7 @@ _CONSEQUENCES = {
     "reserve": ": the call is refused, nothing was sent",
     "settle": ": the spend is not recorded, and the reservation stays held until its lease lapses",
     "release": ": the reservation stays held until its lease lapses",
+    "renew": ": its lease is tried again until it lapses",
 }
 
 
@@ -107,7 +108,7 @@ class RedisLedger:
         self._owner: tuple[int, list[str]] = (-1, [])  # (pid, the settling process's host, pid, start time as ARGV)
         self._scripts = {
             name: self._client.register_script(text)
-            for name, text in (("reserve", RESERVE), ("settle", SETTLE), ("release", RELEASE), ("snapshot", SNAPSHOT))
+            for name, text in (("reserve", RESERVE), ("settle", SETTLE), ("release", RELEASE), ("renew", RENEW), ("snapshot", SNAPSHOT))
         }
 
     def _run(self, name: str, *args: object) -> Any:
@@ -168,6 +169,10 @@ class RedisLedger:
     def release(self, reservation_id: str) -> bool:
         """Drop a held reservation without spending; False if it was not held."""
         return int(self._run("release", reservation_id, self._keep)) == 1
+
+    def renew(self, reservation_id: str, lease_s: float) -> bool:
+        """Extend a held reservation's lease to `lease_s` from now (the server's clock); False when it is not held."""
+        return int(self._run("renew", reservation_id, str(max(1, math.ceil(lease_s * 1000))))) == 1
 
     def snapshot(self, caps: Sequence[Cap]) -> LedgerSnapshot:
         """Each cap's usage, what is held, and the settled totals, read by one script."""

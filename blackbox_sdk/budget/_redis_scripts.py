@@ -1,4 +1,4 @@
-"""The Redis ledger's Lua scripts: reserve, settle, release and snapshot, each one atomic round trip.
+"""The Redis ledger's Lua scripts: reserve, settle, release, renew and snapshot, each one atomic round trip.
 
 Keys, all under the prefix (ARGV[1]): `held`, `spent` and `calls` are hashes whose fields are
 rows, `scope|value` (`total|`, `per_day|2025-01-31`, `per_key|alice`, `model|gpt-4o-2024-08-06`,
@@ -139,6 +139,16 @@ end
 redis.call('DEL', rk)
 redis.call('SET', dk, 'released', 'EX', ARGV[3])
 return freed
+"""
+
+# ARGV: prefix, id, lease_ms. Returns 1 when a held reservation's lease now runs lease_ms from now, else 0
+# (settled, released, unknown, or its lease lapsed already: a lapsed hold stopped counting and is never revived).
+RENEW = _PRELUDE + """
+local now = now_ms()
+local expires = redis.call('ZSCORE', p .. 'leases', ARGV[2])
+if not expires or tonumber(expires) <= now then return 0 end
+redis.call('ZADD', p .. 'leases', 'XX', now + tonumber(ARGV[3]), ARGV[2])
+return 1
 """
 
 # ARGV: prefix, keep_s, then (row, limit) pairs. Returns {held, count, {spent, held, ...}, spent rows, calls rows}.

@@ -118,6 +118,10 @@ class LedgerStore(Protocol):
         """Drop a reservation without spending; False if it was not held (already settled, released or lapsed)."""
         ...
 
+    def renew(self, reservation_id: str, lease_s: float) -> bool:
+        """Extend a held reservation's lease to ``lease_s`` from now; False when it is not held (a lapsed lease is never revived)."""
+        ...
+
     def snapshot(self, caps: Sequence[Cap]) -> LedgerSnapshot:
         """Each cap's usage, what is held, and the settled totals, read at one moment."""
         ...
