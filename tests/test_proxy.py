@@ -494,6 +494,45 @@ def test_an_upstream_error_passes_as_openais_four_fields_redacted(monkeypatch: p
         assert answer.json()["error"] == {"message": "no; you sent Bearer [REDACTED]", "type": "invalid_request_error", "param": "auth=Bearer [REDACTED]", "code": "4001"}
 
 
+def test_an_upstream_error_event_mid_stream_passes_as_an_error_event_redacted(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": MODEL,
+             "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hel"}, "finish_reason": None}]}
+
+    class FailingMidStream(BaseHTTPRequestHandler):  # a fault double: a 200 stream, one chunk, then an error event echoing the key
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            error = {"message": f"overloaded; you sent {self.headers.get('Authorization', '')}", "type": "server_error", "code": "overloaded", "debug": "x"}
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+            self.wfile.write(f"data: {json.dumps(chunk)}\n\ndata: {json.dumps({'error': error})}\n\n".encode())
+
+        def log_message(self, *args: object) -> None:
+            """Quiet."""
+
+    upstream = ThreadingHTTPServer(("127.0.0.1", 0), FailingMidStream)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    monkeypatch.setenv("UPSTREAM_KEY", "upstream-Secret-0123456789")
+    config = ProxyConfig(upstream=f"http://127.0.0.1:{upstream.server_address[1]}/v1", upstream_api_key_env="UPSTREAM_KEY", max_retries=0,
+                         log=str(tmp_path / "calls.db"))
+    try:
+        with Proxy(config) as running:
+            client = running.client(max_retries=0)
+            received = []
+            with pytest.raises(openai.APIError) as failed:
+                for part in client.chat.completions.create(model=MODEL, messages=HELLO, stream=True):
+                    received.append(part.choices[0].delta.content)
+    finally:
+        upstream.shutdown()
+        upstream.server_close()
+    assert received == ["Hel"]
+    assert failed.value.body == {"message": "overloaded; you sent Bearer [REDACTED]", "type": "server_error", "param": None, "code": "overloaded"}
+    [record] = CallLog(tmp_path / "calls.db").calls()
+    assert record.error is not None and "Secret" not in record.error
+
+
 def test_a_stream_the_body_did_not_ask_for_is_still_sent_and_closed(llama_server: str, tmp_path: Path) -> None:
     # the SDK's answer, not the body's `stream`, decides how it is sent: a stream is never left open
     streaming = Generating("chat", ("model", "messages"), CHAT.signature, lambda client, a: client.chat.completions.create(**a, stream=True))

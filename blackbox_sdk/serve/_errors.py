@@ -15,6 +15,9 @@ SDK's errors and the upstream's, mapped once here.
                                 upstream's host, such as llama.cpp's tokenize route, that fails or times out)
     upstream status             an upstream error (openai.APIStatusError) passes with its own status, its error
                                 object rebuilt as OpenAI's four fields (strings redacted, anything else dropped)
+    502 upstream error event    an upstream stream that sent an error event after its 200 (openai.APIError with
+                                the event's error object): passed on the same way, as an error event of the
+                                proxy's stream (whose 200 is sent already)
 """
 
 from __future__ import annotations
@@ -94,6 +97,8 @@ def describe(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:
         return 400, error_body(message, "invalid_request_error", param=exc.param), {}
     if isinstance(exc, openai.APIStatusError):
         return _upstream(exc)
+    if type(exc) is openai.APIError and isinstance(exc.body, dict):  # an error event mid-stream: it has no status
+        return 502, {"error": _passed_on(exc.body, 502)}, {}
     if isinstance(exc, (openai.APITimeoutError, httpx2.TimeoutException)):
         return 504, error_body("the upstream did not answer in time", "upstream_error", code="upstream_timeout"), {}
     if isinstance(exc, (openai.APIConnectionError, httpx2.TransportError)):
