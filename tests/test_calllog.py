@@ -165,6 +165,7 @@ def test_concurrent_writers_from_several_processes_all_land(tmp_path: Path) -> N
         pytest.param({"latency_s": -1.0}, id="negative-latency"),
         pytest.param({"request": {"when": dt.datetime(2024, 1, 1)}}, id="request-not-json"),
         pytest.param({"unknown_field": 1}, id="unknown-field"),
+        pytest.param({"retries": 2**63}, id="retries-beyond-sqlite-integer"),
     ],
 )
 def test_invalid_records_are_rejected_when_built(changes: dict[str, Any]) -> None:

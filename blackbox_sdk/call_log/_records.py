@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .._exceptions import ConfigError
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
-Count = Annotated[int, Field(ge=0, strict=True)]
+Count = Annotated[int, Field(ge=0, lt=2**63, strict=True)]  # a 64-bit SQLite INTEGER
 Label = Literal["correct", "incorrect"]
 
 
