@@ -1,9 +1,10 @@
 """A Responses API endpoint (POST /v1/responses, whole and streamed) on a free loopback port, for
 the faults no real server shows on demand: a stream cut before `response.completed`, a failed
 response, errors before an answer. It answers `answers` in turn (one per request, word by word
-when streamed), counts input and output tokens as words (plus `history` for a request that
-continues stored state, as a server bills it), and keeps every request body it got; every other
-route is a 404 (so the SDK's probe of a tokenize route falls back to tiktoken).
+when streamed), counts input and output tokens as words, and keeps every request body it got;
+every other route is a 404 (so the SDK's probe of a tokenize route falls back to tiktoken). A
+request that continues stored state is billed its history as a server bills it: the input and
+output of the response or conversation it continues when this double made it, else `history`.
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ class ResponsesUpstream:
         self.mode = "ok"
         self.errors = 0
         self.history = 0
+        self.contexts: dict[str, int] = {}  # response and conversation ids -> the context a continuation carries
         self.bodies: list[Json] = []
         self._lock = threading.Lock()
         upstream = self
@@ -117,8 +119,16 @@ class ResponsesUpstream:
             handler.end_headers()
             handler.wfile.write(payload)
             return
-        history = self.history if any(body.get(name) for name in STORED_STATE) else 0
+        conversation = body.get("conversation")
+        conversation = conversation.get("id") if isinstance(conversation, dict) else conversation
+        continued = self.contexts.get(body.get("previous_response_id") or "") or self.contexts.get(conversation or "")
+        history = (continued or self.history) if any(body.get(name) for name in STORED_STATE) else 0
         response = response_json(number, body, self.answers[(number - 1) % len(self.answers)], history)
+        usage = response["usage"]
+        with self._lock:
+            for made in (response["id"], conversation):
+                if made:
+                    self.contexts[made] = usage["input_tokens"] + usage["output_tokens"]
         if body.get("stream"):
             handler.send_response(200)
             handler.send_header("Content-Type", "text/event-stream")

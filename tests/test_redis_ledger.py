@@ -422,3 +422,14 @@ def _message(operation: Callable[[], object]) -> str:
     with pytest.raises(StoreUnavailableError) as unavailable:
         operation()
     return str(unavailable.value)
+
+
+def test_stored_context_is_shared_through_the_ledger_and_the_larger_count_wins(ledger: str) -> None:
+    first, other = capped(ledger), capped(ledger)  # two processes on one ledger
+    key = "http://api.test/v1#response:resp_1"
+    assert first.calibration.context(key) is None
+    first.calibration.keep_context(key, 700)
+    other.calibration.keep_context(key, 300)  # a smaller count never shrinks what a continuation reserves
+    assert other.calibration.context(key) == first.calibration.context(key) == 700
+    first.calibration.keep_context(key, -5)  # not a count: ignored
+    assert other.calibration.context("http://api.test/v1#response:resp_2") is None and first.calibration.context(key) == 700

@@ -11,8 +11,10 @@ answer) use `responses_upstream.ResponsesUpstream`, a loopback double of the sam
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
@@ -286,3 +288,53 @@ def test_a_continued_response_is_charged_its_history_but_neither_calibrates_nor_
     learnt = budget.calibration.overhead(key, MODEL)
     client.responses.create(model=MODEL, input="And of Spain?", max_output_tokens=16, **state)
     assert learnt is not None and learnt < 100 and budget.calibration.overhead(key, MODEL) == learnt
+
+
+def _over_reservation(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The budget's warnings that a call cost more than what was held for it."""
+    return [r.getMessage() for r in caplog.records if "more than its reservation" in r.getMessage()]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_a_continuation_reserves_the_context_it_continues_so_a_cap_refuses_it_before_sending(
+    stream: bool, upstream: ResponsesUpstream, tmp_path: Path, budget: Budget, caplog: pytest.LogCaptureFixture,
+) -> None:
+    upstream.answers = [" ".join(["word"] * 300)]  # a long answer: the history a continuation is billed
+    client = double_client(OpenAI, upstream, tmp_path, budget)
+
+    def create(**params: object) -> Any:
+        if not stream:
+            return client.responses.create(model=MODEL, max_output_tokens=400, **params)
+        with client.responses.stream(model=MODEL, max_output_tokens=400, **params) as events:
+            return events.get_final_response()
+
+    first = create(input=QUESTION)
+    with caplog.at_level(logging.WARNING, logger="blackbox_sdk"):
+        second = create(input="And of Italy?", previous_response_id=first.id)  # its history was seen: reserved
+        third = create(input="And of Spain?", previous_response_id=second.id)
+    assert second.usage.input_tokens > first.usage.input_tokens + first.usage.output_tokens
+    assert _over_reservation(caplog) == [] and "has not seen" not in caplog.text
+    tight = Budget(total_usd=budget.spent() + spent(third.usage) * 0.9, prices=PRICES, ledger=tmp_path / "ledger.db")
+    sent = len(upstream.bodies)
+    with pytest.raises(BudgetExceededError):  # another process on the same ledger knows the history too
+        double_client(OpenAI, upstream, tmp_path, tight).responses.create(
+            model=MODEL, input="And of Portugal?", previous_response_id=second.id, max_output_tokens=400,
+        )
+    assert len(upstream.bodies) == sent  # refused before sending: the cap holds
+
+
+def test_a_conversation_and_a_stored_prompt_are_reserved_once_an_answer_showed_them(
+    upstream: ResponsesUpstream, tmp_path: Path, budget: Budget, caplog: pytest.LogCaptureFixture,
+) -> None:
+    upstream.history = 400  # what the stored prompt's template (and, at first, the conversation) is billed
+    client = double_client(OpenAI, upstream, tmp_path, budget)
+    with caplog.at_level(logging.WARNING, logger="blackbox_sdk"):
+        client.responses.create(model=MODEL, input=QUESTION, max_output_tokens=16, conversation="conv_1")
+        assert "has not seen (conversation)" in caplog.text and len(_over_reservation(caplog)) == 1  # unknown: charged at settle
+        caplog.clear()
+        client.responses.create(model=MODEL, input="And of Italy?", max_output_tokens=16, conversation={"id": "conv_1"})
+        client.responses.create(model=MODEL, input=QUESTION, max_output_tokens=16, prompt={"id": "pmpt_1", "version": "2"})
+        assert "has not seen (prompt)" in caplog.text
+        caplog.clear()
+        client.responses.create(model=MODEL, input="And of Spain?", max_output_tokens=16, prompt={"id": "pmpt_1", "version": "2"})
+    assert _over_reservation(caplog) == [] and "has not seen" not in caplog.text

@@ -1,8 +1,11 @@
 """Calibration in the call path: until an endpoint and model are calibrated, one call at a time
 passes the gate; each answer's reported prompt tokens teach the budget what the endpoint adds.
 A Responses call that continues stored state (a previous response, a conversation, a stored
-prompt) is billed for history the SDK can't count: it neither takes the gate nor teaches anything.
-Store outages here are warnings (a later answer teaches the same; the gate's lease frees it).
+prompt) is billed for history the SDK can't count: it neither takes the gate nor teaches the
+endpoint's overhead. Instead each Responses answer teaches the ledger the context a continuation
+of it carries (its input and output, under its id and its conversation; a stored prompt's template
+size), and a continuation reserves what is known of it. Store outages while learning are warnings
+(a later answer teaches the same; the gate's lease frees it).
 """
 
 from __future__ import annotations
@@ -85,3 +88,58 @@ def ungate(core: Core, call: Call) -> None:
             call.opts.budget.calibration.close_gate(calibration_key(core, call), call.model, call.info.call_id)
         except StoreUnavailableError as error:  # the gate's lease frees it
             logger.warning("call %s: the calibration gate could not be given back now: %s", call.info.call_id, error)
+
+
+def context_keys(core: Core, call: Call) -> dict[str, str]:
+    """The stored context a Responses call continues, by kind, as keys under its endpoint: the previous
+    response, the conversation, the stored prompt (by id and version: its template's size)."""
+    base, params, keys = public_endpoint(core.endpoint), call.params, {}
+    previous = params.get("previous_response_id")
+    if isinstance(previous, str) and previous:
+        keys["response"] = f"{base}#response:{previous}"
+    conversation = params.get("conversation")
+    conversation = conversation.get("id") if isinstance(conversation, dict) else conversation
+    if isinstance(conversation, str) and conversation:
+        keys["conversation"] = f"{base}#conversation:{conversation}"
+    prompt = params.get("prompt")
+    if isinstance(prompt, dict) and isinstance(prompt.get("id"), str):
+        keys["prompt"] = f"{base}#prompt:{prompt['id']}@{prompt.get('version') or ''}"
+    return keys
+
+
+def stored_context(core: Core, call: Call) -> int:
+    """The tokens of stored context this call continues, as far as answers through the ledger showed
+    them: reserved on top of its count. A part no answer showed can't be reserved; it is charged when
+    the call settles, with a warning (one call's overshoot of a cap)."""
+    budget = call.opts.budget
+    if budget is None or core.backend is not None or not continues_stored_state(call):
+        return 0
+    call.context = {kind: budget.calibration.context(key) for kind, key in context_keys(core, call).items()}
+    unknown = [kind for kind, tokens in call.context.items() if tokens is None]
+    if unknown:
+        logger.warning(
+            "call %s continues stored context this ledger has not seen (%s): it can't be reserved, and is charged "
+            "when the call settles", call.info.call_id, ", ".join(unknown),
+        )
+    return sum(tokens or 0 for tokens in call.context.values())
+
+
+def remember_context(core: Core, call: Call, response: Json, usage: Json) -> None:
+    """What a Responses answer showed: a continuation of it, or of its conversation, carries its input
+    and output; a stored prompt's template is its input beyond the count and the rest of its context."""
+    budget = call.opts.budget
+    prompt, completion = reported(usage.get("prompt_tokens")), reported(usage.get("completion_tokens"))
+    if budget is None or core.backend is not None or call.usage_counted or not (type(prompt) is int and type(completion) is int):
+        return
+    keys, base = context_keys(core, call), public_endpoint(core.endpoint)
+    kept = {keys["conversation"]: prompt + completion} if "conversation" in keys else {}
+    if isinstance(response.get("id"), str) and call.params.get("store") is not False:
+        kept[f"{base}#response:{response['id']}"] = prompt + completion
+    others = [tokens for kind, tokens in call.context.items() if kind != "prompt"]
+    if "prompt" in keys and call.counted_prompt is not None and None not in others:
+        kept[keys["prompt"]] = max(0, prompt - call.counted_prompt - sum(others))  # type: ignore[arg-type]  # None ruled out
+    try:
+        for key, tokens in kept.items():
+            budget.calibration.keep_context(key, tokens)
+    except StoreUnavailableError as error:  # a continuation of it is charged at settle instead
+        logger.warning("call %s: the context it leaves could not be stored now: %s", call.info.call_id, error)

@@ -25,7 +25,7 @@ from ..budget import UNCALIBRATED_ALLOWANCE, TokenCount
 from ..cache import canonical_params
 from ..call_log import new_call_id
 from ._call import Call, KeptHttp
-from ._calibrate import calibration_key, learn, ungate
+from ._calibrate import calibration_key, learn, stored_context, ungate
 from ._candidates import Candidate
 from ._meter import recording, used_tokens
 from ._usage import UsageCounter
@@ -148,10 +148,11 @@ class Core:
         counted = self.count.prompt(call)
         call.counted_prompt = counted.tokens
         extra = 0 if self.backend is not None else call.opts.budget.calibration.overhead(calibration_key(self, call), call.model)
+        extra = (UNCALIBRATED_ALLOWANCE if extra is None else extra) + stored_context(self, call)
         call.reservation = call.meter.reserve(
             call_id=call.info.call_id,
             model=call.model,
-            prompt_tokens=TokenCount(counted.tokens + (UNCALIBRATED_ALLOWANCE if extra is None else extra), counted.method, counted.exact),
+            prompt_tokens=TokenCount(counted.tokens + extra, counted.method, counted.exact),
             max_output_tokens=0 if call.route is EMBEDDINGS else max_tokens,
             n=generations * call.prompts,
             prompt_per_choice=call.route is RESPONSES or self.ignores_n is not False,  # until the server is seen to honour n

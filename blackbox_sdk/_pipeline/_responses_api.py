@@ -19,6 +19,7 @@ from openai.types.responses import Response
 
 from .._info import attach
 from .._types import RESPONSES, Json
+from ._calibrate import remember_context
 from ._call import Call
 from ._candidates import Candidate
 from ._core import Core, build
@@ -72,6 +73,7 @@ def candidate(core: Core, call: Call, response: Json, events: list[Json] | None 
     """One answer as a candidate, and its usage in the chat shape (the server's, or counted);
     an answer that is not one to keep (queued, in the background) leaves the call uncached."""
     usage = core.count.of_response(call, response)
+    remember_context(core, call, response, usage)
     if response.get("status") not in STORED_STATUSES:
         call.key = None
     found = Candidate(response, {}, int(usage.get("completion_tokens") or 0), int(usage.get("prompt_tokens") or 0), events)

@@ -2,6 +2,8 @@
 template's hidden system prompt, a gateway's preamble), learnt from every answer's reported usage
 and kept in the ledger's store so that every process sees it; and the gate that, until an endpoint
 and model are calibrated, lets one call at a time through, so that its answer calibrates the rest.
+Beside them, the stored context a Responses call may continue (a previous response, a conversation,
+a stored prompt's template), learnt from the answers that made it, so that a continuation reserves it.
 """
 
 from __future__ import annotations
@@ -17,15 +19,24 @@ from ._store import LedgerStore
 
 UNCALIBRATED_ALLOWANCE = 64  # prompt tokens reserved on top of the count while an endpoint is uncalibrated (one call in flight)
 GATE_LEASE_S = 300.0  # the gate frees itself if the calling process dies
+CONTEXT_KEEP_S = 30 * 86400.0  # a stored context is forgotten after this (OpenAI keeps stored responses 30 days)
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS calibration (endpoint TEXT, model TEXT, extra INTEGER NOT NULL, PRIMARY KEY (endpoint, model))",
     "CREATE TABLE IF NOT EXISTS calibration_gates"
     " (endpoint TEXT, model TEXT, holder TEXT NOT NULL, expires REAL NOT NULL, PRIMARY KEY (endpoint, model))",
+    "CREATE TABLE IF NOT EXISTS stored_context (key TEXT PRIMARY KEY, tokens INTEGER NOT NULL, expires REAL NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS stored_context_expires ON stored_context (expires)",
 )
 _RAISE = """
 local current = redis.call('HGET', KEYS[1], ARGV[1])
 if not current or tonumber(current) < tonumber(ARGV[2]) then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+return 1
+"""
+_KEEP = """
+local current = redis.call('GET', KEYS[1])
+if not current or tonumber(current) < tonumber(ARGV[1]) then current = ARGV[1] end
+redis.call('SET', KEYS[1], current, 'EX', ARGV[2])
 return 1
 """
 _CLOSE = """
@@ -51,6 +62,14 @@ class CalibrationStore(Protocol):
 
     def close_gate(self, endpoint: str, model: str, holder: str) -> None:
         """Give the gate back (a no-op for a holder that no longer has it)."""
+        ...
+
+    def context(self, key: str) -> int | None:
+        """The tokens a stored context carries (a response's input and output, ...); None when unknown or forgotten."""
+        ...
+
+    def keep_context(self, key: str, tokens: int) -> None:
+        """Keep the larger of the stored count and ``tokens`` for ``key``, for CONTEXT_KEEP_S from now."""
         ...
 
 
@@ -95,6 +114,21 @@ class SQLiteCalibration:
         with self._transaction() as connection:
             connection.execute("DELETE FROM calibration_gates WHERE endpoint = ? AND model = ? AND holder = ?", (endpoint, model, holder))
 
+    def context(self, key: str) -> int | None:
+        with self._transaction() as connection:
+            row = connection.execute("SELECT tokens FROM stored_context WHERE key = ? AND expires > ?", (key, time.time())).fetchone()
+        return None if row is None else int(row[0])
+
+    def keep_context(self, key: str, tokens: int) -> None:
+        now = time.time()
+        with self._transaction() as connection:
+            connection.execute("DELETE FROM stored_context WHERE expires <= ?", (now,))
+            connection.execute(
+                "INSERT INTO stored_context VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE SET"
+                " tokens = CASE WHEN expires > ? THEN MAX(tokens, excluded.tokens) ELSE excluded.tokens END, expires = excluded.expires",
+                (key, tokens, now + CONTEXT_KEEP_S, now),
+            )
+
 
 class RedisCalibration:
     """Calibration on the Redis ledger's server, under its key prefix; failures are StoreUnavailableError."""
@@ -102,6 +136,7 @@ class RedisCalibration:
     def __init__(self, ledger: Any) -> None:
         self._ledger = ledger
         self._raise = ledger._client.register_script(_RAISE)
+        self._keep = ledger._client.register_script(_KEEP)
         self._close = ledger._client.register_script(_CLOSE)
 
     def _do(self, what: str, action: Any) -> Any:
@@ -130,6 +165,16 @@ class RedisCalibration:
 
     def close_gate(self, endpoint: str, model: str, holder: str) -> None:
         self._do("calibration gate", lambda: self._close(keys=[self._gate(endpoint, model)], args=[holder]))
+
+    def _context(self, key: str) -> str:
+        return f"{self._ledger.prefix}context:{hashlib.sha256(key.encode()).hexdigest()}"
+
+    def context(self, key: str) -> int | None:
+        value = self._do("stored context", lambda: self._ledger._client.get(self._context(key)))
+        return None if value is None else int(value)
+
+    def keep_context(self, key: str, tokens: int) -> None:
+        self._do("stored context", lambda: self._keep(keys=[self._context(key)], args=[tokens, int(CONTEXT_KEEP_S)]))
 
 
 def _field(endpoint: str, model: str) -> str:
@@ -177,6 +222,16 @@ class Calibration:
     def close_gate(self, endpoint: str, model: str, holder: str) -> None:
         """Let the next uncalibrated call through."""
         self._store.close_gate(endpoint, model, holder)
+
+    def context(self, key: str) -> int | None:
+        """The tokens a stored context (a response, a conversation, a stored prompt's template) adds to a call
+        that continues it; None when no answer through this ledger showed it."""
+        return self._store.context(key)
+
+    def keep_context(self, key: str, tokens: int) -> None:
+        """What an answer showed a stored context to carry (kept CONTEXT_KEEP_S; the larger count wins)."""
+        if is_count(tokens):
+            self._store.keep_context(key, tokens)
 
 
 def open_calibration(ledger: LedgerStore) -> Calibration:
