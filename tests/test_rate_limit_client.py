@@ -3,9 +3,11 @@ reserved or sent, is logged, and the window counts what the server really used."
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
+from servers import InstantUpstream, RedisServer
 
 from blackbox_sdk import AsyncOpenAI, Budget, CallLog, OpenAI, RateLimitExceededError, RateLimits
 
@@ -55,3 +57,24 @@ async def test_the_async_client_waits_for_room_by_policy(llama_server: str) -> N
         await client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=2)
     assert len(slept) == 1 and 0 < slept[0] <= 60
     await client.close()
+
+
+def test_a_rate_window_lost_mid_call_still_returns_and_logs_the_paid_answer(
+    redis_server: RedisServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    answer = {"id": "c", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+              "choices": [{"index": 0, "message": {"role": "assistant", "content": "Apple."}, "finish_reason": "stop"}],
+              "usage": {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11}}
+    upstream = InstantUpstream(answer, before=redis_server.stop)  # the window's store dies while the request is out
+    limits = RateLimits(rpm=100, tpm=100_000, store=redis_server.url)
+    client = OpenAI(base_url=upstream.url, api_key="sk-test", rate_limit=limits, log=tmp_path / "calls.db", max_retries=0)
+    try:
+        with caplog.at_level(logging.WARNING, logger="blackbox_sdk"):
+            paid = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "a fruit?"}])
+    finally:
+        client.close()
+        upstream.close()
+    assert paid.choices[0].message.content == "Apple."  # not thrown away for a window that can't be corrected
+    assert "rate window could not be corrected" in caplog.text
+    [record] = CallLog(tmp_path / "calls.db").calls()
+    assert record.error is None and record.usage["completion_tokens"] == 2

@@ -137,6 +137,18 @@ def test_the_window_slides(store: str | Path | None) -> None:
     refusal(limits)
 
 
+def test_zero_token_calls_leave_correct_and_release_like_any_other(store: str | Path | None) -> None:
+    clock = FakeTime(0.0)
+    limits = limits_on(store, clock, rpm=2, tpm=100, window_s=10.0)
+    admit(limits, tokens=0)  # a call with nothing to count (an rpm-only caller, a server reporting zero usage)
+    limits.correct(admit(limits, tokens=5), 0)  # corrected to zero: the total changes by -5, then nothing
+    clock.now = 11.0  # both leave the window with zero tokens between them
+    assert limits.release(admit(limits, tokens=0)) is True
+    admit(limits, tokens=100)  # the whole tpm is free again: nothing is left counted
+    admit(limits, tokens=0)
+    refusal(limits, tokens=0)  # rpm still binds
+
+
 def test_correct_counts_what_the_call_really_used(store: str | Path | None) -> None:
     clock = FakeTime()
     limits = limits_on(store, clock, tpm=1_000)

@@ -3,7 +3,8 @@
 A scope is two keys sharing a hash tag: a sorted set of event ids scored by their time, and a hash
 of id -> tokens that also holds the running total under ``#total``. Times are seconds as decimal
 strings (``%.6f``), so no precision is lost to Lua's number formatting. ``ADMIT`` mirrors
-``_window.judge``: trim, count, admit and record, or return the wait until the call fits.
+``_window.judge``: trim, count, admit and record, or return the wait until the call fits. The total
+changes by nothing when zero tokens leave it: Lua's ``-0`` reaches Redis as "-0", which HINCRBY refuses.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ local function trim(z, h, cutoff)
   end
   if #expired > 0 then
     redis.call('ZREMRANGEBYSCORE', z, '-inf', cutoff)
-    redis.call('HINCRBY', h, '#total', -gone)
+    if gone ~= 0 then redis.call('HINCRBY', h, '#total', 0 - gone) end
   end
 end
 """
@@ -77,7 +78,8 @@ CORRECT = """
 local old = redis.call('HGET', KEYS[2], ARGV[1])
 if not old or not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-redis.call('HINCRBY', KEYS[2], '#total', tonumber(ARGV[2]) - tonumber(old))
+local change = tonumber(ARGV[2]) - tonumber(old)
+if change ~= 0 then redis.call('HINCRBY', KEYS[2], '#total', change) end
 return 1
 """
 
@@ -86,6 +88,7 @@ RELEASE = """
 local old = redis.call('HGET', KEYS[2], ARGV[1])
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('HDEL', KEYS[2], ARGV[1])
-redis.call('HINCRBY', KEYS[2], '#total', -(tonumber(old) or 0))
+local gone = tonumber(old) or 0
+if gone ~= 0 then redis.call('HINCRBY', KEYS[2], '#total', 0 - gone) end
 return 1
 """
