@@ -367,6 +367,7 @@ def test_entries_expire_in_real_time(tmp_path: Path) -> None:
         pytest.param(json.dumps([{"kind": "chat", "response": {}}]), id="entries-without-wrapper"),
         pytest.param(json.dumps([{"bb": 99, "created": 1.0, "entry": {}}]), id="future-format"),
         pytest.param("[" * 100_000, id="nested-too-deep"),  # json.loads raised a raw RecursionError on every call
+        pytest.param('[{"bb": 1, "created": 1' + "0" * 400 + ', "entry": {}}]', id="created-beyond-a-float"),  # raised OverflowError
     ],
 )
 def test_corrupt_or_foreign_buckets_are_dropped_and_removed(cache: Cache, text: str) -> None:

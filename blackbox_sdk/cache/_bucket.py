@@ -74,8 +74,14 @@ def _is_wrapper(item: Any) -> bool:
         isinstance(item, dict)
         and item.keys() == {"bb", "created", "entry"}
         and item["bb"] == CACHE_FORMAT
-        and isinstance(item["created"], (int, float))
-        and not isinstance(item["created"], bool)
-        and math.isfinite(item["created"])
+        and _is_time(item["created"])
         and isinstance(item["entry"], dict)
     )
+
+
+def _is_time(value: Any) -> bool:
+    """Whether a stored creation time is one this cache could have written: a finite float, or an integer
+    a float holds exactly (a planted 400-digit integer would overflow the TTL arithmetic)."""
+    if type(value) is int:
+        return abs(value) < 2**53
+    return type(value) is float and math.isfinite(value)
