@@ -315,6 +315,7 @@ def test_entries_that_are_not_json_objects_raise_config_error(cache: Cache, entr
         pytest.param({"mode": "sometimes"}, id="mode"),
         pytest.param({"ttl": 0}, id="zero-ttl"),
         pytest.param({"ttl": float("inf")}, id="infinite-ttl"),
+        pytest.param({"ttl": sys.maxsize}, id="ttl-beyond-redis-expiry"),  # Redis refused every write with it
         pytest.param({"max_bucket": 0}, id="empty-bucket"),
         pytest.param({"namespace": ""}, id="empty-namespace"),
         pytest.param({"timeout": -1}, id="negative-timeout"),
@@ -324,6 +325,14 @@ def test_bad_options_raise_config_error_before_touching_disk(tmp_path: Path, kwa
     with pytest.raises(ConfigError):
         Cache(tmp_path / "never", **kwargs)
     assert not (tmp_path / "never").exists()
+
+
+def test_a_url_that_is_not_redis_is_refused_not_taken_for_a_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="unix://") as refused:
+        Cache("unix://:S3cretPW@/var/run/redis/redis.sock")
+    assert "S3cretPW" not in str(refused.value)
+    assert list(tmp_path.iterdir()) == []  # no folder named after the URL (and its password)
 
 
 def test_keys_not_made_by_key_are_refused(cache: Cache) -> None:

@@ -40,6 +40,7 @@ from ._store import CacheStore, CacheUnavailableError, ForeignValueError
 
 CacheMode = Literal["on", "read", "write", "refresh", "off"]
 DEFAULT_TIMEOUT_S = 60.0
+MAX_TTL_S = 1e9  # about 32 years: any longer is never (None), and Redis's expiry in milliseconds stays in range
 
 _MODES: tuple[str, ...] = get_args(CacheMode)
 _READS = frozenset({"on", "read"})
@@ -107,6 +108,9 @@ class Cache(Closing):
         self._directory: Path | None = None
         if is_redis_url(directory):
             self._store = RedisStore(str(directory), namespace=namespace, timeout=timeout)
+        elif isinstance(directory, str) and "://" in directory:  # not a folder named "unix:" holding a password
+            scheme = directory.partition("://")[0]
+            raise ConfigError(f"a cache is a folder or a redis:// or rediss:// URL; {scheme}:// is neither (for a Redis socket, use a redis:// server address)")
         else:
             self._directory = Path(directory).expanduser()
             self._store = DiskStore(self._directory, timeout=timeout)
@@ -330,8 +334,8 @@ def _check_options(*, namespace: str, mode: str, ttl: float | None, max_bucket: 
         raise ConfigError(f"cache mode must be one of {', '.join(_MODES)}; got {mode!r}")
     if not isinstance(namespace, str) or not namespace:
         raise ConfigError(f"cache namespace must be a non-empty string; got {namespace!r}")
-    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 0 < ttl < math.inf):
-        raise ConfigError(f"cache ttl must be a positive number of seconds or None; got {ttl!r}")
+    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 0 < ttl <= MAX_TTL_S):
+        raise ConfigError(f"cache ttl must be a positive number of seconds up to {MAX_TTL_S:.0e} (about 32 years), or None to keep entries until evicted; got {ttl!r}")
     if isinstance(max_bucket, bool) or not isinstance(max_bucket, int) or max_bucket < 1:
         raise ConfigError(f"cache max_bucket must be a positive integer; got {max_bucket!r}")
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
