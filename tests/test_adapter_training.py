@@ -178,6 +178,14 @@ def test_training_raises_held_out_ranking_accuracy(loss: str) -> None:
     assert len(result.steps) == 2 * math.ceil(len(train_part) / 4)
 
 
+def test_a_training_run_that_diverges_is_an_adapter_error_not_a_nan_adapter() -> None:
+    torch.set_num_threads(1)
+    adapter = Adapter.create(AdapterConfig(trainable_layers=1), seed=0, device="cpu")
+    config = TrainConfig(epochs=2, lr=1e6, groups_per_batch=4, warmup_steps=0, progress=False, grad_clip=1e9)
+    with pytest.raises(AdapterError, match="diverged"):
+        train(adapter, _capital_groups(), config)
+
+
 def test_training_with_no_groups_is_an_adapter_error(fresh_adapter: Adapter) -> None:
     with pytest.raises(AdapterError, match="no training groups"):
         train(fresh_adapter, [])

@@ -8,7 +8,8 @@ from pathlib import Path
 import openai
 import pytest
 
-from blackbox_sdk import AsyncOpenAI, Budget, CallLog, OpenAI
+from blackbox_sdk import AsyncOpenAI, Budget, CallLog, ConfigError, OpenAI
+from blackbox_sdk._pipeline._rerank import rank
 
 MODEL = "smollm2"
 QUESTION = [{"role": "user", "content": "Name a colour."}]
@@ -57,6 +58,20 @@ def test_reranked_stream_streams_the_chosen_answer(client: OpenAI) -> None:
     stream = ask(client, stream=True)
     text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     assert text == min(stream.blackbox.candidates, key=len)
+
+
+def test_a_reranker_that_misscores_is_a_config_error_and_the_paid_call_is_logged(client: OpenAI) -> None:
+    with pytest.raises(ConfigError, match="1 scores for 6 answers"):
+        ask(client, reranker=lambda question, answers: [1.0])
+    client.options.log.flush()
+    [record] = CallLog(client.options.log.path).calls()
+    assert "1 scores for 6 answers" in (record.error or "")
+
+
+def test_nan_scores_rank_last() -> None:
+    nan = float("nan")
+    assert rank([nan, 1.0, nan, 2.0]) == [3, 1, 0, 2]
+    assert rank([nan, nan]) == [0, 1]
 
 
 def test_per_call_reranker_none_turns_it_off(client: OpenAI) -> None:

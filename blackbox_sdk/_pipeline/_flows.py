@@ -80,6 +80,16 @@ def io(call: Call, work: Callable[[], T], *, counts: bool = False) -> Generator[
     return result
 
 
+def last(core: Core, call: Call, work: Callable[[], T]) -> Generator[Effect, Any, T]:
+    """`work()` as the call's last "io" effect (settle, rerank, log): a failure there, such as a reranker
+    that misscores, is logged like any other, since the answers are paid for by then."""
+    try:
+        return (yield from io(call, work))
+    except Exception as error:
+        yield from failed(core, call, error)
+        raise
+
+
 def failed(core: Core, call: Call, error: BaseException) -> Flow:
     """Release what the call holds and log its failure (the caller re-raises)."""
     if isinstance(error, GeneratorExit):  # the flow is being closed: it can't yield any more
@@ -186,7 +196,7 @@ def create(core: Core, route: Route, params: Json, overrides: Json, valid: Calla
     if call.opts.beam is not None and call.opts.reranker is not None:
         whole_call = unstreamed(call)
         result, tally = yield Effect("beam", whole_call)
-        whole = yield from io(call, partial(beam_response, core, whole_call, result, tally))
+        whole = yield from last(core, whole_call, partial(beam_response, core, whole_call, result, tally))
     elif call.opts.reranker is not None and call.want > call.n:
         whole = yield from complete(core, unstreamed(call))
     elif call.stream:
@@ -216,7 +226,7 @@ def complete(core: Core, call: Call) -> Flow:
         return (yield from rounds(core, call, stored, confidence))
     missing = call.want - len(stored)
     if missing <= 0:
-        return (yield from io(call, partial(finish, core, call, stored, [], None)))
+        return (yield from last(core, call, partial(finish, core, call, stored, [], None)))
 
     def fetched(count: int, max_tokens: int | None) -> Flow:
         """The fresh responses, and their candidates unless the one response is passed on untouched."""
@@ -227,9 +237,9 @@ def complete(core: Core, call: Call) -> Flow:
 
     responses, split = yield from paid(core, call, missing, fetched)
     if split is None:
-        return (yield from io(call, partial(finish_untouched, core, call, responses[0])))
+        return (yield from last(core, call, partial(finish_untouched, core, call, responses[0])))
     original = responses[0] if len(responses) == 1 else None
-    return (yield from io(call, partial(finish, core, call, stored, *split, original=original)))
+    return (yield from last(core, call, partial(finish, core, call, stored, *split, original=original)))
 
 
 def rounds(core: Core, call: Call, stored: list[Candidate], confidence: float) -> Flow:
@@ -245,7 +255,7 @@ def rounds(core: Core, call: Call, stored: list[Candidate], confidence: float) -
         fresh, usage = fresh + got, add_usage(usage or {}, used)
         share = yield from io(call, partial(_share, call, stored + fresh))
         size = next_round(len(stored) + len(fresh), call.want, share, confidence)
-    return (yield from io(call, partial(finish, core, call, stored, fresh, usage, paid=True)))
+    return (yield from last(core, call, partial(finish, core, call, stored, fresh, usage, paid=True)))
 
 
 def _share(call: Call, candidates: list[Candidate]) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -28,8 +29,8 @@ def question_of(route: Route, params: Mapping[str, Any]) -> str:
 
 
 def rank(scores: Sequence[float]) -> list[int]:
-    """Candidate indices best first; ties keep sampling order."""
-    return sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    """Candidate indices best first; ties keep sampling order, and a NaN score (a diverged adapter) ranks last."""
+    return sorted(range(len(scores)), key=lambda i: (math.isnan(scores[i]), 0.0 if math.isnan(scores[i]) else -scores[i], i))
 
 
 def valid_first(order: Sequence[int], answers: Sequence[str], valid: Callable[[str], bool] | None) -> list[int]:

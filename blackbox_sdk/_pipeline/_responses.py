@@ -4,6 +4,7 @@ log, and build the typed response or stream chunks, each with `.blackbox`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import Any
 
@@ -11,7 +12,9 @@ import httpx2
 from openai.types import Completion, CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
+from .._exceptions import ConfigError
 from .._info import attach
+from .._logging import logger
 from .._types import CHAT, Json, add_usage
 from ._call import Call
 from ._candidates import Candidate, chunks_from_candidates, response_from_candidates, split_response, sum_usage, usage_chunk
@@ -79,9 +82,19 @@ def account(core: Core, call: Call, stored: list[Candidate], fresh: list[Candida
 
 
 def score(call: Call, answers: list[str]) -> list[float]:
-    """The reranker's scores of the answers, kept on `call.info` with them."""
-    scores = call.opts.reranker(question_of(call.route, call.params), answers)
-    call.info.candidates, call.info.scores = answers, [float(s) for s in scores]
+    """The reranker's scores of the answers, kept on `call.info` with them; ConfigError unless it gave one
+    number per answer (the answers are paid for: the call is logged with the error)."""
+    scores = list(call.opts.reranker(question_of(call.route, call.params), answers))
+    try:
+        numbers = [float(s) for s in scores]
+    except (TypeError, ValueError):
+        numbers = []
+    if len(numbers) != len(answers):
+        raise ConfigError(f"the reranker returned {len(scores)} scores for {len(answers)} answers: it must return one number per answer")
+    call.info.candidates, call.info.scores = answers, numbers
+    if any(math.isnan(s) for s in call.info.scores):
+        logger.warning("call %s: the reranker scored %d of %d answers NaN (a diverged adapter?); they rank last",
+                       call.info.call_id, sum(math.isnan(s) for s in call.info.scores), len(answers))
     return call.info.scores
 
 

@@ -23,7 +23,7 @@ from ._calibrate import remember_context
 from ._call import Call
 from ._candidates import Candidate
 from ._core import Core, build
-from ._flows import Effect, Flow, billed, cached, io, paid, sent
+from ._flows import Effect, Flow, billed, cached, io, last, paid, sent
 from ._relay import Relay
 from ._response_events import ENDED, arrived, event, events_of, final_response
 from ._responses import account, choose, logged_texts, unstreamed
@@ -63,10 +63,10 @@ def complete(core: Core, call: Call) -> Flow:
     """A whole response: cached answers first, the rest fetched as concurrent requests."""
     stored = yield from cached(core, call)
     if len(stored) >= call.want:
-        return (yield from io(call, partial(finish, core, call, stored, [], None)))
+        return (yield from last(core, call, partial(finish, core, call, stored, [], None)))
     responses, (fresh, usage) = yield from paid(core, call, call.want - len(stored), partial(answers, core, call))
     original = responses[0] if len(responses) == 1 else None
-    return (yield from io(call, partial(finish, core, call, stored, fresh, usage, original=original)))
+    return (yield from last(core, call, partial(finish, core, call, stored, fresh, usage, original=original)))
 
 
 def candidate(core: Core, call: Call, response: Json, events: list[Json] | None = None) -> tuple[Candidate, Json]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Sequence
@@ -162,6 +163,8 @@ def train(
         for batch in bar:
             scores, mask = _batch_tensors(adapter, batch, config, rng)
             loss = group_loss(config.loss, scores, mask, temperature=config.temperature, l2=config.l2)
+            if not math.isfinite(float(loss.detach())):  # nothing is saved from a run that diverged
+                raise AdapterError(f"training diverged at step {len(result.steps) + 1} (epoch {epoch}): the loss is {float(loss.detach())}; lower the learning rate (lr={config.lr})")
             optimizer.step(loss)
             result.steps.append({"step": len(result.steps) + 1, "epoch": epoch, "loss": float(loss.detach())})
             bar.set_postfix(loss=f"{result.steps[-1]['loss']:.3f}")
