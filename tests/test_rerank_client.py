@@ -112,3 +112,42 @@ def test_beam_search_builds_the_answer_step_by_step(llama_server: str, tmp_path:
     step_records = [r for r in log.calls() if r.call_id != info.call_id]
     assert len(step_records) >= 2 and all(not r.scores for r in step_records)
     assert completion.usage.completion_tokens == sum(r.usage["completion_tokens"] for r in step_records)
+
+
+def test_a_stream_of_n_at_least_rerank_n_carries_the_reranked_order(client: OpenAI) -> None:
+    stream = ask(client, n=6, stream=True)
+    texts: dict[int, str] = {}
+    for chunk in stream:
+        for choice in chunk.choices:
+            texts[choice.index] = texts.get(choice.index, "") + (choice.delta.content or "")
+    info = stream.blackbox
+    assert info.scores is not None and len(info.scores) == 6  # it was reranked, not passed through
+    assert info.chosen == rank(info.scores)
+    assert [texts[i] for i in range(6)] == [info.candidates[i] for i in info.chosen]
+
+
+def test_answers_that_only_call_tools_are_scored_by_their_calls() -> None:
+    import json
+
+    import httpx2
+
+    def answer(request: httpx2.Request) -> httpx2.Response:  # a double: SmolLM2 on llama.cpp makes no tool calls on demand
+        seed = json.loads(request.content).get("seed") or 0
+        call = {"id": f"call_{seed}", "type": "function", "function": {"name": "pick", "arguments": json.dumps({"larger": 84 if seed % 2 else 43})}}
+        message = {"role": "assistant", "content": None, "tool_calls": [call]}
+        return httpx2.Response(200, json={"id": "c", "object": "chat.completion", "created": 1, "model": MODEL,
+                                          "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls"}],
+                                          "usage": {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10}})
+
+    seen: list[list[str]] = []
+
+    def prefers_84(question: str, answers: Sequence[str]) -> list[float]:
+        seen.append(list(answers))
+        return [1.0 if "84" in a else 0.0 for a in answers]
+
+    client = OpenAI(base_url="http://double.test/v1", api_key="sk-test", reranker=prefers_84, rerank_n=4,
+                    http_client=httpx2.Client(transport=httpx2.MockTransport(answer)))
+    tools = [{"type": "function", "function": {"name": "pick", "parameters": {"type": "object", "properties": {"larger": {"type": "integer"}}}}}]
+    completion = client.chat.completions.create(model=MODEL, messages=QUESTION, tools=tools, seed=2)
+    assert all('"name":"pick"' in text for text in seen[0])  # scored on their calls, not as four empty texts
+    assert json.loads(completion.choices[0].message.tool_calls[0].function.arguments) == {"larger": 84}

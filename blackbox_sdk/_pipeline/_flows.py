@@ -197,7 +197,7 @@ def create(core: Core, route: Route, params: Json, overrides: Json, valid: Calla
         whole_call = unstreamed(call)
         result, tally = yield Effect("beam", whole_call)
         whole = yield from last(core, whole_call, partial(beam_response, core, whole_call, result, tally))
-    elif call.opts.reranker is not None and call.want > call.n:
+    elif call.opts.reranker is not None and call.want > 1 and (call.want > call.n or call.stream):  # a stream carries the pick too
         whole = yield from complete(core, unstreamed(call))
     elif call.stream:
         return (yield from stream(core, call))

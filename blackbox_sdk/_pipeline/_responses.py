@@ -4,6 +4,7 @@ log, and build the typed response or stream chunks, each with `.blackbox`.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import replace
 from typing import Any
@@ -40,8 +41,18 @@ def replay_response() -> httpx2.Response:
 
 
 def texts(call: Call, candidates: list[Candidate]) -> list[str]:
-    """The answer text of each candidate."""
-    return [call.route.text(c.choice) for c in candidates]
+    """What each candidate answers, as the reranker scores it and the log keeps it: its text, or for a
+    chat answer that only calls tools, its tool calls as JSON (names and arguments)."""
+    return [call.route.text(c.choice) or _tool_calls(c.choice) for c in candidates]
+
+
+def _tool_calls(choice: Json) -> str:
+    """A chat choice's tool calls as compact JSON ("" when it has none)."""
+    calls = (choice.get("message") or {}).get("tool_calls") if isinstance(choice.get("message"), dict) else None
+    if not calls:
+        return ""
+    wanted = [call.get("function") or call for call in calls if isinstance(call, dict)]
+    return json.dumps(wanted, ensure_ascii=False, separators=(",", ":"), default=str)
 
 
 def logged_texts(call: Call, candidates: list[Candidate]) -> list[str]:
