@@ -578,3 +578,41 @@ def test_the_serve_command_runs_until_sigterm_and_refuses_to_listen_openly_witho
         _, stderr = process.communicate(timeout=60)
     assert MODEL in [model["id"] for model in models["data"]]
     assert "Finished server process" in stderr and process.returncode in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it handled
+
+
+def test_a_keys_client_is_built_off_the_event_loop_and_a_broken_one_is_a_clear_500(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from blackbox_sdk.serve._tenants import TenantClients
+    from servers import InstantUpstream
+
+    building, release = threading.Event(), threading.Event()
+    build = TenantClients.client
+
+    def slow_build(self: TenantClients, tenant: Tenant | None) -> Any:  # as long as an adapter takes to load
+        if tenant is not None and tenant.name == "slow":
+            building.set()
+            release.wait(60)
+        return build(self, tenant)
+
+    monkeypatch.setattr(TenantClients, "client", slow_build)
+    tenants = {"k-slow": Tenant("slow", options={}), "k-missing": Tenant("missing", options={"reranker": str(tmp_path / "no-adapter")})}
+    upstream = InstantUpstream({"id": "c", "object": "chat.completion", "created": 1, "model": MODEL, "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                                "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi."}, "finish_reason": "stop"}]})
+    body = json.dumps({"model": MODEL, "messages": HELLO}).encode()
+    try:
+        with Proxy(ProxyConfig(upstream=upstream.url, max_retries=0), authenticate=tenants.get) as running:
+            answers: list[httpx2.Response] = []
+            first = threading.Thread(target=lambda: answers.append(running.post("/chat/completions", body, authorization="Bearer k-slow")))
+            first.start()
+            assert building.wait(60)
+            assert httpx2.get(f"{running.url}/healthz", timeout=10).status_code == 200  # the loop answers while the key's client builds
+            release.set()
+            first.join(60)
+            broken = running.post("/chat/completions", body, authorization="Bearer k-missing")
+    finally:
+        release.set()
+        upstream.close()
+    assert answers[0].status_code == 200
+    assert broken.status_code == 500 and broken.json()["error"]["code"] == "key_misconfigured"
+    assert "no-adapter" in broken.json()["error"]["message"]

@@ -109,7 +109,7 @@ def generating(route: Generating) -> Handler:
         body = await _request_json(proxy, request)
         required(body, *route.required)
         _check_model(tenant, body["model"], meter)
-        client = proxy.client_for(tenant)
+        client = await proxy.tenant_client(tenant)
         result = await route.call(client, call_arguments(body, route.signature))
         cached = client.options.cache is not None
         if hasattr(result, "__aiter__"):  # a stream, whatever the body's `stream` said: sent, so it is always closed
@@ -155,7 +155,7 @@ async def feedback(request: Request, meter: RequestMeter) -> Response:
     unknown = sorted(set(body) - FEEDBACK_FIELDS)
     if not isinstance(call_id, str) or unknown:
         raise ProxyError(400, f"feedback takes a string call_id and some of {sorted(FEEDBACK_FIELDS)}; got {unknown or call_id!r}")
-    client = proxy.client_for(tenant)
+    client = await proxy.tenant_client(tenant)
     await run_in_threadpool(_record_feedback, client, None if tenant is None else tenant.name, call_id, body)
     return JSONResponse({"object": "feedback", "call_id": call_id, "recorded": True})
 

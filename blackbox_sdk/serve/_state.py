@@ -10,6 +10,7 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
+from .._exceptions import BlackBoxError
 from .._logging import logger
 from .._redact import redact_text
 from ._admin_gate import AdminGate
@@ -81,8 +82,26 @@ class Proxy:
             raise refuse_unknown_key(presented)
         return tenant
 
-    def client_for(self, tenant: Tenant | None) -> Any:
-        """The client serving this tenant; 503 while the upstream client is still being built."""
+    def _ready(self) -> TenantClients:
+        """The clients; 503 while the upstream client is still being built."""
         if self._clients is None:
             raise ProxyError(503, self.failure or "the proxy is starting: the upstream client is not ready yet", kind="server_error", code="not_ready")
-        return self._clients.client(tenant)
+        return self._clients
+
+    def client_for(self, tenant: Tenant | None) -> Any:
+        """The client serving this tenant (built now if it is not yet); 503 while the upstream client is being built."""
+        return self._ready().client(tenant)
+
+    async def tenant_client(self, tenant: Tenant | None) -> Any:
+        """`client_for`, building a tenant's client (its reranker loads) in a worker thread, never on the event
+        loop; a key whose options can't be applied (a missing adapter folder) is the proxy's fault: 500."""
+        clients = self._ready()
+        built = clients.built(tenant)
+        if built is not None:
+            return built
+        try:
+            return await run_in_threadpool(clients.client, tenant)
+        except BlackBoxError as error:
+            message = redact_text(f"{type(error).__name__}: {error}")
+            logger.error("proxy: the options of key %r can't be applied: %s", tenant.name if tenant else None, message)
+            raise ProxyError(500, f"this key's options can't be applied: {message}", kind="server_error", code="key_misconfigured") from error

@@ -63,14 +63,19 @@ class TenantClients:
         self._copies: dict[str, tuple[Mapping[str, Any], Any]] = {}
         self._lock = threading.Lock()
 
-    def client(self, tenant: Tenant | None) -> Any:
-        """The client that serves `tenant` (the proxy's own without one)."""
+    def built(self, tenant: Tenant | None) -> Any:
+        """The client that serves `tenant` when it is built already (the proxy's own without one), else None."""
         if tenant is None:
             return self._base
         with self._lock:
             held = self._copies.get(tenant.name)
-            if held is not None and held[0] == tenant.options:
-                return held[1]
+        return held[1] if held is not None and held[0] == tenant.options else None
+
+    def client(self, tenant: Tenant | None) -> Any:
+        """The client that serves `tenant`, built now if it is not yet (which may load an adapter: call it off the event loop)."""
+        built = self.built(tenant)
+        if built is not None or tenant is None:
+            return built
         copy = self._base.with_options(**{**tenant.options, "budget_key": tenant.name})
         with self._lock:
             self._copies[tenant.name] = (tenant.options, copy)
