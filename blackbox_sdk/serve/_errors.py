@@ -7,10 +7,10 @@ SDK's errors and the upstream's, mapped once here.
     404 model_not_found         a model the key may not use; an unknown route (OpenAI's "Invalid URL")
     413 request_too_large       a body over the proxy's limit, refused before it is read whole
     415 unsupported_media_type  a body sent as a browser's simple type (text/plain, a form): not JSON's
-    500 key_misconfigured       a key whose options can't be applied (a missing reranker folder): the operator's fault
     429 insufficient_quota      a budget refusal (OpenAI's status for an exhausted quota; sent with
                                 x-should-retry: false, so openai's clients do not retry it)
     429 rate_limit_exceeded     a rate limit, with Retry-After
+    500 key_misconfigured       a key whose options can't be applied (a missing reranker folder): the operator's fault
     502 / 503 / 504             upstream unreachable or refusing the proxy's key / a shared store down or the
                                 proxy starting / upstream timeout (also an SDK request of its own to the
                                 upstream's host, such as llama.cpp's tokenize route, that fails or times out)
