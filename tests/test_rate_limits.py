@@ -367,6 +367,15 @@ async def test_redis_killed_fails_closed_for_aadmit(redis_server: RedisServer) -
     await limits.aclose()
 
 
+async def test_aadmit_after_a_quick_restart_retries_on_a_fresh_connection(redis_server: RedisServer) -> None:
+    limits = RateLimits(rpm=100, store=redis_server.url)
+    await limits.aadmit(key=None, model="m", tokens=1)
+    redis_server.stop()
+    redis_server.start()  # between two calls: the pooled connection is stale, the server healthy
+    await limits.aadmit(key=None, model="m", tokens=1)
+    await limits.aclose()
+
+
 def test_the_redis_password_never_shows(redis_server: RedisServer) -> None:
     url = redis_server.url.replace("redis://", "redis://user:s3cret-pass@")
     limits = RateLimits(rpm=1, store=url)

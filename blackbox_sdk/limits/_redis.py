@@ -126,8 +126,15 @@ class RedisWindow(Closing):
         loop = asyncio.get_running_loop()
         if self._async is None or self._async[0] is not loop:
             import redis.asyncio
+            from redis.asyncio.retry import Retry
+            from redis.backoff import ExponentialBackoff
 
-            client = redis.asyncio.Redis.from_url(self._url, decode_responses=True, socket_timeout=self._timeout_s, socket_connect_timeout=self._timeout_s)
+            # a pooled connection that a restarted server closed is retried on a new one, as the sync client's is
+            # (every script is idempotent by event id); without retry_on_error the asyncio client raised at once
+            client = redis.asyncio.Redis.from_url(
+                self._url, decode_responses=True, socket_timeout=self._timeout_s, socket_connect_timeout=self._timeout_s,
+                retry=Retry(ExponentialBackoff(cap=0.25, base=0.02), 2), retry_on_error=[redis.exceptions.ConnectionError],
+            )
             scripts = {name: client.register_script(script.script) for name, script in self._scripts.items()}
             self._async = (loop, client, scripts)
         return self._async[2]
