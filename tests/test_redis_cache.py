@@ -554,3 +554,20 @@ def test_without_the_redis_package_a_config_error_names_the_extra(monkeypatch: p
     monkeypatch.setitem(sys.modules, "redis", None)  # what `import redis` meets when it is not installed
     with pytest.raises(ConfigError, match=r"pip install 'blackbox-sdk\[redis\]'"):
         Cache("redis://127.0.0.1:6379/0")
+
+
+def test_a_full_redis_keeps_serving_what_it_holds_and_warns_once(redis_server: RedisServer, raw: redis.Redis, caplog: pytest.LogCaptureFixture) -> None:
+    with Cache(redis_server.url) as cache:
+        held = _key(cache)
+        cache.extend(held, [_entry("stored before it filled")])
+        raw.config_set("maxmemory-policy", "noeviction")
+        raw.config_set("maxmemory", max(1, raw.info("memory")["used_memory"] - 1))  # full: writes refused, reads fine
+        try:
+            with caplog.at_level(logging.WARNING, logger="blackbox_sdk"):
+                for text in ("one", "two", "three"):
+                    cache.extend(_key(cache, temperature=len(text)), [_entry(text)])  # refused: skipped, never raised
+                    assert cache.get(held) == [_entry("stored before it filled")]  # not taken for an outage: still a hit
+        finally:
+            raw.config_set("maxmemory", 0)
+        (warning,) = _warnings(caplog)
+        assert "refused" in warning and "OutOfMemoryError" in warning and "unreachable" not in warning

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from .._exceptions import CacheError, ConfigError
+from .._logging import logger
 from ._outage import Outage
 from ._store import CacheUnavailableError, Change, Claim, ForeignValueError
 
@@ -132,6 +133,7 @@ class RedisStore:
         self._release = self._client.register_script(_RELEASE)
         self._swap_script = self._client.register_script(_SWAP)
         self._outage = Outage(self.location)
+        self._refusals: set[tuple[str, ...]] = set()  # kinds of refusal warned of already
 
     def get(self, key: str) -> str | None:
         """The text stored at ``key``, None on a miss; ForeignValueError for another type or non-UTF-8 bytes."""
@@ -223,6 +225,15 @@ class RedisStore:
         if batch:
             yield batch
 
+    def _refused(self, action: str, reason: str) -> CacheUnavailableError:
+        """A command the server refused (out of memory under noeviction, a read-only replica): this write is
+        skipped, warned of once per kind of refusal, and the store is not taken for down, so lookups still hit."""
+        kind = reason.split(" ", 2)[:2]
+        if tuple(kind) not in self._refusals:
+            self._refusals.add(tuple(kind))
+            logger.warning("cache: the Redis at %s refused to %s (%s); answers are not stored while it refuses", self.location, action, reason)
+        return CacheUnavailableError(f"can't {action}: the cache's Redis at {self.location} refused it ({reason})")
+
     def _run(self, action: str, operation: Callable[[], _T]) -> _T:
         """Run one Redis operation; a wrong-type value is foreign, any other Redis failure is an outage,
         text that can't be encoded as UTF-8 a CacheError."""
@@ -233,6 +244,8 @@ class RedisStore:
             if str(exc).startswith("WRONGTYPE"):
                 raise ForeignValueError("stored value is another Redis type, not JSON text") from None
             reason = self._secrets.scrub(f"{type(exc).__name__}: {exc}")
+            if isinstance(exc, self._redis.exceptions.ResponseError):  # it answered (full, read-only): reads go on
+                raise self._refused(action, reason) from None
             self._outage.failed(reason)
             raise CacheUnavailableError(f"can't {action}: the cache's Redis at {self.location} is unreachable ({reason})") from None
         except UnicodeEncodeError as exc:  # values go as UTF-8: a lone surrogate can't be sent
