@@ -303,3 +303,29 @@ def test_cli_reports_a_log_without_usable_feedback(tmp_path: Path, capsys: pytes
 def test_cli_reports_a_missing_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["--log", str(tmp_path / "nope.db"), "--out", str(tmp_path / "out")]) == 1
     assert "no call log" in capsys.readouterr().err
+
+
+def _export_line(**feedback: object) -> str:
+    """One JSONL export record of a call with two candidates and one feedback item."""
+    return json.dumps({"format": "blackbox-calllog/1", "call_id": "c1", "route": "chat", "request": {"messages": [{"role": "user", "content": "hi"}]},
+                       "candidates": ["a", "b"], "feedback": [feedback]}) + "\n"
+
+
+@pytest.mark.parametrize(
+    ("content", "extra", "message"),
+    [
+        pytest.param(bytes(range(256)) * 8, [], "not UTF-8", id="binary-file"),
+        pytest.param(b"SQLite format 3\x00" + b"garbage" * 64, [], "call log", id="corrupt-sqlite"),
+        pytest.param(_export_line(candidate="0", label="incorrect").encode(), [], "candidate's index", id="index-as-text"),
+        pytest.param(_export_line(candidate=0, reward="high").encode(), [], "a number", id="reward-as-text"),
+        pytest.param(_export_line(candidate=0, label="correct").encode(), ["--device", "bogus"], "device 'bogus'", id="bad-device"),
+    ],
+)
+def test_cli_refuses_a_bad_log_or_device_with_one_line_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes, extra: list[str], message: str
+) -> None:
+    (tmp_path / "calls.log").write_bytes(content)
+    assert cli_main(["--log", str(tmp_path / "calls.log"), "--out", str(tmp_path / "out"), "--no-progress", *extra]) == 1
+    err = capsys.readouterr().err
+    assert message in err and err.startswith("error: ")
+    assert not (tmp_path / "out").exists()

@@ -68,6 +68,16 @@ def default_device() -> str:
     return "cuda" if import_torch().cuda.is_available() else "cpu"
 
 
+def checked_device(device: str | None) -> str | None:
+    """`device` when torch can name it (None: the default); AdapterError before any work otherwise."""
+    if device is not None:
+        try:
+            import_torch().device(device)
+        except (RuntimeError, TypeError, ValueError) as exc:
+            raise AdapterError(f"device {device!r} is not one torch knows ({exc}); use e.g. 'cpu', 'cuda' or 'cuda:0'") from None
+    return device
+
+
 PRECISIONS = ("auto", "fp32", "bf16")
 
 

@@ -32,7 +32,10 @@ def read_log(path: str | Path) -> list[dict[str, Any]]:
             raise AdapterError(f"no call log at {source}")
         with source.open("rb") as handle:
             is_sqlite = handle.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
-        name, text = str(source), _export_store(source) if is_sqlite else source.read_text(encoding="utf-8")
+        try:
+            name, text = str(source), _export_store(source) if is_sqlite else source.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise AdapterError(f"{source} is neither a call log nor its JSONL export (not UTF-8 text at byte {exc.start})") from None
     records = []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -99,25 +102,45 @@ def _text(content: Any) -> str | None:
 
 
 def judgements(record: dict[str, Any], high_reward: float, low_reward: float) -> tuple[set[str], set[str]]:
-    """(positives, negatives) a record's feedback gives: references, labels, rewards, preferences."""
+    """(positives, negatives) a record's feedback gives: references, labels, rewards, preferences;
+    AdapterError for feedback of the wrong types (a hand-edited export)."""
     candidates: list[str] = record.get("candidates") or []
     good: set[str] = set()
     bad: set[str] = set()
     for item in record.get("feedback") or []:
-        if item.get("reference"):
-            good.add(item["reference"])
-        rated = item.get("candidate")
+        reference, rated, reward, preferred = _checked(record, item)
+        if reference:
+            good.add(reference)
         if rated is not None and 0 <= rated < len(candidates):
-            reward = item.get("reward")
             if item.get("label") == "correct" or (reward is not None and reward >= high_reward):
                 good.add(candidates[rated])
             if item.get("label") == "incorrect" or (reward is not None and reward <= low_reward):
                 bad.add(candidates[rated])
-        preferred = item.get("preferred")
         if preferred is not None and 0 <= preferred < len(candidates):
             good.add(candidates[preferred])
             bad.update(c for i, c in enumerate(candidates) if i != preferred)
     return good, bad
+
+
+def _checked(record: dict[str, Any], item: Any) -> tuple[str | None, int | None, float | None, int | None]:
+    """A feedback item's reference, rated candidate, reward and preferred candidate, each of its type or None."""
+    def wrong(field: str, kind: str) -> AdapterError:
+        return AdapterError(f"call {record.get('call_id')}: feedback {field} must be {kind}, got {item.get(field)!r}")
+
+    if not isinstance(item, dict):
+        raise AdapterError(f"call {record.get('call_id')}: a feedback item must be an object, got {item!r}")
+    reference, reward = item.get("reference"), item.get("reward")
+    if reference is not None and not isinstance(reference, str):
+        raise wrong("reference", "text")
+    if reward is not None and (isinstance(reward, bool) or not isinstance(reward, (int, float))):
+        raise wrong("reward", "a number")
+    indices = []
+    for field in ("candidate", "preferred"):
+        value = item.get(field)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise wrong(field, "a candidate's index")
+        indices.append(value)
+    return reference, indices[0], reward, indices[1]
 
 
 def groups_from_log(
