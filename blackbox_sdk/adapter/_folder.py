@@ -24,6 +24,13 @@ LORA_FORMAT = 2  # the head in adapter.safetensors, the LoRA deltas in lora/ (pe
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter.safetensors"
 CARD_FILE = "README.md"
+LORA_DIR = "lora"
+# What the SDK writes into an adapter folder (and a training run into its output folder): a folder
+# holding nothing else, or holding an adapter, may be written; any other non-empty folder is the user's.
+SDK_ENTRIES = frozenset(
+    {CONFIG_FILE, WEIGHTS_FILE, CARD_FILE, LORA_DIR, "curve.png", "metrics.json", "online_state.json", "online_report.json",
+     "checkpoints", "recipes", "recipes.json", "recipe.json"}
+)
 
 
 def read_document(folder: Path) -> dict[str, Any]:
@@ -54,16 +61,51 @@ def stamp(folder: Path) -> tuple[int, int, int] | None:
     return (info.st_ino, info.st_mtime_ns, info.st_size)
 
 
+def writable_target(path: str | Path) -> Path:
+    """The absolute folder an adapter may be written to at `path`; AdapterError for a file, a symbolic link, or a folder of other files."""
+    folder = Path(os.path.abspath(path))
+    if folder.parent == folder:
+        raise AdapterError(f"can't write an adapter to {folder}: name a folder below it")
+    if folder.is_symlink():
+        raise AdapterError(f"can't write an adapter to {path}: it is a symbolic link (to {os.path.realpath(folder)}); name a real folder")
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        where = "it is a file" if existing == folder else f"{existing} is a file"
+        raise AdapterError(f"can't write an adapter to {path}: {where}, not a folder")
+    if existing == folder:
+        foreign = sorted(set(os.listdir(folder)) - SDK_ENTRIES)
+        if foreign and not _holds_adapter(folder):
+            raise AdapterError(
+                f"can't write an adapter to {path}: it is a folder of other files ({', '.join(foreign[:3])}"
+                f"{', ...' if len(foreign) > 3 else ''}), not an adapter folder; name a new or empty folder"
+            )
+    return folder
+
+
+def _holds_adapter(folder: Path) -> bool:
+    """Whether the folder's config file is an adapter's document (its weights may be damaged: it is still an adapter folder)."""
+    try:
+        document = json.loads((folder / CONFIG_FILE).read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(document, dict) and document.get("format") == FORMAT_NAME
+
+
 @contextmanager
 def swapped_in(folder: Path, written: Callable[[str], bool]) -> Iterator[Path]:
     """Yield a temporary folder to write into; on success it replaces `folder` by renames.
 
     Entries of the old folder for which `written(name)` is false (a card's curve, a run's state,
-    checkpoints) are moved into the new folder first, so rewriting an adapter keeps them.
+    checkpoints) are moved into the new folder first, so rewriting an adapter keeps them. The
+    target is checked first (`writable_target`): a file, a link or a folder of other files is refused.
     """
-    folder.parent.mkdir(parents=True, exist_ok=True)
+    folder = writable_target(folder)
     temp = folder.parent / f".{folder.name}.new-{uuid.uuid4().hex[:8]}"
-    temp.mkdir()
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        temp.mkdir()
+    except OSError as exc:
+        raise AdapterError(f"can't write an adapter to {folder}: {exc}") from exc
     try:
         yield temp
     except BaseException:

@@ -25,8 +25,7 @@ from .._exceptions import AdapterError
 from ..local import sha256_files
 from ._config import AdapterConfig
 from ._energy import import_torch
-
-LORA_DIR = "lora"
+from ._folder import LORA_DIR
 PEFT_WEIGHTS = "adapter_model.safetensors"
 PEFT_CONFIG = "adapter_config.json"
 _LAYER_INDEX = re.compile(r"(?:^|\.)layers?\.(\d+)\.")
