@@ -1,12 +1,17 @@
-"""Adapter folders on disk: where an adapter may be written (never over the user's files)."""
+"""Adapter folders on disk: where an adapter may be written (never over the user's files), and damaged folders."""
 
 from __future__ import annotations
 
+import json
 import shutil
+import struct
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from blackbox_sdk._exceptions import AdapterError
 from blackbox_sdk.adapter import Adapter, OnlineQuestion, Samples, cli_main, online_train, online_train_auto
@@ -80,3 +85,58 @@ def test_training_refuses_an_output_it_may_not_write_before_any_work(tmp_path: P
         with pytest.raises(AdapterError, match="it is a file"):
             train(_never_sampled, items, lambda item, answer: True, tmp_path / "afile")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"] and (tmp_path / "afile").read_text() == "x"
+
+
+def _edit_config(folder: Path, change: Callable[[dict[str, Any]], object]) -> None:
+    path = folder / "adapter_config.json"
+    document = json.loads(path.read_text())
+    change(document)
+    path.write_text(json.dumps(document))
+
+
+def _cut(path: Path, keep: int) -> None:
+    path.write_bytes(path.read_bytes()[:keep])
+
+
+def _wrong_head(folder: Path) -> None:
+    save_file({"head.weight": torch.zeros(1, 10), "head.bias": torch.zeros(1)}, str(folder / "adapter.safetensors"))
+
+
+def _lora_rank(folder: Path) -> None:
+    path = folder / "lora" / "adapter_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "r": 4}))
+
+
+DAMAGES: dict[str, tuple[Callable[[Path], object], str]] = {
+    "config-without-config": (lambda d: _edit_config(d, lambda doc: doc.pop("config")), "'config' must be an object"),
+    "config-without-base-sha256": (lambda d: _edit_config(d, lambda doc: doc.pop("base_sha256")), "'base_sha256' must be a string"),
+    "base-sha256-null": (lambda d: _edit_config(d, lambda doc: doc.update(base_sha256=None)), "'base_sha256' must be a string"),
+    "metadata-a-list": (lambda d: _edit_config(d, lambda doc: doc.update(metadata=[1])), "'metadata' must be an object or null"),
+    "config-file-a-list": (lambda d: (d / "adapter_config.json").write_text("[1, 2]"), "is not a blackbox-sdk-adapter"),
+    "config-file-not-utf8": (lambda d: (d / "adapter_config.json").write_bytes(b'{"format": "\xff\xfe"}'), "not valid JSON"),
+    "max-length-a-string": (lambda d: _edit_config(d, lambda doc: doc["config"].update(max_length="128")), "'max_length' must be int"),
+    "config-a-list": (lambda d: _edit_config(d, lambda doc: doc.update(config=[])), "'config' must be an object"),
+    "weights-cut-short": (lambda d: _cut(d / "adapter.safetensors", 200), "can't read .*adapter.safetensors"),
+    "weights-empty": (lambda d: _cut(d / "adapter.safetensors", 0), "can't read .*adapter.safetensors"),
+    "weights-huge-header": (lambda d: (d / "adapter.safetensors").write_bytes(struct.pack("<Q", 2**40) + b"{}"), "can't read"),
+    "weights-wrong-shape": (_wrong_head, r"head.weight has shape \[1, 10\], expected \[1, 384\]"),
+    "lora-weights-cut-short": (lambda d: _cut(d / "lora" / "adapter_model.safetensors", 300), "can't load the LoRA deltas"),
+    "lora-config-not-json": (lambda d: (d / "lora" / "adapter_config.json").write_text("{not json"), "can't load the LoRA deltas"),
+    "lora-rank-mismatch": (_lora_rank, "can't load the LoRA deltas"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_a_damaged_folder_is_an_adapter_error_naming_it_and_leaves_nothing_on_the_shared_base(
+    shipped: Adapter, tmp_path: Path, damage: str
+) -> None:
+    make, message = DAMAGES[damage]
+    folder = Path(shutil.copytree(SHIPPED, tmp_path / "damaged"))
+    make(folder)
+    assert shipped.base is not None and shipped.base.peft is not None
+    attached = set(shipped.base.peft.peft_config)
+    with pytest.raises(AdapterError, match=message) as caught:
+        Adapter.load(folder, device="cpu")
+    assert str(folder) in str(caught.value)
+    assert set(shipped.base.peft.peft_config) == attached
+    assert shipped.score(QUESTION, ANSWERS)  # the adapter already on that base still scores

@@ -11,6 +11,7 @@ from .._exceptions import AdapterError
 from ..local import MPNET_ENCODER, default_encoder_path, mpnet_encoder_path
 
 DEFAULT_BASE = "default"
+_JSON_TYPES: dict[str, tuple[type, ...]] = {"str": (str,), "int": (int,), "float": (int, float), "float | None": (int, float, type(None))}
 
 
 @dataclass
@@ -50,10 +51,16 @@ class AdapterConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AdapterConfig:
         """A config from its JSON form; unknown keys are an error, not silently dropped."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+        if not isinstance(data, dict):
+            raise AdapterError(f"an adapter config must be a JSON object, not {type(data).__name__}")
+        known = {f.name: f.type for f in fields(cls)}
+        unknown = sorted(set(data) - set(known))
         if unknown:
             raise AdapterError(f"unknown adapter config keys: {unknown}")
+        for key, value in data.items():
+            allowed = _JSON_TYPES[str(known[key])]
+            if not isinstance(value, allowed) or isinstance(value, bool):
+                raise AdapterError(f"adapter config {key!r} must be {known[key]}, not {value!r}")
         return cls(**data)
 
     def render(self, question: str, answer: str) -> str:

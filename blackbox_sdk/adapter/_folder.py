@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .._exceptions import AdapterError
+from ._config import AdapterConfig
 
 FORMAT_NAME = "blackbox-sdk-adapter"
 FULL_FORMAT = 1  # the head and whole top layers in adapter.safetensors
@@ -34,17 +35,36 @@ SDK_ENTRIES = frozenset(
 
 
 def read_document(folder: Path) -> dict[str, Any]:
-    """The folder's JSON document, checked for format and version."""
+    """The folder's JSON document, checked for format, version and the types of its fields."""
     config_path = folder / CONFIG_FILE
     if not config_path.is_file() or not (folder / WEIGHTS_FILE).is_file():
         raise AdapterError(f"{folder} is not an adapter folder (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
     try:
-        document = json.loads(config_path.read_text())
-    except json.JSONDecodeError as exc:
+        document = json.loads(config_path.read_bytes())
+    except OSError as exc:
+        raise AdapterError(f"can't read {config_path}: {exc}") from exc
+    except ValueError as exc:  # not UTF-8, or not JSON
         raise AdapterError(f"{config_path} is not valid JSON: {exc}") from exc
-    if document.get("format") != FORMAT_NAME or document.get("version") not in (FULL_FORMAT, LORA_FORMAT):
+    if not isinstance(document, dict) or document.get("format") != FORMAT_NAME or document.get("version") not in (FULL_FORMAT, LORA_FORMAT):
         raise AdapterError(f"{config_path} is not a {FORMAT_NAME} v{FULL_FORMAT} or v{LORA_FORMAT} config")
+    kinds = {"config": (dict,), "base_sha256": (str,), "metadata": (dict, type(None)), "revision": (str, type(None))}
+    for key, allowed in kinds.items():
+        if not isinstance(document.get(key), allowed):
+            wanted = " or ".join("null" if kind is type(None) else {dict: "an object", str: "a string"}[kind] for kind in allowed)
+            raise AdapterError(f"{config_path}: {key!r} must be {wanted}, not {json.dumps(document.get(key))[:40]}")
     return document
+
+
+def read_config(folder: Path) -> tuple[dict[str, Any], AdapterConfig]:
+    """The folder's checked JSON document and the AdapterConfig in it (an error names the folder)."""
+    document = read_document(folder)
+    try:
+        config = AdapterConfig.from_dict(document["config"])
+    except AdapterError as exc:
+        raise AdapterError(f"{folder / CONFIG_FILE}: {exc}") from exc
+    if (document["version"] == LORA_FORMAT) != (config.lora_rank > 0):
+        raise AdapterError(f"{folder / CONFIG_FILE}: version {document['version']} does not match lora_rank {config.lora_rank}")
+    return document, config
 
 
 def new_revision() -> str:

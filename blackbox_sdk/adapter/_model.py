@@ -30,7 +30,7 @@ from ._config import AdapterConfig
 from ._consensus import log_copies
 from ._energy import PRECISIONS, autocast, default_device, energy_model_class, import_torch
 from ._fast import OnnxScorer, check_fast, in_length_order
-from ._folder import CONFIG_FILE, LORA_FORMAT, WEIGHTS_FILE, read_document, stamp
+from ._folder import LORA_FORMAT, WEIGHTS_FILE, read_config, stamp
 from ._lora import SharedBase, layer_index, load_base, shared_base
 from ._reload import reload_if_changed
 from ._saving import save_folder
@@ -213,38 +213,53 @@ class Adapter:
             raise AdapterError(f"precision must be one of {PRECISIONS}, not {precision!r}")
         check_fast(fast)
         folder, device = Path(path), device or ("cpu" if fast else default_device())
-        document = read_document(folder)
-        config = AdapterConfig.from_dict(document["config"])
-        if (document["version"] == LORA_FORMAT) != (config.lora_rank > 0):
-            raise AdapterError(f"{folder / CONFIG_FILE}: version {document['version']} does not match lora_rank {config.lora_rank}")
+        document, config = read_config(folder)
         if config.lora_rank:
             adapter = cls._on_base(config, device, shared, lambda base, name: base.load(folder, name))
         else:
             adapter = cls.create(config, device="cpu")
-        if adapter.base_sha256 != document["base_sha256"]:
-            if adapter.base is not None and adapter.lora_name is not None:
-                adapter.base.remove(adapter.lora_name)
+        try:
+            adapter._fill(folder, document, precision)
+            if not config.lora_rank:
+                adapter.to(device)
+            return adapter.make_fast(int8=fast == "int8") if fast is not False else adapter
+        except BaseException:
+            adapter._detach()  # a failed load leaves nothing on a shared base
+            raise
+
+    def _fill(self, folder: Path, document: dict[str, Any], precision: str) -> None:
+        """Check the base's fingerprint, read the folder's weights and note where they came from."""
+        if self.base_sha256 != document["base_sha256"]:
             raise AdapterError(
                 f"{folder} was trained on a base encoder with SHA-256 {document['base_sha256'][:12]}..., "
-                f"but {config.base_path()} has {adapter.base_sha256[:12]}..."
+                f"but {self.config.base_path()} has {self.base_sha256[:12]}..."
             )
-        adapter._read_weights(folder)
-        adapter.metadata = dict(document.get("metadata", {}))
-        adapter.source, adapter.revision, adapter.precision = folder, document.get("revision"), precision
-        adapter._stamp, adapter._checked = stamp(folder), time.monotonic()
-        if not config.lora_rank:
-            adapter.to(device)
-        return adapter.make_fast(int8=fast == "int8") if fast is not False else adapter
+        self._read_weights(folder)
+        self.metadata = dict(document.get("metadata") or {})
+        self.source, self.revision, self.precision = folder, document.get("revision"), precision
+        self._stamp, self._checked = stamp(folder), time.monotonic()
+
+    def _detach(self) -> None:
+        """Take this adapter's LoRA deltas off its base (a no-op for a full adapter)."""
+        if self.base is not None and self.lora_name is not None:
+            self.base.discard(self.lora_name)
 
     def _read_weights(self, folder: Path) -> None:
         """Copy the folder's adapter.safetensors (the head, and a full adapter's top layers) into the model."""
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        tensors = load_file(str(folder / WEIGHTS_FILE), device="cpu")
+        try:
+            tensors = load_file(str(folder / WEIGHTS_FILE), device="cpu")
+        except (SafetensorError, OSError) as exc:
+            raise AdapterError(f"can't read {folder / WEIGHTS_FILE} (damaged or incomplete?): {exc}") from exc
         expected = {n for n in self.trainable_names() if self.lora_name is None or n.startswith("head.")}
         if set(tensors) != expected:
             raise AdapterError(f"{folder / WEIGHTS_FILE} holds {len(tensors)} tensors, expected {len(expected)}")
         params = dict(self.model.named_parameters())
+        wrong = sorted(name for name, tensor in tensors.items() if tensor.shape != params[name].shape)
+        if wrong:
+            raise AdapterError(f"{folder / WEIGHTS_FILE}: {wrong[0]} has shape {list(tensors[wrong[0]].shape)}, expected {list(params[wrong[0]].shape)}")
         with import_torch().no_grad():
             for name, tensor in tensors.items():
                 params[name].copy_(tensor.to(params[name].dtype))
