@@ -26,6 +26,7 @@ CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter.safetensors"
 CARD_FILE = "README.md"
 LORA_DIR = "lora"
+PEFT_WEIGHTS = "adapter_model.safetensors"  # a LoRA adapter's deltas in LORA_DIR, in peft's format
 # What the SDK writes into an adapter folder (and a training run into its output folder): a folder
 # holding nothing else, or holding an adapter, may be written; any other non-empty folder is the user's.
 SDK_ENTRIES = frozenset(
@@ -72,13 +73,33 @@ def new_revision() -> str:
     return uuid.uuid4().hex
 
 
-def stamp(folder: Path) -> tuple[int, int, int] | None:
-    """(inode, mtime ns, size) of the folder's config file: one stat tells whether it may have changed (None: absent)."""
+def stamp(folder: Path) -> tuple[tuple[int, int, int] | None, ...] | None:
+    """(inode, mtime ns, size) of the folder's config and weights files: three stats tell whether it may have changed (None: no config)."""
+    stats: list[tuple[int, int, int] | None] = []
+    for name in (CONFIG_FILE, WEIGHTS_FILE, f"{LORA_DIR}/{PEFT_WEIGHTS}"):
+        try:
+            info = os.stat(folder / name)
+        except OSError:
+            if name == CONFIG_FILE:
+                return None
+            stats.append(None)
+            continue
+        stats.append((info.st_ino, info.st_mtime_ns, info.st_size))
+    return tuple(stats)
+
+
+class ChangedWhileRead(AdapterError):
+    """The folder was swapped (or rewritten) while it was being read: what was read may mix two revisions."""
+
+
+def check_unchanged(folder: Path, before: Any, revision: str | None) -> None:
+    """ChangedWhileRead unless the folder still has the stamp taken before reading it and the revision read."""
     try:
-        info = os.stat(folder / CONFIG_FILE)
-    except OSError:
-        return None
-    return (info.st_ino, info.st_mtime_ns, info.st_size)
+        same = stamp(folder) == before and read_document(folder).get("revision") == revision
+    except AdapterError:
+        same = False
+    if not same:
+        raise ChangedWhileRead(f"{folder} changed while it was read (a new revision was swapped in)")
 
 
 def writable_target(path: str | Path) -> Path:

@@ -25,8 +25,8 @@ from .._exceptions import AdapterError
 from ..local import sha256_files
 from ._config import AdapterConfig
 from ._energy import import_torch
-from ._folder import LORA_DIR
-PEFT_WEIGHTS = "adapter_model.safetensors"
+from ._folder import LORA_DIR, PEFT_WEIGHTS
+
 PEFT_CONFIG = "adapter_config.json"
 _LAYER_INDEX = re.compile(r"(?:^|\.)layers?\.(\d+)\.")
 

@@ -30,12 +30,13 @@ from ._config import AdapterConfig
 from ._consensus import log_copies
 from ._energy import PRECISIONS, autocast, default_device, energy_model_class, import_torch
 from ._fast import OnnxScorer, check_fast, in_length_order
-from ._folder import LORA_FORMAT, WEIGHTS_FILE, read_config, stamp
+from ._folder import LORA_FORMAT, WEIGHTS_FILE, ChangedWhileRead, check_unchanged, read_config, stamp
 from ._lora import SharedBase, layer_index, load_base, shared_base
 from ._reload import reload_if_changed
 from ._saving import save_folder
 
 FORMAT_VERSION = LORA_FORMAT  # the newest folder version this SDK writes (v1 full adapters still load)
+_READ_TRIES = 3  # reads of a folder that a save keeps swapping before `load` gives up
 
 
 @dataclass(eq=False)
@@ -213,18 +214,30 @@ class Adapter:
             raise AdapterError(f"precision must be one of {PRECISIONS}, not {precision!r}")
         check_fast(fast)
         folder, device = Path(path), device or ("cpu" if fast else default_device())
-        document, config = read_config(folder)
-        if config.lora_rank:
-            adapter = cls._on_base(config, device, shared, lambda base, name: base.load(folder, name))
-        else:
-            adapter = cls.create(config, device="cpu")
+        for _ in range(_READ_TRIES):
+            with contextlib.suppress(ChangedWhileRead):
+                return cls._load_once(folder, device, shared, fast, precision)
+        raise AdapterError(f"{folder} changed each time it was read ({_READ_TRIES} tries): load it when its writer is done")
+
+    @classmethod
+    def _load_once(cls, folder: Path, device: str, shared: bool, fast: bool | str, precision: str) -> Adapter:
+        """One read of the folder (stamped before it, checked unchanged after it); a failure leaves nothing on the shared base."""
+        before, adapter = stamp(folder), None
         try:
+            document, config = read_config(folder)
+            if config.lora_rank:
+                adapter = cls._on_base(config, device, shared, lambda base, name: base.load(folder, name))
+            else:
+                adapter = cls.create(config, device="cpu").to(device)
             adapter._fill(folder, document, precision)
-            if not config.lora_rank:
-                adapter.to(device)
+            check_unchanged(folder, before, document.get("revision"))  # else it may hold one revision's LoRA, another's head
+            adapter._stamp = before
             return adapter.make_fast(int8=fast == "int8") if fast is not False else adapter
-        except BaseException:
-            adapter._detach()  # a failed load leaves nothing on a shared base
+        except BaseException as exc:
+            if adapter is not None:
+                adapter._detach()
+            if isinstance(exc, AdapterError) and not isinstance(exc, ChangedWhileRead) and stamp(folder) != before:
+                raise ChangedWhileRead(f"{folder} changed while it was read") from exc  # a swap, not a damaged folder
             raise
 
     def _fill(self, folder: Path, document: dict[str, Any], precision: str) -> None:
@@ -237,7 +250,7 @@ class Adapter:
         self._read_weights(folder)
         self.metadata = dict(document.get("metadata") or {})
         self.source, self.revision, self.precision = folder, document.get("revision"), precision
-        self._stamp, self._checked = stamp(folder), time.monotonic()
+        self._checked = time.monotonic()
 
     def _detach(self) -> None:
         """Take this adapter's LoRA deltas off its base (a no-op for a full adapter)."""
