@@ -115,6 +115,9 @@ DAMAGES: dict[str, tuple[Callable[[Path], object], str]] = {
     "config-file-a-list": (lambda d: (d / "adapter_config.json").write_text("[1, 2]"), "is not a blackbox-sdk-adapter"),
     "config-file-not-utf8": (lambda d: (d / "adapter_config.json").write_bytes(b'{"format": "\xff\xfe"}'), "not valid JSON"),
     "max-length-a-string": (lambda d: _edit_config(d, lambda doc: doc["config"].update(max_length="128")), "'max_length' must be int"),
+    "template-with-another-field": (
+        lambda d: _edit_config(d, lambda doc: doc["config"].update(template="Q: {question}\nA: {answer} ({source})")), "not \\['source'\\]"
+    ),
     "config-a-list": (lambda d: _edit_config(d, lambda doc: doc.update(config=[])), "'config' must be an object"),
     "weights-cut-short": (lambda d: _cut(d / "adapter.safetensors", 200), "can't read .*adapter.safetensors"),
     "weights-empty": (lambda d: _cut(d / "adapter.safetensors", 0), "can't read .*adapter.safetensors"),
