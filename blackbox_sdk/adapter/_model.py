@@ -52,7 +52,7 @@ class Adapter:
     lora_name: str | None = None  # its peft adapter name on that base
     source: Path | None = None  # the folder it was loaded from, checked for a new revision
     revision: str | None = None  # that folder's revision when loaded
-    reload_interval: float = 1.0  # seconds between checks of the folder (one stat each)
+    reload_interval: float = 1.0  # seconds between checks of the folder (three stats each)
     precision: str = "auto"  # "auto": bf16 autocast on the GPU, fp32 on the CPU; "fp32"; "bf16" (any device)
     fast: bool | str = False  # score through ONNX Runtime (True: fp32, same scores; "int8": int8 weights), see _fast.py
     _scorer: OnnxScorer | None = field(default=None, repr=False)
@@ -209,6 +209,7 @@ class Adapter:
         A LoRA adapter joins the one base loaded for its (folder, device) when `shared` (the default),
         so several adapters cost one base plus a few MB each; `fast=True` scores through ONNX Runtime
         (`fast="int8"`: with the encoder's weights in int8, about 2x on a large encoder, the same ranking).
+        A save swapping the folder during the read makes it read again (an AdapterError after three tries).
         """
         if precision not in PRECISIONS:
             raise AdapterError(f"precision must be one of {PRECISIONS}, not {precision!r}")
@@ -278,6 +279,6 @@ class Adapter:
                 params[name].copy_(tensor.to(params[name].dtype))
 
     def refresh(self) -> bool:
-        """Reload the weights if the source folder has a new revision (at most one stat per `reload_interval` s)."""
+        """Reload the weights if the source folder has a new revision (at most one check per `reload_interval` s); whether it did."""
         return reload_if_changed(self)
 
