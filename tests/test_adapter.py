@@ -192,6 +192,11 @@ def test_load_names_what_is_wrong_with_the_folder(tmp_path: Path, content: str |
     "kwargs",
     [
         pytest.param({"template": "Q: {question}"}, id="template-without-answer"),
+        pytest.param({"template": "Q: {question}\nA: {answer} ({source})"}, id="template-with-another-field"),
+        pytest.param({"template": "Q: {question}\nA: {answer} {0}"}, id="template-with-a-positional-field"),
+        pytest.param({"template": "{question} {answer} {answer.upper}"}, id="template-with-an-attribute"),
+        pytest.param({"template": "{question} {answer} {answer:d}"}, id="template-with-a-number-format"),
+        pytest.param({"template": "{question} {answer} }"}, id="template-with-a-stray-brace"),
         pytest.param({"pooling": "max"}, id="unknown-pooling"),
         pytest.param({"max_length": 2}, id="tiny-max-length"),
         pytest.param({"trainable_layers": -2}, id="negative-layers"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import string
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from .._exceptions import AdapterError
 from ..local import MPNET_ENCODER, default_encoder_path, mpnet_encoder_path
 
 DEFAULT_BASE = "default"
+_JSON_TYPES: dict[str, tuple[type, ...]] = {"str": (str,), "int": (int,), "float": (int, float), "float | None": (int, float, type(None))}
 
 
 @dataclass
@@ -30,8 +32,7 @@ class AdapterConfig:
 
     def __post_init__(self) -> None:
         """Reject a config that could not score anything, before any model is loaded."""
-        if "{question}" not in self.template or "{answer}" not in self.template:
-            raise AdapterError(f"template must contain {{question}} and {{answer}}: {self.template!r}")
+        _check_template(self.template)
         if self.pooling not in ("mean", "cls"):
             raise AdapterError(f"pooling must be 'mean' or 'cls', not {self.pooling!r}")
         if self.max_length < 8:
@@ -50,10 +51,16 @@ class AdapterConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AdapterConfig:
         """A config from its JSON form; unknown keys are an error, not silently dropped."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+        if not isinstance(data, dict):
+            raise AdapterError(f"an adapter config must be a JSON object, not {type(data).__name__}")
+        known = {f.name: f.type for f in fields(cls)}
+        unknown = sorted(set(data) - set(known))
         if unknown:
             raise AdapterError(f"unknown adapter config keys: {unknown}")
+        for key, value in data.items():
+            allowed = _JSON_TYPES[str(known[key])]
+            if not isinstance(value, allowed) or isinstance(value, bool):
+                raise AdapterError(f"adapter config {key!r} must be {known[key]}, not {value!r}")
         return cls(**data)
 
     def render(self, question: str, answer: str) -> str:
@@ -67,3 +74,19 @@ class AdapterConfig:
         if not (path / "config.json").is_file():
             raise AdapterError(f"base encoder folder {path} has no config.json")
         return path
+
+
+def _check_template(template: Any) -> None:
+    """AdapterError unless the template renders with exactly the fields {question} and {answer}."""
+    if not isinstance(template, str) or "{question}" not in template or "{answer}" not in template:
+        raise AdapterError(f"template must contain {{question}} and {{answer}}: {template!r}")
+    try:
+        names = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError as exc:
+        raise AdapterError(f"template {template!r} can't be rendered: {exc}; write a literal brace as {{{{ or }}}}") from exc
+    if names != {"question", "answer"}:
+        raise AdapterError(f"template fields must be {{question}} and {{answer}} only, not {sorted(names - {'question', 'answer'})}: {template!r}")
+    try:
+        template.format(question="", answer="")
+    except (ValueError, KeyError, IndexError) as exc:  # a field inside a format spec, a spec that does not apply to text
+        raise AdapterError(f"template {template!r} can't be rendered: {exc!r}") from exc

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .._exceptions import AdapterError
+from ._config import AdapterConfig
 
 FORMAT_NAME = "blackbox-sdk-adapter"
 FULL_FORMAT = 1  # the head and whole top layers in adapter.safetensors
@@ -24,20 +25,47 @@ LORA_FORMAT = 2  # the head in adapter.safetensors, the LoRA deltas in lora/ (pe
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter.safetensors"
 CARD_FILE = "README.md"
+LORA_DIR = "lora"
+PEFT_WEIGHTS = "adapter_model.safetensors"  # a LoRA adapter's deltas in LORA_DIR, in peft's format
+# What the SDK writes into an adapter folder (and a training run into its output folder): a folder
+# holding nothing else, or holding an adapter, may be written; any other non-empty folder is the user's.
+SDK_ENTRIES = frozenset(
+    {CONFIG_FILE, WEIGHTS_FILE, CARD_FILE, LORA_DIR, "curve.png", "metrics.json", "online_state.json", "online_report.json",
+     "checkpoints", "recipes", "recipes.json", "recipe.json"}
+)
 
 
 def read_document(folder: Path) -> dict[str, Any]:
-    """The folder's JSON document, checked for format and version."""
+    """The folder's JSON document, checked for format, version and the types of its fields."""
     config_path = folder / CONFIG_FILE
     if not config_path.is_file() or not (folder / WEIGHTS_FILE).is_file():
         raise AdapterError(f"{folder} is not an adapter folder (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
     try:
-        document = json.loads(config_path.read_text())
-    except json.JSONDecodeError as exc:
+        document = json.loads(config_path.read_bytes())
+    except OSError as exc:
+        raise AdapterError(f"can't read {config_path}: {exc}") from exc
+    except ValueError as exc:  # not UTF-8, or not JSON
         raise AdapterError(f"{config_path} is not valid JSON: {exc}") from exc
-    if document.get("format") != FORMAT_NAME or document.get("version") not in (FULL_FORMAT, LORA_FORMAT):
+    if not isinstance(document, dict) or document.get("format") != FORMAT_NAME or document.get("version") not in (FULL_FORMAT, LORA_FORMAT):
         raise AdapterError(f"{config_path} is not a {FORMAT_NAME} v{FULL_FORMAT} or v{LORA_FORMAT} config")
+    kinds = {"config": (dict,), "base_sha256": (str,), "metadata": (dict, type(None)), "revision": (str, type(None))}
+    for key, allowed in kinds.items():
+        if not isinstance(document.get(key), allowed):
+            wanted = " or ".join("null" if kind is type(None) else {dict: "an object", str: "a string"}[kind] for kind in allowed)
+            raise AdapterError(f"{config_path}: {key!r} must be {wanted}, not {json.dumps(document.get(key))[:40]}")
     return document
+
+
+def read_config(folder: Path) -> tuple[dict[str, Any], AdapterConfig]:
+    """The folder's checked JSON document and the AdapterConfig in it (an error names the folder)."""
+    document = read_document(folder)
+    try:
+        config = AdapterConfig.from_dict(document["config"])
+    except AdapterError as exc:
+        raise AdapterError(f"{folder / CONFIG_FILE}: {exc}") from exc
+    if (document["version"] == LORA_FORMAT) != (config.lora_rank > 0):
+        raise AdapterError(f"{folder / CONFIG_FILE}: version {document['version']} does not match lora_rank {config.lora_rank}")
+    return document, config
 
 
 def new_revision() -> str:
@@ -45,13 +73,63 @@ def new_revision() -> str:
     return uuid.uuid4().hex
 
 
-def stamp(folder: Path) -> tuple[int, int, int] | None:
-    """(inode, mtime ns, size) of the folder's config file: one stat tells whether it may have changed (None: absent)."""
+def stamp(folder: Path) -> tuple[tuple[int, int, int] | None, ...] | None:
+    """(inode, mtime ns, size) of the folder's config and weights files: three stats tell whether it may have changed (None: no config)."""
+    stats: list[tuple[int, int, int] | None] = []
+    for name in (CONFIG_FILE, WEIGHTS_FILE, f"{LORA_DIR}/{PEFT_WEIGHTS}"):
+        try:
+            info = os.stat(folder / name)
+        except OSError:
+            if name == CONFIG_FILE:
+                return None
+            stats.append(None)
+            continue
+        stats.append((info.st_ino, info.st_mtime_ns, info.st_size))
+    return tuple(stats)
+
+
+class ChangedWhileRead(AdapterError):
+    """The folder was swapped (or rewritten) while it was being read: what was read may mix two revisions."""
+
+
+def check_unchanged(folder: Path, before: Any, revision: str | None) -> None:
+    """ChangedWhileRead unless the folder still has the stamp taken before reading it and the revision read."""
     try:
-        info = os.stat(folder / CONFIG_FILE)
-    except OSError:
-        return None
-    return (info.st_ino, info.st_mtime_ns, info.st_size)
+        same = stamp(folder) == before and read_document(folder).get("revision") == revision
+    except AdapterError:
+        same = False
+    if not same:
+        raise ChangedWhileRead(f"{folder} changed while it was read (a new revision was swapped in)")
+
+
+def writable_target(path: str | Path) -> Path:
+    """The absolute folder an adapter may be written to at `path`; AdapterError for a file, a symbolic link, or a folder of other files."""
+    folder = Path(os.path.abspath(path))
+    if folder.parent == folder:
+        raise AdapterError(f"can't write an adapter to {folder}: name a folder below it")
+    if folder.is_symlink():
+        raise AdapterError(f"can't write an adapter to {path}: it is a symbolic link (to {os.path.realpath(folder)}); name a real folder")
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        where = "it is a file" if existing == folder else f"{existing} is a file"
+        raise AdapterError(f"can't write an adapter to {path}: {where}, not a folder")
+    if existing == folder:
+        foreign = sorted(set(os.listdir(folder)) - SDK_ENTRIES)
+        if foreign and not _holds_adapter(folder):
+            raise AdapterError(
+                f"can't write an adapter to {path}: it is a folder of other files ({', '.join(foreign[:3])}"
+                f"{', ...' if len(foreign) > 3 else ''}), not an adapter folder; name a new or empty folder"
+            )
+    return folder
+
+
+def _holds_adapter(folder: Path) -> bool:
+    """Whether the folder's config file is an adapter's document (its weights may be damaged: it is still an adapter folder)."""
+    try:
+        document = json.loads((folder / CONFIG_FILE).read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(document, dict) and document.get("format") == FORMAT_NAME
 
 
 @contextmanager
@@ -59,11 +137,16 @@ def swapped_in(folder: Path, written: Callable[[str], bool]) -> Iterator[Path]:
     """Yield a temporary folder to write into; on success it replaces `folder` by renames.
 
     Entries of the old folder for which `written(name)` is false (a card's curve, a run's state,
-    checkpoints) are moved into the new folder first, so rewriting an adapter keeps them.
+    checkpoints) are moved into the new folder first, so rewriting an adapter keeps them. The
+    target is checked first (`writable_target`): a file, a link or a folder of other files is refused.
     """
-    folder.parent.mkdir(parents=True, exist_ok=True)
+    folder = writable_target(folder)
     temp = folder.parent / f".{folder.name}.new-{uuid.uuid4().hex[:8]}"
-    temp.mkdir()
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        temp.mkdir()
+    except OSError as exc:
+        raise AdapterError(f"can't write an adapter to {folder}: {exc}") from exc
     try:
         yield temp
     except BaseException:

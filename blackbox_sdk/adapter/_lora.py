@@ -25,9 +25,8 @@ from .._exceptions import AdapterError
 from ..local import sha256_files
 from ._config import AdapterConfig
 from ._energy import import_torch
+from ._folder import LORA_DIR, PEFT_WEIGHTS
 
-LORA_DIR = "lora"
-PEFT_WEIGHTS = "adapter_model.safetensors"
 PEFT_CONFIG = "adapter_config.json"
 _LAYER_INDEX = re.compile(r"(?:^|\.)layers?\.(\d+)\.")
 
@@ -107,12 +106,27 @@ class SharedBase:
         where = folder / LORA_DIR
         if not (where / PEFT_WEIGHTS).is_file() or not (where / PEFT_CONFIG).is_file():
             raise AdapterError(f"{folder} is a LoRA adapter without {LORA_DIR}/{PEFT_WEIGHTS} and {LORA_DIR}/{PEFT_CONFIG}")
-        with self.lock, _quiet():
-            if self.peft is None:
-                self.peft = import_peft().PeftModel.from_pretrained(self.plain, str(where), adapter_name=name, is_trainable=False)
-            else:
-                self.peft.load_adapter(str(where), adapter_name=name, is_trainable=False)
+        from safetensors import SafetensorError
+
+        peft = import_peft()
+        try:
+            with self.lock, _quiet():
+                if self.peft is None:
+                    self.peft = peft.PeftModel.from_pretrained(self.plain, str(where), adapter_name=name, is_trainable=False)
+                else:
+                    self.peft.load_adapter(str(where), adapter_name=name, is_trainable=False)
+        except (OSError, ValueError, TypeError, KeyError, RuntimeError, SafetensorError) as exc:  # what peft lets through from a damaged folder
+            self.discard(name)
+            raise AdapterError(f"can't load the LoRA deltas in {where} (damaged, or not made for this config?): {exc}") from exc
         self.plain.requires_grad_(False)
+
+    def discard(self, name: str) -> None:
+        """Undo a failed load of `name`: drop its deltas, or the whole base from the shared ones when nothing else is on it."""
+        with self.lock:
+            if self.peft is None or list(self.peft.peft_config) == [name]:
+                forget_base(self)  # peft keeps one adapter, or a failed first load left layers in `plain`: a later load builds a fresh base
+            else:
+                self.remove(name)
 
     def remove(self, name: str) -> None:
         """Drop an adapter's deltas (the last one stays: peft keeps at least one adapter)."""
@@ -189,3 +203,10 @@ def shared_base(config: AdapterConfig, device: str, *, shared: bool = True) -> S
         if shared:
             _BASES[key] = base
         return base
+
+
+def forget_base(base: SharedBase) -> None:
+    """Hand out no more adapters on `base` (the next `shared_base` for its folder and device loads a fresh one)."""
+    with _BASES_LOCK:
+        for key in [key for key, known in _BASES.items() if known is base]:
+            del _BASES[key]

@@ -30,12 +30,13 @@ from ._config import AdapterConfig
 from ._consensus import log_copies
 from ._energy import PRECISIONS, autocast, default_device, energy_model_class, import_torch
 from ._fast import OnnxScorer, check_fast, in_length_order
-from ._folder import CONFIG_FILE, LORA_FORMAT, WEIGHTS_FILE, read_document, stamp
+from ._folder import LORA_FORMAT, WEIGHTS_FILE, ChangedWhileRead, check_unchanged, read_config, stamp
 from ._lora import SharedBase, layer_index, load_base, shared_base
 from ._reload import reload_if_changed
 from ._saving import save_folder
 
 FORMAT_VERSION = LORA_FORMAT  # the newest folder version this SDK writes (v1 full adapters still load)
+_READ_TRIES = 3  # reads of a folder that a save keeps swapping before `load` gives up
 
 
 @dataclass(eq=False)
@@ -51,7 +52,7 @@ class Adapter:
     lora_name: str | None = None  # its peft adapter name on that base
     source: Path | None = None  # the folder it was loaded from, checked for a new revision
     revision: str | None = None  # that folder's revision when loaded
-    reload_interval: float = 1.0  # seconds between checks of the folder (one stat each)
+    reload_interval: float = 1.0  # seconds between checks of the folder (three stats each)
     precision: str = "auto"  # "auto": bf16 autocast on the GPU, fp32 on the CPU; "fp32"; "bf16" (any device)
     fast: bool | str = False  # score through ONNX Runtime (True: fp32, same scores; "int8": int8 weights), see _fast.py
     _scorer: OnnxScorer | None = field(default=None, repr=False)
@@ -208,48 +209,76 @@ class Adapter:
         A LoRA adapter joins the one base loaded for its (folder, device) when `shared` (the default),
         so several adapters cost one base plus a few MB each; `fast=True` scores through ONNX Runtime
         (`fast="int8"`: with the encoder's weights in int8, about 2x on a large encoder, the same ranking).
+        A save swapping the folder during the read makes it read again (an AdapterError after three tries).
         """
         if precision not in PRECISIONS:
             raise AdapterError(f"precision must be one of {PRECISIONS}, not {precision!r}")
         check_fast(fast)
         folder, device = Path(path), device or ("cpu" if fast else default_device())
-        document = read_document(folder)
-        config = AdapterConfig.from_dict(document["config"])
-        if (document["version"] == LORA_FORMAT) != (config.lora_rank > 0):
-            raise AdapterError(f"{folder / CONFIG_FILE}: version {document['version']} does not match lora_rank {config.lora_rank}")
-        if config.lora_rank:
-            adapter = cls._on_base(config, device, shared, lambda base, name: base.load(folder, name))
-        else:
-            adapter = cls.create(config, device="cpu")
-        if adapter.base_sha256 != document["base_sha256"]:
-            if adapter.base is not None and adapter.lora_name is not None:
-                adapter.base.remove(adapter.lora_name)
+        for _ in range(_READ_TRIES):
+            with contextlib.suppress(ChangedWhileRead):
+                return cls._load_once(folder, device, shared, fast, precision)
+        raise AdapterError(f"{folder} changed each time it was read ({_READ_TRIES} tries): load it when its writer is done")
+
+    @classmethod
+    def _load_once(cls, folder: Path, device: str, shared: bool, fast: bool | str, precision: str) -> Adapter:
+        """One read of the folder (stamped before it, checked unchanged after it); a failure leaves nothing on the shared base."""
+        before, adapter = stamp(folder), None
+        try:
+            document, config = read_config(folder)
+            if config.lora_rank:
+                adapter = cls._on_base(config, device, shared, lambda base, name: base.load(folder, name))
+            else:
+                adapter = cls.create(config, device="cpu").to(device)
+            adapter._fill(folder, document, precision)
+            check_unchanged(folder, before, document.get("revision"))  # else it may hold one revision's LoRA, another's head
+            adapter._stamp = before
+            return adapter.make_fast(int8=fast == "int8") if fast is not False else adapter
+        except BaseException as exc:
+            if adapter is not None:
+                adapter._detach()
+            if isinstance(exc, AdapterError) and not isinstance(exc, ChangedWhileRead) and stamp(folder) != before:
+                raise ChangedWhileRead(f"{folder} changed while it was read") from exc  # a swap, not a damaged folder
+            raise
+
+    def _fill(self, folder: Path, document: dict[str, Any], precision: str) -> None:
+        """Check the base's fingerprint, read the folder's weights and note where they came from."""
+        if self.base_sha256 != document["base_sha256"]:
             raise AdapterError(
                 f"{folder} was trained on a base encoder with SHA-256 {document['base_sha256'][:12]}..., "
-                f"but {config.base_path()} has {adapter.base_sha256[:12]}..."
+                f"but {self.config.base_path()} has {self.base_sha256[:12]}..."
             )
-        adapter._read_weights(folder)
-        adapter.metadata = dict(document.get("metadata", {}))
-        adapter.source, adapter.revision, adapter.precision = folder, document.get("revision"), precision
-        adapter._stamp, adapter._checked = stamp(folder), time.monotonic()
-        if not config.lora_rank:
-            adapter.to(device)
-        return adapter.make_fast(int8=fast == "int8") if fast is not False else adapter
+        self._read_weights(folder)
+        self.metadata = dict(document.get("metadata") or {})
+        self.source, self.revision, self.precision = folder, document.get("revision"), precision
+        self._checked = time.monotonic()
+
+    def _detach(self) -> None:
+        """Take this adapter's LoRA deltas off its base (a no-op for a full adapter)."""
+        if self.base is not None and self.lora_name is not None:
+            self.base.discard(self.lora_name)
 
     def _read_weights(self, folder: Path) -> None:
         """Copy the folder's adapter.safetensors (the head, and a full adapter's top layers) into the model."""
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        tensors = load_file(str(folder / WEIGHTS_FILE), device="cpu")
+        try:
+            tensors = load_file(str(folder / WEIGHTS_FILE), device="cpu")
+        except (SafetensorError, OSError) as exc:
+            raise AdapterError(f"can't read {folder / WEIGHTS_FILE} (damaged or incomplete?): {exc}") from exc
         expected = {n for n in self.trainable_names() if self.lora_name is None or n.startswith("head.")}
         if set(tensors) != expected:
             raise AdapterError(f"{folder / WEIGHTS_FILE} holds {len(tensors)} tensors, expected {len(expected)}")
         params = dict(self.model.named_parameters())
+        wrong = sorted(name for name, tensor in tensors.items() if tensor.shape != params[name].shape)
+        if wrong:
+            raise AdapterError(f"{folder / WEIGHTS_FILE}: {wrong[0]} has shape {list(tensors[wrong[0]].shape)}, expected {list(params[wrong[0]].shape)}")
         with import_torch().no_grad():
             for name, tensor in tensors.items():
                 params[name].copy_(tensor.to(params[name].dtype))
 
     def refresh(self) -> bool:
-        """Reload the weights if the source folder has a new revision (at most one stat per `reload_interval` s)."""
+        """Reload the weights if the source folder has a new revision (at most one check per `reload_interval` s); whether it did."""
         return reload_if_changed(self)
 

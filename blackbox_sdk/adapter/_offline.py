@@ -17,6 +17,7 @@ from ._config import AdapterConfig
 from ._curve import plot_curve
 from ._consensus import normalize_answer
 from ._energy import checked_device
+from ._folder import writable_target
 from ._feedback import groups_from_log, judgements, log_name, logged_question, read_log
 from ._groups import split_groups
 from ._model import Adapter
@@ -39,6 +40,7 @@ def train_from_log(
     """Train an adapter from a call log and save it (weights, config, card, curve.png, metrics.json)."""
     train_config = train_config or TrainConfig()
     device = checked_device(device)
+    writable_target(out_dir)  # a file, a link or a folder of the user's files is refused before any training
     records = read_log(log_path)
     groups = groups_from_log(records, high_reward=high_reward, low_reward=low_reward, expand_prefixes=expand_prefixes)
     if not groups:

@@ -23,7 +23,7 @@ from typing import Any
 
 from .._exceptions import AdapterError
 from ._config import AdapterConfig
-from ._folder import swapped_in
+from ._folder import swapped_in, writable_target
 from ._labelers import Labeler
 from ._online_config import OnlineConfig, OnlineQuestion, OnlineReport
 from ._rounds import online_train
@@ -120,6 +120,7 @@ def online_train_auto(
     grid = dict(recipes) if recipes is not None else {name: recipe.config() for name, recipe in RECIPES.items()}
     _check_grid(grid)
     out = Path(out_dir)
+    writable_target(out)  # a file, a link or a folder of the user's files is refused before any sampling
     reports = {
         name: online_train(sampler, train_items, label, out / "recipes" / name, eval_items=eval_items, config=config, device=device)
         for name, config in grid.items()

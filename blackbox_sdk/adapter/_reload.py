@@ -1,9 +1,12 @@
 """Hot reload: a loaded adapter picks up a re-trained folder swapped in under the same path, without a restart.
 
 `reload_if_changed` is called before each scoring: at most once per `reload_interval` seconds it
-stats the folder's config file; only when that changed does it read the JSON, and only a new
-`revision` there loads the new weights (on the same shared base, as the same kind: fast or not).
-A folder caught mid-swap (absent, or unreadable) keeps the loaded weights until the next check.
+stats the folder's config and weights files; only when they changed does it read the JSON, and only
+a new `revision` there loads the new weights (on the same shared base, as the same kind: fast or not).
+A folder caught mid-swap (absent) keeps the loaded weights until the next check. A revision that
+fails to load (damaged, half-copied) keeps them too, with one warning; it is tried again only when
+the folder changes again. The load is stamped before it reads and checked unchanged after, so a save
+landing during it never leaves a mix of two revisions.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .._exceptions import AdapterError
+from .._logging import logger
 from ._folder import read_document, stamp
 
 _SWAPPED = ("config", "model", "tokenizer", "base_sha256", "metadata", "base", "lora_name", "revision", "_scorer", "_stamp")
@@ -32,7 +35,10 @@ def reload_if_changed(adapter: Any) -> bool:
             return False
         shared = adapter.base is None or adapter.base.shared
         fresh = type(adapter).load(adapter.source, device=str(adapter.device), shared=shared, fast=adapter.fast, precision=adapter.precision)
-    except (AdapterError, OSError):
+    except Exception as exc:  # a serving adapter never fails its calls for its folder: it keeps the loaded revision
+        adapter._stamp = current  # not tried again until the folder changes again
+        if stamp(adapter.source) == current:  # a bad revision, not a swap caught mid-way: say so once
+            logger.warning("adapter %s: its new revision can't be loaded, revision %s keeps scoring: %s", adapter.source, adapter.revision, exc)
         return False
     with adapter._lock:
         old_base, old_name = adapter.base, adapter.lora_name

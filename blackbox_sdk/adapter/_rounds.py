@@ -28,6 +28,7 @@ from typing import Any
 
 from .._exceptions import AdapterError
 from ._curve import plot_curve
+from ._folder import writable_target
 from ._groups import RankingGroup, build_groups
 from ._labelers import Labeler
 from ._model import Adapter
@@ -281,6 +282,7 @@ def online_train(
     if not train_items:
         raise AdapterError("online training needs at least one training question")
     out = Path(out_dir)
+    writable_target(out)  # a file, a link or a folder of the user's files is refused before any sampling
     out.mkdir(parents=True, exist_ok=True)
     state_file = Path(state_path) if state_path is not None else out / "online_state.json"
     run = _Run(sampler, label, train_items, eval_items, config, out, state_file, device)

@@ -10,20 +10,21 @@ from typing import Any
 from .._exceptions import AdapterError
 from ._card import render_card
 from ._energy import import_torch
-from ._folder import CARD_FILE, CONFIG_FILE, FORMAT_NAME, FULL_FORMAT, LORA_FORMAT, WEIGHTS_FILE, new_revision, swapped_in
-from ._lora import LORA_DIR
+from ._folder import CARD_FILE, CONFIG_FILE, FORMAT_NAME, FULL_FORMAT, LORA_DIR, LORA_FORMAT, WEIGHTS_FILE
+from ._folder import new_revision, swapped_in, writable_target
 
 SAVE_DTYPES = ("float32", "float16", "bfloat16")
 _OWN_ENTRIES = frozenset({CONFIG_FILE, WEIGHTS_FILE, CARD_FILE, LORA_DIR})
 
 
 def save_folder(adapter: Any, folder: Path, dtype: str) -> Path:
-    """Write an Adapter's folder by an atomic swap (see `swapped_in`), with a fresh revision; returns its path."""
+    """Write an Adapter's folder by an atomic swap (see `swapped_in`), with a fresh revision; returns its absolute path."""
     from safetensors.torch import save as to_safetensors
 
     torch = import_torch()
     if dtype not in SAVE_DTYPES:
         raise AdapterError(f"dtype must be one of {SAVE_DTYPES}, not {dtype!r}")
+    folder = writable_target(folder)
     lora = adapter.lora_name is not None
     params = dict(adapter.model.named_parameters())
     names = [n for n in adapter.trainable_names() if not lora or n.startswith("head.")]

@@ -1,0 +1,145 @@
+"""Adapter folders on disk: where an adapter may be written (never over the user's files), and damaged folders."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from blackbox_sdk._exceptions import AdapterError
+from blackbox_sdk.adapter import Adapter, OnlineQuestion, Samples, cli_main, online_train, online_train_auto
+
+SHIPPED = Path(__file__).resolve().parents[1] / "adapters" / "comparison"
+QUESTION, ANSWERS = "Which number is larger, 43 or 84?", ["84 is larger.", "43 is larger."]
+
+
+@pytest.fixture(scope="module")
+def shipped() -> Adapter:
+    """The shipped comparison adapter (LoRA on MiniLM), loaded once, one CPU thread (the machine is shared)."""
+    torch.set_num_threads(1)
+    return Adapter.load(SHIPPED, device="cpu")
+
+
+def _listing(root: Path) -> dict[str, str]:
+    """Every entry under root (links not followed): a file's text or bytes' length, a link's target, 'dir'."""
+    out = {}
+    for path in sorted(root.rglob("*")):
+        key = str(path.relative_to(root))
+        out[key] = f"-> {path.readlink()}" if path.is_symlink() else "dir" if path.is_dir() else str(path.stat().st_size)
+    return out
+
+
+def _never_sampled(question: str, k: int, round_number: int) -> Samples:
+    raise AssertionError("sampled before the output folder was checked")
+
+
+def test_save_refuses_a_file_a_link_and_a_folder_of_other_files_and_moves_nothing(
+    shipped: Adapter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "afile").write_text("x")
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    (project / "main.py").write_text("print('hi')\n")
+    (project / "data" / "x.csv").write_text("1\n")
+    (tmp_path / "current").symlink_to(shutil.copytree(SHIPPED, tmp_path / "v1"))  # adapters/current -> v1
+    before = _listing(tmp_path)
+    monkeypatch.chdir(project)
+    targets = [
+        (tmp_path / "afile", "it is a file"),
+        (tmp_path / "afile" / "sub", "afile is a file"),
+        (".", r"a folder of other files \(data, main.py\)"),
+        (tmp_path / "current", "symbolic link"),
+    ]
+    for target, message in targets:
+        with pytest.raises(AdapterError, match=message):
+            shipped.save(target)
+    assert _listing(tmp_path) == before
+
+
+def test_save_to_dot_rewrites_the_adapter_folder_it_runs_in_keeping_its_other_files(
+    shipped: Adapter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    live = Path(shutil.copytree(SHIPPED, tmp_path / "live"))
+    (live / "notes.txt").write_text("mine")
+    revision = Adapter.load(live, device="cpu").revision
+    monkeypatch.chdir(live)
+    assert shipped.save(".") == live
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["live"]  # no hidden leftovers beside it
+    assert (live / "notes.txt").read_text() == "mine"
+    assert Adapter.load(live, device="cpu").revision != revision
+
+
+def test_training_refuses_an_output_it_may_not_write_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "afile").write_text("x")
+    assert cli_main(["--log", str(tmp_path / "no-such-log.db"), "--out", str(tmp_path / "afile"), "--no-progress"]) == 1
+    assert "it is a file" in capsys.readouterr().err  # not "no call log": the out path is checked first
+    items = [OnlineQuestion(question="What is the capital of Kenya?", gold="Nairobi")]
+    for train in (online_train, online_train_auto):
+        with pytest.raises(AdapterError, match="it is a file"):
+            train(_never_sampled, items, lambda item, answer: True, tmp_path / "afile")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"] and (tmp_path / "afile").read_text() == "x"
+
+
+def _edit_config(folder: Path, change: Callable[[dict[str, Any]], object]) -> None:
+    path = folder / "adapter_config.json"
+    document = json.loads(path.read_text())
+    change(document)
+    path.write_text(json.dumps(document))
+
+
+def _cut(path: Path, keep: int) -> None:
+    path.write_bytes(path.read_bytes()[:keep])
+
+
+def _wrong_head(folder: Path) -> None:
+    save_file({"head.weight": torch.zeros(1, 10), "head.bias": torch.zeros(1)}, str(folder / "adapter.safetensors"))
+
+
+def _lora_rank(folder: Path) -> None:
+    path = folder / "lora" / "adapter_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "r": 4}))
+
+
+DAMAGES: dict[str, tuple[Callable[[Path], object], str]] = {
+    "config-without-config": (lambda d: _edit_config(d, lambda doc: doc.pop("config")), "'config' must be an object"),
+    "config-without-base-sha256": (lambda d: _edit_config(d, lambda doc: doc.pop("base_sha256")), "'base_sha256' must be a string"),
+    "base-sha256-null": (lambda d: _edit_config(d, lambda doc: doc.update(base_sha256=None)), "'base_sha256' must be a string"),
+    "metadata-a-list": (lambda d: _edit_config(d, lambda doc: doc.update(metadata=[1])), "'metadata' must be an object or null"),
+    "config-file-a-list": (lambda d: (d / "adapter_config.json").write_text("[1, 2]"), "is not a blackbox-sdk-adapter"),
+    "config-file-not-utf8": (lambda d: (d / "adapter_config.json").write_bytes(b'{"format": "\xff\xfe"}'), "not valid JSON"),
+    "max-length-a-string": (lambda d: _edit_config(d, lambda doc: doc["config"].update(max_length="128")), "'max_length' must be int"),
+    "template-with-another-field": (
+        lambda d: _edit_config(d, lambda doc: doc["config"].update(template="Q: {question}\nA: {answer} ({source})")), "not \\['source'\\]"
+    ),
+    "config-a-list": (lambda d: _edit_config(d, lambda doc: doc.update(config=[])), "'config' must be an object"),
+    "weights-cut-short": (lambda d: _cut(d / "adapter.safetensors", 200), "can't read .*adapter.safetensors"),
+    "weights-empty": (lambda d: _cut(d / "adapter.safetensors", 0), "can't read .*adapter.safetensors"),
+    "weights-huge-header": (lambda d: (d / "adapter.safetensors").write_bytes(struct.pack("<Q", 2**40) + b"{}"), "can't read"),
+    "weights-wrong-shape": (_wrong_head, r"head.weight has shape \[1, 10\], expected \[1, 384\]"),
+    "lora-weights-cut-short": (lambda d: _cut(d / "lora" / "adapter_model.safetensors", 300), "can't load the LoRA deltas"),
+    "lora-config-not-json": (lambda d: (d / "lora" / "adapter_config.json").write_text("{not json"), "can't load the LoRA deltas"),
+    "lora-rank-mismatch": (_lora_rank, "can't load the LoRA deltas"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_a_damaged_folder_is_an_adapter_error_naming_it_and_leaves_nothing_on_the_shared_base(
+    shipped: Adapter, tmp_path: Path, damage: str
+) -> None:
+    make, message = DAMAGES[damage]
+    folder = Path(shutil.copytree(SHIPPED, tmp_path / "damaged"))
+    make(folder)
+    assert shipped.base is not None and shipped.base.peft is not None
+    attached = set(shipped.base.peft.peft_config)
+    with pytest.raises(AdapterError, match=message) as caught:
+        Adapter.load(folder, device="cpu")
+    assert str(folder) in str(caught.value)
+    assert set(shipped.base.peft.peft_config) == attached
+    assert shipped.score(QUESTION, ANSWERS)  # the adapter already on that base still scores

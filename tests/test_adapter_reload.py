@@ -1,0 +1,122 @@
+"""Hot reload of a served adapter's folder: a damaged revision, a failed load, a save landing mid-reload."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from blackbox_sdk import OpenAI
+from blackbox_sdk.adapter import Adapter, _lora, _model
+
+SHIPPED = Path(__file__).resolve().parents[1] / "adapters" / "comparison"
+QUESTION, ANSWERS = "Which number is larger, 43 or 84?", ["84 is larger.", "43 is larger."]
+
+
+@pytest.fixture(scope="module")
+def writers() -> tuple[Adapter, Adapter]:
+    """Two revisions of the shipped adapter on bases of their own: A as shipped, B with another head and negated deltas."""
+    torch.set_num_threads(1)
+    first, second = Adapter.load(SHIPPED, device="cpu", shared=False), Adapter.load(SHIPPED, device="cpu", shared=False)
+    with torch.no_grad():
+        second.model.head.bias += 10.0
+        for name, param in second.model.named_parameters():
+            if ".lora_B." in name:
+                param.mul_(-1.0)
+    return first, second
+
+
+def _new_revision(folder: Path) -> str:
+    """Give the folder's config a new revision in place (as a careless deploy does); returns it."""
+    path = folder / "adapter_config.json"
+    revision = uuid.uuid4().hex
+    path.write_text(json.dumps({**json.loads(path.read_text()), "revision": revision}))
+    return revision
+
+
+def _counting_reads(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The folders `Adapter.load` reads from now on, one entry per read."""
+    reads: list[Path] = []
+    original = _model.read_config
+
+    def counting(folder: Path) -> object:
+        reads.append(folder)
+        return original(folder)
+
+    monkeypatch.setattr(_model, "read_config", counting)
+    return reads
+
+
+def test_a_damaged_revision_keeps_the_loaded_one_warns_once_and_is_tried_again_when_the_folder_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    torch.set_num_threads(1)
+    live = Path(shutil.copytree(SHIPPED, tmp_path / "live"))
+    client = OpenAI(base_url="http://127.0.0.1:9/v1", api_key="x", reranker=str(live))
+    reranker = client.options.reranker
+    adapter = reranker.__self__
+    adapter.reload_interval = 0.0
+    before, loaded = reranker(QUESTION, ANSWERS), adapter.revision
+    deltas = live / "lora" / "adapter_model.safetensors"
+    deltas.write_bytes(deltas.read_bytes()[:300])  # a half-copied file ...
+    revision = _new_revision(live)  # ... under a new revision
+    reads = _counting_reads(monkeypatch)
+    with caplog.at_level(logging.WARNING, logger="blackbox_sdk"):
+        assert [reranker(QUESTION, ANSWERS) for _ in range(3)] == [before] * 3
+    assert adapter.revision == loaded and len(reads) == 1  # tried once, not on every call
+    warned = [r.getMessage() for r in caplog.records if str(live) in r.getMessage()]
+    assert len(warned) == 1 and f"revision {loaded} keeps scoring: can't load the LoRA deltas in {live / 'lora'}" in warned[0]
+    shutil.copy(SHIPPED / "lora" / "adapter_model.safetensors", deltas)  # the copy completes: the folder changed again
+    assert reranker(QUESTION, ANSWERS) == before and adapter.revision == revision and len(reads) == 2
+    client.close()
+
+
+def test_a_revision_that_fails_after_attaching_its_deltas_leaves_none_on_the_shared_base(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    torch.set_num_threads(1)
+    live = Path(shutil.copytree(SHIPPED, tmp_path / "live"))
+    adapter = Adapter.load(live, device="cpu")
+    adapter.reload_interval = 0.0
+    assert adapter.base is not None and adapter.base.peft is not None
+    attached = set(adapter.base.peft.peft_config)
+    head = load_file(str(live / "adapter.safetensors"))
+    save_file({**head, "extra": torch.zeros(1)}, str(live / "adapter.safetensors"))  # refused after the deltas were loaded
+    _new_revision(live)
+    reads = _counting_reads(monkeypatch)
+    for _ in range(5):
+        adapter.score(QUESTION, ANSWERS)
+    assert set(adapter.base.peft.peft_config) == attached and len(reads) == 1
+    with pytest.raises(Exception, match="holds 3 tensors"):
+        Adapter.load(live, device="cpu")
+    assert set(adapter.base.peft.peft_config) == attached
+
+
+def test_a_save_landing_during_a_reload_never_leaves_a_mix_of_two_revisions(
+    writers: tuple[Adapter, Adapter], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = writers
+    expected = [first.score(QUESTION, ANSWERS), second.score(QUESTION, ANSWERS)]
+    live = first.save(tmp_path / "live")
+    reader = Adapter.load(live, device="cpu")
+    reader.reload_interval = 0.0
+    assert reader.score(QUESTION, ANSWERS) == pytest.approx(expected[0], abs=1e-4)
+    second.save(live)  # deploy B ...
+    original, fired = _lora.SharedBase.load, []
+
+    def then_roll_back(self: _lora.SharedBase, folder: Path, name: str) -> None:
+        original(self, folder, name)
+        if not fired:
+            fired.append(name)
+            first.save(live)  # ... and roll back to A while the reader has read B's deltas but not its head
+
+    monkeypatch.setattr(_lora.SharedBase, "load", then_roll_back)
+    assert reader.score(QUESTION, ANSWERS) == pytest.approx(expected[0], abs=1e-4) and fired
+    assert reader.revision == json.loads((live / "adapter_config.json").read_text())["revision"]
+    assert reader.score(QUESTION, ANSWERS) == pytest.approx(expected[0], abs=1e-4)
