@@ -23,3 +23,6 @@ def test_example_runs(example: Path, tmp_path: Path) -> None:
     )  # the environment is the test's: clean_env has removed OPENAI_* and BLACKBOX_*
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert result.stdout.strip(), "an example should show what it did"
+    if example.stem == "01_quickstart":  # the README's demo shows what sets the SDK apart
+        for shown in ("cache_hit=True", "budget refusal: per-call budget", "reranked answer:"):
+            assert shown in result.stdout, result.stdout
