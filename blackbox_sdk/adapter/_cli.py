@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from .._exceptions import AdapterError
+from .._exceptions import BlackBoxError
 from ._config import AdapterConfig
 from ._loss import LOSSES
 from ._offline import train_from_log
@@ -67,7 +67,7 @@ def cli_main(argv: list[str]) -> int:
             expand_prefixes=args.expand_prefixes,
             device=args.device,
         )
-    except AdapterError as exc:
+    except BlackBoxError as exc:  # AdapterError, and the log's own errors (a file that is not a call log)
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(json.dumps({k: v for k, v in report.items() if k != "evals"}, indent=2))
