@@ -74,6 +74,16 @@ def redact_text(text: str) -> str:
     return _SECRET_PATTERN.sub(REDACTED, text)
 
 
+def url_without_password(url: str) -> str:
+    """The URL as ``scheme://user@host:port/path``: no password, query or fragment (either may hold one); never raises."""
+    scheme, sep, rest = url.partition("://") if "://" in url else ("", "", url)
+    cut = min((at for at in map(rest.find, "/?#") if at >= 0), default=len(rest))
+    userinfo, _, hosts = rest[:cut].rpartition("@")
+    user = userinfo.partition(":")[0]
+    path = re.split("[?#]", rest[cut:], maxsplit=1)[0]
+    return f"{scheme.lower()}{sep}{user + '@' if user else ''}{hosts}{path}"
+
+
 def redact(obj: Any) -> Any:
     """A copy of a JSON-like object with credential-named keys and key-shaped strings redacted.
 

@@ -7,7 +7,9 @@
     blackbox-sdk serve --upstream URL --config proxy.toml     # the OpenAI-compatible proxy (blackbox_sdk.serve's CLI)
 
 Exit status: 0 on success, 1 when the SDK reports an error (printed on stderr), 2 for a usage
-error or when the ``[adapter]`` or ``[proxy]`` extra is missing.
+error or when the ``[adapter]`` or ``[proxy]`` extra is missing, 141 (a Unix tool killed by SIGPIPE)
+when the reader of stdout went away, as in ``blackbox-sdk stats ... | head``. The commands that
+read a log never change it: a file or database without the call log's tables is refused.
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ import argparse
 import contextlib
 import importlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ._exceptions import BlackBoxError, ConfigError
-from .call_log import CallLogStore, is_postgres_url, open_call_log
+from ._exceptions import BlackBoxError
+from .call_log import CallLogStore, open_call_log
 
 __all__ = ["main"]
 
@@ -31,11 +34,23 @@ _ADAPTER_HINT = (
     "pip install 'blackbox-sdk[adapter]'"
 )
 _PROXY_HINT = "blackbox-sdk serve needs the proxy extra (starlette, uvicorn): pip install 'blackbox-sdk[proxy]'"
+_EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a Unix tool whose reader went away
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``) and return its exit status."""
-    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        status = _run(list(sys.argv[1:] if argv is None else argv))
+        sys.stdout.flush()  # a reader that went away shows here, not as a warning at the interpreter's exit
+        return status
+    except BrokenPipeError:  # `... | head` closed stdout: stop quietly, and let the exit's flush write nowhere
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return _EXIT_BROKEN_PIPE
+
+
+def _run(args: list[str]) -> int:
+    """The command line's work: a subcommand, or an extra's own CLI."""
     if args[:2] == ["adapter", "train"]:
         return _delegate(".adapter._cli", _ADAPTER_HINT, args[2:])
     if args[:1] == ["serve"]:
@@ -78,10 +93,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _open_log(target: str) -> contextlib.closing[CallLogStore]:
-    """The call log at a PostgreSQL URL or an existing path (the CLI reads logs; it never creates a file by accident)."""
-    if not is_postgres_url(target) and not Path(target).is_file():
-        raise ConfigError(f"no call log at {target}")
-    return contextlib.closing(open_call_log(target))
+    """The existing call log at a PostgreSQL URL or a path, opened without creating a file or a table."""
+    return contextlib.closing(open_call_log(target, create=False))
 
 
 def _export(options: argparse.Namespace) -> int:

@@ -268,7 +268,8 @@ def test_a_record_sqlite_cannot_take_is_dropped_loudly_and_the_rest_of_its_batch
 
 
 def test_bad_batching_settings_and_records_are_refused(tmp_path: Path) -> None:
-    for bad in ({"batch_size": 0}, {"max_pending": True}, {"interval": -1.0}, {"interval": float("inf")}):
+    too_big = 10**400  # an int no float holds: a ConfigError, not an OverflowError (later, in the writer's thread)
+    for bad in ({"batch_size": 0}, {"max_pending": True}, {"interval": -1.0}, {"interval": float("inf")}, {"interval": too_big}, {"timeout": too_big}):
         with pytest.raises(ConfigError):
             CallLog(tmp_path / "calls.db", **bad)  # type: ignore[arg-type]
     with CallLog(tmp_path / "calls.db") as log, pytest.raises(ConfigError, match="CallRecord"):

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
+import sqlite3
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
+import psycopg
 import pytest
 from pg_databases import fresh_database
 from servers import PostgresServer
@@ -25,6 +29,7 @@ from blackbox_sdk.local import free_port
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DAY_ONE = dt.datetime(2024, 5, 1, 12, tzinfo=dt.timezone.utc).timestamp()
 DAY_TWO = dt.datetime(2024, 5, 2, 12, tzinfo=dt.timezone.utc).timestamp()
+SECRET = "Pg5ecretPW-in-the-url"
 
 
 _CALLS = [
@@ -172,6 +177,109 @@ def test_an_unreachable_postgres_log_is_an_error_without_its_password(capsys: py
     assert main(["stats", "--log", url]) == 1
     err = capsys.readouterr().err
     assert err.startswith("blackbox-sdk: ") and "127.0.0.1" in err and "hunter2" not in err
+
+
+def test_a_mixed_case_scheme_reads_the_log_and_a_url_libpq_refuses_never_shows_its_password(
+    pg_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for scheme in ("POSTGRESQL", "Postgres"):
+        assert main(["stats", "--json", "--log", pg_url.replace("postgresql", scheme, 1)]) == 0, capsys.readouterr().err
+        assert json.loads(capsys.readouterr().out)["calls"] == 3
+    for bad in (pg_url.replace("@", f":{SECRET}%zz@", 1), f"postgresql://app:{SECRET}@[::1/calls"):  # a bad %-escape, an unclosed bracket
+        assert main(["stats", "--log", bad]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("blackbox-sdk: bad PostgreSQL URL") and err.count("\n") == 1 and SECRET not in err
+
+
+@pytest.mark.parametrize("url", [f"mysql://app:{SECRET}@db.internal/calls", f"postgresql+psycopg://app:{SECRET}@127.0.0.1:9/calls"])
+@pytest.mark.parametrize("command", ["stats", "log export", "adapter train"])
+def test_a_url_of_another_kind_is_refused_by_its_scheme_without_its_password(
+    url: str, command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    extra = {"stats": [], "log export": ["--out", "-"], "adapter train": ["--out", str(tmp_path / "adapter"), "--no-progress"]}[command]
+    assert main([*command.split(), "--log", url, *extra]) == 1
+    err = capsys.readouterr().err
+    assert f"not a {url.partition('://')[0]}:// URL" in err and SECRET not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("out", ["the log", "a relative path to it", "a hard link to it", "a symlink to it", "its WAL"])
+def test_log_export_refuses_to_write_over_the_log(
+    log_path: Path, out: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = log_path.parent
+    monkeypatch.chdir(folder)
+    if out == "a hard link to it":
+        os.link(log_path, folder / "link.db")
+    if out == "a symlink to it":
+        (folder / "sym.db").symlink_to(log_path)
+    target = {"the log": str(log_path), "a relative path to it": f"./{log_path.name}", "a hard link to it": "link.db",
+              "a symlink to it": "sym.db", "its WAL": f"{log_path}-wal"}[out]
+    assert main(["log", "export", "--log", str(log_path), "--out", target]) == 1
+    assert "that is the log's own file" in capsys.readouterr().err
+    assert log_path.read_bytes().startswith(b"SQLite format 3\x00") and not list(folder.glob("*.partial"))
+    with CallLog(log_path) as log:
+        assert log.stats()["calls"] == 3
+
+
+def test_a_failed_export_leaves_no_partial_file(log_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    assert main(["log", "export", "--log", str(log_path), "--out", str(folder)]) == 1
+    assert "can't write the export" in capsys.readouterr().err
+    assert not (tmp_path / "a-folder.partial").exists()
+
+
+@pytest.mark.parametrize("command", [["stats"], ["log", "export", "--out", "-"]])
+def test_a_reader_that_goes_away_ends_the_command_quietly(log_path: Path, command: list[str]) -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-m", "blackbox_sdk", *command, "--log", str(log_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(), cwd=log_path.parent,
+    )
+    assert child.stdout is not None and child.stderr is not None
+    child.stdout.close()  # before the child writes a byte, as `| head -n 0` does
+    err = child.stderr.read()
+    assert child.wait(timeout=120) == 141 and err == b""
+
+
+@pytest.mark.parametrize(
+    ("command", "kind"),
+    [("stats", "another app's database"), ("log export", "another app's database"), ("adapter train", "another app's database"),
+     ("stats", "an empty file"), ("log export", "an empty file")],  # the trainer reads an empty file as an empty JSONL export
+)
+def test_a_file_that_is_not_a_call_log_is_refused_and_left_as_it_was(
+    kind: str, command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = tmp_path / "data" / "app.db"
+    other.parent.mkdir()
+    other.touch()
+    if kind == "another app's database":
+        with contextlib.closing(sqlite3.connect(other)) as conn:
+            conn.execute("CREATE TABLE users (name TEXT)")
+            conn.commit()
+    before = other.read_bytes()
+    extra = {"stats": [], "log export": ["--out", "-"], "adapter train": ["--out", str(tmp_path / "adapter"), "--no-progress"]}[command]
+    assert main([*command.split(), "--log", str(other), *extra]) == 1
+    assert f"{other} is not a call log" in capsys.readouterr().err
+    assert other.read_bytes() == before and list(other.parent.iterdir()) == [other] and not (tmp_path / "adapter").exists()
+
+
+def test_a_select_only_role_reads_the_log(pg_url: str, postgres_server: PostgresServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    role = f"reader_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+        conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+        conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")
+    try:
+        reader = pg_url.replace(f"//{postgres_server.user}@", f"//{role}@", 1)
+        assert main(["stats", "--json", "--log", reader]) == 0, capsys.readouterr().err
+        assert json.loads(capsys.readouterr().out)["calls"] == 3
+        assert main(["log", "export", "--log", reader, "--out", str(tmp_path / "calls.jsonl")]) == 0
+        assert len((tmp_path / "calls.jsonl").read_text(encoding="utf-8").splitlines()) == 3
+    finally:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(f"DROP OWNED BY {role}")
+            conn.execute(f"DROP ROLE {role}")
 
 
 def test_adapter_train_reads_a_postgres_log(postgres_server: PostgresServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,7 +22,7 @@ import pytest
 from pg_databases import fresh_database
 from servers import PostgresServer
 
-from blackbox_sdk import CallLogError, ConfigError, StoreUnavailableError
+from blackbox_sdk import CallLogError, ConfigError, OpenAI, StoreUnavailableError
 from blackbox_sdk.call_log import (
     SCHEMA_VERSION,
     CallLog,
@@ -440,6 +441,39 @@ def test_is_postgres_url(target: str, expected: bool) -> None:
 
 def test_url_without_password_drops_password_and_query() -> None:
     assert url_without_password("postgresql://u:p%40ss@db.example:5433/calls?password=x&sslmode=require") == "postgresql://u@db.example:5433/calls"
+    assert url_without_password("postgresql://u:pw@[::1/db") == "postgresql://u@[::1/db"  # urllib can't split it; this never raises
+
+
+@pytest.mark.parametrize("scheme", ["POSTGRESQL", "Postgres"])
+def test_a_mixed_case_scheme_opens_the_log(pg_url: str, scheme: str) -> None:
+    with contextlib.closing(open_call_log(pg_url.replace("postgresql", scheme, 1))) as log:
+        assert isinstance(log, PostgresCallLog) and log.stats()["calls"] == 0
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        pytest.param(f"postgresql://app:{PLAIN_SECRET}%zz@127.0.0.1:9/calls", id="bad-percent-escape"),  # libpq quotes the password
+        pytest.param(f"postgresql://app:{PLAIN_SECRET}@[::1/calls", id="unclosed-ipv6-bracket"),  # libpq quotes the URL; urllib raises
+        pytest.param(f"postgresql://app@127.0.0.1:9/calls?password={PLAIN_SECRET}%zz", id="bad-escape-in-query"),
+    ],
+)
+def test_a_url_libpq_cannot_parse_is_a_config_error_without_its_password(url: str) -> None:
+    openers: list[Callable[[str], object]] = [
+        PostgresCallLog, open_call_log, lambda target: OpenAI(api_key="sk-test", base_url="http://127.0.0.1:9/v1", log=target),
+    ]
+    for opener in openers:
+        with pytest.raises(ConfigError) as caught:
+            opener(url)
+        shown = "".join(traceback.format_exception(caught.value))  # the message and anything chained to it
+        assert "bad PostgreSQL URL 'postgresql://app@" in shown and PLAIN_SECRET not in shown
+
+
+def test_opening_without_create_refuses_an_empty_database_and_creates_nothing(pg_url: str) -> None:
+    with pytest.raises(CallLogError, match="no table blackbox_meta, blackbox_calls, blackbox_candidates, blackbox_feedback"):
+        open_call_log(pg_url, create=False)
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_tables WHERE tablename LIKE 'blackbox%'").fetchone() == (0,)
 
 
 def test_missing_psycopg_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -450,7 +484,8 @@ def test_missing_psycopg_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> Non
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"batch_size": 0}, {"max_pending": True}, {"interval": -1.0}, {"timeout": 0}, {"timeout": math.inf}, {"pool_size": 1.5}],
+    [{"batch_size": 0}, {"max_pending": True}, {"interval": -1.0}, {"timeout": 0}, {"timeout": math.inf}, {"pool_size": 1.5},
+     {"timeout": 10**400}, {"interval": 10**400}],  # ints no float holds
 )
 def test_bad_settings_raise_config_error(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ConfigError):

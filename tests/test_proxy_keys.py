@@ -324,6 +324,12 @@ def test_the_cli_reads_no_store_it_was_not_given(tmp_path: Path) -> None:
     assert missing.returncode == 1 and "no key store" in missing.stderr and not (tmp_path / "nowhere.db").exists()
 
 
+def test_the_cli_refuses_a_url_urllib_cannot_split_in_one_line() -> None:
+    refused = _cli("list", "--store", "redis://:pw-in-the-url@[::1/0")  # an unclosed IPv6 bracket
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1
+    assert "redis://[::1/0 is not valid" in refused.stderr and "pw-in-the-url" not in refused.stderr
+
+
 def test_model_allowed() -> None:
     anything = KeyRecord(key_id="key_1", name="a")
     some = KeyRecord(key_id="key_2", name="b", models=("smollm2", "gpt-4o"))

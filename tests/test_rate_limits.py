@@ -464,6 +464,7 @@ def test_a_sqlite_store_reopens_after_close(tmp_path: Path) -> None:
         {"rpm": 1, "policy": "queue"},
         {"rpm": 1, "max_wait_s": -1},
         {"rpm": 1, "max_wait_s": math.inf},
+        {"rpm": 1, "max_wait_s": 10**400},  # an int no float holds: a ConfigError, not an OverflowError
         {"rpm": 1, "window_s": 0},
         {"rpm": 1, "window_s": math.nan},
         {"rpm": 1, "window_s": "60"},
@@ -472,6 +473,7 @@ def test_a_sqlite_store_reopens_after_close(tmp_path: Path) -> None:
         {"rpm": 1, "store": "postgresql://u:pw@h/db"},
         {"rpm": 1, "store": "redis://"},
         {"rpm": 1, "store": "redis://h:notaport/0"},
+        {"rpm": 1, "store": "redis://:pw@[::1/0"},  # urllib can't split it (an unclosed IPv6 bracket)
         {"rpm": 1, "clock": 5.0},
         {"rpm": 1, "sleep": None},
     ],

@@ -406,6 +406,17 @@ def test_a_bad_url_is_a_config_error_that_hides_the_password(url: str) -> None:
     assert PASSWORD not in str(refused.value) and "***" in str(refused.value)
 
 
+@pytest.mark.parametrize(
+    ("scheme", "message"),
+    [("redis", "bad Redis ledger URL redis://[::1/0: Invalid IPv6 URL"),
+     ("mysql", "ledger must be a file path or a redis:// / rediss:// URL, got mysql://[::1/0")],
+)
+def test_a_url_urllib_cannot_split_is_a_config_error_that_hides_the_password(scheme: str, message: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        Budget(total_usd=1.0, ledger=f"{scheme}://:{PASSWORD}@[::1/0")  # an unclosed IPv6 bracket
+    assert str(refused.value) == message
+
+
 def test_without_the_redis_package_a_redis_ledger_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "redis", None)  # the fault: redis-py not installed
     with pytest.raises(ConfigError, match=r"pip install 'blackbox-sdk\[redis\]'"):

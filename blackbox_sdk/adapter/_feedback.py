@@ -22,10 +22,8 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 
 def read_log(path: str | Path) -> list[dict[str, Any]]:
     """The call log's records as export dicts: from its JSONL export, the SQLite file itself, or a postgresql:// URL."""
-    from ..call_log import is_postgres_url
-
-    if is_postgres_url(path):
-        name, text = log_name(path), _export_store(str(path))
+    if isinstance(path, str) and "://" in path:  # a database URL (another kind than postgresql:// is refused when opened)
+        name, text = log_name(path), _export_store(path)
     else:
         source = Path(path)
         if not source.is_file():
@@ -52,18 +50,18 @@ def read_log(path: str | Path) -> list[dict[str, Any]]:
 
 def log_name(path: str | Path) -> str:
     """How messages and the adapter's card name a log: a file's name, or a database URL without its password."""
-    from ..call_log import is_postgres_url, url_without_password
+    from ..call_log import url_without_password
 
-    return url_without_password(str(path)) if is_postgres_url(path) else Path(path).name
+    return url_without_password(path) if isinstance(path, str) and "://" in path else Path(path).name
 
 
 def _export_store(target: str | Path) -> str:
-    """The JSONL export of an SQLite or PostgreSQL call log, in memory; a PostgreSQL log's errors as AdapterError."""
+    """The JSONL export of an existing SQLite or PostgreSQL call log, in memory; a database URL's errors as AdapterError."""
     from ..call_log import open_call_log
 
     sink = io.StringIO()
     try:
-        with contextlib.closing(open_call_log(target)) as log:
+        with contextlib.closing(open_call_log(target, create=False)) as log:
             log.export_jsonl(sink)
     except BlackBoxError as exc:
         if isinstance(target, Path):

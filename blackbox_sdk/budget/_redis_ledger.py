@@ -20,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from .._exceptions import ConfigError, StoreUnavailableError
 from .._logging import logger
+from .._redact import url_without_password
 from ._caps import REPORTED_SCOPES, Cap, CapUsage, totals_row
 from ._owners import this_process
 from ._prices import snapshot_base
@@ -41,8 +42,11 @@ _CONSEQUENCES = {
 
 
 def redact_url(url: str) -> str:
-    """The URL with its password (and query, which may carry one) replaced, for messages and logs."""
-    parts = urlsplit(url)
+    """The URL with its password (and query, which may carry one) replaced, for messages and logs; never raises."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # urllib can't split it (an unclosed IPv6 bracket): keep what url_without_password keeps
+        return url_without_password(url)
     if parts.password is None and not parts.query:
         return url
     host = parts.netloc.rsplit("@", 1)[-1]
@@ -58,7 +62,10 @@ def is_redis_url(value: object) -> bool:
 def _checked_url(url: str) -> None:
     """ConfigError unless `url` is redis[s]://[user:password@]host[:port][/db] (the password never echoed)."""
     shown = redact_url(url)
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as error:  # an unclosed IPv6 bracket
+        raise ConfigError(f"bad Redis ledger URL {shown}: {error}") from None
     try:
         parts.port  # noqa: B018 - raises ValueError on a port that is not a number in range
     except ValueError as error:
@@ -100,11 +107,11 @@ class RedisLedger:
         """Check `url` and prepare the scripts (ConfigError when it is malformed); nothing connects yet."""
         if not isinstance(prefix, str):
             raise ConfigError(f"the ledger's key prefix must be a string, got {prefix!r}")
+        self._client = _client(url)  # first: it refuses a URL that urllib can't split, as the lines below do
         self.url = redact_url(url)
         self.prefix = prefix
         self._password = urlsplit(url).password
         self._keep = str(int(record_ttl_s))
-        self._client = _client(url)
         self._owner: tuple[int, list[str]] = (-1, [])  # (pid, the settling process's host, pid, start time as ARGV)
         self._scripts = {
             name: self._client.register_script(text)

@@ -20,10 +20,11 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
-from urllib.parse import unquote, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 from .._exceptions import CacheError, ConfigError
 from .._logging import logger
+from .._redact import url_without_password
 from ._outage import Outage
 from ._store import CacheUnavailableError, Change, Claim, ForeignValueError
 
@@ -64,7 +65,7 @@ class _Secrets:
 
     def __init__(self, url: str) -> None:
         """Collect the credentials of ``url``, raw and percent-decoded."""
-        parts = urlsplit(url)
+        parts = _split(url)
         userinfo = parts.netloc.rpartition("@")[0]
         raw = [userinfo, *userinfo.split(":"), parts.username or "", parts.password or ""]
         found = {value for value in raw if value} | {unquote(value) for value in raw if value}
@@ -76,6 +77,14 @@ class _Secrets:
         for value in self._values:
             text = text.replace(value, "***")
         return text
+
+
+def _split(url: str) -> SplitResult:
+    """The URL's parts; ConfigError, without its credentials, for one urllib can't split (an unclosed IPv6 bracket)."""
+    try:
+        return urlsplit(url)
+    except ValueError as exc:
+        raise ConfigError(f"cache URL {url_without_password(url)} is not a valid URL: {exc}") from None
 
 
 def _connect(url: str, timeout: float, secrets: _Secrets) -> tuple[Any, Any]:

@@ -1,35 +1,52 @@
 """The JSONL export: one line per call with its candidates and feedback, the format the adapter trainer reads.
 
 Documented field by field in ``docs/call-log.md``. Any call-log store can write it from its
-(record, feedback) pairs; a file is written beside the target and renamed, so it is whole or absent.
+(record, feedback) pairs; a file is written beside the target and renamed, so it is whole or absent
+(a failed export removes what it wrote), and never over the SQLite log it exports.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TextIO
 
-from .._exceptions import CallLogError
+from .._exceptions import CallLogError, ConfigError
 from ._records import CallRecord, Feedback
 
 EXPORT_FORMAT = "blackbox-calllog/1"
 
 
-def export_jsonl(calls: Iterable[tuple[CallRecord, list[Feedback]]], out: str | Path | TextIO) -> int:
-    """Write one JSON line per call to a file path or an open text stream; returns the number of lines."""
+def export_jsonl(calls: Iterable[tuple[CallRecord, list[Feedback]]], out: str | Path | TextIO, *, log: Path | None = None) -> int:
+    """Write one JSON line per call to a path or a text stream; the count; ConfigError, before writing, for a path that is ``log``'s own file."""
     if not isinstance(out, (str, Path)):
         return _write_lines(calls, out)
     target = Path(out)
     partial = target.with_name(target.name + ".partial")
+    if log is not None:
+        _refuse_overwriting(log, target, partial)
     try:
         with partial.open("w", encoding="utf-8") as sink:
             count = _write_lines(calls, sink)
         partial.replace(target)
-    except OSError as exc:
-        raise CallLogError(f"can't write the export {target}: {exc}") from exc
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise CallLogError(f"can't write the export {target}: {exc}") from exc
+        raise
     return count
+
+
+def _refuse_overwriting(log: Path, *written: Path) -> None:
+    """ConfigError when a file the export writes is the log's own file, its WAL or its shared memory (by path or by inode)."""
+    for own in (log, log.with_name(log.name + "-wal"), log.with_name(log.name + "-shm")):
+        for path in written:
+            if path.resolve() == own.resolve() or (path.exists() and own.exists() and os.path.samefile(path, own)):
+                raise ConfigError(f"can't export the call log {log} to {path}: that is the log's own file; write the export elsewhere")
 
 
 def _write_lines(calls: Iterable[tuple[CallRecord, list[Feedback]]], sink: TextIO) -> int:

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 import sqlite3
+import sys
 import threading
 import weakref
 from collections.abc import Iterable, Iterator
@@ -39,6 +39,7 @@ from ._sqlite_batches import flush_all, register, write_batch
 from ._stats import summarize
 from ._tables import (
     CALL_COLUMNS,
+    LOG_TABLES,
     CallFilter,
     candidate_texts,
     candidates_of,
@@ -57,18 +58,20 @@ class CallLog(Closing):
 
     def __init__(
         self, path: str | Path, *, timeout: float = DEFAULT_TIMEOUT_S, batch_size: int = 256, interval: float = 0.05,
-        max_pending: int = 100_000,
+        max_pending: int = 100_000, create: bool = True,
     ) -> None:
         """Open (creating) the log at ``path`` and start its background writer.
 
         ``timeout`` bounds waits for another writer's lock, and flushes; a batch of queued records
         holds at most ``batch_size`` and waits at most ``interval`` s to fill; ``max_pending``
-        bounds the records kept in memory while the file can't be written.
+        bounds the records kept in memory while the file can't be written. ``create=False`` opens
+        only an existing call log: a missing file, or one without the log's tables, raises
+        CallLogError and is left as it was.
         """
         _check_batching(batch_size, interval, max_pending)
         self._path = Path(path)
         self._lock = threading.Lock()
-        self._conn, self._log_id = _open(self._path, timeout)
+        self._conn, self._log_id = _open(self._path, timeout, create)
         self._timeout = float(timeout)
         write = functools.partial(write_batch, self._conn, self._lock, str(self._path))
         self._writer: BatchWriter[CallRecord] = BatchWriter(
@@ -174,9 +177,9 @@ class CallLog(Closing):
         return (record for page in pages for record, _ in page)
 
     def export_jsonl(self, out: str | Path | TextIO) -> int:
-        """Write one JSON line per call (its record, candidates and all feedback); returns the number of lines."""
+        """Write one JSON line per call (with candidates and feedback); the count; ConfigError when ``out`` is this log's own file."""
         pages = self._pages(CallFilter(), None)
-        return export_jsonl((pair for page in pages for pair in page), out)
+        return export_jsonl((pair for page in pages for pair in page), out, log=self._path)
 
     def stats(self) -> dict[str, Any]:
         """Calls, errors, cache hits and hit rate, spend, and feedback count: in total, by model, by UTC day."""
@@ -245,18 +248,20 @@ def _shut_down(
 
 def _check_batching(batch_size: int, interval: float, max_pending: int) -> None:
     """ConfigError for a batching setting that can't work."""
-    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not 0 <= interval < math.inf:
+    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not 0 <= interval <= sys.float_info.max:  # an int no float holds is refused too
         raise ConfigError(f"call log interval must be a finite number of seconds, 0 or more; got {interval!r}")
     for name, count in (("batch_size", batch_size), ("max_pending", max_pending)):
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise ConfigError(f"call log {name} must be a positive integer; got {count!r}")
 
 
-def _open(path: Path, timeout: float) -> tuple[sqlite3.Connection, str]:
-    """A WAL connection to the log with the schema in place, and the log's id; ConfigError for a bad timeout,
-    CallLogError if it fails."""
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
+def _open(path: Path, timeout: float, create: bool) -> tuple[sqlite3.Connection, str]:
+    """A WAL connection to the log with the schema in place (made unless not ``create``), and the log's id;
+    ConfigError for a bad timeout, CallLogError if it fails."""
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= sys.float_info.max:
         raise ConfigError(f"call log timeout must be a positive number of seconds; got {timeout!r}")
+    if not create:
+        _check_is_log(path)
     try:
         conn = connect(path, timeout)
     except OSError as exc:
@@ -264,7 +269,7 @@ def _open(path: Path, timeout: float) -> tuple[sqlite3.Connection, str]:
     except sqlite3.Error as exc:
         raise _not_a_log(path, exc) from exc
     try:
-        prepare(conn)
+        prepare(conn, create=create)
         log_id = _known.stored_log_id(conn)
     except BaseException as exc:
         conn.close()
@@ -272,6 +277,19 @@ def _open(path: Path, timeout: float) -> tuple[sqlite3.Connection, str]:
             raise _not_a_log(path, exc) from exc
         raise
     return conn, log_id
+
+
+def _check_is_log(path: Path) -> None:
+    """CallLogError unless ``path`` is an SQLite file with the call log's tables; read-only, so any other file is left as it was."""
+    if not path.is_file():
+        raise CallLogError(f"no call log at {path}")
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as conn:
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.Error as exc:
+        raise _not_a_log(path, exc) from exc
+    if missing := [name for name in LOG_TABLES if name not in tables]:
+        raise CallLogError(f"{path} is not a call log (it has no table {', '.join(missing)}); it was left as it was")
 
 
 def _not_a_log(path: Path, exc: sqlite3.Error) -> CallLogError:

@@ -32,6 +32,7 @@ PgRow = tuple[tuple[Any, ...], list[str]]  # the calls-table values in CALL_COLU
 
 _LOCK_ID = 0x626C61636B626F78  # "blackbox": the advisory lock that serialises schema set-up between processes
 _INT8_MAX = 2**63 - 1
+_TABLES = ("blackbox_meta", "blackbox_calls", "blackbox_candidates", "blackbox_feedback")
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS blackbox_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     (
@@ -72,13 +73,18 @@ _BY_DAY_AND_MODEL = (
 )
 
 
-def prepare(conn: Connection[Any]) -> None:
-    """Create the tables if missing (one process at a time), and refuse a log from a newer schema."""
+def prepare(conn: Connection[Any], *, create: bool = True) -> None:
+    """Create the tables if missing (one process at a time), or without ``create`` refuse a database that lacks them; refuse a newer schema."""
     with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_ID,))
-        for statement in _SCHEMA:
-            conn.execute(statement)
-        conn.execute("INSERT INTO blackbox_meta (key, value) VALUES ('schema_version', %s) ON CONFLICT DO NOTHING", (str(SCHEMA_VERSION),))
+        if create:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_ID,))
+            for statement in _SCHEMA:
+                conn.execute(statement)
+            conn.execute("INSERT INTO blackbox_meta (key, value) VALUES ('schema_version', %s) ON CONFLICT DO NOTHING", (str(SCHEMA_VERSION),))
+        else:
+            missing = conn.execute("SELECT name FROM unnest(%s::text[]) AS t (name) WHERE to_regclass(name) IS NULL", (list(_TABLES),)).fetchall()
+            if missing:
+                raise CallLogError(f"the database holds no call log: no table {', '.join(row[0] for row in missing)} in its search_path")
         row = conn.execute("SELECT value FROM blackbox_meta WHERE key = 'schema_version'").fetchone()
     version = int(row[0]) if row else SCHEMA_VERSION
     if version > SCHEMA_VERSION:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import sys
 import weakref
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -43,7 +44,7 @@ from ._pg_tables import (
 from ._records import CallRecord, Feedback, Label, feedback_fields, feedback_on
 from ._stats import summary
 from ._tables import CallFilter
-from ._urls import is_postgres_url, url_without_password
+from ._urls import is_postgres_url, libpq_url, scrub, url_without_password
 
 if TYPE_CHECKING:
     from psycopg import Connection
@@ -60,22 +61,24 @@ class PostgresCallLog(Closing):
 
     def __init__(
         self, url: str, *, timeout: float = DEFAULT_TIMEOUT_S, batch_size: int = 256, interval: float = 0.05,
-        max_pending: int = 100_000, pool_size: int = 4,
+        max_pending: int = 100_000, pool_size: int = 4, create: bool = True,
     ) -> None:
         """Connect to ``url``, create the tables if missing, start the writer; StoreUnavailableError if unreachable.
 
         ``timeout`` bounds flushes, reads and waits for a connection; a batch holds at most
         ``batch_size`` records and waits at most ``interval`` s to fill; ``max_pending`` bounds
-        the records kept in memory while the database is down.
+        the records kept in memory while the database is down. ``create=False`` runs no DDL (a
+        read-only role can open the log) and raises CallLogError when the tables are not there.
         """
         if not is_postgres_url(url):
             raise ConfigError(f"PostgresCallLog takes a postgresql:// URL; got {url_without_password(str(url))!r}")
         _check_options(timeout, batch_size, interval, max_pending, pool_size)
         self._psycopg, pool_module = _drivers()
+        url = libpq_url(url)
         self._where, self._timeout = url_without_password(url), float(timeout)
         options = _connect_options(self._psycopg, url, timeout)
-        with self._errors("open"), self._psycopg.connect(url, **options) as conn:
-            prepare(conn)
+        with self._errors("open", url), self._psycopg.connect(url, **options) as conn:
+            prepare(conn, create=create)
             with conn.transaction():
                 self._log_id = _known.stored_log_id(conn, table="blackbox_meta", mark="%s")
         self._pool: ConnectionPool[Any] = pool_module.ConnectionPool(
@@ -195,14 +198,14 @@ class PostgresCallLog(Closing):
             yield conn
 
     @contextlib.contextmanager
-    def _errors(self, action: str) -> Iterator[None]:
-        """psycopg's errors as StoreUnavailableError (can't reach the database) or CallLogError (it refused)."""
+    def _errors(self, action: str, url: str | None = None) -> Iterator[None]:
+        """psycopg's errors as StoreUnavailableError (can't reach the database) or CallLogError (it refused); ``url``'s password scrubbed."""
         try:
             yield
-        except self._psycopg.OperationalError as exc:  # includes the pool's timeouts
-            raise StoreUnavailableError(f"can't {action} the call log {self._where}: {redact_text(str(exc))}") from exc
         except self._psycopg.Error as exc:
-            raise CallLogError(f"can't {action} the call log {self._where}: {redact_text(str(exc))}") from exc
+            detail = redact_text(str(exc).strip()) if url is None else scrub(redact_text(str(exc).strip()), url)
+            kind = StoreUnavailableError if isinstance(exc, self._psycopg.OperationalError) else CallLogError  # includes the pool's timeouts
+            raise kind(f"can't {action} the call log {self._where}: {detail}") from (exc if url is None else None)  # a chained driver error would print unscrubbed
 
 
 def _write_batch(pool: ConnectionPool[Any], wait: float, rows: list[PgRow]) -> None:
@@ -242,14 +245,14 @@ def _connect_options(psycopg: ModuleType, url: str, timeout: float) -> dict[str,
     try:
         given = psycopg.conninfo.conninfo_to_dict(url)
     except psycopg.Error as exc:
-        raise ConfigError(f"bad PostgreSQL URL {url_without_password(url)!r}: {redact_text(str(exc))}") from exc
+        raise ConfigError(f"bad PostgreSQL URL {url_without_password(url)!r}: {scrub(redact_text(str(exc).strip()), url)}") from None
     return {} if "connect_timeout" in given else {"connect_timeout": max(2, math.ceil(timeout))}
 
 
 def _check_options(timeout: float, batch_size: int, interval: float, max_pending: int, pool_size: int) -> None:
     """ConfigError for a setting that can't work."""
     for name, value, zero_ok in (("timeout", timeout, False), ("interval", interval, True)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 <= value < math.inf) or (value == 0 and not zero_ok):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= sys.float_info.max or (value == 0 and not zero_ok):
             bound = "0 or more" if zero_ok else "more than 0"
             raise ConfigError(f"PostgresCallLog {name} must be a finite number of seconds, {bound}; got {value!r}")
     for name, count in (("batch_size", batch_size), ("max_pending", max_pending), ("pool_size", pool_size)):

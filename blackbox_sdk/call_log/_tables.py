@@ -19,6 +19,7 @@ from .._sqlite import immediate
 from ._records import CallRecord, Feedback
 
 SCHEMA_VERSION = 1
+LOG_TABLES = ("meta", "calls", "candidates", "feedback")
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -60,14 +61,16 @@ class CallFilter:
         return [clause for clause, _ in chosen], [value for _, value in chosen]
 
 
-def prepare(conn: sqlite3.Connection) -> None:
-    """Create the tables if missing, and refuse a log from a newer schema."""
+def prepare(conn: sqlite3.Connection, *, create: bool = True) -> None:
+    """Create the tables if missing (not without ``create``: the caller checked they are there), and refuse a log from a newer schema."""
     conn.execute("PRAGMA foreign_keys=ON")
-    with immediate(conn):
-        for statement in _SCHEMA:
-            conn.execute(statement)
-        conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        version = int(conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
+    if create:
+        with immediate(conn):
+            for statement in _SCHEMA:
+                conn.execute(statement)
+            conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    version = int(row[0]) if row else SCHEMA_VERSION
     if version > SCHEMA_VERSION:
         raise CallLogError(f"the call log has schema version {version}; this SDK reads up to {SCHEMA_VERSION}: upgrade blackbox-sdk")
 

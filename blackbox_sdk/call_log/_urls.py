@@ -1,15 +1,19 @@
-"""What a call-log target names: a PostgreSQL URL (``postgresql://`` or ``postgres://``) or, otherwise, a file.
+"""What a call-log target names: a PostgreSQL URL (``postgresql://`` or ``postgres://``, any case) or, otherwise, a file.
 
 A URL may carry a password; :func:`url_without_password` is the form messages, reprs and
-adapter cards show.
+adapter cards show, and :func:`scrub` takes the password out of a driver's message about the URL.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote
+
+from .._redact import url_without_password
 
 _SCHEMES = ("postgresql", "postgres")
+_SCHEME_NAME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*")
 
 
 def is_postgres_url(target: str | Path) -> bool:
@@ -17,9 +21,26 @@ def is_postgres_url(target: str | Path) -> bool:
     return isinstance(target, str) and target.partition("://")[0].lower() in _SCHEMES and "://" in target
 
 
-def url_without_password(url: str) -> str:
-    """The URL as ``scheme://user@host:port/dbname``: no password, no query (which may hold one)."""
-    parts = urlsplit(url)
-    userinfo, at, hosts = parts.netloc.rpartition("@")
-    user = userinfo.partition(":")[0]
-    return f"{parts.scheme}://{user}{at}{hosts}{parts.path}"
+def other_url_scheme(target: str | Path) -> str | None:
+    """How to name a URL that is not PostgreSQL's (``'a mysql:// URL'``, credentials never shown); None for a path."""
+    if not isinstance(target, str) or "://" not in target or is_postgres_url(target):
+        return None
+    scheme = target.partition("://")[0]
+    return f"a {scheme}:// URL" if _SCHEME_NAME.fullmatch(scheme) else "a URL of an unknown kind"
+
+
+def libpq_url(url: str) -> str:
+    """The URL with its scheme in lower case, the only spelling libpq accepts (``POSTGRESQL://`` works like ``postgresql://``)."""
+    scheme, sep, rest = url.partition("://")
+    return scheme.lower() + sep + rest
+
+
+def scrub(text: str, url: str) -> str:
+    """``text`` (a driver's message) with ``url`` shown without its password, and the password itself, as written or decoded, as ``***``."""
+    text = text.replace(url, url_without_password(url))
+    netloc = re.split("[/?#]", url.partition("://")[2], maxsplit=1)[0]
+    passwords = [netloc.rpartition("@")[0].partition(":")[2]]
+    passwords += re.findall(r"(?:^|&)password=([^&#]*)", url.partition("?")[2])
+    for secret in sorted({form for raw in passwords for form in (raw, unquote(raw)) if form}, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text

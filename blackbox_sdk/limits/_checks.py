@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from .._exceptions import ConfigError
+from .._redact import url_without_password
 from ._redis import redact_url
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
@@ -24,8 +25,8 @@ def limit(name: str, value: Any) -> int | None:
 
 
 def seconds(name: str, value: Any, *, zero: bool) -> float:
-    """A finite number of seconds, > 0 (or >= 0 where ``zero``)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+    """A finite number of seconds, > 0 (or >= 0 where ``zero``); an int too large for a float is not one (no OverflowError)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not abs(value) <= sys.float_info.max or value < 0 or (value == 0 and not zero):
         bound = ">= 0" if zero else "> 0"
         raise ConfigError(f"{name} must be a finite number of seconds {bound}, got {value!r}")
     return float(value)
@@ -48,12 +49,12 @@ def store(value: Any) -> str | Path | None:
     if value is None:
         return None
     if isinstance(value, str) and "://" in value:
-        shown = redact_url(value) if value.startswith(REDIS_SCHEMES) else value.split("://", 1)[0] + "://..."
         try:
             parts = urlsplit(value)
             parts.port  # noqa: B018  (raises ValueError for a bad port)
-        except ValueError as exc:
-            raise ConfigError(f"store {shown} is not a valid URL: {exc}") from None
+        except ValueError as exc:  # a bad port, an unclosed IPv6 bracket
+            raise ConfigError(f"store {url_without_password(value)} is not a valid URL: {exc}") from None
+        shown = redact_url(value) if value.startswith(REDIS_SCHEMES) else value.split("://", 1)[0] + "://..."
         if parts.scheme not in REDIS_SCHEMES:
             raise ConfigError(f"store must be None, a file path or a redis:// URL, got a {parts.scheme}:// URL")
         if (parts.scheme == "unix" and not parts.path) or (parts.scheme != "unix" and not parts.hostname):

@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from .._exceptions import ConfigError, StoreUnavailableError
+from .._redact import url_without_password
 from .._sqlite import connect, immediate
 from ..limits import redact_url
 from ._keys import ADMIN_KEY_ENV, KeyRecord, KeyStore, KeyStoreBase, new_pepper
@@ -178,7 +179,10 @@ class RedisKeyStore(KeyStoreBase):
             import redis
         except ImportError as exc:
             raise ConfigError("a redis:// key store needs the redis package: pip install 'blackbox-sdk[redis]'") from exc
-        self.url = redact_url(url)
+        try:
+            self.url = redact_url(url)
+        except ValueError as exc:  # urllib can't split it: an unclosed IPv6 bracket
+            raise ConfigError(f"the key store URL {url_without_password(url)} is not valid: {exc}") from None
         self._prefix = prefix
         self._hidden = sorted({text for text in (urlsplit(url).password or "", unquote(urlsplit(url).password or "")) if text}, key=len, reverse=True)
         self._pepper_value: str | None = None
