@@ -117,3 +117,29 @@ async def test_a_cut_async_stream_is_charged_and_never_cached(server: CutServer,
         async for chunk in await client.chat.completions.create(model="m", messages=HELLO, stream=True, max_tokens=8):
             pieces += [c.delta.content or "" for c in chunk.choices]
     _check(server, budget, tmp_path, "".join(pieces))
+
+
+def test_a_stream_left_half_read_at_exit_is_charged_quietly_and_its_record_can_be_repaired(llama_server: str, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from blackbox_sdk.call_log import repair_log
+
+    prices = {"smollm2": {"input": 1000.0, "output": 1000.0}}
+    script = f"""
+import blackbox_sdk
+budget = blackbox_sdk.Budget(total_usd=10.0, prices={prices!r}, ledger={str(tmp_path / "ledger.db")!r})
+client = blackbox_sdk.OpenAI(base_url={llama_server!r}, api_key="sk-test", max_retries=0, budget=budget, log={str(tmp_path / "calls.db")!r})
+stream = client.chat.completions.create(model="smollm2", messages=[{{"role": "user", "content": "Count to fifty."}}], max_tokens=64, stream=True)
+chunks = iter(stream)
+next(chunks)  # then the script ends: the stream is collected after the call log closed at exit
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stderr == ""  # no traceback at exit
+    budget = Budget(prices=prices, ledger=tmp_path / "ledger.db")
+    report = budget.report()
+    assert (report.calls, report.outstanding_reservations) == (1, 0) and report.spent_usd > 0  # charged, nothing left held
+    with CallLog(tmp_path / "calls.db") as log:
+        assert repair_log(log, budget) == 1  # the record the exit could not write, from the ledger
+        [record] = log.calls()
+        assert record.cost_usd == pytest.approx(report.spent_usd)

@@ -6,9 +6,11 @@ The client's calls and Black-Box Tuning's evaluations both go through it.
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass
 from typing import Any
 
+from .._exceptions import CallLogError
 from .._logging import logger
 from .._types import Json
 from ..budget import NO_LOG, Budget, Reservation
@@ -93,4 +95,11 @@ class Meter:
         if self.log is not None:
             error_text = None if error is None else f"{type(error).__name__}: {error}"
             record = CallRecord(key=self.key, error=error_text, **fields)
-            (self.log.enqueue if isinstance(self.log, CallLog) else self.log.record)(record)
+            try:
+                (self.log.enqueue if isinstance(self.log, CallLog) else self.log.record)(record)
+            except CallLogError:
+                if not sys.is_finalizing():
+                    raise
+                # a stream left half-read at exit, collected after the log closed: its spend is in the ledger
+                # (`repair_log` gives the record back), and a traceback at exit would tell the user nothing
+                logger.debug("call %s: not logged, the interpreter is exiting and the call log is closed", fields.get("call_id"))
