@@ -142,7 +142,7 @@ class RedisStore:
         self._release = self._client.register_script(_RELEASE)
         self._swap_script = self._client.register_script(_SWAP)
         self._outage = Outage(self.location)
-        self._refusals: set[tuple[str, ...]] = set()  # kinds of refusal warned of already
+        self._refusals: set[str] = set()  # kinds of refusal (the error's type) warned of already
 
     def get(self, key: str) -> str | None:
         """The text stored at ``key``, None on a miss; ForeignValueError for another type or non-UTF-8 bytes."""
@@ -234,12 +234,11 @@ class RedisStore:
         if batch:
             yield batch
 
-    def _refused(self, action: str, reason: str) -> CacheUnavailableError:
+    def _refused(self, action: str, kind: str, reason: str) -> CacheUnavailableError:
         """A command the server refused (out of memory under noeviction, a read-only replica): this write is
         skipped, warned of once per kind of refusal, and the store is not taken for down, so lookups still hit."""
-        kind = reason.split(" ", 2)[:2]
-        if tuple(kind) not in self._refusals:
-            self._refusals.add(tuple(kind))
+        if kind not in self._refusals:
+            self._refusals.add(kind)
             logger.warning("cache: the Redis at %s refused to %s (%s); answers are not stored while it refuses", self.location, action, reason)
         return CacheUnavailableError(f"can't {action}: the cache's Redis at {self.location} refused it ({reason})")
 
@@ -254,7 +253,7 @@ class RedisStore:
                 raise ForeignValueError("stored value is another Redis type, not JSON text") from None
             reason = self._secrets.scrub(f"{type(exc).__name__}: {exc}")
             if isinstance(exc, self._redis.exceptions.ResponseError):  # it answered (full, read-only): reads go on
-                raise self._refused(action, reason) from None
+                raise self._refused(action, type(exc).__name__, reason) from None
             self._outage.failed(reason)
             raise CacheUnavailableError(f"can't {action}: the cache's Redis at {self.location} is unreachable ({reason})") from None
         except UnicodeEncodeError as exc:  # values go as UTF-8: a lone surrogate can't be sent
