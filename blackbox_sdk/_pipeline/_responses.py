@@ -48,7 +48,8 @@ def texts(call: Call, candidates: list[Candidate]) -> list[str]:
 
 def _tool_calls(choice: Json) -> str:
     """A chat choice's tool calls as compact JSON ("" when it has none)."""
-    calls = (choice.get("message") or {}).get("tool_calls") if isinstance(choice.get("message"), dict) else None
+    message = choice.get("message")
+    calls = message.get("tool_calls") if isinstance(message, dict) else None
     if not calls:
         return ""
     wanted = [call.get("function") or call for call in calls if isinstance(call, dict)]
