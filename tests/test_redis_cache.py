@@ -16,6 +16,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import diskcache  # type: ignore[import-untyped]
 import httpx2
 import pytest
 import redis
@@ -259,6 +260,30 @@ def test_a_lapsed_claim_frees_the_key_and_its_old_leader_cannot_release_the_new_
         assert third.claim(key, ttl_s=30)
 
 
+def _plant(location: str, name: str, value: str) -> None:
+    """Store ``value`` at ``name`` without an expiry, as a foreign writer (or an older bug) might, beside the cache's keys."""
+    if location.startswith("redis://"):
+        client = redis.Redis.from_url(location)
+        client.set(f"{PREFIX}default:{name}", value)
+        client.close()
+    else:
+        plain = diskcache.Cache(location)
+        plain.set(name, value)
+        plain.close()
+
+
+def test_a_value_without_an_expiry_at_a_claims_key_is_taken_over(location: str) -> None:
+    """Every claim lapses; a value that never would held each identical request back for the whole
+    single-flight wait, on every call. It is taken over, and the claim then taken is a real one."""
+    with Cache(location) as first, Cache(location) as second:
+        key = _key(first)
+        _plant(location, key + ":claim", "stuck")
+        assert first.claim(key, ttl_s=30)
+        assert not second.claim(key, ttl_s=30)  # the claim that replaced it holds, with its lease
+        first.release_claim(key)
+        assert second.claim(key, ttl_s=30)
+
+
 def _claim_and_read(location: str, key: str) -> tuple[bool, list[dict[str, Any]]]:
     """Child process: whether it can claim the key now, and what the bucket holds."""
     with Cache(location) as cache:
@@ -434,6 +459,7 @@ def test_the_leaders_store_writes_over_whatever_the_bucket_holds_and_drops_its_c
         leader.extend(key, [_entry("answer")])
         assert other.get(key)[-1] == _entry("answer") and raw.exists(f"{PREFIX}default:{key}:claim") == 0
         raw.rpush(f"{PREFIX}default:{key}:claim", b"not a claim")  # a foreign claim is never ours to drop
+        raw.pexpire(f"{PREFIX}default:{key}:claim", 60_000)  # (one that never lapsed would be taken over)
         assert other.claim(key, ttl_s=60) is False
         leader.extend(key, [_entry("again")])
         assert raw.type(f"{PREFIX}default:{key}:claim") == b"list" and other.get(key)[-1] == _entry("again")

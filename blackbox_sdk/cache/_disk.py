@@ -119,11 +119,25 @@ class DiskStore:
             self._disk.delete(key)
 
     def add(self, key: str, text: str, *, expire: float) -> bool:
-        """diskcache's atomic ``add``: store ``text`` only if ``key`` is absent or expired."""
+        """diskcache's atomic ``add``: store ``text`` only if ``key`` is absent or expired, or holds what never
+        expires (every claim has an expiry: a value without one, planted or foreign, would hold the key forever)."""
         with self._guard("take a claim"):
-            added = bool(self._disk.add(key, text, expire=expire))
+            added = bool(self._disk.add(key, text, expire=expire)) or self._take_unexpiring(key, text, expire)
         self._wrote()
         return added
+
+    def _take_unexpiring(self, key: str, text: str, expire: float) -> bool:
+        """After a failed ``add``: store ``text`` in one transaction if ``key`` now holds nothing live or a value
+        without an expiry (one this cache can't read is foreign too); whether it was stored."""
+        with self._disk.transact():
+            try:
+                held, expires = self._disk.get(key, expire_time=True)
+            except ForeignValueError:
+                held, expires = None, None
+            if held is not None and expires is not None:
+                return False
+            self._disk.set(key, text, expire=expire)
+        return True
 
     def discard(self, key: str, text: str) -> None:
         """Remove ``key`` only while it still holds ``text``, in one write transaction."""

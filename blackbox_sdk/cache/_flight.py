@@ -6,7 +6,8 @@ exactly one thread, process or host wins. The winner sends, then stores the answ
 claim in one transaction (the store's ``update``), or on failure releases the claim; the others
 poll the bucket until it holds the entries they want, the claim is gone (the winner finished or
 failed) or their wait is up, and then send themselves if they still need to.
-A claim's ``ttl_s`` is a lease: a winner that dies frees the key when it lapses. A store that
+A claim's ``ttl_s`` is a lease: a winner that dies frees the key when it lapses; a value at a claim's
+key without an expiry (planted, or left by a foreign writer) is no claim and is taken over. A store that
 can't be reached makes every caller a winner: nothing waits on a cache that is down.
 """
 

@@ -36,6 +36,10 @@ _SCHEMES = ("redis://", "rediss://")
 _KEY_GLOB = "[0-9a-f]" * 64  # a bucket name ends in exactly a SHA-256 hex key; claims end in ":claim"
 _BATCH = 500
 _RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+# KEYS: the claim. ARGV: the token, PX in ms. Taken unless a live claim is there: every claim has an
+# expiry, so a value without one (PTTL -1, planted or left by a foreign writer) is not a claim and is
+# replaced rather than holding identical requests back forever. Returns 1 when taken.
+_ADD = "if redis.call('PTTL', KEYS[1]) >= 0 then return 0 end redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1"
 # KEYS: bucket, claim. ARGV: 1 if a value is expected, the expected bytes, the write (set / del / none),
 # the new bytes, PX in ms ('' for none), the claim's token ('' for none). Another Redis type reads as
 # absent (SET replaces it). Returns {1} when written, else {0} or {0, what the bucket holds}.
@@ -140,6 +144,7 @@ class RedisStore:
         self._timeout = timeout
         self._redis, self._client = _connect(url, timeout, self._secrets)
         self._release = self._client.register_script(_RELEASE)
+        self._add = self._client.register_script(_ADD)
         self._swap_script = self._client.register_script(_SWAP)
         self._outage = Outage(self.location)
         self._refusals: set[str] = set()  # kinds of refusal (the error's type) warned of already
@@ -170,9 +175,9 @@ class RedisStore:
         self._run("delete a bucket", lambda: self._client.delete(self._prefix + key))
 
     def add(self, key: str, text: str, *, expire: float) -> bool:
-        """``SET NX PX``: store ``text`` only if ``key`` holds nothing; whether it was stored."""
+        """Store ``text`` for ``expire`` seconds unless ``key`` holds a live claim (one with an expiry), in one Lua script; whether it was stored."""
         name, expiry = self._prefix + key, _milliseconds(expire)
-        return bool(self._run("take a claim", lambda: self._client.set(name, text.encode("utf-8"), nx=True, px=expiry)))
+        return bool(self._run("take a claim", lambda: self._add(keys=[name], args=[text.encode("utf-8"), expiry])))
 
     def discard(self, key: str, text: str) -> None:
         """Remove ``key`` only while it still holds ``text``, in one Lua script."""

@@ -52,7 +52,8 @@ class CacheStore(Protocol):
         ...
 
     def add(self, key: str, text: str, *, expire: float) -> bool:
-        """Store ``text`` for ``expire`` seconds only if ``key`` holds nothing live; whether it was stored."""
+        """Store ``text`` for ``expire`` seconds only if ``key`` holds nothing live; whether it was stored.
+        A value without an expiry is not live (claims always lapse): it is replaced."""
         ...
 
     def discard(self, key: str, text: str) -> None:

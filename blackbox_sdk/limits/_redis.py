@@ -19,6 +19,7 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from .._closing import Closing
 from .._exceptions import ConfigError, StoreUnavailableError
+from .._redact import url_without_password
 from ._lua import ADMIT, CORRECT, RELEASE
 from ._store import Clock
 from ._window import Verdict, Window
@@ -55,11 +56,15 @@ class RedisWindow(Closing):
             import redis
         except ImportError as exc:
             raise ConfigError("a redis:// rate-limit store needs the redis package: pip install 'blackbox-sdk[redis]'") from exc
-        self.url = redact_url(url)
+        try:
+            self.url, self._hidden = redact_url(url), _secrets(url)
+        except ValueError as exc:  # urllib can't split it: an unclosed IPv6 bracket
+            raise ConfigError(f"the rate-limit store URL {url_without_password(url)} is not valid: {exc}") from None
         self._url, self._prefix, self._timeout_s = url, prefix, timeout_s
-        self._hidden = _secrets(url)
-        with self._unavailable("connect"):
+        try:  # redis-py connects on first use: what fails here is the URL itself
             self._client = redis.Redis.from_url(url, decode_responses=True, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"the rate-limit store URL {self.url} is not valid: {self._scrub(str(exc))}") from None
         self._scripts = {name: self._client.register_script(source) for name, source in (("admit", ADMIT), ("correct", CORRECT), ("release", RELEASE))}
         self._async: tuple[asyncio.AbstractEventLoop, Any, dict[str, Any]] | None = None
 
