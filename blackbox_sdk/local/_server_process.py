@@ -85,4 +85,21 @@ class ServerProcess:
         return self.start()
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
+        """Stop the server; when the block failed because the server had died under it, say so (a bare
+        connection error would hide the cause) with how it ended and the end of its log."""
+        code = self._process.poll() if self._process is not None else None
         self.stop()
+        if error is not None and code is not None and isinstance(error, Exception):
+            raise BackendError(f"{self.label} died during the run ({_ended(code)}); its log ends:\n{self.log_tail()}") from error
+
+
+def _ended(code: int) -> str:
+    """How a process ended, from its return code (negative: the signal that killed it)."""
+    if code >= 0:
+        return f"exit code {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    hint = ": a crash in the server itself; a build for another CPU is one cause (README: set-up)" if name in ("SIGSEGV", "SIGILL", "SIGBUS") else ""
+    return f"killed by {name}{hint}"
