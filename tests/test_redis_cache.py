@@ -562,7 +562,7 @@ def test_the_password_never_appears_in_messages(redis_server: RedisServer, raw: 
 def test_a_url_urllib_cannot_split_is_a_config_error_without_its_password() -> None:
     with pytest.raises(ConfigError) as bad:
         Cache(f"redis://:{PASSWORD}@[::1/0")  # an unclosed IPv6 bracket
-    assert str(bad.value) == "cache URL redis://[::1/0 is not a valid URL: Invalid IPv6 URL"
+    assert str(bad.value) == "the cache URL redis://[::1/0 is not valid: Invalid IPv6 URL"
 
 
 def test_url_options_win_and_rediss_is_accepted(redis_server: RedisServer, caplog: pytest.LogCaptureFixture) -> None:

@@ -408,7 +408,7 @@ def test_a_bad_url_is_a_config_error_that_hides_the_password(url: str) -> None:
 
 @pytest.mark.parametrize(
     ("scheme", "message"),
-    [("redis", "bad Redis ledger URL redis://[::1/0: Invalid IPv6 URL"),
+    [("redis", "the ledger URL redis://[::1/0 is not valid: Invalid IPv6 URL"),
      ("mysql", "ledger must be a file path or a redis:// / rediss:// URL, got mysql://[::1/0")],
 )
 def test_a_url_urllib_cannot_split_is_a_config_error_that_hides_the_password(scheme: str, message: str) -> None:

@@ -36,6 +36,7 @@ from pydantic import (
 from .._exceptions import ConfigError, PriceMissingError
 from .._logging import logger
 from .._redact import redact_text
+from .._redis_url import redact_url
 from ._calibration import Calibration, open_calibration
 from ._caps import MAX_CAP_USD, Cap, Scope, nano_to_usd, usd_to_nano
 from ._keeper import KEEPER
@@ -59,7 +60,7 @@ from ._prices import (
     load_price_file,
     snapshot_base,
 )
-from ._redis_ledger import DEFAULT_PREFIX, redact_url
+from ._redis_ledger import DEFAULT_PREFIX
 from ._report import BudgetReport, read_report
 from ._store import Hold, LedgerStore, SettledSpend
 from ._tokens import TokenCount

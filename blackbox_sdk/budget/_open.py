@@ -8,8 +8,9 @@ import weakref
 from pathlib import Path
 
 from .._exceptions import ConfigError
+from .._redis_url import is_redis_url, redact_url
 from ._ledger import Ledger
-from ._redis_ledger import RedisLedger, is_redis_url, redact_url
+from ._redis_ledger import RedisLedger
 from ._store import LedgerStore
 
 LEDGER_FILE_NAME = "ledger.sqlite3"

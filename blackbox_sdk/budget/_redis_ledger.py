@@ -6,7 +6,8 @@ lease is kept on the server's clock and lapsed ones are purged inside the reserv
 script is idempotent by reservation id (a settle by the id and its attempt's token), so redis-py
 retrying a command whose reply was lost never holds or charges twice. When Redis can't be
 reached, times out or answers wrongly, every operation raises StoreUnavailableError: a call is
-never sent unbudgeted. `import redis` happens here, only when a Redis ledger is used.
+never sent unbudgeted. The URL is checked, shown and made into a client by ``RedisURL``, which
+imports redis-py only when a Redis ledger is used.
 """
 
 from __future__ import annotations
@@ -16,11 +17,10 @@ import os
 import uuid
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from .._exceptions import ConfigError, StoreUnavailableError
 from .._logging import logger
-from .._redact import url_without_password
+from .._redis_url import RedisURL
 from ._caps import REPORTED_SCOPES, Cap, CapUsage, totals_row
 from ._owners import this_process
 from ._prices import snapshot_base
@@ -28,76 +28,17 @@ from ._redis_scripts import RELEASE, RENEW, RESERVE, SETTLE, SNAPSHOT
 from ._store import Hold, LedgerSnapshot, SettledSpend
 
 DEFAULT_PREFIX = "blackbox:ledger:"
-REDIS_SCHEMES = ("redis", "rediss")
 RECORD_TTL_S = 86_400  # how long settled / released markers and lapsed reservations are kept
 SPENDS_KEPT = 100_000  # settled calls kept in the audit stream (approximately)
 SPENDS_PAGE = 1000  # stream entries read per round trip by settled_since
 SOCKET_TIMEOUT_S, CONNECT_TIMEOUT_S, RETRIES = 5.0, 2.0, 2
+BACKOFF_S = (0.02, 0.25)  # a retry's exponential wait: (base, cap)
 _CONSEQUENCES = {
     "reserve": ": the call is refused, nothing was sent",
     "settle": ": the spend is not recorded, and the reservation stays held until its lease lapses",
     "release": ": the reservation stays held until its lease lapses",
     "renew": ": its lease is tried again until it lapses",
 }
-
-
-def redact_url(url: str) -> str:
-    """The URL with its password (and query, which may carry one) replaced, for messages and logs; never raises."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:  # urllib can't split it (an unclosed IPv6 bracket): keep what url_without_password keeps
-        return url_without_password(url)
-    if parts.password is None and not parts.query:
-        return url
-    host = parts.netloc.rsplit("@", 1)[-1]
-    user = f"{parts.username or ''}:***@" if parts.password is not None else (f"{parts.username}@" if parts.username else "")
-    return urlunsplit((parts.scheme, user + host, parts.path, "***" if parts.query else "", ""))
-
-
-def is_redis_url(value: object) -> bool:
-    """Whether a `ledger=` value names a Redis server rather than a file."""
-    return isinstance(value, str) and value.split("://", 1)[0].lower() in REDIS_SCHEMES and "://" in value
-
-
-def _checked_url(url: str) -> None:
-    """ConfigError unless `url` is redis[s]://[user:password@]host[:port][/db] (the password never echoed)."""
-    shown = redact_url(url)
-    try:
-        parts = urlsplit(url)
-    except ValueError as error:  # an unclosed IPv6 bracket
-        raise ConfigError(f"bad Redis ledger URL {shown}: {error}") from None
-    try:
-        parts.port  # noqa: B018 - raises ValueError on a port that is not a number in range
-    except ValueError as error:
-        raise ConfigError(f"bad Redis ledger URL {shown}: the port is not a number from 1 to 65535") from error
-    if parts.scheme.lower() not in REDIS_SCHEMES or not parts.hostname:
-        raise ConfigError(f"bad Redis ledger URL {shown}: expected redis://host:port/db or rediss://...")
-    database = parts.path.strip("/")
-    if database and not database.isdigit():
-        raise ConfigError(f"bad Redis ledger URL {shown}: the database after the host must be a number, got {database!r}")
-
-
-def _client(url: str) -> Any:
-    """A redis-py client for `url` with short timeouts and a bounded retry; the connection opens on first use."""
-    try:
-        import redis
-        from redis.backoff import ExponentialBackoff
-        from redis.retry import Retry
-    except ImportError as error:
-        raise ConfigError(
-            "a Redis ledger needs the redis package: pip install 'blackbox-sdk[redis]'"
-        ) from error
-    _checked_url(url)
-    retry = Retry(ExponentialBackoff(cap=0.25, base=0.02), RETRIES)
-    try:
-        client = redis.Redis.from_url(
-            url, socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=CONNECT_TIMEOUT_S, retry=retry
-        )
-        pool = client.connection_pool
-        pool.connection_class(**pool.connection_kwargs)  # unknown URL options fail here, before any call
-    except (ValueError, TypeError) as error:
-        raise ConfigError(f"bad Redis ledger URL {redact_url(url)}: {error}") from None
-    return client
 
 
 class RedisLedger:
@@ -107,10 +48,12 @@ class RedisLedger:
         """Check `url` and prepare the scripts (ConfigError when it is malformed); nothing connects yet."""
         if not isinstance(prefix, str):
             raise ConfigError(f"the ledger's key prefix must be a string, got {prefix!r}")
-        self._client = _client(url)  # first: it refuses a URL that urllib can't split, as the lines below do
-        self.url = redact_url(url)
+        self._url = RedisURL(url, "ledger")
+        self._client = self._url.client(  # short timeouts and a bounded retry; the connection opens on first use
+            retries=RETRIES, backoff=BACKOFF_S, socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=CONNECT_TIMEOUT_S
+        )
+        self.url = self._url.shown
         self.prefix = prefix
-        self._password = urlsplit(url).password
         self._keep = str(int(record_ttl_s))
         self._owner: tuple[int, list[str]] = (-1, [])  # (pid, the settling process's host, pid, start time as ARGV)
         self._scripts = {
@@ -129,9 +72,7 @@ class RedisLedger:
 
     def _unavailable(self, what: str, error: Exception) -> StoreUnavailableError:
         """The error a failed ledger operation raises; a reserve that fails sends nothing."""
-        detail = f"{type(error).__name__}: {error}"
-        if self._password:
-            detail = detail.replace(self._password, "***")
+        detail = self._url.scrub(f"{type(error).__name__}: {error}")
         consequence = _CONSEQUENCES.get(what, "")
         return StoreUnavailableError(f"the Redis budget ledger at {self.url} failed to {what} ({detail}){consequence}")
 

@@ -31,11 +31,12 @@ from typing import Any, Literal, get_args
 from .._closing import Closing
 from .._exceptions import CacheError, ConfigError
 from .._logging import logger
+from .._redis_url import is_redis_url
 from ._bucket import encode, joined, live_entries, wrap
 from ._disk import DiskStore
 from ._flight import SingleFlight, check_seconds, check_wait
 from ._keys import cache_key, canonical_key, check_key
-from ._redis import RedisStore, is_redis_url
+from ._redis import RedisStore
 from ._store import CacheStore, CacheUnavailableError, ForeignValueError
 
 CacheMode = Literal["on", "read", "write", "refresh", "off"]

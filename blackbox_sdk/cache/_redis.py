@@ -5,11 +5,13 @@ Every process and host that opens the same URL and namespace shares the buckets,
 read-modify-write is optimistic: a compare-and-set Lua script writes the new text only while the
 bucket still holds what it was computed from, and answers what it holds otherwise (the first try
 guesses an absent bucket, as a miss's store finds it: one round trip; then retried, with jitter
-after the second, until ``timeout``). The same script drops the writer's claim. A claim is
-``SET NX PX`` and is released by a compare-and-delete Lua script, and the TTL is Redis's own expiry. redis-py is imported only here, when a ``redis://`` or ``rediss://`` cache is opened.
-Failures to reach the server are raised as CacheUnavailableError (the Cache then misses or skips
-the write) and tracked by an :class:`~blackbox_sdk.cache._outage.Outage`; no message carries the
-URL's user or password.
+after the second, until ``timeout``). The same script drops the writer's claim. A claim is taken by
+the Lua script ``_ADD`` unless a live claim (one with an expiry) is there, so a value without one is
+taken over; it is released by a compare-and-delete Lua script, and the TTL is Redis's own expiry.
+The URL is checked, shown and made into a client by :class:`~blackbox_sdk._redis_url.RedisURL`
+(redis-py is imported only when a ``redis://`` or ``rediss://`` cache is opened). Failures to reach
+the server are raised as CacheUnavailableError (the Cache then misses or skips the write) and
+tracked by an :class:`~blackbox_sdk.cache._outage.Outage`; no message carries the URL's password.
 """
 
 from __future__ import annotations
@@ -19,20 +21,17 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
-from urllib.parse import SplitResult, unquote, urlsplit
+from typing import TypeVar
 
-from .._exceptions import CacheError, ConfigError
+from .._exceptions import CacheError
 from .._logging import logger
-from .._redact import url_without_password
+from .._redis_url import RedisURL
 from ._outage import Outage
 from ._store import CacheUnavailableError, Change, Claim, ForeignValueError
 
 KEY_PREFIX = "blackbox:cache:"
 SOCKET_TIMEOUT_S = 2.0  # connect and read timeouts unless the URL sets its own (?socket_timeout=...)
-INSTALL_HINT = "pip install 'blackbox-sdk[redis]'"
 
-_SCHEMES = ("redis://", "rediss://")
 _KEY_GLOB = "[0-9a-f]" * 64  # a bucket name ends in exactly a SHA-256 hex key; claims end in ":claim"
 _BATCH = 500
 _RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
@@ -57,56 +56,6 @@ if ARGV[6] ~= '' and redis.pcall('GET', KEYS[2]) == ARGV[6] then redis.call('DEL
 return {1}
 """
 _T = TypeVar("_T")
-
-
-def is_redis_url(value: object) -> bool:
-    """Whether a cache location names a Redis server (``redis://`` or ``rediss://``)."""
-    return isinstance(value, str) and value.lower().startswith(_SCHEMES)
-
-
-class _Secrets:
-    """The URL's user and password, scrubbed from every message this store builds."""
-
-    def __init__(self, url: str) -> None:
-        """Collect the credentials of ``url``, raw and percent-decoded."""
-        parts = _split(url)
-        userinfo = parts.netloc.rpartition("@")[0]
-        raw = [userinfo, *userinfo.split(":"), parts.username or "", parts.password or ""]
-        found = {value for value in raw if value} | {unquote(value) for value in raw if value}
-        self._values = sorted(found, key=len, reverse=True)  # longest first: a whole password before its pieces
-        self.location = self.scrub(f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}")
-
-    def scrub(self, text: str) -> str:
-        """The text with every credential of the URL replaced by ``***``."""
-        for value in self._values:
-            text = text.replace(value, "***")
-        return text
-
-
-def _split(url: str) -> SplitResult:
-    """The URL's parts; ConfigError, without its credentials, for one urllib can't split (an unclosed IPv6 bracket)."""
-    try:
-        return urlsplit(url)
-    except ValueError as exc:
-        raise ConfigError(f"cache URL {url_without_password(url)} is not a valid URL: {exc}") from None
-
-
-def _connect(url: str, timeout: float, secrets: _Secrets) -> tuple[Any, Any]:
-    """The redis module and a client for ``url`` (no connection yet); ConfigError if either is unavailable."""
-    try:
-        import redis
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
-    except ImportError:
-        raise ConfigError(f"a Redis cache ({secrets.location}) needs the redis package: {INSTALL_HINT}") from None
-    wait = min(timeout, SOCKET_TIMEOUT_S)
-    try:
-        client = redis.Redis.from_url(
-            url, socket_timeout=wait, socket_connect_timeout=wait, retry=Retry(NoBackoff(), 1)
-        )  # one immediate retry: a pooled connection to a restarted server fails once, then reconnects
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(secrets.scrub(f"cache URL {secrets.location} is not a usable Redis URL: {exc}")) from None
-    return redis, client
 
 
 def _milliseconds(seconds: float | None) -> int | None:
@@ -137,12 +86,17 @@ class RedisStore:
 
     def __init__(self, url: str, *, namespace: str, timeout: float) -> None:
         """Prepare a client for ``url`` (connecting on first use); ``timeout`` bounds a contended write."""
-        self._secrets = _Secrets(url)
-        self.location = self._secrets.location
+        self._url = RedisURL(url, "cache")
+        self.location = self._url.shown
         self._prefix = f"{KEY_PREFIX}{namespace}:"
         self._pattern = "".join(f"\\{c}" if c in "*?[]\\^" else c for c in self._prefix) + _KEY_GLOB
         self._timeout = timeout
-        self._redis, self._client = _connect(url, timeout, self._secrets)
+        wait = min(timeout, SOCKET_TIMEOUT_S)
+        # one immediate retry: a pooled connection to a restarted server fails once, then reconnects
+        self._client = self._url.client(retries=1, socket_timeout=wait, socket_connect_timeout=wait)
+        from redis import exceptions  # installed: client() refused to go on without it
+
+        self._errors = exceptions
         self._release = self._client.register_script(_RELEASE)
         self._add = self._client.register_script(_ADD)
         self._swap_script = self._client.register_script(_SWAP)
@@ -253,11 +207,11 @@ class RedisStore:
         self._outage.check(action)
         try:
             result = operation()
-        except self._redis.exceptions.RedisError as exc:
+        except self._errors.RedisError as exc:
             if str(exc).startswith("WRONGTYPE"):
                 raise ForeignValueError("stored value is another Redis type, not JSON text") from None
-            reason = self._secrets.scrub(f"{type(exc).__name__}: {exc}")
-            if isinstance(exc, self._redis.exceptions.ResponseError):  # it answered (full, read-only): reads go on
+            reason = self._url.scrub(f"{type(exc).__name__}: {exc}")
+            if isinstance(exc, self._errors.ResponseError):  # it answered (full, read-only): reads go on
                 raise self._refused(action, type(exc).__name__, reason) from None
             self._outage.failed(reason)
             raise CacheUnavailableError(f"can't {action}: the cache's Redis at {self.location} is unreachable ({reason})") from None

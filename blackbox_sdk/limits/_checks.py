@@ -6,13 +6,9 @@ import os
 import sys
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from .._exceptions import ConfigError
-from .._redact import url_without_password
-from ._redis import redact_url
-
-REDIS_SCHEMES = ("redis", "rediss", "unix")
+from .._redis_url import REDIS_OR_UNIX, RedisURL
 
 
 def limit(name: str, value: Any) -> int | None:
@@ -49,16 +45,8 @@ def store(value: Any) -> str | Path | None:
     if value is None:
         return None
     if isinstance(value, str) and "://" in value:
-        try:
-            parts = urlsplit(value)
-            parts.port  # noqa: B018  (raises ValueError for a bad port)
-        except ValueError as exc:  # a bad port, an unclosed IPv6 bracket
-            raise ConfigError(f"store {url_without_password(value)} is not a valid URL: {exc}") from None
-        shown = redact_url(value) if value.startswith(REDIS_SCHEMES) else value.split("://", 1)[0] + "://..."
-        if parts.scheme not in REDIS_SCHEMES:
-            raise ConfigError(f"store must be None, a file path or a redis:// URL, got a {parts.scheme}:// URL")
-        if (parts.scheme == "unix" and not parts.path) or (parts.scheme != "unix" and not parts.hostname):
-            raise ConfigError(f"store {shown} names no {'socket path' if parts.scheme == 'unix' else 'host'}")
+        # a ConfigError now for a bad URL or option (its password never shown), not at the first call
+        RedisURL(value, "rate-limit store", schemes=REDIS_OR_UNIX).client().close()
         return value
     if isinstance(value, (str, os.PathLike)) and str(value).strip():
         return Path(value).expanduser()

@@ -23,10 +23,11 @@ from typing import Any, Literal
 
 from .._closing import Closing
 from .._exceptions import ConfigError
+from .._redis_url import redact_url
 from . import _checks as check
 from ._memory import MemoryWindow
 from ._policy import Admission, Policy, Request, admission_flow, run_async, run_sync
-from ._redis import RedisWindow, redact_url
+from ._redis import RedisWindow
 from ._sqlite_window import SQLiteWindow
 from ._store import WindowStore
 from ._window import Window

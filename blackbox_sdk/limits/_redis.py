@@ -4,7 +4,8 @@ Admission, correction and release are each one Lua script (``_lua``), so they ar
 one round trip. By default the script reads the server's clock, so hosts agree on the window
 whatever their own clocks say. Keys expire a little after their window, so idle scopes vanish.
 An unreachable or failing server raises StoreUnavailableError, with the URL's password redacted:
-a rate limit fails closed, it is never silently off.
+a rate limit fails closed, it is never silently off. The URL is checked, shown and made into
+clients by ``RedisURL``, which imports redis-py only then.
 """
 
 from __future__ import annotations
@@ -15,64 +16,30 @@ import math
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from .._closing import Closing
-from .._exceptions import ConfigError, StoreUnavailableError
-from .._redact import url_without_password
+from .._exceptions import StoreUnavailableError
+from .._redis_url import REDIS_OR_UNIX, RedisURL
 from ._lua import ADMIT, CORRECT, RELEASE
 from ._store import Clock
 from ._window import Verdict, Window
 
 KEY_PREFIX = "blackbox:rate"
 SOCKET_TIMEOUT_S = 5.0
-_MASK = "***"
+RETRIES, BACKOFF_S = 2, (0.02, 0.25)  # the asyncio client's retries of a dropped connection, their wait: (base, cap)
 _T = TypeVar("_T")
-
-
-def redact_url(url: str) -> str:
-    """The URL with its password (in the user part or a ``password=`` query) shown as ``***``."""
-    parts = urlsplit(url)
-    netloc, query = parts.netloc, parts.query
-    if parts.password is not None:
-        netloc = f"{parts.username or ''}:{_MASK}@{netloc.rpartition('@')[2]}"
-    if query:
-        query = urlencode([(name, _MASK if name == "password" else value) for name, value in parse_qsl(query, keep_blank_values=True)])
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
-
-
-def _secrets(url: str) -> list[str]:
-    """The password as written in the URL and decoded, longest first, for scrubbing error texts."""
-    parts = urlsplit(url)
-    found = [parts.password or ""] + [value for name, value in parse_qsl(parts.query) if name == "password"]
-    return sorted({text for secret in found for text in (secret, unquote(secret)) if text}, key=len, reverse=True)
 
 
 class RedisWindow(Closing):
     """Sliding windows in the Redis server at ``url`` (redis://, rediss:// or unix://)."""
 
     def __init__(self, url: str, *, prefix: str = KEY_PREFIX, timeout_s: float = SOCKET_TIMEOUT_S) -> None:
-        try:
-            import redis
-        except ImportError as exc:
-            raise ConfigError("a redis:// rate-limit store needs the redis package: pip install 'blackbox-sdk[redis]'") from exc
-        try:
-            self.url, self._hidden = redact_url(url), _secrets(url)
-        except ValueError as exc:  # urllib can't split it: an unclosed IPv6 bracket
-            raise ConfigError(f"the rate-limit store URL {url_without_password(url)} is not valid: {exc}") from None
-        self._url, self._prefix, self._timeout_s = url, prefix, timeout_s
-        try:  # redis-py connects on first use: what fails here is the URL itself
-            self._client = redis.Redis.from_url(url, decode_responses=True, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(f"the rate-limit store URL {self.url} is not valid: {self._scrub(str(exc))}") from None
+        """Check ``url`` (ConfigError for a bad one, its password never shown) and prepare the scripts; nothing connects yet."""
+        self._url = RedisURL(url, "rate-limit store", schemes=REDIS_OR_UNIX)
+        self.url, self._prefix, self._timeout_s = self._url.shown, prefix, timeout_s
+        self._client = self._url.client(decode_responses=True, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
         self._scripts = {name: self._client.register_script(source) for name, source in (("admit", ADMIT), ("correct", CORRECT), ("release", RELEASE))}
         self._async: tuple[asyncio.AbstractEventLoop, Any, dict[str, Any]] | None = None
-
-    def _scrub(self, text: str) -> str:
-        """An error text with the password taken out, wherever the driver put it."""
-        for secret in self._hidden:
-            text = text.replace(secret, _MASK)
-        return text
 
     @contextmanager
     def _unavailable(self, action: str) -> Iterator[None]:
@@ -82,7 +49,7 @@ class RedisWindow(Closing):
         try:
             yield
         except (redis.RedisError, OSError, ValueError) as exc:
-            detail = self._scrub(f"{type(exc).__name__}: {exc}")
+            detail = self._url.scrub(f"{type(exc).__name__}: {exc}")
             raise StoreUnavailableError(f"the rate-limit store {self.url} can't {action}: {detail}") from None
 
     def _keys(self, scope: str) -> list[str]:
@@ -130,15 +97,10 @@ class RedisWindow(Closing):
         """The scripts on redis-py's asyncio client for the running loop (a client belongs to one loop)."""
         loop = asyncio.get_running_loop()
         if self._async is None or self._async[0] is not loop:
-            import redis.asyncio
-            from redis.asyncio.retry import Retry
-            from redis.backoff import ExponentialBackoff
-
             # a pooled connection that a restarted server closed is retried on a new one, as the sync client's is
-            # (every script is idempotent by event id); without retry_on_error the asyncio client raised at once
-            client = redis.asyncio.Redis.from_url(
-                self._url, decode_responses=True, socket_timeout=self._timeout_s, socket_connect_timeout=self._timeout_s,
-                retry=Retry(ExponentialBackoff(cap=0.25, base=0.02), 2), retry_on_error=[redis.exceptions.ConnectionError],
+            # (every script is idempotent by event id)
+            client = self._url.async_client(
+                retries=RETRIES, backoff=BACKOFF_S, decode_responses=True, socket_timeout=self._timeout_s, socket_connect_timeout=self._timeout_s,
             )
             scripts = {name: client.register_script(script.script) for name, script in self._scripts.items()}
             self._async = (loop, client, scripts)

@@ -19,18 +19,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 from .._exceptions import ConfigError, StoreUnavailableError
-from .._redact import url_without_password
+from .._redis_url import REDIS_OR_UNIX, RedisURL
 from .._sqlite import connect, immediate
-from ..limits import redact_url
 from ._keys import ADMIN_KEY_ENV, KeyRecord, KeyStore, KeyStoreBase, new_pepper
 
 DEFAULT_PREFIX = "blackbox:keys:"
 BUSY_TIMEOUT_S = 30.0
 REDIS_TIMEOUT_S = 5.0
-REDIS_SCHEMES = ("redis", "rediss", "unix")
 _COLUMNS = ("key_id", "name", "budget_usd", "per_day_usd", "rpm", "tpm", "models", "reranker", "cache_namespace", "created_at", "revoked")
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -64,10 +61,7 @@ def open_key_store(where: str | Path, *, admin_key: str | None = None, prefix: s
     if admin_key is None:
         admin_key = os.environ.get(ADMIN_KEY_ENV) or None
     if isinstance(where, str) and "://" in where:
-        scheme = where.split("://", 1)[0]
-        if scheme not in REDIS_SCHEMES:
-            raise ConfigError(f"a key store is an SQLite file path or a redis:// URL, got a {scheme}:// URL")
-        return RedisKeyStore(where, admin_key=admin_key, prefix=prefix)
+        return RedisKeyStore(where, admin_key=admin_key, prefix=prefix)  # ConfigError for a URL that is not Redis's
     if not isinstance(where, (str, Path)) or not str(where):
         raise ConfigError(f"a key store is an SQLite file path or a redis:// URL, got {where!r}")
     return SQLiteKeyStore(Path(where), admin_key=admin_key)
@@ -174,34 +168,19 @@ class RedisKeyStore(KeyStoreBase):
     """Keys in Redis, shared by every proxy replica using the same URL and prefix."""
 
     def __init__(self, url: str, *, admin_key: str | None = None, prefix: str = DEFAULT_PREFIX, timeout_s: float = REDIS_TIMEOUT_S) -> None:
+        """Check ``url`` (ConfigError for a bad one, its password never shown) and prepare the scripts; nothing connects yet."""
         super().__init__(admin_key)
-        try:
-            import redis
-        except ImportError as exc:
-            raise ConfigError("a redis:// key store needs the redis package: pip install 'blackbox-sdk[redis]'") from exc
-        try:
-            self.url = redact_url(url)
-        except ValueError as exc:  # urllib can't split it: an unclosed IPv6 bracket
-            raise ConfigError(f"the key store URL {url_without_password(url)} is not valid: {exc}") from None
+        self._url = RedisURL(url, "key store", schemes=REDIS_OR_UNIX)
+        self.url = self._url.shown
         self._prefix = prefix
-        self._hidden = sorted({text for text in (urlsplit(url).password or "", unquote(urlsplit(url).password or "")) if text}, key=len, reverse=True)
         self._pepper_value: str | None = None
-        try:
-            self._client = redis.Redis.from_url(url, decode_responses=True, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
-        except ValueError as exc:
-            raise ConfigError(f"the key store URL {self.url} is not valid: {self._scrub(str(exc))}") from None
+        self._client = self._url.client(decode_responses=True, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
         self._create = self._client.register_script(_CREATE)
         self._revoke = self._client.register_script(_REVOKE)
 
     def __repr__(self) -> str:
         """The URL without its password."""
         return f"RedisKeyStore({self.url!r})"
-
-    def _scrub(self, text: str) -> str:
-        """An error text with the URL's password taken out."""
-        for secret in self._hidden:
-            text = text.replace(secret, "***")
-        return text
 
     @contextmanager
     def _unavailable(self, action: str) -> Iterator[None]:
@@ -211,7 +190,7 @@ class RedisKeyStore(KeyStoreBase):
         try:
             yield
         except (redis.RedisError, OSError, ValueError, TypeError, KeyError) as exc:
-            detail = self._scrub(f"{type(exc).__name__}: {exc}")
+            detail = self._url.scrub(f"{type(exc).__name__}: {exc}")
             raise StoreUnavailableError(f"the key store {self.url} can't {action}: {detail}") from None
 
     def _pepper(self) -> str:

@@ -1,0 +1,157 @@
+"""Redis URLs as every store takes them: checked once, shown without the password, and made into clients.
+
+The cache, the budget ledger, the rate-limit store and the proxy's key store each open a Redis URL
+given by a user, and each must refuse the same bad URLs with a ConfigError, show the URL the same
+way in reprs and messages (``redis://user:***@host:port/db``, a ``password=`` query value as
+``***`` too), and keep the password out of every error text the driver writes. Those decisions
+live here, once. redis-py is imported only when a client is made, so the core imports without it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import SplitResult, parse_qsl, unquote, unquote_plus, urlencode, urlsplit, urlunsplit
+
+from ._exceptions import ConfigError
+from ._redact import url_without_password
+
+REDIS_SCHEMES = ("redis", "rediss")
+REDIS_OR_UNIX = ("redis", "rediss", "unix")
+INSTALL_HINT = "pip install 'blackbox-sdk[redis]'"
+MASK = "***"
+
+
+def is_redis_url(value: object) -> bool:
+    """Whether a store option names a Redis server (``redis://`` or ``rediss://``) rather than a file."""
+    return isinstance(value, str) and value.partition("://")[0].lower() in REDIS_SCHEMES and "://" in value
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password (in the user part or a ``password=`` query) shown as ``***``; never raises."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # urllib can't split it (an unclosed IPv6 bracket): keep what url_without_password keeps
+        return url_without_password(url)
+    netloc, query = parts.netloc, parts.query
+    if parts.password is not None:
+        netloc = f"{parts.username or ''}:{MASK}@{netloc.rpartition('@')[2]}"
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if any(name == "password" for name, _ in pairs):
+        query = urlencode([(name, MASK if name == "password" else value) for name, value in pairs])
+    if (netloc, query) == (parts.netloc, parts.query):
+        return url
+    return _joined(parts._replace(netloc=netloc, query=query), url)
+
+
+def _joined(parts: SplitResult, url: str) -> str:
+    """``parts`` as a URL again, keeping the ``//`` of a URL without a host (``unix:///path``) that urlunsplit drops."""
+    text = urlunsplit(parts)
+    head = f"{parts.scheme}:"
+    if not parts.netloc and url.lower().startswith(head + "//") and not text.startswith(head + "//"):
+        text = head + "//" + text[len(head):]
+    return text
+
+
+def _secrets(parts: SplitResult) -> list[str]:
+    """The URL's password and ``password=`` query values, as written and decoded, longest first (a whole before its pieces)."""
+    found = {parts.password or "", unquote(parts.password or "")}
+    for pair in parts.query.split("&"):
+        name, _, value = pair.partition("=")
+        if unquote_plus(name) == "password":
+            found |= {value, unquote(value), unquote_plus(value)}  # redis-py reads a query as parse_qs does: '+' is a space
+    return sorted(filter(None, found), key=len, reverse=True)
+
+
+def _schemes(schemes: tuple[str, ...]) -> str:
+    """``redis://, rediss:// or unix://``."""
+    names = [f"{scheme}://" for scheme in schemes]
+    return " or ".join(filter(None, [", ".join(names[:-1]), names[-1]]))
+
+
+class RedisURL:
+    """A Redis URL a store was given, checked at construction (ConfigError naming the store, never the password)."""
+
+    def __init__(self, url: str, what: str, schemes: tuple[str, ...] = REDIS_SCHEMES) -> None:
+        """Check ``url`` for the store ``what`` ("cache", "ledger", ...), taking only ``schemes``; nothing connects."""
+        self._url, self._what = url, what
+        self._hidden: list[str] = []  # the password's forms, longest first: nothing to scrub until the URL splits
+        self.shown = redact_url(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError as exc:  # an unclosed IPv6 bracket
+            raise self._bad(str(exc)) from None
+        self._hidden = _secrets(parts)
+        try:
+            port = parts.port  # None when the URL names none
+        except ValueError:  # not a number, or above 65535
+            port = 0
+        if port == 0:
+            raise self._bad("the port is not a number from 1 to 65535")
+        if parts.scheme not in schemes:
+            raise self._bad(f"it must start with {_schemes(schemes)}")
+        if parts.scheme == "unix" and not parts.path:
+            raise self._bad("it names no socket path")
+        if parts.scheme != "unix" and not parts.hostname:
+            raise self._bad("it names no host")
+        database = parts.path.strip("/")
+        if parts.scheme != "unix" and database and not database.isdigit():
+            raise self._bad(f"the database after the host must be a number, got {database!r}")
+
+    def __repr__(self) -> str:
+        """The URL without its password."""
+        return f"RedisURL({self.shown!r}, {self._what!r})"
+
+    def scrub(self, text: str) -> str:
+        """``text`` with the URL's password (raw or percent-decoded, in the user part or the query) as ``***``."""
+        for secret in self._hidden:
+            text = text.replace(secret, MASK)
+        return text
+
+    def client(self, *, retries: int | None = None, backoff: tuple[float, float] | None = None, **options: Any) -> Any:
+        """redis-py's client for the URL with ``options``, nothing connected yet; ``retries``: how often a failed
+        command is sent again, at once or after an exponential ``backoff`` of (base, cap) seconds."""
+        try:
+            import redis
+            from redis.retry import Retry
+        except ImportError:
+            raise self._missing() from None
+        if retries is not None:
+            options["retry"] = Retry(self._backoff(backoff), retries)
+        return self._made(redis.Redis, redis.exceptions.RedisError, options)
+
+    def async_client(self, *, retries: int | None = None, backoff: tuple[float, float] | None = None, **options: Any) -> Any:
+        """redis-py's asyncio client for the URL, as ``client`` makes the sync one (a dropped connection retried too)."""
+        try:
+            import redis.asyncio
+            from redis.asyncio.retry import Retry
+        except ImportError:
+            raise self._missing() from None
+        if retries is not None:  # the asyncio client raised at once unless told which errors its Retry covers
+            options["retry"] = Retry(self._backoff(backoff), retries)
+            options.setdefault("retry_on_error", [redis.exceptions.ConnectionError])
+        return self._made(redis.asyncio.Redis, redis.exceptions.RedisError, options)
+
+    @staticmethod
+    def _backoff(backoff: tuple[float, float] | None) -> Any:
+        """redis-py's wait between retries: none, or exponential from ``backoff``'s (base, cap) seconds."""
+        from redis.backoff import ExponentialBackoff, NoBackoff
+
+        return NoBackoff() if backoff is None else ExponentialBackoff(base=backoff[0], cap=backoff[1])
+
+    def _made(self, kind: Any, redis_error: type[Exception], options: dict[str, Any]) -> Any:
+        """``kind.from_url(url, **options)``, its connection settings tried at once so a bad URL option fails here."""
+        try:
+            made = kind.from_url(self._url, **options)
+            pool = made.connection_pool
+            pool.connection_class(**pool.connection_kwargs)  # unknown or bad URL options fail here, before any call
+        except (ValueError, TypeError, redis_error) as exc:
+            raise self._bad(str(exc)) from None
+        return made
+
+    def _missing(self) -> ConfigError:
+        """The ConfigError for a Redis store without redis-py, naming the extra that installs it."""
+        return ConfigError(f"a Redis {self._what} needs the redis package: {INSTALL_HINT}")
+
+    def _bad(self, reason: str) -> ConfigError:
+        """The ConfigError for a URL this store can't use, the password scrubbed from ``reason``."""
+        return ConfigError(f"the {self._what} URL {self.shown} is not valid: {self.scrub(reason)}")

@@ -1,0 +1,192 @@
+"""Redis URLs, one way for every store: the cache, the ledger, the rate-limit store and the key store refuse
+the same bad URLs with a ConfigError that never holds the password, show a URL in one form, and scrub
+its password from error texts. No redis-server is needed: redis-py connects on first use only."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio
+
+from blackbox_sdk import ConfigError
+from blackbox_sdk._redis_url import REDIS_OR_UNIX, RedisURL, is_redis_url, redact_url
+from blackbox_sdk.budget import Budget, RedisLedger
+from blackbox_sdk.cache import Cache
+from blackbox_sdk.limits import RateLimits, RedisWindow
+from blackbox_sdk.limits import redact_url as limits_redact_url
+from blackbox_sdk.serve._key_stores import RedisKeyStore, open_key_store
+
+PASSWORD = "pw-s3cret"
+HOST = "127.0.0.1:6379"
+BAD = {
+    "unsplittable": f"redis://:{PASSWORD}@[::1/0",  # an unclosed IPv6 bracket
+    "port": f"redis://:{PASSWORD}@127.0.0.1:notaport/0",
+    "port-range": f"redis://:{PASSWORD}@127.0.0.1:70000/0",
+    "port-zero": f"redis://:{PASSWORD}@127.0.0.1:0/0",
+    "host": f"redis://:{PASSWORD}@:6379/0",
+    "no-host": "redis://",
+    "database": f"redis://:{PASSWORD}@{HOST}/zero",
+    "database-encoded-password": f"redis://user:pw%2Ds3cret@{HOST}/zero",  # the password decodes to PASSWORD
+    "query-password": f"rediss://{HOST}/zero?password={PASSWORD}",
+    "option": f"redis://:{PASSWORD}@{HOST}/0?no_such_option=1",
+    "option-value": f"redis://:{PASSWORD}@{HOST}/0?socket_timeout=abc",
+    "tls-option": f"rediss://:{PASSWORD}@{HOST}/0?ssl_cert_reqs=bogus",
+}
+# Each store's constructor, and the word its messages name it by (None: the store's own refusal).
+STORES: dict[str, tuple[Callable[[str], Any], str | None]] = {
+    "Cache": (Cache, "cache"),
+    "Budget": (lambda url: Budget(total_usd=1.0, ledger=url), "ledger"),
+    "RedisLedger": (RedisLedger, "ledger"),
+    "RateLimits": (lambda url: RateLimits(rpm=1, store=url), "rate-limit store"),
+    "RedisWindow": (RedisWindow, "rate-limit store"),
+    "RedisKeyStore": (RedisKeyStore, "key store"),
+    "open_key_store": (open_key_store, "key store"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD))
+@pytest.mark.parametrize("store", sorted(STORES))
+def test_each_bad_url_is_a_config_error_for_each_store_without_the_password(store: str, kind: str) -> None:
+    make, what = STORES[store]
+    with pytest.raises(ConfigError) as refused:
+        make(BAD[kind])
+    message = str(refused.value)
+    assert PASSWORD not in message and "s3cret" not in message, message
+    assert f"the {what} URL " in message and " is not valid: " in message, message
+    assert refused.value.__cause__ is None  # the driver's error (which may hold the URL) is not chained
+
+
+@pytest.mark.parametrize("store", sorted(STORES))
+def test_a_url_that_is_not_redis_is_refused_without_its_password(store: str) -> None:
+    make, _ = STORES[store]
+    with pytest.raises(ConfigError) as refused:
+        make(f"postgresql://user:{PASSWORD}@{HOST}/db")
+    assert PASSWORD not in str(refused.value) and "postgresql://" in str(refused.value)
+
+
+@pytest.mark.parametrize("make", [RedisLedger, lambda url: RateLimits(rpm=1, store=url), RedisWindow, RedisKeyStore])
+def test_a_socket_url_is_checked_by_the_stores_that_take_one(make: Callable[[str], Any]) -> None:
+    with pytest.raises(ConfigError) as refused:
+        make(f"unix://:{PASSWORD}@")  # no socket path (the ledger takes no unix:// at all)
+    assert PASSWORD not in str(refused.value)
+
+
+def test_a_socket_url_with_a_path_is_taken_where_sockets_are() -> None:
+    url = f"unix://:{PASSWORD}@/var/run/redis.sock?db=2"
+    assert RedisWindow(url).url == RedisKeyStore(url).url == "unix://:***@/var/run/redis.sock?db=2"
+    RateLimits(rpm=1, store=url)
+
+
+def test_every_store_shows_a_url_in_the_same_form() -> None:
+    url = f"redis://user:{PASSWORD}@{HOST}/0?password={PASSWORD}&socket_timeout=1"
+    shown = f"redis://user:***@{HOST}/0?password=%2A%2A%2A&socket_timeout=1"
+    cache, ledger, window, keys = Cache(url), RedisLedger(url), RedisWindow(url), RedisKeyStore(url)
+    assert [cache.location, ledger.url, window.url, keys.url] == [shown] * 4
+    texts = [repr(cache), repr(Budget(total_usd=1.0, ledger=url)), repr(RateLimits(rpm=1, store=url)), repr(keys)]
+    assert all(shown in text and PASSWORD not in text for text in texts), texts
+    for store in (cache, ledger, window, keys):
+        store.close()
+
+
+def test_messages_name_the_store_and_the_reason() -> None:
+    with pytest.raises(ConfigError, match=r"^the key store URL redis://:\*\*\*@:6379/0 is not valid: it names no host$"):
+        RedisURL(f"redis://:{PASSWORD}@:6379/0", "key store")
+    with pytest.raises(ConfigError, match=r"^the ledger URL unix:///s.sock is not valid: it must start with redis:// or rediss://$"):
+        RedisURL("unix:///s.sock", "ledger")
+    with pytest.raises(ConfigError, match="it must start with redis://, rediss:// or unix://$"):
+        RedisURL("http://h/0", "rate-limit store", REDIS_OR_UNIX)
+    with pytest.raises(ConfigError, match=r"^the cache URL redis://h/0x is not valid: the database after the host must be a number, got '0x'$"):
+        RedisURL("redis://h/0x", "cache")
+    with pytest.raises(ConfigError, match=r"^the cache URL redis://user@\[::1/0 is not valid: Invalid IPv6 URL$"):
+        RedisURL(f"redis://user:{PASSWORD}@[::1/0", "cache")
+
+
+def test_scrub_takes_out_the_password_raw_and_decoded_but_keeps_the_username() -> None:
+    url = RedisURL("redis://default:p%40ss-w0rd@h:6379/0?password=q%20pw+x", "cache")
+    text = "user default: p@ss-w0rd / p%40ss-w0rd / q pw x / q%20pw+x / q pw+x"
+    assert url.scrub(text) == "user default: *** / *** / *** / *** / ***"
+    assert RedisURL("redis://default@h:6379/0", "cache").scrub("default refused") == "default refused"
+    assert RedisURL("redis://:secret@h/0", "cache").scrub("secret-longer secret") == "***-longer ***"
+
+
+def test_scrub_replaces_a_whole_password_before_its_pieces() -> None:
+    url = RedisURL("redis://:ab%2Bcd@h/0?password=ab", "cache")  # "ab" is a piece of the decoded "ab+cd"
+    assert url.scrub("ab+cd and ab%2Bcd and ab") == "*** and *** and ***"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (f"redis://user:{PASSWORD}@h:6379/0", "redis://user:***@h:6379/0"),
+        (f"redis://:{PASSWORD}@h:6379/0", "redis://:***@h:6379/0"),
+        ("redis://user:@h", "redis://user:***@h"),
+        ("redis://h:6379/0?password=top%20secret&db=1", "redis://h:6379/0?password=%2A%2A%2A&db=1"),
+        (f"rediss://u:{PASSWORD}@h/0?password={PASSWORD}", "rediss://u:***@h/0?password=%2A%2A%2A"),
+        ("redis://user@h:6379/0?socket_timeout=0.5&x=a%20b", "redis://user@h:6379/0?socket_timeout=0.5&x=a%20b"),
+        ("unix:///var/run/redis.sock?password=pw&db=2", "unix:///var/run/redis.sock?password=%2A%2A%2A&db=2"),
+        (f"redis://:{PASSWORD}@[::1/0?password={PASSWORD}", "redis://[::1/0"),  # urllib can't split it: never raises
+    ],
+)
+def test_redact_url_masks_user_part_and_query_passwords(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+    assert limits_redact_url is redact_url  # the public name is the shared one
+
+
+def test_is_redis_url() -> None:
+    assert is_redis_url("redis://h/0") and is_redis_url("REDISS://h/0")
+    assert not any(map(is_redis_url, ["unix:///s.sock", "redis:/h", "/tmp/redis://x", None, 5, "postgresql://h/db"]))
+
+
+def test_clients_carry_the_stores_options_and_connect_on_first_use() -> None:
+    url = RedisURL(f"redis://:{PASSWORD}@{HOST}/3", "cache")
+    sync = url.client(retries=1, socket_timeout=0.5)
+    assert isinstance(sync, redis.Redis)
+    kwargs = sync.connection_pool.connection_kwargs
+    assert (kwargs["db"], kwargs["password"], kwargs["socket_timeout"], kwargs["retry"].get_retries()) == (3, PASSWORD, 0.5, 1)
+    assert isinstance(url.client(), redis.Redis)  # without retries: redis-py's own policy
+    made = url.async_client(retries=2, backoff=(0.02, 0.25), decode_responses=True)
+    assert isinstance(made, redis.asyncio.Redis)
+    kwargs = made.connection_pool.connection_kwargs
+    assert kwargs["retry"].get_retries() == 2 and redis.exceptions.ConnectionError in kwargs["retry_on_error"]
+    sync.close()
+
+
+@pytest.mark.parametrize("method", ["client", "async_client"])
+def test_a_bad_option_fails_when_the_client_is_made_not_on_first_use(method: str) -> None:
+    url = RedisURL(f"redis://:{PASSWORD}@{HOST}/0?socket_timeout=abc&password={PASSWORD}", "rate-limit store")
+    with pytest.raises(ConfigError) as refused:
+        getattr(url, method)()
+    assert "the rate-limit store URL" in str(refused.value) and PASSWORD not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Cache(f"redis://{HOST}/0"),
+        lambda: RedisLedger(f"redis://{HOST}/0"),
+        lambda: RedisWindow(f"redis://{HOST}/0"),
+        lambda: RedisKeyStore(f"redis://{HOST}/0"),
+        lambda: RateLimits(rpm=1, store=f"redis://{HOST}/0"),  # refused when built, not at its first call
+        lambda: RedisURL(f"redis://{HOST}/0", "rate-limit store").async_client(),
+    ],
+)
+def test_without_redis_py_every_store_names_the_extra(monkeypatch: pytest.MonkeyPatch, make: Callable[[], Any]) -> None:
+    for name in [name for name in sys.modules if name == "redis" or name.startswith("redis.")]:
+        monkeypatch.setitem(sys.modules, name, None)  # what `import redis` meets when it is not installed
+    with pytest.raises(ConfigError, match=r"^a Redis .* needs the redis package: pip install 'blackbox-sdk\[redis\]'$"):
+        make()
+
+
+def test_the_core_imports_and_checks_urls_without_redis_py() -> None:
+    code = (
+        "import sys\n"
+        "import blackbox_sdk, blackbox_sdk.budget, blackbox_sdk.cache, blackbox_sdk.limits, blackbox_sdk._redis_url as u\n"
+        "u.RedisURL('redis://:pw@h:6379/0', 'cache')\n"
+        "assert 'redis' not in sys.modules, 'redis was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
