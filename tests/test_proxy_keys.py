@@ -393,6 +393,10 @@ def test_keys_in_front_of_the_proxy(llama_server: str, tmp_path: Path) -> None:
             assert http.post("/v1/chat/completions", json=chat, headers=as_a).status_code == 200
             limited = http.post("/v1/chat/completions", json=chat, headers=as_a)
             assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1  # team-a's own rpm
+            tiny = http.post("/admin/keys", json={"name": "team-c", "tpm": 5, "models": [MODEL]}, headers=admin).json()["key"]
+            never = http.post("/v1/chat/completions", json=chat, headers={"authorization": f"Bearer {tiny}"})
+            assert never.status_code == 429 and never.json()["error"]["code"] == "rate_limit_exceeded"  # more than tpm at once
+            assert never.headers["x-should-retry"] == "false" and "retry-after" not in never.headers  # no wait lets it through
             assert http.post("/v1/chat/completions", json=chat, headers=as_b).json()["error"]["code"] == "model_not_found"
             for headers in ({}, {"authorization": "Bearer " + "x" * 10240}, {"authorization": f"Bearer {ADMIN}"}):
                 assert http.post("/v1/chat/completions", json=chat, headers=headers).status_code == 401

@@ -108,6 +108,8 @@ def describe(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:
         return 429, error_body(message, "insufficient_quota", code="insufficient_quota"), {"x-should-retry": "false"}
     if isinstance(exc, RateLimitExceededError):
         wait = max(exc.retry_after, 0.0)
+        if not math.isfinite(wait):  # a call larger than the limit itself: no wait lets it through, so no retry
+            return 429, error_body(message, "requests", code="rate_limit_exceeded"), {"x-should-retry": "false"}
         headers = {"retry-after": str(max(1, math.ceil(wait))), "retry-after-ms": str(int(wait * 1000))}
         return 429, error_body(message, "requests", code="rate_limit_exceeded"), headers
     if isinstance(exc, ConfigError):
