@@ -126,10 +126,10 @@ class PostgresServer:
 
 
 class InstantUpstream:
-    """An OpenAI-compatible chat endpoint on a free loopback port that answers `answer` at once
-    (404 on other routes); `before` runs before each chat answer (to inject a fault)."""
+    """An OpenAI-compatible endpoint on a free loopback port that answers `answer` at once on `route`
+    (chat completions unless told; 404 on other routes); `before` runs before each answer (to inject a fault)."""
 
-    def __init__(self, answer: dict[str, object], before: Callable[[], object] | None = None) -> None:
+    def __init__(self, answer: dict[str, object], before: Callable[[], object] | None = None, route: str = "/chat/completions") -> None:
         import json
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -138,7 +138,7 @@ class InstantUpstream:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                chat = self.path.endswith("/chat/completions")
+                chat = self.path.endswith(route)
                 if chat and before is not None:
                     before()
                 self.send_response(200 if chat else 404)

@@ -174,6 +174,24 @@ def test_a_ledger_lost_after_the_answer_is_a_logged_error_and_the_paid_answer_is
         upstream.close()
 
 
+def test_a_ledger_lost_after_an_embedding_keeps_the_paid_vectors(redis_server: Any, tmp_path: Path) -> None:
+    """As for chat: the answer is stored before the settle that fails, so asking again is not paid again."""
+    vectors = {"object": "list", "model": MODEL, "data": [{"object": "embedding", "index": 0, "embedding": [0.25, -0.5]}],
+               "usage": {"prompt_tokens": 3, "total_tokens": 3}}
+    upstream = InstantUpstream(vectors, before=redis_server.stop, route="/embeddings")  # the ledger dies while the call is out
+    budget = Budget(total_usd=1.0, prices=PRICES, ledger=redis_server.url)
+    client = OpenAI(base_url=upstream.url, api_key="sk-test", budget=budget, cache=tmp_path / "cache", max_retries=0)
+    budget.calibration.learn(f"{client._core.endpoint}#embeddings", MODEL, 0, 0)  # calibrated: no gate in this test
+    try:
+        with pytest.raises(StoreUnavailableError) as lost:
+            client.embeddings.create(model=MODEL, input="a fruit")
+        assert "settle" in str(lost.value)
+        again = client.embeddings.create(model=MODEL, input="a fruit")  # the paid vectors, from the cache
+        assert again.blackbox.cache_hit and again.data[0].embedding == [0.25, -0.5]
+    finally:
+        upstream.close()
+
+
 def test_usage_a_server_reports_that_cant_be_real_is_charged_at_the_worst_case(tmp_path: Path) -> None:
     upstream = InstantUpstream(_answer(completion_tokens=-1))
     budget = Budget(total_usd=1.0, prices=PRICES, ledger=tmp_path / "ledger.db")

@@ -193,8 +193,10 @@ def finish_embedding(core: Core, call: Call, response: Any, stored: Json | None)
     if usage is None:
         call.usage_counted = True
         usage = {"prompt_tokens": core.count.prompt_tokens(call), "total_tokens": core.count.prompt_tokens(call)}
-    if stored is None:
-        core.settle(call, usage)
-        core.store(call, [{"response": response.to_dict(warnings=False)}])  # base64 vectors asked for are strings in a float field
+    if stored is None:  # stored first: vectors paid for are kept even if the ledger can't be told (as `pay` does)
+        try:
+            core.store(call, [{"response": response.to_dict(warnings=False)}])  # base64 vectors asked for are strings in a float field
+        finally:
+            core.settle(call, usage)
     core.record(call, [], usage)
     return attach(response, call.info)
