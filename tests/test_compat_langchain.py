@@ -3,8 +3,8 @@
 ChatOpenAI takes the clients as `client` / `async_client` (the `chat.completions` resources) and
 `root_client` / `root_async_client` (the clients themselves, for `parse` and the Responses API).
 `invoke` and `ainvoke` go through `with_raw_response.create`, and `with_structured_output` through
-`with_raw_response.parse`: the SDK logs and charges raw calls but never caches them
-(docs/client.md), so only the streams are checked for a cache hit on the second run.
+`with_raw_response.parse`: a whole raw call runs the SDK's whole pipeline (cache, budget, log) and
+keeps its HTTP response (docs/client.md), so `invoke` and streams alike repeat from the cache.
 """
 
 from __future__ import annotations

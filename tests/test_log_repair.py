@@ -157,7 +157,7 @@ def test_a_call_charged_by_a_killed_process_is_logged_by_the_repair(upstream: st
     assert sum(record.cost_usd for record in after.values()) == pytest.approx(budget.spent(), abs=1e-12)
     recovered = after[killed]
     assert recovered.error == RECOVERED_ERROR and recovered.endpoint_host == "unknown" and recovered.request == {}
-    assert recovered.model == MODEL and recovered.usage_counted and recovered.cost_usd == pytest.approx(CALL_USD)
+    assert recovered.model == MODEL and not recovered.usage_counted and recovered.cost_usd == pytest.approx(CALL_USD)  # the ledger's usage, not a count
     assert recovered.usage == {"prompt_tokens": PROMPT, "completion_tokens": COMPLETION, "total_tokens": PROMPT + COMPLETION}
 
     log = _open_log(log_target)

@@ -65,7 +65,7 @@ class CallRecord(BaseModel):
     chosen: list[Count] = Field(default_factory=list)  # indices into candidates returned, best first
     scores: list[FiniteFloat] | None = None  # reranker score per candidate
     usage: dict[str, Any] | None = None  # token usage summed over the requests sent
-    usage_counted: bool = False  # whether the usage was charged to a budget (not on cache hits)
+    usage_counted: bool = False  # the server sent no usage, so the SDK counted the tokens itself (as response.blackbox)
     cost_usd: FiniteFloat = Field(default=0.0, ge=0.0)
     latency_s: FiniteFloat = Field(default=0.0, ge=0.0)
     cache_hit: bool = False  # every returned candidate came from the cache

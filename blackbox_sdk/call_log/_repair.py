@@ -108,6 +108,6 @@ def recovered_record(spends: list[SettledSpend]) -> CallRecord:
         usage["prompt_tokens_details"] = {"cached_tokens": cached}
     return CallRecord(
         call_id=first.call_id, created=first.settled, endpoint_host=UNKNOWN, model=first.model, route=UNKNOWN,
-        request={}, usage=usage, usage_counted=True, cost_usd=nano_to_usd(sum(s.usd_nano for s in spends)),
+        request={}, usage=usage, usage_counted=False, cost_usd=nano_to_usd(sum(s.usd_nano for s in spends)),
         error=RECOVERED_ERROR, key=first.key, extra={"recovered_from": "budget ledger", "day": first.day},
     )

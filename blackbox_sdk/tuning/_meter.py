@@ -59,6 +59,5 @@ class ClientMeter:
             self.meter.record(error, **where, latency_s=time.perf_counter() - started)
             raise
         usage = {"prompt_tokens": tokens, "completion_tokens": 0, "total_tokens": tokens}
-        cost = self.meter.settle(reservation, usage)
-        charged = reservation is not None
-        self.meter.record(None, **where, usage=usage, usage_counted=charged, cost_usd=cost, latency_s=time.perf_counter() - started)
+        cost = self.meter.settle(reservation, usage)  # the local model reports nothing: the SDK counted the tokens
+        self.meter.record(None, **where, usage=usage, usage_counted=True, cost_usd=cost, latency_s=time.perf_counter() - started)
