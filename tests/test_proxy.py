@@ -214,6 +214,23 @@ def test_nesting_is_limited_without_recursion() -> None:
         assert refused.value.status == 400 and refused.value.code == "invalid_json"
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"model": "\\ud800", "messages": []}',  # a lone surrogate escape in a value
+        b'{"model": "m", "messages": [{"role": "user", "content": "hi \\udc80"}]}',
+        b'{"model": "m", "metadata": {"\\ud83d": "x"}}',  # in a key
+        '{"model": "m\udfff"}'.encode("utf-8", "surrogatepass"),  # raw bytes json.loads decodes with surrogatepass
+    ],
+    ids=["value", "nested-value", "key", "raw-bytes"],
+)
+def test_a_lone_surrogate_in_the_body_is_a_400_before_it_can_break_the_log_or_the_metrics(body: bytes) -> None:
+    with pytest.raises(ProxyError) as refused:
+        parse_object(body)
+    assert refused.value.status == 400 and refused.value.code == "invalid_json" and "lone surrogate" in str(refused.value)
+    assert parse_object(b'{"model": "m", "content": "h\\u00e9 \\ud83d\\ude00"}')["content"] == "h\u00e9 \U0001f600"  # a pair is text
+
+
 @pytest.mark.parametrize("content_type", ["text/plain", "text/plain;charset=UTF-8", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"])
 def test_a_body_a_browser_may_send_cross_site_is_refused_with_415(proxy: Proxy, folder: Path, content_type: str) -> None:
     log = _log(folder)

@@ -73,23 +73,37 @@ def parse_object(raw: bytes) -> dict[str, Any]:
         raise ProxyError(400, f"We could not parse the JSON body of your request: {error}", code="invalid_json") from None
     if not isinstance(value, dict):
         raise ProxyError(400, "the request body must be a JSON object", code="invalid_json")
-    if _nested_deeper(value, MAX_JSON_DEPTH):
-        raise _too_deep()
+    _check_tree(value, MAX_JSON_DEPTH)
     return value
 
 
-def _nested_deeper(value: Any, limit: int) -> bool:
-    """Whether arrays and objects nest more than `limit` deep in a parsed JSON value (walked with a stack, not recursion)."""
+def _check_tree(value: Any, limit: int) -> None:
+    """400 for arrays and objects nested more than `limit` deep, or a string (a key too) with a lone surrogate
+    (an unpaired \\ud800 escape): no UTF-8 text holds one, so it could be neither sent upstream nor logged nor
+    shown as a metrics label. Walked with a stack, not recursion."""
     stack = [(value, 1)]
     while stack:
         item, depth = stack.pop()
-        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if isinstance(item, str):
+            if not item.isascii() and not _is_utf8(item):
+                raise ProxyError(400, f"We could not parse the JSON body of your request: the string {item[:40]!r} holds "
+                                 "a lone surrogate, which is not Unicode text", code="invalid_json")
+            continue
+        children = [*item, *item.values()] if isinstance(item, dict) else item if isinstance(item, list) else None
         if children is None:
             continue
         if depth > limit:
-            return True
+            raise _too_deep()
         stack.extend((child, depth + 1) for child in children)
-    return False
+
+
+def _is_utf8(text: str) -> bool:
+    """Whether `text` encodes as UTF-8 (it holds no lone surrogate)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _too_deep() -> ProxyError:
