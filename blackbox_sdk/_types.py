@@ -49,7 +49,7 @@ class Route:
     def usage(self, response: Json) -> Json | None:
         """A whole response's usage in the chat shape the budget settles (None when the server sent none)."""
         usage = response.get("usage")
-        return usage if usage else None
+        return usage if isinstance(usage, dict) and usage else None  # a server's list or string is no usage: counted instead
 
 
 @dataclass(frozen=True)
@@ -86,15 +86,15 @@ class ResponsesRoute(Route):
     def usage(self, response: Json) -> Json | None:
         """Input/output tokens as the chat shape's prompt/completion tokens (cached input tokens kept)."""
         usage = response.get("usage")
-        if not usage or usage.get("output_tokens") is None:
+        if not isinstance(usage, dict) or usage.get("output_tokens") is None:
             return None
-        prompt, completion = int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0)
-        cached = int((usage.get("input_tokens_details") or {}).get("cached_tokens") or 0)
+        prompt, completion = usage.get("input_tokens") or 0, usage["output_tokens"]  # as sent: the budget charges what can't be real at the worst case
+        details = usage.get("input_tokens_details")
         return {
             "prompt_tokens": prompt,
             "completion_tokens": completion,
-            "total_tokens": int(usage.get("total_tokens") or prompt + completion),
-            "prompt_tokens_details": {"cached_tokens": cached},
+            "total_tokens": usage.get("total_tokens") or token_count(prompt) + token_count(completion),
+            "prompt_tokens_details": {"cached_tokens": (details.get("cached_tokens") if isinstance(details, dict) else None) or 0},
         }
 
 
@@ -105,7 +105,7 @@ EMBEDDINGS = Route(name="embeddings", object="list", chunk_object="")
 RESPONSES = ResponsesRoute(name="responses", object="response", chunk_object="")
 
 
-def _count(value: Any) -> int:
+def token_count(value: Any) -> int:
     """A token count from a usage: an int; 0 for none, or for what a server wrote that can't be one (infinity, NaN, a word)."""
     try:
         return int(value or 0)
@@ -117,10 +117,10 @@ def add_usage(a: Json, b: Json) -> Json:
     """Two usages summed: prompt, completion and total tokens, and the counts in their details
     (cached, reasoning, audio tokens) where either has them."""
     keys = ("prompt_tokens", "completion_tokens", "total_tokens")
-    total: Json = {k: _count(a.get(k)) + _count(b.get(k)) for k in keys}
+    total: Json = {k: token_count(a.get(k)) + token_count(b.get(k)) for k in keys}
     for details in ("prompt_tokens_details", "completion_tokens_details"):
         parts = [part for part in (a.get(details), b.get(details)) if isinstance(part, dict)]
         if parts:
             counts = {k for part in parts for k, v in part.items() if isinstance(v, int)}
-            total[details] = {k: sum(_count(part.get(k)) for part in parts) for k in sorted(counts)}
+            total[details] = {k: sum(token_count(part.get(k)) for part in parts) for k in sorted(counts)}
     return total

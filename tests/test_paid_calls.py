@@ -292,3 +292,49 @@ def test_a_servers_impossible_usage_never_fails_a_paid_call_or_leaves_a_hold(usa
     sdk = OpenAI(base_url="http://api.test/v1", api_key="sk-test", http_client=http, max_retries=0, budget=budget, rate_limit=RateLimits(tpm=100_000))
     sdk.chat.completions.create(model=MODEL, messages=HI, max_tokens=600)
     assert held(budget) == (0, pytest.approx(spent))
+
+
+def _answering(body: dict[str, Any]) -> httpx2.Client:
+    """An HTTP client whose server answers `body` (json writes NaN and infinity as JSON's NaN and Infinity)."""
+    encoded = json.dumps(body).encode()
+    return httpx2.Client(transport=httpx2.MockTransport(lambda request: httpx2.Response(200, content=encoded, headers={"content-type": "application/json"})))
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [{"prompt_tokens": float("nan")}, {"prompt_tokens": "many"}, {"completion_tokens": float("inf")}, [1000, 500], "1500"],
+    ids=["nan-prompt", "word-prompt", "infinite-completion", "usage-a-list", "usage-a-string"],
+)
+@pytest.mark.filterwarnings("ignore:Pydantic serializer warnings:UserWarning")
+def test_a_usage_that_holds_no_count_never_fails_a_paid_chat_call(tmp_path: Path, usage: Any) -> None:
+    body = answer(prompt=1000, completion=500)
+    body["usage"] = {**body["usage"], **usage} if isinstance(usage, dict) else usage
+    budget = Budget(total_usd=1.0, prices=PRICES)
+    sdk = OpenAI(base_url="http://api.test/v1", api_key="sk-test", http_client=_answering(body), max_retries=0, budget=budget, cache=str(tmp_path / "cache"))
+    got = sdk.chat.completions.create(model=MODEL, messages=HI, max_tokens=600)  # int() of the count raised, and the hold was released
+    assert got.choices[0].message.content == "hello 0"
+    outstanding, spent = held(budget)
+    assert outstanding == 0 and spent > 0
+
+
+@pytest.mark.parametrize("input_tokens", [float("nan"), "many", [1]], ids=["nan", "word", "list"])
+@pytest.mark.filterwarnings("ignore:Pydantic serializer warnings:UserWarning")
+def test_a_usage_that_holds_no_count_never_fails_a_paid_responses_call(input_tokens: Any) -> None:
+    message = {"type": "message", "id": "m", "role": "assistant", "status": "completed", "content": [{"type": "output_text", "text": "hi", "annotations": []}]}
+    usage = {"input_tokens": input_tokens, "output_tokens": 2, "total_tokens": 3, "output_tokens_details": {"reasoning_tokens": 0}}
+    body = {"id": "resp_1", "object": "response", "created_at": 1, "model": MODEL, "status": "completed", "output": [message], "usage": usage}
+    budget = Budget(total_usd=1.0, prices=PRICES)
+    sdk = OpenAI(base_url="http://api.test/v1", api_key="sk-test", http_client=_answering(body), max_retries=0, budget=budget)
+    assert sdk.responses.create(model=MODEL, input="hi", max_output_tokens=4).output_text == "hi"
+    outstanding, spent = held(budget)
+    assert outstanding == 0 and spent > 0
+
+
+def test_an_answer_with_an_infinite_logprob_is_returned_though_the_cache_cant_hold_it(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    body = answer()
+    body["choices"][0]["logprobs"] = {"content": [{"token": "hello", "logprob": float("-inf"), "bytes": None, "top_logprobs": []}]}
+    budget = Budget(total_usd=1.0, prices=PRICES)
+    sdk = OpenAI(base_url="http://api.test/v1", api_key="sk-test", http_client=_answering(body), max_retries=0, budget=budget, cache=str(tmp_path / "cache"))
+    got = sdk.chat.completions.create(model=MODEL, messages=HI, max_tokens=50, logprobs=True)  # was ConfigError after it was paid
+    assert got.choices[0].logprobs.content[0].logprob == float("-inf")
+    assert held(budget) == (0, pytest.approx(10 * 1e-6 + 5 * 2e-6)) and "could not be cached" in caplog.text

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .._types import CHAT, COMPLETIONS, Json, Route
+from .._types import CHAT, COMPLETIONS, Json, Route, token_count
 
 _PIECES = re.compile(r"\s*\S+\s*|\s+")
 
@@ -120,8 +120,8 @@ def split_response(route: Route, response: Json, usage: Json) -> list[Candidate]
     The candidates take the response's own choice objects (not copies): pass a fresh ``to_dict()``.
     """
     choices = sorted(response.get("choices") or [], key=lambda c: c.get("index", 0))
-    completion = _share(int(usage.get("completion_tokens") or 0), [len(route.text(c)) for c in choices])
-    prompt = _share(int(usage.get("prompt_tokens") or 0), [1] * len(choices))
+    completion = _share(token_count(usage.get("completion_tokens")), [len(route.text(c)) for c in choices])
+    prompt = _share(token_count(usage.get("prompt_tokens")), [1] * len(choices))
     return [Candidate({**c, "index": 0}, _meta(response), completion[i], prompt[i]) for i, c in enumerate(choices)]
 
 
@@ -136,9 +136,9 @@ def split_chunks(route: Route, chunks: list[Json], usage: Json) -> list[Candidat
             per_index.setdefault(int(choice.get("index", 0)), []).append(one)
     candidates = [Candidate(_whole_choice(route, own), _meta(own[0], extras=False), 0, 0, own) for _, own in sorted(per_index.items())]
     texts = [len(route.text(c.choice)) for c in candidates]
-    for candidate, tokens in zip(candidates, _share(int(usage.get("completion_tokens") or 0), texts)):
+    for candidate, tokens in zip(candidates, _share(token_count(usage.get("completion_tokens")), texts)):
         candidate.completion_tokens = tokens
-    for candidate, tokens in zip(candidates, _share(int(usage.get("prompt_tokens") or 0), [1] * len(candidates))):
+    for candidate, tokens in zip(candidates, _share(token_count(usage.get("prompt_tokens")), [1] * len(candidates))):
         candidate.prompt_tokens = tokens
     return candidates
 

@@ -236,12 +236,13 @@ class Core:
             self.settle(call, {"prompt_tokens": held.prompt_tokens, "completion_tokens": held.max_output_tokens * held.n})
 
     def store(self, call: Call, fresh: list[Json]) -> None:
-        """Append complete fresh entries (candidates' JSON) to the request's bucket. A store that fails
-        is a warning (the answer is paid for and goes back); the claim is let go either way."""
+        """Append complete fresh entries (candidates' JSON) to the request's bucket. A store that fails, or
+        an answer it can't hold (a server's -Infinity logprob is no JSON), is a warning (the answer is paid
+        for and goes back); the claim is let go either way."""
         try:
             if call.key is not None and call.opts.cache is not None and fresh and not call.cut_short:
                 call.opts.cache.extend(call.key, fresh)
-        except CacheError as error:
+        except (CacheError, ConfigError) as error:
             logger.warning("call %s: its answer could not be cached: %s", call.info.call_id, error)
         finally:
             self.unclaim(call)

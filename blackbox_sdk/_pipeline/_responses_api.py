@@ -18,7 +18,7 @@ from typing import Any
 from openai.types.responses import Response
 
 from .._info import attach
-from .._types import RESPONSES, Json
+from .._types import RESPONSES, Json, token_count
 from ._calibrate import remember_context
 from ._call import Call
 from ._candidates import Candidate
@@ -76,7 +76,7 @@ def candidate(core: Core, call: Call, response: Json, events: list[Json] | None 
     remember_context(core, call, response, usage)
     if response.get("status") not in STORED_STATUSES:
         call.key = None
-    found = Candidate(response, {}, int(usage.get("completion_tokens") or 0), int(usage.get("prompt_tokens") or 0), events)
+    found = Candidate(response, {}, token_count(usage.get("completion_tokens")), token_count(usage.get("prompt_tokens")), events)
     return found, usage
 
 
@@ -89,8 +89,8 @@ def pieces(core: Core, call: Call, responses: list[Json]) -> tuple[list[Candidat
 def total_usage(usages: list[Json]) -> Json:
     """Usages summed in the chat shape, cached prompt tokens included."""
     keys = ("prompt_tokens", "completion_tokens", "total_tokens")
-    total: Json = {k: sum(int(u.get(k) or 0) for u in usages) for k in keys}
-    cached_tokens = sum(int((u.get("prompt_tokens_details") or {}).get("cached_tokens") or 0) for u in usages)
+    total: Json = {k: sum(token_count(u.get(k)) for u in usages) for k in keys}
+    cached_tokens = sum(token_count((u.get("prompt_tokens_details") or {}).get("cached_tokens")) for u in usages)
     total["prompt_tokens_details"] = {"cached_tokens": cached_tokens}
     return total
 
@@ -99,11 +99,11 @@ def responses_usage(usage: Json) -> Json:
     """A chat-shaped usage as the Responses API's `usage` object."""
     details = usage.get("prompt_tokens_details") or {}
     return {
-        "input_tokens": int(usage.get("prompt_tokens") or 0),
-        "input_tokens_details": {"cached_tokens": int(details.get("cached_tokens") or 0)},
-        "output_tokens": int(usage.get("completion_tokens") or 0),
+        "input_tokens": token_count(usage.get("prompt_tokens")),
+        "input_tokens_details": {"cached_tokens": token_count(details.get("cached_tokens"))},
+        "output_tokens": token_count(usage.get("completion_tokens")),
         "output_tokens_details": {"reasoning_tokens": 0},
-        "total_tokens": int(usage.get("total_tokens") or 0),
+        "total_tokens": token_count(usage.get("total_tokens")),
     }
 
 
