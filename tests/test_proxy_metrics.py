@@ -193,3 +193,24 @@ def _logged(path: Path, call_id: str) -> Any:
         except ConfigError:
             assert time.monotonic() < deadline, f"{call_id} never reached the log"
             time.sleep(0.05)
+
+
+@pytest.mark.parametrize("prompt_tokens", [-1, float("nan"), 2**70], ids=["negative", "nan", "past-2**53"])
+def test_usage_a_server_reports_that_cant_be_real_still_answers_the_paid_call(tmp_path: Path, prompt_tokens: float) -> None:
+    from servers import InstantUpstream
+
+    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": 2, "total_tokens": 3}
+    upstream = InstantUpstream({"id": "c", "object": "chat.completion", "created": 1, "model": MODEL, "choices": [], "usage": usage})
+    budget = {"total_usd": 1.0, "prices": PRICES, "ledger": str(tmp_path / "ledger.db")}
+    app = create_app(ProxyConfig(upstream=upstream.url, budget=budget, max_retries=0))
+    try:
+        with TestClient(app, base_url="http://localhost", client=("127.0.0.1", 50000)) as http:
+            _ready(http)
+            answer = http.post("/v1/chat/completions", json={"model": MODEL, "messages": HELLO, "max_tokens": 4})
+            assert answer.status_code == 200, answer.text  # was a 500: Counter.inc(-1) raised after the call was paid
+            assert float(answer.headers["x-blackbox-cost-usd"]) > 0
+            _, samples = scrape(http)
+            assert value(samples, "blackbox_proxy_tokens_total", direction="in") == 0  # not counted: it can't be real
+            assert value(samples, "blackbox_proxy_tokens_total", direction="out") == 2
+    finally:
+        upstream.close()

@@ -34,6 +34,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from ..budget._policy import is_count
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 MAX_MODELS = 100  # distinct model label values kept; a client naming more gets "other" (bounded series)
 REFUSED_MODEL = "refused"  # the model label of a request naming a model its key may not use (takes no slot)
@@ -41,6 +43,13 @@ MAX_LABEL_CHARS = 100
 TIMELINE_MINUTES = 60
 _PER_CALL = ("key", "model")
 _PER_REQUEST = ("route", "key", "model")
+
+
+def _tokens(usage: Any, name: str) -> int:
+    """A token count the server reported, as a counter may add it: 0 for one that can't be real (negative, not
+    an integer, 2**53 or more), which a Counter refuses (ValueError) or keeps for good (NaN) after the call was paid."""
+    value = getattr(usage, name, 0)
+    return value if is_count(value) else 0
 
 
 def upstream_kind(exc: BaseException) -> tuple[str, str] | None:
@@ -143,8 +152,8 @@ class ProxyMetrics:
         if usage is None and info is not None and info.usage:  # a stream that sent no usage chunk: the SDK's account of it
             usage = SimpleNamespace(**info.usage)
         if usage is not None and not (info is not None and info.cache_hit):
-            self.tokens.labels(key, model, "in").inc(getattr(usage, "prompt_tokens", 0) or 0)
-            self.tokens.labels(key, model, "out").inc(getattr(usage, "completion_tokens", 0) or 0)
+            self.tokens.labels(key, model, "in").inc(_tokens(usage, "prompt_tokens"))
+            self.tokens.labels(key, model, "out").inc(_tokens(usage, "completion_tokens"))
         if info is None:
             return
         if info.cost_usd > 0:
