@@ -21,6 +21,8 @@ from typing import TypeVar
 import openai
 import tenacity
 
+from ._exceptions import ConfigError
+
 INITIAL_RETRY_DELAY = 0.5
 MAX_RETRY_DELAY = 8.0
 MAX_RETRY_AFTER_DELAY = 120.0  # as openai 3.x: honour server delays up to two minutes
@@ -44,9 +46,10 @@ def retry_after(error: BaseException) -> float | None:
         except ValueError:
             continue
     parsed = email.utils.parsedate_tz(headers.get("retry-after") or "")
-    if parsed is None:
+    try:
+        return None if parsed is None else float(email.utils.mktime_tz(parsed) - time.time())
+    except (ValueError, OverflowError):  # a date no clock holds (year 99999 in local time): no hint, not a crash
         return None
-    return float(email.utils.mktime_tz(parsed) - time.time())
 
 
 def should_retry(error: BaseException) -> bool:
@@ -83,8 +86,9 @@ class RetryPolicy:
     rand: Callable[[], float] = field(default=random.random, repr=False)
 
     def __post_init__(self) -> None:
+        """ConfigError (a ValueError) for a max_retries that is not an integer >= 0."""
         if not isinstance(self.max_retries, int) or isinstance(self.max_retries, bool) or self.max_retries < 0:
-            raise ValueError("max_retries must be a non-negative integer")
+            raise ConfigError(f"max_retries must be a non-negative integer, got {self.max_retries!r}")
 
     def _wait(self, state: tenacity.RetryCallState) -> float:
         """Tenacity wait hook: backoff from the attempt number and the last error."""

@@ -13,7 +13,7 @@ import httpx2
 import openai
 import pytest
 
-from blackbox_sdk import AsyncOpenAI, OpenAI, RetryPolicy
+from blackbox_sdk import AsyncOpenAI, ConfigError, OpenAI, RetryPolicy
 from blackbox_sdk._retry import INITIAL_RETRY_DELAY, MAX_RETRY_DELAY, should_retry
 
 HELLO = [{"role": "user", "content": "hi"}]
@@ -103,6 +103,24 @@ def test_retry_after_beyond_the_cap_is_not_retried() -> None:
     with pytest.raises(openai.RateLimitError):
         make_client(script, waits).chat.completions.create(model="m", messages=HELLO)
     assert waits == []
+
+
+@pytest.mark.parametrize("date", ["Mon, 01 Jan 99999 00:00:00", "Mon, 01 Jan 99999 00:00:00 GMT"], ids=["local-time", "gmt"])
+def test_a_retry_after_date_no_clock_holds_is_no_hint(date: str) -> None:
+    waits: list[float] = []
+    script = Script(status(429, {"retry-after": date}), ok)
+    make_client(script, waits).chat.completions.create(model="m", messages=HELLO)  # was ValueError: year 99999 is out of range
+    assert waits == [INITIAL_RETRY_DELAY] and len(script.requests) == 2
+
+
+@pytest.mark.parametrize("value", [-1, True, 2.5, None, "2"])
+def test_a_bad_max_retries_is_a_config_error(value: object) -> None:
+    with pytest.raises(ConfigError, match="max_retries"):
+        RetryPolicy(max_retries=value)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="max_retries"):
+        OpenAI(api_key="sk-test", base_url="http://api.test/v1", max_retries=value)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="max_retries"):
+        make_client(Script(ok), []).copy(max_retries=value)  # type: ignore[arg-type]
 
 
 def test_x_should_retry_header_is_obeyed() -> None:
