@@ -146,6 +146,14 @@ def test_shrink_refuses_below_the_output_floor() -> None:
         capped.reserve(model="unit", prompt_tokens=100, max_output_tokens=500)
 
 
+def test_shrink_with_a_vanishing_output_price_refuses_or_fits_without_overflow() -> None:
+    """An output price so small that the affordable tokens divide out to infinity (a subnormal float)."""
+    tiny = Budget(prices={"m": {"input": 1.0, "output": 1e-310}}, total_usd=1.0, policy="shrink")
+    with pytest.raises(BudgetExceededError, match="shrinking"):  # was OverflowError: the prompt alone is over the cap
+        tiny.reserve(model="m", prompt_tokens=2_000_000, max_output_tokens=100)
+    assert tiny.reserve(model="m", prompt_tokens=10, max_output_tokens=100).max_output_tokens == 100
+
+
 def test_raise_policy_never_shrinks() -> None:
     with pytest.raises(BudgetExceededError):
         budget(total_usd=0.01).reserve(model="unit", prompt_tokens=100, max_output_tokens=300, n=4)

@@ -103,8 +103,10 @@ class Policy:
         if per_token == 0:
             return None  # output is free: fewer tokens can't make the prompt fit
         floor = min(self.min_output_tokens, request.max_output)
-        affordable = math.floor((nano_to_usd(headroom) - request.price.cost_usd(request.prompt, 0)) / per_token)
-        tokens = min(request.max_output - 1, affordable)
+        affordable = (nano_to_usd(headroom) - request.price.cost_usd(request.prompt, 0)) / per_token  # +-inf for a tiny price
+        if not affordable >= floor:
+            return None
+        tokens = min(request.max_output - 1, math.floor(min(affordable, request.max_output)))
         while tokens >= floor and request.worst_nano(1, tokens) > headroom:  # absorb rounding at the boundary
             tokens -= 1
         return Fit(1, tokens, request.worst_nano(1, tokens)) if tokens >= floor else None
