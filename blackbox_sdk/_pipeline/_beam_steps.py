@@ -39,7 +39,7 @@ class StepTally:
         self.requests += info.requests
         self.retries += info.retries
         if response.usage is not None:
-            self.usage = add_usage(self.usage, response.usage.to_dict())
+            self.usage = add_usage(self.usage, response.usage.to_dict(warnings=False))
         return response
 
 

@@ -124,7 +124,7 @@ def billed(core: Core, call: Call, fetching: Callable[[list[Any]], Flow], split:
 
 def _settle_arrived(core: Core, call: Call, arrived: list[Any], split: Callable[[Core, Call, list[Json]], tuple[Any, Json]]) -> None:
     """Settle the call's hold at what the answers that arrived used."""
-    core.settle(call, split(core, call, [response.to_dict() for response in arrived])[1])
+    core.settle(call, split(core, call, [response.to_dict(warnings=False) for response in arrived])[1])
 
 
 def guarded(core: Core, effect: Effect) -> Flow:
@@ -233,7 +233,7 @@ def complete(core: Core, call: Call) -> Flow:
         responses = yield from fetch(core, call, count, max_tokens)
         if untouched(call, stored, responses):
             return responses, None
-        return responses, (yield from io(call, partial(pieces, core, call, [r.to_dict() for r in responses]), counts=True))
+        return responses, (yield from io(call, partial(pieces, core, call, [r.to_dict(warnings=False) for r in responses]), counts=True))
 
     responses, split = yield from paid(core, call, missing, fetched)
     if split is None:
@@ -267,7 +267,7 @@ def _share(call: Call, candidates: list[Candidate]) -> float:
 def _answers(core: Core, call: Call, count: int, max_tokens: int | None) -> Flow:
     """One round's fresh candidates and their usage."""
     responses = yield from fetch(core, call, count, max_tokens)
-    return (yield from io(call, partial(pieces, core, call, [r.to_dict() for r in responses]), counts=True))
+    return (yield from io(call, partial(pieces, core, call, [r.to_dict(warnings=False) for r in responses]), counts=True))
 
 
 def fetch(core: Core, call: Call, count: int, max_tokens: int | None) -> Flow:

@@ -35,7 +35,7 @@ class Relay:
     def pass_on(self, live: Any) -> Any | None:
         """The chunk to hand the caller for a live chunk: None for a usage-only chunk (held back: the
         call's own goes last); other chunks without choices (Azure's prompt filter results) as they came."""
-        data = live.to_dict()
+        data = live.to_dict(warnings=False)
         usage = data.get("usage")
         if usage:
             self.running = usage

@@ -147,7 +147,7 @@ def untouched(call: Call, stored: list[Candidate], responses: list[Any]) -> bool
 def finish_untouched(core: Core, call: Call, response: Any) -> Any:
     """`finish` for an `untouched` response, without splitting it into candidates: the server's object with `.blackbox`."""
     call.info.chosen = list(range(min(call.n, len(response.choices))))
-    core.record(call, [], response.usage.to_dict() if recording(call.opts.log) else None)
+    core.record(call, [], response.usage.to_dict(warnings=False) if recording(call.opts.log) else None)
     return attach(response, call.info)
 
 
@@ -167,10 +167,10 @@ def replay(core: Core, call: Call, stored: list[Candidate]) -> list[Any]:
 
 def whole_stream_chunks(call: Call, whole: Any) -> list[Any]:
     """A whole (reranked) response as the chunks of a stream, usage last when asked."""
-    chosen = split_response(call.route, whole.to_dict(), whole.usage.to_dict() if whole.usage else {})
+    chosen = split_response(call.route, whole.to_dict(warnings=False), whole.usage.to_dict(warnings=False) if whole.usage else {})
     chunks = [chunk(call, data) for data in chunks_from_candidates(call.route, chosen)]
     if call.include_usage and whole.usage is not None:
-        chunks.append(chunk(call, usage_chunk(call.route, chosen[0].meta, whole.usage.to_dict())))
+        chunks.append(chunk(call, usage_chunk(call.route, chosen[0].meta, whole.usage.to_dict(warnings=False))))
     return chunks
 
 
@@ -189,7 +189,7 @@ def finish_embedding(core: Core, call: Call, response: Any, stored: Json | None)
     if stored is not None:
         call.info.cache_hit, call.info.cached_candidates = True, 1
         response = build(CreateEmbeddingResponse, stored)
-    usage = response.usage.to_dict() if response.usage is not None else None
+    usage = response.usage.to_dict(warnings=False) if response.usage is not None else None
     if usage is None:
         call.usage_counted = True
         usage = {"prompt_tokens": core.count.prompt_tokens(call), "total_tokens": core.count.prompt_tokens(call)}

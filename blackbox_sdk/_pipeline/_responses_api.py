@@ -40,7 +40,7 @@ def create(core: Core, params: Json, overrides: Json, valid: Valid | None = None
         whole = yield from complete(core, unstreamed(call))
         if not call.stream:
             return whole
-        return core.stream_of([event(e) for e in events_of(whole.to_dict())], None, whole.blackbox)
+        return core.stream_of([event(e) for e in events_of(whole.to_dict(warnings=False))], None, whole.blackbox)
     if call.stream:
         return (yield from stream(core, call))
     return (yield from complete(core, call))
@@ -56,7 +56,7 @@ def answers(core: Core, call: Call, count: int, max_tokens: int | None) -> Flow:
     """`count` concurrent requests, and their answers as candidates (when one fails, those that arrived are settled first)."""
     requests = tuple(sender(core, call, max_tokens) for _ in range(count))
     responses = yield from billed(core, call, partial(sent, call, requests), pieces)
-    return responses, (yield from io(call, partial(pieces, core, call, [r.to_dict() for r in responses]), counts=True))
+    return responses, (yield from io(call, partial(pieces, core, call, [r.to_dict(warnings=False) for r in responses]), counts=True))
 
 
 def complete(core: Core, call: Call) -> Flow:
@@ -152,7 +152,7 @@ class ResponseRelay(Relay):
 
     def pass_on(self, live: Any) -> Any:
         """The event itself, collected (the final response gets `.blackbox`)."""
-        self.collected.append(live.to_dict())
+        self.collected.append(live.to_dict(warnings=False))
         if self.collected[-1].get("type") in ENDED:
             attach(live.response, self.call.info)
         return live
