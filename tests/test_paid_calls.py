@@ -338,3 +338,12 @@ def test_an_answer_with_an_infinite_logprob_is_returned_though_the_cache_cant_ho
     got = sdk.chat.completions.create(model=MODEL, messages=HI, max_tokens=50, logprobs=True)  # was ConfigError after it was paid
     assert got.choices[0].logprobs.content[0].logprob == float("-inf")
     assert held(budget) == (0, pytest.approx(10 * 1e-6 + 5 * 2e-6)) and "could not be cached" in caplog.text
+
+
+@pytest.mark.parametrize("choices", [None, ["hello"], {"0": {"message": {"content": "hello"}}}], ids=["null", "a-string", "an-object"])
+def test_choices_a_server_sent_malformed_come_back_as_openai_gives_them_and_the_call_is_charged(tmp_path: Path, choices: Any) -> None:
+    body = {**answer(), "choices": choices}
+    budget = Budget(total_usd=1.0, prices=PRICES)
+    sdk = OpenAI(base_url="http://api.test/v1", api_key="sk-test", http_client=_answering(body), max_retries=0, budget=budget, cache=str(tmp_path / "cache"))
+    got = sdk.chat.completions.create(model=MODEL, messages=HI, max_tokens=50)  # len(None) or c.get on a string raised after the call was paid
+    assert got.choices == choices and held(budget) == (0, pytest.approx(10 * 1e-6 + 5 * 2e-6))  # the server's object, as openai builds it

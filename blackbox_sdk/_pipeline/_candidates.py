@@ -119,7 +119,8 @@ def split_response(route: Route, response: Json, usage: Json) -> list[Candidate]
 
     The candidates take the response's own choice objects (not copies): pass a fresh ``to_dict()``.
     """
-    choices = sorted(response.get("choices") or [], key=lambda c: c.get("index", 0))
+    listed = response.get("choices")
+    choices = sorted((c for c in listed if isinstance(c, dict)) if isinstance(listed, list) else [], key=lambda c: c.get("index", 0))  # a server's null, text or object: none
     completion = _share(token_count(usage.get("completion_tokens")), [len(route.text(c)) for c in choices])
     prompt = _share(token_count(usage.get("prompt_tokens")), [1] * len(choices))
     return [Candidate({**c, "index": 0}, _meta(response), completion[i], prompt[i]) for i, c in enumerate(choices)]

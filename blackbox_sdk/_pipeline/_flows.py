@@ -283,7 +283,7 @@ def _fetch(core: Core, call: Call, count: int, max_tokens: int | None, arrived: 
     if count > 1 and core.ignores_n and single:
         return (yield from sent(call, tuple(core.sender(call, 1, max_tokens, seed) for seed in seeds), arrived))
     [first] = yield from sent(call, (core.sender(call, count, max_tokens, seeds[0]),), arrived)
-    got = len(first.choices)
+    got = len(first.choices or [])  # a server's null choices: none
     if count > 1 and single:
         core.ignores_n = got < count
     if got >= count or got == 0 or not single:
