@@ -20,10 +20,10 @@ Label = Literal["correct", "incorrect"]
 def valid_text(value: str) -> str:
     """``value`` with each lone surrogate (half of an emoji a server cut) replaced by U+FFFD: text that
     SQLite and PostgreSQL can take as UTF-8, where a raw surrogate made every write of the record fail."""
-    return value if _encodable(value) else value.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    return value if is_utf8(value) else value.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
 
 
-def _encodable(text: str) -> bool:
+def is_utf8(text: str) -> bool:
     """Whether ``text`` encodes as UTF-8 (holds no lone surrogate); ASCII is known at once."""
     if text.isascii():
         return True
@@ -83,7 +83,7 @@ class CallRecord(BaseModel):
                 text = json.dumps(value, ensure_ascii=False, allow_nan=False)
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"must be plain JSON: {exc}") from exc
-            if not _encodable(text):
+            if not is_utf8(text):
                 return _valid(value)  # type: ignore[no-any-return]  # a dict in, a dict out
         return value
 

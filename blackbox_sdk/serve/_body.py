@@ -23,6 +23,7 @@ import anyio
 from starlette.requests import Request
 
 from .._options import OPTION_NAMES
+from ..call_log._records import is_utf8
 from ._errors import ProxyError
 
 _TRANSPORT = frozenset({"extra_headers", "extra_query", "extra_body", "timeout", "max_retries"})
@@ -85,7 +86,7 @@ def _check_tree(value: Any, limit: int) -> None:
     while stack:
         item, depth = stack.pop()
         if isinstance(item, str):
-            if not item.isascii() and not _is_utf8(item):
+            if not is_utf8(item):
                 raise ProxyError(400, f"We could not parse the JSON body of your request: the string {item[:40]!r} holds "
                                  "a lone surrogate, which is not Unicode text", code="invalid_json")
             continue
@@ -96,14 +97,6 @@ def _check_tree(value: Any, limit: int) -> None:
             raise _too_deep()
         stack.extend((child, depth + 1) for child in children)
 
-
-def _is_utf8(text: str) -> bool:
-    """Whether `text` encodes as UTF-8 (it holds no lone surrogate)."""
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _too_deep() -> ProxyError:
