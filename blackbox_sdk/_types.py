@@ -113,6 +113,28 @@ def token_count(value: Any) -> int:
         return 0
 
 
+def is_token_count(value: Any) -> bool:
+    """Whether a server's usage count reads as a real one: an integer (or what int() takes) from 0 up to below 2**53."""
+    try:
+        return not isinstance(value, bool) and 0 <= int(value) < 2**53
+    except (TypeError, ValueError, OverflowError):
+        return False
+
+
+def charged_usage(usages: Sequence[Json]) -> Json:
+    """Several answers' usages summed for the budget to charge (`add_usage`), except that a prompt or
+    completion count a server wrote that can't be one (negative, infinite, NaN, a word) stays as it
+    came: `Budget.settle` then charges the call's reserved worst case, as for one answer, not 0 for it."""
+    total: Json = {}
+    for usage in usages:
+        total = add_usage(total, usage)
+    for key in ("prompt_tokens", "completion_tokens"):
+        unreal = [usage[key] for usage in usages if usage.get(key) is not None and not is_token_count(usage[key])]
+        if unreal:
+            total[key] = unreal[0]
+    return total
+
+
 def add_usage(a: Json, b: Json) -> Json:
     """Two usages summed: prompt, completion and total tokens, and the counts in their details
     (cached, reasoning, audio tokens) where either has them."""

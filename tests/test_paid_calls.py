@@ -300,13 +300,19 @@ def _answering(body: dict[str, Any]) -> httpx2.Client:
     return httpx2.Client(transport=httpx2.MockTransport(lambda request: httpx2.Response(200, content=encoded, headers={"content-type": "application/json"})))
 
 
+WORST_OUTPUT_USD = 600 * 2e-6  # max_tokens=600 at the output price: the reserved worst case holds this and the prompt
+
+
 @pytest.mark.parametrize(
-    "usage",
-    [{"prompt_tokens": float("nan")}, {"prompt_tokens": "many"}, {"completion_tokens": float("inf")}, [1000, 500], "1500"],
-    ids=["nan-prompt", "word-prompt", "infinite-completion", "usage-a-list", "usage-a-string"],
+    ("usage", "worst_case"),
+    [
+        ({"prompt_tokens": float("nan")}, True), ({"prompt_tokens": "many"}, True), ({"completion_tokens": float("inf")}, True),
+        ({"completion_tokens": -1}, True), ([1000, 500], False), ("1500", False),
+    ],
+    ids=["nan-prompt", "word-prompt", "infinite-completion", "negative-completion", "usage-a-list", "usage-a-string"],
 )
 @pytest.mark.filterwarnings("error::UserWarning")  # the server's bad count is handled, not warned of through pydantic
-def test_a_usage_that_holds_no_count_never_fails_a_paid_chat_call(tmp_path: Path, usage: Any) -> None:
+def test_a_usage_that_holds_no_count_never_fails_a_paid_chat_call(tmp_path: Path, usage: Any, worst_case: bool) -> None:
     body = answer(prompt=1000, completion=500)
     body["usage"] = {**body["usage"], **usage} if isinstance(usage, dict) else usage
     budget = Budget(total_usd=1.0, prices=PRICES)
@@ -315,6 +321,31 @@ def test_a_usage_that_holds_no_count_never_fails_a_paid_chat_call(tmp_path: Path
     assert got.choices[0].message.content == "hello 0"
     outstanding, spent = held(budget)
     assert outstanding == 0 and spent > 0
+    assert (spent > WORST_OUTPUT_USD) is worst_case  # an unreadable count: the worst case, never 0 for it; no usage at all: the SDK counts
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_one_unreadable_count_among_fanned_out_answers_charges_the_worst_case(stream: bool) -> None:
+    """A server that ignores `n` answers each of its requests apart; one of them with a count that can't be real."""
+    sent: list[dict[str, Any]] = []
+
+    def one_each(request: httpx2.Request) -> httpx2.Response:
+        sent.append(json.loads(request.content))
+        completion: Any = float("nan") if len(sent) == 2 else 5
+        if not stream:
+            return httpx2.Response(200, content=json.dumps(answer(prompt=10, completion=completion)).encode(), headers={"content-type": "application/json"})
+        usage = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": MODEL, "choices": [], "usage": answer(prompt=10, completion=completion)["usage"]}
+        sse = b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in [*CHUNKS, usage]) + b"data: [DONE]\n\n"
+        return httpx2.Response(200, content=sse, headers={"content-type": "text/event-stream"})
+
+    budget = Budget(total_usd=1.0, prices=PRICES)
+    sdk = OpenAI(base_url="http://api.test/v1", api_key="sk-test", http_client=httpx2.Client(transport=httpx2.MockTransport(one_each)), max_retries=0, budget=budget)
+    got = sdk.chat.completions.create(model=MODEL, messages=HI, max_tokens=600, n=2, stream=stream, **({"stream_options": {"include_usage": True}} if stream else {}))
+    if stream:
+        list(got)
+    assert len(sent) == 2
+    outstanding, spent = held(budget)
+    assert outstanding == 0 and spent > 2 * WORST_OUTPUT_USD  # both answers' worst case, not the first's 5 tokens and 0 for the second
 
 
 @pytest.mark.parametrize("input_tokens", [float("nan"), "many", [1]], ids=["nan", "word", "list"])
@@ -327,7 +358,7 @@ def test_a_usage_that_holds_no_count_never_fails_a_paid_responses_call(input_tok
     sdk = OpenAI(base_url="http://api.test/v1", api_key="sk-test", http_client=_answering(body), max_retries=0, budget=budget)
     assert sdk.responses.create(model=MODEL, input="hi", max_output_tokens=4).output_text == "hi"
     outstanding, spent = held(budget)
-    assert outstanding == 0 and spent > 0
+    assert outstanding == 0 and spent > 4 * 2e-6  # the reserved worst case (the prompt and 4 output tokens), not 2 output tokens alone
 
 
 def test_an_answer_with_an_infinite_logprob_is_returned_though_the_cache_cant_hold_it(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -16,7 +16,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from .._exceptions import ConfigError
 from .._info import attach
 from .._logging import logger
-from .._types import CHAT, Json, add_usage
+from .._types import CHAT, Json, add_usage, charged_usage
 from ._call import Call
 from ._candidates import Candidate, chunks_from_candidates, response_from_candidates, split_response, sum_usage, usage_chunk
 from ._core import Core, build
@@ -64,12 +64,11 @@ def logged_texts(call: Call, candidates: list[Candidate]) -> list[str]:
 def pieces(core: Core, call: Call, responses: list[Json]) -> tuple[list[Candidate], Json]:
     """Split received responses into candidates and their total usage."""
     fresh: list[Candidate] = []
-    total = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    usages: list[Json] = []
     for response in responses:
-        usage = core.count.of_response(call, response)
-        fresh += split_response(call.route, response, usage)
-        total = add_usage(total, usage)
-    return fresh, total
+        usages.append(core.count.of_response(call, response))
+        fresh += split_response(call.route, response, usages[-1])
+    return fresh, charged_usage(usages)
 
 
 def pay(core: Core, call: Call, fresh: list[Candidate], usage: Json) -> None:

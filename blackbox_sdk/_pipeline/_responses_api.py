@@ -18,7 +18,7 @@ from typing import Any
 from openai.types.responses import Response
 
 from .._info import attach
-from .._types import RESPONSES, Json, token_count
+from .._types import RESPONSES, Json, charged_usage, token_count
 from ._calibrate import remember_context
 from ._call import Call
 from ._candidates import Candidate
@@ -83,16 +83,7 @@ def candidate(core: Core, call: Call, response: Json, events: list[Json] | None 
 def pieces(core: Core, call: Call, responses: list[Json]) -> tuple[list[Candidate], Json]:
     """Received responses as candidates, and their total usage (cached input tokens kept)."""
     fresh, usages = zip(*(candidate(core, call, response) for response in responses))
-    return list(fresh), total_usage(list(usages))
-
-
-def total_usage(usages: list[Json]) -> Json:
-    """Usages summed in the chat shape, cached prompt tokens included."""
-    keys = ("prompt_tokens", "completion_tokens", "total_tokens")
-    total: Json = {k: sum(token_count(u.get(k)) for u in usages) for k in keys}
-    cached_tokens = sum(token_count((u.get("prompt_tokens_details") or {}).get("cached_tokens")) for u in usages)
-    total["prompt_tokens_details"] = {"cached_tokens": cached_tokens}
-    return total
+    return list(fresh), charged_usage(usages)
 
 
 def responses_usage(usage: Json) -> Json:
