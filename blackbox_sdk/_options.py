@@ -18,6 +18,7 @@ from openai import NOT_GIVEN
 from ._adaptive import AUTO
 from ._exceptions import ConfigError
 from ._retry import RetryPolicy
+from ._text import checked_text
 from ._types import Scorer
 
 DEFAULT_RERANK_N = 8
@@ -185,10 +186,8 @@ def open_soft_prompt(value: Any, current: Any, opened: Opened) -> Any:
 
 
 def open_budget_key(value: Any, current: Any, opened: Opened) -> str | None:
-    """The tenant key budgets and the log file calls under: a string or None."""
-    if value is not None and not isinstance(value, str):
-        raise ConfigError(f"budget_key must be a string or None; got {value!r}")
-    return value
+    """The tenant key budgets and the log file calls under: a non-empty UTF-8 string (what a ledger can keep) or None."""
+    return None if value is None else checked_text(value, "budget_key")
 
 
 def open_retry(value: Any, current: Any, opened: Opened) -> RetryPolicy:

@@ -340,6 +340,32 @@ def test_spent_and_report_break_down_by_day_key_and_model() -> None:
         tracker.spent(key="alice", model="unit")
 
 
+
+@pytest.mark.parametrize(
+    ("asked", "message"),
+    [
+        pytest.param({"day": "\ud800"}, "day must be a UTC date", id="day-lone-surrogate"),
+        pytest.param({"day": "2026-99-99"}, "day must be a UTC date", id="day-no-date"),
+        pytest.param({"day": "20261204"}, "day must be a UTC date", id="day-another-form"),
+        pytest.param({"day": 5}, "day must be a UTC date", id="day-not-a-string"),
+        pytest.param({"key": "al\ud800"}, "key must be text that encodes as UTF-8", id="key-lone-surrogate"),
+        pytest.param({"model": 3}, "model must be a non-empty string", id="model-not-a-string"),
+        pytest.param({"model": "unit\ud800"}, "model must be text that encodes as UTF-8", id="model-lone-surrogate"),
+    ],
+)
+def test_spent_refuses_what_no_spend_can_be_kept_under(asked: dict[str, Any], message: str) -> None:
+    """A day in another form, or a name no ledger can hold, matched nothing (0.0) or raised from the store."""
+    with pytest.raises(ConfigError, match=message):
+        budget(total_usd=1.0).spent(**asked)
+
+
+@pytest.mark.parametrize("asked", [{"key": "al\ud800"}, {"call_id": "bb-\ud800"}], ids=["key", "call-id"])
+def test_a_reservation_under_a_name_no_ledger_can_hold_is_refused_before_anything_is_held(asked: dict[str, Any]) -> None:
+    tracker = budget(total_usd=1.0)
+    with pytest.raises(ConfigError, match="encodes as UTF-8"):
+        tracker.reserve(model="unit", prompt_tokens=10, max_output_tokens=10, **asked)
+    assert tracker.report().outstanding_reservations == 0
+
 def test_budgets_sharing_a_ledger_file_share_the_cap(tmp_path: Path) -> None:
     path = tmp_path / "ledger.sqlite3"
     first, second = budget(total_usd=0.01, ledger=path), budget(total_usd=0.01, ledger=str(path))

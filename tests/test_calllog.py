@@ -213,6 +213,8 @@ def test_feedback_is_stored_in_order_and_rates_the_chosen_answer(log: CallLog) -
         pytest.param({"preferred": True}, "preferred", id="preferred-bool"),
         pytest.param({"label": "maybe"}, "label", id="label-not-allowed"),
         pytest.param({"reward": math.inf}, "reward", id="reward-infinite"),
+        pytest.param({"reward": True}, "reward must be a finite number", id="reward-bool"),
+        pytest.param({"reward": "1"}, "reward must be a finite number", id="reward-a-string"),
         pytest.param({}, "at least one", id="no-feedback"),
     ],
 )
@@ -224,6 +226,16 @@ def test_bad_feedback_raises_config_error_and_stores_nothing(log: CallLog, kwarg
         log.feedback(call_id, **kwargs)
     assert log.feedback_for(rec.call_id) == []
 
+
+
+@pytest.mark.parametrize("call_id", ["bb-\ud800", 5, ""], ids=["lone-surrogate", "not-a-string", "empty"])
+def test_a_call_id_no_store_can_hold_is_a_config_error_before_the_log_is_read(log: CallLog, call_id: Any) -> None:
+    with pytest.raises(ConfigError, match="call_id must be"):
+        log.get(call_id)
+    with pytest.raises(ConfigError, match="call_id must be"):
+        log.feedback_for(call_id)
+    with pytest.raises(ConfigError, match="call_id must be"):
+        log.feedback(call_id, reward=1.0)
 
 def test_failed_call_takes_a_reference_but_not_a_rating(log: CallLog) -> None:
     failed = _record(candidates=[], chosen=[], scores=None, error="APIConnectionError: down")

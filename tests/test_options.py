@@ -36,6 +36,8 @@ def test_every_option_is_taken_by_the_client_copy_and_wrap(tmp_path: Path) -> No
     [
         pytest.param("rerank_n", 0, id="rerank_n"),
         pytest.param("budget_key", 7, id="budget_key"),
+        pytest.param("budget_key", "", id="budget_key-empty"),
+        pytest.param("budget_key", "team\ud800", id="budget_key-lone-surrogate"),
         pytest.param("retry", 3, id="retry"),
         pytest.param("log", 1.5, id="log"),
         pytest.param("reranker", 42, id="reranker"),

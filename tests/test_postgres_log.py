@@ -235,6 +235,8 @@ def test_a_repeated_call_id_keeps_the_first_record(pg_log: PostgresCallLog) -> N
         pytest.param({"preferred": 3}, "must index", id="preferred-past-the-end"),
         pytest.param({"preferred": True}, "preferred", id="preferred-bool"),
         pytest.param({"reward": math.inf}, "reward", id="reward-infinite"),
+        pytest.param({"reward": True}, "reward must be a finite number", id="reward-bool"),
+        pytest.param({"reward": "1"}, "reward must be a finite number", id="reward-a-string"),
         pytest.param({}, "at least one", id="no-feedback"),
     ],
 )
@@ -246,6 +248,16 @@ def test_bad_feedback_raises_config_error_and_stores_nothing(pg_log: PostgresCal
     assert pg_log.feedback_for(rec.call_id) == []
     assert pg_log.stats()["feedback"] == 0
 
+
+
+@pytest.mark.parametrize("call_id", ["bb-\ud800", 5, ""], ids=["lone-surrogate", "not-a-string", "empty"])
+def test_a_call_id_no_store_can_hold_is_a_config_error_before_the_log_is_read(pg_log: PostgresCallLog, call_id: Any) -> None:
+    with pytest.raises(ConfigError, match="call_id must be"):
+        pg_log.get(call_id)
+    with pytest.raises(ConfigError, match="call_id must be"):
+        pg_log.feedback_for(call_id)
+    with pytest.raises(ConfigError, match="call_id must be"):
+        pg_log.feedback(call_id, reward=1.0)
 
 def test_a_failed_call_takes_a_reference_but_not_a_rating(pg_log: PostgresCallLog) -> None:
     failed = _record(candidates=[], chosen=[], scores=None, error="APIConnectionError: down")

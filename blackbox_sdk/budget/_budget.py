@@ -37,6 +37,7 @@ from .._exceptions import ConfigError, PriceMissingError
 from .._logging import logger
 from .._redact import redact_text
 from .._redis_url import redact_url
+from .._text import checked_text
 from ._calibration import Calibration, open_calibration
 from ._caps import MAX_CAP_USD, Cap, Scope, nano_to_usd, usd_to_nano
 from ._keeper import KEEPER
@@ -51,6 +52,7 @@ from ._policy import (
     charged_usage,
     checked_count,
     checked_model,
+    spent_scope,
     utc_day,
 )
 from ._prices import (
@@ -182,7 +184,7 @@ class Budget(BaseModel):
             prompt_per_choice=prompt_per_choice,
         )
         worst = request.worst_nano(request.n, request.max_output)
-        hold = Hold(uuid.uuid4().hex, call_id or uuid.uuid4().hex, model, key, day, worst, self.lease_s)
+        hold = Hold(uuid.uuid4().hex, checked_text(call_id, "call_id") if call_id else uuid.uuid4().hex, model, key, day, worst, self.lease_s)
         fit = self._hold(request, hold, caps, shrink)
         return KEEPER.kept(Reservation(
             id=hold.reservation_id,
@@ -265,12 +267,8 @@ class Budget(BaseModel):
 
     def spent(self, *, day: str | None = None, key: str | None = None, model: str | None = None) -> float:
         """Settled USD in the whole ledger, or for one UTC day, one key, or one model (with its snapshots)."""
-        candidates: tuple[tuple[Scope, str | None], ...] = (("per_day", day), ("per_key", key), ("per_model", model))
-        filters = [(scope, value) for scope, value in candidates if value is not None]
-        if len(filters) > 1:
-            raise ConfigError("spent() takes at most one of day, key and model")
-        chosen: tuple[Scope, str | None] = filters[0] if filters else ("total", None)
-        return nano_to_usd(self._ledger.spent_nano(Cap(chosen[0], 0, chosen[1])))
+        scope, value = spent_scope(day, key, model)
+        return nano_to_usd(self._ledger.spent_nano(Cap(scope, 0, value)))
 
     def settled_since(self, since: float) -> list[SettledSpend]:
         """The calls settled at or after `since` (epoch seconds), oldest first: what a call log is repaired from."""
@@ -287,9 +285,7 @@ class Budget(BaseModel):
     def _key_for(self, key: str | None) -> str | None:
         """The key a call is charged to: its own, else this budget's; ConfigError for an empty or non-string key."""
         key = self.key if key is None else key
-        if key is not None and (not isinstance(key, str) or not key):
-            raise ConfigError(f"key must be a non-empty string or None, got {key!r}")
-        return key
+        return None if key is None else checked_text(key, "key")
 
     def _caps(self, model: str, key: str | None, day: str) -> list[Cap]:
         """Every cap that applies to a call of `model` for `key` on `day`."""

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from typing import TypeGuard
 
 from .._exceptions import BudgetExceededError, ConfigError
 from .._logging import logger
-from ._caps import EXACT_LIMIT, CapUsage, bounded_nano, nano_to_usd, usd_to_nano
+from .._text import checked_text
+from ._caps import EXACT_LIMIT, CapUsage, Scope, bounded_nano, nano_to_usd, usd_to_nano
 from ._prices import ModelPrice
 from ._tokens import TokenCount
 
@@ -150,10 +151,8 @@ def checked_count(name: str, value: object, minimum: int) -> int:
 
 
 def checked_model(model: object) -> str:
-    """`model` when it is a non-empty string (what prices and caps are looked up by), else a ConfigError."""
-    if not isinstance(model, str) or not model:
-        raise ConfigError(f"model must be a non-empty string, got {model!r:.80}")
-    return model
+    """`model` when it is a non-empty UTF-8 string (what prices and caps are looked up by), else a ConfigError."""
+    return checked_text(model, "model")
 
 
 def charged_usage(reservation: Reservation, prompt: object, completion: object, cached: object) -> tuple[int, int, int, int]:
@@ -183,3 +182,25 @@ def is_count(value: object, minimum: int = 0) -> TypeGuard[int]:
 def utc_day() -> str:
     """Today's date in UTC, the unit of per-day caps."""
     return datetime.now(timezone.utc).date().isoformat()
+
+
+def spent_scope(day: str | None, key: str | None, model: str | None) -> tuple[Scope, str | None]:
+    """The one scope `Budget.spent` sums (all when none is given); ConfigError for two, or for a day or
+    name no spend can be kept under (it matched nothing, or a store failed to encode it)."""
+    given: list[tuple[Scope, str | None]] = [(scope, value) for scope, value in (("per_day", day), ("per_key", key), ("per_model", model)) if value is not None]
+    if len(given) > 1:
+        raise ConfigError("spent() takes at most one of day, key and model")
+    if not given:
+        return "total", None
+    scope, value = given[0]
+    return scope, checked_day(value) if scope == "per_day" else checked_text(value, "key" if scope == "per_key" else "model")
+
+
+def checked_day(day: object) -> str:
+    """`day` when it is a date as `utc_day` writes it (YYYY-MM-DD), else a ConfigError: any other form matches no spend."""
+    try:
+        if isinstance(day, str) and date.fromisoformat(day).isoformat() == day:
+            return day
+    except ValueError:
+        pass
+    raise ConfigError(f"day must be a UTC date as YYYY-MM-DD (what per-day caps are kept by), got {day!r:.80}")

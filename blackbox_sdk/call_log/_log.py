@@ -30,6 +30,7 @@ from .._closing import Closing
 from .._exceptions import CallLogError, ConfigError, StoreUnavailableError
 from .._logging import logger
 from .._sqlite import connect, immediate
+from .._text import checked_text
 from . import _known
 from ._batches import BatchWriter
 from ._export import export_jsonl
@@ -133,7 +134,7 @@ class CallLog(Closing):
         note: str | None = None,
     ) -> None:
         """Attach feedback to a logged call; ConfigError for an unknown call, a bad index or no feedback at all."""
-        fields = feedback_fields(reward, label, preferred, reference, note)
+        fields = feedback_fields(call_id, reward, label, preferred, reference, note)
         self.flush()
         with self._write(f"add feedback to {call_id}") as conn:
             count, chosen = candidates_of(conn, call_id)
@@ -141,6 +142,7 @@ class CallLog(Closing):
 
     def get(self, call_id: str) -> CallRecord:
         """One logged call; ConfigError when the id is unknown."""
+        checked_text(call_id, "call_id")
         with self._read() as conn:
             row = conn.execute(f"SELECT {', '.join(CALL_COLUMNS)} FROM calls WHERE call_id = ?", (call_id,)).fetchone()
             if row is None:
@@ -149,6 +151,7 @@ class CallLog(Closing):
 
     def feedback_for(self, call_id: str) -> list[Feedback]:
         """All feedback on one call, oldest first (empty when there is none)."""
+        checked_text(call_id, "call_id")
         with self._read() as conn:
             return feedback_by_call(conn, [call_id]).get(call_id, [])
 

@@ -25,6 +25,7 @@ from .._closing import Closing
 from .._exceptions import CallLogError, ConfigError, StoreUnavailableError
 from .._logging import logger
 from .._redact import redact_text
+from .._text import checked_text
 from . import _known
 from ._batches import BatchWriter
 from ._export import export_jsonl
@@ -128,7 +129,7 @@ class PostgresCallLog(Closing):
         reference: str | None = None, note: str | None = None,
     ) -> None:
         """Attach feedback to a logged call (after a flush); ConfigError for an unknown call, a bad index or no feedback."""
-        fields = feedback_fields(reward, label, preferred, reference, note)
+        fields = feedback_fields(call_id, reward, label, preferred, reference, note)
         with self._connection(f"add feedback to {call_id}") as conn, conn.transaction():
             found = candidates_of(conn, call_id)
             if found is None:
@@ -137,6 +138,7 @@ class PostgresCallLog(Closing):
 
     def get(self, call_id: str) -> CallRecord:
         """One logged call; ConfigError when the id is unknown."""
+        checked_text(call_id, "call_id")
         with self._connection("read") as conn:
             found = read_call(conn, call_id)
         if found is None:
@@ -145,6 +147,7 @@ class PostgresCallLog(Closing):
 
     def feedback_for(self, call_id: str) -> list[Feedback]:
         """All feedback on one call, oldest first (empty when there is none)."""
+        checked_text(call_id, "call_id")
         with self._connection("read") as conn:
             return feedback_by_call(conn, [call_id]).get(call_id, [])
 

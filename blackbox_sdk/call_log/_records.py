@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 import uuid
 from typing import Annotated, Any, Literal
@@ -11,6 +12,7 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
 from .._exceptions import ConfigError
+from .._text import checked_text, is_utf8
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 Count = Annotated[int, Field(ge=0, lt=2**63, strict=True)]  # a 64-bit SQLite INTEGER
@@ -21,17 +23,6 @@ def valid_text(value: str) -> str:
     """``value`` with each lone surrogate (half of an emoji a server cut) replaced by U+FFFD: text that
     SQLite and PostgreSQL can take as UTF-8, where a raw surrogate made every write of the record fail."""
     return value if is_utf8(value) else value.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
-
-
-def is_utf8(text: str) -> bool:
-    """Whether ``text`` encodes as UTF-8 (holds no lone surrogate); ASCII is known at once."""
-    if text.isascii():
-        return True
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _valid(value: Any) -> Any:
@@ -127,9 +118,13 @@ class Feedback(BaseModel):
 
 
 def feedback_fields(
-    reward: float | None, label: Label | None, preferred: int | None, reference: str | None, note: str | None
+    call_id: str, reward: float | None, label: Label | None, preferred: int | None, reference: str | None, note: str | None
 ) -> dict[str, Any]:
-    """The feedback a caller gave, as fields; ConfigError when there is none at all (checked before any store is touched)."""
+    """The feedback a caller gave, as fields; ConfigError for a call id no store can hold, a reward that is
+    no finite number (True and "1" are not 1.0), or no feedback at all (checked before any store is touched)."""
+    checked_text(call_id, "call_id")
+    if reward is not None and (isinstance(reward, bool) or not isinstance(reward, (int, float)) or not math.isfinite(reward)):
+        raise ConfigError(f"reward must be a finite number, got {reward!r:.80}")
     if reward is None and label is None and preferred is None and reference is None and note is None:
         raise ConfigError("feedback() needs at least one of reward, label, preferred, reference, note")
     return {"reward": reward, "label": label, "preferred": preferred, "reference": reference, "note": note}

@@ -23,7 +23,7 @@ import anyio
 from starlette.requests import Request
 
 from .._options import OPTION_NAMES
-from ..call_log._records import is_utf8
+from .._text import is_utf8
 from ._errors import ProxyError
 
 _TRANSPORT = frozenset({"extra_headers", "extra_query", "extra_body", "timeout", "max_retries"})
