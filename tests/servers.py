@@ -127,9 +127,17 @@ class PostgresServer:
 
 class InstantUpstream:
     """An OpenAI-compatible endpoint on a free loopback port that answers `answer` at once on `route`
-    (chat completions unless told; 404 on other routes); `before` runs before each answer (to inject a fault)."""
+    (chat completions unless told; 404 on other routes) with `status` and `headers`; `before` runs
+    before each answer (to inject a fault)."""
 
-    def __init__(self, answer: dict[str, object], before: Callable[[], object] | None = None, route: str = "/chat/completions") -> None:
+    def __init__(
+        self,
+        answer: dict[str, object],
+        before: Callable[[], object] | None = None,
+        route: str = "/chat/completions",
+        status: int = 200,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         import json
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -141,7 +149,9 @@ class InstantUpstream:
                 chat = self.path.endswith(route)
                 if chat and before is not None:
                     before()
-                self.send_response(200 if chat else 404)
+                self.send_response(status if chat else 404)
+                for name, value in (headers or {}).items() if chat else ():
+                    self.send_header(name, value)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body) if chat else 2))
                 self.end_headers()

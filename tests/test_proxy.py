@@ -633,3 +633,26 @@ def test_a_keys_client_is_built_off_the_event_loop_and_a_broken_one_is_a_clear_5
     assert answers[0].status_code == 200
     assert broken.status_code == 500 and broken.json()["error"]["code"] == "key_misconfigured"
     assert "no-adapter" in broken.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "answered"),
+    [
+        pytest.param(429, {"x-should-retry": "false"}, 429, id="upstream-says-no-retry"),
+        pytest.param(401, {}, 502, id="upstream-refuses-the-proxys-key"),
+    ],
+)
+def test_the_openai_client_does_not_retry_what_retrying_cannot_fix(status: int, headers: dict[str, str], answered: int) -> None:
+    from servers import InstantUpstream
+
+    hits: list[int] = []
+    refusal = {"error": {"message": "no", "type": "insufficient_quota", "param": None, "code": "insufficient_quota"}}
+    upstream = InstantUpstream(refusal, before=lambda: hits.append(1), status=status, headers=headers)
+    try:
+        with Proxy(ProxyConfig(upstream=upstream.url, max_retries=0)) as running:
+            with pytest.raises(openai.APIStatusError) as failed:
+                running.client(max_retries=2).chat.completions.create(model=MODEL, messages=HELLO)
+    finally:
+        upstream.close()
+    assert failed.value.status_code == answered and failed.value.response.headers["x-should-retry"] == "false"
+    assert len(hits) == 1  # as from OpenAI itself: the client did not send it again (nor did each retry reach the upstream)

@@ -14,8 +14,8 @@ SDK's errors and the upstream's, mapped once here.
     502 / 503 / 504             upstream unreachable or refusing the proxy's key / a shared store down or the
                                 proxy starting / upstream timeout (also an SDK request of its own to the
                                 upstream's host, such as llama.cpp's tokenize route, that fails or times out)
-    upstream status             an upstream error (openai.APIStatusError) passes with its own status, its error
-                                object rebuilt as OpenAI's four fields (strings redacted, anything else dropped)
+    upstream status             an upstream error (openai.APIStatusError) passes with its own status and retry
+                                headers (x-should-retry included), its error object rebuilt as OpenAI's four fields (strings redacted, anything else dropped)
     502 upstream error event    an upstream stream that sent an error event after its 200 (openai.APIError with
                                 the event's error object): passed on the same way, as an error event of the
                                 proxy's stream (whose 200 is sent already)
@@ -41,7 +41,8 @@ from .._exceptions import (
 from .._logging import logger
 from .._redact import redact_text
 
-_PASSED_HEADERS = ("retry-after", "retry-after-ms", "x-request-id")
+_PASSED_HEADERS = ("retry-after", "retry-after-ms", "x-should-retry", "x-request-id")  # what openai's clients read
+_NO_RETRY = {"x-should-retry": "false"}  # openai's clients then raise at once: retrying can't help
 _ERROR_FIELDS = ("message", "type", "param", "code")
 
 
@@ -63,11 +64,11 @@ def error_body(message: str, kind: str, *, param: str | None = None, code: str |
 
 def _upstream(exc: openai.APIStatusError) -> tuple[int, dict[str, Any], dict[str, str]]:
     """An upstream's error: its status, its own error object (as OpenAI's four fields, redacted), its retry headers.
-    The upstream refusing the proxy's own key is the proxy's fault, not the client's: 502, and the
-    upstream's message (which may quote part of that key) stays here."""
+    The upstream refusing the proxy's own key is the proxy's fault, not the client's: 502 (not to be
+    retried, as OpenAI's 401 is not), and the upstream's message (which may quote part of that key) stays here."""
     if exc.status_code in (401, 403):
         logger.error("proxy: the upstream refused the proxy's credentials (%d)", exc.status_code)
-        return 502, error_body("the upstream refused the proxy's credentials", "upstream_error", code="upstream_auth_failed"), {}
+        return 502, error_body("the upstream refused the proxy's credentials", "upstream_error", code="upstream_auth_failed"), dict(_NO_RETRY)
     body = exc.body if isinstance(exc.body, dict) and "message" in exc.body else None
     error = _passed_on(body, exc.status_code) if body else error_body(redact_text(exc.message), "upstream_error")["error"]
     headers = {name: exc.response.headers[name] for name in _PASSED_HEADERS if name in exc.response.headers}
@@ -105,11 +106,11 @@ def describe(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:
     if isinstance(exc, (openai.APIConnectionError, httpx2.TransportError)):
         return 502, error_body("the upstream can't be reached", "upstream_error", code="upstream_unreachable"), {}
     if isinstance(exc, BudgetExceededError):
-        return 429, error_body(message, "insufficient_quota", code="insufficient_quota"), {"x-should-retry": "false"}
+        return 429, error_body(message, "insufficient_quota", code="insufficient_quota"), dict(_NO_RETRY)
     if isinstance(exc, RateLimitExceededError):
         wait = max(exc.retry_after, 0.0)
         if not math.isfinite(wait):  # a call larger than the limit itself: no wait lets it through, so no retry
-            return 429, error_body(message, "requests", code="rate_limit_exceeded"), {"x-should-retry": "false"}
+            return 429, error_body(message, "requests", code="rate_limit_exceeded"), dict(_NO_RETRY)
         headers = {"retry-after": str(max(1, math.ceil(wait))), "retry-after-ms": str(int(wait * 1000))}
         return 429, error_body(message, "requests", code="rate_limit_exceeded"), headers
     if isinstance(exc, ConfigError):
