@@ -158,6 +158,19 @@ def test_models_lists_the_upstreams(proxy: Proxy) -> None:
     assert MODEL in [model.id for model in proxy.client().models.list().data]
 
 
+def test_a_model_is_retrieved_by_name_and_one_not_served_is_openais_404(proxy: Proxy, llama_server: str) -> None:
+    model = proxy.client().models.retrieve(MODEL)
+    assert model.id == MODEL and model.object == "model"
+    with pytest.raises(openai.NotFoundError) as unknown:
+        proxy.client().models.retrieve("no-such-model")  # one the upstream does not serve
+    team = Tenant("team-a", models=(MODEL,))
+    with Proxy(ProxyConfig(upstream=llama_server), authenticate=lambda key: team if key == "sk-team-a" else None) as running:
+        with pytest.raises(openai.NotFoundError) as refused:
+            running.client(api_key="sk-team-a").models.retrieve("gpt-4o")  # one the key may not use
+    for raised in (unknown, refused):
+        assert raised.value.code == "model_not_found" and raised.value.body["param"] == "model"  # type: ignore[index]
+
+
 def test_a_raw_sse_stream_is_openais_event_format(proxy: Proxy) -> None:
     connection = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=60)
     body = {"model": MODEL, "messages": HELLO, "max_tokens": 6, "stream": True}

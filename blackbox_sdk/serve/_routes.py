@@ -3,7 +3,7 @@ answers with the pure OpenAI body and the `x-blackbox-*` headers.
 
     POST /v1/chat/completions, /v1/completions   whole or streamed (SSE)
     POST /v1/embeddings
-    GET  /v1/models
+    GET  /v1/models, /v1/models/{model}
     POST /v1/feedback                           {"call_id", "label" | "preferred" | "reward" | "reference" | "note"}
     GET  /healthz, /readyz
     GET  /metrics                               Prometheus text (the admin's: docs/proxy-operations.md)
@@ -143,6 +143,23 @@ async def models(request: Request, meter: RequestMeter) -> Response:
     return JSONResponse({"object": "list", "data": data})
 
 
+@guarded("models")
+async def model(request: Request, meter: RequestMeter) -> Response:
+    """GET /v1/models/{model}: one model of the upstream's list (any upstream lists; not all serve this route),
+    404 model_not_found for one it does not list or the key may not use, as OpenAI answers."""
+    proxy: Proxy = request.app.state.proxy
+    tenant = await proxy.tenant(request)
+    meter.label(tenant)
+    name = request.path_params["model"]
+    if tenant is not None:
+        tenant.check_model(name)
+    page = await proxy.client_for(None).models.list()
+    for found in page.data:
+        if found.id == name:
+            return JSONResponse(found.model_dump(exclude_unset=True))
+    raise ProxyError(404, f"The model `{name}` does not exist or you do not have access to it.", code="model_not_found", param="model")
+
+
 @guarded("feedback")
 async def feedback(request: Request, meter: RequestMeter) -> Response:
     """POST /v1/feedback: feedback on a call, into the same call log as the call (the Python API's `feedback`)."""
@@ -205,6 +222,7 @@ ROUTES = [
     Route("/v1/completions", generating(COMPLETIONS), methods=["POST"]),
     Route("/v1/embeddings", generating(EMBEDDINGS), methods=["POST"]),
     Route("/v1/models", models, methods=["GET"]),
+    Route("/v1/models/{model:path}", model, methods=["GET"]),
     Route("/v1/feedback", feedback, methods=["POST"]),
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
