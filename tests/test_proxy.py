@@ -244,6 +244,16 @@ def test_a_lone_surrogate_in_the_body_is_a_400_before_it_can_break_the_log_or_th
     assert parse_object(b'{"model": "m", "content": "h\\u00e9 \\ud83d\\ude00"}')["content"] == "h\u00e9 \U0001f600"  # a pair is text
 
 
+def test_a_number_json_cannot_hold_is_a_400_at_the_boundary_not_a_500(llama_server: str) -> None:
+    # json.loads takes NaN, Infinity and 1e400 (as inf); no JSON holds them, and OpenAI can't parse such a body
+    with Proxy(ProxyConfig(upstream=llama_server, max_retries=0)) as running:  # no cache or log: nothing else looks at top_k
+        for number in (b"NaN", b"-Infinity", b"1e400"):
+            body = json.dumps({"model": MODEL, "messages": HELLO, "max_tokens": 2})[:-1].encode() + b', "top_k": ' + number + b"}"
+            answer = running.post("/chat/completions", body)
+            assert answer.status_code == 400, answer.text
+            assert answer.json()["error"]["code"] == "invalid_json" and number.decode() in answer.json()["error"]["message"]
+
+
 @pytest.mark.parametrize("content_type", ["text/plain", "text/plain;charset=UTF-8", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"])
 def test_a_body_a_browser_may_send_cross_site_is_refused_with_415(proxy: Proxy, folder: Path, content_type: str) -> None:
     log = _log(folder)

@@ -1,5 +1,5 @@
 """A request's body: read up to a size limit and a deadline, parsed as a JSON object (nested at most
-MAX_JSON_DEPTH deep), and split into the openai arguments of the route's `create` and the rest
+MAX_JSON_DEPTH deep, its numbers finite), and split into the openai arguments of the route's `create` and the rest
 (passed upstream in `extra_body`).
 
 A body whose Content-Type is one a browser sends cross-site without asking first (a CORS "simple"
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 from collections.abc import Callable
 from functools import cache
 from typing import Any
@@ -65,9 +66,9 @@ def _too_large(limit: int) -> ProxyError:
 
 
 def parse_object(raw: bytes) -> dict[str, Any]:
-    """The body as a JSON object nested at most MAX_JSON_DEPTH deep; 400 for anything else."""
+    """The body as a JSON object of finite numbers nested at most MAX_JSON_DEPTH deep; 400 for anything else."""
     try:
-        value = json.loads(raw)
+        value = json.loads(raw, parse_constant=_no_number, parse_float=_finite)
     except RecursionError:
         raise _too_deep() from None
     except (UnicodeDecodeError, ValueError) as error:
@@ -76,6 +77,17 @@ def parse_object(raw: bytes) -> dict[str, Any]:
         raise ProxyError(400, "the request body must be a JSON object", code="invalid_json")
     _check_tree(value, MAX_JSON_DEPTH)
     return value
+
+
+def _no_number(text: str) -> float:
+    """400 for NaN and Infinity, which json.loads takes but no JSON holds (nor can the upstream or the log)."""
+    raise ProxyError(400, f"We could not parse the JSON body of your request: {text} is not a JSON number", code="invalid_json")
+
+
+def _finite(text: str) -> float:
+    """A JSON number as a float; 400 for one past float's range (1e400 would be read as infinity)."""
+    value = float(text)
+    return value if math.isfinite(value) else _no_number(text)
 
 
 def _check_tree(value: Any, limit: int) -> None:
