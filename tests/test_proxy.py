@@ -294,6 +294,13 @@ def test_the_openai_client_raises_its_own_errors_and_unknown_routes_are_404(prox
     assert unknown.status_code == 404 and unknown.json()["error"]["message"] == "Invalid URL (POST /v1/nothing/here)"
 
 
+def test_a_wrong_method_is_405_with_the_allow_header_http_requires(proxy: Proxy) -> None:
+    for method, path, allowed in (("GET", "/chat/completions", {"POST"}), ("DELETE", "/models", {"GET", "HEAD"})):
+        answer = httpx2.request(method, f"{proxy.base_url}{path}", timeout=60)
+        assert answer.status_code == 405 and set(answer.json()["error"]) == {"message", "type", "param", "code"}
+        assert set(answer.headers["allow"].replace(" ", "").split(",")) == allowed
+
+
 def test_a_budget_that_runs_out_answers_429_insufficient_quota_without_retries(llama_server: str, tmp_path: Path) -> None:
     budget = {"total_usd": 0.2, "prices": PRICES, "ledger": str(tmp_path / "ledger.db")}
     config = ProxyConfig(upstream=llama_server, budget=budget, log=str(tmp_path / "calls.db"))

@@ -34,10 +34,10 @@ from ._tenants import Authenticate
 
 
 async def _no_route(request: Request, exc: Exception) -> Response:
-    """OpenAI's answer for a path or method it does not serve (404 "Invalid URL", 405)."""
-    status = exc.status_code if isinstance(exc, HTTPException) else 404
+    """OpenAI's answer for a path or method it does not serve (404 "Invalid URL", 405 with its Allow header)."""
+    status, headers = (exc.status_code, exc.headers) if isinstance(exc, HTTPException) else (404, None)
     message = f"Invalid URL ({request.method} {request.url.path})" if status == 404 else f"Method {request.method} not allowed on {request.url.path}"
-    return JSONResponse(error_body(message, "invalid_request_error"), status_code=status)
+    return JSONResponse(error_body(message, "invalid_request_error"), status_code=status, headers=headers)
 
 
 def _host_name(header: str) -> str:
