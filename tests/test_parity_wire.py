@@ -115,6 +115,16 @@ def test_the_streaming_view_of_parse_works_as_openais(tmp_path: Path) -> None:
     assert [(r.route, r.error) for r in log.calls()] == [("chat.completions", None)]
 
 
+def test_parse_with_stream_raises_openais_type_error_before_sending() -> None:
+    """openai's `parse` has no `stream`, so passing one is a TypeError, before anything is sent."""
+    theirs, ours, plain, mine = both(budget=Budget(total_usd=10.0))
+    for client in (theirs, ours):
+        for method in (client.chat.completions.parse, client.chat.completions.with_raw_response.parse):
+            with pytest.raises(TypeError, match="unexpected keyword argument 'stream'"):
+                method(model="gpt-4o", messages=HI, response_format=City, stream=True)
+    assert plain.requests == mine.requests == []
+
+
 def test_an_explicit_none_and_a_generator_go_out_as_openai_sends_them() -> None:
     theirs, ours, plain, mine = both()
     for client in (theirs, ours):
