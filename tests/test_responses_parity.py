@@ -16,6 +16,8 @@ from pydantic import BaseModel
 
 from blackbox_sdk import Budget, CallLog, OpenAI
 
+from responses_upstream import stream_events
+
 MODEL = "gpt-4o-mini"
 PRICES = {MODEL: {"input": 1.0, "output": 2.0}}
 ARGUMENTS = '{"name": "Paris", "country": "France"}'
@@ -33,7 +35,8 @@ def function_call(with_id: bool) -> dict[str, Any]:
 
 
 class Server:
-    """A Responses API double: every request is answered whole with `output`; `bodies` what it got."""
+    """A Responses API double: every request is answered with `output` (streamed when asked: a message
+    only); `bodies` what it got."""
 
     def __init__(self, output: list[dict[str, Any]]) -> None:
         self.output = output
@@ -43,10 +46,12 @@ class Server:
         self.bodies.append(json.loads(request.content))
         usage = {"input_tokens": 5, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 7,
                  "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 12}
-        return httpx2.Response(200, json={
-            "id": "resp_1", "object": "response", "created_at": 1, "model": MODEL, "status": "completed", "output": self.output,
-            "parallel_tool_calls": True, "tool_choice": "auto", "tools": [], "usage": usage,
-        })
+        response = {"id": "resp_1", "object": "response", "created_at": 1, "model": MODEL, "status": "completed", "output": self.output,
+                    "parallel_tool_calls": True, "tool_choice": "auto", "tools": [], "usage": usage}
+        if self.bodies[-1].get("stream"):  # a message answer, streamed as the Responses API streams it
+            events = (f"event: {e['type']}\ndata: {json.dumps({**e, 'sequence_number': i})}\n\n" for i, e in enumerate(stream_events(response, "ok")))
+            return httpx2.Response(200, content="".join(events).encode(), headers={"content-type": "text/event-stream"})
+        return httpx2.Response(200, json=response)
 
 
 def sdk(server: Server, tmp_path: Path) -> OpenAI:
@@ -75,3 +80,28 @@ def test_a_cached_function_call_streams_its_arguments_as_a_server_does(tmp_path:
     assert next(e for e in events if e.type == "response.function_call_arguments.done").arguments == ARGUMENTS
     assert [e.sequence_number for e in events] == list(range(len(events)))
     assert final.output[0].parsed_arguments == City(name="Paris", country="France") == whole.output[0].parsed_arguments
+
+
+def message(text: str) -> dict[str, Any]:
+    """An assistant message output item holding `text`."""
+    return {"type": "message", "id": "msg_1", "role": "assistant", "status": "completed", "content": [{"type": "output_text", "text": text, "annotations": []}]}
+
+
+def test_the_final_response_of_every_stream_carries_blackbox(tmp_path: Path) -> None:
+    """docs/responses.md: a stream's `response.completed` response has `.blackbox`, whether the stream
+    was live, replayed from the cache (streamed or whole answers) or the chosen answer of a reranking."""
+    server = Server([message("Paris is the capital.")])
+    client = sdk(server, tmp_path)
+
+    def final(**kwargs: Any) -> Any:
+        stream = client.responses.create(model=MODEL, stream=True, **kwargs)
+        events = list(stream)
+        assert events[-1].type == "response.completed" and events[-1].response.blackbox is stream.blackbox
+        return stream.blackbox
+
+    assert not final(input="streamed").cache_hit
+    assert final(input="streamed").cache_hit  # the stored events
+    client.responses.create(model=MODEL, input="whole")
+    assert final(input="whole").cache_hit  # a whole answer's events
+    reranked = final(input="reranked", reranker=lambda question, answers: [float(len(a)) for a in answers], rerank_n=2)
+    assert reranked.requests == 2 and len(reranked.candidates) == 2
