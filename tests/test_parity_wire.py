@@ -102,6 +102,29 @@ def test_parse_sends_what_openais_parse_sends_and_keeps_the_request_id() -> None
     assert got[0]._request_id == got[1]._request_id == "req_abc"
 
 
+def test_the_streaming_view_of_parse_works_as_openais(tmp_path: Path) -> None:
+    """openai's `parse` takes no `stream`: the SDK's streaming view hands it none (it raised TypeError)."""
+    budget, log = Budget(total_usd=10.0), blackbox_sdk.CallLog(tmp_path / "calls.db")
+    theirs, ours, plain, mine = both(budget=budget, log=log)
+    for client in (theirs, ours):
+        with client.chat.completions.with_streaming_response.parse(model="gpt-4o", messages=HI, response_format=City) as response:
+            assert response.parse().choices[0].message.parsed == City(city="Paris")
+    assert {**mine.body(), "max_tokens": None} == {**plain.body(), "max_tokens": None} and mine.body()["stream"] is False
+    assert budget.report().spent_usd > 0 and budget.report().outstanding_reservations == 0
+    log.flush()
+    assert [(r.route, r.error) for r in log.calls()] == [("chat.completions", None)]
+
+
+def test_parse_with_stream_raises_openais_type_error_before_sending() -> None:
+    """openai's `parse` has no `stream`, so passing one is a TypeError, before anything is sent."""
+    theirs, ours, plain, mine = both(budget=Budget(total_usd=10.0))
+    for client in (theirs, ours):
+        for method in (client.chat.completions.parse, client.chat.completions.with_raw_response.parse):
+            with pytest.raises(TypeError, match="unexpected keyword argument 'stream'"):
+                method(model="gpt-4o", messages=HI, response_format=City, stream=True)
+    assert plain.requests == mine.requests == []
+
+
 def test_an_explicit_none_and_a_generator_go_out_as_openai_sends_them() -> None:
     theirs, ours, plain, mine = both()
     for client in (theirs, ours):

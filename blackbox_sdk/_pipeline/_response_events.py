@@ -25,8 +25,24 @@ def event(data: Json) -> Any:
     return construct_type(type_=ResponseStreamEvent, value=data)
 
 
+def _call_events(item: Json, index: int) -> Iterator[Json]:
+    """A function call's events as a server streams them: added with empty arguments, the arguments
+    piece by piece, their done, then the whole item (openai's stream helper and UIs read the deltas)."""
+    arguments = item.get("arguments") or ""
+    where = {"item_id": item.get("id") or "", "output_index": index}
+    yield {"type": "response.output_item.added", "output_index": index, "item": {**item, "arguments": "", "status": "in_progress"}}
+    for piece in _PIECES.findall(arguments):
+        yield {"type": "response.function_call_arguments.delta", **where, "delta": piece}
+    yield {"type": "response.function_call_arguments.done", **where, "arguments": arguments}
+    yield {"type": "response.output_item.done", "output_index": index, "item": item}
+
+
 def _item_events(item: Json, index: int) -> Iterator[Json]:
-    """One output item's events: added, then (for a message) each text part piece by piece, then done."""
+    """One output item's events: added, then (for a message) each text part piece by piece, (for a
+    function call) its arguments, then done."""
+    if item.get("type") == "function_call":
+        yield from _call_events(item, index)
+        return
     if item.get("type") != "message":
         yield {"type": "response.output_item.added", "output_index": index, "item": item}
         yield {"type": "response.output_item.done", "output_index": index, "item": item}

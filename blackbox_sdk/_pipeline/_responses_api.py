@@ -40,7 +40,7 @@ def create(core: Core, params: Json, overrides: Json, valid: Valid | None = None
         whole = yield from complete(core, unstreamed(call))
         if not call.stream:
             return whole
-        return core.stream_of([event(e) for e in events_of(whole.to_dict(warnings=False))], None, whole.blackbox)
+        return core.stream_of(typed(events_of(whole.to_dict(warnings=False)), whole.blackbox), None, whole.blackbox)
     if call.stream:
         return (yield from stream(core, call))
     return (yield from complete(core, call))
@@ -130,7 +130,15 @@ def replay(core: Core, call: Call, stored: list[Candidate]) -> list[Any]:
     everything, total = account(core, call, stored[:1], [], None)
     call.info.chosen = [0]
     core.record(call, logged_texts(call, everything), total)
-    return [event(e) for e in stored[0].chunks or events_of(stored[0].choice)]
+    return typed(stored[0].chunks or events_of(stored[0].choice), call.info)
+
+
+def typed(events: list[Json], info: Any) -> list[Any]:
+    """Events the SDK holds as typed events; the final response carries `.blackbox`, as a live stream's does."""
+    out = [event(e) for e in events]
+    if out and out[-1].type in ENDED:
+        attach(out[-1].response, info)
+    return out
 
 
 class ResponseRelay(Relay):

@@ -69,6 +69,8 @@ class RawMethod:
             return self._whole(kwargs)
         originals = {name: kwargs[name] for name in STRUCTURED if name in kwargs} if self._parsing else {}
         request = parse_request(dict(kwargs))[0] if self._parsing else kwargs
+        if self._parsing:
+            request.pop("stream")  # openai's own `parse`, which `_Send` calls, takes no `stream`: it sends its own
         target = _Send(self._method, present(originals))
         if self._streaming:
             return self._core.streaming_response(self._route, target, present(request))

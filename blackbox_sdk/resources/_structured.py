@@ -13,7 +13,6 @@ from openai._models import add_request_id
 from openai.lib._parsing import parse_chat_completion, type_to_response_format_param, validate_input_tools
 from openai.lib._parsing._completions import _parse_content as parse_content
 
-from .._exceptions import ConfigError
 from .._info import attach
 
 STRUCTURED = ("response_format", "tools")  # the arguments `parse` takes as types and openai converts
@@ -25,8 +24,8 @@ Valid = Callable[[str], bool] | None
 def parse_request(kwargs: dict[str, Any]) -> tuple[dict[str, Any], Valid, Callable[[Any], Any]]:
     """The `create` arguments of a `parse` call; which answers fit its response format (the reranker
     ranks those first); and what turns the completion into openai's parsed one."""
-    if kwargs.pop("stream", False):
-        raise ConfigError("parse() returns a whole completion; use chat.completions.stream(...) to stream")
+    if kwargs.pop("stream", False):  # openai's parse has no `stream`: the TypeError Python raises there
+        raise TypeError("parse() got an unexpected keyword argument 'stream' (it returns a whole completion; use chat.completions.stream(...) to stream)")
     response_format = kwargs.pop("response_format", omit)
     tools = kwargs.pop("tools", omit)
     tools = validate_input_tools(tools)  # a list: an iterator given as `tools` is read once, here

@@ -1,0 +1,107 @@
+"""`client.responses` with the SDK's features on behaves as plain openai does for the same call: the
+events a cached answer streams as, the errors bad arguments raise. Both clients talk to the same
+in-process double of the Responses API (`httpx2.MockTransport`), so what differs is the SDK.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import openai
+import pytest
+from pydantic import BaseModel
+
+from blackbox_sdk import Budget, CallLog, OpenAI
+
+from responses_upstream import stream_events
+
+MODEL = "gpt-4o-mini"
+PRICES = {MODEL: {"input": 1.0, "output": 2.0}}
+ARGUMENTS = '{"name": "Paris", "country": "France"}'
+
+
+class City(BaseModel):
+    name: str
+    country: str
+
+
+def function_call(with_id: bool) -> dict[str, Any]:
+    """A function-call output item (a server may leave out its `id`)."""
+    item = {"type": "function_call", "call_id": "call_1", "name": "City", "arguments": ARGUMENTS, "status": "completed"}
+    return {**item, "id": "fc_1"} if with_id else item
+
+
+class Server:
+    """A Responses API double: every request is answered with `output` (streamed when asked: a message
+    only); `bodies` what it got."""
+
+    def __init__(self, output: list[dict[str, Any]]) -> None:
+        self.output = output
+        self.bodies: list[dict[str, Any]] = []
+
+    def __call__(self, request: httpx2.Request) -> httpx2.Response:
+        self.bodies.append(json.loads(request.content))
+        usage = {"input_tokens": 5, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 7,
+                 "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 12}
+        response = {"id": "resp_1", "object": "response", "created_at": 1, "model": MODEL, "status": "completed", "output": self.output,
+                    "parallel_tool_calls": True, "tool_choice": "auto", "tools": [], "usage": usage}
+        if self.bodies[-1].get("stream"):  # a message answer, streamed as the Responses API streams it
+            events = (f"event: {e['type']}\ndata: {json.dumps({**e, 'sequence_number': i})}\n\n" for i, e in enumerate(stream_events(response, "ok")))
+            return httpx2.Response(200, content="".join(events).encode(), headers={"content-type": "text/event-stream"})
+        return httpx2.Response(200, json=response)
+
+
+def sdk(server: Server, tmp_path: Path) -> OpenAI:
+    """The SDK's client on the double, with a cache, a budget and a call log."""
+    http = httpx2.Client(transport=httpx2.MockTransport(server))
+    return OpenAI(base_url="http://api.test/v1", api_key="sk-test", http_client=http, max_retries=0, cache=tmp_path / "cache",
+                  budget=Budget(total_usd=5.0, prices=PRICES), log=CallLog(tmp_path / "calls.db"))
+
+
+@pytest.mark.parametrize("with_id", [True, False])
+def test_a_cached_function_call_streams_its_arguments_as_a_server_does(tmp_path: Path, with_id: bool) -> None:
+    """A server streams a function call's arguments as deltas, then their done; the replay of a cached
+    whole answer does too, so openai's helper gives the same delta events and snapshots."""
+    server = Server([function_call(with_id)])
+    client = sdk(server, tmp_path)
+    tools = [openai.pydantic_function_tool(City)]
+    whole = client.responses.parse(model=MODEL, input="Where?", tools=tools)
+    with client.responses.stream(model=MODEL, input="Where?", tools=tools) as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    assert len(server.bodies) == 1  # the stream was the cached answer
+    kinds = [e.type for e in events]
+    assert kinds[-1] == "response.completed" and kinds.index("response.output_item.added") < kinds.index("response.function_call_arguments.delta") < kinds.index("response.function_call_arguments.done") < kinds.index("response.output_item.done")
+    deltas = [e for e in events if e.type == "response.function_call_arguments.delta"]
+    assert "".join(e.delta for e in deltas) == ARGUMENTS and deltas[-1].snapshot == ARGUMENTS
+    assert next(e for e in events if e.type == "response.function_call_arguments.done").arguments == ARGUMENTS
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert final.output[0].parsed_arguments == City(name="Paris", country="France") == whole.output[0].parsed_arguments
+
+
+def message(text: str) -> dict[str, Any]:
+    """An assistant message output item holding `text`."""
+    return {"type": "message", "id": "msg_1", "role": "assistant", "status": "completed", "content": [{"type": "output_text", "text": text, "annotations": []}]}
+
+
+def test_the_final_response_of_every_stream_carries_blackbox(tmp_path: Path) -> None:
+    """docs/responses.md: a stream's `response.completed` response has `.blackbox`, whether the stream
+    was live, replayed from the cache (streamed or whole answers) or the chosen answer of a reranking."""
+    server = Server([message("Paris is the capital.")])
+    client = sdk(server, tmp_path)
+
+    def final(**kwargs: Any) -> Any:
+        stream = client.responses.create(model=MODEL, stream=True, **kwargs)
+        events = list(stream)
+        assert events[-1].type == "response.completed" and events[-1].response.blackbox is stream.blackbox
+        return stream.blackbox
+
+    assert not final(input="streamed").cache_hit
+    assert final(input="streamed").cache_hit  # the stored events
+    client.responses.create(model=MODEL, input="whole")
+    assert final(input="whole").cache_hit  # a whole answer's events
+    reranked = final(input="reranked", reranker=lambda question, answers: [float(len(a)) for a in answers], rerank_n=2)
+    assert reranked.requests == 2 and len(reranked.candidates) == 2
