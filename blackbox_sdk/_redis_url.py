@@ -108,15 +108,16 @@ class RedisURL:
         return text
 
     def client(self, *, retries: int | None = None, backoff: tuple[float, float] | None = None, **options: Any) -> Any:
-        """redis-py's client for the URL with ``options``, nothing connected yet; ``retries``: how often a failed
-        command is sent again, at once or after an exponential ``backoff`` of (base, cap) seconds."""
+        """redis-py's client for the URL with ``options``, nothing connected yet; ``retries``: how often a command
+        whose connection failed is sent again, at once or after an exponential ``backoff`` of (base, cap) seconds
+        (never one that timed out: a stalled server would hold the caller a socket timeout per try)."""
         try:
             import redis
             from redis.retry import Retry
         except ImportError:
             raise self._missing() from None
         if retries is not None:
-            options["retry"] = Retry(self._backoff(backoff), retries)
+            options["retry"] = Retry(self._backoff(backoff), retries, supported_errors=(redis.exceptions.ConnectionError,))
         return self._made(redis.Redis, redis.exceptions.RedisError, options)
 
     def async_client(self, *, retries: int | None = None, backoff: tuple[float, float] | None = None, **options: Any) -> Any:
@@ -127,7 +128,7 @@ class RedisURL:
         except ImportError:
             raise self._missing() from None
         if retries is not None:  # the asyncio client raised at once unless told which errors its Retry covers
-            options["retry"] = Retry(self._backoff(backoff), retries)
+            options["retry"] = Retry(self._backoff(backoff), retries, supported_errors=(redis.exceptions.ConnectionError,))
             options.setdefault("retry_on_error", [redis.exceptions.ConnectionError])
         return self._made(redis.asyncio.Redis, redis.exceptions.RedisError, options)
 

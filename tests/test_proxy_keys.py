@@ -226,6 +226,22 @@ def test_a_replica_sees_keys_another_one_created_and_revoked(redis_server: Redis
             two.create("team-b")
 
 
+def test_replicas_agree_on_keys_after_redis_restarts_without_its_data(redis_server: RedisServer) -> None:
+    """A replica running across the restart kept the old pepper: it must not write or look up keys under it."""
+    with open_key_store(redis_server.url) as old:
+        old.create("before")  # the pepper is read, and kept by this replica
+        redis_server.stop()
+        redis_server.start()  # empty: a new pepper comes with the next write
+        with open_key_store(redis_server.url) as new:
+            secret, record = old.create("team-a")  # the old replica writes first
+            assert new.lookup(secret) == record
+        redis_server.stop()
+        redis_server.start()
+        with open_key_store(redis_server.url) as new:
+            secret, record = new.create("team-b")  # a new replica writes first
+            assert old.lookup(secret) == record
+
+
 def _admin(store: KeyStore) -> TestClient:
     """The admin routes in a bare Starlette app."""
     return TestClient(Starlette(routes=admin_routes(store)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import logging
 import math
 import multiprocessing
 import sqlite3
@@ -13,11 +14,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 import redis
-from servers import RedisServer
+from servers import InstantUpstream, RedisServer
 
-from blackbox_sdk import ConfigError, RateLimitExceededError, StoreUnavailableError
+from blackbox_sdk import AsyncOpenAI, CallLog, ConfigError, OpenAI, RateLimitExceededError, StoreUnavailableError
 from blackbox_sdk.limits import Admission, RateLimits, RedisWindow, redact_url
 
 STORES = ["memory", "sqlite", "redis"]
@@ -374,6 +376,35 @@ async def test_aadmit_after_a_quick_restart_retries_on_a_fresh_connection(redis_
     redis_server.start()  # between two calls: the pooled connection is stale, the server healthy
     await limits.aadmit(key=None, model="m", tokens=1)
     await limits.aclose()
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_a_send_that_fails_while_redis_is_down_raises_its_own_error_and_is_logged(
+    kind: str, redis_server: RedisServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The window's room can't be given back (Redis died while the call was out): a warning, not the call's error."""
+
+    def die() -> None:
+        redis_server.stop()
+        raise ConnectionAbortedError("the upstream drops the connection")  # the handler dies: no answer
+
+    upstream = InstantUpstream({}, before=die)
+    limits = RateLimits(rpm=100, store=redis_server.url)
+    options = {"base_url": upstream.url, "api_key": "sk-test", "rate_limit": limits, "log": tmp_path / "calls.db", "max_retries": 0}
+    ask = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    try:
+        with caplog.at_level(logging.WARNING, logger="blackbox_sdk"), pytest.raises(openai.APIConnectionError):
+            if kind == "sync":
+                with OpenAI(**options) as client:
+                    client.chat.completions.create(**ask)
+            else:
+                async with AsyncOpenAI(**options) as aclient:
+                    await aclient.chat.completions.create(**ask)
+    finally:
+        upstream.close()
+    assert "admission could not be released" in caplog.text
+    [record] = list(CallLog(tmp_path / "calls.db").calls())
+    assert "APIConnectionError" in (record.error or "")
 
 
 def test_the_redis_password_never_shows(redis_server: RedisServer) -> None:

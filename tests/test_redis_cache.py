@@ -506,6 +506,20 @@ def test_a_store_skipped_while_the_server_stalls_keeps_the_claim_for_release_cla
         assert other.claim(key, ttl_s=60)
 
 
+def test_a_claim_whose_release_failed_is_released_by_the_leaders_next_claim(redis_server: RedisServer) -> None:
+    """A stall that made the store and the release fail must not leave the claim to hold identical requests
+    back for its whole lease (each waiting out the single-flight wait) once the server answers again."""
+    with Cache(redis_server.url, timeout=0.3) as leader, Cache(redis_server.url) as other:
+        key, next_key = _key(leader), _key(leader, temperature=1)
+        assert leader.claim(key, ttl_s=60)
+        with redis_server.paused():
+            leader.extend(key, [_entry("lost")])  # times out: skipped
+            leader.release_claim(key)  # the store rests after the failure: skipped too
+        assert _until(lambda: _reachable(leader))
+        assert leader.claim(next_key, ttl_s=60)  # the leader's next call
+        assert other.claim(key, ttl_s=60)  # the claim it could not release is gone
+
+
 def test_release_claim_after_the_leaders_store_sends_nothing(redis_server: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
     with Cache(redis_server.url) as leader:
         key = _key(leader)

@@ -331,6 +331,7 @@ class ReplyDropper:
         self.url = f"redis://127.0.0.1:{self.listener.getsockname()[1]}/0"
         self.armed = threading.Event()
         self.dropped = 0
+        self.connections = 0  # connections a client opened through the proxy
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -340,6 +341,7 @@ class ReplyDropper:
                 client, _ = self.listener.accept()
             except OSError:
                 return
+            self.connections += 1
             upstream = socket.create_connection(("127.0.0.1", self.target))
             threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
             threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
@@ -387,6 +389,21 @@ def test_a_lost_reply_is_retried_without_charging_or_holding_twice(dropper: Repl
     assert dropper.dropped == 2
     report = budget.report()
     assert (report.calls, report.spent_usd, report.outstanding_reservations) == (2, pytest.approx(2 * CALL_USD), 0)
+
+
+def test_a_stalled_redis_is_asked_once_not_again_on_fresh_connections(redis_server: RedisServer, dropper: ReplyDropper) -> None:
+    """A timeout is not a dropped connection: the call fails at the socket timeout, as documented, instead of
+    sending the script again on new connections that wait as long each."""
+    budget = capped(dropper.url.replace("/0", "/0?socket_timeout=0.2"), total_usd=1.0)
+    call(budget)  # connected
+    opened = dropper.connections
+    admin = redis.Redis.from_url(redis_server.url)
+    admin.execute_command("CLIENT", "PAUSE", "3000", "WRITE")  # scripts wait; UNPAUSE still runs
+    try:
+        assert "Timeout" in _message(lambda: call(budget))
+    finally:
+        admin.execute_command("CLIENT", "UNPAUSE")
+    assert dropper.connections == opened
 
 
 @pytest.mark.parametrize(

@@ -284,9 +284,18 @@ class Core:
         self.unclaim(call)
         ungate(self, call)
         if call.admission is not None and call.info.requests == 0:  # never sent: give the window its room back
-            call.opts.rate_limit.release(call.admission)
+            give_room_back(call)
         call.admission = None
         self.record(call, [], None, error)
+
+
+def give_room_back(call: Call) -> None:
+    """Release the rate-limit admission of a call never sent; a store out of reach is a warning (the call's
+    own error goes on, and the room comes back as the admission leaves the window)."""
+    try:
+        call.opts.rate_limit.release(call.admission)
+    except StoreUnavailableError as unreleased:
+        logger.warning("call %s: its rate-limit admission could not be released now: %s", call.info.call_id, unreleased)
 
 
 def replay(error: Exception, send: Callable[[], Any]) -> Callable[[], Any]:

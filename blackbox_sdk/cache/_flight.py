@@ -37,13 +37,16 @@ class SingleFlight:
     def __init__(self, store: CacheStore) -> None:
         """Claims go to ``store``, next to the buckets."""
         self._store = store
-        self._tokens: dict[str, str] = {}
+        self._tokens: dict[str, tuple[str, float]] = {}  # key -> (token, when its lease lapses on time.monotonic())
+        self._unreleased: dict[str, tuple[str, float]] = {}  # the same, for claims whose release failed
         self._lock = threading.Lock()
 
     def claim(self, key: str, ttl_s: float) -> bool:
         """Whether this caller won the key for ``ttl_s`` seconds; True too when the store can't be reached."""
         check_seconds("ttl_s", ttl_s, zero=False)
+        self._release_unreleased()
         token = os.urandom(16).hex()  # unguessable and unique, like uuid4's, at a tenth of its cost
+        lapses = time.monotonic() + ttl_s
         try:
             won = self._store.add(key + CLAIM_SUFFIX, token, expire=ttl_s)
         except CacheError as exc:
@@ -51,31 +54,47 @@ class SingleFlight:
             return True
         if won:
             with self._lock:
-                self._tokens[key] = token
+                self._tokens[key] = (token, lapses)
+                self._unreleased.pop(key, None)
         return won
 
     def mine(self, key: str) -> Claim | None:
         """The claim this object's caller holds on ``key``, as the store's (key, token), for ``update`` to drop."""
         with self._lock:
-            token = self._tokens.get(key)
-        return None if token is None else (key + CLAIM_SUFFIX, token)
+            held = self._tokens.get(key)
+        return None if held is None else (key + CLAIM_SUFFIX, held[0])
 
     def dropped(self, key: str, claim: Claim) -> None:
         """Note that the store dropped ``claim`` (with the answer): a later ``release`` of it does nothing."""
         with self._lock:
-            if self._tokens.get(key) == claim[1]:
+            if self._tokens.get(key, ("",))[0] == claim[1]:
                 del self._tokens[key]
 
     def release(self, key: str) -> None:
         """Give up a claim this object's caller won, unless it already lapsed and someone else holds it."""
         with self._lock:
-            token = self._tokens.pop(key, None)
-        if token is None:
-            return
+            held = self._tokens.pop(key, None)
+        if held is not None:
+            self._discard(key, *held)
+
+    def _discard(self, key: str, token: str, lapses: float) -> None:
+        """Drop the claim if it still holds ``token``; when the store fails, kept for the next ``claim`` to release
+        (else it would hold identical requests on every host back until it lapses)."""
         try:
             self._store.discard(key + CLAIM_SUFFIX, token)
         except CacheError as exc:
-            logger.debug("cache: releasing %s skipped; the claim lapses at its ttl (%s)", key[:12], exc)
+            logger.debug("cache: releasing %s skipped; released by a later claim, else it lapses at its ttl (%s)", key[:12], exc)
+            with self._lock:
+                self._unreleased[key] = (token, lapses)
+
+    def _release_unreleased(self) -> None:
+        """Release again the claims whose release failed and whose lease has not lapsed yet."""
+        with self._lock:
+            pending, self._unreleased = self._unreleased, {}
+        now = time.monotonic()
+        for key, (token, lapses) in pending.items():
+            if lapses > now:
+                self._discard(key, token, lapses)
 
     def held(self, key: str) -> bool:
         """Whether anyone holds a live claim on ``key``; False when the store can't tell."""

@@ -23,7 +23,7 @@ from typing import Any
 from .._exceptions import ConfigError, StoreUnavailableError
 from .._redis_url import REDIS_OR_UNIX, RedisURL
 from .._sqlite import connect, immediate
-from ._keys import ADMIN_KEY_ENV, KeyRecord, KeyStore, KeyStoreBase, new_pepper
+from ._keys import ADMIN_KEY_ENV, KeyRecord, KeyStore, KeyStoreBase, SecretKey, new_pepper, plausible
 
 DEFAULT_PREFIX = "blackbox:keys:"
 BUSY_TIMEOUT_S = 30.0
@@ -193,8 +193,31 @@ class RedisKeyStore(KeyStoreBase):
             detail = self._url.scrub(f"{type(exc).__name__}: {exc}")
             raise StoreUnavailableError(f"the key store {self.url} can't {action}: {detail}") from None
 
+    def create(self, name: str, **limits: Any) -> tuple[SecretKey, KeyRecord]:
+        """``KeyStoreBase.create`` under the pepper Redis holds now: a replica that kept one from before a restart
+        without data would write a key no other replica finds."""
+        self._pepper_changed()
+        return super().create(name, **limits)
+
+    def lookup(self, presented: str | None) -> KeyRecord | None:
+        """``KeyStoreBase.lookup``; an unknown key is looked up once more if the pepper in Redis is no longer the
+        one this process kept (another replica made a new one after a restart without data)."""
+        found = super().lookup(presented)
+        if found is None and plausible(presented) and self._pepper_changed():
+            found = super().lookup(presented)
+        return found
+
+    def _pepper_changed(self) -> bool:
+        """Whether Redis holds another pepper than the one kept (none too); it is then forgotten, to be read again."""
+        with self._unavailable("read its pepper"):
+            current = self._client.get(self._prefix + "pepper")
+        changed = current != self._pepper_value
+        if changed:
+            self._pepper_value = None
+        return changed
+
     def _pepper(self) -> str:
-        """The pepper, set once by whichever replica comes first, then read once per process."""
+        """The pepper, set once by whichever replica comes first, then read once per process (and again when it changed)."""
         if self._pepper_value is None:
             with self._unavailable("read its pepper"):
                 self._client.set(self._prefix + "pepper", new_pepper(), nx=True)
