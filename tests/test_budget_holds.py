@@ -7,6 +7,7 @@ spend equal to the ledger's."""
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import threading
 import time
@@ -21,6 +22,7 @@ from servers import InstantUpstream
 
 from blackbox_sdk import Budget, BudgetExceededError, CallLog, OpenAI, RateLimitExceededError, StoreUnavailableError
 from blackbox_sdk._pipeline import _flows
+from blackbox_sdk.budget import owed_usd, settle_owed
 
 MODEL = "smollm2"
 PRICES = {MODEL: {"input": 1000.0, "output": 1000.0}}  # $1000 per million tokens: a call costs a few cents
@@ -156,26 +158,41 @@ def test_redis_killed_mid_run_fails_closed_and_the_run_completes_after_restart(l
     assert _budget(redis_server.url, cap).report().outstanding_reservations == 0
 
 
-def test_a_ledger_lost_after_the_answer_is_a_logged_error_and_the_paid_answer_is_kept(redis_server: Any, tmp_path: Path) -> None:
+def _settled_once_back(budget: Budget, redis_server: Any) -> float:
+    """Restart the ledger's Redis (empty) and wait, bounded, for the owed charge to land on it; the spend it holds."""
+    redis_server.start()
+    deadline = time.monotonic() + 30
+    while budget.report().spent_usd == 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return budget.report().spent_usd
+
+
+def test_a_ledger_lost_after_the_answer_returns_the_paid_answer_and_charges_it_once_back(
+    redis_server: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     upstream = InstantUpstream(_answer(), before=redis_server.stop)  # the ledger dies while the call is out
-    url = upstream.url
     budget = Budget(total_usd=1.0, prices=PRICES, ledger=redis_server.url)
-    client = OpenAI(base_url=url, api_key="sk-test", budget=budget, cache=tmp_path / "cache", log=tmp_path / "calls.db", max_retries=0)
+    client = OpenAI(base_url=upstream.url, api_key="sk-test", budget=budget, cache=tmp_path / "cache", log=tmp_path / "calls.db", max_retries=0)
     budget.calibration.learn(f"{client._core.endpoint}#chat.completions", MODEL, 0, 0)  # calibrated: no gate in this test
     try:
-        with pytest.raises(StoreUnavailableError) as lost:
-            client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=4)
-        assert "settle" in str(lost.value)
+        with caplog.at_level(logging.WARNING, logger="blackbox_sdk"):
+            answer = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=4)
+        assert answer.choices[0].message.content == "Apple." and answer.blackbox.cost_usd > 0
+        assert "the charge is kept and settled when it can be" in caplog.text
+        assert owed_usd() == pytest.approx(answer.blackbox.cost_usd)
+        client._core.opts.log.flush()
         [record] = list(CallLog(tmp_path / "calls.db").calls())
-        assert "StoreUnavailableError" in (record.error or "")
+        assert record.error is None and record.cost_usd == pytest.approx(answer.blackbox.cost_usd)
+        assert _settled_once_back(budget, redis_server) == pytest.approx(answer.blackbox.cost_usd)  # charged once, late
+        assert owed_usd() == 0 and settle_owed() == 0
         again = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=4)  # the paid answer, from the cache
-        assert again.blackbox.cache_hit and again.choices[0].message.content == "Apple."
+        assert again.blackbox.cache_hit and budget.report().spent_usd == pytest.approx(answer.blackbox.cost_usd)
     finally:
         upstream.close()
 
 
-def test_a_ledger_lost_after_an_embedding_keeps_the_paid_vectors(redis_server: Any, tmp_path: Path) -> None:
-    """As for chat: the answer is stored before the settle that fails, so asking again is not paid again."""
+def test_a_ledger_lost_after_an_embedding_keeps_the_paid_vectors_and_charges_them_once_back(redis_server: Any, tmp_path: Path) -> None:
+    """As for chat: the vectors come back, are cached, and their charge lands when the ledger does."""
     vectors = {"object": "list", "model": MODEL, "data": [{"object": "embedding", "index": 0, "embedding": [0.25, -0.5]}],
                "usage": {"prompt_tokens": 3, "total_tokens": 3}}
     upstream = InstantUpstream(vectors, before=redis_server.stop, route="/embeddings")  # the ledger dies while the call is out
@@ -183,9 +200,8 @@ def test_a_ledger_lost_after_an_embedding_keeps_the_paid_vectors(redis_server: A
     client = OpenAI(base_url=upstream.url, api_key="sk-test", budget=budget, cache=tmp_path / "cache", max_retries=0)
     budget.calibration.learn(f"{client._core.endpoint}#embeddings", MODEL, 0, 0)  # calibrated: no gate in this test
     try:
-        with pytest.raises(StoreUnavailableError) as lost:
-            client.embeddings.create(model=MODEL, input="a fruit")
-        assert "settle" in str(lost.value)
+        assert client.embeddings.create(model=MODEL, input="a fruit").data[0].embedding == [0.25, -0.5]
+        assert _settled_once_back(budget, redis_server) == pytest.approx(3 * 1000 / 1e6)
         again = client.embeddings.create(model=MODEL, input="a fruit")  # the paid vectors, from the cache
         assert again.blackbox.cache_hit and again.data[0].embedding == [0.25, -0.5]
     finally:

@@ -211,13 +211,8 @@ class Core:
     # ---------------------------------------------------------------- after receiving
     def settle(self, call: Call, usage: Json) -> None:
         """Settle the reservation from real usage; the cost lands on `call.info`."""
-        if call.reservation is not None:
-            try:
-                call.info.cost_usd += call.meter.settle(call.reservation, usage)  # adaptive K settles each round
-            except StoreUnavailableError as error:  # the ledger can't be told: its lease keeps the worst case held meanwhile
-                call.reservation = None
-                self.fail(call, error)
-                raise
+        if call.reservation is not None:  # adaptive K settles each round; a ledger out of reach is owed the charge (Meter.settle)
+            call.info.cost_usd += call.meter.settle(call.reservation, usage)
             call.reservation = None
         learn(self, call, usage)
         if call.admission is not None:

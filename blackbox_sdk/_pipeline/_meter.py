@@ -8,12 +8,13 @@ from __future__ import annotations
 import logging
 import sys
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
-from .._exceptions import CallLogError
+from .._exceptions import CallLogError, StoreUnavailableError
 from .._logging import logger
 from .._types import Json
-from ..budget import NO_LOG, Budget, Reservation
+from ..budget import NO_LOG, Budget, Reservation, owe_settle
 from ..call_log import CallLog, CallLogStore, CallRecord
 
 
@@ -68,11 +69,12 @@ class Meter:
         if isinstance(prompt, int) and isinstance(cached, int) and cached > prompt:  # a server's impossible report
             logger.warning("call %s: the server reported %d cached of %d prompt tokens; charged as uncached", reservation.call_id, cached, prompt)
             cached = 0
-        return float(
-            self.budget.settle(
-                reservation, prompt_tokens=prompt, completion_tokens=reported(usage.get("completion_tokens")), cached_tokens=cached, log_id=self.log_id
-            )
-        )
+        completion = reported(usage.get("completion_tokens"))
+        settle = partial(self.budget.settle, reservation, prompt_tokens=prompt, completion_tokens=completion, cached_tokens=cached, log_id=self.log_id)
+        try:
+            return float(settle())
+        except StoreUnavailableError as error:  # the answer is paid: its charge is owed, and lands once the ledger is back
+            return owe_settle(reservation, (prompt, completion, cached), settle, error)
 
     def release(self, reservation: Reservation | None) -> None:
         """Give back a reservation whose work did not run."""
