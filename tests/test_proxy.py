@@ -126,6 +126,7 @@ def test_a_stream_is_openai_chunks_with_usage_when_asked(proxy: Proxy) -> None:
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert chunks[-1].choices == [] and chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
     assert stream.response.headers["x-blackbox-call-id"].startswith("bb-")
+    assert stream.response.headers["x-request-id"] == stream.response.headers["x-blackbox-call-id"]
 
 
 def test_raw_response_headers_and_a_repeat_is_a_free_cache_hit(proxy: Proxy, folder: Path) -> None:
@@ -136,6 +137,8 @@ def test_raw_response_headers_and_a_repeat_is_a_free_cache_hit(proxy: Proxy, fol
     assert first.headers["x-blackbox-cache-hit"] == "false" and float(first.headers["x-blackbox-cost-usd"]) > 0
     assert second.headers["x-blackbox-cache-hit"] == "true" and float(second.headers["x-blackbox-cost-usd"]) == 0
     assert first.parse().choices[0].message.content == second.parse().choices[0].message.content
+    assert first.parse()._request_id == first.headers["x-blackbox-call-id"]  # openai's request id: the call log's id
+    assert second.parse()._request_id == second.headers["x-blackbox-call-id"] != first.headers["x-blackbox-call-id"]
     assert "blackbox" not in json.loads(first.text)  # the body is pure OpenAI JSON
     log = _log(folder)
     log.flush()

@@ -41,8 +41,9 @@ FEEDBACK_FIELDS = frozenset({"label", "preferred", "reward", "reference", "note"
 
 
 def blackbox_headers(info: Any, *, settled: bool = True) -> dict[str, str]:
-    """The `x-blackbox-*` headers: call id, cache hit, and the cost once it is settled (a live stream's is not yet)."""
-    headers = {"x-blackbox-call-id": info.call_id, "x-blackbox-cache-hit": "true" if info.cache_hit else "false"}
+    """The `x-blackbox-*` headers: call id, cache hit, and the cost once it is settled (a live stream's is not yet); and
+    `x-request-id`, which OpenAI sends on every answer and openai's clients keep as `_request_id`: the call id here."""
+    headers = {"x-blackbox-call-id": info.call_id, "x-blackbox-cache-hit": "true" if info.cache_hit else "false", "x-request-id": info.call_id}
     if settled or info.cache_hit:
         headers["x-blackbox-cost-usd"] = f"{info.cost_usd:.9f}"
     return headers
