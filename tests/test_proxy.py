@@ -26,6 +26,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from blackbox_sdk import Budget, CallLog, ConfigError
+from blackbox_sdk import OpenAI as BlackboxOpenAI
 from blackbox_sdk.local import free_port
 from blackbox_sdk.serve import ProxyConfig, ProxyError, Tenant, create_app, load_config
 from blackbox_sdk.serve._body import MAX_JSON_DEPTH, parse_object
@@ -666,6 +667,37 @@ def test_a_keys_client_is_built_off_the_event_loop_and_a_broken_one_is_a_clear_5
     assert answers[0].status_code == 200
     assert broken.status_code == 500 and broken.json()["error"]["code"] == "key_misconfigured"
     assert "no-adapter" in broken.json()["error"]["message"]
+
+
+def test_a_keys_first_requests_at_once_build_its_client_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Four first requests of one key at the same moment: one build (a reranker loaded once), one client for all."""
+    from blackbox_sdk.serve._tenants import TenantClients
+
+    base = BlackboxOpenAI(base_url="http://127.0.0.1:9/v1", api_key="sk-unused")
+    builds: list[dict[str, Any]] = []
+    build = base.with_options
+
+    def slow_build(**options: Any) -> Any:  # as long as an adapter takes to load
+        builds.append(options)
+        time.sleep(0.3)
+        return build(**options)
+
+    monkeypatch.setattr(base, "with_options", slow_build)
+    clients, team = TenantClients(base), Tenant("team-a", options={"rerank_n": 2})
+    start = threading.Barrier(4)
+    got: list[Any] = []
+
+    def first_request() -> None:
+        start.wait(10)
+        got.append(clients.client(team))
+
+    threads = [threading.Thread(target=first_request) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(builds) == 1 and len(got) == 4 and all(client is got[0] for client in got)
+    assert got[0].options.rerank_n == 2 and got[0].options.budget_key == "team-a"
 
 
 @pytest.mark.parametrize(

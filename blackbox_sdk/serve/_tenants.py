@@ -61,6 +61,7 @@ class TenantClients:
     def __init__(self, base: Any) -> None:
         self._base = base
         self._copies: dict[str, tuple[Mapping[str, Any], Any]] = {}
+        self._building: dict[str, threading.Lock] = {}  # one per tenant: its first requests at once build it once
         self._lock = threading.Lock()
 
     def built(self, tenant: Tenant | None) -> Any:
@@ -76,7 +77,12 @@ class TenantClients:
         built = self.built(tenant)
         if built is not None or tenant is None:
             return built
-        copy = self._base.with_options(**{**tenant.options, "budget_key": tenant.name})
         with self._lock:
-            self._copies[tenant.name] = (tenant.options, copy)
-        return copy
+            building = self._building.setdefault(tenant.name, threading.Lock())
+        with building:  # a second request meanwhile waits for this build (a reranker loaded once), not a build of its own
+            built = self.built(tenant)
+            if built is None:
+                built = self._base.with_options(**{**tenant.options, "budget_key": tenant.name})
+                with self._lock:
+                    self._copies[tenant.name] = (tenant.options, built)
+        return built
