@@ -666,6 +666,7 @@ def test_a_keys_client_is_built_off_the_event_loop_and_a_broken_one_is_a_clear_5
         upstream.close()
     assert answers[0].status_code == 200
     assert broken.status_code == 500 and broken.json()["error"]["code"] == "key_misconfigured"
+    assert broken.headers["x-should-retry"] == "false"  # only the operator can mend it: openai's clients raise at once
     assert "no-adapter" in broken.json()["error"]["message"]
 
 

@@ -49,12 +49,16 @@ _ERROR_FIELDS = ("message", "type", "param", "code")
 class ProxyError(BlackBoxError):
     """A request the proxy refuses itself (401, 404, 413, 503, ...): nothing sent upstream, nothing charged."""
 
-    def __init__(self, status: int, message: str, *, kind: str = "invalid_request_error", code: str | None = None, param: str | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, *, kind: str = "invalid_request_error", code: str | None = None, param: str | None = None,
+        retry: bool = True,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.kind = kind
         self.code = code
         self.param = param
+        self.retry = retry  # False: sent with `x-should-retry: false` (a 5xx only the operator can mend)
 
 
 def error_body(message: str, kind: str, *, param: str | None = None, code: str | None = None) -> dict[str, Any]:
@@ -94,7 +98,7 @@ def describe(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:
     """The status, OpenAI error body and extra headers for an exception raised while serving a request."""
     message = redact_text(str(exc))
     if isinstance(exc, ProxyError):
-        return exc.status, error_body(message, exc.kind, param=exc.param, code=exc.code), {}
+        return exc.status, error_body(message, exc.kind, param=exc.param, code=exc.code), {} if exc.retry else dict(_NO_RETRY)
     if isinstance(exc, InvalidRequestError):
         return 400, error_body(message, "invalid_request_error", param=exc.param), {}
     if isinstance(exc, openai.APIStatusError):

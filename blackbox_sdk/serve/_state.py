@@ -104,4 +104,4 @@ class Proxy:
         except BlackBoxError as error:
             message = redact_text(f"{type(error).__name__}: {error}")
             logger.error("proxy: the options of key %r can't be applied: %s", tenant.name if tenant else None, message)
-            raise ProxyError(500, f"this key's options can't be applied: {message}", kind="server_error", code="key_misconfigured") from error
+            raise ProxyError(500, f"this key's options can't be applied: {message}", kind="server_error", code="key_misconfigured", retry=False) from error
