@@ -39,3 +39,12 @@ def attach(obj: Any, info: BlackBoxInfo) -> Any:
     if isinstance(obj, openai.BaseModel) and not hasattr(obj, "_request_id"):
         add_request_id(obj, None)
     return obj
+
+
+def rebuilt(obj: Any, original: Any) -> Any:
+    """`obj`, an answer the SDK built over `original` (the one response that answered it, or None): openai's
+    `_request_id` carried over, so a reranked or counted answer keeps the request id a support ticket needs."""
+    request_id = getattr(original, "_request_id", None)
+    if request_id is not None:
+        add_request_id(obj, request_id)
+    return obj

@@ -155,6 +155,21 @@ def test_a_cache_hit_keeps_the_providers_fields_and_has_a_request_id(tmp_path: P
     assert first._request_id == "req_abc" and hit._request_id is None  # no request answered the hit
 
 
+
+def test_an_answer_the_sdk_rebuilt_from_one_response_keeps_its_request_id() -> None:
+    """Reranked among one response's choices, or its usage counted by the SDK: one request answered it."""
+    _, ours, _, mine = both(reranker=lambda question, answers: [float(len(a)) for a in answers], rerank_n=1)
+    reranked = ours.chat.completions.create(model="gpt-4o", messages=HI)
+    assert len(mine.requests) == 1  # a reranker on: the SDK builds the answer it returns
+    assert reranked._request_id == "req_abc"
+
+    def no_usage(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(200, json={k: v for k, v in CHAT.items() if k != "usage"}, headers={"x-request-id": "req_def"})
+
+    counted = OpenAI(api_key="sk-test", base_url="https://api.test/v1", max_retries=0, http_client=httpx2.Client(transport=httpx2.MockTransport(no_usage)))
+    answer = counted.chat.completions.create(model="gpt-4o", messages=HI)
+    assert answer.blackbox.usage_counted and answer._request_id == "req_def"
+
 def test_the_module_level_client_uses_the_module_http_client(monkeypatch: pytest.MonkeyPatch) -> None:
     server = Server()
     for name, value in {"api_key": "sk-test", "base_url": "https://api.test/v1", "http_client": httpx2.Client(transport=httpx2.MockTransport(server))}.items():

@@ -14,7 +14,7 @@ from openai.types import Completion, CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from .._exceptions import ConfigError
-from .._info import attach
+from .._info import attach, rebuilt
 from .._logging import logger
 from .._types import CHAT, Json, add_usage, charged_usage
 from ._call import Call
@@ -128,7 +128,8 @@ def finish(core: Core, call: Call, stored: list[Candidate], fresh: list[Candidat
     everything, total = account(core, call, stored, fresh, usage, paid)
     chosen = choose(call, everything)
     if original is None or stored or call.opts.reranker is not None or call.usage_counted:
-        original = build(ChatCompletion if call.route is CHAT else Completion, response_from_candidates(call.route, chosen, total))
+        built = build(ChatCompletion if call.route is CHAT else Completion, response_from_candidates(call.route, chosen, total))
+        original = rebuilt(built, None if stored else original)
     core.record(call, logged_texts(call, everything), total)
     return attach(original, call.info)
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from openai.types.responses import Response
 
-from .._info import attach
+from .._info import attach, rebuilt
 from .._types import RESPONSES, Json, charged_usage, token_count
 from ._calibrate import remember_context
 from ._call import Call
@@ -105,7 +105,7 @@ def finish(core: Core, call: Call, stored: list[Candidate], fresh: list[Candidat
     [best] = choose(call, everything)
     if original is None or stored or call.opts.reranker is not None or call.usage_counted:
         data = best.choice if len(everything) == 1 else {**best.choice, "usage": responses_usage(total)}
-        original = build(Response, data)
+        original = rebuilt(build(Response, data), None if stored else original)
     core.record(call, logged_texts(call, everything), total)
     return attach(original, call.info)
 
