@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import io
 import json
 import os
 import sqlite3
@@ -240,6 +241,30 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(log_path: Path, comman
     child.stdout.close()  # before the child writes a byte, as `| head -n 0` does
     err = child.stderr.read()
     assert child.wait(timeout=120) == 141 and err == b""
+
+
+def test_stdout_of_a_non_utf8_locale_gets_utf8(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "calls.db"
+    with CallLog(path) as log:
+        log.record(CallRecord(endpoint_host="h", model="modèle", route="chat", request={"prompt": "Grüße"}, candidates=["😀"], chosen=[0]))
+    for command in (["stats"], ["log", "export", "--out", "-"]):
+        raw = io.BytesIO()
+        monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(raw, encoding="ascii"))  # what PYTHONIOENCODING=ascii or LANG=C gives
+        assert main([*command, "--log", str(path)]) == 0
+        sys.stdout.flush()
+        assert "modèle" in raw.getvalue().decode("utf-8"), command
+    assert json.loads(raw.getvalue().decode("utf-8"))["candidates"] == ["😀"]
+
+
+@pytest.mark.parametrize("stdout", ["a full disk", "closed"])
+@pytest.mark.parametrize("command", [["stats"], ["log", "export", "--out", "-"]])
+def test_stdout_that_cant_be_written_is_a_one_line_error(log_path: Path, command: list[str], stdout: str) -> None:
+    argv = [sys.executable, "-m", "blackbox_sdk", *command, "--log", str(log_path)]
+    if stdout == "closed":
+        argv = ["sh", "-c", 'exec "$@" >&-', "sh", *argv]
+    with open(os.devnull if stdout == "closed" else "/dev/full", "wb") as sink:
+        result = subprocess.run(argv, stdout=sink, stderr=subprocess.PIPE, text=True, env=_env(), cwd=log_path.parent, timeout=120)
+    assert result.returncode == 1 and result.stderr.startswith("blackbox-sdk: ") and result.stderr.count("\n") == 1, result.stderr
 
 
 @pytest.mark.parametrize(
