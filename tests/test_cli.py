@@ -21,9 +21,11 @@ from pg_databases import fresh_database
 from servers import PostgresServer
 
 from blackbox_sdk import cli
+from blackbox_sdk import CallLogError
 from blackbox_sdk.adapter import Adapter
 from blackbox_sdk.call_log import CallLog, CallLogStore, CallRecord, PostgresCallLog
 from blackbox_sdk.call_log import _records as records_module
+from blackbox_sdk.call_log._export import export_jsonl
 from blackbox_sdk.cli import main
 from blackbox_sdk.local import free_port
 
@@ -224,11 +226,27 @@ def test_log_export_refuses_to_write_over_the_log(
 
 
 def test_a_failed_export_leaves_no_partial_file(log_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    folder = tmp_path / "a-folder"
-    folder.mkdir()
-    assert main(["log", "export", "--log", str(log_path), "--out", str(folder)]) == 1
+    assert main(["log", "export", "--log", str(log_path), "--out", str(tmp_path / "missing" / "calls.jsonl")]) == 1
     assert "can't write the export" in capsys.readouterr().err
-    assert not (tmp_path / "a-folder.partial").exists()
+    assert sorted(tmp_path.iterdir()) == [log_path]
+
+
+@pytest.mark.parametrize("out", ["a-folder", ".", "/"])
+def test_export_to_a_folder_is_refused_before_a_call_is_read(out: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a-folder").mkdir()
+    calls = iter([(CallRecord(endpoint_host="h", model="m", route="chat", request={}), [])])
+    with pytest.raises(CallLogError, match="it is a folder; name a file"):
+        export_jsonl(calls, Path(out))
+    assert next(calls, None) is not None and sorted(p.name for p in tmp_path.iterdir()) == ["a-folder"]
+
+
+def test_an_export_leaves_another_exports_partial_file_alone(log_path: Path, tmp_path: Path) -> None:
+    other = tmp_path / "calls.jsonl.partial"  # the file an export to the same path, still running, writes
+    other.write_text("another export's first lines\n")
+    assert main(["log", "export", "--log", str(log_path), "--out", str(tmp_path / "calls.jsonl")]) == 0
+    assert other.read_text() == "another export's first lines\n"
+    assert len((tmp_path / "calls.jsonl").read_text().splitlines()) == 3
 
 
 @pytest.mark.parametrize("command", [["stats"], ["log", "export", "--out", "-"]])
