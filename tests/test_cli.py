@@ -307,12 +307,26 @@ def test_a_file_that_is_not_a_call_log_is_refused_and_left_as_it_was(
     assert other.read_bytes() == before and list(other.parent.iterdir()) == [other] and not (tmp_path / "adapter").exists()
 
 
+@pytest.mark.parametrize("kind", ["a log with the rollback journal", "an older SDK's log, without a log_id"])
+def test_reading_a_log_leaves_its_file_byte_for_byte(kind: str, log_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with contextlib.closing(sqlite3.connect(log_path, isolation_level=None)) as conn:
+        if kind == "a log with the rollback journal":
+            conn.execute("PRAGMA journal_mode=DELETE")
+        else:
+            conn.execute("DELETE FROM meta WHERE key = 'log_id'")
+    before = log_path.read_bytes()
+    assert main(["stats", "--log", str(log_path)]) == 0
+    assert main(["log", "export", "--log", str(log_path), "--out", str(tmp_path / "calls.jsonl")]) == 0
+    assert "calls 3" in capsys.readouterr().out and log_path.read_bytes() == before
+
+
 def test_a_select_only_role_reads_the_log(pg_url: str, postgres_server: PostgresServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     role = f"reader_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute(f"CREATE ROLE {role} LOGIN")
         conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
         conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")
+        conn.execute("DELETE FROM blackbox_meta WHERE key = 'log_id'")  # a log an SDK older than log_id wrote
     try:
         reader = pg_url.replace(f"//{postgres_server.user}@", f"//{role}@", 1)
         assert main(["stats", "--json", "--log", reader]) == 0, capsys.readouterr().err
