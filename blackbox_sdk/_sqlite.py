@@ -12,14 +12,17 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
-def connect(path: Path, timeout: float) -> sqlite3.Connection:
+def connect(path: Path, timeout: float, *, wal: bool = True) -> sqlite3.Connection:
     """An autocommit WAL connection to ``path`` (its folder created), shareable by threads under the caller's lock.
 
     ``timeout`` (seconds) is SQLite's busy timeout: writers queue for the lock instead of failing.
+    ``wal=False`` leaves the file's journal mode as it is (a reader of a file it did not make).
     OSError and sqlite3.Error pass through, for the caller to word as its own error.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     connection = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
+    if not wal:
+        return connection
     deadline = time.monotonic() + timeout
     while True:
         try:

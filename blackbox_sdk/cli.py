@@ -6,10 +6,11 @@
     blackbox-sdk adapter train ...                            # forwarded to blackbox_sdk.adapter (the trainer's CLI)
     blackbox-sdk serve --upstream URL --config proxy.toml     # the OpenAI-compatible proxy (blackbox_sdk.serve's CLI)
 
-Exit status: 0 on success, 1 when the SDK reports an error (printed on stderr), 2 for a usage
-error or when the ``[adapter]`` or ``[proxy]`` extra is missing, 141 (a Unix tool killed by SIGPIPE)
-when the reader of stdout went away, as in ``blackbox-sdk stats ... | head``. The commands that
-read a log never change it: a file or database without the call log's tables is refused.
+Exit status: 0 on success, 1 when the SDK reports an error (printed on stderr), or stdout can't
+be written (a full disk, a closed stdout), 2 for a usage error or when the ``[adapter]`` or
+``[proxy]`` extra is missing, 141 (a Unix tool killed by SIGPIPE) when the reader of stdout went
+away, as in ``blackbox-sdk stats ... | head``. Its own commands write UTF-8, whatever the locale.
+The commands that read a log never change it: a file or database without the call log's tables is refused.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import importlib
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +42,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``) and return its exit status."""
     try:
         status = _run(list(sys.argv[1:] if argv is None else argv))
-        sys.stdout.flush()  # a reader that went away shows here, not as a warning at the interpreter's exit
+        with _writing_stdout():
+            if sys.stdout is not None:
+                sys.stdout.flush()  # a reader that went away shows here, not as a warning at the interpreter's exit
         return status
     except BrokenPipeError:  # `... | head` closed stdout: stop quietly, and let the exit's flush write nowhere
-        with contextlib.suppress(OSError, ValueError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _drop_stdout()
         return _EXIT_BROKEN_PIPE
+    except BlackBoxError as exc:  # the last flush failed
+        print(f"blackbox-sdk: {exc}", file=sys.stderr)
+        return 1
 
 
 def _run(args: list[str]) -> int:
@@ -57,10 +62,39 @@ def _run(args: list[str]) -> int:
         return _delegate(".serve", _PROXY_HINT, args[1:])
     options = _parser().parse_args(args)
     try:
-        return int(options.run(options))
+        _utf8_stdout()
+        with _writing_stdout():  # the commands' own errors are BlackBoxErrors: an OSError here is stdout's
+            return int(options.run(options))
     except BlackBoxError as exc:
         print(f"blackbox-sdk: {exc}", file=sys.stderr)
         return 1
+
+
+def _utf8_stdout() -> None:
+    """Stdout as UTF-8 (the export's encoding) in any locale, so no answer or model name fails to print; an error for a closed stdout."""
+    if sys.stdout is None:
+        raise BlackBoxError("stdout is closed: the command has nowhere to write; send it to a file or a pipe")
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure is not None:
+        reconfigure(encoding="utf-8")
+
+
+@contextlib.contextmanager
+def _writing_stdout() -> Iterator[None]:
+    """Writes to stdout that fail (a full disk, an I/O error) as a BlackBoxError, the rest of the output dropped; a reader gone passes."""
+    try:
+        yield
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        _drop_stdout()
+        raise BlackBoxError(f"can't write to stdout: {exc}") from exc
+
+
+def _drop_stdout() -> None:
+    """Point stdout's file descriptor at the null device, so the interpreter's exit flush writes nowhere instead of failing."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -178,6 +178,15 @@ def test_record_takes_only_call_records(log: CallLog) -> None:
         log.record(_record().model_dump())  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("value", [math.nan, {1, 2}], ids=["nan", "a set"])
+def test_a_record_changed_into_what_json_cant_hold_is_a_config_error_and_writes_nothing(log: CallLog, value: Any) -> None:
+    rec = _record()
+    rec.extra["score"] = value  # after it was built and checked
+    with pytest.raises(ConfigError, match="its extra is not plain JSON"):
+        log.record(rec)
+    assert log.stats()["calls"] == 0
+
+
 def test_new_call_ids_are_unique_and_time_sortable() -> None:
     first = new_call_id()
     time.sleep(0.002)

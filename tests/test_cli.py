@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import io
 import json
 import os
 import sqlite3
@@ -20,9 +21,11 @@ from pg_databases import fresh_database
 from servers import PostgresServer
 
 from blackbox_sdk import cli
+from blackbox_sdk import CallLogError
 from blackbox_sdk.adapter import Adapter
 from blackbox_sdk.call_log import CallLog, CallLogStore, CallRecord, PostgresCallLog
 from blackbox_sdk.call_log import _records as records_module
+from blackbox_sdk.call_log._export import export_jsonl
 from blackbox_sdk.cli import main
 from blackbox_sdk.local import free_port
 
@@ -223,11 +226,27 @@ def test_log_export_refuses_to_write_over_the_log(
 
 
 def test_a_failed_export_leaves_no_partial_file(log_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    folder = tmp_path / "a-folder"
-    folder.mkdir()
-    assert main(["log", "export", "--log", str(log_path), "--out", str(folder)]) == 1
+    assert main(["log", "export", "--log", str(log_path), "--out", str(tmp_path / "missing" / "calls.jsonl")]) == 1
     assert "can't write the export" in capsys.readouterr().err
-    assert not (tmp_path / "a-folder.partial").exists()
+    assert sorted(tmp_path.iterdir()) == [log_path]
+
+
+@pytest.mark.parametrize("out", ["a-folder", ".", "/"])
+def test_export_to_a_folder_is_refused_before_a_call_is_read(out: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a-folder").mkdir()
+    calls = iter([(CallRecord(endpoint_host="h", model="m", route="chat", request={}), [])])
+    with pytest.raises(CallLogError, match="it is a folder; name a file"):
+        export_jsonl(calls, Path(out))
+    assert next(calls, None) is not None and sorted(p.name for p in tmp_path.iterdir()) == ["a-folder"]
+
+
+def test_an_export_leaves_another_exports_partial_file_alone(log_path: Path, tmp_path: Path) -> None:
+    other = tmp_path / "calls.jsonl.partial"  # the file an export to the same path, still running, writes
+    other.write_text("another export's first lines\n")
+    assert main(["log", "export", "--log", str(log_path), "--out", str(tmp_path / "calls.jsonl")]) == 0
+    assert other.read_text() == "another export's first lines\n"
+    assert len((tmp_path / "calls.jsonl").read_text().splitlines()) == 3
 
 
 @pytest.mark.parametrize("command", [["stats"], ["log", "export", "--out", "-"]])
@@ -240,6 +259,30 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(log_path: Path, comman
     child.stdout.close()  # before the child writes a byte, as `| head -n 0` does
     err = child.stderr.read()
     assert child.wait(timeout=120) == 141 and err == b""
+
+
+def test_stdout_of_a_non_utf8_locale_gets_utf8(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "calls.db"
+    with CallLog(path) as log:
+        log.record(CallRecord(endpoint_host="h", model="modèle", route="chat", request={"prompt": "Grüße"}, candidates=["😀"], chosen=[0]))
+    for command in (["stats"], ["log", "export", "--out", "-"]):
+        raw = io.BytesIO()
+        monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(raw, encoding="ascii"))  # what PYTHONIOENCODING=ascii or LANG=C gives
+        assert main([*command, "--log", str(path)]) == 0
+        sys.stdout.flush()
+        assert "modèle" in raw.getvalue().decode("utf-8"), command
+    assert json.loads(raw.getvalue().decode("utf-8"))["candidates"] == ["😀"]
+
+
+@pytest.mark.parametrize("stdout", ["a full disk", "closed"])
+@pytest.mark.parametrize("command", [["stats"], ["log", "export", "--out", "-"]])
+def test_stdout_that_cant_be_written_is_a_one_line_error(log_path: Path, command: list[str], stdout: str) -> None:
+    argv = [sys.executable, "-m", "blackbox_sdk", *command, "--log", str(log_path)]
+    if stdout == "closed":
+        argv = ["sh", "-c", 'exec "$@" >&-', "sh", *argv]
+    with open(os.devnull if stdout == "closed" else "/dev/full", "wb") as sink:
+        result = subprocess.run(argv, stdout=sink, stderr=subprocess.PIPE, text=True, env=_env(), cwd=log_path.parent, timeout=120)
+    assert result.returncode == 1 and result.stderr.startswith("blackbox-sdk: ") and result.stderr.count("\n") == 1, result.stderr
 
 
 @pytest.mark.parametrize(
@@ -264,12 +307,26 @@ def test_a_file_that_is_not_a_call_log_is_refused_and_left_as_it_was(
     assert other.read_bytes() == before and list(other.parent.iterdir()) == [other] and not (tmp_path / "adapter").exists()
 
 
+@pytest.mark.parametrize("kind", ["a log with the rollback journal", "an older SDK's log, without a log_id"])
+def test_reading_a_log_leaves_its_file_byte_for_byte(kind: str, log_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with contextlib.closing(sqlite3.connect(log_path, isolation_level=None)) as conn:
+        if kind == "a log with the rollback journal":
+            conn.execute("PRAGMA journal_mode=DELETE")
+        else:
+            conn.execute("DELETE FROM meta WHERE key = 'log_id'")
+    before = log_path.read_bytes()
+    assert main(["stats", "--log", str(log_path)]) == 0
+    assert main(["log", "export", "--log", str(log_path), "--out", str(tmp_path / "calls.jsonl")]) == 0
+    assert "calls 3" in capsys.readouterr().out and log_path.read_bytes() == before
+
+
 def test_a_select_only_role_reads_the_log(pg_url: str, postgres_server: PostgresServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     role = f"reader_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute(f"CREATE ROLE {role} LOGIN")
         conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
         conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")
+        conn.execute("DELETE FROM blackbox_meta WHERE key = 'log_id'")  # a log an SDK older than log_id wrote
     try:
         reader = pg_url.replace(f"//{postgres_server.user}@", f"//{role}@", 1)
         assert main(["stats", "--json", "--log", reader]) == 0, capsys.readouterr().err

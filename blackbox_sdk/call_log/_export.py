@@ -1,8 +1,9 @@
 """The JSONL export: one line per call with its candidates and feedback, the format the adapter trainer reads.
 
 Documented field by field in ``docs/call-log.md``. Any call-log store can write it from its
-(record, feedback) pairs; a file is written beside the target and renamed, so it is whole or absent
-(a failed export removes what it wrote), and never over the SQLite log it exports.
+(record, feedback) pairs; a file is written beside the target under a name of its own (so two
+exports to one path never mix) and renamed, so it is whole or absent (a failed export removes what
+it wrote), and never over the SQLite log it exports or a folder.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TextIO
@@ -21,15 +23,17 @@ EXPORT_FORMAT = "blackbox-calllog/1"
 
 
 def export_jsonl(calls: Iterable[tuple[CallRecord, list[Feedback]]], out: str | Path | TextIO, *, log: Path | None = None) -> int:
-    """Write one JSON line per call to a path or a text stream; the count; ConfigError, before writing, for a path that is ``log``'s own file."""
+    """Write one JSON line per call to a path or a text stream; the count; before writing, ConfigError for a path that is ``log``'s own file, CallLogError for a folder."""
     if not isinstance(out, (str, Path)):
         return _write_lines(calls, out)
     target = Path(out)
-    partial = target.with_name(target.name + ".partial")
+    if target.is_dir():
+        raise CallLogError(f"can't write the export {out}: it is a folder; name a file to write")
+    partial = target.with_name(f"{target.name}.{uuid.uuid4().hex[:12]}.partial")
     if log is not None:
         _refuse_overwriting(log, target, partial)
     try:
-        with partial.open("w", encoding="utf-8") as sink:
+        with partial.open("x", encoding="utf-8") as sink:
             count = _write_lines(calls, sink)
         partial.replace(target)
     except BaseException as exc:

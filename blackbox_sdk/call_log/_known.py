@@ -30,10 +30,13 @@ def latest_created(conn: Any, *, table: str = "calls") -> float | None:
     return None if row is None or row[0] is None else float(row[0])
 
 
-def stored_log_id(conn: Any, *, table: str = "meta", mark: str = "?") -> str:
-    """The log's id from its meta ``table``, made (a random hex string) by whichever process asks first."""
+def stored_log_id(conn: Any, *, table: str = "meta", mark: str = "?", create: bool = True) -> str:
+    """The log's id from its meta ``table``, made (a random hex string) by whichever process asks first; without ``create``
+    (a reader, which writes nothing) "" for an older log that has none yet."""
     select = f"SELECT value FROM {table} WHERE key = 'log_id'"
     row = conn.execute(select).fetchone()
+    if row is None and not create:
+        return ""
     if row is None:
         insert = f"INSERT INTO {table} (key, value) VALUES ('log_id', {mark}) ON CONFLICT (key) DO NOTHING"
         conn.execute(insert, (uuid.uuid4().hex,))

@@ -266,14 +266,14 @@ def _open(path: Path, timeout: float, create: bool) -> tuple[sqlite3.Connection,
     if not create:
         _check_is_log(path)
     try:
-        conn = connect(path, timeout)
+        conn = connect(path, timeout, wal=create)  # an existing log keeps its journal mode
     except OSError as exc:
         raise CallLogError(f"can't open the call log {path}: {exc}") from exc
     except sqlite3.Error as exc:
         raise _not_a_log(path, exc) from exc
     try:
         prepare(conn, create=create)
-        log_id = _known.stored_log_id(conn)
+        log_id = _known.stored_log_id(conn, create=create)
     except BaseException as exc:
         conn.close()
         if isinstance(exc, sqlite3.Error):

@@ -81,7 +81,7 @@ class PostgresCallLog(Closing):
         with self._errors("open", url), self._psycopg.connect(url, **options) as conn:
             prepare(conn, create=create)
             with conn.transaction():
-                self._log_id = _known.stored_log_id(conn, table="blackbox_meta", mark="%s")
+                self._log_id = _known.stored_log_id(conn, table="blackbox_meta", mark="%s", create=create)
         self._pool: ConnectionPool[Any] = pool_module.ConnectionPool(
             url, min_size=1, max_size=pool_size, kwargs=options, open=True, timeout=self._timeout,
             check=pool_module.ConnectionPool.check_connection, reconnect_timeout=RECONNECT_S, name="blackbox-call-log",

@@ -97,14 +97,18 @@ def insert_feedback(conn: sqlite3.Connection, item: Feedback) -> None:
 
 
 def call_values(rec: CallRecord) -> dict[str, Any]:
-    """A record's calls-table values by column, secrets redacted and JSON columns as text: what every store writes."""
+    """A record's calls-table values by column, secrets redacted and JSON columns as text: what every store writes;
+    ConfigError for a record changed after it was built into something JSON can't hold (NaN, an object)."""
     values = rec.model_dump(exclude={"candidates"})
     values["request"] = redact(values["request"])
     values["extra"] = redact(values["extra"])
     values["error"] = redact(values["error"])
     for column in JSON_COLUMNS:
         if values[column] is not None:
-            values[column] = json.dumps(values[column], ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+            try:
+                values[column] = json.dumps(values[column], ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"call {rec.call_id!r} can't be logged: its {column} is not plain JSON ({exc})") from exc
     return values
 
 
