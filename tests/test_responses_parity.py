@@ -105,3 +105,21 @@ def test_the_final_response_of_every_stream_carries_blackbox(tmp_path: Path) -> 
     assert final(input="whole").cache_hit  # a whole answer's events
     reranked = final(input="reranked", reranker=lambda question, answers: [float(len(a)) for a in answers], rerank_n=2)
     assert reranked.requests == 2 and len(reranked.candidates) == 2
+
+
+def test_a_cached_refusal_and_logprobs_stream_as_a_server_sends_them(tmp_path: Path) -> None:
+    """A refusal part streams as refusal deltas and its done (openai's helper builds the refusal from them); an
+    output text's done carries the logprobs the stored answer holds."""
+    logprobs = [{"token": "No", "logprob": -0.1, "bytes": [78, 111], "top_logprobs": []}]
+    parts = [{"type": "refusal", "refusal": "I can't help with that."}, {"type": "output_text", "text": "No", "annotations": [], "logprobs": logprobs}]
+    server = Server([{"type": "message", "id": "msg_1", "role": "assistant", "status": "completed", "content": parts}])
+    client = sdk(server, tmp_path)
+    client.responses.create(model=MODEL, input="Help me.")
+    with client.responses.stream(model=MODEL, input="Help me.") as stream:
+        events = list(stream)
+    assert len(server.bodies) == 1  # the stream was the cached answer
+    refusal = [e for e in events if e.type == "response.refusal.delta"]
+    assert "".join(e.delta for e in refusal) == "I can't help with that."
+    assert next(e for e in events if e.type == "response.refusal.done").refusal == "I can't help with that."
+    done = next(e for e in events if e.type == "response.output_text.done")
+    assert done.text == "No" and [p.token for p in done.logprobs] == ["No"]

@@ -50,18 +50,28 @@ def _item_events(item: Json, index: int) -> Iterator[Json]:
     item_id = item.get("id") or f"msg_{index}"
     yield {"type": "response.output_item.added", "output_index": index, "item": {**item, "id": item_id, "status": "in_progress", "content": []}}
     for part_index, part in enumerate(item.get("content") or []):
-        where = {"item_id": item_id, "output_index": index, "content_index": part_index}
-        if part.get("type") != "output_text":
-            yield {"type": "response.content_part.added", **where, "part": part}
-            yield {"type": "response.content_part.done", **where, "part": part}
-            continue
-        text = part.get("text") or ""
-        yield {"type": "response.content_part.added", **where, "part": {**part, "text": "", "annotations": []}}
-        for piece in _PIECES.findall(text):
-            yield {"type": "response.output_text.delta", **where, "delta": piece, "logprobs": []}
-        yield {"type": "response.output_text.done", **where, "text": text, "logprobs": []}
-        yield {"type": "response.content_part.done", **where, "part": part}
+        yield from _part_events(part, {"item_id": item_id, "output_index": index, "content_index": part_index})
     yield {"type": "response.output_item.done", "output_index": index, "item": {**item, "id": item_id}}
+
+
+def _part_events(part: Json, where: Json) -> Iterator[Json]:
+    """One content part's events: added empty, its text (or refusal) piece by piece, its done with the
+    whole text (and an output text's logprobs), then the part done; another kind of part whole."""
+    kind = part.get("type")
+    if kind not in ("output_text", "refusal"):
+        yield {"type": "response.content_part.added", **where, "part": part}
+        yield {"type": "response.content_part.done", **where, "part": part}
+        return
+    field, prefix = ("text", "response.output_text") if kind == "output_text" else ("refusal", "response.refusal")
+    text = part.get(field) or ""
+    logprobs = {"logprobs": []} if kind == "output_text" else {}
+    empty = {**part, "text": "", "annotations": [], "logprobs": []} if kind == "output_text" else {**part, "refusal": ""}
+    yield {"type": "response.content_part.added", **where, "part": empty}
+    for piece in _PIECES.findall(text):
+        yield {"type": f"{prefix}.delta", **where, "delta": piece, **logprobs}
+    done_logprobs = {"logprobs": part.get("logprobs") or []} if kind == "output_text" else {}
+    yield {"type": f"{prefix}.done", **where, field: text, **done_logprobs}
+    yield {"type": "response.content_part.done", **where, "part": part}
 
 
 def events_of(response: Json) -> list[Json]:
