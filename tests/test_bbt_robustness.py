@@ -14,7 +14,7 @@ import torch
 
 from blackbox_sdk._exceptions import BlackBoxError, BudgetExceededError, TuningError
 from blackbox_sdk.local._backend import HFBackend, load_backend
-from blackbox_sdk.tuning import BBTConfig, Tuner
+from blackbox_sdk.tuning import BBTConfig, SoftPrompt, Tuner
 from blackbox_sdk.tuning import _checkpoint
 
 TEMPLATE = "{text} It was {label}"
@@ -156,3 +156,11 @@ def test_a_refusal_midway_keeps_every_generation_paid_for(backend: HFBackend, tm
     prompt = resumed.fit()
     assert [g.best_loss for g in resumed.history[:2]] == [g.best_loss for g in stopped.history]
     assert sum(c for c in again if c == 4) == 8 and prompt.info.scores["calls"] == 16
+
+
+def test_a_saved_prompt_with_a_truncated_tensors_file_is_a_tuning_error(tmp_path: Path) -> None:
+    SoftPrompt.create(torch.ones(2, 8), model_id="m", template=TEMPLATE, verbalizer=VERBALIZER, placement="prefix").save(tmp_path)
+    tensors = tmp_path / "soft_prompt.safetensors"
+    tensors.write_bytes(tensors.read_bytes()[:40])
+    with pytest.raises(TuningError, match="safetensors"):
+        SoftPrompt.load(tmp_path)
