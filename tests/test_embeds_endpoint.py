@@ -217,6 +217,49 @@ def test_server_errors_and_malformed_answers_raise_backend_errors(backend: HFBac
         empty.label_logprobs(torch.zeros(1, 1, 576), template.encode(TEXTS), template.label_token_ids)
 
 
+def _choices(first: dict[str, Any], *, indexes: tuple[int, int] = (0, 1)) -> dict[str, Any]:
+    """A 200 answer for two sequences: the first choice's top_logprobs as given, the second plausible."""
+    plain = {"token_id:1": -0.5, "token_id:2": -1.5}
+    return {"choices": [{"index": i, "logprobs": {"top_logprobs": [top]}} for i, top in zip(indexes, [first, plain], strict=True)]}
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        pytest.param(b"<html>gateway</html>", "no JSON", id="not-json"),
+        pytest.param(json.dumps(_choices({"token_id:1": float("nan")})).encode(), "log-prob", id="nan-logprob"),
+        pytest.param(json.dumps(_choices({"token_id:1": 3.0})).encode(), "log-prob", id="positive-logprob"),
+        pytest.param(json.dumps(_choices({"token_id:1": "high"})).encode(), "log-prob", id="string-logprob"),
+        pytest.param(json.dumps(_choices({"token_id:1": None})).encode(), "log-prob", id="null-logprob"),
+        pytest.param(json.dumps(_choices({"token_id:one": -1.0})).encode(), "token key", id="bad-token-key"),
+        pytest.param(json.dumps(_choices({"token_id:1": -1.0}, indexes=(0, 0))).encode(), "choices", id="same-index-twice"),
+    ],
+)
+def test_a_malformed_answer_is_a_backend_error(backend: HFBackend, content: bytes, match: str) -> None:
+    answer = httpx2.MockTransport(lambda r: httpx2.Response(200, content=content))
+    remote = EmbedsEndpoint(
+        "http://vllm.test/v1", model="smollm2", embedding_table_source=backend, supports_prompt_embeds=True,
+        http_client=httpx2.Client(transport=answer),
+    )
+    template = PromptTemplate(TEMPLATE, VERBALIZER, backend.tokenizer, "prefix")
+    with pytest.raises(BackendError, match=match):
+        remote.label_logprobs(torch.zeros(1, 1, 576), template.encode(TEXTS), template.label_token_ids)
+
+
+def test_a_server_error_that_echoes_the_api_key_does_not_carry_it(backend: HFBackend) -> None:
+    echo = httpx2.MockTransport(
+        lambda r: httpx2.Response(401, text=f"unknown key {r.headers['authorization'].split()[-1]}")
+    )
+    remote = EmbedsEndpoint(
+        "http://vllm.test/v1", model="smollm2", embedding_table_source=backend, supports_prompt_embeds=True,
+        api_key="team7x", http_client=httpx2.Client(transport=echo),
+    )
+    template = PromptTemplate(TEMPLATE, VERBALIZER, backend.tokenizer, "prefix")
+    with pytest.raises(BackendError, match="401") as caught:
+        remote.label_logprobs(torch.zeros(1, 1, 576), template.encode(TEXTS), template.label_token_ids)
+    assert "team7x" not in str(caught.value) and "unknown key" in str(caught.value)
+
+
 def test_bad_endpoint_options_are_refused(backend: HFBackend) -> None:
     for options in ({"top_logprobs": 0}, {"top_logprobs": 21}, {"wire_dtype": "int8"}, {"batch_size": 0}):
         with pytest.raises(ConfigError):

@@ -4,6 +4,8 @@ history, counters, step sizes) plus safetensors (the strategies' means, the sele
 Resuming re-creates the search with the same seed and replays ask/tell with the stored fitness
 values; the replayed means and step sizes are checked against the stored ones. A plain BBT
 checkpoint is the one-layer case (a mean [d] and one step size read as [1, d] and [sigma]).
+Each save writes its tensors under a new name (`bbt_state-<hash>.safetensors`) and then replaces
+the JSON that names them, so a crash at any point leaves the previous pair whole.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from safetensors.torch import save as to_safetensors
 
 from .._exceptions import TuningError
 from ._cma import LayerSearch
@@ -26,7 +30,7 @@ from ._state import Best, DevRecord, GenerationRecord, SearchState
 from ._template import EncodedExamples, PromptTemplate
 
 STATE_JSON = "bbt_state.json"
-STATE_TENSORS = "bbt_state.safetensors"
+STATE_TENSORS = "bbt_state.safetensors"  # the tensors of a checkpoint whose JSON names none (written before names)
 STATE_FORMAT = 1
 _RESUME_IRRELEVANT = {"budget", "dev_every", "batch_size", "checkpoint_dir", "checkpoint_every", "progress"}
 
@@ -40,22 +44,35 @@ def fingerprint(
         "model": model_id,
         "template": template.template,
         "verbalizer": template.verbalizer,
-        "train": train.key,
-        "dev": dev.key if dev else None,
+        "train": [train.key, [template.labels[i] for i in train.labels]],
+        "dev": [dev.key, [template.labels[i] for i in dev.labels]] if dev else None,
     }
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
 
 
 def save_checkpoint(folder: Path, state: SearchState, fingerprint: str) -> None:
-    """Write the checkpoint (JSON + safetensors) atomically into folder."""
+    """Write the checkpoint atomically: new tensors under their own name, then the JSON naming them, then drop the old ones."""
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {"mean": torch.as_tensor(state.search.means(), dtype=torch.float64)}
     if state.best is not None:
         tensors["best_z"] = torch.as_tensor(state.best.z, dtype=torch.float64)
-    save_file(tensors, str(folder / (STATE_TENSORS + ".tmp")))
-    (folder / (STATE_JSON + ".tmp")).write_text(json.dumps(_document(state, fingerprint)))
-    os.replace(folder / (STATE_TENSORS + ".tmp"), folder / STATE_TENSORS)
-    os.replace(folder / (STATE_JSON + ".tmp"), folder / STATE_JSON)
+    data = to_safetensors(tensors)
+    name = f"bbt_state-{hashlib.sha256(data).hexdigest()[:16]}.safetensors"
+    _write_atomically(folder / name, data)
+    _write_atomically(folder / STATE_JSON, json.dumps({**_document(state, fingerprint), "tensors": name}).encode())
+    for old in folder.glob("bbt_state*.safetensors"):
+        if old.name != name:
+            old.unlink(missing_ok=True)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write data to path through a synced temporary file and a rename: readers see the old file or the new one."""
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "wb") as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, path)
 
 
 def _document(state: SearchState, fingerprint: str) -> dict[str, Any]:
@@ -81,10 +98,18 @@ def load_checkpoint(config: BBTConfig, fingerprint: str, layers: int) -> SearchS
     folder = config.checkpoint_dir
     if folder is None or not (folder / STATE_JSON).is_file():
         return None
-    document = json.loads((folder / STATE_JSON).read_text())
-    if document.get("format") != STATE_FORMAT or document.get("fingerprint") != fingerprint:
-        raise TuningError(f"the checkpoint in {folder} is for other settings or data; use another checkpoint_dir")
-    tensors = load_file(str(folder / STATE_TENSORS))
+    try:
+        document = json.loads((folder / STATE_JSON).read_text())
+        same = isinstance(document, dict) and document.get("format") == STATE_FORMAT
+        if not same or document.get("fingerprint") != fingerprint:
+            raise TuningError(f"the checkpoint in {folder} is for other settings or data; use another checkpoint_dir")
+        return _state(config, layers, document, load_file(str(folder / Path(document.get("tensors", STATE_TENSORS)).name)))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, SafetensorError) as error:
+        raise TuningError(f"the checkpoint in {folder} is damaged ({type(error).__name__}: {error}); use another checkpoint_dir") from None
+
+
+def _state(config: BBTConfig, layers: int, document: dict[str, Any], tensors: dict[str, torch.Tensor]) -> SearchState:
+    """The search state a checkpoint's JSON and tensors describe, rebuilt by replay."""
     state = SearchState(
         search=LayerSearch.replayed(
             config, layers, document["fitness"], tensors["mean"].numpy(), np.atleast_1d(document["sigma"]).tolist()

@@ -35,6 +35,7 @@ import torch
 
 from .._embeds import encode_embeds
 from .._exceptions import BackendError, ConfigError, EmbeddingsNotSupportedError, TuningError
+from .._redact import redact_text, remember_secret
 from ._soft_prompt import SoftPrompt, label_and_probs
 from ._template import EncodedExamples, PromptTemplate
 
@@ -80,6 +81,7 @@ class EmbedsEndpoint:
         self.wire_dtype = _WIRE_DTYPES[wire_dtype]
         self.batch_size = batch_size
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        remember_secret(api_key)  # a server that echoes it in an error body: redacted from BackendError
         self._http = http_client or httpx2.Client(timeout=timeout)
         source = _table_source(embedding_table_source)
         self.tokenizer = source.tokenizer
@@ -163,12 +165,18 @@ class EmbedsEndpoint:
         try:
             response = self._http.post(self.url, json=self._body(sequences, label_ids), headers=self._headers)
         except httpx2.HTTPError as exc:
-            raise BackendError(f"can't reach {self.url}: {exc}") from None
+            raise BackendError(redact_text(f"can't reach {self.url}: {exc}")) from None
         if response.status_code != 200:
-            raise BackendError(f"{self.url} answered {response.status_code}: {response.text[:300]}")
-        choices = sorted(_field(response.json(), "choices", list), key=lambda c: _field(c, "index", int))
-        if len(choices) != len(sequences):
-            raise BackendError(f"{self.url} returned {len(choices)} choices for {len(sequences)} prompt embeddings")
+            raise BackendError(redact_text(f"{self.url} answered {response.status_code}: {response.text[:300]}"))
+        try:
+            answer = response.json()
+        except ValueError:
+            raise BackendError(redact_text(f"{self.url} answered 200 with no JSON: {response.text[:300]}")) from None
+        choices = sorted(_field(answer, "choices", list), key=lambda c: _field(c, "index", int))
+        if [c["index"] for c in choices] != list(range(len(sequences))):
+            raise BackendError(
+                f"{self.url} returned choices {[c['index'] for c in choices]} for {len(sequences)} prompt embeddings"[:300]
+            )
         return [self._label_row(choice, label_ids) for choice in choices]
 
     def _label_row(self, choice: Any, label_ids: list[int]) -> list[float]:
@@ -176,15 +184,24 @@ class EmbedsEndpoint:
         tops = _field(_field(choice, "logprobs", dict), "top_logprobs", list)
         if not tops or not isinstance(tops[0], dict) or not tops[0]:
             raise BackendError(f"{self.url} returned no top log-probs for the first generated token")
-        shown = {self._token_id(key): float(value) for key, value in tops[0].items()}
+        shown = {self._token_id(key): self._logprob(value) for key, value in tops[0].items()}
         missing = [t for t in label_ids if t not in shown]
         stand_in = missing_logprob(list(shown.values()), len(missing)) if missing else 0.0
         return [shown.get(t, stand_in) for t in label_ids]
 
+    def _logprob(self, value: Any) -> float:
+        """A log-prob the server answered: a number, not NaN, at most 0 (up to rounding); BackendError otherwise."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or value > 1e-3:
+            raise BackendError(f"{self.url} returned {value!r} as a log-prob"[:300])
+        return float(value)
+
     def _token_id(self, key: str) -> int:
         """The token id of a top_logprobs key: `token_id:N`, or a decoded token text (-1 when it is not one token)."""
         if key.startswith(TOKEN_ID_PREFIX):
-            return int(key[len(TOKEN_ID_PREFIX) :])
+            number = key[len(TOKEN_ID_PREFIX) :]
+            if not number.isdigit():
+                raise BackendError(f"{self.url} returned the token key {key!r}"[:300])
+            return int(number)
         ids = self.tokenizer.encode(key, add_special_tokens=False)
         return ids[0] if len(ids) == 1 else -1
 

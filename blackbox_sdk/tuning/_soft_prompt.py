@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from safetensors.torch import save as to_safetensors
 
@@ -158,7 +159,10 @@ class SoftPrompt:
             info = SoftPromptInfo.model_validate_json((path / INFO_FILE).read_text())
         except ValidationError as exc:
             raise TuningError(f"{path / INFO_FILE} is not a valid soft prompt description: {exc}") from None
-        tensors = load_file(str(path / TENSORS_FILE))
+        try:
+            tensors = load_file(str(path / TENSORS_FILE))
+        except (SafetensorError, OSError) as exc:
+            raise TuningError(f"{path / TENSORS_FILE} can't be read as safetensors: {exc}") from None
         if "embeds" not in tensors:
             raise TuningError(f"{path / TENSORS_FILE} has no 'embeds' tensor")
         return cls(tensors["embeds"], info, layers=tensors.get("layers"), z=tensors.get("z"), target=target)

@@ -178,12 +178,17 @@ class Tuner:
         with tqdm(
             total=self.config.budget, initial=state.calls, unit="call", desc="BBT", disable=not self.config.progress
         ) as bar:
-            for step in range(generations_left):
-                self._generation(state, started, last=step == generations_left - 1)
-                bar.update(self.config.popsize)
-                bar.set_postfix(_postfix(state))
-                if self.config.checkpoint_dir is not None and (step + 1) % self.config.checkpoint_every == 0:
+            try:
+                for step in range(generations_left):
+                    self._generation(state, started, last=step == generations_left - 1)
+                    bar.update(self.config.popsize)
+                    bar.set_postfix(_postfix(state))
+                    if self.config.checkpoint_dir is not None and (step + 1) % self.config.checkpoint_every == 0:
+                        self._save(state)
+            except BaseException:
+                if self.config.checkpoint_dir is not None:  # a refusal or failure keeps the generations paid for
                     self._save(state)
+                raise
         if state.best is None:
             raise TuningError("the budget allows no generation beyond the checkpoint; raise budget to continue")
         if self.config.checkpoint_dir is not None:

@@ -1,0 +1,166 @@
+"""Black-Box Tuning under bad options, broken checkpoints and runs stopped midway: clear errors, nothing lost."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from blackbox_sdk._exceptions import BlackBoxError, BudgetExceededError, TuningError
+from blackbox_sdk.local._backend import HFBackend, load_backend
+from blackbox_sdk.tuning import BBTConfig, SoftPrompt, Tuner
+from blackbox_sdk.tuning import _checkpoint
+
+TEMPLATE = "{text} It was {label}"
+VERBALIZER = {"positive": "great", "negative": "terrible"}
+TRAIN = [("A warm and funny film, I loved it.", "positive"), ("The battery died in an hour, awful.", "negative")]
+DEV = [("These headphones sound amazing.", "positive"), ("The blender broke after a week.", "negative")]
+TINY = {"d": 8, "prompt_len": 2, "popsize": 4, "budget": 8, "dev_every": 4, "progress": False, "placement": "suffix"}
+
+
+@pytest.fixture(scope="module")
+def backend(gguf_path: Path) -> HFBackend:
+    """The process-wide local backend for the packaged SmolLM2."""
+    torch.set_num_threads(2)
+    return load_backend(gguf_path)
+
+
+def tuner(
+    backend: HFBackend, calls: list[int], train: list[tuple[str, str]] = TRAIN, **options: Any
+) -> Tuner:
+    """A tiny suffix tuner whose evaluations are counted into calls."""
+    config = BBTConfig(**{**TINY, **options})
+    return Tuner(
+        backend, template=TEMPLATE, verbalizer=VERBALIZER, train=train, dev=DEV, config=config,
+        on_calls=lambda n, _tokens: calls.append(n),
+    )
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        pytest.param({"d": 0}, id="d-zero"),
+        pytest.param({"popsize": 1}, id="population-of-one"),
+        pytest.param({"extra_option": 1}, id="unknown-option"),
+        pytest.param({"d": True}, id="bool-for-int"),
+        pytest.param({"budget": True, "popsize": 2}, id="bool-budget"),
+        pytest.param({"sigma0": True}, id="bool-for-float"),
+        pytest.param({"sigma0": math.inf}, id="infinite-sigma"),
+        pytest.param({"alpha": math.inf}, id="infinite-alpha"),
+        pytest.param({"margin": math.inf}, id="infinite-margin"),
+        pytest.param({"sigma0": math.nan}, id="nan-sigma"),
+        pytest.param({"d": 10**7}, id="huge-d"),
+        pytest.param({"seed": -1}, id="negative-seed"),
+        pytest.param({"seed": 2**70}, id="seed-too-big-for-torch"),
+        pytest.param({"bounds": (1.0, 2.0)}, id="bounds-without-the-start"),
+        pytest.param({"bounds": (0.0, 0.0)}, id="empty-bounds"),
+    ],
+)
+def test_bad_options_are_a_tuning_error_when_the_config_is_built(options: dict[str, Any]) -> None:
+    with pytest.raises(TuningError) as caught:
+        BBTConfig(**options)
+    assert isinstance(caught.value, BlackBoxError)
+    assert str(next(iter(options))) in str(caught.value)
+
+
+def test_edge_values_that_can_run_are_kept() -> None:
+    config = BBTConfig(d=10_000, seed=2**64 - 1, bounds=(0.0, 1.0), popsize=2, budget=2)
+    assert (config.d, config.seed, config.bounds) == (10_000, 2**64 - 1, (0.0, 1.0))
+
+
+def _rewrite_json(change: Callable[[dict[str, Any]], Any]) -> Callable[[Path], None]:
+    """A damage that rewrites the checkpoint's JSON document."""
+    return lambda folder: (folder / "bbt_state.json").write_text(json.dumps(change(json.loads((folder / "bbt_state.json").read_text()))))
+
+
+def _tensors(folder: Path) -> Path:
+    """The tensors file the checkpoint in folder uses."""
+    return next(folder.glob("bbt_state*.safetensors"))
+
+
+DAMAGES: dict[str, Callable[[Path], None]] = {
+    "truncated-json": lambda f: (f / "bbt_state.json").write_text((f / "bbt_state.json").read_text()[:40]),
+    "json-not-an-object": lambda f: (f / "bbt_state.json").write_text("[1, 2]"),
+    "truncated-tensors": lambda f: _tensors(f).write_bytes(_tensors(f).read_bytes()[:40]),
+    "missing-tensors": lambda f: _tensors(f).unlink(),
+    "missing-field": _rewrite_json(lambda d: {k: v for k, v in d.items() if k != "calls"}),
+    "short-fitness": _rewrite_json(lambda d: {**d, "fitness": [f[:2] for f in d["fitness"]]}),
+}
+
+
+def test_a_damaged_checkpoint_is_a_tuning_error_before_any_call(backend: HFBackend, tmp_path: Path) -> None:
+    tuner(backend, [], checkpoint_dir=tmp_path / "good").fit()
+    for name, damage in DAMAGES.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        for path in (tmp_path / "good").iterdir():
+            (folder / path.name).write_bytes(path.read_bytes())
+        damage(folder)
+        calls: list[int] = []
+        with pytest.raises(TuningError, match="checkpoint"):
+            tuner(backend, calls, checkpoint_dir=folder, budget=12).fit()
+        assert calls == [], name
+
+
+def test_a_checkpoint_for_the_same_texts_with_other_labels_is_not_resumed(backend: HFBackend, tmp_path: Path) -> None:
+    tuner(backend, [], checkpoint_dir=tmp_path).fit()
+    flipped = [(text, "negative" if label == "positive" else "positive") for text, label in TRAIN]
+    calls: list[int] = []
+    with pytest.raises(TuningError, match="other settings or data"):
+        tuner(backend, calls, train=flipped, checkpoint_dir=tmp_path, budget=12).fit()
+    assert calls == []
+
+
+def test_a_crash_while_saving_leaves_the_previous_checkpoint(
+    backend: HFBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tuner(backend, [], checkpoint_dir=tmp_path, checkpoint_every=1).fit()  # 2 generations
+    replace = os.replace
+
+    def crash_before_the_json(source: Any, target: Any) -> None:
+        if Path(target).name == "bbt_state.json":
+            raise OSError("power cut")
+        replace(source, target)
+
+    monkeypatch.setattr(_checkpoint.os, "replace", crash_before_the_json)
+    with pytest.raises(OSError, match="power cut"):
+        tuner(backend, [], checkpoint_dir=tmp_path, checkpoint_every=1, budget=16).fit()
+    monkeypatch.setattr(_checkpoint.os, "replace", replace)
+    calls: list[int] = []
+    resumed = tuner(backend, calls, checkpoint_dir=tmp_path, budget=16)
+    prompt = resumed.fit()
+    assert prompt.info.scores["calls"] == 16 and len(resumed.history) == 4
+    assert sum(c for c in calls if c == 4) == 8  # only generations 3 and 4 ran again
+
+
+def test_a_refusal_midway_keeps_every_generation_paid_for(backend: HFBackend, tmp_path: Path) -> None:
+    calls: list[int] = []
+
+    def refuse_the_third_generation(n: int, _tokens: int) -> None:
+        if sum(c for c in calls if c == 4) == 8 and n == 4:
+            raise BudgetExceededError("cap", spent=1.0, reserved=1.0, limit=1.0, scope="total")
+        calls.append(n)
+
+    stopped = tuner(backend, calls, checkpoint_dir=tmp_path, budget=16)  # checkpoint_every 10: none due
+    stopped.on_calls = refuse_the_third_generation
+    with pytest.raises(BudgetExceededError):
+        stopped.fit()
+    again: list[int] = []
+    resumed = tuner(backend, again, checkpoint_dir=tmp_path, budget=16)
+    prompt = resumed.fit()
+    assert [g.best_loss for g in resumed.history[:2]] == [g.best_loss for g in stopped.history]
+    assert sum(c for c in again if c == 4) == 8 and prompt.info.scores["calls"] == 16
+
+
+def test_a_saved_prompt_with_a_truncated_tensors_file_is_a_tuning_error(tmp_path: Path) -> None:
+    SoftPrompt.create(torch.ones(2, 8), model_id="m", template=TEMPLATE, verbalizer=VERBALIZER, placement="prefix").save(tmp_path)
+    tensors = tmp_path / "soft_prompt.safetensors"
+    tensors.write_bytes(tensors.read_bytes()[:40])
+    with pytest.raises(TuningError, match="safetensors"):
+        SoftPrompt.load(tmp_path)
