@@ -199,8 +199,9 @@ def spent_scope(day: str | None, key: str | None, model: str | None) -> tuple[Sc
 def checked_day(day: object) -> str:
     """`day` when it is a date as `utc_day` writes it (YYYY-MM-DD), else a ConfigError: any other form matches no spend."""
     try:
-        if isinstance(day, str) and date.fromisoformat(day).isoformat() == day:
-            return day
-    except ValueError:
-        pass
+        canonical = isinstance(day, str) and date.fromisoformat(day).isoformat() == day
+    except ValueError:  # no date at all
+        canonical = False
+    if canonical:
+        return str(day)
     raise ConfigError(f"day must be a UTC date as YYYY-MM-DD (what per-day caps are kept by), got {day!r:.80}")
