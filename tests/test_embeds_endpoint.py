@@ -260,6 +260,19 @@ def test_a_server_error_that_echoes_the_api_key_does_not_carry_it(backend: HFBac
     assert "team7x" not in str(caught.value) and "unknown key" in str(caught.value)
 
 
+def test_a_password_in_the_endpoints_url_is_never_shown(backend: HFBackend) -> None:
+    down = httpx2.MockTransport(lambda r: httpx2.Response(503, text="busy"))
+    remote = EmbedsEndpoint(
+        "http://tuner:s3cr3t-pw@vllm.test/v1", model="smollm2", embedding_table_source=backend, supports_prompt_embeds=True,
+        http_client=httpx2.Client(transport=down),
+    )
+    template = PromptTemplate(TEMPLATE, VERBALIZER, backend.tokenizer, "prefix")
+    with pytest.raises(BackendError, match="503") as caught:
+        remote.label_logprobs(torch.zeros(1, 1, 576), template.encode(TEXTS), template.label_token_ids)
+    assert "s3cr3t-pw" not in str(caught.value) and "tuner:***@vllm.test" in str(caught.value)
+    assert "s3cr3t-pw" not in repr(remote)
+
+
 def test_bad_endpoint_options_are_refused(backend: HFBackend) -> None:
     for options in ({"top_logprobs": 0}, {"top_logprobs": 21}, {"wire_dtype": "int8"}, {"batch_size": 0}):
         with pytest.raises(ConfigError):

@@ -36,6 +36,7 @@ import torch
 from .._embeds import encode_embeds
 from .._exceptions import BackendError, ConfigError, EmbeddingsNotSupportedError, TuningError
 from .._redact import redact_text, remember_secret
+from .._redis_url import redact_url
 from ._soft_prompt import SoftPrompt, label_and_probs
 from ._template import EncodedExamples, PromptTemplate
 
@@ -75,6 +76,7 @@ class EmbedsEndpoint:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
         self.url = base_url.rstrip("/") + "/completions"
+        self._where = redact_url(self.url)  # the URL as messages and repr show it: a password in it as ***
         self.model_id = model
         self.supports_prompt_embeds = supports_prompt_embeds
         self.top_logprobs = top_logprobs
@@ -91,7 +93,7 @@ class EmbedsEndpoint:
     def __repr__(self) -> str:
         """Names the endpoint and model, never the key."""
         switch = self.supports_prompt_embeds
-        return f"EmbedsEndpoint({self.url!r}, model={self.model_id!r}, supports_prompt_embeds={switch})"
+        return f"EmbedsEndpoint({self._where!r}, model={self.model_id!r}, supports_prompt_embeds={switch})"
 
     def embedding_table(self) -> torch.Tensor:
         """The local copy of the model's input-embedding matrix [V, H]."""
@@ -165,17 +167,17 @@ class EmbedsEndpoint:
         try:
             response = self._http.post(self.url, json=self._body(sequences, label_ids), headers=self._headers)
         except httpx2.HTTPError as exc:
-            raise BackendError(redact_text(f"can't reach {self.url}: {exc}")) from None
+            raise BackendError(redact_text(f"can't reach {self._where}: {exc}")) from None
         if response.status_code != 200:
-            raise BackendError(redact_text(f"{self.url} answered {response.status_code}: {response.text[:300]}"))
+            raise BackendError(redact_text(f"{self._where} answered {response.status_code}: {response.text[:300]}"))
         try:
             answer = response.json()
         except ValueError:
-            raise BackendError(redact_text(f"{self.url} answered 200 with no JSON: {response.text[:300]}")) from None
+            raise BackendError(redact_text(f"{self._where} answered 200 with no JSON: {response.text[:300]}")) from None
         choices = sorted(_field(answer, "choices", list), key=lambda c: _field(c, "index", int))
         if [c["index"] for c in choices] != list(range(len(sequences))):
             raise BackendError(
-                f"{self.url} returned choices {[c['index'] for c in choices]} for {len(sequences)} prompt embeddings"[:300]
+                f"{self._where} returned choices {[c['index'] for c in choices]} for {len(sequences)} prompt embeddings"[:300]
             )
         return [self._label_row(choice, label_ids) for choice in choices]
 
@@ -183,7 +185,7 @@ class EmbedsEndpoint:
         """Label log-probs of one choice's first generated token, with the stand-in for labels outside the top-k."""
         tops = _field(_field(choice, "logprobs", dict), "top_logprobs", list)
         if not tops or not isinstance(tops[0], dict) or not tops[0]:
-            raise BackendError(f"{self.url} returned no top log-probs for the first generated token")
+            raise BackendError(f"{self._where} returned no top log-probs for the first generated token")
         shown = {self._token_id(key): self._logprob(value) for key, value in tops[0].items()}
         missing = [t for t in label_ids if t not in shown]
         stand_in = missing_logprob(list(shown.values()), len(missing)) if missing else 0.0
@@ -192,7 +194,7 @@ class EmbedsEndpoint:
     def _logprob(self, value: Any) -> float:
         """A log-prob the server answered: a number, not NaN, at most 0 (up to rounding); BackendError otherwise."""
         if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or value > 1e-3:
-            raise BackendError(f"{self.url} returned {value!r} as a log-prob"[:300])
+            raise BackendError(f"{self._where} returned {value!r} as a log-prob"[:300])
         return float(value)
 
     def _token_id(self, key: str) -> int:
@@ -200,7 +202,7 @@ class EmbedsEndpoint:
         if key.startswith(TOKEN_ID_PREFIX):
             number = key[len(TOKEN_ID_PREFIX) :]
             if not number.isdigit():
-                raise BackendError(f"{self.url} returned the token key {key!r}"[:300])
+                raise BackendError(f"{self._where} returned the token key {key!r}"[:300])
             return int(number)
         ids = self.tokenizer.encode(key, add_special_tokens=False)
         return ids[0] if len(ids) == 1 else -1
