@@ -21,6 +21,7 @@ from ._exceptions import CallLogError, ConfigError, PriceMissingError, StoreUnav
 from ._logging import logger
 from ._options import OPTION_NAMES, Opened, Options
 from ._redact import remember_secret
+from ._redis_url import redact_url
 from ._pipeline import AsyncCore, SyncCore
 from .resources import (
     AsyncChat,
@@ -224,7 +225,7 @@ class _Blackbox:
         log.feedback(call_id, **kwargs)
 
     def __repr__(self) -> str:
-        return f"<blackbox_sdk.{type(self).__name__} endpoint={self._core.endpoint!r}>"
+        return f"<blackbox_sdk.{type(self).__name__} endpoint={redact_url(self._core.endpoint)!r}>"  # a password in base_url as ***
 
 
 class OpenAI(_Blackbox, openai.OpenAI):

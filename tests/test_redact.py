@@ -182,3 +182,12 @@ def test_the_proxys_tenant_keys_are_redacted_and_call_ids_are_not() -> None:
 
     key = "bb-" + "Ab3_-" * 9  # the shape `blackbox-sdk keys create` prints
     assert redact_text(f"key {key} call bb-1a237ec71c4-4896817aded14855") == "key [REDACTED] call bb-1a237ec71c4-4896817aded14855"
+
+
+def test_a_password_in_the_base_url_stays_out_of_the_clients_repr() -> None:
+    from blackbox_sdk import OpenAI
+
+    client = OpenAI(base_url="http://bob:hunter2@127.0.0.1:9/v1", api_key="sk-test")
+    shown = repr(client)
+    assert "hunter2" not in shown and "bob:***@127.0.0.1:9" in shown
+    client.close()

@@ -25,7 +25,7 @@ from ..budget import UNCALIBRATED_ALLOWANCE, TokenCount
 from ..cache import canonical_params
 from ..call_log import new_call_id
 from ._call import Call, KeptHttp
-from ._calibrate import calibration_key, learn, stored_context, ungate
+from ._calibrate import calibration_key, learn, public_endpoint, stored_context, ungate
 from ._candidates import Candidate
 from ._meter import recording, used_tokens
 from ._usage import UsageCounter
@@ -93,7 +93,7 @@ class Core:
             return
         if self.backend is None or not getattr(self.backend, "supports_embeddings", False):
             raise EmbeddingsNotSupportedError(
-                f"{self.endpoint} is not a local model, so soft_prompt= can't be served there; use base_url='hf:...', "
+                f"{public_endpoint(self.endpoint)} is not a local model, so soft_prompt= can't be served there; use base_url='hf:...', "
                 "or, on a server that takes prompt embeddings (vLLM with --enable-prompt-embeds), send "
                 "EmbedsEndpoint(...).completion_params(prompt, texts) to completions.create"
             )
