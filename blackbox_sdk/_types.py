@@ -121,7 +121,7 @@ def is_token_count(value: Any) -> bool:
         return False
 
 
-def charged_usage(usages: Sequence[Json]) -> Json:
+def usage_to_charge(usages: Sequence[Json]) -> Json:
     """Several answers' usages summed for the budget to charge (`add_usage`), except that a prompt or
     completion count a server wrote that can't be one (negative, infinite, NaN, a word) stays as it
     came: `Budget.settle` then charges the call's reserved worst case, as for one answer, not 0 for it."""

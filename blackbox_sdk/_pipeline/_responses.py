@@ -16,7 +16,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from .._exceptions import ConfigError
 from .._info import attach, rebuilt
 from .._logging import logger
-from .._types import CHAT, Json, add_usage, charged_usage
+from .._types import CHAT, Json, add_usage, usage_to_charge
 from ._call import Call
 from ._candidates import Candidate, chunks_from_candidates, response_from_candidates, split_response, sum_usage, usage_chunk
 from ._core import Core, build
@@ -68,7 +68,7 @@ def pieces(core: Core, call: Call, responses: list[Json]) -> tuple[list[Candidat
     for response in responses:
         usages.append(core.count.of_response(call, response))
         fresh += split_response(call.route, response, usages[-1])
-    return fresh, charged_usage(usages)
+    return fresh, usage_to_charge(usages)
 
 
 def pay(core: Core, call: Call, fresh: list[Candidate], usage: Json) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 from openai.types.responses import Response
 
 from .._info import attach, rebuilt
-from .._types import RESPONSES, Json, charged_usage, token_count
+from .._types import RESPONSES, Json, token_count, usage_to_charge
 from ._calibrate import remember_context
 from ._call import Call
 from ._candidates import Candidate
@@ -83,7 +83,7 @@ def candidate(core: Core, call: Call, response: Json, events: list[Json] | None 
 def pieces(core: Core, call: Call, responses: list[Json]) -> tuple[list[Candidate], Json]:
     """Received responses as candidates, and their total usage (cached input tokens kept)."""
     fresh, usages = zip(*(candidate(core, call, response) for response in responses))
-    return list(fresh), charged_usage(usages)
+    return list(fresh), usage_to_charge(usages)
 
 
 def responses_usage(usage: Json) -> Json:

@@ -10,7 +10,7 @@ from typing import Any
 
 from .._embeds import embeds_lengths
 from .._tokenizer import SERVER, ServerTokenizer, TokenCounter
-from .._types import CHAT, EMBEDDINGS, RESPONSES, Json, charged_usage
+from .._types import CHAT, EMBEDDINGS, RESPONSES, Json, usage_to_charge
 from ..budget import TokenCount, count_chat_tokens, count_input_tokens, count_tokens
 from ._call import Call
 from ._response_input import input_messages
@@ -99,7 +99,7 @@ class UsageCounter:
 
     def of_stream(self, call: Call, usages: list[Json], texts: list[str]) -> Json:
         """A finished stream's usage: the server's usage chunks summed, or a count of the texts."""
-        return charged_usage(usages) if usages else self.counted(call, texts, call.info.requests)
+        return usage_to_charge(usages) if usages else self.counted(call, texts, call.info.requests)
 
 
 def prompt_extras(params: Json) -> list[Json]:
