@@ -56,8 +56,9 @@ def postgres_server() -> Iterator[PostgresServer]:
 
 
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No test sees the developer's OpenAI or SDK settings."""
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No test sees the developer's OpenAI or SDK settings, or writes owed charges into the developer's state folder."""
     for name in list(os.environ):
         if name.startswith(("OPENAI_", "BLACKBOX_")):
             monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("BLACKBOX_OWED_DIR", str(tmp_path / "owed"))

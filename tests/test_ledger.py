@@ -149,7 +149,19 @@ def test_reservation_of_a_crashed_process_is_released_on_reopen(tmp_path: Path, 
     process.join(timeout=SPAWN_TIMEOUT_S)
     assert process.exitcode == (3 if how == "exit" else -signal.SIGKILL)
     assert _raw_reservations(path) == 1  # the crash left it behind
-    assert Ledger(path).outstanding() == (0, 0)
+    assert Ledger(path).outstanding() == (0, 0)  # it holds nothing now
+    assert _raw_reservations(path) == 1  # its record stays, lapsed, for a late settle of what its process owed
+
+
+def test_a_dead_process_lapsed_hold_is_deleted_after_it_is_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    process = _start_crashing_process(path, "exit")
+    process.join(timeout=SPAWN_TIMEOUT_S)
+    Ledger(path).close()  # lapses it
+    assert _raw_reservations(path) == 1
+    later = time.time() + ledger_module.LAPSED_KEPT_S + 60
+    monkeypatch.setattr(ledger_module.time, "time", lambda: later)
+    Ledger(path).close()
     assert _raw_reservations(path) == 0
 
 
@@ -176,7 +188,7 @@ def test_a_dead_process_s_reservation_never_causes_a_refusal(tmp_path: Path, mon
     assert _raw_reservations(path) == 2  # the killed process's hold is still in the file
     held = survivor.reserve(model="unit", prompt_tokens=0, max_output_tokens=800)  # fits only without the dead hold
     assert held.worst_case_usd == pytest.approx(0.008) and not held.shrunk
-    assert _raw_reservations(path) == 2 and Ledger(path).outstanding()[1] == 2  # the survivor's two
+    assert _raw_reservations(path) == 3 and Ledger(path).outstanding()[1] == 2  # the survivor's two hold; the dead one lapsed
     survivor.settle(beside, prompt_tokens=0, completion_tokens=100)
     assert survivor.report().spent_usd == pytest.approx(0.001)
 
@@ -197,8 +209,8 @@ def test_reused_pid_is_told_apart_by_start_time(tmp_path: Path, owner: str, same
     started = _start_ticks(pid) + (0 if same_start else 1)
     with sqlite3.connect(path) as connection:  # the fault: a reservation left by an earlier holder of a live pid
         connection.execute("UPDATE reservations SET pid = ?, pid_start = ?", (pid, started))
-    Ledger(path)  # opening releases the reservations of dead processes
-    assert _raw_reservations(path) == (1 if same_start else 0)
+    opened = Ledger(path)  # opening lapses the holds of dead processes
+    assert opened.outstanding()[1] == (1 if same_start else 0)
 
 
 def test_per_day_cap_counts_only_that_day(tmp_path: Path) -> None:

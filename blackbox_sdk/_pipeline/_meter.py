@@ -14,7 +14,7 @@ from typing import Any
 from .._exceptions import CallLogError, StoreUnavailableError
 from .._logging import logger
 from .._types import Json
-from ..budget import NO_LOG, Budget, Reservation, owe_settle
+from ..budget import NO_LOG, Budget, Reservation
 from ..call_log import CallLog, CallLogStore, CallRecord
 
 
@@ -74,7 +74,7 @@ class Meter:
         try:
             return float(settle())
         except StoreUnavailableError as error:  # the answer is paid: its charge is owed, and lands once the ledger is back
-            return owe_settle(reservation, (prompt, completion, cached), settle, error)
+            return self.budget.owe(reservation, (prompt, completion, cached), settle, error, log_id=self.log_id)
 
     def release(self, reservation: Reservation | None) -> None:
         """Give back a reservation whose work did not run."""

@@ -4,7 +4,7 @@ from ._budget import Budget
 from ._calibration import UNCALIBRATED_ALLOWANCE, Calibration
 from ._caps import NANO_PER_USD, Cap, CapUsage, Scope, nano_to_usd, usd_to_nano
 from ._ledger import Ledger, LedgerTransaction
-from ._owed import owe_settle, owed_usd, settle_owed
+from ._owed import owed_usd, settle_owed
 from ._policy import Reservation
 from ._prices import (
     DEFAULT_PRICES_FILE,
@@ -73,7 +73,6 @@ __all__ = [
     "load_encoding",
     "load_price_file",
     "nano_to_usd",
-    "owe_settle",
     "owed_usd",
     "settle_owed",
     "snapshot_base",

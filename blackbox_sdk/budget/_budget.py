@@ -19,7 +19,7 @@ import functools
 import math
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -33,7 +33,7 @@ from pydantic import (
     ValidationError,
 )
 
-from .._exceptions import ConfigError, PriceMissingError
+from .._exceptions import ConfigError, PriceMissingError, StoreUnavailableError
 from .._logging import logger
 from .._redact import redact_text
 from .._redis_url import redact_url
@@ -41,7 +41,9 @@ from .._text import checked_text
 from ._calibration import Calibration, open_calibration
 from ._caps import MAX_CAP_USD, Cap, Scope, nano_to_usd, usd_to_nano
 from ._keeper import KEEPER
+from ._journal import ledger_id
 from ._open import open_ledger
+from ._owed import adopt_owed, owe_settle
 from ._policy import (
     FREE,
     Fit,
@@ -109,6 +111,7 @@ class Budget(BaseModel):
     _ledger: LedgerStore = PrivateAttr()
     _calibration: Calibration = PrivateAttr()
     _ledger_path: Path | None = PrivateAttr()
+    _journal_ledger: str | None = PrivateAttr()
     _prices: PriceTable = PrivateAttr()
     _overrides: PriceTable = PrivateAttr()
     _warned: set[str] = PrivateAttr(default_factory=set)
@@ -133,6 +136,8 @@ class Budget(BaseModel):
         self._prices = default_prices().with_overrides(overrides, origin)
         self._ledger, self._ledger_path = open_ledger(self, self.ledger, self.ledger_prefix)
         self._calibration = open_calibration(self._ledger)
+        self._journal_ledger = ledger_id(self.ledger, self._ledger_path, self.ledger_prefix)
+        adopt_owed(self._ledger, self._journal_ledger)  # what dead processes of this host still owed this ledger
 
     @property
     def calibration(self) -> Calibration:
@@ -259,6 +264,10 @@ class Budget(BaseModel):
         """USD a call with this usage costs at this budget's prices; None when the model is unpriced."""
         price = self.price_for(model, local=local)
         return None if price is None else price.cost_usd(prompt_tokens, completion_tokens, cached_tokens)
+
+    def owe(self, reservation: Reservation, counts: tuple[object, object, object], settle: Callable[[], object], error: StoreUnavailableError, *, log_id: str | None) -> float:
+        """Keep a paid call's charge (its prompt, completion, cached counts) whose settle failed until the ledger takes it; its USD."""
+        return owe_settle(reservation, counts, settle, error, ledger=self._journal_ledger, lease_s=self.lease_s, log_id=log_id)
 
     @property
     def ledger_path(self) -> Path | None:

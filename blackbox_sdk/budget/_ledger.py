@@ -7,13 +7,14 @@ from every process are serialised by SQLite's write lock (WAL mode keeps readers
 table in the same transaction, so a cap check reads a handful of rows however long the history.
 
 Crash safety: each reservation records its host, process id and that process's start time. A
-process that dies mid-call leaves its reservations behind; they are released once the process is
+process that dies mid-call leaves its reservations behind; their holds lapse once the process is
 gone (a reused pid is told apart by its start time): whenever a ledger is opened, inside a reserve
 transaction at most once every ``DEAD_CHECK_S`` per process (a dead process's hold only holds
 money back, so a later release is on the safe side), and at once inside any reserve that would
 otherwise be refused, so a refusal never comes from a dead process's hold. A reservation also
 carries a lease: once it lapses the hold stops counting (a hung process), though a late settle
-still records the spend. A transaction interrupted by a crash is rolled back by SQLite. The file
+still records the spend (a charge a dead process owed, from the owed-charge journal); lapsed
+records are deleted after ``LAPSED_KEPT_S``. A transaction interrupted by a crash is rolled back by SQLite. The file
 must live on a local disk: SQLite locking is unreliable over network file systems. Each spend
 keeps the process that settled it and the call log it was meant for, so a call charged by a
 process that died before logging it can be found, and given to its own log (``settled_since``).
@@ -43,6 +44,7 @@ from ._prices import snapshot_base
 from ._store import Hold, LedgerSnapshot, SettledSpend
 
 DEFAULT_BUSY_TIMEOUT_S = 60.0
+LAPSED_KEPT_S = 7 * 86400.0  # a lapsed hold's record is kept this long for a late settle, then deleted
 DEAD_CHECK_S = 1.0  # a reserve looks for dead processes' reservations at most this often per process (and on refusal)
 
 _SCHEMA = """
@@ -248,6 +250,7 @@ class Ledger:
                     return None  # a retried reserve: held already (its own hold is in the usages)
                 if checked or not self._release_dead(connection):
                     return usages
+                transaction = LedgerTransaction(connection, self)  # judged from now, after those holds lapsed
                 usages = transaction.usages(caps)  # a dead process held some of it: read again
                 if any(hold.usd_nano > usage.headroom_nano for usage in usages):
                     return usages
@@ -258,18 +261,22 @@ class Ledger:
         return None
 
     def _release_dead(self, connection: sqlite3.Connection) -> int:
-        """Delete the reservations of processes on this host that no longer run; return how many."""
+        """Lapse the holds of processes on this host that no longer run (their records stay for a late settle from
+        the owed-charge journal, for LAPSED_KEPT_S); return how many stopped holding."""
         self._next_dead_check = time.monotonic() + DEAD_CHECK_S
         host, pid, started = self._owner
+        now = time.time()
+        connection.execute("DELETE FROM reservations WHERE expires < ?", (now - LAPSED_KEPT_S,))
         owners = connection.execute(
-            "SELECT DISTINCT pid, pid_start FROM reservations WHERE host = ? AND NOT (pid = ? AND pid_start IS ?)",
-            (host, pid, started),
+            f"SELECT DISTINCT pid, pid_start FROM reservations WHERE host = ? AND NOT (pid = ? AND pid_start IS ?) AND {_LIVE}",
+            (host, pid, started, now),
         ).fetchall()
         released = 0
         for other, other_started in owners:
             if not process_alive(other, other_started):
                 released += connection.execute(
-                    "DELETE FROM reservations WHERE host = ? AND pid = ? AND pid_start IS ?", (host, other, other_started)
+                    f"UPDATE reservations SET expires = ? WHERE host = ? AND pid = ? AND pid_start IS ? AND {_LIVE}",
+                    (now, host, other, other_started, now),
                 ).rowcount
         return released
 

@@ -5,8 +5,9 @@ ledger (a Redis restarting, an SQLite file locked past its timeout), the client 
 paid call, which would lose the answer (or pay for it twice where the cache shares the ledger's
 Redis); it owes the charge instead. One daemon thread per process tries every owed settle again
 every few seconds until the ledger takes it (settles are idempotent by reservation id, so one whose
-reply was lost counts once), and once more at exit; what is still owed then is named in a warning.
-Meanwhile the call's hold lapses at its lease, as a hold does whose process stopped renewing it, and
+reply was lost counts once), and once more at exit. Each is also kept on disk (``_journal``) until
+it lands, so that a charge still owed when its process exits or dies is settled by the next Budget
+that opens the same ledger on this host. Meanwhile the call's hold lapses at its lease, as a hold does whose process stopped renewing it, and
 the late settle charges the call in full all the same (docs/budgets.md, "Leases").
 """
 
@@ -17,23 +18,30 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 
 from .._exceptions import ConfigError, StoreUnavailableError
 from .._logging import logger
-from ._caps import nano_to_usd
+from . import _journal
+from ._caps import nano_to_usd, usd_to_nano
+from ._journal import OwedCharge
+from ._owners import this_process
 from ._policy import Reservation, charged_usage
+from ._store import LedgerStore
 
 RETRY_S = 2.0  # how often an owed settle is tried again
 
 
 @dataclass(frozen=True)
 class _Debt:
-    """One owed settle: its reservation and call, how to settle it, and what it charges (for the warnings)."""
+    """One owed settle: its reservation and call, how to settle it, what it charges (for the warnings), its journal file."""
 
     reservation_id: str
     call_id: str
     usd: float
     settle: Callable[[], object]
+    journal: Path | None = None
 
 
 class OwedSettles:
@@ -54,6 +62,10 @@ class OwedSettles:
             "call %s: the ledger can't be reached to charge its $%.6f (%s); the charge is kept and settled when it can be",
             debt.call_id, debt.usd, error,
         )
+        self.keep(debt)
+
+    def keep(self, debt: _Debt) -> None:
+        """Try ``debt`` again every RETRY_S from the daemon thread (started here on first use) until it lands."""
         with self._wake:
             if not self._started:
                 self._started = True
@@ -73,6 +85,7 @@ class OwedSettles:
             debts = list(self._debts.values())
         for debt in debts:
             if self._paid(debt):
+                _journal.remove(debt.journal)
                 with self._wake:
                     self._debts.pop(debt.reservation_id, None)
         with self._wake:
@@ -108,7 +121,7 @@ class OwedSettles:
                 count, usd = len(self._debts), sum(debt.usd for debt in self._debts.values())
             logger.warning(
                 "paid calls whose charge is still owed at exit: %d ($%.6f in all); the ledger stayed out of reach, so their spend is "
-                "missing from it", count, usd,
+                "missing from it until the next Budget on this host that opens it settles them from %s", count, usd, _journal.journal_dir(),
             )
 
 
@@ -117,12 +130,31 @@ os.register_at_fork(after_in_child=OWED.forget)
 atexit.register(OWED.at_exit)
 
 
-def owe_settle(reservation: Reservation, counts: tuple[object, object, object], settle: Callable[[], object], error: StoreUnavailableError) -> float:
+def owe_settle(
+    reservation: Reservation, counts: tuple[object, object, object], settle: Callable[[], object], error: StoreUnavailableError,
+    *, ledger: str | None, lease_s: float, log_id: str | None,
+) -> float:
     """Owe a paid call's settle that failed with ``error`` (its usage's prompt, completion and cached counts as
-    given to it); what it charges in USD, as the settle will."""
-    usd = nano_to_usd(charged_usage(reservation, *counts)[0])
-    OWED.owe(_Debt(reservation.id, reservation.call_id, usd, settle), error)
-    return usd
+    given to it), journaled under ``ledger`` (None: a private ledger, kept in memory only); what it charges in USD."""
+    nano, prompt, completion, cached = charged_usage(reservation, *counts)
+    journal = None
+    if ledger is not None:
+        host, pid, started = this_process()
+        journal = _journal.write(OwedCharge(
+            ledger, reservation.id, reservation.call_id, reservation.model, reservation.key, reservation.day,
+            usd_to_nano(reservation.worst_case_usd, round_up=True), lease_s, nano, prompt, completion, cached, log_id, host, pid, started,
+        ))
+    OWED.owe(_Debt(reservation.id, reservation.call_id, nano_to_usd(nano), settle, journal), error)
+    return nano_to_usd(nano)
+
+
+def adopt_owed(store: LedgerStore, ledger: str | None) -> int:
+    """Take over the charges that processes of this host which no longer run owed ``ledger``; how many."""
+    found = [] if ledger is None else _journal.orphans(ledger)
+    for path, charge in found:
+        logger.info("call %s: settling the $%.6f its process (no longer running) owed this ledger", charge.call_id, nano_to_usd(charge.usd_nano))
+        OWED.keep(_Debt(charge.reservation_id, charge.call_id, nano_to_usd(charge.usd_nano), partial(charge.settle, store), path))
+    return len(found)
 
 
 def owed_usd() -> float:
