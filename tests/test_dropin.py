@@ -15,12 +15,18 @@ from typing import Any
 import openai
 import pytest
 from openai.types.chat import ParsedChatCompletion
+from pydantic import BaseModel
 
 from blackbox_sdk import AsyncOpenAI, Budget, BudgetExceededError, CallLog, OpenAI, PriceMissingError, wrap
 
 MODEL = "smollm2"
 HI = [{"role": "user", "content": "Say hi in two words."}]
 PRICES = {MODEL: {"input": 1000.0, "output": 1000.0}}
+
+
+class City(BaseModel):
+    name: str
+    country: str
 
 
 class _Counting:
@@ -208,12 +214,6 @@ class _TwoAnswers:
 
 
 def test_reranking_a_parse_prefers_answers_that_fit_the_schema() -> None:
-    from pydantic import BaseModel
-
-    class City(BaseModel):
-        name: str
-        country: str
-
     upstream = _TwoAnswers()
     prefers_the_first = lambda question, answers: [1.0 - i for i in range(len(answers))]  # noqa: E731
     client = OpenAI(base_url=upstream.url, api_key="sk-test", reranker=prefers_the_first, rerank_n=2)
@@ -222,4 +222,29 @@ def test_reranking_a_parse_prefers_answers_that_fit_the_schema() -> None:
     assert completion.blackbox.scores == [1.0, 0.0] and completion.blackbox.chosen == [1]  # ranked second, chosen: it fits
     plain = client.chat.completions.create(model=MODEL, messages=HI)
     assert plain.blackbox.chosen == [0]  # without a schema the reranker's order stands
+    upstream._server.shutdown()
+
+
+def test_a_reranked_stream_helper_prefers_answers_that_fit_the_schema(tmp_path: Path) -> None:
+    """`chat.completions.stream(response_format=...)` streams the best-scored answer that fits, as `parse` returns."""
+    upstream = _TwoAnswers()
+    prefers_the_first = lambda question, answers: [1.0 - i for i in range(len(answers))]  # noqa: E731
+    client = OpenAI(base_url=upstream.url, api_key="sk-test", reranker=prefers_the_first, rerank_n=2, log=tmp_path / "calls.db")
+    with client.chat.completions.stream(model=MODEL, messages=HI, response_format=City) as stream:
+        final = stream.get_final_completion()
+    assert final.choices[0].message.parsed == City(name="Paris", country="France")
+    with client.chat.completions.stream(model=MODEL, messages=HI, rerank_n=2, cache=None) as stream:  # the SDK's options per call
+        plain = stream.get_final_completion()
+    assert plain.choices[0].message.content == '{"name": "Paris", "coun'  # without a schema the reranker's order stands
+    assert [r.chosen for r in CallLog(tmp_path / "calls.db").calls()] == [[1], [0]]
+    upstream._server.shutdown()
+
+
+async def test_a_reranked_async_stream_helper_prefers_answers_that_fit_the_schema() -> None:
+    upstream = _TwoAnswers()
+    prefers_the_first = lambda question, answers: [1.0 - i for i in range(len(answers))]  # noqa: E731
+    client = AsyncOpenAI(base_url=upstream.url, api_key="sk-test", reranker=prefers_the_first, rerank_n=2)
+    async with client.chat.completions.stream(model=MODEL, messages=HI, response_format=City) as stream:
+        final = await stream.get_final_completion()
+    assert final.choices[0].message.parsed == City(name="Paris", country="France")
     upstream._server.shutdown()

@@ -155,6 +155,19 @@ def test_parse_returns_output_parsed_through_the_pipeline(local: OpenAI, log: Ca
     assert isinstance(parsed.output_parsed, City) and parsed.blackbox.call_id == records(log)[-1].call_id
 
 
+def test_reranked_stream_helpers_parse_on_the_real_backend(local: OpenAI, log: CallLog) -> None:
+    """The real path of the stream helpers with a reranker and a schema: K answers of the local model
+    (held to the schema), the chosen one streamed and parsed by openai's helper, for chat and Responses."""
+    longest = lambda q, answers: [float(len(a)) for a in answers]  # noqa: E731
+    asked = {"model": MODEL, "temperature": 0.7, "reranker": longest, "rerank_n": 2}
+    with local.responses.stream(input="Name the capital of France as JSON.", text_format=City, max_output_tokens=48, **asked) as stream:
+        response = stream.get_final_response()
+    with local.chat.completions.stream(messages=[{"role": "user", "content": "Name the capital of France as JSON."}], response_format=City, max_tokens=48, **asked) as chat:
+        completion = chat.get_final_completion()
+    assert isinstance(response.output_parsed, City) and isinstance(completion.choices[0].message.parsed, City)
+    assert [len(r.candidates) for r in records(log)] == [2, 2]
+
+
 def test_a_rate_limit_refuses_the_call_past_its_window(gguf_path: Path) -> None:
     client = OpenAI(base_url=f"hf:{gguf_path}", rate_limit=RateLimits(rpm=1, per="client"))
     ask(client)
@@ -265,6 +278,24 @@ def test_parse_reranks_answers_that_fit_the_schema_first(upstream: ResponsesUpst
     assert parsed.output_parsed == City(name="Paris") and info.candidates[chosen] == '{"name": "Paris"}'
     assert info.scores[chosen] < max(info.scores)  # the reranker scored the other higher; the one that fits wins
     assert upstream.bodies[0]["text"]["format"]["type"] == "json_schema"
+
+
+def test_the_stream_helper_reranks_answers_that_fit_the_schema_first(upstream: ResponsesUpstream, tmp_path: Path, budget: Budget, log: CallLog) -> None:
+    upstream.answers = ["not json at all, and longer", '{"name": "Paris"}']
+    client = double_client(OpenAI, upstream, tmp_path, budget)
+    longest = lambda q, answers: [float(len(a)) for a in answers]  # noqa: E731 - scores the answer that does not fit higher
+    with client.responses.stream(model=MODEL, input=QUESTION, text_format=City, max_output_tokens=16, reranker=longest, rerank_n=2) as stream:
+        final = stream.get_final_response()
+    assert final.output_parsed == City(name="Paris") and records(log)[-1].candidates[records(log)[-1].chosen[0]] == '{"name": "Paris"}'
+
+
+async def test_the_async_stream_helper_reranks_answers_that_fit_the_schema_first(upstream: ResponsesUpstream, tmp_path: Path, budget: Budget) -> None:
+    upstream.answers = ["not json at all, and longer", '{"name": "Paris"}']
+    client = double_client(AsyncOpenAI, upstream, tmp_path, budget)
+    longest = lambda q, answers: [float(len(a)) for a in answers]  # noqa: E731
+    async with client.responses.stream(model=MODEL, input=QUESTION, text_format=City, max_output_tokens=16, reranker=longest, rerank_n=2) as stream:
+        final = await stream.get_final_response()
+    assert final.output_parsed == City(name="Paris")
 
 
 @pytest.mark.parametrize(

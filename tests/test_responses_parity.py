@@ -12,6 +12,8 @@ from typing import Any
 import httpx2
 import openai
 import pytest
+from openai._models import validate_type
+from openai.types.responses import ResponseStreamEvent
 from pydantic import BaseModel
 
 from blackbox_sdk import Budget, CallLog, OpenAI
@@ -44,7 +46,7 @@ class Server:
 
     def __call__(self, request: httpx2.Request) -> httpx2.Response:
         self.bodies.append(json.loads(request.content))
-        usage = {"input_tokens": 5, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 7,
+        usage = {"input_tokens": 5, "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0}, "output_tokens": 7,
                  "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 12}
         response = {"id": "resp_1", "object": "response", "created_at": 1, "model": MODEL, "status": "completed", "output": self.output,
                     "parallel_tool_calls": True, "tool_choice": "auto", "tools": [], "usage": usage}
@@ -123,3 +125,37 @@ def test_a_cached_refusal_and_logprobs_stream_as_a_server_sends_them(tmp_path: P
     assert next(e for e in events if e.type == "response.refusal.done").refusal == "I can't help with that."
     done = next(e for e in events if e.type == "response.output_text.done")
     assert done.text == "No" and [p.token for p in done.logprobs] == ["No"]
+
+
+def test_a_cached_reasoning_summary_streams_as_a_server_sends_it(tmp_path: Path) -> None:
+    """A reasoning item's summary streams as a server streams it: the item added with an empty summary, each
+    summary part added, its text as deltas and their done, the part done, then the whole item; every event
+    is one of openai's types, numbered in order, and openai's helper ends with the stored response."""
+    summary = [{"type": "summary_text", "text": "The user asks for a capital."}, {"type": "summary_text", "text": "It is Paris."}]
+    reasoning = {"type": "reasoning", "id": "rs_1", "summary": summary, "encrypted_content": "gAAA"}
+    server = Server([reasoning, message("Paris.")])
+    client = sdk(server, tmp_path)
+    whole = client.responses.create(model=MODEL, input="Capital of France?")
+    raw = list(client.responses.create(model=MODEL, input="Capital of France?", stream=True))
+    assert len(server.bodies) == 1  # the stream was the cached answer
+    for e in raw:
+        validate_type(type_=ResponseStreamEvent, value=e.to_dict())  # strict: each event is one of openai's types
+    assert [e.sequence_number for e in raw] == list(range(len(raw)))
+    ours = [e for e in raw if getattr(e, "output_index", None) == 0]
+    kinds = [e.type.removeprefix("response.") for e in ours]
+    one_part = ["reasoning_summary_part.added", "reasoning_summary_text.delta", "reasoning_summary_text.done", "reasoning_summary_part.done"]
+    assert [k for i, k in enumerate(kinds) if i == 0 or k != kinds[i - 1]] == ["output_item.added", *one_part, *one_part, "output_item.done"]
+    assert ours[0].item.summary == [] and ours[0].item.id == "rs_1" and ours[-1].item.to_dict() == whole.output[0].to_dict()
+    for index, part in enumerate(summary):
+        events = [e for e in ours[1:-1] if e.summary_index == index]
+        assert {e.item_id for e in events} == {"rs_1"} and events[0].part.text == ""
+        assert "".join(e.delta for e in events if e.type.endswith("text.delta")) == part["text"] == events[-2].text
+        assert events[-1].part.to_dict() == part
+    with client.responses.stream(model=MODEL, input="Capital of France?") as stream:
+        helped = [e.type for e in stream]
+        final = stream.get_final_response()
+    assert helped == [e.type for e in raw]
+    got = final.to_dict()
+    for part in got["output"][1]["content"]:
+        assert part.pop("parsed") is None  # the field openai's ParsedResponse adds to an output text
+    assert got == whole.to_dict() and final.output[0].summary[1].text == "It is Paris."

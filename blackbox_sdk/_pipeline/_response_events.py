@@ -37,11 +37,30 @@ def _call_events(item: Json, index: int) -> Iterator[Json]:
     yield {"type": "response.output_item.done", "output_index": index, "item": item}
 
 
+def _reasoning_events(item: Json, index: int) -> Iterator[Json]:
+    """A reasoning item's events as a server streams them: added with an empty summary; for each summary
+    part, the part added empty, its text piece by piece, the text done, the part done; then the whole item."""
+    started = {**item, "summary": [], **({"status": "in_progress"} if item.get("status") else {})}
+    yield {"type": "response.output_item.added", "output_index": index, "item": started}
+    for summary_index, part in enumerate(item.get("summary") or []):
+        where = {"item_id": item.get("id") or "", "output_index": index, "summary_index": summary_index}
+        text = part.get("text") or ""
+        yield {"type": "response.reasoning_summary_part.added", **where, "part": {**part, "text": ""}}
+        for piece in _PIECES.findall(text):
+            yield {"type": "response.reasoning_summary_text.delta", **where, "delta": piece}
+        yield {"type": "response.reasoning_summary_text.done", **where, "text": text}
+        yield {"type": "response.reasoning_summary_part.done", **where, "part": part}
+    yield {"type": "response.output_item.done", "output_index": index, "item": item}
+
+
 def _item_events(item: Json, index: int) -> Iterator[Json]:
     """One output item's events: added, then (for a message) each text part piece by piece, (for a
-    function call) its arguments, then done."""
+    function call) its arguments, (for reasoning) its summary, then done."""
     if item.get("type") == "function_call":
         yield from _call_events(item, index)
+        return
+    if item.get("type") == "reasoning":
+        yield from _reasoning_events(item, index)
         return
     if item.get("type") != "message":
         yield {"type": "response.output_item.added", "output_index": index, "item": item}

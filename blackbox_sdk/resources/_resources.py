@@ -11,19 +11,25 @@ from functools import cached_property
 from typing import Any
 
 import openai.resources as oai
+from openai.lib import _chat_completion_resources as oai_chat_helpers
 from openai.resources.chat import completions as oai_chat
 
 from .._types import CHAT, COMPLETIONS, EMBEDDINGS, Route
 from ._raw import RawViews, parts
-from ._structured import parse_request
+from ._stream_helpers import Streams
+from ._structured import fitting, parse_request
 
-class ChatCompletions(RawViews, oai_chat.Completions):
-    """`client.chat.completions`: `create` and `parse` through the SDK; `stream` is openai's, over our `create`."""
+
+class ChatCompletions(Streams, RawViews, oai_chat.Completions):
+    """`client.chat.completions`: `create` and `parse` through the SDK; `stream` is openai's helper over them."""
 
     _route: Route = CHAT
     _path = ("chat", "completions")
     _views = (oai_chat.CompletionsWithRawResponse, oai_chat.CompletionsWithStreamingResponse)
     _parsing = True
+    _helper = staticmethod(oai_chat_helpers.stream)
+    _format = "response_format"
+    _fitting = staticmethod(fitting)
 
     def create(self, *, messages: Any, model: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         """Create a chat completion (openai's arguments, plus the SDK's options)."""
@@ -37,13 +43,16 @@ class ChatCompletions(RawViews, oai_chat.Completions):
         return finish(core.create(CHAT, params, overrides, valid))
 
 
-class AsyncChatCompletions(RawViews, oai_chat.AsyncCompletions):
+class AsyncChatCompletions(Streams, RawViews, oai_chat.AsyncCompletions):
     """`client.chat.completions` for `AsyncOpenAI`."""
 
     _route: Route = CHAT
     _path = ("chat", "completions")
     _views = (oai_chat.AsyncCompletionsWithRawResponse, oai_chat.AsyncCompletionsWithStreamingResponse)
     _parsing = True
+    _helper = staticmethod(oai_chat_helpers.async_stream)
+    _format = "response_format"
+    _fitting = staticmethod(fitting)
 
     async def create(self, *, messages: Any, model: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         """Create a chat completion (openai's arguments, plus the SDK's options)."""

@@ -21,9 +21,9 @@ from openai.resources.responses import responses as oai
 
 from .._exceptions import ConfigError
 from .._info import attach
-from .._options import split_options
 from .._types import RESPONSES, Json, Route
 from ._raw import RawMethod, parts, present, raw_view
+from ._stream_helpers import Streams
 from ._structured import fits
 
 Finish = Callable[[Any], Any]
@@ -55,25 +55,12 @@ def parse_request(kwargs: Json) -> tuple[Json, Callable[[str], bool] | None, Fin
         add_request_id(parsed, getattr(response, "_request_id", None))  # openai's parse keeps the request's id
         return attach(parsed, response.blackbox)
 
-    valid = fits(lambda answer: parse_text(answer, output_format, phase=None)) if is_given(output_format) else None
-    return kwargs, valid, finish
+    return kwargs, text_fitting(output_format), finish
 
 
-class _WithOptions:
-    """The resource as openai's `stream` helper sees it, its `create` carrying the call's SDK options
-    (the helper passes only openai's arguments on)."""
-
-    def __init__(self, resource: Any, overrides: Json) -> None:
-        self._resource = resource
-        self._overrides = overrides
-
-    def create(self, **kwargs: Any) -> Any:
-        """The resource's `create` with the SDK's options added."""
-        return self._resource.create(**kwargs, **self._overrides)
-
-    def retrieve(self, *args: Any, **kwargs: Any) -> Any:
-        """The resource's `retrieve` (streaming a stored response goes to openai unchanged)."""
-        return self._resource.retrieve(*args, **kwargs)
+def text_fitting(text_format: Any) -> Callable[[str], bool] | None:
+    """Which answers parse as `text_format` (`parse` and `stream` rerank those first); None when not given."""
+    return fits(lambda answer: parse_text(answer, text_format, phase=None)) if is_given(text_format) else None
 
 
 def _views(resource: Any, view: type[Any], *, streaming: bool) -> Any:
@@ -86,11 +73,14 @@ def _views(resource: Any, view: type[Any], *, streaming: bool) -> Any:
     return out
 
 
-class Responses(oai.Responses):
-    """`client.responses` with the SDK around `create` and `parse` (and so openai's `stream`)."""
+class Responses(Streams, oai.Responses):
+    """`client.responses` with the SDK around `create` and `parse`; `stream` is openai's helper over them."""
 
     _route: Route = RESPONSES
     _path = ("responses",)
+    _helper = staticmethod(oai_helpers.stream)
+    _format = "text_format"
+    _fitting = staticmethod(text_fitting)
 
     def create(self, **kwargs: Any) -> Any:  # type: ignore[override]
         """Create a response, whole or streamed (openai's arguments, plus the SDK's options)."""
@@ -103,11 +93,6 @@ class Responses(oai.Responses):
         core, params, overrides = parts(self, request)
         return finish(core.respond(params, overrides, valid))
 
-    def stream(self, **kwargs: Any) -> Any:  # type: ignore[override]
-        """openai's `ResponseStreamManager` over our `create` (the SDK's options allowed per call)."""
-        params, overrides = split_options(kwargs)
-        return oai_helpers.stream(_WithOptions(self, overrides) if overrides else self, **params)  # type: ignore[arg-type]
-
     @cached_property
     def with_raw_response(self) -> Any:  # type: ignore[override]
         """openai's raw view, with `create` and `parse` budgeted, retried and logged."""
@@ -119,11 +104,14 @@ class Responses(oai.Responses):
         return _views(self, oai.ResponsesWithStreamingResponse, streaming=True)
 
 
-class AsyncResponses(oai.AsyncResponses):
+class AsyncResponses(Streams, oai.AsyncResponses):
     """`client.responses` for `AsyncOpenAI`."""
 
     _route: Route = RESPONSES
     _path = ("responses",)
+    _helper = staticmethod(oai_helpers.async_stream)
+    _format = "text_format"
+    _fitting = staticmethod(text_fitting)
 
     async def create(self, **kwargs: Any) -> Any:  # type: ignore[override]
         """Create a response, whole or streamed (openai's arguments, plus the SDK's options)."""
@@ -135,11 +123,6 @@ class AsyncResponses(oai.AsyncResponses):
         request, valid, finish = parse_request(present(kwargs))
         core, params, overrides = parts(self, request)
         return finish(await core.respond(params, overrides, valid))
-
-    def stream(self, **kwargs: Any) -> Any:  # type: ignore[override]
-        """openai's `AsyncResponseStreamManager` over our `create` (the SDK's options allowed per call)."""
-        params, overrides = split_options(kwargs)
-        return oai_helpers.async_stream(_WithOptions(self, overrides) if overrides else self, **params)  # type: ignore[arg-type]
 
     @cached_property
     def with_raw_response(self) -> Any:  # type: ignore[override]

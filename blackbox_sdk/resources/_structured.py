@@ -37,8 +37,12 @@ def parse_request(kwargs: dict[str, Any]) -> tuple[dict[str, Any], Valid, Callab
         add_request_id(parsed, getattr(completion, "_request_id", None))  # openai's parse keeps the request's id
         return attach(parsed, completion.blackbox)
 
-    valid = fits(lambda answer: parse_content(response_format, answer)) if isinstance(response_format, type) else None
-    return request, valid, finish
+    return request, fitting(response_format), finish
+
+
+def fitting(response_format: Any) -> Valid:
+    """Which answers fit a response format given as a type (`parse` and `stream` rerank those first); None for any other."""
+    return fits(lambda answer: parse_content(response_format, answer)) if isinstance(response_format, type) else None
 
 
 def fits(parse: Callable[[str], Any]) -> Callable[[str], bool]:
