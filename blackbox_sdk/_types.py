@@ -51,6 +51,11 @@ class Route:
         usage = response.get("usage")
         return usage if isinstance(usage, dict) and usage else None  # a server's list or string is no usage: counted instead
 
+    def details(self, choice: Json) -> Json:
+        """The detail counts (cached, reasoning tokens) a candidate's choice carries: none for a choice of chat
+        or completions (its response's usage was not kept with it)."""
+        return {}
+
 
 @dataclass(frozen=True)
 class ResponsesRoute(Route):
@@ -89,16 +94,26 @@ class ResponsesRoute(Route):
         if not isinstance(usage, dict) or usage.get("output_tokens") is None:
             return None
         prompt, completion = usage.get("input_tokens") or 0, usage["output_tokens"]  # as sent: the budget charges what can't be real at the worst case
-        details = usage.get("input_tokens_details")
-        return {
+        given, made = usage.get("input_tokens_details"), usage.get("output_tokens_details")
+        given = given if isinstance(given, dict) else {}
+        chat = {
             "prompt_tokens": prompt,
             "completion_tokens": completion,
             "total_tokens": usage.get("total_tokens") or token_count(prompt) + token_count(completion),
-            "prompt_tokens_details": {"cached_tokens": (details.get("cached_tokens") if isinstance(details, dict) else None) or 0},
+            "prompt_tokens_details": {**given, "cached_tokens": given.get("cached_tokens") or 0},  # cache writes and their breakdown too
         }
+        if isinstance(made, dict):  # reasoning tokens: inside output_tokens already, as chat's are inside completion_tokens
+            chat["completion_tokens_details"] = dict(made)
+        return chat
+
+    def details(self, choice: Json) -> Json:
+        """The detail counts of the usage a whole response (a candidate's choice) carries, in the chat shape."""
+        usage = self.usage(choice) or {}
+        return {key: usage[key] for key in DETAILS if key in usage}
 
 
 CHAT_NAME = "chat.completions"
+DETAILS = ("prompt_tokens_details", "completion_tokens_details")  # the breakdowns a usage may carry beside its counts
 CHAT = Route(name=CHAT_NAME, object="chat.completion", chunk_object="chat.completion.chunk")
 COMPLETIONS = Route(name="completions", object="text_completion", chunk_object="text_completion")
 EMBEDDINGS = Route(name="embeddings", object="list", chunk_object="")
@@ -137,12 +152,24 @@ def usage_to_charge(usages: Sequence[Json]) -> Json:
 
 def add_usage(a: Json, b: Json) -> Json:
     """Two usages summed: prompt, completion and total tokens, and the counts in their details
-    (cached, reasoning, audio tokens) where either has them."""
+    (cached, cache write, reasoning, audio tokens, and breakdowns of them) where either has them."""
     keys = ("prompt_tokens", "completion_tokens", "total_tokens")
     total: Json = {k: token_count(a.get(k)) + token_count(b.get(k)) for k in keys}
-    for details in ("prompt_tokens_details", "completion_tokens_details"):
+    for details in DETAILS:
         parts = [part for part in (a.get(details), b.get(details)) if isinstance(part, dict)]
         if parts:
-            counts = {k for part in parts for k, v in part.items() if isinstance(v, int)}
-            total[details] = {k: sum(token_count(part.get(k)) for part in parts) for k in sorted(counts)}
+            total[details] = add_counts(parts)
+    return total
+
+
+def add_counts(parts: Sequence[Json]) -> Json:
+    """Detail counts summed key by key, nested breakdowns too; what no part has as a count is left out."""
+    total: Json = {}
+    for key in sorted({k for part in parts for k in part}):
+        values = [part.get(key) for part in parts]
+        nested = [v for v in values if isinstance(v, dict)]
+        if nested:
+            total[key] = add_counts(nested)
+        elif any(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            total[key] = sum(token_count(v) for v in values if not isinstance(v, bool))
     return total

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .._types import CHAT, COMPLETIONS, Json, Route, token_count
+from .._types import CHAT, COMPLETIONS, Json, Route, add_usage, token_count
 
 _PIECES = re.compile(r"\s*\S+\s*|\s+")
 
@@ -207,12 +207,14 @@ def _position(call: Json) -> int:
     return index if isinstance(index, int) else 0
 
 
-def sum_usage(candidates: Iterable[Candidate]) -> Json:
-    """Usage summed over candidates, in the openai `CompletionUsage` shape."""
-    items = list(candidates)
-    prompt = sum(c.prompt_tokens for c in items)
-    completion = sum(c.completion_tokens for c in items)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+def sum_usage(candidates: Iterable[Candidate], route: Route = CHAT) -> Json:
+    """Usage summed over candidates, in the openai `CompletionUsage` shape, with the detail counts the
+    route's candidates carry (a Responses candidate's own usage)."""
+    total: Json = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    for c in candidates:
+        total = add_usage(total, {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
+                                  "total_tokens": c.prompt_tokens + c.completion_tokens, **route.details(c.choice)})
+    return total
 
 
 def response_from_candidates(route: Route, candidates: list[Candidate], usage: Json | None = None) -> Json:
@@ -224,7 +226,7 @@ def response_from_candidates(route: Route, candidates: list[Candidate], usage: J
         raise ValueError("a response needs at least one candidate")
     response: Json = {"object": route.object, **candidates[0].meta}
     response["choices"] = [{**c.choice, "index": i} for i, c in enumerate(candidates)]
-    response["usage"] = usage if usage is not None else sum_usage(candidates)
+    response["usage"] = usage if usage is not None else sum_usage(candidates, route)
     return response
 
 

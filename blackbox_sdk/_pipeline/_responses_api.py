@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, get_args
 
-from openai.types.responses import Response
+from openai.types.responses import Response, ResponseUsage
+from pydantic import BaseModel
 
 from .._info import attach, rebuilt
 from .._types import RESPONSES, Json, token_count, usage_to_charge
@@ -87,15 +88,30 @@ def pieces(core: Core, call: Call, responses: list[Json]) -> tuple[list[Candidat
 
 
 def responses_usage(usage: Json) -> Json:
-    """A chat-shaped usage as the Responses API's `usage` object."""
-    details = usage.get("prompt_tokens_details") or {}
-    return {
+    """A chat-shaped usage (answers' usages summed) as the Responses API's `usage` object, details and all."""
+    return fitted(ResponseUsage, {
         "input_tokens": token_count(usage.get("prompt_tokens")),
-        "input_tokens_details": {"cached_tokens": token_count(details.get("cached_tokens"))},
+        "input_tokens_details": usage.get("prompt_tokens_details") or {},
         "output_tokens": token_count(usage.get("completion_tokens")),
-        "output_tokens_details": {"reasoning_tokens": 0},
+        "output_tokens_details": usage.get("completion_tokens_details") or {},
         "total_tokens": token_count(usage.get("total_tokens")),
-    }
+    })
+
+
+def fitted(model: type[BaseModel], counts: Json) -> Json:
+    """`counts` as openai's `model` declares them: its fields only, a required count no answer reported as 0,
+    an optional one left out."""
+    out: Json = {}
+    for name, field in model.model_fields.items():
+        value = counts.get(name)
+        inner = next((t for t in (field.annotation, *get_args(field.annotation)) if isinstance(t, type) and issubclass(t, BaseModel)), None)
+        if inner is not None and (isinstance(value, dict) or field.is_required()):
+            out[name] = fitted(inner, value if isinstance(value, dict) else {})
+        elif isinstance(value, int) and not isinstance(value, bool):
+            out[name] = value
+        elif field.is_required():
+            out[name] = 0
+    return out
 
 
 def finish(core: Core, call: Call, stored: list[Candidate], fresh: list[Candidate], usage: Json | None, original: Any = None) -> Any:

@@ -22,10 +22,10 @@ if TYPE_CHECKING:
 
 
 def response_usage(input_tokens: int, output_tokens: int) -> dict[str, Any]:
-    """The Responses API's usage object."""
+    """The Responses API's usage object (a local model neither reads nor writes a prompt cache, nor reasons: those counts are 0)."""
     return {
         "input_tokens": input_tokens,
-        "input_tokens_details": {"cached_tokens": 0},
+        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
         "output_tokens": output_tokens,
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": input_tokens + output_tokens,
