@@ -320,7 +320,8 @@ def build(model: Any, data: Json) -> Any:
     openai client does for what a quirky server sent."""
     try:
         return model.model_validate(data)
-    except pydantic.ValidationError:
+    except pydantic.ValidationError as error:
+        logger.debug("%s built without validation (%d fields out of its type): %s", model.__name__, error.error_count(), error)
         return model.construct(**data)
 
 
