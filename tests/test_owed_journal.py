@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -38,8 +39,8 @@ ANSWER = {
 SPAWN = multiprocessing.get_context("spawn")
 
 
-def _pay_and_exit(url: str, ledger: str, settles_fail: bool, out: Any) -> None:
-    """A child process: one paid call whose settle can't reach the ledger; it exits with the charge owed."""
+def _pay_and_exit(url: str, ledger: str, settles_fail: bool, killed: bool, out: Any) -> None:
+    """A child process: one paid call whose settle can't reach the ledger; it exits (or is killed) with the charge owed."""
     if settles_fail:
         from blackbox_sdk.budget import _ledger
 
@@ -52,16 +53,20 @@ def _pay_and_exit(url: str, ledger: str, settles_fail: bool, out: Any) -> None:
     budget.calibration.learn(f"{client._core.endpoint}#chat.completions", MODEL, 0, 0)  # calibrated: no gate here
     answer = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=4)
     out.put((answer.blackbox.cost_usd, owed_usd()))
+    if killed:
+        out.close()
+        out.join_thread()
+        os.kill(os.getpid(), signal.SIGKILL)  # no exit handler runs
 
 
-def _owed_by_a_child(url: str, ledger: str, *, settles_fail: bool = False) -> float:
-    """Run `_pay_and_exit` in a child; the cost of its call, which it still owed when it exited."""
+def _owed_by_a_child(url: str, ledger: str, *, settles_fail: bool = False, killed: bool = False) -> float:
+    """Run `_pay_and_exit` in a child; the cost of its call, which it still owed when it ended."""
     out = SPAWN.Queue()
-    child = SPAWN.Process(target=_pay_and_exit, args=(url, ledger, settles_fail, out))
+    child = SPAWN.Process(target=_pay_and_exit, args=(url, ledger, settles_fail, killed, out))
     child.start()
     cost, owed = out.get(timeout=120)
     child.join(timeout=60)
-    assert child.exitcode == 0 and cost > 0 and owed == pytest.approx(cost)
+    assert child.exitcode == (-signal.SIGKILL if killed else 0) and cost > 0 and owed == pytest.approx(cost)
     return cost
 
 
@@ -86,11 +91,14 @@ def test_a_charge_owed_to_redis_when_its_process_exited_lands_once_redis_is_back
     assert settle_owed() == 0 and budget.spent() == pytest.approx(cost)  # charged once
 
 
-def test_a_charge_owed_to_an_sqlite_ledger_when_its_process_exited_lands_on_the_next_open(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("killed", [False, True], ids=["exited", "killed"])
+def test_a_charge_owed_to_an_sqlite_ledger_when_its_process_ended_lands_on_the_next_open(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, killed: bool
+) -> None:
     ledger = tmp_path / "ledger.db"
     upstream = InstantUpstream(ANSWER)
     try:
-        cost = _owed_by_a_child(upstream.url, str(ledger), settles_fail=True)
+        cost = _owed_by_a_child(upstream.url, str(ledger), settles_fail=True, killed=killed)
     finally:
         upstream.close()
     assert len(_journal_files()) == 1
