@@ -19,11 +19,15 @@ SDK's errors and the upstream's, mapped once here.
     502 upstream error event    an upstream stream that sent an error event after its 200 (openai.APIError with
                                 the event's error object): passed on the same way, as an error event of the
                                 proxy's stream (whose 200 is sent already)
+
+Every error answer carries an `x-request-id`, as OpenAI's do (openai's clients keep it as the error's
+`request_id`): an upstream's own when it sent one, else a fresh id in the call ids' form.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import httpx2
@@ -40,6 +44,7 @@ from .._exceptions import (
 )
 from .._logging import logger
 from .._redact import redact_text
+from ..call_log import new_call_id
 
 _PASSED_HEADERS = ("retry-after", "retry-after-ms", "x-should-retry", "x-request-id")  # what openai's clients read
 _NO_RETRY = {"x-should-retry": "false"}  # openai's clients then raise at once: retrying can't help
@@ -125,7 +130,12 @@ def describe(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:
     return 500, error_body("the proxy failed to serve the request", "server_error"), {}
 
 
+def error_json(body: dict[str, Any], status: int, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    """An error answer: `body` with `status` and `headers`, and an `x-request-id` (a fresh one unless given)."""
+    return JSONResponse(body, status_code=status, headers={"x-request-id": new_call_id(), **(headers or {})})
+
+
 def error_response(exc: BaseException) -> JSONResponse:
     """The JSON response for an exception (see `describe`)."""
     status, body, headers = describe(exc)
-    return JSONResponse(body, status_code=status, headers=headers)
+    return error_json(body, status, headers)

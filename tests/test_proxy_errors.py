@@ -1,0 +1,52 @@
+"""The proxy's own refusals as OpenAI sends them, called by the openai client and by raw HTTP against the
+proxy under uvicorn: each carries an `x-request-id`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2
+import openai
+import pytest
+from servers import Proxy
+
+from blackbox_sdk.local import free_port
+from blackbox_sdk.serve import ProxyConfig, Tenant
+
+MODEL = "smollm2"
+HELLO = [{"role": "user", "content": "Say hello in three words."}]
+TEAM_KEY = "sk-team-a"
+LIMIT = 64 * 1024  # the proxy's body limit here
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("proxy-errors")
+
+
+@pytest.fixture(scope="module")
+def proxy(folder: Path) -> Iterator[Proxy]:
+    """The proxy with tenant keys and a call log, its upstream a closed port: nothing here may reach it."""
+    team = Tenant("team-a")
+    config = ProxyConfig(upstream=f"http://127.0.0.1:{free_port()}/v1", log=str(folder / "calls.db"), max_retries=0, max_body_bytes=LIMIT)
+    with Proxy(config, authenticate=lambda key: team if key == TEAM_KEY else None) as running:
+        yield running
+
+
+def test_the_proxys_own_errors_carry_a_request_id_the_openai_client_reads(proxy: Proxy) -> None:
+    with pytest.raises(openai.AuthenticationError) as unknown_key:
+        proxy.client(api_key="sk-wrong").chat.completions.create(model=MODEL, messages=HELLO)
+    with pytest.raises(openai.NotFoundError) as unknown_route:
+        proxy.client(api_key=TEAM_KEY).files.list()  # a route the proxy does not serve: OpenAI's "Invalid URL"
+    ids = [unknown_key.value.request_id, unknown_route.value.request_id]
+    auth = {"authorization": f"Bearer {TEAM_KEY}"}
+    for answer in (
+        httpx2.get(f"{proxy.base_url}/chat/completions", headers=auth, timeout=30),  # 405
+        proxy.post("/chat/completions", b'{"model": ', **auth),  # 400: malformed JSON
+        proxy.post("/chat/completions", b" " * (LIMIT + 1), **auth),  # 413
+    ):
+        assert answer.status_code in (400, 405, 413) and "error" in answer.json()
+        ids.append(answer.headers.get("x-request-id"))
+    assert all(isinstance(found, str) and found.startswith("bb-") for found in ids), ids  # the call ids' form
+    assert len(set(ids)) == len(ids)  # a fresh one each
