@@ -1,8 +1,9 @@
 """The proxy's own refusals as OpenAI sends them, called by the openai client and by raw HTTP against the
-proxy under uvicorn: each carries an `x-request-id`."""
+proxy under uvicorn: each carries an `x-request-id`, and a body that is not UTF-8 is refused before any work."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,3 +51,18 @@ def test_the_proxys_own_errors_carry_a_request_id_the_openai_client_reads(proxy:
         ids.append(answer.headers.get("x-request-id"))
     assert all(isinstance(found, str) and found.startswith("bb-") for found in ids), ids  # the call ids' form
     assert len(set(ids)) == len(ids)  # a fresh one each
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le"])
+def test_a_body_that_is_not_utf8_is_refused_before_any_work(proxy: Proxy, encoding: str) -> None:
+    body = json.dumps({"model": MODEL, "messages": HELLO, "max_tokens": 2}).encode(encoding)
+    answer = proxy.post("/chat/completions", body, authorization=f"Bearer {TEAM_KEY}")
+    assert answer.status_code == 400, answer.text  # not a 502: nothing was sent to the (closed) upstream
+    error = answer.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["code"] == "invalid_json" and "UTF-8" in error["message"]
+
+
+def test_a_utf8_body_with_a_byte_order_mark_is_still_read(proxy: Proxy) -> None:
+    body = json.dumps({"model": MODEL, "messages": HELLO}).encode("utf-8-sig")  # RFC 8259 lets a parser ignore it
+    answer = proxy.post("/chat/completions", body, authorization=f"Bearer {TEAM_KEY}")
+    assert answer.status_code == 502 and answer.json()["error"]["code"] == "upstream_unreachable"  # parsed, then sent
