@@ -1,5 +1,6 @@
 """The proxy's own refusals as OpenAI sends them, called by the openai client and by raw HTTP against the
-proxy under uvicorn: each carries an `x-request-id`, and a body that is not UTF-8 is refused before any work."""
+proxy under uvicorn: each carries an `x-request-id`, a body that is not UTF-8 is refused before any work, and
+feedback of the wrong type is a 400 naming the field."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import openai
 import pytest
 from servers import Proxy
 
+from blackbox_sdk import CallLog
+from blackbox_sdk.call_log import CallRecord
 from blackbox_sdk.local import free_port
 from blackbox_sdk.serve import ProxyConfig, Tenant
 
@@ -66,3 +69,25 @@ def test_a_utf8_body_with_a_byte_order_mark_is_still_read(proxy: Proxy) -> None:
     body = json.dumps({"model": MODEL, "messages": HELLO}).encode("utf-8-sig")  # RFC 8259 lets a parser ignore it
     answer = proxy.post("/chat/completions", body, authorization=f"Bearer {TEAM_KEY}")
     assert answer.status_code == 502 and answer.json()["error"]["code"] == "upstream_unreachable"  # parsed, then sent
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "said"),
+    [
+        pytest.param("label", 5, "label must be one of 'correct', 'incorrect', got 5", id="label-a-number"),
+        pytest.param("label", "maybe", "label must be one of 'correct', 'incorrect', got 'maybe'", id="label-unknown"),
+        pytest.param("preferred", True, "preferred must be an integer (the index of a candidate), got True", id="preferred-bool"),
+        pytest.param("preferred", "1", "preferred must be an integer (the index of a candidate), got '1'", id="preferred-text"),
+        pytest.param("reference", 4, "reference must be a string, got 4", id="reference-a-number"),
+        pytest.param("note", ["x"], "note must be a string, got ['x']", id="note-a-list"),
+    ],
+)
+def test_feedback_of_the_wrong_type_is_a_400_naming_the_field(proxy: Proxy, folder: Path, field: str, value: object, said: str) -> None:
+    log = CallLog(folder / "calls.db")
+    record = CallRecord(endpoint_host="127.0.0.1", model=MODEL, route="chat", request={}, candidates=["hi"], chosen=[0], key="team-a")
+    log.record(record)
+    log.flush()
+    answer = proxy.post("/feedback", json.dumps({"call_id": record.call_id, field: value}).encode(), authorization=f"Bearer {TEAM_KEY}")
+    assert answer.status_code == 400
+    assert answer.json()["error"] == {"message": said, "type": "invalid_request_error", "param": None, "code": None}
+    assert log.feedback_for(record.call_id) == []
