@@ -1,6 +1,6 @@
 """The proxy's own refusals as OpenAI sends them, called by the openai client and by raw HTTP against the
-proxy under uvicorn: each carries an `x-request-id`, a body that is not UTF-8 is refused before any work, and
-feedback of the wrong type is a 400 naming the field."""
+proxy under uvicorn: each carries an `x-request-id`, a body that is not UTF-8 is refused before any work,
+feedback of the wrong type is a 400 naming the field, and a rate limit's wait is never sent as 0."""
 
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ import openai
 import pytest
 from servers import Proxy
 
-from blackbox_sdk import CallLog
+from blackbox_sdk import CallLog, RateLimitExceededError
 from blackbox_sdk.call_log import CallRecord
 from blackbox_sdk.local import free_port
 from blackbox_sdk.serve import ProxyConfig, Tenant
+from blackbox_sdk.serve._errors import error_response
 
 MODEL = "smollm2"
 HELLO = [{"role": "user", "content": "Say hello in three words."}]
@@ -91,3 +92,10 @@ def test_feedback_of_the_wrong_type_is_a_400_naming_the_field(proxy: Proxy, fold
     assert answer.status_code == 400
     assert answer.json()["error"] == {"message": said, "type": "invalid_request_error", "param": None, "code": None}
     assert log.feedback_for(record.call_id) == []
+
+
+@pytest.mark.parametrize(("wait", "seconds", "milliseconds"), [(0.0, "1", "1"), (0.0004, "1", "1"), (0.0015, "1", "2"), (0.3, "1", "300"), (1.2, "2", "1200")])
+def test_a_rate_limits_wait_is_rounded_up_and_never_sent_as_zero(wait: float, seconds: str, milliseconds: str) -> None:
+    refused = error_response(RateLimitExceededError("over the limit", limit=1, scope="client", retry_after=wait))
+    assert refused.status_code == 429
+    assert (refused.headers["retry-after"], refused.headers["retry-after-ms"]) == (seconds, milliseconds)

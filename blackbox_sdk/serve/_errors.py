@@ -120,14 +120,20 @@ def describe(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:
         wait = max(exc.retry_after, 0.0)
         if not math.isfinite(wait):  # a call larger than the limit itself: no wait lets it through, so no retry
             return 429, error_body(message, "requests", code="rate_limit_exceeded"), dict(_NO_RETRY)
-        headers = {"retry-after": str(max(1, math.ceil(wait))), "retry-after-ms": str(int(wait * 1000))}
-        return 429, error_body(message, "requests", code="rate_limit_exceeded"), headers
+        return 429, error_body(message, "requests", code="rate_limit_exceeded"), retry_headers(wait)
     if isinstance(exc, ConfigError):
         return 400, error_body(message, "invalid_request_error"), {}
     if isinstance(exc, StoreUnavailableError):
         return 503, error_body(message, "server_error", code="store_unavailable"), {}
     logger.error("proxy: %s while serving a request: %s", type(exc).__name__, message)
     return 500, error_body("the proxy failed to serve the request", "server_error"), {}
+
+
+def retry_headers(wait: float) -> dict[str, str]:
+    """Retry-After (whole seconds, at least 1) and retry-after-ms (at least 1) for a wait of `wait` seconds, each
+    rounded up so a client never comes back before the window has room (and never told 0: a retry at once)."""
+    milliseconds = math.ceil(round(wait * 1000, 3))  # round first: 0.3 s is 300.00000000000006 ms as a float
+    return {"retry-after": str(max(1, math.ceil(milliseconds / 1000))), "retry-after-ms": str(max(1, milliseconds))}
 
 
 def error_json(body: dict[str, Any], status: int, headers: Mapping[str, str] | None = None) -> JSONResponse:
