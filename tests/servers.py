@@ -45,17 +45,20 @@ def _wait_for_port(port: int, process: subprocess.Popen[bytes] | None = None) ->
 
 
 class RedisServer:
-    """`redis-server` on a free loopback port, no persistence; `url` is redis://127.0.0.1:PORT/0."""
+    """`redis-server` on a free loopback port, no persistence; `url` is redis://127.0.0.1:PORT/0, with the
+    password in it (redis://:PASSWORD@...) for a server started with `--requirepass PASSWORD`."""
 
-    def __init__(self) -> None:
+    def __init__(self, password: str | None = None) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="bb-redis-"))
         self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.password = password
+        self.url = f"redis://{'' if password is None else f':{password}@'}127.0.0.1:{self.port}/0"
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> RedisServer:
         """Start (or restart, empty) the server on the same port."""
         command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.folder)]
+        command += [] if self.password is None else ["--requirepass", self.password]
         self._process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _wait_for_port(self.port, self._process)
         return self
