@@ -1,7 +1,8 @@
 """Redis URLs as every store takes them: checked once, shown without the password, and made into clients.
 
 The cache, the budget ledger, the rate-limit store and the proxy's key store each open a Redis URL
-given by a user, and each must refuse the same bad URLs with a ConfigError, show the URL the same
+given by a user, and each must refuse the same bad URLs with a ConfigError (a malformed one at once,
+one the server refuses, for its password or database, with one PING at open), show the URL the same
 way in reprs and messages (``redis://user:***@host:port/db``, a ``password=`` query value as
 ``***`` too), and keep the password out of every error text the driver writes. Those decisions
 live here, once. redis-py is imported only when a client is made, so the core imports without it.
@@ -131,6 +132,31 @@ class RedisURL:
             options["retry"] = Retry(self._backoff(backoff), retries, supported_errors=(redis.exceptions.ConnectionError,))
             options.setdefault("retry_on_error", [redis.exceptions.ConnectionError])
         return self._made(redis.asyncio.Redis, redis.exceptions.RedisError, options)
+
+    def check(self, timeout_s: float) -> None:
+        """One PING on a connection of its own, at most one try: ConfigError (the URL without its password) when the
+        server refuses the URL's password, asks for one it lacks, or has no such database; a server out of reach now
+        is left to the store's first use, where an outage is reported as one (a budget's call refused, not run)."""
+        probe = self.client(retries=0, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)  # needs redis-py
+        from redis import exceptions
+
+        try:
+            probe.ping()
+        except exceptions.AuthenticationError as exc:
+            if not self._hidden:  # none given: the server's words are about HELLO, which helps no one
+                raise self._refused("the server asks for a password and the URL gives none") from None
+            raise self._refused(f"its user name or password is wrong ({self.scrub(str(exc))})") from None
+        except exceptions.ResponseError as exc:
+            if "DB index" in str(exc):  # SELECT at connect: "DB index is out of range"
+                raise self._refused(f"the server has no such database ({exc})") from None
+        except exceptions.RedisError:
+            pass  # out of reach (or busy): an outage, not a configuration error
+        finally:
+            probe.close()
+
+    def _refused(self, reason: str) -> ConfigError:
+        """The ConfigError for a URL the server refused."""
+        return ConfigError(f"the {self._what} URL {self.shown} was refused by the Redis server: {reason}")
 
     @staticmethod
     def _backoff(backoff: tuple[float, float] | None) -> Any:

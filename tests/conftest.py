@@ -37,6 +37,14 @@ def redis_server() -> Iterator[RedisServer]:
     server.close()
 
 
+@pytest.fixture(scope="module")
+def redis_with_password() -> Iterator[RedisServer]:
+    """A real redis-server started with `--requirepass` for the module (`.url` holds the password, `.password`)."""
+    server = RedisServer(password="s3rver-Pa55word").start()
+    yield server
+    server.close()
+
+
 @pytest.fixture(params=["local", "redis"])
 def store_at(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[str], str]:
     """Where a shared store lives, once per kind: `store_at(name)` is a file or folder of that name

@@ -1,5 +1,6 @@
-"""Real Redis and PostgreSQL servers for tests: Debian's binaries, on free loopback ports, in
-temporary folders, stopped after. `stop()` and `start()` let a test kill a server mid-run."""
+"""Real servers for tests: Redis and PostgreSQL (Debian's binaries, in temporary folders), an upstream that answers
+at once, and the proxy under uvicorn, each on a free loopback port and stopped after. `stop()` and `start()` let a
+test kill a server mid-run."""
 
 from __future__ import annotations
 
@@ -15,10 +16,17 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+import httpx2
+import openai
+import uvicorn
 
 from blackbox_sdk.local import free_port
+from blackbox_sdk.serve import ProxyConfig, create_app
 
 START_TIMEOUT_S = 30.0
+PROXY_START_TIMEOUT_S = 120.0  # a proxy over a local model loads it before /readyz answers
 
 
 def _wait_for_port(port: int, process: subprocess.Popen[bytes] | None = None) -> None:
@@ -37,17 +45,20 @@ def _wait_for_port(port: int, process: subprocess.Popen[bytes] | None = None) ->
 
 
 class RedisServer:
-    """`redis-server` on a free loopback port, no persistence; `url` is redis://127.0.0.1:PORT/0."""
+    """`redis-server` on a free loopback port, no persistence; `url` is redis://127.0.0.1:PORT/0, with the
+    password in it (redis://:PASSWORD@...) for a server started with `--requirepass PASSWORD`."""
 
-    def __init__(self) -> None:
+    def __init__(self, password: str | None = None) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="bb-redis-"))
         self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.password = password
+        self.url = f"redis://{'' if password is None else f':{password}@'}127.0.0.1:{self.port}/0"
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> RedisServer:
         """Start (or restart, empty) the server on the same port."""
         command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.folder)]
+        command += [] if self.password is None else ["--requirepass", self.password]
         self._process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _wait_for_port(self.port, self._process)
         return self
@@ -168,3 +179,39 @@ class InstantUpstream:
         """Stop serving."""
         self._server.shutdown()
         self._server.server_close()
+
+
+class Proxy:
+    """The proxy app (`blackbox-sdk serve`) under uvicorn in a thread of this process, on a free loopback port."""
+
+    def __init__(self, config: ProxyConfig, **app: Any) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.base_url = f"{self.url}/v1"
+        settings = uvicorn.Config(create_app(config, **app), host="127.0.0.1", port=self.port, log_level="warning")
+        self.server = uvicorn.Server(settings)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> Proxy:
+        self.thread.start()
+        deadline = time.monotonic() + PROXY_START_TIMEOUT_S
+        while time.monotonic() < deadline:  # until the upstream client is built (/readyz)
+            try:
+                if httpx2.get(f"{self.url}/readyz", timeout=5).status_code == 200:
+                    return self
+            except httpx2.TransportError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("the proxy did not become ready")
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=60)
+
+    def client(self, **kwargs: Any) -> openai.OpenAI:
+        """The openai package's own client, pointed at the proxy."""
+        return openai.OpenAI(base_url=self.base_url, api_key=kwargs.pop("api_key", "sk-unused"), **kwargs)
+
+    def post(self, path: str, content: bytes, **headers: str) -> httpx2.Response:
+        """A raw POST (bodies the openai client would never send)."""
+        return httpx2.post(f"{self.base_url}{path}", content=content, headers={"content-type": "application/json", **headers}, timeout=60)

@@ -87,6 +87,21 @@ def test_an_unreachable_redis_lets_the_lease_lapse_with_a_warning(redis_server: 
     assert held.id in caplog.text
 
 
+def test_a_hold_a_restarted_redis_lost_ends_its_renewal_with_a_warning_that_says_so(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    budget = Budget(prices=PRICES, ledger=redis_server.url, lease_s=3.0, total_usd=1.0)  # renewed 2 s on, tried every 0.25 s
+    with caplog.at_level(logging.WARNING, logger="blackbox_sdk"):
+        held = reserve(budget)
+        redis_server.stop()
+        redis_server.start()  # empty: the hold is gone, not lapsed
+        deadline = time.monotonic() + 10
+        while held.id not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert "refused to renew its lease: it had lapsed, or the ledger no longer holds it" in caplog.text
+    assert held.id in caplog.text
+
+
 def test_a_stream_read_past_its_lease_stays_held_until_it_is_settled(
     llama_server: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -18,7 +18,6 @@ from typing import Any
 import httpx2
 import openai
 import pytest
-import uvicorn
 from openai.types import Completion, CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from prometheus_client.parser import text_string_to_metric_families
@@ -31,6 +30,7 @@ from blackbox_sdk.local import free_port
 from blackbox_sdk.serve import ProxyConfig, ProxyError, Tenant, create_app, load_config
 from blackbox_sdk.serve._body import MAX_JSON_DEPTH, parse_object
 from blackbox_sdk.serve._routes import CHAT, Generating, generating
+from servers import Proxy
 
 pytestmark = pytest.mark.slow
 
@@ -38,42 +38,6 @@ MODEL = "smollm2"
 PRICES = {MODEL: {"input": 1000.0, "output": 1000.0}}  # $1000 per million tokens: a call costs cents
 HELLO = [{"role": "user", "content": "Say hello in three words."}]
 START_TIMEOUT_S = 120.0
-
-
-class Proxy:
-    """The proxy app under uvicorn in a thread of this process, on a free loopback port."""
-
-    def __init__(self, config: ProxyConfig, **app: Any) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.base_url = f"{self.url}/v1"
-        settings = uvicorn.Config(create_app(config, **app), host="127.0.0.1", port=self.port, log_level="warning")
-        self.server = uvicorn.Server(settings)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> Proxy:
-        self.thread.start()
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:  # until the upstream client is built (/readyz)
-            try:
-                if httpx2.get(f"{self.url}/readyz", timeout=5).status_code == 200:
-                    return self
-            except httpx2.TransportError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError("the proxy did not become ready")
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=60)
-
-    def client(self, **kwargs: Any) -> openai.OpenAI:
-        """The openai package's own client, pointed at the proxy."""
-        return openai.OpenAI(base_url=self.base_url, api_key=kwargs.pop("api_key", "sk-unused"), **kwargs)
-
-    def post(self, path: str, content: bytes, **headers: str) -> httpx2.Response:
-        """A raw POST (bodies the openai client would never send)."""
-        return httpx2.post(f"{self.base_url}{path}", content=content, headers={"content-type": "application/json", **headers}, timeout=60)
 
 
 @pytest.fixture(scope="module")

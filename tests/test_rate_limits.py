@@ -408,12 +408,18 @@ async def test_a_send_that_fails_while_redis_is_down_raises_its_own_error_and_is
 
 
 def test_the_redis_password_never_shows(redis_server: RedisServer) -> None:
-    url = redis_server.url.replace("redis://", "redis://user:s3cret-pass@")
-    limits = RateLimits(rpm=1, store=url)
+    with pytest.raises(ConfigError) as refused:
+        RateLimits(rpm=1, store=redis_server.url.replace("redis://", "redis://user:s3cret-pass@"))  # the server has no such user
+    assert "s3cret-pass" not in str(refused.value) and "user:***@" in str(refused.value) and refused.value.__cause__ is None
+    limits = RateLimits(rpm=2, store=redis_server.url.replace("redis://", "redis://:s3cret-pass@"))  # taken: the server asks for none
     assert "s3cret-pass" not in repr(limits)
+    admit(limits)
+    admin = redis.Redis.from_url(redis_server.url)
+    admin.config_set("requirepass", "another-pass")  # now it asks, and refuses the URL's password when it reconnects
+    admin.client_kill_filter(_type="normal", skipme=True)
     with pytest.raises(StoreUnavailableError) as caught:
-        admit(limits)  # the server has no such user: refused
-    assert "s3cret-pass" not in str(caught.value) and "user:***@" in str(caught.value)
+        admit(limits)
+    assert "s3cret-pass" not in str(caught.value) and ":***@" in str(caught.value)
     assert caught.value.__cause__ is None and caught.value.__suppress_context__  # the driver's error is not chained
     redis_server.stop()
     with pytest.raises(StoreUnavailableError) as caught:

@@ -562,8 +562,13 @@ def test_the_password_never_appears_in_messages(redis_server: RedisServer, raw: 
         cache.extend(_key(cache), [_entry("secret-free")])
         assert cache.get(_key(cache)) == [_entry("secret-free")]
         texts = [repr(cache), cache.location]
-    with Cache(wrong) as denied, caplog.at_level(logging.DEBUG, logger="blackbox_sdk"):
-        assert denied.get(_key(denied)) == []  # a wrong password reads as a miss, with a warning
+    with pytest.raises(ConfigError) as refused:
+        Cache(wrong)  # refused when it opens: a configuration error, not an outage that misses forever
+    assert str(refused.value).startswith(f"the cache URL redis://user:***@{host} was refused by the Redis server: its user name or password is wrong")
+    texts.append(str(refused.value))
+    with Cache(good) as denied, caplog.at_level(logging.DEBUG, logger="blackbox_sdk"):
+        raw.config_set("requirepass", "another-" + PASSWORD)  # after it opened: the server no longer takes its password
+        assert denied.get(_key(denied)) == []  # reads as a miss, with a warning
         with pytest.raises(CacheError) as raised:
             denied.clear()
         texts += [repr(denied), str(raised.value), repr(raised.value.__cause__), caplog.text]

@@ -292,19 +292,28 @@ def test_the_same_budget_reconnects_after_a_restart(redis_server: RedisServer) -
     assert budget.report().calls == 1
 
 
-def test_a_budget_shows_its_redis_url_without_the_password(redis_server: RedisServer) -> None:
-    url = redis_server.url.replace("redis://", f"redis://user:{PASSWORD}@")
-    budget = capped(url, total_usd=1.0)
-    assert PASSWORD not in repr(budget) and PASSWORD not in str(budget)
-    assert "redis://user:***@127.0.0.1" in repr(budget)
+def test_a_budget_shows_its_redis_url_without_the_password(redis_with_password: RedisServer) -> None:
+    password = str(redis_with_password.password)
+    budget = capped(redis_with_password.url.replace("redis://:", "redis://default:"), total_usd=1.0)
+    assert password not in repr(budget) and password not in str(budget)
+    assert "redis://default:***@127.0.0.1" in repr(budget)
 
 
-def test_a_wrong_password_is_unavailable_without_echoing_it(redis_server: RedisServer) -> None:
-    redis.Redis.from_url(redis_server.url).config_set("requirepass", PASSWORD)
+def test_a_wrong_password_is_a_config_error_at_open_without_echoing_it(redis_with_password: RedisServer) -> None:
     wrong = "not-" + PASSWORD
-    budget = capped(redis_server.url.replace("redis://", f"redis://user:{wrong}@"), total_usd=1.0)
-    message = _message(lambda: call(budget))
-    assert wrong not in message and "redis://user:***@" in message
+    url = redis_with_password.url.replace(f":{redis_with_password.password}@", f"user:{wrong}@")
+    with pytest.raises(ConfigError) as refused:  # no budget at all, so no call runs unbudgeted
+        capped(url, total_usd=1.0)
+    message = str(refused.value)
+    assert message.startswith("the ledger URL redis://user:***@127.0.0.1:") and "its user name or password is wrong" in message
+    assert wrong not in message
+
+
+def test_a_password_the_server_stops_taking_after_open_fails_closed_without_echoing_it(redis_server: RedisServer) -> None:
+    budget = capped(redis_server.url.replace("redis://", f"redis://:{PASSWORD}@"), total_usd=1.0)  # no password needed yet
+    redis.Redis.from_url(redis_server.url).config_set("requirepass", "another-" + PASSWORD)
+    message = _message(lambda: call(budget))  # an outage for the calls: refused, never run unbudgeted
+    assert PASSWORD not in message and "redis://:***@" in message
 
 
 def test_a_paused_redis_times_out_and_fails_closed(redis_server: RedisServer) -> None:

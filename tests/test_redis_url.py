@@ -1,6 +1,8 @@
 """Redis URLs, one way for every store: the cache, the ledger, the rate-limit store and the key store refuse
 the same bad URLs with a ConfigError that never holds the password, show a URL in one form, and scrub
-its password from error texts. No redis-server is needed: redis-py connects on first use only."""
+its password from error texts. A URL the server refuses (its password, its database) is a ConfigError
+when the store opens, against a real redis-server; the other tests need none (nothing listens at HOST:
+each store's one PING at open finds no server, which is an outage for later, not an error now)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio
+from servers import RedisServer
 
 from blackbox_sdk import ConfigError
 from blackbox_sdk._redis_url import REDIS_OR_UNIX, RedisURL, is_redis_url, redact_url
@@ -19,10 +22,11 @@ from blackbox_sdk.budget import Budget, RedisLedger
 from blackbox_sdk.cache import Cache
 from blackbox_sdk.limits import RateLimits, RedisWindow
 from blackbox_sdk.limits import redact_url as limits_redact_url
+from blackbox_sdk.local import free_port
 from blackbox_sdk.serve._key_stores import RedisKeyStore, open_key_store
 
 PASSWORD = "pw-s3cret"
-HOST = "127.0.0.1:6379"
+HOST = f"127.0.0.1:{free_port()}"
 BAD = {
     "unsplittable": f"redis://:{PASSWORD}@[::1/0",  # an unclosed IPv6 bracket
     "port": f"redis://:{PASSWORD}@127.0.0.1:notaport/0",
@@ -59,6 +63,33 @@ def test_each_bad_url_is_a_config_error_for_each_store_without_the_password(stor
     assert PASSWORD not in message and "s3cret" not in message, message
     assert f"the {what} URL " in message and " is not valid: " in message, message
     assert refused.value.__cause__ is None  # the driver's error (which may hold the URL) is not chained
+
+
+@pytest.mark.parametrize("store", sorted(STORES))
+def test_a_url_the_server_refuses_is_a_config_error_at_open_without_the_password(store: str, redis_with_password: RedisServer) -> None:
+    make, what = STORES[store]
+    at = f"127.0.0.1:{redis_with_password.port}"
+    refusals = {
+        f"redis://:not-{PASSWORD}@{at}/0": f"redis://:***@{at}/0 was refused by the Redis server: its user name or password is wrong",
+        f"redis://user:{redis_with_password.password}@{at}/0": f"redis://user:***@{at}/0 was refused by the Redis server: its user name",
+        f"redis://{at}/0": f"redis://{at}/0 was refused by the Redis server: the server asks for a password and the URL gives none",
+        f"redis://:{redis_with_password.password}@{at}/99": f"redis://:***@{at}/99 was refused by the Redis server: the server has no such database",
+    }
+    for url, said in refusals.items():
+        with pytest.raises(ConfigError) as refused:
+            make(url)
+        message = str(refused.value)
+        assert message.startswith(f"the {what} URL {said}"), message
+        assert PASSWORD not in message and "Pa55word" not in message and refused.value.__cause__ is None
+    opened = make(redis_with_password.url.replace("/0", "/15"))  # the right password, a database it has: opens
+    getattr(opened, "close", lambda: None)()
+
+
+def test_a_database_the_server_lacks_is_refused_at_open(redis_server: RedisServer) -> None:
+    url = redis_server.url.replace("/0", "/99")  # redis-server has 16 databases: 0 to 15
+    for make, what in STORES.values():
+        with pytest.raises(ConfigError, match=f"^the {what} URL {url} was refused by the Redis server: the server has no such database"):
+            make(url)
 
 
 @pytest.mark.parametrize("store", sorted(STORES))

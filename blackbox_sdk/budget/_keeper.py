@@ -8,8 +8,8 @@ keeps its worst case held until it is settled or released. The keeper holds rese
 one dropped without being settled or released (a bug in a caller of ``Budget.reserve``) is renewed
 no more, and lapses after ``lease_s`` as before. A renewal that fails (the ledger can't be reached)
 is tried again every few seconds until the lease lapses; one the ledger refuses (the lease lapsed
-already, and its headroom may be spent elsewhere: a lapsed hold is never revived) ends the keeping
-with a warning. The settle charges the call in full either way.
+already, and its headroom may be spent elsewhere: a lapsed hold is never revived; or the ledger lost
+the hold, as a Redis restarted without its data does) ends the keeping with a warning. The settle charges the call in full either way.
 """
 
 from __future__ import annotations
@@ -114,7 +114,10 @@ class LeaseKeeper:
         if failed is not None:
             logger.warning("reservation %s: its lease could not be renewed before it lapsed (%s); its hold stopped counting", reservation_id, failed)
         elif kept.held() is not None:
-            logger.warning("reservation %s: the ledger refused to renew its lease, which had lapsed; its hold stopped counting", reservation_id)
+            logger.warning(
+                "reservation %s: the ledger refused to renew its lease: it had lapsed, or the ledger no longer holds it (a "
+                "store that lost its data, such as a Redis restarted without persistence); its hold stopped counting", reservation_id,
+            )
 
 
 KEEPER = LeaseKeeper()

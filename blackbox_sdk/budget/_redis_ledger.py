@@ -7,7 +7,8 @@ script is idempotent by reservation id (a settle by the id and its attempt's tok
 retrying a command whose reply was lost never holds or charges twice. When Redis can't be
 reached, times out or answers wrongly, every operation raises StoreUnavailableError: a call is
 never sent unbudgeted. The URL is checked, shown and made into a client by ``RedisURL``, which
-imports redis-py only when a Redis ledger is used.
+imports redis-py only when a Redis ledger is used; a URL the server refuses (a wrong password, a
+database it does not have) is a ConfigError when the ledger opens.
 """
 
 from __future__ import annotations
@@ -45,13 +46,14 @@ class RedisLedger:
     """The ledger on a Redis server (or a primary), shared by every process and host using the same URL and prefix."""
 
     def __init__(self, url: str, *, prefix: str = DEFAULT_PREFIX, record_ttl_s: int = RECORD_TTL_S) -> None:
-        """Check `url` and prepare the scripts (ConfigError when it is malformed); nothing connects yet."""
+        """Check `url` and prepare the scripts; ConfigError when it is malformed or the server refuses it (one PING)."""
         if not isinstance(prefix, str):
             raise ConfigError(f"the ledger's key prefix must be a string, got {prefix!r}")
         self._url = RedisURL(url, "ledger")
-        self._client = self._url.client(  # short timeouts and a bounded retry; the connection opens on first use
+        self._client = self._url.client(  # short timeouts and a bounded retry
             retries=RETRIES, backoff=BACKOFF_S, socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=CONNECT_TIMEOUT_S
         )
+        self._url.check(CONNECT_TIMEOUT_S)  # a wrong password or database: ConfigError now, not at the first call
         self.url = self._url.shown
         self.prefix = prefix
         self._keep = str(int(record_ttl_s))

@@ -11,7 +11,8 @@ taken over; it is released by a compare-and-delete Lua script, and the TTL is Re
 The URL is checked, shown and made into a client by :class:`~blackbox_sdk._redis_url.RedisURL`
 (redis-py is imported only when a ``redis://`` or ``rediss://`` cache is opened). Failures to reach
 the server are raised as CacheUnavailableError (the Cache then misses or skips the write) and
-tracked by an :class:`~blackbox_sdk.cache._outage.Outage`; no message carries the URL's password.
+tracked by an :class:`~blackbox_sdk.cache._outage.Outage`; no message carries the URL's password. A URL
+the server refuses (a wrong password, a database it does not have) is a ConfigError when the store opens.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ class RedisStore:
     """A namespace on a Redis server as a :class:`~blackbox_sdk.cache.CacheStore` that many hosts share."""
 
     def __init__(self, url: str, *, namespace: str, timeout: float) -> None:
-        """Prepare a client for ``url`` (connecting on first use); ``timeout`` bounds a contended write."""
+        """Prepare a client for ``url``, the URL tried with one PING (``RedisURL.check``); ``timeout`` bounds a contended write."""
         self._url = RedisURL(url, "cache")
         self.location = self._url.shown
         self._prefix = f"{KEY_PREFIX}{namespace}:"
@@ -94,6 +95,7 @@ class RedisStore:
         wait = min(timeout, SOCKET_TIMEOUT_S)
         # one immediate retry: a pooled connection to a restarted server fails once, then reconnects
         self._client = self._url.client(retries=1, socket_timeout=wait, socket_connect_timeout=wait)
+        self._url.check(wait)  # a wrong password or database: ConfigError now, not a cache that always misses
         from redis import exceptions  # installed: client() refused to go on without it
 
         self._errors = exceptions

@@ -6,7 +6,7 @@ import json
 import math
 import time
 import uuid
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
@@ -17,6 +17,7 @@ from .._text import checked_text, is_utf8
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 Count = Annotated[int, Field(ge=0, lt=2**63, strict=True)]  # a 64-bit SQLite INTEGER
 Label = Literal["correct", "incorrect"]
+LABELS: tuple[Label, ...] = get_args(Label)
 
 
 def valid_text(value: str) -> str:
@@ -120,11 +121,18 @@ class Feedback(BaseModel):
 def feedback_fields(
     call_id: str, reward: float | None, label: Label | None, preferred: int | None, reference: str | None, note: str | None
 ) -> dict[str, Any]:
-    """The feedback a caller gave, as fields; ConfigError for a call id no store can hold, a reward that is
-    no finite number (True and "1" are not 1.0), or no feedback at all (checked before any store is touched)."""
+    """The feedback a caller gave, as fields; ConfigError naming the field for a call id no store can hold, a value
+    of the wrong type (True and "1" are not 1.0), or no feedback at all (checked before any store is touched)."""
     checked_text(call_id, "call_id")
     if reward is not None and (isinstance(reward, bool) or not isinstance(reward, (int, float)) or not math.isfinite(reward)):
         raise ConfigError(f"reward must be a finite number, got {reward!r:.80}")
+    if label is not None and label not in LABELS:
+        raise ConfigError(f"label must be one of {', '.join(map(repr, LABELS))}, got {label!r:.80}")
+    if preferred is not None and (isinstance(preferred, bool) or not isinstance(preferred, int)):
+        raise ConfigError(f"preferred must be an integer (the index of a candidate), got {preferred!r:.80}")
+    for name, text in (("reference", reference), ("note", note)):
+        if text is not None and not isinstance(text, str):
+            raise ConfigError(f"{name} must be a string, got {text!r:.80}")
     if reward is None and label is None and preferred is None and reference is None and note is None:
         raise ConfigError("feedback() needs at least one of reward, label, preferred, reference, note")
     return {"reward": reward, "label": label, "preferred": preferred, "reference": reference, "note": note}

@@ -9,6 +9,7 @@ from typing import Any
 
 from .._exceptions import ConfigError
 from .._redis_url import REDIS_OR_UNIX, RedisURL
+from ._redis import SOCKET_TIMEOUT_S
 
 
 def limit(name: str, value: Any) -> int | None:
@@ -45,8 +46,8 @@ def store(value: Any) -> str | Path | None:
     if value is None:
         return None
     if isinstance(value, str) and "://" in value:
-        # a ConfigError now for a bad URL or option (its password never shown), not at the first call
-        RedisURL(value, "rate-limit store", schemes=REDIS_OR_UNIX).client().close()
+        # a ConfigError now for a bad URL or option, or one the server refuses (its password never shown), not at the first call
+        RedisURL(value, "rate-limit store", schemes=REDIS_OR_UNIX).check(SOCKET_TIMEOUT_S)
         return value
     if isinstance(value, (str, os.PathLike)) and str(value).strip():
         return Path(value).expanduser()

@@ -5,7 +5,8 @@ one round trip. By default the script reads the server's clock, so hosts agree o
 whatever their own clocks say. Keys expire a little after their window, so idle scopes vanish.
 An unreachable or failing server raises StoreUnavailableError, with the URL's password redacted:
 a rate limit fails closed, it is never silently off. The URL is checked, shown and made into
-clients by ``RedisURL``, which imports redis-py only then.
+clients by ``RedisURL``, which imports redis-py only then; one the server refuses (a wrong password,
+a database it does not have) is a ConfigError when the store opens.
 """
 
 from __future__ import annotations
@@ -34,10 +35,11 @@ class RedisWindow(Closing):
     """Sliding windows in the Redis server at ``url`` (redis://, rediss:// or unix://)."""
 
     def __init__(self, url: str, *, prefix: str = KEY_PREFIX, timeout_s: float = SOCKET_TIMEOUT_S) -> None:
-        """Check ``url`` (ConfigError for a bad one, its password never shown) and prepare the scripts; nothing connects yet."""
+        """Check ``url`` (ConfigError for a bad one or one the server refuses, its password never shown) and prepare the scripts."""
         self._url = RedisURL(url, "rate-limit store", schemes=REDIS_OR_UNIX)
         self.url, self._prefix, self._timeout_s = self._url.shown, prefix, timeout_s
         self._client = self._url.client(decode_responses=True, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        self._url.check(timeout_s)  # a wrong password or database: ConfigError now, not at the first call
         self._scripts = {name: self._client.register_script(source) for name, source in (("admit", ADMIT), ("correct", CORRECT), ("release", RELEASE))}
         self._async: tuple[asyncio.AbstractEventLoop, Any, dict[str, Any]] | None = None
 

@@ -18,13 +18,13 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .._client import is_loopback_host
 from ._config import ProxyConfig, client_options
-from ._errors import error_body
+from ._errors import error_body, error_json
 from ._key_tenants import TenantOptions
 from ._keys import KeyStore
 from ._routes import ROUTES
@@ -37,7 +37,7 @@ async def _no_route(request: Request, exc: Exception) -> Response:
     """OpenAI's answer for a path or method it does not serve (404 "Invalid URL", 405 with its Allow header)."""
     status, headers = (exc.status_code, exc.headers) if isinstance(exc, HTTPException) else (404, None)
     message = f"Invalid URL ({request.method} {request.url.path})" if status == 404 else f"Method {request.method} not allowed on {request.url.path}"
-    return JSONResponse(error_body(message, "invalid_request_error"), status_code=status, headers=headers)
+    return error_json(error_body(message, "invalid_request_error"), status, headers)
 
 
 def _host_name(header: str) -> str:
@@ -59,7 +59,7 @@ class LocalHostsOnly:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not self.allows(Headers(scope=scope).get("host", "")):
             message = "Without tenant keys this proxy answers only requests addressed to this machine (Host: localhost, 127.0.0.1 or [::1])."
-            await JSONResponse(error_body(message, "invalid_request_error", code="host_not_allowed"), status_code=403)(scope, receive, send)
+            await error_json(error_body(message, "invalid_request_error", code="host_not_allowed"), 403)(scope, receive, send)
             return
         await self.app(scope, receive, send)
 

@@ -1,5 +1,5 @@
-"""A request's body: read up to a size limit and a deadline, parsed as a JSON object (nested at most
-MAX_JSON_DEPTH deep, its numbers finite), and split into the openai arguments of the route's `create` and the rest
+"""A request's body: read up to a size limit and a deadline, parsed as a JSON object (UTF-8 text, nested at
+most MAX_JSON_DEPTH deep, its numbers finite), and split into the openai arguments of the route's `create` and the rest
 (passed upstream in `extra_body`).
 
 A body whose Content-Type is one a browser sends cross-site without asking first (a CORS "simple"
@@ -68,15 +68,28 @@ def _too_large(limit: int) -> ProxyError:
 def parse_object(raw: bytes) -> dict[str, Any]:
     """The body as a JSON object of finite numbers nested at most MAX_JSON_DEPTH deep; 400 for anything else."""
     try:
-        value = json.loads(raw, parse_constant=_no_number, parse_float=_finite)
+        value = json.loads(_utf8(raw), parse_constant=_no_number, parse_float=_finite)
     except RecursionError:
         raise _too_deep() from None
-    except (UnicodeDecodeError, ValueError) as error:
+    except ValueError as error:
         raise ProxyError(400, f"We could not parse the JSON body of your request: {error}", code="invalid_json") from None
     if not isinstance(value, dict):
         raise ProxyError(400, "the request body must be a JSON object", code="invalid_json")
     _check_tree(value, MAX_JSON_DEPTH)
     return value
+
+
+def _utf8(raw: bytes) -> str:
+    """The body as UTF-8 text, JSON's only encoding on the wire (RFC 8259 §8.1), a leading BOM ignored as §8.1
+    allows; 400 for UTF-16, UTF-32 or any other encoding, which json.loads would detect and take."""
+    try:
+        text: str | None = raw.decode("utf-8", "surrogatepass")  # lone surrogates: refused after parsing, by name
+    except UnicodeDecodeError:
+        text = None
+    if text is None or "\x00" in text:  # UTF-16 or UTF-32 of ASCII is valid UTF-8 full of NULs, which no JSON holds raw
+        raise ProxyError(400, "We could not parse the JSON body of your request: it is not UTF-8 text; send JSON "
+                         "encoded as UTF-8 (RFC 8259 §8.1)", code="invalid_json")
+    return text.removeprefix("\ufeff")
 
 
 def _no_number(text: str) -> float:

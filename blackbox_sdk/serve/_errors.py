@@ -19,11 +19,15 @@ SDK's errors and the upstream's, mapped once here.
     502 upstream error event    an upstream stream that sent an error event after its 200 (openai.APIError with
                                 the event's error object): passed on the same way, as an error event of the
                                 proxy's stream (whose 200 is sent already)
+
+Every error answer carries an `x-request-id`, as OpenAI's do (openai's clients keep it as the error's
+`request_id`): an upstream's own when it sent one, else a fresh id in the call ids' form.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import httpx2
@@ -40,6 +44,7 @@ from .._exceptions import (
 )
 from .._logging import logger
 from .._redact import redact_text
+from ..call_log import new_call_id
 
 _PASSED_HEADERS = ("retry-after", "retry-after-ms", "x-should-retry", "x-request-id")  # what openai's clients read
 _NO_RETRY = {"x-should-retry": "false"}  # openai's clients then raise at once: retrying can't help
@@ -115,8 +120,7 @@ def describe(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:
         wait = max(exc.retry_after, 0.0)
         if not math.isfinite(wait):  # a call larger than the limit itself: no wait lets it through, so no retry
             return 429, error_body(message, "requests", code="rate_limit_exceeded"), dict(_NO_RETRY)
-        headers = {"retry-after": str(max(1, math.ceil(wait))), "retry-after-ms": str(int(wait * 1000))}
-        return 429, error_body(message, "requests", code="rate_limit_exceeded"), headers
+        return 429, error_body(message, "requests", code="rate_limit_exceeded"), retry_headers(wait)
     if isinstance(exc, ConfigError):
         return 400, error_body(message, "invalid_request_error"), {}
     if isinstance(exc, StoreUnavailableError):
@@ -125,7 +129,19 @@ def describe(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:
     return 500, error_body("the proxy failed to serve the request", "server_error"), {}
 
 
+def retry_headers(wait: float) -> dict[str, str]:
+    """Retry-After (whole seconds, at least 1) and retry-after-ms (at least 1) for a wait of `wait` seconds, each
+    rounded up so a client never comes back before the window has room (and never told 0: a retry at once)."""
+    milliseconds = math.ceil(round(wait * 1000, 3))  # round first: 0.3 s is 300.00000000000006 ms as a float
+    return {"retry-after": str(max(1, math.ceil(milliseconds / 1000))), "retry-after-ms": str(max(1, milliseconds))}
+
+
+def error_json(body: dict[str, Any], status: int, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    """An error answer: `body` with `status` and `headers`, and an `x-request-id` (a fresh one unless given)."""
+    return JSONResponse(body, status_code=status, headers={"x-request-id": new_call_id(), **(headers or {})})
+
+
 def error_response(exc: BaseException) -> JSONResponse:
     """The JSON response for an exception (see `describe`)."""
     status, body, headers = describe(exc)
-    return JSONResponse(body, status_code=status, headers=headers)
+    return error_json(body, status, headers)

@@ -168,13 +168,14 @@ class RedisKeyStore(KeyStoreBase):
     """Keys in Redis, shared by every proxy replica using the same URL and prefix."""
 
     def __init__(self, url: str, *, admin_key: str | None = None, prefix: str = DEFAULT_PREFIX, timeout_s: float = REDIS_TIMEOUT_S) -> None:
-        """Check ``url`` (ConfigError for a bad one, its password never shown) and prepare the scripts; nothing connects yet."""
+        """Check ``url`` (ConfigError for a bad one or one the server refuses, its password never shown) and prepare the scripts."""
         super().__init__(admin_key)
         self._url = RedisURL(url, "key store", schemes=REDIS_OR_UNIX)
         self.url = self._url.shown
         self._prefix = prefix
         self._pepper_value: str | None = None
         self._client = self._url.client(decode_responses=True, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        self._url.check(timeout_s)  # a wrong password or database: ConfigError now, not at the first request
         self._create = self._client.register_script(_CREATE)
         self._revoke = self._client.register_script(_REVOKE)
 

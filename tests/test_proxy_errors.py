@@ -1,0 +1,101 @@
+"""The proxy's own refusals as OpenAI sends them, called by the openai client and by raw HTTP against the
+proxy under uvicorn: each carries an `x-request-id`, a body that is not UTF-8 is refused before any work,
+feedback of the wrong type is a 400 naming the field, and a rate limit's wait is never sent as 0."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2
+import openai
+import pytest
+from servers import Proxy
+
+from blackbox_sdk import CallLog, RateLimitExceededError
+from blackbox_sdk.call_log import CallRecord
+from blackbox_sdk.local import free_port
+from blackbox_sdk.serve import ProxyConfig, Tenant
+from blackbox_sdk.serve._errors import error_response
+
+MODEL = "smollm2"
+HELLO = [{"role": "user", "content": "Say hello in three words."}]
+TEAM_KEY = "sk-team-a"
+LIMIT = 64 * 1024  # the proxy's body limit here
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("proxy-errors")
+
+
+@pytest.fixture(scope="module")
+def proxy(folder: Path) -> Iterator[Proxy]:
+    """The proxy with tenant keys and a call log, its upstream a closed port: nothing here may reach it."""
+    team = Tenant("team-a")
+    config = ProxyConfig(upstream=f"http://127.0.0.1:{free_port()}/v1", log=str(folder / "calls.db"), max_retries=0, max_body_bytes=LIMIT)
+    with Proxy(config, authenticate=lambda key: team if key == TEAM_KEY else None) as running:
+        yield running
+
+
+def test_the_proxys_own_errors_carry_a_request_id_the_openai_client_reads(proxy: Proxy) -> None:
+    with pytest.raises(openai.AuthenticationError) as unknown_key:
+        proxy.client(api_key="sk-wrong").chat.completions.create(model=MODEL, messages=HELLO)
+    with pytest.raises(openai.NotFoundError) as unknown_route:
+        proxy.client(api_key=TEAM_KEY).files.list()  # a route the proxy does not serve: OpenAI's "Invalid URL"
+    ids = [unknown_key.value.request_id, unknown_route.value.request_id]
+    auth = {"authorization": f"Bearer {TEAM_KEY}"}
+    for answer in (
+        httpx2.get(f"{proxy.base_url}/chat/completions", headers=auth, timeout=30),  # 405
+        proxy.post("/chat/completions", b'{"model": ', **auth),  # 400: malformed JSON
+        proxy.post("/chat/completions", b" " * (LIMIT + 1), **auth),  # 413
+    ):
+        assert answer.status_code in (400, 405, 413) and "error" in answer.json()
+        ids.append(answer.headers.get("x-request-id"))
+    assert all(isinstance(found, str) and found.startswith("bb-") for found in ids), ids  # the call ids' form
+    assert len(set(ids)) == len(ids)  # a fresh one each
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le"])
+def test_a_body_that_is_not_utf8_is_refused_before_any_work(proxy: Proxy, encoding: str) -> None:
+    body = json.dumps({"model": MODEL, "messages": HELLO, "max_tokens": 2}).encode(encoding)
+    answer = proxy.post("/chat/completions", body, authorization=f"Bearer {TEAM_KEY}")
+    assert answer.status_code == 400, answer.text  # not a 502: nothing was sent to the (closed) upstream
+    error = answer.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["code"] == "invalid_json" and "UTF-8" in error["message"]
+
+
+def test_a_utf8_body_with_a_byte_order_mark_is_still_read(proxy: Proxy) -> None:
+    body = json.dumps({"model": MODEL, "messages": HELLO}).encode("utf-8-sig")  # RFC 8259 lets a parser ignore it
+    answer = proxy.post("/chat/completions", body, authorization=f"Bearer {TEAM_KEY}")
+    assert answer.status_code == 502 and answer.json()["error"]["code"] == "upstream_unreachable"  # parsed, then sent
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "said"),
+    [
+        pytest.param("label", 5, "label must be one of 'correct', 'incorrect', got 5", id="label-a-number"),
+        pytest.param("label", "maybe", "label must be one of 'correct', 'incorrect', got 'maybe'", id="label-unknown"),
+        pytest.param("preferred", True, "preferred must be an integer (the index of a candidate), got True", id="preferred-bool"),
+        pytest.param("preferred", "1", "preferred must be an integer (the index of a candidate), got '1'", id="preferred-text"),
+        pytest.param("reference", 4, "reference must be a string, got 4", id="reference-a-number"),
+        pytest.param("note", ["x"], "note must be a string, got ['x']", id="note-a-list"),
+    ],
+)
+def test_feedback_of_the_wrong_type_is_a_400_naming_the_field(proxy: Proxy, folder: Path, field: str, value: object, said: str) -> None:
+    log = CallLog(folder / "calls.db")
+    record = CallRecord(endpoint_host="127.0.0.1", model=MODEL, route="chat", request={}, candidates=["hi"], chosen=[0], key="team-a")
+    log.record(record)
+    log.flush()
+    answer = proxy.post("/feedback", json.dumps({"call_id": record.call_id, field: value}).encode(), authorization=f"Bearer {TEAM_KEY}")
+    assert answer.status_code == 400
+    assert answer.json()["error"] == {"message": said, "type": "invalid_request_error", "param": None, "code": None}
+    assert log.feedback_for(record.call_id) == []
+
+
+@pytest.mark.parametrize(("wait", "seconds", "milliseconds"), [(0.0, "1", "1"), (0.0004, "1", "1"), (0.0015, "1", "2"), (0.3, "1", "300"), (1.2, "2", "1200")])
+def test_a_rate_limits_wait_is_rounded_up_and_never_sent_as_zero(wait: float, seconds: str, milliseconds: str) -> None:
+    refused = error_response(RateLimitExceededError("over the limit", limit=1, scope="client", retry_after=wait))
+    assert refused.status_code == 429
+    assert (refused.headers["retry-after"], refused.headers["retry-after-ms"]) == (seconds, milliseconds)
