@@ -25,6 +25,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from ._cli_errors import EXIT_USAGE, report_error
 from ._exceptions import BlackBoxError
 from .call_log import CallLogStore, open_call_log
 
@@ -50,8 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _drop_stdout()
         return _EXIT_BROKEN_PIPE
     except BlackBoxError as exc:  # the last flush failed
-        print(f"blackbox-sdk: {exc}", file=sys.stderr)
-        return 1
+        return report_error(exc)
 
 
 def _run(args: list[str]) -> int:
@@ -66,8 +66,7 @@ def _run(args: list[str]) -> int:
         with _writing_stdout():  # the commands' own errors are BlackBoxErrors: an OSError here is stdout's
             return int(options.run(options))
     except BlackBoxError as exc:
-        print(f"blackbox-sdk: {exc}", file=sys.stderr)
-        return 1
+        return report_error(exc)
 
 
 def _utf8_stdout() -> None:
@@ -191,6 +190,5 @@ def _delegate(module: str, hint: str, argv: list[str]) -> int:
     try:
         cli_main = importlib.import_module(module, __package__).cli_main
     except ImportError as exc:
-        print(f"{hint} (import failed: {exc})", file=sys.stderr)
-        return 2
+        return report_error(f"{hint} (import failed: {exc})", EXIT_USAGE)
     return int(cli_main(argv))

@@ -135,6 +135,24 @@ def test_adapter_train_without_the_extra_names_it_and_exits_2(monkeypatch: pytes
     assert "pip install 'blackbox-sdk[adapter]'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        pytest.param(["stats", "--log", "{missing}"], id="stats"),
+        pytest.param(["log", "export", "--log", "{missing}", "--out", "-"], id="log-export"),
+        pytest.param(["adapter", "train", "--log", "{missing}", "--out", "{tmp}/adapter", "--no-progress"], id="adapter-train"),
+        pytest.param(["serve", "--config", "{tmp}/missing.toml"], id="serve"),
+    ],
+)
+def test_every_subcommand_reports_an_sdk_error_as_one_prefixed_line_on_stderr_with_status_1(
+    command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [part.format(missing=tmp_path / "missing.db", tmp=tmp_path) for part in command]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert captured.err.startswith("blackbox-sdk: ") and captured.err.count("\n") == 1 and captured.out == "", captured.err
+
+
 def test_adapter_train_hands_its_arguments_to_the_trainer_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     missing, out = tmp_path / "missing.db", tmp_path / "adapter"
     assert main(["adapter", "train", "--log", str(missing), "--out", str(out), "--no-progress"]) == 1
