@@ -10,6 +10,7 @@ import numpy as np
 import openai
 import pytest
 import torch
+from safetensors.torch import save as to_safetensors
 
 import blackbox_sdk
 from blackbox_sdk._exceptions import (
@@ -333,6 +334,29 @@ def test_loading_refuses_missing_or_inconsistent_files(tmp_path: Path) -> None:
     (folder / "soft_prompt.json").write_text(info)
     with pytest.raises(TuningError, match="shape|\\[3, 4\\]"):
         SoftPrompt.load(folder)
+
+
+@pytest.mark.parametrize(
+    ("z", "d", "message"),
+    [
+        pytest.param(torch.zeros(3), 4, r"z must be \[4\]", id="shorter-than-d"),
+        pytest.param(torch.zeros(2, 4), 4, r"z must be \[4\]", id="layers-of-a-plain-prompt"),
+        pytest.param(torch.zeros(()), 4, r"z must be \[4\]", id="a-scalar"),
+        pytest.param(torch.full((4,), math.nan), 4, "z must be finite", id="nan"),
+        pytest.param(torch.zeros(4), None, "needs its d", id="no-d-saved"),
+    ],
+)
+def test_loading_refuses_a_z_that_does_not_fit_the_saved_d(tmp_path: Path, z: torch.Tensor, d: int | None, message: str) -> None:
+    fields = {"model_id": "m", "template": TEMPLATE, "verbalizer": VERBALIZER, "placement": "prefix", "config": {"d": 4}}
+    folder = SoftPrompt.create(torch.zeros(2, 8), z=torch.ones(4), d=4, **fields).save(tmp_path / "sp")
+    assert tuple(SoftPrompt.load(folder).z.shape) == (4,)
+    (folder / "soft_prompt.safetensors").write_bytes(to_safetensors({"embeds": torch.zeros(2, 8), "z": z}))
+    if d is None:
+        (folder / "soft_prompt.json").write_text((folder / "soft_prompt.json").read_text().replace('"d": 4,', '"d": null,', 1))
+    with pytest.raises(TuningError, match=message):
+        SoftPrompt.load(folder)
+    with pytest.raises(TuningError, match="its config d=4"):
+        SoftPrompt.create(torch.zeros(2, 8), z=torch.ones(5), d=5, **fields)  # the description and its config disagree
 
 
 def test_classify_returns_label_probabilities_that_sum_to_one(backend: HFBackend) -> None:
