@@ -5,6 +5,7 @@ writes on SQLite's lock while readers go on. The budget ledger and the call log 
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -37,6 +38,14 @@ def connect(path: Path, timeout: float, *, wal: bool = True) -> sqlite3.Connecti
         except sqlite3.Error:
             connection.close()
             raise
+
+
+def table_columns(path: Path, timeout: float = 5.0) -> dict[str, set[str]]:
+    """The tables of the SQLite file at ``path`` and their columns (SQLite's own ``sqlite_*`` left out), read
+    read-only, so a file another application owns is left as it was; sqlite3.Error for a file SQLite can't read."""
+    with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=timeout)) as conn:
+        names = [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite!_%' ESCAPE '!'")]
+        return {name: {row[1] for row in conn.execute("SELECT * FROM pragma_table_info(?)", (name,))} for name in names}
 
 
 @contextmanager

@@ -1,6 +1,6 @@
 """The ``blackbox-sdk`` command: export and summarise the call log, and train a reranker adapter.
 
-    blackbox-sdk log export --log calls.db --out calls.jsonl   # "-" writes to stdout
+    blackbox-sdk log export --log calls.db --out calls.jsonl   # "-" writes to stdout; --force replaces an existing file
     blackbox-sdk stats --log calls.db [--json]
     blackbox-sdk stats --log postgresql://user@host/db        # a fleet's log: any postgresql:// URL
     blackbox-sdk adapter train ...                            # forwarded to blackbox_sdk.adapter (the trainer's CLI)
@@ -22,9 +22,9 @@ import json
 import os
 import sys
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
+from ._cli_errors import EXIT_USAGE, report_error
 from ._exceptions import BlackBoxError
 from .call_log import CallLogStore, open_call_log
 
@@ -50,8 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _drop_stdout()
         return _EXIT_BROKEN_PIPE
     except BlackBoxError as exc:  # the last flush failed
-        print(f"blackbox-sdk: {exc}", file=sys.stderr)
-        return 1
+        return report_error(exc)
 
 
 def _run(args: list[str]) -> int:
@@ -66,8 +65,7 @@ def _run(args: list[str]) -> int:
         with _writing_stdout():  # the commands' own errors are BlackBoxErrors: an OSError here is stdout's
             return int(options.run(options))
     except BlackBoxError as exc:
-        print(f"blackbox-sdk: {exc}", file=sys.stderr)
-        return 1
+        return report_error(exc)
 
 
 def _utf8_stdout() -> None:
@@ -105,7 +103,8 @@ def _parser() -> argparse.ArgumentParser:
     log = commands.add_parser("log", help="work with the call log").add_subparsers(dest="action", required=True, metavar="ACTION")
     export = log.add_parser("export", help="write the call log as JSON lines (the adapter trainer's input)")
     export.add_argument("--log", required=True, help="the call log: an SQLite file or a postgresql:// URL")
-    export.add_argument("--out", required=True, help="the JSONL file to write, or - for stdout")
+    export.add_argument("--out", required=True, help="the JSONL file to write, or - for stdout; an existing file is refused unless --force")
+    export.add_argument("--force", action="store_true", help="replace the --out file if it exists")
     export.set_defaults(run=_export)
 
     stats = commands.add_parser("stats", help="spend by model and day, cache hit rate, calls, errors")
@@ -132,12 +131,12 @@ def _open_log(target: str) -> contextlib.closing[CallLogStore]:
 
 
 def _export(options: argparse.Namespace) -> int:
-    """``log export``: write every call as one JSON line."""
+    """``log export``: write every call as one JSON line; a usage error, before the log is opened, for a file it would replace without --force."""
+    out = options.out
+    if out != "-" and not options.force and os.path.lexists(out) and not os.path.isdir(out):
+        return report_error(f"the export file {out} exists; pass --force to replace it, or name another file", EXIT_USAGE)
     with _open_log(options.log) as log:
-        if options.out == "-":
-            count = log.export_jsonl(sys.stdout)
-        else:
-            count = log.export_jsonl(Path(options.out))
+        count = log.export_jsonl(sys.stdout if out == "-" else out)  # a str: "sub/" keeps the separator that names a folder
     print(f"exported {count} calls to {options.out}", file=sys.stderr)
     return 0
 
@@ -191,6 +190,5 @@ def _delegate(module: str, hint: str, argv: list[str]) -> int:
     try:
         cli_main = importlib.import_module(module, __package__).cli_main
     except ImportError as exc:
-        print(f"{hint} (import failed: {exc})", file=sys.stderr)
-        return 2
+        return report_error(f"{hint} (import failed: {exc})", EXIT_USAGE)
     return int(cli_main(argv))

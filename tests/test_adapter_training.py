@@ -327,5 +327,5 @@ def test_cli_refuses_a_bad_log_or_device_with_one_line_not_a_traceback(
     (tmp_path / "calls.log").write_bytes(content)
     assert cli_main(["--log", str(tmp_path / "calls.log"), "--out", str(tmp_path / "out"), "--no-progress", *extra]) == 1
     err = capsys.readouterr().err
-    assert message in err and err.startswith("error: ")
+    assert message in err and err.startswith("blackbox-sdk: ")
     assert not (tmp_path / "out").exists()

@@ -10,6 +10,7 @@ import numpy as np
 import openai
 import pytest
 import torch
+from safetensors.torch import save as to_safetensors
 
 import blackbox_sdk
 from blackbox_sdk._exceptions import (
@@ -28,6 +29,7 @@ from blackbox_sdk.tuning import (
     population_losses,
     sample_few_shot,
 )
+from blackbox_sdk.tuning._cma import LayerSearch
 
 TEMPLATE = "{text} It was {label}"
 VERBALIZER = {"positive": "great", "negative": "terrible"}
@@ -175,6 +177,53 @@ def test_losses_follow_their_definitions() -> None:
     assert float(hinge[0]) == pytest.approx(expected, rel=1e-5)
     negative, _ = population_losses(logprobs, labels, "neg_acc", 2.0)
     assert float(negative[0]) == -0.5
+
+
+@pytest.mark.parametrize("loss", ["ce", "hinge", "neg_acc"])
+def test_label_logprobs_without_mass_give_a_finite_worst_loss_never_nan(loss: str) -> None:
+    inf, nan = math.inf, math.nan
+    logprobs = torch.tensor([
+        [[-0.1, -2.5], [-2.0, -0.2]],  # a good candidate: both right
+        [[-inf, -inf], [-2.0, -0.2]],  # no label has mass on the first example
+        [[nan, -1.0], [-2.0, -0.2]],  # a NaN (an overflowed forward)
+        [[-inf, -0.1], [-2.0, -0.2]],  # the true label has no mass: +inf before its floor
+        [[-2.5, -0.1], [-2.0, -0.2]],  # a plain wrong answer on the first example
+    ])
+    losses, accuracy = population_losses(logprobs, torch.tensor([0, 1]), loss, 2.0)
+    assert torch.isfinite(losses).all() and accuracy.tolist() == [1.0, 0.5, 0.5, 0.5, 0.5]
+    assert losses[1] == losses[2] == losses[3] >= losses[4] > losses[0]  # no mass is the worst answer, never the best
+
+
+def test_an_evaluation_without_any_usable_label_logprob_is_a_tuning_error() -> None:
+    with pytest.raises(TuningError, match="no usable log-probs for the label tokens"):
+        population_losses(torch.full((3, 2, 2), -math.inf), torch.tensor([0, 1]), "ce", 2.0)
+
+
+@pytest.mark.parametrize("broken", ["one candidate", "every candidate"])
+def test_cma_es_is_never_told_nan_when_label_logprobs_are_minus_inf(
+    backend: HFBackend, broken: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tuned = tuner(backend, placement="suffix")
+    original = tuned.scorer.label_logprobs
+
+    def without_mass(prompts: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        logprobs = original(prompts, *args, **kwargs).clone()
+        if prompts.shape[0] > 1:  # the training population, not the dev evaluation of its winner
+            logprobs[: 1 if broken == "one candidate" else None] = -math.inf
+        return logprobs
+
+    monkeypatch.setattr(tuned.scorer, "label_logprobs", without_mass)
+    told: list[list[float]] = []  # the fitness CMA-ES is given
+    tell = LayerSearch.tell
+    monkeypatch.setattr(LayerSearch, "tell", lambda self, solutions, fitness: told.append(list(fitness)) or tell(self, solutions, fitness))
+    if broken == "every candidate":
+        with pytest.raises(TuningError, match="no usable log-probs"):
+            tuned.fit()
+        assert told == []
+        return
+    tuned.fit()
+    assert len(told) == 2 and all(math.isfinite(v) for fitness in told for v in fitness)
+    assert all(fitness[0] == max(fitness) for fitness in told)  # the candidate without mass ranks last
 
 
 # ---------------------------------------------------------------- scoring
@@ -333,6 +382,29 @@ def test_loading_refuses_missing_or_inconsistent_files(tmp_path: Path) -> None:
     (folder / "soft_prompt.json").write_text(info)
     with pytest.raises(TuningError, match="shape|\\[3, 4\\]"):
         SoftPrompt.load(folder)
+
+
+@pytest.mark.parametrize(
+    ("z", "d", "message"),
+    [
+        pytest.param(torch.zeros(3), 4, r"z must be \[4\]", id="shorter-than-d"),
+        pytest.param(torch.zeros(2, 4), 4, r"z must be \[4\]", id="layers-of-a-plain-prompt"),
+        pytest.param(torch.zeros(()), 4, r"z must be \[4\]", id="a-scalar"),
+        pytest.param(torch.full((4,), math.nan), 4, "z must be finite", id="nan"),
+        pytest.param(torch.zeros(4), None, "needs its d", id="no-d-saved"),
+    ],
+)
+def test_loading_refuses_a_z_that_does_not_fit_the_saved_d(tmp_path: Path, z: torch.Tensor, d: int | None, message: str) -> None:
+    fields = {"model_id": "m", "template": TEMPLATE, "verbalizer": VERBALIZER, "placement": "prefix", "config": {"d": 4}}
+    folder = SoftPrompt.create(torch.zeros(2, 8), z=torch.ones(4), d=4, **fields).save(tmp_path / "sp")
+    assert tuple(SoftPrompt.load(folder).z.shape) == (4,)
+    (folder / "soft_prompt.safetensors").write_bytes(to_safetensors({"embeds": torch.zeros(2, 8), "z": z}))
+    if d is None:
+        (folder / "soft_prompt.json").write_text((folder / "soft_prompt.json").read_text().replace('"d": 4,', '"d": null,', 1))
+    with pytest.raises(TuningError, match=message):
+        SoftPrompt.load(folder)
+    with pytest.raises(TuningError, match="its config d=4"):
+        SoftPrompt.create(torch.zeros(2, 8), z=torch.ones(5), d=5, **fields)  # the description and its config disagree
 
 
 def test_classify_returns_label_probabilities_that_sum_to_one(backend: HFBackend) -> None:

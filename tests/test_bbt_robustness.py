@@ -56,6 +56,13 @@ def tuner(
         pytest.param({"margin": math.inf}, id="infinite-margin"),
         pytest.param({"sigma0": math.nan}, id="nan-sigma"),
         pytest.param({"d": 10**7}, id="huge-d"),
+        pytest.param({"prompt_len": 0}, id="no-prompt"),
+        pytest.param({"prompt_len": -5}, id="negative-prompt-len"),
+        pytest.param({"prompt_len": 10**6}, id="huge-prompt-len"),
+        pytest.param({"deep": "yes"}, id="string-for-bool"),
+        pytest.param({"deep": "false"}, id="false-as-a-string"),
+        pytest.param({"deep": 1}, id="int-for-bool"),
+        pytest.param({"progress": "no"}, id="string-progress"),
         pytest.param({"seed": -1}, id="negative-seed"),
         pytest.param({"seed": 2**70}, id="seed-too-big-for-torch"),
         pytest.param({"bounds": (1.0, 2.0)}, id="bounds-without-the-start"),
@@ -70,8 +77,8 @@ def test_bad_options_are_a_tuning_error_when_the_config_is_built(options: dict[s
 
 
 def test_edge_values_that_can_run_are_kept() -> None:
-    config = BBTConfig(d=10_000, seed=2**64 - 1, bounds=(0.0, 1.0), popsize=2, budget=2)
-    assert (config.d, config.seed, config.bounds) == (10_000, 2**64 - 1, (0.0, 1.0))
+    config = BBTConfig(d=10_000, prompt_len=1_000, seed=2**64 - 1, bounds=(0.0, 1.0), popsize=2, budget=2, deep=True, progress=False)
+    assert (config.d, config.prompt_len, config.seed, config.bounds, config.deep) == (10_000, 1_000, 2**64 - 1, (0.0, 1.0), True)
 
 
 def _rewrite_json(change: Callable[[dict[str, Any]], Any]) -> Callable[[Path], None]:

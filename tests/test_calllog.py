@@ -168,9 +168,12 @@ def test_concurrent_writers_from_several_processes_all_land(tmp_path: Path) -> N
         pytest.param({"retries": 2**63}, id="retries-beyond-sqlite-integer"),
     ],
 )
-def test_invalid_records_are_rejected_when_built(changes: dict[str, Any]) -> None:
-    with pytest.raises(pydantic.ValidationError):
+def test_invalid_records_are_a_config_error_naming_the_field_when_built(changes: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError, match="^bad CallRecord: ") as refused:
         _record(**changes)
+    assert not isinstance(refused.value, pydantic.ValidationError)
+    field = next(iter(changes))
+    assert field in str(refused.value) or field in {"chosen", "scores"}  # a check across fields names the record
 
 
 def test_record_takes_only_call_records(log: CallLog) -> None:

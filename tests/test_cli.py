@@ -135,6 +135,24 @@ def test_adapter_train_without_the_extra_names_it_and_exits_2(monkeypatch: pytes
     assert "pip install 'blackbox-sdk[adapter]'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        pytest.param(["stats", "--log", "{missing}"], id="stats"),
+        pytest.param(["log", "export", "--log", "{missing}", "--out", "-"], id="log-export"),
+        pytest.param(["adapter", "train", "--log", "{missing}", "--out", "{tmp}/adapter", "--no-progress"], id="adapter-train"),
+        pytest.param(["serve", "--config", "{tmp}/missing.toml"], id="serve"),
+    ],
+)
+def test_every_subcommand_reports_an_sdk_error_as_one_prefixed_line_on_stderr_with_status_1(
+    command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [part.format(missing=tmp_path / "missing.db", tmp=tmp_path) for part in command]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert captured.err.startswith("blackbox-sdk: ") and captured.err.count("\n") == 1 and captured.out == "", captured.err
+
+
 def test_adapter_train_hands_its_arguments_to_the_trainer_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     missing, out = tmp_path / "missing.db", tmp_path / "adapter"
     assert main(["adapter", "train", "--log", str(missing), "--out", str(out), "--no-progress"]) == 1
@@ -206,8 +224,31 @@ def test_a_url_of_another_kind_is_refused_by_its_scheme_without_its_password(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_log_export_refuses_an_existing_file_before_opening_the_log_unless_forced(
+    log_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "calls.jsonl"
+    out.write_text("last week's export\n")
+    assert main(["log", "export", "--log", str(tmp_path / "missing.db"), "--out", str(out)]) == 2  # not "no call log": nothing opened
+    assert capsys.readouterr().err == f"blackbox-sdk: the export file {out} exists; pass --force to replace it, or name another file\n"
+    assert main(["log", "export", "--log", str(log_path), "--out", str(out)]) == 2
+    assert out.read_text() == "last week's export\n" and not list(tmp_path.glob("*.partial"))
+    assert main(["log", "export", "--log", str(log_path), "--out", str(out), "--force"]) == 0
+    assert len(out.read_text().splitlines()) == 3
+
+
+@pytest.mark.parametrize("separator", sorted({"/", os.sep}))
+def test_log_export_to_a_path_ending_in_a_separator_is_refused_as_a_folder(
+    log_path: Path, tmp_path: Path, separator: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = f"{tmp_path / 'sub'}{separator}"
+    assert main(["log", "export", "--log", str(log_path), "--out", out]) == 1
+    assert f"can't write the export {out}: ending in {separator!r}, it names a folder" in capsys.readouterr().err
+    assert sorted(tmp_path.iterdir()) == [log_path]  # no file named "sub"
+
+
 @pytest.mark.parametrize("out", ["the log", "a relative path to it", "a hard link to it", "a symlink to it", "its WAL"])
-def test_log_export_refuses_to_write_over_the_log(
+def test_log_export_refuses_to_write_over_the_log_even_with_force(
     log_path: Path, out: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     folder = log_path.parent
@@ -218,7 +259,7 @@ def test_log_export_refuses_to_write_over_the_log(
         (folder / "sym.db").symlink_to(log_path)
     target = {"the log": str(log_path), "a relative path to it": f"./{log_path.name}", "a hard link to it": "link.db",
               "a symlink to it": "sym.db", "its WAL": f"{log_path}-wal"}[out]
-    assert main(["log", "export", "--log", str(log_path), "--out", target]) == 1
+    assert main(["log", "export", "--log", str(log_path), "--out", target, "--force"]) == 1
     assert "that is the log's own file" in capsys.readouterr().err
     assert log_path.read_bytes().startswith(b"SQLite format 3\x00") and not list(folder.glob("*.partial"))
     with CallLog(log_path) as log:

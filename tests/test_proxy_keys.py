@@ -4,9 +4,11 @@ for a real call through the SDK against llama.cpp."""
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import multiprocessing
+import sqlite3
 import subprocess
 import sys
 import time
@@ -174,6 +176,23 @@ def test_a_file_that_is_not_a_key_store_is_a_config_error(tmp_path: Path) -> Non
         open_key_store(tmp_path / "junk.db")
     with pytest.raises(ConfigError, match="postgresql://"):
         open_key_store("postgresql://localhost/keys")
+
+
+def test_another_apps_database_is_refused_and_left_as_it_was(tmp_path: Path) -> None:
+    other = tmp_path / "other-app.db"
+    with contextlib.closing(sqlite3.connect(other)) as conn:
+        conn.execute("CREATE TABLE users (name TEXT)")
+        conn.commit()
+    before = other.read_bytes()
+    with pytest.raises(ConfigError, match=f"{other} is not a key store: it holds other tables \\(users\\)"):
+        open_key_store(other)
+    refused = _cli("create", "--name", "team-a", "--store", str(other))
+    assert refused.returncode == 1 and refused.stderr == f"blackbox-sdk: {other} is not a key store: it holds other tables (users), left as they were; name a new file for the keys\n"
+    assert other.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["other-app.db"]  # no tables, no WAL
+    (tmp_path / "empty.db").touch()  # a new or empty file, and a key store opened again, are fine
+    for _ in range(2):
+        with open_key_store(tmp_path / "empty.db") as store:
+            assert store.list() == []
 
 
 def _create_keys(path: str, name: str, count: int, ready: Any, out: Any) -> None:

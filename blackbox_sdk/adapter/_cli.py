@@ -10,6 +10,7 @@ import json
 import sys
 from pathlib import Path
 
+from .._cli_errors import report_error
 from .._exceptions import BlackBoxError
 from ._config import AdapterConfig
 from ._loss import LOSSES
@@ -68,8 +69,7 @@ def cli_main(argv: list[str]) -> int:
             device=args.device,
         )
     except BlackBoxError as exc:  # AdapterError, and a call log that can't be read (CallLogError)
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return report_error(exc)
     print(json.dumps({k: v for k, v in report.items() if k != "evals"}, indent=2))
     if report["verdict"]["beats_majority"] is not False:  # a failed verdict was said already, by train_from_log's warning
         print(f"verdict: {report['verdict']['summary']}", file=sys.stderr)  # beside the JSON, which stays machine-readable

@@ -3,7 +3,7 @@
 Documented field by field in ``docs/call-log.md``. Any call-log store can write it from its
 (record, feedback) pairs; a file is written beside the target under a name of its own (so two
 exports to one path never mix) and renamed, so it is whole or absent (a failed export removes what
-it wrote), and never over the SQLite log it exports or a folder.
+it wrote), and never over the SQLite log it exports or a folder (a path ending in a separator names one).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from .._exceptions import CallLogError, ConfigError
 from ._records import CallRecord, Feedback
 
 EXPORT_FORMAT = "blackbox-calllog/1"
+_SEPARATORS = tuple(sep for sep in (os.sep, os.altsep, "/") if sep)
 
 
 def export_jsonl(calls: Iterable[tuple[CallRecord, list[Feedback]]], out: str | Path | TextIO, *, log: Path | None = None) -> int:
@@ -29,6 +30,8 @@ def export_jsonl(calls: Iterable[tuple[CallRecord, list[Feedback]]], out: str | 
     target = Path(out)
     if target.is_dir():
         raise CallLogError(f"can't write the export {out}: it is a folder; name a file to write")
+    if isinstance(out, str) and out.endswith(_SEPARATORS):  # Path("sub/") is "sub": the separator that names a folder is gone
+        raise CallLogError(f"can't write the export {out}: ending in {out[-1]!r}, it names a folder; name a file to write")
     partial = target.with_name(f"{target.name}.{uuid.uuid4().hex[:12]}.partial")
     if log is not None:
         _refuse_overwriting(log, target, partial)

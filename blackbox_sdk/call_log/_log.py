@@ -29,7 +29,7 @@ from typing import Any, TextIO
 from .._closing import Closing
 from .._exceptions import CallLogError, ConfigError, StoreUnavailableError
 from .._logging import logger
-from .._sqlite import connect, immediate
+from .._sqlite import connect, immediate, table_columns
 from .._text import checked_text
 from . import _known
 from ._batches import BatchWriter
@@ -287,8 +287,7 @@ def _check_is_log(path: Path) -> None:
     if not path.is_file():
         raise CallLogError(f"no call log at {path}")
     try:
-        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as conn:
-            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        tables = table_columns(path)
     except sqlite3.Error as exc:
         raise _not_a_log(path, exc) from exc
     if missing := [name for name in LOG_TABLES if name not in tables]:

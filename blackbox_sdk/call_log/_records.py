@@ -66,6 +66,14 @@ class CallRecord(BaseModel):
     key: str | None = None  # the caller's grouping key (the client stores its budget key here)
     extra: dict[str, Any] = Field(default_factory=dict)
 
+    def __init__(self, /, **fields: Any) -> None:
+        """Validate the fields (pydantic, underneath); ConfigError naming each bad one, never the values (a request may hold a key)."""
+        try:
+            super().__init__(**fields)
+        except pydantic.ValidationError as error:
+            problems = "; ".join(": ".join(filter(None, [".".join(map(str, e["loc"])), e["msg"]])) for e in error.errors())
+            raise ConfigError(f"bad CallRecord: {problems}") from None
+
     @pydantic.field_validator("request", "usage", "extra")
     @classmethod
     def _plain_json(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -4,12 +4,12 @@ and the `blackbox-sdk serve` command's arguments."""
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 
 from starlette.routing import BaseRoute
 
 from .._client import is_loopback_host
+from .._cli_errors import report_error
 from .._exceptions import BlackBoxError, ConfigError
 from ._app import create_app
 from ._config import ProxyConfig, load_config
@@ -77,8 +77,7 @@ def cli_main(argv: Sequence[str]) -> int:
         else:
             _serve_with_keys(config, options.graceful_timeout)
     except BlackBoxError as exc:
-        print(f"blackbox-sdk serve: {exc}", file=sys.stderr)
-        return 1
+        return report_error(exc)
     return 0
 
 

@@ -11,6 +11,7 @@ from .._exceptions import TuningError
 from ._template import Placement
 
 MAX_D = 10_000  # CMA-ES keeps a d x d covariance and decomposes it: far beyond the paper's 500 it only runs out of memory
+MAX_PROMPT_LEN = 1_000  # 20x the paper's 50, as MAX_D is 20x its d: A alone is L * H * d floats (500 + L vectors per example)
 MAX_SEED = 2**64 - 1  # torch.Generator's largest seed
 
 
@@ -20,7 +21,7 @@ class BBTConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     d: int = Field(500, ge=1, le=MAX_D)  # dimension of the search space z
-    prompt_len: int = Field(50, ge=1)  # L: soft-prompt vectors
+    prompt_len: int = Field(50, ge=1, le=MAX_PROMPT_LEN)  # L: soft-prompt vectors
     popsize: int = Field(20, ge=2)  # CMA-ES population per generation
     sigma0: float = Field(1.0, gt=0, allow_inf_nan=False)  # CMA-ES initial step size (the ICML paper: 0.5 with bounds)
     alpha: float = Field(1.0, gt=0, allow_inf_nan=False)  # A's scale: A z starts with per-entry std ~ alpha * std_e
@@ -54,9 +55,12 @@ class BBTConfig(BaseModel):
     @field_validator("*", mode="before")
     @classmethod
     def _no_bool_numbers(cls, value: Any, info: Any) -> Any:
-        """Refuse True/False for a number (pydantic would read them as 1 and 0)."""
-        if isinstance(value, bool) and cls.model_fields[info.field_name].annotation in (int, float):
+        """Refuse True/False for a number (pydantic would read them as 1 and 0), and anything else for a bool ("yes", 1)."""
+        annotation = cls.model_fields[info.field_name].annotation
+        if isinstance(value, bool) and annotation in (int, float):
             raise ValueError("a number is needed, not a bool")
+        if annotation is bool and not isinstance(value, bool):
+            raise ValueError(f"True or False is needed, not {type(value).__name__} {value!r:.40}")
         return value
 
     @model_validator(mode="after")

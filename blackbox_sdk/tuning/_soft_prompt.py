@@ -75,6 +75,8 @@ class SoftPrompt:
             raise TuningError(f"a soft prompt of {info.layers} layer(s) needs layers {list(want)}, got {got}")
         if not torch.isfinite(embeds).all() or (layers is not None and not torch.isfinite(layers).all()):
             raise TuningError("soft prompt embeds must be finite")
+        if z is not None:
+            _check_z(z, info)
         self.embeds = embeds.detach().float().cpu()
         self.layers = None if layers is None else layers.detach().float().cpu()
         self.info = info
@@ -187,6 +189,18 @@ class SoftPrompt:
         if target is None and self.target is None:
             raise TuningError("no target to classify on: pass target= (an HFBackend, hf: client or EmbedsEndpoint)")
         return self.target if target is None else target
+
+
+def _check_z(z: torch.Tensor, info: SoftPromptInfo) -> None:
+    """TuningError unless z is a search point A maps: [d] (one layer) or [layers, d], finite, d as the saved config has it."""
+    configured = info.config.get("d", info.d)
+    if info.d is None or configured != info.d:
+        raise TuningError(f"a soft prompt with z needs its d, and one d: the description says d={info.d}, its config d={configured}")
+    want = (info.d,) if info.layers == 1 else (info.layers, info.d)
+    if tuple(z.shape) != want:
+        raise TuningError(f"z must be {list(want)} (d={info.d}, {info.layers} layer(s): A maps R^d to each layer's prompt), got {list(z.shape)}")
+    if not torch.isfinite(z.float()).all():
+        raise TuningError("z must be finite")
 
 
 def label_and_probs(labels: Sequence[str], probs: torch.Tensor) -> tuple[str, dict[str, float]]:
