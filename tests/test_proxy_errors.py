@@ -12,6 +12,9 @@ import httpx2
 import openai
 import pytest
 from servers import Proxy
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from blackbox_sdk import CallLog, RateLimitExceededError
 from blackbox_sdk.call_log import CallRecord
@@ -99,3 +102,24 @@ def test_a_rate_limits_wait_is_rounded_up_and_never_sent_as_zero(wait: float, se
     refused = error_response(RateLimitExceededError("over the limit", limit=1, scope="client", retry_after=wait))
     assert refused.status_code == 429
     assert (refused.headers["retry-after"], refused.headers["retry-after-ms"]) == (seconds, milliseconds)
+
+
+def test_feedback_on_a_proxy_without_a_call_log_is_a_501_not_to_retry() -> None:
+    config = ProxyConfig(upstream=f"http://127.0.0.1:{free_port()}/v1", max_retries=0)  # no log
+    with Proxy(config) as bare:
+        answer = bare.post("/feedback", json.dumps({"call_id": "bb-none", "label": "correct"}).encode())
+    assert answer.status_code == 501
+    assert answer.json()["error"]["code"] == "feedback_not_enabled" and "set log" in answer.json()["error"]["message"]
+    assert answer.headers["x-should-retry"] == "false" and answer.headers["x-request-id"].startswith("bb-")
+
+
+def test_a_failure_outside_the_routes_handling_is_openais_500_body() -> None:
+    async def broken(request: Request) -> Response:
+        raise RuntimeError("a bug outside the guarded routes")
+
+    config = ProxyConfig(upstream=f"http://127.0.0.1:{free_port()}/v1", max_retries=0)
+    with Proxy(config, routes=[Route("/broken", broken)]) as running:
+        answer = httpx2.get(f"{running.url}/broken", timeout=30)
+    assert answer.status_code == 500
+    assert answer.json()["error"] == {"message": "the proxy failed to serve the request", "type": "server_error", "param": None, "code": None}
+    assert answer.headers["x-request-id"].startswith("bb-")

@@ -23,6 +23,7 @@ from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .._client import is_loopback_host
+from .._logging import logger
 from ._config import ProxyConfig, client_options
 from ._errors import error_body, error_json
 from ._key_tenants import TenantOptions
@@ -38,6 +39,12 @@ async def _no_route(request: Request, exc: Exception) -> Response:
     status, headers = (exc.status_code, exc.headers) if isinstance(exc, HTTPException) else (404, None)
     message = f"Invalid URL ({request.method} {request.url.path})" if status == 404 else f"Method {request.method} not allowed on {request.url.path}"
     return error_json(error_body(message, "invalid_request_error"), status, headers)
+
+
+async def _crashed(request: Request, exc: Exception) -> Response:
+    """OpenAI's 500 body for a failure outside the routes' own handling (Starlette's is plain text)."""
+    logger.error("proxy: %s outside a route's handling of %s %s", type(exc).__name__, request.method, request.url.path)
+    return error_json(error_body("the proxy failed to serve the request", "server_error"), 500)
 
 
 def _host_name(header: str) -> str:
@@ -97,7 +104,7 @@ def create_app(
 
     local_only = authenticate is None and not config.open_without_keys
     middleware = [Middleware(LocalHostsOnly, bind_host=config.host)] if local_only else []
-    handlers = {404: _no_route, 405: _no_route}
+    handlers = {404: _no_route, 405: _no_route, 500: _crashed}
     app = Starlette(routes=[*ROUTES, *status_routes(), *routes], middleware=middleware, lifespan=lifespan, exception_handlers=handlers)
     app.state.proxy = proxy
     return app

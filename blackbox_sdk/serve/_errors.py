@@ -11,6 +11,8 @@ SDK's errors and the upstream's, mapped once here.
                                 x-should-retry: false, so openai's clients do not retry it)
     429 rate_limit_exceeded     a rate limit, with Retry-After
     500 key_misconfigured       a key whose options can't be applied (a missing reranker folder): the operator's fault
+    500 server_error            a failure of the proxy itself, also outside the routes (OpenAI's body, not Starlette's text)
+    501 feedback_not_enabled    /v1/feedback on a proxy that keeps no call log (the operator's setup)
     502 / 503 / 504             upstream unreachable or refusing the proxy's key / a shared store down or the
                                 proxy starting / upstream timeout (also an SDK request of its own to the
                                 upstream's host, such as llama.cpp's tokenize route, that fails or times out)

@@ -182,7 +182,10 @@ def _record_feedback(client: Any, owner: str | None, call_id: str, fields: dict[
     """Record feedback; a tenant may only rate its own calls (another's is reported as unknown)."""
     log = client.options.log
     if log is None:
-        raise ConfigError("the proxy has no call log to record feedback in: set log in its configuration")
+        raise ProxyError(  # the operator's setup, not the request: no retry mends it
+            501, "this proxy keeps no call log, so it records no feedback: set log in its configuration",
+            kind="server_error", code="feedback_not_enabled", retry=False,
+        )
     if owner is not None:
         log.flush()
         try:
