@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -98,6 +99,12 @@ def test_the_disk_cache_refuses_another_apps_folder_or_cache_db(tmp_path: Path) 
         Cache(folder)
     assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
     (folder / "notes.txt").unlink()
+    (folder / ".gitkeep").write_text("")  # a dot file is no one's: a folder kept in git for the cache is fine
+    Cache(folder).close()
+    for made in sorted(folder.iterdir(), reverse=True):
+        if made.name != ".gitkeep":
+            shutil.rmtree(made) if made.is_dir() else made.unlink()
+    (folder / ".gitkeep").unlink()
     before = _other_app(folder / "cache.db", "users")
     with pytest.raises(ConfigError, match=f"^{folder / 'cache.db'} has tables of another application: users; .*its own folder$"):
         Cache(folder)

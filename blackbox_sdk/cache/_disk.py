@@ -7,7 +7,7 @@ is neither read nor deleted.
 
 A folder another application uses is refused before diskcache opens it (``ConfigError``, nothing
 written): one whose ``cache.db`` is an SQLite database without diskcache's tables, or one that holds
-other files and no ``cache.db``. A new or empty folder, or a diskcache folder, is fine.
+other files (dot files such as ``.gitkeep`` aside) and no ``cache.db``. A new or empty folder, or a diskcache folder, is fine.
 
 diskcache culls (drops expired rows, then evicts past its size limit) inside every write by default:
 three more statements per write. The store opens it with ``cull_limit=0`` and calls diskcache's own
@@ -81,14 +81,14 @@ def _is_own_file(filename: str | None) -> bool:
 
 def _refuse_foreign(directory: Path, timeout: float) -> None:
     """ConfigError, before anything is written, for a folder another application uses: a ``cache.db`` that is not
-    diskcache's, or other files and no ``cache.db``; OSError or sqlite3.Error for one that can't be read."""
+    diskcache's, or other files and no ``cache.db`` (dot files such as ``.gitkeep`` are no one's); OSError or sqlite3.Error for one that can't be read."""
     database = directory / diskcache.core.DBNAME
     if database.exists():
         refuse_foreign(database, _DISKCACHE_TABLES, "response cache", timeout, own="folder")
         return
     if not directory.is_dir():
         return
-    others = sorted(entry.name for entry in directory.iterdir() if not _OWN_NAMES.fullmatch(entry.name))
+    others = sorted(entry.name for entry in directory.iterdir() if not _OWN_NAMES.fullmatch(entry.name) and not entry.name.startswith("."))
     if others:
         shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
         raise ConfigError(f"{directory} holds other files and no response cache: {shown}; it was left as it was: give the cache its own folder")
