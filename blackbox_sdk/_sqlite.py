@@ -1,6 +1,8 @@
 """SQLite as the SDK's stores use it: one autocommit connection per file in WAL mode, and
 ``BEGIN IMMEDIATE`` write transactions, so threads and processes sharing a file serialise their
-writes on SQLite's lock while readers go on. The budget ledger and the call log both build on it.
+writes on SQLite's lock while readers go on. The budget ledger, the call log, the rate limits' window
+and the proxy's key store build on it, and each first refuses a file of another application
+(``refuse_foreign``): it never adds its tables to a database it did not make.
 """
 
 from __future__ import annotations
@@ -8,9 +10,27 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+
+from ._exceptions import ConfigError
+
+# The tables the SDK's stores that may share one file keep in SQLite (the budget ledger with its calibration, the
+# call log, the rate limits' window), each with columns that tell it from another application's table of that name.
+# The call log's ``meta`` is left out: too common a name, and always made with ``calls`` in one transaction.
+SHARED_TABLES: Mapping[str, frozenset[str]] = {
+    "reservations": frozenset({"id", "call_id", "usd_nano", "pid"}),
+    "spends": frozenset({"reservation_id", "call_id", "usd_nano"}),
+    "totals": frozenset({"scope", "value", "usd_nano", "calls"}),
+    "calibration": frozenset({"endpoint", "model", "extra"}),
+    "calibration_gates": frozenset({"endpoint", "model", "holder", "expires"}),
+    "stored_context": frozenset({"key", "tokens", "expires"}),
+    "calls": frozenset({"call_id", "request", "chosen", "cost_usd"}),
+    "candidates": frozenset({"call_id", "idx", "text"}),
+    "feedback": frozenset({"call_id", "reward", "label", "preferred"}),
+    "rate_events": frozenset({"id", "scope", "at", "expires", "tokens"}),
+}
 
 
 def connect(path: Path, timeout: float, *, wal: bool = True) -> sqlite3.Connection:
@@ -46,6 +66,20 @@ def table_columns(path: Path, timeout: float = 5.0) -> dict[str, set[str]]:
     with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=timeout)) as conn:
         names = [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite!_%' ESCAPE '!'")]
         return {name: {row[1] for row in conn.execute("SELECT * FROM pragma_table_info(?)", (name,))} for name in names}
+
+
+def refuse_foreign(path: Path, ours: Mapping[str, Collection[str]], what: str, timeout: float = 5.0, *, own: str = "file") -> None:
+    """ConfigError, before anything is written, for an SQLite file with tables and none of ``ours`` (name -> columns it
+    has at least): another application's database, read read-only and left as it was. A missing or empty file, or
+    one with some of ``ours``, passes; sqlite3.Error (or OSError) for a file SQLite can't read, for the caller to word.
+    ``own`` names what the store should have instead (its own "file", or "folder")."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    tables = table_columns(path, timeout)
+    if tables and not any(set(columns) <= tables.get(name, set()) for name, columns in ours.items()):
+        names = sorted(tables)
+        shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+        raise ConfigError(f"{path} has tables of another application: {shown}; it was left as it was: give the {what} its own {own}")
 
 
 @contextmanager

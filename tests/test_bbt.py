@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import openai
+import pydantic
 import pytest
 import torch
 from safetensors.torch import save as to_safetensors
@@ -382,6 +383,23 @@ def test_loading_refuses_missing_or_inconsistent_files(tmp_path: Path) -> None:
     (folder / "soft_prompt.json").write_text(info)
     with pytest.raises(TuningError, match="shape|\\[3, 4\\]"):
         SoftPrompt.load(folder)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        pytest.param({"placement": "middle"}, "placement", id="unknown-placement"),
+        pytest.param({"scores": {"dev": "high"}}, "scores", id="score-not-a-number"),
+        pytest.param({"surprise": 1}, "surprise", id="unknown-field"),
+        pytest.param({"verbalizer": None}, "verbalizer", id="verbalizer-missing"),
+        pytest.param({"prompt_len": 3}, "prompt_len: set by the embeds' shape", id="prompt-len-given"),
+    ],
+)
+def test_create_refuses_bad_fields_with_a_tuning_error(changes: dict[str, Any], message: str) -> None:
+    fields = {"model_id": "m", "template": TEMPLATE, "verbalizer": VERBALIZER, "placement": "prefix", **changes}
+    with pytest.raises(TuningError, match=message) as refused:
+        SoftPrompt.create(torch.zeros(2, 4), **fields)
+    assert not isinstance(refused.value, pydantic.ValidationError) and refused.value.__cause__ is None
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ import math
 import multiprocessing
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,11 @@ def log(tmp_path: Path) -> Iterator[CallLog]:
 
 def _record(**changes: Any) -> CallRecord:
     """A plausible chat call with three candidates, the second chosen by a reranker."""
+    return CallRecord(**_fields(**changes))
+
+
+def _fields(**changes: Any) -> dict[str, Any]:
+    """The fields of `_record`'s call, with ``changes``."""
     fields: dict[str, Any] = {
         "endpoint_host": "api.openai.com",
         "model": "gpt-4o-mini",
@@ -62,7 +67,7 @@ def _record(**changes: Any) -> CallRecord:
         "key": "team-a",
         "extra": {"requests": 1},
     }
-    return CallRecord(**{**fields, **changes})
+    return {**fields, **changes}
 
 
 def _db_bytes(path: Path) -> bytes:
@@ -169,11 +174,20 @@ def test_concurrent_writers_from_several_processes_all_land(tmp_path: Path) -> N
     ],
 )
 def test_invalid_records_are_a_config_error_naming_the_field_when_built(changes: dict[str, Any]) -> None:
-    with pytest.raises(ConfigError, match="^bad CallRecord: ") as refused:
-        _record(**changes)
-    assert not isinstance(refused.value, pydantic.ValidationError)
-    field = next(iter(changes))
-    assert field in str(refused.value) or field in {"chosen", "scores"}  # a check across fields names the record
+    fields = _fields(**changes)
+    builders: list[Callable[[], CallRecord]] = [lambda: CallRecord(**fields), lambda: CallRecord.model_validate(fields)]
+    with contextlib.suppress(TypeError):  # a request that is not JSON can't be sent as JSON either
+        text = json.dumps(fields)
+        builders.append(lambda: CallRecord.model_validate_json(text))
+    for build in builders:  # pydantic's model_validate skips nothing: the same error as the constructor's
+        with pytest.raises(ConfigError, match="^bad CallRecord: ") as refused:
+            build()
+        assert not isinstance(refused.value, pydantic.ValidationError)
+        field = next(iter(changes))
+        assert field in str(refused.value) or field in {"chosen", "scores"}  # a check across fields names the record
+        assert "Value error, bad CallRecord" not in str(refused.value)  # not the constructor's error wrapped again
+    good = _record()
+    assert CallRecord.model_validate(good.model_dump()) == good == CallRecord.model_validate_json(good.model_dump_json())
 
 
 def test_record_takes_only_call_records(log: CallLog) -> None:

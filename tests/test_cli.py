@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import io
 import json
 import os
@@ -14,6 +15,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import psycopg
 import pytest
@@ -21,9 +23,10 @@ from pg_databases import fresh_database
 from servers import PostgresServer
 
 from blackbox_sdk import cli
-from blackbox_sdk import CallLogError
+from blackbox_sdk import CallLogError, ConfigError
 from blackbox_sdk.adapter import Adapter
 from blackbox_sdk.call_log import CallLog, CallLogStore, CallRecord, PostgresCallLog
+from blackbox_sdk.call_log import _export as export_module
 from blackbox_sdk.call_log import _records as records_module
 from blackbox_sdk.call_log._export import export_jsonl
 from blackbox_sdk.cli import main
@@ -230,11 +233,43 @@ def test_log_export_refuses_an_existing_file_before_opening_the_log_unless_force
     out = tmp_path / "calls.jsonl"
     out.write_text("last week's export\n")
     assert main(["log", "export", "--log", str(tmp_path / "missing.db"), "--out", str(out)]) == 2  # not "no call log": nothing opened
-    assert capsys.readouterr().err == f"blackbox-sdk: the export file {out} exists; pass --force to replace it, or name another file\n"
+    assert capsys.readouterr().err == f"blackbox-sdk: the export file {out} exists; pass --force (replace=True) to replace it, or name another file\n"
     assert main(["log", "export", "--log", str(log_path), "--out", str(out)]) == 2
     assert out.read_text() == "last week's export\n" and not list(tmp_path.glob("*.partial"))
     assert main(["log", "export", "--log", str(log_path), "--out", str(out), "--force"]) == 0
     assert len(out.read_text().splitlines()) == 3
+
+
+@pytest.mark.parametrize("hard_links", [True, False], ids=["hard-links", "no-hard-links"])
+def test_log_export_never_replaces_a_file_made_while_it_ran_unless_forced(
+    log_path: Path, tmp_path: Path, hard_links: bool, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "calls.jsonl"
+    write_lines = export_module._write_lines
+
+    def racing(calls: Any, sink: Any) -> int:
+        """Another program writes the target while the export is under way."""
+        out.write_text("made meanwhile\n")
+        return write_lines(calls, sink)
+
+    def no_link(source: Any, target: Any) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(export_module, "_write_lines", racing)
+    if not hard_links:  # a file system without hard links: the export is copied into a file made only if absent
+        monkeypatch.setattr(export_module.os, "link", no_link)
+    assert main(["log", "export", "--log", str(log_path), "--out", str(out)]) == 1
+    assert capsys.readouterr().err == f"blackbox-sdk: the export file {out} exists; pass --force (replace=True) to replace it, or name another file\n"
+    assert out.read_text() == "made meanwhile\n" and sorted(tmp_path.iterdir()) == [log_path, out]  # the partial removed
+    with CallLog(log_path) as log, pytest.raises(ConfigError, match="exists"):
+        log.export_jsonl(out, replace=False)  # the library's own check, before writing
+    out.unlink()
+    monkeypatch.setattr(export_module, "_write_lines", write_lines)
+    assert main(["log", "export", "--log", str(log_path), "--out", str(out)]) == 0
+    assert len(out.read_text().splitlines()) == 3 and sorted(tmp_path.iterdir()) == [log_path, out]
+    monkeypatch.setattr(export_module, "_write_lines", racing)
+    assert main(["log", "export", "--log", str(log_path), "--out", str(out), "--force"]) == 0  # --force still replaces
+    assert len(out.read_text().splitlines()) == 3 and sorted(tmp_path.iterdir()) == [log_path, out]
 
 
 @pytest.mark.parametrize("separator", sorted({"/", os.sep}))

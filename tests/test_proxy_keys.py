@@ -184,10 +184,10 @@ def test_another_apps_database_is_refused_and_left_as_it_was(tmp_path: Path) -> 
         conn.execute("CREATE TABLE users (name TEXT)")
         conn.commit()
     before = other.read_bytes()
-    with pytest.raises(ConfigError, match=f"{other} is not a key store: it holds other tables \\(users\\)"):
+    with pytest.raises(ConfigError, match=f"{other} has tables of another application: users; "):
         open_key_store(other)
     refused = _cli("create", "--name", "team-a", "--store", str(other))
-    assert refused.returncode == 1 and refused.stderr == f"blackbox-sdk: {other} is not a key store: it holds other tables (users), left as they were; name a new file for the keys\n"
+    assert refused.returncode == 1 and refused.stderr == f"blackbox-sdk: {other} has tables of another application: users; it was left as it was: give the key store its own file\n"
     assert other.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["other-app.db"]  # no tables, no WAL
     (tmp_path / "empty.db").touch()  # a new or empty file, and a key store opened again, are fine
     for _ in range(2):

@@ -37,7 +37,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .._exceptions import ConfigError
-from .._sqlite import connect, immediate
+from .._sqlite import SHARED_TABLES, connect, immediate, refuse_foreign
 from ._caps import REPORTED_SCOPES, Cap, CapUsage, charged_rows, totals_row
 from ._owners import process_alive, this_process
 from ._prices import snapshot_base
@@ -189,7 +189,8 @@ class Ledger:
     """The shared SQLite ledger; one connection per process, shared by its threads under a lock."""
 
     def __init__(self, path: str | Path, *, busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S) -> None:
-        """Open (creating) the ledger at `path` (`~` expanded) and release what crashed processes left."""
+        """Open (creating) the ledger at `path` (`~` expanded) and release what crashed processes left; another
+        application's SQLite file is a ConfigError, left as it was."""
         self.path = Path(path).expanduser()
         self._busy_timeout_s = busy_timeout_s
         self._lock = threading.RLock()
@@ -197,6 +198,10 @@ class Ledger:
         self._pid = -1
         self._owner: tuple[str, int, int | None] = ("", -1, None)
         self._next_dead_check = 0.0  # time.monotonic() from which a reserve looks for dead processes again
+        try:
+            refuse_foreign(self.path, SHARED_TABLES, "budget ledger", busy_timeout_s)  # once, before the first write
+        except (OSError, sqlite3.Error) as error:
+            raise ConfigError(f"can't open the budget ledger {self.path}: {error}") from error
         self.release_dead()
 
     def owner(self) -> tuple[str, int, int | None]:

@@ -5,6 +5,10 @@ in the database is dropped unread, where diskcache's own ``JSONDisk`` would unpi
 file that is not UTF-8 is refused like any foreign value, and a file path outside the cache folder
 is neither read nor deleted.
 
+A folder another application uses is refused before diskcache opens it (``ConfigError``, nothing
+written): one whose ``cache.db`` is an SQLite database without diskcache's tables, or one that holds
+other files (dot files such as ``.gitkeep`` aside) and no ``cache.db``. A new or empty folder, or a diskcache folder, is fine.
+
 diskcache culls (drops expired rows, then evicts past its size limit) inside every write by default:
 three more statements per write. The store opens it with ``cull_limit=0`` and calls diskcache's own
 ``cull`` after the first write and then at most every ``CULL_EVERY_S`` seconds or ``CULL_EVERY_WRITES``
@@ -25,13 +29,16 @@ from typing import Any
 
 import diskcache  # type: ignore[import-untyped]  # ships no type hints
 
-from .._exceptions import CacheError
+from .._exceptions import CacheError, ConfigError
 from .._logging import logger
+from .._sqlite import refuse_foreign
 from ._store import Change, Claim, ForeignValueError
 
 CULL_EVERY_S = 60.0  # the longest a writing store goes between culls
 CULL_EVERY_WRITES = 256  # ... or this many writes, whichever comes first
 _FILE_PATTERN = re.compile(r"[0-9a-f]{2}[/\\][0-9a-f]{2}[/\\][0-9a-f]{28}\.val")
+_OWN_NAMES = re.compile(r"cache\.db(-wal|-shm|-journal)?|[0-9a-f]{2}")  # what diskcache puts in its folder
+_DISKCACHE_TABLES = {"Settings": frozenset({"key", "value"}), "Cache": frozenset({"key", "raw", "mode", "filename", "value"})}
 
 
 class _JSONTextDisk(diskcache.Disk):  # type: ignore[misc]  # diskcache ships no type hints
@@ -72,14 +79,31 @@ def _is_own_file(filename: str | None) -> bool:
     return filename is not None and _FILE_PATTERN.fullmatch(filename) is not None
 
 
+def _refuse_foreign(directory: Path, timeout: float) -> None:
+    """ConfigError, before anything is written, for a folder another application uses: a ``cache.db`` that is not
+    diskcache's, or other files and no ``cache.db`` (dot files such as ``.gitkeep`` are no one's); OSError or sqlite3.Error for one that can't be read."""
+    database = directory / diskcache.core.DBNAME
+    if database.exists():
+        refuse_foreign(database, _DISKCACHE_TABLES, "response cache", timeout, own="folder")
+        return
+    if not directory.is_dir():
+        return
+    others = sorted(entry.name for entry in directory.iterdir() if not _OWN_NAMES.fullmatch(entry.name) and not entry.name.startswith("."))
+    if others:
+        shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+        raise ConfigError(f"{directory} holds other files and no response cache: {shown}; it was left as it was: give the cache its own folder")
+
+
 class DiskStore:
     """A diskcache folder as a :class:`~blackbox_sdk.cache.CacheStore`, with its errors raised as CacheError."""
 
     def __init__(self, directory: Path, *, timeout: float) -> None:
-        """Open (creating) the diskcache at ``directory``; ``timeout`` bounds waits for its lock."""
+        """Open (creating) the diskcache at ``directory`` (ConfigError for another application's folder); ``timeout``
+        bounds waits for its lock."""
         self.directory = directory
         self.location = str(directory)
         try:
+            _refuse_foreign(directory, timeout)
             self._disk = diskcache.Cache(str(directory), timeout=timeout, disk=_JSONTextDisk, cull_limit=0)
         except (OSError, sqlite3.Error) as exc:
             raise CacheError(

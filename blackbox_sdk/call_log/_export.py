@@ -4,13 +4,16 @@ Documented field by field in ``docs/call-log.md``. Any call-log store can write 
 (record, feedback) pairs; a file is written beside the target under a name of its own (so two
 exports to one path never mix) and renamed, so it is whole or absent (a failed export removes what
 it wrote), and never over the SQLite log it exports or a folder (a path ending in a separator names one).
+Without ``replace`` the last step is a hard link, which fails rather than replace a file made meanwhile.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import shutil
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -23,8 +26,11 @@ EXPORT_FORMAT = "blackbox-calllog/1"
 _SEPARATORS = tuple(sep for sep in (os.sep, os.altsep, "/") if sep)
 
 
-def export_jsonl(calls: Iterable[tuple[CallRecord, list[Feedback]]], out: str | Path | TextIO, *, log: Path | None = None) -> int:
-    """Write one JSON line per call to a path or a text stream; the count; before writing, ConfigError for a path that is ``log``'s own file, CallLogError for a folder."""
+def export_jsonl(
+    calls: Iterable[tuple[CallRecord, list[Feedback]]], out: str | Path | TextIO, *, log: Path | None = None, replace: bool = True
+) -> int:
+    """Write one JSON line per call to a path or a text stream; the count; before writing, ConfigError for a path that is
+    ``log``'s own file (or, without ``replace``, an existing file: also one made while the export ran), CallLogError for a folder."""
     if not isinstance(out, (str, Path)):
         return _write_lines(calls, out)
     target = Path(out)
@@ -32,20 +38,49 @@ def export_jsonl(calls: Iterable[tuple[CallRecord, list[Feedback]]], out: str | 
         raise CallLogError(f"can't write the export {out}: it is a folder; name a file to write")
     if isinstance(out, str) and out.endswith(_SEPARATORS):  # Path("sub/") is "sub": the separator that names a folder is gone
         raise CallLogError(f"can't write the export {out}: ending in {out[-1]!r}, it names a folder; name a file to write")
+    if not replace and os.path.lexists(target):
+        raise ConfigError(exists_message(out))
     partial = target.with_name(f"{target.name}.{uuid.uuid4().hex[:12]}.partial")
     if log is not None:
         _refuse_overwriting(log, target, partial)
     try:
         with partial.open("x", encoding="utf-8") as sink:
             count = _write_lines(calls, sink)
-        partial.replace(target)
+        _publish(partial, target, replace)
     except BaseException as exc:
         with contextlib.suppress(OSError):
             partial.unlink(missing_ok=True)
+        if isinstance(exc, FileExistsError) and not replace:
+            raise ConfigError(exists_message(out)) from None
         if isinstance(exc, OSError):
             raise CallLogError(f"can't write the export {target}: {exc}") from exc
         raise
     return count
+
+
+def exists_message(out: str | Path) -> str:
+    """The refusal of an export over an existing file, the command line's and the library's alike."""
+    return f"the export file {out} exists; pass --force (replace=True) to replace it, or name another file"
+
+
+def _publish(partial: Path, target: Path, replace: bool) -> None:
+    """Give the written export its name: a rename over any file there with ``replace``, else a hard link (FileExistsError
+    for a file there); where the file system has no hard links, a copy into a file made only if absent."""
+    if replace:
+        partial.replace(target)
+        return
+    try:
+        os.link(partial, target)
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS):
+            raise
+        with partial.open("rb") as source, target.open("xb") as sink:  # no hard links: "x" still never replaces a file
+            try:
+                shutil.copyfileobj(source, sink)
+            except BaseException:
+                target.unlink(missing_ok=True)  # the file this made, half written
+                raise
+    partial.unlink()
 
 
 def _refuse_overwriting(log: Path, *written: Path) -> None:

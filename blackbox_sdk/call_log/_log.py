@@ -29,7 +29,7 @@ from typing import Any, TextIO
 from .._closing import Closing
 from .._exceptions import CallLogError, ConfigError, StoreUnavailableError
 from .._logging import logger
-from .._sqlite import connect, immediate, table_columns
+from .._sqlite import SHARED_TABLES, connect, immediate, refuse_foreign, table_columns
 from .._text import checked_text
 from . import _known
 from ._batches import BatchWriter
@@ -179,10 +179,11 @@ class CallLog(Closing):
         pages = self._pages(CallFilter(model=model, route=route, since=since, until=until), limit)
         return (record for page in pages for record, _ in page)
 
-    def export_jsonl(self, out: str | Path | TextIO) -> int:
-        """Write one JSON line per call (with candidates and feedback); the count; ConfigError when ``out`` is this log's own file."""
+    def export_jsonl(self, out: str | Path | TextIO, *, replace: bool = True) -> int:
+        """Write one JSON line per call (with candidates and feedback); the count; ConfigError when ``out`` is this log's own
+        file, or, without ``replace``, a file that exists (before or when the export is renamed into place)."""
         pages = self._pages(CallFilter(), None)
-        return export_jsonl((pair for page in pages for pair in page), out, log=self._path)
+        return export_jsonl((pair for page in pages for pair in page), out, log=self._path, replace=replace)
 
     def stats(self) -> dict[str, Any]:
         """Calls, errors, cache hits and hit rate, spend, and feedback count: in total, by model, by UTC day."""
@@ -266,6 +267,8 @@ def _open(path: Path, timeout: float, create: bool) -> tuple[sqlite3.Connection,
     if not create:
         _check_is_log(path)
     try:
+        if create:
+            refuse_foreign(path, SHARED_TABLES, "call log", timeout)  # another application's database: ConfigError, unchanged
         conn = connect(path, timeout, wal=create)  # an existing log keeps its journal mode
     except OSError as exc:
         raise CallLogError(f"can't open the call log {path}: {exc}") from exc

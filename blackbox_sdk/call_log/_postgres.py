@@ -171,10 +171,11 @@ class PostgresCallLog(Closing):
         pages = self._pages(CallFilter(model=model, route=route, since=since, until=until), limit)
         return (record for page in pages for record, _ in page)
 
-    def export_jsonl(self, out: str | Path | TextIO) -> int:
-        """Write one JSON line per call (its record, candidates and all feedback); returns the number of lines."""
+    def export_jsonl(self, out: str | Path | TextIO, *, replace: bool = True) -> int:
+        """Write one JSON line per call (its record, candidates and all feedback); the number of lines; without ``replace``,
+        ConfigError for a file that exists (before or when the export is renamed into place)."""
         self.flush()
-        return export_jsonl((pair for page in self._pages(CallFilter(), None) for pair in page), out)
+        return export_jsonl((pair for page in self._pages(CallFilter(), None) for pair in page), out, replace=replace)
 
     def stats(self) -> dict[str, Any]:
         """Calls, errors, cache hits and hit rate, spend, and feedback count: in total, by model, by UTC day."""

@@ -6,13 +6,18 @@ import json
 import math
 import time
 import uuid
-from typing import Annotated, Any, Literal, get_args
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
 from .._exceptions import ConfigError
 from .._text import checked_text, is_utf8
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing's own from Python 3.11
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 Count = Annotated[int, Field(ge=0, lt=2**63, strict=True)]  # a 64-bit SQLite INTEGER
@@ -35,6 +40,20 @@ def _valid(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_valid(item) for item in value]
     return value
+
+
+@contextmanager
+def _config_errors(what: str) -> Iterator[None]:
+    """pydantic's ValidationError as ConfigError naming each bad field, never the values (a request may hold a key);
+    ``model_validate`` runs ``__init__`` inside pydantic, which wraps the ConfigError raised there: that one is raised."""
+    try:
+        yield
+    except pydantic.ValidationError as error:
+        raised = [item.get("ctx", {}).get("error") for item in error.errors()]
+        if len(raised) == 1 and isinstance(raised[0], ConfigError):
+            raise raised[0] from None
+        problems = "; ".join(": ".join(filter(None, [".".join(map(str, e["loc"])), e["msg"]])) for e in error.errors())
+        raise ConfigError(f"bad {what}: {problems}") from None
 
 
 def new_call_id() -> str:
@@ -68,11 +87,20 @@ class CallRecord(BaseModel):
 
     def __init__(self, /, **fields: Any) -> None:
         """Validate the fields (pydantic, underneath); ConfigError naming each bad one, never the values (a request may hold a key)."""
-        try:
+        with _config_errors("CallRecord"):
             super().__init__(**fields)
-        except pydantic.ValidationError as error:
-            problems = "; ".join(": ".join(filter(None, [".".join(map(str, e["loc"])), e["msg"]])) for e in error.errors())
-            raise ConfigError(f"bad CallRecord: {problems}") from None
+
+    @classmethod
+    def model_validate(cls, obj: Any, *args: Any, **kwargs: Any) -> Self:
+        """pydantic's ``model_validate``, with ``__init__``'s ConfigError for a bad field, not pydantic's ValidationError around it."""
+        with _config_errors("CallRecord"):
+            return super().model_validate(obj, *args, **kwargs)
+
+    @classmethod
+    def model_validate_json(cls, json_data: str | bytes | bytearray, *args: Any, **kwargs: Any) -> Self:
+        """pydantic's ``model_validate_json``, with the same ConfigError for bad JSON or a bad field."""
+        with _config_errors("CallRecord"):
+            return super().model_validate_json(json_data, *args, **kwargs)
 
     @pydantic.field_validator("request", "usage", "extra")
     @classmethod

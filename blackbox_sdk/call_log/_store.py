@@ -30,8 +30,9 @@ class CallLogStore(Protocol):
         """Attach feedback to a logged call; ConfigError for an unknown call or a bad index."""
         ...
 
-    def export_jsonl(self, out: str | Path | TextIO) -> int:
-        """Write every call with its feedback as JSON lines (the trainer's input); returns the number of lines."""
+    def export_jsonl(self, out: str | Path | TextIO, *, replace: bool = True) -> int:
+        """Write every call with its feedback as JSON lines (the trainer's input); the number of lines; ``replace=False``
+        never replaces a file (ConfigError)."""
         ...
 
     def stats(self) -> dict[str, Any]:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
 
 from .._exceptions import ConfigError
 from .._redis_url import REDIS_OR_UNIX, RedisURL
+from .._sqlite import SHARED_TABLES, refuse_foreign
 from ._redis import SOCKET_TIMEOUT_S
 
 
@@ -42,7 +45,7 @@ def is_url(store: str | Path | None) -> bool:
 
 
 def store(value: Any) -> str | Path | None:
-    """None (in-process), a Redis URL, or an SQLite file path (``~`` expanded)."""
+    """None (in-process), a Redis URL, or an SQLite file path (``~`` expanded) that is not another application's database."""
     if value is None:
         return None
     if isinstance(value, str) and "://" in value:
@@ -50,7 +53,10 @@ def store(value: Any) -> str | Path | None:
         RedisURL(value, "rate-limit store", schemes=REDIS_OR_UNIX).check(SOCKET_TIMEOUT_S)
         return value
     if isinstance(value, (str, os.PathLike)) and str(value).strip():
-        return Path(value).expanduser()
+        path = Path(value).expanduser()
+        with contextlib.suppress(OSError, sqlite3.Error):  # a file SQLite can't read: StoreUnavailableError when it opens
+            refuse_foreign(path, SHARED_TABLES, "rate-limit store")  # another application's database: ConfigError now
+        return path
     raise ConfigError(f"store must be None, a file path or a redis:// URL, got {value!r}")
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .._closing import Closing
 from .._exceptions import StoreUnavailableError
-from .._sqlite import connect, immediate
+from .._sqlite import SHARED_TABLES, connect, immediate, refuse_foreign
 from ._store import Clock
 from ._window import Verdict, Window, judge
 
@@ -34,12 +34,14 @@ CREATE INDEX IF NOT EXISTS rate_events_expires ON rate_events (expires);
 
 
 class SQLiteWindow(Closing):
-    """Sliding windows in the SQLite file at ``path``; StoreUnavailableError when it can't be opened or written."""
+    """Sliding windows in the SQLite file at ``path``; StoreUnavailableError when it can't be opened or written,
+    ConfigError for another application's SQLite file (left as it was)."""
 
     def __init__(self, path: Path, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> None:
         self.path = path
         self._lock = threading.Lock()
         with self._unavailable("open"):
+            refuse_foreign(path, SHARED_TABLES, "rate-limit store", busy_timeout_s)  # ConfigError, the file unchanged
             self._connection = connect(path, busy_timeout_s)
             try:
                 self._connection.executescript(_SCHEMA)

@@ -22,7 +22,7 @@ from typing import Any
 
 from .._exceptions import ConfigError, StoreUnavailableError
 from .._redis_url import REDIS_OR_UNIX, RedisURL
-from .._sqlite import connect, immediate, table_columns
+from .._sqlite import connect, immediate, refuse_foreign
 from ._keys import ADMIN_KEY_ENV, KeyRecord, KeyStore, KeyStoreBase, SecretKey, new_pepper, plausible
 
 DEFAULT_PREFIX = "blackbox:keys:"
@@ -38,6 +38,8 @@ _SCHEMA = (
     ),
     "CREATE UNIQUE INDEX IF NOT EXISTS keys_live_name ON keys (name) WHERE revoked = 0",
 )
+# What tells a key store's file (its own: the key store never shares one, its meta is not the call log's)
+_OURS = {"keys": frozenset({"digest", *_COLUMNS})}
 _CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('SET', KEYS[1], ARGV[1])
@@ -78,7 +80,7 @@ class SQLiteKeyStore(KeyStoreBase):
         self._connection: sqlite3.Connection | None = None
         self._pid = 0
         try:
-            _refuse_foreign(self.path, timeout_s)
+            refuse_foreign(self.path, _OURS, "key store", timeout_s)  # another application's database: left as it was
             with self._lock:
                 db = self._db()
                 with immediate(db):
@@ -148,19 +150,6 @@ class SQLiteKeyStore(KeyStoreBase):
             if self._connection is not None and self._pid == os.getpid():
                 self._connection.close()
             self._connection = None
-
-
-def _refuse_foreign(path: Path, timeout_s: float) -> None:
-    """ConfigError, before anything is written, for an SQLite file with tables that are not a key store's (another
-    application's database); a new or empty file, or a key store, passes. sqlite3.Error for a file SQLite can't read."""
-    if not path.is_file() or path.stat().st_size == 0:
-        return
-    tables = table_columns(path, timeout_s)
-    if tables and not (tables.get("meta", set()) >= {"name", "value"} and tables.get("keys", set()) >= {"digest", *_COLUMNS}):
-        raise ConfigError(
-            f"{path} is not a key store: it holds other tables ({', '.join(sorted(tables)[:5])}), left as they were; "
-            "name a new file for the keys"
-        )
 
 
 def _row(record: KeyRecord) -> tuple[Any, ...]:

@@ -94,18 +94,20 @@ class SoftPrompt:
         name: str | None = None,
         **fields: Any,
     ) -> SoftPrompt:
-        """A SoftPrompt from embeds (and a deep prompt's layers) and SoftPromptInfo fields (the name defaults to a hash of the values)."""
+        """A SoftPrompt from embeds (and a deep prompt's layers) and SoftPromptInfo fields (the name defaults to a hash of the
+        values); TuningError for a field SoftPromptInfo refuses."""
         if embeds.ndim != 2:
             raise TuningError(f"soft prompt embeds must be [L, H], got {list(embeds.shape)}")
+        if taken := sorted({"prompt_len", "hidden_size"} & fields.keys()):
+            raise TuningError(f"{', '.join(taken)}: set by the embeds' shape [L, H], not a field to pass")
         count = 1 if layers is None else 1 + int(layers.shape[0])
         stacked = embeds if layers is None else torch.cat([embeds[None], layers])
-        info = SoftPromptInfo(
-            name=name or _default_name(stacked),
-            prompt_len=embeds.shape[0],
-            hidden_size=embeds.shape[1],
-            layers=count,
-            **fields,
-        )
+        try:
+            info = SoftPromptInfo(
+                name=name or _default_name(stacked), prompt_len=embeds.shape[0], hidden_size=embeds.shape[1], layers=count, **fields
+            )
+        except ValidationError as exc:
+            raise TuningError(f"bad soft prompt fields: {exc}") from None
         return cls(embeds, info, layers=layers, z=z, target=target)
 
     @property
