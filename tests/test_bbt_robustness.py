@@ -63,6 +63,8 @@ def tuner(
         pytest.param({"deep": "false"}, id="false-as-a-string"),
         pytest.param({"deep": 1}, id="int-for-bool"),
         pytest.param({"progress": "no"}, id="string-progress"),
+        pytest.param({"prompt_len": "7"}, id="string-for-int"),
+        pytest.param({"sigma0": "0.5"}, id="string-for-float"),
         pytest.param({"seed": -1}, id="negative-seed"),
         pytest.param({"seed": 2**70}, id="seed-too-big-for-torch"),
         pytest.param({"bounds": (1.0, 2.0)}, id="bounds-without-the-start"),
@@ -171,3 +173,8 @@ def test_a_saved_prompt_with_a_truncated_tensors_file_is_a_tuning_error(tmp_path
     tensors.write_bytes(tensors.read_bytes()[:40])
     with pytest.raises(TuningError, match="safetensors"):
         SoftPrompt.load(tmp_path)
+
+
+def test_a_tuner_refuses_a_config_that_is_not_a_bbtconfig() -> None:
+    with pytest.raises(TuningError, match="config must be a BBTConfig, got dict"):
+        Tuner(object(), template="{text} It was [MASK].", verbalizer={"1": "great"}, train=[], config={"d": 10})  # type: ignore[arg-type]

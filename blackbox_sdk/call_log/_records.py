@@ -182,7 +182,5 @@ def feedback_on(call_id: str, count: int, chosen: list[int], fields: dict[str, A
     preferred = fields["preferred"]
     if preferred is not None and not (isinstance(preferred, int) and 0 <= preferred < count):
         raise ConfigError(f"preferred={preferred!r} must index the {count} candidates of call {call_id!r}")
-    try:
+    with _config_errors("feedback"):
         return Feedback(call_id=call_id, created=time.time(), candidate=chosen[0] if rated else None, **fields)
-    except pydantic.ValidationError as exc:
-        raise ConfigError(f"bad feedback: {exc}") from exc

@@ -55,10 +55,11 @@ class BBTConfig(BaseModel):
     @field_validator("*", mode="before")
     @classmethod
     def _no_bool_numbers(cls, value: Any, info: Any) -> Any:
-        """Refuse True/False for a number (pydantic would read them as 1 and 0), and anything else for a bool ("yes", 1)."""
+        """Refuse True/False or a string for a number (pydantic would read them as 1, 0 and "7" as 7), and anything else
+        for a bool ("yes", 1)."""
         annotation = cls.model_fields[info.field_name].annotation
-        if isinstance(value, bool) and annotation in (int, float):
-            raise ValueError("a number is needed, not a bool")
+        if isinstance(value, (bool, str, bytes)) and annotation in (int, float):
+            raise ValueError(f"a number is needed, not {type(value).__name__} {value!r:.40}")
         if annotation is bool and not isinstance(value, bool):
             raise ValueError(f"True or False is needed, not {type(value).__name__} {value!r:.40}")
         return value

@@ -59,6 +59,8 @@ class Tuner:
         config: BBTConfig | None = None,
         on_calls: OnCalls | None = None,
     ) -> None:
+        if config is not None and not isinstance(config, BBTConfig):
+            raise TuningError(f"config must be a BBTConfig, got {type(config).__name__}")
         self.config = config or BBTConfig()
         self.target = target
         self.scorer: PromptScorer = resolve_target(target, batch_size=self.config.batch_size)
