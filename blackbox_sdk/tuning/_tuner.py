@@ -82,21 +82,11 @@ class Tuner:
         self.p0 = initial_prompt(self.config, self.scorer, table)  # [L, H] float32 on the scorer's device
         # the scale of each prompt layer's A: the word embeddings', then (deep) the hidden states'
         self.layer_stds = [self.std_e, *(self._hidden_stds() if self.config.deep else [])]
-        self.projection = torch.stack(
-            [
-                build_projection(
-                    self.config.d,
-                    self.config.prompt_len,
-                    self.hidden,
-                    std_e=std,
-                    alpha=self.config.alpha,
-                    sigma=self.config.sigma0,
-                    seed=self.config.seed,
-                    layer=layer,
-                )
-                for layer, std in enumerate(self.layer_stds)
-            ]
-        ).to(self.scorer.device)  # [n, L*H, d]: n = 1, or one per decoder layer for a deep prompt
+        c = self.config
+        self.projection = torch.stack([
+            build_projection(c.d, c.prompt_len, self.hidden, std_e=std, alpha=c.alpha, sigma=c.sigma0, seed=c.seed, layer=layer)
+            for layer, std in enumerate(self.layer_stds)
+        ]).to(self.scorer.device)  # [n, L*H, d]: n = 1, or one per decoder layer for a deep prompt
         self.history: list[GenerationRecord] = []
         self.dev_history: list[DevRecord] = []
 
