@@ -26,7 +26,7 @@ from blackbox_sdk.local import free_port
 from blackbox_sdk.serve import ProxyConfig, create_app
 
 START_TIMEOUT_S = 30.0
-PROXY_START_TIMEOUT_S = 120.0  # a proxy over a local model loads it before /readyz answers
+PROXY_START_TIMEOUT_S = 180.0  # a proxy over a local model (or a tenant's reranker) loads it before /readyz answers
 
 
 def _wait_for_port(port: int, process: subprocess.Popen[bytes] | None = None) -> None:
@@ -182,13 +182,15 @@ class InstantUpstream:
 
 
 class Proxy:
-    """The proxy app (`blackbox-sdk serve`) under uvicorn in a thread of this process, on a free loopback port."""
+    """The proxy app (`blackbox-sdk serve`) under uvicorn in a thread of this process, on a free loopback port:
+    `create_app(config, **app)`, or an app built already (`built=`)."""
 
-    def __init__(self, config: ProxyConfig, **app: Any) -> None:
+    def __init__(self, config: ProxyConfig | None = None, *, built: Any = None, **app: Any) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.base_url = f"{self.url}/v1"
-        settings = uvicorn.Config(create_app(config, **app), host="127.0.0.1", port=self.port, log_level="warning")
+        served = built if built is not None else create_app(config, **app)
+        settings = uvicorn.Config(served, host="127.0.0.1", port=self.port, log_level="warning")
         self.server = uvicorn.Server(settings)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

@@ -10,19 +10,15 @@ import os
 import re
 import shutil
 import subprocess
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx2
 import pytest
-import uvicorn
+from servers import Proxy
 
 from blackbox_sdk import Budget, CallLog
 from blackbox_sdk.call_log import CallRecord
-from blackbox_sdk.local import free_port
 from blackbox_sdk.serve import (
     ProxyConfig,
     TenantDefaults,
@@ -44,32 +40,6 @@ ADMIN = "admin-key-for-the-status-page-0123456789"
 QUESTION = [{"role": "user", "content": "Which number is larger, 24 or 57?"}]
 CHROMIUM = shutil.which("chromium")
 ARTIFACTS = os.environ.get("BLACKBOX_TEST_ARTIFACTS")  # read at import: conftest's clean_env drops BLACKBOX_* for each test
-
-
-class Served:
-    """The proxy app under uvicorn in a thread, on a free loopback port."""
-
-    def __init__(self, app: Any) -> None:
-        self.url = f"http://127.0.0.1:{free_port()}"
-        port = int(self.url.rsplit(":", 1)[1])
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> Served:
-        self.thread.start()
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:  # until the upstream client (and the reranker) is built
-            try:
-                if httpx2.get(f"{self.url}/readyz", timeout=5).status_code == 200:
-                    return self
-            except httpx2.TransportError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError("the proxy did not become ready")
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=60)
 
 
 def chromium(tmp_path: Path, *args: str) -> str:
@@ -98,7 +68,7 @@ def keep(screenshot: Path) -> None:
 
 
 @pytest.fixture
-def calls_made(llama_server: str, tmp_path: Path) -> Iterator[tuple[Served, Path]]:
+def calls_made(llama_server: str, tmp_path: Path) -> Iterator[tuple[Proxy, Path]]:
     """The proxy (keys with an admin key, a reranker for team-a, a cache and a log) after a few real calls."""
     store = open_key_store(tmp_path / "keys.db", admin_key=ADMIN)
     tenants = TenantOptions(TenantDefaults(ledger=tmp_path / "tenants", cache=tmp_path / "cache", budget_options={"prices": PRICES}))
@@ -106,7 +76,7 @@ def calls_made(llama_server: str, tmp_path: Path) -> Iterator[tuple[Served, Path
     app = create_app(config, authenticate=key_authenticator(store, tenants), routes=admin_routes(store), keys=store, tenants=tenants)
     team_a, _ = store.create("team-a", budget_usd=5.0, per_day_usd=2.0, reranker="adapters/comparison")
     team_b, _ = store.create("team-b", per_day_usd=1e-6)
-    with Served(app) as served:
+    with Proxy(built=app) as served:
         chat = {"model": MODEL, "messages": QUESTION, "max_tokens": 12, "temperature": 0.8, "seed": 7}
         for _ in range(2):  # the second is the first's cache hit
             answer = httpx2.post(f"{served.url}/v1/chat/completions", json=chat, headers={"authorization": f"Bearer {team_a}"}, timeout=120)
@@ -119,7 +89,7 @@ def calls_made(llama_server: str, tmp_path: Path) -> Iterator[tuple[Served, Path
     store.close()
 
 
-def test_the_status_page_in_headless_chromium(calls_made: tuple[Served, Path]) -> None:
+def test_the_status_page_in_headless_chromium(calls_made: tuple[Proxy, Path]) -> None:
     served, folder = calls_made
     assert httpx2.get(f"{served.url}/").status_code == 401  # no admin key, no page
     login = login_file(folder, served.url)
