@@ -4,12 +4,15 @@ The cache, the budget ledger, the rate-limit store and the proxy's key store eac
 given by a user, and each must refuse the same bad URLs with a ConfigError (a malformed one at once,
 one the server refuses, for its password or database, with one PING at open), show the URL the same
 way in reprs and messages (``redis://user:***@host:port/db``, a ``password=`` query value as
-``***`` too), and keep the password out of every error text the driver writes. Those decisions
-live here, once. redis-py is imported only when a client is made, so the core imports without it.
+``***`` too), keep the password out of every error text the driver writes, retry only what their
+clients are told to (a dropped connection; never a timeout, never a password the server refuses
+once open, which fails at its first try and is said so). Those decisions live here, once. redis-py is imported only when a client is made, so the core imports without it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from functools import cache
 from typing import Any
 from urllib.parse import SplitResult, parse_qsl, unquote, unquote_plus, urlencode, urlsplit, urlunsplit
 
@@ -63,6 +66,59 @@ def _secrets(parts: SplitResult) -> list[str]:
     return sorted(filter(None, found), key=len, reverse=True)
 
 
+class _Refused(Exception):
+    """A refused password carried past redis-py's retry loop, which would retry it as the ConnectionError it subclasses."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+@cache
+def _retry_kinds() -> tuple[type[Any], type[Any]]:
+    """redis-py's sync and asyncio Retry, each raising AuthenticationError (a password changed on the server, an ACL
+    user removed) at its first try: redis-py counts it a ConnectionError, yet no retry or backoff can mend it."""
+    from redis.asyncio.retry import Retry as AsyncRetry
+    from redis.exceptions import AuthenticationError
+    from redis.retry import Retry
+
+    class FailFast(Retry):
+        """A Retry that lets a refused password through at once."""
+
+        def call_with_retry(self, do: Callable[[], Any], fail: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+            """redis-py's loop around ``do``, a refused password passed out of it unretried."""
+
+            def once() -> Any:
+                try:
+                    return do()
+                except AuthenticationError as error:
+                    raise _Refused(error) from None
+
+            try:
+                return super().call_with_retry(once, fail, *args, **kwargs)
+            except _Refused as refused:
+                raise refused.error from None
+
+    class AsyncFailFast(AsyncRetry):
+        """The asyncio Retry that lets a refused password through at once."""
+
+        async def call_with_retry(self, do: Callable[[], Awaitable[Any]], fail: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+            """redis-py's loop around ``do``, a refused password passed out of it unretried."""
+
+            async def once() -> Any:
+                try:
+                    return await do()
+                except AuthenticationError as error:
+                    raise _Refused(error) from None
+
+            try:
+                return await super().call_with_retry(once, fail, *args, **kwargs)
+            except _Refused as refused:
+                raise refused.error from None
+
+    return FailFast, AsyncFailFast
+
+
 def _schemes(schemes: tuple[str, ...]) -> str:
     """``redis://, rediss:// or unix://``."""
     names = [f"{scheme}://" for scheme in schemes]
@@ -108,30 +164,36 @@ class RedisURL:
             text = text.replace(secret, MASK)
         return text
 
-    def client(self, *, retries: int | None = None, backoff: tuple[float, float] | None = None, **options: Any) -> Any:
-        """redis-py's client for the URL with ``options``, nothing connected yet; ``retries``: how often a command
-        whose connection failed is sent again, at once or after an exponential ``backoff`` of (base, cap) seconds
-        (never one that timed out: a stalled server would hold the caller a socket timeout per try)."""
+    def client(self, *, retries: int = 0, backoff: tuple[float, float] | None = None, **options: Any) -> Any:
+        """redis-py's client for the URL with ``options``, nothing connected yet; ``retries`` (none unless given, whatever
+        redis-py's version defaults to): how often a command whose connection failed is sent again, at once or after an
+        exponential ``backoff`` of (base, cap) seconds (never one that timed out: a stalled server would hold the caller
+        a socket timeout per try; never one whose password the server refused: no retry mends that)."""
         try:
             import redis
-            from redis.retry import Retry
         except ImportError:
             raise self._missing() from None
-        if retries is not None:
-            options["retry"] = Retry(self._backoff(backoff), retries, supported_errors=(redis.exceptions.ConnectionError,))
+        options["retry"] = _retry_kinds()[0](self._backoff(backoff), retries, supported_errors=(redis.exceptions.ConnectionError,))
         return self._made(redis.Redis, redis.exceptions.RedisError, options)
 
-    def async_client(self, *, retries: int | None = None, backoff: tuple[float, float] | None = None, **options: Any) -> Any:
+    def async_client(self, *, retries: int = 0, backoff: tuple[float, float] | None = None, **options: Any) -> Any:
         """redis-py's asyncio client for the URL, as ``client`` makes the sync one (a dropped connection retried too)."""
         try:
             import redis.asyncio
-            from redis.asyncio.retry import Retry
         except ImportError:
             raise self._missing() from None
-        if retries is not None:  # the asyncio client raised at once unless told which errors its Retry covers
-            options["retry"] = Retry(self._backoff(backoff), retries, supported_errors=(redis.exceptions.ConnectionError,))
-            options.setdefault("retry_on_error", [redis.exceptions.ConnectionError])
+        options["retry"] = _retry_kinds()[1](self._backoff(backoff), retries, supported_errors=(redis.exceptions.ConnectionError,))
+        options.setdefault("retry_on_error", [redis.exceptions.ConnectionError])  # else the asyncio client raises at once
         return self._made(redis.asyncio.Redis, redis.exceptions.RedisError, options)
+
+    def reason(self, error: BaseException) -> str:
+        """A driver's error as a store's message gives it, the password scrubbed; a refused password said so in words."""
+        detail = self.scrub(f"{type(error).__name__}: {error}")
+        from redis.exceptions import AuthenticationError  # a driver's error: redis-py is installed
+
+        if isinstance(error, AuthenticationError):
+            return f"the server refused the URL's user name or password, which no retry mends ({detail})"
+        return detail
 
     def check(self, timeout_s: float) -> None:
         """One PING on a connection of its own, at most one try: ConfigError (the URL without its password) when the

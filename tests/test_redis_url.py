@@ -6,7 +6,11 @@ each store's one PING at open finds no server, which is an outage for later, not
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import subprocess
+import threading
+import time
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -16,12 +20,13 @@ import redis
 import redis.asyncio
 from servers import RedisServer
 
-from blackbox_sdk import ConfigError
+from blackbox_sdk import ConfigError, StoreUnavailableError
 from blackbox_sdk._redis_url import REDIS_OR_UNIX, RedisURL, is_redis_url, redact_url
 from blackbox_sdk.budget import Budget, RedisLedger
 from blackbox_sdk.cache import Cache
 from blackbox_sdk.limits import RateLimits, RedisWindow
 from blackbox_sdk.limits import redact_url as limits_redact_url
+from blackbox_sdk.limits._window import Window
 from blackbox_sdk.local import free_port
 from blackbox_sdk.serve._key_stores import RedisKeyStore, open_key_store
 
@@ -179,7 +184,8 @@ def test_clients_carry_the_stores_options_and_connect_on_first_use() -> None:
     assert isinstance(sync, redis.Redis)
     kwargs = sync.connection_pool.connection_kwargs
     assert (kwargs["db"], kwargs["password"], kwargs["socket_timeout"], kwargs["retry"].get_retries()) == (3, PASSWORD, 0.5, 1)
-    assert isinstance(url.client(), redis.Redis)  # without retries: redis-py's own policy
+    for unretried in (url.client(), url.async_client()):  # without retries: none, whatever redis-py's version defaults to
+        assert unretried.connection_pool.connection_kwargs["retry"].get_retries() == 0
     made = url.async_client(retries=2, backoff=(0.02, 0.25), decode_responses=True)
     assert isinstance(made, redis.asyncio.Redis)
     kwargs = made.connection_pool.connection_kwargs
@@ -221,3 +227,68 @@ def test_the_core_imports_and_checks_urls_without_redis_py() -> None:
         "assert 'redis' not in sys.modules, 'redis was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+WINDOW = Window(100, None, 60.0)
+# Each Redis store that fails closed, and one use of it that asks the server.
+IN_USE: dict[str, tuple[Callable[[str], Any], Callable[[Any], Any]]] = {
+    "ledger": (RedisLedger, lambda ledger: ledger.outstanding()),
+    "rate-limit store": (RedisWindow, lambda window: window.try_admit("scope", "call-1", 1, WINDOW, None)),
+    "rate-limit store, asyncio": (RedisWindow, lambda window: asyncio.run(window.atry_admit("scope", "call-2", 1, WINDOW, None))),
+    "key store": (RedisKeyStore, lambda store: store.list()),
+}
+
+
+def _password_changed(admin: redis.Redis, password: str) -> int:
+    """Set the server's password, drop every other connection (as a restart or an ACL change does), and give the
+    count of connections the server has taken so far, to count the tries made after it."""
+    admin.config_set("requirepass", password)  # this connection stays logged in
+    admin.client_kill_filter(_type="normal", skipme=True)
+    return int(admin.info("stats")["total_connections_received"])
+
+
+@pytest.mark.parametrize("store", sorted(IN_USE))
+def test_a_password_refused_after_open_fails_closed_at_the_first_try(store: str, redis_server: RedisServer) -> None:
+    make, use = IN_USE[store]
+    admin = redis.Redis(port=redis_server.port)
+    admin.config_set("requirepass", "old-pw-s3cret")
+    opened = make(redis_server.url.replace("redis://", "redis://:old-pw-s3cret@"))
+    use(opened)  # open and answering
+    before = _password_changed(admin, "new-pw-s3cret")
+    with pytest.raises(StoreUnavailableError) as refused:
+        use(opened)
+    assert int(admin.info("stats")["total_connections_received"]) - before == 1  # one try: no retry mends a password
+    message = str(refused.value)
+    assert "refused the URL's user name or password" in message and "s3cret" not in message, message
+    admin.config_set("requirepass", "old-pw-s3cret")  # set back: the store answers again, nothing to reopen
+    use(opened)
+    opened.close()
+
+
+def test_a_cache_whose_password_is_refused_misses_with_one_warning_after_one_try(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    admin = redis.Redis(port=redis_server.port)
+    admin.config_set("requirepass", "old-pw-s3cret")
+    with Cache(redis_server.url.replace("redis://", "redis://:old-pw-s3cret@")) as cache:
+        key = cache.key(route="chat", endpoint="e", params={"n": 1})
+        cache.extend(key, [{"text": "kept"}])
+        before = _password_changed(admin, "new-pw-s3cret")
+        with caplog.at_level(logging.WARNING, logger="blackbox_sdk"):
+            assert cache.get(key) == []
+        assert int(admin.info("stats")["total_connections_received"]) - before == 1
+        (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert "refused the URL's user name or password" in warning and "s3cret" not in warning, warning
+
+
+def test_the_rate_limit_store_sends_a_script_again_when_its_connection_drops(redis_server: RedisServer) -> None:
+    window, admin = RedisWindow(redis_server.url), redis.Redis(port=redis_server.port)
+    assert window.try_admit("scope", "call-1", 1, WINDOW, None).admitted
+    admin.execute_command("CLIENT", "PAUSE", "500", "WRITE")  # the next script waits on the server...
+    dropped = threading.Timer(0.2, lambda: admin.client_kill_filter(_type="normal", skipme=True))  # ...and its connection drops
+    dropped.start()
+    started = time.monotonic()
+    verdict = window.try_admit("scope", "call-2", 1, WINDOW, None)  # sent again on a new connection (scripts are idempotent)
+    dropped.join()
+    assert verdict.admitted and 0.2 < time.monotonic() - started < 5
+    window.close()

@@ -74,7 +74,7 @@ class RedisLedger:
 
     def _unavailable(self, what: str, error: Exception) -> StoreUnavailableError:
         """The error a failed ledger operation raises; a reserve that fails sends nothing."""
-        detail = self._url.scrub(f"{type(error).__name__}: {error}")
+        detail = self._url.reason(error)
         consequence = _CONSEQUENCES.get(what, "")
         return StoreUnavailableError(f"the Redis budget ledger at {self.url} failed to {what} ({detail}){consequence}")
 

@@ -212,7 +212,7 @@ class RedisStore:
         except self._errors.RedisError as exc:
             if str(exc).startswith("WRONGTYPE"):
                 raise ForeignValueError("stored value is another Redis type, not JSON text") from None
-            reason = self._url.scrub(f"{type(exc).__name__}: {exc}")
+            reason = self._url.reason(exc)
             if isinstance(exc, self._errors.ResponseError):  # it answered (full, read-only): reads go on
                 raise self._refused(action, type(exc).__name__, reason) from None
             self._outage.failed(reason)

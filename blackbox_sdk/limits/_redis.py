@@ -27,7 +27,7 @@ from ._window import Verdict, Window
 
 KEY_PREFIX = "blackbox:rate"
 SOCKET_TIMEOUT_S = 5.0
-RETRIES, BACKOFF_S = 2, (0.02, 0.25)  # the asyncio client's retries of a dropped connection, their wait: (base, cap)
+RETRIES, BACKOFF_S = 2, (0.02, 0.25)  # both clients' retries of a dropped connection (scripts are idempotent), their wait: (base, cap)
 _T = TypeVar("_T")
 
 
@@ -38,7 +38,9 @@ class RedisWindow(Closing):
         """Check ``url`` (ConfigError for a bad one or one the server refuses, its password never shown) and prepare the scripts."""
         self._url = RedisURL(url, "rate-limit store", schemes=REDIS_OR_UNIX)
         self.url, self._prefix, self._timeout_s = self._url.shown, prefix, timeout_s
-        self._client = self._url.client(decode_responses=True, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        self._client = self._url.client(
+            retries=RETRIES, backoff=BACKOFF_S, decode_responses=True, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+        )
         self._url.check(timeout_s)  # a wrong password or database: ConfigError now, not at the first call
         self._scripts = {name: self._client.register_script(source) for name, source in (("admit", ADMIT), ("correct", CORRECT), ("release", RELEASE))}
         self._async: tuple[asyncio.AbstractEventLoop, Any, dict[str, Any]] | None = None
@@ -51,7 +53,7 @@ class RedisWindow(Closing):
         try:
             yield
         except (redis.RedisError, OSError, ValueError) as exc:
-            detail = self._url.scrub(f"{type(exc).__name__}: {exc}")
+            detail = self._url.reason(exc)
             raise StoreUnavailableError(f"the rate-limit store {self.url} can't {action}: {detail}") from None
 
     def _keys(self, scope: str) -> list[str]:

@@ -177,6 +177,7 @@ class RedisKeyStore(KeyStoreBase):
         self.url = self._url.shown
         self._prefix = prefix
         self._pepper_value: str | None = None
+        # no retry: a create whose reply was lost, sent again, would find its own name taken
         self._client = self._url.client(decode_responses=True, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
         self._url.check(timeout_s)  # a wrong password or database: ConfigError now, not at the first request
         self._create = self._client.register_script(_CREATE)
@@ -194,7 +195,7 @@ class RedisKeyStore(KeyStoreBase):
         try:
             yield
         except (redis.RedisError, OSError, ValueError, TypeError, KeyError) as exc:
-            detail = self._url.scrub(f"{type(exc).__name__}: {exc}")
+            detail = self._url.reason(exc)
             raise StoreUnavailableError(f"the key store {self.url} can't {action}: {detail}") from None
 
     def create(self, name: str, **limits: Any) -> tuple[SecretKey, KeyRecord]:
