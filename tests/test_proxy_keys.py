@@ -446,3 +446,24 @@ def test_revoking_by_the_secret_itself_does_not_echo_it(store: KeyStore) -> None
     with pytest.raises(ConfigError, match="not the key itself") as refused:
         store.revoke(secret)
     assert secret not in str(refused.value) and store.lookup(secret) is not None
+
+
+def test_a_keys_store_refusing_its_password_after_start_is_the_operators_500_not_a_400(redis_server: RedisServer, tmp_path: Path) -> None:
+    admin = redis.Redis(port=redis_server.port)
+    admin.config_set("requirepass", "old-pw-s3cret")
+    ledger = redis_server.url.replace("redis://", "redis://:old-pw-s3cret@")
+    tenants = TenantOptions(TenantDefaults(ledger=ledger, budget_options={"prices": {MODEL: {"input": 1.0, "output": 1.0}}}))
+    with open_key_store(tmp_path / "keys.db") as store:
+        capped, _ = store.create("team-a", budget_usd=1.0)  # its ledger opens on its first request
+        plain, _ = store.create("team-b")
+        app = create_app(ProxyConfig(upstream="http://127.0.0.1:9/v1", max_retries=0), authenticate=key_authenticator(store, tenants))
+        with TestClient(app) as http:
+            admin.config_set("requirepass", "new-pw-s3cret")  # the operator's change, once the proxy serves
+            refused = http.post("/v1/chat/completions", json={"model": MODEL, "messages": HELLO}, headers={"authorization": f"Bearer {capped}"})
+            bad = http.post("/v1/chat/completions", json={"model": MODEL}, headers={"authorization": f"Bearer {plain}"})
+    assert refused.status_code == 500 and refused.headers["x-should-retry"] == "false"  # no client retry mends it
+    error = refused.json()["error"]
+    assert (error["type"], error["code"]) == ("server_error", "key_misconfigured")
+    assert "was refused by the Redis server" in error["message"] and "s3cret" not in refused.text, error
+    assert bad.status_code == 400 and bad.json()["error"]["type"] == "invalid_request_error"  # the client's own fault stays 400
+    tenants.close()

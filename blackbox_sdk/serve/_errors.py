@@ -1,7 +1,7 @@
 """Errors as OpenAI's JSON error bodies with the right HTTP status: the proxy's own refusals, the
 SDK's errors and the upstream's, mapped once here.
 
-    400 invalid_request_error   malformed JSON, bad parameters (InvalidRequestError, ConfigError)
+    400 invalid_request_error   malformed JSON, bad parameters (InvalidRequestError, a ConfigError of the call's values)
     401 invalid_api_key         a missing or unknown key
     403 host_not_allowed        without tenant keys: a Host header naming no loopback address (DNS rebinding)
     404 model_not_found         a model the key may not use; an unknown route (OpenAI's "Invalid URL")
@@ -10,12 +10,14 @@ SDK's errors and the upstream's, mapped once here.
     429 insufficient_quota      a budget refusal (OpenAI's status for an exhausted quota; sent with
                                 x-should-retry: false, so openai's clients do not retry it)
     429 rate_limit_exceeded     a rate limit, with Retry-After
-    500 key_misconfigured       a key whose options can't be applied (a missing reranker folder): the operator's fault
+    500 key_misconfigured       a key whose options can't be built or applied (its ledger's Redis refusing the password,
+                                a missing reranker folder): the operator's fault (`_state`)
     500 server_error            a failure of the proxy itself, also outside the routes (OpenAI's body, not Starlette's text)
     501 feedback_not_enabled    /v1/feedback on a proxy that keeps no call log (the operator's setup)
-    502 / 503 / 504             upstream unreachable or refusing the proxy's key / a shared store down or the
-                                proxy starting / upstream timeout (also an SDK request of its own to the
-                                upstream's host, such as llama.cpp's tokenize route, that fails or times out)
+    502 / 503 / 504             upstream unreachable or refusing the proxy's key / a shared store down (or refusing
+                                the password it opened with) or the proxy starting / upstream timeout (also an SDK
+                                request of its own to the upstream's host, such as llama.cpp's tokenize route, that
+                                fails or times out)
     upstream status             an upstream error (openai.APIStatusError) passes with its own status and retry
                                 headers (x-should-retry included), its error object rebuilt as OpenAI's four fields (strings redacted, anything else dropped)
     502 upstream error event    an upstream stream that sent an error event after its 200 (openai.APIError with

@@ -10,7 +10,7 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from .._exceptions import BlackBoxError
+from .._exceptions import BlackBoxError, ConfigError
 from .._logging import logger
 from .._redact import redact_text
 from ._admin_gate import AdminGate
@@ -73,11 +73,15 @@ class Proxy:
             self._clients = None
 
     async def tenant(self, request: Request) -> Tenant | None:
-        """Who the request speaks for (None without a key store); 401 for a missing or unknown key."""
+        """Who the request speaks for (None without a key store); 401 for a missing or unknown key. A key's options
+        that can't be built on its first request (its ledger's Redis refusing the password) are the operator's fault: 500."""
         if self.authenticate is None:
             return None
         presented = presented_key(request)
-        tenant = await run_in_threadpool(self.authenticate, presented)
+        try:
+            tenant = await run_in_threadpool(self.authenticate, presented)
+        except ConfigError as error:  # nothing of the request's: authenticate sees only its key
+            raise _misconfigured(None, error) from error
         if tenant is None:
             raise refuse_unknown_key(presented)
         return tenant
@@ -102,6 +106,12 @@ class Proxy:
         try:
             return await run_in_threadpool(clients.client, tenant)
         except BlackBoxError as error:
-            message = redact_text(f"{type(error).__name__}: {error}")
-            logger.error("proxy: the options of key %r can't be applied: %s", tenant.name if tenant else None, message)
-            raise ProxyError(500, f"this key's options can't be applied: {message}", kind="server_error", code="key_misconfigured", retry=False) from error
+            raise _misconfigured(tenant, error) from error
+
+
+def _misconfigured(tenant: Tenant | None, error: BlackBoxError) -> ProxyError:
+    """The 500 key_misconfigured for a key whose options can't be built or applied, logged; sent with x-should-retry:
+    false, since only the operator can mend it (the message redacted, a Redis URL's password shown as ***)."""
+    message = redact_text(f"{type(error).__name__}: {error}")
+    logger.error("proxy: the options of key %r can't be applied: %s", tenant.name if tenant else None, message)
+    return ProxyError(500, f"this key's options can't be applied: {message}", kind="server_error", code="key_misconfigured", retry=False)
