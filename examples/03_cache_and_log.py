@@ -67,7 +67,7 @@ def use_log(folder: Path, hit: bool) -> Path:
         log.feedback(call_id, label="correct", preferred=0, reference="51")
         stored = log.get(call_id)
         print(f"logged request api_key: {stored.request['api_key']}")
-        count = log.export_jsonl(folder / "calls.jsonl")
+        count = log.export_jsonl(folder / "calls.jsonl", replace=True)  # --dir is run again: this run's export replaces the last
     first = json.loads((folder / "calls.jsonl").read_text(encoding="utf-8").splitlines()[0])
     print(f"exported {count} calls; first has {len(first['candidates'])} candidates and feedback {first['feedback'][0]['label']}")
     return path

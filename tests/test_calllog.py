@@ -30,6 +30,7 @@ from blackbox_sdk.call_log import (
     new_call_id,
 )
 from blackbox_sdk.call_log import _paging as paging_module
+from blackbox_sdk.call_log._export import export_jsonl
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 OPENAI_KEY = "sk-proj-" + "Zx9Yw8Vu" * 6
@@ -344,6 +345,20 @@ def test_export_to_an_open_stream_matches_export_to_a_file(log: CallLog, tmp_pat
     assert log.export_jsonl(stream) == 1
     log.export_jsonl(tmp_path / "calls.jsonl")
     assert stream.getvalue() == (tmp_path / "calls.jsonl").read_text(encoding="utf-8")
+
+
+def test_export_refuses_an_existing_file_before_reading_unless_told_to_replace(log: CallLog, tmp_path: Path) -> None:
+    log.record(_record())
+    out = tmp_path / "calls.jsonl"
+    out.write_text("last week's export\n")
+    calls = iter([(_record(), [])])
+    with pytest.raises(ConfigError, match=f"^the export file {out} exists; pass --force \\(replace=True\\)"):
+        export_jsonl(calls, out)
+    assert next(calls, None) is not None  # refused before a call was read
+    with pytest.raises(ConfigError, match="exists"):
+        log.export_jsonl(out)  # the library's default is the command line's: never replace unasked
+    assert out.read_text() == "last week's export\n" and not list(tmp_path.glob("*.partial"))
+    assert log.export_jsonl(out, replace=True) == 1 and json.loads(out.read_text())["format"] == EXPORT_FORMAT
 
 
 def test_export_into_a_missing_folder_raises_call_log_error(log: CallLog, tmp_path: Path) -> None:

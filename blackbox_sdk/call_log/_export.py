@@ -4,7 +4,8 @@ Documented field by field in ``docs/call-log.md``. Any call-log store can write 
 (record, feedback) pairs; a file is written beside the target under a name of its own (so two
 exports to one path never mix) and renamed, so it is whole or absent (a failed export removes what
 it wrote), and never over the SQLite log it exports or a folder (a path ending in a separator names one).
-Without ``replace`` the last step is a hard link, which fails rather than replace a file made meanwhile.
+An existing file is refused unless ``replace`` is given (the command line's ``--force``); without it the last step
+is a hard link, which fails rather than replace a file made meanwhile.
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ _SEPARATORS = tuple(sep for sep in (os.sep, os.altsep, "/") if sep)
 
 
 def export_jsonl(
-    calls: Iterable[tuple[CallRecord, list[Feedback]]], out: str | Path | TextIO, *, log: Path | None = None, replace: bool = True
+    calls: Iterable[tuple[CallRecord, list[Feedback]]], out: str | Path | TextIO, *, log: Path | None = None, replace: bool = False
 ) -> int:
-    """Write one JSON line per call to a path or a text stream; the count; before writing, ConfigError for a path that is
-    ``log``'s own file (or, without ``replace``, an existing file: also one made while the export ran), CallLogError for a folder."""
+    """Write one JSON line per call to a path or a text stream; the count; before a call is read, ConfigError for a path
+    that is ``log``'s own file or, unless ``replace``, an existing file (also one made while the export ran), CallLogError
+    for a folder. Replacing is asked for, never the default, as the command line's ``--force`` is."""
     if not isinstance(out, (str, Path)):
         return _write_lines(calls, out)
     target = Path(out)

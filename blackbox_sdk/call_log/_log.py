@@ -179,9 +179,9 @@ class CallLog(Closing):
         pages = self._pages(CallFilter(model=model, route=route, since=since, until=until), limit)
         return (record for page in pages for record, _ in page)
 
-    def export_jsonl(self, out: str | Path | TextIO, *, replace: bool = True) -> int:
+    def export_jsonl(self, out: str | Path | TextIO, *, replace: bool = False) -> int:
         """Write one JSON line per call (with candidates and feedback); the count; ConfigError when ``out`` is this log's own
-        file, or, without ``replace``, a file that exists (before or when the export is renamed into place)."""
+        file, or, unless ``replace``, a file that exists (before a call is read, or when the export is renamed into place)."""
         pages = self._pages(CallFilter(), None)
         return export_jsonl((pair for page in pages for pair in page), out, log=self._path, replace=replace)
 

@@ -171,9 +171,9 @@ class PostgresCallLog(Closing):
         pages = self._pages(CallFilter(model=model, route=route, since=since, until=until), limit)
         return (record for page in pages for record, _ in page)
 
-    def export_jsonl(self, out: str | Path | TextIO, *, replace: bool = True) -> int:
-        """Write one JSON line per call (its record, candidates and all feedback); the number of lines; without ``replace``,
-        ConfigError for a file that exists (before or when the export is renamed into place)."""
+    def export_jsonl(self, out: str | Path | TextIO, *, replace: bool = False) -> int:
+        """Write one JSON line per call (its record, candidates and all feedback); the number of lines; unless ``replace``,
+        ConfigError for a file that exists (before a call is read, or when the export is renamed into place)."""
         self.flush()
         return export_jsonl((pair for page in self._pages(CallFilter(), None) for pair in page), out, replace=replace)
 

@@ -30,9 +30,9 @@ class CallLogStore(Protocol):
         """Attach feedback to a logged call; ConfigError for an unknown call or a bad index."""
         ...
 
-    def export_jsonl(self, out: str | Path | TextIO, *, replace: bool = True) -> int:
-        """Write every call with its feedback as JSON lines (the trainer's input); the number of lines; ``replace=False``
-        never replaces a file (ConfigError)."""
+    def export_jsonl(self, out: str | Path | TextIO, *, replace: bool = False) -> int:
+        """Write every call with its feedback as JSON lines (the trainer's input); the number of lines; an existing file
+        is replaced only with ``replace=True`` (else ConfigError)."""
         ...
 
     def stats(self) -> dict[str, Any]:
