@@ -52,8 +52,8 @@ class Route:
         return usage if isinstance(usage, dict) and usage else None  # a server's list or string is no usage: counted instead
 
     def details(self, choice: Json) -> Json:
-        """The detail counts (cached, reasoning tokens) a candidate's choice carries: none for a choice of chat
-        or completions (its response's usage was not kept with it)."""
+        """The detail counts (cached, reasoning tokens) a candidate's choice itself carries: none for a choice of
+        chat or completions (the candidate keeps its share of its response's beside the choice)."""
         return {}
 
 

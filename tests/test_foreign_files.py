@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import diskcache  # type: ignore[import-untyped]  # ships no type hints
 import pytest
 
 from blackbox_sdk import Budget, CallLog, ConfigError
@@ -112,3 +113,27 @@ def test_the_disk_cache_refuses_another_apps_folder_or_cache_db(tmp_path: Path) 
     for path in (tmp_path / "new", tmp_path / "new", folder.parent / "empty"):  # a new folder, the cache again, an empty one
         path.mkdir(exist_ok=True)
         Cache(path).close()
+
+
+def test_the_disk_cache_refuses_another_apps_diskcache_folder(tmp_path: Path) -> None:
+    """Another application's diskcache folder used to be taken: the cache's clear() and eviction would drop that
+    application's entries, and opening it rewrote the settings diskcache keeps there (culling turned off)."""
+    folder = tmp_path / "app"
+    with diskcache.Cache(str(folder)) as theirs:
+        theirs.set("user:1", {"name": "Ada"})
+        settings = dict(theirs._sql("SELECT key, value FROM Settings").fetchall())
+    before = (folder / "cache.db").read_bytes()
+    with pytest.raises(ConfigError, match=f"^{folder} is another application's diskcache: it holds the key 'user:1', .*its own folder$"):
+        Cache(folder)
+    assert (folder / "cache.db").read_bytes() == before
+    with diskcache.Cache(str(folder)) as theirs:
+        assert theirs.get("user:1") == {"name": "Ada"} and dict(theirs._sql("SELECT key, value FROM Settings").fetchall()) == settings
+
+
+def test_the_disk_cache_reopens_its_own_folder_with_buckets_and_claims(tmp_path: Path) -> None:
+    with Cache(tmp_path / "cache") as cache:
+        key = cache.key(route="chat", endpoint="http://127.0.0.1:8080/v1", params={"model": "m", "messages": []})
+        cache.extend(key, [{"kind": "chat"}])
+        assert cache.claim(cache.key(route="chat", endpoint="http://127.0.0.1:8080/v1", params={"model": "n", "messages": []}), ttl_s=60)
+    with Cache(tmp_path / "cache") as again:
+        assert again.get(key) == [{"kind": "chat"}] and again.stats.keys == 2

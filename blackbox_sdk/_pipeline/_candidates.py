@@ -2,9 +2,11 @@
 
 A response with k choices splits into k candidates; a stream splits into one chunk list per
 choice, each with the whole choice its chunks add up to (text, refusal, tool calls, logprobs), as
-openai's own stream accumulation rebuilds it. Any list of candidates rebuilds into one response
-(choices re-indexed, usage summed) or one chunk sequence (the stored chunks replayed as they came,
-choice indices re-numbered; a whole answer as chunks that add up to it again).
+openai's own stream accumulation rebuilds it. Each candidate keeps its share of the usage: the
+prompt and completion tokens and the detail counts (cached, reasoning tokens...), shared out so
+that the candidates of one response sum to its usage again. Any list of candidates rebuilds into
+one response (choices re-indexed, usage summed) or one chunk sequence (the stored chunks replayed
+as they came, choice indices re-numbered; a whole answer as chunks that add up to it again).
 Everything here works on JSON dicts, so that what the cache holds is plain data.
 """
 
@@ -13,23 +15,25 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from .._types import CHAT, COMPLETIONS, Json, Route, add_usage, token_count
+from .._types import CHAT, COMPLETIONS, DETAILS, Json, Route, add_usage, token_count
 
 _PIECES = re.compile(r"\s*\S+\s*|\s+")
 
 
 @dataclass
 class Candidate:
-    """One answer: its choice (index 0), its stream chunks when it came streamed, and what it cost."""
+    """One answer: its choice (index 0), its stream chunks when it came streamed, and what it cost:
+    tokens, and its share of the usage's detail counts (none in an entry stored before they were kept)."""
 
     choice: Json
     meta: Json
     completion_tokens: int
     prompt_tokens: int
     chunks: list[Json] | None = None
+    details: Json = field(default_factory=dict)
 
     def to_json(self) -> Json:
         """The candidate as the JSON the cache stores."""
@@ -39,6 +43,7 @@ class Candidate:
             "completion_tokens": self.completion_tokens,
             "prompt_tokens": self.prompt_tokens,
             "chunks": self.chunks,
+            "details": self.details,
         }
 
     @classmethod
@@ -52,9 +57,12 @@ class Candidate:
         chunks = data.get("chunks")
         if chunks is not None and not (isinstance(chunks, list) and all(isinstance(c, dict) for c in chunks)):
             raise TypeError("candidate chunks must be a list of objects")
+        details = data.get("details") or {}
+        if not isinstance(details, dict) or not all(isinstance(part, dict) for part in details.values()):
+            raise TypeError("candidate details must be an object of objects")
         if route is CHAT or route is COMPLETIONS:
             _check_shapes(choice, chunks)
-        return cls(choice, meta, int(data["completion_tokens"]), int(data["prompt_tokens"]), chunks)
+        return cls(choice, meta, int(data["completion_tokens"]), int(data["prompt_tokens"]), chunks, details)
 
 
 def _check_shapes(choice: Json, chunks: list[Json] | None) -> None:
@@ -114,20 +122,49 @@ def _share(total: int, weights: list[int]) -> list[int]:
     return parts
 
 
+def _share_counts(counts: Json, weights: list[int]) -> list[Json]:
+    """Detail counts split in proportion to weights, nested breakdowns too: each count sums back exactly."""
+    parts: list[Json] = [{} for _ in weights]
+    for name, value in counts.items():
+        if isinstance(value, dict):
+            shares = _share_counts(value, weights)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            shares = _share(value, weights)
+        else:
+            continue
+        for part, share in zip(parts, shares):
+            part[name] = share
+    return parts
+
+
+def _apportion(route: Route, candidates: list[Candidate], usage: Json) -> list[Candidate]:
+    """Give each candidate its share of the usage: completion tokens (and their details) by answer
+    length, prompt tokens (and theirs) evenly."""
+    by_length = [len(route.text(c.choice)) for c in candidates]
+    evenly = [1] * len(candidates)
+    for candidate, tokens in zip(candidates, _share(token_count(usage.get("completion_tokens")), by_length)):
+        candidate.completion_tokens = tokens
+    for candidate, tokens in zip(candidates, _share(token_count(usage.get("prompt_tokens")), evenly)):
+        candidate.prompt_tokens = tokens
+    for name, weights in zip(DETAILS, (evenly, by_length)):  # prompt_tokens_details, completion_tokens_details
+        given = usage.get(name)
+        for candidate, part in zip(candidates, _share_counts(given, weights) if isinstance(given, dict) else []):
+            candidate.details[name] = part
+    return candidates
+
+
 def split_response(route: Route, response: Json, usage: Json) -> list[Candidate]:
-    """One candidate per choice; completion tokens shared out by answer length when there are several.
+    """One candidate per choice, each with its share of the usage (`_apportion`).
 
     The candidates take the response's own choice objects (not copies): pass a fresh ``to_dict()``.
     """
     listed = response.get("choices")
     choices = sorted((c for c in listed if isinstance(c, dict)) if isinstance(listed, list) else [], key=lambda c: c.get("index", 0))  # a server's null, text or object: none
-    completion = _share(token_count(usage.get("completion_tokens")), [len(route.text(c)) for c in choices])
-    prompt = _share(token_count(usage.get("prompt_tokens")), [1] * len(choices))
-    return [Candidate({**c, "index": 0}, _meta(response), completion[i], prompt[i]) for i, c in enumerate(choices)]
+    return _apportion(route, [Candidate({**c, "index": 0}, _meta(response), 0, 0) for c in choices], usage)
 
 
 def split_chunks(route: Route, chunks: list[Json], usage: Json) -> list[Candidate]:
-    """One candidate per choice index of a finished stream, each with its own chunks (index 0)."""
+    """One candidate per choice index of a finished stream, each with its own chunks (index 0) and its share of the usage."""
     per_index: dict[int, list[Json]] = {}
     for chunk in chunks:
         for choice in chunk.get("choices") or []:
@@ -136,12 +173,7 @@ def split_chunks(route: Route, chunks: list[Json], usage: Json) -> list[Candidat
             one.pop("usage", None)
             per_index.setdefault(int(choice.get("index", 0)), []).append(one)
     candidates = [Candidate(_whole_choice(route, own), _meta(own[0], extras=False), 0, 0, own) for _, own in sorted(per_index.items())]
-    texts = [len(route.text(c.choice)) for c in candidates]
-    for candidate, tokens in zip(candidates, _share(token_count(usage.get("completion_tokens")), texts)):
-        candidate.completion_tokens = tokens
-    for candidate, tokens in zip(candidates, _share(token_count(usage.get("prompt_tokens")), [1] * len(candidates))):
-        candidate.prompt_tokens = tokens
-    return candidates
+    return _apportion(route, candidates, usage)
 
 
 def _whole_choice(route: Route, own: list[Json]) -> Json:
@@ -209,11 +241,11 @@ def _position(call: Json) -> int:
 
 def sum_usage(candidates: Iterable[Candidate], route: Route = CHAT) -> Json:
     """Usage summed over candidates, in the openai `CompletionUsage` shape, with the detail counts the
-    route's candidates carry (a Responses candidate's own usage)."""
+    candidates carry (their shares, or a Responses candidate's own usage)."""
     total: Json = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
     for c in candidates:
         total = add_usage(total, {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
-                                  "total_tokens": c.prompt_tokens + c.completion_tokens, **route.details(c.choice)})
+                                  "total_tokens": c.prompt_tokens + c.completion_tokens, **route.details(c.choice), **c.details})
     return total
 
 
@@ -232,8 +264,9 @@ def response_from_candidates(route: Route, candidates: list[Candidate], usage: J
 
 def _synthetic_chunks(route: Route, candidate: Candidate) -> list[Json]:
     """Chunks for a candidate that arrived whole, which openai's stream accumulation folds back into
-    the same choice: a role chunk (with the logprobs), its text and refusal piece by piece, one chunk
-    per tool call, the finish (with the choice's other fields)."""
+    the same choice: a role chunk, its text and refusal piece by piece, one chunk per tool call, the
+    finish (with the choice's other fields); the logprobs on the first chunk after the role's (on a
+    later choice's first chunk openai's accumulation would take them twice)."""
     base = {"object": route.chunk_object, **_core_meta(candidate.meta)}
     choice = candidate.choice
     logprobs = choice.get("logprobs")
@@ -247,7 +280,7 @@ def _synthetic_chunks(route: Route, candidate: Candidate) -> list[Json]:
         chunks = [{**base, "choices": [{"index": 0, "text": p, "finish_reason": None, "logprobs": None}]} for p in pieces]
         chunks[-1]["choices"][0].update(finish_reason=choice.get("finish_reason"), **rest)
     if logprobs is not None:
-        chunks[0]["choices"][0]["logprobs"] = logprobs
+        chunks[1 if route is CHAT else 0]["choices"][0]["logprobs"] = logprobs
     return chunks
 
 

@@ -18,6 +18,11 @@ from .._types import RESPONSES, Json
 _PIECES = re.compile(r"\s*\S+\s*|\s+")
 ENDED = ("response.completed", "response.incomplete")  # a stream that ended with one of these is whole
 FAILED = ("response.failed", "error")
+_STREAMED_PARTS = {  # the content parts a server streams as deltas: the field holding their text, their events' prefix
+    "output_text": ("text", "response.output_text"),
+    "refusal": ("refusal", "response.refusal"),
+    "reasoning_text": ("text", "response.reasoning_text"),
+}
 
 
 def event(data: Json) -> Any:
@@ -38,10 +43,14 @@ def _call_events(item: Json, index: int) -> Iterator[Json]:
 
 
 def _reasoning_events(item: Json, index: int) -> Iterator[Json]:
-    """A reasoning item's events as a server streams them: added with an empty summary; for each summary
-    part, the part added empty, its text piece by piece, the text done, the part done; then the whole item."""
-    started = {**item, "summary": [], **({"status": "in_progress"} if item.get("status") else {})}
+    """A reasoning item's events as a server streams them: added with no text (its content and summary
+    empty); each reasoning text part as a content part (`_part_events`); for each summary part, the part
+    added empty, its text piece by piece, the text done, the part done; then the whole item."""
+    content = item.get("content")
+    started = {**item, "summary": [], **({"content": []} if isinstance(content, list) else {}), **({"status": "in_progress"} if item.get("status") else {})}
     yield {"type": "response.output_item.added", "output_index": index, "item": started}
+    for content_index, part in enumerate(content if isinstance(content, list) else []):
+        yield from _part_events(part, {"item_id": item.get("id") or "", "output_index": index, "content_index": content_index})
     for summary_index, part in enumerate(item.get("summary") or []):
         where = {"item_id": item.get("id") or "", "output_index": index, "summary_index": summary_index}
         text = part.get("text") or ""
@@ -74,17 +83,17 @@ def _item_events(item: Json, index: int) -> Iterator[Json]:
 
 
 def _part_events(part: Json, where: Json) -> Iterator[Json]:
-    """One content part's events: added empty, its text (or refusal) piece by piece, its done with the
-    whole text (and an output text's logprobs), then the part done; another kind of part whole."""
+    """One content part's events: added empty, its text (refusal, reasoning text) piece by piece, its done
+    with the whole text (and an output text's logprobs), then the part done; another kind of part whole."""
     kind = part.get("type")
-    if kind not in ("output_text", "refusal"):
+    if kind not in _STREAMED_PARTS:
         yield {"type": "response.content_part.added", **where, "part": part}
         yield {"type": "response.content_part.done", **where, "part": part}
         return
-    field, prefix = ("text", "response.output_text") if kind == "output_text" else ("refusal", "response.refusal")
+    field, prefix = _STREAMED_PARTS[kind]
     text = part.get(field) or ""
     logprobs = {"logprobs": []} if kind == "output_text" else {}
-    empty = {**part, "text": "", "annotations": [], "logprobs": []} if kind == "output_text" else {**part, "refusal": ""}
+    empty = {**part, field: "", **({"annotations": [], "logprobs": []} if kind == "output_text" else {})}
     yield {"type": "response.content_part.added", **where, "part": empty}
     for piece in _PIECES.findall(text):
         yield {"type": f"{prefix}.delta", **where, "delta": piece, **logprobs}

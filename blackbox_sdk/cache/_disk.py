@@ -6,8 +6,10 @@ file that is not UTF-8 is refused like any foreign value, and a file path outsid
 is neither read nor deleted.
 
 A folder another application uses is refused before diskcache opens it (``ConfigError``, nothing
-written): one whose ``cache.db`` is an SQLite database without diskcache's tables, or one that holds
-other files (dot files such as ``.gitkeep`` aside) and no ``cache.db``. A new or empty folder, or a diskcache folder, is fine.
+written): one whose ``cache.db`` is an SQLite database without diskcache's tables, another application's
+diskcache (a key this cache never writes: opening it would clear, evict and count that application's
+entries, and rewrite the settings diskcache keeps in the folder), or one that holds other files (dot
+files such as ``.gitkeep`` aside) and no ``cache.db``. A new or empty folder, or this cache's, is fine.
 
 diskcache culls (drops expired rows, then evicts past its size limit) inside every write by default:
 three more statements per write. The store opens it with ``cull_limit=0`` and calls diskcache's own
@@ -23,7 +25,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ import diskcache  # type: ignore[import-untyped]  # ships no type hints
 from .._exceptions import CacheError, ConfigError
 from .._logging import logger
 from .._sqlite import refuse_foreign
+from ._flight import CLAIM_SUFFIX
 from ._store import Change, Claim, ForeignValueError
 
 CULL_EVERY_S = 60.0  # the longest a writing store goes between culls
@@ -39,6 +42,7 @@ CULL_EVERY_WRITES = 256  # ... or this many writes, whichever comes first
 _FILE_PATTERN = re.compile(r"[0-9a-f]{2}[/\\][0-9a-f]{2}[/\\][0-9a-f]{28}\.val")
 _OWN_NAMES = re.compile(r"cache\.db(-wal|-shm|-journal)?|[0-9a-f]{2}")  # what diskcache puts in its folder
 _DISKCACHE_TABLES = {"Settings": frozenset({"key", "value"}), "Cache": frozenset({"key", "raw", "mode", "filename", "value"})}
+_OWN_KEY_LENGTHS = (64, 64 + len(CLAIM_SUFFIX))  # the text keys this cache writes: a bucket's (SHA-256 hex) and its claim's
 
 
 class _JSONTextDisk(diskcache.Disk):  # type: ignore[misc]  # diskcache ships no type hints
@@ -85,6 +89,10 @@ def _refuse_foreign(directory: Path, timeout: float) -> None:
     database = directory / diskcache.core.DBNAME
     if database.exists():
         refuse_foreign(database, _DISKCACHE_TABLES, "response cache", timeout, own="folder")
+        foreign = _foreign_key(database, timeout)
+        if foreign is not None:
+            raise ConfigError(f"{directory} is another application's diskcache: it holds the key {foreign}, which the response cache "
+                              "never writes; it was left as it was: give the cache its own folder")
         return
     if not directory.is_dir():
         return
@@ -92,6 +100,17 @@ def _refuse_foreign(directory: Path, timeout: float) -> None:
     if others:
         shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
         raise ConfigError(f"{directory} holds other files and no response cache: {shown}; it was left as it was: give the cache its own folder")
+
+
+def _foreign_key(database: Path, timeout: float) -> str | None:
+    """A key in a diskcache database that this cache never writes (not text of a bucket's or claim's length),
+    shown short, or None: read-only, one pass over diskcache's key index (about 35 ms per 200,000 keys)."""
+    with closing(sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True, timeout=timeout)) as conn:
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'Cache'").fetchone() is None:
+            return None
+        row = conn.execute("SELECT key FROM Cache WHERE raw = 0 OR typeof(key) != 'text' OR length(key) NOT IN (?, ?) LIMIT 1",
+                           _OWN_KEY_LENGTHS).fetchone()
+    return None if row is None else repr(row[0])[:40]
 
 
 class DiskStore:
