@@ -45,6 +45,9 @@ class Call:
     claimed: bool = False  # this call won the single-flight claim on its cache key: it fetches, others wait
     cut_short: bool = False  # the budget shrank the output cap: its answers are not the request's, so not stored under its key
     usage_counted: bool = False
+    in_flight: int = 0  # requests out and not yet answered: an interrupt (a cancelled task, Ctrl-C) leaves their prompts to charge
+    arrived: list[Any] = field(default_factory=list)  # answers received and not yet settled: charged if the call fails
+    recorded: bool = False  # the call has its one log record
     request: Json = field(default_factory=dict)  # the request as the log keeps it
     overrides: Json = field(default_factory=dict)  # the caller's per-call SDK options
     valid: Callable[[str], bool] | None = None  # the caller's check of an answer (parse: it fits the schema); reranking prefers those it accepts

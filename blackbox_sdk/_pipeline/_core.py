@@ -20,7 +20,7 @@ from .._info import BlackBoxInfo
 from .._logging import logger
 from .._options import Opened, Options
 from .._tokenizer import ServerTokenizer
-from .._types import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, Json, Route
+from .._types import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, Json, Route, usage_to_charge
 from ..budget import UNCALIBRATED_ALLOWANCE, TokenCount
 from ..cache import canonical_params
 from ..call_log import new_call_id
@@ -210,7 +210,8 @@ class Core:
 
     # ---------------------------------------------------------------- after receiving
     def settle(self, call: Call, usage: Json) -> None:
-        """Settle the reservation from real usage; the cost lands on `call.info`."""
+        """Settle the reservation from real usage (the answers that arrived are paid); the cost lands on `call.info`."""
+        call.arrived = []
         if call.reservation is not None:  # adaptive K settles each round; a ledger out of reach is owed the charge (Meter.settle)
             call.info.cost_usd += call.meter.settle(call.reservation, usage)
             call.reservation = None
@@ -244,6 +245,9 @@ class Core:
 
     def record(self, call: Call, texts: list[str], usage: Json | None, error: BaseException | None = None) -> None:
         """One call-log record for the call, with its candidates, scores, cost and outcome."""
+        if call.recorded:  # once: a failure after the call was recorded (an interrupt as it ended) is not a second call
+            return
+        call.recorded = True
         info = call.info
         info.latency_s = time.perf_counter() - call.started
         info.usage_counted = call.usage_counted
@@ -270,7 +274,8 @@ class Core:
         )
 
     def fail(self, call: Call, error: BaseException) -> None:
-        """Release what was reserved and log the failed call; the caller re-raises."""
+        """Charge what was sent, release the rest of what was reserved and log the failed call; the caller re-raises."""
+        charge_sent(self, call)
         try:
             call.meter.release(call.reservation)
         except StoreUnavailableError as unreleased:  # the lease gives the hold back once it lapses
@@ -282,6 +287,29 @@ class Core:
             give_room_back(call)
         call.admission = None
         self.record(call, [], None, error)
+
+
+def answered(core: Core, call: Call, outcome: Any) -> Any:
+    """A request of a "send" came back (fan-out threads share the call): no longer in flight, and an
+    answer is owed for until the call settles."""
+    with core._lock:
+        call.in_flight -= 1
+        if not isinstance(outcome, BaseException):
+            call.arrived.append(outcome)
+    return outcome
+
+
+def charge_sent(core: Core, call: Call) -> None:
+    """Settle a failing call for what the server has: the answers that arrived, and the prompt of each
+    request still out when an interrupt came (a cancelled task, Ctrl-C: the server has it and bills it,
+    answered or not), so that its cost is never settled at $0 and its rate window keeps what it used."""
+    if not (call.arrived or call.in_flight) or (call.reservation is None and call.admission is None):
+        return
+    usages = [core.count.of_response(call, answer.to_dict(warnings=False)) for answer in call.arrived]
+    if call.in_flight:
+        usages.append(core.count.counted(call, [], call.in_flight))
+    core.settle(call, usage_to_charge(usages))  # with requests in flight, a count that teaches the endpoint nothing
+    call.in_flight = 0
 
 
 def give_room_back(call: Call) -> None:

@@ -98,39 +98,35 @@ def failed(core: Core, call: Call, error: BaseException) -> Flow:
     yield from io(call, partial(core.fail, call, error))
 
 
-def sent(call: Call, requests: tuple[Callable[[], Any], ...], arrived: list[Any]) -> Flow:
-    """Send the requests together (the core hands back each answer or its error); every answer joins
-    `arrived`, then the first error is raised."""
-    outcomes = yield Effect("send", call, requests)
-    arrived += [outcome for outcome in outcomes if not isinstance(outcome, Exception)]
+def sending(effect: Effect) -> Flow:
+    """A sending effect, its requests in flight on the call until they came back (a "send"'s one by one,
+    as the core hands each back): an interrupt meanwhile (a cancelled task, Ctrl-C) leaves those still
+    out counted, and the call's failure charges their prompts (`charge_sent`)."""
+    call = effect.call
+    call.in_flight = len(effect.requests)
+    try:
+        result = yield effect
+    except Exception:  # the request came back with its error
+        call.in_flight = 0
+        raise
+    call.in_flight = 0
+    return result
+
+
+def sent(call: Call, requests: tuple[Callable[[], Any], ...]) -> Flow:
+    """Send the requests together (the core hands back each answer or its error, and keeps each answer
+    on the call until it is settled: a failure charges them), then raise the first error."""
+    outcomes = yield from sending(Effect("send", call, requests))
     failure = next((outcome for outcome in outcomes if isinstance(outcome, Exception)), None)
     if failure is not None:
         raise failure
     return outcomes
 
 
-def billed(core: Core, call: Call, fetching: Callable[[list[Any]], Flow], split: Callable[[Core, Call, list[Json]], tuple[Any, Json]]) -> Flow:
-    """Run `fetching(arrived)`; when it fails after some answers arrived (the server bills those),
-    settle them (their usage as `split` finds it) before the error goes on, so the hold's release
-    charges what they cost."""
-    arrived: list[Any] = []
-    try:
-        return (yield from fetching(arrived))
-    except Exception:
-        if arrived:
-            yield from io(call, partial(_settle_arrived, core, call, arrived, split), counts=True)
-        raise
-
-
-def _settle_arrived(core: Core, call: Call, arrived: list[Any], split: Callable[[Core, Call, list[Json]], tuple[Any, Json]]) -> None:
-    """Settle the call's hold at what the answers that arrived used."""
-    core.settle(call, split(core, call, [response.to_dict(warnings=False) for response in arrived])[1])
-
-
 def guarded(core: Core, effect: Effect) -> Flow:
     """One effect whose failure releases the call's reservation and logs it before it propagates."""
     try:
-        return (yield effect)
+        return (yield from sending(effect))
     except BaseException as error:
         yield from failed(core, effect.call, error)
         raise
@@ -164,13 +160,13 @@ def cached(core: Core, call: Call) -> Flow:
     (here or on another host), its answer is waited for first, so that it is sent once."""
     try:
         found, in_flight = yield from io(call, partial(look, core, call))
-    except BaseException as error:  # cancelled while the look ran on: a claim it won is given back
+        if not in_flight:
+            return found
+        yield Effect("wait", call)
+        return (yield from io(call, partial(core.lookup, call)))
+    except BaseException as error:  # cancelled while the look ran on (a claim it won is given back), or while waiting
         yield from failed(core, call, error)
         raise
-    if not in_flight:
-        return found
-    yield Effect("wait", call)
-    return (yield from io(call, partial(core.lookup, call)))
 
 
 def look(core: Core, call: Call) -> tuple[list[Candidate], bool]:
@@ -245,6 +241,16 @@ def complete(core: Core, call: Call) -> Flow:
 def rounds(core: Core, call: Call, stored: list[Candidate], confidence: float) -> Flow:
     """Adaptive K: hold 2 answers, then 4, 8, ... up to `rerank_n`, each round paid on its own, until
     the reranker's pick holds `confidence` of the softmax over the scores."""
+    try:
+        fresh, usage = yield from _rounds(core, call, stored, confidence)
+    except BaseException as error:  # between rounds too (a reranker that fails, an interrupt): logged once
+        yield from failed(core, call, error)
+        raise
+    return (yield from last(core, call, partial(finish, core, call, stored, fresh, usage, paid=True)))
+
+
+def _rounds(core: Core, call: Call, stored: list[Candidate], confidence: float) -> Flow:
+    """The rounds: the fresh candidates, and their usage (each round settled)."""
     fresh: list[Candidate] = []
     usage: Json | None = None
     share = (yield from io(call, partial(_share, call, stored))) if len(stored) >= FIRST_ROUND else None
@@ -255,7 +261,7 @@ def rounds(core: Core, call: Call, stored: list[Candidate], confidence: float) -
         fresh, usage = fresh + got, add_usage(usage or {}, used)
         share = yield from io(call, partial(_share, call, stored + fresh))
         size = next_round(len(stored) + len(fresh), call.want, share, confidence)
-    return (yield from last(core, call, partial(finish, core, call, stored, fresh, usage, paid=True)))
+    return fresh, usage
 
 
 def _share(call: Call, candidates: list[Candidate]) -> float:
@@ -271,24 +277,19 @@ def _answers(core: Core, call: Call, count: int, max_tokens: int | None) -> Flow
 
 
 def fetch(core: Core, call: Call, count: int, max_tokens: int | None) -> Flow:
-    """`count` fresh choices: one request with n, then concurrent single requests for what it lacked;
-    when one fails, those that arrived are settled first."""
-    return (yield from billed(core, call, partial(_fetch, core, call, count, max_tokens), pieces))
-
-
-def _fetch(core: Core, call: Call, count: int, max_tokens: int | None, arrived: list[Any]) -> Flow:
-    """`fetch`'s requests, each answer added to `arrived`."""
+    """`count` fresh choices: one request with n, then concurrent single requests for what it lacked
+    (each answer is kept on the call until settled: when one fails, those that arrived are charged)."""
     seeds = core.seeds(call, count)
     single = call.prompts == 1
     if count > 1 and core.ignores_n and single:
-        return (yield from sent(call, tuple(core.sender(call, 1, max_tokens, seed) for seed in seeds), arrived))
-    [first] = yield from sent(call, (core.sender(call, count, max_tokens, seeds[0]),), arrived)
+        return (yield from sent(call, tuple(core.sender(call, 1, max_tokens, seed) for seed in seeds)))
+    [first] = yield from sent(call, (core.sender(call, count, max_tokens, seeds[0]),))
     got = len(first.choices or [])  # a server's null choices: none
     if count > 1 and single:
         core.ignores_n = got < count
     if got >= count or got == 0 or not single:
         return [first]
-    rest = yield from sent(call, tuple(core.sender(call, 1, max_tokens, seed) for seed in seeds[got:count]), arrived)
+    rest = yield from sent(call, tuple(core.sender(call, 1, max_tokens, seed) for seed in seeds[got:count]))
     return [first, *rest]
 
 
@@ -302,7 +303,7 @@ def stream(core: Core, call: Call) -> Flow:
     def opened(count: int, max_tokens: int | None) -> Flow:
         """The live stream asking for `count` choices, and the relay that fans out what it lacks."""
         seeds = core.seeds(call, count)
-        live, head = yield Effect("open", call, (core.sender(call, count, max_tokens, seeds[0]),))
+        live, head = yield from sending(Effect("open", call, (core.sender(call, count, max_tokens, seeds[0]),)))
         return live, head, Relay(core, call, stored, seeds, max_tokens)
 
     live, head, relay = yield from paid(core, call, missing, opened)
@@ -317,7 +318,7 @@ def embed(core: Core, params: Json, overrides: Json) -> Flow:
         return (yield from io(call, partial(finish_embedding, core, call, None, stored)))
     try:
         yield from admit(core, call, 1)
-        [response] = yield from sent(call, (lambda: core.inner.embeddings.create(**params),), [])
+        [response] = yield from sent(call, (lambda: core.inner.embeddings.create(**params),))
     except BaseException as error:
         yield from failed(core, call, error)
         raise

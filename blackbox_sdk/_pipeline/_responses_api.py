@@ -24,7 +24,7 @@ from ._calibrate import remember_context
 from ._call import Call
 from ._candidates import Candidate
 from ._core import Core, build
-from ._flows import Effect, Flow, billed, cached, io, last, paid, sent
+from ._flows import Effect, Flow, cached, io, last, paid, sending, sent
 from ._relay import Relay
 from ._response_events import ENDED, arrived, event, events_of, final_response
 from ._responses import account, choose, logged_texts, unstreamed
@@ -54,9 +54,8 @@ def sender(core: Core, call: Call, max_tokens: int | None) -> Callable[[], Any]:
 
 
 def answers(core: Core, call: Call, count: int, max_tokens: int | None) -> Flow:
-    """`count` concurrent requests, and their answers as candidates (when one fails, those that arrived are settled first)."""
-    requests = tuple(sender(core, call, max_tokens) for _ in range(count))
-    responses = yield from billed(core, call, partial(sent, call, requests), pieces)
+    """`count` concurrent requests, and their answers as candidates (when one fails, those that arrived are charged)."""
+    responses = yield from sent(call, tuple(sender(core, call, max_tokens) for _ in range(count)))
     return responses, (yield from io(call, partial(pieces, core, call, [r.to_dict(warnings=False) for r in responses]), counts=True))
 
 
@@ -134,7 +133,7 @@ def stream(core: Core, call: Call) -> Flow:
 
     def opened(_: int, max_tokens: int | None) -> Flow:
         """The one live stream (the Responses API has no `n`)."""
-        return (yield Effect("open", call, (sender(core, call, max_tokens),)))
+        return (yield from sending(Effect("open", call, (sender(core, call, max_tokens),))))
 
     live, head = yield from paid(core, call, 1, opened)
     return core.live_stream(ResponseRelay(core, call), live, head)

@@ -1,0 +1,359 @@
+"""An `AsyncOpenAI` call cancelled (`asyncio.wait_for`, a web framework dropping a request whose
+client went away) or a stream left early, wherever it waits: its request out, single flight, a
+rate-limit slot, the calibration gate, K reranked requests gathered, a stream mid-read. Whatever the
+point, CancelledError goes on as it came, nothing stays reserved, what was sent is charged (the
+server has the prompt), no claim keeps identical requests waiting, nothing partial is cached, and
+the call has exactly one log record. The sync client interrupted (Ctrl-C) at the same points does
+the same.
+
+The server is a real HTTP server on a loopback port that answers as slowly as each test needs; the
+ledger, cache and call log are the real SQLite ones in the test's folder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+
+from blackbox_sdk import AsyncOpenAI, Budget, CallLog, OpenAI, RateLimitExceededError, RateLimits
+
+MODEL = "gpt-4o-mini"
+PRICES = {MODEL: {"input": 1.0, "output": 2.0}}  # USD per million tokens
+ANSWER_USD = (10 * 1.0 + 5 * 2.0) / 1e6  # one answer's usage: 10 prompt and 5 completion tokens
+SLOW_S = 3.0  # a slow answer: far longer than any test waits for it
+
+
+def ask(text: str) -> list[dict[str, str]]:
+    """One user message."""
+    return [{"role": "user", "content": text}]
+
+
+class SlowServer:
+    """An OpenAI-compatible endpoint: each request waits `delay(body, index)` seconds before its answer
+    (a stream: before each chunk); `one_choice` answers one choice whatever `n` (as llama.cpp does)."""
+
+    def __init__(self, delay: Callable[[dict[str, Any], int], float], one_choice: bool = False) -> None:
+        self.bodies: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+                if not self.path.endswith("/chat/completions"):
+                    self.send_error(404)
+                    return
+                with server.lock:
+                    index = len(server.bodies)
+                    server.bodies.append(body)
+                try:
+                    server.answer(self, body, delay(body, index), 1 if one_choice else int(body.get("n") or 1))
+                except OSError:
+                    pass  # the client went away
+
+            def log_message(self, *args: object) -> None:
+                """Quiet."""
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    @staticmethod
+    def answer(handler: BaseHTTPRequestHandler, body: dict[str, Any], delay: float, choices: int) -> None:
+        """A whole answer after `delay`, or a stream of three chunks, each after `delay`."""
+        usage = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+        if not body.get("stream"):
+            time.sleep(delay)
+            data = json.dumps({
+                "id": "x", "object": "chat.completion", "created": 1, "model": MODEL, "usage": usage,
+                "choices": [{"index": i, "message": {"role": "assistant", "content": f"answer {i}"}, "finish_reason": "stop"} for i in range(choices)],
+            }).encode()
+            handler.send_response(200)
+            handler.send_header("Content-Type", "application/json")
+            handler.send_header("Content-Length", str(len(data)))
+            handler.end_headers()
+            handler.wfile.write(data)
+            return
+        handler.send_response(200)
+        handler.send_header("Content-Type", "text/event-stream")
+        handler.end_headers()
+        for text, reason in (("one", None), (" two", None), (" three", "stop")):
+            time.sleep(delay)
+            chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": MODEL,
+                     "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": reason}]}
+            handler.wfile.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+            handler.wfile.flush()
+        handler.wfile.write(b"data: [DONE]\n\n")
+
+    def close(self) -> None:
+        """Stop serving."""
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def slow_when_asked(body: dict[str, Any], index: int) -> float:
+    """SLOW_S for a message that says "slow", 0.4 s for "streaming", else at once."""
+    text = body["messages"][-1]["content"]
+    return SLOW_S if "slow" in text else 0.4 if "streaming" in text else 0.0
+
+
+@pytest.fixture
+def server() -> Iterator[SlowServer]:
+    """A server slow for the messages that ask it to be."""
+    running = SlowServer(slow_when_asked)
+    yield running
+    running.close()
+
+
+class Stores:
+    """A test's ledger, cache and call log (SQLite, in its folder) and the clients on them."""
+
+    def __init__(self, tmp_path: Path, url: str, **options: Any) -> None:
+        self.budget = Budget(total_usd=1.0, prices=PRICES, ledger=tmp_path / "ledger.db")
+        self.log = CallLog(tmp_path / "calls.db")
+        self.options = {"base_url": url, "api_key": "sk-test", "max_retries": 0, "budget": self.budget,
+                        "cache": str(tmp_path / "cache"), "log": self.log, **options}
+
+    def client(self, **options: Any) -> AsyncOpenAI:
+        """An async client on the stores."""
+        return AsyncOpenAI(**{**self.options, **options})
+
+    def sync_client(self, **options: Any) -> OpenAI:
+        """A sync client on the stores."""
+        return OpenAI(**{**self.options, **options})
+
+    def held(self) -> tuple[int, float, float]:
+        """Reservations outstanding, USD reserved, USD spent."""
+        report = self.budget.report()
+        return report.outstanding_reservations, report.reserved_usd, report.spent_usd
+
+    def errors(self) -> list[str | None]:
+        """Each logged call's error (None for a call that succeeded), oldest first."""
+        self.log.flush()
+        return [record.error for record in sorted(self.log.calls(), key=lambda r: r.created)]
+
+    def cost_of(self, error: str) -> float:
+        """The logged cost of the one call that failed with `error`."""
+        self.log.flush()
+        [record] = [r for r in self.log.calls() if r.error and r.error.startswith(error)]
+        return record.cost_usd
+
+
+async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait (on the loop) until `condition()` holds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+async def cancelled(task: asyncio.Task[Any]) -> None:
+    """Cancel the task and check that CancelledError, and nothing else, comes out of it."""
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_a_call_cancelled_while_its_request_is_out_is_charged_its_prompt_and_logged_once(server: SlowServer, tmp_path: Path) -> None:
+    stores = Stores(tmp_path, server.url)
+    sdk = stores.client()
+    await sdk.chat.completions.create(model=MODEL, messages=ask("hi"), max_tokens=50)  # calibrates the endpoint
+    task = asyncio.create_task(sdk.chat.completions.create(model=MODEL, messages=ask("slow"), max_tokens=50))
+    await until(lambda: len(server.bodies) == 2)  # the server has the request
+    await asyncio.sleep(0.1)
+    await cancelled(task)
+    outstanding, reserved, spent = stores.held()
+    assert (outstanding, reserved) == (0, 0.0)
+    assert spent > ANSWER_USD  # the answer before, and the prompt the server was sent
+    assert stores.errors()[1].startswith("CancelledError") and len(stores.errors()) == 2
+    assert stores.cost_of("CancelledError") > 0
+    started = time.monotonic()
+    with pytest.raises(asyncio.TimeoutError):  # no claim left: the same request is sent again at once, not served from a cache
+        await asyncio.wait_for(sdk.chat.completions.create(model=MODEL, messages=ask("slow"), max_tokens=50), 0.5)
+    assert time.monotonic() - started < 1.5 and len(server.bodies) == 3
+    assert stores.held()[:2] == (0, 0.0)
+
+
+def test_a_sync_call_interrupted_while_its_request_is_out_is_charged_its_prompt_and_logged_once(server: SlowServer, tmp_path: Path) -> None:
+    """Ctrl-C once the server has the request (here: as its answer comes)."""
+
+    def interrupt(response: httpx2.Response) -> None:
+        if "interrupt" in response.request.content.decode():
+            raise KeyboardInterrupt
+
+    stores = Stores(tmp_path, server.url)
+    sdk = stores.sync_client(http_client=httpx2.Client(event_hooks={"response": [interrupt]}))
+    sdk.chat.completions.create(model=MODEL, messages=ask("hi"), max_tokens=50)
+    with pytest.raises(KeyboardInterrupt):
+        sdk.chat.completions.create(model=MODEL, messages=ask("interrupt"), max_tokens=50)
+    outstanding, reserved, spent = stores.held()
+    assert (outstanding, reserved) == (0, 0.0) and spent > ANSWER_USD
+    assert stores.errors()[1].startswith("KeyboardInterrupt") and len(stores.errors()) == 2
+
+
+async def test_a_cancelled_request_the_server_has_still_counts_in_the_rate_window(server: SlowServer, tmp_path: Path) -> None:
+    stores = Stores(tmp_path, server.url, rate_limit=RateLimits(rpm=1))
+    sdk = stores.client()
+    task = asyncio.create_task(sdk.chat.completions.create(model=MODEL, messages=ask("slow"), max_tokens=50))
+    await until(lambda: len(server.bodies) == 1)
+    await cancelled(task)
+    with pytest.raises(RateLimitExceededError):  # the request was sent: its slot is used, not given back
+        await sdk.chat.completions.create(model=MODEL, messages=ask("hi"), max_tokens=50)
+    assert len(server.bodies) == 1 and stores.held()[:2] == (0, 0.0)
+
+
+async def test_a_call_cancelled_while_it_waits_on_single_flight_is_logged_and_the_winner_goes_on(server: SlowServer, tmp_path: Path) -> None:
+    stores = Stores(tmp_path, server.url)
+    sdk = stores.client()
+    await sdk.chat.completions.create(model=MODEL, messages=ask("hi"), max_tokens=50)
+    winner = asyncio.create_task(sdk.chat.completions.create(model=MODEL, messages=ask("slow"), max_tokens=50))
+    await until(lambda: len(server.bodies) == 2)
+    waiter = asyncio.create_task(sdk.chat.completions.create(model=MODEL, messages=ask("slow"), max_tokens=50))
+    await asyncio.sleep(0.3)  # waiting on the winner's answer
+    await cancelled(waiter)
+    assert stores.errors()[-1].startswith("CancelledError") and len(stores.errors()) == 2
+    assert stores.held()[0] == 1  # the winner's own hold, only
+    assert (await winner).choices[0].message.content == "answer 0"
+    assert stores.held()[:2] == (0, 0.0) and len(server.bodies) == 2
+
+
+async def test_waiters_go_at_once_when_the_single_flight_winner_is_cancelled(tmp_path: Path) -> None:
+    first_slow = SlowServer(lambda body, index: SLOW_S if index == 1 else 0.0)
+    try:
+        stores = Stores(tmp_path, first_slow.url)
+        sdk = stores.client()
+        await sdk.chat.completions.create(model=MODEL, messages=ask("hi"), max_tokens=50)
+        winner = asyncio.create_task(sdk.chat.completions.create(model=MODEL, messages=ask("again"), max_tokens=50))
+        await until(lambda: len(first_slow.bodies) == 2)
+        waiter = asyncio.create_task(sdk.chat.completions.create(model=MODEL, messages=ask("again"), max_tokens=50))
+        await asyncio.sleep(0.3)
+        started = time.monotonic()
+        await cancelled(winner)
+        got = await asyncio.wait_for(waiter, 5.0)  # not the 60 s single-flight wait
+        assert got.choices[0].message.content == "answer 0" and time.monotonic() - started < 2.0
+        assert stores.held()[:2] == (0, 0.0)
+        assert [e and e.split(":")[0] for e in stores.errors()] == [None, "CancelledError", None]
+    finally:
+        first_slow.close()
+
+
+async def test_a_call_cancelled_while_it_waits_for_a_rate_limit_slot_holds_nothing(server: SlowServer, tmp_path: Path) -> None:
+    stores = Stores(tmp_path, server.url, rate_limit=RateLimits(rpm=1, policy="wait", max_wait_s=120))
+    sdk = stores.client()
+    await sdk.chat.completions.create(model=MODEL, messages=ask("hi"), max_tokens=50)
+    waiting = asyncio.create_task(sdk.chat.completions.create(model=MODEL, messages=ask("more"), max_tokens=50))
+    await asyncio.sleep(0.3)
+    started = time.monotonic()
+    await cancelled(waiting)
+    assert time.monotonic() - started < 1.0
+    assert len(server.bodies) == 1 and stores.held()[:2] == (0, 0.0)
+    assert [e and e.split(":")[0] for e in stores.errors()] == [None, "CancelledError"]
+
+
+async def test_calls_cancelled_at_the_calibration_gate_or_holding_it_leave_it_open(server: SlowServer, tmp_path: Path) -> None:
+    stores = Stores(tmp_path, server.url)
+    sdk = stores.client()
+    holder = asyncio.create_task(sdk.chat.completions.create(model=MODEL, messages=ask("slow"), max_tokens=50))
+    await until(lambda: len(server.bodies) == 1)  # the first call to the endpoint holds its gate
+    queued = asyncio.create_task(sdk.chat.completions.create(model=MODEL, messages=ask("hi"), max_tokens=50))
+    await asyncio.sleep(0.3)
+    await cancelled(queued)
+    assert len(server.bodies) == 1 and stores.held()[0] == 1
+    await cancelled(holder)
+    started = time.monotonic()
+    got = await sdk.chat.completions.create(model=MODEL, messages=ask("hi"), max_tokens=50)  # the gate is free: not 120 s
+    assert got.choices[0].message.content == "answer 0" and time.monotonic() - started < 2.0
+    assert stores.held()[:2] == (0, 0.0)
+    assert [e and e.split(":")[0] for e in stores.errors()] == ["CancelledError", "CancelledError", None]
+
+
+async def test_reranked_requests_gathered_are_all_cancelled_and_what_they_sent_is_charged(tmp_path: Path) -> None:
+    """The server ignores n: the first request's one answer arrives, the three more requests are cancelled while out."""
+    fan_out = SlowServer(lambda body, index: SLOW_S if index > 1 else 0.0, one_choice=True)
+    try:
+        stores = Stores(tmp_path, fan_out.url, reranker=lambda question, answers: [float(len(a)) for a in answers], rerank_n=4)
+        sdk = stores.client()
+        await sdk.chat.completions.create(model=MODEL, messages=ask("hi"), max_tokens=50, reranker=None)  # calibrates
+        spent_before = stores.held()[2]
+        task = asyncio.create_task(sdk.chat.completions.create(model=MODEL, messages=ask("pick"), max_tokens=50))
+        await until(lambda: len(fan_out.bodies) == 5)
+        await asyncio.sleep(0.1)
+        await cancelled(task)
+        assert not [t for t in asyncio.all_tasks() if "_outcome" in repr(t.get_coro())]  # no sibling request left running
+        outstanding, reserved, spent = stores.held()
+        assert (outstanding, reserved) == (0, 0.0)
+        assert spent - spent_before > ANSWER_USD  # the answer that arrived, and the prompts of the three cancelled
+        assert stores.cost_of("CancelledError") == pytest.approx(spent - spent_before)
+        await asyncio.sleep(0.3)
+        assert len(fan_out.bodies) == 5  # nothing retried
+    finally:
+        fan_out.close()
+
+
+async def test_a_stream_cancelled_before_its_first_chunk_is_charged_its_prompt(server: SlowServer, tmp_path: Path) -> None:
+    stores = Stores(tmp_path, server.url)
+    sdk = stores.client()
+    await sdk.chat.completions.create(model=MODEL, messages=ask("hi"), max_tokens=50)
+    task = asyncio.create_task(sdk.chat.completions.create(model=MODEL, messages=ask("slow"), max_tokens=50, stream=True))
+    await until(lambda: len(server.bodies) == 2)
+    await cancelled(task)
+    outstanding, reserved, spent = stores.held()
+    assert (outstanding, reserved) == (0, 0.0) and spent > ANSWER_USD
+    assert stores.errors()[-1].startswith("CancelledError") and len(stores.errors()) == 2
+
+
+@pytest.mark.parametrize("how", ["cancel", "close", "drop"])
+async def test_a_stream_left_mid_read_is_charged_not_cached_and_logged_once(server: SlowServer, tmp_path: Path, how: str) -> None:
+    stores = Stores(tmp_path, server.url)
+    sdk = stores.client()
+    await sdk.chat.completions.create(model=MODEL, messages=ask("hi"), max_tokens=50)
+    stream = await sdk.chat.completions.create(model=MODEL, messages=ask("streaming"), max_tokens=50, stream=True)
+    first = await anext(aiter(stream))
+    assert first.choices[0].delta.content == "one"
+    if how == "cancel":
+        reading = asyncio.create_task(anext(stream))
+        await asyncio.sleep(0.1)  # waiting for the next chunk
+        await cancelled(reading)
+    elif how == "close":
+        await stream.close()
+    else:
+        del stream
+    await until(lambda: gc.collect() >= 0 and stores.held()[0] == 0)  # a dropped stream: the loop closes its generator once collected
+    outstanding, reserved, spent = stores.held()
+    assert reserved == 0.0 and spent > ANSWER_USD
+    expected = "CancelledError" if how == "cancel" else "RuntimeError: stream closed before its end"
+    assert stores.errors()[-1].startswith(expected) and len(stores.errors()) == 2
+    again = await sdk.chat.completions.create(model=MODEL, messages=ask("streaming"), max_tokens=50)
+    assert not again.blackbox.cache_hit and len(server.bodies) == 3
+
+
+async def test_a_call_cancelled_between_adaptive_rounds_is_logged_once_with_its_paid_round(server: SlowServer, tmp_path: Path) -> None:
+    """Cancelled while the reranker scores the first round (in a worker thread, which runs on to its end)."""
+    scoring = threading.Event()
+
+    def reranker(question: str, answers: list[str]) -> list[float]:
+        scoring.set()
+        time.sleep(0.5)
+        return [1.0] * len(answers)  # no clear pick: another round would follow
+
+    stores = Stores(tmp_path, server.url, reranker=reranker, rerank_n=8, rerank_confidence=0.99)
+    sdk = stores.client()
+    await sdk.chat.completions.create(model=MODEL, messages=ask("hi"), max_tokens=50, reranker=None)
+    task = asyncio.create_task(sdk.chat.completions.create(model=MODEL, messages=ask("pick"), max_tokens=50))
+    await until(scoring.is_set)
+    await cancelled(task)
+    outstanding, reserved, spent = stores.held()
+    assert (outstanding, reserved) == (0, 0.0) and spent == pytest.approx(2 * ANSWER_USD)  # the first round is paid
+    assert [e and e.split(":")[0] for e in stores.errors()] == [None, "CancelledError"]
+    assert stores.cost_of("CancelledError") == pytest.approx(ANSWER_USD)
