@@ -126,6 +126,18 @@ def test_text_parts_read_like_the_same_string(backend: HFBackend) -> None:
         pytest.param({"messages": COUNT, "soft_prompt": "unknown"}, "soft_prompt", id="soft-prompt"),
         pytest.param({"messages": COUNT, "tools": [{"type": "function"}]}, "tools", id="tools"),
         pytest.param({"messages": COUNT, "max_tokens": 10**6}, "messages", id="context"),
+        pytest.param({"messages": COUNT, "n": 129, "max_tokens": 1}, "n", id="n-over-128"),
+        pytest.param({"messages": COUNT, "temperature": "1", "max_tokens": 1}, "temperature", id="temperature-string"),
+        pytest.param({"messages": COUNT, "top_p": "0.5", "max_tokens": 1}, "top_p", id="top-p-string"),
+        pytest.param({**GREEDY, "stream_options": {"include_usage": True}}, "stream_options", id="not-streamed"),
+        pytest.param({**GREEDY, "max_token": 4}, "max_token", id="unknown-param"),
+        pytest.param({**GREEDY, "messages": [{"role": "user", "content": []}]}, "messages[0].content", id="empty-parts"),
+        pytest.param(
+            {**GREEDY, "messages": [*COUNT, {"role": "tool", "content": "10"}]},
+            "messages[1].tool_call_id",
+            id="no-tool-call-id",
+        ),
+        pytest.param({**GREEDY, "response_format": {"type": "json_object"}}, "messages", id="json-unsaid"),
     ],
 )
 def test_invalid_chat_requests_fail_without_touching_the_model(
@@ -144,6 +156,16 @@ def test_invalid_chat_requests_fail_without_touching_the_model(
         pytest.param("embeddings", {"input": ""}, "input", id="empty-input"),
         pytest.param("embeddings", {"input": "hi", "encoding_format": "hex"}, "encoding_format", id="format"),
         pytest.param("embeddings", {"input": [10**9]}, "input[0]", id="token-out-of-vocab"),
+        pytest.param("embeddings", {"input": "hi", "dimensions": 10**6}, "dimensions", id="dimensions-too-many"),
+        pytest.param("embeddings", {"input": ["hi"] * 2049}, "input", id="inputs-over-2048"),
+        pytest.param("embeddings", {"input": "hi", "dimension": 8}, "dimension", id="embeddings-unknown-param"),
+        pytest.param("completion", {"prompt": "Hi", "max_tokens": 1, "sufix": "!"}, "sufix", id="completion-unknown"),
+        pytest.param(
+            "completion",
+            {"prompt": "Hi", "max_tokens": 1, "stream_options": {"include_usage": True}},
+            "stream_options",
+            id="not-streamed",
+        ),
     ],
 )
 def test_invalid_completion_and_embedding_requests_name_the_param(
@@ -152,6 +174,17 @@ def test_invalid_completion_and_embedding_requests_name_the_param(
     error = _without_the_model(backend, lambda: getattr(backend, call)(params))
     assert isinstance(error, LocalRequestError)
     assert error.param == param
+
+
+def test_openai_fields_the_backend_ignores_and_tool_replies_are_accepted(backend: HFBackend) -> None:
+    messages = [*COUNT, {"role": "assistant", "content": "1"}, {"role": "tool", "content": "2", "tool_call_id": "c1"}]
+    ignored = {"user": "u1", "metadata": {"k": "v"}, "store": False, "service_tier": "auto", "stream": False}
+    reply = backend.chat_completion({**GREEDY, **ignored, "messages": messages, "max_tokens": 2, "temperature": 1})
+    assert len(reply["choices"]) == 1 and reply["usage"]["completion_tokens"] >= 1  # an int temperature is a number
+    said = [{"role": "user", "content": "Answer in JSON: count to 3."}]
+    json_mode = {"response_format": {"type": "json_object"}}
+    reply = backend.chat_completion({**GREEDY, "messages": said, "max_tokens": 2, **json_mode})
+    assert reply["choices"][0]["message"]["content"].startswith("{")
 
 
 def test_greedy_n_repeats_the_one_decoding_and_bills_each_choice(backend: HFBackend) -> None:

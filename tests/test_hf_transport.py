@@ -198,6 +198,9 @@ def test_models_list_names_the_local_model(client: openai.OpenAI, backend: HFBac
         pytest.param({"messages": [{"role": "user", "content": 3}]}, "messages[0].content", id="bad-messages"),
         pytest.param({"extra_body": {"soft_prompt": "unknown"}}, "soft_prompt", id="unknown-soft-prompt"),
         pytest.param({"stream": True, "n": 0}, "n", id="stream-n-zero"),
+        pytest.param({"extra_body": {"max_token": 4}}, "max_token", id="unrecognized-argument"),
+        pytest.param({"stream_options": {"include_usage": True}}, "stream_options", id="stream-options-unstreamed"),
+        pytest.param({"response_format": {"type": "json_object"}}, "messages", id="json-object-unsaid"),
     ],
 )
 def test_bad_input_raises_bad_request_before_generation(

@@ -176,6 +176,9 @@ async def test_async_stream_helper_and_async_create(aclient: openai.AsyncOpenAI,
         pytest.param({"tool_choice": "required"}, "tool_choice", id="tool_choice"),
         pytest.param({"max_output_tokens": 0}, "max_output_tokens", id="max_output_tokens"),
         pytest.param({"temperature": 3}, "temperature", id="temperature"),
+        pytest.param({"temperature": "1", "max_output_tokens": 2}, "temperature", id="temperature-string"),
+        pytest.param({"max_output_tokens": 2, "extra_body": {"temprature": 0}}, "temprature", id="unrecognized"),
+        pytest.param({"max_output_tokens": 2, "text": {"format": {"type": "json_object"}}}, "input", id="json-unsaid"),
         pytest.param({"input": []}, "input", id="empty-input"),
         pytest.param(
             {"input": [{"type": "function_call_output", "call_id": "c", "output": "x"}]}, "input[0]", id="item-type"

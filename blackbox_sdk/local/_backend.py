@@ -38,7 +38,7 @@ from ._responses import chat_choice, completion_choice, embedding_list, envelope
 from ._responses_api import Shell, response_body, response_events
 from ._responses_request import ResponsesRequest, chat_request, parse_responses_request
 from ._streaming import chat_chunks, completion_chunks, stream_choice
-from ._structured import Structured, chat_format, conforms, text_format, with_instruction
+from ._structured import Structured, chat_format, check_json_word, conforms, text_format, with_instruction
 
 
 class HFBackend:
@@ -176,6 +176,7 @@ class HFBackend:
     def _chat_plan(self, request: ChatRequest, structured: Structured | None = None) -> tuple[Prompt, Decoding]:
         """The templated prompt of a chat request (its format's instruction added) and its decoding settings."""
         structured = structured or chat_format(request.response_format)
+        check_json_word(request.messages, structured)
         ids = template_ids(self.tokenizer, with_instruction(request.messages, structured))
         prompt = Prompt(ids, self._soft_prompt(request.soft_prompt))
         return prompt, chat_decoding(self._lm, request, prompt, structured)

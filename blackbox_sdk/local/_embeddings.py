@@ -30,9 +30,12 @@ def embedding_ids(lm: LoadedModel, item: str | list[int], param: str) -> list[in
 
 def embed(lm: LoadedModel, id_lists: list[list[int]], dimensions: int | None) -> torch.Tensor:
     """L2-normalised mean of the last hidden states over each input's tokens, cut to `dimensions`: [N, D] float32."""
+    hidden = lm.model.config.hidden_size
+    if dimensions is not None and dimensions > hidden:  # refused before any forward pass
+        raise LocalRequestError(f"dimensions must be at most {hidden} for this model", param="dimensions")
     parts = [_embed_batch(lm, id_lists[i : i + EMBEDDING_BATCH]) for i in range(0, len(id_lists), EMBEDDING_BATCH)]
     vectors = torch.nn.functional.normalize(torch.cat(parts), dim=-1)  # [N, H]
-    return vectors if dimensions is None else _truncate(vectors, dimensions)
+    return vectors if dimensions is None else torch.nn.functional.normalize(vectors[:, :dimensions], dim=-1)
 
 
 def _embed_batch(lm: LoadedModel, id_lists: list[list[int]]) -> torch.Tensor:
@@ -44,13 +47,6 @@ def _embed_batch(lm: LoadedModel, id_lists: list[list[int]]) -> torch.Tensor:
         hidden = lm.model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state.float()  # [B, T, H]
     weights = mask.unsqueeze(-1).float()  # [B, T, 1]
     return (hidden * weights).sum(1) / weights.sum(1)  # [B, H]
-
-
-def _truncate(vectors: torch.Tensor, dimensions: int) -> torch.Tensor:
-    """Keep the first `dimensions` components and re-normalise (OpenAI's `dimensions`)."""
-    if dimensions > vectors.shape[1]:
-        raise LocalRequestError(f"dimensions must be at most {vectors.shape[1]} for this model", param="dimensions")
-    return torch.nn.functional.normalize(vectors[:, :dimensions], dim=-1)
 
 
 def forward_embeds(

@@ -7,8 +7,10 @@ Imports without torch, so the `local` face can export the error.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
+from openai.types import completion_create_params, embedding_create_params
+from openai.types.chat import completion_create_params as chat_create_params
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -25,10 +27,20 @@ from .._exceptions import ConfigError
 MAX_STOP_STRINGS = 4  # OpenAI accepts up to 4 stop sequences
 MAX_TOP_LOGPROBS_CHAT = 20  # OpenAI's cap for chat top_logprobs
 MAX_LOGPROBS_COMPLETION = 5  # OpenAI's cap for legacy completions logprobs
+MAX_N = 128  # OpenAI's cap on choices per request
+MAX_EMBEDDING_INPUTS = 2048  # OpenAI's cap on the inputs of one /embeddings request
+LOCAL_PARAMS = ("soft_prompt",)  # this backend's own body fields, beside OpenAI's
 UNSUPPORTED_PARAMS = ("tools", "functions", "audio", "prediction", "logit_bias", "suffix", "best_of")
 
 Schema = TypeVar("Schema", bound=BaseModel)
+OpenAIBodyT = TypeVar("OpenAIBodyT", bound="OpenAIBody")
 PositiveInt = Annotated[int, Field(strict=True, ge=1)]
+Penalty = Annotated[float, Field(strict=True, ge=-2, le=2)]
+
+
+def openai_params(typed: type, *extra: str) -> frozenset[str]:
+    """The body fields an openai-python params TypedDict names, plus extras (`stream`, which its base leaves out; ours)."""
+    return frozenset(typed.__annotations__) | set(extra)
 
 
 class LocalRequestError(ConfigError):
@@ -50,13 +62,24 @@ class Message(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "user", "assistant", "tool", "developer"]
     content: str
+    tool_call_id: str | None = Field(default=None, validate_default=True)
 
     @field_validator("content", mode="before")
     @classmethod
     def _join_text_parts(cls, value: object) -> object:
-        """Join a list of `{"type": "text", "text": ...}` parts with newlines."""
+        """Join a non-empty list of `{"type": "text", "text": ...}` parts with newlines."""
+        if value == []:
+            raise ValueError("content must not be an empty array of parts")
         if isinstance(value, list):
             return "\n".join(_part_text(part) for part in value)
+        return value
+
+    @field_validator("tool_call_id")
+    @classmethod
+    def _tool_needs_its_call(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """OpenAI refuses a tool message that does not name the call it answers."""
+        if value is None and info.data.get("role") == "tool":
+            raise ValueError("a message with role 'tool' needs a tool_call_id")
         return value
 
 
@@ -67,18 +90,24 @@ class StreamOptions(BaseModel):
     include_usage: StrictBool = False
 
 
-class Sampling(BaseModel):
+class OpenAIBody(BaseModel):
+    """A request body: OpenAI's fields that the backend reads, and the names of all it accepts."""
+
+    model_config = ConfigDict(extra="allow")  # known fields it does not read are accepted and ignored
+    known_params: ClassVar[frozenset[str]] = frozenset()  # any other field is a 400, as OpenAI answers
+
+
+class Sampling(OpenAIBody):
     """Options shared by chat and text completions, with OpenAI's names, defaults and ranges."""
 
-    model_config = ConfigDict(extra="allow")
-    n: PositiveInt = 1
+    n: Annotated[int, Field(strict=True, ge=1, le=MAX_N)] = 1
     max_tokens: PositiveInt | None = None
-    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
-    top_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    temperature: Annotated[float, Field(strict=True, ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(strict=True, ge=0, le=1)] | None = None
     stop: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list, max_length=MAX_STOP_STRINGS)
     seed: Annotated[int, Field(strict=True, ge=-(2**63), lt=2**64)] | None = None
-    presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None  # accepted, not applied
-    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None  # accepted, not applied
+    presence_penalty: Penalty | None = None  # accepted, not applied
+    frequency_penalty: Penalty | None = None  # accepted, not applied
     stream: StrictBool | None = None
     stream_options: StreamOptions | None = None
     soft_prompt: Annotated[str, Field(min_length=1)] | None = None
@@ -91,6 +120,14 @@ class Sampling(BaseModel):
             return []
         return [value] if isinstance(value, str) else value
 
+    @field_validator("stream_options")
+    @classmethod
+    def _only_when_streaming(cls, value: StreamOptions | None, info: ValidationInfo) -> StreamOptions | None:
+        """OpenAI refuses stream_options on a request that is not streamed."""
+        if value is not None and info.data.get("stream") is not True:
+            raise ValueError("stream_options is only allowed when stream is true")
+        return value
+
     @property
     def include_usage(self) -> bool:
         """Whether a stream ends with a usage-only chunk."""
@@ -100,6 +137,7 @@ class Sampling(BaseModel):
 class ChatRequest(Sampling):
     """The body of POST /chat/completions."""
 
+    known_params = openai_params(chat_create_params.CompletionCreateParamsBase, "stream", *LOCAL_PARAMS)
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: PositiveInt | None = None
     logprobs: StrictBool | None = None
@@ -118,6 +156,7 @@ class ChatRequest(Sampling):
 class CompletionRequest(Sampling):
     """The body of POST /completions (text prompts only, not token-id prompts)."""
 
+    known_params = openai_params(completion_create_params.CompletionCreateParamsBase, "stream", *LOCAL_PARAMS)
     prompt: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
     logprobs: Annotated[int, Field(strict=True, ge=0, le=MAX_LOGPROBS_COMPLETION)] | None = None
     echo: StrictBool = False
@@ -129,11 +168,11 @@ class CompletionRequest(Sampling):
         return [value] if isinstance(value, str) else value
 
 
-class EmbeddingRequest(BaseModel):
+class EmbeddingRequest(OpenAIBody):
     """The body of POST /embeddings: strings or token-id lists, float or base64 output."""
 
-    model_config = ConfigDict(extra="allow")
-    input: list[str | list[int]] = Field(min_length=1)
+    known_params = openai_params(embedding_create_params.EmbeddingCreateParams)
+    input: list[str | list[int]] = Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS)
     encoding_format: Literal["float", "base64"] | None = None
     dimensions: PositiveInt | None = None
 
@@ -196,11 +235,19 @@ def _reject_unsupported(params: dict[str, Any]) -> None:
             raise LocalRequestError(f"{name!r} is not supported by the local HF backend", param=name)
 
 
-def parse_request(schema: type[Schema], params: object) -> Schema:
-    """Check a request body (a JSON object) against its schema and the unsupported options."""
+def reject_unknown(params: dict[str, Any], known: frozenset[str]) -> None:
+    """Refuse a field OpenAI does not know, as OpenAI does, rather than silently ignoring a typo."""
+    for name in params:
+        if name not in known:
+            raise LocalRequestError(f"Unrecognized request argument supplied: {name}", param=name)
+
+
+def parse_request(schema: type[OpenAIBodyT], params: object) -> OpenAIBodyT:
+    """Check a request body (a JSON object) against the unsupported options, the known fields and its schema."""
     if not isinstance(params, dict):
         raise LocalRequestError("the request body must be a JSON object", param=None)
     _reject_unsupported(params)
+    reject_unknown(params, schema.known_params)
     return validated(schema.model_validate, params)
 
 

@@ -7,9 +7,19 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+from openai.types.responses import response_create_params
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
-from ._requests import ChatRequest, LocalRequestError, Message, PositiveInt, validated
+from ._requests import (
+    LOCAL_PARAMS,
+    ChatRequest,
+    LocalRequestError,
+    Message,
+    PositiveInt,
+    openai_params,
+    reject_unknown,
+    validated,
+)
 
 # Options that change what the model would do in ways this backend can't: refused with a 400 when set.
 UNSUPPORTED = (
@@ -18,6 +28,7 @@ UNSUPPORTED = (
 )  # fmt: skip
 TEXT_PARTS = ("input_text", "output_text")  # parts whose text the model reads
 ROLES = ("user", "system", "developer", "assistant")
+KNOWN = openai_params(response_create_params.ResponseCreateParamsBase, "stream", "seed", *LOCAL_PARAMS)  # seed: as chat's
 
 
 class ResponsesRequest(BaseModel):
@@ -27,8 +38,8 @@ class ResponsesRequest(BaseModel):
     input: str | list[dict[str, Any]]
     instructions: str | None = None
     max_output_tokens: PositiveInt | None = None
-    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
-    top_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    temperature: Annotated[float, Field(strict=True, ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(strict=True, ge=0, le=1)] | None = None
     seed: Annotated[int, Field(strict=True, ge=-(2**63), lt=2**64)] | None = None
     stream: StrictBool | None = None
     store: StrictBool | None = None
@@ -56,6 +67,7 @@ def parse_responses_request(params: object) -> ResponsesRequest:
         raise LocalRequestError("'background' is not supported by the local HF backend", param="background")
     if params.get("tool_choice") not in (None, "none", "auto"):
         raise LocalRequestError("'tool_choice' is not supported by the local HF backend", param="tool_choice")
+    reject_unknown(params, KNOWN)
     return validated(ResponsesRequest.model_validate, params)
 
 

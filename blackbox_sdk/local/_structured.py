@@ -25,6 +25,7 @@ class Structured:
 
     node: Node
     instruction: str
+    needs_json_word: bool = False  # OpenAI's plain json_object mode: the messages must say "json" themselves
 
 
 def chat_format(response_format: object) -> Structured | None:
@@ -61,7 +62,8 @@ def _read(fields: dict[str, Any], param: str, schema_param: str) -> Structured |
         return None
     if kind == "json_object":  # llama.cpp's servers also take a schema here, under "schema"
         schema = fields.get("schema") or JSON_OBJECT_SCHEMA
-        return Structured(compile_schema(schema, param=f"{param}.schema"), instruction(schema, None))
+        node = compile_schema(schema, param=f"{param}.schema")
+        return Structured(node, instruction(schema, None), needs_json_word="schema" not in fields)
     if kind != "json_schema":
         message = f"{param}.type must be 'text', 'json_object' or 'json_schema', not {kind!r}"
         raise LocalRequestError(message, param=f"{param}.type")
@@ -104,6 +106,14 @@ def _bare(schema: Any, root: dict[str, Any], depth: int = 0) -> Any:
         else:
             out[key] = value
     return out
+
+
+def check_json_word(messages: list[Message], structured: Structured | None) -> None:
+    """Refuse OpenAI's plain json_object mode, as OpenAI does, unless the caller's own messages say "json"
+    (the instruction this backend adds would otherwise hide a request that fails against OpenAI)."""
+    if structured is not None and structured.needs_json_word and not any("json" in m.content.lower() for m in messages):
+        message = "'messages' must contain the word 'json' in some form, to use a format of type 'json_object'"
+        raise LocalRequestError(message, param="messages")
 
 
 def with_instruction(messages: list[Message], structured: Structured | None) -> list[Message]:
