@@ -25,6 +25,7 @@ from openai._client import AsyncOpenAIWithRawResponse, AsyncOpenAIWithStreamedRe
 from .._info import attach
 from .._options import split_options
 from .._types import CHAT, COMPLETIONS
+from ._signature import mirrored
 from ._structured import STRUCTURED, parse_request
 
 _UNSET = (openai.NotGiven, openai.Omit)
@@ -124,10 +125,17 @@ def raw_view(resource: Any, view_class: type[Any], *, streaming: bool, parsing: 
     for step in resource._path:
         inner = getattr(inner, step)
     inner_view = inner.with_streaming_response if streaming else inner.with_raw_response
-    view.create = RawMethod(resource, inner_view.create, streaming=streaming, parsing=False)
+    view.create = view_method(resource, "create", inner_view.create, streaming=streaming)
     if parsing:
-        view.parse = RawMethod(resource, inner_view.parse, streaming=streaming, parsing=True)
+        view.parse = view_method(resource, "parse", inner_view.parse, streaming=streaming, parsing=True)
     return view
+
+
+def view_method(resource: Any, name: str, inner: Callable[..., Any], *, streaming: bool, parsing: bool = False) -> Any:
+    """A view's `name` (`create` or `parse`): a RawMethod sending through `inner`, with the signature,
+    metadata and argument errors of the resource's own `name` (openai's, as openai's views have)."""
+    method = RawMethod(resource, inner, streaming=streaming, parsing=parsing)
+    return mirrored(getattr(resource, name), method, RawMethod.__call__)
 
 
 class RawViews:

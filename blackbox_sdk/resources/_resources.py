@@ -16,6 +16,7 @@ from openai.resources.chat import completions as oai_chat
 
 from .._types import CHAT, COMPLETIONS, EMBEDDINGS, Route
 from ._raw import RawViews, parts
+from ._signature import mirror
 from ._stream_helpers import Streams
 from ._structured import fitting, parse_request
 
@@ -31,16 +32,20 @@ class ChatCompletions(Streams, RawViews, oai_chat.Completions):
     _format = "response_format"
     _fitting = staticmethod(fitting)
 
-    def create(self, *, messages: Any, model: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    @mirror(oai_chat.Completions.create)
+    def create(self, **kwargs: Any) -> Any:
         """Create a chat completion (openai's arguments, plus the SDK's options)."""
-        core, params, overrides = parts(self, {"messages": messages, "model": model, **kwargs})
+        core, params, overrides = parts(self, kwargs)
         return core.create(CHAT, params, overrides)
 
-    def parse(self, *, messages: Any, model: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    @mirror(oai_chat.Completions.parse)
+    def parse(self, **kwargs: Any) -> Any:
         """Structured outputs: a chat completion through the SDK, parsed by openai's own helper."""
-        request, valid, finish = parse_request({"messages": messages, "model": model, **kwargs})
+        request, valid, finish = parse_request(kwargs)
         core, params, overrides = parts(self, request)
         return finish(core.create(CHAT, params, overrides, valid))
+
+    stream = mirror(oai_chat.Completions.stream)(Streams._stream)
 
 
 class AsyncChatCompletions(Streams, RawViews, oai_chat.AsyncCompletions):
@@ -54,16 +59,20 @@ class AsyncChatCompletions(Streams, RawViews, oai_chat.AsyncCompletions):
     _format = "response_format"
     _fitting = staticmethod(fitting)
 
-    async def create(self, *, messages: Any, model: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    @mirror(oai_chat.AsyncCompletions.create)
+    async def create(self, **kwargs: Any) -> Any:
         """Create a chat completion (openai's arguments, plus the SDK's options)."""
-        core, params, overrides = parts(self, {"messages": messages, "model": model, **kwargs})
+        core, params, overrides = parts(self, kwargs)
         return await core.create(CHAT, params, overrides)
 
-    async def parse(self, *, messages: Any, model: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    @mirror(oai_chat.AsyncCompletions.parse)
+    async def parse(self, **kwargs: Any) -> Any:
         """Structured outputs: a chat completion through the SDK, parsed by openai's own helper."""
-        request, valid, finish = parse_request({"messages": messages, "model": model, **kwargs})
+        request, valid, finish = parse_request(kwargs)
         core, params, overrides = parts(self, request)
         return finish(await core.create(CHAT, params, overrides, valid))
+
+    stream = mirror(oai_chat.AsyncCompletions.stream)(Streams._stream)
 
 
 class Completions(RawViews, oai.Completions):
@@ -73,9 +82,10 @@ class Completions(RawViews, oai.Completions):
     _path = ("completions",)
     _views = (oai.CompletionsWithRawResponse, oai.CompletionsWithStreamingResponse)
 
-    def create(self, *, model: Any, prompt: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    @mirror(oai.Completions.create)
+    def create(self, **kwargs: Any) -> Any:
         """Create a text completion (openai's arguments, plus the SDK's options)."""
-        core, params, overrides = parts(self, {"model": model, "prompt": prompt, **kwargs})
+        core, params, overrides = parts(self, kwargs)
         return core.create(COMPLETIONS, params, overrides)
 
 
@@ -86,9 +96,10 @@ class AsyncCompletions(RawViews, oai.AsyncCompletions):
     _path = ("completions",)
     _views = (oai.AsyncCompletionsWithRawResponse, oai.AsyncCompletionsWithStreamingResponse)
 
-    async def create(self, *, model: Any, prompt: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    @mirror(oai.AsyncCompletions.create)
+    async def create(self, **kwargs: Any) -> Any:
         """Create a text completion (openai's arguments, plus the SDK's options)."""
-        core, params, overrides = parts(self, {"model": model, "prompt": prompt, **kwargs})
+        core, params, overrides = parts(self, kwargs)
         return await core.create(COMPLETIONS, params, overrides)
 
 
@@ -99,9 +110,10 @@ class Embeddings(RawViews, oai.Embeddings):
     _path = ("embeddings",)
     _views = (oai.EmbeddingsWithRawResponse, oai.EmbeddingsWithStreamingResponse)
 
-    def create(self, *, input: Any, model: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-        """Create embeddings (openai's arguments, plus cache/budget/log/budget_key)."""
-        core, params, overrides = parts(self, {"input": input, "model": model, **kwargs})
+    @mirror(oai.Embeddings.create)
+    def create(self, **kwargs: Any) -> Any:
+        """Create embeddings (openai's arguments, plus the SDK's options)."""
+        core, params, overrides = parts(self, kwargs)
         return core.embed(params, overrides)
 
 
@@ -112,9 +124,10 @@ class AsyncEmbeddings(RawViews, oai.AsyncEmbeddings):
     _path = ("embeddings",)
     _views = (oai.AsyncEmbeddingsWithRawResponse, oai.AsyncEmbeddingsWithStreamingResponse)
 
-    async def create(self, *, input: Any, model: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    @mirror(oai.AsyncEmbeddings.create)
+    async def create(self, **kwargs: Any) -> Any:
         """Create embeddings (openai's arguments, plus the SDK's options)."""
-        core, params, overrides = parts(self, {"input": input, "model": model, **kwargs})
+        core, params, overrides = parts(self, kwargs)
         return await core.embed(params, overrides)
 
 

@@ -22,7 +22,8 @@ from openai.resources.responses import responses as oai
 from .._exceptions import ConfigError
 from .._info import attach
 from .._types import RESPONSES, Json, Route
-from ._raw import RawMethod, parts, present, raw_view
+from ._raw import parts, present, raw_view, view_method
+from ._signature import mirror
 from ._stream_helpers import Streams
 from ._structured import fits
 
@@ -69,7 +70,7 @@ def _views(resource: Any, view: type[Any], *, streaming: bool) -> Any:
     out = raw_view(resource, view, streaming=streaming)
     if not streaming:
         inner = resource._client._core.inner.responses.with_raw_response
-        out.parse = RawMethod(resource, inner.parse, streaming=False, parsing=False)
+        out.parse = view_method(resource, "parse", inner.parse, streaming=False)
     return out
 
 
@@ -82,16 +83,20 @@ class Responses(Streams, oai.Responses):
     _format = "text_format"
     _fitting = staticmethod(text_fitting)
 
-    def create(self, **kwargs: Any) -> Any:  # type: ignore[override]
+    @mirror(oai.Responses.create)
+    def create(self, **kwargs: Any) -> Any:
         """Create a response, whole or streamed (openai's arguments, plus the SDK's options)."""
         core, params, overrides = parts(self, kwargs)
         return core.respond(params, overrides)
 
-    def parse(self, **kwargs: Any) -> Any:  # type: ignore[override]
+    @mirror(oai.Responses.parse)
+    def parse(self, **kwargs: Any) -> Any:
         """Structured outputs: a response through the SDK, parsed by openai's own helper."""
         request, valid, finish = parse_request(present(kwargs))
         core, params, overrides = parts(self, request)
         return finish(core.respond(params, overrides, valid))
+
+    stream = mirror(oai.Responses.stream)(Streams._stream)
 
     @cached_property
     def with_raw_response(self) -> Any:  # type: ignore[override]
@@ -113,16 +118,20 @@ class AsyncResponses(Streams, oai.AsyncResponses):
     _format = "text_format"
     _fitting = staticmethod(text_fitting)
 
-    async def create(self, **kwargs: Any) -> Any:  # type: ignore[override]
+    @mirror(oai.AsyncResponses.create)
+    async def create(self, **kwargs: Any) -> Any:
         """Create a response, whole or streamed (openai's arguments, plus the SDK's options)."""
         core, params, overrides = parts(self, kwargs)
         return await core.respond(params, overrides)
 
-    async def parse(self, **kwargs: Any) -> Any:  # type: ignore[override]
+    @mirror(oai.AsyncResponses.parse)
+    async def parse(self, **kwargs: Any) -> Any:
         """Structured outputs: a response through the SDK, parsed by openai's own helper."""
         request, valid, finish = parse_request(present(kwargs))
         core, params, overrides = parts(self, request)
         return finish(await core.respond(params, overrides, valid))
+
+    stream = mirror(oai.AsyncResponses.stream)(Streams._stream)
 
     @cached_property
     def with_raw_response(self) -> Any:  # type: ignore[override]

@@ -41,13 +41,14 @@ class StreamSource:
 
 class Streams:
     """`stream`, sync or async by `_helper`: openai's helper over `StreamSource`; `_format` names the
-    argument the helper parses into, `_fitting` turns it into the check reranking prefers."""
+    argument the helper parses into, `_fitting` turns it into the check reranking prefers. Each
+    resource binds `_stream` as its `stream` through `mirror`, with openai's signature."""
 
     _helper: Callable[..., Any]  # openai's stream or async_stream for this resource (a staticmethod)
     _format: str  # "response_format" (chat) or "text_format" (responses)
     _fitting: Callable[[Any], Valid]  # that argument's value -> the check (a staticmethod)
 
-    def stream(self, **kwargs: Any) -> Any:
+    def _stream(self, **kwargs: Any) -> Any:
         """openai's stream manager over the SDK's `create` (the SDK's options allowed per call)."""
         params, overrides = split_options(kwargs)
         valid = self._fitting(params.get(self._format, omit))

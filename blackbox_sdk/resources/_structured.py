@@ -24,8 +24,6 @@ Valid = Callable[[str], bool] | None
 def parse_request(kwargs: dict[str, Any]) -> tuple[dict[str, Any], Valid, Callable[[Any], Any]]:
     """The `create` arguments of a `parse` call; which answers fit its response format (the reranker
     ranks those first); and what turns the completion into openai's parsed one."""
-    if kwargs.pop("stream", False):  # openai's parse has no `stream`: the TypeError Python raises there
-        raise TypeError("parse() got an unexpected keyword argument 'stream' (it returns a whole completion; use chat.completions.stream(...) to stream)")
     response_format = kwargs.pop("response_format", omit)
     tools = kwargs.pop("tools", omit)
     tools = validate_input_tools(tools)  # a list: an iterator given as `tools` is read once, here
