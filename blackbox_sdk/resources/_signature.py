@@ -44,6 +44,7 @@ class Mirror:
         self.signature = openai_signature.replace(parameters=[*openai_signature.parameters.values(), *OPTIONS])
         self._name = upstream.__qualname__
         self._keywords = [p for p in self.signature.parameters.values() if p.kind is _KEYWORD]
+        self._needed = [p.name for p in self._keywords if p.default is p.empty]
         variants = inspect.getclosurevars(upstream).nonlocals.get("variants") if hasattr(upstream, "__wrapped__") else None
         self._required = required_args(*variants)(_named(upstream.__name__)) if variants else None
 
@@ -58,7 +59,7 @@ class Mirror:
             given = sum(1 for p in self._keywords if p.name in kwargs)
             also = f" positional arguments (and {_plural(given, 'keyword-only argument')})" if given else ""
             raise TypeError(f"{self._name}() takes 1 positional argument but {len(args) + 1}{also} were given")
-        missing = [p.name for p in self._keywords if p.default is p.empty and p.name not in kwargs]
+        missing = [name for name in self._needed if name not in kwargs]
         if missing:
             raise TypeError(f"{self._name}() missing {_plural(len(missing), 'required keyword-only argument')}: {_names(missing)}")
 
