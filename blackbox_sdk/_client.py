@@ -64,8 +64,12 @@ def _is_loopback(url: str) -> bool:
     return is_loopback_host(httpx2.URL(url).host)
 
 
-def _local_target(api_key: str | None, base_url: Any) -> Path | None:
-    """The local model path for `hf:` URLs, or the embedded default when there is neither key nor URL."""
+# openai's other ways to name a credential or an endpoint: a client given one of them is OpenAI's, never the embedded model
+_OPENAI_TARGETS = ("admin_api_key", "workload_identity", "provider", "data_residency")
+
+
+def _local_target(api_key: str | None, base_url: Any, openai_kwargs: dict[str, Any]) -> Path | None:
+    """The local model path for `hf:` URLs, or the embedded default when the client has no credential and no URL."""
     url = base_url if base_url is not None else os.environ.get("OPENAI_BASE_URL")
     if isinstance(url, str) and url.startswith(HF_PREFIX):
         target = url[len(HF_PREFIX) :]
@@ -74,7 +78,9 @@ def _local_target(api_key: str | None, base_url: Any) -> Path | None:
 
             return default_gguf_path()
         return Path(target).expanduser()
-    if url is None and api_key is None and not os.environ.get("OPENAI_API_KEY"):
+    given = [api_key, *(openai_kwargs.get(name) for name in _OPENAI_TARGETS)]
+    from_env = os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENAI_ADMIN_KEY")
+    if url is None and all(value is None for value in given) and not from_env:
         from .local import DEFAULT_LOCAL_MODEL, default_gguf_path
 
         logger.warning("no API key and no base URL: answering with the embedded local model %s", DEFAULT_LOCAL_MODEL)
@@ -123,7 +129,7 @@ class _Blackbox:
         """Same arguments and environment variables as the openai client, then the SDK's options (`Options`' fields)."""
         opened = Opened()
         options = Options.build(opened, max_retries=max_retries, **{k: kwargs.pop(k) for k in OPTION_NAMES if k in kwargs})
-        local = _local_target(api_key, None if base_url is None else str(base_url))
+        local = _local_target(api_key, None if base_url is None else str(base_url), kwargs)
         backend = None
         if local is not None:
             from .local import load_backend
@@ -132,8 +138,9 @@ class _Blackbox:
             http_client = http_client or self._local_http_client(backend)
             api_key, base_url = api_key or "local", LOCAL_BASE_URL
         retries = options.retry.max_retries  # one count for the SDK's calls and openai's own (`retry=` may set it)
-        super().__init__(api_key=api_key, base_url=base_url, max_retries=retries, http_client=http_client, **kwargs)  # type: ignore[call-arg]
-        inner = self._plain(api_key=api_key, base_url=base_url, max_retries=0, http_client=self._client, **kwargs)  # type: ignore[attr-defined]
+        url = {} if base_url is None else {"base_url": base_url}  # left out, as openai's default: `data_residency=` may name it
+        super().__init__(api_key=api_key, max_retries=retries, http_client=http_client, **url, **kwargs)  # type: ignore[call-arg]
+        inner = self._plain(api_key=api_key, max_retries=0, http_client=self._client, **url, **kwargs)  # type: ignore[attr-defined]
         remember_secret(inner.api_key)
         endpoint = f"{HF_PREFIX}{local.resolve()}" if local is not None else str(inner.base_url)
         self._core = self._core_class(inner, options, endpoint=endpoint, local=local is not None or _is_loopback(endpoint), backend=backend, opened=opened)

@@ -27,6 +27,7 @@ INITIAL_RETRY_DELAY = 0.5
 MAX_RETRY_DELAY = 8.0
 MAX_RETRY_AFTER_DELAY = 120.0  # as openai 3.x: honour server delays up to two minutes
 RETRY_STATUSES = frozenset({408, 409, 429})
+_INFINITY = ("inf", "+inf", "infinity", "+infinity")  # the spellings of infinity itself, which openai lets through
 
 T = TypeVar("T")
 
@@ -42,9 +43,12 @@ def retry_after(error: BaseException) -> float | None:
         if value is None:
             continue
         try:
-            return float(value) / divisor
+            delay = float(value)
         except ValueError:
             continue
+        if delay == math.inf and value.strip().lower() not in _INFINITY:
+            return MAX_RETRY_AFTER_DELAY + 1  # as openai: a number past a float's range is a long delay, not "no hint"
+        return delay / divisor
     parsed = email.utils.parsedate_tz(headers.get("retry-after") or "")
     try:
         return None if parsed is None else float(email.utils.mktime_tz(parsed) - time.time())

@@ -86,6 +86,14 @@ def test_the_clients_are_openais_own_classes(llama_server: str) -> None:
     assert isinstance(client.chat.completions, openai.resources.chat.Completions)
 
 
+@pytest.mark.parametrize("cls", [OpenAI, AsyncOpenAI])
+def test_data_residency_names_the_endpoint_as_in_openai(cls: type[OpenAI] | type[AsyncOpenAI]) -> None:
+    """openai's `data_residency=` picks a regional URL when no base_url is given; the SDK's clients and their inner one too."""
+    client = cls(api_key="sk-test", data_residency="eu")
+    assert client.base_url == openai.OpenAI(api_key="sk-test", data_residency="eu").base_url
+    assert client._core.inner.base_url == client.base_url and client.backend is None
+
+
 def test_what_the_sdk_does_not_run_passes_through_with_openais_retries(counting: _Counting) -> None:
     client = OpenAI(base_url=counting.url, api_key="sk-test", max_retries=2)
     assert [m.id for m in client.models.list()] == [MODEL]

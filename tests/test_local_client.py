@@ -65,6 +65,16 @@ def test_an_api_key_means_the_real_endpoint(monkeypatch: pytest.MonkeyPatch) -> 
     assert OpenAI().backend is None
 
 
+@pytest.mark.parametrize("env", [False, True], ids=["argument", "OPENAI_ADMIN_KEY"])
+def test_an_admin_key_alone_means_the_real_endpoint(monkeypatch: pytest.MonkeyPatch, env: bool) -> None:
+    """openai takes an admin key as the client's credential; the embedded model is only for a client with none."""
+    if env:
+        monkeypatch.setenv("OPENAI_ADMIN_KEY", "sk-admin-test")
+    client = OpenAI() if env else OpenAI(admin_api_key="sk-admin-test")
+    assert client.backend is None and client.base_url.host == "api.openai.com"
+    assert client.admin_api_key == "sk-admin-test"
+
+
 async def test_async_local_client_streams(gguf_path: Path) -> None:
     client = AsyncOpenAI(base_url=f"hf:{gguf_path}")
     stream = await client.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=4, temperature=0, stream=True)

@@ -70,7 +70,7 @@ class CallRecord(BaseModel):
     created: FiniteFloat = Field(default_factory=time.time)  # seconds since the epoch
     endpoint_host: str  # host of the endpoint called ("api.openai.com", "127.0.0.1", "local")
     model: str
-    route: str  # "chat", "completions", "embeddings", ...
+    route: str  # "chat.completions", "completions", "embeddings", "responses"
     request: dict[str, Any]  # the caller's request arguments (JSON)
     candidates: list[str] = Field(default_factory=list)  # every answer gathered, in gathering order
     chosen: list[Count] = Field(default_factory=list)  # indices into candidates returned, best first
