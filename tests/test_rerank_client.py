@@ -8,7 +8,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from blackbox_sdk import AsyncOpenAI, Budget, CallLog, ConfigError, OpenAI
+from blackbox_sdk import AdapterError, AsyncOpenAI, Budget, CallLog, ConfigError, OpenAI, RerankerError
 from blackbox_sdk._pipeline._rerank import rank
 
 MODEL = "smollm2"
@@ -60,9 +60,10 @@ def test_reranked_stream_streams_the_chosen_answer(client: OpenAI) -> None:
     assert text == min(stream.blackbox.candidates, key=len)
 
 
-def test_a_reranker_that_misscores_is_a_config_error_and_the_paid_call_is_logged(client: OpenAI) -> None:
-    with pytest.raises(ConfigError, match="1 scores for 6 answers"):
+def test_a_reranker_that_misscores_is_a_reranker_error_and_the_paid_call_is_logged(client: OpenAI) -> None:
+    with pytest.raises(RerankerError, match="1 scores for 6 answers") as raised:
         ask(client, reranker=lambda question, answers: [1.0])
+    assert isinstance(raised.value, AdapterError) and isinstance(raised.value, ConfigError)  # ConfigError as before
     client.options.log.flush()
     [record] = CallLog(client.options.log.path).calls()
     assert "1 scores for 6 answers" in (record.error or "")
