@@ -7,6 +7,7 @@ from pathlib import Path
 
 import openai
 import pytest
+from servers import InstantUpstream
 
 from blackbox_sdk import AdapterError, AsyncOpenAI, Budget, CallLog, ConfigError, OpenAI, RerankerError
 from blackbox_sdk._pipeline._rerank import rank
@@ -152,3 +153,16 @@ def test_answers_that_only_call_tools_are_scored_by_their_calls() -> None:
     completion = client.chat.completions.create(model=MODEL, messages=QUESTION, tools=tools, seed=2)
     assert all('"name":"pick"' in text for text in seen[0])  # scored on their calls, not as four empty texts
     assert json.loads(completion.choices[0].message.tool_calls[0].function.arguments) == {"larger": 84}
+
+
+def test_a_client_with_beam_search_still_embeds() -> None:
+    """Embeddings are never reranked, so a client's beam option (chat only) does not refuse them."""
+    vectors = {"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}], "model": MODEL,
+               "usage": {"prompt_tokens": 1, "total_tokens": 1}}
+    upstream = InstantUpstream(vectors, route="/embeddings")
+    try:
+        client = OpenAI(base_url=upstream.url, api_key="sk-test", reranker=shortest_first, beam=True, max_retries=0)
+        embedded = client.embeddings.create(model=MODEL, input="hi")
+    finally:
+        upstream.close()
+    assert embedded.data[0].embedding == [0.1, 0.2] and embedded.blackbox.candidates is None
