@@ -11,15 +11,15 @@ import binascii
 import io
 from typing import Any
 
-from ._exceptions import ConfigError, InvalidRequestError
+from ._exceptions import InvalidRequestError, MissingDependencyError
 
 
 def _torch() -> Any:
-    """torch, or ConfigError naming the extra that brings it."""
+    """torch, or MissingDependencyError naming the extra that brings it (the environment lacks it, not the request)."""
     try:
         import torch
     except ImportError as error:
-        raise ConfigError("prompt_embeds need torch to be read: pip install 'blackbox-sdk[tuning]'") from error
+        raise MissingDependencyError("prompt_embeds need torch to be read: pip install 'blackbox-sdk[tuning]'") from error
     return torch
 
 
@@ -37,11 +37,13 @@ def decode_embeds(text: str) -> Any:
 
 def embeds_lengths(items: list[Any]) -> list[int]:
     """The prompt tokens of each prompt_embeds item (its first dimension); InvalidRequestError for an
-    item that is not base64 of a saved 2-D tensor, before anything is sent or reserved."""
+    item that is not base64 of a saved 2-D tensor, MissingDependencyError without torch, before anything is sent or reserved."""
     lengths = []
     for index, item in enumerate(items):
         try:
             tensor = decode_embeds(item) if isinstance(item, str) else None
+        except MissingDependencyError:  # no torch here: the environment's fault, not a bad item (it is a ValueError too)
+            raise
         except (binascii.Error, ValueError, RuntimeError, EOFError, OSError) as error:
             raise InvalidRequestError(f"prompt_embeds[{index}] is not base64 of a saved tensor: {error}", param="prompt_embeds") from None
         if tensor is None or getattr(tensor, "ndim", None) != 2:

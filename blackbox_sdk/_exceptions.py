@@ -3,7 +3,9 @@
 BlackBoxError
  ├── ConfigError                 bad SDK option or argument, raised before any work is spent
  │    ├── InvalidRequestError    a malformed request; also an openai.BadRequestError
- │    └── PriceMissingError      a model has no price while a hard budget is set
+ │    ├── PriceMissingError      a model has no price while a hard budget is set
+ │    ├── MissingDependencyError  an optional package a call needs is not installed; also an ImportError
+ │    └── ReservationNotHeldError  a settle of a reservation the ledger no longer holds (released, settled, unknown)
  ├── BudgetExceededError         a call would cross a cap (carries spent, reserved, limit)
  ├── RateLimitExceededError      a call would cross a requests/tokens-per-minute limit (carries retry_after)
  ├── StoreUnavailableError       a shared store (Redis, PostgreSQL) can't be reached: budgets fail closed
@@ -11,8 +13,13 @@ BlackBoxError
  ├── CallLogError                the call log can't be opened or written
  ├── BackendError                a local model can't be loaded or run
  │    └── EmbeddingsNotSupportedError  the endpoint does not take input embeddings
- ├── AdapterError                a reranker adapter can't be trained, saved or loaded
+ ├── AdapterError                a reranker adapter can't be trained, saved, loaded or score
+ │    └── RerankerError          a reranker gave other than one number per answer; also a ConfigError
  └── TuningError                 black-box tuning got bad data or options
+
+MissingDependencyError, ReservationNotHeldError and RerankerError are ConfigErrors only as they were before
+(code that catches ConfigError still does): raised while a call runs, they are the environment's fault, not
+the request's, and the proxy answers them with a 500, never a 400 (`serve/_errors.py`).
 """
 
 from __future__ import annotations
@@ -32,6 +39,15 @@ class ConfigError(BlackBoxError, ValueError):
 
 class PriceMissingError(ConfigError):
     """A model has no price, so a hard budget can't be enforced for it."""
+
+
+class MissingDependencyError(ConfigError, ImportError):
+    """An optional package a call needs (torch for prompt_embeds, a tiktoken encoding) is not installed: the
+    environment's fault, not the request's; an ImportError, and a ConfigError as it was before."""
+
+
+class ReservationNotHeldError(ConfigError):
+    """A settle of a budget reservation the ledger no longer holds (released, settled already, or unknown)."""
 
 
 class BudgetExceededError(BlackBoxError):
@@ -76,7 +92,11 @@ class EmbeddingsNotSupportedError(BackendError):
 
 
 class AdapterError(BlackBoxError):
-    """A reranker adapter can't be trained, saved or loaded."""
+    """A reranker adapter can't be trained, saved, loaded or score."""
+
+
+class RerankerError(AdapterError, ConfigError):
+    """A reranker (an adapter or any scorer) gave other than one number per answer; a ConfigError as it was before."""
 
 
 class TuningError(BlackBoxError):

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import pytest
 import torch
 
-from blackbox_sdk._exceptions import ConfigError
+from blackbox_sdk._exceptions import AdapterError, ConfigError, RerankerError
 from blackbox_sdk.adapter import Adapter, AdapterConfig, beam_search, render_chatml
 
 # The next steps the "black box" offers after each prefix (a deterministic step tree).
@@ -102,9 +102,10 @@ def test_bad_search_options_are_refused(kwargs: dict[str, object]) -> None:
         beam_search("q", TreeSampler(), length_scorer, **kwargs)  # type: ignore[arg-type]
 
 
-def test_a_scorer_returning_the_wrong_count_is_refused() -> None:
-    with pytest.raises(ConfigError, match="scores for"):
+def test_a_scorer_returning_the_wrong_count_is_a_reranker_error() -> None:
+    with pytest.raises(RerankerError, match="scores for") as raised:
         beam_search("q", TreeSampler(), lambda q, a: [1.0])
+    assert isinstance(raised.value, AdapterError) and isinstance(raised.value, ConfigError)  # ConfigError as before
 
 
 def test_with_the_real_adapter_the_kept_beams_are_its_top_scored_prefixes() -> None:

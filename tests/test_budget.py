@@ -13,7 +13,7 @@ from typing import Any
 import pydantic
 import pytest
 
-from blackbox_sdk import BudgetExceededError, ConfigError, PriceMissingError
+from blackbox_sdk import BudgetExceededError, ConfigError, PriceMissingError, ReservationNotHeldError
 from blackbox_sdk import budget as budget_module
 from blackbox_sdk.budget import Budget, ModelPrice, TokenCount
 
@@ -197,8 +197,9 @@ def test_settling_a_released_or_settled_reservation_is_refused() -> None:
     released = capped.reserve(model="unit", prompt_tokens=1, max_output_tokens=1)
     capped.release(released)
     for reservation in (settled, released):
-        with pytest.raises(ConfigError, match="not outstanding"):
+        with pytest.raises(ReservationNotHeldError, match="not outstanding") as raised:
             capped.settle(reservation, prompt_tokens=1, completion_tokens=1)
+        assert isinstance(raised.value, ConfigError)  # what it was before: callers catching ConfigError still do
     assert capped.report().calls == 1
 
 

@@ -8,6 +8,7 @@ it, and answers with the first generated token's top-k log-probs as vLLM's /v1/c
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -369,3 +370,23 @@ def test_a_malformed_prompt_embeds_item_is_refused_before_sending(backend: HFBac
     with pytest.raises(InvalidRequestError, match="prompt_embeds"):
         client.completions.create(model="smollm2", prompt=[], max_tokens=1, extra_body={"prompt_embeds": [flat, item]})
     assert double.bodies == [] and budget.report().outstanding_reservations == 0
+
+
+def test_prompt_embeds_without_torch_is_a_missing_dependency_not_a_malformed_item(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No torch where the client runs: the environment's fault (MissingDependencyError, an ImportError), never
+    blamed on the request as an InvalidRequestError; nothing sent or held."""
+    import blackbox_sdk
+    from blackbox_sdk import InvalidRequestError, MissingDependencyError
+
+    sent: list[httpx2.Request] = []
+    budget = blackbox_sdk.Budget(total_usd=10.0, prices={"smollm2": {"input": 1.0, "output": 1.0}})
+    client = blackbox_sdk.OpenAI(
+        base_url="http://vllm.test/v1", api_key="sk-test", budget=budget, max_retries=0,
+        http_client=httpx2.Client(transport=httpx2.MockTransport(lambda request: sent.append(request) or httpx2.Response(500))),
+    )
+    item = encode_embeds(torch.zeros(3, 8))  # a well-formed item
+    monkeypatch.setitem(sys.modules, "torch", None)  # as if not installed
+    with pytest.raises(MissingDependencyError, match="need torch") as raised:
+        client.completions.create(model="smollm2", prompt=[], max_tokens=1, extra_body={"prompt_embeds": [item]})
+    assert isinstance(raised.value, ImportError) and not isinstance(raised.value, InvalidRequestError)
+    assert sent == [] and budget.report().outstanding_reservations == 0

@@ -19,7 +19,7 @@ from typing import get_type_hints
 
 import pytest
 
-from blackbox_sdk import BudgetExceededError, ConfigError
+from blackbox_sdk import BudgetExceededError, ConfigError, ReservationNotHeldError
 from blackbox_sdk.budget import (
     Budget,
     Cap,
@@ -238,7 +238,7 @@ def test_money_is_exact_in_nano_dollars() -> None:
 
 def test_unknown_reservations_are_not_settled_or_released(tmp_path: Path) -> None:
     ledger = Ledger(tmp_path / "ledger.sqlite3")
-    with pytest.raises(ConfigError, match="not outstanding"):
+    with pytest.raises(ReservationNotHeldError, match="not outstanding"):
         ledger.settle("missing", usd_nano=1, prompt_tokens=0, completion_tokens=0, cached_tokens=0)
     assert ledger.release("missing") is False
 

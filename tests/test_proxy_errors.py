@@ -1,22 +1,26 @@
 """The proxy's own refusals as OpenAI sends them, called by the openai client and by raw HTTP against the
 proxy under uvicorn: each carries an `x-request-id`, a body that is not UTF-8 is refused before any work,
-feedback of the wrong type is a 400 naming the field, and a rate limit's wait is never sent as 0."""
+feedback of the wrong type is a 400 naming the field, a rate limit's wait is never sent as 0, and a call's
+fault that is the deployment's (a reranker scoring wrongly, torch missing, a hold released) is a 500, not a 400."""
 
 from __future__ import annotations
 
 import json
+import sqlite3
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2
 import openai
 import pytest
-from servers import Proxy
+from servers import InstantUpstream, Proxy
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from blackbox_sdk import CallLog, RateLimitExceededError
+from blackbox_sdk.budget import Ledger
 from blackbox_sdk.call_log import CallRecord
 from blackbox_sdk.local import free_port
 from blackbox_sdk.serve import ProxyConfig, Tenant
@@ -26,6 +30,12 @@ MODEL = "smollm2"
 HELLO = [{"role": "user", "content": "Say hello in three words."}]
 TEAM_KEY = "sk-team-a"
 LIMIT = 64 * 1024  # the proxy's body limit here
+PRICED = {"total_usd": 10.0, "prices": {MODEL: {"input": 1.0, "output": 1.0}}}
+ANSWER = {
+    "id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": MODEL,
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello there, friend."}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17},
+}
 
 
 @pytest.fixture(scope="module")
@@ -123,3 +133,68 @@ def test_a_failure_outside_the_routes_handling_is_openais_500_body() -> None:
     assert answer.status_code == 500
     assert answer.json()["error"] == {"message": "the proxy failed to serve the request", "type": "server_error", "param": None, "code": None}
     assert answer.headers["x-request-id"].startswith("bb-")
+
+
+def _deployment_fault(answer: httpx2.Response, code: str, said: str) -> None:
+    """A 500 server_error with `code`, naming what failed, that openai's clients do not retry."""
+    assert answer.status_code == 500, answer.text
+    error = answer.json()["error"]
+    assert error["type"] == "server_error" and error["code"] == code and said in error["message"], error
+    assert answer.headers["x-should-retry"] == "false" and answer.headers["x-request-id"].startswith("bb-")
+
+
+def test_a_keys_reranker_that_misscores_is_the_proxys_500_not_the_clients_400(caplog: pytest.LogCaptureFixture) -> None:
+    upstream = InstantUpstream(ANSWER)
+    team = Tenant("team-a", options={"reranker": lambda question, answers: [1.0], "rerank_n": 3})
+    config = ProxyConfig(upstream=upstream.url, max_retries=0)
+    try:
+        with Proxy(config, authenticate=lambda key: team if key == TEAM_KEY else None) as running:
+            body = json.dumps({"model": MODEL, "messages": HELLO}).encode()
+            answer = running.post("/chat/completions", body, authorization=f"Bearer {TEAM_KEY}")
+            with pytest.raises(openai.InternalServerError) as raised:  # raised at once: x-should-retry is false
+                running.client(api_key=TEAM_KEY, max_retries=5).chat.completions.create(model=MODEL, messages=HELLO)
+    finally:
+        upstream.close()
+    _deployment_fault(answer, "reranker_failed", "the reranker returned 1 scores for 3 answers")
+    assert raised.value.status_code == 500 and raised.value.code == "reranker_failed"
+    assert "RerankerError while serving a request" in caplog.text
+
+
+def test_prompt_embeds_on_a_proxy_without_torch_is_its_500_not_the_clients_400(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = ProxyConfig(upstream=f"http://127.0.0.1:{free_port()}/v1", budget=PRICED, max_retries=0)
+    with Proxy(config) as running:
+        monkeypatch.setitem(sys.modules, "torch", None)  # as if not installed where the proxy runs
+        body = {"model": MODEL, "prompt": [], "max_tokens": 1, "prompt_embeds": ["AAAA"]}
+        answer = running.post("/completions", json.dumps(body).encode())
+    _deployment_fault(answer, "missing_dependency", "prompt_embeds need torch")
+
+
+def test_a_settle_the_ledger_refuses_is_the_proxys_500_not_the_clients_400(tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger.db"
+
+    def release_every_hold() -> None:
+        """Another process releases this call's hold while the upstream answers (as a stale-hold sweep would)."""
+        with sqlite3.connect(ledger) as connection:
+            held = [row[0] for row in connection.execute("SELECT id FROM reservations")]
+        released = Ledger(ledger)
+        for reservation_id in held:
+            released.release(reservation_id)
+        released.close()
+
+    upstream = InstantUpstream(ANSWER, before=release_every_hold)
+    config = ProxyConfig(upstream=upstream.url, budget={**PRICED, "ledger": str(ledger)}, max_retries=0)
+    try:
+        with Proxy(config) as running:
+            answer = running.post("/chat/completions", json.dumps({"model": MODEL, "messages": HELLO, "max_tokens": 8}).encode())
+    finally:
+        upstream.close()
+    _deployment_fault(answer, "reservation_not_held", "is not outstanding")
+
+
+def test_a_bad_value_in_the_request_is_still_the_clients_400() -> None:
+    config = ProxyConfig(upstream=f"http://127.0.0.1:{free_port()}/v1", budget=PRICED, max_retries=0)
+    with Proxy(config) as running:
+        body = {"model": MODEL, "messages": HELLO, "max_tokens": 2**53}  # beyond what a ledger counts exactly
+        answer = running.post("/chat/completions", json.dumps(body).encode())
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["type"] == "invalid_request_error" and "x-should-retry" not in answer.headers

@@ -25,7 +25,7 @@ import pytest
 import redis
 from servers import RedisServer
 
-from blackbox_sdk import BudgetExceededError, ConfigError, StoreUnavailableError
+from blackbox_sdk import BudgetExceededError, ConfigError, ReservationNotHeldError, StoreUnavailableError
 from blackbox_sdk.budget import Budget, Cap, Hold, LedgerStore, RedisLedger, usd_to_nano
 from blackbox_sdk.budget._keeper import KEEPER
 
@@ -112,11 +112,20 @@ def test_settling_twice_charges_once(ledger: str) -> None:
     budget = capped(ledger, total_usd=1.0)
     reservation = call(budget)
     assert budget.settle(reservation, prompt_tokens=0, completion_tokens=40) == pytest.approx(40 * 10 / 1e6)
-    with pytest.raises(ConfigError, match="already settled"):
+    with pytest.raises(ReservationNotHeldError, match="already settled"):
         budget.settle(reservation, prompt_tokens=0, completion_tokens=40)
     budget.release(reservation)  # a release after the settle does not give the spend back
     report = budget.report()
     assert (report.calls, report.spent_usd, report.outstanding_reservations) == (1, pytest.approx(4e-4), 0)
+
+
+def test_settling_a_released_reservation_is_refused_as_not_held(ledger: str) -> None:
+    budget = capped(ledger, total_usd=1.0)
+    reservation = call(budget)
+    budget.release(reservation)  # as another process's release would, while the call ran
+    with pytest.raises(ReservationNotHeldError, match="it was released, or is unknown") as raised:
+        budget.settle(reservation, prompt_tokens=0, completion_tokens=40)
+    assert isinstance(raised.value, ConfigError) and budget.report().calls == 0
 
 
 def test_the_store_settles_by_reservation_id_once(ledger: str) -> None:

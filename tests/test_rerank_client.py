@@ -7,8 +7,9 @@ from pathlib import Path
 
 import openai
 import pytest
+from servers import InstantUpstream
 
-from blackbox_sdk import AsyncOpenAI, Budget, CallLog, ConfigError, OpenAI
+from blackbox_sdk import AdapterError, AsyncOpenAI, Budget, CallLog, ConfigError, OpenAI, RerankerError
 from blackbox_sdk._pipeline._rerank import rank
 
 MODEL = "smollm2"
@@ -60,9 +61,10 @@ def test_reranked_stream_streams_the_chosen_answer(client: OpenAI) -> None:
     assert text == min(stream.blackbox.candidates, key=len)
 
 
-def test_a_reranker_that_misscores_is_a_config_error_and_the_paid_call_is_logged(client: OpenAI) -> None:
-    with pytest.raises(ConfigError, match="1 scores for 6 answers"):
+def test_a_reranker_that_misscores_is_a_reranker_error_and_the_paid_call_is_logged(client: OpenAI) -> None:
+    with pytest.raises(RerankerError, match="1 scores for 6 answers") as raised:
         ask(client, reranker=lambda question, answers: [1.0])
+    assert isinstance(raised.value, AdapterError) and isinstance(raised.value, ConfigError)  # ConfigError as before
     client.options.log.flush()
     [record] = CallLog(client.options.log.path).calls()
     assert "1 scores for 6 answers" in (record.error or "")
@@ -151,3 +153,16 @@ def test_answers_that_only_call_tools_are_scored_by_their_calls() -> None:
     completion = client.chat.completions.create(model=MODEL, messages=QUESTION, tools=tools, seed=2)
     assert all('"name":"pick"' in text for text in seen[0])  # scored on their calls, not as four empty texts
     assert json.loads(completion.choices[0].message.tool_calls[0].function.arguments) == {"larger": 84}
+
+
+def test_a_client_with_beam_search_still_embeds() -> None:
+    """Embeddings are never reranked, so a client's beam option (chat only) does not refuse them."""
+    vectors = {"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}], "model": MODEL,
+               "usage": {"prompt_tokens": 1, "total_tokens": 1}}
+    upstream = InstantUpstream(vectors, route="/embeddings")
+    try:
+        client = OpenAI(base_url=upstream.url, api_key="sk-test", reranker=shortest_first, beam=True, max_retries=0)
+        embedded = client.embeddings.create(model=MODEL, input="hi")
+    finally:
+        upstream.close()
+    assert embedded.data[0].embedding == [0.1, 0.2] and embedded.blackbox.candidates is None

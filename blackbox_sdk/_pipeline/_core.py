@@ -65,7 +65,7 @@ class Core:
         if opts.reranker is not None and opts.rerank_n > want:
             want = opts.rerank_n
         call = Call(route=route, params=params, opts=opts, info=BlackBoxInfo(call_id=new_call_id()), want=want, overrides=overrides)
-        if opts.beam is not None and opts.reranker is not None and route is not CHAT:
+        if opts.beam is not None and opts.reranker is not None and route not in (CHAT, EMBEDDINGS):  # embeddings are never reranked
             raise ConfigError("beam search reranks chat completions only")
         if call.prompts > 1:  # choices of several prompts share one list: no bucket, no reranking, no fan-out
             opts = call.opts = replace(opts, cache=None, reranker=None)

@@ -13,7 +13,7 @@ import httpx2
 from openai.types import Completion, CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from .._exceptions import ConfigError
+from .._exceptions import RerankerError
 from .._info import attach, rebuilt
 from .._logging import logger
 from .._types import CHAT, Json, add_usage, usage_to_charge
@@ -93,7 +93,7 @@ def account(core: Core, call: Call, stored: list[Candidate], fresh: list[Candida
 
 
 def score(call: Call, answers: list[str]) -> list[float]:
-    """The reranker's scores of the answers, kept on `call.info` with them; ConfigError unless it gave one
+    """The reranker's scores of the answers, kept on `call.info` with them; RerankerError unless it gave one
     number per answer (the answers are paid for: the call is logged with the error)."""
     scores = list(call.opts.reranker(question_of(call.route, call.params), answers))
     try:
@@ -101,7 +101,7 @@ def score(call: Call, answers: list[str]) -> list[float]:
     except (TypeError, ValueError):
         numbers = []
     if len(numbers) != len(answers):
-        raise ConfigError(f"the reranker returned {len(scores)} scores for {len(answers)} answers: it must return one number per answer")
+        raise RerankerError(f"the reranker returned {len(scores)} scores for {len(answers)} answers: it must return one number per answer")
     call.info.candidates, call.info.scores = answers, numbers
     if any(math.isnan(s) for s in call.info.scores):
         logger.warning("call %s: the reranker scored %d of %d answers NaN (a diverged adapter?); they rank last",

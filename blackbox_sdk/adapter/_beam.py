@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._exceptions import ConfigError
+from .._exceptions import ConfigError, RerankerError
 
 SampleFn = Callable[[str, str, int], list[str]]  # (question, prefix so far, k) -> up to k next steps
 ScoreFn = Callable[[str, Sequence[str]], Sequence[float]]  # (question, partial answers) -> scores
@@ -112,7 +112,7 @@ def _score(question: str, scorer: ScoreFn, beams: list[_Beam]) -> None:
         return
     values = list(scorer(question, [b.text for b in beams]))
     if len(values) != len(beams):
-        raise ConfigError(f"the scorer returned {len(values)} scores for {len(beams)} answers")
+        raise RerankerError(f"the scorer returned {len(values)} scores for {len(beams)} answers")
     for b, value in zip(beams, values):
         b.score = float(value)
 

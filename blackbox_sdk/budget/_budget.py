@@ -33,7 +33,7 @@ from pydantic import (
     ValidationError,
 )
 
-from .._exceptions import ConfigError, PriceMissingError, StoreUnavailableError
+from .._exceptions import ConfigError, PriceMissingError, ReservationNotHeldError, StoreUnavailableError
 from .._logging import logger
 from .._redact import redact_text
 from .._redis_url import redact_url
@@ -238,7 +238,7 @@ class Budget(BaseModel):
             hold=hold, log_id=log_id,
         )
         if not charged:
-            raise ConfigError(f"reservation {reservation.id} is not outstanding: it was already settled (charged once)")
+            raise ReservationNotHeldError(f"reservation {reservation.id} is not outstanding: it was already settled (charged once)")
         if time.monotonic() > leased_until:
             logger.warning(
                 "call %s was settled after its %.0f s lease lapsed unrenewed (the ledger was out of reach, or this "

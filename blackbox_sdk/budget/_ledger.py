@@ -36,7 +36,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from .._exceptions import ConfigError
+from .._exceptions import ConfigError, ReservationNotHeldError
 from .._sqlite import SHARED_TABLES, connect, immediate, refuse_foreign
 from ._caps import REPORTED_SCOPES, Cap, CapUsage, charged_rows, totals_row
 from ._owners import process_alive, this_process
@@ -296,7 +296,7 @@ class Ledger:
     ) -> bool:
         """Replace a reservation (held or lapsed) by the real spend and add it to the totals, in one transaction.
 
-        False (nothing charged) when it was already settled; ConfigError when released or unknown.
+        False (nothing charged) when it was already settled; ReservationNotHeldError when released or unknown.
         `hold` is not needed here: an SQLite ledger never loses a committed reservation. `log_id`
         is the call log the call is recorded in (NO_LOG: none; None, stored NULL: not said), kept on the spend.
         """
@@ -307,7 +307,7 @@ class Ledger:
             if row is None:
                 if connection.execute("SELECT 1 FROM spends WHERE reservation_id = ?", (reservation_id,)).fetchone():
                     return False
-                raise ConfigError(f"reservation {reservation_id} is not outstanding: it was released, or is unknown")
+                raise ReservationNotHeldError(f"reservation {reservation_id} is not outstanding: it was released, or is unknown")
             call_id, model, key, day, reserved = row
             connection.execute("DELETE FROM reservations WHERE id = ?", (reservation_id,))
             connection.execute(_INSERT_SPEND, (

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from .._exceptions import ConfigError, StoreUnavailableError
+from .._exceptions import ReservationNotHeldError, StoreUnavailableError
 from .._logging import logger
 from . import _journal
 from ._caps import nano_to_usd, usd_to_nano
@@ -97,7 +97,7 @@ class OwedSettles:
             debt.settle()
         except StoreUnavailableError:
             return False
-        except ConfigError:  # settled already (a reply lost after the charge) or released elsewhere: nothing owed
+        except ReservationNotHeldError:  # settled already (a reply lost after the charge) or released elsewhere: nothing owed
             return True
         except Exception as error:  # noqa: BLE001 - a daemon thread must go on; this debt can't be settled
             logger.warning("call %s: its owed charge of $%.6f could not be settled: %s", debt.call_id, debt.usd, error)

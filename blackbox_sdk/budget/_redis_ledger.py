@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from .._exceptions import ConfigError, StoreUnavailableError
+from .._exceptions import ConfigError, ReservationNotHeldError, StoreUnavailableError
 from .._logging import logger
 from .._redis_url import RedisURL
 from ._caps import REPORTED_SCOPES, Cap, CapUsage, totals_row
@@ -90,7 +90,7 @@ class RedisLedger:
         self, reservation_id: str, *, usd_nano: int, prompt_tokens: int, completion_tokens: int, cached_tokens: int,
         hold: Hold | None = None, log_id: str | None = None,
     ) -> bool:
-        """Charge the real spend once: True; False when another attempt already settled it; ConfigError if released.
+        """Charge the real spend once: True; False when another attempt already settled it; ReservationNotHeldError if released.
 
         `log_id` (the call log the call is recorded in; NO_LOG: none; None: not said) is kept on its spends-stream entry.
         """
@@ -101,7 +101,7 @@ class RedisLedger:
             "0" if log_id is None else "1", log_id or "",
         ))
         if status == 0:
-            raise ConfigError(f"reservation {reservation_id} is not outstanding: it was released, or is unknown")
+            raise ReservationNotHeldError(f"reservation {reservation_id} is not outstanding: it was released, or is unknown")
         if status == 3:
             logger.warning(
                 "the Redis ledger at %s did not know reservation %s (it lost its data: run Redis with AOF "

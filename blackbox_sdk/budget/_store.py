@@ -108,7 +108,7 @@ class LedgerStore(Protocol):
     ) -> bool:
         """Replace a reservation (held or lapsed) by the real spend: True; False when it was already settled.
 
-        ConfigError when it was released or is unknown; ``hold`` lets a store that lost its data
+        ReservationNotHeldError when it was released or is unknown; ``hold`` lets a store that lost its data
         (a Redis restarted without persistence) still record the spend. ``log_id`` is the call
         log the call is recorded in (NO_LOG: none; None: not said), kept on the spend.
         """

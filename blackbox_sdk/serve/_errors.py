@@ -13,6 +13,10 @@ SDK's errors and the upstream's, mapped once here.
     500 key_misconfigured       a key whose options can't be built or applied (its ledger's Redis refusing the password,
                                 a missing reranker folder): the operator's fault (`_state`)
     500 server_error            a failure of the proxy itself, also outside the routes (OpenAI's body, not Starlette's text)
+    500 reranker_failed,        a call's fault that is the deployment's, never the request's (`_DEPLOYMENT`): the
+        missing_dependency,     reranker scoring wrongly, a package the call needs not installed (torch to read
+        reservation_not_held    prompt_embeds), a settle the ledger refuses (its hold released meanwhile); logged,
+                                sent with x-should-retry: false
     501 feedback_not_enabled    /v1/feedback on a proxy that keeps no call log (the operator's setup)
     502 / 503 / 504             upstream unreachable or refusing the proxy's key / a shared store down (or refusing
                                 the password it opened with) or the proxy starting / upstream timeout (also an SDK
@@ -39,11 +43,14 @@ import openai
 from starlette.responses import JSONResponse
 
 from .._exceptions import (
+    AdapterError,
     BlackBoxError,
     BudgetExceededError,
     ConfigError,
     InvalidRequestError,
+    MissingDependencyError,
     RateLimitExceededError,
+    ReservationNotHeldError,
     StoreUnavailableError,
 )
 from .._logging import logger
@@ -53,6 +60,11 @@ from ..call_log import new_call_id
 _PASSED_HEADERS = ("retry-after", "retry-after-ms", "x-should-retry", "x-request-id")  # what openai's clients read
 _NO_RETRY = {"x-should-retry": "false"}  # openai's clients then raise at once: retrying can't help
 _ERROR_FIELDS = ("message", "type", "param", "code")
+_DEPLOYMENT: tuple[tuple[type[BlackBoxError], str], ...] = (  # raised by a call the request did nothing wrong in: 500, not 400
+    (AdapterError, "reranker_failed"),  # RerankerError (also a ConfigError): not one number per answer
+    (MissingDependencyError, "missing_dependency"),
+    (ReservationNotHeldError, "reservation_not_held"),
+)
 
 
 class ProxyError(BlackBoxError):
@@ -125,12 +137,22 @@ def describe(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:
         if not math.isfinite(wait):  # a call larger than the limit itself: no wait lets it through, so no retry
             return 429, error_body(message, "requests", code="rate_limit_exceeded"), dict(_NO_RETRY)
         return 429, error_body(message, "requests", code="rate_limit_exceeded"), retry_headers(wait)
+    for kind, code in _DEPLOYMENT:
+        if isinstance(exc, kind):
+            return _deployment_fault(exc, message, code)
     if isinstance(exc, ConfigError):
         return 400, error_body(message, "invalid_request_error"), {}
     if isinstance(exc, StoreUnavailableError):
         return 503, error_body(message, "server_error", code="store_unavailable"), {}
     logger.error("proxy: %s while serving a request: %s", type(exc).__name__, message)
     return 500, error_body("the proxy failed to serve the request", "server_error"), {}
+
+
+def _deployment_fault(exc: BaseException, message: str, code: str) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """The 500 for a call's fault that only the operator can mend, logged; sent with x-should-retry: false (a retry
+    would fail the same way, a paid upstream answer lost each time). The message is the SDK's own, redacted."""
+    logger.error("proxy: %s while serving a request (the deployment's fault, not the request's): %s", type(exc).__name__, message)
+    return 500, error_body(f"the proxy can't serve this request: {message}", "server_error", code=code), dict(_NO_RETRY)
 
 
 def retry_headers(wait: float) -> dict[str, str]:
