@@ -15,8 +15,10 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -357,3 +359,61 @@ async def test_a_call_cancelled_between_adaptive_rounds_is_logged_once_with_its_
     assert (outstanding, reserved) == (0, 0.0) and spent == pytest.approx(2 * ANSWER_USD)  # the first round is paid
     assert [e and e.split(":")[0] for e in stores.errors()] == [None, "CancelledError"]
     assert stores.cost_of("CancelledError") == pytest.approx(ANSWER_USD)
+
+
+def dropped_costs(stores: Stores) -> list[float]:
+    """The logged cost of each stream dropped before its end, oldest first."""
+    stores.log.flush()
+    records = sorted(stores.log.calls(), key=lambda r: r.created)
+    return [r.cost_usd for r in records if r.error == "RuntimeError: stream closed before its end"]
+
+
+async def test_streams_dropped_mid_read_close_quietly_charged_and_logged_once(server: SlowServer, tmp_path: Path) -> None:
+    """Nothing keeps a dropped stream alive (its HTTP response holds it weakly): the loop closes its
+    generator once, and no "Task exception was never retrieved" reaches the loop's exception handler."""
+    stores = Stores(tmp_path, server.url)
+    sdk = stores.client()
+    await sdk.chat.completions.create(model=MODEL, messages=ask("hi"), max_tokens=50)
+    loop, problems = asyncio.get_running_loop(), []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: problems.append(context["message"]))
+    try:
+        for _ in range(4):  # the noise came from the collection's order of finalizers: most drops showed it
+            stream = await sdk.chat.completions.create(model=MODEL, messages=ask("streaming"), max_tokens=50, stream=True)
+            assert (await anext(stream)).choices[0].delta.content == "one"
+            del stream
+            gc.collect()
+            await until(lambda: stores.held()[0] == 0)
+            await asyncio.sleep(0.2)  # the loop runs what the collection scheduled
+    finally:
+        loop.set_exception_handler(previous)
+    assert problems == []
+    outstanding, reserved, spent = stores.held()
+    assert (outstanding, reserved) == (0, 0.0)
+    assert stores.errors() == [None] + ["RuntimeError: stream closed before its end"] * 4
+    costs = dropped_costs(stores)
+    assert all(cost > 0 for cost in costs) and sum(costs) == pytest.approx(spent - ANSWER_USD)
+
+
+def test_a_sync_stream_dropped_mid_read_is_accounted_at_once_and_quietly(server: SlowServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No garbage collection needed: the dropped stream is freed, its iterator closed and accounted, as `del` returns."""
+    stores = Stores(tmp_path, server.url)
+    sdk = stores.sync_client()
+    sdk.chat.completions.create(model=MODEL, messages=ask("hi"), max_tokens=50)
+    unraisable: list[str] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda raised: unraisable.append(repr(raised.exc_value)))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        stream = sdk.chat.completions.create(model=MODEL, messages=ask("streaming"), max_tokens=50, stream=True)
+        assert next(stream).choices[0].delta.content == "one"
+        gc.disable()
+        try:
+            del stream
+            outstanding, reserved, spent = stores.held()
+        finally:
+            gc.enable()
+        gc.collect()
+    assert (outstanding, reserved) == (0, 0.0) and spent > ANSWER_USD
+    assert stores.errors() == [None, "RuntimeError: stream closed before its end"]
+    assert dropped_costs(stores) == [pytest.approx(spent - ANSWER_USD)]
+    assert not caught and not unraisable
