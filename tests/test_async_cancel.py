@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import sqlite3
 import sys
 import threading
 import time
@@ -417,3 +418,26 @@ def test_a_sync_stream_dropped_mid_read_is_accounted_at_once_and_quietly(server:
     assert stores.errors() == [None, "RuntimeError: stream closed before its end"]
     assert dropped_costs(stores) == [pytest.approx(spent - ANSWER_USD)]
     assert not caught and not unraisable
+
+
+async def test_a_call_cancelled_while_its_rate_limit_slot_is_being_taken_gives_the_slot_back(server: SlowServer, tmp_path: Path) -> None:
+    """The SQLite window's admission waits in a worker thread for a lock another process holds: the
+    cancel waits for it to end, then the slot it took is released (it stayed counted for a window before)."""
+    window = tmp_path / "rate.db"
+    stores = Stores(tmp_path, server.url, rate_limit=RateLimits(rpm=2, store=window))
+    sdk = stores.client()
+    await sdk.chat.completions.create(model=MODEL, messages=ask("hi"), max_tokens=50)  # the first of two slots; the window's file is open
+    other = sqlite3.connect(window, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process writing the window
+    task = asyncio.create_task(sdk.chat.completions.create(model=MODEL, messages=ask("more"), max_tokens=50))
+    await asyncio.sleep(0.3)
+    task.cancel()
+    await asyncio.sleep(0.2)
+    other.execute("COMMIT")  # the admission goes through now
+    other.close()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 5.0)
+    got = await sdk.chat.completions.create(model=MODEL, messages=ask("again"), max_tokens=50)  # the second slot is free
+    assert got.choices[0].message.content == "answer 0"
+    assert [e and e.split(":")[0] for e in stores.errors()] == [None, "CancelledError", None]
+    assert len(server.bodies) == 2 and stores.held()[:2] == (0, 0.0)
