@@ -441,3 +441,26 @@ async def test_a_call_cancelled_while_its_rate_limit_slot_is_being_taken_gives_t
     assert got.choices[0].message.content == "answer 0"
     assert [e and e.split(":")[0] for e in stores.errors()] == [None, "CancelledError", None]
     assert len(server.bodies) == 2 and stores.held()[:2] == (0, 0.0)
+
+
+async def test_a_call_cancelled_during_a_later_adaptive_rounds_request_is_charged_both_rounds_and_logged_once(tmp_path: Path) -> None:
+    """The first round answers; the second round's request is out (slow) when the cancel comes."""
+    second_round_slow = SlowServer(lambda body, index: SLOW_S if index == 2 else 0.0)
+    try:
+        stores = Stores(tmp_path, second_round_slow.url, reranker=lambda question, answers: [1.0] * len(answers), rerank_n=8, rerank_confidence=0.99)
+        sdk = stores.client()
+        await sdk.chat.completions.create(model=MODEL, messages=ask("hi"), max_tokens=50, reranker=None)  # calibrates: prompts count 10 tokens
+        task = asyncio.create_task(sdk.chat.completions.create(model=MODEL, messages=ask("pick"), max_tokens=50))
+        await until(lambda: len(second_round_slow.bodies) == 3)
+        await asyncio.sleep(0.1)
+        await cancelled(task)
+        assert [body.get("n") for body in second_round_slow.bodies[1:]] == [2, 2]  # round 1: 2 answers; round 2: 2 more
+        outstanding, reserved, spent = stores.held()
+        assert (outstanding, reserved) == (0, 0.0)
+        assert [e and e.split(":")[0] for e in stores.errors()] == [None, "CancelledError"]
+        cost = stores.cost_of("CancelledError")
+        assert spent == pytest.approx(ANSWER_USD + cost)  # the ledger holds what the one record says
+        prompt_tokens = (cost - ANSWER_USD) * 1e6  # beyond round 1's settled answer: input tokens at $1 per million
+        assert prompt_tokens == pytest.approx(round(prompt_tokens)) and 1 <= round(prompt_tokens) <= 10  # round 2's prompt, counted; no output
+    finally:
+        second_round_slow.close()
