@@ -15,8 +15,11 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import sqlite3
+import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -357,3 +360,107 @@ async def test_a_call_cancelled_between_adaptive_rounds_is_logged_once_with_its_
     assert (outstanding, reserved) == (0, 0.0) and spent == pytest.approx(2 * ANSWER_USD)  # the first round is paid
     assert [e and e.split(":")[0] for e in stores.errors()] == [None, "CancelledError"]
     assert stores.cost_of("CancelledError") == pytest.approx(ANSWER_USD)
+
+
+def dropped_costs(stores: Stores) -> list[float]:
+    """The logged cost of each stream dropped before its end, oldest first."""
+    stores.log.flush()
+    records = sorted(stores.log.calls(), key=lambda r: r.created)
+    return [r.cost_usd for r in records if r.error == "RuntimeError: stream closed before its end"]
+
+
+async def test_streams_dropped_mid_read_close_quietly_charged_and_logged_once(server: SlowServer, tmp_path: Path) -> None:
+    """Nothing keeps a dropped stream alive (its HTTP response holds it weakly): the loop closes its
+    generator once, and no "Task exception was never retrieved" reaches the loop's exception handler."""
+    stores = Stores(tmp_path, server.url)
+    sdk = stores.client()
+    await sdk.chat.completions.create(model=MODEL, messages=ask("hi"), max_tokens=50)
+    loop, problems = asyncio.get_running_loop(), []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: problems.append(context["message"]))
+    try:
+        for _ in range(4):  # the noise came from the collection's order of finalizers: most drops showed it
+            stream = await sdk.chat.completions.create(model=MODEL, messages=ask("streaming"), max_tokens=50, stream=True)
+            assert (await anext(stream)).choices[0].delta.content == "one"
+            del stream
+            gc.collect()
+            await until(lambda: stores.held()[0] == 0)
+            await asyncio.sleep(0.2)  # the loop runs what the collection scheduled
+    finally:
+        loop.set_exception_handler(previous)
+    assert problems == []
+    outstanding, reserved, spent = stores.held()
+    assert (outstanding, reserved) == (0, 0.0)
+    assert stores.errors() == [None] + ["RuntimeError: stream closed before its end"] * 4
+    costs = dropped_costs(stores)
+    assert all(cost > 0 for cost in costs) and sum(costs) == pytest.approx(spent - ANSWER_USD)
+
+
+def test_a_sync_stream_dropped_mid_read_is_accounted_at_once_and_quietly(server: SlowServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No garbage collection needed: the dropped stream is freed, its iterator closed and accounted, as `del` returns."""
+    stores = Stores(tmp_path, server.url)
+    sdk = stores.sync_client()
+    sdk.chat.completions.create(model=MODEL, messages=ask("hi"), max_tokens=50)
+    unraisable: list[str] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda raised: unraisable.append(repr(raised.exc_value)))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        stream = sdk.chat.completions.create(model=MODEL, messages=ask("streaming"), max_tokens=50, stream=True)
+        assert next(stream).choices[0].delta.content == "one"
+        gc.disable()
+        try:
+            del stream
+            outstanding, reserved, spent = stores.held()
+        finally:
+            gc.enable()
+        gc.collect()
+    assert (outstanding, reserved) == (0, 0.0) and spent > ANSWER_USD
+    assert stores.errors() == [None, "RuntimeError: stream closed before its end"]
+    assert dropped_costs(stores) == [pytest.approx(spent - ANSWER_USD)]
+    assert not caught and not unraisable
+
+
+async def test_a_call_cancelled_while_its_rate_limit_slot_is_being_taken_gives_the_slot_back(server: SlowServer, tmp_path: Path) -> None:
+    """The SQLite window's admission waits in a worker thread for a lock another process holds: the
+    cancel waits for it to end, then the slot it took is released (it stayed counted for a window before)."""
+    window = tmp_path / "rate.db"
+    stores = Stores(tmp_path, server.url, rate_limit=RateLimits(rpm=2, store=window))
+    sdk = stores.client()
+    await sdk.chat.completions.create(model=MODEL, messages=ask("hi"), max_tokens=50)  # the first of two slots; the window's file is open
+    other = sqlite3.connect(window, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process writing the window
+    task = asyncio.create_task(sdk.chat.completions.create(model=MODEL, messages=ask("more"), max_tokens=50))
+    await asyncio.sleep(0.3)
+    task.cancel()
+    await asyncio.sleep(0.2)
+    other.execute("COMMIT")  # the admission goes through now
+    other.close()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 5.0)
+    got = await sdk.chat.completions.create(model=MODEL, messages=ask("again"), max_tokens=50)  # the second slot is free
+    assert got.choices[0].message.content == "answer 0"
+    assert [e and e.split(":")[0] for e in stores.errors()] == [None, "CancelledError", None]
+    assert len(server.bodies) == 2 and stores.held()[:2] == (0, 0.0)
+
+
+async def test_a_call_cancelled_during_a_later_adaptive_rounds_request_is_charged_both_rounds_and_logged_once(tmp_path: Path) -> None:
+    """The first round answers; the second round's request is out (slow) when the cancel comes."""
+    second_round_slow = SlowServer(lambda body, index: SLOW_S if index == 2 else 0.0)
+    try:
+        stores = Stores(tmp_path, second_round_slow.url, reranker=lambda question, answers: [1.0] * len(answers), rerank_n=8, rerank_confidence=0.99)
+        sdk = stores.client()
+        await sdk.chat.completions.create(model=MODEL, messages=ask("hi"), max_tokens=50, reranker=None)  # calibrates: prompts count 10 tokens
+        task = asyncio.create_task(sdk.chat.completions.create(model=MODEL, messages=ask("pick"), max_tokens=50))
+        await until(lambda: len(second_round_slow.bodies) == 3)
+        await asyncio.sleep(0.1)
+        await cancelled(task)
+        assert [body.get("n") for body in second_round_slow.bodies[1:]] == [2, 2]  # round 1: 2 answers; round 2: 2 more
+        outstanding, reserved, spent = stores.held()
+        assert (outstanding, reserved) == (0, 0.0)
+        assert [e and e.split(":")[0] for e in stores.errors()] == [None, "CancelledError"]
+        cost = stores.cost_of("CancelledError")
+        assert spent == pytest.approx(ANSWER_USD + cost)  # the ledger holds what the one record says
+        prompt_tokens = (cost - ANSWER_USD) * 1e6  # beyond round 1's settled answer: input tokens at $1 per million
+        assert prompt_tokens == pytest.approx(round(prompt_tokens)) and 1 <= round(prompt_tokens) <= 10  # round 2's prompt, counted; no output
+    finally:
+        second_round_slow.close()

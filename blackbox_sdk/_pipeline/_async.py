@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from .._types import Json, Route
 from . import _flows as flows
@@ -144,15 +144,37 @@ class AsyncCore(Core):
 
     async def _beam(self, call: Call) -> Any:
         """The beam search in a thread of its own (its steps' store work needs the shared workers); its
-        step calls run on this event loop."""
+        step calls run on this event loop. Cancelled, it cancels the step call running (which accounts
+        for itself) and starts no other, then waits, without blocking the loop, for the search to end."""
         loop = asyncio.get_running_loop()
         overrides = step_options(call)
+        stopped, steps = False, set[asyncio.Task[Any]]()
+
+        async def step(route: Route, params: Json) -> Any:
+            if stopped:
+                raise asyncio.CancelledError
+            task = cast("asyncio.Task[Any]", asyncio.current_task())
+            steps.add(task)
+            try:
+                return await self._run(flows.create(self, route, params, overrides, step_of=call))
+            finally:
+                steps.discard(task)
 
         def create(route: Route, params: Json) -> Any:
-            return asyncio.run_coroutine_threadsafe(self.create(route, params, overrides), loop).result()
+            return asyncio.run_coroutine_threadsafe(step(route, params), loop).result()
 
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="blackbox-beam") as own:
-            return await loop.run_in_executor(own, run_beam, call, create)
+        own = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blackbox-beam")
+        searching = loop.run_in_executor(own, run_beam, call, create)
+        own.shutdown(wait=False)  # its one thread ends with the search: never wait for it on the loop
+        try:
+            return await asyncio.shield(searching)
+        except asyncio.CancelledError:
+            stopped = True
+            for task in steps:
+                task.cancel()
+            with contextlib.suppress(Exception):  # the step's own CancelledError, as the search raised it
+                await searching
+            raise
 
     async def _outcome(self, call: Call, send: Callable[[], Awaitable[Any]]) -> Any:
         """One request of a "send": its answer, or the error it ended with, as it comes (`answered`: a

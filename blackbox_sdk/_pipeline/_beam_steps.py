@@ -21,12 +21,11 @@ BEAM_OWN_PARAMS = ("messages", "model", "n", "stream", "stream_options", "stop")
 
 
 class StepTally:
-    """A client-like view for the beam sampler: its `create` calls run through the SDK, and their
-    cost, requests and usage add up here."""
+    """A client-like view for the beam sampler: its `create` calls run through the SDK, and the usage
+    of their answers adds up here (their cost, requests and retries: `spent_on_steps`)."""
 
     def __init__(self, create: Callable[[Route, Json], Any]) -> None:
         self._create = create
-        self.cost, self.requests, self.retries = 0.0, 0, 0
         self.usage: Json = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
         self.chat = SimpleNamespace(completions=SimpleNamespace(create=lambda **params: self._run(CHAT, params)))
         self.completions = SimpleNamespace(create=lambda **params: self._run(COMPLETIONS, params))
@@ -34,10 +33,6 @@ class StepTally:
     def _run(self, route: Route, params: Json) -> Any:
         """One step call, counted."""
         response = self._create(route, params)
-        info = response.blackbox
-        self.cost += info.cost_usd
-        self.requests += info.requests
-        self.retries += info.retries
         if response.usage is not None:
             self.usage = add_usage(self.usage, response.usage.to_dict(warnings=False))
         return response
@@ -46,6 +41,15 @@ class StepTally:
 def step_options(call: Call) -> Json:
     """The per-call options of each step: the caller's, without reranking or beams."""
     return {**call.overrides, "reranker": None, "beam": None}
+
+
+def spent_on_steps(call: Call) -> None:
+    """The beam call's cost, requests and retries: its step calls', a step that failed included (for
+    what it was charged), so that the whole call's one record says what the search spent."""
+    info = call.info
+    info.cost_usd = sum(step.cost_usd for step in call.steps)
+    info.requests = sum(step.requests for step in call.steps)
+    info.retries = sum(step.retries for step in call.steps)
 
 
 def run_beam(call: Call, create: Callable[[Route, Json], Any]) -> tuple[Any, StepTally]:
@@ -69,7 +73,7 @@ def beam_response(core: Core, call: Call, result: Any, tally: StepTally) -> Any:
     beams = list(result.beams) or [(result.text, result.score)]
     info.candidates, info.scores = [text for text, _ in beams], [float(score) for _, score in beams]
     info.chosen = list(range(min(call.n, len(beams))))
-    info.cost_usd, info.requests, info.retries = tally.cost, tally.requests, tally.retries
+    spent_on_steps(call)
     body = {
         "id": f"chatcmpl-{info.call_id}", "object": "chat.completion", "created": int(time.time()),
         "model": call.model, "usage": tally.usage,

@@ -16,7 +16,7 @@ from .._exceptions import RateLimitExceededError
 from .._info import attach
 from .._options import split_options
 from .._types import EMBEDDINGS, Json, Route, add_usage
-from ._beam_steps import beam_response
+from ._beam_steps import beam_response, spent_on_steps
 from ._calibrate import passes_gate, public_endpoint
 from ._call import Call, KeptHttp
 from ._candidates import Candidate
@@ -182,17 +182,19 @@ def look(core: Core, call: Call) -> tuple[list[Candidate], bool]:
     return found, True
 
 
-def create(core: Core, route: Route, params: Json, overrides: Json, valid: Callable[[str], bool] | None = None, kept: KeptHttp | None = None) -> Flow:
+def create(
+    core: Core, route: Route, params: Json, overrides: Json, valid: Callable[[str], bool] | None = None, kept: KeptHttp | None = None, step_of: Call | None = None
+) -> Flow:
     """`create` for chat or legacy completions, streamed or not, reranked or beam-searched; reranking
     prefers the answers `valid` accepts (for `parse`: those that fit the schema); `kept` receives the
-    last HTTP response (a raw view's status and headers)."""
+    last HTTP response (a raw view's status and headers); `step_of`: the beam call this is a step of."""
     call = core.begin(route, params, overrides)
     call.valid = valid
     call.kept = kept
+    if step_of is not None:
+        step_of.steps.append(call.info)
     if call.opts.beam is not None and call.opts.reranker is not None:
-        whole_call = unstreamed(call)
-        result, tally = yield Effect("beam", whole_call)
-        whole = yield from last(core, whole_call, partial(beam_response, core, whole_call, result, tally))
+        whole = yield from beam(core, unstreamed(call))
     elif call.opts.reranker is not None and call.want > 1 and (call.want > call.n or call.stream):  # a stream carries the pick too
         whole = yield from complete(core, unstreamed(call))
     elif call.stream:
@@ -202,6 +204,18 @@ def create(core: Core, route: Route, params: Json, overrides: Json, valid: Calla
     if not call.stream:
         return whole
     return core.stream_of(whole_stream_chunks(call, whole), None, whole.blackbox)
+
+
+def beam(core: Core, call: Call) -> Flow:
+    """A beam search, each step a call of its own; the call is logged once with what its steps spent,
+    whether it ends or fails (a step refused or cancelled, a scorer that raised)."""
+    try:
+        result, tally = yield Effect("beam", call)
+    except BaseException as error:
+        spent_on_steps(call)
+        yield from failed(core, call, error)
+        raise
+    return (yield from last(core, call, partial(beam_response, core, call, result, tally)))
 
 
 def paid(core: Core, call: Call, missing: int, fetch_all: Callable[[int, int | None], Flow]) -> Flow:

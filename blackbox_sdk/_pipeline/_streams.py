@@ -25,12 +25,18 @@ T = TypeVar("T")
 
 def _stop_first(response: httpx2.Response, stop: Callable[[], None]) -> None:
     """Make `response.close()` run `stop` before closing (`stop` does nothing from inside the SDK's
-    iterator: the inner stream closing its response at its end, or the iterator's own clean-up)."""
-    close = response.close
+    iterator: the inner stream closing its response at its end, or the iterator's own clean-up).
+    The stream is held weakly: the response must not keep it alive, so that a stream dropped unclosed
+    is freed at once and its iterator closed once, by the interpreter, rather than by a later garbage
+    collection that finalizes the inner stream's generators at the same time (noise, or a generator
+    closed twice)."""
+    close, stopper = response.close, weakref.WeakMethod(stop)
 
     def closing() -> None:
         try:
-            stop()
+            alive = stopper()
+            if alive is not None:
+                alive()
         finally:
             close()
 
@@ -38,12 +44,16 @@ def _stop_first(response: httpx2.Response, stop: Callable[[], None]) -> None:
 
 
 def _astop_first(response: httpx2.Response, stop: Callable[[], Awaitable[None]]) -> None:
-    """`_stop_first` for `response.aclose()`."""
-    aclose = response.aclose
+    """`_stop_first` for `response.aclose()` (the stream held weakly too: an async generator closed
+    twice, by the loop's finalizer and by the inner stream's clean-up, is asyncio's "Task exception
+    was never retrieved")."""
+    aclose, stopper = response.aclose, weakref.WeakMethod(stop)
 
     async def closing() -> None:
         try:
-            await stop()
+            alive = stopper()
+            if alive is not None:
+                await alive()
         finally:
             await aclose()
 

@@ -100,7 +100,7 @@ class SyncCore(Core):
         if effect.kind == "enter":
             return self._retry(effect.call, lambda: _entered(effect.request()))
         overrides = step_options(effect.call)
-        return run_beam(effect.call, lambda route, params: self.create(route, params, overrides))
+        return run_beam(effect.call, lambda route, params: self._run(flows.create(self, route, params, overrides, step_of=effect.call)))
 
     def _retry(self, call: Call, send: Callable[[], Any]) -> Any:
         """One request with the call's retry policy, counted on the call; the policy steps in only once the first attempt fails."""

@@ -7,6 +7,8 @@ those effects, blocking or awaiting. A refusal is a RateLimitExceededError with 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
@@ -126,6 +128,21 @@ async def run_async(flow: Flow, store: WindowStore, asleep: Callable[[float], Aw
     """Perform a flow's effects with awaits."""
     step = _advance(flow, None)
     while not isinstance(step, Admission):
-        reply = (await store.atry_admit(*step.request.store_args)) if isinstance(step, Attempt) else (await asleep(step.seconds))
+        reply = (await _attempt(store, step.request)) if isinstance(step, Attempt) else (await asleep(step.seconds))
         step = _advance(flow, reply if isinstance(reply, Verdict) else None)
     return step
+
+
+async def _attempt(store: WindowStore, request: Request) -> Verdict:
+    """One store attempt, carried to its end when the caller is cancelled meanwhile (the store's worker
+    thread, or a Redis script already sent, runs on): a slot it took is then given back, rather than
+    counted for a window by a call that never got its admission. The pauses between attempts are not
+    shielded: a cancel while waiting for room ends the wait at once."""
+    attempt = asyncio.ensure_future(store.atry_admit(*request.store_args))
+    try:
+        return await asyncio.shield(attempt)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):  # a store out of reach: the slot leaves with its window
+            if (await attempt).admitted:
+                await store.arelease(request.bucket, request.id)
+        raise

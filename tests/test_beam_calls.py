@@ -1,0 +1,82 @@
+"""A beam-searched call (`beam=...` with a reranker) that fails or is cancelled: each step call is
+logged on its own, and the whole call once more, with its error and what its steps spent (the
+failing step's charge included), as for any other call; cancelling an async one ends it at once
+without blocking the event loop. A real HTTP server on a loopback port; real SQLite stores."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+from test_async_cancel import MODEL, SLOW_S, SlowServer, Stores, ask, cancelled, until
+
+from blackbox_sdk import CallLog
+
+BEAM = {"beam": 1, "candidates": 2, "max_steps": 3, "answer_marker": None}
+
+
+def by_length(question: str, answers: Sequence[str]) -> list[float]:
+    """Prefers longer prefixes."""
+    return [float(len(answer)) for answer in answers]
+
+
+@pytest.fixture
+def second_step_slow() -> Iterator[SlowServer]:
+    """A server whose second request (the beam's second step) is slow."""
+    running = SlowServer(lambda body, index: SLOW_S if index == 1 else 0.0)
+    yield running
+    running.close()
+
+
+def whole_and_steps(log: CallLog) -> tuple[tuple[str | None, float], list[tuple[str | None, float]]]:
+    """(error, cost) of the beam call, logged last, and of each step call before it."""
+    log.flush()
+    records = [(r.error and r.error.split(":")[0], r.cost_usd) for r in sorted(log.calls(), key=lambda r: r.created)]
+    return records[-1], records[:-1]
+
+
+async def test_a_beam_call_cancelled_during_a_step_ends_at_once_and_is_logged_once(second_step_slow: SlowServer, tmp_path: Path) -> None:
+    stores = Stores(tmp_path, second_step_slow.url, reranker=by_length, beam=BEAM)
+    sdk = stores.client()
+    task = asyncio.create_task(sdk.chat.completions.create(model=MODEL, messages=ask("beam"), max_tokens=50))
+    await until(lambda: len(second_step_slow.bodies) == 2)
+    await asyncio.sleep(0.1)  # the second step's request is out
+    started = time.monotonic()
+    await asyncio.wait_for(cancelled(task), 2.0)  # the loop was blocked for good before
+    assert time.monotonic() - started < 1.0
+    whole, steps = whole_and_steps(stores.log)
+    assert [error for error, _ in steps] == [None, "CancelledError"] and all(cost > 0 for _, cost in steps)
+    assert whole == ("CancelledError", pytest.approx(sum(cost for _, cost in steps)))
+    outstanding, reserved, spent = stores.held()
+    assert (outstanding, reserved) == (0, 0.0) and spent == pytest.approx(whole[1])
+    await asyncio.sleep(0.3)
+    assert len(second_step_slow.bodies) == 2  # no step after the cancel
+
+
+@pytest.mark.parametrize("client", ["sync", "async"])
+async def test_a_beam_call_whose_scorer_fails_is_logged_once_with_what_its_steps_spent(tmp_path: Path, client: str) -> None:
+    scored: list[int] = []
+
+    def failing_second_time(question: str, answers: Sequence[str]) -> list[float]:
+        scored.append(len(answers))
+        if len(scored) == 2:
+            raise ValueError("the scorer broke")
+        return by_length(question, answers)
+
+    fast = SlowServer(lambda body, index: 0.0)
+    try:
+        stores = Stores(tmp_path, fast.url, reranker=failing_second_time, beam=BEAM)
+        with pytest.raises(ValueError, match="the scorer broke"):
+            if client == "sync":
+                stores.sync_client().chat.completions.create(model=MODEL, messages=ask("beam"), max_tokens=50)
+            else:
+                await stores.client().chat.completions.create(model=MODEL, messages=ask("beam"), max_tokens=50)
+        whole, steps = whole_and_steps(stores.log)
+        assert [error for error, _ in steps] == [None, None]  # both steps answered; the search failed scoring the second
+        assert whole == ("ValueError", pytest.approx(sum(cost for _, cost in steps)))
+        assert stores.held() == (0, 0.0, pytest.approx(whole[1]))
+    finally:
+        fast.close()
