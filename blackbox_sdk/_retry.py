@@ -49,10 +49,10 @@ def retry_after(error: BaseException) -> float | None:
         if delay == math.inf and value.strip().lower() not in _INFINITY:
             return MAX_RETRY_AFTER_DELAY + 1  # as openai: a number past a float's range is a long delay, not "no hint"
         return delay / divisor
-    parsed = email.utils.parsedate_tz(headers.get("retry-after") or "")
     try:
+        parsed = email.utils.parsedate_tz(headers.get("retry-after") or "")
         return None if parsed is None else float(email.utils.mktime_tz(parsed) - time.time())
-    except (ValueError, OverflowError):  # a date no clock holds (year 99999 in local time): no hint, not a crash
+    except (TypeError, ValueError, OverflowError, OSError):  # as openai: a date no clock holds (year 99999, or one the platform's mktime refuses) is no hint
         return None
 
 

@@ -187,6 +187,66 @@ def test_openai_fields_the_backend_ignores_and_tool_replies_are_accepted(backend
     assert reply["choices"][0]["message"]["content"].startswith("{")
 
 
+WEATHER_CALL = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+ASKED = {"role": "user", "content": "Weather in Paris?"}
+ANSWERED = {"role": "tool", "tool_call_id": "call_1", "content": "18C, sunny"}
+
+
+@pytest.mark.parametrize(
+    "called",
+    [
+        pytest.param({"role": "assistant", "content": None, "tool_calls": [WEATHER_CALL]}, id="tool-calls"),
+        pytest.param({"role": "assistant", "tool_calls": [WEATHER_CALL]}, id="content-left-out"),
+        pytest.param({"role": "assistant", "content": None, "function_call": WEATHER_CALL["function"]}, id="function-call"),
+    ],
+)
+def test_a_tool_call_history_is_read_with_the_calls_as_the_assistant_turns_text(
+    backend: HFBackend, called: dict[str, Any]
+) -> None:
+    history = [ASKED, called, ANSWERED]
+    written = [ASKED, {"role": "assistant", "content": 'get_weather({"city": "Paris"})'}, ANSWERED]
+    assert backend.chat_prompt_tokens(history) == backend.chat_prompt_tokens(written)
+    reply = backend.chat_completion({"messages": history, "max_tokens": 1, "temperature": 0})
+    assert reply["usage"]["prompt_tokens"] == backend.chat_prompt_tokens(written)
+
+
+def test_an_assistant_turns_text_and_calls_are_read_together(backend: HFBackend) -> None:
+    said = {"role": "assistant", "content": "Let me check.", "tool_calls": [WEATHER_CALL, {**WEATHER_CALL, "id": "call_2"}]}
+    written = {"role": "assistant", "content": 'Let me check.\nget_weather({"city": "Paris"})\nget_weather({"city": "Paris"})'}
+    assert backend.chat_prompt_tokens([ASKED, said]) == backend.chat_prompt_tokens([ASKED, written])
+
+
+@pytest.mark.parametrize(
+    ("messages", "param", "says"),
+    [
+        pytest.param([{"role": "user", "content": None}], "messages[0].content", "null only", id="user-null"),
+        pytest.param([ASKED, {"role": "assistant", "content": None}], "messages[1].content", "null only", id="no-calls"),
+        pytest.param([ASKED, {"role": "tool", "tool_call_id": "c", "content": None}], "messages[1].content", "null only", id="tool-null"),
+        pytest.param(
+            [ASKED, {"role": "assistant", "content": None, "tool_calls": [{"id": "c", "type": "function"}]}],
+            "messages[1].tool_calls[0]", "function", id="call-without-function",
+        ),
+        pytest.param(
+            [ASKED, {"role": "assistant", "tool_calls": [{**WEATHER_CALL, "function": {"name": "f"}}]}],
+            "messages[1].tool_calls[0].function.arguments", "Field required", id="call-without-arguments",
+        ),
+    ],
+)
+def test_null_content_without_calls_and_malformed_calls_are_refused(
+    backend: HFBackend, messages: list[dict[str, Any]], param: str, says: str
+) -> None:
+    error = _without_the_model(backend, lambda: backend.chat_completion({"messages": messages, "max_tokens": 1}))
+    assert isinstance(error, LocalRequestError) and error.param == param
+    assert says in str(error)
+
+
+@pytest.mark.parametrize("prompt", [[1, 2, 3], [[1, 2], [3]], ["Hi", [1, 2]]], ids=["ids", "lists-of-ids", "mixed"])
+def test_token_id_prompts_are_refused_with_the_reason(backend: HFBackend, prompt: list[Any]) -> None:
+    error = _without_the_model(backend, lambda: backend.completion({"prompt": prompt, "max_tokens": 1}))
+    assert isinstance(error, LocalRequestError) and error.param == "prompt"
+    assert "token-id prompts are not supported by the local backend; send text" in str(error)
+
+
 def test_greedy_n_repeats_the_one_decoding_and_bills_each_choice(backend: HFBackend) -> None:
     reply = backend.chat_completion({**GREEDY, "n": 2})
     first, second = (c["message"]["content"] for c in reply["choices"])

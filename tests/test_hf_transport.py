@@ -175,6 +175,25 @@ def test_completions_create_answers_the_prompt(client: openai.OpenAI, backend: H
     assert "".join(c.choices[0].text for c in streamed) == reply.choices[0].text
 
 
+def test_an_agents_history_with_tool_calls_is_answered(client: openai.OpenAI) -> None:
+    """A chat history as agent frameworks keep it: the assistant's tool call (content null), then the tool's answer."""
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+    history: list[Any] = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "18C, sunny"},
+    ]
+    reply = client.chat.completions.create(model="local", messages=history, max_tokens=2, temperature=0)
+    assert reply.choices[0].message.content and reply.usage is not None and reply.usage.completion_tokens >= 1
+
+
+def test_a_token_id_prompt_is_a_400_naming_the_reason(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.completions.create(model="local", prompt=[15, 16, 17], max_tokens=1)
+    assert refused.value.param == "prompt"
+    assert "token-id prompts are not supported by the local backend; send text" in refused.value.message
+
+
 def test_embeddings_sent_as_base64_decode_to_the_backends_floats(client: openai.OpenAI, backend: HFBackend) -> None:
     reply = client.embeddings.create(model="local", input=["hello there", "tea"])
     expected = backend.embeddings({"input": ["hello there", "tea"], "encoding_format": "float"})

@@ -78,3 +78,24 @@ def test_a_rate_window_lost_mid_call_still_returns_and_logs_the_paid_answer(
     assert "rate window could not be corrected" in caplog.text
     [record] = CallLog(tmp_path / "calls.db").calls()
     assert record.error is None and record.usage["completion_tokens"] == 2
+
+
+def test_a_budgets_own_key_is_the_calls_key_for_the_window_the_ledger_and_the_log(tmp_path: Path) -> None:
+    answer = {"id": "c", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+              "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi."}, "finish_reason": "stop"}],
+              "usage": {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11}}
+    upstream = InstantUpstream(answer)
+    budget = Budget(total_usd=10.0, key="team-a", prices={"gpt-4o-mini": {"input": 1.0, "output": 1.0}})
+    client = OpenAI(base_url=upstream.url, api_key="sk-test", budget=budget, rate_limit=RateLimits(rpm=1, per="key"),
+                    log=tmp_path / "calls.db", max_retries=0)
+    try:
+        client.chat.completions.create(model="gpt-4o-mini", messages=HELLO, max_tokens=4)  # no budget_key: the budget's
+        with pytest.raises(RateLimitExceededError) as refused:  # the same key, named: the same window, now full
+            client.chat.completions.create(model="gpt-4o-mini", messages=HELLO, max_tokens=4, budget_key="team-a")
+        client.chat.completions.create(model="gpt-4o-mini", messages=HELLO, max_tokens=4, budget_key="team-b")
+    finally:
+        client.close()
+        upstream.close()
+    assert refused.value.scope == "key:team-a"
+    assert budget.spent(key="team-a") > 0 and budget.spent(key="team-b") > 0
+    assert [record.key for record in CallLog(tmp_path / "calls.db").calls()] == ["team-a", "team-a", "team-b"]

@@ -6,6 +6,7 @@ openai client above it and the SDK are the real ones. Waits are recorded, never 
 
 from __future__ import annotations
 
+import email.utils
 import json
 from collections.abc import Callable, Iterator
 
@@ -116,6 +117,20 @@ def test_a_retry_after_date_no_clock_holds_is_no_hint(date: str) -> None:
     waits: list[float] = []
     script = Script(status(429, {"retry-after": date}), ok)
     make_client(script, waits).chat.completions.create(model="m", messages=HELLO)  # was ValueError: year 99999 is out of range
+    assert waits == [INITIAL_RETRY_DELAY] and len(script.requests) == 2
+
+
+@pytest.mark.parametrize("fault", [OSError(75, "Value too large for defined data type"), TypeError("an integer is required")], ids=["os-error", "type-error"])
+def test_a_retry_after_date_the_platform_clock_refuses_is_no_hint(fault: Exception, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As openai: a date whose conversion fails in the platform's C mktime (OSError or TypeError on some systems,
+    never on Linux's, hence the double) is no hint, not an error out of the retry logic."""
+    def refuse(parsed: object) -> float:
+        raise fault
+
+    monkeypatch.setattr(email.utils, "mktime_tz", refuse)
+    waits: list[float] = []
+    script = Script(status(429, {"retry-after": "Mon, 01 Jan 1900 00:00:00"}), ok)
+    make_client(script, waits).chat.completions.create(model="m", messages=HELLO)
     assert waits == [INITIAL_RETRY_DELAY] and len(script.requests) == 2
 
 

@@ -110,7 +110,7 @@ class AsyncCore(Core):
         if effect.kind == "wait":
             return await effect.call.opts.cache.wait_for_async(effect.call.key, SINGLE_FLIGHT_WAIT_S, want=effect.call.want)
         if effect.kind == "admit":
-            return await effect.call.opts.rate_limit.aadmit(key=effect.call.opts.budget_key, model=effect.call.model, tokens=effect.tokens)
+            return await effect.call.opts.rate_limit.aadmit(key=effect.call.meter.key, model=effect.call.model, tokens=effect.tokens)
         if effect.kind == "send":
             return list(await asyncio.gather(*(self._outcome(effect.call, request) for request in effect.requests)))
         if effect.kind == "open":

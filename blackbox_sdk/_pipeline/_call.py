@@ -57,7 +57,7 @@ class Call:
     @cached_property
     def meter(self) -> Meter:
         """The budget and call log this call is accounted on."""
-        return Meter(self.opts.budget, self.opts.log, self.opts.budget_key)
+        return Meter.of(self.opts)
 
     @property
     def n(self) -> int:

@@ -13,6 +13,7 @@ from typing import Any
 
 from .._exceptions import CallLogError, StoreUnavailableError
 from .._logging import logger
+from .._options import Options
 from .._types import Json
 from ..budget import NO_LOG, Budget, Reservation
 from ..call_log import CallLog, CallLogStore, CallRecord
@@ -46,6 +47,13 @@ class Meter:
     budget: Budget | None
     log: CallLogStore | None
     key: str | None = None
+
+    @classmethod
+    def of(cls, options: Options) -> Meter:
+        """The meter of a call made with `options`, its key decided once: `budget_key`, else the budget's own
+        key (`Budget.key_for`); the ledger, the rate-limit window and the log record all use this key."""
+        budget = options.budget
+        return cls(budget, options.log, options.budget_key if budget is None else budget.key_for(options.budget_key))
 
     @property
     def log_id(self) -> str | None:

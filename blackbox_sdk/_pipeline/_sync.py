@@ -87,7 +87,7 @@ class SyncCore(Core):
         if effect.kind == "wait":
             return effect.call.opts.cache.wait_for(effect.call.key, SINGLE_FLIGHT_WAIT_S, want=effect.call.want)
         if effect.kind == "admit":
-            return effect.call.opts.rate_limit.admit(key=effect.call.opts.budget_key, model=effect.call.model, tokens=effect.tokens)
+            return effect.call.opts.rate_limit.admit(key=effect.call.meter.key, model=effect.call.model, tokens=effect.tokens)
         if effect.kind == "send":
             if len(effect.requests) == 1:
                 return [self._outcome(effect.call, effect.requests[0])]

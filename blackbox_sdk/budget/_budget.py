@@ -175,7 +175,7 @@ class Budget(BaseModel):
         that ignore `n`). `shrink=False` refuses rather than shrinks under `policy="shrink"` (choices
         that can't be dropped: several prompts, `best_of`). Send the returned `n` and `max_output_tokens`.
         """
-        key = self._key_for(key)
+        key = self.key_for(key)
         output = self.default_max_output_tokens if max_output_tokens is None else max_output_tokens
         day = utc_day()
         caps = self._caps(checked_model(model), key, day)
@@ -291,8 +291,8 @@ class Budget(BaseModel):
         caps += [Cap("per_model", usd_to_nano(limit, round_up=False), name) for name, limit in self.per_model_usd.items()]
         return read_report(self._ledger.snapshot(caps))  # one consistent snapshot of every figure
 
-    def _key_for(self, key: str | None) -> str | None:
-        """The key a call is charged to: its own, else this budget's; ConfigError for an empty or non-string key."""
+    def key_for(self, key: str | None) -> str | None:
+        """The key a call is charged to (its rate window and log record too): its own, else this budget's; ConfigError if bad."""
         key = self.key if key is None else key
         return None if key is None else checked_text(key, "key")
 

@@ -20,6 +20,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from .._exceptions import ConfigError
@@ -56,23 +57,81 @@ class LocalRequestError(ConfigError):
         self.code = code
 
 
+class FunctionCall(BaseModel):
+    """A function an assistant turn called: `function_call`, or a tool call's `function`."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+    arguments: str
+
+    @property
+    def text(self) -> str:
+        """The call as the model reads it: `name(arguments)`."""
+        return f"{self.name}({self.arguments})"
+
+
+class CustomCall(BaseModel):
+    """A custom tool an assistant turn called: a tool call's `custom`."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+    input: str
+
+    @property
+    def text(self) -> str:
+        """The call as the model reads it: `name(input)`."""
+        return f"{self.name}({self.input})"
+
+
+class ToolCall(BaseModel):
+    """One of an assistant turn's `tool_calls`: a function's or a custom tool's, as OpenAI takes them."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str
+    type: Literal["function", "custom"]
+    function: FunctionCall | None = None
+    custom: CustomCall | None = None
+
+    @model_validator(mode="after")
+    def _names_its_call(self) -> ToolCall:
+        """OpenAI refuses a tool call without the object its type names."""
+        if getattr(self, self.type) is None:
+            raise ValueError(f"a tool call of type {self.type!r} needs its {self.type!r} object")
+        return self
+
+    @property
+    def text(self) -> str:
+        """The call as the model reads it."""
+        return str(getattr(self, self.type).text)  # _names_its_call made sure it is there
+
+
 class Message(BaseModel):
-    """One chat message; content parts are flattened to text, since the model reads only text."""
+    """One chat message; content parts are flattened to text, since the model reads only text, and an
+    assistant turn's calls join its text (a chat template without tools can read them only so)."""
 
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: str
+    tool_calls: list[ToolCall] | None = None  # checked before content, which they join
+    function_call: FunctionCall | None = None  # the deprecated single call
+    content: str = Field(default=None, validate_default=True)  # null or left out only beside calls: _as_text
     tool_call_id: str | None = Field(default=None, validate_default=True)
 
     @field_validator("content", mode="before")
     @classmethod
-    def _join_text_parts(cls, value: object) -> object:
-        """Join a non-empty list of `{"type": "text", "text": ...}` parts with newlines."""
+    def _as_text(cls, value: object, info: ValidationInfo) -> object:
+        """Text parts joined with newlines, then an assistant turn's calls, one a line; null only when it made calls."""
         if value == []:
             raise ValueError("content must not be an empty array of parts")
         if isinstance(value, list):
-            return "\n".join(_part_text(part) for part in value)
-        return value
+            value = "\n".join(_part_text(part) for part in value)
+        calls = [*(info.data.get("tool_calls") or []), *filter(None, [info.data.get("function_call")])]
+        if info.data.get("role") != "assistant" or not calls:
+            if value is None:
+                raise ValueError("content may be null only on an assistant message with tool_calls or function_call")
+            return value
+        if not isinstance(value, (str, type(None))):
+            return value  # refused as no string
+        return "\n".join(filter(None, [value, *(call.text for call in calls)]))
 
     @field_validator("tool_call_id")
     @classmethod
@@ -164,7 +223,9 @@ class CompletionRequest(Sampling):
     @field_validator("prompt", mode="before")
     @classmethod
     def _prompt_as_list(cls, value: object) -> object:
-        """Accept one prompt or a list of prompts."""
+        """Accept one prompt or a list of prompts; refuse token ids (a list of ints, or of such lists) by name."""
+        if isinstance(value, list) and any(_is_token_id(item) or isinstance(item, list) for item in value):
+            raise ValueError("token-id prompts are not supported by the local backend; send text")
         return [value] if isinstance(value, str) else value
 
 

@@ -41,7 +41,7 @@ class ClientMeter:
             return None
         if options.budget is None and options.log is None:
             return None
-        return cls(meter=Meter(options.budget, options.log, options.budget_key), model=str(backend.model_id))
+        return cls(meter=Meter.of(options), model=str(backend.model_id))
 
     @contextmanager
     def call(self, kind: EvaluationKind, *, calls: int, examples: int, prompt_len: int, tokens: int) -> Iterator[None]:
