@@ -3,13 +3,23 @@
 writes on SQLite's lock while readers go on. The budget ledger, the call log, the rate limits' window
 and the proxy's key store build on it, and each first refuses a file of another application
 (``refuse_foreign``): it never adds its tables to a database it did not make.
+
+Each store keeps its connection in a :class:`ProcessConnection`, which carries it across ``os.fork()``
+(gunicorn ``--preload``, multiprocessing's fork start method): SQLite keeps every file's locks per process
+in memory, so a connection must not cross a fork, and a new one beside an inherited one would take the
+inherited lock state for its own (writes refused as "locked" forever, or written to a WAL file the
+parent deletes when it closes). The fork waits until no store is inside a transaction; the child closes
+the inherited connections, idle, before anything opens its own.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
+import threading
 import time
+import weakref
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -58,6 +68,71 @@ def connect(path: Path, timeout: float, *, wal: bool = True) -> sqlite3.Connecti
         except sqlite3.Error:
             connection.close()
             raise
+
+
+class ProcessConnection:
+    """A store's connection to one SQLite file in this process, opened on first use, and the lock its users hold.
+
+    Use ``get()`` only under ``lock``: a fork waits for that lock, so the child inherits the connection idle,
+    closes it, and opens its own on its first ``get()`` (see the module docstring).
+    """
+
+    def __init__(
+        self, open_connection: Callable[[], sqlite3.Connection], lock: threading.Lock | threading.RLock | None = None,
+        connection: sqlite3.Connection | None = None,
+    ) -> None:
+        """``open_connection`` opens it (again in a forked child); ``connection``: one opened already."""
+        self.lock = threading.Lock() if lock is None else lock
+        self._open = open_connection
+        self._connection = connection
+        _held.add(self)
+
+    def get(self) -> sqlite3.Connection:
+        """The connection, opened now if this process has none; call under ``lock``."""
+        if self._connection is None:
+            self._connection = self._open()
+        return self._connection
+
+    def close(self) -> None:
+        """Close the connection; the next ``get()`` opens another."""
+        with self.lock:
+            self._drop()
+
+    def _drop(self) -> None:
+        """Close the connection, if open (under the lock, or in a forked child holding it)."""
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+
+_held: weakref.WeakSet[ProcessConnection] = weakref.WeakSet()
+_forking: list[ProcessConnection] = []  # the connections whose locks the forking thread holds
+
+
+def _before_fork() -> None:
+    """Take every store's lock, so no transaction is half done at the fork (a store busy writing is waited for)."""
+    _forking[:] = list(_held)
+    for held in _forking:
+        held.lock.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    """The parent goes on as it was."""
+    for held in reversed(_forking):
+        held.lock.release()
+    _forking.clear()
+
+
+def _after_fork_in_child() -> None:
+    """Close the inherited connections (idle: their locks were held over the fork) before any is opened again."""
+    for held in reversed(_forking):
+        with contextlib.suppress(sqlite3.Error):
+            held._drop()
+        held.lock.release()
+    _forking.clear()
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
 
 
 def table_columns(path: Path, timeout: float = 5.0) -> dict[str, set[str]]:

@@ -27,7 +27,6 @@ statement and inserts (or finds) its reservation in one more; a settle moves the
 from __future__ import annotations
 
 import functools
-import os
 import sqlite3
 import threading
 import time
@@ -37,7 +36,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .._exceptions import ConfigError, ReservationNotHeldError
-from .._sqlite import SHARED_TABLES, connect, immediate, refuse_foreign
+from .._sqlite import SHARED_TABLES, ProcessConnection, connect, immediate, refuse_foreign
 from ._caps import REPORTED_SCOPES, Cap, CapUsage, charged_rows, totals_row
 from ._owners import process_alive, this_process
 from ._prices import snapshot_base
@@ -193,9 +192,8 @@ class Ledger:
         application's SQLite file is a ConfigError, left as it was."""
         self.path = Path(path).expanduser()
         self._busy_timeout_s = busy_timeout_s
-        self._lock = threading.RLock()
-        self._connection: sqlite3.Connection | None = None
-        self._pid = -1
+        self._db = ProcessConnection(self._open_connection, threading.RLock())  # this process's, opened again after a fork
+        self._lock = self._db.lock
         self._owner: tuple[str, int, int | None] = ("", -1, None)
         self._next_dead_check = 0.0  # time.monotonic() from which a reserve looks for dead processes again
         try:
@@ -209,16 +207,18 @@ class Ledger:
         return self._owner
 
     def _connect(self) -> sqlite3.Connection:
-        """The process's connection, opened (again after a fork) with WAL, busy timeout and schema."""
-        if self._connection is not None and self._pid == os.getpid():
-            return self._connection
+        """This process's connection (call under the lock)."""
+        return self._db.get()
+
+    def _open_connection(self) -> sqlite3.Connection:
+        """A connection with WAL, busy timeout and schema, and this process as the owner of the holds it makes."""
         try:
             connection = connect(self.path, self._busy_timeout_s)
             connection.executescript(_SCHEMA)
             _migrate(connection)
         except (OSError, sqlite3.Error) as error:
             raise ConfigError(f"can't open the budget ledger {self.path}: {error}") from error
-        self._connection, self._pid, self._owner = connection, os.getpid(), this_process()
+        self._owner = this_process()
         return connection
 
     @contextmanager
@@ -375,7 +375,4 @@ class Ledger:
 
     def close(self) -> None:
         """Close this process's connection; the next use opens a new one."""
-        with self._lock:
-            if self._connection is not None and self._pid == os.getpid():
-                self._connection.close()
-            self._connection = None
+        self._db.close()

@@ -6,16 +6,25 @@ and only then drops them from memory, so a failed write loses nothing: it is ret
 backoff while new records keep queueing. Past ``max_pending`` records waiting, ``put`` raises
 StoreUnavailableError rather than drop one. ``flush`` waits for everything put so far; ``close``
 flushes, then stops the thread and returns whatever could not be written.
+
+After ``os.fork()`` the child's writer starts empty, its thread started by its first ``put``: the
+records the parent had queued are the parent's to write (written once, by it), and the parent's
+thread, which is not in the child, may have held the old lock at the fork. A child that
+multiprocessing forked leaves by ``os._exit`` once its task returns, skipping ``atexit``: its
+writer writes what waits then, through multiprocessing's own exit finalizers.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
+import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
+from weakref import WeakSet
 
 from .._exceptions import CallLogError, StoreUnavailableError
 from .._logging import logger
@@ -30,20 +39,27 @@ MAX_RETRY_S = 2.0
 class BatchWriter(Generic[T]):
     """Records queued by any thread, written in batches by one daemon thread; see the module docstring."""
 
-    def __init__(self, write: Callable[[list[T]], None], *, where: str, batch_size: int, interval: float, max_pending: int) -> None:
-        """Start the writer thread; ``where`` names the store in messages (never with a password)."""
-        self._write, self._where = write, where
+    def __init__(
+        self, write: Callable[[list[T]], None], *, where: str, batch_size: int, interval: float, max_pending: int, exit_wait: float,
+    ) -> None:
+        """A writer whose thread starts with the first record; ``where`` names the store in messages (never with a
+        password); ``exit_wait`` bounds the write at a multiprocessing child's exit."""
+        self._write, self._where, self._exit_wait = write, where, exit_wait
         self._batch_size, self._interval, self._max_pending = batch_size, interval, max_pending
+        self._closed = False  # no more puts; write what is left at once
+        self.forget()
+        _writers.add(self)
+
+    def forget(self) -> None:
+        """Nothing queued and no thread: a new writer, or this one in a forked child (see the module docstring)."""
         self._cond = threading.Condition()
         self._pending: deque[T] = deque()
         self._queued = 0  # records ever put
         self._written = 0  # records ever written (or skipped as already there): the first _queued - _written are pending
         self._flush_to = 0  # write without waiting for a batch to fill until this many are written
         self._error: Exception | None = None  # the last failed write, None once one succeeds
-        self._closed = False  # no more puts; write what is left at once
         self._stopped = False  # the thread gives up: close() ran out of time
-        self._thread = threading.Thread(target=self._run, name=f"blackbox-call-log-writer {where}", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None  # started by the first put
 
     @property
     def pending(self) -> int:
@@ -63,6 +79,8 @@ class BatchWriter(Generic[T]):
                         f"the call log {self._where} has {len(self._pending)} records waiting to be written"
                         f"{self._because()}; refusing this one rather than dropping it"
                     )
+            if self._thread is None:
+                self._start()
             self._pending.append(item)
             self._queued += 1
             if len(self._pending) in (1, self._batch_size):
@@ -95,9 +113,20 @@ class BatchWriter(Generic[T]):
         with self._cond:
             self._stopped = True
             self._cond.notify_all()
-        self._thread.join(timeout=max(timeout, 1.0))
+        if self._thread is not None:
+            self._thread.join(timeout=max(timeout, 1.0))
         with self._cond:
             return list(self._pending)
+
+    def _start(self) -> None:
+        """Start the thread (under the lock); in a multiprocessing child, also write what waits when its task returns."""
+        self._thread = threading.Thread(target=self._run, name=f"blackbox-call-log-writer {self._where}", daemon=True)
+        self._thread.start()
+        processes = sys.modules.get("multiprocessing.process")  # loaded in any process multiprocessing started
+        if processes is not None and processes.parent_process() is not None:
+            from multiprocessing import util
+
+            util.Finalize(None, _flush_at_exit, args=(self,), exitpriority=0)
 
     def _room_or_failing(self) -> bool:
         """Whether ``put`` can stop waiting: room in the queue, a failing store, or a closed writer."""
@@ -158,3 +187,23 @@ class BatchWriter(Generic[T]):
                 )
             self._error = exc
             self._cond.notify_all()
+
+
+_writers: WeakSet[BatchWriter[Any]] = WeakSet()
+
+
+def _flush_at_exit(writer: BatchWriter[Any]) -> None:
+    """Write what a multiprocessing child's writer holds as the child leaves; what can't be written is logged."""
+    try:
+        writer.flush(writer._exit_wait)
+    except StoreUnavailableError as exc:
+        logger.error("call log: %s", exc)
+
+
+def _forget_all() -> None:
+    """In a forked child: every writer starts empty."""
+    for writer in list(_writers):
+        writer.forget()
+
+
+os.register_at_fork(after_in_child=_forget_all)

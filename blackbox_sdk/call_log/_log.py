@@ -20,7 +20,6 @@ import contextlib
 import functools
 import sqlite3
 import sys
-import threading
 import weakref
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Any, TextIO
 from .._closing import Closing
 from .._exceptions import CallLogError, ConfigError, StoreUnavailableError
 from .._logging import logger
-from .._sqlite import SHARED_TABLES, connect, immediate, refuse_foreign, table_columns
+from .._sqlite import SHARED_TABLES, ProcessConnection, connect, immediate, refuse_foreign, table_columns
 from .._text import checked_text
 from . import _known
 from ._batches import BatchWriter
@@ -71,15 +70,15 @@ class CallLog(Closing):
         """
         _check_batching(batch_size, interval, max_pending)
         self._path = Path(path)
-        self._lock = threading.Lock()
-        self._conn, self._log_id = _open(self._path, timeout, create)
+        conn, self._log_id = _open(self._path, timeout, create)
+        self._db = ProcessConnection(functools.partial(_reopen, self._path, timeout, create), connection=conn)  # one per process
         self._timeout = float(timeout)
-        write = functools.partial(write_batch, self._conn, self._lock, str(self._path))
+        write = functools.partial(write_batch, self._db, str(self._path))
         self._writer: BatchWriter[CallRecord] = BatchWriter(
-            write, where=str(self._path), batch_size=batch_size, interval=interval, max_pending=max_pending,
+            write, where=str(self._path), batch_size=batch_size, interval=interval, max_pending=max_pending, exit_wait=self._timeout,
         )
         register(self._path, self._writer)
-        self._finalizer = weakref.finalize(self, _shut_down, self._writer, self._conn, self._lock, str(self._path), self._timeout)
+        self._finalizer = weakref.finalize(self, _shut_down, self._writer, self._db, str(self._path), self._timeout)
 
     def __repr__(self) -> str:
         """Where the log is."""
@@ -98,7 +97,7 @@ class CallLog(Closing):
     def close(self) -> None:
         """Write what is queued (up to ``timeout`` s), stop the writer, close the connection; StoreUnavailableError if records were left."""
         if self._finalizer.detach() is not None:
-            _shut_down(self._writer, self._conn, self._lock, str(self._path), self._timeout, raise_lost=True)
+            _shut_down(self._writer, self._db, str(self._path), self._timeout, raise_lost=True)
 
     def record(self, rec: CallRecord) -> None:
         """Write one call with its candidates now, in one transaction (all or nothing), secrets redacted."""
@@ -214,9 +213,9 @@ class CallLog(Closing):
         def locked(exc: sqlite3.Error) -> CallLogError:
             return CallLogError(f"can't {action}: the call log {self._path} is locked or unwritable ({exc})")
 
-        with self._lock:
+        with self._db.lock:
             try:
-                with immediate(self._conn, locked) as conn:
+                with immediate(self._db.get(), locked) as conn:
                     yield conn
             except sqlite3.Error as exc:
                 raise CallLogError(f"can't {action} in the call log {self._path}: {exc}") from exc
@@ -225,23 +224,19 @@ class CallLog(Closing):
     def _read(self) -> Iterator[sqlite3.Connection]:
         """The connection under the lock after a flush (so this process's calls are there), database errors as CallLogError."""
         self.flush()
-        with self._lock:
+        with self._db.lock:
             try:
-                yield self._conn
+                yield self._db.get()
             except sqlite3.Error as exc:
                 raise CallLogError(f"can't read the call log {self._path}: {exc}") from exc
 
 
-def _shut_down(
-    writer: BatchWriter[CallRecord], conn: sqlite3.Connection, lock: threading.Lock, where: str, timeout: float,
-    *, raise_lost: bool = False,
-) -> None:
+def _shut_down(writer: BatchWriter[CallRecord], db: ProcessConnection, where: str, timeout: float, *, raise_lost: bool = False) -> None:
     """Write what is queued and stop the writer, close the connection; records left unwritten are named in an error."""
     try:
         lost = writer.close(timeout)
     finally:
-        with lock:
-            conn.close()
+        db.close()
     if lost:
         ids = ", ".join(rec.call_id for rec in lost[:20]) + (", ..." if len(lost) > 20 else "")
         message = f"the call log {where} was closed with {len(lost)} records it could not write: {ids}"
@@ -283,6 +278,14 @@ def _open(path: Path, timeout: float, create: bool) -> tuple[sqlite3.Connection,
             raise _not_a_log(path, exc) from exc
         raise
     return conn, log_id
+
+
+def _reopen(path: Path, timeout: float, create: bool) -> sqlite3.Connection:
+    """This process's own connection to a log opened before a fork; CallLogError if it can't be opened."""
+    try:
+        return connect(path, timeout, wal=create)
+    except (OSError, sqlite3.Error) as exc:
+        raise CallLogError(f"can't open the call log {path}: {exc}") from exc
 
 
 def _check_is_log(path: Path) -> None:

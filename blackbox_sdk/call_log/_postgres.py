@@ -14,9 +14,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import os
 import sys
+import threading
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TextIO
@@ -82,12 +84,12 @@ class PostgresCallLog(Closing):
             prepare(conn, create=create)
             with conn.transaction():
                 self._log_id = _known.stored_log_id(conn, table="blackbox_meta", mark="%s", create=create)
-        self._pool: ConnectionPool[Any] = pool_module.ConnectionPool(
-            url, min_size=1, max_size=pool_size, kwargs=options, open=True, timeout=self._timeout,
+        self._pool = _ProcessPool(functools.partial(
+            pool_module.ConnectionPool, url, min_size=1, max_size=pool_size, kwargs=options, open=True, timeout=self._timeout,
             check=pool_module.ConnectionPool.check_connection, reconnect_timeout=RECONNECT_S, name="blackbox-call-log",
-        )
+        ))
         write = functools.partial(_write_batch, self._pool, min(WRITER_WAIT_S, self._timeout))
-        self._writer: BatchWriter[PgRow] = BatchWriter(write, where=self._where, batch_size=batch_size, interval=interval, max_pending=max_pending)
+        self._writer: BatchWriter[PgRow] = BatchWriter(write, where=self._where, batch_size=batch_size, interval=interval, max_pending=max_pending, exit_wait=self._timeout)
         self._finalizer = weakref.finalize(self, _shut_down, self._writer, self._pool, self._where, self._timeout)
 
     def __repr__(self) -> str:
@@ -187,7 +189,7 @@ class PostgresCallLog(Closing):
         where, args = filters.where("%s")
 
         def read(after: tuple[float, str] | None, size: int) -> Page:
-            with self._errors("read"), self._pool.connection(timeout=self._timeout) as conn:
+            with self._errors("read"), self._pool.get().connection(timeout=self._timeout) as conn:
                 return read_page(conn, where, args, after, size)
 
         return paged(read, limit)
@@ -198,7 +200,7 @@ class PostgresCallLog(Closing):
         if not self._finalizer.alive:
             raise CallLogError(f"the call log {self._where} is closed")
         self.flush()
-        with self._errors(action), self._pool.connection(timeout=self._timeout) as conn:
+        with self._errors(action), self._pool.get().connection(timeout=self._timeout) as conn:
             yield conn
 
     @contextlib.contextmanager
@@ -212,15 +214,37 @@ class PostgresCallLog(Closing):
             raise kind(f"can't {action} the call log {self._where}: {detail}") from (exc if url is None else None)  # a chained driver error would print unscrubbed
 
 
-def _write_batch(pool: ConnectionPool[Any], wait: float, rows: list[PgRow]) -> None:
+class _ProcessPool:
+    """The log's connection pool in this process: a forked child makes its own on first use, as the pooled
+    connections are the parent's sessions (psycopg never closes them from a child) and the pool's threads stayed there."""
+
+    def __init__(self, make: Callable[[], ConnectionPool[Any]]) -> None:
+        self._make, self._lock = make, threading.Lock()
+        self._pool, self._pid = make(), os.getpid()
+
+    def get(self) -> ConnectionPool[Any]:
+        """This process's pool."""
+        if self._pid != os.getpid():
+            with self._lock:  # only ever taken here, in a child: the parent never holds it at a fork
+                if self._pid != os.getpid():
+                    self._pool, self._pid = self._make(), os.getpid()
+        return self._pool
+
+    def close(self) -> None:
+        """Close this process's pool (a child leaves the parent's alone)."""
+        if self._pid == os.getpid():
+            self._pool.close()
+
+
+def _write_batch(pool: _ProcessPool, wait: float, rows: list[PgRow]) -> None:
     """The writer's one transaction: insert a batch, noting ids that were already logged (kept as first written)."""
-    with pool.connection(timeout=wait) as conn, conn.transaction():
+    with pool.get().connection(timeout=wait) as conn, conn.transaction():
         sent, inserted = insert_batch(conn, rows)
     if inserted < sent:
         logger.warning("call log: %d of %d records were already in the log (a retried batch or a repeated call_id); the first copy is kept", sent - inserted, sent)
 
 
-def _shut_down(writer: BatchWriter[PgRow], pool: ConnectionPool[Any], where: str, timeout: float, *, raise_lost: bool = False) -> None:
+def _shut_down(writer: BatchWriter[PgRow], pool: _ProcessPool, where: str, timeout: float, *, raise_lost: bool = False) -> None:
     """Flush and stop the writer, close the pool; records left unwritten are named in an error (raised from close())."""
     try:
         lost = writer.close(timeout)

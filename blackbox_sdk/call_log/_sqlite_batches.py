@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .._logging import logger
-from .._sqlite import immediate
+from .._sqlite import ProcessConnection, immediate
 from ._batches import BatchWriter
 from ._records import CallRecord
 from ._tables import CALL_COLUMNS, call_values
@@ -38,7 +38,7 @@ def row_of(rec: CallRecord) -> tuple[Any, ...]:
     return tuple(int(v) if isinstance(v, bool) else v for v in (values[column] for column in CALL_COLUMNS))
 
 
-def write_batch(conn: sqlite3.Connection, lock: threading.Lock, where: str, records: list[CallRecord]) -> None:
+def write_batch(db: ProcessConnection, where: str, records: list[CallRecord]) -> None:
     """The writer's one transaction: insert a batch of calls with their candidates, skipping ids already logged.
 
     A record SQLite refuses to bind (an integer past 64 bits, text it can't encode) fails the
@@ -47,26 +47,26 @@ def write_batch(conn: sqlite3.Connection, lock: threading.Lock, where: str, reco
     """
     rows = [(row, rec) for rec in records if (row := _row_or_none(rec, where)) is not None]  # before the lock
     try:
-        skipped = _insert(conn, lock, rows)
+        skipped = _insert(db, rows)
     except sqlite3.Error:
         raise
     except Exception:  # noqa: BLE001 - not the file's trouble but a record's: find it, write the rest
-        skipped = _insert_each(conn, lock, rows, where)
+        skipped = _insert_each(db, rows, where)
     if skipped:
         logger.warning("call log: %d of %d queued records were already in %s (a repeated call_id); the first copy is kept", skipped, len(rows), where)
 
 
-def _insert(conn: sqlite3.Connection, lock: threading.Lock, rows: list[_Row]) -> int:
+def _insert(db: ProcessConnection, rows: list[_Row]) -> int:
     """Insert rows in one transaction; how many ids were already logged."""
-    with lock, immediate(conn) as connection:
+    with db.lock, immediate(db.get()) as connection:
         return sum(_insert_one(connection, row, rec) for row, rec in rows)
 
 
-def _insert_each(conn: sqlite3.Connection, lock: threading.Lock, rows: list[_Row], where: str) -> int:
+def _insert_each(db: ProcessConnection, rows: list[_Row], where: str) -> int:
     """``_insert`` with each record in a savepoint: one whose insert raises anything but an sqlite3.Error
     is dropped with an error logged, the others written."""
     skipped = 0
-    with lock, immediate(conn) as connection:
+    with db.lock, immediate(db.get()) as connection:
         for row, rec in rows:
             connection.execute("SAVEPOINT record")
             try:

@@ -9,8 +9,8 @@ the order in which they were admitted. The file must live on a local disk.
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .._closing import Closing
 from .._exceptions import StoreUnavailableError
-from .._sqlite import SHARED_TABLES, connect, immediate, refuse_foreign
+from .._sqlite import SHARED_TABLES, ProcessConnection, connect, immediate, refuse_foreign
 from ._store import Clock
 from ._window import Verdict, Window, judge
 
@@ -39,15 +39,15 @@ class SQLiteWindow(Closing):
 
     def __init__(self, path: Path, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> None:
         self.path = path
-        self._lock = threading.Lock()
         with self._unavailable("open"):
             refuse_foreign(path, SHARED_TABLES, "rate-limit store", busy_timeout_s)  # ConfigError, the file unchanged
-            self._connection = connect(path, busy_timeout_s)
+            connection = connect(path, busy_timeout_s)
             try:
-                self._connection.executescript(_SCHEMA)
+                connection.executescript(_SCHEMA)
             except sqlite3.Error:
-                self._connection.close()
+                connection.close()
                 raise
+        self._db = ProcessConnection(functools.partial(connect, path, busy_timeout_s), connection=connection)  # one per process
 
     @contextmanager
     def _unavailable(self, action: str) -> Iterator[None]:
@@ -60,7 +60,7 @@ class SQLiteWindow(Closing):
     @contextmanager
     def _transaction(self, action: str) -> Iterator[sqlite3.Connection]:
         """One immediate transaction under this process's lock."""
-        with self._lock, self._unavailable(action), immediate(self._connection) as connection:
+        with self._db.lock, self._unavailable(action), immediate(self._db.get()) as connection:
             yield connection
 
     def try_admit(self, scope: str, event_id: str, tokens: int, window: Window, clock: Clock | None) -> Verdict:
@@ -104,8 +104,7 @@ class SQLiteWindow(Closing):
 
     def close(self) -> None:
         """Close this process's connection; the file stays for the others."""
-        with self._lock:
-            self._connection.close()
+        self._db.close()
 
     async def aclose(self) -> None:
         """``close``."""

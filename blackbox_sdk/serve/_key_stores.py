@@ -11,10 +11,10 @@ serving a request it could not authenticate.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sqlite3
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +22,7 @@ from typing import Any
 
 from .._exceptions import ConfigError, StoreUnavailableError
 from .._redis_url import REDIS_OR_UNIX, RedisURL
-from .._sqlite import connect, immediate, refuse_foreign
+from .._sqlite import ProcessConnection, connect, immediate, refuse_foreign
 from ._keys import ADMIN_KEY_ENV, KeyRecord, KeyStore, KeyStoreBase, SecretKey, new_pepper, plausible
 
 DEFAULT_PREFIX = "blackbox:keys:"
@@ -75,10 +75,8 @@ class SQLiteKeyStore(KeyStoreBase):
     def __init__(self, path: Path, *, admin_key: str | None = None, timeout_s: float = BUSY_TIMEOUT_S) -> None:
         super().__init__(admin_key)
         self.path = Path(path).expanduser()
-        self._timeout_s = timeout_s
-        self._lock = threading.Lock()
-        self._connection: sqlite3.Connection | None = None
-        self._pid = 0
+        self._held = ProcessConnection(functools.partial(connect, self.path, timeout_s))  # this process's, opened again after a fork
+        self._lock = self._held.lock
         try:
             refuse_foreign(self.path, _OURS, "key store", timeout_s)  # another application's database: left as it was
             with self._lock:
@@ -98,10 +96,7 @@ class SQLiteKeyStore(KeyStoreBase):
 
     def _db(self) -> sqlite3.Connection:
         """This process's connection (a forked child opens its own); call under the lock."""
-        if self._connection is None or self._pid != os.getpid():
-            self._connection = connect(self.path, self._timeout_s)
-            self._pid = os.getpid()
-        return self._connection
+        return self._held.get()
 
     @contextmanager
     def _using(self, action: str) -> Iterator[sqlite3.Connection]:
@@ -146,10 +141,7 @@ class SQLiteKeyStore(KeyStoreBase):
 
     def close(self) -> None:
         """Close this process's connection."""
-        with self._lock:
-            if self._connection is not None and self._pid == os.getpid():
-                self._connection.close()
-            self._connection = None
+        self._held.close()
 
 
 def _row(record: KeyRecord) -> tuple[Any, ...]:
