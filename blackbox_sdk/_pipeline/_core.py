@@ -274,8 +274,7 @@ class Core:
         )
 
     def fail(self, call: Call, error: BaseException, usage: Json | None = None) -> None:
-        """Charge what was sent, release the rest of what was reserved and log the failed call (with the
-        `usage` it had, if any); the caller re-raises."""
+        """Charge what was sent, release the rest of what was reserved and log the failed call with its `usage`; the caller re-raises."""
         charge_sent(self, call)
         try:
             call.meter.release(call.reservation)
