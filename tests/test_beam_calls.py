@@ -1,6 +1,6 @@
 """A beam-searched call (`beam=...` with a reranker) that fails or is cancelled: each step call is
 logged on its own, and the whole call once more, with its error and what its steps spent (the
-failing step's charge included), as for any other call; cancelling an async one ends it at once
+failing step's charge included, and their usage), as for any other call; cancelling an async one ends it at once
 without blocking the event loop. A real HTTP server on a loopback port; real SQLite stores."""
 
 from __future__ import annotations
@@ -78,5 +78,8 @@ async def test_a_beam_call_whose_scorer_fails_is_logged_once_with_what_its_steps
         assert [error for error, _ in steps] == [None, None]  # both steps answered; the search failed scoring the second
         assert whole == ("ValueError", pytest.approx(sum(cost for _, cost in steps)))
         assert stores.held() == (0, 0.0, pytest.approx(whole[1]))
+        *step_records, record = sorted(stores.log.calls(), key=lambda r: r.created)
+        assert [step.usage["total_tokens"] for step in step_records] == [15, 15]
+        assert record.usage == {"prompt_tokens": 20, "completion_tokens": 10, "total_tokens": 30}  # the steps' usage, as a search that ends has
     finally:
         fast.close()

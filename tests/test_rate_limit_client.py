@@ -3,7 +3,12 @@ reserved or sent, is logged, and the window counts what the server really used."
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import logging
+import sqlite3
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -99,3 +104,41 @@ def test_a_budgets_own_key_is_the_calls_key_for_the_window_the_ledger_and_the_lo
     assert refused.value.scope == "key:team-a"
     assert budget.spent(key="team-a") > 0 and budget.spent(key="team-b") > 0
     assert [record.key for record in CallLog(tmp_path / "calls.db").calls()] == ["team-a", "team-a", "team-b"]
+
+
+async def test_an_async_call_waits_for_a_locked_sqlite_window_without_blocking_the_event_loop(tmp_path: Path) -> None:
+    answer = {"id": "c", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+              "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi."}, "finish_reason": "stop"}],
+              "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}}
+    window = tmp_path / "window.db"
+    locker = sqlite3.connect(window, isolation_level=None, check_same_thread=False)
+    locker.execute("BEGIN EXCLUSIVE")  # another writer holds the file: opening the window waits on SQLite's busy timeout
+    released: list[float] = []
+
+    def release() -> None:
+        released.append(time.monotonic())
+        locker.execute("ROLLBACK")
+
+    ticks: list[float] = []
+
+    async def tick() -> None:
+        while True:
+            ticks.append(time.monotonic())
+            await asyncio.sleep(0.01)
+
+    upstream = InstantUpstream(answer)
+    client = AsyncOpenAI(base_url=upstream.url, api_key="sk-test", rate_limit=RateLimits(rpm=10, store=window), max_retries=0)
+    ticker, timer = asyncio.create_task(tick()), threading.Timer(1.5, release)
+    timer.start()
+    try:
+        completion = await client.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+        done = time.monotonic()
+    finally:
+        timer.join()
+        ticker.cancel()
+        await client.close()
+        upstream.close()
+        locker.close()
+    assert completion.choices[0].message.content == "Hi."
+    assert done >= released[0]  # the call did wait for the lock
+    assert max(later - earlier for earlier, later in itertools.pairwise(ticks)) < 0.5  # the loop ran all the while

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import time
+from functools import reduce
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
@@ -43,13 +44,16 @@ def step_options(call: Call) -> Json:
     return {**call.overrides, "reranker": None, "beam": None}
 
 
-def spent_on_steps(call: Call) -> None:
+def spent_on_steps(call: Call) -> Json | None:
     """The beam call's cost, requests and retries: its step calls', a step that failed included (for
-    what it was charged), so that the whole call's one record says what the search spent."""
+    what it was charged), so that the whole call's one record says what the search spent; returns
+    the usage its steps logged, summed (None when none logged any), for a search that failed."""
     info = call.info
     info.cost_usd = sum(step.cost_usd for step in call.steps)
     info.requests = sum(step.requests for step in call.steps)
     info.retries = sum(step.retries for step in call.steps)
+    used = [step.usage for step in call.steps if step.usage is not None]
+    return reduce(add_usage, used) if used else None
 
 
 def run_beam(call: Call, create: Callable[[Route, Json], Any]) -> tuple[Any, StepTally]:

@@ -273,8 +273,8 @@ class Core:
             extra={"requests": info.requests, "cached_candidates": info.cached_candidates},
         )
 
-    def fail(self, call: Call, error: BaseException) -> None:
-        """Charge what was sent, release the rest of what was reserved and log the failed call; the caller re-raises."""
+    def fail(self, call: Call, error: BaseException, usage: Json | None = None) -> None:
+        """Charge what was sent, release the rest of what was reserved and log the failed call with its `usage`; the caller re-raises."""
         charge_sent(self, call)
         try:
             call.meter.release(call.reservation)
@@ -286,7 +286,7 @@ class Core:
         if call.admission is not None and call.info.requests == 0:  # never sent: give the window its room back
             give_room_back(call)
         call.admission = None
-        self.record(call, [], None, error)
+        self.record(call, [], usage, error)
 
 
 def answered(core: Core, call: Call, outcome: Any) -> Any:

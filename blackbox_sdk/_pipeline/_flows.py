@@ -90,12 +90,13 @@ def last(core: Core, call: Call, work: Callable[[], T]) -> Generator[Effect, Any
         raise
 
 
-def failed(core: Core, call: Call, error: BaseException) -> Flow:
-    """Release what the call holds and log its failure (the caller re-raises)."""
+def failed(core: Core, call: Call, error: BaseException, usage: Json | None = None) -> Flow:
+    """Release what the call holds and log its failure, with the `usage` it had (a beam search's
+    steps'); the caller re-raises."""
     if isinstance(error, GeneratorExit):  # the flow is being closed: it can't yield any more
-        core.fail(call, error)
+        core.fail(call, error, usage)
         return
-    yield from io(call, partial(core.fail, call, error))
+    yield from io(call, partial(core.fail, call, error, usage))
 
 
 def sending(effect: Effect) -> Flow:
@@ -212,8 +213,7 @@ def beam(core: Core, call: Call) -> Flow:
     try:
         result, tally = yield Effect("beam", call)
     except BaseException as error:
-        spent_on_steps(call)
-        yield from failed(core, call, error)
+        yield from failed(core, call, error, spent_on_steps(call))
         raise
     return (yield from last(core, call, partial(beam_response, core, call, result, tally)))
 

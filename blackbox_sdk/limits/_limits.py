@@ -52,6 +52,11 @@ class _Opened:
         self.store = store
         self.pid = os.getpid()
 
+    def ready(self) -> WindowStore | None:
+        """The store if it is open in this process; None when it must be opened (first use, or a forked child)."""
+        store = self.store
+        return store if store is not None and self.pid == os.getpid() else None
+
 
 @dataclass(frozen=True, repr=False)
 class RateLimits(Closing):
@@ -139,9 +144,17 @@ class RateLimits(Closing):
         """The open store (opened now if this is its first use, or the first in a forked child)."""
         opened = self._opened
         with opened.lock:
-            if opened.store is None or opened.pid != os.getpid():
-                opened.store, opened.pid = open_store(self.store), os.getpid()
-            return opened.store
+            store = opened.ready()
+            if store is None:
+                store = opened.store = open_store(self.store)
+                opened.pid = os.getpid()
+            return store
+
+    async def _astore(self) -> WindowStore:
+        """``_store`` for the event loop: opening a file or server store may block (an SQLite file another
+        writer holds waits out the busy timeout), so it is opened in a worker thread."""
+        store = self._opened.ready()
+        return store if store is not None else await asyncio.to_thread(self._store)
 
     def admit(self, *, key: str | None, model: str | None, tokens: int) -> Admission:
         """Room for one call of ``tokens`` (an estimate: ``correct`` it later), or RateLimitExceededError."""
@@ -149,7 +162,7 @@ class RateLimits(Closing):
 
     async def aadmit(self, *, key: str | None, model: str | None, tokens: int) -> Admission:
         """``admit``, waiting with ``asleep`` and never blocking the event loop."""
-        return await run_async(admission_flow(self._request(key, model, tokens)), self._store(), self.asleep)
+        return await run_async(admission_flow(self._request(key, model, tokens)), await self._astore(), self.asleep)
 
     def correct(self, admission: Admission, tokens: int) -> bool:
         """Count the tokens the call really used instead of its estimate; False once the store has dropped it (it left the window)."""
@@ -157,7 +170,7 @@ class RateLimits(Closing):
 
     async def acorrect(self, admission: Admission, tokens: int) -> bool:
         """``correct`` without blocking the event loop."""
-        return await self._store().acorrect(admission.bucket, admission.id, check.tokens("tokens", tokens))
+        return await (await self._astore()).acorrect(admission.bucket, admission.id, check.tokens("tokens", tokens))
 
     def release(self, admission: Admission) -> bool:
         """Take back an admission whose call was never sent (refused by a budget, failed before sending)."""
@@ -165,7 +178,7 @@ class RateLimits(Closing):
 
     async def arelease(self, admission: Admission) -> bool:
         """``release`` without blocking the event loop."""
-        return await self._store().arelease(admission.bucket, admission.id)
+        return await (await self._astore()).arelease(admission.bucket, admission.id)
 
     def close(self) -> None:
         """Close the store's connections (a file or server store reopens on next use; memory keeps its window)."""
