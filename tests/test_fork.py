@@ -232,3 +232,56 @@ def test_an_os_fork_child_that_exits_normally_writes_its_queued_calls(tmp_path: 
     with CallLog(tmp_path / "calls.db") as reader:
         assert sorted(record.call_id for record in reader.calls()) == sorted([first[0], *ids])
 
+
+
+def _forked_child_finishes(work: Callable[[], None], held: Any) -> bool:
+    """Fork while another thread holds the lock ``held``; whether the child runs ``work`` and exits 0 in time
+    (a child deadlocked on the copy of the held lock is killed, and fails)."""
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with held:
+            holding.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert holding.wait(10)
+    try:
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                work()
+                code = 0
+            finally:
+                os._exit(code)
+    finally:
+        release.set()
+        holder.join(10)
+    deadline = time.monotonic() + 10.0
+    while (waited := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if waited[0] == 0:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        return False
+    return os.waitstatus_to_exitcode(waited[1]) == 0
+
+
+def test_a_fork_while_a_thread_holds_the_async_store_workers_lock_leaves_the_child_working() -> None:
+    """An async client's first store work in another thread as the parent forks: the child still gets its workers."""
+    from blackbox_sdk._pipeline import _async
+
+    assert _forked_child_finishes(lambda: _async.store_workers().submit(int).result(10), _async._workers_lock)
+
+
+def test_a_fork_while_a_thread_holds_the_log_writers_lock_leaves_the_child_working(tmp_path: Path) -> None:
+    """A call log opened or flushed in another thread as the parent forks: the child still opens and flushes logs."""
+    from blackbox_sdk.call_log import _sqlite_batches
+
+    def work() -> None:
+        with CallLog(tmp_path / "child.db") as log:
+            log.flush()
+
+    assert _forked_child_finishes(work, _sqlite_batches._writers_lock)

@@ -29,6 +29,15 @@ _workers: dict[int, ThreadPoolExecutor] = {}  # by process id: a forked child ma
 _workers_lock = threading.Lock()
 
 
+def _new_workers_lock() -> None:
+    """In a forked child: a fresh lock (a parent thread may have held the old one at the fork, and it never releases it here)."""
+    global _workers_lock
+    _workers_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_workers_lock)
+
+
 def store_workers() -> ThreadPoolExecutor:
     """The threads this process's async clients run their store work on (created on first use)."""
     with _workers_lock:

@@ -11,6 +11,7 @@ writers of this process are registered per file, so that a read of that file thr
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import weakref
@@ -30,6 +31,15 @@ _Row = tuple[tuple[Any, ...], CallRecord]  # a record's calls-table row, and the
 
 _writers: dict[str, weakref.WeakSet[BatchWriter[CallRecord]]] = {}
 _writers_lock = threading.Lock()
+
+
+def _new_writers_lock() -> None:
+    """In a forked child: a fresh lock (a parent thread may have held the old one at the fork, and it never releases it here)."""
+    global _writers_lock
+    _writers_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_writers_lock)
 
 
 def row_of(rec: CallRecord) -> tuple[Any, ...]:
