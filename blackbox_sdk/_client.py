@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import weakref
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,24 @@ def _repair_log(options: Options) -> None:
         logger.warning("could not repair the call log from the budget ledger now: %s", error)
 
 
+_http_clients: weakref.WeakSet[Any] = weakref.WeakSet()  # every live SDK client's httpx2 client, for the fork hook
+
+
+def _forget_pooled_connections() -> None:
+    """In a forked child: every SDK client's HTTP connection pools start empty, on a fresh lock. The pooled keep-alive
+    sockets are also the parent's (a request on one would cross answers between processes); they are dropped, not
+    closed, so nothing (a TLS close_notify) is written on them: only the child's copies of their descriptors close."""
+    for http in list(_http_clients):
+        for transport in (http._transport, *http._mounts.values()):
+            pool = getattr(transport, "_pool", None)
+            if pool is not None and hasattr(pool, "_connections"):  # httpcore2's pools (and proxies); not a custom transport
+                pool._connections, pool._requests = [], []
+                pool._optional_thread_lock = type(pool._optional_thread_lock)()
+
+
+os.register_at_fork(after_in_child=_forget_pooled_connections)
+
+
 class _Blackbox:
     """What the SDK adds to openai's sync and async clients: options, a core that runs the generating
     resources through the pipeline, copies that keep both. The subclasses name openai's class, their
@@ -141,6 +160,7 @@ class _Blackbox:
         url = {} if base_url is None else {"base_url": base_url}  # left out, as openai's default: `data_residency=` may name it
         super().__init__(api_key=api_key, max_retries=retries, http_client=http_client, **url, **kwargs)  # type: ignore[call-arg]
         inner = self._plain(api_key=api_key, max_retries=0, http_client=self._client, **url, **kwargs)  # type: ignore[attr-defined]
+        _http_clients.add(self._client)  # type: ignore[attr-defined]
         remember_secret(inner.api_key)
         endpoint = f"{HF_PREFIX}{local.resolve()}" if local is not None else str(inner.base_url)
         self._core = self._core_class(inner, options, endpoint=endpoint, local=local is not None or _is_loopback(endpoint), backend=backend, opened=opened)
@@ -292,4 +312,5 @@ def wrap(client: openai.OpenAI | openai.AsyncOpenAI, **options: Any) -> OpenAI |
     endpoint = str(client.base_url)
     wrapped._core = cls._core_class(client.with_options(max_retries=0), opts, endpoint=endpoint, local=_is_loopback(endpoint), backend=None, opened=opened)
     wrapped.max_retries = opts.retry.max_retries
+    _http_clients.add(wrapped._client)
     return wrapped  # type: ignore[return-value]

@@ -285,3 +285,81 @@ def test_a_fork_while_a_thread_holds_the_log_writers_lock_leaves_the_child_worki
             log.flush()
 
     assert _forked_child_finishes(work, _sqlite_batches._writers_lock)
+
+
+class _EchoServer:
+    """A loopback OpenAI-compatible server that keeps connections alive (HTTP/1.1) and answers each chat call with
+    its last message's text, a little late (so requests of several processes on one socket would overlap)."""
+
+    def __init__(self) -> None:
+        import json
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                asked = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["messages"][-1]["content"]
+                answer = _answer()
+                answer["choices"][0]["message"]["content"] = asked
+                body = json.dumps(answer).encode()
+                time.sleep(0.005)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                """Quiet."""
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    def close(self) -> None:
+        """Stop serving."""
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def _echoed(client: OpenAI, who: str, count: int) -> list[str]:
+    """``count`` calls, each asking for its own marker: what came back wrong (a crossed answer, an error)."""
+    wrong = []
+    for number in range(count):
+        marker = f"{who} call {number}"
+        try:
+            answer = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": marker}])
+            if answer.choices[0].message.content != marker:
+                wrong.append(f"{marker} got {answer.choices[0].message.content!r}")
+        except Exception as exc:  # noqa: BLE001 - the test reports every failure, whatever it raised
+            wrong.append(f"{marker} raised {type(exc).__name__}: {exc}")
+    return wrong
+
+
+def _echo_child(client: OpenAI, index: int, out: Any) -> None:
+    """A worker's calls through the parent's client."""
+    out.put(_echoed(client, f"child {index}", 30))
+
+
+def test_forked_children_never_read_answers_on_the_parents_pooled_http_connection() -> None:
+    """The parent's call leaves a keep-alive connection in openai's pool; the children and the parent then call at
+    once: each gets its own answer (a child sending on the parent's socket would read the parent's or a sibling's)."""
+    server = _EchoServer()
+    client = OpenAI(base_url=server.url, api_key="sk-test", max_retries=0, timeout=10.0)
+    try:
+        assert _echoed(client, "parent first", 1) == []  # one pooled connection now
+        out = FORK.Queue()
+        children = [FORK.Process(target=_echo_child, args=(client, index, out)) for index in range(3)]
+        for child in children:
+            child.start()
+        wrong = _echoed(client, "parent", 30)
+        wrong += [line for _ in children for line in out.get(timeout=JOIN_S)]
+        for child in children:
+            child.join(JOIN_S)
+            assert child.exitcode == 0, "a forked child hung or failed"
+        assert wrong == []
+    finally:
+        client.close()
+        server.close()
