@@ -363,3 +363,36 @@ def test_forked_children_never_read_answers_on_the_parents_pooled_http_connectio
     finally:
         client.close()
         server.close()
+
+
+def test_a_fork_while_a_thread_writes_the_disk_cache_leaves_the_childs_cache_writable(tmp_path: Path) -> None:
+    """Another thread is inside a disk cache write transaction when the parent forks: the fork waits for it, so
+    the child's cache writes go through (an inherited connection mid-transaction held SQLite's write lock for good)."""
+    store = Cache(tmp_path / "cache", timeout=2.0)._store
+    inside = threading.Event()
+
+    def change(current: str | None) -> str:
+        inside.set()
+        time.sleep(0.5)
+        return "parent"
+
+    holder = threading.Thread(target=lambda: store.update("held", change, expire=None, action="write"))
+    holder.start()
+    assert inside.wait(10)
+
+    def work() -> None:
+        store.update("child", lambda current: "child", expire=None, action="write")
+        assert store.get("child") == "child"
+
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            work()
+            code = 0
+        finally:
+            os._exit(code)
+    holder.join(10)
+    _, status = os.waitpid(pid, 0)  # the child's write gives up after the store's 2 s timeout at worst
+    assert os.waitstatus_to_exitcode(status) == 0, "the child's cache write failed"
+    assert store.get("held") == "parent" and store.get("child") == "child"
