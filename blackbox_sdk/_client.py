@@ -110,11 +110,12 @@ def _forget_pooled_connections() -> None:
     sockets are also the parent's (a request on one would cross answers between processes); they are dropped, not
     closed, so nothing (a TLS close_notify) is written on them: only the child's copies of their descriptors close."""
     for http in list(_http_clients):
-        for transport in (http._transport, *http._mounts.values()):
+        for transport in (getattr(http, "_transport", None), *getattr(http, "_mounts", {}).values()):
             pool = getattr(transport, "_pool", None)
             if pool is not None and hasattr(pool, "_connections"):  # httpcore2's pools (and proxies); not a custom transport
                 pool._connections, pool._requests = [], []
-                pool._optional_thread_lock = type(pool._optional_thread_lock)()
+                if hasattr(pool, "_optional_thread_lock"):
+                    pool._optional_thread_lock = type(pool._optional_thread_lock)()
 
 
 os.register_at_fork(after_in_child=_forget_pooled_connections)
