@@ -114,7 +114,7 @@ def test_text_parts_read_like_the_same_string(backend: HFBackend) -> None:
         pytest.param({"messages": [{"role": "robot", "content": "hi"}]}, "messages[0].role", id="bad-role"),
         pytest.param({"messages": [{"role": "user"}]}, "messages[0].content", id="no-content"),
         pytest.param(
-            {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages[0].content", id="image"
+            {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages[0].content[0]", id="image"
         ),
         pytest.param({"messages": COUNT, "n": 0}, "n", id="n-zero"),
         pytest.param({"messages": COUNT, "n": 1.5}, "n", id="n-float"),
@@ -214,6 +214,36 @@ def test_an_assistant_turns_text_and_calls_are_read_together(backend: HFBackend)
     said = {"role": "assistant", "content": "Let me check.", "tool_calls": [WEATHER_CALL, {**WEATHER_CALL, "id": "call_2"}]}
     written = {"role": "assistant", "content": 'Let me check.\nget_weather({"city": "Paris"})\nget_weather({"city": "Paris"})'}
     assert backend.chat_prompt_tokens([ASKED, said]) == backend.chat_prompt_tokens([ASKED, written])
+
+
+def test_an_assistant_refusal_part_is_read_as_its_text(backend: HFBackend) -> None:
+    parts = [{"type": "text", "text": "Let me check."}, {"type": "refusal", "refusal": "I can't share that."}]
+    said = {"role": "assistant", "content": parts, "tool_calls": [WEATHER_CALL]}
+    written = {"role": "assistant", "content": 'Let me check.\nI can\'t share that.\nget_weather({"city": "Paris"})'}
+    assert backend.chat_prompt_tokens([ASKED, said]) == backend.chat_prompt_tokens([ASKED, written])
+
+
+TEXT = {"type": "text", "text": "Hi"}
+
+
+@pytest.mark.parametrize(
+    ("message", "says"),
+    [
+        pytest.param({"role": "user", "content": [TEXT, {"type": "input_audio"}]}, "reads text only", id="audio"),
+        pytest.param({"role": "user", "content": [TEXT, {"type": "file", "file": {}}]}, "reads text only", id="file"),
+        pytest.param({"role": "user", "content": [TEXT, {"type": "refusal", "refusal": "no"}]}, "'file', not 'refusal'", id="user-refusal"),
+        pytest.param({"role": "system", "content": [TEXT, {"type": "image_url"}]}, "of type 'text', not 'image_url'", id="system-image"),
+        pytest.param({"role": "assistant", "content": [TEXT, {"type": "image_url"}]}, "'refusal', not 'image_url'", id="assistant-image"),
+        pytest.param({"role": "assistant", "content": [TEXT, {"type": "refusal"}]}, "needs its 'refusal' string", id="refusal-no-text"),
+        pytest.param({"role": "user", "content": [TEXT, "Hi"]}, "not None", id="bare-string"),
+    ],
+)
+def test_a_content_part_the_model_cannot_read_is_refused_by_its_index(
+    backend: HFBackend, message: dict[str, Any], says: str
+) -> None:
+    error = _without_the_model(backend, lambda: backend.chat_completion({"messages": [message], "max_tokens": 1}))
+    assert isinstance(error, LocalRequestError) and error.param == "messages[0].content[1]"
+    assert says in str(error)
 
 
 @pytest.mark.parametrize(

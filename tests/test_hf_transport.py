@@ -176,12 +176,14 @@ def test_completions_create_answers_the_prompt(client: openai.OpenAI, backend: H
 
 
 def test_an_agents_history_with_tool_calls_is_answered(client: openai.OpenAI) -> None:
-    """A chat history as agent frameworks keep it: the assistant's tool call (content null), then the tool's answer."""
+    """An agent's chat history: a tool call (content null), the tool's answer, then a refusal part."""
     call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
     history: list[Any] = [
         {"role": "user", "content": "Weather in Paris?"},
         {"role": "assistant", "content": None, "tool_calls": [call]},
         {"role": "tool", "tool_call_id": "call_1", "content": "18C, sunny"},
+        {"role": "assistant", "content": [{"type": "refusal", "refusal": "I can't say more."}]},
+        {"role": "user", "content": "And tomorrow?"},
     ]
     reply = client.chat.completions.create(model="local", messages=history, max_tokens=2, temperature=0)
     assert reply.choices[0].message.content and reply.usage is not None and reply.usage.completion_tokens >= 1
@@ -215,6 +217,11 @@ def test_models_list_names_the_local_model(client: openai.OpenAI, backend: HFBac
     [
         pytest.param({"n": 0}, "n", id="n-zero"),
         pytest.param({"messages": [{"role": "user", "content": 3}]}, "messages[0].content", id="bad-messages"),
+        pytest.param(
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}, {"type": "image_url"}]}]},
+            "messages[0].content[1]",
+            id="image-part",
+        ),
         pytest.param({"extra_body": {"soft_prompt": "unknown"}}, "soft_prompt", id="unknown-soft-prompt"),
         pytest.param({"stream": True, "n": 0}, "n", id="stream-n-zero"),
         pytest.param({"extra_body": {"max_token": 4}}, "max_token", id="unrecognized-argument"),

@@ -107,6 +107,35 @@ def test_instructions_and_input_items_become_the_chat_messages(client: openai.Op
     assert response.metadata == {"k": "v"}
 
 
+def test_an_agents_history_reads_as_the_same_chat_history(client: openai.OpenAI, backend: HFBackend) -> None:
+    said = [{"type": "output_text", "text": "Let me check.", "annotations": []}, {"type": "refusal", "refusal": "No."}]
+    items: list[Any] = [
+        {"role": "user", "content": "Weather in Paris and Rome?"},
+        {"type": "message", "id": "msg_1", "role": "assistant", "status": "completed", "content": said},
+        {"type": "function_call", "call_id": "c1", "name": "weather", "arguments": '{"city": "Paris"}', "id": "fc_1"},
+        {"type": "function_call", "call_id": "c2", "name": "weather", "arguments": '{"city": "Rome"}'},
+        {"type": "function_call_output", "call_id": "c1", "output": "18C"},
+        {"type": "function_call_output", "call_id": "c2", "output": [{"type": "input_text", "text": "21C"}]},
+        {"type": "custom_tool_call", "call_id": "c3", "name": "note", "input": "warm"},
+        {"type": "custom_tool_call_output", "call_id": "c3", "output": "noted"},
+    ]
+    calls = [
+        {"id": f"c{i}", "type": "function", "function": {"name": "weather", "arguments": f'{{"city": "{city}"}}'}}
+        for i, city in ((1, "Paris"), (2, "Rome"))
+    ]
+    chat = [
+        {"role": "user", "content": "Weather in Paris and Rome?"},
+        {"role": "assistant", "content": [{"type": "text", "text": "Let me check."}, {"type": "refusal", "refusal": "No."}], "tool_calls": calls},
+        {"role": "tool", "tool_call_id": "c1", "content": "18C"},
+        {"role": "tool", "tool_call_id": "c2", "content": "21C"},
+        {"role": "assistant", "tool_calls": [{"id": "c3", "type": "custom", "custom": {"name": "note", "input": "warm"}}]},
+        {"role": "tool", "tool_call_id": "c3", "content": "noted"},
+    ]
+    response = client.responses.create(model="local", input=items, max_output_tokens=1)
+    assert response.usage is not None
+    assert response.usage.input_tokens == backend.chat_prompt_tokens(chat)
+
+
 def test_max_output_tokens_makes_the_response_incomplete(client: openai.OpenAI) -> None:
     response = client.responses.create(model="local", input=QUESTION, max_output_tokens=2, temperature=0)
     assert response.status == "incomplete"
@@ -180,8 +209,23 @@ async def test_async_stream_helper_and_async_create(aclient: openai.AsyncOpenAI,
         pytest.param({"max_output_tokens": 2, "extra_body": {"temprature": 0}}, "temprature", id="unrecognized"),
         pytest.param({"max_output_tokens": 2, "text": {"format": {"type": "json_object"}}}, "input", id="json-unsaid"),
         pytest.param({"input": []}, "input", id="empty-input"),
+        pytest.param({"input": [{"type": "reasoning", "id": "rs_1", "summary": []}]}, "input[0]", id="reasoning-item"),
+        pytest.param({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0]", id="item-reference"),
         pytest.param(
-            {"input": [{"type": "function_call_output", "call_id": "c", "output": "x"}]}, "input[0]", id="item-type"
+            {"input": [{"type": "function_call", "call_id": "c", "name": "f"}]}, "input[0].arguments", id="call-no-args"
+        ),
+        pytest.param(
+            {"input": [{"type": "function_call_output", "output": "x"}]}, "input[0].call_id", id="output-no-call-id"
+        ),
+        pytest.param(
+            {"input": [{"type": "function_call_output", "call_id": "c", "output": [{"type": "input_image"}]}]},
+            "input[0].output[0]",
+            id="output-image",
+        ),
+        pytest.param(
+            {"input": [{"role": "user", "content": [{"type": "refusal", "refusal": "x"}]}]},
+            "input[0].content[0]",
+            id="user-refusal",
         ),
         pytest.param({"input": [{"role": "tool", "content": "x"}]}, "input[0].role", id="role"),
         pytest.param(

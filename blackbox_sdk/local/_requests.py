@@ -22,6 +22,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from .._exceptions import ConfigError
 
@@ -31,6 +32,8 @@ MAX_LOGPROBS_COMPLETION = 5  # OpenAI's cap for legacy completions logprobs
 MAX_N = 128  # OpenAI's cap on choices per request
 MAX_EMBEDDING_INPUTS = 2048  # OpenAI's cap on the inputs of one /embeddings request
 LOCAL_PARAMS = ("soft_prompt",)  # this backend's own body fields, beside OpenAI's
+PART_TEXT = {"text": "text", "refusal": "refusal"}  # content part type -> the field holding its text
+ROLE_PARTS = {"assistant": ("text", "refusal"), "user": ("text", "image_url", "input_audio", "file")}  # others: text
 UNSUPPORTED_PARAMS = ("tools", "functions", "audio", "prediction", "logit_bias", "suffix", "best_of")
 
 Schema = TypeVar("Schema", bound=BaseModel)
@@ -123,7 +126,7 @@ class Message(BaseModel):
         if value == []:
             raise ValueError("content must not be an empty array of parts")
         if isinstance(value, list):
-            value = "\n".join(_part_text(part) for part in value)
+            value = _parts_text(value, info.data.get("role"))
         calls = [*(info.data.get("tool_calls") or []), *filter(None, [info.data.get("function_call")])]
         if info.data.get("role") != "assistant" or not calls:
             if value is None:
@@ -263,11 +266,30 @@ def _is_embedding_input(item: object) -> bool:
     return isinstance(item, list) and bool(item) and all(_is_token_id(t) for t in item)
 
 
-def _part_text(part: object) -> str:
-    """The text of one content part; anything but a text part is refused."""
-    if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
-        return part["text"]
-    raise ValueError("content parts must be {'type': 'text', 'text': str}; this local model reads text only")
+def _parts_text(parts: list[object], role: object) -> str:
+    """Content parts' texts joined with newlines; a part OpenAI refuses on this role, or one that is not
+    text (images, audio, files: this model reads text only), is refused by its index, `content[j]`."""
+    allowed = ROLE_PARTS.get(str(role), ("text",))
+    texts = []
+    for j, part in enumerate(parts):
+        kind = part.get("type") if isinstance(part, dict) else None
+        field = PART_TEXT.get(kind) if kind in allowed else None
+        if field is not None and isinstance(part, dict) and isinstance(part.get(field), str):
+            texts.append(part[field])
+        elif field is not None:
+            raise _part_error(j, part, f"a {kind!r} content part needs its {field!r} string")
+        elif kind in allowed:
+            raise _part_error(j, part, f"content parts of type {kind!r} are not supported: this model reads text only")
+        else:
+            kinds = " or ".join(map(repr, allowed))
+            raise _part_error(j, part, f"a {role} message's content parts must be of type {kinds}, not {kind!r}")
+    return "\n".join(texts)
+
+
+def _part_error(index: int, part: object, why: str) -> ValidationError:
+    """A refused content part, located at its index within `content`."""
+    error = PydanticCustomError("value_error", "{why}", {"why": why})
+    return ValidationError.from_exception_data("content", [InitErrorDetails(type=error, loc=(index,), input=part)])
 
 
 def _param_path(loc: Sequence[int | str]) -> str:
