@@ -85,18 +85,22 @@ class ProcessConnection:
         self.lock = threading.Lock() if lock is None else lock
         self._open = open_connection
         self._connection = connection
+        self._final = False  # closed for good: ``get()`` raises as a closed sqlite3 connection does
         _held.add(self)
 
     def get(self) -> sqlite3.Connection:
         """The connection, opened now if this process has none; call under ``lock``."""
+        if self._final:
+            raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
         if self._connection is None:
             self._connection = self._open()
         return self._connection
 
-    def close(self) -> None:
-        """Close the connection; the next ``get()`` opens another."""
+    def close(self, *, final: bool = False) -> None:
+        """Close the connection; the next ``get()`` opens another, or, ``final``, raises as a closed connection does."""
         with self.lock:
             self._drop()
+            self._final = self._final or final
 
     def _drop(self) -> None:
         """Close the connection, if open (under the lock, or in a forked child holding it)."""

@@ -236,7 +236,7 @@ def _shut_down(writer: BatchWriter[CallRecord], db: ProcessConnection, where: st
     try:
         lost = writer.close(timeout)
     finally:
-        db.close()
+        db.close(final=True)  # a closed log stays closed: a later use is a CallLogError, not a silent reopen
     if lost:
         ids = ", ".join(rec.call_id for rec in lost[:20]) + (", ..." if len(lost) > 20 else "")
         message = f"the call log {where} was closed with {len(lost)} records it could not write: {ids}"

@@ -103,8 +103,8 @@ class SQLiteWindow(Closing):
         return await asyncio.to_thread(self.release, scope, event_id)
 
     def close(self) -> None:
-        """Close this process's connection; the file stays for the others."""
-        self._db.close()
+        """Close this process's connection for good; the file stays for the others."""
+        self._db.close(final=True)
 
     async def aclose(self) -> None:
         """``close``."""
