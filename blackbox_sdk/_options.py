@@ -19,6 +19,7 @@ from ._adaptive import AUTO
 from ._exceptions import ConfigError
 from ._retry import RetryPolicy
 from ._text import checked_text
+from ._tokenizer import SERVER, open_tokenizer
 from ._types import Scorer
 
 DEFAULT_RERANK_N = 8
@@ -40,12 +41,15 @@ class Opened:
 
     def get(self, kind: str, target: str | Path, make: Callable[[Any], Any]) -> Any:
         """The resource of this kind at `target` (a path, or a URL such as redis://...), opened on first use."""
-        where: str | Path = target if is_url(target) else Path(target).expanduser()
-        key = (kind, where if isinstance(where, str) else where.resolve())
+        where, key = _where(kind, target)
         with self._lock:
             if key not in self._items:
                 self._items[key] = make(where)
             return self._items[key]
+
+    def holds(self, kind: str, target: str | Path) -> bool:
+        """Whether the resource of this kind at `target` is open already (getting it then does no I/O)."""
+        return _where(kind, target)[1] in self._items
 
     def close(self) -> None:
         """Close everything opened here (what a caller passed in as an object is the caller's)."""
@@ -55,6 +59,12 @@ class Opened:
             close = getattr(item, "close", None)
             if callable(close):
                 close()
+
+
+def _where(kind: str, target: str | Path) -> tuple[str | Path, tuple[str, str | Path]]:
+    """What a resource is opened from (a URL as given, a path with ~ expanded) and its key in `Opened`."""
+    where: str | Path = target if is_url(target) else Path(target).expanduser()
+    return where, (kind, where if isinstance(where, str) else where.resolve())
 
 
 def _instance_or_path(value: Any, kind: type, name: str, opened: Opened, accepted: str) -> Any:
@@ -201,8 +211,6 @@ def open_retry(value: Any, current: Any, opened: Opened) -> RetryPolicy:
 
 def open_tokenizer_option(value: Any, current: Any, opened: Opened) -> Any:
     """What counts tokens for budgets: a callable, a tiktoken name, a folder or GGUF, "server", or None."""
-    from ._tokenizer import open_tokenizer
-
     return open_tokenizer(value)
 
 
@@ -258,6 +266,23 @@ class Options:
 
 
 OPTION_NAMES = tuple(spec.name for spec in fields(Options))
+OPENED_FROM_PATHS = ("cache", "log", "reranker", "soft_prompt")  # the options `Opened` keeps, each under its own name
+
+
+def needs_opening(opened: Opened, overrides: dict[str, Any]) -> bool:
+    """Whether merging these per-call overrides may block: one names a path or URL not opened yet (a
+    cache folder, a call log, an adapter, a soft prompt: SQLite's busy wait, a model load, a connection),
+    or a tokenizer to load."""
+    return any(_opens(name, value, opened) for name, value in overrides.items())
+
+
+def _opens(name: str, value: Any, opened: Opened) -> bool:
+    """Whether this one override opens something (see `needs_opening`)."""
+    if not isinstance(value, (str, Path)) or (name == "cache" and value in CACHE_MODES):
+        return False
+    if name == "tokenizer":
+        return value != SERVER
+    return name in OPENED_FROM_PATHS and not opened.holds(name, value)
 
 
 def split_options(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

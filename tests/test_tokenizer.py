@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from blackbox_sdk import ConfigError, OpenAI
+from blackbox_sdk._pipeline._core import checked, prepare
 from blackbox_sdk._tokenizer import ServerTokenizer, TokenCounter, open_tokenizer
 from blackbox_sdk._types import CHAT, COMPLETIONS
 
@@ -18,7 +19,7 @@ QUESTION = [{"role": "user", "content": "The capital of France is"}]
 def _counted(client: OpenAI, route: object, params: dict[str, object]) -> object:
     """The SDK's own prompt count for a request (what a budget reserves before sending)."""
     core = client._core
-    return core.count.prompt(core.begin(route, {"model": MODEL, **params}, {}))
+    return core.count.prompt(prepare(core, checked(core, route, {"model": MODEL, **params}, {})))
 
 
 def test_a_tiktoken_name_and_a_callable_count_text() -> None:

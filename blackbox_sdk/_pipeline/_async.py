@@ -113,7 +113,7 @@ class AsyncCore(Core):
     async def _perform(self, effect: flows.Effect) -> Any:
         """One effect's I/O."""
         if effect.kind == "io":
-            return await self._io(effect.call, effect.request, counts=effect.counts)
+            return await self._io(effect.call, effect.request, counts=effect.counts, blocks=effect.blocks)
         if effect.kind == "gate":
             return await asyncio.sleep(flows.GATE_PAUSE_S)
         if effect.kind == "wait":
@@ -130,9 +130,10 @@ class AsyncCore(Core):
             return await self._retry(effect.call, lambda: _entered(effect.request()))
         return await self._beam(effect.call)
 
-    async def _io(self, call: Call, work: Callable[[], T], *, counts: bool = False) -> T:
-        """Store, tokenizer or reranker work: in a worker thread when it may block (`offloads`), so the loop never waits on it."""
-        if not self.offloads(call, counts):
+    async def _io(self, call: Call, work: Callable[[], T], *, counts: bool = False, blocks: bool = False) -> T:
+        """Store, tokenizer or reranker work, or opening what an override names: in a worker thread when it
+        may block (`blocks`, else `offloads`), so the loop never waits on it."""
+        if not (blocks or self.offloads(call, counts)):
             return work()
         running = asyncio.get_running_loop().run_in_executor(store_workers(), contextvars.copy_context().run, work)
         try:

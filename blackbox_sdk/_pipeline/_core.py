@@ -54,31 +54,6 @@ class Core:
         self._lock = threading.Lock()
 
     # ---------------------------------------------------------------- before sending
-    def begin(self, route: Route, params: Json, overrides: Json) -> Call:
-        """Check the request, then build the call: options with overrides, cache key, candidates to gather."""
-        params = {k: list(v) if isinstance(v, Iterator) else v for k, v in params.items()}  # read a generator once, send what was read
-        validate(route, params)
-        opts = self.opts.merge(self.opened, **overrides) if overrides else self.opts
-        if opts.soft_prompt is not None:
-            params = self.with_soft_prompt(opts, params)
-        want = int(params["n"]) if given(params.get("n")) else 1
-        if opts.reranker is not None and opts.rerank_n > want:
-            want = opts.rerank_n
-        call = Call(route=route, params=params, opts=opts, info=BlackBoxInfo(call_id=new_call_id()), want=want, overrides=overrides)
-        if opts.beam is not None and opts.reranker is not None and route not in (CHAT, EMBEDDINGS):  # embeddings are never reranked
-            raise ConfigError("beam search reranks chat completions only")
-        if call.prompts > 1:  # choices of several prompts share one list: no bucket, no reranking, no fan-out
-            opts = call.opts = replace(opts, cache=None, reranker=None)
-            call.want = call.n
-        if opts.log is not None or opts.cache is not None:
-            canonical = canonical_params(params)  # once, for the log and the key; fails here, before sending
-            if opts.log is not None:
-                call.request = canonical
-            if opts.cache is not None:
-                keyed = {k: v for k, v in canonical.items() if k not in SDK_PARAMS}
-                call.key = opts.cache.key_of_canonical(route=route.name, endpoint=self.endpoint, canonical=keyed)
-        return call
-
     def offloads(self, call: Call, counts: bool = False) -> bool:
         """Whether the call's "io" work may block: it has a store or a reranker, or the work `counts`
         tokens with a tokenizer that may ask a server. An async client then runs it in a worker
@@ -287,6 +262,37 @@ class Core:
             give_room_back(call)
         call.admission = None
         self.record(call, [], usage, error)
+
+
+def checked(core: Core, route: Route, params: Json, overrides: Json) -> Call:
+    """The call for a checked request (an iterator in it read once, to send what was read), with the
+    client's options until the flow merges its overrides (`flows.begin`) and `prepare`s it."""
+    params = {k: list(v) if isinstance(v, Iterator) else v for k, v in params.items()}
+    validate(route, params)
+    return Call(route=route, params=params, opts=core.opts, info=BlackBoxInfo(call_id=new_call_id()), want=1, overrides=overrides)
+
+
+def prepare(core: Core, call: Call) -> Call:
+    """The call under its options: soft prompt named, candidates to gather, cache key (before sending)."""
+    opts, params, route = call.opts, call.params, call.route
+    if opts.soft_prompt is not None:
+        params = call.params = core.with_soft_prompt(opts, params)
+    call.want = int(params["n"]) if given(params.get("n")) else 1
+    if opts.reranker is not None and opts.rerank_n > call.want:
+        call.want = opts.rerank_n
+    if opts.beam is not None and opts.reranker is not None and route not in (CHAT, EMBEDDINGS):  # embeddings are never reranked
+        raise ConfigError("beam search reranks chat completions only")
+    if call.prompts > 1:  # choices of several prompts share one list: no bucket, no reranking, no fan-out
+        opts = call.opts = replace(opts, cache=None, reranker=None)
+        call.want = call.n
+    if opts.log is not None or opts.cache is not None:
+        canonical = canonical_params(params)  # once, for the log and the key; fails here, before sending
+        if opts.log is not None:
+            call.request = canonical
+        if opts.cache is not None:
+            keyed = {k: v for k, v in canonical.items() if k not in SDK_PARAMS}
+            call.key = opts.cache.key_of_canonical(route=route.name, endpoint=core.endpoint, canonical=keyed)
+    return call
 
 
 def answered(core: Core, call: Call, outcome: Any) -> Any:

@@ -7,20 +7,20 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
 from functools import partial
-from typing import Any, Literal, TypeVar
+from typing import Any
 
 from .._adaptive import FIRST_ROUND, next_round, pick_share
 from .._exceptions import RateLimitExceededError
 from .._info import attach
-from .._options import split_options
+from .._options import needs_opening, split_options
 from .._types import EMBEDDINGS, Json, Route, add_usage
 from ._beam_steps import beam_response, spent_on_steps
 from ._calibrate import passes_gate, public_endpoint
 from ._call import Call, KeptHttp
 from ._candidates import Candidate
-from ._core import Core
+from ._core import Core, checked, prepare
+from ._effects import Effect, Flow, T, io
 from ._relay import Relay
 from ._rerank import confidence_of
 from ._responses import (
@@ -38,46 +38,8 @@ from ._responses import (
     whole_stream_chunks,
 )
 
-Flow = Generator["Effect", Any, Any]
-T = TypeVar("T")
 GATE_PAUSE_S = 0.05  # between looks at an uncalibrated endpoint's gate
 CALIBRATION_WAIT_S = 120.0  # the longest a call waits for the endpoint's first answer before it is refused
-
-
-EffectKind = Literal["admit", "gate", "wait", "send", "open", "raw", "enter", "beam", "io"]
-
-
-@dataclass(frozen=True)
-class Effect:
-    """I/O a flow needs, each with the call's retries; what the driver sends back, by kind:
-    "send" the responses to the requests (sent concurrently when several), in order;
-    "open" (stream, first chunk) of a stream opened until its first chunk has arrived;
-    "raw" the raw response; "enter" (context, unread response) of a streaming response;
-    "beam" (result, step tally) of the beam search, each step a call through the same client;
-    "admit" the rate limit's admission for `tokens` (waiting for room, or refused, by its policy);
-    "wait" nothing, once the cache holds another caller's answer to the same request (single flight);
-    "gate" nothing, after a pause while another call calibrates the endpoint (`passes_gate`);
-    "io" what its one function returns: work on the call's stores (cache, ledger, rate limit, call
-    log), a server's tokenizer or the reranker, run where it is by the sync core and in a worker
-    thread by the async one, so that an event loop never waits on SQLite, Redis or a model."""
-
-    kind: EffectKind
-    call: Call
-    requests: tuple[Callable[[], Any], ...] = ()
-    tokens: int = 0
-    counts: bool = False  # an "io" effect that may count tokens (answers that came without usage)
-
-    @property
-    def request(self) -> Callable[[], Any]:
-        """The one request of a kind that sends one."""
-        return self.requests[0]
-
-
-def io(call: Call, work: Callable[[], T], *, counts: bool = False) -> Generator[Effect, Any, T]:
-    """`work()`, done as an "io" effect: off the event loop in an async client (`counts`: it may
-    count tokens, which can ask the server's tokenizer even when the call has no store)."""
-    result: T = yield Effect("io", call, (work,), counts=counts)
-    return result
 
 
 def last(core: Core, call: Call, work: Callable[[], T]) -> Generator[Effect, Any, T]:
@@ -183,13 +145,24 @@ def look(core: Core, call: Call) -> tuple[list[Candidate], bool]:
     return found, True
 
 
+def begin(core: Core, route: Route, params: Json, overrides: Json) -> Generator[Effect, Any, Call]:
+    """The call: its request checked, its per-call overrides merged, then what it gathers and its cache
+    key (`prepare`). What an override names that is not open yet (a cache folder, a call log, an
+    adapter) is opened as an "io" effect, off an async client's event loop; with nothing to open, no hop."""
+    call = checked(core, route, params, overrides)
+    if overrides:
+        merge = partial(core.opts.merge, core.opened, **overrides)
+        call.opts = (yield from io(call, merge, blocks=True)) if needs_opening(core.opened, overrides) else merge()
+    return prepare(core, call)
+
+
 def create(
     core: Core, route: Route, params: Json, overrides: Json, valid: Callable[[str], bool] | None = None, kept: KeptHttp | None = None, step_of: Call | None = None
 ) -> Flow:
     """`create` for chat or legacy completions, streamed or not, reranked or beam-searched; reranking
     prefers the answers `valid` accepts (for `parse`: those that fit the schema); `kept` receives the
     last HTTP response (a raw view's status and headers); `step_of`: the beam call this is a step of."""
-    call = core.begin(route, params, overrides)
+    call = yield from begin(core, route, params, overrides)
     call.valid = valid
     call.kept = kept
     if step_of is not None:
@@ -326,7 +299,7 @@ def stream(core: Core, call: Call) -> Flow:
 
 def embed(core: Core, params: Json, overrides: Json) -> Flow:
     """`embeddings.create`: cached whole, budgeted on input tokens, retried, logged."""
-    call = core.begin(EMBEDDINGS, params, overrides)
+    call = yield from begin(core, EMBEDDINGS, params, overrides)
     stored = yield from io(call, partial(lookup_embedding, call))
     if stored is not None:
         return (yield from io(call, partial(finish_embedding, core, call, None, stored)))
@@ -342,7 +315,7 @@ def embed(core: Core, params: Json, overrides: Json) -> Flow:
 def begin_raw(core: Core, route: Route, kwargs: Json) -> Flow:
     """A raw-response call: checked, never cached, admitted, its worst case reserved; (call, what to send)."""
     params, overrides = split_options(kwargs)
-    call = core.begin(route, params, overrides)
+    call = yield from begin(core, route, params, overrides)
     call.key = None  # a raw response is the HTTP exchange itself: never served from or stored in the cache
     try:
         count, max_tokens = yield from admit(core, call, call.n)

@@ -24,7 +24,7 @@ from ._calibrate import remember_context
 from ._call import Call
 from ._candidates import Candidate
 from ._core import Core, build
-from ._flows import Effect, Flow, cached, io, last, paid, sending, sent
+from ._flows import Effect, Flow, begin, cached, io, last, paid, sending, sent
 from ._relay import Relay
 from ._response_events import ENDED, arrived, event, events_of, final_response
 from ._responses import account, choose, logged_texts, unstreamed
@@ -35,7 +35,7 @@ STORED_STATUSES = (None, "completed", "incomplete")  # a queued or background re
 
 def create(core: Core, params: Json, overrides: Json, valid: Valid | None = None) -> Flow:
     """`responses.create`, whole or streamed; reranked over `rerank_n` whole answers when a reranker is on."""
-    call = core.begin(RESPONSES, params, overrides)
+    call = yield from begin(core, RESPONSES, params, overrides)
     call.valid = valid
     if call.opts.reranker is not None and call.want > 1:
         whole = yield from complete(core, unstreamed(call))

@@ -1,0 +1,50 @@
+"""The effects a flow yields whenever it needs I/O, and `io`, the one for work on the call's stores,
+tokenizer or reranker; the sync and async cores perform them each in their own way."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+from ._call import Call
+
+Flow = Generator["Effect", Any, Any]
+T = TypeVar("T")
+EffectKind = Literal["admit", "gate", "wait", "send", "open", "raw", "enter", "beam", "io"]
+
+
+@dataclass(frozen=True)
+class Effect:
+    """I/O a flow needs, each with the call's retries; what the driver sends back, by kind:
+    "send" the responses to the requests (sent concurrently when several), in order;
+    "open" (stream, first chunk) of a stream opened until its first chunk has arrived;
+    "raw" the raw response; "enter" (context, unread response) of a streaming response;
+    "beam" (result, step tally) of the beam search, each step a call through the same client;
+    "admit" the rate limit's admission for `tokens` (waiting for room, or refused, by its policy);
+    "wait" nothing, once the cache holds another caller's answer to the same request (single flight);
+    "gate" nothing, after a pause while another call calibrates the endpoint (`passes_gate`);
+    "io" what its one function returns: work on the call's stores (cache, ledger, rate limit, call
+    log), a server's tokenizer, the reranker, or opening what per-call options name, run where it is
+    by the sync core and in a worker thread by the async one, so that an event loop never waits on
+    SQLite, Redis or a model."""
+
+    kind: EffectKind
+    call: Call
+    requests: tuple[Callable[[], Any], ...] = ()
+    tokens: int = 0
+    counts: bool = False  # an "io" effect that may count tokens (answers that came without usage)
+    blocks: bool = False  # an "io" effect that may block whatever the call holds (opening a path an override names)
+
+    @property
+    def request(self) -> Callable[[], Any]:
+        """The one request of a kind that sends one."""
+        return self.requests[0]
+
+
+def io(call: Call, work: Callable[[], T], *, counts: bool = False, blocks: bool = False) -> Generator[Effect, Any, T]:
+    """`work()`, done as an "io" effect: off the event loop in an async client when the call's stores
+    may block (`counts`: it may count tokens, which can ask the server's tokenizer even when the call
+    has no store; `blocks`: always)."""
+    result: T = yield Effect("io", call, (work,), counts=counts, blocks=blocks)
+    return result
