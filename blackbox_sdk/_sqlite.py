@@ -23,6 +23,7 @@ import weakref
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from ._exceptions import ConfigError
 
@@ -86,7 +87,7 @@ class ProcessConnection:
         self._open = open_connection
         self._connection = connection
         self._final = False  # closed for good: ``get()`` raises as a closed sqlite3 connection does
-        _held.add(self)
+        hold_over_fork(self)
 
     def get(self) -> sqlite3.Connection:
         """The connection, opened now if this process has none; call under ``lock``."""
@@ -108,13 +109,24 @@ class ProcessConnection:
             self._connection.close()
             self._connection = None
 
+    def forked(self) -> None:
+        """In a forked child, under the lock: close the inherited connection, idle, before this process opens its own."""
+        with contextlib.suppress(sqlite3.Error):
+            self._drop()
 
-_held: weakref.WeakSet[ProcessConnection] = weakref.WeakSet()
-_forking: list[ProcessConnection] = []  # the connections whose locks the forking thread holds
+
+_held: weakref.WeakSet[Any] = weakref.WeakSet()
+_forking: list[Any] = []  # the holders whose locks the forking thread holds
+
+
+def hold_over_fork(holder: Any) -> None:
+    """Make every fork wait for ``holder.lock`` (which the holder's writes hold) and keep it over the fork, so that no
+    SQLite transaction is half done in the child; the child runs ``holder.forked()`` under it (``holder`` kept weakly)."""
+    _held.add(holder)
 
 
 def _before_fork() -> None:
-    """Take every store's lock, so no transaction is half done at the fork (a store busy writing is waited for)."""
+    """Take every holder's lock, so no transaction is half done at the fork (a store busy writing is waited for)."""
     _forking[:] = list(_held)
     for held in _forking:
         held.lock.acquire()
@@ -128,10 +140,9 @@ def _after_fork_in_parent() -> None:
 
 
 def _after_fork_in_child() -> None:
-    """Close the inherited connections (idle: their locks were held over the fork) before any is opened again."""
+    """Each holder's own step (the inherited connections closed, idle) before any is opened again."""
     for held in reversed(_forking):
-        with contextlib.suppress(sqlite3.Error):
-            held._drop()
+        held.forked()
         held.lock.release()
     _forking.clear()
 

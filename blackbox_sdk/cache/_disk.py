@@ -20,12 +20,10 @@ the Cache checks its TTL) and the folder may pass its size limit by what is writ
 
 from __future__ import annotations
 
-import os
 import re
 import sqlite3
 import threading
 import time
-import weakref
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
@@ -35,7 +33,7 @@ import diskcache  # type: ignore[import-untyped]  # ships no type hints
 
 from .._exceptions import CacheError, ConfigError
 from .._logging import logger
-from .._sqlite import refuse_foreign
+from .._sqlite import hold_over_fork, refuse_foreign
 from ._flight import CLAIM_SUFFIX
 from ._store import Change, Claim, ForeignValueError
 
@@ -115,28 +113,6 @@ def _foreign_key(database: Path, timeout: float) -> str | None:
     return None if row is None else repr(row[0])[:40]
 
 
-_stores: weakref.WeakSet[DiskStore] = weakref.WeakSet()
-_forking: list[DiskStore] = []  # the stores whose write locks the forking thread holds
-
-
-def _before_fork() -> None:
-    """Wait until no thread is inside a store's write transaction, and hold each store's lock over the fork: diskcache
-    keeps a connection per thread, and a child inheriting one mid-transaction would find SQLite's write lock taken for good."""
-    _forking[:] = list(_stores)
-    for store in _forking:
-        store._write_lock.acquire()
-
-
-def _after_fork() -> None:
-    """Release what ``_before_fork`` took (in the child, every inherited connection is idle)."""
-    for store in reversed(_forking):
-        store._write_lock.release()
-    _forking.clear()
-
-
-os.register_at_fork(before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork)
-
-
 class DiskStore:
     """A diskcache folder as a :class:`~blackbox_sdk.cache.CacheStore`, with its errors raised as CacheError."""
 
@@ -154,9 +130,13 @@ class DiskStore:
                 "writable (not read-only, not under a file) and not held locked by another process"
             ) from exc
         self._cull_lock = threading.Lock()
-        self._write_lock = threading.RLock()  # held by every write in this process, and by a fork (``_before_fork``)
-        _stores.add(self)
+        self.lock = threading.RLock()  # held by every write in this process, and by a fork (``hold_over_fork``)
+        hold_over_fork(self)
         self._writes, self._cull_at = 0, 0.0  # the first write culls: a short-lived process still does
+
+    def forked(self) -> None:
+        """Nothing in a forked child: diskcache opens the child's own connection (a fork waits for this store's writes,
+        and a child inheriting a connection mid-transaction would find SQLite's write lock taken for good)."""
 
     def get(self, key: str) -> str | None:
         """The text stored at ``key``, None on a miss; ForeignValueError for a row this cache did not write."""
@@ -168,7 +148,7 @@ class DiskStore:
 
     def update(self, key: str, change: Change, *, expire: float | None, action: str, discard: Claim | None = None) -> None:
         """Apply ``change`` to the text at ``key`` (and drop the ``discard`` claim) in one write transaction (``BEGIN IMMEDIATE``)."""
-        with self._guard(action), self._write_lock, self._disk.transact():
+        with self._guard(action), self.lock, self._disk.transact():
             try:
                 current = self.get(key)
             except ForeignValueError:
@@ -184,13 +164,13 @@ class DiskStore:
 
     def delete(self, key: str) -> None:
         """Remove ``key`` (and its value file) if it is stored."""
-        with self._guard("delete a bucket"), self._write_lock:
+        with self._guard("delete a bucket"), self.lock:
             self._disk.delete(key)
 
     def add(self, key: str, text: str, *, expire: float) -> bool:
         """diskcache's atomic ``add``: store ``text`` only if ``key`` is absent or expired, or holds what never
         expires (every claim has an expiry: a value without one, planted or foreign, would hold the key forever)."""
-        with self._guard("take a claim"), self._write_lock:
+        with self._guard("take a claim"), self.lock:
             added = bool(self._disk.add(key, text, expire=expire)) or self._take_unexpiring(key, text, expire)
         self._wrote()
         return added
@@ -210,12 +190,12 @@ class DiskStore:
 
     def discard(self, key: str, text: str) -> None:
         """Remove ``key`` only while it still holds ``text``, in one write transaction."""
-        with self._guard("release a claim"), self._write_lock, self._disk.transact():
+        with self._guard("release a claim"), self.lock, self._disk.transact():
             self._discard(key, text)
 
     def clear(self) -> None:
         """Remove every key and value file."""
-        with self._guard("clear the cache"), self._write_lock:
+        with self._guard("clear the cache"), self.lock:
             self._disk.clear()
 
     @contextmanager
@@ -254,7 +234,7 @@ class DiskStore:
                 self._writes, self._cull_at = 0, time.monotonic() + CULL_EVERY_S
         if due:
             try:
-                with self._write_lock:
+                with self.lock:
                     self._disk.cull()
             except (diskcache.Timeout, sqlite3.Error, OSError) as exc:
                 logger.debug("cache: culling %s skipped; the next write tries again (%s)", self.directory, exc)
