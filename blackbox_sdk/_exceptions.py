@@ -5,7 +5,7 @@ BlackBoxError
  │    ├── InvalidRequestError    a malformed request; also an openai.BadRequestError
  │    ├── PriceMissingError      a model has no price while a hard budget is set
  │    ├── MissingDependencyError  an optional package a call needs is not installed; also an ImportError
- │    └── ReservationNotHeldError  a settle of a reservation the ledger no longer holds (released, settled, unknown)
+ │    └── ReservationNotHeldError  a second settle of a reservation (charged once already), or one no hold can charge
  ├── BudgetExceededError         a call would cross a cap (carries spent, reserved, limit)
  ├── RateLimitExceededError      a call would cross a requests/tokens-per-minute limit (carries retry_after)
  ├── StoreUnavailableError       a shared store (Redis, PostgreSQL) can't be reached: budgets fail closed
@@ -47,7 +47,8 @@ class MissingDependencyError(ConfigError, ImportError):
 
 
 class ReservationNotHeldError(ConfigError):
-    """A settle of a budget reservation the ledger no longer holds (released, settled already, or unknown)."""
+    """A settle of a budget reservation settled already (charged once), or one a ledger neither holds nor was told
+    the call of (a store's settle given no hold); a released one is charged all the same: its answer was paid."""
 
 
 class BudgetExceededError(BlackBoxError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -17,12 +18,13 @@ from typing import Any
 
 import httpx2
 import pytest
+import redis
 
 from servers import InstantUpstream
 
 from blackbox_sdk import Budget, BudgetExceededError, CallLog, OpenAI, RateLimitExceededError, StoreUnavailableError
 from blackbox_sdk._pipeline import _flows
-from blackbox_sdk.budget import owed_usd, settle_owed
+from blackbox_sdk.budget import Ledger, RedisLedger, owed_usd, settle_owed
 
 MODEL = "smollm2"
 PRICES = {MODEL: {"input": 1000.0, "output": 1000.0}}  # $1000 per million tokens: a call costs a few cents
@@ -206,6 +208,41 @@ def test_a_ledger_lost_after_an_embedding_keeps_the_paid_vectors_and_charges_the
         assert again.blackbox.cache_hit and again.data[0].embedding == [0.25, -0.5]
     finally:
         upstream.close()
+
+
+def _release_every_hold(ledger: str) -> None:
+    """Release every reservation `ledger` holds through a store of its own, as another process would (an operator's clean-up)."""
+    if ledger.startswith("redis://"):
+        store: Ledger | RedisLedger = RedisLedger(ledger)
+        ids = [key.decode().rsplit(":", 1)[1] for key in redis.Redis.from_url(ledger).scan_iter("blackbox:ledger:res:*")]
+    else:
+        store = Ledger(ledger)
+        with sqlite3.connect(ledger) as raw:
+            ids = [row[0] for row in raw.execute("SELECT id FROM reservations")]
+    assert ids and all(store.release(held) for held in ids)
+    store.close()
+
+
+def test_a_paid_answer_whose_reservation_was_released_mid_call_is_returned_and_charged(
+    ledger: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    upstream = InstantUpstream(_answer(), before=lambda: _release_every_hold(ledger))  # released while the call is out
+    budget = _budget(ledger, 1.0)
+    client = OpenAI(base_url=upstream.url, api_key="sk-test", budget=budget, log=tmp_path / "calls.db", max_retries=0)
+    budget.calibration.learn(f"{client._core.endpoint}#chat.completions", MODEL, 0, 0)  # calibrated: no gate in this test
+    try:
+        with caplog.at_level(logging.WARNING, logger="blackbox_sdk"):
+            answer = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=4)
+    finally:
+        upstream.close()
+    assert answer.choices[0].message.content == "Apple." and answer.blackbox.cost_usd == pytest.approx(11 * 1000 / 1e6)
+    report = budget.report()
+    assert (report.calls, report.spent_usd, report.outstanding_reservations) == (1, pytest.approx(answer.blackbox.cost_usd), 0)
+    [warning] = [record.getMessage() for record in caplog.records if "no longer held" in record.getMessage()]
+    assert answer.blackbox.call_id in warning  # one warning, naming the call
+    client._core.opts.log.flush()
+    [record] = list(CallLog(tmp_path / "calls.db").calls())
+    assert record.error is None and record.cost_usd == pytest.approx(answer.blackbox.cost_usd)
 
 
 def test_usage_a_server_reports_that_cant_be_real_is_charged_at_the_worst_case(tmp_path: Path) -> None:

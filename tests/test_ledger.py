@@ -165,6 +165,19 @@ def test_a_dead_process_lapsed_hold_is_deleted_after_it_is_kept(tmp_path: Path, 
     assert _raw_reservations(path) == 0
 
 
+def test_a_late_settle_after_its_lapsed_record_was_deleted_is_still_charged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    budget = Budget(total_usd=1.0, prices=PRICES, ledger=path)
+    reservation = budget.reserve(model="unit", prompt_tokens=0, max_output_tokens=OUTPUT_TOKENS)
+    later = time.time() + budget.lease_s + ledger_module.LAPSED_KEPT_S + 60  # its lease lapsed, and its record was kept long enough
+    monkeypatch.setattr(ledger_module.time, "time", lambda: later)
+    Ledger(path).close()
+    monkeypatch.undo()
+    assert _raw_reservations(path) == 0
+    assert budget.settle(reservation, prompt_tokens=0, completion_tokens=OUTPUT_TOKENS) == pytest.approx(CALL_USD)  # paid: charged
+    assert (budget.report().calls, budget.spent()) == (1, pytest.approx(CALL_USD))
+
+
 def test_open_ledger_releases_a_dead_process_reservation_on_the_next_reserve(tmp_path: Path) -> None:
     path = tmp_path / "ledger.sqlite3"
     survivor = Budget(total_usd=0.01, prices=PRICES, ledger=path)
@@ -238,7 +251,7 @@ def test_money_is_exact_in_nano_dollars() -> None:
 
 def test_unknown_reservations_are_not_settled_or_released(tmp_path: Path) -> None:
     ledger = Ledger(tmp_path / "ledger.sqlite3")
-    with pytest.raises(ReservationNotHeldError, match="not outstanding"):
+    with pytest.raises(ReservationNotHeldError, match="not outstanding: it was released, or is unknown, and no hold"):
         ledger.settle("missing", usd_nano=1, prompt_tokens=0, completion_tokens=0, cached_tokens=0)
     assert ledger.release("missing") is False
 

@@ -139,6 +139,27 @@ def test_a_live_process_charge_is_left_to_it_and_a_file_that_is_no_charge_is_ski
     assert settle_owed() == 0 and budget.spent() == pytest.approx(0.011)
 
 
+def test_a_charge_owed_by_a_dead_process_whose_reservation_was_released_lands_once(tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger.db"
+    budget = Budget(total_usd=1.0, prices=PRICES, ledger=ledger)
+    reservation = budget.reserve(model=MODEL, prompt_tokens=9, max_output_tokens=4)
+    budget.release(reservation)  # released while its charge was owed (the record is gone: nothing says what the call was)
+    host, pid, started = this_process()
+    name = _journal.ledger_id(ledger, ledger, "bb")
+    assert name is not None and started is not None
+    dead = _journal.OwedCharge(  # this pid with another start time: a process that no longer runs
+        name, reservation.id, reservation.call_id, MODEL, None, reservation.day, 13_000_000, 300.0, 11_000_000, 9, 2, 0, None,
+        host, pid, started - 1,
+    )
+    assert _journal.write(dead) is not None
+    Budget(total_usd=1.0, prices=PRICES, ledger=ledger)  # takes the charge over
+    assert settle_owed() == 0 and budget.spent() == pytest.approx(0.011) and budget.report().calls == 1
+    assert _journal_files() == []
+    assert _journal.write(dead) is not None  # the same charge again (a copy left behind): settled already, charged once
+    Budget(total_usd=1.0, prices=PRICES, ledger=ledger)
+    assert settle_owed() == 0 and budget.spent() == pytest.approx(0.011) and _journal_files() == []
+
+
 def test_a_redis_ledger_is_named_in_the_journal_without_its_password() -> None:
     name = _journal.ledger_id("redis://user:s3cret-pass@127.0.0.1:6379/0", None, "bb")
     assert name == "redis://user:***@127.0.0.1:6379/0#bb"

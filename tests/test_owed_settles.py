@@ -2,8 +2,8 @@
 
 The client's path (a real Redis ledger stopped while the call is out, then started again) is in
 test_budget_holds.py; here the retry's rules, on a real SQLite ledger: a settle whose first try
-landed though its caller saw a failure (a lost reply) is not charged again, and what is still owed
-at exit is named.
+landed though its caller saw a failure (a lost reply) is not charged again, one whose reservation was
+released meanwhile is charged all the same (the answer was paid), and what is still owed at exit is named.
 """
 
 from __future__ import annotations
@@ -53,3 +53,14 @@ def test_a_settle_the_ledger_takes_later_lands_and_what_stays_owed_is_named_at_e
     down[0] = False
     assert owed.settle_now() == 0 and budget.spent() == pytest.approx(15e-6)
     assert owed.owed_usd == 0
+
+
+def test_an_owed_settle_whose_reservation_was_released_meanwhile_still_lands(tmp_path: Path) -> None:
+    budget = Budget(total_usd=1.0, prices=PRICES, ledger=tmp_path / "ledger.db")
+    reservation = budget.reserve(model="m", prompt_tokens=10, max_output_tokens=10)
+    settle = functools.partial(budget.settle, reservation, prompt_tokens=10, completion_tokens=5)
+    owed = OwedSettles()
+    owed.owe(_Debt(reservation.id, reservation.call_id, 15e-6, settle), StoreUnavailableError("down"))
+    Budget(prices=PRICES, ledger=tmp_path / "ledger.db").release(reservation)  # released by another process while it was owed
+    assert owed.settle_now() == 0 and budget.spent() == pytest.approx(15e-6)  # the paid answer is charged
+    assert owed.owed_usd == 0 and budget.report().calls == 1

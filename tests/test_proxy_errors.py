@@ -19,8 +19,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from blackbox_sdk import CallLog, RateLimitExceededError
-from blackbox_sdk.budget import Ledger
+from blackbox_sdk import CallLog, RateLimitExceededError, ReservationNotHeldError
+from blackbox_sdk.budget import Budget, Ledger
 from blackbox_sdk.call_log import CallRecord
 from blackbox_sdk.local import free_port
 from blackbox_sdk.serve import ProxyConfig, Tenant
@@ -169,7 +169,7 @@ def test_prompt_embeds_on_a_proxy_without_torch_is_its_500_not_the_clients_400(m
     _deployment_fault(answer, "missing_dependency", "prompt_embeds need torch")
 
 
-def test_a_settle_the_ledger_refuses_is_the_proxys_500_not_the_clients_400(tmp_path: Path) -> None:
+def test_a_paid_answer_whose_hold_was_released_mid_call_is_served_and_charged(tmp_path: Path) -> None:
     ledger = tmp_path / "ledger.db"
 
     def release_every_hold() -> None:
@@ -188,7 +188,16 @@ def test_a_settle_the_ledger_refuses_is_the_proxys_500_not_the_clients_400(tmp_p
             answer = running.post("/chat/completions", json.dumps({"model": MODEL, "messages": HELLO, "max_tokens": 8}).encode())
     finally:
         upstream.close()
-    _deployment_fault(answer, "reservation_not_held", "is not outstanding")
+    assert answer.status_code == 200, answer.text  # the answer was paid: it is served, and charged
+    report = Budget(**PRICED, ledger=ledger).report()
+    assert report.calls == 1 and report.spent_usd > 0 and report.outstanding_reservations == 0
+
+
+def test_a_settle_the_ledger_refuses_is_the_proxys_500_not_the_clients_400() -> None:
+    refused = error_response(ReservationNotHeldError("reservation r is not outstanding: it was already settled (charged once)"))
+    assert refused.status_code == 500 and refused.headers["x-should-retry"] == "false"
+    error = json.loads(bytes(refused.body))["error"]
+    assert error["type"] == "server_error" and error["code"] == "reservation_not_held" and "already settled" in error["message"]
 
 
 def test_a_bad_value_in_the_request_is_still_the_clients_400() -> None:

@@ -119,13 +119,32 @@ def test_settling_twice_charges_once(ledger: str) -> None:
     assert (report.calls, report.spent_usd, report.outstanding_reservations) == (1, pytest.approx(4e-4), 0)
 
 
-def test_settling_a_released_reservation_is_refused_as_not_held(ledger: str) -> None:
+def test_a_paid_settle_of_a_released_reservation_is_charged_once(ledger: str, caplog: pytest.LogCaptureFixture) -> None:
     budget = capped(ledger, total_usd=1.0)
     reservation = call(budget)
-    budget.release(reservation)  # as another process's release would, while the call ran
-    with pytest.raises(ReservationNotHeldError, match="it was released, or is unknown") as raised:
-        budget.settle(reservation, prompt_tokens=0, completion_tokens=40)
-    assert isinstance(raised.value, ConfigError) and budget.report().calls == 0
+    capped(ledger).release(reservation)  # as another process's release would, while the call ran
+    with caplog.at_level(logging.WARNING, logger="blackbox_sdk"):
+        assert budget.settle(reservation, prompt_tokens=0, completion_tokens=40) == pytest.approx(4e-4)  # the answer was paid
+    [warning] = [record.getMessage() for record in caplog.records if "no longer held" in record.getMessage()]
+    assert reservation.call_id in warning
+    with pytest.raises(ReservationNotHeldError, match="already settled") as raised:
+        budget.settle(reservation, prompt_tokens=0, completion_tokens=40)  # a retried settle charges nothing
+    assert isinstance(raised.value, ConfigError)  # what it was before: callers catching ConfigError still do
+    report = budget.report()
+    assert (report.calls, report.spent_usd, report.outstanding_reservations) == (1, pytest.approx(4e-4), 0)
+    assert budget.spent(model="unit") == budget.spent(day=reservation.day) == pytest.approx(4e-4)  # under the call's own rows
+
+
+def test_a_store_refuses_a_settle_it_cannot_charge(ledger: str) -> None:
+    budget = capped(ledger, total_usd=1.0)
+    store: LedgerStore = budget._ledger
+    reservation = call(budget)
+    store.release(reservation.id)
+    charge = {"usd_nano": 123, "prompt_tokens": 0, "completion_tokens": 1, "cached_tokens": 0}
+    for unknown in (reservation.id, "never-reserved"):  # released or unknown, and no hold to say what the call was
+        with pytest.raises(ReservationNotHeldError, match="no hold was given to charge it from"):
+            store.settle(unknown, **charge)
+    assert budget.report().calls == 0
 
 
 def test_the_store_settles_by_reservation_id_once(ledger: str) -> None:

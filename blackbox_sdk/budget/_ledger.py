@@ -14,7 +14,9 @@ money back, so a later release is on the safe side), and at once inside any rese
 otherwise be refused, so a refusal never comes from a dead process's hold. A reservation also
 carries a lease: once it lapses the hold stops counting (a hung process), though a late settle
 still records the spend (a charge a dead process owed, from the owed-charge journal); lapsed
-records are deleted after ``LAPSED_KEPT_S``. A transaction interrupted by a crash is rolled back by SQLite. The file
+records are deleted after ``LAPSED_KEPT_S``. A settle of a reservation no longer recorded (released,
+or its lapsed record deleted) but never settled still records the spend, from the call's own hold,
+with a warning: the answer was paid, and the cap must count it. A transaction interrupted by a crash is rolled back by SQLite. The file
 must live on a local disk: SQLite locking is unreliable over network file systems. Each spend
 keeps the process that settled it and the call log it was meant for, so a call charged by a
 process that died before logging it can be found, and given to its own log (``settled_since``).
@@ -40,7 +42,7 @@ from .._sqlite import SHARED_TABLES, ProcessConnection, connect, immediate, refu
 from ._caps import REPORTED_SCOPES, Cap, CapUsage, charged_rows, totals_row
 from ._owners import process_alive, this_process
 from ._prices import snapshot_base
-from ._store import Hold, LedgerSnapshot, SettledSpend
+from ._store import Hold, LedgerSnapshot, SettledSpend, warn_unheld
 
 DEFAULT_BUSY_TIMEOUT_S = 60.0
 LAPSED_KEPT_S = 7 * 86400.0  # a lapsed hold's record is kept this long for a late settle, then deleted
@@ -117,6 +119,17 @@ def _migrate(connection: sqlite3.Connection) -> None:
                     raise
     connection.execute("CREATE INDEX IF NOT EXISTS spends_reservation ON spends (reservation_id)")
     connection.execute("CREATE INDEX IF NOT EXISTS spends_created ON spends (created)")
+
+
+def _unheld_row(reservation_id: str, hold: Hold | None) -> tuple[str, str, str | None, str, int]:
+    """What to charge a paid call whose reservation is no longer recorded (released, or its lapsed record deleted):
+    its own hold, with a warning; ReservationNotHeldError when there is none to say what the call was."""
+    if hold is None:
+        raise ReservationNotHeldError(
+            f"reservation {reservation_id} is not outstanding: it was released, or is unknown, and no hold was given to charge it from"
+        )
+    warn_unheld(hold.call_id, reservation_id)
+    return hold.call_id, hold.model, hold.key, hold.day, hold.usd_nano
 
 
 class LedgerTransaction:
@@ -294,11 +307,13 @@ class Ledger:
         self, reservation_id: str, *, usd_nano: int, prompt_tokens: int, completion_tokens: int, cached_tokens: int,
         hold: Hold | None = None, log_id: str | None = None,
     ) -> bool:
-        """Replace a reservation (held or lapsed) by the real spend and add it to the totals, in one transaction.
+        """Replace a reservation by the real spend and add it to the totals, in one transaction: True (charged).
 
-        False (nothing charged) when it was already settled; ReservationNotHeldError when released or unknown.
-        `hold` is not needed here: an SQLite ledger never loses a committed reservation. `log_id`
-        is the call log the call is recorded in (NO_LOG: none; None, stored NULL: not said), kept on the spend.
+        A reservation held or lapsed is charged under its own record; one released (or whose lapsed record was
+        deleted) is charged from `hold`, the call's own, with a warning: its answer was paid. False (nothing
+        charged) when it was already settled; ReservationNotHeldError when it is not recorded and no `hold` says
+        what to charge. `log_id` is the call log the call is recorded in (NO_LOG: none; None, stored NULL: not
+        said), kept on the spend.
         """
         with self._immediate() as connection:
             row = connection.execute(
@@ -307,7 +322,7 @@ class Ledger:
             if row is None:
                 if connection.execute("SELECT 1 FROM spends WHERE reservation_id = ?", (reservation_id,)).fetchone():
                     return False
-                raise ReservationNotHeldError(f"reservation {reservation_id} is not outstanding: it was released, or is unknown")
+                row = _unheld_row(reservation_id, hold)
             call_id, model, key, day, reserved = row
             connection.execute("DELETE FROM reservations WHERE id = ?", (reservation_id,))
             connection.execute(_INSERT_SPEND, (

@@ -97,7 +97,7 @@ class OwedSettles:
             debt.settle()
         except StoreUnavailableError:
             return False
-        except ReservationNotHeldError:  # settled already (a reply lost after the charge) or released elsewhere: nothing owed
+        except ReservationNotHeldError:  # settled already (a reply lost after the charge): nothing more owed
             return True
         except Exception as error:  # noqa: BLE001 - a daemon thread must go on; this debt can't be settled
             logger.warning("call %s: its owed charge of $%.6f could not be settled: %s", debt.call_id, debt.usd, error)

@@ -26,7 +26,7 @@ from ._caps import REPORTED_SCOPES, Cap, CapUsage, totals_row
 from ._owners import this_process
 from ._prices import snapshot_base
 from ._redis_scripts import RELEASE, RENEW, RESERVE, SETTLE, SNAPSHOT
-from ._store import Hold, LedgerSnapshot, SettledSpend
+from ._store import Hold, LedgerSnapshot, SettledSpend, warn_unheld
 
 DEFAULT_PREFIX = "blackbox:ledger:"
 RECORD_TTL_S = 86_400  # how long settled / released markers and lapsed reservations are kept
@@ -90,9 +90,11 @@ class RedisLedger:
         self, reservation_id: str, *, usd_nano: int, prompt_tokens: int, completion_tokens: int, cached_tokens: int,
         hold: Hold | None = None, log_id: str | None = None,
     ) -> bool:
-        """Charge the real spend once: True; False when another attempt already settled it; ReservationNotHeldError if released.
+        """Charge the real spend once: True; False when another attempt already settled it.
 
-        `log_id` (the call log the call is recorded in; NO_LOG: none; None: not said) is kept on its spends-stream entry.
+        A reservation released, or lost with the server's data, is charged from `hold` (its answer was paid), with a
+        warning; ReservationNotHeldError when there is no `hold` to charge it from. `log_id` (the call log the call is
+        recorded in; NO_LOG: none; None: not said) is kept on its spends-stream entry.
         """
         known = (hold.call_id, hold.model, snapshot_base(hold.model), hold.key or "", hold.day) if hold else ("",) * 5
         status = int(self._run(
@@ -101,7 +103,11 @@ class RedisLedger:
             "0" if log_id is None else "1", log_id or "",
         ))
         if status == 0:
-            raise ReservationNotHeldError(f"reservation {reservation_id} is not outstanding: it was released, or is unknown")
+            raise ReservationNotHeldError(
+                f"reservation {reservation_id} is not outstanding: it was released, or is unknown, and no hold was given to charge it from"
+            )
+        if status == 4 and hold is not None:
+            warn_unheld(hold.call_id, reservation_id)
         if status == 3:
             logger.warning(
                 "the Redis ledger at %s did not know reservation %s (it lost its data: run Redis with AOF "

@@ -5,7 +5,8 @@ rows, `scope|value` (`total|`, `per_day|2025-01-31`, `per_key|alice`, `model|gpt
 `family|gpt-4o`; `held` also counts reservations in `count|`); `leases` is a sorted set of
 reservation ids by lease expiry (ms, the server's clock); `res:ID` is a held (or lapsed)
 reservation; `done:ID` marks one settled (with the settling attempt's token) or released, for
-`keep_s` seconds, which is what makes settle and release idempotent; `spends` is a capped stream
+`keep_s` seconds, which is what makes settle and release idempotent (a released one is still
+charged, once, by a settle that says what the call was: its answer was paid); `spends` is a capped stream
 of settled calls (with the host, pid and start time of the process that settled each, and the id of the
 call log each was meant for), for audit and for repairing a call log whose process ended between the
 charge and the record. Amounts travel as decimal strings and are compared as Lua numbers,
@@ -86,21 +87,22 @@ return {1}
 # reservation's call_id, model, family, key, day (to charge one the ledger lost), then the settling
 # process's host, pid and start time ('' when unknown), then '1' and the id of the call log the call is
 # recorded in ('' for none), or '0' and '' when the settle did not say, kept on its entry in the spends stream.
-# Returns 1 charged now (or by this token before), 2 already settled by another attempt,
-# 0 released (or unknown, with no call_id to charge), 3 charged though the ledger did not know the reservation.
+# Returns 1 charged now (or by this token before), 2 already settled by another attempt, 3 charged though
+# the ledger did not know the reservation (it lost its data), 4 charged though it was released (the answer
+# was paid), 0 when not held and there is no call_id to charge it under.
 SETTLE = _PRELUDE + """
 local rk, dk = p .. 'res:' .. ARGV[2], p .. 'done:' .. ARGV[2]
 local done = redis.call('GET', dk)
+local status = 1
 if done then
   if done == 'settled:' .. ARGV[3] then return 1 end
   if string.sub(done, 1, 8) == 'settled:' then return 2 end
-  return 0
+  status = 4
 end
-local status = 1
 local r = redis.call('HMGET', rk, 'usd', 'day', 'key', 'model', 'family', 'state', 'call_id')
 if not r[6] then
   if ARGV[10] == '' then return 0 end
-  status = 3
+  if status == 1 then status = 3 end
   r = {'0', ARGV[14], ARGV[13], ARGV[11], ARGV[12], 'unknown', ARGV[10]}
 end
 if r[6] == 'held' then

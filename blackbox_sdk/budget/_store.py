@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from .._logging import logger
 from ._caps import Cap, CapUsage
 from ._owners import process_alive, this_process
 
@@ -35,6 +36,14 @@ class Hold:
     day: str
     usd_nano: int
     lease_s: float
+
+
+def warn_unheld(call_id: str, reservation_id: str) -> None:
+    """The one warning a ledger logs when it charges a paid call whose reservation it no longer held."""
+    logger.warning(
+        "call %s was paid, but its reservation %s was no longer held (released, or its lapsed record deleted); its spend "
+        "was recorded all the same, from the call's own hold", call_id, reservation_id,
+    )
 
 
 @dataclass(frozen=True)
@@ -106,10 +115,12 @@ class LedgerStore(Protocol):
         self, reservation_id: str, *, usd_nano: int, prompt_tokens: int, completion_tokens: int, cached_tokens: int,
         hold: Hold | None = None, log_id: str | None = None,
     ) -> bool:
-        """Replace a reservation (held or lapsed) by the real spend: True; False when it was already settled.
+        """Replace a reservation by the real spend: True (charged); False when it was already settled.
 
-        ReservationNotHeldError when it was released or is unknown; ``hold`` lets a store that lost its data
-        (a Redis restarted without persistence) still record the spend. ``log_id`` is the call
+        A reservation held or lapsed is charged under its own record. One the store no longer holds but never
+        settled (released, its record deleted, or lost with a Redis restarted without persistence) is charged
+        from ``hold``, the call's own, with a warning (``warn_unheld``): its answer was paid.
+        ReservationNotHeldError when there is no ``hold`` to charge such a one from. ``log_id`` is the call
         log the call is recorded in (NO_LOG: none; None: not said), kept on the spend.
         """
         ...
