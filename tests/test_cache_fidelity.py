@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
+import openai
 import pytest
 from openai._models import validate_type
 from openai.lib.streaming.chat import ChatCompletionStreamState
@@ -253,3 +254,34 @@ def test_an_entry_stored_before_usage_details_were_kept_is_still_served(client: 
     assert hit.blackbox.cache_hit and len(client.sent) == 1  # type: ignore[attr-defined]
     assert hit.usage is not None and hit.usage.prompt_tokens_details is None
     assert hit.model_dump(exclude={"usage"}) == miss.model_dump(exclude={"usage"})
+
+
+FILTERED = {"hate": {"filtered": False, "severity": "safe"}}
+AZURE = [  # Azure OpenAI's stream: its prompt filter results first, in a chunk of their own; the usage last when asked
+    {"id": "", "object": "", "created": 0, "model": "", "choices": [], "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": FILTERED}]},
+    {**BASE, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None, "content_filter_results": {}}]},
+    {**BASE, "choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": None, "content_filter_results": FILTERED}]},
+    {**BASE, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop", "content_filter_results": {}}]},
+]
+
+
+def azure(request: httpx2.Request) -> httpx2.Response:
+    """An Azure OpenAI chat stream, with the usage chunk (no choices) only under include_usage, as the service sends it."""
+    asked = (json.loads(request.content).get("stream_options") or {}).get("include_usage")
+    return sse([{k: v for k, v in c.items() if k != "usage"} for c in AZURE] + ([{**BASE, "choices": [], "usage": USAGE}] if asked else []))
+
+
+@pytest.mark.parametrize("options", [{}, {"stream_options": {"include_usage": True}}], ids=["no-usage", "include-usage"])
+def test_a_streamed_hit_replays_the_chunks_without_choices_a_live_stream_gives(tmp_path: Path, options: dict[str, Any]) -> None:
+    """Azure's first chunk (`choices: []`, its `prompt_filter_results`) used to be lost on a hit: a replay began
+    with the first choice's chunk. Now the miss, the hit and openai's own client give the same chunks: that
+    one first, the usage chunk (`choices: []`) last only when include_usage asked for it."""
+    http = httpx2.Client(transport=httpx2.MockTransport(azure))
+    live = [c.model_dump() for c in openai.OpenAI(api_key="sk-test", base_url="https://api.test/v1", http_client=http).chat.completions.create(
+        model="gpt-4o", messages=HI, stream=True, **options)]
+    client = OpenAI(api_key="sk-test", base_url="https://api.test/v1", max_retries=0, cache=Cache(tmp_path / "cache"), http_client=http)
+    miss = client.chat.completions.create(model="gpt-4o", messages=HI, stream=True, **options)
+    missed = [c.model_dump() for c in miss]
+    hit = client.chat.completions.create(model="gpt-4o", messages=HI, stream=True, **options)
+    assert [c.model_dump() for c in hit] == missed == live and hit.blackbox.cache_hit and not miss.blackbox.cache_hit  # type: ignore[attr-defined]
+    assert live[0]["prompt_filter_results"] and (live[-1]["usage"] is not None) == bool(options)

@@ -44,12 +44,16 @@ class Server:
         self.output = output
         self.bodies: list[dict[str, Any]] = []
 
-    def __call__(self, request: httpx2.Request) -> httpx2.Response:
-        self.bodies.append(json.loads(request.content))
+    def response(self) -> dict[str, Any]:
+        """The whole response it answers."""
         usage = {"input_tokens": 5, "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0}, "output_tokens": 7,
                  "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 12}
-        response = {"id": "resp_1", "object": "response", "created_at": 1, "model": MODEL, "status": "completed", "output": self.output,
-                    "parallel_tool_calls": True, "tool_choice": "auto", "tools": [], "usage": usage}
+        return {"id": "resp_1", "object": "response", "created_at": 1, "model": MODEL, "status": "completed", "output": self.output,
+                "parallel_tool_calls": True, "tool_choice": "auto", "tools": [], "usage": usage}
+
+    def __call__(self, request: httpx2.Request) -> httpx2.Response:
+        self.bodies.append(json.loads(request.content))
+        response = self.response()
         if self.bodies[-1].get("stream"):  # a message answer, streamed as the Responses API streams it
             events = (f"event: {e['type']}\ndata: {json.dumps({**e, 'sequence_number': i})}\n\n" for i, e in enumerate(stream_events(response, "ok")))
             return httpx2.Response(200, content="".join(events).encode(), headers={"content-type": "text/event-stream"})
@@ -159,3 +163,77 @@ def test_a_cached_reasoning_summary_streams_as_a_server_sends_it(tmp_path: Path)
     for part in got["output"][1]["content"]:
         assert part.pop("parsed") is None  # the field openai's ParsedResponse adds to an output text
     assert got == whole.to_dict() and final.output[0].summary[1].text == "It is Paris."
+
+
+CITED = [{"type": "url_citation", "start_index": 0, "end_index": 5, "title": "P", "url": "https://p.example"},
+         {"type": "url_citation", "start_index": 9, "end_index": 14, "title": "N", "url": "https://n.example"}]
+SEARCH = {"type": "web_search_call", "id": "ws_1", "status": "completed", "action": {"type": "search", "query": "Paris"}}
+CITING = {"type": "message", "id": "msg_1", "role": "assistant", "status": "completed",
+          "content": [{"type": "output_text", "text": "Paris is nice.", "annotations": CITED, "logprobs": []}]}
+SUMMARY = {"type": "summary_text", "text": "A capital."}
+THOUGHT = {"type": "reasoning", "id": "rs_1", "summary": [SUMMARY], "encrypted_content": "gAAA"}
+
+
+def live_events(response: dict[str, Any]) -> list[dict[str, Any]]:
+    """How the Responses API streams a response whose output is [THOUGHT, SEARCH, CITING, function_call(True)]:
+    the search's progress, each annotation added after the delta that reaches its end."""
+    started = {**response, "status": "in_progress", "output": [], "usage": None}
+    thought, search, text, call = ({"item_id": i, "output_index": n} for n, i in enumerate(("rs_1", "ws_1", "msg_1", "fc_1")))
+    summary, text = {**thought, "summary_index": 0}, {**text, "content_index": 0}
+    events = [{"type": "response.created", "response": started}, {"type": "response.in_progress", "response": started},
+              {"type": "response.output_item.added", "output_index": 0, "item": {**THOUGHT, "summary": []}},
+              {"type": "response.reasoning_summary_part.added", **summary, "part": {**SUMMARY, "text": ""}},
+              {"type": "response.reasoning_summary_text.delta", **summary, "delta": "A capital."},
+              {"type": "response.reasoning_summary_text.done", **summary, "text": "A capital."},
+              {"type": "response.reasoning_summary_part.done", **summary, "part": SUMMARY},
+              {"type": "response.output_item.done", "output_index": 0, "item": THOUGHT},
+              {"type": "response.output_item.added", "output_index": 1, "item": {**SEARCH, "status": "in_progress"}},
+              *({"type": f"response.web_search_call.{step}", **search} for step in ("in_progress", "searching", "completed")),
+              {"type": "response.output_item.done", "output_index": 1, "item": SEARCH},
+              {"type": "response.output_item.added", "output_index": 2, "item": {**CITING, "status": "in_progress", "content": []}},
+              {"type": "response.content_part.added", **text, "part": {"type": "output_text", "text": "", "annotations": [], "logprobs": []}}]
+    for number, piece in enumerate(("Paris", " is nice.")):
+        events += [{"type": "response.output_text.delta", **text, "delta": piece, "logprobs": []},
+                   {"type": "response.output_text.annotation.added", **text, "annotation_index": number, "annotation": CITED[number]}]
+    events += [{"type": "response.output_text.done", **text, "text": "Paris is nice.", "logprobs": []},
+               {"type": "response.content_part.done", **text, "part": CITING["content"][0]},
+               {"type": "response.output_item.done", "output_index": 2, "item": CITING},
+               {"type": "response.output_item.added", "output_index": 3, "item": {**function_call(True), "arguments": "", "status": "in_progress"}},
+               {"type": "response.function_call_arguments.delta", **call, "delta": ARGUMENTS},
+               {"type": "response.function_call_arguments.done", **call, "arguments": ARGUMENTS},
+               {"type": "response.output_item.done", "output_index": 3, "item": function_call(True)},
+               {"type": "response.completed", "response": response}]
+    return [{**e, "sequence_number": i} for i, e in enumerate(events)]
+
+
+def kinds(events: list[Any]) -> list[str]:
+    """Event types in order, a run of deltas as one (a server's tokens and a replay's pieces differ)."""
+    types = [e.type for e in events]
+    return [t for i, t in enumerate(types) if i == 0 or t != types[i - 1]]
+
+
+def test_a_cached_answer_streams_the_events_a_live_stream_of_it_gives(tmp_path: Path) -> None:
+    """A whole answer replayed as a stream used to leave out `response.output_text.annotation.added` (a
+    citation) and a web search's progress events: openai's own client, streaming the same answer live,
+    gets them; now the replay gives the same event types in the same order, and the same annotations."""
+    server = Server([THOUGHT, SEARCH, CITING, function_call(True)])
+
+    def answer(request: httpx2.Request) -> httpx2.Response:
+        """The server's answer, or streamed as the Responses API streams this one."""
+        if not json.loads(request.content).get("stream"):
+            return server(request)
+        body = "".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n" for e in live_events(server.response()))
+        return httpx2.Response(200, content=body.encode(), headers={"content-type": "text/event-stream"})
+
+    plain = openai.OpenAI(base_url="http://api.test/v1", api_key="sk-test", http_client=httpx2.Client(transport=httpx2.MockTransport(answer)))
+    live = list(plain.responses.create(model=MODEL, input="Capital?", stream=True))
+    client = sdk(server, tmp_path)
+    whole = client.responses.create(model=MODEL, input="Capital?")
+    replay = list(client.responses.create(model=MODEL, input="Capital?", stream=True))
+    assert len(server.bodies) == 1 and replay[-1].response.blackbox.cache_hit  # type: ignore[attr-defined]
+    for e in replay:
+        validate_type(type_=ResponseStreamEvent, value=e.to_dict())  # strict: each event is one of openai's types
+    assert kinds(replay) == kinds(live)
+    added = [[e.to_dict() for e in events if e.type == "response.output_text.annotation.added"] for events in (live, replay)]
+    assert [{**e, "sequence_number": 0} for e in added[1]] == [{**e, "sequence_number": 0} for e in added[0]]
+    assert replay[-1].response.to_dict() == whole.to_dict()

@@ -164,15 +164,21 @@ def split_response(route: Route, response: Json, usage: Json) -> list[Candidate]
 
 
 def split_chunks(route: Route, chunks: list[Json], usage: Json) -> list[Candidate]:
-    """One candidate per choice index of a finished stream, each with its own chunks (index 0) and its share of the usage."""
+    """One candidate per choice index of a finished stream, each with its own chunks (index 0) and its share
+    of the usage; a chunk without choices other than the usage's (Azure's `prompt_filter_results` first)
+    goes, as it came and where it came, with the first choice's chunks, so that a replay gives it back."""
+    indices = [int(choice.get("index", 0)) for chunk in chunks for choice in chunk.get("choices") or []]
     per_index: dict[int, list[Json]] = {}
     for chunk in chunks:
+        if not chunk.get("choices") and not chunk.get("usage") and indices:
+            per_index.setdefault(min(indices), []).append(copy.deepcopy(chunk))
         for choice in chunk.get("choices") or []:
             one = copy.deepcopy(chunk)
             one["choices"] = [{**copy.deepcopy(choice), "index": 0}]
             one.pop("usage", None)
             per_index.setdefault(int(choice.get("index", 0)), []).append(one)
-    candidates = [Candidate(_whole_choice(route, own), _meta(own[0], extras=False), 0, 0, own) for _, own in sorted(per_index.items())]
+    candidates = [Candidate(_whole_choice(route, own), _meta(next(c for c in own if c["choices"]), extras=False), 0, 0, own)
+                  for _, own in sorted(per_index.items())]
     return _apportion(route, candidates, usage)
 
 
@@ -182,7 +188,7 @@ def _whole_choice(route: Route, own: list[Json]) -> Json:
     choice: Json = {"index": 0, "finish_reason": None}
     message: Json = {}
     for chunk in own:
-        for name, value in chunk["choices"][0].items():
+        for name, value in (chunk["choices"] or [{}])[0].items():
             if name == "delta" and isinstance(value, dict):
                 _fold(message, value)
             elif name in ("text", "logprobs"):

@@ -21,7 +21,7 @@ class Relay:
     def __init__(self, core: Core, call: Call, stored: list[Candidate], seeds: list[int | None], max_tokens: int | None) -> None:
         self.core, self.call, self.stored = core, call, stored
         self.seeds, self.max_tokens = seeds, max_tokens
-        self.collected: list[Json] = []  # every live chunk with choices, re-indexed
+        self.collected: list[Json] = []  # every live chunk but the usage's, with choices re-indexed
         self.usages: list[Json] = []  # each ended stream's usage, summed at the end
         self.running: Json | None = None  # the current stream's latest usage: a running total (vLLM) or its one count
         self.got = 0  # choices received from the streams that ended
@@ -34,13 +34,17 @@ class Relay:
 
     def pass_on(self, live: Any) -> Any | None:
         """The chunk to hand the caller for a live chunk: None for a usage-only chunk (held back: the
-        call's own goes last); other chunks without choices (Azure's prompt filter results) as they came."""
+        call's own goes last); other chunks without choices (Azure's prompt filter results) as they came,
+        collected to be stored with the choices."""
         data = live.to_dict(warnings=False)
         usage = data.get("usage")
         if usage:
             self.running = usage
         if not data.get("choices"):
-            return None if usage else live
+            if usage:
+                return None
+            self.collected.append(data)
+            return live
         offset = len(self.stored) + self.got
         for choice in data["choices"]:
             choice["index"] = offset + int(choice.get("index") or 0)
@@ -79,8 +83,7 @@ class Relay:
         if any(candidate.choice.get("finish_reason") is None for candidate in fresh):
             self.abort(ConnectionError("the server ended the stream before every choice had a finish_reason"))
             return []
-        meta = self.collected[0] if self.collected else self.stored[0].meta
-        tail = finish_stream(self.core, self.call, self.stored, fresh, usage, meta)
+        tail = finish_stream(self.core, self.call, self.stored, fresh, usage, (fresh or self.stored)[0].meta)
         self.done = True
         return tail
 

@@ -23,6 +23,11 @@ _STREAMED_PARTS = {  # the content parts a server streams as deltas: the field h
     "refusal": ("refusal", "response.refusal"),
     "reasoning_text": ("text", "response.reasoning_text"),
 }
+_PROGRESS = {  # the hosted tool calls a server reports the progress of between an item's added and done
+    "web_search_call": ("in_progress", "searching"),
+    "file_search_call": ("in_progress", "searching"),
+    "image_generation_call": ("in_progress", "generating"),
+}
 
 
 def event(data: Json) -> Any:
@@ -62,14 +67,28 @@ def _reasoning_events(item: Json, index: int) -> Iterator[Json]:
     yield {"type": "response.output_item.done", "output_index": index, "item": item}
 
 
+def _progress_events(item: Json, index: int) -> Iterator[Json]:
+    """A hosted tool call's events as a server streams them: added in progress, its progress (in progress,
+    searching or generating, and completed when it did), then the whole item."""
+    kind, where = item.get("type"), {"item_id": item.get("id") or "", "output_index": index}
+    steps = _PROGRESS[kind] + (("completed",) if item.get("status") == "completed" else ())
+    yield {"type": "response.output_item.added", "output_index": index, "item": {**item, "status": "in_progress"}}
+    for step in steps:
+        yield {"type": f"response.{kind}.{step}", **where}
+    yield {"type": "response.output_item.done", "output_index": index, "item": item}
+
+
 def _item_events(item: Json, index: int) -> Iterator[Json]:
     """One output item's events: added, then (for a message) each text part piece by piece, (for a
-    function call) its arguments, (for reasoning) its summary, then done."""
+    function call) its arguments, (for reasoning) its summary, (for a hosted tool call) its progress, then done."""
     if item.get("type") == "function_call":
         yield from _call_events(item, index)
         return
     if item.get("type") == "reasoning":
         yield from _reasoning_events(item, index)
+        return
+    if item.get("type") in _PROGRESS:
+        yield from _progress_events(item, index)
         return
     if item.get("type") != "message":
         yield {"type": "response.output_item.added", "output_index": index, "item": item}
@@ -83,8 +102,9 @@ def _item_events(item: Json, index: int) -> Iterator[Json]:
 
 
 def _part_events(part: Json, where: Json) -> Iterator[Json]:
-    """One content part's events: added empty, its text (refusal, reasoning text) piece by piece, its done
-    with the whole text (and an output text's logprobs), then the part done; another kind of part whole."""
+    """One content part's events: added empty, its text (refusal, reasoning text) piece by piece (an output
+    text's annotations among them), its done with the whole text (and an output text's logprobs), then the
+    part done; another kind of part whole."""
     kind = part.get("type")
     if kind not in _STREAMED_PARTS:
         yield {"type": "response.content_part.added", **where, "part": part}
@@ -92,14 +112,39 @@ def _part_events(part: Json, where: Json) -> Iterator[Json]:
         return
     field, prefix = _STREAMED_PARTS[kind]
     text = part.get(field) or ""
-    logprobs = {"logprobs": []} if kind == "output_text" else {}
     empty = {**part, field: "", **({"annotations": [], "logprobs": []} if kind == "output_text" else {})}
     yield {"type": "response.content_part.added", **where, "part": empty}
-    for piece in _PIECES.findall(text):
-        yield {"type": f"{prefix}.delta", **where, "delta": piece, **logprobs}
+    yield from _text_events(part, where, text, prefix)
     done_logprobs = {"logprobs": part.get("logprobs") or []} if kind == "output_text" else {}
     yield {"type": f"{prefix}.done", **where, field: text, **done_logprobs}
     yield {"type": "response.content_part.done", **where, "part": part}
+
+
+def _text_events(part: Json, where: Json, text: str, prefix: str) -> Iterator[Json]:
+    """A part's text as deltas; an output text's annotations each added (in order) after the delta that
+    streams the text up to its end, as a server adds them while the text streams."""
+    output_text = part.get("type") == "output_text"
+    listed = part.get("annotations") if output_text else None
+    pending = list(enumerate(listed if isinstance(listed, list) else []))
+    streamed = 0
+    for piece in _PIECES.findall(text):
+        streamed += len(piece)
+        yield {"type": f"{prefix}.delta", **where, "delta": piece, **({"logprobs": []} if output_text else {})}
+        while pending and _annotation_end(pending[0][1], len(text)) <= streamed:
+            yield _annotation_event(*pending.pop(0), where)
+    for number, annotation in pending:
+        yield _annotation_event(number, annotation, where)
+
+
+def _annotation_end(annotation: Any, length: int) -> int:
+    """Where in its text an annotation ends (a citation's end, a file's insertion point), else the text's end."""
+    end = annotation.get("end_index", annotation.get("index")) if isinstance(annotation, dict) else None
+    return end if isinstance(end, int) and not isinstance(end, bool) else length
+
+
+def _annotation_event(number: int, annotation: Any, where: Json) -> Json:
+    """The event that adds an output text's annotation."""
+    return {"type": "response.output_text.annotation.added", **where, "annotation_index": number, "annotation": annotation}
 
 
 def events_of(response: Json) -> list[Json]:
