@@ -50,6 +50,8 @@ for attempt in ("first call", "same call again"):
 
 print("streamed:", "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
     model="smollm2", messages=[{"role": "user", "content": "Say hi."}], max_tokens=8, stream=True) if c.choices))
+response = client.responses.create(model="smollm2", input="Name a colour.", max_output_tokens=16, temperature=0)
+print("responses API:", repr(response.output_text))
 feedback = httpx2.post(f"http://127.0.0.1:{port}/v1/feedback", json={"call_id": raw.headers["x-blackbox-call-id"], "label": "correct"})
 print("feedback:", feedback.json())
 

@@ -45,10 +45,12 @@ _PER_CALL = ("key", "model")
 _PER_REQUEST = ("route", "key", "model")
 
 
-def _tokens(usage: Any, name: str) -> int:
-    """A token count the server reported, as a counter may add it: 0 for one that can't be real (negative, not
-    an integer, 2**53 or more), which a Counter refuses (ValueError) or keeps for good (NaN) after the call was paid."""
-    value = getattr(usage, name, 0)
+def _tokens(usage: Any, name: str, responses_name: str) -> int:
+    """A token count the server reported (chat's `name`, or the Responses API's), as a counter may add it: 0 for one
+    that can't be real (negative, not an integer, 2**53 or more), which a Counter refuses (ValueError) or keeps for
+    good (NaN) after the call was paid."""
+    value = getattr(usage, name, None)
+    value = getattr(usage, responses_name, 0) if value is None else value
     return value if is_count(value) else 0
 
 
@@ -152,8 +154,8 @@ class ProxyMetrics:
         if usage is None and info is not None and info.usage:  # a stream that sent no usage chunk: the SDK's account of it
             usage = SimpleNamespace(**info.usage)
         if usage is not None and not (info is not None and info.cache_hit):
-            self.tokens.labels(key, model, "in").inc(_tokens(usage, "prompt_tokens"))
-            self.tokens.labels(key, model, "out").inc(_tokens(usage, "completion_tokens"))
+            self.tokens.labels(key, model, "in").inc(_tokens(usage, "prompt_tokens", "input_tokens"))
+            self.tokens.labels(key, model, "out").inc(_tokens(usage, "completion_tokens", "output_tokens"))
         if info is None:
             return
         if info.cost_usd > 0:
@@ -264,7 +266,7 @@ class MeteredStream:
             self._first = True
             meter = self._meter
             meter.metrics.first_byte.labels(meter.route, meter.key, meter.model).observe(time.perf_counter() - meter.started)
-        self._usage = getattr(chunk, "usage", None) or self._usage
+        self._usage = getattr(chunk, "usage", None) or getattr(getattr(chunk, "response", None), "usage", None) or self._usage
         return chunk
 
     async def close(self) -> None:

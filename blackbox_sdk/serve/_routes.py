@@ -2,6 +2,7 @@
 answers with the pure OpenAI body and the `x-blackbox-*` headers.
 
     POST /v1/chat/completions, /v1/completions   whole or streamed (SSE)
+    POST /v1/responses                          whole or streamed (SSE, each event named by its type)
     POST /v1/embeddings
     GET  /v1/models, /v1/models/{model}
     POST /v1/feedback                           {"call_id", "label" | "preferred" | "reward" | "reference" | "note"}
@@ -20,6 +21,7 @@ from typing import Any
 
 import openai.resources as oai
 from openai.resources.chat import completions as oai_chat
+from openai.resources.responses import AsyncResponses
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
@@ -86,10 +88,14 @@ class Generating:
     required: tuple[str, ...]
     signature: Callable[..., Any]
     call: Callable[[Any, dict[str, Any]], Awaitable[Any]]
+    named_events: bool = False  # SSE as the Responses API sends it: `event: {type}` lines, no `data: [DONE]`
 
 
 CHAT = Generating("chat", ("model", "messages"), oai_chat.AsyncCompletions.create, lambda client, a: client.chat.completions.create(**a))
 COMPLETIONS = Generating("completions", ("model", "prompt"), oai.AsyncCompletions.create, lambda client, a: client.completions.create(**a))
+RESPONSES = Generating(
+    "responses", ("model",), AsyncResponses.create, lambda client, a: client.responses.create(**a), named_events=True,
+)
 EMBEDDINGS = Generating("embeddings", ("model", "input"), oai.AsyncEmbeddings.create, lambda client, a: client.embeddings.create(**a))
 
 
@@ -114,7 +120,8 @@ def generating(route: Generating) -> Handler:
         result = await route.call(client, call_arguments(body, route.signature))
         cached = client.options.cache is not None
         if hasattr(result, "__aiter__"):  # a stream, whatever the body's `stream` said: sent, so it is always closed
-            return EventStream(events(meter.stream(result, cached)), blackbox_headers(result.blackbox, settled=False))
+            body = events(meter.stream(result, cached), named=route.named_events)
+            return EventStream(body, blackbox_headers(result.blackbox, settled=False))
         meter.called(result, cached)
         content = result.model_dump_json(exclude_unset=True, warnings=False)  # base64 embeddings are strings
         return Response(content, media_type="application/json", headers=blackbox_headers(result.blackbox))
@@ -224,6 +231,7 @@ async def metrics(request: Request) -> Response:
 ROUTES = [
     Route("/v1/chat/completions", generating(CHAT), methods=["POST"]),
     Route("/v1/completions", generating(COMPLETIONS), methods=["POST"]),
+    Route("/v1/responses", generating(RESPONSES), methods=["POST"]),
     Route("/v1/embeddings", generating(EMBEDDINGS), methods=["POST"]),
     Route("/v1/models", models, methods=["GET"]),
     Route("/v1/models/{model:path}", model, methods=["GET"]),

@@ -1,6 +1,7 @@
 """Streams as server-sent events, byte for byte OpenAI's format: `data: {chunk}\\n\\n` per chunk,
-then `data: [DONE]\\n\\n`. The SDK's stream is closed however the response ends (done, failed, the
-client gone), so the SDK settles it at what was sent and logs it."""
+then `data: [DONE]\\n\\n`; for the Responses API `event: {type}\\ndata: {event}\\n\\n` per event,
+and no `[DONE]`. The SDK's stream is closed however the response ends (done, failed, the client
+gone), so the SDK settles it at what was sent and logs it."""
 
 from __future__ import annotations
 
@@ -17,18 +18,21 @@ from ._errors import describe
 DONE = b"data: [DONE]\n\n"
 
 
-def frame(payload: str) -> bytes:
-    """One SSE event carrying a JSON payload."""
-    return b"data: " + payload.encode() + b"\n\n"
+def frame(payload: str, event: str | None = None) -> bytes:
+    """One SSE event carrying a JSON payload, under an event name when it has one."""
+    named = b"" if event is None else b"event: " + event.encode() + b"\n"
+    return named + b"data: " + payload.encode() + b"\n\n"
 
 
-async def events(stream: Any) -> AsyncIterator[bytes]:
-    """The SSE events of an SDK stream; an error after the headers went out becomes an error event
-    (`data: {"error": ...}`, which openai's clients raise), and the stream is closed at the end."""
+async def events(stream: Any, *, named: bool = False) -> AsyncIterator[bytes]:
+    """The SSE events of an SDK stream (`named`: the Responses API's, each under its `type`, with no `[DONE]`); an
+    error after the headers went out becomes an error event (`data: {"error": ...}`, which openai's clients raise),
+    and the stream is closed at the end."""
     try:
         async for chunk in stream:
-            yield frame(chunk.model_dump_json(exclude_unset=True, warnings=False))
-        yield DONE
+            yield frame(chunk.model_dump_json(exclude_unset=True, warnings=False), chunk.type if named else None)
+        if not named:
+            yield DONE
     except Exception as exc:  # noqa: BLE001 - the status is sent already: the error goes in the stream
         yield frame(json.dumps(describe(exc)[1]))
     finally:

@@ -1,0 +1,122 @@
+"""`POST /v1/responses` through the proxy: the Responses API on the real `hf:` backend (SmolLM2 in the
+proxy's process), called by openai's own client with only `base_url` changed, and by raw HTTP."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2
+import openai
+import pytest
+from openai.types.responses import Response
+from prometheus_client.parser import text_string_to_metric_families
+
+from blackbox_sdk import Budget, CallLog
+from blackbox_sdk.serve import ProxyConfig
+from servers import Proxy
+
+pytestmark = pytest.mark.slow
+
+MODEL = "smollm2"
+PRICES = {MODEL: {"input": 1000.0, "output": 1000.0}}  # $1000 per million tokens: a call costs cents
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("proxy-responses")
+
+
+@pytest.fixture(scope="module")
+def proxy(gguf_path: Path, folder: Path) -> Iterator[Proxy]:
+    """The proxy with a cache, a call log and a priced budget, on the local model."""
+    budget = {"total_usd": 100.0, "prices": PRICES, "ledger": str(folder / "ledger.db")}
+    config = ProxyConfig(upstream=f"hf:{gguf_path}", cache=str(folder / "cache"), log=str(folder / "calls.db"), budget=budget)
+    with Proxy(config) as running:
+        yield running
+
+
+def _sse(body: str) -> list[tuple[str | None, dict]]:
+    """The (event name, JSON data) of each server-sent event in a body."""
+    found = []
+    for block in body.strip().split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.split("\n"))
+        found.append((lines.get("event"), json.loads(lines["data"])))
+    return found
+
+
+def test_a_response_is_created_charged_logged_and_then_served_from_the_cache(proxy: Proxy, folder: Path) -> None:
+    client = proxy.client()
+    asked = {"model": MODEL, "input": "Name a colour.", "max_output_tokens": 8, "temperature": 0}
+    first = client.responses.with_raw_response.create(**asked)
+    response = first.parse()
+    assert isinstance(response, Response) and response.output_text
+    assert response.usage is not None and response.usage.output_tokens > 0
+    assert first.headers["x-blackbox-cache-hit"] == "false" and float(first.headers["x-blackbox-cost-usd"]) > 0
+    again = client.responses.with_raw_response.create(**asked)
+    assert again.headers["x-blackbox-cache-hit"] == "true" and float(again.headers["x-blackbox-cost-usd"]) == 0
+    assert again.parse().output_text == response.output_text
+    log = CallLog(folder / "calls.db")
+    try:
+        record = log.get(first.headers["x-blackbox-call-id"])
+    finally:
+        log.close()
+    assert record.route == "responses" and record.cost_usd == pytest.approx(float(first.headers["x-blackbox-cost-usd"]))
+    assert Budget(prices=PRICES, ledger=str(folder / "ledger.db")).report().spent_usd >= record.cost_usd > 0
+
+
+def test_a_stream_is_sent_as_named_events_without_done(proxy: Proxy) -> None:
+    body = {"model": MODEL, "input": "Count to three.", "max_output_tokens": 8, "temperature": 0, "stream": True}
+    answer = httpx2.post(f"{proxy.base_url}/responses", json=body, timeout=120)
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/event-stream")
+    assert "[DONE]" not in answer.text
+    events = _sse(answer.text)
+    assert all(name == data["type"] for name, data in events)  # every event is named by its type, as OpenAI sends it
+    assert events[0][0] == "response.created" and events[-1][0] in {"response.completed", "response.incomplete"}
+    deltas = "".join(data["delta"] for name, data in events if name == "response.output_text.delta")
+    assert deltas and deltas == events[-1][1]["response"]["output"][0]["content"][0]["text"]
+
+
+def test_openai_stream_helper_reads_the_proxys_events(proxy: Proxy) -> None:
+    client = proxy.client()
+    with client.responses.stream(model=MODEL, input="Say hi.", max_output_tokens=64, temperature=0) as stream:
+        deltas = "".join(event.delta for event in stream if event.type == "response.output_text.delta")
+        final = stream.get_final_response()
+    assert deltas and final.output_text == deltas
+
+
+async def test_async_client_streams_through_the_proxy(proxy: Proxy) -> None:
+    client = openai.AsyncOpenAI(base_url=proxy.base_url, api_key="sk-unused")
+    stream = await client.responses.create(model=MODEL, input="Name a fruit.", max_output_tokens=8, temperature=0, stream=True)
+    kinds = [event.type async for event in stream]
+    assert kinds[0] == "response.created" and kinds[-1] in {"response.completed", "response.incomplete"} and "response.output_text.delta" in kinds
+
+
+def test_bad_requests_are_refused_before_any_work(proxy: Proxy, folder: Path) -> None:
+    spent = Budget(prices=PRICES, ledger=str(folder / "ledger.db")).report().spent_usd
+    missing = proxy.post("/responses", json.dumps({"input": "hi"}).encode())
+    assert missing.status_code == 400 and missing.json()["error"]["param"] == "model"
+    option = proxy.post("/responses", json.dumps({"model": MODEL, "input": "hi", "cache": False}).encode())
+    assert option.status_code == 400 and option.json()["error"]["code"] == "unknown_parameter"
+    bad = proxy.post("/responses", json.dumps({"model": MODEL, "input": "hi", "max_output_tokens": 0}).encode())
+    assert bad.status_code == 400
+    stored = httpx2.get(f"{proxy.base_url}/responses/resp_0123", timeout=30)  # the upstream's stored responses are not proxied
+    assert stored.status_code == 404 and stored.json()["error"]["type"] == "invalid_request_error"
+    assert Budget(prices=PRICES, ledger=str(folder / "ledger.db")).report().spent_usd == spent
+
+
+def test_responses_tokens_are_counted_in_the_metrics(proxy: Proxy) -> None:
+    proxy.client().responses.create(model=MODEL, input="Name a tree.", max_output_tokens=6, temperature=0)
+    text = httpx2.get(f"{proxy.url}/metrics", timeout=30).text
+    tokens = {
+        sample.labels["direction"]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "blackbox_proxy_tokens_total" and sample.labels.get("model") == MODEL
+    }
+    requests = [
+        sample for family in text_string_to_metric_families(text) for sample in family.samples
+        if sample.name == "blackbox_proxy_requests_total" and sample.labels.get("route") == "responses"
+    ]
+    assert tokens.get("in", 0) > 0 and tokens.get("out", 0) > 0 and requests
