@@ -39,12 +39,18 @@ from .resources import (
     StreamedClient,
 )
 
-# Generating routes the client itself would send (openai's resources the SDK does not run, or a bare
-# `client.post`): with a budget set they are refused, since the SDK can't price them.
+# Routes that spend, sent by the client itself (openai's resources the SDK does not run, or a bare
+# `client.post`): with a budget set they are refused, since the SDK can't price them. Besides generating
+# calls, this is what starts spending later or elsewhere: jobs and schedules, the sessions of agents,
+# live and realtime calls, and the client secrets a browser spends with.
 UNPRICED = re.compile(
     r"^/(chat/completions|completions|embeddings|responses(/compact)?|images/(generations|edits|variations)"
-    r"|audio/(speech|transcriptions|translations)|threads/(runs|[^/]+/runs(/[^/]+/submit_tool_outputs)?)"
-    r"|videos(/[^/]+/remix)?|batches|fine_tuning/jobs|evals/[^/]+/runs)$"
+    r"|audio/(speech|transcriptions|translations|voices)|threads/(runs|[^/]+/runs(/[^/]+/submit_tool_outputs)?)"
+    r"|videos(/characters|/edits|/extensions|/[^/]+/remix)?|batches|evals/[^/]+/runs|decisions|containers"
+    r"|fine_tuning/(jobs(/[^/]+/resume)?|alpha/graders/run)"
+    r"|agents/(sessions(/[^/]+/events)?|automations(/[^/]+/(invocations|resume))?)"
+    r"|realtime/(calls(/[^/]+/accept)?|client_secrets|sessions|transcription_sessions|translations/client_secrets)"
+    r"|live/sessions(/[^/]+/(accept|fork))?|chatkit/sessions)$"
 )
 LOCAL_BASE_URL = "http://hf.local/v1"  # what the inner client calls when a local model answers
 HF_PREFIX = "hf:"
@@ -219,7 +225,7 @@ class _Blackbox:
 
     def request(self, cast_to: Any, options: Any, *args: Any, **kwargs: Any) -> Any:
         """openai's request, for what the SDK does not run; a generating route it can't price is refused under a budget."""
-        if self._core.opts.budget is not None and options.method.lower() == "post" and UNPRICED.match(options.url):
+        if self._core.opts.budget is not None and options.method.lower() == "post" and UNPRICED.match(options.url.partition("?")[0]):
             raise PriceMissingError(
                 f"a budget is set and the SDK can't price POST {options.url}, so it would run unbudgeted: refused. "
                 "Send it from a copy without the budget: client.with_options(budget=None)"
