@@ -12,11 +12,15 @@ import re
 import weakref
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, overload
 
 import httpx2
 import openai
+import openai.resources as oai
 from openai import DEFAULT_MAX_RETRIES
+from openai._client import AsyncOpenAIWithRawResponse, AsyncOpenAIWithStreamedResponse, OpenAIWithRawResponse, OpenAIWithStreamedResponse
+from openai.resources.responses import responses as oai_responses
+from typing_extensions import Self
 
 from ._exceptions import CallLogError, ConfigError, PriceMissingError, StoreUnavailableError
 from ._logging import logger
@@ -38,6 +42,9 @@ from .resources import (
     Responses,
     StreamedClient,
 )
+
+if TYPE_CHECKING:
+    from .local import HFBackend
 
 # Routes that spend, sent by the client itself (openai's resources the SDK does not run, or a bare
 # `client.post`): with a budget set they are refused, since the SDK can't price them. Besides generating
@@ -129,18 +136,13 @@ os.register_at_fork(after_in_child=_forget_pooled_connections)
 
 class _Blackbox:
     """What the SDK adds to openai's sync and async clients: options, a core that runs the generating
-    resources through the pipeline, copies that keep both. The subclasses name openai's class, their
-    core and their resource classes; nothing else. Every resource the SDK does not run is openai's
-    own, sent by this client with its own retries."""
+    resources through the pipeline, copies that keep both. The subclasses name openai's class and their
+    core, and build the resources the SDK runs under openai's own types (as openai's clients do), so a
+    type checker sees what it sees on openai's. Every resource the SDK does not run is openai's own,
+    sent by this client with its own retries."""
 
     _plain: type[Any]
     _core_class: type[SyncCore] | type[AsyncCore]
-    _chat_class: type[Any]
-    _completions_class: type[Any]
-    _embeddings_class: type[Any]
-    _responses_class: type[Any]
-    _raw_class: type[Any]
-    _streamed_class: type[Any]
     _core: SyncCore | AsyncCore
 
     def __init__(
@@ -183,7 +185,7 @@ class _Blackbox:
         return httpx2.Client(transport=HFTransport(backend))
 
     @property
-    def backend(self) -> Any:
+    def backend(self) -> HFBackend | None:
         """The local model answering this client (`hf:` URLs and the embedded default), else None."""
         return self._core.backend
 
@@ -192,48 +194,19 @@ class _Blackbox:
         """The SDK's options of this client: cache, budget, log, reranker, retries."""
         return self._core.opts
 
-    # ---------------------------------------------------------------- the resources the SDK runs
-    @cached_property
-    def chat(self) -> Any:
-        """`client.chat`: completions through the SDK (`create`, `parse`, `stream`)."""
-        return self._chat_class(self)
+    if not TYPE_CHECKING:  # a type checker sees openai's own `request` (overloaded, sync or async): this one returns what it returns
 
-    @cached_property
-    def completions(self) -> Any:
-        """`client.completions` (legacy text completions) through the SDK."""
-        return self._completions_class(self)
-
-    @cached_property
-    def embeddings(self) -> Any:
-        """`client.embeddings` through the SDK."""
-        return self._embeddings_class(self)
-
-    @cached_property
-    def responses(self) -> Any:
-        """`client.responses`: the Responses API through the SDK (`create`, `parse`, `stream`)."""
-        return self._responses_class(self)
-
-    @cached_property
-    def with_raw_response(self) -> Any:
-        """`client.with_raw_response.chat.completions.create(...)`, as in openai, budgeted and logged."""
-        return self._raw_class(self)
-
-    @cached_property
-    def with_streaming_response(self) -> Any:
-        """`client.with_streaming_response.chat.completions.create(...)`, as in openai, budgeted and logged."""
-        return self._streamed_class(self)
-
-    def request(self, cast_to: Any, options: Any, *args: Any, **kwargs: Any) -> Any:
-        """openai's request, for what the SDK does not run; a generating route it can't price is refused under a budget."""
-        if self._core.opts.budget is not None and options.method.lower() == "post" and UNPRICED.match(options.url.partition("?")[0]):
-            raise PriceMissingError(
-                f"a budget is set and the SDK can't price POST {options.url}, so it would run unbudgeted: refused. "
-                "Send it from a copy without the budget: client.with_options(budget=None)"
-            )
-        return super().request(cast_to, options, *args, **kwargs)  # type: ignore[misc]
+        def request(self, cast_to: Any, options: Any, *args: Any, **kwargs: Any) -> Any:
+            """openai's request, for what the SDK does not run; a generating route it can't price is refused under a budget."""
+            if self._core.opts.budget is not None and options.method.lower() == "post" and UNPRICED.match(options.url.partition("?")[0]):
+                raise PriceMissingError(
+                    f"a budget is set and the SDK can't price POST {options.url}, so it would run unbudgeted: refused. "
+                    "Send it from a copy without the budget: client.with_options(budget=None)"
+                )
+            return super().request(cast_to, options, *args, **kwargs)
 
     # ---------------------------------------------------------------- copies
-    def copy(self, **kwargs: Any) -> Any:
+    def copy(self, **kwargs: Any) -> Self:
         """A new client with some options changed, openai's or the SDK's; this one is left as it is."""
         ours = {k: kwargs.pop(k) for k in OPTION_NAMES if k in kwargs}
         if isinstance(kwargs.get("base_url"), str) and kwargs["base_url"].startswith(HF_PREFIX):
@@ -267,12 +240,37 @@ class OpenAI(_Blackbox, openai.OpenAI):
 
     _plain = openai.OpenAI
     _core_class = SyncCore
-    _chat_class = Chat
-    _completions_class = Completions
-    _embeddings_class = Embeddings
-    _responses_class = Responses
-    _raw_class = RawClient
-    _streamed_class = StreamedClient
+
+    # the resources the SDK runs, typed as openai's own: they are instances of openai's classes and return its objects
+    @cached_property
+    def chat(self) -> oai.Chat:
+        """`client.chat`: completions through the SDK (`create`, `parse`, `stream`)."""
+        return Chat(self)
+
+    @cached_property
+    def completions(self) -> oai.Completions:
+        """`client.completions` (legacy text completions) through the SDK."""
+        return Completions(self)
+
+    @cached_property
+    def embeddings(self) -> oai.Embeddings:
+        """`client.embeddings` through the SDK."""
+        return Embeddings(self)
+
+    @cached_property
+    def responses(self) -> oai_responses.Responses:
+        """`client.responses`: the Responses API through the SDK (`create`, `parse`, `stream`)."""
+        return Responses(self)
+
+    @cached_property
+    def with_raw_response(self) -> OpenAIWithRawResponse:
+        """`client.with_raw_response.chat.completions.create(...)`, as in openai, budgeted and logged."""
+        return RawClient(self)
+
+    @cached_property
+    def with_streaming_response(self) -> OpenAIWithStreamedResponse:
+        """`client.with_streaming_response.chat.completions.create(...)`, as in openai, budgeted and logged."""
+        return StreamedClient(self)
 
     def close(self) -> None:
         """Close the connections and what the client opened from paths."""
@@ -285,17 +283,50 @@ class AsyncOpenAI(_Blackbox, openai.AsyncOpenAI):
 
     _plain = openai.AsyncOpenAI
     _core_class = AsyncCore
-    _chat_class = AsyncChat
-    _completions_class = AsyncCompletions
-    _embeddings_class = AsyncEmbeddings
-    _responses_class = AsyncResponses
-    _raw_class = AsyncRawClient
-    _streamed_class = AsyncStreamedClient
+
+    # the resources the SDK runs, typed as openai's own: they are instances of openai's classes and return its objects
+    @cached_property
+    def chat(self) -> oai.AsyncChat:
+        """`client.chat`: completions through the SDK (`create`, `parse`, `stream`)."""
+        return AsyncChat(self)
+
+    @cached_property
+    def completions(self) -> oai.AsyncCompletions:
+        """`client.completions` (legacy text completions) through the SDK."""
+        return AsyncCompletions(self)
+
+    @cached_property
+    def embeddings(self) -> oai.AsyncEmbeddings:
+        """`client.embeddings` through the SDK."""
+        return AsyncEmbeddings(self)
+
+    @cached_property
+    def responses(self) -> oai_responses.AsyncResponses:
+        """`client.responses`: the Responses API through the SDK (`create`, `parse`, `stream`)."""
+        return AsyncResponses(self)
+
+    @cached_property
+    def with_raw_response(self) -> AsyncOpenAIWithRawResponse:
+        """`client.with_raw_response.chat.completions.create(...)`, as in openai, budgeted and logged."""
+        return AsyncRawClient(self)
+
+    @cached_property
+    def with_streaming_response(self) -> AsyncOpenAIWithStreamedResponse:
+        """`client.with_streaming_response.chat.completions.create(...)`, as in openai, budgeted and logged."""
+        return AsyncStreamedClient(self)
 
     async def close(self) -> None:
         """Close the connections and what the client opened from paths."""
         await super().close()
         self._core.opened.close()
+
+
+@overload
+def wrap(client: openai.OpenAI, **options: Any) -> OpenAI: ...
+
+
+@overload
+def wrap(client: openai.AsyncOpenAI, **options: Any) -> AsyncOpenAI: ...
 
 
 def wrap(client: openai.OpenAI | openai.AsyncOpenAI, **options: Any) -> OpenAI | AsyncOpenAI:

@@ -2,13 +2,16 @@
 not at hand. A callable `text -> tokens`, a tiktoken encoding name ("o200k_base"), a HuggingFace
 tokenizer folder or a GGUF file (its chat template then renders chat prompts exactly), or
 "server": the endpoint's own tokenize route (llama.cpp's `/extras/tokenize/count`, vLLM's
-`/tokenize`), asked once per distinct text.
+`/tokenize`), asked once per distinct text. A folder or GGUF file is loaded once per process
+(`TOKENIZERS`), again only once its files change, so naming it on every call costs no reload.
 """
 
 from __future__ import annotations
 
+import os
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,7 @@ from ._exceptions import ConfigError
 
 SERVER = "server"
 SERVER_TIMEOUT_S = 10.0
+TOKENIZERS_KEPT = 8  # HuggingFace tokenizers a process keeps loaded (a few MB each), the least recently used dropped
 
 
 class TokenCounter:
@@ -65,6 +69,44 @@ def _huggingface(path: Path) -> TokenCounter:
     return TokenCounter(count, f"{path.name} tokenizer", chat if tokenizer.chat_template else None)
 
 
+def _stamp(path: Path) -> Hashable:
+    """What changes when a tokenizer's files are replaced: the file's (or each file's in a folder) inode, size and mtime."""
+
+    def of(stat: os.stat_result) -> tuple[int, int, int]:
+        return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+    if path.is_dir():
+        return tuple(sorted((entry.name, of(entry.stat())) for entry in os.scandir(path) if entry.is_file()))
+    return of(path.stat())
+
+
+class Tokenizers:
+    """The HuggingFace tokenizers this process loaded, by resolved path: each loaded once (a second caller waits for
+    the first), loaded again when its files change, the `size` most recently used kept."""
+
+    def __init__(self, size: int = TOKENIZERS_KEPT) -> None:
+        self._size = size
+        self._held: OrderedDict[Path, tuple[Hashable, TokenCounter]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, path: Path) -> TokenCounter:
+        """The tokenizer at `path` (a folder or a GGUF file), loaded now only if not yet loaded from these files."""
+        resolved = path.resolve()
+        stamp = _stamp(resolved)
+        with self._lock:
+            held = self._held.get(resolved)
+            if held is None or held[0] != stamp:
+                held = (stamp, _huggingface(path))  # by the name given: a GGUF behind a symlink keeps its suffix
+                self._held[resolved] = held
+            self._held.move_to_end(resolved)
+            while len(self._held) > self._size:
+                self._held.popitem(last=False)
+            return held[1]
+
+
+TOKENIZERS = Tokenizers()
+
+
 def open_tokenizer(value: Any) -> TokenCounter | str | None:
     """A TokenCounter from what a caller passed, "server" for the endpoint's own, or None for the default."""
     if value is None or isinstance(value, TokenCounter) or value == SERVER:
@@ -80,7 +122,7 @@ def open_tokenizer(value: Any) -> TokenCounter | str | None:
         path = Path(value).expanduser()
         if not path.exists():
             raise ConfigError(f"tokenizer: no folder or GGUF file at {path}")
-        return _huggingface(path)
+        return TOKENIZERS.get(path)
     raise ConfigError(f"tokenizer must be a callable, a tiktoken encoding name, a folder, a .gguf file, 'server' or None; got {value!r}")
 
 

@@ -3,13 +3,18 @@ model's own GGUF (its chat template rendered), or the server's tokenize route (l
 
 from __future__ import annotations
 
+import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from blackbox_sdk import ConfigError, OpenAI
+from blackbox_sdk import ConfigError, OpenAI, _tokenizer
 from blackbox_sdk._pipeline._core import checked, prepare
-from blackbox_sdk._tokenizer import ServerTokenizer, TokenCounter, open_tokenizer
+from blackbox_sdk._tokenizer import ServerTokenizer, TokenCounter, Tokenizers, open_tokenizer
+from blackbox_sdk.local import default_encoder_path
 from blackbox_sdk._types import CHAT, COMPLETIONS
 
 MODEL = "smollm2"
@@ -52,3 +57,69 @@ def test_llama_cpp_counts_through_its_own_tokenize_route(llama_server: str) -> N
 def test_a_server_without_a_tokenize_route_falls_back_to_tiktoken() -> None:
     server = ServerTokenizer("http://127.0.0.1:9/v1", {})  # nothing listens there
     assert server.counter(MODEL) is None
+
+
+MINILM_TOKENIZER = ("config.json", "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt")
+
+
+@pytest.fixture
+def loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every AutoTokenizer load from here on (the real one still loads), with the process's tokenizers forgotten."""
+    from transformers import AutoTokenizer
+
+    real = AutoTokenizer.from_pretrained
+    seen: list[str] = []
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        seen.append(str(args[0]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", counting)
+    monkeypatch.setattr(_tokenizer, "TOKENIZERS", Tokenizers())
+    return seen
+
+
+def _tokenizer_folder(folder: Path) -> Path:
+    """A HuggingFace tokenizer folder of our own (MiniLM's, from its package): files a test may replace."""
+    folder.mkdir()
+    for name in MINILM_TOKENIZER:
+        shutil.copyfile(default_encoder_path() / name, folder / name)
+    return folder
+
+
+def test_a_gguf_tokenizer_loads_once_for_the_client_its_copies_and_each_call(gguf_path: Path, loads: list[str]) -> None:
+    client = OpenAI(api_key="sk-test", base_url="http://127.0.0.1:9/v1", tokenizer=gguf_path)
+    copied = client.with_options(tokenizer=str(gguf_path))
+    calls = [client.options.merge(client._core.opened, tokenizer=gguf_path) for _ in range(3)]  # what each call's begin merges
+    assert len(loads) == 1
+    assert all(options.tokenizer is client.options.tokenizer for options in (copied.options, *calls))
+    assert _counted(copied, CHAT, {"messages": QUESTION}).exact  # the model's own chat template, as before
+
+
+def test_a_tokenizer_whose_files_are_replaced_is_loaded_again(tmp_path: Path, loads: list[str]) -> None:
+    folder = _tokenizer_folder(tmp_path / "tokenizer")
+    (tmp_path / "link").symlink_to(folder)
+    first = open_tokenizer(folder)
+    assert open_tokenizer(str(folder)) is first and open_tokenizer(tmp_path / "link") is first and len(loads) == 1
+    replacement = tmp_path / "tokenizer.json.new"
+    shutil.copyfile(folder / "tokenizer.json", replacement)
+    replacement.replace(folder / "tokenizer.json")  # a new file in its place, as a download or `mv` leaves it
+    second = open_tokenizer(folder)
+    assert second is not first and len(loads) == 2 and second.count("hello world") == first.count("hello world")
+    os.utime(folder / "vocab.txt", ns=(1, 1))  # edited in place: another modification time
+    assert open_tokenizer(folder) is not second and len(loads) == 3
+    assert open_tokenizer(folder) is open_tokenizer(folder) and len(loads) == 3
+
+
+def test_threads_asking_for_a_new_tokenizer_at_once_load_it_once(tmp_path: Path, loads: list[str]) -> None:
+    folder = _tokenizer_folder(tmp_path / "tokenizer")
+    with ThreadPoolExecutor(4) as pool:
+        counters = list(pool.map(lambda _: open_tokenizer(folder), range(8)))
+    assert len(loads) == 1 and all(counter is counters[0] for counter in counters)
+
+
+def test_only_the_most_recently_used_tokenizers_are_kept(tmp_path: Path, loads: list[str]) -> None:
+    kept = Tokenizers(size=1)
+    one, two = _tokenizer_folder(tmp_path / "one"), _tokenizer_folder(tmp_path / "two")
+    kept.get(one), kept.get(two), kept.get(two), kept.get(one)
+    assert loads == [str(one), str(two), str(one)]

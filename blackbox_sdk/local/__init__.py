@@ -8,7 +8,7 @@ what the backend raises for a request that breaks OpenAI's rules (the transport 
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._lazy import lazy_attributes
 from ._llama_server import LlamaServer
@@ -26,6 +26,9 @@ from ._requests import LocalRequestError
 from ._server_process import ServerProcess, free_port
 from ._prompts import chat_template_tokens
 from ._transport import AsyncHFTransport, HFTransport, local_async_http_client, local_http_client
+
+if TYPE_CHECKING:  # loaded on first use (torch): a type checker sees them as they are
+    from ._backend import HFBackend, load_backend
 
 __all__ = [
     "AsyncHFTransport",

@@ -132,10 +132,11 @@ class AsyncEmbeddings(RawViews, oai.AsyncEmbeddings):
 
 
 class _ChatViews:
-    """`client.chat`, sync or async by `_completions_class`: our `completions`, and raw views that reach them."""
+    """`client.chat`, sync or async by its class attributes: our `completions`, and openai's chat views over them."""
 
     _client: Any
     _completions_class: type[Any]
+    _views: tuple[type[Any], type[Any]]  # our subclasses of openai's ChatWithRawResponse and ChatWithStreamingResponse
 
     @cached_property
     def completions(self) -> Any:
@@ -145,28 +146,60 @@ class _ChatViews:
     @cached_property
     def with_raw_response(self) -> Any:
         """`chat.with_raw_response.completions`, the SDK's raw view."""
-        return _ChatView(self.completions.with_raw_response)
+        return self._views[0](self)
 
     @cached_property
     def with_streaming_response(self) -> Any:
         """`chat.with_streaming_response.completions`, the SDK's streaming-response view."""
-        return _ChatView(self.completions.with_streaming_response)
+        return self._views[1](self)
+
+
+class _ChatView:
+    """openai's `chat.with_raw_response` / `chat.with_streaming_response` (an instance of its class, as openai's
+    types say), whose `completions` is the SDK's view of the same name."""
+
+    _chat: Any
+    _view: str
+
+    @cached_property
+    def completions(self) -> Any:
+        """`chat.<view>.completions`: the SDK's chat completions view."""
+        return getattr(self._chat.completions, self._view)
+
+
+class _ChatRaw(_ChatView, oai.ChatWithRawResponse):
+    """`chat.with_raw_response` for `OpenAI`."""
+
+    _view = "with_raw_response"
+
+
+class _AsyncChatRaw(_ChatView, oai.AsyncChatWithRawResponse):
+    """`chat.with_raw_response` for `AsyncOpenAI`."""
+
+    _view = "with_raw_response"
+
+
+class _ChatStreamed(_ChatView, oai.ChatWithStreamingResponse):
+    """`chat.with_streaming_response` for `OpenAI`."""
+
+    _view = "with_streaming_response"
+
+
+class _AsyncChatStreamed(_ChatView, oai.AsyncChatWithStreamingResponse):
+    """`chat.with_streaming_response` for `AsyncOpenAI`."""
+
+    _view = "with_streaming_response"
 
 
 class Chat(_ChatViews, oai.Chat):
     """`client.chat` for `OpenAI`."""
 
     _completions_class = ChatCompletions
+    _views = (_ChatRaw, _ChatStreamed)
 
 
 class AsyncChat(_ChatViews, oai.AsyncChat):
     """`client.chat` for `AsyncOpenAI`."""
 
     _completions_class = AsyncChatCompletions
-
-
-class _ChatView:
-    """`chat.with_raw_response` / `chat.with_streaming_response`: their `completions` is the SDK's view."""
-
-    def __init__(self, completions: Any) -> None:
-        self.completions = completions
+    _views = (_AsyncChatRaw, _AsyncChatStreamed)
