@@ -16,8 +16,9 @@ carries a lease: once it lapses the hold stops counting (a hung process), though
 still records the spend (a charge a dead process owed, from the owed-charge journal); lapsed
 records are deleted after ``LAPSED_KEPT_S``. A settle of a reservation no longer recorded (released,
 or its lapsed record deleted) but never settled still records the spend, from the call's own hold,
-with a warning: the answer was paid, and the cap must count it. A transaction interrupted by a crash is rolled back by SQLite. The file
-must live on a local disk: SQLite locking is unreliable over network file systems. Each spend
+with a warning: the answer was paid, and the cap must count it. A transaction interrupted by a
+crash is rolled back by SQLite. The file must live on a local disk: SQLite locking is unreliable
+over network file systems. Each spend
 keeps the process that settled it and the call log it was meant for, so a call charged by a
 process that died before logging it can be found, and given to its own log (``settled_since``).
 
