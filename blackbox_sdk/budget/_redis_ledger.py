@@ -110,8 +110,8 @@ class RedisLedger:
             warn_unheld(hold.call_id, reservation_id)
         if status == 3:
             logger.warning(
-                "the Redis ledger at %s did not know reservation %s (it lost its data: run Redis with AOF "
-                "persistence); its spend was recorded anyway", self.url, reservation_id,
+                "the Redis ledger at %s did not know reservation %s (its record lapsed over %d s ago, or Redis lost its "
+                "data: run Redis with AOF persistence); its spend was recorded anyway", self.url, reservation_id, int(self._keep),
             )
         return status != 2
 
