@@ -3,16 +3,13 @@ reserved or sent, is logged, and the window counts what the server really used."
 
 from __future__ import annotations
 
-import asyncio
-import itertools
 import logging
-import sqlite3
-import threading
 import time
 from pathlib import Path
 
 import pytest
 from servers import InstantUpstream, RedisServer
+from sqlite_locks import locked_while_the_loop_ticks
 
 from blackbox_sdk import AsyncOpenAI, Budget, CallLog, OpenAI, RateLimitExceededError, RateLimits
 
@@ -111,34 +108,15 @@ async def test_an_async_call_waits_for_a_locked_sqlite_window_without_blocking_t
               "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi."}, "finish_reason": "stop"}],
               "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}}
     window = tmp_path / "window.db"
-    locker = sqlite3.connect(window, isolation_level=None, check_same_thread=False)
-    locker.execute("BEGIN EXCLUSIVE")  # another writer holds the file: opening the window waits on SQLite's busy timeout
-    released: list[float] = []
-
-    def release() -> None:
-        released.append(time.monotonic())
-        locker.execute("ROLLBACK")
-
-    ticks: list[float] = []
-
-    async def tick() -> None:
-        while True:
-            ticks.append(time.monotonic())
-            await asyncio.sleep(0.01)
-
     upstream = InstantUpstream(answer)
     client = AsyncOpenAI(base_url=upstream.url, api_key="sk-test", rate_limit=RateLimits(rpm=10, store=window), max_retries=0)
-    ticker, timer = asyncio.create_task(tick()), threading.Timer(1.5, release)
-    timer.start()
     try:
-        completion = await client.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
-        done = time.monotonic()
+        async with locked_while_the_loop_ticks(window) as watch:  # opening the window waits on SQLite's busy timeout
+            completion = await client.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+            done = time.monotonic()
     finally:
-        timer.join()
-        ticker.cancel()
         await client.close()
         upstream.close()
-        locker.close()
     assert completion.choices[0].message.content == "Hi."
-    assert done >= released[0]  # the call did wait for the lock
-    assert max(later - earlier for earlier, later in itertools.pairwise(ticks)) < 0.5  # the loop ran all the while
+    assert done >= watch.released  # the call did wait for the lock
+    assert watch.longest_stall() < 0.5  # the loop ran all the while
