@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from servers import InstantUpstream, RedisServer
@@ -15,6 +16,13 @@ from blackbox_sdk import AsyncOpenAI, Budget, CallLog, OpenAI, RateLimitExceeded
 
 MODEL = "smollm2"
 HELLO = [{"role": "user", "content": "Say hi"}]
+
+
+def _answer(content: str) -> dict[str, Any]:
+    """A chat answer of ``content`` from the fake upstream, two tokens out."""
+    return {"id": "c", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11}}
 
 
 def test_the_third_call_in_the_window_is_refused_before_anything_is_spent(llama_server: str, tmp_path: Path) -> None:
@@ -64,10 +72,7 @@ async def test_the_async_client_waits_for_room_by_policy(llama_server: str) -> N
 def test_a_rate_window_lost_mid_call_still_returns_and_logs_the_paid_answer(
     redis_server: RedisServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    answer = {"id": "c", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
-              "choices": [{"index": 0, "message": {"role": "assistant", "content": "Apple."}, "finish_reason": "stop"}],
-              "usage": {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11}}
-    upstream = InstantUpstream(answer, before=redis_server.stop)  # the window's store dies while the request is out
+    upstream = InstantUpstream(_answer("Apple."), before=redis_server.stop)  # the window's store dies while the request is out
     limits = RateLimits(rpm=100, tpm=100_000, store=redis_server.url)
     client = OpenAI(base_url=upstream.url, api_key="sk-test", rate_limit=limits, log=tmp_path / "calls.db", max_retries=0)
     try:
@@ -83,10 +88,7 @@ def test_a_rate_window_lost_mid_call_still_returns_and_logs_the_paid_answer(
 
 
 def test_a_budgets_own_key_is_the_calls_key_for_the_window_the_ledger_and_the_log(tmp_path: Path) -> None:
-    answer = {"id": "c", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
-              "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi."}, "finish_reason": "stop"}],
-              "usage": {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11}}
-    upstream = InstantUpstream(answer)
+    upstream = InstantUpstream(_answer("Hi."))
     budget = Budget(total_usd=10.0, key="team-a", prices={"gpt-4o-mini": {"input": 1.0, "output": 1.0}})
     client = OpenAI(base_url=upstream.url, api_key="sk-test", budget=budget, rate_limit=RateLimits(rpm=1, per="key"),
                     log=tmp_path / "calls.db", max_retries=0)
@@ -104,11 +106,8 @@ def test_a_budgets_own_key_is_the_calls_key_for_the_window_the_ledger_and_the_lo
 
 
 async def test_an_async_call_waits_for_a_locked_sqlite_window_without_blocking_the_event_loop(tmp_path: Path) -> None:
-    answer = {"id": "c", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
-              "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi."}, "finish_reason": "stop"}],
-              "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}}
     window = tmp_path / "window.db"
-    upstream = InstantUpstream(answer)
+    upstream = InstantUpstream(_answer("Hi."))
     client = AsyncOpenAI(base_url=upstream.url, api_key="sk-test", rate_limit=RateLimits(rpm=10, store=window), max_retries=0)
     try:
         async with locked_while_the_loop_ticks(window) as watch:  # opening the window waits on SQLite's busy timeout
