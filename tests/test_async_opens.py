@@ -6,14 +6,12 @@ before. The server answers at once on a loopback port; the call log is the real 
 from __future__ import annotations
 
 import asyncio
-import itertools
-import sqlite3
-import threading
 import time
 from pathlib import Path
 
 import pytest
 from servers import InstantUpstream
+from sqlite_locks import locked_while_the_loop_ticks
 
 from blackbox_sdk import AdapterError, AsyncOpenAI, CallLog, OpenAI
 
@@ -25,38 +23,18 @@ ANSWER = {"id": "c", "object": "chat.completion", "created": 1, "model": "gpt-4o
 
 async def test_a_per_call_log_on_a_locked_file_is_opened_without_blocking_the_event_loop(tmp_path: Path) -> None:
     path = tmp_path / "calls.db"
-    locker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    locker.execute("BEGIN EXCLUSIVE")  # another writer holds the new file: opening the log waits on SQLite's busy timeout
-    released: list[float] = []
-
-    def release() -> None:
-        released.append(time.monotonic())
-        locker.execute("ROLLBACK")
-
-    ticks: list[float] = []
-
-    async def tick() -> None:
-        while True:
-            ticks.append(time.monotonic())
-            await asyncio.sleep(0.01)
-
     upstream = InstantUpstream(ANSWER)
     client = AsyncOpenAI(base_url=upstream.url, api_key="sk-test", max_retries=0)
-    ticker, timer = asyncio.create_task(tick()), threading.Timer(1.5, release)
-    timer.start()
     try:
-        await asyncio.sleep(0.05)  # the ticker is running before the call begins
-        completion = await client.chat.completions.create(model="gpt-4o-mini", messages=HELLO, log=str(path))
-        done = time.monotonic()
+        async with locked_while_the_loop_ticks(path) as watch:  # opening the new log waits on SQLite's busy timeout
+            completion = await client.chat.completions.create(model="gpt-4o-mini", messages=HELLO, log=str(path))
+            done = time.monotonic()
     finally:
-        timer.join()
-        ticker.cancel()
         await client.close()
         upstream.close()
-        locker.close()
     assert completion.choices[0].message.content == "Hi."
-    assert done >= released[0]  # the call did wait for the lock
-    assert ticks[0] < released[0] and max(later - earlier for earlier, later in itertools.pairwise(ticks)) < 0.5  # the loop ran all the while
+    assert done >= watch.released  # the call did wait for the lock
+    assert watch.ticks[0] < watch.released and watch.longest_stall() < 0.5  # the loop ran all the while
     with CallLog(path) as log:
         assert [record.call_id for record in log.calls()] == [completion.blackbox.call_id]
 

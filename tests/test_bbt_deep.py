@@ -9,20 +9,12 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from test_bbt import DEV, TEMPLATE, TRAIN, VERBALIZER  # the same sentiment task as the shallow prompts'
 
 from blackbox_sdk._exceptions import TuningError
 from blackbox_sdk.local._backend import HFBackend, load_backend
 from blackbox_sdk.tuning import BBTConfig, EmbedsEndpoint, LocalScorer, PromptTemplate, SoftPrompt, Tuner
 
-TEMPLATE = "{text} It was {label}"
-VERBALIZER = {"positive": "great", "negative": "terrible"}
-TRAIN = [
-    ("A warm and funny film, I loved it.", "positive"),
-    ("The battery died in an hour, awful.", "negative"),
-    ("Wonderful acting and a clever story.", "positive"),
-    ("A dull, boring mess of a movie.", "negative"),
-]
-DEV = [("These headphones sound amazing.", "positive"), ("The blender broke after a week.", "negative")]
 DEEP = {"d": 8, "prompt_len": 2, "popsize": 4, "budget": 16, "dev_every": 8, "progress": False, "deep": True}
 LAYERS = 30  # SmolLM2-135M's decoder layers
 

@@ -1,4 +1,5 @@
-"""The call log: whole records, several writers, redaction on disk, feedback checks, export, stats."""
+"""The call log: whole records, several writers, redaction on disk, feedback checks (on the SQLite and the PostgreSQL
+store alike), export, stats."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import Any
 
 import pydantic
 import pytest
+from pg_databases import fresh_database
 
 from blackbox_sdk import CallLogError, ConfigError
 from blackbox_sdk import call_log as calllog_module
@@ -27,6 +29,7 @@ from blackbox_sdk.call_log import (
     CallLogStore,
     CallRecord,
     Feedback,
+    PostgresCallLog,
     new_call_id,
 )
 from blackbox_sdk.call_log import _paging as paging_module
@@ -43,6 +46,17 @@ def log(tmp_path: Path) -> Iterator[CallLog]:
     """A fresh call log in a temporary folder."""
     with CallLog(tmp_path / "calls.db") as opened:
         yield opened
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_log(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CallLog | PostgresCallLog]:
+    """A fresh call log of each store: an SQLite file in a temporary folder, then a PostgreSQL database of its own."""
+    if request.param == "sqlite":
+        with CallLog(tmp_path / "calls.db") as opened:
+            yield opened
+        return
+    with fresh_database(request.getfixturevalue("postgres_server")) as url, PostgresCallLog(url) as pg_log:
+        yield pg_log
 
 
 def _record(**changes: Any) -> CallRecord:
@@ -249,32 +263,33 @@ def test_feedback_is_stored_in_order_and_rates_the_chosen_answer(log: CallLog) -
         pytest.param({}, "at least one", id="no-feedback"),
     ],
 )
-def test_bad_feedback_raises_config_error_and_stores_nothing(log: CallLog, kwargs: dict[str, Any], message: str) -> None:
+def test_bad_feedback_raises_config_error_and_stores_nothing(any_log: CallLog | PostgresCallLog, kwargs: dict[str, Any], message: str) -> None:
     rec = _record()
-    log.record(rec)
+    any_log.record(rec)
     call_id = "bb-unknown" if message == "no call" else rec.call_id
     with pytest.raises(ConfigError, match=message):
-        log.feedback(call_id, **kwargs)
-    assert log.feedback_for(rec.call_id) == []
-
+        any_log.feedback(call_id, **kwargs)
+    assert any_log.feedback_for(rec.call_id) == []
+    assert any_log.stats()["feedback"] == 0
 
 
 @pytest.mark.parametrize("call_id", ["bb-\ud800", 5, ""], ids=["lone-surrogate", "not-a-string", "empty"])
-def test_a_call_id_no_store_can_hold_is_a_config_error_before_the_log_is_read(log: CallLog, call_id: Any) -> None:
+def test_a_call_id_no_store_can_hold_is_a_config_error_before_the_log_is_read(any_log: CallLog | PostgresCallLog, call_id: Any) -> None:
     with pytest.raises(ConfigError, match="call_id must be"):
-        log.get(call_id)
+        any_log.get(call_id)
     with pytest.raises(ConfigError, match="call_id must be"):
-        log.feedback_for(call_id)
+        any_log.feedback_for(call_id)
     with pytest.raises(ConfigError, match="call_id must be"):
-        log.feedback(call_id, reward=1.0)
+        any_log.feedback(call_id, reward=1.0)
 
-def test_failed_call_takes_a_reference_but_not_a_rating(log: CallLog) -> None:
+
+def test_a_failed_call_takes_a_reference_but_not_a_rating(any_log: CallLog | PostgresCallLog) -> None:
     failed = _record(candidates=[], chosen=[], scores=None, error="APIConnectionError: down")
-    log.record(failed)
+    any_log.record(failed)
     with pytest.raises(ConfigError, match="nothing to rate"):
-        log.feedback(failed.call_id, reward=1.0)
-    log.feedback(failed.call_id, reference="4")
-    assert [f.reference for f in log.feedback_for(failed.call_id)] == ["4"]
+        any_log.feedback(failed.call_id, reward=1.0)
+    any_log.feedback(failed.call_id, reference="4")
+    assert [f.reference for f in any_log.feedback_for(failed.call_id)] == ["4"]
 
 
 # ------------------------------------------------------------------------------ reading back

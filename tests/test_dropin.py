@@ -16,6 +16,7 @@ import openai
 import pytest
 from openai.types.chat import ParsedChatCompletion
 from pydantic import BaseModel
+from servers import InstantUpstream
 
 from blackbox_sdk import AsyncOpenAI, Budget, BudgetExceededError, CallLog, OpenAI, PriceMissingError, wrap
 
@@ -195,49 +196,39 @@ def test_a_whole_raw_create_runs_the_whole_pipeline_with_the_servers_headers(lla
     assert [r.cache_hit for r in CallLog(tmp_path / "calls.db").calls()] == [False, True]
 
 
-class _TwoAnswers:
-    """A chat endpoint whose every answer has two choices: a cut JSON and a whole one (a reranker's candidates)."""
-
-    def __init__(self) -> None:
-        contents = ['{"name": "Paris", "coun', '{"name": "Paris", "country": "France"}']
-        choices = [{"index": i, "message": {"role": "assistant", "content": c}, "finish_reason": "stop"} for i, c in enumerate(contents)]
-        body = json.dumps({"id": "c", "object": "chat.completion", "created": 1, "model": MODEL, "choices": choices,
-                           "usage": {"prompt_tokens": 9, "completion_tokens": 20, "total_tokens": 29}}).encode()
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                """Quiet."""
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+TWO_ANSWERS = {  # every answer has two choices: a cut JSON and a whole one (a reranker's candidates)
+    "id": "c", "object": "chat.completion", "created": 1, "model": MODEL,
+    "choices": [{"index": i, "message": {"role": "assistant", "content": c}, "finish_reason": "stop"}
+                for i, c in enumerate(['{"name": "Paris", "coun', '{"name": "Paris", "country": "France"}'])],
+    "usage": {"prompt_tokens": 9, "completion_tokens": 20, "total_tokens": 29},
+}
 
 
-def test_reranking_a_parse_prefers_answers_that_fit_the_schema() -> None:
-    upstream = _TwoAnswers()
-    prefers_the_first = lambda question, answers: [1.0 - i for i in range(len(answers))]  # noqa: E731
-    client = OpenAI(base_url=upstream.url, api_key="sk-test", reranker=prefers_the_first, rerank_n=2)
+@pytest.fixture
+def two_answers() -> Iterator[InstantUpstream]:
+    """A chat endpoint that answers TWO_ANSWERS."""
+    server = InstantUpstream(TWO_ANSWERS)
+    yield server
+    server.close()
+
+
+def _prefers_the_first(question: str, answers: list[str]) -> list[float]:
+    """A reranker that scores the candidates in the order they came."""
+    return [1.0 - i for i in range(len(answers))]
+
+
+def test_reranking_a_parse_prefers_answers_that_fit_the_schema(two_answers: InstantUpstream) -> None:
+    client = OpenAI(base_url=two_answers.url, api_key="sk-test", reranker=_prefers_the_first, rerank_n=2)
     completion = client.chat.completions.parse(model=MODEL, messages=HI, response_format=City)
     assert completion.choices[0].message.parsed == City(name="Paris", country="France")
     assert completion.blackbox.scores == [1.0, 0.0] and completion.blackbox.chosen == [1]  # ranked second, chosen: it fits
     plain = client.chat.completions.create(model=MODEL, messages=HI)
     assert plain.blackbox.chosen == [0]  # without a schema the reranker's order stands
-    upstream._server.shutdown()
 
 
-def test_a_reranked_stream_helper_prefers_answers_that_fit_the_schema(tmp_path: Path) -> None:
+def test_a_reranked_stream_helper_prefers_answers_that_fit_the_schema(two_answers: InstantUpstream, tmp_path: Path) -> None:
     """`chat.completions.stream(response_format=...)` streams the best-scored answer that fits, as `parse` returns."""
-    upstream = _TwoAnswers()
-    prefers_the_first = lambda question, answers: [1.0 - i for i in range(len(answers))]  # noqa: E731
-    client = OpenAI(base_url=upstream.url, api_key="sk-test", reranker=prefers_the_first, rerank_n=2, log=tmp_path / "calls.db")
+    client = OpenAI(base_url=two_answers.url, api_key="sk-test", reranker=_prefers_the_first, rerank_n=2, log=tmp_path / "calls.db")
     with client.chat.completions.stream(model=MODEL, messages=HI, response_format=City) as stream:
         final = stream.get_final_completion()
     assert final.choices[0].message.parsed == City(name="Paris", country="France")
@@ -245,14 +236,10 @@ def test_a_reranked_stream_helper_prefers_answers_that_fit_the_schema(tmp_path: 
         plain = stream.get_final_completion()
     assert plain.choices[0].message.content == '{"name": "Paris", "coun'  # without a schema the reranker's order stands
     assert [r.chosen for r in CallLog(tmp_path / "calls.db").calls()] == [[1], [0]]
-    upstream._server.shutdown()
 
 
-async def test_a_reranked_async_stream_helper_prefers_answers_that_fit_the_schema() -> None:
-    upstream = _TwoAnswers()
-    prefers_the_first = lambda question, answers: [1.0 - i for i in range(len(answers))]  # noqa: E731
-    client = AsyncOpenAI(base_url=upstream.url, api_key="sk-test", reranker=prefers_the_first, rerank_n=2)
+async def test_a_reranked_async_stream_helper_prefers_answers_that_fit_the_schema(two_answers: InstantUpstream) -> None:
+    client = AsyncOpenAI(base_url=two_answers.url, api_key="sk-test", reranker=_prefers_the_first, rerank_n=2)
     async with client.chat.completions.stream(model=MODEL, messages=HI, response_format=City) as stream:
         final = await stream.get_final_completion()
     assert final.choices[0].message.parsed == City(name="Paris", country="France")
-    upstream._server.shutdown()

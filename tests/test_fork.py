@@ -201,6 +201,31 @@ def test_children_keep_writing_after_the_parent_closes_its_client(tmp_path: Path
     _check_books(tmp_path / "calls.db", budget, [first, *children])
 
 
+def _fork_running(work: Callable[[], None]) -> int:
+    """A bare os.fork() child that runs ``work`` and exits 0, or 1 where it raised; its pid, in the parent."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            work()
+            code = 0
+        finally:
+            os._exit(code)
+    return pid
+
+
+def _exits_0(pid: int, timeout: float) -> bool:
+    """Whether the child ``pid`` exits 0 within ``timeout`` seconds (one still running then is killed, and fails)."""
+    deadline = time.monotonic() + timeout
+    while (waited := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if waited[0] == 0:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        return False
+    return os.waitstatus_to_exitcode(waited[1]) == 0
+
+
 def test_an_os_fork_child_that_exits_normally_writes_its_queued_calls(tmp_path: Path, upstream: InstantUpstream, request: pytest.FixtureRequest) -> None:
     """A bare os.fork() child that makes calls and exits as a worker does at shutdown (atexit runs): its calls are
     written at exit, once; the parent's queued record stays the parent's."""
@@ -209,29 +234,22 @@ def test_an_os_fork_child_that_exits_normally_writes_its_queued_calls(tmp_path: 
     client = _client(upstream, budget, cache, limits, log)
     first = _ask(client, "Name a fruit.")
     read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: its calls' ids go to the parent through the pipe, then the interpreter's exit steps
-        code = 1
-        try:
-            os.close(read)
-            os.write(write, " ".join(_ask(client, f"forked {index}")[0] for index in range(3)).encode())
-            os.close(write)
-            atexit._run_exitfuncs()  # what sys.exit would run, without unwinding into pytest in this child
-            code = 0
-        finally:
-            os._exit(code)
+
+    def work() -> None:  # the child: its calls' ids go to the parent through the pipe, then the interpreter's exit steps
+        os.close(read)
+        os.write(write, " ".join(_ask(client, f"forked {index}")[0] for index in range(3)).encode())
+        os.close(write)
+        atexit._run_exitfuncs()  # what sys.exit would run, without unwinding into pytest in this child
+
+    pid = _fork_running(work)
     os.close(write)
-    deadline = time.monotonic() + JOIN_S
-    while (waited := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert waited[0] == pid and os.waitstatus_to_exitcode(waited[1]) == 0, "the forked child hung or failed"
+    assert _exits_0(pid, JOIN_S), "the forked child hung or failed"
     with os.fdopen(read) as pipe:
         ids = pipe.read().split()
     assert log.pending == 1
     log.flush()
     with CallLog(tmp_path / "calls.db") as reader:
         assert sorted(record.call_id for record in reader.calls()) == sorted([first[0], *ids])
-
 
 
 def _forked_child_finishes(work: Callable[[], None], held: Any) -> bool:
@@ -248,25 +266,11 @@ def _forked_child_finishes(work: Callable[[], None], held: Any) -> bool:
     holder.start()
     assert holding.wait(10)
     try:
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                work()
-                code = 0
-            finally:
-                os._exit(code)
+        pid = _fork_running(work)
     finally:
         release.set()
         holder.join(10)
-    deadline = time.monotonic() + 10.0
-    while (waited := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if waited[0] == 0:
-        os.kill(pid, 9)
-        os.waitpid(pid, 0)
-        return False
-    return os.waitstatus_to_exitcode(waited[1]) == 0
+    return _exits_0(pid, 10.0)
 
 
 def test_a_fork_while_a_thread_holds_the_async_store_workers_lock_leaves_the_child_working() -> None:
@@ -384,15 +388,7 @@ def test_a_fork_while_a_thread_writes_the_disk_cache_leaves_the_childs_cache_wri
         store.update("child", lambda current: "child", expire=None, action="write")
         assert store.get("child") == "child"
 
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            work()
-            code = 0
-        finally:
-            os._exit(code)
+    pid = _fork_running(work)
     holder.join(10)
-    _, status = os.waitpid(pid, 0)  # the child's write gives up after the store's 2 s timeout at worst
-    assert os.waitstatus_to_exitcode(status) == 0, "the child's cache write failed"
+    assert _exits_0(pid, JOIN_S), "the child's cache write failed"  # it gives up after the store's 2 s timeout at worst
     assert store.get("held") == "parent" and store.get("child") == "child"

@@ -18,12 +18,7 @@ from blackbox_sdk.local import HFBackend, LocalRequestError, default_encoder_pat
 COUNT = [{"role": "user", "content": "Count from 1 to 10."}]
 GREEDY = {"messages": COUNT, "max_tokens": 8, "temperature": 0}
 
-
-@pytest.fixture(scope="module")
-def backend() -> HFBackend:
-    """The SmolLM2 GGUF, loaded once per process."""
-    torch.set_num_threads(1)
-    return load_backend(default_gguf_path())
+pytest_plugins = ["local_model"]  # the backend fixture
 
 
 def _without_the_model(backend: HFBackend, call: Callable[[], Any]) -> Any:

@@ -9,7 +9,6 @@ from typing import Any
 import httpx2
 import openai
 import pytest
-import torch
 from openai.types import Completion, CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
@@ -17,21 +16,14 @@ from blackbox_sdk.local import (
     HFBackend,
     HFTransport,
     default_gguf_path,
-    load_backend,
     local_async_http_client,
     local_http_client,
 )
 
+pytest_plugins = ["local_model"]  # the backend fixture (this module has its own clients)
 BASE_URL = "http://hf.local/v1"
 COUNT = [{"role": "user", "content": "Count from 1 to 10."}]
 GREEDY: dict[str, Any] = {"model": "local", "messages": COUNT, "max_tokens": 8, "temperature": 0}
-
-
-@pytest.fixture(scope="module")
-def backend() -> HFBackend:
-    """The SmolLM2 GGUF, loaded once per process."""
-    torch.set_num_threads(1)
-    return load_backend(default_gguf_path())
 
 
 @pytest.fixture(scope="module")

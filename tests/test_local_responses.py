@@ -4,17 +4,16 @@ its usage, the typed event stream (sync and async), and 400s for what the backen
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx2
 import openai
 import pytest
-import torch
 from openai.types.responses import Response, ResponseCompletedEvent
 
-from blackbox_sdk.local import AsyncHFTransport, HFBackend, HFTransport, default_gguf_path, load_backend
+from blackbox_sdk.local import HFBackend, HFTransport
 
+pytest_plugins = ["local_model"]  # the backend, client and aclient fixtures
 BASE_URL = "http://hf.local/v1"
 QUESTION = "What is 2+2? Answer with a number only."
 GREEDY: dict[str, Any] = {"model": "local", "input": QUESTION, "max_output_tokens": 16, "temperature": 0}
@@ -29,29 +28,6 @@ EVENTS = [
     "response.output_item.done",
     "response.completed",
 ]
-
-
-@pytest.fixture(scope="module")
-def backend() -> HFBackend:
-    """The SmolLM2 GGUF, loaded once per process."""
-    torch.set_num_threads(1)
-    return load_backend(default_gguf_path())
-
-
-@pytest.fixture(scope="module")
-def client(backend: HFBackend) -> Iterator[openai.OpenAI]:
-    """The plain openai client over the local transport."""
-    http = httpx2.Client(transport=HFTransport(backend))
-    with openai.OpenAI(api_key="x", base_url=BASE_URL, http_client=http, max_retries=0) as openai_client:
-        yield openai_client
-
-
-@pytest.fixture
-async def aclient(backend: HFBackend) -> AsyncIterator[openai.AsyncOpenAI]:
-    """The async openai client over the async local transport."""
-    http = httpx2.AsyncClient(transport=AsyncHFTransport(backend))
-    async with openai.AsyncOpenAI(api_key="x", base_url=BASE_URL, http_client=http, max_retries=0) as openai_client:
-        yield openai_client
 
 
 @pytest.fixture(scope="module")

@@ -4,21 +4,19 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
 from typing import Any, Literal
 
-import httpx2
 import openai
 import pytest
-import torch
 from pydantic import BaseModel, Field
 
-from blackbox_sdk.local import AsyncHFTransport, HFBackend, HFTransport, default_gguf_path, load_backend
+from blackbox_sdk.local import HFBackend
 from blackbox_sdk.local._matching import match
 from blackbox_sdk.local._schema import compile_schema
 from blackbox_sdk.local._structured import chat_format
 
-BASE_URL = "http://hf.local/v1"
+pytest_plugins = ["local_model"]  # the backend, client and aclient fixtures
+
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
 
 
@@ -42,29 +40,6 @@ CITY_SCHEMA: dict[str, Any] = {
     "required": ["name", "country"],
     "additionalProperties": False,
 }
-
-
-@pytest.fixture(scope="module")
-def backend() -> HFBackend:
-    """The SmolLM2 GGUF, loaded once per process."""
-    torch.set_num_threads(1)
-    return load_backend(default_gguf_path())
-
-
-@pytest.fixture(scope="module")
-def client(backend: HFBackend) -> Iterator[openai.OpenAI]:
-    """The plain openai client over the local transport."""
-    http = httpx2.Client(transport=HFTransport(backend))
-    with openai.OpenAI(api_key="x", base_url=BASE_URL, http_client=http, max_retries=0) as openai_client:
-        yield openai_client
-
-
-@pytest.fixture
-async def aclient(backend: HFBackend) -> AsyncIterator[openai.AsyncOpenAI]:
-    """The async openai client over the async local transport."""
-    http = httpx2.AsyncClient(transport=AsyncHFTransport(backend))
-    async with openai.AsyncOpenAI(api_key="x", base_url=BASE_URL, http_client=http, max_retries=0) as openai_client:
-        yield openai_client
 
 
 # ------------------------------------------------------------ the real model, through openai's helpers

@@ -21,6 +21,7 @@ import psycopg
 import pytest
 from pg_databases import fresh_database
 from servers import PostgresServer
+from test_calllog import _fields
 
 from blackbox_sdk import CallLogError, ConfigError, OpenAI, StoreUnavailableError
 from blackbox_sdk.call_log import (
@@ -66,24 +67,9 @@ def own_server() -> Iterator[PostgresServer]:
 
 
 def _record(**changes: Any) -> CallRecord:
-    """A chat call with three candidates, the second chosen by a reranker, and a secret in the request."""
-    fields: dict[str, Any] = {
-        "endpoint_host": "api.openai.com",
-        "model": "gpt-4o-mini",
-        "route": "chat",
-        "request": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "2 + 2?"}], "max_tokens": 16, "api_key": PLAIN_SECRET},
-        "candidates": ["5", "4", "four"],
-        "chosen": [1],
-        "scores": [-1.5, 2.0, 0.5],
-        "usage": {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15},
-        "usage_counted": True,
-        "cost_usd": 0.000123,
-        "latency_s": 0.42,
-        "retries": 1,
-        "key": "team-a",
-        "extra": {"requests": 1},
-    }
-    return CallRecord(**{**fields, **changes})
+    """test_calllog.py's call (three candidates, the second chosen by a reranker) with a secret in the request."""
+    request = {**_fields()["request"], "api_key": PLAIN_SECRET}
+    return CallRecord(**_fields(**{"request": request, **changes}))
 
 
 def _varied_records() -> list[CallRecord]:
@@ -228,44 +214,7 @@ def test_a_repeated_call_id_keeps_the_first_record(pg_log: PostgresCallLog) -> N
     assert [c.call_id for c in pg_log.calls()] == [rec.call_id]
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "message"),
-    [
-        pytest.param({"label": "correct"}, "no call", id="unknown-call"),
-        pytest.param({"preferred": 3}, "must index", id="preferred-past-the-end"),
-        pytest.param({"preferred": True}, "preferred", id="preferred-bool"),
-        pytest.param({"reward": math.inf}, "reward", id="reward-infinite"),
-        pytest.param({"reward": True}, "reward must be a finite number", id="reward-bool"),
-        pytest.param({"reward": "1"}, "reward must be a finite number", id="reward-a-string"),
-        pytest.param({}, "at least one", id="no-feedback"),
-    ],
-)
-def test_bad_feedback_raises_config_error_and_stores_nothing(pg_log: PostgresCallLog, kwargs: dict[str, Any], message: str) -> None:
-    rec = _record()
-    pg_log.record(rec)
-    with pytest.raises(ConfigError, match=message):
-        pg_log.feedback("bb-unknown" if message == "no call" else rec.call_id, **kwargs)
-    assert pg_log.feedback_for(rec.call_id) == []
-    assert pg_log.stats()["feedback"] == 0
-
-
-
-@pytest.mark.parametrize("call_id", ["bb-\ud800", 5, ""], ids=["lone-surrogate", "not-a-string", "empty"])
-def test_a_call_id_no_store_can_hold_is_a_config_error_before_the_log_is_read(pg_log: PostgresCallLog, call_id: Any) -> None:
-    with pytest.raises(ConfigError, match="call_id must be"):
-        pg_log.get(call_id)
-    with pytest.raises(ConfigError, match="call_id must be"):
-        pg_log.feedback_for(call_id)
-    with pytest.raises(ConfigError, match="call_id must be"):
-        pg_log.feedback(call_id, reward=1.0)
-
-def test_a_failed_call_takes_a_reference_but_not_a_rating(pg_log: PostgresCallLog) -> None:
-    failed = _record(candidates=[], chosen=[], scores=None, error="APIConnectionError: down")
-    pg_log.record(failed)
-    with pytest.raises(ConfigError, match="nothing to rate"):
-        pg_log.feedback(failed.call_id, reward=1.0)
-    pg_log.feedback(failed.call_id, reference="4")
-    assert [f.reference for f in pg_log.feedback_for(failed.call_id)] == ["4"]
+# feedback checks (bad feedback, a call id no store can hold, a failed call): test_calllog.py, on both stores
 
 
 def test_get_of_an_unknown_call_and_a_bad_limit_raise_config_error(pg_log: PostgresCallLog) -> None:

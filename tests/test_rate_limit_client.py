@@ -3,21 +3,26 @@ reserved or sent, is logged, and the window counts what the server really used."
 
 from __future__ import annotations
 
-import asyncio
-import itertools
 import logging
-import sqlite3
-import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from servers import InstantUpstream, RedisServer
+from sqlite_locks import locked_while_the_loop_ticks
 
 from blackbox_sdk import AsyncOpenAI, Budget, CallLog, OpenAI, RateLimitExceededError, RateLimits
 
 MODEL = "smollm2"
 HELLO = [{"role": "user", "content": "Say hi"}]
+
+
+def _answer(content: str) -> dict[str, Any]:
+    """A chat answer of ``content`` from the fake upstream, two tokens out."""
+    return {"id": "c", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11}}
 
 
 def test_the_third_call_in_the_window_is_refused_before_anything_is_spent(llama_server: str, tmp_path: Path) -> None:
@@ -67,10 +72,7 @@ async def test_the_async_client_waits_for_room_by_policy(llama_server: str) -> N
 def test_a_rate_window_lost_mid_call_still_returns_and_logs_the_paid_answer(
     redis_server: RedisServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    answer = {"id": "c", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
-              "choices": [{"index": 0, "message": {"role": "assistant", "content": "Apple."}, "finish_reason": "stop"}],
-              "usage": {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11}}
-    upstream = InstantUpstream(answer, before=redis_server.stop)  # the window's store dies while the request is out
+    upstream = InstantUpstream(_answer("Apple."), before=redis_server.stop)  # the window's store dies while the request is out
     limits = RateLimits(rpm=100, tpm=100_000, store=redis_server.url)
     client = OpenAI(base_url=upstream.url, api_key="sk-test", rate_limit=limits, log=tmp_path / "calls.db", max_retries=0)
     try:
@@ -86,10 +88,7 @@ def test_a_rate_window_lost_mid_call_still_returns_and_logs_the_paid_answer(
 
 
 def test_a_budgets_own_key_is_the_calls_key_for_the_window_the_ledger_and_the_log(tmp_path: Path) -> None:
-    answer = {"id": "c", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
-              "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi."}, "finish_reason": "stop"}],
-              "usage": {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11}}
-    upstream = InstantUpstream(answer)
+    upstream = InstantUpstream(_answer("Hi."))
     budget = Budget(total_usd=10.0, key="team-a", prices={"gpt-4o-mini": {"input": 1.0, "output": 1.0}})
     client = OpenAI(base_url=upstream.url, api_key="sk-test", budget=budget, rate_limit=RateLimits(rpm=1, per="key"),
                     log=tmp_path / "calls.db", max_retries=0)
@@ -107,38 +106,16 @@ def test_a_budgets_own_key_is_the_calls_key_for_the_window_the_ledger_and_the_lo
 
 
 async def test_an_async_call_waits_for_a_locked_sqlite_window_without_blocking_the_event_loop(tmp_path: Path) -> None:
-    answer = {"id": "c", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
-              "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi."}, "finish_reason": "stop"}],
-              "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}}
     window = tmp_path / "window.db"
-    locker = sqlite3.connect(window, isolation_level=None, check_same_thread=False)
-    locker.execute("BEGIN EXCLUSIVE")  # another writer holds the file: opening the window waits on SQLite's busy timeout
-    released: list[float] = []
-
-    def release() -> None:
-        released.append(time.monotonic())
-        locker.execute("ROLLBACK")
-
-    ticks: list[float] = []
-
-    async def tick() -> None:
-        while True:
-            ticks.append(time.monotonic())
-            await asyncio.sleep(0.01)
-
-    upstream = InstantUpstream(answer)
+    upstream = InstantUpstream(_answer("Hi."))
     client = AsyncOpenAI(base_url=upstream.url, api_key="sk-test", rate_limit=RateLimits(rpm=10, store=window), max_retries=0)
-    ticker, timer = asyncio.create_task(tick()), threading.Timer(1.5, release)
-    timer.start()
     try:
-        completion = await client.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
-        done = time.monotonic()
+        async with locked_while_the_loop_ticks(window) as watch:  # opening the window waits on SQLite's busy timeout
+            completion = await client.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+            done = time.monotonic()
     finally:
-        timer.join()
-        ticker.cancel()
         await client.close()
         upstream.close()
-        locker.close()
     assert completion.choices[0].message.content == "Hi."
-    assert done >= released[0]  # the call did wait for the lock
-    assert max(later - earlier for earlier, later in itertools.pairwise(ticks)) < 0.5  # the loop ran all the while
+    assert done >= watch.released  # the call did wait for the lock
+    assert watch.longest_stall() < 0.5  # the loop ran all the while
