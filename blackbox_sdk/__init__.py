@@ -10,8 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 import openai as _openai
+import openai.resources as _oai
 from openai import DEFAULT_MAX_RETRIES as _DEFAULT_MAX_RETRIES
 from openai import DEFAULT_TIMEOUT as _DEFAULT_TIMEOUT
+from openai._client import OpenAIWithRawResponse as _OpenAIWithRawResponse
+from openai._client import OpenAIWithStreamedResponse as _OpenAIWithStreamedResponse
+from openai.resources.responses.responses import Responses as _Responses
 
 from . import _compat
 from ._client import AsyncOpenAI, OpenAI, wrap
@@ -110,8 +114,27 @@ default_headers: dict[str, str] | None = None
 default_query: dict[str, object] | None = None
 http_client: Any = None  # an httpx2.Client
 webhook_secret: str | None = None
+_SETTINGS = frozenset(__annotations__)
 
-_CLIENT_ATTRIBUTES = frozenset({"chat", "completions", "embeddings", "models", "files", "images", "audio", "moderations", "batches", "uploads", "responses", "beta", "fine_tuning", "vector_stores", "with_raw_response", "with_streaming_response"})
+# The module-level client's resources, served by `__getattr__`: declared (never bound) so that a type
+# checker sees openai's classes, as `openai.chat` has them.
+audio: _oai.Audio
+batches: _oai.Batches
+beta: _oai.Beta
+chat: _oai.Chat
+completions: _oai.Completions
+embeddings: _oai.Embeddings
+files: _oai.Files
+fine_tuning: _oai.FineTuning
+images: _oai.Images
+models: _oai.Models
+moderations: _oai.Moderations
+responses: _Responses
+uploads: _oai.Uploads
+vector_stores: _oai.VectorStores
+with_raw_response: _OpenAIWithRawResponse
+with_streaming_response: _OpenAIWithStreamedResponse
+_CLIENT_ATTRIBUTES = frozenset(__annotations__) - _SETTINGS
 
 
 _lazy = lazy_attributes(__name__, _LAZY)

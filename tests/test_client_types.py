@@ -88,3 +88,16 @@ def test_the_backend_is_typed_as_the_local_model_or_none() -> None:
     from blackbox_sdk.local import HFBackend  # loads torch: named here only, as the client names it only for type checkers
 
     assert typing.get_type_hints(OpenAI.backend.fget, localns={"HFBackend": HFBackend})["return"] == HFBackend | None
+
+
+def test_the_module_level_clients_resources_are_typed_as_openais(monkeypatch: pytest.MonkeyPatch) -> None:
+    import blackbox_sdk
+
+    monkeypatch.setattr(blackbox_sdk, "api_key", "sk-test")
+    monkeypatch.setattr(blackbox_sdk, "base_url", URL)
+    hints = typing.get_type_hints(blackbox_sdk)
+    served = sorted(blackbox_sdk._CLIENT_ATTRIBUTES)
+    assert {"chat", "responses", "with_raw_response"} <= set(served) and all(name not in vars(blackbox_sdk) for name in served)
+    for name in served:
+        assert isinstance(getattr(blackbox_sdk, name), hints[name]), name
+    assert hints["chat"] is oai.Chat and hints["responses"] is oai_responses.Responses
