@@ -219,3 +219,19 @@ def test_main_writes_every_familys_default_splits(tmp_path: Path) -> None:
         assert json.loads(held[0])["question"] == task.items[0].question
     assert len(list(tmp_path.iterdir())) == 2 * len(FAMILIES)
     assert not re.search(r"\s$", (tmp_path / "units.train.jsonl").read_text().rstrip("\n"))
+
+
+def test_the_feedback_loop_benchmark_tabulates_each_seed_and_the_pool() -> None:
+    from bench_feedback_loop import pooled_row, seed_row
+
+    def question(single: float, adapter_2: float, oracle: float, pairs: int, ordered: float) -> dict[str, float]:
+        return {"first": 0.0, "single": single, "majority": 0.0, "adapter_1": 0.0, "adapter_2": adapter_2, "oracle": oracle, "pairs": pairs, "ordered_1": pairs / 2, "ordered_2": ordered}
+
+    held = {"seed": 0, "questions": [question(0.5, 1.0, 1.0, 16, 12.0), question(0.0, 0.0, 0.0, 0, 0.0)]}
+    lost = {"seed": 1, "questions": [question(0.5, 0.0, 1.0, 16, 4.0), question(0.25, 0.0, 1.0, 12, 6.5)]}
+    first, second = seed_row(held), seed_row(lost)
+    assert (first["single"], first["adapter_2"], first["held"], first["pairs_1"], first["pairs_2"]) == (0.25, 0.5, "yes", 0.5, 0.75)
+    assert (second["held"], second["pairs_2"]) == ("no", round(10.5 / 28, 3))
+    pool = pooled_row([held, lost])
+    assert pool["held"] == "1/2" and pool["questions"] == 4 and pool["pairs_2"] == round(22.5 / 44, 3)
+    assert pool["gap"] == round((1.0 - 1.25) / (3.0 - 1.25), 3)
