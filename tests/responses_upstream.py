@@ -55,7 +55,8 @@ def response_json(number: int, body: Json, answer: str, history: int = 0) -> Jso
 
 
 def stream_events(response: Json, mode: str) -> Iterator[Json]:
-    """A response's events; "cut" stops after two deltas, "failed" ends with response.failed."""
+    """A response's events; "cut" stops after two deltas, "error" sends an unnamed error frame after them
+    (as a gateway does, which openai's client raises), "failed" ends with response.failed."""
     started = {**response, "status": "in_progress", "output": [], "usage": None}
     message = response["output"][0]
     where = {"item_id": message["id"], "output_index": 0, "content_index": 0}
@@ -64,7 +65,9 @@ def stream_events(response: Json, mode: str) -> Iterator[Json]:
     yield {"type": "response.output_item.added", "output_index": 0, "item": {**message, "status": "in_progress", "content": []}}
     yield {"type": "response.content_part.added", **where, "part": {"type": "output_text", "text": "", "annotations": []}}
     for index, piece in enumerate(text.split(" ")):
-        if mode == "cut" and index == 2:
+        if mode in ("cut", "error") and index == 2:
+            if mode == "error":
+                yield {"error": {"message": "the gateway lost its upstream", "type": "server_error", "code": "bad_gateway"}}
             return
         yield {"type": "response.output_text.delta", **where, "delta": piece if index == 0 else " " + piece, "logprobs": []}
     if mode == "failed":
@@ -77,7 +80,7 @@ def stream_events(response: Json, mode: str) -> Iterator[Json]:
 
 
 class ResponsesUpstream:
-    """The endpoint; `mode` is "ok", "cut" or "failed" (for streams), `errors` the number of 500s to
+    """The endpoint; `mode` is "ok", "cut", "error" or "failed" (for streams), `errors` the number of 500s to
     answer before answering, `history` the input tokens billed for the stored state a request
     continues; `bodies` the requests received; `url` its /v1 base URL."""
 
@@ -134,7 +137,8 @@ class ResponsesUpstream:
             handler.send_header("Content-Type", "text/event-stream")
             handler.end_headers()  # HTTP/1.0: the stream ends when the connection closes
             for sequence, event in enumerate(stream_events(response, self.mode)):
-                handler.wfile.write(f"event: {event['type']}\ndata: {json.dumps({**event, 'sequence_number': sequence})}\n\n".encode())
+                named = f"event: {event['type']}\ndata: {json.dumps({**event, 'sequence_number': sequence})}" if "type" in event else ""
+                handler.wfile.write(f"{named or 'data: ' + json.dumps(event)}\n\n".encode())
             return
         payload = json.dumps(response).encode()
         handler.send_response(200)

@@ -4,6 +4,7 @@ proxy's process), called by openai's own client with only `base_url` changed, an
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,9 +16,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from blackbox_sdk import Budget, CallLog
 from blackbox_sdk.serve import ProxyConfig
+from responses_upstream import ResponsesUpstream
 from servers import Proxy
 
 pytestmark = pytest.mark.slow
+TIMES = re.compile(r'"(created_at|completed_at)":([^,}]+)')  # each time field and its raw JSON value
 
 MODEL = "smollm2"
 PRICES = {MODEL: {"input": 1000.0, "output": 1000.0}}  # $1000 per million tokens: a call costs cents
@@ -120,3 +123,30 @@ def test_responses_tokens_are_counted_in_the_metrics(proxy: Proxy) -> None:
         if sample.name == "blackbox_proxy_requests_total" and sample.labels.get("route") == "responses"
     ]
     assert tokens.get("in", 0) > 0 and tokens.get("out", 0) > 0 and requests
+
+
+def test_times_go_out_in_whole_seconds_as_openai_sends_them(proxy: Proxy) -> None:
+    asked = {"model": MODEL, "input": "Name a bird.", "max_output_tokens": 6, "temperature": 0}
+    whole = proxy.post("/responses", json.dumps(asked).encode())
+    streamed = httpx2.post(f"{proxy.base_url}/responses", json={**asked, "stream": True}, timeout=120)
+    for answer in (whole, streamed):
+        found = TIMES.findall(answer.text)
+        assert ("created_at" in dict(found)) and all(value == "null" or value.isdigit() for _, value in found), found
+    assert isinstance(whole.json()["created_at"], int)
+
+
+def test_a_failure_mid_stream_is_sent_as_openais_error_event(tmp_path: Path) -> None:
+    upstream = ResponsesUpstream(["one two three four five"])
+    upstream.mode = "error"  # created, two parts and two deltas, then an error frame the SDK's openai client raises
+    try:
+        with Proxy(ProxyConfig(upstream=upstream.url, log=str(tmp_path / "calls.db"))) as proxy:
+            body = {"model": "gpt-4o-mini", "input": "Count.", "stream": True}
+            events = _sse(httpx2.post(f"{proxy.base_url}/responses", json=body, timeout=60).text)
+            (name, error), before = events[-1], events[:-1]
+            assert [n for n, _ in before][-1] == "response.output_text.delta" and all(n == d["type"] for n, d in before)
+            assert name == "error" and set(error) == {"type", "code", "message", "param", "sequence_number"}
+            assert error["type"] == "error" and error["message"] and error["sequence_number"] == before[-1][1]["sequence_number"] + 1
+            stream = proxy.client().responses.create(**body)  # openai's client yields it, as it does OpenAI's error event
+            assert [event.type for event in stream][-1] == "error"
+    finally:
+        upstream.close()

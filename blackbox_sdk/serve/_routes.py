@@ -32,7 +32,7 @@ from .._exceptions import ConfigError
 from ._body import call_arguments, check_content_type, parse_object, read_body, required
 from ._errors import ProxyError, error_response
 from ._metrics import RequestMeter
-from ._sse import EventStream, events
+from ._sse import EventStream, events, wire_json
 from ._state import Proxy
 from ._tenants import Tenant
 
@@ -123,8 +123,7 @@ def generating(route: Generating) -> Handler:
             body = events(meter.stream(result, cached), named=route.named_events)
             return EventStream(body, blackbox_headers(result.blackbox, settled=False))
         meter.called(result, cached)
-        content = result.model_dump_json(exclude_unset=True, warnings=False)  # base64 embeddings are strings
-        return Response(content, media_type="application/json", headers=blackbox_headers(result.blackbox))
+        return Response(wire_json(result), media_type="application/json", headers=blackbox_headers(result.blackbox))
 
     return handle
 

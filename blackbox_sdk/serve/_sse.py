@@ -1,11 +1,13 @@
 """Streams as server-sent events, byte for byte OpenAI's format: `data: {chunk}\\n\\n` per chunk,
 then `data: [DONE]\\n\\n`; for the Responses API `event: {type}\\ndata: {event}\\n\\n` per event,
 and no `[DONE]`. The SDK's stream is closed however the response ends (done, failed, the client
-gone), so the SDK settles it at what was sent and logs it."""
+gone), so the SDK settles it at what was sent and logs it. Bodies and events go out as OpenAI writes
+them, timestamps in whole seconds included (`wire_json`)."""
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,6 +18,15 @@ from starlette.types import Receive, Scope, Send
 from ._errors import describe
 
 DONE = b"data: [DONE]\n\n"
+# The Responses API's times are whole seconds on OpenAI's wire; openai-python types them `float`, so a
+# validated object dumps them as `1796456711.0`, which clients that read them as integers refuse.
+# Outside a JSON string a key's quotes are bare; inside one they are escaped, so this never matches text.
+_WHOLE_SECONDS = re.compile(r'"(created_at|completed_at)":(-?\d+)\.0(?=[,}])')
+
+
+def wire_json(model: Any) -> str:
+    """An openai object as OpenAI sends it: the fields it was given, its whole-second times as integers."""
+    return _WHOLE_SECONDS.sub(r'"\1":\2', model.model_dump_json(exclude_unset=True, warnings=False))
 
 
 def frame(payload: str, event: str | None = None) -> bytes:
@@ -26,18 +37,29 @@ def frame(payload: str, event: str | None = None) -> bytes:
 
 async def events(stream: Any, *, named: bool = False) -> AsyncIterator[bytes]:
     """The SSE events of an SDK stream (`named`: the Responses API's, each under its `type`, with no `[DONE]`); an
-    error after the headers went out becomes an error event (`data: {"error": ...}`, which openai's clients raise),
-    and the stream is closed at the end."""
+    error after the headers went out becomes the error event OpenAI sends there, and the stream is closed at the end."""
+    sent = 0
     try:
         async for chunk in stream:
-            yield frame(chunk.model_dump_json(exclude_unset=True, warnings=False), chunk.type if named else None)
+            yield frame(wire_json(chunk), chunk.type if named else None)
+            number = getattr(chunk, "sequence_number", None)
+            sent = sent + 1 if number is None else number + 1
         if not named:
             yield DONE
     except Exception as exc:  # noqa: BLE001 - the status is sent already: the error goes in the stream
-        yield frame(json.dumps(describe(exc)[1]))
+        yield error_event(describe(exc)[1]["error"], sent if named else None)
     finally:
         with anyio.CancelScope(shield=True):
             await stream.close()
+
+
+def error_event(error: dict[str, Any], sequence: int | None) -> bytes:
+    """A failure mid-stream: chat's `data: {"error": ...}`, or the Responses API's `event: error` with a
+    `sequence_number` (`sequence`), each as OpenAI sends it, so each client reacts as it does to OpenAI's."""
+    if sequence is None:
+        return frame(json.dumps({"error": error}))
+    fields = {"code": error.get("code"), "message": error["message"], "param": error.get("param")}
+    return frame(json.dumps({"type": "error", **fields, "sequence_number": sequence}), "error")
 
 
 class EventStream(StreamingResponse):
