@@ -117,7 +117,7 @@ def test_held_out_accuracy_is_measured_on_the_same_samples(loop: tuple[ModuleTyp
 
 def test_the_retrained_adapter_learned_what_the_users_said(loop: tuple[ModuleType, Any]) -> None:
     # In sample: the ranking groups the log's feedback makes (a fifth of them kept out of training for
-    # the trainer's own check). Over ten runs (the benchmark's eight seeds and two of this test) the
+    # the trainer's own check). Over ten runs of the loop (the benchmark's eight seeds, two more of seed 0) the
     # re-trained adapter ordered 0.91 to 1.0 of their pairs, untrained ones 0.45 to 0.67. Held-out
     # accuracy is printed above, not asserted: one run judges 24 questions, too few to rank the methods
     # every time (a CI run of seed 0 put the adapter at 0.417 against a 0.49 share of right samples);
