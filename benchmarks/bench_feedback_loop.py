@@ -82,13 +82,29 @@ def pair_accuracy(rows: Sequence[dict[str, Any]], which: str) -> float | None:
     return round(sum(r[which] for r in rows) / pairs, 3) if pairs else None
 
 
+MEANS = ("first", "single", "majority", "adapter_1", "adapter_2", "oracle")
+
+
+def summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Mean accuracies over these held-out questions (unrounded), and the pairs scored in order after each training."""
+    mean = {k: sum(r[k] for r in rows) / len(rows) for k in MEANS}
+    return mean | {"pairs_1": pair_accuracy(rows, "ordered_1"), "pairs_2": pair_accuracy(rows, "ordered_2")}
+
+
+def held(mean: dict[str, Any]) -> bool:
+    """Whether the re-trained adapter beat the share of right samples and tied or beat majority vote."""
+    return mean["adapter_2"] > mean["single"] and mean["adapter_2"] >= mean["majority"]
+
+
+def rounded(mean: dict[str, Any]) -> dict[str, Any]:
+    """The means to three places, for the table."""
+    return {k: round(v, 3) if k in MEANS else v for k, v in mean.items()}
+
+
 def seed_row(run: dict[str, Any]) -> dict[str, Any]:
     """One seed's accuracies on its held-out questions, and whether the re-trained adapter held."""
-    rows = run["questions"]
-    mean = {k: sum(r[k] for r in rows) / len(rows) for k in ("first", "single", "majority", "adapter_1", "adapter_2", "oracle")}
-    held = mean["adapter_2"] > mean["single"] and mean["adapter_2"] >= mean["majority"]
-    pairs = {"pairs_1": pair_accuracy(rows, "ordered_1"), "pairs_2": pair_accuracy(rows, "ordered_2")}
-    return {"seed": run["seed"], "questions": len(rows), **{k: round(v, 3) for k, v in mean.items()}, "held": "yes" if held else "no", **pairs}
+    mean = summary(run["questions"])
+    return {"seed": run["seed"], "questions": len(run["questions"]), **rounded(mean), "held": "yes" if held(mean) else "no"}
 
 
 def pooled_row(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -97,10 +113,11 @@ def pooled_row(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     per_question = {"single": [r["single"] for r in rows], "adapter": [r["adapter_2"] for r in rows], "oracle": [r["oracle"] for r in rows]}
     low, high = gap_interval(per_question)
     gap = gap_recovered(per_question)
-    held = sum(seed_row(run)["held"] == "yes" for run in runs)
-    mean = {k: round(sum(r[k] for r in rows) / len(rows), 3) for k in ("first", "single", "majority", "adapter_1", "adapter_2", "oracle")}
-    pairs = {"pairs_1": pair_accuracy(rows, "ordered_1"), "pairs_2": pair_accuracy(rows, "ordered_2")}
-    return {"seed": f"pooled ({len(runs)})", "questions": len(rows), **mean, "held": f"{held}/{len(runs)}", **pairs, "gap": None if gap is None else round(gap, 3), "gap 95%": f"{low:.2f}..{high:.2f}"}
+    times = sum(held(summary(run["questions"])) for run in runs)
+    return {
+        "seed": f"pooled ({len(runs)})", "questions": len(rows), **rounded(summary(rows)), "held": f"{times}/{len(runs)}",
+        "gap": None if gap is None else round(gap, 3), "gap 95%": f"{low:.2f}..{high:.2f}",
+    }  # fmt: skip
 
 
 def rows(quick: bool) -> list[dict[str, Any]]:
