@@ -16,7 +16,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import openai
 import tenacity
@@ -100,7 +100,7 @@ class RetryPolicy:
         error = outcome.exception() if outcome is not None else None
         return _backoff(state.attempt_number, error, self.rand)
 
-    def _options(self) -> dict[str, object]:
+    def _options(self) -> dict[str, Any]:
         """Tenacity arguments shared by the sync and async retry loops."""
         return {
             "stop": tenacity.stop_after_attempt(self.max_retries + 1),

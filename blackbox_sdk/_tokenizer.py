@@ -61,7 +61,7 @@ def _huggingface(path: Path) -> TokenCounter:
         tokenizer = AutoTokenizer.from_pretrained(str(path))
 
     def chat(messages: Sequence[Mapping[str, Any]]) -> int:
-        return chat_template_tokens(tokenizer, list(messages))
+        return chat_template_tokens(tokenizer, messages)
 
     def count(text: str) -> int:
         return len(tokenizer.encode(text, add_special_tokens=False))

@@ -60,12 +60,13 @@ def run_beam(call: Call, create: Callable[[Route, Json], Any]) -> tuple[Any, Ste
     """Run the beam search with step calls made through `create`; the search's result and tally."""
     from ..adapter import beam_search, client_sampler
 
-    options, tally = call.opts.beam, StepTally(create)
+    options, scorer, tally = call.opts.beam, call.opts.reranker, StepTally(create)
+    assert options is not None and scorer is not None  # `flows.create` only runs a beam with both set
     messages = list(call.params["messages"])
     extra = {k: v for k, v in call.params.items() if k not in BEAM_OWN_PARAMS}
     sample = client_sampler(tally, call.model, mode=options.mode, messages=messages[:-1], **extra)
     result = beam_search(
-        question_of(CHAT, call.params), sample, call.opts.reranker, beam=options.beam, candidates=options.candidates,
+        question_of(CHAT, call.params), sample, scorer, beam=options.beam, candidates=options.candidates,
         max_steps=options.max_steps, answer_marker=options.answer_marker, separator=options.separator,
     )
     return result, tally

@@ -126,6 +126,7 @@ def _share_counts(counts: Json, weights: list[int]) -> list[Json]:
     """Detail counts split in proportion to weights, nested breakdowns too: each count sums back exactly."""
     parts: list[Json] = [{} for _ in weights]
     for name, value in counts.items():
+        shares: list[Any]
         if isinstance(value, dict):
             shares = _share_counts(value, weights)
         elif isinstance(value, int) and not isinstance(value, bool):

@@ -78,7 +78,8 @@ class Core:
         self.check_soft_prompt(opts)
         prompt = opts.soft_prompt
         self.backend.register_soft_prompt(prompt.name, prompt.embeds)
-        body = params.get("extra_body") if given(params.get("extra_body")) else {}
+        extra = params.get("extra_body")
+        body = extra if given(extra) else {}
         return {**params, "extra_body": {**body, "soft_prompt": prompt.name}}
 
     def lookup(self, call: Call) -> list[Candidate]:

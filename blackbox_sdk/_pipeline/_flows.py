@@ -221,8 +221,8 @@ def complete(core: Core, call: Call) -> Flow:
     responses, split = yield from paid(core, call, missing, fetched)
     if split is None:
         return (yield from last(core, call, partial(finish_untouched, core, call, responses[0])))
-    original = responses[0] if len(responses) == 1 else None
-    return (yield from last(core, call, partial(finish, core, call, stored, *split, original=original)))
+    (fresh, usage), original = split, responses[0] if len(responses) == 1 else None
+    return (yield from last(core, call, partial(finish, core, call, stored, fresh, usage, original=original)))
 
 
 def rounds(core: Core, call: Call, stored: list[Candidate], confidence: float) -> Flow:

@@ -70,7 +70,7 @@ def _reasoning_events(item: Json, index: int) -> Iterator[Json]:
 def _progress_events(item: Json, index: int) -> Iterator[Json]:
     """A hosted tool call's events as a server streams them: added in progress, its progress (in progress,
     searching or generating, and completed when it did), then the whole item."""
-    kind, where = item.get("type"), {"item_id": item.get("id") or "", "output_index": index}
+    kind, where = item["type"], {"item_id": item.get("id") or "", "output_index": index}
     steps = _PROGRESS[kind] + (("completed",) if item.get("status") == "completed" else ())
     yield {"type": "response.output_item.added", "output_index": index, "item": {**item, "status": "in_progress"}}
     for step in steps:

@@ -95,7 +95,9 @@ def account(core: Core, call: Call, stored: list[Candidate], fresh: list[Candida
 def score(call: Call, answers: list[str]) -> list[float]:
     """The reranker's scores of the answers, kept on `call.info` with them; RerankerError unless it gave one
     number per answer (the answers are paid for: the call is logged with the error)."""
-    scores = list(call.opts.reranker(question_of(call.route, call.params), answers))
+    reranker = call.opts.reranker
+    assert reranker is not None  # only a reranked call scores
+    scores = list(reranker(question_of(call.route, call.params), answers))
     try:
         numbers = [float(s) for s in scores]
     except (TypeError, ValueError):
@@ -117,9 +119,9 @@ def choose(call: Call, candidates: list[Candidate]) -> list[Candidate]:
         info.chosen = list(range(min(call.n, len(candidates))))
         return candidates[: call.n]
     answers = texts(call, candidates)
-    if info.candidates != answers or info.scores is None:  # adaptive K's last round scored these already
-        score(call, answers)
-    info.chosen = valid_first(rank(info.scores), answers, call.valid)[: call.n]
+    scored = info.candidates == answers and info.scores is not None  # adaptive K's last round scored these already
+    scores = info.scores if scored and info.scores is not None else score(call, answers)
+    info.chosen = valid_first(rank(scores), answers, call.valid)[: call.n]
     return [candidates[i] for i in info.chosen]
 
 

@@ -69,7 +69,7 @@ class UsageCounter:
                 return TokenCount(tokenizer.chat(messages), f"{tokenizer.name} chat template", True)
             counter = tokenizer.count if tokenizer is not None else None
             return count_chat_tokens(messages, call.model, tools=extras or None, tokenizer=counter)
-        prompt = call.params.get("input") if call.route is EMBEDDINGS else call.params.get("prompt")
+        prompt: Any = call.params.get("input") if call.route is EMBEDDINGS else call.params.get("prompt")
         if call.prompt_embeds:  # embedded prompts (and maybe texts), summed as a list of texts is
             texts = count_input_tokens(prompt, call.model, tokenizer=self._text_counter(call)).tokens if prompt else 0
             return TokenCount(sum(embeds_lengths(call.prompt_embeds)) + texts, "prompt_embeds shapes", True)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, TypeGuard
 
 import openai
 
@@ -13,8 +13,8 @@ from .._types import CHAT, COMPLETIONS, RESPONSES, Route
 _UNSET = (openai.NotGiven, openai.Omit)
 
 
-def given(value: Any) -> bool:
-    """False for None and the openai NOT_GIVEN / omit sentinels."""
+def given(value: Any) -> TypeGuard[Any]:
+    """False for None and the openai NOT_GIVEN / omit sentinels (a type guard: a given value is not None)."""
     return value is not None and not isinstance(value, _UNSET)
 
 
@@ -60,7 +60,7 @@ def validate_stream(params: Mapping[str, Any]) -> None:
 def validate_chat(params: Mapping[str, Any]) -> None:
     """Chat messages: a non-empty list of {role, content}, each role a string (servers add their own, such as vLLM's "ipython")."""
     messages = params.get("messages")
-    if isinstance(messages, (str, bytes)) or not hasattr(messages, "__iter__"):
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Iterable):
         raise InvalidRequestError("messages must be a list of {'role', 'content'} objects", param="messages")
     messages = list(messages)
     if not messages:

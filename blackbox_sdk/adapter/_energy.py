@@ -37,7 +37,8 @@ def energy_model_class() -> type:
             super().__init__()
             self.encoder = encoder
             self.pooling = pooling
-            self.head = nn.Linear(encoder.config.hidden_size, 1)
+            config: Any = encoder.config  # the transformers model's (a peft wrapper passes it through)
+            self.head = nn.Linear(config.hidden_size, 1)
             nn.init.normal_(self.head.weight, std=0.02)
             nn.init.zeros_(self.head.bias)
 

@@ -48,10 +48,11 @@ def read_document(folder: Path) -> dict[str, Any]:
         raise AdapterError(f"{config_path} is not valid JSON: {exc}") from exc
     if not isinstance(document, dict) or document.get("format") != FORMAT_NAME or document.get("version") not in (FULL_FORMAT, LORA_FORMAT):
         raise AdapterError(f"{config_path} is not a {FORMAT_NAME} v{FULL_FORMAT} or v{LORA_FORMAT} config")
+    names: dict[type, str] = {dict: "an object", str: "a string", type(None): "null"}
     kinds = {"config": (dict,), "base_sha256": (str,), "metadata": (dict, type(None)), "revision": (str, type(None))}
     for key, allowed in kinds.items():
         if not isinstance(document.get(key), allowed):
-            wanted = " or ".join("null" if kind is type(None) else {dict: "an object", str: "a string"}[kind] for kind in allowed)
+            wanted = " or ".join(names[kind] for kind in allowed)
             raise AdapterError(f"{config_path}: {key!r} must be {wanted}, not {json.dumps(document.get(key))[:40]}")
     return document
 

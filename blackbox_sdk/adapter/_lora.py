@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from .._exceptions import AdapterError
 from ..local import sha256_files
@@ -29,6 +29,14 @@ from ._folder import LORA_DIR, PEFT_WEIGHTS
 
 PEFT_CONFIG = "adapter_config.json"
 _LAYER_INDEX = re.compile(r"(?:^|\.)layers?\.(\d+)\.")
+
+
+@overload
+def layer_index(name: str, missing: int) -> int: ...
+
+
+@overload
+def layer_index(name: str, missing: None = None) -> int | None: ...
 
 
 def layer_index(name: str, missing: int | None = None) -> int | None:

@@ -153,7 +153,7 @@ class _Run:
 
     def write_feedback(self, samples: Samples, labels: list[bool | None], item: OnlineQuestion) -> None:
         """Label the returned answer (and give the reference) in the client's call log."""
-        client = getattr(self.sampler, "client", None)
+        client: Any = getattr(self.sampler, "client", None)
         log = getattr(getattr(client, "options", None), "log", None)
         if not (self.config.write_feedback and log is not None and samples.call_id and labels):
             return

@@ -70,8 +70,8 @@ _LIVE = "(expires IS NULL OR expires > ?)"  # a reservation whose lease has not 
 _ADDED_COLUMNS = (("reservations", "expires", "REAL"), ("spends", "host", "TEXT"), ("spends", "pid", "INTEGER"),
                   ("spends", "pid_start", "INTEGER"), ("spends", "log_id", "TEXT"))  # log_id NULL: not said (settled before it was kept)
 _SPEND_COLUMNS = (
-    "call_id, model, key, day, usd_nano, prompt_tokens, completion_tokens, cached_tokens, created, host, pid, pid_start,"
-    " log_id"
+    "call_id, model, key, day, usd_nano, prompt_tokens, completion_tokens, cached_tokens, created,"
+    " COALESCE(host, ''), COALESCE(pid, 0), pid_start, log_id"  # an older ledger's rows have no process
 )
 _INSERT_SPEND = (
     "INSERT INTO spends (reservation_id, call_id, model, key, day, usd_nano, reserved_nano, prompt_tokens,"
@@ -152,7 +152,7 @@ class LedgerTransaction:
         if not counted:
             return [CapUsage(cap, 0, 0) for cap in caps]
         filters = [_reservations_filter(cap) for cap in counted]
-        parameters = [part for cap in counted for part in totals_row(cap)]
+        parameters: list[str | None] = [part for cap in counted for part in totals_row(cap)]
         parameters += [parameter for _, given in filters for parameter in given]
         query = _usages_query(tuple(condition for condition, _ in filters))
         row = self._connection.execute(query, (*parameters, self._now)).fetchone()
@@ -385,9 +385,7 @@ class Ledger:
         with self._lock:
             query = f"SELECT {_SPEND_COLUMNS} FROM spends WHERE created >= ? ORDER BY created, id"
             rows = self._connect().execute(query, (since,)).fetchall()
-        return [
-            SettledSpend(*row[:9], host=row[9] or "", pid=row[10] or 0, pid_start=row[11], log_id=row[12]) for row in rows
-        ]
+        return [SettledSpend(*row) for row in rows]
 
     def close(self) -> None:
         """Close this process's connection; the next use opens a new one."""

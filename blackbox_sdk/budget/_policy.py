@@ -187,7 +187,8 @@ def utc_day() -> str:
 def spent_scope(day: str | None, key: str | None, model: str | None) -> tuple[Scope, str | None]:
     """The one scope `Budget.spent` sums (all when none is given); ConfigError for two, or for a day or
     name no spend can be kept under (it matched nothing, or a store failed to encode it)."""
-    given: list[tuple[Scope, str | None]] = [(scope, value) for scope, value in (("per_day", day), ("per_key", key), ("per_model", model)) if value is not None]
+    scopes: tuple[tuple[Scope, str | None], ...] = (("per_day", day), ("per_key", key), ("per_model", model))
+    given = [(scope, value) for scope, value in scopes if value is not None]
     if len(given) > 1:
         raise ConfigError("spent() takes at most one of day, key and model")
     if not given:

@@ -16,7 +16,7 @@ IDS_PER_QUERY = 500  # call ids looked up per statement (well under SQLite's lim
 
 def logged_call_ids(conn: Any, call_ids: Iterable[str], *, table: str = "calls", mark: str = "?") -> set[str]:
     """Which of ``call_ids`` the log's ``table`` holds."""
-    wanted, found = list(dict.fromkeys(call_ids)), set()
+    wanted, found = list(dict.fromkeys(call_ids)), set[str]()
     for start in range(0, len(wanted), IDS_PER_QUERY):
         chunk = wanted[start : start + IDS_PER_QUERY]
         query = f"SELECT call_id FROM {table} WHERE call_id IN ({', '.join([mark] * len(chunk))})"

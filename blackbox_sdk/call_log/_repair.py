@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from .._exceptions import ConfigError
 from .._logging import logger
@@ -103,7 +103,7 @@ def recovered_record(spends: list[SettledSpend]) -> CallRecord:
     first = spends[0]
     prompt, completion = sum(s.prompt_tokens for s in spends), sum(s.completion_tokens for s in spends)
     cached = sum(s.cached_tokens for s in spends)
-    usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    usage: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
     if cached:
         usage["prompt_tokens_details"] = {"cached_tokens": cached}
     return CallRecord(

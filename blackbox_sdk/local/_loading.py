@@ -152,7 +152,7 @@ def _load(path: Path, device: torch.device, dtype: torch.dtype) -> tuple[Any, An
             _check_causal_folder(path)
         with _quiet_progress():
             tokenizer = AutoTokenizer.from_pretrained(source, **extra)
-            model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **extra)
+            model: Any = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **extra)
     except BackendError:
         raise
     except Exception as exc:  # any failure to read the files means the model can't be loaded

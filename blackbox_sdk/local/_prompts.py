@@ -5,6 +5,7 @@ soft prompt attached) and the decoding settings, refused when they overflow the 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -47,7 +48,7 @@ class Prompt:
         return len(self.ids) + (0 if self.soft is None else self.soft.shape[0])
 
 
-def chat_template_tokens(tokenizer: Any, messages: list[dict[str, Any]]) -> int:
+def chat_template_tokens(tokenizer: Any, messages: Sequence[Mapping[str, Any]]) -> int:
     """Tokens of OpenAI chat messages after a tokenizer's chat template: what the model itself reads."""
     return len(template_ids(tokenizer, parse_messages(messages)))
 

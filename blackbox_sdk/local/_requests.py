@@ -36,7 +36,7 @@ PART_TEXT = {"text": "text", "refusal": "refusal"}  # content part type -> the f
 ROLE_PARTS = {"assistant": ("text", "refusal"), "user": ("text", "image_url", "input_audio", "file")}  # others: text
 UNSUPPORTED_PARAMS = ("tools", "functions", "audio", "prediction", "logit_bias", "suffix", "best_of")
 
-Schema = TypeVar("Schema", bound=BaseModel)
+Schema = TypeVar("Schema")
 OpenAIBodyT = TypeVar("OpenAIBodyT", bound="OpenAIBody")
 PositiveInt = Annotated[int, Field(strict=True, ge=1)]
 Penalty = Annotated[float, Field(strict=True, ge=-2, le=2)]

@@ -6,6 +6,7 @@ path reads them). Imports without torch.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from openai.types.responses import response_create_params
@@ -102,8 +103,8 @@ class CallOutputItem(BaseModel):
     output: str | list[Any]
 
 
-CALLS: dict[str, type[FunctionCallItem | CustomCallItem]] = {
-    "function_call": FunctionCallItem, "custom_tool_call": CustomCallItem
+CALLS: dict[str, Callable[[object], FunctionCallItem | CustomCallItem]] = {
+    "function_call": FunctionCallItem.model_validate, "custom_tool_call": CustomCallItem.model_validate
 }  # fmt: skip
 OUTPUTS = ("function_call_output", "custom_tool_call_output")
 
@@ -117,7 +118,7 @@ def chat_request(request: ResponsesRequest) -> ChatRequest:
         messages.append({"role": "user", "content": request.input})
     for i, item in enumerate(request.input if isinstance(request.input, list) else []):
         _add_item(messages, item, f"input[{i}]")
-    body = {"messages": [Message.model_validate(m) for m in messages], "max_tokens": request.max_output_tokens}
+    body: dict[str, Any] = {"messages": [Message.model_validate(m) for m in messages], "max_tokens": request.max_output_tokens}
     body |= {"temperature": request.temperature, "top_p": request.top_p, "seed": request.seed}
     return validated(ChatRequest.model_validate, {**body, "soft_prompt": request.soft_prompt})
 
@@ -129,7 +130,7 @@ def _add_item(messages: list[dict[str, Any]], item: dict[str, Any], param: str) 
     if kind == "message":
         messages.append(_message(item, param))
     elif kind in CALLS:
-        call = validated(CALLS[kind].model_validate, item, prefix=param).tool_call()
+        call = validated(CALLS[kind], item, prefix=param).tool_call()
         if not messages or messages[-1]["role"] != "assistant":
             messages.append({"role": "assistant", "content": None})
         messages[-1].setdefault("tool_calls", []).append(call)

@@ -49,7 +49,8 @@ class _Compiler:
     """Reads a schema into Nodes, resolving local `$ref`s and refusing what the subset lacks."""
 
     def __init__(self, root: dict[str, Any], param: str) -> None:
-        self.root, self.param, self.refs = root, param, ()
+        self.root, self.param = root, param
+        self.refs: tuple[str, ...] = ()
 
     def refuse(self, why: str, path: tuple[str, ...]) -> LocalRequestError:
         """A 400 naming where in the schema the problem is."""
@@ -93,7 +94,7 @@ class _Compiler:
         if kind not in TYPES:
             raise self.refuse(f"the type {kind!r}", path)
         if kind == "object":
-            return self.object(schema, path)
+            return self.object_node(schema, path)
         if kind == "array":
             items = self.node(schema.get("items", {}), (*path, "items"))
             return Node("array", items=items, low=_count(schema, "minItems"), high=_limit(schema, "maxItems"))
@@ -105,7 +106,7 @@ class _Compiler:
             return Node("literal", options=("null",))
         return Node(str(kind))
 
-    def object(self, schema: dict[str, Any], path: tuple[str, ...]) -> Node:
+    def object_node(self, schema: dict[str, Any], path: tuple[str, ...]) -> Node:
         """An object schema; with no `properties` any keys and values are allowed (json_object)."""
         properties = schema.get("properties")
         if properties is None:

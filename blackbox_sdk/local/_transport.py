@@ -119,7 +119,7 @@ def _route(backend: HFBackend, method: str, path: str, raw: bytes) -> _Reply:
         return body
     stream = body is not None and body.get("stream") is True
     handler = _post_handler(backend, segments, stream) if body is not None else None
-    if handler is None:
+    if handler is None or body is None:
         return _unknown_route(method, segments)
     try:
         result = handler(body)

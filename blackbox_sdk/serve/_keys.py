@@ -231,7 +231,8 @@ class KeyStoreBase(Closing):
         named = [record for record in self.list() if key_id_or_name in (record.key_id, record.name)]
         by_id = [record for record in named if record.key_id == key_id_or_name]
         live = [record for record in named if not record.revoked]
-        return (by_id or live or named[-1:] or [None])[0]
+        found = by_id or live or named[-1:]
+        return found[0] if found else None
 
     def revoke(self, key_id_or_name: str) -> KeyRecord:
         """Revoke a key by id or by name (revoking twice is harmless); ConfigError for an unknown one."""

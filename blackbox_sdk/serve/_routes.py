@@ -120,8 +120,8 @@ def generating(route: Generating) -> Handler:
         result = await route.call(client, call_arguments(body, route.signature))
         cached = client.options.cache is not None
         if hasattr(result, "__aiter__"):  # a stream, whatever the body's `stream` said: sent, so it is always closed
-            body = events(meter.stream(result, cached), named=route.named_events)
-            return EventStream(body, blackbox_headers(result.blackbox, settled=False))
+            sent = events(meter.stream(result, cached), named=route.named_events)
+            return EventStream(sent, blackbox_headers(result.blackbox, settled=False))
         meter.called(result, cached)
         return Response(wire_json(result), media_type="application/json", headers=blackbox_headers(result.blackbox))
 

@@ -42,7 +42,9 @@ def serve(
 
     check_exposure(config, authenticate)
     app = create_app(config, authenticate=authenticate, routes=routes, keys=keys, tenants=tenants)
-    uvicorn.run(app, host=config.host, port=config.port, log_level="info", timeout_graceful_shutdown=graceful_timeout_s)
+    uvicorn.run(  # uvicorn types the timeout int but waits with asyncio, which takes fractions of a second
+        app, host=config.host, port=config.port, log_level="info", timeout_graceful_shutdown=graceful_timeout_s,  # type: ignore[arg-type]
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -75,19 +77,19 @@ def cli_main(argv: Sequence[str]) -> int:
         if config.keys is None:
             serve(config, graceful_timeout_s=options.graceful_timeout)
         else:
-            _serve_with_keys(config, options.graceful_timeout)
+            _serve_with_keys(config, config.keys, options.graceful_timeout)
     except BlackBoxError as exc:
         return report_error(exc)
     return 0
 
 
-def _serve_with_keys(config: ProxyConfig, graceful_timeout_s: float | None) -> None:
-    """Serve with the tenant keys of `config.keys`: each request authenticated, the /admin/keys routes mounted."""
+def _serve_with_keys(config: ProxyConfig, keys: str, graceful_timeout_s: float | None) -> None:
+    """Serve with the tenant keys of `keys` (`config.keys`): each request authenticated, the /admin/keys routes mounted."""
     from ._admin import admin_routes
     from ._key_stores import open_key_store
     from ._key_tenants import TenantDefaults, TenantOptions, key_authenticator
 
-    store = open_key_store(config.keys)
+    store = open_key_store(keys)
     tenants = TenantOptions(TenantDefaults.from_proxy(cache=config.cache, budget=config.budget, rate_limit=config.rate_limit))
     try:
         serve(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from html import escape
 
 WIDTH, HEIGHT = 640, 180
@@ -17,7 +17,7 @@ def _scale(values: Sequence[float], top: float) -> list[tuple[float, float]]:
     return [(PAD_LEFT + i * step, PAD_TOP + inner_h * (1 - value / top)) for i, value in enumerate(values)]
 
 
-def line_chart(title: str, x_labels: Sequence[str], series: dict[str, Sequence[float]]) -> str:
+def line_chart(title: str, x_labels: Sequence[str], series: Mapping[str, Sequence[float]]) -> str:
     """An <svg> with one polyline and a dot per point for each named series, a y scale from 0 and the first and last x labels."""
     top = max((max(values, default=0) for values in series.values()), default=0) or 1
     parts = [

@@ -1,0 +1,102 @@
+"""mypy, run for real: the package type-checks under the project's configuration (pyproject.toml's
+`[tool.mypy]`: every function annotated), and a user's code written against the SDK's clients sees
+openai's own types on them, as docs/client.md says, including the error for an SDK option passed to
+`create`."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+USER_CODE = '''
+import asyncio
+
+import openai
+from pydantic import BaseModel
+
+import blackbox_sdk
+from blackbox_sdk import AsyncOpenAI, OpenAI, wrap
+
+MESSAGES: list[openai.types.chat.ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
+
+
+class Answer(BaseModel):
+    text: str
+
+
+client = OpenAI(base_url="http://127.0.0.1:9/v1", api_key="k")
+reveal_type(client.chat.completions.create(model="m", messages=MESSAGES))  # chat
+reveal_type(client.chat.completions.create(model="m", messages=MESSAGES, stream=True))  # stream
+reveal_type(client.chat.completions.parse(model="m", messages=MESSAGES, response_format=Answer))  # parse
+reveal_type(client.completions.create(model="m", prompt="hi"))  # completions
+reveal_type(client.embeddings.create(model="m", input="hi"))  # embeddings
+reveal_type(client.responses.create(model="m", input="hi"))  # responses
+reveal_type(client.chat.completions.with_raw_response.create(model="m", messages=MESSAGES))  # raw
+reveal_type(client.with_options(timeout=5))  # copy
+reveal_type(wrap(openai.AsyncOpenAI(api_key="k")))  # wrap
+reveal_type(blackbox_sdk.chat.completions.create(model="m", messages=MESSAGES))  # module
+
+
+async def main() -> None:
+    aclient = AsyncOpenAI(base_url="http://127.0.0.1:9/v1", api_key="k")
+    reveal_type(await aclient.chat.completions.create(model="m", messages=MESSAGES))  # async
+
+
+client.chat.completions.create(model="m", messages=MESSAGES, cache="off")  # option
+client.chat.completions.create(model="m", messages=MESSAGES, temperature="hot")  # wrong type
+asyncio.run(main())
+'''
+REVEALED = {
+    "chat": "openai.types.chat.chat_completion.ChatCompletion",
+    "stream": "openai._streaming.Stream[openai.types.chat.chat_completion_chunk.ChatCompletionChunk]",
+    "parse": "openai.types.chat.parsed_chat_completion.ParsedChatCompletion[user_code.Answer]",
+    "completions": "openai.types.completion.Completion",
+    "embeddings": "openai.types.create_embedding_response.CreateEmbeddingResponse",
+    "responses": "openai.types.responses.response.Response",
+    "raw": "openai._legacy_response.LegacyAPIResponse[openai.types.chat.chat_completion.ChatCompletion]",
+    "copy": "blackbox_sdk._client.OpenAI",
+    "wrap": "blackbox_sdk._client.AsyncOpenAI",
+    "module": "openai.types.chat.chat_completion.ChatCompletion",
+    "async": "openai.types.chat.chat_completion.ChatCompletion",
+}
+
+
+def tag(line: str) -> str:
+    """The comment that names a line of USER_CODE (mypy counts lines from 1)."""
+    return USER_CODE.splitlines()[int(line) - 1].rsplit("# ", 1)[1]
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One mypy cache for the module's runs: the second reads openai's and the package's analysis from the first."""
+    return tmp_path_factory.mktemp("mypy-cache")
+
+
+def mypy(cache_dir: Path, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    """Run mypy on the interpreter running the tests (whose site-packages hold the extras). The package is
+    found on MYPYPATH: mypy does not follow the import hook of an editable install (`pip install -e`)."""
+    command = [sys.executable, "-m", "mypy", "--cache-dir", str(cache_dir), "--config-file", str(ROOT / "pyproject.toml"), *args]
+    env = {**os.environ, "MYPYPATH": str(ROOT)}
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_the_package_type_checks(cache_dir: Path) -> None:
+    result = mypy(cache_dir)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"Success: no issues found in \d+ source files", result.stdout), result.stdout
+
+
+def test_a_users_code_sees_openais_types_on_the_sdks_clients(cache_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "user_code.py").write_text(USER_CODE)
+    result = mypy(cache_dir, "user_code.py", cwd=tmp_path)
+    revealed = {tag(line): found for line, found in re.findall(r'^user_code\.py:(\d+): note: Revealed type is "(.+)"$', result.stdout, re.M)}
+    assert revealed == REVEALED, result.stdout
+    errors = {tag(line): code for line, code in re.findall(r"^user_code\.py:(\d+): error: .*\[([a-z-]+)\]$", result.stdout, re.M)}
+    assert errors == {"option": "call-overload", "wrong type": "call-overload"}, result.stdout
+    assert result.returncode == 1
