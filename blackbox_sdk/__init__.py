@@ -40,7 +40,7 @@ from ._exceptions import (
 from ._info import BlackBoxInfo
 from ._lazy import lazy_attributes
 from ._logging import setup_logging as _setup_logging
-from ._module_client import module_client as _module_client
+from ._module_client import module_client as _shared_client
 from ._options import BeamOptions
 from ._retry import RetryPolicy
 from .budget import Budget, BudgetReport, Reservation, TokenCount
@@ -143,5 +143,5 @@ _lazy = lazy_attributes(__name__, _LAZY)
 def __getattr__(name: str) -> Any:
     """The torch-backed classes on first use, and the module-level client's resources."""
     if name in _CLIENT_ATTRIBUTES:
-        return getattr(_module_client(globals()), name)
+        return getattr(_shared_client(globals()), name)
     return _lazy(name)

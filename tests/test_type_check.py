@@ -18,12 +18,13 @@ USER_CODE = '''
 import asyncio
 
 import openai
+from openai.types.chat import ChatCompletionMessageParam
 from pydantic import BaseModel
 
 import blackbox_sdk
 from blackbox_sdk import AsyncOpenAI, OpenAI, wrap
 
-MESSAGES: list[openai.types.chat.ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
 
 
 class Answer(BaseModel):
