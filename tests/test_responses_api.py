@@ -18,6 +18,7 @@ from typing import Any
 
 import openai
 import pytest
+from openai.lib._parsing._responses import type_to_text_format_param
 from pydantic import BaseModel
 
 from blackbox_sdk import AsyncOpenAI, Budget, BudgetExceededError, CallLog, InvalidRequestError, OpenAI, RateLimitExceededError
@@ -296,6 +297,29 @@ async def test_the_async_stream_helper_reranks_answers_that_fit_the_schema_first
     async with client.responses.stream(model=MODEL, input=QUESTION, text_format=City, max_output_tokens=16, reranker=longest, rerank_n=2) as stream:
         final = await stream.get_final_response()
     assert final.output_parsed == City(name="Paris")
+
+
+async def test_a_cache_hit_of_parse_serves_a_stored_answer_that_fits_before_one_that_does_not(
+    upstream: ResponsesUpstream, tmp_path: Path, budget: Budget, log: CallLog
+) -> None:
+    """A bucket holding an answer that does not parse, then one that does (a plain `create` with the same
+    format, then a reranked call that topped it up): `parse` and `stream` without a reranker, sync or async,
+    are served the one that parses, from the cache, rather than raising pydantic's ValidationError."""
+    upstream.answers = ["not json at all", '{"name": "Paris"}']
+    client = double_client(OpenAI, upstream, tmp_path, budget)
+    asked: dict[str, Any] = {"model": MODEL, "input": QUESTION, "max_output_tokens": 16}
+    first = client.responses.create(text={"format": type_to_text_format_param(City)}, **asked)
+    topped = client.responses.create(text={"format": type_to_text_format_param(City)}, reranker=lambda q, a: [0.0] * len(a), rerank_n=2, **asked)
+    assert first.output_text == "not json at all" and topped.blackbox.candidates == ["not json at all", '{"name": "Paris"}']
+    parsed = client.responses.parse(text_format=City, **asked)
+    assert parsed.output_parsed == City(name="Paris") and parsed.blackbox.cache_hit
+    with client.responses.stream(text_format=City, **asked) as stream:
+        assert stream.get_final_response().output_parsed == City(name="Paris")
+    aclient = double_client(AsyncOpenAI, upstream, tmp_path, budget)
+    assert (await aclient.responses.parse(text_format=City, **asked)).output_parsed == City(name="Paris")
+    assert len(upstream.bodies) == 2 and budget.report().outstanding_reservations == 0
+    assert [r.cache_hit for r in records(log)][-3:] == [True, True, True]
+    await aclient.close()
 
 
 @pytest.mark.parametrize(

@@ -58,6 +58,30 @@ def test_bad_chat_requests_raise_bad_request_before_sending(client: OpenAI, sent
     assert sent == []
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "param"),
+    [
+        pytest.param({"input": [{"role": "user", "content": 42}]}, "input[0].content", id="item-content-a-number"),
+        pytest.param({"input": [{"role": "user", "content": {"text": "hi"}}]}, "input[0].content", id="item-content-a-dict"),
+        pytest.param({"input": ["hi", None]}, "input[0]", id="item-a-string"),
+        pytest.param({"input": [{"role": "user", "content": "hi"}, None]}, "input[1]", id="item-none"),
+        pytest.param({"input": "hi", "instructions": 7}, "instructions", id="instructions-a-number"),
+    ],
+)
+def test_bad_responses_input_raises_bad_request_before_anything_is_spent(sent: list[Any], tmp_path: Any, kwargs: dict[str, Any], param: str) -> None:
+    """Input items the SDK would otherwise trip over while counting the prompt (a bare TypeError after the
+    reservation) or send for the server to refuse: the SDK's 400, naming the item, with nothing held or sent."""
+    from blackbox_sdk import Budget
+
+    http = httpx2.Client(transport=httpx2.MockTransport(lambda request: sent.append(request) or httpx2.Response(500)))
+    budget = Budget(total_usd=1.0, ledger=tmp_path / "ledger.db")
+    client = OpenAI(api_key="sk-test", base_url="http://api.test/v1", http_client=http, budget=budget, cache=tmp_path / "cache", max_retries=0)
+    with pytest.raises(InvalidRequestError) as caught:
+        client.responses.create(model="gpt-4o-mini", max_output_tokens=16, **kwargs)
+    assert caught.value.param == param
+    assert sent == [] and budget.report().outstanding_reservations == 0 and budget.report().spent_usd == 0
+
+
 def test_requests_openai_sends_are_sent(sent: list[Any]) -> None:
     """What openai sends as it is goes out: a server's own role (vLLM's "ipython"), a prompt scored with
     `max_tokens=0` and `echo`, Responses `instructions` without `input`, messages from a generator."""

@@ -28,6 +28,7 @@ from ._call import Call, KeptHttp
 from ._calibrate import calibration_key, learn, public_endpoint, stored_context, ungate
 from ._candidates import Candidate
 from ._meter import recording, used_tokens
+from ._rerank import valid_first
 from ._usage import UsageCounter
 from ._validation import given, validate
 
@@ -83,7 +84,9 @@ class Core:
         return {**params, "extra_body": {**body, "soft_prompt": prompt.name}}
 
     def lookup(self, call: Call) -> list[Candidate]:
-        """Stored candidates for this request, at most `want`; foreign entries are skipped."""
+        """Stored candidates for this request, at most `want`; foreign entries are skipped, and for `parse`
+        (a `valid` check) those that fit its schema come first, so a stored answer that does not parse is
+        not served while one that does is in the bucket."""
         if call.key is None or call.opts.cache is None:
             return []
         found = []
@@ -92,6 +95,8 @@ class Core:
                 found.append(Candidate.from_json(entry, call.route))
             except (KeyError, TypeError, ValueError):
                 continue
+        if call.valid is not None and len(found) > call.want:
+            found = [found[i] for i in valid_first(range(len(found)), [call.route.text(c.choice) for c in found], call.valid)]
         return found[: call.want]
 
     def admission_tokens(self, call: Call, count: int) -> int:

@@ -6,6 +6,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, TypeGuard
 
 import openai
+import pydantic
 
 from .._exceptions import InvalidRequestError
 from .._types import CHAT, COMPLETIONS, RESPONSES, Route
@@ -92,13 +93,30 @@ def validate_embedding(params: Mapping[str, Any]) -> None:
 
 def validate_responses(params: Mapping[str, Any]) -> None:
     """Responses: `input`, when given (instructions alone, a stored prompt, response or conversation
-    can stand for it), a string or a list of items; `max_output_tokens`, `temperature`, `top_p` in range."""
-    value = params.get("input")
+    can stand for it), a string or a list of items; `instructions` a string; `max_output_tokens`,
+    `temperature`, `top_p` in range."""
+    value, instructions = params.get("input"), params.get("instructions")
     if given(value) and not isinstance(value, (str, list, tuple)):
         raise InvalidRequestError("input must be a string or a list of input items", param="input")
+    if given(instructions) and not isinstance(instructions, str):
+        raise InvalidRequestError(f"instructions must be a string, got {instructions!r}", param="instructions")
+    for i, item in enumerate(value if isinstance(value, (list, tuple)) else ()):
+        _check_input_item(i, item)
     _check_integer(params, "max_output_tokens", 1)
     _check_number(params, "temperature", 0.0, 2.0)
     _check_number(params, "top_p", 0.0, 1.0)
+
+
+def _check_input_item(i: int, item: Any) -> None:
+    """One Responses input item: an object (a dict, or openai's own item such as a previous response's
+    output), a message's content a string or a list of parts."""
+    if isinstance(item, pydantic.BaseModel):
+        return
+    if not isinstance(item, Mapping):
+        raise InvalidRequestError(f"input[{i}] must be an input item (an object), got {item!r}", param=f"input[{i}]")
+    content = item.get("content")
+    if content is not None and not isinstance(content, (str, list, tuple)):
+        raise InvalidRequestError(f"input[{i}].content must be a string or a list of parts", param=f"input[{i}].content")
 
 
 def validate_model(params: Mapping[str, Any]) -> None:
