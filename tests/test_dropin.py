@@ -124,6 +124,7 @@ def test_the_stream_helper_runs_on_the_sdks_create(llama_server: str, tmp_path: 
     assert texts[0] == texts[1]
     records = list(CallLog(tmp_path / "calls.db").calls())
     assert len(records) == 2 and records[1].cache_hit
+    assert final.blackbox is stream.blackbox and (stream.blackbox.call_id, stream.blackbox.cache_hit) == (records[1].call_id, True)
 
 
 def test_raw_views_are_openais_with_parse_and_pass_through_methods(llama_server: str, tmp_path: Path) -> None:
@@ -149,6 +150,7 @@ async def test_async_parse_stream_and_raw_views(llama_server: str, tmp_path: Pat
         events = [event async for event in stream]
         final = await stream.get_final_completion()
     assert events and final.choices[0].message.content
+    assert final.blackbox is stream.blackbox and stream.blackbox.call_id == list(CallLog(tmp_path / "calls.db").calls())[-1].call_id
     raw = await client.chat.completions.with_raw_response.parse(model=MODEL, messages=HI, max_tokens=40, temperature=0)
     assert isinstance(raw.parse(), ParsedChatCompletion)
     async with client.with_streaming_response.chat.completions.create(model=MODEL, messages=HI, max_tokens=4) as response:

@@ -122,6 +122,7 @@ def test_the_stream_helper_parses_the_final_response_and_an_early_close_is_accou
     with local.responses.stream(model=MODEL, input="Say hi.", max_output_tokens=64, temperature=0.0) as stream:
         final = stream.get_final_response()  # the helper needs `response.completed`: an answer that ends by itself
     assert final.output_text and budget.report().spent_usd == pytest.approx(spent(final.usage))
+    assert final.blackbox is stream.blackbox and stream.blackbox.call_id == records(log)[-1].call_id  # for feedback
     with local.responses.stream(model=MODEL, input="Say hi.", max_output_tokens=64, temperature=0.0, cache=None) as stream:
         stream.until_done()  # the SDK's options per call: this one neither reads nor writes the cache
     assert [r.cache_hit for r in records(log)] == [False, False]
@@ -192,7 +193,7 @@ async def test_async_create_stream_helper_and_parse(gguf_path: Path, tmp_path: P
     assert events[-1].response.output_text == whole.output_text  # replayed from the cache
     async with resource.stream(model=MODEL, input="Say hi.", max_output_tokens=64, temperature=0.0) as stream:
         final = await stream.get_final_response()
-    assert final.output_text
+    assert final.output_text and final.blackbox is stream.blackbox and stream.blackbox.call_id == records(log)[-1].call_id
     parsed = await resource.parse(model=MODEL, input="Name the capital of France as JSON.", text_format=City, max_output_tokens=24)
     assert isinstance(parsed.output_parsed, City) and parsed.blackbox.call_id == records(log)[-1].call_id
     assert [r.cache_hit for r in records(log)] == [False, True, False, False]

@@ -2,15 +2,19 @@
 the SDK's options allowed per call, and, as for `parse`, reranking prefers the answers that fit the
 type the helper parses into (`response_format`, `text_format`), so that the answer streamed is one
 the helper's `get_final_completion()` / `get_final_response()` can parse whenever one was sampled.
+The helper's stream and its final answer carry the call's `.blackbox`, as a stream from `create` does.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
+from types import TracebackType
 from typing import Any
 
 from openai import omit
 
+from .._info import attach
 from .._options import split_options
 from .._types import RESPONSES, Json
 from ._raw import parts
@@ -52,4 +56,44 @@ class Streams:
         """openai's stream manager over the SDK's `create` (the SDK's options allowed per call)."""
         params, overrides = split_options(kwargs)
         valid = self._fitting(params.get(self._format, omit))
-        return self._helper(StreamSource(self, overrides, valid), **params)
+        return WithInfo(self._helper(StreamSource(self, overrides, valid), **params))
+
+
+class WithInfo:
+    """openai's stream manager (sync or async), whose stream gets the call's `.blackbox` on entry (the
+    SDK's stream's, which the helper reads) and hands it on to the final answer it accumulates."""
+
+    def __init__(self, manager: Any) -> None:
+        self._manager = manager
+
+    def __enter__(self) -> Any:
+        return with_info(self._manager.__enter__())
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
+        self._manager.__exit__(kind, error, trace)
+
+    async def __aenter__(self) -> Any:
+        return with_info(await self._manager.__aenter__())
+
+    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
+        await self._manager.__aexit__(kind, error, trace)
+
+
+def with_info(stream: Any) -> Any:
+    """The helper's stream with the call's `.blackbox`, and its `get_final_*` (awaited or not) giving it to the answer;
+    unchanged when openai's own stream feeds it (a stored response streamed again by `response_id`)."""
+    info = getattr(stream._raw_stream, "blackbox", None)
+    if info is None:
+        return stream
+    stream.blackbox = info
+    name = "get_final_response" if hasattr(stream, "get_final_response") else "get_final_completion"
+    final = getattr(stream, name)
+
+    async def final_async() -> Any:
+        return attach(await final(), info)
+
+    def final_sync() -> Any:
+        return attach(final(), info)
+
+    setattr(stream, name, final_async if inspect.iscoroutinefunction(final) else final_sync)
+    return stream
