@@ -89,13 +89,14 @@ def _client(kind: type, server: CutServer, tmp_path: Path) -> tuple[object, Budg
 
 
 def _check(server: CutServer, budget: Budget, tmp_path: Path, text: str) -> None:
-    """Charged for what arrived, nothing held, logged as failed."""
+    """Charged for what arrived, nothing held, logged as failed with the tokens it was charged for."""
     assert text == "Hello there"
     report = budget.report()
     assert report.outstanding_reservations == 0 and report.reserved_usd == 0
     assert report.spent_usd > 0
     [record] = list(CallLog(tmp_path / "calls.db").calls())
-    assert record.error is not None and record.cost_usd > 0
+    assert record.error is not None and record.cost_usd == pytest.approx(report.spent_usd)
+    assert record.usage is not None and record.usage["completion_tokens"] >= 2  # "Hello there", counted
 
 
 def test_a_cut_stream_is_charged_and_never_cached(server: CutServer, tmp_path: Path) -> None:

@@ -130,6 +130,7 @@ def test_the_stream_helper_parses_the_final_response_and_an_early_close_is_accou
         next(e for e in stream if e.type == "response.output_text.delta")
     cut = records(log)[-1]
     assert cut.error is not None and cut.cost_usd > 0  # charged for what arrived, logged before the `with` ends
+    assert cut.usage is not None and cut.usage["completion_tokens"] > 0  # with the tokens charged (the log keeps chat's usage fields)
     assert budget.report().outstanding_reservations == 0
     with local.responses.stream(model=MODEL, input="Tell me a long story about a dragon.", max_output_tokens=32) as stream:
         stream.until_done()

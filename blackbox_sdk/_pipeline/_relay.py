@@ -99,12 +99,13 @@ class Relay:
 
     def abort(self, error: BaseException | None) -> None:
         """A stream that did not end normally: charge what arrived (at least the prompt of what was
-        sent), store nothing, log the error; once."""
+        sent), store nothing, log the error with the usage charged; once."""
         if self.done:
             return
         self.done = True
-        if self.collected or self.ended_usages() or self.call.info.requests:
-            self.core.settle(self.call, self._pieces()[1])
+        usage = self._pieces()[1] if self.collected or self.ended_usages() or self.call.info.requests else None
+        if usage is not None:
+            self.core.settle(self.call, usage)
         if isinstance(error, GeneratorExit) or error is None:
             error = RuntimeError("stream closed before its end")
-        self.core.fail(self.call, error)
+        self.core.fail(self.call, error, usage)
