@@ -9,6 +9,7 @@ import io
 import json
 import os
 import sqlite3
+import stat
 import subprocess
 import sys
 import uuid
@@ -333,6 +334,35 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(log_path: Path, comman
     )
     assert child.stdout is not None and child.stderr is not None
     child.stdout.close()  # before the child writes a byte, as `| head -n 0` does
+    err = child.stderr.read()
+    assert child.wait(timeout=120) == 141 and err == b""
+
+
+@pytest.mark.parametrize("force", [[], ["--force"]], ids=["plain", "forced"])
+def test_log_export_writes_into_a_pipe_and_never_replaces_it(log_path: Path, tmp_path: Path, force: list[str]) -> None:
+    fifo = tmp_path / "to-gzip"  # what a shell's `--out >(gzip > calls.jsonl.gz)` names; /dev/stdout and /dev/null alike
+    os.mkfifo(fifo)
+    reader = subprocess.Popen(["cat", str(fifo)], stdout=subprocess.PIPE)
+    try:
+        status = main(["log", "export", "--log", str(log_path), "--out", str(fifo), *force])
+    finally:
+        with contextlib.suppress(OSError):  # an export that never opened the pipe: let the reader see its end
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        try:
+            read, _ = reader.communicate(timeout=30)
+        finally:
+            reader.kill()  # still waiting on a pipe a file replaced
+    assert status == 0 and [json.loads(line)["call_id"] for line in read.splitlines()] == ["bb-cli-1", "bb-cli-2", "bb-cli-3"]
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode) and sorted(tmp_path.iterdir()) == [log_path, fifo]
+
+
+def test_log_export_to_dev_stdout_writes_to_stdout_and_a_reader_gone_ends_it_quietly(log_path: Path) -> None:
+    argv = [sys.executable, "-m", "blackbox_sdk", "log", "export", "--log", str(log_path), "--out", "/dev/stdout"]
+    result = subprocess.run(argv, capture_output=True, text=True, env=_env(), cwd=log_path.parent, timeout=120)
+    assert result.returncode == 0 and len(result.stdout.splitlines()) == 3, result.stderr
+    child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(), cwd=log_path.parent)
+    assert child.stdout is not None and child.stderr is not None
+    child.stdout.close()
     err = child.stderr.read()
     assert child.wait(timeout=120) == 141 and err == b""
 
