@@ -157,6 +157,28 @@ def test_every_subcommand_reports_an_sdk_error_as_one_prefixed_line_on_stderr_wi
     assert captured.err.startswith("blackbox-sdk: ") and captured.err.count("\n") == 1 and captured.out == "", captured.err
 
 
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (b'open_without_keys = "no"\nhost = "0.0.0.0"\n', "open_without_keys must be true or false, got 'no'"),
+        (b"port = 70000\n", "port must be an integer from 1 to 65535, got 70000"),
+        (b"host = 5\nopen_without_keys = true\n", "host must be an address to listen on"),
+        (b"log = 5\n", "log must be a string or left out, got 5"),
+        (b'rerank_n = "4"\n', "rerank_n must be an integer >= 1, got '4'"),
+        (b"max_retries = -1\n", "max_retries must be an integer >= 0, got -1"),
+        (b'log = "\xffcalls.db"\n', "can't read the proxy configuration"),
+    ],
+    ids=["open-without-keys-a-string", "port-past-65535", "host-a-number", "log-a-number", "rerank-n-a-string", "negative-retries", "not-utf8"],
+)
+def test_serve_refuses_a_config_value_of_the_wrong_type_before_it_listens(config: bytes, message: str, tmp_path: Path) -> None:
+    path = tmp_path / "proxy.toml"
+    path.write_bytes(config)
+    argv = [sys.executable, "-m", "blackbox_sdk", "serve", "--config", str(path), "--upstream", "http://127.0.0.1:9/v1"]
+    result = subprocess.run(argv, capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=60)  # one that listens times out
+    assert result.returncode == 1 and result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+    assert result.stderr.startswith("blackbox-sdk: ") and "Traceback" not in result.stderr
+
+
 def test_adapter_train_hands_its_arguments_to_the_trainer_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     missing, out = tmp_path / "missing.db", tmp_path / "adapter"
     assert main(["adapter", "train", "--log", str(missing), "--out", str(out), "--no-progress"]) == 1
