@@ -435,6 +435,29 @@ def test_a_file_that_is_not_a_call_log_is_refused_and_left_as_it_was(
     assert other.read_bytes() == before and list(other.parent.iterdir()) == [other] and not (tmp_path / "adapter").exists()
 
 
+@pytest.mark.parametrize(
+    ("damage", "commands"),
+    [
+        ("UPDATE calls SET request = 'not json{' WHERE call_id = 'bb-cli-1'", ["log export", "adapter train"]),
+        ("UPDATE feedback SET label = 'maybe'", ["log export", "adapter train"]),
+        ("UPDATE calls SET model = X'FF' WHERE call_id = 'bb-cli-1'", ["stats", "log export"]),
+        ("UPDATE calls SET created = 'yesterday' WHERE call_id = 'bb-cli-1'", ["stats", "log export"]),
+    ],
+    ids=["request-not-json", "feedback-label-unknown", "model-not-text", "created-not-a-time"],
+)
+def test_a_damaged_row_is_one_error_line_naming_its_call(
+    damage: str, commands: list[str], log_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with contextlib.closing(sqlite3.connect(log_path, isolation_level=None)) as conn:
+        conn.execute(damage)  # a row edited by hand, or a damaged file: nothing the SDK writes
+    extra = {"stats": [], "log export": ["--out", str(tmp_path / "calls.jsonl")], "adapter train": ["--out", str(tmp_path / "adapter"), "--no-progress"]}
+    for command in commands:
+        assert main([*command.split(), "--log", str(log_path), *extra[command]]) == 1, command
+        err = capsys.readouterr().err
+        assert err.startswith("blackbox-sdk: call 'bb-cli-1' in the call log can't be read: ") and err.count("\n") == 1, err
+    assert sorted(tmp_path.iterdir()) == [log_path]
+
+
 @pytest.mark.parametrize("kind", ["a log with the rollback journal", "an older SDK's log, without a log_id"])
 def test_reading_a_log_leaves_its_file_byte_for_byte(kind: str, log_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with contextlib.closing(sqlite3.connect(log_path, isolation_level=None)) as conn:
