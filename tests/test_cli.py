@@ -226,6 +226,26 @@ def test_an_unreachable_postgres_log_is_an_error_without_its_password(capsys: py
     assert err.startswith("blackbox-sdk: ") and "127.0.0.1" in err and "hunter2" not in err
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["stats", "--log", "{pg}"],
+        ["log", "export", "--log", "{pg}", "--out", "-"],
+        ["adapter", "train", "--log", "{pg}", "--out", "{tmp}/adapter", "--no-progress"],
+        ["keys", "list", "--store", "{redis}"],
+    ],
+    ids=["stats", "log-export", "adapter-train", "keys-list"],
+)
+def test_an_unreachable_store_is_one_error_line_without_its_password(
+    command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    urls = {"pg": f"postgresql://someone:{SECRET}@127.0.0.1:{free_port()}/calls", "redis": f"redis://someone:{SECRET}@127.0.0.1:{free_port()}/0"}
+    assert main([part.format(tmp=tmp_path, **urls) for part in command]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.startswith("blackbox-sdk: ") and captured.err.count("\n") == 1 and "127.0.0.1" in captured.err, captured.err
+    assert SECRET not in captured.err + captured.out and list(tmp_path.iterdir()) == []
+
+
 def test_a_mixed_case_scheme_reads_the_log_and_a_url_libpq_refuses_never_shows_its_password(
     pg_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
