@@ -179,6 +179,13 @@ def test_serve_refuses_a_config_value_of_the_wrong_type_before_it_listens(config
     assert result.stderr.startswith("blackbox-sdk: ") and "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("seconds", ["nan", "-5"])
+def test_serve_refuses_a_graceful_timeout_that_is_not_seconds_as_a_usage_error(seconds: str, tmp_path: Path) -> None:
+    argv = [sys.executable, "-m", "blackbox_sdk", "serve", f"--graceful-timeout={seconds}", "--upstream", "http://127.0.0.1:9/v1", "--port", str(free_port())]
+    result = subprocess.run(argv, capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=60)  # one that listens times out
+    assert result.returncode == 2 and "--graceful-timeout: must be a number of seconds >= 0" in result.stderr, result.stderr
+
+
 def test_adapter_train_hands_its_arguments_to_the_trainer_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     missing, out = tmp_path / "missing.db", tmp_path / "adapter"
     assert main(["adapter", "train", "--log", str(missing), "--out", str(out), "--no-progress"]) == 1
