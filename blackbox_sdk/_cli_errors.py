@@ -9,6 +9,7 @@ EXIT_USAGE = 2  # a usage error (argparse's status too), or a missing extra
 
 
 def report_error(message: object, status: int = EXIT_ERROR) -> int:
-    """Print ``message`` as the command line's one error line on stderr; return ``status``."""
-    print(f"blackbox-sdk: {message}", file=sys.stderr)
+    """Print ``message`` as the command line's one error line on stderr, its lines joined (libpq's errors add a hint on a
+    line of their own); return ``status``."""
+    print("blackbox-sdk: " + " ".join(line.strip() for line in str(message).splitlines() if line.strip()), file=sys.stderr)
     return status

@@ -27,7 +27,7 @@ from typing import Any
 from ._cli_errors import EXIT_USAGE, report_error
 from ._exceptions import BlackBoxError
 from .call_log import CallLogStore, open_call_log
-from .call_log._export import exists_message
+from .call_log._export import exists_message, is_stream
 
 __all__ = ["main"]
 
@@ -133,9 +133,9 @@ def _open_log(target: str) -> contextlib.closing[CallLogStore]:
 
 def _export(options: argparse.Namespace) -> int:
     """``log export``: write every call as one JSON line; a usage error, before the log is opened, for a file it would
-    replace without --force (and the same refusal for a file made while it ran)."""
+    replace without --force (and the same refusal for a file made while it ran); a device or a pipe is written into."""
     out = options.out
-    if out != "-" and not options.force and os.path.lexists(out) and not os.path.isdir(out):
+    if out != "-" and not options.force and os.path.lexists(out) and not os.path.isdir(out) and not is_stream(out):
         return report_error(exists_message(out), EXIT_USAGE)
     with _open_log(options.log) as log:  # a str: "sub/" keeps the separator that names a folder; a file made meanwhile stays
         count = log.export_jsonl(sys.stdout if out == "-" else out, replace=options.force)

@@ -9,6 +9,7 @@ import io
 import json
 import os
 import sqlite3
+import stat
 import subprocess
 import sys
 import uuid
@@ -156,6 +157,35 @@ def test_every_subcommand_reports_an_sdk_error_as_one_prefixed_line_on_stderr_wi
     assert captured.err.startswith("blackbox-sdk: ") and captured.err.count("\n") == 1 and captured.out == "", captured.err
 
 
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (b'open_without_keys = "no"\nhost = "0.0.0.0"\n', "open_without_keys must be true or false, got 'no'"),
+        (b"port = 70000\n", "port must be an integer from 1 to 65535, got 70000"),
+        (b"host = 5\nopen_without_keys = true\n", "host must be an address to listen on"),
+        (b"log = 5\n", "log must be a string or left out, got 5"),
+        (b'rerank_n = "4"\n', "rerank_n must be an integer >= 1, got '4'"),
+        (b"max_retries = -1\n", "max_retries must be an integer >= 0, got -1"),
+        (b'log = "\xffcalls.db"\n', "can't read the proxy configuration"),
+    ],
+    ids=["open-without-keys-a-string", "port-past-65535", "host-a-number", "log-a-number", "rerank-n-a-string", "negative-retries", "not-utf8"],
+)
+def test_serve_refuses_a_config_value_of_the_wrong_type_before_it_listens(config: bytes, message: str, tmp_path: Path) -> None:
+    path = tmp_path / "proxy.toml"
+    path.write_bytes(config)
+    argv = [sys.executable, "-m", "blackbox_sdk", "serve", "--config", str(path), "--upstream", "http://127.0.0.1:9/v1"]
+    result = subprocess.run(argv, capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=60)  # one that listens times out
+    assert result.returncode == 1 and result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+    assert result.stderr.startswith("blackbox-sdk: ") and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("seconds", ["nan", "-5"])
+def test_serve_refuses_a_graceful_timeout_that_is_not_seconds_as_a_usage_error(seconds: str, tmp_path: Path) -> None:
+    argv = [sys.executable, "-m", "blackbox_sdk", "serve", f"--graceful-timeout={seconds}", "--upstream", "http://127.0.0.1:9/v1", "--port", str(free_port())]
+    result = subprocess.run(argv, capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=60)  # one that listens times out
+    assert result.returncode == 2 and "--graceful-timeout: must be a number of seconds >= 0" in result.stderr, result.stderr
+
+
 def test_adapter_train_hands_its_arguments_to_the_trainer_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     missing, out = tmp_path / "missing.db", tmp_path / "adapter"
     assert main(["adapter", "train", "--log", str(missing), "--out", str(out), "--no-progress"]) == 1
@@ -201,6 +231,26 @@ def test_an_unreachable_postgres_log_is_an_error_without_its_password(capsys: py
     assert main(["stats", "--log", url]) == 1
     err = capsys.readouterr().err
     assert err.startswith("blackbox-sdk: ") and "127.0.0.1" in err and "hunter2" not in err
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["stats", "--log", "{pg}"],
+        ["log", "export", "--log", "{pg}", "--out", "-"],
+        ["adapter", "train", "--log", "{pg}", "--out", "{tmp}/adapter", "--no-progress"],
+        ["keys", "list", "--store", "{redis}"],
+    ],
+    ids=["stats", "log-export", "adapter-train", "keys-list"],
+)
+def test_an_unreachable_store_is_one_error_line_without_its_password(
+    command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    urls = {"pg": f"postgresql://someone:{SECRET}@127.0.0.1:{free_port()}/calls", "redis": f"redis://someone:{SECRET}@127.0.0.1:{free_port()}/0"}
+    assert main([part.format(tmp=tmp_path, **urls) for part in command]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.startswith("blackbox-sdk: ") and captured.err.count("\n") == 1 and "127.0.0.1" in captured.err, captured.err
+    assert SECRET not in captured.err + captured.out and list(tmp_path.iterdir()) == []
 
 
 def test_a_mixed_case_scheme_reads_the_log_and_a_url_libpq_refuses_never_shows_its_password(
@@ -337,6 +387,35 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(log_path: Path, comman
     assert child.wait(timeout=120) == 141 and err == b""
 
 
+@pytest.mark.parametrize("force", [[], ["--force"]], ids=["plain", "forced"])
+def test_log_export_writes_into_a_pipe_and_never_replaces_it(log_path: Path, tmp_path: Path, force: list[str]) -> None:
+    fifo = tmp_path / "to-gzip"  # what a shell's `--out >(gzip > calls.jsonl.gz)` names; /dev/stdout and /dev/null alike
+    os.mkfifo(fifo)
+    reader = subprocess.Popen(["cat", str(fifo)], stdout=subprocess.PIPE)
+    try:
+        status = main(["log", "export", "--log", str(log_path), "--out", str(fifo), *force])
+    finally:
+        with contextlib.suppress(OSError):  # an export that never opened the pipe: let the reader see its end
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        try:
+            read, _ = reader.communicate(timeout=30)
+        finally:
+            reader.kill()  # still waiting on a pipe a file replaced
+    assert status == 0 and [json.loads(line)["call_id"] for line in read.splitlines()] == ["bb-cli-1", "bb-cli-2", "bb-cli-3"]
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode) and sorted(tmp_path.iterdir()) == [log_path, fifo]
+
+
+def test_log_export_to_dev_stdout_writes_to_stdout_and_a_reader_gone_ends_it_quietly(log_path: Path) -> None:
+    argv = [sys.executable, "-m", "blackbox_sdk", "log", "export", "--log", str(log_path), "--out", "/dev/stdout"]
+    result = subprocess.run(argv, capture_output=True, text=True, env=_env(), cwd=log_path.parent, timeout=120)
+    assert result.returncode == 0 and len(result.stdout.splitlines()) == 3, result.stderr
+    child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(), cwd=log_path.parent)
+    assert child.stdout is not None and child.stderr is not None
+    child.stdout.close()
+    err = child.stderr.read()
+    assert child.wait(timeout=120) == 141 and err == b""
+
+
 def test_stdout_of_a_non_utf8_locale_gets_utf8(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "calls.db"
     with CallLog(path) as log:
@@ -381,6 +460,29 @@ def test_a_file_that_is_not_a_call_log_is_refused_and_left_as_it_was(
     assert main([*command.split(), "--log", str(other), *extra]) == 1
     assert f"{other} is not a call log" in capsys.readouterr().err
     assert other.read_bytes() == before and list(other.parent.iterdir()) == [other] and not (tmp_path / "adapter").exists()
+
+
+@pytest.mark.parametrize(
+    ("damage", "commands"),
+    [
+        ("UPDATE calls SET request = 'not json{' WHERE call_id = 'bb-cli-1'", ["log export", "adapter train"]),
+        ("UPDATE feedback SET label = 'maybe'", ["log export", "adapter train"]),
+        ("UPDATE calls SET model = X'FF' WHERE call_id = 'bb-cli-1'", ["stats", "log export"]),
+        ("UPDATE calls SET created = 'yesterday' WHERE call_id = 'bb-cli-1'", ["stats", "log export"]),
+    ],
+    ids=["request-not-json", "feedback-label-unknown", "model-not-text", "created-not-a-time"],
+)
+def test_a_damaged_row_is_one_error_line_naming_its_call(
+    damage: str, commands: list[str], log_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with contextlib.closing(sqlite3.connect(log_path, isolation_level=None)) as conn:
+        conn.execute(damage)  # a row edited by hand, or a damaged file: nothing the SDK writes
+    extra = {"stats": [], "log export": ["--out", str(tmp_path / "calls.jsonl")], "adapter train": ["--out", str(tmp_path / "adapter"), "--no-progress"]}
+    for command in commands:
+        assert main([*command.split(), "--log", str(log_path), *extra[command]]) == 1, command
+        err = capsys.readouterr().err
+        assert err.startswith("blackbox-sdk: call 'bb-cli-1' in the call log can't be read: ") and err.count("\n") == 1, err
+    assert sorted(tmp_path.iterdir()) == [log_path]
 
 
 @pytest.mark.parametrize("kind", ["a log with the rollback journal", "an older SDK's log, without a log_id"])

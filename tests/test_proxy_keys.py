@@ -354,6 +354,25 @@ def test_the_cli_creates_lists_and_revokes(store_at: Callable[[str], str]) -> No
     assert refused.returncode == 1 and "key name" in refused.stderr
 
 
+@pytest.mark.parametrize("stdout", ["a full disk", "a reader gone"])
+def test_a_created_key_that_cant_be_shown_is_revoked_and_frees_its_name(stdout: str, tmp_path: Path) -> None:
+    where = str(tmp_path / "keys.db")
+    argv = [*CLI, "keys", "create", "--name", "team-a", "--store", where]
+    if stdout == "a full disk":
+        with open("/dev/full", "w") as full:
+            failed = subprocess.run(argv, stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+        assert failed.returncode == 1 and failed.stderr.count("\n") == 1 and "so it is revoked" in failed.stderr, failed.stderr
+    else:
+        child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert child.stdout is not None and child.stderr is not None
+        child.stdout.close()  # `keys create ... | head -n 0`: the key is read by nobody
+        assert child.wait(timeout=120) == 141 and child.stderr.read() == b""
+    with open_key_store(where) as store:
+        assert [(record.name, record.revoked) for record in store.list()] == [("team-a", True)]
+    again = _cli("create", "--name", "team-a", "--store", where)
+    assert again.returncode == 0 and again.stdout.strip(), again.stderr
+
+
 def test_the_cli_reads_no_store_it_was_not_given(tmp_path: Path) -> None:
     missing = _cli("list", "--store", str(tmp_path / "nowhere.db"))
     assert missing.returncode == 1 and "no key store" in missing.stderr and not (tmp_path / "nowhere.db").exists()

@@ -4,7 +4,8 @@ Documented field by field in ``docs/call-log.md``. Any call-log store can write 
 (record, feedback) pairs; a file is written beside the target under a name of its own (so two
 exports to one path never mix) and renamed, so it is whole or absent (a failed export removes what
 it wrote), and never over the SQLite log it exports or a folder (a path ending in a separator names one).
-An existing file is refused unless ``replace`` is given (the command line's ``--force``); without it the last step
+A device or a pipe (``/dev/stdout``, ``/dev/null``, a shell's ``>(gzip > calls.jsonl.gz)``) is written into as a stream,
+never replaced by a file. An existing file is refused unless ``replace`` is given (the command line's ``--force``); without it the last step
 is a hard link, which fails rather than replace a file made meanwhile.
 """
 
@@ -15,6 +16,7 @@ import errno
 import json
 import os
 import shutil
+import stat
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -40,6 +42,10 @@ def export_jsonl(
         raise CallLogError(f"can't write the export {out}: it is a folder; name a file to write")
     if isinstance(out, str) and out.endswith(_SEPARATORS):  # Path("sub/") is "sub": the separator that names a folder is gone
         raise CallLogError(f"can't write the export {out}: ending in {out[-1]!r}, it names a folder; name a file to write")
+    if is_stream(target):
+        return _write_stream(calls, target)
+    if target.exists() and not target.is_file():
+        raise CallLogError(f"can't write the export {out}: it is neither a file, a device nor a pipe; name a file to write")
     if not replace and os.path.lexists(target):
         raise ConfigError(exists_message(out))
     partial = target.with_name(f"{target.name}.{uuid.uuid4().hex[:12]}.partial")
@@ -58,6 +64,28 @@ def export_jsonl(
             raise CallLogError(f"can't write the export {target}: {exc}") from exc
         raise
     return count
+
+
+def is_stream(path: str | Path) -> bool:
+    """Whether ``path`` is a character device or a pipe (``/dev/stdout``, ``/dev/fd/63``): written into, never replaced,
+    where a rename over it would put a file in place of the device, as root even ``/dev/null``."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return False
+    return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)
+
+
+def _write_stream(calls: Iterable[tuple[CallRecord, list[Feedback]]], target: Path) -> int:
+    """Write the export lines into a device or a pipe as it is; CallLogError when it can't be written, and a reader that
+    went away as the BrokenPipeError a stream's export raises (``... --out /dev/stdout | head`` ends quietly)."""
+    try:
+        with target.open("w", encoding="utf-8") as sink:
+            return _write_lines(calls, sink)
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise CallLogError(f"can't write the export {target}: {exc}") from exc
 
 
 def exists_message(out: str | Path) -> str:

@@ -22,6 +22,7 @@ from ._tables import (
     JSON_COLUMNS,
     SCHEMA_VERSION,
     call_values,
+    feedback_from,
     record_from,
 )
 
@@ -153,7 +154,7 @@ def feedback_by_call(conn: Connection[Any], ids: list[str]) -> dict[str, list[Fe
     found: dict[str, list[Feedback]] = {}
     sql = f"SELECT {', '.join(FEEDBACK_COLUMNS)} FROM blackbox_feedback WHERE call_id = ANY(%s) ORDER BY id"
     for row in conn.execute(sql, (ids,)):
-        item = Feedback(**dict(zip(FEEDBACK_COLUMNS, row, strict=True)))
+        item = feedback_from(row)
         found.setdefault(item.call_id, []).append(item)
     return found
 

@@ -43,7 +43,7 @@ def _valid(value: Any) -> Any:
 
 
 @contextmanager
-def _config_errors(what: str) -> Iterator[None]:
+def config_errors(what: str) -> Iterator[None]:
     """pydantic's ValidationError as ConfigError naming each bad field, never the values (a request may hold a key);
     ``model_validate`` runs ``__init__`` inside pydantic, which wraps the ConfigError raised there: that one is raised."""
     try:
@@ -87,19 +87,19 @@ class CallRecord(BaseModel):
 
     def __init__(self, /, **fields: Any) -> None:
         """Validate the fields (pydantic, underneath); ConfigError naming each bad one, never the values (a request may hold a key)."""
-        with _config_errors("CallRecord"):
+        with config_errors("CallRecord"):
             super().__init__(**fields)
 
     @classmethod
     def model_validate(cls, obj: Any, *args: Any, **kwargs: Any) -> Self:
         """pydantic's ``model_validate``, with ``__init__``'s ConfigError for a bad field, not pydantic's ValidationError around it."""
-        with _config_errors("CallRecord"):
+        with config_errors("CallRecord"):
             return super().model_validate(obj, *args, **kwargs)
 
     @classmethod
     def model_validate_json(cls, json_data: str | bytes | bytearray, *args: Any, **kwargs: Any) -> Self:
         """pydantic's ``model_validate_json``, with the same ConfigError for bad JSON or a bad field."""
-        with _config_errors("CallRecord"):
+        with config_errors("CallRecord"):
             return super().model_validate_json(json_data, *args, **kwargs)
 
     @pydantic.field_validator("request", "usage", "extra")
@@ -182,5 +182,5 @@ def feedback_on(call_id: str, count: int, chosen: list[int], fields: dict[str, A
     preferred = fields["preferred"]
     if preferred is not None and not (isinstance(preferred, int) and 0 <= preferred < count):
         raise ConfigError(f"preferred={preferred!r} must index the {count} candidates of call {call_id!r}")
-    with _config_errors("feedback"):
+    with config_errors("feedback"):
         return Feedback(call_id=call_id, created=time.time(), candidate=chosen[0] if rated else None, **fields)

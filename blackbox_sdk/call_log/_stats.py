@@ -11,17 +11,26 @@ import sqlite3
 from collections.abc import Iterable
 from typing import Any
 
+from .._exceptions import CallLogError
+
 _BY_DAY_AND_MODEL = (
     "SELECT date(created, 'unixepoch') AS day, model, COUNT(*), SUM(error IS NOT NULL),"
     " SUM(cache_hit), SUM(cost_usd) FROM calls GROUP BY day, model ORDER BY day, model"
 )
 
+_UNREADABLE = "SELECT call_id FROM calls WHERE date(created, 'unixepoch') IS NULL OR typeof(model) != 'text' LIMIT 1"
+
 DayModelRow = tuple[str, str, int, "int | None", "int | None", "float | None"]  # day, model, calls, errors, hits, cost
 
 
 def summarize(conn: sqlite3.Connection) -> dict[str, Any]:
-    """The summary of an SQLite log (see :func:`summary`)."""
-    return summary(conn.execute(_BY_DAY_AND_MODEL).fetchall(), conn.execute("SELECT COUNT(*) FROM feedback").fetchone()[0])
+    """The summary of an SQLite log (see :func:`summary`); CallLogError naming a call whose time or model is not one
+    (a row edited by hand, a damaged file), which the SDK never writes and no day or model can group."""
+    rows = conn.execute(_BY_DAY_AND_MODEL).fetchall()
+    if any(not isinstance(day, str) or not isinstance(model, str) for day, model, *_ in rows):
+        call_id = (conn.execute(_UNREADABLE).fetchone() or ("?",))[0]
+        raise CallLogError(f"call {call_id!r} in the call log can't be read: its created time is not a Unix time or its model is not text")
+    return summary(rows, conn.execute("SELECT COUNT(*) FROM feedback").fetchone()[0])
 
 
 def summary(rows: Iterable[DayModelRow], feedback: int) -> dict[str, Any]:

@@ -7,16 +7,17 @@ version). Requests, errors and extras are redacted on their way into a row.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .._exceptions import CallLogError, ConfigError
 from .._redact import redact
 from .._sqlite import immediate
-from ._records import CallRecord, Feedback
+from ._records import CallRecord, Feedback, config_errors
 
 SCHEMA_VERSION = 1
 LOG_TABLES = ("meta", "calls", "candidates", "feedback")
@@ -119,14 +120,35 @@ def _call_row(rec: CallRecord) -> tuple[Any, ...]:
 
 
 def record_from(row: Sequence[Any], candidates: list[str]) -> CallRecord:
-    """A CallRecord from a calls-table row and its candidate texts."""
+    """A CallRecord from a calls-table row and its candidate texts; CallLogError naming the call for a row that isn't one."""
     values = dict(zip(CALL_COLUMNS, row, strict=True))
-    for column in JSON_COLUMNS:
-        if values[column] is not None:
-            values[column] = json.loads(values[column])
-    values["usage_counted"] = bool(values["usage_counted"])
-    values["cache_hit"] = bool(values["cache_hit"])
-    return CallRecord(candidates=candidates, **values)
+    with _stored(values["call_id"]):
+        for column in JSON_COLUMNS:
+            if values[column] is not None:
+                try:
+                    values[column] = json.loads(values[column])
+                except (TypeError, ValueError) as exc:
+                    raise ConfigError(f"its {column} is not JSON ({exc})") from None
+        values["usage_counted"] = bool(values["usage_counted"])
+        values["cache_hit"] = bool(values["cache_hit"])
+        return CallRecord(candidates=candidates, **values)
+
+
+def feedback_from(row: Sequence[Any]) -> Feedback:
+    """A Feedback from a feedback-table row (FEEDBACK_COLUMNS); CallLogError naming the call for a row that isn't one."""
+    values = dict(zip(FEEDBACK_COLUMNS, row, strict=True))
+    with _stored(values["call_id"]), config_errors("Feedback"):
+        return Feedback(**values)
+
+
+@contextlib.contextmanager
+def _stored(call_id: Any) -> Iterator[None]:
+    """A stored row the SDK could not have written (edited by hand, a damaged file) as CallLogError naming its call, so a read
+    stops with one clear error; the ConfigError of a bad record names its fields, never their values."""
+    try:
+        yield
+    except ConfigError as exc:
+        raise CallLogError(f"call {call_id!r} in the call log can't be read: {exc}") from None
 
 
 def candidates_of(conn: sqlite3.Connection, call_id: str) -> tuple[int, list[int]]:
@@ -155,6 +177,6 @@ def feedback_by_call(conn: sqlite3.Connection, ids: list[str]) -> dict[str, list
         marks = ", ".join("?" * len(ids))
         sql = f"SELECT {', '.join(FEEDBACK_COLUMNS)} FROM feedback WHERE call_id IN ({marks}) ORDER BY id"
         for row in conn.execute(sql, ids):
-            item = Feedback(**dict(zip(FEEDBACK_COLUMNS, row, strict=True)))
+            item = feedback_from(row)
             found.setdefault(item.call_id, []).append(item)
     return found

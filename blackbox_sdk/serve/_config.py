@@ -31,6 +31,7 @@ else:  # pragma: no cover - Python 3.10 reads TOML with tomli (the proxy extra i
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 DEFAULT_BODY_TIMEOUT_S = 30.0
 LOCAL_UPSTREAM = "hf:default"  # the embedded model, even when OPENAI_API_KEY is set
+_OPTIONAL_TEXT = ("upstream_api_key_env", "cache", "log", "reranker", "keys")  # a path, a URL or a name, or None
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,19 @@ class ProxyConfig:
     keys: str | None = None  # the tenant key store: an SQLite file or redis:// URL (`blackbox-sdk keys create`); admin key in BLACKBOX_ADMIN_KEY
 
     def __post_init__(self) -> None:
-        _check_positive("port", self.port)
-        _check_positive("max_body_bytes", self.max_body_bytes)
+        """ConfigError naming a field of the wrong type or out of range, before anything listens or is built."""
+        _check_int("port", self.port, 1, 65535)
+        _check_int("max_body_bytes", self.max_body_bytes, 1)
+        _check_int("max_retries", self.max_retries, 0)
+        if self.rerank_n is not None:
+            _check_int("rerank_n", self.rerank_n, 1)
+        if not isinstance(self.host, str) or not self.host:
+            raise ConfigError(f"host must be an address to listen on, such as \"127.0.0.1\"; got {self.host!r}")
+        for name in _OPTIONAL_TEXT:
+            if not isinstance(getattr(self, name), (str, type(None))):
+                raise ConfigError(f"{name} must be a string or left out, got {getattr(self, name)!r}")
+        if not isinstance(self.open_without_keys, bool):  # "no" would be true: a proxy open to anyone who reaches it
+            raise ConfigError(f"open_without_keys must be true or false, got {self.open_without_keys!r}")
         for name in ("timeout_s", "body_timeout_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
@@ -69,10 +81,11 @@ class ProxyConfig:
         return replace(self, **{name: value for name, value in flags.items() if value is not None})
 
 
-def _check_positive(name: str, value: Any) -> None:
-    """An integer >= 1."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
+    """An integer from ``low`` to ``high`` (no bound when None)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        bounds = f"from {low} to {high}" if high is not None else f">= {low}"
+        raise ConfigError(f"{name} must be an integer {bounds}, got {value!r}")
 
 
 def load_config(path: str | Path | None = None, **flags: Any) -> ProxyConfig:
@@ -80,8 +93,8 @@ def load_config(path: str | Path | None = None, **flags: Any) -> ProxyConfig:
     table: dict[str, Any] = {}
     if path is not None:
         try:
-            table = tomllib.loads(Path(path).expanduser().read_text())
-        except (OSError, tomllib.TOMLDecodeError) as error:
+            table = tomllib.loads(Path(path).expanduser().read_text(encoding="utf-8"))  # TOML is UTF-8, whatever the locale
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
             raise ConfigError(f"can't read the proxy configuration {path}: {error}") from None
     known = {spec.name for spec in fields(ProxyConfig)}
     unknown = sorted(set(table) - known)

@@ -21,7 +21,7 @@ from typing import Any
 
 from .._exceptions import ConfigError
 from ._key_stores import open_key_store
-from ._keys import KeyRecord, KeyStore
+from ._keys import KeyRecord, KeyStore, SecretKey
 
 STORE_ENV = "BLACKBOX_KEY_STORE"
 _LIMITS = ("budget_usd", "per_day_usd", "rpm", "tpm", "models", "reranker", "cache_namespace")
@@ -71,12 +71,25 @@ def _create(options: argparse.Namespace) -> int:
     limits = {name: getattr(options, name) for name in _LIMITS if getattr(options, name) is not None}
     with _store(options, create=True) as store:
         secret, record = store.create(options.name, **limits)
-    if options.json:
+        try:
+            _show(secret, record, as_json=options.json)
+        except OSError as exc:  # stdout full or gone: a key nobody saw is revoked, so it neither lives on unknown nor holds its name
+            store.revoke(record.key_id)
+            if isinstance(exc, BrokenPipeError):
+                raise  # the reader went away: the command ends quietly
+            raise OSError(exc.errno, f"{exc.strerror}; the new key {record.key_id} was shown nowhere, so it is revoked") from exc
+    return 0
+
+
+def _show(secret: SecretKey, record: KeyRecord, *, as_json: bool) -> None:
+    """The new key on stdout, flushed so that a failed write shows while the key can still be revoked; what it allows on stderr."""
+    if as_json:
         print(json.dumps({"key": str(secret), **record.to_json()}, indent=2))
     else:
         print(str(secret))
+    sys.stdout.flush()
+    if not as_json:
         print(f"created {record.key_id} for {record.name}: {_limits(record)}. The key is shown only now.", file=sys.stderr)
-    return 0
 
 
 def _list(options: argparse.Namespace) -> int:

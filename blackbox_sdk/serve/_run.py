@@ -4,6 +4,7 @@ and the `blackbox-sdk serve` command's arguments."""
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Sequence
 
 from starlette.routing import BaseRoute
@@ -61,8 +62,19 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-body-bytes", type=int, help="larger request bodies are refused with 413 (default 4 MiB)")
     parser.add_argument("--open-without-keys", action="store_true", default=None, help="listen beyond loopback with no tenant keys")
     parser.add_argument("--keys", help="the tenant key store (an SQLite file or redis:// URL): every request needs a key from it")
-    parser.add_argument("--graceful-timeout", type=float, help="seconds to let in-flight requests finish on shutdown (default: no limit)")
+    parser.add_argument("--graceful-timeout", type=_seconds, help="seconds to let in-flight requests finish on shutdown (default: no limit)")
     return parser
+
+
+def _seconds(text: str) -> float:
+    """A number of seconds >= 0, for argparse: a usage error for "nan", "inf" or a negative one (uvicorn failed on them at shutdown)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text!r}")
+    return value
 
 
 FLAGS = ("upstream", "upstream_api_key_env", "host", "port", "cache", "log", "reranker", "max_body_bytes", "open_without_keys", "keys")
