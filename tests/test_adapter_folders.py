@@ -183,3 +183,11 @@ def test_a_damaged_folder_is_an_adapter_error_naming_it_and_leaves_nothing_on_th
     assert str(folder) in str(caught.value)
     assert set(shipped.base.peft.peft_config) == attached
     assert shipped.score(QUESTION, ANSWERS)  # the adapter already on that base still scores
+
+
+def test_a_client_given_a_symbolic_link_loop_as_its_reranker_says_it_is_no_adapter_folder(tmp_path: Path) -> None:
+    from blackbox_sdk import OpenAI
+
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    with pytest.raises(AdapterError, match="loop is not an adapter folder"):  # not pathlib's RuntimeError
+        OpenAI(base_url="http://127.0.0.1:9/v1", api_key="x", reranker=str(tmp_path / "loop"))
