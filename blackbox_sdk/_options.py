@@ -7,6 +7,7 @@ and every resource's `create` take exactly these (and openai's `max_retries`).
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
@@ -62,9 +63,10 @@ class Opened:
 
 
 def _where(kind: str, target: str | Path) -> tuple[str | Path, tuple[str, str | Path]]:
-    """What a resource is opened from (a URL as given, a path with ~ expanded) and its key in `Opened`."""
+    """What a resource is opened from (a URL as given, a path with ~ expanded) and its key in `Opened`
+    (its real path: realpath, as `Path.resolve` raises RuntimeError on a symbolic link loop; the opener says what is wrong)."""
     where: str | Path = target if is_url(target) else Path(target).expanduser()
-    return where, (kind, where if isinstance(where, str) else where.resolve())
+    return where, (kind, where if isinstance(where, str) else Path(os.path.realpath(where)))
 
 
 def _instance_or_path(value: Any, kind: type, name: str, opened: Opened, accepted: str) -> Any:

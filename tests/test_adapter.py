@@ -224,6 +224,34 @@ def test_a_single_string_of_answers_is_refused(adapter: Adapter) -> None:
         adapter.score(QUESTION, "Nairobi")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    ("question", "answers", "message"),
+    [
+        pytest.param(QUESTION, ["Nairobi", 1], "answers must be text, not int", id="an-int-answer"),
+        pytest.param(QUESTION, [None], "answers must be text, not NoneType", id="a-none-answer"),
+        pytest.param(QUESTION, [b"Nairobi"], "answers must be text, not bytes", id="a-bytes-answer"),
+        pytest.param(None, ["Nairobi"], "the question must be text, not NoneType", id="no-question"),
+    ],
+)
+def test_answers_or_a_question_that_are_not_text_are_an_adapter_error(adapter: Adapter, question: object, answers: list[object], message: str) -> None:
+    with pytest.raises(AdapterError, match=message):
+        adapter.score(question, answers)  # type: ignore[arg-type]
+
+
+def test_an_answer_with_a_lone_surrogate_scores_as_with_the_replacement_character(adapter: Adapter) -> None:
+    """Half of an emoji a server cut in two: the tokenizer can't read it, so it scores as U+FFFD, not a TypeError mid-call."""
+    cut, replaced = ["Nairobi \ud83d", "Mombasa"], ["Nairobi \ufffd", "Mombasa"]
+    assert adapter.score("Kenya? \ud83c", cut) == adapter.score("Kenya? \ufffd", replaced)
+    assert adapter.score_texts(cut) == adapter.score_texts(replaced)
+
+
+def test_a_max_length_beyond_the_encoders_positions_is_refused_when_built_not_when_a_long_answer_comes() -> None:
+    with pytest.raises(AdapterError, match="max_length 1024 is more than the 512 tokens"):
+        Adapter.create(AdapterConfig(trainable_layers=0, max_length=1024), device="cpu")
+    with pytest.raises(AdapterError, match="max_length 1024 is more than the 512 tokens"):
+        Adapter.create(AdapterConfig(trainable_layers=1, lora_rank=2, max_length=1024), device="cpu", shared=True)
+
+
 def test_module_imports_without_torch() -> None:
     code = "import sys, blackbox_sdk.adapter; from blackbox_sdk.adapter import beam_search; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import struct
 from collections.abc import Callable
@@ -11,7 +12,7 @@ from typing import Any
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from blackbox_sdk._exceptions import AdapterError
 from blackbox_sdk.adapter import Adapter, OnlineQuestion, Samples, cli_main, online_train, online_train_auto
@@ -102,9 +103,37 @@ def _wrong_head(folder: Path) -> None:
     save_file({"head.weight": torch.zeros(1, 10), "head.bias": torch.zeros(1)}, str(folder / "adapter.safetensors"))
 
 
+def _retyped(path: Path, change: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]) -> None:
+    save_file(change(load_file(str(path))), str(path))
+
+
+def _all(make: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+    return lambda tensors: {name: make(tensor) for name, tensor in tensors.items()}
+
+
+def _lora_config(folder: Path, **changes: object) -> None:
+    path = folder / "lora" / "adapter_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+HEAD, DELTAS = "adapter.safetensors", "lora/adapter_model.safetensors"
+
+
 def _lora_rank(folder: Path) -> None:
     path = folder / "lora" / "adapter_config.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), "r": 4}))
+
+
+def _tiny_encoder(where: Path) -> Path:
+    """A 2-layer BERT of width 32 with MiniLM's tokenizer: another base encoder, LoRA deltas for MiniLM don't fit it."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from blackbox_sdk.local import default_encoder_path
+
+    folder = where / "tiny-encoder"
+    BertModel(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(default_encoder_path()).save_pretrained(folder)
+    return folder
 
 
 DAMAGES: dict[str, tuple[Callable[[Path], object], str]] = {
@@ -123,9 +152,20 @@ DAMAGES: dict[str, tuple[Callable[[Path], object], str]] = {
     "weights-empty": (lambda d: _cut(d / "adapter.safetensors", 0), "can't read .*adapter.safetensors"),
     "weights-huge-header": (lambda d: (d / "adapter.safetensors").write_bytes(struct.pack("<Q", 2**40) + b"{}"), "can't read"),
     "weights-wrong-shape": (_wrong_head, r"head.weight has shape \[1, 10\], expected \[1, 384\]"),
-    "lora-weights-cut-short": (lambda d: _cut(d / "lora" / "adapter_model.safetensors", 300), "can't load the LoRA deltas"),
+    "lora-weights-cut-short": (lambda d: _cut(d / "lora" / "adapter_model.safetensors", 300), "can't read .*lora/adapter_model.safetensors"),
     "lora-config-not-json": (lambda d: (d / "lora" / "adapter_config.json").write_text("{not json"), "can't load the LoRA deltas"),
     "lora-rank-mismatch": (_lora_rank, "can't load the LoRA deltas"),
+    # loaded silently before: an int head as zeros, a NaN head scoring NaN, deltas peft could not match left untrained
+    "head-of-ints": (lambda d: _retyped(d / HEAD, _all(lambda t: t.to(torch.int64))), "head.bias is int64, not one of float32"),
+    "head-of-nan": (lambda d: _retyped(d / HEAD, _all(lambda t: torch.full_like(t, math.nan))), "head.bias holds NaN or infinite"),
+    "deltas-of-int8": (lambda d: _retyped(d / DELTAS, _all(lambda t: t.to(torch.int8))), "lora_A.weight is int8"),
+    "deltas-of-inf": (lambda d: _retyped(d / DELTAS, _all(lambda t: torch.full_like(t, math.inf))), "holds NaN or infinite"),
+    "deltas-missing": (lambda d: _retyped(d / DELTAS, lambda t: dict(list(t.items())[:2])), "holds 2 of the 72 deltas its config makes, lacking"),
+    "deltas-renamed": (
+        lambda d: _retyped(d / DELTAS, lambda t: {k.replace("lora_A", "lora_X"): v for k, v in t.items()}), "holds 36 of the 72 deltas.*36 it does not make"
+    ),
+    "deltas-for-fewer-layers": (lambda d: _lora_config(d, layers_to_transform=[0]), "holds 12 of the 12 deltas its config makes, and 60 it does not"),
+    "another-base": (lambda d: _edit_config(d, lambda doc: doc["config"].update(base_model=str(_tiny_encoder(d.parent)))), "trained on a base encoder with SHA-256"),
 }
 
 
@@ -143,3 +183,11 @@ def test_a_damaged_folder_is_an_adapter_error_naming_it_and_leaves_nothing_on_th
     assert str(folder) in str(caught.value)
     assert set(shipped.base.peft.peft_config) == attached
     assert shipped.score(QUESTION, ANSWERS)  # the adapter already on that base still scores
+
+
+def test_a_client_given_a_symbolic_link_loop_as_its_reranker_says_it_is_no_adapter_folder(tmp_path: Path) -> None:
+    from blackbox_sdk import OpenAI
+
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    with pytest.raises(AdapterError, match="loop is not an adapter folder"):  # not pathlib's RuntimeError
+        OpenAI(base_url="http://127.0.0.1:9/v1", api_key="x", reranker=str(tmp_path / "loop"))

@@ -71,10 +71,30 @@ def test_a_damaged_revision_keeps_the_loaded_one_warns_once_and_is_tried_again_w
         assert [reranker(QUESTION, ANSWERS) for _ in range(3)] == [before] * 3
     assert adapter.revision == loaded and len(reads) == 1  # tried once, not on every call
     warned = [r.getMessage() for r in caplog.records if str(live) in r.getMessage()]
-    assert len(warned) == 1 and f"revision {loaded} keeps scoring: can't load the LoRA deltas in {live / 'lora'}" in warned[0]
+    assert len(warned) == 1 and f"revision {loaded} keeps scoring: can't read {deltas}" in warned[0]
     shutil.copy(SHIPPED / "lora" / "adapter_model.safetensors", deltas)  # the copy completes: the folder changed again
     assert reranker(QUESTION, ANSWERS) == before and adapter.revision == revision and len(reads) == 2
     client.close()
+
+
+def test_a_swapped_in_revision_with_some_deltas_missing_keeps_the_loaded_one_not_half_untrained_deltas(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A folder swapped in whole whose deltas file is readable but holds only some deltas: peft would load
+    those and leave the rest as initialised, a different adapter under a new revision."""
+    torch.set_num_threads(1)
+    live = Path(shutil.copytree(SHIPPED, tmp_path / "live"))
+    adapter = Adapter.load(live, device="cpu")
+    adapter.reload_interval, before, loaded = 0.0, adapter.score(QUESTION, ANSWERS), adapter.revision
+    new = Path(shutil.copytree(live, tmp_path / ".live.new"))
+    deltas = new / "lora" / "adapter_model.safetensors"
+    save_file(dict(list(load_file(str(deltas)).items())[:2]), str(deltas))
+    _new_revision(new)
+    live.rename(tmp_path / ".live.old")
+    new.rename(live)
+    with caplog.at_level(logging.WARNING, logger="blackbox_sdk"):
+        assert adapter.score(QUESTION, ANSWERS) == before and adapter.revision == loaded
+    assert any("holds 2 of the 72 deltas its config makes" in r.getMessage() for r in caplog.records)
 
 
 def test_a_revision_that_fails_after_attaching_its_deltas_leaves_none_on_the_shared_base(

@@ -27,6 +27,7 @@ WEIGHTS_FILE = "adapter.safetensors"
 CARD_FILE = "README.md"
 LORA_DIR = "lora"
 PEFT_WEIGHTS = "adapter_model.safetensors"  # a LoRA adapter's deltas in LORA_DIR, in peft's format
+SAVE_DTYPES = ("float32", "float16", "bfloat16")  # what `save` writes, and all that loading takes
 # What the SDK writes into an adapter folder (and a training run into its output folder): a folder
 # holding nothing else, or holding an adapter, may be written; any other non-empty folder is the user's.
 SDK_ENTRIES = frozenset(
@@ -67,6 +68,25 @@ def read_config(folder: Path) -> tuple[dict[str, Any], AdapterConfig]:
     if (document["version"] == LORA_FORMAT) != (config.lora_rank > 0):
         raise AdapterError(f"{folder / CONFIG_FILE}: version {document['version']} does not match lora_rank {config.lora_rank}")
     return document, config
+
+
+def read_tensors(path: Path) -> dict[str, Any]:
+    """A weights file's tensors on the CPU, checked: AdapterError for a file safetensors can't read, a tensor of
+    another dtype than `save` writes (an int head would load as zeros) or one holding NaN or infinity."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        tensors: dict[str, Any] = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError) as exc:
+        raise AdapterError(f"can't read {path} (damaged or incomplete?): {exc}") from exc
+    for name, tensor in tensors.items():
+        dtype = str(tensor.dtype).removeprefix("torch.")
+        if dtype not in SAVE_DTYPES:
+            raise AdapterError(f"{path}: {name} is {dtype}, not one of {', '.join(SAVE_DTYPES)}")
+        if not bool(tensor.isfinite().all()):
+            raise AdapterError(f"{path}: {name} holds NaN or infinite values (weights of a diverged training?)")
+    return tensors
 
 
 def new_revision() -> str:

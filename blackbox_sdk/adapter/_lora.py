@@ -25,7 +25,7 @@ from .._exceptions import AdapterError
 from ..local import sha256_files
 from ._config import AdapterConfig
 from ._energy import import_torch
-from ._folder import LORA_DIR, PEFT_WEIGHTS
+from ._folder import LORA_DIR, PEFT_WEIGHTS, read_tensors
 
 PEFT_CONFIG = "adapter_config.json"
 _LAYER_INDEX = re.compile(r"(?:^|\.)layers?\.(\d+)\.")
@@ -76,7 +76,15 @@ def load_base(config: AdapterConfig) -> tuple[Any, Any, str]:
     except (OSError, ValueError) as exc:
         raise AdapterError(f"can't load base encoder {base}: {exc}") from exc
     tokenizer.truncation_side = "left"
+    check_max_length(config, encoder, tokenizer)
     return encoder, tokenizer, fingerprint
+
+
+def check_max_length(config: AdapterConfig, encoder: Any, tokenizer: Any) -> None:
+    """AdapterError when `max_length` is more tokens than the base encoder reads: a long answer would fail each call it is scored in."""
+    limit = min(getattr(encoder.config, "max_position_embeddings", 1 << 62), tokenizer.model_max_length)
+    if config.max_length > limit:
+        raise AdapterError(f"max_length {config.max_length} is more than the {limit} tokens base encoder {config.base_model!r} reads; use at most {limit}")
 
 
 @dataclass(eq=False)
@@ -116,16 +124,23 @@ class SharedBase:
             raise AdapterError(f"{folder} is a LoRA adapter without {LORA_DIR}/{PEFT_WEIGHTS} and {LORA_DIR}/{PEFT_CONFIG}")
         from safetensors import SafetensorError
 
-        peft = import_peft()
+        peft, stored = import_peft(), set(read_tensors(where / PEFT_WEIGHTS))  # dtypes and values checked before peft reads them
         try:
             with self.lock, _quiet():
                 if self.peft is None:
                     self.peft = peft.PeftModel.from_pretrained(self.plain, str(where), adapter_name=name, is_trainable=False)
                 else:
                     self.peft.load_adapter(str(where), adapter_name=name, is_trainable=False)
+                wanted = set(peft.get_peft_model_state_dict(self.peft, adapter_name=name, save_embedding_layers=False))
         except (OSError, ValueError, TypeError, KeyError, RuntimeError, SafetensorError) as exc:  # what peft lets through from a damaged folder
             self.discard(name)
             raise AdapterError(f"can't load the LoRA deltas in {where} (damaged, or not made for this config?): {exc}") from exc
+        if stored != wanted:  # peft loads what matches and leaves the rest as initialised (B = 0): an untrained delta
+            self.discard(name)
+            lacking = f", lacking {min(wanted - stored)}" if wanted - stored else ""
+            others = f", and {len(stored - wanted)} it does not make ({min(stored - wanted)}...)" if stored - wanted else ""
+            raise AdapterError(f"{where / PEFT_WEIGHTS} holds {len(stored & wanted)} of the {len(wanted)} deltas its config makes"
+                               f"{lacking}{others}: damaged, or not made for this config?")
         self.plain.requires_grad_(False)
 
     def discard(self, name: str) -> None:
@@ -204,6 +219,7 @@ def shared_base(config: AdapterConfig, device: str, *, shared: bool = True) -> S
     key = (str(config.base_path().resolve()), str(import_torch().device(device)))
     with _BASES_LOCK:
         if shared and key in _BASES:
+            check_max_length(config, _BASES[key].plain, _BASES[key].tokenizer)
             return _BASES[key]
         encoder, tokenizer, fingerprint = load_base(config)
         encoder.requires_grad_(False)

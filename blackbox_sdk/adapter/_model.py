@@ -20,23 +20,44 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from .._exceptions import AdapterError
+from .._text import is_utf8
 from ._config import AdapterConfig
 from ._consensus import log_copies
 from ._energy import PRECISIONS, autocast, default_device, energy_model_class, import_torch
 from ._fast import OnnxScorer, check_fast, in_length_order
-from ._folder import LORA_FORMAT, WEIGHTS_FILE, ChangedWhileRead, check_unchanged, read_config, stamp
+from ._folder import LORA_FORMAT, WEIGHTS_FILE, ChangedWhileRead, check_unchanged, read_config, read_tensors, stamp
 from ._lora import SharedBase, layer_index, load_base, shared_base
 from ._reload import reload_if_changed
 from ._saving import save_folder
 
 FORMAT_VERSION = LORA_FORMAT  # the newest folder version this SDK writes (v1 full adapters still load)
 _READ_TRIES = 3  # reads of a folder that a save keeps swapping before `load` gives up
+
+
+def same_base(folder: Path, document: dict[str, Any], sha256: str, config: AdapterConfig) -> None:
+    """AdapterError unless the folder's adapter was trained on the base encoder whose fingerprint is `sha256`."""
+    if sha256 != document["base_sha256"]:
+        raise AdapterError(
+            f"{folder} was trained on a base encoder with SHA-256 {document['base_sha256'][:12]}..., "
+            f"but {config.base_path()} has {sha256[:12]}..."
+        )
+
+
+def tokenizable(texts: Iterable[object], what: str) -> list[str]:
+    """The texts as a tokenizer takes them: AdapterError for one that is not a string, and a lone
+    surrogate (half of an emoji a server cut in two) replaced by U+FFFD, as the tokenizer can't read it."""
+    out = []
+    for text in texts:
+        if not isinstance(text, str):
+            raise AdapterError(f"{what} must be text, not {type(text).__name__} ({text!r:.60})")
+        out.append(text if is_utf8(text) else text.encode("utf-16", "surrogatepass").decode("utf-16", "replace"))
+    return out
 
 
 @dataclass(eq=False)
@@ -139,7 +160,7 @@ class Adapter:
     def forward_texts(self, texts: Sequence[str]) -> Any:
         """Scores (B,) for rendered texts with autograd on, under autocast on the GPU (for training)."""
         with self.active(), autocast(self.device, self.precision):
-            return self.model(**self.encode(texts)).float()
+            return self.model(**self.encode(tokenizable(texts, "texts"))).float()
 
     def _torch_batch(self, texts: list[str]) -> list[float]:
         """Scores of one batch in inference mode (the caller sets eval mode)."""
@@ -148,6 +169,7 @@ class Adapter:
 
     def score_texts(self, texts: Sequence[str]) -> list[float]:
         """Scores for rendered texts: batched, longest first, under inference_mode (or ONNX Runtime when fast)."""
+        texts = tokenizable(texts, "texts")
         self.refresh()
         with self._lock:
             if self._scorer is not None:
@@ -174,6 +196,7 @@ class Adapter:
         """
         if isinstance(answers, str):
             raise AdapterError("answers must be a list of strings, not one string")
+        [question], answers = tokenizable([question], "the question"), tokenizable(answers, "answers")
         return self.with_consensus(answers, self.score_pairs([(question, a) for a in answers]))
 
     def with_consensus(self, answers: Sequence[str], energies: Sequence[float]) -> list[float]:
@@ -227,7 +250,13 @@ class Adapter:
         try:
             document, config = read_config(folder)
             if config.lora_rank:
-                adapter = cls._on_base(config, device, shared, lambda base, name: base.load(folder, name))
+
+                def attach(base: SharedBase, name: str) -> None:
+                    """The base's fingerprint first (deltas made for another base say so, not "size mismatch"), then the deltas."""
+                    same_base(folder, document, base.sha256, config)
+                    base.load(folder, name)
+
+                adapter = cls._on_base(config, device, shared, attach)
             else:
                 adapter = cls.create(config, device="cpu").to(device)
             adapter._fill(folder, document, precision)
@@ -243,11 +272,7 @@ class Adapter:
 
     def _fill(self, folder: Path, document: dict[str, Any], precision: str) -> None:
         """Check the base's fingerprint, read the folder's weights and note where they came from."""
-        if self.base_sha256 != document["base_sha256"]:
-            raise AdapterError(
-                f"{folder} was trained on a base encoder with SHA-256 {document['base_sha256'][:12]}..., "
-                f"but {self.config.base_path()} has {self.base_sha256[:12]}..."
-            )
+        same_base(folder, document, self.base_sha256, self.config)
         self._read_weights(folder)
         self.metadata = dict(document.get("metadata") or {})
         self.source, self.revision, self.precision = folder, document.get("revision"), precision
@@ -260,13 +285,7 @@ class Adapter:
 
     def _read_weights(self, folder: Path) -> None:
         """Copy the folder's adapter.safetensors (the head, and a full adapter's top layers) into the model."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            tensors = load_file(str(folder / WEIGHTS_FILE), device="cpu")
-        except (SafetensorError, OSError) as exc:
-            raise AdapterError(f"can't read {folder / WEIGHTS_FILE} (damaged or incomplete?): {exc}") from exc
+        tensors = read_tensors(folder / WEIGHTS_FILE)
         expected = {n for n in self.trainable_names() if self.lora_name is None or n.startswith("head.")}
         if set(tensors) != expected:
             raise AdapterError(f"{folder / WEIGHTS_FILE} holds {len(tensors)} tensors, expected {len(expected)}")

@@ -10,10 +10,9 @@ from typing import Any
 from .._exceptions import AdapterError
 from ._card import render_card
 from ._energy import import_torch
-from ._folder import CARD_FILE, CONFIG_FILE, FORMAT_NAME, FULL_FORMAT, LORA_DIR, LORA_FORMAT, WEIGHTS_FILE
+from ._folder import CARD_FILE, CONFIG_FILE, FORMAT_NAME, FULL_FORMAT, LORA_DIR, LORA_FORMAT, SAVE_DTYPES, WEIGHTS_FILE
 from ._folder import new_revision, swapped_in, writable_target
 
-SAVE_DTYPES = ("float32", "float16", "bfloat16")
 _OWN_ENTRIES = frozenset({CONFIG_FILE, WEIGHTS_FILE, CARD_FILE, LORA_DIR})
 
 
