@@ -237,6 +237,12 @@ def test_unknown_route_is_a_404_with_openais_error_body(client: openai.OpenAI) -
     assert caught.value.code == "unknown_url"
 
 
+def test_stream_on_embeddings_is_openais_400_for_an_unknown_argument_not_a_404(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:  # the route exists: only the argument is unknown
+        client.embeddings.create(model="smollm2", input="hi", extra_body={"stream": True})
+    assert caught.value.param == "stream" and "Unrecognized request argument supplied: stream" in caught.value.message
+
+
 def test_malformed_json_is_a_400(backend: HFBackend) -> None:
     with httpx2.Client(transport=HFTransport(backend), base_url=BASE_URL) as http:
         response = http.post("/chat/completions", content=b"{not json")

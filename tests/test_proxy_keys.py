@@ -106,6 +106,9 @@ def test_a_name_has_one_live_key_until_it_is_revoked(store: KeyStore) -> None:
     pytest.param({"budget_usd": -1}, id="negative-budget"), pytest.param({"per_day_usd": float("nan")}, id="nan"),
     pytest.param({"rpm": 0}, id="zero-rpm"), pytest.param({"tpm": 1.5}, id="float-tpm"),
     pytest.param({"models": [""]}, id="empty-model"), pytest.param({"color": "red"}, id="unknown"),
+    pytest.param({"rpm": 10**100}, id="rpm-past-what-a-store-holds"), pytest.param({"tpm": 2**63}, id="tpm-2**63"),
+    pytest.param({"models": ["gpt\udcff"]}, id="model-lone-surrogate"),  # argv's bytes that are not UTF-8 read so
+    pytest.param({"cache_namespace": "ns\ud800"}, id="namespace-lone-surrogate"), pytest.param({"reranker": "\udc80"}, id="reranker-lone-surrogate"),
 ])
 def test_bad_limits_are_refused_before_anything_is_stored(store: KeyStore, limits: dict[str, Any]) -> None:
     with pytest.raises(ConfigError):
@@ -284,6 +287,23 @@ def test_admin_routes_create_list_and_revoke(store: KeyStore) -> None:
         assert bad.status_code == 400 and bad.json()["error"]["type"] == "invalid_request_error"
         assert http.post("/admin/keys", content=b"{not json", headers=admin).status_code == 400
         assert http.post("/admin/keys", content=b" " * (65 * 1024), headers=admin).status_code == 413
+
+
+@pytest.mark.parametrize("body", [
+    pytest.param(b'{"name": "team-a", "models": ' + b"[" * 20_000 + b"]" * 20_000 + b"}", id="nested-20000-deep"),
+    pytest.param(b'{"name": "team-a", "models": ["\\ud800"]}', id="a-lone-surrogate"),
+    pytest.param(b'{"name": "team-a", "rpm": 1' + b"0" * 100 + b"}", id="rpm-10**100"),
+    pytest.param(b'{"name": "team-a", "budget_usd": NaN}', id="NaN"),
+    pytest.param(json.dumps({"name": "team-a"}).encode("utf-16"), id="utf-16"),
+])
+def test_a_bad_admin_body_is_a_400_that_stores_nothing_and_the_list_still_answers(store: KeyStore, body: bytes) -> None:
+    admin = {"authorization": f"Bearer {ADMIN}", "content-type": "application/json"}
+    with _admin(store) as http:
+        answer = http.post("/admin/keys", content=body, headers=admin)
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["error"]["type"] == "invalid_request_error"
+        listed = http.get("/admin/keys", headers=admin)
+        assert listed.status_code == 200 and listed.json()["data"] == []
 
 
 async def _post_chunks(app: ASGIApp, path: str, headers: dict[str, str], chunks: int = 1000) -> tuple[int, int]:

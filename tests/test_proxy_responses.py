@@ -109,6 +109,15 @@ def test_bad_requests_are_refused_before_any_work(proxy: Proxy, folder: Path) ->
     assert Budget(prices=PRICES, ledger=str(folder / "ledger.db")).report().spent_usd == spent
 
 
+@pytest.mark.parametrize("body", [{"model": MODEL}, {"model": MODEL, "input": None}], ids=["no-input", "input-null"])
+def test_no_input_under_a_budget_is_the_backends_400_not_a_500(proxy: Proxy, folder: Path, body: dict[str, object]) -> None:
+    # under a budget the prompt is counted first: an empty conversation is nothing to count, not a crash of the tokenizer
+    answer = proxy.post("/responses", json.dumps(body).encode())
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["type"] == "invalid_request_error" and "input" in answer.json()["error"]["message"]
+    assert Budget(prices=PRICES, ledger=str(folder / "ledger.db")).report().outstanding_reservations == 0
+
+
 def test_responses_tokens_are_counted_in_the_metrics(proxy: Proxy) -> None:
     proxy.client().responses.create(model=MODEL, input="Name a tree.", max_output_tokens=6, temperature=0)
     text = httpx2.get(f"{proxy.url}/metrics", timeout=30).text

@@ -49,7 +49,11 @@ class Prompt:
 
 
 def chat_template_tokens(tokenizer: Any, messages: Sequence[Mapping[str, Any]]) -> int:
-    """Tokens of OpenAI chat messages after a tokenizer's chat template: what the model itself reads."""
+    """Tokens of OpenAI chat messages after a tokenizer's chat template: what the model itself reads. No messages
+    (a Responses request with no input, counted under a budget before it is sent) are 0 tokens: the request itself
+    gets the backend's 400, where the template would raise a bare ValueError."""
+    if not messages:
+        return 0
     return len(template_ids(tokenizer, parse_messages(messages)))
 
 

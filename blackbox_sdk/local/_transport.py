@@ -86,7 +86,7 @@ def _post_handler(backend: HFBackend, segments: list[str], stream: bool) -> Call
         return backend.response_stream if stream else backend.response
     if segments[-1:] == ["completions"]:
         return backend.completion_stream if stream else backend.completion
-    if segments[-1:] == ["embeddings"] and not stream:
+    if segments[-1:] == ["embeddings"]:  # "stream" here is refused by the embeddings parser as an unknown argument: a 400
         return backend.embeddings
     return None
 

@@ -10,7 +10,6 @@ store's blocking calls run in Starlette's thread pool.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 
 from starlette.concurrency import run_in_threadpool
@@ -19,7 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .._exceptions import BlackBoxError
-from ._body import read_body
+from ._body import parse_object, read_body
 from ._config import DEFAULT_BODY_TIMEOUT_S
 from ._errors import ProxyError, error_response
 from ._keys import KeyStore
@@ -65,11 +64,8 @@ async def _guarded(request: Request, store: KeyStore, handle: Callable[[], Await
 async def _create(request: Request, store: KeyStore) -> Response:
     """Check the body, create the key, answer 201 with the secret (not cached by anything in between)."""
     raw = await read_body(request, MAX_ADMIN_BODY_BYTES, DEFAULT_BODY_TIMEOUT_S)  # the routes have no configuration of their own
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise ProxyError(400, "the request body is not valid JSON") from None
-    if not isinstance(body, dict) or not isinstance(body.get("name"), str):
+    body = parse_object(raw)  # as /v1 reads its bodies: UTF-8, nested at most 64 deep, finite numbers, no lone surrogate
+    if not isinstance(body.get("name"), str):
         raise ProxyError(400, "the body must be a JSON object with a 'name' and optional limits", param="name")
     name = body.pop("name")
     secret, record = await run_in_threadpool(store.create, name, **body)

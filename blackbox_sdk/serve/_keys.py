@@ -25,6 +25,8 @@ from typing import Any, Protocol, TypeGuard
 
 from .._closing import Closing
 from .._exceptions import ConfigError
+from .._text import is_utf8
+from ..budget._policy import is_count
 
 KEY_PREFIX = "bb-"
 KEY_BYTES = 32
@@ -145,11 +147,11 @@ def new_record(name: object, **limits: Any) -> KeyRecord:
     if unknown:
         raise ConfigError(f"unknown key limits {sorted(unknown)}")
     namespace = limits.get("cache_namespace") or name
-    if not isinstance(namespace, str):
-        raise ConfigError(f"cache_namespace must be a string, got {namespace!r}")
+    if not isinstance(namespace, str) or not is_utf8(namespace):
+        raise ConfigError(f"cache_namespace must be a string of UTF-8 text, got {namespace!r}")
     reranker = limits.get("reranker")
-    if reranker is not None and (not isinstance(reranker, str) or not reranker):
-        raise ConfigError(f"reranker must be an adapter folder (a non-empty string) or None, got {reranker!r}")
+    if reranker is not None and (not isinstance(reranker, str) or not reranker or not is_utf8(reranker)):
+        raise ConfigError(f"reranker must be an adapter folder (a non-empty string of UTF-8 text) or None, got {reranker!r}")
     return KeyRecord(
         key_id=new_key_id(),
         name=name,
@@ -164,12 +166,14 @@ def new_record(name: object, **limits: Any) -> KeyRecord:
 
 
 def _positive(name: str, value: Any, *, usd: bool) -> Any:
-    """None, or a positive finite amount of USD (`usd`) or a positive integer (a bool is neither)."""
+    """None, or a positive finite amount of USD (`usd`) or a positive integer below 2**53 (a bool is neither): a
+    larger one no SQLite INTEGER holds, and no window counts so far."""
     if value is None:
         return None
-    ok = isinstance(value, (int, float)) and math.isfinite(value) and value > 0 if usd else isinstance(value, int) and value >= 1
+    ok = isinstance(value, (int, float)) and math.isfinite(value) and value > 0 if usd else is_count(value, 1)
     if isinstance(value, bool) or not ok:
-        raise ConfigError(f"{name} must be a positive {'number of USD' if usd else 'integer'} or None, got {value!r}")
+        bound = "number of USD" if usd else "integer below 2**53"
+        raise ConfigError(f"{name} must be a positive {bound} or None, got {value!r:.80}")
     return float(value) if usd else value
 
 
@@ -181,8 +185,8 @@ def _models(value: Any) -> tuple[str, ...]:
     if not isinstance(items, (list, tuple)) and not isinstance(value, str):
         raise ConfigError(f"models must be a list of model names or a comma-separated string, got {value!r}")
     models = tuple(item.strip() if isinstance(item, str) else item for item in items)
-    if any(not isinstance(item, str) or not item for item in models):
-        raise ConfigError(f"models must be non-empty model names, got {value!r}")
+    if any(not isinstance(item, str) or not item or not is_utf8(item) for item in models):  # a lone surrogate: no JSON answer holds it
+        raise ConfigError(f"models must be non-empty model names of UTF-8 text, got {value!r:.200}")
     return tuple(dict.fromkeys(models))
 
 
