@@ -472,6 +472,8 @@ def test_keys_in_front_of_the_proxy(llama_server: str, tmp_path: Path) -> None:
             assert never.status_code == 429 and never.json()["error"]["code"] == "rate_limit_exceeded"  # more than tpm at once
             assert never.headers["x-should-retry"] == "false" and "retry-after" not in never.headers  # no wait lets it through
             assert http.post("/v1/chat/completions", json=chat, headers=as_b).json()["error"]["code"] == "model_not_found"
+            typed = http.post("/v1/chat/completions", json={**chat, "model": 5}, headers=as_b)  # not a name: a 400, as OpenAI's
+            assert typed.status_code == 400 and (typed.json()["error"]["code"], typed.json()["error"]["param"]) == ("invalid_type", "model")
             for headers in ({}, {"authorization": "Bearer " + "x" * 10240}, {"authorization": f"Bearer {ADMIN}"}):
                 assert http.post("/v1/chat/completions", json=chat, headers=headers).status_code == 401
             assert http.delete("/admin/keys/team-a", headers=admin).status_code == 200

@@ -129,7 +129,12 @@ def generating(route: Generating) -> Handler:
 
 
 def _check_model(tenant: Tenant | None, model: object, meter: RequestMeter) -> None:
-    """404 for a model the tenant may not use, labelled as refused: only models served take the metrics' label slots."""
+    """400 for a model that is not a string (as OpenAI answers, whatever the key may use); 404 for a model the
+    tenant may not use, labelled as refused: only models served take the metrics' label slots."""
+    if not isinstance(model, str):
+        meter.refused_model()
+        kind = "null" if model is None else type(model).__name__
+        raise ProxyError(400, f"Invalid type for 'model': expected a string, but got {kind} instead.", code="invalid_type", param="model")
     if tenant is not None:
         try:
             tenant.check_model(model)
