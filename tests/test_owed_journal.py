@@ -9,6 +9,7 @@ minute to show for real).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import multiprocessing
 import os
@@ -172,3 +173,29 @@ def test_the_journal_folder_follows_the_environment(monkeypatch: pytest.MonkeyPa
     assert _journal.journal_dir() == tmp_path / "state" / "blackbox-sdk" / "owed"
     monkeypatch.setenv("BLACKBOX_OWED_DIR", "~/owed-here")
     assert _journal.journal_dir() == Path(os.path.expanduser("~/owed-here"))
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("usd_nano", -5_000_000), ("usd_nano", 2**70), ("prompt_tokens", "9"), ("completion_tokens", -2), ("model", 7), ("lease_s", -1.0)],
+)
+def test_a_journal_file_with_an_impossible_charge_is_skipped_and_kept_never_settled(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, field: str, value: object
+) -> None:
+    ledger = tmp_path / "ledger.db"
+    budget = Budget(total_usd=1.0, prices=PRICES, ledger=ledger)
+    settled = budget.reserve(model=MODEL, prompt_tokens=9, max_output_tokens=4)
+    budget.settle(settled, prompt_tokens=9, completion_tokens=2)
+    host, pid, started = this_process()
+    name = _journal.ledger_id(ledger, ledger, "bb")
+    assert name is not None and started is not None
+    dead = _journal.OwedCharge(  # this pid with another start time: a process that no longer runs
+        name, "res-edited", "call-edited", MODEL, None, settled.day, 13_000_000, 300.0, 11_000_000, 9, 2, 0, None, host, pid, started - 1,
+    )
+    kept = _journal.write(dataclasses.replace(dead, **{field: value}))  # a file edited by hand, or by a broken writer
+    assert kept is not None
+    with caplog.at_level(logging.WARNING, logger="blackbox_sdk"):
+        Budget(total_usd=1.0, prices=PRICES, ledger=ledger)
+    assert settle_owed() == 0 and budget.spent() == pytest.approx(0.011) and budget.report().calls == 1  # nothing taken off or lost
+    assert f"skipped {kept}" in caplog.text and field in caplog.text
+    assert _journal_files() == [kept]  # left for a person to read

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -64,3 +65,33 @@ def test_an_owed_settle_whose_reservation_was_released_meanwhile_still_lands(tmp
     Budget(prices=PRICES, ledger=tmp_path / "ledger.db").release(reservation)  # released by another process while it was owed
     assert owed.settle_now() == 0 and budget.spent() == pytest.approx(15e-6)  # the paid answer is charged
     assert owed.owed_usd == 0 and budget.report().calls == 1
+
+
+def test_a_paid_call_whose_sqlite_ledger_stayed_locked_past_its_busy_timeout_is_owed_not_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from servers import InstantUpstream
+
+    from blackbox_sdk import OpenAI
+    from blackbox_sdk.budget import Ledger, owed_usd, settle_owed
+
+    monkeypatch.setitem(Ledger.__init__.__kwdefaults__, "busy_timeout_s", 0.2)  # the real 60 s, shortened
+    ledger = tmp_path / "ledger.db"
+    budget = Budget(total_usd=1.0, prices={"m": {"input": 1000.0, "output": 1000.0}}, ledger=ledger)
+    locker = sqlite3.connect(ledger, isolation_level=None, check_same_thread=False)
+    answer = {
+        "id": "c", "object": "chat.completion", "created": 1, "model": "m",
+        "usage": {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11},
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Apple."}, "finish_reason": "stop"}],
+    }
+    upstream = InstantUpstream(answer, before=lambda: locker.execute("BEGIN EXCLUSIVE"))  # locked while the call is out
+    try:
+        client = OpenAI(base_url=upstream.url, api_key="sk-test-locked", budget=budget, max_retries=0)
+        budget.calibration.learn(f"{client._core.endpoint}#chat.completions", "m", 0, 0)  # calibrated: no gate here
+        reply = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "Name a fruit."}], max_tokens=4)
+    finally:
+        upstream.close()
+    assert reply.blackbox.cost_usd == pytest.approx(11e-3) and owed_usd() == pytest.approx(11e-3)
+    locker.execute("ROLLBACK")
+    locker.close()
+    assert settle_owed() == 0 and budget.spent() == pytest.approx(11e-3) and budget.report().outstanding_reservations == 0

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from .._logging import logger
 from .._redis_url import is_redis_url, redact_url
+from ._caps import EXACT_LIMIT
 from ._owners import process_alive, this_process
 from ._store import Hold, LedgerStore
 
@@ -112,6 +113,8 @@ def orphans(ledger: str) -> list[tuple[Path, OwedCharge]]:
     found = []
     for path in paths:
         charge = _read(path)
+        if charge is not None and charge.ledger != ledger:
+            logger.warning("skipped %s in the owed-charge journal: it names another ledger (%s)", path, charge.ledger)
         if charge is None or charge.ledger != ledger or charge.host != host or process_alive(charge.pid, charge.pid_start):
             continue
         adopted = dataclasses.replace(charge, pid=pid, pid_start=started)
@@ -127,12 +130,28 @@ def _read(path: Path) -> OwedCharge | None:
         version = data.pop("version")
         if version != VERSION:
             raise ValueError(f"version {version!r}")
-        charge = OwedCharge(**data)
-        if not all(isinstance(getattr(charge, name), int) for name in ("reserved_nano", "usd_nano", "pid")):
-            raise ValueError("amounts and pid must be integers")
+        charge = _checked(OwedCharge(**data))
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as error:
         logger.warning("skipped %s in the owed-charge journal: not a charge this version can settle (%s)", path, error)
         return None
+    return charge
+
+
+def _checked(charge: OwedCharge) -> OwedCharge:
+    """``charge`` if every field is one a settle can charge; ValueError naming the first that is not (a negative
+    amount would take spend off the ledger, a huge one no ledger stores)."""
+    for name in ("reserved_nano", "usd_nano", "prompt_tokens", "completion_tokens", "cached_tokens", "pid"):
+        value = getattr(charge, name)
+        if type(value) is not int or not 0 <= value < EXACT_LIMIT:
+            raise ValueError(f"{name} must be an integer from 0 below 2**53, got {value!r}")
+    for name in ("ledger", "reservation_id", "call_id", "model", "day", "host", "key"):
+        value = getattr(charge, name)
+        if not (isinstance(value, str) and value) and not (value is None and name == "key"):
+            raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+    if not isinstance(charge.log_id, (str, type(None))):  # "" is NO_LOG
+        raise ValueError(f"log_id must be a string, got {charge.log_id!r}")
+    if type(charge.lease_s) not in (int, float) or not 0 < charge.lease_s <= 1e9 or type(charge.pid_start) not in (int, type(None)):
+        raise ValueError(f"lease_s must be a positive number of seconds and pid_start an integer, got {charge.lease_s!r}, {charge.pid_start!r}")
     return charge
 
 

@@ -38,7 +38,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from .._exceptions import ConfigError, ReservationNotHeldError
+from .._exceptions import ConfigError, ReservationNotHeldError, StoreUnavailableError
 from .._sqlite import SHARED_TABLES, ProcessConnection, connect, immediate, refuse_foreign
 from ._caps import REPORTED_SCOPES, Cap, CapUsage, charged_rows, totals_row
 from ._owners import process_alive, this_process
@@ -212,9 +212,9 @@ class Ledger:
         self._next_dead_check = 0.0  # time.monotonic() from which a reserve looks for dead processes again
         try:
             refuse_foreign(self.path, SHARED_TABLES, "budget ledger", busy_timeout_s)  # once, before the first write
-        except (OSError, sqlite3.Error) as error:
+            self.release_dead()
+        except (OSError, sqlite3.Error, StoreUnavailableError) as error:
             raise ConfigError(f"can't open the budget ledger {self.path}: {error}") from error
-        self.release_dead()
 
     def owner(self) -> tuple[str, int, int | None]:
         """This process's host, pid and start time, as recorded on its reservations."""
@@ -237,13 +237,14 @@ class Ledger:
 
     @contextmanager
     def _immediate(self) -> Iterator[sqlite3.Connection]:
-        """A `BEGIN IMMEDIATE` transaction: the write lock is taken first, so processes serialise."""
-
-        def locked(error: sqlite3.Error) -> ConfigError:
-            return ConfigError(f"can't lock the budget ledger {self.path}: {error}")
-
-        with self._lock, immediate(self._connect(), locked) as connection:
-            yield connection
+        """A `BEGIN IMMEDIATE` transaction: the write lock is taken first, so processes serialise. A file out of reach
+        (locked past the busy timeout, read-only, a disk I/O error) is StoreUnavailableError, as a Redis ledger's is,
+        so a paid call's settle is owed rather than lost and a reserve sends nothing."""
+        try:
+            with self._lock, immediate(self._connect()) as connection:
+                yield connection
+        except sqlite3.OperationalError as error:
+            raise StoreUnavailableError(f"the budget ledger {self.path} can't be written: {error}") from error
 
     @contextmanager
     def transaction(self) -> Iterator[LedgerTransaction]:
