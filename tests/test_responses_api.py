@@ -380,6 +380,25 @@ def test_a_continuation_reserves_the_context_it_continues_so_a_cap_refuses_it_be
     assert len(upstream.bodies) == sent  # refused before sending: the cap holds
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_an_answer_served_from_the_cache_teaches_the_ledger_the_context_it_leaves(
+    stream: bool, upstream: ResponsesUpstream, tmp_path: Path, budget: Budget, caplog: pytest.LogCaptureFixture,
+) -> None:
+    upstream.answers = [" ".join(["word"] * 300)]
+    filler = OpenAI(api_key="sk-test", base_url=upstream.url, cache=tmp_path / "cache")  # no budget: no ledger saw its answer
+    filler.responses.create(model=MODEL, input=QUESTION, max_output_tokens=400)
+    client = double_client(OpenAI, upstream, tmp_path, budget)
+    if stream:
+        with client.responses.stream(model=MODEL, input=QUESTION, max_output_tokens=400) as events:
+            hit = events.get_final_response()
+    else:
+        hit = client.responses.create(model=MODEL, input=QUESTION, max_output_tokens=400)
+    assert hit.blackbox.cache_hit
+    with caplog.at_level(logging.WARNING, logger="blackbox_sdk"):
+        client.responses.create(model=MODEL, input="And of Italy?", previous_response_id=hit.id, max_output_tokens=400)
+    assert "has not seen" not in caplog.text and _over_reservation(caplog) == []  # its history was reserved
+
+
 def test_a_conversation_and_a_stored_prompt_are_reserved_once_an_answer_showed_them(
     upstream: ResponsesUpstream, tmp_path: Path, budget: Budget, caplog: pytest.LogCaptureFixture,
 ) -> None:

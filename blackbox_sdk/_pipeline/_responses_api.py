@@ -118,6 +118,8 @@ def finish(core: Core, call: Call, stored: list[Candidate], fresh: list[Candidat
     nothing changed it). A reranked response reports the usage of every answer it was chosen from."""
     everything, total = account(core, call, stored, fresh, usage)
     [best] = choose(call, everything)
+    if any(best is hit for hit in stored):
+        remember_hit(core, call, best)
     if original is None or stored or call.opts.reranker is not None or call.usage_counted:
         data = best.choice if len(everything) == 1 else {**best.choice, "usage": responses_usage(total)}
         original = rebuilt(build(Response, data), None if stored else original)
@@ -144,8 +146,15 @@ def replay(core: Core, call: Call, stored: list[Candidate]) -> list[Any]:
     stored events as they came, or a whole answer's events."""
     everything, total = account(core, call, stored[:1], [], None)
     call.info.chosen = [0]
+    remember_hit(core, call, stored[0])
     core.record(call, logged_texts(call, everything), total)
     return typed(stored[0].chunks or events_of(stored[0].choice), call.info)
+
+
+def remember_hit(core: Core, call: Call, hit: Candidate) -> None:
+    """An answer served from the cache teaches the ledger what a continuation of it carries, as a fresh one
+    does: the ledger may never have seen it (stored by a client without a budget, or its record lapsed)."""
+    remember_context(core, call, hit.choice, {"prompt_tokens": hit.prompt_tokens, "completion_tokens": hit.completion_tokens})
 
 
 def typed(events: list[Json], info: Any) -> list[Any]:
