@@ -56,6 +56,26 @@ def test_a_settle_the_ledger_takes_later_lands_and_what_stays_owed_is_named_at_e
     assert owed.owed_usd == 0
 
 
+def test_a_landed_charge_whose_journal_file_cant_be_removed_is_no_longer_owed_and_raises_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    budget = Budget(total_usd=1.0, prices=PRICES, ledger=tmp_path / "ledger.db")
+    reservation = budget.reserve(model="m", prompt_tokens=10, max_output_tokens=10)
+    journal = tmp_path / "owed.json"
+    journal.write_text("{}")
+
+    def read_only(self: Path, missing_ok: bool = False) -> None:
+        raise PermissionError(30, "Read-only file system", str(self))  # what root meets on a read-only mount
+
+    monkeypatch.setattr(Path, "unlink", read_only)
+    owed = OwedSettles()
+    settle = functools.partial(budget.settle, reservation, prompt_tokens=10, completion_tokens=5)
+    owed.owe(_Debt(reservation.id, reservation.call_id, 15e-6, settle, journal), StoreUnavailableError("down"))
+    with caplog.at_level(logging.WARNING, logger="blackbox_sdk"):
+        assert owed.settle_now() == 0  # the retry thread runs this too: an error here would have ended it
+    assert budget.spent() == pytest.approx(15e-6) and journal.exists() and "could not be removed" in caplog.text
+
+
 def test_an_owed_settle_whose_reservation_was_released_meanwhile_still_lands(tmp_path: Path) -> None:
     budget = Budget(total_usd=1.0, prices=PRICES, ledger=tmp_path / "ledger.db")
     reservation = budget.reserve(model="m", prompt_tokens=10, max_output_tokens=10)

@@ -14,7 +14,6 @@ and the owning process.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -100,10 +99,16 @@ def write(charge: OwedCharge) -> Path | None:
 
 
 def remove(path: Path | None) -> None:
-    """Forget a charge that landed."""
-    if path is not None:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+    """Forget a charge that landed; a file that can't be removed (a read-only folder) stays, with a warning: the
+    process that adopts it later finds its charge settled already, so it is never charged twice."""
+    if path is None:
+        return
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as error:
+        logger.warning("the owed charge in %s landed, but its journal file could not be removed: %s", path, error)
 
 
 def orphans(ledger: str) -> list[tuple[Path, OwedCharge]]:
