@@ -104,9 +104,7 @@ def remove(path: Path | None) -> None:
     if path is None:
         return
     try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
+        path.unlink(missing_ok=True)
     except OSError as error:
         logger.warning("the owed charge in %s landed, but its journal file could not be removed: %s", path, error)
 
