@@ -109,14 +109,20 @@ class RetryPolicy:
             "reraise": True,
         }
 
-    def call(self, fn: Callable[[], T], on_retry: Callable[[int], None] | None = None) -> T:
-        """Run `fn` with retries; `on_retry(n)` is told each retry's number."""
-        retrying = tenacity.Retrying(sleep=self.sleep, before_sleep=_notify(on_retry), **self._options())
+    def call(self, fn: Callable[[], T], on_retry: Callable[[BaseException], None] | None = None) -> T:
+        """Run `fn` with retries; `on_retry(error)` runs before each retry with the error that asked for it (what it raises ends the retries)."""
+        hook = None if on_retry is None else lambda state: on_retry(_error(state))
+        retrying = tenacity.Retrying(sleep=self.sleep, before_sleep=hook, **self._options())
         return retrying(fn)
 
-    async def acall(self, fn: Callable[[], Awaitable[T]], on_retry: Callable[[int], None] | None = None) -> T:
-        """Await `fn` with retries; `on_retry(n)` is told each retry's number."""
-        retrying = tenacity.AsyncRetrying(sleep=self.async_sleep, before_sleep=_notify(on_retry), **self._options())
+    async def acall(self, fn: Callable[[], Awaitable[T]], on_retry: Callable[[BaseException], Awaitable[None]] | None = None) -> T:
+        """Await `fn` with retries; `on_retry(error)` is awaited before each retry, as `call`'s is run."""
+
+        async def hook(state: tenacity.RetryCallState) -> None:
+            if on_retry is not None:
+                await on_retry(_error(state))
+
+        retrying = tenacity.AsyncRetrying(sleep=self.async_sleep, before_sleep=hook, **self._options())
 
         async def attempt() -> T:
             return await fn()
@@ -124,8 +130,9 @@ class RetryPolicy:
         return await retrying(attempt)
 
 
-def _notify(on_retry: Callable[[int], None] | None) -> Callable[[tenacity.RetryCallState], None] | None:
-    """A tenacity before_sleep hook that reports the retry number."""
-    if on_retry is None:
-        return None
-    return lambda state: on_retry(state.attempt_number)
+def _error(state: tenacity.RetryCallState) -> BaseException:
+    """The error of the attempt a retry follows (tenacity retries on errors only here)."""
+    error = state.outcome.exception() if state.outcome is not None else None
+    if error is None:
+        raise RuntimeError("a retry with no failed attempt before it")
+    return error

@@ -66,9 +66,9 @@ def passes_gate(core: Core, call: Call) -> bool:
 
 def learn(core: Core, call: Call, usage: Json) -> None:
     """Learn the endpoint's hidden prompt tokens from a reported usage, and let the next call through;
-    not from the charge of a call interrupted with requests still in flight (no answer showed it)."""
+    not from the charge of a call interrupted with requests still in flight, or with answers lost (no answer showed it)."""
     budget = call.opts.budget
-    if budget is None or core.backend is not None or call.counted_prompt is None or continues_stored_state(call) or call.in_flight:
+    if budget is None or core.backend is not None or call.counted_prompt is None or continues_stored_state(call) or call.in_flight or call.lost:
         return
     prompt = reported(usage.get("prompt_tokens"))
     per_request = prompt // max(1, call.info.requests) if isinstance(prompt, int) else 0

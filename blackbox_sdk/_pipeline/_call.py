@@ -18,6 +18,18 @@ from ._validation import given
 REASONING_MODEL = re.compile(r"o\d|gpt-5")  # OpenAI's o-series and gpt-5 refuse `max_tokens`: they take `max_completion_tokens`
 
 
+@dataclass(frozen=True)
+class Sender:
+    """One request ready to send, and how many choices it asks for (what a lost answer is charged for)."""
+
+    send: Callable[[], Any]
+    choices: int
+
+    def __call__(self) -> Any:
+        """Send it."""
+        return self.send()
+
+
 @dataclass
 class KeptHttp:
     """The last HTTP response a call's requests got, for a raw view the SDK builds (status, headers)."""
@@ -47,12 +59,20 @@ class Call:
     usage_counted: bool = False
     in_flight: int = 0  # requests out and not yet answered: an interrupt (a cancelled task, Ctrl-C) leaves their prompts to charge
     arrived: list[Any] = field(default_factory=list)  # answers received and not yet settled: charged if the call fails
+    lost: list[Json] = field(default_factory=list)  # worst cases of requests whose answers were lost and not yet charged (`_lost`)
     recorded: bool = False  # the call has its one log record
     steps: list[BlackBoxInfo] = field(default_factory=list)  # a beam search's step calls, each as it begins: what the search spent
     request: Json = field(default_factory=dict)  # the request as the log keeps it
     overrides: Json = field(default_factory=dict)  # the caller's per-call SDK options
     valid: Callable[[str], bool] | None = None  # the caller's check of an answer (parse: it fits the schema); reranking prefers those it accepts
     kept: KeptHttp | None = None  # send through the raw view and keep the last HTTP response there (a raw view's headers)
+
+    def worst_case(self, choices: int) -> Json:
+        """The usage of one request of `choices` at its worst as reserved, for an answer the SDK never saw (`_lost`):
+        the prompt, and each choice's output cap unless streamed (a server stops a stream whose reader left)."""
+        held = self.reservation
+        completion = 0 if self.stream else held.max_output_tokens * choices
+        return {"prompt_tokens": held.prompt_tokens, "completion_tokens": completion, "total_tokens": held.prompt_tokens + completion}
 
     @cached_property
     def meter(self) -> Meter:

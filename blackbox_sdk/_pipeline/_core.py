@@ -24,7 +24,7 @@ from .._types import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, Json, Route, usag
 from ..budget import UNCALIBRATED_ALLOWANCE, TokenCount
 from ..cache import canonical_params
 from ..call_log import new_call_id
-from ._call import Call, KeptHttp
+from ._call import Call, KeptHttp, Sender
 from ._calibrate import calibration_key, learn, public_endpoint, stored_context, ungate
 from ._candidates import Candidate
 from ._meter import recording, used_tokens
@@ -162,8 +162,8 @@ class Core:
         params = self.request(call, count, max_tokens, seed)
         resource = self.inner.chat.completions if call.route is CHAT else self.inner.completions
         if call.kept is not None and not call.stream:
-            return self.kept(call.kept, resource.with_raw_response.create, params)
-        return lambda: resource.create(**params)
+            return Sender(self.kept(call.kept, resource.with_raw_response.create, params), count)
+        return Sender(lambda: resource.create(**params), count)
 
     def kept(self, kept: KeptHttp, raw_create: Callable[..., Any], params: Json) -> Callable[[], Any]:
         """A request through the raw view that keeps its HTTP response on the call (sync or async, by the core)."""
@@ -312,16 +312,29 @@ def answered(core: Core, call: Call, outcome: Any) -> Any:
 
 
 def charge_sent(core: Core, call: Call) -> None:
-    """Settle a failing call for what the server has: the answers that arrived, and the prompt of each
-    request still out when an interrupt came (a cancelled task, Ctrl-C: the server has it and bills it,
-    answered or not), so that its cost is never settled at $0 and its rate window keeps what it used."""
-    if not (call.arrived or call.in_flight) or (call.reservation is None and call.admission is None):
+    """Settle a failing call for what the server has: the answers that arrived, the requests still out when
+    an interrupt came (`abandoned`), and the worst case of each whose answer was lost (`_lost`), so that its
+    cost is never settled at $0 and its rate window keeps what it used."""
+    if not (call.arrived or call.in_flight or call.lost) or (call.reservation is None and call.admission is None):
         return
     usages = [core.count.of_response(call, answer.to_dict(warnings=False)) for answer in call.arrived]
     if call.in_flight:
-        usages.append(core.count.counted(call, [], call.in_flight))
-    core.settle(call, usage_to_charge(usages))  # with requests in flight, a count that teaches the endpoint nothing
+        usages += abandoned(core, call)
+    usages += call.lost  # requests whose answers were lost: their worst cases (`_lost`)
+    core.settle(call, usage_to_charge(usages))  # with requests in flight or answers lost, a count that teaches the endpoint nothing
     call.in_flight = 0
+    call.lost = []
+
+
+def abandoned(core: Core, call: Call) -> list[Json]:
+    """The requests still out when an interrupt came (a cancelled task, Ctrl-C): the server has them and bills
+    them, answered or not. Under a budget each is charged as a lost answer (the choices reserved and not
+    arrived, shared among them); streamed or without a budget, their prompts as counted."""
+    if call.reservation is None or call.stream:
+        return [core.count.counted(call, [], call.in_flight)]
+    got = sum(len(getattr(answer, "choices", None) or [answer]) for answer in call.arrived)
+    choices = max(1, (call.reservation.n - got) // call.in_flight)
+    return [call.worst_case(choices) for _ in range(call.in_flight)]
 
 
 def give_room_back(call: Call) -> None:

@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from .._info import attach, rebuilt
 from .._types import RESPONSES, Json, token_count, usage_to_charge
 from ._calibrate import remember_context
-from ._call import Call
+from ._call import Call, Sender
 from ._candidates import Candidate
 from ._core import Core, build
 from ._flows import Effect, Flow, begin, cached, io, last, paid, sending, sent
@@ -31,6 +31,7 @@ from ._responses import account, choose, logged_texts, unstreamed
 
 Valid = Callable[[str], bool]  # whether an answer's text is acceptable (parses against the caller's schema)
 STORED_STATUSES = (None, "completed", "incomplete")  # a queued or background response is not an answer to keep
+RUNNING_STATUSES = ("queued", "in_progress")  # a background response still generating: charged its worst case
 
 
 def create(core: Core, params: Json, overrides: Json, valid: Valid | None = None) -> Flow:
@@ -50,7 +51,7 @@ def create(core: Core, params: Json, overrides: Json, valid: Valid | None = None
 def sender(core: Core, call: Call, max_tokens: int | None) -> Callable[[], Any]:
     """The inner client's `responses.create` for one answer (the output cap as the budget granted it)."""
     params = core.request(call, 1, max_tokens)
-    return lambda: core.inner.responses.create(**params)
+    return Sender(lambda: core.inner.responses.create(**params), 1)
 
 
 def answers(core: Core, call: Call, count: int, max_tokens: int | None) -> Flow:
@@ -76,6 +77,8 @@ def candidate(core: Core, call: Call, response: Json, events: list[Json] | None 
     remember_context(core, call, response, usage)
     if response.get("status") not in STORED_STATUSES:
         call.key = None
+    if response.get("status") in RUNNING_STATUSES and call.reservation is not None:  # the server generates on and bills it
+        usage, call.usage_counted = call.worst_case(1), True
     found = Candidate(response, {}, token_count(usage.get("completion_tokens")), token_count(usage.get("prompt_tokens")), events)
     return found, usage
 

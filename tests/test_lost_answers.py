@@ -1,0 +1,150 @@
+"""A request the server took but whose answer never came back (a read timed out, the connection dropped
+after the request was sent) is billed by the server all the same: under a budget it is charged its
+worst case, and a retry after it is held on the budget before it is sent, so that the cap holds.
+The real llama.cpp server times out a real read; doubles stand in for what it can't show (a timeout
+followed by an answer, a background response still queued)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import openai
+import pytest
+
+from blackbox_sdk import AsyncOpenAI, Budget, BudgetExceededError, CallLog, OpenAI
+from blackbox_sdk.local import free_port
+
+MODEL = "smollm2"
+PRICES = {MODEL: {"input": 1000.0, "output": 1000.0}}  # $1000 per million tokens: one token costs $0.001
+QUESTION = [{"role": "user", "content": "Write a long story about a dragon."}]
+ANSWER = {
+    "id": "c", "object": "chat.completion", "created": 1, "model": MODEL,
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "Apple."}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11},
+}
+
+
+def _budget(folder: Path, cap: float = 10.0) -> Budget:
+    return Budget(total_usd=cap, prices=PRICES, ledger=str(folder / "ledger.db"))
+
+
+def _times_out_then(answers: list[dict[str, Any] | None]) -> tuple[httpx2.MockTransport, list[dict[str, Any]]]:
+    """A transport that answers each request with the next of `answers`, a read timeout for None; and the requests it saw."""
+    seen: list[dict[str, Any]] = []
+
+    def handle(request: httpx2.Request) -> httpx2.Response:
+        seen.append(json.loads(request.content))
+        answer = answers[len(seen) - 1]
+        if answer is None:
+            raise httpx2.ReadTimeout("timed out", request=request)
+        return httpx2.Response(200, json=answer)
+
+    return httpx2.MockTransport(handle), seen
+
+
+def _assert_log_matches_ledger(budget: Budget, log: CallLog) -> None:
+    log.flush()
+    logged = sum(record.cost_usd for record in log.calls())
+    assert logged == pytest.approx(budget.report().spent_usd)
+    assert budget.report().reserved_usd == 0.0
+
+
+def test_a_real_read_timeout_is_charged_its_worst_case_each_attempt(llama_server: str, tmp_path: Path) -> None:
+    budget, log = _budget(tmp_path), CallLog(tmp_path / "calls.db")
+    client = OpenAI(base_url=llama_server, api_key="none", timeout=0.05, max_retries=1, budget=budget, log=log)
+    with pytest.raises(openai.APITimeoutError):
+        client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=48)
+    spends = budget.settled_since(0)
+    assert [spend.completion_tokens for spend in spends] == [48, 48]  # both attempts: every output token they may bill
+    assert all(spend.prompt_tokens > 0 for spend in spends)
+    assert budget.report().spent_usd == pytest.approx(sum(spend.usd_nano for spend in spends) / 1e9)
+    _assert_log_matches_ledger(budget, log)
+    [record] = list(log.calls())
+    assert record.error is not None and record.error.startswith("APITimeoutError")
+    log.close()
+
+
+def test_a_connection_never_made_charges_nothing(tmp_path: Path) -> None:
+    budget = _budget(tmp_path)
+    client = OpenAI(base_url=f"http://127.0.0.1:{free_port()}/v1", api_key="none", max_retries=1, budget=budget)
+    with pytest.raises(openai.APIConnectionError) as raised:
+        client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=48)
+    assert isinstance(raised.value.__cause__, httpx2.ConnectError)
+    assert budget.report().spent_usd == 0.0
+    assert budget.report().reserved_usd == 0.0
+
+
+def test_a_retry_after_a_lost_answer_is_held_and_the_answer_charged_beside_it(tmp_path: Path) -> None:
+    transport, seen = _times_out_then([None, ANSWER])
+    budget, log = _budget(tmp_path), CallLog(tmp_path / "calls.db")
+    client = OpenAI(api_key="sk-test", http_client=httpx2.Client(transport=transport), max_retries=2, budget=budget, log=log)
+    answer = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=100)
+    assert answer.choices[0].message.content == "Apple." and len(seen) == 2
+    lost, paid = budget.settled_since(0)
+    assert (lost.completion_tokens, paid.completion_tokens, paid.prompt_tokens) == (100, 2, 9)
+    assert answer.blackbox.cost_usd == pytest.approx((lost.usd_nano + paid.usd_nano) / 1e9)
+    assert answer.blackbox.retries == 1
+    _assert_log_matches_ledger(budget, log)
+    log.close()
+
+
+def test_a_retry_the_cap_cannot_hold_is_refused_and_the_lost_answer_charged(tmp_path: Path) -> None:
+    transport, seen = _times_out_then([None, ANSWER])
+    budget = _budget(tmp_path, cap=0.2)  # one worst case (about $0.1 for 100 output tokens and the prompt) fits, two do not
+    client = OpenAI(api_key="sk-test", http_client=httpx2.Client(transport=transport), max_retries=2, budget=budget)
+    with pytest.raises(BudgetExceededError) as refused:
+        client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=100)
+    assert isinstance(refused.value.__cause__, openai.APITimeoutError)
+    assert len(seen) == 1  # the retry was never sent
+    [lost] = budget.settled_since(0)
+    assert lost.completion_tokens == 100
+    assert budget.report().reserved_usd == 0.0 and budget.report().spent_usd <= 0.2
+
+
+def test_a_lost_stream_is_charged_its_prompt(tmp_path: Path) -> None:
+    transport, _ = _times_out_then([None])
+    budget = _budget(tmp_path)
+    client = OpenAI(api_key="sk-test", http_client=httpx2.Client(transport=transport), max_retries=0, budget=budget)
+    with pytest.raises(openai.APITimeoutError):
+        client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=100, stream=True)
+    [lost] = budget.settled_since(0)
+    assert lost.completion_tokens == 0 and lost.prompt_tokens > 0  # a server stops a stream its reader left
+    assert budget.report().reserved_usd == 0.0
+
+
+def test_the_async_client_holds_its_retry_off_the_event_loop(tmp_path: Path) -> None:
+    transport, seen = _times_out_then([None, ANSWER])
+    budget = _budget(tmp_path)
+    client = AsyncOpenAI(api_key="sk-test", http_client=httpx2.AsyncClient(transport=transport), max_retries=2, budget=budget)
+
+    async def ask() -> Any:
+        return await client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=100)
+
+    answer = asyncio.run(ask())
+    assert len(seen) == 2 and answer.blackbox.retries == 1
+    assert [spend.completion_tokens for spend in budget.settled_since(0)] == [100, 2]
+    assert budget.report().reserved_usd == 0.0
+
+
+def _queued(request: httpx2.Request) -> httpx2.Response:
+    """A Responses API answer to `background=True`: queued, no output or usage yet."""
+    return httpx2.Response(200, json={
+        "id": "resp_1", "object": "response", "created_at": 1, "status": "queued", "background": True, "model": MODEL,
+        "output": [], "parallel_tool_calls": True, "tool_choice": "auto", "tools": [], "usage": None, "error": None,
+        "incomplete_details": None, "instructions": None, "metadata": {}, "text": {"format": {"type": "text"}},
+    })
+
+
+def test_a_background_response_still_queued_is_charged_its_worst_case(tmp_path: Path) -> None:
+    budget = _budget(tmp_path)
+    client = OpenAI(api_key="sk-test", http_client=httpx2.Client(transport=httpx2.MockTransport(_queued)), budget=budget)
+    response = client.responses.create(model=MODEL, input="Write a long story.", background=True, max_output_tokens=300)
+    assert response.status == "queued"
+    [charged] = budget.settled_since(0)
+    assert charged.completion_tokens == 300  # the server generates on, and bills, what the SDK never sees
+    assert response.blackbox.cost_usd == pytest.approx(charged.usd_nano / 1e9)
+    assert response.blackbox.usage_counted
