@@ -12,6 +12,7 @@ import logging
 import multiprocessing
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -23,7 +24,7 @@ from typing import Any
 
 import pytest
 import redis
-from servers import RedisServer
+from servers import InstantUpstream, RedisServer
 
 from blackbox_sdk import BudgetExceededError, ConfigError, ReservationNotHeldError, StoreUnavailableError
 from blackbox_sdk.budget import Budget, Cap, Hold, LedgerStore, RedisLedger, usd_to_nano
@@ -182,6 +183,34 @@ def test_release_is_idempotent_and_gives_the_hold_back(ledger: str) -> None:
     assert (budget.spent(), budget.report().outstanding_reservations) == (0.0, 1)
 
 
+def test_releasing_a_hold_whose_lease_lapsed_says_it_held_nothing(ledger: str) -> None:
+    budget = capped(ledger, total_usd=1.0, lease_s=0.2)
+    hung = call(budget)
+    KEEPER.drop(hung)  # as if its process froze: nothing renews its lease now
+    time.sleep(0.3)
+    assert budget._ledger.release(hung.id) is False  # lapsed before any reserve or report purged it: it held nothing
+    assert budget._ledger.outstanding() == (0, 0) and budget._ledger.release(hung.id) is False
+
+
+def _audited_reserve(ledger: str, reservation_id: str) -> int:
+    """The hold the ledger's audit record of a settled reservation says it replaced (Redis: its spends stream)."""
+    if ledger.startswith("redis://"):
+        [(_, fields)] = redis.Redis.from_url(ledger).xrange("blackbox:ledger:spends")
+        assert fields[b"reservation_id"].decode() == reservation_id
+        return int(fields[b"reserved_nano"])
+    with sqlite3.connect(ledger) as raw:
+        [(reserved,)] = raw.execute("SELECT reserved_nano FROM spends WHERE reservation_id = ?", (reservation_id,))
+    return int(reserved)
+
+
+def test_a_paid_settle_of_a_released_reservation_is_audited_with_its_hold(ledger: str) -> None:
+    budget = capped(ledger, total_usd=1.0)
+    reservation = call(budget)
+    capped(ledger).release(reservation)  # as another process's release would, while the call ran
+    budget.settle(reservation, prompt_tokens=0, completion_tokens=40)
+    assert _audited_reserve(ledger, reservation.id) == usd_to_nano(CALL_USD, round_up=True)  # not 0
+
+
 def test_a_lapsed_lease_frees_its_hold_and_a_late_settle_still_counts(
     ledger: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -307,6 +336,23 @@ def test_a_killed_redis_fails_closed_and_a_restarted_one_serves_again(
     assert "did not know reservation" in caplog.text and "AOF" in caplog.text
     report = restarted.report()
     assert (report.calls, report.outstanding_reservations) == (1, 1)
+
+
+def test_a_client_call_on_a_stopped_redis_ledger_is_refused_unsent_and_says_so(redis_server: RedisServer) -> None:
+    from blackbox_sdk import OpenAI
+
+    answer = {"id": "c", "object": "chat.completion", "created": 1, "model": "unit", "usage": {"prompt_tokens": 9, "completion_tokens": 2},
+              "choices": [{"index": 0, "message": {"role": "assistant", "content": "Apple."}, "finish_reason": "stop"}]}
+    sent: list[None] = []
+    upstream = InstantUpstream(answer, before=lambda: sent.append(None))
+    client = OpenAI(base_url=upstream.url, api_key="sk-test", budget=capped(redis_server.url, total_usd=1.0), max_retries=0)
+    redis_server.stop()
+    try:
+        message = _message(lambda: client.chat.completions.create(model="unit", messages=[{"role": "user", "content": "Hi"}], max_tokens=4))
+    finally:
+        upstream.close()
+    assert "failed to read the endpoint's calibration" in message and "the call is refused, nothing was sent" in message
+    assert sent == []
 
 
 def test_the_same_budget_reconnects_after_a_restart(redis_server: RedisServer) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -382,8 +382,9 @@ def test_a_continuation_reserves_the_context_it_continues_so_a_cap_refuses_it_be
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
 def test_an_answer_served_from_the_cache_teaches_the_ledger_the_context_it_leaves(
-    stream: bool, upstream: ResponsesUpstream, tmp_path: Path, budget: Budget, caplog: pytest.LogCaptureFixture,
+    stream: bool, upstream: ResponsesUpstream, tmp_path: Path, store_at: Callable[[str], str], caplog: pytest.LogCaptureFixture,
 ) -> None:
+    budget = Budget(total_usd=100.0, prices=PRICES, ledger=store_at("ledger.db"))  # the context kept in SQLite, then in Redis
     upstream.answers = [" ".join(["word"] * 300)]
     filler = OpenAI(api_key="sk-test", base_url=upstream.url, cache=tmp_path / "cache")  # no budget: no ledger saw its answer
     filler.responses.create(model=MODEL, input=QUESTION, max_output_tokens=400)

@@ -152,29 +152,29 @@ class RedisCalibration:
         return f"{self._ledger.prefix}calibration-gate:{_field(endpoint, model)}"
 
     def overhead(self, endpoint: str, model: str) -> int | None:
-        value = self._do("calibration", lambda: self._ledger._client.hget(self._ledger.prefix + "calibration", _field(endpoint, model)))
+        value = self._do("read the endpoint's calibration", lambda: self._ledger._client.hget(self._ledger.prefix + "calibration", _field(endpoint, model)))
         return None if value is None else int(value)
 
     def raise_overhead(self, endpoint: str, model: str, extra: int) -> None:
-        self._do("calibration", lambda: self._raise(keys=[self._ledger.prefix + "calibration"], args=[_field(endpoint, model), extra]))
+        self._do("store the endpoint's calibration", lambda: self._raise(keys=[self._ledger.prefix + "calibration"], args=[_field(endpoint, model), extra]))
 
     def open_gate(self, endpoint: str, model: str, holder: str) -> bool:
         key = self._gate(endpoint, model)
-        taken = self._do("calibration gate", lambda: self._ledger._client.set(key, holder, nx=True, px=int(GATE_LEASE_S * 1000)))
-        return bool(taken) or self._do("calibration gate", lambda: self._ledger._client.get(key)) == holder.encode()
+        taken = self._do("take the calibration gate", lambda: self._ledger._client.set(key, holder, nx=True, px=int(GATE_LEASE_S * 1000)))
+        return bool(taken) or self._do("take the calibration gate", lambda: self._ledger._client.get(key)) == holder.encode()
 
     def close_gate(self, endpoint: str, model: str, holder: str) -> None:
-        self._do("calibration gate", lambda: self._close(keys=[self._gate(endpoint, model)], args=[holder]))
+        self._do("give the calibration gate back", lambda: self._close(keys=[self._gate(endpoint, model)], args=[holder]))
 
     def _context(self, key: str) -> str:
         return f"{self._ledger.prefix}context:{hashlib.sha256(key.encode()).hexdigest()}"
 
     def context(self, key: str) -> int | None:
-        value = self._do("stored context", lambda: self._ledger._client.get(self._context(key)))
+        value = self._do("read the stored context", lambda: self._ledger._client.get(self._context(key)))
         return None if value is None else int(value)
 
     def keep_context(self, key: str, tokens: int) -> None:
-        self._do("stored context", lambda: self._keep(keys=[self._context(key)], args=[tokens, int(CONTEXT_KEEP_S)]))
+        self._do("keep the stored context", lambda: self._keep(keys=[self._context(key)], args=[tokens, int(CONTEXT_KEEP_S)]))
 
 
 def _field(endpoint: str, model: str) -> str:

@@ -34,8 +34,12 @@ SPENDS_KEPT = 100_000  # settled calls kept in the audit stream (approximately)
 SPENDS_PAGE = 1000  # stream entries read per round trip by settled_since
 SOCKET_TIMEOUT_S, CONNECT_TIMEOUT_S, RETRIES = 5.0, 2.0, 2
 BACKOFF_S = (0.02, 0.25)  # a retry's exponential wait: (base, cap)
+_REFUSED = ": the call is refused, nothing was sent"
 _CONSEQUENCES = {
-    "reserve": ": the call is refused, nothing was sent",
+    "reserve": _REFUSED,
+    "read the endpoint's calibration": _REFUSED,  # read before a call is sent, as the stored context and the gate are
+    "take the calibration gate": _REFUSED,
+    "read the stored context": _REFUSED,
     "settle": ": the spend is not recorded, and the reservation stays held until its lease lapses",
     "release": ": the reservation stays held until its lease lapses",
     "renew": ": its lease is tried again until it lapses",
@@ -100,7 +104,7 @@ class RedisLedger:
         status = int(self._run(
             "settle", reservation_id, uuid.uuid4().hex, str(usd_nano), str(prompt_tokens), str(completion_tokens),
             str(cached_tokens), self._keep, str(SPENDS_KEPT), *known, *self._settler(),
-            "0" if log_id is None else "1", log_id or "",
+            "0" if log_id is None else "1", log_id or "", str(hold.usd_nano) if hold else "0",
         ))
         if status == 0:
             raise ReservationNotHeldError(

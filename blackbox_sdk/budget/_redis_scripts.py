@@ -86,7 +86,8 @@ return {1}
 # ARGV: prefix, id, token, usd, prompt, completion, cached, keep_s, spends_kept, then the
 # reservation's call_id, model, family, key, day (to charge one the ledger lost), then the settling
 # process's host, pid and start time ('' when unknown), then '1' and the id of the call log the call is
-# recorded in ('' for none), or '0' and '' when the settle did not say, kept on its entry in the spends stream.
+# recorded in ('' for none), or '0' and '' when the settle did not say, kept on its entry in the spends stream, then
+# the reservation's own hold (nano-dollars), its entry's reserved_nano when the ledger no longer holds its record.
 # Returns 1 charged now (or by this token before), 2 already settled by another attempt, 3 charged though
 # the ledger did not know the reservation (it lost its data), 4 charged though it was released (the answer
 # was paid), 0 when not held and there is no call_id to charge it under.
@@ -103,7 +104,7 @@ local r = redis.call('HMGET', rk, 'usd', 'day', 'key', 'model', 'family', 'state
 if not r[6] then
   if ARGV[10] == '' then return 0 end
   if status == 1 then status = 3 end
-  r = {'0', ARGV[14], ARGV[13], ARGV[11], ARGV[12], 'unknown', ARGV[10]}
+  r = {ARGV[20], ARGV[14], ARGV[13], ARGV[11], ARGV[12], 'unknown', ARGV[10]}
 end
 if r[6] == 'held' then
   add_held(r, '-')
@@ -126,7 +127,8 @@ redis.call('XADD', p .. 'spends', 'MAXLEN', '~', ARGV[9], '*', unpack(entry))
 return status
 """
 
-# ARGV: prefix, id, keep_s. Returns 1 when a held reservation was freed, else 0.
+# ARGV: prefix, id, keep_s. Returns 1 when a held reservation was freed, else 0 (settled, released, unknown, or its
+# lease lapsed: a lapsed hold not yet purged still leaves the held totals here, but it held nothing any more).
 RELEASE = _PRELUDE + """
 local rk, dk = p .. 'res:' .. ARGV[2], p .. 'done:' .. ARGV[2]
 if redis.call('EXISTS', dk) == 1 then return 0 end
@@ -134,9 +136,10 @@ local r = redis.call('HMGET', rk, 'usd', 'day', 'key', 'model', 'family', 'state
 if not r[6] then return 0 end
 local freed = 0
 if r[6] == 'held' then
+  local expires = redis.call('ZSCORE', p .. 'leases', ARGV[2])
+  if expires and tonumber(expires) > now_ms() then freed = 1 end
   add_held(r, '-')
   redis.call('ZREM', p .. 'leases', ARGV[2])
-  freed = 1
 end
 redis.call('DEL', rk)
 redis.call('SET', dk, 'released', 'EX', ARGV[3])
