@@ -27,6 +27,7 @@ from ..call_log import new_call_id
 from ._call import Call, KeptHttp, Sender
 from ._calibrate import calibration_key, learn, public_endpoint, stored_context, ungate
 from ._candidates import Candidate
+from ._hosted import refuse_hosted_tools
 from ._meter import recording, used_tokens
 from ._rerank import valid_first
 from ._usage import UsageCounter
@@ -123,6 +124,7 @@ class Core:
         max_tokens = call.cap_sent
         if call.opts.budget is None:
             return count, max_tokens
+        refuse_hosted_tools(call.route, call.params)
         best_of = call.params.get("best_of") if call.route is COMPLETIONS else None
         generations = max(count, int(best_of)) if given(best_of) else count  # the server generates best_of and bills them all
         fixed = call.prompts > 1 or generations != count  # every prompt gets all its generations: choices can't be dropped

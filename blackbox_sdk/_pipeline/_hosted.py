@@ -1,0 +1,46 @@
+"""Tools the provider runs itself (web and file search, code interpreter, image generation, remote MCP
+servers, hosted shells): each call of one has a fee of its own, and its results come back as input
+tokens the SDK never counted, so no reservation bounds them. Under a budget such a request is refused
+before it is sent; a cache hit of it costs nothing and is served."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._exceptions import PriceMissingError
+from .._types import CHAT, RESPONSES, Json, Route
+
+CLIENT_TOOLS = frozenset({"function", "custom", "namespace", "computer", "computer_use_preview", "local_shell", "apply_patch"})
+
+
+def hosted_tools(route: Route, params: Json) -> list[str]:
+    """The tools in a request that the provider runs (an unknown tool type counts as one: fail closed)."""
+    if route is CHAT:
+        return ["web_search_options"] if params.get("web_search_options") is not None else []
+    tools = params.get("tools") if route is RESPONSES else None
+    if not isinstance(tools, list):
+        return []
+    return [str(tool.get("type")) for tool in tools if isinstance(tool, dict) and not _runs_on_client(tool)]
+
+
+def _runs_on_client(tool: dict[str, Any]) -> bool:
+    """Whether the caller's code runs this tool (the provider only asks for it): functions, computer use, a local
+    shell, patches, a tool search the client executes."""
+    kind = tool.get("type")
+    if kind == "shell":
+        environment = tool.get("environment")
+        return isinstance(environment, dict) and environment.get("type") == "local"
+    if kind == "tool_search":
+        return tool.get("execution") == "client"
+    return kind in CLIENT_TOOLS
+
+
+def refuse_hosted_tools(route: Route, params: Json) -> None:
+    """PriceMissingError before a budgeted request that names a tool the provider runs is sent."""
+    hosted = hosted_tools(route, params)
+    if hosted:
+        raise PriceMissingError(
+            f"a budget is set and it can't bound what the provider's own tool {hosted[0]!r} costs (a fee per "
+            "call, and the results it reads in as input tokens), so the call could run past the caps: refused. "
+            "Send it from a copy without the budget: client.with_options(budget=None)"
+        )
