@@ -252,6 +252,16 @@ def test_a_max_length_beyond_the_encoders_positions_is_refused_when_built_not_wh
         Adapter.create(AdapterConfig(trainable_layers=1, lora_rank=2, max_length=1024), device="cpu", shared=True)
 
 
+@pytest.mark.parametrize("lora_rank", [0, 2], ids=["full", "lora"])
+def test_a_saved_max_length_beyond_the_encoders_positions_names_the_adapters_config_file(lora_rank: int, tmp_path: Path) -> None:
+    Adapter.create(AdapterConfig(trainable_layers=1 if lora_rank else 0, lora_rank=lora_rank), device="cpu").save(tmp_path / "a")
+    document = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
+    document["config"]["max_length"] = 1024  # edited by hand
+    (tmp_path / "a" / "adapter_config.json").write_text(json.dumps(document))
+    with pytest.raises(AdapterError, match=f"^{tmp_path / 'a' / 'adapter_config.json'}: max_length 1024 is more than the 512 tokens"):
+        Adapter.load(tmp_path / "a", device="cpu")
+
+
 def test_module_imports_without_torch() -> None:
     code = "import sys, blackbox_sdk.adapter; from blackbox_sdk.adapter import beam_search; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

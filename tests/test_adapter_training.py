@@ -30,6 +30,7 @@ from blackbox_sdk.adapter import (
     train_from_log,
 )
 from blackbox_sdk.call_log import CallLog, CallRecord
+from blackbox_sdk.local import free_port
 
 CAPITALS = {
     "Kenya": "Nairobi", "Peru": "Lima", "Norway": "Oslo", "Egypt": "Cairo", "Chile": "Santiago",
@@ -305,6 +306,14 @@ def test_cli_reports_a_missing_log(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "no call log" in capsys.readouterr().err
 
 
+def test_cli_names_a_database_log_it_cant_reach_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"postgresql://someone:hunter2-secret@127.0.0.1:{free_port()}/calls"
+    assert cli_main(["--log", url, "--out", str(tmp_path / "out"), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("blackbox-sdk: can't open the call log postgresql://someone@127.0.0.1:")
+    assert err.count("postgresql://") == 1 and "hunter2" not in err
+
+
 def _export_line(**feedback: object) -> str:
     """One JSONL export record of a call with two candidates and one feedback item."""
     return json.dumps({"format": "blackbox-calllog/1", "call_id": "c1", "route": "chat", "request": {"messages": [{"role": "user", "content": "hi"}]},
@@ -315,7 +324,7 @@ def _export_line(**feedback: object) -> str:
     ("content", "extra", "message"),
     [
         pytest.param(bytes(range(256)) * 8, [], "not UTF-8", id="binary-file"),
-        pytest.param(b"SQLite format 3\x00" + b"garbage" * 64, [], "call log", id="corrupt-sqlite"),
+        pytest.param(b"SQLite format 3\x00" + b"garbage" * 64, [], "a call log is an SQLite file this SDK wrote", id="corrupt-sqlite"),
         pytest.param(_export_line(candidate="0", label="incorrect").encode(), [], "candidate's index", id="index-as-text"),
         pytest.param(_export_line(candidate=0, reward="high").encode(), [], "a number", id="reward-as-text"),
         pytest.param(_export_line(candidate=0, label="correct").encode(), ["--device", "bogus"], "device 'bogus'", id="bad-device"),

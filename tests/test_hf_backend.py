@@ -126,6 +126,7 @@ def test_text_parts_read_like_the_same_string(backend: HFBackend) -> None:
         pytest.param({"messages": COUNT, "top_p": "0.5", "max_tokens": 1}, "top_p", id="top-p-string"),
         pytest.param({**GREEDY, "stream_options": {"include_usage": True}}, "stream_options", id="not-streamed"),
         pytest.param({**GREEDY, "max_token": 4}, "max_token", id="unknown-param"),
+        pytest.param({**GREEDY, "user": 5}, "user", id="ignored-but-mistyped"),
         pytest.param({**GREEDY, "messages": [{"role": "user", "content": []}]}, "messages[0].content", id="empty-parts"),
         pytest.param(
             {**GREEDY, "messages": [*COUNT, {"role": "tool", "content": "10"}]},

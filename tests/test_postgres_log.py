@@ -7,6 +7,7 @@ import contextlib
 import datetime as dt
 import io
 import math
+import socket
 import subprocess
 import sys
 import threading
@@ -360,6 +361,16 @@ def test_an_unreachable_database_fails_at_open_without_its_password() -> None:
     with pytest.raises(StoreUnavailableError) as caught:
         PostgresCallLog(url, timeout=5.0)
     assert PLAIN_SECRET not in str(caught.value) and "127.0.0.1" in str(caught.value)
+
+
+@pytest.mark.parametrize(("query", "bound_s"), [("", 8), ("?connect_timeout=2", 4)], ids=["default", "url"])
+def test_a_server_that_never_answers_fails_at_open_within_the_connect_timeout(query: str, bound_s: float) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts (the kernel's backlog), never speaks
+        url = f"postgresql://someone:{PLAIN_SECRET}@127.0.0.1:{silent.getsockname()[1]}/nowhere{query}"
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailableError, match="127.0.0.1.*connect_timeout") as caught:
+            PostgresCallLog(url)
+    assert time.monotonic() - started < bound_s and PLAIN_SECRET not in str(caught.value)
 
 
 def test_repr_and_url_never_show_the_password(postgres_server: PostgresServer) -> None:

@@ -595,6 +595,16 @@ def test_the_serve_command_runs_until_sigterm_and_refuses_to_listen_openly_witho
     assert "Finished server process" in stderr and process.returncode in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it handled
 
 
+@pytest.mark.parametrize("flag", ["--log", "--cache", "--keys"])
+def test_the_serve_command_fails_at_startup_on_a_corrupt_store(flag: str, tmp_path: Path) -> None:
+    (tmp_path / "cache.db").write_text("not an SQLite file\n" * 300)  # the --cache folder's database
+    target = tmp_path if flag == "--cache" else tmp_path / "cache.db"
+    command = [sys.executable, "-m", "blackbox_sdk", "serve", "--upstream", "http://127.0.0.1:9/v1", "--port", str(free_port()), flag, str(target)]
+    failed = subprocess.run(command, check=False, capture_output=True, text=True, timeout=60)
+    assert failed.returncode == 1 and "Uvicorn running" not in failed.stderr
+    assert failed.stderr.count("\n") == 1 and failed.stderr.startswith("blackbox-sdk: ") and str(target) in failed.stderr
+
+
 def test_a_keys_client_is_built_off_the_event_loop_and_a_broken_one_is_a_clear_500(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -66,7 +66,8 @@ def _export_store(target: str | Path) -> str:
     except BlackBoxError as exc:
         if isinstance(target, Path):
             raise
-        raise AdapterError(f"can't read the call log {log_name(target)}: {exc}") from exc
+        name, message = log_name(target), str(exc)  # the log's own errors name it already, most of them
+        raise AdapterError(message if name in message else f"can't read the call log {name}: {message}") from exc
     return sink.getvalue()
 
 

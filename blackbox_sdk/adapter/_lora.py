@@ -80,11 +80,15 @@ def load_base(config: AdapterConfig) -> tuple[Any, Any, str]:
     return encoder, tokenizer, fingerprint
 
 
+class BeyondTheBase(AdapterError):
+    """A `max_length` of more tokens than the base encoder reads (loading an adapter names its folder's config file)."""
+
+
 def check_max_length(config: AdapterConfig, encoder: Any, tokenizer: Any) -> None:
-    """AdapterError when `max_length` is more tokens than the base encoder reads: a long answer would fail each call it is scored in."""
+    """BeyondTheBase when `max_length` is more tokens than the base encoder reads: a long answer would fail each call it is scored in."""
     limit = min(getattr(encoder.config, "max_position_embeddings", 1 << 62), tokenizer.model_max_length)
     if config.max_length > limit:
-        raise AdapterError(f"max_length {config.max_length} is more than the {limit} tokens base encoder {config.base_model!r} reads; use at most {limit}")
+        raise BeyondTheBase(f"max_length {config.max_length} is more than the {limit} tokens base encoder {config.base_model!r} reads; use at most {limit}")
 
 
 @dataclass(eq=False)

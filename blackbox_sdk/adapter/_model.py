@@ -31,8 +31,8 @@ from ._config import AdapterConfig
 from ._consensus import log_copies
 from ._energy import PRECISIONS, autocast, default_device, energy_model_class, import_torch
 from ._fast import OnnxScorer, check_fast, in_length_order
-from ._folder import LORA_FORMAT, WEIGHTS_FILE, ChangedWhileRead, check_unchanged, read_config, read_tensors, stamp
-from ._lora import SharedBase, layer_index, load_base, shared_base
+from ._folder import CONFIG_FILE, LORA_FORMAT, WEIGHTS_FILE, ChangedWhileRead, check_unchanged, read_config, read_tensors, stamp
+from ._lora import BeyondTheBase, SharedBase, layer_index, load_base, shared_base
 from ._reload import reload_if_changed
 from ._saving import save_folder
 
@@ -249,16 +249,16 @@ class Adapter:
         before, adapter = stamp(folder), None
         try:
             document, config = read_config(folder)
-            if config.lora_rank:
 
-                def attach(base: SharedBase, name: str) -> None:
-                    """The base's fingerprint first (deltas made for another base say so, not "size mismatch"), then the deltas."""
-                    same_base(folder, document, base.sha256, config)
-                    base.load(folder, name)
+            def attach(base: SharedBase, name: str) -> None:
+                """The base's fingerprint first (deltas made for another base say so, not "size mismatch"), then the deltas."""
+                same_base(folder, document, base.sha256, config)
+                base.load(folder, name)
 
-                adapter = cls._on_base(config, device, shared, attach)
-            else:
-                adapter = cls.create(config, device="cpu").to(device)
+            try:
+                adapter = cls._on_base(config, device, shared, attach) if config.lora_rank else cls.create(config, device="cpu").to(device)
+            except BeyondTheBase as exc:
+                raise AdapterError(f"{folder / CONFIG_FILE}: {exc}") from exc
             adapter._fill(folder, document, precision)
             check_unchanged(folder, before, document.get("revision"))  # else it may hold one revision's LoRA, another's head
             adapter._stamp = before

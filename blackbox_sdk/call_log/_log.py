@@ -302,5 +302,5 @@ def _check_is_log(path: Path) -> None:
 
 def _not_a_log(path: Path, exc: sqlite3.Error) -> CallLogError:
     """The error for a file SQLite can't open or set up as a call log."""
-    return CallLogError(f"can't open the call log {path}: {exc}; is it an SQLite file this SDK wrote, and writable?")
+    return CallLogError(f"can't open the call log {path}: {exc}; a call log is an SQLite file this SDK wrote, writable by this process")
 

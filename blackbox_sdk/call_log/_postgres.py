@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 
 EXTRA_HINT = "pip install 'blackbox-sdk[postgres]'"
 DEFAULT_TIMEOUT_S = 30.0
+CONNECT_TIMEOUT_S = 5  # libpq's connect_timeout unless the URL sets one: a server that accepts and never answers fails in this
 WRITER_WAIT_S = 5.0  # the writer's wait for a pooled connection before it backs off and retries
 RECONNECT_S = 10.0  # the pool's reconnection attempts give up (and start afresh, from 1 s apart) after this
 
@@ -211,6 +212,8 @@ class PostgresCallLog(Closing):
         except self._psycopg.Error as exc:
             detail = redact_text(str(exc).strip()) if url is None else scrub(redact_text(str(exc).strip()), url)
             kind = StoreUnavailableError if isinstance(exc, self._psycopg.OperationalError) else CallLogError  # includes the pool's timeouts
+            if isinstance(exc, self._psycopg.errors.ConnectionTimeout):
+                detail += f" (no answer within its connect_timeout, {CONNECT_TIMEOUT_S} s unless the URL sets one)"
             raise kind(f"can't {action} the call log {self._where}: {detail}") from (exc if url is None else None)  # a chained driver error would print unscrubbed
 
 
@@ -269,12 +272,13 @@ def _drivers() -> tuple[ModuleType, ModuleType]:
 
 
 def _connect_options(psycopg: ModuleType, url: str, timeout: float) -> dict[str, Any]:
-    """Connection keywords: a connect timeout unless the URL sets one; ConfigError for a URL libpq can't parse."""
+    """Connection keywords: a connect timeout (CONNECT_TIMEOUT_S, or ``timeout`` if shorter; libpq waits 2 s at least)
+    unless the URL sets one; ConfigError for a URL libpq can't parse."""
     try:
         given = psycopg.conninfo.conninfo_to_dict(url)
     except psycopg.Error as exc:
         raise ConfigError(f"bad PostgreSQL URL {url_without_password(url)!r}: {scrub(redact_text(str(exc).strip()), url)}") from None
-    return {} if "connect_timeout" in given else {"connect_timeout": max(2, math.ceil(timeout))}
+    return {} if "connect_timeout" in given else {"connect_timeout": max(2, math.ceil(min(timeout, CONNECT_TIMEOUT_S)))}
 
 
 def _check_options(timeout: float, batch_size: int, interval: float, max_pending: int, pool_size: int) -> None:

@@ -6,8 +6,9 @@ Imports without torch, so the `local` face can export the error.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Annotated, Any, ClassVar, Literal, TypeVar
+import functools
+from collections.abc import Callable, Collection, Sequence
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_type_hints
 
 from openai.types import completion_create_params, embedding_create_params
 from openai.types.chat import completion_create_params as chat_create_params
@@ -155,7 +156,8 @@ class StreamOptions(BaseModel):
 class OpenAIBody(BaseModel):
     """A request body: OpenAI's fields that the backend reads, and the names of all it accepts."""
 
-    model_config = ConfigDict(extra="allow")  # known fields it does not read are accepted and ignored
+    model_config = ConfigDict(extra="allow")  # known fields it does not read are type-checked, then ignored
+    openai_body: ClassVar[type]  # openai-python's TypedDict of this body: the types of the fields it ignores
     known_params: ClassVar[frozenset[str]] = frozenset()  # any other field is a 400, as OpenAI answers
 
 
@@ -199,7 +201,8 @@ class Sampling(OpenAIBody):
 class ChatRequest(Sampling):
     """The body of POST /chat/completions."""
 
-    known_params = openai_params(chat_create_params.CompletionCreateParamsBase, "stream", *LOCAL_PARAMS)
+    openai_body = chat_create_params.CompletionCreateParamsBase
+    known_params = openai_params(openai_body, "stream", *LOCAL_PARAMS)
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: PositiveInt | None = None
     logprobs: StrictBool | None = None
@@ -218,7 +221,8 @@ class ChatRequest(Sampling):
 class CompletionRequest(Sampling):
     """The body of POST /completions (text prompts only, not token-id prompts)."""
 
-    known_params = openai_params(completion_create_params.CompletionCreateParamsBase, "stream", *LOCAL_PARAMS)
+    openai_body = completion_create_params.CompletionCreateParamsBase
+    known_params = openai_params(openai_body, "stream", *LOCAL_PARAMS)
     prompt: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
     logprobs: Annotated[int, Field(strict=True, ge=0, le=MAX_LOGPROBS_COMPLETION)] | None = None
     echo: StrictBool = False
@@ -235,7 +239,8 @@ class CompletionRequest(Sampling):
 class EmbeddingRequest(OpenAIBody):
     """The body of POST /embeddings: strings or token-id lists, float or base64 output."""
 
-    known_params = openai_params(embedding_create_params.EmbeddingCreateParams)
+    openai_body = embedding_create_params.EmbeddingCreateParams
+    known_params = openai_params(openai_body)
     input: list[str | list[int]] = Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS)
     encoding_format: Literal["float", "base64"] | None = None
     dimensions: PositiveInt | None = None
@@ -325,12 +330,39 @@ def reject_unknown(params: dict[str, Any], known: frozenset[str]) -> None:
             raise LocalRequestError(f"Unrecognized request argument supplied: {name}", param=name)
 
 
+def reject_mistyped(params: dict[str, Any], typed: type, read: Collection[str]) -> None:
+    """Refuse a field the schema does not read whose value openai-python's type for it refuses (`truncation: 5`),
+    as OpenAI answers 400, rather than silently ignoring it; null passes, as OpenAI takes it for "not given"."""
+    for name, value in params.items():
+        if value is None or name in read or name not in _openai_types(typed):
+            continue
+        try:
+            _openai_type(typed, name).validate_python(value, strict=True)
+        except ValidationError as exc:
+            message = f"Invalid value for {name!r}: {exc.errors()[0]['msg']}"
+            raise LocalRequestError(message, param=name) from None
+
+
+@functools.cache
+def _openai_types(typed: type) -> dict[str, Any]:
+    """The field types an openai-python params TypedDict declares."""
+    return get_type_hints(typed)
+
+
+@functools.cache
+def _openai_type(typed: type, name: str) -> TypeAdapter[Any]:
+    """A validator of one field of an openai-python params TypedDict, built once."""
+    return TypeAdapter(_openai_types(typed)[name])
+
+
 def parse_request(schema: type[OpenAIBodyT], params: object) -> OpenAIBodyT:
-    """Check a request body (a JSON object) against the unsupported options, the known fields and its schema."""
+    """Check a request body (a JSON object) against the unsupported options, the known fields, their openai types
+    and its schema."""
     if not isinstance(params, dict):
         raise LocalRequestError("the request body must be a JSON object", param=None)
     _reject_unsupported(params)
     reject_unknown(params, schema.known_params)
+    reject_mistyped(params, schema.openai_body, schema.model_fields)
     return validated(schema.model_validate, params)
 
 

@@ -21,6 +21,7 @@ from ._requests import (
     Message,
     PositiveInt,
     openai_params,
+    reject_mistyped,
     reject_unknown,
     validated,
 )
@@ -36,7 +37,7 @@ KNOWN = openai_params(response_create_params.ResponseCreateParamsBase, "stream",
 
 
 class ResponsesRequest(BaseModel):
-    """The body of POST /responses; `metadata`, `store`, `user`, `truncation` and the like are accepted and ignored."""
+    """The body of POST /responses; `store`, `user`, `truncation` and the like are type-checked, then ignored."""
 
     model_config = ConfigDict(extra="allow")
     input: str | list[dict[str, Any]]
@@ -72,6 +73,7 @@ def parse_responses_request(params: object) -> ResponsesRequest:
     if params.get("tool_choice") not in (None, "none", "auto"):
         raise LocalRequestError("'tool_choice' is not supported by the local HF backend", param="tool_choice")
     reject_unknown(params, KNOWN)
+    reject_mistyped(params, response_create_params.ResponseCreateParamsBase, ResponsesRequest.model_fields)
     return validated(ResponsesRequest.model_validate, params)
 
 

@@ -28,6 +28,20 @@ def check_exposure(config: ProxyConfig, authenticate: Authenticate | None) -> No
         )
 
 
+def check_stores(config: ProxyConfig) -> None:
+    """Open and close the call log and the cache as the client will, so that a corrupt file or a store out of reach
+    stops the command before it listens rather than failing every request after it (the client itself is built once
+    serving, as loading a local model takes a while)."""
+    from .._options import Opened, open_cache, open_log
+
+    opened = Opened()
+    try:
+        open_log(config.log, None, opened)
+        open_cache(config.cache, None, opened)
+    finally:
+        opened.close()
+
+
 def serve(
     config: ProxyConfig,
     *,
@@ -43,6 +57,7 @@ def serve(
 
     check_exposure(config, authenticate)
     app = create_app(config, authenticate=authenticate, routes=routes, keys=keys, tenants=tenants)
+    check_stores(config)
     uvicorn.run(  # uvicorn types the timeout int but waits with asyncio, which takes fractions of a second
         app, host=config.host, port=config.port, log_level="info", timeout_graceful_shutdown=graceful_timeout_s,  # type: ignore[arg-type]
     )
