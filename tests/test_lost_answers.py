@@ -78,9 +78,11 @@ def test_a_connection_never_made_charges_nothing(tmp_path: Path) -> None:
     assert budget.report().reserved_usd == 0.0
 
 
-def test_a_retry_after_a_lost_answer_is_held_and_the_answer_charged_beside_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("store", ["sqlite", "redis"])
+def test_a_retry_after_a_lost_answer_is_held_and_the_answer_charged_beside_it(store: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     transport, seen = _times_out_then([None, ANSWER])
-    budget, log = _budget(tmp_path), CallLog(tmp_path / "calls.db")
+    ledger = request.getfixturevalue("redis_server").url if store == "redis" else str(tmp_path / "ledger.db")
+    budget, log = Budget(total_usd=10.0, prices=PRICES, ledger=ledger), CallLog(tmp_path / "calls.db")
     client = OpenAI(api_key="sk-test", http_client=httpx2.Client(transport=transport), max_retries=2, budget=budget, log=log)
     answer = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=100)
     assert answer.choices[0].message.content == "Apple." and len(seen) == 2
