@@ -1,8 +1,9 @@
 """A request the server took but whose answer never came back (a read timed out, the connection dropped
 after the request was sent) is billed by the server all the same: under a budget it is charged its
 worst case, and a retry after it is held on the budget before it is sent, so that the cap holds.
-The real llama.cpp server times out a real read; doubles stand in for what it can't show (a timeout
-followed by an answer, a background response still queued)."""
+A budgeted stream asks the server for its usage, which counts what the text can't show (a reasoning
+model's hidden tokens). The real llama.cpp server times out a real read; doubles stand in for what it
+can't show (a timeout followed by an answer, a background response still queued, reasoning tokens)."""
 
 from __future__ import annotations
 
@@ -150,3 +151,31 @@ def test_a_background_response_still_queued_is_charged_its_worst_case(tmp_path: 
     assert charged.completion_tokens == 300  # the server generates on, and bills, what the SDK never sees
     assert response.blackbox.cost_usd == pytest.approx(charged.usd_nano / 1e9)
     assert response.blackbox.usage_counted
+
+
+def _reasoning_stream(request: httpx2.Request) -> httpx2.Response:
+    """A chat stream as OpenAI sends a reasoning model's: two visible tokens, and usage (counting the 500 hidden
+    reasoning tokens) in a last chunk only when `stream_options.include_usage` asked for it."""
+    body = json.loads(request.content)
+    base = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": MODEL}
+    chunks = [
+        {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Ap"}, "finish_reason": None}]},
+        {**base, "choices": [{"index": 0, "delta": {"content": "ple."}, "finish_reason": "stop"}]},
+    ]
+    if (body.get("stream_options") or {}).get("include_usage"):
+        chunks.append({**base, "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 502, "total_tokens": 511,
+                                                          "completion_tokens_details": {"reasoning_tokens": 500}}})
+    text = "".join(f"data: {json.dumps(chunk)}\n\n" for chunk in chunks) + "data: [DONE]\n\n"
+    return httpx2.Response(200, content=text.encode(), headers={"content-type": "text/event-stream"})
+
+
+@pytest.mark.parametrize("asked", [False, True])
+def test_a_budgeted_stream_asks_for_the_usage_that_counts_hidden_tokens(asked: bool, tmp_path: Path) -> None:
+    budget = _budget(tmp_path)
+    client = OpenAI(api_key="sk-test", http_client=httpx2.Client(transport=httpx2.MockTransport(_reasoning_stream)), budget=budget)
+    options = {"stream_options": {"include_usage": True}} if asked else {}
+    chunks = list(client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=1000, stream=True, **options))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Apple."
+    assert [c.usage.completion_tokens for c in chunks if c.usage is not None] == ([502] if asked else [])  # the caller's view
+    [spend] = budget.settled_since(0)
+    assert spend.completion_tokens == 502  # the reasoning tokens billed, not the 2 the text shows

@@ -147,7 +147,9 @@ class Core:
         return granted, call.reservation.max_output_tokens or None
 
     def request(self, call: Call, count: int, max_tokens: int | None, seed: int | None = None) -> Json:
-        """What the inner client is sent for `count` candidates (the output cap under the caller's name)."""
+        """What the inner client is sent for `count` candidates (the output cap under the caller's name); a stream
+        under a budget asks for the server's usage, whose count holds what the text can't show (reasoning
+        tokens, a hidden prompt), and the caller sees its usage chunk only when it asked for one."""
         params = {k: v for k, v in call.params.items() if k != "n"}
         if count > 1 or given(call.params.get("n")):
             params["n"] = count
@@ -157,6 +159,9 @@ class Core:
             params[call.output_cap] = max_tokens
         if seed is not None:
             params["seed"] = seed
+        if call.stream and call.opts.budget is not None and call.route in (CHAT, COMPLETIONS):
+            options = params.get("stream_options")
+            params["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}  # billed tokens, hidden ones too
         return params
 
     def sender(self, call: Call, count: int, max_tokens: int | None, seed: int | None) -> Callable[[], Any]:
