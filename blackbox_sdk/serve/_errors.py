@@ -2,6 +2,8 @@
 SDK's errors and the upstream's, mapped once here.
 
     400 invalid_request_error   malformed JSON, bad parameters (InvalidRequestError, a ConfigError of the call's values)
+    400 invalid_http_request    bytes that are not HTTP, and 408 request_timeout for headers that stall: answered by
+                                the connection itself (`_http`), not by the app
     401 invalid_api_key         a missing or unknown key
     403 host_not_allowed        without tenant keys: a Host header naming no loopback address (DNS rebinding)
     404 model_not_found         a model the key may not use; an unknown route (OpenAI's "Invalid URL")
