@@ -1,7 +1,7 @@
 """Hostile HTTP against `blackbox-sdk serve` as deployed (a process of its own on a free loopback port): headers
 that never finish (slowloris) are cut off at `--header-timeout` with a 408 while other connections are served, an
-unread body trickled after the answer is cut off at `body_timeout_s`, bytes that are not HTTP get OpenAI's 400
-body, and numbers no ledger or parser can hold are 400s naming the field they are in."""
+unread body trickled after the answer is cut off at `body_timeout_s`, headers past 64 KiB are a 431, bytes that are
+not HTTP get OpenAI's 400 body, and numbers no ledger or parser can hold are 400s naming the field they are in."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import httpx2
 import pytest
 
 from blackbox_sdk.local import free_port
+from blackbox_sdk.serve._http import MAX_HEADER_BYTES
 
 HEADER_TIMEOUT_S = 0.5
 BODY_TIMEOUT_S = 1.0
@@ -115,6 +116,18 @@ def test_a_body_trickled_after_the_answer_is_cut_off(port: int) -> None:
         slow.sendall(b"POST /v1/files HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\n")
         reply, took = _until_closed(slow, trickle=b"x" * 1000)
     assert _error(reply)[0] == b"HTTP/1.1 404 Not Found" and took < BODY_TIMEOUT_S + SLACK_S
+
+
+def test_headers_past_the_limit_are_refused_431_and_a_large_body_is_not(port: int) -> None:
+    with socket.create_connection(("127.0.0.1", port)) as long:
+        long.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Long: " + b"a" * (MAX_HEADER_BYTES + 1))
+        reply, took = _until_closed(long)
+    status, error = _error(reply)
+    assert status == b"HTTP/1.1 431 Request Header Fields Too Large" and error["code"] == "request_headers_too_large"
+    assert took < HEADER_TIMEOUT_S  # at once, not at the deadline
+    headers = {"content-type": "application/json", "x-near-the-limit": "a" * (MAX_HEADER_BYTES - 1024)}
+    answer = httpx2.post(f"http://127.0.0.1:{port}/v1/files", content=b" " * (1024 * 1024), headers=headers, timeout=30)
+    assert answer.status_code == 404  # headers just under the limit, sent with a megabyte of body in the same reads
 
 
 def test_bytes_that_are_not_http_get_openais_400_body(port: int) -> None:

@@ -8,7 +8,8 @@ opening, for its first request): past it the client is answered 408 and the conn
 A body is the app's to time while it reads it (`body_timeout_s`, 408); once the answer is sent,
 the rest of an unread body must arrive within `body_timeout_s` too, or the connection is closed.
 
-A request that is not HTTP (`GARBAGE\\r\\n\\r\\n`) is answered OpenAI's 400 body, not uvicorn's text.
+A request that is not HTTP (`GARBAGE\\r\\n\\r\\n`) is answered OpenAI's 400 body, not uvicorn's text, and
+one whose request line and headers pass MAX_HEADER_BYTES 431 (httptools keeps them whole, however long).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from ..call_log import new_call_id
 from ._config import ProxyConfig
 from ._errors import error_body
 
+MAX_HEADER_BYTES = 64 * 1024  # a request line and headers longer than this are refused (nginx's default is 32 KiB)
+
 
 class ProxyHttp(HttpToolsProtocol):
     """One client connection: uvicorn's, with the client's deadlines (`http_protocol` sets them)."""
@@ -31,6 +34,7 @@ class ProxyHttp(HttpToolsProtocol):
     body_timeout_s: float
     _deadline: asyncio.TimerHandle | None = None  # when what the client owes now is due, if it owes anything
     _in_headers = False  # a request has begun whose headers have not all arrived
+    _header_bytes = 0  # what has arrived since the last request ended: its headers, and then its body (at most one read short)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         """Start timing the first request's headers from the connection's opening (a client may send none)."""
@@ -46,7 +50,10 @@ class ProxyHttp(HttpToolsProtocol):
         """Bytes between requests start the next one's header deadline (uvicorn's keep-alive timer stops at any byte)."""
         if self._deadline is None and (self.cycle is None or (self.cycle.response_complete and not self.cycle.more_body)):
             self._await(self.header_timeout_s, self._headers_late)
+        self._header_bytes += len(data)
         super().data_received(data)
+        if self._in_headers and self._header_bytes > MAX_HEADER_BYTES:
+            self._headers_too_long()
 
     def on_message_begin(self) -> None:
         """A request's first byte: its headers are due within `header_timeout_s`."""
@@ -61,8 +68,9 @@ class ProxyHttp(HttpToolsProtocol):
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
-        """The whole request arrived: nothing is owed (an unread body's deadline ends)."""
+        """The whole request arrived: nothing is owed (an unread body's deadline ends); the next headers are counted anew."""
         self._await(None, None)
+        self._header_bytes = 0
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
@@ -75,10 +83,23 @@ class ProxyHttp(HttpToolsProtocol):
         """OpenAI's 400 body for a request that is not HTTP/1.1, then the connection closed."""
         self._answer(400, "Invalid HTTP request received: the proxy could not read it as HTTP/1.1.", "invalid_http_request")
 
+    @property
+    def _answering(self) -> bool:
+        """Whether an answer is being sent (a pipelined request's headers wait behind it: nothing may be written)."""
+        return self.cycle is not None and not self.cycle.response_complete
+
+    def _headers_too_long(self) -> None:
+        """431 and close for headers past MAX_HEADER_BYTES; behind an answer, stop reading until it is sent."""
+        if self._answering:
+            self.flow.pause_reading()  # uvicorn reads on once the answer is sent, and the next bytes are checked
+        else:
+            self._answer(431, f"the request line and headers are longer than the proxy's limit of {MAX_HEADER_BYTES} bytes",
+                         "request_headers_too_large")
+
     def _headers_late(self) -> None:
         """The deadline for a request's headers passed: 408 for a request begun, then close (or just close an idle one)."""
         self._deadline = None
-        if self.cycle is not None and not self.cycle.response_complete:  # a pipelined request waits behind an answer
+        if self._answering:
             self._await(self.header_timeout_s, self._headers_late)
         elif self._in_headers:
             self._answer(408, f"the request headers did not arrive within {self.header_timeout_s:g} s", "request_timeout")
