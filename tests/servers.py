@@ -24,6 +24,7 @@ import uvicorn
 
 from blackbox_sdk.local import free_port
 from blackbox_sdk.serve import ProxyConfig, create_app
+from blackbox_sdk.serve._http import http_protocol
 
 START_TIMEOUT_S = 30.0
 PROXY_START_TIMEOUT_S = 180.0  # a proxy over a local model (or a tenant's reranker) loads it before /readyz answers
@@ -190,7 +191,8 @@ class Proxy:
         self.url = f"http://127.0.0.1:{self.port}"
         self.base_url = f"{self.url}/v1"
         served = built if built is not None else create_app(config, **app)
-        settings = uvicorn.Config(served, host="127.0.0.1", port=self.port, log_level="warning")
+        protocol = http_protocol(config or ProxyConfig())  # the connections' deadlines and error bodies, as `serve()` runs it
+        settings = uvicorn.Config(served, host="127.0.0.1", port=self.port, log_level="warning", http=protocol)
         self.server = uvicorn.Server(settings)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

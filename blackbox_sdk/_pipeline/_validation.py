@@ -29,6 +29,7 @@ def _check_number(params: Mapping[str, Any], name: str, low: float, high: float)
 
 
 MAX_N = 128  # OpenAI's own limit on `n`; more would fan out that many requests where a server ignores `n`
+MAX_TOKENS = 2**53 - 1  # an output cap past it is no model's, and no budget's ledger counts it exactly
 
 
 def _check_integer(params: Mapping[str, Any], name: str, low: int, high: int | None = None) -> None:
@@ -40,10 +41,10 @@ def _check_integer(params: Mapping[str, Any], name: str, low: int, high: int | N
 
 
 def validate_sampling(params: Mapping[str, Any], min_tokens: int = 1) -> None:
-    """`n` in [1, 128], the output caps >= `min_tokens`, `temperature` and `top_p` in range, `stream` a bool."""
+    """`n` in [1, 128], the output caps from `min_tokens` to MAX_TOKENS, `temperature` and `top_p` in range."""
     _check_integer(params, "n", 1, MAX_N)
-    _check_integer(params, "max_tokens", min_tokens)
-    _check_integer(params, "max_completion_tokens", 1)
+    _check_integer(params, "max_tokens", min_tokens, MAX_TOKENS)
+    _check_integer(params, "max_completion_tokens", 1, MAX_TOKENS)
     _check_number(params, "temperature", 0.0, 2.0)
     _check_number(params, "top_p", 0.0, 1.0)
 
@@ -102,7 +103,7 @@ def validate_responses(params: Mapping[str, Any]) -> None:
         raise InvalidRequestError(f"instructions must be a string, got {instructions!r}", param="instructions")
     for i, item in enumerate(value if isinstance(value, (list, tuple)) else ()):
         _check_input_item(i, item)
-    _check_integer(params, "max_output_tokens", 1)
+    _check_integer(params, "max_output_tokens", 1, MAX_TOKENS)
     _check_number(params, "temperature", 0.0, 2.0)
     _check_number(params, "top_p", 0.0, 1.0)
 

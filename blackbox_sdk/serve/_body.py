@@ -68,7 +68,7 @@ def _too_large(limit: int) -> ProxyError:
 def parse_object(raw: bytes) -> dict[str, Any]:
     """The body as a JSON object of finite numbers nested at most MAX_JSON_DEPTH deep; 400 for anything else."""
     try:
-        value = json.loads(_utf8(raw), parse_constant=_no_number, parse_float=_finite)
+        value = json.loads(_utf8(raw), parse_constant=_no_number, parse_float=_finite, parse_int=_integer)
     except RecursionError:
         raise _too_deep() from None
     except ValueError as error:
@@ -97,31 +97,57 @@ def _no_number(text: str) -> float:
     raise ProxyError(400, f"We could not parse the JSON body of your request: {text} is not a JSON number", code="invalid_json")
 
 
-def _finite(text: str) -> float:
-    """A JSON number as a float; 400 for one past float's range (1e400 would be read as infinity)."""
+class _TooLarge:
+    """Where the body holds a number too large to read: refused by `_check_tree`, which knows the field it is in."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def error(self, field: str | None) -> ProxyError:
+        """The 400 naming the body's top-level field the number is in."""
+        where = f"{field} holds a number" if field is not None else "a number"
+        shown = self.text if len(self.text) <= 20 else f"{self.text[:12]}..., {len(self.text)} characters"
+        return ProxyError(400, f"We could not parse the JSON body of your request: {where} too large to read ({shown})",
+                          param=field, code="invalid_json")
+
+
+def _finite(text: str) -> float | _TooLarge:
+    """A JSON number as a float; one past float's range (1e400 would be read as infinity) is _TooLarge."""
     value = float(text)
-    return value if math.isfinite(value) else _no_number(text)
+    return value if math.isfinite(value) else _TooLarge(text)
 
 
-def _check_tree(value: Any, limit: int) -> None:
-    """400 for arrays and objects nested more than `limit` deep, or a string (a key too) with a lone surrogate
-    (an unpaired \\ud800 escape): no UTF-8 text holds one, so it could be neither sent upstream nor logged nor
-    shown as a metrics label. Walked with a stack, not recursion."""
-    stack = [(value, 1)]
+def _integer(text: str) -> int | _TooLarge:
+    """A JSON integer; one with more digits than Python converts (4300) is _TooLarge, not Python's own words."""
+    try:
+        return int(text)
+    except ValueError:
+        return _TooLarge(text)
+
+
+def _check_tree(value: dict[str, Any], limit: int) -> None:
+    """400 for arrays and objects nested more than `limit` deep, a number too large to read (naming the body's field it
+    is in), or a string (a key too) with a lone surrogate (an unpaired \\ud800 escape): no UTF-8 text holds one, so it
+    could be neither sent upstream nor logged nor shown as a metrics label. Walked with a stack, not recursion."""
+    stack: list[tuple[Any, int, str | None]] = [(value, 1, None)]
     while stack:
-        item, depth = stack.pop()
+        item, depth, field = stack.pop()
+        if isinstance(item, _TooLarge):
+            raise item.error(field)
         if isinstance(item, str):
             if not is_utf8(item):
                 raise ProxyError(400, f"We could not parse the JSON body of your request: the string {item[:40]!r} holds "
                                  "a lone surrogate, which is not Unicode text", code="invalid_json")
             continue
-        children = [*item, *item.values()] if isinstance(item, dict) else item if isinstance(item, list) else None
-        if children is None:
+        if isinstance(item, dict):
+            children = [(key, field) for key in item] + [(child, key if field is None else field) for key, child in item.items()]
+        elif isinstance(item, list):
+            children = [(child, field) for child in item]
+        else:
             continue
         if depth > limit:
             raise _too_deep()
-        stack.extend((child, depth + 1) for child in children)
-
+        stack.extend((child, depth + 1, name) for child, name in children)
 
 
 def _too_deep() -> ProxyError:

@@ -30,6 +30,7 @@ else:  # pragma: no cover - Python 3.10 reads TOML with tomli (the proxy extra i
 
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 DEFAULT_BODY_TIMEOUT_S = 30.0
+DEFAULT_HEADER_TIMEOUT_S = 10.0
 LOCAL_UPSTREAM = "hf:default"  # the embedded model, even when OPENAI_API_KEY is set
 _OPTIONAL_TEXT = ("upstream_api_key_env", "cache", "log", "reranker", "keys")  # a path, a URL or a name, or None
 
@@ -52,6 +53,7 @@ class ProxyConfig:
     timeout_s: float = 600.0  # one upstream request; past it the client gets 504
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES  # larger request bodies are refused with 413
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S  # a body that has not arrived by then is refused with 408 (a client that stalls)
+    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S  # a request's headers not all in by then: 408, the connection closed (slowloris)
     open_without_keys: bool = False  # serve beyond loopback with no tenant keys (anyone who reaches it spends)
     keys: str | None = None  # the tenant key store: an SQLite file or redis:// URL (`blackbox-sdk keys create`); admin key in BLACKBOX_ADMIN_KEY
 
@@ -69,7 +71,7 @@ class ProxyConfig:
                 raise ConfigError(f"{name} must be a string or left out, got {getattr(self, name)!r}")
         if not isinstance(self.open_without_keys, bool):  # "no" would be true: a proxy open to anyone who reaches it
             raise ConfigError(f"open_without_keys must be true or false, got {self.open_without_keys!r}")
-        for name in ("timeout_s", "body_timeout_s"):
+        for name in ("timeout_s", "body_timeout_s", "header_timeout_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise ConfigError(f"{name} must be a number > 0, got {value!r}")

@@ -2,10 +2,13 @@
 SDK's errors and the upstream's, mapped once here.
 
     400 invalid_request_error   malformed JSON, bad parameters (InvalidRequestError, a ConfigError of the call's values)
+    400 invalid_http_request    bytes that are not HTTP, and 408 request_timeout for headers that stall: answered by
+                                the connection itself (`_http`), not by the app
     401 invalid_api_key         a missing or unknown key
     403 host_not_allowed        without tenant keys: a Host header naming no loopback address (DNS rebinding)
     404 model_not_found         a model the key may not use; an unknown route (OpenAI's "Invalid URL")
     413 request_too_large       a body over the proxy's limit, refused before it is read whole
+    431 request_headers_too_large  a request line and headers past 64 KiB (`_http`)
     415 unsupported_media_type  a body sent as a browser's simple type (text/plain, a form): not JSON's
     429 insufficient_quota      a budget refusal (OpenAI's status for an exhausted quota; sent with
                                 x-should-retry: false, so openai's clients do not retry it)

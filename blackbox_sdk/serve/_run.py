@@ -55,11 +55,14 @@ def serve(
     `keys` and `tenants` let the admin read /metrics and the status page (docs/proxy-operations.md)."""
     import uvicorn
 
+    from ._http import http_protocol
+
     check_exposure(config, authenticate)
     app = create_app(config, authenticate=authenticate, routes=routes, keys=keys, tenants=tenants)
     check_stores(config)
     uvicorn.run(  # uvicorn types the timeout int but waits with asyncio, which takes fractions of a second
         app, host=config.host, port=config.port, log_level="info", timeout_graceful_shutdown=graceful_timeout_s,  # type: ignore[arg-type]
+        http=http_protocol(config),
     )
 
 
@@ -77,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-body-bytes", type=int, help="larger request bodies are refused with 413 (default 4 MiB)")
     parser.add_argument("--open-without-keys", action="store_true", default=None, help="listen beyond loopback with no tenant keys")
     parser.add_argument("--keys", help="the tenant key store (an SQLite file or redis:// URL): every request needs a key from it")
+    parser.add_argument("--header-timeout", dest="header_timeout_s", type=_seconds, help="seconds a request's headers may take to arrive (default 10)")
     parser.add_argument("--graceful-timeout", type=_seconds, help="seconds to let in-flight requests finish on shutdown (default: no limit)")
     return parser
 
@@ -92,7 +96,7 @@ def _seconds(text: str) -> float:
     return value
 
 
-FLAGS = ("upstream", "upstream_api_key_env", "host", "port", "cache", "log", "reranker", "max_body_bytes", "open_without_keys", "keys")
+FLAGS = ("upstream", "upstream_api_key_env", "host", "port", "cache", "log", "reranker", "max_body_bytes", "open_without_keys", "keys", "header_timeout_s")
 
 
 def cli_main(argv: Sequence[str]) -> int:
