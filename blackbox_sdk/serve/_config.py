@@ -12,6 +12,7 @@ SDK's own `AsyncOpenAI` (the proxy adds no cache, budget or log of its own).
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Mapping
@@ -73,8 +74,8 @@ class ProxyConfig:
             raise ConfigError(f"open_without_keys must be true or false, got {self.open_without_keys!r}")
         for name in ("timeout_s", "body_timeout_s", "header_timeout_s"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise ConfigError(f"{name} must be a number > 0, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:  # nan too
+                raise ConfigError(f"{name} must be a finite number of seconds > 0, got {value!r}")
         if self.upstream is not None and not str(self.upstream).startswith(("http://", "https://", "hf:")):
             raise ConfigError(f"upstream must be an http(s) URL, hf:/path/model.gguf or left out; got {self.upstream!r}")
 
