@@ -16,7 +16,7 @@ import httpx2
 import openai
 import pytest
 
-from blackbox_sdk import AsyncOpenAI, Budget, BudgetExceededError, CallLog, OpenAI
+from blackbox_sdk import AsyncOpenAI, Budget, BudgetExceededError, CallLog, OpenAI, RateLimitExceededError, RateLimits
 from blackbox_sdk.local import free_port
 
 MODEL = "smollm2"
@@ -179,3 +179,15 @@ def test_a_budgeted_stream_asks_for_the_usage_that_counts_hidden_tokens(asked: b
     assert [c.usage.completion_tokens for c in chunks if c.usage is not None] == ([502] if asked else [])  # the caller's view
     [spend] = budget.settled_since(0)
     assert spend.completion_tokens == 502  # the reasoning tokens billed, not the 2 the text shows
+
+
+def test_the_rate_window_counts_a_lost_answer_beside_the_one_that_came(tmp_path: Path) -> None:
+    transport, _ = _times_out_then([None, ANSWER])
+    limits = RateLimits(tpm=100_000)
+    client = OpenAI(api_key="sk-test", http_client=httpx2.Client(transport=transport), max_retries=2, budget=_budget(tmp_path), rate_limit=limits)
+    client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=100)
+    lost, paid = client.options.budget.settled_since(0)
+    counted = lost.prompt_tokens + lost.completion_tokens + paid.prompt_tokens + paid.completion_tokens
+    with pytest.raises(RateLimitExceededError):  # room for all but what both answers used: the lost one counts
+        limits.admit(key=None, model=MODEL, tokens=100_000 - counted + 1)
+    assert limits.admit(key=None, model=MODEL, tokens=100_000 - counted) is not None

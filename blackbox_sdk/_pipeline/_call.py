@@ -60,6 +60,7 @@ class Call:
     in_flight: int = 0  # requests out and not yet answered: an interrupt (a cancelled task, Ctrl-C) leaves their prompts to charge
     arrived: list[Any] = field(default_factory=list)  # answers received and not yet settled: charged if the call fails
     lost: list[Json] = field(default_factory=list)  # worst cases of requests whose answers were lost and not yet charged (`_lost`)
+    lost_tokens: int = 0  # tokens of lost answers charged on holds of their own: the rate window counts them with the call's
     recorded: bool = False  # the call has its one log record
     steps: list[BlackBoxInfo] = field(default_factory=list)  # a beam search's step calls, each as it begins: what the search spent
     request: Json = field(default_factory=dict)  # the request as the log keeps it

@@ -206,8 +206,8 @@ class Core:
         learn(self, call, usage)
         if call.admission is not None:
             used = used_tokens(usage)
-            try:  # an impossible report keeps the estimate
-                call.opts.rate_limit.correct(call.admission, call.admission.tokens if used is None else used)
+            try:  # an impossible report keeps the estimate; answers lost before this one count too (the server had them)
+                call.opts.rate_limit.correct(call.admission, call.admission.tokens if used is None else used + call.lost_tokens)
             except StoreUnavailableError as error:  # the answer is paid for: the window keeps its worst case, which errs safe
                 logger.warning("call %s: the rate window could not be corrected to its real usage now: %s", call.info.call_id, error)
             call.admission = None

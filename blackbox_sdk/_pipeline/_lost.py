@@ -59,4 +59,5 @@ def hold_retry(core: Core, call: Call, error: BaseException, send: Callable[[], 
         raise refused from error
     with core._lock:
         call.lost.remove(usage)
+        call.lost_tokens += usage["total_tokens"]
     call.info.cost_usd += call.meter.settle(hold, usage)
