@@ -16,7 +16,9 @@ import httpx2
 import openai
 import pytest
 
-from blackbox_sdk import AsyncOpenAI, Budget, BudgetExceededError, CallLog, OpenAI, RateLimitExceededError, RateLimits
+from blackbox_sdk import (
+    AsyncOpenAI, Budget, BudgetExceededError, CallLog, OpenAI, RateLimitExceededError, RateLimits, RetryPolicy, StoreUnavailableError,
+)
 from blackbox_sdk.local import free_port
 
 MODEL = "smollm2"
@@ -191,3 +193,136 @@ def test_the_rate_window_counts_a_lost_answer_beside_the_one_that_came(tmp_path:
     with pytest.raises(RateLimitExceededError):  # room for all but what both answers used: the lost one counts
         limits.admit(key=None, model=MODEL, tokens=100_000 - counted + 1)
     assert limits.admit(key=None, model=MODEL, tokens=100_000 - counted) is not None
+
+
+def _stream_of_one(request: httpx2.Request) -> httpx2.Response:
+    """A chat stream as a server that ignores `n` sends it: one choice, whatever was asked, and its usage."""
+    base = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": MODEL}
+    chunks = [
+        {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Apple."}, "finish_reason": "stop"}]},
+        {**base, "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11}},
+    ]
+    text = "".join(f"data: {json.dumps(chunk)}\n\n" for chunk in chunks) + "data: [DONE]\n\n"
+    return httpx2.Response(200, content=text.encode(), headers={"content-type": "text/event-stream"})
+
+
+def test_a_fanned_out_stream_whose_later_stream_was_lost_is_charged_it(tmp_path: Path) -> None:
+    opened: list[int] = []
+
+    def handle(request: httpx2.Request) -> httpx2.Response:
+        opened.append(json.loads(request.content).get("n"))
+        if len(opened) > 1:  # the second stream's answer is lost
+            raise httpx2.ReadTimeout("timed out", request=request)
+        return _stream_of_one(request)
+
+    budget, log = _budget(tmp_path), CallLog(tmp_path / "calls.db")
+    client = OpenAI(api_key="sk-test", http_client=httpx2.Client(transport=httpx2.MockTransport(handle)), max_retries=0, budget=budget, log=log)
+    with pytest.raises(openai.APITimeoutError):
+        list(client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=100, n=2, stream=True))
+    assert opened == [2, 1]
+    [spend] = budget.settled_since(0)
+    assert spend.completion_tokens == 2 and spend.prompt_tokens > 9  # the first stream's usage, and the lost one's prompt
+    _assert_log_matches_ledger(budget, log)
+    log.close()
+
+
+def test_a_lost_completion_is_charged_every_answer_best_of_generates(llama_server: str, tmp_path: Path) -> None:
+    budget = _budget(tmp_path)
+    client = OpenAI(base_url=llama_server, api_key="none", timeout=0.05, max_retries=0, budget=budget)
+    with pytest.raises(openai.APITimeoutError):
+        client.completions.create(model=MODEL, prompt="Once upon a time", best_of=3, max_tokens=48)
+    [lost] = budget.settled_since(0)
+    assert lost.completion_tokens == 48 * 3  # best_of's answers: all generated, all billed
+    assert budget.report().reserved_usd == 0.0
+
+
+def test_a_lost_completion_of_several_prompts_is_charged_each_prompts_answers(tmp_path: Path) -> None:
+    transport, seen = _times_out_then([None])  # llama.cpp refuses several prompts: a double times out
+    budget = _budget(tmp_path)
+    client = OpenAI(api_key="sk-test", http_client=httpx2.Client(transport=transport), max_retries=0, budget=budget)
+    with pytest.raises(openai.APITimeoutError):
+        client.completions.create(model=MODEL, prompt=["Once upon a time", "The dragon"], n=2, max_tokens=48)
+    assert seen[0]["n"] == 2
+    [lost] = budget.settled_since(0)
+    assert lost.completion_tokens == 48 * 2 * 2  # n answers for each prompt
+    assert budget.report().reserved_usd == 0.0
+
+
+def test_adaptive_rounds_count_a_lost_answer_in_the_rate_window_once(tmp_path: Path) -> None:
+    def handle(request: httpx2.Request) -> httpx2.Response:
+        asked = json.loads(request.content).get("n") or 1
+        if not handled:
+            handled.append(asked)
+            raise httpx2.ReadTimeout("timed out", request=request)
+        choices = [{"index": i, "message": {"role": "assistant", "content": f"Apple {i}."}, "finish_reason": "stop"} for i in range(asked)]
+        return httpx2.Response(200, json={**ANSWER, "choices": choices})
+
+    handled: list[int] = []
+    limits = RateLimits(tpm=100_000)
+    client = OpenAI(
+        api_key="sk-test", http_client=httpx2.Client(transport=httpx2.MockTransport(handle)), max_retries=1, budget=_budget(tmp_path),
+        rate_limit=limits, reranker=lambda question, answers: [0.0] * len(answers), rerank_n=8, rerank_confidence=0.99,
+    )
+    client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=100)  # equal scores: rounds of 2, 2 and 4
+    spends = client.options.budget.settled_since(0)
+    assert len(spends) == 4  # the lost answer, then one per round
+    counted = sum(spend.prompt_tokens + spend.completion_tokens for spend in spends)
+    assert limits.admit(key=None, model=MODEL, tokens=100_000 - counted) is not None  # the lost answer counted once, not each round
+
+
+def test_a_cancel_while_a_retry_waits_charges_the_lost_answer_once(llama_server: str, tmp_path: Path) -> None:
+    budget, log = _budget(tmp_path), CallLog(tmp_path / "calls.db")
+
+    async def ask() -> None:
+        waiting = asyncio.Event()
+
+        async def wait(seconds: float) -> None:
+            waiting.set()
+            await asyncio.Event().wait()  # the backoff never ends: the cancel comes first
+
+        retry = RetryPolicy(max_retries=2, async_sleep=wait)
+        client = AsyncOpenAI(base_url=llama_server, api_key="none", timeout=0.05, retry=retry, budget=budget, log=log)
+        call = asyncio.ensure_future(client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=48))
+        await waiting.wait()
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+
+    asyncio.run(ask())
+    [lost] = budget.settled_since(0)  # held and charged before the wait; the retry never went out
+    assert lost.completion_tokens == 48
+    _assert_log_matches_ledger(budget, log)
+    log.close()
+
+
+def test_an_interrupt_while_a_retry_after_a_429_waits_charges_nothing(tmp_path: Path) -> None:
+    def interrupted(seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    transport = httpx2.MockTransport(lambda request: httpx2.Response(429, json={"error": {"message": "slow down"}}))
+    budget = _budget(tmp_path)
+    client = OpenAI(api_key="sk-test", http_client=httpx2.Client(transport=transport), retry=RetryPolicy(max_retries=2, sleep=interrupted), budget=budget)
+    with pytest.raises(KeyboardInterrupt):
+        client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=100)
+    assert budget.report().spent_usd == 0.0  # the 429 was the request's answer: nothing was out when the interrupt came
+    assert budget.report().reserved_usd == 0.0
+
+
+def test_a_raw_stream_is_sent_as_the_caller_wrote_it(llama_server: str, tmp_path: Path) -> None:
+    client = OpenAI(base_url=llama_server, api_key="none", budget=_budget(tmp_path))
+    raw = client.chat.completions.with_raw_response.create(model=MODEL, messages=QUESTION, max_tokens=8, stream=True)
+    sent = json.loads(raw.http_request.content)
+    assert "stream_options" not in sent
+    assert all(chunk.choices for chunk in raw.parse())  # no usage chunk the caller did not ask for
+
+
+def test_a_retry_the_ledger_cannot_hold_says_the_first_request_went_out(redis_server: Any, tmp_path: Path) -> None:
+    def handle(request: httpx2.Request) -> httpx2.Response:
+        redis_server.stop()  # the ledger goes down while the answer is lost
+        raise httpx2.ReadTimeout("timed out", request=request)
+
+    budget = Budget(total_usd=10.0, prices=PRICES, ledger=redis_server.url)
+    client = OpenAI(api_key="sk-test", http_client=httpx2.Client(transport=httpx2.MockTransport(handle)), max_retries=2, budget=budget)
+    with pytest.raises(StoreUnavailableError) as refused:
+        client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=100)
+    assert any("the retry, not sent, of a request whose answer was lost (APITimeoutError)" in note for note in refused.value.__notes__)

@@ -19,7 +19,7 @@ from . import _responses_api as responses_api
 from ._beam_steps import run_beam, step_options
 from ._call import Call, KeptHttp
 from ._core import SINGLE_FLIGHT_WAIT_S, Core, advance, answered, keep_http, replay
-from ._lost import hold_retry, note_lost
+from ._lost import Retries, note_lost
 from ._relay import Relay
 from ._responses import replay_response
 from ._streams import BlackBoxAsyncStream
@@ -149,17 +149,18 @@ class AsyncCore(Core):
         try:
             response = await send()
         except Exception as first:  # noqa: BLE001 - the same attempts, waits and final error as the policy alone: see `replay`
+            retries = Retries(self, call, send)
             try:
-                response = await call.opts.retry.acall(replay(first, send), on_retry=partial(self._hold_retry, call, send))
+                response = await call.opts.retry.acall(replay(first, retries.again), on_retry=partial(self._hold_retry, retries))
             except Exception as last:
                 note_lost(self, call, last, send)
                 raise
         call.info.requests += 1
         return response
 
-    async def _hold_retry(self, call: Call, send: Callable[[], Awaitable[Any]], error: BaseException) -> None:
-        """`hold_retry` off the event loop (it may take a hold on the budget)."""
-        await self._io(call, partial(hold_retry, self, call, error, send), blocks=True)
+    async def _hold_retry(self, retries: Retries, error: BaseException) -> None:
+        """`Retries.hold` off the event loop (it may take a hold on the budget)."""
+        await self._io(retries.call, partial(retries.hold, error), blocks=True)
 
     async def _beam(self, call: Call) -> Any:
         """The beam search in a thread of its own (its steps' store work needs the shared workers); its

@@ -75,6 +75,12 @@ class Call:
         completion = 0 if self.stream else held.max_output_tokens * choices
         return {"prompt_tokens": held.prompt_tokens, "completion_tokens": completion, "total_tokens": held.prompt_tokens + completion}
 
+    def generations(self, choices: int) -> int:
+        """How many answers the server generates, and bills, for each prompt of a request of `choices`:
+        a completions call's `best_of` when it asks for more."""
+        best_of = self.params.get("best_of") if self.route is COMPLETIONS else None
+        return max(choices, int(best_of)) if given(best_of) else choices
+
     @cached_property
     def meter(self) -> Meter:
         """The budget and call log this call is accounted on."""

@@ -125,8 +125,7 @@ class Core:
         if call.opts.budget is None:
             return count, max_tokens
         refuse_hosted_tools(call.route, call.params)
-        best_of = call.params.get("best_of") if call.route is COMPLETIONS else None
-        generations = max(count, int(best_of)) if given(best_of) else count  # the server generates best_of and bills them all
+        generations = call.generations(count)  # the server generates best_of and bills them all
         fixed = call.prompts > 1 or generations != count  # every prompt gets all its generations: choices can't be dropped
         counted = self.count.prompt(call)
         call.counted_prompt = counted.tokens
@@ -146,10 +145,11 @@ class Core:
         call.cut_short = max_tokens is not None and call.reservation.max_output_tokens < max_tokens
         return granted, call.reservation.max_output_tokens or None
 
-    def request(self, call: Call, count: int, max_tokens: int | None, seed: int | None = None) -> Json:
+    def request(self, call: Call, count: int, max_tokens: int | None, seed: int | None = None, raw: bool = False) -> Json:
         """What the inner client is sent for `count` candidates (the output cap under the caller's name); a stream
         under a budget asks for the server's usage, whose count holds what the text can't show (reasoning
-        tokens, a hidden prompt), and the caller sees its usage chunk only when it asked for one."""
+        tokens, a hidden prompt), and the caller sees its usage chunk only when it asked for one; a `raw` view's
+        stream is sent as the caller wrote it (the caller reads it, and it is charged its worst case)."""
         params = {k: v for k, v in call.params.items() if k != "n"}
         if count > 1 or given(call.params.get("n")):
             params["n"] = count
@@ -159,7 +159,7 @@ class Core:
             params[call.output_cap] = max_tokens
         if seed is not None:
             params["seed"] = seed
-        if call.stream and call.opts.budget is not None and call.route in (CHAT, COMPLETIONS):
+        if call.stream and not raw and call.opts.budget is not None and call.route in (CHAT, COMPLETIONS):
             options = params.get("stream_options")
             params["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}  # billed tokens, hidden ones too
         return params
@@ -204,10 +204,11 @@ class Core:
             call.info.cost_usd += call.meter.settle(call.reservation, usage)
             call.reservation = None
         learn(self, call, usage)
+        lost, call.lost_tokens = call.lost_tokens, 0  # counted in this admission's window once (adaptive K admits each round)
         if call.admission is not None:
             used = used_tokens(usage)
             try:  # an impossible report keeps the estimate; answers lost before this one count too (the server had them)
-                call.opts.rate_limit.correct(call.admission, call.admission.tokens if used is None else used + call.lost_tokens)
+                call.opts.rate_limit.correct(call.admission, call.admission.tokens if used is None else used + lost)
             except StoreUnavailableError as error:  # the answer is paid for: the window keeps its worst case, which errs safe
                 logger.warning("call %s: the rate window could not be corrected to its real usage now: %s", call.info.call_id, error)
             call.admission = None

@@ -322,7 +322,7 @@ def begin_raw(core: Core, route: Route, kwargs: Json) -> Flow:
     except BaseException as error:
         yield from failed(core, call, error)
         raise
-    return call, core.request(call, count, max_tokens)
+    return call, core.request(call, count, max_tokens, raw=True)
 
 
 def settle_raw(core: Core, call: Call, whole: Json | None) -> None:

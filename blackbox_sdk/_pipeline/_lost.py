@@ -5,12 +5,13 @@ each is charged its worst case, and a retry after one is held on the budget befo
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import httpx2
 import openai
 
-from .._exceptions import BudgetExceededError
+from .._exceptions import BudgetExceededError, StoreUnavailableError
 from .._types import Json
 from ..budget import TokenCount
 from ._call import Call, Sender
@@ -28,8 +29,9 @@ def answer_lost(error: BaseException) -> bool:
 
 
 def choices_of(call: Call, send: Callable[[], Any]) -> int:
-    """How many choices a request asks for: its Sender says; the caller's n for a request sent as the caller wrote it."""
-    return send.choices if isinstance(send, Sender) else call.n
+    """How many answers a request has the server generate: the choices it asks for (its Sender says; the caller's n
+    for a request sent as the caller wrote it), `best_of` when more, for each of its prompts."""
+    return call.generations(send.choices if isinstance(send, Sender) else call.n) * call.prompts
 
 
 def note_lost(core: Core, call: Call, error: BaseException, send: Callable[[], Any]) -> None:
@@ -37,6 +39,45 @@ def note_lost(core: Core, call: Call, error: BaseException, send: Callable[[], A
     if call.reservation is not None and answer_lost(error):
         with core._lock:
             call.lost.append(call.worst_case(choices_of(call, send)))
+
+
+@dataclass
+class Retries:
+    """One request's retries on its call. While it waits for one the request is not out (it came back with its
+    error): an interrupt then (a cancelled task, Ctrl-C) charges it nothing more than its lost answer (`abandoned`
+    charges the requests out); it is out again as the retry is sent."""
+
+    core: Core
+    call: Call
+    send: Callable[[], Any]
+    counted: bool = field(init=False)  # the request is among the call's `in_flight` (a relay's later stream is not)
+    back: bool = field(init=False, default=False)  # taken off `in_flight` for the wait before a retry
+
+    def __post_init__(self) -> None:
+        """Whether the request is counted in flight: a sending effect counts each request it sends until it is answered."""
+        self.counted = self.call.in_flight > 0
+
+    def hold(self, error: BaseException) -> None:
+        """Before a retry: the request is back, and `hold_retry` holds the retry; when that refuses it, the request's
+        error goes back through `answered`, which takes it off `in_flight`."""
+        self._out(False)
+        try:
+            hold_retry(self.core, self.call, error, self.send)
+        except Exception:
+            self._out(True)
+            raise
+
+    def again(self) -> Any:
+        """Send the retry: the request is out again."""
+        self._out(True)
+        return self.send()
+
+    def _out(self, out: bool) -> None:
+        """Count the request in flight again, or not, once."""
+        if self.counted and self.back == out:
+            with self.core._lock:
+                self.call.in_flight += 1 if out else -1
+            self.back = not out
 
 
 def hold_retry(core: Core, call: Call, error: BaseException, send: Callable[[], Any]) -> None:
@@ -54,8 +95,10 @@ def hold_retry(core: Core, call: Call, error: BaseException, send: Callable[[], 
             call_id=call.info.call_id, model=call.model, prompt_tokens=TokenCount(usage["prompt_tokens"], "reserved", True),
             max_output_tokens=usage["completion_tokens"] // choices, n=choices, local=core.local, shrink=False,
         )
-    except BudgetExceededError as refused:
-        refused.add_note(f"it was the retry of a request whose answer was lost ({type(error).__name__}), charged its worst case")
+    except (BudgetExceededError, StoreUnavailableError) as refused:  # a ledger out of reach: the lost answer's charge is owed
+        refused.add_note(f"it was the retry, not sent, of a request whose answer was lost ({type(error).__name__}), charged its worst case")
+        if isinstance(refused, StoreUnavailableError):
+            raise  # its cause is the store's own error
         raise refused from error
     with core._lock:
         call.lost.remove(usage)

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from .._types import Json
+from .._types import Json, usage_to_charge
 from ._call import Call
 from ._candidates import Candidate, chunks_from_candidates, split_chunks
 from ._core import Core
@@ -99,11 +99,13 @@ class Relay:
 
     def abort(self, error: BaseException | None) -> None:
         """A stream that did not end normally: charge what arrived (at least the prompt of what was
-        sent), store nothing, log the error with the usage charged; once."""
+        sent) and the answers lost, store nothing, log the error with the usage charged; once."""
         if self.done:
             return
         self.done = True
         usage = self._pieces()[1] if self.collected or self.ended_usages() or self.call.info.requests else None
+        if self.call.lost:  # a later stream whose answer was lost (`_lost`): its worst case too
+            usage, self.call.lost = usage_to_charge([usage or {}, *self.call.lost]), []
         if usage is not None:
             self.core.settle(self.call, usage)
         if isinstance(error, GeneratorExit) or error is None:

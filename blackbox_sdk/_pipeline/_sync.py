@@ -15,7 +15,7 @@ from . import _responses_api as responses_api
 from ._beam_steps import run_beam, step_options
 from ._call import Call, KeptHttp
 from ._core import MAX_FANOUT_WORKERS, SINGLE_FLIGHT_WAIT_S, Core, advance, answered, keep_http, replay
-from ._lost import hold_retry, note_lost
+from ._lost import Retries, note_lost
 from ._relay import Relay
 from ._responses import replay_response
 from ._streams import BlackBoxStream
@@ -108,8 +108,9 @@ class SyncCore(Core):
         try:
             response = send()
         except Exception as first:  # noqa: BLE001 - the same attempts, waits and final error as the policy alone: see `replay`
+            retries = Retries(self, call, send)
             try:
-                response = call.opts.retry.call(replay(first, send), on_retry=lambda error: hold_retry(self, call, error, send))
+                response = call.opts.retry.call(replay(first, retries.again), on_retry=retries.hold)
             except Exception as last:
                 note_lost(self, call, last, send)
                 raise
