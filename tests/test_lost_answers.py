@@ -19,6 +19,7 @@ import pytest
 from blackbox_sdk import (
     AsyncOpenAI, Budget, BudgetExceededError, CallLog, OpenAI, RateLimitExceededError, RateLimits, RetryPolicy, StoreUnavailableError,
 )
+from blackbox_sdk.budget import settle_owed
 from blackbox_sdk.local import free_port
 
 MODEL = "smollm2"
@@ -326,3 +327,5 @@ def test_a_retry_the_ledger_cannot_hold_says_the_first_request_went_out(redis_se
     with pytest.raises(StoreUnavailableError) as refused:
         client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=100)
     assert any("the retry, not sent, of a request whose answer was lost (APITimeoutError)" in note for note in refused.value.__notes__)
+    redis_server.start()  # back, empty: the lost answer's owed charge lands (none is left owed at exit)
+    assert settle_owed() == 0 and budget.spent() > 0

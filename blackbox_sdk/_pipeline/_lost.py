@@ -103,4 +103,6 @@ def hold_retry(core: Core, call: Call, error: BaseException, send: Callable[[], 
     with core._lock:
         call.lost.remove(usage)
         call.lost_tokens += usage["total_tokens"]
-    call.info.cost_usd += call.meter.settle(hold, usage)
+    cost = call.meter.settle(hold, usage)
+    with core._lock:  # fan-out threads share the call
+        call.info.cost_usd += cost
