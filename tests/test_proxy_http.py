@@ -161,3 +161,15 @@ def test_an_output_cap_no_ledger_counts_is_a_400_naming_the_callers_parameter(po
     answer = httpx2.post(f"http://127.0.0.1:{port}/v1{path}", json={"model": "m", cap: 2**53, **body}, timeout=30)
     error = answer.json()["error"]
     assert answer.status_code == 400 and error["param"] == cap and error["message"].startswith(f"{cap} must be an integer")
+
+
+def test_a_pipelined_requests_body_is_timed_by_the_app_that_reads_it(port: int) -> None:
+    first = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    second = b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"
+    with socket.create_connection(("127.0.0.1", port)) as pipelined:
+        pipelined.sendall(first + second)  # the second body stalls: its app answers 408, the first's answer does not cut it off
+        reply, took = _until_closed(pipelined)
+    assert reply.startswith(b"HTTP/1.1 200 OK") and reply.count(b"HTTP/1.1 ") == 2
+    status, error = _error(reply[reply.rindex(b"HTTP/1.1 "):])
+    assert status == b"HTTP/1.1 408 Request Timeout" and error["code"] == "request_timeout"
+    assert took < 2 * BODY_TIMEOUT_S + SLACK_S

@@ -74,9 +74,10 @@ class ProxyHttp(HttpToolsProtocol):
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
-        """The answer is sent: the rest of a body the app did not read is due within `body_timeout_s`."""
+        """The answer is sent: the rest of a body the app did not read is due within `body_timeout_s` (a pipelined
+        request's body, whose app starts now, is that app's to time: it answers 408, where a close would say nothing)."""
         super().on_response_complete()
-        if self.cycle is not None and self.cycle.more_body and not self.transport.is_closing():
+        if self.cycle is not None and self.cycle.response_complete and self.cycle.more_body and not self.transport.is_closing():
             self._await(self.body_timeout_s, self.transport.close)
 
     def send_400_response(self, msg: str) -> None:
