@@ -45,6 +45,18 @@ def _wait_for_port(port: int, process: subprocess.Popen[bytes] | None = None) ->
     raise RuntimeError(f"nothing listened on 127.0.0.1:{port} within {START_TIMEOUT_S}s")
 
 
+def proxy_ready(port: int, process: subprocess.Popen[Any], timeout_s: float) -> bool:
+    """Whether a proxy process on `port` answers /readyz within `timeout_s` (False once it exits or the time is up)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if httpx2.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200:
+                return True
+        except httpx2.TransportError:
+            time.sleep(0.05)
+    return False
+
+
 class RedisServer:
     """`redis-server` on a free loopback port, no persistence; `url` is redis://127.0.0.1:PORT/0, with the
     password in it (redis://:PASSWORD@...) for a server started with `--requirepass PASSWORD`."""

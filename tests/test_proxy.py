@@ -30,7 +30,7 @@ from blackbox_sdk.local import free_port
 from blackbox_sdk.serve import ProxyConfig, ProxyError, Tenant, create_app, load_config
 from blackbox_sdk.serve._body import MAX_JSON_DEPTH, parse_object
 from blackbox_sdk.serve._routes import CHAT, Generating, generating
-from servers import Proxy
+from servers import Proxy, proxy_ready
 
 pytestmark = pytest.mark.slow
 
@@ -580,13 +580,7 @@ def test_the_serve_command_runs_until_sigterm_and_refuses_to_listen_openly_witho
     port = free_port()
     process = subprocess.Popen([*command, "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                if httpx2.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200:
-                    break
-            except httpx2.TransportError:
-                time.sleep(0.05)
+        proxy_ready(port, process, START_TIMEOUT_S)
         models = httpx2.get(f"http://127.0.0.1:{port}/v1/models", timeout=30).json()
     finally:
         process.send_signal(signal.SIGTERM)

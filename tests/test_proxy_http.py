@@ -17,6 +17,8 @@ from pathlib import Path
 import httpx2
 import pytest
 
+from servers import proxy_ready
+
 from blackbox_sdk.local import free_port
 from blackbox_sdk.serve._http import MAX_HEADER_BYTES
 
@@ -40,14 +42,7 @@ def port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     command = [sys.executable, "-m", "blackbox_sdk", "serve", "--config", str(config), "--header-timeout", str(HEADER_TIMEOUT_S)]
     process = subprocess.Popen(command, env=clean, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                if httpx2.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200:
-                    break
-            except httpx2.TransportError:
-                time.sleep(0.05)
-        else:
+        if not proxy_ready(port, process, 60):
             raise RuntimeError("the proxy did not become ready")
         yield port
     finally:
