@@ -4,6 +4,7 @@ embedded GGUF, a clean environment."""
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -14,6 +15,33 @@ from blackbox_sdk.local import LlamaServer, default_gguf_path, free_port
 from servers import PostgresServer, RedisServer
 
 __all__ = ["free_port"]
+
+ROOT = Path(__file__).resolve().parent.parent
+_untracked_at_start: set[str] = set()
+
+
+def _untracked() -> set[str]:
+    """The checkout's untracked files that .gitignore does not cover (none outside a git checkout)."""
+    try:
+        listed = subprocess.run(
+            ["git", "-C", str(ROOT), "ls-files", "--others", "--exclude-standard"], capture_output=True, text=True, timeout=60, check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return set()
+    return set(listed.stdout.splitlines())
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Note what the checkout holds before any test runs."""
+    _untracked_at_start.update(_untracked())
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run when a test left a file in the checkout (a URL opened as a path once left ./postgresql:/...)."""
+    left = sorted(_untracked() - _untracked_at_start)
+    if left:
+        print(f"\ntests left files in the checkout, write them under tmp_path instead: {left[:10]}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")

@@ -459,3 +459,11 @@ def test_calllog_module_exports_are_sorted() -> None:
 
 def test_the_sqlite_call_log_implements_the_call_log_store_protocol(log: CallLog) -> None:
     assert isinstance(log, CallLogStore)
+
+
+def test_a_url_is_refused_not_made_into_a_file_named_after_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="open_call_log") as raised:
+        CallLog("postgresql://app:s3cret@127.0.0.1:5432/postgres")
+    assert "s3cret" not in str(raised.value)
+    assert list(tmp_path.iterdir()) == []  # Path(url) would have made ./postgresql:/app:s3cret@127.0.0.1:5432/postgres

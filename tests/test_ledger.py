@@ -298,3 +298,12 @@ def test_a_ledger_file_from_before_leases_is_upgraded_in_place(tmp_path: Path) -
     assert (ledger.outstanding(), ledger.spent_nano(Cap("total", 0))) == ((0, 0), 5000)
     with sqlite3.connect(path) as connection:
         assert "expires" in {row[1] for row in connection.execute("PRAGMA table_info(reservations)")}
+
+
+@pytest.mark.parametrize("url", ["redis://:s3cret@127.0.0.1:6379/0", "postgresql://app:s3cret@127.0.0.1/ledger"])
+def test_a_url_is_refused_not_made_into_a_file_named_after_it(url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="not a URL") as raised:
+        Ledger(url)
+    assert "s3cret" not in str(raised.value)
+    assert list(tmp_path.iterdir()) == []  # Path(url) would have made ./redis:/... or ./postgresql:/...

@@ -39,6 +39,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .._exceptions import ConfigError, ReservationNotHeldError, StoreUnavailableError
+from .._redact import url_without_password
 from .._sqlite import SHARED_TABLES, ProcessConnection, connect, immediate, refuse_foreign
 from ._caps import REPORTED_SCOPES, Cap, CapUsage, charged_rows, totals_row
 from ._owners import process_alive, this_process
@@ -204,6 +205,8 @@ class Ledger:
     def __init__(self, path: str | Path, *, busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S) -> None:
         """Open (creating) the ledger at `path` (`~` expanded) and release what crashed processes left; another
         application's SQLite file is a ConfigError, left as it was."""
+        if isinstance(path, str) and "://" in path:  # Path() would fold the URL into a file named after it
+            raise ConfigError(f"Ledger is an SQLite file, not a URL ({url_without_password(path)!r}); Budget(ledger=...) opens a redis:// URL")
         self.path = Path(path).expanduser()
         self._busy_timeout_s = busy_timeout_s
         self._db = ProcessConnection(self._open_connection, threading.RLock())  # this process's, opened again after a fork

@@ -28,6 +28,7 @@ from typing import Any, TextIO
 from .._closing import Closing
 from .._exceptions import CallLogError, ConfigError, StoreUnavailableError
 from .._logging import logger
+from .._redact import url_without_password
 from .._sqlite import SHARED_TABLES, ProcessConnection, connect, immediate, refuse_foreign, table_columns
 from .._text import checked_text
 from . import _known
@@ -68,6 +69,8 @@ class CallLog(Closing):
         only an existing call log: a missing file, or one without the log's tables, raises
         CallLogError and is left as it was.
         """
+        if isinstance(path, str) and "://" in path:  # Path() would fold the URL into a file named after it
+            raise ConfigError(f"CallLog is an SQLite file, not a URL ({url_without_password(path)!r}); open_call_log() opens a postgresql:// URL")
         _check_batching(batch_size, interval, max_pending)
         self._path = Path(path)
         conn, self._log_id = _open(self._path, timeout, create)
