@@ -28,6 +28,7 @@ from ._call import Call, KeptHttp, Sender
 from ._calibrate import calibration_key, learn, public_endpoint, stored_context, ungate
 from ._candidates import Candidate
 from ._hosted import refuse_hosted_tools
+from ._rates import has_audio, service_tier
 from ._meter import recording, used_tokens
 from ._rerank import valid_first
 from ._usage import UsageCounter
@@ -140,6 +141,8 @@ class Core:
             prompt_per_choice=call.route is RESPONSES or self.ignores_n is not False,  # until the server is seen to honour n
             local=self.local,
             shrink=not fixed,
+            service_tier=service_tier(call.params),
+            audio=has_audio(call.route, call.params),
         )
         granted = count if fixed else call.reservation.n
         call.cut_short = max_tokens is not None and call.reservation.max_output_tokens < max_tokens

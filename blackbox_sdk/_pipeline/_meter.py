@@ -69,7 +69,7 @@ class Meter:
         return None if self.budget is None else self.budget.reserve(key=self.key, **request)
 
     def settle(self, reservation: Reservation | None, usage: Json) -> float:
-        """Charge what was used (prompt, completion, cached prompt tokens); the cost in USD."""
+        """Charge what was used (prompt, completion, cached prompt tokens, audio ones); the cost in USD."""
         if reservation is None or self.budget is None:
             return 0.0
         details = usage.get("prompt_tokens_details") or {}
@@ -78,11 +78,15 @@ class Meter:
             logger.warning("call %s: the server reported %d cached of %d prompt tokens; charged as uncached", reservation.call_id, cached, prompt)
             cached = 0
         completion = reported(usage.get("completion_tokens"))
-        settle = partial(self.budget.settle, reservation, prompt_tokens=prompt, completion_tokens=completion, cached_tokens=cached, log_id=self.log_id)
+        audio = (reported(details.get("audio_tokens", 0)), reported((usage.get("completion_tokens_details") or {}).get("audio_tokens", 0)))
+        settle = partial(
+            self.budget.settle, reservation, prompt_tokens=prompt, completion_tokens=completion, cached_tokens=cached,
+            log_id=self.log_id, audio_tokens=audio,
+        )
         try:
             return float(settle())
         except StoreUnavailableError as error:  # the answer is paid: its charge is owed, and lands once the ledger is back
-            return self.budget.owe(reservation, (prompt, completion, cached), settle, error, log_id=self.log_id)
+            return self.budget.owe(reservation, (prompt, completion, cached, audio), settle, error, log_id=self.log_id)
 
     def release(self, reservation: Reservation | None) -> None:
         """Give back a reservation whose work did not run."""

@@ -21,6 +21,7 @@ from ._call import Call
 from ._candidates import Candidate, chunks_from_candidates, response_from_candidates, split_response, sum_usage, usage_chunk
 from ._core import Core, build
 from ._meter import recording
+from ._rates import warn_unasked_priority
 from ._rerank import question_of, rank, valid_first
 
 
@@ -66,6 +67,8 @@ def pieces(core: Core, call: Call, responses: list[Json]) -> tuple[list[Candidat
     fresh: list[Candidate] = []
     usages: list[Json] = []
     for response in responses:
+        if call.opts.budget is not None:
+            warn_unasked_priority(call.info.call_id, call.params, response)
         usages.append(core.count.of_response(call, response))
         fresh += split_response(call.route, response, usages[-1])
     return fresh, usage_to_charge(usages)

@@ -53,6 +53,7 @@ from ._policy import (
     charged_prompt_tokens,
     charged_usage,
     checked_count,
+    priced_for,
     checked_model,
     spent_scope,
     utc_day,
@@ -156,33 +157,29 @@ class Budget(BaseModel):
         return self._prices.lookup(model)
 
     def reserve(
-        self,
-        *,
-        model: str,
-        prompt_tokens: int | TokenCount,
-        max_output_tokens: int | None = None,
-        n: int = 1,
-        key: str | None = None,
-        local: bool = False,
-        call_id: str | None = None,
-        prompt_per_choice: bool = False,
-        shrink: bool = True,
+        self, *, model: str, prompt_tokens: int | TokenCount, max_output_tokens: int | None = None, n: int = 1,
+        key: str | None = None, local: bool = False, call_id: str | None = None, prompt_per_choice: bool = False,
+        shrink: bool = True, service_tier: str | None = None, audio: bool = False,
     ) -> Reservation:
         """Atomically check every cap and hold the call's worst case; raise BudgetExceededError if it can't fit.
 
         `max_output_tokens=None` assumes `default_max_output_tokens`; pass 0 for embeddings. `key`
         defaults to the budget's key. `prompt_per_choice` charges the prompt once per choice (servers
         that ignore `n`). `shrink=False` refuses rather than shrinks under `policy="shrink"` (choices
-        that can't be dropped: several prompts, `best_of`). Send the returned `n` and `max_output_tokens`.
+        that can't be dropped: several prompts, `best_of`). `service_tier` prices the call at that tier and
+        `audio` (audio in or out) at the dearer of the text and audio rates, each refused under a cap when the
+        price has no such rates. Send the returned `n` and `max_output_tokens`.
         """
         key = self.key_for(key)
         output = self.default_max_output_tokens if max_output_tokens is None else max_output_tokens
         day = utc_day()
         caps = self._caps(checked_model(model), key, day)
         price = self._price_or_raise(model, local, caps)
+        if price is not None and price is not FREE:  # a local model nobody priced costs 0 at any tier
+            price = priced_for(model, price, service_tier, audio, caps)
         request = Request(
             model=model,
-            price=price or FREE,
+            price=(price or FREE).ceiling() if audio else (price or FREE),
             prompt=charged_prompt_tokens(prompt_tokens, self.estimate_margin),
             n=checked_count("n", n, 1),
             max_output=checked_count("max_output_tokens", output, 0),
@@ -220,7 +217,7 @@ class Budget(BaseModel):
 
     def settle(
         self, reservation: Reservation, *, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0,
-        log_id: str | None = None,
+        log_id: str | None = None, audio_tokens: tuple[int, int] = (0, 0),
     ) -> float:
         """Record the call's real cost from its usage, release the rest of its reservation, return the cost in USD.
 
@@ -229,7 +226,7 @@ class Budget(BaseModel):
         (not said) leaves the spend to whichever log is repaired from this ledger. Usage that can't be
         real is charged at the worst case (`charged_usage`), so that the hold is settled all the same.
         """
-        usd_nano, prompt, completion, cached = charged_usage(reservation, prompt_tokens, completion_tokens, cached_tokens)
+        usd_nano, prompt, completion, cached = charged_usage(reservation, prompt_tokens, completion_tokens, cached_tokens, audio_tokens)
         reserved = usd_to_nano(reservation.worst_case_usd, round_up=True)
         hold = Hold(reservation.id, reservation.call_id, reservation.model, reservation.key, reservation.day, reserved, self.lease_s)
         leased_until = KEEPER.drop(reservation)  # renewed no more: a settle that fails leaves the hold to lapse at its lease
@@ -265,8 +262,8 @@ class Budget(BaseModel):
         price = self.price_for(model, local=local)
         return None if price is None else price.cost_usd(prompt_tokens, completion_tokens, cached_tokens)
 
-    def owe(self, reservation: Reservation, counts: tuple[object, object, object], settle: Callable[[], object], error: StoreUnavailableError, *, log_id: str | None) -> float:
-        """Keep a paid call's charge (its prompt, completion, cached counts) whose settle failed until the ledger takes it; its USD."""
+    def owe(self, reservation: Reservation, counts: tuple[object, object, object, tuple[object, object]], settle: Callable[[], object], error: StoreUnavailableError, *, log_id: str | None) -> float:
+        """Keep a paid call's charge (its prompt, completion, cached and audio counts) whose settle failed until the ledger takes it; its USD."""
         return owe_settle(reservation, counts, settle, error, ledger=self._journal_ledger, lease_s=self.lease_s, log_id=log_id)
 
     @property

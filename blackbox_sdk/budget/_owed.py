@@ -131,10 +131,10 @@ atexit.register(OWED.at_exit)
 
 
 def owe_settle(
-    reservation: Reservation, counts: tuple[object, object, object], settle: Callable[[], object], error: StoreUnavailableError,
+    reservation: Reservation, counts: tuple[object, object, object, tuple[object, object]], settle: Callable[[], object], error: StoreUnavailableError,
     *, ledger: str | None, lease_s: float, log_id: str | None,
 ) -> float:
-    """Owe a paid call's settle that failed with ``error`` (its usage's prompt, completion and cached counts as
+    """Owe a paid call's settle that failed with ``error`` (its usage's prompt, completion, cached and audio counts as
     given to it), journaled under ``ledger`` (None: a private ledger, kept in memory only); what it charges in USD."""
     nano, prompt, completion, cached = charged_usage(reservation, *counts)
     journal = None

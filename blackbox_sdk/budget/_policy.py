@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from typing import TypeGuard
 
-from .._exceptions import BudgetExceededError, ConfigError
+from .._exceptions import BudgetExceededError, ConfigError, PriceMissingError
 from .._logging import logger
 from .._text import checked_text
-from ._caps import EXACT_LIMIT, CapUsage, Scope, bounded_nano, nano_to_usd, usd_to_nano
+from ._caps import EXACT_LIMIT, Cap, CapUsage, Scope, bounded_nano, nano_to_usd, usd_to_nano
 from ._prices import ModelPrice
 from ._tokens import TokenCount
 
@@ -150,25 +150,56 @@ def checked_count(name: str, value: object, minimum: int) -> int:
     return value
 
 
+def priced_for(model: str, price: ModelPrice, tier: object, audio: bool, caps: list[Cap]) -> ModelPrice:
+    """The price a call is charged at, by its ``service_tier`` and whether it carries audio; PriceMissingError
+    under a cap when the model's price lacks those rates (without a cap, the standard rates with a warning)."""
+    tiered = price.at_tier(tier)
+    missing = [] if tiered is not None else [f"{tier!r} tier rates (service_tier={tier!r} bills more than the standard tier)"]
+    if audio and (price.audio_input is None or price.audio_output is None):
+        missing.append("audio rates (audio tokens bill several times text ones)")
+    if not missing:
+        return tiered or price
+    if caps:
+        raise PriceMissingError(
+            f"a hard budget applies and the price of {model!r} has no {' and no '.join(missing)}, so the call's cost "
+            f"can't be bounded: refused. Add them to its price: Budget(prices={{{model!r}: {{'input': ..., 'output': ..., "
+            "'priority': {'input': ..., 'output': ...}, 'audio_input': ..., 'audio_output': ...}})"
+        )
+    if (model, *missing) not in _WARNED:
+        _WARNED.add((model, *missing))
+        logger.warning("model %r: its price has no %s; its calls are recorded at its standard text rates", model, " and no ".join(missing))
+    return tiered or price
+
+
+_WARNED: set[tuple[str, ...]] = set()  # what priced_for warned of, once each
+
+
 def checked_model(model: object) -> str:
     """`model` when it is a non-empty UTF-8 string (what prices and caps are looked up by), else a ConfigError."""
     return checked_text(model, "model")
 
 
-def charged_usage(reservation: Reservation, prompt: object, completion: object, cached: object) -> tuple[int, int, int, int]:
-    """What to charge for a call's reported usage: (nano-dollars, prompt, completion, cached tokens). Usage
-    that can't be real (a count that is negative, not an integer, or from 2**53 up, as a broken server
-    may report) is charged at the reservation's worst case, with a warning; ConfigError for more cached
-    than prompt tokens."""
-    if is_count(prompt) and is_count(completion) and is_count(cached):
+def charged_usage(
+    reservation: Reservation, prompt: object, completion: object, cached: object, audio: tuple[object, object] = (0, 0),
+) -> tuple[int, int, int, int]:
+    """What to charge for a call's reported usage: (nano-dollars, prompt, completion, cached tokens), with `audio`
+    the audio parts of the prompt and the completion. Usage that can't be real (a count that is negative, not an
+    integer, or from 2**53 up, as a broken server may report, or more audio than all) is charged at the
+    reservation's worst case, with a warning; ConfigError for more cached than prompt tokens."""
+    audio_in, audio_out = audio
+    if is_count(prompt) and is_count(completion) and is_count(cached) and is_count(audio_in) and is_count(audio_out):
         if cached > prompt:
             raise ConfigError(f"cached_tokens ({cached}) can't exceed prompt_tokens ({prompt})")
-        nano = bounded_nano(reservation.price.cost_usd(prompt, completion, cached) if reservation.price else 0.0)
+        text_cached = min(cached, prompt - audio_in)  # cached audio is billed as audio (cost_usd)
+        price = reservation.price or FREE
+        real = audio_in <= prompt and audio_out <= completion
+        nano = bounded_nano(price.cost_usd(prompt, completion, text_cached, (audio_in, audio_out))) if real else None
         if nano is not None:
             return nano, prompt, completion, cached
     logger.warning(
-        "call %s reported usage that can't be real (prompt_tokens=%.40r, completion_tokens=%.40r, cached_tokens=%.40r): "
-        "charged its reserved worst case of $%.6f", reservation.call_id, prompt, completion, cached, reservation.worst_case_usd,
+        "call %s reported usage that can't be real (prompt_tokens=%.40r, completion_tokens=%.40r, cached_tokens=%.40r, "
+        "audio_tokens=%.40r): charged its reserved worst case of $%.6f", reservation.call_id, prompt, completion, cached, audio,
+        reservation.worst_case_usd,
     )
     worst = usd_to_nano(reservation.worst_case_usd, round_up=True)
     return worst, reservation.prompt_tokens, reservation.n * reservation.max_output_tokens, 0

@@ -5,6 +5,9 @@ Lookup is by exact name, then by the base name of a dated snapshot (`gpt-4o-2024
 not guessed: they are priced differently, and a budget must not under-count them.
 Overrides are a mapping `{"model": {"input": ..., "cached_input": ..., "output": ...}}` or a JSON
 file holding that mapping (alone, or under "models" as in `data/prices.json`); they win over the table.
+An entry may add the rates of the priority and flex tiers (`"priority": {"input": ..., "output": ...}`)
+and of audio tokens (`"audio_input"`, `"audio_output"`): the built-in table is the standard tier's,
+text only, and a budget refuses a priority or audio call whose rates it does not know.
 """
 
 from __future__ import annotations
@@ -32,8 +35,8 @@ def snapshot_base(model: str) -> str:
     return _SNAPSHOT_SUFFIX.sub("", model)
 
 
-class ModelPrice(BaseModel):
-    """One model's prices in USD per million tokens; cached input defaults to the input price."""
+class Rates(BaseModel):
+    """Token rates in USD per million tokens; cached input defaults to the input rate."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -41,17 +44,53 @@ class ModelPrice(BaseModel):
     output: Rate
     cached_input: Rate | None = None
 
-    def cost_usd(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> float:
-        """USD for a call; `cached_tokens` are the part of `prompt_tokens` billed at the cached rate."""
-        cached_rate = self.input if self.cached_input is None else self.cached_input
-        fresh = prompt_tokens - cached_tokens
+
+class ModelPrice(Rates):
+    """One model's prices in USD per million tokens: the standard tier's rates, and optionally the rates of the
+    priority and flex tiers (``service_tier``) and of audio tokens, without which a budget refuses such calls."""
+
+    priority: Rates | None = None  # service_tier="priority" (and the older "scale")
+    flex: Rates | None = None  # service_tier="flex"; without it the standard rates bound a flex call from above
+    audio_input: Rate | None = None
+    audio_output: Rate | None = None
+
+    def cost_usd(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0, audio: tuple[int, int] = (0, 0)) -> float:
+        """USD for a call; `cached_tokens` are the part of `prompt_tokens` billed at the cached rate, `audio` the parts
+        of the prompt and of the completion that are audio (billed at the audio rates; a call with audio in its prompt
+        gets no cached discount, so that cached audio can't be billed below what it costs)."""
+        audio_in, audio_out = audio
+        cached_rate = self.input if self.cached_input is None or audio_in else self.cached_input
+        fresh = prompt_tokens - cached_tokens - audio_in
+        audio_usd = audio_in * _audio_rate(self.audio_input, self.input) + audio_out * _audio_rate(self.audio_output, self.output)
         return (
-            fresh * self.input + cached_tokens * cached_rate + completion_tokens * self.output
+            fresh * self.input + cached_tokens * cached_rate + (completion_tokens - audio_out) * self.output + audio_usd
         ) / TOKENS_PER_PRICE_UNIT
 
     def output_usd_per_token(self) -> float:
         """USD for one output token."""
         return self.output / TOKENS_PER_PRICE_UNIT
+
+    def at_tier(self, tier: object) -> ModelPrice | None:
+        """The price of a call sent with ``service_tier=tier``: the tier's own rates, the standard rates for the
+        standard tiers and for flex when it has none (a flex call costs no more); None for priority unpriced."""
+        rates = self.priority if tier in ("priority", "scale") else self.flex if tier == "flex" else None
+        if rates is None:
+            return None if tier in ("priority", "scale") else self
+        return ModelPrice(**rates.model_dump(), audio_input=self.audio_input, audio_output=self.audio_output)
+
+    def ceiling(self) -> ModelPrice:
+        """Rates that bound every token from above, text or audio: what a call with audio is reserved at, since
+        which of its tokens will be audio is known only from its usage."""
+        return ModelPrice(
+            input=max(self.input, self.audio_input or 0.0), output=max(self.output, self.audio_output or 0.0),
+            cached_input=None,
+        )
+
+
+def _audio_rate(rate: float | None, text_rate: float) -> float:
+    """An audio token's rate; a price without audio rates bills them at the text rate (such calls are refused
+    under a cap before they are sent, so this prices only what slipped past one, such as a local model)."""
+    return text_rate if rate is None else rate
 
 
 class PriceTable(BaseModel):
