@@ -17,7 +17,7 @@ import openai
 import pytest
 
 from blackbox_sdk import (
-    AsyncOpenAI, Budget, BudgetExceededError, CallLog, OpenAI, RateLimitExceededError, RateLimits, RetryPolicy, StoreUnavailableError,
+    AsyncOpenAI, Budget, BudgetExceededError, CallLog, ConfigError, OpenAI, RateLimitExceededError, RateLimits, RetryPolicy, StoreUnavailableError,
 )
 from blackbox_sdk.budget import settle_owed
 from blackbox_sdk.local import free_port
@@ -329,3 +329,30 @@ def test_a_retry_the_ledger_cannot_hold_says_the_first_request_went_out(redis_se
     assert any("the retry, not sent, of a request whose answer was lost (APITimeoutError)" in note for note in refused.value.__notes__)
     redis_server.start()  # back, empty: the lost answer's owed charge lands (none is left owed at exit)
     assert settle_owed() == 0 and budget.spent() > 0
+
+
+def test_a_retry_after_a_lost_answer_counts_the_first_hold_under_the_per_call_cap(tmp_path: Path) -> None:
+    transport, seen = _times_out_then([None, None])
+    # the call's worst case (about 30 prompt tokens + 100 output tokens at $0.001 each) fits $0.2 once, not twice
+    budget = Budget(total_usd=10.0, per_call_usd=0.2, prices=PRICES, ledger=str(tmp_path / "ledger.db"))
+    client = OpenAI(api_key="sk-test", http_client=httpx2.Client(transport=transport), max_retries=1, budget=budget)
+    with pytest.raises(BudgetExceededError, match="per-call budget of \\$0.200000") as refused:
+        client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=100)
+    assert len(seen) == 1  # the retry was not sent: with the lost answer it could bill past the per-call cap
+    assert refused.value.scope == "per_call" and refused.value.spent > 0.1  # the first request's hold, told as spent
+    report = budget.report()
+    assert report.reserved_usd == 0.0 and 0.1 < report.spent_usd <= 0.2  # the lost answer, charged its worst case once
+
+
+def test_a_call_s_earlier_charges_count_under_the_per_call_cap(tmp_path: Path) -> None:
+    budget = Budget(per_call_usd=0.2, prices=PRICES, ledger=str(tmp_path / "ledger.db"))
+    held = budget.reserve(model=MODEL, prompt_tokens=50, max_output_tokens=100, call_spent_usd=0.0)
+    budget.release(held)
+    with pytest.raises(BudgetExceededError, match="\\$0.080000 spent"):
+        budget.reserve(model=MODEL, prompt_tokens=50, max_output_tokens=100, call_spent_usd=0.08)
+    shrinking = Budget(per_call_usd=0.2, policy="shrink", prices=PRICES, ledger=str(tmp_path / "ledger.db"))
+    fit = shrinking.reserve(model=MODEL, prompt_tokens=50, max_output_tokens=100, call_spent_usd=0.08)
+    assert fit.shrunk and fit.worst_case_usd <= 0.12 + 1e-12
+    shrinking.release(fit)
+    with pytest.raises(ConfigError, match="call_spent_usd"):
+        budget.reserve(model=MODEL, prompt_tokens=50, max_output_tokens=100, call_spent_usd=float("nan"))

@@ -50,11 +50,14 @@ from ._policy import (
     Policy,
     Request,
     Reservation,
+    as_charged,
     charged_prompt_tokens,
     charged_usage,
     checked_count,
+    checked_usd,
     priced_for,
     checked_model,
+    less_charged,
     spent_scope,
     utc_day,
 )
@@ -159,7 +162,7 @@ class Budget(BaseModel):
     def reserve(
         self, *, model: str, prompt_tokens: int | TokenCount, max_output_tokens: int | None = None, n: int = 1,
         key: str | None = None, local: bool = False, call_id: str | None = None, prompt_per_choice: bool = False,
-        shrink: bool = True, service_tier: str | None = None, audio: bool = False,
+        shrink: bool = True, service_tier: str | None = None, audio: bool = False, call_spent_usd: float = 0.0,
     ) -> Reservation:
         """Atomically check every cap and hold the call's worst case; raise BudgetExceededError if it can't fit.
 
@@ -168,7 +171,8 @@ class Budget(BaseModel):
         that ignore `n`). `shrink=False` refuses rather than shrinks under `policy="shrink"` (choices
         that can't be dropped: several prompts, `best_of`). `service_tier` prices the call at that tier and
         `audio` (audio in or out) at the dearer of the text and audio rates, each refused under a cap when the
-        price has no such rates. Send the returned `n` and `max_output_tokens`.
+        price has no such rates. `call_spent_usd` (what the call holds or was charged already: earlier rounds, a lost
+        answer) counts under `per_call_usd`. Send the returned `n` and `max_output_tokens`.
         """
         key = self.key_for(key)
         output = self.default_max_output_tokens if max_output_tokens is None else max_output_tokens
@@ -187,7 +191,7 @@ class Budget(BaseModel):
         )
         worst = request.worst_nano(request.n, request.max_output)
         hold = Hold(uuid.uuid4().hex, checked_text(call_id, "call_id") if call_id else uuid.uuid4().hex, model, key, day, worst, self.lease_s)
-        fit = self._hold(request, hold, caps, shrink)
+        fit = self._hold(request, hold, caps, shrink, usd_to_nano(checked_usd("call_spent_usd", call_spent_usd), round_up=True))
         return KEEPER.kept(Reservation(
             id=hold.reservation_id,
             call_id=hold.call_id,
@@ -203,17 +207,18 @@ class Budget(BaseModel):
             leased_until=time.monotonic() + self.lease_s,
         ), functools.partial(self._ledger.renew, hold.reservation_id, self.lease_s), self.lease_s)
 
-    def _hold(self, request: Request, hold: Hold, caps: list[Cap], shrink: bool) -> Fit:
+    def _hold(self, request: Request, hold: Hold, caps: list[Cap], shrink: bool, already_nano: int) -> Fit:
         """Hold the call's worst case; if a cap refuses, shrink it (when allowed) and try once more, else refuse."""
         policy = Policy(shrink=shrink and self.policy == "shrink", min_output_tokens=self.min_output_tokens)
-        refused = self._ledger.reserve(hold, caps)
+        checked = less_charged(caps, already_nano)  # the per-call cap bounds the whole call, not each hold
+        refused = self._ledger.reserve(hold, checked)
         if refused is None:
             return Fit(request.n, request.max_output, hold.usd_nano)
-        fit = policy.admit(request, refused)  # the refusal, or the largest call that fits what the ledger reported
-        refused = self._ledger.reserve(replace(hold, usd_nano=fit.usd_nano), caps)
+        fit = policy.admit(request, as_charged(refused, caps, already_nano))  # the refusal, or the largest call that fits
+        refused = self._ledger.reserve(replace(hold, usd_nano=fit.usd_nano), checked)
         if refused is None:
             return fit
-        raise policy.refusal(request, min(refused, key=lambda usage: usage.headroom_nano))
+        raise policy.refusal(request, min(as_charged(refused, caps, already_nano), key=lambda usage: usage.headroom_nano))
 
     def settle(
         self, reservation: Reservation, *, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0,

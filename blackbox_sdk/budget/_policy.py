@@ -174,6 +174,25 @@ def priced_for(model: str, price: ModelPrice, tier: object, audio: bool, caps: l
 _WARNED: set[tuple[str, ...]] = set()  # what priced_for warned of, once each
 
 
+def less_charged(caps: list[Cap], already_nano: int) -> list[Cap]:
+    """The caps a call's next hold is checked against: the per-call one less what the call holds or was charged already."""
+    return [Cap(cap.scope, max(cap.limit_nano - already_nano, 0), cap.value) if cap.scope == "per_call" else cap for cap in caps]
+
+
+def as_charged(usages: list[CapUsage], caps: list[Cap], already_nano: int) -> list[CapUsage]:
+    """Refusals under `less_charged` caps told against the caps as set: the per-call one with the call's charges as spent."""
+    full = next((cap for cap in caps if cap.scope == "per_call"), None)
+    return [CapUsage(full, usage.spent_nano + already_nano, usage.reserved_nano) if full and usage.cap.scope == "per_call" else usage
+            for usage in usages]
+
+
+def checked_usd(name: str, value: object) -> float:
+    """`value` as USD when it is a finite number from 0 up, else a ConfigError naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ConfigError(f"{name} must be a finite number of USD from 0 up, got {value!r}")
+    return float(value)
+
+
 def checked_model(model: object) -> str:
     """`model` when it is a non-empty UTF-8 string (what prices and caps are looked up by), else a ConfigError."""
     return checked_text(model, "model")
