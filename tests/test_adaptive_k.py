@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from blackbox_sdk import AsyncOpenAI, Budget, CallLog, ConfigError, OpenAI
+from blackbox_sdk import AsyncOpenAI, Budget, BudgetExceededError, CallLog, ConfigError, OpenAI
 from blackbox_sdk._adaptive import CONFIDENCE_GRID, next_round, pick_share
 from blackbox_sdk.adapter import Adapter, AdapterConfig
 from blackbox_sdk.adapter._confidence import choose_confidence
@@ -137,3 +137,19 @@ def test_auto_confidence_is_the_reranking_adapters_own(llama_server: str, tmp_pa
         run.mkdir()
         client = client_for(llama_server, run, scorer, rerank_confidence="auto")
         assert len(ask(client).blackbox.candidates) == expected
+
+
+def test_the_per_call_cap_bounds_all_rounds_and_a_round_past_it_ends_the_sampling(llama_server: str, tmp_path: Path) -> None:
+    # without the cap this call samples 8 answers in three rounds for about $0.33; each round alone is under $0.3
+    client = client_for(llama_server, tmp_path, undecided, rerank_confidence=1.0,
+                        budget=Budget(total_usd=5.0, per_call_usd=0.3, prices=PRICES, ledger=tmp_path / "ledger.db"))
+    completion = ask(client)
+    info = completion.blackbox
+    assert 2 <= len(info.candidates) < 8  # stopped before the round the cap can't hold, and picked among those in hand
+    report = client.options.budget.report()
+    assert 0 < report.spent_usd <= 0.3 and report.reserved_usd == 0
+    assert info.cost_usd == pytest.approx(report.spent_usd)
+    record = CallLog(tmp_path / "calls.db").get(info.call_id)
+    assert record.error is None and record.candidates == info.candidates and record.cost_usd == pytest.approx(report.spent_usd)
+    with pytest.raises(BudgetExceededError, match="per-call"):  # a first round the cap can't hold refuses the call
+        ask(client.with_options(budget=Budget(total_usd=5.0, per_call_usd=0.05, prices=PRICES, ledger=tmp_path / "ledger.db")))

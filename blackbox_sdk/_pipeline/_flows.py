@@ -11,15 +11,16 @@ from functools import partial
 from typing import Any
 
 from .._adaptive import FIRST_ROUND, next_round, pick_share
-from .._exceptions import RateLimitExceededError
+from .._exceptions import BudgetExceededError, RateLimitExceededError
 from .._info import attach
+from .._logging import logger
 from .._options import needs_opening, split_options
 from .._types import EMBEDDINGS, Json, Route, add_usage
 from ._beam_steps import beam_response, spent_on_steps
-from ._calibrate import passes_gate, public_endpoint
+from ._calibrate import passes_gate, public_endpoint, ungate
 from ._call import Call, KeptHttp
 from ._candidates import Candidate
-from ._core import Core, checked, prepare
+from ._core import Core, checked, give_room_back, prepare
 from ._effects import Effect, Flow, T, io
 from ._relay import Relay
 from ._rerank import confidence_of
@@ -191,14 +192,37 @@ def beam(core: Core, call: Call) -> Flow:
     return (yield from last(core, call, partial(beam_response, core, call, result, tally)))
 
 
-def paid(core: Core, call: Call, missing: int, fetch_all: Callable[[int, int | None], Flow]) -> Flow:
-    """Admit and reserve `missing` answers, then `fetch_all(count, max_tokens)`; a failure releases what was held."""
+class CapReached(Exception):
+    """An optional round (adaptive K's after the first) that the per-call cap can't hold: nothing was sent or held."""
+
+
+def paid(core: Core, call: Call, missing: int, fetch_all: Callable[[int, int | None], Flow], optional: bool = False) -> Flow:
+    """Admit and reserve `missing` answers, then `fetch_all(count, max_tokens)`; a failure releases what was held.
+    An `optional` round the per-call cap refuses raises CapReached instead, its rate admission given back."""
     try:
         count, max_tokens = yield from admit(core, call, missing)
+    except BudgetExceededError as refused:
+        if not (optional and refused.scope == "per_call"):
+            yield from failed(core, call, refused)
+            raise
+        yield from io(call, partial(let_round_go, core, call))
+        raise CapReached(str(refused)) from refused
+    except BaseException as error:
+        yield from failed(core, call, error)
+        raise
+    try:
         return (yield from fetch_all(count, max_tokens))
     except BaseException as error:
         yield from failed(core, call, error)
         raise
+
+
+def let_round_go(core: Core, call: Call) -> None:
+    """An optional round refused before anything was sent or held: the calibration gate and its rate admission back."""
+    ungate(core, call)
+    if call.admission is not None:
+        give_room_back(call)
+        call.admission = None
 
 
 def complete(core: Core, call: Call) -> Flow:
@@ -243,7 +267,11 @@ def _rounds(core: Core, call: Call, stored: list[Candidate], confidence: float) 
     share = (yield from io(call, partial(_share, call, stored))) if len(stored) >= FIRST_ROUND else None
     size = next_round(len(stored), call.want, share, confidence)
     while size:
-        got, used = yield from paid(core, call, size - len(stored) - len(fresh), partial(_answers, core, call))
+        try:
+            got, used = yield from paid(core, call, size - len(stored) - len(fresh), partial(_answers, core, call), bool(stored or fresh))
+        except CapReached as reached:  # the answers in hand are paid for: the pick is made among them
+            logger.info("call %s: adaptive K stops at %d answers: %s", call.info.call_id, len(stored) + len(fresh), reached)
+            break
         yield from io(call, partial(pay, core, call, got, used))
         fresh, usage = fresh + got, add_usage(usage or {}, used)
         share = yield from io(call, partial(_share, call, stored + fresh))
