@@ -85,6 +85,14 @@ def test_stored_candidates_count_as_a_round_and_a_clear_pick_is_a_hit(llama_serv
     assert again.blackbox.cost_usd == 0
 
 
+def test_a_refresh_keeps_the_answers_of_every_round_it_paid_for(llama_server: str, tmp_path: Path) -> None:
+    """cache="refresh" replaces the bucket with the call's answers: all of its rounds', not only the last's."""
+    client = client_for(llama_server, tmp_path, undecided, rerank_confidence=1.0, cache=tmp_path / "cache")
+    assert len(ask(client, cache="refresh").blackbox.candidates) == 8  # rounds of 2, 2 and 4
+    again = ask(client).blackbox
+    assert again.cache_hit and again.cached_candidates == 8 and again.requests == 0
+
+
 def test_async_client_takes_the_same_rounds(llama_server: str, tmp_path: Path) -> None:
     async def run() -> object:
         async with AsyncOpenAI(base_url=llama_server, api_key="sk-test", reranker=undecided, rerank_n=4, rerank_confidence=1.0) as client:

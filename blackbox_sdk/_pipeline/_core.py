@@ -229,8 +229,9 @@ class Core:
         an answer it can't hold (a server's -Infinity logprob is no JSON), is a warning (the answer is paid
         for and goes back); the claim is let go either way."""
         try:
-            if call.key is not None and call.opts.cache is not None and fresh and not call.cut_short:
-                call.opts.cache.extend(call.key, fresh)
+            if call.key is not None and (cache := call.opts.cache) is not None and fresh and not call.cut_short:
+                (cache.with_mode("write") if call.refreshed else cache).extend(call.key, fresh)
+                call.refreshed = cache.mode == "refresh"  # the bucket is replaced once: the call's later rounds add to it
         except (CacheError, ConfigError) as error:
             logger.warning("call %s: its answer could not be cached: %s", call.info.call_id, error)
         finally:
