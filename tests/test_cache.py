@@ -318,6 +318,7 @@ def test_entries_that_are_not_json_objects_raise_config_error(cache: Cache, entr
         pytest.param({"ttl": sys.maxsize}, id="ttl-beyond-redis-expiry"),  # Redis refused every write with it
         pytest.param({"max_bucket": 0}, id="empty-bucket"),
         pytest.param({"namespace": ""}, id="empty-namespace"),
+        pytest.param({"namespace": "team-\udcff"}, id="namespace-not-unicode"),  # argv's undecodable bytes: Redis raised on every lookup
         pytest.param({"timeout": -1}, id="negative-timeout"),
     ],
 )

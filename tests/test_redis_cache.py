@@ -393,6 +393,12 @@ def test_namespaces_are_isolated_even_when_one_prefixes_another(redis_server: Re
         cache.close()
 
 
+def test_a_namespace_redis_cannot_store_is_a_config_error_when_the_cache_is_made(redis_server: RedisServer) -> None:
+    """A namespace from argv's undecodable bytes holds a lone surrogate: every lookup raised CacheError, failing every call."""
+    with pytest.raises(ConfigError, match="namespace must be valid Unicode"):
+        Cache(redis_server.url, namespace="team-\udcff")
+
+
 def _extend_many(url: str, key: str, worker: int, count: int, start: Any) -> None:
     """Child process: once every worker is ready, append entries one at a time to a shared bucket on Redis."""
     with Cache(url, max_bucket=1000) as shared:

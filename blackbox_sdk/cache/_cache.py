@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 import threading
 import time
 from collections.abc import Mapping
@@ -44,6 +45,7 @@ DEFAULT_TIMEOUT_S = 60.0
 MAX_TTL_S = 1e9  # about 32 years: any longer is never (None), and Redis's expiry in milliseconds stays in range
 
 _MODES: tuple[str, ...] = get_args(CacheMode)
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _READS = frozenset({"on", "read"})
 _WRITES = frozenset({"on", "write", "refresh"})
 
@@ -335,6 +337,8 @@ def _check_options(*, namespace: str, mode: str, ttl: float | None, max_bucket: 
         raise ConfigError(f"cache mode must be one of {', '.join(_MODES)}; got {mode!r}")
     if not isinstance(namespace, str) or not namespace:
         raise ConfigError(f"cache namespace must be a non-empty string; got {namespace!r}")
+    if not namespace.isascii() and _SURROGATE.search(namespace):  # Redis stores it as UTF-8: every lookup would raise
+        raise ConfigError(f"cache namespace must be valid Unicode text; got {namespace[:40]!r} (a lone surrogate, as bytes that are not UTF-8 decode to)")
     if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 0 < ttl <= MAX_TTL_S):
         raise ConfigError(f"cache ttl must be a positive number of seconds up to {MAX_TTL_S:.0e} (about 32 years), or None to keep entries until evicted; got {ttl!r}")
     if isinstance(max_bucket, bool) or not isinstance(max_bucket, int) or max_bucket < 1:
