@@ -179,6 +179,13 @@ def test_int_keys_are_keyed_as_the_strings_json_sends(cache: Cache) -> None:
     assert _key(cache, logit_bias={50256: -100}) == _key(cache, logit_bias={"50256": -100}) != _key(cache)
 
 
+def test_a_float_with_an_integral_value_is_keyed_as_the_integer_json_sends_alike(cache: Cache) -> None:
+    """temperature=1 and temperature=1.0 are one number on the wire: they missed each other's answers."""
+    assert _key(cache, temperature=1.0, top_p=0.0) == _key(cache, temperature=1, top_p=-0.0) == _key(cache, temperature=1, top_p=0)
+    assert canonical_params({"tools": [{"default": 2.0, "max": 1e300}]}) == {"tools": [{"default": 2, "max": 1e300}]}
+    assert _key(cache, temperature=1.5) != _key(cache, temperature=1) != _key(cache, temperature=True)
+
+
 @pytest.mark.parametrize(
     ("params", "where"),
     [

@@ -98,7 +98,7 @@ def _canonical(value: Any, where: Where) -> Any:
     if isinstance(value, float):
         if not math.isfinite(value):
             raise ConfigError(f"cache key: {_render(where)} is {value!r}, which JSON can't hold")
-        return float(value)
+        return int(value) if value.is_integer() and abs(value) < 2**53 else float(value)  # 1.0 is the number 1 JSON sends
     if isinstance(value, type) and issubclass(value, pydantic.BaseModel):
         schema: dict[str, Any] = value.model_json_schema()
         return schema
