@@ -111,6 +111,8 @@ def _row_count(directory: Path, key: str) -> int:
         pytest.param({"extra_headers": {"X-Trace": "1"}}, id="extra-headers-dropped"),
         pytest.param({"api_key": "sk-test-" + "x" * 40}, id="api-key-dropped"),
         pytest.param({"Authorization": "Bearer abcdefghijkl"}, id="auth-header-dropped"),
+        pytest.param({"extra_body": {}, "extra_query": {}}, id="empty-extras-send-nothing"),
+        pytest.param({"extra_body": {"top_k": openai.NOT_GIVEN}, "extra_query": {"api-key": "secret-value"}}, id="extras-emptied-send-nothing"),
         pytest.param({"messages": ({"role": "user", "content": "What is 2 + 2?"},)}, id="tuple-equals-list"),
         pytest.param({"messages": [Message(role="user", content="What is 2 + 2?")]}, id="pydantic-instance-equals-dump"),
         pytest.param({"messages": [{"role": "user", "content": "What is 2 + 2?", "name": openai.NOT_GIVEN}]}, id="nested-not-given-dropped"),

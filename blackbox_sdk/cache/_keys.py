@@ -23,6 +23,7 @@ from .._redact import is_secret_key
 
 KEY_SCHEMA_VERSION = 1  # bump when the key recipe changes: old entries then simply miss
 TRANSPORT_KEYS = frozenset({"extra_headers", "http_client", "max_retries", "timeout"})
+_EMPTY_SENDS_NOTHING = ("extra_body", "extra_query")  # left out when empty (after credentials are dropped)
 
 _KEY_PATTERN = re.compile(r"[0-9a-f]{64}")
 _PLAIN = (str, int, bool, type(None))  # exactly these types are their own canonical JSON
@@ -55,7 +56,7 @@ def canonical_params(params: Mapping[str, Any]) -> dict[str, Any]:
 
     Top level: None, openai ``NOT_GIVEN``/``omit``, transport options (``timeout``,
     ``extra_headers``, ...) and credential-named keys are dropped; credential-named keys inside
-    ``extra_query`` too. At every depth: ``NOT_GIVEN``/``omit`` are dropped (never sent), a pydantic
+    ``extra_query`` too, then an empty ``extra_body`` or ``extra_query``. At every depth: ``NOT_GIVEN``/``omit`` are dropped (never sent), a pydantic
     model class becomes its JSON schema, a pydantic instance its ``model_dump(mode="json")``,
     tuples become lists. Anything else that isn't JSON raises ConfigError naming where it is.
     """
@@ -65,6 +66,9 @@ def canonical_params(params: Mapping[str, Any]) -> dict[str, Any]:
     result = _canonical_mapping(kept, "params")
     if isinstance(result.get("extra_query"), dict):
         result["extra_query"] = {k: v for k, v in result["extra_query"].items() if not _secret_name(k)}
+    for name in _EMPTY_SENDS_NOTHING:
+        if result.get(name) == {}:  # merged into the request, an empty one adds nothing: the same request as none
+            del result[name]
     return result
 
 
