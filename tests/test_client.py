@@ -144,6 +144,18 @@ def test_n_is_honoured_when_the_server_ignores_it(client: OpenAI) -> None:
     assert len({c.message.content for c in completion.choices}) > 1
 
 
+def test_stored_answers_and_fresh_ones_of_a_seeded_call_are_those_it_gets_without_a_cache(llama_server: str, tmp_path: Path) -> None:
+    """The fresh answers' seeds go on after the stored ones': they were seed, seed + 1, ... again, so the
+    request's first answer came back twice (stored, then sent for anew with the same seed)."""
+    question = {"model": MODEL, "messages": [{"role": "user", "content": "Write one random word."}], "max_tokens": 6, "temperature": 1.5, "seed": 7}
+    plain = OpenAI(base_url=llama_server, api_key="sk-test").chat.completions.create(**question, n=3)
+    cached = OpenAI(base_url=llama_server, api_key="sk-test", cache=tmp_path / "cache")
+    cached.chat.completions.create(**question)
+    mixed = cached.chat.completions.create(**question, n=3)
+    assert mixed.blackbox.cached_candidates == 1 and mixed.blackbox.requests == 2
+    assert [c.message.content for c in mixed.choices] == [c.message.content for c in plain.choices]
+
+
 def test_streamed_n_gives_every_index(client: OpenAI) -> None:
     stream = client.chat.completions.create(model=MODEL, messages=HELLO, n=3, max_tokens=4, temperature=1.0, stream=True)
     texts: dict[int, str] = {}

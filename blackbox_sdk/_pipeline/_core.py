@@ -99,6 +99,7 @@ class Core:
                 continue
         if call.valid is not None and len(found) > call.want:
             found = [found[i] for i in valid_first(range(len(found)), [call.route.text(c.choice) for c in found], call.valid)]
+        call.held = len(found[: call.want])
         return found[: call.want]
 
     def admission_tokens(self, call: Call, count: int) -> int:
@@ -181,10 +182,10 @@ class Core:
         raise NotImplementedError
 
     def seeds(self, call: Call, count: int) -> list[int | None]:
-        """Distinct seeds for fanned-out requests: the caller's seed + i, else random after the first."""
+        """Distinct seeds for fanned-out requests: the caller's seed + i after the stored answers, else random after the first."""
         seed = call.params.get("seed")
         if given(seed):
-            return [int(seed) + i for i in range(count)]
+            return [int(seed) + call.held + i for i in range(count)]
         return [None] + [secrets.randbelow(2**31) for _ in range(count - 1)]
 
     def count_retry(self, call: Call) -> None:
