@@ -161,3 +161,10 @@ def test_the_per_call_cap_bounds_all_rounds_and_a_round_past_it_ends_the_samplin
     assert record.error is None and record.candidates == info.candidates and record.cost_usd == pytest.approx(report.spent_usd)
     with pytest.raises(BudgetExceededError, match="per-call"):  # a first round the cap can't hold refuses the call
         ask(client.with_options(budget=Budget(total_usd=5.0, per_call_usd=0.05, prices=PRICES, ledger=tmp_path / "ledger.db")))
+
+
+def test_a_seeded_call_samples_each_round_with_new_seeds_the_answers_of_one_call_of_n(llama_server: str, tmp_path: Path) -> None:
+    adaptive = ask(client_for(llama_server, tmp_path / "a", undecided, rerank_confidence=1.0), seed=11).blackbox
+    whole = ask(client_for(llama_server, tmp_path / "b", undecided, rerank_confidence=None), seed=11).blackbox  # 8 at once
+    assert adaptive.requests == 8 and adaptive.candidates == whole.candidates  # rounds of 2, 2, 4: seeds 11..18 once each
+    assert len(set(adaptive.candidates)) > 2  # not the first round's two answers again

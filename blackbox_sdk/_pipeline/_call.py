@@ -55,7 +55,7 @@ class Call:
     context: dict[str, int | None] = field(default_factory=dict)  # stored context a Responses call continues: kind -> tokens (None: unknown)
     prompt_count: Any = None  # the prompt's TokenCount, counted once per call (`UsageCounter.prompt`)
     claimed: bool = False  # this call won the single-flight claim on its cache key: it fetches, others wait
-    held: int = 0  # answers the cache gave it: the fresh ones' seeds go on after theirs (seed + held + i), as without a cache
+    held: int = 0  # answers it holds (from the cache, earlier rounds): fresh seeds go on after theirs (seed + held + i), as without them
     refreshed: bool = False  # a cache="refresh" call replaced its bucket with its first answers: its later rounds append
     cut_short: bool = False  # the budget shrank the output cap: its answers are not the request's, so not stored under its key
     usage_counted: bool = False

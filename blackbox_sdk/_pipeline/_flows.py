@@ -274,6 +274,7 @@ def _rounds(core: Core, call: Call, stored: list[Candidate], confidence: float) 
             break
         yield from io(call, partial(pay, core, call, got, used))
         fresh, usage = fresh + got, add_usage(usage or {}, used)
+        call.held = len(stored) + len(fresh)  # the next round's seeds go on after this one's, as one request of n would
         share = yield from io(call, partial(_share, call, stored + fresh))
         size = next_round(len(stored) + len(fresh), call.want, share, confidence)
     return fresh, usage
