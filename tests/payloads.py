@@ -1,8 +1,10 @@
-"""Hostile data for tests: a pickle payload that proves, by its side effect, whether it was unpickled."""
+"""Hostile data for tests: a pickle payload that proves, by its side effect, whether it was unpickled, and adapter
+folders that can't load."""
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -15,3 +17,27 @@ class RunsOnUnpickle:
 
     def __reduce__(self) -> tuple[Any, tuple[str]]:
         return (os.mkdir, (str(self.marker),))
+
+
+SHIPPED_ADAPTER = Path(__file__).resolve().parents[1] / "adapters" / "capitals"  # a LoRA adapter
+BROKEN_ADAPTERS = ("missing", "empty", "config-not-json", "weights-cut", "lora-weights-garbage")
+
+
+def broken_adapter(root: Path, how: str) -> tuple[Path, str]:
+    """An adapter folder under `root` broken as `how` (one of BROKEN_ADAPTERS) says, and the file its error names."""
+    folder = root / f"adapter-{how}"
+    if how == "missing":
+        return folder, str(folder)
+    if how == "empty":
+        folder.mkdir()
+        return folder, str(folder)
+    shutil.copytree(SHIPPED_ADAPTER, folder)
+    damaged = {"config-not-json": "adapter_config.json", "weights-cut": "adapter.safetensors", "lora-weights-garbage": "lora/adapter_model.safetensors"}[how]
+    target = folder / damaged
+    if how == "config-not-json":
+        target.write_text("{not json")
+    elif how == "weights-cut":
+        target.write_bytes(target.read_bytes()[:100])
+    else:
+        target.write_bytes(b"garbage")
+    return folder, str(target)

@@ -169,9 +169,10 @@ def test_every_subcommand_reports_an_sdk_error_as_one_prefixed_line_on_stderr_wi
         (b'log = "\xffcalls.db"\n', "can't read the proxy configuration"),
         (b"timeout_s = nan\n", "timeout_s must be a finite number of seconds > 0, got nan"),
         (b"header_timeout_s = inf\n", "header_timeout_s must be a finite number of seconds > 0, got inf"),
+        (b"max_connections = 0\n", "max_connections must be an integer >= 1, got 0"),
     ],
     ids=["open-without-keys-a-string", "port-past-65535", "host-a-number", "log-a-number", "rerank-n-a-string", "negative-retries", "not-utf8",
-         "timeout-nan", "header-timeout-inf"],
+         "timeout-nan", "header-timeout-inf", "max-connections-zero"],
 )
 def test_serve_refuses_a_config_value_of_the_wrong_type_before_it_listens(config: bytes, message: str, tmp_path: Path) -> None:
     path = tmp_path / "proxy.toml"

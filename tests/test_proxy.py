@@ -30,6 +30,7 @@ from blackbox_sdk.local import free_port
 from blackbox_sdk.serve import ProxyConfig, ProxyError, Tenant, create_app, load_config
 from blackbox_sdk.serve._body import MAX_JSON_DEPTH, parse_object
 from blackbox_sdk.serve._routes import CHAT, Generating, generating
+from payloads import BROKEN_ADAPTERS, broken_adapter
 from servers import Proxy, proxy_ready
 
 pytestmark = pytest.mark.slow
@@ -597,6 +598,20 @@ def test_the_serve_command_fails_at_startup_on_a_corrupt_store(flag: str, tmp_pa
     failed = subprocess.run(command, check=False, capture_output=True, text=True, timeout=60)
     assert failed.returncode == 1 and "Uvicorn running" not in failed.stderr
     assert failed.stderr.count("\n") == 1 and failed.stderr.startswith("blackbox-sdk: ") and str(target) in failed.stderr
+
+
+@pytest.mark.parametrize("how", [*BROKEN_ADAPTERS, "in-the-config-file"])
+def test_the_serve_command_fails_at_startup_on_a_reranker_that_cant_load(how: str, tmp_path: Path) -> None:
+    folder, named = broken_adapter(tmp_path, "weights-cut" if how == "in-the-config-file" else how)
+    command = [sys.executable, "-m", "blackbox_sdk", "serve", "--upstream", "http://127.0.0.1:9/v1", "--port", str(free_port())]
+    if how == "in-the-config-file":
+        (tmp_path / "proxy.toml").write_text(f"reranker = {json.dumps(str(folder))}\n")
+        command += ["--config", str(tmp_path / "proxy.toml")]
+    else:
+        command += ["--reranker", str(folder)]
+    failed = subprocess.run(command, check=False, capture_output=True, text=True, timeout=60)  # one that listens times out
+    assert failed.returncode == 1 and "Uvicorn running" not in failed.stderr
+    assert failed.stderr.count("\n") == 1 and failed.stderr.startswith("blackbox-sdk: reranker: ") and named in failed.stderr, failed.stderr
 
 
 def test_a_keys_client_is_built_off_the_event_loop_and_a_broken_one_is_a_clear_500(

@@ -1,20 +1,24 @@
 """Hostile HTTP against `blackbox-sdk serve` as deployed (a process of its own on a free loopback port): headers
 that never finish (slowloris) are cut off at `--header-timeout` with a 408 while other connections are served, an
 unread body trickled after the answer is cut off at `body_timeout_s`, headers past 64 KiB are a 431, bytes that are
-not HTTP get OpenAI's 400 body, and numbers no ledger or parser can hold are 400s naming the field they are in."""
+not HTTP get OpenAI's 400 body, numbers no ledger or parser can hold are 400s naming the field they are in, and
+connections past `--max-connections` get OpenAI's 503 with Retry-After, which the openai client waits out and retries."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2
+import openai
 import pytest
 
 from servers import proxy_ready
@@ -168,3 +172,85 @@ def test_a_pipelined_requests_body_is_timed_by_the_app_that_reads_it(port: int) 
     status, error = _error(reply[reply.rindex(b"HTTP/1.1 "):])
     assert status == b"HTTP/1.1 408 Request Timeout" and error["code"] == "request_timeout"
     assert took < 2 * BODY_TIMEOUT_S + SLACK_S
+
+
+CAP = 4  # the capped proxy's --max-connections
+
+
+@pytest.fixture(scope="module")
+def capped() -> Iterator[int]:
+    """`python -m blackbox_sdk serve --max-connections 4` in front of an upstream that answers every chat at once."""
+    from servers import InstantUpstream
+
+    upstream = InstantUpstream({"id": "c", "object": "chat.completion", "created": 1, "model": "m", "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                                "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi."}, "finish_reason": "stop"}]})
+    port = free_port()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "BLACKBOX_"))}
+    command = [sys.executable, "-m", "blackbox_sdk", "serve", "--upstream", upstream.url, "--port", str(port), "--max-connections", str(CAP)]
+    process = subprocess.Popen(command, env=clean, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        if not proxy_ready(port, process, 60):
+            raise RuntimeError("the proxy did not become ready")
+        yield port
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+        upstream.close()
+
+
+def _served(port: int, count: int) -> list[http.client.HTTPConnection]:
+    """`count` kept-alive connections, each served one request (200): they hold their places until closed."""
+    time.sleep(0.2)  # the connections of earlier tests, closed, are gone from the proxy's count
+    held = []
+    for _ in range(count):
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        connection.request("GET", "/healthz")
+        answer = connection.getresponse()
+        answer.read()
+        assert answer.status == 200 and answer.getheader("connection") != "close"
+        held.append(connection)
+    return held
+
+
+def test_connections_past_the_cap_get_openais_503_with_retry_after_and_places_free_when_closed(capped: int) -> None:
+    held = _served(capped, CAP)
+    extra = [http.client.HTTPConnection("127.0.0.1", capped, timeout=10) for _ in range(2)]
+    for connection in extra:
+        connection.connect()
+    for connection in extra:
+        connection.request("GET", "/healthz")
+        answer = connection.getresponse()
+        error = json.loads(answer.read())["error"]
+        assert answer.status == 503 and answer.getheader("retry-after") == "1" and answer.getheader("connection") == "close"
+        assert answer.getheader("content-type") == "application/json" and answer.getheader("x-request-id")
+        assert error == {"message": error["message"], "type": "server_error", "param": None, "code": "server_busy"} and str(CAP) in error["message"]
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{capped}/v1", api_key="unused", max_retries=0)
+    with pytest.raises(openai.InternalServerError) as refused:  # a POST with its body, read by the official client
+        client.chat.completions.create(model="m", messages=HELLO)  # type: ignore[arg-type]
+    assert refused.value.status_code == 503 and refused.value.code == "server_busy"
+    for connection in held:
+        connection.request("GET", "/healthz")  # the places held are still served
+        answer = connection.getresponse()
+        answer.read()
+        assert answer.status == 200
+        connection.close()
+    for connection in extra:
+        connection.close()
+    for connection in _served(capped, CAP):  # once closed, their places serve new connections
+        connection.close()
+
+
+def test_the_openai_client_waits_retry_after_and_is_served_once_a_place_frees(capped: int) -> None:
+    held = _served(capped, CAP)
+    statuses: list[int] = []
+    hooks = {"response": [lambda response: statuses.append(response.status_code)]}
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{capped}/v1", api_key="unused", max_retries=2, http_client=openai.DefaultHttpxClient(event_hooks=hooks))
+    freeing = threading.Timer(0.3, lambda: [connection.close() for connection in held])
+    freeing.start()
+    start = time.monotonic()
+    try:
+        answer = client.chat.completions.create(model="m", messages=HELLO)  # type: ignore[arg-type]
+    finally:
+        freeing.join()
+    assert answer.choices[0].message.content == "Hi." and statuses == [503, 200]
+    assert time.monotonic() - start >= 0.9  # the 1 s of Retry-After, not openai's own 0.5 s backoff

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import redis
+from payloads import BROKEN_ADAPTERS, SHIPPED_ADAPTER, broken_adapter
 from servers import RedisServer
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
@@ -304,6 +305,19 @@ def test_a_bad_admin_body_is_a_400_that_stores_nothing_and_the_list_still_answer
         assert answer.json()["error"]["type"] == "invalid_request_error"
         listed = http.get("/admin/keys", headers=admin)
         assert listed.status_code == 200 and listed.json()["data"] == []
+
+
+@pytest.mark.parametrize("how", BROKEN_ADAPTERS)
+def test_a_key_whose_reranker_cant_load_is_refused_400_when_created_not_on_its_first_call(store: KeyStore, tmp_path: Path, how: str) -> None:
+    folder, named = broken_adapter(tmp_path, how)
+    admin = {"authorization": f"Bearer {ADMIN}"}
+    with _admin(store) as http:
+        refused = http.post("/admin/keys", json={"name": "team-a", "reranker": str(folder)}, headers=admin)
+        error = refused.json()["error"]
+        assert refused.status_code == 400 and error["param"] == "reranker" and error["code"] == "invalid_reranker"
+        assert error["message"].startswith("reranker: ") and named in error["message"] and store.list() == []
+        created = http.post("/admin/keys", json={"name": "team-a", "reranker": str(SHIPPED_ADAPTER)}, headers=admin)
+        assert created.status_code == 201 and created.json()["reranker"] == str(SHIPPED_ADAPTER)
 
 
 async def _post_chunks(app: ASGIApp, path: str, headers: dict[str, str], chunks: int = 1000) -> tuple[int, int]:

@@ -10,6 +10,7 @@ from ._config import DEFAULT_BASE, AdapterConfig
 from ._consensus import normalize_answer
 from ._curve import plot_curve
 from ._feedback import groups_from_log, read_log
+from ._folder import check_folder
 from ._groups import RankingGroup, build_groups, line_prefixes, split_groups
 from ._labelers import ai_judge, log_labels
 from ._loss import batch_energy_loss, nce_loss
@@ -50,6 +51,7 @@ __all__ = [
     "beam_search",
     "build_groups",
     "calibrate_consensus",
+    "check_folder",
     "choose_recipe",
     "cli_main",
     "client_answer_sampler",

@@ -18,6 +18,7 @@ from typing import Any
 
 from .._exceptions import AdapterError
 from ._config import AdapterConfig
+from ._energy import import_torch
 
 FORMAT_NAME = "blackbox-sdk-adapter"
 FULL_FORMAT = 1  # the head and whole top layers in adapter.safetensors
@@ -87,6 +88,17 @@ def read_tensors(path: Path) -> dict[str, Any]:
         if not bool(tensor.isfinite().all()):
             raise AdapterError(f"{path}: {name} holds NaN or infinite values (weights of a diverged training?)")
     return tensors
+
+
+def check_folder(path: str | Path) -> None:
+    """AdapterError unless `path` is an adapter folder whose config and weights read and check, without loading the base
+    encoder (a base missing or of another fingerprint is found by `Adapter.load`): what the proxy checks before it listens."""
+    folder = Path(path).expanduser()
+    _, config = read_config(folder)
+    import_torch()  # the weights are read as torch tensors: without torch, say which extra to install
+    read_tensors(folder / WEIGHTS_FILE)
+    if config.lora_rank:
+        read_tensors(folder / LORA_DIR / PEFT_WEIGHTS)
 
 
 def new_revision() -> str:

@@ -32,6 +32,7 @@ else:  # pragma: no cover - Python 3.10 reads TOML with tomli (the proxy extra i
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 DEFAULT_BODY_TIMEOUT_S = 30.0
 DEFAULT_HEADER_TIMEOUT_S = 10.0
+DEFAULT_MAX_CONNECTIONS = 1024  # open client connections served at once; past it a request is answered 503 (raise `ulimit -n` with it)
 LOCAL_UPSTREAM = "hf:default"  # the embedded model, even when OPENAI_API_KEY is set
 _OPTIONAL_TEXT = ("upstream_api_key_env", "cache", "log", "reranker", "keys")  # a path, a URL or a name, or None
 
@@ -55,6 +56,7 @@ class ProxyConfig:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES  # larger request bodies are refused with 413
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S  # a body that has not arrived by then is refused with 408 (a client that stalls)
     header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S  # a request's headers not all in by then: 408, the connection closed (slowloris)
+    max_connections: int = DEFAULT_MAX_CONNECTIONS  # client connections served at once: a request on one past them gets 503, Retry-After: 1
     open_without_keys: bool = False  # serve beyond loopback with no tenant keys (anyone who reaches it spends)
     keys: str | None = None  # the tenant key store: an SQLite file or redis:// URL (`blackbox-sdk keys create`); admin key in BLACKBOX_ADMIN_KEY
 
@@ -63,6 +65,7 @@ class ProxyConfig:
         _check_int("port", self.port, 1, 65535)
         _check_int("max_body_bytes", self.max_body_bytes, 1)
         _check_int("max_retries", self.max_retries, 0)
+        _check_int("max_connections", self.max_connections, 1)
         if self.rerank_n is not None:
             _check_int("rerank_n", self.rerank_n, 1)
         if not isinstance(self.host, str) or not self.host:

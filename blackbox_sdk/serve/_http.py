@@ -10,6 +10,10 @@ the rest of an unread body must arrive within `body_timeout_s` too, or the conne
 
 A request that is not HTTP (`GARBAGE\\r\\n\\r\\n`) is answered OpenAI's 400 body, not uvicorn's text, and
 one whose request line and headers pass MAX_HEADER_BYTES 431 (httptools keeps them whole, however long).
+
+At most `max_connections` connections are served at once, in the order they opened. A request on one past
+them is answered OpenAI's 503 with `Retry-After: 1` (the openai clients wait and retry it) and the connection
+closed, where uvicorn's `limit_concurrency` answers plain text and refuses every connection's requests alike.
 """
 
 from __future__ import annotations
@@ -17,12 +21,14 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
+from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from .._logging import logger
 from ..call_log import new_call_id
 from ._config import ProxyConfig
-from ._errors import error_body
+from ._errors import error_body, error_json
 
 MAX_HEADER_BYTES = 64 * 1024  # a request line and headers longer than this are refused (nginx's default is 32 KiB)
 
@@ -32,6 +38,8 @@ class ProxyHttp(HttpToolsProtocol):
 
     header_timeout_s: float
     body_timeout_s: float
+    max_connections: int
+    served: set[ProxyHttp]  # the connections within max_connections (one set for all of a server's connections)
     _deadline: asyncio.TimerHandle | None = None  # when what the client owes now is due, if it owes anything
     _in_headers = False  # a request has begun whose headers have not all arrived
     _header_bytes = 0  # what has arrived since the last request ended: its headers, and then its body (at most one read short)
@@ -40,10 +48,15 @@ class ProxyHttp(HttpToolsProtocol):
         """Start timing the first request's headers from the connection's opening (a client may send none)."""
         super().connection_made(transport)
         self._await(self.header_timeout_s, self._headers_late)
+        if len(self.served) < self.max_connections:
+            self.served.add(self)
+        else:
+            self.app = _busy(self.max_connections)  # each request is answered 503, the connection closed
 
     def connection_lost(self, exc: Exception | None) -> None:
-        """Stop timing a connection that is gone."""
+        """Stop timing a connection that is gone; its place is free."""
         self._await(None, None)
+        self.served.discard(self)
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -124,11 +137,26 @@ class ProxyHttp(HttpToolsProtocol):
             self.transport.close()
 
 
+def _busy(limit: int) -> Any:
+    """The ASGI app of a connection past `limit`: OpenAI's 503 with Retry-After, and `connection: close` (its place is not held)."""
+
+    async def busy(scope: Any, receive: Any, send: Any) -> None:
+        """503 server_busy for any request."""
+        logger.warning("proxy: %d connections are open, the most served at once (max_connections): answered 503", limit)
+        message = f"The proxy is serving as many connections as it takes ({limit}): retry after a second."
+        headers = {"retry-after": "1", "connection": "close"}
+        await error_json(error_body(message, "server_error", code="server_busy"), 503, headers)(scope, receive, send)
+
+    return busy
+
+
 def http_protocol(config: ProxyConfig) -> type[ProxyHttp]:
-    """The protocol class uvicorn builds each connection with (its `http=`), with `config`'s deadlines."""
+    """The protocol class uvicorn builds each connection with (its `http=`), with `config`'s deadlines and connection cap."""
 
     class Configured(ProxyHttp):
         header_timeout_s = config.header_timeout_s
         body_timeout_s = config.body_timeout_s
+        max_connections = config.max_connections
+        served: set[ProxyHttp] = set()
 
     return Configured

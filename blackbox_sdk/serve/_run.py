@@ -11,7 +11,7 @@ from starlette.routing import BaseRoute
 
 from .._client import is_loopback_host
 from .._cli_errors import report_error
-from .._exceptions import BlackBoxError, ConfigError
+from .._exceptions import AdapterError, BlackBoxError, ConfigError
 from ._app import create_app
 from ._config import ProxyConfig, load_config
 from ._key_tenants import TenantOptions
@@ -29,9 +29,9 @@ def check_exposure(config: ProxyConfig, authenticate: Authenticate | None) -> No
 
 
 def check_stores(config: ProxyConfig) -> None:
-    """Open and close the call log and the cache as the client will, so that a corrupt file or a store out of reach
-    stops the command before it listens rather than failing every request after it (the client itself is built once
-    serving, as loading a local model takes a while)."""
+    """Open and close the call log and the cache as the client will, and read the reranker folder's config and weights,
+    so that a corrupt file or a store out of reach stops the command before it listens rather than failing every request
+    after it (the client itself is built once serving, as loading a local model or the reranker's encoder takes a while)."""
     from .._options import Opened, open_cache, open_log
 
     opened = Opened()
@@ -40,6 +40,13 @@ def check_stores(config: ProxyConfig) -> None:
         open_cache(config.cache, None, opened)
     finally:
         opened.close()
+    if config.reranker is not None:
+        from ..adapter import check_folder
+
+        try:
+            check_folder(config.reranker)
+        except AdapterError as exc:
+            raise AdapterError(f"reranker: {exc}") from exc
 
 
 def serve(
@@ -80,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-body-bytes", type=int, help="larger request bodies are refused with 413 (default 4 MiB)")
     parser.add_argument("--open-without-keys", action="store_true", default=None, help="listen beyond loopback with no tenant keys")
     parser.add_argument("--keys", help="the tenant key store (an SQLite file or redis:// URL): every request needs a key from it")
+    parser.add_argument("--max-connections", type=int, help="client connections served at once; a request on one past them gets 503 (default 1024)")
     parser.add_argument("--header-timeout", dest="header_timeout_s", type=_seconds, help="seconds a request's headers may take to arrive (default 10)")
     parser.add_argument("--graceful-timeout", type=_seconds, help="seconds to let in-flight requests finish on shutdown (default: no limit)")
     return parser
@@ -96,7 +104,8 @@ def _seconds(text: str) -> float:
     return value
 
 
-FLAGS = ("upstream", "upstream_api_key_env", "host", "port", "cache", "log", "reranker", "max_body_bytes", "open_without_keys", "keys", "header_timeout_s")
+FLAGS = ("upstream", "upstream_api_key_env", "host", "port", "cache", "log", "reranker", "max_body_bytes", "open_without_keys", "keys", "header_timeout_s",
+         "max_connections")
 
 
 def cli_main(argv: Sequence[str]) -> int:
