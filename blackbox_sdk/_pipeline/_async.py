@@ -17,7 +17,7 @@ from .._types import Json, Route
 from . import _flows as flows
 from . import _responses_api as responses_api
 from ._beam_steps import run_beam, step_options
-from ._call import Call, KeptHttp
+from ._call import Call, KeptHttp, keeping
 from ._core import SINGLE_FLIGHT_WAIT_S, Core, advance, answered, keep_http, replay
 from ._lost import Retries, note_lost
 from ._relay import Relay
@@ -128,7 +128,7 @@ class AsyncCore(Core):
         if effect.kind == "raw":
             return await self._retry(effect.call, effect.request)
         if effect.kind == "enter":
-            return await self._retry(effect.call, lambda: _entered(effect.request()))
+            return await self._retry(effect.call, keeping(effect.request, lambda: _entered(effect.request())))
         return await self._beam(effect.call)
 
     async def _io(self, call: Call, work: Callable[[], T], *, counts: bool = False, blocks: bool = False) -> T:

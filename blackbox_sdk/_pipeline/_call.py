@@ -30,6 +30,11 @@ class Sender:
         return self.send()
 
 
+def keeping(request: Callable[[], Any], send: Callable[[], Any]) -> Callable[[], Any]:
+    """`send` (which sends `request`, wrapped), counted as the choices `request` asks for when it is a Sender."""
+    return Sender(send, request.choices) if isinstance(request, Sender) else send
+
+
 @dataclass
 class KeptHttp:
     """The last HTTP response a call's requests got, for a raw view the SDK builds (status, headers)."""
@@ -69,6 +74,7 @@ class Call:
     overrides: Json = field(default_factory=dict)  # the caller's per-call SDK options
     valid: Callable[[str], bool] | None = None  # the caller's check of an answer (parse: it fits the schema); reranking prefers those it accepts
     kept: KeptHttp | None = None  # send through the raw view and keep the last HTTP response there (a raw view's headers)
+    raw: bool = False  # one request the caller reads (a raw stream, a streaming-response view): never fanned out
 
     def worst_case(self, choices: int) -> Json:
         """The usage of one request of `choices` at its worst as reserved, for an answer the SDK never saw (`_lost`):
@@ -82,6 +88,14 @@ class Call:
         a completions call's `best_of` when it asks for more."""
         best_of = self.params.get("best_of") if self.route is COMPLETIONS else None
         return max(choices, int(best_of)) if given(best_of) else choices
+
+    def reserved_generations(self, count: int, ignores_n: bool | None) -> int:
+        """The answers a call of `count` choices may have the server generate, for each prompt: while the server may
+        ignore `n`, the SDK may send `count` single requests, each carrying `best_of` (a server that honours it
+        generates that many for each); else `generations`."""
+        if count > 1 and self.prompts == 1 and ignores_n is not False and not self.raw:
+            return count * self.generations(1)
+        return self.generations(count)
 
     @cached_property
     def meter(self) -> Meter:
@@ -116,15 +130,21 @@ class Call:
         """The output-token cap the call sends: the caller's; else the budget's default, which it
         reserves; else, under a tokens-per-minute limit, that limit's default (a call without one
         could use any number of tokens); None for embeddings and when nothing bounds it."""
-        cap = self.params.get(self.output_cap)
         if self.route is EMBEDDINGS:
             return None
-        if given(cap):
-            return int(cap)
+        if self.caps_given:
+            return max(self.caps_given.values())  # a server may honour either: the larger bounds what it bills
         if self.opts.budget is not None:
             return int(self.opts.budget.default_max_output_tokens)
         limits = self.opts.rate_limit
         return limits.default_max_output_tokens if limits is not None and limits.tpm is not None else None
+
+    @property
+    def caps_given(self) -> dict[str, int]:
+        """The output caps the caller gave, by name (chat and completions may carry both `max_tokens` and
+        `max_completion_tokens`; llama.cpp honours only `max_tokens`)."""
+        names = ("max_output_tokens",) if self.route is RESPONSES else ("max_tokens", "max_completion_tokens")
+        return {name: int(self.params[name]) for name in names if given(self.params.get(name))}
 
     @property
     def prompts(self) -> int:

@@ -27,7 +27,7 @@ from ..call_log import new_call_id
 from ._call import Call, KeptHttp, Sender
 from ._calibrate import calibration_key, learn, public_endpoint, stored_context, ungate
 from ._candidates import Candidate
-from ._hosted import refuse_hosted_tools
+from ._hosted import refuse_hidden_fields, refuse_hosted_tools
 from ._rates import has_audio, service_tier
 from ._meter import recording, used_tokens
 from ._rerank import valid_first
@@ -127,7 +127,8 @@ class Core:
         if call.opts.budget is None:
             return count, max_tokens
         refuse_hosted_tools(call.route, call.params)
-        generations = call.generations(count)  # the server generates best_of and bills them all
+        refuse_hidden_fields(call.params)
+        generations = call.reserved_generations(count, self.ignores_n)  # the server generates best_of and bills them all
         fixed = call.prompts > 1 or generations != count  # every prompt gets all its generations: choices can't be dropped
         counted = self.count.prompt(call)
         call.counted_prompt = counted.tokens
@@ -139,7 +140,7 @@ class Core:
             prompt_tokens=TokenCount(counted.tokens + extra, counted.method, counted.exact),
             max_output_tokens=0 if call.route is EMBEDDINGS else max_tokens,
             n=generations * call.prompts,
-            prompt_per_choice=call.route is RESPONSES or self.ignores_n is not False,  # until the server is seen to honour n
+            prompt_per_choice=call.route is RESPONSES or (self.ignores_n is not False and not call.raw),  # until the server is seen to honour n
             local=self.local,
             shrink=not fixed,
             service_tier=service_tier(call.params),
@@ -160,8 +161,8 @@ class Core:
             params["n"] = count
         elif "n" in call.params:
             params["n"] = call.params["n"]  # None or omit, sent as the caller gave it
-        if max_tokens is not None:
-            params[call.output_cap] = max_tokens
+        if max_tokens is not None:  # each cap the caller gave at most the one granted (a server may honour either)
+            params.update({name: min(cap, max_tokens) for name, cap in (call.caps_given or {call.output_cap: max_tokens}).items()})
         if seed is not None:
             params["seed"] = seed
         if call.stream and not raw and call.opts.budget is not None and call.route in (CHAT, COMPLETIONS):

@@ -18,7 +18,7 @@ from .._options import needs_opening, split_options
 from .._types import EMBEDDINGS, Json, Route, add_usage
 from ._beam_steps import beam_response, spent_on_steps
 from ._calibrate import passes_gate, public_endpoint, ungate
-from ._call import Call, KeptHttp
+from ._call import Call, KeptHttp, Sender
 from ._candidates import Candidate
 from ._core import Core, checked, give_room_back, prepare
 from ._effects import Effect, Flow, T, io
@@ -341,17 +341,19 @@ def embed(core: Core, params: Json, overrides: Json) -> Flow:
     return (yield from io(call, partial(finish_embedding, core, call, response, None), counts=True))
 
 
-def begin_raw(core: Core, route: Route, kwargs: Json) -> Flow:
-    """A raw-response call: checked, never cached, admitted, its worst case reserved; (call, what to send)."""
+def begin_raw(core: Core, route: Route, target: Any, kwargs: Json) -> Flow:
+    """A raw-response call: checked, never cached, admitted, its worst case reserved; (call, its one request to
+    `target`, counted as the choices it asks for: a lost answer is charged what was sent)."""
     params, overrides = split_options(kwargs)
     call = yield from begin(core, route, params, overrides)
-    call.key = None  # a raw response is the HTTP exchange itself: never served from or stored in the cache
+    call.key, call.raw = None, True  # a raw response is the HTTP exchange itself: never cached, never fanned out
     try:
         count, max_tokens = yield from admit(core, call, call.n)
     except BaseException as error:
         yield from failed(core, call, error)
         raise
-    return call, core.request(call, count, max_tokens, raw=True)
+    sent = core.request(call, count, max_tokens, raw=True)
+    return call, Sender(lambda: target.create(**sent), count)
 
 
 def settle_raw(core: Core, call: Call, whole: Json | None) -> None:
@@ -370,8 +372,8 @@ def settle_raw(core: Core, call: Call, whole: Json | None) -> None:
 
 def raw_create(core: Core, route: Route, target: Any, kwargs: Json) -> Flow:
     """`with_raw_response.create`: openai's raw response, with budget, retries and log."""
-    call, params = yield from begin_raw(core, route, kwargs)
-    raw = yield from guarded(core, Effect("raw", call, (lambda: target.create(**params),)))
+    call, send = yield from begin_raw(core, route, target, kwargs)
+    raw = yield from guarded(core, Effect("raw", call, (send,)))
     yield from io(call, partial(settle_raw, core, call, None if call.stream else raw_body(raw)))  # a stream's usage and text are the caller's to read
     with contextlib.suppress(Exception):  # the caller's own `parse()` raises what openai raises (a cut answer, a bad schema)
         attach(raw.parse(), call.info)
@@ -389,6 +391,6 @@ def raw_body(raw: Any) -> Json | None:
 
 def open_raw(core: Core, route: Route, target: Any, kwargs: Json) -> Flow:
     """`with_streaming_response.create` up to the unread response: (call, context to exit, response)."""
-    call, params = yield from begin_raw(core, route, kwargs)
-    context, response = yield from guarded(core, Effect("enter", call, (lambda: target.create(**params),)))
+    call, send = yield from begin_raw(core, route, target, kwargs)
+    context, response = yield from guarded(core, Effect("enter", call, (send,)))
     return call, context, attach(response, call.info)

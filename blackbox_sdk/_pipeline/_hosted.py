@@ -1,15 +1,20 @@
 """Tools the provider runs itself (web and file search, code interpreter, image generation, remote MCP
 servers, hosted shells): each call of one has a fee of its own, and its results come back as input
 tokens the SDK never counted, so no reservation bounds them. Under a budget such a request is refused
-before it is sent; a cache hit of it costs nothing and is served."""
+before it is sent; a cache hit of it costs nothing and is served. So is a request whose `extra_body` (which
+openai's client writes over the body) sets a field its worst case is reckoned from."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from .._exceptions import PriceMissingError
+from .._exceptions import ConfigError, PriceMissingError
 from .._types import CHAT, RESPONSES, Json, Route
 
+RECKONED = (  # the fields a worst case is reckoned from: set in `extra_body`, the server would see others than were reserved for
+    "model", "messages", "prompt", "input", "instructions", "n", "best_of", "max_tokens", "max_completion_tokens", "max_output_tokens",
+    "service_tier", "modalities", "audio", "tools", "web_search_options", "previous_response_id", "conversation", "stream",
+)
 CLIENT_TOOLS = frozenset({"function", "custom", "namespace", "computer", "computer_use_preview", "local_shell", "apply_patch"})
 
 
@@ -43,4 +48,15 @@ def refuse_hosted_tools(route: Route, params: Json) -> None:
             f"a budget is set and it can't bound what the provider's own tool {hosted[0]!r} costs (a fee per "
             "call, and the results it reads in as input tokens), so the call could run past the caps: refused. "
             "Send it from a copy without the budget: client.with_options(budget=None)"
+        )
+
+
+def refuse_hidden_fields(params: Json) -> None:
+    """ConfigError before a budgeted request whose `extra_body` sets a field the reservation is reckoned from."""
+    body = params.get("extra_body")
+    hidden = [name for name in RECKONED if name in body] if isinstance(body, dict) else []
+    if hidden:
+        raise ConfigError(
+            f"extra_body sets {hidden[0]!r}, which the budget reserves for and openai's client would send in place of the "
+            f"argument: refused, as the call could run past the caps. Pass {hidden[0]}= to create itself"
         )

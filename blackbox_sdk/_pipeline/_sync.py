@@ -13,7 +13,7 @@ from .._types import Json, Route
 from . import _flows as flows
 from . import _responses_api as responses_api
 from ._beam_steps import run_beam, step_options
-from ._call import Call, KeptHttp
+from ._call import Call, KeptHttp, keeping
 from ._core import MAX_FANOUT_WORKERS, SINGLE_FLIGHT_WAIT_S, Core, advance, answered, keep_http, replay
 from ._lost import Retries, note_lost
 from ._relay import Relay
@@ -99,7 +99,7 @@ class SyncCore(Core):
         if effect.kind == "raw":
             return self._retry(effect.call, effect.request)
         if effect.kind == "enter":
-            return self._retry(effect.call, lambda: _entered(effect.request()))
+            return self._retry(effect.call, keeping(effect.request, lambda: _entered(effect.request())))
         overrides = step_options(effect.call)
         return run_beam(effect.call, lambda route, params: self._run(flows.create(self, route, params, overrides, step_of=effect.call)))
 
