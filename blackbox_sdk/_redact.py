@@ -31,6 +31,9 @@ _SECRET_NAMES = frozenset({
 })
 # Name endings that mark a credential: "azure_api_key", "db_password", "client_secret", ...
 _SECRET_SUFFIXES = ("_api_key", "_apikey", "_password", "_secret", "_subscription_key")
+# Besides those, the names a URL's query carries a credential under: Google's `?key=`, Azure's SAS `sig`, API Management's
+# `subscription-key`. Only for queries: as mapping keys elsewhere ("key" in a tool's arguments) they are ordinary words.
+_SECRET_QUERY_NAMES = frozenset({"key", "sig", "signature", "subscription_key"})
 
 _SECRET_PATTERN = re.compile(
     r"\bsk-[A-Za-z0-9_\-]{16,}"                  # OpenAI / Anthropic-style keys
@@ -64,6 +67,11 @@ def is_secret_key(name: str) -> bool:
     """Whether a mapping key names a credential (``Authorization`` yes, ``max_tokens`` no)."""
     normal = name.strip().lower().replace("-", "_")
     return normal in _SECRET_NAMES or normal.endswith(_SECRET_SUFFIXES)
+
+
+def is_secret_query_param(name: str) -> bool:
+    """Whether a URL query parameter carries a credential (``api-key``, ``key``, ``sig`` yes; ``api-version`` no)."""
+    return is_secret_key(name) or name.strip().lower().replace("-", "_") in _SECRET_QUERY_NAMES
 
 
 def redact_text(text: str) -> str:

@@ -22,7 +22,7 @@ from .._options import Opened, Options
 from .._tokenizer import ServerTokenizer
 from .._types import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, Json, Route, usage_to_charge
 from ..budget import UNCALIBRATED_ALLOWANCE, TokenCount
-from ..cache import canonical_params
+from ..cache._keys import canonical_params, with_default_query
 from ..call_log import new_call_id
 from ._call import Call, KeptHttp, Sender
 from ._calibrate import calibration_key, learn, public_endpoint, stored_context, ungate
@@ -311,7 +311,7 @@ def prepare(core: Core, call: Call) -> Call:
         if opts.log is not None:
             call.request = canonical
         if opts.cache is not None:
-            keyed = {k: v for k, v in canonical.items() if k not in SDK_PARAMS}
+            keyed = with_default_query({k: v for k, v in canonical.items() if k not in SDK_PARAMS}, params, core.inner.default_query)
             call.key = opts.cache.key_of_canonical(route=route.name, endpoint=core.endpoint, canonical=keyed)
     return call
 

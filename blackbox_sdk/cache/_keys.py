@@ -3,6 +3,8 @@
 A key covers the schema version, the namespace, the route, the endpoint and the caller's request
 arguments minus transport options and credentials, so the same question asked through another
 timeout or API key still hits, and two namespaces sharing a folder never see each other's answers.
+The endpoint is keyed without the credentials a URL can carry (``user:password@``, ``?key=...``), and
+the client's ``default_query`` is keyed as part of the query the request sends (``with_default_query``).
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
+from urllib.parse import unquote_plus
 
 import openai
 import pydantic
 
 from .._exceptions import ConfigError
-from .._redact import is_secret_key
+from .._redact import is_secret_key, is_secret_query_param
 
 KEY_SCHEMA_VERSION = 1  # bump when the key recipe changes: old entries then simply miss
 TRANSPORT_KEYS = frozenset({"extra_headers", "http_client", "max_retries", "timeout"})
@@ -29,6 +32,7 @@ _KEY_PATTERN = re.compile(r"[0-9a-f]{64}")
 _PLAIN = (str, int, bool, type(None))  # exactly these types are their own canonical JSON
 Where = str | tuple[Any, str | int]  # a value's place: the root's name, or (its parent's place, key or index)
 _secret_name = functools.lru_cache(maxsize=4096)(is_secret_key)  # the same few argument names, every call
+_secret_query = functools.lru_cache(maxsize=4096)(is_secret_query_param)  # one rule for every query the key sees
 
 
 def cache_key(*, namespace: str, route: str, endpoint: str, params: Mapping[str, Any]) -> str:
@@ -40,9 +44,43 @@ def canonical_key(*, namespace: str, route: str, endpoint: str, canonical: dict[
     """``cache_key`` for params that are already ``canonical_params``' output (the call path makes them once)."""
     if not isinstance(route, str) or not isinstance(endpoint, str):
         raise ConfigError("cache key: route and endpoint must be strings")
-    material = {"v": KEY_SCHEMA_VERSION, "namespace": namespace, "route": route, "endpoint": endpoint, "params": canonical}
+    material = {"v": KEY_SCHEMA_VERSION, "namespace": namespace, "route": route, "endpoint": key_endpoint(endpoint), "params": canonical}
     text = json.dumps(material, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
     return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+@functools.lru_cache(maxsize=256)
+def key_endpoint(endpoint: str) -> str:
+    """The endpoint as a key holds it: without its user info (``user:password@``, the URL's form of an API key) or
+    query parameters that carry a credential (``?key=...``), so a rotated secret still hits; otherwise unchanged."""
+    scheme, sep, rest = endpoint.partition("://")
+    if not sep:
+        return endpoint  # not a URL: a local model's hf:/path
+    cut = min((at for at in map(rest.find, "/?#") if at >= 0), default=len(rest))
+    hosts = rest[:cut].rpartition("@")[2]
+    before, hash_, fragment = rest[cut:].partition("#")
+    path, question, query = before.partition("?")
+    kept = [part for part in query.split("&") if not _secret_query(unquote_plus(part.partition("=")[0]))]
+    query_text = "?" + "&".join(kept) if question and kept else ""
+    return f"{scheme}{sep}{hosts}{path}{query_text}{hash_}{fragment}"
+
+
+def with_default_query(canonical: dict[str, Any], params: Mapping[str, Any], default_query: Mapping[str, Any]) -> dict[str, Any]:
+    """The canonical params with ``extra_query`` as the request sends it: the client's ``default_query`` under the
+    call's, merged as openai merges them (the call's value wins, its ``omit`` removes a default), credentials left out."""
+    if not default_query:
+        return canonical
+    raw_call, call_query = params.get("extra_query"), canonical.get("extra_query")
+    if call_query is not None and not isinstance(call_query, dict):
+        return canonical  # not a mapping: openai can't send it either, and the key keeps it as given
+    overridden = raw_call if isinstance(raw_call, Mapping) else {}
+    defaults = _canonical_mapping({k: v for k, v in default_query.items() if k not in overridden}, "default_query")
+    merged = {**defaults, **(call_query or {})}
+    query = {name: value for name, value in merged.items() if not _secret_query(name)}
+    result = {name: value for name, value in canonical.items() if name != "extra_query"}
+    if query:
+        result["extra_query"] = query
+    return result
 
 
 def check_key(key: str) -> None:
@@ -55,8 +93,8 @@ def canonical_params(params: Mapping[str, Any]) -> dict[str, Any]:
     """The request arguments as plain JSON for keying: unset/None/transport/credential keys gone, models expanded.
 
     Top level: None, openai ``NOT_GIVEN``/``omit``, transport options (``timeout``,
-    ``extra_headers``, ...) and credential-named keys are dropped; credential-named keys inside
-    ``extra_query`` too, then an empty ``extra_body`` or ``extra_query``. At every depth: ``NOT_GIVEN``/``omit`` are dropped (never sent), a pydantic
+    ``extra_headers``, ...) and credential-named keys are dropped; inside ``extra_query`` the
+    query parameters that carry a credential (``api-key``, ``key``, ``sig``, ...) too, then an empty ``extra_body`` or ``extra_query``. At every depth: ``NOT_GIVEN``/``omit`` are dropped (never sent), a pydantic
     model class becomes its JSON schema, a pydantic instance its ``model_dump(mode="json")``,
     tuples become lists. Anything else that isn't JSON raises ConfigError naming where it is.
     """
@@ -65,7 +103,7 @@ def canonical_params(params: Mapping[str, Any]) -> dict[str, Any]:
     kept = {name: value for name, value in params.items() if not _is_dropped_top(name, value)}
     result = _canonical_mapping(kept, "params")
     if isinstance(result.get("extra_query"), dict):
-        result["extra_query"] = {k: v for k, v in result["extra_query"].items() if not _secret_name(k)}
+        result["extra_query"] = {k: v for k, v in result["extra_query"].items() if not _secret_query(k)}
     for name in _EMPTY_SENDS_NOTHING:
         if result.get(name) == {}:  # merged into the request, an empty one adds nothing: the same request as none
             del result[name]
