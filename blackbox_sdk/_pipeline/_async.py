@@ -235,6 +235,8 @@ class AsyncCore(Core):
                     live, head = await self._open(relay.call, request)
                 tail = await self._io(relay.call, relay.finish, counts=True)
             except BaseException as error:
+                if isinstance(error, GeneratorExit) and relay.answered():  # closed after the whole answer: read to its end
+                    await self._io(relay.call, partial(relay.ended, await _rest(live)), counts=True)
                 await self._io(relay.call, partial(relay.abort, error), counts=True)
                 raise
             for chunk in tail:
@@ -249,6 +251,15 @@ async def _with_head(head: Any, stream: Any) -> AsyncIterator[Any]:
         yield head
     async for chunk in stream:
         yield chunk
+
+
+async def _rest(stream: Any) -> list[Any]:
+    """What is left of a live stream whose answer has all come (its usage chunk); what was read if it fails."""
+    rest: list[Any] = []
+    with contextlib.suppress(Exception):
+        async for chunk in stream:
+            rest.append(chunk)
+    return rest
 
 
 async def _iterate(items: list[Any]) -> AsyncIterator[Any]:

@@ -66,6 +66,21 @@ class Relay:
         self.core.ignores_n = True
         return self.core.sender(self.call, 1, self.max_tokens, self.seeds[self.got])
 
+    def answered(self) -> bool:
+        """Whether every choice owed has come with its finish_reason and the stream is not yet accounted: a caller
+        that stops reading now (openai's stream helper raising `LengthFinishReasonError`) holds the whole answer."""
+        if self.done or self.got + len(self.indices) < len(self.seeds):
+            return False
+        fresh = split_chunks(self.call.route, self.collected, {})
+        return bool(fresh) and all(candidate.choice.get("finish_reason") is not None for candidate in fresh)
+
+    def ended(self, rest: list[Any]) -> None:
+        """A stream the caller stopped reading once its whole answer had come: the rest the server sent (its
+        usage) taken in, then settled, stored and logged as one read to its end."""
+        for live in rest:
+            self.pass_on(live)
+        self.finish()
+
     def _pieces(self) -> tuple[list[Candidate], Json]:
         """The collected chunks as candidates, with the server's usage or a count."""
         per_choice = split_chunks(self.call.route, self.collected, {})

@@ -186,6 +186,10 @@ class ResponseRelay(Relay):
     def next_stream(self) -> None:
         """One stream per call: the Responses API has no `n` to fan out."""
 
+    def answered(self) -> bool:
+        """Whether the final response has come (openai's helper parses it, and may raise, before the stream ends)."""
+        return not self.done and final_response(self.collected) is not None
+
     def _pieces(self) -> tuple[list[Candidate], Json]:
         """What arrived: a failed response's own usage, else the prompt and the streamed text counted."""
         text, failed = arrived(self.collected)

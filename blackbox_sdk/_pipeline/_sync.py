@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from functools import partial
 from typing import Any
 
@@ -142,18 +142,23 @@ class SyncCore(Core):
         """Stored chunks, then live ones; accounted when the last stream ends, aborted otherwise."""
         try:
             with relay.accounting():
-                yield from relay.replayed()
-                while True:
-                    for chunk in _with_head(head, live):
-                        passed = relay.pass_on(chunk)
-                        if passed is not None:
-                            yield passed
-                    live.close()
-                    request = relay.next_stream()
-                    if request is None:
-                        break
-                    live, head = self._open(relay.call, request)
-                yield from relay.finish()
+                try:
+                    yield from relay.replayed()
+                    while True:
+                        for chunk in _with_head(head, live):
+                            passed = relay.pass_on(chunk)
+                            if passed is not None:
+                                yield passed
+                        live.close()
+                        request = relay.next_stream()
+                        if request is None:
+                            break
+                        live, head = self._open(relay.call, request)
+                    yield from relay.finish()
+                except GeneratorExit:
+                    if relay.answered():  # closed after the whole answer: accounted as read to its end
+                        relay.ended(_rest(live))
+                    raise
         finally:
             live.close()  # after the account: a close that raises must not leave the reservation held
 
@@ -163,6 +168,14 @@ def _with_head(head: Any, stream: Any) -> Iterator[Any]:
     if head is not None:
         yield head
     yield from stream
+
+
+def _rest(stream: Any) -> list[Any]:
+    """What is left of a live stream whose answer has all come (its usage chunk); what was read if it fails."""
+    rest: list[Any] = []
+    with suppress(Exception):
+        rest.extend(stream)
+    return rest
 
 
 def _entered(context: Any) -> tuple[Any, Any]:
