@@ -505,6 +505,10 @@ def test_a_sqlite_store_reopens_after_close(tmp_path: Path) -> None:
         {"rpm": 1, "window_s": 0},
         {"rpm": 1, "window_s": math.nan},
         {"rpm": 1, "window_s": "60"},
+        {"rpm": 1, "window_s": 1e308},  # an overflow (OverflowError, a Redis "store unavailable") at the first call, not now
+        {"rpm": 1, "window_s": 1e20},
+        {"rpm": 2**64},  # more than SQLite's INTEGER or Lua's exact numbers hold
+        {"tpm": 2**70},
         {"rpm": 1, "store": ""},
         {"rpm": 1, "store": 5},
         {"rpm": 1, "store": "postgresql://u:pw@h/db"},
@@ -533,7 +537,8 @@ def test_a_redis_window_made_directly_from_a_bad_url_is_a_config_error(url: str)
 def test_bad_call_arguments_are_config_errors() -> None:
     limits = RateLimits(rpm=10, per="model")
     for kwargs in ({"key": None, "model": None, "tokens": 1}, {"key": None, "model": "", "tokens": 1},
-                   {"key": None, "model": "m", "tokens": -1}, {"key": None, "model": "m", "tokens": 1.5}):
+                   {"key": None, "model": "m", "tokens": -1}, {"key": None, "model": "m", "tokens": 1.5},
+                   {"key": None, "model": "m", "tokens": 2**64}):  # an OverflowError from SQLite, not a ConfigError
         with pytest.raises(ConfigError):
             limits.admit(**kwargs)
     with pytest.raises(ConfigError):

@@ -14,13 +14,16 @@ from .._redis_url import REDIS_OR_UNIX, RedisURL
 from .._sqlite import SHARED_TABLES, refuse_foreign
 from ._redis import SOCKET_TIMEOUT_S
 
+MAX_AMOUNT = 2**53  # the largest count every store holds exactly: Lua's numbers (Redis), SQLite's INTEGER
+MAX_WINDOW_S = 366 * 86_400.0  # a year at most: the Redis keys' expiry in ms and the stored times stay exact
+
 
 def limit(name: str, value: Any) -> int | None:
     """A per-window limit: None, or a positive integer (not a bool)."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer or None, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_AMOUNT:
+        raise ConfigError(f"{name} must be a positive integer up to 2**53 or None, got {value!r}")
     return value
 
 
@@ -30,6 +33,14 @@ def seconds(name: str, value: Any, *, zero: bool) -> float:
         bound = ">= 0" if zero else "> 0"
         raise ConfigError(f"{name} must be a finite number of seconds {bound}, got {value!r}")
     return float(value)
+
+
+def window(value: Any) -> float:
+    """The window's length: seconds > 0 and at most a year (a longer one would overflow the stores' arithmetic at the first call)."""
+    seconds_ = seconds("window_s", value, zero=False)
+    if seconds_ > MAX_WINDOW_S:
+        raise ConfigError(f"window_s must be at most {MAX_WINDOW_S:g} seconds (a year), got {value!r}")
+    return seconds_
 
 
 def choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
@@ -69,8 +80,8 @@ def callable_or_none(name: str, value: Any, *, optional: bool) -> None:
 
 def tokens(name: str, value: Any) -> int:
     """A token amount: a non-negative integer."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_AMOUNT:
+        raise ConfigError(f"{name} must be a non-negative integer up to 2**53, got {value!r}")
     return value
 
 

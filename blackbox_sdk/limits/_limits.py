@@ -91,7 +91,7 @@ class RateLimits(Closing):
             "per": check.choice("per", self.per, ("key", "model", "client")),
             "policy": check.choice("policy", self.policy, ("raise", "wait")),
             "max_wait_s": check.seconds("max_wait_s", self.max_wait_s, zero=True),
-            "window_s": check.seconds("window_s", self.window_s, zero=False),
+            "window_s": check.window(self.window_s),
             "default_max_output_tokens": check.limit("default_max_output_tokens", self.default_max_output_tokens),
             "store": check.store(self.store),
         }
