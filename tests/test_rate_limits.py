@@ -139,6 +139,18 @@ def test_the_window_slides(store: str | Path | None) -> None:
     refusal(limits)
 
 
+def test_a_clock_that_goes_back_holds_the_window_for_one_window_not_the_jump(store: str | Path | None) -> None:
+    """A wall clock stepped back an hour (NTP, a VM resumed): the calls recorded 'in the future' count as
+    admitted now, so the scope is full for one window at most, not for the hour plus the window."""
+    clock = FakeTime()
+    limits = limits_on(store, clock, rpm=1, tpm=100)
+    admit(limits, 10)
+    clock.now -= 3_600
+    assert refusal(limits).retry_after == pytest.approx(60)
+    clock.now += 60
+    assert admit(limits).at == pytest.approx(clock.now)
+
+
 def test_zero_token_calls_leave_correct_and_release_like_any_other(store: str | Path | None) -> None:
     clock = FakeTime(0.0)
     limits = limits_on(store, clock, rpm=2, tpm=100, window_s=10.0)

@@ -3,7 +3,7 @@
 A scope is two keys sharing a hash tag: a sorted set of event ids scored by their time, and a hash
 of id -> tokens that also holds the running total under ``#total``. Times are seconds as decimal
 strings (``%.6f``), so no precision is lost to Lua's number formatting. ``ADMIT`` mirrors
-``_window.judge``: trim, count, admit and record, or return the wait until the call fits. The total
+``_window.judge``: trim, move events the clock went back past to now, count, admit and record, or return the wait until the call fits. The total
 changes by nothing when zero tokens leave it: Lua's ``-0`` reaches Redis as "-0", which HINCRBY refuses.
 """
 
@@ -38,6 +38,7 @@ if not now then
 end
 local at = string.format('%.6f', now)
 trim(z, h, string.format('%.6f', now - window))
+for _, late in ipairs(redis.call('ZRANGEBYSCORE', z, '(' .. at, '+inf')) do redis.call('ZADD', z, at, late) end
 if redis.call('ZSCORE', z, id) then return {1, at} end
 local count = redis.call('ZCARD', z)
 local total = tonumber(redis.call('HGET', h, '#total') or '0')

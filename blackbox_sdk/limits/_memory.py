@@ -36,6 +36,14 @@ class _Scope:
         self.total -= sum(event.tokens for event in self.events[:cut])
         del self.events[:cut]
 
+    def rewind(self, now: float, window_s: float) -> None:
+        """Events recorded after ``now`` (the clock went back) count as admitted now: they leave within one window, not the jump's length."""
+        if self.events and self.events[-1].at > now:
+            for event in self.events:
+                if event.at > now:
+                    event.at, event.expires = now, now + window_s
+            self.events.sort(key=lambda event: event.expires)
+
     def find(self, event_id: str) -> _Event | None:
         """The live event with this id, if any."""
         return next((event for event in self.events if event.id == event_id), None)
@@ -56,6 +64,7 @@ class MemoryWindow:
             self._sweep(now)
             live = self._scopes.setdefault(scope, _Scope())
             live.trim(now)
+            live.rewind(now, window.window_s)
             if live.find(event_id) is not None:
                 return Verdict(True, now)
             verdict = judge(window, count=len(live.events), total=live.total, tokens=tokens, now=now,

@@ -68,6 +68,8 @@ class SQLiteWindow(Closing):
         with self._transaction("admit a call") as db:
             now = (clock or time.time)()
             db.execute("DELETE FROM rate_events WHERE expires <= ?", (now,))
+            # events recorded after now (the clock went back) count as admitted now: they leave within one window
+            db.execute("UPDATE rate_events SET expires = ? + (expires - at), at = ? WHERE scope = ? AND at > ?", (now, now, scope, now))
             if db.execute("SELECT 1 FROM rate_events WHERE id = ?", (event_id,)).fetchone() is not None:
                 return Verdict(True, now)
             count, total = db.execute(
