@@ -228,6 +228,20 @@ def test_groups_from_log_use_every_kind_of_feedback(tmp_path: Path) -> None:
     assert all(g.positive.endswith(f"{CAPITALS[g.question[23:-1]]}.") for g in groups)
 
 
+def test_a_reference_on_a_failed_call_is_a_positive_and_its_candidates_are_not_judged(tmp_path: Path) -> None:
+    """docs/call-log.md allows a reference on a failed call: the trainer uses it, but not the cut candidates' labels."""
+    question = {"messages": [{"role": "user", "content": "What is 2+2?"}]}
+    with CallLog(tmp_path / "calls.db") as log:
+        shown = CallRecord(endpoint_host="127.0.0.1", model="m", route="chat", request=question, candidates=["5"], chosen=[0])
+        failed = CallRecord(endpoint_host="127.0.0.1", model="m", route="chat", request=question, candidates=["3", "4"], error="APIError: cut")
+        log.record(shown)
+        log.record(failed)
+        log.feedback(shown.call_id, label="incorrect")
+        log.feedback(failed.call_id, reference="4", preferred=0)
+    [group] = groups_from_log(read_log(tmp_path / "calls.db"))
+    assert group.positive == "4" and list(group.negatives) == ["5"]
+
+
 @pytest.mark.parametrize(
     ("route", "request_"),
     [

@@ -260,6 +260,8 @@ def test_feedback_is_stored_in_order_and_rates_the_chosen_answer(log: CallLog) -
         pytest.param({"reward": math.inf}, "reward", id="reward-infinite"),
         pytest.param({"reward": True}, "reward must be a finite number", id="reward-bool"),
         pytest.param({"reward": "1"}, "reward must be a finite number", id="reward-a-string"),
+        pytest.param({"reward": 10**400}, "^reward must be a finite number, got an integer too large for a float$", id="reward-an-int-past-float"),
+        pytest.param({"reward": 10**5000}, "too large for a float", id="reward-an-int-past-repr"),
         pytest.param({}, "at least one", id="no-feedback"),
     ],
 )

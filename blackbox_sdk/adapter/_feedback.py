@@ -150,9 +150,11 @@ def groups_from_log(
     bad: dict[str, set[str]] = {}
     for record in records:
         question = logged_question(record)
-        if question is None or record.get("error"):
+        if question is None:
             continue
         pos, neg = judgements(record, high_reward, low_reward)
+        if record.get("error"):  # a failed call's candidates (a cut stream's) teach nothing; the rater's reference does
+            pos, neg = {item["reference"] for item in record.get("feedback") or [] if item.get("reference")}, set()
         good.setdefault(question, set()).update(pos)
         bad.setdefault(question, set()).update(neg)
     groups: list[RankingGroup] = []

@@ -160,8 +160,9 @@ def feedback_fields(
     """The feedback a caller gave, as fields; ConfigError naming the field for a call id no store can hold, a value
     of the wrong type (True and "1" are not 1.0), or no feedback at all (checked before any store is touched)."""
     checked_text(call_id, "call_id")
-    if reward is not None and (isinstance(reward, bool) or not isinstance(reward, (int, float)) or not math.isfinite(reward)):
-        raise ConfigError(f"reward must be a finite number, got {reward!r:.80}")
+    if reward is not None and (isinstance(reward, bool) or not isinstance(reward, (int, float)) or not _finite(reward)):
+        shown = "an integer too large for a float" if isinstance(reward, int) and not isinstance(reward, bool) else f"{reward!r:.80}"
+        raise ConfigError(f"reward must be a finite number, got {shown}")
     if label is not None and label not in LABELS:
         raise ConfigError(f"label must be one of {', '.join(map(repr, LABELS))}, got {label!r:.80}")
     if preferred is not None and (isinstance(preferred, bool) or not isinstance(preferred, int)):
@@ -172,6 +173,14 @@ def feedback_fields(
     if reward is None and label is None and preferred is None and reference is None and note is None:
         raise ConfigError("feedback() needs at least one of reward, label, preferred, reference, note")
     return {"reward": reward, "label": label, "preferred": preferred, "reference": reference, "note": note}
+
+
+def _finite(number: float) -> bool:
+    """Whether a number is finite as a float (an int past a float's range, 10**400, is not)."""
+    try:
+        return math.isfinite(number)
+    except OverflowError:
+        return False
 
 
 def feedback_on(call_id: str, count: int, chosen: list[int], fields: dict[str, Any]) -> Feedback:
