@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx2
+import openai
 import pytest
 from servers import InstantUpstream, RedisServer
 from sqlite_locks import locked_while_the_loop_ticks
@@ -119,3 +121,25 @@ async def test_an_async_call_waits_for_a_locked_sqlite_window_without_blocking_t
     assert completion.choices[0].message.content == "Hi."
     assert done >= watch.released  # the call did wait for the lock
     assert watch.longest_stall() < 0.5  # the loop ran all the while
+
+
+@pytest.mark.parametrize(("first", "room_back"), [("timeout", False), ("500", True), ("connect", True)])
+def test_a_failed_call_keeps_its_room_in_the_window_only_when_the_server_may_have_run_it(first: str, room_back: bool) -> None:
+    def answer(request: httpx2.Request) -> httpx2.Response:
+        if first == "timeout":
+            raise httpx2.ReadTimeout("slow", request=request)  # sent whole: the server may be generating, and bill it
+        if first == "connect":
+            raise httpx2.ConnectError("refused", request=request)  # never reached the server
+        return httpx2.Response(500, json={"error": {"message": "boom"}})
+
+    client = OpenAI(api_key="sk-test", base_url="http://upstream.test/v1", max_retries=0, rate_limit=RateLimits(rpm=1),
+                    http_client=httpx2.Client(transport=httpx2.MockTransport(answer)))
+    asked = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+    with pytest.raises(openai.APIError):
+        client.chat.completions.create(**asked)
+    if room_back:
+        with pytest.raises(openai.APIError):  # admitted again, and sent
+            client.chat.completions.create(**asked)
+    else:
+        with pytest.raises(RateLimitExceededError):  # the lost answer's request still counts in the minute
+            client.chat.completions.create(**asked)

@@ -9,6 +9,9 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+import httpx2
+import openai
+
 from .._info import BlackBoxInfo
 from .._options import Options
 from .._types import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, Json, Route
@@ -16,6 +19,13 @@ from ._meter import Meter
 from ._validation import given
 
 REASONING_MODEL = re.compile(r"o\d|gpt-5")  # OpenAI's o-series and gpt-5 refuse `max_tokens`: they take `max_completion_tokens`
+NEVER_SENT = (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout, httpx2.WriteError, httpx2.WriteTimeout, httpx2.UnsupportedProtocol)
+
+
+def answer_lost(error: BaseException) -> bool:
+    """Whether a failed request reached the server with no answer back: a connection error (a timeout
+    included) other than one before the request was whole on the wire (a connection never made, a write cut)."""
+    return isinstance(error, openai.APIConnectionError) and not isinstance(error.__cause__, NEVER_SENT)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from .._types import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, Json, Route, usag
 from ..budget import UNCALIBRATED_ALLOWANCE, TokenCount
 from ..cache._keys import canonical_params, with_default_query
 from ..call_log import new_call_id
-from ._call import Call, KeptHttp, Sender
+from ._call import Call, KeptHttp, Sender, answer_lost
 from ._calibrate import calibration_key, learn, public_endpoint, stored_context, ungate
 from ._candidates import Candidate
 from ._hosted import refuse_hidden_fields, refuse_hosted_tools
@@ -279,7 +279,7 @@ class Core:
         call.reservation = None
         self.unclaim(call)
         ungate(self, call)
-        if call.admission is not None and call.info.requests == 0:  # never sent: give the window its room back
+        if call.admission is not None and call.info.requests == 0 and not (call.lost or answer_lost(error)):  # never run: room back
             give_room_back(call)
         call.admission = None
         self.record(call, [], usage, error)

@@ -8,24 +8,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import httpx2
-import openai
-
 from .._exceptions import BudgetExceededError, StoreUnavailableError
 from .._types import Json
 from ..budget import TokenCount
-from ._call import Call, Sender
+from ._call import Call, Sender, answer_lost
 
 if TYPE_CHECKING:
     from ._core import Core
-
-NEVER_SENT = (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout, httpx2.WriteError, httpx2.WriteTimeout, httpx2.UnsupportedProtocol)
-
-
-def answer_lost(error: BaseException) -> bool:
-    """Whether a failed request reached the server with no answer back: a connection error (a timeout
-    included) other than one before the request was whole on the wire (a connection never made, a write cut)."""
-    return isinstance(error, openai.APIConnectionError) and not isinstance(error.__cause__, NEVER_SENT)
 
 
 def choices_of(call: Call, send: Callable[[], Any]) -> int:
