@@ -15,13 +15,14 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx2
 import openai
 import pytest
 
-from servers import proxy_ready
+from servers import InstantUpstream, proxy_ready
 
 from blackbox_sdk.local import free_port
 from blackbox_sdk.serve._http import MAX_HEADER_BYTES
@@ -42,13 +43,20 @@ def port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
         f'port = {port}\nupstream = "http://127.0.0.1:{free_port()}/v1"\nmax_retries = 0\nbody_timeout_s = {BODY_TIMEOUT_S}\n'
         f'[budget]\ntotal_usd = 10.0\nledger = "{folder / "ledger.db"}"\n[budget.prices.m]\ninput = 1.0\noutput = 1.0\n'
     )
+    with _serving(port, "--config", str(config), "--header-timeout", str(HEADER_TIMEOUT_S)):
+        yield port
+
+
+@contextmanager
+def _serving(port: int, *arguments: str) -> Iterator[None]:
+    """`python -m blackbox_sdk serve ARGUMENTS` as a process of its own, without the developer's settings; stopped after."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "BLACKBOX_"))}
-    command = [sys.executable, "-m", "blackbox_sdk", "serve", "--config", str(config), "--header-timeout", str(HEADER_TIMEOUT_S)]
+    command = [sys.executable, "-m", "blackbox_sdk", "serve", *arguments]
     process = subprocess.Popen(command, env=clean, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         if not proxy_ready(port, process, 60):
             raise RuntimeError("the proxy did not become ready")
-        yield port
+        yield
     finally:
         process.terminate()
         process.wait(timeout=60)
@@ -180,21 +188,13 @@ CAP = 4  # the capped proxy's --max-connections
 @pytest.fixture(scope="module")
 def capped() -> Iterator[int]:
     """`python -m blackbox_sdk serve --max-connections 4` in front of an upstream that answers every chat at once."""
-    from servers import InstantUpstream
-
     upstream = InstantUpstream({"id": "c", "object": "chat.completion", "created": 1, "model": "m", "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
                                 "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi."}, "finish_reason": "stop"}]})
     port = free_port()
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "BLACKBOX_"))}
-    command = [sys.executable, "-m", "blackbox_sdk", "serve", "--upstream", upstream.url, "--port", str(port), "--max-connections", str(CAP)]
-    process = subprocess.Popen(command, env=clean, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        if not proxy_ready(port, process, 60):
-            raise RuntimeError("the proxy did not become ready")
-        yield port
+        with _serving(port, "--upstream", upstream.url, "--port", str(port), "--max-connections", str(CAP)):
+            yield port
     finally:
-        process.terminate()
-        process.wait(timeout=60)
         upstream.close()
 
 

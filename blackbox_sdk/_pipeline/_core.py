@@ -22,7 +22,7 @@ from .._options import Opened, Options
 from .._tokenizer import ServerTokenizer
 from .._types import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, Json, Route, usage_to_charge
 from ..budget import UNCALIBRATED_ALLOWANCE, TokenCount
-from ..cache._keys import canonical_params, with_default_query
+from ..cache import canonical_params, with_default_query
 from ..call_log import new_call_id
 from ._call import Call, KeptHttp, Sender, answer_lost
 from ._calibrate import calibration_key, learn, public_endpoint, stored_context, ungate

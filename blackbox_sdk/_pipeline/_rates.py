@@ -10,8 +10,7 @@ from typing import Any
 
 from .._logging import logger
 from .._types import CHAT, Json, Route
-
-PRIORITY_TIERS = ("priority", "scale")
+from ..budget import PRIORITY_TIERS
 
 
 def service_tier(params: Json) -> str | None:

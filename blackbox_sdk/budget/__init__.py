@@ -8,6 +8,7 @@ from ._owed import owed_usd, settle_owed
 from ._policy import Reservation
 from ._prices import (
     DEFAULT_PRICES_FILE,
+    PRIORITY_TIERS,
     ModelPrice,
     PriceTable,
     default_prices,
@@ -54,6 +55,7 @@ __all__ = [
     "ModelPrice",
     "NANO_PER_USD",
     "NO_LOG",
+    "PRIORITY_TIERS",
     "PriceTable",
     "RedisLedger",
     "Reservation",

@@ -27,6 +27,7 @@ DEFAULT_PRICES_FILE = Path(__file__).parent.parent / "data" / "prices.json"  # b
 TOKENS_PER_PRICE_UNIT = 1_000_000
 _SNAPSHOT_SUFFIX = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{4})$")  # -2024-08-06 or -0613
 
+PRIORITY_TIERS = ("priority", "scale")  # the service_tier values billed at a model's `priority` rates ("scale": the older name)
 Rate = Annotated[float, Field(ge=0, allow_inf_nan=False)]  # USD per million tokens: an infinite one prices nothing
 
 
@@ -73,9 +74,9 @@ class ModelPrice(Rates):
     def at_tier(self, tier: object) -> ModelPrice | None:
         """The price of a call sent with ``service_tier=tier``: the tier's own rates, the standard rates for the
         standard tiers and for flex when it has none (a flex call costs no more); None for priority unpriced."""
-        rates = self.priority if tier in ("priority", "scale") else self.flex if tier == "flex" else None
+        rates = self.priority if tier in PRIORITY_TIERS else self.flex if tier == "flex" else None
         if rates is None:
-            return None if tier in ("priority", "scale") else self
+            return None if tier in PRIORITY_TIERS else self
         return ModelPrice(**rates.model_dump(), audio_input=self.audio_input, audio_output=self.audio_output)
 
     def ceiling(self) -> ModelPrice:
