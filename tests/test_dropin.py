@@ -245,3 +245,29 @@ async def test_a_reranked_async_stream_helper_prefers_answers_that_fit_the_schem
     async with client.chat.completions.stream(model=MODEL, messages=HI, response_format=City) as stream:
         final = await stream.get_final_completion()
     assert final.choices[0].message.parsed == City(name="Paris", country="France")
+
+
+def test_an_answer_passed_back_as_history_is_sent_as_openai_sends_it(llama_server: str, tmp_path: Path) -> None:
+    budget = Budget(total_usd=10.0, prices=PRICES, ledger=tmp_path / "ledger.db")
+    client = OpenAI(base_url=llama_server, api_key="sk-test", cache=tmp_path / "cache", log=tmp_path / "calls.db", budget=budget)
+    first = client.chat.completions.create(model=MODEL, messages=HI, max_tokens=6, temperature=0)
+    history: list[Any] = [*HI, first.choices[0].message, {"role": "user", "content": "Again."}]  # the agent loop's habit
+    answer = client.chat.completions.create(model=MODEL, messages=history, max_tokens=6, temperature=0)
+    dumped = [*HI, first.choices[0].message.model_dump(mode="json", exclude_unset=True), history[-1]]
+    again = client.chat.completions.create(model=MODEL, messages=dumped, max_tokens=6, temperature=0)
+    assert answer.choices[0].message.content and not answer.blackbox.cache_hit
+    assert again.blackbox.cache_hit and again.choices[0].message.content == answer.choices[0].message.content
+    logged = list(CallLog(tmp_path / "calls.db").calls())[1]
+    assert logged.request["messages"] == json.loads(json.dumps(dumped))
+
+
+def test_responses_output_items_passed_back_as_input_go_through_the_pipeline(gguf_path: Path, tmp_path: Path) -> None:
+    client = OpenAI(base_url=f"hf:{gguf_path}", cache=tmp_path / "cache", log=tmp_path / "calls.db")
+    first = client.responses.create(model=MODEL, input="Say hi.", max_output_tokens=4, temperature=0)
+    said, again = {"role": "user", "content": "Say hi."}, {"role": "user", "content": "Again."}
+    follow = client.responses.create(model=MODEL, input=[said, *first.output, again], max_output_tokens=4, temperature=0)
+    dumped = [said, *(item.model_dump(mode="json", exclude_unset=True) for item in first.output), again]
+    hit = client.responses.create(model=MODEL, input=dumped, max_output_tokens=4, temperature=0)
+    assert follow.output_text and not follow.blackbox.cache_hit
+    assert hit.blackbox.cache_hit and hit.output_text == follow.output_text
+    assert list(CallLog(tmp_path / "calls.db").calls())[1].request["input"] == json.loads(json.dumps(dumped))

@@ -8,7 +8,7 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import replace
 from typing import Any
 
@@ -32,7 +32,7 @@ from ._rates import has_audio, service_tier
 from ._meter import recording, used_tokens
 from ._rerank import valid_first
 from ._usage import UsageCounter
-from ._validation import given, validate
+from ._validation import as_sent, given, validate
 
 CLAIM_TTL_S = 120.0  # a single-flight claim's lease: frees the key if its fetcher dies
 SINGLE_FLIGHT_WAIT_S = 60.0  # how long identical requests wait for the fetcher's answer before sending anyway
@@ -288,7 +288,7 @@ class Core:
 def checked(core: Core, route: Route, params: Json, overrides: Json) -> Call:
     """The call for a checked request (an iterator in it read once, to send what was read), with the
     client's options until the flow merges its overrides (`flows.begin`) and `prepare`s it."""
-    params = {k: list(v) if isinstance(v, Iterator) else v for k, v in params.items()}
+    params = as_sent(params)
     validate(route, params)
     return Call(route=route, params=params, opts=core.opts, info=BlackBoxInfo(call_id=new_call_id()), want=1, overrides=overrides)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, TypeGuard
 
 import openai
@@ -17,6 +17,24 @@ _UNSET = (openai.NotGiven, openai.Omit)
 def given(value: Any) -> TypeGuard[Any]:
     """False for None and the openai NOT_GIVEN / omit sentinels (a type guard: a given value is not None)."""
     return value is not None and not isinstance(value, _UNSET)
+
+
+def as_sent(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The request as openai's client sends it, so that every check, key, count and record sees that: an
+    iterator read once into a list, and a pydantic model anywhere in it (a `ChatCompletionMessage` or a
+    Responses output item passed back as history) dumped as openai dumps it."""
+    return {name: _plain(list(value) if isinstance(value, Iterator) else value) for name, value in params.items()}
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with its pydantic models dumped (set fields only, JSON mode, the model's API exclusions)."""
+    if isinstance(value, pydantic.BaseModel):
+        return value.model_dump(mode="json", exclude_unset=True, exclude=getattr(value, "__api_exclude__", None))
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return tuple(_plain(item) for item in value) if isinstance(value, tuple) else value
 
 
 def _check_number(params: Mapping[str, Any], name: str, low: float, high: float) -> None:
