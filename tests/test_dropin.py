@@ -271,3 +271,12 @@ def test_responses_output_items_passed_back_as_input_go_through_the_pipeline(ggu
     assert follow.output_text and not follow.blackbox.cache_hit
     assert hit.blackbox.cache_hit and hit.output_text == follow.output_text
     assert list(CallLog(tmp_path / "calls.db").calls())[1].request["input"] == json.loads(json.dumps(dumped))
+
+
+def test_content_parts_given_as_a_tuple_or_generator_are_sent_as_a_list(gguf_path: Path, tmp_path: Path) -> None:
+    client = OpenAI(base_url=f"hf:{gguf_path}", cache=tmp_path / "cache", log=tmp_path / "calls.db")  # llama.cpp's server takes no parts
+    part = {"type": "text", "text": "Say hi in two words."}
+    asked = [client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": parts}], max_tokens=6, temperature=0)
+             for parts in ((part,), (p for p in [part]), [part])]
+    assert [a.blackbox.cache_hit for a in asked] == [False, True, True]
+    assert list(CallLog(tmp_path / "calls.db").calls())[0].request["messages"] == [{"role": "user", "content": [part]}]

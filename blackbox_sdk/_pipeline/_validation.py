@@ -21,20 +21,24 @@ def given(value: Any) -> TypeGuard[Any]:
 
 def as_sent(params: Mapping[str, Any]) -> dict[str, Any]:
     """The request as openai's client sends it, so that every check, key, count and record sees that: an
-    iterator read once into a list, and a pydantic model anywhere in it (a `ChatCompletionMessage` or a
-    Responses output item passed back as history) dumped as openai dumps it."""
+    iterator read once into a list (a tuple or iterator inside one too), and a pydantic model anywhere in
+    it (a `ChatCompletionMessage` or a Responses output item passed back as history) dumped as openai dumps it."""
     return {name: _plain(list(value) if isinstance(value, Iterator) else value) for name, value in params.items()}
 
 
 def _plain(value: Any) -> Any:
-    """``value`` with its pydantic models dumped (set fields only, JSON mode, the model's API exclusions)."""
+    """``value`` with its pydantic models dumped (set fields only, JSON mode, the model's API exclusions) and the
+    tuples and iterators inside it read into lists (a top-level tuple, such as a `timeout`, is left as it is)."""
     if isinstance(value, pydantic.BaseModel):
         return value.model_dump(mode="json", exclude_unset=True, exclude=getattr(value, "__api_exclude__", None))
     if isinstance(value, dict):
-        return {key: _plain(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_plain(item) for item in value]
-    return tuple(_plain(item) for item in value) if isinstance(value, tuple) else value
+        return {key: _inner(item) for key, item in value.items()}
+    return [_inner(item) for item in value] if isinstance(value, list) else value
+
+
+def _inner(value: Any) -> Any:
+    """A value inside a request's list or object: a tuple or an iterator is an array on the wire."""
+    return _plain(list(value) if isinstance(value, (tuple, Iterator)) else value)
 
 
 def _check_number(params: Mapping[str, Any], name: str, low: float, high: float) -> None:
