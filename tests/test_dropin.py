@@ -280,3 +280,5 @@ def test_content_parts_given_as_a_tuple_or_generator_are_sent_as_a_list(gguf_pat
              for parts in ((part,), (p for p in [part]), [part])]
     assert [a.blackbox.cache_hit for a in asked] == [False, True, True]
     assert list(CallLog(tmp_path / "calls.db").calls())[0].request["messages"] == [{"role": "user", "content": [part]}]
+    prompts = client.completions.create(model=MODEL, prompt=("1 2 3", "a b c"), max_tokens=2, temperature=0)  # a tuple of prompts too
+    assert len(prompts.choices) == 2

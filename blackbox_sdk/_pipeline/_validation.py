@@ -20,25 +20,20 @@ def given(value: Any) -> TypeGuard[Any]:
 
 
 def as_sent(params: Mapping[str, Any]) -> dict[str, Any]:
-    """The request as openai's client sends it, so that every check, key, count and record sees that: an
-    iterator read once into a list (a tuple or iterator inside one too), and a pydantic model anywhere in
-    it (a `ChatCompletionMessage` or a Responses output item passed back as history) dumped as openai dumps it."""
-    return {name: _plain(list(value) if isinstance(value, Iterator) else value) for name, value in params.items()}
+    """The request as openai's client sends it, so that every check, key, count and record sees that: a tuple
+    or an iterator read once into a list (the `timeout` aside), and a pydantic model anywhere in it (a
+    `ChatCompletionMessage` or a Responses output item passed back as history) dumped as openai dumps it."""
+    return {name: value if name == "timeout" else _plain(value) for name, value in params.items()}
 
 
 def _plain(value: Any) -> Any:
-    """``value`` with its pydantic models dumped (set fields only, JSON mode, the model's API exclusions) and the
-    tuples and iterators inside it read into lists (a top-level tuple, such as a `timeout`, is left as it is)."""
+    """``value`` with its pydantic models dumped (set fields only, JSON mode, the model's API exclusions) and
+    its tuples and iterators read into lists: arrays on the wire."""
     if isinstance(value, pydantic.BaseModel):
         return value.model_dump(mode="json", exclude_unset=True, exclude=getattr(value, "__api_exclude__", None))
     if isinstance(value, dict):
-        return {key: _inner(item) for key, item in value.items()}
-    return [_inner(item) for item in value] if isinstance(value, list) else value
-
-
-def _inner(value: Any) -> Any:
-    """A value inside a request's list or object: a tuple or an iterator is an array on the wire."""
-    return _plain(list(value) if isinstance(value, (tuple, Iterator)) else value)
+        return {key: _plain(item) for key, item in value.items()}
+    return [_plain(item) for item in value] if isinstance(value, (list, tuple, Iterator)) else value
 
 
 def _check_number(params: Mapping[str, Any], name: str, low: float, high: float) -> None:
@@ -119,11 +114,11 @@ def validate_responses(params: Mapping[str, Any]) -> None:
     can stand for it), a string or a list of items; `instructions` a string; `max_output_tokens`,
     `temperature`, `top_p` in range."""
     value, instructions = params.get("input"), params.get("instructions")
-    if given(value) and not isinstance(value, (str, list, tuple)):
+    if given(value) and not isinstance(value, (str, list)):
         raise InvalidRequestError("input must be a string or a list of input items", param="input")
     if given(instructions) and not isinstance(instructions, str):
         raise InvalidRequestError(f"instructions must be a string, got {instructions!r}", param="instructions")
-    for i, item in enumerate(value if isinstance(value, (list, tuple)) else ()):
+    for i, item in enumerate(value if isinstance(value, list) else ()):
         _check_input_item(i, item)
     _check_integer(params, "max_output_tokens", 1, MAX_TOKENS)
     _check_number(params, "temperature", 0.0, 2.0)
@@ -131,14 +126,12 @@ def validate_responses(params: Mapping[str, Any]) -> None:
 
 
 def _check_input_item(i: int, item: Any) -> None:
-    """One Responses input item: an object (a dict, or openai's own item such as a previous response's
-    output), a message's content a string or a list of parts."""
-    if isinstance(item, pydantic.BaseModel):
-        return
+    """One Responses input item: an object (openai's own items, such as a previous response's output,
+    are dumped to one by `as_sent`), a message's content a string or a list of parts."""
     if not isinstance(item, Mapping):
         raise InvalidRequestError(f"input[{i}] must be an input item (an object), got {item!r}", param=f"input[{i}]")
     content = item.get("content")
-    if content is not None and not isinstance(content, (str, list, tuple)):
+    if content is not None and not isinstance(content, (str, list)):
         raise InvalidRequestError(f"input[{i}].content must be a string or a list of parts", param=f"input[{i}].content")
 
 
