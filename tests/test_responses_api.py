@@ -21,7 +21,7 @@ import pytest
 from openai.lib._parsing._responses import type_to_text_format_param
 from pydantic import BaseModel
 
-from blackbox_sdk import AsyncOpenAI, Budget, BudgetExceededError, CallLog, InvalidRequestError, OpenAI, RateLimitExceededError
+from blackbox_sdk import AsyncOpenAI, Budget, BudgetExceededError, CallLog, InvalidRequestError, OpenAI, PriceMissingError, RateLimitExceededError
 from blackbox_sdk._pipeline import _flows
 from blackbox_sdk.limits import RateLimits
 from blackbox_sdk.resources._responses_api import AsyncResponses, Responses
@@ -415,3 +415,19 @@ def test_a_conversation_and_a_stored_prompt_are_reserved_once_an_answer_showed_t
         caplog.clear()
         client.responses.create(model=MODEL, input="And of Spain?", max_output_tokens=16, prompt={"id": "pmpt_1", "version": "2"})
     assert _over_reservation(caplog) == [] and "has not seen" not in caplog.text
+
+
+def test_a_stored_prompt_without_a_model_is_sent_as_openai_sends_it_and_refused_under_a_budget(
+    upstream: ResponsesUpstream, tmp_path: Path, budget: Budget, log: CallLog,
+) -> None:
+    client = OpenAI(api_key="sk-test", base_url=upstream.url, cache=tmp_path / "cache", log=log)
+    prompt = {"id": "pmpt_1", "variables": {"city": "Paris"}}
+    first = client.responses.create(prompt=prompt, input=QUESTION)  # the stored prompt names the model
+    again = client.responses.create(prompt=prompt, input=QUESTION)
+    assert "model" not in upstream.bodies[0] and first.output_text and again.blackbox.cache_hit
+    assert records(log)[0].request == {"prompt": prompt, "input": QUESTION}
+    with pytest.raises(PriceMissingError, match="names no model"):
+        client.responses.create(prompt=prompt, input="And of Spain?", budget=budget)
+    assert len(upstream.bodies) == 1 and budget.spent() == 0
+    with pytest.raises(InvalidRequestError, match="model must be a non-empty string"):
+        client.responses.create(model=None, prompt=prompt, input=QUESTION)  # type: ignore[arg-type]  # would go out as null

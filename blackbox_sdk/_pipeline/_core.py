@@ -27,7 +27,7 @@ from ..call_log import new_call_id
 from ._call import Call, KeptHttp, Sender, answer_lost
 from ._calibrate import calibration_key, learn, public_endpoint, stored_context, ungate
 from ._candidates import Candidate
-from ._hosted import refuse_hidden_fields, refuse_hosted_tools
+from ._hosted import refuse_hidden_fields, refuse_hosted_tools, refuse_unnamed_model
 from ._rates import has_audio, service_tier
 from ._meter import recording, used_tokens
 from ._rerank import valid_first
@@ -126,6 +126,7 @@ class Core:
         max_tokens = call.cap_sent
         if call.opts.budget is None:
             return count, max_tokens
+        refuse_unnamed_model(call.params)
         refuse_hosted_tools(call.route, call.params)
         refuse_hidden_fields(call.params)
         generations = call.reserved_generations(count, self.ignores_n)  # the server generates best_of and bills them all

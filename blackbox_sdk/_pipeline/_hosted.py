@@ -2,7 +2,8 @@
 servers, hosted shells): each call of one has a fee of its own, and its results come back as input
 tokens the SDK never counted, so no reservation bounds them. Under a budget such a request is refused
 before it is sent; a cache hit of it costs nothing and is served. So is a request whose `extra_body` (which
-openai's client writes over the body) sets a field its worst case is reckoned from."""
+openai's client writes over the body) sets a field its worst case is reckoned from, and a Responses call that
+names no model (its stored prompt picks one): no price fits it."""
 
 from __future__ import annotations
 
@@ -59,4 +60,14 @@ def refuse_hidden_fields(params: Json) -> None:
         raise ConfigError(
             f"extra_body sets {hidden[0]!r}, which the budget reserves for and openai's client would send in place of the "
             f"argument: refused, as the call could run past the caps. Pass {hidden[0]}= to create itself"
+        )
+
+
+def refuse_unnamed_model(params: Json) -> None:
+    """PriceMissingError before a budgeted request that names no model (a Responses call whose stored prompt picks it)."""
+    if not isinstance(params.get("model"), str):
+        raise PriceMissingError(
+            "a budget is set and the request names no model (its stored prompt picks one), so no price fits it and its cost "
+            "can't be bounded: refused. Pass model= (the one the prompt uses), or send it without the budget: "
+            "client.with_options(budget=None)"
         )

@@ -135,16 +135,19 @@ def _check_input_item(i: int, item: Any) -> None:
         raise InvalidRequestError(f"input[{i}].content must be a string or a list of parts", param=f"input[{i}].content")
 
 
-def validate_model(params: Mapping[str, Any]) -> None:
-    """A model name: a non-empty string (None would go out as `"model": null`, and no price fits it)."""
-    model = params.get("model")
+def validate_model(params: Mapping[str, Any], *, optional: bool = False) -> None:
+    """A model name: a non-empty string (None would go out as `"model": null`, and no price fits it); left
+    out only where it is `optional` (the Responses API, whose stored prompt can name the model)."""
+    model = params.get("model", openai.omit)
+    if optional and isinstance(model, _UNSET):
+        return
     if not isinstance(model, str) or not model.strip():
         raise InvalidRequestError(f"model must be a non-empty string, got {model!r}", param="model")
 
 
 def validate(route: Route, params: Mapping[str, Any]) -> None:
     """The checks of the request's route."""
-    validate_model(params)
+    validate_model(params, optional=route is RESPONSES)
     validate_stream(params)
     if route is CHAT:
         validate_chat(params)
