@@ -27,7 +27,7 @@ from ._logging import logger
 from ._options import OPTION_NAMES, Opened, Options
 from ._redact import remember_secret
 from ._redis_url import redact_url
-from ._pipeline import AsyncCore, SyncCore
+from ._pipeline import AsyncCore, SyncCore, offloaded
 from .resources import (
     AsyncChat,
     AsyncCompletions,
@@ -318,7 +318,7 @@ class AsyncOpenAI(_Blackbox, openai.AsyncOpenAI):
     async def close(self) -> None:
         """Close the connections and what the client opened from paths."""
         await super().close()
-        self._core.opened.close()
+        await offloaded(self._core.opened.close)  # off the event loop: a call log's last records may wait for a locked file
 
 
 @overload

@@ -6,6 +6,7 @@ the calls that need it, while every other coroutine on the loop goes on."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
 import time
@@ -13,8 +14,11 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+import openai
+import pytest
+
 import blackbox_sdk
-from servers import RedisServer
+from servers import InstantUpstream, RedisServer
 
 QUESTION = [{"role": "user", "content": "Name a colour."}]
 PRICES = {"smollm2": {"input": 1.0, "output": 1.0}}
@@ -115,3 +119,139 @@ def test_a_slow_reranker_scores_off_the_event_loop(llama_server: str) -> None:
     assert scored.is_set() and len(response.blackbox.scores) == 2
     assert took >= STALL_S
     assert gap < MAX_GAP_S, f"the event loop was blocked for {gap:.3f} s"
+
+
+def test_closing_the_client_writes_its_last_log_records_off_the_event_loop(llama_server: str, tmp_path: Path) -> None:
+    """The call log's file is locked when the client closes with a record still queued: `close()` waits for
+    the record to be written, the loop goes on meanwhile, and the record is in the log."""
+    path = tmp_path / "calls.db"
+    client = blackbox_sdk.AsyncOpenAI(base_url=llama_server, api_key="sk-test", log=str(path))
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        holding.set()
+        release.wait(10.0)
+        time.sleep(STALL_S)
+        holder.execute("COMMIT")
+        holder.close()
+
+    async def call_then_close() -> None:
+        await client.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=4)  # queued: the writer waits for the lock
+        release.set()
+        await client.close()
+
+    async def main() -> tuple[Any, float, float]:
+        await client.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=4)  # opens the log
+        holder = threading.Thread(target=hold)
+        holder.start()
+        holding.wait()
+        try:
+            return await _longest_gap(call_then_close(), lambda: None)
+        finally:
+            release.set()
+            holder.join()
+
+    _, gap, took = asyncio.run(main())
+    assert took >= STALL_S - 0.1  # close did wait for the record to be written...
+    assert gap < MAX_GAP_S, f"the event loop was blocked for {gap:.3f} s"  # ...and the loop did not
+    assert sqlite3.connect(path).execute("SELECT COUNT(*) FROM calls").fetchone() == (2,)
+
+
+@pytest.mark.parametrize("ending", ["server error", "timeout"])
+def test_a_failed_call_gives_back_its_holds_off_the_event_loop(tmp_path: Path, ending: str) -> None:
+    """The ledger, rate window and call log share one SQLite file, which another connection locks as the
+    request is answered with a 500 (or as the caller's timeout cancels it): the release of the budget's hold
+    and of the rate-limit admission, and the log record, wait for the lock in worker threads; the loop goes on,
+    and once the lock is gone nothing is held and the failure is logged (a fault llama.cpp can't show on cue)."""
+    path = tmp_path / "stores.db"
+    holder, opened = threading.Thread(target=_hold_write_lock, args=(path, STALL_S)), threading.Event()
+
+    def lock_then_answer() -> None:  # runs in the server as the request arrives (the first opens the stores)
+        if not holder.is_alive() and not opened.is_set():
+            opened.set()
+            return
+        holder.start()
+        while not _locked(path):
+            time.sleep(0.005)
+        if ending == "timeout":
+            time.sleep(STALL_S)
+
+    upstream = InstantUpstream({"error": {"message": "boom"}}, before=lock_then_answer, status=500)
+    budget = blackbox_sdk.Budget(total_usd=1.0, prices={"m": {"input": 1.0, "output": 1.0}}, ledger=str(path))
+    limits = blackbox_sdk.RateLimits(rpm=100, store=str(path))
+    client = blackbox_sdk.AsyncOpenAI(base_url=upstream.url, api_key="sk-test", max_retries=0, budget=budget, rate_limit=limits, log=str(path))
+
+    async def failing() -> BaseException:
+        call = client.chat.completions.create(model="m", messages=QUESTION, max_tokens=4)
+        try:
+            await (asyncio.wait_for(call, 0.1) if ending == "timeout" else call)
+        except (openai.InternalServerError, TimeoutError) as error:
+            return error
+        raise AssertionError("the call did not fail")
+
+    async def main() -> tuple[Any, float, float]:
+        with contextlib.suppress(openai.InternalServerError):
+            await client.chat.completions.create(model="m", messages=QUESTION, max_tokens=4)
+        return await _longest_gap(failing(), lambda: None)
+
+    error, gap, took = asyncio.run(main())
+    holder.join()
+    upstream.close()
+    assert isinstance(error, TimeoutError if ending == "timeout" else openai.InternalServerError)
+    assert took >= STALL_S - 0.1 and gap < MAX_GAP_S, f"the event loop was blocked for {gap:.3f} s"
+    assert budget.report().outstanding_reservations == 0
+    asyncio.run(client.close())  # the log's queued record written
+    with sqlite3.connect(path) as db:
+        kept = 1 if ending == "timeout" else 0  # a 500 gives the room back; a request cancelled while out keeps it (the server has it)
+        assert db.execute("SELECT COUNT(*) FROM rate_events").fetchone() == (kept,)
+        assert db.execute("SELECT COUNT(*) FROM calls WHERE error IS NOT NULL").fetchone() == (2,)  # the first call's and this one's
+
+
+def _hold_write_lock(path: Path, seconds: float) -> None:
+    """Hold `path`'s SQLite write lock for `seconds` from another connection."""
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    time.sleep(seconds)
+    holder.execute("COMMIT")
+    holder.close()
+
+
+def _locked(path: Path) -> bool:
+    """Whether another connection holds `path`'s write lock."""
+    probe = sqlite3.connect(path, isolation_level=None, timeout=0)
+    try:
+        probe.execute("BEGIN IMMEDIATE")
+        probe.execute("ROLLBACK")
+        return False
+    except sqlite3.OperationalError:
+        return True
+    finally:
+        probe.close()
+
+
+def test_a_call_cancelled_twice_while_its_ledger_is_locked_leaves_no_hold(llama_server: str, tmp_path: Path) -> None:
+    """Cancelled twice (a timeout, then its task) while its reservation waits for the ledger's lock: the second
+    cancel still waits for the reservation, which the call then gives back; nothing stays held."""
+    ledger = tmp_path / "ledger.db"
+    budget = blackbox_sdk.Budget(total_usd=100.0, prices=PRICES, ledger=str(ledger))
+    client = blackbox_sdk.AsyncOpenAI(base_url=llama_server, api_key="sk-test", budget=budget)
+    holder = threading.Thread(target=_hold_write_lock, args=(ledger, STALL_S))
+
+    async def main() -> None:
+        await client.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=4)  # calibrates the endpoint
+        holder.start()
+        while not _locked(ledger):
+            await asyncio.sleep(0.005)
+        task = asyncio.create_task(client.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=4))
+        for _ in range(2):
+            await asyncio.sleep(0.1)
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        assert task.cancelled()
+        await asyncio.to_thread(holder.join)
+
+    asyncio.run(main())
+    assert budget.report().outstanding_reservations == 0

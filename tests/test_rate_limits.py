@@ -4,6 +4,7 @@ client, in memory, SQLite and a real redis-server; refusing or waiting by policy
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import logging
 import math
@@ -11,6 +12,7 @@ import multiprocessing
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -229,6 +231,46 @@ def test_wait_gives_up_when_others_keep_taking_the_room(store: str | Path | None
     error = refusal(limits)
     assert clock.sleeps == [pytest.approx(60.0, abs=1e-4)]  # slept 60, then 60 more would pass 100
     assert error.retry_after == pytest.approx(60.0, abs=1e-4) and "after waiting 60.00s" in str(error)
+
+
+@contextlib.contextmanager
+def locked(path: Path, seconds: float) -> Iterator[None]:
+    """Another connection holds the SQLite file's write lock for ``seconds`` (from before the block starts)."""
+    holding = threading.Event()
+
+    def hold() -> None:
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        holding.set()
+        time.sleep(seconds)
+        holder.execute("COMMIT")
+        holder.close()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    holding.wait()
+    try:
+        yield
+    finally:
+        thread.join()
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["admit", "aadmit"])
+def test_max_wait_s_counts_the_time_a_locked_store_took(tmp_path: Path, asynchronous: bool) -> None:
+    """The store took 0.8 s to answer (its file locked) and the window wants 0.5 s more: past max_wait_s=1, refused at once."""
+    clock = FakeTime(0.0)
+    limits = limits_on(tmp_path / "rate.sqlite3", clock, rpm=1, policy="wait", max_wait_s=1.0)
+    admit(limits)
+    clock.now = 59.5
+    with locked(tmp_path / "rate.sqlite3", 0.8), pytest.raises(RateLimitExceededError) as caught:
+        if asynchronous:
+            asyncio.run(limits.aadmit(key=None, model="gpt-4o", tokens=1))
+        else:
+            admit(limits)
+    assert clock.sleeps == [] and caught.value.retry_after == pytest.approx(0.5, abs=1e-4)
+    clock.now = 60.0
+    admit(limits)  # the window's own room, once the store answers at once
+    limits.close()
 
 
 def test_raise_policy_never_sleeps(store: str | Path | None) -> None:
@@ -596,3 +638,26 @@ def test_asyncio_tasks_waiting_share_the_window() -> None:
     assert time.monotonic() - started >= 0.6 - 0.05  # 6 calls at 2 per 0.3s: two windows of waiting
     times = sorted(admission.at for admission in admissions)
     assert all(times[i + 2] - times[i] >= 0.3 - 1e-6 for i in range(len(times) - 2))
+
+
+def test_aadmit_cancelled_twice_while_the_window_is_locked_takes_no_slot(tmp_path: Path) -> None:
+    """Cancelled twice while its attempt waits for the SQLite window's lock: the attempt is carried to its end
+    and the slot it took given back, so the window holds nothing for a call that was never admitted."""
+    path = tmp_path / "rate.sqlite3"
+    limits = RateLimits(rpm=1, store=path)
+    limits.release(admit(limits))  # the store is open, the window empty
+
+    async def main() -> None:
+        with locked(path, 0.6):
+            task = asyncio.create_task(limits.aadmit(key=None, model="gpt-4o", tokens=1))
+            for _ in range(2):
+                await asyncio.sleep(0.1)
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            assert task.cancelled()
+
+    asyncio.run(main())
+    time.sleep(0.2)  # a release that escaped would have landed by now
+    assert admit(limits).tokens == 1  # rpm=1: the one slot is free
+    limits.close()

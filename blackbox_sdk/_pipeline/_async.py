@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any, TypeVar, cast
 
+from .._shielded import to_the_end
 from .._types import Json, Route
 from . import _flows as flows
 from . import _responses_api as responses_api
@@ -136,13 +137,7 @@ class AsyncCore(Core):
         may block (`blocks`, else `offloads`), so the loop never waits on it."""
         if not (blocks or self.offloads(call, counts)):
             return work()
-        running = asyncio.get_running_loop().run_in_executor(store_workers(), contextvars.copy_context().run, work)
-        try:
-            return await asyncio.shield(running)
-        except asyncio.CancelledError:  # the thread runs on: let it finish, so that what it took (a hold, a claim) is on the call for the flow to give back
-            with contextlib.suppress(Exception):
-                await running
-            raise
+        return await offloaded(work)
 
     async def _retry(self, call: Call, send: Callable[[], Awaitable[T]]) -> T:
         """One request with the call's retry policy, counted on the call; the policy steps in only once the first attempt fails."""
@@ -243,6 +238,12 @@ class AsyncCore(Core):
                 yield chunk
         finally:
             await live.close()  # after the account: a close that raises must not leave the reservation held
+
+
+async def offloaded(work: Callable[[], T]) -> T:
+    """`work()` in a store worker thread, so the loop never waits on it; cancelled meanwhile, it still runs to its
+    end first (`to_the_end`), so that what it took (a hold, a claim) is on the call for the flow to give back."""
+    return await to_the_end(asyncio.get_running_loop().run_in_executor(store_workers(), contextvars.copy_context().run, work))
 
 
 async def _with_head(head: Any, stream: Any) -> AsyncIterator[Any]:

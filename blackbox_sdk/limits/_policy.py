@@ -1,8 +1,8 @@
 """The admission policy, written once for sync and async: a generator that yields the I/O it needs.
 
 ``admission_flow`` asks the store (``Attempt``) and, under ``policy="wait"``, pauses (``Pause``)
-until the window has room, at most ``max_wait_s`` in all; ``admit`` and ``aadmit`` only perform
-those effects, blocking or awaiting. A refusal is a RateLimitExceededError with ``retry_after``.
+until the window has room, at most ``max_wait_s`` in all, the store's own time to answer counted in;
+``admit`` and ``aadmit`` only perform those effects, blocking or awaiting. A refusal is a RateLimitExceededError with ``retry_after``.
 """
 
 from __future__ import annotations
@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import time
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
 from typing import Literal
 
 from .._exceptions import RateLimitExceededError
 from .._redact import redact_text
+from .._shielded import to_the_end
 from ._store import Clock, WindowStore
 from ._window import Verdict, Window
 
@@ -94,13 +96,15 @@ def admission_flow(request: Request) -> Flow:
     """Ask until admitted; refuse at once under "raise", or once waiting would pass ``max_wait_s`` under "wait"."""
     if request.window.tpm is not None and request.tokens > request.window.tpm:
         raise _never_fits(request)
-    waited = 0.0
+    waited = in_store = 0.0  # the pauses, and the time the store took to answer (a locked SQLite file, a slow Redis)
     while True:
+        asked = time.monotonic()
         verdict = yield Attempt(request)
+        in_store += time.monotonic() - asked
         assert verdict is not None
         if verdict.admitted:
             return Admission(request.scope, request.id, request.tokens, verdict.at, waited, request.bucket)
-        if request.policy == "raise" or waited + verdict.wait_s > request.max_wait_s:
+        if request.policy == "raise" or waited + in_store + verdict.wait_s > request.max_wait_s:  # max_wait_s bounds both
             raise _refusal(request, verdict, waited)
         pause = max(verdict.wait_s, MIN_PAUSE_S)
         yield Pause(pause)
@@ -134,15 +138,15 @@ async def run_async(flow: Flow, store: WindowStore, asleep: Callable[[float], Aw
 
 
 async def _attempt(store: WindowStore, request: Request) -> Verdict:
-    """One store attempt, carried to its end when the caller is cancelled meanwhile (the store's worker
-    thread, or a Redis script already sent, runs on): a slot it took is then given back, rather than
+    """One store attempt, carried to its end when the caller is cancelled meanwhile, once or more (the store's
+    worker thread, or a Redis script already sent, runs on): a slot it took is then given back, rather than
     counted for a window by a call that never got its admission. The pauses between attempts are not
     shielded: a cancel while waiting for room ends the wait at once."""
     attempt = asyncio.ensure_future(store.atry_admit(*request.store_args))
     try:
-        return await asyncio.shield(attempt)
+        return await to_the_end(attempt)
     except asyncio.CancelledError:
         with contextlib.suppress(Exception):  # a store out of reach: the slot leaves with its window
-            if (await attempt).admitted:
-                await store.arelease(request.bucket, request.id)
+            if attempt.result().admitted:
+                await to_the_end(store.arelease(request.bucket, request.id))
         raise
