@@ -161,8 +161,9 @@ class Core:
             params["n"] = count
         elif "n" in call.params:
             params["n"] = call.params["n"]  # None or omit, sent as the caller gave it
-        if max_tokens is not None:  # each cap the caller gave at most the one granted (a server may honour either)
-            params.update({name: min(cap, max_tokens) for name, cap in (call.caps_given or {call.output_cap: max_tokens}).items()})
+        if max_tokens is not None:  # the caller's caps replaced by those sent, each at most the one granted
+            sent = call.caps_to_send(max_tokens)  # a cap renamed leaves the caller's name out (never both)
+            params = {k: v for k, v in params.items() if k not in call.caps_given or k in sent} | sent
         if seed is not None:
             params["seed"] = seed
         if call.stream and not raw and call.opts.budget is not None and call.route in (CHAT, COMPLETIONS):
