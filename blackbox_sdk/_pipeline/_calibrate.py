@@ -5,11 +5,13 @@ prompt) is billed for history the SDK can't count: it neither takes the gate nor
 endpoint's overhead. Instead each Responses answer teaches the ledger the context a continuation
 of it carries (its input and output, under its id and its conversation; a stored prompt's template
 size), and a continuation reserves what is known of it. Store outages while learning are warnings
-(a later answer teaches the same; the gate's lease frees it).
+(a later answer teaches the same; the gate's lease frees it). An answer past the output cap sent shows
+an endpoint that ignores it: warned about once per endpoint and model.
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
@@ -22,6 +24,8 @@ from ._meter import reported
 from ._validation import given
 
 STORED_STATE = ("previous_response_id", "conversation", "prompt")  # what a Responses call continues, billed as input
+_IGNORED_CAP: set[tuple[str, str]] = set()  # (endpoint, model) seen answering past the output cap: warned once
+_IGNORED_CAP_LOCK = threading.Lock()
 
 
 class Core(Protocol):
@@ -80,6 +84,24 @@ def learn(core: Core, call: Call, usage: Json) -> None:
     except StoreUnavailableError as error:  # learnt from a later answer instead
         logger.warning("call %s: the endpoint's overhead could not be stored now: %s", call.info.call_id, error)
     ungate(core, call)
+
+def warn_ignored_cap(core: Core, call: Call, usage: Json, choices: int) -> None:
+    """Warn once per endpoint and model when the server reports more completion tokens than the cap sent
+    allows an answer of `choices`, while the SDK relies on that cap: it is settled at what it used, past
+    its hold (a count of the SDK's own, an estimate, is not evidence)."""
+    if call.usage_counted or not call.relies_on_cap or not call.past_cap(usage, choices):
+        return
+    seen = (public_endpoint(core.endpoint), call.model)
+    with _IGNORED_CAP_LOCK:
+        if seen in _IGNORED_CAP:
+            return
+        _IGNORED_CAP.add(seen)
+    logger.warning(
+        "%s ignored the output cap for %s: call %s got %s completion tokens for %d choice(s), sent a cap of %d each; "
+        "it is charged what it used, past what the budget or rate limit held for it", seen[0], call.model, call.info.call_id,
+        usage.get("completion_tokens"), choices, call.sent_cap,
+    )
+
 
 def ungate(core: Core, call: Call) -> None:
     """Give back the calibration gate this call holds."""

@@ -85,6 +85,7 @@ class Call:
     valid: Callable[[str], bool] | None = None  # the caller's check of an answer (parse: it fits the schema); reranking prefers those it accepts
     kept: KeptHttp | None = None  # send through the raw view and keep the last HTTP response there (a raw view's headers)
     raw: bool = False  # one request the caller reads (a raw stream, a streaming-response view): never fanned out
+    sent_cap: int | None = None  # the output cap its last request carried (`caps_to_send`): what one choice may use
 
     def worst_case(self, choices: int) -> Json:
         """The usage of one request of `choices` at its worst as reserved, for an answer the SDK never saw (`_lost`):
@@ -136,6 +137,13 @@ class Call:
         return "max_tokens"
 
     @property
+    def relies_on_cap(self) -> bool:
+        """Whether the SDK's accounting relies on the output cap sent: a budget reserves for it, a
+        tokens-per-minute limit admits the call at it."""
+        limits = self.opts.rate_limit
+        return self.opts.budget is not None or (limits is not None and limits.tpm is not None)
+
+    @property
     def cap_sent(self) -> int | None:
         """The output-token cap the call sends: the caller's; else the budget's default, which it
         reserves; else, under a tokens-per-minute limit, that limit's default (a call without one
@@ -148,6 +156,27 @@ class Call:
             return int(self.opts.budget.default_max_output_tokens)
         limits = self.opts.rate_limit
         return limits.default_max_output_tokens if limits is not None and limits.tpm is not None else None
+
+    def caps_to_send(self, granted: int) -> dict[str, int]:
+        """The output caps a request carries in place of the caller's, each at most `granted`, noted as
+        `sent_cap`: the caller's own (a server may honour either), or the cap under `output_cap`. While
+        the SDK relies on the cap, a lone `max_completion_tokens` goes as `max_tokens`, which every chat
+        server honours (llama.cpp ignores the other), but to OpenAI's reasoning models, which refuse it."""
+        caps = self.caps_given or {self.output_cap: granted}
+        if self.relies_on_cap and self.route is not RESPONSES and set(caps) == {"max_completion_tokens"} and not REASONING_MODEL.match(self.model):
+            caps = {"max_tokens": caps["max_completion_tokens"]}  # never both: OpenAI refuses a request that carries both
+        sent = {name: min(cap, granted) for name, cap in caps.items()}
+        self.sent_cap = max(sent.values())
+        return sent
+
+    def past_cap(self, usage: Json, choices: int) -> bool:
+        """Whether an answer of `choices` (a completions call's `best_of` generations counted) reports more
+        completion tokens than the cap sent allows them: the endpoint ignored the cap."""
+        used = usage.get("completion_tokens")
+        if self.sent_cap is None or self.route is RESPONSES or not isinstance(used, int) or choices < 1:
+            return False
+        per_prompt = -(-choices // self.prompts)
+        return used > self.sent_cap * max(choices, self.prompts * self.generations(per_prompt))
 
     @property
     def caps_given(self) -> dict[str, int]:

@@ -27,7 +27,7 @@ from ..call_log import new_call_id
 from ._call import Call, KeptHttp, Sender, answer_lost
 from ._calibrate import calibration_key, learn, public_endpoint, stored_context, ungate
 from ._candidates import Candidate
-from ._hosted import refuse_hidden_fields, refuse_hosted_tools, refuse_unnamed_model
+from ._hosted import refuse_unbounded
 from ._rates import has_audio, service_tier
 from ._meter import recording, used_tokens
 from ._rerank import valid_first
@@ -126,9 +126,7 @@ class Core:
         max_tokens = call.cap_sent
         if call.opts.budget is None:
             return count, max_tokens
-        refuse_unnamed_model(call.params)
-        refuse_hosted_tools(call.route, call.params)
-        refuse_hidden_fields(call.params)
+        refuse_unbounded(call.route, call.params)
         generations = call.reserved_generations(count, self.ignores_n)  # the server generates best_of and bills them all
         fixed = call.prompts > 1 or generations != count  # every prompt gets all its generations: choices can't be dropped
         counted = self.count.prompt(call)
@@ -162,8 +160,9 @@ class Core:
             params["n"] = count
         elif "n" in call.params:
             params["n"] = call.params["n"]  # None or omit, sent as the caller gave it
-        if max_tokens is not None:  # each cap the caller gave at most the one granted (a server may honour either)
-            params.update({name: min(cap, max_tokens) for name, cap in (call.caps_given or {call.output_cap: max_tokens}).items()})
+        if max_tokens is not None:  # the caller's caps replaced by those sent, each at most the one granted
+            sent = call.caps_to_send(max_tokens)  # a cap renamed leaves the caller's name out (never both)
+            params = {k: v for k, v in params.items() if k not in call.caps_given or k in sent} | sent
         if seed is not None:
             params["seed"] = seed
         if call.stream and not raw and call.opts.budget is not None and call.route in (CHAT, COMPLETIONS):

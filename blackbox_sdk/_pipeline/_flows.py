@@ -17,7 +17,7 @@ from .._logging import logger
 from .._options import needs_opening, split_options
 from .._types import EMBEDDINGS, Json, Route, add_usage
 from ._beam_steps import beam_response, spent_on_steps
-from ._calibrate import passes_gate, public_endpoint, ungate
+from ._calibrate import passes_gate, public_endpoint, ungate, warn_ignored_cap
 from ._call import Call, KeptHttp, Sender
 from ._candidates import Candidate
 from ._core import Core, checked, give_room_back, prepare
@@ -361,6 +361,7 @@ def settle_raw(core: Core, call: Call, whole: Json | None) -> None:
     the SDK can't read, and log it."""
     usage = call.route.usage(whole) if whole is not None else None
     if usage is not None:
+        warn_ignored_cap(core, call, usage, len((whole or {}).get("choices") or []))
         core.settle(call, usage)
     else:
         core.settle_reserved(call)

@@ -71,3 +71,10 @@ def refuse_unnamed_model(params: Json) -> None:
             "can't be bounded: refused. Pass model= (the one the prompt uses), or send it without the budget: "
             "client.with_options(budget=None)"
         )
+
+
+def refuse_unbounded(route: Route, params: Json) -> None:
+    """Before a budgeted request is reserved: refuse what no reservation can bound (see the module's docstring)."""
+    refuse_unnamed_model(params)
+    refuse_hosted_tools(route, params)
+    refuse_hidden_fields(params)

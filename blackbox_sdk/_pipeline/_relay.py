@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from .._types import Json, usage_to_charge
+from ._calibrate import warn_ignored_cap
 from ._call import Call
 from ._candidates import Candidate, chunks_from_candidates, split_chunks
 from ._core import Core
@@ -85,6 +86,7 @@ class Relay:
         """The collected chunks as candidates, with the server's usage or a count."""
         per_choice = split_chunks(self.call.route, self.collected, {})
         usage = self.core.count.of_stream(self.call, self.ended_usages(), [self.call.route.text(c.choice) for c in per_choice])
+        warn_ignored_cap(self.core, self.call, usage, len(per_choice))  # the streams' usage, over their choices
         return split_chunks(self.call.route, self.collected, usage), usage
 
     def finish(self) -> list[Any]:

@@ -17,6 +17,7 @@ from .._exceptions import RerankerError
 from .._info import attach, rebuilt
 from .._logging import logger
 from .._types import CHAT, Json, add_usage, usage_to_charge
+from ._calibrate import warn_ignored_cap
 from ._call import Call
 from ._candidates import Candidate, chunks_from_candidates, response_from_candidates, split_response, sum_usage, usage_chunk
 from ._core import Core, build
@@ -71,6 +72,7 @@ def pieces(core: Core, call: Call, responses: list[Json]) -> tuple[list[Candidat
             warn_unasked_priority(call.info.call_id, call.params, response)
         usages.append(core.count.of_response(call, response))
         fresh += split_response(call.route, response, usages[-1])
+        warn_ignored_cap(core, call, usages[-1], len(response.get("choices") or []))
     return fresh, usage_to_charge(usages)
 
 
