@@ -356,3 +356,34 @@ def test_a_call_s_earlier_charges_count_under_the_per_call_cap(tmp_path: Path) -
     shrinking.release(fit)
     with pytest.raises(ConfigError, match="call_spent_usd"):
         budget.reserve(model=MODEL, prompt_tokens=50, max_output_tokens=100, call_spent_usd=float("nan"))
+
+
+@pytest.mark.parametrize("kind", [OpenAI, AsyncOpenAI])
+def test_an_answer_that_is_not_json_is_charged_as_lost_and_holds_nothing_back(kind: type, tmp_path: Path) -> None:
+    """A server (or gateway) that streams to a request that asked for no stream: openai hands back the body's text,
+    which no answer can be read from. It is an APIResponseValidationError, charged its worst case (the server
+    generated it), logged; the calibration gate it held is free, so the next call goes at once."""
+    chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": MODEL,
+             "choices": [{"index": 0, "delta": {"content": "Apple."}, "finish_reason": "stop"}]}
+    sse = f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode()
+    seen: list[bytes] = []
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        seen.append(request.content)
+        return httpx2.Response(200, content=sse, headers={"Content-Type": "text/event-stream"})
+
+    budget = _budget(tmp_path)
+    transport = httpx2.AsyncClient(transport=httpx2.MockTransport(handler)) if kind is AsyncOpenAI else httpx2.Client(transport=httpx2.MockTransport(handler))
+    client = kind(api_key="sk-test", base_url="http://upstream.test/v1", http_client=transport, budget=budget, log=tmp_path / "calls.db")
+
+    async def ask() -> Any:
+        answer = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=8)
+        return await answer if kind is AsyncOpenAI else answer
+
+    for _ in range(2):
+        with pytest.raises(openai.APIResponseValidationError, match="not JSON"):
+            asyncio.run(asyncio.wait_for(ask(), 20))
+    assert len(seen) == 2 and budget.report().reserved_usd == 0.0
+    assert budget.spent() >= 2 * 8 * 0.001  # each charged at least its 8 output tokens: the server generated them
+    records = list(CallLog(tmp_path / "calls.db").calls())
+    assert [r.error is not None for r in records] == [True, True] and records[0].cost_usd > 0

@@ -270,15 +270,18 @@ class Core:
         )
 
     def fail(self, call: Call, error: BaseException, usage: Json | None = None) -> None:
-        """Charge what was sent, release the rest of what was reserved and log the failed call with its `usage`; the caller re-raises."""
-        charge_sent(self, call)
+        """Charge what was sent, release the rest of what was reserved and log the failed call with its `usage`; the caller
+        re-raises. The claim and the gate are given back however the charge goes, so that no other call waits on them."""
         try:
-            call.meter.release(call.reservation)
-        except StoreUnavailableError as unreleased:  # the lease gives the hold back once it lapses
-            logger.warning("call %s: the reservation could not be released now: %s", call.info.call_id, unreleased)
-        call.reservation = None
-        self.unclaim(call)
-        ungate(self, call)
+            charge_sent(self, call)
+            try:
+                call.meter.release(call.reservation)
+            except StoreUnavailableError as unreleased:  # the lease gives the hold back once it lapses
+                logger.warning("call %s: the reservation could not be released now: %s", call.info.call_id, unreleased)
+            call.reservation = None
+        finally:
+            self.unclaim(call)
+            ungate(self, call)
         if call.admission is not None and call.info.requests == 0 and not (call.lost or answer_lost(error)):  # never run: room back
             give_room_back(call)
         call.admission = None
@@ -314,16 +317,6 @@ def prepare(core: Core, call: Call) -> Call:
             keyed = with_default_query({k: v for k, v in canonical.items() if k not in SDK_PARAMS}, params, core.inner.default_query)
             call.key = opts.cache.key_of_canonical(route=route.name, endpoint=core.endpoint, canonical=keyed)
     return call
-
-
-def answered(core: Core, call: Call, outcome: Any) -> Any:
-    """A request of a "send" came back (fan-out threads share the call): no longer in flight, and an
-    answer is owed for until the call settles."""
-    with core._lock:
-        call.in_flight -= 1
-        if not isinstance(outcome, BaseException):
-            call.arrived.append(outcome)
-    return outcome
 
 
 def charge_sent(core: Core, call: Call) -> None:

@@ -8,7 +8,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import httpx2
+import openai
+import pydantic
+
 from .._exceptions import BudgetExceededError, StoreUnavailableError
+from .._redact import redact_text
 from .._types import Json
 from ..budget import TokenCount
 from ._call import Call, Sender, answer_lost
@@ -21,6 +26,30 @@ def choices_of(call: Call, send: Callable[[], Any]) -> int:
     """How many answers a request has the server generate: the choices it asks for (its Sender says; the caller's n
     for a request sent as the caller wrote it), `best_of` when more, for each of its prompts."""
     return call.generations(send.choices if isinstance(send, Sender) else call.n) * call.prompts
+
+
+def answered(core: Core, call: Call, send: Callable[[], Any], outcome: Any) -> Any:
+    """A request of a "send" came back (fan-out threads share the call): no longer in flight, and an answer is owed
+    for until the call settles. A body openai could not read as JSON (it hands back its text: a server that streamed
+    to a request that asked for no stream) is an `openai.APIResponseValidationError`, charged as a lost answer."""
+    unreadable = not isinstance(outcome, (BaseException, pydantic.BaseModel))
+    if unreadable:
+        outcome = _unreadable(str(outcome))
+    with core._lock:
+        call.in_flight -= 1
+        if unreadable and call.reservation is not None:  # the server generated, and bills, what could not be read
+            call.lost.append(call.worst_case(choices_of(call, send)))
+        elif not isinstance(outcome, BaseException):
+            call.arrived.append(outcome)
+    return outcome
+
+
+def _unreadable(body: str) -> openai.APIResponseValidationError:
+    """The error for an answer whose body is not JSON (its start shown, any secret in it redacted)."""
+    shown = redact_text(body[:200])
+    response = httpx2.Response(200, text=body, request=httpx2.Request("POST", "blackbox-sdk://answer"))
+    message = f"the server's answer is not JSON (a stream to a request that asked for none?), so it can't be read: {shown!r}"
+    return openai.APIResponseValidationError(response=response, body=shown, message=message)
 
 
 def note_lost(core: Core, call: Call, error: BaseException, send: Callable[[], Any]) -> None:

@@ -14,8 +14,8 @@ from . import _flows as flows
 from . import _responses_api as responses_api
 from ._beam_steps import run_beam, step_options
 from ._call import Call, KeptHttp, keeping
-from ._core import MAX_FANOUT_WORKERS, SINGLE_FLIGHT_WAIT_S, Core, advance, answered, keep_http, replay
-from ._lost import Retries, note_lost
+from ._core import MAX_FANOUT_WORKERS, SINGLE_FLIGHT_WAIT_S, Core, advance, keep_http, replay
+from ._lost import Retries, answered, note_lost
 from ._relay import Relay
 from ._responses import replay_response
 from ._streams import BlackBoxStream
@@ -121,9 +121,9 @@ class SyncCore(Core):
         """One request of a "send": its answer, or the error it ended with, as it comes (`answered`: an
         interrupt while siblings are out still charges this one)."""
         try:
-            return answered(self, call, self._retry(call, send))
+            return answered(self, call, send, self._retry(call, send))
         except Exception as error:  # noqa: BLE001 - handed back in place of the answer
-            return answered(self, call, error)
+            return answered(self, call, send, error)
 
     def _open(self, call: Call, request: Callable[[], Any]) -> tuple[Any, Any]:
         """Open a stream and read its first chunk, retrying only until that chunk has arrived."""
