@@ -351,6 +351,9 @@ async def test_login_and_key_creation_stop_reading_a_body_at_their_limit(tmp_pat
     assert created == (413, 5)  # past MAX_ADMIN_BODY_BYTES (64 KiB)
 
 
+ADMIN_REFUSAL = "This route needs the proxy's admin key: send it in the Authorization header as a bearer token."
+
+
 @pytest.mark.parametrize("headers", [
     pytest.param({}, id="none"), pytest.param({"authorization": "Bearer wrong-admin-key-0123456789"}, id="wrong"),
     pytest.param({"authorization": ADMIN}, id="no-bearer"), pytest.param({"authorization": "Bearer "}, id="empty"),
@@ -363,6 +366,7 @@ def test_admin_routes_refuse_without_the_admin_key(store: KeyStore, headers: dic
                 answer = http.request(method, path, headers=sent, json={"name": "intruder"})
                 assert answer.status_code == 401
                 assert set(answer.json()["error"]) == {"message", "type", "param", "code"} and answer.json()["error"]["code"] == "invalid_api_key"
+                assert answer.json()["error"]["message"] == ADMIN_REFUSAL  # its hint whole, not redacted as if it held a key
     assert [record.name for record in store.list()] == ["team-a"] and not store.list()[0].revoked
 
 

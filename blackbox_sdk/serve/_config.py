@@ -20,7 +20,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from .._exceptions import ConfigError
+from .._exceptions import AdapterError, ConfigError
 from ..budget import Budget
 from ..limits import RateLimits
 
@@ -152,3 +152,17 @@ def _build(kind: type, name: str, table: Mapping[str, Any] | None) -> Any:
         return kind(**table)
     except TypeError as error:
         raise ConfigError(f"bad [{name}]: {error}") from None
+
+
+def check_reranker(folder: str) -> None:
+    """Load the reranker folder as a call's first use loads it (`open_reranker`: its config, weights and base encoder),
+    so that one which can't load fails now: AdapterError "reranker: ..."; an encoder loaded once stays shared."""
+    from .._options import Opened, open_reranker
+
+    opened = Opened()
+    try:
+        open_reranker(folder, None, opened)
+    except AdapterError as exc:
+        raise AdapterError(f"reranker: {exc}") from exc
+    finally:
+        opened.close()
