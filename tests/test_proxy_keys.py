@@ -526,3 +526,17 @@ def test_a_keys_store_refusing_its_password_after_start_is_the_operators_500_not
     assert "was refused by the Redis server" in error["message"] and "s3cret" not in refused.text, error
     assert bad.status_code == 400 and bad.json()["error"]["type"] == "invalid_request_error"  # the client's own fault stays 400
     tenants.close()
+
+
+def test_checking_a_keys_reranker_leaves_nothing_on_the_shared_base(store: KeyStore) -> None:
+    from blackbox_sdk.adapter._lora import _BASES
+
+    def attached() -> dict[tuple[str, str], list[str]]:
+        return {key: list(base.peft.peft_config) if base.peft is not None else [] for key, base in _BASES.items()}
+
+    before = attached()
+    with _admin(store) as http:
+        for name in ("team-a", "team-b"):  # each key's check loads the folder; none may stay loaded on a base
+            created = http.post("/admin/keys", json={"name": name, "reranker": str(SHIPPED_ADAPTER)}, headers={"authorization": f"Bearer {ADMIN}"})
+            assert created.status_code == 201, created.text
+    assert attached() == before

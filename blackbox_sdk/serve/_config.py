@@ -155,14 +155,12 @@ def _build(kind: type, name: str, table: Mapping[str, Any] | None) -> Any:
 
 
 def check_reranker(folder: str) -> None:
-    """Load the reranker folder as a call's first use loads it (`open_reranker`: its config, weights and base encoder),
-    so that one which can't load fails now: AdapterError "reranker: ..."; an encoder loaded once stays shared."""
-    from .._options import Opened, open_reranker
+    """Load the reranker folder as a call's first use does (`Adapter.load`, which `open_reranker` calls: config, weights
+    and base encoder), so that one which can't load fails now: AdapterError "reranker: ...". On a base of its own
+    (`shared=False`): nothing stays loaded after the check, however many keys are checked."""
+    from ..adapter import Adapter
 
-    opened = Opened()
     try:
-        open_reranker(folder, None, opened)
+        Adapter.load(Path(folder).expanduser(), shared=False)
     except AdapterError as exc:
         raise AdapterError(f"reranker: {exc}") from exc
-    finally:
-        opened.close()
