@@ -25,6 +25,7 @@ class BlackBoxInfo:
     scores: list[float] | None = None  # the reranker's score per candidate (higher is better)
     chosen: list[int] = field(default_factory=list)  # candidate indices returned as choices, in order
     usage: dict[str, Any] | None = None  # tokens of the whole call (a stream's too, once it has ended), as logged
+    error: str | None = None  # why a stream that ended was incomplete (the server cut it short), as logged; None when whole
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready copy."""

@@ -93,7 +93,7 @@ def url_without_password(url: str) -> str:
 
 
 def redact(obj: Any) -> Any:
-    """A copy of a JSON-like object with credential-named keys and key-shaped strings redacted.
+    """A copy of a JSON-like object with credential-named keys' values and key-shaped strings (names too) redacted.
 
     Mappings, lists and tuples are rebuilt all the way down (mappings as dicts); other leaves
     (numbers, booleans, None: immutable in JSON) are returned as they are, never deep-copied,
@@ -101,8 +101,8 @@ def redact(obj: Any) -> Any:
     """
     if isinstance(obj, str):
         return redact_text(obj)
-    if isinstance(obj, Mapping):
-        return {key: REDACTED if isinstance(key, str) and is_secret_key(key) else redact(value)
+    if isinstance(obj, Mapping):  # a key-shaped name is redacted too: a client may paste its key where a field's name goes
+        return {redact_text(key) if isinstance(key, str) else key: REDACTED if isinstance(key, str) and is_secret_key(key) else redact(value)
                 for key, value in obj.items()}
     if isinstance(obj, tuple):
         return tuple(redact(item) for item in obj)

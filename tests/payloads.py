@@ -3,6 +3,7 @@ folders that can't load."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -20,7 +21,7 @@ class RunsOnUnpickle:
 
 
 SHIPPED_ADAPTER = Path(__file__).resolve().parents[1] / "adapters" / "capitals"  # a LoRA adapter
-BROKEN_ADAPTERS = ("missing", "empty", "config-not-json", "weights-cut", "lora-weights-garbage")
+BROKEN_ADAPTERS = ("missing", "empty", "config-not-json", "weights-cut", "lora-weights-garbage", "base-missing", "base-unloadable")
 
 
 def broken_adapter(root: Path, how: str) -> tuple[Path, str]:
@@ -32,6 +33,8 @@ def broken_adapter(root: Path, how: str) -> tuple[Path, str]:
         folder.mkdir()
         return folder, str(folder)
     shutil.copytree(SHIPPED_ADAPTER, folder)
+    if how.startswith("base-"):  # the folder itself reads and checks; the base encoder it names does not load
+        return folder, _unloadable_base(root, folder, how)
     damaged = {"config-not-json": "adapter_config.json", "weights-cut": "adapter.safetensors", "lora-weights-garbage": "lora/adapter_model.safetensors"}[how]
     target = folder / damaged
     if how == "config-not-json":
@@ -41,3 +44,16 @@ def broken_adapter(root: Path, how: str) -> tuple[Path, str]:
     else:
         target.write_bytes(b"garbage")
     return folder, str(target)
+
+
+def _unloadable_base(root: Path, folder: Path, how: str) -> str:
+    """Point `folder`'s config at a base encoder folder that is missing ("base-missing") or holds a config.json but
+    no weights ("base-unloadable"); that base folder, which the error names."""
+    base = root / f"encoder-{how}"
+    if how == "base-unloadable":
+        base.mkdir()
+        (base / "config.json").write_text(json.dumps({"model_type": "mpnet"}))
+    document = json.loads((folder / "adapter_config.json").read_text())
+    document["config"]["base_model"] = str(base)
+    (folder / "adapter_config.json").write_text(json.dumps(document))
+    return str(base)

@@ -102,10 +102,12 @@ def _check(server: CutServer, budget: Budget, tmp_path: Path, text: str) -> None
 def test_a_cut_stream_is_charged_and_never_cached(server: CutServer, tmp_path: Path) -> None:
     client, budget = _client(OpenAI, server, tmp_path)
     pieces: list[str] = []
+    stream = client.chat.completions.create(model="m", messages=HELLO, stream=True, max_tokens=8)
     with contextlib.suppress(Exception):  # a chunked body cut short raises, as it does with plain openai
-        for chunk in client.chat.completions.create(model="m", messages=HELLO, stream=True, max_tokens=8):
+        for chunk in stream:
             pieces += [c.delta.content or "" for c in chunk.choices]
     _check(server, budget, tmp_path, "".join(pieces))
+    assert stream.blackbox.error is not None  # a close-delimited cut ends quietly: the stream still says it was cut
     with contextlib.suppress(Exception):
         list(client.chat.completions.create(model="m", messages=HELLO, stream=True, max_tokens=8))
     assert server.requests == 2  # not served from the cache

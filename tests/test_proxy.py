@@ -120,7 +120,7 @@ def test_feedback_lands_in_the_same_call_log(proxy: Proxy, folder: Path) -> None
     [given] = _log(folder).feedback_for(call_id)
     assert given.label == "correct" and given.reference == "hello there friend"
     unknown = proxy.post("/feedback", json.dumps({"call_id": "bb-nope", "label": "correct"}).encode())
-    assert unknown.status_code == 400 and unknown.json()["error"]["type"] == "invalid_request_error"
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "call_not_found"
     huge = proxy.post("/feedback", ('{"call_id": "%s", "reward": 1%s}' % (call_id, "0" * 400)).encode())  # an int past a float
     assert huge.status_code == 400 and "reward must be a finite number" in huge.json()["error"]["message"]
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -207,3 +208,71 @@ def test_a_bad_value_in_the_request_is_still_the_clients_400() -> None:
         answer = running.post("/chat/completions", json.dumps(body).encode())
     assert answer.status_code == 400, answer.text
     assert answer.json()["error"]["type"] == "invalid_request_error" and "x-should-retry" not in answer.headers
+
+
+@pytest.mark.parametrize("mode", ["no-keys", "tenant-keys", "per-key-log"])
+def test_feedback_on_an_unknown_call_is_openais_404_in_every_mode(folder: Path, mode: str) -> None:
+    where = folder / f"unknown-{mode}.db"
+    logged = CallRecord(endpoint_host="127.0.0.1", model=MODEL, route="chat", request={}, candidates=["hi"], chosen=[0], key="team-b")
+    CallLog(where).record(logged)
+    CallLog(where).flush()
+    team = Tenant("team-a", options={"log": str(where)} if mode == "per-key-log" else {})  # a key whose calls have a log of their own
+    config = ProxyConfig(upstream=f"http://127.0.0.1:{free_port()}/v1", log=None if mode == "per-key-log" else str(where), max_retries=0)
+    keyed = mode != "no-keys"
+    auth = {"authorization": f"Bearer {TEAM_KEY}"} if keyed else {}
+    with Proxy(config, authenticate=(lambda key: team if key == TEAM_KEY else None) if keyed else None) as running:
+        unknown = running.post("/feedback", json.dumps({"call_id": "bb-nope", "label": "correct"}).encode(), **auth)
+        others = running.post("/feedback", json.dumps({"call_id": logged.call_id, "label": "correct"}).encode(), **auth)
+    expected = {"message": "no call 'bb-nope' in the log", "type": "invalid_request_error", "param": "call_id", "code": "call_not_found"}
+    assert (unknown.status_code, unknown.json()["error"]) == (404, expected), unknown.text
+    assert unknown.headers["x-request-id"].startswith("bb-")
+    assert others.status_code == (404 if keyed else 200), others.text  # another key's call is unknown to a tenant; without keys any is rated
+
+
+def test_a_key_sent_as_a_field_name_is_redacted_in_the_call_log(proxy: Proxy, folder: Path) -> None:
+    secret = "sk-proj-" + "a1B2c3D4" * 5  # a client that pasted its key where a parameter's name goes
+    body = {"model": MODEL, "messages": HELLO, "max_tokens": 2, secret: 1, "extra": {f"Bearer {secret}": "x"}}
+    answer = proxy.post("/chat/completions", json.dumps(body).encode(), authorization=f"Bearer {TEAM_KEY}")
+    assert answer.status_code == 502  # sent on (to the closed upstream), so the call is logged
+    CallLog(folder / "calls.db").flush()
+    with sqlite3.connect(folder / "calls.db") as conn:
+        dump = "\n".join(conn.iterdump())
+    assert secret not in dump
+    assert '"extra_body":{"[REDACTED]":1,"extra":{"[REDACTED]":"x"}}' in dump
+
+
+def test_a_stream_the_upstream_cut_short_ends_with_an_error_event_not_done(folder: Path) -> None:
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": MODEL,
+             "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hel"}, "finish_reason": None}]}
+
+    class CutShort(BaseHTTPRequestHandler):  # a fault double: one chunk, no finish_reason, yet a clean [DONE]
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+            self.wfile.write(f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode())
+
+        def log_message(self, *args: object) -> None:
+            """Quiet."""
+
+    upstream = ThreadingHTTPServer(("127.0.0.1", 0), CutShort)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    config = ProxyConfig(upstream=f"http://127.0.0.1:{upstream.server_address[1]}/v1", max_retries=0, log=str(folder / "cut.db"))
+    try:
+        with Proxy(config) as running:
+            raw = running.post("/chat/completions", json.dumps({"model": MODEL, "messages": HELLO, "stream": True}).encode())
+            received = []
+            with pytest.raises(openai.APIError) as failed:
+                for part in running.client(max_retries=0).chat.completions.create(model=MODEL, messages=HELLO, stream=True):
+                    received.append(part.choices[0].delta.content)
+    finally:
+        upstream.shutdown()
+        upstream.server_close()
+    assert raw.status_code == 200 and "[DONE]" not in raw.text, raw.text  # a client that waits for [DONE] is not told it came whole
+    assert received == ["Hel"] and failed.value.body is not None
+    assert failed.value.body["code"] == "upstream_stream_incomplete" and "finish_reason" in failed.value.body["message"]
+    records = list(CallLog(folder / "cut.db").calls())
+    assert len(records) == 2 and all("finish_reason" in (record.error or "") for record in records)

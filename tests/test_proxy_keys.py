@@ -351,6 +351,9 @@ async def test_login_and_key_creation_stop_reading_a_body_at_their_limit(tmp_pat
     assert created == (413, 5)  # past MAX_ADMIN_BODY_BYTES (64 KiB)
 
 
+ADMIN_REFUSAL = "This route needs the proxy's admin key: send it in the Authorization header as a bearer token."
+
+
 @pytest.mark.parametrize("headers", [
     pytest.param({}, id="none"), pytest.param({"authorization": "Bearer wrong-admin-key-0123456789"}, id="wrong"),
     pytest.param({"authorization": ADMIN}, id="no-bearer"), pytest.param({"authorization": "Bearer "}, id="empty"),
@@ -363,6 +366,7 @@ def test_admin_routes_refuse_without_the_admin_key(store: KeyStore, headers: dic
                 answer = http.request(method, path, headers=sent, json={"name": "intruder"})
                 assert answer.status_code == 401
                 assert set(answer.json()["error"]) == {"message", "type", "param", "code"} and answer.json()["error"]["code"] == "invalid_api_key"
+                assert answer.json()["error"]["message"] == ADMIN_REFUSAL  # its hint whole, not redacted as if it held a key
     assert [record.name for record in store.list()] == ["team-a"] and not store.list()[0].revoked
 
 
@@ -522,3 +526,17 @@ def test_a_keys_store_refusing_its_password_after_start_is_the_operators_500_not
     assert "was refused by the Redis server" in error["message"] and "s3cret" not in refused.text, error
     assert bad.status_code == 400 and bad.json()["error"]["type"] == "invalid_request_error"  # the client's own fault stays 400
     tenants.close()
+
+
+def test_checking_a_keys_reranker_leaves_nothing_on_the_shared_base(store: KeyStore) -> None:
+    from blackbox_sdk.adapter._lora import _BASES
+
+    def attached() -> dict[tuple[str, str], list[str]]:
+        return {key: list(base.peft.peft_config) if base.peft is not None else [] for key, base in _BASES.items()}
+
+    before = attached()
+    with _admin(store) as http:
+        for name in ("team-a", "team-b"):  # each key's check loads the folder; none may stay loaded on a base
+            created = http.post("/admin/keys", json={"name": name, "reranker": str(SHIPPED_ADAPTER)}, headers={"authorization": f"Bearer {ADMIN}"})
+            assert created.status_code == 201, created.text
+    assert attached() == before

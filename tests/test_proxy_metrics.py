@@ -90,7 +90,8 @@ def test_counters_move_with_real_calls_and_show_no_key(keyed: tuple[TestClient, 
     assert http.post("/v1/chat/completions", json=chat, headers={"authorization": "Bearer bb-wrong"}).status_code == 401
 
     for refused in ({}, as_a, {"authorization": "Bearer " + "x" * 40}):  # nobody but the admin
-        assert http.get("/metrics", headers=refused).status_code == 401
+        refusal = http.get("/metrics", headers=refused)
+        assert refusal.status_code == 401 and "in the Authorization header as a bearer token" in refusal.json()["error"]["message"]  # not redacted
     text, samples = scrape(http, authorization=f"Bearer {ADMIN}")
     mine = {"key": "team-a", "model": MODEL}
     assert value(samples, "blackbox_proxy_requests_total", route="chat", status="200", **mine) == 3

@@ -127,4 +127,6 @@ class Relay:
             self.core.settle(self.call, usage)
         if isinstance(error, GeneratorExit) or error is None:
             error = RuntimeError("stream closed before its end")
+        else:  # the server's fault, not the caller's: a stream that ends quietly still says it was cut
+            self.call.info.error = f"{type(error).__name__}: {error}"
         self.core.fail(self.call, error, usage)

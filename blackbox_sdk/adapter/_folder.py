@@ -92,7 +92,7 @@ def read_tensors(path: Path) -> dict[str, Any]:
 
 def check_folder(path: str | Path) -> None:
     """AdapterError unless `path` is an adapter folder whose config and weights read and check, without loading the base
-    encoder (a base missing or of another fingerprint is found by `Adapter.load`): what the proxy checks before it listens."""
+    encoder (a base missing or of another fingerprint is found by `Adapter.load`, which the proxy's startup check runs)."""
     folder = Path(path).expanduser()
     _, config = read_config(folder)
     import_torch()  # the weights are read as torch tensors: without torch, say which extra to install

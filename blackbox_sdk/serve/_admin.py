@@ -5,7 +5,7 @@
     DELETE /admin/keys/{key_id}   -> 200 the revoked record (an id or a name), 404 for an unknown one
 
 Anything without the admin key gets 401 with OpenAI's error body, before its body is read. A key's
-reranker folder is read (config and weights) before the key is stored: one that can't load is a 400.
+reranker folder is loaded (config, weights and base encoder) before the key is stored: one that can't load is a 400.
 The store's blocking calls run in Starlette's thread pool.
 """
 
@@ -21,7 +21,7 @@ from starlette.routing import Route
 
 from .._exceptions import AdapterError, BlackBoxError
 from ._body import parse_object, read_body
-from ._config import DEFAULT_BODY_TIMEOUT_S
+from ._config import DEFAULT_BODY_TIMEOUT_S, check_reranker
 from ._errors import ProxyError, error_response
 from ._keys import KeyRecord, KeyStore, SecretKey, new_record
 from ._tenants import presented_key
@@ -55,7 +55,7 @@ def admin_routes(store: KeyStore) -> list[Route]:
 async def _guarded(request: Request, store: KeyStore, handle: Callable[[], Awaitable[Response]]) -> Response:
     """401 without the admin key; else the handler's answer, the SDK's errors as OpenAI error bodies."""
     if not store.is_admin(presented_key(request)):
-        refusal = ProxyError(401, "This route needs the proxy's admin key: send it as 'Authorization: Bearer ADMIN_KEY'.", code="invalid_api_key")
+        refusal = ProxyError(401, "This route needs the proxy's admin key: send it in the Authorization header as a bearer token.", code="invalid_api_key")
         return error_response(refusal)
     try:
         return await handle()
@@ -78,12 +78,10 @@ def _create_checked(store: KeyStore, name: str, limits: dict[str, Any]) -> tuple
     """The store's create, a reranker folder that can't load refused with 400 first (not a 500 on the key's first request)."""
     reranker = new_record(name, **limits).reranker  # the fields checked as the store checks them, before a folder is read
     if reranker is not None:
-        from ..adapter import check_folder
-
         try:
-            check_folder(reranker)
+            check_reranker(reranker)  # loaded as the key's first call loads it, base encoder included
         except AdapterError as exc:
-            raise ProxyError(400, f"reranker: {exc}", param="reranker", code="invalid_reranker") from exc
+            raise ProxyError(400, str(exc), param="reranker", code="invalid_reranker") from exc
     return store.create(name, **limits)
 
 

@@ -64,7 +64,7 @@ class AdminGate:
             return ProxyError(403, "Without tenant keys the operations pages answer only clients on this machine.", code="forbidden")
         if self.keys is None:
             return ProxyError(403, "This proxy checks tenant keys but was given no key store for its admin key.", code="forbidden")
-        return ProxyError(401, "This page needs the proxy's admin key: 'Authorization: Bearer ADMIN_KEY', or log in at /login.", code="invalid_api_key")
+        return ProxyError(401, "This page needs the proxy's admin key: send it in the Authorization header as a bearer token, or log in at /login.", code="invalid_api_key")
 
     async def login(self, request: Request, response: Response, body_timeout_s: float) -> bool:
         """Check a POSTed form's admin key; when it is right, set a new session cookie on `response`.

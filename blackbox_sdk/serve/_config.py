@@ -20,7 +20,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from .._exceptions import ConfigError
+from .._exceptions import AdapterError, ConfigError
 from ..budget import Budget
 from ..limits import RateLimits
 
@@ -152,3 +152,15 @@ def _build(kind: type, name: str, table: Mapping[str, Any] | None) -> Any:
         return kind(**table)
     except TypeError as error:
         raise ConfigError(f"bad [{name}]: {error}") from None
+
+
+def check_reranker(folder: str) -> None:
+    """Load the reranker folder as a call's first use does (`Adapter.load`, which `open_reranker` calls: config, weights
+    and base encoder), so that one which can't load fails now: AdapterError "reranker: ...". On a base of its own
+    (`shared=False`): nothing stays loaded after the check, however many keys are checked."""
+    from ..adapter import Adapter
+
+    try:
+        Adapter.load(Path(folder).expanduser(), shared=False)
+    except AdapterError as exc:
+        raise AdapterError(f"reranker: {exc}") from exc

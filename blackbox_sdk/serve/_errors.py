@@ -7,6 +7,7 @@ SDK's errors and the upstream's, mapped once here.
     401 invalid_api_key         a missing or unknown key
     403 host_not_allowed        without tenant keys: a Host header naming no loopback address (DNS rebinding)
     404 model_not_found         a model the key may not use; an unknown route (OpenAI's "Invalid URL")
+    404 call_not_found          /v1/feedback on a call the log does not hold (or, for a tenant, another key's)
     413 request_too_large       a body over the proxy's limit, refused before it is read whole
     431 request_headers_too_large  a request line and headers past 64 KiB (`_http`)
     415 unsupported_media_type  a body sent as a browser's simple type (text/plain, a form): not JSON's

@@ -29,6 +29,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .._exceptions import ConfigError
+from .._text import checked_text
 from ._body import call_arguments, check_content_type, parse_object, read_body, required
 from ._errors import ProxyError, error_response
 from ._metrics import RequestMeter
@@ -190,21 +191,22 @@ async def feedback(request: Request, meter: RequestMeter) -> Response:
 
 
 def _record_feedback(client: Any, owner: str | None, call_id: str, fields: dict[str, Any]) -> None:
-    """Record feedback; a tenant may only rate its own calls (another's is reported as unknown)."""
+    """Record feedback; 404 call_not_found for a call the log does not hold, or (for a tenant) another key's call."""
     log = client.options.log
     if log is None:
         raise ProxyError(  # the operator's setup, not the request: no retry mends it
             501, "this proxy keeps no call log, so it records no feedback: set log in its configuration",
             kind="server_error", code="feedback_not_enabled", retry=False,
         )
-    if owner is not None:
-        log.flush()
-        try:
-            theirs = log.get(call_id).key != owner
-        except ConfigError:
-            theirs = True
-        if theirs:
-            raise ProxyError(404, f"no call {call_id!r} in the log", param="call_id", code="call_not_found")
+    checked_text(call_id, "call_id")  # 400 for an id that can't be one (empty, a lone surrogate)
+    log.flush()
+    try:
+        key = log.get(call_id).key
+        unknown = owner is not None and key != owner
+    except ConfigError:  # not logged: 404 in either mode, as OpenAI answers a missing object
+        unknown = True
+    if unknown:
+        raise ProxyError(404, f"no call {call_id!r} in the log", param="call_id", code="call_not_found")
     try:
         client.feedback(call_id, **fields)
     except TypeError as error:

@@ -11,9 +11,9 @@ from starlette.routing import BaseRoute
 
 from .._client import is_loopback_host
 from .._cli_errors import report_error
-from .._exceptions import AdapterError, BlackBoxError, ConfigError
+from .._exceptions import BlackBoxError, ConfigError
 from ._app import create_app
-from ._config import ProxyConfig, load_config
+from ._config import ProxyConfig, check_reranker, load_config
 from ._key_tenants import TenantOptions
 from ._keys import KeyStore
 from ._tenants import Authenticate
@@ -29,9 +29,9 @@ def check_exposure(config: ProxyConfig, authenticate: Authenticate | None) -> No
 
 
 def check_stores(config: ProxyConfig) -> None:
-    """Open and close the call log and the cache as the client will, and read the reranker folder's config and weights,
-    so that a corrupt file or a store out of reach stops the command before it listens rather than failing every request
-    after it (the client itself is built once serving, as loading a local model or the reranker's encoder takes a while)."""
+    """Open and close the call log and the cache as the client will, and load the reranker as its first call will (its
+    base encoder too), so that a corrupt file, a missing encoder or a store out of reach stops the command before it
+    listens rather than failing every request after it (the client itself is built once serving)."""
     from .._options import Opened, open_cache, open_log
 
     opened = Opened()
@@ -41,12 +41,7 @@ def check_stores(config: ProxyConfig) -> None:
     finally:
         opened.close()
     if config.reranker is not None:
-        from ..adapter import check_folder
-
-        try:
-            check_folder(config.reranker)
-        except AdapterError as exc:
-            raise AdapterError(f"reranker: {exc}") from exc
+        check_reranker(config.reranker)
 
 
 def serve(

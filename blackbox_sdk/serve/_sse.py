@@ -45,12 +45,18 @@ async def events(stream: Any, *, named: bool = False) -> AsyncIterator[bytes]:
             number = getattr(chunk, "sequence_number", None)
             sent = sent + 1 if number is None else number + 1
         if not named:
-            yield DONE
+            yield DONE if getattr(stream.blackbox, "error", None) is None else incomplete_event()
     except Exception as exc:  # noqa: BLE001 - the status is sent already: the error goes in the stream
         yield error_event(describe(exc)[1]["error"], sent if named else None)
     finally:
         with anyio.CancelScope(shield=True):
             await stream.close()
+
+
+def incomplete_event() -> bytes:
+    """The error event in place of `[DONE]` for a stream the upstream ended before every choice had its finish_reason."""
+    message = "the upstream ended the stream before every choice had a finish_reason: the answer is incomplete"
+    return error_event({"message": message, "type": "upstream_error", "param": None, "code": "upstream_stream_incomplete"}, None)
 
 
 def error_event(error: dict[str, Any], sequence: int | None) -> bytes:
