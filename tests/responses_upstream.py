@@ -80,7 +80,8 @@ def stream_events(response: Json, mode: str) -> Iterator[Json]:
 
 
 class ResponsesUpstream:
-    """The endpoint; `mode` is "ok", "cut", "error" or "failed" (for streams), `errors` the number of 500s to
+    """The endpoint; `mode` is "ok", "cut", "error", "failed" or "stall" (for streams: the whole text, then nothing
+    more until `close`, the connection held open), `errors` the number of 500s to
     answer before answering, `history` the input tokens billed for the stored state a request
     continues; `bodies` the requests received; `url` its /v1 base URL."""
 
@@ -92,6 +93,7 @@ class ResponsesUpstream:
         self.contexts: dict[str, int] = {}  # response and conversation ids -> the context a continuation carries
         self.bodies: list[Json] = []
         self._lock = threading.Lock()
+        self._released = threading.Event()  # what a "stall" stream waits for
         upstream = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -139,6 +141,9 @@ class ResponsesUpstream:
             for sequence, event in enumerate(stream_events(response, self.mode)):
                 named = f"event: {event['type']}\ndata: {json.dumps({**event, 'sequence_number': sequence})}" if "type" in event else ""
                 handler.wfile.write(f"{named or 'data: ' + json.dumps(event)}\n\n".encode())
+                if self.mode == "stall" and event.get("type") == "response.output_text.done":
+                    self._released.wait(30)
+                    return
             return
         payload = json.dumps(response).encode()
         handler.send_response(200)
@@ -149,5 +154,6 @@ class ResponsesUpstream:
 
     def close(self) -> None:
         """Stop serving."""
+        self._released.set()
         self._server.shutdown()
         self._server.server_close()

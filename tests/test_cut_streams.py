@@ -1,7 +1,9 @@
 """Streams a server cuts short: charged for what arrived, never cached, nothing left reserved,
 logged as cut. The server is a test double on a real loopback socket, since no real server can be
 made to close its stream early on demand: it sends two chunks with no finish_reason and no [DONE],
-then closes the connection (close-delimited) or stops a chunked body without its last chunk."""
+then closes the connection (close-delimited) or stops a chunked body without its last chunk. Or
+(`stall`) it sends the whole answer, finish_reason and all, then neither its usage nor [DONE] and
+keeps the connection open: a caller that stops at the finish_reason must not wait on it."""
 
 from __future__ import annotations
 
@@ -9,8 +11,10 @@ import contextlib
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,12 +24,12 @@ PRICES = {"m": {"input": 1000.0, "output": 1000.0}}
 HELLO = [{"role": "user", "content": "Say hello"}]
 
 
-def _events() -> bytes:
-    """Two chat chunks with text and no finish_reason."""
+def _events(finish: str | None = None) -> bytes:
+    """Two chat chunks with text, the second with `finish` as its finish_reason."""
     out = b""
-    for text in ("Hello", " there"):
+    for text, reason in (("Hello", None), (" there", finish)):
         chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
-                 "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}
+                 "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": reason}]}
         out += b"data: " + json.dumps(chunk).encode() + b"\n\n"
     return out
 
@@ -36,6 +40,7 @@ class CutServer:
     def __init__(self, framing: str) -> None:
         self.framing = framing
         self.requests = 0
+        self._released = threading.Event()  # a stalled stream's connection is held open until then
         self._sock = socket.socket()
         self._sock.bind(("127.0.0.1", 0))
         self._sock.listen(16)
@@ -48,8 +53,11 @@ class CutServer:
                 conn, _ = self._sock.accept()
             except OSError:
                 return
-            with conn:
-                self._answer(conn)
+            threading.Thread(target=self._answer_on, args=(conn,), daemon=True).start()
+
+    def _answer_on(self, conn: socket.socket) -> None:
+        with conn:
+            self._answer(conn)
 
     def _answer(self, conn: socket.socket) -> None:
         data = b""
@@ -63,15 +71,18 @@ class CutServer:
             conn.sendall(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
             return
         self.requests += 1
-        events = _events()
+        events = _events("stop" if self.framing == "stall" else None)
         if self.framing == "close":
             conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n" + events)
         else:
             conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
             conn.sendall(f"{len(events):x}\r\n".encode() + events + b"\r\n")  # and never the final 0-length chunk
+        if self.framing == "stall":
+            self._released.wait(30)
         conn.shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
+        self._released.set()
         self._sock.close()
 
 
@@ -82,9 +93,9 @@ def server(request: pytest.FixtureRequest) -> Iterator[CutServer]:
     cut.close()
 
 
-def _client(kind: type, server: CutServer, tmp_path: Path) -> tuple[object, Budget]:
+def _client(kind: type, server: CutServer, tmp_path: Path, **options: float) -> tuple[Any, Budget]:
     budget = Budget(total_usd=10.0, prices=PRICES, ledger=tmp_path / "ledger.db")
-    client = kind(api_key="sk-test", base_url=server.url, cache=tmp_path / "cache", budget=budget, log=tmp_path / "calls.db", max_retries=0)
+    client = kind(api_key="sk-test", base_url=server.url, cache=tmp_path / "cache", budget=budget, log=tmp_path / "calls.db", max_retries=0, **options)
     return client, budget
 
 
@@ -146,3 +157,53 @@ next(chunks)  # then the script ends: the stream is collected after the call log
         assert repair_log(log, budget) == 1  # the record the exit could not write, from the ledger
         [record] = log.calls()
         assert record.cost_usd == pytest.approx(report.spent_usd)
+
+
+STALLED_READ_S = 8.0  # the client's read timeout: what closing the stream waited for before the fix
+PROMPT_CLOSE_S = 5.0  # what it may take now: the SDK's bounded read of the rest, with room for a busy machine
+
+
+@pytest.fixture
+def stalling() -> Iterator[CutServer]:
+    stall = CutServer("stall")
+    yield stall
+    stall.close()
+
+
+def _check_whole(server: CutServer, budget: Budget, tmp_path: Path, took: float) -> None:
+    """Closed at once; settled from the text counted, cached as whole, nothing held, logged without error."""
+    assert took < PROMPT_CLOSE_S, f"closing the stream took {took:.1f} s"
+    report = budget.report()
+    assert (report.outstanding_reservations, report.reserved_usd, report.calls) == (0, 0, 1) and report.spent_usd > 0
+    [record] = list(CallLog(tmp_path / "calls.db").calls())
+    assert (record.error, record.usage_counted, record.cache_hit) == (None, True, False)
+    assert record.cost_usd == pytest.approx(report.spent_usd) and record.usage["completion_tokens"] >= 2
+
+
+def test_a_stream_left_at_its_finish_reason_is_closed_at_once_when_the_server_stalls(stalling: CutServer, tmp_path: Path) -> None:
+    """The SDK reads what follows the finish_reason (the usage) for a bounded time only: openai's read
+    timeout (600 s by default; 8 s here) used to hold the caller's `break` (or `close()`)."""
+    client, budget = _client(OpenAI, stalling, tmp_path, timeout=STALLED_READ_S)
+    stream = client.chat.completions.create(model="m", messages=HELLO, stream=True, max_tokens=8)
+    pieces = []
+    for chunk in stream:
+        pieces += [c.delta.content or "" for c in chunk.choices]
+        if chunk.choices and chunk.choices[0].finish_reason:
+            started = time.monotonic()
+            break  # leaving the loop closes the SDK's iterator (`__iter__` delegates to it): the wait was here
+    stream.close()
+    _check_whole(stalling, budget, tmp_path, time.monotonic() - started)
+    again = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(model="m", messages=HELLO, stream=True, max_tokens=8) if c.choices)
+    assert "".join(pieces) == again == "Hello there" and stalling.requests == 1  # the whole answer, from the cache
+
+
+async def test_an_async_stream_left_at_its_finish_reason_is_closed_at_once_when_the_server_stalls(stalling: CutServer, tmp_path: Path) -> None:
+    client, budget = _client(AsyncOpenAI, stalling, tmp_path, timeout=STALLED_READ_S)
+    stream = await client.chat.completions.create(model="m", messages=HELLO, stream=True, max_tokens=8)
+    async for chunk in stream:
+        if chunk.choices and chunk.choices[0].finish_reason:
+            started = time.monotonic()
+            break
+    await stream.close()
+    _check_whole(stalling, budget, tmp_path, time.monotonic() - started)
+    assert stalling.requests == 1

@@ -13,6 +13,7 @@ import httpx2
 import openai
 import pytest
 from openai.lib._parsing import type_to_response_format_param
+from openai.lib._parsing._responses import type_to_text_format_param
 from pydantic import BaseModel, ValidationError
 
 from blackbox_sdk import AsyncOpenAI, Budget, CallLog, OpenAI
@@ -110,6 +111,25 @@ def test_a_responses_stream_helper_left_at_its_completed_event_is_a_whole_answer
         parsed.append(completed.response.output_parsed)
     assert parsed[0] == parsed[1] == parsed[2] and isinstance(parsed[0], City)
     assert [(r.error, r.cache_hit) for r in _records(tmp_path)] == [(None, False), (None, True)]
+
+
+def test_a_responses_stream_helper_cut_by_max_output_tokens_raises_openais_error_and_is_a_whole_answer(
+    client: openai.OpenAI, sdk: OpenAI, tmp_path: Path,
+) -> None:
+    """openai's helper parses `text_format` at `response.output_text.done` and raises there on the cut JSON,
+    before `response.incomplete`; the SDK used to log the whole (incomplete) answer as a stream closed early,
+    counted, and never cache it, where chat's helper cut by max_tokens is a whole answer."""
+    asked = {"model": MODEL, "input": "What is the capital of France?", "text_format": City, "max_output_tokens": 4, "temperature": 0}
+    for each in (client, sdk, sdk):
+        with pytest.raises(ValidationError), each.responses.stream(**asked) as stream:  # type: ignore[arg-type]
+            for _ in stream:
+                pass
+    first, again = _records(tmp_path)
+    assert (first.error, first.usage_counted, first.cache_hit, again.cache_hit) == (None, False, False, True)
+    schema = {"format": type_to_text_format_param(City)}  # what the helper sends for `text_format`
+    bare = client.responses.create(text=schema, **{k: v for k, v in asked.items() if k != "text_format"})  # type: ignore[call-overload]
+    assert bare.status == "incomplete" and bare.usage is not None
+    assert (first.usage["prompt_tokens"], first.usage["completion_tokens"]) == (bare.usage.input_tokens, bare.usage.output_tokens)
 
 
 async def test_the_async_stream_helper_cut_by_max_tokens_is_a_whole_answer(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -230,6 +231,27 @@ def test_a_stream_that_never_completes_is_charged_never_cached_and_logged(mode: 
     upstream.mode = "ok"
     list(client.responses.create(model=MODEL, input=QUESTION, max_output_tokens=16, stream=True))
     assert len(upstream.bodies) == 2  # not served from the cache
+
+
+def test_a_stream_left_at_its_whole_text_is_closed_at_once_and_logged_as_cut_when_the_server_stalls(
+    upstream: ResponsesUpstream, tmp_path: Path, budget: Budget, log: CallLog,
+) -> None:
+    """The SDK reads on from `response.output_text.done` (where openai's helper may stop) for a bounded time
+    only: the client's read timeout (8 s here) used to hold the caller. Without the final response (its
+    status and usage) the answer is not whole: charged for what arrived, never cached, logged as cut."""
+    upstream.mode = "stall"
+    client: Any = double_client(OpenAI, upstream, tmp_path, budget, timeout=8.0)
+    stream = client.responses.create(model=MODEL, input=QUESTION, max_output_tokens=16, stream=True)
+    for event in stream:
+        if event.type == "response.output_text.done":
+            started = time.monotonic()
+            break
+    stream.close()
+    assert time.monotonic() - started < 5.0
+    [logged] = records(log)
+    assert logged.error.startswith("ConnectionError") and logged.cost_usd > 0
+    report = budget.report()
+    assert report.outstanding_reservations == 0 and report.spent_usd == pytest.approx(logged.cost_usd)
 
 
 async def test_a_cut_async_stream_is_charged_and_never_cached(upstream: ResponsesUpstream, tmp_path: Path, budget: Budget, log: CallLog) -> None:

@@ -21,7 +21,7 @@ from ._beam_steps import run_beam, step_options
 from ._call import Call, KeptHttp, keeping
 from ._core import SINGLE_FLIGHT_WAIT_S, Core, advance, keep_http, replay
 from ._lost import Retries, answered, note_lost
-from ._relay import Relay
+from ._relay import REST_READ_S, Relay
 from ._responses import replay_response
 from ._streams import BlackBoxAsyncStream
 
@@ -255,11 +255,16 @@ async def _with_head(head: Any, stream: Any) -> AsyncIterator[Any]:
 
 
 async def _rest(stream: Any) -> list[Any]:
-    """What is left of a live stream whose answer has all come (its usage chunk); what was read if it fails."""
+    """What is left of a live stream whose answer has all come (its usage chunk), read for `REST_READ_S` at
+    most; what was read if it fails or the server stalls (the read is cancelled; the caller closes the stream)."""
     rest: list[Any] = []
-    with contextlib.suppress(Exception):
+
+    async def read() -> None:
         async for chunk in stream:
             rest.append(chunk)
+
+    with contextlib.suppress(Exception):  # the timeout included; a cancel of the caller's task is not
+        await asyncio.wait_for(read(), REST_READ_S)  # not `asyncio.timeout`: Python 3.10 has none
     return rest
 
 

@@ -15,6 +15,11 @@ from ._candidates import Candidate, chunks_from_candidates, split_chunks
 from ._core import Core
 from ._responses import chunk, finish_stream
 
+# How long a stream its caller left once the whole answer had come is read on for its usage (sync and async):
+# a server that stalls after its finish_reason (no usage, no [DONE]) would hold the caller's `break` or
+# `close()` for the client's read timeout (openai's: 600 s). Then what arrived settles it, the text counted.
+REST_READ_S = 2.0
+
 
 class Relay:
     """One streamed call's running account: what was collected, and what to open next."""
@@ -77,7 +82,8 @@ class Relay:
 
     def ended(self, rest: list[Any]) -> None:
         """A stream the caller stopped reading once its whole answer had come: the rest the server sent (its
-        usage) taken in, then settled, stored and logged as one read to its end."""
+        usage) within `REST_READ_S` taken in, then settled, stored and logged as one read to its end (without
+        the usage, the text received is counted; the answer is whole all the same, every choice finished)."""
         for live in rest:
             self.pass_on(live)
         self.finish()

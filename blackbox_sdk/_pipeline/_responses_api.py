@@ -32,6 +32,7 @@ from ._responses import account, choose, logged_texts, unstreamed
 Valid = Callable[[str], bool]  # whether an answer's text is acceptable (parses against the caller's schema)
 STORED_STATUSES = (None, "completed", "incomplete")  # a queued or background response is not an answer to keep
 RUNNING_STATUSES = ("queued", "in_progress")  # a background response still generating: charged its worst case
+TEXT_DONE = "response.output_text.done"  # a message's whole text: a caller may stop here; the final response follows
 
 
 def create(core: Core, params: Json, overrides: Json, valid: Valid | None = None) -> Flow:
@@ -187,8 +188,12 @@ class ResponseRelay(Relay):
         """One stream per call: the Responses API has no `n` to fan out."""
 
     def answered(self) -> bool:
-        """Whether the final response has come (openai's helper parses it, and may raise, before the stream ends)."""
-        return not self.done and final_response(self.collected) is not None
+        """Whether the answer has all come: the final response (openai's helper parses it, and may raise, before the
+        stream ends), or the answer's text done (the helper parses `text_format` there, and raises at a JSON cut by
+        `max_output_tokens`, before `response.incomplete`: as chat's helper at a finish_reason)."""
+        if self.done or not self.collected:
+            return False
+        return final_response(self.collected) is not None or self.collected[-1].get("type") == TEXT_DONE
 
     def _pieces(self) -> tuple[list[Candidate], Json]:
         """What arrived: a failed response's own usage, else the prompt and the streamed text counted."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +18,7 @@ from ._beam_steps import run_beam, step_options
 from ._call import Call, KeptHttp, keeping
 from ._core import MAX_FANOUT_WORKERS, SINGLE_FLIGHT_WAIT_S, Core, advance, keep_http, replay
 from ._lost import Retries, answered, note_lost
-from ._relay import Relay
+from ._relay import REST_READ_S, Relay
 from ._responses import replay_response
 from ._streams import BlackBoxStream
 
@@ -171,11 +173,50 @@ def _with_head(head: Any, stream: Any) -> Iterator[Any]:
 
 
 def _rest(stream: Any) -> list[Any]:
-    """What is left of a live stream whose answer has all come (its usage chunk); what was read if it fails."""
+    """What is left of a live stream whose answer has all come (its usage chunk), read for `REST_READ_S` at
+    most (then its connection is shut, which ends a read the server stalls); what was read if it fails."""
     rest: list[Any] = []
-    with suppress(Exception):
-        rest.extend(stream)
+    until, deadline = time.monotonic() + REST_READ_S, _Deadline(stream)
+    try:
+        with suppress(Exception):
+            for chunk in stream:
+                rest.append(chunk)
+                if time.monotonic() >= until:  # a transport with no socket to shut, sending on and on
+                    break
+    finally:
+        deadline.end()
     return rest
+
+
+class _Deadline:
+    """Shuts a stream's HTTP/1.1 connection once `REST_READ_S` have passed, unless the read ended first (a
+    blocking read has no other way out before its read timeout; an idle pooled connection found shut is
+    discarded by the pool)."""
+
+    def __init__(self, stream: Any) -> None:
+        response = getattr(stream, "response", None)
+        network = getattr(response, "extensions", {}).get("network_stream")
+        found = network.get_extra_info("socket") if network is not None else None
+        self.sock: socket.socket | None = found if isinstance(found, socket.socket) else None
+        self.lock, self.over = threading.Lock(), False
+        self.timer = threading.Timer(REST_READ_S, self.shut)
+        self.timer.daemon = True
+        if self.sock is not None:
+            self.timer.start()
+
+    def shut(self) -> None:
+        """Time is up: end the read (the socket's own `shutdown`, not TLS's, which would unwrap under the reader)."""
+        with self.lock:
+            if not self.over and self.sock is not None:
+                with suppress(OSError):
+                    socket.socket.shutdown(self.sock, socket.SHUT_RDWR)
+            self.over = True
+
+    def end(self) -> None:
+        """The read ended: nothing to shut."""
+        with self.lock:
+            self.over = True
+        self.timer.cancel()
 
 
 def _entered(context: Any) -> tuple[Any, Any]:
