@@ -4,6 +4,7 @@ written in batches, and none is ever lost: close, every read, and interpreter ex
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import json
 import logging
@@ -325,3 +326,27 @@ def test_the_prompt_is_counted_once_per_call(llama_server: str, tmp_path: Path) 
         client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=4, temperature=0)
     assert counted.count(QUESTION[0]["content"]) == 2  # the rate limit's admission and the reservation share one count
     client.close()
+
+
+def test_a_log_collected_on_a_thread_that_holds_its_file_closes_without_waiting_and_loses_nothing(tmp_path: Path) -> None:
+    """A log dropped unclosed is finalized by whichever thread the collection runs on: its own writer thread, or one
+    holding the file's write lock. Its records are written in a thread of their own, so neither waits for itself."""
+    path = tmp_path / "calls.db"
+
+    def drop_while_holding_the_file() -> float:
+        log = CallLog(path, timeout=2.0, interval=0.0)
+        log.cycle = [log]  # type: ignore[attr-defined]  # freed by a collection, as a client's logs are
+        with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as other:
+            other.execute("BEGIN IMMEDIATE")
+            log.enqueue(_record(call_id="bb-collected"))
+            del log
+            start = time.monotonic()
+            gc.collect()
+            waited = time.monotonic() - start
+            other.execute("COMMIT")
+        return waited
+
+    with ThreadPoolExecutor(1) as pool:
+        waited = pool.submit(drop_while_holding_the_file).result()
+    assert waited < 1.0  # the collecting thread did not wait for the writes it blocks
+    _wait_until(lambda: _ids(path) == ["bb-collected"], timeout=10.0)

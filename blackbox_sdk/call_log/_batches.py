@@ -207,3 +207,13 @@ def _forget_all() -> None:
 
 
 os.register_at_fork(after_in_child=_forget_all)
+
+
+def when_collected(shut_down: Callable[[], None], where: str) -> None:
+    """A log dropped unclosed: ``shut_down`` (write what waits, stop the writer, close the store) on the main thread
+    (at exit too), else in a thread of its own. A collection can run on any thread, the log's own writer included,
+    which can't wait for itself, or another writer mid-transaction, which the shutdown's writes would wait for."""
+    if threading.current_thread() is threading.main_thread():
+        shut_down()
+        return
+    threading.Thread(target=shut_down, name=f"blackbox-call-log-closer {where}", daemon=True).start()

@@ -32,7 +32,7 @@ from .._redact import url_without_password
 from .._sqlite import SHARED_TABLES, ProcessConnection, connect, immediate, refuse_foreign, table_columns
 from .._text import checked_text
 from . import _known
-from ._batches import BatchWriter
+from ._batches import BatchWriter, when_collected
 from ._export import export_jsonl
 from ._paging import Cursor, Page, check_limit, paged
 from ._records import CallRecord, Feedback, Label, feedback_fields, feedback_on
@@ -81,7 +81,8 @@ class CallLog(Closing):
             write, where=str(self._path), batch_size=batch_size, interval=interval, max_pending=max_pending, exit_wait=self._timeout,
         )
         register(self._path, self._writer)
-        self._finalizer = weakref.finalize(self, _shut_down, self._writer, self._db, str(self._path), self._timeout)
+        shut_down = functools.partial(_shut_down, self._writer, self._db, str(self._path), self._timeout)
+        self._finalizer = weakref.finalize(self, when_collected, shut_down, str(self._path))
 
     def __repr__(self) -> str:
         """Where the log is."""

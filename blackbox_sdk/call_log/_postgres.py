@@ -29,7 +29,7 @@ from .._logging import logger
 from .._redact import redact_text
 from .._text import checked_text
 from . import _known
-from ._batches import BatchWriter
+from ._batches import BatchWriter, when_collected
 from ._export import export_jsonl
 from ._paging import Page, check_limit, paged
 from ._pg_tables import (
@@ -91,7 +91,8 @@ class PostgresCallLog(Closing):
         ))
         write = functools.partial(_write_batch, self._pool, min(WRITER_WAIT_S, self._timeout))
         self._writer: BatchWriter[PgRow] = BatchWriter(write, where=self._where, batch_size=batch_size, interval=interval, max_pending=max_pending, exit_wait=self._timeout)
-        self._finalizer = weakref.finalize(self, _shut_down, self._writer, self._pool, self._where, self._timeout)
+        shut_down = functools.partial(_shut_down, self._writer, self._pool, self._where, self._timeout)
+        self._finalizer = weakref.finalize(self, when_collected, shut_down, self._where)
 
     def __repr__(self) -> str:
         """Where the log is (without a password)."""
