@@ -18,6 +18,7 @@ from .._types import Json, Route
 from . import _flows as flows
 from . import _responses_api as responses_api
 from ._beam_steps import run_beam, step_options
+from ._calibrate import refused_max_tokens
 from ._call import Call, KeptHttp, keeping
 from ._core import SINGLE_FLIGHT_WAIT_S, Core, advance, keep_http, replay
 from ._lost import Retries, answered, note_lost
@@ -62,11 +63,11 @@ class AsyncCore(Core):
         kept = KeptHttp()
         return wrap(await self._run(flows.create(self, route, params, overrides, valid, kept)), kept.response)
 
-    def kept(self, kept: KeptHttp, raw_create: Callable[..., Any], params: Json) -> Callable[[], Any]:
-        """A request through the raw view that keeps its HTTP response."""
+    def kept(self, kept: KeptHttp, raw_create: Callable[..., Any], params: Callable[[], Json]) -> Callable[[], Any]:
+        """A request through the raw view that keeps its HTTP response (`params`: built as it goes)."""
 
         async def send() -> Any:
-            return keep_http(kept, await raw_create(**params))
+            return keep_http(kept, await raw_create(**params()))
 
         return send
 
@@ -139,11 +140,14 @@ class AsyncCore(Core):
             return work()
         return await offloaded(work)
 
-    async def _retry(self, call: Call, send: Callable[[], Awaitable[T]]) -> T:
-        """One request with the call's retry policy, counted on the call; the policy steps in only once the first attempt fails."""
+    async def _retry(self, call: Call, send: Callable[[], Awaitable[T]], resend: bool = True) -> T:
+        """One request with the call's retry policy, counted on the call; the policy steps in only once the first attempt fails.
+        A `max_tokens` the SDK chose that the endpoint refused goes again at once, once, as `max_completion_tokens`."""
         try:
             response = await send()
         except Exception as first:  # noqa: BLE001 - the same attempts, waits and final error as the policy alone: see `replay`
+            if resend and refused_max_tokens(self, call, first):  # learnt: `send` builds its request anew
+                return await self._retry(call, send, resend=False)
             retries = Retries(self, call, send)
             try:
                 response = await call.opts.retry.acall(replay(first, retries.again), on_retry=partial(self._hold_retry, retries))

@@ -6,7 +6,9 @@ endpoint's overhead. Instead each Responses answer teaches the ledger the contex
 of it carries (its input and output, under its id and its conversation; a stored prompt's template
 size), and a continuation reserves what is known of it. Store outages while learning are warnings
 (a later answer teaches the same; the gate's lease frees it). An answer past the output cap sent shows
-an endpoint that ignores it: warned about once per endpoint and model.
+an endpoint that ignores it: warned about once per endpoint and model. A chat endpoint that refuses a
+`max_tokens` the SDK chose (a reasoning model under a name of its own) is learnt, in this process, to
+take `max_completion_tokens` for that model.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ import threading
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
+import openai
+
 from .._exceptions import StoreUnavailableError
 from .._logging import logger
-from .._types import RESPONSES, Json
+from .._types import CHAT, RESPONSES, Json
 from ..budget import UNCALIBRATED_ALLOWANCE
 from ._call import Call
 from ._meter import reported
@@ -25,7 +29,8 @@ from ._validation import given
 
 STORED_STATE = ("previous_response_id", "conversation", "prompt")  # what a Responses call continues, billed as input
 _IGNORED_CAP: set[tuple[str, str]] = set()  # (endpoint, model) seen answering past the output cap: warned once
-_IGNORED_CAP_LOCK = threading.Lock()
+_SEEN_LOCK = threading.Lock()  # guards the sets of what was seen of endpoints
+_COMPLETION_CAP: set[tuple[str, str]] = set()  # (endpoint, model) seen refusing `max_tokens`: sent `max_completion_tokens`
 
 
 class Core(Protocol):
@@ -92,7 +97,7 @@ def warn_ignored_cap(core: Core, call: Call, usage: Json, choices: int) -> None:
     if call.usage_counted or not call.relies_on_cap or not call.past_cap(usage, choices):
         return
     seen = (public_endpoint(core.endpoint), call.model)
-    with _IGNORED_CAP_LOCK:
+    with _SEEN_LOCK:
         if seen in _IGNORED_CAP:
             return
         _IGNORED_CAP.add(seen)
@@ -101,6 +106,37 @@ def warn_ignored_cap(core: Core, call: Call, usage: Json, choices: int) -> None:
         "it is charged what it used, past what the budget or rate limit held for it", seen[0], call.model, call.info.call_id,
         usage.get("completion_tokens"), choices, call.sent_cap,
     )
+
+
+def takes_completion_cap(core: Core, call: Call) -> bool:
+    """Whether this endpoint was seen, in this process, to refuse `max_tokens` for the call's model: its chat
+    requests carry the output cap as `max_completion_tokens`."""
+    return (public_endpoint(core.endpoint), call.model) in _COMPLETION_CAP
+
+
+def refused_max_tokens(core: Core, call: Call, error: BaseException) -> bool:
+    """Whether `error` is the server refusing a `max_tokens` the SDK chose for a chat call (the caller gave none;
+    a budget or token limit relies on the cap), as a reasoning model under a name of its own does: then learnt for
+    the endpoint and model, so that the request may go again at once carrying `max_completion_tokens`."""
+    if call.route is not CHAT or not call.relies_on_cap or "max_tokens" in call.caps_given or not _refuses_max_tokens(error):
+        return False
+    seen = (public_endpoint(core.endpoint), call.model)
+    with _SEEN_LOCK:
+        learnt = seen not in _COMPLETION_CAP
+        _COMPLETION_CAP.add(seen)
+    if learnt:
+        logger.info("%s refused max_tokens for %s (call %s): its requests carry max_completion_tokens from now on", seen[0], call.model, call.info.call_id)
+    return True
+
+
+def _refuses_max_tokens(error: BaseException) -> bool:
+    """Whether `error` is OpenAI's 400 for a `max_tokens` the model does not take (its param and code, or a
+    message that asks for `max_completion_tokens` in its place, as a gateway may word it)."""
+    if not isinstance(error, openai.BadRequestError):
+        return False
+    body = error.body if isinstance(error.body, dict) else {}
+    message = str(body.get("message") or error.message)
+    return (error.param == "max_tokens" and error.code == "unsupported_parameter") or ("max_tokens" in message and "max_completion_tokens" in message)
 
 
 def ungate(core: Core, call: Call) -> None:

@@ -124,15 +124,15 @@ class Call:
         """The model named in the request, as budgets price it and the log names it."""
         return str(self.params.get("model", ""))
 
-    @property
-    def output_cap(self) -> str:
-        """The output-token cap's name: the Responses API's `max_output_tokens`; in chat the one the
-        caller used, else `max_completion_tokens` for the models that refuse `max_tokens`."""
+    def output_cap(self, refused: bool = False) -> str:
+        """The output-token cap's name: the Responses API's `max_output_tokens`; in chat the one the caller
+        used, else `max_completion_tokens` for the models that refuse `max_tokens` (or whose endpoint was
+        seen to: `refused`)."""
         if self.route is RESPONSES:
             return "max_output_tokens"
         if given(self.params.get("max_completion_tokens")):
             return "max_completion_tokens"
-        if self.route is CHAT and not given(self.params.get("max_tokens")) and REASONING_MODEL.match(self.model):
+        if self.route is CHAT and not given(self.params.get("max_tokens")) and (refused or REASONING_MODEL.match(self.model)):
             return "max_completion_tokens"
         return "max_tokens"
 
@@ -157,13 +157,15 @@ class Call:
         limits = self.opts.rate_limit
         return limits.default_max_output_tokens if limits is not None and limits.tpm is not None else None
 
-    def caps_to_send(self, granted: int) -> dict[str, int]:
+    def caps_to_send(self, granted: int, refused: bool = False) -> dict[str, int]:
         """The output caps a request carries in place of the caller's, each at most `granted`, noted as
         `sent_cap`: the caller's own (a server may honour either), or the cap under `output_cap`. While
         the SDK relies on the cap, a lone `max_completion_tokens` goes as `max_tokens`, which every chat
-        server honours (llama.cpp ignores the other), but to OpenAI's reasoning models, which refuse it."""
-        caps = self.caps_given or {self.output_cap: granted}
-        if self.relies_on_cap and self.route is not RESPONSES and set(caps) == {"max_completion_tokens"} and not REASONING_MODEL.match(self.model):
+        server honours (llama.cpp ignores the other), but to OpenAI's reasoning models, which refuse it,
+        and to an endpoint seen to refuse it for this model (`refused`: a reasoning model under another name)."""
+        caps = self.caps_given or {self.output_cap(refused): granted}
+        reasoning = refused or REASONING_MODEL.match(self.model)
+        if self.relies_on_cap and self.route is not RESPONSES and set(caps) == {"max_completion_tokens"} and not reasoning:
             caps = {"max_tokens": caps["max_completion_tokens"]}  # never both: OpenAI refuses a request that carries both
         sent = {name: min(cap, granted) for name, cap in caps.items()}
         self.sent_cap = max(sent.values())

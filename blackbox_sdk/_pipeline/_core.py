@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Generator
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import httpx2
@@ -25,7 +26,7 @@ from ..budget import UNCALIBRATED_ALLOWANCE, TokenCount
 from ..cache import canonical_params, with_default_query
 from ..call_log import new_call_id
 from ._call import Call, KeptHttp, Sender, answer_lost
-from ._calibrate import calibration_key, learn, public_endpoint, stored_context, ungate
+from ._calibrate import calibration_key, learn, public_endpoint, stored_context, takes_completion_cap, ungate
 from ._candidates import Candidate
 from ._hosted import refuse_unbounded
 from ._rates import has_audio, service_tier
@@ -151,17 +152,18 @@ class Core:
         return granted, call.reservation.max_output_tokens or None
 
     def request(self, call: Call, count: int, max_tokens: int | None, seed: int | None = None, raw: bool = False) -> Json:
-        """What the inner client is sent for `count` candidates (the output cap under the caller's name); a stream
-        under a budget asks for the server's usage, whose count holds what the text can't show (reasoning
-        tokens, a hidden prompt), and the caller sees its usage chunk only when it asked for one; a `raw` view's
-        stream is sent as the caller wrote it (the caller reads it, and it is charged its worst case)."""
+        """What the inner client is sent for `count` candidates (the output cap under the caller's name, or the one
+        the endpoint was seen to take: built as each request goes); a stream under a budget asks for the server's
+        usage, whose count holds what the text can't show (reasoning tokens, a hidden prompt), and the caller sees
+        its usage chunk only when it asked for one; a `raw` view's stream is sent as the caller wrote it (the caller
+        reads it, and it is charged its worst case)."""
         params = {k: v for k, v in call.params.items() if k != "n"}
         if count > 1 or given(call.params.get("n")):
             params["n"] = count
         elif "n" in call.params:
             params["n"] = call.params["n"]  # None or omit, sent as the caller gave it
         if max_tokens is not None:  # the caller's caps replaced by those sent, each at most the one granted
-            sent = call.caps_to_send(max_tokens)  # a cap renamed leaves the caller's name out (never both)
+            sent = call.caps_to_send(max_tokens, call.route is CHAT and takes_completion_cap(self, call))  # a cap renamed leaves the caller's name out (never both)
             params = {k: v for k, v in params.items() if k not in call.caps_given or k in sent} | sent
         if seed is not None:
             params["seed"] = seed
@@ -171,14 +173,15 @@ class Core:
         return params
 
     def sender(self, call: Call, count: int, max_tokens: int | None, seed: int | None) -> Callable[[], Any]:
-        """The inner client's `create` for `count` candidates, ready to send."""
-        params = self.request(call, count, max_tokens, seed)
+        """The inner client's `create` for `count` candidates, ready to send (its request built as it goes: one sent
+        again after the endpoint refused `max_tokens` carries `max_completion_tokens`)."""
+        params = partial(self.request, call, count, max_tokens, seed)
         resource = self.inner.chat.completions if call.route is CHAT else self.inner.completions
         if call.kept is not None and not call.stream:
             return Sender(self.kept(call.kept, resource.with_raw_response.create, params), count)
-        return Sender(lambda: resource.create(**params), count)
+        return Sender(lambda: resource.create(**params()), count)
 
-    def kept(self, kept: KeptHttp, raw_create: Callable[..., Any], params: Json) -> Callable[[], Any]:
+    def kept(self, kept: KeptHttp, raw_create: Callable[..., Any], params: Callable[[], Json]) -> Callable[[], Any]:
         """A request through the raw view that keeps its HTTP response on the call (sync or async, by the core)."""
         raise NotImplementedError
 

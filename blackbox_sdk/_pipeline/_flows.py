@@ -352,8 +352,8 @@ def begin_raw(core: Core, route: Route, target: Any, kwargs: Json) -> Flow:
     except BaseException as error:
         yield from failed(core, call, error)
         raise
-    sent = core.request(call, count, max_tokens, raw=True)
-    return call, Sender(lambda: target.create(**sent), count)
+    sent = partial(core.request, call, count, max_tokens, raw=True)  # built as it goes: see `Core.sender`
+    return call, Sender(lambda: target.create(**sent()), count)
 
 
 def settle_raw(core: Core, call: Call, whole: Json | None) -> None:

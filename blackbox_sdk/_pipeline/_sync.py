@@ -15,6 +15,7 @@ from .._types import Json, Route
 from . import _flows as flows
 from . import _responses_api as responses_api
 from ._beam_steps import run_beam, step_options
+from ._calibrate import refused_max_tokens
 from ._call import Call, KeptHttp, keeping
 from ._core import MAX_FANOUT_WORKERS, SINGLE_FLIGHT_WAIT_S, Core, advance, keep_http, replay
 from ._lost import Retries, answered, note_lost
@@ -35,9 +36,9 @@ class SyncCore(Core):
         kept = KeptHttp()
         return wrap(self._run(flows.create(self, route, params, overrides, valid, kept)), kept.response)
 
-    def kept(self, kept: KeptHttp, raw_create: Callable[..., Any], params: Json) -> Callable[[], Any]:
-        """A request through the raw view that keeps its HTTP response."""
-        return lambda: keep_http(kept, raw_create(**params))
+    def kept(self, kept: KeptHttp, raw_create: Callable[..., Any], params: Callable[[], Json]) -> Callable[[], Any]:
+        """A request through the raw view that keeps its HTTP response (`params`: built as it goes)."""
+        return lambda: keep_http(kept, raw_create(**params()))
 
     def respond(self, params: Json, overrides: Json, valid: Callable[[str], bool] | None = None) -> Any:
         """`responses.create`, whole or streamed (`valid`: a check reranking prefers, for `parse`)."""
@@ -105,11 +106,14 @@ class SyncCore(Core):
         overrides = step_options(effect.call)
         return run_beam(effect.call, lambda route, params: self._run(flows.create(self, route, params, overrides, step_of=effect.call)))
 
-    def _retry(self, call: Call, send: Callable[[], Any]) -> Any:
-        """One request with the call's retry policy, counted on the call; the policy steps in only once the first attempt fails."""
+    def _retry(self, call: Call, send: Callable[[], Any], resend: bool = True) -> Any:
+        """One request with the call's retry policy, counted on the call; the policy steps in only once the first attempt fails.
+        A `max_tokens` the SDK chose that the endpoint refused goes again at once, once, as `max_completion_tokens`."""
         try:
             response = send()
         except Exception as first:  # noqa: BLE001 - the same attempts, waits and final error as the policy alone: see `replay`
+            if resend and refused_max_tokens(self, call, first):  # learnt: `send` builds its request anew
+                return self._retry(call, send, resend=False)
             retries = Retries(self, call, send)
             try:
                 response = call.opts.retry.call(replay(first, retries.again), on_retry=retries.hold)
