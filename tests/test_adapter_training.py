@@ -242,6 +242,26 @@ def test_a_reference_on_a_failed_call_is_a_positive_and_its_candidates_are_not_j
     assert group.positive == "4" and list(group.negatives) == ["5"]
 
 
+def test_a_raters_correction_replaces_the_earlier_rating_of_the_same_answer(tmp_path: Path) -> None:
+    """Feedback rows are kept oldest first: a later label or reward of the same answer, and a later preference, are what
+    training uses (a mistaken "correct" would otherwise stay a positive for good: a text judged good is never a negative)."""
+    question = {"messages": [{"role": "user", "content": "What is 2+2?"}]}
+    with CallLog(tmp_path / "calls.db") as log:
+        relabelled = CallRecord(endpoint_host="127.0.0.1", model="m", route="chat", request=question, candidates=["5", "4"], chosen=[0])
+        rewarded = CallRecord(endpoint_host="127.0.0.1", model="m", route="chat", request=question, candidates=["22", "4"], chosen=[0])
+        preferred = CallRecord(endpoint_host="127.0.0.1", model="m", route="chat", request=question, candidates=["4", "3"], chosen=[0])
+        for rec in (relabelled, rewarded, preferred):
+            log.record(rec)
+        log.feedback(relabelled.call_id, label="correct")  # a slip of the rater's ...
+        log.feedback(relabelled.call_id, label="incorrect")  # ... put right
+        log.feedback(rewarded.call_id, reward=1.0)
+        log.feedback(rewarded.call_id, reward=-1.0)
+        log.feedback(preferred.call_id, preferred=1)
+        log.feedback(preferred.call_id, preferred=0, reference="4")
+    [group] = groups_from_log(read_log(tmp_path / "calls.db"))
+    assert group.positive == "4" and sorted(group.negatives) == ["22", "3", "5"]
+
+
 @pytest.mark.parametrize(
     ("route", "request_"),
     [

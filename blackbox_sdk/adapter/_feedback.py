@@ -101,24 +101,36 @@ def _text(content: Any) -> str | None:
 
 
 def judgements(record: dict[str, Any], high_reward: float, low_reward: float) -> tuple[set[str], set[str]]:
-    """(positives, negatives) a record's feedback gives: references, labels, rewards, preferences;
-    AdapterError for feedback of the wrong types (a hand-edited export)."""
+    """(positives, negatives) a record's feedback gives: references, labels, rewards, preferences; a later rating of
+    the same answer (a label or a reward) and a later preference replace the earlier (a rater's correction); AdapterError
+    for feedback of the wrong types (a hand-edited export)."""
     candidates: list[str] = record.get("candidates") or []
     good: set[str] = set()
-    bad: set[str] = set()
-    for item in record.get("feedback") or []:
-        reference, rated, reward, preferred = _checked(record, item)
+    rated_as: dict[int, bool | None] = {}  # candidate -> its latest verdict: good, bad, or neither (a middling reward)
+    preferred: int | None = None
+    for item in record.get("feedback") or []:  # oldest first
+        reference, rated, reward, chosen = _checked(record, item)
         if reference:
             good.add(reference)
-        if rated is not None and 0 <= rated < len(candidates):
-            if item.get("label") == "correct" or (reward is not None and reward >= high_reward):
-                good.add(candidates[rated])
-            if item.get("label") == "incorrect" or (reward is not None and reward <= low_reward):
-                bad.add(candidates[rated])
-        if preferred is not None and 0 <= preferred < len(candidates):
-            good.add(candidates[preferred])
-            bad.update(c for i, c in enumerate(candidates) if i != preferred)
+        if rated is not None and 0 <= rated < len(candidates) and (item.get("label") is not None or reward is not None):
+            rated_as[rated] = _verdict(item.get("label"), reward, high_reward, low_reward)
+        if chosen is not None and 0 <= chosen < len(candidates):
+            preferred = chosen
+    bad = {candidates[i] for i, verdict in rated_as.items() if verdict is False}
+    good.update(candidates[i] for i, verdict in rated_as.items() if verdict)
+    if preferred is not None:
+        good.add(candidates[preferred])
+        bad.update(c for i, c in enumerate(candidates) if i != preferred)
     return good, bad
+
+
+def _verdict(label: Any, reward: float | None, high_reward: float, low_reward: float) -> bool | None:
+    """One rating's verdict on the answer it rates: good (`correct`, a high reward), bad (`incorrect`, a low one), or neither."""
+    if label == "correct" or (reward is not None and reward >= high_reward):
+        return True
+    if label == "incorrect" or (reward is not None and reward <= low_reward):
+        return False
+    return None
 
 
 def _checked(record: dict[str, Any], item: Any) -> tuple[str | None, int | None, float | None, int | None]:
