@@ -41,6 +41,7 @@ _SECRET_PATTERN = re.compile(
     r"|\bhf_[A-Za-z0-9]{20,}"                    # Hugging Face tokens
     r"|\bgh[pousr]_[A-Za-z0-9]{20,}"             # GitHub tokens
     r"|\bAKIA[0-9A-Z]{16}\b"                     # AWS access key ids
+    r"|\beyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]*"  # JWTs (Entra ID / OAuth access tokens)
     r"|\bbb-[A-Za-z0-9_\-]{40,}",                # the proxy's tenant keys (call ids are shorter)
     re.IGNORECASE,
 )

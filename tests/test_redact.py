@@ -16,6 +16,7 @@ from blackbox_sdk._redact import REDACTED, SecretFilter, is_secret_key, redact, 
 OPENAI_KEY = "sk-proj-" + "A1b2C3d4" * 6
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BEARER = "Bearer eyJhbGciOiJIUzI1NiJ9.payload.signature"
+JWT = "eyJhbGciOiJSUzI1NiIsImtpZCI6IjEifQ.eyJhdWQiOiJhcGkiLCJzdWIiOiIxMjMifQ.c2lnbmF0dXJlLXBhcnQ"
 
 
 @pytest.mark.parametrize(
@@ -92,12 +93,13 @@ def test_redact_returns_a_copy_and_leaves_the_input_unchanged() -> None:
         pytest.param("hf_" + "a" * 34, id="huggingface-token"),
         pytest.param("ghp_" + "B" * 36, id="github-token"),
         pytest.param("AKIAIOSFODNN7EXAMPLE", id="aws-access-key-id"),
+        pytest.param(f"token {JWT} expired", id="jwt-access-token"),
     ],
 )
 def test_key_shaped_substrings_are_replaced_inside_strings(text: str) -> None:
     out = redact_text(text)
     assert REDACTED in out
-    assert not any(secret in out for secret in (OPENAI_KEY, BEARER.split()[1], "a" * 34, "B" * 36, "IOSFODNN7"))
+    assert not any(secret in out for secret in (OPENAI_KEY, BEARER.split()[1], "a" * 34, "B" * 36, "IOSFODNN7", JWT.split(".")[1]))
 
 
 @pytest.mark.parametrize(
@@ -175,6 +177,34 @@ def test_a_short_key_echoed_in_a_401_body_never_reaches_the_log_or_its_export(tm
     for text in (record.model_dump_json(), (tmp_path / "out.jsonl").read_text(), caplog.text):
         assert key not in text
     assert REDACTED in record.error
+
+
+def test_each_key_a_key_provider_hands_out_stays_out_of_the_log(tmp_path: Path) -> None:
+    """openai's clients take a callable `api_key` (an Entra ID or vault token provider) and refresh it per request: each
+    key it hands out is the client's actual key, redacted like a fixed one, whatever its shape."""
+    import httpx2
+    import openai
+
+    from blackbox_sdk import CallLog, OpenAI
+
+    handed: list[str] = []
+
+    def provider() -> str:
+        handed.append(f"vault-tok-{len(handed)}")  # matches no key pattern
+        return handed[-1]
+
+    def echo(request: httpx2.Request) -> httpx2.Response:
+        token = request.headers["Authorization"].removeprefix("Bearer ")
+        return httpx2.Response(401, json={"error": {"message": f"token {token} has expired", "type": "invalid_request_error"}})
+
+    http = httpx2.Client(transport=httpx2.MockTransport(echo))
+    with OpenAI(api_key=provider, base_url="http://api.test/v1", http_client=http, log=tmp_path / "calls.db", max_retries=0) as client:
+        for _ in range(2):
+            with pytest.raises(openai.AuthenticationError):
+                client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+    records = list(CallLog(tmp_path / "calls.db").calls())
+    assert len(handed) >= 2 and [REDACTED in (r.error or "") for r in records] == [True, True]
+    assert not any(token in r.model_dump_json() for token in handed for r in records)
 
 
 def test_the_proxys_tenant_keys_are_redacted_and_call_ids_are_not() -> None:

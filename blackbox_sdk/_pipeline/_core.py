@@ -20,6 +20,7 @@ from .._exceptions import CacheError, ConfigError, EmbeddingsNotSupportedError, 
 from .._info import BlackBoxInfo
 from .._logging import logger
 from .._options import Opened, Options
+from .._redact import remember_secret
 from .._tokenizer import ServerTokenizer
 from .._types import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, Json, Route, usage_to_charge
 from ..budget import UNCALIBRATED_ALLOWANCE, TokenCount
@@ -253,6 +254,7 @@ class Core:
         info.usage = usage
         if not recording(call.opts.log):
             return
+        remember_secret(self.inner.api_key)  # the key in use: a key provider's (Entra ID, a vault) changes as it refreshes
         call.meter.record(
             error,
             call_id=info.call_id,
