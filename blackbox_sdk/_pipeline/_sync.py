@@ -217,9 +217,10 @@ class _Deadline:
             self.over = True
 
     def end(self) -> None:
-        """The read ended: nothing to shut."""
+        """The read ended: nothing to shut (the timer's thread stops now)."""
         with self.lock:
             self.over = True
+        self.timer.cancel()
         self.timer.cancel()
 
 
