@@ -273,9 +273,11 @@ class OpenAI(_Blackbox, openai.OpenAI):
         return StreamedClient(self)
 
     def close(self) -> None:
-        """Close the connections and what the client opened from paths."""
-        super().close()
-        self._core.opened.close()
+        """Close the connections and what the client opened from paths (those too if closing the connections fails)."""
+        try:
+            super().close()
+        finally:
+            self._core.opened.close()
 
 
 class AsyncOpenAI(_Blackbox, openai.AsyncOpenAI):
@@ -316,9 +318,12 @@ class AsyncOpenAI(_Blackbox, openai.AsyncOpenAI):
         return AsyncStreamedClient(self)
 
     async def close(self) -> None:
-        """Close the connections and what the client opened from paths."""
-        await super().close()
-        await offloaded(self._core.opened.close)  # off the event loop: a call log's last records may wait for a locked file
+        """Close the connections and what the client opened from paths (those too if closing the connections fails:
+        connections an earlier event loop opened can't close once it has)."""
+        try:
+            await super().close()
+        finally:
+            await offloaded(self._core.opened.close)  # off the event loop: a call log's last records may wait for a locked file
 
 
 @overload

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -39,6 +40,9 @@ class Opened:
     def __init__(self) -> None:
         self._items: dict[tuple[str, str | Path], Any] = {}
         self._lock = threading.Lock()
+        self._in_flight = 0  # calls begun and not yet logged (`track`)
+        self._counting = threading.RLock()  # not `_lock`: a collection while `get` holds it may end a call on that thread
+        self._closing = False  # close() ran while calls were in flight: the last of them to end closes what is open
 
     def get(self, kind: str, target: str | Path, make: Callable[[Any], Any]) -> Any:
         """The resource of this kind at `target` (a path, or a URL such as redis://...), opened on first use."""
@@ -52,8 +56,38 @@ class Opened:
         """Whether the resource of this kind at `target` is open already (getting it then does no I/O)."""
         return _where(kind, target)[1] in self._items
 
+    def track(self, call: object) -> Callable[[], None]:
+        """Count `call` in flight until the function returned is called (once it is logged) or the call is collected:
+        a client closed meanwhile (on another task or thread, or under a half-read stream) keeps its log open for it."""
+        with self._counting:
+            self._in_flight += 1
+        ended = weakref.finalize(call, self._ended)
+        ended.atexit = False  # at exit the log's own exit flush writes what waits; no thread may start then
+        return ended
+
+    def _ended(self) -> None:
+        """A tracked call ended: the last one out after a close closes what is open, in a thread of its own (it may
+        end on an event loop, which must not wait for a log's last writes)."""
+        with self._counting:
+            self._in_flight -= 1
+            last = self._in_flight == 0 and self._closing
+        if not last:
+            return
+        try:
+            threading.Thread(target=self._close_now, name="blackbox-sdk-closer", daemon=True).start()
+        except RuntimeError:  # the interpreter is shutting down: no new thread, so here
+            self._close_now()
+
     def close(self) -> None:
-        """Close everything opened here (what a caller passed in as an object is the caller's)."""
+        """Close everything opened here (what a caller passed in as an object is the caller's), at once, or when the
+        last call in flight ends: a call that finishes after its client closed is still logged."""
+        with self._counting:
+            self._closing = self._in_flight > 0
+        if not self._closing:
+            self._close_now()
+
+    def _close_now(self) -> None:
+        """Close every item opened so far."""
         with self._lock:
             items, self._items = list(self._items.values()), {}
         for item in items:

@@ -24,6 +24,7 @@ from servers import InstantUpstream, PostgresServer
 from blackbox_sdk import ConfigError, OpenAI
 from blackbox_sdk.budget import NO_LOG, Budget, Ledger, RedisLedger, usd_to_nano
 from blackbox_sdk.budget import _redis_ledger as redis_ledger_module
+from blackbox_sdk.budget import _store as store_module
 from blackbox_sdk.budget._store import SettledSpend
 from blackbox_sdk.call_log import (
     CallLog,
@@ -210,6 +211,20 @@ def test_a_live_process_s_unlogged_spend_is_left_to_it(ledger: str, tmp_path: Pa
     with CallLog(tmp_path / "calls.sqlite3") as log:
         assert repair_log(log, budget) == 0
         assert list(log.calls()) == []
+
+
+def test_a_repair_looks_up_each_settling_process_once(ledger: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client made per request repairs on construction: the spends of a busy process (this one) are many, and
+    whether it still runs is asked once, not once per spend (a /proc read each, on the event loop of an async client)."""
+    budget = Budget(prices=PRICES, ledger=ledger)
+    for _ in range(30):
+        _settle(budget)
+    looked_up: list[int] = []
+    real = store_module.process_alive
+    monkeypatch.setattr(store_module, "process_alive", lambda pid, started: looked_up.append(pid) or real(pid, started))
+    with CallLog(tmp_path / "calls.sqlite3") as log:
+        assert repair_log(log, budget) == 0  # this process runs: its spends are its own to log
+    assert looked_up == [os.getpid()]
 
 
 def test_the_repair_is_bounded_by_since_and_by_the_log_s_latest_call(

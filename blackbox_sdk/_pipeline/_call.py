@@ -86,6 +86,7 @@ class Call:
     kept: KeptHttp | None = None  # send through the raw view and keep the last HTTP response there (a raw view's headers)
     raw: bool = False  # one request the caller reads (a raw stream, a streaming-response view): never fanned out
     sent_cap: int | None = None  # the output cap its last request carried (`caps_to_send`): what one choice may use
+    ended: Callable[[], None] = lambda: None  # called once it is logged: its client's `Opened.track` stops counting it
 
     def worst_case(self, choices: int) -> Json:
         """The usage of one request of `choices` at its worst as reserved, for an answer the SDK never saw (`_lost`):

@@ -253,26 +253,16 @@ class Core:
         info.usage_counted = call.usage_counted
         info.usage = usage
         if not recording(call.opts.log):
+            call.ended()
             return
         remember_secret(self.inner.api_key)  # the key in use: a key provider's (Entra ID, a vault) changes as it refreshes
         call.meter.record(
-            error,
-            call_id=info.call_id,
-            endpoint_host=self.host,
-            model=call.model,
-            route=call.route.name,
-            request=call.request,
-            candidates=info.candidates or texts,
-            chosen=info.chosen,
-            scores=info.scores,
-            usage=usage,
-            usage_counted=call.usage_counted,
-            cost_usd=info.cost_usd,
-            latency_s=info.latency_s,
-            cache_hit=info.cache_hit,
-            retries=info.retries,
+            error, call_id=info.call_id, endpoint_host=self.host, model=call.model, route=call.route.name, request=call.request,
+            candidates=info.candidates or texts, chosen=info.chosen, scores=info.scores, usage=usage, usage_counted=call.usage_counted,
+            cost_usd=info.cost_usd, latency_s=info.latency_s, cache_hit=info.cache_hit, retries=info.retries,
             extra={"requests": info.requests, "cached_candidates": info.cached_candidates},
         )
+        call.ended()  # after the record is queued: a close waiting for this call closes the log after it
 
     def fail(self, call: Call, error: BaseException, usage: Json | None = None) -> None:
         """Charge what was sent, release the rest of what was reserved and log the failed call with its `usage`; the caller
@@ -298,7 +288,9 @@ def checked(core: Core, route: Route, params: Json, overrides: Json) -> Call:
     client's options until the flow merges its overrides (`flows.begin`) and `prepare`s it."""
     params = as_sent(params)
     validate(route, params)
-    return Call(route=route, params=params, opts=core.opts, info=BlackBoxInfo(call_id=new_call_id()), want=1, overrides=overrides)
+    call = Call(route=route, params=params, opts=core.opts, info=BlackBoxInfo(call_id=new_call_id()), want=1, overrides=overrides)
+    call.ended = core.opened.track(call)
+    return call
 
 
 def prepare(core: Core, call: Call) -> Call:

@@ -14,13 +14,14 @@ ledger is shared.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from .._logging import logger
 from ._caps import Cap, CapUsage
-from ._owners import process_alive, this_process
+from ._owners import process_alive
 
 NO_LOG = ""  # a spend's log_id when the call was recorded in no call log (None: the settle did not say)
 
@@ -79,11 +80,17 @@ class SettledSpend:
         for that log, or without saying for which (an older ledger, or a settle not made by the client)."""
         return self.log_id is None or (log_id is not None and self.log_id == log_id)
 
-    def may_still_be_logged(self, now: float, grace_s: float) -> bool:
+    def may_still_be_logged(self, now: float, grace_s: float, alive: dict[tuple[int, int | None], bool] | None = None) -> bool:
         """Whether its process may yet write the call's log record: it runs on this host, or ran on another
-        host (or an unrecorded one) and settled less than `grace_s` seconds before `now`."""
-        if self.host and self.host == this_process()[0]:
-            return process_alive(self.pid, self.pid_start)
+        host (or an unrecorded one) and settled less than `grace_s` seconds before `now`. `alive` keeps what was
+        found of each process, so that one repair looks at each process once, not once for each of its calls."""
+        if self.host and self.host == socket.gethostname():
+            owner = (self.pid, self.pid_start)
+            if alive is None:
+                return process_alive(*owner)
+            if owner not in alive:
+                alive[owner] = process_alive(*owner)
+            return alive[owner]
         return self.settled > now - grace_s
 
 

@@ -80,8 +80,9 @@ def repair_log(log: CallLogStore, budget: Budget, *, since: float | None = None,
     for spend in budget.settled_since(since):
         if spend.meant_for(identity):
             by_call.setdefault(spend.call_id, []).append(spend)
+    alive: dict[tuple[int, int | None], bool] = {}  # each process looked up once: a busy process settled many of them
     done = {
-        call_id: spends for call_id, spends in by_call.items() if not any(s.may_still_be_logged(now, grace_s) for s in spends)
+        call_id: spends for call_id, spends in by_call.items() if not any(s.may_still_be_logged(now, grace_s, alive) for s in spends)
     }
     missing = [call_id for call_id in done if call_id not in log.logged_call_ids(done)]
     written = 0
