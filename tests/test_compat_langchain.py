@@ -101,3 +101,22 @@ async def test_async_with_structured_output_parses_through_the_sdk(sdk: Sdk) -> 
     city = await structured(sdk).ainvoke(QUESTION)
     assert isinstance(city, City) and city.name
     assert_charged_and_logged(sdk)
+
+
+def test_invoke_on_the_responses_api_repeats_from_the_cache(hf_sdk: Sdk) -> None:
+    llm = chat_model(hf_sdk, use_responses_api=True)  # ChatOpenAI then calls responses.with_raw_response.create
+    first = llm.invoke(QUESTION)
+    record = assert_charged_and_logged(hf_sdk)
+    assert record.route == "responses"
+    spent, count = hf_sdk.spent(), len(hf_sdk.calls())
+    assert llm.invoke(QUESTION).text == first.text
+    assert_cache_hit(hf_sdk, spent, count)
+
+
+async def test_ainvoke_on_the_responses_api_repeats_from_the_cache(hf_sdk: Sdk) -> None:
+    llm = chat_model(hf_sdk, use_responses_api=True)  # through the async client's responses.with_raw_response.create
+    first = await llm.ainvoke(QUESTION)
+    assert assert_charged_and_logged(hf_sdk).route == "responses"
+    spent, count = hf_sdk.spent(), len(hf_sdk.calls())
+    assert (await llm.ainvoke(QUESTION)).text == first.text
+    assert_cache_hit(hf_sdk, spent, count)

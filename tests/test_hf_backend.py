@@ -206,6 +206,16 @@ def test_a_tool_call_history_is_read_with_the_calls_as_the_assistant_turns_text(
     assert reply["usage"]["prompt_tokens"] == backend.chat_prompt_tokens(written)
 
 
+@pytest.mark.parametrize("content", ["18C, sunny", None], ids=["text", "null"])
+def test_a_legacy_function_message_answers_its_call_as_a_tool_message_does(backend: HFBackend, content: str | None) -> None:
+    called = {"role": "assistant", "content": None, "function_call": WEATHER_CALL["function"]}
+    answered = {"role": "function", "name": "get_weather", "content": content}  # OpenAI's deprecated answer to a function_call
+    written = [ASKED, called, {"role": "tool", "tool_call_id": "call_1", "content": content or ""}]
+    assert backend.chat_prompt_tokens([ASKED, called, answered]) == backend.chat_prompt_tokens(written)
+    reply = backend.chat_completion({"messages": [ASKED, called, answered], "max_tokens": 1, "temperature": 0})
+    assert reply["usage"]["prompt_tokens"] == backend.chat_prompt_tokens(written)
+
+
 def test_an_assistant_turns_text_and_calls_are_read_together(backend: HFBackend) -> None:
     said = {"role": "assistant", "content": "Let me check.", "tool_calls": [WEATHER_CALL, {**WEATHER_CALL, "id": "call_2"}]}
     written = {"role": "assistant", "content": 'Let me check.\nget_weather({"city": "Paris"})\nget_weather({"city": "Paris"})'}
@@ -248,6 +258,7 @@ def test_a_content_part_the_model_cannot_read_is_refused_by_its_index(
         pytest.param([{"role": "user", "content": None}], "messages[0].content", "null only", id="user-null"),
         pytest.param([ASKED, {"role": "assistant", "content": None}], "messages[1].content", "null only", id="no-calls"),
         pytest.param([ASKED, {"role": "tool", "tool_call_id": "c", "content": None}], "messages[1].content", "null only", id="tool-null"),
+        pytest.param([ASKED, {"role": "function", "content": "18C"}], "messages[1].name", "needs the name", id="function-no-name"),
         pytest.param(
             [ASKED, {"role": "assistant", "content": None, "tool_calls": [{"id": "c", "type": "function"}]}],
             "messages[1].tool_calls[0]", "function", id="call-without-function",

@@ -91,6 +91,18 @@ def test_create_is_budgeted_logged_and_then_served_from_the_cache(local: OpenAI,
     assert logged[0].usage["prompt_tokens"] == first.usage.input_tokens
 
 
+def test_a_whole_raw_create_and_parse_repeat_from_the_cache(local: OpenAI, log: CallLog) -> None:
+    raw = local.responses.with_raw_response.create(model=MODEL, input=QUESTION, max_output_tokens=8, temperature=0)
+    first = raw.parse()
+    assert raw.headers["content-type"].startswith("application/json") and not first.blackbox.cache_hit
+    again = local.responses.with_raw_response.create(model=MODEL, input=QUESTION, max_output_tokens=8, temperature=0).parse()
+    assert again.output_text == first.output_text and again.blackbox.cache_hit  # LangChain's ChatOpenAI calls this on invoke
+    asked = {"model": MODEL, "input": QUESTION, "text_format": City, "max_output_tokens": 24, "temperature": 0}
+    parsed = [local.responses.with_raw_response.parse(**asked).parse() for _ in range(2)]
+    assert isinstance(parsed[1], openai.types.responses.ParsedResponse) and parsed[1].output_parsed == parsed[0].output_parsed
+    assert [r.cache_hit for r in records(log)] == [False, True, False, True]
+
+
 def test_the_output_cap_bounds_the_reservation_and_a_small_budget_refuses_before_sending(gguf_path: Path, tmp_path: Path, log: CallLog) -> None:
     tight = Budget(per_call_usd=0.001, prices=PRICES, ledger=tmp_path / "tight.db")
     client = OpenAI(base_url=f"hf:{gguf_path}", budget=tight, log=log)

@@ -14,7 +14,7 @@ from functools import partial
 from typing import Any, TypeVar, cast
 
 from .._shielded import to_the_end
-from .._types import Json, Route
+from .._types import RESPONSES, Json, Route
 from . import _flows as flows
 from . import _responses_api as responses_api
 from ._beam_steps import run_beam, step_options
@@ -61,7 +61,8 @@ class AsyncCore(Core):
     async def whole_raw(self, route: Route, params: Json, overrides: Json, valid: Callable[[str], bool] | None, wrap: Callable[[Any, Any], Any]) -> Any:
         """A raw view's whole `create`/`parse` through the whole pipeline, its result wrapped with the last HTTP response."""
         kept = KeptHttp()
-        return wrap(await self._run(flows.create(self, route, params, overrides, valid, kept)), kept.response)
+        flow = responses_api.create(self, params, overrides, valid, kept) if route is RESPONSES else flows.create(self, route, params, overrides, valid, kept)
+        return wrap(await self._run(flow), kept.response)
 
     def kept(self, kept: KeptHttp, raw_create: Callable[..., Any], params: Callable[[], Json]) -> Callable[[], Any]:
         """A request through the raw view that keeps its HTTP response (`params`: built as it goes)."""

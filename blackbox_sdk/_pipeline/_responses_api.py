@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from .._info import attach, rebuilt
 from .._types import RESPONSES, Json, token_count, usage_to_charge
 from ._calibrate import remember_context
-from ._call import Call, Sender
+from ._call import Call, KeptHttp, Sender
 from ._candidates import Candidate
 from ._core import Core, build
 from ._flows import Effect, Flow, begin, cached, io, last, paid, sending, sent
@@ -35,10 +35,11 @@ RUNNING_STATUSES = ("queued", "in_progress")  # a background response still gene
 TEXT_DONE = "response.output_text.done"  # a message's whole text: a caller may stop here; the final response follows
 
 
-def create(core: Core, params: Json, overrides: Json, valid: Valid | None = None) -> Flow:
-    """`responses.create`, whole or streamed; reranked over `rerank_n` whole answers when a reranker is on."""
+def create(core: Core, params: Json, overrides: Json, valid: Valid | None = None, kept: KeptHttp | None = None) -> Flow:
+    """`responses.create`, whole or streamed; reranked over `rerank_n` whole answers when a reranker is on;
+    `kept` receives the last HTTP response (a raw view's whole call)."""
     call = yield from begin(core, RESPONSES, params, overrides)
-    call.valid = valid
+    call.valid, call.kept = valid, kept
     if call.opts.reranker is not None and call.want > 1:
         whole = yield from complete(core, unstreamed(call))
         if not call.stream:
@@ -52,6 +53,8 @@ def create(core: Core, params: Json, overrides: Json, valid: Valid | None = None
 def sender(core: Core, call: Call, max_tokens: int | None) -> Callable[[], Any]:
     """The inner client's `responses.create` for one answer (the output cap as the budget granted it)."""
     params = core.request(call, 1, max_tokens)
+    if call.kept is not None and not call.stream:
+        return Sender(core.kept(call.kept, core.inner.responses.with_raw_response.create, lambda: params), 1)
     return Sender(lambda: core.inner.responses.create(**params), 1)
 
 

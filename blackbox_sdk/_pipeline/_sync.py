@@ -11,7 +11,7 @@ from contextlib import contextmanager, suppress
 from functools import partial
 from typing import Any
 
-from .._types import Json, Route
+from .._types import RESPONSES, Json, Route
 from . import _flows as flows
 from . import _responses_api as responses_api
 from ._beam_steps import run_beam, step_options
@@ -34,7 +34,8 @@ class SyncCore(Core):
     def whole_raw(self, route: Route, params: Json, overrides: Json, valid: Callable[[str], bool] | None, wrap: Callable[[Any, Any], Any]) -> Any:
         """A raw view's whole `create`/`parse` through the whole pipeline, its result wrapped with the last HTTP response."""
         kept = KeptHttp()
-        return wrap(self._run(flows.create(self, route, params, overrides, valid, kept)), kept.response)
+        flow = responses_api.create(self, params, overrides, valid, kept) if route is RESPONSES else flows.create(self, route, params, overrides, valid, kept)
+        return wrap(self._run(flow), kept.response)
 
     def kept(self, kept: KeptHttp, raw_create: Callable[..., Any], params: Callable[[], Json]) -> Callable[[], Any]:
         """A request through the raw view that keeps its HTTP response (`params`: built as it goes)."""

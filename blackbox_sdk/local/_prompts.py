@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from ._loading import LoadedModel
 
 COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+TEMPLATE_ROLES = {"developer": "system", "function": "tool"}  # roles read as ones chat templates know
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ def chat_template_tokens(tokenizer: Any, messages: Sequence[Mapping[str, Any]]) 
 
 def template_ids(tokenizer: Any, messages: list[Message]) -> list[int]:
     """Token ids of the conversation after the chat template, ready for the assistant's turn."""
-    conversation = [{"role": "system" if m.role == "developer" else m.role, "content": m.content} for m in messages]
+    conversation = [{"role": TEMPLATE_ROLES.get(m.role, m.role), "content": m.content} for m in messages]
     if not tokenizer.chat_template:
         text = "".join(f"{m['role']}: {m['content']}\n" for m in conversation) + "assistant:"
         return tokenizer.encode(text)

@@ -114,11 +114,12 @@ class Message(BaseModel):
     assistant turn's calls join its text (a chat template without tools can read them only so)."""
 
     model_config = ConfigDict(extra="allow")
-    role: Literal["system", "user", "assistant", "tool", "developer"]
+    role: Literal["system", "user", "assistant", "tool", "developer", "function"]  # function: the deprecated tool message
     tool_calls: list[ToolCall] | None = None  # checked before content, which they join
     function_call: FunctionCall | None = None  # the deprecated single call
     content: str = Field(default=None, validate_default=True)  # null or left out only beside calls: _as_text
     tool_call_id: str | None = Field(default=None, validate_default=True)
+    name: str | None = Field(default=None, validate_default=True)  # on a function message, the function it answers
 
     @field_validator("content", mode="before")
     @classmethod
@@ -129,6 +130,8 @@ class Message(BaseModel):
         if isinstance(value, list):
             value = _parts_text(value, info.data.get("role"))
         calls = [*(info.data.get("tool_calls") or []), *filter(None, [info.data.get("function_call")])]
+        if info.data.get("role") == "function" and value is None:
+            return ""  # OpenAI takes a function's answer as null
         if info.data.get("role") != "assistant" or not calls:
             if value is None:
                 raise ValueError("content may be null only on an assistant message with tool_calls or function_call")
@@ -143,6 +146,14 @@ class Message(BaseModel):
         """OpenAI refuses a tool message that does not name the call it answers."""
         if value is None and info.data.get("role") == "tool":
             raise ValueError("a message with role 'tool' needs a tool_call_id")
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _function_needs_its_name(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """OpenAI refuses a function message that does not name the function it answers."""
+        if value is None and info.data.get("role") == "function":
+            raise ValueError("a message with role 'function' needs the name of its function")
         return value
 
 

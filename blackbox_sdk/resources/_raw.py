@@ -1,9 +1,9 @@
 """Raw views (`with_raw_response`, `with_streaming_response`): openai's own view classes, whose
 generating methods go through the SDK's budget, retries and log.
 
-A whole chat or text completion (`create` or `parse` without `stream`) runs through the whole
-pipeline, cache, fan-out and reranking included (LangChain's `ChatOpenAI` calls the raw view on
-every `invoke`): its raw response carries the last HTTP response's status and headers (none on a
+A whole chat or text completion or response (`create` or `parse` without `stream`) runs through the
+whole pipeline, cache, fan-out and reranking included (LangChain's `ChatOpenAI` calls the raw view on
+every `invoke`, of `responses` on the Responses API): its raw response carries the last HTTP response's status and headers (none on a
 cache hit) and the returned object's JSON, and `parse()` gives that object. A stream, a
 streaming-response view and the other routes expose the HTTP exchange itself, so they are never
 cached, fanned out or reranked; a stream read by the caller settles the reserved worst case (an
@@ -24,11 +24,13 @@ from openai._client import AsyncOpenAIWithRawResponse, AsyncOpenAIWithStreamedRe
 
 from .._info import attach
 from .._options import split_options
-from .._types import CHAT, COMPLETIONS
+from .._types import CHAT, COMPLETIONS, RESPONSES, Route
 from ._signature import mirrored
 from ._structured import STRUCTURED, parse_request
 
 _UNSET = (openai.NotGiven, openai.Omit)
+PATHS: dict[Route, str] = {CHAT: "/chat/completions", COMPLETIONS: "/completions", RESPONSES: "/responses"}  # routes run whole
+Parser = Callable[[dict[str, Any]], tuple[dict[str, Any], Any, Any]]  # a `parse` call as a `create`: request, valid, finish
 
 
 def present(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -58,15 +60,16 @@ class RawMethod:
     """One generating method of a raw view: openai's raw response (awaitable on the async client), or
     for streaming a context manager over the unread response (`async with` on the async client)."""
 
-    def __init__(self, resource: Any, method: Callable[..., Any], *, streaming: bool, parsing: bool) -> None:
+    def __init__(self, resource: Any, method: Callable[..., Any], *, streaming: bool, parsing: bool, parser: Parser = parse_request) -> None:
         self._core = resource._client._core
         self._route = resource._route
         self._method = method
         self._streaming = streaming
         self._parsing = parsing
+        self._parser = parser
 
     def __call__(self, **kwargs: Any) -> Any:
-        if not self._streaming and not kwargs.get("stream") and self._route in (CHAT, COMPLETIONS):
+        if not self._streaming and not kwargs.get("stream") and self._route in PATHS:
             return self._whole(kwargs)
         originals = {name: kwargs[name] for name in STRUCTURED if name in kwargs} if self._parsing else {}
         request = parse_request(dict(kwargs))[0] if self._parsing else kwargs
@@ -80,9 +83,9 @@ class RawMethod:
 
     def _whole(self, kwargs: dict[str, Any]) -> Any:
         """A whole completion through the pipeline, wrapped as openai's raw response."""
-        request, valid, finish = parse_request(dict(kwargs)) if self._parsing else (kwargs, None, None)
+        request, valid, finish = self._parser(dict(kwargs)) if self._parsing else (kwargs, None, None)
         params, overrides = split_options(present(request))
-        path = "/chat/completions" if self._route is CHAT else "/completions"
+        path = PATHS[self._route]
 
         def wrap(result: Any, http: Any) -> Any:
             return BlackBoxRawResponse(result, finish, http, client=self._core.inner, path=path)
@@ -131,10 +134,10 @@ def raw_view(resource: Any, view_class: type[Any], *, streaming: bool, parsing: 
     return view
 
 
-def view_method(resource: Any, name: str, inner: Callable[..., Any], *, streaming: bool, parsing: bool = False) -> Any:
+def view_method(resource: Any, name: str, inner: Callable[..., Any], *, streaming: bool, parsing: bool = False, parser: Parser = parse_request) -> Any:
     """A view's `name` (`create` or `parse`): a RawMethod sending through `inner`, with the signature,
     metadata and argument errors of the resource's own `name` (openai's, as openai's views have)."""
-    method = RawMethod(resource, inner, streaming=streaming, parsing=parsing)
+    method = RawMethod(resource, inner, streaming=streaming, parsing=parsing, parser=parser)
     return mirrored(getattr(resource, name), method, RawMethod.__call__)
 
 

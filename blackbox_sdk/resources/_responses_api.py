@@ -70,7 +70,7 @@ def _views(resource: Any, view: type[Any], *, streaming: bool) -> Any:
     out = raw_view(resource, view, streaming=streaming)
     if not streaming:
         inner = resource._client._core.inner.responses.with_raw_response
-        out.parse = view_method(resource, "parse", inner.parse, streaming=False)
+        out.parse = view_method(resource, "parse", inner.parse, streaming=False, parsing=True, parser=parse_request)
     return out
 
 
