@@ -33,3 +33,13 @@ def test_a_block_that_fails_while_the_server_runs_keeps_its_own_error(gguf_path:
         with server:
             raise KeyError("the caller's own")
     assert server._process is not None and server._process.poll() is not None  # stopped all the same
+    assert not server._log.parent.exists()
+
+
+def test_a_stopped_server_leaves_no_temp_folder_and_starts_again(gguf_path: Path) -> None:
+    server = LlamaServer(gguf_path)
+    folder = server._log.parent
+    for _ in range(2):  # started again after a stop
+        with server as base_url:
+            assert folder.is_dir() and openai.OpenAI(base_url=base_url, api_key="local", max_retries=0).models.list().data
+        assert not folder.exists()

@@ -1,9 +1,11 @@
 """A server process on this machine (llama.cpp's, vLLM's): started on a free loopback port with its
-output in a temp log, ready once `GET /models` answers, stopped with its whole process group."""
+output in a temp log, ready once `GET /models` answers, stopped with its whole process group (and its
+temp log removed: what an error needs of it is in the error's message)."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -50,11 +52,14 @@ class ServerProcess:
     def start(self) -> str:
         """Start the server in a process group of its own and wait until it answers; returns its /v1 base URL."""
         began = time.monotonic()
+        self._log.parent.mkdir(exist_ok=True)  # a server started again after a stop
         with self._log.open("wb") as sink:
             self._process = subprocess.Popen(self.command(), stdout=sink, stderr=subprocess.STDOUT, env=self.environment(), start_new_session=True)
         while time.monotonic() < began + self.start_timeout_s:
             if self._process.poll() is not None:
-                raise BackendError(f"{self.label} exited with {self._process.returncode}:\n{self.log_tail()}")
+                tail = self.log_tail()
+                self.stop()
+                raise BackendError(f"{self.label} exited with {self._process.returncode}:\n{tail}")
             try:
                 if httpx2.get(f"{self.base_url}/models", timeout=2.0).status_code == 200:
                     self.started_in = time.monotonic() - began
@@ -62,20 +67,21 @@ class ServerProcess:
             except httpx2.TransportError:
                 pass
             time.sleep(0.25)
+        tail = self.log_tail()
         self.stop()
-        raise BackendError(f"{self.label} not ready after {self.start_timeout_s:.0f}s:\n{self.log_tail()}")
+        raise BackendError(f"{self.label} not ready after {self.start_timeout_s:.0f}s:\n{tail}")
 
     def stop(self) -> None:
-        """Stop the server and its children (its process group: terminate, then kill if they linger)."""
-        if self._process is None or self._process.poll() is not None:
-            return
-        group = os.getpgid(self._process.pid)
-        os.killpg(group, signal.SIGTERM)
-        try:
-            self._process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(group, signal.SIGKILL)
-            self._process.wait()
+        """Stop the server and its children (its process group: terminate, then kill if they linger); remove its temp log."""
+        if self._process is not None and self._process.poll() is None:
+            group = os.getpgid(self._process.pid)
+            os.killpg(group, signal.SIGTERM)
+            try:
+                self._process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(group, signal.SIGKILL)
+                self._process.wait()
+        shutil.rmtree(self._log.parent, ignore_errors=True)
 
     def log_tail(self, size: int = 3000) -> str:
         """The end of the server's output, for error messages."""
@@ -88,9 +94,10 @@ class ServerProcess:
         """Stop the server; when the block failed because the server had died under it, say so (a bare
         connection error would hide the cause) with how it ended and the end of its log."""
         code = self._process.poll() if self._process is not None else None
+        tail = self.log_tail() if error is not None and code is not None else ""
         self.stop()
         if error is not None and code is not None and isinstance(error, Exception):
-            raise BackendError(f"{self.label} died during the run ({_ended(code)}); its log ends:\n{self.log_tail()}") from error
+            raise BackendError(f"{self.label} died during the run ({_ended(code)}); its log ends:\n{tail}") from error
 
 
 def _ended(code: int) -> str:
