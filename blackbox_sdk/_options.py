@@ -43,6 +43,7 @@ class Opened:
         self._in_flight = 0  # calls begun and not yet logged (`track`)
         self._counting = threading.RLock()  # not `_lock`: a collection while `get` holds it may end a call on that thread
         self._closing = False  # close() ran while calls were in flight: the last of them to end closes what is open
+        self._tracked: dict[int, weakref.ref[object]] = {}  # the weak references of the calls in flight, by id
 
     def get(self, kind: str, target: str | Path, make: Callable[[Any], Any]) -> Any:
         """The resource of this kind at `target` (a path, or a URL such as redis://...), opened on first use."""
@@ -59,10 +60,16 @@ class Opened:
     def track(self, call: object) -> Callable[[], None]:
         """Count `call` in flight until the function returned is called (once it is logged) or the call is collected:
         a client closed meanwhile (on another task or thread, or under a half-read stream) keeps its log open for it."""
+        def ended(_: object = None) -> None:
+            with self._counting:
+                if self._tracked.pop(id(ref), None) is None:  # once: logged, or collected unlogged
+                    return
+            self._ended()
+
+        ref = weakref.ref(call, ended)  # a plain weak reference, kept in `_tracked` until it ends: cheaper than a finalizer
         with self._counting:
             self._in_flight += 1
-        ended = weakref.finalize(call, self._ended)
-        ended.atexit = False  # at exit the log's own exit flush writes what waits; no thread may start then
+            self._tracked[id(ref)] = ref
         return ended
 
     def _ended(self) -> None:

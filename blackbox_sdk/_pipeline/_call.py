@@ -165,8 +165,8 @@ class Call:
         server honours (llama.cpp ignores the other), but to OpenAI's reasoning models, which refuse it,
         and to an endpoint seen to refuse it for this model (`refused`: a reasoning model under another name)."""
         caps = self.caps_given or {self.output_cap(refused): granted}
-        reasoning = refused or REASONING_MODEL.match(self.model)
-        if self.relies_on_cap and self.route is not RESPONSES and set(caps) == {"max_completion_tokens"} and not reasoning:
+        lone = self.relies_on_cap and self.route is not RESPONSES and set(caps) == {"max_completion_tokens"}
+        if lone and not (refused or REASONING_MODEL.match(self.model)):
             caps = {"max_tokens": caps["max_completion_tokens"]}  # never both: OpenAI refuses a request that carries both
         sent = {name: min(cap, granted) for name, cap in caps.items()}
         self.sent_cap = max(sent.values())
@@ -181,10 +181,10 @@ class Call:
         per_prompt = -(-choices // self.prompts)
         return used > self.sent_cap * max(choices, self.prompts * self.generations(per_prompt))
 
-    @property
+    @cached_property
     def caps_given(self) -> dict[str, int]:
         """The output caps the caller gave, by name (chat and completions may carry both `max_tokens` and
-        `max_completion_tokens`; llama.cpp honours only `max_tokens`)."""
+        `max_completion_tokens`; llama.cpp honours only `max_tokens`); read once (a soft prompt changes no cap)."""
         names = ("max_output_tokens",) if self.route is RESPONSES else ("max_tokens", "max_completion_tokens")
         return {name: int(self.params[name]) for name in names if given(self.params.get(name))}
 

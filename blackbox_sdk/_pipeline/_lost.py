@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 
 import httpx2
 import openai
-import pydantic
 
 from .._exceptions import BudgetExceededError, StoreUnavailableError
 from .._redact import redact_text
@@ -32,7 +31,7 @@ def answered(core: Core, call: Call, send: Callable[[], Any], outcome: Any) -> A
     """A request of a "send" came back (fan-out threads share the call): no longer in flight, and an answer is owed
     for until the call settles. A body openai could not read as JSON (it hands back its text: a server that streamed
     to a request that asked for no stream) is an `openai.APIResponseValidationError`, charged as a lost answer."""
-    unreadable = not isinstance(outcome, (BaseException, pydantic.BaseModel))
+    unreadable = isinstance(outcome, str)  # openai's parse hands back the text of a body that is not JSON
     if unreadable:
         outcome = _unreadable(str(outcome))
     with core._lock:
