@@ -36,6 +36,10 @@ class Route:
             out["text"] = text
         return out
 
+    def cut_by_cap(self, choice: Json) -> bool:
+        """Whether an answer stopped at its output-token cap (finish_reason "length")."""
+        return choice.get("finish_reason") == "length"
+
     def delta_text(self, chunk_choice: Json) -> str:
         """The text a streamed chunk's choice adds."""
         if self.name == CHAT_NAME:
@@ -71,6 +75,10 @@ class ResponsesRoute(Route):
             for part in item.get("content") or []
             if part.get("type") == "output_text"
         )
+
+    def cut_by_cap(self, choice: Json) -> bool:
+        """Whether a response stopped at its `max_output_tokens` (status incomplete for that reason)."""
+        return choice.get("status") == "incomplete" and (choice.get("incomplete_details") or {}).get("reason") == "max_output_tokens"
 
     def with_text(self, choice: Json, text: str) -> Json:
         """A copy of the response whose output is one assistant message holding `text`."""

@@ -138,3 +138,45 @@ def test_a_completion_of_best_of_is_held_to_the_cap_per_generation(used: int, wa
         client.completions.create(model=MODEL, prompt="Red, orange,", max_tokens=8, best_of=3)
     assert upstream.bodies[0]["max_tokens"] == 8 and upstream.bodies[0]["best_of"] == 3
     assert any("ignored the output cap" in r.getMessage() for r in caplog.records) is warns
+
+
+def test_an_answer_cut_at_a_budgets_default_cap_is_not_served_to_a_call_without_that_cap(llama_server: str, tmp_path: Any) -> None:
+    """The budget sends its `default_max_output_tokens` for a call that gave no cap; an answer cut there is
+    not the request's answer, so a client without a budget (no cap: the whole answer) sends it again,
+    while the budgeted client's own repeat is served from the cache."""
+    cache = str(tmp_path / "cache")
+    budget = Budget(total_usd=10.0, prices=PRICES, default_max_output_tokens=4)
+    capped = OpenAI(base_url=llama_server, api_key="sk-test", budget=budget, cache=cache, max_retries=0)
+    cut = capped.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0)
+    assert cut.choices[0].finish_reason == "length" and cut.usage is not None and cut.usage.completion_tokens <= 4
+    assert capped.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0).blackbox.cache_hit  # type: ignore[attr-defined]
+    whole = OpenAI(base_url=llama_server, api_key="sk-test", cache=cache, max_retries=0).chat.completions.create(model=MODEL, messages=QUESTION, temperature=0)
+    assert not whole.blackbox.cache_hit  # type: ignore[attr-defined]
+    assert whole.choices[0].finish_reason == "stop" and len(whole.choices[0].message.content or "") > len(cut.choices[0].message.content or "")
+
+
+def test_a_response_cut_at_a_budgets_default_cap_is_not_served_to_a_call_without_that_cap(tmp_path: Any) -> None:
+    """The Responses API's form: status incomplete for max_output_tokens (a double: llama.cpp has no /v1/responses)."""
+    sent: list[dict[str, Any]] = []
+
+    def respond(request: httpx2.Request) -> httpx2.Response:
+        body = json.loads(request.content)
+        sent.append(body)
+        cut = body.get("max_output_tokens") is not None
+        message = {"type": "message", "id": "m", "role": "assistant", "status": "incomplete" if cut else "completed",
+                   "content": [{"type": "output_text", "text": "Red" if cut else "Red, orange", "annotations": []}]}
+        return httpx2.Response(200, json={
+            "id": f"resp_{len(sent)}", "object": "response", "created_at": 1, "model": MODEL, "output": [message],
+            "status": "incomplete" if cut else "completed", "incomplete_details": {"reason": "max_output_tokens"} if cut else None,
+            "usage": {"input_tokens": 9, "output_tokens": 1 if cut else 3, "total_tokens": 12, "output_tokens_details": {"reasoning_tokens": 0}},
+        })
+
+    def client(**options: Any) -> OpenAI:
+        http = httpx2.Client(transport=httpx2.MockTransport(respond))
+        return OpenAI(base_url="http://api.test/v1", api_key="sk-test", http_client=http, cache=str(tmp_path / "cache"), max_retries=0, **options)
+
+    capped = client(budget=Budget(total_usd=10.0, prices=PRICES, default_max_output_tokens=1))
+    assert capped.responses.create(model=MODEL, input="Colours?").status == "incomplete"
+    assert capped.responses.create(model=MODEL, input="Colours?").blackbox.cache_hit  # type: ignore[attr-defined]
+    assert client().responses.create(model=MODEL, input="Colours?").output_text == "Red, orange"
+    assert [body.get("max_output_tokens") for body in sent] == [1, None]

@@ -217,3 +217,21 @@ class Call:
         """Whether the caller's stream asked for a final usage chunk."""
         options = self.params.get("stream_options")
         return isinstance(options, Mapping) and bool(options.get("include_usage"))
+
+
+def marked_cut(call: Call, entry: Json) -> Json:
+    """A fresh entry as stored: one cut at an output cap the SDK chose (the caller gave none: a budget's or a rate
+    limit's default) notes that cap, since a call under a larger cap or none would have got a longer answer."""
+    choice = entry.get("choice")
+    if call.caps_given or call.sent_cap is None or not isinstance(choice, dict) or not call.route.cut_by_cap(choice):
+        return entry
+    return {**entry, "cut_at": call.sent_cap}
+
+
+def fits_cap(call: Call, entry: Json) -> bool:
+    """Whether a stored entry answers this call: one cut at an SDK-chosen cap serves only calls whose own cap is no larger."""
+    cut_at = entry.get("cut_at")
+    if cut_at is None:
+        return True
+    cap = call.cap_sent
+    return isinstance(cut_at, int) and cap is not None and cap <= cut_at

@@ -26,7 +26,7 @@ from .._types import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, Json, Route, usag
 from ..budget import UNCALIBRATED_ALLOWANCE, TokenCount
 from ..cache import canonical_params, with_default_query
 from ..call_log import new_call_id
-from ._call import Call, KeptHttp, Sender, answer_lost
+from ._call import Call, KeptHttp, Sender, answer_lost, fits_cap, marked_cut
 from ._calibrate import calibration_key, learn, public_endpoint, stored_context, takes_completion_cap, ungate
 from ._candidates import Candidate
 from ._hosted import refuse_unbounded
@@ -95,6 +95,8 @@ class Core:
             return []
         found = []
         for entry in call.opts.cache.get(call.key):
+            if not fits_cap(call, entry):
+                continue
             try:
                 found.append(Candidate.from_json(entry, call.route))
             except (KeyError, TypeError, ValueError):
@@ -237,7 +239,7 @@ class Core:
         for and goes back); the claim is let go either way."""
         try:
             if call.key is not None and (cache := call.opts.cache) is not None and fresh and not call.cut_short:
-                (cache.with_mode("write") if call.refreshed else cache).extend(call.key, fresh)
+                (cache.with_mode("write") if call.refreshed else cache).extend(call.key, [marked_cut(call, entry) for entry in fresh])
                 call.refreshed = cache.mode == "refresh"  # the bucket is replaced once: the call's later rounds add to it
         except (CacheError, ConfigError) as error:
             logger.warning("call %s: its answer could not be cached: %s", call.info.call_id, error)
