@@ -14,7 +14,7 @@ import pytest
 from servers import InstantUpstream, RedisServer
 from sqlite_locks import locked_while_the_loop_ticks
 
-from blackbox_sdk import AsyncOpenAI, Budget, CallLog, OpenAI, RateLimitExceededError, RateLimits
+from blackbox_sdk import AsyncOpenAI, Budget, CallLog, ConfigError, OpenAI, RateLimitExceededError, RateLimits
 
 MODEL = "smollm2"
 HELLO = [{"role": "user", "content": "Say hi"}]
@@ -143,3 +143,19 @@ def test_a_failed_call_keeps_its_room_in_the_window_only_when_the_server_may_hav
     else:
         with pytest.raises(RateLimitExceededError):  # the lost answer's request still counts in the minute
             client.chat.completions.create(**asked)
+
+
+@pytest.mark.parametrize("field", ["max_tokens", "n", "messages"])
+def test_a_tpm_window_refuses_an_extra_body_that_changes_the_worst_case_it_admits(llama_server: str, tmp_path: Path, field: str) -> None:
+    """openai's client writes `extra_body` over the arguments: a cap, `n` or prompt set there would be admitted at
+    the call's smaller worst case and answered at the larger. Refused before anything is admitted or sent, as a
+    budget refuses it; an `rpm` window alone admits calls, not tokens, and sends it."""
+    hidden = {"max_tokens": 2000, "n": 4, "messages": HELLO * 50}[field]
+    limits = RateLimits(tpm=5_000, per="model")
+    client = OpenAI(base_url=llama_server, api_key="sk-test", rate_limit=limits, log=tmp_path / "calls.db", max_retries=0)
+    with pytest.raises(ConfigError, match=f"extra_body sets '{field}'.*tokens-per-minute"):
+        client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=4, extra_body={field: hidden})
+    assert limits.admit(key=None, model=MODEL, tokens=5_000)  # nothing was admitted: the whole window is free
+    calls = OpenAI(base_url=llama_server, api_key="sk-test", rate_limit=RateLimits(rpm=100), max_retries=0)
+    answer = calls.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=50, extra_body={"max_tokens": 2})
+    assert answer.usage is not None and answer.usage.completion_tokens <= 2

@@ -29,7 +29,7 @@ from ..call_log import new_call_id
 from ._call import Call, KeptHttp, Sender, answer_lost, fits_cap, marked_cut
 from ._calibrate import calibration_key, learn, public_endpoint, stored_context, takes_completion_cap, ungate
 from ._candidates import Candidate
-from ._hosted import refuse_unbounded
+from ._hosted import refuse_hidden_fields, refuse_unbounded
 from ._rates import has_audio, service_tier
 from ._meter import recording, used_tokens
 from ._rerank import valid_first
@@ -108,7 +108,9 @@ class Core:
 
     def admission_tokens(self, call: Call, count: int) -> int:
         """The worst case a rate limit admits a call at: its prompts and `count` full answers each, at
-        the output cap the call will send."""
+        the output cap the call will send; an `extra_body` field that would change that worst case is refused first."""
+        if call.opts.rate_limit is not None and call.opts.rate_limit.tpm is not None:
+            refuse_hidden_fields(call.params, "the tokens-per-minute limit admits the call at")
         return (self.count.prompt(call).tokens + (call.cap_sent or 0) * count) * call.prompts
 
     def claim(self, call: Call) -> bool:

@@ -3,7 +3,8 @@ servers, hosted shells): each call of one has a fee of its own, and its results 
 tokens the SDK never counted, so no reservation bounds them. Under a budget such a request is refused
 before it is sent; a cache hit of it costs nothing and is served. So is a request whose `extra_body` (which
 openai's client writes over the body) sets a field its worst case is reckoned from, and a Responses call that
-names no model (its stored prompt picks one): no price fits it."""
+names no model (its stored prompt picks one): no price fits it. A tokens-per-minute window admits a call at
+its worst case too, so it refuses the same `extra_body` fields."""
 
 from __future__ import annotations
 
@@ -52,14 +53,15 @@ def refuse_hosted_tools(route: Route, params: Json) -> None:
         )
 
 
-def refuse_hidden_fields(params: Json) -> None:
-    """ConfigError before a budgeted request whose `extra_body` sets a field the reservation is reckoned from."""
+def refuse_hidden_fields(params: Json, limit: str = "the budget reserves for") -> None:
+    """ConfigError before a budgeted request (or one a tokens-per-minute window admits: `limit` says which) whose
+    `extra_body` sets a field the worst case is reckoned from."""
     body = params.get("extra_body")
     hidden = [name for name in RECKONED if name in body] if isinstance(body, dict) else []
     if hidden:
         raise ConfigError(
-            f"extra_body sets {hidden[0]!r}, which the budget reserves for and openai's client would send in place of the "
-            f"argument: refused, as the call could run past the caps. Pass {hidden[0]}= to create itself"
+            f"extra_body sets {hidden[0]!r}, which {limit} and openai's client would send in place of the "
+            f"argument: refused, as the call could run past the limits. Pass {hidden[0]}= to create itself"
         )
 
 
