@@ -108,7 +108,7 @@ def _row_count(directory: Path, key: str) -> int:
         pytest.param({"seed": openai.NOT_GIVEN}, id="not-given-dropped"),
         pytest.param({"seed": openai.omit}, id="omit-dropped"),
         pytest.param({"timeout": 12.5}, id="timeout-dropped"),
-        pytest.param({"extra_headers": {"X-Trace": "1"}}, id="extra-headers-dropped"),
+        pytest.param({"extra_headers": {"traceparent": "00-1-2-01", "X-Request-Id": "1", "X-B3-TraceId": "2"}}, id="tracing-headers-dropped"),
         pytest.param({"api_key": "sk-test-" + "x" * 40}, id="api-key-dropped"),
         pytest.param({"Authorization": "Bearer abcdefghijkl"}, id="auth-header-dropped"),
         pytest.param({"extra_body": {}, "extra_query": {}}, id="empty-extras-send-nothing"),

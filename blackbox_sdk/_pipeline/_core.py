@@ -24,7 +24,7 @@ from .._redact import remember_secret
 from .._tokenizer import ServerTokenizer
 from .._types import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, Json, Route, usage_to_charge
 from ..budget import UNCALIBRATED_ALLOWANCE, TokenCount
-from ..cache import canonical_params, with_default_query
+from ..cache import canonical_params, with_default_query, with_headers
 from ..call_log import new_call_id
 from ._call import Call, KeptHttp, Sender, answer_lost, fits_cap, marked_cut
 from ._calibrate import calibration_key, learn, public_endpoint, stored_context, takes_completion_cap, ungate
@@ -317,6 +317,7 @@ def prepare(core: Core, call: Call) -> Call:
             call.request = canonical
         if opts.cache is not None:
             keyed = with_default_query({k: v for k, v in canonical.items() if k not in SDK_PARAMS}, params, core.inner.default_query)
+            keyed = with_headers(keyed, params, core.inner.default_headers)
             call.key = opts.cache.key_of_canonical(route=route.name, endpoint=core.endpoint, canonical=keyed)
     return call
 

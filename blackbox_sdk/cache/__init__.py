@@ -2,7 +2,7 @@
 
 from ._bucket import CACHE_FORMAT
 from ._cache import Cache, CacheMode, CacheStats
-from ._keys import KEY_SCHEMA_VERSION, TRANSPORT_KEYS, canonical_params, with_default_query
+from ._keys import KEY_SCHEMA_VERSION, TRANSPORT_KEYS, canonical_params, with_default_query, with_headers
 from ._store import CacheStore
 
 __all__ = [
@@ -15,4 +15,5 @@ __all__ = [
     "TRANSPORT_KEYS",
     "canonical_params",
     "with_default_query",
+    "with_headers",
 ]

@@ -4,7 +4,8 @@ A key covers the schema version, the namespace, the route, the endpoint and the 
 arguments minus transport options and credentials, so the same question asked through another
 timeout or API key still hits, and two namespaces sharing a folder never see each other's answers.
 The endpoint is keyed without the credentials a URL can carry (``user:password@``, ``?key=...``), and
-the client's ``default_query`` is keyed as part of the query the request sends (``with_default_query``).
+the client's ``default_query`` is keyed as part of the query the request sends (``with_default_query``), and the
+headers that may decide an answer (``with_headers``: a gateway's routing header, not a credential or a tracing id).
 """
 
 from __future__ import annotations
@@ -26,6 +27,12 @@ from .._redact import is_secret_key, is_secret_query_param
 
 KEY_SCHEMA_VERSION = 1  # bump when the key recipe changes: old entries then simply miss
 TRANSPORT_KEYS = frozenset({"extra_headers", "http_client", "max_retries", "timeout"})
+UNKEYED_HEADERS = frozenset({  # sent by openai's client itself, or ids that differ per request and change no answer
+    "accept", "accept-encoding", "connection", "content-type", "user-agent", "idempotency-key",
+    "traceparent", "tracestate", "baggage", "request-id", "x-request-id", "x-correlation-id", "x-trace-id", "x-span-id",
+    "x-amzn-trace-id", "x-cloud-trace-context", "uber-trace-id", "sentry-trace",
+})
+UNKEYED_HEADER_PREFIXES = ("x-stainless-", "x-b3-", "x-datadog-")  # openai's client's own; Zipkin's and Datadog's trace ids
 _EMPTY_SENDS_NOTHING = ("extra_body", "extra_query")  # left out when empty (after credentials are dropped)
 
 _KEY_PATTERN = re.compile(r"[0-9a-f]{64}")
@@ -36,8 +43,9 @@ _secret_query = functools.lru_cache(maxsize=4096)(is_secret_query_param)  # one 
 
 
 def cache_key(*, namespace: str, route: str, endpoint: str, params: Mapping[str, Any]) -> str:
-    """SHA-256 hex of the canonical JSON of (schema version, namespace, route, endpoint, params)."""
-    return canonical_key(namespace=namespace, route=route, endpoint=endpoint, canonical=canonical_params(params))
+    """SHA-256 hex of the canonical JSON of (schema version, namespace, route, endpoint, params), the headers in
+    ``extra_headers`` that may decide the answer included (``with_headers``)."""
+    return canonical_key(namespace=namespace, route=route, endpoint=endpoint, canonical=with_headers(canonical_params(params), params, {}))
 
 
 def canonical_key(*, namespace: str, route: str, endpoint: str, canonical: dict[str, Any]) -> str:
@@ -81,6 +89,32 @@ def with_default_query(canonical: dict[str, Any], params: Mapping[str, Any], def
     if query:
         result["extra_query"] = query
     return result
+
+
+def with_headers(canonical: dict[str, Any], params: Mapping[str, Any], default_headers: Mapping[str, Any]) -> dict[str, Any]:
+    """The canonical params with the headers the request sends that may decide its answer, under ``extra_headers``:
+    the client's ``default_headers`` under the call's ``extra_headers``, merged as openai merges them (the call's
+    value wins, its ``omit`` removes a default; names without case), less credentials and what only describes the
+    transport (``UNKEYED_HEADERS``: the client's own, tracing ids). A gateway's routing header (Portkey's
+    ``x-portkey-config``, ``OpenAI-Project``) picks what answers, so two clients that differ in one share no answers."""
+    call = params.get("extra_headers")
+    merged = {**_header_items(default_headers), **(_header_items(call) if isinstance(call, Mapping) else {})}
+    headers = {name: value for name, value in merged.items() if isinstance(value, str)}  # an omit removes the header
+    if not headers:
+        return canonical
+    return {**canonical, "extra_headers": headers}
+
+
+def _header_items(headers: Mapping[Any, Any]) -> dict[str, Any]:
+    """Header names lower-cased with their values, the unkeyed ones left out."""
+    named = ((name.lower(), value) for name, value in headers.items() if isinstance(name, str))
+    return {name: value for name, value in named if not _unkeyed_header(name)}
+
+
+@functools.lru_cache(maxsize=1024)
+def _unkeyed_header(name: str) -> bool:
+    """Whether a (lower-cased) header is left out of keys: a credential, the client's own, or a tracing id."""
+    return name in UNKEYED_HEADERS or name.startswith(UNKEYED_HEADER_PREFIXES) or _secret_name(name) or name.endswith(("-key", "-token"))
 
 
 def check_key(key: str) -> None:
