@@ -4,13 +4,17 @@ server, parsed with prometheus_client's own parser; behind the admin key, with n
 from __future__ import annotations
 
 import json
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from servers import Proxy
 from starlette.testclient import TestClient
 
 from blackbox_sdk import Budget, CallLog, ConfigError
@@ -215,3 +219,58 @@ def test_usage_a_server_reports_that_cant_be_real_still_answers_the_paid_call(tm
             assert value(samples, "blackbox_proxy_tokens_total", direction="out") == 2
     finally:
         upstream.close()
+
+
+def _answered(proxy: Proxy, route: str) -> dict[tuple[str, str], float]:
+    """(metric, status or kind) -> value of `route`'s answered requests and the upstream errors, once none is in
+    flight (a stream whose client left is counted when the proxy notices it, between two chunks)."""
+    deadline = time.monotonic() + 120
+    while True:
+        samples = {}
+        for family in text_string_to_metric_families(httpx2.get(f"{proxy.url}/metrics", timeout=60).text):
+            for sample in family.samples:
+                samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+        if value(samples, "blackbox_proxy_requests_in_flight") == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    found = {("requests", dict(ls)["status"]): v for (n, ls), v in samples.items() if n == "blackbox_proxy_requests_total" and dict(ls)["route"] == route}
+    found |= {("upstream_errors", dict(ls)["kind"]): v for (n, ls), v in samples.items() if n == "blackbox_proxy_upstream_errors_total"}
+    return found
+
+
+def test_a_chat_stream_the_upstream_cut_short_is_counted_as_an_upstream_failure(tmp_path: Path) -> None:
+    chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": MODEL,
+             "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hel"}, "finish_reason": None}]}
+
+    class CutShort(BaseHTTPRequestHandler):  # a fault double: one chunk, no finish_reason, then the connection closes
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+            self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+
+        def log_message(self, *args: object) -> None:
+            """Quiet."""
+
+    upstream = ThreadingHTTPServer(("127.0.0.1", 0), CutShort)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    try:
+        with Proxy(ProxyConfig(upstream=f"http://127.0.0.1:{upstream.server_address[1]}/v1", max_retries=0)) as proxy:
+            body = {"model": MODEL, "messages": HELLO, "stream": True}
+            sent = httpx2.post(f"{proxy.base_url}/chat/completions", json=body, timeout=60)
+            assert sent.status_code == 200 and "upstream_stream_incomplete" in sent.text
+            assert _answered(proxy, "chat") == {("requests", "502"): 1.0, ("upstream_errors", "incomplete"): 1.0}
+    finally:
+        upstream.shutdown()
+        upstream.server_close()
+
+
+def test_a_stream_whose_client_left_mid_stream_is_counted_as_client_closed(llama_server: str) -> None:
+    with Proxy(ProxyConfig(upstream=llama_server, max_retries=0)) as proxy:
+        count = [{"role": "user", "content": "Count from one to one thousand, one number per line."}]
+        body = {"model": MODEL, "messages": count, "max_tokens": 1500, "ignore_eos": True, "stream": True}  # long: the client leaves first
+        with httpx2.stream("POST", f"{proxy.base_url}/chat/completions", json=body, timeout=60) as answer:
+            assert answer.status_code == 200
+            next(answer.iter_lines())  # the first event; then the connection is closed with the stream unread
+        assert _answered(proxy, "chat") == {("requests", "499"): 1.0}  # neither a 200 nor an upstream failure

@@ -159,3 +159,36 @@ def test_a_failure_mid_stream_is_sent_as_openais_error_event(tmp_path: Path) -> 
             assert [event.type for event in stream][-1] == "error"
     finally:
         upstream.close()
+
+
+def _statuses(proxy: Proxy, route: str) -> dict[str, float]:
+    """requests_total of `route` by status, scraped from /metrics (a proxy without keys: loopback reads it)."""
+    text = httpx2.get(f"{proxy.url}/metrics", timeout=60).text
+    found: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "blackbox_proxy_requests_total" and sample.labels["route"] == route:
+                found[sample.labels["status"]] = found.get(sample.labels["status"], 0) + sample.value
+    return found
+
+
+def test_a_stream_cut_before_response_completed_ends_with_an_incomplete_error_event(tmp_path: Path) -> None:
+    from openai.types.responses import ResponseErrorEvent
+
+    upstream = ResponsesUpstream(["one two three four five"])
+    upstream.mode = "cut"  # created, two parts and two deltas, then the connection closes: no response.completed
+    try:
+        with Proxy(ProxyConfig(upstream=upstream.url, log=str(tmp_path / "calls.db"), max_retries=0)) as proxy:
+            body = {"model": "gpt-4o-mini", "input": "Count.", "stream": True}
+            events = _sse(httpx2.post(f"{proxy.base_url}/responses", json=body, timeout=60).text)
+            (name, error), before = events[-1], events[:-1]
+            assert [n for n, _ in before][-1] == "response.output_text.delta" and name == "error", events
+            assert error["code"] == "upstream_stream_incomplete" and "response.completed" in error["message"]
+            assert error["sequence_number"] == before[-1][1]["sequence_number"] + 1
+            assert ResponseErrorEvent.model_validate(error).type == "error" and set(error) == {"type", "code", "message", "param", "sequence_number"}
+            with proxy.client(max_retries=0).responses.stream(model="gpt-4o-mini", input="Count.") as stream:
+                seen = list(stream)  # openai's stream helper: the error event, not a stream that just stops
+            assert seen[-1].type == "error" and seen[-1].code == "upstream_stream_incomplete"  # type: ignore[union-attr]
+            assert _statuses(proxy, "responses") == {"502": 2.0}  # an upstream failure, not a 200
+    finally:
+        upstream.close()

@@ -4,7 +4,8 @@
     GET    /admin/keys            -> 200 {"object": "list", "data": [records, no secrets]}
     DELETE /admin/keys/{key_id}   -> 200 the revoked record (an id or a name), 404 for an unknown one
 
-Anything without the admin key gets 401 with OpenAI's error body, before its body is read. A key's
+Anything without the admin key gets 401 with OpenAI's error body, before its body is read; an address past its
+failed attempts (`_attempts`, shared with /login) gets 429 before its key is compared. A key's
 reranker folder is loaded (config, weights and base encoder) before the key is stored: one that can't load is a 400.
 The store's blocking calls run in Starlette's thread pool.
 """
@@ -19,8 +20,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .._exceptions import AdapterError, BlackBoxError
-from ._body import parse_object, read_body
+from .._exceptions import AdapterError, BlackBoxError, RateLimitExceededError
+from ._attempts import FailedAttempts
+from ._body import check_content_type, parse_object, read_body
 from ._config import DEFAULT_BODY_TIMEOUT_S, check_reranker
 from ._errors import ProxyError, error_response
 from ._keys import KeyRecord, KeyStore, SecretKey, new_record
@@ -33,17 +35,19 @@ _NO_STORE = {"cache-control": "no-store"}
 def admin_routes(store: KeyStore) -> list[Route]:
     """The three admin routes over ``store``, for the app to mount."""
 
+    own = FailedAttempts()  # served by another app than the proxy's
+
     async def create_key(request: Request) -> Response:
         """POST /admin/keys: a new key; its secret is in this answer and nowhere else."""
-        return await _guarded(request, store, lambda: _create(request, store))
+        return await _guarded(request, store, _attempts(request, own), lambda: _create(request, store))
 
     async def list_keys(request: Request) -> Response:
         """GET /admin/keys: every record, revoked ones included, never a secret."""
-        return await _guarded(request, store, lambda: _list(store))
+        return await _guarded(request, store, _attempts(request, own), lambda: _list(store))
 
     async def revoke_key(request: Request) -> Response:
         """DELETE /admin/keys/{key_id}: revoke a key by id (or name)."""
-        return await _guarded(request, store, lambda: _revoke(store, request.path_params["key_id"]))
+        return await _guarded(request, store, _attempts(request, own), lambda: _revoke(store, request.path_params["key_id"]))
 
     return [
         Route("/admin/keys", create_key, methods=["POST"]),
@@ -52,9 +56,23 @@ def admin_routes(store: KeyStore) -> list[Route]:
     ]
 
 
-async def _guarded(request: Request, store: KeyStore, handle: Callable[[], Awaitable[Response]]) -> Response:
-    """401 without the admin key; else the handler's answer, the SDK's errors as OpenAI error bodies."""
-    if not store.is_admin(presented_key(request)):
+def _attempts(request: Request, own: FailedAttempts) -> FailedAttempts:
+    """The failed attempts of the proxy app these routes are served by (shared with /login), else the routes' own."""
+    proxy = getattr(request.app.state, "proxy", None)
+    return own if proxy is None else proxy.gate.attempts
+
+
+async def _guarded(request: Request, store: KeyStore, attempts: FailedAttempts, handle: Callable[[], Awaitable[Response]]) -> Response:
+    """429 for an address past its failed attempts, 401 without the admin key (a wrong one counted); else the
+    handler's answer, the SDK's errors as OpenAI error bodies."""
+    try:
+        attempts.check(request)
+    except RateLimitExceededError as refused:
+        return error_response(refused)
+    presented = presented_key(request)
+    if not store.is_admin(presented):
+        if presented is not None:
+            attempts.failed(request)
         refusal = ProxyError(401, "This route needs the proxy's admin key: send it in the Authorization header as a bearer token.", code="invalid_api_key")
         return error_response(refusal)
     try:
@@ -65,6 +83,7 @@ async def _guarded(request: Request, store: KeyStore, handle: Callable[[], Await
 
 async def _create(request: Request, store: KeyStore) -> Response:
     """Check the body, create the key, answer 201 with the secret (not cached by anything in between)."""
+    check_content_type(request)  # 415 for a body that is not sent as JSON, before it is read
     raw = await read_body(request, MAX_ADMIN_BODY_BYTES, DEFAULT_BODY_TIMEOUT_S)  # the routes have no configuration of their own
     body = parse_object(raw)  # as /v1 reads its bodies: UTF-8, nested at most 64 deep, finite numbers, no lone surrogate
     if not isinstance(body.get("name"), str):

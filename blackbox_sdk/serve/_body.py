@@ -2,9 +2,11 @@
 most MAX_JSON_DEPTH deep, its numbers finite), and split into the openai arguments of the route's `create` and the rest
 (passed upstream in `extra_body`).
 
-A body whose Content-Type is one a browser sends cross-site without asking first (a CORS "simple"
-type: text/plain, a form) is refused with 415, so a web page cannot spend through a proxy that
-trusts this machine; JSON's type, or none, is accepted.
+A body whose Content-Type is not JSON's (application/json, any charset) is refused with 415 before it
+is read: application/xml or another type is not parsed as JSON, and a type a browser sends cross-site
+without asking first (a CORS "simple" type: text/plain, a form) cannot spend through a proxy that trusts
+this machine. A body with no Content-Type is read as JSON (openai's clients always send one; curl's -d
+sends a form's, and is refused).
 
 The SDK's own options (`budget`, `cache`, `log`, ...) and openai's transport arguments
 (`extra_headers`, `timeout`, ...) are the proxy's to set, never a client's: a body naming one is
@@ -29,14 +31,15 @@ from ._errors import ProxyError
 
 _TRANSPORT = frozenset({"extra_headers", "extra_query", "extra_body", "timeout", "max_retries"})
 _RESERVED = frozenset(OPTION_NAMES) | _TRANSPORT
-_SIMPLE_TYPES = frozenset({"text/plain", "application/x-www-form-urlencoded", "multipart/form-data"})
+_JSON_TYPES = frozenset({"", "application/json"})  # "": no Content-Type at all
 MAX_JSON_DEPTH = 64  # arrays and objects nested deeper are refused (the SDK walks bodies recursively)
 
 
 def check_content_type(request: Request) -> None:
-    """415 for a body sent as a browser's simple type, which a web page may POST cross-site with no preflight."""
+    """415 for a body sent as anything but JSON (a browser's simple type, which a web page may POST cross-site
+    with no preflight, or application/xml), before it is read."""
     media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-    if media_type in _SIMPLE_TYPES:
+    if media_type not in _JSON_TYPES:
         message = f"The Content-Type {media_type} is not accepted: send the JSON body with 'Content-Type: application/json'."
         raise ProxyError(415, message, code="unsupported_media_type")
 

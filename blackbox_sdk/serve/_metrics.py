@@ -1,13 +1,16 @@
 """The proxy's Prometheus metrics, on a registry of each app's own (several apps in one process never clash).
 
-    blackbox_proxy_requests_total{route, key, model, status}          every answered request
+    blackbox_proxy_requests_total{route, key, model, status}          every answered request; a stream by how it ended:
+                                                                      200 whole, 499 its client left, 502 the upstream
+                                                                      cut it (or failed it), an error's status mid-stream
     blackbox_proxy_request_duration_seconds{route, key, model}        whole request (a stream: to its last byte)
     blackbox_proxy_stream_first_byte_seconds{route, key, model}       a stream's time to its first chunk
     blackbox_proxy_tokens_total{key, model, direction="in"|"out"}     prompt and completion tokens
     blackbox_proxy_spend_usd_total{key, model}                        settled cost
     blackbox_proxy_cache_lookups_total{key, model, result="hit"|"miss"}  calls on a client with a cache
     blackbox_proxy_reranker_picks_total{key, model, candidate}        which candidate index the reranker chose
-    blackbox_proxy_upstream_errors_total{key, model, status, kind}    kind: status, timeout or connection
+    blackbox_proxy_upstream_errors_total{key, model, status, kind}    kind: status, timeout, connection or incomplete
+                                                                      (a stream that ended without its end)
     blackbox_proxy_requests_in_flight
 
 `key` is the tenant's name ("" without a key store), never a key; `model` the name asked for, "refused"
@@ -40,6 +43,8 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 MAX_MODELS = 100  # distinct model label values kept; a client naming more gets "other" (bounded series)
 REFUSED_MODEL = "refused"  # the model label of a request naming a model its key may not use (takes no slot)
 MAX_LABEL_CHARS = 100
+CLIENT_CLOSED = 499  # the status a request whose client left (or that was cancelled) before its answer ended is counted under (nginx's)
+UPSTREAM_FAILED = 502  # the status of a stream the upstream ended short of its end (its 200 was sent already)
 TIMELINE_MINUTES = 60
 _PER_CALL = ("key", "model")
 _PER_REQUEST = ("route", "key", "model")
@@ -250,6 +255,7 @@ class MeteredStream:
         self._stream, self._meter, self._cached = stream, meter, cached
         self._usage: Any = None
         self._first = False
+        self.status: int | None = None  # how the stream ended, once it has (None when closed: its client left)
 
     def __aiter__(self) -> MeteredStream:
         return self
@@ -258,9 +264,10 @@ class MeteredStream:
         try:
             chunk = await self._stream.__anext__()
         except StopAsyncIteration:
+            self.status = self._ended()
             raise
         except Exception as exc:
-            self._meter.failed(exc)
+            self._meter.failed(exc)  # the status its error is answered with is set by who sends it (`_sse.events`)
             raise
         if not self._first:
             self._first = True
@@ -269,11 +276,20 @@ class MeteredStream:
         self._usage = getattr(chunk, "usage", None) or getattr(getattr(chunk, "response", None), "usage", None) or self._usage
         return chunk
 
+    def _ended(self) -> int:
+        """The status of a stream read to its end: 200, or UPSTREAM_FAILED when the SDK found it cut short or failed
+        (no finish_reason, no `response.completed`), counted as an upstream error of kind "incomplete"."""
+        if getattr(self.blackbox, "error", None) is None:
+            return 200
+        self._meter.metrics.upstream_errors.labels(self._meter.key, self._meter.model, "", "incomplete").inc()
+        return UPSTREAM_FAILED
+
     async def close(self) -> None:
-        """Close the SDK's stream (it settles), then report the call and the request."""
+        """Close the SDK's stream (it settles), then report the call and the request: with how it ended, or
+        CLIENT_CLOSED for a stream closed before its end (its client left)."""
         try:
             await self._stream.close()
         finally:
             if self._meter.pending:
                 self._meter.metrics.called(self._meter.key, self._meter.model, self.blackbox, self._usage, self._cached)
-                self._meter.answer(200)
+                self._meter.answer(CLIENT_CLOSED if self.status is None else self.status)

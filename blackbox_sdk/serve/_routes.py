@@ -28,18 +28,17 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .._exceptions import ConfigError
+from .._exceptions import ConfigError, RateLimitExceededError
 from .._text import checked_text
 from ._body import call_arguments, check_content_type, parse_object, read_body, required
 from ._errors import ProxyError, error_response
-from ._metrics import RequestMeter
+from ._metrics import CLIENT_CLOSED, RequestMeter
 from ._sse import EventStream, events, wire_json
 from ._state import Proxy
 from ._tenants import Tenant
 
 Handler = Callable[[Request], Awaitable[Response]]
 MeteredHandler = Callable[[Request, RequestMeter], Awaitable[Response]]
-CLIENT_CLOSED = 499  # the status a request cancelled before its answer is counted under (nginx's)
 FEEDBACK_FIELDS = frozenset({"label", "preferred", "reward", "reference", "note"})
 
 
@@ -229,8 +228,11 @@ async def readyz(request: Request) -> Response:
 async def metrics(request: Request) -> Response:
     """GET /metrics: the Prometheus text format, for the admin only (`_admin_gate`)."""
     proxy: Proxy = request.app.state.proxy
-    if not proxy.gate.allows(request):
-        return error_response(proxy.gate.refusal())
+    try:
+        if not proxy.gate.allows(request):
+            return error_response(proxy.gate.refusal())
+    except RateLimitExceededError as refused:  # too many wrong keys from this address
+        return error_response(refused)
     return Response(proxy.metrics.exposition(), media_type=CONTENT_TYPE_LATEST, headers={"cache-control": "no-store"})
 
 

@@ -18,6 +18,7 @@ from starlette.types import Receive, Scope, Send
 from ._errors import describe
 
 DONE = b"data: [DONE]\n\n"
+RESPONSE_ENDS = ("response.completed", "response.incomplete", "response.failed", "error")  # the events a Responses stream ends with
 # The Responses API's times are whole seconds on OpenAI's wire; openai-python types them `float`, so a
 # validated object dumps them as `1796456711.0`, which clients that read them as integers refuse.
 # Outside a JSON string a key's quotes are bare; inside one they are escaped, so this never matches text.
@@ -37,26 +38,35 @@ def frame(payload: str, event: str | None = None) -> bytes:
 
 async def events(stream: Any, *, named: bool = False) -> AsyncIterator[bytes]:
     """The SSE events of an SDK stream (`named`: the Responses API's, each under its `type`, with no `[DONE]`); an
-    error after the headers went out becomes the error event OpenAI sends there, and the stream is closed at the end."""
-    sent = 0
+    error after the headers went out becomes the error event OpenAI sends there (its status kept as the stream's
+    `status`, for the metrics), a stream the upstream cut short ends with an `upstream_stream_incomplete` error event,
+    and the stream is closed at the end."""
+    sent, last = 0, ""
     try:
         async for chunk in stream:
             yield frame(wire_json(chunk), chunk.type if named else None)
             number = getattr(chunk, "sequence_number", None)
-            sent = sent + 1 if number is None else number + 1
+            sent, last = sent + 1 if number is None else number + 1, getattr(chunk, "type", "")
+        cut = getattr(stream.blackbox, "error", None) is not None
         if not named:
-            yield DONE if getattr(stream.blackbox, "error", None) is None else incomplete_event()
+            yield incomplete_event(None) if cut else DONE
+        elif cut and last not in RESPONSE_ENDS:  # a failed response ended with its own event
+            yield incomplete_event(sent)
     except Exception as exc:  # noqa: BLE001 - the status is sent already: the error goes in the stream
-        yield error_event(describe(exc)[1]["error"], sent if named else None)
+        status, body, _ = describe(exc)
+        stream.status = status
+        yield error_event(body["error"], sent if named else None)
     finally:
         with anyio.CancelScope(shield=True):
             await stream.close()
 
 
-def incomplete_event() -> bytes:
-    """The error event in place of `[DONE]` for a stream the upstream ended before every choice had its finish_reason."""
-    message = "the upstream ended the stream before every choice had a finish_reason: the answer is incomplete"
-    return error_event({"message": message, "type": "upstream_error", "param": None, "code": "upstream_stream_incomplete"}, None)
+def incomplete_event(sequence: int | None) -> bytes:
+    """The error event that ends a stream the upstream ended short: chat's in place of `[DONE]`, the choices lacking a
+    finish_reason; the Responses API's (numbered `sequence`) where `response.completed` never came."""
+    end = "every choice had a finish_reason" if sequence is None else "response.completed"
+    message = f"the upstream ended the stream before {end}: the answer is incomplete"
+    return error_event({"message": message, "type": "upstream_error", "param": None, "code": "upstream_stream_incomplete"}, sequence)
 
 
 def error_event(error: dict[str, Any], sequence: int | None) -> bytes:

@@ -25,7 +25,8 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from .._redact import redact_text
-from ._errors import ProxyError
+from .._exceptions import RateLimitExceededError
+from ._errors import ProxyError, error_response
 from ._keys import KeyRecord
 from ._metrics import KeyTally
 from ._state import Proxy
@@ -139,7 +140,11 @@ def _html(body: str, status: int = 200) -> HTMLResponse:
 async def status(request: Request) -> Response:
     """GET /: the page for the admin; anyone else gets the login form (401) or 403 off this machine."""
     proxy: Proxy = request.app.state.proxy
-    if not proxy.gate.allows(request):
+    try:
+        allowed = proxy.gate.allows(request)
+    except RateLimitExceededError as refused:  # too many wrong keys from this address
+        return error_response(refused)
+    if not allowed:
         refusal = proxy.gate.refusal()
         return _html(login_page(str(refusal), can_log_in=proxy.keys is not None), refusal.status)
     return _html(status_page(await run_in_threadpool(gather, proxy)))
@@ -153,13 +158,16 @@ async def login_form(request: Request) -> Response:
 
 async def login(request: Request) -> Response:
     """POST /login: a session cookie for the admin key, then the page; the form again (401) otherwise,
-    or with the refusal's status for a form too large or too slow to arrive."""
+    or with the refusal's status for a form too large or too slow to arrive; OpenAI's 429 for an address past its
+    failed attempts."""
     proxy: Proxy = request.app.state.proxy
     response = RedirectResponse("/", status_code=303, headers=PAGE_HEADERS)
     try:
         if await proxy.gate.login(request, response, proxy.config.body_timeout_s):
             return response
         message, status = "That is not the admin key.", 401
+    except RateLimitExceededError as refused:  # too many wrong keys from this address: OpenAI's 429, Retry-After
+        return error_response(refused)
     except ProxyError as refusal:
         message, status = str(refusal), refusal.status
     return _html(login_page(message, can_log_in=proxy.keys is not None), status)
