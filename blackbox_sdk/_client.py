@@ -317,6 +317,11 @@ class AsyncOpenAI(_Blackbox, openai.AsyncOpenAI):
         """`client.with_streaming_response.chat.completions.create(...)`, as in openai, budgeted and logged."""
         return AsyncStreamedClient(self)
 
+    async def feedback(self, call_id: str, **kwargs: Any) -> None:  # type: ignore[override]  # awaited, as every call of an async client
+        """Record feedback on a logged call (reward, label, preferred candidate or reference answer), off the event loop:
+        the log's write may wait for a locked file or a PostgreSQL round trip."""
+        await offloaded(lambda: _Blackbox.feedback(self, call_id, **kwargs))
+
     async def close(self) -> None:
         """Close the connections and what the client opened from paths (those too if closing the connections fails:
         connections an earlier event loop opened can't close once it has)."""

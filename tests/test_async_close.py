@@ -81,5 +81,5 @@ def test_a_client_closed_on_a_later_event_loop_still_closes_its_call_log(llama_s
     with pytest.raises(RuntimeError, match="Event loop is closed"):  # httpx's own, as with openai.AsyncOpenAI
         asyncio.run(client.close())
     with pytest.raises(CallLogError, match="closed"):
-        client.feedback(completion.blackbox.call_id, reward=1.0)
+        asyncio.run(client.feedback(completion.blackbox.call_id, reward=1.0))
     assert len(_logged(tmp_path)) == 1

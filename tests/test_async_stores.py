@@ -255,3 +255,30 @@ def test_a_call_cancelled_twice_while_its_ledger_is_locked_leaves_no_hold(llama_
 
     asyncio.run(main())
     assert budget.report().outstanding_reservations == 0
+
+
+def test_feedback_is_awaited_and_writes_off_the_event_loop(llama_server: str, tmp_path: Path) -> None:
+    """`await client.feedback(...)`, as every call of an async client is awaited (it was a plain method: awaiting it
+    raised TypeError), waits for a locked log file in a worker thread while the loop goes on."""
+    path = tmp_path / "calls.db"
+    client = blackbox_sdk.AsyncOpenAI(base_url=llama_server, api_key="sk-test", log=str(path))
+
+    def hold() -> None:
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        time.sleep(STALL_S)
+        holder.execute("COMMIT")
+        holder.close()
+
+    async def main() -> tuple[Any, float, float]:
+        answer = await client.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=4)
+        client.options.log.flush()  # type: ignore[attr-defined]
+        try:
+            return await _longest_gap(client.feedback(answer.blackbox.call_id, label="correct"), hold)  # type: ignore[attr-defined]
+        finally:
+            await client.close()
+
+    _, gap, took = asyncio.run(main())
+    assert took >= STALL_S - 0.1  # the feedback waited for the lock...
+    assert gap < MAX_GAP_S, f"the event loop was blocked for {gap:.3f} s"  # ...and the loop did not
+    assert sqlite3.connect(path).execute("SELECT label FROM feedback").fetchall() == [("correct",)]

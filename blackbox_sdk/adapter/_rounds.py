@@ -161,7 +161,7 @@ class _Run:
         if labels[0] is not None:
             kwargs["label"] = "correct" if labels[0] else "incorrect"
         if kwargs:
-            client.feedback(samples.call_id, **kwargs)
+            log.feedback(samples.call_id, **kwargs)  # the log's own: an async client's `feedback` is a coroutine
 
     def keep_best_positives(self, adapter: Adapter, groups: Sequence[RankingGroup]) -> None:
         """Remember, per question, the positive the trained adapter scores highest."""

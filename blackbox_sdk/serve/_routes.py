@@ -207,7 +207,7 @@ def _record_feedback(client: Any, owner: str | None, call_id: str, fields: dict[
     if unknown:
         raise ProxyError(404, f"no call {call_id!r} in the log", param="call_id", code="call_not_found")
     try:
-        client.feedback(call_id, **fields)
+        log.feedback(call_id, **fields)
     except TypeError as error:
         raise ProxyError(400, f"bad feedback: {error}") from None
 
