@@ -2,11 +2,11 @@
 
 The cache, the budget ledger, the rate-limit store and the proxy's key store each open a Redis URL
 given by a user, and each must refuse the same bad URLs with a ConfigError (a malformed one at once,
-one the server refuses, for its password or database, with one PING at open), show the URL the same
-way in reprs and messages (``redis://user:***@host:port/db``, a ``password=`` query value as
-``***`` too), keep the password out of every error text the driver writes, retry only what their
-clients are told to (a dropped connection; never a timeout, never a password the server refuses
-once open, which fails at its first try and is said so). Those decisions live here, once. redis-py is imported only when a client is made, so the core imports without it.
+one the server refuses, for its password or database, or whose TLS certificate the URL does not trust, with one
+PING at open), show the URL the same way in reprs and messages (``redis://user:***@host:port/db``, a ``password=``
+query value as ``***`` too), keep the password out of every error text the driver writes, say in words when a
+certificate was not trusted, retry only what their clients are told to (a dropped connection; never a timeout,
+never a password the server refuses once open, which fails at its first try and is said so). Those decisions live here, once. redis-py is imported only when a client is made, so the core imports without it.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ REDIS_SCHEMES = ("redis", "rediss")
 REDIS_OR_UNIX = ("redis", "rediss", "unix")
 INSTALL_HINT = "pip install 'blackbox-sdk[redis]'"
 MASK = "***"
+UNTRUSTED = "the server's TLS certificate is not one the URL trusts (give the CA that signed it as ?ssl_ca_certs=PATH)"
 
 
 def is_redis_url(value: object) -> bool:
@@ -54,6 +55,13 @@ def _joined(parts: SplitResult, url: str) -> str:
     if not parts.netloc and url.lower().startswith(head + "//") and not text.startswith(head + "//"):
         text = head + "//" + text[len(head):]
     return text
+
+
+def _untrusted(error: BaseException) -> bool:
+    """Whether a driver's error is a server certificate the client refused (no CA it trusts, another host's name)."""
+    import ssl
+
+    return isinstance(error.__cause__, ssl.SSLCertVerificationError)
 
 
 def _secrets(parts: SplitResult) -> list[str]:
@@ -193,12 +201,14 @@ class RedisURL:
 
         if isinstance(error, AuthenticationError):
             return f"the server refused the URL's user name or password, which no retry mends ({detail})"
+        if _untrusted(error):
+            return f"{UNTRUSTED}, which no retry mends ({detail})"
         return detail
 
     def check(self, timeout_s: float) -> None:
         """One PING on a connection of its own, at most one try: ConfigError (the URL without its password) when the
-        server refuses the URL's password, asks for one it lacks, or has no such database; a server out of reach now
-        is left to the store's first use, where an outage is reported as one (a budget's call refused, not run)."""
+        server refuses the URL's password, asks for one it lacks, has no such database or shows a TLS certificate the
+        URL does not trust; a server out of reach now is left to the store's first use, where an outage is reported as one (a budget's call refused, not run)."""
         probe = self.client(retries=0, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)  # needs redis-py
         from redis import exceptions
 
@@ -211,14 +221,16 @@ class RedisURL:
         except exceptions.ResponseError as exc:
             if "DB index" in str(exc):  # SELECT at connect: "DB index is out of range"
                 raise self._refused(f"the server has no such database ({exc})") from None
-        except exceptions.RedisError:
-            pass  # out of reach (or busy): an outage, not a configuration error
+        except exceptions.RedisError as exc:
+            if _untrusted(exc):  # a server that answered with a certificate the URL does not trust: no outage
+                raise self._refused(f"{UNTRUSTED} ({self.scrub(str(exc))})", by="the client") from None
+            # else out of reach (or busy): an outage, not a configuration error
         finally:
             probe.close()
 
-    def _refused(self, reason: str) -> ConfigError:
-        """The ConfigError for a URL the server refused."""
-        return ConfigError(f"the {self._what} URL {self.shown} was refused by the Redis server: {reason}")
+    def _refused(self, reason: str, by: str = "the Redis server") -> ConfigError:
+        """The ConfigError for a URL the server refused (or, ``by`` the client, whose certificate check failed)."""
+        return ConfigError(f"the {self._what} URL {self.shown} was refused by {by}: {reason}")
 
     @staticmethod
     def _backoff(backoff: tuple[float, float] | None) -> Any:

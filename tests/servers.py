@@ -1,6 +1,6 @@
-"""Real servers for tests: Redis and PostgreSQL (Debian's binaries, in temporary folders), an upstream that answers
-at once, and the proxy under uvicorn, each on a free loopback port and stopped after. `stop()` and `start()` let a
-test kill a server mid-run."""
+"""Real servers for tests: Redis and PostgreSQL (Debian's binaries, in temporary folders, either one over TLS with a
+throwaway CA), an upstream that answers at once, and the proxy under uvicorn, each on a free loopback port and stopped
+after. `stop()` and `start()` let a test kill a server mid-run."""
 
 from __future__ import annotations
 
@@ -45,6 +45,37 @@ def _wait_for_port(port: int, process: subprocess.Popen[bytes] | None = None) ->
     raise RuntimeError(f"nothing listened on 127.0.0.1:{port} within {START_TIMEOUT_S}s")
 
 
+def make_certificates(folder: Path) -> Path:
+    """A throwaway CA (`ca.pem`) and a server certificate it signed for 127.0.0.1 and localhost (`server.pem`,
+    `server.key`, the key readable by its owner only) in `folder`; returns the CA's path, what a client trusts."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def name(common: str) -> x509.Name:
+        """A subject or issuer of one common name."""
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    valid = x509.CertificateBuilder().not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
+    ca = valid.subject_name(name("bb-test-ca")).issuer_name(name("bb-test-ca")).public_key(ca_key.public_key()).serial_number(1)
+    ca = ca.add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(ca_key, hashes.SHA256())
+    names = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+    server = valid.subject_name(name("127.0.0.1")).issuer_name(ca.subject).public_key(key.public_key()).serial_number(2)
+    server = server.add_extension(x509.SubjectAlternativeName(names), critical=False).sign(ca_key, hashes.SHA256())
+    (folder / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (folder / "server.pem").write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    (folder / "server.key").write_bytes(private)
+    os.chmod(folder / "server.key", 0o600)
+    return folder / "ca.pem"
+
+
 def proxy_ready(port: int, process: subprocess.Popen[Any], timeout_s: float) -> bool:
     """Whether a proxy process on `port` answers /readyz within `timeout_s` (False once it exits or the time is up)."""
     deadline = time.monotonic() + timeout_s
@@ -59,18 +90,25 @@ def proxy_ready(port: int, process: subprocess.Popen[Any], timeout_s: float) -> 
 
 class RedisServer:
     """`redis-server` on a free loopback port, no persistence; `url` is redis://127.0.0.1:PORT/0, with the
-    password in it (redis://:PASSWORD@...) for a server started with `--requirepass PASSWORD`."""
+    password in it (redis://:PASSWORD@...) for a server started with `--requirepass PASSWORD`. With `tls`, the
+    port speaks TLS only (a certificate from a throwaway CA, `ca`, no client certificates asked) and `url` is
+    rediss://...:PORT/0?ssl_ca_certs=CA."""
 
-    def __init__(self, password: str | None = None) -> None:
+    def __init__(self, password: str | None = None, *, tls: bool = False) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="bb-redis-"))
         self.port = free_port()
         self.password = password
-        self.url = f"redis://{'' if password is None else f':{password}@'}127.0.0.1:{self.port}/0"
+        self.ca = make_certificates(self.folder) if tls else None
+        scheme, query = ("redis", "") if self.ca is None else ("rediss", f"?ssl_ca_certs={self.ca}")
+        self.url = f"{scheme}://{'' if password is None else f':{password}@'}127.0.0.1:{self.port}/0{query}"
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> RedisServer:
         """Start (or restart, empty) the server on the same port."""
         command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.folder)]
+        if self.ca is not None:
+            command[1:3] = ["--port", "0", "--tls-port", str(self.port), "--tls-auth-clients", "no", "--tls-ca-cert-file", str(self.ca)]
+            command += ["--tls-cert-file", str(self.folder / "server.pem"), "--tls-key-file", str(self.folder / "server.key")]
         command += [] if self.password is None else ["--requirepass", self.password]
         self._process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _wait_for_port(self.port, self._process)
@@ -110,18 +148,28 @@ def _pg_bin(name: str) -> str:
 
 class PostgresServer:
     """A fresh PostgreSQL cluster (`initdb` in a temporary folder) on a free loopback port, trust
-    authentication; run as the `postgres` user when the tests run as root (initdb refuses root)."""
+    authentication; run as the `postgres` user when the tests run as root (initdb refuses root). With `password`,
+    TCP connections need it (scram-sha-256) and `url` holds it; with `tls`, the server takes TLS too (`ssl = on`,
+    a certificate from a throwaway CA, `ca`), and plain connections still."""
 
-    def __init__(self) -> None:
+    def __init__(self, password: str | None = None, *, tls: bool = False) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="bb-pg-"))
         self.port = free_port()
         self.user = "postgres" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
-        self.url = f"postgresql://{self.user}@127.0.0.1:{self.port}/postgres"
+        self.password = password
+        self.url = f"postgresql://{self.user}{'' if password is None else f':{password}'}@127.0.0.1:{self.port}/postgres"
+        self.ca = make_certificates(self.folder) if tls else None
         if os.geteuid() == 0:
             entry = pwd.getpwnam("postgres")
             os.chmod(self.folder, 0o700)
-            os.chown(self.folder, entry.pw_uid, entry.pw_gid)
-        self._run([_pg_bin("initdb"), "-D", str(self.folder / "data"), "-U", self.user, "-A", "trust", "--no-sync"])
+            for path in [self.folder, *self.folder.iterdir()]:
+                os.chown(path, entry.pw_uid, entry.pw_gid)
+        auth = ["-A", "trust"]
+        if password is not None:
+            (self.folder / "pwfile").write_text(password)
+            auth = ["--auth-local", "trust", "--auth-host", "scram-sha-256", f"--pwfile={self.folder / 'pwfile'}"]
+            os.chmod(self.folder / "pwfile", 0o644)
+        self._run([_pg_bin("initdb"), "-D", str(self.folder / "data"), "-U", self.user, *auth, "--no-sync"])
 
     def _run(self, command: list[str]) -> None:
         """A command as the cluster's owner."""
@@ -132,6 +180,8 @@ class PostgresServer:
     def start(self) -> PostgresServer:
         """Start the server on its port, listening on loopback only."""
         options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+        if self.ca is not None:
+            options += f" -c ssl=on -c ssl_cert_file={self.folder / 'server.pem'} -c ssl_key_file={self.folder / 'server.key'}"
         self._run([_pg_bin("pg_ctl"), "-D", str(self.folder / "data"), "-o", options, "-l", str(self.folder / "log"), "-w", "start"])
         _wait_for_port(self.port)
         return self

@@ -47,7 +47,7 @@ from ._pg_tables import (
 from ._records import CallRecord, Feedback, Label, feedback_fields, feedback_on
 from ._stats import summary
 from ._tables import CallFilter
-from ._urls import is_postgres_url, libpq_url, scrub, url_without_password
+from ._urls import is_postgres_url, libpq_url, refusal, scrub, url_without_password
 
 if TYPE_CHECKING:
     from psycopg import Connection
@@ -213,6 +213,9 @@ class PostgresCallLog(Closing):
         except self._psycopg.Error as exc:
             detail = redact_text(str(exc).strip()) if url is None else scrub(redact_text(str(exc).strip()), url)
             kind = StoreUnavailableError if isinstance(exc, self._psycopg.OperationalError) else CallLogError  # includes the pool's timeouts
+            meaning = refusal(detail) if url is not None else None
+            if meaning is not None:  # at open, a password or TLS setting that no retry mends: the URL's fault, not an outage
+                raise ConfigError(f"can't {action} the call log {self._where}: {meaning}, which no retry mends ({detail})") from None
             if isinstance(exc, self._psycopg.errors.ConnectionTimeout):
                 detail += f" (no answer within its connect_timeout, {CONNECT_TIMEOUT_S} s unless the URL sets one)"
             raise kind(f"can't {action} the call log {self._where}: {detail}") from (exc if url is None else None)  # a chained driver error would print unscrubbed

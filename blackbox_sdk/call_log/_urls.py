@@ -35,6 +35,21 @@ def libpq_url(url: str) -> str:
     return scheme.lower() + sep + rest
 
 
+_REFUSALS = (  # libpq's words (client side, or the server's FATAL) for a URL that no retry mends, and what they mean
+    (("password authentication failed", "no password supplied"), "the server refused the URL's user name or password"),
+    (("certificate verify failed", "root certificate file", "server certificate for", "server does not support SSL"),
+     "its TLS settings do not fit the server (sslmode=verify-ca or verify-full needs sslrootcert=PATH, the CA that signed the server's certificate)"),
+)
+
+
+def refusal(detail: str) -> str | None:
+    """What a connection error means when it is the URL's fault (a password, a TLS setting), not an outage; None otherwise."""
+    for phrases, meaning in _REFUSALS:
+        if any(phrase in detail for phrase in phrases):
+            return meaning
+    return None
+
+
 def scrub(text: str, url: str) -> str:
     """``text`` (a driver's message) with ``url`` shown without its password, and the password itself, as written or decoded, as ``***``."""
     text = text.replace(url, url_without_password(url))
