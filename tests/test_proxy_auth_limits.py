@@ -86,6 +86,19 @@ def _request(address: str) -> Request:
     return Request({"type": "http", "method": "GET", "path": "/", "headers": [], "client": (address, 5000)})
 
 
+def test_behind_a_reverse_proxy_on_this_host_each_forwarded_client_is_counted_apart(keyed: Proxy) -> None:
+    """uvicorn takes `X-Forwarded-For` from a trusted reverse proxy (this host by default, `FORWARDED_ALLOW_IPS` for
+    others) as the client's address: a guesser behind nginx locks out only itself, never the admin's scraper."""
+
+    def admin(key: str, client: str) -> httpx2.Response:
+        return httpx2.get(f"{keyed.url}/admin/keys", headers={"authorization": f"Bearer {key}", "x-forwarded-for": client}, timeout=30)
+
+    for guess in range(MAX_FAILURES):
+        assert admin(f"wrong-{guess}", "203.0.113.7").status_code == 401
+    _refused_429(admin(ADMIN, "203.0.113.7"))
+    assert admin(ADMIN, "198.51.100.9").status_code == 200
+
+
 def test_failures_leave_the_window_and_each_address_has_its_own() -> None:
     now = [1000.0]
     attempts = FailedAttempts(limit=2, window_s=60.0, clock=lambda: now[0])
