@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import diskcache  # type: ignore[import-untyped]
 import httpx2
@@ -117,7 +118,7 @@ def test_a_store_handed_text_it_cannot_encode_raises_cache_error(location: str) 
         with pytest.raises(CacheError, match="not valid Unicode"):
             store.update(key, lambda current: '["\ud83d"]', expire=None, action="store a bucket")
         with pytest.raises(CacheError, match="not valid Unicode"):
-            store.add(key + ":claim", "\ud83d", expire=60)
+            store.claim(key + ":claim", "\ud83d", expire=60, bucket=key)
         assert cache.get(key) == [] and cache.claim(key, ttl_s=60)
 
 
@@ -301,6 +302,21 @@ def test_the_leaders_store_ends_its_claim_in_the_same_write(location: str) -> No
         assert won and seen == [_entry("answer")]
         leader.release_claim(key)  # a no-op now: the claim the child took stays the child's
         assert not third.claim(key, ttl_s=30)
+
+
+def test_a_claim_reads_what_a_leader_stored_since_the_lookup_in_the_same_step(location: str) -> None:
+    """A caller that missed, then claims after the leader stored and ended its claim, gets the answer with the claim
+    (one transaction on disk, one round trip on Redis) instead of sending the request again; expired entries are not."""
+    with Cache(location) as leader, Cache(location) as late, Cache(location, ttl=60) as aged:
+        key = _key(leader)
+        assert late.get(key) == [] and leader.claim(key, ttl_s=30)
+        leader.extend(key, [_entry("answer")])
+        assert late.claim_reading(key, ttl_s=30) == (True, [_entry("answer")])
+        late.release_claim(key)
+        assert late.with_mode("read").claim_reading(key, ttl_s=30) == (True, [_entry("answer")])
+        assert late.with_mode("write").claim_reading(key, ttl_s=30) == (True, [])
+        with patch("blackbox_sdk.cache._cache.time.time", return_value=time.time() + 120):
+            assert aged.claim_reading(key, ttl_s=30) == (True, [])
 
 
 def test_a_store_that_stores_nothing_leaves_the_claim_to_release_claim(location: str) -> None:

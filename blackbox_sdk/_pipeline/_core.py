@@ -93,8 +93,12 @@ class Core:
         not served while one that does is in the bucket."""
         if call.key is None or call.opts.cache is None:
             return []
+        return self.candidates(call, call.opts.cache.get(call.key))
+
+    def candidates(self, call: Call, entries: list[Json]) -> list[Candidate]:
+        """`lookup`'s candidates from a bucket's entries."""
         found = []
-        for entry in call.opts.cache.get(call.key):
+        for entry in entries:
             if not fits_cap(call, entry):
                 continue
             try:
@@ -113,13 +117,13 @@ class Core:
             refuse_hidden_fields(call.params, "the tokens-per-minute limit admits the call at")
         return (self.count.prompt(call).tokens + (call.cap_sent or 0) * count) * call.prompts
 
-    def claim(self, call: Call) -> bool:
-        """Single flight: whether this call fetches (True), or another caller is already fetching
-        this very request and its answer is worth waiting for (False)."""
+    def claim(self, call: Call) -> tuple[bool, list[Candidate]]:
+        """Single flight: whether this call fetches (True), or another caller is already fetching this very
+        request and its answer is worth waiting for (False); and the candidates stored by then, read with the claim."""
         if call.key is None or call.opts.cache is None:
-            return True
-        call.claimed = call.opts.cache.claim(call.key, CLAIM_TTL_S)
-        return call.claimed
+            return True, []
+        call.claimed, entries = call.opts.cache.claim_reading(call.key, CLAIM_TTL_S)
+        return call.claimed, self.candidates(call, entries)
 
     def unclaim(self, call: Call) -> None:
         """Let the callers waiting on this call's request go (its answer is stored, or it failed)."""

@@ -138,11 +138,11 @@ def look(core: Core, call: Call) -> tuple[list[Candidate], bool]:
     found = core.lookup(call)
     if len(found) >= call.want:
         return found, False
-    if core.claim(call):
-        found = core.lookup(call)  # the last fetcher may have stored its answer between our look and our claim
-        if len(found) >= call.want:
+    won, stored = core.claim(call)  # read with the claim: the last fetcher may have stored its answer since our look
+    if won:
+        if len(stored) >= call.want:
             core.unclaim(call)
-        return found, False
+        return stored, False
     return found, True
 
 

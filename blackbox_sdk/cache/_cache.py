@@ -179,13 +179,9 @@ class Cache(Closing):
         return self._max_bucket
 
     def extend(self, key: str, entries: list[dict[str, Any]]) -> None:
-        """Append entries to a bucket atomically (replace it in refresh mode), keeping the newest ``max_bucket``;
-        a claim this object holds on ``key`` is dropped in the same transaction (``release_claim`` then does nothing).
-
-        Atomic across threads, processes and hosts: a diskcache transaction, or a compare-and-set
-        script on Redis. While Redis can't be reached the write is skipped (the outage logs one warning) and
-        the claim is kept for ``release_claim``, as it is when nothing is stored.
-        """
+        """Append entries to a bucket atomically across threads, processes and hosts (replace it in refresh mode), keeping
+        the newest ``max_bucket``; a claim this object holds on ``key`` is dropped in the same transaction. While Redis
+        can't be reached the write is skipped (one warning per outage) and the claim kept for ``release_claim``."""
         check_key(key)
         fresh = wrap(entries, time.time())  # encoded once, here: a retried change only joins texts
         if not self.writable or not fresh:
@@ -208,19 +204,21 @@ class Cache(Closing):
         self._counters.add("writes")
 
     def claim(self, key: str, ttl_s: float) -> bool:
-        """Single flight: True for the one caller (thread, process or host) that should send this request now.
+        """Single flight: True for the one caller (thread, process or host) that should send this request now; see
+        ``claim_reading``."""
+        return self.claim_reading(key, ttl_s)[0]
 
-        The winner sends, stores its answer with ``extend`` (which drops the claim with it), then calls
-        ``release_claim`` (which releases it if ``extend`` did not, e.g. when it failed or stored
-        nothing); the others call ``wait_for``. ``ttl_s`` is the claim's lease, freeing the key if the
-        winner dies. Only mode ``on`` claims (the winner's answer must be stored and read back); in
-        other modes, and while the store can't be reached, every caller is a winner.
-        """
+    def claim_reading(self, key: str, ttl_s: float) -> tuple[bool, list[dict[str, Any]]]:
+        """``claim``, and the bucket's live entries read in the same step (one transaction, one round trip). The winner
+        sends, stores its answer with ``extend`` (dropping the claim), then calls ``release_claim``; the others call
+        ``wait_for``. ``ttl_s`` is the claim's lease. Only mode ``on`` claims; in other modes (True, what ``get``
+        returns), and while the store can't be reached, every caller is a winner."""
         check_key(key)
         if self._mode != "on":
             check_seconds("ttl_s", ttl_s, zero=False)
-            return True
-        return self._flights.claim(key, ttl_s)
+            return True, self._lookup(key) if self.readable else []
+        won, text = self._flights.claim(key, ttl_s)
+        return won, self._count_wait(self._live(key, text))  # found now: a hit
 
     def release_claim(self, key: str) -> None:
         """Give up a claim this cache object won, so waiting callers stop waiting; a no-op for any other key
@@ -282,6 +280,10 @@ class Cache(Closing):
         except CacheUnavailableError as exc:
             logger.debug("cache: lookup of %s missed (%s)", key[:12], exc)
             return []
+        return self._live(key, text)
+
+    def _live(self, key: str, text: str | None) -> list[dict[str, Any]]:
+        """The live entries of the text read at ``key``, the bucket pruned of what is expired or corrupt."""
         live, dropped, corrupt = live_entries(text, self._ttl, time.time())
         if corrupt:
             logger.warning("cache: dropping a corrupt bucket at %s (not a JSON list of entries)", key[:12])
@@ -290,7 +292,7 @@ class Cache(Closing):
         return [wrapper["entry"] for wrapper in live]
 
     def _count_wait(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Count a wait that ended with entries as a hit."""
+        """Count a wait (or a claim's read) that ended with entries as a hit."""
         if entries:
             self._counters.add("hits")
         return entries

@@ -167,13 +167,18 @@ class DiskStore:
         with self._guard("delete a bucket"), self.lock:
             self._disk.delete(key)
 
-    def add(self, key: str, text: str, *, expire: float) -> bool:
-        """diskcache's atomic ``add``: store ``text`` only if ``key`` is absent or expired, or holds what never
-        expires (every claim has an expiry: a value without one, planted or foreign, would hold the key forever)."""
-        with self._guard("take a claim"), self.lock:
-            added = bool(self._disk.add(key, text, expire=expire)) or self._take_unexpiring(key, text, expire)
+    def claim(self, key: str, token: str, *, expire: float, bucket: str) -> tuple[bool, str | None]:
+        """diskcache's atomic ``add`` of ``token`` at ``key`` (taken only if it is absent or expired, or holds what never
+        expires: a value without an expiry, planted or foreign, would hold the key forever), then the text at ``bucket``,
+        in one write transaction."""
+        with self._guard("take a claim"), self.lock, self._disk.transact():
+            added = bool(self._disk.add(key, token, expire=expire)) or self._take_unexpiring(key, token, expire)
+            try:
+                text = self.get(bucket)
+            except ForeignValueError:
+                text = None
         self._wrote()
-        return added
+        return added, text
 
     def _take_unexpiring(self, key: str, text: str, expire: float) -> bool:
         """After a failed ``add``: store ``text`` in one transaction if ``key`` now holds nothing live or a value

@@ -1,8 +1,9 @@
 """Single flight: identical requests in flight at the same moment are sent by one caller; the others wait.
 
 A caller that finds no cached answer *claims* the request's key: an atomic add of a short-lived
-marker in the cache's own store (diskcache's ``add`` on one machine, ``SET NX PX`` on Redis), so
-exactly one thread, process or host wins. The winner sends, then stores the answer and drops its
+marker in the cache's own store (diskcache's ``add`` on one machine, a Lua ``SET ... PX`` on Redis), so
+exactly one thread, process or host wins; the bucket is read in the same step (one transaction, one round
+trip), so that an answer another fetcher stored between the caller's lookup and its claim is seen. The winner sends, then stores the answer and drops its
 claim in one transaction (the store's ``update``), or on failure releases the claim; the others
 poll the bucket until it holds the entries they want, the claim is gone (the winner finished or
 failed) or their wait is up, and then send themselves if they still need to.
@@ -41,22 +42,23 @@ class SingleFlight:
         self._unreleased: dict[str, tuple[str, float]] = {}  # the same, for claims whose release failed
         self._lock = threading.Lock()
 
-    def claim(self, key: str, ttl_s: float) -> bool:
-        """Whether this caller won the key for ``ttl_s`` seconds; True too when the store can't be reached."""
+    def claim(self, key: str, ttl_s: float) -> tuple[bool, str | None]:
+        """Whether this caller won the key for ``ttl_s`` seconds (True too when the store can't be reached), and the
+        bucket's text read right after, in the same step: what a fetcher that finished meanwhile stored."""
         check_seconds("ttl_s", ttl_s, zero=False)
         self._release_unreleased()
         token = os.urandom(16).hex()  # unguessable and unique, like uuid4's, at a tenth of its cost
         lapses = time.monotonic() + ttl_s
         try:
-            won = self._store.add(key + CLAIM_SUFFIX, token, expire=ttl_s)
+            won, text = self._store.claim(key + CLAIM_SUFFIX, token, expire=ttl_s, bucket=key)
         except CacheError as exc:
             logger.debug("cache: claiming %s skipped, sending without single flight (%s)", key[:12], exc)
-            return True
+            return True, None
         if won:
             with self._lock:
                 self._tokens[key] = (token, lapses)
                 self._unreleased.pop(key, None)
-        return won
+        return won, text
 
     def mine(self, key: str) -> Claim | None:
         """The claim this object's caller holds on ``key``, as the store's (key, token), for ``update`` to drop."""

@@ -6,8 +6,8 @@ read-modify-write is optimistic: a compare-and-set Lua script writes the new tex
 bucket still holds what it was computed from, and answers what it holds otherwise (the first try
 guesses an absent bucket, as a miss's store finds it: one round trip; then retried, with jitter
 after the second, until ``timeout``). The same script drops the writer's claim. A claim is taken by
-the Lua script ``_ADD`` unless a live claim (one with an expiry) is there, so a value without one is
-taken over; it is released by a compare-and-delete Lua script, and the TTL is Redis's own expiry.
+the Lua script ``_CLAIM`` unless a live claim (one with an expiry) is there, so a value without one is
+taken over, and the bucket is read in the same round trip; it is released by a compare-and-delete Lua script, and the TTL is Redis's own expiry.
 The URL is checked, shown and made into a client by :class:`~blackbox_sdk._redis_url.RedisURL`
 (redis-py is imported only when a ``redis://`` or ``rediss://`` cache is opened). Failures to reach
 the server are raised as CacheUnavailableError (the Cache then misses or skips the write) and
@@ -36,10 +36,16 @@ SOCKET_TIMEOUT_S = 2.0  # connect and read timeouts unless the URL sets its own 
 _KEY_GLOB = "[0-9a-f]" * 64  # a bucket name ends in exactly a SHA-256 hex key; claims end in ":claim"
 _BATCH = 500
 _RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
-# KEYS: the claim. ARGV: the token, PX in ms. Taken unless a live claim is there: every claim has an
-# expiry, so a value without one (PTTL -1, planted or left by a foreign writer) is not a claim and is
-# replaced rather than holding identical requests back forever. Returns 1 when taken.
-_ADD = "if redis.call('PTTL', KEYS[1]) >= 0 then return 0 end redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1"
+# KEYS: the claim, the bucket. ARGV: the token, PX in ms. Taken unless a live claim is there: every claim has an
+# expiry, so a value without one (PTTL -1, planted or left by a foreign writer) is not a claim and is replaced
+# rather than holding identical requests back forever. Returns {1 when taken else 0, the bucket's text if it
+# holds a string}: the read after the claim in the same round trip.
+_CLAIM = """
+local taken = 0
+if redis.call('PTTL', KEYS[1]) < 0 then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) taken = 1 end
+if redis.call('TYPE', KEYS[2])['ok'] == 'string' then return {taken, redis.call('GET', KEYS[2])} end
+return {taken}
+"""
 # KEYS: bucket, claim. ARGV: 1 if a value is expected, the expected bytes, the write (set / del / none),
 # the new bytes, PX in ms ('' for none), the claim's token ('' for none). Another Redis type reads as
 # absent (SET replaces it). Returns {1} when written, else {0} or {0, what the bucket holds}.
@@ -100,7 +106,7 @@ class RedisStore:
 
         self._errors = exceptions
         self._release = self._client.register_script(_RELEASE)
-        self._add = self._client.register_script(_ADD)
+        self._claim = self._client.register_script(_CLAIM)
         self._swap_script = self._client.register_script(_SWAP)
         self._outage = Outage(self.location)
         self._refusals: set[str] = set()  # kinds of refusal (the error's type) warned of already
@@ -130,10 +136,12 @@ class RedisStore:
         """Remove ``key`` if it is stored."""
         self._run("delete a bucket", lambda: self._client.delete(self._prefix + key))
 
-    def add(self, key: str, text: str, *, expire: float) -> bool:
-        """Store ``text`` for ``expire`` seconds unless ``key`` holds a live claim (one with an expiry), in one Lua script; whether it was stored."""
-        name, expiry = self._prefix + key, _milliseconds(expire)
-        return bool(self._run("take a claim", lambda: self._add(keys=[name], args=[text.encode("utf-8"), expiry])))
+    def claim(self, key: str, token: str, *, expire: float, bucket: str) -> tuple[bool, str | None]:
+        """Store ``token`` for ``expire`` seconds unless ``key`` holds a live claim (one with an expiry), then read
+        ``bucket``, in one Lua script (one round trip); bytes that are not UTF-8 read as absent."""
+        names, expiry = [self._prefix + key, self._prefix + bucket], _milliseconds(expire)
+        reply = self._run("take a claim", lambda: self._claim(keys=names, args=[token.encode("utf-8"), expiry]))
+        return reply[0] == 1, _decoded(reply[1]) if len(reply) > 1 else None
 
     def discard(self, key: str, text: str) -> None:
         """Remove ``key`` only while it still holds ``text``, in one Lua script."""

@@ -51,9 +51,11 @@ class CacheStore(Protocol):
         """Remove ``key`` if it is stored."""
         ...
 
-    def add(self, key: str, text: str, *, expire: float) -> bool:
-        """Store ``text`` for ``expire`` seconds only if ``key`` holds nothing live; whether it was stored.
-        A value without an expiry is not live (claims always lapse): it is replaced."""
+    def claim(self, key: str, token: str, *, expire: float, bucket: str) -> tuple[bool, str | None]:
+        """Store ``token`` at the claim ``key`` for ``expire`` seconds only if it holds nothing live (a value without an
+        expiry is not live: claims always lapse, so it is replaced), then read the text at ``bucket``, in one step (one
+        transaction, one round trip): whether the claim was taken, and the bucket's text (None: absent, or a value the
+        store did not write, which the lookup before a claim drops)."""
         ...
 
     def discard(self, key: str, text: str) -> None:
