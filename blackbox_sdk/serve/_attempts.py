@@ -3,7 +3,9 @@
 /login, /admin/* and the admin gate of /metrics and / count each wrong key (or session cookie) a peer
 address presents; past MAX_FAILURES within WINDOW_S, that address is refused with 429 and Retry-After
 before any key it sends is compared, until its oldest failure leaves the window. A request that presents
-no key at all guesses nothing and is not counted. Behind a reverse proxy every client shares its address.
+no key at all guesses nothing and is not counted. Behind a reverse proxy the address is the one it forwards
+(X-Forwarded-For), which uvicorn takes from a proxy it trusts (this host, or FORWARDED_ALLOW_IPS); from an
+untrusted one, every client shares the proxy's address.
 """
 
 from __future__ import annotations
