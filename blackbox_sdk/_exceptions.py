@@ -24,6 +24,7 @@ the request's, and the proxy answers them with a 500, never a 400 (`serve/_error
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import openai
@@ -119,3 +120,11 @@ class InvalidRequestError(openai.BadRequestError, ConfigError):
         response = _bad_request_response(message, param)
         super().__init__(message, response=response, body=response.json()["error"])
         self.param = param
+
+
+def add_note(error: BaseException, note: str) -> None:
+    """`error.add_note(note)` on Python 3.10 too, which has no add_note: the note joins `__notes__` (PEP 678)."""
+    if sys.version_info >= (3, 11):
+        error.add_note(note)
+    else:
+        setattr(error, "__notes__", [*getattr(error, "__notes__", ()), note])  # 3.10 BaseException types no __notes__

@@ -114,6 +114,13 @@ class ProcessConnection:
         with contextlib.suppress(sqlite3.Error):
             self._drop()
 
+    def __del__(self) -> None:
+        """Close the connection of a store dropped without ``close()``: Python 3.13 warns (ResourceWarning) at each one."""
+        try:
+            self._drop()
+        except (sqlite3.Error, AttributeError):  # AttributeError: ``__init__`` never ran to the end
+            pass
+
 
 _held: weakref.WeakSet[Any] = weakref.WeakSet()
 _forking: list[Any] = []  # the holders whose locks the forking thread holds

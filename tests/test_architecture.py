@@ -17,6 +17,10 @@ import blackbox_sdk
 PACKAGE = Path(blackbox_sdk.__file__).parent
 MAX_MODULE_LINES, MAX_CLASS_LINES, MAX_FUNCTION_LINES = 400, 250, 50
 FACES = ["blackbox_sdk.adapter", "blackbox_sdk.budget", "blackbox_sdk.cache", "blackbox_sdk.call_log", "blackbox_sdk.limits", "blackbox_sdk.local", "blackbox_sdk.resources", "blackbox_sdk.serve", "blackbox_sdk.tuning", "blackbox_sdk._pipeline"]
+EXTRAS_ONLY = [  # packages only the [hf], [adapter], [bbt] and [server] extras bring: a core install has none of them
+    "accelerate", "cma", "gguf", "jinja2", "llama_cpp", "matplotlib", "numpy", "onnx", "onnxruntime", "peft", "safetensors", "torch", "tqdm",
+    "transformers",
+]
 
 
 def _modules() -> dict[str, Path]:
@@ -106,6 +110,12 @@ def test_private_modules_leave_the_public_list_to_their_face() -> None:
 
 def test_faces_import_without_torch() -> None:
     code = "import sys; import " + ", ".join(FACES) + "; assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_faces_import_on_a_core_install() -> None:
+    blocked = f"import sys; sys.modules.update(dict.fromkeys({EXTRAS_ONLY!r})); "  # as if not installed: importing one raises
+    code = blocked + "import blackbox_sdk.cli, " + ", ".join(FACES)
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import httpx2
 import openai
 
-from .._exceptions import BudgetExceededError, StoreUnavailableError
+from .._exceptions import BudgetExceededError, StoreUnavailableError, add_note
 from .._redact import redact_text
 from .._types import Json
 from ..budget import TokenCount
@@ -114,7 +114,7 @@ def hold_retry(core: Core, call: Call, error: BaseException, send: Callable[[], 
             call_spent_usd=call.info.cost_usd + call.reservation.worst_case_usd,  # the retry's own hold stands
         )
     except (BudgetExceededError, StoreUnavailableError) as refused:  # a ledger out of reach: the lost answer's charge is owed
-        refused.add_note(f"it was the retry, not sent, of a request whose answer was lost ({type(error).__name__}), charged its worst case")
+        add_note(refused, f"it was the retry, not sent, of a request whose answer was lost ({type(error).__name__}), charged its worst case")
         if isinstance(refused, StoreUnavailableError):
             raise  # its cause is the store's own error
         raise refused from error

@@ -9,8 +9,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import jinja2
-
 from ._requests import ChatRequest, CompletionRequest, LocalRequestError, Message, Sampling, parse_messages
 from ._structured import Structured
 
@@ -64,6 +62,8 @@ def template_ids(tokenizer: Any, messages: list[Message]) -> list[int]:
     if not tokenizer.chat_template:
         text = "".join(f"{m['role']}: {m['content']}\n" for m in conversation) + "assistant:"
         return tokenizer.encode(text)
+    import jinja2  # chat templates need it (the [hf] extra): a core install imports blackbox_sdk.local without it
+
     try:
         return list(
             tokenizer.apply_chat_template(
