@@ -171,8 +171,8 @@ class Core:
             params["n"] = count
         elif "n" in call.params:
             params["n"] = call.params["n"]  # None or omit, sent as the caller gave it
-        if max_tokens is not None:  # the caller's caps replaced by those sent, each at most the one granted
-            refused = call.route is CHAT and call.relies_on_cap and takes_completion_cap(self, call)  # only a relied-on cap is renamed
+        if max_tokens is not None and call.relies_on_cap:  # a relied-on cap: the caller's caps replaced by those sent, each at most the one granted
+            refused = call.route is CHAT and takes_completion_cap(self, call)
             sent = call.caps_to_send(max_tokens, refused)  # a cap renamed leaves the caller's name out (never both)
             params = {k: v for k, v in params.items() if k not in call.caps_given or k in sent} | sent
         if seed is not None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
@@ -58,7 +58,7 @@ def config_errors(what: str) -> Iterator[None]:
 
 def new_call_id() -> str:
     """A unique, time-sortable call id: ``bb-<ms since epoch, hex>-<16 random hex>``."""
-    return f"bb-{int(time.time() * 1000):x}-{uuid.uuid4().hex[:16]}"
+    return f"bb-{int(time.time() * 1000):x}-{os.urandom(8).hex()}"  # uuid4's randomness at a fifth of its cost
 
 
 class CallRecord(BaseModel):
