@@ -77,22 +77,28 @@ def test_a_stalled_redis_holds_up_the_call_but_never_the_event_loop(llama_server
     assert budget.spent() > 0
 
 
+def _lock_for_a_while(path: Path) -> Callable[[], None]:
+    """A stall: another connection holds the SQLite file's write lock for STALL_S."""
+
+    def stall() -> None:
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        time.sleep(STALL_S)
+        holder.execute("COMMIT")
+        holder.close()
+
+    return stall
+
+
 def test_a_locked_sqlite_ledger_holds_up_the_call_but_never_the_event_loop(llama_server: str, tmp_path: Path) -> None:
     """Another process's connection holds the ledger's write lock for 0.6 s: the reservation queues, the loop goes on."""
     ledger = tmp_path / "ledger.db"
     budget = blackbox_sdk.Budget(total_usd=100.0, prices=PRICES, ledger=str(ledger))
     client = blackbox_sdk.AsyncOpenAI(base_url=llama_server, api_key="sk-test", budget=budget)
 
-    def stall() -> None:
-        holder = sqlite3.connect(ledger, isolation_level=None)
-        holder.execute("BEGIN IMMEDIATE")
-        time.sleep(STALL_S)
-        holder.execute("COMMIT")
-        holder.close()
-
     async def main() -> tuple[Any, float, float]:
         await client.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=4)
-        return await _longest_gap(client.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=4), stall)
+        return await _longest_gap(client.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=4), _lock_for_a_while(ledger))
 
     response, gap, took = asyncio.run(main())
     assert response.blackbox.cost_usd > 0
@@ -263,18 +269,11 @@ def test_feedback_is_awaited_and_writes_off_the_event_loop(llama_server: str, tm
     path = tmp_path / "calls.db"
     client = blackbox_sdk.AsyncOpenAI(base_url=llama_server, api_key="sk-test", log=str(path))
 
-    def hold() -> None:
-        holder = sqlite3.connect(path, isolation_level=None)
-        holder.execute("BEGIN IMMEDIATE")
-        time.sleep(STALL_S)
-        holder.execute("COMMIT")
-        holder.close()
-
     async def main() -> tuple[Any, float, float]:
         answer = await client.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=4)
         client.options.log.flush()  # type: ignore[attr-defined]
         try:
-            return await _longest_gap(client.feedback(answer.blackbox.call_id, label="correct"), hold)  # type: ignore[attr-defined]
+            return await _longest_gap(client.feedback(answer.blackbox.call_id, label="correct"), _lock_for_a_while(path))  # type: ignore[attr-defined]
         finally:
             await client.close()
 
