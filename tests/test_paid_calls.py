@@ -242,7 +242,7 @@ def test_an_async_call_cancelled_while_it_reserves_leaves_nothing_held(monkeypat
 
 def test_an_async_call_cancelled_while_it_claims_leaves_no_claim(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cache = Cache(tmp_path / "cache")
-    SlowStore(monkeypatch, type(cache), "claim")
+    SlowStore(monkeypatch, type(cache), "claim_reading")  # the claim the client takes (with its read)
     server = Server()
 
     async def main() -> float:
