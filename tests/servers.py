@@ -199,6 +199,33 @@ class PostgresServer:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
+@contextmanager
+def sse_upstream(events: Callable[[Any], bytes]) -> Iterator[str]:
+    """A fault double on a free loopback port for what a real server won't do on demand (a stream cut short, an error
+    event mid-stream): every POST is answered 200 with the event-stream bytes `events(request headers)`, then the
+    connection closes. Yields its /v1 base URL; stopped after."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Streaming(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # http.server's name
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+            self.wfile.write(events(self.headers))
+
+        def log_message(self, *args: object) -> None:
+            """Quiet."""
+
+    upstream = ThreadingHTTPServer(("127.0.0.1", 0), Streaming)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{upstream.server_address[1]}/v1"
+    finally:
+        upstream.shutdown()
+        upstream.server_close()
+
+
 class InstantUpstream:
     """An OpenAI-compatible endpoint on a free loopback port that answers `answer` at once on `route`
     (chat completions unless told; 404 on other routes) with `status` and `headers`; `before` runs

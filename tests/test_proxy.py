@@ -31,7 +31,7 @@ from blackbox_sdk.serve import ProxyConfig, ProxyError, Tenant, create_app, load
 from blackbox_sdk.serve._body import MAX_JSON_DEPTH, parse_object
 from blackbox_sdk.serve._routes import CHAT, Generating, generating
 from payloads import BROKEN_ADAPTERS, broken_adapter
-from servers import Proxy, proxy_ready
+from servers import Proxy, proxy_ready, sse_upstream
 
 pytestmark = pytest.mark.slow
 
@@ -513,38 +513,23 @@ def test_an_upstream_error_passes_as_openais_four_fields_redacted(monkeypatch: p
 
 
 def test_an_upstream_error_event_mid_stream_passes_as_an_error_event_redacted(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
     chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": MODEL,
              "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hel"}, "finish_reason": None}]}
 
-    class FailingMidStream(BaseHTTPRequestHandler):  # a fault double: a 200 stream, one chunk, then an error event echoing the key
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            error = {"message": f"overloaded; you sent {self.headers.get('Authorization', '')}", "type": "server_error", "code": "overloaded", "debug": "x"}
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
-            self.end_headers()
-            self.wfile.write(f"data: {json.dumps(chunk)}\n\ndata: {json.dumps({'error': error})}\n\n".encode())
+    def failing_mid_stream(headers: Any) -> bytes:
+        """A 200 stream, one chunk, then an error event echoing the key."""
+        error = {"message": f"overloaded; you sent {headers.get('Authorization', '')}", "type": "server_error", "code": "overloaded", "debug": "x"}
+        return f"data: {json.dumps(chunk)}\n\ndata: {json.dumps({'error': error})}\n\n".encode()
 
-        def log_message(self, *args: object) -> None:
-            """Quiet."""
-
-    upstream = ThreadingHTTPServer(("127.0.0.1", 0), FailingMidStream)
-    threading.Thread(target=upstream.serve_forever, daemon=True).start()
     monkeypatch.setenv("UPSTREAM_KEY", "upstream-Secret-0123456789")
-    config = ProxyConfig(upstream=f"http://127.0.0.1:{upstream.server_address[1]}/v1", upstream_api_key_env="UPSTREAM_KEY", max_retries=0,
-                         log=str(tmp_path / "calls.db"))
-    try:
+    with sse_upstream(failing_mid_stream) as upstream:
+        config = ProxyConfig(upstream=upstream, upstream_api_key_env="UPSTREAM_KEY", max_retries=0, log=str(tmp_path / "calls.db"))
         with Proxy(config) as running:
             client = running.client(max_retries=0)
             received = []
             with pytest.raises(openai.APIError) as failed:
                 for part in client.chat.completions.create(model=MODEL, messages=HELLO, stream=True):
                     received.append(part.choices[0].delta.content)
-    finally:
-        upstream.shutdown()
-        upstream.server_close()
     assert received == ["Hel"]
     assert failed.value.body == {"message": "overloaded; you sent Bearer [REDACTED]", "type": "server_error", "param": None, "code": "overloaded"}
     [record] = CallLog(tmp_path / "calls.db").calls()

@@ -8,14 +8,13 @@ from __future__ import annotations
 import json
 import sqlite3
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2
 import openai
 import pytest
-from servers import InstantUpstream, Proxy
+from servers import InstantUpstream, Proxy, sse_upstream
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -242,35 +241,15 @@ def test_a_key_sent_as_a_field_name_is_redacted_in_the_call_log(proxy: Proxy, fo
 
 
 def test_a_stream_the_upstream_cut_short_ends_with_an_error_event_not_done(folder: Path) -> None:
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
     chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": MODEL,
              "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hel"}, "finish_reason": None}]}
-
-    class CutShort(BaseHTTPRequestHandler):  # a fault double: one chunk, no finish_reason, yet a clean [DONE]
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
-            self.end_headers()
-            self.wfile.write(f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode())
-
-        def log_message(self, *args: object) -> None:
-            """Quiet."""
-
-    upstream = ThreadingHTTPServer(("127.0.0.1", 0), CutShort)
-    threading.Thread(target=upstream.serve_forever, daemon=True).start()
-    config = ProxyConfig(upstream=f"http://127.0.0.1:{upstream.server_address[1]}/v1", max_retries=0, log=str(folder / "cut.db"))
-    try:
-        with Proxy(config) as running:
-            raw = running.post("/chat/completions", json.dumps({"model": MODEL, "messages": HELLO, "stream": True}).encode())
-            received = []
-            with pytest.raises(openai.APIError) as failed:
-                for part in running.client(max_retries=0).chat.completions.create(model=MODEL, messages=HELLO, stream=True):
-                    received.append(part.choices[0].delta.content)
-    finally:
-        upstream.shutdown()
-        upstream.server_close()
+    cut = sse_upstream(lambda headers: f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode())  # one chunk, no finish_reason, yet [DONE]
+    with cut as upstream, Proxy(ProxyConfig(upstream=upstream, max_retries=0, log=str(folder / "cut.db"))) as running:
+        raw = running.post("/chat/completions", json.dumps({"model": MODEL, "messages": HELLO, "stream": True}).encode())
+        received = []
+        with pytest.raises(openai.APIError) as failed:
+            for part in running.client(max_retries=0).chat.completions.create(model=MODEL, messages=HELLO, stream=True):
+                received.append(part.choices[0].delta.content)
     assert raw.status_code == 200 and "[DONE]" not in raw.text, raw.text  # a client that waits for [DONE] is not told it came whole
     assert received == ["Hel"] and failed.value.body is not None
     assert failed.value.body["code"] == "upstream_stream_incomplete" and "finish_reason" in failed.value.body["message"]

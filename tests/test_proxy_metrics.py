@@ -4,9 +4,7 @@ server, parsed with prometheus_client's own parser; behind the admin key, with n
 from __future__ import annotations
 
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +12,7 @@ from typing import Any
 import httpx2
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from servers import Proxy
+from servers import Proxy, sse_upstream
 from starlette.testclient import TestClient
 
 from blackbox_sdk import Budget, CallLog, ConfigError
@@ -241,29 +239,12 @@ def _answered(proxy: Proxy, route: str) -> dict[tuple[str, str], float]:
 def test_a_chat_stream_the_upstream_cut_short_is_counted_as_an_upstream_failure(tmp_path: Path) -> None:
     chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": MODEL,
              "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hel"}, "finish_reason": None}]}
-
-    class CutShort(BaseHTTPRequestHandler):  # a fault double: one chunk, no finish_reason, then the connection closes
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
-            self.end_headers()
-            self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
-
-        def log_message(self, *args: object) -> None:
-            """Quiet."""
-
-    upstream = ThreadingHTTPServer(("127.0.0.1", 0), CutShort)
-    threading.Thread(target=upstream.serve_forever, daemon=True).start()
-    try:
-        with Proxy(ProxyConfig(upstream=f"http://127.0.0.1:{upstream.server_address[1]}/v1", max_retries=0)) as proxy:
-            body = {"model": MODEL, "messages": HELLO, "stream": True}
-            sent = httpx2.post(f"{proxy.base_url}/chat/completions", json=body, timeout=60)
-            assert sent.status_code == 200 and "upstream_stream_incomplete" in sent.text
-            assert _answered(proxy, "chat") == {("requests", "502"): 1.0, ("upstream_errors", "incomplete"): 1.0}
-    finally:
-        upstream.shutdown()
-        upstream.server_close()
+    cut = sse_upstream(lambda headers: f"data: {json.dumps(chunk)}\n\n".encode())  # one chunk, no finish_reason, then closed
+    with cut as upstream, Proxy(ProxyConfig(upstream=upstream, max_retries=0)) as proxy:
+        body = {"model": MODEL, "messages": HELLO, "stream": True}
+        sent = httpx2.post(f"{proxy.base_url}/chat/completions", json=body, timeout=60)
+        assert sent.status_code == 200 and "upstream_stream_incomplete" in sent.text
+        assert _answered(proxy, "chat") == {("requests", "502"): 1.0, ("upstream_errors", "incomplete"): 1.0}
 
 
 def test_a_stream_whose_client_left_mid_stream_is_counted_as_client_closed(llama_server: str) -> None:
