@@ -219,6 +219,26 @@ def test_base_folder_without_config_is_an_adapter_error(tmp_path: Path) -> None:
         Adapter.create(AdapterConfig(base_model=str(tmp_path)))
 
 
+def test_a_base_encoder_stored_in_fp16_loads_and_trains_in_fp32(tmp_path: Path) -> None:
+    from transformers import AutoModel
+
+    from blackbox_sdk.adapter import RankingGroup, TrainConfig, train
+    from blackbox_sdk.local import default_encoder_path
+
+    torch.set_num_threads(1)
+    source, half = default_encoder_path(), tmp_path / "minilm-fp16"
+    AutoModel.from_pretrained(source, use_safetensors=True).half().save_pretrained(half)  # as many HF checkpoints are kept
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        (half / name).write_bytes((source / name).read_bytes())
+    stored = Adapter.create(AdapterConfig(base_model=str(half), trainable_layers=-1), seed=0, device="cpu")
+    full = Adapter.create(AdapterConfig(trainable_layers=-1), seed=0, device="cpu")
+    assert {p.dtype for p in stored.model.parameters()} == {torch.float32}  # transformers 5 would keep the file's fp16
+    assert stored.score(QUESTION, ANSWERS) == pytest.approx(full.score(QUESTION, ANSWERS), abs=2e-3)  # fp16 rounding of the weights only
+    groups = [RankingGroup(question=f"What is {i} plus 2?", positive=f"{i} plus 2 is {i + 2}.", negatives=(f"{i} plus 2 is {i + 3}.",)) for i in range(16)]
+    train(stored, groups, TrainConfig(epochs=2, lr=1e-3, progress=False))  # in fp16 this diverged: "the loss is nan"
+    assert all(math.isfinite(s) for s in stored.score(QUESTION, ANSWERS))
+
+
 def test_a_single_string_of_answers_is_refused(adapter: Adapter) -> None:
     with pytest.raises(AdapterError, match="list of strings"):
         adapter.score(QUESTION, "Nairobi")  # type: ignore[arg-type]

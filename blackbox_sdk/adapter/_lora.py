@@ -63,7 +63,8 @@ def base_fingerprint(folder: Path) -> str:
 
 
 def load_base(config: AdapterConfig) -> tuple[Any, Any, str]:
-    """The base encoder (safetensors only), its left-truncating tokenizer and its fingerprint, on the CPU."""
+    """The base encoder (safetensors only) in fp32 whatever dtype its file keeps, its left-truncating tokenizer and its fingerprint, on the CPU."""
+    import torch
     from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -71,7 +72,7 @@ def load_base(config: AdapterConfig) -> tuple[Any, Any, str]:
     fingerprint = base_fingerprint(base)
     hf_logging.disable_progress_bar()
     try:
-        encoder = AutoModel.from_pretrained(base, use_safetensors=True)
+        encoder = AutoModel.from_pretrained(base, use_safetensors=True, dtype=torch.float32)  # weights kept in fp16/bf16 train in fp32 too
         tokenizer = AutoTokenizer.from_pretrained(base)
     except (OSError, ValueError) as exc:
         raise AdapterError(f"can't load base encoder {base}: {exc}") from exc
