@@ -1,11 +1,12 @@
-"""Failed authentication attempts are bounded per client address (/login, /admin, the admin gate), and a
-body sent as anything but JSON is refused with 415 before it is read, with or without tenant keys: the
+"""Failed authentication attempts are bounded per client address (/login, /admin, the admin gate, and apart from
+those, unknown tenant keys on /v1), and a body sent as anything but JSON is refused with 415 before it is read, with or without tenant keys: the
 proxy under uvicorn on loopback, called over real HTTP."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx2
@@ -15,7 +16,9 @@ from starlette.requests import Request
 
 from blackbox_sdk import RateLimitExceededError
 from blackbox_sdk.serve import ProxyConfig, Tenant, admin_routes, create_app, open_key_store
-from blackbox_sdk.serve._attempts import MAX_FAILURES, FailedAttempts
+from blackbox_sdk.serve._attempts import MAX_FAILURES, WINDOW_S, FailedAttempts
+from blackbox_sdk.serve._key_tenants import TenantDefaults, TenantOptions, key_authenticator
+from blackbox_sdk.serve._keys import KEY_LENGTH, KeyRecord, KeyStore
 
 ADMIN = "admin-key-for-the-attempts-tests-0123456789"
 TEAM_KEY = "sk-team-a"
@@ -27,6 +30,7 @@ ANSWER = {
     "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
 }
 FORM = {"content-type": "application/x-www-form-urlencoded"}
+ELSEWHERE = "198.51.100.9"  # another client, as a reverse proxy on this host forwards it (X-Forwarded-For)
 
 
 @pytest.fixture(scope="module")
@@ -52,13 +56,13 @@ def _admin(proxy: Proxy, key: str) -> httpx2.Response:
     return httpx2.get(f"{proxy.url}/admin/keys", headers={"authorization": f"Bearer {key}"}, timeout=30)
 
 
-def _refused_429(answer: httpx2.Response) -> None:
-    """OpenAI's 429 body with a Retry-After of whole seconds."""
+def _refused_429(answer: httpx2.Response, secret: str = ADMIN) -> None:
+    """OpenAI's 429 body with a Retry-After of whole seconds (the key presented never echoed)."""
     assert answer.status_code == 429, answer.text
     assert 1 <= int(answer.headers["retry-after"]) <= 60
     error = answer.json()["error"]
     assert set(error) == {"message", "type", "param", "code"} and error["code"] == "rate_limit_exceeded"
-    assert ADMIN not in answer.text
+    assert ADMIN not in answer.text and secret not in answer.text
 
 
 def test_wrong_admin_keys_past_the_limit_are_refused_429_before_any_key_is_compared(keyed: Proxy) -> None:
@@ -135,3 +139,86 @@ def test_a_body_that_is_not_sent_as_json_is_refused_415_in_every_mode(keyed: Pro
         assert _post(local, "/v1/chat/completions", "application/json; charset=utf-8").status_code == 200
         assert _post(local, "/v1/chat/completions", "Application/JSON").status_code == 200
     assert _post(keyed, "/admin/keys", "application/json", ADMIN).status_code == 201
+
+
+@dataclass
+class TenantKeyed:
+    """The proxy with a real key store (SQLite or Redis) behind its tenant keys, its clock of wrong keys, and the
+    keys the store was asked to look up."""
+
+    proxy: Proxy
+    secret: str  # team-a's live key
+    now: list[float]  # the clock of the proxy's count of wrong tenant keys
+    lookups: list[int]  # one entry per key-store lookup
+
+
+@pytest.fixture
+def tenant_keyed(upstream: InstantUpstream, store_at: Callable[[str], str], monkeypatch: pytest.MonkeyPatch) -> Iterator[TenantKeyed]:
+    """`TenantKeyed`, once with the key store on an SQLite file and once on a real redis-server."""
+    with open_key_store(store_at("keys.db"), admin_key=ADMIN) as store:
+        secret, _ = store.create("team-a")
+        lookups: list[int] = []
+        monkeypatch.setattr(store, "lookup", _counted(store, lookups))
+        tenants = TenantOptions(TenantDefaults())
+        app = create_app(ProxyConfig(upstream=upstream.url, max_retries=0), authenticate=key_authenticator(store, tenants), keys=store)
+        now = [1000.0]
+        app.state.proxy.key_attempts = FailedAttempts(clock=lambda: now[0])
+        with Proxy(built=app) as running:
+            yield TenantKeyed(running, secret, now, lookups)
+        tenants.close()
+
+
+def _counted(store: KeyStore, lookups: list[int]) -> Callable[[str | None], KeyRecord | None]:
+    """The store's own lookup, counted."""
+    looked_up = store.lookup
+
+    def lookup(presented: str | None) -> KeyRecord | None:
+        """Count the lookup, then ask the store."""
+        lookups.append(1)
+        return looked_up(presented)
+
+    return lookup
+
+
+def _v1(proxy: Proxy, path: str, key: str | None, client: str | None = None) -> httpx2.Response:
+    """A /v1 request presenting `key` (None: none), from `client` when given (X-Forwarded-For)."""
+    headers = {**({"authorization": f"Bearer {key}"} if key else {}), **({"x-forwarded-for": client} if client else {})}
+    if path == "/models":
+        return httpx2.get(f"{proxy.base_url}{path}", headers=headers, timeout=30)
+    return proxy.post(path, json.dumps({"model": MODEL, "messages": HELLO, "input": "hi", "call_id": "c"}).encode(), **headers)
+
+
+V1_PATHS = ("/chat/completions", "/completions", "/embeddings", "/responses", "/models", "/feedback")
+
+
+def test_unknown_tenant_keys_past_the_limit_are_refused_429_before_the_key_store_is_asked(tenant_keyed: TenantKeyed) -> None:
+    proxy, secret = tenant_keyed.proxy, tenant_keyed.secret
+    for _ in range(40):  # no key at all guesses nothing: not counted
+        assert _v1(proxy, "/chat/completions", None).status_code == 401
+    for guess in range(MAX_FAILURES):  # keys the store could hold: each one hashed and looked up
+        wrong = f"bb-{guess:0{KEY_LENGTH - 3}d}"
+        assert _v1(proxy, V1_PATHS[guess % len(V1_PATHS)], wrong).status_code == 401
+    asked = len(tenant_keyed.lookups)
+    for path in V1_PATHS:
+        _refused_429(_v1(proxy, path, "bb-" + "x" * (KEY_LENGTH - 3)), secret)
+        _refused_429(_v1(proxy, path, secret), secret)  # even the right key: it is not looked up
+    assert len(tenant_keyed.lookups) == asked  # the key store was not asked (no hash, no Redis round trip)
+    assert _v1(proxy, "/chat/completions", secret, ELSEWHERE).status_code == 200  # another address is let in
+    admin = httpx2.get(f"{proxy.url}/metrics", headers={"authorization": f"Bearer {ADMIN}"}, timeout=30)
+    assert admin.status_code == 200  # the admin's own count is apart from the tenants'
+    counted = [line for line in admin.text.splitlines() if line.startswith("blackbox_proxy_requests_total{") and 'status="429"' in line]
+    assert sum(float(line.rsplit(" ", 1)[1]) for line in counted) == 2 * len(V1_PATHS)
+    assert secret not in admin.text
+
+
+def test_an_address_past_the_limit_is_let_in_again_once_its_failures_leave_the_window(tenant_keyed: TenantKeyed) -> None:
+    proxy, secret = tenant_keyed.proxy, tenant_keyed.secret
+    for guess in range(MAX_FAILURES):
+        assert _v1(proxy, "/models", f"wrong-{guess}").status_code == 401  # not even the shape of a key: counted too
+    refused = _v1(proxy, "/models", secret)
+    _refused_429(refused, secret)
+    assert refused.headers["retry-after"] == str(int(WINDOW_S))
+    tenant_keyed.now[0] += WINDOW_S - 1
+    _refused_429(_v1(proxy, "/models", secret), secret)
+    tenant_keyed.now[0] += 1
+    assert _v1(proxy, "/chat/completions", secret).status_code == 200

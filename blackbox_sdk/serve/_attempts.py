@@ -1,9 +1,11 @@
-"""Failed authentication attempts per client address, in this process: a bound on guessing the admin key.
+"""Failed authentication attempts per client address, in this process: a bound on guessing a key.
 
-/login, /admin/* and the admin gate of /metrics and / count each wrong key (or session cookie) a peer
-address presents; past MAX_FAILURES within WINDOW_S, that address is refused with 429 and Retry-After
-before any key it sends is compared, until its oldest failure leaves the window. A request that presents
-no key at all guesses nothing and is not counted. Behind a reverse proxy the address is the one it forwards
+/login, /admin/* and the admin gate of /metrics and / count each wrong admin key a peer address presents;
+the /v1 routes count each unknown tenant key in an instance of their own (`_state.Proxy.key_attempts`), so
+neither kind of mistake locks out the other. Past MAX_FAILURES within WINDOW_S, that address is refused with
+429 and Retry-After before any key it sends is compared (or looked up in the key store), until its oldest
+failure leaves the window. Each process keeps its own count: several workers each allow MAX_FAILURES.
+A request that presents no key at all guesses nothing and is not counted. Behind a reverse proxy the address is the one it forwards
 (X-Forwarded-For), which uvicorn takes from a proxy it trusts (this host, or FORWARDED_ALLOW_IPS); from an
 untrusted one, every client shares the proxy's address.
 """

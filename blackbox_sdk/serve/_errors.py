@@ -13,7 +13,7 @@ SDK's errors and the upstream's, mapped once here.
     415 unsupported_media_type  a body sent as anything but JSON (text/plain, a form, application/xml), before it is read
     429 insufficient_quota      a budget refusal (OpenAI's status for an exhausted quota; sent with
                                 x-should-retry: false, so openai's clients do not retry it)
-    429 rate_limit_exceeded     a rate limit, with Retry-After; also an address past its failed admin-key attempts (`_attempts`)
+    429 rate_limit_exceeded     a rate limit, with Retry-After; also an address past its failed admin- or tenant-key attempts (`_attempts`)
     500 key_misconfigured       a key whose options can't be built or applied (its ledger's Redis refusing the password,
                                 a missing reranker folder): the operator's fault (`_state`)
     500 server_error            a failure of the proxy itself, also outside the routes (OpenAI's body, not Starlette's text)

@@ -1,7 +1,9 @@
 """The proxy's running state: its configuration, the SDK client it serves with (built in the
 background, so /healthz answers at once and /readyz says when the upstream client is ready), the
 tenants' copies of that client, who a request speaks for, its metrics and the admin gate of the
-operations pages (the key store and the tenants' options, for spend against budgets)."""
+operations pages (the key store and the tenants' options, for spend against budgets). Wrong tenant keys are
+counted per client address apart from the admin's (`_attempts`): a user mistyping a key never locks out the
+admin, nor the admin's typos a user."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from .._exceptions import BlackBoxError, ConfigError
 from .._logging import logger
 from .._redact import redact_text
 from ._admin_gate import AdminGate
+from ._attempts import FailedAttempts
 from ._config import ProxyConfig
 from ._errors import ProxyError
 from ._key_tenants import TenantOptions
@@ -45,6 +48,7 @@ class Proxy:
         self.keys, self.tenants = keys, tenants
         self.metrics = ProxyMetrics()
         self.gate = AdminGate(keys, loopback=authenticate is None)
+        self.key_attempts = FailedAttempts()  # unknown tenant keys per client address, apart from the admin's
         self.failure: str | None = None
         self._options = options
         self._clients: TenantClients | None = None
@@ -73,16 +77,21 @@ class Proxy:
             self._clients = None
 
     async def tenant(self, request: Request) -> Tenant | None:
-        """Who the request speaks for (None without a key store); 401 for a missing or unknown key. A key's options
-        that can't be built on its first request (its ledger's Redis refusing the password) are the operator's fault: 500."""
+        """Who the request speaks for (None without a key store); 401 for a missing or unknown key. An unknown key is
+        counted against the client's address, and an address past its failed attempts is refused with 429 before its
+        key is hashed or looked up (RateLimitExceededError). A key's options that can't be built on its first request
+        (its ledger's Redis refusing the password) are the operator's fault: 500."""
         if self.authenticate is None:
             return None
+        self.key_attempts.check(request)
         presented = presented_key(request)
         try:
             tenant = await run_in_threadpool(self.authenticate, presented)
         except ConfigError as error:  # nothing of the request's: authenticate sees only its key
             raise _misconfigured(None, error) from error
         if tenant is None:
+            if presented is not None:  # presenting no key guesses nothing: not counted
+                self.key_attempts.failed(request)
             raise refuse_unknown_key(presented)
         return tenant
 
