@@ -15,7 +15,10 @@ the same form, taken from other questions), for each shipped adapter's encoder:
 Two regimes: `bulk` scores all candidates in batches of 64; `per call` scores each question's 8
 candidates as one call, as the client's reranker does. Each option's time is the median of 3
 interleaved repetitions (the machine is shared); Spearman and top-1 agreement are against plain fp32's
-scores. On a GPU (when there is one) it adds bf16 rows, batched by 256. Last, what reranking adds
+scores. On a GPU (when there is one) it adds rows there: plain fp32 and bf16 autocast batched by 256,
+and the SDK's own `Adapter.load(folder, device="cuda")` (precision "auto": bf16 autocast, the folder's
+batch size, longest first); the bulk regime scores the candidates GPU_REPEAT times over (10,240
+texts), so that the GPU's rate is not one kernel launch's. Last, what reranking adds
 to a real call: SmolLM2-135M behind llama.cpp's server (started here), K = 8 samples, the
 reranker's own time inside the call against the median call for the same 8 samples without a
 reranker (the SDK's client with n = 8, which the server ignores, so it fans out 8 seeded requests
@@ -29,6 +32,7 @@ import copy
 import statistics
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -42,6 +46,7 @@ SHIPPED = HERE.parent / "adapters"
 HELD_OUT = 40
 CANDIDATES = 8
 REPEATS = 3
+GPU_REPEAT = 32  # the bulk regime on a GPU scores 40 x 8 candidates 32 times over
 Scorer = Callable[[list[str]], list[float]]
 
 
@@ -117,7 +122,9 @@ def int8_scorer(adapter: Any) -> Scorer:
     from blackbox_sdk.adapter._fast import in_length_order, merged_copy
 
     model = merged_copy(adapter.model, adapter.lora_name).eval()
-    quantized = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)  # quantizes a copy
+    with warnings.catch_warnings():  # torch >= 2.10 says torch.ao.quantization moves to torchao; it still runs
+        warnings.simplefilter("ignore", DeprecationWarning)
+        quantized = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)  # quantizes a copy
     twin = copy.copy(adapter)
     twin.model, twin.base, twin.lora_name = quantized, None, None
     return lambda texts: in_length_order(texts, adapter.config.score_batch_size, twin._torch_batch)
@@ -161,23 +168,29 @@ def measure(name: str, folder: Path, questions: int, device: str = "cpu") -> lis
     if device == "cpu":
         scorers = options(folder)
     else:
-        gpu = Adapter.load(folder, device=device, shared=False)
-        scorers = {"plain fp32": plain_scorer(gpu, 256, device), "bf16 batched": plain_scorer(gpu, 256, device, torch.bfloat16)}
+        gpu = Adapter.load(folder, device=device, shared=False)  # precision "auto": bf16 autocast on a GPU
+        scorers = {
+            "plain fp32": plain_scorer(gpu, 256, device),
+            "bf16 batched": plain_scorer(gpu, 256, device, torch.bfloat16),
+            "the SDK's Adapter (auto: bf16)": gpu.score_texts,
+        }
     config = Adapter.load(folder, device="cpu", shared=False).config
     texts = [config.render(q, a) for q, a in pairs]
     rows = []
     for per_call in (False, True):
+        scored = texts if per_call or device == "cpu" else texts * GPU_REPEAT
         for scorer in scorers.values():
             scorer(texts[:CANDIDATES])  # warm-up
         runs: dict[str, list[float]] = {k: [] for k in scorers}
         scores: dict[str, list[float]] = {}
         for _ in range(REPEATS):
             for key, scorer in scorers.items():
-                scores[key], seconds = timed(scorer, texts, per_call)
+                all_scores, seconds = timed(scorer, scored, per_call)
+                scores[key] = all_scores[: len(texts)]
                 runs[key].append(seconds)
-        base = len(texts) / statistics.median(runs["plain fp32"])
+        base = len(scored) / statistics.median(runs["plain fp32"])
         for key in scorers:
-            rate = len(texts) / statistics.median(runs[key])
+            rate = len(scored) / statistics.median(runs[key])
             rows.append({
                 "adapter": name, "encoder": config.base_model, "device": device, "regime": "per call" if per_call else "bulk",
                 "option": key, "candidates_per_s": round(rate, 1), "speedup": round(rate / base, 2),
@@ -249,7 +262,28 @@ def rows(quick: bool = False) -> list[dict[str, Any]]:
     return out
 
 
+def folder_rows(name: str, folder: Path) -> list[dict[str, Any]]:
+    """One adapter folder's CPU rows and, when there is a GPU, its GPU rows (the device check, scripts/gpu_check.sh)."""
+    import torch
+
+    out = measure(name, folder, HELD_OUT)
+    if torch.cuda.is_available():
+        out += measure(name, folder, HELD_OUT, device="cuda")
+    else:
+        out.append({"adapter": name, "device": "cuda", "option": "no GPU here: torch.cuda.is_available() is False"})
+    return out
+
+
 if __name__ == "__main__":
+    import json
+
     from run import markdown_table
 
-    print(markdown_table(rows(quick="--quick" in sys.argv)))
+    if "--folder" in sys.argv:  # python benchmarks/bench_adapter_speed.py --folder DIR --task NAME [--json FILE]
+        arg = sys.argv.index
+        table = folder_rows(sys.argv[arg("--task") + 1], Path(sys.argv[arg("--folder") + 1]))
+        if "--json" in sys.argv:
+            Path(sys.argv[arg("--json") + 1]).write_text(json.dumps(table, indent=2) + "\n")
+    else:
+        table = rows(quick="--quick" in sys.argv)
+    print(markdown_table(table))
