@@ -6,7 +6,8 @@ one the server refuses, for its password or database, or whose TLS certificate t
 PING at open), show the URL the same way in reprs and messages (``redis://user:***@host:port/db``, a ``password=``
 query value as ``***`` too), keep the password out of every error text the driver writes, say in words when a
 certificate was not trusted, retry only what their clients are told to (a dropped connection; never a timeout,
-never a password the server refuses once open, which fails at its first try and is said so). Those decisions live here, once. redis-py is imported only when a client is made, so the core imports without it.
+never a password the server refuses or a certificate the client refuses once open: each fails at its first try and is
+said so, ``no_retry_mends``). Those decisions live here, once. redis-py is imported only when a client is made, so the core imports without it.
 """
 
 from __future__ import annotations
@@ -64,6 +65,14 @@ def _untrusted(error: BaseException) -> bool:
     return isinstance(error.__cause__, ssl.SSLCertVerificationError)
 
 
+def no_retry_mends(error: BaseException) -> bool:
+    """Whether a failed connection is one no retry mends (a password the server refused, a certificate the client refused)
+    rather than a dropped one: the one place that says which connection failures every Redis store retries."""
+    from redis.exceptions import AuthenticationError  # a driver's error: redis-py is installed
+
+    return isinstance(error, AuthenticationError) or _untrusted(error)
+
+
 def _secrets(parts: SplitResult) -> list[str]:
     """The URL's password and ``password=`` query values, as written and decoded, longest first (a whole before its pieces)."""
     found = {parts.password or "", unquote(parts.password or "")}
@@ -75,7 +84,7 @@ def _secrets(parts: SplitResult) -> list[str]:
 
 
 class _Refused(Exception):
-    """A refused password carried past redis-py's retry loop, which would retry it as the ConnectionError it subclasses."""
+    """A failure no retry mends carried past redis-py's retry loop, which would retry it as the ConnectionError it is."""
 
     def __init__(self, error: Exception) -> None:
         super().__init__(error)
@@ -84,45 +93,48 @@ class _Refused(Exception):
 
 @cache
 def _retry_kinds() -> tuple[type[Any], type[Any]]:
-    """redis-py's sync and asyncio Retry, each raising AuthenticationError (a password changed on the server, an ACL
-    user removed) at its first try: redis-py counts it a ConnectionError, yet no retry or backoff can mend it."""
+    """redis-py's sync and asyncio Retry, each raising what ``no_retry_mends`` (a password changed on the server, an ACL
+    user removed, a server certificate the URL no longer trusts) at its first try: redis-py counts it a ConnectionError."""
     from redis.asyncio.retry import Retry as AsyncRetry
-    from redis.exceptions import AuthenticationError
     from redis.retry import Retry
 
     class FailFast(Retry):
-        """A Retry that lets a refused password through at once."""
+        """A Retry that lets a failure no retry mends through at once."""
 
         def call_with_retry(self, do: Callable[[], Any], fail: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-            """redis-py's loop around ``do``, a refused password passed out of it unretried."""
+            """redis-py's loop around ``do``, a failure no retry mends passed out of it unretried."""
 
             def once() -> Any:
                 try:
                     return do()
-                except AuthenticationError as error:
-                    raise _Refused(error) from None
+                except Exception as error:
+                    if no_retry_mends(error):
+                        raise _Refused(error) from None
+                    raise
 
             try:
                 return super().call_with_retry(once, fail, *args, **kwargs)
             except _Refused as refused:
-                raise refused.error from None
+                raise refused.error from refused.error.__cause__  # the certificate's error kept: ``reason`` words it
 
     class AsyncFailFast(AsyncRetry):
-        """The asyncio Retry that lets a refused password through at once."""
+        """The asyncio Retry that lets a failure no retry mends through at once."""
 
         async def call_with_retry(self, do: Callable[[], Awaitable[Any]], fail: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-            """redis-py's loop around ``do``, a refused password passed out of it unretried."""
+            """redis-py's loop around ``do``, a failure no retry mends passed out of it unretried."""
 
             async def once() -> Any:
                 try:
                     return await do()
-                except AuthenticationError as error:
-                    raise _Refused(error) from None
+                except Exception as error:
+                    if no_retry_mends(error):
+                        raise _Refused(error) from None
+                    raise
 
             try:
                 return await super().call_with_retry(once, fail, *args, **kwargs)
             except _Refused as refused:
-                raise refused.error from None
+                raise refused.error from refused.error.__cause__
 
     return FailFast, AsyncFailFast
 
@@ -176,7 +188,7 @@ class RedisURL:
         """redis-py's client for the URL with ``options``, nothing connected yet; ``retries`` (none unless given, whatever
         redis-py's version defaults to): how often a command whose connection failed is sent again, at once or after an
         exponential ``backoff`` of (base, cap) seconds (never one that timed out: a stalled server would hold the caller
-        a socket timeout per try; never one whose password the server refused: no retry mends that)."""
+        a socket timeout per try; never one ``no_retry_mends``: a refused password or certificate)."""
         try:
             import redis
         except ImportError:

@@ -8,19 +8,24 @@ message holds a password."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from servers import InstantUpstream, PostgresServer, RedisServer
+from servers import CountingRelay, InstantUpstream, PostgresServer, RedisServer, make_certificates
 
 from blackbox_sdk import Budget, ConfigError, OpenAI, RateLimitExceededError, RateLimits, StoreUnavailableError
+from blackbox_sdk.budget import RedisLedger
 from blackbox_sdk.cache import Cache
 from blackbox_sdk.call_log import open_call_log
+from blackbox_sdk.limits import RedisWindow
+from blackbox_sdk.limits._window import Window
 from blackbox_sdk.serve._key_stores import open_key_store
 
 PASSWORD = "tls-Pa55word-r3dis"
@@ -34,6 +39,13 @@ STORES: dict[str, Callable[[str], Any]] = {
     "ledger": lambda url: Budget(prices=PRICES, total_usd=1.0, ledger=url),
     "rate-limit store": lambda url: RateLimits(rpm=10, store=url),
     "key store": open_key_store,
+}
+WINDOW = Window(100, None, 60.0)
+# Each Redis store that retries a dropped connection (twice), and one use of it that asks the server.
+RETRYING: dict[str, tuple[Callable[[str], Any], Callable[[Any], Any]]] = {
+    "ledger": (RedisLedger, lambda ledger: ledger.outstanding()),
+    "rate-limit store": (RedisWindow, lambda window: window.try_admit("scope", "call-1", 1, WINDOW, None)),
+    "rate-limit store, asyncio": (RedisWindow, lambda window: asyncio.run(window.atry_admit("scope", "call-2", 1, WINDOW, None))),
 }
 
 
@@ -51,6 +63,26 @@ def tls_postgres() -> Iterator[PostgresServer]:
     server = PostgresServer(password=PG_PASSWORD, tls=True).start()
     yield server
     server.close()
+
+
+@pytest.fixture
+def relayed_tls() -> Iterator[tuple[RedisServer, CountingRelay, str]]:
+    """A TLS redis-server of its own (its certificate may be replaced), a relay counting the connections made to it, and
+    a URL to the relay that trusts the server's first CA from a copy of its own, which a new CA does not replace."""
+    server = RedisServer(password=PASSWORD, tls=True).start()
+    relay = CountingRelay(server.port)
+    trusted = server.folder / "trusted-ca.pem"
+    shutil.copy(server.ca, trusted)
+    yield server, relay, server.url.replace(f":{server.port}/", f":{relay.port}/").replace(str(server.ca), str(trusted))
+    relay.close()
+    server.close()
+
+
+def _new_certificate(server: RedisServer) -> None:
+    """Restart the server with a certificate from another CA, one the stores' URLs do not trust."""
+    server.stop()
+    make_certificates(server.folder)
+    server.start()
 
 
 @pytest.fixture
@@ -130,6 +162,44 @@ def test_a_certificate_untrusted_after_open_fails_closed_and_says_why(upstream: 
         for client in (budgeted, limited, cached):
             client.close()
         server.close()
+
+
+@pytest.mark.parametrize("store", sorted(RETRYING))
+def test_a_certificate_untrusted_after_open_is_tried_once_while_a_drop_is_retried(
+    relayed_tls: tuple[RedisServer, CountingRelay, str], store: str,
+) -> None:
+    server, relay, url = relayed_tls
+    make, use = RETRYING[store]
+    opened = make(url)
+    use(opened)  # open and answering
+    opened.close()  # its connections closed: each try below is a new connection, which the relay counts
+    server.stop()  # a connection dropped as it opens (the relay takes it, the server does not): tried again twice
+    before = relay.connections
+    with pytest.raises(StoreUnavailableError):
+        use(opened)
+    assert relay.connections - before == 3
+    _new_certificate(server)
+    before = relay.connections
+    message = _refusal(lambda: use(opened), StoreUnavailableError)
+    assert relay.connections - before == 1  # one try: no retry mends a certificate the URL does not trust
+    assert UNTRUSTED in message and "which no retry mends" in message and PASSWORD not in message, message
+    opened.close()
+
+
+def test_a_cache_whose_certificate_is_untrusted_after_open_misses_after_one_try(
+    relayed_tls: tuple[RedisServer, CountingRelay, str], caplog: pytest.LogCaptureFixture,
+) -> None:
+    server, relay, url = relayed_tls
+    with Cache(url) as cache:
+        key = cache.key(route="chat", endpoint="e", params={"n": 1})
+        cache.extend(key, [{"text": "kept"}])
+        _new_certificate(server)
+        before = relay.connections
+        with caplog.at_level(logging.WARNING, logger="blackbox_sdk"):
+            assert cache.get(key) == []
+        assert relay.connections - before == 1  # the cache's one retry of a drop is not spent on it
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert UNTRUSTED in warning and "which no retry mends" in warning and PASSWORD not in warning, warning
 
 
 @pytest.mark.parametrize("query", ["?sslmode=require", "?sslmode=verify-full&sslrootcert={ca}"], ids=["require", "verify-full"])

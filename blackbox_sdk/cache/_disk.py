@@ -20,6 +20,7 @@ the Cache checks its TTL) and the folder may pass its size limit by what is writ
 
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
 import threading
@@ -78,6 +79,78 @@ class _JSONTextDisk(diskcache.Disk):  # type: ignore[misc]  # diskcache ships no
             super().remove(file_path)
 
 
+class _ClosingCache(diskcache.Cache):  # type: ignore[misc]  # diskcache ships no type hints
+    """diskcache's Cache that remembers the connection each thread opens, so a dropped store closes every one: diskcache
+    keeps them in thread-locals, which close none, and Python 3.13 warns (ResourceWarning) at each one collected open."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """diskcache's Cache (which connects), its connections remembered from the first."""
+        self._opened: dict[sqlite3.Connection, threading.Thread] = {}  # each open connection and the thread that opened it
+        self._opened_lock = threading.Lock()
+        super().__init__(*args, **kwargs)
+
+    @property
+    def _con(self) -> sqlite3.Connection:
+        """This thread's connection, opened now if it has none (diskcache's own steps), remembered, and shareable
+        (``check_same_thread=False``) so that another thread may close it; in a forked child, the inherited one closed first."""
+        pid = os.getpid()
+        if getattr(self._local, "pid", None) != pid:
+            self.close()
+            self._local.pid = pid
+        con: sqlite3.Connection | None = getattr(self._local, "con", None)
+        if con is None:
+            path = os.path.join(self._directory, diskcache.core.DBNAME)
+            con = self._local.con = sqlite3.connect(path, timeout=self._timeout, isolation_level=None, check_same_thread=False)
+            self._remember(con)
+            try:  # diskcache's per-connection pragmas, from its Settings table (absent while the cache is first made)
+                settings = con.execute("SELECT key, value FROM Settings").fetchall()
+            except sqlite3.OperationalError:
+                settings = []
+            for key, value in settings:
+                if key.startswith("sqlite_"):
+                    self.reset(key, value, update=False)
+        return con
+
+    def _remember(self, con: sqlite3.Connection) -> None:
+        """Keep ``con`` to close, and close those of threads that have ended (their thread-locals are gone)."""
+        with self._opened_lock:
+            ended = [old for old, thread in self._opened.items() if not thread.is_alive()]
+            for old in ended:
+                del self._opened[old]
+            self._opened[con] = threading.current_thread()
+        for old in ended:
+            old.close()
+
+    def close(self) -> None:
+        """Close this thread's connection, as diskcache does, and forget it."""
+        con: sqlite3.Connection | None = getattr(self._local, "con", None)
+        super().close()
+        if con is not None:
+            with self._opened_lock:
+                self._opened.pop(con, None)
+
+    def close_all(self) -> None:
+        """Close every connection, whichever thread opened it (a dropped store: no thread uses them)."""
+        with self._opened_lock:
+            opened, self._opened = list(self._opened), {}
+        for con in opened:
+            con.close()
+
+    def forked(self) -> None:
+        """In a forked child: close the inherited connections, idle, before this process opens its own (an ended thread's
+        would otherwise close later, dropping the locks the child's own connection holds); the lock is made anew, as
+        another thread may have held it at the fork."""
+        self._opened_lock = threading.Lock()
+        self.close_all()
+
+    def __del__(self) -> None:
+        """Close every connection of a store dropped without ``close()``: Python 3.13 warns at each one left open."""
+        try:
+            self.close_all()
+        except Exception:  # noqa: BLE001 - a finalizer must not raise: ``__init__`` may not have run to the end, and at exit module globals may be gone
+            pass
+
+
 def _is_own_file(filename: str | None) -> bool:
     """Whether a stored file name is one diskcache generates (``ab/cd/<28 hex>.val``), not a planted path."""
     return filename is not None and _FILE_PATTERN.fullmatch(filename) is not None
@@ -123,7 +196,7 @@ class DiskStore:
         self.location = str(directory)
         try:
             _refuse_foreign(directory, timeout)
-            self._disk = diskcache.Cache(str(directory), timeout=timeout, disk=_JSONTextDisk, cull_limit=0)
+            self._disk = _ClosingCache(str(directory), timeout=timeout, disk=_JSONTextDisk, cull_limit=0)
         except (OSError, sqlite3.Error) as exc:
             raise CacheError(
                 f"can't open the response cache at {directory} ({exc}): the folder must be creatable and "
@@ -135,8 +208,10 @@ class DiskStore:
         self._writes, self._cull_at = 0, 0.0  # the first write culls: a short-lived process still does
 
     def forked(self) -> None:
-        """Nothing in a forked child: diskcache opens the child's own connection (a fork waits for this store's writes,
-        and a child inheriting a connection mid-transaction would find SQLite's write lock taken for good)."""
+        """In a forked child, under the store's lock: close the inherited connections before diskcache opens the child's
+        own (a fork waits for this store's writes, and a child inheriting a connection mid-transaction would find
+        SQLite's write lock taken for good)."""
+        self._disk.forked()
 
     def get(self, key: str) -> str | None:
         """The text stored at ``key``, None on a miss; ForeignValueError for a row this cache did not write."""
