@@ -9,7 +9,7 @@ pool is cut into disjoint draws; in every draw each method sees the same samples
     single        one sample (the share of right samples; its expectation)
     majority@8    the most frequent extracted answer among 8
     adapter@K     the adapter's pick among the first K, K = 2, 4, 8, 16
-    adaptive      the client's adaptive K (`rerank_confidence=c`, `rerank_n=8`): 2 samples, then 4,
+    adaptive      the client's adaptive K (`rerank_confidence=c`, `rerank_n=8`): 1 sample, then 2, 4,
                   then 8, stopping once the pick holds a share c of the softmax over the scores and
                   one unsampled answer scored 0; the same rule the client runs
                   (`blackbox_sdk._pipeline._rerank`), replayed on the pool

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
-FIRST_ROUND = 2  # adaptive K samples 2 answers first, then doubles while the pick is unclear
+FIRST_ROUND = 1  # adaptive K samples 1 answer first (kept when the scorer finds it clearly good), then doubles while the pick is unclear
 _END_PUNCTUATION = " .!?;:,'\"`"
 
 

@@ -2,7 +2,7 @@
 
 The black box is SmolLM2-135M-Instruct behind llama.cpp's server (started here), the reranker the
 shipped capitals adapter. The same questions are asked with a fixed K (`rerank_n=8`) and with
-adaptive K (`rerank_n=8, rerank_confidence=0.8`): 2 samples first, then 4, then 8, stopping as soon
+adaptive K (`rerank_n=8, rerank_confidence=0.8`): 1 sample first, then 2, 4 and 8, stopping as soon
 as the pick holds 80% of the softmax over the scores and one unsampled answer scored 0; and with
 `rerank_confidence="auto"`, the confidence chosen for this adapter on its validation questions when
 it was trained (its card says which; none for this one, so it samples all 8). Each round

@@ -1,4 +1,4 @@
-"""Adaptive K on a real llama.cpp server: sample in rounds of 2, 4, 8 and stop once the pick is clear."""
+"""Adaptive K on a real llama.cpp server: sample in rounds of 1, 2, 4, 8 and stop once the pick is clear."""
 
 from __future__ import annotations
 
@@ -40,21 +40,22 @@ def client_for(llama_server: str, tmp_path: Path, scorer: object, **options: obj
 
 
 def test_the_stop_rule_doubles_until_the_pick_holds_the_share() -> None:
-    assert next_round(0, 8, None, 0.9) == 2
-    assert next_round(2, 8, 0.5, 0.9) == 4 and next_round(4, 8, 0.5, 0.9) == 8
+    assert next_round(0, 8, None, 0.9) == 1
+    assert next_round(1, 8, 0.5, 0.9) == 2 and next_round(2, 8, 0.5, 0.9) == 4 and next_round(4, 8, 0.5, 0.9) == 8
     assert next_round(8, 8, 0.5, 0.9) == 0 and next_round(4, 8, 0.95, 0.9) == 0
     assert next_round(4, 6, 0.1, 0.9) == 6
     assert pick_share(["Red", "red."], [5.0, 5.0]) > 0.99  # copies of one good answer: clear
     assert pick_share(["Red", "red."], [-3.0, -3.0]) < 0.1  # all agree, but the scorer finds them poor
     assert pick_share(["a", "b"], [0.0, 0.0]) == pytest.approx(1 / 3)  # beside the unsampled answer at 0
+    assert pick_share(["a"], [2.0]) == pytest.approx(1 / (1 + 2.718281828**-2))  # one answer: the sigmoid of its score
     assert pick_share(["a", "b"], [6.0, 0.0]) == pytest.approx(1 / (1 + 2 * 2.718281828 ** -6))
 
 
-def test_a_clear_pick_stops_after_the_first_round_and_pays_for_two(llama_server: str, tmp_path: Path) -> None:
+def test_a_clear_pick_stops_after_the_first_round_and_pays_for_one(llama_server: str, tmp_path: Path) -> None:
     client = client_for(llama_server, tmp_path, first_wins)
     completion = ask(client)
     info = completion.blackbox
-    assert len(info.candidates) == 2 and info.requests == 2
+    assert len(info.candidates) == 1 and info.requests == 1
     assert completion.choices[0].message.content == info.candidates[0]
     record = CallLog(tmp_path / "calls.db").get(info.call_id)
     assert record.candidates == info.candidates and record.scores == info.scores
@@ -70,7 +71,7 @@ def test_an_unclear_pick_samples_up_to_rerank_n_in_rounds_each_settled(llama_ser
     assert len(info.candidates) == 8 and info.requests == 8
     report = client.options.budget.report()
     assert report.reserved_usd == 0 and report.spent_usd > 0 and info.cost_usd == pytest.approx(report.spent_usd)
-    assert report.calls == 3  # rounds of 2, 2 more and 4 more, each settled on its own
+    assert report.calls == 4  # rounds of 1, 1 more, 2 more and 4 more, each settled on its own
     log = CallLog(tmp_path / "calls.db")
     assert log.get(info.call_id).cost_usd == pytest.approx(report.spent_usd)
     assert log.get(info.call_id).usage["total_tokens"] == completion.usage.total_tokens
@@ -88,7 +89,7 @@ def test_stored_candidates_count_as_a_round_and_a_clear_pick_is_a_hit(llama_serv
 def test_a_refresh_keeps_the_answers_of_every_round_it_paid_for(llama_server: str, tmp_path: Path) -> None:
     """cache="refresh" replaces the bucket with the call's answers: all of its rounds', not only the last's."""
     client = client_for(llama_server, tmp_path, undecided, rerank_confidence=1.0, cache=tmp_path / "cache")
-    assert len(ask(client, cache="refresh").blackbox.candidates) == 8  # rounds of 2, 2 and 4
+    assert len(ask(client, cache="refresh").blackbox.candidates) == 8  # rounds of 1, 1, 2 and 4
     again = ask(client).blackbox
     assert again.cache_hit and again.cached_candidates == 8 and again.requests == 0
 
@@ -121,26 +122,26 @@ class _Scored:
 
 def test_training_keeps_the_cheapest_confidence_that_keeps_the_adapters_accuracy() -> None:
     adapter = _Scored({"right": 5.1, "wrong": 1.0, "clear": 9.0, "bad": -5.0})
-    clear = ("q1", ["clear", "clear", *["bad"] * 6], [True, True, *[False] * 6])  # the first two settle it
+    clear = ("q1", ["clear", "clear", *["bad"] * 6], [True, True, *[False] * 6])  # the first settles it
     tricky = ("q2", ["wrong", "wrong", "right", *["wrong"] * 5], [False, False, True, *[False] * 5])  # two agree, and are wrong
     confidence, report = choose_confidence(adapter, [clear, tricky] * 3)  # type: ignore[arg-type]
-    # at 2 the two wrong copies hold 0.845 (c <= 0.8 stops there, wrongly); at 4 the right one holds 0.947 (0.9 stops
-    # there, rightly; 0.95 and 0.99 go on to all 8): 0.9 is the cheapest that keeps every pick
+    # at 1 the wrong answer holds 0.731 (c <= 0.7 stops there, wrongly), at 2 its two copies 0.845 (c = 0.8, wrongly); at 4
+    # the right one holds 0.947 (0.9 stops there, rightly; 0.95 and 0.99 go on to all 8): 0.9 is the cheapest that keeps every pick
     assert confidence == 0.9
     assert report["adaptive_accuracy"] == report["all_answers_accuracy"] == 1.0
-    assert report["all_answers"] == 8 and report["adaptive_answers"] == (2 + 4) / 2
+    assert report["all_answers"] == 8 and report["adaptive_answers"] == (1 + 4) / 2
     assert choose_confidence(adapter, [clear] * 2)[0] == max(CONFIDENCE_GRID)  # all equally cheap: the safest
 
 
 def test_auto_confidence_is_the_reranking_adapters_own(llama_server: str, tmp_path: Path) -> None:
     adapter = Adapter.create(AdapterConfig(trainable_layers=1), seed=0, device="cpu")
     adapter.save(tmp_path / "plain")
-    adapter.config.confidence = 1e-9  # any pick is clear enough: one round of 2
+    adapter.config.confidence = 1e-9  # any pick is clear enough: one round of 1
     adapter.save(tmp_path / "eager")
     assert Adapter.load(tmp_path / "eager", device="cpu").config.confidence == 1e-9
     assert "rerank_confidence=\"auto\"` stops once the pick holds 1e-09" in (tmp_path / "eager" / "README.md").read_text()
     loaded = Adapter.load(tmp_path / "eager", device="cpu")  # an Adapter itself as the reranker: its own confidence too
-    for name, scorer, expected in (("eager", str(tmp_path / "eager"), 2), ("plain", str(tmp_path / "plain"), 8), ("object", loaded, 2)):
+    for name, scorer, expected in (("eager", str(tmp_path / "eager"), 1), ("plain", str(tmp_path / "plain"), 8), ("object", loaded, 1)):
         run = tmp_path / f"run-{name}"  # "plain": no confidence chosen, so every one of rerank_n
         run.mkdir()
         client = client_for(llama_server, run, scorer, rerank_confidence="auto")
@@ -166,5 +167,5 @@ def test_the_per_call_cap_bounds_all_rounds_and_a_round_past_it_ends_the_samplin
 def test_a_seeded_call_samples_each_round_with_new_seeds_the_answers_of_one_call_of_n(llama_server: str, tmp_path: Path) -> None:
     adaptive = ask(client_for(llama_server, tmp_path / "a", undecided, rerank_confidence=1.0), seed=11).blackbox
     whole = ask(client_for(llama_server, tmp_path / "b", undecided, rerank_confidence=None), seed=11).blackbox  # 8 at once
-    assert adaptive.requests == 8 and adaptive.candidates == whole.candidates  # rounds of 2, 2, 4: seeds 11..18 once each
+    assert adaptive.requests == 8 and adaptive.candidates == whole.candidates  # rounds of 1, 1, 2, 4: seeds 11..18 once each
     assert len(set(adaptive.candidates)) > 2  # not the first round's two answers again

@@ -264,9 +264,9 @@ def test_adaptive_rounds_count_a_lost_answer_in_the_rate_window_once(tmp_path: P
         api_key="sk-test", http_client=httpx2.Client(transport=httpx2.MockTransport(handle)), max_retries=1, budget=_budget(tmp_path),
         rate_limit=limits, reranker=lambda question, answers: [0.0] * len(answers), rerank_n=8, rerank_confidence=0.99,
     )
-    client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=100)  # equal scores: rounds of 2, 2 and 4
+    client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=100)  # equal scores: rounds of 1, 1, 2 and 4
     spends = client.options.budget.settled_since(0)
-    assert len(spends) == 4  # the lost answer, then one per round
+    assert len(spends) == 5  # the lost answer, then one per round
     counted = sum(spend.prompt_tokens + spend.completion_tokens for spend in spends)
     assert limits.admit(key=None, model=MODEL, tokens=100_000 - counted) is not None  # the lost answer counted once, not each round
 

@@ -250,7 +250,7 @@ def complete(core: Core, call: Call) -> Flow:
 
 
 def rounds(core: Core, call: Call, stored: list[Candidate], confidence: float) -> Flow:
-    """Adaptive K: hold 2 answers, then 4, 8, ... up to `rerank_n`, each round paid on its own, until
+    """Adaptive K: hold 1 answer, then 2, 4, 8, ... up to `rerank_n`, each round paid on its own, until
     the reranker's pick holds `confidence` of the softmax over the scores."""
     try:
         fresh, usage = yield from _rounds(core, call, stored, confidence)
