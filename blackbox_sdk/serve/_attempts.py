@@ -1,15 +1,16 @@
-"""Failed authentication attempts per client address: a bound on guessing a key, one for every worker.
+"""Failed authentication attempts per client address: a bound on guessing the admin key, one for every worker.
 
 /login, /admin/* and the admin gate of /metrics and / count each wrong admin key a peer address presents;
 the /v1 routes count each unknown tenant key in an instance of their own (`_state.Proxy.key_attempts`), so
 neither kind of mistake locks out the other. Past MAX_FAILURES within WINDOW_S, that address is refused with
 429 and Retry-After before any key it sends is compared (or looked up in the key store), until enough of its
-failures leave the window. With a key store on SQLite or Redis the count lives there (`SharedAttempts`), so
-the workers and hosts sharing the store allow MAX_FAILURES together; a key store of another kind (or none)
-keeps the count in this process (`FailedAttempts`). While the shared store can't be reached, each process
-counts in its own memory, as before, and logs it: an outage neither locks every client out nor lifts the bound,
-a tenant key then gets the 503 of its lookup, and the admin key (compared without the store) still opens
-/metrics and the status page.
+failures leave the window. Wrong admin keys are counted in the key store when it is on SQLite or Redis
+(`SharedAttempts`), so the workers and hosts sharing it allow MAX_FAILURES together; a key store of another kind
+(or none) keeps the count in this process (`FailedAttempts`). While the shared store can't be reached, each
+process counts in its own memory and logs it: an outage neither locks every client out nor lifts the bound, and
+the admin key (compared without the store) still opens /metrics and the status page. Unknown tenant keys are
+counted in each process: a tenant key holds 256 random bits, so that count bounds the lookups a sprayer costs
+rather than a guess, and sharing it would cost every /v1 request a store read.
 A request that presents no key at all guesses nothing and is not counted. Behind a reverse proxy the address is the one it forwards
 (X-Forwarded-For), which uvicorn takes from a proxy it trusts (this host, or FORWARDED_ALLOW_IPS); from an
 untrusted one, every client shares the proxy's address.

@@ -16,7 +16,7 @@ from .._exceptions import BlackBoxError, ConfigError
 from .._logging import logger
 from .._redact import redact_text
 from ._admin_gate import AdminGate
-from ._attempts import attempts_for
+from ._attempts import FailedAttempts
 from ._config import ProxyConfig
 from ._errors import ProxyError
 from ._key_tenants import TenantOptions
@@ -48,7 +48,9 @@ class Proxy:
         self.keys, self.tenants = keys, tenants
         self.metrics = ProxyMetrics()
         self.gate = AdminGate(keys, loopback=authenticate is None)
-        self.key_attempts = attempts_for(keys, "tenant")  # unknown tenant keys per client address, apart from the admin's
+        # unknown tenant keys per client address, apart from the admin's, in this process: a tenant key holds 256 random bits,
+        # so this bounds the lookups a sprayer costs, not a guess; a shared count would cost every /v1 request a store read
+        self.key_attempts = FailedAttempts()
         self.failure: str | None = None
         self._options = options
         self._clients: TenantClients | None = None
@@ -83,7 +85,7 @@ class Proxy:
         (its ledger's Redis refusing the password) are the operator's fault: 500."""
         if self.authenticate is None:
             return None
-        await self.key_attempts.acheck(request)
+        self.key_attempts.check(request)
         presented = presented_key(request)
         try:
             tenant = await run_in_threadpool(self.authenticate, presented)
@@ -91,7 +93,7 @@ class Proxy:
             raise _misconfigured(None, error) from error
         if tenant is None:
             if presented is not None:  # presenting no key guesses nothing: not counted
-                await self.key_attempts.afailed(request)
+                self.key_attempts.failed(request)
             raise refuse_unknown_key(presented)
         return tenant
 
