@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx2
 import pytest
-from servers import InstantUpstream, Proxy
+from servers import InstantUpstream, Proxy, RedisServer
 from starlette.requests import Request
 
 from blackbox_sdk import RateLimitExceededError
@@ -222,3 +222,81 @@ def test_an_address_past_the_limit_is_let_in_again_once_its_failures_leave_the_w
     _refused_429(_v1(proxy, "/models", secret), secret)
     tenant_keyed.now[0] += 1
     assert _v1(proxy, "/chat/completions", secret).status_code == 200
+
+
+@dataclass
+class Workers:
+    """Two proxy apps (two workers) over one real key store (SQLite or Redis), each with its own store object."""
+
+    first: Proxy
+    second: Proxy
+    secret: str  # team-a's live key
+
+
+@pytest.fixture
+def workers(upstream: InstantUpstream, store_at: Callable[[str], str]) -> Iterator[Workers]:
+    """`Workers`, once with the key store on an SQLite file and once on a real redis-server."""
+    where = store_at("keys.db")
+    with open_key_store(where, admin_key=ADMIN) as one, open_key_store(where, admin_key=ADMIN) as other:
+        secret, _ = one.create("team-a")
+        apps, tenants = [], []
+        for store in (one, other):
+            options = TenantOptions(TenantDefaults())
+            tenants.append(options)
+            apps.append(create_app(ProxyConfig(upstream=upstream.url, max_retries=0), authenticate=key_authenticator(store, options),
+                                   routes=admin_routes(store), keys=store, tenants=options))
+        with Proxy(built=apps[0]) as first, Proxy(built=apps[1]) as second:
+            yield Workers(first, second, secret)
+        for options in tenants:
+            options.close()
+
+
+def _metrics(proxy: Proxy, key: str) -> httpx2.Response:
+    return httpx2.get(f"{proxy.url}/metrics", headers={"authorization": f"Bearer {key}"}, timeout=30)
+
+
+def test_wrong_tenant_keys_are_counted_in_each_worker_and_never_in_the_admins_window(workers: Workers) -> None:
+    first, second, secret = workers.first, workers.second, workers.secret
+    for guess in range(MAX_FAILURES):
+        assert _v1(first, "/models", f"bb-{guess:0{KEY_LENGTH - 3}d}").status_code == 401
+    _refused_429(_v1(first, "/models", secret), secret)  # this worker's own count is full
+    assert _v1(second, "/chat/completions", secret).status_code == 200  # a tenant key is 256 random bits: no read per request to share it
+    for worker in (first, second):  # the admin's shared count holds none of them
+        assert _metrics(worker, ADMIN).status_code == 200
+        assert _admin(worker, ADMIN).status_code == 200
+
+
+def test_workers_sharing_a_key_store_share_one_limit_of_wrong_admin_keys(workers: Workers) -> None:
+    first, second, secret = workers.first, workers.second, workers.secret
+    for guess in range(6):
+        assert _admin(first, f"wrong-{guess}").status_code == 401
+    for guess in range(6, MAX_FAILURES - 1):
+        assert _metrics(second, f"wrong-{guess}").status_code == 401
+    assert httpx2.post(f"{second.url}/login", content="key=wrong", headers=FORM, timeout=30).status_code == 401
+    _refused_429(_admin(second, "wrong-again"))  # the 11th, at the other worker
+    for worker in (first, second):  # at both, even the right key
+        _refused_429(_admin(worker, ADMIN))
+        _refused_429(_metrics(worker, ADMIN))
+        _refused_429(httpx2.post(f"{worker.url}/login", content=f"key={ADMIN}", headers=FORM, timeout=30))
+    for worker in (first, second):  # the tenants' count is apart from the admin's
+        assert _v1(worker, "/chat/completions", secret).status_code == 200
+
+
+def test_while_the_shared_store_is_down_each_worker_counts_in_its_own_memory(upstream: InstantUpstream, redis_server: RedisServer) -> None:
+    """Neither fail closed (everyone locked out) nor open (no bound): the process's own count, as without a shared
+    store; a tenant key gets the 503 of its lookup, and the admin key, compared without the store, still opens /metrics."""
+    with open_key_store(redis_server.url, admin_key=ADMIN) as store:
+        secret, _ = store.create("team-a")
+        options = TenantOptions(TenantDefaults())
+        app = create_app(ProxyConfig(upstream=upstream.url, max_retries=0), authenticate=key_authenticator(store, options), keys=store, tenants=options)
+        with Proxy(built=app) as proxy:
+            redis_server.stop()
+            assert _v1(proxy, "/models", secret).status_code == 503
+            assert _metrics(proxy, ADMIN).status_code == 200
+            for guess in range(MAX_FAILURES):
+                assert _metrics(proxy, f"wrong-{guess}").status_code == 401
+            _refused_429(_metrics(proxy, ADMIN))
+            _refused_429(httpx2.get(f"{proxy.url}/", headers={"authorization": f"Bearer {ADMIN}"}, timeout=30))
+            redis_server.start()
+            assert _metrics(proxy, ADMIN).status_code == 200  # the store answers again: its count, which holds none
+        options.close()

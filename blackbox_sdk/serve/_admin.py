@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .._exceptions import AdapterError, BlackBoxError, RateLimitExceededError
-from ._attempts import FailedAttempts
+from ._attempts import Attempts, attempts_for
 from ._body import check_content_type, parse_object, read_body
 from ._config import DEFAULT_BODY_TIMEOUT_S, check_reranker
 from ._errors import ProxyError, error_response
@@ -35,7 +35,7 @@ _NO_STORE = {"cache-control": "no-store"}
 def admin_routes(store: KeyStore) -> list[Route]:
     """The three admin routes over ``store``, for the app to mount."""
 
-    own = FailedAttempts()  # served by another app than the proxy's
+    own = attempts_for(store, "admin")  # served by another app than the proxy's (the same count in a shared store)
 
     async def create_key(request: Request) -> Response:
         """POST /admin/keys: a new key; its secret is in this answer and nowhere else."""
@@ -56,23 +56,23 @@ def admin_routes(store: KeyStore) -> list[Route]:
     ]
 
 
-def _attempts(request: Request, own: FailedAttempts) -> FailedAttempts:
+def _attempts(request: Request, own: Attempts) -> Attempts:
     """The failed attempts of the proxy app these routes are served by (shared with /login), else the routes' own."""
     proxy = getattr(request.app.state, "proxy", None)
     return own if proxy is None else proxy.gate.attempts
 
 
-async def _guarded(request: Request, store: KeyStore, attempts: FailedAttempts, handle: Callable[[], Awaitable[Response]]) -> Response:
+async def _guarded(request: Request, store: KeyStore, attempts: Attempts, handle: Callable[[], Awaitable[Response]]) -> Response:
     """429 for an address past its failed attempts, 401 without the admin key (a wrong one counted); else the
     handler's answer, the SDK's errors as OpenAI error bodies."""
     try:
-        attempts.check(request)
+        await attempts.acheck(request)
     except RateLimitExceededError as refused:
         return error_response(refused)
     presented = presented_key(request)
     if not store.is_admin(presented):
         if presented is not None:
-            attempts.failed(request)
+            await attempts.afailed(request)
         refusal = ProxyError(401, "This route needs the proxy's admin key: send it in the Authorization header as a bearer token.", code="invalid_api_key")
         return error_response(refusal)
     try:

@@ -7,7 +7,7 @@ Without tenant keys there is no admin key: only clients on this machine (loopbac
 as anyone who reaches such a proxy can spend through it anyway. A key store without an admin key
 (BLACKBOX_ADMIN_KEY unset), or tenant keys checked with no store given to the gate, let nobody in.
 An address past its failed attempts (a wrong key, here or at /admin, `_attempts`) is refused with 429 before
-any key it sends is compared.
+any key it sends is compared; with a key store on SQLite or Redis the count is in the store, one for every worker.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from .._client import is_loopback_host
-from ._attempts import FailedAttempts
+from ._attempts import attempts_for
 from ._body import read_body
 from ._errors import ProxyError
 from ._keys import KeyStore
@@ -45,21 +45,21 @@ class AdminGate:
     def __init__(self, keys: KeyStore | None, *, loopback: bool) -> None:
         self.keys = keys
         self.loopback = loopback and keys is None  # let loopback clients in (only a proxy without tenant keys)
-        self.attempts = FailedAttempts()  # wrong admin keys per client address (/admin's routes count theirs here too)
+        self.attempts = attempts_for(keys, "admin")  # wrong admin keys per client address (/admin's routes count theirs here too)
         self._sessions: dict[str, float] = {}  # token digest -> expiry (monotonic)
         self._lock = threading.Lock()
 
-    def allows(self, request: Request) -> bool:
+    async def allows(self, request: Request) -> bool:
         """Whether the request is the admin's (or, without a key store, from this machine); a wrong key presented is
         counted, and an address past its failed attempts is refused first (RateLimitExceededError, 429)."""
         if self.keys is None:
             return self.loopback and request.client is not None and is_loopback_host(request.client.host)
-        self.attempts.check(request)
+        await self.attempts.acheck(request)
         presented = presented_key(request)
         if self.keys.is_admin(presented):
             return True
         if presented is not None:
-            self.attempts.failed(request)
+            await self.attempts.afailed(request)
         token = request.cookies.get(COOKIE)
         if not token or len(token) > 128:
             return False
@@ -81,11 +81,11 @@ class AdminGate:
         and an address past its failed attempts is refused before the form is read (RateLimitExceededError, 429)."""
         if self.keys is None:
             return False
-        self.attempts.check(request)
+        await self.attempts.acheck(request)
         body = await read_body(request, MAX_LOGIN_BODY, body_timeout_s)
         presented = parse_qs(body.decode("utf-8", "replace")).get("key", [""])[0]
         if not self.keys.is_admin(presented):
-            self.attempts.failed(request)
+            await self.attempts.afailed(request)
             return False
         token = secrets.token_urlsafe(32)
         now = time.monotonic()

@@ -7,14 +7,23 @@ index ``digest:<hmac>`` -> key id; ``name:<name>`` -> the live key id; ``ids``, 
 creation time. Creating and revoking are Lua scripts, so replicas never race on a name. Any
 failure to reach or read a store raises StoreUnavailableError: the proxy answers 503, never
 serving a request it could not authenticate.
+
+Both also count failed authentication attempts for every worker sharing them (`_attempts.SharedAttempts`):
+per scope ("admin:<address>" or "tenant:<address>"), the times of its failures in the last window, never a key
+presented. SQLite: a ``failures`` table, a failure one ``BEGIN IMMEDIATE`` insert that also drops the expired
+rows, a check one indexed read, times from ``time.time``. Redis: a sorted set ``failures:<scope>`` expiring with
+its window, each operation one Lua script on the server's clock, so hosts agree on the window.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import math
 import os
+import secrets
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,6 +46,9 @@ _SCHEMA = (
         " cache_namespace TEXT NOT NULL, created_at REAL NOT NULL, revoked INTEGER NOT NULL DEFAULT 0)"
     ),
     "CREATE UNIQUE INDEX IF NOT EXISTS keys_live_name ON keys (name) WHERE revoked = 0",
+    "CREATE TABLE IF NOT EXISTS failures (scope TEXT NOT NULL, at REAL NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS failures_scope ON failures (scope, at)",
+    "CREATE INDEX IF NOT EXISTS failures_at ON failures (at)",
 )
 # What tells a key store's file (its own: the key store never shares one, its meta is not the call log's)
 _OURS = {"keys": frozenset({"digest", *_COLUMNS})}
@@ -52,6 +64,29 @@ _REVOKE = """
 redis.call('HSET', KEYS[1], 'revoked', 'true')
 if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
 return 1
+"""
+_NOW = """
+local now = tonumber(ARGV[1])
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+local window = tonumber(ARGV[2])
+"""
+# KEYS: the scope's sorted set. ARGV: now ('': the server's TIME), window_s, a unique member, ttl_ms.
+_FAILED = _NOW + """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.6f', now - window))
+redis.call('ZADD', KEYS[1], string.format('%.6f', now), ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return 1
+"""
+# KEYS: the scope's sorted set. ARGV: now ('': the server's TIME), window_s, limit. The wait until the limit-th
+# newest failure in the window leaves it (the scope then has fewer than limit), or false when it has fewer already.
+_FAILURE_WAIT = _NOW + """
+local cutoff = '(' .. string.format('%.6f', now - window)
+local nth = redis.call('ZREVRANGEBYSCORE', KEYS[1], '+inf', cutoff, 'WITHSCORES', 'LIMIT', tonumber(ARGV[3]) - 1, 1)
+if #nth == 0 then return false end
+return string.format('%.6f', tonumber(nth[2]) + window - now)
 """
 
 
@@ -139,6 +174,22 @@ class SQLiteKeyStore(KeyStoreBase):
         with self._using("revoke a key") as db, immediate(db):
             db.execute("UPDATE keys SET revoked = 1 WHERE key_id = ?", (record.key_id,))
 
+    def count_failure(self, scope: str, window_s: float, now: float | None = None) -> None:
+        """Record a failed attempt of ``scope`` and drop every scope's failures that left the window: one transaction."""
+        at = time.time() if now is None else now
+        with self._using("count a failed attempt") as db, immediate(db):
+            db.execute("DELETE FROM failures WHERE at <= ?", (at - window_s,))
+            db.execute("INSERT INTO failures (scope, at) VALUES (?, ?)", (scope, at))
+
+    def failure_wait(self, scope: str, limit: int, window_s: float, now: float | None = None) -> float | None:
+        """Seconds until ``scope`` has fewer than ``limit`` failures in the window; None when it has already: one read."""
+        at = time.time() if now is None else now
+        with self._using("read failed attempts") as db:
+            row = db.execute(
+                "SELECT at FROM failures WHERE scope = ? AND at > ? ORDER BY at DESC LIMIT 1 OFFSET ?", (scope, at - window_s, limit - 1),
+            ).fetchone()
+        return None if row is None else float(row[0]) + window_s - at
+
     def close(self) -> None:
         """Close this process's connection."""
         self._held.close()
@@ -174,6 +225,8 @@ class RedisKeyStore(KeyStoreBase):
         self._url.check(timeout_s)  # a wrong password or database: ConfigError now, not at the first request
         self._create = self._client.register_script(_CREATE)
         self._revoke = self._client.register_script(_REVOKE)
+        self._failed = self._client.register_script(_FAILED)
+        self._failure_wait = self._client.register_script(_FAILURE_WAIT)
 
     def __repr__(self) -> str:
         """The URL without its password."""
@@ -254,6 +307,19 @@ class RedisKeyStore(KeyStoreBase):
         """The revoke script: the record marked, its name freed if it still points at it."""
         with self._unavailable("revoke a key"):
             self._revoke(keys=[f"{self._prefix}id:{record.key_id}", f"{self._prefix}name:{record.name}"], args=[record.key_id])
+
+    def count_failure(self, scope: str, window_s: float, now: float | None = None) -> None:
+        """Record a failed attempt of ``scope``: one script, its set expiring a second after its window."""
+        args = ["" if now is None else repr(float(now)), repr(float(window_s)), secrets.token_hex(8), math.ceil(window_s * 1000) + 1000]
+        with self._unavailable("count a failed attempt"):
+            self._failed(keys=[f"{self._prefix}failures:{scope}"], args=args)
+
+    def failure_wait(self, scope: str, limit: int, window_s: float, now: float | None = None) -> float | None:
+        """Seconds until ``scope`` has fewer than ``limit`` failures in the window; None when it has already: one script."""
+        args = ["" if now is None else repr(float(now)), repr(float(window_s)), limit]
+        with self._unavailable("read failed attempts"):
+            wait = self._failure_wait(keys=[f"{self._prefix}failures:{scope}"], args=args)
+            return None if wait is None else float(wait)
 
     def close(self) -> None:
         """Close the connection pool."""

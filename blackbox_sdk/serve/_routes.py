@@ -229,7 +229,7 @@ async def metrics(request: Request) -> Response:
     """GET /metrics: the Prometheus text format, for the admin only (`_admin_gate`)."""
     proxy: Proxy = request.app.state.proxy
     try:
-        if not proxy.gate.allows(request):
+        if not await proxy.gate.allows(request):
             return error_response(proxy.gate.refusal())
     except RateLimitExceededError as refused:  # too many wrong keys from this address
         return error_response(refused)

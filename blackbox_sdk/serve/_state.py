@@ -48,7 +48,9 @@ class Proxy:
         self.keys, self.tenants = keys, tenants
         self.metrics = ProxyMetrics()
         self.gate = AdminGate(keys, loopback=authenticate is None)
-        self.key_attempts = FailedAttempts()  # unknown tenant keys per client address, apart from the admin's
+        # unknown tenant keys per client address, apart from the admin's, in this process: a tenant key holds 256 random bits,
+        # so this bounds the lookups a sprayer costs, not a guess; a shared count would cost every /v1 request a store read
+        self.key_attempts = FailedAttempts()
         self.failure: str | None = None
         self._options = options
         self._clients: TenantClients | None = None

@@ -141,7 +141,7 @@ async def status(request: Request) -> Response:
     """GET /: the page for the admin; anyone else gets the login form (401) or 403 off this machine."""
     proxy: Proxy = request.app.state.proxy
     try:
-        allowed = proxy.gate.allows(request)
+        allowed = await proxy.gate.allows(request)
     except RateLimitExceededError as refused:  # too many wrong keys from this address
         return error_response(refused)
     if not allowed:
