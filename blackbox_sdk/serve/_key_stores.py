@@ -8,8 +8,8 @@ creation time. Creating and revoking are Lua scripts, so replicas never race on 
 failure to reach or read a store raises StoreUnavailableError: the proxy answers 503, never
 serving a request it could not authenticate.
 
-Both also count failed authentication attempts for every worker sharing them (`_attempts.SharedAttempts`):
-per scope ("admin:<address>" or "tenant:<address>"), the times of its failures in the last window, never a key
+Both also count failed admin-key attempts for every worker sharing them (`_attempts.SharedAttempts`):
+per scope ("admin:<address>"), the times of its failures in the last window, never a key
 presented. SQLite: a ``failures`` table, a failure one ``BEGIN IMMEDIATE`` insert that also drops the expired
 rows, a check one indexed read, times from ``time.time``. Redis: a sorted set ``failures:<scope>`` expiring with
 its window, each operation one Lua script on the server's clock, so hosts agree on the window.
