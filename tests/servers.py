@@ -163,23 +163,26 @@ class CountingRelay:
             except OSError:
                 client.close()
                 continue
-            for source, sink in ((client, server), (server, client)):
-                threading.Thread(target=_pipe, args=(source, sink), daemon=True).start()
+            for source, sink, replies in ((client, server, False), (server, client, True)):
+                threading.Thread(target=self._pipe, args=(source, sink, replies), daemon=True).start()
+
+    def passes(self, data: bytes, replies: bool) -> bool:
+        """Whether a chunk goes on (`replies`: it is the server's); False cuts the connection. A subclass may drop some."""
+        return True
+
+    def _pipe(self, source: socket.socket, sink: socket.socket, replies: bool) -> None:
+        """Copy `source` to `sink` until either ends or a chunk does not pass, then end both."""
+        with suppress(OSError):
+            while (data := source.recv(65536)) and self.passes(data, replies):
+                sink.sendall(data)
+        for end in (source, sink):
+            with suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+        source.close()
 
     def close(self) -> None:
         """Take no more connections."""
         self._listener.close()
-
-
-def _pipe(source: socket.socket, sink: socket.socket) -> None:
-    """Copy `source` to `sink` until either ends, then end both."""
-    with suppress(OSError):
-        while data := source.recv(65536):
-            sink.sendall(data)
-    for end in (source, sink):
-        with suppress(OSError):
-            end.shutdown(socket.SHUT_RDWR)
-    source.close()
 
 
 def _pg_bin(name: str) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from typing import Any
 
 import pytest
 import redis
-from servers import InstantUpstream, RedisServer
+from servers import CountingRelay, InstantUpstream, RedisServer
 
 from blackbox_sdk import BudgetExceededError, ConfigError, ReservationNotHeldError, StoreUnavailableError
 from blackbox_sdk.budget import Budget, Cap, Hold, LedgerStore, RedisLedger, usd_to_nano
@@ -403,53 +402,23 @@ def test_a_paused_redis_times_out_and_fails_closed(redis_server: RedisServer) ->
         admin.execute_command("CLIENT", "UNPAUSE")
 
 
-class ReplyDropper:
-    """A loopback proxy in front of a real Redis; armed, it drops the next reply and cuts the connection,
-    as a network failure after the server ran a script would."""
+class ReplyDropper(CountingRelay):
+    """A loopback relay in front of a real Redis; armed, it drops the next reply and cuts the connection,
+    as a network failure after the server ran a script would. `connections` counts those a client opened."""
 
     def __init__(self, port: int) -> None:
-        """Listen on a free loopback port and forward every connection to 127.0.0.1:`port`."""
-        self.target = port
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"redis://127.0.0.1:{self.listener.getsockname()[1]}/0"
         self.armed = threading.Event()
         self.dropped = 0
-        self.connections = 0  # connections a client opened through the proxy
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(port)
+        self.url = f"redis://127.0.0.1:{self.port}/0"
 
-    def _accept(self) -> None:
-        """Accept connections until closed."""
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            self.connections += 1
-            upstream = socket.create_connection(("127.0.0.1", self.target))
-            threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
-
-    def _pump(self, source: socket.socket, sink: socket.socket, replies: bool) -> None:
-        """Copy bytes one way; on the reply side, an armed proxy drops the reply and closes both ends."""
-        try:
-            while data := source.recv(65536):
-                if replies and self.armed.is_set():
-                    self.armed.clear()
-                    self.dropped += 1
-                    break
-                sink.sendall(data)
-        except OSError:
-            pass
-        for end in (source, sink):
-            try:
-                end.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            end.close()
-
-    def close(self) -> None:
-        """Stop accepting."""
-        self.listener.close()
+    def passes(self, data: bytes, replies: bool) -> bool:
+        """Every chunk but the first reply after arming."""
+        if replies and self.armed.is_set():
+            self.armed.clear()
+            self.dropped += 1
+            return False
+        return True
 
 
 @pytest.fixture

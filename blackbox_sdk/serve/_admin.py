@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .._exceptions import AdapterError, BlackBoxError, RateLimitExceededError
-from ._attempts import Attempts, attempts_for
+from ._attempts import Attempts, admin_attempts
 from ._body import check_content_type, parse_object, read_body
 from ._config import DEFAULT_BODY_TIMEOUT_S, check_reranker
 from ._errors import ProxyError, error_response
@@ -35,7 +35,7 @@ _NO_STORE = {"cache-control": "no-store"}
 def admin_routes(store: KeyStore) -> list[Route]:
     """The three admin routes over ``store``, for the app to mount."""
 
-    own = attempts_for(store, "admin")  # served by another app than the proxy's (the same count in a shared store)
+    own = admin_attempts(store)  # served by another app than the proxy's (the same count in a shared store)
 
     async def create_key(request: Request) -> Response:
         """POST /admin/keys: a new key; its secret is in this answer and nowhere else."""

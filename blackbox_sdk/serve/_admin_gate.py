@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from .._client import is_loopback_host
-from ._attempts import attempts_for
+from ._attempts import admin_attempts
 from ._body import read_body
 from ._errors import ProxyError
 from ._keys import KeyStore
@@ -45,7 +45,7 @@ class AdminGate:
     def __init__(self, keys: KeyStore | None, *, loopback: bool) -> None:
         self.keys = keys
         self.loopback = loopback and keys is None  # let loopback clients in (only a proxy without tenant keys)
-        self.attempts = attempts_for(keys, "admin")  # wrong admin keys per client address (/admin's routes count theirs here too)
+        self.attempts = admin_attempts(keys)  # wrong admin keys per client address (/admin's routes count theirs here too)
         self._sessions: dict[str, float] = {}  # token digest -> expiry (monotonic)
         self._lock = threading.Lock()
 

@@ -22,7 +22,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Literal, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -34,8 +34,6 @@ MAX_FAILURES = 10  # failed attempts an address may make within WINDOW_S
 WINDOW_S = 60.0
 MAX_ADDRESSES = 10_000  # addresses remembered at once; past it the one whose latest failure is oldest is forgotten
 
-
-Kind = Literal["admin", "tenant"]
 
 
 def peer(request: Request) -> str:
@@ -110,11 +108,11 @@ class FailureStore(Protocol):
 
 
 class SharedAttempts:
-    """Failed attempts per address of one kind, counted in a store every worker shares; in this process while it is down."""
+    """Failed admin-key attempts per address, counted in a store every worker shares; in this process while it is down."""
 
-    def __init__(self, store: FailureStore, kind: Kind, *, limit: int = MAX_FAILURES, window_s: float = WINDOW_S,
+    def __init__(self, store: FailureStore, *, limit: int = MAX_FAILURES, window_s: float = WINDOW_S,
                  clock: Callable[[], float] | None = None) -> None:
-        self.store, self.kind, self.limit, self.window_s, self._clock = store, kind, limit, window_s, clock
+        self.store, self.limit, self.window_s, self._clock = store, limit, window_s, clock
         self.local = FailedAttempts(limit, window_s)  # the count while the store can't be reached
         self._down = False  # whether the last call found the store down (logged once per outage)
 
@@ -149,8 +147,8 @@ class SharedAttempts:
         await run_in_threadpool(self.failed, request)
 
     def _scope(self, request: Request) -> str:
-        """Where the address's failures of this kind are counted: admin and tenant keys apart."""
-        return f"{self.kind}:{peer(request)}"
+        """Where the address's failures are counted in the store (tenant keys are never counted there)."""
+        return f"admin:{peer(request)}"
 
     def _now(self) -> float | None:
         """The injected clock's time; None for the store's own (Redis: the server's, so hosts agree)."""
@@ -159,13 +157,13 @@ class SharedAttempts:
     def _fall_back(self, error: StoreUnavailableError) -> None:
         """Log the first failure of an outage (its message names the store, never a key); the local count takes over."""
         if not self._down:
-            logger.warning("proxy: failed %s key attempts are counted in this process until the store answers again: %s", self.kind, error)
+            logger.warning("proxy: failed admin key attempts are counted in this process until the store answers again: %s", error)
         self._down = True
 
 
 Attempts = FailedAttempts | SharedAttempts
 
 
-def attempts_for(store: object, kind: Kind) -> Attempts:
-    """The count of failed attempts of one kind: in the key store when it can hold one (SQLite, Redis), else in this process."""
-    return SharedAttempts(store, kind) if isinstance(store, FailureStore) else FailedAttempts()
+def admin_attempts(store: object) -> Attempts:
+    """The count of failed admin-key attempts: in the key store when it can hold one (SQLite, Redis), else in this process."""
+    return SharedAttempts(store) if isinstance(store, FailureStore) else FailedAttempts()
