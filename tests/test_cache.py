@@ -573,6 +573,41 @@ def test_lapsed_claims_and_expired_buckets_still_leave_the_disk(tmp_path: Path) 
     assert _row_count(tmp_path / "c", key + ":claim") == 0 and _row_count(tmp_path / "c", other) == 0
 
 
+def test_the_stores_own_writes_are_rows_diskcache_reads_and_counts(tmp_path: Path) -> None:
+    store, key = DiskStore(tmp_path / "c", timeout=5), "ab" * 32
+    claim = (key + ":claim", "token")
+
+    def write(text: str, discard: tuple[str, str] | None = None) -> None:
+        store.update(key, lambda current: text, expire=None, action="store", discard=discard)
+
+    def files() -> list[Path]:
+        return sorted((tmp_path / "c").rglob("*.val"))
+
+    assert store.claim(*claim, expire=60, bucket=key) == (True, None)
+    assert store.claim(claim[0], "another", expire=60, bucket=key) == (False, None)  # held: not taken
+    write('["small"]', discard=claim)
+    big = json.dumps(["x" * 40_000])  # past diskcache's 32 KB: a value file
+    plain = diskcache.Cache(str(tmp_path / "c"))
+    try:
+        assert plain.get(key) == '["small"]' and plain.get(claim[0]) is None and len(plain) == 1
+        write(big)
+        assert plain.get(key) == big and len(files()) == 1
+        write('["small again"]')  # the value file goes with the value it held
+        assert plain.get(key) == '["small again"]' and files() == []
+        counted = plain._sql("SELECT value FROM Settings WHERE key = 'count'").fetchone()[0]
+        assert counted == plain._sql("SELECT COUNT(*) FROM Cache").fetchone()[0] == 1  # diskcache's triggers ran
+    finally:
+        plain.close()
+    assert store.claim(claim[0], "short", expire=0.05, bucket=key) == (True, '["small again"]')
+    time.sleep(0.1)  # lapsed: the next claim takes the key over
+    assert store.claim(claim[0], "later", expire=60, bucket=key)[0]
+    store.discard(claim[0], "short")  # not its token any more: kept
+    assert _row_count(tmp_path / "c", claim[0]) == 1
+    store.discard(claim[0], "later")
+    assert _row_count(tmp_path / "c", claim[0]) == 0
+    store.close()
+
+
 def test_the_examples_in_docs_cache_md_run() -> None:
     results = doctest.testfile(str(REPO_ROOT / "docs" / "cache.md"), module_relative=False, verbose=False)
     assert results.attempted > 5 and results.failed == 0

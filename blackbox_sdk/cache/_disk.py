@@ -16,6 +16,12 @@ three more statements per write. The store opens it with ``cull_limit=0`` and ca
 ``cull`` after the first write and then at most every ``CULL_EVERY_S`` seconds or ``CULL_EVERY_WRITES``
 writes: an expired row waits until then (a read never serves it: diskcache's ``get`` skips it and
 the Cache checks its TTL) and the folder may pass its size limit by what is written in between.
+
+On the call path the store writes diskcache's rows itself, one statement each, where diskcache's ``add``, ``set``
+and ``delete`` take two or three: a claim on a free key is one insert, an answer small enough to stay in the
+database (under 32 KB) is one upsert, a claim dropped with it one delete. The rows are those diskcache writes
+(raw text, size 0, no file), and its triggers keep its count and size. Anything else (a key held already, a
+value in a file, a value this cache did not write) goes through diskcache as before.
 """
 
 from __future__ import annotations
@@ -44,6 +50,19 @@ _FILE_PATTERN = re.compile(r"[0-9a-f]{2}[/\\][0-9a-f]{2}[/\\][0-9a-f]{28}\.val")
 _OWN_NAMES = re.compile(r"cache\.db(-wal|-shm|-journal)?|[0-9a-f]{2}")  # what diskcache puts in its folder
 _DISKCACHE_TABLES = {"Settings": frozenset({"key", "value"}), "Cache": frozenset({"key", "raw", "mode", "filename", "value"})}
 _OWN_KEY_LENGTHS = (64, 64 + len(CLAIM_SUFFIX))  # the text keys this cache writes: a bucket's (SHA-256 hex) and its claim's
+# The rows diskcache itself writes for a text key and a small text value (raw, size 0, no file): see the module docstring.
+_INSERT = (
+    "INSERT INTO Cache (key, raw, store_time, expire_time, access_time, access_count, tag, size, mode, filename, value)"
+    f" VALUES (?, 1, ?, ?, ?, 0, NULL, 0, {diskcache.core.MODE_RAW}, NULL, ?)"
+)
+_ADD = _INSERT + " ON CONFLICT (key, raw) DO NOTHING"  # a key held already (live, lapsed or foreign) goes the long way
+_UPSERT = _INSERT + (
+    " ON CONFLICT (key, raw) DO UPDATE SET store_time = excluded.store_time, expire_time = excluded.expire_time,"
+    " access_time = excluded.access_time, access_count = 0, tag = NULL, size = 0, mode = excluded.mode, filename = NULL,"
+    " value = excluded.value"
+)
+_ROW = "SELECT mode, filename, value, expire_time FROM Cache WHERE key = ? AND raw = 1"
+_DISCARD = f"DELETE FROM Cache WHERE key = ? AND raw = 1 AND mode = {diskcache.core.MODE_RAW} AND filename IS NULL AND value = ?"
 
 
 class _JSONTextDisk(diskcache.Disk):  # type: ignore[misc]  # diskcache ships no type hints
@@ -224,18 +243,36 @@ class DiskStore:
     def update(self, key: str, change: Change, *, expire: float | None, action: str, discard: Claim | None = None) -> None:
         """Apply ``change`` to the text at ``key`` (and drop the ``discard`` claim) in one write transaction (``BEGIN IMMEDIATE``)."""
         with self._guard(action), self.lock, self._disk.transact():
-            try:
-                current = self.get(key)
-            except ForeignValueError:
-                current = None  # overwritten below; diskcache removes only its own value files
+            con, now = self._disk._con, time.time()
+            row = con.execute(_ROW, (key,)).fetchone()
+            current = self._text(key, row, now)
             new = change(current)
-            if new is None:
+            if new is not None and (row is None or row[1] is None) and self._inline(new):
+                if new != current:  # no value file to remove: one upsert, as diskcache's ``set`` would store it
+                    con.execute(_UPSERT, (key, now, None if expire is None else now + expire, now, new))
+            elif new is None:
                 self._disk.delete(key)  # also removes a foreign row read as None
             elif new != current:
                 self._disk.set(key, new, expire=expire)
             if discard is not None:
-                self._discard(*discard)
+                con.execute(_DISCARD, discard)
         self._wrote()
+
+    def _text(self, key: str, row: tuple[int, str | None, Any, float | None] | None, now: float) -> str | None:
+        """The live text of a row read with ``_ROW`` (None: absent, expired or foreign); a value file is read by diskcache."""
+        if row is None or (row[3] is not None and row[3] <= now):
+            return None
+        mode, filename, value, _ = row
+        if mode == diskcache.core.MODE_RAW and filename is None and type(value) is str:
+            return value
+        try:
+            return self.get(key)
+        except ForeignValueError:
+            return None  # overwritten by the caller; diskcache removes only its own value files
+
+    def _inline(self, text: str) -> bool:
+        """Whether diskcache would keep ``text`` in the database (raw, size 0) rather than in a value file."""
+        return type(text) is str and len(text) < self._disk.disk.min_file_size
 
     def delete(self, key: str) -> None:
         """Remove ``key`` (and its value file) if it is stored."""
@@ -245,13 +282,13 @@ class DiskStore:
     def claim(self, key: str, token: str, *, expire: float, bucket: str) -> tuple[bool, str | None]:
         """diskcache's atomic ``add`` of ``token`` at ``key`` (taken only if it is absent or expired, or holds what never
         expires: a value without an expiry, planted or foreign, would hold the key forever), then the text at ``bucket``,
-        in one write transaction."""
+        in one write transaction. An absent key, the usual case, takes one insert."""
         with self._guard("take a claim"), self.lock, self._disk.transact():
-            added = bool(self._disk.add(key, token, expire=expire)) or self._take_unexpiring(key, token, expire)
-            try:
-                text = self.get(bucket)
-            except ForeignValueError:
-                text = None
+            con, now = self._disk._con, time.time()
+            added = con.execute(_ADD, (key, now, now + expire, now, token)).rowcount == 1
+            if not added:
+                added = bool(self._disk.add(key, token, expire=expire)) or self._take_unexpiring(key, token, expire)
+            text = self._text(bucket, con.execute(_ROW, (bucket,)).fetchone(), now)
         self._wrote()
         return added, text
 
@@ -271,7 +308,7 @@ class DiskStore:
     def discard(self, key: str, text: str) -> None:
         """Remove ``key`` only while it still holds ``text``, in one write transaction."""
         with self._guard("release a claim"), self.lock, self._disk.transact():
-            self._discard(key, text)
+            self._disk._con.execute(_DISCARD, (key, text))
 
     def clear(self) -> None:
         """Remove every key and value file."""
@@ -295,15 +332,6 @@ class DiskStore:
             ) from exc
         except UnicodeEncodeError as exc:  # SQLite and value files take UTF-8 only: a lone surrogate can't be written
             raise CacheError(f"can't {action} in the response cache at {self.directory}: its text is not valid Unicode ({exc.reason})") from exc
-
-    def _discard(self, key: str, text: str) -> None:
-        """Inside a transaction: delete ``key`` if it holds ``text``; a foreign value there is not this claim."""
-        try:
-            held = self._disk.get(key)
-        except ForeignValueError:
-            return
-        if held == text:
-            self._disk.delete(key)
 
     def _wrote(self) -> None:
         """Count a write; cull (expired rows, then past the size limit) when one is due, never failing the write."""
