@@ -4,6 +4,7 @@ proxy under uvicorn on loopback, called over real HTTP."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -106,15 +107,18 @@ def test_behind_a_reverse_proxy_on_this_host_each_forwarded_client_is_counted_ap
 def test_failures_leave_the_window_and_each_address_has_its_own() -> None:
     now = [1000.0]
     attempts = FailedAttempts(limit=2, window_s=60.0, clock=lambda: now[0])
-    attempts.failed(_request("203.0.113.1"))
+    attempts.take(_request("203.0.113.1"))
     now[0] += 30
-    attempts.failed(_request("203.0.113.1"))
+    attempts.take(_request("203.0.113.1"))
     with pytest.raises(RateLimitExceededError) as refused:
-        attempts.check(_request("203.0.113.1"))
+        attempts.take(_request("203.0.113.1"))
     assert refused.value.retry_after == pytest.approx(30.0)  # until the first failure leaves the window
-    attempts.check(_request("203.0.113.2"))  # another address is not refused
+    attempts.give_back(attempts.take(_request("203.0.113.2")))  # another address is not refused
     now[0] += 30.5
-    attempts.check(_request("203.0.113.1"))  # one failure left in the window: below the limit
+    attempts.give_back(attempts.take(_request("203.0.113.1")))  # one failure left in the window: below the limit
+    attempts.take(_request("203.0.113.1"))  # the one given back is not counted
+    with pytest.raises(RateLimitExceededError):
+        attempts.take(_request("203.0.113.1"))
 
 
 def _post(proxy: Proxy, path: str, content_type: str, key: str | None = None) -> httpx2.Response:
@@ -300,3 +304,63 @@ def test_while_the_shared_store_is_down_each_worker_counts_in_its_own_memory(ups
             redis_server.start()
             assert _metrics(proxy, ADMIN).status_code == 200  # the store answers again: its count, which holds none
         options.close()
+
+
+
+BURST = 4 * MAX_FAILURES  # wrong keys sent at once from one address
+
+
+def _bearer(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
+
+
+def _burst(url: str, headers: Callable[[int], dict[str, str]], content: bytes | None = None) -> list[int]:
+    """The statuses of BURST requests sent at once from one address (a POST of `content` when given), each with its own headers."""
+
+    async def send() -> list[int]:
+        async with httpx2.AsyncClient(timeout=60, limits=httpx2.Limits(max_connections=BURST)) as client:
+            sent = (client.request("GET" if content is None else "POST", url, headers=headers(n), content=content) for n in range(BURST))
+            return [answer.status_code for answer in await asyncio.gather(*sent)]
+
+    return asyncio.run(send())
+
+
+def _at_most_the_limit_compared(statuses: list[int]) -> None:
+    """Each attempt is taken before its key is compared: MAX_FAILURES compared (401), every other one refused (429)."""
+    assert sorted(statuses) == [401] * MAX_FAILURES + [429] * (BURST - MAX_FAILURES), statuses
+
+
+def test_a_burst_of_wrong_admin_keys_at_once_compares_no_more_than_the_limit(workers: Workers) -> None:
+    _at_most_the_limit_compared(_burst(f"{workers.first.url}/admin/keys", lambda n: _bearer(f"wrong-{n}")))
+    _refused_429(_metrics(workers.second, ADMIN))  # the shared count holds them all
+
+
+def test_a_burst_of_wrong_keys_at_login_compares_no_more_than_the_limit(keyed: Proxy) -> None:
+    _at_most_the_limit_compared(_burst(f"{keyed.url}/login", lambda n: FORM, b"key=wrong"))
+
+
+def test_a_burst_of_unknown_tenant_keys_at_once_looks_up_no_more_than_the_limit(tenant_keyed: TenantKeyed) -> None:
+    _at_most_the_limit_compared(_burst(f"{tenant_keyed.proxy.base_url}/models", lambda n: _bearer(f"bb-{n:0{KEY_LENGTH - 3}d}")))
+    assert len(tenant_keyed.lookups) == MAX_FAILURES
+
+
+def test_a_right_admin_key_gives_its_attempt_back(workers: Workers) -> None:
+    first, second = workers.first, workers.second
+    for guess in range(MAX_FAILURES - 1):
+        assert _admin(first, f"wrong-{guess}").status_code == 401
+    for _ in range(2 * MAX_FAILURES):  # right keys, here and at the other worker: none of them uses up an attempt
+        assert _admin(first, ADMIN).status_code == 200
+        assert _metrics(second, ADMIN).status_code == 200
+    assert httpx2.post(f"{second.url}/login", content=f"key={ADMIN}", headers=FORM, timeout=30).status_code == 303  # logged in
+    assert _admin(second, "wrong-last").status_code == 401  # the tenth
+    _refused_429(_admin(first, ADMIN))
+
+
+def test_a_right_tenant_key_gives_its_attempt_back(tenant_keyed: TenantKeyed) -> None:
+    proxy, secret = tenant_keyed.proxy, tenant_keyed.secret
+    for guess in range(MAX_FAILURES - 1):
+        assert _v1(proxy, "/models", f"wrong-{guess}").status_code == 401
+    for _ in range(2 * MAX_FAILURES):
+        assert _v1(proxy, "/chat/completions", secret).status_code == 200
+    assert _v1(proxy, "/models", "wrong-last").status_code == 401  # the tenth
+    _refused_429(_v1(proxy, "/models", secret), secret)

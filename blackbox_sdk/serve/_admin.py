@@ -4,8 +4,8 @@
     GET    /admin/keys            -> 200 {"object": "list", "data": [records, no secrets]}
     DELETE /admin/keys/{key_id}   -> 200 the revoked record (an id or a name), 404 for an unknown one
 
-Anything without the admin key gets 401 with OpenAI's error body, before its body is read; an address past its
-failed attempts (`_attempts`, shared with /login) gets 429 before its key is compared. A key's
+Anything without the admin key gets 401 with OpenAI's error body, before its body is read; a key presented takes
+an attempt of its address before it is compared (`_attempts`, shared with /login), 429 when none is left. A key's
 reranker folder is loaded (config, weights and base encoder) before the key is stored: one that can't load is a 400.
 The store's blocking calls run in Starlette's thread pool.
 """
@@ -63,18 +63,17 @@ def _attempts(request: Request, own: Attempts) -> Attempts:
 
 
 async def _guarded(request: Request, store: KeyStore, attempts: Attempts, handle: Callable[[], Awaitable[Response]]) -> Response:
-    """429 for an address past its failed attempts, 401 without the admin key (a wrong one counted); else the
-    handler's answer, the SDK's errors as OpenAI error bodies."""
+    """429 for a key presented by an address with no attempt left, 401 without the admin key (a wrong one keeps its
+    attempt, the right one gives it back); else the handler's answer, the SDK's errors as OpenAI error bodies."""
+    presented = presented_key(request)
     try:
-        await attempts.acheck(request)
+        async with attempts.guessing(request, presented) as guess:
+            if not store.is_admin(presented):
+                guess.wrong()  # no key presented took no attempt: nothing kept
+                refusal = ProxyError(401, "This route needs the proxy's admin key: send it in the Authorization header as a bearer token.", code="invalid_api_key")
+                return error_response(refusal)
     except RateLimitExceededError as refused:
         return error_response(refused)
-    presented = presented_key(request)
-    if not store.is_admin(presented):
-        if presented is not None:
-            await attempts.afailed(request)
-        refusal = ProxyError(401, "This route needs the proxy's admin key: send it in the Authorization header as a bearer token.", code="invalid_api_key")
-        return error_response(refusal)
     try:
         return await handle()
     except BlackBoxError as exc:

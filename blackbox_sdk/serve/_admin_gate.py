@@ -6,8 +6,9 @@ of this process, never the key; the process keeps only the token's SHA-256 and i
 Without tenant keys there is no admin key: only clients on this machine (loopback) are let in,
 as anyone who reaches such a proxy can spend through it anyway. A key store without an admin key
 (BLACKBOX_ADMIN_KEY unset), or tenant keys checked with no store given to the gate, let nobody in.
-An address past its failed attempts (a wrong key, here or at /admin, `_attempts`) is refused with 429 before
-any key it sends is compared; with a key store on SQLite or Redis the count is in the store, one for every worker.
+A key presented takes one of its address's attempts before it is compared (`_attempts`: a wrong key here or at
+/admin keeps it, a right one gives it back); an address with none left is refused with 429. With a key store on
+SQLite or Redis the count is in the store, one for every worker.
 """
 
 from __future__ import annotations
@@ -50,16 +51,16 @@ class AdminGate:
         self._lock = threading.Lock()
 
     async def allows(self, request: Request) -> bool:
-        """Whether the request is the admin's (or, without a key store, from this machine); a wrong key presented is
-        counted, and an address past its failed attempts is refused first (RateLimitExceededError, 429)."""
+        """Whether the request is the admin's (or, without a key store, from this machine); a key presented takes an
+        attempt of its address before it is compared, refused when none is left (RateLimitExceededError, 429) and
+        given back when the key is right."""
         if self.keys is None:
             return self.loopback and request.client is not None and is_loopback_host(request.client.host)
-        await self.attempts.acheck(request)
         presented = presented_key(request)
-        if self.keys.is_admin(presented):
-            return True
-        if presented is not None:
-            await self.attempts.afailed(request)
+        async with self.attempts.guessing(request, presented) as guess:
+            if self.keys.is_admin(presented):
+                return True
+            guess.wrong()
         token = request.cookies.get(COOKIE)
         if not token or len(token) > 128:
             return False
@@ -77,16 +78,15 @@ class AdminGate:
 
     async def login(self, request: Request, response: Response, body_timeout_s: float) -> bool:
         """Check a POSTed form's admin key; when it is right, set a new session cookie on `response`. The form is read
-        up to MAX_LOGIN_BODY bytes and `body_timeout_s` (ProxyError 413 / 408 past them); a wrong key is counted,
-        and an address past its failed attempts is refused before the form is read (RateLimitExceededError, 429)."""
+        up to MAX_LOGIN_BODY bytes and `body_timeout_s` (ProxyError 413 / 408 past them). An attempt of the address is
+        taken before the form is read, refused when none is left (RateLimitExceededError, 429); only a wrong key keeps it."""
         if self.keys is None:
             return False
-        await self.attempts.acheck(request)
-        body = await read_body(request, MAX_LOGIN_BODY, body_timeout_s)
-        presented = parse_qs(body.decode("utf-8", "replace")).get("key", [""])[0]
-        if not self.keys.is_admin(presented):
-            await self.attempts.afailed(request)
-            return False
+        async with self.attempts.guessing(request, "") as guess:  # the form's key, even an empty one, is a guess
+            body = await read_body(request, MAX_LOGIN_BODY, body_timeout_s)
+            if not self.keys.is_admin(parse_qs(body.decode("utf-8", "replace")).get("key", [""])[0]):
+                guess.wrong()
+                return False
         token = secrets.token_urlsafe(32)
         now = time.monotonic()
         with self._lock:

@@ -2,27 +2,33 @@
 
 /login, /admin/* and the admin gate of /metrics and / count each wrong admin key a peer address presents;
 the /v1 routes count each unknown tenant key in an instance of their own (`_state.Proxy.key_attempts`), so
-neither kind of mistake locks out the other. Past MAX_FAILURES within WINDOW_S, that address is refused with
-429 and Retry-After before any key it sends is compared (or looked up in the key store), until enough of its
-failures leave the window. Wrong admin keys are counted in the key store when it is on SQLite or Redis
-(`SharedAttempts`), so the workers and hosts sharing it allow MAX_FAILURES together; a key store of another kind
-(or none) keeps the count in this process (`FailedAttempts`). While the shared store can't be reached, each
-process counts in its own memory and logs it: an outage neither locks every client out nor lifts the bound, and
-the admin key (compared without the store) still opens /metrics and the status page. Unknown tenant keys are
-counted in each process: a tenant key holds 256 random bits, so that count bounds the lookups a sprayer costs
-rather than a guess, and sharing it would cost every /v1 request a store read.
-A request that presents no key at all guesses nothing and is not counted. Behind a reverse proxy the address is the one it forwards
-(X-Forwarded-For), which uvicorn takes from a proxy it trusts (this host, or FORWARDED_ALLOW_IPS); from an
-untrusted one, every client shares the proxy's address.
+neither kind of mistake locks out the other. Before a presented key is compared (or looked up in the key store),
+the request takes an attempt of its address in one atomic step (`guessing`): refused with 429 and Retry-After
+when the address already has MAX_FAILURES within WINDOW_S, else counted at once as a failure, and given back
+only when the key turns out right (a right key costs nothing). Checking first and counting after the comparison
+would let a burst of concurrent guesses all pass the check before any was counted. Wrong admin keys are counted
+in the key store when it is on SQLite or Redis (`SharedAttempts`: one transaction or one Lua script per attempt),
+so the workers and hosts sharing it allow MAX_FAILURES together; a key store of another kind (or none) keeps the
+count in this process (`FailedAttempts`). While the shared store can't be reached, each process counts in its own
+memory and logs it (an attempt taken there is given back there): an outage neither locks every client out nor
+lifts the bound, and the admin key (compared without the store) still opens /metrics and the status page.
+Unknown tenant keys are counted in each process: a tenant key holds 256 random bits, so that count bounds the
+lookups a sprayer costs rather than a guess, and sharing it would cost every /v1 request a store read.
+A request that presents no key at all guesses nothing: it takes no attempt. Behind a reverse proxy the address
+is the one it forwards (X-Forwarded-For), which uvicorn takes from a proxy it trusts (this host, or
+FORWARDED_ALLOW_IPS); from an untrusted one, every client shares the proxy's address.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Callable
-from typing import Protocol, runtime_checkable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -33,7 +39,6 @@ from .._logging import logger
 MAX_FAILURES = 10  # failed attempts an address may make within WINDOW_S
 WINDOW_S = 60.0
 MAX_ADDRESSES = 10_000  # addresses remembered at once; past it the one whose latest failure is oldest is forgotten
-
 
 
 def peer(request: Request) -> str:
@@ -47,44 +52,103 @@ def _refused(limit: int, wait: float) -> RateLimitExceededError:
     return RateLimitExceededError(message, limit=limit, scope="failed_authentication", retry_after=wait)
 
 
-class FailedAttempts:
+@dataclass(frozen=True)
+class LocalSlot:
+    """An attempt taken in this process's count: its address and time."""
+
+    address: str
+    at: float
+
+
+@dataclass(frozen=True)
+class StoreSlot:
+    """An attempt taken in the shared store: its scope and its id there."""
+
+    scope: str
+    attempt_id: str
+
+
+Slot = LocalSlot | StoreSlot
+SlotT = TypeVar("SlotT")  # what one count hands out for an attempt taken
+
+
+class Guess:
+    """A presented key being compared: its attempt is kept (a failure) only once it is found wrong."""
+
+    def __init__(self) -> None:
+        self.is_wrong = False
+
+    def wrong(self) -> None:
+        """The key was compared and is not the right one: its attempt stays counted."""
+        self.is_wrong = True
+
+
+class _Counted(ABC, Generic[SlotT]):
+    """What both counts share: an attempt taken before a key is compared, given back when the key is right."""
+
+    @abstractmethod
+    async def atake(self, request: Request) -> SlotT:
+        """Take an attempt of the request's address; RateLimitExceededError (429) when it has none left."""
+
+    @abstractmethod
+    async def agive_back(self, slot: SlotT) -> None:
+        """Give an attempt back (its key was right)."""
+
+    @asynccontextmanager
+    async def guessing(self, request: Request, presented: str | None) -> AsyncIterator[Guess]:
+        """An attempt taken for a presented key before the block compares it (429 when the address has none left),
+        given back on leaving unless the block called `Guess.wrong`; a request presenting no key takes none."""
+        guess = Guess()
+        slot = None if presented is None else await self.atake(request)
+        try:
+            yield guess
+        finally:
+            if slot is not None and not guess.is_wrong:
+                await self.agive_back(slot)
+
+
+class FailedAttempts(_Counted[LocalSlot]):
     """Failed attempts per address in a sliding window, bounded in the addresses it keeps."""
 
     def __init__(self, limit: int = MAX_FAILURES, window_s: float = WINDOW_S, clock: Callable[[], float] = time.monotonic) -> None:
         self.limit, self.window_s, self._clock = limit, window_s, clock
-        self._failures: dict[str, deque[float]] = {}  # address -> times of its failures in the window, oldest first
+        self._failures: dict[str, deque[float]] = {}  # address -> times of its attempts in the window, oldest first
         self._lock = threading.Lock()
 
-    def check(self, request: Request) -> None:
-        """RateLimitExceededError (429 with Retry-After) when the request's address is past the limit."""
+    def take(self, request: Request) -> LocalSlot:
+        """Count an attempt of the request's address, or RateLimitExceededError (429 with Retry-After) when it is at
+        the limit already: one step under the lock, so concurrent requests can't all pass a check first."""
         address, now = peer(request), self._clock()
         with self._lock:
             times = self._recent(address, now)
-            wait = times[0] + self.window_s - now if times is not None and len(times) >= self.limit else None
-        if wait is not None:
-            raise _refused(self.limit, wait)
-
-    async def acheck(self, request: Request) -> None:
-        """``check``: a lock held for microseconds, so the event loop is not blocked."""
-        self.check(request)
-
-    async def afailed(self, request: Request) -> None:
-        """``failed``."""
-        self.failed(request)
-
-    def failed(self, request: Request) -> None:
-        """Count one failed attempt of the request's address."""
-        address, now = peer(request), self._clock()
-        with self._lock:
-            times = self._recent(address, now)
+            if times is not None and len(times) >= self.limit:
+                raise _refused(self.limit, times[-self.limit] + self.window_s - now)
             if times is None:
                 if len(self._failures) >= MAX_ADDRESSES:
                     del self._failures[min(self._failures, key=lambda known: self._failures[known][-1])]
                 times = self._failures[address] = deque()
             times.append(now)
+        return LocalSlot(address, now)
+
+    def give_back(self, slot: LocalSlot) -> None:
+        """Remove an attempt taken (its key was right); nothing when it already left the window or was forgotten."""
+        with self._lock:
+            times = self._failures.get(slot.address)
+            if times is not None and slot.at in times:
+                times.remove(slot.at)
+                if not times:
+                    del self._failures[slot.address]
+
+    async def atake(self, request: Request) -> LocalSlot:
+        """``take``: a lock held for microseconds, so the event loop is not blocked."""
+        return self.take(request)
+
+    async def agive_back(self, slot: LocalSlot) -> None:
+        """``give_back``."""
+        self.give_back(slot)
 
     def _recent(self, address: str, now: float) -> deque[float] | None:
-        """The address's failures still in the window (None when it has none left, and then forgotten)."""
+        """The address's attempts still in the window (None when it has none left, and then forgotten)."""
         times = self._failures.get(address)
         while times and times[0] <= now - self.window_s:
             times.popleft()
@@ -98,16 +162,17 @@ class FailedAttempts:
 class FailureStore(Protocol):
     """A store shared by the workers that counts failed attempts (the SQLite and Redis key stores)."""
 
-    def count_failure(self, scope: str, window_s: float, now: float | None = None) -> None:
-        """Record one failed attempt of ``scope`` (``now``: None for the store's own clock); StoreUnavailableError when down."""
+    def take_attempt(self, scope: str, limit: int, window_s: float, now: float | None = None) -> str | float:
+        """In one atomic step: the id of an attempt of ``scope`` recorded now, or (none recorded) the seconds until it
+        has fewer than ``limit`` in the window (``now``: None for the store's own clock); StoreUnavailableError when down."""
         ...
 
-    def failure_wait(self, scope: str, limit: int, window_s: float, now: float | None = None) -> float | None:
-        """Seconds until ``scope`` has fewer than ``limit`` failures in the window (None: it has); StoreUnavailableError when down."""
+    def give_back_attempt(self, scope: str, attempt_id: str) -> None:
+        """Remove the attempt ``take_attempt`` recorded (nothing when it is gone); StoreUnavailableError when down."""
         ...
 
 
-class SharedAttempts:
+class SharedAttempts(_Counted[Slot]):
     """Failed admin-key attempts per address, counted in a store every worker shares; in this process while it is down."""
 
     def __init__(self, store: FailureStore, *, limit: int = MAX_FAILURES, window_s: float = WINDOW_S,
@@ -116,35 +181,40 @@ class SharedAttempts:
         self.local = FailedAttempts(limit, window_s)  # the count while the store can't be reached
         self._down = False  # whether the last call found the store down (logged once per outage)
 
-    def check(self, request: Request) -> None:
-        """RateLimitExceededError (429 with Retry-After) when the request's address is past the limit."""
+    def take(self, request: Request) -> Slot:
+        """Count an attempt of the request's address in the store (one transaction or script), or
+        RateLimitExceededError (429 with Retry-After) when it is at the limit already; in this process while the store is down."""
+        scope = self._scope(request)
         try:
-            wait = self.store.failure_wait(self._scope(request), self.limit, self.window_s, self._now())
+            taken = self.store.take_attempt(scope, self.limit, self.window_s, self._now())
         except StoreUnavailableError as error:
             self._fall_back(error)
-            self.local.check(request)
-            return
+            return self.local.take(request)
         self._down = False
-        if wait is not None:
-            raise _refused(self.limit, wait)
+        if isinstance(taken, float):
+            raise _refused(self.limit, taken)
+        return StoreSlot(scope, taken)
 
-    def failed(self, request: Request) -> None:
-        """Count one failed attempt of the request's address."""
+    def give_back(self, slot: Slot) -> None:
+        """Remove an attempt taken (its key was right), where it was taken; one the store can't remove now stays
+        counted until it leaves the window."""
+        if isinstance(slot, LocalSlot):
+            self.local.give_back(slot)
+            return
         try:
-            self.store.count_failure(self._scope(request), self.window_s, self._now())
+            self.store.give_back_attempt(slot.scope, slot.attempt_id)
         except StoreUnavailableError as error:
             self._fall_back(error)
-            self.local.failed(request)
             return
         self._down = False
 
-    async def acheck(self, request: Request) -> None:
-        """``check`` in a worker thread: the store's round trip must not block the event loop."""
-        await run_in_threadpool(self.check, request)
+    async def atake(self, request: Request) -> Slot:
+        """``take`` in a worker thread: the store's round trip must not block the event loop."""
+        return await run_in_threadpool(self.take, request)
 
-    async def afailed(self, request: Request) -> None:
-        """``failed`` in a worker thread."""
-        await run_in_threadpool(self.failed, request)
+    async def agive_back(self, slot: Slot) -> None:
+        """``give_back`` in a worker thread."""
+        await run_in_threadpool(self.give_back, slot)
 
     def _scope(self, request: Request) -> str:
         """Where the address's failures are counted in the store (tenant keys are never counted there)."""

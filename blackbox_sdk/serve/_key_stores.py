@@ -9,10 +9,12 @@ failure to reach or read a store raises StoreUnavailableError: the proxy answers
 serving a request it could not authenticate.
 
 Both also count failed admin-key attempts for every worker sharing them (`_attempts.SharedAttempts`):
-per scope ("admin:<address>"), the times of its failures in the last window, never a key
-presented. SQLite: a ``failures`` table, a failure one ``BEGIN IMMEDIATE`` insert that also drops the expired
-rows, a check one indexed read, times from ``time.time``. Redis: a sorted set ``failures:<scope>`` expiring with
-its window, each operation one Lua script on the server's clock, so hosts agree on the window.
+per scope ("admin:<address>"), the times of its attempts in the last window, never a key presented. Taking an
+attempt is one atomic step, the count in the window and the insert together, so concurrent workers can't all
+pass a check before any counts: SQLite, one ``BEGIN IMMEDIATE`` transaction on a ``failures`` table (that also
+drops the expired rows) inserting a random rowid, times from ``time.time``; Redis, one Lua script on a sorted
+set ``failures:<scope>`` expiring with its window, on the server's clock so hosts agree on the window, adding a
+random member. Giving an attempt back (its key was right) deletes that rowid or member.
 """
 
 from __future__ import annotations
@@ -73,20 +75,19 @@ if not now then
 end
 local window = tonumber(ARGV[2])
 """
-# KEYS: the scope's sorted set. ARGV: now ('': the server's TIME), window_s, a unique member, ttl_ms.
-_FAILED = _NOW + """
+# KEYS: the scope's sorted set. ARGV: now ('': the server's TIME), window_s, limit, a unique member, ttl_ms. With the
+# expired ones dropped: the member added (false) when the scope has fewer than limit, else the wait until the
+# limit-th newest leaves the window (none added).
+_TAKE = _NOW + """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.6f', now - window))
-redis.call('ZADD', KEYS[1], string.format('%.6f', now), ARGV[3])
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-return 1
-"""
-# KEYS: the scope's sorted set. ARGV: now ('': the server's TIME), window_s, limit. The wait until the limit-th
-# newest failure in the window leaves it (the scope then has fewer than limit), or false when it has fewer already.
-_FAILURE_WAIT = _NOW + """
-local cutoff = '(' .. string.format('%.6f', now - window)
-local nth = redis.call('ZREVRANGEBYSCORE', KEYS[1], '+inf', cutoff, 'WITHSCORES', 'LIMIT', tonumber(ARGV[3]) - 1, 1)
-if #nth == 0 then return false end
-return string.format('%.6f', tonumber(nth[2]) + window - now)
+local limit = tonumber(ARGV[3])
+if redis.call('ZCOUNT', KEYS[1], '-inf', '+inf') >= limit then
+  local nth = redis.call('ZREVRANGE', KEYS[1], limit - 1, limit - 1, 'WITHSCORES')
+  return string.format('%.6f', tonumber(nth[2]) + window - now)
+end
+redis.call('ZADD', KEYS[1], string.format('%.6f', now), ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return false
 """
 
 
@@ -174,21 +175,23 @@ class SQLiteKeyStore(KeyStoreBase):
         with self._using("revoke a key") as db, immediate(db):
             db.execute("UPDATE keys SET revoked = 1 WHERE key_id = ?", (record.key_id,))
 
-    def count_failure(self, scope: str, window_s: float, now: float | None = None) -> None:
-        """Record a failed attempt of ``scope`` and drop every scope's failures that left the window: one transaction."""
+    def take_attempt(self, scope: str, limit: int, window_s: float, now: float | None = None) -> str | float:
+        """The rowid of an attempt of ``scope`` inserted now, or the seconds until it has fewer than ``limit`` in the
+        window (none inserted): one transaction, that also drops every scope's attempts that left the window."""
         at = time.time() if now is None else now
         with self._using("count a failed attempt") as db, immediate(db):
             db.execute("DELETE FROM failures WHERE at <= ?", (at - window_s,))
-            db.execute("INSERT INTO failures (scope, at) VALUES (?, ?)", (scope, at))
+            nth = db.execute("SELECT at FROM failures WHERE scope = ? ORDER BY at DESC LIMIT 1 OFFSET ?", (scope, limit - 1)).fetchone()
+            if nth is not None:
+                return float(nth[0]) + window_s - at
+            rowid = secrets.randbits(62)  # random, never reused the way a table's next rowid is once rows are deleted
+            db.execute("INSERT INTO failures (rowid, scope, at) VALUES (?, ?, ?)", (rowid, scope, at))
+        return str(rowid)
 
-    def failure_wait(self, scope: str, limit: int, window_s: float, now: float | None = None) -> float | None:
-        """Seconds until ``scope`` has fewer than ``limit`` failures in the window; None when it has already: one read."""
-        at = time.time() if now is None else now
-        with self._using("read failed attempts") as db:
-            row = db.execute(
-                "SELECT at FROM failures WHERE scope = ? AND at > ? ORDER BY at DESC LIMIT 1 OFFSET ?", (scope, at - window_s, limit - 1),
-            ).fetchone()
-        return None if row is None else float(row[0]) + window_s - at
+    def give_back_attempt(self, scope: str, attempt_id: str) -> None:
+        """Delete the attempt ``take_attempt`` inserted (nothing when it already left the window)."""
+        with self._using("give a failed attempt back") as db, immediate(db):
+            db.execute("DELETE FROM failures WHERE rowid = ? AND scope = ?", (int(attempt_id), scope))
 
     def close(self) -> None:
         """Close this process's connection."""
@@ -225,8 +228,7 @@ class RedisKeyStore(KeyStoreBase):
         self._url.check(timeout_s)  # a wrong password or database: ConfigError now, not at the first request
         self._create = self._client.register_script(_CREATE)
         self._revoke = self._client.register_script(_REVOKE)
-        self._failed = self._client.register_script(_FAILED)
-        self._failure_wait = self._client.register_script(_FAILURE_WAIT)
+        self._take = self._client.register_script(_TAKE)
 
     def __repr__(self) -> str:
         """The URL without its password."""
@@ -308,18 +310,19 @@ class RedisKeyStore(KeyStoreBase):
         with self._unavailable("revoke a key"):
             self._revoke(keys=[f"{self._prefix}id:{record.key_id}", f"{self._prefix}name:{record.name}"], args=[record.key_id])
 
-    def count_failure(self, scope: str, window_s: float, now: float | None = None) -> None:
-        """Record a failed attempt of ``scope``: one script, its set expiring a second after its window."""
-        args = ["" if now is None else repr(float(now)), repr(float(window_s)), secrets.token_hex(8), math.ceil(window_s * 1000) + 1000]
+    def take_attempt(self, scope: str, limit: int, window_s: float, now: float | None = None) -> str | float:
+        """The member of an attempt of ``scope`` added now, or the seconds until it has fewer than ``limit`` in the
+        window (none added): one script, the set expiring a second after its window."""
+        member = secrets.token_hex(16)
+        args = ["" if now is None else repr(float(now)), repr(float(window_s)), limit, member, math.ceil(window_s * 1000) + 1000]
         with self._unavailable("count a failed attempt"):
-            self._failed(keys=[f"{self._prefix}failures:{scope}"], args=args)
+            wait = self._take(keys=[f"{self._prefix}failures:{scope}"], args=args)
+            return member if wait is None else float(wait)
 
-    def failure_wait(self, scope: str, limit: int, window_s: float, now: float | None = None) -> float | None:
-        """Seconds until ``scope`` has fewer than ``limit`` failures in the window; None when it has already: one script."""
-        args = ["" if now is None else repr(float(now)), repr(float(window_s)), limit]
-        with self._unavailable("read failed attempts"):
-            wait = self._failure_wait(keys=[f"{self._prefix}failures:{scope}"], args=args)
-            return None if wait is None else float(wait)
+    def give_back_attempt(self, scope: str, attempt_id: str) -> None:
+        """Remove the member ``take_attempt`` added (nothing when it already left the window)."""
+        with self._unavailable("give a failed attempt back"):
+            self._client.zrem(f"{self._prefix}failures:{scope}", attempt_id)
 
     def close(self) -> None:
         """Close the connection pool."""

@@ -79,22 +79,21 @@ class Proxy:
             self._clients = None
 
     async def tenant(self, request: Request) -> Tenant | None:
-        """Who the request speaks for (None without a key store); 401 for a missing or unknown key. An unknown key is
-        counted against the client's address, and an address past its failed attempts is refused with 429 before its
-        key is hashed or looked up (RateLimitExceededError). A key's options that can't be built on its first request
+        """Who the request speaks for (None without a key store); 401 for a missing or unknown key. A key presented
+        takes an attempt of the client's address before it is hashed or looked up, refused with 429 when none is left
+        (RateLimitExceededError); only an unknown key keeps it. A key's options that can't be built on its first request
         (its ledger's Redis refusing the password) are the operator's fault: 500."""
         if self.authenticate is None:
             return None
-        self.key_attempts.check(request)
         presented = presented_key(request)
-        try:
-            tenant = await run_in_threadpool(self.authenticate, presented)
-        except ConfigError as error:  # nothing of the request's: authenticate sees only its key
-            raise _misconfigured(None, error) from error
-        if tenant is None:
-            if presented is not None:  # presenting no key guesses nothing: not counted
-                self.key_attempts.failed(request)
-            raise refuse_unknown_key(presented)
+        async with self.key_attempts.guessing(request, presented) as guess:  # presenting no key guesses nothing: none taken
+            try:
+                tenant = await run_in_threadpool(self.authenticate, presented)
+            except ConfigError as error:  # nothing of the request's: authenticate sees only its key
+                raise _misconfigured(None, error) from error
+            if tenant is None:
+                guess.wrong()
+                raise refuse_unknown_key(presented)
         return tenant
 
     def _ready(self) -> TenantClients:
