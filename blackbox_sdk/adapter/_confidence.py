@@ -1,6 +1,6 @@
 """An adapter's own adaptive-K confidence, chosen on its validation questions when it is trained.
 
-Adaptive K (`rerank_confidence=c`) samples 2 answers, then 4, then 8, and stops once the adapter's
+Adaptive K (`rerank_confidence=c`) samples 1 answer, then 2, 4, 8, and stops once the adapter's
 pick holds a share `c` of the softmax over the scores. The `c` that keeps one adapter's accuracy
 is not another's, so training replays the client's own rule (`blackbox_sdk._adaptive`) on the
 validation draws for each `c` of a grid and keeps the cheapest whose picks are right as often as
