@@ -93,10 +93,10 @@ def _plant(directory: Path, key: str, *, mode: int, value: Any, filename: str | 
         )
 
 
-def _row_count(directory: Path, key: str) -> int:
-    """How many rows the cache's SQLite table holds for a key."""
+def _row_count(directory: Path, key: str, table: str = "Cache") -> int:
+    """How many rows the cache's SQLite table (diskcache's, or the claims') holds for a key."""
     with contextlib.closing(sqlite3.connect(directory / "cache.db")) as conn:
-        return int(conn.execute("SELECT COUNT(*) FROM Cache WHERE key = ?", (key,)).fetchone()[0])
+        return int(conn.execute(f"SELECT COUNT(*) FROM {table} WHERE key = ?", (key,)).fetchone()[0])
 
 
 # ------------------------------------------------------------------------------------------ keys
@@ -570,10 +570,10 @@ def test_lapsed_claims_and_expired_buckets_still_leave_the_disk(tmp_path: Path) 
     time.sleep(0.3)  # past both expiries (a lower bound: a slow machine only waits longer)
     with Cache(tmp_path / "c") as later:  # a later process: its first write culls what expired
         later.extend(_key(later, seed=3), [_entry("new")])
-    assert _row_count(tmp_path / "c", key + ":claim") == 0 and _row_count(tmp_path / "c", other) == 0
+    assert _row_count(tmp_path / "c", key + ":claim", "Claims") == 0 and _row_count(tmp_path / "c", other) == 0
 
 
-def test_the_stores_own_writes_are_rows_diskcache_reads_and_counts(tmp_path: Path) -> None:
+def test_the_stores_own_writes_are_rows_diskcache_reads_and_counts_and_claims_keep_to_their_table(tmp_path: Path) -> None:
     store, key = DiskStore(tmp_path / "c", timeout=5), "ab" * 32
     claim = (key + ":claim", "token")
 
@@ -602,9 +602,10 @@ def test_the_stores_own_writes_are_rows_diskcache_reads_and_counts(tmp_path: Pat
     time.sleep(0.1)  # lapsed: the next claim takes the key over
     assert store.claim(claim[0], "later", expire=60, bucket=key)[0]
     store.discard(claim[0], "short")  # not its token any more: kept
-    assert _row_count(tmp_path / "c", claim[0]) == 1
+    assert store.get(claim[0]) == "later" and _row_count(tmp_path / "c", claim[0], "Claims") == 1
     store.discard(claim[0], "later")
-    assert _row_count(tmp_path / "c", claim[0]) == 0
+    assert store.get(claim[0]) is None and _row_count(tmp_path / "c", claim[0], "Claims") == 0
+    assert _row_count(tmp_path / "c", claim[0]) == 0  # never in diskcache's table
     store.close()
 
 

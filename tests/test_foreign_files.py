@@ -134,6 +134,8 @@ def test_the_disk_cache_reopens_its_own_folder_with_buckets_and_claims(tmp_path:
     with Cache(tmp_path / "cache") as cache:
         key = cache.key(route="chat", endpoint="http://127.0.0.1:8080/v1", params={"model": "m", "messages": []})
         cache.extend(key, [{"kind": "chat"}])
-        assert cache.claim(cache.key(route="chat", endpoint="http://127.0.0.1:8080/v1", params={"model": "n", "messages": []}), ttl_s=60)
+        claimed = cache.key(route="chat", endpoint="http://127.0.0.1:8080/v1", params={"model": "n", "messages": []})
+        assert cache.claim(claimed, ttl_s=60)
     with Cache(tmp_path / "cache") as again:
-        assert again.get(key) == [{"kind": "chat"}] and again.stats.keys == 2
+        assert again.get(key) == [{"kind": "chat"}] and again.stats.keys == 1  # a claim is no entry
+        assert not again.claim(claimed, ttl_s=60)  # still held

@@ -17,11 +17,17 @@ three more statements per write. The store opens it with ``cull_limit=0`` and ca
 writes: an expired row waits until then (a read never serves it: diskcache's ``get`` skips it and
 the Cache checks its TTL) and the folder may pass its size limit by what is written in between.
 
-On the call path the store writes diskcache's rows itself, one statement each, where diskcache's ``add``, ``set``
-and ``delete`` take two or three: a claim on a free key is one insert, an answer small enough to stay in the
-database (under 32 KB) is one upsert, a claim dropped with it one delete. The rows are those diskcache writes
-(raw text, size 0, no file), and its triggers keep its count and size. Anything else (a key held already, a
-value in a file, a value this cache did not write) goes through diskcache as before.
+On the call path the store writes diskcache's rows itself, one statement each, where diskcache's ``set`` takes
+two or three: an answer small enough to stay in the database (under 32 KB) is one upsert of the row diskcache
+writes (raw text, size 0, no file), and its triggers keep its count and size. Anything else (a value in a file,
+a value this cache did not write, a delete) goes through diskcache.
+
+Single flight's claims (keys ending in ``CLAIM_SUFFIX``) live in a table of their own in the same database,
+``Claims`` (key, token, expiry; no rowid, no index beside its key), not in diskcache's: a claim is written and
+deleted within one call, and a row of diskcache's touches three indexes and two triggers each time. Taking a
+free or lapsed claim is one upsert, dropping it one delete; lapsed claims are deleted when the store culls.
+The store's ``get`` of a claim's key reads that table. A claim that an SDK before 2026-12-06 wrote in
+diskcache's table is not seen (the two versions do not single-flight each other) and is culled when it lapses.
 """
 
 from __future__ import annotations
@@ -55,14 +61,21 @@ _INSERT = (
     "INSERT INTO Cache (key, raw, store_time, expire_time, access_time, access_count, tag, size, mode, filename, value)"
     f" VALUES (?, 1, ?, ?, ?, 0, NULL, 0, {diskcache.core.MODE_RAW}, NULL, ?)"
 )
-_ADD = _INSERT + " ON CONFLICT (key, raw) DO NOTHING"  # a key held already (live, lapsed or foreign) goes the long way
 _UPSERT = _INSERT + (
     " ON CONFLICT (key, raw) DO UPDATE SET store_time = excluded.store_time, expire_time = excluded.expire_time,"
     " access_time = excluded.access_time, access_count = 0, tag = NULL, size = 0, mode = excluded.mode, filename = NULL,"
     " value = excluded.value"
 )
 _ROW = "SELECT mode, filename, value, expire_time FROM Cache WHERE key = ? AND raw = 1"
-_DISCARD = f"DELETE FROM Cache WHERE key = ? AND raw = 1 AND mode = {diskcache.core.MODE_RAW} AND filename IS NULL AND value = ?"
+# Single flight's claims: a small table of this cache's own beside diskcache's (see the module docstring).
+_CLAIMS = "CREATE TABLE IF NOT EXISTS Claims (key TEXT PRIMARY KEY, token TEXT NOT NULL, expires REAL NOT NULL) WITHOUT ROWID"
+_TAKE = (
+    "INSERT INTO Claims (key, token, expires) VALUES (?, ?, ?)"
+    " ON CONFLICT (key) DO UPDATE SET token = excluded.token, expires = excluded.expires WHERE Claims.expires <= ?"
+)
+_HELD = "SELECT token FROM Claims WHERE key = ? AND expires > ?"
+_DROP = "DELETE FROM Claims WHERE key = ? AND token = ?"
+_LAPSED = "DELETE FROM Claims WHERE expires <= ?"
 
 
 class _JSONTextDisk(diskcache.Disk):  # type: ignore[misc]  # diskcache ships no type hints
@@ -221,6 +234,8 @@ class DiskStore:
                 f"can't open the response cache at {directory} ({exc}): the folder must be creatable and "
                 "writable (not read-only, not under a file) and not held locked by another process"
             ) from exc
+        with self._guard("open the claims table"):
+            self._disk._con.execute(_CLAIMS)
         self._cull_lock = threading.Lock()
         self.lock = threading.RLock()  # held by every write in this process, and by a fork (``hold_over_fork``)
         hold_over_fork(self)
@@ -233,8 +248,12 @@ class DiskStore:
         self._disk.forked()
 
     def get(self, key: str) -> str | None:
-        """The text stored at ``key``, None on a miss; ForeignValueError for a row this cache did not write."""
+        """The text stored at ``key`` (a live claim's token for a claim's key), None on a miss; ForeignValueError for a
+        row this cache did not write."""
         try:
+            if key.endswith(CLAIM_SUFFIX):
+                row = self._disk._con.execute(_HELD, (key, time.time())).fetchone()
+                return None if row is None else str(row[0])
             value = self._disk.get(key)
         except sqlite3.Error as exc:
             raise CacheError(f"can't read the response cache at {self.directory}: {exc}") from exc
@@ -255,7 +274,7 @@ class DiskStore:
             elif new != current:
                 self._disk.set(key, new, expire=expire)
             if discard is not None:
-                con.execute(_DISCARD, discard)
+                con.execute(_DROP, discard)
         self._wrote()
 
     def _text(self, key: str, row: tuple[int, str | None, Any, float | None] | None, now: float) -> str | None:
@@ -280,40 +299,25 @@ class DiskStore:
             self._disk.delete(key)
 
     def claim(self, key: str, token: str, *, expire: float, bucket: str) -> tuple[bool, str | None]:
-        """diskcache's atomic ``add`` of ``token`` at ``key`` (taken only if it is absent or expired, or holds what never
-        expires: a value without an expiry, planted or foreign, would hold the key forever), then the text at ``bucket``,
-        in one write transaction. An absent key, the usual case, takes one insert."""
+        """Store ``token`` at the claim ``key`` unless a live claim holds it (one upsert into ``Claims``), then read the
+        text at ``bucket``, in one write transaction."""
         with self._guard("take a claim"), self.lock, self._disk.transact():
             con, now = self._disk._con, time.time()
-            added = con.execute(_ADD, (key, now, now + expire, now, token)).rowcount == 1
-            if not added:
-                added = bool(self._disk.add(key, token, expire=expire)) or self._take_unexpiring(key, token, expire)
+            added = con.execute(_TAKE, (key, token, now + expire, now)).rowcount == 1
             text = self._text(bucket, con.execute(_ROW, (bucket,)).fetchone(), now)
         self._wrote()
         return added, text
 
-    def _take_unexpiring(self, key: str, text: str, expire: float) -> bool:
-        """After a failed ``add``: store ``text`` in one transaction if ``key`` now holds nothing live or a value
-        without an expiry (one this cache can't read is foreign too); whether it was stored."""
-        with self._disk.transact():
-            try:
-                held, expires = self._disk.get(key, expire_time=True)
-            except ForeignValueError:
-                held, expires = None, None
-            if held is not None and expires is not None:
-                return False
-            self._disk.set(key, text, expire=expire)
-        return True
-
     def discard(self, key: str, text: str) -> None:
         """Remove ``key`` only while it still holds ``text``, in one write transaction."""
         with self._guard("release a claim"), self.lock, self._disk.transact():
-            self._disk._con.execute(_DISCARD, (key, text))
+            self._disk._con.execute(_DROP, (key, text))
 
     def clear(self) -> None:
         """Remove every key and value file."""
         with self._guard("clear the cache"), self.lock:
             self._disk.clear()
+            self._disk._con.execute("DELETE FROM Claims")
 
     @contextmanager
     def _guard(self, action: str) -> Iterator[None]:
@@ -344,6 +348,7 @@ class DiskStore:
             try:
                 with self.lock:
                     self._disk.cull()
+                    self._disk._con.execute(_LAPSED, (time.time(),))
             except (diskcache.Timeout, sqlite3.Error, OSError) as exc:
                 logger.debug("cache: culling %s skipped; the next write tries again (%s)", self.directory, exc)
                 with self._cull_lock:

@@ -1,7 +1,7 @@
 """Single flight: identical requests in flight at the same moment are sent by one caller; the others wait.
 
 A caller that finds no cached answer *claims* the request's key: an atomic add of a short-lived
-marker in the cache's own store (on one machine an insert into diskcache's table that a held key refuses, a Lua ``SET ... PX`` on Redis), so
+marker in the cache's own store (on one machine an upsert into its ``Claims`` table that a live claim refuses, a Lua ``SET ... PX`` on Redis), so
 exactly one thread, process or host wins; the bucket is read in the same step (one transaction, one round
 trip), so that an answer another fetcher stored between the caller's lookup and its claim is seen. The winner sends, then stores the answer and drops its
 claim in one transaction (the store's ``update``), or on failure releases the claim; the others
