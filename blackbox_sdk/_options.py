@@ -288,6 +288,11 @@ class Options:
     rate_limit: Any = _option(None, open_rate_limit)  # RateLimits: requests and tokens per minute, checked before sending
     tokenizer: Any = _option(None, open_tokenizer_option)  # counts tokens where the endpoint's own count is not at hand
 
+    @property
+    def has_stores(self) -> bool:
+        """Whether a store or a reranker is on, whose work may block: an async client runs it in a worker thread."""
+        return any(store is not None for store in (self.cache, self.budget, self.log, self.rate_limit, self.reranker))
+
     @classmethod
     def build(cls, opened: Opened, *, max_retries: int = 2, **given: Any) -> Options:
         """Options from constructor arguments, each checked and opened; `retry` wins over `max_retries`."""

@@ -63,9 +63,7 @@ class Core:
         """Whether the call's "io" work may block: it has a store or a reranker, or the work `counts`
         tokens with a tokenizer that may ask a server. An async client then runs it in a worker
         thread; otherwise where it is, which is cheaper than a thread hop."""
-        opts = call.opts
-        stores = (opts.cache, opts.budget, opts.log, opts.rate_limit, opts.reranker)
-        return any(store is not None for store in stores) or (counts and self.count.may_block(call))
+        return call.opts.has_stores or (counts and self.count.may_block(call))
 
     def check_soft_prompt(self, opts: Options) -> None:
         """A soft prompt needs an endpoint that takes input embeddings: refuse before anything is spent."""

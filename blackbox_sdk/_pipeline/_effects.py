@@ -45,6 +45,9 @@ class Effect:
 def io(call: Call, work: Callable[[], T], *, counts: bool = False, blocks: bool = False) -> Generator[Effect, Any, T]:
     """`work()`, done as an "io" effect: off the event loop in an async client when the call's stores
     may block (`counts`: it may count tokens, which can ask the server's tokenizer even when the call
-    has no store; `blocks`: always)."""
+    has no store; `blocks`: always). With neither and no store, it is done here: both cores would run
+    it where it is, and the trip through the core costs a plain call a few microseconds each time."""
+    if not (blocks or counts or call.opts.has_stores):
+        return work()
     result: T = yield Effect("io", call, (work,), counts=counts, blocks=blocks)
     return result
