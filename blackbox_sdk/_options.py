@@ -291,7 +291,7 @@ class Options:
     @property
     def has_stores(self) -> bool:
         """Whether a store or a reranker is on, whose work may block: an async client runs it in a worker thread."""
-        return any(store is not None for store in (self.cache, self.budget, self.log, self.rate_limit, self.reranker))
+        return self.cache is not None or self.budget is not None or self.log is not None or self.rate_limit is not None or self.reranker is not None
 
     @classmethod
     def build(cls, opened: Opened, *, max_retries: int = 2, **given: Any) -> Options:

@@ -14,6 +14,7 @@ take `max_completion_tokens` for that model.
 from __future__ import annotations
 
 import threading
+from functools import lru_cache
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
@@ -40,9 +41,11 @@ class Core(Protocol):
     backend: Any
 
 
+@lru_cache(maxsize=64)
 def public_endpoint(endpoint: str) -> str:
     """The endpoint without what a URL can carry a credential in (user:password@, the query, the
-    fragment): what calibration is kept under in the ledger and what its messages show."""
+    fragment): what calibration is kept under in the ledger and what its messages show (worked out
+    once per endpoint: a budgeted call asks several times)."""
     parts = urlsplit(endpoint)
     if "@" not in parts.netloc and not parts.query and not parts.fragment:
         return endpoint
