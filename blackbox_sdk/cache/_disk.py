@@ -55,13 +55,11 @@ CULL_EVERY_WRITES = 256  # ... or this many writes, whichever comes first
 _FILE_PATTERN = re.compile(r"[0-9a-f]{2}[/\\][0-9a-f]{2}[/\\][0-9a-f]{28}\.val")
 _OWN_NAMES = re.compile(r"cache\.db(-wal|-shm|-journal)?|[0-9a-f]{2}")  # what diskcache puts in its folder
 _DISKCACHE_TABLES = {"Settings": frozenset({"key", "value"}), "Cache": frozenset({"key", "raw", "mode", "filename", "value"})}
-_OWN_KEY_LENGTHS = (64, 64 + len(CLAIM_SUFFIX))  # the text keys this cache writes: a bucket's (SHA-256 hex) and its claim's
+_OWN_KEY_LENGTHS = (64, 64 + len(CLAIM_SUFFIX))  # the text keys this cache writes there: a bucket's (SHA-256 hex), and an older SDK's claims
 # The rows diskcache itself writes for a text key and a small text value (raw, size 0, no file): see the module docstring.
-_INSERT = (
+_UPSERT = (
     "INSERT INTO Cache (key, raw, store_time, expire_time, access_time, access_count, tag, size, mode, filename, value)"
     f" VALUES (?, 1, ?, ?, ?, 0, NULL, 0, {diskcache.core.MODE_RAW}, NULL, ?)"
-)
-_UPSERT = _INSERT + (
     " ON CONFLICT (key, raw) DO UPDATE SET store_time = excluded.store_time, expire_time = excluded.expire_time,"
     " access_time = excluded.access_time, access_count = 0, tag = NULL, size = 0, mode = excluded.mode, filename = NULL,"
     " value = excluded.value"

@@ -67,18 +67,16 @@ redis.call('HSET', KEYS[1], 'revoked', 'true')
 if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
 return 1
 """
-_NOW = """
+# KEYS: the scope's sorted set. ARGV: now ('': the server's TIME), window_s, limit, a unique member, ttl_ms. With the
+# expired ones dropped: the member added (false) when the scope has fewer than limit, else the wait until the
+# limit-th newest leaves the window (none added).
+_TAKE = """
 local now = tonumber(ARGV[1])
 if not now then
   local t = redis.call('TIME')
   now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
 local window = tonumber(ARGV[2])
-"""
-# KEYS: the scope's sorted set. ARGV: now ('': the server's TIME), window_s, limit, a unique member, ttl_ms. With the
-# expired ones dropped: the member added (false) when the scope has fewer than limit, else the wait until the
-# limit-th newest leaves the window (none added).
-_TAKE = _NOW + """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.6f', now - window))
 local limit = tonumber(ARGV[3])
 if redis.call('ZCOUNT', KEYS[1], '-inf', '+inf') >= limit then
