@@ -165,6 +165,11 @@ DAMAGES: dict[str, tuple[Callable[[Path], object], str]] = {
         lambda d: _retyped(d / DELTAS, lambda t: {k.replace("lora_A", "lora_X"): v for k, v in t.items()}), "holds 36 of the 72 deltas.*36 it does not make"
     ),
     "deltas-for-fewer-layers": (lambda d: _lora_config(d, layers_to_transform=[0]), "holds 12 of the 12 deltas its config makes, and 60 it does not"),
+    # loaded before, scoring otherwise than trained: peft's own config of another scale, or of another rank than the adapter's config says
+    "lora-alpha-of-another-config": (lambda d: _lora_config(d, lora_alpha=1.0), r"rank 8 scaled by 0.125.*lora_rank 8 and lora_alpha 16"),
+    "lora-alpha-pattern": (lambda d: _lora_config(d, alpha_pattern={"query": 64}), r"rank 8 scaled by 8.*lora_alpha 16"),
+    "lora-rslora": (lambda d: _lora_config(d, use_rslora=True), r"rank 8 scaled by 5.66.*lora_alpha 16"),
+    "config-of-another-rank": (lambda d: _edit_config(d, lambda doc: doc["config"].update(lora_rank=4)), r"rank 8 scaled by 2.*lora_rank 4"),
     "another-base": (lambda d: _edit_config(d, lambda doc: doc["config"].update(base_model=str(_tiny_encoder(d.parent)))), "trained on a base encoder with SHA-256"),
 }
 

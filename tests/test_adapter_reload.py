@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from blackbox_sdk import OpenAI
-from blackbox_sdk.adapter import Adapter, _lora, _model
+from blackbox_sdk.adapter import Adapter, AdapterConfig, _lora, _model
 
 SHIPPED = Path(__file__).resolve().parents[1] / "adapters" / "comparison"
 QUESTION, ANSWERS = "Which number is larger, 43 or 84?", ["84 is larger.", "43 is larger."]
@@ -130,8 +130,8 @@ def test_a_save_landing_during_a_reload_never_leaves_a_mix_of_two_revisions(
     second.save(live)  # deploy B ...
     original, fired = _lora.SharedBase.load, []
 
-    def then_roll_back(self: _lora.SharedBase, folder: Path, name: str) -> None:
-        original(self, folder, name)
+    def then_roll_back(self: _lora.SharedBase, folder: Path, name: str, config: AdapterConfig) -> None:
+        original(self, folder, name, config)
         if not fired:
             fired.append(name)
             first.save(live)  # ... and roll back to A while the reader has read B's deltas but not its head

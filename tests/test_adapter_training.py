@@ -350,8 +350,13 @@ def test_cli_names_a_database_log_it_cant_reach_once(tmp_path: Path, capsys: pyt
 
 def _export_line(**feedback: object) -> str:
     """One JSONL export record of a call with two candidates and one feedback item."""
+    return _export_record(feedback=[feedback])
+
+
+def _export_record(**fields: object) -> str:
+    """One JSONL export record of a call with two candidates and a preference, with `fields` replacing its own."""
     return json.dumps({"format": "blackbox-calllog/1", "call_id": "c1", "route": "chat", "request": {"messages": [{"role": "user", "content": "hi"}]},
-                       "candidates": ["a", "b"], "feedback": [feedback]}) + "\n"
+                       "candidates": ["a", "b"], "feedback": [{"preferred": 1}], **fields}) + "\n"
 
 
 @pytest.mark.parametrize(
@@ -361,6 +366,11 @@ def _export_line(**feedback: object) -> str:
         pytest.param(b"SQLite format 3\x00" + b"garbage" * 64, [], "a call log is an SQLite file this SDK wrote", id="corrupt-sqlite"),
         pytest.param(_export_line(candidate="0", label="incorrect").encode(), [], "candidate's index", id="index-as-text"),
         pytest.param(_export_line(candidate=0, reward="high").encode(), [], "a number", id="reward-as-text"),
+        # hand-edited records of other shapes than the export writes: AttributeError, KeyError and TypeError tracebacks before
+        pytest.param(_export_record(request="hi").encode(), [], "'request' must be an object", id="request-as-text"),
+        pytest.param(_export_record(candidates={"0": "a"}).encode(), [], "'candidates' must be a list of texts", id="candidates-a-mapping"),
+        pytest.param(_export_record(candidates=[1, 2]).encode(), [], "'candidates' must be a list of texts", id="candidates-of-numbers"),
+        pytest.param(_export_record(feedback=5).encode(), [], "'feedback' must be a list", id="feedback-a-number"),
         pytest.param(_export_line(candidate=0, label="correct").encode(), ["--device", "bogus"], "device 'bogus'", id="bad-device"),
     ],
 )

@@ -253,7 +253,7 @@ class Adapter:
             def attach(base: SharedBase, name: str) -> None:
                 """The base's fingerprint first (deltas made for another base say so, not "size mismatch"), then the deltas."""
                 same_base(folder, document, base.sha256, config)
-                base.load(folder, name)
+                base.load(folder, name, config)
 
             try:
                 adapter = cls._on_base(config, device, shared, attach) if config.lora_rank else cls.create(config, device="cpu").to(device)
