@@ -242,6 +242,8 @@ def test_a_base_encoder_stored_in_fp16_loads_and_trains_in_fp32(tmp_path: Path) 
 def test_a_single_string_of_answers_is_refused(adapter: Adapter) -> None:
     with pytest.raises(AdapterError, match="list of strings"):
         adapter.score(QUESTION, "Nairobi")  # type: ignore[arg-type]
+    with pytest.raises(AdapterError, match="texts must be a list of strings, not one string"):  # scored letter by letter before
+        adapter.score_texts("Nairobi")
 
 
 @pytest.mark.parametrize(
@@ -251,6 +253,8 @@ def test_a_single_string_of_answers_is_refused(adapter: Adapter) -> None:
         pytest.param(QUESTION, [None], "answers must be text, not NoneType", id="a-none-answer"),
         pytest.param(QUESTION, [b"Nairobi"], "answers must be text, not bytes", id="a-bytes-answer"),
         pytest.param(None, ["Nairobi"], "the question must be text, not NoneType", id="no-question"),
+        pytest.param(QUESTION, None, "answers must be a list of strings, not NoneType", id="no-answers"),  # TypeError before
+        pytest.param(QUESTION, 5, "answers must be a list of strings, not int", id="a-number-of-answers"),
     ],
 )
 def test_answers_or_a_question_that_are_not_text_are_an_adapter_error(adapter: Adapter, question: object, answers: list[object], message: str) -> None:

@@ -52,6 +52,8 @@ def same_base(folder: Path, document: dict[str, Any], sha256: str, config: Adapt
 def tokenizable(texts: Iterable[object], what: str) -> list[str]:
     """The texts as a tokenizer takes them: AdapterError for one that is not a string, and a lone
     surrogate (half of an emoji a server cut in two) replaced by U+FFFD, as the tokenizer can't read it."""
+    if isinstance(texts, str) or not isinstance(texts, Iterable):  # one string would be scored letter by letter
+        raise AdapterError(f"{what} must be a list of strings, not {'one string' if isinstance(texts, str) else type(texts).__name__}")
     out = []
     for text in texts:
         if not isinstance(text, str):
@@ -194,8 +196,6 @@ class Adapter:
         the best answer by this score is the mode of the adapted distribution. consensus = 0 gives
         the adapter's score alone.
         """
-        if isinstance(answers, str):
-            raise AdapterError("answers must be a list of strings, not one string")
         [question], answers = tokenizable([question], "the question"), tokenizable(answers, "answers")
         return self.with_consensus(answers, self.score_pairs([(question, a) for a in answers]))
 
