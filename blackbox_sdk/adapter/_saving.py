@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .._exceptions import AdapterError
-from ._card import render_card
+from ._card import check_metadata, render_card
 from ._energy import import_torch
 from ._folder import CARD_FILE, CONFIG_FILE, FORMAT_NAME, FULL_FORMAT, LORA_DIR, LORA_FORMAT, SAVE_DTYPES, WEIGHTS_FILE
 from ._folder import new_revision, swapped_in, writable_target
@@ -23,6 +23,7 @@ def save_folder(adapter: Any, folder: Path, dtype: str) -> Path:
     torch = import_torch()
     if dtype not in SAVE_DTYPES:
         raise AdapterError(f"dtype must be one of {SAVE_DTYPES}, not {dtype!r}")
+    check_metadata(adapter.metadata)
     folder = writable_target(folder)
     lora = adapter.lora_name is not None
     params = dict(adapter.model.named_parameters())
