@@ -140,3 +140,20 @@ def test_a_save_landing_during_a_reload_never_leaves_a_mix_of_two_revisions(
     assert reader.score(QUESTION, ANSWERS) == pytest.approx(expected[0], abs=1e-4) and fired
     assert reader.revision == json.loads((live / "adapter_config.json").read_text())["revision"]
     assert reader.score(QUESTION, ANSWERS) == pytest.approx(expected[0], abs=1e-4)
+
+
+def test_a_copy_caught_after_its_config_reloads_again_when_the_rest_of_its_weights_land(writers: tuple[Adapter, Adapter], tmp_path: Path) -> None:
+    """`cp -r new/. live/` writes adapter.safetensors, then adapter_config.json, then lora/: a reload between the last
+    two loads B's head and config with A's deltas (they fit), and B's deltas landing under the same revision were
+    never loaded before: the reader kept that mix for good."""
+    first, second = writers
+    expected = second.score(QUESTION, ANSWERS)
+    live, new = first.save(tmp_path / "live"), second.save(tmp_path / "new")
+    reader = Adapter.load(live, device="cpu")
+    reader.reload_interval = 0.0
+    for name in ("adapter.safetensors", "adapter_config.json"):
+        shutil.copyfile(new / name, live / name)
+    mixed = reader.score(QUESTION, ANSWERS)  # what a reload in the middle of the copy holds
+    assert mixed != pytest.approx(expected, abs=1e-4)
+    shutil.copyfile(new / "lora" / "adapter_model.safetensors", live / "lora" / "adapter_model.safetensors")
+    assert reader.score(QUESTION, ANSWERS) == pytest.approx(expected, abs=1e-4)
