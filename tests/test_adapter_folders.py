@@ -190,6 +190,15 @@ def test_a_damaged_folder_is_an_adapter_error_naming_it_and_leaves_nothing_on_th
     assert shipped.score(QUESTION, ANSWERS)  # the adapter already on that base still scores
 
 
+@pytest.mark.parametrize("device", ["cuda:99", "bogus"])
+def test_a_device_that_is_not_here_is_an_adapter_error_naming_it(device: str) -> None:
+    """An AssertionError (torch without CUDA) or RuntimeError (an invalid ordinal, a name torch does not know) before."""
+    with pytest.raises(AdapterError, match=f"device '{device}'"):
+        Adapter.load(SHIPPED, device=device)
+    with pytest.raises(AdapterError, match=f"device '{device}'"):
+        Adapter.create(device=device)
+
+
 def test_a_client_given_a_symbolic_link_loop_as_its_reranker_says_it_is_no_adapter_folder(tmp_path: Path) -> None:
     from blackbox_sdk import OpenAI
 

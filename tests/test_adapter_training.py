@@ -372,6 +372,8 @@ def _export_record(**fields: object) -> str:
         pytest.param(_export_record(candidates=[1, 2]).encode(), [], "'candidates' must be a list of texts", id="candidates-of-numbers"),
         pytest.param(_export_record(feedback=5).encode(), [], "'feedback' must be a list", id="feedback-a-number"),
         pytest.param(_export_line(candidate=0, label="correct").encode(), ["--device", "bogus"], "device 'bogus'", id="bad-device"),
+        # torch names it, but it is not here (no such GPU, or torch without CUDA): an AssertionError traceback before
+        pytest.param(_export_line(candidate=0, label="correct").encode(), ["--device", "cuda:99"], "device 'cuda:99' can't be used here", id="absent-device"),
     ],
 )
 def test_cli_refuses_a_bad_log_or_device_with_one_line_not_a_traceback(

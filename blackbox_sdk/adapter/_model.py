@@ -29,7 +29,7 @@ from .._exceptions import AdapterError
 from .._text import is_utf8
 from ._config import AdapterConfig
 from ._consensus import log_copies
-from ._energy import PRECISIONS, autocast, default_device, energy_model_class, import_torch
+from ._energy import PRECISIONS, autocast, checked_device, default_device, energy_model_class, import_torch
 from ._fast import OnnxScorer, check_fast, in_length_order
 from ._folder import CONFIG_FILE, LORA_FORMAT, WEIGHTS_FILE, ChangedWhileRead, check_unchanged, read_config, read_tensors, stamp
 from ._lora import BeyondTheBase, SharedBase, layer_index, load_base, shared_base
@@ -89,7 +89,7 @@ class Adapter:
         It keeps a copy of `config`: what training chooses (consensus, confidence) never changes the caller's."""
         config = replace(config) if config is not None else AdapterConfig()
         torch = import_torch()
-        device = device or default_device()
+        device = checked_device(device) or default_device()
         if config.lora_rank:
             torch.manual_seed(seed)
             adapter = cls._on_base(config, device, shared, lambda base, name: base.add(config, name))
@@ -237,7 +237,7 @@ class Adapter:
         if precision not in PRECISIONS:
             raise AdapterError(f"precision must be one of {PRECISIONS}, not {precision!r}")
         check_fast(fast)
-        folder, device = Path(path), device or ("cpu" if fast else default_device())
+        folder, device = Path(path), checked_device(device) or ("cpu" if fast else default_device())
         for _ in range(_READ_TRIES):
             with contextlib.suppress(ChangedWhileRead):
                 return cls._load_once(folder, device, shared, fast, precision)
