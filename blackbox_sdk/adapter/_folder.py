@@ -40,7 +40,11 @@ SDK_ENTRIES = frozenset(
 def read_document(folder: Path) -> dict[str, Any]:
     """The folder's JSON document, checked for format, version and the types of its fields."""
     config_path = folder / CONFIG_FILE
-    if not config_path.is_file() or not (folder / WEIGHTS_FILE).is_file():
+    try:
+        found = config_path.is_file() and (folder / WEIGHTS_FILE).is_file()
+    except OSError as exc:  # a name too long, a folder it may not search: pathlib answers False only for a missing one
+        raise AdapterError(f"can't look for an adapter folder at {folder}: {exc.strerror}") from None
+    if not found:
         raise AdapterError(f"{folder} is not an adapter folder (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
     try:
         document = json.loads(config_path.read_bytes())
@@ -112,7 +116,7 @@ def stamp(folder: Path) -> tuple[tuple[int, int, int] | None, ...] | None:
     for name in (CONFIG_FILE, WEIGHTS_FILE, f"{LORA_DIR}/{PEFT_WEIGHTS}"):
         try:
             info = os.stat(folder / name)
-        except OSError:
+        except (OSError, ValueError):  # ValueError: a NUL byte in the path, which no file has
             if name == CONFIG_FILE:
                 return None
             stats.append(None)
