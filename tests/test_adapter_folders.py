@@ -205,3 +205,21 @@ def test_a_client_given_a_symbolic_link_loop_as_its_reranker_says_it_is_no_adapt
     (tmp_path / "loop").symlink_to(tmp_path / "loop")
     with pytest.raises(AdapterError, match="loop is not an adapter folder"):  # not pathlib's RuntimeError
         OpenAI(base_url="http://127.0.0.1:9/v1", api_key="x", reranker=str(tmp_path / "loop"))
+
+
+def test_a_save_racing_another_writer_is_an_adapter_error_and_leaves_no_temporary_folder(tmp_path: Path) -> None:
+    """Two writers swapping one folder at once (two training runs on one --out): the one whose rename found the folder
+    gone (the other had just moved it away) ended in a bare FileNotFoundError and left its `.live.new-...` folder behind."""
+    from blackbox_sdk.adapter._folder import swapped_in
+
+    live = Path(shutil.copytree(SHIPPED, tmp_path / "live"))
+
+    def another_writer_swaps_now(name: str) -> bool:  # called while this writer moves the old folder's entries
+        if not (tmp_path / ".live.old-other").exists():
+            live.rename(tmp_path / ".live.old-other")  # the other writer's first rename; its second puts its folder in place
+        return True
+
+    with pytest.raises(AdapterError, match="at the same time"):
+        with swapped_in(live, another_writer_swaps_now) as temp:
+            (temp / "adapter_config.json").write_text("{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".live.old-other"]

@@ -189,6 +189,16 @@ def swapped_in(folder: Path, written: Callable[[str], bool]) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
+    try:
+        _swap(folder, temp, written)
+    except OSError as exc:  # a rename that found the folder gone or back: another writer swapping it at the same time
+        shutil.rmtree(temp, ignore_errors=True)
+        raise AdapterError(f"can't swap the new adapter into {folder}: {exc.strerror} (another writer saving there at the same time?)") from exc
+
+
+def _swap(folder: Path, temp: Path, written: Callable[[str], bool]) -> None:
+    """Put `temp` in `folder`'s place by renames, first moving in the old folder's entries that `written` is false for;
+    a folder moved away and not replaced is put back."""
     if not folder.exists():
         temp.rename(folder)
         return
@@ -197,5 +207,10 @@ def swapped_in(folder: Path, written: Callable[[str], bool]) -> Iterator[Path]:
             entry.rename(temp / entry.name)
     old = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
     folder.rename(old)
-    temp.rename(folder)
+    try:
+        temp.rename(folder)
+    except OSError:
+        if not folder.exists():
+            old.rename(folder)
+        raise
     shutil.rmtree(old, ignore_errors=True)
