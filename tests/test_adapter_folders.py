@@ -169,6 +169,9 @@ DAMAGES: dict[str, tuple[Callable[[Path], object], str]] = {
     "lora-alpha-of-another-config": (lambda d: _lora_config(d, lora_alpha=1.0), r"rank 8 scaled by 0.125.*lora_rank 8 and lora_alpha 16"),
     "lora-alpha-pattern": (lambda d: _lora_config(d, alpha_pattern={"query": 64}), r"rank 8 scaled by 8.*lora_alpha 16"),
     "lora-rslora": (lambda d: _lora_config(d, use_rslora=True), r"rank 8 scaled by 5.66.*lora_alpha 16"),
+    "lora-alpha-infinite": (  # both configs agree, and every score was NaN
+        lambda d: (_edit_config(d, lambda doc: doc["config"].update(lora_alpha=math.inf)), _lora_config(d, lora_alpha=math.inf)), "lora_alpha > 0"
+    ),
     "config-of-another-rank": (lambda d: _edit_config(d, lambda doc: doc["config"].update(lora_rank=4)), r"rank 8 scaled by 2.*lora_rank 4"),
     "another-base": (lambda d: _edit_config(d, lambda doc: doc["config"].update(base_model=str(_tiny_encoder(d.parent)))), "trained on a base encoder with SHA-256"),
 }
