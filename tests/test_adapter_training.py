@@ -327,6 +327,22 @@ def test_cli_trains_from_the_log_and_prints_the_metrics(tmp_path: Path, capsys: 
     assert loaded.config.trainable_layers == 0 and loaded.metadata["training"]["warmup_steps"] == 3
 
 
+def test_cli_retrains_the_adapter_folder_it_runs_in_with_out_dot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--out .` inside an adapter folder (allowed: it holds an adapter): the swap renames the working directory away,
+    so curve.png and metrics.json, written to the relative path after it, were a FileNotFoundError traceback."""
+    _write_log(tmp_path / "calls.db")
+    live = tmp_path / "live"
+    argv = ["--log", str(tmp_path / "calls.db"), "--epochs", "0", "--trainable-layers", "0", "--no-progress"]
+    assert cli_main([*argv, "--out", str(live)]) == 0
+    revision = Adapter.load(live, device="cpu").revision
+    monkeypatch.chdir(live)
+    assert cli_main([*argv, "--out", "."]) == 0
+    assert {"curve.png", "metrics.json", "README.md"} <= {p.name for p in live.iterdir()}
+    assert Adapter.load(live, device="cpu").revision != revision
+    assert (live / "README.md").read_text().startswith("# live\n")  # the folder's name, not an empty title
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["calls.db", "live"]
+
+
 def test_cli_reports_a_log_without_usable_feedback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with CallLog(tmp_path / "calls.db") as log:
         log.record(CallRecord(endpoint_host="127.0.0.1", model="m", route="chat", request={"messages": [{"role": "user", "content": "hi"}]}, candidates=["a", "b"], chosen=[0]))
