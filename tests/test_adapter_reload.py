@@ -157,3 +157,18 @@ def test_a_copy_caught_after_its_config_reloads_again_when_the_rest_of_its_weigh
     assert mixed != pytest.approx(expected, abs=1e-4)
     shutil.copyfile(new / "lora" / "adapter_model.safetensors", live / "lora" / "adapter_model.safetensors")
     assert reader.score(QUESTION, ANSWERS) == pytest.approx(expected, abs=1e-4)
+
+
+def test_an_adapter_loaded_from_a_relative_path_reloads_its_folder_retrained_in_place(
+    writers: tuple[Adapter, Adapter], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader started inside its folder (`reranker="."`): the swap renames the working directory away, and a source
+    kept relative pointed into the removed folder from then on, so the new revision never loaded."""
+    first, second = writers
+    live = first.save(tmp_path / "live")
+    monkeypatch.chdir(live)
+    reader = Adapter.load(".", device="cpu")
+    reader.reload_interval = 0.0
+    assert reader.score(QUESTION, ANSWERS) == pytest.approx(first.score(QUESTION, ANSWERS), abs=1e-4)
+    second.save(".")  # `adapter train --out .` from the same folder
+    assert reader.score(QUESTION, ANSWERS) == pytest.approx(second.score(QUESTION, ANSWERS), abs=1e-4)

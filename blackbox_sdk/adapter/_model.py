@@ -18,6 +18,7 @@ reloads a new revision (`refresh`). Nothing is ever unpickled: weights are read 
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -275,7 +276,8 @@ class Adapter:
         same_base(folder, document, self.base_sha256, self.config)
         self._read_weights(folder)
         self.metadata = dict(document.get("metadata") or {})
-        self.source, self.revision, self.precision = folder, document.get("revision"), precision
+        # absolute: a folder retrained in place from inside it (`--out .`) renames the working directory away
+        self.source, self.revision, self.precision = Path(os.path.abspath(folder)), document.get("revision"), precision
         self._checked = time.monotonic()
 
     def _detach(self) -> None:
