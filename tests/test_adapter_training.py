@@ -6,6 +6,10 @@ from __future__ import annotations
 import json
 import math
 import random
+import resource
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -341,6 +345,35 @@ def test_cli_retrains_the_adapter_folder_it_runs_in_with_out_dot(tmp_path: Path,
     assert Adapter.load(live, device="cpu").revision != revision
     assert (live / "README.md").read_text().startswith("# live\n")  # the folder's name, not an empty title
     assert sorted(p.name for p in tmp_path.iterdir()) == ["calls.db", "live"]
+
+
+def _no_file_over(size: int) -> None:
+    """In the child, before it runs: files may not grow past `size` bytes (a write beyond fails EFBIG, as on a full disk)."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+
+
+@pytest.mark.parametrize(
+    ("limit", "model", "message"),
+    [
+        pytest.param(200_000, ["--lora-rank", "8", "--trainable-layers", "-1"], "can't write the adapter to {out}: File too large", id="its-deltas"),
+        pytest.param(10_000, ["--trainable-layers", "0"], "the adapter is saved in {out}, but its curve.png", id="its-curve"),
+    ],
+)
+def test_cli_that_cant_write_its_files_says_so_in_one_line(tmp_path: Path, limit: int, model: list[str], message: str) -> None:
+    """A write that fails (a full disk, a file size limit: 1.3 MB of LoRA deltas, a 17 kB curve) was an OSError traceback."""
+    _write_log(tmp_path / "calls.db")
+    with CallLog(tmp_path / "calls.db") as log:
+        log.export_jsonl(tmp_path / "calls.jsonl")  # read without writing (SQLite's shared memory file is 32 kB)
+    argv = ["--log", str(tmp_path / "calls.jsonl"), "--out", str(tmp_path / "out"), "--epochs", "0", "--no-progress", *model]
+    done = subprocess.run([sys.executable, "-m", "blackbox_sdk", "adapter", "train", *argv], capture_output=True, text=True,
+                          preexec_fn=lambda: _no_file_over(limit), timeout=300)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "blackbox-sdk: " + message.format(out=tmp_path / "out") in done.stderr
+    if limit == 200_000:  # the save failed: nothing of it is left
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["calls.db", "calls.jsonl"]
+    else:  # the adapter is whole and loads
+        assert Adapter.load(tmp_path / "out", device="cpu").config.trainable_layers == 0
 
 
 def test_cli_reports_a_log_without_usable_feedback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

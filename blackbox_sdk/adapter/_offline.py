@@ -65,9 +65,12 @@ def train_from_log(
         "verdict": verdict.to_dict(),
     }
     adapter.save(out)
-    plot_curve(result, out / "curve.png", title=f"{out.name}: training from {log_name(log_path)}")
     report = {"out": str(out_dir), "calls": len(records), **metrics, "verdict": verdict.to_dict(), "evals": result.evals}
-    (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    try:
+        plot_curve(result, out / "curve.png", title=f"{out.name}: training from {log_name(log_path)}")
+        (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    except OSError as exc:  # a full disk after the save: the adapter is whole, say what is missing
+        raise AdapterError(f"the adapter is saved in {out}, but its curve.png and metrics.json can't be written: {exc.strerror or exc}") from exc
     announce(verdict, "train_from_log")
     return report
 

@@ -38,10 +38,13 @@ def save_folder(adapter: Any, folder: Path, dtype: str) -> Path:
         "dtype": dtype,
         "metadata": adapter.metadata,
     }
-    with swapped_in(folder, _OWN_ENTRIES.__contains__) as temp:
-        (temp / WEIGHTS_FILE).write_bytes(to_safetensors(tensors, metadata={"format": "pt"}))  # save_file would make it 0600
-        if lora:
-            tensors.update(adapter.base.save(adapter.lora_name, temp, dtype, adapter.config.base_model))
-        (temp / CONFIG_FILE).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
-        (temp / CARD_FILE).write_text(render_card(adapter.config, adapter.metadata, tensors))
+    try:
+        with swapped_in(folder, _OWN_ENTRIES.__contains__) as temp:
+            (temp / WEIGHTS_FILE).write_bytes(to_safetensors(tensors, metadata={"format": "pt"}))  # save_file would make it 0600
+            if lora:
+                tensors.update(adapter.base.save(adapter.lora_name, temp, dtype, adapter.config.base_model))
+            (temp / CONFIG_FILE).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+            (temp / CARD_FILE).write_text(render_card(adapter.config, adapter.metadata, tensors))
+    except OSError as exc:  # a full disk, a quota: the half-written folder is gone, the old one untouched
+        raise AdapterError(f"can't write the adapter to {folder}: {exc.strerror or exc}") from exc
     return folder
