@@ -43,7 +43,7 @@ def read_document(folder: Path) -> dict[str, Any]:
     try:
         found = config_path.is_file() and (folder / WEIGHTS_FILE).is_file()
     except OSError as exc:  # a name too long, a folder it may not search: pathlib answers False only for a missing one
-        raise AdapterError(f"can't look for an adapter folder at {folder}: {exc.strerror}") from None
+        raise AdapterError(f"can't look for an adapter folder at {folder}: {exc.strerror or exc}") from None
     if not found:
         raise AdapterError(f"{folder} is not an adapter folder (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
     try:
@@ -193,7 +193,7 @@ def swapped_in(folder: Path, written: Callable[[str], bool]) -> Iterator[Path]:
         _swap(folder, temp, written)
     except OSError as exc:  # a rename that found the folder gone or back: another writer swapping it at the same time
         shutil.rmtree(temp, ignore_errors=True)
-        raise AdapterError(f"can't swap the new adapter into {folder}: {exc.strerror} (another writer saving there at the same time?)") from exc
+        raise AdapterError(f"can't swap the new adapter into {folder}: {exc.strerror or exc} (another writer saving there at the same time?)") from exc
 
 
 def _swap(folder: Path, temp: Path, written: Callable[[str], bool]) -> None:

@@ -65,7 +65,7 @@ def train_from_log(
         "verdict": verdict.to_dict(),
     }
     adapter.save(out)
-    report = {"out": str(out_dir), "calls": len(records), **metrics, "verdict": verdict.to_dict(), "evals": result.evals}
+    report = {"out": str(Path(out_dir)), "calls": len(records), **metrics, "verdict": verdict.to_dict(), "evals": result.evals}
     try:
         plot_curve(result, out / "curve.png", title=f"{out.name}: training from {log_name(log_path)}")
         (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
