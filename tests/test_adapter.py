@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import os
@@ -131,6 +132,33 @@ def test_the_card_usage_example_is_the_metadata_example(adapter: Adapter, tmp_pa
     assert "2 plus 3" not in card
 
 
+@pytest.mark.parametrize(
+    ("metadata", "message"),
+    [
+        pytest.param({"trained_at": datetime.datetime(2026, 12, 6)}, "metadata must be plain JSON", id="a-datetime"),
+        pytest.param({"tags": {"kenya"}}, "metadata must be plain JSON", id="a-set"),
+        pytest.param({"example": {"question": QUESTION, "answer": ANSWERS}}, r'metadata\["example"\] must be', id="example-without-answers"),
+        pytest.param({"example": QUESTION}, r'metadata\["example"\] must be', id="example-a-text"),
+        pytest.param({"verdict": "good"}, r'metadata\["verdict"\] must be', id="verdict-a-text"),
+        pytest.param({"verdict": {"summary": "x", "adapter_accuracy": "0.5"}}, r'metadata\["verdict"\] must be', id="verdict-accuracy-a-text"),
+        pytest.param({"metrics": [0.5]}, r'metadata\["metrics"\] must be', id="metrics-a-list"),
+    ],
+)
+def test_metadata_the_folder_cant_hold_is_an_adapter_error_before_anything_is_written(
+    adapter: Adapter, tmp_path: Path, metadata: dict[str, object], message: str
+) -> None:
+    """A TypeError, KeyError, AttributeError or ValueError from json or the card before, after the weights were written."""
+    folder = adapter.save(tmp_path / "kept")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    adapter.metadata = metadata
+    try:
+        with pytest.raises(AdapterError, match=message):
+            adapter.save(folder)
+    finally:
+        adapter.metadata = {}
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before and os.listdir(tmp_path) == ["kept"]
+
+
 def test_saved_weights_are_the_trainable_part_only(adapter: Adapter, tmp_path: Path) -> None:
     from safetensors import safe_open
 
@@ -242,6 +270,8 @@ def test_a_base_encoder_stored_in_fp16_loads_and_trains_in_fp32(tmp_path: Path) 
 def test_a_single_string_of_answers_is_refused(adapter: Adapter) -> None:
     with pytest.raises(AdapterError, match="list of strings"):
         adapter.score(QUESTION, "Nairobi")  # type: ignore[arg-type]
+    with pytest.raises(AdapterError, match="texts must be a list of strings, not one string"):  # scored letter by letter before
+        adapter.score_texts("Nairobi")
 
 
 @pytest.mark.parametrize(
@@ -251,6 +281,8 @@ def test_a_single_string_of_answers_is_refused(adapter: Adapter) -> None:
         pytest.param(QUESTION, [None], "answers must be text, not NoneType", id="a-none-answer"),
         pytest.param(QUESTION, [b"Nairobi"], "answers must be text, not bytes", id="a-bytes-answer"),
         pytest.param(None, ["Nairobi"], "the question must be text, not NoneType", id="no-question"),
+        pytest.param(QUESTION, None, "answers must be a list of strings, not NoneType", id="no-answers"),  # TypeError before
+        pytest.param(QUESTION, 5, "answers must be a list of strings, not int", id="a-number-of-answers"),
     ],
 )
 def test_answers_or_a_question_that_are_not_text_are_an_adapter_error(adapter: Adapter, question: object, answers: list[object], message: str) -> None:

@@ -165,6 +165,14 @@ DAMAGES: dict[str, tuple[Callable[[Path], object], str]] = {
         lambda d: _retyped(d / DELTAS, lambda t: {k.replace("lora_A", "lora_X"): v for k, v in t.items()}), "holds 36 of the 72 deltas.*36 it does not make"
     ),
     "deltas-for-fewer-layers": (lambda d: _lora_config(d, layers_to_transform=[0]), "holds 12 of the 12 deltas its config makes, and 60 it does not"),
+    # loaded before, scoring otherwise than trained: peft's own config of another scale, or of another rank than the adapter's config says
+    "lora-alpha-of-another-config": (lambda d: _lora_config(d, lora_alpha=1.0), r"rank 8 scaled by 0.125.*lora_rank 8 and lora_alpha 16"),
+    "lora-alpha-pattern": (lambda d: _lora_config(d, alpha_pattern={"query": 64}), r"rank 8 scaled by 8.*lora_alpha 16"),
+    "lora-rslora": (lambda d: _lora_config(d, use_rslora=True), r"rank 8 scaled by 5.66.*lora_alpha 16"),
+    "lora-alpha-infinite": (  # both configs agree, and every score was NaN
+        lambda d: (_edit_config(d, lambda doc: doc["config"].update(lora_alpha=math.inf)), _lora_config(d, lora_alpha=math.inf)), "lora_alpha > 0"
+    ),
+    "config-of-another-rank": (lambda d: _edit_config(d, lambda doc: doc["config"].update(lora_rank=4)), r"rank 8 scaled by 2.*lora_rank 4"),
     "another-base": (lambda d: _edit_config(d, lambda doc: doc["config"].update(base_model=str(_tiny_encoder(d.parent)))), "trained on a base encoder with SHA-256"),
 }
 
@@ -185,9 +193,36 @@ def test_a_damaged_folder_is_an_adapter_error_naming_it_and_leaves_nothing_on_th
     assert shipped.score(QUESTION, ANSWERS)  # the adapter already on that base still scores
 
 
+@pytest.mark.parametrize("device", ["cuda:99", "bogus"])
+def test_a_device_that_is_not_here_is_an_adapter_error_naming_it(device: str) -> None:
+    """An AssertionError (torch without CUDA) or RuntimeError (an invalid ordinal, a name torch does not know) before."""
+    with pytest.raises(AdapterError, match=f"device '{device}'"):
+        Adapter.load(SHIPPED, device=device)
+    with pytest.raises(AdapterError, match=f"device '{device}'"):
+        Adapter.create(device=device)
+
+
 def test_a_client_given_a_symbolic_link_loop_as_its_reranker_says_it_is_no_adapter_folder(tmp_path: Path) -> None:
     from blackbox_sdk import OpenAI
 
     (tmp_path / "loop").symlink_to(tmp_path / "loop")
     with pytest.raises(AdapterError, match="loop is not an adapter folder"):  # not pathlib's RuntimeError
         OpenAI(base_url="http://127.0.0.1:9/v1", api_key="x", reranker=str(tmp_path / "loop"))
+
+
+def test_a_save_racing_another_writer_is_an_adapter_error_and_leaves_no_temporary_folder(tmp_path: Path) -> None:
+    """Two writers swapping one folder at once (two training runs on one --out): the one whose rename found the folder
+    gone (the other had just moved it away) ended in a bare FileNotFoundError and left its `.live.new-...` folder behind."""
+    from blackbox_sdk.adapter._folder import swapped_in
+
+    live = Path(shutil.copytree(SHIPPED, tmp_path / "live"))
+
+    def another_writer_swaps_now(name: str) -> bool:  # called while this writer moves the old folder's entries
+        if not (tmp_path / ".live.old-other").exists():
+            live.rename(tmp_path / ".live.old-other")  # the other writer's first rename; its second puts its folder in place
+        return True
+
+    with pytest.raises(AdapterError, match="at the same time"):
+        with swapped_in(live, another_writer_swaps_now) as temp:
+            (temp / "adapter_config.json").write_text("{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".live.old-other"]

@@ -124,3 +124,22 @@ def test_a_grid_that_cannot_be_chosen_from_is_refused_before_any_sampling(tmp_pa
     with pytest.raises(AdapterError, match=message):
         online_train_auto(sampler, ITEMS, names_the_capital, tmp_path / "out", recipes=recipes)  # type: ignore[arg-type]
     assert sampler.asked == 0 and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("auto", [False, True], ids=["online_train", "online_train_auto"])
+def test_out_dot_trains_into_the_working_folder_and_writes_its_curve_and_report_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, auto: bool
+) -> None:
+    """The last swap renames the working directory away: curve.png, checkpoints and the report, at paths relative to it,
+    were a FileNotFoundError after the adapter was saved."""
+    torch.set_num_threads(1)
+    (tmp_path / "live").mkdir()
+    monkeypatch.chdir(tmp_path / "live")
+    if auto:
+        online_train_auto(CountingSampler(), ITEMS, names_the_capital, ".", recipes={"whole": tiny()}, device="cpu")
+    else:
+        online_train(CountingSampler(), ITEMS, names_the_capital, ".", config=tiny(), device="cpu")
+    written = {p.name for p in (tmp_path / "live").iterdir()}
+    assert {"adapter_config.json", "curve.png", "online_report.json" if not auto else "recipes.json"} <= written
+    assert "checkpoints" not in written and sorted(p.name for p in tmp_path.iterdir()) == ["live"]
+    assert Adapter.load(tmp_path / "live", device="cpu").metadata["name"] == ("whole" if auto else "live")  # the chosen recipe's, or the folder's

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from blackbox_sdk import OpenAI
-from blackbox_sdk.adapter import Adapter, _lora, _model
+from blackbox_sdk.adapter import Adapter, AdapterConfig, _lora, _model
 
 SHIPPED = Path(__file__).resolve().parents[1] / "adapters" / "comparison"
 QUESTION, ANSWERS = "Which number is larger, 43 or 84?", ["84 is larger.", "43 is larger."]
@@ -130,8 +130,8 @@ def test_a_save_landing_during_a_reload_never_leaves_a_mix_of_two_revisions(
     second.save(live)  # deploy B ...
     original, fired = _lora.SharedBase.load, []
 
-    def then_roll_back(self: _lora.SharedBase, folder: Path, name: str) -> None:
-        original(self, folder, name)
+    def then_roll_back(self: _lora.SharedBase, folder: Path, name: str, config: AdapterConfig) -> None:
+        original(self, folder, name, config)
         if not fired:
             fired.append(name)
             first.save(live)  # ... and roll back to A while the reader has read B's deltas but not its head
@@ -140,3 +140,35 @@ def test_a_save_landing_during_a_reload_never_leaves_a_mix_of_two_revisions(
     assert reader.score(QUESTION, ANSWERS) == pytest.approx(expected[0], abs=1e-4) and fired
     assert reader.revision == json.loads((live / "adapter_config.json").read_text())["revision"]
     assert reader.score(QUESTION, ANSWERS) == pytest.approx(expected[0], abs=1e-4)
+
+
+def test_a_copy_caught_after_its_config_reloads_again_when_the_rest_of_its_weights_land(writers: tuple[Adapter, Adapter], tmp_path: Path) -> None:
+    """`cp -r new/. live/` writes adapter.safetensors, then adapter_config.json, then lora/: a reload between the last
+    two loads B's head and config with A's deltas (they fit), and B's deltas landing under the same revision were
+    never loaded before: the reader kept that mix for good."""
+    first, second = writers
+    expected = second.score(QUESTION, ANSWERS)
+    live, new = first.save(tmp_path / "live"), second.save(tmp_path / "new")
+    reader = Adapter.load(live, device="cpu")
+    reader.reload_interval = 0.0
+    for name in ("adapter.safetensors", "adapter_config.json"):
+        shutil.copyfile(new / name, live / name)
+    mixed = reader.score(QUESTION, ANSWERS)  # what a reload in the middle of the copy holds
+    assert mixed != pytest.approx(expected, abs=1e-4)
+    shutil.copyfile(new / "lora" / "adapter_model.safetensors", live / "lora" / "adapter_model.safetensors")
+    assert reader.score(QUESTION, ANSWERS) == pytest.approx(expected, abs=1e-4)
+
+
+def test_an_adapter_loaded_from_a_relative_path_reloads_its_folder_retrained_in_place(
+    writers: tuple[Adapter, Adapter], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader started inside its folder (`reranker="."`): the swap renames the working directory away, and a source
+    kept relative pointed into the removed folder from then on, so the new revision never loaded."""
+    first, second = writers
+    live = first.save(tmp_path / "live")
+    monkeypatch.chdir(live)
+    reader = Adapter.load(".", device="cpu")
+    reader.reload_interval = 0.0
+    assert reader.score(QUESTION, ANSWERS) == pytest.approx(first.score(QUESTION, ANSWERS), abs=1e-4)
+    second.save(".")  # `adapter train --out .` from the same folder
+    assert reader.score(QUESTION, ANSWERS) == pytest.approx(second.score(QUESTION, ANSWERS), abs=1e-4)

@@ -6,6 +6,10 @@ from __future__ import annotations
 import json
 import math
 import random
+import resource
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -327,6 +331,51 @@ def test_cli_trains_from_the_log_and_prints_the_metrics(tmp_path: Path, capsys: 
     assert loaded.config.trainable_layers == 0 and loaded.metadata["training"]["warmup_steps"] == 3
 
 
+def test_cli_retrains_the_adapter_folder_it_runs_in_with_out_dot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--out .` inside an adapter folder (allowed: it holds an adapter): the swap renames the working directory away,
+    so curve.png and metrics.json, written to the relative path after it, were a FileNotFoundError traceback."""
+    _write_log(tmp_path / "calls.db")
+    live = tmp_path / "live"
+    argv = ["--log", str(tmp_path / "calls.db"), "--epochs", "0", "--trainable-layers", "0", "--no-progress"]
+    assert cli_main([*argv, "--out", str(live)]) == 0
+    revision = Adapter.load(live, device="cpu").revision
+    monkeypatch.chdir(live)
+    assert cli_main([*argv, "--out", "."]) == 0
+    assert {"curve.png", "metrics.json", "README.md"} <= {p.name for p in live.iterdir()}
+    assert Adapter.load(live, device="cpu").revision != revision
+    assert (live / "README.md").read_text().startswith("# live\n")  # the folder's name, not an empty title
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["calls.db", "live"]
+
+
+def _no_file_over(size: int) -> None:
+    """In the child, before it runs: files may not grow past `size` bytes (a write beyond fails EFBIG, as on a full disk)."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+
+
+@pytest.mark.parametrize(
+    ("limit", "model", "message"),
+    [
+        pytest.param(200_000, ["--lora-rank", "8", "--trainable-layers", "-1"], "can't write the adapter to {out}: File too large", id="its-deltas"),
+        pytest.param(10_000, ["--trainable-layers", "0"], "the adapter is saved in {out}, but its curve.png", id="its-curve"),
+    ],
+)
+def test_cli_that_cant_write_its_files_says_so_in_one_line(tmp_path: Path, limit: int, model: list[str], message: str) -> None:
+    """A write that fails (a full disk, a file size limit: 1.3 MB of LoRA deltas, a 17 kB curve) was an OSError traceback."""
+    _write_log(tmp_path / "calls.db")
+    with CallLog(tmp_path / "calls.db") as log:
+        log.export_jsonl(tmp_path / "calls.jsonl")  # read without writing (SQLite's shared memory file is 32 kB)
+    argv = ["--log", str(tmp_path / "calls.jsonl"), "--out", str(tmp_path / "out"), "--epochs", "0", "--no-progress", *model]
+    done = subprocess.run([sys.executable, "-m", "blackbox_sdk", "adapter", "train", *argv], capture_output=True, text=True,
+                          preexec_fn=lambda: _no_file_over(limit), timeout=300)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "blackbox-sdk: " + message.format(out=tmp_path / "out") in done.stderr
+    if limit == 200_000:  # the save failed: nothing of it is left
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["calls.db", "calls.jsonl"]
+    else:  # the adapter is whole and loads
+        assert Adapter.load(tmp_path / "out", device="cpu").config.trainable_layers == 0
+
+
 def test_cli_reports_a_log_without_usable_feedback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with CallLog(tmp_path / "calls.db") as log:
         log.record(CallRecord(endpoint_host="127.0.0.1", model="m", route="chat", request={"messages": [{"role": "user", "content": "hi"}]}, candidates=["a", "b"], chosen=[0]))
@@ -350,8 +399,13 @@ def test_cli_names_a_database_log_it_cant_reach_once(tmp_path: Path, capsys: pyt
 
 def _export_line(**feedback: object) -> str:
     """One JSONL export record of a call with two candidates and one feedback item."""
+    return _export_record(feedback=[feedback])
+
+
+def _export_record(**fields: object) -> str:
+    """One JSONL export record of a call with two candidates and a preference, with `fields` replacing its own."""
     return json.dumps({"format": "blackbox-calllog/1", "call_id": "c1", "route": "chat", "request": {"messages": [{"role": "user", "content": "hi"}]},
-                       "candidates": ["a", "b"], "feedback": [feedback]}) + "\n"
+                       "candidates": ["a", "b"], "feedback": [{"preferred": 1}], **fields}) + "\n"
 
 
 @pytest.mark.parametrize(
@@ -361,7 +415,14 @@ def _export_line(**feedback: object) -> str:
         pytest.param(b"SQLite format 3\x00" + b"garbage" * 64, [], "a call log is an SQLite file this SDK wrote", id="corrupt-sqlite"),
         pytest.param(_export_line(candidate="0", label="incorrect").encode(), [], "candidate's index", id="index-as-text"),
         pytest.param(_export_line(candidate=0, reward="high").encode(), [], "a number", id="reward-as-text"),
+        # hand-edited records of other shapes than the export writes: AttributeError, KeyError and TypeError tracebacks before
+        pytest.param(_export_record(request="hi").encode(), [], "'request' must be an object", id="request-as-text"),
+        pytest.param(_export_record(candidates={"0": "a"}).encode(), [], "'candidates' must be a list of texts", id="candidates-a-mapping"),
+        pytest.param(_export_record(candidates=[1, 2]).encode(), [], "'candidates' must be a list of texts", id="candidates-of-numbers"),
+        pytest.param(_export_record(feedback=5).encode(), [], "'feedback' must be a list", id="feedback-a-number"),
         pytest.param(_export_line(candidate=0, label="correct").encode(), ["--device", "bogus"], "device 'bogus'", id="bad-device"),
+        # torch names it, but it is not here (no such GPU, or torch without CUDA): an AssertionError traceback before
+        pytest.param(_export_line(candidate=0, label="correct").encode(), ["--device", "cuda:99"], "device 'cuda:99' can't be used here", id="absent-device"),
     ],
 )
 def test_cli_refuses_a_bad_log_or_device_with_one_line_not_a_traceback(

@@ -320,6 +320,15 @@ def test_a_key_whose_reranker_cant_load_is_refused_400_when_created_not_on_its_f
         assert created.status_code == 201 and created.json()["reranker"] == str(SHIPPED_ADAPTER)
 
 
+@pytest.mark.parametrize("path", [pytest.param("adapters/a\x00b", id="a-nul-byte"), pytest.param("a" * 300, id="a-name-too-long")])
+def test_a_reranker_path_the_system_cant_look_up_is_a_400_not_a_500(store: KeyStore, path: str) -> None:
+    """Adapter.load's ValueError (a NUL byte) and OSError (ENAMETOOLONG) were a 500 before."""
+    with _admin(store) as http:
+        refused = http.post("/admin/keys", json={"name": "team-a", "reranker": path}, headers={"authorization": f"Bearer {ADMIN}"})
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"]["code"] == "invalid_reranker" and store.list() == []
+
+
 async def _post_chunks(app: ASGIApp, path: str, headers: dict[str, str], chunks: int = 1000) -> tuple[int, int]:
     """POST a chunked body of `chunks` 16 KiB pieces straight to an ASGI app: its answer's status and how many pieces it read."""
     read = status = 0

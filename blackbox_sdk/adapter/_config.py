@@ -39,8 +39,8 @@ class AdapterConfig:
             raise AdapterError(f"max_length must be at least 8 tokens, not {self.max_length}")
         if self.trainable_layers < -1:
             raise AdapterError(f"trainable_layers must be -1 (all) or >= 0, not {self.trainable_layers}")
-        if self.lora_rank < 0 or not self.lora_alpha > 0:
-            raise AdapterError(f"lora_rank must be >= 0 and lora_alpha > 0, not {self.lora_rank} and {self.lora_alpha}")
+        if self.lora_rank < 0 or not (self.lora_alpha > 0 and math.isfinite(self.lora_alpha)):  # an infinite alpha scores NaN
+            raise AdapterError(f"lora_rank must be >= 0 and lora_alpha > 0 (finite), not {self.lora_rank} and {self.lora_alpha}")
         if self.score_batch_size < 1:
             raise AdapterError(f"score_batch_size must be >= 1, not {self.score_batch_size}")
         if not (self.consensus >= 0 and math.isfinite(self.consensus)):

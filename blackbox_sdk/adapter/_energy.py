@@ -70,12 +70,17 @@ def default_device() -> str:
 
 
 def checked_device(device: str | None) -> str | None:
-    """`device` when torch can name it (None: the default); AdapterError before any work otherwise."""
+    """`device` when torch can name it and place a tensor there (None: the default); AdapterError before any work otherwise."""
     if device is not None:
+        torch = import_torch()
         try:
-            import_torch().device(device)
+            torch.device(device)
         except (RuntimeError, TypeError, ValueError) as exc:
             raise AdapterError(f"device {device!r} is not one torch knows ({exc}); use e.g. 'cpu', 'cuda' or 'cuda:0'") from None
+        try:
+            torch.empty(0, device=device)
+        except Exception as exc:  # torch says so by AssertionError (built without CUDA), RuntimeError, NotImplementedError, ...
+            raise AdapterError(f"device {device!r} can't be used here ({type(exc).__name__}: {exc}); use e.g. 'cpu'") from None
     return device
 
 

@@ -44,8 +44,20 @@ def read_log(path: str | Path) -> list[dict[str, Any]]:
             raise AdapterError(f"{name}:{number}: not JSON ({exc.msg})") from exc
         if not isinstance(record, dict) or record.get("format") != LOG_FORMAT:
             raise AdapterError(f"{name}:{number}: not a {LOG_FORMAT} record")
+        _check_shape(record, f"{name}:{number}")
         records.append(record)
     return records
+
+
+def _check_shape(record: dict[str, Any], where: str) -> None:
+    """AdapterError unless the record's request, candidates and feedback are of the types the export writes (a hand-edited
+    export may hold others, which training would stumble on with a TypeError)."""
+    for key, kind, wanted in (("request", dict, "an object"), ("candidates", list, "a list of texts"), ("feedback", list, "a list")):
+        value = record.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, kind) or (key == "candidates" and not all(isinstance(text, str) for text in value)):
+            raise AdapterError(f"{where}: call {record.get('call_id')}: {key!r} must be {wanted}, got {json.dumps(value)[:60]}")
 
 
 def log_name(path: str | Path) -> str:

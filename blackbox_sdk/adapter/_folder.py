@@ -40,7 +40,11 @@ SDK_ENTRIES = frozenset(
 def read_document(folder: Path) -> dict[str, Any]:
     """The folder's JSON document, checked for format, version and the types of its fields."""
     config_path = folder / CONFIG_FILE
-    if not config_path.is_file() or not (folder / WEIGHTS_FILE).is_file():
+    try:
+        found = config_path.is_file() and (folder / WEIGHTS_FILE).is_file()
+    except OSError as exc:  # a name too long, a folder it may not search: pathlib answers False only for a missing one
+        raise AdapterError(f"can't look for an adapter folder at {folder}: {exc.strerror or exc}") from None
+    if not found:
         raise AdapterError(f"{folder} is not an adapter folder (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
     try:
         document = json.loads(config_path.read_bytes())
@@ -112,7 +116,7 @@ def stamp(folder: Path) -> tuple[tuple[int, int, int] | None, ...] | None:
     for name in (CONFIG_FILE, WEIGHTS_FILE, f"{LORA_DIR}/{PEFT_WEIGHTS}"):
         try:
             info = os.stat(folder / name)
-        except OSError:
+        except (OSError, ValueError):  # ValueError: a NUL byte in the path, which no file has
             if name == CONFIG_FILE:
                 return None
             stats.append(None)
@@ -185,6 +189,16 @@ def swapped_in(folder: Path, written: Callable[[str], bool]) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
+    try:
+        _swap(folder, temp, written)
+    except OSError as exc:  # a rename that found the folder gone or back: another writer swapping it at the same time
+        shutil.rmtree(temp, ignore_errors=True)
+        raise AdapterError(f"can't swap the new adapter into {folder}: {exc.strerror or exc} (another writer saving there at the same time?)") from exc
+
+
+def _swap(folder: Path, temp: Path, written: Callable[[str], bool]) -> None:
+    """Put `temp` in `folder`'s place by renames, first moving in the old folder's entries that `written` is false for;
+    a folder moved away and not replaced is put back."""
     if not folder.exists():
         temp.rename(folder)
         return
@@ -193,5 +207,10 @@ def swapped_in(folder: Path, written: Callable[[str], bool]) -> Iterator[Path]:
             entry.rename(temp / entry.name)
     old = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
     folder.rename(old)
-    temp.rename(folder)
+    try:
+        temp.rename(folder)
+    except OSError:
+        if not folder.exists():
+            old.rename(folder)
+        raise
     shutil.rmtree(old, ignore_errors=True)

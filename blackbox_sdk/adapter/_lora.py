@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import math
 import re
 import threading
 import warnings
@@ -122,8 +123,8 @@ class SharedBase:
             else:
                 self.peft.add_adapter(name, lora)
 
-    def load(self, folder: Path, name: str) -> None:
-        """Load a saved adapter's LoRA deltas (peft format, safetensors) under `name`."""
+    def load(self, folder: Path, name: str, config: AdapterConfig) -> None:
+        """Load a saved adapter's LoRA deltas (peft format, safetensors) under `name`, checked against the adapter's `config`."""
         where = folder / LORA_DIR
         if not (where / PEFT_WEIGHTS).is_file() or not (where / PEFT_CONFIG).is_file():
             raise AdapterError(f"{folder} is a LoRA adapter without {LORA_DIR}/{PEFT_WEIGHTS} and {LORA_DIR}/{PEFT_CONFIG}")
@@ -146,6 +147,13 @@ class SharedBase:
             others = f", and {len(stored - wanted)} it does not make ({min(stored - wanted)}...)" if stored - wanted else ""
             raise AdapterError(f"{where / PEFT_WEIGHTS} holds {len(stored & wanted)} of the {len(wanted)} deltas its config makes"
                                f"{lacking}{others}: damaged, or not made for this config?")
+        mismatch = other_scale(self.peft, name, config)
+        if mismatch is not None:  # peft's own config rules the deltas: they would score otherwise than the adapter was trained
+            self.discard(name)
+            rank, scale = mismatch
+            raise AdapterError(f"{where / PEFT_CONFIG} makes deltas of rank {rank} scaled by {scale:.3g}, but the adapter's config says lora_rank "
+                               f"{config.lora_rank} and lora_alpha {config.lora_alpha:g} (scale {config.lora_alpha / config.lora_rank:.3g}): "
+                               "damaged, or not made for this config?")
         self.plain.requires_grad_(False)
 
     def discard(self, name: str) -> None:
@@ -193,6 +201,18 @@ def _quiet() -> Iterator[None]:
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
         warnings.filterwarnings("ignore", message="Adapter .* was active which is now deleted.*")
         yield
+
+
+def other_scale(peft_model: Any, name: str, config: AdapterConfig) -> tuple[int, float] | None:
+    """The (rank, scale) of the first of `name`'s LoRA layers that differs from the config's `lora_rank` and
+    `lora_alpha / lora_rank` (peft's config may set another alpha, per-module patterns or rsLoRA's scale); None when all agree."""
+    scale = config.lora_alpha / config.lora_rank
+    for module in peft_model.modules():
+        ranks, scales = getattr(module, "r", None), getattr(module, "scaling", None)
+        if isinstance(ranks, dict) and isinstance(scales, dict) and name in ranks:
+            if ranks[name] != config.lora_rank or not math.isclose(scales[name], scale, rel_tol=1e-6):
+                return ranks[name], scales[name]
+    return None
 
 
 def lora_config(config: AdapterConfig, encoder: Any) -> Any:

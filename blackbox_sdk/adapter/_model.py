@@ -18,6 +18,7 @@ reloads a new revision (`refresh`). Nothing is ever unpickled: weights are read 
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -29,7 +30,7 @@ from .._exceptions import AdapterError
 from .._text import is_utf8
 from ._config import AdapterConfig
 from ._consensus import log_copies
-from ._energy import PRECISIONS, autocast, default_device, energy_model_class, import_torch
+from ._energy import PRECISIONS, autocast, checked_device, default_device, energy_model_class, import_torch
 from ._fast import OnnxScorer, check_fast, in_length_order
 from ._folder import CONFIG_FILE, LORA_FORMAT, WEIGHTS_FILE, ChangedWhileRead, check_unchanged, read_config, read_tensors, stamp
 from ._lora import BeyondTheBase, SharedBase, layer_index, load_base, shared_base
@@ -52,6 +53,8 @@ def same_base(folder: Path, document: dict[str, Any], sha256: str, config: Adapt
 def tokenizable(texts: Iterable[object], what: str) -> list[str]:
     """The texts as a tokenizer takes them: AdapterError for one that is not a string, and a lone
     surrogate (half of an emoji a server cut in two) replaced by U+FFFD, as the tokenizer can't read it."""
+    if isinstance(texts, str) or not isinstance(texts, Iterable):  # one string would be scored letter by letter
+        raise AdapterError(f"{what} must be a list of strings, not {'one string' if isinstance(texts, str) else type(texts).__name__}")
     out = []
     for text in texts:
         if not isinstance(text, str):
@@ -87,7 +90,7 @@ class Adapter:
         It keeps a copy of `config`: what training chooses (consensus, confidence) never changes the caller's."""
         config = replace(config) if config is not None else AdapterConfig()
         torch = import_torch()
-        device = device or default_device()
+        device = checked_device(device) or default_device()
         if config.lora_rank:
             torch.manual_seed(seed)
             adapter = cls._on_base(config, device, shared, lambda base, name: base.add(config, name))
@@ -194,8 +197,6 @@ class Adapter:
         the best answer by this score is the mode of the adapted distribution. consensus = 0 gives
         the adapter's score alone.
         """
-        if isinstance(answers, str):
-            raise AdapterError("answers must be a list of strings, not one string")
         [question], answers = tokenizable([question], "the question"), tokenizable(answers, "answers")
         return self.with_consensus(answers, self.score_pairs([(question, a) for a in answers]))
 
@@ -237,7 +238,7 @@ class Adapter:
         if precision not in PRECISIONS:
             raise AdapterError(f"precision must be one of {PRECISIONS}, not {precision!r}")
         check_fast(fast)
-        folder, device = Path(path), device or ("cpu" if fast else default_device())
+        folder, device = Path(path), checked_device(device) or ("cpu" if fast else default_device())
         for _ in range(_READ_TRIES):
             with contextlib.suppress(ChangedWhileRead):
                 return cls._load_once(folder, device, shared, fast, precision)
@@ -253,7 +254,7 @@ class Adapter:
             def attach(base: SharedBase, name: str) -> None:
                 """The base's fingerprint first (deltas made for another base say so, not "size mismatch"), then the deltas."""
                 same_base(folder, document, base.sha256, config)
-                base.load(folder, name)
+                base.load(folder, name, config)
 
             try:
                 adapter = cls._on_base(config, device, shared, attach) if config.lora_rank else cls.create(config, device="cpu").to(device)
@@ -275,7 +276,8 @@ class Adapter:
         same_base(folder, document, self.base_sha256, self.config)
         self._read_weights(folder)
         self.metadata = dict(document.get("metadata") or {})
-        self.source, self.revision, self.precision = folder, document.get("revision"), precision
+        # absolute: a folder retrained in place from inside it (`--out .`) renames the working directory away
+        self.source, self.revision, self.precision = Path(os.path.abspath(folder)), document.get("revision"), precision
         self._checked = time.monotonic()
 
     def _detach(self) -> None:

@@ -40,7 +40,7 @@ def train_from_log(
     """Train an adapter from a call log and save it (weights, config, card, curve.png, metrics.json)."""
     train_config = train_config or TrainConfig()
     device = checked_device(device)
-    writable_target(out_dir)  # a file, a link or a folder of the user's files is refused before any training
+    out = writable_target(out_dir)  # a file, a link or a folder of the user's files is refused before any training
     records = read_log(log_path)
     groups = groups_from_log(records, high_reward=high_reward, low_reward=low_reward, expand_prefixes=expand_prefixes)
     if not groups:
@@ -55,7 +55,6 @@ def train_from_log(
     result = train(adapter, train_groups, train_config, eval_groups=eval_groups)
     held_out = {g.question for g in eval_groups}
     verdict = judge(_held_out_picks(adapter, records, held_out, high_reward, low_reward), where="held-out", advice=OFFLINE_ADVICE)
-    out = Path(out_dir)
     metrics = result.final_metrics()
     adapter.metadata = {
         "name": out.name,
@@ -66,9 +65,12 @@ def train_from_log(
         "verdict": verdict.to_dict(),
     }
     adapter.save(out)
-    plot_curve(result, out / "curve.png", title=f"{out.name}: training from {log_name(log_path)}")
-    report = {"out": str(out), "calls": len(records), **metrics, "verdict": verdict.to_dict(), "evals": result.evals}
-    (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    report = {"out": str(Path(out_dir)), "calls": len(records), **metrics, "verdict": verdict.to_dict(), "evals": result.evals}
+    try:
+        plot_curve(result, out / "curve.png", title=f"{out.name}: training from {log_name(log_path)}")
+        (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    except OSError as exc:  # a full disk after the save: the adapter is whole, say what is missing
+        raise AdapterError(f"the adapter is saved in {out}, but its curve.png and metrics.json can't be written: {exc.strerror or exc}") from exc
     announce(verdict, "train_from_log")
     return report
 

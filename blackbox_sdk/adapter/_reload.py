@@ -1,8 +1,10 @@
 """Hot reload: a loaded adapter picks up a re-trained folder swapped in under the same path, without a restart.
 
 `reload_if_changed` is called before each scoring: at most once per `reload_interval` seconds it
-stats the folder's config and weights files; only when they changed does it read the JSON, and only
-a new `revision` there loads the new weights (on the same shared base, as the same kind: fast or not).
+stats the folder's config and weights files; only when they changed does it read the JSON, and a new
+`revision` there, or weights files that changed under the same one (a copy that wrote the config
+before the last weights: a reload between them held the new head with the old deltas), loads the
+folder again (on the same shared base, as the same kind: fast or not).
 A folder caught mid-swap (absent) keeps the loaded weights until the next check. A revision that
 fails to load (damaged, half-copied) keeps them too, with one warning; it is tried again only when
 the folder changes again. The load is stamped before it reads and checked unchanged after, so a save
@@ -30,8 +32,9 @@ def reload_if_changed(adapter: Any) -> bool:
     if current is None or current == adapter._stamp:
         return False
     try:
-        if read_document(adapter.source).get("revision") == adapter.revision:
-            adapter._stamp = current
+        same_weights = adapter._stamp is not None and current[1:] == adapter._stamp[1:]
+        if same_weights and read_document(adapter.source).get("revision") == adapter.revision:
+            adapter._stamp = current  # the config rewritten as it was
             return False
         shared = adapter.base is None or adapter.base.shared
         fresh = type(adapter).load(adapter.source, device=str(adapter.device), shared=shared, fast=adapter.fast, precision=adapter.precision)

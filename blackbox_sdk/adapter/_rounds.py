@@ -291,9 +291,8 @@ def online_train(
     if not train_items:
         raise AdapterError("online training needs at least one training question")
     check_encoder(config)
-    out = Path(out_dir)
-    writable_target(out)  # a file, a link or a folder of the user's files is refused before any sampling
-    out.mkdir(parents=True, exist_ok=True)
+    out = writable_target(out_dir)  # a file, a link or a folder of the user's files is refused before any sampling
+    out.mkdir(parents=True, exist_ok=True)  # absolute: `.` stays this folder when its last save renames the working directory away
     state_file = Path(state_path) if state_path is not None else out / "online_state.json"
     run = _Run(sampler, label, train_items, eval_items, config, out, state_file, device)
     adapter = None

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .._exceptions import AdapterError
-from ._card import render_card
+from ._card import check_metadata, render_card
 from ._energy import import_torch
 from ._folder import CARD_FILE, CONFIG_FILE, FORMAT_NAME, FULL_FORMAT, LORA_DIR, LORA_FORMAT, SAVE_DTYPES, WEIGHTS_FILE
 from ._folder import new_revision, swapped_in, writable_target
@@ -23,6 +23,7 @@ def save_folder(adapter: Any, folder: Path, dtype: str) -> Path:
     torch = import_torch()
     if dtype not in SAVE_DTYPES:
         raise AdapterError(f"dtype must be one of {SAVE_DTYPES}, not {dtype!r}")
+    check_metadata(adapter.metadata)
     folder = writable_target(folder)
     lora = adapter.lora_name is not None
     params = dict(adapter.model.named_parameters())
@@ -37,10 +38,13 @@ def save_folder(adapter: Any, folder: Path, dtype: str) -> Path:
         "dtype": dtype,
         "metadata": adapter.metadata,
     }
-    with swapped_in(folder, _OWN_ENTRIES.__contains__) as temp:
-        (temp / WEIGHTS_FILE).write_bytes(to_safetensors(tensors, metadata={"format": "pt"}))  # save_file would make it 0600
-        if lora:
-            tensors.update(adapter.base.save(adapter.lora_name, temp, dtype, adapter.config.base_model))
-        (temp / CONFIG_FILE).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
-        (temp / CARD_FILE).write_text(render_card(adapter.config, adapter.metadata, tensors))
+    try:
+        with swapped_in(folder, _OWN_ENTRIES.__contains__) as temp:
+            (temp / WEIGHTS_FILE).write_bytes(to_safetensors(tensors, metadata={"format": "pt"}))  # save_file would make it 0600
+            if lora:
+                tensors.update(adapter.base.save(adapter.lora_name, temp, dtype, adapter.config.base_model))
+            (temp / CONFIG_FILE).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+            (temp / CARD_FILE).write_text(render_card(adapter.config, adapter.metadata, tensors))
+    except OSError as exc:  # a full disk, a quota: the half-written folder is gone, the old one untouched
+        raise AdapterError(f"can't write the adapter to {folder}: {exc.strerror or exc}") from exc
     return folder
