@@ -20,7 +20,7 @@ from openai import NOT_GIVEN
 from ._adaptive import AUTO
 from ._exceptions import ConfigError
 from ._retry import RetryPolicy
-from ._text import checked_text
+from ._text import checked_path, checked_text
 from ._tokenizer import SERVER, open_tokenizer
 from ._types import Scorer
 
@@ -106,7 +106,7 @@ class Opened:
 def _where(kind: str, target: str | Path) -> tuple[str | Path, tuple[str, str | Path]]:
     """What a resource is opened from (a URL as given, a path with ~ expanded) and its key in `Opened`
     (its real path: realpath, as `Path.resolve` raises RuntimeError on a symbolic link loop; the opener says what is wrong)."""
-    where: str | Path = target if is_url(target) else Path(target).expanduser()
+    where: str | Path = target if is_url(target) else checked_path(target, kind)
     return where, (kind, where if isinstance(where, str) else Path(os.path.realpath(where)))
 
 

@@ -8,6 +8,8 @@ first and refused with a `ConfigError` that names it.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ._exceptions import ConfigError
 
 
@@ -29,3 +31,11 @@ def checked_text(value: object, what: str) -> str:
     if not is_utf8(value):
         raise ConfigError(f"{what} must be text that encodes as UTF-8 (it holds a lone surrogate), got {value!r:.80}")
     return value
+
+
+def checked_path(value: str | Path, what: str) -> Path:
+    """`value` as a path with ``~`` expanded; a ConfigError naming `what` for one no file can have (a NUL byte), which
+    the system would refuse later as a bare ValueError."""
+    if "\x00" in str(value):
+        raise ConfigError(f"{what} must be a file system path, and no path holds a NUL byte; got {str(value)!r:.80}")
+    return Path(value).expanduser()

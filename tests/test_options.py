@@ -61,6 +61,16 @@ def test_a_path_is_opened_once_and_reused(tmp_path: Path) -> None:
     assert first.reranker.__self__ is second.reranker.__self__  # one Adapter loaded, its score method shared
 
 
+@pytest.mark.parametrize("option", ["cache", "log", "reranker"])
+def test_a_path_no_file_can_have_is_a_config_error_naming_the_option(option: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=f"^{option} must be a file system path"):  # a NUL byte: ValueError from realpath before
+        OpenAI(api_key="sk-test", base_url="http://127.0.0.1:9/v1", **{option: str(tmp_path / "a\x00b")})
+    for opens in (Cache, CallLog):
+        with pytest.raises(ConfigError, match="must be a file system path"):
+            opens(tmp_path / "a\x00b")
+    assert not list(tmp_path.iterdir())
+
+
 def test_per_call_overrides_reuse_what_the_client_opened(llama_server: str, tmp_path: Path) -> None:
     client = OpenAI(base_url=llama_server, api_key="sk-test")
     for _ in range(2):

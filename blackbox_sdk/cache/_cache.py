@@ -33,6 +33,7 @@ from .._closing import Closing
 from .._exceptions import CacheError, ConfigError
 from .._logging import logger
 from .._redis_url import is_redis_url
+from .._text import checked_path
 from ._bucket import encode, joined, live_entries, wrap
 from ._disk import DiskStore
 from ._flight import SingleFlight, check_seconds, check_wait
@@ -115,7 +116,7 @@ class Cache(Closing):
             scheme = directory.partition("://")[0]
             raise ConfigError(f"a cache is a folder or a redis:// or rediss:// URL; {scheme}:// is neither (for a Redis socket, use a redis:// server address)")
         else:
-            self._directory = Path(directory).expanduser()
+            self._directory = checked_path(directory, "the cache folder")
             self._store = DiskStore(self._directory, timeout=timeout)
         self._flights = SingleFlight(self._store)
 

@@ -30,7 +30,7 @@ from .._exceptions import CallLogError, ConfigError, StoreUnavailableError
 from .._logging import logger
 from .._redact import url_without_password
 from .._sqlite import SHARED_TABLES, ProcessConnection, connect, immediate, refuse_foreign, table_columns
-from .._text import checked_text
+from .._text import checked_path, checked_text
 from . import _known
 from ._batches import BatchWriter, when_collected
 from ._export import export_jsonl
@@ -72,7 +72,7 @@ class CallLog(Closing):
         if isinstance(path, str) and "://" in path:  # Path() would fold the URL into a file named after it
             raise ConfigError(f"CallLog is an SQLite file, not a URL ({url_without_password(path)!r}); open_call_log() opens a postgresql:// URL")
         _check_batching(batch_size, interval, max_pending)
-        self._path = Path(path)
+        self._path = checked_path(path, "the call log")
         conn, self._log_id = _open(self._path, timeout, create)
         self._db = ProcessConnection(functools.partial(_reopen, self._path, timeout, create), connection=conn)  # one per process
         self._timeout = float(timeout)
