@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import SplitResult, parse_qsl, unquote, unquote_plus, urlencode, urlsplit, urlunsplit
 
 from ._exceptions import ConfigError
-from ._redact import url_without_password
+from ._redact import credentials_end, url_without_password
 
 REDIS_SCHEMES = ("redis", "rediss")
 REDIS_OR_UNIX = ("redis", "rediss", "unix")
@@ -34,6 +34,10 @@ def is_redis_url(value: object) -> bool:
 
 def redact_url(url: str) -> str:
     """The URL with its password (in the user part or a ``password=`` query) shown as ``***``; never raises."""
+    scheme, sep, rest = url.partition("://")
+    at = credentials_end(rest) if sep else -1
+    if any(mark in rest[:max(at, 0)] for mark in "/?#"):  # a password not percent-encoded: urllib would show part of it
+        return f"{scheme}://{rest[:at].partition(':')[0]}:{MASK}@" + redact_url(f"{scheme}://{rest[at + 1:]}").partition("://")[2]
     try:
         parts = urlsplit(url)
     except ValueError:  # urllib can't split it (an unclosed IPv6 bracket): keep what url_without_password keeps
@@ -73,9 +77,12 @@ def no_retry_mends(error: BaseException) -> bool:
     return isinstance(error, AuthenticationError) or _untrusted(error)
 
 
-def _secrets(parts: SplitResult) -> list[str]:
+def _secrets(url: str, parts: SplitResult) -> list[str]:
     """The URL's password and ``password=`` query values, as written and decoded, longest first (a whole before its pieces)."""
     found = {parts.password or "", unquote(parts.password or "")}
+    rest = url.partition("://")[2]
+    pasted = rest[:max(credentials_end(rest), 0)].partition(":")[2]  # a password not percent-encoded, as written
+    found |= {pasted, unquote(pasted)}
     for pair in parts.query.split("&"):
         name, _, value = pair.partition("=")
         if unquote_plus(name) == "password":
@@ -157,7 +164,7 @@ class RedisURL:
             parts = urlsplit(url)
         except ValueError as exc:  # an unclosed IPv6 bracket
             raise self._bad(str(exc)) from None
-        self._hidden = _secrets(parts)
+        self._hidden = _secrets(url, parts)
         try:
             port = parts.port  # None when the URL names none
         except ValueError:  # not a number, or above 65535

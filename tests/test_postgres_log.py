@@ -416,6 +416,19 @@ def test_url_without_password_drops_password_and_query() -> None:
     assert url_without_password("postgresql://u:pw@[::1/db") == "postgresql://u@[::1/db"  # urllib can't split it; this never raises
 
 
+@pytest.mark.parametrize("password", [f"{PLAIN_SECRET}#x", f"{PLAIN_SECRET}?x=1", f"{PLAIN_SECRET}/x", f"{PLAIN_SECRET}@x/y"])
+def test_a_password_not_percent_encoded_is_never_shown(password: str) -> None:
+    url = f"postgresql://app:{password}@db.example:5433/calls?application_name=me@corp"
+    assert url_without_password(url) == "postgresql://app@db.example:5433/calls"
+
+
+def test_a_password_holding_at_signs_is_kept_out_of_libpqs_error(postgres_server: PostgresServer) -> None:
+    at = postgres_server.url.rpartition("@")[2]  # libpq ends the password at its first "@" and takes the rest for a host
+    with pytest.raises(StoreUnavailableError) as caught:
+        PostgresCallLog(f"postgresql://app:{PLAIN_SECRET}@corp@x@{at}", timeout=5.0)
+    assert "hunter2" not in str(caught.value) and "corp@x" not in str(caught.value), str(caught.value)
+
+
 @pytest.mark.parametrize("scheme", ["POSTGRESQL", "Postgres"])
 def test_a_mixed_case_scheme_opens_the_log(pg_url: str, scheme: str) -> None:
     with contextlib.closing(open_call_log(pg_url.replace("postgresql", scheme, 1))) as log:
