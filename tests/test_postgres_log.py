@@ -196,6 +196,21 @@ def test_nul_in_text_becomes_a_replacement_character(pg_log: PostgresCallLog) ->
     assert stored.request == {"prompt": "x\x00y"}  # JSON keeps it, escaped
 
 
+def test_nul_in_feedback_and_in_what_is_looked_up_reads_as_the_replacement_character(pg_log: PostgresCallLog) -> None:
+    """Issue: a NUL in feedback's note or reference, or in a call id or a model looked up, made PostgreSQL refuse the
+    statement (CallLogError) where the SQLite log stores and finds it; the stored form is U+FFFD, so it is looked up as such."""
+    rec = _record(call_id="bb-nul\x00id", model="m\x00x")
+    pg_log.record(rec)
+    pg_log.feedback(rec.call_id, label="correct", note="a\x00b", reference="r\x00")
+    assert [(f.note, f.reference) for f in pg_log.feedback_for(rec.call_id)] == [("a\ufffdb", "r\ufffd")]
+    assert pg_log.get(rec.call_id).model == "m\ufffdx"
+    assert [c.call_id for c in pg_log.calls(model="m\x00x", route=rec.route)] == ["bb-nul\ufffdid"]
+    with pytest.raises(ConfigError, match="no call"):
+        pg_log.get("bb-\x00missing")
+    with pytest.raises(ConfigError, match="no call"):
+        pg_log.feedback("bb-\x00missing", note="x")
+
+
 def test_lone_surrogates_become_replacement_characters_and_the_call_is_logged(pg_log: PostgresCallLog) -> None:
     """Issue: half an emoji ("\\ud83d") in an answer made record() raise CallLogError on the caller's
     thread, after the call was paid for; the record was never written."""

@@ -103,12 +103,12 @@ def pg_row(rec: CallRecord) -> PgRow:
     values = call_values(rec)
     if values["retries"] > _INT8_MAX:
         raise CallLogError(f"call {rec.call_id!r}: retries={values['retries']} is too large to log")
-    row = tuple(_text(values[c]) if isinstance(values[c], str) else values[c] for c in CALL_COLUMNS)
-    return row, [_text(text) for text in rec.candidates]
+    row = tuple(pg_text(values[c]) if isinstance(values[c], str) else values[c] for c in CALL_COLUMNS)
+    return row, [pg_text(text) for text in rec.candidates]
 
 
-def _text(value: str) -> str:
-    """A string PostgreSQL text can hold: NUL and lone surrogates replaced by U+FFFD."""
+def pg_text(value: str) -> str:
+    """A string PostgreSQL text can hold: NUL and lone surrogates replaced by U+FFFD (what is stored, and so what is looked up)."""
     value = valid_text(value)
     return value.replace("\x00", "\ufffd") if "\x00" in value else value
 
@@ -170,7 +170,7 @@ def insert_feedback(conn: Connection[Any], item: Feedback) -> None:
     """Insert one feedback row."""
     values = item.model_dump()
     sql = f"INSERT INTO blackbox_feedback ({', '.join(FEEDBACK_COLUMNS)}) VALUES ({', '.join(['%s'] * len(FEEDBACK_COLUMNS))})"
-    conn.execute(sql, tuple(values[c] for c in FEEDBACK_COLUMNS))
+    conn.execute(sql, tuple(pg_text(values[c]) if isinstance(values[c], str) else values[c] for c in FEEDBACK_COLUMNS))
 
 
 def day_model_rows(conn: Connection[Any]) -> tuple[list[DayModelRow], int]:

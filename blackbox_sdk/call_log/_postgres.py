@@ -40,6 +40,7 @@ from ._pg_tables import (
     insert_batch,
     insert_feedback,
     pg_row,
+    pg_text,
     prepare,
     read_call,
     read_page,
@@ -135,7 +136,7 @@ class PostgresCallLog(Closing):
         """Attach feedback to a logged call (after a flush); ConfigError for an unknown call, a bad index or no feedback."""
         fields = feedback_fields(call_id, reward, label, preferred, reference, note)
         with self._connection(f"add feedback to {call_id}") as conn, conn.transaction():
-            found = candidates_of(conn, call_id)
+            found = candidates_of(conn, pg_text(call_id))  # a NUL was stored as U+FFFD
             if found is None:
                 raise ConfigError(f"no call {call_id!r} in the log: feedback needs the call_id of a logged call")
             insert_feedback(conn, feedback_on(call_id, *found, fields))
@@ -144,16 +145,16 @@ class PostgresCallLog(Closing):
         """One logged call; ConfigError when the id is unknown."""
         checked_text(call_id, "call_id")
         with self._connection("read") as conn:
-            found = read_call(conn, call_id)
+            found = read_call(conn, pg_text(call_id))
         if found is None:
             raise ConfigError(f"no call {call_id!r} in the log {self._where}")
         return found
 
     def feedback_for(self, call_id: str) -> list[Feedback]:
         """All feedback on one call, oldest first (empty when there is none)."""
-        checked_text(call_id, "call_id")
+        stored = pg_text(checked_text(call_id, "call_id"))
         with self._connection("read") as conn:
-            return feedback_by_call(conn, [call_id]).get(call_id, [])
+            return feedback_by_call(conn, [stored]).get(stored, [])
 
     def logged_call_ids(self, call_ids: Iterable[str]) -> set[str]:
         """Which of these call ids the log holds, after a flush (asked by ``repair_log``)."""
@@ -171,8 +172,9 @@ class PostgresCallLog(Closing):
     ) -> Iterator[CallRecord]:
         """Logged calls oldest first, optionally one model or route, ``since <= created < until``, at most ``limit``."""
         check_limit(limit)
+        filters = CallFilter(model=model, route=route, since=since, until=until)
         self.flush()
-        pages = self._pages(CallFilter(model=model, route=route, since=since, until=until), limit)
+        pages = self._pages(filters.stored_as(pg_text), limit)
         return (record for page in pages for record, _ in page)
 
     def export_jsonl(self, out: str | Path | TextIO, *, replace: bool = False) -> int:

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
+import numbers
 import sqlite3
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .._exceptions import CallLogError, ConfigError
 from .._redact import redact
 from .._sqlite import immediate
+from .._text import checked_text
 from ._records import CallRecord, Feedback, config_errors
 
 SCHEMA_VERSION = 1
@@ -48,12 +51,37 @@ JSON_COLUMNS = ("request", "chosen", "scores", "usage", "extra")
 
 @dataclass(frozen=True)
 class CallFilter:
-    """Which calls to read: one model or route, and ``since <= created < until``; None matches all."""
+    """Which calls to read: one model or route, and ``since <= created < until``; None matches all.
+
+    Checked when made (ConfigError), so every store reads a bad value the same way: a model or route that is not
+    text, or a time that is not a Unix time in seconds (a datetime, a string, NaN), would otherwise match nothing on
+    SQLite and be refused by PostgreSQL. An integer past a float's range is a time at either end of the line.
+    """
 
     model: str | None = None
     route: str | None = None
     since: float | None = None
     until: float | None = None
+
+    def __post_init__(self) -> None:
+        """Check each value; times become floats."""
+        for name in ("model", "route"):
+            if getattr(self, name) is not None:
+                checked_text(getattr(self, name), name)
+        for name in ("since", "until"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != value:
+                raise ConfigError(f"{name} must be a Unix time in seconds (a number), got {value!r:.80}")
+            try:
+                object.__setattr__(self, name, float(value))
+            except OverflowError:  # an int past a float's range
+                object.__setattr__(self, name, math.inf if value > 0 else -math.inf)
+
+    def stored_as(self, text: Callable[[str], str]) -> CallFilter:
+        """The same filter with its model and route as a store keeps text (PostgreSQL: a NUL as U+FFFD)."""
+        return replace(self, model=None if self.model is None else text(self.model), route=None if self.route is None else text(self.route))
 
     def where(self, mark: str = "?") -> tuple[list[str], list[Any]]:
         """SQL conditions on the calls table and their arguments, with ``mark`` as the placeholder ("?" or "%s")."""
