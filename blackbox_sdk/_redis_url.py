@@ -238,7 +238,7 @@ class RedisURL:
                 raise self._refused("the server asks for a password and the URL gives none") from None
             raise self._refused(f"its user name or password is wrong ({self.scrub(str(exc))})") from None
         except exceptions.ResponseError as exc:
-            if "DB index" in str(exc):  # SELECT at connect: "DB index is out of range"
+            if "DB index" in str(exc) or "not an integer or out of range" in str(exc):  # SELECT at connect: past 15, or past 2^63
                 raise self._refused(f"the server has no such database ({exc})") from None
         except exceptions.RedisError as exc:
             if _untrusted(exc):  # a server that answered with a certificate the URL does not trust: no outage

@@ -94,8 +94,10 @@ def test_a_url_the_server_refuses_is_a_config_error_at_open_without_the_password
     getattr(opened, "close", lambda: None)()
 
 
-def test_a_database_the_server_lacks_is_refused_at_open(redis_server: RedisServer) -> None:
-    url = redis_server.url.replace("/0", "/99")  # redis-server has 16 databases: 0 to 15
+@pytest.mark.parametrize("database", ["99", "99999999999999999999"], ids=["past-the-last", "past-a-64-bit-integer"])
+def test_a_database_the_server_lacks_is_refused_at_open(redis_server: RedisServer, database: str) -> None:
+    """Issue: a database number past a 64-bit integer ("value is not an integer or out of range") opened, and every use failed."""
+    url = redis_server.url.replace("/0", f"/{database}")  # redis-server has 16 databases: 0 to 15
     for make, what in STORES.values():
         with pytest.raises(ConfigError, match=f"^the {what} URL {url} was refused by the Redis server: the server has no such database"):
             make(url)
