@@ -371,6 +371,36 @@ def test_feedback_and_reads_while_the_database_is_down_raise_store_unavailable(o
         log.close()
 
 
+def test_reads_and_feedback_on_a_stalled_database_fail_within_the_timeout_and_it_recovers(own_server: PostgresServer) -> None:
+    """Issue: libpq has no read timeout, so a read or feedback on a server that stopped answering (a paused host) waited
+    forever on the pooled connection's check or its query."""
+    log = PostgresCallLog(own_server.url, timeout=2.0)
+    outcomes: list[Exception | None] = []
+
+    def read_and_rate(rec: CallRecord) -> None:
+        for use in (lambda: log.get(rec.call_id), lambda: log.feedback(rec.call_id, label="correct"), log.stats):
+            try:
+                use()
+                outcomes.append(None)
+            except Exception as exc:  # noqa: BLE001 - kept for the assertion
+                outcomes.append(exc)
+
+    try:
+        rec = _record()
+        log.record(rec)
+        log.flush()
+        with own_server.paused():
+            reader = threading.Thread(target=read_and_rate, args=(rec,), daemon=True)
+            reader.start()
+            reader.join(120)  # far past the three 2 s timeouts: alive here means a hang
+            assert not reader.is_alive(), "a read on the stalled database never returned"
+        assert [type(outcome) for outcome in outcomes] == [StoreUnavailableError] * 3, outcomes
+        log.feedback(rec.call_id, label="correct")  # the server answers again: so does the log
+        assert log.get(rec.call_id).call_id == rec.call_id and len(log.feedback_for(rec.call_id)) == 1
+    finally:
+        log.close()
+
+
 def test_an_unreachable_database_fails_at_open_without_its_password() -> None:
     url = f"postgresql://someone:{PLAIN_SECRET}@127.0.0.1:{free_port()}/nowhere"
     with pytest.raises(StoreUnavailableError) as caught:

@@ -15,6 +15,7 @@ import contextlib
 import functools
 import math
 import os
+import socket
 import sys
 import threading
 import weakref
@@ -88,7 +89,7 @@ class PostgresCallLog(Closing):
                 self._log_id = _known.stored_log_id(conn, table="blackbox_meta", mark="%s", create=create)
         self._pool = _ProcessPool(functools.partial(
             pool_module.ConnectionPool, url, min_size=1, max_size=pool_size, kwargs=options, open=True, timeout=self._timeout,
-            check=pool_module.ConnectionPool.check_connection, reconnect_timeout=RECONNECT_S, name="blackbox-call-log",
+            check=functools.partial(_checked, self._timeout), reconnect_timeout=RECONNECT_S, name="blackbox-call-log",
         ))
         write = functools.partial(_write_batch, self._pool, min(WRITER_WAIT_S, self._timeout))
         self._writer: BatchWriter[PgRow] = BatchWriter(write, where=self._where, batch_size=batch_size, interval=interval, max_pending=max_pending, exit_wait=self._timeout)
@@ -193,7 +194,7 @@ class PostgresCallLog(Closing):
         where, args = filters.where("%s")
 
         def read(after: tuple[float, str] | None, size: int) -> Page:
-            with self._errors("read"), self._pool.get().connection(timeout=self._timeout) as conn:
+            with self._errors("read"), self._pool.get().connection(timeout=self._timeout) as conn, _answered(conn, self._timeout, self._where):
                 return read_page(conn, where, args, after, size)
 
         return paged(read, limit)
@@ -204,7 +205,7 @@ class PostgresCallLog(Closing):
         if not self._finalizer.alive:
             raise CallLogError(f"the call log {self._where} is closed")
         self.flush()
-        with self._errors(action), self._pool.get().connection(timeout=self._timeout) as conn:
+        with self._errors(action), self._pool.get().connection(timeout=self._timeout) as conn, _answered(conn, self._timeout, self._where):
             yield conn
 
     @contextlib.contextmanager
@@ -243,6 +244,43 @@ class _ProcessPool:
         """Close this process's pool (a child leaves the parent's alone)."""
         if self._pid == os.getpid():
             self._pool.close()
+
+
+@contextlib.contextmanager
+def _answered(conn: Connection[Any], seconds: float, where: str | None) -> Iterator[None]:
+    """Cut ``conn``'s socket when the server has not answered within ``seconds``: libpq has no read timeout, so a server
+    that stalls (a paused host, a stopped process) would hold a read or feedback forever; StoreUnavailableError naming
+    ``where`` then (None: psycopg's own error, which the pool's check needs to discard the connection)."""
+    import psycopg
+
+    cut = threading.Event()
+    timer = threading.Timer(seconds, _cut, (conn, cut))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    except psycopg.OperationalError:
+        if cut.is_set() and where is not None:
+            raise StoreUnavailableError(f"the call log {where} did not answer within {seconds:g} s (timeout); its connection was dropped") from None
+        raise
+    finally:
+        timer.cancel()
+
+
+def _cut(conn: Connection[Any], cut: threading.Event) -> None:
+    """Shut down ``conn``'s socket (through a duplicate of its descriptor), so a thread blocked reading it fails at once."""
+    cut.set()
+    with contextlib.suppress(Exception):  # closed meanwhile: nothing to cut
+        with socket.socket(fileno=os.dup(conn.fileno())) as duplicate:
+            duplicate.shutdown(socket.SHUT_RDWR)
+
+
+def _checked(seconds: float, conn: Connection[Any]) -> None:
+    """The pool's check of a connection it hands out, bounded like a read: a stalled server's connection fails it."""
+    from psycopg_pool import ConnectionPool
+
+    with _answered(conn, seconds, None):
+        ConnectionPool.check_connection(conn)
 
 
 def _write_batch(pool: _ProcessPool, wait: float, rows: list[PgRow]) -> None:
