@@ -48,9 +48,11 @@ def redact_url(url: str) -> str:
     pairs = parse_qsl(query, keep_blank_values=True)
     if any(name == "password" for name, _ in pairs):
         query = urlencode([(name, MASK if name == "password" else value) for name, value in pairs])
-    if (netloc, query) == (parts.netloc, parts.query):
+    # a fragment means nothing to a store: beside a password it is the tail of one pasted with a raw "#"
+    fragment = MASK if parts.fragment and (netloc, query) != (parts.netloc, parts.query) else parts.fragment
+    if (netloc, query, fragment) == (parts.netloc, parts.query, parts.fragment):
         return url
-    return _joined(parts._replace(netloc=netloc, query=query), url)
+    return _joined(parts._replace(netloc=netloc, query=query, fragment=fragment), url)
 
 
 def _joined(parts: SplitResult, url: str) -> str:

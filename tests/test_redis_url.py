@@ -175,6 +175,7 @@ def test_scrub_replaces_a_whole_password_before_its_pieces() -> None:
         (f"redis://:{PASSWORD}#x@h:6379/0", "redis://:***@h:6379/0"),  # a password not percent-encoded
         (f"rediss://u:{PASSWORD}/x?y@h/0?password={PASSWORD}", "rediss://u:***@h/0?password=%2A%2A%2A"),
         ("redis://h:6379/0?client_name=me@corp", "redis://h:6379/0?client_name=me@corp"),  # an "@" in a query value
+        ("unix:///r.sock?password=pw-s3#cret&db=2", "unix:///r.sock?password=%2A%2A%2A#***"),  # a raw "#" in a query password
     ],
 )
 def test_redact_url_masks_user_part_and_query_passwords(url: str, shown: str) -> None:
