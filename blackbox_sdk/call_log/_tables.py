@@ -69,15 +69,8 @@ class CallFilter:
             if getattr(self, name) is not None:
                 checked_text(getattr(self, name), name)
         for name in ("since", "until"):
-            value = getattr(self, name)
-            if value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != value:
-                raise ConfigError(f"{name} must be a Unix time in seconds (a number), got {value!r:.80}")
-            try:
-                object.__setattr__(self, name, float(value))
-            except OverflowError:  # an int past a float's range
-                object.__setattr__(self, name, math.inf if value > 0 else -math.inf)
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, _seconds(name, getattr(self, name)))
 
     def stored_as(self, text: Callable[[str], str]) -> CallFilter:
         """The same filter with its model and route as a store keeps text (PostgreSQL: a NUL as U+FFFD)."""
@@ -88,6 +81,21 @@ class CallFilter:
         pairs = (("model = ", self.model), ("route = ", self.route), ("created >= ", self.since), ("created < ", self.until))
         chosen = [(clause + mark, value) for clause, value in pairs if value is not None]
         return [clause for clause, _ in chosen], [value for _, value in chosen]
+
+
+def _seconds(name: str, value: Any) -> float:
+    """A filter's time as a float; ConfigError for one that is not a number of seconds (a datetime, a string, NaN)."""
+    if isinstance(value, bool) or not _is_real(value) or value != value:
+        raise ConfigError(f"{name} must be a Unix time in seconds (a number), got {value!r:.80}")
+    try:
+        return float(value)
+    except OverflowError:  # an integer past a float's range
+        return math.inf if value > 0 else -math.inf
+
+
+def _is_real(value: object) -> bool:
+    """Whether ``value`` is a real number (an int, a float, numpy's scalars)."""
+    return isinstance(value, numbers.Real)
 
 
 def prepare(conn: sqlite3.Connection, *, create: bool = True) -> None:
