@@ -373,7 +373,7 @@ def test_feedback_and_reads_while_the_database_is_down_raise_store_unavailable(o
 
 def test_reads_and_feedback_on_a_stalled_database_fail_within_the_timeout_and_it_recovers(own_server: PostgresServer) -> None:
     """Issue: libpq has no read timeout, so a read or feedback on a server that stopped answering (a paused host) waited
-    forever on the pooled connection's check or its query."""
+    forever on the pooled connection's check before it."""
     log = PostgresCallLog(own_server.url, timeout=2.0)
     outcomes: list[Exception | None] = []
 

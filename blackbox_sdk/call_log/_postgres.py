@@ -89,7 +89,7 @@ class PostgresCallLog(Closing):
                 self._log_id = _known.stored_log_id(conn, table="blackbox_meta", mark="%s", create=create)
         self._pool = _ProcessPool(functools.partial(
             pool_module.ConnectionPool, url, min_size=1, max_size=pool_size, kwargs=options, open=True, timeout=self._timeout,
-            check=functools.partial(_checked, self._timeout), reconnect_timeout=RECONNECT_S, name="blackbox-call-log",
+            check=functools.partial(_checked, min(self._timeout, CONNECT_TIMEOUT_S)), reconnect_timeout=RECONNECT_S, name="blackbox-call-log",
         ))
         write = functools.partial(_write_batch, self._pool, min(WRITER_WAIT_S, self._timeout))
         self._writer: BatchWriter[PgRow] = BatchWriter(write, where=self._where, batch_size=batch_size, interval=interval, max_pending=max_pending, exit_wait=self._timeout)
@@ -194,7 +194,7 @@ class PostgresCallLog(Closing):
         where, args = filters.where("%s")
 
         def read(after: tuple[float, str] | None, size: int) -> Page:
-            with self._errors("read"), self._pool.get().connection(timeout=self._timeout) as conn, _answered(conn, self._timeout, self._where):
+            with self._errors("read"), self._pool.get().connection(timeout=self._timeout) as conn:
                 return read_page(conn, where, args, after, size)
 
         return paged(read, limit)
@@ -205,7 +205,7 @@ class PostgresCallLog(Closing):
         if not self._finalizer.alive:
             raise CallLogError(f"the call log {self._where} is closed")
         self.flush()
-        with self._errors(action), self._pool.get().connection(timeout=self._timeout) as conn, _answered(conn, self._timeout, self._where):
+        with self._errors(action), self._pool.get().connection(timeout=self._timeout) as conn:
             yield conn
 
     @contextlib.contextmanager
@@ -246,41 +246,28 @@ class _ProcessPool:
             self._pool.close()
 
 
-@contextlib.contextmanager
-def _answered(conn: Connection[Any], seconds: float, where: str | None) -> Iterator[None]:
-    """Cut ``conn``'s socket when the server has not answered within ``seconds``: libpq has no read timeout, so a server
-    that stalls (a paused host, a stopped process) would hold a read or feedback forever; StoreUnavailableError naming
-    ``where`` then (None: psycopg's own error, which the pool's check needs to discard the connection)."""
-    import psycopg
+def _checked(seconds: float, conn: Connection[Any]) -> None:
+    """The pool's check of a connection before it hands it out, bounded: libpq has no read timeout, so on a server that
+    stopped answering (a paused host) the check, and the read, feedback or write after it, would wait forever. Past
+    ``seconds`` the socket is shut down, the check fails as a lost connection, and the pool drops it (then
+    StoreUnavailableError once ``timeout`` is up, as for a server that is down). A query itself is not bounded:
+    a long one on a large log is not a stall."""
+    from psycopg_pool import ConnectionPool
 
-    cut = threading.Event()
-    timer = threading.Timer(seconds, _cut, (conn, cut))
+    timer = threading.Timer(seconds, _cut, (conn,))
     timer.daemon = True
     timer.start()
     try:
-        yield
-    except psycopg.OperationalError:
-        if cut.is_set() and where is not None:
-            raise StoreUnavailableError(f"the call log {where} did not answer within {seconds:g} s (timeout); its connection was dropped") from None
-        raise
+        ConnectionPool.check_connection(conn)
     finally:
         timer.cancel()
 
 
-def _cut(conn: Connection[Any], cut: threading.Event) -> None:
+def _cut(conn: Connection[Any]) -> None:
     """Shut down ``conn``'s socket (through a duplicate of its descriptor), so a thread blocked reading it fails at once."""
-    cut.set()
     with contextlib.suppress(Exception):  # closed meanwhile: nothing to cut
         with socket.socket(fileno=os.dup(conn.fileno())) as duplicate:
             duplicate.shutdown(socket.SHUT_RDWR)
-
-
-def _checked(seconds: float, conn: Connection[Any]) -> None:
-    """The pool's check of a connection it hands out, bounded like a read: a stalled server's connection fails it."""
-    from psycopg_pool import ConnectionPool
-
-    with _answered(conn, seconds, None):
-        ConnectionPool.check_connection(conn)
 
 
 def _write_batch(pool: _ProcessPool, wait: float, rows: list[PgRow]) -> None:
