@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 import traceback
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -504,6 +505,30 @@ def test_opening_without_create_refuses_an_empty_database_and_creates_nothing(pg
         open_call_log(pg_url, create=False)
     with psycopg.connect(pg_url) as conn:
         assert conn.execute("SELECT count(*) FROM pg_tables WHERE tablename LIKE 'blackbox%'").fetchone() == (0,)
+
+
+def test_a_role_that_may_not_create_writes_to_tables_made_before(pg_url: str) -> None:
+    """Issue: opening the log ran CREATE TABLE IF NOT EXISTS even when every table was there, which PostgreSQL refuses to a
+    role without CREATE on the schema (PostgreSQL 15's default for public): an application's least-privilege role could
+    not log to the tables its DBA made."""
+    PostgresCallLog(pg_url).close()  # the owner makes the tables
+    role = f"bb_writer_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+        conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+        conn.execute(f"GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA public TO {role}")
+        conn.execute(f"GRANT UPDATE ON blackbox_calls TO {role}")  # feedback locks the call's row (FOR SHARE)
+    owner = pg_url.split("//", 1)[1].split("@", 1)[0]
+    try:
+        with PostgresCallLog(pg_url.replace(f"//{owner}@", f"//{role}@", 1)) as log, PostgresCallLog(pg_url, create=False) as made:
+            rec = _record()
+            log.record(rec)
+            log.feedback(rec.call_id, label="correct")
+            assert log.stats()["calls"] == 1 and log.log_id == made.log_id
+    finally:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(f"DROP OWNED BY {role}")
+            conn.execute(f"DROP ROLE {role}")
 
 
 def test_missing_psycopg_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
