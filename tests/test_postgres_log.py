@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import io
+import logging
 import math
 import socket
 import subprocess
@@ -232,6 +233,19 @@ def test_a_repeated_call_id_keeps_the_first_record(pg_log: PostgresCallLog) -> N
 
 
 # feedback checks (bad feedback, a call id no store can hold, a failed call): test_calllog.py, on both stores
+
+
+def test_a_record_postgresql_refuses_is_dropped_and_the_rest_of_its_batch_written(pg_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Issue: a record the server refuses for its data (here a call id too long for the primary key's index) failed its
+    batch on every retry, so it and every record queued behind it stayed in memory, unwritten, until the log closed."""
+    too_long = "bb-" + "".join(f"{i:08x}" for i in range(2000))  # 16 kB, past a btree index row's limit
+    with PostgresCallLog(pg_url, timeout=10.0, interval=0.5) as log, caplog.at_level(logging.ERROR, logger="blackbox_sdk"):
+        for rec in (_record(call_id="bb-first"), _record(call_id=too_long), _record(call_id="bb-after")):
+            log.record(rec)  # one batch: the interval outlasts the three puts
+        log.flush()
+        assert log.pending == 0
+        assert sorted(c.call_id for c in log.calls()) == ["bb-after", "bb-first"]
+    assert any("can't be written" in record.getMessage() and "dropped" in record.getMessage() for record in caplog.records)
 
 
 def test_get_of_an_unknown_call_and_a_bad_limit_raise_config_error(pg_log: PostgresCallLog) -> None:

@@ -91,7 +91,7 @@ class PostgresCallLog(Closing):
             pool_module.ConnectionPool, url, min_size=1, max_size=pool_size, kwargs=options, open=True, timeout=self._timeout,
             check=functools.partial(_checked, min(self._timeout, CONNECT_TIMEOUT_S)), reconnect_timeout=RECONNECT_S, name="blackbox-call-log",
         ))
-        write = functools.partial(_write_batch, self._pool, min(WRITER_WAIT_S, self._timeout))
+        write = functools.partial(_write_batch, self._pool, min(WRITER_WAIT_S, self._timeout), self._where)
         self._writer: BatchWriter[PgRow] = BatchWriter(write, where=self._where, batch_size=batch_size, interval=interval, max_pending=max_pending, exit_wait=self._timeout)
         shut_down = functools.partial(_shut_down, self._writer, self._pool, self._where, self._timeout)
         self._finalizer = weakref.finalize(self, when_collected, shut_down, self._where)
@@ -270,12 +270,49 @@ def _cut(conn: Connection[Any]) -> None:
             duplicate.shutdown(socket.SHUT_RDWR)
 
 
-def _write_batch(pool: _ProcessPool, wait: float, rows: list[PgRow]) -> None:
-    """The writer's one transaction: insert a batch, noting ids that were already logged (kept as first written)."""
-    with pool.get().connection(timeout=wait) as conn, conn.transaction():
-        sent, inserted = insert_batch(conn, rows)
+def _write_batch(pool: _ProcessPool, wait: float, where: str, rows: list[PgRow]) -> None:
+    """The writer's one transaction: insert a batch, noting ids that were already logged (kept as first written).
+
+    A batch the server refuses for a record's data (a value past a limit, such as a call id too long for the primary key's
+    index) would fail every retry and hold up every record behind it: it is written again record by record, and the
+    record refused is dropped with an error logged."""
+    import psycopg
+
+    try:
+        with pool.get().connection(timeout=wait) as conn, conn.transaction():
+            sent, inserted = insert_batch(conn, rows)
+    except psycopg.Error as exc:
+        if not _refuses_data(exc):
+            raise
+        sent, inserted = _write_each(pool, wait, where, rows)
     if inserted < sent:
         logger.warning("call log: %d of %d records were already in the log (a retried batch or a repeated call_id); the first copy is kept", sent - inserted, sent)
+
+
+def _refuses_data(error: Exception) -> bool:
+    """Whether the server refused a statement for the data it was given (SQLSTATE classes 22 data exception, 23 integrity,
+    54 program limit), which no retry mends, rather than for the connection, a permission or its load."""
+    return (getattr(error, "sqlstate", None) or "")[:2] in ("22", "23", "54")
+
+
+def _write_each(pool: _ProcessPool, wait: float, where: str, rows: list[PgRow]) -> tuple[int, int]:
+    """``insert_batch`` one record at a time, each in a savepoint of one transaction; a record the server refuses for its
+    data is dropped with an error logged. (records written or already logged, records inserted)."""
+    import psycopg
+
+    sent = inserted = 0
+    with pool.get().connection(timeout=wait) as conn, conn.transaction():
+        for row in rows:
+            try:
+                with conn.transaction():
+                    done, added = insert_batch(conn, [row])
+            except psycopg.Error as exc:
+                if not _refuses_data(exc):
+                    raise
+                logger.error("call log: call %.80r can't be written to %s and is dropped: %s", row[0][0], where, str(exc).splitlines()[0])
+                continue
+            sent, inserted = sent + done, inserted + added
+    return sent, inserted
 
 
 def _shut_down(writer: BatchWriter[PgRow], pool: _ProcessPool, where: str, timeout: float, *, raise_lost: bool = False) -> None:
