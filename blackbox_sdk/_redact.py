@@ -86,11 +86,41 @@ def redact_text(text: str) -> str:
 def url_without_password(url: str) -> str:
     """The URL as ``scheme://user@host:port/path``: no password, query or fragment (either may hold one); never raises."""
     scheme, sep, rest = url.partition("://") if "://" in url else ("", "", url)
-    cut = min((at for at in map(rest.find, "/?#") if at >= 0), default=len(rest))
-    userinfo, _, hosts = rest[:cut].rpartition("@")
-    user = userinfo.partition(":")[0]
-    path = re.split("[?#]", rest[cut:], maxsplit=1)[0]
-    return f"{scheme.lower()}{sep}{user + '@' if user else ''}{hosts}{path}"
+    at = credentials_end(rest)
+    user, after = rest[:max(at, 0)].partition(":")[0], rest[at + 1:]
+    cut = min((found for found in map(after.find, "/?#") if found >= 0), default=len(after))
+    path = re.split("[?#]", after[cut:], maxsplit=1)[0]
+    return f"{scheme.lower()}{sep}{user + '@' if user else ''}{after[:cut]}{path}"
+
+
+def credentials_end(rest: str) -> int:
+    """Where the user info of a URL's part after ``scheme://`` ends: the index of its ``@``, -1 for none.
+
+    A password pasted without percent-encoding may hold ``/``, ``?``, ``#`` or ``@``, which a URL parser takes for the
+    start of the path, query or fragment, so the password would be shown as a host, a port or a path. When an ``@``
+    comes after that start, after a ``:``, the user info runs to the last such ``@`` that is not a ``name=value`` query
+    value (``?application_name=me@corp``), or when there is none and the host part's port is not a number, to the first
+    one that is: a shown URL may hide more, never the password.
+    """
+    cut = min((found for found in map(rest.find, "/?#") if found >= 0), default=len(rest))
+    end = rest.rfind("@", 0, cut)
+    later = [i for i in range(cut, len(rest)) if rest[i] == "@" and ":" in rest[:i]]
+    plain = [i for i in later if not _in_query_value(rest, i)]
+    if plain:
+        return plain[-1]
+    broken = any(not _port_of(host).isdigit() for host in rest[end + 1:cut].split(",") if _port_of(host))
+    return later[0] if later and broken else end
+
+
+def _port_of(host: str) -> str:
+    """The port written after a host (``h:5432``, ``[::1]:5432``), "" when none."""
+    return host.rpartition("]")[2].partition(":")[2] if host.startswith("[") else host.partition(":")[2]
+
+
+def _in_query_value(rest: str, at: int) -> bool:
+    """Whether position ``at`` of a URL's rest lies in a ``name=value`` pair of a query (after a ``?``)."""
+    query = rest.rfind("?", 0, at)
+    return query >= 0 and "=" in re.split("[&;]", rest[query + 1:at])[-1]
 
 
 def redact(obj: Any) -> Any:

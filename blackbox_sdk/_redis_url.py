@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import SplitResult, parse_qsl, unquote, unquote_plus, urlencode, urlsplit, urlunsplit
 
 from ._exceptions import ConfigError
-from ._redact import url_without_password
+from ._redact import credentials_end, url_without_password
 
 REDIS_SCHEMES = ("redis", "rediss")
 REDIS_OR_UNIX = ("redis", "rediss", "unix")
@@ -34,6 +34,10 @@ def is_redis_url(value: object) -> bool:
 
 def redact_url(url: str) -> str:
     """The URL with its password (in the user part or a ``password=`` query) shown as ``***``; never raises."""
+    scheme, sep, rest = url.partition("://")
+    at = credentials_end(rest) if sep else -1
+    if any(mark in rest[:max(at, 0)] for mark in "/?#"):  # a password not percent-encoded: urllib would show part of it
+        return f"{scheme}://{rest[:at].partition(':')[0]}:{MASK}@" + redact_url(f"{scheme}://{rest[at + 1:]}").partition("://")[2]
     try:
         parts = urlsplit(url)
     except ValueError:  # urllib can't split it (an unclosed IPv6 bracket): keep what url_without_password keeps
@@ -44,9 +48,11 @@ def redact_url(url: str) -> str:
     pairs = parse_qsl(query, keep_blank_values=True)
     if any(name == "password" for name, _ in pairs):
         query = urlencode([(name, MASK if name == "password" else value) for name, value in pairs])
-    if (netloc, query) == (parts.netloc, parts.query):
+    # a fragment means nothing to a store: beside a password it is the tail of one pasted with a raw "#"
+    fragment = MASK if parts.fragment and (netloc, query) != (parts.netloc, parts.query) else parts.fragment
+    if (netloc, query, fragment) == (parts.netloc, parts.query, parts.fragment):
         return url
-    return _joined(parts._replace(netloc=netloc, query=query), url)
+    return _joined(parts._replace(netloc=netloc, query=query, fragment=fragment), url)
 
 
 def _joined(parts: SplitResult, url: str) -> str:
@@ -73,9 +79,12 @@ def no_retry_mends(error: BaseException) -> bool:
     return isinstance(error, AuthenticationError) or _untrusted(error)
 
 
-def _secrets(parts: SplitResult) -> list[str]:
+def _secrets(url: str, parts: SplitResult) -> list[str]:
     """The URL's password and ``password=`` query values, as written and decoded, longest first (a whole before its pieces)."""
     found = {parts.password or "", unquote(parts.password or "")}
+    rest = url.partition("://")[2]
+    pasted = rest[:max(credentials_end(rest), 0)].partition(":")[2]  # a password not percent-encoded, as written
+    found |= {pasted, unquote(pasted)}
     for pair in parts.query.split("&"):
         name, _, value = pair.partition("=")
         if unquote_plus(name) == "password":
@@ -157,7 +166,7 @@ class RedisURL:
             parts = urlsplit(url)
         except ValueError as exc:  # an unclosed IPv6 bracket
             raise self._bad(str(exc)) from None
-        self._hidden = _secrets(parts)
+        self._hidden = _secrets(url, parts)
         try:
             port = parts.port  # None when the URL names none
         except ValueError:  # not a number, or above 65535
@@ -231,7 +240,7 @@ class RedisURL:
                 raise self._refused("the server asks for a password and the URL gives none") from None
             raise self._refused(f"its user name or password is wrong ({self.scrub(str(exc))})") from None
         except exceptions.ResponseError as exc:
-            if "DB index" in str(exc):  # SELECT at connect: "DB index is out of range"
+            if "DB index" in str(exc) or "not an integer or out of range" in str(exc):  # SELECT at connect: past 15, or past 2^63
                 raise self._refused(f"the server has no such database ({exc})") from None
         except exceptions.RedisError as exc:
             if _untrusted(exc):  # a server that answered with a certificate the URL does not trust: no outage

@@ -237,6 +237,22 @@ class PostgresServer:
         """Stop the server at once (immediate mode)."""
         self._run([_pg_bin("pg_ctl"), "-D", str(self.folder / "data"), "-m", "immediate", "-w", "stop"])
 
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """The server stopped (SIGSTOP to the postmaster and every backend) inside the block, as a stalled host is: the
+        kernel takes connections and data, nothing answers until it goes on (SIGCONT) at the block's end."""
+        postmaster = int((self.folder / "data" / "postmaster.pid").read_text().split()[0])
+        children = subprocess.run(["pgrep", "-P", str(postmaster)], capture_output=True, text=True, check=False).stdout.split()
+        pids = [postmaster, *map(int, children)]
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            for pid in pids:
+                with suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+
     def close(self) -> None:
         """Stop the server and remove its folder."""
         try:

@@ -334,6 +334,31 @@ def test_bad_limit_raises_config_error_at_the_call(log: CallLog, limit: Any) -> 
         log.calls(limit=limit)
 
 
+@pytest.mark.parametrize(
+    ("filters", "named"),
+    [
+        pytest.param({"since": dt.datetime(2024, 1, 1)}, "since", id="datetime"),
+        pytest.param({"until": "yesterday"}, "until", id="string"),
+        pytest.param({"since": True}, "since", id="bool"),
+        pytest.param({"since": math.nan}, "since", id="nan"),
+        pytest.param({"model": 3}, "model", id="model-not-text"),
+        pytest.param({"route": "chat\ud83d"}, "route", id="lone-surrogate"),
+    ],
+)
+def test_a_bad_filter_raises_config_error_on_either_store(any_log: CallLog | PostgresCallLog, filters: dict[str, Any], named: str) -> None:
+    """Issue: SQLite matched nothing for a datetime or a string time (and raised a raw UnicodeEncodeError for a lone
+    surrogate), PostgreSQL refused them with the driver's words in a CallLogError."""
+    any_log.record(_record(created=1_700_000_000.0))
+    with pytest.raises(ConfigError, match=named):
+        list(any_log.calls(**filters))
+
+
+def test_a_time_past_a_floats_range_is_either_end_of_the_line(any_log: CallLog | PostgresCallLog) -> None:
+    """Issue: since=10**400 raised a raw OverflowError from sqlite3."""
+    any_log.record(_record(created=1_700_000_000.0))
+    assert list(any_log.calls(since=10**400)) == [] and len(list(any_log.calls(since=-(10**400), until=10**400))) == 1
+
+
 # ------------------------------------------------------------------------------------- export
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import io
+import logging
 import math
 import socket
 import subprocess
@@ -13,6 +14,7 @@ import sys
 import threading
 import time
 import traceback
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -196,6 +198,21 @@ def test_nul_in_text_becomes_a_replacement_character(pg_log: PostgresCallLog) ->
     assert stored.request == {"prompt": "x\x00y"}  # JSON keeps it, escaped
 
 
+def test_nul_in_feedback_and_in_what_is_looked_up_reads_as_the_replacement_character(pg_log: PostgresCallLog) -> None:
+    """Issue: a NUL in feedback's note or reference, or in a call id or a model looked up, made PostgreSQL refuse the
+    statement (CallLogError) where the SQLite log stores and finds it; the stored form is U+FFFD, so it is looked up as such."""
+    rec = _record(call_id="bb-nul\x00id", model="m\x00x")
+    pg_log.record(rec)
+    pg_log.feedback(rec.call_id, label="correct", note="a\x00b", reference="r\x00")
+    assert [(f.note, f.reference) for f in pg_log.feedback_for(rec.call_id)] == [("a\ufffdb", "r\ufffd")]
+    assert pg_log.get(rec.call_id).model == "m\ufffdx"
+    assert [c.call_id for c in pg_log.calls(model="m\x00x", route=rec.route)] == ["bb-nul\ufffdid"]
+    with pytest.raises(ConfigError, match="no call"):
+        pg_log.get("bb-\x00missing")
+    with pytest.raises(ConfigError, match="no call"):
+        pg_log.feedback("bb-\x00missing", note="x")
+
+
 def test_lone_surrogates_become_replacement_characters_and_the_call_is_logged(pg_log: PostgresCallLog) -> None:
     """Issue: half an emoji ("\\ud83d") in an answer made record() raise CallLogError on the caller's
     thread, after the call was paid for; the record was never written."""
@@ -216,6 +233,19 @@ def test_a_repeated_call_id_keeps_the_first_record(pg_log: PostgresCallLog) -> N
 
 
 # feedback checks (bad feedback, a call id no store can hold, a failed call): test_calllog.py, on both stores
+
+
+def test_a_record_postgresql_refuses_is_dropped_and_the_rest_of_its_batch_written(pg_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Issue: a record the server refuses for its data (here a call id too long for the primary key's index) failed its
+    batch on every retry, so it and every record queued behind it stayed in memory, unwritten, until the log closed."""
+    too_long = "bb-" + "".join(f"{i:08x}" for i in range(2000))  # 16 kB, past a btree index row's limit
+    with PostgresCallLog(pg_url, timeout=10.0, interval=0.5) as log, caplog.at_level(logging.ERROR, logger="blackbox_sdk"):
+        for rec in (_record(call_id="bb-first"), _record(call_id=too_long), _record(call_id="bb-after")):
+            log.record(rec)  # one batch: the interval outlasts the three puts
+        log.flush()
+        assert log.pending == 0
+        assert sorted(c.call_id for c in log.calls()) == ["bb-after", "bb-first"]
+    assert any("can't be written" in record.getMessage() and "dropped" in record.getMessage() for record in caplog.records)
 
 
 def test_get_of_an_unknown_call_and_a_bad_limit_raise_config_error(pg_log: PostgresCallLog) -> None:
@@ -356,6 +386,36 @@ def test_feedback_and_reads_while_the_database_is_down_raise_store_unavailable(o
         log.close()
 
 
+def test_reads_and_feedback_on_a_stalled_database_fail_within_the_timeout_and_it_recovers(own_server: PostgresServer) -> None:
+    """Issue: libpq has no read timeout, so a read or feedback on a server that stopped answering (a paused host) waited
+    forever on the pooled connection's check before it."""
+    log = PostgresCallLog(own_server.url, timeout=2.0)
+    outcomes: list[Exception | None] = []
+
+    def read_and_rate(rec: CallRecord) -> None:
+        for use in (lambda: log.get(rec.call_id), lambda: log.feedback(rec.call_id, label="correct"), log.stats):
+            try:
+                use()
+                outcomes.append(None)
+            except Exception as exc:  # noqa: BLE001 - kept for the assertion
+                outcomes.append(exc)
+
+    try:
+        rec = _record()
+        log.record(rec)
+        log.flush()
+        with own_server.paused():
+            reader = threading.Thread(target=read_and_rate, args=(rec,), daemon=True)
+            reader.start()
+            reader.join(120)  # far past the three 2 s timeouts: alive here means a hang
+            assert not reader.is_alive(), "a read on the stalled database never returned"
+        assert [type(outcome) for outcome in outcomes] == [StoreUnavailableError] * 3, outcomes
+        log.feedback(rec.call_id, label="correct")  # the server answers again: so does the log
+        assert log.get(rec.call_id).call_id == rec.call_id and len(log.feedback_for(rec.call_id)) == 1
+    finally:
+        log.close()
+
+
 def test_an_unreachable_database_fails_at_open_without_its_password() -> None:
     url = f"postgresql://someone:{PLAIN_SECRET}@127.0.0.1:{free_port()}/nowhere"
     with pytest.raises(StoreUnavailableError) as caught:
@@ -416,6 +476,19 @@ def test_url_without_password_drops_password_and_query() -> None:
     assert url_without_password("postgresql://u:pw@[::1/db") == "postgresql://u@[::1/db"  # urllib can't split it; this never raises
 
 
+@pytest.mark.parametrize("password", [f"{PLAIN_SECRET}#x", f"{PLAIN_SECRET}?x=1", f"{PLAIN_SECRET}/x", f"{PLAIN_SECRET}@x/y"])
+def test_a_password_not_percent_encoded_is_never_shown(password: str) -> None:
+    url = f"postgresql://app:{password}@db.example:5433/calls?application_name=me@corp"
+    assert url_without_password(url) == "postgresql://app@db.example:5433/calls"
+
+
+def test_a_password_holding_at_signs_is_kept_out_of_libpqs_error(postgres_server: PostgresServer) -> None:
+    at = postgres_server.url.rpartition("@")[2]  # libpq ends the password at its first "@" and takes the rest for a host
+    with pytest.raises(StoreUnavailableError) as caught:
+        PostgresCallLog(f"postgresql://app:{PLAIN_SECRET}@corp@x@{at}", timeout=5.0)
+    assert "hunter2" not in str(caught.value) and "corp@x" not in str(caught.value), str(caught.value)
+
+
 @pytest.mark.parametrize("scheme", ["POSTGRESQL", "Postgres"])
 def test_a_mixed_case_scheme_opens_the_log(pg_url: str, scheme: str) -> None:
     with contextlib.closing(open_call_log(pg_url.replace("postgresql", scheme, 1))) as log:
@@ -446,6 +519,30 @@ def test_opening_without_create_refuses_an_empty_database_and_creates_nothing(pg
         open_call_log(pg_url, create=False)
     with psycopg.connect(pg_url) as conn:
         assert conn.execute("SELECT count(*) FROM pg_tables WHERE tablename LIKE 'blackbox%'").fetchone() == (0,)
+
+
+def test_a_role_that_may_not_create_writes_to_tables_made_before(pg_url: str) -> None:
+    """Issue: opening the log ran CREATE TABLE IF NOT EXISTS even when every table was there, which PostgreSQL refuses to a
+    role without CREATE on the schema (PostgreSQL 15's default for public): an application's least-privilege role could
+    not log to the tables its DBA made."""
+    PostgresCallLog(pg_url).close()  # the owner makes the tables
+    role = f"bb_writer_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+        conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+        conn.execute(f"GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA public TO {role}")
+        conn.execute(f"GRANT UPDATE ON blackbox_calls TO {role}")  # feedback locks the call's row (FOR SHARE)
+    owner = pg_url.split("//", 1)[1].split("@", 1)[0]
+    try:
+        with PostgresCallLog(pg_url.replace(f"//{owner}@", f"//{role}@", 1)) as log, PostgresCallLog(pg_url, create=False) as made:
+            rec = _record()
+            log.record(rec)
+            log.feedback(rec.call_id, label="correct")
+            assert log.stats()["calls"] == 1 and log.log_id == made.log_id
+    finally:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(f"DROP OWNED BY {role}")
+            conn.execute(f"DROP ROLE {role}")
 
 
 def test_missing_psycopg_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -598,6 +598,17 @@ def test_bad_call_arguments_are_config_errors() -> None:
         limits.correct(admission, -3)
 
 
+@pytest.mark.parametrize("per", ["key", "model"])
+def test_a_name_with_a_lone_surrogate_is_a_config_error_on_every_store(store: str | Path | None, per: str) -> None:
+    """Issue: half an emoji in a key or model raised a raw UnicodeEncodeError from the SQLite store and a
+    StoreUnavailableError (as if the server were down) from Redis, and was admitted in memory."""
+    with RateLimits(rpm=10, per=per, store=store) as limits:
+        with pytest.raises(ConfigError, match="lone surrogate"):
+            limits.admit(key="k\ud83d", model="m\udc00", tokens=1)
+        with pytest.raises(ConfigError, match="lone surrogate"):
+            asyncio.run(limits.aadmit(key="k\ud83d", model="m\udc00", tokens=1))
+
+
 def test_options_are_frozen_compared_and_shown() -> None:
     limits = RateLimits(rpm=600, tpm=100_000, per="key")
     with pytest.raises(AttributeError):

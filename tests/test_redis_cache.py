@@ -409,6 +409,19 @@ def test_namespaces_are_isolated_even_when_one_prefixes_another(redis_server: Re
         cache.close()
 
 
+def test_stats_count_a_value_of_another_type_in_the_namespace_without_failing(
+    redis_server: RedisServer, raw: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue: a planted hash among the buckets made `stats` raise CacheUnavailableError, with a warning that the
+    server refused writes, where `get` drops the same value as foreign."""
+    with Cache(redis_server.url, namespace="a") as cache:
+        cache.extend(_key(cache), [_entry("x")])
+        raw.hset(f"{PREFIX}a:{'f' * 64}", "field", "value")
+        with caplog.at_level(logging.WARNING, logger="blackbox_sdk"):
+            stats = cache.stats
+        assert (stats.keys, stats.volume_bytes) == (2, raw.strlen(f"{PREFIX}a:{_key(cache)}")) and _warnings(caplog) == []
+
+
 def test_a_namespace_redis_cannot_store_is_a_config_error_when_the_cache_is_made(redis_server: RedisServer) -> None:
     """A namespace from argv's undecodable bytes holds a lone surrogate: every lookup raised CacheError, failing every call."""
     with pytest.raises(ConfigError, match="namespace must be valid Unicode"):

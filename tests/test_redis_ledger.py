@@ -294,6 +294,21 @@ def test_keys_live_under_the_prefix_so_tenants_share_a_redis(redis_server: Redis
     assert {key for key in keys if key.startswith("app:a:")} >= {"app:a:spent", "app:a:calls"}
 
 
+def test_holds_forgotten_with_the_held_hash_are_never_counted_below_zero(redis_server: RedisServer) -> None:
+    """Issue: a `held` hash lost while a reservation was out (an evicting maxmemory policy, a key deleted by hand) made its
+    settle drive every held total negative, for good: each later reservation found that much more room under the cap."""
+    ledger, caps = RedisLedger(redis_server.url), [Cap("total", 1000)]
+    first = Hold("r-1", "c-1", "unit", None, "2000-01-01", 600, 60.0)
+    assert ledger.reserve(first, caps) is None
+    redis.Redis.from_url(redis_server.url).delete("blackbox:ledger:held")
+    ledger.settle("r-1", usd_nano=100, prompt_tokens=1, completion_tokens=1, cached_tokens=0, hold=first)
+    assert ledger.outstanding() == (0, 0)
+    assert ledger.reserve(Hold("r-2", "c-2", "unit", None, "2000-01-01", 500, 60.0), caps) is None  # 100 spent + 500 held
+    refused = ledger.reserve(Hold("r-3", "c-3", "unit", None, "2000-01-01", 500, 60.0), caps)
+    assert refused is not None and (refused[0].spent_nano, refused[0].reserved_nano) == (100, 500)
+    ledger.close()
+
+
 def test_a_lapsed_lease_is_purged_inside_the_reserve_script(redis_server: RedisServer) -> None:
     budget = capped(redis_server.url, total_usd=1.0, lease_s=0.2)
     call(budget)

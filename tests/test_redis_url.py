@@ -45,6 +45,10 @@ BAD = {
     "option": f"redis://:{PASSWORD}@{HOST}/0?no_such_option=1",
     "option-value": f"redis://:{PASSWORD}@{HOST}/0?socket_timeout=abc",
     "tls-option": f"rediss://:{PASSWORD}@{HOST}/0?ssl_cert_reqs=bogus",
+    # a password pasted without percent-encoding: urllib ends the host part at its "#", "/" or "?"
+    "raw-hash-password": f"redis://:{PASSWORD}#x@{HOST}/0",
+    "raw-slash-password": f"redis://user:{PASSWORD}/x@{HOST}/0",
+    "raw-question-password": f"redis://:{PASSWORD}?x=1@{HOST}/0",
 }
 # Each store's constructor, and the word its messages name it by (None: the store's own refusal).
 STORES: dict[str, tuple[Callable[[str], Any], str | None]] = {
@@ -90,8 +94,10 @@ def test_a_url_the_server_refuses_is_a_config_error_at_open_without_the_password
     getattr(opened, "close", lambda: None)()
 
 
-def test_a_database_the_server_lacks_is_refused_at_open(redis_server: RedisServer) -> None:
-    url = redis_server.url.replace("/0", "/99")  # redis-server has 16 databases: 0 to 15
+@pytest.mark.parametrize("database", ["99", "99999999999999999999"], ids=["past-the-last", "past-a-64-bit-integer"])
+def test_a_database_the_server_lacks_is_refused_at_open(redis_server: RedisServer, database: str) -> None:
+    """Issue: a database number past a 64-bit integer ("value is not an integer or out of range") opened, and every use failed."""
+    url = redis_server.url.replace("/0", f"/{database}")  # redis-server has 16 databases: 0 to 15
     for make, what in STORES.values():
         with pytest.raises(ConfigError, match=f"^the {what} URL {url} was refused by the Redis server: the server has no such database"):
             make(url)
@@ -166,6 +172,10 @@ def test_scrub_replaces_a_whole_password_before_its_pieces() -> None:
         ("redis://user@h:6379/0?socket_timeout=0.5&x=a%20b", "redis://user@h:6379/0?socket_timeout=0.5&x=a%20b"),
         ("unix:///var/run/redis.sock?password=pw&db=2", "unix:///var/run/redis.sock?password=%2A%2A%2A&db=2"),
         (f"redis://:{PASSWORD}@[::1/0?password={PASSWORD}", "redis://[::1/0"),  # urllib can't split it: never raises
+        (f"redis://:{PASSWORD}#x@h:6379/0", "redis://:***@h:6379/0"),  # a password not percent-encoded
+        (f"rediss://u:{PASSWORD}/x?y@h/0?password={PASSWORD}", "rediss://u:***@h/0?password=%2A%2A%2A"),
+        ("redis://h:6379/0?client_name=me@corp", "redis://h:6379/0?client_name=me@corp"),  # an "@" in a query value
+        ("unix:///r.sock?password=pw-s3#cret&db=2", "unix:///r.sock?password=%2A%2A%2A#***"),  # a raw "#" in a query password
     ],
 )
 def test_redact_url_masks_user_part_and_query_passwords(url: str, shown: str) -> None:

@@ -6,7 +6,8 @@ rows, `scope|value` (`total|`, `per_day|2025-01-31`, `per_key|alice`, `model|gpt
 reservation ids by lease expiry (ms, the server's clock); `res:ID` is a held (or lapsed)
 reservation; `done:ID` marks one settled (with the settling attempt's token) or released, for
 `keep_s` seconds, which is what makes settle and release idempotent (a released one is still
-charged, once, by a settle that says what the call was: its answer was paid); `spends` is a capped stream
+charged, once, by a settle that says what the call was: its answer was paid); a `held` total that would go below zero
+(the hash was lost under a hold, to an evicting policy) is dropped instead; `spends` is a capped stream
 of settled calls (with the host, pid and start time of the process that settled each, and the id of the
 call log each was meant for), for audit and for repairing a call log whose process ended between the
 charge and the record. Amounts travel as decimal strings and are compared as Lua numbers,
@@ -29,7 +30,7 @@ local function add_held(r, sign)  -- r: usd, day, key, model, family
   fields[#fields + 1] = 'count|'
   for i, field in ipairs(fields) do
     local amount = (i == #fields) and '1' or r[1]
-    if amount ~= '0' and redis.call('HINCRBY', p .. 'held', field, sign .. amount) == 0 then
+    if amount ~= '0' and redis.call('HINCRBY', p .. 'held', field, sign .. amount) <= 0 then  -- below 0: the hash was lost
       redis.call('HDEL', p .. 'held', field)
     end
   end

@@ -158,7 +158,7 @@ class RedisStore:
         self._run("clear the cache", wipe)
 
     def size(self) -> tuple[int, int]:
-        """How many buckets this namespace holds, and the bytes of their values."""
+        """How many buckets this namespace holds, and the bytes of their values (a value of another Redis type counts none)."""
 
         def measure() -> tuple[int, int]:
             keys = volume = 0
@@ -166,7 +166,8 @@ class RedisStore:
                 pipe = self._client.pipeline(transaction=False)
                 for name in batch:
                     pipe.strlen(name)
-                keys, volume = keys + len(batch), volume + sum(pipe.execute())
+                lengths = pipe.execute(raise_on_error=False)  # a value of another type (planted) has no length: not a refusal
+                keys, volume = keys + len(batch), volume + sum(n for n in lengths if isinstance(n, int))
             return keys, volume
 
         return self._run("measure the cache", measure)

@@ -57,6 +57,8 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS blackbox_calls_created ON blackbox_calls (created, call_id)",
     "CREATE INDEX IF NOT EXISTS blackbox_feedback_call ON blackbox_feedback (call_id)",
 )
+_INDEXES = ("blackbox_calls_created", "blackbox_feedback_call")
+_MISSING = "SELECT name FROM unnest(%s::text[]) WITH ORDINALITY AS t (name, n) WHERE to_regclass(name) IS NULL ORDER BY n"
 _TYPES = {"created": "float8", "cost_usd": "float8", "latency_s": "float8", "usage_counted": "bool", "cache_hit": "bool", "retries": "int8"}
 _INSERT_BATCH = (
     f"WITH new AS (INSERT INTO blackbox_calls ({', '.join(CALL_COLUMNS)})"
@@ -75,17 +77,19 @@ _BY_DAY_AND_MODEL = (
 
 
 def prepare(conn: Connection[Any], *, create: bool = True) -> None:
-    """Create the tables if missing (one process at a time), or without ``create`` refuse a database that lacks them; refuse a newer schema."""
+    """Create the tables if missing (one process at a time), or without ``create`` refuse a database that lacks them; refuse a newer schema.
+
+    No DDL runs when every table and index is there: PostgreSQL checks CREATE on the schema even for ``CREATE ... IF NOT
+    EXISTS``, and an application's role may only read and insert into tables its DBA made."""
     with conn.transaction():
-        if create:
+        missing = [row[0] for row in conn.execute(_MISSING, ([*_TABLES, *_INDEXES],)).fetchall()]
+        if create and missing:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_ID,))
             for statement in _SCHEMA:
                 conn.execute(statement)
             conn.execute("INSERT INTO blackbox_meta (key, value) VALUES ('schema_version', %s) ON CONFLICT DO NOTHING", (str(SCHEMA_VERSION),))
-        else:
-            missing = conn.execute("SELECT name FROM unnest(%s::text[]) AS t (name) WHERE to_regclass(name) IS NULL", (list(_TABLES),)).fetchall()
-            if missing:
-                raise CallLogError(f"the database holds no call log: no table {', '.join(row[0] for row in missing)} in its search_path")
+        elif not create and (tables := [name for name in missing if name in _TABLES]):
+            raise CallLogError(f"the database holds no call log: no table {', '.join(tables)} in its search_path")
         row = conn.execute("SELECT value FROM blackbox_meta WHERE key = 'schema_version'").fetchone()
     version = int(row[0]) if row else SCHEMA_VERSION
     if version > SCHEMA_VERSION:
@@ -103,12 +107,12 @@ def pg_row(rec: CallRecord) -> PgRow:
     values = call_values(rec)
     if values["retries"] > _INT8_MAX:
         raise CallLogError(f"call {rec.call_id!r}: retries={values['retries']} is too large to log")
-    row = tuple(_text(values[c]) if isinstance(values[c], str) else values[c] for c in CALL_COLUMNS)
-    return row, [_text(text) for text in rec.candidates]
+    row = tuple(pg_text(values[c]) if isinstance(values[c], str) else values[c] for c in CALL_COLUMNS)
+    return row, [pg_text(text) for text in rec.candidates]
 
 
-def _text(value: str) -> str:
-    """A string PostgreSQL text can hold: NUL and lone surrogates replaced by U+FFFD."""
+def pg_text(value: str) -> str:
+    """A string PostgreSQL text can hold: NUL and lone surrogates replaced by U+FFFD (what is stored, and so what is looked up)."""
     value = valid_text(value)
     return value.replace("\x00", "\ufffd") if "\x00" in value else value
 
@@ -170,7 +174,7 @@ def insert_feedback(conn: Connection[Any], item: Feedback) -> None:
     """Insert one feedback row."""
     values = item.model_dump()
     sql = f"INSERT INTO blackbox_feedback ({', '.join(FEEDBACK_COLUMNS)}) VALUES ({', '.join(['%s'] * len(FEEDBACK_COLUMNS))})"
-    conn.execute(sql, tuple(values[c] for c in FEEDBACK_COLUMNS))
+    conn.execute(sql, tuple(pg_text(values[c]) if isinstance(values[c], str) else values[c] for c in FEEDBACK_COLUMNS))
 
 
 def day_model_rows(conn: Connection[Any]) -> tuple[list[DayModelRow], int]:

@@ -15,6 +15,7 @@ import contextlib
 import functools
 import math
 import os
+import socket
 import sys
 import threading
 import weakref
@@ -40,6 +41,7 @@ from ._pg_tables import (
     insert_batch,
     insert_feedback,
     pg_row,
+    pg_text,
     prepare,
     read_call,
     read_page,
@@ -87,9 +89,9 @@ class PostgresCallLog(Closing):
                 self._log_id = _known.stored_log_id(conn, table="blackbox_meta", mark="%s", create=create)
         self._pool = _ProcessPool(functools.partial(
             pool_module.ConnectionPool, url, min_size=1, max_size=pool_size, kwargs=options, open=True, timeout=self._timeout,
-            check=pool_module.ConnectionPool.check_connection, reconnect_timeout=RECONNECT_S, name="blackbox-call-log",
+            check=functools.partial(_checked, min(self._timeout, CONNECT_TIMEOUT_S)), reconnect_timeout=RECONNECT_S, name="blackbox-call-log",
         ))
-        write = functools.partial(_write_batch, self._pool, min(WRITER_WAIT_S, self._timeout))
+        write = functools.partial(_write_batch, self._pool, min(WRITER_WAIT_S, self._timeout), self._where)
         self._writer: BatchWriter[PgRow] = BatchWriter(write, where=self._where, batch_size=batch_size, interval=interval, max_pending=max_pending, exit_wait=self._timeout)
         shut_down = functools.partial(_shut_down, self._writer, self._pool, self._where, self._timeout)
         self._finalizer = weakref.finalize(self, when_collected, shut_down, self._where)
@@ -135,7 +137,7 @@ class PostgresCallLog(Closing):
         """Attach feedback to a logged call (after a flush); ConfigError for an unknown call, a bad index or no feedback."""
         fields = feedback_fields(call_id, reward, label, preferred, reference, note)
         with self._connection(f"add feedback to {call_id}") as conn, conn.transaction():
-            found = candidates_of(conn, call_id)
+            found = candidates_of(conn, pg_text(call_id))  # a NUL was stored as U+FFFD
             if found is None:
                 raise ConfigError(f"no call {call_id!r} in the log: feedback needs the call_id of a logged call")
             insert_feedback(conn, feedback_on(call_id, *found, fields))
@@ -144,16 +146,16 @@ class PostgresCallLog(Closing):
         """One logged call; ConfigError when the id is unknown."""
         checked_text(call_id, "call_id")
         with self._connection("read") as conn:
-            found = read_call(conn, call_id)
+            found = read_call(conn, pg_text(call_id))
         if found is None:
             raise ConfigError(f"no call {call_id!r} in the log {self._where}")
         return found
 
     def feedback_for(self, call_id: str) -> list[Feedback]:
         """All feedback on one call, oldest first (empty when there is none)."""
-        checked_text(call_id, "call_id")
+        stored = pg_text(checked_text(call_id, "call_id"))
         with self._connection("read") as conn:
-            return feedback_by_call(conn, [call_id]).get(call_id, [])
+            return feedback_by_call(conn, [stored]).get(stored, [])
 
     def logged_call_ids(self, call_ids: Iterable[str]) -> set[str]:
         """Which of these call ids the log holds, after a flush (asked by ``repair_log``)."""
@@ -171,8 +173,9 @@ class PostgresCallLog(Closing):
     ) -> Iterator[CallRecord]:
         """Logged calls oldest first, optionally one model or route, ``since <= created < until``, at most ``limit``."""
         check_limit(limit)
+        filters = CallFilter(model=model, route=route, since=since, until=until)
         self.flush()
-        pages = self._pages(CallFilter(model=model, route=route, since=since, until=until), limit)
+        pages = self._pages(filters.stored_as(pg_text), limit)
         return (record for page in pages for record, _ in page)
 
     def export_jsonl(self, out: str | Path | TextIO, *, replace: bool = False) -> int:
@@ -243,12 +246,73 @@ class _ProcessPool:
             self._pool.close()
 
 
-def _write_batch(pool: _ProcessPool, wait: float, rows: list[PgRow]) -> None:
-    """The writer's one transaction: insert a batch, noting ids that were already logged (kept as first written)."""
-    with pool.get().connection(timeout=wait) as conn, conn.transaction():
-        sent, inserted = insert_batch(conn, rows)
+def _checked(seconds: float, conn: Connection[Any]) -> None:
+    """The pool's check of a connection before it hands it out, bounded: libpq has no read timeout, so on a server that
+    stopped answering (a paused host) the check, and the read, feedback or write after it, would wait forever. Past
+    ``seconds`` the socket is shut down, the check fails as a lost connection, and the pool drops it (then
+    StoreUnavailableError once ``timeout`` is up, as for a server that is down). A query itself is not bounded:
+    a long one on a large log is not a stall."""
+    from psycopg_pool import ConnectionPool
+
+    timer = threading.Timer(seconds, _cut, (conn,))
+    timer.daemon = True
+    timer.start()
+    try:
+        ConnectionPool.check_connection(conn)
+    finally:
+        timer.cancel()
+
+
+def _cut(conn: Connection[Any]) -> None:
+    """Shut down ``conn``'s socket (through a duplicate of its descriptor), so a thread blocked reading it fails at once."""
+    with contextlib.suppress(Exception):  # closed meanwhile: nothing to cut
+        with socket.socket(fileno=os.dup(conn.fileno())) as duplicate:
+            duplicate.shutdown(socket.SHUT_RDWR)
+
+
+def _write_batch(pool: _ProcessPool, wait: float, where: str, rows: list[PgRow]) -> None:
+    """The writer's one transaction: insert a batch, noting ids that were already logged (kept as first written).
+
+    A batch the server refuses for a record's data (a value past a limit, such as a call id too long for the primary key's
+    index) would fail every retry and hold up every record behind it: it is written again record by record, and the
+    record refused is dropped with an error logged."""
+    import psycopg
+
+    try:
+        with pool.get().connection(timeout=wait) as conn, conn.transaction():
+            sent, inserted = insert_batch(conn, rows)
+    except psycopg.Error as exc:
+        if not _refuses_data(exc):
+            raise
+        sent, inserted = _write_each(pool, wait, where, rows)
     if inserted < sent:
         logger.warning("call log: %d of %d records were already in the log (a retried batch or a repeated call_id); the first copy is kept", sent - inserted, sent)
+
+
+def _refuses_data(error: Exception) -> bool:
+    """Whether the server refused a statement for the data it was given (SQLSTATE classes 22 data exception, 23 integrity,
+    54 program limit), which no retry mends, rather than for the connection, a permission or its load."""
+    return (getattr(error, "sqlstate", None) or "")[:2] in ("22", "23", "54")
+
+
+def _write_each(pool: _ProcessPool, wait: float, where: str, rows: list[PgRow]) -> tuple[int, int]:
+    """``insert_batch`` one record at a time, each in a savepoint of one transaction; a record the server refuses for its
+    data is dropped with an error logged. (records written or already logged, records inserted)."""
+    import psycopg
+
+    sent = inserted = 0
+    with pool.get().connection(timeout=wait) as conn, conn.transaction():
+        for row in rows:
+            try:
+                with conn.transaction():
+                    done, added = insert_batch(conn, [row])
+            except psycopg.Error as exc:
+                if not _refuses_data(exc):
+                    raise
+                logger.error("call log: call %.80r can't be written to %s and is dropped: %s", row[0][0], where, str(exc).splitlines()[0])
+                continue
+            sent, inserted = sent + done, inserted + added
+    return sent, inserted
 
 
 def _shut_down(writer: BatchWriter[PgRow], pool: _ProcessPool, where: str, timeout: float, *, raise_lost: bool = False) -> None:

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
+import numbers
 import sqlite3
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .._exceptions import CallLogError, ConfigError
 from .._redact import redact
 from .._sqlite import immediate
+from .._text import checked_text
 from ._records import CallRecord, Feedback, config_errors
 
 SCHEMA_VERSION = 1
@@ -48,18 +51,51 @@ JSON_COLUMNS = ("request", "chosen", "scores", "usage", "extra")
 
 @dataclass(frozen=True)
 class CallFilter:
-    """Which calls to read: one model or route, and ``since <= created < until``; None matches all."""
+    """Which calls to read: one model or route, and ``since <= created < until``; None matches all.
+
+    Checked when made (ConfigError), so every store reads a bad value the same way: a model or route that is not
+    text, or a time that is not a Unix time in seconds (a datetime, a string, NaN), would otherwise match nothing on
+    SQLite and be refused by PostgreSQL. An integer past a float's range is a time at either end of the line.
+    """
 
     model: str | None = None
     route: str | None = None
     since: float | None = None
     until: float | None = None
 
+    def __post_init__(self) -> None:
+        """Check each value; times become floats."""
+        for name in ("model", "route"):
+            if getattr(self, name) is not None:
+                checked_text(getattr(self, name), name)
+        for name in ("since", "until"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, _seconds(name, getattr(self, name)))
+
+    def stored_as(self, text: Callable[[str], str]) -> CallFilter:
+        """The same filter with its model and route as a store keeps text (PostgreSQL: a NUL as U+FFFD)."""
+        return replace(self, model=None if self.model is None else text(self.model), route=None if self.route is None else text(self.route))
+
     def where(self, mark: str = "?") -> tuple[list[str], list[Any]]:
         """SQL conditions on the calls table and their arguments, with ``mark`` as the placeholder ("?" or "%s")."""
         pairs = (("model = ", self.model), ("route = ", self.route), ("created >= ", self.since), ("created < ", self.until))
         chosen = [(clause + mark, value) for clause, value in pairs if value is not None]
         return [clause for clause, _ in chosen], [value for _, value in chosen]
+
+
+def _seconds(name: str, value: Any) -> float:
+    """A filter's time as a float; ConfigError for one that is not a number of seconds (a datetime, a string, NaN)."""
+    if isinstance(value, bool) or not _is_real(value) or value != value:
+        raise ConfigError(f"{name} must be a Unix time in seconds (a number), got {value!r:.80}")
+    try:
+        return float(value)
+    except OverflowError:  # an integer past a float's range
+        return math.inf if value > 0 else -math.inf
+
+
+def _is_real(value: object) -> bool:
+    """Whether ``value`` is a real number (an int, a float, numpy's scalars)."""
+    return isinstance(value, numbers.Real)
 
 
 def prepare(conn: sqlite3.Connection, *, create: bool = True) -> None:

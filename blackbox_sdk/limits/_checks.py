@@ -12,6 +12,7 @@ from typing import Any
 from .._exceptions import ConfigError
 from .._redis_url import REDIS_OR_UNIX, RedisURL
 from .._sqlite import SHARED_TABLES, refuse_foreign
+from .._text import checked_text
 from ._redis import SOCKET_TIMEOUT_S
 
 MAX_AMOUNT = 2**53  # the largest count every store holds exactly: Lua's numbers (Redis), SQLite's INTEGER
@@ -86,9 +87,9 @@ def tokens(name: str, value: Any) -> int:
 
 
 def label(name: str, value: Any, *, optional: bool) -> str | None:
-    """A key or model name: a non-empty string (or None where ``optional``)."""
+    """A key or model name: a non-empty string that encodes as UTF-8 (or None where ``optional``)."""
     if value is None and optional:
         return None
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{name} must be a non-empty string{' or None' if optional else ''}, got {value!r}")
-    return value
+    return checked_text(value, name)  # half an emoji: no store can write it as UTF-8
