@@ -283,8 +283,9 @@ def test_settled_since_returns_each_spend_with_its_process(ledger: str) -> None:
     assert spends[1].key is None
     assert [spend.call_id for spend in budget.settled_since(middle)] == [second]
     assert budget.settled_since(time.time() + 60) == []
-    with pytest.raises(ConfigError, match="settled_since"):
-        budget.settled_since(float("nan"))
+    for bad in (float("nan"), 10**400, -(10**400)):  # an int past a float's range: math.isfinite's OverflowError before
+        with pytest.raises(ConfigError, match="settled_since"):
+            budget.settled_since(bad)
 
 
 def test_the_redis_ledger_reads_the_spends_stream_in_pages(redis_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:

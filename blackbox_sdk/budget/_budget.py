@@ -16,7 +16,7 @@ The Budget decides which caps apply and the worst case; the arithmetic of admitt
 from __future__ import annotations
 
 import functools
-import math
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -283,8 +283,8 @@ class Budget(BaseModel):
 
     def settled_since(self, since: float) -> list[SettledSpend]:
         """The calls settled at or after `since` (epoch seconds), oldest first: what a call log is repaired from."""
-        if isinstance(since, bool) or not isinstance(since, (int, float)) or not math.isfinite(since):
-            raise ConfigError(f"settled_since() takes a time in seconds since the epoch, got {since!r}")
+        if isinstance(since, bool) or not isinstance(since, (int, float)) or not abs(since) <= sys.float_info.max:
+            raise ConfigError(f"settled_since() takes a time in seconds since the epoch, got {since!r:.80}")
         return self._ledger.settled_since(float(since))
 
     def report(self) -> BudgetReport:

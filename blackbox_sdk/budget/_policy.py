@@ -9,6 +9,7 @@ fit gets a lower n, then fewer output tokens (down to a floor), before it is ref
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from typing import TypeGuard
@@ -188,8 +189,8 @@ def as_charged(usages: list[CapUsage], caps: list[Cap], already_nano: int) -> li
 
 def checked_usd(name: str, value: object) -> float:
     """`value` as USD when it is a finite number from 0 up, else a ConfigError naming `name`."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ConfigError(f"{name} must be a finite number of USD from 0 up, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not abs(value) <= sys.float_info.max or value < 0:
+        raise ConfigError(f"{name} must be a finite number of USD from 0 up, got {value!r:.80}")
     return float(value)
 
 
