@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import SplitResult, parse_qsl, unquote, unquote_plus, urlencode, urlsplit, urlunsplit
 
 from ._exceptions import ConfigError
+from ._logging import logger
 from ._redact import credentials_end, url_without_password
 
 REDIS_SCHEMES = ("redis", "rediss")
@@ -226,15 +227,18 @@ class RedisURL:
             return f"{UNTRUSTED}, which no retry mends ({detail})"
         return detail
 
-    def check(self, timeout_s: float) -> None:
+    def check(self, timeout_s: float, *, forgets: str | None = None) -> None:
         """One PING on a connection of its own, at most one try: ConfigError (the URL without its password) when the
         server refuses the URL's password, asks for one it lacks, has no such database or shows a TLS certificate the
-        URL does not trust; a server out of reach now is left to the store's first use, where an outage is reported as one (a budget's call refused, not run)."""
+        URL does not trust; a server out of reach now is left to the store's first use, where an outage is reported as one (a budget's call refused, not run).
+        A store that must keep every key says what it would lose (``forgets``), for a warning when the server may evict keys."""
         probe = self.client(retries=0, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)  # needs redis-py
         from redis import exceptions
 
         try:
             probe.ping()
+            if forgets is not None:
+                self._warn_if_evicting(probe, forgets)
         except exceptions.AuthenticationError as exc:
             if not self._hidden:  # none given: the server's words are about HELLO, which helps no one
                 raise self._refused("the server asks for a password and the URL gives none") from None
@@ -248,6 +252,22 @@ class RedisURL:
             # else out of reach (or busy): an outage, not a configuration error
         finally:
             probe.close()
+
+    def _warn_if_evicting(self, probe: Any, forgets: str) -> None:
+        """Warn when the server has a memory limit and a policy that evicts keys under it (not ``noeviction``): it could
+        drop this store's keys, and with them ``forgets``. A server that refuses INFO (an ACL) is not asked further."""
+        from redis import exceptions
+
+        try:
+            memory = probe.info("memory")
+        except exceptions.ResponseError:
+            return
+        policy = memory.get("maxmemory_policy", "noeviction")
+        if memory.get("maxmemory") and policy != "noeviction":
+            logger.warning(
+                "the Redis server of the %s %s may evict keys (maxmemory %s bytes, maxmemory-policy %s), and with them %s; "
+                "give it maxmemory-policy noeviction (docs/fleet.md)", self._what, self.shown, memory["maxmemory"], policy, forgets,
+            )
 
     def _refused(self, reason: str, by: str = "the Redis server") -> ConfigError:
         """The ConfigError for a URL the server refused (or, ``by`` the client, whose certificate check failed)."""

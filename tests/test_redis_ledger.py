@@ -528,3 +528,23 @@ def test_stored_context_is_shared_through_the_ledger_and_the_larger_count_wins(l
     assert other.calibration.context(key) == first.calibration.context(key) == 700
     first.calibration.keep_context(key, -5)  # not a count: ignored
     assert other.calibration.context("http://api.test/v1#response:resp_2") is None and first.calibration.context(key) == 700
+
+
+def test_a_server_that_may_evict_the_ledger_s_keys_is_warned_of_at_open(redis_server: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
+    from blackbox_sdk.limits import RateLimits
+
+    admin = redis.Redis.from_url(redis_server.url)
+    warned = []
+    for limit, policy in (("0", "allkeys-lru"), ("64mb", "noeviction"), ("64mb", "allkeys-lru"), ("64mb", "volatile-ttl")):
+        admin.config_set("maxmemory", limit)
+        admin.config_set("maxmemory-policy", policy)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="blackbox_sdk"):
+            capped(redis_server.url, total_usd=1.0)
+            RateLimits(rpm=10, store=redis_server.url)
+        warned.append([record.getMessage() for record in caplog.records if "may evict keys" in record.getMessage()])
+    assert warned[:2] == [[], []]  # no memory limit (nothing is evicted), or noeviction
+    for policy, messages in zip(("allkeys-lru", "volatile-ttl"), warned[2:]):
+        assert len(messages) == 2 and all(f"maxmemory-policy {policy}" in text and "noeviction" in text for text in messages)
+        assert "ledger" in messages[0] and "spend" in messages[0] and "rate-limit store" in messages[1]
+    admin.close()

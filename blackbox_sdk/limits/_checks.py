@@ -62,7 +62,7 @@ def store(value: Any) -> str | Path | None:
         return None
     if isinstance(value, str) and "://" in value:
         # a ConfigError now for a bad URL or option, or one the server refuses (its password never shown), not at the first call
-        RedisURL(value, "rate-limit store", schemes=REDIS_OR_UNIX).check(SOCKET_TIMEOUT_S)
+        RedisURL(value, "rate-limit store", schemes=REDIS_OR_UNIX).check(SOCKET_TIMEOUT_S, forgets="the requests and tokens it counts in each window")
         return value
     if isinstance(value, (str, os.PathLike)) and str(value).strip():
         path = Path(value).expanduser()
