@@ -403,24 +403,32 @@ def test_an_answer_that_is_not_json_is_charged_as_lost_and_holds_nothing_back(ki
     assert [r.error is not None for r in records] == [True, True] and records[0].cost_usd > 0
 
 
+UNREADABLE = [
+    pytest.param(b'{"id": "c", "choices": [', False, json.JSONDecodeError, id="cut-json"),
+    pytest.param(b"", False, json.JSONDecodeError, id="empty"),
+    pytest.param(json.dumps({**ANSWER, "choices": "none"}).encode(), True, openai.APIResponseValidationError, id="invalid-strict"),
+]
+
+
 @pytest.mark.parametrize("kind", [OpenAI, AsyncOpenAI])
-@pytest.mark.parametrize("body", [pytest.param(b'{"id": "c", "choices": [', id="cut-json"), pytest.param(b"", id="empty")])
-def test_an_answer_whose_json_is_broken_raises_as_openai_and_is_charged_as_lost(kind: type, body: bytes, tmp_path: Path) -> None:
-    """A 200 whose JSON body can't be parsed: openai raises json.JSONDecodeError, and so does the SDK; the server
-    answered, so it generated and bills it: charged its worst case as a lost answer, logged with that cost."""
+@pytest.mark.parametrize(("body", "strict", "raised"), UNREADABLE)
+def test_an_answer_openai_cannot_read_raises_as_openai_and_is_charged_as_lost(kind: type, body: bytes, strict: bool, raised: type, tmp_path: Path) -> None:
+    """A 200 whose JSON body can't be parsed (openai raises json.JSONDecodeError), or under
+    `_strict_response_validation` does not fit openai's types (APIResponseValidationError): the SDK raises the
+    same; the server answered, so it generated and bills it: charged its worst case as a lost answer, logged."""
 
     def handler(request: httpx2.Request) -> httpx2.Response:
         return httpx2.Response(200, content=body, headers={"Content-Type": "application/json"})
 
     budget, log = _budget(tmp_path), CallLog(tmp_path / "calls.db")
     transport = httpx2.AsyncClient(transport=httpx2.MockTransport(handler)) if kind is AsyncOpenAI else httpx2.Client(transport=httpx2.MockTransport(handler))
-    client = kind(api_key="sk-test", base_url="http://upstream.test/v1", http_client=transport, budget=budget, log=log)
+    client = kind(api_key="sk-test", base_url="http://upstream.test/v1", http_client=transport, budget=budget, log=log, _strict_response_validation=strict)
 
     async def ask() -> Any:
         answer = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=8)
         return await answer if kind is AsyncOpenAI else answer
 
-    with pytest.raises(json.JSONDecodeError):
+    with pytest.raises(raised):
         asyncio.run(asyncio.wait_for(ask(), 20))
     assert budget.spent() >= 8 * 0.001  # its 8 output tokens at least: the server generated them
     _assert_log_matches_ledger(budget, log)

@@ -26,8 +26,9 @@ NEVER_SENT = (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout, ht
 def answer_lost(error: BaseException) -> bool:
     """Whether a failed request reached the server with no answer back: a connection error (a timeout
     included) other than one before the request was whole on the wire (a connection never made, a write cut),
-    or an answer that came whose JSON openai could not parse (`json.JSONDecodeError`: generated, and billed)."""
-    if isinstance(error, json.JSONDecodeError):
+    or an answer that came but openai could not read: JSON it could not parse (`json.JSONDecodeError`), or
+    under `_strict_response_validation` not of its types (`APIResponseValidationError`): generated, and billed."""
+    if isinstance(error, (json.JSONDecodeError, openai.APIResponseValidationError)):
         return True
     return isinstance(error, openai.APIConnectionError) and not isinstance(error.__cause__, NEVER_SENT)
 
