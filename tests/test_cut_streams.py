@@ -7,6 +7,7 @@ keeps the connection open: a caller that stops at the finish_reason must not wai
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import json
@@ -209,6 +210,26 @@ async def test_an_async_stream_left_at_its_finish_reason_is_closed_at_once_when_
     await stream.close()
     _check_whole(stalling, budget, tmp_path, time.monotonic() - started)
     assert stalling.requests == 1
+
+
+async def test_an_async_stream_whose_close_is_cancelled_while_it_reads_on_is_still_accounted(stalling: CutServer, tmp_path: Path) -> None:
+    """A cancel of `close()` while it reads on for the usage (which this server never sends) still settles, stores
+    and logs the whole answer: the cancel's exception skipped the account, and the hold, the cache claim and the
+    calibration gate stayed held, so the same call made again waited on them."""
+    client, budget = _client(AsyncOpenAI, stalling, tmp_path, timeout=STALLED_READ_S)
+    stream = await client.chat.completions.create(model="m", messages=HELLO, stream=True, max_tokens=8)
+    async for chunk in stream:
+        if chunk.choices and chunk.choices[0].finish_reason:
+            break
+    closing = asyncio.create_task(stream.close())
+    await asyncio.sleep(0.5)  # the close is reading on (for at most REST_READ_S, 2 s)
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    _check_whole(stalling, budget, tmp_path, 0.0)
+    again = await client.chat.completions.create(model="m", messages=HELLO, stream=True, max_tokens=8)
+    assert "".join([c.choices[0].delta.content or "" async for c in again if c.choices]) == "Hello there"
+    assert stalling.requests == 1  # from the cache
 
 
 def test_a_stream_left_by_break_reads_on_in_a_later_loop_as_openai_s_does(llama_server: str, tmp_path: Path) -> None:

@@ -236,13 +236,23 @@ class AsyncCore(Core):
                 tail = await self._io(relay.call, relay.finish, counts=True)
             except BaseException as error:
                 if isinstance(error, GeneratorExit) and relay.answered():  # closed after the whole answer: read to its end
-                    await self._io(relay.call, partial(relay.ended, await _rest(live)), counts=True)
+                    await self._ended(relay, live)
                 await self._io(relay.call, partial(relay.abort, error), counts=True)
                 raise
             for chunk in tail:
                 yield chunk
         finally:
             await live.close()  # after the account: a close that raises must not leave the reservation held
+
+
+    async def _ended(self, relay: Relay, live: Any) -> None:
+        """Account a stream closed after its whole answer, with what the server sent after it (its usage); a cancel
+        of that read still accounts the answer (the text counted) before it goes on up."""
+        rest: list[Any] = []
+        try:
+            rest = await _rest(live)
+        finally:
+            await self._io(relay.call, partial(relay.ended, rest), counts=True)
 
 
 async def offloaded(work: Callable[[], T]) -> T:
