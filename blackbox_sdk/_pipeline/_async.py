@@ -91,8 +91,10 @@ class AsyncCore(Core):
         try:
             yield response
         finally:
-            await context.__aexit__(None, None, None)
-            await self._io(call, partial(flows.settle_raw, self, call, None))
+            try:
+                await context.__aexit__(None, None, None)
+            finally:  # a close that fails (or is cancelled) must not leave the reservation held
+                await self._io(call, partial(flows.settle_raw, self, call, None))
 
     def stream_of(self, chunks: list[Any], response: Any, info: Any) -> BlackBoxAsyncStream[Any]:
         """A stream over chunks the SDK already holds."""

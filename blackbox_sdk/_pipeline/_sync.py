@@ -60,8 +60,10 @@ class SyncCore(Core):
         try:
             yield response
         finally:
-            context.__exit__(None, None, None)
-            flows.settle_raw(self, call, None)
+            try:
+                context.__exit__(None, None, None)
+            finally:  # a close that fails must not leave the reservation held
+                flows.settle_raw(self, call, None)
 
     def stream_of(self, chunks: list[Any], response: Any, info: Any) -> BlackBoxStream[Any]:
         """A stream over chunks the SDK already holds."""
