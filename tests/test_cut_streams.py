@@ -7,9 +7,12 @@ keeps the connection open: a caller that stops at the finish_reason must not wai
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import gc
 import json
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -190,8 +193,8 @@ def test_a_stream_left_at_its_finish_reason_is_closed_at_once_when_the_server_st
         pieces += [c.delta.content or "" for c in chunk.choices]
         if chunk.choices and chunk.choices[0].finish_reason:
             started = time.monotonic()
-            break  # leaving the loop closes the SDK's iterator (`__iter__` delegates to it): the wait was here
-    stream.close()
+            break
+    stream.close()  # the SDK's bounded read of the rest (the usage) runs here: the wait was here
     _check_whole(stalling, budget, tmp_path, time.monotonic() - started)
     again = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(model="m", messages=HELLO, stream=True, max_tokens=8) if c.choices)
     assert "".join(pieces) == again == "Hello there" and stalling.requests == 1  # the whole answer, from the cache
@@ -207,3 +210,68 @@ async def test_an_async_stream_left_at_its_finish_reason_is_closed_at_once_when_
     await stream.close()
     _check_whole(stalling, budget, tmp_path, time.monotonic() - started)
     assert stalling.requests == 1
+
+
+async def test_an_async_stream_whose_close_is_cancelled_while_it_reads_on_is_still_accounted(stalling: CutServer, tmp_path: Path) -> None:
+    """A cancel of `close()` while it reads on for the usage (which this server never sends) still settles, stores
+    and logs the whole answer: the cancel's exception skipped the account, and the hold, the cache claim and the
+    calibration gate stayed held, so the same call made again waited on them."""
+    client, budget = _client(AsyncOpenAI, stalling, tmp_path, timeout=STALLED_READ_S)
+    stream = await client.chat.completions.create(model="m", messages=HELLO, stream=True, max_tokens=8)
+    async for chunk in stream:
+        if chunk.choices and chunk.choices[0].finish_reason:
+            break
+    closing = asyncio.create_task(stream.close())
+    await asyncio.sleep(0.5)  # the close is reading on (for at most REST_READ_S, 2 s)
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    _check_whole(stalling, budget, tmp_path, 0.0)
+    again = await client.chat.completions.create(model="m", messages=HELLO, stream=True, max_tokens=8)
+    assert "".join([c.choices[0].delta.content or "" async for c in again if c.choices]) == "Hello there"
+    assert stalling.requests == 1  # from the cache
+
+
+def test_a_stream_left_by_break_reads_on_in_a_later_loop_as_openai_s_does(llama_server: str, tmp_path: Path) -> None:
+    """openai's `Stream.__iter__` loops over its iterator without closing it when the loop is left: a `break`
+    and a later `for` read on where it stopped. The SDK's stream does the same: the call ends, is settled,
+    cached and logged once, with the whole answer, when the second loop ends (not cut at the `break`)."""
+    prices = {"smollm2": {"input": 1000.0, "output": 1000.0}}
+    budget = Budget(total_usd=10.0, prices=prices, ledger=tmp_path / "ledger.db")
+    client = OpenAI(api_key="sk-test", base_url=llama_server, cache=tmp_path / "cache", budget=budget, log=tmp_path / "calls.db", max_retries=0)
+    ask = {"model": "smollm2", "messages": [{"role": "user", "content": "Count to ten."}], "max_tokens": 12, "temperature": 0, "stream": True}
+    stream = client.chat.completions.create(**ask)
+    for first in stream:
+        break
+    pieces = [chunk.choices[0].delta.content or "" for chunk in [first, *stream] if chunk.choices]
+    replayed = [chunk.choices[0].delta.content or "" for chunk in client.chat.completions.create(**ask) if chunk.choices]
+    assert len(pieces) > 2 and pieces == replayed  # the whole answer, read on after the break, then from the cache
+    report = budget.report()
+    assert (report.calls, report.outstanding_reservations) == (1, 0)
+    paid, hit = CallLog(tmp_path / "calls.db").calls()  # oldest first
+    assert (paid.error, hit.error, hit.cache_hit) == (None, None, True)
+    assert paid.cost_usd == pytest.approx(report.spent_usd) and hit.cost_usd == 0
+
+
+def _tokens_kept_in_a_cycle(text: str) -> int:
+    """A token count (words) whose frame a reference cycle keeps after it returns, as an exception a library
+    keeps does (tiktoken's failed download on a first count offline): the frames that called it go on too."""
+    held: list[Any] = []
+    held.append(sys._getframe())  # this frame holds itself
+    return len(text.split())
+
+
+def test_a_stream_left_by_break_and_let_go_is_accounted_at_once(llama_server: str, tmp_path: Path) -> None:
+    """The loop's stream, let go at its `break`, is freed and accounted as the loop ends, without a garbage
+    collection, though a cycle keeps the frames of the call that made it: the gate and the hold go at once."""
+    prices = {"smollm2": {"input": 1000.0, "output": 1000.0}}
+    budget = Budget(total_usd=10.0, prices=prices, ledger=tmp_path / "ledger.db")
+    client = OpenAI(api_key="sk-test", base_url=llama_server, budget=budget, log=tmp_path / "calls.db", max_retries=0, tokenizer=_tokens_kept_in_a_cycle)
+    gc.disable()
+    try:
+        for _chunk in client.chat.completions.create(model="smollm2", messages=HELLO, max_tokens=12, stream=True):
+            break
+        report = budget.report()
+    finally:
+        gc.enable()
+    assert (report.calls, report.outstanding_reservations) == (1, 0)

@@ -158,14 +158,16 @@ def test_a_background_response_still_queued_is_charged_its_worst_case(tmp_path: 
 
 def _reasoning_stream(request: httpx2.Request) -> httpx2.Response:
     """A chat stream as OpenAI sends a reasoning model's: two visible tokens, and usage (counting the 500 hidden
-    reasoning tokens) in a last chunk only when `stream_options.include_usage` asked for it."""
+    reasoning tokens) in a last chunk only when `stream_options.include_usage` asked for it (every other chunk
+    then carries `"usage": null`)."""
     body = json.loads(request.content)
-    base = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": MODEL}
+    asked = (body.get("stream_options") or {}).get("include_usage")
+    base = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": MODEL, **({"usage": None} if asked else {})}
     chunks = [
         {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Ap"}, "finish_reason": None}]},
         {**base, "choices": [{"index": 0, "delta": {"content": "ple."}, "finish_reason": "stop"}]},
     ]
-    if (body.get("stream_options") or {}).get("include_usage"):
+    if asked:
         chunks.append({**base, "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 502, "total_tokens": 511,
                                                           "completion_tokens_details": {"reasoning_tokens": 500}}})
     text = "".join(f"data: {json.dumps(chunk)}\n\n" for chunk in chunks) + "data: [DONE]\n\n"
@@ -182,6 +184,18 @@ def test_a_budgeted_stream_asks_for_the_usage_that_counts_hidden_tokens(asked: b
     assert [c.usage.completion_tokens for c in chunks if c.usage is not None] == ([502] if asked else [])  # the caller's view
     [spend] = budget.settled_since(0)
     assert spend.completion_tokens == 502  # the reasoning tokens billed, not the 2 the text shows
+
+
+@pytest.mark.parametrize("asked", [False, True])
+def test_a_budgeted_stream_hands_on_the_chunks_openai_gives_for_the_usage_asked(asked: bool, tmp_path: Path) -> None:
+    """The usage the SDK asked for on its own leaves no `"usage": null` in the caller's chunks (`to_dict()`, a proxy's
+    re-sent JSON): they are the ones openai's client yields for the caller's request."""
+    options = {"stream_options": {"include_usage": True}} if asked else {}
+    bare = openai.OpenAI(api_key="sk-test", http_client=httpx2.Client(transport=httpx2.MockTransport(_reasoning_stream)))
+    client = OpenAI(api_key="sk-test", http_client=httpx2.Client(transport=httpx2.MockTransport(_reasoning_stream)), budget=_budget(tmp_path))
+    streams = [c.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=1000, stream=True, **options) for c in (bare, client)]
+    expected, got = ([chunk.to_dict() for chunk in stream] for stream in streams)
+    assert got == expected
 
 
 def test_the_rate_window_counts_a_lost_answer_beside_the_one_that_came(tmp_path: Path) -> None:
@@ -388,3 +402,35 @@ def test_an_answer_that_is_not_json_is_charged_as_lost_and_holds_nothing_back(ki
     assert budget.spent() >= 2 * 8 * 0.001  # each charged at least its 8 output tokens: the server generated them
     records = list(CallLog(tmp_path / "calls.db").calls())
     assert [r.error is not None for r in records] == [True, True] and records[0].cost_usd > 0
+
+
+UNREADABLE = [
+    pytest.param(b'{"id": "c", "choices": [', False, json.JSONDecodeError, id="cut-json"),
+    pytest.param(b"", False, json.JSONDecodeError, id="empty"),
+    pytest.param(json.dumps({**ANSWER, "choices": "none"}).encode(), True, openai.APIResponseValidationError, id="invalid-strict"),
+]
+
+
+@pytest.mark.parametrize("kind", [OpenAI, AsyncOpenAI])
+@pytest.mark.parametrize(("body", "strict", "raised"), UNREADABLE)
+def test_an_answer_openai_cannot_read_raises_as_openai_and_is_charged_as_lost(kind: type, body: bytes, strict: bool, raised: type, tmp_path: Path) -> None:
+    """A 200 whose JSON body can't be parsed (openai raises json.JSONDecodeError), or under
+    `_strict_response_validation` does not fit openai's types (APIResponseValidationError): the SDK raises the
+    same; the server answered, so it generated and bills it: charged its worst case as a lost answer, logged."""
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(200, content=body, headers={"Content-Type": "application/json"})
+
+    budget, log = _budget(tmp_path), CallLog(tmp_path / "calls.db")
+    transport = httpx2.AsyncClient(transport=httpx2.MockTransport(handler)) if kind is AsyncOpenAI else httpx2.Client(transport=httpx2.MockTransport(handler))
+    client = kind(api_key="sk-test", base_url="http://upstream.test/v1", http_client=transport, budget=budget, log=log, _strict_response_validation=strict)
+
+    async def ask() -> Any:
+        answer = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=8)
+        return await answer if kind is AsyncOpenAI else answer
+
+    with pytest.raises(raised):
+        asyncio.run(asyncio.wait_for(ask(), 20))
+    assert budget.spent() >= 8 * 0.001  # its 8 output tokens at least: the server generated them
+    _assert_log_matches_ledger(budget, log)
+    assert [record.error is not None for record in log.calls()] == [True]

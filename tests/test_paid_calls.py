@@ -378,3 +378,50 @@ def test_choices_a_server_sent_malformed_come_back_as_openai_gives_them_and_the_
     sdk = OpenAI(base_url="http://api.test/v1", api_key="sk-test", http_client=_answering(body), max_retries=0, budget=budget, cache=str(tmp_path / "cache"))
     got = sdk.chat.completions.create(model=MODEL, messages=HI, max_tokens=50)  # len(None) or c.get on a string raised after the call was paid
     assert got.choices == choices and held(budget) == (0, pytest.approx(10 * 1e-6 + 5 * 2e-6))  # the server's object, as openai builds it
+
+
+class _BodyThatFailsToClose(httpx2.SyncByteStream, httpx2.AsyncByteStream):
+    """An answer's body whose connection fails as it is closed (a TLS close_notify refused, a reset)."""
+
+    def __iter__(self) -> Any:
+        yield json.dumps(answer()).encode()
+
+    async def __aiter__(self) -> Any:
+        yield json.dumps(answer()).encode()
+
+    def close(self) -> None:
+        raise httpx2.ReadError("connection reset while closing")
+
+    async def aclose(self) -> None:
+        raise httpx2.ReadError("connection reset while closing")
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_streaming_response_whose_close_fails_is_still_settled_and_logged(kind: str, tmp_path: Path) -> None:
+    """`with_streaming_response`: the error closing the response reaches the caller, as from openai's client,
+    and the call is settled and logged all the same (the close went first and its error skipped the account)."""
+    budget, log = Budget(total_usd=1.0, prices=PRICES), CallLog(tmp_path / "calls.db")
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(200, headers={"content-type": "application/json"}, stream=_BodyThatFailsToClose())
+
+    async def handle(request: httpx2.Request) -> httpx2.Response:
+        return handler(request)
+
+    async def ask() -> None:
+        if kind == "sync":
+            http = httpx2.Client(transport=httpx2.MockTransport(handler))
+            sdk = OpenAI(base_url="http://api.test/v1", api_key="sk-test", http_client=http, max_retries=0, budget=budget, log=log)
+            with sdk.chat.completions.with_streaming_response.create(model=MODEL, messages=HI, max_tokens=50) as response:
+                response.read()
+            return
+        ahttp = httpx2.AsyncClient(transport=httpx2.MockTransport(handle))
+        asdk = AsyncOpenAI(base_url="http://api.test/v1", api_key="sk-test", http_client=ahttp, max_retries=0, budget=budget, log=log)
+        async with asdk.chat.completions.with_streaming_response.create(model=MODEL, messages=HI, max_tokens=50) as aresponse:
+            await aresponse.read()
+
+    with pytest.raises(httpx2.ReadError):  # what openai's client raises
+        asyncio.run(ask())
+    outstanding, spent = held(budget)
+    assert outstanding == 0 and spent > 0
+    assert errors(log) == [None]

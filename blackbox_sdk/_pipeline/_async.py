@@ -91,8 +91,10 @@ class AsyncCore(Core):
         try:
             yield response
         finally:
-            await context.__aexit__(None, None, None)
-            await self._io(call, partial(flows.settle_raw, self, call, None))
+            try:
+                await context.__aexit__(None, None, None)
+            finally:  # a close that fails (or is cancelled) must not leave the reservation held
+                await self._io(call, partial(flows.settle_raw, self, call, None))
 
     def stream_of(self, chunks: list[Any], response: Any, info: Any) -> BlackBoxAsyncStream[Any]:
         """A stream over chunks the SDK already holds."""
@@ -236,13 +238,23 @@ class AsyncCore(Core):
                 tail = await self._io(relay.call, relay.finish, counts=True)
             except BaseException as error:
                 if isinstance(error, GeneratorExit) and relay.answered():  # closed after the whole answer: read to its end
-                    await self._io(relay.call, partial(relay.ended, await _rest(live)), counts=True)
+                    await self._ended(relay, live)
                 await self._io(relay.call, partial(relay.abort, error), counts=True)
                 raise
             for chunk in tail:
                 yield chunk
         finally:
             await live.close()  # after the account: a close that raises must not leave the reservation held
+
+
+    async def _ended(self, relay: Relay, live: Any) -> None:
+        """Account a stream closed after its whole answer, with what the server sent after it (its usage); a cancel
+        of that read still accounts the answer (the text counted) before it goes on up."""
+        rest: list[Any] = []
+        try:
+            rest = await _rest(live)
+        finally:
+            await self._io(relay.call, partial(relay.ended, rest), counts=True)
 
 
 async def offloaded(work: Callable[[], T]) -> T:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -24,7 +25,11 @@ NEVER_SENT = (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout, ht
 
 def answer_lost(error: BaseException) -> bool:
     """Whether a failed request reached the server with no answer back: a connection error (a timeout
-    included) other than one before the request was whole on the wire (a connection never made, a write cut)."""
+    included) other than one before the request was whole on the wire (a connection never made, a write cut),
+    or an answer that came but openai could not read: JSON it could not parse (`json.JSONDecodeError`), or
+    under `_strict_response_validation` not of its types (`APIResponseValidationError`): generated, and billed."""
+    if isinstance(error, (json.JSONDecodeError, openai.APIResponseValidationError)):
+        return True
     return isinstance(error, openai.APIConnectionError) and not isinstance(error.__cause__, NEVER_SENT)
 
 
@@ -217,6 +222,12 @@ class Call:
         """Whether the caller's stream asked for a final usage chunk."""
         options = self.params.get("stream_options")
         return isinstance(options, Mapping) and bool(options.get("include_usage"))
+
+    @property
+    def usage_asked(self) -> bool:
+        """Whether the SDK asks the server for the stream's usage (under a budget: billed tokens, hidden ones too),
+        the caller's request aside (a raw view's goes as the caller wrote it)."""
+        return self.stream and self.opts.budget is not None and self.route in (CHAT, COMPLETIONS)
 
 
 def marked_cut(call: Call, entry: Json) -> Json:

@@ -175,7 +175,7 @@ class Core:
             params = {k: v for k, v in params.items() if k not in call.caps_given or k in sent} | sent
         if seed is not None:
             params["seed"] = seed
-        if call.stream and not raw and call.opts.budget is not None and call.route in (CHAT, COMPLETIONS):
+        if call.usage_asked and not raw:
             options = params.get("stream_options")
             params["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}  # billed tokens, hidden ones too
         return params

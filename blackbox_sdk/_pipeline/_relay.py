@@ -41,8 +41,12 @@ class Relay:
     def pass_on(self, live: Any) -> Any | None:
         """The chunk to hand the caller for a live chunk: None for a usage-only chunk (held back: the
         call's own goes last); other chunks without choices (Azure's prompt filter results) as they came,
-        collected to be stored with the choices."""
+        collected to be stored with the choices. The `"usage": null` of a chunk whose usage the SDK alone asked
+        for is left out, as it is of the chunks openai's client yields for the caller's request."""
         data = live.to_dict(warnings=False)
+        if "usage" in data and data["usage"] is None and self.call.usage_asked and not self.call.include_usage:
+            del data["usage"]
+            live = chunk(self.call, data)
         usage = data.get("usage")
         if usage:
             self.running = usage

@@ -103,9 +103,11 @@ class BlackBoxStream(openai.Stream[T]):
         return next(self._iterator)
 
     def __iter__(self) -> Iterator[T]:
-        """The chunks."""
+        """The chunks. A loop, not `yield from`, as openai's: a `for` left by `break` leaves the SDK's iterator
+        open, so a later loop reads on (it is closed, and the call accounted, by `close()` or when the stream goes)."""
         self._reading.started = True
-        yield from self._iterator
+        for item in self._iterator:
+            yield item
 
     def _stop(self) -> None:
         """Stop the SDK's iterator: its bookkeeping runs (a stream closed early is charged and logged;

@@ -60,8 +60,10 @@ class SyncCore(Core):
         try:
             yield response
         finally:
-            context.__exit__(None, None, None)
-            flows.settle_raw(self, call, None)
+            try:
+                context.__exit__(None, None, None)
+            finally:  # a close that fails must not leave the reservation held
+                flows.settle_raw(self, call, None)
 
     def stream_of(self, chunks: list[Any], response: Any, info: Any) -> BlackBoxStream[Any]:
         """A stream over chunks the SDK already holds."""
@@ -73,7 +75,10 @@ class SyncCore(Core):
 
     # ---------------------------------------------------------------- effects
     def _run(self, flow: flows.Flow) -> Any:
-        """Drive a flow: perform each effect it yields and hand back the result, or throw in the error."""
+        """Drive a flow: perform each effect it yields and hand back the result, or throw in the error.
+        The result leaves no reference behind in this frame, which outlives the call when a reference cycle
+        holds a frame it called (an exception kept in a library): a stream returned is freed, and accounted,
+        as soon as its caller lets it go (a `for` left by `break`), not at the next garbage collection."""
         done, value = advance(flow, None, None)
         while not done:
             try:
@@ -81,7 +86,10 @@ class SyncCore(Core):
             except BaseException as raised:  # the flow releases, logs and re-raises it
                 result, error = None, raised
             done, value = advance(flow, result, error)
-        return value
+        try:
+            return value
+        finally:
+            del value
 
     def _perform(self, effect: flows.Effect) -> Any:
         """One effect's I/O."""
