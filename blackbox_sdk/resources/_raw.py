@@ -72,7 +72,7 @@ class RawMethod:
         if not self._streaming and not kwargs.get("stream") and self._route in PATHS:
             return self._whole(kwargs)
         originals = {name: kwargs[name] for name in STRUCTURED if name in kwargs} if self._parsing else {}
-        request = parse_request(dict(kwargs))[0] if self._parsing else kwargs
+        request = self._parser(dict(kwargs))[0] if self._parsing else kwargs  # the resource's own: responses' refuses a stream
         if self._parsing:
             request.pop("stream")  # openai's own `parse`, which `_Send` calls, takes no `stream`: it sends its own
         target = _Send(self._method, present(originals))
