@@ -285,6 +285,24 @@ def test_server_errors_are_retried_by_the_calls_policy(upstream: ResponsesUpstre
     assert records(log)[0].retries == 2
 
 
+@pytest.mark.parametrize("view", ["whole", "stream", "streaming response"])
+def test_a_raw_response_counts_the_retries_taken_as_openais_does(view: str, upstream: ResponsesUpstream, tmp_path: Path, budget: Budget) -> None:
+    """openai's raw responses say how many retries their request took (`retries_taken`); the SDK makes the
+    retries itself, and its raw responses said 0 after them."""
+    from blackbox_sdk import RetryPolicy
+
+    upstream.errors = 2
+    client = double_client(OpenAI, upstream, tmp_path, budget, retry=RetryPolicy(max_retries=2, sleep=lambda _: None))
+    asked = {"model": MODEL, "input": QUESTION, "max_output_tokens": 16}
+    if view == "streaming response":
+        with client.responses.with_streaming_response.create(**asked) as response:
+            assert response.retries_taken == 2 and response.parse().output_text == "Paris is the capital of France"
+        return
+    raw = client.responses.with_raw_response.create(**asked, stream=view == "stream")
+    raw.http_response.close()  # a raw stream is the caller's to read; this one is left unread
+    assert raw.retries_taken == 2 and raw.blackbox.retries == 2
+
+
 def test_the_budget_settles_the_servers_input_and_output_tokens(upstream: ResponsesUpstream, tmp_path: Path, budget: Budget) -> None:
     client = double_client(OpenAI, upstream, tmp_path, budget)
     answer = client.responses.create(model=MODEL, instructions="Be brief.", input=QUESTION, max_output_tokens=16)
