@@ -4,6 +4,7 @@ what goes on the wire and what comes back agree, where a user switching clients 
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +155,18 @@ def test_a_cache_hit_keeps_the_providers_fields_and_has_a_request_id(tmp_path: P
     assert hit.model_extra == first.model_extra == {"prompt_filter_results": CHAT["prompt_filter_results"]}
     assert first._request_id == "req_abc" and hit._request_id is None  # no request answered the hit
 
+
+
+def test_a_whole_raw_response_has_openais_elapsed_on_a_miss_and_a_hit(tmp_path: Path) -> None:
+    """`elapsed` on openai's raw response is the HTTP exchange's time; the SDK's raw response of a whole call
+    raised RuntimeError for it (its body is re-encoded in a response never sent): now the exchange's, none on a hit."""
+    plain, ours, _, _ = both(cache=str(tmp_path / "cache"))
+    assert isinstance(plain.chat.completions.with_raw_response.create(model="gpt-4o", messages=HI).elapsed, timedelta)
+    raw = ours.chat.completions.with_raw_response
+    for method, extra in ((raw.create, {}), (raw.parse, {"response_format": City})):
+        miss, hit = [method(model="gpt-4o", messages=HI, **extra) for _ in range(2)]
+        assert not miss.blackbox.cache_hit and isinstance(miss.elapsed, timedelta)
+        assert hit.blackbox.cache_hit and hit.elapsed == timedelta(0)
 
 
 def test_an_answer_the_sdk_rebuilt_from_one_response_keeps_its_request_id() -> None:

@@ -22,7 +22,7 @@ import pytest
 from openai.lib._parsing._responses import type_to_text_format_param
 from pydantic import BaseModel
 
-from blackbox_sdk import AsyncOpenAI, Budget, BudgetExceededError, CallLog, InvalidRequestError, OpenAI, PriceMissingError, RateLimitExceededError
+from blackbox_sdk import AsyncOpenAI, Budget, BudgetExceededError, CallLog, ConfigError, InvalidRequestError, OpenAI, PriceMissingError, RateLimitExceededError
 from blackbox_sdk._pipeline import _flows
 from blackbox_sdk.limits import RateLimits
 from blackbox_sdk.resources._responses_api import AsyncResponses, Responses
@@ -285,6 +285,24 @@ def test_server_errors_are_retried_by_the_calls_policy(upstream: ResponsesUpstre
     assert records(log)[0].retries == 2
 
 
+@pytest.mark.parametrize("view", ["whole", "stream", "streaming response"])
+def test_a_raw_response_counts_the_retries_taken_as_openais_does(view: str, upstream: ResponsesUpstream, tmp_path: Path, budget: Budget) -> None:
+    """openai's raw responses say how many retries their request took (`retries_taken`); the SDK makes the
+    retries itself, and its raw responses said 0 after them."""
+    from blackbox_sdk import RetryPolicy
+
+    upstream.errors = 2
+    client = double_client(OpenAI, upstream, tmp_path, budget, retry=RetryPolicy(max_retries=2, sleep=lambda _: None))
+    asked = {"model": MODEL, "input": QUESTION, "max_output_tokens": 16}
+    if view == "streaming response":
+        with client.responses.with_streaming_response.create(**asked) as response:
+            assert response.retries_taken == 2 and response.parse().output_text == "Paris is the capital of France"
+        return
+    raw = client.responses.with_raw_response.create(**asked, stream=view == "stream")
+    raw.http_response.close()  # a raw stream is the caller's to read; this one is left unread
+    assert raw.retries_taken == 2 and raw.blackbox.retries == 2
+
+
 def test_the_budget_settles_the_servers_input_and_output_tokens(upstream: ResponsesUpstream, tmp_path: Path, budget: Budget) -> None:
     client = double_client(OpenAI, upstream, tmp_path, budget)
     answer = client.responses.create(model=MODEL, instructions="Be brief.", input=QUESTION, max_output_tokens=16)
@@ -301,6 +319,17 @@ def test_the_raw_response_is_budgeted_and_logged(upstream: ResponsesUpstream, tm
     assert answer.output_text == "Paris is the capital of France" and raw.headers["content-type"] == "application/json"
     assert budget.report().spent_usd == pytest.approx(spent(answer.usage))
     assert records(log)[0].candidates == [answer.output_text]
+
+
+@pytest.mark.parametrize("view", ["parse", "with_raw_response.parse"])
+def test_a_streamed_parse_is_refused_before_anything_is_sent(view: str, upstream: ResponsesUpstream, tmp_path: Path, budget: Budget, log: CallLog) -> None:
+    """`parse` returns a whole response, through the raw view as well: asked to stream, it sends nothing (the
+    raw view once sent a whole request with chat's helper header, not the stream asked for)."""
+    client = double_client(OpenAI, upstream, tmp_path, budget)
+    method = client.responses.parse if view == "parse" else client.responses.with_raw_response.parse
+    with pytest.raises(ConfigError, match="parse\\(\\) returns a whole response"):
+        method(model=MODEL, input=QUESTION, text_format=City, max_output_tokens=16, stream=True)
+    assert upstream.bodies == [] and records(log) == [] and budget.report().calls == 0
 
 
 def test_parse_reranks_answers_that_fit_the_schema_first(upstream: ResponsesUpstream, tmp_path: Path, budget: Budget, log: CallLog) -> None:

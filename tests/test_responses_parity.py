@@ -5,6 +5,7 @@ in-process double of the Responses API (`httpx2.MockTransport`), so what differs
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from openai._models import validate_type
 from openai.types.responses import ResponseStreamEvent
 from pydantic import BaseModel
 
-from blackbox_sdk import Budget, CallLog, OpenAI
+from blackbox_sdk import AsyncOpenAI, Budget, CallLog, OpenAI
 
 from responses_upstream import stream_events
 
@@ -111,6 +112,32 @@ def test_the_final_response_of_every_stream_carries_blackbox(tmp_path: Path) -> 
     assert final(input="whole").cache_hit  # a whole answer's events
     reranked = final(input="reranked", reranker=lambda question, answers: [float(len(a)) for a in answers], rerank_n=2)
     assert reranked.requests == 2 and len(reranked.candidates) == 2
+
+
+def test_the_stream_helpers_return_openais_stream_managers(tmp_path: Path) -> None:
+    """`responses.stream(...)` and `chat.completions.stream(...)` return openai's manager classes, as openai's
+    client does (they were a wrapper of the SDK's own), and the stream entered still carries `.blackbox`."""
+    from openai.lib.streaming.chat import ChatCompletionStreamManager
+    from openai.lib.streaming.responses import AsyncResponseStreamManager, ResponseStreamManager
+
+    server = Server([message("Paris is the capital.")])
+    client = sdk(server, tmp_path)
+    manager = client.responses.stream(model=MODEL, input="Where?")
+    assert isinstance(manager, ResponseStreamManager)
+    with manager as stream:
+        assert list(stream)[-1].type == "response.completed" and not stream.blackbox.cache_hit
+    assert isinstance(client.chat.completions.stream(model=MODEL, messages=[{"role": "user", "content": "hi"}]), ChatCompletionStreamManager)
+    other = AsyncOpenAI(base_url="http://api.test/v1", api_key="sk-test", http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(server)),
+                        max_retries=0, cache=tmp_path / "cache")
+
+    async def entered() -> Any:
+        manager = other.responses.stream(model=MODEL, input="Where?")
+        assert isinstance(manager, AsyncResponseStreamManager)
+        async with manager as stream:
+            return [event async for event in stream][-1], stream.blackbox
+
+    last, info = asyncio.run(entered())
+    assert last.type == "response.completed" and info.cache_hit
 
 
 def test_a_cached_refusal_and_logprobs_stream_as_a_server_sends_them(tmp_path: Path) -> None:

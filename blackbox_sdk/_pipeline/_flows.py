@@ -378,6 +378,7 @@ def raw_create(core: Core, route: Route, target: Any, kwargs: Json) -> Flow:
     yield from io(call, partial(settle_raw, core, call, None if call.stream else raw_body(raw)))  # a stream's usage and text are the caller's to read
     with contextlib.suppress(Exception):  # the caller's own `parse()` raises what openai raises (a cut answer, a bad schema)
         attach(raw.parse(), call.info)
+    raw.retries_taken = call.info.retries  # as openai's raw response counts them; here the SDK took them
     return attach(raw, call.info)
 
 
@@ -394,4 +395,5 @@ def open_raw(core: Core, route: Route, target: Any, kwargs: Json) -> Flow:
     """`with_streaming_response.create` up to the unread response: (call, context to exit, response)."""
     call, send = yield from begin_raw(core, route, target, kwargs)
     context, response = yield from guarded(core, Effect("enter", call, (send,)))
+    response.retries_taken = call.info.retries  # as openai's counts them; here the SDK took them
     return call, context, attach(response, call.info)

@@ -13,6 +13,7 @@ upper bound, recorded as such), since the SDK does not see what the caller reads
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 from functools import cached_property
 from typing import Any
 
@@ -72,7 +73,7 @@ class RawMethod:
         if not self._streaming and not kwargs.get("stream") and self._route in PATHS:
             return self._whole(kwargs)
         originals = {name: kwargs[name] for name in STRUCTURED if name in kwargs} if self._parsing else {}
-        request = parse_request(dict(kwargs))[0] if self._parsing else kwargs
+        request = self._parser(dict(kwargs))[0] if self._parsing else kwargs  # the resource's own: responses' refuses a stream
         if self._parsing:
             request.pop("stream")  # openai's own `parse`, which `_Send` calls, takes no `stream`: it sends its own
         target = _Send(self._method, present(originals))
@@ -106,8 +107,10 @@ class BlackBoxRawResponse(LegacyAPIResponse[Any]):
         request = http.request if http is not None else httpx2.Request("POST", str(client.base_url).rstrip("/") + path)
         body = result.to_json(indent=None).encode()
         raw = httpx2.Response(http.status_code if http is not None else 200, headers=headers, content=body, request=request)
+        raw.elapsed = http.elapsed if http is not None else timedelta(0)  # openai's `elapsed`: the exchange's time; a hit had none
         options = FinalRequestOptions.construct(method="post", url=path)
-        super().__init__(raw=raw, cast_to=type(result), client=client, stream=False, stream_cls=None, options=options)
+        retries = result.blackbox.retries  # the SDK's retries, counted as openai's raw response counts its own
+        super().__init__(raw=raw, cast_to=type(result), client=client, stream=False, stream_cls=None, options=options, retries_taken=retries)
         self._result = result
         self._finish = finish
         attach(self, result.blackbox)

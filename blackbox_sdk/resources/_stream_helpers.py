@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from types import TracebackType
 from typing import Any
 
 from openai import omit
@@ -56,27 +55,37 @@ class Streams:
         """openai's stream manager over the SDK's `create` (the SDK's options allowed per call)."""
         params, overrides = split_options(kwargs)
         valid = self._fitting(params.get(self._format, omit))
-        return WithInfo(self._helper(StreamSource(self, overrides, valid), **params))
+        return with_info_on_entry(self._helper(StreamSource(self, overrides, valid), **params))
 
 
-class WithInfo:
-    """openai's stream manager (sync or async), whose stream gets the call's `.blackbox` on entry (the
-    SDK's stream's, which the helper reads) and hands it on to the final answer it accumulates."""
+_ENTERING: dict[type[Any], type[Any]] = {}  # openai's manager class -> its subclass that hands on `.blackbox`
 
-    def __init__(self, manager: Any) -> None:
-        self._manager = manager
 
-    def __enter__(self) -> Any:
-        return with_info(self._manager.__enter__())
+def with_info_on_entry(manager: Any) -> Any:
+    """openai's stream manager itself (sync or async: `isinstance` holds, as with openai's client), its class a
+    subclass whose entry gives the stream the call's `.blackbox` (the SDK's stream's, which the helper reads)."""
+    kind = type(manager)
+    if kind not in _ENTERING:
+        _ENTERING[kind] = _entering(kind)
+    manager.__class__ = _ENTERING[kind]
+    return manager
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
-        self._manager.__exit__(kind, error, trace)
 
-    async def __aenter__(self) -> Any:
-        return with_info(await self._manager.__aenter__())
+def _entering(kind: type[Any]) -> type[Any]:
+    """`kind` (one of openai's stream managers) with `__enter__` / `__aenter__` handing on `.blackbox`."""
+    if hasattr(kind, "__aenter__"):
 
-    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
-        await self._manager.__aexit__(kind, error, trace)
+        async def aenter(self: Any) -> Any:
+            return with_info(await kind.__aenter__(self))
+
+        entry: dict[str, Any] = {"__aenter__": aenter}
+    else:
+
+        def enter(self: Any) -> Any:
+            return with_info(kind.__enter__(self))
+
+        entry = {"__enter__": enter}
+    return type(kind.__name__, (kind,), {**entry, "__module__": kind.__module__, "__doc__": kind.__doc__})
 
 
 def with_info(stream: Any) -> Any:
