@@ -122,8 +122,8 @@ def test_a_streaming_response_view_is_sent_again(tmp_path: Path) -> None:
     with client.chat.completions.with_streaming_response.create(model=REASONER, messages=QUESTION) as response:
         assert json.loads(response.read())["usage"] == USAGE
     assert upstream.caps() == [{"max_tokens": 16}, {"max_completion_tokens": 16}]
-    [spend] = budget.settled_since(0)  # a view the caller reads is charged its worst case: one request's, not two
-    assert spend.completion_tokens == 16 and budget.report().reserved_usd == 0.0
+    [spend] = budget.settled_since(0)  # a view the caller reads whole is charged its body's usage: one request's, not two
+    assert spend.completion_tokens == USAGE["completion_tokens"] and budget.report().reserved_usd == 0.0
 
 
 @pytest.mark.parametrize("asynchronous", [False, True])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import openai
@@ -92,6 +93,45 @@ def test_with_streaming_response_reads_lines(client: OpenAI) -> None:
     with client.chat.completions.with_streaming_response.create(model=MODEL, messages=HELLO, max_tokens=4) as response:
         body = "".join(response.iter_lines())
     assert '"choices"' in body
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_streaming_view_read_whole_is_charged_its_usage_and_one_read_in_pieces_its_worst_case(
+    kind: str, llama_server: str, tmp_path: Path
+) -> None:
+    """`with_streaming_response.create` without `stream`: a body the caller read whole (`read`, `parse`) is charged
+    from its usage and logged with its answer, as `with_raw_response` is; read in lines, the SDK saw none of it."""
+    budget = blackbox_sdk.Budget(prices={MODEL: {"input": 1.0, "output": 1.0}}, ledger=str(tmp_path / "ledger.db"))
+    options: dict[str, object] = {"base_url": llama_server, "api_key": "sk-test", "budget": budget, "log": tmp_path / "calls.db"}
+    asked = {"model": MODEL, "messages": HELLO, "max_tokens": 64, "temperature": 0}
+
+    def ask() -> tuple[ChatCompletion, str]:
+        client = OpenAI(**options)  # type: ignore[arg-type]
+        with client.chat.completions.with_streaming_response.create(**asked) as response:
+            whole = response.parse()
+        with client.chat.completions.with_streaming_response.create(**asked) as response:
+            lines = "".join(response.iter_lines())
+        client.close()
+        return whole, lines
+
+    async def ask_async() -> tuple[ChatCompletion, str]:
+        client = AsyncOpenAI(**options)  # type: ignore[arg-type]
+        async with client.chat.completions.with_streaming_response.create(**asked) as response:
+            whole = await response.parse()
+        async with client.chat.completions.with_streaming_response.create(**asked) as response:
+            lines = "".join([line async for line in response.iter_lines()])
+        await client.close()
+        return whole, lines
+
+    whole, lines = ask() if kind == "sync" else asyncio.run(ask_async())
+    assert whole.usage is not None and '"choices"' in lines
+    log = blackbox_sdk.CallLog(tmp_path / "calls.db")
+    read, pieces = list(log.calls())
+    log.close()
+    assert read.cost_usd == pytest.approx((whole.usage.prompt_tokens + whole.usage.completion_tokens) * 1e-6)  # the body's usage
+    assert read.candidates == [whole.choices[0].message.content]
+    assert pieces.cost_usd > read.cost_usd and pieces.candidates == []  # the reserved worst case: 64 output tokens and the margin
+    assert budget.report().spent_usd == pytest.approx(read.cost_usd + pieces.cost_usd)
 
 
 async def test_async_raw_paths_are_awaited_accounted_and_logged(llama_server: str, tmp_path: Path) -> None:

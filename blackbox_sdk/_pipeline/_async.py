@@ -16,6 +16,7 @@ from typing import Any, TypeVar, cast
 from .._shielded import to_the_end
 from .._types import RESPONSES, Json, Route
 from . import _flows as flows
+from . import _raw_flows as raw_flows
 from . import _responses_api as responses_api
 from ._beam_steps import run_beam, step_options
 from ._calibrate import refused_max_tokens
@@ -82,19 +83,19 @@ class AsyncCore(Core):
 
     async def raw_create(self, route: Route, target: Any, kwargs: Json) -> Any:
         """`with_raw_response.create`: the raw response."""
-        return await self._run(flows.raw_create(self, route, target, kwargs))
+        return await self._run(raw_flows.raw_create(self, route, target, kwargs))
 
     @asynccontextmanager
     async def streaming_response(self, route: Route, target: Any, kwargs: Json) -> AsyncIterator[Any]:
         """`with_streaming_response.create`: openai's unread response, entered with retries; settled and logged on exit."""
-        call, context, response = await self._run(flows.open_raw(self, route, target, kwargs))
+        call, context, response = await self._run(raw_flows.open_raw(self, route, target, kwargs))
         try:
             yield response
         finally:
             try:
                 await context.__aexit__(None, None, None)
             finally:  # a close that fails (or is cancelled) must not leave the reservation held
-                await self._io(call, partial(flows.settle_raw, self, call, None))
+                await self._io(call, partial(raw_flows.settle_view, self, call, response))
 
     def stream_of(self, chunks: list[Any], response: Any, info: Any) -> BlackBoxAsyncStream[Any]:
         """A stream over chunks the SDK already holds."""

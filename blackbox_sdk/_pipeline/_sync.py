@@ -13,6 +13,7 @@ from typing import Any
 
 from .._types import RESPONSES, Json, Route
 from . import _flows as flows
+from . import _raw_flows as raw_flows
 from . import _responses_api as responses_api
 from ._beam_steps import run_beam, step_options
 from ._calibrate import refused_max_tokens
@@ -51,19 +52,19 @@ class SyncCore(Core):
 
     def raw_create(self, route: Route, target: Any, kwargs: Json) -> Any:
         """`with_raw_response.create`: the raw response."""
-        return self._run(flows.raw_create(self, route, target, kwargs))
+        return self._run(raw_flows.raw_create(self, route, target, kwargs))
 
     @contextmanager
     def streaming_response(self, route: Route, target: Any, kwargs: Json) -> Iterator[Any]:
         """`with_streaming_response.create`: openai's unread response, entered with retries; settled and logged on exit."""
-        call, context, response = self._run(flows.open_raw(self, route, target, kwargs))
+        call, context, response = self._run(raw_flows.open_raw(self, route, target, kwargs))
         try:
             yield response
         finally:
             try:
                 context.__exit__(None, None, None)
             finally:  # a close that fails must not leave the reservation held
-                flows.settle_raw(self, call, None)
+                raw_flows.settle_view(self, call, response)
 
     def stream_of(self, chunks: list[Any], response: Any, info: Any) -> BlackBoxStream[Any]:
         """A stream over chunks the SDK already holds."""
