@@ -142,6 +142,20 @@ def test_upstream_errors_are_counted_and_metrics_stay_on_loopback_without_keys(t
         assert remote.get("/metrics").status_code == 403 and remote.get("/").status_code == 403
 
 
+def test_a_request_the_sdk_refuses_before_sending_is_no_upstream_error(tmp_path: Path) -> None:
+    """The SDK's own 400 (an `InvalidRequestError`, an `openai.BadRequestError` as the server's would be) is a bad
+    request: counted in requests_total under 400, not as an upstream failure (the upstream here is not even up)."""
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    app = create_app(ProxyConfig(upstream=dead, max_retries=0))
+    with TestClient(app, base_url="http://localhost", client=("127.0.0.1", 50000)) as http:
+        _ready(http)
+        refused = http.post("/v1/chat/completions", json={"model": MODEL, "messages": [], "max_tokens": 4})
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "messages"
+        _, samples = scrape(http)
+        assert value(samples, "blackbox_proxy_requests_total", route="chat", status="400", model=MODEL, key="") == 1
+        assert value(samples, "blackbox_proxy_upstream_errors_total") == 0
+
+
 def test_two_apps_in_one_process_keep_their_own_metrics(llama_server: str) -> None:
     one, two = create_app(ProxyConfig(upstream=llama_server)), create_app(ProxyConfig(upstream=llama_server))
     loopback = ("127.0.0.1", 50000)

@@ -240,7 +240,10 @@ class AsyncCore(Core):
             except BaseException as error:
                 if isinstance(error, GeneratorExit) and relay.answered():  # closed after the whole answer: read to its end
                     await self._ended(relay, live)
-                await self._io(relay.call, partial(relay.abort, error), counts=True)
+                try:  # closed first: the server stops generating, so counting what came (its tokenize route) waits on none
+                    await live.close()
+                finally:
+                    await self._io(relay.call, partial(relay.abort, error), counts=True)
                 raise
             for chunk in tail:
                 yield chunk

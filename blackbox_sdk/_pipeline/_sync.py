@@ -171,9 +171,10 @@ class SyncCore(Core):
                             break
                         live, head = self._open(relay.call, request)
                     yield from relay.finish()
-                except GeneratorExit:
-                    if relay.answered():  # closed after the whole answer: accounted as read to its end
+                except BaseException as error:
+                    if isinstance(error, GeneratorExit) and relay.answered():  # closed after the whole answer: read to its end
                         relay.ended(_rest(live))
+                    live.close()  # before the account: the server stops generating, so counting what came waits on none
                     raise
         finally:
             live.close()  # after the account: a close that raises must not leave the reservation held

@@ -37,6 +37,7 @@ from prometheus_client import (
     generate_latest,
 )
 
+from .._exceptions import BlackBoxError
 from ..budget._policy import is_count
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -60,7 +61,10 @@ def _tokens(usage: Any, name: str, responses_name: str) -> int:
 
 
 def upstream_kind(exc: BaseException) -> tuple[str, str] | None:
-    """(status, kind) of an upstream failure; None for anything the proxy or the SDK refused itself."""
+    """(status, kind) of an upstream failure; None for anything the proxy or the SDK refused itself (the SDK's own
+    `InvalidRequestError` is an `openai.BadRequestError` too, as the server's 400 would be, but nothing was sent)."""
+    if isinstance(exc, BlackBoxError):
+        return None
     if isinstance(exc, openai.APIStatusError):
         return str(exc.status_code), "status"
     if isinstance(exc, openai.APITimeoutError):
