@@ -274,6 +274,12 @@ def test_a_single_string_of_answers_is_refused(adapter: Adapter) -> None:
         adapter.score_texts("Nairobi")
 
 
+@pytest.mark.parametrize("pairs", [[("q",)], [("q", "a", "b")], ["qa"], [("q", 3)], "qa", None], ids=["one", "three", "string", "number", "text", "none"])
+def test_pairs_that_are_not_question_answer_strings_are_an_adapter_error(adapter: Adapter, pairs: object) -> None:
+    with pytest.raises(AdapterError, match="pair"):  # before: ValueError from unpacking, or a wrong pair scored ("qa" as q and a)
+        adapter.score_pairs(pairs)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(
     ("question", "answers", "message"),
     [

@@ -50,6 +50,19 @@ def same_base(folder: Path, document: dict[str, Any], sha256: str, config: Adapt
         )
 
 
+def question_answer_pairs(pairs: object) -> list[tuple[str, str]]:
+    """The pairs as given when each is a (question, answer) pair of strings; AdapterError otherwise, where unpacking
+    would fail with a bare error or, worse, score a wrong pair (a two-letter string read as a question and an answer)."""
+    if isinstance(pairs, str) or not isinstance(pairs, Iterable):
+        raise AdapterError(f"pairs must be a list of (question, answer) pairs, not {type(pairs).__name__}")
+    found = []
+    for pair in pairs:
+        if isinstance(pair, str) or not isinstance(pair, Sequence) or len(pair) != 2 or not all(isinstance(text, str) for text in pair):
+            raise AdapterError(f"each pair must be a (question, answer) pair of strings; got {pair!r:.80}")
+        found.append((pair[0], pair[1]))
+    return found
+
+
 def tokenizable(texts: Iterable[object], what: str) -> list[str]:
     """The texts as a tokenizer takes them: AdapterError for one that is not a string, and a lone
     surrogate (half of an emoji a server cut in two) replaced by U+FFFD, as the tokenizer can't read it."""
@@ -186,7 +199,7 @@ class Adapter:
 
     def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
         """Scores for (question, answer) pairs, possibly of different questions, in one batched pass."""
-        return self.score_texts([self.config.render(q, a) for q, a in pairs])
+        return self.score_texts([self.config.render(q, a) for q, a in question_answer_pairs(pairs)])
 
     def score(self, question: str, answers: Sequence[str]) -> list[float]:
         """Scores of sampled answers to one question (higher is better): the reranker's scorer.
