@@ -219,6 +219,16 @@ class ChatRequest(Sampling):
     logprobs: StrictBool | None = None
     top_logprobs: Annotated[int, Field(strict=True, ge=0, le=MAX_TOP_LOGPROBS_CHAT)] | None = None
     response_format: dict[str, Any] | None = None  # read by _structured.chat_format
+    tool_choice: Any = None  # only "none" or "auto": _no_forced_call
+    function_call: Any = None  # the deprecated tool_choice, likewise
+
+    @field_validator("tool_choice", "function_call")
+    @classmethod
+    def _no_forced_call(cls, value: Any, info: ValidationInfo) -> Any:
+        """Refuse a choice that forces a call ("required", a named function): without tools it can't be honoured."""
+        if value not in (None, "none", "auto"):
+            raise ValueError(f"{info.field_name} {value!r} forces a call, but the local HF backend does not support tools")
+        return value
 
     @field_validator("top_logprobs")
     @classmethod
