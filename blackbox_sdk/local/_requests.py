@@ -303,19 +303,19 @@ def _parts_text(parts: list[object], role: object) -> str:
         if field is not None and isinstance(part, dict) and isinstance(part.get(field), str):
             texts.append(part[field])
         elif field is not None:
-            raise _part_error(j, part, f"a {kind!r} content part needs its {field!r} string")
+            raise item_error(j, part, f"a {kind!r} content part needs its {field!r} string")
         elif kind in allowed:
-            raise _part_error(j, part, f"content parts of type {kind!r} are not supported: this model reads text only")
+            raise item_error(j, part, f"content parts of type {kind!r} are not supported: this model reads text only")
         else:
             kinds = " or ".join(map(repr, allowed))
-            raise _part_error(j, part, f"a {role} message's content parts must be of type {kinds}, not {kind!r}")
+            raise item_error(j, part, f"a {role} message's content parts must be of type {kinds}, not {kind!r}")
     return "\n".join(texts)
 
 
-def _part_error(index: int, part: object, why: str) -> ValidationError:
-    """A refused content part, located at its index within `content`."""
+def item_error(index: int, part: object, why: str) -> ValidationError:
+    """A refused list item (a content part, an input item), located at its index within the list."""
     error = PydanticCustomError("value_error", "{why}", {"why": why})
-    return ValidationError.from_exception_data("content", [InitErrorDetails(type=error, loc=(index,), input=part)])
+    return ValidationError.from_exception_data("item", [InitErrorDetails(type=error, loc=(index,), input=part)])
 
 
 def _param_path(loc: Sequence[int | str]) -> str:
