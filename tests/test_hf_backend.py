@@ -120,6 +120,8 @@ def test_text_parts_read_like_the_same_string(backend: HFBackend) -> None:
         pytest.param({"messages": COUNT, "top_logprobs": 2}, "top_logprobs", id="top-logprobs-alone"),
         pytest.param({"messages": COUNT, "soft_prompt": "unknown"}, "soft_prompt", id="soft-prompt"),
         pytest.param({"messages": COUNT, "tools": [{"type": "function"}]}, "tools", id="tools"),
+        pytest.param({**GREEDY, "tool_choice": "required"}, "tool_choice", id="tool-choice-required"),
+        pytest.param({**GREEDY, "function_call": {"name": "f"}}, "function_call", id="function-call-forced"),
         pytest.param({"messages": COUNT, "max_tokens": 10**6}, "messages", id="context"),
         pytest.param({"messages": COUNT, "n": 129, "max_tokens": 1}, "n", id="n-over-128"),
         pytest.param({"messages": COUNT, "temperature": "1", "max_tokens": 1}, "temperature", id="temperature-string"),

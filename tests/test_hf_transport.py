@@ -259,3 +259,21 @@ def test_a_crashing_model_is_a_500(client: openai.OpenAI, backend: HFBackend, mo
         client.chat.completions.create(**GREEDY)
     with pytest.raises(openai.APIError, match="out of memory"):
         list(client.chat.completions.create(**GREEDY, stream=True))
+
+
+def test_logprob_bytes_are_each_tokens_own_bytes_and_join_to_the_text(client: openai.OpenAI) -> None:
+    japanese = [{"role": "user", "content": "Write one emoji and the word hello in Japanese."}]
+    params: dict[str, Any] = {**GREEDY, "messages": japanese, "max_tokens": 4, "logprobs": True, "top_logprobs": 1}
+    reply = client.chat.completions.create(**params)  # its characters take two tokens each
+    content = reply.choices[0].logprobs.content  # type: ignore[union-attr]
+    assert b"".join(bytes(entry.bytes or []) for entry in content).decode() == reply.choices[0].message.content
+    assert all(entry.top_logprobs[0].bytes == entry.bytes for entry in content)  # greedy: the top token is the one drawn
+
+
+def test_a_stop_string_cuts_the_streamed_logprobs_as_the_whole_ones(client: openai.OpenAI) -> None:
+    params: dict[str, Any] = {**GREEDY, "max_tokens": 12, "stop": [" 2\n"], "logprobs": True}
+    whole = client.chat.completions.create(**params).choices[0]
+    chunks = list(client.chat.completions.create(**params, stream=True))
+    streamed = [e for c in chunks for e in ((c.choices[0].logprobs and c.choices[0].logprobs.content) or [])]
+    assert whole.finish_reason == "stop" and _text(chunks) == whole.message.content
+    assert [e.token for e in streamed] == [e.token for e in whole.logprobs.content]  # type: ignore[union-attr]

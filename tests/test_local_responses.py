@@ -187,6 +187,8 @@ async def test_async_stream_helper_and_async_create(aclient: openai.AsyncOpenAI,
         pytest.param({"max_output_tokens": 2, "service_tier": "fastest"}, "service_tier", id="ignored-but-unknown"),
         pytest.param({"max_output_tokens": 2, "text": {"format": {"type": "json_object"}}}, "input", id="json-unsaid"),
         pytest.param({"input": []}, "input", id="empty-input"),
+        pytest.param({"input": ["hi"]}, "input[0]", id="item-not-an-object"),
+        pytest.param({"input": 5}, "input", id="input-not-text-or-items"),
         pytest.param({"input": [{"type": "reasoning", "id": "rs_1", "summary": []}]}, "input[0]", id="reasoning-item"),
         pytest.param({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0]", id="item-reference"),
         pytest.param(

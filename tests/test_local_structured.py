@@ -161,6 +161,21 @@ def test_running_out_of_tokens_is_finish_reason_length(client: openai.OpenAI) ->
             "response_format.json_schema.schema",
             id="recursive",
         ),
+        pytest.param(
+            {"type": "object", "properties": {"a": {"type": "string", "maxLength": -1}}},
+            "response_format.json_schema.schema",
+            id="negative-maxLength",
+        ),
+        pytest.param(
+            {"type": "object", "properties": {"a": {"type": "string", "minLength": 5, "maxLength": 2}}},
+            "response_format.json_schema.schema",
+            id="minLength-above-maxLength",
+        ),
+        pytest.param(
+            {"type": "object", "properties": {"a": {"type": "array", "minItems": 3, "maxItems": 1}}, "required": ["a"]},
+            "response_format.json_schema.schema",
+            id="minItems-above-maxItems",
+        ),
     ],
 )  # fmt: skip
 def test_schemas_outside_the_subset_are_refused_with_400(
@@ -168,7 +183,7 @@ def test_schemas_outside_the_subset_are_refused_with_400(
 ) -> None:
     fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
     with pytest.raises(openai.BadRequestError) as caught:
-        client.chat.completions.create(model="local", messages=FRANCE, response_format=fmt)  # type: ignore[arg-type]
+        client.chat.completions.create(model="local", messages=FRANCE, response_format=fmt, max_tokens=8)  # type: ignore[arg-type]
     assert caught.value.param == param
 
 

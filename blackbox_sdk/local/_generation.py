@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +19,8 @@ from .._exceptions import BackendError
 from ._constrained import SchemaConstraint
 from ._loading import LoadedModel
 from ._prompts import Decoding, Prompt
+
+_BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")  # a sentencepiece byte-fallback token
 
 
 @dataclass
@@ -47,7 +51,31 @@ def logprob_entry(tokenizer: Any, logits: torch.Tensor, token_id: int, top: int)
 def _token_entry(tokenizer: Any, token_id: int, logprob: float) -> dict[str, Any]:
     """A `{token, logprob, bytes}` record for one token id."""
     text = tokenizer.decode([token_id])
-    return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+    return {"token": text, "logprob": logprob, "bytes": list(_token_bytes(tokenizer, token_id, text))}
+
+
+def _token_bytes(tokenizer: Any, token_id: int, text: str) -> bytes:
+    """A token's own UTF-8 bytes, so that half a character's bytes join the next token's as OpenAI's `bytes` do.
+
+    Decoding one token alone turns half a character into U+FFFD; the raw bytes come from the vocabulary
+    piece instead: a byte-level BPE piece (checked against the decoded text) or a `<0xNN>` byte token."""
+    piece = tokenizer.convert_ids_to_tokens(token_id)
+    if isinstance(piece, str) and (byte := _BYTE_PIECE.fullmatch(piece)):
+        return bytes([int(byte.group(1), 16)])
+    decoder = _byte_level_decoder()
+    if isinstance(piece, str) and piece and all(char in decoder for char in piece):
+        raw = bytes(decoder[char] for char in piece)
+        if raw.decode("utf-8", errors="replace") == text:
+            return raw
+    return text.encode("utf-8")
+
+
+@functools.cache
+def _byte_level_decoder() -> dict[str, int]:
+    """GPT-2's byte-level BPE alphabet, character -> byte: printable bytes stand for themselves, the rest from U+0100."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    return {chr(b): b for b in printable} | {chr(256 + i): b for i, b in enumerate(others)}
 
 
 def run_generate(
@@ -127,7 +155,7 @@ def _candidate(lm: LoadedModel, ids: list[int], logits: torch.Tensor | None, dec
     cut = cut_at_stop(text, decoding.stop)
     if cut is not None:
         text, finish, spent = text[:cut], "stop", len(kept)
-        kept = kept[: _tokens_within(lm.tokenizer, kept, cut)]
+        kept = kept[: tokens_within(lm.tokenizer, kept, cut)]
     elif ended is not None:
         finish, spent = "stop", len(kept) + 1
     else:
@@ -137,7 +165,7 @@ def _candidate(lm: LoadedModel, ids: list[int], logits: torch.Tensor | None, dec
     return Candidate(text, finish, spent, entries)
 
 
-def _tokens_within(tokenizer: Any, ids: list[int], length: int) -> int:
+def tokens_within(tokenizer: Any, ids: list[int], length: int) -> int:
     """How many leading tokens start inside the first `length` characters of the decoded text."""
     count = 0
     while count < len(ids) and len(tokenizer.decode(ids[:count], skip_special_tokens=True)) < length:

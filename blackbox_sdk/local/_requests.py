@@ -219,6 +219,16 @@ class ChatRequest(Sampling):
     logprobs: StrictBool | None = None
     top_logprobs: Annotated[int, Field(strict=True, ge=0, le=MAX_TOP_LOGPROBS_CHAT)] | None = None
     response_format: dict[str, Any] | None = None  # read by _structured.chat_format
+    tool_choice: Any = None  # only "none" or "auto": _no_forced_call
+    function_call: Any = None  # the deprecated tool_choice, likewise
+
+    @field_validator("tool_choice", "function_call")
+    @classmethod
+    def _no_forced_call(cls, value: Any, info: ValidationInfo) -> Any:
+        """Refuse a choice that forces a call ("required", a named function): without tools it can't be honoured."""
+        if value not in (None, "none", "auto"):
+            raise ValueError(f"{info.field_name} {value!r} forces a call, but the local HF backend does not support tools")
+        return value
 
     @field_validator("top_logprobs")
     @classmethod
@@ -293,19 +303,19 @@ def _parts_text(parts: list[object], role: object) -> str:
         if field is not None and isinstance(part, dict) and isinstance(part.get(field), str):
             texts.append(part[field])
         elif field is not None:
-            raise _part_error(j, part, f"a {kind!r} content part needs its {field!r} string")
+            raise item_error(j, part, f"a {kind!r} content part needs its {field!r} string")
         elif kind in allowed:
-            raise _part_error(j, part, f"content parts of type {kind!r} are not supported: this model reads text only")
+            raise item_error(j, part, f"content parts of type {kind!r} are not supported: this model reads text only")
         else:
             kinds = " or ".join(map(repr, allowed))
-            raise _part_error(j, part, f"a {role} message's content parts must be of type {kinds}, not {kind!r}")
+            raise item_error(j, part, f"a {role} message's content parts must be of type {kinds}, not {kind!r}")
     return "\n".join(texts)
 
 
-def _part_error(index: int, part: object, why: str) -> ValidationError:
-    """A refused content part, located at its index within `content`."""
+def item_error(index: int, part: object, why: str) -> ValidationError:
+    """A refused list item (a content part, an input item), located at its index within the list."""
     error = PydanticCustomError("value_error", "{why}", {"why": why})
-    return ValidationError.from_exception_data("content", [InitErrorDetails(type=error, loc=(index,), input=part)])
+    return ValidationError.from_exception_data("item", [InitErrorDetails(type=error, loc=(index,), input=part)])
 
 
 def _param_path(loc: Sequence[int | str]) -> str:

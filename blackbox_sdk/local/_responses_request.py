@@ -20,6 +20,7 @@ from ._requests import (
     LocalRequestError,
     Message,
     PositiveInt,
+    item_error,
     openai_params,
     reject_mistyped,
     reject_unknown,
@@ -51,6 +52,17 @@ class ResponsesRequest(BaseModel):
     metadata: dict[str, str] | None = Field(default=None, max_length=16)
     text: dict[str, Any] | None = None
     soft_prompt: Annotated[str, Field(min_length=1)] | None = None
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _text_or_items(cls, value: object) -> object:
+        """A string or a list of item objects; otherwise a 400 saying which, not pydantic's `input.str`."""
+        if not isinstance(value, (str, list)):
+            raise ValueError(f"input must be a string or a list of input items, not {type(value).__name__}")
+        for i, item in enumerate(value if isinstance(value, list) else []):
+            if not isinstance(item, dict):
+                raise item_error(i, item, f"an input item must be an object, not {type(item).__name__}")
+        return value
 
     @field_validator("input")
     @classmethod

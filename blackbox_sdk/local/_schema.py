@@ -97,14 +97,29 @@ class _Compiler:
             return self.object_node(schema, path)
         if kind == "array":
             items = self.node(schema.get("items", {}), (*path, "items"))
-            return Node("array", items=items, low=_count(schema, "minItems"), high=_limit(schema, "maxItems"))
+            low, high = self.bounds(schema, "minItems", "maxItems", path)
+            return Node("array", items=items, low=low, high=high)
         if kind == "string":
-            return Node("string", low=_count(schema, "minLength"), high=_limit(schema, "maxLength"))
+            low, high = self.bounds(schema, "minLength", "maxLength", path)
+            return Node("string", low=low, high=high)
         if kind == "boolean":
             return Node("literal", options=("true", "false"))
         if kind == "null":
             return Node("literal", options=("null",))
         return Node(str(kind))
+
+    def bounds(
+        self, schema: dict[str, Any], low_key: str, high_key: str, path: tuple[str, ...]
+    ) -> tuple[int, int | None]:
+        """A length or item-count range; a bound that is not a non-negative integer, or a range no value fits, is
+        refused (constrained decoding could only end such an answer invalid)."""
+        low, high = schema.get(low_key) or 0, schema.get(high_key)  # null as absent
+        for key, value in ((low_key, low), (high_key, high)):
+            if value is not None and (type(value) is not int or value < 0):
+                raise self.refuse(f"{key} must be a non-negative integer, not {value!r}", path)
+        if high is not None and low > high:
+            raise self.refuse(f"{low_key} {low} is above {high_key} {high}, so no value fits", path)
+        return low, high
 
     def object_node(self, schema: dict[str, Any], path: tuple[str, ...]) -> Node:
         """An object schema; with no `properties` any keys and values are allowed (json_object)."""
@@ -150,18 +165,6 @@ class _Compiler:
 def dumps(value: Any) -> str:
     """A value in the canonical form documents use."""
     return json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
-
-
-def _count(schema: dict[str, Any], key: str) -> int:
-    """A non-negative integer keyword, 0 when absent."""
-    value = schema.get(key, 0)
-    return value if isinstance(value, int) and value >= 0 else 0
-
-
-def _limit(schema: dict[str, Any], key: str) -> int | None:
-    """An upper bound keyword, None when absent."""
-    value = schema.get(key)
-    return value if isinstance(value, int) and value >= 0 else None
 
 
 def first_chars(node: Node) -> set[str]:

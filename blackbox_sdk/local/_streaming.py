@@ -18,7 +18,7 @@ from transformers.generation.stopping_criteria import StoppingCriteria, Stopping
 from transformers.generation.streamers import BaseStreamer
 
 from .._exceptions import BackendError
-from ._generation import cut_at_stop, logprob_entry, run_generate
+from ._generation import cut_at_stop, logprob_entry, run_generate, tokens_within
 from ._loading import LoadedModel
 from ._prompts import Decoding, Prompt
 from ._requests import CompletionRequest
@@ -127,7 +127,7 @@ def stream_choice(lm: LoadedModel, prompt: Prompt, decoding: Decoding, seed: int
         text = lm.tokenizer.decode(ids, skip_special_tokens=True)
         cut = cut_at_stop(text, decoding.stop)
         if cut is not None:
-            yield Delta(text[sent:cut], pending, "stop", len(ids))
+            yield Delta(text[sent:cut], _before_stop(lm, ids, pending, cut), "stop", len(ids))
             return
         safe = len(text) - _held_back(text, decoding.stop)
         if safe > sent:
@@ -136,6 +136,14 @@ def stream_choice(lm: LoadedModel, prompt: Prompt, decoding: Decoding, seed: int
     text = lm.tokenizer.decode([t for t in ids if t not in lm.eos_ids], skip_special_tokens=True)
     finish = finish or ("length" if len(ids) >= decoding.max_new_tokens else "stop")
     yield Delta(text[sent:], pending, finish, len(ids))
+
+
+def _before_stop(lm: LoadedModel, ids: list[int], pending: list[dict[str, Any]], cut: int) -> list[dict[str, Any]]:
+    """The unsent log-probs of the tokens before a stop string: its own tokens have none, as in a whole answer."""
+    if not pending:
+        return pending
+    unsent_from = len(ids) - len(pending)  # pending holds the log-probs of the last tokens, one each
+    return pending[: max(0, tokens_within(lm.tokenizer, ids, cut) - unsent_from)]
 
 
 def _choice_seed(decoding: Decoding, index: int) -> int | None:
