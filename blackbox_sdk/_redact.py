@@ -112,6 +112,12 @@ def credentials_end(rest: str) -> int:
     return later[0] if later and broken else end
 
 
+def pasted_password(url: str) -> str:
+    """A URL's password as written in its user info (percent-encoded or not, pasted raw), "" when it has none."""
+    rest = url.partition("://")[2]
+    return rest[:max(credentials_end(rest), 0)].partition(":")[2]
+
+
 def _port_of(host: str) -> str:
     """The port written after a host (``h:5432``, ``[::1]:5432``), "" when none."""
     return host.rpartition("]")[2].partition(":")[2] if host.startswith("[") else host.partition(":")[2]

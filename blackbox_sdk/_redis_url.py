@@ -19,7 +19,7 @@ from urllib.parse import SplitResult, parse_qsl, unquote, unquote_plus, urlencod
 
 from ._exceptions import ConfigError
 from ._logging import logger
-from ._redact import credentials_end, url_without_password
+from ._redact import credentials_end, pasted_password, url_without_password
 
 REDIS_SCHEMES = ("redis", "rediss")
 REDIS_OR_UNIX = ("redis", "rediss", "unix")
@@ -83,8 +83,7 @@ def no_retry_mends(error: BaseException) -> bool:
 def _secrets(url: str, parts: SplitResult) -> list[str]:
     """The URL's password and ``password=`` query values, as written and decoded, longest first (a whole before its pieces)."""
     found = {parts.password or "", unquote(parts.password or "")}
-    rest = url.partition("://")[2]
-    pasted = rest[:max(credentials_end(rest), 0)].partition(":")[2]  # a password not percent-encoded, as written
+    pasted = pasted_password(url)  # a password not percent-encoded, as written
     found |= {pasted, unquote(pasted)}
     for pair in parts.query.split("&"):
         name, _, value = pair.partition("=")

@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from urllib.parse import unquote
 
-from .._redact import credentials_end, url_without_password
+from .._redact import pasted_password, url_without_password
 
 _SCHEMES = ("postgresql", "postgres")
 _SCHEME_NAME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*")
@@ -53,8 +53,7 @@ def refusal(detail: str) -> str | None:
 def scrub(text: str, url: str) -> str:
     """``text`` (a driver's message) with ``url`` shown without its password, and the password itself, as written or decoded, as ``***``."""
     text = text.replace(url, url_without_password(url))
-    rest = url.partition("://")[2]
-    pasted = rest[:max(credentials_end(rest), 0)].partition(":")[2]
+    pasted = pasted_password(url)
     passwords = [pasted, *re.findall(r"(?:^|&)password=([^&#]*)", url.partition("?")[2])]
     for secret in sorted({form for raw in passwords for form in (raw, unquote(raw)) if form}, key=len, reverse=True):
         text = text.replace(secret, "***")
