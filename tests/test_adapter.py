@@ -141,6 +141,8 @@ def test_the_card_usage_example_is_the_metadata_example(adapter: Adapter, tmp_pa
         pytest.param({"example": QUESTION}, r'metadata\["example"\] must be', id="example-a-text"),
         pytest.param({"verdict": "good"}, r'metadata\["verdict"\] must be', id="verdict-a-text"),
         pytest.param({"verdict": {"summary": "x", "adapter_accuracy": "0.5"}}, r'metadata\["verdict"\] must be', id="verdict-accuracy-a-text"),
+        pytest.param({"verdict": {"summary": "x", "adapter_accuracy": 0.5}}, r'metadata\["verdict"\] must be', id="verdict-without-majority"),
+        pytest.param({"verdict": {"adapter_accuracy": 0.5, "majority_accuracy": 0.4}}, r'metadata\["verdict"\] must be', id="verdict-without-summary"),
         pytest.param({"metrics": [0.5]}, r'metadata\["metrics"\] must be', id="metrics-a-list"),
     ],
 )

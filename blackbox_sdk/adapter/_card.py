@@ -28,12 +28,19 @@ def check_metadata(metadata: Any) -> None:
     example, verdict, metrics = metadata.get("example"), metadata.get("verdict"), metadata.get("metrics")
     if example and not (isinstance(example, dict) and isinstance(example.get("question"), str) and isinstance(example.get("answers"), list)):
         raise AdapterError(f'metadata["example"] must be {{"question": text, "answers": [texts]}}, not {json.dumps(example)[:60]}')
-    accuracies = [verdict.get(key) for key in ("adapter_accuracy", "majority_accuracy")] if isinstance(verdict, dict) else []
-    numbers = accuracies[:1] == [None] or all(isinstance(value, (int, float)) for value in accuracies)
-    if verdict and not (isinstance(verdict, dict) and isinstance(verdict.get("summary"), str) and numbers):
+    if verdict and not _printable_verdict(verdict):
         raise AdapterError(f'metadata["verdict"] must be {{"summary": text, "adapter_accuracy": number, ...}}, not {json.dumps(verdict)[:60]}')
     if metrics and not isinstance(metrics, dict):
         raise AdapterError(f'metadata["metrics"] must be an object of metrics, not {json.dumps(metrics)[:60]}')
+
+
+def _printable_verdict(verdict: Any) -> bool:
+    """Whether the card can print this verdict: a summary, and both accuracies as numbers when the adapter's is given."""
+    if not isinstance(verdict, dict) or not isinstance(verdict.get("summary"), str):
+        return False
+    if verdict.get("adapter_accuracy") is None:
+        return True
+    return all(isinstance(verdict.get(key), (int, float)) for key in ("adapter_accuracy", "majority_accuracy"))
 
 
 def render_card(config: AdapterConfig, metadata: dict[str, Any], tensors: dict[str, Any]) -> str:
