@@ -466,6 +466,17 @@ def test_a_log_from_a_newer_schema_is_refused(tmp_path: Path) -> None:
         CallLog(path)
 
 
+def test_a_schema_version_that_is_not_a_number_is_a_call_log_error(tmp_path: Path) -> None:
+    """Issue: a meta table holding a value that is no number raised int()'s raw ValueError at open."""
+    path = tmp_path / "calls.db"
+    CallLog(path).close()
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("UPDATE meta SET value = 'v2-beta' WHERE key = 'schema_version'")
+    for create in (True, False):
+        with pytest.raises(CallLogError, match="not a number"):
+            CallLog(path, create=create)
+
+
 def test_reopening_a_log_keeps_its_calls(tmp_path: Path) -> None:
     path = tmp_path / "calls.db"
     rec = _record()

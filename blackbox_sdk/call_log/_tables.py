@@ -107,7 +107,15 @@ def prepare(conn: sqlite3.Connection, *, create: bool = True) -> None:
                 conn.execute(statement)
             conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
     row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    version = int(row[0]) if row else SCHEMA_VERSION
+    check_schema_version(row[0] if row else None)
+
+
+def check_schema_version(stored: object) -> None:
+    """CallLogError for a log from a newer schema, or whose meta table holds no version number (another app's table)."""
+    try:
+        version = SCHEMA_VERSION if stored is None else int(str(stored))
+    except ValueError:
+        raise CallLogError(f"the call log's schema version is {str(stored)[:40]!r}, not a number: its meta table is not the SDK's") from None
     if version > SCHEMA_VERSION:
         raise CallLogError(f"the call log has schema version {version}; this SDK reads up to {SCHEMA_VERSION}: upgrade blackbox-sdk")
 

@@ -37,6 +37,8 @@ def libpq_url(url: str) -> str:
 
 _REFUSALS = (  # libpq's words (client side, or the server's FATAL) for a URL that no retry mends, and what they mean
     (("password authentication failed", "no password supplied"), "the server refused the URL's user name or password"),
+    (('FATAL:  database "', 'FATAL:  role "'), "the server has no such database or role, or refuses it connections (the URL's path names the database, its user the role)"),
+    (("no pg_hba.conf entry", "permission denied for database"), "the server does not let the URL's user connect to that database from here"),
     (("certificate verify failed", "root certificate file", "server certificate for", "server does not support SSL"),
      "its TLS settings do not fit the server (sslmode=verify-ca or verify-full needs sslrootcert=PATH, the CA that signed the server's certificate)"),
 )
@@ -48,6 +50,13 @@ def refusal(detail: str) -> str | None:
         if any(phrase in detail for phrase in phrases):
             return meaning
     return None
+
+
+def misread_password(url: str, parsed: dict[str, str]) -> bool:
+    """Whether libpq (``parsed``: its reading of ``url``) takes the URL's password for something else than was written, as
+    for an ``@`` or ``/`` pasted without percent-encoding: it would try a "host" made of the password's rest, and show it."""
+    pasted = pasted_password(url)
+    return bool(pasted) and parsed.get("password") != unquote(pasted)
 
 
 def scrub(text: str, url: str) -> str:
