@@ -469,6 +469,21 @@ def test_a_database_or_role_the_server_lacks_is_a_config_error_at_open(postgres_
     assert PLAIN_SECRET not in str(caught.value)
 
 
+def test_a_role_without_connect_on_the_database_is_a_config_error_at_open(pg_url: str) -> None:
+    role = f"bb_nobody_{uuid.uuid4().hex[:8]}"
+    database = pg_url.rsplit("/", 1)[1]
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+        conn.execute(f"REVOKE CONNECT ON DATABASE {database} FROM PUBLIC")
+    owner = pg_url.split("//", 1)[1].split("@", 1)[0]
+    try:
+        with pytest.raises(ConfigError, match="does not let the URL's user connect"):
+            PostgresCallLog(pg_url.replace(f"//{owner}@", f"//{role}@", 1), timeout=5.0)
+    finally:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(f"DROP ROLE {role}")
+
+
 @pytest.mark.parametrize(("query", "bound_s"), [("", 8), ("?connect_timeout=2", 4)], ids=["default", "url"])
 def test_a_server_that_never_answers_fails_a_reader_at_open_within_the_connect_timeout(query: str, bound_s: float) -> None:
     with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts (the kernel's backlog), never speaks
