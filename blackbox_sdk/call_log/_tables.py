@@ -24,6 +24,7 @@ from ._records import CallRecord, Feedback, config_errors
 
 SCHEMA_VERSION = 1
 LOG_TABLES = ("meta", "calls", "candidates", "feedback")
+CREATED_RANGE = (-62135596800.0, 253402300799.0)  # 0001-01-01 to 9999-12-31 UTC: the times SQLite's date() puts on a day
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -143,7 +144,13 @@ def insert_feedback(conn: sqlite3.Connection, item: Feedback) -> None:
 
 def call_values(rec: CallRecord) -> dict[str, Any]:
     """A record's calls-table values by column, secrets redacted and JSON columns as text: what every store writes;
-    ConfigError for a record changed after it was built into something JSON can't hold (NaN, an object)."""
+    ConfigError for a record changed after it was built into something JSON can't hold (NaN, an object), or whose time
+    no store's stats can put on a day (one in milliseconds: a log holding it could no longer give its stats)."""
+    if not CREATED_RANGE[0] <= rec.created <= CREATED_RANGE[1]:
+        raise ConfigError(
+            f"call {rec.call_id!r} can't be logged: its created time is not seconds since the epoch in the years 1 to 9999"
+            " (a time in milliseconds is 1000 times too large)"
+        )
     values = rec.model_dump(exclude={"candidates"})
     values["request"] = redact(values["request"])
     values["extra"] = redact(values["extra"])
