@@ -10,7 +10,6 @@ the SQLite log's order, byte for byte. Rows are built by ``_tables.call_values``
 from __future__ import annotations
 
 import json
-import threading
 from typing import TYPE_CHECKING, Any
 
 from .._exceptions import CallLogError
@@ -102,7 +101,7 @@ class SetUp:
     reached then, by the first write or read that reaches it (so a process started during an outage keeps its records)."""
 
     def __init__(self, *, create: bool) -> None:
-        self._create, self._lock = create, threading.Lock()
+        self._create = create
         self.log_id: str | None = None  # None until done; "" for an older log read without ``create``
 
     @property
@@ -111,14 +110,12 @@ class SetUp:
         return self.log_id is not None
 
     def ensure(self, conn: Connection[Any]) -> None:
-        """Set up on ``conn`` unless done (one thread at a time); CallLogError for a database that can't hold the log."""
-        if self.log_id is not None:
-            return
-        with self._lock:
-            if self.log_id is None:
-                prepare(conn, create=self._create)
-                with conn.transaction():
-                    self.log_id = stored_log_id(conn, table="blackbox_meta", mark="%s", create=self._create)
+        """Set up on ``conn`` unless done; CallLogError for a database that can't hold the log. Threads (the writer, a read)
+        may both do it: it is idempotent, and needs no lock that a fork mid set-up would leave held in the child."""
+        if self.log_id is None:
+            prepare(conn, create=self._create)
+            with conn.transaction():
+                self.log_id = stored_log_id(conn, table="blackbox_meta", mark="%s", create=self._create)
 
 
 def pg_row(rec: CallRecord) -> PgRow:
