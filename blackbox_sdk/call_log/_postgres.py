@@ -74,10 +74,12 @@ class PostgresCallLog(Closing):
         """Connect to ``url``, create the tables if missing, start the writer; ConfigError for a URL the server refuses.
 
         A database out of reach (down, restarting, not answering) is, with ``create``, a warning: the tables and the log's
-        id wait for the first write or read that reaches it; without, StoreUnavailableError. ``timeout`` bounds flushes, reads and waits for a connection; a batch holds at most
-        ``batch_size`` records and waits at most ``interval`` s to fill; ``max_pending`` bounds
-        the records kept in memory while the database is down. ``create=False`` runs no DDL (a
-        read-only role can open the log) and raises CallLogError when the tables are not there.
+        id wait for the first write or read that reaches it; without, StoreUnavailableError.
+
+        ``timeout`` bounds flushes, reads and waits for a connection; a batch holds at most ``batch_size`` records and
+        waits at most ``interval`` s to fill; ``max_pending`` bounds the records kept in memory while the database is
+        down. ``create=False`` runs no DDL (a read-only role can open the log) and raises CallLogError when the tables
+        are not there.
         """
         if not is_postgres_url(url):
             raise ConfigError(f"PostgresCallLog takes a postgresql:// URL; got {url_without_password(str(url))!r}")
