@@ -469,6 +469,18 @@ def test_a_database_or_role_the_server_lacks_is_a_config_error_at_open(postgres_
     assert PLAIN_SECRET not in str(caught.value)
 
 
+@pytest.mark.parametrize("setting", [":99999/db", ":0/db", ":{port}/db?sslmode=bogus", ":{port}/db?connect_timeout=soon",
+                                     ":{port}/db?target_session_attrs=any-kind", ":{port}/db?hostaddr=not-an-address"])
+def test_a_setting_libpq_refuses_when_it_connects_is_a_config_error_at_open(setting: str) -> None:
+    """Issue: libpq checks a port and some options only when it connects, so such a URL, taken for an outage, would keep a
+    writer's records in memory for good; before, it was a StoreUnavailableError or CallLogError, as for a server down."""
+    url = f"postgresql://someone:{PLAIN_SECRET}@127.0.0.1" + setting.format(port=free_port())
+    for create in (True, False):
+        with pytest.raises(ConfigError, match="libpq can't use one of its settings") as caught:
+            PostgresCallLog(url, timeout=5.0, create=create)
+        assert PLAIN_SECRET not in str(caught.value)
+
+
 def test_a_role_without_connect_on_the_database_is_a_config_error_at_open(pg_url: str) -> None:
     role = f"bb_nobody_{uuid.uuid4().hex[:8]}"
     database = pg_url.rsplit("/", 1)[1]

@@ -42,13 +42,19 @@ _REFUSALS = (  # libpq's words (client side, or the server's FATAL) for a URL th
     (("certificate verify failed", "root certificate file", "server certificate for", "server does not support SSL"),
      "its TLS settings do not fit the server (sslmode=verify-ca or verify-full needs sslrootcert=PATH, the CA that signed the server's certificate)"),
 )
+_BAD_SETTING = re.compile(  # libpq's (and psycopg's) words for a URL setting it can't use, found only when it connects
+    r"invalid [\w ]+ value: |invalid port number|invalid integer value|could not parse network address|could not match \d+|bad value for "
+)
 
 
 def refusal(detail: str) -> str | None:
-    """What a connection error means when it is the URL's fault (a password, a TLS setting), not an outage; None otherwise."""
+    """What a connection error means when it is the URL's fault (a password, a TLS setting, a port or option libpq can't
+    use), not an outage; None otherwise."""
     for phrases, meaning in _REFUSALS:
         if any(phrase in detail for phrase in phrases):
             return meaning
+    if _BAD_SETTING.search(detail):
+        return "libpq can't use one of its settings (its port, or an option in its query)"
     return None
 
 
