@@ -368,6 +368,8 @@ def _connect_options(psycopg: ModuleType, url: str, timeout: float) -> dict[str,
         given = psycopg.conninfo.conninfo_to_dict(url)
     except psycopg.Error as exc:
         raise ConfigError(f"bad PostgreSQL URL {url_without_password(url)!r}: {scrub(redact_text(str(exc).strip()), url)}") from None
+    except UnicodeDecodeError:  # psycopg decodes each value libpq unescaped: a %-escape of bytes that are not UTF-8
+        raise ConfigError(f"bad PostgreSQL URL {url_without_password(url)!r}: a %-escape in it is not UTF-8") from None
     if misread_password(url, given):
         raise ConfigError(f"bad PostgreSQL URL {url_without_password(url)!r}: libpq reads its password otherwise; percent-encode an @ as %40, a / as %2F")
     return {} if "connect_timeout" in given else {"connect_timeout": max(2, math.ceil(min(timeout, CONNECT_TIMEOUT_S)))}
