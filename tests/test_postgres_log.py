@@ -581,6 +581,8 @@ def test_a_mixed_case_scheme_opens_the_log(pg_url: str, scheme: str) -> None:
         pytest.param(f"postgresql://app@127.0.0.1:9/calls?password={PLAIN_SECRET}%zz", id="bad-escape-in-query"),
         pytest.param(f"postgresql://app:{PLAIN_SECRET}%A8@127.0.0.1:9/calls", id="escape-not-utf8"),  # was a raw UnicodeDecodeError
         pytest.param(f"postgresql://app:{PLAIN_SECRET}@127.0.0.1:9/calls%FF", id="escape-not-utf8-in-path"),
+        pytest.param(f"postgresql://app:{PLAIN_SECRET}@db..internal:9/calls", id="empty-host-label"),  # was a raw UnicodeError
+        pytest.param(f"postgresql://app:{PLAIN_SECRET}@{'d' * 64}.internal:9/calls", id="host-label-too-long"),
     ],
 )
 def test_a_url_libpq_cannot_parse_is_a_config_error_without_its_password(url: str) -> None:

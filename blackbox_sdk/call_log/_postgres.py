@@ -51,7 +51,7 @@ from ._pg_tables import (
 from ._records import CallRecord, Feedback, Label, feedback_fields, feedback_on
 from ._stats import summary
 from ._tables import CallFilter
-from ._urls import is_postgres_url, libpq_url, misread_password, refusal, scrub, url_without_password
+from ._urls import is_postgres_url, libpq_url, misread_password, refusal, scrub, unusable_host, url_without_password
 
 if TYPE_CHECKING:
     from psycopg import Connection
@@ -370,6 +370,8 @@ def _connect_options(psycopg: ModuleType, url: str, timeout: float) -> dict[str,
         raise ConfigError(f"bad PostgreSQL URL {url_without_password(url)!r}: {scrub(redact_text(str(exc).strip()), url)}") from None
     except UnicodeDecodeError:  # psycopg decodes each value libpq unescaped: a %-escape of bytes that are not UTF-8
         raise ConfigError(f"bad PostgreSQL URL {url_without_password(url)!r}: a %-escape in it is not UTF-8") from None
+    if (host := unusable_host(given)) is not None:
+        raise ConfigError(f"bad PostgreSQL URL {url_without_password(url)!r}: its host name {host[:80]!r} can't be looked up (an empty or too long label)")
     if misread_password(url, given):
         raise ConfigError(f"bad PostgreSQL URL {url_without_password(url)!r}: libpq reads its password otherwise; percent-encode an @ as %40, a / as %2F")
     return {} if "connect_timeout" in given else {"connect_timeout": max(2, math.ceil(min(timeout, CONNECT_TIMEOUT_S)))}

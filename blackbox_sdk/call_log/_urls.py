@@ -58,6 +58,20 @@ def refusal(detail: str) -> str | None:
     return None
 
 
+def unusable_host(parsed: dict[str, str]) -> str | None:
+    """A host name in libpq's reading of a URL that no DNS lookup takes (an empty label, as in ``db..internal``, or one
+    past 63 characters: Python's resolver raises a bare UnicodeError for it); None when each can be looked up."""
+    if "hostaddr" in parsed:  # the addresses are given: the names are not looked up
+        return None
+    for host in parsed.get("host", "").split(","):
+        if host and not host.startswith(("/", "@")):  # a Unix socket's folder, an abstract socket
+            try:
+                host.encode("idna")
+            except UnicodeError:
+                return host
+    return None
+
+
 def misread_password(url: str, parsed: dict[str, str]) -> bool:
     """Whether libpq (``parsed``: its reading of ``url``) takes the URL's password for something else than was written, as
     for an ``@`` or ``/`` pasted without percent-encoding: it would try a "host" made of the password's rest, and show it."""
