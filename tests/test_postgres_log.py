@@ -470,7 +470,8 @@ def test_a_database_or_role_the_server_lacks_is_a_config_error_at_open(postgres_
 
 
 @pytest.mark.parametrize("setting", [":99999/db", ":0/db", ":{port}/db?sslmode=bogus", ":{port}/db?connect_timeout=soon",
-                                     ":{port}/db?target_session_attrs=any-kind", ":{port}/db?hostaddr=not-an-address"])
+                                     ":{port}/db?target_session_attrs=any-kind", ":{port}/db?hostaddr=not-an-address",
+                                     ":{port}/db?service=bb-no-such-service", ":{port}/db?sslmode=require&sslrootcert=system"])
 def test_a_setting_libpq_refuses_when_it_connects_is_a_config_error_at_open(setting: str) -> None:
     """Issue: libpq checks a port and some options only when it connects, so such a URL, taken for an outage, would keep a
     writer's records in memory for good; before, it was a StoreUnavailableError or CallLogError, as for a server down."""

@@ -44,6 +44,7 @@ _REFUSALS = (  # libpq's words (client side, or the server's FATAL) for a URL th
 )
 _BAD_SETTING = re.compile(  # libpq's (and psycopg's) words for a URL setting it can't use, found only when it connects
     r"invalid [\w ]+ value: |invalid port number|invalid integer value|could not parse network address|could not match \d+|bad value for "
+    r"|definition of service \"[^\"]*\" not found|may not be used with sslrootcert"
 )
 
 
