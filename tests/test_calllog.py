@@ -285,6 +285,17 @@ def test_a_call_id_no_store_can_hold_is_a_config_error_before_the_log_is_read(an
         any_log.feedback(call_id, reward=1.0)
 
 
+@pytest.mark.parametrize("created", [time.time() * 1000, 253402300800.0, -62135596801.0], ids=["milliseconds", "year-10000", "year-0"])
+def test_a_time_no_day_holds_is_refused_and_the_stats_still_read(any_log: CallLog | PostgresCallLog, created: float) -> None:
+    """Issue: a record whose time was in milliseconds (or past the year 9999) was written, and the SQLite log's stats then
+    failed on it for good ("its created time is not a Unix time"); PostgreSQL's, past its own range, too."""
+    with pytest.raises(ConfigError, match="created time is not seconds since the epoch"):
+        any_log.record(_record(call_id="bb-bad-time", created=created))
+    any_log.record(_record(call_id="bb-last-second", created=253402300799.0))
+    assert any_log.stats()["by_day_model"][0]["day"] == "9999-12-31"
+    assert [rec.call_id for rec in any_log.calls()] == ["bb-last-second"]
+
+
 def test_a_failed_call_takes_a_reference_but_not_a_rating(any_log: CallLog | PostgresCallLog) -> None:
     failed = _record(candidates=[], chosen=[], scores=None, error="APIConnectionError: down")
     any_log.record(failed)
@@ -464,6 +475,17 @@ def test_a_log_from_a_newer_schema_is_refused(tmp_path: Path) -> None:
         conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
     with pytest.raises(CallLogError, match="upgrade"):
         CallLog(path)
+
+
+def test_a_schema_version_that_is_not_a_number_is_a_call_log_error(tmp_path: Path) -> None:
+    """Issue: a meta table holding a value that is no number raised int()'s raw ValueError at open."""
+    path = tmp_path / "calls.db"
+    CallLog(path).close()
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("UPDATE meta SET value = 'v2-beta' WHERE key = 'schema_version'")
+    for create in (True, False):
+        with pytest.raises(CallLogError, match="not a number"):
+            CallLog(path, create=create)
 
 
 def test_reopening_a_log_keeps_its_calls(tmp_path: Path) -> None:

@@ -263,6 +263,16 @@ def test_a_log_from_a_newer_schema_is_refused(pg_url: str) -> None:
         PostgresCallLog(pg_url)
 
 
+def test_a_schema_version_that_is_not_a_number_is_a_call_log_error(pg_url: str) -> None:
+    """Issue: a meta table holding another app's value (or a hand edit) raised int()'s raw ValueError at open."""
+    PostgresCallLog(pg_url).close()
+    with psycopg.connect(pg_url) as conn:
+        conn.execute("UPDATE blackbox_meta SET value = 'v2-beta' WHERE key = 'schema_version'")
+    for create in (True, False):
+        with pytest.raises(CallLogError, match="not a number"):
+            PostgresCallLog(pg_url, create=create)
+
+
 def test_several_logs_opening_one_empty_database_at_once_all_work(pg_url: str) -> None:
     logs: list[PostgresCallLog] = []
     errors: list[BaseException] = []
@@ -416,20 +426,84 @@ def test_reads_and_feedback_on_a_stalled_database_fail_within_the_timeout_and_it
         log.close()
 
 
-def test_an_unreachable_database_fails_at_open_without_its_password() -> None:
+def test_an_unreachable_database_fails_a_reader_at_open_without_its_password() -> None:
     url = f"postgresql://someone:{PLAIN_SECRET}@127.0.0.1:{free_port()}/nowhere"
     with pytest.raises(StoreUnavailableError) as caught:
-        PostgresCallLog(url, timeout=5.0)
+        PostgresCallLog(url, timeout=5.0, create=False)
     assert PLAIN_SECRET not in str(caught.value) and "127.0.0.1" in str(caught.value)
 
 
+def test_a_log_opened_while_the_database_is_down_keeps_its_records_and_writes_them_once_it_is_up(
+    own_server: PostgresServer, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue: a log (and so ``OpenAI(log=URL)``) opened while PostgreSQL was down or restarting raised, so an app
+    restarted during a short outage crash-looped, though the same outage a moment later loses no record."""
+    own_server.stop()
+    url = own_server.url.replace("@", f":{PLAIN_SECRET}@", 1)  # trust authentication ignores it
+    with caplog.at_level(logging.WARNING, logger="blackbox_sdk"):
+        log = PostgresCallLog(url, timeout=5.0)
+        client = OpenAI(api_key=OPENAI_KEY, base_url=f"http://127.0.0.1:{free_port()}/v1", log=url)
+    try:
+        assert "kept in memory" in caplog.text and PLAIN_SECRET not in caplog.text
+        assert log.log_id == ""  # not known until the database answers
+        for i in range(3):
+            log.record(_record(call_id=f"bb-early-{i}"))
+        with pytest.raises(StoreUnavailableError):
+            log.stats()
+        own_server.start()
+        log.flush(timeout=120)
+        assert log.stats()["calls"] == 3
+        assert [(log.log_id,)] == _rows(own_server.url, "SELECT value FROM blackbox_meta WHERE key = 'log_id'")
+    finally:
+        client.close()
+        log.close()
+    assert _rows(own_server.url, "SELECT call_id FROM blackbox_calls ORDER BY call_id") == [(f"bb-early-{i}",) for i in range(3)]
+
+
+@pytest.mark.parametrize("part", ["database", "role"])
+def test_a_database_or_role_the_server_lacks_is_a_config_error_at_open(postgres_server: PostgresServer, part: str) -> None:
+    url = postgres_server.url.replace("@", f":{PLAIN_SECRET}@", 1)
+    url = url.rsplit("/", 1)[0] + "/bb_no_such_db" if part == "database" else url.replace(f"//{postgres_server.user}:", "//bb_no_such_role:", 1)
+    with pytest.raises(ConfigError, match="no such database or role") as caught:
+        PostgresCallLog(url, timeout=5.0)
+    assert PLAIN_SECRET not in str(caught.value)
+
+
+@pytest.mark.parametrize("setting", [":99999/db", ":0/db", ":{port}/db?sslmode=bogus", ":{port}/db?connect_timeout=soon",
+                                     ":{port}/db?target_session_attrs=any-kind", ":{port}/db?hostaddr=not-an-address",
+                                     ":{port}/db?service=bb-no-such-service", ":{port}/db?sslmode=require&sslrootcert=system"])
+def test_a_setting_libpq_refuses_when_it_connects_is_a_config_error_at_open(setting: str) -> None:
+    """Issue: libpq checks a port and some options only when it connects, so such a URL, taken for an outage, would keep a
+    writer's records in memory for good; before, it was a StoreUnavailableError or CallLogError, as for a server down."""
+    url = f"postgresql://someone:{PLAIN_SECRET}@127.0.0.1" + setting.format(port=free_port())
+    for create in (True, False):
+        with pytest.raises(ConfigError, match="libpq can't use one of its settings") as caught:
+            PostgresCallLog(url, timeout=5.0, create=create)
+        assert PLAIN_SECRET not in str(caught.value)
+
+
+def test_a_role_without_connect_on_the_database_is_a_config_error_at_open(pg_url: str) -> None:
+    role = f"bb_nobody_{uuid.uuid4().hex[:8]}"
+    database = pg_url.rsplit("/", 1)[1]
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+        conn.execute(f"REVOKE CONNECT ON DATABASE {database} FROM PUBLIC")
+    owner = pg_url.split("//", 1)[1].split("@", 1)[0]
+    try:
+        with pytest.raises(ConfigError, match="does not let the URL's user connect"):
+            PostgresCallLog(pg_url.replace(f"//{owner}@", f"//{role}@", 1), timeout=5.0)
+    finally:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(f"DROP ROLE {role}")
+
+
 @pytest.mark.parametrize(("query", "bound_s"), [("", 8), ("?connect_timeout=2", 4)], ids=["default", "url"])
-def test_a_server_that_never_answers_fails_at_open_within_the_connect_timeout(query: str, bound_s: float) -> None:
+def test_a_server_that_never_answers_fails_a_reader_at_open_within_the_connect_timeout(query: str, bound_s: float) -> None:
     with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts (the kernel's backlog), never speaks
         url = f"postgresql://someone:{PLAIN_SECRET}@127.0.0.1:{silent.getsockname()[1]}/nowhere{query}"
         started = time.monotonic()
         with pytest.raises(StoreUnavailableError, match="127.0.0.1.*connect_timeout") as caught:
-            PostgresCallLog(url)
+            PostgresCallLog(url, create=False)
     assert time.monotonic() - started < bound_s and PLAIN_SECRET not in str(caught.value)
 
 
@@ -482,11 +556,16 @@ def test_a_password_not_percent_encoded_is_never_shown(password: str) -> None:
     assert url_without_password(url) == "postgresql://app@db.example:5433/calls"
 
 
-def test_a_password_holding_at_signs_is_kept_out_of_libpqs_error(postgres_server: PostgresServer) -> None:
-    at = postgres_server.url.rpartition("@")[2]  # libpq ends the password at its first "@" and takes the rest for a host
-    with pytest.raises(StoreUnavailableError) as caught:
-        PostgresCallLog(f"postgresql://app:{PLAIN_SECRET}@corp@x@{at}", timeout=5.0)
-    assert "hunter2" not in str(caught.value) and "corp@x" not in str(caught.value), str(caught.value)
+@pytest.mark.parametrize("password", [f"{PLAIN_SECRET}@corp@x", f"{PLAIN_SECRET}/corp@x"], ids=["at", "slash"])
+def test_a_password_libpq_would_misread_is_a_config_error_that_never_shows_it(
+    postgres_server: PostgresServer, password: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue: libpq ends a pasted password at its first "@" (or reads a "/" as the path) and tries the rest as a host; a log
+    opened so while writes wait for the database would have its pool retry that "host", naming it in psycopg's warnings."""
+    at = postgres_server.url.rpartition("@")[2]
+    with caplog.at_level(logging.DEBUG), pytest.raises(ConfigError, match="percent-encode") as caught:
+        PostgresCallLog(f"postgresql://app:{password}@{at}", timeout=5.0)
+    assert "hunter2" not in str(caught.value) + caplog.text and "corp@x" not in str(caught.value) + caplog.text, str(caught.value)
 
 
 @pytest.mark.parametrize("scheme", ["POSTGRESQL", "Postgres"])
@@ -501,6 +580,10 @@ def test_a_mixed_case_scheme_opens_the_log(pg_url: str, scheme: str) -> None:
         pytest.param(f"postgresql://app:{PLAIN_SECRET}%zz@127.0.0.1:9/calls", id="bad-percent-escape"),  # libpq quotes the password
         pytest.param(f"postgresql://app:{PLAIN_SECRET}@[::1/calls", id="unclosed-ipv6-bracket"),  # libpq quotes the URL; urllib raises
         pytest.param(f"postgresql://app@127.0.0.1:9/calls?password={PLAIN_SECRET}%zz", id="bad-escape-in-query"),
+        pytest.param(f"postgresql://app:{PLAIN_SECRET}%A8@127.0.0.1:9/calls", id="escape-not-utf8"),  # was a raw UnicodeDecodeError
+        pytest.param(f"postgresql://app:{PLAIN_SECRET}@127.0.0.1:9/calls%FF", id="escape-not-utf8-in-path"),
+        pytest.param(f"postgresql://app:{PLAIN_SECRET}@db..internal:9/calls", id="empty-host-label"),  # was a raw UnicodeError
+        pytest.param(f"postgresql://app:{PLAIN_SECRET}@{'d' * 64}.internal:9/calls", id="host-label-too-long"),
     ],
 )
 def test_a_url_libpq_cannot_parse_is_a_config_error_without_its_password(url: str) -> None:

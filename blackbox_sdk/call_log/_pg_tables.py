@@ -13,6 +13,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from .._exceptions import CallLogError
+from ._known import stored_log_id
 from ._paging import Cursor, Page
 from ._records import CallRecord, Feedback, valid_text
 from ._stats import DayModelRow
@@ -22,6 +23,7 @@ from ._tables import (
     JSON_COLUMNS,
     SCHEMA_VERSION,
     call_values,
+    check_schema_version,
     feedback_from,
     record_from,
 )
@@ -91,9 +93,29 @@ def prepare(conn: Connection[Any], *, create: bool = True) -> None:
         elif not create and (tables := [name for name in missing if name in _TABLES]):
             raise CallLogError(f"the database holds no call log: no table {', '.join(tables)} in its search_path")
         row = conn.execute("SELECT value FROM blackbox_meta WHERE key = 'schema_version'").fetchone()
-    version = int(row[0]) if row else SCHEMA_VERSION
-    if version > SCHEMA_VERSION:
-        raise CallLogError(f"the call log has schema version {version}; this SDK reads up to {SCHEMA_VERSION}: upgrade blackbox-sdk")
+    check_schema_version(row[0] if row else None)
+
+
+class SetUp:
+    """The log's tables made (or checked) and its id read, once: when the log opens, or, if the database could not be
+    reached then, by the first write or read that reaches it (so a process started during an outage keeps its records)."""
+
+    def __init__(self, *, create: bool) -> None:
+        self._create = create
+        self.log_id: str | None = None  # None until done; "" for an older log read without ``create``
+
+    @property
+    def done(self) -> bool:
+        """Whether the tables are known to be there and the log's id is read."""
+        return self.log_id is not None
+
+    def ensure(self, conn: Connection[Any]) -> None:
+        """Set up on ``conn`` unless done; CallLogError for a database that can't hold the log. Threads (the writer, a read)
+        may both do it: it is idempotent, and needs no lock that a fork mid set-up would leave held in the child."""
+        if self.log_id is None:
+            prepare(conn, create=self._create)
+            with conn.transaction():
+                self.log_id = stored_log_id(conn, table="blackbox_meta", mark="%s", create=self._create)
 
 
 def pg_row(rec: CallRecord) -> PgRow:

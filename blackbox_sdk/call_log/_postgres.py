@@ -1,6 +1,8 @@
 """The call log on PostgreSQL, for a fleet: the SQLite log's records, candidates and feedback, shared by every host.
 
-``record()`` only checks and redacts the record (the SQLite log's own code) and queues it; a
+A database that can't be reached when the log opens is an outage like any other (records queue, the writer
+retries), so a process started during one runs; one that refuses the URL (password, TLS, no such database or role)
+is a ConfigError. ``record()`` only checks and redacts the record (the SQLite log's own code) and queues it; a
 background writer inserts queued records in batches, one transaction each (``_batches``), so the
 call path never waits for the database. A record is dropped from memory only once committed:
 while the database is down the writer retries with backoff, and past ``max_pending`` waiting
@@ -35,6 +37,7 @@ from ._export import export_jsonl
 from ._paging import Page, check_limit, paged
 from ._pg_tables import (
     PgRow,
+    SetUp,
     candidates_of,
     day_model_rows,
     feedback_by_call,
@@ -42,14 +45,13 @@ from ._pg_tables import (
     insert_feedback,
     pg_row,
     pg_text,
-    prepare,
     read_call,
     read_page,
 )
 from ._records import CallRecord, Feedback, Label, feedback_fields, feedback_on
 from ._stats import summary
 from ._tables import CallFilter
-from ._urls import is_postgres_url, libpq_url, refusal, scrub, url_without_password
+from ._urls import is_postgres_url, libpq_url, misread_password, refusal, scrub, unusable_host, url_without_password
 
 if TYPE_CHECKING:
     from psycopg import Connection
@@ -69,12 +71,15 @@ class PostgresCallLog(Closing):
         self, url: str, *, timeout: float = DEFAULT_TIMEOUT_S, batch_size: int = 256, interval: float = 0.05,
         max_pending: int = 100_000, pool_size: int = 4, create: bool = True,
     ) -> None:
-        """Connect to ``url``, create the tables if missing, start the writer; StoreUnavailableError if unreachable.
+        """Connect to ``url``, create the tables if missing, start the writer; ConfigError for a URL the server refuses.
 
-        ``timeout`` bounds flushes, reads and waits for a connection; a batch holds at most
-        ``batch_size`` records and waits at most ``interval`` s to fill; ``max_pending`` bounds
-        the records kept in memory while the database is down. ``create=False`` runs no DDL (a
-        read-only role can open the log) and raises CallLogError when the tables are not there.
+        A database out of reach (down, restarting, not answering) is, with ``create``, a warning: the tables and the log's
+        id wait for the first write or read that reaches it; without, StoreUnavailableError.
+
+        ``timeout`` bounds flushes, reads and waits for a connection; a batch holds at most ``batch_size`` records and
+        waits at most ``interval`` s to fill; ``max_pending`` bounds the records kept in memory while the database is
+        down. ``create=False`` runs no DDL (a read-only role can open the log) and raises CallLogError when the tables
+        are not there.
         """
         if not is_postgres_url(url):
             raise ConfigError(f"PostgresCallLog takes a postgresql:// URL; got {url_without_password(str(url))!r}")
@@ -83,15 +88,18 @@ class PostgresCallLog(Closing):
         url = libpq_url(url)
         self._where, self._timeout = url_without_password(url), float(timeout)
         options = _connect_options(self._psycopg, url, timeout)
-        with self._errors("open", url), self._psycopg.connect(url, **options) as conn:
-            prepare(conn, create=create)
-            with conn.transaction():
-                self._log_id = _known.stored_log_id(conn, table="blackbox_meta", mark="%s", create=create)
+        self._setup, self._connect = SetUp(create=create), functools.partial(self._psycopg.connect, url, **options)
+        try:
+            self._set_up("open")
+        except StoreUnavailableError as exc:
+            if not create:
+                raise
+            logger.warning("call log: %s; its records are kept in memory and written once it answers", exc)
         self._pool = _ProcessPool(functools.partial(
             pool_module.ConnectionPool, url, min_size=1, max_size=pool_size, kwargs=options, open=True, timeout=self._timeout,
             check=functools.partial(_checked, min(self._timeout, CONNECT_TIMEOUT_S)), reconnect_timeout=RECONNECT_S, name="blackbox-call-log",
         ))
-        write = functools.partial(_write_batch, self._pool, min(WRITER_WAIT_S, self._timeout), self._where)
+        write = functools.partial(_write_batch, self._pool, self._setup, min(WRITER_WAIT_S, self._timeout), self._where)
         self._writer: BatchWriter[PgRow] = BatchWriter(write, where=self._where, batch_size=batch_size, interval=interval, max_pending=max_pending, exit_wait=self._timeout)
         shut_down = functools.partial(_shut_down, self._writer, self._pool, self._where, self._timeout)
         self._finalizer = weakref.finalize(self, when_collected, shut_down, self._where)
@@ -107,8 +115,9 @@ class PostgresCallLog(Closing):
 
     @property
     def log_id(self) -> str:
-        """This log's id, made with its tables and kept in the database: the budget ledger notes it on each call's spend."""
-        return self._log_id
+        """This log's id, made with its tables and kept in the database: the budget ledger notes it on each call's spend
+        ("" until the log has reached its database, when it opened during an outage)."""
+        return self._setup.log_id or ""
 
     @property
     def pending(self) -> int:
@@ -194,6 +203,7 @@ class PostgresCallLog(Closing):
         where, args = filters.where("%s")
 
         def read(after: tuple[float, str] | None, size: int) -> Page:
+            self._set_up("read")
             with self._errors("read"), self._pool.get().connection(timeout=self._timeout) as conn:
                 return read_page(conn, where, args, after, size)
 
@@ -205,8 +215,16 @@ class PostgresCallLog(Closing):
         if not self._finalizer.alive:
             raise CallLogError(f"the call log {self._where} is closed")
         self.flush()
+        self._set_up(action)
         with self._errors(action), self._pool.get().connection(timeout=self._timeout) as conn:
             yield conn
+
+    def _set_up(self, action: str) -> None:
+        """Unless done, make or check the tables and read the log's id on a connection of its own (one attempt, so that
+        a read while the database has been down since the log opened fails as fast as it can, not after ``timeout``)."""
+        if not self._setup.done:
+            with self._errors(action, self._connect.args[0]), self._connect() as conn:  # the URL: its password scrubbed
+                self._setup.ensure(conn)
 
     @contextlib.contextmanager
     def _errors(self, action: str, url: str | None = None) -> Iterator[None]:
@@ -270,14 +288,18 @@ def _cut(conn: Connection[Any]) -> None:
             duplicate.shutdown(socket.SHUT_RDWR)
 
 
-def _write_batch(pool: _ProcessPool, wait: float, where: str, rows: list[PgRow]) -> None:
-    """The writer's one transaction: insert a batch, noting ids that were already logged (kept as first written).
+def _write_batch(pool: _ProcessPool, setup: SetUp, wait: float, where: str, rows: list[PgRow]) -> None:
+    """The writer's one transaction: insert a batch, noting ids that were already logged (kept as first written); first,
+    for a log opened while its database was out of reach, its set-up.
 
     A batch the server refuses for a record's data (a value past a limit, such as a call id too long for the primary key's
     index) would fail every retry and hold up every record behind it: it is written again record by record, and the
     record refused is dropped with an error logged."""
     import psycopg
 
+    if not setup.done:
+        with pool.get().connection(timeout=wait) as conn:
+            setup.ensure(conn)
     try:
         with pool.get().connection(timeout=wait) as conn, conn.transaction():
             sent, inserted = insert_batch(conn, rows)
@@ -341,11 +363,17 @@ def _drivers() -> tuple[ModuleType, ModuleType]:
 
 def _connect_options(psycopg: ModuleType, url: str, timeout: float) -> dict[str, Any]:
     """Connection keywords: a connect timeout (CONNECT_TIMEOUT_S, or ``timeout`` if shorter; libpq waits 2 s at least)
-    unless the URL sets one; ConfigError for a URL libpq can't parse."""
+    unless the URL sets one; ConfigError for a URL libpq can't parse, or whose password it would read otherwise."""
     try:
         given = psycopg.conninfo.conninfo_to_dict(url)
     except psycopg.Error as exc:
         raise ConfigError(f"bad PostgreSQL URL {url_without_password(url)!r}: {scrub(redact_text(str(exc).strip()), url)}") from None
+    except UnicodeDecodeError:  # psycopg decodes each value libpq unescaped: a %-escape of bytes that are not UTF-8
+        raise ConfigError(f"bad PostgreSQL URL {url_without_password(url)!r}: a %-escape in it is not UTF-8") from None
+    if (host := unusable_host(given)) is not None:
+        raise ConfigError(f"bad PostgreSQL URL {url_without_password(url)!r}: its host name {host[:80]!r} can't be looked up (an empty or too long label)")
+    if misread_password(url, given):
+        raise ConfigError(f"bad PostgreSQL URL {url_without_password(url)!r}: libpq reads its password otherwise; percent-encode an @ as %40, a / as %2F")
     return {} if "connect_timeout" in given else {"connect_timeout": max(2, math.ceil(min(timeout, CONNECT_TIMEOUT_S)))}
 
 

@@ -24,6 +24,7 @@ from ._records import CallRecord, Feedback, config_errors
 
 SCHEMA_VERSION = 1
 LOG_TABLES = ("meta", "calls", "candidates", "feedback")
+CREATED_RANGE = (-62135596800.0, 253402300799.0)  # 0001-01-01 to 9999-12-31 UTC: the times SQLite's date() puts on a day
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -107,7 +108,15 @@ def prepare(conn: sqlite3.Connection, *, create: bool = True) -> None:
                 conn.execute(statement)
             conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
     row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    version = int(row[0]) if row else SCHEMA_VERSION
+    check_schema_version(row[0] if row else None)
+
+
+def check_schema_version(stored: object) -> None:
+    """CallLogError for a log from a newer schema, or whose meta table holds no version number (another app's table)."""
+    try:
+        version = SCHEMA_VERSION if stored is None else int(str(stored))
+    except ValueError:
+        raise CallLogError(f"the call log's schema version is {str(stored)[:40]!r}, not a number: its meta table is not the SDK's") from None
     if version > SCHEMA_VERSION:
         raise CallLogError(f"the call log has schema version {version}; this SDK reads up to {SCHEMA_VERSION}: upgrade blackbox-sdk")
 
@@ -135,7 +144,13 @@ def insert_feedback(conn: sqlite3.Connection, item: Feedback) -> None:
 
 def call_values(rec: CallRecord) -> dict[str, Any]:
     """A record's calls-table values by column, secrets redacted and JSON columns as text: what every store writes;
-    ConfigError for a record changed after it was built into something JSON can't hold (NaN, an object)."""
+    ConfigError for a record changed after it was built into something JSON can't hold (NaN, an object), or whose time
+    no store's stats can put on a day (one in milliseconds: a log holding it could no longer give its stats)."""
+    if not CREATED_RANGE[0] <= rec.created <= CREATED_RANGE[1]:
+        raise ConfigError(
+            f"call {rec.call_id!r} can't be logged: its created time is not seconds since the epoch in the years 1 to 9999"
+            " (a time in milliseconds is 1000 times too large)"
+        )
     values = rec.model_dump(exclude={"candidates"})
     values["request"] = redact(values["request"])
     values["extra"] = redact(values["extra"])

@@ -37,17 +37,47 @@ def libpq_url(url: str) -> str:
 
 _REFUSALS = (  # libpq's words (client side, or the server's FATAL) for a URL that no retry mends, and what they mean
     (("password authentication failed", "no password supplied"), "the server refused the URL's user name or password"),
+    (('FATAL:  database "', 'FATAL:  role "'), "the server has no such database or role, or refuses it connections (the URL's path names the database, its user the role)"),
+    (("no pg_hba.conf entry", "permission denied for database"), "the server does not let the URL's user connect to that database from here"),
     (("certificate verify failed", "root certificate file", "server certificate for", "server does not support SSL"),
      "its TLS settings do not fit the server (sslmode=verify-ca or verify-full needs sslrootcert=PATH, the CA that signed the server's certificate)"),
+)
+_BAD_SETTING = re.compile(  # libpq's (and psycopg's) words for a URL setting it can't use, found only when it connects
+    r"invalid [\w ]+ value: |invalid port number|invalid integer value|could not parse network address|could not match \d+|bad value for "
+    r"|definition of service \"[^\"]*\" not found|may not be used with sslrootcert"
 )
 
 
 def refusal(detail: str) -> str | None:
-    """What a connection error means when it is the URL's fault (a password, a TLS setting), not an outage; None otherwise."""
+    """What a connection error means when it is the URL's fault (a password, a TLS setting, a port or option libpq can't
+    use), not an outage; None otherwise."""
     for phrases, meaning in _REFUSALS:
         if any(phrase in detail for phrase in phrases):
             return meaning
+    if _BAD_SETTING.search(detail):
+        return "libpq can't use one of its settings (its port, or an option in its query)"
     return None
+
+
+def unusable_host(parsed: dict[str, str]) -> str | None:
+    """A host name in libpq's reading of a URL that no DNS lookup takes (an empty label, as in ``db..internal``, or one
+    past 63 characters: Python's resolver raises a bare UnicodeError for it); None when each can be looked up."""
+    if "hostaddr" in parsed:  # the addresses are given: the names are not looked up
+        return None
+    for host in parsed.get("host", "").split(","):
+        if host and not host.startswith(("/", "@")):  # a Unix socket's folder, an abstract socket
+            try:
+                host.encode("idna")
+            except UnicodeError:
+                return host
+    return None
+
+
+def misread_password(url: str, parsed: dict[str, str]) -> bool:
+    """Whether libpq (``parsed``: its reading of ``url``) takes the URL's password for something else than was written, as
+    for an ``@`` or ``/`` pasted without percent-encoding: it would try a "host" made of the password's rest, and show it."""
+    pasted = pasted_password(url)
+    return bool(pasted) and parsed.get("password") != unquote(pasted)
 
 
 def scrub(text: str, url: str) -> str:
