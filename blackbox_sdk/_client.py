@@ -29,12 +29,14 @@ from ._redact import remember_secret
 from ._redis_url import redact_url
 from ._pipeline import AsyncCore, SyncCore, offloaded
 from .resources import (
+    AsyncBeta,
     AsyncChat,
     AsyncCompletions,
     AsyncEmbeddings,
     AsyncRawClient,
     AsyncResponses,
     AsyncStreamedClient,
+    Beta,
     Chat,
     Completions,
     Embeddings,
@@ -263,6 +265,11 @@ class OpenAI(_Blackbox, openai.OpenAI):
         return Responses(self)
 
     @cached_property
+    def beta(self) -> oai.Beta:
+        """`client.beta`: openai's, its `chat` (openai's older name for `client.chat`) through the SDK."""
+        return Beta(self)
+
+    @cached_property
     def with_raw_response(self) -> OpenAIWithRawResponse:
         """`client.with_raw_response.chat.completions.create(...)`, as in openai, budgeted and logged."""
         return RawClient(self)
@@ -306,6 +313,11 @@ class AsyncOpenAI(_Blackbox, openai.AsyncOpenAI):
     def responses(self) -> oai_responses.AsyncResponses:
         """`client.responses`: the Responses API through the SDK (`create`, `parse`, `stream`)."""
         return AsyncResponses(self)
+
+    @cached_property
+    def beta(self) -> oai.AsyncBeta:
+        """`client.beta`: openai's, its `chat` (openai's older name for `client.chat`) through the SDK."""
+        return AsyncBeta(self)
 
     @cached_property
     def with_raw_response(self) -> AsyncOpenAIWithRawResponse:

@@ -8,7 +8,7 @@ BlackBoxError
  │    └── ReservationNotHeldError  a second settle of a reservation (charged once already), or one no hold can charge
  ├── BudgetExceededError         a call would cross a cap (carries spent, reserved, limit)
  ├── RateLimitExceededError      a call would cross a requests/tokens-per-minute limit (carries retry_after)
- ├── StoreUnavailableError       a shared store (Redis, PostgreSQL) can't be reached: budgets fail closed
+ ├── StoreUnavailableError       a shared store (Redis, PostgreSQL), or the tokenize route counts need, can't be reached: budgets fail closed
  ├── CacheError                  the cache folder is locked, read-only or unusable
  ├── CallLogError                the call log can't be opened or written
  ├── BackendError                a local model can't be loaded or run
@@ -74,7 +74,8 @@ class RateLimitExceededError(BlackBoxError):
 
 
 class StoreUnavailableError(BlackBoxError):
-    """A shared store (a Redis ledger, rate window or cache; a PostgreSQL log) can't be reached or answered wrongly."""
+    """A shared store (a Redis ledger, rate window or cache; a PostgreSQL log), or the endpoint's tokenize route the
+    SDK counts with, can't be reached or answered wrongly."""
 
 
 class CacheError(BlackBoxError):

@@ -4,7 +4,7 @@ The policy mirrors the openai client's own: retry 408, 409, 429, 5xx, timeouts a
 connections (and whatever `x-should-retry` says), never other 4xx; back off 0.5 s doubling to 8 s
 with up to 25% jitter, or wait what `retry-after-ms` / `retry-after` asks when it is at most 120 s (as openai 3.x does).
 When the retries run out the last openai error is raised unchanged. `sleep` is injectable so
-tests assert the waits without sleeping.
+tests assert the waits without sleeping. Each retry sends its number in `x-stainless-retry-count`, as openai's do.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import math
 import random
 import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -30,6 +31,7 @@ RETRY_STATUSES = frozenset({408, 409, 429})
 _INFINITY = ("inf", "+inf", "infinity", "+infinity")  # the spellings of infinity itself, which openai lets through
 
 T = TypeVar("T")
+RETRIES_TAKEN: ContextVar[int] = ContextVar("blackbox_sdk_retries_taken", default=0)  # the retry a request being sent is
 
 
 def retry_after(error: BaseException) -> float | None:
@@ -128,6 +130,24 @@ class RetryPolicy:
             return await fn()
 
         return await retrying(attempt)
+
+
+class _CountedHeaders:
+    """An inner openai client's `_build_headers` told the retry number the SDK's policy is on (the inner client
+    runs with max_retries=0, so its own count is always 0); a caller's own header is kept, as openai keeps it."""
+
+    def __init__(self, build: Callable[..., Any]) -> None:
+        self.build = build
+
+    def __call__(self, options: Any, *, retries_taken: int = 0) -> Any:
+        """openai's headers, with `retries_taken` the SDK's retry number."""
+        return self.build(options, retries_taken=retries_taken or RETRIES_TAKEN.get())
+
+
+def counting_retries(inner: Any) -> None:
+    """Have an inner openai client's requests carry the SDK's retry number in `x-stainless-retry-count` (once)."""
+    if not isinstance(inner._build_headers, _CountedHeaders):
+        inner._build_headers = _CountedHeaders(inner._build_headers)
 
 
 def _error(state: tenacity.RetryCallState) -> BaseException:

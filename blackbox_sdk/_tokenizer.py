@@ -18,7 +18,8 @@ from typing import Any
 
 import httpx2
 
-from ._exceptions import ConfigError
+from ._exceptions import ConfigError, StoreUnavailableError
+from ._redis_url import redact_url
 
 SERVER = "server"
 SERVER_TIMEOUT_S = 10.0
@@ -163,9 +164,20 @@ class ServerTokenizer:
                 return None
             if model not in self._counters:
                 kind = self._found
-                count = lru_cache(maxsize=4096)(lambda text: self._ask(kind, model, text))
+                count = lru_cache(maxsize=4096)(lambda text: self._count(kind, model, text))
                 self._counters[model] = TokenCounter(count, f"{kind} server tokenizer")
             return self._counters[model]
+
+    def _count(self, kind: str, model: str, text: str) -> int:
+        """One count from the route found; a route that fails now (a busy server past SERVER_TIMEOUT_S, a 5xx) is a
+        StoreUnavailableError: what the count is for (a budget's reservation) fails closed, as on a ledger out of reach."""
+        try:
+            return self._ask(kind, model, text)
+        except (httpx2.HTTPError, KeyError, ValueError, TypeError) as error:
+            raise StoreUnavailableError(
+                f"the endpoint's tokenize route {redact_url(self._routes[kind])} failed ({type(error).__name__}), so the "
+                "prompt can't be counted; pass tokenizer= (a tiktoken encoding name, a callable) to count without it"
+            ) from error
 
     def _answers(self, kind: str, model: str) -> bool:
         """Whether the server answers this tokenize route."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import signal
 import sqlite3
 import sys
 import threading
@@ -466,3 +467,63 @@ async def test_a_call_cancelled_during_a_later_adaptive_rounds_request_is_charge
         assert prompt_tokens == pytest.approx(round(prompt_tokens)) and 10 <= round(prompt_tokens) <= 20
     finally:
         second_round_slow.close()
+
+
+class FailingLate(SlowServer):
+    """A SlowServer whose answers to the requests `held_until_released` held are 500s (retried, were they the call's)."""
+
+    late = threading.local()
+
+    @staticmethod
+    def answer(handler: BaseHTTPRequestHandler, body: dict[str, Any], delay: float, choices: int) -> None:
+        if getattr(FailingLate.late, "held", False):
+            handler.send_error(500)
+            return
+        SlowServer.answer(handler, body, delay, choices)
+
+
+@pytest.mark.parametrize("server_class", [pytest.param(SlowServer, id="answered-late"), pytest.param(FailingLate, id="failing-late")])
+def test_a_sync_fan_out_interrupted_surfaces_at_once_charging_what_was_sent(tmp_path: Path, server_class: type[SlowServer]) -> None:
+    """The server ignores n: the first request's one answer arrives, Ctrl-C comes while the three more are out.
+    The interrupt surfaces before they are answered (not after), and what they get later (an answer, or a 500
+    the policy would retry) changes nothing: nothing more charged, logged or sent."""
+    release, answered_late = threading.Event(), []
+
+    def held_until_released(body: dict[str, Any], index: int) -> float:
+        FailingLate.late.held = index > 1
+        if index > 1:
+            release.wait(10)  # the test releases them once the interrupt surfaced (unreleased: answered after 10 s)
+            answered_late.append(index)
+        return 0.0
+
+    fan_out = server_class(held_until_released, one_choice=True)
+    try:
+        stores = Stores(tmp_path, fan_out.url, reranker=lambda question, answers: [float(len(a)) for a in answers], rerank_n=4)
+        sdk = stores.sync_client(max_retries=2)
+        sdk.chat.completions.create(model=MODEL, messages=ask("hi"), max_tokens=50, reranker=None)  # calibrates
+        spent_before = stores.held()[2]
+        main = threading.main_thread().ident
+        assert main is not None
+
+        def interrupt_once_all_are_out() -> None:
+            while len(fan_out.bodies) < 5:
+                time.sleep(0.01)
+            time.sleep(0.1)
+            signal.pthread_kill(main, signal.SIGINT)  # Ctrl-C
+
+        threading.Thread(target=interrupt_once_all_are_out, daemon=True).start()
+        with pytest.raises(KeyboardInterrupt):
+            sdk.chat.completions.create(model=MODEL, messages=ask("pick"), max_tokens=50)
+        assert answered_late == []  # surfaced while the three were still out, not after their answers
+        outstanding, reserved, spent = stores.held()
+        assert (outstanding, reserved) == (0, 0.0)
+        assert spent - spent_before >= ANSWER_USD + 3 * 50 * 2.0 / 1e6  # the answer that arrived, the three out at their worst case
+        assert stores.cost_of("KeyboardInterrupt") == pytest.approx(spent - spent_before)
+        release.set()
+        for thread in [t for t in threading.enumerate() if t.name.startswith("blackbox-fan-out")]:
+            thread.join(10)  # each ends once its request's retry loop does
+        assert sorted(answered_late) == [2, 3, 4] and len(fan_out.bodies) == 5  # answered late, nothing retried
+        assert stores.held() == (0, 0.0, spent) and len(stores.errors()) == 2  # the late answers charged and logged nothing more
+    finally:
+        release.set()
+        fan_out.close()

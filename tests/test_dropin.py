@@ -112,6 +112,23 @@ def test_parse_goes_through_cache_log_and_budget(llama_server: str, tmp_path: Pa
     assert len(list(CallLog(tmp_path / "calls.db").calls())) == 2
 
 
+@pytest.mark.parametrize("cls", [OpenAI, AsyncOpenAI])
+async def test_beta_chat_is_the_sdks_chat_as_openais_is_its_chat(cls: type[OpenAI] | type[AsyncOpenAI], llama_server: str, tmp_path: Path) -> None:
+    """openai keeps `client.beta.chat` (where `parse` lived before 1.50) as its `client.chat`: code written for it is
+    cached, budgeted and logged too, not sent around the SDK (refused, under a budget, as a route it can't price)."""
+    budget = Budget(total_usd=10.0, prices=PRICES, ledger=tmp_path / "ledger.db")
+    client = cls(base_url=llama_server, api_key="sk-test", cache=tmp_path / "cache", log=tmp_path / "calls.db", budget=budget)
+    plain = (openai.OpenAI if cls is OpenAI else openai.AsyncOpenAI)(base_url=llama_server, api_key="sk-test")
+    assert type(client.beta.chat) is type(client.chat) and type(plain.beta.chat) is type(plain.chat)
+    answers = []
+    for _ in range(2):
+        answer = client.beta.chat.completions.parse(model=MODEL, messages=HI, max_tokens=12, temperature=0)
+        answers.append(await answer if cls is AsyncOpenAI else answer)
+    assert isinstance(answers[0], ParsedChatCompletion) and answers[1].blackbox.cache_hit
+    assert budget.report().spent_usd == pytest.approx(answers[0].blackbox.cost_usd) and answers[0].blackbox.cost_usd > 0
+    assert len(list(CallLog(tmp_path / "calls.db").calls())) == 2
+
+
 def test_the_stream_helper_runs_on_the_sdks_create(llama_server: str, tmp_path: Path) -> None:
     client = OpenAI(base_url=llama_server, api_key="sk-test", cache=tmp_path / "cache", log=tmp_path / "calls.db")
     texts = []

@@ -278,3 +278,16 @@ def test_int_keys_of_logit_bias_go_out_as_openai_sends_them_with_a_cache_and_a_l
         client.chat.completions.create(model="gpt-4o", messages=HI, logit_bias={50256: -100})
     assert mine.body() == plain.body() and mine.body()["logit_bias"] == {"50256": -100}
     assert ours.chat.completions.create(model="gpt-4o", messages=HI, logit_bias={"50256": -100}).blackbox.cache_hit
+
+
+def test_a_datetime_in_the_request_is_sent_and_keyed_as_openai_sends_it(tmp_path: Path) -> None:
+    """openai's JSON encoder sends a datetime as its ISO text (in `extra_body`, a `metadata` value); with a cache the SDK
+    refused the request with ConfigError ("a datetime, which is not JSON") that the bare client sends."""
+    from datetime import datetime, timezone
+
+    theirs, ours, plain, mine = both(cache=str(tmp_path / "cache"))
+    when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    for client in (theirs, ours, ours):
+        client.chat.completions.create(model="gpt-4o", messages=HI, extra_body={"sent_at": when})
+    assert mine.body() == plain.body() and mine.body()["sent_at"] == "2026-01-02T03:04:05+00:00"
+    assert len(mine.requests) == 1  # the repeat is a hit, keyed on the text sent

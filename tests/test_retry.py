@@ -6,6 +6,7 @@ openai client above it and the SDK are the real ones. Waits are recorded, never 
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import json
 from collections.abc import Callable, Iterator
@@ -245,3 +246,34 @@ async def test_async_retries_use_the_injected_async_sleep() -> None:
     client = AsyncOpenAI(api_key="sk-test", base_url="http://api.test/v1", http_client=http, retry=policy)
     completion = await client.chat.completions.create(model="m", messages=HELLO)
     assert completion.choices[0].message.content == "hello" and waits == [0.5]
+
+
+def _retry_counts(script: Script) -> list[str]:
+    return [request.headers["x-stainless-retry-count"] for request in script.requests]
+
+
+@pytest.mark.parametrize("given", [pytest.param(None, id="counted"), pytest.param("7", id="caller's-own-kept")])
+@pytest.mark.parametrize("stream", [False, True])
+def test_each_retry_sends_its_number_in_x_stainless_retry_count_as_openai(given: str | None, stream: bool) -> None:
+    extra = {} if given is None else {"X-Stainless-Retry-Count": given}
+    fast = status(500, {"retry-after-ms": "1"})  # openai's own client then waits a millisecond
+    theirs, ours = Script(fast, fast, ok), Script(fast, fast, ok)
+    plain = openai.OpenAI(api_key="sk-test", base_url="http://api.test/v1", http_client=httpx2.Client(transport=httpx2.MockTransport(theirs)))
+    plain.chat.completions.create(model="m", messages=HELLO, extra_headers=extra)
+    if stream:
+        ours.answers[-1] = lambda r: httpx2.Response(200, headers={"content-type": "text/event-stream"}, content=sse(chunk("a")))
+        list(make_client(ours, []).chat.completions.create(model="m", messages=HELLO, extra_headers=extra, stream=True))
+    else:
+        make_client(ours, []).chat.completions.create(model="m", messages=HELLO, extra_headers=extra)
+    assert _retry_counts(ours) == _retry_counts(theirs) == (["0", "1", "2"] if given is None else [given] * 3)
+
+
+async def test_async_retries_send_their_number_in_x_stainless_retry_count_as_openai() -> None:
+    fast = status(500, {"retry-after-ms": "1"})
+    theirs, ours = Script(fast, fast, ok), Script(fast, fast, ok)
+    plain = openai.AsyncOpenAI(api_key="sk-test", base_url="http://api.test/v1", http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(theirs)))
+    await plain.chat.completions.create(model="m", messages=HELLO)
+    policy = RetryPolicy(max_retries=2, async_sleep=lambda s: asyncio.sleep(0), rand=lambda: 0.0)
+    http = httpx2.AsyncClient(transport=httpx2.MockTransport(ours))
+    await AsyncOpenAI(api_key="sk-test", base_url="http://api.test/v1", http_client=http, retry=policy).chat.completions.create(model="m", messages=HELLO)
+    assert _retry_counts(ours) == _retry_counts(theirs) == ["0", "1", "2"]

@@ -3,15 +3,21 @@ model's own GGUF (its chat template rendered), or the server's tokenize route (l
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import pytest
 
-from blackbox_sdk import ConfigError, OpenAI, _tokenizer
+from blackbox_sdk import Budget, ConfigError, OpenAI, StoreUnavailableError, _tokenizer
 from blackbox_sdk._pipeline._core import checked, prepare
 from blackbox_sdk._tokenizer import ServerTokenizer, TokenCounter, Tokenizers, open_tokenizer
 from blackbox_sdk.local import default_encoder_path
@@ -57,6 +63,57 @@ def test_llama_cpp_counts_through_its_own_tokenize_route(llama_server: str) -> N
 def test_a_server_without_a_tokenize_route_falls_back_to_tiktoken() -> None:
     server = ServerTokenizer("http://127.0.0.1:9/v1", {})  # nothing listens there
     assert server.counter(MODEL) is None
+
+
+class _StallingTokenizeRoute:
+    """A loopback llama.cpp look-alike whose tokenize route answers the SDK's probe, then stalls past the SDK's
+    timeout (a busy server: counts queue behind generation); chat completions are counted, never answered."""
+
+    def __init__(self) -> None:
+        self.counts, self.chats = 0, 0
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.path.endswith("/tokenize/count"):
+                    owner.counts += 1
+                    if owner.counts > 1:
+                        time.sleep(1.0)
+                    body = json.dumps({"count": 1}).encode()
+                else:
+                    owner.chats += 1
+                    body = b"{}"
+                with contextlib.suppress(OSError):  # the SDK gave up waiting
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                """Quiet."""
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+
+def test_a_tokenize_route_that_stops_answering_fails_closed_with_the_sdks_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A count the route found on the probe times out later: a StoreUnavailableError (a BlackBoxError) before anything
+    is reserved or sent, not httpx's raw ReadTimeout."""
+    monkeypatch.setattr(_tokenizer, "SERVER_TIMEOUT_S", 0.2)
+    route = _StallingTokenizeRoute()
+    try:
+        budget = Budget(total_usd=1.0, prices={MODEL: {"input": 1.0, "output": 1.0}}, ledger=tmp_path / "ledger.db")
+        client = OpenAI(base_url=route.url, api_key="sk-secret-key", budget=budget, max_retries=0)
+        with pytest.raises(StoreUnavailableError, match="tokenize route") as refused:
+            client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=8)
+        assert isinstance(refused.value.__cause__, httpx2.ReadTimeout) and "sk-secret-key" not in str(refused.value)
+        assert route.chats == 0 and budget.report().outstanding_reservations == 0 and budget.report().spent_usd == 0
+    finally:
+        route.server.shutdown()
+        route.server.server_close()
 
 
 MINILM_TOKENIZER = ("config.json", "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt")

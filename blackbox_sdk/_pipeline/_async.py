@@ -154,7 +154,7 @@ class AsyncCore(Core):
                 return await self._retry(call, send, resend=False)
             retries = Retries(self, call, send)
             try:
-                response = await call.opts.retry.acall(replay(first, retries.again), on_retry=partial(self._hold_retry, retries))
+                response = await call.opts.retry.acall(replay(first, retries.again_async), on_retry=partial(self._hold_retry, retries))
             except Exception as last:
                 note_lost(self, call, last, send)
                 raise

@@ -80,6 +80,7 @@ class Call:
     cut_short: bool = False  # the budget shrank the output cap: its answers are not the request's, so not stored under its key
     usage_counted: bool = False
     in_flight: int = 0  # requests out and not yet answered: an interrupt (a cancelled task, Ctrl-C) leaves their prompts to charge
+    cut_off: bool = False  # Ctrl-C ended a sync fan-out with requests out: charged as out, what they get later is not the call's
     arrived: list[Any] = field(default_factory=list)  # answers received and not yet settled: charged if the call fails
     lost: list[Json] = field(default_factory=list)  # worst cases of requests whose answers were lost and not yet charged (`_lost`)
     lost_tokens: int = 0  # tokens of lost answers charged on holds of their own: the rate window counts them with the call's

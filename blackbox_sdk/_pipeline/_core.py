@@ -21,6 +21,7 @@ from .._info import BlackBoxInfo
 from .._logging import logger
 from .._options import Opened, Options
 from .._redact import remember_secret
+from .._retry import counting_retries
 from .._tokenizer import ServerTokenizer
 from .._types import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, Json, Route, usage_to_charge
 from ..budget import UNCALIBRATED_ALLOWANCE, TokenCount
@@ -46,6 +47,7 @@ class Core:
     """What one client's calls share: the inner openai client, the endpoint, options and counters."""
 
     def __init__(self, inner: Any, opts: Options, *, endpoint: str, local: bool, backend: Any = None, opened: Opened) -> None:
+        counting_retries(inner)  # its retries by the SDK's policy say which they are, as openai's own do
         self.inner = inner
         self.opts = opts
         self.endpoint = endpoint

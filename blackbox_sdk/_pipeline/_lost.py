@@ -4,7 +4,8 @@ each is charged its worst case, and a retry after one is held on the budget befo
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +14,7 @@ import openai
 
 from .._exceptions import BudgetExceededError, StoreUnavailableError, add_note
 from .._redact import redact_text
+from .._retry import RETRIES_TAKEN
 from .._types import Json
 from ..budget import TokenCount
 from ._call import Call, Sender, answer_lost
@@ -35,6 +37,8 @@ def answered(core: Core, call: Call, send: Callable[[], Any], outcome: Any) -> A
     if unreadable:
         outcome = _unreadable(str(outcome))
     with core._lock:
+        if call.cut_off:  # charged as out when the interrupt came
+            return outcome
         call.in_flight -= 1
         if unreadable and call.reservation is not None:  # the server generated, and bills, what could not be read
             call.lost.append(call.worst_case(choices_of(call, send)))
@@ -55,7 +59,8 @@ def note_lost(core: Core, call: Call, error: BaseException, send: Callable[[], A
     """A request's last attempt failed: if its answer was lost under a budget, the call is charged its worst case."""
     if call.reservation is not None and answer_lost(error):
         with core._lock:
-            call.lost.append(call.worst_case(choices_of(call, send)))
+            if not call.cut_off:  # else charged as out when the interrupt came
+                call.lost.append(call.worst_case(choices_of(call, send)))
 
 
 @dataclass
@@ -69,6 +74,8 @@ class Retries:
     send: Callable[[], Any]
     counted: bool = field(init=False)  # the request is among the call's `in_flight` (a relay's later stream is not)
     back: bool = field(init=False, default=False)  # taken off `in_flight` for the wait before a retry
+    taken: int = field(init=False, default=0)  # retries sent so far
+    error: BaseException | None = field(init=False, default=None)  # the error the next retry follows
 
     def __post_init__(self) -> None:
         """Whether the request is counted in flight: a sending effect counts each request it sends until it is answered."""
@@ -76,7 +83,10 @@ class Retries:
 
     def hold(self, error: BaseException) -> None:
         """Before a retry: the request is back, and `hold_retry` holds the retry; when that refuses it, the request's
-        error goes back through `answered`, which takes it off `in_flight`."""
+        error goes back through `answered`, which takes it off `in_flight`. A call cut off by an interrupt retries nothing."""
+        self.error = error
+        if self.call.cut_off:
+            raise error
         self._out(False)
         try:
             hold_retry(self.core, self.call, error, self.send)
@@ -85,16 +95,35 @@ class Retries:
             raise
 
     def again(self) -> Any:
-        """Send the retry: the request is out again."""
+        """Send the retry: the request is out again, carrying its retry number."""
+        with self._retrying():
+            return self.send()
+
+    async def again_async(self) -> Any:
+        """`again` for an async client: the retry number stays set while the request is awaited."""
+        with self._retrying():
+            return await self.send()
+
+    @contextmanager
+    def _retrying(self) -> Iterator[None]:
+        """While the next retry is sent: out again, its number in `RETRIES_TAKEN` (the request's headers carry it); none
+        once an interrupt cut the call off during the wait (it was charged as out), the last error raised again."""
+        if self.call.cut_off and self.error is not None:
+            raise self.error
         self._out(True)
-        return self.send()
+        self.taken += 1
+        token = RETRIES_TAKEN.set(self.taken)
+        try:
+            yield
+        finally:
+            RETRIES_TAKEN.reset(token)
 
     def _out(self, out: bool) -> None:
         """Count the request in flight again, or not, once."""
-        if self.counted and self.back == out:
-            with self.core._lock:
+        with self.core._lock:
+            if self.counted and self.back == out and not self.call.cut_off:
                 self.call.in_flight += 1 if out else -1
-            self.back = not out
+                self.back = not out
 
 
 def hold_retry(core: Core, call: Call, error: BaseException, send: Callable[[], Any]) -> None:

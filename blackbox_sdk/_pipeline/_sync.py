@@ -5,8 +5,9 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from contextlib import contextmanager, suppress
 from functools import partial
 from typing import Any
@@ -105,8 +106,7 @@ class SyncCore(Core):
         if effect.kind == "send":
             if len(effect.requests) == 1:
                 return [self._outcome(effect.call, effect.requests[0])]
-            with ThreadPoolExecutor(max_workers=min(MAX_FANOUT_WORKERS, len(effect.requests))) as pool:
-                return list(pool.map(lambda request: self._outcome(effect.call, request), effect.requests))
+            return self._fan_out(effect.call, effect.requests)
         if effect.kind == "open":
             return self._open(effect.call, effect.request)
         if effect.kind == "raw":
@@ -140,6 +140,35 @@ class SyncCore(Core):
             return answered(self, call, send, self._retry(call, send))
         except Exception as error:  # noqa: BLE001 - handed back in place of the answer
             return answered(self, call, send, error)
+
+    def _fan_out(self, call: Call, requests: Sequence[Callable[[], Any]]) -> list[Any]:
+        """A "send"'s requests sent together, on daemon threads (at most MAX_FANOUT_WORKERS): their outcomes in order.
+        An interrupt (Ctrl-C) surfaces at once, not once every request is answered: the requests out stay counted on
+        the call (its failure charges them), those not yet sent are not, and what comes back later changes nothing."""
+        pending = deque((Future[Any](), request) for request in requests)
+        futures = [future for future, _ in pending]
+
+        def work() -> None:
+            while pending:
+                try:
+                    future, request = pending.popleft()
+                except IndexError:  # another thread took the last one
+                    return
+                if future.set_running_or_notify_cancel():
+                    try:
+                        future.set_result(self._outcome(call, request))
+                    except BaseException as error:  # noqa: BLE001 - raised in the caller's thread, as a thread pool does
+                        future.set_exception(error)
+
+        for _ in range(min(MAX_FANOUT_WORKERS, len(futures))):
+            threading.Thread(target=work, name="blackbox-fan-out", daemon=True).start()
+        try:
+            return [future.result() for future in futures]
+        except BaseException:
+            with self._lock:
+                call.cut_off = True
+                call.in_flight -= sum(future.cancel() for future in futures)  # never sent: the server has nothing to bill
+            raise
 
     def _open(self, call: Call, request: Callable[[], Any]) -> tuple[Any, Any]:
         """Open a stream and read its first chunk, retrying only until that chunk has arrived."""

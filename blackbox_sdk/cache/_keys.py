@@ -16,6 +16,7 @@ import json
 import math
 import re
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -130,7 +131,7 @@ def canonical_params(params: Mapping[str, Any]) -> dict[str, Any]:
     ``extra_headers``, ...) and credential-named keys are dropped; inside ``extra_query`` the
     query parameters that carry a credential (``api-key``, ``key``, ``sig``, ...) too, then an empty ``extra_body`` or ``extra_query``. At every depth: ``NOT_GIVEN``/``omit`` are dropped (never sent), a pydantic
     model class becomes its JSON schema, a pydantic instance its ``model_dump(mode="json")``,
-    tuples become lists. Anything else that isn't JSON raises ConfigError naming where it is.
+    a datetime its ISO text (as openai sends it), tuples become lists. Anything else that isn't JSON raises ConfigError naming where it is.
     """
     if not isinstance(params, Mapping):
         raise ConfigError(f"cache key: params must be a mapping, not {type(params).__name__}")
@@ -180,6 +181,8 @@ def _canonical(value: Any, where: Where) -> Any:
         return schema
     if isinstance(value, pydantic.BaseModel):
         return _canonical(value.model_dump(mode="json"), where)
+    if isinstance(value, datetime):  # as openai's JSON encoder sends it
+        return value.isoformat()
     if isinstance(value, Mapping):
         return _canonical_mapping(value, where)
     if isinstance(value, (list, tuple)):

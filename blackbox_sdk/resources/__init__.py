@@ -5,9 +5,21 @@ openai's, unchanged.
 
 from ._raw import AsyncRawClient, AsyncStreamedClient, RawClient, RawMethod, StreamedClient
 from ._responses_api import AsyncResponses, Responses
-from ._resources import AsyncChat, AsyncChatCompletions, AsyncCompletions, AsyncEmbeddings, Chat, ChatCompletions, Completions, Embeddings
+from ._resources import (
+    AsyncBeta,
+    AsyncChat,
+    AsyncChatCompletions,
+    AsyncCompletions,
+    AsyncEmbeddings,
+    Beta,
+    Chat,
+    ChatCompletions,
+    Completions,
+    Embeddings,
+)
 
 __all__ = [
+    "AsyncBeta",
     "AsyncChat",
     "AsyncChatCompletions",
     "AsyncCompletions",
@@ -15,6 +27,7 @@ __all__ = [
     "AsyncRawClient",
     "AsyncResponses",
     "AsyncStreamedClient",
+    "Beta",
     "Chat",
     "ChatCompletions",
     "Completions",

@@ -1,6 +1,6 @@
 """The resources the SDK runs through its pipeline, as subclasses of openai's own classes:
 `chat.completions` (`create`, `parse`, and `stream`, which openai builds on `create`),
-`completions` and `embeddings`. Every other method (retrieve, list, update, delete, messages) is
+`completions` and `embeddings` (and `beta.chat`, openai's older name for `chat`). Every other method (retrieve, list, update, delete, messages) is
 openai's, sent by the client itself with openai's retries. Whether a call is sync or async is the
 core's to decide: the async classes only await what it returns.
 """
@@ -203,3 +203,21 @@ class AsyncChat(_ChatViews, oai.AsyncChat):
 
     _completions_class = AsyncChatCompletions
     _views = (_AsyncChatRaw, _AsyncChatStreamed)
+
+
+class Beta(oai.Beta):
+    """`client.beta` for `OpenAI`: openai's, with its `chat` (openai's older name for `client.chat`) the client's own."""
+
+    @cached_property
+    def chat(self) -> oai.Chat:
+        """`client.chat`, through the SDK, as openai's `beta.chat` is its `chat`."""
+        return self._client.chat
+
+
+class AsyncBeta(oai.AsyncBeta):
+    """`client.beta` for `AsyncOpenAI`: openai's, with its `chat` the client's own."""
+
+    @cached_property
+    def chat(self) -> oai.AsyncChat:
+        """`client.chat`, through the SDK, as openai's `beta.chat` is its `chat`."""
+        return self._client.chat
