@@ -118,8 +118,11 @@ def generating(route: Generating) -> Handler:
         required(body, *route.required)
         _check_model(tenant, body["model"], meter)
         client = await proxy.tenant_client(tenant)
-        before_sending.set(partial(_still_connected, request))  # this request's own task: its context ends with it
-        result = await route.call(client, call_arguments(body, route.signature))
+        checking = before_sending.set(partial(_still_connected, request))
+        try:
+            result = await route.call(client, call_arguments(body, route.signature))
+        finally:
+            before_sending.reset(checking)
         cached = client.options.cache is not None
         if hasattr(result, "__aiter__"):  # a stream, whatever the body's `stream` said: sent, so it is always closed
             sent = events(meter.stream(result, cached), named=route.named_events)
