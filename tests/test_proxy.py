@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from blackbox_sdk import Budget, CallLog, ConfigError
+from blackbox_sdk import Budget, CallLog, ConfigError, RateLimits
 from blackbox_sdk import OpenAI as BlackboxOpenAI
 from blackbox_sdk.local import free_port
 from blackbox_sdk.serve import ProxyConfig, ProxyError, Tenant, create_app, load_config
@@ -294,6 +294,27 @@ def test_a_rate_limit_answers_429_with_retry_after(llama_server: str) -> None:
         answer = running.post("/chat/completions", json.dumps({"model": MODEL, "messages": HELLO, "max_tokens": 2}).encode())
     assert answer.status_code == 429 and answer.json()["error"]["code"] == "rate_limit_exceeded"
     assert int(answer.headers["retry-after"]) >= 1
+
+
+def test_a_client_that_left_while_its_call_waited_for_the_rate_window_is_sent_and_charged_nothing(llama_server: str, tmp_path: Path) -> None:
+    window = {"rpm": 1, "window_s": 8.0, "store": str(tmp_path / "window.db")}
+    budget = {"total_usd": 100.0, "prices": PRICES, "ledger": str(tmp_path / "ledger.db")}
+    config = ProxyConfig(upstream=llama_server, log=str(tmp_path / "calls.db"), budget=budget, rate_limit={**window, "policy": "wait"})
+    with Proxy(config) as running:
+        RateLimits(**window).admit(key=None, model=MODEL, tokens=1)  # the window's one request, taken in its shared store
+        answered, closed = _answered(running, "200"), _answered(running, "499")
+        with pytest.raises(openai.APITimeoutError):  # gives up while the proxy waits for the window
+            running.client(max_retries=0, timeout=1.5).chat.completions.create(model=MODEL, messages=HELLO, max_tokens=2)
+        deadline = time.monotonic() + 60
+        while (_answered(running, "200"), _answered(running, "499")) == (answered, closed) and time.monotonic() < deadline:
+            time.sleep(0.1)  # until the proxy has answered it, once its wait ended
+        assert (_answered(running, "200"), _answered(running, "499")) == (answered, closed + 1)
+    log = CallLog(tmp_path / "calls.db")
+    abandoned = list(log.calls())
+    assert len(abandoned) == 1 and "disconnected" in (abandoned[0].error or "") and abandoned[0].cost_usd == 0
+    report = Budget(prices=PRICES, ledger=str(tmp_path / "ledger.db")).report()
+    assert report.spent_usd == 0 and report.outstanding_reservations == 0  # nothing sent upstream, nothing charged
+    RateLimits(**window).admit(key=None, model=MODEL, tokens=1)  # its slot given back: the window is empty again
 
 
 def test_tenant_keys_through_the_authenticate_seam(llama_server: str, tmp_path: Path) -> None:

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx2
 import pytest
@@ -31,6 +33,7 @@ ANSWER = {
     "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
 }
 FORM = {"content-type": "application/x-www-form-urlencoded"}
+JSON = {"content-type": "application/json"}
 ELSEWHERE = "198.51.100.9"  # another client, as a reverse proxy on this host forwards it (X-Forwarded-For)
 
 
@@ -342,6 +345,26 @@ def test_a_burst_of_wrong_keys_at_login_compares_no_more_than_the_limit(keyed: P
 def test_a_burst_of_unknown_tenant_keys_at_once_looks_up_no_more_than_the_limit(tenant_keyed: TenantKeyed) -> None:
     _at_most_the_limit_compared(_burst(f"{tenant_keyed.proxy.base_url}/models", lambda n: _bearer(f"bb-{n:0{KEY_LENGTH - 3}d}")))
     assert len(tenant_keyed.lookups) == MAX_FAILURES
+
+
+def test_a_burst_of_right_tenant_keys_at_once_is_all_served_not_refused_as_failed_attempts(
+    tenant_keyed: TenantKeyed, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A service sends many requests at once from one address: each right key's attempt, taken before its lookup,
+    holds the address's place only until the lookup finds it right; the requests past the limit wait for those
+    places rather than being refused. (The lookups are held until MAX_FAILURES are in flight together.)"""
+    together = threading.Barrier(MAX_FAILURES, timeout=60)
+    proxy = tenant_keyed.proxy.server.config.app.state.proxy
+    looked_up = proxy.authenticate
+
+    def held(presented: str | None) -> Any:
+        together.wait()
+        return looked_up(presented)
+
+    monkeypatch.setattr(proxy, "authenticate", held)
+    body = json.dumps({"model": MODEL, "messages": HELLO}).encode()
+    statuses = _burst(f"{tenant_keyed.proxy.base_url}/chat/completions", lambda n: {**_bearer(tenant_keyed.secret), **JSON}, body)
+    assert statuses == [200] * BURST
 
 
 def test_a_right_admin_key_gives_its_attempt_back(workers: Workers) -> None:

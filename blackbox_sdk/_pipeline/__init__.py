@@ -3,11 +3,11 @@ fan-out, settle, store, rerank, log. Every decision is made once, in flows that 
 async cores drive; the two cores differ only in how they do I/O.
 """
 
-from ._async import AsyncCore, offloaded
+from ._async import AsyncCore, before_sending, offloaded
 from ._call import Call
 from ._core import Core, build
 from ._meter import Meter
 from ._streams import BlackBoxAsyncStream, BlackBoxStream
 from ._sync import SyncCore
 
-__all__ = ["AsyncCore", "BlackBoxAsyncStream", "BlackBoxStream", "Call", "Core", "Meter", "SyncCore", "build", "offloaded"]
+__all__ = ["AsyncCore", "BlackBoxAsyncStream", "BlackBoxStream", "Call", "Core", "Meter", "SyncCore", "before_sending", "build", "offloaded"]

@@ -31,6 +31,10 @@ T = TypeVar("T")
 STORE_WORKERS = 4  # threads for async clients' store work: few, so they contend little with the event loop for the GIL
 _workers: dict[int, ThreadPoolExecutor] = {}  # by process id: a forked child makes its own (threads don't cross a fork)
 _workers_lock = threading.Lock()
+SENDING = frozenset({"send", "open", "raw", "enter", "beam"})  # the effects that send a request upstream
+# A check its caller sets around a call (the proxy: that the client is still connected), awaited before the call's first
+# request goes out (after any wait for the rate window): its error ends the call unsent, its holds given back, logged as failed.
+before_sending: contextvars.ContextVar[Callable[[], Awaitable[None]] | None] = contextvars.ContextVar("before_sending", default=None)
 
 
 def _new_workers_lock() -> None:
@@ -118,7 +122,10 @@ class AsyncCore(Core):
         return value
 
     async def _perform(self, effect: flows.Effect) -> Any:
-        """One effect's I/O."""
+        """One effect's I/O; before a call's first request, the caller's `before_sending` check."""
+        check = before_sending.get()
+        if check is not None and effect.kind in SENDING and effect.call.info.requests == 0:
+            await check()
         if effect.kind == "io":
             return await self._io(effect.call, effect.request, counts=effect.counts, blocks=effect.blocks)
         if effect.kind == "gate":

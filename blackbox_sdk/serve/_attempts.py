@@ -6,7 +6,11 @@ neither kind of mistake locks out the other. Before a presented key is compared 
 the request takes an attempt of its address in one atomic step (`guessing`): refused with 429 and Retry-After
 when the address already has MAX_FAILURES within WINDOW_S, else counted at once as a failure, and given back
 only when the key turns out right (a right key costs nothing). Checking first and counting after the comparison
-would let a burst of concurrent guesses all pass the check before any was counted. Wrong admin keys are counted
+would let a burst of concurrent guesses all pass the check before any was counted. An attempt whose key is still
+being compared holds its place without being a failure: in this process's count (`FailedAttempts.atake`) a request
+that finds every place held, fewer than MAX_FAILURES of them by failures, waits for those comparisons to end rather
+than being refused, so a service sending many requests at once with a right key is never locked out by its own
+requests, while a burst of wrong keys still has only MAX_FAILURES compared. Wrong admin keys are counted
 in the key store when it is on SQLite or Redis (`SharedAttempts`: one transaction or one Lua script per attempt),
 so the workers and hosts sharing it allow MAX_FAILURES together; a key store of another kind (or none) keeps the
 count in this process (`FailedAttempts`). While the shared store can't be reached, each process counts in its own
@@ -21,6 +25,7 @@ FORWARDED_ALLOW_IPS); from an untrusted one, every client shares the proxy's add
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -94,6 +99,10 @@ class _Counted(ABC, Generic[SlotT]):
     async def agive_back(self, slot: SlotT) -> None:
         """Give an attempt back (its key was right)."""
 
+    @abstractmethod
+    async def akeep(self, slot: SlotT) -> None:
+        """Keep an attempt as a failure (its key was wrong): its comparison is over."""
+
     @asynccontextmanager
     async def guessing(self, request: Request, presented: str | None) -> AsyncIterator[Guess]:
         """An attempt taken for a presented key before the block compares it (429 when the address has none left),
@@ -103,8 +112,8 @@ class _Counted(ABC, Generic[SlotT]):
         try:
             yield guess
         finally:
-            if slot is not None and not guess.is_wrong:
-                await self.agive_back(slot)
+            if slot is not None:
+                await (self.akeep(slot) if guess.is_wrong else self.agive_back(slot))
 
 
 class FailedAttempts(_Counted[LocalSlot]):
@@ -113,26 +122,50 @@ class FailedAttempts(_Counted[LocalSlot]):
     def __init__(self, limit: int = MAX_FAILURES, window_s: float = WINDOW_S, clock: Callable[[], float] = time.monotonic) -> None:
         self.limit, self.window_s, self._clock = limit, window_s, clock
         self._failures: dict[str, deque[float]] = {}  # address -> times of its attempts in the window, oldest first
+        self._comparing: dict[str, int] = {}  # address -> its attempts whose keys are still being compared
         self._lock = threading.Lock()
+        self._ended: asyncio.Event | None = None  # set when a comparison ends (`atake`'s waiters try again)
 
     def take(self, request: Request) -> LocalSlot:
         """Count an attempt of the request's address, or RateLimitExceededError (429 with Retry-After) when it is at
         the limit already: one step under the lock, so concurrent requests can't all pass a check first."""
         address, now = peer(request), self._clock()
         with self._lock:
+            return self._taken(address, now)
+
+    def _take_or_wait(self, request: Request) -> LocalSlot | None:
+        """`take`, or None (nothing taken) when the address's places are all held but some only by keys still being
+        compared, so the caller waits for one of those comparisons to end."""
+        address, now = peer(request), self._clock()
+        with self._lock:
             times = self._recent(address, now)
-            if times is not None and len(times) >= self.limit:
-                raise _refused(self.limit, times[-self.limit] + self.window_s - now)
-            if times is None:
-                if len(self._failures) >= MAX_ADDRESSES:
-                    del self._failures[min(self._failures, key=lambda known: self._failures[known][-1])]
-                times = self._failures[address] = deque()
-            times.append(now)
+            held_by_failures = 0 if times is None else len(times) - self._comparing.get(address, 0)
+            if times is not None and len(times) >= self.limit > held_by_failures:
+                return None
+            return self._taken(address, now)
+
+    def _taken(self, address: str, now: float) -> LocalSlot:
+        """An attempt of `address` counted now, its key being compared; the 429 when the window is full (under the lock)."""
+        times = self._recent(address, now)
+        if times is not None and len(times) >= self.limit:
+            raise _refused(self.limit, times[-self.limit] + self.window_s - now)
+        if times is None:
+            if len(self._failures) >= MAX_ADDRESSES:
+                del self._failures[min(self._failures, key=lambda known: self._failures[known][-1])]
+            times = self._failures[address] = deque()
+        times.append(now)
+        self._comparing[address] = self._comparing.get(address, 0) + 1
         return LocalSlot(address, now)
+
+    def keep(self, slot: LocalSlot) -> None:
+        """Keep an attempt taken as a failure (its key was wrong)."""
+        with self._lock:
+            self._compared(slot)
 
     def give_back(self, slot: LocalSlot) -> None:
         """Remove an attempt taken (its key was right); nothing when it already left the window or was forgotten."""
         with self._lock:
+            self._compared(slot)
             times = self._failures.get(slot.address)
             if times is not None and slot.at in times:
                 times.remove(slot.at)
@@ -140,12 +173,39 @@ class FailedAttempts(_Counted[LocalSlot]):
                     del self._failures[slot.address]
 
     async def atake(self, request: Request) -> LocalSlot:
-        """``take``: a lock held for microseconds, so the event loop is not blocked."""
-        return self.take(request)
+        """``take`` (a lock held for microseconds, so the event loop is not blocked), waiting while the address's
+        places are held by keys still being compared rather than refusing it."""
+        while True:
+            slot = self._take_or_wait(request)
+            if slot is not None:
+                return slot
+            if self._ended is None:
+                self._ended = asyncio.Event()
+            await self._ended.wait()
 
     async def agive_back(self, slot: LocalSlot) -> None:
-        """``give_back``."""
+        """``give_back``, waking the requests that wait for a place."""
         self.give_back(slot)
+        self._wake()
+
+    async def akeep(self, slot: LocalSlot) -> None:
+        """``keep``, waking the requests that wait for a place (they are refused now if failures fill the window)."""
+        self.keep(slot)
+        self._wake()
+
+    def _compared(self, slot: LocalSlot) -> None:
+        """One comparison of the slot's address is over (under the lock)."""
+        left = self._comparing.get(slot.address, 0) - 1
+        if left > 0:
+            self._comparing[slot.address] = left
+        else:
+            self._comparing.pop(slot.address, None)
+
+    def _wake(self) -> None:
+        """Let every waiting `atake` try again (on the event loop; the next waiters wait on a new event)."""
+        ended, self._ended = self._ended, None
+        if ended is not None:
+            ended.set()
 
     def _recent(self, address: str, now: float) -> deque[float] | None:
         """The address's attempts still in the window (None when it has none left, and then forgotten)."""
@@ -215,6 +275,12 @@ class SharedAttempts(_Counted[Slot]):
     async def agive_back(self, slot: Slot) -> None:
         """``give_back`` in a worker thread."""
         await run_in_threadpool(self.give_back, slot)
+
+    async def akeep(self, slot: Slot) -> None:
+        """Keep a failure: the store's stays counted as taken; one taken in this process's count while the store
+        was down ends its comparison there."""
+        if isinstance(slot, LocalSlot):
+            self.local.keep(slot)
 
     def _scope(self, request: Request) -> str:
         """Where the address's failures are counted in the store (tenant keys are never counted there)."""

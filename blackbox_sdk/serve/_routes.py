@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from functools import wraps
+from functools import partial, wraps
 from typing import Any
 
 import openai.resources as oai
@@ -29,6 +29,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .._exceptions import ConfigError, RateLimitExceededError
+from .._pipeline import before_sending
 from .._text import checked_text
 from ._body import call_arguments, check_content_type, parse_object, read_body, required
 from ._errors import ProxyError, error_response
@@ -117,7 +118,11 @@ def generating(route: Generating) -> Handler:
         required(body, *route.required)
         _check_model(tenant, body["model"], meter)
         client = await proxy.tenant_client(tenant)
-        result = await route.call(client, call_arguments(body, route.signature))
+        checking = before_sending.set(partial(_still_connected, request))
+        try:
+            result = await route.call(client, call_arguments(body, route.signature))
+        finally:
+            before_sending.reset(checking)
         cached = client.options.cache is not None
         if hasattr(result, "__aiter__"):  # a stream, whatever the body's `stream` said: sent, so it is always closed
             sent = events(meter.stream(result, cached), named=route.named_events)
@@ -126,6 +131,13 @@ def generating(route: Generating) -> Handler:
         return Response(wire_json(result), media_type="application/json", headers=blackbox_headers(result.blackbox))
 
     return handle
+
+
+async def _still_connected(request: Request) -> None:
+    """ClientDisconnect (answered 499) when the client left before its call was sent (while it waited for the rate
+    window, say): the SDK then sends nothing, gives back what the call held and logs it as failed with this error."""
+    if await request.is_disconnected():
+        raise ClientDisconnect("the client disconnected before its call was sent: nothing was sent or charged")
 
 
 def _check_model(tenant: Tenant | None, model: object, meter: RequestMeter) -> None:
