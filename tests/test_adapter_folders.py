@@ -136,6 +136,15 @@ def _tiny_encoder(where: Path) -> Path:
     return folder
 
 
+def _cut_base(folder: Path) -> str:
+    """A copy of MiniLM inside the adapter folder (so the error names it) with its weights cut short: a base on a full disk."""
+    from blackbox_sdk.local import default_encoder_path
+
+    base = Path(shutil.copytree(default_encoder_path(), folder / "encoder", ignore=shutil.ignore_patterns("model.safetensors")))
+    (base / "model.safetensors").write_bytes((default_encoder_path() / "model.safetensors").read_bytes()[:300])
+    return str(base)
+
+
 DAMAGES: dict[str, tuple[Callable[[Path], object], str]] = {
     "config-without-config": (lambda d: _edit_config(d, lambda doc: doc.pop("config")), "'config' must be an object"),
     "config-without-base-sha256": (lambda d: _edit_config(d, lambda doc: doc.pop("base_sha256")), "'base_sha256' must be a string"),
@@ -173,6 +182,9 @@ DAMAGES: dict[str, tuple[Callable[[Path], object], str]] = {
         lambda d: (_edit_config(d, lambda doc: doc["config"].update(lora_alpha=math.inf)), _lora_config(d, lora_alpha=math.inf)), "lora_alpha > 0"
     ),
     "config-of-another-rank": (lambda d: _edit_config(d, lambda doc: doc["config"].update(lora_rank=4)), r"rank 8 scaled by 2.*lora_rank 4"),
+    "base-weights-cut-short": (  # safetensors' own SafetensorError before
+        lambda d: _edit_config(d, lambda doc: doc["config"].update(base_model=_cut_base(d))), "can't load base encoder .*encoder: .*header"
+    ),
     "another-base": (lambda d: _edit_config(d, lambda doc: doc["config"].update(base_model=str(_tiny_encoder(d.parent)))), "trained on a base encoder with SHA-256"),
 }
 

@@ -400,3 +400,4 @@ def test_registered_soft_prompt_changes_the_reply_and_counts_its_positions(backe
 def test_register_soft_prompt_rejects_a_wrong_shape(backend: HFBackend) -> None:
     with pytest.raises(ConfigError, match="shape"):
         backend.register_soft_prompt("bad", torch.zeros(4, 3))
+
