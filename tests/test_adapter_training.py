@@ -449,3 +449,10 @@ def test_cli_stores_a_relative_base_encoder_path_resolved_so_the_adapter_loads_f
     loaded = Adapter.load("out", device="cpu")
     assert loaded.config.base_model == str(tmp_path / "work" / "enc")
     assert f"Base encoder: `{tmp_path / 'work' / 'enc'}`" in (tmp_path / "out" / "README.md").read_text()
+
+
+@pytest.mark.parametrize("option", ["lr", "temperature", "l2"])
+def test_an_infinite_training_option_is_refused_before_any_work(option: str) -> None:
+    """`--l2 inf` failed at the first step telling to lower the learning rate; `--temperature inf` trained on no gradient."""
+    with pytest.raises(AdapterError, match=f"{option} must be finite, not inf"):
+        TrainConfig(**{option: math.inf})
