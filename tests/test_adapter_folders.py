@@ -15,10 +15,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from blackbox_sdk._exceptions import AdapterError
-from blackbox_sdk.adapter import Adapter, OnlineQuestion, Samples, cli_main, online_train, online_train_auto
+from blackbox_sdk.adapter import Adapter, OnlineConfig, OnlineQuestion, Samples, cli_main, online_train, online_train_auto
 
 SHIPPED = Path(__file__).resolve().parents[1] / "adapters" / "comparison"
 QUESTION, ANSWERS = "Which number is larger, 43 or 84?", ["84 is larger.", "43 is larger."]
+ITEM = OnlineQuestion(question="What is the capital of Kenya?", gold="Nairobi")
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +87,20 @@ def test_training_refuses_an_output_it_may_not_write_before_any_work(tmp_path: P
         with pytest.raises(AdapterError, match="it is a file"):
             train(_never_sampled, items, lambda item, answer: True, tmp_path / "afile")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"] and (tmp_path / "afile").read_text() == "x"
+
+
+@pytest.mark.parametrize(
+    "state",
+    [pytest.param(b"{not json", id="not-json"), pytest.param(b"\xff\xfe", id="not-utf8"), pytest.param(b"[1, 2]", id="a-list"),
+     pytest.param(b'{"version": 1, "fingerprint": "F", "extra": 1}', id="unknown-key")],
+)
+def test_a_damaged_online_state_file_is_an_adapter_error_naming_it_before_any_sampling(tmp_path: Path, state: bytes) -> None:
+    """A state file that is not the run's JSON object (hand-edited, another tool's) was a raw JSONDecodeError,
+    UnicodeDecodeError, AttributeError or TypeError."""
+    path = tmp_path / "state.json"
+    path.write_bytes(state.replace(b'"F"', json.dumps(OnlineConfig().fingerprint([ITEM])).encode()))
+    with pytest.raises(AdapterError, match=f"{path}"):
+        online_train(_never_sampled, [ITEM], lambda item, answer: True, tmp_path / "out", state_path=path)
 
 
 def _edit_config(folder: Path, change: Callable[[dict[str, Any]], object]) -> None:
