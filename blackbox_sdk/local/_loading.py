@@ -76,8 +76,12 @@ def _acquire(lm: LoadedModel) -> None:
 
 def existing_path(path: str | Path) -> Path:
     """The resolved model path, or a BackendError when nothing is there."""
-    resolved = Path(path).expanduser().resolve()
-    if not resolved.exists():
+    try:
+        resolved = Path(path).expanduser().resolve()
+        found = resolved.exists()
+    except (OSError, ValueError) as exc:  # a NUL byte, a name too long: pathlib answers False only for a missing file
+        raise BackendError(f"can't look for a model at {str(path)[:200]!r}: {getattr(exc, 'strerror', None) or exc}") from None
+    if not found:
         raise BackendError(f"no model at {resolved}: pass a .gguf file or a HuggingFace model folder")
     return resolved
 
