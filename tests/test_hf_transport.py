@@ -330,7 +330,8 @@ def test_a_stop_string_cuts_the_streamed_logprobs_as_the_whole_ones(client: open
 def test_legacy_logprob_tokens_of_a_character_split_over_tokens_join_to_the_text_and_offsets_stay_in_it(client: openai.OpenAI) -> None:
     """An emoji takes three tokens: each was listed as U+FFFD, so the tokens did not join to the text and every
     offset after it ran past the characters it stood for (past the end of the text at the end)."""
-    params: dict[str, Any] = {"model": "local", "prompt": "Write one emoji and the word hello in Japanese:", "max_tokens": 12, "temperature": 0, "logprobs": 1}
+    prompt = "Write one emoji and the word hello in Japanese:"
+    params: dict[str, Any] = {"model": "local", "prompt": prompt, "max_tokens": 12, "temperature": 0, "logprobs": 1}
     choice = client.completions.create(**params).choices[0]
     logprobs = choice.logprobs
     assert logprobs is not None and logprobs.tokens is not None and logprobs.text_offset is not None
