@@ -57,6 +57,8 @@ class _State:
     def load(cls, path: Path, fingerprint: str) -> _State:
         """The saved state for this run, or a fresh one; a state of another run is an error."""
         if not path.is_file():
+            if path.exists():  # a folder: its first save, after a round's paid sampling, would fail
+                raise AdapterError(f"the online run's state {path} is not a file: name a file, or leave state_path out")
             return cls(fingerprint)
         try:
             data = json.loads(path.read_bytes())
