@@ -103,11 +103,14 @@ def test_a_damaged_online_state_file_is_an_adapter_error_naming_it_before_any_sa
         online_train(_never_sampled, [ITEM], lambda item, answer: True, tmp_path / "out", state_path=path)
 
 
-def test_an_online_state_path_naming_a_folder_is_refused_before_any_sampling(tmp_path: Path) -> None:
+def test_an_online_state_path_naming_a_folder_or_under_a_file_is_refused_before_any_sampling(tmp_path: Path) -> None:
     """The folder was taken for a fresh run: its first save failed with a raw IsADirectoryError after a round's sampling."""
     (tmp_path / "state").mkdir()
     with pytest.raises(AdapterError, match="state .*state is not a file"):
         online_train(_never_sampled, [ITEM], lambda item, answer: True, tmp_path / "out", state_path=tmp_path / "state")
+    (tmp_path / "afile").write_text("x")  # a folder that can't be made: FileNotFoundError or NotADirectoryError at that save
+    with pytest.raises(AdapterError, match="can't keep the online run's state at .*afile/state.json"):
+        online_train(_never_sampled, [ITEM], lambda item, answer: True, tmp_path / "out", state_path=tmp_path / "afile" / "state.json")
 
 
 def _edit_config(folder: Path, change: Callable[[dict[str, Any]], object]) -> None:

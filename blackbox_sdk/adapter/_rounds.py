@@ -59,6 +59,10 @@ class _State:
         if not path.is_file():
             if path.exists():  # a folder: its first save, after a round's paid sampling, would fail
                 raise AdapterError(f"the online run's state {path} is not a file: name a file, or leave state_path out")
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)  # now, not at the first save, after a round's paid sampling
+            except OSError as exc:
+                raise AdapterError(f"can't keep the online run's state at {path}: {exc.strerror or exc}") from exc
             return cls(fingerprint)
         try:
             data = json.loads(path.read_bytes())
