@@ -15,10 +15,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from blackbox_sdk._exceptions import AdapterError
-from blackbox_sdk.adapter import Adapter, OnlineQuestion, Samples, cli_main, online_train, online_train_auto
+from blackbox_sdk.adapter import Adapter, OnlineConfig, OnlineQuestion, Samples, cli_main, online_train, online_train_auto
 
 SHIPPED = Path(__file__).resolve().parents[1] / "adapters" / "comparison"
 QUESTION, ANSWERS = "Which number is larger, 43 or 84?", ["84 is larger.", "43 is larger."]
+ITEM = OnlineQuestion(question="What is the capital of Kenya?", gold="Nairobi")
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +89,30 @@ def test_training_refuses_an_output_it_may_not_write_before_any_work(tmp_path: P
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"] and (tmp_path / "afile").read_text() == "x"
 
 
+@pytest.mark.parametrize(
+    "state",
+    [pytest.param(b"{not json", id="not-json"), pytest.param(b"\xff\xfe", id="not-utf8"), pytest.param(b"[1, 2]", id="a-list"),
+     pytest.param(b'{"version": 1, "fingerprint": "F", "extra": 1}', id="unknown-key")],
+)
+def test_a_damaged_online_state_file_is_an_adapter_error_naming_it_before_any_sampling(tmp_path: Path, state: bytes) -> None:
+    """A state file that is not the run's JSON object (hand-edited, another tool's) was a raw JSONDecodeError,
+    UnicodeDecodeError, AttributeError or TypeError."""
+    path = tmp_path / "state.json"
+    path.write_bytes(state.replace(b'"F"', json.dumps(OnlineConfig().fingerprint([ITEM])).encode()))
+    with pytest.raises(AdapterError, match=f"{path}"):
+        online_train(_never_sampled, [ITEM], lambda item, answer: True, tmp_path / "out", state_path=path)
+
+
+def test_an_online_state_path_naming_a_folder_or_under_a_file_is_refused_before_any_sampling(tmp_path: Path) -> None:
+    """The folder was taken for a fresh run: its first save failed with a raw IsADirectoryError after a round's sampling."""
+    (tmp_path / "state").mkdir()
+    with pytest.raises(AdapterError, match="state .*state is not a file"):
+        online_train(_never_sampled, [ITEM], lambda item, answer: True, tmp_path / "out", state_path=tmp_path / "state")
+    (tmp_path / "afile").write_text("x")  # a folder that can't be made: FileNotFoundError or NotADirectoryError at that save
+    with pytest.raises(AdapterError, match="can't keep the online run's state at .*afile/state.json"):
+        online_train(_never_sampled, [ITEM], lambda item, answer: True, tmp_path / "out", state_path=tmp_path / "afile" / "state.json")
+
+
 def _edit_config(folder: Path, change: Callable[[dict[str, Any]], object]) -> None:
     path = folder / "adapter_config.json"
     document = json.loads(path.read_text())
@@ -136,6 +161,15 @@ def _tiny_encoder(where: Path) -> Path:
     return folder
 
 
+def _cut_base(folder: Path) -> str:
+    """A copy of MiniLM inside the adapter folder (so the error names it) with its weights cut short: a base on a full disk."""
+    from blackbox_sdk.local import default_encoder_path
+
+    base = Path(shutil.copytree(default_encoder_path(), folder / "encoder", ignore=shutil.ignore_patterns("model.safetensors")))
+    (base / "model.safetensors").write_bytes((default_encoder_path() / "model.safetensors").read_bytes()[:300])
+    return str(base)
+
+
 DAMAGES: dict[str, tuple[Callable[[Path], object], str]] = {
     "config-without-config": (lambda d: _edit_config(d, lambda doc: doc.pop("config")), "'config' must be an object"),
     "config-without-base-sha256": (lambda d: _edit_config(d, lambda doc: doc.pop("base_sha256")), "'base_sha256' must be a string"),
@@ -173,6 +207,9 @@ DAMAGES: dict[str, tuple[Callable[[Path], object], str]] = {
         lambda d: (_edit_config(d, lambda doc: doc["config"].update(lora_alpha=math.inf)), _lora_config(d, lora_alpha=math.inf)), "lora_alpha > 0"
     ),
     "config-of-another-rank": (lambda d: _edit_config(d, lambda doc: doc["config"].update(lora_rank=4)), r"rank 8 scaled by 2.*lora_rank 4"),
+    "base-weights-cut-short": (  # safetensors' own SafetensorError before
+        lambda d: _edit_config(d, lambda doc: doc["config"].update(base_model=_cut_base(d))), "can't load base encoder .*encoder: .*header"
+    ),
     "another-base": (lambda d: _edit_config(d, lambda doc: doc["config"].update(base_model=str(_tiny_encoder(d.parent)))), "trained on a base encoder with SHA-256"),
 }
 

@@ -172,3 +172,35 @@ def test_an_adapter_loaded_from_a_relative_path_reloads_its_folder_retrained_in_
     assert reader.score(QUESTION, ANSWERS) == pytest.approx(first.score(QUESTION, ANSWERS), abs=1e-4)
     second.save(".")  # `adapter train --out .` from the same folder
     assert reader.score(QUESTION, ANSWERS) == pytest.approx(second.score(QUESTION, ANSWERS), abs=1e-4)
+
+
+def _trained(lora_rank: int, trainable_layers: int, seed: int) -> Adapter:
+    """A fresh adapter on a base of its own with every trainable tensor moved by seeded noise (as training would)."""
+    adapter = Adapter.create(AdapterConfig(lora_rank=lora_rank, trainable_layers=trainable_layers), device="cpu")
+    noise = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in adapter.trainable_parameters():
+            param.add_(torch.randn(param.shape, generator=noise) * 0.5)
+    return adapter
+
+
+def test_adapters_on_one_shared_base_keep_their_own_deltas_through_reloads_of_other_kinds_and_layers(tmp_path: Path) -> None:
+    """A LoRA on the top layer, re-trained whole-layer, then LoRA on all layers twice: dropping the revision before
+    the last left the top layer on the first LoRA's deltas (peft picks a new active adapter per layer, the first it
+    holds there) while peft's model said the new one was active, so it was never set: the reader scored with a mix."""
+    torch.set_num_threads(1)
+    revisions = [_trained(4, 1, 1), _trained(0, 1, 2), _trained(4, -1, 3), _trained(4, -1, 4), _trained(4, 1, 5)]
+    expected = [adapter.score(QUESTION, ANSWERS) for adapter in revisions]
+    other = Adapter.load(revisions[0].save(tmp_path / "other"), device="cpu")  # a second reader on the same shared base, never changed
+    reader = Adapter.load(revisions[0].save(tmp_path / "live"), device="cpu")
+    reader.reload_interval = 0.0
+    for number, revision in enumerate(revisions):
+        revision.save(tmp_path / "live")
+        assert reader.score(QUESTION, ANSWERS) == pytest.approx(expected[number], abs=1e-4), f"revision {number}"
+        assert other.score(QUESTION, ANSWERS) == pytest.approx(expected[0], abs=1e-4), f"the other adapter after revision {number}"
+        assert reader.score(QUESTION, ANSWERS) == pytest.approx(expected[number], abs=1e-4)  # active when the next reload drops it
+    lone = Adapter.load(revisions[0].save(tmp_path / "lone"), device="cpu", shared=False)  # the only adapter on its base
+    lone.reload_interval = 0.0
+    for number in (1, 2, 3):
+        revisions[number].save(tmp_path / "lone")
+        assert lone.score(QUESTION, ANSWERS) == pytest.approx(expected[number], abs=1e-4), f"alone, revision {number}"

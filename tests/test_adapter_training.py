@@ -34,7 +34,7 @@ from blackbox_sdk.adapter import (
     train_from_log,
 )
 from blackbox_sdk.call_log import CallLog, CallRecord
-from blackbox_sdk.local import free_port
+from blackbox_sdk.local import default_encoder_path, free_port
 
 CAPITALS = {
     "Kenya": "Nairobi", "Peru": "Lima", "Norway": "Oslo", "Egypt": "Cairo", "Chile": "Santiago",
@@ -433,3 +433,26 @@ def test_cli_refuses_a_bad_log_or_device_with_one_line_not_a_traceback(
     err = capsys.readouterr().err
     assert message in err and err.startswith("blackbox-sdk: ")
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_stores_a_relative_base_encoder_path_resolved_so_the_adapter_loads_from_any_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--base ./enc` was stored as "enc": loading the adapter from another working directory found no encoder there."""
+    _write_log(tmp_path / "calls.db")
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "enc").symlink_to(default_encoder_path())
+    monkeypatch.chdir(tmp_path / "work")
+    argv = ["--log", "../calls.db", "--out", "../out", "--base", "./enc", "--epochs", "0", "--trainable-layers", "0", "--no-progress"]
+    assert cli_main(argv) == 0
+    monkeypatch.chdir(tmp_path)
+    loaded = Adapter.load("out", device="cpu")
+    assert loaded.config.base_model == str(tmp_path / "work" / "enc")
+    assert f"Base encoder: `{tmp_path / 'work' / 'enc'}`" in (tmp_path / "out" / "README.md").read_text()
+
+
+@pytest.mark.parametrize("option", ["lr", "temperature", "l2"])
+def test_an_infinite_training_option_is_refused_before_any_work(option: str) -> None:
+    """`--l2 inf` failed at the first step telling to lower the learning rate; `--temperature inf` trained on no gradient."""
+    with pytest.raises(AdapterError, match=f"{option} must be finite, not inf"):
+        TrainConfig(**{option: math.inf})

@@ -45,6 +45,8 @@ def test_load_backend_loads_each_resolved_path_once(backend: HFBackend) -> None:
         pytest.param(lambda tmp: default_encoder_path() / "config.json", "not a GGUF file", id="json-file"),
         pytest.param(lambda tmp: default_encoder_path(), "not a causal language model", id="encoder-folder"),
         pytest.param(lambda tmp: tmp, "has no config.json", id="empty-folder"),
+        pytest.param(lambda tmp: tmp / "a\0b.gguf", "can't look for a model at .*embedded null", id="nul-byte"),  # a raw ValueError before
+        pytest.param(lambda tmp: tmp / ("a" * 5000), "can't look for a model at .*too long", id="name-too-long"),  # a raw OSError before
     ],
 )
 def test_bad_model_paths_raise_backend_error_at_construction(
@@ -400,3 +402,4 @@ def test_registered_soft_prompt_changes_the_reply_and_counts_its_positions(backe
 def test_register_soft_prompt_rejects_a_wrong_shape(backend: HFBackend) -> None:
     with pytest.raises(ConfigError, match="shape"):
         backend.register_soft_prompt("bad", torch.zeros(4, 3))
+

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import string
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -31,7 +32,10 @@ class AdapterConfig:
     confidence: float | None = None  # adaptive K's stop share for rerank_confidence="auto", chosen at training (None: every answer)
 
     def __post_init__(self) -> None:
-        """Reject a config that could not score anything, before any model is loaded."""
+        """Reject a config that could not score anything, before any model is loaded; a base folder's path made absolute
+        (a relative one, saved with the adapter, pointed elsewhere from another working directory)."""
+        if isinstance(self.base_model, str) and self.base_model not in (DEFAULT_BASE, MPNET_ENCODER):
+            self.base_model = os.path.abspath(os.path.expanduser(self.base_model))
         _check_template(self.template)
         if self.pooling not in ("mean", "cls"):
             raise AdapterError(f"pooling must be 'mean' or 'cls', not {self.pooling!r}")

@@ -66,6 +66,7 @@ def base_fingerprint(folder: Path) -> str:
 def load_base(config: AdapterConfig) -> tuple[Any, Any, str]:
     """The base encoder (safetensors only) in fp32 whatever dtype its file keeps, its left-truncating tokenizer and its fingerprint, on the CPU."""
     import torch
+    from safetensors import SafetensorError
     from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -75,7 +76,7 @@ def load_base(config: AdapterConfig) -> tuple[Any, Any, str]:
     try:
         encoder = AutoModel.from_pretrained(base, use_safetensors=True, dtype=torch.float32)  # weights kept in fp16/bf16 train in fp32 too
         tokenizer = AutoTokenizer.from_pretrained(base)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:  # SafetensorError: weights cut short, damaged
         raise AdapterError(f"can't load base encoder {base}: {exc}") from exc
     tokenizer.truncation_side = "left"
     check_max_length(config, encoder, tokenizer)
@@ -169,6 +170,9 @@ class SharedBase:
         with self.lock, _quiet():
             if self.peft is not None and name in self.peft.peft_config and len(self.peft.peft_config) > 1:
                 self.peft.delete_adapter(name)
+                # peft makes each layer's first remaining adapter active, and the first layer's the model's: on layers that
+                # adapter lacks another one stays active, which `active` would never switch; one adapter active on all layers
+                self.peft.set_adapter(next(iter(self.peft.peft_config)))
 
     @contextlib.contextmanager
     def active(self, name: str) -> Iterator[None]:

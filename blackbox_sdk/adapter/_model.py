@@ -87,6 +87,7 @@ class Adapter:
     metadata: dict[str, Any] = field(default_factory=dict)
     base: SharedBase | None = None  # a LoRA adapter's base encoder (shared with other adapters when loaded shared)
     lora_name: str | None = None  # its peft adapter name on that base
+    shared: bool = False  # made or loaded with shared=True (a reload keeps to the shared base, or to a base of its own, whatever kind comes between)
     source: Path | None = None  # the folder it was loaded from, checked for a new revision
     revision: str | None = None  # that folder's revision when loaded
     reload_interval: float = 1.0  # seconds between checks of the folder (three stats each)
@@ -122,7 +123,7 @@ class Adapter:
         attach(base, name)
         model = energy_model_class()(base.encoder, config.pooling)
         model.head.to(device)
-        return cls(config, model, base.tokenizer, base.sha256, base=base, lora_name=name)
+        return cls(config, model, base.tokenizer, base.sha256, base=base, lora_name=name, shared=shared)
 
     @property
     def device(self) -> Any:
@@ -275,7 +276,7 @@ class Adapter:
                 raise AdapterError(f"{folder / CONFIG_FILE}: {exc}") from exc
             adapter._fill(folder, document, precision)
             check_unchanged(folder, before, document.get("revision"))  # else it may hold one revision's LoRA, another's head
-            adapter._stamp = before
+            adapter._stamp, adapter.shared = before, shared
             return adapter.make_fast(int8=fast == "int8") if fast is not False else adapter
         except BaseException as exc:
             if adapter is not None:

@@ -36,8 +36,7 @@ def reload_if_changed(adapter: Any) -> bool:
         if same_weights and read_document(adapter.source).get("revision") == adapter.revision:
             adapter._stamp = current  # the config rewritten as it was
             return False
-        shared = adapter.base is None or adapter.base.shared
-        fresh = type(adapter).load(adapter.source, device=str(adapter.device), shared=shared, fast=adapter.fast, precision=adapter.precision)
+        fresh = type(adapter).load(adapter.source, device=str(adapter.device), shared=adapter.shared, fast=adapter.fast, precision=adapter.precision)
     except Exception as exc:  # a serving adapter never fails its calls for its folder: it keeps the loaded revision
         adapter._stamp = current  # not tried again until the folder changes again
         if stamp(adapter.source) == current:  # a bad revision, not a swap caught mid-way: say so once
@@ -48,5 +47,5 @@ def reload_if_changed(adapter: Any) -> bool:
         for name in _SWAPPED:
             setattr(adapter, name, getattr(fresh, name))
     if old_base is not None and old_name is not None:
-        old_base.remove(old_name)  # the old deltas; the base stays for the new ones
+        old_base.discard(old_name)  # the old deltas; the base stays for the new ones, or goes when nothing else is on it
     return True

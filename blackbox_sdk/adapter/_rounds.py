@@ -57,12 +57,26 @@ class _State:
     def load(cls, path: Path, fingerprint: str) -> _State:
         """The saved state for this run, or a fresh one; a state of another run is an error."""
         if not path.is_file():
+            if path.exists():  # a folder: its first save, after a round's paid sampling, would fail
+                raise AdapterError(f"the online run's state {path} is not a file: name a file, or leave state_path out")
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)  # now, not at the first save, after a round's paid sampling
+            except OSError as exc:
+                raise AdapterError(f"can't keep the online run's state at {path}: {exc.strerror or exc}") from exc
             return cls(fingerprint)
-        data = json.loads(path.read_text())
-        if data.get("version") != STATE_VERSION or data.get("fingerprint") != fingerprint:
+        try:
+            data = json.loads(path.read_bytes())
+        except OSError as exc:
+            raise AdapterError(f"can't read the online run's state {path}: {exc.strerror or exc}") from exc
+        except ValueError as exc:  # not UTF-8, or not JSON
+            raise AdapterError(f"{path} is not an online run's state (not valid JSON: {exc}): remove it or pick another") from exc
+        if not isinstance(data, dict) or data.get("version") != STATE_VERSION or data.get("fingerprint") != fingerprint:
             raise AdapterError(f"{path} belongs to another online run (other config or questions): remove it or pick another")
         data.pop("version")
-        return cls(**data)
+        try:
+            return cls(**data)
+        except TypeError as exc:  # keys this version does not keep
+            raise AdapterError(f"{path} is not an online run's state ({exc}): remove it or pick another") from exc
 
     def save(self, path: Path) -> None:
         """Write the state atomically (temp file, then rename)."""

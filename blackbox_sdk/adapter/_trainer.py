@@ -42,6 +42,9 @@ class TrainConfig:
             raise AdapterError("epochs and warmup_steps must be >= 0, groups_per_batch and max_negatives >= 1")
         if not (self.lr > 0 and self.temperature > 0 and self.l2 >= 0 and self.grad_clip > 0):
             raise AdapterError("lr, temperature and grad_clip must be > 0 and l2 >= 0")
+        infinite = [name for name in ("lr", "temperature", "l2") if not math.isfinite(getattr(self, name))]
+        if infinite:  # an infinite l2 "diverged: lower the learning rate"; an infinite temperature trained on no gradient
+            raise AdapterError(f"{infinite[0]} must be finite, not {getattr(self, infinite[0])}")
         if not 0 <= self.eval_fraction < 1:
             raise AdapterError(f"eval_fraction must be in [0, 1), not {self.eval_fraction}")
 

@@ -5,6 +5,7 @@ stream chunks, usage, log-probs, embedding lists), built from plain values.
 from __future__ import annotations
 
 import base64
+import codecs
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -34,16 +35,26 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
 
 def legacy_logprobs(entries: list[dict[str, Any]], offset: int) -> dict[str, Any]:
     """Chat-style log-prob records in the legacy /completions shape, text offsets from `offset`."""
-    offsets = []
-    for entry in entries:
+    tokens, offsets = _token_texts(entries), []
+    for token in tokens:
         offsets.append(offset)
-        offset += len(entry["token"])
+        offset += len(token)
     return {
-        "tokens": [e["token"] for e in entries],
+        "tokens": tokens,
         "token_logprobs": [e["logprob"] for e in entries],
         "top_logprobs": [{t["token"]: t["logprob"] for t in e["top_logprobs"]} for e in entries],
         "text_offset": offsets,
     }
+
+
+def _token_texts(entries: list[dict[str, Any]]) -> list[str]:
+    """Each token's share of the text, from its bytes: a character split over tokens goes to the one that completes it
+    (the others add ""), so the tokens join to the text and the offsets stay in it (alone, each decodes to U+FFFD)."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    texts = [decoder.decode(bytes(entry["bytes"])) for entry in entries]
+    if texts:
+        texts[-1] += decoder.decode(b"", final=True)  # a character cut short by the length limit: U+FFFD, as in the text
+    return texts
 
 
 def chat_choice(index: int, candidate: Candidate, with_logprobs: bool) -> dict[str, Any]:

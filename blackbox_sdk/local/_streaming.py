@@ -172,7 +172,8 @@ def _stream_tokens(lm: LoadedModel, prompt: Prompt, decoding: Decoding, seed: in
             yield item
     finally:
         cancel.set()  # a reader that left early stops the worker at its next step
-        worker.join()
+        if worker is not threading.current_thread():  # a dropped stream may be collected by the worker's own allocations
+            worker.join()
 
 
 def _generate_into(
