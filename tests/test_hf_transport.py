@@ -139,54 +139,6 @@ def test_first_chunk_arrives_while_the_model_is_still_generating(client: openai.
     assert not backend.lock.locked()
 
 
-def _read_a_little_and_drop(client: openai.OpenAI, max_tokens: int) -> None:
-    """Read a long stream's first chunks, then leave it unclosed (its Stream, a reference cycle, lingers until collected)."""
-    stream = client.chat.completions.create(
-        model="local", messages=[{"role": "user", "content": "Count from 1 to 100."}], max_tokens=max_tokens, temperature=0, stream=True
-    )
-    for number, _ in enumerate(stream):
-        if number == 2:
-            break
-
-
-def test_a_stream_dropped_unclosed_stops_its_generation_when_the_next_call_waits_for_the_model(
-    client: openai.OpenAI, backend: HFBackend
-) -> None:
-    """The dropped stream's generate held the model to its last token (the next call waited for all 120 of them):
-    the waiting call collects it, which closes it, and its generate stops at its next step."""
-    forwards: list[int] = []
-    hook = backend.model.register_forward_hook(lambda *_: forwards.append(1))
-    try:
-        _read_a_little_and_drop(client, 120)
-        reply = client.chat.completions.create(**GREEDY)
-    finally:
-        hook.remove()
-    assert reply.choices[0].message.content and not backend.lock.locked()
-    assert len(forwards) < 60  # the dropped stream's few tokens and the reply's 8, not the 120 it was allowed
-
-
-async def test_an_async_stream_dropped_unclosed_stops_its_generation_when_the_next_call_waits(backend: HFBackend) -> None:
-    """The async chain of generators is closed a few loop turns after the drop: one collection, made at once, was too early."""
-    forwards: list[int] = []
-    hook = backend.model.register_forward_hook(lambda *_: forwards.append(1))
-    try:
-        async with openai.AsyncOpenAI(
-            api_key="x", base_url=BASE_URL, http_client=local_async_http_client(default_gguf_path()), max_retries=0
-        ) as client:
-            stream = await client.chat.completions.create(
-                model="local", messages=[{"role": "user", "content": "Count from 1 to 100."}], max_tokens=120, temperature=0, stream=True
-            )
-            async for chunk in stream:
-                if chunk.choices[0].delta.content:  # the model is generating it
-                    break
-            del stream, chunk
-            reply = await client.chat.completions.create(**GREEDY)
-    finally:
-        hook.remove()
-    assert reply.choices[0].message.content and not backend.lock.locked()
-    assert len(forwards) < 80  # the dropped stream's tokens until it was collected and the reply's 8, not the 120 it was allowed
-
-
 def test_stream_with_n_two_streams_each_choice_with_its_index(client: openai.OpenAI) -> None:
     chunks = list(client.chat.completions.create(model="local", messages=COUNT, max_tokens=4, n=2, seed=5, stream=True))
     finished = [c.choices[0].index for c in chunks if c.choices[0].finish_reason]

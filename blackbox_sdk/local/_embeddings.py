@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from .._exceptions import ConfigError
-from ._loading import LoadedModel, holding
+from ._loading import LoadedModel
 from ._requests import LocalRequestError
 
 EMBEDDING_BATCH = 16  # inputs per forward pass when embedding
@@ -43,7 +43,7 @@ def _embed_batch(lm: LoadedModel, id_lists: list[list[int]]) -> torch.Tensor:
     width = max(len(ids) for ids in id_lists)
     ids = torch.tensor([x + [lm.pad_id] * (width - len(x)) for x in id_lists], device=lm.device)  # [B, T]
     mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in id_lists], device=lm.device)  # [B, T]
-    with holding(lm), torch.inference_mode():
+    with lm.lock, torch.inference_mode():
         hidden = lm.model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state.float()  # [B, T, H]
     weights = mask.unsqueeze(-1).float()  # [B, T, 1]
     return (hidden * weights).sum(1) / weights.sum(1)  # [B, H]
@@ -57,7 +57,7 @@ def forward_embeds(
     embeds = inputs_embeds.to(lm.device, lm.model.dtype)  # [B, T, H]
     mask = attention_mask.to(lm.device, torch.long)  # [B, T]
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [B, T], left padding aware
-    with holding(lm), torch.inference_mode():
+    with lm.lock, torch.inference_mode():
         out = lm.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, logits_to_keep=logits_to_keep)
     return out.logits.float()  # [B, logits_to_keep, V]
 

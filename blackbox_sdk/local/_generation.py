@@ -17,7 +17,7 @@ from transformers import GenerationConfig, LogitsProcessorList
 
 from .._exceptions import BackendError
 from ._constrained import SchemaConstraint
-from ._loading import LoadedModel, holding
+from ._loading import LoadedModel
 from ._prompts import Decoding, Prompt
 
 _BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")  # a sentencepiece byte-fallback token
@@ -87,7 +87,7 @@ def run_generate(
         start = len(prompt.ids) if prompt.soft is None else 0  # with inputs_embeds, input_ids hold only new tokens
         constraint = SchemaConstraint(lm, decoding.structured.node, start)
         extra = {**extra, "logits_processor": LogitsProcessorList([constraint])}
-    with holding(lm, stream="streamer" in extra), _seeded(decoding.seed, lm.device), torch.inference_mode():
+    with lm.lock, _seeded(decoding.seed, lm.device), torch.inference_mode():
         inputs = _model_inputs(lm, prompt)  # the soft prompt's embedding lookup is a model use too
         return lm.model.generate(**inputs, generation_config=config, tokenizer=lm.tokenizer, **extra)
 

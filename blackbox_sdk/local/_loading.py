@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import gc
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,7 +21,6 @@ from .._exceptions import BackendError, ConfigError
 
 GGUF_MAGIC = b"GGUF"
 DEFAULT_CONTEXT = 2048  # context window assumed when the config names none
-COLLECT_AT_MOST_EVERY = 8.0  # seconds between garbage collections of a call kept waiting by a stream, in the end
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -38,40 +36,10 @@ class LoadedModel:
     eos_ids: list[int]
     pad_id: int
     lock: threading.Lock = field(default_factory=threading.Lock)  # not re-entrant
-    streaming: threading.Event = field(default_factory=threading.Event)  # set while a stream's generate holds `lock`
 
     def input_embeddings(self) -> torch.nn.Embedding:
         """The model's token-embedding table."""
         return self.model.get_input_embeddings()
-
-
-@contextlib.contextmanager
-def holding(lm: LoadedModel, *, stream: bool = False) -> Iterator[None]:
-    """Hold the model's lock for one use. Kept waiting by a stream, collect garbage first: a stream dropped unclosed
-    (the openai client's Stream is a reference cycle) is closed, which stops its generation, only by the cycle
-    collector, and until then its generate holds the model to its last token."""
-    _acquire(lm)
-    if stream:
-        lm.streaming.set()
-    try:
-        yield
-    finally:
-        lm.streaming.clear()
-        lm.lock.release()
-
-
-def _acquire(lm: LoadedModel) -> None:
-    """Take the model's lock; while a stream holds it, collect garbage at once and then after 1, 2, 4, 8, 8... s (an async
-    stream's chain of generators is closed a few loop turns after it was dropped: the first collection may be too early)."""
-    if lm.lock.acquire(blocking=False):
-        return
-    wait = 1.0
-    while lm.streaming.is_set():
-        gc.collect()  # a full collection takes a while on a process holding a model: not on every turn
-        if lm.lock.acquire(timeout=wait):
-            return
-        wait = min(wait * 2, COLLECT_AT_MOST_EVERY)
-    lm.lock.acquire()
 
 
 def existing_path(path: str | Path) -> Path:
