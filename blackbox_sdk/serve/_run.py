@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 from starlette.routing import BaseRoute
 
@@ -29,10 +30,11 @@ def check_exposure(config: ProxyConfig, authenticate: Authenticate | None) -> No
 
 
 def check_stores(config: ProxyConfig) -> None:
-    """Open and close the call log and the cache as the client will, and load the reranker as its first call will (its
-    base encoder too), so that a corrupt file, a missing encoder or a store out of reach stops the command before it
-    listens rather than failing every request after it (the client itself is built once serving)."""
+    """Open and close the call log, the cache and a rate limit's SQLite file as the client will, and load the reranker as
+    its first call will (its base encoder too), so that a corrupt file, a missing encoder or a store out of reach stops the
+    command before it listens rather than failing every request after it (the client itself is built once serving)."""
     from .._options import Opened, open_cache, open_log
+    from ..limits import open_store
 
     opened = Opened()
     try:
@@ -40,6 +42,9 @@ def check_stores(config: ProxyConfig) -> None:
         open_cache(config.cache, None, opened)
     finally:
         opened.close()
+    store = (config.rate_limit or {}).get("store")
+    if isinstance(store, (str, Path)) and "://" not in str(store):  # a Redis out of reach is no error yet (docs/fleet.md)
+        open_store(Path(store).expanduser()).close()  # StoreUnavailableError for a file SQLite can't open
     if config.reranker is not None:
         check_reranker(config.reranker)
 
