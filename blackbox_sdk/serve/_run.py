@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import socket
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -49,6 +50,18 @@ def check_stores(config: ProxyConfig) -> None:
         check_reranker(config.reranker)
 
 
+def check_address(config: ProxyConfig) -> None:
+    """Bind the address once as uvicorn will (``SO_REUSEADDR``), so that a port in use or an address this host lacks is the
+    command's one ``blackbox-sdk:`` line and status 1, not uvicorn's log lines and its exit status 3."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(config.host, config.port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        raise ConfigError(f"can't listen on {config.host}:{config.port}: {exc.strerror or exc}") from None
+
+
 def serve(
     config: ProxyConfig,
     *,
@@ -65,6 +78,7 @@ def serve(
     from ._http import http_protocol
 
     check_exposure(config, authenticate)
+    check_address(config)
     app = create_app(config, authenticate=authenticate, routes=routes, keys=keys, tenants=tenants)
     check_stores(config)
     uvicorn.run(  # uvicorn types the timeout int but waits with asyncio, which takes fractions of a second
