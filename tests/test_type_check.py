@@ -23,6 +23,7 @@ from pydantic import BaseModel
 
 import blackbox_sdk
 from blackbox_sdk import AsyncOpenAI, OpenAI, wrap
+from blackbox_sdk.limits import RateLimits
 
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
 
@@ -50,6 +51,7 @@ async def main() -> None:
 
 
 client.chat.completions.create(model="m", messages=MESSAGES, cache="off")  # option
+RateLimits(tpm=100_000, default_max_output_tokens=None)  # uncapped, as docs/rate-limits.md allows
 client.chat.completions.create(model="m", messages=MESSAGES, temperature="hot")  # wrong type
 asyncio.run(main())
 '''

@@ -21,7 +21,6 @@ from ._calibrate import warn_ignored_cap
 from ._call import Call
 from ._candidates import Candidate, chunks_from_candidates, response_from_candidates, split_response, sum_usage, usage_chunk
 from ._core import Core, build
-from ._meter import recording
 from ._rates import warn_unasked_priority
 from ._rerank import question_of, rank, valid_first
 
@@ -154,7 +153,7 @@ def untouched(call: Call, stored: list[Candidate], responses: list[Any]) -> bool
 def finish_untouched(core: Core, call: Call, response: Any) -> Any:
     """`finish` for an `untouched` response, without splitting it into candidates: the server's object with `.blackbox`."""
     call.info.chosen = list(range(min(call.n, len(response.choices))))
-    core.record(call, [], response.usage.to_dict(warnings=False) if recording(call.opts.log) else None)
+    core.record(call, [], response.usage.to_dict(warnings=False))  # `.blackbox.usage`, as on every other path
     return attach(response, call.info)
 
 

@@ -61,9 +61,16 @@ def export_jsonl(
         if isinstance(exc, FileExistsError) and not replace:
             raise ConfigError(exists_message(out)) from None
         if isinstance(exc, OSError):
-            raise CallLogError(f"can't write the export {target}: {exc}") from exc
+            raise _write_error(target, exc) from exc
         raise
     return count
+
+
+def _write_error(target: Path, exc: OSError) -> CallLogError:
+    """A failed write in words about the file asked for, never the temporary file beside it that the OS error names."""
+    if exc.errno == errno.ENOENT and not target.parent.is_dir():
+        return CallLogError(f"can't write the export {target}: its folder {target.parent} does not exist")
+    return CallLogError(f"can't write the export {target}: {exc.strerror or exc}")
 
 
 def is_stream(path: str | Path) -> bool:

@@ -78,7 +78,7 @@ class RateLimits(Closing):
     max_wait_s: float = 60.0
     store: str | Path | None = None
     window_s: float = 60.0
-    default_max_output_tokens: int = 4096
+    default_max_output_tokens: int | None = 4096  # None: a call with no output cap is admitted at its prompt alone
     clock: Callable[[], float] | None = field(default=None, compare=False)
     sleep: Callable[[float], Any] = field(default=time.sleep, compare=False)
     asleep: Callable[[float], Awaitable[Any]] = field(default=asyncio.sleep, compare=False)

