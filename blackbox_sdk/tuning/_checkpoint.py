@@ -50,6 +50,16 @@ def fingerprint(
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
 
 
+def prepare_folder(folder: Path) -> None:
+    """Create the checkpoint folder up front, so a path that can't hold one is refused before any call, not after the budget."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise TuningError(f"checkpoint_dir {folder} can't be used as a folder ({type(error).__name__}: {error})") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise TuningError(f"checkpoint_dir {folder} is not writable")
+
+
 def save_checkpoint(folder: Path, state: SearchState, fingerprint: str) -> None:
     """Write the checkpoint atomically: new tensors under their own name, then the JSON naming them, then drop the old ones."""
     folder.mkdir(parents=True, exist_ok=True)

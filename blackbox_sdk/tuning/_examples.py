@@ -34,6 +34,18 @@ def _checked_pair(item: Any, labels: Sequence[str], where: str) -> Example:
     return item[0], item[1]
 
 
+def checked_texts(texts: Sequence[Any]) -> list[str]:
+    """The texts to classify as a list of strings; TuningError for one str (which would be read as its characters) or a
+    non-str item."""
+    if isinstance(texts, (str, bytes)):
+        raise TuningError(f"texts must be a list of texts, not one {type(texts).__name__}: wrap it as [text]")
+    checked = list(texts)
+    for i, text in enumerate(checked):
+        if not isinstance(text, str):
+            raise TuningError(f"texts[{i}] must be a str, got {type(text).__name__}")
+    return checked
+
+
 def sample_few_shot(examples: Sequence[Example], k: int = 16, *, seed: int = 0) -> tuple[list[Example], list[Example]]:
     """Disjoint k-per-label train and dev sets drawn from a labelled pool, as the paper builds them."""
     by_label: dict[str, list[Example]] = {}
