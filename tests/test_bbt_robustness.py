@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 import torch
+from safetensors.torch import load_file
+from safetensors.torch import save as to_safetensors
 
 from blackbox_sdk._exceptions import BlackBoxError, BudgetExceededError, TuningError
 from blackbox_sdk.local._backend import HFBackend, load_backend
@@ -100,6 +102,13 @@ DAMAGES: dict[str, Callable[[Path], None]] = {
     "missing-tensors": lambda f: _tensors(f).unlink(),
     "missing-field": _rewrite_json(lambda d: {k: v for k, v in d.items() if k != "calls"}),
     "short-fitness": _rewrite_json(lambda d: {**d, "fitness": [f[:2] for f in d["fitness"]]}),
+    "nan-fitness": _rewrite_json(lambda d: {**d, "fitness": [[math.nan] * len(f) for f in d["fitness"]]}),
+    "counter-not-a-number": _rewrite_json(lambda d: {**d, "calls": "many"}),
+    "best-loss-not-a-number": _rewrite_json(lambda d: {**d, "best": {**d["best"], "train_loss": "low"}}),
+    "history-not-numbers": _rewrite_json(lambda d: {**d, "generations": [{**g, "best_so_far": "low"} for g in d["generations"]]}),
+    "nan-best-z": lambda f: _tensors(f).write_bytes(
+        to_safetensors({**load_file(str(_tensors(f))), "best_z": torch.full((1, TINY["d"]), math.nan, dtype=torch.float64)})
+    ),
 }
 
 
