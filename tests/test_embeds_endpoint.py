@@ -277,7 +277,9 @@ def test_a_password_in_the_endpoints_url_is_never_shown(backend: HFBackend) -> N
 
 
 def test_bad_endpoint_options_are_refused(backend: HFBackend) -> None:
-    for options in ({"top_logprobs": 0}, {"top_logprobs": 21}, {"wire_dtype": "int8"}, {"batch_size": 0}):
+    bad = ({"top_logprobs": 0}, {"top_logprobs": 21}, {"wire_dtype": "int8"}, {"batch_size": 0})
+    not_integers = ({"batch_size": 2.5}, {"batch_size": True}, {"top_logprobs": 5.5}, {"top_logprobs": True})  # 2.5 failed mid-run
+    for options in (*bad, *not_integers):
         with pytest.raises(ConfigError):
             EmbedsEndpoint("http://vllm.test/v1", model="m", embedding_table_source=backend, **options)
     with pytest.raises(ConfigError):

@@ -72,12 +72,12 @@ class EmbedsEndpoint(Closing):
         timeout: float = 120.0,
         http_client: httpx2.Client | None = None,
     ) -> None:
-        if not 1 <= top_logprobs <= MAX_SERVER_LOGPROBS:
-            raise ConfigError(f"top_logprobs must be in 1..{MAX_SERVER_LOGPROBS}, got {top_logprobs}")
+        if not (_integer(top_logprobs) and 1 <= top_logprobs <= MAX_SERVER_LOGPROBS):
+            raise ConfigError(f"top_logprobs must be an integer in 1..{MAX_SERVER_LOGPROBS}, got {top_logprobs!r}")
         if wire_dtype not in _WIRE_DTYPES:
             raise ConfigError(f"wire_dtype must be one of {sorted(_WIRE_DTYPES)}, got {wire_dtype!r}")
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+        if not (_integer(batch_size) and batch_size >= 1):
+            raise ConfigError(f"batch_size must be an integer of at least 1, got {batch_size!r}")
         self.url = base_url.rstrip("/") + "/completions"
         self._where = redact_url(self.url)  # the URL as messages and repr show it: a password in it as ***
         self.model_id = model
@@ -216,6 +216,11 @@ class EmbedsEndpoint(Closing):
             return int(number)
         ids = self.tokenizer.encode(key, add_special_tokens=False)
         return ids[0] if len(ids) == 1 else -1
+
+
+def _integer(value: Any) -> bool:
+    """Whether value is an int and not a bool (a float batch size fails only at the first request)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _table_source(source: Any) -> Any:
