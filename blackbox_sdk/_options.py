@@ -7,6 +7,7 @@ and every resource's `create` take exactly these (and openai's `max_retries`).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import weakref
@@ -218,6 +219,14 @@ def open_beam(value: Any, current: Any, opened: Opened) -> BeamOptions | None:
         except TypeError as error:
             raise ConfigError(f"unknown beam option: {error}") from None
     raise ConfigError(f"beam must be None, True, a dict of BeamOptions fields or a BeamOptions; got {value!r}")
+
+
+def served_name(prompt: Any) -> str:
+    """The name a soft prompt is registered and sent under: its own plus a digest of its values, so two prompts sharing a
+    name (one re-tuned, say) never share a backend slot or a cache key."""
+    embeds = prompt.embeds.detach().float().cpu().contiguous()
+    digest = hashlib.sha256(repr(list(embeds.shape)).encode() + embeds.numpy().tobytes()).hexdigest()
+    return f"{prompt.name}#{digest[:16]}"
 
 
 def open_soft_prompt(value: Any, current: Any, opened: Opened) -> Any:

@@ -449,3 +449,17 @@ def test_sample_few_shot_draws_disjoint_balanced_splits() -> None:
     assert not set(train) & set(dev)
     with pytest.raises(TuningError):
         sample_few_shot(pool, 6)
+
+
+@pytest.mark.parametrize(
+    ("pool", "k", "match"),
+    [
+        pytest.param([("a", "x"), ("b", "y")] * 4, -1, "k must be an integer of at least 1", id="negative-k"),
+        pytest.param([("a", "x"), ("b", "y")] * 4, 0, "k must be an integer of at least 1", id="zero-k"),
+        pytest.param([("a", "x"), ("b", "y")] * 4, True, "k must be an integer of at least 1", id="bool-k"),
+        pytest.param([("a", "x", "extra")] * 4, 1, r"pool\[0\] must be a \(text, label\) pair", id="not-a-pair"),
+    ],
+)
+def test_sample_few_shot_refuses_a_bad_k_or_pool_with_a_tuning_error(pool: list[Any], k: Any, match: str) -> None:
+    with pytest.raises(TuningError, match=match):
+        sample_few_shot(pool, k)

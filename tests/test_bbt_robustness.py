@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 import torch
+from safetensors.torch import load_file
+from safetensors.torch import save as to_safetensors
 
 from blackbox_sdk._exceptions import BlackBoxError, BudgetExceededError, TuningError
 from blackbox_sdk.local._backend import HFBackend, load_backend
@@ -100,6 +102,13 @@ DAMAGES: dict[str, Callable[[Path], None]] = {
     "missing-tensors": lambda f: _tensors(f).unlink(),
     "missing-field": _rewrite_json(lambda d: {k: v for k, v in d.items() if k != "calls"}),
     "short-fitness": _rewrite_json(lambda d: {**d, "fitness": [f[:2] for f in d["fitness"]]}),
+    "nan-fitness": _rewrite_json(lambda d: {**d, "fitness": [[math.nan] * len(f) for f in d["fitness"]]}),
+    "counter-not-a-number": _rewrite_json(lambda d: {**d, "calls": "many"}),
+    "best-loss-not-a-number": _rewrite_json(lambda d: {**d, "best": {**d["best"], "train_loss": "low"}}),
+    "history-not-numbers": _rewrite_json(lambda d: {**d, "generations": [{**g, "best_so_far": "low"} for g in d["generations"]]}),
+    "nan-best-z": lambda f: _tensors(f).write_bytes(
+        to_safetensors({**load_file(str(_tensors(f))), "best_z": torch.full((1, TINY["d"]), math.nan, dtype=torch.float64)})
+    ),
 }
 
 
@@ -178,3 +187,59 @@ def test_a_saved_prompt_with_a_truncated_tensors_file_is_a_tuning_error(tmp_path
 def test_a_tuner_refuses_a_config_that_is_not_a_bbtconfig() -> None:
     with pytest.raises(TuningError, match="config must be a BBTConfig, got dict"):
         Tuner(object(), template="{text} It was [MASK].", verbalizer={"1": "great"}, train=[], config={"d": 10})  # type: ignore[arg-type]
+
+
+def test_a_saved_prompt_whose_description_is_not_utf8_is_a_tuning_error(tmp_path: Path) -> None:
+    SoftPrompt.create(torch.ones(2, 8), model_id="m", template=TEMPLATE, verbalizer=VERBALIZER, placement="prefix").save(tmp_path)
+    (tmp_path / "soft_prompt.json").write_bytes(b"\xff\xfe{}")
+    with pytest.raises(TuningError, match="soft_prompt.json"):
+        SoftPrompt.load(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("texts", "match"),
+    [
+        pytest.param("A warm film.", "a list of texts, not one str", id="one-string"),
+        pytest.param(["fine", 7], r"texts\[1\] must be a str, got int", id="not-a-string"),
+        pytest.param([None], r"texts\[0\] must be a str, got NoneType", id="none"),
+    ],
+)
+def test_classify_refuses_what_is_not_a_list_of_texts(backend: HFBackend, texts: Any, match: str) -> None:
+    prompt = SoftPrompt.create(
+        torch.zeros(2, 576), model_id=backend.model_id, template=TEMPLATE, verbalizer=VERBALIZER, placement="suffix"
+    )
+    with pytest.raises(TuningError, match=match):
+        prompt.classify(texts, backend)
+
+
+def test_classify_of_no_texts_is_no_answers(backend: HFBackend) -> None:
+    prompt = SoftPrompt.create(
+        torch.zeros(2, 576), model_id=backend.model_id, template=TEMPLATE, verbalizer=VERBALIZER, placement="suffix"
+    )
+    assert prompt.classify([], backend) == []
+
+
+def test_evaluate_refuses_vectors_of_another_shape_with_a_tuning_error(backend: HFBackend) -> None:
+    calls: list[int] = []
+    tuned = tuner(backend, calls)
+    for vectors in (torch.zeros(3, 5), torch.zeros(576), torch.zeros(1, 1, 3, 576)):
+        with pytest.raises(TuningError, match=r"\[2, 576\]"):
+            tuned.evaluate(DEV, vectors)
+    assert calls == []
+
+
+def test_score_population_refuses_search_points_of_another_shape_with_a_tuning_error(backend: HFBackend) -> None:
+    calls: list[int] = []
+    tuned = tuner(backend, calls)
+    for z in (torch.zeros(3, 9), torch.zeros(8), torch.zeros(0, 8), torch.zeros(3, 2, 8)):
+        with pytest.raises(TuningError, match=r"\[P, 8\]"):
+            tuned.score_population(z)
+    assert calls == []
+
+
+def test_a_checkpoint_dir_that_is_a_file_is_refused_before_any_call(backend: HFBackend, tmp_path: Path) -> None:
+    (tmp_path / "taken").write_text("not a folder")
+    calls: list[int] = []
+    with pytest.raises(TuningError, match="checkpoint_dir"):
+        tuner(backend, calls, checkpoint_dir=tmp_path / "taken").fit()
+    assert calls == []

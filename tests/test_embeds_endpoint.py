@@ -16,7 +16,7 @@ import httpx2
 import pytest
 import torch
 
-from blackbox_sdk._exceptions import BackendError, ConfigError, EmbeddingsNotSupportedError
+from blackbox_sdk._exceptions import BackendError, ConfigError, EmbeddingsNotSupportedError, TuningError
 from blackbox_sdk.local._backend import HFBackend, load_backend
 from blackbox_sdk.tuning import BBTConfig, EmbedsEndpoint, LocalScorer, PromptTemplate, Tuner, decode_embeds, encode_embeds
 from blackbox_sdk.tuning._embeds_endpoint import missing_logprob
@@ -233,6 +233,8 @@ def _choices(first: dict[str, Any], *, indexes: tuple[int, int] = (0, 1)) -> dic
         pytest.param(json.dumps(_choices({"token_id:1": "high"})).encode(), "log-prob", id="string-logprob"),
         pytest.param(json.dumps(_choices({"token_id:1": None})).encode(), "log-prob", id="null-logprob"),
         pytest.param(json.dumps(_choices({"token_id:one": -1.0})).encode(), "token key", id="bad-token-key"),
+        pytest.param(json.dumps(_choices({"token_id:\u00b2": -1.0})).encode(), "token key", id="superscript-digit-token-key"),
+        pytest.param(json.dumps(_choices({"token_id:1": -(10**400)})).encode(), "log-prob", id="logprob-beyond-a-float"),
         pytest.param(json.dumps(_choices({"token_id:1": -1.0}, indexes=(0, 0))).encode(), "choices", id="same-index-twice"),
     ],
 )
@@ -275,7 +277,9 @@ def test_a_password_in_the_endpoints_url_is_never_shown(backend: HFBackend) -> N
 
 
 def test_bad_endpoint_options_are_refused(backend: HFBackend) -> None:
-    for options in ({"top_logprobs": 0}, {"top_logprobs": 21}, {"wire_dtype": "int8"}, {"batch_size": 0}):
+    bad = ({"top_logprobs": 0}, {"top_logprobs": 21}, {"wire_dtype": "int8"}, {"batch_size": 0})
+    not_integers = ({"batch_size": 2.5}, {"batch_size": True}, {"top_logprobs": 5.5}, {"top_logprobs": True})  # 2.5 failed mid-run
+    for options in (*bad, *not_integers):
         with pytest.raises(ConfigError):
             EmbedsEndpoint("http://vllm.test/v1", model="m", embedding_table_source=backend, **options)
     with pytest.raises(ConfigError):
@@ -318,6 +322,24 @@ def test_a_tuned_prompt_is_served_through_an_openai_clients_create(backend: HFBa
     assert [label for label, _ in served] == [label for label, _ in classified]
     for (_, mine), (_, theirs) in zip(served, classified, strict=True):
         assert mine == pytest.approx(theirs, abs=1e-5)
+
+
+def test_closing_an_endpoint_closes_the_http_client_it_made_and_no_other(backend: HFBackend) -> None:
+    with EmbedsEndpoint("http://vllm.test/v1", model="smollm2", embedding_table_source=backend) as made:
+        assert not made._http.is_closed
+    assert made._http.is_closed
+    with endpoint(backend, VLLMDouble(backend)) as given:  # built with an http_client of the caller's
+        pass
+    assert not given._http.is_closed  # the caller closes it
+
+
+def test_completion_params_refuse_one_string_for_a_list_of_texts(backend: HFBackend) -> None:
+    from blackbox_sdk.tuning import SoftPrompt
+
+    remote = endpoint(backend, VLLMDouble(backend))
+    prompt = SoftPrompt.create(torch.zeros(2, 576), model_id="smollm2", template=TEMPLATE, verbalizer=VERBALIZER, placement="suffix")
+    with pytest.raises(TuningError, match="not one str"):  # else each character would be a text
+        remote.completion_params(prompt, TEXTS[0])
 
 
 def test_a_budget_counts_prompt_embeds_as_the_server_does(backend: HFBackend) -> None:

@@ -129,6 +129,20 @@ def test_a_soft_prompt_is_served_by_create_and_changes_the_answer(local: OpenAI,
     assert first(again) == pytest.approx(first(tuned), abs=1e-5)
 
 
+def test_two_soft_prompts_with_one_name_never_share_a_cached_answer(gguf_path: Path, local: OpenAI, tmp_path: Path) -> None:
+    from blackbox_sdk.tuning import SoftPrompt
+
+    first, second = (SoftPrompt(a_soft_prompt(local, seed).embeds, a_soft_prompt(local).info) for seed in (0, 1))
+    assert first.name == second.name and not first.embeds.equal(second.embeds)  # say, a prompt re-tuned under its name
+    options = {"model": "smollm2", "messages": QUESTION, "max_tokens": 4, "temperature": 0, "logprobs": True}
+    cached = OpenAI(base_url=f"hf:{gguf_path}", cache=tmp_path / "cache")
+    cached.chat.completions.create(**options, soft_prompt=first)
+    answer = cached.chat.completions.create(**options, soft_prompt=second)
+    assert answer.blackbox.cache_hit is False
+    fresh = local.chat.completions.create(**options, soft_prompt=second)
+    assert answer.choices[0].logprobs.content[0].logprob == pytest.approx(fresh.choices[0].logprobs.content[0].logprob, abs=1e-5)
+
+
 def test_a_soft_prompt_on_an_http_endpoint_is_refused_before_any_call(local: OpenAI) -> None:
     from blackbox_sdk import EmbeddingsNotSupportedError
 

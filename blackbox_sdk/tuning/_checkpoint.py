@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,16 @@ def fingerprint(
         "dev": [dev.key, [template.labels[i] for i in dev.labels]] if dev else None,
     }
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
+
+
+def prepare_folder(folder: Path) -> None:
+    """Create the checkpoint folder up front, so a path that can't hold one is refused before any call, not after the budget."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise TuningError(f"checkpoint_dir {folder} can't be used as a folder ({type(error).__name__}: {error})") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise TuningError(f"checkpoint_dir {folder} is not writable")
 
 
 def save_checkpoint(folder: Path, state: SearchState, fingerprint: str) -> None:
@@ -108,8 +119,33 @@ def load_checkpoint(config: BBTConfig, fingerprint: str, layers: int) -> SearchS
         raise TuningError(f"the checkpoint in {folder} is damaged ({type(error).__name__}: {error}); use another checkpoint_dir") from None
 
 
+def _numbers(values: Any, where: str, *, integers: bool = False, nullable: tuple[str, ...] = ()) -> None:
+    """ValueError (a damaged checkpoint) unless every value of a record is a finite number (an integer when asked, not a
+    bool), or None for the nullable keys: an edited one would fail the run later, after calls are spent."""
+    items = values.items() if isinstance(values, dict) else enumerate(values if isinstance(values, list) else [values])
+    for key, value in items:
+        kinds = (int,) if integers else (int, float)
+        if value is None and key in nullable:
+            continue
+        if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value):
+            raise ValueError(f"{where} holds {value!r:.40}, not a finite number")
+
+
+def _check_document(document: dict[str, Any]) -> None:
+    """ValueError unless the counters, fitness values, history and selection of a checkpoint are finite numbers."""
+    _numbers({k: document[k] for k in ("calls", "dev_calls", "tokens")}, "a counter", integers=True)
+    _numbers(document["elapsed"], "elapsed")
+    for values in document["fitness"]:
+        _numbers(values, "fitness")
+    for record in [*document["generations"], *document["dev"]]:
+        _numbers(record, "the history")
+    if document["best"] is not None:
+        _numbers(document["best"], "the selection", nullable=("dev_accuracy", "dev_loss"))
+
+
 def _state(config: BBTConfig, layers: int, document: dict[str, Any], tensors: dict[str, torch.Tensor]) -> SearchState:
-    """The search state a checkpoint's JSON and tensors describe, rebuilt by replay."""
+    """The search state a checkpoint's JSON and tensors describe, checked, rebuilt by replay."""
+    _check_document(document)
     state = SearchState(
         search=LayerSearch.replayed(
             config, layers, document["fitness"], tensors["mean"].numpy(), np.atleast_1d(document["sigma"]).tolist()
@@ -124,4 +160,6 @@ def _state(config: BBTConfig, layers: int, document: dict[str, Any], tensors: di
     )
     if document["best"] is not None:
         state.best = Best(z=tensors["best_z"].numpy().reshape(layers, config.d), **document["best"])
+        if not np.isfinite(state.best.z).all():
+            raise ValueError("the selected z is not finite")
     return state

@@ -33,10 +33,12 @@ from typing import Any, Literal
 import httpx2
 import torch
 
+from .._closing import Closing
 from .._embeds import encode_embeds
 from .._exceptions import BackendError, ConfigError, EmbeddingsNotSupportedError, TuningError
 from .._redact import redact_text, remember_secret
 from .._redis_url import redact_url
+from ._examples import checked_texts
 from ._soft_prompt import SoftPrompt, label_and_probs
 from ._template import EncodedExamples, PromptTemplate
 
@@ -52,8 +54,9 @@ def missing_logprob(shown: Sequence[float], missing: int) -> float:
     return min(floor, math.log(remaining / missing))
 
 
-class EmbedsEndpoint:
-    """A completions endpoint that takes prompt embeddings (vLLM style), as a soft-prompt scorer."""
+class EmbedsEndpoint(Closing):
+    """A completions endpoint that takes prompt embeddings (vLLM style), as a soft-prompt scorer; `close()` or `with` frees
+    the HTTP connections it opened."""
 
     def __init__(
         self,
@@ -69,12 +72,12 @@ class EmbedsEndpoint:
         timeout: float = 120.0,
         http_client: httpx2.Client | None = None,
     ) -> None:
-        if not 1 <= top_logprobs <= MAX_SERVER_LOGPROBS:
-            raise ConfigError(f"top_logprobs must be in 1..{MAX_SERVER_LOGPROBS}, got {top_logprobs}")
+        if not (_integer(top_logprobs) and 1 <= top_logprobs <= MAX_SERVER_LOGPROBS):
+            raise ConfigError(f"top_logprobs must be an integer in 1..{MAX_SERVER_LOGPROBS}, got {top_logprobs!r}")
         if wire_dtype not in _WIRE_DTYPES:
             raise ConfigError(f"wire_dtype must be one of {sorted(_WIRE_DTYPES)}, got {wire_dtype!r}")
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+        if not (_integer(batch_size) and batch_size >= 1):
+            raise ConfigError(f"batch_size must be an integer of at least 1, got {batch_size!r}")
         self.url = base_url.rstrip("/") + "/completions"
         self._where = redact_url(self.url)  # the URL as messages and repr show it: a password in it as ***
         self.model_id = model
@@ -84,6 +87,7 @@ class EmbedsEndpoint:
         self.batch_size = batch_size
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         remember_secret(api_key)  # a server that echoes it in an error body: redacted from BackendError
+        self._owns_http = http_client is None  # a client the caller passed is the caller's to close
         self._http = http_client or httpx2.Client(timeout=timeout)
         source = _table_source(embedding_table_source)
         self.tokenizer = source.tokenizer
@@ -94,6 +98,11 @@ class EmbedsEndpoint:
         """Names the endpoint and model, never the key."""
         switch = self.supports_prompt_embeds
         return f"EmbedsEndpoint({self._where!r}, model={self.model_id!r}, supports_prompt_embeds={switch})"
+
+    def close(self) -> None:
+        """Close the HTTP client this endpoint made (its pooled connections); one passed as http_client is left open."""
+        if self._owns_http:
+            self._http.close()
 
     def embedding_table(self) -> torch.Tensor:
         """The local copy of the model's input-embedding matrix [V, H]."""
@@ -121,7 +130,7 @@ class EmbedsEndpoint:
         """Keyword arguments for any OpenAI client's `completions.create` that classify texts with prompt here."""
         template = self._template(prompt)
         soft = prompt.embeds[None].to(self._table.device)
-        body = self._body(self._sequences(soft, template.encode(list(texts))), template.label_token_ids)
+        body = self._body(self._sequences(soft, template.encode(checked_texts(texts))), template.label_token_ids)
         core = {key: body.pop(key) for key in ("model", "max_tokens", "temperature", "logprobs")}
         return {**core, "prompt": [], "extra_body": body}
 
@@ -192,20 +201,26 @@ class EmbedsEndpoint:
         return [shown.get(t, stand_in) for t in label_ids]
 
     def _logprob(self, value: Any) -> float:
-        """A log-prob the server answered: a number, not NaN, at most 0 (up to rounding); BackendError otherwise."""
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or value > 1e-3:
-            raise BackendError(f"{self._where} returned {value!r} as a log-prob"[:300])
-        return float(value)
+        """A log-prob the server answered: a number a float holds, not NaN, at most 0 (up to rounding); BackendError otherwise."""
+        number = float(value) if isinstance(value, float) or (type(value) is int and abs(value) < 2**1023) else math.nan
+        if math.isnan(number) or number > 1e-3:
+            raise BackendError(f"{self._where} returned {value!r:.100} as a log-prob"[:300])
+        return number
 
     def _token_id(self, key: str) -> int:
         """The token id of a top_logprobs key: `token_id:N`, or a decoded token text (-1 when it is not one token)."""
         if key.startswith(TOKEN_ID_PREFIX):
             number = key[len(TOKEN_ID_PREFIX) :]
-            if not number.isdigit():
+            if not (number.isascii() and number.isdigit()):  # "²" is a digit to isdigit, not to int()
                 raise BackendError(f"{self._where} returned the token key {key!r}"[:300])
             return int(number)
         ids = self.tokenizer.encode(key, add_special_tokens=False)
         return ids[0] if len(ids) == 1 else -1
+
+
+def _integer(value: Any) -> bool:
+    """Whether value is an int and not a bool (a float batch size fails only at the first request)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _table_source(source: Any) -> Any:

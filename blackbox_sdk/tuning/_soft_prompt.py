@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as to_safetensors
 
 from .._exceptions import TuningError
+from ._examples import checked_texts
 from ._local_scorer import LocalScorer
 from ._scorer import resolve_target
 from ._template import Placement, PromptTemplate
@@ -160,7 +161,9 @@ class SoftPrompt:
         if not (path / TENSORS_FILE).is_file() or not (path / INFO_FILE).is_file():
             raise TuningError(f"{path} holds no saved soft prompt ({TENSORS_FILE} + {INFO_FILE})")
         try:
-            info = SoftPromptInfo.model_validate_json((path / INFO_FILE).read_text())
+            info = SoftPromptInfo.model_validate_json((path / INFO_FILE).read_bytes())
+        except OSError as exc:
+            raise TuningError(f"{path / INFO_FILE} can't be read: {exc}") from None
         except ValidationError as exc:
             raise TuningError(f"{path / INFO_FILE} is not a valid soft prompt description: {exc}") from None
         try:
@@ -173,6 +176,9 @@ class SoftPrompt:
 
     def classify(self, texts: Sequence[str], target: Any = None) -> list[tuple[str, dict[str, float]]]:
         """(label, {label: probability}) per text, scored on target (default: the model it was tuned on)."""
+        texts = checked_texts(texts)
+        if not texts:
+            return []
         scorer = resolve_target(self._target(target))
         hidden = scorer.embedding_table().shape[1]
         if hidden != self.info.hidden_size:
@@ -181,7 +187,7 @@ class SoftPrompt:
         if deep and not isinstance(scorer, LocalScorer):
             raise TuningError("a deep soft prompt adds vectors inside the model's layers: classify it on a local model")
         template = PromptTemplate(self.info.template, self.info.verbalizer, scorer.tokenizer, self.info.placement)
-        examples = template.encode(list(texts))
+        examples = template.encode(texts)
         logprobs = scorer.label_logprobs(self.embeds[None], examples, template.label_token_ids, **deep)[0]
         probs = torch.softmax(logprobs, dim=-1)  # [N, C], over the labels only
         return [label_and_probs(template.labels, row) for row in probs]

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .._exceptions import TuningError
-from ._checkpoint import fingerprint, load_checkpoint, save_checkpoint
+from ._checkpoint import fingerprint, load_checkpoint, prepare_folder, save_checkpoint
 from ._cma import LayerSearch
 from ._config import BBTConfig
 from ._examples import Example, checked_examples
@@ -143,6 +143,10 @@ class Tuner:
 
     def score_population(self, z: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss [P], accuracy [P]) of search points z [P, n, d] on the training set: one batched evaluation, P calls."""
+        shape, n, d = tuple(np.shape(z)), self.layers, self.config.d
+        if not (len(shape) in (2, 3) and shape[0] > 0 and shape[1:] in {(n, d), (d,) if n == 1 else (n, d)}):
+            want = f"[P, {d}] or [P, 1, {d}]" if n == 1 else f"[P, {n}, {d}]"
+            raise TuningError(f"search points must be {want} with P >= 1, got {list(shape)}")
         loss, accuracy, _ = self._score("train", self.prompts(z), self._train, self.config.loss)
         return loss, accuracy
 
@@ -150,7 +154,11 @@ class Tuner:
         """Accuracy and cross entropy of one soft prompt (or its vectors [n, L, H], or [L, H]) on labelled data: one call."""
         checked = self._encode(checked_examples(data, self.template.labels, "data", balanced=False))
         vectors = prompt.stacked() if isinstance(prompt, SoftPrompt) else prompt
-        vectors = vectors.reshape(-1, *vectors.shape[-2:]).to(self.scorer.device)  # [n, L, H]
+        want = [self.config.prompt_len, self.hidden]
+        if vectors.ndim not in (2, 3) or list(vectors.shape[-2:]) != want:
+            layered = [self.layers, *want]
+            raise TuningError(f"this run's prompts are {want} (or {layered} with layers), got {list(vectors.shape)}")
+        vectors = vectors.reshape(-1, *want).to(self.scorer.device)  # [n, L, H]
         if vectors.shape[0] != self.layers:
             raise TuningError(f"this run's prompts have {self.layers} layer(s), the one given has {vectors.shape[0]}")
         loss, accuracy, _ = self._score("evaluate", vectors[None].float(), checked, "ce")
@@ -162,6 +170,8 @@ class Tuner:
         """Run CMA-ES until the budget is spent and return the selected soft prompt (resuming a checkpoint if any)."""
         from tqdm.auto import tqdm
 
+        if self.config.checkpoint_dir is not None:
+            prepare_folder(Path(str(self.config.checkpoint_dir)))
         state = load_checkpoint(self.config, self._fingerprint(), self.layers) if resume else None
         state = state or SearchState(search=LayerSearch(self.config, self.layers))
         self.history, self.dev_history = state.generations, state.dev
