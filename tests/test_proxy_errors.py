@@ -209,6 +209,27 @@ def test_a_bad_value_in_the_request_is_still_the_clients_400() -> None:
     assert answer.json()["error"]["type"] == "invalid_request_error" and "x-should-retry" not in answer.headers
 
 
+@pytest.mark.parametrize(
+    ("route", "body", "param"),
+    [
+        pytest.param("/chat/completions", {"messages": HELLO, "user": 123}, "user", id="chat-user-a-number"),
+        pytest.param("/completions", {"prompt": "Hi", "user": ["a"]}, "user", id="completions-user-a-list"),
+        pytest.param("/embeddings", {"input": "Hi", "user": 1.5}, "user", id="embeddings-user-a-float"),
+        pytest.param("/responses", {"input": "Hi", "user": 7}, "user", id="responses-user-a-number"),
+        pytest.param("/chat/completions", {"messages": HELLO, "stream_options": {"include_usage": True}}, "stream_options", id="stream-options-without-stream"),
+        pytest.param("/completions", {"prompt": "Hi", "stream": False, "stream_options": {}}, "stream_options", id="stream-options-not-streamed"),
+    ],
+)
+def test_a_wrongly_typed_parameter_is_openais_400_naming_it_before_anything_is_sent(
+    proxy: Proxy, route: str, body: dict[str, object], param: str,
+) -> None:
+    """OpenAI answers 400 naming the parameter; sent on, llama-cpp-python answers 500 with its pydantic error text."""
+    answer = proxy.post(route, json.dumps({"model": MODEL, **body}).encode(), authorization=f"Bearer {TEAM_KEY}")
+    assert answer.status_code == 400, answer.text  # not a 502: nothing was sent to the (closed) upstream
+    error = answer.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["param"] == param and "x-should-retry" not in answer.headers
+
+
 @pytest.mark.parametrize("mode", ["no-keys", "tenant-keys", "per-key-log"])
 def test_feedback_on_an_unknown_call_is_openais_404_in_every_mode(folder: Path, mode: str) -> None:
     where = folder / f"unknown-{mode}.db"

@@ -192,3 +192,14 @@ def test_a_stream_cut_before_response_completed_ends_with_an_incomplete_error_ev
             assert _statuses(proxy, "responses") == {"502": 2.0}  # an upstream failure, not a 200
     finally:
         upstream.close()
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_an_upstream_with_no_responses_api_is_a_404_that_says_so(llama_server: str, stream: bool) -> None:
+    """llama.cpp's server has no /responses route: its bare 404 ("Error code: 404") is said as what it is."""
+    with Proxy(ProxyConfig(upstream=llama_server, max_retries=0)) as running:
+        with pytest.raises(openai.NotFoundError) as caught:
+            running.client().responses.create(model=MODEL, input="hi", stream=stream)
+    error = caught.value.body
+    assert isinstance(error, dict) and error["type"] == "invalid_request_error" and error["code"] == "unknown_url"
+    assert error["message"].startswith("The upstream has no Responses API") and caught.value.status_code == 404

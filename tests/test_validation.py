@@ -48,6 +48,9 @@ HELLO = [{"role": "user", "content": "hi"}]
         pytest.param({"messages": HELLO, "stream": 1}, "stream", id="stream-an-int"),
         pytest.param({"messages": HELLO, "stream": True, "stream_options": "usage"}, "stream_options", id="stream-options-a-string"),
         pytest.param({"messages": [{"role": "user", "content": 42}]}, "messages[0].content", id="content-a-number"),
+        pytest.param({"messages": HELLO, "user": 123}, "user", id="user-a-number"),
+        pytest.param({"messages": HELLO, "stream_options": {"include_usage": True}}, "stream_options", id="stream-options-without-stream"),
+        pytest.param({"messages": HELLO, "stream": False, "stream_options": {}}, "stream_options", id="stream-options-not-streamed"),
     ],
 )
 def test_bad_chat_requests_raise_bad_request_before_sending(client: OpenAI, sent: list[Any], kwargs: dict[str, Any], param: str) -> None:

@@ -71,13 +71,22 @@ def validate_sampling(params: Mapping[str, Any], min_tokens: int = 1) -> None:
 
 
 def validate_stream(params: Mapping[str, Any]) -> None:
-    """`stream` a bool and `stream_options` an object, when given: a truthy string would open a stream
-    the caller does not expect to read (and so never settles)."""
+    """`stream` a bool and `stream_options` an object, only with `stream` true (OpenAI's 400 otherwise), when
+    given: a truthy string would open a stream the caller does not expect to read (and so never settles)."""
     stream, options = params.get("stream"), params.get("stream_options")
     if given(stream) and not isinstance(stream, bool):
         raise InvalidRequestError(f"stream must be true or false, got {stream!r}", param="stream")
     if given(options) and not isinstance(options, Mapping):
         raise InvalidRequestError(f"stream_options must be an object, got {options!r}", param="stream_options")
+    if given(options) and stream is not True:
+        raise InvalidRequestError("The 'stream_options' parameter is only allowed when 'stream' is enabled.", param="stream_options")
+
+
+def validate_user(params: Mapping[str, Any]) -> None:
+    """`user` a string, when given, as OpenAI checks it (a server such as llama.cpp's Python one answers 500 for a number)."""
+    user = params.get("user")
+    if given(user) and not isinstance(user, str):
+        raise InvalidRequestError(f"Invalid type for 'user': expected a string, but got {type(user).__name__} instead.", param="user")
 
 
 def validate_chat(params: Mapping[str, Any]) -> None:
@@ -153,6 +162,7 @@ def validate(route: Route, params: Mapping[str, Any]) -> None:
     """The checks of the request's route."""
     validate_model(params, optional=route is RESPONSES)
     validate_stream(params)
+    validate_user(params)
     if route is CHAT:
         validate_chat(params)
     elif route is COMPLETIONS:

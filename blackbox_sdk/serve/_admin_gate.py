@@ -6,9 +6,9 @@ of this process, never the key; the process keeps only the token's SHA-256 and i
 Without tenant keys there is no admin key: only clients on this machine (loopback) are let in,
 as anyone who reaches such a proxy can spend through it anyway. A key store without an admin key
 (BLACKBOX_ADMIN_KEY unset), or tenant keys checked with no store given to the gate, let nobody in.
-A key presented takes one of its address's attempts before it is compared (`_attempts`: a wrong key here or at
-/admin keeps it, a right one gives it back); an address with none left is refused with 429. With a key store on
-SQLite or Redis the count is in the store, one for every worker.
+A key presented is counted per address (`_attempts`: a wrong key here or at /admin is a failure, a right one costs
+nothing); an address with none left is refused with 429. With a key store on SQLite or Redis the count is in the
+store, one for every worker, and a key is compared before it is counted there (a right one only checked).
 """
 
 from __future__ import annotations
@@ -51,9 +51,8 @@ class AdminGate:
         self._lock = threading.Lock()
 
     async def allows(self, request: Request) -> bool:
-        """Whether the request is the admin's (or, without a key store, from this machine); a key presented takes an
-        attempt of its address before it is compared, refused when none is left (RateLimitExceededError, 429) and
-        given back when the key is right."""
+        """Whether the request is the admin's (or, without a key store, from this machine); a key presented is counted
+        as an attempt of its address (`_attempts`), refused when none is left (RateLimitExceededError, 429)."""
         if self.keys is None:
             return self.loopback and request.client is not None and is_loopback_host(request.client.host)
         presented = presented_key(request)
@@ -78,8 +77,8 @@ class AdminGate:
 
     async def login(self, request: Request, response: Response, body_timeout_s: float) -> bool:
         """Check a POSTed form's admin key; when it is right, set a new session cookie on `response`. The form is read
-        up to MAX_LOGIN_BODY bytes and `body_timeout_s` (ProxyError 413 / 408 past them). An attempt of the address is
-        taken before the form is read, refused when none is left (RateLimitExceededError, 429); only a wrong key keeps it."""
+        up to MAX_LOGIN_BODY bytes and `body_timeout_s` (ProxyError 413 / 408 past them). The form's key is counted as
+        an attempt of the address (`_attempts`), refused when none is left (RateLimitExceededError, 429); only a wrong key is a failure."""
         if self.keys is None:
             return False
         async with self.attempts.guessing(request, "") as guess:  # the form's key, even an empty one, is a guess

@@ -12,9 +12,11 @@ that finds every place held, fewer than MAX_FAILURES of them by failures, waits 
 than being refused, so a service sending many requests at once with a right key is never locked out by its own
 requests, while a burst of wrong keys still has only MAX_FAILURES compared. Wrong admin keys are counted
 in the key store when it is on SQLite or Redis (`SharedAttempts`: one transaction or one Lua script per attempt),
-so the workers and hosts sharing it allow MAX_FAILURES together; a key store of another kind (or none) keeps the
-count in this process (`FailedAttempts`). While the shared store can't be reached, each process counts in its own
-memory and logs it (an attempt taken there is given back there): an outage neither locks every client out nor
+so the workers and hosts sharing it allow MAX_FAILURES together; there the admin key, compared in this process at
+no cost, is compared first and counted before its answer goes out (a wrong one recorded, a right one only checked,
+each refused with 429 when the address has none left), so only failures hold places. A key store of another kind
+(or none) keeps the count in this process (`FailedAttempts`). While the shared store can't be reached, each process
+counts in its own memory and logs it: an outage neither locks every client out nor
 lifts the bound, and the admin key (compared without the store) still opens /metrics and the status page.
 Unknown tenant keys are counted in each process: a tenant key holds 256 random bits, so that count bounds the
 lookups a sprayer costs rather than a guess, and sharing it would cost every /v1 request a store read.
@@ -65,15 +67,6 @@ class LocalSlot:
     at: float
 
 
-@dataclass(frozen=True)
-class StoreSlot:
-    """An attempt taken in the shared store: its scope and its id there."""
-
-    scope: str
-    attempt_id: str
-
-
-Slot = LocalSlot | StoreSlot
 SlotT = TypeVar("SlotT")  # what one count hands out for an attempt taken
 
 
@@ -89,7 +82,7 @@ class Guess:
 
 
 class _Counted(ABC, Generic[SlotT]):
-    """What both counts share: an attempt taken before a key is compared, given back when the key is right."""
+    """A count that takes an attempt before a key is compared, and gives it back when the key is right."""
 
     @abstractmethod
     async def atake(self, request: Request) -> SlotT:
@@ -222,18 +215,21 @@ class FailedAttempts(_Counted[LocalSlot]):
 class FailureStore(Protocol):
     """A store shared by the workers that counts failed attempts (the SQLite and Redis key stores)."""
 
-    def take_attempt(self, scope: str, limit: int, window_s: float, now: float | None = None) -> str | float:
-        """In one atomic step: the id of an attempt of ``scope`` recorded now, or (none recorded) the seconds until it
-        has fewer than ``limit`` in the window (``now``: None for the store's own clock); StoreUnavailableError when down."""
-        ...
-
-    def give_back_attempt(self, scope: str, attempt_id: str) -> None:
-        """Remove the attempt ``take_attempt`` recorded (nothing when it is gone); StoreUnavailableError when down."""
+    def count_attempt(self, scope: str, limit: int, window_s: float, *, failed: bool, now: float | None = None) -> float | None:
+        """In one atomic step: None when ``scope`` has fewer than ``limit`` failures in the window (a ``failed`` one
+        recorded now), else the seconds until it has (none recorded); ``now``: None for the store's own clock;
+        StoreUnavailableError when down."""
         ...
 
 
-class SharedAttempts(_Counted[Slot]):
-    """Failed admin-key attempts per address, counted in a store every worker shares; in this process while it is down."""
+class SharedAttempts:
+    """Failed admin-key attempts per address, counted in a store every worker shares; in this process while it is down.
+
+    The admin key is compared in this process, never looked up in the store, so the key is compared first and counted
+    before its answer goes out, in one atomic step of the store: a wrong key records a failure (429 instead when the
+    address has none left), a right key only checks that one is left (429 when none is). Only failures hold places, so
+    right keys sent at once are never refused for each other; a burst of wrong keys still has only MAX_FAILURES answered
+    401, every other one 429, and a right key among them answered 429 too once they fill the window."""
 
     def __init__(self, store: FailureStore, *, limit: int = MAX_FAILURES, window_s: float = WINDOW_S,
                  clock: Callable[[], float] | None = None) -> None:
@@ -241,46 +237,29 @@ class SharedAttempts(_Counted[Slot]):
         self.local = FailedAttempts(limit, window_s)  # the count while the store can't be reached
         self._down = False  # whether the last call found the store down (logged once per outage)
 
-    def take(self, request: Request) -> Slot:
-        """Count an attempt of the request's address in the store (one transaction or script), or
-        RateLimitExceededError (429 with Retry-After) when it is at the limit already; in this process while the store is down."""
-        scope = self._scope(request)
+    @asynccontextmanager
+    async def guessing(self, request: Request, presented: str | None) -> AsyncIterator[Guess]:
+        """The block compares a presented key (calling `Guess.wrong` for a wrong one); on leaving it, the key is counted
+        (`count`) before the caller answers: RateLimitExceededError (429) when the address has no attempt left. A request
+        presenting no key, or whose block raised, counts nothing."""
+        guess = Guess()
+        yield guess
+        if presented is not None:
+            await run_in_threadpool(self.count, request, guess.is_wrong)
+
+    def count(self, request: Request, wrong: bool) -> None:
+        """Record a wrong key's failure, or check a right key's address, in the store (one transaction or script):
+        RateLimitExceededError (429 with Retry-After) when the address is at the limit; in this process while the store is down."""
         try:
-            taken = self.store.take_attempt(scope, self.limit, self.window_s, self._now())
+            wait = self.store.count_attempt(self._scope(request), self.limit, self.window_s, failed=wrong, now=self._now())
         except StoreUnavailableError as error:
             self._fall_back(error)
-            return self.local.take(request)
-        self._down = False
-        if isinstance(taken, float):
-            raise _refused(self.limit, taken)
-        return StoreSlot(scope, taken)
-
-    def give_back(self, slot: Slot) -> None:
-        """Remove an attempt taken (its key was right), where it was taken; one the store can't remove now stays
-        counted until it leaves the window."""
-        if isinstance(slot, LocalSlot):
-            self.local.give_back(slot)
-            return
-        try:
-            self.store.give_back_attempt(slot.scope, slot.attempt_id)
-        except StoreUnavailableError as error:
-            self._fall_back(error)
+            slot = self.local.take(request)  # the 429 when the address is at the limit here
+            (self.local.keep if wrong else self.local.give_back)(slot)
             return
         self._down = False
-
-    async def atake(self, request: Request) -> Slot:
-        """``take`` in a worker thread: the store's round trip must not block the event loop."""
-        return await run_in_threadpool(self.take, request)
-
-    async def agive_back(self, slot: Slot) -> None:
-        """``give_back`` in a worker thread."""
-        await run_in_threadpool(self.give_back, slot)
-
-    async def akeep(self, slot: Slot) -> None:
-        """Keep a failure: the store's stays counted as taken; one taken in this process's count while the store
-        was down ends its comparison there."""
-        if isinstance(slot, LocalSlot):
-            self.local.keep(slot)
+        if wait is not None:
+            raise _refused(self.limit, wait)
 
     def _scope(self, request: Request) -> str:
         """Where the address's failures are counted in the store (tenant keys are never counted there)."""

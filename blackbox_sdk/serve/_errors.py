@@ -28,6 +28,7 @@ SDK's errors and the upstream's, mapped once here.
                                 fails or times out)
     upstream status             an upstream error (openai.APIStatusError) passes with its own status and retry
                                 headers (x-should-retry included), its error object rebuilt as OpenAI's four fields (strings redacted, anything else dropped)
+    404 unknown_url             an upstream with no Responses API (a 404 with no error object on /responses): said so
     502 upstream error event    an upstream stream that sent an error event after its 200 (openai.APIError with
                                 the event's error object): passed on the same way, as an error event of the
                                 proxy's stream (whose 200 is sent already)
@@ -99,9 +100,19 @@ def _upstream(exc: openai.APIStatusError) -> tuple[int, dict[str, Any], dict[str
         logger.error("proxy: the upstream refused the proxy's credentials (%d)", exc.status_code)
         return 502, error_body("the upstream refused the proxy's credentials", "upstream_error", code="upstream_auth_failed"), dict(_NO_RETRY)
     body = exc.body if isinstance(exc.body, dict) and "message" in exc.body else None
-    error = _passed_on(body, exc.status_code) if body else error_body(redact_text(exc.message), "upstream_error")["error"]
+    error = _passed_on(body, exc.status_code) if body else _unexplained(exc)
     headers = {name: exc.response.headers[name] for name in _PASSED_HEADERS if name in exc.response.headers}
     return exc.status_code, {"error": error}, headers
+
+
+def _unexplained(exc: openai.APIStatusError) -> dict[str, str | None]:
+    """The error object for an upstream's error that carries none: openai's bare "Error code: 404", except where the
+    404 is an upstream with no Responses API route (llama.cpp's servers), which it then says."""
+    path = exc.request.url.path
+    if exc.status_code == 404 and path.endswith("/responses"):
+        message = f"The upstream has no Responses API (it answered 404 to POST {path}): use /v1/chat/completions with it."
+        return error_body(message, "invalid_request_error", code="unknown_url")["error"]
+    return error_body(redact_text(exc.message), "upstream_error")["error"]
 
 
 def _passed_on(error: dict[str, Any], status: int) -> dict[str, str | None]:

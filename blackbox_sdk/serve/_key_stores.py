@@ -9,12 +9,12 @@ failure to reach or read a store raises StoreUnavailableError: the proxy answers
 serving a request it could not authenticate.
 
 Both also count failed admin-key attempts for every worker sharing them (`_attempts.SharedAttempts`):
-per scope ("admin:<address>"), the times of its attempts in the last window, never a key presented. Taking an
-attempt is one atomic step, the count in the window and the insert together, so concurrent workers can't all
-pass a check before any counts: SQLite, one ``BEGIN IMMEDIATE`` transaction on a ``failures`` table (that also
-drops the expired rows) inserting a random rowid, times from ``time.time``; Redis, one Lua script on a sorted
-set ``failures:<scope>`` expiring with its window, on the server's clock so hosts agree on the window, adding a
-random member. Giving an attempt back (its key was right) deletes that rowid or member.
+per scope ("admin:<address>"), the times of its failures in the last window, never a key presented. Counting a
+wrong key is one atomic step, the count in the window and the insert together, so concurrent workers can't all
+pass a check before any counts (a right key is only checked against the count): SQLite, one ``BEGIN IMMEDIATE``
+transaction on a ``failures`` table (that also drops the expired rows), times from ``time.time``; Redis, one Lua
+script on a sorted set ``failures:<scope>`` expiring with its window, on the server's clock so hosts agree on the
+window, adding a random member.
 """
 
 from __future__ import annotations
@@ -67,9 +67,9 @@ redis.call('HSET', KEYS[1], 'revoked', 'true')
 if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
 return 1
 """
-# KEYS: the scope's sorted set. ARGV: now ('': the server's TIME), window_s, limit, a unique member, ttl_ms. With the
-# expired ones dropped: the member added (false) when the scope has fewer than limit, else the wait until the
-# limit-th newest leaves the window (none added).
+# KEYS: the scope's sorted set. ARGV: now ('': the server's TIME), window_s, limit, a unique member ('': a right key,
+# only checked), ttl_ms. With the expired ones dropped: false when the scope has fewer than limit (the member added),
+# else the wait until the limit-th newest leaves the window (none added).
 _TAKE = """
 local now = tonumber(ARGV[1])
 if not now then
@@ -83,8 +83,10 @@ if redis.call('ZCOUNT', KEYS[1], '-inf', '+inf') >= limit then
   local nth = redis.call('ZREVRANGE', KEYS[1], limit - 1, limit - 1, 'WITHSCORES')
   return string.format('%.6f', tonumber(nth[2]) + window - now)
 end
-redis.call('ZADD', KEYS[1], string.format('%.6f', now), ARGV[4])
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
+if ARGV[4] ~= '' then
+  redis.call('ZADD', KEYS[1], string.format('%.6f', now), ARGV[4])
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+end
 return false
 """
 
@@ -173,23 +175,18 @@ class SQLiteKeyStore(KeyStoreBase):
         with self._using("revoke a key") as db, immediate(db):
             db.execute("UPDATE keys SET revoked = 1 WHERE key_id = ?", (record.key_id,))
 
-    def take_attempt(self, scope: str, limit: int, window_s: float, now: float | None = None) -> str | float:
-        """The rowid of an attempt of ``scope`` inserted now, or the seconds until it has fewer than ``limit`` in the
-        window (none inserted): one transaction, that also drops every scope's attempts that left the window."""
+    def count_attempt(self, scope: str, limit: int, window_s: float, *, failed: bool, now: float | None = None) -> float | None:
+        """None when ``scope`` has fewer than ``limit`` failures in the window (a `failed` one inserted now), else the
+        seconds until it has (none inserted): one transaction, that also drops every scope's failures that left the window."""
         at = time.time() if now is None else now
         with self._using("count a failed attempt") as db, immediate(db):
             db.execute("DELETE FROM failures WHERE at <= ?", (at - window_s,))
             nth = db.execute("SELECT at FROM failures WHERE scope = ? ORDER BY at DESC LIMIT 1 OFFSET ?", (scope, limit - 1)).fetchone()
             if nth is not None:
                 return float(nth[0]) + window_s - at
-            rowid = secrets.randbits(62)  # random, never reused the way a table's next rowid is once rows are deleted
-            db.execute("INSERT INTO failures (rowid, scope, at) VALUES (?, ?, ?)", (rowid, scope, at))
-        return str(rowid)
-
-    def give_back_attempt(self, scope: str, attempt_id: str) -> None:
-        """Delete the attempt ``take_attempt`` inserted (nothing when it already left the window)."""
-        with self._using("give a failed attempt back") as db, immediate(db):
-            db.execute("DELETE FROM failures WHERE rowid = ? AND scope = ?", (int(attempt_id), scope))
+            if failed:
+                db.execute("INSERT INTO failures (scope, at) VALUES (?, ?)", (scope, at))
+        return None
 
     def close(self) -> None:
         """Close this process's connection."""
@@ -308,19 +305,14 @@ class RedisKeyStore(KeyStoreBase):
         with self._unavailable("revoke a key"):
             self._revoke(keys=[f"{self._prefix}id:{record.key_id}", f"{self._prefix}name:{record.name}"], args=[record.key_id])
 
-    def take_attempt(self, scope: str, limit: int, window_s: float, now: float | None = None) -> str | float:
-        """The member of an attempt of ``scope`` added now, or the seconds until it has fewer than ``limit`` in the
-        window (none added): one script, the set expiring a second after its window."""
-        member = secrets.token_hex(16)
+    def count_attempt(self, scope: str, limit: int, window_s: float, *, failed: bool, now: float | None = None) -> float | None:
+        """None when ``scope`` has fewer than ``limit`` failures in the window (a `failed` one added now, a unique
+        member), else the seconds until it has (none added): one script, the set expiring a second after its window."""
+        member = secrets.token_hex(16) if failed else ""
         args = ["" if now is None else repr(float(now)), repr(float(window_s)), limit, member, math.ceil(window_s * 1000) + 1000]
         with self._unavailable("count a failed attempt"):
             wait = self._take(keys=[f"{self._prefix}failures:{scope}"], args=args)
-            return member if wait is None else float(wait)
-
-    def give_back_attempt(self, scope: str, attempt_id: str) -> None:
-        """Remove the member ``take_attempt`` added (nothing when it already left the window)."""
-        with self._unavailable("give a failed attempt back"):
-            self._client.zrem(f"{self._prefix}failures:{scope}", attempt_id)
+            return None if wait is None else float(wait)
 
     def close(self) -> None:
         """Close the connection pool."""
