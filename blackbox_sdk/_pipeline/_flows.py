@@ -147,7 +147,10 @@ def look(core: Core, call: Call) -> tuple[list[Candidate], bool]:
 def begin(core: Core, route: Route, params: Json, overrides: Json) -> Generator[Effect, Any, Call]:
     """The call: its request checked, its per-call overrides merged, then what it gathers and its cache
     key (`prepare`). What an override names that is not open yet (a cache folder, a call log, an
-    adapter) is opened as an "io" effect, off an async client's event loop; with nothing to open, no hop."""
+    adapter) is opened as an "io" effect, off an async client's event loop; with nothing to open, no hop. A closed
+    client fails as openai's does (httpx2's RuntimeError), before anything is reserved, read from the cache or logged."""
+    if core.inner.is_closed():
+        raise RuntimeError("Cannot send a request, as the client has been closed.")
     call = checked(core, route, params, overrides)
     if overrides:
         merge = partial(core.opts.merge, core.opened, **overrides)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from .._exceptions import CallLogError, StoreUnavailableError
+from .._exceptions import BlackBoxError, CallLogError, StoreUnavailableError, add_note
 from .._logging import logger
 from .._options import Options
 from .._types import Json
@@ -106,14 +106,25 @@ class Meter:
                 "hit" if fields.get("cache_hit") else "miss", fields.get("retries", 0),
                 f", error {type(error).__name__}" if error else "",
             )
-        if self.log is not None:
-            error_text = None if error is None else f"{type(error).__name__}: {error}"
-            record = CallRecord(key=self.key, error=error_text, **fields)
-            try:
-                (self.log.enqueue if isinstance(self.log, CallLog) else self.log.record)(record)
-            except CallLogError:
-                if not sys.is_finalizing():
-                    raise
-                # a stream left half-read at exit, collected after the log closed: its spend is in the ledger
-                # (`repair_log` gives the record back), and a traceback at exit would tell the user nothing
-                logger.debug("call %s: not logged, the interpreter is exiting and the call log is closed", fields.get("call_id"))
+        if self.log is None:
+            return
+        try:
+            self._write(self.log, error, fields)
+        except BlackBoxError as unlogged:
+            if error is None:  # a call that answered: its caller learns it was not logged
+                raise
+            # a failed call: its own error (a 500, a cut stream), which the caller re-raises, says what went wrong
+            logger.warning("call %s: its failure (%s) could not be logged: %s", fields.get("call_id"), type(error).__name__, unlogged)
+            add_note(error, f"blackbox-sdk: this call could not be logged: {type(unlogged).__name__}: {unlogged}")
+
+    def _write(self, log: CallLogStore, error: BaseException | None, fields: dict[str, Any]) -> None:
+        """Hand the call's record to the log (CallRecord fields); at interpreter exit a closed log only drops it."""
+        record = CallRecord(key=self.key, error=None if error is None else f"{type(error).__name__}: {error}", **fields)
+        try:
+            (log.enqueue if isinstance(log, CallLog) else log.record)(record)
+        except CallLogError:
+            if not sys.is_finalizing():
+                raise
+            # a stream left half-read at exit, collected after the log closed: its spend is in the ledger
+            # (`repair_log` gives the record back), and a traceback at exit would tell the user nothing
+            logger.debug("call %s: not logged, the interpreter is exiting and the call log is closed", fields.get("call_id"))
