@@ -243,3 +243,69 @@ def test_a_checkpoint_dir_that_is_a_file_is_refused_before_any_call(backend: HFB
     with pytest.raises(TuningError, match="checkpoint_dir"):
         tuner(backend, calls, checkpoint_dir=tmp_path / "taken").fit()
     assert calls == []
+
+
+def test_a_refusal_without_a_checkpoint_dir_keeps_the_best_prompt_readable(backend: HFBackend) -> None:
+    calls: list[int] = []
+
+    def refuse_the_third_generation(n: int, _tokens: int) -> None:
+        if sum(c for c in calls if c == 4) == 8 and n == 4:
+            raise BudgetExceededError("cap", spent=1.0, reserved=1.0, limit=1.0, scope="total")
+        calls.append(n)
+
+    stopped = tuner(backend, calls, budget=16)
+    assert stopped.best_prompt is None  # nothing selected before a fit
+    stopped.on_calls = refuse_the_third_generation
+    with pytest.raises(BudgetExceededError):
+        stopped.fit()
+    best = stopped.best_prompt
+    assert isinstance(best, SoftPrompt) and best.info.scores["calls"] == 8 and "dev_accuracy" in best.info.scores
+    assert stopped.evaluate(DEV, best)["accuracy"] == best.info.scores["dev_accuracy"]
+    finished = tuner(backend, [], budget=8)
+    assert torch.equal(finished.fit().embeds, finished.best_prompt.embeds)  # type: ignore[union-attr]
+
+
+def test_a_crash_while_saving_a_prompt_leaves_the_previous_pair_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fields: dict[str, Any] = {"model_id": "m", "template": TEMPLATE, "verbalizer": VERBALIZER, "placement": "prefix"}
+    SoftPrompt.create(torch.ones(2, 8), name="old", **fields).save(tmp_path / "p")
+    (tmp_path / "p" / "notes.txt").write_text("mine")
+    write_text = Path.write_text
+
+    def crash_on_the_json(path: Path, *args: Any, **kwargs: Any) -> int:
+        if path.name == "soft_prompt.json":
+            raise OSError("power cut")
+        return write_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", crash_on_the_json)
+    with pytest.raises(OSError, match="power cut"):
+        SoftPrompt.create(torch.full((2, 8), 2.0), name="new", **fields).save(tmp_path / "p")
+    monkeypatch.setattr(Path, "write_text", write_text)
+    old = SoftPrompt.load(tmp_path / "p")
+    assert old.name == "old" and torch.equal(old.embeds, torch.ones(2, 8))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p"]  # no temporary folder left behind
+    SoftPrompt.create(torch.full((2, 8), 2.0), name="new", **fields).save(tmp_path / "p")
+    new = SoftPrompt.load(tmp_path / "p")
+    assert new.name == "new" and torch.equal(new.embeds, torch.full((2, 8), 2.0))
+    assert (tmp_path / "p" / "notes.txt").read_text() == "mine"  # the folder's other files are kept
+    monkeypatch.chdir(tmp_path / "p")
+    SoftPrompt.create(torch.full((2, 8), 3.0), name="here", **fields).save(".")
+    assert SoftPrompt.load(".").name == "here" and Path.cwd() == tmp_path / "p"  # the process still stands in the folder
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(TuningError, match="it is a file"):
+        new.save(tmp_path / "file")
+    assert (tmp_path / "file").read_text() == "not a folder"
+
+
+def test_a_checkpoint_is_not_resumed_with_a_saved_p0_whose_values_changed(backend: HFBackend, tmp_path: Path) -> None:
+    fields: dict[str, Any] = {"model_id": backend.model_id, "template": TEMPLATE, "verbalizer": VERBALIZER, "placement": "suffix"}
+    SoftPrompt.create(torch.zeros(2, 576), **fields).save(tmp_path / "p0")
+    tuner(backend, [], checkpoint_dir=tmp_path / "run", p0=tmp_path / "p0").fit()
+    SoftPrompt.create(torch.full((2, 576), 0.01), **fields).save(tmp_path / "p0")
+    calls: list[int] = []
+    with pytest.raises(TuningError, match="other settings or data"):
+        tuner(backend, calls, checkpoint_dir=tmp_path / "run", p0=tmp_path / "p0", budget=12).fit()
+    assert calls == []
+    (tmp_path / "p0").rename(tmp_path / "moved")
+    SoftPrompt.create(torch.zeros(2, 576), **fields).save(tmp_path / "copy")
+    resumed = tuner(backend, calls, checkpoint_dir=tmp_path / "run", p0=tmp_path / "copy", budget=12)
+    assert resumed.fit().info.scores["calls"] == 12 and calls.count(4) == 1  # the same values elsewhere: resumed

@@ -37,11 +37,20 @@ _RESUME_IRRELEVANT = {"budget", "dev_every", "batch_size", "checkpoint_dir", "ch
 
 
 def fingerprint(
-    config: BBTConfig, model_id: str, template: PromptTemplate, train: EncodedExamples, dev: EncodedExamples | None
+    config: BBTConfig,
+    model_id: str,
+    template: PromptTemplate,
+    train: EncodedExamples,
+    dev: EncodedExamples | None,
+    p0: torch.Tensor,
 ) -> str:
-    """A hash of everything a checkpoint must agree on to be resumed (not the budget or bookkeeping)."""
+    """A hash of everything a checkpoint must agree on to be resumed (not the budget or bookkeeping; a saved p0 by value)."""
+    settings = config.model_dump(mode="json", exclude=_RESUME_IRRELEVANT)
+    if isinstance(config.p0, Path):
+        values = p0.detach().float().cpu().contiguous().numpy().tobytes()
+        settings["p0"] = "sha256:" + hashlib.sha256(values).hexdigest()
     what = {
-        "config": config.model_dump(mode="json", exclude=_RESUME_IRRELEVANT),
+        "config": settings,
         "model": model_id,
         "template": template.template,
         "verbalizer": template.verbalizer,

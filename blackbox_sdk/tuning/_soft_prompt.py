@@ -9,7 +9,11 @@ Saving and loading use no pickle.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import os
+import shutil
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -141,17 +145,17 @@ class SoftPrompt:
         return dict(self.info.verbalizer)
 
     def save(self, folder: str | Path) -> Path:
-        """Write soft_prompt.safetensors and soft_prompt.json into folder (created); returns the folder."""
+        """Write soft_prompt.safetensors and .json into folder by a folder swap (never a mismatched pair); returns the folder."""
         path = Path(folder)
-        path.mkdir(parents=True, exist_ok=True)
         tensors = {"embeds": self.embeds.contiguous()}
         if self.layers is not None:
             tensors["layers"] = self.layers.contiguous()
         if self.z is not None:
             tensors["z"] = self.z.contiguous()
-        # save_file would make it 0600, unlike the JSON beside it
-        (path / TENSORS_FILE).write_bytes(to_safetensors(tensors))
-        (path / INFO_FILE).write_text(self.info.model_dump_json(indent=2) + "\n")
+        with _swapped_in(Path(os.path.realpath(path))) as temp:
+            # save_file would make it 0600, unlike the JSON beside it
+            (temp / TENSORS_FILE).write_bytes(to_safetensors(tensors))
+            (temp / INFO_FILE).write_text(self.info.model_dump_json(indent=2) + "\n")
         return path
 
     @classmethod
@@ -197,6 +201,44 @@ class SoftPrompt:
         if target is None and self.target is None:
             raise TuningError("no target to classify on: pass target= (an HFBackend, hf: client or EmbedsEndpoint)")
         return self.target if target is None else target
+
+
+@contextmanager
+def _swapped_in(folder: Path) -> Iterator[Path]:
+    """Yield a new folder to write a prompt into, then rename it into folder's place, keeping the old one's other files."""
+    if folder.exists() and not folder.is_dir():
+        raise TuningError(f"can't save a soft prompt to {folder}: it is a file, not a folder")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    temp = folder.parent / f".{folder.name}.new-{uuid.uuid4().hex[:8]}"
+    temp.mkdir()
+    try:
+        yield temp
+        if not folder.exists():
+            temp.rename(folder)
+            return
+        old = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
+        folder.rename(old)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    try:
+        temp.rename(folder)
+    except BaseException:
+        old.rename(folder)
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    _move_others(old, folder)
+
+
+def _move_others(old: Path, folder: Path) -> None:
+    """Move the swapped-out folder's other files into the new one and remove it; a process standing in it follows them."""
+    for entry in old.iterdir():  # should one fail, `old` keeps it: nothing of the user's is removed
+        if entry.name not in (TENSORS_FILE, INFO_FILE):
+            entry.rename(folder / entry.name)
+    here = os.path.relpath(os.getcwd(), old)  # the working directory moved with the old folder: `save(".")`
+    if here != os.pardir and not here.startswith(os.pardir + os.sep):
+        os.chdir(folder / here)
+    shutil.rmtree(old)
 
 
 def _check_z(z: torch.Tensor, info: SoftPromptInfo) -> None:

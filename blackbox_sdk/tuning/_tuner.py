@@ -89,6 +89,7 @@ class Tuner:
         ]).to(self.scorer.device)  # [n, L*H, d]: n = 1, or one per decoder layer for a deep prompt
         self.history: list[GenerationRecord] = []
         self.dev_history: list[DevRecord] = []
+        self._state: SearchState | None = None  # the last fit's, kept so best_prompt outlives a fit that raised
 
     def _encode(self, data: Sequence[Example]) -> EncodedExamples:
         """Token ids and class indexes of a checked data set."""
@@ -170,11 +171,12 @@ class Tuner:
         """Run CMA-ES until the budget is spent and return the selected soft prompt (resuming a checkpoint if any)."""
         from tqdm.auto import tqdm
 
+        self._state = None
         if self.config.checkpoint_dir is not None:
             prepare_folder(Path(str(self.config.checkpoint_dir)))
         state = load_checkpoint(self.config, self._fingerprint(), self.layers) if resume else None
         state = state or SearchState(search=LayerSearch(self.config, self.layers))
-        self.history, self.dev_history = state.generations, state.dev
+        self.history, self.dev_history, self._state = state.generations, state.dev, state
         started = time.perf_counter() - state.elapsed
         generations_left = self.config.budget // self.config.popsize - len(state.fitness)
         with tqdm(
@@ -196,6 +198,12 @@ class Tuner:
         if self.config.checkpoint_dir is not None:
             self._save(state)
         return self._result(state, state.best)
+
+    @property
+    def best_prompt(self) -> SoftPrompt | None:
+        """The prompt the last fit selected so far (None before one), kept when a budget refusal or error stops the fit."""
+        state = self._state
+        return None if state is None or state.best is None else self._result(state, state.best)
 
     def _generation(self, state: SearchState, started: float, *, last: bool) -> None:
         """Ask, score the population on the train set in one batched evaluation, tell; dev-evaluate when due."""
@@ -242,7 +250,7 @@ class Tuner:
 
     def _fingerprint(self) -> str:
         """What a checkpoint of this run must match to be resumed."""
-        return fingerprint(self.config, self.scorer.model_id, self.template, self._train, self._dev)
+        return fingerprint(self.config, self.scorer.model_id, self.template, self._train, self._dev, self.p0)
 
     def _save(self, state: SearchState) -> None:
         """Write the checkpoint into checkpoint_dir."""
