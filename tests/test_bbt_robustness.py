@@ -265,31 +265,33 @@ def test_a_refusal_without_a_checkpoint_dir_keeps_the_best_prompt_readable(backe
     assert torch.equal(finished.fit().embeds, finished.best_prompt.embeds)  # type: ignore[union-attr]
 
 
-def test_a_crash_while_saving_a_prompt_leaves_the_previous_pair_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_save_cut_between_its_two_files_is_a_tuning_error_at_load_never_a_mismatched_prompt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     fields: dict[str, Any] = {"model_id": "m", "template": TEMPLATE, "verbalizer": VERBALIZER, "placement": "prefix"}
     SoftPrompt.create(torch.ones(2, 8), name="old", **fields).save(tmp_path / "p")
     (tmp_path / "p" / "notes.txt").write_text("mine")
-    write_text = Path.write_text
+    replace = os.replace
 
-    def crash_on_the_json(path: Path, *args: Any, **kwargs: Any) -> int:
-        if path.name == "soft_prompt.json":
+    def cut_before_the_json(source: Any, target: Any) -> None:
+        if Path(target).name == "soft_prompt.json":
             raise OSError("power cut")
-        return write_text(path, *args, **kwargs)
+        replace(source, target)
 
-    monkeypatch.setattr(Path, "write_text", crash_on_the_json)
+    monkeypatch.setattr(os, "replace", cut_before_the_json)
     with pytest.raises(OSError, match="power cut"):
         SoftPrompt.create(torch.full((2, 8), 2.0), name="new", **fields).save(tmp_path / "p")
-    monkeypatch.setattr(Path, "write_text", write_text)
-    old = SoftPrompt.load(tmp_path / "p")
-    assert old.name == "old" and torch.equal(old.embeds, torch.ones(2, 8))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["p"]  # no temporary folder left behind
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(TuningError, match="not the one soft_prompt.json was saved with"):
+        SoftPrompt.load(tmp_path / "p")  # the new tensors beside the old description: never taken for the old prompt
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["notes.txt", "soft_prompt.json", "soft_prompt.safetensors"]
     SoftPrompt.create(torch.full((2, 8), 2.0), name="new", **fields).save(tmp_path / "p")
     new = SoftPrompt.load(tmp_path / "p")
     assert new.name == "new" and torch.equal(new.embeds, torch.full((2, 8), 2.0))
-    assert (tmp_path / "p" / "notes.txt").read_text() == "mine"  # the folder's other files are kept
+    assert (tmp_path / "p" / "notes.txt").read_text() == "mine"  # the folder's other files are left alone
     monkeypatch.chdir(tmp_path / "p")
     SoftPrompt.create(torch.full((2, 8), 3.0), name="here", **fields).save(".")
-    assert SoftPrompt.load(".").name == "here" and Path.cwd() == tmp_path / "p"  # the process still stands in the folder
+    assert SoftPrompt.load(".").name == "here" and Path.cwd() == tmp_path / "p"
     (tmp_path / "file").write_text("not a folder")
     with pytest.raises(TuningError, match="it is a file"):
         new.save(tmp_path / "file")

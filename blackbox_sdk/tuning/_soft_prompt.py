@@ -9,18 +9,17 @@ Saving and loading use no pickle.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
-import shutil
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors.torch import load as load_tensors
 from safetensors.torch import save as to_safetensors
 
 from .._exceptions import TuningError
@@ -31,6 +30,7 @@ from ._template import Placement, PromptTemplate
 
 TENSORS_FILE = "soft_prompt.safetensors"
 INFO_FILE = "soft_prompt.json"
+DIGEST_KEY = "tensors_sha256"  # in INFO_FILE beside the description: the tensors file's digest, so a save cut between the two is caught
 
 
 class SoftPromptInfo(BaseModel):
@@ -145,17 +145,21 @@ class SoftPrompt:
         return dict(self.info.verbalizer)
 
     def save(self, folder: str | Path) -> Path:
-        """Write soft_prompt.safetensors and .json into folder by a folder swap (never a mismatched pair); returns the folder."""
+        """Write soft_prompt.safetensors, then soft_prompt.json naming the tensors' digest, into folder (created), each
+        file whole; a save cut between the two is caught by `load`. Returns the folder."""
         path = Path(folder)
+        if path.exists() and not path.is_dir():
+            raise TuningError(f"can't save a soft prompt to {path}: it is a file, not a folder")
+        path.mkdir(parents=True, exist_ok=True)
         tensors = {"embeds": self.embeds.contiguous()}
         if self.layers is not None:
             tensors["layers"] = self.layers.contiguous()
         if self.z is not None:
             tensors["z"] = self.z.contiguous()
-        with _swapped_in(Path(os.path.realpath(path))) as temp:
-            # save_file would make it 0600, unlike the JSON beside it
-            (temp / TENSORS_FILE).write_bytes(to_safetensors(tensors))
-            (temp / INFO_FILE).write_text(self.info.model_dump_json(indent=2) + "\n")
+        data = to_safetensors(tensors)  # save_file would make it 0600, unlike the JSON beside it
+        document = {**json.loads(self.info.model_dump_json()), DIGEST_KEY: hashlib.sha256(data).hexdigest()}
+        _write_whole(path / TENSORS_FILE, data)
+        _write_whole(path / INFO_FILE, (json.dumps(document, indent=2) + "\n").encode())
         return path
 
     @classmethod
@@ -164,19 +168,18 @@ class SoftPrompt:
         path = Path(folder)
         if not (path / TENSORS_FILE).is_file() or not (path / INFO_FILE).is_file():
             raise TuningError(f"{path} holds no saved soft prompt ({TENSORS_FILE} + {INFO_FILE})")
+        info, digest = _read_info(path / INFO_FILE)
         try:
-            info = SoftPromptInfo.model_validate_json((path / INFO_FILE).read_bytes())
-        except OSError as exc:
-            raise TuningError(f"{path / INFO_FILE} can't be read: {exc}") from None
-        except ValidationError as exc:
-            raise TuningError(f"{path / INFO_FILE} is not a valid soft prompt description: {exc}") from None
-        try:
-            tensors = load_file(str(path / TENSORS_FILE))
+            data = (path / TENSORS_FILE).read_bytes()
+            tensors = load_tensors(data)
         except (SafetensorError, OSError) as exc:
             raise TuningError(f"{path / TENSORS_FILE} can't be read as safetensors: {exc}") from None
         if "embeds" not in tensors:
             raise TuningError(f"{path / TENSORS_FILE} has no 'embeds' tensor")
-        return cls(tensors["embeds"], info, layers=tensors.get("layers"), z=tensors.get("z"), target=target)
+        prompt = cls(tensors["embeds"], info, layers=tensors.get("layers"), z=tensors.get("z"), target=target)
+        if digest is not None and hashlib.sha256(data).hexdigest() != digest:  # None: an older save, which kept none
+            raise TuningError(f"{path / TENSORS_FILE} is not the one {INFO_FILE} was saved with (a save cut short?): save the prompt again")
+        return prompt
 
     def classify(self, texts: Sequence[str], target: Any = None) -> list[tuple[str, dict[str, float]]]:
         """(label, {label: probability}) per text, scored on target (default: the model it was tuned on)."""
@@ -203,42 +206,30 @@ class SoftPrompt:
         return self.target if target is None else target
 
 
-@contextmanager
-def _swapped_in(folder: Path) -> Iterator[Path]:
-    """Yield a new folder to write a prompt into, then rename it into folder's place, keeping the old one's other files."""
-    if folder.exists() and not folder.is_dir():
-        raise TuningError(f"can't save a soft prompt to {folder}: it is a file, not a folder")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    temp = folder.parent / f".{folder.name}.new-{uuid.uuid4().hex[:8]}"
-    temp.mkdir()
+def _write_whole(path: Path, data: bytes) -> None:
+    """Write a file whole: a temporary file beside it renamed over it, so a reader never sees half of it."""
+    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        yield temp
-        if not folder.exists():
-            temp.rename(folder)
-            return
-        old = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
-        folder.rename(old)
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
-    try:
-        temp.rename(folder)
-    except BaseException:
-        old.rename(folder)
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
-    _move_others(old, folder)
+        temp.write_bytes(data)
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
 
 
-def _move_others(old: Path, folder: Path) -> None:
-    """Move the swapped-out folder's other files into the new one and remove it; a process standing in it follows them."""
-    for entry in old.iterdir():  # should one fail, `old` keeps it: nothing of the user's is removed
-        if entry.name not in (TENSORS_FILE, INFO_FILE):
-            entry.rename(folder / entry.name)
-    here = os.path.relpath(os.getcwd(), old)  # the working directory moved with the old folder: `save(".")`
-    if here != os.pardir and not here.startswith(os.pardir + os.sep):
-        os.chdir(folder / here)
-    shutil.rmtree(old)
+def _read_info(path: Path) -> tuple[SoftPromptInfo, object]:
+    """A saved description and the tensors' digest written beside it (None when an older save kept none); TuningError
+    for a file that can't be read or is not a description."""
+    try:
+        document = json.loads(path.read_bytes())
+    except OSError as exc:
+        raise TuningError(f"{path} can't be read: {exc}") from None
+    except ValueError as exc:  # not JSON, or not UTF-8
+        raise TuningError(f"{path} is not a valid soft prompt description: {exc}") from None
+    digest = document.pop(DIGEST_KEY, None) if isinstance(document, dict) else None
+    try:
+        return SoftPromptInfo.model_validate(document), digest
+    except ValidationError as exc:
+        raise TuningError(f"{path} is not a valid soft prompt description: {exc}") from None
 
 
 def _check_z(z: torch.Tensor, info: SoftPromptInfo) -> None:
