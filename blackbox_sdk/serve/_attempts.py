@@ -30,12 +30,11 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -67,9 +66,6 @@ class LocalSlot:
     at: float
 
 
-SlotT = TypeVar("SlotT")  # what one count hands out for an attempt taken
-
-
 class Guess:
     """A presented key being compared: its attempt is kept (a failure) only once it is found wrong."""
 
@@ -81,35 +77,7 @@ class Guess:
         self.is_wrong = True
 
 
-class _Counted(ABC, Generic[SlotT]):
-    """A count that takes an attempt before a key is compared, and gives it back when the key is right."""
-
-    @abstractmethod
-    async def atake(self, request: Request) -> SlotT:
-        """Take an attempt of the request's address; RateLimitExceededError (429) when it has none left."""
-
-    @abstractmethod
-    async def agive_back(self, slot: SlotT) -> None:
-        """Give an attempt back (its key was right)."""
-
-    @abstractmethod
-    async def akeep(self, slot: SlotT) -> None:
-        """Keep an attempt as a failure (its key was wrong): its comparison is over."""
-
-    @asynccontextmanager
-    async def guessing(self, request: Request, presented: str | None) -> AsyncIterator[Guess]:
-        """An attempt taken for a presented key before the block compares it (429 when the address has none left),
-        given back on leaving unless the block called `Guess.wrong`; a request presenting no key takes none."""
-        guess = Guess()
-        slot = None if presented is None else await self.atake(request)
-        try:
-            yield guess
-        finally:
-            if slot is not None:
-                await (self.akeep(slot) if guess.is_wrong else self.agive_back(slot))
-
-
-class FailedAttempts(_Counted[LocalSlot]):
+class FailedAttempts:
     """Failed attempts per address in a sliding window, bounded in the addresses it keeps."""
 
     def __init__(self, limit: int = MAX_FAILURES, window_s: float = WINDOW_S, clock: Callable[[], float] = time.monotonic) -> None:
@@ -164,6 +132,18 @@ class FailedAttempts(_Counted[LocalSlot]):
                 times.remove(slot.at)
                 if not times:
                     del self._failures[slot.address]
+
+    @asynccontextmanager
+    async def guessing(self, request: Request, presented: str | None) -> AsyncIterator[Guess]:
+        """An attempt taken for a presented key before the block compares it (429 when the address has none left),
+        given back on leaving unless the block called `Guess.wrong`; a request presenting no key takes none."""
+        guess = Guess()
+        slot = None if presented is None else await self.atake(request)
+        try:
+            yield guess
+        finally:
+            if slot is not None:
+                await (self.akeep(slot) if guess.is_wrong else self.agive_back(slot))
 
     async def atake(self, request: Request) -> LocalSlot:
         """``take`` (a lock held for microseconds, so the event loop is not blocked), waiting while the address's
