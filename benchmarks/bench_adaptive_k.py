@@ -22,14 +22,17 @@ task on its own DESIGN questions instead (the same rule on that adapter's own ta
 questions: what a per-adapter confidence chosen at training time on its validation questions
 does) and judges it on the same HELD_OUT - DESIGN questions; a third takes the confidence the
 shipped adapter chose on its own validation questions in training (`rerank_confidence="auto"`;
-none chosen: every answer, adapter@8 itself). Goal: adaptive
-reaches adapter@8's accuracy at no more than half its tokens. A PNG of accuracy against tokens per
+none chosen: every answer, adapter@8 itself). A fourth lets adaptive K spend up to 16 (`rerank_n=16`) with
+one confidence for every task, chosen on all tasks' DESIGN questions pooled (the most accurate c there, the
+cheapest of those tied; full run only), judged on the same questions as the others. Goal: adaptive
+reaches adapter@8's accuracy at no more than half its tokens, on average: the `mean of tasks` rows. A PNG of accuracy against tokens per
 question is written to .bench/adaptive_k/curve.png.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -54,6 +57,7 @@ HELD_OUT = 40  # the held-out questions of the shipped adapters (benchmarks/task
 DESIGN = 8  # the first held-out questions of each task, on which the stop rule was designed (--quick runs them); the rest judge it
 KS = (2, 4, 8, 16)
 MOST = 8  # adaptive K's rerank_n
+UP_TO_POOL = "adaptive (rerank_n=16, one c for every task)"
 GRID = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 TOLERANCE = 0.01  # accuracy the chosen confidence may give up against adapter@8, on the tasks it is chosen on
 
@@ -103,12 +107,13 @@ def pick(samples: Sequence[Sample], consensus: float) -> Sample:
 
 
 def adaptive(samples: Sequence[Sample], consensus: float, confidence: float) -> tuple[bool, int, int]:
-    """The client's adaptive K on a draw: (right, tokens spent, samples used)."""
-    held = next_round(0, MOST, None, confidence)
+    """The client's adaptive K on a draw, at most all of it (`rerank_n=len(samples)`): (right, tokens spent, samples used)."""
+    most = len(samples)
+    held = next_round(0, most, None, confidence)
     while True:
         used = samples[:held]
         found = scores(used, consensus)
-        following = next_round(held, MOST, pick_share([s.text for s in used], found), confidence)
+        following = next_round(held, most, pick_share([s.text for s in used], found), confidence)
         if not following:
             return pick(used, consensus).right, sum(s.tokens for s in used), held
         held = following
@@ -145,9 +150,9 @@ def fixed_rows(task: Task, pools: list[list[Sample]], consensus: float) -> list[
     return rows
 
 
-def adaptive_row(task: Task, pools: list[list[Sample]], consensus: float, confidence: float) -> dict[str, Any]:
-    """Adaptive K at one confidence: accuracy, tokens and samples per question, averaged over draws of MOST."""
-    results = [adaptive(draw, consensus, confidence) for pool in pools for draw in draws(pool, MOST)]
+def adaptive_row(task: Task, pools: list[list[Sample]], consensus: float, confidence: float, most: int = MOST) -> dict[str, Any]:
+    """Adaptive K at one confidence, `rerank_n=most`: accuracy, tokens and samples per question, averaged over draws of `most`."""
+    results = [adaptive(draw, consensus, confidence) for pool in pools for draw in draws(pool, most)]
     return {
         "task": task.name, "method": f"adaptive c={confidence}", "samples": sum(r[2] for r in results) / len(results),
         "accuracy": sum(r[0] for r in results) / len(results), "tokens_per_question": sum(r[1] for r in results) / len(results),
@@ -168,8 +173,8 @@ def rows(quick: bool, tasks: Sequence[str] = TASK_NAMES) -> list[dict[str, Any]]
     from blackbox_sdk.adapter import Adapter
 
     questions = slice(0, DESIGN) if quick else slice(DESIGN, HELD_OUT)
-    per_task: dict[str, tuple[list[dict[str, Any]], dict[str, Any], list[dict[str, Any]]]] = {}
-    own: dict[str, float] = {}  # each task's confidence chosen on its own DESIGN questions (full run only)
+    per_task: dict[str, Measured] = {}
+    design: dict[str, Measured] = {}  # each task's DESIGN questions (full run only)
     trained: dict[str, float | None] = {}  # the confidence each adapter chose on its validation questions (rerank_confidence="auto")
     with local_server() as base_url:
         client = blackbox_sdk.OpenAI(base_url=base_url, api_key="local", cache=WORK / "cache")
@@ -178,24 +183,66 @@ def rows(quick: bool, tasks: Sequence[str] = TASK_NAMES) -> list[dict[str, Any]]
             consensus, trained[task.name] = adapter.config.consensus, adapter.config.confidence
             per_task[task.name] = _measured(task, sample_pools(client, task, task.items[questions], adapter), consensus)
             if not quick:
-                _, design_reference, design_grid = _measured(task, sample_pools(client, task, task.items[:DESIGN], adapter), consensus)
-                own[task.name] = choose_confidence([(design_reference, design_grid)])
+                design[task.name] = _measured(task, sample_pools(client, task, task.items[:DESIGN], adapter), consensus)
+    pooled = choose_most_accurate([(m.reference, m.grid_pool) for m in design.values()]) if design else None
     out = []
     for name in tasks:
-        fixed, reference, grid = per_task[name]
-        out += fixed
-        choices = [("adaptive (c chosen on the other tasks)", choose_confidence([(ref, g) for other, (_, ref, g) in per_task.items() if other != name]))]
-        choices += [("adaptive (c chosen on this task's design questions)", own[name])] if name in own else []
-        out += [_judged(grid, reference, method, confidence) for method, confidence in choices]
-        out += [_judged(grid, reference, "adaptive (c the adapter chose in training: \"auto\")", trained[name])]
-    _plot(out, {n: per_task[n][2] for n in tasks})
+        measured = per_task[name]
+        out += measured.fixed
+        choices = [("adaptive (c chosen on the other tasks)", choose_confidence([(m.reference, m.grid) for other, m in per_task.items() if other != name]))]
+        choices += [("adaptive (c chosen on this task's design questions)", choose_confidence([(design[name].reference, design[name].grid)]))] if design else []
+        out += [_judged(measured.grid, measured.reference, method, confidence) for method, confidence in choices]
+        out += [_judged(measured.grid, measured.reference, "adaptive (c the adapter chose in training: \"auto\")", trained[name])]
+        out += [_judged(measured.grid_pool, measured.reference, UP_TO_POOL, pooled)] if pooled is not None else []
+    out += mean_rows(out) if set(tasks) == set(TASK_NAMES) else []
+    _plot(out, {n: per_task[n].grid for n in tasks})
     return out
 
 
-def _measured(task: Task, pools: list[list[Sample]], consensus: float) -> tuple[list[dict[str, Any]], dict[str, Any], list[dict[str, Any]]]:
-    """The fixed-K rows, adapter@8's row among them, and the adaptive rows over the confidence grid."""
+@dataclass
+class Measured:
+    """One task's rows on some questions: fixed K, adapter@8's among them, adaptive over the grid with rerank_n 8 and POOL."""
+
+    fixed: list[dict[str, Any]]
+    reference: dict[str, Any]
+    grid: list[dict[str, Any]]
+    grid_pool: list[dict[str, Any]]
+
+
+def _measured(task: Task, pools: list[list[Sample]], consensus: float) -> Measured:
+    """The fixed-K rows, adapter@8's row among them, and the adaptive rows over the confidence grid (rerank_n 8, then POOL)."""
     fixed = fixed_rows(task, pools, consensus)
-    return fixed, next(r for r in fixed if r["method"] == "adapter@8"), [adaptive_row(task, pools, consensus, c) for c in GRID]
+    return Measured(
+        fixed, next(r for r in fixed if r["method"] == "adapter@8"),
+        [adaptive_row(task, pools, consensus, c) for c in GRID], [adaptive_row(task, pools, consensus, c, most=POOL) for c in GRID],
+    )
+
+
+def choose_most_accurate(designs: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> float:
+    """On every task's design questions pooled: the confidence with the highest mean accuracy, the cheapest of those
+    tied (mean tokens against each task's adapter@8)."""
+    pooled = {
+        c: (sum(g[i]["accuracy"] for _, g in designs) / len(designs),
+            sum(g[i]["tokens_per_question"] / ref["tokens_per_question"] for ref, g in designs) / len(designs))
+        for i, c in enumerate(GRID)
+    }
+    best = max(accuracy for accuracy, _ in pooled.values())
+    return min((c for c, (accuracy, _) in pooled.items() if accuracy >= best - 1e-9), key=lambda c: pooled[c][1])
+
+
+def mean_rows(out: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each adaptive method over the tasks (the goal is on average): mean accuracy and token ratio against adapter@8's mean."""
+    target = statistics.mean(r["accuracy"] for r in out if r["method"] == "adapter@8")
+    means = []
+    for method in dict.fromkeys(r["method"] for r in out if r["method"].startswith("adaptive")):
+        chosen = [r for r in out if r["method"] == method]
+        accuracy = statistics.mean(r["accuracy"] for r in chosen)
+        ratio = statistics.mean(r["token_ratio_vs_adapter@8"] for r in chosen)
+        means.append({
+            "task": "mean of tasks", "method": method, "accuracy": accuracy, "adapter@8_accuracy": target,
+            "token_ratio_vs_adapter@8": ratio, "met": accuracy >= target - 1e-9 and ratio <= 0.5,
+        })
+    return means
 
 
 def _judged(grid: list[dict[str, Any]], reference: dict[str, Any], method: str, confidence: float | None) -> dict[str, Any]:
@@ -220,7 +267,7 @@ def _plot(out: list[dict[str, Any]], grids: dict[str, list[dict[str, Any]]]) -> 
         fixed = [r for r in out if r["task"] == name and r["method"].startswith(("single", "adapter@"))]
         axis.plot([r["tokens_per_question"] for r in fixed], [r["accuracy"] for r in fixed], "o-", label="adapter@K (K=1: single)")
         axis.plot([r["tokens_per_question"] for r in grids[name]], [r["accuracy"] for r in grids[name]], "s--", alpha=0.6, label="adaptive, confidence grid")
-        for chosen, mark in zip([r for r in out if r["task"] == name and r["method"].startswith("adaptive")], ("r*", "g^", "kD")):
+        for chosen, mark in zip([r for r in out if r["task"] == name and r["method"].startswith("adaptive")], ("r*", "g^", "kD", "mP")):
             axis.plot([chosen["tokens_per_question"]], [chosen["accuracy"]], mark, markersize=12, label=chosen["method"].replace("adaptive (", "adaptive: ").rstrip(")"))
         axis.set(title=name, xlabel="tokens per question", ylabel="accuracy")
         axis.legend(fontsize=7)
