@@ -289,11 +289,15 @@ def test_a_budget_that_runs_out_answers_429_insufficient_quota_without_retries(l
 
 
 def test_a_rate_limit_answers_429_with_retry_after(llama_server: str) -> None:
-    with Proxy(ProxyConfig(upstream=llama_server, rate_limit={"rpm": 1})) as running:
+    with Proxy(ProxyConfig(upstream=llama_server, rate_limit={"rpm": 1, "tpm": 500})) as running:
         running.client().chat.completions.create(model=MODEL, messages=HELLO, max_tokens=2)
         answer = running.post("/chat/completions", json.dumps({"model": MODEL, "messages": HELLO, "max_tokens": 2}).encode())
+        with pytest.raises(openai.RateLimitError) as too_large:  # more tokens than tpm: OpenAI's "Request too large"
+            running.client(max_retries=0).chat.completions.create(model=MODEL, messages=HELLO, max_tokens=1000)
     assert answer.status_code == 429 and answer.json()["error"]["code"] == "rate_limit_exceeded"
     assert int(answer.headers["retry-after"]) >= 1
+    assert answer.json()["error"]["type"] == "requests"  # as OpenAI names the limit that binds: requests or tokens
+    assert (too_large.value.type, too_large.value.code) == ("tokens", "rate_limit_exceeded")
 
 
 def test_a_client_that_left_while_its_call_waited_for_the_rate_window_is_sent_and_charged_nothing(llama_server: str, tmp_path: Path) -> None:
