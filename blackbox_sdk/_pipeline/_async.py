@@ -34,7 +34,7 @@ _workers_lock = threading.Lock()
 SENDING = frozenset({"send", "open", "raw", "enter", "beam"})  # the effects that send a request upstream
 CHECK_EVERY_S = 0.25  # while a call waits for its rate window, how often the `before_sending` check is asked
 # A check its caller sets around a call (the proxy: that the client is still connected), awaited before the call's first
-# request goes out (after any wait for the rate window): its error ends the call unsent, its holds given back, logged as failed.
+# request goes out, and while it waits for the rate window: its error ends the call unsent, its holds given back, logged as failed.
 before_sending: contextvars.ContextVar[Callable[[], Awaitable[None]] | None] = contextvars.ContextVar("before_sending", default=None)
 
 

@@ -46,8 +46,8 @@ class TenantDefaults:
     ledger_prefix: str = DEFAULT_LEDGER_PREFIX  # on Redis, each tenant's keys sit under <prefix>tenant:<name>:
     budget_options: Mapping[str, Any] = field(default_factory=dict)  # Budget fields from INHERITED_BUDGET_FIELDS
     rate_store: str | Path | None = None  # RateLimits' store: None (this process), an SQLite file or a redis:// URL
-    rate_options: Mapping[str, Any] = field(default_factory=dict)  # RateLimits fields from INHERITED_RATE_FIELDS
     cache: str | Path | None = None  # the proxy's cache folder or redis:// URL; None: tenants get no cache of their own
+    rate_options: Mapping[str, Any] = field(default_factory=dict)  # RateLimits fields from INHERITED_RATE_FIELDS
 
     @classmethod
     def from_proxy(
