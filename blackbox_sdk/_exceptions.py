@@ -66,11 +66,12 @@ class BudgetExceededError(BlackBoxError):
 class RateLimitExceededError(BlackBoxError):
     """A call would cross a rate limit (requests or tokens per minute); raised before it is sent."""
 
-    def __init__(self, message: str, *, limit: float, scope: str, retry_after: float) -> None:
+    def __init__(self, message: str, *, limit: float, scope: str, retry_after: float, unit: str = "requests") -> None:
         super().__init__(message)
         self.limit = limit
         self.scope = scope
         self.retry_after = retry_after  # seconds until the window has room again
+        self.unit = unit  # what the binding limit counts: "requests" or "tokens" (the type of OpenAI's 429 error)
 
 
 class StoreUnavailableError(BlackBoxError):

@@ -289,32 +289,37 @@ def test_a_budget_that_runs_out_answers_429_insufficient_quota_without_retries(l
 
 
 def test_a_rate_limit_answers_429_with_retry_after(llama_server: str) -> None:
-    with Proxy(ProxyConfig(upstream=llama_server, rate_limit={"rpm": 1})) as running:
+    with Proxy(ProxyConfig(upstream=llama_server, rate_limit={"rpm": 1, "tpm": 500})) as running:
         running.client().chat.completions.create(model=MODEL, messages=HELLO, max_tokens=2)
         answer = running.post("/chat/completions", json.dumps({"model": MODEL, "messages": HELLO, "max_tokens": 2}).encode())
+        with pytest.raises(openai.RateLimitError) as too_large:  # more tokens than tpm: OpenAI's "Request too large"
+            running.client(max_retries=0).chat.completions.create(model=MODEL, messages=HELLO, max_tokens=1000)
     assert answer.status_code == 429 and answer.json()["error"]["code"] == "rate_limit_exceeded"
     assert int(answer.headers["retry-after"]) >= 1
+    assert answer.json()["error"]["type"] == "requests"  # as OpenAI names the limit that binds: requests or tokens
+    assert (too_large.value.type, too_large.value.code) == ("tokens", "rate_limit_exceeded")
 
 
 def test_a_client_that_left_while_its_call_waited_for_the_rate_window_is_sent_and_charged_nothing(llama_server: str, tmp_path: Path) -> None:
-    window = {"rpm": 1, "window_s": 8.0, "store": str(tmp_path / "window.db")}
+    window = {"rpm": 1, "window_s": 600.0, "store": str(tmp_path / "window.db")}  # room again only in ten minutes
     budget = {"total_usd": 100.0, "prices": PRICES, "ledger": str(tmp_path / "ledger.db")}
-    config = ProxyConfig(upstream=llama_server, log=str(tmp_path / "calls.db"), budget=budget, rate_limit={**window, "policy": "wait"})
+    config = ProxyConfig(upstream=llama_server, log=str(tmp_path / "calls.db"), budget=budget, rate_limit={**window, "policy": "wait", "max_wait_s": 600})
     with Proxy(config) as running:
-        RateLimits(**window).admit(key=None, model=MODEL, tokens=1)  # the window's one request, taken in its shared store
+        held = RateLimits(**window).admit(key=None, model=MODEL, tokens=1)  # the window's one request, taken in its shared store
         answered, closed = _answered(running, "200"), _answered(running, "499")
         with pytest.raises(openai.APITimeoutError):  # gives up while the proxy waits for the window
             running.client(max_retries=0, timeout=1.5).chat.completions.create(model=MODEL, messages=HELLO, max_tokens=2)
         deadline = time.monotonic() + 60
         while (_answered(running, "200"), _answered(running, "499")) == (answered, closed) and time.monotonic() < deadline:
-            time.sleep(0.1)  # until the proxy has answered it, once its wait ended
+            time.sleep(0.1)  # the wait ends as the client leaves, not when the window has room for nobody
         assert (_answered(running, "200"), _answered(running, "499")) == (answered, closed + 1)
     log = CallLog(tmp_path / "calls.db")
     abandoned = list(log.calls())
     assert len(abandoned) == 1 and "disconnected" in (abandoned[0].error or "") and abandoned[0].cost_usd == 0
     report = Budget(prices=PRICES, ledger=str(tmp_path / "ledger.db")).report()
     assert report.spent_usd == 0 and report.outstanding_reservations == 0  # nothing sent upstream, nothing charged
-    RateLimits(**window).admit(key=None, model=MODEL, tokens=1)  # its slot given back: the window is empty again
+    RateLimits(**window).release(held)
+    RateLimits(**window).admit(key=None, model=MODEL, tokens=1)  # it took no slot: the window is empty again
 
 
 def test_tenant_keys_through_the_authenticate_seam(llama_server: str, tmp_path: Path) -> None:

@@ -509,6 +509,35 @@ def test_keys_in_front_of_the_proxy(llama_server: str, tmp_path: Path) -> None:
         tenants.close()
 
 
+def test_a_keys_rate_window_waits_under_the_proxys_wait_policy(llama_server: str, tmp_path: Path) -> None:
+    now, waits = [time.time()], []
+
+    async def asleep(seconds: float) -> None:
+        """The proxy's wait, on a clock of the test's own: nothing really sleeps."""
+        waits.append(seconds)
+        now[0] += seconds
+
+    rate_limit = {"rpm": 1000, "per": "key", "policy": "wait", "max_wait_s": 120, "clock": lambda: now[0], "asleep": asleep}
+    config = ProxyConfig(upstream=llama_server, rate_limit=rate_limit)
+    with open_key_store(tmp_path / "keys.db") as store:
+        key, _ = store.create("team-a", rpm=1, models=[MODEL])
+        tenants = TenantOptions(TenantDefaults.from_proxy(rate_limit=config.rate_limit))
+        app = create_app(config, authenticate=key_authenticator(store, tenants))
+        chat, as_a = {"model": MODEL, "messages": HELLO, "max_tokens": 4}, {"authorization": f"Bearer {key}"}
+        with TestClient(app) as http:
+            deadline = time.monotonic() + 120
+            while http.get("/readyz").status_code != 200:
+                assert time.monotonic() < deadline, "the proxy did not become ready"
+                time.sleep(0.05)  # polling /readyz until the upstream client is built
+            assert http.post("/v1/chat/completions", json=chat, headers=as_a).status_code == 200
+            waited = http.post("/v1/chat/completions", json=chat, headers=as_a)  # the key's rpm=1 is full: it waits its turn
+            assert waited.status_code == 200 and sum(waits) == pytest.approx(60)
+            too_long = TenantDefaults.from_proxy(rate_limit={**rate_limit, "max_wait_s": 10})
+            refused = tenant_options(KeyRecord(key_id="key_1", name="team-a", rpm=1), too_long)["rate_limit"]
+            assert (refused.policy, refused.max_wait_s, refused.window_s) == ("wait", 10, 60)  # a wait past max_wait_s raises
+        tenants.close()
+
+
 def test_revoking_by_the_secret_itself_does_not_echo_it(store: KeyStore) -> None:
     secret, _ = store.create("team-a")
     with pytest.raises(ConfigError, match="not the key itself") as refused:

@@ -112,7 +112,7 @@ def test_the_binding_limit_is_the_one_that_waits_longest(store: str | Path | Non
     admit(limits, 5)
     clock.now += 1
     error = refusal(limits, 50)  # rpm needs the first to leave (29s), tpm too (29s): rpm wins ties
-    assert error.retry_after == pytest.approx(29.0, abs=1e-4) and "rpm=2" in str(error)
+    assert error.retry_after == pytest.approx(29.0, abs=1e-4) and "rpm=2" in str(error) and error.unit == "requests"
     limits = limits_on(store, clock, rpm=5, tpm=100, per="model")
     admit(limits, 50, model="m")
     clock.now += 10
@@ -120,6 +120,7 @@ def test_the_binding_limit_is_the_one_that_waits_longest(store: str | Path | Non
     clock.now += 1
     error = refusal(limits, 60, model="m")  # only tpm binds, and both calls must leave: 10 + 60 - 11
     assert error.retry_after == pytest.approx(59.0, abs=1e-4) and error.limit == 100 and "tpm=100" in str(error)
+    assert error.unit == "tokens"  # what the binding limit counts: OpenAI's 429 names it as the error's type
 
 
 def test_the_window_slides(store: str | Path | None) -> None:
@@ -193,7 +194,7 @@ def test_a_call_larger_than_tpm_never_fits_and_never_waits(store: str | Path | N
     clock = FakeTime()
     limits = limits_on(store, clock, tpm=100, policy="wait", max_wait_s=1e6)
     error = refusal(limits, 101)
-    assert error.retry_after == math.inf and "can never fit" in str(error)
+    assert error.retry_after == math.inf and "can never fit" in str(error) and error.unit == "tokens"
     assert clock.sleeps == []
     admit(limits, 100)
 

@@ -32,9 +32,32 @@ STORE_WORKERS = 4  # threads for async clients' store work: few, so they contend
 _workers: dict[int, ThreadPoolExecutor] = {}  # by process id: a forked child makes its own (threads don't cross a fork)
 _workers_lock = threading.Lock()
 SENDING = frozenset({"send", "open", "raw", "enter", "beam"})  # the effects that send a request upstream
+CHECK_EVERY_S = 0.25  # while a call waits for its rate window, how often the `before_sending` check is asked
 # A check its caller sets around a call (the proxy: that the client is still connected), awaited before the call's first
-# request goes out (after any wait for the rate window): its error ends the call unsent, its holds given back, logged as failed.
+# request goes out, and while it waits for the rate window: its error ends the call unsent, its holds given back, logged as failed.
 before_sending: contextvars.ContextVar[Callable[[], Awaitable[None]] | None] = contextvars.ContextVar("before_sending", default=None)
+
+
+async def while_checked(work: Awaitable[T], check: Callable[[], Awaitable[None]], give_back: Callable[[T], Awaitable[object]]) -> T:
+    """``work`` (a wait for the rate window), asking ``check`` every CHECK_EVERY_S meanwhile: once it raises (the proxy's
+    client has gone), the wait ends and its error goes on, so a caller nobody waits for any more takes no room from
+    those still waiting. Ended early (that error, or a cancel), an admission ``work`` took is given back."""
+    waiting = asyncio.ensure_future(work)
+    try:
+        while not waiting.done():
+            await asyncio.wait([waiting], timeout=CHECK_EVERY_S)
+            if not waiting.done():
+                await check()
+    except BaseException:
+        waiting.cancel()  # a pause for room ends at once; a store step under way runs on and gives back what it took
+        while not waiting.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([waiting])
+        if not waiting.cancelled() and waiting.exception() is None:  # admitted just before: the room back
+            with contextlib.suppress(Exception):  # a store out of reach: the slot leaves with its window
+                await to_the_end(give_back(waiting.result()))
+        raise
+    return waiting.result()
 
 
 def _new_workers_lock() -> None:
@@ -133,7 +156,9 @@ class AsyncCore(Core):
         if effect.kind == "wait":
             return await effect.call.opts.cache.wait_for_async(effect.call.key, SINGLE_FLIGHT_WAIT_S, want=effect.call.want)
         if effect.kind == "admit":
-            return await effect.call.opts.rate_limit.aadmit(key=effect.call.meter.key, model=effect.call.model, tokens=effect.tokens)
+            limits = effect.call.opts.rate_limit
+            admitting = limits.aadmit(key=effect.call.meter.key, model=effect.call.model, tokens=effect.tokens)
+            return await (admitting if check is None or effect.call.info.requests else while_checked(admitting, check, limits.arelease))
         if effect.kind == "send":
             return list(await asyncio.gather(*(self._outcome(effect.call, request) for request in effect.requests)))
         if effect.kind == "open":

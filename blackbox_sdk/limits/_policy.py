@@ -82,14 +82,17 @@ def _refusal(request: Request, verdict: Verdict, waited_s: float) -> RateLimitEx
     waited = f" after waiting {waited_s:.2f}s" if waited_s else ""
     message = (f"rate limit {binding}={limit} per {request.window.window_s:g}s reached for {request.scope}: "
                f"no room for {what}{waited}; retry after {verdict.wait_s:.2f}s")
-    return RateLimitExceededError(redact_text(message), limit=float(limit or 0), scope=redact_text(request.scope), retry_after=verdict.wait_s)
+    unit = "requests" if binding == "rpm" else "tokens"
+    return RateLimitExceededError(redact_text(message), limit=float(limit or 0), scope=redact_text(request.scope), retry_after=verdict.wait_s, unit=unit)
 
 
 def _never_fits(request: Request) -> RateLimitExceededError:
     """The error for a call larger than the whole tpm: no wait makes room for it."""
     message = (f"a call of {request.tokens} tokens can never fit tpm={request.window.tpm} for {request.scope} "
                f"(lower max_tokens or raise tpm); retry_after is inf")
-    return RateLimitExceededError(redact_text(message), limit=float(request.window.tpm or 0), scope=redact_text(request.scope), retry_after=math.inf)
+    return RateLimitExceededError(
+        redact_text(message), limit=float(request.window.tpm or 0), scope=redact_text(request.scope), retry_after=math.inf, unit="tokens",
+    )
 
 
 def admission_flow(request: Request) -> Flow:

@@ -148,10 +148,10 @@ def describe(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:
     if isinstance(exc, BudgetExceededError):
         return 429, error_body(message, "insufficient_quota", code="insufficient_quota"), dict(_NO_RETRY)
     if isinstance(exc, RateLimitExceededError):
-        wait = max(exc.retry_after, 0.0)
+        wait, body = max(exc.retry_after, 0.0), error_body(message, exc.unit, code="rate_limit_exceeded")  # OpenAI: "requests" or "tokens"
         if not math.isfinite(wait):  # a call larger than the limit itself: no wait lets it through, so no retry
-            return 429, error_body(message, "requests", code="rate_limit_exceeded"), dict(_NO_RETRY)
-        return 429, error_body(message, "requests", code="rate_limit_exceeded"), retry_headers(wait)
+            return 429, body, dict(_NO_RETRY)
+        return 429, body, retry_headers(wait)
     for kind, code in _DEPLOYMENT:
         if isinstance(exc, kind):
             return _deployment_fault(exc, message, code)

@@ -8,7 +8,8 @@ the tenants' ledger folder, or the prefix ``<ledger_prefix>tenant:<name>:`` on t
 That is how both of a key's caps hold with the Budget that exists: ``total_usd`` is the tenant's
 lifetime and ``per_day_usd`` its UTC day. A key revoked and created again under the same name
 keeps the tenant's spend. Its rate limits are a window per key (``per="key"``, the key being the
-tenant's name) in the proxy's rate-limit store, so replicas sharing a Redis store share it. A
+tenant's name) in the proxy's rate-limit store, so replicas sharing a Redis store share it, under the
+proxy's own policy (``"wait"`` waits for room there too, at most its ``max_wait_s``). A
 limit the record leaves out (None) leaves the proxy's own option for that call in place.
 """
 
@@ -33,6 +34,8 @@ DEFAULT_LEDGER_PREFIX = "blackbox:ledger:"
 INHERITED_BUDGET_FIELDS = (
     "per_call_usd", "prices", "prices_file", "policy", "default_max_output_tokens", "min_output_tokens", "estimate_margin", "lease_s",
 )
+# The proxy's [rate_limit] fields a tenant's RateLimits keeps: how a call waits and is capped, not the proxy's own limits.
+INHERITED_RATE_FIELDS = ("policy", "max_wait_s", "default_max_output_tokens", "clock", "sleep", "asleep")
 
 
 @dataclass(frozen=True)
@@ -44,17 +47,19 @@ class TenantDefaults:
     budget_options: Mapping[str, Any] = field(default_factory=dict)  # Budget fields from INHERITED_BUDGET_FIELDS
     rate_store: str | Path | None = None  # RateLimits' store: None (this process), an SQLite file or a redis:// URL
     cache: str | Path | None = None  # the proxy's cache folder or redis:// URL; None: tenants get no cache of their own
+    rate_options: Mapping[str, Any] = field(default_factory=dict)  # RateLimits fields from INHERITED_RATE_FIELDS
 
     @classmethod
     def from_proxy(
         cls, *, cache: str | Path | None = None, budget: Mapping[str, Any] | None = None, rate_limit: Mapping[str, Any] | None = None
     ) -> TenantDefaults:
-        """Defaults from the proxy's configuration tables: its cache, its [budget] and its [rate_limit].
+        """Defaults from the proxy's configuration tables: its cache, its [budget] and its [rate_limit] (its store,
+        and its policy: a key's window waits as the proxy's does).
 
         The tenants' ledgers sit beside the proxy's: the same Redis URL, or a folder ``<ledger stem>-tenants``
         next to its SQLite file.
         """
-        budget = dict(budget or {})
+        budget, rate_limit = dict(budget or {}), dict(rate_limit or {})
         ledger = budget.get("ledger")
         if ledger is not None and not (isinstance(ledger, str) and "://" in ledger):
             path = Path(ledger).expanduser()
@@ -63,7 +68,8 @@ class TenantDefaults:
             ledger=ledger,
             ledger_prefix=budget.get("ledger_prefix", DEFAULT_LEDGER_PREFIX),
             budget_options={name: budget[name] for name in INHERITED_BUDGET_FIELDS if name in budget},
-            rate_store=(rate_limit or {}).get("store"),
+            rate_store=rate_limit.get("store"),
+            rate_options={name: rate_limit[name] for name in INHERITED_RATE_FIELDS if name in rate_limit},
             cache=cache,
         )
 
@@ -98,6 +104,14 @@ def tenant_budget(record: KeyRecord, defaults: TenantDefaults) -> Budget | None:
     )
 
 
+def tenant_rate_limit(record: KeyRecord, defaults: TenantDefaults) -> RateLimits:
+    """The key's rpm and tpm as a window per key in the proxy's store, waiting (or refusing) as the proxy's own does."""
+    unknown = set(defaults.rate_options) - set(INHERITED_RATE_FIELDS)
+    if unknown:
+        raise ConfigError(f"a tenant's rate limit can't take {sorted(unknown)}: its limits come from its key")
+    return RateLimits(**defaults.rate_options, rpm=record.rpm, tpm=record.tpm, per="key", store=defaults.rate_store)
+
+
 def tenant_options(record: KeyRecord, defaults: TenantDefaults | None = None) -> dict[str, Any]:
     """The SDK options of the key's calls (new objects each time: keep them per record, as TenantOptions does).
 
@@ -110,7 +124,7 @@ def tenant_options(record: KeyRecord, defaults: TenantDefaults | None = None) ->
     if budget is not None:
         options["budget"] = budget
     if record.rpm is not None or record.tpm is not None:
-        options["rate_limit"] = RateLimits(rpm=record.rpm, tpm=record.tpm, per="key", store=defaults.rate_store)
+        options["rate_limit"] = tenant_rate_limit(record, defaults)
     if record.reranker is not None:
         options["reranker"] = record.reranker
     if defaults.cache is not None:
