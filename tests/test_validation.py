@@ -96,6 +96,7 @@ def test_bad_responses_input_raises_bad_request_before_anything_is_spent(sent: l
 BAD_VALUES_THE_SDK_READS = [
     pytest.param("chat", {"messages": HELLO, "seed": "abc"}, "seed", id="chat-seed-not-a-number"),
     pytest.param("chat", {"messages": HELLO, "tools": [None]}, "tools[0]", id="chat-tool-none"),
+    pytest.param("chat", {"messages": HELLO, "functions": ["get_weather"]}, "functions[0]", id="chat-function-a-string"),
     pytest.param("chat", {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": 5}]}]}, "messages[0].content[0].image_url", id="chat-image-url-a-number"),
     pytest.param("chat", {"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}, "messages[0].content[0].text", id="chat-text-a-number"),
     pytest.param("completions", {"prompt": "hi", "best_of": "x"}, "best_of", id="completions-best-of-a-string"),

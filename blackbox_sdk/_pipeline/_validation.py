@@ -92,14 +92,15 @@ def validate_user(params: Mapping[str, Any]) -> None:
         raise InvalidRequestError(f"Invalid type for 'user': expected a string, but got {type(user).__name__} instead.", param="user")
 
 
-def _check_tools(params: Mapping[str, Any]) -> None:
-    """`tools` a list of objects, when given, as OpenAI checks it: the budget counts each tool as its JSON object."""
-    tools = params.get("tools")
+def _check_tools(params: Mapping[str, Any], name: str = "tools") -> None:
+    """`tools` (or chat's legacy `functions`) a list of objects, when given, as OpenAI checks it: the budget counts
+    each as its JSON object."""
+    tools = params.get(name)
     if given(tools) and not isinstance(tools, list):
-        raise InvalidRequestError(f"tools must be a list of tool objects, got {tools!r}", param="tools")
+        raise InvalidRequestError(f"{name} must be a list of objects, got {tools!r}", param=name)
     for i, tool in enumerate(tools if isinstance(tools, list) else ()):
         if not isinstance(tool, Mapping):
-            raise InvalidRequestError(f"tools[{i}] must be a tool (an object), got {tool!r}", param=f"tools[{i}]")
+            raise InvalidRequestError(f"{name}[{i}] must be an object, got {tool!r}", param=f"{name}[{i}]")
 
 
 def _check_parts(where: str, parts: list[Any]) -> None:
@@ -120,7 +121,7 @@ def _check_parts(where: str, parts: list[Any]) -> None:
 
 def validate_chat(params: Mapping[str, Any]) -> None:
     """Chat messages: a non-empty list of {role, content}, each role a string (servers add their own, such as vLLM's
-    "ipython"), content a string or a list of parts; `tools` a list of objects."""
+    "ipython"), content a string or a list of parts; `tools` and `functions` lists of objects."""
     messages = params.get("messages")
     if isinstance(messages, (str, bytes)) or not isinstance(messages, Iterable):
         raise InvalidRequestError("messages must be a list of {'role', 'content'} objects", param="messages")
@@ -136,6 +137,7 @@ def validate_chat(params: Mapping[str, Any]) -> None:
             raise InvalidRequestError(f"messages[{i}].content must be a string or a list of parts", param=f"messages[{i}].content")
         _check_parts(f"messages[{i}].content", content if isinstance(content, list) else [])
     _check_tools(params)
+    _check_tools(params, "functions")
     validate_sampling(params)
 
 
