@@ -92,15 +92,21 @@ def validate_user(params: Mapping[str, Any]) -> None:
         raise InvalidRequestError(f"Invalid type for 'user': expected a string, but got {type(user).__name__} instead.", param="user")
 
 
+def _invalid_type(param: str, expected: str, value: Any) -> InvalidRequestError:
+    """OpenAI's 400 for a value of the wrong type, naming its type only (a schema or a part may be large, or private)."""
+    kind = "null" if value is None else type(value).__name__
+    return InvalidRequestError(f"Invalid type for '{param}': expected {expected}, but got {kind} instead.", param=param)
+
+
 def _check_tools(params: Mapping[str, Any], name: str = "tools") -> None:
     """`tools` (or chat's legacy `functions`) a list of objects, when given, as OpenAI checks it: the budget counts
     each as its JSON object."""
     tools = params.get(name)
     if given(tools) and not isinstance(tools, list):
-        raise InvalidRequestError(f"{name} must be a list of objects, got {tools!r}", param=name)
+        raise _invalid_type(name, "an array of objects", tools)
     for i, tool in enumerate(tools if isinstance(tools, list) else ()):
         if not isinstance(tool, Mapping):
-            raise InvalidRequestError(f"{name}[{i}] must be an object, got {tool!r}", param=f"{name}[{i}]")
+            raise _invalid_type(f"{name}[{i}]", "an object", tool)
 
 
 def _check_parts(where: str, parts: list[Any]) -> None:
@@ -111,12 +117,12 @@ def _check_parts(where: str, parts: list[Any]) -> None:
         if isinstance(part, str):
             continue
         if not isinstance(part, Mapping):
-            raise InvalidRequestError(f"{at} must be a content part (an object), got {part!r}", param=at)
+            raise _invalid_type(at, "a content part (an object)", part)
         kind = part.get("type")
         if kind == "text" and not isinstance(part.get("text"), str):
-            raise InvalidRequestError(f"{at}.text must be a string, got {part.get('text')!r}", param=f"{at}.text")
+            raise _invalid_type(f"{at}.text", "a string", part.get("text"))
         if kind == "image_url" and not isinstance(part.get("image_url"), Mapping):
-            raise InvalidRequestError(f"{at}.image_url must be an object with a url, got {part.get('image_url')!r}", param=f"{at}.image_url")
+            raise _invalid_type(f"{at}.image_url", "an object with a url", part.get("image_url"))
 
 
 def validate_chat(params: Mapping[str, Any]) -> None:
