@@ -170,9 +170,12 @@ class ServerTokenizer:
 
     def _count(self, kind: str, model: str, text: str) -> int:
         """One count from the route found; a route that fails now (a busy server past SERVER_TIMEOUT_S, a 5xx) is a
-        StoreUnavailableError: what the count is for (a budget's reservation) fails closed, as on a ledger out of reach."""
+        StoreUnavailableError: what the count is for (a budget's reservation) fails closed, as on a ledger out of reach.
+        Text no request can carry (a lone surrogate) is the caller's, not the route's: openai's UnicodeEncodeError."""
         try:
             return self._ask(kind, model, text)
+        except UnicodeEncodeError:
+            raise
         except (httpx2.HTTPError, KeyError, ValueError, TypeError) as error:
             raise StoreUnavailableError(
                 f"the endpoint's tokenize route {redact_url(self._routes[kind])} failed ({type(error).__name__}), so the "

@@ -178,6 +178,20 @@ def test_best_of_is_reserved_as_the_generations_the_server_bills() -> None:
     assert len(server.bodies) == 1
 
 
+@pytest.mark.parametrize("kind", ["tools", "functions"])
+def test_function_definitions_are_reserved_as_prompt_tools_and_legacy_functions_alike(kind: str) -> None:
+    """A schema of 60 fields is ~1,500 prompt tokens, past $0.001 at $1/M: the call is refused before sending whether
+    the schema comes as `tools` or as chat's legacy `functions` (which the server bills the same, and the count left out)."""
+    fields = {f"field_{i}": {"type": "string", "description": f"the value of field number {i} in the record"} for i in range(60)}
+    schema = {"name": "record", "description": "Record the values", "parameters": {"type": "object", "properties": fields}}
+    given = {"tools": [{"type": "function", "function": schema}]} if kind == "tools" else {"functions": [schema]}
+    server = Server()
+    sdk = client(server, budget=Budget(total_usd=0.001, prices=PRICES))
+    with pytest.raises(BudgetExceededError):
+        sdk.chat.completions.create(model=MODEL, messages=HI, max_tokens=10, **given)
+    assert server.bodies == []
+
+
 def test_a_call_of_several_prompts_is_refused_not_shrunk_below_its_prompts() -> None:
     """Shrinking may drop choices, but every prompt of a batch gets its answer: the batch is refused whole."""
     server = Server()

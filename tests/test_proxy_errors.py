@@ -218,6 +218,10 @@ def test_a_bad_value_in_the_request_is_still_the_clients_400() -> None:
         pytest.param("/responses", {"input": "Hi", "user": 7}, "user", id="responses-user-a-number"),
         pytest.param("/chat/completions", {"messages": HELLO, "stream_options": {"include_usage": True}}, "stream_options", id="stream-options-without-stream"),
         pytest.param("/completions", {"prompt": "Hi", "stream": False, "stream_options": {}}, "stream_options", id="stream-options-not-streamed"),
+        pytest.param("/chat/completions", {"messages": HELLO, "seed": "abc"}, "seed", id="chat-seed-not-a-number"),
+        pytest.param("/completions", {"prompt": "Hi", "best_of": "x"}, "best_of", id="completions-best-of-a-string"),
+        pytest.param("/embeddings", {"input": ["Hi", 5]}, "input", id="embeddings-input-mixed"),
+        pytest.param("/responses", {"input": "Hi", "tools": ["web_search"]}, "tools[0]", id="responses-tool-a-string"),
     ],
 )
 def test_a_wrongly_typed_parameter_is_openais_400_naming_it_before_anything_is_sent(

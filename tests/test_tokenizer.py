@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
+import openai
 import pytest
 
 from blackbox_sdk import Budget, ConfigError, OpenAI, StoreUnavailableError, _tokenizer
@@ -58,6 +59,21 @@ def test_llama_cpp_counts_through_its_own_tokenize_route(llama_server: str) -> N
     counted = _counted(client, COMPLETIONS, {"prompt": "The capital of France is"})
     assert counted.tokens == reported and counted.exact
     assert client._core.count.server.counter(MODEL).name == "llama.cpp server tokenizer"
+
+
+def test_text_no_request_can_carry_is_openais_error_not_a_tokenize_route_outage(llama_server: str, tmp_path: Path) -> None:
+    """A lone surrogate in a message: openai's client raises UnicodeEncodeError as it encodes the request; counted
+    through the server's tokenize route it was a StoreUnavailableError blaming the route (a store outage to retry),
+    advising tokenizer=, with which the send fails the same. Nothing is held or spent; the route still counts after."""
+    lone = [{"role": "user", "content": "Hi \ud800"}]
+    with pytest.raises(UnicodeEncodeError):
+        openai.OpenAI(base_url=llama_server, api_key="sk-test", max_retries=0).chat.completions.create(model=MODEL, messages=lone, max_tokens=2)
+    budget = Budget(total_usd=1.0, prices={MODEL: {"input": 1.0, "output": 1.0}}, ledger=tmp_path / "ledger.db")
+    client = OpenAI(base_url=llama_server, api_key="sk-test", budget=budget, max_retries=0)
+    with pytest.raises(UnicodeEncodeError):
+        client.chat.completions.create(model=MODEL, messages=lone, max_tokens=2)
+    assert budget.report().outstanding_reservations == 0 and budget.report().spent_usd == 0
+    assert _counted(client, COMPLETIONS, {"prompt": "The capital of France is"}).exact
 
 
 def test_a_server_without_a_tokenize_route_falls_back_to_tiktoken() -> None:

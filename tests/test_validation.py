@@ -51,6 +51,14 @@ HELLO = [{"role": "user", "content": "hi"}]
         pytest.param({"messages": HELLO, "user": 123}, "user", id="user-a-number"),
         pytest.param({"messages": HELLO, "stream_options": {"include_usage": True}}, "stream_options", id="stream-options-without-stream"),
         pytest.param({"messages": HELLO, "stream": False, "stream_options": {}}, "stream_options", id="stream-options-not-streamed"),
+        pytest.param({"messages": HELLO, "seed": "1"}, "seed", id="seed-a-string"),
+        pytest.param({"messages": HELLO, "seed": 1.5}, "seed", id="seed-a-fraction"),
+        pytest.param({"messages": HELLO, "seed": True}, "seed", id="seed-a-bool"),
+        pytest.param({"messages": HELLO, "tools": {"type": "function"}}, "tools", id="tools-an-object"),
+        pytest.param({"messages": HELLO, "tools": ["get_weather"]}, "tools[0]", id="tool-a-string"),
+        pytest.param({"messages": [{"role": "user", "content": [5]}]}, "messages[0].content[0]", id="content-part-a-number"),
+        pytest.param({"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}, "messages[0].content[0].text", id="text-part-a-number"),
+        pytest.param({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": "u"}]}]}, "messages[0].content[0].image_url", id="image-url-a-string"),
     ],
 )
 def test_bad_chat_requests_raise_bad_request_before_sending(client: OpenAI, sent: list[Any], kwargs: dict[str, Any], param: str) -> None:
@@ -85,6 +93,48 @@ def test_bad_responses_input_raises_bad_request_before_anything_is_spent(sent: l
     assert sent == [] and budget.report().outstanding_reservations == 0 and budget.report().spent_usd == 0
 
 
+BAD_VALUES_THE_SDK_READS = [
+    pytest.param("chat", {"messages": HELLO, "seed": "abc"}, "seed", id="chat-seed-not-a-number"),
+    pytest.param("chat", {"messages": HELLO, "tools": [None]}, "tools[0]", id="chat-tool-none"),
+    pytest.param("chat", {"messages": HELLO, "functions": ["get_weather"]}, "functions[0]", id="chat-function-a-string"),
+    pytest.param("chat", {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": 5}]}]}, "messages[0].content[0].image_url", id="chat-image-url-a-number"),
+    pytest.param("chat", {"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}, "messages[0].content[0].text", id="chat-text-a-number"),
+    pytest.param("completions", {"prompt": "hi", "best_of": "x"}, "best_of", id="completions-best-of-a-string"),
+    pytest.param("completions", {"prompt": "hi", "seed": "abc"}, "seed", id="completions-seed-not-a-number"),
+    pytest.param("completions", {"prompt": [5, "a"]}, "prompt", id="completions-prompt-mixed"),
+    pytest.param("embeddings", {"input": ["a", None]}, "input", id="embeddings-input-with-none"),
+    pytest.param("embeddings", {"input": [[1, "a"]]}, "input", id="embeddings-token-ids-with-a-string"),
+    pytest.param("responses", {"input": "hi", "tools": ["web_search"]}, "tools[0]", id="responses-tool-a-string"),
+]
+
+
+@pytest.mark.parametrize(("route", "kwargs", "param"), BAD_VALUES_THE_SDK_READS)
+def test_bad_values_the_sdk_reads_are_its_400_before_anything_is_spent(
+    sent: list[Any], tmp_path: Any, route: str, kwargs: dict[str, Any], param: str,
+) -> None:
+    """Values the SDK itself reads (a seed it adds to, `best_of` it reserves for, tools and prompts it counts, the
+    text a reranker scores against) were a bare ValueError, TypeError or AttributeError, or a ConfigError mid-call
+    (logged), or a paid answer the reranker then tripped over: now the SDK's 400 naming the value, with nothing
+    sent, held, charged, logged or cached, under a budget, a cache, a call log and a reranker."""
+    from blackbox_sdk import Budget, Cache, CallLog
+
+    answer = {"id": "x", "object": "chat.completion", "created": 1, "model": "m", "choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+    http = httpx2.Client(transport=httpx2.MockTransport(lambda request: sent.append(request) or httpx2.Response(200, json=answer)))
+    budget = Budget(total_usd=1.0, prices={"m": {"input": 1.0, "output": 1.0}}, ledger=tmp_path / "ledger.db")
+    client = OpenAI(
+        api_key="sk-test", base_url="http://api.test/v1", http_client=http, budget=budget, cache=tmp_path / "cache",
+        log=tmp_path / "calls.db", reranker=lambda question, answers: [1.0] * len(answers), rerank_n=3, max_retries=0,
+    )
+    create = {"chat": client.chat.completions.create, "completions": client.completions.create, "embeddings": client.embeddings.create}
+    with pytest.raises(InvalidRequestError) as caught:
+        create.get(route, client.responses.create)(model="m", **kwargs)
+    client.close()
+    assert caught.value.param == param and caught.value.status_code == 400
+    assert sent == [] and budget.report().outstanding_reservations == 0 and budget.report().spent_usd == 0
+    with CallLog(tmp_path / "calls.db") as log, Cache(tmp_path / "cache") as cache:
+        assert list(log.calls()) == [] and cache.stats.keys == 0
+
+
 def test_requests_openai_sends_are_sent(sent: list[Any]) -> None:
     """What openai sends as it is goes out: a server's own role (vLLM's "ipython"), a prompt scored with
     `max_tokens=0` and `echo`, Responses `instructions` without `input`, messages from a generator."""
@@ -98,13 +148,16 @@ def test_requests_openai_sends_are_sent(sent: list[Any]) -> None:
         lambda: client.completions.create(model="m", prompt="score me", max_tokens=0, echo=True, logprobs=1),
         lambda: client.responses.create(model="m", instructions="Say hi."),
         lambda: client.chat.completions.create(model="m", messages=(m for m in HELLO)),
+        lambda: client.chat.completions.create(model="m", messages=[{"role": "user", "content": ["vLLM's plain part"]}], seed=-5, tools=[]),
+        lambda: client.completions.create(model="m", prompt=[[1, 2], [3]], best_of=2),
+        lambda: client.embeddings.create(model="m", input=[1, 2, 3]),
     ]
     for call in calls:
         with pytest.raises(openai.BadRequestError) as caught:
             call()
         assert not isinstance(caught.value, InvalidRequestError)  # the server's 400, not the SDK's
     assert len(sent) == len(calls)
-    assert json.loads(sent[-1].content)["messages"] == HELLO  # the generator's messages, read once
+    assert json.loads(sent[3].content)["messages"] == HELLO  # the generator's messages, read once
 
 
 def test_missing_required_arguments_raise_type_error_like_openai(client: OpenAI) -> None:

@@ -103,10 +103,9 @@ class UsageCounter:
 
 
 def prompt_extras(params: Json) -> list[Json]:
-    """What a request sends besides its messages that endpoints count as prompt: tools, and the
-    JSON schema of a structured output (chat's `response_format`, the Responses API's `text.format`)."""
-    tools = params.get("tools")
-    extras = [dict(tool) for tool in tools] if isinstance(tools, list) else []
+    """What a request sends besides its messages that endpoints count as prompt: tools (chat's legacy `functions`
+    too), and the JSON schema of a structured output (chat's `response_format`, the Responses API's `text.format`)."""
+    extras = [dict(tool) for name in ("tools", "functions") if isinstance(params.get(name), list) for tool in params[name]]
     text = params.get("text")
     for form in (params.get("response_format"), text.get("format") if isinstance(text, dict) else None):
         if isinstance(form, dict) and form.get("type") in ("json_schema", "json_object"):

@@ -51,6 +51,7 @@ def _check_number(params: Mapping[str, Any], name: str, low: float, high: float)
 
 MAX_N = 128  # OpenAI's own limit on `n`; more would fan out that many requests where a server ignores `n`
 MAX_TOKENS = 2**53 - 1  # an output cap past it is no model's, and no budget's ledger counts it exactly
+SEEDS = (-(2**63), 2**63 - 1)  # OpenAI's range for `seed`, a signed 64-bit integer
 
 
 def _check_integer(params: Mapping[str, Any], name: str, low: int, high: int | None = None) -> None:
@@ -62,8 +63,10 @@ def _check_integer(params: Mapping[str, Any], name: str, low: int, high: int | N
 
 
 def validate_sampling(params: Mapping[str, Any], min_tokens: int = 1) -> None:
-    """`n` in [1, 128], the output caps from `min_tokens` to MAX_TOKENS, `temperature` and `top_p` in range."""
+    """`n` in [1, 128], the output caps from `min_tokens` to MAX_TOKENS, `temperature` and `top_p` in range, `seed`
+    an integer (the SDK seeds each fanned-out request from it: a string broke that, a fraction or a bool changed it)."""
     _check_integer(params, "n", 1, MAX_N)
+    _check_integer(params, "seed", *SEEDS)
     _check_integer(params, "max_tokens", min_tokens, MAX_TOKENS)
     _check_integer(params, "max_completion_tokens", 1, MAX_TOKENS)
     _check_number(params, "temperature", 0.0, 2.0)
@@ -89,8 +92,42 @@ def validate_user(params: Mapping[str, Any]) -> None:
         raise InvalidRequestError(f"Invalid type for 'user': expected a string, but got {type(user).__name__} instead.", param="user")
 
 
+def _invalid_type(param: str, expected: str, value: Any) -> InvalidRequestError:
+    """OpenAI's 400 for a value of the wrong type, naming its type only (a schema or a part may be large, or private)."""
+    kind = "null" if value is None else type(value).__name__
+    return InvalidRequestError(f"Invalid type for '{param}': expected {expected}, but got {kind} instead.", param=param)
+
+
+def _check_tools(params: Mapping[str, Any], name: str = "tools") -> None:
+    """`tools` (or chat's legacy `functions`) a list of objects, when given, as OpenAI checks it: the budget counts
+    each as its JSON object."""
+    tools = params.get(name)
+    if given(tools) and not isinstance(tools, list):
+        raise _invalid_type(name, "an array of objects", tools)
+    for i, tool in enumerate(tools if isinstance(tools, list) else ()):
+        if not isinstance(tool, Mapping):
+            raise _invalid_type(f"{name}[{i}]", "an object", tool)
+
+
+def _check_parts(where: str, parts: list[Any]) -> None:
+    """A chat message's content parts: each an object (or a string, vLLM's plain text part), a text part's `text` a
+    string and an image part's `image_url` an object, as the prompt's count and a reranker's question read them."""
+    for j, part in enumerate(parts):
+        at = f"{where}[{j}]"
+        if isinstance(part, str):
+            continue
+        if not isinstance(part, Mapping):
+            raise _invalid_type(at, "a content part (an object)", part)
+        kind = part.get("type")
+        if kind == "text" and not isinstance(part.get("text"), str):
+            raise _invalid_type(f"{at}.text", "a string", part.get("text"))
+        if kind == "image_url" and not isinstance(part.get("image_url"), Mapping):
+            raise _invalid_type(f"{at}.image_url", "an object with a url", part.get("image_url"))
+
+
 def validate_chat(params: Mapping[str, Any]) -> None:
-    """Chat messages: a non-empty list of {role, content}, each role a string (servers add their own, such as vLLM's "ipython")."""
+    """Chat messages: a non-empty list of {role, content}, each role a string (servers add their own, such as vLLM's
+    "ipython"), content a string or a list of parts; `tools` and `functions` lists of objects."""
     messages = params.get("messages")
     if isinstance(messages, (str, bytes)) or not isinstance(messages, Iterable):
         raise InvalidRequestError("messages must be a list of {'role', 'content'} objects", param="messages")
@@ -104,28 +141,48 @@ def validate_chat(params: Mapping[str, Any]) -> None:
         content = message.get("content")
         if content is not None and not isinstance(content, (str, list)):
             raise InvalidRequestError(f"messages[{i}].content must be a string or a list of parts", param=f"messages[{i}].content")
+        _check_parts(f"messages[{i}].content", content if isinstance(content, list) else [])
+    _check_tools(params)
+    _check_tools(params, "functions")
     validate_sampling(params)
 
 
+def _token_ids(value: Any) -> bool:
+    """Whether `value` is a list of token ids (integers, not bools)."""
+    return isinstance(value, list) and all(isinstance(token, int) and not isinstance(token, bool) for token in value)
+
+
+def _check_texts(name: str, value: str | list[Any]) -> None:
+    """A completions `prompt` or embeddings `input`: a string, or a list of strings, token ids or lists of token ids,
+    the shapes OpenAI takes and the SDK counts (a mixed list was a ConfigError mid-call, not this 400 before it)."""
+    if isinstance(value, str) or all(isinstance(item, str) for item in value) or _token_ids(value) or all(_token_ids(item) for item in value):
+        return
+    raise InvalidRequestError(f"{name} must be a string, a list of strings, a list of token ids, or a list of such lists", param=name)
+
+
 def validate_completion(params: Mapping[str, Any]) -> None:
-    """Legacy completions: a prompt string (or list of strings / token ids); `max_tokens` may be 0 (with `echo`, to score a prompt)."""
+    """Legacy completions: a prompt string (or list of strings / token ids); `max_tokens` may be 0 (with `echo`, to
+    score a prompt); `best_of` an integer (the budget reserves for that many answers)."""
     prompt = params.get("prompt")
     if not isinstance(prompt, (str, list)):
         raise InvalidRequestError("prompt must be a string or a list", param="prompt")
+    _check_texts("prompt", prompt)
+    _check_integer(params, "best_of", 0)
     validate_sampling(params, min_tokens=0)
 
 
 def validate_embedding(params: Mapping[str, Any]) -> None:
-    """Embeddings: a non-empty string or list."""
+    """Embeddings: a non-empty string or list, of strings or token ids."""
     value = params.get("input")
     if not isinstance(value, (str, list)) or len(value) == 0:
         raise InvalidRequestError("input must be a non-empty string or list", param="input")
+    _check_texts("input", value)
 
 
 def validate_responses(params: Mapping[str, Any]) -> None:
     """Responses: `input`, when given (instructions alone, a stored prompt, response or conversation
-    can stand for it), a string or a list of items; `instructions` a string; `max_output_tokens`,
-    `temperature`, `top_p` in range."""
+    can stand for it), a string or a list of items; `instructions` a string; `tools` a list of objects;
+    `max_output_tokens`, `temperature`, `top_p` in range."""
     value, instructions = params.get("input"), params.get("instructions")
     if given(value) and not isinstance(value, (str, list)):
         raise InvalidRequestError("input must be a string or a list of input items", param="input")
@@ -133,6 +190,7 @@ def validate_responses(params: Mapping[str, Any]) -> None:
         raise InvalidRequestError(f"instructions must be a string, got {instructions!r}", param="instructions")
     for i, item in enumerate(value if isinstance(value, list) else ()):
         _check_input_item(i, item)
+    _check_tools(params)
     _check_integer(params, "max_output_tokens", 1, MAX_TOKENS)
     _check_number(params, "temperature", 0.0, 2.0)
     _check_number(params, "top_p", 0.0, 1.0)
