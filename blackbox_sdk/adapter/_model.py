@@ -33,7 +33,7 @@ from ._consensus import log_copies
 from ._energy import PRECISIONS, autocast, checked_device, default_device, energy_model_class, import_torch
 from ._fast import OnnxScorer, check_fast, in_length_order
 from ._folder import CONFIG_FILE, LORA_FORMAT, WEIGHTS_FILE, ChangedWhileRead, check_unchanged, read_config, read_tensors, stamp
-from ._lora import BeyondTheBase, SharedBase, layer_index, load_base, shared_base
+from ._lora import Attachment, BeyondTheBase, SharedBase, layer_index, load_base, shared_base
 from ._reload import reload_if_changed
 from ._saving import save_folder
 
@@ -94,6 +94,7 @@ class Adapter:
     precision: str = "auto"  # "auto": bf16 autocast on the GPU, fp32 on the CPU; "fp32"; "bf16" (any device)
     fast: bool | str = False  # score through ONNX Runtime (True: fp32, same scores; "int8": int8 weights), see _fast.py
     _scorer: OnnxScorer | None = field(default=None, repr=False)
+    _attachment: Attachment | None = field(default=None, repr=False)  # a LoRA adapter's deltas leave its base once it is collected
     _stamp: Any = field(default=None, repr=False)
     _checked: float = field(default=0.0, repr=False)
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
@@ -123,7 +124,7 @@ class Adapter:
         attach(base, name)
         model = energy_model_class()(base.encoder, config.pooling)
         model.head.to(device)
-        return cls(config, model, base.tokenizer, base.sha256, base=base, lora_name=name, shared=shared)
+        return cls(config, model, base.tokenizer, base.sha256, base=base, lora_name=name, shared=shared, _attachment=Attachment(base, name))
 
     @property
     def device(self) -> Any:
