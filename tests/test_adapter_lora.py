@@ -8,6 +8,7 @@ import pickle
 import random
 import shutil
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -116,6 +117,28 @@ def test_adapters_dropped_from_a_shared_base_leave_it_at_its_next_load_not_one_d
     latest = Adapter.load(folders[1], device="cpu")
     assert latest.base is base and set(base.peft.peft_config) == {kept.lora_name, latest.lora_name}
     assert kept.score(QUESTION, ANSWERS) == alone
+
+
+def test_adapters_on_one_shared_base_score_exactly_from_threads_at_once_while_one_of_them_reloads(folders: tuple[Path, Path], tmp_path: Path) -> None:
+    alone = [Adapter.load(f, device="cpu", shared=False) for f in folders]
+    expected = [adapter.score(QUESTION, ANSWERS) for adapter in alone]
+    live = Adapter.load(alone[0].save(tmp_path / "live"), device="cpu")
+    other = Adapter.load(folders[1], device="cpu")
+    live.reload_interval = 0.0  # a new revision (the same weights) is loaded on the shared base while `other` scores
+    assert live.base is other.base
+
+    def scores(adapter: Adapter, saves: int) -> list[list[float]]:
+        found = []
+        for _ in range(24):
+            if saves:
+                alone[0].save(tmp_path / "live")
+            found.append(adapter.score(QUESTION, ANSWERS))
+        return found
+
+    with ThreadPoolExecutor(3) as pool:  # a proxy's worker threads scoring two keys' rerankers
+        runs = [pool.submit(scores, live, 1), pool.submit(scores, other, 0), pool.submit(scores, other, 0)]
+        found = [run.result() for run in runs]
+    assert found[0] == [expected[0]] * 24 and found[1] == found[2] == [expected[1]] * 24
 
 
 def test_loading_a_lora_adapter_never_unpickles(folders: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:

@@ -119,8 +119,8 @@ class SharedBase:
 
     def add(self, config: AdapterConfig, name: str) -> None:
         """Add a freshly initialised LoRA adapter (the random A, zero B of LoRA: g starts as the base's)."""
-        lora = lora_config(config, self.plain)
-        with self.lock, _quiet():
+        with self.lock, _quiet():  # the module tree is walked and changed: never while another adapter scores or loads on it
+            lora = lora_config(config, self.plain)
             if self.peft is None:
                 self.peft = import_peft().get_peft_model(self.plain, lora, adapter_name=name)
             else:
@@ -132,11 +132,19 @@ class SharedBase:
         where = folder / LORA_DIR
         if not (where / PEFT_WEIGHTS).is_file() or not (where / PEFT_CONFIG).is_file():
             raise AdapterError(f"{folder} is a LoRA adapter without {LORA_DIR}/{PEFT_WEIGHTS} and {LORA_DIR}/{PEFT_CONFIG}")
+        stored = set(read_tensors(where / PEFT_WEIGHTS))  # dtypes and values checked before peft reads them
+        with self.lock:  # the module tree is changed and walked: never while another adapter scores or loads on this base
+            self._attach(where, name, config, stored)
+            self._sweep()
+            self.plain.requires_grad_(False)
+
+    def _attach(self, where: Path, name: str, config: AdapterConfig, stored: set[str]) -> None:
+        """peft's load of the deltas in `where` under `name` (under the lock), undone unless they are exactly the `stored` ones at the config's scale."""
         from safetensors import SafetensorError
 
-        peft, stored = import_peft(), set(read_tensors(where / PEFT_WEIGHTS))  # dtypes and values checked before peft reads them
+        peft = import_peft()
         try:
-            with self.lock, _quiet():
+            with _quiet():
                 if self.peft is None:
                     self.peft = peft.PeftModel.from_pretrained(self.plain, str(where), adapter_name=name, is_trainable=False)
                 else:
@@ -158,9 +166,6 @@ class SharedBase:
             raise AdapterError(f"{where / PEFT_CONFIG} makes deltas of rank {rank} scaled by {scale:.3g}, but the adapter's config says lora_rank "
                                f"{config.lora_rank} and lora_alpha {config.lora_alpha:g} (scale {config.lora_alpha / config.lora_rank:.3g}): "
                                "damaged, or not made for this config?")
-        with self.lock:
-            self._sweep()
-        self.plain.requires_grad_(False)
 
     def discard(self, name: str) -> None:
         """Undo a failed load of `name`: drop its deltas, or the whole base from the shared ones when nothing else is on it."""

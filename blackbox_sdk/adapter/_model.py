@@ -151,9 +151,10 @@ class Adapter:
 
     def freeze(self) -> None:
         """Let only the trainable parameters take gradients."""
-        keep = set(self.trainable_names())
-        for name, param in self.model.named_parameters():
-            param.requires_grad_(name in keep)
+        with self.active():  # a shared base's modules, walked under its lock
+            keep = set(self.trainable_names())
+            for name, param in self.model.named_parameters():
+                param.requires_grad_(name in keep)
 
     def trainable_parameters(self) -> Iterator[Any]:
         """The parameters an optimiser should update."""
@@ -192,12 +193,13 @@ class Adapter:
         with self._lock:
             if self._scorer is not None:
                 return self._scorer(texts)
-            was_training = self.model.training
-            self.model.eval()
-            try:
-                return in_length_order(texts, self.config.score_batch_size, self._torch_batch)
-            finally:
-                self.model.train(was_training)
+            with self.active():  # the mode is set on a shared base's modules: under its lock, or another adapter's pass runs in train mode
+                was_training = self.model.training
+                self.model.eval()
+                try:
+                    return in_length_order(texts, self.config.score_batch_size, self._torch_batch)
+                finally:
+                    self.model.train(was_training)
 
     def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
         """Scores for (question, answer) pairs, possibly of different questions, in one batched pass."""
@@ -275,7 +277,8 @@ class Adapter:
                 adapter = cls._on_base(config, device, shared, attach) if config.lora_rank else cls.create(config, device="cpu").to(device)
             except BeyondTheBase as exc:
                 raise AdapterError(f"{folder / CONFIG_FILE}: {exc}") from exc
-            adapter._fill(folder, document, precision)
+            with adapter.active():  # its weights are found among a shared base's modules, which another load may be changing
+                adapter._fill(folder, document, precision)
             check_unchanged(folder, before, document.get("revision"))  # else it may hold one revision's LoRA, another's head
             adapter._stamp, adapter.shared = before, shared
             return adapter.make_fast(int8=fast == "int8") if fast is not False else adapter
