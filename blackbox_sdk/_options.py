@@ -229,14 +229,20 @@ def served_name(prompt: Any) -> str:
     return f"{prompt.name}#{digest[:16]}"
 
 
+def current_soft_prompt(value: Any) -> Any:
+    """The soft prompt to serve now: a saved folder's as the folder holds it now (`SavedSoftPrompt`), else the one given."""
+    current = getattr(value, "current", None)
+    return current() if callable(current) else value
+
+
 def open_soft_prompt(value: Any, current: Any, opened: Opened) -> Any:
     """A SoftPrompt from a saved folder or a SoftPrompt, or None; a deep one is refused (requests carry input vectors only)."""
     if value is None:
         return None
     if isinstance(value, (str, Path)):
-        from .tuning import SoftPrompt
+        from .tuning._soft_prompt import SavedSoftPrompt
 
-        value = opened.get("soft_prompt", value, SoftPrompt.load)
+        value = opened.get("soft_prompt", value, SavedSoftPrompt)  # read again when a save changes the folder
     elif not (hasattr(value, "embeds") and hasattr(value, "name")):
         raise ConfigError(f"soft_prompt must be a SoftPrompt, a saved soft-prompt folder or None; got {value!r}")
     if getattr(value, "layers", None) is not None:

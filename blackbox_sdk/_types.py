@@ -9,8 +9,29 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ._exceptions import RerankerError
+
 Json = dict[str, Any]
 Scorer = Callable[[str, Sequence[str]], Sequence[float]]  # (question, answers) -> one score each, higher is better
+
+
+def one_number_each(scores: object, answers: int, who: str = "reranker") -> list[float]:
+    """A scorer's output as one float per answer; RerankerError for anything else (one number, None, a string of
+    digits, words), which would otherwise surface as a bare TypeError or be read wrongly."""
+    if scores is None or isinstance(scores, (str, bytes)) or not hasattr(scores, "__iter__"):
+        what = "None" if scores is None else "a string" if isinstance(scores, (str, bytes)) else f"one {type(scores).__name__}"
+    else:
+        values = list(scores)
+        try:
+            numbers = [float(value) for value in values]
+        except (TypeError, ValueError):
+            bad = next(v for v in values if not isinstance(v, (int, float)))
+            what = f"{len(values)} values that are not all numbers ({bad!r:.40})"
+        else:
+            if len(numbers) == answers:
+                return numbers
+            what = f"{len(numbers)} scores"
+    raise RerankerError(f"the {who} returned {what} for {answers} answers: it must return one number per answer")
 
 
 @dataclass(frozen=True)

@@ -226,7 +226,7 @@ def test_a_damaged_folder_is_an_adapter_error_naming_it_and_leaves_nothing_on_th
     with pytest.raises(AdapterError, match=message) as caught:
         Adapter.load(folder, device="cpu")
     assert str(folder) in str(caught.value)
-    assert set(shipped.base.peft.peft_config) == attached
+    assert shipped.lora_name in set(shipped.base.peft.peft_config) <= attached  # adapters collected before may have left too
     assert shipped.score(QUESTION, ANSWERS)  # the adapter already on that base still scores
 
 

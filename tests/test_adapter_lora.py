@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import pickle
 import random
 import shutil
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -100,6 +102,43 @@ def test_two_adapters_loaded_by_path_share_one_base_and_score_each_as_alone(fold
     scorers = [c.options.reranker.__self__ for c in clients]
     assert scorers[0].base is scorers[1].base is first.base  # two clients' rerankers: still one base in memory
     assert [s.score(QUESTION, ANSWERS) for s in scorers] == alone
+
+
+def test_adapters_dropped_from_a_shared_base_leave_it_at_its_next_load_not_one_delta_per_client(folders: tuple[Path, Path]) -> None:
+    kept = Adapter.load(folders[0], device="cpu")
+    base, alone = kept.base, Adapter.load(folders[0], device="cpu", shared=False).score(QUESTION, ANSWERS)
+    assert base is not None and base.peft is not None
+    for _ in range(3):  # a client per job (or a proxy key's reranker replaced): each loads the folder onto the base, then goes
+        client = OpenAI(base_url="http://127.0.0.1:9/v1", api_key="x", reranker=str(folders[1]))
+        client.close()
+        del client
+        Adapter.load(folders[1], device="cpu")  # an adapter loaded and dropped at once
+    gc.collect()
+    latest = Adapter.load(folders[1], device="cpu")
+    assert latest.base is base and set(base.peft.peft_config) == {kept.lora_name, latest.lora_name}
+    assert kept.score(QUESTION, ANSWERS) == alone
+
+
+def test_adapters_on_one_shared_base_score_exactly_from_threads_at_once_while_one_of_them_reloads(folders: tuple[Path, Path], tmp_path: Path) -> None:
+    alone = [Adapter.load(f, device="cpu", shared=False) for f in folders]
+    expected = [adapter.score(QUESTION, ANSWERS) for adapter in alone]
+    live = Adapter.load(alone[0].save(tmp_path / "live"), device="cpu")
+    other = Adapter.load(folders[1], device="cpu")
+    live.reload_interval = 0.0  # a new revision (the same weights) is loaded on the shared base while `other` scores
+    assert live.base is other.base
+
+    def scores(adapter: Adapter, saves: int) -> list[list[float]]:
+        found = []
+        for _ in range(24):
+            if saves:
+                alone[0].save(tmp_path / "live")
+            found.append(adapter.score(QUESTION, ANSWERS))
+        return found
+
+    with ThreadPoolExecutor(3) as pool:  # a proxy's worker threads scoring two keys' rerankers
+        runs = [pool.submit(scores, live, 1), pool.submit(scores, other, 0), pool.submit(scores, other, 0)]
+        found = [run.result() for run in runs]
+    assert found[0] == [expected[0]] * 24 and found[1] == found[2] == [expected[1]] * 24
 
 
 def test_loading_a_lora_adapter_never_unpickles(folders: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:

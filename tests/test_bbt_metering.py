@@ -12,7 +12,8 @@ import torch
 import blackbox_sdk
 from blackbox_sdk.budget import Budget
 from blackbox_sdk.call_log import CallLog, CallRecord
-from blackbox_sdk._exceptions import BudgetExceededError
+from blackbox_sdk._exceptions import BudgetExceededError, RateLimitExceededError
+from blackbox_sdk.limits import RateLimits
 from blackbox_sdk.tuning import BBTConfig, ClientMeter, Tuner
 
 TEMPLATE = "{text} It was {label}"
@@ -140,6 +141,31 @@ def test_a_budget_too_small_for_the_next_generation_stops_before_its_forward(
     resumed = roomier.fit()  # the checkpoint of the first generation resumes
     assert resumed.info.scores["calls"] == 4 and len(roomier.history) == 2
     assert [r.request["kind"] for r in bbt_records(log)][3:] == ["train", "dev"]
+
+
+@pytest.mark.parametrize("limit", ["rpm", "tpm"])
+def test_the_client_s_rate_limit_admits_each_evaluation_and_refuses_one_past_it_before_its_forward(
+    gguf_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit: str
+) -> None:
+    probe = client_tuner(gguf_path)
+    generation, dev = 2 * sum(probe._train.tokens_per_sequence(1)), sum(probe._dev.tokens_per_sequence(1))
+    room = {"rpm": 2, "tpm": generation + dev + generation // 2}[limit]  # a generation and its dev evaluation, not the next one
+    log = CallLog(tmp_path / "calls.db")
+    tuned = client_tuner(gguf_path, rate_limit=RateLimits(**{limit: room}, per="key"), log=log, budget_key="tuning")
+    forwards: list[int] = []
+    forward = tuned.scorer.label_logprobs
+
+    def counted(prompts: torch.Tensor, *rest: Any) -> torch.Tensor:
+        forwards.append(len(prompts))
+        return forward(prompts, *rest)
+
+    monkeypatch.setattr(tuned.scorer, "label_logprobs", counted)
+    with pytest.raises(RateLimitExceededError, match=f"{limit}={room} per 60s reached for key"):
+        tuned.fit()
+    assert forwards == [2, 1]
+    records = bbt_records(log)
+    assert [(r.request["kind"], r.usage_counted) for r in records] == [("train", True), ("dev", True), ("train", False)]
+    assert records[-1].usage is None and records[-1].error.startswith("RateLimitExceededError: ")
 
 
 def test_a_forward_that_fails_releases_its_reservation_and_is_logged_as_an_error(

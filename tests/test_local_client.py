@@ -129,6 +129,30 @@ def test_a_soft_prompt_is_served_by_create_and_changes_the_answer(local: OpenAI,
     assert first(again) == pytest.approx(first(tuned), abs=1e-5)
 
 
+def test_a_soft_prompt_folder_re_saved_is_served_again_as_an_adapter_folder_is_reloaded(
+    local: OpenAI, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    first, second = a_soft_prompt(local, 0), a_soft_prompt(local, 1)
+    options = {"model": "smollm2", "messages": QUESTION, "max_tokens": 4, "temperature": 0, "logprobs": True}
+    logprob = lambda prompt: local.chat.completions.create(**options, soft_prompt=prompt).choices[0].logprobs.content[0].logprob  # noqa: E731
+    expected = [logprob(first), logprob(second)]
+    assert expected[0] != pytest.approx(expected[1], abs=1e-4)
+    folder = first.save(tmp_path / "prompt")
+    bound = local.with_options(soft_prompt=folder)
+    assert logprob_of(bound, options) == pytest.approx(expected[0], abs=1e-5)
+    second.save(folder)  # re-tuned, saved over the served folder
+    bound.options.soft_prompt.reload_interval = 0.0  # looked at on each call (once a second by default)
+    assert logprob_of(bound, options) == pytest.approx(expected[1], abs=1e-5)
+    (folder / "soft_prompt.safetensors").write_bytes(b"cut short")  # a save that can't be read keeps the prompt loaded
+    assert logprob_of(bound, options) == pytest.approx(expected[1], abs=1e-5)
+    assert "can't be served" in caplog.text
+
+
+def logprob_of(client: OpenAI, options: dict[str, object]) -> float:
+    """The first token's logprob of the client's answer."""
+    return client.chat.completions.create(**options).choices[0].logprobs.content[0].logprob
+
+
 def test_two_soft_prompts_with_one_name_never_share_a_cached_answer(gguf_path: Path, local: OpenAI, tmp_path: Path) -> None:
     from blackbox_sdk.tuning import SoftPrompt
 

@@ -5,9 +5,11 @@ for a real call through the SDK against llama.cpp."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import hmac
 import json
 import multiprocessing
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -564,6 +566,21 @@ def test_a_keys_store_refusing_its_password_after_start_is_the_operators_500_not
     assert "was refused by the Redis server" in error["message"] and "s3cret" not in refused.text, error
     assert bad.status_code == 400 and bad.json()["error"]["type"] == "invalid_request_error"  # the client's own fault stays 400
     tenants.close()
+
+
+def test_a_key_pointed_at_each_new_version_of_its_reranker_keeps_only_the_one_it_names_loaded(tmp_path: Path) -> None:
+    from blackbox_sdk import OpenAI
+    from blackbox_sdk.adapter import Adapter
+    from blackbox_sdk.serve._tenants import Tenant, TenantClients
+
+    clients, names = TenantClients(OpenAI(base_url="http://127.0.0.1:9/v1", api_key="sk-unused")), []
+    for version in range(4):  # the operator points team-a's key at adapters/v0, v1, ... in turn
+        folder = shutil.copytree(SHIPPED_ADAPTER, tmp_path / f"v{version}")
+        names.append(clients.client(Tenant("team-a", options={"reranker": str(folder)})).options.reranker.__self__.lora_name)
+    gc.collect()
+    later = Adapter.load(SHIPPED_ADAPTER)  # the next load on the shared base takes off what was let go
+    assert later.base is not None and later.base.peft is not None
+    assert names[-1] in later.base.peft.peft_config and not set(names[:-1]) & set(later.base.peft.peft_config)
 
 
 def test_checking_a_keys_reranker_leaves_nothing_on_the_shared_base(store: KeyStore) -> None:

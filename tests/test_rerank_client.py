@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -68,6 +69,33 @@ def test_a_reranker_that_misscores_is_a_reranker_error_and_the_paid_call_is_logg
     client.options.log.flush()
     [record] = CallLog(client.options.log.path).calls()
     assert "1 scores for 6 answers" in (record.error or "")
+
+
+@pytest.mark.parametrize(
+    "scores, said",
+    [
+        pytest.param(0.5, "one float", id="one-number"),  # a scorer of one answer, given all six
+        pytest.param(None, "None", id="none"),
+        pytest.param("123456", "a string", id="a-string-of-six-digits"),  # not read as six scores
+        pytest.param(["high"] * 6, "6 values that are not all numbers ('high')", id="words"),
+    ],
+)
+def test_a_reranker_that_returns_no_list_of_numbers_is_a_reranker_error_and_the_paid_call_is_logged(
+    client: OpenAI, scores: object, said: str
+) -> None:
+    message = f"the reranker returned {said} for 6 answers: it must return one number per answer"
+    with pytest.raises(RerankerError, match=re.escape(message)):
+        ask(client, reranker=lambda question, answers: scores)
+    client.options.log.flush()
+    [record] = CallLog(client.options.log.path).calls()
+    assert record.error == f"RerankerError: {message}"
+
+
+def test_a_beam_scorer_that_returns_one_number_is_a_reranker_error(llama_server: str) -> None:
+    client = OpenAI(base_url=llama_server, api_key="sk-test", reranker=lambda question, prefixes: 1.0,
+                    beam={"beam": 2, "candidates": 2, "max_steps": 1, "answer_marker": None})
+    with pytest.raises(RerankerError, match="returned one float for 2 answers"):
+        ask(client)
 
 
 def test_nan_scores_rank_last() -> None:

@@ -19,7 +19,7 @@ import pydantic
 from .._exceptions import CacheError, ConfigError, EmbeddingsNotSupportedError, StoreUnavailableError
 from .._info import BlackBoxInfo
 from .._logging import logger
-from .._options import Opened, Options, served_name
+from .._options import Opened, Options, current_soft_prompt, served_name
 from .._redact import remember_secret
 from .._retry import counting_retries
 from .._tokenizer import ServerTokenizer
@@ -81,8 +81,9 @@ class Core:
     def with_soft_prompt(self, opts: Options, params: Json) -> Json:
         """The request with the soft prompt registered on the local model and named in the body."""
         self.check_soft_prompt(opts)
-        name = served_name(opts.soft_prompt)  # the values' digest in it: one name, one prompt, one cache key
-        self.backend.register_soft_prompt(name, opts.soft_prompt.embeds)
+        prompt = current_soft_prompt(opts.soft_prompt)  # a saved folder's as it is now: one prompt for the name and the vectors
+        name = served_name(prompt)  # the values' digest in it: one name, one prompt, one cache key
+        self.backend.register_soft_prompt(name, prompt.embeds)
         extra = params.get("extra_body")
         body = extra if given(extra) else {}
         return {**params, "extra_body": {**body, "soft_prompt": name}}

@@ -13,10 +13,9 @@ import httpx2
 from openai.types import Completion, CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from .._exceptions import RerankerError
 from .._info import attach, rebuilt
 from .._logging import logger
-from .._types import CHAT, Json, add_usage, usage_to_charge
+from .._types import CHAT, Json, add_usage, one_number_each, usage_to_charge
 from ._calibrate import warn_ignored_cap
 from ._call import Call
 from ._candidates import Candidate, chunks_from_candidates, response_from_candidates, split_response, sum_usage, usage_chunk
@@ -101,14 +100,7 @@ def score(call: Call, answers: list[str]) -> list[float]:
     number per answer (the answers are paid for: the call is logged with the error)."""
     reranker = call.opts.reranker
     assert reranker is not None  # only a reranked call scores
-    scores = list(reranker(question_of(call.route, call.params), answers))
-    try:
-        numbers = [float(s) for s in scores]
-    except (TypeError, ValueError):
-        numbers = []
-    if len(numbers) != len(answers):
-        raise RerankerError(f"the reranker returned {len(scores)} scores for {len(answers)} answers: it must return one number per answer")
-    call.info.candidates, call.info.scores = answers, numbers
+    call.info.candidates, call.info.scores = answers, one_number_each(reranker(question_of(call.route, call.params), answers), len(answers))
     if any(math.isnan(s) for s in call.info.scores):
         logger.warning("call %s: the reranker scored %d of %d answers NaN (a diverged adapter?); they rank last",
                        call.info.call_id, sum(math.isnan(s) for s in call.info.scores), len(answers))

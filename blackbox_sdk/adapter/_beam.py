@@ -19,7 +19,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._exceptions import ConfigError, RerankerError
+from .._exceptions import ConfigError
+from .._types import one_number_each
 
 SampleFn = Callable[[str, str, int], list[str]]  # (question, prefix so far, k) -> up to k next steps
 ScoreFn = Callable[[str, Sequence[str]], Sequence[float]]  # (question, partial answers) -> scores
@@ -110,11 +111,9 @@ def _score(question: str, scorer: ScoreFn, beams: list[_Beam]) -> None:
     """Score new prefixes in one scorer call, in place."""
     if not beams:
         return
-    values = list(scorer(question, [b.text for b in beams]))
-    if len(values) != len(beams):
-        raise RerankerError(f"the scorer returned {len(values)} scores for {len(beams)} answers")
+    values = one_number_each(scorer(question, [b.text for b in beams]), len(beams), "scorer")
     for b, value in zip(beams, values):
-        b.score = float(value)
+        b.score = value
 
 
 CHATML = "<|im_start|>{role}\n{content}<|im_end|>\n"

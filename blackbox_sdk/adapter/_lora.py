@@ -17,6 +17,7 @@ import math
 import re
 import threading
 import warnings
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,6 +106,7 @@ class SharedBase:
     peft: Any = None  # the PeftModel over `plain`, from the first adapter on
     lock: threading.RLock = field(default_factory=threading.RLock)
     _names: Iterator[int] = field(default_factory=itertools.count)
+    _dropped: list[str] = field(default_factory=list)  # names of adapters collected since the last load (`Attachment`)
 
     @property
     def encoder(self) -> Any:
@@ -117,23 +119,32 @@ class SharedBase:
 
     def add(self, config: AdapterConfig, name: str) -> None:
         """Add a freshly initialised LoRA adapter (the random A, zero B of LoRA: g starts as the base's)."""
-        lora = lora_config(config, self.plain)
-        with self.lock, _quiet():
+        with self.lock, _quiet():  # the module tree is walked and changed: never while another adapter scores or loads on it
+            lora = lora_config(config, self.plain)
             if self.peft is None:
                 self.peft = import_peft().get_peft_model(self.plain, lora, adapter_name=name)
             else:
                 self.peft.add_adapter(name, lora)
+            self._sweep()
 
     def load(self, folder: Path, name: str, config: AdapterConfig) -> None:
         """Load a saved adapter's LoRA deltas (peft format, safetensors) under `name`, checked against the adapter's `config`."""
         where = folder / LORA_DIR
         if not (where / PEFT_WEIGHTS).is_file() or not (where / PEFT_CONFIG).is_file():
             raise AdapterError(f"{folder} is a LoRA adapter without {LORA_DIR}/{PEFT_WEIGHTS} and {LORA_DIR}/{PEFT_CONFIG}")
+        stored = set(read_tensors(where / PEFT_WEIGHTS))  # dtypes and values checked before peft reads them
+        with self.lock:  # the module tree is changed and walked: never while another adapter scores or loads on this base
+            self._attach(where, name, config, stored)
+            self._sweep()
+            self.plain.requires_grad_(False)
+
+    def _attach(self, where: Path, name: str, config: AdapterConfig, stored: set[str]) -> None:
+        """peft's load of the deltas in `where` under `name` (under the lock), undone unless they are exactly the `stored` ones at the config's scale."""
         from safetensors import SafetensorError
 
-        peft, stored = import_peft(), set(read_tensors(where / PEFT_WEIGHTS))  # dtypes and values checked before peft reads them
+        peft = import_peft()
         try:
-            with self.lock, _quiet():
+            with _quiet():
                 if self.peft is None:
                     self.peft = peft.PeftModel.from_pretrained(self.plain, str(where), adapter_name=name, is_trainable=False)
                 else:
@@ -155,7 +166,6 @@ class SharedBase:
             raise AdapterError(f"{where / PEFT_CONFIG} makes deltas of rank {rank} scaled by {scale:.3g}, but the adapter's config says lora_rank "
                                f"{config.lora_rank} and lora_alpha {config.lora_alpha:g} (scale {config.lora_alpha / config.lora_rank:.3g}): "
                                "damaged, or not made for this config?")
-        self.plain.requires_grad_(False)
 
     def discard(self, name: str) -> None:
         """Undo a failed load of `name`: drop its deltas, or the whole base from the shared ones when nothing else is on it."""
@@ -173,6 +183,16 @@ class SharedBase:
                 # peft makes each layer's first remaining adapter active, and the first layer's the model's: on layers that
                 # adapter lacks another one stays active, which `active` would never switch; one adapter active on all layers
                 self.peft.set_adapter(next(iter(self.peft.peft_config)))
+
+    def drop_later(self, name: str) -> None:
+        """Note that the adapter holding `name` is gone; its deltas leave at the base's next load (a collector's callback
+        may run mid-forward or under a lock held, where taking them off at once is not safe)."""
+        self._dropped.append(name)
+
+    def _sweep(self) -> None:
+        """Take off the deltas of adapters collected since (under the lock, after a load: the new adapter keeps peft's one)."""
+        while self._dropped:
+            self.remove(self._dropped.pop())
 
     @contextlib.contextmanager
     def active(self, name: str) -> Iterator[None]:
@@ -196,6 +216,14 @@ class SharedBase:
         document = {**config.to_dict(), "base_model_name_or_path": base_model, "inference_mode": True}
         (where / PEFT_CONFIG).write_text(json.dumps(document, indent=2, sort_keys=True, default=list) + "\n")
         return tensors
+
+
+class Attachment:
+    """An adapter's hold on its deltas on a base: once nothing holds it (the adapter and any reload's copy collected),
+    the deltas leave the base at its next load, so clients and proxy keys that come and go never pile them up."""
+
+    def __init__(self, base: SharedBase, name: str) -> None:
+        weakref.finalize(self, base.drop_later, name).atexit = False
 
 
 @contextlib.contextmanager

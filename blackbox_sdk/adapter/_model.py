@@ -33,7 +33,7 @@ from ._consensus import log_copies
 from ._energy import PRECISIONS, autocast, checked_device, default_device, energy_model_class, import_torch
 from ._fast import OnnxScorer, check_fast, in_length_order
 from ._folder import CONFIG_FILE, LORA_FORMAT, WEIGHTS_FILE, ChangedWhileRead, check_unchanged, read_config, read_tensors, stamp
-from ._lora import BeyondTheBase, SharedBase, layer_index, load_base, shared_base
+from ._lora import Attachment, BeyondTheBase, SharedBase, layer_index, load_base, shared_base
 from ._reload import reload_if_changed
 from ._saving import save_folder
 
@@ -94,6 +94,7 @@ class Adapter:
     precision: str = "auto"  # "auto": bf16 autocast on the GPU, fp32 on the CPU; "fp32"; "bf16" (any device)
     fast: bool | str = False  # score through ONNX Runtime (True: fp32, same scores; "int8": int8 weights), see _fast.py
     _scorer: OnnxScorer | None = field(default=None, repr=False)
+    _attachment: Attachment | None = field(default=None, repr=False)  # a LoRA adapter's deltas leave its base once it is collected
     _stamp: Any = field(default=None, repr=False)
     _checked: float = field(default=0.0, repr=False)
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
@@ -123,7 +124,7 @@ class Adapter:
         attach(base, name)
         model = energy_model_class()(base.encoder, config.pooling)
         model.head.to(device)
-        return cls(config, model, base.tokenizer, base.sha256, base=base, lora_name=name, shared=shared)
+        return cls(config, model, base.tokenizer, base.sha256, base=base, lora_name=name, shared=shared, _attachment=Attachment(base, name))
 
     @property
     def device(self) -> Any:
@@ -150,9 +151,10 @@ class Adapter:
 
     def freeze(self) -> None:
         """Let only the trainable parameters take gradients."""
-        keep = set(self.trainable_names())
-        for name, param in self.model.named_parameters():
-            param.requires_grad_(name in keep)
+        with self.active():  # a shared base's modules, walked under its lock
+            keep = set(self.trainable_names())
+            for name, param in self.model.named_parameters():
+                param.requires_grad_(name in keep)
 
     def trainable_parameters(self) -> Iterator[Any]:
         """The parameters an optimiser should update."""
@@ -191,12 +193,13 @@ class Adapter:
         with self._lock:
             if self._scorer is not None:
                 return self._scorer(texts)
-            was_training = self.model.training
-            self.model.eval()
-            try:
-                return in_length_order(texts, self.config.score_batch_size, self._torch_batch)
-            finally:
-                self.model.train(was_training)
+            with self.active():  # the mode is set on a shared base's modules: under its lock, or another adapter's pass runs in train mode
+                was_training = self.model.training
+                self.model.eval()
+                try:
+                    return in_length_order(texts, self.config.score_batch_size, self._torch_batch)
+                finally:
+                    self.model.train(was_training)
 
     def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
         """Scores for (question, answer) pairs, possibly of different questions, in one batched pass."""
@@ -274,7 +277,8 @@ class Adapter:
                 adapter = cls._on_base(config, device, shared, attach) if config.lora_rank else cls.create(config, device="cpu").to(device)
             except BeyondTheBase as exc:
                 raise AdapterError(f"{folder / CONFIG_FILE}: {exc}") from exc
-            adapter._fill(folder, document, precision)
+            with adapter.active():  # its weights are found among a shared base's modules, which another load may be changing
+                adapter._fill(folder, document, precision)
             check_unchanged(folder, before, document.get("revision"))  # else it may hold one revision's LoRA, another's head
             adapter._stamp, adapter.shared = before, shared
             return adapter.make_fast(int8=fast == "int8") if fast is not False else adapter

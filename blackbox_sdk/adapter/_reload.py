@@ -19,7 +19,7 @@ from typing import Any
 from .._logging import logger
 from ._folder import read_document, stamp
 
-_SWAPPED = ("config", "model", "tokenizer", "base_sha256", "metadata", "base", "lora_name", "revision", "_scorer", "_stamp")
+_SWAPPED = ("config", "model", "tokenizer", "base_sha256", "metadata", "base", "lora_name", "revision", "_scorer", "_stamp", "_attachment")
 
 
 def reload_if_changed(adapter: Any) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from starlette.requests import Request
@@ -56,11 +57,13 @@ def refuse_unknown_key(presented: str | None) -> ProxyError:
 
 class TenantClients:
     """A client per tenant: a copy of the proxy's client with the tenant's options, built once and
-    rebuilt only when the tenant's options change."""
+    rebuilt only when the tenant's options change. A reranker folder is loaded once for all the tenants
+    naming it, and let go when none does any more (a key pointed at a new version), so its adapter leaves memory."""
 
     def __init__(self, base: Any) -> None:
         self._base = base
         self._copies: dict[str, tuple[Mapping[str, Any], Any]] = {}
+        self._rerankers: dict[str, Any] = {}  # a reranker folder -> the Adapter loaded for the tenants naming it
         self._building: dict[str, threading.Lock] = {}  # one per tenant: its first requests at once build it once
         self._lock = threading.Lock()
 
@@ -82,7 +85,25 @@ class TenantClients:
         with building:  # a second request meanwhile waits for this build (a reranker loaded once), not a build of its own
             built = self.built(tenant)
             if built is None:
-                built = self._base.with_options(**{**tenant.options, "budget_key": tenant.name})
+                built = self._base.with_options(**{**self._loaded(tenant.options), "budget_key": tenant.name})
                 with self._lock:
                     self._copies[tenant.name] = (tenant.options, built)
+                    named = {options.get("reranker") for options, _ in self._copies.values()}
+                    for folder in set(self._rerankers) - named:  # no tenant names it now: the calls holding it let it go
+                        del self._rerankers[folder]
         return built
+
+    def _loaded(self, options: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The options with a reranker folder given as the Adapter loaded for it (loaded now if no tenant has it yet)."""
+        folder = options.get("reranker")
+        if not isinstance(folder, str):
+            return options
+        with self._lock:
+            adapter = self._rerankers.get(folder)
+        if adapter is None:
+            from ..adapter import Adapter
+
+            loaded = Adapter.load(Path(folder).expanduser())  # weights from safetensors, never pickle
+            with self._lock:
+                adapter = self._rerankers.setdefault(folder, loaded)
+        return {**options, "reranker": adapter}

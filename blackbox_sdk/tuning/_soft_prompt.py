@@ -3,7 +3,8 @@
 A `SoftPrompt` is what tuning returns and serving registers; `classify` scores texts with it on a
 target (by default the one it was tuned on). A deep prompt (BBTv2) also carries `layers`, the
 vectors added inside every decoder layer after the first; it is scored on local models only.
-Saving and loading use no pickle.
+Saving and loading use no pickle. A client given a saved folder serves it as a `SavedSoftPrompt`,
+which reads the folder again when a save changes it, as a served adapter's hot reload does.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
+import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +26,7 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as to_safetensors
 
 from .._exceptions import TuningError
+from .._logging import logger
 from ._examples import checked_texts
 from ._local_scorer import LocalScorer
 from ._scorer import resolve_target
@@ -204,6 +208,57 @@ class SoftPrompt:
         if target is None and self.target is None:
             raise TuningError("no target to classify on: pass target= (an HFBackend, hf: client or EmbedsEndpoint)")
         return self.target if target is None else target
+
+
+class SavedSoftPrompt:
+    """A soft prompt served from its folder: read again (at most once per `reload_interval` seconds, three stats
+    otherwise) when a save changed its files, so a prompt re-tuned into the same folder is served without a restart.
+    A save that can't be read, or one of a deep prompt, keeps the loaded prompt, with one warning."""
+
+    def __init__(self, folder: str | Path, reload_interval: float = 1.0) -> None:
+        self.folder, self.reload_interval = Path(folder), reload_interval
+        self._stamp = _stamp(self.folder)
+        self._prompt = SoftPrompt.load(self.folder)
+        self._checked = time.monotonic()
+        self._lock = threading.Lock()
+
+    def current(self) -> SoftPrompt:
+        """The prompt the folder holds now: read again when its files changed since the last read."""
+        with self._lock:
+            if time.monotonic() - self._checked >= self.reload_interval:
+                self._checked = time.monotonic()
+                stamp = _stamp(self.folder)
+                if stamp is not None and stamp != self._stamp:
+                    self._stamp = stamp
+                    self._reload(stamp)
+            return self._prompt
+
+    def _reload(self, stamp: object) -> None:
+        """Read the folder again; keep the loaded prompt when the new save can't be served."""
+        try:
+            prompt = SoftPrompt.load(self.folder)
+            if prompt.deep:
+                raise TuningError("it is deep (BBTv2), which a request can't carry")
+        except TuningError as exc:
+            if _stamp(self.folder) == stamp:  # not a save caught between its two files: say so once
+                logger.warning("soft prompt %s: its new save can't be served, %s keeps serving: %s", self.folder, self._prompt.name, exc)
+            return
+        self._prompt = prompt
+
+    def __getattr__(self, name: str) -> Any:
+        """A SoftPrompt's attributes (`embeds`, `name`, `layers`, ...), of the prompt the folder holds now."""
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.current(), name)
+
+
+def _stamp(folder: Path) -> tuple[tuple[int, int, int], ...] | None:
+    """(inode, mtime ns, size) of a saved prompt's two files: whether a save may have changed them (None: one is missing)."""
+    try:
+        stats = [os.stat(folder / name) for name in (TENSORS_FILE, INFO_FILE)]
+    except (OSError, ValueError):
+        return None
+    return tuple((info.st_ino, info.st_mtime_ns, info.st_size) for info in stats)
 
 
 def _write_whole(path: Path, data: bytes) -> None:
