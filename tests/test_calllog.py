@@ -20,7 +20,7 @@ import pydantic
 import pytest
 from pg_databases import fresh_database
 
-from blackbox_sdk import CallLogError, ConfigError
+from blackbox_sdk import CallLogError, ConfigError, OpenAI
 from blackbox_sdk import call_log as calllog_module
 from blackbox_sdk.call_log import (
     EXPORT_FORMAT,
@@ -31,6 +31,7 @@ from blackbox_sdk.call_log import (
     Feedback,
     PostgresCallLog,
     new_call_id,
+    open_call_log,
 )
 from blackbox_sdk.call_log import _paging as paging_module
 from blackbox_sdk.call_log._export import export_jsonl
@@ -516,3 +517,12 @@ def test_a_url_is_refused_not_made_into_a_file_named_after_it(tmp_path: Path, mo
         CallLog("postgresql://app:s3cret@127.0.0.1:5432/postgres")
     assert "s3cret" not in str(raised.value)
     assert list(tmp_path.iterdir()) == []  # Path(url) would have made ./postgresql:/app:s3cret@127.0.0.1:5432/postgres
+
+
+@pytest.mark.parametrize("blank", ["", "   ", "\t", " \n"])
+def test_a_blank_path_is_refused_not_made_into_a_file_named_spaces(blank: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for opens in (open_call_log, CallLog, lambda target: OpenAI(api_key="sk-test", base_url="http://127.0.0.1:9/v1", log=target)):
+        with pytest.raises(ConfigError, match="a file (system )?path"):
+            opens(blank)
+    assert list(tmp_path.iterdir()) == []  # a log file named "   " (and its -wal, -shm) was made in the working folder
