@@ -306,6 +306,25 @@ def test_a_failed_call_takes_a_reference_but_not_a_rating(any_log: CallLog | Pos
     assert [f.reference for f in any_log.feedback_for(failed.call_id)] == ["4"]
 
 
+def test_the_same_feedback_sent_again_is_stored_once_and_a_changed_rating_is_kept(any_log: CallLog | PostgresCallLog) -> None:
+    """Issue: a client that retried feedback whose answer it lost (or a retried POST /v1/feedback) stored it twice:
+    counted twice in stats, and a reference twice in training. A repeat of the latest is stored once; a change is kept."""
+    rec, other = _record(), _record()
+    any_log.record(rec)
+    any_log.record(other)
+    for _ in range(3):
+        any_log.feedback(rec.call_id, label="correct", reference="4", note="n\x00")  # a NUL: PostgreSQL stores U+FFFD
+    any_log.feedback(other.call_id, label="correct", reference="4", note="n\x00")  # another call's is its own
+    assert len(any_log.feedback_for(rec.call_id)) == 1 and any_log.stats()["feedback"] == 2
+    any_log.feedback(rec.call_id, label="incorrect")
+    any_log.feedback(rec.call_id, label="correct", reference="4", note="n\x00")  # a correction back: the latest again
+    any_log.feedback(rec.call_id, reward=1)
+    any_log.feedback(rec.call_id, reward=1.0)  # the same reward
+    labels = [(f.label, f.reward) for f in any_log.feedback_for(rec.call_id)]
+    assert labels == [("correct", None), ("incorrect", None), ("correct", None), (None, 1.0)]
+    assert any_log.stats()["feedback"] == 5
+
+
 # ------------------------------------------------------------------------------ reading back
 
 

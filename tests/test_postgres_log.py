@@ -232,6 +232,32 @@ def test_a_repeated_call_id_keeps_the_first_record(pg_log: PostgresCallLog) -> N
     assert [c.call_id for c in pg_log.calls()] == [rec.call_id]
 
 
+def test_the_same_feedback_sent_at_once_by_several_replicas_is_stored_once(pg_url: str) -> None:
+    """Issue: feedback locked the call's row FOR SHARE, so replicas given one retried request at once each read no
+    repeat and each stored it. (A repeat sent later, and a changed rating: test_calllog.py, on both stores.)"""
+    logs = [PostgresCallLog(pg_url) for _ in range(6)]
+    try:
+        for _ in range(5):
+            rec = _record()
+            logs[0].record(rec)
+            logs[0].flush()
+            start = threading.Barrier(len(logs))
+
+            def send(log: PostgresCallLog, call_id: str = rec.call_id) -> None:
+                start.wait()
+                log.feedback(call_id, label="correct", reference="4")
+
+            threads = [threading.Thread(target=send, args=(log,)) for log in logs]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            assert len(logs[0].feedback_for(rec.call_id)) == 1
+    finally:
+        for log in logs:
+            log.close()
+
+
 # feedback checks (bad feedback, a call id no store can hold, a failed call): test_calllog.py, on both stores
 
 
@@ -614,7 +640,7 @@ def test_a_role_that_may_not_create_writes_to_tables_made_before(pg_url: str) ->
         conn.execute(f"CREATE ROLE {role} LOGIN")
         conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
         conn.execute(f"GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA public TO {role}")
-        conn.execute(f"GRANT UPDATE ON blackbox_calls TO {role}")  # feedback locks the call's row (FOR SHARE)
+        conn.execute(f"GRANT UPDATE ON blackbox_calls TO {role}")  # feedback locks the call's row (FOR NO KEY UPDATE)
     owner = pg_url.split("//", 1)[1].split("@", 1)[0]
     try:
         with PostgresCallLog(pg_url.replace(f"//{owner}@", f"//{role}@", 1)) as log, PostgresCallLog(pg_url, create=False) as made:

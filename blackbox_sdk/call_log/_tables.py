@@ -134,12 +134,23 @@ def insert_call(conn: sqlite3.Connection, rec: CallRecord) -> None:
 
 
 def insert_feedback(conn: sqlite3.Connection, item: Feedback) -> None:
-    """Insert one feedback row."""
+    """Insert one feedback row, unless it repeats the call's latest (a retried request: counted once, see ``repeats``)."""
     values = item.model_dump()
-    conn.execute(
-        f"INSERT INTO feedback ({', '.join(FEEDBACK_COLUMNS)}) VALUES ({', '.join('?' * len(values))})",
-        tuple(values[c] for c in FEEDBACK_COLUMNS),
-    )
+    row = tuple(values[c] for c in FEEDBACK_COLUMNS)
+    if not repeats(conn.execute(latest_feedback("feedback", "?"), (item.call_id,)).fetchone(), row):
+        conn.execute(f"INSERT INTO feedback ({', '.join(FEEDBACK_COLUMNS)}) VALUES ({', '.join('?' * len(row))})", row)
+
+
+def latest_feedback(table: str, mark: str) -> str:
+    """The query for what a call's latest feedback row says (FEEDBACK_COLUMNS but call_id and created); ``mark``: its id."""
+    return f"SELECT {', '.join(FEEDBACK_COLUMNS[2:])} FROM {table} WHERE call_id = {mark} ORDER BY id DESC LIMIT 1"
+
+
+def repeats(latest: Sequence[Any] | None, row: Sequence[Any]) -> bool:
+    """Whether a feedback row (FEEDBACK_COLUMNS) says what the call's latest stored one (``latest_feedback``) says, its time
+    aside: a client that retried a request whose answer it lost would otherwise count one rating twice in stats and
+    every reference twice in training; a rating that changes the latest one (correct, incorrect, correct) is kept."""
+    return latest is not None and tuple(latest) == tuple(row[2:])
 
 
 def call_values(rec: CallRecord) -> dict[str, Any]:
