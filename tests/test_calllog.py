@@ -325,6 +325,40 @@ def test_the_same_feedback_sent_again_is_stored_once_and_a_changed_rating_is_kep
     assert any_log.stats()["feedback"] == 5
 
 
+@pytest.mark.parametrize("chosen", ["null", '"1"', "[1.5]", "[7]", "{}", "[true]"])
+def test_feedback_on_a_call_whose_stored_choice_is_damaged_is_a_call_log_error_naming_it(any_log: CallLog | PostgresCallLog, chosen: str) -> None:
+    """Issue: feedback read a stored ``chosen`` as it found it: a row edited by hand raised TypeError (JSON null) or
+    json's error, or rated a candidate the call does not have (PostgreSQL: "1" and 1.5 read as 1), where a read of the
+    same row is a CallLogError naming the call."""
+    rec = _record()
+    any_log.record(rec)
+    any_log.flush()
+    _damage(any_log, f"UPDATE {{calls}} SET chosen = '{chosen}'")
+    with pytest.raises(CallLogError, match=rf"^call '{rec.call_id}' in the call log can't be read: its chosen is not a list of indices into its 3 candidates$"):
+        any_log.feedback(rec.call_id, label="correct")
+    assert any_log.stats()["feedback"] == 0
+
+
+def test_feedback_on_a_call_whose_stored_choice_is_not_json_is_a_call_log_error_naming_it(log: CallLog) -> None:
+    rec = _record()
+    log.record(rec)
+    _damage(log, "UPDATE {calls} SET chosen = 'not json['")
+    with pytest.raises(CallLogError, match=rf"^call '{rec.call_id}' in the call log can't be read: its chosen is not JSON$"):
+        log.feedback(rec.call_id, label="correct")
+
+
+def _damage(log: CallLog | PostgresCallLog, statement: str) -> None:
+    """Run ``statement`` on the log's calls table ({calls}) behind its back: a row edited by hand."""
+    if isinstance(log, CallLog):
+        with contextlib.closing(sqlite3.connect(log.path, isolation_level=None)) as conn:
+            conn.execute(statement.replace("{calls}", "calls"))
+        return
+    import psycopg
+
+    with psycopg.connect(log.url, autocommit=True) as pg:
+        pg.execute(statement.replace("{calls}", "blackbox_calls").encode())
+
+
 # ------------------------------------------------------------------------------ reading back
 
 

@@ -9,7 +9,6 @@ the SQLite log's order, byte for byte. Rows are built by ``_tables.call_values``
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
 from .._exceptions import CallLogError
@@ -28,6 +27,7 @@ from ._tables import (
     latest_feedback,
     record_from,
     repeats,
+    stored_chosen,
 )
 
 if TYPE_CHECKING:
@@ -195,7 +195,7 @@ def candidates_of(conn: Connection[Any], call_id: str) -> tuple[int, list[int]] 
         " WHERE call_id = %s FOR NO KEY UPDATE"
     )
     row = conn.execute(sql, (call_id, call_id)).fetchone()
-    return None if row is None else (int(row[1]), [int(i) for i in json.loads(row[0])])
+    return None if row is None else (int(row[1]), stored_chosen(call_id, row[0], int(row[1])))
 
 
 def insert_feedback(conn: Connection[Any], item: Feedback) -> None:

@@ -218,8 +218,21 @@ def candidates_of(conn: sqlite3.Connection, call_id: str) -> tuple[int, list[int
     row = conn.execute("SELECT chosen FROM calls WHERE call_id = ?", (call_id,)).fetchone()
     if row is None:
         raise ConfigError(f"no call {call_id!r} in the log: feedback needs the call_id of a logged call")
-    count = conn.execute("SELECT COUNT(*) FROM candidates WHERE call_id = ?", (call_id,)).fetchone()[0]
-    return int(count), list(json.loads(row[0]))
+    count = int(conn.execute("SELECT COUNT(*) FROM candidates WHERE call_id = ?", (call_id,)).fetchone()[0])
+    return count, stored_chosen(call_id, row[0], count)
+
+
+def stored_chosen(call_id: str, text: Any, count: int) -> list[int]:
+    """A call's stored ``chosen`` (JSON text) as indices into its ``count`` candidates; CallLogError naming the call for one
+    the SDK could not have written (edited by hand), as a read of it raises, where feedback raised json's or a TypeError."""
+    with _stored(call_id):
+        try:
+            chosen = json.loads(text)
+        except (TypeError, ValueError):
+            raise ConfigError("its chosen is not JSON") from None
+        if not isinstance(chosen, list) or not all(type(i) is int and 0 <= i < count for i in chosen):
+            raise ConfigError(f"its chosen is not a list of indices into its {count} candidates")
+        return chosen
 
 
 def candidate_texts(conn: sqlite3.Connection, ids: list[str]) -> dict[str, list[str]]:
