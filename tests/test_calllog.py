@@ -572,6 +572,16 @@ def test_a_url_is_refused_not_made_into_a_file_named_after_it(tmp_path: Path, mo
     assert list(tmp_path.iterdir()) == []  # Path(url) would have made ./postgresql:/app:s3cret@127.0.0.1:5432/postgres
 
 
+def test_a_folder_given_as_the_log_is_refused_saying_so(tmp_path: Path) -> None:
+    """Issue: SQLite's "unable to open database file" (and, for a reader, "no call log at") for a folder named as the log."""
+    for create in (True, False):
+        with pytest.raises(CallLogError, match=rf"^can't open the call log {tmp_path}: it is a folder; name a file in it, such as "):
+            CallLog(tmp_path, create=create)
+    with pytest.raises(CallLogError, match="it is a folder"):
+        OpenAI(api_key="sk-test", base_url="http://127.0.0.1:9/v1", log=str(tmp_path))
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("blank", ["", "   ", "\t", " \n"])
 def test_a_blank_path_is_refused_not_made_into_a_file_named_spaces(blank: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
