@@ -540,13 +540,21 @@ def test_repr_and_url_never_show_the_password(postgres_server: PostgresServer) -
         assert log.url == postgres_server.url
 
 
-def test_closed_log_refuses_records_and_reads(pg_log: PostgresCallLog) -> None:
+def test_closed_log_refuses_records_and_reads(pg_log: PostgresCallLog, tmp_path: Path) -> None:
+    """Issue: calls() and export_jsonl() on a closed log raised StoreUnavailableError (its pool is closed), an outage a
+    caller would retry, where every other use says the log is closed."""
+    rec = _record()
+    pg_log.record(rec)
     pg_log.close()
     pg_log.close()  # twice is fine
-    with pytest.raises(CallLogError, match="closed"):
-        pg_log.record(_record())
-    with pytest.raises(CallLogError, match="closed"):
-        pg_log.stats()
+    uses: list[Callable[[], object]] = [
+        lambda: pg_log.record(_record()), pg_log.stats, lambda: pg_log.get(rec.call_id), lambda: pg_log.feedback(rec.call_id, label="correct"),
+        lambda: list(pg_log.calls()), lambda: pg_log.export_jsonl(io.StringIO()), lambda: pg_log.export_jsonl(tmp_path / "calls.jsonl"),
+    ]
+    for use in uses:
+        with pytest.raises(CallLogError, match=r"^the call log postgresql://\S+ is closed$"):
+            use()
+    assert list(tmp_path.iterdir()) == []
 
 
 # ------------------------------------------------------------------------------- opening by target

@@ -204,6 +204,7 @@ class PostgresCallLog(Closing):
         where, args = filters.where("%s")
 
         def read(after: tuple[float, str] | None, size: int) -> Page:
+            self._check_open()
             self._set_up("read")
             with self._errors("read"), self._pool.get().connection(timeout=self._timeout) as conn:
                 return read_page(conn, where, args, after, size)
@@ -213,12 +214,16 @@ class PostgresCallLog(Closing):
     @contextlib.contextmanager
     def _connection(self, action: str) -> Iterator[Connection[Any]]:
         """A pooled connection after a flush (so this process's calls are there), errors raised as the SDK's."""
-        if not self._finalizer.alive:
-            raise CallLogError(f"the call log {self._where} is closed")
+        self._check_open()
         self.flush()
         self._set_up(action)
         with self._errors(action), self._pool.get().connection(timeout=self._timeout) as conn:
             yield conn
+
+    def _check_open(self) -> None:
+        """CallLogError once closed: its closed pool would say StoreUnavailableError, an outage that a retry outlasts."""
+        if not self._finalizer.alive:
+            raise CallLogError(f"the call log {self._where} is closed")
 
     def _set_up(self, action: str) -> None:
         """Unless done, make or check the tables and read the log's id on a connection of its own (one attempt, so that
