@@ -473,6 +473,16 @@ def test_export_into_a_missing_folder_raises_call_log_error(log: CallLog, tmp_pa
         log.export_jsonl(tmp_path / "no-such-folder" / "calls.jsonl")
 
 
+@pytest.mark.parametrize(("out", "said"), [("", "a blank one"), ("  ", "a blank one"), ("calls\x00.jsonl", "no path holds a NUL byte")])
+def test_export_to_a_path_no_file_can_have_is_a_config_error(log: CallLog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, out: str, said: str) -> None:
+    """Issue: "" was refused as "it is a folder" (Path("") is the working folder), a NUL byte raised a bare ValueError."""
+    monkeypatch.chdir(tmp_path)
+    log.record(_record())
+    with pytest.raises(ConfigError, match=f"^the export must be a file system path.*{said}"):
+        log.export_jsonl(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["calls.db", "calls.db-shm", "calls.db-wal"]
+
+
 # -------------------------------------------------------------------------------------- stats
 
 
