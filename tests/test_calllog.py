@@ -129,6 +129,24 @@ def test_secrets_never_reach_the_database_file(log: CallLog) -> None:
     assert stored.error == "AuthenticationError: bad key [REDACTED]"
 
 
+def test_a_key_pasted_into_a_feedback_note_never_reaches_the_store(any_log: CallLog | PostgresCallLog) -> None:
+    """Issue: a feedback note (free text, as a call's error is) was stored as written, so a key or an auth header a rater
+    pasted into it reached the log and every export, though the same text in a request or an error is redacted."""
+    rec = _record()
+    any_log.record(rec)
+    note = f"user said: Authorization: Bearer {BEARER_TOKEN} and key {OPENAI_KEY}"
+    any_log.feedback(rec.call_id, label="correct", note=note)
+    any_log.feedback(rec.call_id, label="correct", note=note)  # a repeat, compared as stored
+    [stored] = any_log.feedback_for(rec.call_id)
+    assert stored.note == "user said: Authorization: [REDACTED] and key [REDACTED]"
+    sink = io.StringIO()
+    any_log.export_jsonl(sink)
+    assert OPENAI_KEY not in sink.getvalue() and BEARER_TOKEN not in sink.getvalue()
+    if isinstance(any_log, CallLog):
+        raw = _db_bytes(any_log.path)
+        assert OPENAI_KEY.encode() not in raw and BEARER_TOKEN.encode() not in raw
+
+
 def test_a_failure_inside_the_transaction_leaves_no_trace(log: CallLog) -> None:
     with contextlib.closing(sqlite3.connect(log.path)) as conn:
         conn.execute(

@@ -24,6 +24,7 @@ from ._tables import (
     call_values,
     check_schema_version,
     feedback_from,
+    feedback_values,
     latest_feedback,
     record_from,
     repeats,
@@ -201,7 +202,7 @@ def candidates_of(conn: Connection[Any], call_id: str) -> tuple[int, list[int]] 
 def insert_feedback(conn: Connection[Any], item: Feedback) -> None:
     """Insert one feedback row, unless it repeats the call's latest (a retried request: counted once, as on SQLite);
     the call's row is locked (``candidates_of``), so two copies sent at once are compared one after the other."""
-    values = item.model_dump()
+    values = feedback_values(item)  # its note redacted
     row = tuple(pg_text(values[c]) if isinstance(values[c], str) else values[c] for c in FEEDBACK_COLUMNS)
     if not repeats(conn.execute(latest_feedback("blackbox_feedback", "%s"), (row[0],)).fetchone(), row):
         sql = f"INSERT INTO blackbox_feedback ({', '.join(FEEDBACK_COLUMNS)}) VALUES ({', '.join(['%s'] * len(FEEDBACK_COLUMNS))})"

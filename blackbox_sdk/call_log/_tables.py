@@ -134,11 +134,19 @@ def insert_call(conn: sqlite3.Connection, rec: CallRecord) -> None:
 
 
 def insert_feedback(conn: sqlite3.Connection, item: Feedback) -> None:
-    """Insert one feedback row, unless it repeats the call's latest (a retried request: counted once, see ``repeats``)."""
-    values = item.model_dump()
+    """Insert one feedback row, its note redacted, unless it repeats the call's latest (a retried request: counted once)."""
+    values = feedback_values(item)
     row = tuple(values[c] for c in FEEDBACK_COLUMNS)
     if not repeats(conn.execute(latest_feedback("feedback", "?"), (item.call_id,)).fetchone(), row):
         conn.execute(f"INSERT INTO feedback ({', '.join(FEEDBACK_COLUMNS)}) VALUES ({', '.join('?' * len(row))})", row)
+
+
+def feedback_values(item: Feedback) -> dict[str, Any]:
+    """A feedback row's values by column, its ``note`` redacted: free text, like a call's error, where a rater may paste a
+    key or an auth header (``reference`` is an answer to train on, kept as written, as candidates are)."""
+    values = item.model_dump()
+    values["note"] = redact(values["note"])
+    return values
 
 
 def latest_feedback(table: str, mark: str) -> str:
