@@ -35,7 +35,10 @@ def checked_text(value: object, what: str) -> str:
 
 def checked_path(value: str | Path, what: str) -> Path:
     """`value` as a path with ``~`` expanded; a ConfigError naming `what` for one no file can have (a NUL byte), which
-    the system would refuse later as a bare ValueError."""
+    the system would refuse later as a bare ValueError, and for a blank one ("" or spaces: a setting left empty), which
+    would name the working folder or make a file called "   " there."""
+    if not str(value).strip():
+        raise ConfigError(f"{what} must be a file system path; got a blank one, {str(value)!r:.80}")
     if "\x00" in str(value):
         raise ConfigError(f"{what} must be a file system path, and no path holds a NUL byte; got {str(value)!r:.80}")
     return Path(value).expanduser()

@@ -20,7 +20,7 @@ import pydantic
 import pytest
 from pg_databases import fresh_database
 
-from blackbox_sdk import CallLogError, ConfigError
+from blackbox_sdk import CallLogError, ConfigError, OpenAI
 from blackbox_sdk import call_log as calllog_module
 from blackbox_sdk.call_log import (
     EXPORT_FORMAT,
@@ -31,6 +31,7 @@ from blackbox_sdk.call_log import (
     Feedback,
     PostgresCallLog,
     new_call_id,
+    open_call_log,
 )
 from blackbox_sdk.call_log import _paging as paging_module
 from blackbox_sdk.call_log._export import export_jsonl
@@ -126,6 +127,24 @@ def test_secrets_never_reach_the_database_file(log: CallLog) -> None:
     assert stored.request["extra_headers"] == {"Authorization": "[REDACTED]", "OpenAI-Organization": "org-1"}
     assert stored.request["max_tokens"] == 16
     assert stored.error == "AuthenticationError: bad key [REDACTED]"
+
+
+def test_a_key_pasted_into_a_feedback_note_never_reaches_the_store(any_log: CallLog | PostgresCallLog) -> None:
+    """Issue: a feedback note (free text, as a call's error is) was stored as written, so a key or an auth header a rater
+    pasted into it reached the log and every export, though the same text in a request or an error is redacted."""
+    rec = _record()
+    any_log.record(rec)
+    note = f"user said: Authorization: Bearer {BEARER_TOKEN} and key {OPENAI_KEY}"
+    any_log.feedback(rec.call_id, label="correct", note=note)
+    any_log.feedback(rec.call_id, label="correct", note=note)  # a repeat, compared as stored
+    [stored] = any_log.feedback_for(rec.call_id)
+    assert stored.note == "user said: Authorization: [REDACTED] and key [REDACTED]"
+    sink = io.StringIO()
+    any_log.export_jsonl(sink)
+    assert OPENAI_KEY not in sink.getvalue() and BEARER_TOKEN not in sink.getvalue()
+    if isinstance(any_log, CallLog):
+        raw = _db_bytes(any_log.path)
+        assert OPENAI_KEY.encode() not in raw and BEARER_TOKEN.encode() not in raw
 
 
 def test_a_failure_inside_the_transaction_leaves_no_trace(log: CallLog) -> None:
@@ -305,6 +324,59 @@ def test_a_failed_call_takes_a_reference_but_not_a_rating(any_log: CallLog | Pos
     assert [f.reference for f in any_log.feedback_for(failed.call_id)] == ["4"]
 
 
+def test_the_same_feedback_sent_again_is_stored_once_and_a_changed_rating_is_kept(any_log: CallLog | PostgresCallLog) -> None:
+    """Issue: a client that retried feedback whose answer it lost (or a retried POST /v1/feedback) stored it twice:
+    counted twice in stats, and a reference twice in training. A repeat of the latest is stored once; a change is kept."""
+    rec, other = _record(), _record()
+    any_log.record(rec)
+    any_log.record(other)
+    for _ in range(3):
+        any_log.feedback(rec.call_id, label="correct", reference="4", note="n\x00")  # a NUL: PostgreSQL stores U+FFFD
+    any_log.feedback(other.call_id, label="correct", reference="4", note="n\x00")  # another call's is its own
+    assert len(any_log.feedback_for(rec.call_id)) == 1 and any_log.stats()["feedback"] == 2
+    any_log.feedback(rec.call_id, label="incorrect")
+    any_log.feedback(rec.call_id, label="correct", reference="4", note="n\x00")  # a correction back: the latest again
+    any_log.feedback(rec.call_id, reward=1)
+    any_log.feedback(rec.call_id, reward=1.0)  # the same reward
+    labels = [(f.label, f.reward) for f in any_log.feedback_for(rec.call_id)]
+    assert labels == [("correct", None), ("incorrect", None), ("correct", None), (None, 1.0)]
+    assert any_log.stats()["feedback"] == 5
+
+
+@pytest.mark.parametrize("chosen", ["null", '"1"', "[1.5]", "[7]", "{}", "[true]"])
+def test_feedback_on_a_call_whose_stored_choice_is_damaged_is_a_call_log_error_naming_it(any_log: CallLog | PostgresCallLog, chosen: str) -> None:
+    """Issue: feedback read a stored ``chosen`` as it found it: a row edited by hand raised TypeError (JSON null) or
+    json's error, or rated a candidate the call does not have (PostgreSQL: "1" and 1.5 read as 1), where a read of the
+    same row is a CallLogError naming the call."""
+    rec = _record()
+    any_log.record(rec)
+    any_log.flush()
+    _damage(any_log, f"UPDATE {{calls}} SET chosen = '{chosen}'")
+    with pytest.raises(CallLogError, match=rf"^call '{rec.call_id}' in the call log can't be read: its chosen is not a list of indices into its 3 candidates$"):
+        any_log.feedback(rec.call_id, label="correct")
+    assert any_log.stats()["feedback"] == 0
+
+
+def test_feedback_on_a_call_whose_stored_choice_is_not_json_is_a_call_log_error_naming_it(log: CallLog) -> None:
+    rec = _record()
+    log.record(rec)
+    _damage(log, "UPDATE {calls} SET chosen = 'not json['")
+    with pytest.raises(CallLogError, match=rf"^call '{rec.call_id}' in the call log can't be read: its chosen is not JSON$"):
+        log.feedback(rec.call_id, label="correct")
+
+
+def _damage(log: CallLog | PostgresCallLog, statement: str) -> None:
+    """Run ``statement`` on the log's calls table ({calls}) behind its back: a row edited by hand."""
+    if isinstance(log, CallLog):
+        with contextlib.closing(sqlite3.connect(log.path, isolation_level=None)) as conn:
+            conn.execute(statement.replace("{calls}", "calls"))
+        return
+    import psycopg
+
+    with psycopg.connect(log.url, autocommit=True) as pg:
+        pg.execute(statement.replace("{calls}", "blackbox_calls").encode())
+
+
 # ------------------------------------------------------------------------------ reading back
 
 
@@ -419,6 +491,16 @@ def test_export_into_a_missing_folder_raises_call_log_error(log: CallLog, tmp_pa
         log.export_jsonl(tmp_path / "no-such-folder" / "calls.jsonl")
 
 
+@pytest.mark.parametrize(("out", "said"), [("", "a blank one"), ("  ", "a blank one"), ("calls\x00.jsonl", "no path holds a NUL byte")])
+def test_export_to_a_path_no_file_can_have_is_a_config_error(log: CallLog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, out: str, said: str) -> None:
+    """Issue: "" was refused as "it is a folder" (Path("") is the working folder), a NUL byte raised a bare ValueError."""
+    monkeypatch.chdir(tmp_path)
+    log.record(_record())
+    with pytest.raises(ConfigError, match=f"^the export must be a file system path.*{said}"):
+        log.export_jsonl(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["calls.db", "calls.db-shm", "calls.db-wal"]
+
+
 # -------------------------------------------------------------------------------------- stats
 
 
@@ -516,3 +598,22 @@ def test_a_url_is_refused_not_made_into_a_file_named_after_it(tmp_path: Path, mo
         CallLog("postgresql://app:s3cret@127.0.0.1:5432/postgres")
     assert "s3cret" not in str(raised.value)
     assert list(tmp_path.iterdir()) == []  # Path(url) would have made ./postgresql:/app:s3cret@127.0.0.1:5432/postgres
+
+
+def test_a_folder_given_as_the_log_is_refused_saying_so(tmp_path: Path) -> None:
+    """Issue: SQLite's "unable to open database file" (and, for a reader, "no call log at") for a folder named as the log."""
+    for create in (True, False):
+        with pytest.raises(CallLogError, match=rf"^can't open the call log {tmp_path}: it is a folder; name a file in it, such as "):
+            CallLog(tmp_path, create=create)
+    with pytest.raises(CallLogError, match="it is a folder"):
+        OpenAI(api_key="sk-test", base_url="http://127.0.0.1:9/v1", log=str(tmp_path))
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("blank", ["", "   ", "\t", " \n"])
+def test_a_blank_path_is_refused_not_made_into_a_file_named_spaces(blank: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for opens in (open_call_log, CallLog, lambda target: OpenAI(api_key="sk-test", base_url="http://127.0.0.1:9/v1", log=target)):
+        with pytest.raises(ConfigError, match="a file (system )?path"):
+            opens(blank)
+    assert list(tmp_path.iterdir()) == []  # a log file named "   " (and its -wal, -shm) was made in the working folder

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from pg_databases import fresh_database
 from servers import InstantUpstream, PostgresServer
@@ -36,6 +37,7 @@ from blackbox_sdk.call_log import (
 )
 from blackbox_sdk.call_log import _repair as repair_module
 from blackbox_sdk.call_log._repair import GRACE_S, RECOVERED_ERROR
+from blackbox_sdk.call_log._urls import address_id
 
 MODEL = "unit"
 PRICES = {MODEL: {"input": 1000.0, "output": 1000.0}}  # USD per million tokens
@@ -361,6 +363,42 @@ def test_spends_that_do_not_say_their_log_are_repaired_into_any_log(ledger: str,
     finally:
         first.close()
         second.close()
+
+
+def test_a_call_charged_while_the_postgres_log_was_out_of_reach_goes_back_to_that_log_only(
+    upstream: str, ledger: str, tmp_path: Path
+) -> None:
+    """Issue: a PostgreSQL log opened while its database was down has no id until it reaches it, so its calls were settled
+    saying no log; one whose process then died was repaired into whichever log on the ledger asked first (here another
+    app's SQLite log). They are settled under an id made from the log's address, which its own repair knows."""
+    server = PostgresServer().start()
+    try:
+        server.stop()  # down while the child starts, calls and dies between charging its call and logging it
+        child = _python(CHILD, upstream, ledger, server.url, 1, 1, KILLED_EXIT, PRICES)
+        assert child.returncode == KILLED_EXIT, child.stderr
+        killed = child.stdout.strip()
+        budget = Budget(prices=PRICES, ledger=ledger)
+        assert [spend.call_id for spend in budget.settled_since(0)] == [killed]
+        with CallLog(tmp_path / "other-app.sqlite3") as other:
+            assert repair_log(other, budget, since=0) == 0  # not this log's call
+            assert list(other.calls()) == []
+        server.start()
+        with PostgresCallLog(server.url) as log:
+            assert repair_log(log, budget, since=0) == 1
+            assert [(record.call_id, record.error) for record in log.calls()] == [(killed, RECOVERED_ERROR)]
+    finally:
+        server.close()
+
+
+def test_a_postgres_log_s_address_id_names_its_database_and_schema_never_its_password() -> None:
+    def made(url: str) -> str:
+        return address_id(psycopg.conninfo.conninfo_to_dict(url))
+
+    first = made("postgresql://app:s3cret@db.internal:5432/calls")
+    assert first == made("postgres://app:other@db.internal/calls?connect_timeout=3")  # another spelling, password, wait
+    assert first.startswith("pg-") and "s3cret" not in first and "db.internal" not in first
+    others = ("postgresql://app@db.internal/other", "postgresql://app@db2.internal/calls", "postgresql://app@db.internal/calls?options=-csearch_path%3Ds2")
+    assert len({first, *map(made, others)}) == 4
 
 
 def test_a_client_without_a_log_settles_its_calls_for_no_log(upstream: str, ledger: str, tmp_path: Path) -> None:

@@ -232,6 +232,32 @@ def test_a_repeated_call_id_keeps_the_first_record(pg_log: PostgresCallLog) -> N
     assert [c.call_id for c in pg_log.calls()] == [rec.call_id]
 
 
+def test_the_same_feedback_sent_at_once_by_several_replicas_is_stored_once(pg_url: str) -> None:
+    """Issue: feedback locked the call's row FOR SHARE, so replicas given one retried request at once each read no
+    repeat and each stored it. (A repeat sent later, and a changed rating: test_calllog.py, on both stores.)"""
+    logs = [PostgresCallLog(pg_url) for _ in range(6)]
+    try:
+        for _ in range(5):
+            rec = _record()
+            logs[0].record(rec)
+            logs[0].flush()
+            start = threading.Barrier(len(logs))
+
+            def send(log: PostgresCallLog, call_id: str = rec.call_id) -> None:
+                start.wait()
+                log.feedback(call_id, label="correct", reference="4")
+
+            threads = [threading.Thread(target=send, args=(log,)) for log in logs]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            assert len(logs[0].feedback_for(rec.call_id)) == 1
+    finally:
+        for log in logs:
+            log.close()
+
+
 # feedback checks (bad feedback, a call id no store can hold, a failed call): test_calllog.py, on both stores
 
 
@@ -445,7 +471,7 @@ def test_a_log_opened_while_the_database_is_down_keeps_its_records_and_writes_th
         client = OpenAI(api_key=OPENAI_KEY, base_url=f"http://127.0.0.1:{free_port()}/v1", log=url)
     try:
         assert "kept in memory" in caplog.text and PLAIN_SECRET not in caplog.text
-        assert log.log_id == ""  # not known until the database answers
+        assert log.log_id == log.address_id != ""  # its own not known until the database answers (test_log_repair.py)
         for i in range(3):
             log.record(_record(call_id=f"bb-early-{i}"))
         with pytest.raises(StoreUnavailableError):
@@ -514,13 +540,21 @@ def test_repr_and_url_never_show_the_password(postgres_server: PostgresServer) -
         assert log.url == postgres_server.url
 
 
-def test_closed_log_refuses_records_and_reads(pg_log: PostgresCallLog) -> None:
+def test_closed_log_refuses_records_and_reads(pg_log: PostgresCallLog, tmp_path: Path) -> None:
+    """Issue: calls() and export_jsonl() on a closed log raised StoreUnavailableError (its pool is closed), an outage a
+    caller would retry, where every other use says the log is closed."""
+    rec = _record()
+    pg_log.record(rec)
     pg_log.close()
     pg_log.close()  # twice is fine
-    with pytest.raises(CallLogError, match="closed"):
-        pg_log.record(_record())
-    with pytest.raises(CallLogError, match="closed"):
-        pg_log.stats()
+    uses: list[Callable[[], object]] = [
+        lambda: pg_log.record(_record()), pg_log.stats, lambda: pg_log.get(rec.call_id), lambda: pg_log.feedback(rec.call_id, label="correct"),
+        lambda: list(pg_log.calls()), lambda: pg_log.export_jsonl(io.StringIO()), lambda: pg_log.export_jsonl(tmp_path / "calls.jsonl"),
+    ]
+    for use in uses:
+        with pytest.raises(CallLogError, match=r"^the call log postgresql://\S+ is closed$"):
+            use()
+    assert list(tmp_path.iterdir()) == []
 
 
 # ------------------------------------------------------------------------------- opening by target
@@ -614,7 +648,7 @@ def test_a_role_that_may_not_create_writes_to_tables_made_before(pg_url: str) ->
         conn.execute(f"CREATE ROLE {role} LOGIN")
         conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
         conn.execute(f"GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA public TO {role}")
-        conn.execute(f"GRANT UPDATE ON blackbox_calls TO {role}")  # feedback locks the call's row (FOR SHARE)
+        conn.execute(f"GRANT UPDATE ON blackbox_calls TO {role}")  # feedback locks the call's row (FOR NO KEY UPDATE)
     owner = pg_url.split("//", 1)[1].split("@", 1)[0]
     try:
         with PostgresCallLog(pg_url.replace(f"//{owner}@", f"//{role}@", 1)) as log, PostgresCallLog(pg_url, create=False) as made:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TextIO
 
 from .._exceptions import CallLogError, ConfigError
+from .._text import checked_path
 from ._records import CallRecord, Feedback
 
 EXPORT_FORMAT = "blackbox-calllog/1"
@@ -37,7 +38,7 @@ def export_jsonl(
     for a folder. Replacing is asked for, never the default, as the command line's ``--force`` is."""
     if not isinstance(out, (str, Path)):
         return _write_lines(calls, out)
-    target = Path(out)
+    target = checked_path(out, "the export")  # a blank one (Path("") is the working folder) or one holding NUL: ConfigError
     if target.is_dir():
         raise CallLogError(f"can't write the export {out}: it is a folder; name a file to write")
     if isinstance(out, str) and out.endswith(_SEPARATORS):  # Path("sub/") is "sub": the separator that names a folder is gone

@@ -263,6 +263,8 @@ def _open(path: Path, timeout: float, create: bool) -> tuple[sqlite3.Connection,
     ConfigError for a bad timeout, CallLogError if it fails."""
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= sys.float_info.max:
         raise ConfigError(f"call log timeout must be a positive number of seconds; got {timeout!r}")
+    if path.is_dir():  # SQLite says only "unable to open database file", a reader "no call log at" it
+        raise CallLogError(f"can't open the call log {path}: it is a folder; name a file in it, such as {path / 'calls.db'}")
     if not create:
         _check_is_log(path)
     try:

@@ -9,7 +9,6 @@ the SQLite log's order, byte for byte. Rows are built by ``_tables.call_values``
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
 from .._exceptions import CallLogError
@@ -25,7 +24,11 @@ from ._tables import (
     call_values,
     check_schema_version,
     feedback_from,
+    feedback_values,
+    latest_feedback,
     record_from,
+    repeats,
+    stored_chosen,
 )
 
 if TYPE_CHECKING:
@@ -186,17 +189,24 @@ def feedback_by_call(conn: Connection[Any], ids: list[str]) -> dict[str, list[Fe
 
 
 def candidates_of(conn: Connection[Any], call_id: str) -> tuple[int, list[int]] | None:
-    """How many candidates a call has and which it returned, the call's row locked against deletion; None if unknown."""
-    sql = "SELECT chosen::text, (SELECT COUNT(*) FROM blackbox_candidates WHERE call_id = %s) FROM blackbox_calls WHERE call_id = %s FOR SHARE"
+    """How many candidates a call has and which it returned, the call's row locked against deletion and against another
+    feedback on it (so a repeat is seen: ``insert_feedback``), not against new candidates or feedback rows; None if unknown."""
+    sql = (
+        "SELECT chosen::text, (SELECT COUNT(*) FROM blackbox_candidates WHERE call_id = %s) FROM blackbox_calls"
+        " WHERE call_id = %s FOR NO KEY UPDATE"
+    )
     row = conn.execute(sql, (call_id, call_id)).fetchone()
-    return None if row is None else (int(row[1]), [int(i) for i in json.loads(row[0])])
+    return None if row is None else (int(row[1]), stored_chosen(call_id, row[0], int(row[1])))
 
 
 def insert_feedback(conn: Connection[Any], item: Feedback) -> None:
-    """Insert one feedback row."""
-    values = item.model_dump()
-    sql = f"INSERT INTO blackbox_feedback ({', '.join(FEEDBACK_COLUMNS)}) VALUES ({', '.join(['%s'] * len(FEEDBACK_COLUMNS))})"
-    conn.execute(sql, tuple(pg_text(values[c]) if isinstance(values[c], str) else values[c] for c in FEEDBACK_COLUMNS))
+    """Insert one feedback row, unless it repeats the call's latest (a retried request: counted once, as on SQLite);
+    the call's row is locked (``candidates_of``), so two copies sent at once are compared one after the other."""
+    values = feedback_values(item)  # its note redacted
+    row = tuple(pg_text(values[c]) if isinstance(values[c], str) else values[c] for c in FEEDBACK_COLUMNS)
+    if not repeats(conn.execute(latest_feedback("blackbox_feedback", "%s"), (row[0],)).fetchone(), row):
+        sql = f"INSERT INTO blackbox_feedback ({', '.join(FEEDBACK_COLUMNS)}) VALUES ({', '.join(['%s'] * len(FEEDBACK_COLUMNS))})"
+        conn.execute(sql, row)
 
 
 def day_model_rows(conn: Connection[Any]) -> tuple[list[DayModelRow], int]:

@@ -51,7 +51,7 @@ from ._pg_tables import (
 from ._records import CallRecord, Feedback, Label, feedback_fields, feedback_on
 from ._stats import summary
 from ._tables import CallFilter
-from ._urls import is_postgres_url, libpq_url, misread_password, refusal, scrub, unusable_host, url_without_password
+from ._urls import address_id, is_postgres_url, libpq_url, misread_password, refusal, scrub, unusable_host, url_without_password
 
 if TYPE_CHECKING:
     from psycopg import Connection
@@ -88,6 +88,7 @@ class PostgresCallLog(Closing):
         url = libpq_url(url)
         self._where, self._timeout = url_without_password(url), float(timeout)
         options = _connect_options(self._psycopg, url, timeout)
+        self.address_id = address_id(self._psycopg.conninfo.conninfo_to_dict(url))  # checked by _connect_options
         self._setup, self._connect = SetUp(create=create), functools.partial(self._psycopg.connect, url, **options)
         try:
             self._set_up("open")
@@ -115,9 +116,9 @@ class PostgresCallLog(Closing):
 
     @property
     def log_id(self) -> str:
-        """This log's id, made with its tables and kept in the database: the budget ledger notes it on each call's spend
-        ("" until the log has reached its database, when it opened during an outage)."""
-        return self._setup.log_id or ""
+        """This log's id, made with its tables and kept in the database: the budget ledger notes it on each call's spend;
+        ``address_id`` until the log has reached its database (it opened during an outage), which ``repair_log`` knows too."""
+        return self._setup.log_id if self._setup.log_id is not None else self.address_id
 
     @property
     def pending(self) -> int:
@@ -203,6 +204,7 @@ class PostgresCallLog(Closing):
         where, args = filters.where("%s")
 
         def read(after: tuple[float, str] | None, size: int) -> Page:
+            self._check_open()
             self._set_up("read")
             with self._errors("read"), self._pool.get().connection(timeout=self._timeout) as conn:
                 return read_page(conn, where, args, after, size)
@@ -212,12 +214,16 @@ class PostgresCallLog(Closing):
     @contextlib.contextmanager
     def _connection(self, action: str) -> Iterator[Connection[Any]]:
         """A pooled connection after a flush (so this process's calls are there), errors raised as the SDK's."""
-        if not self._finalizer.alive:
-            raise CallLogError(f"the call log {self._where} is closed")
+        self._check_open()
         self.flush()
         self._set_up(action)
         with self._errors(action), self._pool.get().connection(timeout=self._timeout) as conn:
             yield conn
+
+    def _check_open(self) -> None:
+        """CallLogError once closed: its closed pool would say StoreUnavailableError, an outage that a retry outlasts."""
+        if not self._finalizer.alive:
+            raise CallLogError(f"the call log {self._where} is closed")
 
     def _set_up(self, action: str) -> None:
         """Unless done, make or check the tables and read the log's id on a connection of its own (one attempt, so that

@@ -76,9 +76,9 @@ def repair_log(log: CallLogStore, budget: Budget, *, since: float | None = None,
         latest = log.latest_created()
         since = min(now, now if latest is None else latest) - MARGIN_S
     by_call: dict[str, list[SettledSpend]] = {}
-    identity = log_identity(log)
+    identity, address = log_identity(log), getattr(log, "address_id", None)  # a PostgreSQL log's id before it had its own
     for spend in budget.settled_since(since):
-        if spend.meant_for(identity):
+        if spend.meant_for(identity) or (address is not None and spend.log_id == address):
             by_call.setdefault(spend.call_id, []).append(spend)
     alive: dict[tuple[int, int | None], bool] = {}  # each process looked up once: a busy process settled many of them
     done = {

@@ -134,12 +134,31 @@ def insert_call(conn: sqlite3.Connection, rec: CallRecord) -> None:
 
 
 def insert_feedback(conn: sqlite3.Connection, item: Feedback) -> None:
-    """Insert one feedback row."""
+    """Insert one feedback row, its note redacted, unless it repeats the call's latest (a retried request: counted once)."""
+    values = feedback_values(item)
+    row = tuple(values[c] for c in FEEDBACK_COLUMNS)
+    if not repeats(conn.execute(latest_feedback("feedback", "?"), (item.call_id,)).fetchone(), row):
+        conn.execute(f"INSERT INTO feedback ({', '.join(FEEDBACK_COLUMNS)}) VALUES ({', '.join('?' * len(row))})", row)
+
+
+def feedback_values(item: Feedback) -> dict[str, Any]:
+    """A feedback row's values by column, its ``note`` redacted: free text, like a call's error, where a rater may paste a
+    key or an auth header (``reference`` is an answer to train on, kept as written, as candidates are)."""
     values = item.model_dump()
-    conn.execute(
-        f"INSERT INTO feedback ({', '.join(FEEDBACK_COLUMNS)}) VALUES ({', '.join('?' * len(values))})",
-        tuple(values[c] for c in FEEDBACK_COLUMNS),
-    )
+    values["note"] = redact(values["note"])
+    return values
+
+
+def latest_feedback(table: str, mark: str) -> str:
+    """The query for what a call's latest feedback row says (FEEDBACK_COLUMNS but call_id and created); ``mark``: its id."""
+    return f"SELECT {', '.join(FEEDBACK_COLUMNS[2:])} FROM {table} WHERE call_id = {mark} ORDER BY id DESC LIMIT 1"
+
+
+def repeats(latest: Sequence[Any] | None, row: Sequence[Any]) -> bool:
+    """Whether a feedback row (FEEDBACK_COLUMNS) says what the call's latest stored one (``latest_feedback``) says, its time
+    aside: a client that retried a request whose answer it lost would otherwise count one rating twice in stats and
+    every reference twice in training; a rating that changes the latest one (correct, incorrect, correct) is kept."""
+    return latest is not None and tuple(latest) == tuple(row[2:])
 
 
 def call_values(rec: CallRecord) -> dict[str, Any]:
@@ -207,8 +226,21 @@ def candidates_of(conn: sqlite3.Connection, call_id: str) -> tuple[int, list[int
     row = conn.execute("SELECT chosen FROM calls WHERE call_id = ?", (call_id,)).fetchone()
     if row is None:
         raise ConfigError(f"no call {call_id!r} in the log: feedback needs the call_id of a logged call")
-    count = conn.execute("SELECT COUNT(*) FROM candidates WHERE call_id = ?", (call_id,)).fetchone()[0]
-    return int(count), list(json.loads(row[0]))
+    count = int(conn.execute("SELECT COUNT(*) FROM candidates WHERE call_id = ?", (call_id,)).fetchone()[0])
+    return count, stored_chosen(call_id, row[0], count)
+
+
+def stored_chosen(call_id: str, text: Any, count: int) -> list[int]:
+    """A call's stored ``chosen`` (JSON text) as indices into its ``count`` candidates; CallLogError naming the call for one
+    the SDK could not have written (edited by hand), as a read of it raises, where feedback raised json's or a TypeError."""
+    with _stored(call_id):
+        try:
+            chosen = json.loads(text)
+        except (TypeError, ValueError):
+            raise ConfigError("its chosen is not JSON") from None
+        if not isinstance(chosen, list) or not all(type(i) is int and 0 <= i < count for i in chosen):
+            raise ConfigError(f"its chosen is not a list of indices into its {count} candidates")
+        return chosen
 
 
 def candidate_texts(conn: sqlite3.Connection, ids: list[str]) -> dict[str, list[str]]:

@@ -6,8 +6,10 @@ adapter cards show, and :func:`scrub` takes the password out of a driver's messa
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote
 
 from .._redact import pasted_password, url_without_password
@@ -19,6 +21,16 @@ _SCHEME_NAME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*")
 def is_postgres_url(target: str | Path) -> bool:
     """Whether ``target`` is a PostgreSQL connection URL rather than a file path."""
     return isinstance(target, str) and target.partition("://")[0].lower() in _SCHEMES and "://" in target
+
+
+def address_id(conninfo: dict[str, Any]) -> str:
+    """The id a PostgreSQL log's calls are settled under until it has read its own from the database (it opened during
+    an outage): made from what names the log in its parsed URL (host, port, database, user, options such as a
+    search_path; never the password), so every process configured alike makes the same one, and a hash, so the ledger
+    keeps nothing of where the log is."""
+    parts = [str(conninfo.get(name) or "") for name in ("host", "hostaddr", "port", "dbname", "user", "options")]
+    parts[2] = parts[2] or "5432"
+    return "pg-" + hashlib.sha256("\x00".join(parts).encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 def other_url_scheme(target: str | Path) -> str | None:
