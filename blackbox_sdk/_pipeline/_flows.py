@@ -23,9 +23,9 @@ from ._effects import Effect, Flow, T, io
 from ._relay import Relay
 from ._rerank import confidence_of
 from ._responses import (
+    embedding_in,
     finish,
     finish_embedding,
-    embedding_in,
     finish_untouched,
     lookup_embedding,
     pay,
@@ -329,7 +329,7 @@ def stream(core: Core, call: Call) -> Flow:
 
 
 def embed(core: Core, params: Json, overrides: Json) -> Flow:
-    """`embeddings.create`: cached whole, budgeted on input tokens, retried, logged."""
+    """`embeddings.create`: cached whole (with single flight), budgeted on input tokens, retried, logged."""
     call = yield from begin(core, EMBEDDINGS, params, overrides)
     stored = yield from cached_embedding(core, call)
     if stored is not None:
