@@ -13,7 +13,8 @@ T = TypeVar("T")
 async def to_the_end(work: Awaitable[T]) -> T:
     """Await `work` (a worker thread's future, a Redis script sent): a cancel meanwhile, once or more, waits for it
     to end before one CancelledError goes on, so that what it took (a hold, a claim, a window's slot) is known
-    to the caller, which gives it back, and nothing the caller does next runs beside it."""
+    to the caller, which gives it back, and nothing the caller does next runs beside it; an error it ended with
+    gives way to the cancel."""
     running = asyncio.ensure_future(work)
     try:
         return await asyncio.shield(running)
@@ -21,4 +22,6 @@ async def to_the_end(work: Awaitable[T]) -> T:
         while not running.done():  # a second cancel (a timeout and a cancelled task both) still waits for it
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait([running])
+        if not running.cancelled():
+            running.exception()  # taken in: the cancel goes on, and asyncio reports no error "never retrieved"
         raise

@@ -527,3 +527,126 @@ def test_a_sync_fan_out_interrupted_surfaces_at_once_charging_what_was_sent(tmp_
     finally:
         release.set()
         fan_out.close()
+
+
+class ReportingServer(SlowServer):
+    """A SlowServer whose streams end with a usage chunk (10 prompt tokens, 3 completion), as vLLM's and OpenAI's do."""
+
+    @staticmethod
+    def answer(handler: BaseHTTPRequestHandler, body: dict[str, Any], delay: float, choices: int) -> None:
+        if not body.get("stream"):
+            SlowServer.answer(handler, body, delay, choices)
+            return
+        handler.send_response(200)
+        handler.send_header("Content-Type", "text/event-stream")
+        handler.end_headers()
+        for text, reason in (("one", None), (" two", None), (" three", "stop")):
+            time.sleep(delay)
+            chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": MODEL,
+                     "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": reason}]}
+            handler.wfile.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+            handler.wfile.flush()
+        usage = {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}
+        final = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": MODEL, "choices": [], "usage": usage}
+        handler.wfile.write(b"data: " + json.dumps(final).encode() + b"\n\ndata: [DONE]\n\n")
+
+
+def second_stream_slow(body: dict[str, Any], index: int) -> float:
+    """Request 2 (the second stream of an n=2 call on a server that ignores n) waits before each chunk."""
+    return SLOW_S if index == 2 else 0.0
+
+
+@pytest.mark.parametrize("server_class", [pytest.param(SlowServer, id="counted"), pytest.param(ReportingServer, id="reported")])
+async def test_a_stream_cancelled_while_its_later_request_is_out_is_charged_that_prompt(tmp_path: Path, server_class: type[SlowServer]) -> None:
+    """The server ignores n: the first stream is read whole, and the cancel comes while the second stream's request is out."""
+    ignoring_n = server_class(second_stream_slow, one_choice=True)
+    try:
+        stores = Stores(tmp_path, ignoring_n.url)
+        sdk = stores.client()
+        await sdk.chat.completions.create(model=MODEL, messages=ask("hi"), max_tokens=50)  # calibrates: a prompt counts 10 tokens
+        stream = await sdk.chat.completions.create(model=MODEL, messages=ask("two"), max_tokens=50, stream=True, n=2)
+        reading = asyncio.create_task(asyncio.wait_for(_read_all(stream), 30))
+        await until(lambda: len(ignoring_n.bodies) == 3)
+        await asyncio.sleep(0.2)
+        await cancelled(reading)
+        assert stores.held()[:2] == (0, 0.0)
+        stores.log.flush()
+        [record] = [r for r in stores.log.calls() if r.error]
+        assert record.error.startswith("CancelledError")
+        assert record.usage["prompt_tokens"] >= 16  # both requests' prompts (8 counted, or 10 reported): the server bills the second
+    finally:
+        ignoring_n.close()
+
+
+async def test_a_later_stream_cut_mid_read_is_charged_its_prompt_and_text_beside_the_usage_reported(tmp_path: Path) -> None:
+    """The server ignores n and reports each stream's usage at its end: the second stream, cancelled after its first
+    chunk, has reported none, so what it was sent and what came of it are counted beside the first stream's usage."""
+    ignoring_n = ReportingServer(lambda body, index: 0.4 if index == 2 else 0.0, one_choice=True)
+    try:
+        stores = Stores(tmp_path, ignoring_n.url)
+        sdk = stores.client()
+        await sdk.chat.completions.create(model=MODEL, messages=ask("hi"), max_tokens=50)
+        stream = await sdk.chat.completions.create(model=MODEL, messages=ask("two"), max_tokens=50, stream=True, n=2)
+        seen = [await anext(stream) for _ in range(4)]  # the first stream's three, the second's first
+        assert seen[-1].choices[0].index == 1
+        reading = asyncio.create_task(anext(stream))
+        await asyncio.sleep(0.1)  # waiting for the second stream's next chunk
+        await cancelled(reading)
+        assert stores.held()[:2] == (0, 0.0)
+        stores.log.flush()
+        [record] = [r for r in stores.log.calls() if r.error]
+        assert record.usage["prompt_tokens"] >= 18 and record.usage["completion_tokens"] >= 4  # 10 + 3 reported, and the rest
+    finally:
+        ignoring_n.close()
+
+
+async def _read_all(stream: Any) -> list[Any]:
+    """Every chunk of a stream."""
+    return [chunk async for chunk in stream]
+
+
+def test_a_sync_stream_interrupted_while_its_later_request_is_out_is_charged_that_prompt(tmp_path: Path) -> None:
+    """Ctrl-C as the second stream's answer comes (the server ignores n): the server has that request and bills its prompt."""
+    ignoring_n = ReportingServer(lambda body, index: 0.0, one_choice=True)
+    responses = []
+
+    def interrupt(response: httpx2.Response) -> None:
+        responses.append(response)
+        if len(responses) == 3:
+            raise KeyboardInterrupt
+
+    try:
+        stores = Stores(tmp_path, ignoring_n.url)
+        sdk = stores.sync_client(http_client=httpx2.Client(event_hooks={"response": [interrupt]}))
+        sdk.chat.completions.create(model=MODEL, messages=ask("hi"), max_tokens=50)
+        stream = sdk.chat.completions.create(model=MODEL, messages=ask("two"), max_tokens=50, stream=True, n=2)
+        with pytest.raises(KeyboardInterrupt):
+            list(stream)
+        assert stores.held()[:2] == (0, 0.0)
+        stores.log.flush()
+        [record] = [r for r in stores.log.calls() if r.error]
+        assert record.error.startswith("KeyboardInterrupt") and record.usage["prompt_tokens"] >= 16
+    finally:
+        ignoring_n.close()
+
+
+def test_a_stream_half_read_when_its_event_loop_ends_is_accounted_once_and_quietly(server: SlowServer, tmp_path: Path) -> None:
+    """`asyncio.run` ending with a stream half-read (left by `break`, still referenced): the loop closes its generators,
+    the HTTP body's before the SDK's; the stream is charged and logged once, and the loop reports no error closing them."""
+    stores = Stores(tmp_path, server.url)
+    sdk = stores.client()
+    kept: list[Any] = []
+    problems: list[str] = []
+
+    async def half_read() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _, context: problems.append(context["message"]))
+        await sdk.chat.completions.create(model=MODEL, messages=ask("hi"), max_tokens=50)
+        stream = await sdk.chat.completions.create(model=MODEL, messages=ask("streaming"), max_tokens=50, stream=True)
+        async for _ in stream:
+            break
+        kept.append(stream)
+
+    asyncio.run(half_read())
+    assert problems == []
+    assert stores.held()[:2] == (0, 0.0)
+    assert stores.errors() == [None, "RuntimeError: stream closed before its end"]

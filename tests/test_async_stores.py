@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import sqlite3
 import threading
 import time
@@ -281,3 +282,33 @@ def test_feedback_is_awaited_and_writes_off_the_event_loop(llama_server: str, tm
     assert took >= STALL_S - 0.1  # the feedback waited for the lock...
     assert gap < MAX_GAP_S, f"the event loop was blocked for {gap:.3f} s"  # ...and the loop did not
     assert sqlite3.connect(path).execute("SELECT label FROM feedback").fetchall() == [("correct",)]
+
+
+def test_feedback_cancelled_while_the_log_is_locked_leaves_no_unretrieved_error(tmp_path: Path) -> None:
+    """Cancelled while it waits for the locked log file, feedback on an unknown call still ends in its worker with
+    ConfigError; the cancel goes on, and that error is taken in, not reported by asyncio as never retrieved."""
+    path = tmp_path / "calls.db"
+    client = blackbox_sdk.AsyncOpenAI(base_url="http://127.0.0.1:9/v1", api_key="sk-test", log=str(path))
+    problems: list[str] = []
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _, context: problems.append(repr(context)))
+        with pytest.raises(blackbox_sdk.ConfigError):
+            await client.feedback("bb-unknown", reward=1.0)  # type: ignore[attr-defined]
+        locker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        locker.execute("BEGIN EXCLUSIVE")
+        task = asyncio.create_task(client.feedback("bb-unknown", reward=1.0))  # type: ignore[attr-defined]
+        await asyncio.sleep(0.2)
+        task.cancel()
+        await asyncio.sleep(0.3)
+        locker.execute("COMMIT")
+        locker.close()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        del task
+        gc.collect()
+        await asyncio.sleep(0.1)
+        await client.close()
+
+    asyncio.run(main())
+    assert [problem for problem in problems if "ConfigError" in problem] == []  # (clients earlier tests left may add their own)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,6 +14,8 @@ from typing import Any
 import pytest
 
 from blackbox_sdk import AsyncOpenAI, OpenAI
+
+from servers import InstantUpstream
 
 MODEL = "smollm2"
 QUESTION = [{"role": "user", "content": "Name a colour."}]
@@ -91,3 +94,26 @@ def test_an_answer_stored_between_the_look_and_the_claim_is_not_sent_again(llama
     first.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=12, temperature=0)
     answer = second.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=12, temperature=0)
     assert answer.blackbox.cache_hit and answer.blackbox.requests == 0
+
+
+EMBEDDING = {"object": "list", "model": "text-embedding-3-small", "usage": {"prompt_tokens": 2, "total_tokens": 2},
+             "data": [{"object": "embedding", "index": 0, "embedding": [0.25, -0.5]}]}
+
+
+async def test_async_embeddings_asking_the_same_thing_send_it_once(cache_target: str) -> None:
+    """Embeddings are cached whole: 20 identical calls at once send one request, the others wait for its answer."""
+    sent: list[int] = []
+
+    def slowly() -> None:
+        sent.append(1)
+        time.sleep(0.3)
+
+    upstream = InstantUpstream(EMBEDDING, before=slowly, route="/embeddings")
+    try:
+        client = AsyncOpenAI(base_url=upstream.url, api_key="sk-test", cache=cache_target)
+        answers = await asyncio.gather(*(client.embeddings.create(model="text-embedding-3-small", input="a colour") for _ in range(20)))
+        assert len(sent) == 1 and sum(answer.blackbox.cache_hit for answer in answers) == 19
+        assert {tuple(answer.data[0].embedding) for answer in answers} == {(0.25, -0.5)}
+        await client.close()
+    finally:
+        upstream.close()

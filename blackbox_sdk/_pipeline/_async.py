@@ -267,7 +267,8 @@ class AsyncCore(Core):
                     request = relay.next_stream()
                     if request is None:
                         break
-                    live, head = await self._open(relay.call, request)
+                    with relay.opening():
+                        live, head = await self._open(relay.call, request)
                 tail = await self._io(relay.call, relay.finish, counts=True)
             except BaseException as error:
                 if isinstance(error, GeneratorExit) and relay.answered():  # closed after the whole answer: read to its end

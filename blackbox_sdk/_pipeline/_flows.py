@@ -18,11 +18,12 @@ from ._beam_steps import beam_response, spent_on_steps
 from ._calibrate import passes_gate, public_endpoint, ungate
 from ._call import Call, KeptHttp
 from ._candidates import Candidate
-from ._core import Core, checked, give_room_back, prepare
+from ._core import CLAIM_TTL_S, Core, checked, give_room_back, prepare
 from ._effects import Effect, Flow, T, io
 from ._relay import Relay
 from ._rerank import confidence_of
 from ._responses import (
+    embedding_in,
     finish,
     finish_embedding,
     finish_untouched,
@@ -328,9 +329,9 @@ def stream(core: Core, call: Call) -> Flow:
 
 
 def embed(core: Core, params: Json, overrides: Json) -> Flow:
-    """`embeddings.create`: cached whole, budgeted on input tokens, retried, logged."""
+    """`embeddings.create`: cached whole (with single flight), budgeted on input tokens, retried, logged."""
     call = yield from begin(core, EMBEDDINGS, params, overrides)
-    stored = yield from io(call, partial(lookup_embedding, call))
+    stored = yield from cached_embedding(core, call)
     if stored is not None:
         return (yield from io(call, partial(finish_embedding, core, call, None, stored)))
     try:
@@ -340,3 +341,29 @@ def embed(core: Core, params: Json, overrides: Json) -> Flow:
         yield from failed(core, call, error)
         raise
     return (yield from io(call, partial(finish_embedding, core, call, response, None), counts=True))
+
+
+def cached_embedding(core: Core, call: Call) -> Generator[Effect, Any, Json | None]:
+    """The stored embeddings response; when there is none and an identical request is in flight, its answer is
+    waited for first (single flight, as `cached` does for chat), else this call holds the claim on the request."""
+    try:
+        stored, in_flight = yield from io(call, partial(look_embedding, core, call))
+        if in_flight:
+            yield Effect("wait", call)
+            stored = yield from io(call, partial(lookup_embedding, call))
+        return stored
+    except BaseException as error:  # cancelled while the look ran on (a claim it won is given back), or while waiting
+        yield from failed(core, call, error)
+        raise
+
+
+def look_embedding(core: Core, call: Call) -> tuple[Json | None, bool]:
+    """`look` for embeddings: the stored response, and whether another caller is fetching it (else this call claimed it)."""
+    stored = lookup_embedding(call)
+    if stored is not None or call.key is None or call.opts.cache is None:
+        return stored, False
+    call.claimed, entries = call.opts.cache.claim_reading(call.key, CLAIM_TTL_S)
+    stored = embedding_in(entries)  # read with the claim: an identical call may have stored its answer since the look
+    if call.claimed and stored is not None:
+        core.unclaim(call)
+    return stored, not call.claimed and stored is None

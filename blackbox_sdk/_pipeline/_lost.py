@@ -72,7 +72,7 @@ class Retries:
     core: Core
     call: Call
     send: Callable[[], Any]
-    counted: bool = field(init=False)  # the request is among the call's `in_flight` (a relay's later stream is not)
+    counted: bool = field(init=False)  # the request is among the call's `in_flight` (a relay's later stream is while it opens)
     back: bool = field(init=False, default=False)  # taken off `in_flight` for the wait before a retry
     taken: int = field(init=False, default=0)  # retries sent so far
     error: BaseException | None = field(init=False, default=None)  # the error the next retry follows

@@ -115,6 +115,31 @@ class Relay:
         return tail
 
     @contextmanager
+    def opening(self) -> Iterator[None]:
+        """Around the opening of a later stream (the server ignored `n`): its request is out until the stream opens, so
+        an interrupt meanwhile (a cancelled task, Ctrl-C) leaves its prompt to charge; an error brings it back."""
+        self.call.in_flight = 1
+        try:
+            yield
+        except Exception:
+            self.call.in_flight = 0
+            raise
+        self.call.in_flight = 0
+
+    def _unreported(self) -> list[Json]:
+        """What the server bills beyond the usage its ended streams reported, counted: the stream being read when
+        earlier ones reported theirs (its prompt, the text that came), and the prompt of a request still out."""
+        counts, call = [], self.call
+        if self.usages and self.running is None and call.info.requests > len(self.usages):
+            current = [data for data in self.collected if any(int(c.get("index") or 0) in self.indices for c in data.get("choices") or [])]
+            texts = [call.route.text(candidate.choice) for candidate in split_chunks(call.route, current, {})]
+            counts.append(self.core.count.counted(call, texts, call.info.requests - len(self.usages)))
+        if call.in_flight:
+            counts.append(self.core.count.counted(call, [], call.in_flight))
+            call.in_flight = 0
+        return counts
+
+    @contextmanager
     def accounting(self) -> Iterator[None]:
         """Around the passing of a stream: however it ends but finished, it is aborted (charged for what arrived)."""
         try:
@@ -131,6 +156,9 @@ class Relay:
             return
         self.done = True
         usage = self._pieces()[1] if self.collected or self.ended_usages() or self.call.info.requests else None
+        unreported = self._unreported()
+        if unreported:
+            usage = usage_to_charge([usage or {}, *unreported])
         if self.call.lost:  # a later stream whose answer was lost (`_lost`): its worst case too
             usage, self.call.lost = usage_to_charge([usage or {}, *self.call.lost]), []
         if usage is not None:

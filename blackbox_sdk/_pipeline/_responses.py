@@ -176,7 +176,12 @@ def lookup_embedding(call: Call) -> Json | None:
     """A stored embeddings response for this request, or None."""
     if call.key is None or call.opts.cache is None:
         return None
-    for entry in call.opts.cache.get(call.key):
+    return embedding_in(call.opts.cache.get(call.key))
+
+
+def embedding_in(entries: list[Json]) -> Json | None:
+    """The embeddings response among a bucket's entries, or None."""
+    for entry in entries:
         if isinstance(entry.get("response"), dict) and isinstance(entry["response"].get("data"), list):
             return entry["response"]
     return None

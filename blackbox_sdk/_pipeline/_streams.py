@@ -60,6 +60,13 @@ def _astop_first(response: httpx2.Response, stop: Callable[[], Awaitable[None]])
     response.aclose = closing  # type: ignore[method-assign]
 
 
+def _closing_generators() -> bool:
+    """Whether the running loop is closing every async generator (the end of `asyncio.run`): it closes the SDK's iterator
+    itself, which accounts the stream, so closing it too from the HTTP body's clean-up (the loop may close that first)
+    would run it twice at once, an error the loop reports."""
+    return bool(getattr(asyncio.get_running_loop(), "_asyncgens_shutdown_called", False))
+
+
 @dataclass
 class _Reading:
     """Whether a stream's iterator was started, and whether the stream was stopped."""
@@ -153,7 +160,7 @@ class BlackBoxAsyncStream(openai.AsyncStream[T]):
         if not reading.started and self._abandon is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._abandon)
         aclose = getattr(self._iterator, "aclose", None)
-        if aclose is not None and not getattr(self._iterator, "ag_running", False):
+        if aclose is not None and not getattr(self._iterator, "ag_running", False) and not _closing_generators():
             await aclose()
 
     async def close(self) -> None:

@@ -198,7 +198,8 @@ class SyncCore(Core):
                         request = relay.next_stream()
                         if request is None:
                             break
-                        live, head = self._open(relay.call, request)
+                        with relay.opening():
+                            live, head = self._open(relay.call, request)
                     yield from relay.finish()
                 except BaseException as error:
                     if isinstance(error, GeneratorExit) and relay.answered():  # closed after the whole answer: read to its end
