@@ -23,9 +23,9 @@ from servers import InstantUpstream, RedisServer
 
 QUESTION = [{"role": "user", "content": "Name a colour."}]
 PRICES = {"smollm2": {"input": 1.0, "output": 1.0}}
-STALL_S = 0.6  # how long the store stalls
+STALL_S = 1.2  # how long the store stalls: well past MAX_GAP_S, so a loop that waited on it is never mistaken for one slowed by a loaded machine
 TICK_S = 0.01  # the heartbeat's period
-MAX_GAP_S = 0.25  # the longest the heartbeat may go unserved while the store stalls
+MAX_GAP_S = 0.5  # the longest the heartbeat may go unserved while the store stalls
 
 
 async def _longest_gap(call: Coroutine[Any, Any, Any], stall: Callable[[], Any]) -> tuple[Any, float, float]:
