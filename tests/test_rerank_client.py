@@ -89,6 +89,7 @@ def test_a_reranker_that_returns_no_list_of_numbers_is_a_reranker_error_and_the_
     client.options.log.flush()
     [record] = CallLog(client.options.log.path).calls()
     assert record.error == f"RerankerError: {message}"
+    assert record.usage["completion_tokens"] > 0 and record.usage["prompt_tokens"] > 0  # its six answers were paid for
 
 
 def test_a_beam_scorer_that_returns_one_number_is_a_reranker_error(llama_server: str) -> None:

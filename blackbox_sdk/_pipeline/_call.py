@@ -79,6 +79,7 @@ class Call:
     refreshed: bool = False  # a cache="refresh" call replaced its bucket with its first answers: its later rounds append
     cut_short: bool = False  # the budget shrank the output cap: its answers are not the request's, so not stored under its key
     usage_counted: bool = False
+    settled: Json | None = None  # the usage it was charged, once `account` settled it: a failure after (a reranker's) logs it
     in_flight: int = 0  # requests out and not yet answered: an interrupt (a cancelled task, Ctrl-C) leaves their prompts to charge
     cut_off: bool = False  # Ctrl-C ended a sync fan-out with requests out: charged as out, what they get later is not the call's
     arrived: list[Any] = field(default_factory=list)  # answers received and not yet settled: charged if the call fails

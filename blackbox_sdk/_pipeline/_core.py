@@ -290,7 +290,7 @@ class Core:
         if call.admission is not None and call.info.requests == 0 and not (call.lost or answer_lost(error)):  # never run: room back
             give_room_back(call)
         call.admission = None
-        self.record(call, [], usage, error)
+        self.record(call, [], call.settled if usage is None else usage, error)
 
 
 def checked(core: Core, route: Route, params: Json, overrides: Json) -> Call:

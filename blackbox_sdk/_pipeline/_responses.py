@@ -91,7 +91,7 @@ def account(core: Core, call: Call, stored: list[Candidate], fresh: list[Candida
         pay(core, call, fresh, usage)
     elif not paid:
         core.store(call, [c.to_json() for c in fresh])
-    total = sum_usage(stored, call.route) if usage is None else add_usage(sum_usage(stored, call.route), usage)
+    total = call.settled = sum_usage(stored, call.route) if usage is None else add_usage(sum_usage(stored, call.route), usage)
     return stored + fresh, total
 
 
