@@ -89,6 +89,12 @@ class SlowServer:
             handler.end_headers()
             handler.wfile.write(data)
             return
+        SlowServer.stream_chunks(handler, delay)
+        handler.wfile.write(b"data: [DONE]\n\n")
+
+    @staticmethod
+    def stream_chunks(handler: BaseHTTPRequestHandler, delay: float) -> None:
+        """A stream's head and its three chunks, each after `delay` (no usage, no [DONE])."""
         handler.send_response(200)
         handler.send_header("Content-Type", "text/event-stream")
         handler.end_headers()
@@ -98,7 +104,6 @@ class SlowServer:
                      "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": reason}]}
             handler.wfile.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
             handler.wfile.flush()
-        handler.wfile.write(b"data: [DONE]\n\n")
 
     def close(self) -> None:
         """Stop serving."""
@@ -537,15 +542,7 @@ class ReportingServer(SlowServer):
         if not body.get("stream"):
             SlowServer.answer(handler, body, delay, choices)
             return
-        handler.send_response(200)
-        handler.send_header("Content-Type", "text/event-stream")
-        handler.end_headers()
-        for text, reason in (("one", None), (" two", None), (" three", "stop")):
-            time.sleep(delay)
-            chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": MODEL,
-                     "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": reason}]}
-            handler.wfile.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
-            handler.wfile.flush()
+        SlowServer.stream_chunks(handler, delay)
         usage = {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}
         final = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": MODEL, "choices": [], "usage": usage}
         handler.wfile.write(b"data: " + json.dumps(final).encode() + b"\n\ndata: [DONE]\n\n")

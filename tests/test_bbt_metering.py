@@ -109,6 +109,19 @@ def test_every_evaluation_of_a_client_target_is_reserved_settled_and_logged(
     assert report.by_key == {"tuning": pytest.approx(total * MICRO_USD)}
 
 
+def counted_forwards(tuned: Any, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The sizes of the tuner's forward passes, appended as they run."""
+    forwards: list[int] = []
+    forward = tuned.scorer.label_logprobs
+
+    def counted(prompts: torch.Tensor, *rest: Any) -> torch.Tensor:
+        forwards.append(len(prompts))
+        return forward(prompts, *rest)
+
+    monkeypatch.setattr(tuned.scorer, "label_logprobs", counted)
+    return forwards
+
+
 def test_a_budget_too_small_for_the_next_generation_stops_before_its_forward(
     gguf_path: Path, model_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -118,14 +131,7 @@ def test_a_budget_too_small_for_the_next_generation_stops_before_its_forward(
     budget = priced_budget(model_id, total_usd=(generation + dev + generation // 2) * MICRO_USD)
     log, checkpoints = CallLog(tmp_path / "calls.db"), {"checkpoint_dir": tmp_path / "run", "checkpoint_every": 1}
     tuned = client_tuner(gguf_path, budget=budget, log=log, config=checkpoints)
-    forwards: list[int] = []
-    forward = tuned.scorer.label_logprobs
-
-    def counted(prompts: torch.Tensor, *rest: Any) -> torch.Tensor:
-        forwards.append(len(prompts))
-        return forward(prompts, *rest)
-
-    monkeypatch.setattr(tuned.scorer, "label_logprobs", counted)
+    forwards = counted_forwards(tuned, monkeypatch)
     with pytest.raises(BudgetExceededError):
         tuned.fit()
 
@@ -152,14 +158,7 @@ def test_the_client_s_rate_limit_admits_each_evaluation_and_refuses_one_past_it_
     room = {"rpm": 2, "tpm": generation + dev + generation // 2}[limit]  # a generation and its dev evaluation, not the next one
     log = CallLog(tmp_path / "calls.db")
     tuned = client_tuner(gguf_path, rate_limit=RateLimits(**{limit: room}, per="key"), log=log, budget_key="tuning")
-    forwards: list[int] = []
-    forward = tuned.scorer.label_logprobs
-
-    def counted(prompts: torch.Tensor, *rest: Any) -> torch.Tensor:
-        forwards.append(len(prompts))
-        return forward(prompts, *rest)
-
-    monkeypatch.setattr(tuned.scorer, "label_logprobs", counted)
+    forwards = counted_forwards(tuned, monkeypatch)
     with pytest.raises(RateLimitExceededError, match=f"{limit}={room} per 60s reached for key"):
         tuned.fit()
     assert forwards == [2, 1]
