@@ -157,10 +157,49 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
 
 
+# What SQLite says when a read-only connection can't make a WAL file's -shm (or open its -wal) beside it: the error's
+# name (Python 3.11+), or its message (3.10 has no name).
+_CANT_MAKE_FILES = frozenset({
+    "SQLITE_READONLY_DIRECTORY", "SQLITE_READONLY_CANTINIT", "SQLITE_CANTOPEN", "SQLITE_READONLY",
+    "attempt to write a readonly database", "unable to open database file",
+})
+
+
+def cant_make_files(exc: sqlite3.Error) -> bool:
+    """Whether SQLite failed for want of a file it makes beside the database (a WAL file's -shm) or of write access."""
+    return getattr(exc, "sqlite_errorname", str(exc)) in _CANT_MAKE_FILES
+
+
+def connect_read_only(path: Path, timeout: float) -> sqlite3.Connection:
+    """A read-only connection to the existing SQLite file at ``path`` (shareable by threads under the caller's lock).
+
+    SQLite reads a WAL file only beside its ``-shm`` file, which it can't make in a folder this process can't write
+    (a log copied off a server, a read-only mount): such a file with no ``-wal`` of writes still to apply is read as it
+    is (SQLite's ``immutable``), so a reader still sees every committed row. One whose ``-wal`` holds writes is an
+    sqlite3.Error that says so (reading the file alone would miss them); so is any other failure to read it.
+    """
+    uri = path.resolve().as_uri()
+    connection = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=timeout, isolation_level=None, check_same_thread=False)
+    try:
+        connection.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        return connection
+    except sqlite3.Error as exc:
+        connection.close()
+        if not cant_make_files(exc):
+            raise
+        wal = Path(f"{path}-wal")
+        if wal.exists() and wal.stat().st_size > 0:
+            raise sqlite3.OperationalError(
+                f"its {wal.name} file holds writes not yet in it, which SQLite reads only with a {path.name}-shm file beside it,"
+                f" and that can't be made in {path.parent} ({exc}): copy the file with its {wal.name} to a folder you can write"
+            ) from exc
+    return sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, timeout=timeout, isolation_level=None, check_same_thread=False)
+
+
 def table_columns(path: Path, timeout: float = 5.0) -> dict[str, set[str]]:
     """The tables of the SQLite file at ``path`` and their columns (SQLite's own ``sqlite_*`` left out), read
     read-only, so a file another application owns is left as it was; sqlite3.Error for a file SQLite can't read."""
-    with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=timeout)) as conn:
+    with contextlib.closing(connect_read_only(path, timeout)) as conn:
         names = [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite!_%' ESCAPE '!'")]
         return {name: {row[1] for row in conn.execute("SELECT * FROM pragma_table_info(?)", (name,))} for name in names}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import datetime as dt
 import errno
 import io
@@ -37,6 +38,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DAY_ONE = dt.datetime(2024, 5, 1, 12, tzinfo=dt.timezone.utc).timestamp()
 DAY_TWO = dt.datetime(2024, 5, 2, 12, tzinfo=dt.timezone.utc).timestamp()
 SECRET = "Pg5ecretPW-in-the-url"
+PR_CAPBSET_DROP = 24
+CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 1, 2
 
 
 _CALLS = [
@@ -228,6 +231,63 @@ def test_stats_and_export_of_a_postgres_log_match_the_sqlite_logs_as_real_subpro
     lines = [json.loads(line) for line in (tmp_path / "pg.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [line["call_id"] for line in lines] == ["bb-cli-1", "bb-cli-2", "bb-cli-3"]
     assert [item["label"] for item in lines[0]["feedback"]] == ["correct"]
+
+
+def _without_permission_override() -> None:
+    """In the child: drop root's power to ignore file modes, so a 0o555 folder is read-only for it too."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH):
+        if libc.prctl(PR_CAPBSET_DROP, capability, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
+
+
+@contextlib.contextmanager
+def _read_only(folder: Path) -> Iterator[None]:
+    """The folder and its files read-only inside the block (as a copy off a server or a read-only mount is), then writable again."""
+    files = [path for path in folder.iterdir() if path.is_file()]
+    for path in files:
+        path.chmod(0o444)
+    folder.chmod(0o555)
+    try:
+        yield
+    finally:
+        folder.chmod(0o755)
+        for path in files:
+            path.chmod(0o644)
+
+
+def _run_cli_read_only(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``python -m blackbox_sdk ARGS`` in a child that can't write where file modes say it can't, even as root."""
+    preexec = _without_permission_override if os.geteuid() == 0 else None
+    return subprocess.run(
+        [sys.executable, "-m", "blackbox_sdk", *args], capture_output=True, text=True, env=_env(), timeout=120, cwd=cwd, preexec_fn=preexec
+    )
+
+
+def test_stats_and_export_read_a_wal_log_in_a_read_only_folder(log_path: Path, tmp_path: Path) -> None:
+    expected = {command[0]: _run_cli(*command, "--log", str(log_path), cwd=tmp_path).stdout for command in (["stats", "--json"], ["log", "export", "--out", "-"])}
+    assert sorted(p.name for p in log_path.parent.iterdir()) == ["calls.db"]  # closed: no -wal or -shm beside it
+    with _read_only(log_path.parent):
+        for command in (["stats", "--json"], ["log", "export", "--out", "-"]):
+            result = _run_cli_read_only(*command, "--log", str(log_path), cwd=tmp_path)
+            assert result.returncode == 0, result.stderr
+            assert result.stdout == expected[command[0]]
+        assert sorted(p.name for p in log_path.parent.iterdir()) == ["calls.db"]
+
+
+def test_a_read_only_log_whose_wal_holds_writes_is_a_clear_error(tmp_path: Path) -> None:
+    folder = tmp_path / "copy"
+    with CallLog(tmp_path / "calls.db") as log:
+        log.record(_CALLS[0])
+        log.flush()
+        folder.mkdir()  # a copy taken while the log is open, its last call still in the -wal file
+        for name in ("calls.db", "calls.db-wal"):
+            (folder / name).write_bytes((tmp_path / name).read_bytes())
+    with _read_only(folder):
+        result = _run_cli_read_only("stats", "--log", str(folder / "calls.db"), cwd=tmp_path)
+    assert result.returncode == 1, result.stdout
+    assert "calls.db-wal file holds writes not yet in it" in result.stderr and "to a folder you can write" in result.stderr
+    assert "writable by this process" not in result.stderr and "Traceback" not in result.stderr
 
 
 def test_an_unreachable_postgres_log_is_an_error_without_its_password(capsys: pytest.CaptureFixture[str]) -> None:

@@ -29,7 +29,9 @@ from .._closing import Closing
 from .._exceptions import CallLogError, ConfigError, StoreUnavailableError
 from .._logging import logger
 from .._redact import url_without_password
-from .._sqlite import SHARED_TABLES, ProcessConnection, connect, immediate, refuse_foreign, table_columns
+from .._sqlite import (
+    SHARED_TABLES, ProcessConnection, cant_make_files, connect, connect_read_only, immediate, refuse_foreign, table_columns,
+)
 from .._text import checked_path, checked_text
 from . import _known
 from ._batches import BatchWriter, when_collected
@@ -270,18 +272,18 @@ def _open(path: Path, timeout: float, create: bool) -> tuple[sqlite3.Connection,
     try:
         if create:
             refuse_foreign(path, SHARED_TABLES, "call log", timeout)  # another application's database: ConfigError, unchanged
-        conn = connect(path, timeout, wal=create)  # an existing log keeps its journal mode
+        conn = connect(path, timeout) if create else _connect_existing(path, timeout)  # an existing log keeps its journal mode
     except OSError as exc:
         raise CallLogError(f"can't open the call log {path}: {exc}") from exc
     except sqlite3.Error as exc:
-        raise _not_a_log(path, exc) from exc
+        raise _not_a_log(path, exc, create) from exc
     try:
         prepare(conn, create=create)
         log_id = _known.stored_log_id(conn, create=create)
     except BaseException as exc:
         conn.close()
         if isinstance(exc, sqlite3.Error):
-            raise _not_a_log(path, exc) from exc
+            raise _not_a_log(path, exc, create) from exc
         raise
     return conn, log_id
 
@@ -289,9 +291,23 @@ def _open(path: Path, timeout: float, create: bool) -> tuple[sqlite3.Connection,
 def _reopen(path: Path, timeout: float, create: bool) -> sqlite3.Connection:
     """This process's own connection to a log opened before a fork; CallLogError if it can't be opened."""
     try:
-        return connect(path, timeout, wal=create)
+        return connect(path, timeout) if create else _connect_existing(path, timeout)
     except (OSError, sqlite3.Error) as exc:
         raise CallLogError(f"can't open the call log {path}: {exc}") from exc
+
+
+def _connect_existing(path: Path, timeout: float) -> sqlite3.Connection:
+    """A connection to an existing log, its journal mode left alone; read-only where this process can't write the file or
+    its folder (a log copied off a server, a read-only mount), so a reader still reads it (and a write says it can't)."""
+    conn = connect(path, timeout, wal=False)
+    try:
+        conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        return conn
+    except sqlite3.Error as exc:
+        conn.close()
+        if not cant_make_files(exc):
+            raise
+    return connect_read_only(path, timeout)
 
 
 def _check_is_log(path: Path) -> None:
@@ -301,12 +317,13 @@ def _check_is_log(path: Path) -> None:
     try:
         tables = table_columns(path)
     except sqlite3.Error as exc:
-        raise _not_a_log(path, exc) from exc
+        raise _not_a_log(path, exc, False) from exc
     if missing := [name for name in LOG_TABLES if name not in tables]:
         raise CallLogError(f"{path} is not a call log (it has no table {', '.join(missing)}); it was left as it was")
 
 
-def _not_a_log(path: Path, exc: sqlite3.Error) -> CallLogError:
-    """The error for a file SQLite can't open or set up as a call log."""
-    return CallLogError(f"can't open the call log {path}: {exc}; a call log is an SQLite file this SDK wrote, writable by this process")
+def _not_a_log(path: Path, exc: sqlite3.Error, create: bool) -> CallLogError:
+    """The error for a file SQLite can't open or set up as a call log (a reader, not ``create``, needs no write access)."""
+    needs = "an SQLite file this SDK wrote, writable by this process" if create else "an SQLite file this SDK wrote"
+    return CallLogError(f"can't open the call log {path}: {exc}; a call log is {needs}")
 
