@@ -315,6 +315,19 @@ def test_a_time_no_day_holds_is_refused_and_the_stats_still_read(any_log: CallLo
     assert [rec.call_id for rec in any_log.calls()] == ["bb-last-second"]
 
 
+@pytest.mark.parametrize(
+    ("created", "day"),
+    [(1714521599.9996, "2024-04-30"), (-0.0004, "1969-12-31"), (1714521600.0, "2024-05-01")],
+    ids=["last-half-millisecond", "before-the-epoch", "midnight"],
+)
+def test_stats_put_a_call_at_a_days_end_on_its_own_day(any_log: CallLog | PostgresCallLog, created: float, day: str) -> None:
+    """Issue: SQLite's date() rounds a time to the millisecond, so a call in a day's last half millisecond went on the next
+    day, where PostgreSQL's stats (and Python's datetime) keep it: the two stores gave the same calls different days."""
+    assert dt.datetime.fromtimestamp(created, dt.timezone.utc).strftime("%Y-%m-%d") == day
+    any_log.record(_record(created=created))
+    assert [row["day"] for row in any_log.stats()["by_day_model"]] == [day]
+
+
 def test_a_failed_call_takes_a_reference_but_not_a_rating(any_log: CallLog | PostgresCallLog) -> None:
     failed = _record(candidates=[], chosen=[], scores=None, error="APIConnectionError: down")
     any_log.record(failed)
@@ -363,6 +376,58 @@ def test_feedback_on_a_call_whose_stored_choice_is_not_json_is_a_call_log_error_
     _damage(log, "UPDATE {calls} SET chosen = 'not json['")
     with pytest.raises(CallLogError, match=rf"^call '{rec.call_id}' in the call log can't be read: its chosen is not JSON$"):
         log.feedback(rec.call_id, label="correct")
+
+
+@pytest.mark.parametrize("cost", ["-2", "'Infinity'", "'NaN'"])
+def test_stats_name_a_call_whose_stored_cost_a_read_refuses(any_log: CallLog | PostgresCallLog, cost: str) -> None:
+    """Issue: stats summed a cost edited by hand into the spend (a negative one taken off it, an infinite one making it
+    infinite; SQLite: text as 0), where a read of the same row is a CallLogError naming the call."""
+    kept, damaged = _record(call_id="bb-kept", cost_usd=0.5), _record(call_id="bb-damaged", cost_usd=0.25)
+    any_log.record(kept)
+    any_log.record(damaged)
+    any_log.flush()
+    _damage(any_log, f"UPDATE {{calls}} SET cost_usd = {cost} WHERE call_id = 'bb-damaged'")
+    message = "^call 'bb-damaged' in the call log can't be read: its cost_usd is not a finite number of dollars, 0 or more$"
+    with pytest.raises(CallLogError, match=message):
+        any_log.stats()
+    with pytest.raises(CallLogError, match="^call 'bb-damaged' in the call log can't be read: bad CallRecord: cost_usd"):
+        any_log.get("bb-damaged")
+
+
+@pytest.mark.parametrize("created", ["'Infinity'", "'NaN'", "1e300", "-1e20", "253402300800.5"])
+def test_stats_name_a_call_whose_stored_time_no_day_holds(any_log: CallLog | PostgresCallLog, created: str) -> None:
+    """Issue: PostgreSQL's stats put a time edited in by hand on no day (a None among the days, which failed to sort beside
+    another's), on the year 10000, or failed with "timestamp out of range" naming no call, where SQLite's named the call."""
+    any_log.record(_record(call_id="bb-kept"))
+    any_log.record(_record(call_id="bb-damaged"))
+    any_log.flush()
+    _damage(any_log, f"UPDATE {{calls}} SET created = {created} WHERE call_id = 'bb-damaged'")
+    message = "^call 'bb-damaged' in the call log can't be read: its created time is not a Unix time in seconds in the years 1 to 9999$"
+    with pytest.raises(CallLogError, match=message):
+        any_log.stats()
+
+
+@pytest.mark.parametrize(
+    ("statement", "damage"),
+    [
+        ("cost_usd = '$1.00'", "its cost_usd is not a finite number of dollars, 0 or more"),
+        ("cost_usd = '1,5'", "its cost_usd is not a finite number of dollars, 0 or more"),  # SUM read it as 1
+        ("cost_usd = x'00'", "its cost_usd is not a finite number of dollars, 0 or more"),
+        ("cache_hit = 'yes'", "its cache_hit is not 0 or 1"),
+        ("cache_hit = 2", "its cache_hit is not 0 or 1"),
+    ],
+    ids=["dollar-text", "comma-text", "blob", "hit-text", "hit-two"],
+)
+def test_sqlite_stats_name_a_call_whose_stored_cost_or_hit_is_not_a_number_it_counts(log: CallLog, statement: str, damage: str) -> None:
+    """Issue: SQLite's SUM read a text cost as 0 (or "1,5" as 1) and a text cache hit as none, silently; PostgreSQL's
+    typed columns can't hold either, and a read of the row refuses it."""
+    log.record(_record(call_id="bb-kept", cost_usd=0.5))
+    log.record(_record(call_id="bb-damaged", cost_usd=0.25))
+    _damage(log, f"UPDATE {{calls}} SET {statement} WHERE call_id = 'bb-damaged'")
+    with pytest.raises(CallLogError, match=rf"^call 'bb-damaged' in the call log can't be read: {damage}$"):
+        log.stats()
+    with pytest.raises(CallLogError, match="^call 'bb-damaged' in the call log can't be read: "):
+        log.get("bb-damaged")
 
 
 def _damage(log: CallLog | PostgresCallLog, statement: str) -> None:

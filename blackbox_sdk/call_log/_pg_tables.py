@@ -15,7 +15,7 @@ from .._exceptions import CallLogError
 from ._known import stored_log_id
 from ._paging import Cursor, Page
 from ._records import CallRecord, Feedback, valid_text
-from ._stats import DayModelRow
+from ._stats import COST_DAMAGE, IN_DAYS, TIME_DAMAGE, DayModelRow, damaged_call, finite_cost
 from ._tables import (
     CALL_COLUMNS,
     FEEDBACK_COLUMNS,
@@ -75,9 +75,16 @@ _INSERT_BATCH = (
     " SELECT call_id FROM new"
 )
 _SELECT_CALLS = f"SELECT {', '.join(c + '::text' if c in JSON_COLUMNS else c for c in CALL_COLUMNS)} FROM blackbox_calls"
+# Why a row can't be counted (NULL for one the SDK could have written: see ``_stats``); its day is NULL then, as
+# to_timestamp fails on a time past its range and gives no day for an infinite one.
+_FINITE_COST = finite_cost("'Infinity'::float8")  # NaN, above Infinity in PostgreSQL, fails it too
+_DAMAGE = f"CASE WHEN NOT ({IN_DAYS}) THEN '{TIME_DAMAGE}' WHEN NOT ({_FINITE_COST}) THEN '{COST_DAMAGE}' END"
+_DAMAGED = f"SELECT call_id, damage FROM (SELECT call_id, {_DAMAGE} AS damage FROM blackbox_calls) AS c WHERE damage IS NOT NULL ORDER BY call_id LIMIT 1"
+# A call's day from its second, floored as SQLite's stats floor it (to_timestamp rounds to the microsecond).
 _BY_DAY_AND_MODEL = (
-    "SELECT to_char(to_timestamp(created) AT TIME ZONE 'UTC', 'YYYY-MM-DD') COLLATE \"C\" AS day, model, COUNT(*),"
-    " COUNT(error), COUNT(*) FILTER (WHERE cache_hit), SUM(cost_usd) FROM blackbox_calls GROUP BY day, model ORDER BY day, model"
+    f"SELECT (CASE WHEN {IN_DAYS} THEN to_char(to_timestamp(floor(created)) AT TIME ZONE 'UTC', 'YYYY-MM-DD') END) COLLATE \"C\" AS day,"
+    f" model, COUNT(*), COUNT(error), COUNT(*) FILTER (WHERE cache_hit), SUM(cost_usd), bool_or(({_DAMAGE}) IS NOT NULL)"
+    " FROM blackbox_calls GROUP BY day, model ORDER BY day, model"
 )
 
 
@@ -210,7 +217,12 @@ def insert_feedback(conn: Connection[Any], item: Feedback) -> None:
 
 
 def day_model_rows(conn: Connection[Any]) -> tuple[list[DayModelRow], int]:
-    """The stats' (day, model) groups and the feedback count."""
+    """The stats' (day, model) groups and the feedback count; CallLogError naming a call whose time or cost the SDK could not
+    have written (edited by hand), which would otherwise be summed into the spend, or fail the query, or make no day."""
     rows = conn.execute(_BY_DAY_AND_MODEL).fetchall()
+    if any(damaged for *_, damaged in rows):
+        call_id, damage = conn.execute(_DAMAGED).fetchone() or ("?", "it is damaged")
+        raise damaged_call(call_id, damage)
+    rows = [row[:-1] for row in rows]
     feedback = conn.execute("SELECT COUNT(*) FROM blackbox_feedback").fetchone()
     return rows, int(feedback[0]) if feedback else 0

@@ -12,25 +12,53 @@ from collections.abc import Iterable
 from typing import Any
 
 from .._exceptions import CallLogError
+from ._tables import CREATED_RANGE
 
-_BY_DAY_AND_MODEL = (
-    "SELECT date(created, 'unixepoch') AS day, model, COUNT(*), SUM(error IS NOT NULL),"
-    " SUM(cache_hit), SUM(cost_usd) FROM calls GROUP BY day, model ORDER BY day, model"
+# What makes a calls row one a store's stats can count, in SQL both stores run: a time some UTC day of the years 1 to
+# 9999 holds (PostgreSQL's NaN, SQLite's text fail it), and a finite cost of 0 or more (``inf``: the dialect's infinity).
+IN_DAYS = f"created >= {CREATED_RANGE[0]!r} AND created < {CREATED_RANGE[1] + 1!r}"
+TIME_DAMAGE = "its created time is not a Unix time in seconds in the years 1 to 9999"
+COST_DAMAGE = "its cost_usd is not a finite number of dollars, 0 or more"
+
+
+def finite_cost(inf: str) -> str:
+    """The SQL condition of a cost the SDK could have written, with ``inf`` the dialect's infinity."""
+    return f"cost_usd >= 0 AND cost_usd < {inf}"
+
+
+# Why a calls row can't be counted (NULL for one the SDK could have written): each summed or grouped value checked as a
+# read of the row checks it, so a row edited by hand never counts as 0 (SUM reads text as 0, or "1,5" as 1) or less.
+_DAMAGE = (
+    f"CASE WHEN typeof(created) NOT IN ('integer', 'real') OR NOT ({IN_DAYS}) THEN '{TIME_DAMAGE}'"
+    " WHEN typeof(model) != 'text' THEN 'its model is not text'"
+    f" WHEN typeof(cost_usd) NOT IN ('integer', 'real') OR NOT ({finite_cost('9e999')}) THEN '{COST_DAMAGE}'"
+    " WHEN typeof(cache_hit) != 'integer' OR cache_hit NOT IN (0, 1) THEN 'its cache_hit is not 0 or 1' END"
 )
-
-_UNREADABLE = "SELECT call_id FROM calls WHERE date(created, 'unixepoch') IS NULL OR typeof(model) != 'text' LIMIT 1"
+# The UTC day of a call's second, floored (date() rounds to the millisecond: a call in a day's last half millisecond
+# went on the next day, where PostgreSQL's and Python's clocks keep it).
+_DAY = "date(CAST(created AS INTEGER) - (created < CAST(created AS INTEGER)), 'unixepoch')"
+_BY_DAY_AND_MODEL = (
+    f"SELECT {_DAY} AS day, model, COUNT(*), SUM(error IS NOT NULL),"
+    f" SUM(cache_hit), SUM(cost_usd), MAX(({_DAMAGE}) IS NOT NULL) FROM calls GROUP BY day, model ORDER BY day, model"
+)
+_DAMAGED = f"SELECT call_id, damage FROM (SELECT call_id, {_DAMAGE} AS damage FROM calls) WHERE damage IS NOT NULL ORDER BY call_id LIMIT 1"
 
 DayModelRow = tuple[str, str, int, "int | None", "int | None", "float | None"]  # day, model, calls, errors, hits, cost
 
 
 def summarize(conn: sqlite3.Connection) -> dict[str, Any]:
-    """The summary of an SQLite log (see :func:`summary`); CallLogError naming a call whose time or model is not one
-    (a row edited by hand, a damaged file), which the SDK never writes and no day or model can group."""
+    """The summary of an SQLite log (see :func:`summary`); CallLogError naming a call whose time, model, cost or cache hit is
+    not one (a row edited by hand, a damaged file), which the SDK never writes and which a read of the call refuses too."""
     rows = conn.execute(_BY_DAY_AND_MODEL).fetchall()
-    if any(not isinstance(day, str) or not isinstance(model, str) for day, model, *_ in rows):
-        call_id = (conn.execute(_UNREADABLE).fetchone() or ("?",))[0]
-        raise CallLogError(f"call {call_id!r} in the call log can't be read: its created time is not a Unix time or its model is not text")
-    return summary(rows, conn.execute("SELECT COUNT(*) FROM feedback").fetchone()[0])
+    if any(damaged for *_, damaged in rows):
+        call_id, damage = conn.execute(_DAMAGED).fetchone() or ("?", "it is damaged")
+        raise damaged_call(call_id, damage)
+    return summary([row[:-1] for row in rows], conn.execute("SELECT COUNT(*) FROM feedback").fetchone()[0])
+
+
+def damaged_call(call_id: str, damage: str) -> CallLogError:
+    """The error of a stats read that met a row the SDK could not have written, naming its call and what is wrong."""
+    return CallLogError(f"call {call_id!r} in the call log can't be read: {damage}")
 
 
 def summary(rows: Iterable[DayModelRow], feedback: int) -> dict[str, Any]:

@@ -199,8 +199,10 @@ def record_from(row: Sequence[Any], candidates: list[str]) -> CallRecord:
                     values[column] = json.loads(values[column])
                 except (TypeError, ValueError) as exc:
                     raise ConfigError(f"its {column} is not JSON ({exc})") from None
-        values["usage_counted"] = bool(values["usage_counted"])
-        values["cache_hit"] = bool(values["cache_hit"])
+        for column in ("usage_counted", "cache_hit"):  # bool() would read any text edited in ("no" too) as True
+            if values[column] not in (0, 1):
+                raise ConfigError(f"its {column} is not 0 or 1")
+            values[column] = bool(values[column])
         return CallRecord(candidates=candidates, **values)
 
 
