@@ -129,12 +129,13 @@ def admit(core: Core, call: Call, count: int, recheck: Callable[[], Any] | None 
 
 def reserve_past_gate(core: Core, call: Call, count: int, recheck: Callable[[], Any] | None = None) -> tuple[int, int | None] | None:
     """The call's reservation once it passes the calibration gate; None while another call holds the gate.
-    Past the gate, what `recheck` finds stored is raised as NowCached, the gate and rate admission given back."""
+    Past the gate, what `recheck` finds stored is raised as NowCached, the gate, rate admission and any claim given back."""
     if not passes_gate(core, call):
         return None
     found = recheck() if recheck is not None else None
     if found is not None:
         let_round_go(core, call)
+        core.unclaim(call)
         raise NowCached(found)
     return core.reserve(call, count)
 
