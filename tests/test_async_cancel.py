@@ -30,6 +30,7 @@ import httpx2
 import pytest
 
 from blackbox_sdk import AsyncOpenAI, Budget, CallLog, OpenAI, RateLimitExceededError, RateLimits
+from blackbox_sdk._pipeline import _flows
 
 MODEL = "gpt-4o-mini"
 PRICES = {MODEL: {"input": 1.0, "output": 2.0}}  # USD per million tokens
@@ -647,3 +648,93 @@ def test_a_stream_half_read_when_its_event_loop_ends_is_accounted_once_and_quiet
     assert problems == []
     assert stores.held()[:2] == (0, 0.0)
     assert stores.errors() == [None, "RuntimeError: stream closed before its end"]
+
+
+def scores_slowly(started: threading.Event) -> Callable[[str, list[str]], list[float]]:
+    """A reranker that takes 0.5 s to score (the call's last step, once its answers are paid)."""
+
+    def reranker(question: str, answers: list[str]) -> list[float]:
+        started.set()
+        time.sleep(0.5)
+        return [float(i) for i in range(len(answers))]
+
+    return reranker
+
+
+async def test_a_call_cancelled_in_its_last_step_is_logged_with_the_cancel_and_charged_once(server: SlowServer, tmp_path: Path) -> None:
+    """Cancelled while the reranker picks among its paid answers (the step runs on to its end in a worker thread)."""
+    scoring = threading.Event()
+    stores = Stores(tmp_path, server.url, reranker=scores_slowly(scoring), rerank_n=2)
+    sdk = stores.client()
+    await sdk.chat.completions.create(model=MODEL, messages=ask("hi"), max_tokens=50, reranker=None)
+    task = asyncio.create_task(sdk.chat.completions.create(model=MODEL, messages=ask("pick"), max_tokens=50))
+    await until(scoring.is_set)
+    await cancelled(task)
+    assert [e and e.split(":")[0] for e in stores.errors()] == [None, "CancelledError"]
+    assert stores.held() == (0, 0.0, pytest.approx(2 * ANSWER_USD)) and stores.cost_of("CancelledError") == pytest.approx(ANSWER_USD)
+
+
+def test_a_sync_call_interrupted_in_its_last_step_is_logged_with_the_interrupt_and_charged_once(server: SlowServer, tmp_path: Path) -> None:
+    """Ctrl-C while the reranker picks among its paid answers."""
+
+    def reranker(question: str, answers: list[str]) -> list[float]:
+        raise KeyboardInterrupt
+
+    stores = Stores(tmp_path, server.url, reranker=reranker, rerank_n=2)
+    sdk = stores.sync_client()
+    sdk.chat.completions.create(model=MODEL, messages=ask("hi"), max_tokens=50, reranker=None)
+    with pytest.raises(KeyboardInterrupt):
+        sdk.chat.completions.create(model=MODEL, messages=ask("pick"), max_tokens=50)
+    assert [e and e.split(":")[0] for e in stores.errors()] == [None, "KeyboardInterrupt"]
+    assert stores.held() == (0, 0.0, pytest.approx(2 * ANSWER_USD)) and stores.cost_of("KeyboardInterrupt") == pytest.approx(ANSWER_USD)
+
+
+def test_a_streaming_view_left_by_an_error_is_logged_as_closed_before_its_end(server: SlowServer, tmp_path: Path) -> None:
+    """`with_streaming_response` left by the caller's own error mid-read: charged its worst case, logged as a
+    stream closed early (sync and async alike); one read to its end first, then left by an error, is not."""
+    stores = Stores(tmp_path, server.url)
+    sdk, asdk = stores.sync_client(), stores.client()
+    sdk.chat.completions.create(model=MODEL, messages=ask("hi"), max_tokens=50)
+    with pytest.raises(ValueError), sdk.chat.completions.with_streaming_response.create(model=MODEL, messages=ask("streaming"), max_tokens=50, stream=True) as response:
+        next(response.iter_lines())
+        raise ValueError("the caller's own")
+
+    async def main() -> None:
+        with pytest.raises(ValueError):
+            async with asdk.chat.completions.with_streaming_response.create(model=MODEL, messages=ask("streaming"), max_tokens=50, stream=True) as aresponse:
+                await aresponse.iter_lines().__anext__()
+                raise ValueError("the caller's own")
+        with pytest.raises(ValueError):
+            async with asdk.chat.completions.with_streaming_response.create(model=MODEL, messages=ask("read"), max_tokens=50) as aresponse:
+                await aresponse.parse()
+                raise ValueError("the caller's own")
+
+    asyncio.run(main())
+    assert stores.errors() == [None, "RuntimeError: stream closed before its end", "RuntimeError: stream closed before its end", None]
+    assert stores.held()[:2] == (0, 0.0)
+
+
+@pytest.mark.parametrize("view", ["stream", "streaming-response"])
+def test_a_first_stream_half_read_and_left_alone_holds_no_other_call_at_the_calibration_gate(
+    server: SlowServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, view: str
+) -> None:
+    """The first call to an uncalibrated endpoint is a stream whose reader stops after one chunk and keeps it: the gate
+    goes back once the stream is handed over, so the next call goes (it waited 2 s here, then was refused); the
+    stream read to its end later is charged and logged as any other."""
+    monkeypatch.setattr(_flows, "CALIBRATION_WAIT_S", 2.0)
+    stores = Stores(tmp_path, server.url)
+    sdk = stores.sync_client()
+    question = {"model": MODEL, "messages": ask("streaming"), "max_tokens": 50, "stream": True}
+    if view == "stream":
+        left = sdk.chat.completions.create(**question)
+        next(left)
+    else:
+        viewing = sdk.chat.completions.with_streaming_response.create(**question)
+        left = viewing.__enter__()
+    other = sdk.chat.completions.create(model=MODEL, messages=ask("hi"), max_tokens=50)
+    assert other.choices[0].message.content == "answer 0"
+    if view == "stream":
+        assert "".join(c.choices[0].delta.content or "" for c in left if c.choices) == " two three"
+    else:
+        viewing.__exit__(None, None, None)
+    assert stores.errors() == [None, None] and stores.held()[:2] == (0, 0.0)

@@ -196,6 +196,16 @@ def test_stored_answers_and_fresh_ones_of_a_seeded_call_are_those_it_gets_withou
     assert [c.message.content for c in mixed.choices] == [c.message.content for c in plain.choices]
 
 
+def test_a_seed_in_extra_body_seeds_the_fan_out_as_a_seed_given_by_name_does(client: OpenAI) -> None:
+    """The server ignores `n`: each fanned-out request gets seed, seed + 1, ...; a seed in `extra_body` (sent
+    last) took every request's place, so the n answers were one answer n times."""
+    question = {"model": MODEL, "messages": [{"role": "user", "content": "Write one random word."}], "max_tokens": 6, "temperature": 1.5, "n": 3}
+    named = client.chat.completions.create(**question, seed=7)
+    in_body = client.chat.completions.create(**question, extra_body={"seed": 7})
+    assert [c.message.content for c in in_body.choices] == [c.message.content for c in named.choices]
+    assert len({c.message.content for c in in_body.choices}) > 1
+
+
 def test_streamed_n_gives_every_index(client: OpenAI) -> None:
     stream = client.chat.completions.create(model=MODEL, messages=HELLO, n=3, max_tokens=4, temperature=1.0, stream=True)
     texts: dict[int, str] = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -13,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from blackbox_sdk import AsyncOpenAI, OpenAI
+from blackbox_sdk import AsyncOpenAI, Budget, OpenAI
+from blackbox_sdk._pipeline import _sync
 
 from servers import InstantUpstream
 
@@ -116,4 +118,47 @@ async def test_async_embeddings_asking_the_same_thing_send_it_once(cache_target:
         assert {tuple(answer.data[0].embedding) for answer in answers} == {(0.25, -0.5)}
         await client.close()
     finally:
+        upstream.close()
+
+
+ANSWER = {"id": "x", "object": "chat.completion", "created": 1, "model": MODEL,
+          "choices": [{"index": 0, "message": {"role": "assistant", "content": "blue"}, "finish_reason": "stop"}],
+          "usage": {"prompt_tokens": 9, "completion_tokens": 1, "total_tokens": 10}}
+
+
+@pytest.mark.parametrize("second", ["whole", "stream", "embedding"])
+def test_a_caller_past_its_single_flight_wait_looks_again_after_the_calibration_gate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, second: str
+) -> None:
+    """The fetcher holds the claim and the gate of an uncalibrated endpoint; an identical caller stops
+    waiting for its answer, waits at the gate meanwhile, and finds the answer stored once it passes."""
+    monkeypatch.setattr(_sync, "SINGLE_FLIGHT_WAIT_S", 0.3)
+    sent, go = [], threading.Event()
+
+    def held_first() -> None:
+        sent.append(1)
+        go.wait(30) if len(sent) == 1 else None
+
+    embedding = second == "embedding"
+    upstream = InstantUpstream(EMBEDDING if embedding else ANSWER, before=held_first, route="/embeddings" if embedding else "/chat/completions")
+    budget = Budget(total_usd=1.0, prices={MODEL: {"input": 1.0, "output": 1.0}, EMBEDDING["model"]: {"input": 1.0, "output": 0.0}})
+    client = OpenAI(base_url=upstream.url, api_key="sk-test", cache=tmp_path / "cache", budget=budget, max_retries=0)
+    asks = {
+        "whole": lambda: client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=12, temperature=0),
+        "stream": lambda: list(client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=12, temperature=0, stream=True)),
+        "embedding": lambda: client.embeddings.create(model=EMBEDDING["model"], input="a colour"),
+    }
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            first = pool.submit(asks["embedding" if embedding else "whole"])
+            while not sent:
+                time.sleep(0.01)
+            later = pool.submit(asks[second])
+            time.sleep(1.0)  # past its single-flight wait: at the gate the first call holds
+            go.set()
+            first.result(30), later.result(30)
+        assert len(sent) == 1
+        assert budget.report().outstanding_reservations == 0
+    finally:
+        client.close()
         upstream.close()

@@ -9,7 +9,7 @@ import httpx2
 import openai
 import pytest
 
-from blackbox_sdk import BlackBoxError, ConfigError, InvalidRequestError, OpenAI
+from blackbox_sdk import BlackBoxError, Budget, ConfigError, InvalidRequestError, OpenAI
 
 
 @pytest.fixture
@@ -47,6 +47,8 @@ HELLO = [{"role": "user", "content": "hi"}]
         pytest.param({"messages": HELLO, "stream": "true"}, "stream", id="stream-a-string"),
         pytest.param({"messages": HELLO, "stream": 1}, "stream", id="stream-an-int"),
         pytest.param({"messages": HELLO, "stream": True, "stream_options": "usage"}, "stream_options", id="stream-options-a-string"),
+        pytest.param({"messages": HELLO, "stream": True, "stream_options": {"include_usage": "yes"}}, "stream_options.include_usage", id="include-usage-a-string"),
+        pytest.param({"messages": HELLO, "stream": True, "stream_options": {"include_usage": 0}}, "stream_options.include_usage", id="include-usage-an-int"),
         pytest.param({"messages": [{"role": "user", "content": 42}]}, "messages[0].content", id="content-a-number"),
         pytest.param({"messages": HELLO, "user": 123}, "user", id="user-a-number"),
         pytest.param({"messages": HELLO, "stream_options": {"include_usage": True}}, "stream_options", id="stream-options-without-stream"),
@@ -54,6 +56,7 @@ HELLO = [{"role": "user", "content": "hi"}]
         pytest.param({"messages": HELLO, "seed": "1"}, "seed", id="seed-a-string"),
         pytest.param({"messages": HELLO, "seed": 1.5}, "seed", id="seed-a-fraction"),
         pytest.param({"messages": HELLO, "seed": True}, "seed", id="seed-a-bool"),
+        pytest.param({"messages": HELLO, "extra_body": {"seed": "7"}}, "seed", id="seed-in-extra-body-a-string"),
         pytest.param({"messages": HELLO, "tools": {"type": "function"}}, "tools", id="tools-an-object"),
         pytest.param({"messages": HELLO, "tools": ["get_weather"]}, "tools[0]", id="tool-a-string"),
         pytest.param({"messages": [{"role": "user", "content": [5]}]}, "messages[0].content[0]", id="content-part-a-number"),
@@ -215,3 +218,14 @@ def test_a_missing_model_is_a_bad_request_not_a_null_on_the_wire(sent: list[Any]
             call()
         assert caught.value.param == "model"
     assert sent == []
+
+
+def test_include_usage_not_a_bool_is_refused_under_a_budget_before_anything_is_held(sent: list[httpx2.Request]) -> None:
+    """A budget asks a stream for its usage: `include_usage="no"` was read as asked for and sent as true."""
+    budget = Budget(total_usd=1.0, prices={"m": {"input": 1.0, "output": 1.0}})
+    http = httpx2.Client(transport=httpx2.MockTransport(lambda request: sent.append(request) or httpx2.Response(500)))
+    client = OpenAI(api_key="sk-test", base_url="http://api.test/v1", http_client=http, max_retries=0, budget=budget)
+    with pytest.raises(InvalidRequestError) as caught:
+        client.chat.completions.create(model="m", messages=HELLO, max_tokens=5, stream=True, stream_options={"include_usage": "no"})
+    assert caught.value.param == "stream_options.include_usage" and "expected a boolean, but got str" in str(caught.value)
+    assert sent == [] and budget.report().outstanding_reservations == 0 and budget.report().spent_usd == 0

@@ -116,13 +116,17 @@ class AsyncCore(Core):
     async def streaming_response(self, route: Route, target: Any, kwargs: Json) -> AsyncIterator[Any]:
         """`with_streaming_response.create`: openai's unread response, entered with retries; settled and logged on exit."""
         call, context, response = await self._run(raw_flows.open_raw(self, route, target, kwargs))
+        early: BaseException | None = None
         try:
             yield response
+        except BaseException as error:
+            early = raw_flows.left_early(call, response, error)
+            raise
         finally:
             try:
                 await context.__aexit__(None, None, None)
             finally:  # a close that fails (or is cancelled) must not leave the reservation held
-                await self._io(call, partial(raw_flows.settle_view, self, call, response))
+                await self._io(call, partial(raw_flows.settle_view, self, call, response, early))
 
     def stream_of(self, chunks: list[Any], response: Any, info: Any) -> BlackBoxAsyncStream[Any]:
         """A stream over chunks the SDK already holds."""

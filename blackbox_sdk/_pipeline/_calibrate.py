@@ -142,10 +142,11 @@ def _refuses_max_tokens(error: BaseException) -> bool:
     return (error.param == "max_tokens" and error.code == "unsupported_parameter") or ("max_tokens" in message and "max_completion_tokens" in message)
 
 
-def ungate(core: Core, call: Call) -> None:
-    """Give back the calibration gate this call holds."""
+def ungate(core: Core, call: Call, calibrates: bool = False) -> None:
+    """Give back the calibration gate this call holds; `calibrates`: before its answer has come (a stream handed to its
+    caller, who sets its pace from then on), the call still the one whose answer teaches the endpoint (see `learn`)."""
     if call.gated:
-        call.gated = False
+        call.gated = calibrates
         try:
             call.opts.budget.calibration.close_gate(calibration_key(core, call), call.model, call.info.call_id)
         except StoreUnavailableError as error:  # the gate's lease frees it

@@ -86,6 +86,8 @@ class Call:
     lost: list[Json] = field(default_factory=list)  # worst cases of requests whose answers were lost and not yet charged (`_lost`)
     lost_tokens: int = 0  # tokens of lost answers charged on holds of their own: the rate window counts them with the call's
     recorded: bool = False  # the call has its one log record
+    deferring: bool = False  # in its last step (`flows.last`): a success is logged once the step ended, an interrupt in it instead
+    unrecorded: tuple[list[str], Json | None] | None = None  # the success record (texts, usage) its last step deferred
     steps: list[BlackBoxInfo] = field(default_factory=list)  # a beam search's step calls, each as it begins: what the search spent
     request: Json = field(default_factory=dict)  # the request as the log keeps it
     overrides: Json = field(default_factory=dict)  # the caller's per-call SDK options
@@ -94,6 +96,12 @@ class Call:
     raw: bool = False  # one request the caller reads (a raw stream, a streaming-response view): never fanned out
     sent_cap: int | None = None  # the output cap its last request carried (`caps_to_send`): what one choice may use
     ended: Callable[[], None] = lambda: None  # called once it is logged: its client's `Opened.track` stops counting it
+
+    def defer(self, texts: list[str], usage: Json | None) -> bool:
+        """Keep a success's record for the end of the call's last step (`flows.last`); whether it was kept."""
+        if self.deferring:
+            self.unrecorded = (texts, usage)
+        return self.deferring
 
     def worst_case(self, choices: int) -> Json:
         """The usage of one request of `choices` at its worst as reserved, for an answer the SDK never saw (`_lost`):
@@ -215,6 +223,14 @@ class Call:
         return list(found) if isinstance(found, list) else [found]
 
     @property
+    def seed(self) -> int | None:
+        """The caller's seed, fanned-out requests' base: `seed`, else one in `extra_body` (sent last, it is the one the server gets)."""
+        body = self.params.get("extra_body")
+        seed = self.params.get("seed")
+        seed = body.get("seed") if not given(seed) and isinstance(body, Mapping) else seed
+        return int(seed) if given(seed) else None
+
+    @property
     def stream(self) -> bool:
         """Whether the caller asked for a stream."""
         return bool(self.params.get("stream"))
@@ -230,6 +246,13 @@ class Call:
         """Whether the SDK asks the server for the stream's usage (under a budget: billed tokens, hidden ones too),
         the caller's request aside (a raw view's goes as the caller wrote it)."""
         return self.stream and self.opts.budget is not None and self.route in (CHAT, COMPLETIONS)
+
+
+def seeded(params: Json, seed: int) -> Json:
+    """`params` sent with `seed`: in `extra_body` too when the caller put a seed there (sent last, it would seed every request alike)."""
+    body = params.get("extra_body")
+    extra = {"extra_body": {**body, "seed": seed}} if isinstance(body, Mapping) and "seed" in body else {}
+    return {**params, "seed": seed, **extra}
 
 
 def marked_cut(call: Call, entry: Json) -> Json:

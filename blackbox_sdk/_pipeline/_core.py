@@ -27,7 +27,7 @@ from .._types import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, Json, Route, usag
 from ..budget import UNCALIBRATED_ALLOWANCE, TokenCount
 from ..cache import canonical_params, with_default_query, with_headers
 from ..call_log import new_call_id
-from ._call import Call, KeptHttp, Sender, answer_lost, fits_cap, marked_cut
+from ._call import Call, KeptHttp, Sender, answer_lost, fits_cap, marked_cut, seeded
 from ._calibrate import calibration_key, learn, public_endpoint, stored_context, takes_completion_cap, ungate
 from ._candidates import Candidate
 from ._hosted import refuse_hidden_fields, refuse_unbounded
@@ -177,7 +177,7 @@ class Core:
             sent = call.caps_to_send(max_tokens, refused)  # a cap renamed leaves the caller's name out (never both)
             params = {k: v for k, v in params.items() if k not in call.caps_given or k in sent} | sent
         if seed is not None:
-            params["seed"] = seed
+            params = seeded(params, seed)
         if call.usage_asked and not raw:
             options = params.get("stream_options")
             params["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}  # billed tokens, hidden ones too
@@ -197,10 +197,10 @@ class Core:
         raise NotImplementedError
 
     def seeds(self, call: Call, count: int) -> list[int | None]:
-        """Distinct seeds for fanned-out requests: the caller's seed + i after the stored answers, else random after the first."""
-        seed = call.params.get("seed")
-        if given(seed):
-            return [int(seed) + call.held + i for i in range(count)]
+        """Distinct seeds for fanned-out requests: the caller's seed (`Call.seed`) + i after the stored answers, else random after the first."""
+        seed = call.seed
+        if seed is not None:
+            return [seed + call.held + i for i in range(count)]
         return [None] + [secrets.randbelow(2**31) for _ in range(count - 1)]
 
     def count_retry(self, call: Call) -> None:
@@ -255,7 +255,7 @@ class Core:
 
     def record(self, call: Call, texts: list[str], usage: Json | None, error: BaseException | None = None) -> None:
         """One call-log record for the call, with its candidates, scores, cost and outcome."""
-        if call.recorded:  # once: a failure after the call was recorded (an interrupt as it ended) is not a second call
+        if call.recorded or (error is None and call.defer(texts, usage)):  # once; a last step's success when it has ended
             return
         call.recorded = True
         info = call.info

@@ -1,5 +1,6 @@
 """The effects a flow yields whenever it needs I/O, and `io`, the one for work on the call's stores,
-tokenizer or reranker; the sync and async cores perform them each in their own way."""
+tokenizer or reranker; the sync and async cores perform them each in their own way. And the two signals a
+flow raises to itself (CapReached, NowCached): never seen by the caller."""
 
 from __future__ import annotations
 
@@ -51,3 +52,15 @@ def io(call: Call, work: Callable[[], T], *, counts: bool = False, blocks: bool 
         return work()
     result: T = yield Effect("io", call, (work,), counts=counts, blocks=blocks)
     return result
+
+
+class CapReached(Exception):
+    """An optional round (adaptive K's after the first) that the per-call cap can't hold: nothing was sent or held."""
+
+
+class NowCached(Exception):
+    """A call that waited to be admitted found its answer stored meanwhile (`found`): nothing was sent or held."""
+
+    def __init__(self, found: Any) -> None:
+        super().__init__("stored while this call waited")
+        self.found = found

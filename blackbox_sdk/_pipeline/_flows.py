@@ -18,20 +18,22 @@ from ._beam_steps import beam_response, spent_on_steps
 from ._calibrate import passes_gate, public_endpoint, ungate
 from ._call import Call, KeptHttp
 from ._candidates import Candidate
-from ._core import CLAIM_TTL_S, Core, checked, give_room_back, prepare
-from ._effects import Effect, Flow, T, io
+from ._core import Core, checked, give_room_back, prepare
+from ._effects import CapReached, Effect, Flow, NowCached, T, io
 from ._relay import Relay
 from ._rerank import confidence_of
 from ._responses import (
-    embedding_in,
     finish,
     finish_embedding,
     finish_untouched,
+    look,
+    look_embedding,
     lookup_embedding,
     pay,
     pieces,
     replay,
     score,
+    stored_enough,
     texts,
     unstreamed,
     untouched,
@@ -42,14 +44,21 @@ GATE_PAUSE_S = 0.05  # between looks at an uncalibrated endpoint's gate
 CALIBRATION_WAIT_S = 120.0  # the longest a call waits for the endpoint's first answer before it is refused
 
 
-def last(core: Core, call: Call, work: Callable[[], T]) -> Generator[Effect, Any, T]:
+def last(core: Core, call: Call, work: Callable[[], T], counts: bool = False) -> Generator[Effect, Any, T]:
     """`work()` as the call's last "io" effect (settle, rerank, log): a failure there, such as a reranker
-    that misscores, is logged like any other, since the answers are paid for by then."""
+    that misscores, or an interrupt (Ctrl-C, a cancelled task), is logged like any other, since the answers
+    are paid for by then; a success is logged once the work has ended (`Call.defer`). `counts`: as `io`'s."""
+    call.deferring = True
     try:
-        return (yield from io(call, work))
-    except Exception as error:
+        result = yield from io(call, work, counts=counts)
+        call.deferring = False
+        if call.unrecorded is not None:
+            yield from io(call, partial(core.record, call, *call.unrecorded))
+    except BaseException as error:
+        call.deferring = False
         yield from failed(core, call, error)
         raise
+    return result
 
 
 def failed(core: Core, call: Call, error: BaseException, usage: Json | None = None) -> Flow:
@@ -95,27 +104,40 @@ def guarded(core: Core, effect: Effect) -> Flow:
         raise
 
 
-def admit(core: Core, call: Call, count: int) -> Flow:
+def admit(core: Core, call: Call, count: int, recheck: Callable[[], Any] | None = None) -> Flow:
     """Pass the call's rate limit (if any), then the calibration gate, and reserve the worst case of
-    `count` answers: (count, max output tokens) as the budget granted them."""
+    `count` answers: (count, max output tokens) as the budget granted them. A call that waited at either
+    looks at the cache again first (`recheck`: what is stored, or None): an identical call may have stored
+    its answer meanwhile, which then serves it (NowCached: nothing sent or held)."""
+    waited = False
     if call.opts.rate_limit is not None:
         tokens = yield from io(call, partial(core.admission_tokens, call, count))  # may ask the server's tokenizer
         call.admission = yield Effect("admit", call, tokens=tokens)
-    waited = 0.0
+        waited = call.admission.waited_s > 0
+    paused = 0.0
     while True:
-        granted = yield from io(call, partial(reserve_past_gate, core, call, count))
+        granted = yield from io(call, partial(reserve_past_gate, core, call, count, recheck if waited else None))
         if granted is not None:
             return granted
-        if waited >= CALIBRATION_WAIT_S:
+        if paused >= CALIBRATION_WAIT_S:
             message = f"{public_endpoint(core.endpoint)} is not calibrated yet for {call.model} and its first call is still running"
             raise RateLimitExceededError(message, limit=1, scope="calibration", retry_after=GATE_PAUSE_S)
         yield Effect("gate", call)
-        waited += GATE_PAUSE_S
+        paused += GATE_PAUSE_S
+        waited = True
 
 
-def reserve_past_gate(core: Core, call: Call, count: int) -> tuple[int, int | None] | None:
-    """The call's reservation once it passes the calibration gate; None while another call holds the gate."""
-    return core.reserve(call, count) if passes_gate(core, call) else None
+def reserve_past_gate(core: Core, call: Call, count: int, recheck: Callable[[], Any] | None = None) -> tuple[int, int | None] | None:
+    """The call's reservation once it passes the calibration gate; None while another call holds the gate.
+    Past the gate, what `recheck` finds stored is raised as NowCached, the gate, rate admission and any claim given back."""
+    if not passes_gate(core, call):
+        return None
+    found = recheck() if recheck is not None else None
+    if found is not None:
+        let_round_go(core, call)
+        core.unclaim(call)
+        raise NowCached(found)
+    return core.reserve(call, count)
 
 
 def cached(core: Core, call: Call) -> Flow:
@@ -130,19 +152,6 @@ def cached(core: Core, call: Call) -> Flow:
     except BaseException as error:  # cancelled while the look ran on (a claim it won is given back), or while waiting
         yield from failed(core, call, error)
         raise
-
-
-def look(core: Core, call: Call) -> tuple[list[Candidate], bool]:
-    """The cached candidates, and whether another caller is fetching the rest (else this call claimed them)."""
-    found = core.lookup(call)
-    if len(found) >= call.want:
-        return found, False
-    won, stored = core.claim(call)  # read with the claim: the last fetcher may have stored its answer since our look
-    if won:
-        if len(stored) >= call.want:
-            core.unclaim(call)
-        return stored, False
-    return found, True
 
 
 def begin(core: Core, route: Route, params: Json, overrides: Json) -> Generator[Effect, Any, Call]:
@@ -194,15 +203,14 @@ def beam(core: Core, call: Call) -> Flow:
     return (yield from last(core, call, partial(beam_response, core, call, result, tally)))
 
 
-class CapReached(Exception):
-    """An optional round (adaptive K's after the first) that the per-call cap can't hold: nothing was sent or held."""
-
-
 def paid(core: Core, call: Call, missing: int, fetch_all: Callable[[int, int | None], Flow], optional: bool = False) -> Flow:
     """Admit and reserve `missing` answers, then `fetch_all(count, max_tokens)`; a failure releases what was held.
-    An `optional` round the per-call cap refuses raises CapReached instead, its rate admission given back."""
+    An `optional` round the per-call cap refuses raises CapReached instead, its rate admission given back; a call
+    that waited to be admitted and then finds all it wants stored raises NowCached (not an optional round's)."""
     try:
-        count, max_tokens = yield from admit(core, call, missing)
+        count, max_tokens = yield from admit(core, call, missing, None if optional else partial(stored_enough, core, call))
+    except NowCached:
+        raise
     except BudgetExceededError as refused:
         if not (optional and refused.scope == "per_call"):
             yield from failed(core, call, refused)
@@ -217,6 +225,14 @@ def paid(core: Core, call: Call, missing: int, fetch_all: Callable[[int, int | N
     except BaseException as error:
         yield from failed(core, call, error)
         raise
+
+
+def handed_over(core: Core, call: Call) -> Flow:
+    """A stream about to go to its caller gives the calibration gate back (its first chunk came: the server has the request):
+    from then on its reader sets the pace, and one half read and left alone would hold every other call to the endpoint
+    and model; the next call takes the gate, and the stream's usage, when it comes, still calibrates."""
+    if call.gated:
+        yield from io(call, partial(ungate, core, call, calibrates=True))
 
 
 def let_round_go(core: Core, call: Call) -> None:
@@ -244,7 +260,10 @@ def complete(core: Core, call: Call) -> Flow:
             return responses, None
         return responses, (yield from io(call, partial(pieces, core, call, [r.to_dict(warnings=False) for r in responses]), counts=True))
 
-    responses, split = yield from paid(core, call, missing, fetched)
+    try:
+        responses, split = yield from paid(core, call, missing, fetched)
+    except NowCached as hit:
+        return (yield from last(core, call, partial(finish, core, call, hit.found, [], None)))
     if split is None:
         return (yield from last(core, call, partial(finish_untouched, core, call, responses[0])))
     (fresh, usage), original = split, responses[0] if len(responses) == 1 else None
@@ -256,6 +275,8 @@ def rounds(core: Core, call: Call, stored: list[Candidate], confidence: float) -
     the reranker's pick holds `confidence` of the softmax over the scores."""
     try:
         fresh, usage = yield from _rounds(core, call, stored, confidence)
+    except NowCached as hit:  # stored while its first round waited to be admitted
+        return (yield from last(core, call, partial(finish, core, call, hit.found, [], None)))
     except BaseException as error:  # between rounds too (a reranker that fails, an interrupt): logged once
         yield from failed(core, call, error)
         raise
@@ -324,7 +345,11 @@ def stream(core: Core, call: Call) -> Flow:
         live, head = yield from sending(Effect("open", call, (core.sender(call, count, max_tokens, seeds[0]),)))
         return live, head, Relay(core, call, stored, seeds, max_tokens)
 
-    live, head, relay = yield from paid(core, call, missing, opened)
+    try:
+        live, head, relay = yield from paid(core, call, missing, opened)
+    except NowCached as hit:
+        return core.stream_of((yield from io(call, partial(replay, core, call, hit.found))), None, call.info)
+    yield from handed_over(core, call)
     return core.live_stream(relay, live, head)
 
 
@@ -335,12 +360,14 @@ def embed(core: Core, params: Json, overrides: Json) -> Flow:
     if stored is not None:
         return (yield from io(call, partial(finish_embedding, core, call, None, stored)))
     try:
-        yield from admit(core, call, 1)
+        yield from admit(core, call, 1, partial(lookup_embedding, call))
         [response] = yield from sent(call, (lambda: core.inner.embeddings.create(**params),))
+    except NowCached as hit:
+        return (yield from io(call, partial(finish_embedding, core, call, None, hit.found)))
     except BaseException as error:
         yield from failed(core, call, error)
         raise
-    return (yield from io(call, partial(finish_embedding, core, call, response, None), counts=True))
+    return (yield from last(core, call, partial(finish_embedding, core, call, response, None), counts=True))
 
 
 def cached_embedding(core: Core, call: Call) -> Generator[Effect, Any, Json | None]:
@@ -355,15 +382,3 @@ def cached_embedding(core: Core, call: Call) -> Generator[Effect, Any, Json | No
     except BaseException as error:  # cancelled while the look ran on (a claim it won is given back), or while waiting
         yield from failed(core, call, error)
         raise
-
-
-def look_embedding(core: Core, call: Call) -> tuple[Json | None, bool]:
-    """`look` for embeddings: the stored response, and whether another caller is fetching it (else this call claimed it)."""
-    stored = lookup_embedding(call)
-    if stored is not None or call.key is None or call.opts.cache is None:
-        return stored, False
-    call.claimed, entries = call.opts.cache.claim_reading(call.key, CLAIM_TTL_S)
-    stored = embedding_in(entries)  # read with the claim: an identical call may have stored its answer since the look
-    if call.claimed and stored is not None:
-        core.unclaim(call)
-    return stored, not call.claimed and stored is None

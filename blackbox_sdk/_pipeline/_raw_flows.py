@@ -8,6 +8,7 @@ from functools import partial
 from typing import Any
 
 import httpx2
+import openai
 
 from .._info import attach
 from .._options import split_options
@@ -16,7 +17,7 @@ from ._calibrate import warn_ignored_cap
 from ._call import Call, Sender
 from ._core import Core
 from ._effects import Effect, Flow, io
-from ._flows import admit, begin, failed, guarded
+from ._flows import admit, begin, failed, guarded, handed_over
 
 
 def begin_raw(core: Core, route: Route, target: Any, kwargs: Json) -> Flow:
@@ -34,9 +35,9 @@ def begin_raw(core: Core, route: Route, target: Any, kwargs: Json) -> Flow:
     return call, Sender(lambda: target.create(**sent()), count)
 
 
-def settle_raw(core: Core, call: Call, whole: Json | None) -> None:
+def settle_raw(core: Core, call: Call, whole: Json | None, error: BaseException | None = None) -> None:
     """Settle a raw call from its body's usage, or at the reserved worst case for a stream or a body
-    the SDK can't read, and log it."""
+    the SDK can't read, and log it (with `error`: a streaming view left early)."""
     usage = call.route.usage(whole) if whole is not None else None
     if usage is not None:
         warn_ignored_cap(core, call, usage, len((whole or {}).get("choices") or []))
@@ -46,7 +47,7 @@ def settle_raw(core: Core, call: Call, whole: Json | None) -> None:
     texts = call.route.texts(whole) if whole is not None else []
     call.info.candidates = texts or None
     call.info.chosen = list(range(len(texts)))
-    core.record(call, [], usage)
+    core.record(call, [], usage, error)
 
 
 def raw_create(core: Core, route: Route, target: Any, kwargs: Json) -> Flow:
@@ -70,15 +71,26 @@ def raw_body(raw: Any) -> Json | None:
     return body if isinstance(body, dict) else None
 
 
-def settle_view(core: Core, call: Call, response: Any) -> None:
+def settle_view(core: Core, call: Call, response: Any, early: BaseException | None = None) -> None:
     """Settle `with_streaming_response` as it is left: from the body's usage when the caller read a whole answer
-    (`read`, `parse`, `json`, `text`), else at the reserved worst case (a stream, or a body read in pieces or not at all)."""
-    settle_raw(core, call, None if call.stream else raw_body(response))
+    (`read`, `parse`, `json`, `text`), else at the reserved worst case (a stream, or a body read in pieces or not at all);
+    logged with `early` (`left_early`)."""
+    settle_raw(core, call, None if call.stream else raw_body(response), early)
+
+
+def left_early(call: Call, response: Any, error: BaseException) -> BaseException | None:
+    """What a streaming view that `error` left is logged with: the exchange's own error as it is (a body cut, a close
+    refused); for the caller's own, closed before its end, as a stream is, unless it had read a whole answer (then
+    the exchange went through, settled from its usage)."""
+    if isinstance(error, (httpx2.HTTPError, openai.APIError)):
+        return error
+    return None if not call.stream and raw_body(response) is not None else RuntimeError("stream closed before its end")
 
 
 def open_raw(core: Core, route: Route, target: Any, kwargs: Json) -> Flow:
     """`with_streaming_response.create` up to the unread response: (call, context to exit, response)."""
     call, send = yield from begin_raw(core, route, target, kwargs)
     context, response = yield from guarded(core, Effect("enter", call, (send,)))
+    yield from handed_over(core, call)  # the caller reads its body at its own pace
     response.retries_taken = call.info.retries  # as openai's counts them; here the SDK took them
     return call, context, attach(response, call.info)

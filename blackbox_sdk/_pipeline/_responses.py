@@ -19,7 +19,7 @@ from .._types import CHAT, Json, add_usage, one_number_each, usage_to_charge
 from ._calibrate import warn_ignored_cap
 from ._call import Call
 from ._candidates import Candidate, chunks_from_candidates, response_from_candidates, split_response, sum_usage, usage_chunk
-from ._core import Core, build
+from ._core import CLAIM_TTL_S, Core, build
 from ._rates import warn_unasked_priority
 from ._rerank import question_of, rank, valid_first
 
@@ -172,6 +172,12 @@ def whole_stream_chunks(call: Call, whole: Any) -> list[Any]:
     return chunks
 
 
+def stored_enough(core: Core, call: Call) -> list[Candidate] | None:
+    """The stored candidates when they are all the call wants, else None (`flows.admit`'s look after a wait)."""
+    found = core.lookup(call)
+    return found if found and len(found) >= call.want else None
+
+
 def lookup_embedding(call: Call) -> Json | None:
     """A stored embeddings response for this request, or None."""
     if call.key is None or call.opts.cache is None:
@@ -203,3 +209,28 @@ def finish_embedding(core: Core, call: Call, response: Any, stored: Json | None)
             core.settle(call, usage)
     core.record(call, [], usage)
     return attach(response, call.info)
+
+
+def look(core: Core, call: Call) -> tuple[list[Candidate], bool]:
+    """The cached candidates, and whether another caller is fetching the rest (else this call claimed them)."""
+    found = core.lookup(call)
+    if len(found) >= call.want:
+        return found, False
+    won, stored = core.claim(call)  # read with the claim: the last fetcher may have stored its answer since our look
+    if won:
+        if len(stored) >= call.want:
+            core.unclaim(call)
+        return stored, False
+    return found, True
+
+
+def look_embedding(core: Core, call: Call) -> tuple[Json | None, bool]:
+    """`look` for embeddings: the stored response, and whether another caller is fetching it (else this call claimed it)."""
+    stored = lookup_embedding(call)
+    if stored is not None or call.key is None or call.opts.cache is None:
+        return stored, False
+    call.claimed, entries = call.opts.cache.claim_reading(call.key, CLAIM_TTL_S)
+    stored = embedding_in(entries)  # read with the claim: an identical call may have stored its answer since the look
+    if call.claimed and stored is not None:
+        core.unclaim(call)
+    return stored, not call.claimed and stored is None

@@ -24,7 +24,8 @@ from ._calibrate import remember_context
 from ._call import Call, KeptHttp, Sender
 from ._candidates import Candidate
 from ._core import Core, build
-from ._flows import Effect, Flow, begin, cached, io, last, paid, sending, sent
+from ._effects import NowCached
+from ._flows import Effect, Flow, begin, cached, handed_over, io, last, paid, sending, sent
 from ._relay import Relay
 from ._response_events import ENDED, arrived, event, events_of, final_response
 from ._responses import account, choose, logged_texts, unstreamed
@@ -69,7 +70,10 @@ def complete(core: Core, call: Call) -> Flow:
     stored = yield from cached(core, call)
     if len(stored) >= call.want:
         return (yield from last(core, call, partial(finish, core, call, stored, [], None)))
-    responses, (fresh, usage) = yield from paid(core, call, call.want - len(stored), partial(answers, core, call))
+    try:
+        responses, (fresh, usage) = yield from paid(core, call, call.want - len(stored), partial(answers, core, call))
+    except NowCached as hit:  # stored while this call waited to be admitted
+        return (yield from last(core, call, partial(finish, core, call, hit.found, [], None)))
     original = responses[0] if len(responses) == 1 else None
     return (yield from last(core, call, partial(finish, core, call, stored, fresh, usage, original=original)))
 
@@ -144,7 +148,11 @@ def stream(core: Core, call: Call) -> Flow:
         """The one live stream (the Responses API has no `n`)."""
         return (yield from sending(Effect("open", call, (sender(core, call, max_tokens),))))
 
-    live, head = yield from paid(core, call, 1, opened)
+    try:
+        live, head = yield from paid(core, call, 1, opened)
+    except NowCached as hit:  # stored while this call waited to be admitted
+        return core.stream_of((yield from io(call, partial(replay, core, call, hit.found))), None, call.info)
+    yield from handed_over(core, call)
     return core.live_stream(ResponseRelay(core, call), live, head)
 
 

@@ -59,13 +59,17 @@ class SyncCore(Core):
     def streaming_response(self, route: Route, target: Any, kwargs: Json) -> Iterator[Any]:
         """`with_streaming_response.create`: openai's unread response, entered with retries; settled and logged on exit."""
         call, context, response = self._run(raw_flows.open_raw(self, route, target, kwargs))
+        early: BaseException | None = None
         try:
             yield response
+        except BaseException as error:
+            early = raw_flows.left_early(call, response, error)
+            raise
         finally:
             try:
                 context.__exit__(None, None, None)
             finally:  # a close that fails must not leave the reservation held
-                raw_flows.settle_view(self, call, response)
+                raw_flows.settle_view(self, call, response, early)
 
     def stream_of(self, chunks: list[Any], response: Any, info: Any) -> BlackBoxStream[Any]:
         """A stream over chunks the SDK already holds."""

@@ -67,6 +67,8 @@ def validate_sampling(params: Mapping[str, Any], min_tokens: int = 1) -> None:
     an integer (the SDK seeds each fanned-out request from it: a string broke that, a fraction or a bool changed it)."""
     _check_integer(params, "n", 1, MAX_N)
     _check_integer(params, "seed", *SEEDS)
+    body = params.get("extra_body")
+    _check_integer(body if isinstance(body, Mapping) else {}, "seed", *SEEDS)  # as the caller's seed too (`Call.seed`)
     _check_integer(params, "max_tokens", min_tokens, MAX_TOKENS)
     _check_integer(params, "max_completion_tokens", 1, MAX_TOKENS)
     _check_number(params, "temperature", 0.0, 2.0)
@@ -74,8 +76,8 @@ def validate_sampling(params: Mapping[str, Any], min_tokens: int = 1) -> None:
 
 
 def validate_stream(params: Mapping[str, Any]) -> None:
-    """`stream` a bool and `stream_options` an object, only with `stream` true (OpenAI's 400 otherwise), when
-    given: a truthy string would open a stream the caller does not expect to read (and so never settles)."""
+    """`stream` a bool and `stream_options` an object, only with `stream` true, its `include_usage` a bool (OpenAI's
+    400 otherwise), when given: a truthy string would open a stream the caller does not expect to read (and so never settles)."""
     stream, options = params.get("stream"), params.get("stream_options")
     if given(stream) and not isinstance(stream, bool):
         raise InvalidRequestError(f"stream must be true or false, got {stream!r}", param="stream")
@@ -83,6 +85,9 @@ def validate_stream(params: Mapping[str, Any]) -> None:
         raise InvalidRequestError(f"stream_options must be an object, got {options!r}", param="stream_options")
     if given(options) and stream is not True:
         raise InvalidRequestError("The 'stream_options' parameter is only allowed when 'stream' is enabled.", param="stream_options")
+    usage = options.get("include_usage") if given(options) else None
+    if given(usage) and not isinstance(usage, bool):  # the SDK would read "yes", even "no", as asked for: the server refuses it
+        raise _invalid_type("stream_options.include_usage", "a boolean", usage)
 
 
 def validate_user(params: Mapping[str, Any]) -> None:
