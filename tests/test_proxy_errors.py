@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx2
 import openai
 import pytest
-from servers import InstantUpstream, Proxy, sse_upstream
+from servers import InstantUpstream, Proxy, RedisServer, sse_upstream
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -280,3 +280,20 @@ def test_a_stream_the_upstream_cut_short_ends_with_an_error_event_not_done(folde
     assert failed.value.body["code"] == "upstream_stream_incomplete" and "finish_reason" in failed.value.body["message"]
     records = list(CallLog(folder / "cut.db").calls())
     assert len(records) == 2 and all("finish_reason" in (record.error or "") for record in records)
+
+
+def test_a_store_out_of_reach_is_a_503_that_keeps_its_address_from_the_client(redis_server: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
+    upstream = InstantUpstream(ANSWER)
+    config = ProxyConfig(upstream=upstream.url, max_retries=0, rate_limit={"rpm": 100, "store": redis_server.url})
+    try:
+        with Proxy(config) as running:
+            redis_server.stop()  # the rate window's Redis goes away under a running proxy
+            with pytest.raises(openai.InternalServerError) as down:
+                running.client(max_retries=0).chat.completions.create(model=MODEL, messages=HELLO, max_tokens=2)
+    finally:
+        upstream.close()
+    error = down.value.response.json()["error"]
+    assert (down.value.status_code, error["code"]) == (503, "store_unavailable")
+    assert str(redis_server.port) not in down.value.response.text and "127.0.0.1" not in down.value.response.text
+    assert "unavailable" in error["message"]
+    assert f"127.0.0.1:{redis_server.port}" in caplog.text  # the operator's log says which store

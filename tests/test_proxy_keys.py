@@ -595,3 +595,15 @@ def test_checking_a_keys_reranker_leaves_nothing_on_the_shared_base(store: KeySt
             created = http.post("/admin/keys", json={"name": name, "reranker": str(SHIPPED_ADAPTER)}, headers={"authorization": f"Bearer {ADMIN}"})
             assert created.status_code == 201, created.text
     assert attached() == before
+
+
+def test_a_key_naming_the_proxys_own_reranker_folder_shares_its_loaded_adapter(tmp_path: Path) -> None:
+    from blackbox_sdk import OpenAI
+    from blackbox_sdk.serve._tenants import Tenant, TenantClients
+
+    folder = shutil.copytree(SHIPPED_ADAPTER, tmp_path / "adapter")
+    base = OpenAI(base_url="http://127.0.0.1:9/v1", api_key="sk-unused", reranker=str(folder))  # the proxy's --reranker
+    clients = TenantClients(base)
+    for name, named in (("team-a", str(folder)), ("team-b", str(tmp_path / "." / "adapter"))):  # the same folder, spelt two ways
+        tenant = clients.client(Tenant(name, options={"reranker": named}))
+        assert tenant.options.reranker.__self__ is base.options.reranker.__self__  # one adapter, its deltas loaded once

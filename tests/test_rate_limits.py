@@ -6,12 +6,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import gc
 import logging
 import math
 import multiprocessing
 import sqlite3
+import sys
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -673,3 +676,27 @@ def test_aadmit_cancelled_twice_while_the_window_is_locked_takes_no_slot(tmp_pat
     time.sleep(0.2)  # a release that escaped would have landed by now
     assert admit(limits).tokens == 1  # rpm=1: the one slot is free
     limits.close()
+
+
+def test_an_async_client_on_redis_used_from_one_asyncio_run_after_another_leaves_no_connection_unclosed(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each `asyncio.run` gets the Redis window's asyncio connections of its own loop; they are closed as that loop
+    shuts down, not dropped open with it (`unclosed Connection` / `unclosed transport` ResourceWarnings)."""
+    answer = {"id": "c", "object": "chat.completion", "created": 0, "model": "m", "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+              "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi."}, "finish_reason": "stop"}]}
+    upstream = InstantUpstream(answer)
+    unraisable: list[str] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda raised: unraisable.append(repr(raised.exc_value)))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", ResourceWarning)
+            client = AsyncOpenAI(base_url=upstream.url, api_key="sk-unused", rate_limit=RateLimits(rpm=100, store=redis_server.url))
+            for _ in range(3):
+                asyncio.run(client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], max_tokens=2))
+                gc.collect()
+            asyncio.run(client.options.rate_limit.aclose())  # on a loop of its own: the earlier loops' connections are closed already
+            gc.collect()
+    finally:
+        upstream.close()
+    assert not unraisable

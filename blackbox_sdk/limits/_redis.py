@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -43,7 +43,7 @@ class RedisWindow(Closing):
         )
         self._url.check(timeout_s)  # a wrong password or database: ConfigError now, not at the first call
         self._scripts = {name: self._client.register_script(source) for name, source in (("admit", ADMIT), ("correct", CORRECT), ("release", RELEASE))}
-        self._async: tuple[asyncio.AbstractEventLoop, Any, dict[str, Any]] | None = None
+        self._async: tuple[asyncio.AbstractEventLoop, Any, dict[str, Any], AsyncGenerator[None, None]] | None = None
 
     @contextmanager
     def _unavailable(self, action: str) -> Iterator[None]:
@@ -97,8 +97,9 @@ class RedisWindow(Closing):
         with self._unavailable("release a call"):
             return bool(self._scripts["release"](keys=self._keys(scope), args=[event_id]))
 
-    def _async_scripts(self) -> dict[str, Any]:
-        """The scripts on redis-py's asyncio client for the running loop (a client belongs to one loop)."""
+    async def _async_scripts(self) -> dict[str, Any]:
+        """The scripts on redis-py's asyncio client for the running loop (a client belongs to one loop), closed as
+        that loop shuts down (``asyncio.run``'s end), not left open when a later loop takes over."""
         loop = asyncio.get_running_loop()
         if self._async is None or self._async[0] is not loop:
             # a pooled connection that a restarted server closed is retried on a new one, as the sync client's is
@@ -107,13 +108,15 @@ class RedisWindow(Closing):
                 retries=RETRIES, backoff=BACKOFF_S, decode_responses=True, socket_timeout=self._timeout_s, socket_connect_timeout=self._timeout_s,
             )
             scripts = {name: client.register_script(script.script) for name, script in self._scripts.items()}
-            self._async = (loop, client, scripts)
+            closer = _closed_with_loop(client)
+            await closer.__anext__()  # the loop now holds it: its shutdown_asyncgens closes the client
+            self._async = (loop, client, scripts, closer)
         return self._async[2]
 
     async def _arun(self, action: str, call: Callable[[dict[str, Any]], Awaitable[_T]]) -> _T:
         """Await one script on the asyncio client, its errors worded as StoreUnavailableError."""
         with self._unavailable(action):
-            return await call(self._async_scripts())
+            return await call(await self._async_scripts())
 
     async def atry_admit(self, scope: str, event_id: str, tokens: int, window: Window, clock: Clock | None) -> Verdict:
         """``try_admit`` on the asyncio client."""
@@ -130,12 +133,22 @@ class RedisWindow(Closing):
         return bool(await self._arun("release a call", lambda scripts: scripts["release"](keys=self._keys(scope), args=[event_id])))
 
     def close(self) -> None:
-        """Close the connections (an asyncio client left open is dropped with its loop)."""
+        """Close the connections (an asyncio client is closed as its loop shuts down)."""
         self._client.close()
         self._async = None
 
     async def aclose(self) -> None:
-        """Close the connections, awaiting the asyncio client's."""
-        if self._async is not None:
-            await self._async[1].aclose()
+        """Close the connections, awaiting the asyncio client's when it belongs to this loop (another loop's is
+        closed as that loop shuts down: its connections can't be awaited here)."""
+        if self._async is not None and self._async[0] is asyncio.get_running_loop():
+            await self._async[3].aclose()
         self.close()
+
+
+async def _closed_with_loop(client: Any) -> AsyncGenerator[None, None]:
+    """Yields once and stays suspended: the loop that started it closes it at its shutdown (``shutdown_asyncgens``,
+    which ``asyncio.run`` calls), and the asyncio client's connections with it, while that loop can still await them."""
+    try:
+        yield
+    finally:
+        await client.aclose()

@@ -65,6 +65,7 @@ from ..call_log import new_call_id
 _PASSED_HEADERS = ("retry-after", "retry-after-ms", "x-should-retry", "x-request-id")  # what openai's clients read
 _NO_RETRY = {"x-should-retry": "false"}  # openai's clients then raise at once: retrying can't help
 _ERROR_FIELDS = ("message", "type", "param", "code")
+STORE_UNAVAILABLE = "a store the proxy keeps its state in is unavailable right now (the proxy's log says which); retry later"
 _DEPLOYMENT: tuple[tuple[type[BlackBoxError], str], ...] = (  # raised by a call the request did nothing wrong in: 500, not 400
     (AdapterError, "reranker_failed"),  # RerankerError (also a ConfigError): not one number per answer
     (MissingDependencyError, "missing_dependency"),
@@ -157,8 +158,9 @@ def describe(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:
             return _deployment_fault(exc, message, code)
     if isinstance(exc, ConfigError):
         return 400, error_body(message, "invalid_request_error"), {}
-    if isinstance(exc, StoreUnavailableError):
-        return 503, error_body(message, "server_error", code="store_unavailable"), {}
+    if isinstance(exc, StoreUnavailableError):  # the store's address and the driver's words are the operator's, not the client's
+        logger.error("proxy: a shared store is unavailable while serving a request: %s", message)
+        return 503, error_body(STORE_UNAVAILABLE, "server_error", code="store_unavailable"), {}
     logger.error("proxy: %s while serving a request: %s", type(exc).__name__, message)
     return 500, error_body("the proxy failed to serve the request", "server_error"), {}
 

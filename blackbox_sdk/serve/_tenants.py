@@ -58,7 +58,8 @@ def refuse_unknown_key(presented: str | None) -> ProxyError:
 class TenantClients:
     """A client per tenant: a copy of the proxy's client with the tenant's options, built once and
     rebuilt only when the tenant's options change. A reranker folder is loaded once for all the tenants
-    naming it, and let go when none does any more (a key pointed at a new version), so its adapter leaves memory."""
+    naming it, and let go when none does any more (a key pointed at a new version), so its adapter leaves memory;
+    the proxy's own reranker folder is the adapter the proxy loaded, shared, never a second copy of its deltas."""
 
     def __init__(self, base: Any) -> None:
         self._base = base
@@ -96,8 +97,8 @@ class TenantClients:
     def _loaded(self, options: Mapping[str, Any]) -> Mapping[str, Any]:
         """The options with a reranker folder given as the Adapter loaded for it (loaded now if no tenant has it yet)."""
         folder = options.get("reranker")
-        if not isinstance(folder, str):
-            return options
+        if not isinstance(folder, str) or self._base._core.opened.holds("reranker", folder):
+            return options  # the proxy's own reranker folder: the copy takes the adapter the proxy loaded, not one of its own
         with self._lock:
             adapter = self._rerankers.get(folder)
         if adapter is None:
