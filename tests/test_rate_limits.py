@@ -700,3 +700,22 @@ def test_an_async_client_on_redis_used_from_one_asyncio_run_after_another_leaves
     finally:
         upstream.close()
     assert not unraisable
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["admit", "aadmit"])
+def test_limits_inside_others_take_the_stricter_and_give_their_slot_back_when_the_outer_window_refuses(asynchronous: bool) -> None:
+    outer, inner = RateLimits(rpm=1, tpm=50), RateLimits(rpm=2, per="key")
+    held = inner.inside(outer)
+    assert (held.rpm, held.tpm, held.within) == (1, 50, outer)
+
+    def take(key: str) -> Admission:
+        return asyncio.run(held.aadmit(key=key, model="m", tokens=1)) if asynchronous else held.admit(key=key, model="m", tokens=1)
+
+    first = take("a")
+    with pytest.raises(RateLimitExceededError) as refused:
+        take("b")  # b's own window has room, the outer one is full: the slot b took in its own is given back
+    assert refused.value.scope == "client" and first.outer is not None
+    held.correct(first, 7)
+    held.release(first)  # both windows empty again
+    take("b")  # b's window holds one request at most: its slot was given back
+    assert inner.inside(RateLimits(rpm=5, per="key")).within is None  # the very same window per key: one admission, the stricter limits

@@ -36,6 +36,7 @@ class Admission:
     at: float
     waited_s: float
     bucket: str  # the scope's name in the store (its window length included)
+    outer: Admission | None = None  # the call's admission in the window these limits are held within (RateLimits.within)
 
 
 @dataclass(frozen=True)

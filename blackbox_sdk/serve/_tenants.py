@@ -86,13 +86,21 @@ class TenantClients:
         with building:  # a second request meanwhile waits for this build (a reranker loaded once), not a build of its own
             built = self.built(tenant)
             if built is None:
-                built = self._base.with_options(**{**self._loaded(tenant.options), "budget_key": tenant.name})
+                built = self._base.with_options(**{**self._within_proxy(self._loaded(tenant.options)), "budget_key": tenant.name})
                 with self._lock:
                     self._copies[tenant.name] = (tenant.options, built)
                     named = {options.get("reranker") for options, _ in self._copies.values()}
                     for folder in set(self._rerankers) - named:  # no tenant names it now: the calls holding it let it go
                         del self._rerankers[folder]
         return built
+
+    def _within_proxy(self, options: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The options with the tenant's rate limits held within the proxy's own (`RateLimits.inside`): a key's limits
+        narrow the proxy's, never drop one, and its calls count in a proxy-wide window too."""
+        own, proxys = options.get("rate_limit"), self._base.options.rate_limit
+        if own is None or proxys is None:
+            return options
+        return {**options, "rate_limit": own.inside(proxys)}
 
     def _loaded(self, options: Mapping[str, Any]) -> Mapping[str, Any]:
         """The options with a reranker folder given as the Adapter loaded for it (loaded now if no tenant has it yet)."""
