@@ -69,13 +69,15 @@ class RedisWindow(Closing):
         limit = [-1 if value is None else value for value in (window.rpm, window.tpm)]
         return [event_id, tokens, repr(float(window.window_s)), *limit, now, ttl_ms]
 
-    def _verdict(self, reply: Any) -> Verdict:
+    def _verdict(self, reply: Any, window: Window) -> Verdict:
         """The admission script's reply as a Verdict; StoreUnavailableError when it is not one."""
         try:
             if reply[0] == 1:
-                return Verdict(True, float(reply[1]))
+                counted = (int(reply[2]), int(reply[3])) if len(reply) == 4 else (None, None)  # an id already in: not read
+                return Verdict(True, float(reply[1]), requests=counted[0], tokens=counted[1], reset_s=window.window_s)
             if reply[0] == 0 and reply[3] in ("rpm", "tpm"):
-                return Verdict(False, float(reply[1]), float(reply[2]), reply[3])
+                at, reset_s = float(reply[1]), max(0.0, float(reply[6]) + window.window_s - float(reply[1]))
+                return Verdict(False, at, float(reply[2]), reply[3], requests=int(reply[4]), tokens=int(reply[5]), reset_s=reset_s)
         except (TypeError, IndexError, ValueError):
             pass
         raise StoreUnavailableError(f"the rate-limit store {self.url} answered an admission with {reply!r}")
@@ -85,7 +87,7 @@ class RedisWindow(Closing):
         args = self._admit_args(event_id, tokens, window, clock)
         with self._unavailable("admit a call"):
             reply = self._scripts["admit"](keys=self._keys(scope), args=args)
-        return self._verdict(reply)
+        return self._verdict(reply, window)
 
     def correct(self, scope: str, event_id: str, tokens: int) -> bool:
         """Replace a live event's token amount: one script."""
@@ -122,7 +124,7 @@ class RedisWindow(Closing):
         """``try_admit`` on the asyncio client."""
         args = self._admit_args(event_id, tokens, window, clock)
         reply = await self._arun("admit a call", lambda scripts: scripts["admit"](keys=self._keys(scope), args=args))
-        return self._verdict(reply)
+        return self._verdict(reply, window)
 
     async def acorrect(self, scope: str, event_id: str, tokens: int) -> bool:
         """``correct`` on the asyncio client."""
