@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import dataclasses
 import gc
 import logging
 import math
@@ -703,7 +704,7 @@ def test_an_async_client_on_redis_used_from_one_asyncio_run_after_another_leaves
 
 
 @pytest.mark.parametrize("asynchronous", [False, True], ids=["admit", "aadmit"])
-def test_limits_inside_others_take_the_stricter_and_give_their_slot_back_when_the_outer_window_refuses(asynchronous: bool) -> None:
+def test_limits_inside_others_take_the_stricter_and_give_their_slot_back_when_the_outer_window_refuses(asynchronous: bool, tmp_path: Path) -> None:
     outer, inner = RateLimits(rpm=1, tpm=50), RateLimits(rpm=2, per="key")
     held = inner.inside(outer)
     assert (held.rpm, held.tpm, held.within) == (1, 50, outer)
@@ -718,4 +719,8 @@ def test_limits_inside_others_take_the_stricter_and_give_their_slot_back_when_th
     held.correct(first, 7)
     held.release(first)  # both windows empty again
     take("b")  # b's window holds one request at most: its slot was given back
-    assert inner.inside(RateLimits(rpm=5, per="key")).within is None  # the very same window per key: one admission, the stricter limits
+    shared = RateLimits(rpm=5, per="key", store=str(tmp_path / "rate.db"))
+    assert dataclasses.replace(inner, store=shared.store).inside(shared).within is None  # the very same window: admitted there once
+    assert inner.inside(RateLimits(rpm=5, per="key")).within is not None  # another process-local window: both admit
+    other_length = inner.inside(RateLimits(rpm=1, tpm=50, window_s=1.0))
+    assert (other_length.rpm, other_length.tpm) == (2, None)  # a minute's limits are not a second's: only the outer window holds those

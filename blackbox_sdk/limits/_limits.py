@@ -127,12 +127,16 @@ class RateLimits(Closing):
         return "RateLimits(" + ", ".join(f"{name}={value!r}" for name, value in shown.items() if value != defaults[name]) + ")"
 
     def inside(self, outer: RateLimits) -> RateLimits:
-        """These limits narrowed by ``outer``'s, never loosened by them: each the stricter of the two (a limit only one
-        sets holds), and a call admitted in ``outer``'s window too, unless it counts in the very same one (``outer``
-        per key over as long a window: the narrowed limits hold there). The copy shares this one's store and window."""
-        same_window = outer.per == "key" and outer.window_s == self.window_s
+        """These limits held within ``outer``'s, never loosened by them: a call is admitted in ``outer``'s window too,
+        unless that is this very window (``outer`` per key, in the same file or Redis, over as long a window); over as
+        long a window each limit is the stricter of the two (a limit only one sets holds). The copy shares this one's window."""
+        same_length = outer.window_s == self.window_s
+        same_window = same_length and outer.per == "key" and outer.store is not None and outer.store == self.store
         narrowed = dataclasses.replace(
-            self, rpm=_stricter(self.rpm, outer.rpm), tpm=_stricter(self.tpm, outer.tpm), within=None if same_window else outer,
+            self,
+            rpm=_stricter(self.rpm, outer.rpm) if same_length else self.rpm,
+            tpm=_stricter(self.tpm, outer.tpm) if same_length else self.tpm,
+            within=None if same_window else outer,
         )
         object.__setattr__(narrowed, "_opened", self._opened)
         return narrowed
