@@ -696,11 +696,27 @@ def test_an_async_client_on_redis_used_from_one_asyncio_run_after_another_leaves
             for _ in range(3):
                 asyncio.run(client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], max_tokens=2))
                 gc.collect()
-            asyncio.run(client.options.rate_limit.aclose())  # on a loop of its own: the earlier loops' connections are closed already
+            limits, failed = client.options.rate_limit, []
+
+            def in_a_thread() -> None:  # threads each running a loop of their own at once: a client each, neither closed under the other
+                async def calls() -> None:
+                    for _ in range(20):
+                        limits.release(await limits.aadmit(key=None, model="m", tokens=1))
+                try:
+                    asyncio.run(calls())
+                except Exception as error:  # noqa: BLE001 - reported by the assertion below
+                    failed.append(error)
+
+            threads = [threading.Thread(target=in_a_thread) for _ in range(2)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            asyncio.run(limits.aclose())  # on a loop of its own: the earlier loops' connections are closed already
             gc.collect()
     finally:
         upstream.close()
-    assert not unraisable
+    assert not unraisable and not failed
 
 
 @pytest.mark.parametrize("asynchronous", [False, True], ids=["admit", "aadmit"])

@@ -43,7 +43,8 @@ class RedisWindow(Closing):
         )
         self._url.check(timeout_s)  # a wrong password or database: ConfigError now, not at the first call
         self._scripts = {name: self._client.register_script(source) for name, source in (("admit", ADMIT), ("correct", CORRECT), ("release", RELEASE))}
-        self._async: tuple[asyncio.AbstractEventLoop, Any, dict[str, Any], AsyncGenerator[None, None]] | None = None
+        # per event loop (threads may each run one): its asyncio client's scripts, and what closes the client as that loop shuts down
+        self._async: dict[asyncio.AbstractEventLoop, tuple[dict[str, Any], AsyncGenerator[None, None]]] = {}
 
     @contextmanager
     def _unavailable(self, action: str) -> Iterator[None]:
@@ -100,20 +101,23 @@ class RedisWindow(Closing):
             return bool(self._scripts["release"](keys=self._keys(scope), args=[event_id]))
 
     async def _async_scripts(self) -> dict[str, Any]:
-        """The scripts on redis-py's asyncio client for the running loop (a client belongs to one loop), closed as
-        that loop shuts down (``asyncio.run``'s end), not left open when a later loop takes over."""
+        """The scripts on redis-py's asyncio client for the running loop (a client belongs to one loop; each loop has its
+        own), closed as that loop shuts down (``asyncio.run``'s end), never left open when the loop is gone."""
         loop = asyncio.get_running_loop()
-        if self._async is None or self._async[0] is not loop:
+        held = self._async.get(loop)
+        if held is None:
+            for gone in [other for other in list(self._async) if other.is_closed()]:  # closed without shutting down its generators:
+                self._async.pop(gone, None)  # nothing can close its client now
             # a pooled connection that a restarted server closed is retried on a new one, as the sync client's is
             # (every script is idempotent by event id)
             client = self._url.async_client(
                 retries=RETRIES, backoff=BACKOFF_S, decode_responses=True, socket_timeout=self._timeout_s, socket_connect_timeout=self._timeout_s,
             )
             scripts = {name: client.register_script(script.script) for name, script in self._scripts.items()}
-            closer = _closed_with_loop(client)
-            await closer.__anext__()  # the loop now holds it: its shutdown_asyncgens closes the client
-            self._async = (loop, client, scripts, closer)
-        return self._async[2]
+            closer = _closed_with_loop(client, lambda: self._async.pop(loop, None))
+            await closer.__anext__()  # the loop now knows it: its shutdown_asyncgens closes the client
+            held = self._async[loop] = (scripts, closer)
+        return held[0]
 
     async def _arun(self, action: str, call: Callable[[dict[str, Any]], Awaitable[_T]]) -> _T:
         """Await one script on the asyncio client, its errors worded as StoreUnavailableError."""
@@ -137,20 +141,22 @@ class RedisWindow(Closing):
     def close(self) -> None:
         """Close the connections (an asyncio client is closed as its loop shuts down)."""
         self._client.close()
-        self._async = None
 
     async def aclose(self) -> None:
-        """Close the connections, awaiting the asyncio client's when it belongs to this loop (another loop's is
-        closed as that loop shuts down: its connections can't be awaited here)."""
-        if self._async is not None and self._async[0] is asyncio.get_running_loop():
-            await self._async[3].aclose()
+        """Close the connections, awaiting this loop's asyncio client (another loop's is closed as that loop shuts
+        down: its connections can't be awaited here)."""
+        held = self._async.pop(asyncio.get_running_loop(), None)
+        if held is not None:
+            await held[1].aclose()
         self.close()
 
 
-async def _closed_with_loop(client: Any) -> AsyncGenerator[None, None]:
+async def _closed_with_loop(client: Any, forget: Callable[[], object]) -> AsyncGenerator[None, None]:
     """Yields once and stays suspended: the loop that started it closes it at its shutdown (``shutdown_asyncgens``,
-    which ``asyncio.run`` calls), and the asyncio client's connections with it, while that loop can still await them."""
+    which ``asyncio.run`` calls), and the asyncio client's connections with it, while that loop can still await them;
+    then ``forget`` drops the loop's entry, so a finished loop is not kept."""
     try:
         yield
     finally:
+        forget()
         await client.aclose()
