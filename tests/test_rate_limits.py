@@ -740,3 +740,20 @@ def test_limits_inside_others_take_the_stricter_and_give_their_slot_back_when_th
     assert inner.inside(RateLimits(rpm=5, per="key")).within is not None  # another process-local window: both admit
     other_length = inner.inside(RateLimits(rpm=1, tpm=50, window_s=1.0))
     assert (other_length.rpm, other_length.tpm) == (2, None)  # a minute's limits are not a second's: only the outer window holds those
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["admit", "aadmit"])
+def test_a_wait_in_limits_inside_others_is_max_wait_s_in_all_not_in_each_window(asynchronous: bool) -> None:
+    """5 s for room in the key's window, then 5 s more in the proxy's: 10 s in all, past max_wait_s=8, so refused
+    once the key's window has room (its slot given back), never admitted after waiting 10 s."""
+    clock = FakeTime(0.0)
+    timing = {"clock": clock, "sleep": clock.sleep, "asleep": clock.asleep, "policy": "wait", "max_wait_s": 8.0, "window_s": 10.0}
+    outer, inner = RateLimits(rpm=1, **timing), RateLimits(rpm=1, per="key", **timing)
+    held = inner.inside(outer)
+    inner.admit(key="k", model="m", tokens=1)  # the key's window is full until t=10
+    clock.now = 5.0
+    outer.admit(key=None, model="m", tokens=1)  # the proxy's until t=15
+    with pytest.raises(RateLimitExceededError) as refused:
+        asyncio.run(held.aadmit(key="k", model="m", tokens=1)) if asynchronous else held.admit(key="k", model="m", tokens=1)
+    assert refused.value.scope == "client" and clock.now == 10.0  # waited for the key's window, then refused at once
+    assert inner.admit(key="k", model="m", tokens=1).tokens == 1  # the key's slot it took was given back

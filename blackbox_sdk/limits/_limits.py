@@ -155,12 +155,12 @@ class RateLimits(Closing):
             return "key" if key is None else f"key:{key}"
         return f"model:{check.label('model', model, optional=False)}"
 
-    def _request(self, key: str | None, model: str | None, tokens: int) -> Request:
-        """A call's request for room, its arguments checked."""
+    def _request(self, key: str | None, model: str | None, tokens: int, waited_s: float = 0.0) -> Request:
+        """A call's request for room, its arguments checked; ``waited_s`` it waited already (in an inner window) counts in ``max_wait_s``."""
         scope = self.scope(key=key, model=model)
         amount = check.tokens("tokens", tokens)
         bucket = f"{scope}|{self.window_s!r}s"
-        return Request(scope, bucket, uuid.uuid4().hex, amount, self.window, self.policy, self.max_wait_s, self.clock)
+        return Request(scope, bucket, uuid.uuid4().hex, amount, self.window, self.policy, max(0.0, self.max_wait_s - waited_s), self.clock)
 
     def _store(self) -> WindowStore:
         """The open store (opened now if this is its first use, or the first in a forked child)."""
@@ -180,29 +180,37 @@ class RateLimits(Closing):
 
     def admit(self, *, key: str | None, model: str | None, tokens: int) -> Admission:
         """Room for one call of ``tokens`` (an estimate: ``correct`` it later), or RateLimitExceededError."""
-        admission = run_sync(admission_flow(self._request(key, model, tokens)), self._store(), self.sleep)
+        return self._admit(key, model, tokens, 0.0)
+
+    def _admit(self, key: str | None, model: str | None, tokens: int, waited_s: float) -> Admission:
+        """``admit`` after ``waited_s`` of waiting in inner windows: the wait here and in ``within``'s adds up to ``max_wait_s`` at most."""
+        admission = run_sync(admission_flow(self._request(key, model, tokens, waited_s)), self._store(), self.sleep)
         if self.within is None:
             return admission
         try:
-            outer = self.within.admit(key=key, model=model, tokens=tokens)
+            outer = self.within._admit(key, model, tokens, waited_s + admission.waited_s)
         except BaseException:
             with contextlib.suppress(StoreUnavailableError):  # out of reach: the slot leaves with its window
                 self.release(admission)
             raise
-        return dataclasses.replace(admission, outer=outer)
+        return dataclasses.replace(admission, outer=outer, waited_s=admission.waited_s + outer.waited_s)
 
     async def aadmit(self, *, key: str | None, model: str | None, tokens: int) -> Admission:
         """``admit``, waiting with ``asleep`` and never blocking the event loop."""
-        admission = await run_async(admission_flow(self._request(key, model, tokens)), await self._astore(), self.asleep)
+        return await self._aadmit(key, model, tokens, 0.0)
+
+    async def _aadmit(self, key: str | None, model: str | None, tokens: int, waited_s: float) -> Admission:
+        """``_admit`` for the event loop."""
+        admission = await run_async(admission_flow(self._request(key, model, tokens, waited_s)), await self._astore(), self.asleep)
         if self.within is None:
             return admission
         try:
-            outer = await self.within.aadmit(key=key, model=model, tokens=tokens)
+            outer = await self.within._aadmit(key, model, tokens, waited_s + admission.waited_s)
         except BaseException:
             with contextlib.suppress(StoreUnavailableError):
                 await to_the_end(self.arelease(admission))
             raise
-        return dataclasses.replace(admission, outer=outer)
+        return dataclasses.replace(admission, outer=outer, waited_s=admission.waited_s + outer.waited_s)
 
     def correct(self, admission: Admission, tokens: int) -> bool:
         """Count the tokens the call really used instead of its estimate; False once the store has dropped it (it left the window)."""
