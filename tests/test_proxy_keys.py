@@ -565,6 +565,7 @@ def test_a_keys_store_refusing_its_password_after_start_is_the_operators_500_not
     error = refused.json()["error"]
     assert (error["type"], error["code"]) == ("server_error", "key_misconfigured")
     assert "was refused by the Redis server" in error["message"] and "s3cret" not in refused.text, error
+    assert f":{redis_server.port}" not in refused.text  # the store's address is the operator's (in the log), not the client's
     assert bad.status_code == 400 and bad.json()["error"]["type"] == "invalid_request_error"  # the client's own fault stays 400
     tenants.close()
 

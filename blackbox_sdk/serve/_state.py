@@ -7,6 +7,7 @@ admin, nor the admin's typos a user."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -29,6 +30,9 @@ from ._tenants import (
     presented_key,
     refuse_unknown_key,
 )
+
+
+_URL = re.compile(r"\b[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE)  # a store's URL in an error's message (redis://..., postgresql://...)
 
 
 class Proxy:
@@ -124,4 +128,5 @@ def _misconfigured(tenant: Tenant | None, error: BlackBoxError) -> ProxyError:
     false, since only the operator can mend it (the message redacted, a Redis URL's password shown as ***)."""
     message = redact_text(f"{type(error).__name__}: {error}")
     logger.error("proxy: the options of key %r can't be applied: %s", tenant.name if tenant else None, message)
-    return ProxyError(500, f"this key's options can't be applied: {message}", kind="server_error", code="key_misconfigured", retry=False)
+    shown = _URL.sub("(its address is in the proxy's log)", message)  # a store's host and port are the operator's, not the client's
+    return ProxyError(500, f"this key's options can't be applied: {shown}", kind="server_error", code="key_misconfigured", retry=False)
