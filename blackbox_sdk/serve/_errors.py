@@ -40,6 +40,7 @@ Every error answer carries an `x-request-id`, as OpenAI's do (openai's clients k
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -66,6 +67,7 @@ from ..call_log import new_call_id
 _PASSED_HEADERS = ("retry-after", "retry-after-ms", "x-should-retry", "x-request-id")  # what openai's clients read
 _NO_RETRY = {"x-should-retry": "false"}  # openai's clients then raise at once: retrying can't help
 _ERROR_FIELDS = ("message", "type", "param", "code")
+_URL = re.compile(r"\b[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE)  # a URL in a message: redis://..., postgresql://..., unix://...
 STORE_UNAVAILABLE = "a store the proxy keeps its state in is unavailable right now (the proxy's log says which); retry later"
 _DEPLOYMENT: tuple[tuple[type[BlackBoxError], str], ...] = (  # raised by a call the request did nothing wrong in: 500, not 400
     (AdapterError, "reranker_failed"),  # RerankerError (also a ConfigError): not one number per answer
@@ -207,6 +209,11 @@ def go_duration(seconds: float) -> str:
     minutes, rest = divmod(rest, 60_000)
     whole = f"{rest / 1000:.3f}".rstrip("0").rstrip(".") + "s"
     return f"{hours}h{minutes}m{whole}" if hours else f"{minutes}m{whole}" if minutes else whole
+
+
+def without_addresses(message: str) -> str:
+    """A message shown to clients with each URL in it (a store's: its host and port) left out: the proxy's log has it."""
+    return _URL.sub("(its address is in the proxy's log)", message)
 
 
 def error_json(body: dict[str, Any], status: int, headers: Mapping[str, str] | None = None) -> JSONResponse:

@@ -7,7 +7,6 @@ admin, nor the admin's typos a user."""
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -19,7 +18,7 @@ from .._redact import redact_text
 from ._admin_gate import AdminGate
 from ._attempts import FailedAttempts
 from ._config import ProxyConfig
-from ._errors import ProxyError
+from ._errors import ProxyError, without_addresses
 from ._key_tenants import TenantOptions
 from ._keys import KeyStore
 from ._metrics import ProxyMetrics
@@ -30,9 +29,6 @@ from ._tenants import (
     presented_key,
     refuse_unknown_key,
 )
-
-
-_URL = re.compile(r"\b[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE)  # a store's URL in an error's message (redis://..., postgresql://...)
 
 
 class Proxy:
@@ -71,8 +67,9 @@ class Proxy:
         try:
             client = await run_in_threadpool(lambda: AsyncOpenAI(**self._options))
         except Exception as error:  # noqa: BLE001 - reported by /readyz and the log; the process keeps answering
-            self.failure = redact_text(f"{type(error).__name__}: {error}")
-            logger.error("proxy: the upstream client could not be built: %s", self.failure)
+            failure = redact_text(f"{type(error).__name__}: {error}")
+            logger.error("proxy: the upstream client could not be built: %s", failure)
+            self.failure = without_addresses(failure)  # what /readyz and a request's 503 show
             return
         self._clients = TenantClients(client)
 
@@ -128,5 +125,4 @@ def _misconfigured(tenant: Tenant | None, error: BlackBoxError) -> ProxyError:
     false, since only the operator can mend it (the message redacted, a Redis URL's password shown as ***)."""
     message = redact_text(f"{type(error).__name__}: {error}")
     logger.error("proxy: the options of key %r can't be applied: %s", tenant.name if tenant else None, message)
-    shown = _URL.sub("(its address is in the proxy's log)", message)  # a store's host and port are the operator's, not the client's
-    return ProxyError(500, f"this key's options can't be applied: {shown}", kind="server_error", code="key_misconfigured", retry=False)
+    return ProxyError(500, f"this key's options can't be applied: {without_addresses(message)}", kind="server_error", code="key_misconfigured", retry=False)
