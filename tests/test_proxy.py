@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ MODEL = "smollm2"
 PRICES = {MODEL: {"input": 1000.0, "output": 1000.0}}  # $1000 per million tokens: a call costs cents
 HELLO = [{"role": "user", "content": "Say hello in three words."}]
 START_TIMEOUT_S = 120.0
+RATE_HEADERS = [f"x-ratelimit-{what}-{unit}" for what in ("limit", "remaining", "reset") for unit in ("requests", "tokens")]
 
 
 @pytest.fixture(scope="module")
@@ -298,6 +299,38 @@ def test_a_rate_limit_answers_429_with_retry_after(llama_server: str) -> None:
     assert int(answer.headers["retry-after"]) >= 1
     assert answer.json()["error"]["type"] == "requests"  # as OpenAI names the limit that binds: requests or tokens
     assert (too_large.value.type, too_large.value.code) == ("tokens", "rate_limit_exceeded")
+
+
+def test_answers_carry_openais_rate_limit_headers_from_the_window_that_decided(llama_server: str, store_at: Callable[[str], str]) -> None:
+    """As OpenAI does: the limit, what is left and when the window is empty again, for requests and tokens, on a
+    200 (whole or streamed, read through openai's `with_raw_response`) and on the 429 beside its retry-after."""
+    config = ProxyConfig(upstream=llama_server, rate_limit={"rpm": 2, "tpm": 5000, "store": store_at("rate.db")})
+    with Proxy(config) as running:
+        chat = running.client(max_retries=0).chat.completions.with_raw_response
+        first = chat.create(model=MODEL, messages=HELLO, max_tokens=4)
+        streamed = chat.create(model=MODEL, messages=HELLO, max_tokens=4, stream=True)
+        for _ in streamed.parse():
+            pass
+        with pytest.raises(openai.RateLimitError) as refused:
+            chat.create(model=MODEL, messages=HELLO, max_tokens=4)
+    shown = {name: first.headers[name] for name in RATE_HEADERS}
+    admitted = 5000 - int(shown.pop("x-ratelimit-remaining-tokens"))  # its worst case: the prompt and the 4 tokens it may answer
+    assert shown == {
+        "x-ratelimit-limit-requests": "2", "x-ratelimit-remaining-requests": "1", "x-ratelimit-reset-requests": "1m0s",
+        "x-ratelimit-limit-tokens": "5000", "x-ratelimit-reset-tokens": "1m0s",  # admitted now: the window is empty a minute on
+    }
+    assert 4 < admitted < 200
+    assert streamed.headers["x-ratelimit-remaining-requests"] == "0" and int(streamed.headers["x-ratelimit-remaining-tokens"]) < 5000
+    headers = refused.value.response.headers
+    assert (headers["x-ratelimit-limit-requests"], headers["x-ratelimit-remaining-requests"]) == ("2", "0") and int(headers["retry-after"]) >= 1
+    assert headers["x-ratelimit-reset-requests"].endswith("s") and "m" not in headers["x-ratelimit-reset-requests"]  # under a minute: "59.9s"
+
+
+@pytest.mark.parametrize(("seconds", "written"), [(0.0, "0s"), (0.0121, "13ms"), (1.0, "1s"), (1.5, "1.5s"), (360.0, "6m0s"), (3600.0, "1h0m0s")])
+def test_a_rate_limit_reset_is_written_as_openai_writes_it(seconds: float, written: str) -> None:
+    from blackbox_sdk.serve._errors import go_duration
+
+    assert go_duration(seconds) == written
 
 
 def test_a_client_that_left_while_its_call_waited_for_the_rate_window_is_sent_and_charged_nothing(llama_server: str, tmp_path: Path) -> None:

@@ -8,22 +8,24 @@ from __future__ import annotations
 import json
 import sqlite3
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2
 import openai
 import pytest
-from servers import InstantUpstream, Proxy, sse_upstream
+from servers import InstantUpstream, Proxy, RedisServer, sse_upstream
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.testclient import TestClient
 
 from blackbox_sdk import CallLog, RateLimitExceededError, ReservationNotHeldError
 from blackbox_sdk.budget import Budget, Ledger
 from blackbox_sdk.call_log import CallRecord
 from blackbox_sdk.local import free_port
-from blackbox_sdk.serve import ProxyConfig, Tenant
+from blackbox_sdk.serve import ProxyConfig, Tenant, create_app
 from blackbox_sdk.serve._errors import error_response
 
 MODEL = "smollm2"
@@ -280,3 +282,34 @@ def test_a_stream_the_upstream_cut_short_ends_with_an_error_event_not_done(folde
     assert failed.value.body["code"] == "upstream_stream_incomplete" and "finish_reason" in failed.value.body["message"]
     records = list(CallLog(folder / "cut.db").calls())
     assert len(records) == 2 and all("finish_reason" in (record.error or "") for record in records)
+
+
+def test_a_store_out_of_reach_is_a_503_that_keeps_its_address_from_the_client(redis_server: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
+    upstream = InstantUpstream(ANSWER)
+    config = ProxyConfig(upstream=upstream.url, max_retries=0, rate_limit={"rpm": 100, "store": redis_server.url})
+    try:
+        with Proxy(config) as running:
+            redis_server.stop()  # the rate window's Redis goes away under a running proxy
+            with pytest.raises(openai.InternalServerError) as down:
+                running.client(max_retries=0).chat.completions.create(model=MODEL, messages=HELLO, max_tokens=2)
+    finally:
+        upstream.close()
+    error = down.value.response.json()["error"]
+    assert (down.value.status_code, error["code"]) == (503, "store_unavailable")
+    assert str(redis_server.port) not in down.value.response.text and "127.0.0.1" not in down.value.response.text
+    assert "unavailable" in error["message"]
+    assert f"127.0.0.1:{redis_server.port}" in caplog.text  # the operator's log says which store
+
+
+def test_a_proxy_whose_client_could_not_be_built_keeps_the_stores_address_from_clients(redis_with_password: RedisServer) -> None:
+    wrong = redis_with_password.url.replace(redis_with_password.password or "", "wrong-pw")  # the cache's Redis refuses it
+    with TestClient(create_app(ProxyConfig(upstream=f"http://127.0.0.1:{free_port()}/v1", cache=wrong)), base_url="http://127.0.0.1") as http:
+        deadline = time.monotonic() + 60
+        while (ready := http.get("/readyz")).json()["status"] == "starting":
+            assert time.monotonic() < deadline, "the client was never built nor failed"
+            time.sleep(0.05)
+        answer = http.post("/v1/chat/completions", json={"model": MODEL, "messages": HELLO})
+    assert (ready.status_code, ready.json()["status"], answer.status_code, answer.json()["error"]["code"]) == (503, "failed", 503, "not_ready")
+    assert "was refused by the Redis server" in ready.json()["error"] and "was refused by the Redis server" in answer.text  # what failed
+    for shown in (ready.text, answer.text):
+        assert f":{redis_with_password.port}" not in shown and "wrong-pw" not in shown  # where: only in the proxy's log

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 import redis
 from payloads import BROKEN_ADAPTERS, SHIPPED_ADAPTER, broken_adapter
@@ -564,6 +565,7 @@ def test_a_keys_store_refusing_its_password_after_start_is_the_operators_500_not
     error = refused.json()["error"]
     assert (error["type"], error["code"]) == ("server_error", "key_misconfigured")
     assert "was refused by the Redis server" in error["message"] and "s3cret" not in refused.text, error
+    assert f":{redis_server.port}" not in refused.text  # the store's address is the operator's (in the log), not the client's
     assert bad.status_code == 400 and bad.json()["error"]["type"] == "invalid_request_error"  # the client's own fault stays 400
     tenants.close()
 
@@ -595,3 +597,54 @@ def test_checking_a_keys_reranker_leaves_nothing_on_the_shared_base(store: KeySt
             created = http.post("/admin/keys", json={"name": name, "reranker": str(SHIPPED_ADAPTER)}, headers={"authorization": f"Bearer {ADMIN}"})
             assert created.status_code == 201, created.text
     assert attached() == before
+
+
+def test_a_key_naming_the_proxys_own_reranker_folder_shares_its_loaded_adapter(tmp_path: Path) -> None:
+    from blackbox_sdk import OpenAI
+    from blackbox_sdk.serve._tenants import Tenant, TenantClients
+
+    folder = shutil.copytree(SHIPPED_ADAPTER, tmp_path / "adapter")
+    base = OpenAI(base_url="http://127.0.0.1:9/v1", api_key="sk-unused", reranker=str(folder))  # the proxy's --reranker
+    clients = TenantClients(base)
+    for name, named in (("team-a", str(folder)), ("team-b", str(tmp_path / "." / "adapter"))):  # the same folder, spelt two ways
+        tenant = clients.client(Tenant(name, options={"reranker": named}))
+        assert tenant.options.reranker.__self__ is base.options.reranker.__self__  # one adapter, its deltas loaded once
+
+
+@pytest.mark.parametrize("per", ["client", "key"])
+def test_a_keys_own_rate_limits_narrow_the_proxys_and_never_drop_one(per: str, store_at: Callable[[str], str]) -> None:
+    """A key that sets only rpm keeps the proxy's tpm, one that sets only tpm keeps its rpm; under a proxy-wide
+    window (`per = "client"`) every key's calls count in it too, so two keys together stay within it."""
+    from servers import InstantUpstream, Proxy
+
+    answer = {"id": "c", "object": "chat.completion", "created": 0, "model": MODEL, "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
+              "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi."}, "finish_reason": "stop"}]}
+    upstream = InstantUpstream(answer)
+    rate_limit = {"rpm": 2, "tpm": 400, "per": per, "store": store_at("rate.db")}
+    config = ProxyConfig(upstream=upstream.url, max_retries=0, rate_limit=rate_limit)
+    tenants = TenantOptions(TenantDefaults.from_proxy(rate_limit=rate_limit))
+    with open_key_store(store_at("keys.db"), admin_key=ADMIN) as keys:
+        secrets = {name: str(keys.create(name, **limits)[0]) for name, limits in (("team-a", {"rpm": 100}), ("team-b", {"tpm": 100_000}))}
+        try:
+            with Proxy(config, authenticate=key_authenticator(keys, tenants), keys=keys, tenants=tenants) as running:
+                def ask(name: str, max_tokens: int = 4) -> openai.APIResponse[Any]:
+                    return running.client(api_key=secrets[name], max_retries=0).chat.completions.with_raw_response.create(
+                        model=MODEL, messages=HELLO, max_tokens=max_tokens)
+
+                with pytest.raises(openai.RateLimitError) as too_large:  # team-a sets rpm only: the proxy's tpm=400 still holds
+                    ask("team-a", max_tokens=1000)
+                ask("team-a")
+                ask("team-b")
+                if per == "key":  # team-b sets tpm only: the proxy's rpm=2 per key still holds for it
+                    ask("team-b")
+                with pytest.raises(openai.RateLimitError) as third:
+                    ask("team-b")
+                if per == "client":  # the proxy-wide window holds both keys' calls: no room for team-a either
+                    with pytest.raises(openai.RateLimitError):
+                        ask("team-a")
+                else:
+                    ask("team-a")
+        finally:
+            tenants.close()
+            upstream.close()
+    assert too_large.value.type == "tokens" and third.value.type == "requests"

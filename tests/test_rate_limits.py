@@ -6,12 +6,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import dataclasses
+import gc
 import logging
 import math
 import multiprocessing
 import sqlite3
+import sys
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -673,3 +677,83 @@ def test_aadmit_cancelled_twice_while_the_window_is_locked_takes_no_slot(tmp_pat
     time.sleep(0.2)  # a release that escaped would have landed by now
     assert admit(limits).tokens == 1  # rpm=1: the one slot is free
     limits.close()
+
+
+def test_an_async_client_on_redis_used_from_one_asyncio_run_after_another_leaves_no_connection_unclosed(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each `asyncio.run` gets the Redis window's asyncio connections of its own loop; they are closed as that loop
+    shuts down, not dropped open with it (`unclosed Connection` / `unclosed transport` ResourceWarnings)."""
+    answer = {"id": "c", "object": "chat.completion", "created": 0, "model": "m", "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+              "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi."}, "finish_reason": "stop"}]}
+    upstream = InstantUpstream(answer)
+    unraisable: list[str] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda raised: unraisable.append(repr(raised.exc_value)))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", ResourceWarning)
+            client = AsyncOpenAI(base_url=upstream.url, api_key="sk-unused", rate_limit=RateLimits(rpm=100, store=redis_server.url))
+            for _ in range(3):
+                asyncio.run(client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], max_tokens=2))
+                gc.collect()
+            limits, failed = client.options.rate_limit, []
+
+            def in_a_thread() -> None:  # threads each running a loop of their own at once: a client each, neither closed under the other
+                async def calls() -> None:
+                    for _ in range(20):
+                        limits.release(await limits.aadmit(key=None, model="m", tokens=1))
+                try:
+                    asyncio.run(calls())
+                except Exception as error:  # noqa: BLE001 - reported by the assertion below
+                    failed.append(error)
+
+            threads = [threading.Thread(target=in_a_thread) for _ in range(2)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            asyncio.run(limits.aclose())  # on a loop of its own: the earlier loops' connections are closed already
+            gc.collect()
+    finally:
+        upstream.close()
+    assert not unraisable and not failed
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["admit", "aadmit"])
+def test_limits_inside_others_take_the_stricter_and_give_their_slot_back_when_the_outer_window_refuses(asynchronous: bool, tmp_path: Path) -> None:
+    outer, inner = RateLimits(rpm=1, tpm=50), RateLimits(rpm=2, per="key")
+    held = inner.inside(outer)
+    assert (held.rpm, held.tpm, held.within) == (1, 50, outer)
+
+    def take(key: str) -> Admission:
+        return asyncio.run(held.aadmit(key=key, model="m", tokens=1)) if asynchronous else held.admit(key=key, model="m", tokens=1)
+
+    first = take("a")
+    with pytest.raises(RateLimitExceededError) as refused:
+        take("b")  # b's own window has room, the outer one is full: the slot b took in its own is given back
+    assert refused.value.scope == "client" and first.outer is not None
+    held.correct(first, 7)
+    held.release(first)  # both windows empty again
+    take("b")  # b's window holds one request at most: its slot was given back
+    shared = RateLimits(rpm=5, per="key", store=str(tmp_path / "rate.db"))
+    assert dataclasses.replace(inner, store=shared.store).inside(shared).within is None  # the very same window: admitted there once
+    assert inner.inside(RateLimits(rpm=5, per="key")).within is not None  # another process-local window: both admit
+    other_length = inner.inside(RateLimits(rpm=1, tpm=50, window_s=1.0))
+    assert (other_length.rpm, other_length.tpm) == (2, None)  # a minute's limits are not a second's: only the outer window holds those
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["admit", "aadmit"])
+def test_a_wait_in_limits_inside_others_is_max_wait_s_in_all_not_in_each_window(asynchronous: bool) -> None:
+    """5 s for room in the key's window, then 5 s more in the proxy's: 10 s in all, past max_wait_s=8, so refused
+    once the key's window has room (its slot given back), never admitted after waiting 10 s."""
+    clock = FakeTime(0.0)
+    timing = {"clock": clock, "sleep": clock.sleep, "asleep": clock.asleep, "policy": "wait", "max_wait_s": 8.0, "window_s": 10.0}
+    outer, inner = RateLimits(rpm=1, **timing), RateLimits(rpm=1, per="key", **timing)
+    held = inner.inside(outer)
+    inner.admit(key="k", model="m", tokens=1)  # the key's window is full until t=10
+    clock.now = 5.0
+    outer.admit(key=None, model="m", tokens=1)  # the proxy's until t=15
+    with pytest.raises(RateLimitExceededError) as refused:
+        asyncio.run(held.aadmit(key="k", model="m", tokens=1)) if asynchronous else held.admit(key="k", model="m", tokens=1)
+    assert refused.value.scope == "client" and clock.now == 10.0  # waited for the key's window, then refused at once
+    assert inner.admit(key="k", model="m", tokens=1).tokens == 1  # the key's slot it took was given back

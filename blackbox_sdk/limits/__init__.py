@@ -6,6 +6,7 @@ from ._limits import Per, RateLimits, open_store
 from ._memory import MemoryWindow
 from ._policy import Admission, Policy
 from ._redis import RedisWindow
+from ._seen import WindowSeen, watching_windows
 from ._sqlite_window import SQLiteWindow
 from ._store import WindowStore
 from ._window import Verdict, Window, judge
@@ -20,8 +21,10 @@ __all__ = [
     "SQLiteWindow",
     "Verdict",
     "Window",
+    "WindowSeen",
     "WindowStore",
     "judge",
     "open_store",
     "redact_url",
+    "watching_windows",
 ]

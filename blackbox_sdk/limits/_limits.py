@@ -12,6 +12,8 @@ process's memory, an SQLite file shared by the processes of a host, or Redis sha
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import os
 import threading
 import time
@@ -22,8 +24,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .._closing import Closing
-from .._exceptions import ConfigError
+from .._exceptions import ConfigError, StoreUnavailableError
 from .._redis_url import redact_url
+from .._shielded import to_the_end
 from . import _checks as check
 from ._memory import MemoryWindow
 from ._policy import Admission, Policy, Request, admission_flow, run_async, run_sync
@@ -69,6 +72,7 @@ class RateLimits(Closing):
     object to clients that share a window), an SQLite file path (the processes of a host) or a
     ``redis://`` URL (every host). ``clock`` (seconds) defaults to the store's own: ``time.time``, or
     the Redis server's clock so hosts agree. ``sleep`` / ``asleep`` are injectable for tests.
+    ``within``: another RateLimits whose window every call must fit too (a proxy's own, around a key's).
     """
 
     rpm: int | None = None
@@ -82,6 +86,7 @@ class RateLimits(Closing):
     clock: Callable[[], float] | None = field(default=None, compare=False)
     sleep: Callable[[float], Any] = field(default=time.sleep, compare=False)
     asleep: Callable[[float], Awaitable[Any]] = field(default=asyncio.sleep, compare=False)
+    within: RateLimits | None = None  # admitted here, a call is admitted there too (released here if refused there)
     _opened: _Opened = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -100,6 +105,8 @@ class RateLimits(Closing):
         check.callable_or_none("clock", self.clock, optional=True)
         check.callable_or_none("sleep", self.sleep, optional=False)
         check.callable_or_none("asleep", self.asleep, optional=False)
+        if self.within is not None and not isinstance(self.within, RateLimits):
+            raise ConfigError(f"within must be a RateLimits or None, got {self.within!r}")
         for name, value in values.items():
             object.__setattr__(self, name, value)
         object.__setattr__(self, "_opened", _Opened(MemoryWindow() if self.store is None else None))
@@ -119,6 +126,21 @@ class RateLimits(Closing):
         defaults = {"rpm": None, "tpm": None, "per": "client", "policy": "raise", "max_wait_s": 60.0, "store": None, "window_s": 60.0}
         return "RateLimits(" + ", ".join(f"{name}={value!r}" for name, value in shown.items() if value != defaults[name]) + ")"
 
+    def inside(self, outer: RateLimits) -> RateLimits:
+        """These limits held within ``outer``'s, never loosened by them: a call is admitted in ``outer``'s window too,
+        unless that is this very window (``outer`` per key, in the same file or Redis, over as long a window); over as
+        long a window each limit is the stricter of the two (a limit only one sets holds). The copy shares this one's window."""
+        same_length = outer.window_s == self.window_s
+        same_window = same_length and outer.per == "key" and outer.store is not None and outer.store == self.store
+        narrowed = dataclasses.replace(
+            self,
+            rpm=_stricter(self.rpm, outer.rpm) if same_length else self.rpm,
+            tpm=_stricter(self.tpm, outer.tpm) if same_length else self.tpm,
+            within=None if same_window else outer,
+        )
+        object.__setattr__(narrowed, "_opened", self._opened)
+        return narrowed
+
     @property
     def window(self) -> Window:
         """The limits every scope is held to."""
@@ -133,12 +155,12 @@ class RateLimits(Closing):
             return "key" if key is None else f"key:{key}"
         return f"model:{check.label('model', model, optional=False)}"
 
-    def _request(self, key: str | None, model: str | None, tokens: int) -> Request:
-        """A call's request for room, its arguments checked."""
+    def _request(self, key: str | None, model: str | None, tokens: int, waited_s: float = 0.0) -> Request:
+        """A call's request for room, its arguments checked; ``waited_s`` it waited already (in an inner window) counts in ``max_wait_s``."""
         scope = self.scope(key=key, model=model)
         amount = check.tokens("tokens", tokens)
         bucket = f"{scope}|{self.window_s!r}s"
-        return Request(scope, bucket, uuid.uuid4().hex, amount, self.window, self.policy, self.max_wait_s, self.clock)
+        return Request(scope, bucket, uuid.uuid4().hex, amount, self.window, self.policy, max(0.0, self.max_wait_s - waited_s), self.clock)
 
     def _store(self) -> WindowStore:
         """The open store (opened now if this is its first use, or the first in a forked child)."""
@@ -158,27 +180,65 @@ class RateLimits(Closing):
 
     def admit(self, *, key: str | None, model: str | None, tokens: int) -> Admission:
         """Room for one call of ``tokens`` (an estimate: ``correct`` it later), or RateLimitExceededError."""
-        return run_sync(admission_flow(self._request(key, model, tokens)), self._store(), self.sleep)
+        return self._admit(key, model, tokens, 0.0)
+
+    def _admit(self, key: str | None, model: str | None, tokens: int, waited_s: float) -> Admission:
+        """``admit`` after ``waited_s`` of waiting in inner windows: the wait here and in ``within``'s adds up to ``max_wait_s`` at most."""
+        admission = run_sync(admission_flow(self._request(key, model, tokens, waited_s)), self._store(), self.sleep)
+        if self.within is None:
+            return admission
+        try:
+            outer = self.within._admit(key, model, tokens, waited_s + admission.waited_s)
+        except BaseException:
+            with contextlib.suppress(StoreUnavailableError):  # out of reach: the slot leaves with its window
+                self.release(admission)
+            raise
+        return dataclasses.replace(admission, outer=outer, waited_s=admission.waited_s + outer.waited_s)
 
     async def aadmit(self, *, key: str | None, model: str | None, tokens: int) -> Admission:
         """``admit``, waiting with ``asleep`` and never blocking the event loop."""
-        return await run_async(admission_flow(self._request(key, model, tokens)), await self._astore(), self.asleep)
+        return await self._aadmit(key, model, tokens, 0.0)
+
+    async def _aadmit(self, key: str | None, model: str | None, tokens: int, waited_s: float) -> Admission:
+        """``_admit`` for the event loop."""
+        admission = await run_async(admission_flow(self._request(key, model, tokens, waited_s)), await self._astore(), self.asleep)
+        if self.within is None:
+            return admission
+        try:
+            outer = await self.within._aadmit(key, model, tokens, waited_s + admission.waited_s)
+        except BaseException:
+            with contextlib.suppress(StoreUnavailableError):
+                await to_the_end(self.arelease(admission))
+            raise
+        return dataclasses.replace(admission, outer=outer, waited_s=admission.waited_s + outer.waited_s)
 
     def correct(self, admission: Admission, tokens: int) -> bool:
         """Count the tokens the call really used instead of its estimate; False once the store has dropped it (it left the window)."""
-        return self._store().correct(admission.bucket, admission.id, check.tokens("tokens", tokens))
+        corrected = self._store().correct(admission.bucket, admission.id, check.tokens("tokens", tokens))
+        if self.within is not None and admission.outer is not None:
+            self.within.correct(admission.outer, tokens)
+        return corrected
 
     async def acorrect(self, admission: Admission, tokens: int) -> bool:
         """``correct`` without blocking the event loop."""
-        return await (await self._astore()).acorrect(admission.bucket, admission.id, check.tokens("tokens", tokens))
+        corrected = await (await self._astore()).acorrect(admission.bucket, admission.id, check.tokens("tokens", tokens))
+        if self.within is not None and admission.outer is not None:
+            await self.within.acorrect(admission.outer, tokens)
+        return corrected
 
     def release(self, admission: Admission) -> bool:
         """Take back an admission whose call was never sent (refused by a budget, failed before sending)."""
-        return self._store().release(admission.bucket, admission.id)
+        released = self._store().release(admission.bucket, admission.id)
+        if self.within is not None and admission.outer is not None:
+            self.within.release(admission.outer)
+        return released
 
     async def arelease(self, admission: Admission) -> bool:
         """``release`` without blocking the event loop."""
-        return await (await self._astore()).arelease(admission.bucket, admission.id)
+        released = await (await self._astore()).arelease(admission.bucket, admission.id)
+        if self.within is not None and admission.outer is not None:
+            await self.within.arelease(admission.outer)
+        return released
 
     def close(self) -> None:
         """Close the store's connections (a file or server store reopens on next use; memory keeps its window)."""
@@ -195,3 +255,8 @@ class RateLimits(Closing):
             store, opened.store = opened.store, (opened.store if isinstance(opened.store, MemoryWindow) else None)
         if store is not None and not isinstance(store, MemoryWindow):
             await store.aclose()
+
+
+def _stricter(mine: int | None, theirs: int | None) -> int | None:
+    """The stricter of two limits (None: no limit)."""
+    return theirs if mine is None else mine if theirs is None else min(mine, theirs)

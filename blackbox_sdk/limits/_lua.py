@@ -27,7 +27,8 @@ end
 """
 
 # KEYS: zset, hash. ARGV: id, tokens, window_s, rpm (-1: none), tpm (-1: none), now ('' : the server's TIME), ttl_ms.
-# Returns {1, at} when admitted, {0, at, wait_s, 'rpm' | 'tpm'} when refused.
+# Returns {1, at, requests, tokens} when admitted (the window's after it; {1, at} for an id already in),
+# {0, at, wait_s, 'rpm' | 'tpm', requests, tokens, newest_at} when refused.
 ADMIT = _TRIM + """
 local z, h = KEYS[1], KEYS[2]
 local id, tokens, window = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -51,7 +52,7 @@ if need_requests <= 0 and need_tokens <= 0 then
   redis.call('HINCRBY', h, '#total', tokens)
   redis.call('PEXPIRE', z, ARGV[7])
   redis.call('PEXPIRE', h, ARGV[7])
-  return {1, at}
+  return {1, at, count + 1, total + tokens}
 end
 local wait_requests, wait_tokens = 0, 0
 if need_requests > 0 then
@@ -68,10 +69,11 @@ if need_tokens > 0 then
   end
   if wait_tokens < 0 then return redis.error_reply('rate window: a call larger than tpm reached the script') end
 end
+local newest = redis.call('ZRANGE', z, -1, -1, 'WITHSCORES')[2] or at
 if wait_requests >= wait_tokens then
-  return {0, at, string.format('%.6f', wait_requests), 'rpm'}
+  return {0, at, string.format('%.6f', wait_requests), 'rpm', count, total, newest}
 end
-return {0, at, string.format('%.6f', wait_tokens), 'tpm'}
+return {0, at, string.format('%.6f', wait_tokens), 'tpm', count, total, newest}
 """
 
 # KEYS: zset, hash. ARGV: id, tokens. Returns 1 when the event was live and now holds ``tokens``.

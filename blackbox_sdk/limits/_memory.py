@@ -68,7 +68,8 @@ class MemoryWindow:
             if live.find(event_id) is not None:
                 return Verdict(True, now)
             verdict = judge(window, count=len(live.events), total=live.total, tokens=tokens, now=now,
-                            ordered=lambda: ((event.at, event.tokens) for event in live.events))
+                            ordered=lambda: ((event.at, event.tokens) for event in live.events),
+                            newest=live.events[-1].at if live.events else None)  # ordered by expiry: the latest admitted last
             if verdict.admitted:
                 bisect.insort(live.events, _Event(now + window.window_s, now, tokens, event_id), key=lambda event: event.expires)
                 live.total += tokens

@@ -18,6 +18,7 @@ from typing import Literal
 from .._exceptions import RateLimitExceededError
 from .._redact import redact_text
 from .._shielded import to_the_end
+from ._seen import note
 from ._store import Clock, WindowStore
 from ._window import Verdict, Window
 
@@ -36,6 +37,7 @@ class Admission:
     at: float
     waited_s: float
     bucket: str  # the scope's name in the store (its window length included)
+    outer: Admission | None = None  # the call's admission in the window these limits are held within (RateLimits.within)
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,7 @@ def admission_flow(request: Request) -> Flow:
         verdict = yield Attempt(request)
         in_store += time.monotonic() - asked
         assert verdict is not None
+        note(request.bucket, request.window, verdict)
         if verdict.admitted:
             return Admission(request.scope, request.id, request.tokens, verdict.at, waited, request.bucket)
         if request.policy == "raise" or waited + in_store + verdict.wait_s > request.max_wait_s:  # max_wait_s bounds both

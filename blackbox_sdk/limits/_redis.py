@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -43,7 +43,8 @@ class RedisWindow(Closing):
         )
         self._url.check(timeout_s)  # a wrong password or database: ConfigError now, not at the first call
         self._scripts = {name: self._client.register_script(source) for name, source in (("admit", ADMIT), ("correct", CORRECT), ("release", RELEASE))}
-        self._async: tuple[asyncio.AbstractEventLoop, Any, dict[str, Any]] | None = None
+        # per event loop (threads may each run one): its asyncio client's scripts, and what closes the client as that loop shuts down
+        self._async: dict[asyncio.AbstractEventLoop, tuple[dict[str, Any], AsyncGenerator[None, None]]] = {}
 
     @contextmanager
     def _unavailable(self, action: str) -> Iterator[None]:
@@ -69,13 +70,15 @@ class RedisWindow(Closing):
         limit = [-1 if value is None else value for value in (window.rpm, window.tpm)]
         return [event_id, tokens, repr(float(window.window_s)), *limit, now, ttl_ms]
 
-    def _verdict(self, reply: Any) -> Verdict:
+    def _verdict(self, reply: Any, window: Window) -> Verdict:
         """The admission script's reply as a Verdict; StoreUnavailableError when it is not one."""
         try:
             if reply[0] == 1:
-                return Verdict(True, float(reply[1]))
+                counted = (int(reply[2]), int(reply[3])) if len(reply) == 4 else (None, None)  # an id already in: not read
+                return Verdict(True, float(reply[1]), requests=counted[0], tokens=counted[1], reset_s=window.window_s)
             if reply[0] == 0 and reply[3] in ("rpm", "tpm"):
-                return Verdict(False, float(reply[1]), float(reply[2]), reply[3])
+                at, reset_s = float(reply[1]), max(0.0, float(reply[6]) + window.window_s - float(reply[1]))
+                return Verdict(False, at, float(reply[2]), reply[3], requests=int(reply[4]), tokens=int(reply[5]), reset_s=reset_s)
         except (TypeError, IndexError, ValueError):
             pass
         raise StoreUnavailableError(f"the rate-limit store {self.url} answered an admission with {reply!r}")
@@ -85,7 +88,7 @@ class RedisWindow(Closing):
         args = self._admit_args(event_id, tokens, window, clock)
         with self._unavailable("admit a call"):
             reply = self._scripts["admit"](keys=self._keys(scope), args=args)
-        return self._verdict(reply)
+        return self._verdict(reply, window)
 
     def correct(self, scope: str, event_id: str, tokens: int) -> bool:
         """Replace a live event's token amount: one script."""
@@ -97,29 +100,35 @@ class RedisWindow(Closing):
         with self._unavailable("release a call"):
             return bool(self._scripts["release"](keys=self._keys(scope), args=[event_id]))
 
-    def _async_scripts(self) -> dict[str, Any]:
-        """The scripts on redis-py's asyncio client for the running loop (a client belongs to one loop)."""
+    async def _async_scripts(self) -> dict[str, Any]:
+        """The scripts on redis-py's asyncio client for the running loop (a client belongs to one loop; each loop has its
+        own), closed as that loop shuts down (``asyncio.run``'s end), never left open when the loop is gone."""
         loop = asyncio.get_running_loop()
-        if self._async is None or self._async[0] is not loop:
+        held = self._async.get(loop)
+        if held is None:
+            for gone in [other for other in list(self._async) if other.is_closed()]:  # closed without shutting down its generators:
+                self._async.pop(gone, None)  # nothing can close its client now
             # a pooled connection that a restarted server closed is retried on a new one, as the sync client's is
             # (every script is idempotent by event id)
             client = self._url.async_client(
                 retries=RETRIES, backoff=BACKOFF_S, decode_responses=True, socket_timeout=self._timeout_s, socket_connect_timeout=self._timeout_s,
             )
             scripts = {name: client.register_script(script.script) for name, script in self._scripts.items()}
-            self._async = (loop, client, scripts)
-        return self._async[2]
+            closer = _closed_with_loop(client, lambda: self._async.pop(loop, None))
+            await closer.__anext__()  # the loop now knows it: its shutdown_asyncgens closes the client
+            held = self._async[loop] = (scripts, closer)
+        return held[0]
 
     async def _arun(self, action: str, call: Callable[[dict[str, Any]], Awaitable[_T]]) -> _T:
         """Await one script on the asyncio client, its errors worded as StoreUnavailableError."""
         with self._unavailable(action):
-            return await call(self._async_scripts())
+            return await call(await self._async_scripts())
 
     async def atry_admit(self, scope: str, event_id: str, tokens: int, window: Window, clock: Clock | None) -> Verdict:
         """``try_admit`` on the asyncio client."""
         args = self._admit_args(event_id, tokens, window, clock)
         reply = await self._arun("admit a call", lambda scripts: scripts["admit"](keys=self._keys(scope), args=args))
-        return self._verdict(reply)
+        return self._verdict(reply, window)
 
     async def acorrect(self, scope: str, event_id: str, tokens: int) -> bool:
         """``correct`` on the asyncio client."""
@@ -130,12 +139,24 @@ class RedisWindow(Closing):
         return bool(await self._arun("release a call", lambda scripts: scripts["release"](keys=self._keys(scope), args=[event_id])))
 
     def close(self) -> None:
-        """Close the connections (an asyncio client left open is dropped with its loop)."""
+        """Close the connections (an asyncio client is closed as its loop shuts down)."""
         self._client.close()
-        self._async = None
 
     async def aclose(self) -> None:
-        """Close the connections, awaiting the asyncio client's."""
-        if self._async is not None:
-            await self._async[1].aclose()
+        """Close the connections, awaiting this loop's asyncio client (another loop's is closed as that loop shuts
+        down: its connections can't be awaited here)."""
+        held = self._async.pop(asyncio.get_running_loop(), None)
+        if held is not None:
+            await held[1].aclose()
         self.close()
+
+
+async def _closed_with_loop(client: Any, forget: Callable[[], object]) -> AsyncGenerator[None, None]:
+    """Yields once and stays suspended: the loop that started it closes it at its shutdown (``shutdown_asyncgens``,
+    which ``asyncio.run`` calls), and the asyncio client's connections with it, while that loop can still await them;
+    then ``forget`` drops the loop's entry, so a finished loop is not kept."""
+    try:
+        yield
+    finally:
+        forget()
+        await client.aclose()

@@ -72,10 +72,10 @@ class SQLiteWindow(Closing):
             db.execute("UPDATE rate_events SET expires = ? + (expires - at), at = ? WHERE scope = ? AND at > ?", (now, now, scope, now))
             if db.execute("SELECT 1 FROM rate_events WHERE id = ?", (event_id,)).fetchone() is not None:
                 return Verdict(True, now)
-            count, total = db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(tokens), 0) FROM rate_events WHERE scope = ?", (scope,)
+            count, total, newest = db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(tokens), 0), MAX(at) FROM rate_events WHERE scope = ?", (scope,)
             ).fetchone()
-            verdict = judge(window, count=count, total=total, tokens=tokens, now=now, ordered=lambda: db.execute(
+            verdict = judge(window, count=count, total=total, tokens=tokens, now=now, newest=newest, ordered=lambda: db.execute(
                 "SELECT at, tokens FROM rate_events WHERE scope = ? ORDER BY at, rowid", (scope,)))
             if verdict.admitted:
                 db.execute("INSERT INTO rate_events (id, scope, at, expires, tokens) VALUES (?, ?, ?, ?, ?)",

@@ -40,7 +40,8 @@ Every error answer carries an `x-request-id`, as OpenAI's do (openai's clients k
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import httpx2
@@ -60,11 +61,14 @@ from .._exceptions import (
 )
 from .._logging import logger
 from .._redact import redact_text
+from ..limits import WindowSeen
 from ..call_log import new_call_id
 
 _PASSED_HEADERS = ("retry-after", "retry-after-ms", "x-should-retry", "x-request-id")  # what openai's clients read
 _NO_RETRY = {"x-should-retry": "false"}  # openai's clients then raise at once: retrying can't help
 _ERROR_FIELDS = ("message", "type", "param", "code")
+_URL = re.compile(r"\b[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE)  # a URL in a message: redis://..., postgresql://..., unix://...
+STORE_UNAVAILABLE = "a store the proxy keeps its state in is unavailable right now (the proxy's log says which); retry later"
 _DEPLOYMENT: tuple[tuple[type[BlackBoxError], str], ...] = (  # raised by a call the request did nothing wrong in: 500, not 400
     (AdapterError, "reranker_failed"),  # RerankerError (also a ConfigError): not one number per answer
     (MissingDependencyError, "missing_dependency"),
@@ -157,8 +161,9 @@ def describe(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:
             return _deployment_fault(exc, message, code)
     if isinstance(exc, ConfigError):
         return 400, error_body(message, "invalid_request_error"), {}
-    if isinstance(exc, StoreUnavailableError):
-        return 503, error_body(message, "server_error", code="store_unavailable"), {}
+    if isinstance(exc, StoreUnavailableError):  # the store's address and the driver's words are the operator's, not the client's
+        logger.error("proxy: a shared store is unavailable while serving a request: %s", message)
+        return 503, error_body(STORE_UNAVAILABLE, "server_error", code="store_unavailable"), {}
     logger.error("proxy: %s while serving a request: %s", type(exc).__name__, message)
     return 500, error_body("the proxy failed to serve the request", "server_error"), {}
 
@@ -175,6 +180,40 @@ def retry_headers(wait: float) -> dict[str, str]:
     rounded up so a client never comes back before the window has room (and never told 0: a retry at once)."""
     milliseconds = math.ceil(round(wait * 1000, 3))  # round first: 0.3 s is 300.00000000000006 ms as a float
     return {"retry-after": str(max(1, math.ceil(milliseconds / 1000))), "retry-after-ms": str(max(1, milliseconds))}
+
+
+def ratelimit_headers(seen: Iterable[WindowSeen]) -> dict[str, str]:
+    """OpenAI's `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` from the windows a request's call was decided in
+    (each window's latest decision; of several, the one with the least left), as OpenAI sends them: the reset in Go's
+    duration form ("1m0s", "12ms"), the time until the window holds nothing again. None for a unit no window limits."""
+    latest = list({window.bucket: window for window in seen}.values())  # adaptive K admits each round: the last one holds
+    headers: dict[str, str] = {}
+    for unit, limit_name, used_name in (("requests", "rpm", "requests"), ("tokens", "tpm", "tokens")):
+        limited = [(getattr(window, limit_name), getattr(window, used_name), window) for window in latest if getattr(window, limit_name) is not None]
+        if limited:
+            limit, used, window = min(limited, key=lambda item: item[0] - item[1])
+            headers[f"x-ratelimit-limit-{unit}"] = str(limit)
+            headers[f"x-ratelimit-remaining-{unit}"] = str(max(0, limit - used))
+            headers[f"x-ratelimit-reset-{unit}"] = go_duration(window.reset_s)
+    return headers
+
+
+def go_duration(seconds: float) -> str:
+    """A wait as OpenAI writes it (Go's duration form), rounded up to the millisecond: "0s", "12ms", "1.5s", "6m0s", "1h0m0s"."""
+    milliseconds = math.ceil(round(max(seconds, 0.0) * 1000, 3))
+    if milliseconds == 0:
+        return "0s"
+    if milliseconds < 1000:
+        return f"{milliseconds}ms"
+    hours, rest = divmod(milliseconds, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    whole = f"{rest / 1000:.3f}".rstrip("0").rstrip(".") + "s"
+    return f"{hours}h{minutes}m{whole}" if hours else f"{minutes}m{whole}" if minutes else whole
+
+
+def without_addresses(message: str) -> str:
+    """A message shown to clients with each URL in it (a store's: its host and port) left out: the proxy's log has it."""
+    return _URL.sub("(its address is in the proxy's log)", message)
 
 
 def error_json(body: dict[str, Any], status: int, headers: Mapping[str, str] | None = None) -> JSONResponse:

@@ -32,7 +32,8 @@ from .._exceptions import ConfigError, RateLimitExceededError
 from .._pipeline import before_sending
 from .._text import checked_text
 from ._body import call_arguments, check_content_type, parse_object, read_body, required
-from ._errors import ProxyError, error_response
+from ..limits import watching_windows
+from ._errors import ProxyError, error_response, ratelimit_headers
 from ._metrics import CLIENT_CLOSED, RequestMeter
 from ._sse import EventStream, events, wire_json
 from ._state import Proxy
@@ -62,16 +63,18 @@ def guarded(route: str) -> Callable[[MeteredHandler], Handler]:
         @wraps(handler)
         async def guard(request: Request) -> Response:
             meter = RequestMeter(request.app.state.proxy.metrics, route)
-            try:
-                response = await handler(request, meter)
-            except ClientDisconnect:  # the client left while its body was read: no failure of the proxy's
-                response = Response(status_code=CLIENT_CLOSED)
-            except Exception as exc:  # noqa: BLE001 - every failure is answered in OpenAI's error format
-                meter.failed(exc)
-                response = error_response(exc)
-            except BaseException:
-                meter.answer(CLIENT_CLOSED)  # cancelled (the server stopping): counted, not left in flight
-                raise
+            with watching_windows() as seen:  # the rate windows the call is decided in: its x-ratelimit-* headers, 429s too
+                try:
+                    response = await handler(request, meter)
+                except ClientDisconnect:  # the client left while its body was read: no failure of the proxy's
+                    response = Response(status_code=CLIENT_CLOSED)
+                except Exception as exc:  # noqa: BLE001 - every failure is answered in OpenAI's error format
+                    meter.failed(exc)
+                    response = error_response(exc)
+                except BaseException:
+                    meter.answer(CLIENT_CLOSED)  # cancelled (the server stopping): counted, not left in flight
+                    raise
+            response.headers.update(ratelimit_headers(seen))
             if not meter.deferred:
                 meter.answer(response.status_code)
             return response

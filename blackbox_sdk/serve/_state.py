@@ -18,7 +18,7 @@ from .._redact import redact_text
 from ._admin_gate import AdminGate
 from ._attempts import FailedAttempts
 from ._config import ProxyConfig
-from ._errors import ProxyError
+from ._errors import ProxyError, without_addresses
 from ._key_tenants import TenantOptions
 from ._keys import KeyStore
 from ._metrics import ProxyMetrics
@@ -67,8 +67,9 @@ class Proxy:
         try:
             client = await run_in_threadpool(lambda: AsyncOpenAI(**self._options))
         except Exception as error:  # noqa: BLE001 - reported by /readyz and the log; the process keeps answering
-            self.failure = redact_text(f"{type(error).__name__}: {error}")
-            logger.error("proxy: the upstream client could not be built: %s", self.failure)
+            failure = redact_text(f"{type(error).__name__}: {error}")
+            logger.error("proxy: the upstream client could not be built: %s", failure)
+            self.failure = without_addresses(failure)  # what /readyz and a request's 503 show
             return
         self._clients = TenantClients(client)
 
@@ -124,4 +125,4 @@ def _misconfigured(tenant: Tenant | None, error: BlackBoxError) -> ProxyError:
     false, since only the operator can mend it (the message redacted, a Redis URL's password shown as ***)."""
     message = redact_text(f"{type(error).__name__}: {error}")
     logger.error("proxy: the options of key %r can't be applied: %s", tenant.name if tenant else None, message)
-    return ProxyError(500, f"this key's options can't be applied: {message}", kind="server_error", code="key_misconfigured", retry=False)
+    return ProxyError(500, f"this key's options can't be applied: {without_addresses(message)}", kind="server_error", code="key_misconfigured", retry=False)

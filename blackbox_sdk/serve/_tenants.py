@@ -58,7 +58,8 @@ def refuse_unknown_key(presented: str | None) -> ProxyError:
 class TenantClients:
     """A client per tenant: a copy of the proxy's client with the tenant's options, built once and
     rebuilt only when the tenant's options change. A reranker folder is loaded once for all the tenants
-    naming it, and let go when none does any more (a key pointed at a new version), so its adapter leaves memory."""
+    naming it, and let go when none does any more (a key pointed at a new version), so its adapter leaves memory;
+    the proxy's own reranker folder is the adapter the proxy loaded, shared, never a second copy of its deltas."""
 
     def __init__(self, base: Any) -> None:
         self._base = base
@@ -85,7 +86,7 @@ class TenantClients:
         with building:  # a second request meanwhile waits for this build (a reranker loaded once), not a build of its own
             built = self.built(tenant)
             if built is None:
-                built = self._base.with_options(**{**self._loaded(tenant.options), "budget_key": tenant.name})
+                built = self._base.with_options(**{**self._within_proxy(self._loaded(tenant.options)), "budget_key": tenant.name})
                 with self._lock:
                     self._copies[tenant.name] = (tenant.options, built)
                     named = {options.get("reranker") for options, _ in self._copies.values()}
@@ -93,11 +94,19 @@ class TenantClients:
                         del self._rerankers[folder]
         return built
 
+    def _within_proxy(self, options: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The options with the tenant's rate limits held within the proxy's own (`RateLimits.inside`): a key's limits
+        narrow the proxy's, never drop one, and its calls count in a proxy-wide window too."""
+        own, proxys = options.get("rate_limit"), self._base.options.rate_limit
+        if own is None or proxys is None:
+            return options
+        return {**options, "rate_limit": own.inside(proxys)}
+
     def _loaded(self, options: Mapping[str, Any]) -> Mapping[str, Any]:
         """The options with a reranker folder given as the Adapter loaded for it (loaded now if no tenant has it yet)."""
         folder = options.get("reranker")
-        if not isinstance(folder, str):
-            return options
+        if not isinstance(folder, str) or self._base._core.opened.holds("reranker", folder):
+            return options  # the proxy's own reranker folder: the copy takes the adapter the proxy loaded, not one of its own
         with self._lock:
             adapter = self._rerankers.get(folder)
         if adapter is None:

@@ -1,0 +1,49 @@
+"""The rate windows a request's calls were decided in, as each decision saw them, for a server's ``x-ratelimit-*``
+headers (the proxy's): read from the store's answer to the admission itself, never by a second trip to the store.
+
+    with watching_windows() as seen:      # around the calls a request makes (a context variable: tasks it starts see it)
+        await client.chat.completions.create(...)
+    seen                                  # [WindowSeen(bucket, rpm, tpm, requests, tokens, reset_s), ...]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+from ._window import Verdict, Window
+
+
+@dataclass(frozen=True)
+class WindowSeen:
+    """One decision's window: its limits, the requests and tokens it holds after the decision, and the seconds until it is empty."""
+
+    bucket: str
+    rpm: int | None
+    tpm: int | None
+    requests: int
+    tokens: int
+    reset_s: float
+
+
+_SEEN: ContextVar[list[WindowSeen] | None] = ContextVar("blackbox_windows_seen", default=None)
+
+
+@contextmanager
+def watching_windows() -> Iterator[list[WindowSeen]]:
+    """Collect the windows of the admissions and refusals made inside the block (and in the tasks it starts)."""
+    seen: list[WindowSeen] = []
+    token = _SEEN.set(seen)
+    try:
+        yield seen
+    finally:
+        _SEEN.reset(token)
+
+
+def note(bucket: str, window: Window, verdict: Verdict) -> None:
+    """Record a decision's window where a caller is watching (and the store read its counts)."""
+    seen = _SEEN.get()
+    if seen is not None and verdict.requests is not None and verdict.tokens is not None:
+        seen.append(WindowSeen(bucket, window.rpm, window.tpm, verdict.requests, verdict.tokens, verdict.reset_s))
