@@ -764,3 +764,31 @@ def test_revoking_a_key_drops_its_client_copy_and_the_reranker_only_it_named(tmp
             assert http.delete("/admin/keys/team-a", headers={"authorization": f"Bearer {ADMIN}"}).status_code == 200
             assert clients.built(tenant) is None and clients._rerankers == {}  # the adapter leaves memory with its last call
     tenants.close()
+
+
+def test_a_keys_streamed_request_lets_go_of_its_options_when_the_stream_ends(tmp_path: Path) -> None:
+    from servers import sse_upstream
+
+    chunks = [
+        {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": MODEL,
+         "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hi."}, "finish_reason": "stop"}]},
+        {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": MODEL, "choices": [],
+         "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}},
+    ]
+    body = "".join(f"data: {json.dumps(chunk)}\n\n" for chunk in chunks) + "data: [DONE]\n\n"
+    defaults = TenantDefaults(ledger=tmp_path / "tenants", budget_options={"prices": {MODEL: {"input": 1.0, "output": 1.0}}})
+    tenants = TenantOptions(defaults)
+    with sse_upstream(lambda headers: body.encode()) as upstream, open_key_store(tmp_path / "keys.db", admin_key=ADMIN) as store:
+        key, _ = store.create("team-a", budget_usd=1.0)
+        app = create_app(ProxyConfig(upstream=upstream, max_retries=0), authenticate=key_authenticator(store, tenants), routes=admin_routes(store, tenants))
+        with TestClient(app) as http:
+            deadline = time.monotonic() + 120
+            while http.get("/readyz").status_code != 200:
+                assert time.monotonic() < deadline, "the proxy did not become ready"
+                time.sleep(0.05)  # polling /readyz until the upstream client is built
+            streamed = http.post("/v1/chat/completions", json={"model": MODEL, "messages": HELLO, "stream": True}, headers={"authorization": f"Bearer {key}"})
+            assert streamed.status_code == 200 and streamed.text.endswith("data: [DONE]\n\n")
+            assert _open_files_under(tmp_path / "tenants") > 0
+            assert http.delete("/admin/keys/team-a", headers={"authorization": f"Bearer {ADMIN}"}).status_code == 200
+            assert _open_files_under(tmp_path / "tenants") == 0  # the ended stream held its options no more: closed at once
+    tenants.close()
