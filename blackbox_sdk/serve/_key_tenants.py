@@ -157,16 +157,16 @@ class TenantOptions:
         with self._lock:
             built, stale = self._built.get(record), []
             if built is None:
+                built = MappingProxyType(tenant_options(record, self.defaults))  # a key that can't be built drops nothing
                 stale = [self._drop(old) for old in list(self._built) if old.name == record.name]
-                built = self._built[record] = MappingProxyType(tenant_options(record, self.defaults))
+                self._built[record] = built
             self._holds[id(built)] = self._holds.get(id(built), 0) + 1
         _close_options(stale)
-        released = threading.Event()
+        once = threading.Lock()
 
         def release() -> None:
             """The request is done with these options: dropped ones close with their last request."""
-            if not released.is_set():
-                released.set()
+            if once.acquire(blocking=False):  # taken for good by the first call: a second one does nothing
                 self._release(built)
 
         return built, release
