@@ -632,6 +632,31 @@ def _connections() -> list[sqlite3.Connection]:
     return [found for found in gc.get_objects() if type(found) is sqlite3.Connection]  # type(): isinstance asks lazy modules for __class__, and torch warns
 
 
+def test_closing_a_cache_closes_the_connections_of_threads_still_running_and_each_reopens_on_use(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "c")
+    key = _key(cache)
+    cache.extend(key, [_entry("kept")])
+    read, closed, found = threading.Event(), threading.Event(), []
+
+    def worker() -> None:
+        """A worker thread of a server: reads, waits while the cache is closed elsewhere, reads again."""
+        cache.get(key)
+        read.set()
+        closed.wait(30)
+        found.append(cache.get(key))
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    assert read.wait(30)
+    cache.close()  # a proxy stopping, from a thread of its own: the worker's connection closes too
+    fds = Path("/proc/self/fd")
+    assert not [name for name in os.listdir(fds) if os.path.realpath(fds / name).startswith(str(tmp_path))]
+    closed.set()
+    thread.join(30)
+    assert found and found[0] is not None  # a later use reopens, in that thread as in any
+    cache.close()
+
+
 def test_a_cache_dropped_unclosed_closes_every_threads_sqlite_connection(tmp_path: Path) -> None:
     before = {id(held) for held in _connections()}
     cache = Cache(tmp_path / "c")

@@ -6,6 +6,7 @@ fault that is the deployment's (a reranker scoring wrongly, torch missing, a hol
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import sys
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 import httpx2
 import openai
 import pytest
+import redis
 from servers import InstantUpstream, Proxy, RedisServer, sse_upstream
 from starlette.requests import Request
 from starlette.responses import Response
@@ -313,3 +315,23 @@ def test_a_proxy_whose_client_could_not_be_built_keeps_the_stores_address_from_c
     assert "was refused by the Redis server" in ready.json()["error"] and "was refused by the Redis server" in answer.text  # what failed
     for shown in (ready.text, answer.text):
         assert f":{redis_with_password.port}" not in shown and "wrong-pw" not in shown  # where: only in the proxy's log
+
+
+def test_stopping_the_proxy_closes_the_budget_rate_limits_cache_and_log_it_built(redis_server: RedisServer, tmp_path: Path) -> None:
+    upstream, admin = InstantUpstream(ANSWER), redis.Redis(port=redis_server.port)
+    budget = {**PRICED, "ledger": redis_server.url}
+    config = ProxyConfig(
+        upstream=upstream.url, max_retries=0, cache=redis_server.url, log=str(tmp_path / "calls.db"), budget=budget,
+        rate_limit={"rpm": 100, "store": redis_server.url},
+    )
+    alone = len(admin.client_list())  # the test's own connection
+    try:
+        with Proxy(config) as running:
+            running.client(max_retries=0).chat.completions.create(model=MODEL, messages=HELLO, max_tokens=2)
+            assert len(admin.client_list()) > alone  # the ledger, the rate window and the cache hold connections
+    finally:
+        upstream.close()
+    assert len(admin.client_list()) == alone  # none left open once the app's lifespan ended
+    fds = Path("/proc/self/fd")
+    assert not [name for name in os.listdir(fds) if os.path.realpath(fds / name).startswith(str(tmp_path))]  # the log's file closed
+    assert len(list(CallLog(tmp_path / "calls.db").calls())) == 1  # written before it closed

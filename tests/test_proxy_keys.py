@@ -9,10 +9,12 @@ import gc
 import hmac
 import json
 import multiprocessing
+import os
 import shutil
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -648,3 +650,145 @@ def test_a_keys_own_rate_limits_narrow_the_proxys_and_never_drop_one(per: str, s
             tenants.close()
             upstream.close()
     assert too_large.value.type == "tokens" and third.value.type == "requests"
+
+
+def _open_files_under(folder: Path) -> int:
+    """How many of this process's file descriptors point into `folder` (SQLite handles, their journals)."""
+    fds = Path("/proc/self/fd")
+    targets = [os.path.realpath(fds / name) for name in os.listdir(fds)]
+    return sum(target.startswith(str(folder.resolve())) for target in targets)
+
+
+def test_a_replaced_or_revoked_keys_stores_close_after_its_last_call_ends(tmp_path: Path) -> None:
+    tenants_dir, cache = tmp_path / "tenants", tmp_path / "cache"
+    defaults = TenantDefaults(ledger=tenants_dir, cache=cache, rate_store=tmp_path / "rates.db", budget_options={"prices": {MODEL: {"input": 1.0, "output": 1.0}}})
+    tenants = TenantOptions(defaults)
+    with open_key_store(tmp_path / "keys.db") as store:
+        authenticate = key_authenticator(store, tenants)
+        first, _ = store.create("team-a", budget_usd=1.0, rpm=5)
+        old = authenticate(first)
+        assert old is not None and _open_files_under(tenants_dir) > 0 and _open_files_under(cache) > 0
+        store.revoke("team-a")
+        second, _ = store.create("team-a", budget_usd=2.0, rpm=5)  # the name re-created with a new cap
+        new = authenticate(second)
+        assert new is not None and new.options is not old.options
+        assert old.options["budget"].spent() == 0 and old.options["cache"].stats is not None  # its call in flight still runs on them
+        opened_by_both = _open_files_under(tenants_dir) + _open_files_under(cache)
+        assert old.release is not None and new.release is not None
+        old.release()  # the old record's last request ends: what it opened closes, the new record's stays
+        assert 0 < _open_files_under(tenants_dir) + _open_files_under(cache) < opened_by_both
+        assert new.options["budget"].spent() == 0
+        new.release()
+        tenants.forget("team-a")  # revoked by the admin route: nothing of team-a stays open
+        assert _open_files_under(tenants_dir) + _open_files_under(cache) == 0
+    tenants.close()
+
+
+QUICK_ANSWER = {"id": "c", "object": "chat.completion", "created": 0, "model": MODEL, "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi."}, "finish_reason": "stop"}]}
+
+
+def test_a_key_revoked_while_its_call_is_in_flight_closes_its_ledger_and_cache_once_the_call_ends(tmp_path: Path) -> None:
+    from servers import InstantUpstream
+
+    entered, go = threading.Event(), threading.Event()
+    upstream = InstantUpstream(QUICK_ANSWER, before=lambda: (entered.set(), go.wait(30)))  # the call waits upstream until told
+    defaults = TenantDefaults(ledger=tmp_path / "tenants", cache=tmp_path / "cache", budget_options={"prices": {MODEL: {"input": 1.0, "output": 1.0}}})
+    tenants = TenantOptions(defaults)
+    chat, admin = {"model": MODEL, "messages": HELLO, "max_tokens": 4}, {"authorization": f"Bearer {ADMIN}"}
+    try:
+        with open_key_store(tmp_path / "keys.db", admin_key=ADMIN) as store:
+            key, _ = store.create("team-a", budget_usd=1.0)
+            app = create_app(ProxyConfig(upstream=upstream.url, max_retries=0), authenticate=key_authenticator(store, tenants),
+                             routes=admin_routes(store, tenants))
+            with TestClient(app) as http:
+                deadline = time.monotonic() + 120
+                while http.get("/readyz").status_code != 200:
+                    assert time.monotonic() < deadline, "the proxy did not become ready"
+                    time.sleep(0.05)  # polling /readyz until the upstream client is built
+                answers: list[Any] = []
+                call = threading.Thread(target=lambda: answers.append(http.post("/v1/chat/completions", json=chat, headers={"authorization": f"Bearer {key}"})))
+                call.start()
+                assert entered.wait(30)
+                assert http.delete("/admin/keys/team-a", headers=admin).status_code == 200
+                assert _open_files_under(tmp_path / "tenants") > 0  # the call in flight still holds its ledger
+                go.set()
+                call.join(30)
+                assert answers[0].status_code == 200 and float(answers[0].headers["x-blackbox-cost-usd"]) > 0
+                assert _open_files_under(tmp_path / "tenants") + _open_files_under(tmp_path / "cache") == 0
+    finally:
+        go.set()
+        tenants.close()
+        upstream.close()
+
+
+def test_a_key_re_created_with_the_same_limits_runs_on_its_new_rate_window_not_the_closed_one(tmp_path: Path) -> None:
+    from servers import InstantUpstream, Proxy
+
+    upstream = InstantUpstream(QUICK_ANSWER)
+    tenants = TenantOptions(TenantDefaults(rate_store=tmp_path / "rates.db"))
+    try:
+        with open_key_store(tmp_path / "keys.db") as store:
+            first, _ = store.create("team-a", rpm=100)
+            with Proxy(ProxyConfig(upstream=upstream.url, max_retries=0), authenticate=key_authenticator(store, tenants)) as running:
+                def ask(key: str) -> None:
+                    running.client(api_key=key, max_retries=0).chat.completions.create(model=MODEL, messages=HELLO, max_tokens=4)
+
+                ask(first)
+                store.revoke("team-a")
+                second, _ = store.create("team-a", rpm=100)  # equal options, new objects: the old ones were closed
+                ask(second)
+                tenants.forget("team-a")
+                assert _open_files_under(tmp_path / "rates.db") == 0  # no window reopened by a client copy kept on the old options
+    finally:
+        tenants.close()
+        upstream.close()
+
+
+def test_revoking_a_key_drops_its_client_copy_and_the_reranker_only_it_named(tmp_path: Path) -> None:
+    folder = str(shutil.copytree(SHIPPED_ADAPTER, tmp_path / "adapter"))
+    tenants = TenantOptions(TenantDefaults())
+    with open_key_store(tmp_path / "keys.db", admin_key=ADMIN) as store:
+        key, _ = store.create("team-a", reranker=folder)
+        authenticate = key_authenticator(store, tenants)
+        app = create_app(ProxyConfig(upstream="http://127.0.0.1:9/v1", max_retries=0), authenticate=authenticate, routes=admin_routes(store, tenants))
+        with TestClient(app) as http:
+            deadline = time.monotonic() + 120
+            while http.get("/readyz").status_code != 200:
+                assert time.monotonic() < deadline, "the proxy did not become ready"
+                time.sleep(0.05)  # polling /readyz until the upstream client is built
+            tenant = authenticate(key)
+            clients = app.state.proxy.client_for(None) and app.state.proxy._ready()
+            clients.client(tenant)  # what the key's first request builds: its copy, its reranker loaded
+            assert clients.built(tenant) is not None and list(clients._rerankers) == [folder]
+            assert http.delete("/admin/keys/team-a", headers={"authorization": f"Bearer {ADMIN}"}).status_code == 200
+            assert clients.built(tenant) is None and clients._rerankers == {}  # the adapter leaves memory with its last call
+    tenants.close()
+
+
+def test_a_keys_streamed_request_lets_go_of_its_options_when_the_stream_ends(tmp_path: Path) -> None:
+    from servers import sse_upstream
+
+    chunks = [
+        {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": MODEL,
+         "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hi."}, "finish_reason": "stop"}]},
+        {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": MODEL, "choices": [],
+         "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}},
+    ]
+    body = "".join(f"data: {json.dumps(chunk)}\n\n" for chunk in chunks) + "data: [DONE]\n\n"
+    defaults = TenantDefaults(ledger=tmp_path / "tenants", budget_options={"prices": {MODEL: {"input": 1.0, "output": 1.0}}})
+    tenants = TenantOptions(defaults)
+    with sse_upstream(lambda headers: body.encode()) as upstream, open_key_store(tmp_path / "keys.db", admin_key=ADMIN) as store:
+        key, _ = store.create("team-a", budget_usd=1.0)
+        app = create_app(ProxyConfig(upstream=upstream, max_retries=0), authenticate=key_authenticator(store, tenants), routes=admin_routes(store, tenants))
+        with TestClient(app) as http:
+            deadline = time.monotonic() + 120
+            while http.get("/readyz").status_code != 200:
+                assert time.monotonic() < deadline, "the proxy did not become ready"
+                time.sleep(0.05)  # polling /readyz until the upstream client is built
+            streamed = http.post("/v1/chat/completions", json={"model": MODEL, "messages": HELLO, "stream": True}, headers={"authorization": f"Bearer {key}"})
+            assert streamed.status_code == 200 and streamed.text.endswith("data: [DONE]\n\n")
+            assert _open_files_under(tmp_path / "tenants") > 0
+            assert http.delete("/admin/keys/team-a", headers={"authorization": f"Bearer {ADMIN}"}).status_code == 200
+            assert _open_files_under(tmp_path / "tenants") == 0  # the ended stream held its options no more: closed at once
+    tenants.close()

@@ -128,7 +128,7 @@ class _ClosingCache(diskcache.Cache):  # type: ignore[misc]  # diskcache ships n
             self.close()
             self._local.pid = pid
         con: sqlite3.Connection | None = getattr(self._local, "con", None)
-        if con is None:
+        if con is None or con not in self._opened:  # none yet, or closed by `close_all` (the store closed from another thread)
             path = os.path.join(self._directory, diskcache.core.DBNAME)
             con = self._local.con = sqlite3.connect(path, timeout=self._timeout, isolation_level=None, check_same_thread=False)
             self._remember(con)
@@ -360,5 +360,5 @@ class DiskStore:
             raise CacheError(f"can't read the response cache at {self.directory}: {exc}") from exc
 
     def close(self) -> None:
-        """Close the database connections; a later use reopens them."""
-        self._disk.close()
+        """Close the database connections, whichever thread opened them; a later use reopens them."""
+        self._disk.close_all()

@@ -25,6 +25,7 @@ from ._attempts import Attempts, admin_attempts
 from ._body import check_content_type, parse_object, read_body
 from ._config import DEFAULT_BODY_TIMEOUT_S, check_reranker
 from ._errors import ProxyError, error_response
+from ._key_tenants import TenantOptions
 from ._keys import KeyRecord, KeyStore, SecretKey, new_record
 from ._tenants import presented_key
 
@@ -32,8 +33,9 @@ MAX_ADMIN_BODY_BYTES = 64 * 1024
 _NO_STORE = {"cache-control": "no-store"}
 
 
-def admin_routes(store: KeyStore) -> list[Route]:
-    """The three admin routes over ``store``, for the app to mount."""
+def admin_routes(store: KeyStore, tenants: TenantOptions | None = None) -> list[Route]:
+    """The three admin routes over ``store``, for the app to mount; a key they revoke has its options in ``tenants``
+    (the authenticator's) dropped, so its ledger, cache and rate window close once its last request ends."""
 
     own = admin_attempts(store)  # served by another app than the proxy's (the same count in a shared store)
 
@@ -47,7 +49,7 @@ def admin_routes(store: KeyStore) -> list[Route]:
 
     async def revoke_key(request: Request) -> Response:
         """DELETE /admin/keys/{key_id}: revoke a key by id (or name)."""
-        return await _guarded(request, store, _attempts(request, own), lambda: _revoke(store, request.path_params["key_id"]))
+        return await _guarded(request, store, _attempts(request, own), lambda: _revoke(request, store, tenants))
 
     return [
         Route("/admin/keys", create_key, methods=["POST"]),
@@ -109,10 +111,15 @@ async def _list(store: KeyStore) -> Response:
     return JSONResponse({"object": "list", "data": [record.to_json() for record in records]})
 
 
-async def _revoke(store: KeyStore, key_id: str) -> Response:
-    """Revoke one key; 404 when there is no such key."""
-    record = await run_in_threadpool(store.find, key_id)
+async def _revoke(request: Request, store: KeyStore, tenants: TenantOptions | None) -> Response:
+    """Revoke one key, dropping its built options and the proxy's client copy for it; 404 when there is no such key."""
+    record = await run_in_threadpool(store.find, request.path_params["key_id"])
     if record is None:
         raise ProxyError(404, "no key has this id or name", code="key_not_found", param="key_id")
     revoked = await run_in_threadpool(store.revoke, record.key_id)
+    if tenants is not None:
+        await run_in_threadpool(tenants.forget, revoked.name)  # closing a ledger or cache may wait on I/O
+    proxy = getattr(request.app.state, "proxy", None)  # None: the routes are served by an app of their own
+    if proxy is not None:
+        proxy.forget(revoked.name)
     return JSONResponse(revoked.to_json())

@@ -16,7 +16,7 @@ limit the record leaves out (None) leaves the proxy's own option for that call i
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -134,29 +134,89 @@ def tenant_options(record: KeyRecord, defaults: TenantDefaults | None = None) ->
 
 class TenantOptions:
     """Each record's options, built once: a rate window in this process and a ledger stay open across calls,
-    and the app's per-tenant client copy is reused while a key is unchanged."""
+    and the app's per-tenant client copy is reused while a key is unchanged. A record replaced under its name (the
+    key re-created, its limits changed) or forgotten (revoked) has its options dropped, and what they opened closed
+    once the last request holding them (`hold`) is released."""
 
     def __init__(self, defaults: TenantDefaults | None = None) -> None:
         self.defaults = defaults or TenantDefaults()
         self._built: dict[KeyRecord, Mapping[str, Any]] = {}
+        self._holds: dict[int, int] = {}  # id of built options -> requests holding them
+        self._dropped: dict[int, Mapping[str, Any]] = {}  # options dropped while held: closed by their last release
         self._lock = threading.Lock()
 
     def options(self, record: KeyRecord) -> Mapping[str, Any]:
         """The options of ``record``'s calls (the same object every time for the same record)."""
+        options, release = self.hold(record)
+        release()
+        return options
+
+    def hold(self, record: KeyRecord) -> tuple[Mapping[str, Any], Callable[[], None]]:
+        """``record``'s options, held for a request until the function returned is called (once: more calls do nothing);
+        building them drops the options of an older record of the same name."""
         with self._lock:
-            built = self._built.get(record)
+            built, stale = self._built.get(record), []
             if built is None:
-                built = self._built[record] = MappingProxyType(tenant_options(record, self.defaults))
-            return built
+                built = MappingProxyType(tenant_options(record, self.defaults))  # a key that can't be built drops nothing
+                stale = [self._drop(old) for old in list(self._built) if old.name == record.name]
+                self._built[record] = built
+            self._holds[id(built)] = self._holds.get(id(built), 0) + 1
+        _close_options(stale)
+        once = threading.Lock()
+
+        def release() -> None:
+            """The request is done with these options: dropped ones close with their last request."""
+            if once.acquire(blocking=False):  # taken for good by the first call: a second one does nothing
+                self._release(built)
+
+        return built, release
+
+    def forget(self, name: str) -> None:
+        """Drop the options of the tenant ``name`` (its key revoked): closed now, or when its last request ends."""
+        with self._lock:
+            stale = [self._drop(record) for record in list(self._built) if record.name == name]
+        _close_options(stale)
+
+    def _drop(self, record: KeyRecord) -> Mapping[str, Any] | None:
+        """Take ``record``'s options out of use (under the lock): them to close now, or None when a request holds them."""
+        options = self._built.pop(record)
+        if self._holds.get(id(options)):
+            self._dropped[id(options)] = options
+            return None
+        return options
+
+    def _release(self, options: Mapping[str, Any]) -> None:
+        """One request less holds ``options``; the last one closes them if they were dropped meanwhile."""
+        with self._lock:
+            left = self._holds[id(options)] - 1
+            if left:
+                self._holds[id(options)] = left
+                return
+            del self._holds[id(options)]
+            dropped = self._dropped.pop(id(options), None)
+        _close_options([dropped])
 
     def close(self) -> None:
-        """Close the caches and rate windows opened for tenants."""
+        """Close the budgets' ledgers, caches and rate windows opened for tenants."""
         with self._lock:
-            built, self._built = list(self._built.values()), {}
-        for options in built:
-            for name in ("cache", "rate_limit"):
-                if name in options:
-                    options[name].close()
+            built = [*self._built.values(), *self._dropped.values()]
+            self._built, self._dropped = {}, {}
+        _close_options(built)
+
+
+def close_ledger(budget: Budget) -> None:
+    """Let go of a Budget's ledger connections (Budget has no close of its own); the next use opens new ones."""
+    budget._ledger.close()
+
+
+def _close_options(built: Sequence[Mapping[str, Any] | None]) -> None:
+    """Close the stores a tenant's options opened: its budget's ledger, its cache and its rate window."""
+    for options in built:
+        if options is not None and "budget" in options:
+            close_ledger(options["budget"])
+        for name in ("cache", "rate_limit"):
+            if options is not None and name in options:
+                options[name].close()
 
 
 def key_authenticator(store: KeyStore, tenants: TenantOptions) -> Callable[[str | None], Tenant | None]:
@@ -168,6 +228,7 @@ def key_authenticator(store: KeyStore, tenants: TenantOptions) -> Callable[[str 
         record = store.lookup(presented)
         if record is None:
             return None
-        return Tenant(name=record.name, models=record.models, options=tenants.options(record))
+        options, release = tenants.hold(record)
+        return Tenant(name=record.name, models=record.models, options=options, release=release)
 
     return authenticate

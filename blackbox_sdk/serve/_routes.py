@@ -73,7 +73,9 @@ def guarded(route: str) -> Callable[[MeteredHandler], Handler]:
                     response = error_response(exc)
                 except BaseException:
                     meter.answer(CLIENT_CLOSED)  # cancelled (the server stopping): counted, not left in flight
+                    _release_tenant(request, None)
                     raise
+            _release_tenant(request, response)
             response.headers.update(ratelimit_headers(seen))
             if not meter.deferred:
                 meter.answer(response.status_code)
@@ -82,6 +84,17 @@ def guarded(route: str) -> Callable[[MeteredHandler], Handler]:
         return guard
 
     return wrap
+
+
+def _release_tenant(request: Request, response: Response | None) -> None:
+    """Let go of the tenant's options the request held (`Tenant.release`): now, or once a stream it answers has ended."""
+    release = getattr(request.state, "release_tenant", None)
+    if release is None:
+        return
+    if isinstance(response, EventStream):
+        response.after = release
+    else:
+        release()
 
 
 @dataclass(frozen=True)

@@ -149,7 +149,7 @@ def _serve_with_keys(config: ProxyConfig, keys: str, graceful_timeout_s: float |
         serve(
             config,
             authenticate=key_authenticator(store, tenants),
-            routes=admin_routes(store),
+            routes=admin_routes(store, tenants),
             graceful_timeout_s=graceful_timeout_s,
             keys=store,
             tenants=tenants,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
@@ -86,6 +86,7 @@ class EventStream(StreamingResponse):
     def __init__(self, body: AsyncIterator[bytes], headers: dict[str, str]) -> None:
         super().__init__(body, media_type="text/event-stream", headers={"cache-control": "no-cache", **headers})
         self._events = body
+        self.after: Callable[[], None] | None = None  # called once the stream has ended and been closed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         gone = anyio.Event()
@@ -105,6 +106,8 @@ class EventStream(StreamingResponse):
                 group.cancel_scope.cancel()
                 with anyio.CancelScope(shield=True):
                     await self._events.aclose()  # type: ignore[attr-defined]
+                if self.after is not None:
+                    self.after()
 
     async def _relay(self, send: Send, gone: anyio.Event) -> None:
         """Send each event until the stream ends or the client has gone."""

@@ -19,7 +19,7 @@ from ._admin_gate import AdminGate
 from ._attempts import FailedAttempts
 from ._config import ProxyConfig
 from ._errors import ProxyError, without_addresses
-from ._key_tenants import TenantOptions
+from ._key_tenants import TenantOptions, close_ledger
 from ._keys import KeyStore
 from ._metrics import ProxyMetrics
 from ._tenants import (
@@ -74,10 +74,17 @@ class Proxy:
         self._clients = TenantClients(client)
 
     async def close(self) -> None:
-        """Close the client and what it opened (caches, logs, ledgers)."""
+        """Close the client and what it opened (its cache, and its call log once flushed), then the Budget and RateLimits
+        built from the configuration (even when the client could not be built): an app embedding `create_app` under its own
+        server keeps no connection open after its lifespan ends. A TenantOptions passed in stays its caller's to close."""
         if self._clients is not None:
             await self._clients.client(None).close()
             self._clients = None
+        budget, rate_limit = self._options.get("budget"), self._options.get("rate_limit")
+        if budget is not None:
+            await run_in_threadpool(close_ledger, budget)  # a ledger's connection may wait on its file or server
+        if rate_limit is not None:
+            await run_in_threadpool(rate_limit.close)
 
     async def tenant(self, request: Request) -> Tenant | None:
         """Who the request speaks for (None without a key store); 401 for a missing or unknown key. A key presented
@@ -95,7 +102,13 @@ class Proxy:
             if tenant is None:
                 guess.wrong()
                 raise refuse_unknown_key(presented)
+        request.state.release_tenant = tenant.release  # called once the request is answered (`_routes.guarded`)
         return tenant
+
+    def forget(self, name: str) -> None:
+        """Drop the client copy of tenant `name` (its key revoked) and the reranker only it named."""
+        if self._clients is not None:
+            self._clients.drop(name)
 
     def _ready(self) -> TenantClients:
         """The clients; 503 while the upstream client is still being built."""

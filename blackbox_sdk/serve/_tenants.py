@@ -24,11 +24,13 @@ from ._errors import ProxyError
 @dataclass(frozen=True)
 class Tenant:
     """A virtual key's tenant: its name (the budget key and the log's key), the models it may use
-    (empty: all) and SDK options for its calls (`budget`, `rate_limit`, `reranker`, `cache`, ...)."""
+    (empty: all) and SDK options for its calls (`budget`, `rate_limit`, `reranker`, `cache`, ...); `release`, when given, is
+    called once the request is answered (a stream once it ends), so options dropped meanwhile close after their last request."""
 
     name: str
     models: tuple[str, ...] = ()
     options: Mapping[str, Any] = field(default_factory=dict)  # keep the same objects for an unchanged key: they are compared
+    release: Callable[[], None] | None = field(default=None, compare=False, repr=False)  # the request is done with `options`
 
     def check_model(self, model: Any) -> None:
         """404 (OpenAI's answer for a model the key can't use) when the tenant may not use `model`."""
@@ -74,7 +76,7 @@ class TenantClients:
             return self._base
         with self._lock:
             held = self._copies.get(tenant.name)
-        return held[1] if held is not None and held[0] == tenant.options else None
+        return held[1] if held is not None and _same_options(held[0], tenant) else None
 
     def client(self, tenant: Tenant | None) -> Any:
         """The client that serves `tenant`, built now if it is not yet (which may load an adapter: call it off the event loop)."""
@@ -89,10 +91,20 @@ class TenantClients:
                 built = self._base.with_options(**{**self._within_proxy(self._loaded(tenant.options)), "budget_key": tenant.name})
                 with self._lock:
                     self._copies[tenant.name] = (tenant.options, built)
-                    named = {options.get("reranker") for options, _ in self._copies.values()}
-                    for folder in set(self._rerankers) - named:  # no tenant names it now: the calls holding it let it go
-                        del self._rerankers[folder]
+                    self._let_go()
         return built
+
+    def drop(self, name: str) -> None:
+        """Forget the copy serving tenant `name` (its key revoked), and a reranker no other tenant names any more."""
+        with self._lock:
+            self._copies.pop(name, None)
+            self._let_go()
+
+    def _let_go(self) -> None:
+        """Let go of the reranker folders no tenant names now (under the lock): the calls holding one let it go."""
+        named = {options.get("reranker") for options, _ in self._copies.values()}
+        for folder in set(self._rerankers) - named:
+            del self._rerankers[folder]
 
     def _within_proxy(self, options: Mapping[str, Any]) -> Mapping[str, Any]:
         """The options with the tenant's rate limits held within the proxy's own (`RateLimits.inside`): a key's limits
@@ -116,3 +128,9 @@ class TenantClients:
             with self._lock:
                 adapter = self._rerankers.setdefault(folder, loaded)
         return {**options, "reranker": adapter}
+
+
+def _same_options(built: Mapping[str, Any], tenant: Tenant) -> bool:
+    """Whether a copy built on `built` serves `tenant`: the very same options where a store of held options gave them
+    (`release`: a key re-created with equal limits gets its new, open stores, never the closed ones), else equal ones."""
+    return built is tenant.options if tenant.release is not None else built == tenant.options
