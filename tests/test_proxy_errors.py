@@ -23,7 +23,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from blackbox_sdk import CallLog, RateLimitExceededError, ReservationNotHeldError
+import blackbox_sdk
+from blackbox_sdk import CallLog, CallLogError, RateLimitExceededError, ReservationNotHeldError
 from blackbox_sdk.budget import Budget, Ledger
 from blackbox_sdk.call_log import CallRecord
 from blackbox_sdk.local import free_port
@@ -335,3 +336,27 @@ def test_stopping_the_proxy_closes_the_budget_rate_limits_cache_and_log_it_built
     fds = Path("/proc/self/fd")
     assert not [name for name in os.listdir(fds) if os.path.realpath(fds / name).startswith(str(tmp_path))]  # the log's file closed
     assert len(list(CallLog(tmp_path / "calls.db").calls())) == 1  # written before it closed
+
+
+def test_a_client_that_fails_to_close_at_stop_still_lets_the_ledger_and_rate_window_go(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    upstream, admin = InstantUpstream(ANSWER), redis.Redis(port=redis_server.port)
+    config = ProxyConfig(upstream=upstream.url, max_retries=0, budget={**PRICED, "ledger": redis_server.url}, rate_limit={"rpm": 100, "store": redis_server.url})
+    alone = len(admin.client_list())  # the test's own connection
+
+    async def fails(self: object) -> None:  # a fault at stop: the call log can't write its last records
+        raise CallLogError("the call log could not write its last records")
+
+    monkeypatch.setattr(blackbox_sdk.AsyncOpenAI, "close", fails)
+    try:
+        with pytest.raises(CallLogError, match="its last records"), TestClient(create_app(config), base_url="http://127.0.0.1") as http:
+            deadline = time.monotonic() + 60
+            while http.get("/readyz").json()["status"] == "starting":
+                assert time.monotonic() < deadline, "the client was never built"
+                time.sleep(0.05)
+            assert http.post("/v1/chat/completions", json={"model": MODEL, "messages": HELLO, "max_tokens": 2}).status_code == 200
+            assert len(admin.client_list()) > alone  # the ledger and the rate window hold connections
+    finally:
+        upstream.close()
+    assert len(admin.client_list()) == alone  # closed all the same, and the client's error still raised

@@ -76,15 +76,20 @@ class Proxy:
     async def close(self) -> None:
         """Close the client and what it opened (its cache, and its call log once flushed), then the Budget and RateLimits
         built from the configuration (even when the client could not be built): an app embedding `create_app` under its own
-        server keeps no connection open after its lifespan ends. A TenantOptions passed in stays its caller's to close."""
-        if self._clients is not None:
-            await self._clients.client(None).close()
-            self._clients = None
+        server keeps no connection open after its lifespan ends, even when one of them fails to close (a call log that can't
+        write its last records): that error is raised once the rest are closed. A TenantOptions passed in stays its caller's."""
+        clients, self._clients = self._clients, None
         budget, rate_limit = self._options.get("budget"), self._options.get("rate_limit")
-        if budget is not None:
-            await run_in_threadpool(close_ledger, budget)  # a ledger's connection may wait on its file or server
-        if rate_limit is not None:
-            await run_in_threadpool(rate_limit.close)
+        try:
+            if clients is not None:
+                await clients.client(None).close()
+        finally:
+            try:
+                if budget is not None:
+                    await run_in_threadpool(close_ledger, budget)  # a ledger's connection may wait on its file or server
+            finally:
+                if rate_limit is not None:
+                    await run_in_threadpool(rate_limit.close)
 
     async def tenant(self, request: Request) -> Tenant | None:
         """Who the request speaks for (None without a key store); 401 for a missing or unknown key. A key presented
