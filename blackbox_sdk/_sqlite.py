@@ -180,20 +180,29 @@ def connect_read_only(path: Path, timeout: float) -> sqlite3.Connection:
     """
     uri = path.resolve().as_uri()
     connection = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=timeout, isolation_level=None, check_same_thread=False)
+    failure = unreadable(connection)
+    if failure is None:
+        return connection
+    wal = Path(f"{path}-wal")
+    if wal.exists() and wal.stat().st_size > 0:
+        raise sqlite3.OperationalError(
+            f"its {wal.name} file holds writes not yet in it, which SQLite reads only with a {path.name}-shm file beside it,"
+            f" and that can't be made in {path.parent} ({failure}): copy the file with its {wal.name} to a folder you can write"
+        ) from failure
+    return sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, timeout=timeout, isolation_level=None, check_same_thread=False)
+
+
+def unreadable(connection: sqlite3.Connection) -> sqlite3.Error | None:
+    """None when ``connection`` reads its file; else, the connection closed, SQLite's error when it lacks a file it makes
+    beside the database or write access (``cant_make_files``: a read-only connection may still do); any other error raised."""
     try:
         connection.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
-        return connection
+        return None
     except sqlite3.Error as exc:
         connection.close()
         if not cant_make_files(exc):
             raise
-        wal = Path(f"{path}-wal")
-        if wal.exists() and wal.stat().st_size > 0:
-            raise sqlite3.OperationalError(
-                f"its {wal.name} file holds writes not yet in it, which SQLite reads only with a {path.name}-shm file beside it,"
-                f" and that can't be made in {path.parent} ({exc}): copy the file with its {wal.name} to a folder you can write"
-            ) from exc
-    return sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, timeout=timeout, isolation_level=None, check_same_thread=False)
+        return exc
 
 
 def table_columns(path: Path, timeout: float = 5.0) -> dict[str, set[str]]:

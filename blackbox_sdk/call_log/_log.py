@@ -30,7 +30,7 @@ from .._exceptions import CallLogError, ConfigError, StoreUnavailableError
 from .._logging import logger
 from .._redact import url_without_password
 from .._sqlite import (
-    SHARED_TABLES, ProcessConnection, cant_make_files, connect, connect_read_only, immediate, refuse_foreign, table_columns,
+    SHARED_TABLES, ProcessConnection, connect, connect_read_only, immediate, refuse_foreign, table_columns, unreadable,
 )
 from .._text import checked_path, checked_text
 from . import _known
@@ -300,14 +300,7 @@ def _connect_existing(path: Path, timeout: float) -> sqlite3.Connection:
     """A connection to an existing log, its journal mode left alone; read-only where this process can't write the file or
     its folder (a log copied off a server, a read-only mount), so a reader still reads it (and a write says it can't)."""
     conn = connect(path, timeout, wal=False)
-    try:
-        conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
-        return conn
-    except sqlite3.Error as exc:
-        conn.close()
-        if not cant_make_files(exc):
-            raise
-    return connect_read_only(path, timeout)
+    return conn if unreadable(conn) is None else connect_read_only(path, timeout)
 
 
 def _check_is_log(path: Path) -> None:
