@@ -382,6 +382,7 @@ async def test_streams_dropped_mid_read_close_quietly_charged_and_logged_once(se
     stores = Stores(tmp_path, server.url)
     sdk = stores.client()
     await sdk.chat.completions.create(model=MODEL, messages=ask("hi"), max_tokens=50)
+    gc.collect()  # what earlier tests left on this session's loop is freed before the handler: only these drops are judged
     loop, problems = asyncio.get_running_loop(), []
     previous = loop.get_exception_handler()
     loop.set_exception_handler(lambda _, context: problems.append(context["message"]))
@@ -409,6 +410,7 @@ def test_a_sync_stream_dropped_mid_read_is_accounted_at_once_and_quietly(server:
     sdk = stores.sync_client()
     sdk.chat.completions.create(model=MODEL, messages=ask("hi"), max_tokens=50)
     unraisable: list[str] = []
+    gc.collect()  # what earlier tests left unclosed is freed before the hook: only this stream is judged
     monkeypatch.setattr(sys, "unraisablehook", lambda raised: unraisable.append(repr(raised.exc_value)))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
