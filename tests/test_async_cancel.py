@@ -519,9 +519,14 @@ def test_a_sync_fan_out_interrupted_surfaces_at_once_charging_what_was_sent(tmp_
             time.sleep(0.1)
             signal.pthread_kill(main, signal.SIGINT)  # Ctrl-C
 
-        threading.Thread(target=interrupt_once_all_are_out, daemon=True).start()
-        with pytest.raises(KeyboardInterrupt):
-            sdk.chat.completions.create(model=MODEL, messages=ask("pick"), max_tokens=50)
+        gc.collect()  # no collection while the interrupt is due: raised inside a finalizer, Python would only print it
+        gc.disable()
+        try:
+            threading.Thread(target=interrupt_once_all_are_out, daemon=True).start()
+            with pytest.raises(KeyboardInterrupt):
+                sdk.chat.completions.create(model=MODEL, messages=ask("pick"), max_tokens=50)
+        finally:
+            gc.enable()
         assert answered_late == []  # surfaced while the three were still out, not after their answers
         outstanding, reserved, spent = stores.held()
         assert (outstanding, reserved) == (0, 0.0)
