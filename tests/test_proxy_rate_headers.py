@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -86,3 +87,20 @@ def test_a_proxy_window_of_another_length_than_a_keys_still_caps_the_calls_outpu
     assert uncapped.json()["error"]["type"] == "tokens" and uncapped.headers["x-ratelimit-limit-tokens"] == "300"
     assert capped.status_code == 200 and capped.headers["x-ratelimit-reset-tokens"] == "10s"
     assert (capped.headers["x-ratelimit-limit-requests"], capped.headers["x-ratelimit-remaining-requests"]) == ("5", "4")
+
+
+def test_a_call_the_budget_refuses_after_its_rate_admission_is_not_counted_in_the_headers(
+    upstream: InstantUpstream, store_at: Callable[[str], str], tmp_path: Path
+) -> None:
+    """Admitted by the rate window, then refused by the budget (429 insufficient_quota): its slot is given back, and the
+    headers show the window without it."""
+    budget = {"total_usd": 0.000001, "prices": {MODEL: {"input": 1000.0, "output": 1000.0}}, "ledger": str(tmp_path / "ledger.db")}
+    config = ProxyConfig(upstream=upstream.url, max_retries=0, budget=budget, rate_limit={"rpm": 5, "tpm": 300, "store": store_at("rate.db")})
+    with Proxy(config) as running:
+        refused = _ask(running, max_tokens=4)
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "insufficient_quota"
+    shown = {name: refused.headers[name] for name in refused.headers if name.startswith("x-ratelimit-")}
+    assert shown == {
+        "x-ratelimit-limit-requests": "5", "x-ratelimit-remaining-requests": "5", "x-ratelimit-reset-requests": "0s",
+        "x-ratelimit-limit-tokens": "300", "x-ratelimit-remaining-tokens": "300", "x-ratelimit-reset-tokens": "0s",
+    }
