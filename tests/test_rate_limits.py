@@ -811,3 +811,36 @@ def test_closing_a_redis_window_closes_the_asyncio_client_of_a_loop_still_runnin
         loop.close()
     to_redis = f"raddr=('127.0.0.1', {redis_server.port})"  # a socket to another test's server is none of this test's
     assert not [text for text in unraisable if "raddr=" not in text or to_redis in text]
+
+
+def test_a_forked_child_closing_the_parents_redis_window_never_waits_on_the_parents_loops(redis_server: RedisServer) -> None:
+    """A loop running in a thread of the parent runs in no thread of a forked child: the child's `close()` returns at
+    once rather than waiting (here up to its 300 s socket timeout) for that loop to close its client."""
+    window = RedisWindow(redis_server.url, timeout_s=300.0)
+    loop = asyncio.new_event_loop()
+    runner = threading.Thread(target=loop.run_forever, daemon=True)
+    runner.start()
+    try:
+        asyncio.run_coroutine_threadsafe(window.arelease("client", "none"), loop).result(30)  # the loop's asyncio client opened
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                window.close()
+                code = 0
+            finally:
+                os._exit(code)
+        deadline, waited = time.monotonic() + 60, (0, 0)
+        while (waited := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)  # polling the child's exit, as test_fork does
+        if waited[0] == 0:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        assert waited[0] == pid and os.waitstatus_to_exitcode(waited[1]) == 0, "the child waited on its parent's loop"
+        window.close()  # in the parent: its loop's client closed on that loop
+        assert _sockets_to(redis_server.port) == 0
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        runner.join(30)
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()

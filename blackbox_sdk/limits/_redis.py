@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import hashlib
 import math
+import os
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -46,6 +47,7 @@ class RedisWindow(Closing):
         self._scripts = {name: self._client.register_script(source) for name, source in (("admit", ADMIT), ("correct", CORRECT), ("release", RELEASE))}
         # per event loop (threads may each run one): its asyncio client's scripts, and what closes the client as that loop shuts down
         self._async: dict[asyncio.AbstractEventLoop, tuple[dict[str, Any], AsyncGenerator[None, None]]] = {}
+        self._pid = os.getpid()  # a forked child's loops are its own: those it inherited run in no thread of it
 
     @contextmanager
     def _unavailable(self, action: str) -> Iterator[None]:
@@ -151,6 +153,8 @@ class RedisWindow(Closing):
         its loop's shutdown (``asyncio.run``'s end): the client of a loop not running now, and that of the loop this is
         called on, whose closing is scheduled but not awaited (``aclose`` awaits it)."""
         self._client.close()
+        if self._pid != os.getpid():  # a forked child: the parent's loops (and their clients) are none of its to close
+            return
         try:
             here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
