@@ -104,3 +104,20 @@ def test_a_call_the_budget_refuses_after_its_rate_admission_is_not_counted_in_th
         "x-ratelimit-limit-requests": "5", "x-ratelimit-remaining-requests": "5", "x-ratelimit-reset-requests": "0s",
         "x-ratelimit-limit-tokens": "300", "x-ratelimit-remaining-tokens": "300", "x-ratelimit-reset-tokens": "0s",
     }
+
+
+def test_a_keys_own_window_in_this_process_shows_beside_the_proxys_of_the_same_name(upstream: InstantUpstream, tmp_path: Path) -> None:
+    """The proxy's window per key in this process (no store) and a key's own, inside it, both name the bucket
+    `key:team-a`: the key's tpm, which only its own window counts, still gets its headers."""
+    rate_limit = {"rpm": 3, "per": "key"}
+    tenants = TenantOptions(TenantDefaults.from_proxy(rate_limit=rate_limit))
+    try:
+        with open_key_store(tmp_path / "keys.db") as keys:
+            secret = str(keys.create("team-a", tpm=1000)[0])
+            with Proxy(ProxyConfig(upstream=upstream.url, max_retries=0, rate_limit=rate_limit), authenticate=key_authenticator(keys, tenants)) as running:
+                answered = _ask(running, secret, max_tokens=4)
+    finally:
+        tenants.close()
+    assert answered.status_code == 200
+    assert (answered.headers["x-ratelimit-limit-requests"], answered.headers["x-ratelimit-remaining-requests"]) == ("3", "2")
+    assert answered.headers["x-ratelimit-limit-tokens"] == "1000" and 900 < int(answered.headers["x-ratelimit-remaining-tokens"]) < 1000
