@@ -226,6 +226,10 @@ class _Blackbox:
 
     with_options = copy
 
+    def holds_reranker(self, folder: str | Path) -> bool:
+        """Whether this client (with its copies) loaded the reranker adapter in `folder` already: a copy naming it shares it."""
+        return self._core.opened.holds("reranker", folder)
+
     def feedback(self, call_id: str, **kwargs: Any) -> None:
         """Record feedback on a logged call: reward, label, preferred candidate or reference answer."""
         log = self._core.opts.log

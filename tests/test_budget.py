@@ -5,6 +5,7 @@ from __future__ import annotations
 import doctest
 import gc
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -431,3 +432,22 @@ def test_prompt_per_choice_charges_the_prompt_once_per_choice() -> None:
     each = budget.reserve(model="m", prompt_tokens=1000, max_output_tokens=10, n=4, prompt_per_choice=True)
     assert once.worst_case_usd == pytest.approx((1000 + 4 * 10) / 1e6)
     assert each.worst_case_usd == pytest.approx((4 * 1000 + 4 * 10) / 1e6)
+
+
+def _open_files_at(path: Path) -> int:
+    """How many of this process's file descriptors point at `path` or its journals (an SQLite ledger's connections)."""
+    fds = Path("/proc/self/fd")
+    targets = [str(Path(os.path.realpath(fds / name))) for name in os.listdir(fds)]
+    return sum(target.startswith(str(path.resolve())) for target in targets)
+
+
+async def test_a_budget_closes_its_ledger_and_opens_it_again_on_next_use(tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger.db"
+    budget = Budget(total_usd=1.0, prices=PRICES, ledger=str(ledger))
+    budget.settle(budget.reserve(model="unit", prompt_tokens=1000, max_output_tokens=0), prompt_tokens=1000, completion_tokens=0)
+    assert _open_files_at(ledger) > 0
+    budget.close()
+    assert _open_files_at(ledger) == 0
+    assert budget.spent() > 0 and _open_files_at(ledger) > 0  # used again: open again
+    await budget.aclose()
+    assert _open_files_at(ledger) == 0

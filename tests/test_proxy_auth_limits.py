@@ -21,7 +21,7 @@ from blackbox_sdk import RateLimitExceededError
 from blackbox_sdk.serve import ProxyConfig, Tenant, admin_routes, create_app, open_key_store
 from blackbox_sdk.serve._attempts import MAX_FAILURES, WINDOW_S, FailedAttempts
 from blackbox_sdk.serve._key_tenants import TenantDefaults, TenantOptions, key_authenticator
-from blackbox_sdk.serve._keys import KEY_LENGTH, KeyRecord, KeyStore
+from blackbox_sdk.serve._keys import KEY_LENGTH, KeyRecord, KeyStore, KeyStoreBase
 
 ADMIN = "admin-key-for-the-attempts-tests-0123456789"
 TEAM_KEY = "sk-team-a"
@@ -165,7 +165,7 @@ def tenant_keyed(upstream: InstantUpstream, store_at: Callable[[str], str], monk
     with open_key_store(store_at("keys.db"), admin_key=ADMIN) as store:
         secret, _ = store.create("team-a")
         lookups: list[int] = []
-        monkeypatch.setattr(store, "lookup", _counted(store, lookups))
+        monkeypatch.setattr(store, "match", _counted(store, lookups))  # what the authenticator asks (a revoked key's record too)
         tenants = TenantOptions(TenantDefaults())
         app = create_app(ProxyConfig(upstream=upstream.url, max_retries=0), authenticate=key_authenticator(store, tenants), keys=store)
         now = [1000.0]
@@ -176,8 +176,9 @@ def tenant_keyed(upstream: InstantUpstream, store_at: Callable[[str], str], monk
 
 
 def _counted(store: KeyStore, lookups: list[int]) -> Callable[[str | None], KeyRecord | None]:
-    """The store's own lookup, counted."""
-    looked_up = store.lookup
+    """The store's own look-up of a presented key (`match`), counted."""
+    assert isinstance(store, KeyStoreBase)
+    looked_up = store.match
 
     def lookup(presented: str | None) -> KeyRecord | None:
         """Count the lookup, then ask the store."""

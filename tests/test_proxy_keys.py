@@ -608,6 +608,7 @@ def test_a_key_naming_the_proxys_own_reranker_folder_shares_its_loaded_adapter(t
     folder = shutil.copytree(SHIPPED_ADAPTER, tmp_path / "adapter")
     base = OpenAI(base_url="http://127.0.0.1:9/v1", api_key="sk-unused", reranker=str(folder))  # the proxy's --reranker
     clients = TenantClients(base)
+    assert base.holds_reranker(tmp_path / "." / "adapter") and not base.holds_reranker(tmp_path / "another")  # what TenantClients asks
     for name, named in (("team-a", str(folder)), ("team-b", str(tmp_path / "." / "adapter"))):  # the same folder, spelt two ways
         tenant = clients.client(Tenant(name, options={"reranker": named}))
         assert tenant.options.reranker.__self__ is base.options.reranker.__self__  # one adapter, its deltas loaded once
@@ -791,4 +792,51 @@ def test_a_keys_streamed_request_lets_go_of_its_options_when_the_stream_ends(tmp
             assert _open_files_under(tmp_path / "tenants") > 0
             assert http.delete("/admin/keys/team-a", headers={"authorization": f"Bearer {ADMIN}"}).status_code == 200
             assert _open_files_under(tmp_path / "tenants") == 0  # the ended stream held its options no more: closed at once
+    tenants.close()
+
+
+def test_a_key_revoked_from_the_cli_stops_at_once_and_its_stores_close_when_it_is_presented_again(
+    tmp_path: Path, store_at: Callable[[str], str]
+) -> None:
+    """Revoked in the key store by another process (the CLI, another replica), the key is refused at its next request,
+    and that request, finding it revoked, closes what its options opened and drops the proxy's client copy for it."""
+    from servers import InstantUpstream, Proxy
+
+    upstream = InstantUpstream(QUICK_ANSWER)
+    defaults = TenantDefaults(ledger=tmp_path / "tenants", cache=tmp_path / "cache", rate_store=tmp_path / "rates.db",
+                              budget_options={"prices": {MODEL: {"input": 1.0, "output": 1.0}}})
+    tenants = TenantOptions(defaults)
+    try:
+        with open_key_store(store_at("keys.db")) as store, open_key_store(store_at("keys.db")) as cli:  # a file, or a Redis both share
+            key, _ = store.create("team-a", budget_usd=1.0, rpm=100)
+            app = create_app(ProxyConfig(upstream=upstream.url, max_retries=0), authenticate=key_authenticator(store, tenants), tenants=tenants)
+            with Proxy(built=app) as running:
+                client = running.client(api_key=key, max_retries=0)
+                client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=4)
+                assert _open_files_under(tmp_path / "tenants") > 0 and list(app.state.proxy._ready()._copies) == ["team-a"]
+                cli.revoke("team-a")
+                with pytest.raises(openai.AuthenticationError):
+                    client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=4)
+                opened = sum(_open_files_under(tmp_path / name) for name in ("tenants", "cache", "rates.db"))
+                copies = dict(app.state.proxy._ready()._copies)
+        assert opened == 0 and copies == {}
+    finally:
+        tenants.close()
+        upstream.close()
+
+
+
+def test_the_status_page_lets_go_of_a_key_it_lists_as_revoked_elsewhere(tmp_path: Path) -> None:
+    from blackbox_sdk.serve._status_page import key_rows
+
+    defaults = TenantDefaults(ledger=tmp_path / "tenants", budget_options={"prices": {MODEL: {"input": 1.0, "output": 1.0}}})
+    tenants = TenantOptions(defaults)
+    with open_key_store(tmp_path / "keys.db", admin_key=ADMIN) as store, open_key_store(tmp_path / "keys.db") as cli:
+        key, _ = store.create("team-a", budget_usd=1.0)
+        app = create_app(ProxyConfig(upstream="http://127.0.0.1:9/v1", max_retries=0), authenticate=key_authenticator(store, tenants), keys=store, tenants=tenants)
+        tenant = app.state.proxy.authenticate(key)  # what a request of the key builds: its ledger opened
+        assert tenant is not None and tenant.release is not None and _open_files_under(tmp_path / "tenants") > 0
+        tenant.release()  # the request answered
+        cli.revoke("team-a")
+        assert key_rows(app.state.proxy) == [] and _open_files_under(tmp_path / "tenants") == 0
     tenants.close()

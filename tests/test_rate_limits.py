@@ -11,6 +11,7 @@ import gc
 import logging
 import math
 import multiprocessing
+import os
 import sqlite3
 import sys
 import threading
@@ -759,3 +760,87 @@ def test_a_wait_in_limits_inside_others_is_max_wait_s_in_all_not_in_each_window(
         asyncio.run(held.aadmit(key="k", model="m", tokens=1)) if asynchronous else held.admit(key="k", model="m", tokens=1)
     assert refused.value.scope == "client" and clock.now == 10.0  # waited for the key's window, then refused at once
     assert inner.admit(key="k", model="m", tokens=1).tokens == 1  # the key's slot it took was given back
+
+
+def _sockets_to(port: int) -> int:
+    """How many of this process's open TCP sockets are connected to `port` on this host (its Redis clients' connections)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in Path(table).read_text().splitlines()[1:]:
+            fields = row.split()
+            if int(fields[2].rsplit(":", 1)[1], 16) == port and fields[3] == "01":  # remote port; 01: established
+                inodes.add(fields[9])
+    fds = Path("/proc/self/fd")
+    held = []
+    for name in os.listdir(fds):
+        with contextlib.suppress(OSError):  # a descriptor closed while listed
+            held.append(os.readlink(fds / name))
+    return sum(target.startswith("socket:[") and target[8:-1] in inodes for target in held)
+
+
+@pytest.mark.parametrize("closing", ["close", "aclose"])
+def test_closing_a_redis_window_closes_the_asyncio_client_of_a_loop_still_running_in_another_thread(
+    closing: str, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`close()` (or `aclose()` on another loop) leaves no connection open: the sync client's, and the asyncio client of a
+    loop that runs on in its thread, closed on that loop (never from another), without its loop having to end first."""
+    unraisable: list[str] = []
+    gc.collect()  # what earlier tests left unclosed is freed before the hook: only this test's connections are judged
+    monkeypatch.setattr(sys, "unraisablehook", lambda raised: unraisable.append(repr(raised.exc_value)))
+    loop = asyncio.new_event_loop()
+    runner = threading.Thread(target=loop.run_forever, daemon=True)
+    runner.start()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", ResourceWarning)
+            limits = RateLimits(rpm=100, store=redis_server.url)
+            admission = asyncio.run_coroutine_threadsafe(limits.aadmit(key=None, model="m", tokens=1), loop).result(30)
+            assert limits.release(admission)  # on the sync client: both clients hold a connection now
+            assert _sockets_to(redis_server.port) >= 2
+            limits.close() if closing == "close" else asyncio.run(limits.aclose())
+            assert _sockets_to(redis_server.port) == 0 and loop.is_running()
+            admission = asyncio.run_coroutine_threadsafe(limits.aadmit(key=None, model="m", tokens=1), loop).result(30)
+            assert asyncio.run_coroutine_threadsafe(limits.arelease(admission), loop).result(30)  # opened again on next use
+            limits.close()
+            assert _sockets_to(redis_server.port) == 0
+            gc.collect()
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        runner.join(30)
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+    to_redis = f"raddr=('127.0.0.1', {redis_server.port})"  # a socket to another test's server is none of this test's
+    assert not [text for text in unraisable if "raddr=" not in text or to_redis in text]
+
+
+def test_a_forked_child_closing_the_parents_redis_window_never_waits_on_the_parents_loops(redis_server: RedisServer) -> None:
+    """A loop running in a thread of the parent runs in no thread of a forked child: the child's `close()` returns at
+    once rather than waiting (here up to its 300 s socket timeout) for that loop to close its client."""
+    window = RedisWindow(redis_server.url, timeout_s=300.0)
+    loop = asyncio.new_event_loop()
+    runner = threading.Thread(target=loop.run_forever, daemon=True)
+    runner.start()
+    try:
+        asyncio.run_coroutine_threadsafe(window.arelease("client", "none"), loop).result(30)  # the loop's asyncio client opened
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                window.close()
+                code = 0
+            finally:
+                os._exit(code)
+        deadline, waited = time.monotonic() + 60, (0, 0)
+        while (waited := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)  # polling the child's exit, as test_fork does
+        if waited[0] == 0:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        assert waited[0] == pid and os.waitstatus_to_exitcode(waited[1]) == 0, "the child waited on its parent's loop"
+        window.close()  # in the parent: its loop's client closed on that loop
+        assert _sockets_to(redis_server.port) == 0
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        runner.join(30)
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()

@@ -157,7 +157,7 @@ class Call:
         """Whether the SDK's accounting relies on the output cap sent: a budget reserves for it, a
         tokens-per-minute limit admits the call at it."""
         limits = self.opts.rate_limit
-        return self.opts.budget is not None or (limits is not None and limits.tpm is not None)
+        return self.opts.budget is not None or (limits is not None and limits.counts_tokens)
 
     @property
     def cap_sent(self) -> int | None:
@@ -171,7 +171,7 @@ class Call:
         if self.opts.budget is not None:
             return int(self.opts.budget.default_max_output_tokens)
         limits = self.opts.rate_limit
-        return limits.default_max_output_tokens if limits is not None and limits.tpm is not None else None
+        return limits.default_max_output_tokens if limits is not None and limits.counts_tokens else None
 
     def caps_to_send(self, granted: int, refused: bool = False) -> dict[str, int]:
         """The output caps a request carries in place of the caller's, each at most `granted`, noted as

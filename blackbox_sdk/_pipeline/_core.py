@@ -114,7 +114,7 @@ class Core:
     def admission_tokens(self, call: Call, count: int) -> int:
         """The worst case a rate limit admits a call at: its prompts and `count` full answers each, at
         the output cap the call will send; an `extra_body` field that would change that worst case is refused first."""
-        if call.opts.rate_limit is not None and call.opts.rate_limit.tpm is not None:
+        if call.opts.rate_limit is not None and call.opts.rate_limit.counts_tokens:
             refuse_hidden_fields(call.params, "the tokens-per-minute limit admits the call at")
         return (self.count.prompt(call).tokens + (call.cap_sent or 0) * count) * call.prompts
 

@@ -15,6 +15,7 @@ The Budget decides which caps apply and the worst case; the arithmetic of admitt
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import sys
 import time
@@ -319,13 +320,26 @@ class Budget(BaseModel):
                 self._warned.add(model)
                 logger.warning("no price for model %r and no cap applies: its calls are recorded at cost 0", model)
             return price
-        scopes = ", ".join(sorted({cap.scope for cap in caps}))
-        raise PriceMissingError(
-            f"No price for model {model!r}, and a hard budget ({scopes}) applies, so its cost can't be bounded. "
-            f"Add its price in USD per million tokens: Budget(prices={{{model!r}: {{'input': 1.0, 'output': 2.0}}}}) "
-            f"('cached_input' is optional), or put the same mapping in a JSON file and pass Budget(prices_file=...). "
-            f"A model served locally costs 0 when the call is marked local."
-        )
+        raise _price_missing(model, caps)
+
+    def close(self) -> None:
+        """Close the ledger's connections (an SQLite file's, a Redis pool): the next use opens new ones."""
+        self._ledger.close()
+
+    async def aclose(self) -> None:
+        """``close`` in a worker thread, off the event loop: a ledger's connection may wait on its file or server."""
+        await asyncio.to_thread(self.close)
+
+
+def _price_missing(model: str, caps: list[Cap]) -> PriceMissingError:
+    """The error for a call of a model with no price while a cap applies: its cost can't be bounded."""
+    scopes = ", ".join(sorted({cap.scope for cap in caps}))
+    return PriceMissingError(
+        f"No price for model {model!r}, and a hard budget ({scopes}) applies, so its cost can't be bounded. "
+        f"Add its price in USD per million tokens: Budget(prices={{{model!r}: {{'input': 1.0, 'output': 2.0}}}}) "
+        f"('cached_input' is optional), or put the same mapping in a JSON file and pass Budget(prices_file=...). "
+        f"A model served locally costs 0 when the call is marked local."
+    )
 
 
 def _config_error(error: ValidationError) -> ConfigError:

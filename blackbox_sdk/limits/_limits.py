@@ -31,6 +31,7 @@ from . import _checks as check
 from ._memory import MemoryWindow
 from ._policy import Admission, Policy, Request, admission_flow, run_async, run_sync
 from ._redis import RedisWindow
+from ._seen import given_back
 from ._sqlite_window import SQLiteWindow
 from ._store import WindowStore
 from ._window import Window
@@ -142,6 +143,11 @@ class RateLimits(Closing):
         return narrowed
 
     @property
+    def counts_tokens(self) -> bool:
+        """Whether a tpm holds the call here or in a window it is held ``within``: its admission then counts its worst case."""
+        return self.tpm is not None or (self.within is not None and self.within.counts_tokens)
+
+    @property
     def window(self) -> Window:
         """The limits every scope is held to."""
         return Window(self.rpm, self.tpm, self.window_s)
@@ -229,6 +235,8 @@ class RateLimits(Closing):
     def release(self, admission: Admission) -> bool:
         """Take back an admission whose call was never sent (refused by a budget, failed before sending)."""
         released = self._store().release(admission.bucket, admission.id)
+        if released:
+            given_back(admission.bucket, self.window, admission.tokens)  # the request's x-ratelimit-* headers: the window without it
         if self.within is not None and admission.outer is not None:
             self.within.release(admission.outer)
         return released
@@ -236,6 +244,8 @@ class RateLimits(Closing):
     async def arelease(self, admission: Admission) -> bool:
         """``release`` without blocking the event loop."""
         released = await (await self._astore()).arelease(admission.bucket, admission.id)
+        if released:
+            given_back(admission.bucket, self.window, admission.tokens)
         if self.within is not None and admission.outer is not None:
             await self.within.arelease(admission.outer)
         return released

@@ -28,7 +28,7 @@ end
 
 # KEYS: zset, hash. ARGV: id, tokens, window_s, rpm (-1: none), tpm (-1: none), now ('' : the server's TIME), ttl_ms.
 # Returns {1, at, requests, tokens} when admitted (the window's after it; {1, at} for an id already in),
-# {0, at, wait_s, 'rpm' | 'tpm', requests, tokens, newest_at} when refused.
+# {0, at, wait_s, 'rpm' | 'tpm', requests, tokens, newest_at} when refused ('inf' for a call larger than tpm itself).
 ADMIT = _TRIM + """
 local z, h = KEYS[1], KEYS[2]
 local id, tokens, window = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -67,7 +67,7 @@ if need_tokens > 0 then
     freed = freed + (tonumber(redis.call('HGET', h, live[i])) or 0)
     if freed >= need_tokens then wait_tokens = tonumber(live[i + 1]) + window - now break end
   end
-  if wait_tokens < 0 then return redis.error_reply('rate window: a call larger than tpm reached the script') end
+  if wait_tokens < 0 then wait_tokens = math.huge end
 end
 local newest = redis.call('ZRANGE', z, -1, -1, 'WITHSCORES')[2] or at
 if wait_requests >= wait_tokens then

@@ -98,9 +98,9 @@ def _never_fits(request: Request) -> RateLimitExceededError:
 
 
 def admission_flow(request: Request) -> Flow:
-    """Ask until admitted; refuse at once under "raise", or once waiting would pass ``max_wait_s`` under "wait"."""
-    if request.window.tpm is not None and request.tokens > request.window.tpm:
-        raise _never_fits(request)
+    """Ask until admitted; refuse at once under "raise", or once waiting would pass ``max_wait_s`` under "wait". A call
+    larger than the whole tpm is refused after one attempt, which the store refuses too: its window's counts are seen."""
+    never_fits = request.window.tpm is not None and request.tokens > request.window.tpm
     waited = in_store = 0.0  # the pauses, and the time the store took to answer (a locked SQLite file, a slow Redis)
     while True:
         asked = time.monotonic()
@@ -108,6 +108,8 @@ def admission_flow(request: Request) -> Flow:
         in_store += time.monotonic() - asked
         assert verdict is not None
         note(request.bucket, request.window, verdict)
+        if never_fits:
+            raise _never_fits(request)
         if verdict.admitted:
             return Admission(request.scope, request.id, request.tokens, verdict.at, waited, request.bucket)
         if request.policy == "raise" or waited + in_store + verdict.wait_s > request.max_wait_s:  # max_wait_s bounds both

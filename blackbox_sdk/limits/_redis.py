@@ -12,8 +12,10 @@ a database it does not have) is a ConfigError when the store opens.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import math
+import os
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -45,6 +47,7 @@ class RedisWindow(Closing):
         self._scripts = {name: self._client.register_script(source) for name, source in (("admit", ADMIT), ("correct", CORRECT), ("release", RELEASE))}
         # per event loop (threads may each run one): its asyncio client's scripts, and what closes the client as that loop shuts down
         self._async: dict[asyncio.AbstractEventLoop, tuple[dict[str, Any], AsyncGenerator[None, None]]] = {}
+        self._pid = os.getpid()  # a forked child's loops are its own: those it inherited run in no thread of it
 
     @contextmanager
     def _unavailable(self, action: str) -> Iterator[None]:
@@ -114,7 +117,7 @@ class RedisWindow(Closing):
                 retries=RETRIES, backoff=BACKOFF_S, decode_responses=True, socket_timeout=self._timeout_s, socket_connect_timeout=self._timeout_s,
             )
             scripts = {name: client.register_script(script.script) for name, script in self._scripts.items()}
-            closer = _closed_with_loop(client, lambda: self._async.pop(loop, None))
+            closer = _closed_with_loop(client, lambda: self._forget(loop, closer))
             await closer.__anext__()  # the loop now knows it: its shutdown_asyncgens closes the client
             held = self._async[loop] = (scripts, closer)
         return held[0]
@@ -138,17 +141,38 @@ class RedisWindow(Closing):
         """``release`` on the asyncio client."""
         return bool(await self._arun("release a call", lambda scripts: scripts["release"](keys=self._keys(scope), args=[event_id])))
 
+    def _forget(self, loop: asyncio.AbstractEventLoop, closer: AsyncGenerator[None, None]) -> None:
+        """Drop ``loop``'s entry once its client is closed, unless the loop has a newer client by then."""
+        held = self._async.get(loop)
+        if held is not None and held[1] is closer:
+            del self._async[loop]
+
     def close(self) -> None:
-        """Close the connections (an asyncio client is closed as its loop shuts down)."""
+        """Close the connections: the sync client's, and each asyncio client on its own loop, waited for on a loop
+        that runs in another thread (at most the socket timeout). What can't be closed safely from here is left to
+        its loop's shutdown (``asyncio.run``'s end): the client of a loop not running now, and that of the loop this is
+        called on, whose closing is scheduled but not awaited (``aclose`` awaits it)."""
         self._client.close()
+        if self._pid != os.getpid():  # a forked child: the parent's loops (and their clients) are none of its to close
+            return
+        try:
+            here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        running = [(loop, closer) for loop, (_, closer) in list(self._async.items()) if loop.is_running() and not loop.is_closed()]
+        closing = [(loop, asyncio.run_coroutine_threadsafe(_ended(closer), loop)) for loop, closer in running]  # each on its own loop
+        for loop, done in closing:
+            if loop is not here:
+                with contextlib.suppress(Exception):  # a client that fails to close, a loop that does not answer in time
+                    done.result(self._timeout_s)
 
     async def aclose(self) -> None:
-        """Close the connections, awaiting this loop's asyncio client (another loop's is closed as that loop shuts
-        down: its connections can't be awaited here)."""
-        held = self._async.pop(asyncio.get_running_loop(), None)
+        """``close``, awaiting this loop's asyncio client first; another running loop's is closed on that loop, waited
+        for in a worker thread (never blocking this loop)."""
+        held = self._async.get(asyncio.get_running_loop())
         if held is not None:
             await held[1].aclose()
-        self.close()
+        await asyncio.to_thread(self.close)
 
 
 async def _closed_with_loop(client: Any, forget: Callable[[], object]) -> AsyncGenerator[None, None]:
@@ -160,3 +184,8 @@ async def _closed_with_loop(client: Any, forget: Callable[[], object]) -> AsyncG
     finally:
         forget()
         await client.aclose()
+
+
+async def _ended(closer: AsyncGenerator[None, None]) -> None:
+    """A loop's ``_closed_with_loop`` closed (its client with it), as a coroutine another thread can hand that loop."""
+    await closer.aclose()

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ._window import Verdict, Window
 
@@ -26,6 +26,12 @@ class WindowSeen:
     requests: int
     tokens: int
     reset_s: float
+
+    @property
+    def window(self) -> tuple[str, int | None, int | None]:
+        """What tells one window's decisions from another's: its bucket and limits (two stores, a key's window in this
+        process inside the proxy's own, may name the same bucket)."""
+        return self.bucket, self.rpm, self.tpm
 
 
 _SEEN: ContextVar[list[WindowSeen] | None] = ContextVar("blackbox_windows_seen", default=None)
@@ -47,3 +53,15 @@ def note(bucket: str, window: Window, verdict: Verdict) -> None:
     seen = _SEEN.get()
     if seen is not None and verdict.requests is not None and verdict.tokens is not None:
         seen.append(WindowSeen(bucket, window.rpm, window.tpm, verdict.requests, verdict.tokens, verdict.reset_s))
+
+
+def given_back(bucket: str, window: Window, tokens: int) -> None:
+    """An admission in ``bucket`` released after its decision (a window around it refused the call): the window's latest
+    decision seen no longer counts its request and tokens. Its reset stays the decision's (the time the admitted call
+    would have left), unless the window now holds nothing: a store's release reads no counts, so none is asked for."""
+    seen, wanted = _SEEN.get(), (bucket, window.rpm, window.tpm)
+    latest = None if seen is None else next((index for index in reversed(range(len(seen))) if seen[index].window == wanted), None)
+    if seen is not None and latest is not None:
+        held = seen[latest]
+        requests, left = max(0, held.requests - 1), max(0, held.tokens - tokens)
+        seen[latest] = replace(held, requests=requests, tokens=left, reset_s=held.reset_s if requests else 0.0)

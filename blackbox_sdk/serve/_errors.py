@@ -186,7 +186,7 @@ def ratelimit_headers(seen: Iterable[WindowSeen]) -> dict[str, str]:
     """OpenAI's `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` from the windows a request's call was decided in
     (each window's latest decision; of several, the one with the least left), as OpenAI sends them: the reset in Go's
     duration form ("1m0s", "12ms"), the time until the window holds nothing again. None for a unit no window limits."""
-    latest = list({window.bucket: window for window in seen}.values())  # adaptive K admits each round: the last one holds
+    latest = list({window.window: window for window in seen}.values())  # adaptive K admits each round: the last one holds
     headers: dict[str, str] = {}
     for unit, limit_name, used_name in (("requests", "rpm", "requests"), ("tokens", "tpm", "tokens")):
         limited = [(getattr(window, limit_name), getattr(window, used_name), window) for window in latest if getattr(window, limit_name) is not None]

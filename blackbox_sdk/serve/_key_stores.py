@@ -246,12 +246,12 @@ class RedisKeyStore(KeyStoreBase):
         self._pepper_changed()
         return super().create(name, **limits)
 
-    def lookup(self, presented: str | None) -> KeyRecord | None:
-        """``KeyStoreBase.lookup``; an unknown key is looked up once more if the pepper in Redis is no longer the
+    def match(self, presented: str | None) -> KeyRecord | None:
+        """``KeyStoreBase.match``; an unknown key is looked up once more if the pepper in Redis is no longer the
         one this process kept (another replica made a new one after a restart without data)."""
-        found = super().lookup(presented)
+        found = super().match(presented)
         if found is None and plausible(presented) and self._pepper_changed():
-            found = super().lookup(presented)
+            found = super().match(presented)
         return found
 
     def _pepper_changed(self) -> bool:

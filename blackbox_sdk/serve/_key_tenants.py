@@ -26,7 +26,7 @@ from .._exceptions import ConfigError
 from ..budget import Budget
 from ..cache import Cache
 from ..limits import RateLimits
-from ._keys import KeyRecord, KeyStore
+from ._keys import KeyRecord, KeyStore, KeyStoreBase
 from ._tenants import Tenant
 
 DEFAULT_LEDGER_PREFIX = "blackbox:ledger:"
@@ -144,6 +144,7 @@ class TenantOptions:
         self._holds: dict[int, int] = {}  # id of built options -> requests holding them
         self._dropped: dict[int, Mapping[str, Any]] = {}  # options dropped while held: closed by their last release
         self._lock = threading.Lock()
+        self._on_drop: list[Callable[[str, Mapping[str, Any]], None]] = []  # told of each options dropped (the proxy's client copies)
 
     def options(self, record: KeyRecord) -> Mapping[str, Any]:
         """The options of ``record``'s calls (the same object every time for the same record)."""
@@ -173,8 +174,28 @@ class TenantOptions:
 
     def forget(self, name: str) -> None:
         """Drop the options of the tenant ``name`` (its key revoked): closed now, or when its last request ends."""
+        self._forget(lambda record: record.name == name)
+
+    def forget_revoked(self, revoked: KeyRecord) -> None:
+        """Drop the options of a key found revoked (by the CLI or another replica) when it was presented, and only that
+        key's: a live key since created under its name keeps its own."""
+        self._forget(lambda record: record.key_id == revoked.key_id)
+
+    def on_drop(self, callback: Callable[[str, Mapping[str, Any]], None]) -> Callable[[], None]:
+        """Call ``callback(name, options)`` for each tenant's options dropped from now on (the proxy lets go of its client
+        copy), until the function returned is called."""
+        self._on_drop.append(callback)
+        return lambda: self._on_drop.remove(callback) if callback in self._on_drop else None
+
+    def _forget(self, chosen: Callable[[KeyRecord], bool]) -> None:
+        """Drop the options of the records ``chosen``; tell the callbacks, then close them (or leave that to their last request)."""
         with self._lock:
-            stale = [self._drop(record) for record in list(self._built) if record.name == name]
+            records = [record for record in self._built if chosen(record)]
+            dropped = [(record.name, self._built[record]) for record in records]
+            stale = [self._drop(record) for record in records]
+        for name, options in dropped:
+            for callback in self._on_drop:
+                callback(name, options)
         _close_options(stale)
 
     def _drop(self, record: KeyRecord) -> Mapping[str, Any] | None:
@@ -204,16 +225,11 @@ class TenantOptions:
         _close_options(built)
 
 
-def close_ledger(budget: Budget) -> None:
-    """Let go of a Budget's ledger connections (Budget has no close of its own); the next use opens new ones."""
-    budget._ledger.close()
-
-
 def _close_options(built: Sequence[Mapping[str, Any] | None]) -> None:
     """Close the stores a tenant's options opened: its budget's ledger, its cache and its rate window."""
     for options in built:
         if options is not None and "budget" in options:
-            close_ledger(options["budget"])
+            options["budget"].close()
         for name in ("cache", "rate_limit"):
             if options is not None and name in options:
                 options[name].close()
@@ -225,8 +241,11 @@ def key_authenticator(store: KeyStore, tenants: TenantOptions) -> Callable[[str 
 
     def authenticate(presented: str | None) -> Tenant | None:
         """The live key's tenant, with its models and options."""
-        record = store.lookup(presented)
+        record = store.match(presented) if isinstance(store, KeyStoreBase) else store.lookup(presented)
         if record is None:
+            return None
+        if record.revoked:  # revoked elsewhere (the CLI, another replica): refused, and what was built for it let go
+            tenants.forget_revoked(record)
             return None
         options, release = tenants.hold(record)
         return Tenant(name=record.name, models=record.models, options=options, release=release)

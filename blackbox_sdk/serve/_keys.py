@@ -221,6 +221,12 @@ class KeyStoreBase(Closing):
 
     def lookup(self, presented: str | None) -> KeyRecord | None:
         """The record of a live key; None for an unknown, revoked or malformed one. Never raises for bad input."""
+        record = self.match(presented)
+        return record if record is not None and not record.revoked else None
+
+    def match(self, presented: str | None) -> KeyRecord | None:
+        """The record of the key ``presented`` is, revoked or not (a proxy that finds it revoked lets go of what it
+        built for it); None for an unknown or malformed one. Never raises for bad input."""
         if not plausible(presented):
             return None
         computed = digest(self._pepper(), presented)
@@ -228,7 +234,7 @@ class KeyStoreBase(Closing):
         if found is None:
             return None
         stored, record = found
-        return record if same_digest(stored, computed) and not record.revoked else None
+        return record if same_digest(stored, computed) else None
 
     def find(self, key_id_or_name: str) -> KeyRecord | None:
         """A record by its id, else the live key of that name, else its newest revoked one."""

@@ -7,6 +7,7 @@ admin, nor the admin's typos a user."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -19,7 +20,7 @@ from ._admin_gate import AdminGate
 from ._attempts import FailedAttempts
 from ._config import ProxyConfig
 from ._errors import ProxyError, without_addresses
-from ._key_tenants import TenantOptions, close_ledger
+from ._key_tenants import TenantOptions
 from ._keys import KeyStore
 from ._metrics import ProxyMetrics
 from ._tenants import (
@@ -54,6 +55,8 @@ class Proxy:
         self.failure: str | None = None
         self._options = options
         self._clients: TenantClients | None = None
+        # a key's options dropped (its key found revoked): its client copy goes with them, until this proxy closes
+        self._unwatch = tenants.on_drop(self._forget_copy) if tenants is not None else None
 
     @property
     def ready(self) -> bool:
@@ -79,6 +82,8 @@ class Proxy:
         server keeps no connection open after its lifespan ends, even when one of them fails to close (a call log that can't
         write its last records): that error is raised once the rest are closed. A TenantOptions passed in stays its caller's."""
         clients, self._clients = self._clients, None
+        if self._unwatch is not None:
+            self._unwatch()
         budget, rate_limit = self._options.get("budget"), self._options.get("rate_limit")
         try:
             if clients is not None:
@@ -86,7 +91,7 @@ class Proxy:
         finally:
             try:
                 if budget is not None:
-                    await run_in_threadpool(close_ledger, budget)  # a ledger's connection may wait on its file or server
+                    await budget.aclose()  # in a worker thread: a ledger's connection may wait on its file or server
             finally:
                 if rate_limit is not None:
                     await run_in_threadpool(rate_limit.close)
@@ -114,6 +119,11 @@ class Proxy:
         """Drop the client copy of tenant `name` (its key revoked) and the reranker only it named."""
         if self._clients is not None:
             self._clients.drop(name)
+
+    def _forget_copy(self, name: str, options: Mapping[str, Any]) -> None:
+        """Drop the client copy of tenant `name` built on `options` (dropped), and the reranker only it named."""
+        if self._clients is not None:
+            self._clients.drop(name, options)
 
     def _ready(self) -> TenantClients:
         """The clients; 503 while the upstream client is still being built."""

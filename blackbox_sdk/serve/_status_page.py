@@ -90,7 +90,11 @@ def _key_row(proxy: Proxy, record: KeyRecord) -> KeyRow:
 def key_rows(proxy: Proxy) -> list[KeyRow]:
     """The live keys' rows (or the proxy's own, without a key store), with this process's tallies."""
     if proxy.keys is not None:
-        rows = [_key_row(proxy, record) for record in proxy.keys.list() if not record.revoked]
+        records, tenants = proxy.keys.list(), proxy.tenants
+        for record in records:
+            if record.revoked and tenants is not None:  # revoked elsewhere (the CLI, another replica): what was built for it let go
+                tenants.forget_revoked(record)
+        rows = [_key_row(proxy, record) for record in records if not record.revoked]
     else:
         budget = proxy.client_for(None).options.budget if proxy.ready else None
         rows = [_spend(KeyRow(""), budget)]

@@ -94,11 +94,14 @@ class TenantClients:
                     self._let_go()
         return built
 
-    def drop(self, name: str) -> None:
-        """Forget the copy serving tenant `name` (its key revoked), and a reranker no other tenant names any more."""
+    def drop(self, name: str, options: Mapping[str, Any] | None = None) -> None:
+        """Forget the copy serving tenant `name` (its key revoked; only when built on `options`, if given), and a
+        reranker no other tenant names any more."""
         with self._lock:
-            self._copies.pop(name, None)
-            self._let_go()
+            held = self._copies.get(name)
+            if held is not None and (options is None or held[0] is options):
+                del self._copies[name]
+                self._let_go()
 
     def _let_go(self) -> None:
         """Let go of the reranker folders no tenant names now (under the lock): the calls holding one let it go."""
@@ -117,7 +120,7 @@ class TenantClients:
     def _loaded(self, options: Mapping[str, Any]) -> Mapping[str, Any]:
         """The options with a reranker folder given as the Adapter loaded for it (loaded now if no tenant has it yet)."""
         folder = options.get("reranker")
-        if not isinstance(folder, str) or self._base._core.opened.holds("reranker", folder):
+        if not isinstance(folder, str) or self._base.holds_reranker(folder):
             return options  # the proxy's own reranker folder: the copy takes the adapter the proxy loaded, not one of its own
         with self._lock:
             adapter = self._rerankers.get(folder)
