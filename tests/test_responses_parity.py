@@ -264,3 +264,42 @@ def test_a_cached_answer_streams_the_events_a_live_stream_of_it_gives(tmp_path: 
     added = [[e.to_dict() for e in events if e.type == "response.output_text.annotation.added"] for events in (live, replay)]
     assert [{**e, "sequence_number": 0} for e in added[1]] == [{**e, "sequence_number": 0} for e in added[0]]
     assert replay[-1].response.to_dict() == whole.to_dict()
+
+
+def test_answers_that_only_call_functions_are_scored_and_logged_by_their_calls(tmp_path: Path) -> None:
+    """docs/client.md: an answer that only calls tools is scored, and logged, as its calls' JSON (names and arguments),
+    on the Responses API as on chat (a response's function calls were scored and logged as empty texts)."""
+    server = Server([function_call(True)])
+    seen: list[list[str]] = []
+
+    def first(question: str, answers: list[str]) -> list[float]:
+        seen.append(list(answers))
+        return [0.0] * len(answers)
+
+    client = sdk(server, tmp_path)
+    response = client.responses.create(model=MODEL, input="Where?", reranker=first, rerank_n=2)
+    called = json.dumps([{"arguments": ARGUMENTS, "name": "City"}], separators=(",", ":"))
+    assert seen == [[called, called]] and response.blackbox.candidates == [called, called]
+    [logged] = list(CallLog(tmp_path / "calls.db").calls())
+    assert logged.candidates == [called, called]
+
+
+def test_a_reranker_scores_against_the_users_question_not_a_tools_output(tmp_path: Path) -> None:
+    """docs/responses.md: answers are scored against the last user message of `input`; a function call's output
+    after it is the tool's, not the user's (as a chat `tool` message is not the question), whether the earlier
+    answer's items come back as openai's objects or as dicts; its text parts joined as chat's and the feedback log's are."""
+    server = Server([function_call(True)])
+    client = sdk(server, tmp_path)
+    earlier = client.responses.create(model=MODEL, input="Where is the Louvre?")
+    questions: list[str] = []
+
+    def heard(question: str, answers: list[str]) -> list[float]:
+        questions.append(question)
+        return [0.0] * len(answers)
+
+    server.output = [message("It is in Paris.")]
+    output = {"type": "function_call_output", "call_id": "call_1", "output": '{"city": "Paris"}'}
+    for items in (earlier.output, [item.to_dict() for item in earlier.output]):
+        asked = {"role": "user", "content": [{"type": "input_text", "text": "Where is"}, {"type": "input_text", "text": "the Louvre?"}]}
+        client.responses.create(model=MODEL, input=[asked, *items, output], reranker=heard, rerank_n=2, cache=None)
+    assert questions == ["Where is the Louvre?", "Where is the Louvre?"]

@@ -41,19 +41,20 @@ def replay_response() -> httpx2.Response:
 
 
 def texts(call: Call, candidates: list[Candidate]) -> list[str]:
-    """What each candidate answers, as the reranker scores it and the log keeps it: its text, or for a
-    chat answer that only calls tools, its tool calls as JSON (names and arguments)."""
+    """What each candidate answers, as the reranker scores it and the log keeps it: its text, or for an
+    answer that only calls tools (chat's or a response's), its tool calls as JSON (names and arguments)."""
     return [call.route.text(c.choice) or _tool_calls(c.choice) for c in candidates]
 
 
 def _tool_calls(choice: Json) -> str:
-    """A chat choice's tool calls as compact JSON ("" when it has none)."""
+    """A chat choice's tool calls, or a whole response's function calls, as compact JSON ("" when it has none)."""
     message = choice.get("message")
     calls = message.get("tool_calls") if isinstance(message, dict) else None
-    if not calls:
-        return ""
-    wanted = [call.get("function") or call for call in calls if isinstance(call, dict)]
-    return json.dumps(wanted, ensure_ascii=False, separators=(",", ":"), default=str)
+    wanted = [call.get("function") or call for call in calls or [] if isinstance(call, dict)]
+    output = choice.get("output")
+    items = output if isinstance(output, list) else []
+    wanted += [{"arguments": item.get("arguments"), "name": item.get("name")} for item in items if isinstance(item, dict) and item.get("type") == "function_call"]
+    return json.dumps(wanted, ensure_ascii=False, separators=(",", ":"), default=str) if wanted else ""
 
 
 def logged_texts(call: Call, candidates: list[Candidate]) -> list[str]:
