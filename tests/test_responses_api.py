@@ -11,6 +11,7 @@ answer) use `responses_upstream.ResponsesUpstream`, a loopback double of the sam
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -28,6 +29,7 @@ from blackbox_sdk.limits import RateLimits
 from blackbox_sdk.resources._responses_api import AsyncResponses, Responses
 
 from responses_upstream import ResponsesUpstream
+from servers import sse_upstream
 
 MODEL = "smollm2"
 PRICES = {MODEL: {"input": 1000.0, "output": 2000.0}}  # dollars per million tokens: every token shows
@@ -244,6 +246,24 @@ def test_a_stream_that_never_completes_is_charged_never_cached_and_logged(mode: 
     list(client.responses.create(model=MODEL, input=QUESTION, max_output_tokens=16, stream=True))
     assert len(upstream.bodies) == 2  # not served from the cache
 
+
+
+@pytest.mark.parametrize("kind", ["response.function_call_arguments.delta", "response.refusal.delta", "response.reasoning_summary_text.delta"])
+def test_a_cut_stream_is_charged_for_every_output_that_arrived(kind: str, tmp_path: Path, budget: Budget, log: CallLog) -> None:
+    """A stream cut before its final response is charged for what arrived: a function call's arguments, a refusal or a
+    reasoning summary streamed are output tokens the server bills, as an answer's text is (they were charged as none)."""
+    started = {"id": "resp_1", "object": "response", "created_at": 1, "model": MODEL, "status": "in_progress", "output": []}
+    where = {"item_id": "item_1", "output_index": 0, "content_index": 0, "summary_index": 0}
+    events = [{"type": "response.created", "response": started}]
+    events += [{"type": kind, **where, "delta": piece} for piece in ['{"city": "Paris", ', '"country": "France", ', '"population": 2102650}']]
+    body = "".join(f"event: {e['type']}\ndata: {json.dumps({**e, 'sequence_number': i})}\n\n" for i, e in enumerate(events)).encode()
+    with sse_upstream(lambda headers: body) as url:
+        client = OpenAI(api_key="sk-test", base_url=url, budget=budget, log=log, max_retries=0)
+        assert [e.type for e in client.responses.create(model=MODEL, input=QUESTION, max_output_tokens=64, stream=True)][-1] == kind
+    [logged] = records(log)
+    assert logged.error is not None and logged.error.startswith("ConnectionError")  # cut: no final response came
+    assert logged.usage is not None and logged.usage["completion_tokens"] > 0
+    assert budget.report().spent_usd == pytest.approx(logged.cost_usd) and budget.report().outstanding_reservations == 0
 
 def test_a_stream_left_at_its_whole_text_is_closed_at_once_and_logged_as_cut_when_the_server_stalls(
     upstream: ResponsesUpstream, tmp_path: Path, budget: Budget, log: CallLog,
