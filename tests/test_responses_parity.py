@@ -303,3 +303,19 @@ def test_a_reranker_scores_against_the_users_question_not_a_tools_output(tmp_pat
         asked = {"role": "user", "content": [{"type": "input_text", "text": "Where is"}, {"type": "input_text", "text": "the Louvre?"}]}
         client.responses.create(model=MODEL, input=[asked, *items, output], reranker=heard, rerank_n=2, cache=None)
     assert questions == ["Where is the Louvre?", "Where is the Louvre?"]
+
+
+def test_parse_sends_verbosity_as_openais_parse_does(tmp_path: Path) -> None:
+    """openai's `responses.parse` takes `verbosity` (its `create` does not) and sends it in the body; the SDK's `parse`
+    (and its raw view's) did too instead of raising TypeError from openai's `create`."""
+    server = Server([message('{"name": "Paris", "country": "France"}')])
+    bare = openai.OpenAI(base_url="http://api.test/v1", api_key="sk-test", http_client=httpx2.Client(transport=httpx2.MockTransport(server)), max_retries=0)
+    client = sdk(server, tmp_path)
+    asked: dict[str, Any] = {"model": MODEL, "input": "Where?", "text_format": City}
+    expected = bare.responses.parse(**asked, verbosity="low")
+    parsed = client.responses.parse(**asked, verbosity="low")
+    raw = client.responses.with_raw_response.parse(**asked, verbosity="high").parse()
+    assert parsed.output_parsed == raw.output_parsed == expected.output_parsed == City(name="Paris", country="France")
+    assert [body.get("verbosity") for body in server.bodies] == ["low", "low", "high"]
+    sent = {name: value for name, value in server.bodies[1].items() if name != "max_output_tokens"}  # the budget's cap, added
+    assert sent == server.bodies[0]  # else the SDK's body is openai's
