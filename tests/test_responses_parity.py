@@ -319,3 +319,19 @@ def test_parse_sends_verbosity_as_openais_parse_does(tmp_path: Path) -> None:
     assert [body.get("verbosity") for body in server.bodies] == ["low", "low", "high"]
     sent = {name: value for name, value in server.bodies[1].items() if name != "max_output_tokens"}  # the budget's cap, added
     assert sent == server.bodies[0]  # else the SDK's body is openai's
+
+
+def test_a_cached_answers_logprobs_stream_on_its_text_deltas(tmp_path: Path) -> None:
+    """A live stream's text deltas carry the logprobs of their tokens; a cached whole answer's do too (all on its first
+    delta, as chat's replay puts them on its first chunk), so what a reader gathers from the deltas is the answer's."""
+    logprobs = [{"token": token, "logprob": -0.1, "bytes": list(token.encode()), "top_logprobs": []} for token in ("Paris", " is", " nice.")]
+    part = {"type": "output_text", "text": "Paris is nice.", "annotations": [], "logprobs": logprobs}
+    server = Server([{"type": "message", "id": "msg_1", "role": "assistant", "status": "completed", "content": [part]}])
+    client = sdk(server, tmp_path)
+    client.responses.create(model=MODEL, input="Say it.")
+    events = list(client.responses.create(model=MODEL, input="Say it.", stream=True))
+    assert len(server.bodies) == 1  # the stream was the cached answer
+    deltas = [e for e in events if e.type == "response.output_text.delta"]
+    assert "".join(e.delta for e in deltas) == "Paris is nice." and len(deltas) > 1
+    assert [p.token for e in deltas for p in e.logprobs] == ["Paris", " is", " nice."]
+    assert [p.token for p in next(e for e in events if e.type == "response.output_text.done").logprobs] == ["Paris", " is", " nice."]
