@@ -13,15 +13,11 @@ from typing import Any
 from openai._models import construct_type
 from openai.types.responses import ResponseStreamEvent
 
-from .._types import Json
+from .._types import RESPONSES, Json
 
 _PIECES = re.compile(r"\s*\S+\s*|\s+")
 ENDED = ("response.completed", "response.incomplete")  # a stream that ended with one of these is whole
 FAILED = ("response.failed", "error")
-_OUTPUT_DELTAS = frozenset({  # the events whose `delta` streams output the server bills as output tokens
-    "response.output_text.delta", "response.refusal.delta", "response.function_call_arguments.delta",
-    "response.custom_tool_call_input.delta", "response.reasoning_text.delta", "response.reasoning_summary_text.delta",
-})
 _STREAMED_PARTS = {  # the content parts a server streams as deltas: the field holding their text, their events' prefix
     "output_text": ("text", "response.output_text"),
     "refusal": ("refusal", "response.refusal"),
@@ -175,6 +171,6 @@ def arrived(events: list[Json]) -> tuple[str, Json | None]:
     """What a stream that did not end whole brought: the output streamed (an answer's text, and the other outputs
     the server bills as output tokens: a refusal, a call's arguments or input, reasoning), and a failed response's
     own account of it (None when the stream was cut or closed before one came)."""
-    text = "".join(e["delta"] for e in events if e.get("type") in _OUTPUT_DELTAS and isinstance(e.get("delta"), str))
+    text = "".join(RESPONSES.delta_text(e) for e in events)
     failed = next((e.get("response") for e in reversed(events) if e.get("type") in FAILED), None)
     return text, failed if isinstance(failed, dict) else None
