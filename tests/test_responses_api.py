@@ -352,6 +352,18 @@ def test_a_streamed_parse_is_refused_before_anything_is_sent(view: str, upstream
     assert upstream.bodies == [] and records(log) == [] and budget.report().calls == 0
 
 
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_reranked_call_in_a_conversation_is_refused_before_anything_is_sent(stream: bool, upstream: ResponsesUpstream, tmp_path: Path, budget: Budget, log: CallLog) -> None:
+    """Each of `rerank_n` requests adds its input and answer to the conversation it names (the server appends every
+    response to it), so a reranked call would leave K turns in it: refused, before anything is sent or reserved."""
+    client = double_client(OpenAI, upstream, tmp_path, budget)
+    with pytest.raises(ConfigError, match="conversation"):
+        client.responses.create(model=MODEL, input=QUESTION, conversation="conv_1", stream=stream, reranker=lambda q, answers: [0.0] * len(answers), rerank_n=2)
+    assert upstream.bodies == [] and records(log) == [] and budget.report().calls == 0
+    client.responses.create(model=MODEL, input=QUESTION, conversation={"id": "conv_1"}, reranker=lambda q, answers: [0.0] * len(answers), rerank_n=1)
+    assert len(upstream.bodies) == 1  # one request, one turn: sent
+
 def test_parse_reranks_answers_that_fit_the_schema_first(upstream: ResponsesUpstream, tmp_path: Path, budget: Budget, log: CallLog) -> None:
     upstream.answers = ["not json at all, and longer", '{"name": "Paris"}']
     client = double_client(OpenAI, upstream, tmp_path, budget)
