@@ -354,7 +354,9 @@ def test_a_streamed_parse_is_refused_before_anything_is_sent(view: str, upstream
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_a_reranked_call_in_a_conversation_is_refused_before_anything_is_sent(stream: bool, upstream: ResponsesUpstream, tmp_path: Path, budget: Budget, log: CallLog) -> None:
+def test_a_reranked_call_in_a_conversation_is_refused_before_anything_is_sent(
+    stream: bool, upstream: ResponsesUpstream, tmp_path: Path, budget: Budget, log: CallLog,
+) -> None:
     """Each of `rerank_n` requests adds its input and answer to the conversation it names (the server appends every
     response to it), so a reranked call would leave K turns in it: refused, before anything is sent or reserved."""
     client = double_client(OpenAI, upstream, tmp_path, budget)

@@ -52,8 +52,8 @@ def _tool_calls(choice: Json) -> str:
     calls = message.get("tool_calls") if isinstance(message, dict) else None
     wanted = [call.get("function") or call for call in calls or [] if isinstance(call, dict)]
     output = choice.get("output")
-    items = output if isinstance(output, list) else []
-    wanted += [{"arguments": item.get("arguments"), "name": item.get("name")} for item in items if isinstance(item, dict) and item.get("type") == "function_call"]
+    called = [item for item in output if isinstance(item, dict) and item.get("type") == "function_call"] if isinstance(output, list) else []
+    wanted += [{"arguments": item.get("arguments"), "name": item.get("name")} for item in called]
     return json.dumps(wanted, ensure_ascii=False, separators=(",", ":"), default=str) if wanted else ""
 
 
