@@ -266,10 +266,17 @@ def test_a_cached_answer_streams_the_events_a_live_stream_of_it_gives(tmp_path: 
     assert replay[-1].response.to_dict() == whole.to_dict()
 
 
-def test_answers_that_only_call_functions_are_scored_and_logged_by_their_calls(tmp_path: Path) -> None:
-    """docs/client.md: an answer that only calls tools is scored, and logged, as its calls' JSON (names and arguments),
-    on the Responses API as on chat (a response's function calls were scored and logged as empty texts)."""
-    server = Server([function_call(True)])
+CUSTOM_CALL = {"type": "custom_tool_call", "id": "ctc_1", "call_id": "call_2", "name": "shell", "input": "ls -la", "status": "completed"}
+
+
+@pytest.mark.parametrize(("output", "called"), [
+    pytest.param([function_call(True)], [{"arguments": ARGUMENTS, "name": "City"}], id="function"),
+    pytest.param([function_call(True), CUSTOM_CALL], [{"arguments": ARGUMENTS, "name": "City"}, {"input": "ls -la", "name": "shell"}], id="and-custom"),
+])
+def test_answers_that_only_call_tools_are_scored_and_logged_by_their_calls(tmp_path: Path, output: list[dict[str, Any]], called: list[dict[str, str]]) -> None:
+    """docs/client.md: an answer that only calls tools is scored, and logged, as its calls' JSON (names and arguments, a
+    custom tool's input), on the Responses API as on chat (a response's tool calls were scored and logged as empty texts)."""
+    server = Server(output)
     seen: list[list[str]] = []
 
     def first(question: str, answers: list[str]) -> list[float]:
@@ -278,10 +285,10 @@ def test_answers_that_only_call_functions_are_scored_and_logged_by_their_calls(t
 
     client = sdk(server, tmp_path)
     response = client.responses.create(model=MODEL, input="Where?", reranker=first, rerank_n=2)
-    called = json.dumps([{"arguments": ARGUMENTS, "name": "City"}], separators=(",", ":"))
-    assert seen == [[called, called]] and response.blackbox.candidates == [called, called]
+    text = json.dumps(called, separators=(",", ":"))
+    assert seen == [[text, text]] and response.blackbox.candidates == [text, text]
     [logged] = list(CallLog(tmp_path / "calls.db").calls())
-    assert logged.candidates == [called, called]
+    assert logged.candidates == [text, text]
 
 
 def test_a_reranker_scores_against_the_users_question_not_a_tools_output(tmp_path: Path) -> None:
