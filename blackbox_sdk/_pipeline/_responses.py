@@ -45,7 +45,7 @@ _CALLED = {"function_call": "arguments", "custom_tool_call": "input"}  # a respo
 
 def texts(call: Call, candidates: list[Candidate]) -> list[str]:
     """What each candidate answers, as the reranker scores it and the log keeps it: its text, or for an
-    answer that only calls tools (chat's or a response's), its tool calls as JSON (names and arguments)."""
+    answer that only calls tools (chat's or a response's), its tool calls as JSON (names, and arguments or input)."""
     return [call.route.text(c.choice) or _tool_calls(c.choice) for c in candidates]
 
 
