@@ -82,6 +82,12 @@ class Route:
         return {}
 
 
+OUTPUT_DELTAS = frozenset({  # the Responses API's stream events whose `delta` is output the server bills as output tokens
+    "response.output_text.delta", "response.refusal.delta", "response.function_call_arguments.delta",
+    "response.custom_tool_call_input.delta", "response.reasoning_text.delta", "response.reasoning_summary_text.delta",
+})
+
+
 @dataclass(frozen=True)
 class ResponsesRoute(Route):
     """The Responses API: one answer per request (no `n`), its text in the `output` messages,
@@ -110,8 +116,10 @@ class ResponsesRoute(Route):
         return out
 
     def delta_text(self, chunk_choice: Json) -> str:
-        """The text a streamed event adds (`response.output_text.delta`)."""
-        return (chunk_choice.get("delta") or "") if chunk_choice.get("type") == "response.output_text.delta" else ""
+        """The output a streamed event adds: an answer's text, and the other output billed as output tokens (a refusal,
+        a call's arguments or input, reasoning), so that a stream cut short is charged for all that arrived."""
+        delta = chunk_choice.get("delta")
+        return delta if chunk_choice.get("type") in OUTPUT_DELTAS and isinstance(delta, str) else ""
 
     def texts(self, response: Json) -> list[str]:
         """The one answer text of a whole response."""

@@ -11,6 +11,7 @@ answer) use `responses_upstream.ResponsesUpstream`, a loopback double of the sam
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -28,6 +29,7 @@ from blackbox_sdk.limits import RateLimits
 from blackbox_sdk.resources._responses_api import AsyncResponses, Responses
 
 from responses_upstream import ResponsesUpstream
+from servers import sse_upstream
 
 MODEL = "smollm2"
 PRICES = {MODEL: {"input": 1000.0, "output": 2000.0}}  # dollars per million tokens: every token shows
@@ -245,6 +247,24 @@ def test_a_stream_that_never_completes_is_charged_never_cached_and_logged(mode: 
     assert len(upstream.bodies) == 2  # not served from the cache
 
 
+
+@pytest.mark.parametrize("kind", ["response.function_call_arguments.delta", "response.refusal.delta", "response.reasoning_summary_text.delta"])
+def test_a_cut_stream_is_charged_for_every_output_that_arrived(kind: str, tmp_path: Path, budget: Budget, log: CallLog) -> None:
+    """A stream cut before its final response is charged for what arrived: a function call's arguments, a refusal or a
+    reasoning summary streamed are output tokens the server bills, as an answer's text is (they were charged as none)."""
+    started = {"id": "resp_1", "object": "response", "created_at": 1, "model": MODEL, "status": "in_progress", "output": []}
+    where = {"item_id": "item_1", "output_index": 0, "content_index": 0, "summary_index": 0}
+    events = [{"type": "response.created", "response": started}]
+    events += [{"type": kind, **where, "delta": piece} for piece in ['{"city": "Paris", ', '"country": "France", ', '"population": 2102650}']]
+    body = "".join(f"event: {e['type']}\ndata: {json.dumps({**e, 'sequence_number': i})}\n\n" for i, e in enumerate(events)).encode()
+    with sse_upstream(lambda headers: body) as url:
+        client = OpenAI(api_key="sk-test", base_url=url, budget=budget, log=log, max_retries=0)
+        assert [e.type for e in client.responses.create(model=MODEL, input=QUESTION, max_output_tokens=64, stream=True)][-1] == kind
+    [logged] = records(log)
+    assert logged.error is not None and logged.error.startswith("ConnectionError")  # cut: no final response came
+    assert logged.usage is not None and logged.usage["completion_tokens"] > 0
+    assert budget.report().spent_usd == pytest.approx(logged.cost_usd) and budget.report().outstanding_reservations == 0
+
 def test_a_stream_left_at_its_whole_text_is_closed_at_once_and_logged_as_cut_when_the_server_stalls(
     upstream: ResponsesUpstream, tmp_path: Path, budget: Budget, log: CallLog,
 ) -> None:
@@ -331,6 +351,20 @@ def test_a_streamed_parse_is_refused_before_anything_is_sent(view: str, upstream
         method(model=MODEL, input=QUESTION, text_format=City, max_output_tokens=16, stream=True)
     assert upstream.bodies == [] and records(log) == [] and budget.report().calls == 0
 
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_reranked_call_in_a_conversation_is_refused_before_anything_is_sent(
+    stream: bool, upstream: ResponsesUpstream, tmp_path: Path, budget: Budget, log: CallLog,
+) -> None:
+    """Each of `rerank_n` requests adds its input and answer to the conversation it names (the server appends every
+    response to it), so a reranked call would leave K turns in it: refused, before anything is sent or reserved."""
+    client = double_client(OpenAI, upstream, tmp_path, budget)
+    with pytest.raises(ConfigError, match="conversation"):
+        client.responses.create(model=MODEL, input=QUESTION, conversation="conv_1", stream=stream, reranker=lambda q, answers: [0.0] * len(answers), rerank_n=2)
+    assert upstream.bodies == [] and records(log) == [] and budget.report().calls == 0
+    client.responses.create(model=MODEL, input=QUESTION, conversation={"id": "conv_1"}, reranker=lambda q, answers: [0.0] * len(answers), rerank_n=1)
+    assert len(upstream.bodies) == 1  # one request, one turn: sent
 
 def test_parse_reranks_answers_that_fit_the_schema_first(upstream: ResponsesUpstream, tmp_path: Path, budget: Budget, log: CallLog) -> None:
     upstream.answers = ["not json at all, and longer", '{"name": "Paris"}']

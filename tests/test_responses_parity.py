@@ -264,3 +264,81 @@ def test_a_cached_answer_streams_the_events_a_live_stream_of_it_gives(tmp_path: 
     added = [[e.to_dict() for e in events if e.type == "response.output_text.annotation.added"] for events in (live, replay)]
     assert [{**e, "sequence_number": 0} for e in added[1]] == [{**e, "sequence_number": 0} for e in added[0]]
     assert replay[-1].response.to_dict() == whole.to_dict()
+
+
+CUSTOM_CALL = {"type": "custom_tool_call", "id": "ctc_1", "call_id": "call_2", "name": "shell", "input": "ls -la", "status": "completed"}
+
+
+@pytest.mark.parametrize(("output", "called"), [
+    pytest.param([function_call(True)], [{"arguments": ARGUMENTS, "name": "City"}], id="function"),
+    pytest.param([function_call(True), CUSTOM_CALL], [{"arguments": ARGUMENTS, "name": "City"}, {"input": "ls -la", "name": "shell"}], id="and-custom"),
+])
+def test_answers_that_only_call_tools_are_scored_and_logged_by_their_calls(tmp_path: Path, output: list[dict[str, Any]], called: list[dict[str, str]]) -> None:
+    """docs/client.md: an answer that only calls tools is scored, and logged, as its calls' JSON (names and arguments, a
+    custom tool's input), on the Responses API as on chat (a response's tool calls were scored and logged as empty texts)."""
+    server = Server(output)
+    seen: list[list[str]] = []
+
+    def first(question: str, answers: list[str]) -> list[float]:
+        seen.append(list(answers))
+        return [0.0] * len(answers)
+
+    client = sdk(server, tmp_path)
+    response = client.responses.create(model=MODEL, input="Where?", reranker=first, rerank_n=2)
+    text = json.dumps(called, separators=(",", ":"))
+    assert seen == [[text, text]] and response.blackbox.candidates == [text, text]
+    [logged] = list(CallLog(tmp_path / "calls.db").calls())
+    assert logged.candidates == [text, text]
+
+
+def test_a_reranker_scores_against_the_users_question_not_a_tools_output(tmp_path: Path) -> None:
+    """docs/responses.md: answers are scored against the last user message of `input`; a function call's output
+    after it is the tool's, not the user's (as a chat `tool` message is not the question), whether the earlier
+    answer's items come back as openai's objects or as dicts; its text parts joined as chat's and the feedback log's are."""
+    server = Server([function_call(True)])
+    client = sdk(server, tmp_path)
+    earlier = client.responses.create(model=MODEL, input="Where is the Louvre?")
+    questions: list[str] = []
+
+    def heard(question: str, answers: list[str]) -> list[float]:
+        questions.append(question)
+        return [0.0] * len(answers)
+
+    server.output = [message("It is in Paris.")]
+    output = {"type": "function_call_output", "call_id": "call_1", "output": '{"city": "Paris"}'}
+    for items in (earlier.output, [item.to_dict() for item in earlier.output]):
+        asked = {"role": "user", "content": [{"type": "input_text", "text": "Where is"}, {"type": "input_text", "text": "the Louvre?"}]}
+        client.responses.create(model=MODEL, input=[asked, *items, output], reranker=heard, rerank_n=2, cache=None)
+    assert questions == ["Where is the Louvre?", "Where is the Louvre?"]
+
+
+def test_parse_sends_verbosity_as_openais_parse_does(tmp_path: Path) -> None:
+    """openai's `responses.parse` takes `verbosity` (its `create` does not) and sends it in the body; the SDK's `parse`
+    (and its raw view's) did too instead of raising TypeError from openai's `create`."""
+    server = Server([message('{"name": "Paris", "country": "France"}')])
+    bare = openai.OpenAI(base_url="http://api.test/v1", api_key="sk-test", http_client=httpx2.Client(transport=httpx2.MockTransport(server)), max_retries=0)
+    client = sdk(server, tmp_path)
+    asked: dict[str, Any] = {"model": MODEL, "input": "Where?", "text_format": City}
+    expected = bare.responses.parse(**asked, verbosity="low")
+    parsed = client.responses.parse(**asked, verbosity="low")
+    raw = client.responses.with_raw_response.parse(**asked, verbosity="high").parse()
+    assert parsed.output_parsed == raw.output_parsed == expected.output_parsed == City(name="Paris", country="France")
+    assert [body.get("verbosity") for body in server.bodies] == ["low", "low", "high"]
+    sent = {name: value for name, value in server.bodies[1].items() if name != "max_output_tokens"}  # the budget's cap, added
+    assert sent == server.bodies[0]  # else the SDK's body is openai's
+
+
+def test_a_cached_answers_logprobs_stream_on_its_text_deltas(tmp_path: Path) -> None:
+    """A live stream's text deltas carry the logprobs of their tokens; a cached whole answer's do too (all on its first
+    delta, as chat's replay puts them on its first chunk), so what a reader gathers from the deltas is the answer's."""
+    logprobs = [{"token": token, "logprob": -0.1, "bytes": list(token.encode()), "top_logprobs": []} for token in ("Paris", " is", " nice.")]
+    part = {"type": "output_text", "text": "Paris is nice.", "annotations": [], "logprobs": logprobs}
+    server = Server([{"type": "message", "id": "msg_1", "role": "assistant", "status": "completed", "content": [part]}])
+    client = sdk(server, tmp_path)
+    client.responses.create(model=MODEL, input="Say it.")
+    events = list(client.responses.create(model=MODEL, input="Say it.", stream=True))
+    assert len(server.bodies) == 1  # the stream was the cached answer
+    deltas = [e for e in events if e.type == "response.output_text.delta"]
+    assert "".join(e.delta for e in deltas) == "Paris is nice." and len(deltas) > 1
+    assert [p.token for e in deltas for p in e.logprobs] == ["Paris", " is", " nice."]
+    assert [p.token for p in next(e for e in events if e.type == "response.output_text.done").logprobs] == ["Paris", " is", " nice."]

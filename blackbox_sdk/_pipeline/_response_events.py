@@ -121,15 +121,17 @@ def _part_events(part: Json, where: Json) -> Iterator[Json]:
 
 
 def _text_events(part: Json, where: Json, text: str, prefix: str) -> Iterator[Json]:
-    """A part's text as deltas; an output text's annotations each added (in order) after the delta that
-    streams the text up to its end, as a server adds them while the text streams."""
+    """A part's text as deltas (an output text's logprobs on the first, as a live stream's deltas carry their tokens'); an
+    output text's annotations each added (in order) after the delta that streams the text up to its end, as a server
+    adds them while the text streams."""
     output_text = part.get("type") == "output_text"
     listed = part.get("annotations") if output_text else None
     pending = list(enumerate(listed if isinstance(listed, list) else []))
+    logprobs = part.get("logprobs") or []
     streamed = 0
-    for piece in _PIECES.findall(text):
+    for number, piece in enumerate(_PIECES.findall(text)):
         streamed += len(piece)
-        yield {"type": f"{prefix}.delta", **where, "delta": piece, **({"logprobs": []} if output_text else {})}
+        yield {"type": f"{prefix}.delta", **where, "delta": piece, **({"logprobs": [] if number else logprobs} if output_text else {})}
         while pending and _annotation_end(pending[0][1], len(text)) <= streamed:
             yield _annotation_event(*pending.pop(0), where)
     for number, annotation in pending:
@@ -166,8 +168,9 @@ def final_response(events: list[Json]) -> Json | None:
 
 
 def arrived(events: list[Json]) -> tuple[str, Json | None]:
-    """What a stream that did not end whole brought: the text streamed, and a failed response's own
-    account of it (None when the stream was cut or closed before one came)."""
+    """What a stream that did not end whole brought: the output streamed (an answer's text, and the other outputs
+    the server bills as output tokens: a refusal, a call's arguments or input, reasoning), and a failed response's
+    own account of it (None when the stream was cut or closed before one came)."""
     text = "".join(RESPONSES.delta_text(e) for e in events)
     failed = next((e.get("response") for e in reversed(events) if e.get("type") in FAILED), None)
     return text, failed if isinstance(failed, dict) else None

@@ -71,9 +71,16 @@ def input_messages(params: Mapping[str, Any]) -> list[Json]:
 
 
 def question(params: Mapping[str, Any]) -> str:
-    """The text the answers answer, for a reranker: the last user message's text."""
-    for message in reversed(input_messages(params)):
-        if message["role"] == "user":
-            content = message["content"]
-            return content if isinstance(content, str) else " ".join(p.get("text", "") for p in content)
+    """The text the answers answer, for a reranker: `input` as a string, else its last user message's text parts joined
+    (a tool's output, or an earlier answer's item given back as openai's object, is counted as a user turn but is not the question)."""
+    given = params.get("input")
+    if isinstance(given, str):
+        return given
+    for item in reversed(given if isinstance(given, (list, tuple)) else []):
+        if isinstance(item, Mapping) and item.get("role") == "user":
+            content = item.get("content")
+            if isinstance(content, str):
+                return content
+            texts = [part.get("text") for part in content or [] if isinstance(part, Mapping)]
+            return " ".join(text for text in texts if isinstance(text, str))  # as chat's question, and the feedback log's
     return ""

@@ -40,20 +40,24 @@ def replay_response() -> httpx2.Response:
     return httpx2.Response(200, headers={"content-type": "text/event-stream", "x-blackbox-cache": "hit"})
 
 
+_CALLED = {"function_call": "arguments", "custom_tool_call": "input"}  # a response's tool calls: the field holding what they pass
+
+
 def texts(call: Call, candidates: list[Candidate]) -> list[str]:
-    """What each candidate answers, as the reranker scores it and the log keeps it: its text, or for a
-    chat answer that only calls tools, its tool calls as JSON (names and arguments)."""
+    """What each candidate answers, as the reranker scores it and the log keeps it: its text, or for an
+    answer that only calls tools (chat's or a response's), its tool calls as JSON (names, and arguments or input)."""
     return [call.route.text(c.choice) or _tool_calls(c.choice) for c in candidates]
 
 
 def _tool_calls(choice: Json) -> str:
-    """A chat choice's tool calls as compact JSON ("" when it has none)."""
+    """A chat choice's tool calls, or a whole response's function and custom tool calls, as compact JSON ("" when it has none)."""
     message = choice.get("message")
     calls = message.get("tool_calls") if isinstance(message, dict) else None
-    if not calls:
-        return ""
-    wanted = [call.get("function") or call for call in calls if isinstance(call, dict)]
-    return json.dumps(wanted, ensure_ascii=False, separators=(",", ":"), default=str)
+    wanted = [call.get("function") or call for call in calls or [] if isinstance(call, dict)]
+    output = choice.get("output")
+    items = [item for item in output if isinstance(item, dict)] if isinstance(output, list) else []
+    wanted += [{field: item.get(field), "name": item.get("name")} for item in items if (field := _CALLED.get(str(item.get("type"))))]
+    return json.dumps(wanted, ensure_ascii=False, separators=(",", ":"), default=str) if wanted else ""
 
 
 def logged_texts(call: Call, candidates: list[Candidate]) -> list[str]:

@@ -18,6 +18,7 @@ from typing import Any, get_args
 from openai.types.responses import Response, ResponseUsage
 from pydantic import BaseModel
 
+from .._exceptions import ConfigError
 from .._info import attach, rebuilt
 from .._types import RESPONSES, Json, token_count, usage_to_charge
 from ._calibrate import remember_context
@@ -42,6 +43,7 @@ def create(core: Core, params: Json, overrides: Json, valid: Valid | None = None
     call = yield from begin(core, RESPONSES, params, overrides)
     call.valid, call.kept = valid, kept
     if call.opts.reranker is not None and call.want > 1:
+        refuse_conversation(call)
         whole = yield from complete(core, unstreamed(call))
         if not call.stream:
             return whole
@@ -49,6 +51,16 @@ def create(core: Core, params: Json, overrides: Json, valid: Valid | None = None
     if call.stream:
         return (yield from stream(core, call))
     return (yield from complete(core, call))
+
+
+def refuse_conversation(call: Call) -> None:
+    """ConfigError before a reranked call in a conversation is sent: each of its requests would add its input and
+    answer to the conversation (the server appends every response to it), leaving `rerank_n` turns where one was asked."""
+    if call.params.get("conversation"):
+        raise ConfigError(
+            f"rerank_n={call.want} sends one request per answer, and the server adds each one's input and answer to the "
+            "conversation it names: refused. Continue with previous_response_id instead, or pass rerank_n=1"
+        )
 
 
 def sender(core: Core, call: Call, max_tokens: int | None) -> Callable[[], Any]:

@@ -50,6 +50,8 @@ def parse_request(kwargs: Json) -> tuple[Json, Callable[[str], bool] | None, Fin
     tools = oai_helpers._make_tools(kwargs.pop("tools", omit))
     if is_given(tools):
         kwargs["tools"] = tools
+    if "verbosity" in kwargs:  # openai's parse takes it, its create does not, and sends it in the body (under `extra_body`'s own)
+        kwargs["extra_body"] = {"verbosity": kwargs.pop("verbosity"), **(extra_body or {})}
 
     def finish(response: Any) -> Any:
         parsed = parse_response(text_format=output_format, input_tools=tools, response=response)
