@@ -389,6 +389,9 @@ def test_entries_expire_in_real_time(tmp_path: Path) -> None:
         pytest.param(json.dumps([{"bb": 99, "created": 1.0, "entry": {}}]), id="future-format"),
         pytest.param("[" * 100_000, id="nested-too-deep"),  # json.loads raised a raw RecursionError on every call
         pytest.param('[{"bb": 1, "created": 1' + "0" * 400 + ', "entry": {}}]', id="created-beyond-a-float"),  # raised OverflowError
+        pytest.param('[{"bb": 1, "created": 1.0, "entry": {"completion_tokens": 1e400}}]', id="number-beyond-a-float"),  # read as inf: poisoned every write
+        pytest.param('[{"bb": 1, "created": 1.0, "entry": {"logprob": NaN}}]', id="nan-literal"),
+        pytest.param('[{"bb": 1, "created": 1.0, "entry": {"logprob": -Infinity}}]', id="infinity-literal"),
     ],
 )
 def test_corrupt_or_foreign_buckets_are_dropped_and_removed(cache: Cache, text: str) -> None:
@@ -396,6 +399,14 @@ def test_corrupt_or_foreign_buckets_are_dropped_and_removed(cache: Cache, text: 
     _plant(cache.directory, key, mode=diskcache.core.MODE_RAW, value=text)
     assert cache.get(key) == []
     assert _row_count(cache.directory, key) == 0
+    cache.extend(key, [_entry("after")])
+    assert cache.get(key) == [_entry("after")]
+
+
+def test_a_planted_number_beyond_a_float_does_not_poison_the_next_write(cache: Cache) -> None:
+    """JSON reads 1e400 as infinity, which the next extend() could not encode again: a raw ValueError on every store."""
+    key = _key(cache)
+    _plant(cache.directory, key, mode=diskcache.core.MODE_RAW, value='[{"bb": 1, "created": 1.0, "entry": {"tokens": 1e400}}]')
     cache.extend(key, [_entry("after")])
     assert cache.get(key) == [_entry("after")]
 

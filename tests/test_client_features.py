@@ -168,6 +168,29 @@ def test_stored_entries_shaped_unlike_an_answer_are_skipped_and_sent_for(tmp_pat
     assert text == "live" and len(sent) == 1
 
 
+@pytest.mark.parametrize("count", ["completion_tokens", "prompt_tokens"])
+def test_a_stored_token_count_too_large_for_an_integer_is_skipped_and_sent_for(tmp_path: Path, count: str) -> None:
+    """JSON reads 1e400 (a valid number) as infinity, whose int() raised a raw OverflowError on the hit."""
+    sent: list[httpx2.Request] = []
+    whole = {"id": "c", "object": "chat.completion", "created": 1, "model": MODEL, "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+             "choices": [{"index": 0, "message": {"role": "assistant", "content": "live"}, "finish_reason": "stop"}]}
+
+    def handle(request: httpx2.Request) -> httpx2.Response:
+        sent.append(request)
+        return httpx2.Response(200, json=whole)
+
+    cache = Cache(tmp_path / "cache")
+    client = OpenAI(base_url="http://api.test/v1", api_key="sk-test", max_retries=0, cache=cache, http_client=httpx2.Client(transport=httpx2.MockTransport(handle)))
+    key = cache.key(route="chat.completions", endpoint=client._core.endpoint, params={"model": MODEL, "messages": QUESTION})
+    cache.extend(key, [{"meta": {}, "choice": {"message": {"content": "stored"}}, "completion_tokens": 1, "prompt_tokens": 1}])
+    with sqlite3.connect(cache.directory / "cache.db") as db:  # a foreign writer's number: valid JSON, no integer
+        db.execute("UPDATE Cache SET value = replace(value, ?, ?)", (f'"{count}":1', f'"{count}":1e400'))
+    answer = client.chat.completions.create(model=MODEL, messages=QUESTION)
+    assert answer.choices[0].message.content == "live" and len(sent) == 1
+    client.close()
+    cache.close()
+
+
 def test_budget_refuses_before_sending_and_logs_the_refusal(llama_server: str, log: CallLog) -> None:
     budget = Budget(per_call_usd=1e-6, prices=PRICES)
     client = OpenAI(base_url=llama_server, api_key="sk-test", budget=budget, log=log)

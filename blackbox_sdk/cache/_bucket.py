@@ -19,6 +19,23 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
+def _finite(text: str) -> float:
+    """A stored JSON number as a float; ValueError for one beyond a float (``1e400``), which would read as infinity."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]} is beyond a float")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    """ValueError for ``NaN`` and ``Infinity``, which Python's json reads but strict JSON (and this cache) never writes."""
+    raise ValueError(f"{name} is not JSON")
+
+
+# strict: a non-finite number would be served, and would make the next write of the bucket fail to encode it
+_DECODER = json.JSONDecoder(parse_float=_finite, parse_constant=_no_constant)
+
+
 def _encoded(value: Any) -> str:
     """Compact JSON text that every store can write as UTF-8: a lone surrogate (an emoji a server cut
     in half) is escaped as ``\\udXXX``, which JSON reads back as the same string, not left raw."""
@@ -55,11 +72,11 @@ def joined(kept: list[dict[str, Any]], fresh: list[str], limit: int) -> str:
 
 def live_entries(text: str | None, ttl: float | None, now: float) -> tuple[list[dict[str, Any]], int, bool]:
     """The well-formed, unexpired wrappers in a stored bucket, how many others were dropped, and
-    whether the whole value was corrupt (not a JSON list, or nested too deep for Python to read)."""
+    whether the whole value was corrupt (not a JSON list, a number beyond a float or NaN, or nested too deep for Python to read)."""
     if text is None:
         return [], 0, False
     try:
-        stored = json.loads(text)
+        stored = _DECODER.decode(text)
     except (ValueError, RecursionError):
         return [], 1, True
     if not isinstance(stored, list):
