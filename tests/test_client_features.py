@@ -170,7 +170,8 @@ def test_stored_entries_shaped_unlike_an_answer_are_skipped_and_sent_for(tmp_pat
 
 @pytest.mark.parametrize("count", ["completion_tokens", "prompt_tokens"])
 def test_a_stored_token_count_too_large_for_an_integer_is_skipped_and_sent_for(tmp_path: Path, count: str) -> None:
-    """JSON reads 1e400 (a valid number) as infinity, whose int() raised a raw OverflowError on the hit."""
+    """JSON reads 1e400 (a valid number) as infinity: int() of it raised a raw OverflowError on the hit, and storing the
+    fresh answer beside it a raw ValueError (it could not be encoded again), after the call was paid."""
     sent: list[httpx2.Request] = []
     whole = {"id": "c", "object": "chat.completion", "created": 1, "model": MODEL, "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
              "choices": [{"index": 0, "message": {"role": "assistant", "content": "live"}, "finish_reason": "stop"}]}
