@@ -192,6 +192,34 @@ def test_a_stored_token_count_too_large_for_an_integer_is_skipped_and_sent_for(t
     cache.close()
 
 
+@pytest.mark.parametrize(
+    "stored",
+    [
+        pytest.param({"data": [5]}, id="item-not-an-object"),
+        pytest.param({"data": [{"index": 0, "embedding": None}]}, id="vector-missing"),
+        pytest.param({"data": [{"index": 0, "embedding": [0.5]}], "usage": "lots"}, id="usage-not-an-object"),
+    ],
+)
+def test_stored_embeddings_shaped_unlike_an_answer_are_skipped_and_sent_for(tmp_path: Path, stored: dict[str, object]) -> None:
+    """Such entries (a tampered folder, a shared Redis) were served as the answer, or raised a raw AttributeError."""
+    sent: list[httpx2.Request] = []
+    live = {"object": "list", "model": MODEL, "data": [{"object": "embedding", "index": 0, "embedding": [0.25, 0.75]}],
+            "usage": {"prompt_tokens": 2, "total_tokens": 2}}
+
+    def handle(request: httpx2.Request) -> httpx2.Response:
+        sent.append(request)
+        return httpx2.Response(200, json=live)
+
+    cache = Cache(tmp_path / "cache")
+    client = OpenAI(base_url="http://api.test/v1", api_key="sk-test", max_retries=0, cache=cache, http_client=httpx2.Client(transport=httpx2.MockTransport(handle)))
+    key = cache.key(route="embeddings", endpoint=client._core.endpoint, params={"model": MODEL, "input": "hi", "encoding_format": "float"})
+    cache.extend(key, [{"response": {"object": "list", "model": MODEL, **stored}}])
+    answer = client.embeddings.create(model=MODEL, input="hi", encoding_format="float")
+    assert answer.data[0].embedding == [0.25, 0.75] and not answer.blackbox.cache_hit and len(sent) == 1
+    client.close()
+    cache.close()
+
+
 def test_budget_refuses_before_sending_and_logs_the_refusal(llama_server: str, log: CallLog) -> None:
     budget = Budget(per_call_usd=1e-6, prices=PRICES)
     client = OpenAI(base_url=llama_server, api_key="sk-test", budget=budget, log=log)

@@ -190,11 +190,19 @@ def lookup_embedding(call: Call) -> Json | None:
 
 
 def embedding_in(entries: list[Json]) -> Json | None:
-    """The embeddings response among a bucket's entries, or None."""
+    """The embeddings response among a bucket's entries, or None; one shaped unlike an answer (planted) is skipped."""
     for entry in entries:
-        if isinstance(entry.get("response"), dict) and isinstance(entry["response"].get("data"), list):
+        if isinstance(entry.get("response"), dict) and _embedding_shaped(entry["response"]):
             return entry["response"]
     return None
+
+
+def _embedding_shaped(response: Json) -> bool:
+    """Whether a stored embeddings response has the shape a hit reads: items that are objects holding a vector
+    (a list, or a base64 string), and a usage that is an object or null; else it would be served as the answer."""
+    data, usage = response.get("data"), response.get("usage")
+    items = isinstance(data, list) and all(isinstance(item, dict) and isinstance(item.get("embedding"), (list, str)) for item in data)
+    return items and (usage is None or isinstance(usage, dict))
 
 
 def finish_embedding(core: Core, call: Call, response: Any, stored: Json | None) -> Any:
