@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx2
 import openai
@@ -216,6 +217,46 @@ def test_stored_embeddings_shaped_unlike_an_answer_are_skipped_and_sent_for(tmp_
     cache.extend(key, [{"response": {"object": "list", "model": MODEL, **stored}}])
     answer = client.embeddings.create(model=MODEL, input="hi", encoding_format="float")
     assert answer.data[0].embedding == [0.25, 0.75] and not answer.blackbox.cache_hit and len(sent) == 1
+    client.close()
+    cache.close()
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        pytest.param({}, id="no-output"),
+        pytest.param({"output": ["x"]}, id="item-not-an-object"),
+        pytest.param({"output": [{"type": "message", "content": "x"}]}, id="content-not-a-list"),
+        pytest.param({"output": [{"type": "message", "content": [{"type": "output_text", "text": 5}]}]}, id="text-not-a-string"),
+        pytest.param({"output": [], "events": [{"type": "response.completed"}]}, id="last-event-without-its-response"),
+    ],
+)
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_stored_responses_shaped_unlike_an_answer_are_skipped_and_sent_for(tmp_path: Path, stored: dict[str, Any], stream: bool) -> None:
+    """Such entries (a tampered folder, a shared Redis) were served as the answer, or raised a raw AttributeError
+    or TypeError when replayed as a stream."""
+    sent: list[httpx2.Request] = []
+    live = {"id": "resp_live", "object": "response", "created_at": 1, "model": MODEL, "status": "completed",
+            "output": [{"type": "message", "id": "msg_1", "role": "assistant", "status": "completed",
+                        "content": [{"type": "output_text", "text": "live", "annotations": []}]}],
+            "usage": {"input_tokens": 2, "output_tokens": 1, "total_tokens": 3}}
+
+    def handle(request: httpx2.Request) -> httpx2.Response:
+        sent.append(request)
+        if json.loads(request.content).get("stream"):
+            sse = f"event: response.completed\ndata: {json.dumps({'type': 'response.completed', 'sequence_number': 0, 'response': live})}\n\n"
+            return httpx2.Response(200, content=sse.encode(), headers={"content-type": "text/event-stream"})
+        return httpx2.Response(200, json=live)
+
+    cache = Cache(tmp_path / "cache")
+    client = OpenAI(base_url="http://api.test/v1", api_key="sk-test", max_retries=0, cache=cache, http_client=httpx2.Client(transport=httpx2.MockTransport(handle)))
+    key = cache.key(route="responses", endpoint=client._core.endpoint, params={"model": MODEL, "input": "hi"})
+    response = {"id": "resp_stored", "object": "response", "created_at": 1, "model": MODEL, "status": "completed", **stored}
+    events = response.pop("events", None)
+    cache.extend(key, [{"choice": response, "meta": {}, "completion_tokens": 1, "prompt_tokens": 1, "chunks": events}])
+    answer = client.responses.create(model=MODEL, input="hi", stream=stream)
+    final = [e for e in answer if e.type == "response.completed"][-1].response if stream else answer
+    assert final.id == "resp_live" and len(sent) == 1
     client.close()
     cache.close()
 

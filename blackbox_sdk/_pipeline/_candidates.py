@@ -18,7 +18,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._types import CHAT, COMPLETIONS, DETAILS, Json, Route, add_usage, token_count
+from .._types import CHAT, COMPLETIONS, DETAILS, RESPONSES, Json, Route, add_usage, token_count
+from ._response_events import check_stored
 
 _PIECES = re.compile(r"\s*\S+\s*|\s+")
 
@@ -49,8 +50,8 @@ class Candidate:
     @classmethod
     def from_json(cls, data: Json, route: Route) -> Candidate:
         """Rebuild a stored candidate of `route`; KeyError/TypeError on anything foreign (the cache drops
-        those) or, for chat and completions, shaped unlike a choice, which replaying it would trip over
-        (a Responses candidate holds a whole response and its events, which replay reads as they are)."""
+        those) or shaped unlike what a hit serves and replays: for chat and completions a choice, for
+        Responses a whole response and its events (`check_stored`)."""
         choice, meta = data["choice"], data["meta"]
         if not isinstance(choice, dict) or not isinstance(meta, dict):
             raise TypeError("candidate choice and meta must be objects")
@@ -62,6 +63,8 @@ class Candidate:
             raise TypeError("candidate details must be an object of objects")
         if route is CHAT or route is COMPLETIONS:
             _check_shapes(choice, chunks)
+        elif route is RESPONSES:
+            check_stored(choice, chunks)
         return cls(choice, meta, int(data["completion_tokens"]), int(data["prompt_tokens"]), chunks, details)
 
 

@@ -30,6 +30,33 @@ _PROGRESS = {  # the hosted tool calls a server reports the progress of between 
 }
 
 
+def check_stored(response: Json, events: list[Json] | None) -> None:
+    """TypeError unless a stored Responses answer has the shapes a hit serves and replays: its output a list of items
+    (a message's or reasoning's parts objects with text that is a string or null), and its stored events
+    (when it came streamed) ending in the one that carries the response; else it would be served, or raise on replay."""
+    output = response.get("output")
+    if not isinstance(output, list) or not all(_item_shaped(item) for item in output):
+        raise TypeError("a stored response's output must be a list of output items with lists of parts")
+    if events and not isinstance(events[-1].get("response"), dict):
+        raise TypeError("a stored response's events must end with the event that carries the response")
+
+
+def _item_shaped(item: Any) -> bool:
+    """Whether a stored output item is an object with the parts and texts replay reads (a message's or reasoning's
+    parts, a function call's arguments); the other kinds are replayed whole."""
+    if not isinstance(item, dict):
+        return False
+    if item.get("type") == "function_call":
+        return _texts(item, "arguments")
+    parts = [item.get("content"), item.get("summary")] if item.get("type") in ("message", "reasoning") else []
+    return all(part is None or (isinstance(part, list) and all(isinstance(p, dict) and _texts(p, "text", "refusal") for p in part)) for part in parts)
+
+
+def _texts(value: Json, *names: str) -> bool:
+    """Whether each named field of a stored object is a string or null."""
+    return all(value.get(name) is None or isinstance(value.get(name), str) for name in names)
+
+
 def event(data: Json) -> Any:
     """A typed stream event from its JSON, built leniently as the openai client builds what a server sent."""
     return construct_type(type_=ResponseStreamEvent, value=data)
