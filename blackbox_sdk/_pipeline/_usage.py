@@ -13,6 +13,7 @@ from .._tokenizer import SERVER, ServerTokenizer, TokenCounter
 from .._types import CHAT, EMBEDDINGS, RESPONSES, Json, usage_to_charge
 from ..budget import TokenCount, count_chat_tokens, count_input_tokens, count_tokens
 from ._call import Call
+from ._candidates import generated
 from ._response_input import input_messages
 
 
@@ -91,11 +92,13 @@ class UsageCounter:
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
     def of_response(self, call: Call, response: Json) -> Json:
-        """A whole response's usage (in the chat shape), or a count when the server sent none."""
+        """A whole response's usage (in the chat shape), or a count of all its answers generated (`generated`: tool
+        calls too) when the server sent none."""
         usage = call.route.usage(response)
         if usage and usage.get("completion_tokens") is not None:
             return usage
-        return self.counted(call, call.route.texts(response))
+        answers = [response] if call.route is RESPONSES else [c for c in response.get("choices") or [] if isinstance(c, dict)]
+        return self.counted(call, [generated(call.route, answer) for answer in answers])
 
     def of_stream(self, call: Call, usages: list[Json], texts: list[str]) -> Json:
         """A finished stream's usage: the server's usage chunks summed, or a count of the texts."""
