@@ -98,7 +98,22 @@ class UsageCounter:
         if usage and usage.get("completion_tokens") is not None:
             return usage
         answers = [response] if call.route is RESPONSES else [c for c in response.get("choices") or [] if isinstance(c, dict)]
-        return self.counted(call, [generated(call.route, answer) for answer in answers])
+        texts = [generated(call.route, answer) for answer in answers]
+        counted = self.counted(call, texts)
+        discarded = self._discarded(call, len(answers))
+        if not discarded:
+            return counted
+        held = call.reservation
+        each = held.max_output_tokens if held is not None else max((self.completion_tokens(call, text) for text in texts), default=0)
+        unseen = discarded * each
+        return {**counted, "completion_tokens": counted["completion_tokens"] + unseen, "total_tokens": counted["total_tokens"] + unseen}
+
+    @staticmethod
+    def _discarded(call: Call, returned: int) -> int:
+        """How many of a completions call's `best_of` generations its server made, billed and did not return; each is
+        counted at its reserved output cap (an answer never seen, as a lost one; without a budget, as the longest seen)."""
+        per_prompt = max(1, returned // call.prompts)
+        return max(0, call.generations(per_prompt) - per_prompt) * call.prompts
 
     def of_stream(self, call: Call, usages: list[Json], texts: list[str]) -> Json:
         """A finished stream's usage: the server's usage chunks summed, or a count of the texts."""

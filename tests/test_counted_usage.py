@@ -1,7 +1,8 @@
-"""An answer that calls tools, from a server that sent no usage (llama.cpp's streams, some servers' every answer),
-is charged for what the server generated: its text and its tool calls' names and arguments (chat's `tool_calls` and
-legacy `function_call`, a response's function and custom tool calls), whole or streamed; and the raw views log such
-an answer as the whole path does (its tool calls as JSON), not as ""."""
+"""An answer from a server that sent no usage (llama.cpp's streams, some servers' every answer) is charged for all
+the server generated: its text and its tool calls' names and arguments (chat's `tool_calls` and legacy
+`function_call`, a response's function and custom tool calls), whole, streamed or cut, and a completion's `best_of`
+generations it did not return; and the raw views log a tool-call answer as the whole path does (its tool calls as
+JSON), not as ""."""
 
 from __future__ import annotations
 
@@ -128,3 +129,22 @@ def test_the_raw_views_log_a_response_of_tool_calls_as_the_whole_path_does(view:
     with CallLog(tmp_path / "calls.db") as log:
         whole, viewed = sorted(log.calls(), key=lambda record: record.created)
     assert viewed.candidates == whole.candidates and "get_weather" in whole.candidates[0]
+
+
+def completion_answer(request: httpx2.Request) -> httpx2.Response:
+    """A legacy completion of one 20-word answer per choice asked for, without usage (however many `best_of` made)."""
+    body = json.loads(request.content)
+    choices = [{"index": i, "text": " word" * 20, "finish_reason": "length", "logprobs": None} for i in range(body.get("n") or 1)]
+    return httpx2.Response(200, json={**HEAD, "object": "text_completion", "choices": choices})
+
+
+def test_a_completion_of_best_of_without_usage_is_charged_for_the_generations_it_did_not_return() -> None:
+    """The server generated and bills `best_of` answers and returned one: the two it kept are charged at their cap
+    (as an answer the SDK never saw), not at nothing."""
+    budget = Budget(total_usd=10.0, prices=PRICES)
+    client = OpenAI(base_url="http://upstream.test/v1", api_key="sk-test", http_client=httpx2.Client(transport=httpx2.MockTransport(completion_answer)),
+                    max_retries=0, budget=budget)
+    answer = client.completions.create(model=MODEL, prompt="Say a word twenty times.", max_tokens=20, best_of=3)
+    assert answer.blackbox.usage_counted and answer.usage is not None
+    assert answer.usage.completion_tokens == count_tokens(" word" * 20, MODEL).tokens + 2 * 20
+    assert budget.spent() * 1e6 == pytest.approx(answer.usage.total_tokens)
