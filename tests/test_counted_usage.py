@@ -148,3 +148,16 @@ def test_a_completion_of_best_of_without_usage_is_charged_for_the_generations_it
     assert answer.blackbox.usage_counted and answer.usage is not None
     assert answer.usage.completion_tokens == count_tokens(" word" * 20, MODEL).tokens + 2 * 20
     assert budget.spent() * 1e6 == pytest.approx(answer.usage.total_tokens)
+
+
+def test_a_stream_without_usage_is_charged_the_hidden_prompt_its_endpoint_was_seen_to_add(llama_server: str) -> None:
+    """llama.cpp's chat template adds a system prompt the SDK's count can't see; once a whole answer showed it (the
+    calibration), a stream of the same question, which reports no usage, is charged it too, not the count alone."""
+    budget = Budget(total_usd=10.0, prices={"smollm2": {"input": 1.0, "output": 1.0}})
+    client = OpenAI(base_url=llama_server, api_key="sk-test", budget=budget, max_retries=0)
+    question = [{"role": "user", "content": "Name a colour."}]
+    answer = client.chat.completions.create(model="smollm2", messages=question, max_tokens=4, temperature=0)
+    stream = client.chat.completions.create(model="smollm2", messages=question, max_tokens=4, temperature=0, stream=True)
+    list(stream)
+    assert answer.usage is not None and stream.blackbox.usage_counted  # type: ignore[attr-defined]
+    assert stream.blackbox.usage["prompt_tokens"] >= answer.usage.prompt_tokens  # type: ignore[attr-defined]

@@ -85,9 +85,10 @@ class UsageCounter:
         return count_tokens(text, call.model, tokenizer=self._text_counter(call)).tokens
 
     def counted(self, call: Call, texts: list[str], requests: int = 1) -> Json:
-        """Usage counted for answers the server did not count: `requests` prompts and the texts."""
+        """Usage counted for answers the server did not count: `requests` prompts, each with what the endpoint adds to it
+        as reserved (its hidden prompt, learnt from its answers; a stored context), and the texts."""
         call.usage_counted = True
-        prompt = self.prompt_tokens(call) * max(1, requests)
+        prompt = (self.prompt_tokens(call) + call.prompt_extra) * max(1, requests)
         completion = sum(self.completion_tokens(call, text) for text in texts)
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
