@@ -72,6 +72,7 @@ class Call:
     admission: Any = None  # the rate limit's admission, until corrected by real usage or released
     gated: bool = False  # this call holds its uncalibrated endpoint's gate: its answer calibrates the rest
     counted_prompt: int | None = None  # the SDK's own prompt count per request, to learn the endpoint's overhead
+    prompt_extra: int = 0  # what the endpoint adds to each request's prompt, as reserved (its overhead, stored context)
     context: dict[str, int | None] = field(default_factory=dict)  # stored context a Responses call continues: kind -> tokens (None: unknown)
     prompt_count: Any = None  # the prompt's TokenCount, counted once per call (`UsageCounter.prompt`)
     claimed: bool = False  # this call won the single-flight claim on its cache key: it fetches, others wait

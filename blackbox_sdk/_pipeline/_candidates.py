@@ -144,7 +144,7 @@ def _share_counts(counts: Json, weights: list[int]) -> list[Json]:
 def _apportion(route: Route, candidates: list[Candidate], usage: Json) -> list[Candidate]:
     """Give each candidate its share of the usage: completion tokens (and their details) by answer
     length, prompt tokens (and theirs) evenly."""
-    by_length = [len(route.text(c.choice)) for c in candidates]
+    by_length = [len(generated(route, c.choice)) for c in candidates]
     evenly = [1] * len(candidates)
     for candidate, tokens in zip(candidates, _share(token_count(usage.get("completion_tokens")), by_length)):
         candidate.completion_tokens = tokens
@@ -155,6 +155,38 @@ def _apportion(route: Route, candidates: list[Candidate], usage: Json) -> list[C
         for candidate, part in zip(candidates, _share_counts(given, weights) if isinstance(given, dict) else []):
             candidate.details[name] = part
     return candidates
+
+
+def generated(route: Route, choice: Json) -> str:
+    """All that one answer generated, which a server bills as output tokens: its text, refusal and reasoning, and its
+    tool calls' names and arguments (chat's `tool_calls` and legacy `function_call`; a response's function and
+    custom tool calls, its reasoning): what is counted for an answer whose server sent no usage."""
+    if route is RESPONSES:
+        items = _dicts(choice.get("output"))
+        said = [part for item in items for name in ("content", "summary") for part in _dicts(item.get(name))]
+        return _joined([*(_called(item) for item in items), *([part.get("text"), part.get("refusal")] for part in said)])
+    if route is not CHAT:
+        return route.text(choice)
+    given = choice.get("message")
+    message: Json = given if isinstance(given, dict) else {}
+    calls = [message.get("function_call"), *_dicts(message.get("tool_calls"))]
+    return _joined([[message.get(name) for name in ("reasoning_content", "content", "refusal")], *(_called(call) for call in calls)])
+
+
+def _called(call: Any) -> list[Any]:
+    """A tool call's name and what it passes: chat's function or custom call, a legacy function_call, a response's item."""
+    inner = (call.get("function") or call.get("custom") or call) if isinstance(call, dict) else {}
+    return [inner.get(name) for name in ("name", "arguments", "input")] if isinstance(inner, dict) else []
+
+
+def _dicts(value: Any) -> list[Json]:
+    """The objects of a list a server sent (none for its null, text or number)."""
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
+
+
+def _joined(groups: Iterable[list[Any]]) -> str:
+    """The strings among `groups`, one per line (the rest, a server's null or number, left out)."""
+    return "\n".join(text for group in groups for text in group if isinstance(text, str) and text)
 
 
 def split_response(route: Route, response: Json, usage: Json) -> list[Candidate]:

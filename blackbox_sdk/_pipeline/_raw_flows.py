@@ -18,6 +18,7 @@ from ._call import Call, Sender
 from ._core import Core
 from ._effects import Effect, Flow, io
 from ._flows import admit, begin, failed, guarded, handed_over
+from ._responses import whole_texts
 
 
 def begin_raw(core: Core, route: Route, target: Any, kwargs: Json) -> Flow:
@@ -44,7 +45,7 @@ def settle_raw(core: Core, call: Call, whole: Json | None, error: BaseException 
         core.settle(call, usage)
     else:
         core.settle_reserved(call)
-    texts = call.route.texts(whole) if whole is not None else []
+    texts = whole_texts(call, whole) if whole is not None else []
     call.info.candidates = texts or None
     call.info.chosen = list(range(len(texts)))
     core.record(call, [], usage, error)

@@ -11,7 +11,7 @@ from typing import Any
 from .._types import Json, usage_to_charge
 from ._calibrate import warn_ignored_cap
 from ._call import Call
-from ._candidates import Candidate, chunks_from_candidates, split_chunks
+from ._candidates import Candidate, chunks_from_candidates, generated, split_chunks
 from ._core import Core
 from ._responses import chunk, finish_stream
 
@@ -95,7 +95,7 @@ class Relay:
     def _pieces(self) -> tuple[list[Candidate], Json]:
         """The collected chunks as candidates, with the server's usage or a count."""
         per_choice = split_chunks(self.call.route, self.collected, {})
-        usage = self.core.count.of_stream(self.call, self.ended_usages(), [self.call.route.text(c.choice) for c in per_choice])
+        usage = self.core.count.of_stream(self.call, self.ended_usages(), [generated(self.call.route, c.choice) for c in per_choice])
         warn_ignored_cap(self.core, self.call, usage, len(per_choice))  # the streams' usage, over their choices
         return split_chunks(self.call.route, self.collected, usage), usage
 
@@ -132,7 +132,7 @@ class Relay:
         counts, call = [], self.call
         if self.usages and self.running is None and call.info.requests > len(self.usages):
             current = [data for data in self.collected if any(int(c.get("index") or 0) in self.indices for c in data.get("choices") or [])]
-            texts = [call.route.text(candidate.choice) for candidate in split_chunks(call.route, current, {})]
+            texts = [generated(call.route, candidate.choice) for candidate in split_chunks(call.route, current, {})]
             counts.append(self.core.count.counted(call, texts, call.info.requests - len(self.usages)))
         if call.in_flight:
             counts.append(self.core.count.counted(call, [], call.in_flight))

@@ -4,6 +4,7 @@ log, and build the typed response or stream chunks, each with `.blackbox`.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from dataclasses import replace
@@ -15,7 +16,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from .._info import attach, rebuilt
 from .._logging import logger
-from .._types import CHAT, Json, add_usage, one_number_each, usage_to_charge
+from .._types import CHAT, RESPONSES, Json, add_usage, one_number_each, usage_to_charge
 from ._calibrate import warn_ignored_cap
 from ._call import Call
 from ._candidates import Candidate, chunks_from_candidates, response_from_candidates, split_response, sum_usage, usage_chunk
@@ -49,6 +50,12 @@ def texts(call: Call, candidates: list[Candidate]) -> list[str]:
     return [call.route.text(c.choice) or _tool_calls(c.choice) for c in candidates]
 
 
+def whole_texts(call: Call, response: Json) -> list[str]:
+    """What each answer of a whole response says, as `texts` gives it (tool calls as JSON): for the raw views' log."""
+    answers = [Candidate(response, {}, 0, 0)] if call.route is RESPONSES else split_response(call.route, copy.deepcopy(response), {})
+    return texts(call, answers)
+
+
 def _tool_calls(choice: Json) -> str:
     """A chat choice's tool calls, or a whole response's function and custom tool calls, as compact JSON ("" when it has none)."""
     message = choice.get("message")
@@ -57,7 +64,7 @@ def _tool_calls(choice: Json) -> str:
     output = choice.get("output")
     items = [item for item in output if isinstance(item, dict)] if isinstance(output, list) else []
     wanted += [{field: item.get(field), "name": item.get("name")} for item in items if (field := _CALLED.get(str(item.get("type"))))]
-    return json.dumps(wanted, ensure_ascii=False, separators=(",", ":"), default=str) if wanted else ""
+    return json.dumps(wanted, ensure_ascii=False, separators=(",", ":"), sort_keys=True, default=str) if wanted else ""  # however the server ordered them
 
 
 def logged_texts(call: Call, candidates: list[Candidate]) -> list[str]:

@@ -13,6 +13,7 @@ from .._tokenizer import SERVER, ServerTokenizer, TokenCounter
 from .._types import CHAT, EMBEDDINGS, RESPONSES, Json, usage_to_charge
 from ..budget import TokenCount, count_chat_tokens, count_input_tokens, count_tokens
 from ._call import Call
+from ._candidates import generated
 from ._response_input import input_messages
 
 
@@ -84,18 +85,36 @@ class UsageCounter:
         return count_tokens(text, call.model, tokenizer=self._text_counter(call)).tokens
 
     def counted(self, call: Call, texts: list[str], requests: int = 1) -> Json:
-        """Usage counted for answers the server did not count: `requests` prompts and the texts."""
+        """Usage counted for answers the server did not count: `requests` prompts, each with what the endpoint adds to it
+        as reserved (its hidden prompt, learnt from its answers; a stored context), and the texts."""
         call.usage_counted = True
-        prompt = self.prompt_tokens(call) * max(1, requests)
+        prompt = (self.prompt_tokens(call) + call.prompt_extra) * max(1, requests)
         completion = sum(self.completion_tokens(call, text) for text in texts)
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
     def of_response(self, call: Call, response: Json) -> Json:
-        """A whole response's usage (in the chat shape), or a count when the server sent none."""
+        """A whole response's usage (in the chat shape), or a count of all its answers generated (`generated`: tool
+        calls too) when the server sent none."""
         usage = call.route.usage(response)
         if usage and usage.get("completion_tokens") is not None:
             return usage
-        return self.counted(call, call.route.texts(response))
+        answers = [response] if call.route is RESPONSES else [c for c in response.get("choices") or [] if isinstance(c, dict)]
+        texts = [generated(call.route, answer) for answer in answers]
+        counted = self.counted(call, texts)
+        discarded = self._discarded(call, len(answers))
+        if not discarded:
+            return counted
+        held = call.reservation
+        each = held.max_output_tokens if held is not None else max((self.completion_tokens(call, text) for text in texts), default=0)
+        unseen = discarded * each
+        return {**counted, "completion_tokens": counted["completion_tokens"] + unseen, "total_tokens": counted["total_tokens"] + unseen}
+
+    @staticmethod
+    def _discarded(call: Call, returned: int) -> int:
+        """How many of a completions call's `best_of` generations its server made, billed and did not return; each is
+        counted at its reserved output cap (an answer never seen, as a lost one; without a budget, as the longest seen)."""
+        per_prompt = max(1, returned // call.prompts)
+        return max(0, call.generations(per_prompt) - per_prompt) * call.prompts
 
     def of_stream(self, call: Call, usages: list[Json], texts: list[str]) -> Json:
         """A finished stream's usage: the server's usage chunks summed, or a count of the texts."""
