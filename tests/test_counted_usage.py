@@ -105,24 +105,27 @@ def test_a_whole_response_of_tool_calls_without_usage_is_charged_for_them(item: 
     assert budget.spent() * 1e6 >= GENERATED
 
 
-@pytest.mark.parametrize("view", ["with_raw_response", "with_streaming_response"])
-def test_the_raw_views_log_a_chat_answer_of_tool_calls_as_the_whole_path_does(view: str, tmp_path: Path) -> None:
-    client = Upstream(chat_answer({"content": None, "tool_calls": [CALL]})).client(log=tmp_path / "calls.db")
-    client.chat.completions.create(model=MODEL, messages=QUESTION, tools=TOOLS)
-    raw = getattr(client.chat.completions, view).create(model=MODEL, messages=QUESTION, tools=TOOLS)
-    if view == "with_streaming_response":
-        with raw as response:
-            response.parse()
-    with CallLog(tmp_path / "calls.db") as log:
-        whole, viewed = sorted(log.calls(), key=lambda record: record.created)
-    assert viewed.candidates == whole.candidates and "get_weather" in whole.candidates[0]
+def ask_chat(client: Any, view: str | None) -> Any:
+    """A chat call of tool calls, through the whole path or a raw view."""
+    target = client.chat.completions if view is None else getattr(client.chat.completions, view)
+    return target.create(model=MODEL, messages=QUESTION, tools=TOOLS)
+
+
+def ask_responses(client: Any, view: str | None) -> Any:
+    """A Responses call of tool calls, through the whole path or a raw view."""
+    target = client.responses if view is None else getattr(client.responses, view)
+    return target.create(model=MODEL, input="What is the weather in Paris?")
 
 
 @pytest.mark.parametrize("view", ["with_raw_response", "with_streaming_response"])
-def test_the_raw_views_log_a_response_of_tool_calls_as_the_whole_path_does(view: str, tmp_path: Path) -> None:
-    client = Upstream(response_answer(FUNCTION_ITEM)).client(log=tmp_path / "calls.db")
-    client.responses.create(model=MODEL, input="What is the weather in Paris?")
-    raw = getattr(client.responses, view).create(model=MODEL, input="What is the weather in Paris?")
+@pytest.mark.parametrize(("answer", "ask"), [
+    pytest.param(lambda: chat_answer({"content": None, "tool_calls": [CALL]}), ask_chat, id="chat"),
+    pytest.param(lambda: response_answer(FUNCTION_ITEM), ask_responses, id="responses"),
+])
+def test_the_raw_views_log_an_answer_of_tool_calls_as_the_whole_path_does(answer: Any, ask: Any, view: str, tmp_path: Path) -> None:
+    client = Upstream(answer()).client(log=tmp_path / "calls.db")
+    ask(client, None)
+    raw = ask(client, view)
     if view == "with_streaming_response":
         with raw as response:
             response.parse()
