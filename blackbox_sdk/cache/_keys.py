@@ -39,6 +39,7 @@ _EMPTY_SENDS_NOTHING = ("extra_body", "extra_query")  # left out when empty (aft
 _KEY_PATTERN = re.compile(r"[0-9a-f]{64}")
 _PLAIN = (str, int, bool, type(None))  # exactly these types are their own canonical JSON
 Where = str | tuple[Any, str | int]  # a value's place: the root's name, or (its parent's place, key or index)
+_KEY_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)  # made once: json.dumps with options makes one a call
 _secret_name = functools.lru_cache(maxsize=4096)(is_secret_key)  # the same few argument names, every call
 _secret_query = functools.lru_cache(maxsize=4096)(is_secret_query_param)  # one rule for every query the key sees
 
@@ -54,7 +55,7 @@ def canonical_key(*, namespace: str, route: str, endpoint: str, canonical: dict[
     if not isinstance(route, str) or not isinstance(endpoint, str):
         raise ConfigError("cache key: route and endpoint must be strings")
     material = {"v": KEY_SCHEMA_VERSION, "namespace": namespace, "route": route, "endpoint": key_endpoint(endpoint), "params": canonical}
-    text = json.dumps(material, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    text = _KEY_JSON.encode(material)
     return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 

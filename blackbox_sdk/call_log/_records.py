@@ -23,6 +23,7 @@ FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 Count = Annotated[int, Field(ge=0, lt=2**63, strict=True)]  # a 64-bit SQLite INTEGER
 Label = Literal["correct", "incorrect"]
 LABELS: tuple[Label, ...] = get_args(Label)
+_STRICT_JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False)  # made once: json.dumps with options makes one a call
 
 
 def valid_text(value: str) -> str:
@@ -108,7 +109,7 @@ class CallRecord(BaseModel):
         """Only values that survive strict JSON encoding can be logged; lone surrogates in them are replaced."""
         if value is not None:
             try:
-                text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+                text = _STRICT_JSON.encode(value)
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"must be plain JSON: {exc}") from exc
             if not is_utf8(text):

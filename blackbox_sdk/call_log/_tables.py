@@ -22,6 +22,8 @@ from .._sqlite import immediate
 from .._text import checked_text
 from ._records import CallRecord, Feedback, config_errors
 
+_COLUMN_JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))  # made once: json.dumps with options makes one a call
+
 SCHEMA_VERSION = 1
 LOG_TABLES = ("meta", "calls", "candidates", "feedback")
 CREATED_RANGE = (-62135596800.0, 253402300799.0)  # 0001-01-01 to 9999-12-31 UTC: the times SQLite's date() puts on a day
@@ -177,7 +179,7 @@ def call_values(rec: CallRecord) -> dict[str, Any]:
     for column in JSON_COLUMNS:
         if values[column] is not None:
             try:
-                values[column] = json.dumps(values[column], ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+                values[column] = _COLUMN_JSON.encode(values[column])
             except (TypeError, ValueError) as exc:
                 raise ConfigError(f"call {rec.call_id!r} can't be logged: its {column} is not plain JSON ({exc})") from exc
     return values
