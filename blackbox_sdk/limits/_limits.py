@@ -236,7 +236,7 @@ class RateLimits(Closing):
         """Take back an admission whose call was never sent (refused by a budget, failed before sending)."""
         released = self._store().release(admission.bucket, admission.id)
         if released:
-            given_back(admission.bucket, self.window, admission.tokens)  # the request's x-ratelimit-* headers: the window without it
+            given_back(admission.bucket, self.window, admission.tokens, admission.id)  # the request's x-ratelimit-* headers: the window without it
         if self.within is not None and admission.outer is not None:
             self.within.release(admission.outer)
         return released
@@ -245,7 +245,7 @@ class RateLimits(Closing):
         """``release`` without blocking the event loop."""
         released = await (await self._astore()).arelease(admission.bucket, admission.id)
         if released:
-            given_back(admission.bucket, self.window, admission.tokens)
+            given_back(admission.bucket, self.window, admission.tokens, admission.id)
         if self.within is not None and admission.outer is not None:
             await self.within.arelease(admission.outer)
         return released

@@ -107,7 +107,7 @@ def admission_flow(request: Request) -> Flow:
         verdict = yield Attempt(request)
         in_store += time.monotonic() - asked
         assert verdict is not None
-        note(request.bucket, request.window, verdict)
+        note(request.bucket, request.window, verdict, request.id)
         if never_fits:
             raise _never_fits(request)
         if verdict.admitted:
