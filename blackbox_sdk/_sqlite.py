@@ -228,6 +228,17 @@ def refuse_foreign(path: Path, ours: Mapping[str, Collection[str]], what: str, t
 
 
 @contextmanager
+def snapshot(connection: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """A read transaction: the statements inside see the file as the first of them found it, whatever is written meanwhile."""
+    connection.execute("BEGIN")
+    try:
+        yield connection
+    finally:
+        if connection.in_transaction:
+            connection.execute("COMMIT")  # it only read: nothing to keep or undo, but its snapshot is let go
+
+
+@contextmanager
 def immediate(
     connection: sqlite3.Connection, locked: Callable[[sqlite3.Error], Exception] | None = None
 ) -> Iterator[sqlite3.Connection]:

@@ -682,3 +682,28 @@ def test_a_blank_path_is_refused_not_made_into_a_file_named_spaces(blank: str, t
         with pytest.raises(ConfigError, match="a file (system )?path"):
             opens(blank)
     assert list(tmp_path.iterdir()) == []  # a log file named "   " (and its -wal, -shm) was made in the working folder
+
+
+def test_stats_read_one_snapshot_of_an_sqlite_log_that_another_writer_adds_to_meanwhile(tmp_path: Path) -> None:
+    """Issue: stats read the calls and the feedback count in two statements, each its own snapshot, so a call and its
+    feedback another process wrote between them counted in the feedback and not in the calls. One read transaction now:
+    the writer (another log on the file, its own connection) writes just before the feedback is counted, and is unseen."""
+    with CallLog(tmp_path / "calls.db") as log, CallLog(tmp_path / "calls.db") as writer:
+        log.record(_record())
+        log.flush()
+        written: list[str] = []
+
+        def write_between(statement: str) -> None:
+            """Log a call and its feedback from the other connection as the count of feedback begins."""
+            if "FROM feedback" in statement and not written:
+                late = _record()
+                writer.record(late)
+                writer.flush()
+                writer.feedback(late.call_id, label="correct")
+                written.append(late.call_id)
+
+        with log._db.lock:
+            log._db.get().set_trace_callback(write_between)
+        counted = log.stats()
+        assert written and (writer.stats()["calls"], writer.stats()["feedback"]) == (2, 1)
+        assert (counted["calls"], counted["feedback"]) == (1, 0)

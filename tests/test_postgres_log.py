@@ -681,3 +681,25 @@ def test_bad_settings_raise_config_error(kwargs: dict[str, Any]) -> None:
 def test_a_path_is_not_a_postgres_url() -> None:
     with pytest.raises(ConfigError, match="postgresql://"):
         PostgresCallLog("calls.db")
+
+
+def test_stats_read_one_snapshot_of_a_postgres_log_that_another_writer_adds_to_meanwhile(pg_log: PostgresCallLog, pg_url: str) -> None:
+    """Issue: stats read the calls and the feedback count in two statements under READ COMMITTED, each its own snapshot,
+    so feedback another host committed between them was counted beside calls read before it. Another host holds the
+    feedback table (locked, a feedback row written) until the stats wait on it, having counted the calls, then commits:
+    the stats, one snapshot now, count the log as it stood when they began."""
+    rated = _record()
+    pg_log.record(rated)
+    assert pg_log.stats()["feedback"] == 0  # the tables set up and the call written
+    waiting = ("SELECT COUNT(*) FROM pg_locks JOIN pg_class ON pg_class.oid = pg_locks.relation WHERE relname = 'blackbox_feedback'"
+               " AND NOT granted AND pg_locks.database = (SELECT oid FROM pg_database WHERE datname = current_database())")
+    counted: list[dict[str, Any]] = []
+    with psycopg.connect(pg_url) as writer:
+        writer.execute("LOCK TABLE blackbox_feedback IN ACCESS EXCLUSIVE MODE")
+        writer.execute("INSERT INTO blackbox_feedback (call_id, created, label) VALUES (%s, 0, 'correct')", (rated.call_id,))
+        reader = threading.Thread(target=lambda: counted.append(pg_log.stats()))
+        reader.start()
+        _wait_until(lambda: _rows(pg_url, waiting) == [(1,)])
+    reader.join(timeout=30)
+    assert counted and (counted[0]["calls"], counted[0]["feedback"]) == (1, 0)
+    assert pg_log.stats()["feedback"] == 1

@@ -840,3 +840,42 @@ def test_the_status_page_lets_go_of_a_key_it_lists_as_revoked_elsewhere(tmp_path
         cli.revoke("team-a")
         assert key_rows(app.state.proxy) == [] and _open_files_under(tmp_path / "tenants") == 0
     tenants.close()
+
+
+def test_a_key_revoked_elsewhere_and_never_presented_again_has_its_stores_closed_by_a_later_sweep(
+    tmp_path: Path, store_at: Callable[[str], str]
+) -> None:
+    """Revoked by another process and never presented again, a key's options were kept open for the proxy's life. The
+    authenticator now lists the store now and then (at most once a `sweep_every_s`, by its clock) as other keys come
+    in, and lets go of what it built for keys listed revoked: not before the interval has passed, then at once."""
+    from servers import InstantUpstream, Proxy
+
+    upstream = InstantUpstream(QUICK_ANSWER)
+    defaults = TenantDefaults(ledger=tmp_path / "tenants", rate_store=tmp_path / "rates.db", budget_options={"prices": {MODEL: {"input": 1.0, "output": 1.0}}})
+    tenants, now = TenantOptions(defaults), [0.0]
+    try:
+        with open_key_store(store_at("keys.db")) as store, open_key_store(store_at("keys.db")) as cli:  # a file, or a Redis both share
+            revoked, _ = store.create("team-a", budget_usd=1.0, rpm=100)
+            other, _ = store.create("team-b")
+            authenticate = key_authenticator(store, tenants, sweep_every_s=60.0, clock=lambda: now[0])
+            app = create_app(ProxyConfig(upstream=upstream.url, max_retries=0), authenticate=authenticate, tenants=tenants)
+            with Proxy(built=app) as running:
+                def ask(key: str) -> None:
+                    running.client(api_key=key, max_retries=0).chat.completions.create(model=MODEL, messages=HELLO, max_tokens=4)
+
+                def opened() -> int:
+                    return sum(_open_files_under(tmp_path / name) for name in ("tenants", "rates.db"))
+
+                ask(revoked)
+                cli.revoke("team-a")
+                now[0] = 59.0
+                ask(other)
+                kept = opened(), sorted(app.state.proxy._ready()._copies)
+                now[0] = 60.0
+                ask(other)
+                swept = opened(), sorted(app.state.proxy._ready()._copies)
+        assert kept[0] > 0 and kept[1] == ["team-a", "team-b"]  # within the interval: no sweep yet
+        assert swept == (0, ["team-b"])
+    finally:
+        tenants.close()
+        upstream.close()

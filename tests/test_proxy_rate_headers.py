@@ -121,3 +121,45 @@ def test_a_keys_own_window_in_this_process_shows_beside_the_proxys_of_the_same_n
     assert answered.status_code == 200
     assert (answered.headers["x-ratelimit-limit-requests"], answered.headers["x-ratelimit-remaining-requests"]) == ("3", "2")
     assert answered.headers["x-ratelimit-limit-tokens"] == "1000" and 900 < int(answered.headers["x-ratelimit-remaining-tokens"]) < 1000
+
+
+def test_a_slot_given_back_leaves_the_reset_of_the_calls_still_in_the_window(upstream: InstantUpstream, store_at: Callable[[str], str]) -> None:
+    """team-b's call enters the proxy-wide window at t=1000; at t=1030 team-a's call is admitted there, then refused by
+    team-a's budget and its slot given back: the window holds team-b's call alone, empty again in 30 s, not a minute."""
+    now = [1000.0]
+    rate_limit = {"rpm": 5, "per": "client", "store": store_at("rate.db"), "clock": lambda: now[0]}
+    budget = {"prices": {MODEL: {"input": 1000.0, "output": 1000.0}}}
+    tenants = TenantOptions(TenantDefaults.from_proxy(budget=budget, rate_limit=rate_limit))
+    try:
+        with open_key_store(store_at("keys.db")) as keys:
+            secrets = {"team-a": str(keys.create("team-a", budget_usd=0.000001)[0]), "team-b": str(keys.create("team-b")[0])}
+            with Proxy(ProxyConfig(upstream=upstream.url, max_retries=0, rate_limit=rate_limit), authenticate=key_authenticator(keys, tenants)) as running:
+                first = _ask(running, secrets["team-b"], max_tokens=4)
+                now[0] = 1030.0
+                refused = _ask(running, secrets["team-a"], max_tokens=4)
+    finally:
+        tenants.close()
+    assert first.status_code == 200 and first.headers["x-ratelimit-reset-requests"] == "1m0s"
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "insufficient_quota"
+    shown = {name: refused.headers[name] for name in ("x-ratelimit-remaining-requests", "x-ratelimit-reset-requests")}
+    assert shown == {"x-ratelimit-remaining-requests": "4", "x-ratelimit-reset-requests": "30s"}
+
+
+def test_a_keys_window_and_the_proxys_of_the_same_name_and_limits_in_two_stores_stay_apart(upstream: InstantUpstream, tmp_path: Path) -> None:
+    """The proxy's window per key in this process and a key's own (rpm=3 both, the bucket `key:team-a` both): the key's
+    second call, admitted in both and refused by its budget, gives each window its own slot back, so the headers show
+    the first call still counted, not both slots taken from one window's numbers (the clock stands still: a minute left)."""
+    rate_limit = {"rpm": 3, "per": "key", "clock": lambda: 1000.0}
+    budget = {"prices": {MODEL: {"input": 1000.0, "output": 1000.0}}}
+    tenants = TenantOptions(TenantDefaults.from_proxy(budget=budget, rate_limit=rate_limit))
+    try:
+        with open_key_store(tmp_path / "keys.db") as keys:
+            secret = str(keys.create("team-a", rpm=3, budget_usd=0.1)[0])
+            with Proxy(ProxyConfig(upstream=upstream.url, max_retries=0, rate_limit=rate_limit), authenticate=key_authenticator(keys, tenants)) as running:
+                first = _ask(running, secret, max_tokens=4)
+                refused = _ask(running, secret, max_tokens=100)  # its worst case, 100 output tokens, is past the budget left
+    finally:
+        tenants.close()
+    assert first.status_code == 200 and first.headers["x-ratelimit-remaining-requests"] == "2"
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "insufficient_quota"
+    assert (refused.headers["x-ratelimit-remaining-requests"], refused.headers["x-ratelimit-reset-requests"]) == ("2", "1m0s")

@@ -218,7 +218,9 @@ def insert_feedback(conn: Connection[Any], item: Feedback) -> None:
 
 def day_model_rows(conn: Connection[Any]) -> tuple[list[DayModelRow], int]:
     """The stats' (day, model) groups and the feedback count; CallLogError naming a call whose time or cost the SDK could not
-    have written (edited by hand), which would otherwise be summed into the spend, or fail the query, or make no day."""
+    have written (edited by hand), which would otherwise be summed into the spend, or fail the query, or make no day.
+    One REPEATABLE READ transaction (``conn`` has run nothing yet): every count is of the log as it stood at one moment."""
+    conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
     rows = conn.execute(_BY_DAY_AND_MODEL).fetchall()
     if any(damaged for *_, damaged in rows):
         call_id, damage = conn.execute(_DAMAGED).fetchone() or ("?", "it is damaged")

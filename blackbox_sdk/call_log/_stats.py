@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from .._exceptions import CallLogError
+from .._sqlite import snapshot
 from ._tables import CREATED_RANGE
 
 # What makes a calls row one a store's stats can count, in SQL both stores run: a time some UTC day of the years 1 to
@@ -48,12 +49,15 @@ DayModelRow = tuple[str, str, int, "int | None", "int | None", "float | None"]  
 
 def summarize(conn: sqlite3.Connection) -> dict[str, Any]:
     """The summary of an SQLite log (see :func:`summary`); CallLogError naming a call whose time, model, cost or cache hit is
-    not one (a row edited by hand, a damaged file), which the SDK never writes and which a read of the call refuses too."""
-    rows = conn.execute(_BY_DAY_AND_MODEL).fetchall()
-    if any(damaged for *_, damaged in rows):
-        call_id, damage = conn.execute(_DAMAGED).fetchone() or ("?", "it is damaged")
-        raise damaged_call(call_id, damage)
-    return summary([row[:-1] for row in rows], conn.execute("SELECT COUNT(*) FROM feedback").fetchone()[0])
+    not one (a row edited by hand, a damaged file), which the SDK never writes and which a read of the call refuses too.
+    One read transaction: the calls and the feedback are counted as they stood at one moment, whatever another writer adds."""
+    with snapshot(conn):
+        rows = conn.execute(_BY_DAY_AND_MODEL).fetchall()
+        if any(damaged for *_, damaged in rows):
+            call_id, damage = conn.execute(_DAMAGED).fetchone() or ("?", "it is damaged")
+            raise damaged_call(call_id, damage)
+        feedback = conn.execute("SELECT COUNT(*) FROM feedback").fetchone()[0]
+    return summary([row[:-1] for row in rows], feedback)
 
 
 def damaged_call(call_id: str, damage: str) -> CallLogError:

@@ -148,6 +148,12 @@ class RateLimits(Closing):
         return self.tpm is not None or (self.within is not None and self.within.counts_tokens)
 
     @property
+    def place(self) -> str:
+        """The store holding this window, as the ``x-ratelimit-*`` headers tell it from another store's window of the
+        same name: its file or URL, or this process's memory of this very window (shared by ``inside`` copies)."""
+        return f"memory:{id(self._opened):x}" if self.store is None else f"store:{self.store}"
+
+    @property
     def window(self) -> Window:
         """The limits every scope is held to."""
         return Window(self.rpm, self.tpm, self.window_s)
@@ -166,7 +172,8 @@ class RateLimits(Closing):
         scope = self.scope(key=key, model=model)
         amount = check.tokens("tokens", tokens)
         bucket = f"{scope}|{self.window_s!r}s"
-        return Request(scope, bucket, uuid.uuid4().hex, amount, self.window, self.policy, max(0.0, self.max_wait_s - waited_s), self.clock)
+        return Request(scope, bucket, uuid.uuid4().hex, amount, self.window, self.policy, max(0.0, self.max_wait_s - waited_s), self.clock,
+                       self.place)
 
     def _store(self) -> WindowStore:
         """The open store (opened now if this is its first use, or the first in a forked child)."""
@@ -236,7 +243,7 @@ class RateLimits(Closing):
         """Take back an admission whose call was never sent (refused by a budget, failed before sending)."""
         released = self._store().release(admission.bucket, admission.id)
         if released:
-            given_back(admission.bucket, self.window, admission.tokens)  # the request's x-ratelimit-* headers: the window without it
+            given_back(self.place, admission.bucket, self.window, admission.tokens, admission.id)  # x-ratelimit-*: the window without it
         if self.within is not None and admission.outer is not None:
             self.within.release(admission.outer)
         return released
@@ -245,7 +252,7 @@ class RateLimits(Closing):
         """``release`` without blocking the event loop."""
         released = await (await self._astore()).arelease(admission.bucket, admission.id)
         if released:
-            given_back(admission.bucket, self.window, admission.tokens)
+            given_back(self.place, admission.bucket, self.window, admission.tokens, admission.id)
         if self.within is not None and admission.outer is not None:
             await self.within.arelease(admission.outer)
         return released

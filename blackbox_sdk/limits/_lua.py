@@ -27,7 +27,8 @@ end
 """
 
 # KEYS: zset, hash. ARGV: id, tokens, window_s, rpm (-1: none), tpm (-1: none), now ('' : the server's TIME), ttl_ms.
-# Returns {1, at, requests, tokens} when admitted (the window's after it; {1, at} for an id already in),
+# Returns {1, at, requests, tokens, newest_at} when admitted (the window's after it, and its latest event's time before
+# it, '' for none; {1, at} for an id already in),
 # {0, at, wait_s, 'rpm' | 'tpm', requests, tokens, newest_at} when refused ('inf' for a call larger than tpm itself).
 ADMIT = _TRIM + """
 local z, h = KEYS[1], KEYS[2]
@@ -47,12 +48,13 @@ local need_requests, need_tokens = 0, 0
 if rpm >= 0 then need_requests = count + 1 - rpm end
 if tpm >= 0 then need_tokens = total + tokens - tpm end
 if need_requests <= 0 and need_tokens <= 0 then
+  local before = redis.call('ZRANGE', z, -1, -1, 'WITHSCORES')[2] or ''
   redis.call('ZADD', z, at, id)
   redis.call('HSET', h, id, tokens)
   redis.call('HINCRBY', h, '#total', tokens)
   redis.call('PEXPIRE', z, ARGV[7])
   redis.call('PEXPIRE', h, ARGV[7])
-  return {1, at, count + 1, total + tokens}
+  return {1, at, count + 1, total + tokens, before}
 end
 local wait_requests, wait_tokens = 0, 0
 if need_requests > 0 then

@@ -52,6 +52,7 @@ class Request:
     policy: Policy
     max_wait_s: float
     clock: Clock | None
+    place: str = ""  # the store holding the window, to tell it from another store's of the same bucket (RateLimits.place)
 
     @property
     def store_args(self) -> tuple[str, str, int, Window, Clock | None]:
@@ -107,7 +108,7 @@ def admission_flow(request: Request) -> Flow:
         verdict = yield Attempt(request)
         in_store += time.monotonic() - asked
         assert verdict is not None
-        note(request.bucket, request.window, verdict)
+        note(request.place, request.bucket, request.window, verdict, request.id)
         if never_fits:
             raise _never_fits(request)
         if verdict.admitted:

@@ -77,8 +77,11 @@ class RedisWindow(Closing):
         """The admission script's reply as a Verdict; StoreUnavailableError when it is not one."""
         try:
             if reply[0] == 1:
-                counted = (int(reply[2]), int(reply[3])) if len(reply) == 4 else (None, None)  # an id already in: not read
-                return Verdict(True, float(reply[1]), requests=counted[0], tokens=counted[1], reset_s=window.window_s)
+                if len(reply) == 2:  # an id already in: the window not read
+                    return Verdict(True, float(reply[1]))
+                at, before = float(reply[1]), (float(reply[4]) if reply[4] else None)
+                reset_without_s = 0.0 if before is None else max(0.0, before + window.window_s - at)
+                return Verdict(True, at, requests=int(reply[2]), tokens=int(reply[3]), reset_s=window.window_s, reset_without_s=reset_without_s)
             if reply[0] == 0 and reply[3] in ("rpm", "tpm"):
                 at, reset_s = float(reply[1]), max(0.0, float(reply[6]) + window.window_s - float(reply[1]))
                 return Verdict(False, at, float(reply[2]), reply[3], requests=int(reply[4]), tokens=int(reply[5]), reset_s=reset_s)

@@ -36,6 +36,7 @@ class Verdict:
     requests: int | None = None  # the window's requests and tokens after this decision (an admitted call's own counted in);
     tokens: int | None = None  # None where the store did not read them (a retried admission found already in)
     reset_s: float = 0.0  # seconds until every event now in the window has left it (OpenAI's x-ratelimit-reset-*)
+    reset_without_s: float = 0.0  # an admission's: the same without its own call (the window's reset once its slot is given back)
 
 
 def judge(
@@ -52,12 +53,14 @@ def judge(
 
     ``ordered`` yields the live events oldest first as ``(at, tokens)``; it is read only on a
     refusal, to find when the oldest events that must leave will have left. ``newest``: the time of
-    the latest live event (the window is empty again one window after it), for a refusal's ``reset_s``.
+    the latest live event (the window is empty again one window after it), for a refusal's ``reset_s`` and an
+    admission's ``reset_without_s``.
     """
     need_requests = count + 1 - window.rpm if window.rpm is not None else 0
     need_tokens = total + tokens - window.tpm if window.tpm is not None else 0
+    reset_s = 0.0 if newest is None else max(0.0, newest + window.window_s - now)
     if need_requests <= 0 and need_tokens <= 0:
-        return Verdict(True, now, requests=count + 1, tokens=total + tokens, reset_s=window.window_s)
+        return Verdict(True, now, requests=count + 1, tokens=total + tokens, reset_s=window.window_s, reset_without_s=reset_s)
     wait_requests = 0.0 if need_requests <= 0 else math.inf
     wait_tokens = 0.0 if need_tokens <= 0 else math.inf
     freed_tokens = 0
@@ -70,5 +73,4 @@ def judge(
         if not (math.isinf(wait_requests) or math.isinf(wait_tokens)):
             break
     binding: Binding = "rpm" if wait_requests >= wait_tokens else "tpm"
-    reset_s = 0.0 if newest is None else max(0.0, newest + window.window_s - now)
     return Verdict(False, now, max(wait_requests, wait_tokens), binding, requests=count, tokens=total, reset_s=reset_s)

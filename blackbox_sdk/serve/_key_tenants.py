@@ -15,14 +15,16 @@ limit the record leaves out (None) leaves the proxy's own option for that call i
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from .._exceptions import ConfigError
+from .._exceptions import ConfigError, StoreUnavailableError
 from ..budget import Budget
 from ..cache import Cache
 from ..limits import RateLimits
@@ -36,6 +38,7 @@ INHERITED_BUDGET_FIELDS = (
 )
 # The proxy's [rate_limit] fields a tenant's RateLimits keeps: how a call waits and is capped, not the proxy's own limits.
 INHERITED_RATE_FIELDS = ("policy", "max_wait_s", "default_max_output_tokens", "clock", "sleep", "asleep")
+SWEEP_EVERY_S = 60.0  # how often, at most, the authenticator lists the key store for keys revoked elsewhere
 
 
 @dataclass(frozen=True)
@@ -181,6 +184,18 @@ class TenantOptions:
         key's: a live key since created under its name keeps its own."""
         self._forget(lambda record: record.key_id == revoked.key_id)
 
+    def forget_revoked_among(self, records: Iterable[KeyRecord]) -> None:
+        """Drop the options of every key ``records`` (the store's list) shows revoked, presented again or not."""
+        revoked = {record.key_id for record in records if record.revoked}
+        if revoked:
+            self._forget(lambda record: record.key_id in revoked)
+
+    @property
+    def built(self) -> bool:
+        """Whether any key's options are built (open) now."""
+        with self._lock:
+            return bool(self._built)
+
     def on_drop(self, callback: Callable[[str, Mapping[str, Any]], None]) -> Callable[[], None]:
         """Call ``callback(name, options)`` for each tenant's options dropped from now on (the proxy lets go of its client
         copy), until the function returned is called."""
@@ -235,12 +250,44 @@ def _close_options(built: Sequence[Mapping[str, Any] | None]) -> None:
                 options[name].close()
 
 
-def key_authenticator(store: KeyStore, tenants: TenantOptions) -> Callable[[str | None], Tenant | None]:
+class RevokedSweep:
+    """Now and then, at most once per ``every_s`` by ``clock``, one listing of the key store, and the options built for
+    the keys it shows revoked elsewhere (the CLI, another replica) let go, though they are never presented again."""
+
+    def __init__(self, store: KeyStore, tenants: TenantOptions, every_s: float, clock: Callable[[], float]) -> None:
+        if not every_s >= 0:
+            raise ConfigError(f"sweep_every_s must be 0 or more seconds, got {every_s!r}")
+        self._store, self._tenants, self._every_s, self._clock = store, tenants, every_s, clock
+        self._due = clock() + every_s
+        self._lock = threading.Lock()
+
+    def __call__(self) -> None:
+        """Sweep once the interval has passed, if anything is built; a store out of reach is tried again next interval."""
+        with self._lock:
+            now = self._clock()
+            if now < self._due:
+                return
+            self._due = now + self._every_s
+        if self._tenants.built:
+            self._sweep()
+
+    def _sweep(self) -> None:
+        """List the store once; let go of the options of the keys it shows revoked."""
+        with contextlib.suppress(StoreUnavailableError):  # the request itself is judged by its own lookup
+            self._tenants.forget_revoked_among(self._store.list())
+
+
+def key_authenticator(
+    store: KeyStore, tenants: TenantOptions, *, sweep_every_s: float = SWEEP_EVERY_S, clock: Callable[[], float] = time.monotonic
+) -> Callable[[str | None], Tenant | None]:
     """The app's ``authenticate``: a presented key -> its Tenant, or None (401). A store that is down raises
-    StoreUnavailableError, which the app answers with 503: a request is never let through unauthenticated."""
+    StoreUnavailableError, which the app answers with 503: a request is never let through unauthenticated. At most
+    once per ``sweep_every_s`` (by ``clock``) a request also lets go of what was built for keys revoked elsewhere."""
+    sweep = RevokedSweep(store, tenants, sweep_every_s, clock)
 
     def authenticate(presented: str | None) -> Tenant | None:
         """The live key's tenant, with its models and options."""
+        sweep()
         record = store.match(presented) if isinstance(store, KeyStoreBase) else store.lookup(presented)
         if record is None:
             return None

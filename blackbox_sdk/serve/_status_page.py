@@ -90,10 +90,9 @@ def _key_row(proxy: Proxy, record: KeyRecord) -> KeyRow:
 def key_rows(proxy: Proxy) -> list[KeyRow]:
     """The live keys' rows (or the proxy's own, without a key store), with this process's tallies."""
     if proxy.keys is not None:
-        records, tenants = proxy.keys.list(), proxy.tenants
-        for record in records:
-            if record.revoked and tenants is not None:  # revoked elsewhere (the CLI, another replica): what was built for it let go
-                tenants.forget_revoked(record)
+        records = proxy.keys.list()
+        if proxy.tenants is not None:  # keys revoked elsewhere (the CLI, another replica): what was built for them let go
+            proxy.tenants.forget_revoked_among(records)
         rows = [_key_row(proxy, record) for record in records if not record.revoked]
     else:
         budget = proxy.client_for(None).options.budget if proxy.ready else None
