@@ -142,6 +142,16 @@ def test_corrupt_cache_entries_are_dropped_and_refetched(client: OpenAI, cache: 
         pytest.param({"choice": {"message": {"content": "x"}}, "chunks": [{"choices": 5}]}, id="chunk-choices-not-a-list"),
         pytest.param({"choice": {"message": {"content": "x"}}, "chunks": [{"choices": ["a"]}]}, id="chunk-choice-not-an-object"),
         pytest.param({"choice": {"message": {"content": "x"}}, "chunks": [{"choices": [{"delta": "x"}]}]}, id="delta-not-an-object"),
+        pytest.param({"choice": {"message": {"content": "x"}, "finish_reason": 7}}, id="finish-reason-a-number"),
+        pytest.param({"choice": {"message": {"content": "x", "role": 5}}}, id="role-a-number"),
+        pytest.param({"choice": {"message": {"content": "x"}, "logprobs": 5}}, id="logprobs-a-number"),
+        pytest.param({"choice": {"message": {"tool_calls": [{"id": "a", "type": "function", "function": "f"}]}}}, id="function-not-an-object"),
+        pytest.param({"choice": {"message": {"tool_calls": [{"id": 5, "type": "function", "function": {"name": 3, "arguments": 4}}]}}}, id="call-name-a-number"),
+        pytest.param({"choice": {"message": {"function_call": {"name": "f", "arguments": 4}}}}, id="function-call-arguments-a-number"),
+        pytest.param({"choice": {"message": {"content": "x"}}, "meta": {"id": 5, "created": "x"}}, id="id-a-number"),
+        pytest.param({"choice": {"message": {"content": "x"}}, "chunks": [{"choices": [{"delta": {"content": "x"}, "finish_reason": 7}]}]}, id="chunk-finish-reason-a-number"),
+        pytest.param({"choice": {"message": {"content": "x"}}, "chunks": [{"model": 5, "choices": [{"delta": {"content": "x"}}]}]}, id="chunk-model-a-number"),
+        pytest.param({"choice": {"message": {"content": "x"}}, "chunks": [{"choices": [{"delta": {"tool_calls": [{"index": "x", "function": {"name": "f"}}]}}]}]}, id="chunk-call-index-a-text"),
     ],
 )
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
@@ -165,6 +175,7 @@ def test_stored_entries_shaped_unlike_an_answer_are_skipped_and_sent_for(tmp_pat
     key = cache.key(route="chat.completions", endpoint=client._core.endpoint, params={"model": MODEL, "messages": QUESTION})
     cache.extend(key, [{"meta": {}, "completion_tokens": 1, "prompt_tokens": 1, **entry}])
     answer = client.chat.completions.create(model=MODEL, messages=QUESTION, stream=stream)
+    assert not answer.blackbox.cache_hit
     text = "".join(c.choices[0].delta.content or "" for c in answer if c.choices) if stream else answer.choices[0].message.content
     assert text == "live" and len(sent) == 1
 
