@@ -180,6 +180,29 @@ def test_stored_entries_shaped_unlike_an_answer_are_skipped_and_sent_for(tmp_pat
     assert text == "live" and len(sent) == 1
 
 
+def test_a_whole_answer_without_a_finish_reason_is_stored_and_its_hit_is_the_miss(tmp_path: Path) -> None:
+    """A JSON body that parsed is whole whatever its finish_reason (a stream is whole only once each choice has one):
+    a server that leaves it out is cached, and the hit, whole or replayed as a stream, gives back the same null."""
+    sent: list[httpx2.Request] = []
+    whole = {"id": "c", "object": "chat.completion", "created": 1, "model": MODEL, "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+             "choices": [{"index": 0, "message": {"role": "assistant", "content": "live answer"}}]}
+
+    def handle(request: httpx2.Request) -> httpx2.Response:
+        sent.append(request)
+        return httpx2.Response(200, json=whole)
+
+    client = OpenAI(base_url="http://api.test/v1", api_key="sk-test", max_retries=0, cache=tmp_path / "cache", http_client=httpx2.Client(transport=httpx2.MockTransport(handle)))
+    miss = client.chat.completions.create(model=MODEL, messages=QUESTION)
+    hit = client.chat.completions.create(model=MODEL, messages=QUESTION)
+    stream = client.chat.completions.create(model=MODEL, messages=QUESTION, stream=True)
+    chunks = [chunk for chunk in stream if chunk.choices]
+    assert not miss.blackbox.cache_hit and hit.blackbox.cache_hit and stream.blackbox.cache_hit and len(sent) == 1
+    assert hit.to_dict() == miss.to_dict() and miss.choices[0].finish_reason is None
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "live answer" and chunks[-1].choices[0].finish_reason is None
+    assert stream.blackbox.error is None
+    client.close()
+
+
 @pytest.mark.parametrize("count", ["completion_tokens", "prompt_tokens"])
 def test_a_stored_token_count_too_large_for_an_integer_is_skipped_and_sent_for(tmp_path: Path, count: str) -> None:
     """JSON reads 1e400 (a valid number) as infinity: int() of it raised a raw OverflowError on the hit, and storing the
