@@ -200,3 +200,13 @@ def test_an_echoed_completion_without_usage_is_charged_for_what_it_generated_not
     assert answer.blackbox.usage_counted
     assert answer.blackbox.usage["completion_tokens"] == len(prompts) * count_tokens(" word" * 20, MODEL).tokens
     assert budget.spent() * 1e6 == pytest.approx(answer.blackbox.usage["total_tokens"])
+
+
+def test_an_echoed_best_of_completion_without_a_budget_counts_its_unreturned_generations_without_the_prompt() -> None:
+    """Without a budget the generations a server kept are counted as long as the longest answer seen: its generated
+    part, not the prompt echoed in front of it."""
+    client = OpenAI(base_url="http://upstream.test/v1", api_key="sk-test", http_client=httpx2.Client(transport=httpx2.MockTransport(echoed_completion)),
+                    max_retries=0)
+    answer = client.completions.create(model=MODEL, prompt="Repeat one word twenty times, please, as many times as I ask you to.",
+                                       max_tokens=20, echo=True, best_of=3)
+    assert answer.blackbox.usage_counted and answer.blackbox.usage["completion_tokens"] == 3 * count_tokens(" word" * 20, MODEL).tokens

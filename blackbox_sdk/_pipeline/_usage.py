@@ -89,9 +89,13 @@ class UsageCounter:
         as reserved (its hidden prompt, learnt from its answers; a stored context), and the texts."""
         call.usage_counted = True
         prompt = (self.prompt_tokens(call) + call.prompt_extra) * max(1, requests)
-        echoed = echoed_prompts(call)
-        completion = sum(self._generated_tokens(call, text, echoed, i / len(texts)) for i, text in enumerate(texts))
+        completion = sum(self._answer_tokens(call, texts))
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+    def _answer_tokens(self, call: Call, texts: list[str]) -> list[int]:
+        """Tokens each answer generated (`_generated_tokens`)."""
+        echoed = echoed_prompts(call)
+        return [self._generated_tokens(call, text, echoed, i / len(texts)) for i, text in enumerate(texts)]
 
     def _generated_tokens(self, call: Call, text: str, echoed: list[Any], at: float) -> int:
         """Tokens of one answer (`at` its place among the answers, 0 to 1) less the prompt a completion with `echo` sent
@@ -115,7 +119,7 @@ class UsageCounter:
         if not discarded:
             return counted
         held = call.reservation
-        each = held.max_output_tokens if held is not None else max((self.completion_tokens(call, text) for text in texts), default=0)
+        each = held.max_output_tokens if held is not None else max(self._answer_tokens(call, texts), default=0)
         unseen = discarded * each
         return {**counted, "completion_tokens": counted["completion_tokens"] + unseen, "total_tokens": counted["total_tokens"] + unseen}
 
