@@ -263,6 +263,12 @@ def test_stored_embeddings_shaped_unlike_an_answer_are_skipped_and_sent_for(tmp_
         pytest.param({"output": [{"type": "message", "content": "x"}]}, id="content-not-a-list"),
         pytest.param({"output": [{"type": "message", "content": [{"type": "output_text", "text": 5}]}]}, id="text-not-a-string"),
         pytest.param({"output": [], "events": [{"type": "response.completed"}]}, id="last-event-without-its-response"),
+        pytest.param({"status": 7, "output": []}, id="status-a-number"),
+        pytest.param({"id": 5, "output": []}, id="id-a-number"),
+        pytest.param({"output": [{"type": "function_call", "call_id": "c", "name": 5, "arguments": "{}"}]}, id="call-name-a-number"),
+        pytest.param({"output": [{"type": 5}]}, id="item-type-a-number"),
+        pytest.param({"output": [{"type": "custom_tool_call", "call_id": "c", "name": "f", "input": 5}]}, id="custom-input-a-number"),
+        pytest.param({"output": [{"type": "message", "role": 5, "content": []}]}, id="role-a-number"),
     ],
 )
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
