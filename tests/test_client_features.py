@@ -233,6 +233,11 @@ def test_a_stored_token_count_too_large_for_an_integer_is_skipped_and_sent_for(t
         pytest.param({"data": [5]}, id="item-not-an-object"),
         pytest.param({"data": [{"index": 0, "embedding": None}]}, id="vector-missing"),
         pytest.param({"data": [{"index": 0, "embedding": [0.5]}], "usage": "lots"}, id="usage-not-an-object"),
+        pytest.param({"data": [{"index": 0, "embedding": ["x", "y"]}]}, id="vector-of-texts"),
+        pytest.param({"data": [{"index": 0, "embedding": [True, 0.5]}]}, id="vector-of-booleans"),
+        pytest.param({"data": [{"index": 0, "embedding": [[0.5]]}]}, id="vector-of-lists"),
+        pytest.param({"data": [{"index": "x", "embedding": [0.5]}]}, id="index-a-text"),
+        pytest.param({"model": 5, "data": [{"index": 0, "embedding": [0.5]}]}, id="model-a-number"),
     ],
 )
 def test_stored_embeddings_shaped_unlike_an_answer_are_skipped_and_sent_for(tmp_path: Path, stored: dict[str, object]) -> None:
