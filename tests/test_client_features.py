@@ -227,6 +227,28 @@ def test_a_stored_token_count_too_large_for_an_integer_is_skipped_and_sent_for(t
     cache.close()
 
 
+@pytest.mark.parametrize("value", [-5, True], ids=["negative", "a-boolean"])
+@pytest.mark.parametrize("count", ["completion_tokens", "prompt_tokens"])
+def test_a_stored_token_count_that_is_no_count_is_skipped_and_sent_for(tmp_path: Path, count: str, value: object) -> None:
+    """A hit served a negative count as its usage (`total_tokens` below zero) and a boolean as 1."""
+    sent: list[httpx2.Request] = []
+    whole = {"id": "c", "object": "chat.completion", "created": 1, "model": MODEL, "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+             "choices": [{"index": 0, "message": {"role": "assistant", "content": "live"}, "finish_reason": "stop"}]}
+
+    def handle(request: httpx2.Request) -> httpx2.Response:
+        sent.append(request)
+        return httpx2.Response(200, json=whole)
+
+    cache = Cache(tmp_path / "cache")
+    client = OpenAI(base_url="http://api.test/v1", api_key="sk-test", max_retries=0, cache=cache, http_client=httpx2.Client(transport=httpx2.MockTransport(handle)))
+    key = cache.key(route="chat.completions", endpoint=client._core.endpoint, params={"model": MODEL, "messages": QUESTION})
+    cache.extend(key, [{"meta": {}, "choice": {"message": {"content": "stored"}}, "completion_tokens": 1, "prompt_tokens": 1, count: value}])
+    answer = client.chat.completions.create(model=MODEL, messages=QUESTION)
+    assert answer.choices[0].message.content == "live" and len(sent) == 1 and answer.usage is not None and answer.usage.total_tokens == 4
+    client.close()
+    cache.close()
+
+
 @pytest.mark.parametrize(
     "stored",
     [

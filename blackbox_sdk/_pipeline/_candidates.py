@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._types import CHAT, COMPLETIONS, DETAILS, RESPONSES, Json, Route, add_usage, token_count
+from .._types import CHAT, COMPLETIONS, DETAILS, RESPONSES, Json, Route, add_usage, is_token_count, token_count
 from ._response_events import check_stored
 from ._stored_shapes import check_shapes
 
@@ -50,7 +50,7 @@ class Candidate:
 
     @classmethod
     def from_json(cls, data: Json, route: Route) -> Candidate:
-        """Rebuild a stored candidate of `route`; KeyError/TypeError on anything foreign (the cache drops
+        """Rebuild a stored candidate of `route`; KeyError/TypeError/ValueError on anything foreign (the cache drops
         those) or shaped unlike what a hit serves and replays: for chat and completions a choice, for
         Responses a whole response and its events (`check_stored`)."""
         choice, meta = data["choice"], data["meta"]
@@ -66,7 +66,10 @@ class Candidate:
             check_shapes(choice, meta, chunks)
         elif route is RESPONSES:
             check_stored(choice, chunks)
-        return cls(choice, meta, int(data["completion_tokens"]), int(data["prompt_tokens"]), chunks, details)
+        counts = data["completion_tokens"], data["prompt_tokens"]
+        if not all(is_token_count(count) for count in counts):
+            raise ValueError("a stored candidate's token counts must be whole numbers from 0")
+        return cls(choice, meta, int(counts[0]), int(counts[1]), chunks, details)
 
 
 CORE_META = ("id", "created", "model", "system_fingerprint", "service_tier")  # what every chunk of a stream carries
