@@ -7,6 +7,7 @@ and every resource's `create` take exactly these (and openai's `max_retries`).
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
 import threading
@@ -120,11 +121,25 @@ def _instance_or_path(value: Any, kind: type, name: str, opened: Opened, accepte
     raise ConfigError(f"{name} must be {accepted} or None; got {value!r}")
 
 
+def is_cache_mode(value: object) -> bool:
+    """Whether a cache option names a mode (on, read, ...) rather than a folder; ConfigError for a bare word that reads
+    as a mistyped mode ("refesh", "ON"), which would otherwise open a cache folder of that name in the working folder."""
+    if not isinstance(value, str):
+        return False
+    if value in CACHE_MODES:
+        return True
+    word = value.strip().lower()
+    if word and not any(mark in word for mark in "/\\.~:") and difflib.get_close_matches(word, CACHE_MODES, n=1, cutoff=0.75):
+        raise ConfigError(f"cache={value!r} is not a cache mode (one of {', '.join(CACHE_MODES)}); "
+                          f"for a folder of that name pass Path({value!r}) or './{value}'")
+    return False
+
+
 def open_cache(value: Any, current: Any, opened: Opened) -> Any:
     """A Cache from what a caller passed: a folder, a Cache, a mode string for the current one, or None."""
     from .cache import Cache
 
-    if isinstance(value, str) and value in CACHE_MODES:
+    if is_cache_mode(value):
         if current is None:
             raise ConfigError(f"cache={value!r} needs a cache on the client: OpenAI(cache='folder')")
         return current.with_mode(value)
@@ -341,7 +356,7 @@ def needs_opening(opened: Opened, overrides: dict[str, Any]) -> bool:
 
 def _opens(name: str, value: Any, opened: Opened) -> bool:
     """Whether this one override opens something (see `needs_opening`)."""
-    if not isinstance(value, (str, Path)) or (name == "cache" and value in CACHE_MODES):
+    if not isinstance(value, (str, Path)) or (name == "cache" and is_cache_mode(value)):
         return False
     if name == "tokenizer":
         return value != SERVER

@@ -29,8 +29,14 @@ UNTRUSTED = "the server's TLS certificate is not one the URL trusts (give the CA
 
 
 def is_redis_url(value: object) -> bool:
-    """Whether a store option names a Redis server (``redis://`` or ``rediss://``) rather than a file."""
-    return isinstance(value, str) and value.partition("://")[0].lower() in REDIS_SCHEMES and "://" in value
+    """Whether a store option names a Redis server (``redis://`` or ``rediss://``) rather than a file; ConfigError for
+    ``redis:`` without its ``//`` (``redis:/host``), which would open a folder named ``redis:`` in the working folder."""
+    if not isinstance(value, str):
+        return False
+    scheme, colon, rest = value.partition(":")
+    if colon and scheme.lower() in REDIS_SCHEMES and not rest.startswith("//"):
+        raise ConfigError(f"{scheme}: needs // after it, as in {scheme.lower()}://host:6379/0; for a file or folder of that name, write ./{scheme}:...")
+    return "://" in value and value.partition("://")[0].lower() in REDIS_SCHEMES
 
 
 def redact_url(url: str) -> str:

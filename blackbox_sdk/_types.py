@@ -117,9 +117,14 @@ class ResponsesRoute(Route):
 
     def delta_text(self, chunk_choice: Json) -> str:
         """The output a streamed event adds: an answer's text, and the other output billed as output tokens (a refusal,
-        a call's arguments or input, reasoning), so that a stream cut short is charged for all that arrived."""
-        delta = chunk_choice.get("delta")
-        return delta if chunk_choice.get("type") in OUTPUT_DELTAS and isinstance(delta, str) else ""
+        a call's arguments or input, reasoning, and a call's name, which comes whole in its item's added event), so that
+        a stream cut short is charged for all that arrived."""
+        kind, item = chunk_choice.get("type"), chunk_choice.get("item")
+        if kind == "response.output_item.added":
+            text = item.get("name") if isinstance(item, dict) else None
+        else:
+            text = chunk_choice.get("delta") if kind in OUTPUT_DELTAS else None
+        return text if isinstance(text, str) else ""
 
     def texts(self, response: Json) -> list[str]:
         """The one answer text of a whole response."""

@@ -142,6 +142,16 @@ def test_corrupt_cache_entries_are_dropped_and_refetched(client: OpenAI, cache: 
         pytest.param({"choice": {"message": {"content": "x"}}, "chunks": [{"choices": 5}]}, id="chunk-choices-not-a-list"),
         pytest.param({"choice": {"message": {"content": "x"}}, "chunks": [{"choices": ["a"]}]}, id="chunk-choice-not-an-object"),
         pytest.param({"choice": {"message": {"content": "x"}}, "chunks": [{"choices": [{"delta": "x"}]}]}, id="delta-not-an-object"),
+        pytest.param({"choice": {"message": {"content": "x"}, "finish_reason": 7}}, id="finish-reason-a-number"),
+        pytest.param({"choice": {"message": {"content": "x", "role": 5}}}, id="role-a-number"),
+        pytest.param({"choice": {"message": {"content": "x"}, "logprobs": 5}}, id="logprobs-a-number"),
+        pytest.param({"choice": {"message": {"tool_calls": [{"id": "a", "type": "function", "function": "f"}]}}}, id="function-not-an-object"),
+        pytest.param({"choice": {"message": {"tool_calls": [{"id": 5, "type": "function", "function": {"name": 3, "arguments": 4}}]}}}, id="call-name-a-number"),
+        pytest.param({"choice": {"message": {"function_call": {"name": "f", "arguments": 4}}}}, id="function-call-arguments-a-number"),
+        pytest.param({"choice": {"message": {"content": "x"}}, "meta": {"id": 5, "created": "x"}}, id="id-a-number"),
+        pytest.param({"choice": {"message": {"content": "x"}}, "chunks": [{"choices": [{"delta": {"content": "x"}, "finish_reason": 7}]}]}, id="chunk-finish-reason-a-number"),
+        pytest.param({"choice": {"message": {"content": "x"}}, "chunks": [{"model": 5, "choices": [{"delta": {"content": "x"}}]}]}, id="chunk-model-a-number"),
+        pytest.param({"choice": {"message": {"content": "x"}}, "chunks": [{"choices": [{"delta": {"tool_calls": [{"index": "x", "function": {"name": "f"}}]}}]}]}, id="chunk-call-index-a-text"),
     ],
 )
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
@@ -165,8 +175,32 @@ def test_stored_entries_shaped_unlike_an_answer_are_skipped_and_sent_for(tmp_pat
     key = cache.key(route="chat.completions", endpoint=client._core.endpoint, params={"model": MODEL, "messages": QUESTION})
     cache.extend(key, [{"meta": {}, "completion_tokens": 1, "prompt_tokens": 1, **entry}])
     answer = client.chat.completions.create(model=MODEL, messages=QUESTION, stream=stream)
+    assert not answer.blackbox.cache_hit
     text = "".join(c.choices[0].delta.content or "" for c in answer if c.choices) if stream else answer.choices[0].message.content
     assert text == "live" and len(sent) == 1
+
+
+def test_a_whole_answer_without_a_finish_reason_is_stored_and_its_hit_is_the_miss(tmp_path: Path) -> None:
+    """A JSON body that parsed is whole whatever its finish_reason (a stream is whole only once each choice has one):
+    a server that leaves it out is cached, and the hit, whole or replayed as a stream, gives back the same null."""
+    sent: list[httpx2.Request] = []
+    whole = {"id": "c", "object": "chat.completion", "created": 1, "model": MODEL, "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+             "choices": [{"index": 0, "message": {"role": "assistant", "content": "live answer"}}]}
+
+    def handle(request: httpx2.Request) -> httpx2.Response:
+        sent.append(request)
+        return httpx2.Response(200, json=whole)
+
+    client = OpenAI(base_url="http://api.test/v1", api_key="sk-test", max_retries=0, cache=tmp_path / "cache", http_client=httpx2.Client(transport=httpx2.MockTransport(handle)))
+    miss = client.chat.completions.create(model=MODEL, messages=QUESTION)
+    hit = client.chat.completions.create(model=MODEL, messages=QUESTION)
+    stream = client.chat.completions.create(model=MODEL, messages=QUESTION, stream=True)
+    chunks = [chunk for chunk in stream if chunk.choices]
+    assert not miss.blackbox.cache_hit and hit.blackbox.cache_hit and stream.blackbox.cache_hit and len(sent) == 1
+    assert hit.to_dict() == miss.to_dict() and miss.choices[0].finish_reason is None
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "live answer" and chunks[-1].choices[0].finish_reason is None
+    assert stream.blackbox.error is None
+    client.close()
 
 
 @pytest.mark.parametrize("count", ["completion_tokens", "prompt_tokens"])
@@ -193,12 +227,39 @@ def test_a_stored_token_count_too_large_for_an_integer_is_skipped_and_sent_for(t
     cache.close()
 
 
+@pytest.mark.parametrize("value", [-5, True], ids=["negative", "a-boolean"])
+@pytest.mark.parametrize("count", ["completion_tokens", "prompt_tokens"])
+def test_a_stored_token_count_that_is_no_count_is_skipped_and_sent_for(tmp_path: Path, count: str, value: object) -> None:
+    """A hit served a negative count as its usage (`total_tokens` below zero) and a boolean as 1."""
+    sent: list[httpx2.Request] = []
+    whole = {"id": "c", "object": "chat.completion", "created": 1, "model": MODEL, "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+             "choices": [{"index": 0, "message": {"role": "assistant", "content": "live"}, "finish_reason": "stop"}]}
+
+    def handle(request: httpx2.Request) -> httpx2.Response:
+        sent.append(request)
+        return httpx2.Response(200, json=whole)
+
+    cache = Cache(tmp_path / "cache")
+    client = OpenAI(base_url="http://api.test/v1", api_key="sk-test", max_retries=0, cache=cache, http_client=httpx2.Client(transport=httpx2.MockTransport(handle)))
+    key = cache.key(route="chat.completions", endpoint=client._core.endpoint, params={"model": MODEL, "messages": QUESTION})
+    cache.extend(key, [{"meta": {}, "choice": {"message": {"content": "stored"}}, "completion_tokens": 1, "prompt_tokens": 1, count: value}])
+    answer = client.chat.completions.create(model=MODEL, messages=QUESTION)
+    assert answer.choices[0].message.content == "live" and len(sent) == 1 and answer.usage is not None and answer.usage.total_tokens == 4
+    client.close()
+    cache.close()
+
+
 @pytest.mark.parametrize(
     "stored",
     [
         pytest.param({"data": [5]}, id="item-not-an-object"),
         pytest.param({"data": [{"index": 0, "embedding": None}]}, id="vector-missing"),
         pytest.param({"data": [{"index": 0, "embedding": [0.5]}], "usage": "lots"}, id="usage-not-an-object"),
+        pytest.param({"data": [{"index": 0, "embedding": ["x", "y"]}]}, id="vector-of-texts"),
+        pytest.param({"data": [{"index": 0, "embedding": [True, 0.5]}]}, id="vector-of-booleans"),
+        pytest.param({"data": [{"index": 0, "embedding": [[0.5]]}]}, id="vector-of-lists"),
+        pytest.param({"data": [{"index": "x", "embedding": [0.5]}]}, id="index-a-text"),
+        pytest.param({"model": 5, "data": [{"index": 0, "embedding": [0.5]}]}, id="model-a-number"),
     ],
 )
 def test_stored_embeddings_shaped_unlike_an_answer_are_skipped_and_sent_for(tmp_path: Path, stored: dict[str, object]) -> None:
@@ -229,6 +290,12 @@ def test_stored_embeddings_shaped_unlike_an_answer_are_skipped_and_sent_for(tmp_
         pytest.param({"output": [{"type": "message", "content": "x"}]}, id="content-not-a-list"),
         pytest.param({"output": [{"type": "message", "content": [{"type": "output_text", "text": 5}]}]}, id="text-not-a-string"),
         pytest.param({"output": [], "events": [{"type": "response.completed"}]}, id="last-event-without-its-response"),
+        pytest.param({"status": 7, "output": []}, id="status-a-number"),
+        pytest.param({"id": 5, "output": []}, id="id-a-number"),
+        pytest.param({"output": [{"type": "function_call", "call_id": "c", "name": 5, "arguments": "{}"}]}, id="call-name-a-number"),
+        pytest.param({"output": [{"type": 5}]}, id="item-type-a-number"),
+        pytest.param({"output": [{"type": "custom_tool_call", "call_id": "c", "name": "f", "input": 5}]}, id="custom-input-a-number"),
+        pytest.param({"output": [{"type": "message", "role": 5, "content": []}]}, id="role-a-number"),
     ],
 )
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])

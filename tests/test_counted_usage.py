@@ -164,3 +164,49 @@ def test_a_stream_without_usage_is_charged_the_hidden_prompt_its_endpoint_was_se
     list(stream)
     assert answer.usage is not None and stream.blackbox.usage_counted  # type: ignore[attr-defined]
     assert stream.blackbox.usage["prompt_tokens"] >= answer.usage.prompt_tokens  # type: ignore[attr-defined]
+
+
+def echoed_completion(request: httpx2.Request) -> httpx2.Response:
+    """A legacy completion that echoes each prompt in front of its one 20-word answer (whole or streamed), without usage
+    (token ids echoed as one " tok" each)."""
+    body = json.loads(request.content)
+    prompts = [body["prompt"]] if isinstance(body["prompt"], str) or isinstance(body["prompt"][0], int) else body["prompt"]
+    prompts = [" tok" * len(prompt) if isinstance(prompt, list) else prompt for prompt in prompts]
+    texts = [prompt + " word" * 20 for prompt in prompts]
+    if not body.get("stream"):
+        choices = [{"index": i, "text": text, "finish_reason": "length", "logprobs": None} for i, text in enumerate(texts)]
+        return httpx2.Response(200, json={**HEAD, "object": "text_completion", "choices": choices})
+    pieces = [(i, piece) for i, prompt in enumerate(prompts) for piece in [prompt, *[" word"] * 20]]
+    chunks = [{**HEAD, "object": "text_completion", "choices": [{"index": i, "text": piece, "finish_reason": None, "logprobs": None}]} for i, piece in pieces]
+    chunks += [{**HEAD, "object": "text_completion", "choices": [{"index": i, "text": "", "finish_reason": "length", "logprobs": None}]} for i in range(len(prompts))]
+    sse = "".join(f"data: {json.dumps(chunk)}\n\n" for chunk in chunks) + "data: [DONE]\n\n"
+    return httpx2.Response(200, content=sse.encode(), headers={"content-type": "text/event-stream"})
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+@pytest.mark.parametrize("prompt", ["Repeat one word twenty times, please, as many times as I ask you to.",
+                                    ["Repeat one word twenty times, please.", "Now say the same word twenty times again, please."],
+                                    [1, 2, 3, 4, 5, 6, 7, 8], [[1, 2, 3, 4, 5, 6], [7, 8, 9, 10, 11, 12, 13, 14, 15]]],
+                         ids=["one-prompt", "two-prompts", "token-ids", "two-token-id-prompts"])
+def test_an_echoed_completion_without_usage_is_charged_for_what_it_generated_not_its_prompt_again(stream: bool, prompt: Any) -> None:
+    """With echo the prompt comes back in front of each answer; it is billed as input already, and was counted as output too."""
+    budget = Budget(total_usd=10.0, prices=PRICES)
+    client = OpenAI(base_url="http://upstream.test/v1", api_key="sk-test", http_client=httpx2.Client(transport=httpx2.MockTransport(echoed_completion)),
+                    max_retries=0, budget=budget)
+    answer = client.completions.create(model=MODEL, prompt=prompt, max_tokens=20, echo=True, stream=stream)
+    if stream:
+        list(answer)
+    prompts = [prompt] if isinstance(prompt, str) or isinstance(prompt[0], int) else prompt
+    assert answer.blackbox.usage_counted
+    assert answer.blackbox.usage["completion_tokens"] == len(prompts) * count_tokens(" word" * 20, MODEL).tokens
+    assert budget.spent() * 1e6 == pytest.approx(answer.blackbox.usage["total_tokens"])
+
+
+def test_an_echoed_best_of_completion_without_a_budget_counts_its_unreturned_generations_without_the_prompt() -> None:
+    """Without a budget the generations a server kept are counted as long as the longest answer seen: its generated
+    part, not the prompt echoed in front of it."""
+    client = OpenAI(base_url="http://upstream.test/v1", api_key="sk-test", http_client=httpx2.Client(transport=httpx2.MockTransport(echoed_completion)),
+                    max_retries=0)
+    answer = client.completions.create(model=MODEL, prompt="Repeat one word twenty times, please, as many times as I ask you to.",
+                                       max_tokens=20, echo=True, best_of=3)
+    assert answer.blackbox.usage_counted and answer.blackbox.usage["completion_tokens"] == 3 * count_tokens(" word" * 20, MODEL).tokens

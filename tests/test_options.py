@@ -102,3 +102,29 @@ def test_a_log_passed_as_an_object_stays_open(tmp_path: Path) -> None:
     log = CallLog(tmp_path / "calls.db")
     OpenAI(api_key="sk-test", base_url="http://127.0.0.1:9/v1", log=log).close()
     log.stats()
+
+
+@pytest.mark.parametrize("typo", ["refesh", "Refresh", "ON", " off", "raed", "wirte"])
+async def test_a_cache_mode_with_a_typo_is_refused_not_opened_as_a_folder(typo: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """cache="refesh" per call (or on the client) made a cache folder named "refesh" in the working folder."""
+    monkeypatch.chdir(tmp_path)
+    client = OpenAI(api_key="sk-test", base_url="http://127.0.0.1:9/v1", max_retries=0, cache=tmp_path / "c")
+    aclient = AsyncOpenAI(api_key="sk-test", base_url="http://127.0.0.1:9/v1", max_retries=0, cache=tmp_path / "c")
+    with pytest.raises(ConfigError, match="not a cache mode.*on, read, write, refresh, off"):
+        client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], cache=typo)
+    with pytest.raises(ConfigError, match="not a cache mode"):
+        await aclient.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], cache=typo)
+    with pytest.raises(ConfigError, match="not a cache mode"):
+        OpenAI(api_key="sk-test", base_url="http://127.0.0.1:9/v1", cache=typo)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
+    client.close()
+    await aclient.close()
+
+
+def test_a_folder_named_like_a_mode_opens_when_given_as_a_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for folder in (Path("refesh"), "./raed", "mycache", str(tmp_path / "wirte")):
+        client = OpenAI(api_key="sk-test", base_url="http://127.0.0.1:9/v1", cache=folder)
+        assert isinstance(client.options.cache, Cache)
+        client.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mycache", "raed", "refesh", "wirte"]

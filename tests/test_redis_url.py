@@ -13,6 +13,7 @@ import threading
 import time
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -185,7 +186,9 @@ def test_redact_url_masks_user_part_and_query_passwords(url: str, shown: str) ->
 
 def test_is_redis_url() -> None:
     assert is_redis_url("redis://h/0") and is_redis_url("REDISS://h/0")
-    assert not any(map(is_redis_url, ["unix:///s.sock", "redis:/h", "/tmp/redis://x", None, 5, "postgresql://h/db"]))
+    assert not any(map(is_redis_url, ["unix:///s.sock", "/tmp/redis://x", "./redis:/h", "redis", None, 5, "postgresql://h/db"]))
+    with pytest.raises(ConfigError, match="needs //"):  # a mistyped URL, not a folder named "redis:"
+        is_redis_url("redis:/h")
 
 
 def test_clients_carry_the_stores_options_and_connect_on_first_use() -> None:
@@ -302,3 +305,23 @@ def test_the_rate_limit_store_sends_a_script_again_when_its_connection_drops(red
     dropped.join()
     assert verdict.admitted and 0.2 < time.monotonic() - started < 5
     window.close()
+
+
+@pytest.mark.parametrize("target", ["redis:/127.0.0.1:6379/0", "redis:127.0.0.1:6379", "REDISS:/user:s3cret@host:6380"])
+@pytest.mark.parametrize("opens", [
+    pytest.param(lambda target: Cache(target), id="cache"),
+    pytest.param(lambda target: Budget(total_usd=1.0, ledger=target), id="budget-ledger"),
+])
+def test_a_redis_url_missing_its_slashes_is_refused_not_opened_as_a_folder(target: str, opens: Callable[[str], Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """redis:/host (one slash) made a folder named "redis:" in the working folder and a cache or ledger in it."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="//") as refused:
+        opens(target)
+    assert "s3cret" not in str(refused.value) and list(tmp_path.iterdir()) == []
+
+
+def test_a_folder_named_redis_is_still_a_cache_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for target in ("redis", "./redis:0", "rediska"):
+        Cache(target).close()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["redis", "redis:0", "rediska"]

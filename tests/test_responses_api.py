@@ -25,6 +25,7 @@ from pydantic import BaseModel
 
 from blackbox_sdk import AsyncOpenAI, Budget, BudgetExceededError, CallLog, ConfigError, InvalidRequestError, OpenAI, PriceMissingError, RateLimitExceededError
 from blackbox_sdk._pipeline import _flows
+from blackbox_sdk.budget import count_tokens
 from blackbox_sdk.limits import RateLimits
 from blackbox_sdk.resources._responses_api import AsyncResponses, Responses
 
@@ -264,6 +265,24 @@ def test_a_cut_stream_is_charged_for_every_output_that_arrived(kind: str, tmp_pa
     assert logged.error is not None and logged.error.startswith("ConnectionError")  # cut: no final response came
     assert logged.usage is not None and logged.usage["completion_tokens"] > 0
     assert budget.report().spent_usd == pytest.approx(logged.cost_usd) and budget.report().outstanding_reservations == 0
+
+
+@pytest.mark.parametrize("item_type", ["function_call", "custom_tool_call"])
+def test_a_stream_cut_inside_a_tool_call_is_charged_the_call_s_name(item_type: str, tmp_path: Path, budget: Budget, log: CallLog) -> None:
+    """A call's name comes whole in its `response.output_item.added`, not in a delta: a stream cut after it (before or
+    among the arguments) was charged no output for it, though the server generated and bills it."""
+    name = "look_up_the_current_weather_forecast_for_a_city_by_its_name"
+    started = {"id": "resp_1", "object": "response", "created_at": 1, "model": MODEL, "status": "in_progress", "output": []}
+    item = {"type": item_type, "id": "fc_1", "call_id": "call_1", "name": name, "status": "in_progress", "arguments" if item_type == "function_call" else "input": ""}
+    events = [{"type": "response.created", "response": started}, {"type": "response.output_item.added", "output_index": 0, "item": item}]
+    body = "".join(f"event: {e['type']}\ndata: {json.dumps({**e, 'sequence_number': i})}\n\n" for i, e in enumerate(events)).encode()
+    with sse_upstream(lambda headers: body) as url:
+        client = OpenAI(api_key="sk-test", base_url=url, budget=budget, log=log, max_retries=0)
+        list(client.responses.create(model=MODEL, input=QUESTION, max_output_tokens=64, stream=True))
+    [logged] = records(log)
+    assert logged.error is not None and logged.usage is not None
+    assert logged.usage["completion_tokens"] == count_tokens(name, MODEL).tokens
+
 
 def test_a_stream_left_at_its_whole_text_is_closed_at_once_and_logged_as_cut_when_the_server_stalls(
     upstream: ResponsesUpstream, tmp_path: Path, budget: Budget, log: CallLog,

@@ -18,8 +18,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._types import CHAT, COMPLETIONS, DETAILS, RESPONSES, Json, Route, add_usage, token_count
+from .._types import CHAT, COMPLETIONS, DETAILS, RESPONSES, Json, Route, add_usage, is_token_count, token_count
 from ._response_events import check_stored
+from ._stored_shapes import check_shapes
 
 _PIECES = re.compile(r"\s*\S+\s*|\s+")
 
@@ -49,7 +50,7 @@ class Candidate:
 
     @classmethod
     def from_json(cls, data: Json, route: Route) -> Candidate:
-        """Rebuild a stored candidate of `route`; KeyError/TypeError on anything foreign (the cache drops
+        """Rebuild a stored candidate of `route`; KeyError/TypeError/ValueError on anything foreign (the cache drops
         those) or shaped unlike what a hit serves and replays: for chat and completions a choice, for
         Responses a whole response and its events (`check_stored`)."""
         choice, meta = data["choice"], data["meta"]
@@ -62,38 +63,13 @@ class Candidate:
         if not isinstance(details, dict) or not all(isinstance(part, dict) for part in details.values()):
             raise TypeError("candidate details must be an object of objects")
         if route is CHAT or route is COMPLETIONS:
-            _check_shapes(choice, chunks)
+            check_shapes(choice, meta, chunks)
         elif route is RESPONSES:
             check_stored(choice, chunks)
-        return cls(choice, meta, int(data["completion_tokens"]), int(data["prompt_tokens"]), chunks, details)
-
-
-def _check_shapes(choice: Json, chunks: list[Json] | None) -> None:
-    """TypeError unless a stored chat or completions choice, and its chunks, have the shapes replay reads."""
-    _check_choice(choice, "message")
-    for chunk in chunks or []:
-        if not _objects(chunk.get("choices")):
-            raise TypeError("a stored chunk's choices must be a list of objects")
-        for chunk_choice in chunk.get("choices") or []:
-            _check_choice(chunk_choice, "delta")
-
-
-def _objects(value: object) -> bool:
-    """Whether a stored value is null or a list of JSON objects (choices, tool calls)."""
-    return value is None or (isinstance(value, list) and all(isinstance(item, dict) for item in value))
-
-
-def _check_choice(choice: Json, body: str) -> None:
-    """TypeError unless a stored choice (or chunk choice) has the shape replay reads: its ``body``
-    (message or delta) an object, with text and refusal strings or null, and tool calls a list of objects."""
-    inner = choice.get(body)
-    if inner is None:
-        inner = {}
-    elif not isinstance(inner, dict):
-        raise TypeError(f"a stored choice's {body} must be an object")
-    texts = (choice.get("text"), inner.get("content"), inner.get("refusal"))
-    if not all(text is None or isinstance(text, str) for text in texts) or not _objects(inner.get("tool_calls")):
-        raise TypeError("a stored choice's text must be a string and its tool calls a list of objects")
+        counts = data["completion_tokens"], data["prompt_tokens"]
+        if not all(is_token_count(count) for count in counts):
+            raise ValueError("a stored candidate's token counts must be whole numbers from 0")
+        return cls(choice, meta, int(counts[0]), int(counts[1]), chunks, details)
 
 
 CORE_META = ("id", "created", "model", "system_fingerprint", "service_tier")  # what every chunk of a stream carries

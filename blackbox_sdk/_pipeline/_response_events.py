@@ -31,23 +31,26 @@ _PROGRESS = {  # the hosted tool calls a server reports the progress of between 
 
 
 def check_stored(response: Json, events: list[Json] | None) -> None:
-    """TypeError unless a stored Responses answer has the shapes a hit serves and replays: its output a list of items
-    (a message's or reasoning's parts objects with text that is a string or null), and its stored events
-    (when it came streamed) ending in the one that carries the response; else it would be served, or raise on replay."""
-    output = response.get("output")
+    """TypeError unless a stored Responses answer has the shapes a hit serves and replays: its id, model and status
+    strings, its output a list of items (a message's or reasoning's parts objects with text that is a string or null),
+    and its stored events (when it came streamed) ending in the one that carries the response; else it would be served,
+    or raise on replay."""
+    output, created = response.get("output"), response.get("created_at")
     if not isinstance(output, list) or not all(_item_shaped(item) for item in output):
         raise TypeError("a stored response's output must be a list of output items with lists of parts")
+    if not _texts(response, "id", "object", "model", "status") or isinstance(created, bool) or not isinstance(created, (int, float, type(None))):
+        raise TypeError("a stored response's id, model and status must be strings and its created_at a number")
     if events and not isinstance(events[-1].get("response"), dict):
         raise TypeError("a stored response's events must end with the event that carries the response")
 
 
 def _item_shaped(item: Any) -> bool:
-    """Whether a stored output item is an object with the parts and texts replay reads (a message's or reasoning's
-    parts, a function call's arguments); the other kinds are replayed whole."""
-    if not isinstance(item, dict):
+    """Whether a stored output item is an object with the parts and texts replay reads (its type, id, role, status, name
+    and call id; a message's or reasoning's parts, a function call's arguments); the other kinds are replayed whole."""
+    if not isinstance(item, dict) or not _texts(item, "type", "id", "role", "status", "name", "call_id"):
         return False
-    if item.get("type") == "function_call":
-        return _texts(item, "arguments")
+    if item.get("type") in ("function_call", "custom_tool_call"):
+        return _texts(item, "arguments", "input")
     parts = [item.get("content"), item.get("summary")] if item.get("type") in ("message", "reasoning") else []
     return all(part is None or (isinstance(part, list) and all(isinstance(p, dict) and _texts(p, "text", "refusal") for p in part)) for part in parts)
 

@@ -24,6 +24,8 @@ from ._core import CLAIM_TTL_S, Core, build
 from ._rates import warn_unasked_priority
 from ._rerank import question_of, rank, valid_first
 
+_NUMBERS = frozenset({int, float})  # what a stored embedding's vector holds (JSON's numbers; a bool is neither)
+
 
 def unstreamed(call: Call) -> Call:
     """The same call asking for a whole response (to rerank before streaming the winner)."""
@@ -206,10 +208,16 @@ def embedding_in(entries: list[Json]) -> Json | None:
 
 def _embedding_shaped(response: Json) -> bool:
     """Whether a stored embeddings response has the shape a hit reads: items that are objects holding a vector
-    (a list, or a base64 string), and a usage that is an object or null; else it would be served as the answer."""
+    (a list of numbers, or a base64 string) at an integer index, a model that is a string, and a usage that is an
+    object or null; else it would be served as the answer."""
     data, usage = response.get("data"), response.get("usage")
-    items = isinstance(data, list) and all(isinstance(item, dict) and isinstance(item.get("embedding"), (list, str)) for item in data)
-    return items and (usage is None or isinstance(usage, dict))
+    items = isinstance(data, list) and all(isinstance(item, dict) and _vector(item.get("embedding")) and type(item.get("index", 0)) is int for item in data)
+    return items and (usage is None or isinstance(usage, dict)) and isinstance(response.get("model"), (str, type(None)))
+
+
+def _vector(value: Any) -> bool:
+    """Whether a stored embedding is a base64 string or a list of numbers (JSON's ints and floats, not booleans)."""
+    return isinstance(value, str) or (isinstance(value, list) and all(type(number) in _NUMBERS for number in value))
 
 
 def finish_embedding(core: Core, call: Call, response: Any, stored: Json | None) -> Any:

@@ -10,7 +10,7 @@ from typing import Any
 
 from .._embeds import embeds_lengths
 from .._tokenizer import SERVER, ServerTokenizer, TokenCounter
-from .._types import CHAT, EMBEDDINGS, RESPONSES, Json, usage_to_charge
+from .._types import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, Json, usage_to_charge
 from ..budget import TokenCount, count_chat_tokens, count_input_tokens, count_tokens
 from ._call import Call
 from ._candidates import generated
@@ -89,8 +89,22 @@ class UsageCounter:
         as reserved (its hidden prompt, learnt from its answers; a stored context), and the texts."""
         call.usage_counted = True
         prompt = (self.prompt_tokens(call) + call.prompt_extra) * max(1, requests)
-        completion = sum(self.completion_tokens(call, text) for text in texts)
+        completion = sum(self._answer_tokens(call, texts))
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+    def _answer_tokens(self, call: Call, texts: list[str]) -> list[int]:
+        """Tokens each answer generated (`_generated_tokens`)."""
+        echoed = echoed_prompts(call)
+        return [self._generated_tokens(call, text, echoed, i / len(texts)) for i, text in enumerate(texts)]
+
+    def _generated_tokens(self, call: Call, text: str, echoed: list[Any], at: float) -> int:
+        """Tokens of one answer (`at` its place among the answers, 0 to 1) less the prompt a completion with `echo` sent
+        back in front of it, billed as input already: the longest prompt text it starts with, or the count of its token ids."""
+        said = max((prompt for prompt in echoed if isinstance(prompt, str) and text.startswith(prompt)), key=len, default="")
+        if said or not echoed or isinstance(echoed[0], str):
+            return self.completion_tokens(call, text[len(said):])
+        ids = echoed[int(at * len(echoed))]  # choices come prompt by prompt
+        return max(0, self.completion_tokens(call, text) - len(ids))
 
     def of_response(self, call: Call, response: Json) -> Json:
         """A whole response's usage (in the chat shape), or a count of all its answers generated (`generated`: tool
@@ -105,7 +119,7 @@ class UsageCounter:
         if not discarded:
             return counted
         held = call.reservation
-        each = held.max_output_tokens if held is not None else max((self.completion_tokens(call, text) for text in texts), default=0)
+        each = held.max_output_tokens if held is not None else max(self._answer_tokens(call, texts), default=0)
         unseen = discarded * each
         return {**counted, "completion_tokens": counted["completion_tokens"] + unseen, "total_tokens": counted["total_tokens"] + unseen}
 
@@ -119,6 +133,15 @@ class UsageCounter:
     def of_stream(self, call: Call, usages: list[Json], texts: list[str]) -> Json:
         """A finished stream's usage: the server's usage chunks summed, or a count of the texts."""
         return usage_to_charge(usages) if usages else self.counted(call, texts, call.info.requests)
+
+
+def echoed_prompts(call: Call) -> list[Any]:
+    """The prompts a legacy completion with `echo` sends back in front of its answers (texts, or lists of token ids);
+    none without echo."""
+    prompt = call.params.get("prompt")
+    if call.route is not COMPLETIONS or not call.params.get("echo") or not isinstance(prompt, (str, list)) or not prompt:
+        return []
+    return [prompt] if isinstance(prompt, str) or all(isinstance(token, int) for token in prompt) else list(prompt)
 
 
 def prompt_extras(params: Json) -> list[Json]:

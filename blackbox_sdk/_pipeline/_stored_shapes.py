@@ -1,0 +1,72 @@
+"""The shapes a stored chat or completions answer must have to be served: a hit serves what the cache holds as it is,
+so a bucket someone edited or a corrupt shared value (a number for a text, a text for an object) is refused here,
+and skipped as a miss, rather than served with wrong types or raised raw on replay."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._types import Json
+
+
+def check_shapes(choice: Json, meta: Json, chunks: list[Json] | None) -> None:
+    """TypeError unless a stored chat or completions choice, its fields and its chunks have the types replay serves."""
+    _check_choice(choice, "message")
+    _check_meta(meta)
+    for chunk in chunks or []:
+        if not _objects(chunk.get("choices")):
+            raise TypeError("a stored chunk's choices must be a list of objects")
+        _check_meta(chunk)
+        for chunk_choice in chunk.get("choices") or []:
+            _check_choice(chunk_choice, "delta")
+
+
+def _objects(value: object) -> bool:
+    """Whether a stored value is null or a list of JSON objects (choices, tool calls)."""
+    return value is None or (isinstance(value, list) and all(isinstance(item, dict) for item in value))
+
+
+def _check_choice(choice: Json, body: str) -> None:
+    """TypeError unless a stored choice (or chunk choice) has the shape replay reads: its ``body``
+    (message or delta) an object, with role, text and refusal strings or null, a finish_reason string or null,
+    logprobs an object or null, and tool calls a list of calls (`_check_call`)."""
+    inner = choice.get(body)
+    if inner is None:
+        inner = {}
+    elif not isinstance(inner, dict):
+        raise TypeError(f"a stored choice's {body} must be an object")
+    _check_texts(choice, ("text", "finish_reason"))
+    _check_texts(inner, ("role", "content", "refusal"))
+    if not isinstance(choice.get("logprobs"), (dict, type(None))) or not _objects(inner.get("tool_calls")):
+        raise TypeError("a stored choice's logprobs must be an object and its tool calls a list of objects")
+    for call in [inner.get("function_call"), *(inner.get("tool_calls") or [])]:
+        _check_call(call)
+
+
+def _check_call(call: Any) -> None:
+    """TypeError unless a stored tool call (or legacy function_call) is null or an object whose id, type, name,
+    arguments and input are strings or null, its function or custom part an object, and its index an integer."""
+    if call is None:
+        return
+    if not isinstance(call, dict):
+        raise TypeError("a stored tool call must be an object")
+    inner, index = call.get("function") or call.get("custom") or call, call.get("index")
+    if not isinstance(inner, dict) or not (index is None or (isinstance(index, int) and not isinstance(index, bool))):
+        raise TypeError("a stored tool call must be an object with an object function and an integer index")
+    _check_texts(call, ("id", "type"))
+    _check_texts(inner, ("name", "arguments", "input"))
+
+
+def _check_meta(fields: Json) -> None:
+    """TypeError unless a stored answer's (or chunk's) id, model, fingerprint and tier are strings or null, created a number."""
+    _check_texts(fields, ("id", "model", "system_fingerprint", "service_tier"))
+    created = fields.get("created")
+    if created is not None and (isinstance(created, bool) or not isinstance(created, (int, float))):
+        raise TypeError("a stored answer's created must be a number")
+
+
+def _check_texts(value: Json, names: tuple[str, ...]) -> None:
+    """TypeError unless each named field of a stored object is a string or null (a hit serves them as they are)."""
+    for name in names:
+        if not isinstance(value.get(name), (str, type(None))):
+            raise TypeError(f"a stored answer's {name} must be a string or null; got {type(value.get(name)).__name__}")
