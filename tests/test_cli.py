@@ -193,6 +193,14 @@ def test_serve_refuses_a_graceful_timeout_that_is_not_seconds_as_a_usage_error(s
     assert result.returncode == 2 and "--graceful-timeout: must be a number of seconds >= 0" in result.stderr, result.stderr
 
 
+def test_serve_refuses_a_missing_local_model_before_it_listens(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.gguf"
+    argv = [sys.executable, "-m", "blackbox_sdk", "serve", "--upstream", f"hf:{missing}", "--port", str(free_port())]
+    result = subprocess.run(argv, capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=120)  # one that listens times out
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"blackbox-sdk: no model at {missing}") and "Traceback" not in result.stderr
+
+
 def test_adapter_train_hands_its_arguments_to_the_trainer_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     missing, out = tmp_path / "missing.db", tmp_path / "adapter"
     assert main(["adapter", "train", "--log", str(missing), "--out", str(out), "--no-progress"]) == 1
