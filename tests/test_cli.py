@@ -325,6 +325,22 @@ def test_an_unreachable_store_is_one_error_line_without_its_password(
     assert SECRET not in captured.err + captured.out and list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    ("command", "password", "words"),
+    [
+        pytest.param(["stats", "--log", "postgresql://app:{pw}@127.0.0.1:{port}/calls"], "a", "connection failed", id="postgres"),
+        pytest.param(["keys", "list", "--store", "redis://app:{pw}@127.0.0.1:{port}/0"], "e", "ConnectionError", id="redis"),
+    ],
+)
+def test_a_short_password_is_hidden_without_garbling_the_drivers_words(
+    command: list[str], password: str, words: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([part.format(pw=password, port=free_port()) for part in command]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("blackbox-sdk: ") and err.count("\n") == 1 and "Connection refused" in err and words in err, err
+    assert f":{password}@" not in err, err
+
+
 def test_a_mixed_case_scheme_reads_the_log_and_a_url_libpq_refuses_never_shows_its_password(
     pg_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
