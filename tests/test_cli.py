@@ -341,6 +341,14 @@ def test_a_short_password_is_hidden_without_garbling_the_drivers_words(
     assert f":{password}@" not in err, err
 
 
+@pytest.mark.parametrize("action", [["create", "--name", "team-a"], ["list"], ["revoke", "team-a"]], ids=["create", "list", "revoke"])
+def test_a_key_store_that_is_a_folder_is_named_as_one(action: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["keys", *action, "--store", str(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    assert captured.err == f"blackbox-sdk: can't open the key store {tmp_path}: it is a folder; name a file in it, such as {tmp_path / 'keys.db'}\n"
+    assert captured.out == "" and list(tmp_path.iterdir()) == []
+
+
 def test_a_mixed_case_scheme_reads_the_log_and_a_url_libpq_refuses_never_shows_its_password(
     pg_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
