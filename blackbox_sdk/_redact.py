@@ -83,6 +83,16 @@ def redact_text(text: str) -> str:
     return _SECRET_PATTERN.sub(REDACTED, text)
 
 
+def mask_secret(text: str, secret: str, mask: str = "***") -> str:
+    """``text`` with ``secret`` as ``mask`` wherever it stands as a token of its own, not where it is only a piece of a longer
+    run of letters and digits: a one-letter password would otherwise garble every word of a driver's message ("f***iled")."""
+    if not secret:
+        return text
+    head = r"(?<![^\W_])" if secret[0].isalnum() else ""  # a letter or digit before an alphanumeric start: another word
+    tail = r"(?![^\W_])" if secret[-1].isalnum() else ""
+    return re.sub(head + re.escape(secret) + tail, lambda _: mask, text)
+
+
 def url_without_password(url: str) -> str:
     """The URL as ``scheme://user@host:port/path``: no password, query or fragment (either may hold one); never raises."""
     scheme, sep, rest = url.partition("://") if "://" in url else ("", "", url)

@@ -19,7 +19,7 @@ from urllib.parse import SplitResult, parse_qsl, unquote, unquote_plus, urlencod
 
 from ._exceptions import ConfigError
 from ._logging import logger
-from ._redact import credentials_end, pasted_password, url_without_password
+from ._redact import credentials_end, mask_secret, pasted_password, url_without_password
 
 REDIS_SCHEMES = ("redis", "rediss")
 REDIS_OR_UNIX = ("redis", "rediss", "unix")
@@ -196,7 +196,7 @@ class RedisURL:
     def scrub(self, text: str) -> str:
         """``text`` with the URL's password (raw or percent-decoded, in the user part or the query) as ``***``."""
         for secret in self._hidden:
-            text = text.replace(secret, MASK)
+            text = mask_secret(text, secret, MASK)
         return text
 
     def client(self, *, retries: int = 0, backoff: tuple[float, float] | None = None, **options: Any) -> Any:

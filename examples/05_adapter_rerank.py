@@ -28,7 +28,7 @@ QUESTION = "What is the capital of Pakistan?"
 
 
 def main() -> None:
-    """Ask one question with and without the reranker, then score answers directly."""
+    """Ask one question with the reranker (every candidate and score shown), then score answers with the adapter directly."""
     torch.set_num_threads(2)
     with LlamaServer() as base_url:
         client = OpenAI(base_url=base_url, api_key="local", reranker=ADAPTER, rerank_n=8)

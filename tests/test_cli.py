@@ -193,6 +193,14 @@ def test_serve_refuses_a_graceful_timeout_that_is_not_seconds_as_a_usage_error(s
     assert result.returncode == 2 and "--graceful-timeout: must be a number of seconds >= 0" in result.stderr, result.stderr
 
 
+def test_serve_refuses_a_missing_local_model_before_it_listens(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.gguf"
+    argv = [sys.executable, "-m", "blackbox_sdk", "serve", "--upstream", f"hf:{missing}", "--port", str(free_port())]
+    result = subprocess.run(argv, capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=120)  # one that listens times out
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"blackbox-sdk: no model at {missing}") and "Traceback" not in result.stderr
+
+
 def test_adapter_train_hands_its_arguments_to_the_trainer_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     missing, out = tmp_path / "missing.db", tmp_path / "adapter"
     assert main(["adapter", "train", "--log", str(missing), "--out", str(out), "--no-progress"]) == 1
@@ -315,6 +323,30 @@ def test_an_unreachable_store_is_one_error_line_without_its_password(
     captured = capsys.readouterr()
     assert captured.err.startswith("blackbox-sdk: ") and captured.err.count("\n") == 1 and "127.0.0.1" in captured.err, captured.err
     assert SECRET not in captured.err + captured.out and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("command", "password", "words"),
+    [
+        pytest.param(["stats", "--log", "postgresql://app:{pw}@127.0.0.1:{port}/calls"], "a", "connection failed", id="postgres"),
+        pytest.param(["keys", "list", "--store", "redis://app:{pw}@127.0.0.1:{port}/0"], "e", "ConnectionError", id="redis"),
+    ],
+)
+def test_a_short_password_is_hidden_without_garbling_the_drivers_words(
+    command: list[str], password: str, words: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([part.format(pw=password, port=free_port()) for part in command]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("blackbox-sdk: ") and err.count("\n") == 1 and "Connection refused" in err and words in err, err
+    assert f":{password}@" not in err, err
+
+
+@pytest.mark.parametrize("action", [["create", "--name", "team-a"], ["list"], ["revoke", "team-a"]], ids=["create", "list", "revoke"])
+def test_a_key_store_that_is_a_folder_is_named_as_one(action: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["keys", *action, "--store", str(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    assert captured.err == f"blackbox-sdk: can't open the key store {tmp_path}: it is a folder; name a file in it, such as {tmp_path / 'keys.db'}\n"
+    assert captured.out == "" and list(tmp_path.iterdir()) == []
 
 
 def test_a_mixed_case_scheme_reads_the_log_and_a_url_libpq_refuses_never_shows_its_password(

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from .._redact import pasted_password, url_without_password
+from .._redact import mask_secret, pasted_password, url_without_password
 
 _SCHEMES = ("postgresql", "postgres")
 _SCHEME_NAME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*")
@@ -98,7 +98,7 @@ def scrub(text: str, url: str) -> str:
     pasted = pasted_password(url)
     passwords = [pasted, *re.findall(r"(?:^|&)password=([^&#]*)", url.partition("?")[2])]
     for secret in sorted({form for raw in passwords for form in (raw, unquote(raw)) if form}, key=len, reverse=True):
-        text = text.replace(secret, "***")
+        text = mask_secret(text, secret)
     for at in (i for i, mark in enumerate(pasted) if mark == "@"):  # libpq ends a password at its first "@": the rest is a "host"
         text = text.replace(pasted[at + 1:] + "@", "***@")
     return text

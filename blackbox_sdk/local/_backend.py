@@ -24,7 +24,8 @@ import torch
 from .._exceptions import BackendError
 from ._embeddings import embed, embedding_ids, forward_embeds, soft_prompt_tensor
 from ._generation import Candidate, generate
-from ._loading import existing_path, load_model, resolve_device, resolve_dtype
+from ._loading import load_model, resolve_device, resolve_dtype
+from ._packaged import existing_path
 from ._prompts import Decoding, Prompt, chat_decoding, chat_template_tokens, completion_plan, template_ids
 from ._requests import (
     ChatRequest,

@@ -18,6 +18,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 from transformers.utils import logging as hf_logging
 
 from .._exceptions import BackendError, ConfigError
+from ._packaged import existing_path
 
 GGUF_MAGIC = b"GGUF"
 DEFAULT_CONTEXT = 2048  # context window assumed when the config names none
@@ -40,18 +41,6 @@ class LoadedModel:
     def input_embeddings(self) -> torch.nn.Embedding:
         """The model's token-embedding table."""
         return self.model.get_input_embeddings()
-
-
-def existing_path(path: str | Path) -> Path:
-    """The resolved model path, or a BackendError when nothing is there."""
-    try:
-        resolved = Path(path).expanduser().resolve()
-        found = resolved.exists()
-    except (OSError, ValueError) as exc:  # a NUL byte, a name too long: pathlib answers False only for a missing file
-        raise BackendError(f"can't look for a model at {str(path)[:200]!r}: {getattr(exc, 'strerror', None) or exc}") from None
-    if not found:
-        raise BackendError(f"no model at {resolved}: pass a .gguf file or a HuggingFace model folder")
-    return resolved
 
 
 def resolve_device(device: str) -> torch.device:

@@ -1,4 +1,5 @@
-"""Where the local models that ship in PyPI packages live, found with importlib.util.find_spec (never importing them) and importlib.metadata."""
+"""Where local models live: a path checked without torch, and the models that ship in PyPI packages, found with
+importlib.util.find_spec (never importing them) and importlib.metadata."""
 
 from __future__ import annotations
 
@@ -112,3 +113,15 @@ def sha256_files(paths: list[Path]) -> str:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
+
+
+def existing_path(path: str | Path) -> Path:
+    """The resolved model path, or a BackendError when nothing is there."""
+    try:
+        resolved = Path(path).expanduser().resolve()
+        found = resolved.exists()
+    except (OSError, ValueError) as exc:  # a NUL byte, a name too long: pathlib answers False only for a missing file
+        raise BackendError(f"can't look for a model at {str(path)[:200]!r}: {getattr(exc, 'strerror', None) or exc}") from None
+    if not found:
+        raise BackendError(f"no model at {resolved}: pass a .gguf file or a HuggingFace model folder")
+    return resolved

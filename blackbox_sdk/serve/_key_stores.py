@@ -111,6 +111,8 @@ class SQLiteKeyStore(KeyStoreBase):
     def __init__(self, path: Path, *, admin_key: str | None = None, timeout_s: float = BUSY_TIMEOUT_S) -> None:
         super().__init__(admin_key)
         self.path = Path(path).expanduser()
+        if self.path.is_dir():  # SQLite would say only "unable to open database file"
+            raise ConfigError(f"can't open the key store {self.path}: it is a folder; name a file in it, such as {self.path / 'keys.db'}")
         self._held = ProcessConnection(functools.partial(connect, self.path, timeout_s))  # this process's, opened again after a fork
         self._lock = self._held.lock
         try:

@@ -61,7 +61,7 @@ def _store(options: argparse.Namespace, *, create: bool) -> contextlib.closing[K
     where = options.store
     if not where:
         raise ConfigError(f"name the key store: --store keys.db or --store redis://host:6379/0 (or set {STORE_ENV})")
-    if not create and "://" not in where and not Path(where).expanduser().is_file():
+    if not create and "://" not in where and not Path(where).expanduser().exists():  # a folder: open_key_store says so
         raise ConfigError(f"no key store at {where}")
     return contextlib.closing(open_key_store(where))
 

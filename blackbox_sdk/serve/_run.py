@@ -11,11 +11,11 @@ from pathlib import Path
 
 from starlette.routing import BaseRoute
 
-from .._client import is_loopback_host
+from .._client import _local_target, is_loopback_host
 from .._cli_errors import report_error
 from .._exceptions import BlackBoxError, ConfigError
 from ._app import create_app
-from ._config import ProxyConfig, check_reranker, load_config
+from ._config import LOCAL_UPSTREAM, ProxyConfig, check_reranker, load_config
 from ._key_tenants import TenantOptions
 from ._keys import KeyStore
 from ._tenants import Authenticate
@@ -37,6 +37,7 @@ def check_stores(config: ProxyConfig) -> None:
     from .._options import Opened, open_cache, open_log
     from ..limits import open_store
 
+    check_local_model(config)
     opened = Opened()
     try:
         open_log(config.log, None, opened)
@@ -48,6 +49,16 @@ def check_stores(config: ProxyConfig) -> None:
         open_store(Path(store).expanduser()).close()  # StoreUnavailableError for a file SQLite can't open
     if config.reranker is not None:
         check_reranker(config.reranker)
+
+
+def check_local_model(config: ProxyConfig) -> None:
+    """A local upstream (``hf:`` or left out: the embedded model) whose model is not on disk stops the command before it
+    listens, as BackendError "no model at ...", rather than a /readyz and every request answering 503 after it."""
+    from ..local._packaged import existing_path
+
+    target = _local_target(None, config.upstream or LOCAL_UPSTREAM, {})
+    if target is not None:
+        existing_path(target)
 
 
 def check_address(config: ProxyConfig) -> None:
