@@ -84,10 +84,13 @@ def redact_text(text: str) -> str:
 
 
 def mask_secret(text: str, secret: str, mask: str = "***") -> str:
-    """``text`` with ``secret`` as ``mask`` wherever it stands as a token of its own, not where it is only a piece of a longer
-    run of letters and digits: a one-letter password would otherwise garble every word of a driver's message ("f***iled")."""
+    """``text`` with ``secret`` as ``mask`` wherever it stands as a token of its own, not where a short one is only a piece of a
+    longer run of letters and digits: a one-letter password would otherwise garble every word of a driver's message
+    ("f***iled"). A secret of 8 characters or more is masked wherever it stands, inside a word too."""
     if not secret:
         return text
+    if len(secret) >= 8:
+        return text.replace(secret, mask)
     head = r"(?<![^\W_])" if secret[0].isalnum() else ""  # a letter or digit before an alphanumeric start: another word
     tail = r"(?![^\W_])" if secret[-1].isalnum() else ""
     return re.sub(head + re.escape(secret) + tail, lambda _: mask, text)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from blackbox_sdk._logging import LOG_ENV, logger
-from blackbox_sdk._redact import REDACTED, SecretFilter, is_secret_key, redact, redact_text
+from blackbox_sdk._redact import REDACTED, SecretFilter, is_secret_key, mask_secret, redact, redact_text
 
 OPENAI_KEY = "sk-proj-" + "A1b2C3d4" * 6
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -221,3 +221,9 @@ def test_a_password_in_the_base_url_stays_out_of_the_clients_repr() -> None:
     shown = repr(client)
     assert "hunter2" not in shown and "bob:***@127.0.0.1:9" in shown
     client.close()
+
+
+def test_a_password_of_eight_characters_or_more_is_masked_inside_a_word_too_a_short_one_only_as_a_word() -> None:
+    assert mask_secret("auth failed for xHunter2Pass!y", "Hunter2Pass!") == "auth failed for x***y"
+    assert mask_secret("connection failed: bad password a", "a") == "connection failed: bad password ***"
+    assert mask_secret("Hunter2 in xHunter2x", "Hunter2") == "*** in xHunter2x"
