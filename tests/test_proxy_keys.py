@@ -8,6 +8,7 @@ import contextlib
 import gc
 import hmac
 import json
+import logging
 import multiprocessing
 import os
 import shutil
@@ -47,6 +48,7 @@ from blackbox_sdk.serve._key_tenants import (
     tenant_options,
 )
 from blackbox_sdk.serve._keys import KEY_LENGTH, KeyRecord, KeyStore, SecretKey
+from blackbox_sdk.serve._run import warn_without_live_keys
 
 ADMIN = "admin-key-for-the-tests-0123456789"
 MODEL = "smollm2"
@@ -879,3 +881,18 @@ def test_a_key_revoked_elsewhere_and_never_presented_again_has_its_stores_closed
     finally:
         tenants.close()
         upstream.close()
+
+
+def test_serving_on_a_key_store_with_no_live_key_warns_that_every_request_is_refused(
+    store: KeyStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="blackbox_sdk"):
+        warn_without_live_keys(store, "keys.db")
+        assert [r.getMessage() for r in caplog.records if "holds no live key" in r.getMessage()], caplog.text
+        caplog.clear()
+        _, record = store.create("team-a")
+        warn_without_live_keys(store, "keys.db")
+        assert "holds no live key" not in caplog.text
+        store.revoke(record.key_id)
+        warn_without_live_keys(store, "keys.db")
+        assert "holds no live key" in caplog.text

@@ -13,7 +13,8 @@ from starlette.routing import BaseRoute
 
 from .._client import _local_target, is_loopback_host
 from .._cli_errors import report_error
-from .._exceptions import BlackBoxError, ConfigError
+from .._exceptions import BlackBoxError, ConfigError, StoreUnavailableError
+from .._logging import logger
 from ._app import create_app
 from ._config import LOCAL_UPSTREAM, ProxyConfig, check_reranker, load_config
 from ._key_tenants import TenantOptions
@@ -155,6 +156,7 @@ def _serve_with_keys(config: ProxyConfig, keys: str, graceful_timeout_s: float |
     from ._key_tenants import TenantDefaults, TenantOptions, key_authenticator
 
     store = open_key_store(keys)
+    warn_without_live_keys(store, keys)
     tenants = TenantOptions(TenantDefaults.from_proxy(cache=config.cache, budget=config.budget, rate_limit=config.rate_limit))
     try:
         serve(
@@ -170,3 +172,17 @@ def _serve_with_keys(config: ProxyConfig, keys: str, graceful_timeout_s: float |
         close = getattr(store, "close", None)
         if close is not None:
             close()
+
+
+def warn_without_live_keys(store: KeyStore, where: str) -> None:
+    """A warning when the key store holds no live key (a new file, a mistyped path): every request is then refused with
+    401 until one is created, which is allowed (keys come later, from the CLI or the admin routes) but easy to miss."""
+    try:
+        live = any(not record.revoked for record in store.list())
+    except StoreUnavailableError:
+        return  # out of reach now: each request's own lookup says so (503)
+    if not live:
+        logger.warning(
+            "the key store %s holds no live key: every request is refused (401) until one is created "
+            "(blackbox-sdk keys create --store ... --name ...)", where,
+        )
