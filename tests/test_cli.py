@@ -645,3 +645,10 @@ def test_example_3_runs_and_keeps_the_key_out_of_the_log(tmp_path: Path) -> None
 
 def test_cli_module_exports_are_sorted() -> None:
     assert cli.__all__ == sorted(cli.__all__)
+
+
+def test_every_adapter_train_option_says_what_it_sets() -> None:
+    from blackbox_sdk.adapter._cli import _parser
+
+    unexplained = [action.option_strings[0] for action in _parser()._actions if not action.help]
+    assert unexplained == []
