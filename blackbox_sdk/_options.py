@@ -149,10 +149,12 @@ def open_cache(value: Any, current: Any, opened: Opened) -> Any:
 def open_log(value: Any, current: Any, opened: Opened) -> Any:
     """A call log from a file path, a postgresql:// URL, a CallLog (any CallLogStore), or None."""
     from .call_log import CallLogStore, open_call_log
+    from .call_log._urls import is_postgres_url
 
     if value is None or isinstance(value, CallLogStore):
         return value
     if isinstance(value, (str, Path)):
+        is_postgres_url(value)  # postgresql:/host, its // missing: a ConfigError, not a log under a folder named postgresql:
         return opened.get("log", value, open_call_log)
     raise ConfigError(f"log must be a file path, a postgresql:// URL, a blackbox_sdk.CallLog or None; got {value!r}")
 

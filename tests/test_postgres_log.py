@@ -703,3 +703,18 @@ def test_stats_read_one_snapshot_of_a_postgres_log_that_another_writer_adds_to_m
     reader.join(timeout=30)
     assert counted and (counted[0]["calls"], counted[0]["feedback"]) == (1, 0)
     assert pg_log.stats()["feedback"] == 1
+
+
+@pytest.mark.parametrize("target", ["postgresql:/app:s3cret@127.0.0.1:5432/calls", "Postgres:app:s3cret@host/calls"])
+@pytest.mark.parametrize("opens", [
+    pytest.param(lambda target: OpenAI(base_url="http://127.0.0.1:9/v1", api_key="sk-test", log=target), id="client"),
+    pytest.param(lambda target: open_call_log(target), id="open_call_log"),
+])
+def test_a_postgres_url_missing_its_slashes_is_refused_not_opened_as_a_file(
+    target: str, opens: Callable[[str], Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """postgresql:/host (one slash) made an SQLite log under a folder named "postgresql:" in the working folder."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="needs // after it") as refused:
+        opens(target)
+    assert "s3cret" not in str(refused.value) and list(tmp_path.iterdir()) == []

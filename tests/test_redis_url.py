@@ -311,6 +311,7 @@ def test_the_rate_limit_store_sends_a_script_again_when_its_connection_drops(red
 @pytest.mark.parametrize("opens", [
     pytest.param(lambda target: Cache(target), id="cache"),
     pytest.param(lambda target: Budget(total_usd=1.0, ledger=target), id="budget-ledger"),
+    pytest.param(lambda target: RateLimits(rpm=5, store=target), id="rate-limit-store"),
 ])
 def test_a_redis_url_missing_its_slashes_is_refused_not_opened_as_a_folder(target: str, opens: Callable[[str], Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """redis:/host (one slash) made a folder named "redis:" in the working folder and a cache or ledger in it."""

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+from .._exceptions import ConfigError
 from .._redact import mask_secret, pasted_password, url_without_password
 
 _SCHEMES = ("postgresql", "postgres")
@@ -19,8 +20,14 @@ _SCHEME_NAME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*")
 
 
 def is_postgres_url(target: str | Path) -> bool:
-    """Whether ``target`` is a PostgreSQL connection URL rather than a file path."""
-    return isinstance(target, str) and target.partition("://")[0].lower() in _SCHEMES and "://" in target
+    """Whether ``target`` is a PostgreSQL connection URL rather than a file path; ConfigError for ``postgresql:`` without
+    its ``//`` (``postgresql:/host/db``), which would make a log file under a folder named ``postgresql:``."""
+    if not isinstance(target, str):
+        return False
+    scheme, colon, rest = target.partition(":")
+    if colon and scheme.lower() in _SCHEMES and not rest.startswith("//"):
+        raise ConfigError(f"{scheme}: needs // after it, as in {scheme.lower()}://user@host:5432/db; for a file of that name, write ./{scheme}:...")
+    return "://" in target and target.partition("://")[0].lower() in _SCHEMES
 
 
 def address_id(conninfo: dict[str, Any]) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .._exceptions import ConfigError
-from .._redis_url import REDIS_OR_UNIX, RedisURL
+from .._redis_url import REDIS_OR_UNIX, RedisURL, is_redis_url
 from .._sqlite import SHARED_TABLES, refuse_foreign
 from .._text import checked_text
 from ._redis import SOCKET_TIMEOUT_S
@@ -60,7 +60,7 @@ def store(value: Any) -> str | Path | None:
     """None (in-process), a Redis URL, or an SQLite file path (``~`` expanded) that is not another application's database."""
     if value is None:
         return None
-    if isinstance(value, str) and "://" in value:
+    if is_redis_url(value) or (isinstance(value, str) and "://" in value):  # is_redis_url: ConfigError for redis:/host
         # a ConfigError now for a bad URL or option, or one the server refuses (its password never shown), not at the first call
         RedisURL(value, "rate-limit store", schemes=REDIS_OR_UNIX).check(SOCKET_TIMEOUT_S, forgets="the requests and tokens it counts in each window")
         return value
