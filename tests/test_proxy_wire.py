@@ -1,0 +1,76 @@
+"""The proxy's wire format as clients in other languages meet it (curl, Node's openai, any HTTP client that expects
+OpenAI's API to the letter), against the proxy under uvicorn on loopback in front of an instant upstream: request
+bodies sent compressed (curl's `--compressed` uploads, a gateway that gzips) are read as OpenAI's API reads them, and a
+coding the proxy can't read is OpenAI's 415 body, never a misleading JSON error or a body taken undecoded."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import zlib
+from collections.abc import Iterator
+
+import httpx2
+import pytest
+from servers import InstantUpstream, Proxy
+
+from blackbox_sdk.serve import ProxyConfig
+
+LIMIT = 64 * 1024  # the proxy's body limit here
+ANSWER = {
+    "id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": "m",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello there."}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6},
+}
+BODY = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()
+
+
+@pytest.fixture(scope="module")
+def proxy() -> Iterator[Proxy]:
+    """The proxy without keys in front of an upstream that answers every chat completion at once."""
+    upstream = InstantUpstream(ANSWER)
+    try:
+        with Proxy(ProxyConfig(upstream=upstream.url, max_retries=0, max_body_bytes=LIMIT)) as running:
+            yield running
+    finally:
+        upstream.close()
+
+
+def _error(answer: httpx2.Response, status: int, code: str) -> str:
+    """The message of OpenAI's error body, checked for its status, its four fields and its code."""
+    assert answer.status_code == status, answer.text
+    error = answer.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["code"] == code
+    assert answer.headers["x-request-id"].startswith("bb-")
+    return str(error["message"])
+
+
+@pytest.mark.parametrize(("coding", "compress"), [
+    ("gzip", gzip.compress), ("x-gzip", gzip.compress), ("deflate", zlib.compress), ("identity", bytes), ("GZip", gzip.compress),
+])
+def test_a_compressed_body_is_read_as_its_content_encoding_says(proxy: Proxy, coding: str, compress: object) -> None:
+    assert callable(compress)
+    answer = proxy.post("/chat/completions", compress(BODY), **{"content-encoding": coding})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["choices"][0]["message"]["content"] == "Hello there."
+
+
+def test_a_compressed_body_larger_than_the_limit_once_decoded_is_a_413(proxy: Proxy) -> None:
+    padded = json.dumps({"model": "m", "messages": [{"role": "user", "content": " " * (4 * LIMIT)}]}).encode()
+    bomb = gzip.compress(padded)
+    assert len(bomb) < LIMIT // 8  # small on the wire, four times the limit once decoded
+    assert "larger than" in _error(proxy.post("/chat/completions", bomb, **{"content-encoding": "gzip"}), 413, "request_too_large")
+
+
+@pytest.mark.parametrize("sent", [b"not gzip at all", gzip.compress(BODY)[:-12], gzip.compress(BODY) + b"trailing"],
+                         ids=["not-gzip", "cut-short", "runs-on"])
+def test_a_body_that_is_not_what_its_content_encoding_says_is_a_400(proxy: Proxy, sent: bytes) -> None:
+    message = _error(proxy.post("/chat/completions", sent, **{"content-encoding": "gzip"}), 400, "invalid_json")
+    assert "gzip" in message
+
+
+@pytest.mark.parametrize("coding", ["br", "zstd", "compress", "gzip, gzip"])
+def test_a_content_encoding_the_proxy_cannot_read_is_a_415_not_a_body_taken_as_is(proxy: Proxy, coding: str) -> None:
+    answer = proxy.post("/chat/completions", BODY, **{"content-encoding": coding})  # sent plain: must not be read as plain
+    message = _error(answer, 415, "unsupported_media_type")
+    assert "Content-Encoding" in message and "gzip" in message
