@@ -82,3 +82,24 @@ def test_a_path_with_a_trailing_slash_is_openais_404_not_a_redirect(proxy: Proxy
                             headers={"content-type": "application/json"}, timeout=30)
     assert "location" not in answer.headers  # a 307 a client follows with its key, to a URL built from its Host header
     assert _error(answer, 404, "") == f"Invalid URL ({method} {path})"
+
+
+@pytest.fixture(scope="module")
+def llama_proxy(llama_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
+    """The proxy with a call log in front of the real llama.cpp server."""
+    log = tmp_path_factory.mktemp("proxy-wire") / "calls.db"
+    with Proxy(ProxyConfig(upstream=llama_server, log=str(log), max_retries=0)) as running:
+        yield running
+
+
+def test_every_answer_carries_a_request_id_not_only_the_generating_ones(llama_proxy: Proxy) -> None:
+    client = llama_proxy.client()
+    listed = client.models.with_raw_response.list()
+    name = listed.parse().data[0].id
+    one = client.models.with_raw_response.retrieve(name)
+    call = client.chat.completions.with_raw_response.create(model=name, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    feedback = httpx2.post(f"{llama_proxy.base_url}/feedback", json={"call_id": call.headers["x-blackbox-call-id"], "label": "correct"})
+    assert feedback.status_code == 200, feedback.text
+    ids = [listed.headers.get("x-request-id"), one.headers.get("x-request-id"), feedback.headers.get("x-request-id")]
+    assert all(str(found).startswith("bb-") for found in ids), ids  # as OpenAI sends one on every answer
+    assert len(set(ids)) == 3
