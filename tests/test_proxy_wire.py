@@ -55,6 +55,15 @@ def test_a_compressed_body_is_read_as_its_content_encoding_says(proxy: Proxy, co
     assert answer.json()["choices"][0]["message"]["content"] == "Hello there."
 
 
+
+def test_a_gzip_body_sent_chunked_in_small_pieces_is_decoded_across_them(proxy: Proxy) -> None:
+    packed = gzip.compress(BODY)
+    pieces = [packed[start:start + 7] for start in range(0, len(packed), 7)]  # chunked transfer, no Content-Length
+    answer = httpx2.post(f"{proxy.base_url}/chat/completions", content=iter(pieces), timeout=30,
+                         headers={"content-type": "application/json", "content-encoding": "gzip"})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["choices"][0]["message"]["content"] == "Hello there."
+
 def test_a_compressed_body_larger_than_the_limit_once_decoded_is_a_413(proxy: Proxy) -> None:
     padded = json.dumps({"model": "m", "messages": [{"role": "user", "content": " " * (4 * LIMIT)}]}).encode()
     bomb = gzip.compress(padded)
