@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import httpx2
 import pytest
-from servers import InstantUpstream, Proxy
+from servers import InstantUpstream, Proxy, sse_upstream
 
 from blackbox_sdk.serve import ProxyConfig
 
@@ -112,3 +112,19 @@ def test_every_answer_carries_a_request_id_not_only_the_generating_ones(llama_pr
     ids = [listed.headers.get("x-request-id"), one.headers.get("x-request-id"), feedback.headers.get("x-request-id")]
     assert all(str(found).startswith("bb-") for found in ids), ids  # as OpenAI sends one on every answer
     assert len(set(ids)) == 3
+
+
+def _a_stream(headers: object) -> bytes:
+    """What a misconfigured upstream sends to a request that asked for no stream: an event stream, not JSON."""
+    chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": "m",
+             "choices": [{"index": 0, "delta": {"content": "sk-secret-in-the-answer"}, "finish_reason": "stop"}]}
+    return b"data: " + json.dumps(chunk).encode() + b"\n\ndata: [DONE]\n\n"
+
+
+def test_an_upstream_answer_that_is_not_openais_json_is_a_502_not_the_proxys_own_500() -> None:
+    with sse_upstream(_a_stream) as url, Proxy(ProxyConfig(upstream=url, max_retries=0)) as running:
+        answer = running.post("/chat/completions", BODY)
+    message = _error(answer, 502, "upstream_invalid_response")
+    assert answer.json()["error"]["type"] == "upstream_error"
+    assert answer.headers["x-should-retry"] == "false"  # the unreadable answer was billed: a retry pays again
+    assert "sk-secret" not in answer.text and "data:" not in message  # the upstream's body stays in the proxy's log

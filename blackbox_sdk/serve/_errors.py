@@ -22,6 +22,8 @@ SDK's errors and the upstream's, mapped once here.
         reservation_not_held    prompt_embeds), a settle the ledger refuses (its hold released meanwhile); logged,
                                 sent with x-should-retry: false
     501 feedback_not_enabled    /v1/feedback on a proxy that keeps no call log (the operator's setup)
+    502 upstream_invalid_response  an upstream answer that is not OpenAI's JSON (openai.APIResponseValidationError): its
+                                fault, billed as a lost answer, so sent with x-should-retry: false
     502 / 503 / 504             upstream unreachable or refusing the proxy's key / a shared store down (or refusing
                                 the password it opened with) or the proxy starting / upstream timeout (also an SDK
                                 request of its own to the upstream's host, such as llama.cpp's tokenize route, that
@@ -68,6 +70,7 @@ _PASSED_HEADERS = ("retry-after", "retry-after-ms", "x-should-retry", "x-request
 _NO_RETRY = {"x-should-retry": "false"}  # openai's clients then raise at once: retrying can't help
 _ERROR_FIELDS = ("message", "type", "param", "code")
 _URL = re.compile(r"\b[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE)  # a URL in a message: redis://..., postgresql://..., unix://...
+UNREADABLE = "the upstream answered with a body that is not OpenAI's JSON (the proxy's log has it)"
 STORE_UNAVAILABLE = "a store the proxy keeps its state in is unavailable right now (the proxy's log says which); retry later"
 _DEPLOYMENT: tuple[tuple[type[BlackBoxError], str], ...] = (  # raised by a call the request did nothing wrong in: 500, not 400
     (AdapterError, "reranker_failed"),  # RerankerError (also a ConfigError): not one number per answer
@@ -143,6 +146,9 @@ def describe(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:
         return 400, error_body(message, "invalid_request_error", param=exc.param), {}
     if isinstance(exc, openai.APIStatusError):
         return _upstream(exc)
+    if isinstance(exc, openai.APIResponseValidationError):  # the upstream's fault, billed as a lost answer: no retry
+        logger.error("proxy: the upstream's answer could not be read: %s", message)
+        return 502, error_body(UNREADABLE, "upstream_error", code="upstream_invalid_response"), dict(_NO_RETRY)
     if type(exc) is openai.APIError and isinstance(exc.body, dict):  # an error event mid-stream: it has no status
         return 502, {"error": _passed_on(exc.body, 502)}, {}
     if isinstance(exc, (openai.APITimeoutError, httpx2.TimeoutException)):
