@@ -128,3 +128,21 @@ def test_an_upstream_answer_that_is_not_openais_json_is_a_502_not_the_proxys_own
     assert answer.json()["error"]["type"] == "upstream_error"
     assert answer.headers["x-should-retry"] == "false"  # the unreadable answer was billed: a retry pays again
     assert "sk-secret" not in answer.text and "data:" not in message  # the upstream's body stays in the proxy's log
+
+
+def _good_then_unreadable(headers: object) -> bytes:
+    """A stream whose first event is a chunk and whose second is not JSON (a broken upstream or a gateway's page)."""
+    return _a_stream(headers).split(b"data: [DONE]")[0].replace(b'"stop"', b"null") + b"data: {not json}\n\n"
+
+
+def test_a_stream_event_that_is_not_json_is_the_upstreams_502_before_or_after_the_200() -> None:
+    streamed = json.dumps({**json.loads(BODY), "stream": True}).encode()
+    with sse_upstream(lambda headers: b"data: {not json}\n\n") as url, Proxy(ProxyConfig(upstream=url, max_retries=0)) as running:
+        first = running.post("/chat/completions", streamed)
+    assert _error(first, 502, "upstream_invalid_response") and first.headers["x-should-retry"] == "false"
+    with sse_upstream(_good_then_unreadable) as url, Proxy(ProxyConfig(upstream=url, max_retries=0)) as running:
+        later = running.post("/chat/completions", streamed)
+    assert later.status_code == 200 and later.headers["content-type"].startswith("text/event-stream")
+    events = [line.removeprefix("data: ") for line in later.text.split("\n\n") if line]
+    assert json.loads(events[0])["choices"][0]["delta"]["content"] == "sk-secret-in-the-answer"
+    assert json.loads(events[-1])["error"]["code"] == "upstream_invalid_response" and len(events) == 2

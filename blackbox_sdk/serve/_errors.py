@@ -22,7 +22,8 @@ SDK's errors and the upstream's, mapped once here.
         reservation_not_held    prompt_embeds), a settle the ledger refuses (its hold released meanwhile); logged,
                                 sent with x-should-retry: false
     501 feedback_not_enabled    /v1/feedback on a proxy that keeps no call log (the operator's setup)
-    502 upstream_invalid_response  an upstream answer that is not OpenAI's JSON (openai.APIResponseValidationError): its
+    502 upstream_invalid_response  an upstream answer or stream event that is not OpenAI's JSON (openai's
+                                APIResponseValidationError, a stream's json.JSONDecodeError): its
                                 fault, billed as a lost answer, so sent with x-should-retry: false
     502 / 503 / 504             upstream unreachable or refusing the proxy's key / a shared store down (or refusing
                                 the password it opened with) or the proxy starting / upstream timeout (also an SDK
@@ -41,6 +42,7 @@ Every error answer carries an `x-request-id`, as OpenAI's do (openai's clients k
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -146,7 +148,7 @@ def describe(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:
         return 400, error_body(message, "invalid_request_error", param=exc.param), {}
     if isinstance(exc, openai.APIStatusError):
         return _upstream(exc)
-    if isinstance(exc, openai.APIResponseValidationError):  # the upstream's fault, billed as a lost answer: no retry
+    if isinstance(exc, (openai.APIResponseValidationError, json.JSONDecodeError)):  # the upstream's, billed as lost: no retry
         logger.error("proxy: the upstream's answer could not be read: %s", message)
         return 502, error_body(UNREADABLE, "upstream_error", code="upstream_invalid_response"), dict(_NO_RETRY)
     if type(exc) is openai.APIError and isinstance(exc.body, dict):  # an error event mid-stream: it has no status
