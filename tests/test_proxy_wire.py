@@ -146,3 +146,25 @@ def test_a_stream_event_that_is_not_json_is_the_upstreams_502_before_or_after_th
     events = [line.removeprefix("data: ") for line in later.text.split("\n\n") if line]
     assert json.loads(events[0])["choices"][0]["delta"]["content"] == "sk-secret-in-the-answer"
     assert json.loads(events[-1])["error"]["code"] == "upstream_invalid_response" and len(events) == 2
+
+
+@pytest.mark.parametrize("answer", [
+    {"error": "Input validation error: `max_new_tokens` must be <= 100 (key sk-proj-abcdefghijklmnopqrstuvwxyz0123)", "error_type": "validation"},
+    {"detail": "Input validation error: `max_new_tokens` must be <= 100 (key sk-proj-abcdefghijklmnopqrstuvwxyz0123)"},
+], ids=["tgi", "fastapi"])
+def test_an_upstream_error_given_as_text_passes_its_words_redacted(answer: dict[str, object]) -> None:
+    upstream = InstantUpstream(answer, status=422)
+    try:
+        with Proxy(ProxyConfig(upstream=upstream.url, max_retries=0)) as running:
+            refused = running.post("/chat/completions", BODY)
+    finally:
+        upstream.close()
+    message = _error(refused, 422, "")
+    assert message.startswith("Input validation error: `max_new_tokens` must be <= 100")  # not openai's bare "Error code: 422"
+    assert "sk-proj-abcdef" not in refused.text
+
+
+
+def test_an_upstream_error_page_that_is_not_json_stays_out_of_the_answer(proxy: Proxy) -> None:
+    answer = httpx2.get(f"{proxy.base_url}/models", timeout=30)  # http.server's HTML page: 501 Unsupported method
+    assert _error(answer, 501, "") == "Error code: 501" and "<" not in answer.text

@@ -121,7 +121,18 @@ def _unexplained(exc: openai.APIStatusError) -> dict[str, str | None]:
     if exc.status_code == 404 and path.endswith("/responses"):
         message = f"The upstream has no Responses API (it answered 404 to POST {path}): use /v1/chat/completions with it."
         return error_body(message, "invalid_request_error", code="unknown_url")["error"]
-    return error_body(redact_text(exc.message), "upstream_error")["error"]
+    return error_body(redact_text(_upstream_words(exc) or exc.message), "upstream_error")["error"]
+
+
+def _upstream_words(exc: openai.APIStatusError) -> str | None:
+    """An upstream's explanation in a JSON error with no OpenAI error object: text under `error` (Hugging Face TGI's
+    `{"error": "..."}`, which openai hands over as the text) or FastAPI's `{"detail": "..."}`; cut to 1000 characters.
+    None for a body that is not JSON (a gateway's HTML page), which stays out of the answer."""
+    if "json" not in exc.response.headers.get("content-type", ""):
+        return None
+    body = exc.body
+    words = body if isinstance(body, str) else body.get("detail") if isinstance(body, dict) else None
+    return words[:1000] if isinstance(words, str) and words.strip() else None
 
 
 def _passed_on(error: dict[str, Any], status: int) -> dict[str, str | None]:
