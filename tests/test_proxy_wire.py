@@ -1,7 +1,9 @@
 """The proxy's wire format as clients in other languages meet it (curl, Node's openai, any HTTP client that expects
-OpenAI's API to the letter), against the proxy under uvicorn on loopback in front of an instant upstream: request
-bodies sent compressed (curl's `--compressed` uploads, a gateway that gzips) are read as OpenAI's API reads them, and a
-coding the proxy can't read is OpenAI's 415 body, never a misleading JSON error or a body taken undecoded."""
+OpenAI's API to the letter), against the proxy under uvicorn on loopback in front of an instant upstream, a fault
+double or the real llama.cpp server: request bodies sent compressed are decoded (a coding the proxy can't read is
+OpenAI's 415, never a body taken undecoded), a trailing slash is OpenAI's 404 and not a redirect, every answer has an
+`x-request-id`, an upstream answer that is not JSON is the upstream's 502 and not the proxy's 500, and an upstream's
+error given as text passes its words, redacted."""
 
 from __future__ import annotations
 
