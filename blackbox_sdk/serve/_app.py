@@ -106,5 +106,6 @@ def create_app(
     middleware = [Middleware(LocalHostsOnly, bind_host=config.host)] if local_only else []
     handlers = {404: _no_route, 405: _no_route, 500: _crashed}
     app = Starlette(routes=[*ROUTES, *status_routes(), *routes], middleware=middleware, lifespan=lifespan, exception_handlers=handlers)
+    app.router.redirect_slashes = False  # `/v1/chat/completions/` is OpenAI's 404, not a 307 to a URL built from Host
     app.state.proxy = proxy
     return app

@@ -8,6 +8,10 @@ without asking first (a CORS "simple" type: text/plain, a form) cannot spend thr
 this machine. A body with no Content-Type is read as JSON (openai's clients always send one; curl's -d
 sends a form's, and is refused).
 
+A body sent with `Content-Encoding: gzip` (or `x-gzip`, `deflate`) is decoded as it arrives, its size limit counting the
+decoded bytes (a small compressed body that decodes past the limit is a 413, not a decompression bomb); any other coding
+is refused with 415 before it is read, never taken as if it were plain.
+
 The SDK's own options (`budget`, `cache`, `log`, ...) and openai's transport arguments
 (`extra_headers`, `timeout`, ...) are the proxy's to set, never a client's: a body naming one is
 refused, as OpenAI refuses an unknown argument.
@@ -18,6 +22,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import zlib
 from collections.abc import Callable
 from functools import cache
 from typing import Any
@@ -32,6 +37,7 @@ from ._errors import ProxyError
 _TRANSPORT = frozenset({"extra_headers", "extra_query", "extra_body", "timeout", "max_retries"})
 _RESERVED = frozenset(OPTION_NAMES) | _TRANSPORT
 _JSON_TYPES = frozenset({"", "application/json"})  # "": no Content-Type at all
+_WINDOW_BITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 MAX_JSON_DEPTH = 64  # arrays and objects nested deeper are refused (the SDK walks bodies recursively)
 
 
@@ -45,22 +51,61 @@ def check_content_type(request: Request) -> None:
 
 
 async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
-    """The whole body, refused with 413 once it passes `limit` bytes (by its declared length, before
-    reading) and with 408 when it has not arrived within `timeout_s` (a client that stalls)."""
+    """The whole body, decoded as its Content-Encoding says, refused with 413 once it passes `limit` bytes (by its
+    declared length, before reading, and by its decoded size as it arrives) and with 408 when it has not arrived within
+    `timeout_s` (a client that stalls); 415 for a coding it can't decode, before reading."""
+    decoded = _Decoded(request.headers.get("content-encoding", ""), limit)
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
-    chunks: list[bytes] = []
-    size = 0
     with anyio.move_on_after(timeout_s) as scope:
         async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise _too_large(limit)
-            chunks.append(chunk)
+            decoded.add(chunk)
     if scope.cancelled_caught:
         raise ProxyError(408, f"the request body did not arrive within {timeout_s:g} s", code="request_timeout")
-    return b"".join(chunks)
+    return decoded.end()
+
+
+class _Decoded:
+    """A body's bytes as they arrive, decoded (gzip, deflate or none) and counted against the limit once decoded."""
+
+    def __init__(self, coding: str, limit: int) -> None:
+        self.coding = coding.strip().lower()
+        self.limit = limit
+        self.size = 0
+        self.chunks: list[bytes] = []
+        self.decoder = None if self.coding in ("", "identity") else zlib.decompressobj(_window_bits(self.coding))
+
+    def add(self, chunk: bytes) -> None:
+        """Take the next bytes received; 413 once the decoded body passes the limit."""
+        if self.decoder is not None:
+            try:  # at most one byte past the limit is decoded: a bomb is never expanded further
+                chunk = self.decoder.decompress(chunk, self.limit - self.size + 1)
+            except zlib.error:
+                raise self._corrupt() from None
+        self.size += len(chunk)
+        if self.size > self.limit:
+            raise _too_large(self.limit)
+        self.chunks.append(chunk)
+
+    def end(self) -> bytes:
+        """The whole decoded body; 400 when the compressed data was cut short or runs on past its end."""
+        if self.decoder is not None and (not self.decoder.eof or self.decoder.unused_data):
+            raise self._corrupt()
+        return b"".join(self.chunks)
+
+    def _corrupt(self) -> ProxyError:
+        """The 400 for a body that is not the coding it was sent as."""
+        return ProxyError(400, f"We could not parse the JSON body of your request: it is not valid {self.coding} data "
+                          "(its Content-Encoding)", code="invalid_json")
+
+
+def _window_bits(coding: str) -> int:
+    """zlib's window bits for a Content-Encoding; 415 for one the proxy does not decode (br, zstd, several codings)."""
+    if coding not in _WINDOW_BITS:
+        raise ProxyError(415, f"The Content-Encoding {coding} is not accepted: send the body uncompressed, or as gzip or "
+                         "deflate.", code="unsupported_media_type")
+    return _WINDOW_BITS[coding]
 
 
 def _too_large(limit: int) -> ProxyError:

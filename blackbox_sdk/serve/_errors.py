@@ -22,6 +22,9 @@ SDK's errors and the upstream's, mapped once here.
         reservation_not_held    prompt_embeds), a settle the ledger refuses (its hold released meanwhile); logged,
                                 sent with x-should-retry: false
     501 feedback_not_enabled    /v1/feedback on a proxy that keeps no call log (the operator's setup)
+    502 upstream_invalid_response  an upstream answer or stream event that is not OpenAI's JSON (openai's
+                                APIResponseValidationError, a stream's json.JSONDecodeError): its
+                                fault, billed as a lost answer, so sent with x-should-retry: false
     502 / 503 / 504             upstream unreachable or refusing the proxy's key / a shared store down (or refusing
                                 the password it opened with) or the proxy starting / upstream timeout (also an SDK
                                 request of its own to the upstream's host, such as llama.cpp's tokenize route, that
@@ -39,6 +42,7 @@ Every error answer carries an `x-request-id`, as OpenAI's do (openai's clients k
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -68,6 +72,7 @@ _PASSED_HEADERS = ("retry-after", "retry-after-ms", "x-should-retry", "x-request
 _NO_RETRY = {"x-should-retry": "false"}  # openai's clients then raise at once: retrying can't help
 _ERROR_FIELDS = ("message", "type", "param", "code")
 _URL = re.compile(r"\b[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE)  # a URL in a message: redis://..., postgresql://..., unix://...
+UNREADABLE = "the upstream answered with a body that is not OpenAI's JSON (the proxy's log has it)"
 STORE_UNAVAILABLE = "a store the proxy keeps its state in is unavailable right now (the proxy's log says which); retry later"
 _DEPLOYMENT: tuple[tuple[type[BlackBoxError], str], ...] = (  # raised by a call the request did nothing wrong in: 500, not 400
     (AdapterError, "reranker_failed"),  # RerankerError (also a ConfigError): not one number per answer
@@ -116,7 +121,18 @@ def _unexplained(exc: openai.APIStatusError) -> dict[str, str | None]:
     if exc.status_code == 404 and path.endswith("/responses"):
         message = f"The upstream has no Responses API (it answered 404 to POST {path}): use /v1/chat/completions with it."
         return error_body(message, "invalid_request_error", code="unknown_url")["error"]
-    return error_body(redact_text(exc.message), "upstream_error")["error"]
+    return error_body(redact_text(_upstream_words(exc) or exc.message), "upstream_error")["error"]
+
+
+def _upstream_words(exc: openai.APIStatusError) -> str | None:
+    """An upstream's explanation in a JSON error with no OpenAI error object: text under `error` (Hugging Face TGI's
+    `{"error": "..."}`, which openai hands over as the text) or FastAPI's `{"detail": "..."}`; cut to 1000 characters.
+    None for a body that is not JSON (a gateway's HTML page), which stays out of the answer."""
+    if "json" not in exc.response.headers.get("content-type", ""):
+        return None
+    body = exc.body
+    words = body if isinstance(body, str) else body.get("detail") if isinstance(body, dict) else None
+    return words[:1000] if isinstance(words, str) and words.strip() else None
 
 
 def _passed_on(error: dict[str, Any], status: int) -> dict[str, str | None]:
@@ -143,6 +159,9 @@ def describe(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:
         return 400, error_body(message, "invalid_request_error", param=exc.param), {}
     if isinstance(exc, openai.APIStatusError):
         return _upstream(exc)
+    if isinstance(exc, (openai.APIResponseValidationError, json.JSONDecodeError)):  # the upstream's, billed as lost: no retry
+        logger.error("proxy: the upstream's answer could not be read: %s", message)
+        return 502, error_body(UNREADABLE, "upstream_error", code="upstream_invalid_response"), dict(_NO_RETRY)
     if type(exc) is openai.APIError and isinstance(exc.body, dict):  # an error event mid-stream: it has no status
         return 502, {"error": _passed_on(exc.body, 502)}, {}
     if isinstance(exc, (openai.APITimeoutError, httpx2.TimeoutException)):

@@ -31,6 +31,7 @@ from starlette.routing import Route
 from .._exceptions import ConfigError, RateLimitExceededError
 from .._pipeline import before_sending
 from .._text import checked_text
+from ..call_log import new_call_id
 from ._body import call_arguments, check_content_type, parse_object, read_body, required
 from ..limits import watching_windows
 from ._errors import ProxyError, error_response, ratelimit_headers
@@ -54,8 +55,8 @@ def blackbox_headers(info: Any, *, settled: bool = True) -> dict[str, str]:
 
 
 def guarded(route: str) -> Callable[[MeteredHandler], Handler]:
-    """A metered route: any error becomes OpenAI's JSON error body with its status (`_errors.describe`),
-    and the request is counted under `route` once answered (a stream counts itself when it ends)."""
+    """A metered route: any error becomes OpenAI's JSON error body with its status (`_errors.describe`), every answer
+    has an `x-request-id`, and the request is counted under `route` once answered (a stream counts itself when it ends)."""
 
     def wrap(handler: MeteredHandler) -> Handler:
         """The handler, metered and guarded."""
@@ -77,6 +78,7 @@ def guarded(route: str) -> Callable[[MeteredHandler], Handler]:
                     raise
             _release_tenant(request, response)
             response.headers.update(ratelimit_headers(seen))
+            response.headers.setdefault("x-request-id", new_call_id())  # as OpenAI sends on every answer (models, feedback)
             if not meter.deferred:
                 meter.answer(response.status_code)
             return response
