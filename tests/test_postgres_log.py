@@ -573,7 +573,7 @@ def test_open_call_log_picks_the_store_by_target(pg_url: str, tmp_path: Path) ->
 @pytest.mark.parametrize(
     ("target", "expected"),
     [("postgresql://u@h/db", True), ("postgres://h/db", True), ("POSTGRESQL://h", True), ("calls.db", False),
-     ("postgresql:/h/db", False), ("/data/postgresql://x", False)],
+     ("/data/postgresql://x", False), ("./postgresql:/h/db", False)],
 )
 def test_is_postgres_url(target: str, expected: bool) -> None:
     assert is_postgres_url(target) is expected
