@@ -12,7 +12,9 @@ Rows:
   bare client asking the same: at most 300 us added), `features on, cache hit` (the same
   question again, vs a plain `diskcache.Cache.get` of the same stored payload: at most 200 us and
   at most 3x that read; in alternating blocks of 50, the log's writer flushed before each block of
-  reads so that it never slows the floor), and `raw store read` (that plain read alone). The
+  reads so that it never slows the floor), `raw store read` (that plain read alone), and a miss's
+  four write transactions alone (the claim, the reservation, the stored answer, the settlement, in plain
+  sqlite3 with a bare loopback call between: the floor of what single flight and a hard budget write). The
   server runs in a process of its own, as a real one does; `met` says whether each goal held.
 - `hf backend`: completion tokens per second for n=1 and n=8 (one batched generate).
 """
@@ -24,6 +26,7 @@ import itertools
 import json
 import multiprocessing
 import socket
+import sqlite3
 import statistics
 import tempfile
 import time
@@ -209,6 +212,7 @@ def loopback_rows(rounds: int) -> list[dict[str, object]]:
             return bare.chat.completions.create(**asked[-1])
 
         miss = _interleaved(ask_bare, lambda: full.chat.completions.create(**asked[-1]), rounds)
+        floor = _write_floor(folder, lambda: bare.chat.completions.create(**params), rounds)
         full.chat.completions.create(**params)  # stored: every call below is a hit
         with blackbox_sdk.Cache(folder / "cache") as keys:
             key = keys.key(route="chat.completions", endpoint=str(bare.base_url), params=params)
@@ -224,7 +228,43 @@ def loopback_rows(rounds: int) -> list[dict[str, object]]:
         _goal_row("features on, cache miss, loopback", rounds, "bare openai client", *miss, {"added <= 300 us": _added_us(*miss) <= 300}),
         _goal_row("features on, cache hit", rounds, "raw store read", raw, hit, {"hit <= 200 us": hit_us <= 200, "hit <= 3x raw read": hit_us <= 3 * raw_us}),
         {"benchmark": "raw store read (plain diskcache.Cache.get, same payload)", "calls": rounds, "sdk_median_us": raw_us, "goal": "the floor"},
+        {"benchmark": "a miss's four write transactions alone (plain sqlite3, a bare call between)", "calls": rounds,
+         "sdk_median_us": statistics.median(floor) * 1e6, "goal": "the floor of a miss's cross-process writes"},
     ]
+
+
+def _write_floor(folder: Path, between: Callable[[], object], rounds: int) -> list[float]:
+    """Seconds per call of four minimal write transactions in plain sqlite3 (WAL, synchronous=NORMAL, two files), as a
+    features-on miss makes them: the claim and the reservation before ``between`` (a bare loopback call, the real wait
+    that leaves the core's caches cold), the stored answer ending the claim and the settlement after it. The floor of
+    what single flight and a hard budget write across processes, with none of the SDK's own work around them."""
+    cache, ledger = (sqlite3.connect(folder / name, isolation_level=None) for name in ("floor-cache.db", "floor-ledger.db"))
+    for conn in (cache, ledger):
+        conn.execute("PRAGMA journal_mode=WAL"), conn.execute("PRAGMA synchronous=NORMAL")
+    cache.executescript("CREATE TABLE claims (key TEXT PRIMARY KEY, expires REAL) WITHOUT ROWID; CREATE TABLE cache (key TEXT PRIMARY KEY, value TEXT)")
+    ledger.executescript("CREATE TABLE holds (id TEXT PRIMARY KEY, nano INTEGER); CREATE TABLE spent (scope TEXT PRIMARY KEY, nano INTEGER);"
+                         "INSERT INTO spent VALUES ('total', 0)")
+
+    def write(conn: sqlite3.Connection, *statements: tuple[str, tuple[object, ...]]) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        for sql, args in statements:
+            conn.execute(sql, args).fetchall()
+        conn.execute("COMMIT")
+
+    times = []
+    for call in range(rounds):
+        key, start = f"{call:064x}", time.perf_counter()
+        write(cache, ("SELECT value FROM cache WHERE key = ?", (key,)), ("INSERT INTO claims VALUES (?, ?)", (key, time.time() + 60)))
+        write(ledger, ("SELECT nano FROM spent", ()), ("SELECT SUM(nano) FROM holds", ()), ("INSERT INTO holds VALUES (?, 100)", (key,)))
+        before = time.perf_counter() - start
+        between()
+        start = time.perf_counter()
+        write(cache, ("INSERT INTO cache VALUES (?, ?)", (key, json.dumps(BODY))), ("DELETE FROM claims WHERE key = ?", (key,)))
+        write(ledger, ("DELETE FROM holds WHERE id = ?", (key,)), ("UPDATE spent SET nano = nano + 40 WHERE scope = 'total'", ()))
+        times.append(before + time.perf_counter() - start)
+    cache.close()
+    ledger.close()
+    return times
 
 
 def _added_us(base: list[float], ours: list[float]) -> float:
