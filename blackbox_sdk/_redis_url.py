@@ -20,6 +20,7 @@ from urllib.parse import SplitResult, parse_qsl, unquote, unquote_plus, urlencod
 from ._exceptions import ConfigError
 from ._logging import logger
 from ._redact import credentials_end, mask_secret, pasted_password, url_without_password
+from ._text import is_url_of
 
 REDIS_SCHEMES = ("redis", "rediss")
 REDIS_OR_UNIX = ("redis", "rediss", "unix")
@@ -31,12 +32,7 @@ UNTRUSTED = "the server's TLS certificate is not one the URL trusts (give the CA
 def is_redis_url(value: object) -> bool:
     """Whether a store option names a Redis server (``redis://`` or ``rediss://``) rather than a file; ConfigError for
     ``redis:`` without its ``//`` (``redis:/host``), which would open a folder named ``redis:`` in the working folder."""
-    if not isinstance(value, str):
-        return False
-    scheme, colon, rest = value.partition(":")
-    if colon and scheme.lower() in REDIS_SCHEMES and not rest.startswith("//"):
-        raise ConfigError(f"{scheme}: needs // after it, as in {scheme.lower()}://host:6379/0; for a file or folder of that name, write ./{scheme}:...")
-    return "://" in value and value.partition("://")[0].lower() in REDIS_SCHEMES
+    return is_url_of(value, REDIS_SCHEMES, "host:6379/0")
 
 
 def redact_url(url: str) -> str:

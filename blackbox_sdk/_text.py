@@ -3,7 +3,8 @@
 SQLite, PostgreSQL and Redis take text as UTF-8, and Python raises `UnicodeEncodeError` for a lone
 surrogate (half of an emoji cut in two) only once a store encodes it, after work may have been
 spent. A name the caller looks up or charges by (a budget key, a model, a call id) is checked here
-first and refused with a `ConfigError` that names it.
+first and refused with a `ConfigError` that names it. So is a store option's URL missing its `//`
+(`redis:/host`), before it is taken for a path.
 """
 
 from __future__ import annotations
@@ -42,3 +43,15 @@ def checked_path(value: str | Path, what: str) -> Path:
     if "\x00" in str(value):
         raise ConfigError(f"{what} must be a file system path, and no path holds a NUL byte; got {str(value)!r:.80}")
     return Path(value).expanduser()
+
+
+def is_url_of(value: object, schemes: tuple[str, ...], example: str) -> bool:
+    """Whether ``value`` is a URL of one of ``schemes`` (any case) rather than a path; ConfigError for a scheme without its
+    ``//`` (``redis:/host``), which would make a file or folder of that name in the working folder. ``example`` is the
+    rest of a right URL (``host:6379/0``), for the message."""
+    if not isinstance(value, str):
+        return False
+    scheme, colon, rest = value.partition(":")
+    if colon and scheme.lower() in schemes and not rest.startswith("//"):
+        raise ConfigError(f"{scheme}: needs // after it, as in {scheme.lower()}://{example}; for a file or folder of that name, write ./{scheme}:...")
+    return bool(colon) and scheme.lower() in schemes

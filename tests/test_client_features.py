@@ -203,10 +203,9 @@ def test_a_whole_answer_without_a_finish_reason_is_stored_and_its_hit_is_the_mis
     client.close()
 
 
-@pytest.mark.parametrize("count", ["completion_tokens", "prompt_tokens"])
-def test_a_stored_token_count_too_large_for_an_integer_is_skipped_and_sent_for(tmp_path: Path, count: str) -> None:
-    """JSON reads 1e400 (a valid number) as infinity: int() of it raised a raw OverflowError on the hit, and storing the
-    fresh answer beside it a raw ValueError (it could not be encoded again), after the call was paid."""
+def _with_one_stored(tmp_path: Path, fields: dict[str, object]) -> tuple[OpenAI, Cache, list[httpx2.Request]]:
+    """A client on a cache holding one stored answer ("stored", with ``fields`` over its counts) for QUESTION, its
+    cache, and the requests its server (answering "live" with usage 3 + 1) is sent."""
     sent: list[httpx2.Request] = []
     whole = {"id": "c", "object": "chat.completion", "created": 1, "model": MODEL, "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
              "choices": [{"index": 0, "message": {"role": "assistant", "content": "live"}, "finish_reason": "stop"}]}
@@ -218,7 +217,15 @@ def test_a_stored_token_count_too_large_for_an_integer_is_skipped_and_sent_for(t
     cache = Cache(tmp_path / "cache")
     client = OpenAI(base_url="http://api.test/v1", api_key="sk-test", max_retries=0, cache=cache, http_client=httpx2.Client(transport=httpx2.MockTransport(handle)))
     key = cache.key(route="chat.completions", endpoint=client._core.endpoint, params={"model": MODEL, "messages": QUESTION})
-    cache.extend(key, [{"meta": {}, "choice": {"message": {"content": "stored"}}, "completion_tokens": 1, "prompt_tokens": 1}])
+    cache.extend(key, [{"meta": {}, "choice": {"message": {"content": "stored"}}, "completion_tokens": 1, "prompt_tokens": 1, **fields}])
+    return client, cache, sent
+
+
+@pytest.mark.parametrize("count", ["completion_tokens", "prompt_tokens"])
+def test_a_stored_token_count_too_large_for_an_integer_is_skipped_and_sent_for(tmp_path: Path, count: str) -> None:
+    """JSON reads 1e400 (a valid number) as infinity: int() of it raised a raw OverflowError on the hit, and storing the
+    fresh answer beside it a raw ValueError (it could not be encoded again), after the call was paid."""
+    client, cache, sent = _with_one_stored(tmp_path, {})
     with sqlite3.connect(cache.directory / "cache.db") as db:  # a foreign writer's number: valid JSON, no integer
         db.execute("UPDATE Cache SET value = replace(value, ?, ?)", (f'"{count}":1', f'"{count}":1e400'))
     answer = client.chat.completions.create(model=MODEL, messages=QUESTION)
@@ -231,18 +238,7 @@ def test_a_stored_token_count_too_large_for_an_integer_is_skipped_and_sent_for(t
 @pytest.mark.parametrize("count", ["completion_tokens", "prompt_tokens"])
 def test_a_stored_token_count_that_is_no_count_is_skipped_and_sent_for(tmp_path: Path, count: str, value: object) -> None:
     """A hit served a negative count as its usage (`total_tokens` below zero) and a boolean as 1."""
-    sent: list[httpx2.Request] = []
-    whole = {"id": "c", "object": "chat.completion", "created": 1, "model": MODEL, "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
-             "choices": [{"index": 0, "message": {"role": "assistant", "content": "live"}, "finish_reason": "stop"}]}
-
-    def handle(request: httpx2.Request) -> httpx2.Response:
-        sent.append(request)
-        return httpx2.Response(200, json=whole)
-
-    cache = Cache(tmp_path / "cache")
-    client = OpenAI(base_url="http://api.test/v1", api_key="sk-test", max_retries=0, cache=cache, http_client=httpx2.Client(transport=httpx2.MockTransport(handle)))
-    key = cache.key(route="chat.completions", endpoint=client._core.endpoint, params={"model": MODEL, "messages": QUESTION})
-    cache.extend(key, [{"meta": {}, "choice": {"message": {"content": "stored"}}, "completion_tokens": 1, "prompt_tokens": 1, count: value}])
+    client, cache, sent = _with_one_stored(tmp_path, {count: value})
     answer = client.chat.completions.create(model=MODEL, messages=QUESTION)
     assert answer.choices[0].message.content == "live" and len(sent) == 1 and answer.usage is not None and answer.usage.total_tokens == 4
     client.close()

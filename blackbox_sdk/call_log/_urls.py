@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from .._exceptions import ConfigError
 from .._redact import mask_secret, pasted_password, url_without_password
+from .._text import is_url_of
 
 _SCHEMES = ("postgresql", "postgres")
 _SCHEME_NAME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*")
@@ -22,12 +22,7 @@ _SCHEME_NAME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*")
 def is_postgres_url(target: str | Path) -> bool:
     """Whether ``target`` is a PostgreSQL connection URL rather than a file path; ConfigError for ``postgresql:`` without
     its ``//`` (``postgresql:/host/db``), which would make a log file under a folder named ``postgresql:``."""
-    if not isinstance(target, str):
-        return False
-    scheme, colon, rest = target.partition(":")
-    if colon and scheme.lower() in _SCHEMES and not rest.startswith("//"):
-        raise ConfigError(f"{scheme}: needs // after it, as in {scheme.lower()}://user@host:5432/db; for a file of that name, write ./{scheme}:...")
-    return "://" in target and target.partition("://")[0].lower() in _SCHEMES
+    return is_url_of(target, _SCHEMES, "user@host:5432/db")
 
 
 def address_id(conninfo: dict[str, Any]) -> str:
