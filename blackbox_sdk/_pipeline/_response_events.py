@@ -14,6 +14,7 @@ from openai._models import construct_type
 from openai.types.responses import ResponseStreamEvent
 
 from .._types import RESPONSES, Json
+from ._stored_shapes import is_number, texts_or_null
 
 _PIECES = re.compile(r"\s*\S+\s*|\s+")
 ENDED = ("response.completed", "response.incomplete")  # a stream that ended with one of these is whole
@@ -38,7 +39,7 @@ def check_stored(response: Json, events: list[Json] | None) -> None:
     output, created = response.get("output"), response.get("created_at")
     if not isinstance(output, list) or not all(_item_shaped(item) for item in output):
         raise TypeError("a stored response's output must be a list of output items with lists of parts")
-    if not _texts(response, "id", "object", "model", "status") or isinstance(created, bool) or not isinstance(created, (int, float, type(None))):
+    if not texts_or_null(response, "id", "object", "model", "status") or not (created is None or is_number(created)):
         raise TypeError("a stored response's id, model and status must be strings and its created_at a number")
     if events and not isinstance(events[-1].get("response"), dict):
         raise TypeError("a stored response's events must end with the event that carries the response")
@@ -47,17 +48,12 @@ def check_stored(response: Json, events: list[Json] | None) -> None:
 def _item_shaped(item: Any) -> bool:
     """Whether a stored output item is an object with the parts and texts replay reads (its type, id, role, status, name
     and call id; a message's or reasoning's parts, a function call's arguments); the other kinds are replayed whole."""
-    if not isinstance(item, dict) or not _texts(item, "type", "id", "role", "status", "name", "call_id"):
+    if not isinstance(item, dict) or not texts_or_null(item, "type", "id", "role", "status", "name", "call_id"):
         return False
     if item.get("type") in ("function_call", "custom_tool_call"):
-        return _texts(item, "arguments", "input")
+        return texts_or_null(item, "arguments", "input")
     parts = [item.get("content"), item.get("summary")] if item.get("type") in ("message", "reasoning") else []
-    return all(part is None or (isinstance(part, list) and all(isinstance(p, dict) and _texts(p, "text", "refusal") for p in part)) for part in parts)
-
-
-def _texts(value: Json, *names: str) -> bool:
-    """Whether each named field of a stored object is a string or null."""
-    return all(value.get(name) is None or isinstance(value.get(name), str) for name in names)
+    return all(part is None or (isinstance(part, list) and all(isinstance(p, dict) and texts_or_null(p, "text", "refusal") for p in part)) for part in parts)
 
 
 def event(data: Json) -> Any:

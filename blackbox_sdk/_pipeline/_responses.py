@@ -23,9 +23,7 @@ from ._candidates import Candidate, chunks_from_candidates, response_from_candid
 from ._core import CLAIM_TTL_S, Core, build
 from ._rates import warn_unasked_priority
 from ._rerank import question_of, rank, valid_first
-
-_NUMBERS = frozenset({int, float})  # what a stored embedding's vector holds (JSON's numbers; a bool is neither)
-
+from ._stored_shapes import is_number
 
 def unstreamed(call: Call) -> Call:
     """The same call asking for a whole response (to rerank before streaming the winner)."""
@@ -217,7 +215,7 @@ def _embedding_shaped(response: Json) -> bool:
 
 def _vector(value: Any) -> bool:
     """Whether a stored embedding is a base64 string or a list of numbers (JSON's ints and floats, not booleans)."""
-    return isinstance(value, str) or (isinstance(value, list) and all(type(number) in _NUMBERS for number in value))
+    return isinstance(value, str) or (isinstance(value, list) and all(is_number(number) for number in value))
 
 
 def finish_embedding(core: Core, call: Call, response: Any, stored: Json | None) -> Any:

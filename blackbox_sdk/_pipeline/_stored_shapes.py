@@ -60,13 +60,21 @@ def _check_call(call: Any) -> None:
 def _check_meta(fields: Json) -> None:
     """TypeError unless a stored answer's (or chunk's) id, model, fingerprint and tier are strings or null, created a number."""
     _check_texts(fields, ("id", "model", "system_fingerprint", "service_tier"))
-    created = fields.get("created")
-    if created is not None and (isinstance(created, bool) or not isinstance(created, (int, float))):
+    if not (fields.get("created") is None or is_number(fields["created"])):
         raise TypeError("a stored answer's created must be a number")
 
 
 def _check_texts(value: Json, names: tuple[str, ...]) -> None:
     """TypeError unless each named field of a stored object is a string or null (a hit serves them as they are)."""
-    for name in names:
-        if not isinstance(value.get(name), (str, type(None))):
-            raise TypeError(f"a stored answer's {name} must be a string or null; got {type(value.get(name)).__name__}")
+    if not texts_or_null(value, *names):
+        raise TypeError(f"a stored answer's {', '.join(names)} must each be a string or null")
+
+
+def texts_or_null(value: Json, *names: str) -> bool:
+    """Whether each named field of a stored object is a string or null."""
+    return all(value.get(name) is None or isinstance(value.get(name), str) for name in names)
+
+
+def is_number(value: Any) -> bool:
+    """Whether a stored value is a JSON number (an int or a float; a bool is neither)."""
+    return type(value) in (int, float)
