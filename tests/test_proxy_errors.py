@@ -29,7 +29,8 @@ from blackbox_sdk.budget import Budget, Ledger
 from blackbox_sdk.call_log import CallRecord
 from blackbox_sdk.local import free_port
 from blackbox_sdk.serve import ProxyConfig, Tenant, create_app
-from blackbox_sdk.serve._errors import error_response
+from blackbox_sdk.serve._errors import ProxyError, error_response
+from blackbox_sdk.serve._state import Proxy as ProxyState
 
 MODEL = "smollm2"
 HELLO = [{"role": "user", "content": "Say hello in three words."}]
@@ -299,6 +300,7 @@ def test_a_store_out_of_reach_is_a_503_that_keeps_its_address_from_the_client(re
         upstream.close()
     error = down.value.response.json()["error"]
     assert (down.value.status_code, error["code"]) == (503, "store_unavailable")
+    assert (down.value.response.headers.get("retry-after"), down.value.response.headers.get("x-should-retry")) == ("1", None)  # an outage passes: wait, then retry
     assert str(redis_server.port) not in down.value.response.text and "127.0.0.1" not in down.value.response.text
     assert "unavailable" in error["message"]
     assert f"127.0.0.1:{redis_server.port}" in caplog.text  # the operator's log says which store
@@ -313,6 +315,7 @@ def test_a_proxy_whose_client_could_not_be_built_keeps_the_stores_address_from_c
             time.sleep(0.05)
         answer = http.post("/v1/chat/completions", json={"model": MODEL, "messages": HELLO})
     assert (ready.status_code, ready.json()["status"], answer.status_code, answer.json()["error"]["code"]) == (503, "failed", 503, "not_ready")
+    assert (answer.headers.get("x-should-retry"), answer.headers.get("retry-after")) == ("false", None)  # only a restart mends it
     assert "was refused by the Redis server" in ready.json()["error"] and "was refused by the Redis server" in answer.text  # what failed
     for shown in (ready.text, answer.text):
         assert f":{redis_with_password.port}" not in shown and "wrong-pw" not in shown  # where: only in the proxy's log
@@ -360,3 +363,12 @@ def test_a_client_that_fails_to_close_at_stop_still_lets_the_ledger_and_rate_win
     finally:
         upstream.close()
     assert len(admin.client_list()) == alone  # closed all the same, and the client's error still raised
+
+
+def test_a_proxy_still_building_its_client_asks_for_a_retry_after_a_second() -> None:
+    starting = ProxyState(ProxyConfig(upstream="http://127.0.0.1:9/v1"), {}, None)  # its client not built yet
+    with pytest.raises(ProxyError) as refused:
+        starting.client_for(None)
+    answer = error_response(refused.value)
+    assert (answer.status_code, json.loads(answer.body)["error"]["code"]) == (503, "not_ready")
+    assert (answer.headers.get("retry-after"), answer.headers.get("retry-after-ms"), answer.headers.get("x-should-retry")) == ("1", "1000", None)

@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any, TypeVar, cast
 
+from .._process import pid as this_pid
 from .._shielded import to_the_end
 from .._types import RESPONSES, Json, Route
 from . import _flows as flows
@@ -72,7 +73,7 @@ os.register_at_fork(after_in_child=_new_workers_lock)
 def store_workers() -> ThreadPoolExecutor:
     """The threads this process's async clients run their store work on (created on first use)."""
     with _workers_lock:
-        pid = os.getpid()
+        pid = this_pid()
         if pid not in _workers:
             _workers.clear()
             _workers[pid] = ThreadPoolExecutor(max_workers=STORE_WORKERS, thread_name_prefix="blackbox-io")

@@ -19,7 +19,6 @@ import asyncio
 import functools
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -36,6 +35,7 @@ from pydantic import (
 
 from .._exceptions import ConfigError, PriceMissingError, ReservationNotHeldError, StoreUnavailableError
 from .._logging import logger
+from .._process import random_hex
 from .._redact import redact_text
 from .._redis_url import redact_url
 from .._text import checked_text
@@ -191,7 +191,7 @@ class Budget(BaseModel):
             prompt_per_choice=prompt_per_choice,
         )
         worst = request.worst_nano(request.n, request.max_output)
-        hold = Hold(uuid.uuid4().hex, checked_text(call_id, "call_id") if call_id else uuid.uuid4().hex, model, key, day, worst, self.lease_s)
+        hold = Hold(random_hex(16), checked_text(call_id, "call_id") if call_id else random_hex(16), model, key, day, worst, self.lease_s)
         fit = self._hold(request, hold, caps, shrink, usd_to_nano(checked_usd("call_spent_usd", call_spent_usd), round_up=True))
         return KEEPER.kept(Reservation(
             id=hold.reservation_id,

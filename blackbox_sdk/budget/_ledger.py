@@ -33,12 +33,12 @@ import functools
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 from .._exceptions import ConfigError, ReservationNotHeldError, StoreUnavailableError
+from .._process import random_hex
 from .._redact import url_without_password
 from .._sqlite import SHARED_TABLES, ProcessConnection, connect, immediate, refuse_foreign
 from ._caps import REPORTED_SCOPES, Cap, CapUsage, charged_rows, totals_row
@@ -177,7 +177,7 @@ class LedgerTransaction:
     ) -> str:
         """Record a reservation for this process (leased for `lease_s`, else until settled) and return its id; an id
         recorded already (a retried reserve) holds nothing more."""
-        reservation_id = reservation_id or uuid.uuid4().hex
+        reservation_id = reservation_id or random_hex(16)
         expires = None if lease_s is None else self._now + lease_s
         self._connection.execute(  # only a recorded id is passed over: any other constraint still fails
             "INSERT INTO reservations (id, call_id, model, family, key, day, usd_nano, host, pid, pid_start, created,"

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import math
 import os
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
 from .._exceptions import ConfigError, ReservationNotHeldError, StoreUnavailableError
 from .._logging import logger
+from .._process import random_hex
 from .._redis_url import RedisURL
 from ._caps import REPORTED_SCOPES, Cap, CapUsage, totals_row
 from ._owners import this_process
@@ -102,7 +102,7 @@ class RedisLedger:
         """
         known = (hold.call_id, hold.model, snapshot_base(hold.model), hold.key or "", hold.day) if hold else ("",) * 5
         status = int(self._run(
-            "settle", reservation_id, uuid.uuid4().hex, str(usd_nano), str(prompt_tokens), str(completion_tokens),
+            "settle", reservation_id, random_hex(16), str(usd_nano), str(prompt_tokens), str(completion_tokens),
             str(cached_tokens), self._keep, str(SPENDS_KEPT), *known, *self._settler(),
             "0" if log_id is None else "1", log_id or "", str(hold.usd_nano) if hold else "0",
         ))

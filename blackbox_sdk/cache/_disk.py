@@ -46,6 +46,7 @@ import diskcache  # type: ignore[import-untyped]  # ships no type hints
 
 from .._exceptions import CacheError, ConfigError
 from .._logging import logger
+from .._process import pid as this_pid
 from .._sqlite import hold_over_fork, refuse_foreign
 from ._flight import CLAIM_SUFFIX
 from ._store import Change, Claim, ForeignValueError
@@ -123,7 +124,7 @@ class _ClosingCache(diskcache.Cache):  # type: ignore[misc]  # diskcache ships n
     def _con(self) -> sqlite3.Connection:
         """This thread's connection, opened now if it has none (diskcache's own steps), remembered, and shareable
         (``check_same_thread=False``) so that another thread may close it; in a forked child, the inherited one closed first."""
-        pid = os.getpid()
+        pid = this_pid()
         if getattr(self._local, "pid", None) != pid:
             self.close()
             self._local.pid = pid

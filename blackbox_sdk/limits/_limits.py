@@ -14,10 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import os
 import threading
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +23,8 @@ from typing import Any, Literal
 
 from .._closing import Closing
 from .._exceptions import ConfigError, StoreUnavailableError
+from .._process import pid as this_pid
+from .._process import random_hex
 from .._redis_url import redact_url
 from .._shielded import to_the_end
 from . import _checks as check
@@ -54,12 +54,12 @@ class _Opened:
     def __init__(self, store: WindowStore | None) -> None:
         self.lock = threading.Lock()
         self.store = store
-        self.pid = os.getpid()
+        self.pid = this_pid()
 
     def ready(self) -> WindowStore | None:
         """The store if it is open in this process; None when it must be opened (first use, or a forked child)."""
         store = self.store
-        return store if store is not None and self.pid == os.getpid() else None
+        return store if store is not None and self.pid == this_pid() else None
 
 
 @dataclass(frozen=True, repr=False)
@@ -172,7 +172,7 @@ class RateLimits(Closing):
         scope = self.scope(key=key, model=model)
         amount = check.tokens("tokens", tokens)
         bucket = f"{scope}|{self.window_s!r}s"
-        return Request(scope, bucket, uuid.uuid4().hex, amount, self.window, self.policy, max(0.0, self.max_wait_s - waited_s), self.clock,
+        return Request(scope, bucket, random_hex(16), amount, self.window, self.policy, max(0.0, self.max_wait_s - waited_s), self.clock,
                        self.place)
 
     def _store(self) -> WindowStore:
@@ -182,7 +182,7 @@ class RateLimits(Closing):
             store = opened.ready()
             if store is None:
                 store = opened.store = open_store(self.store)
-                opened.pid = os.getpid()
+                opened.pid = this_pid()
             return store
 
     async def _astore(self) -> WindowStore:

@@ -28,7 +28,8 @@ SDK's errors and the upstream's, mapped once here.
     502 / 503 / 504             upstream unreachable or refusing the proxy's key / a shared store down (or refusing
                                 the password it opened with) or the proxy starting / upstream timeout (also an SDK
                                 request of its own to the upstream's host, such as llama.cpp's tokenize route, that
-                                fails or times out)
+                                fails or times out); a store down or the proxy starting with Retry-After: 1, a proxy
+                                whose client could not be built with x-should-retry: false (only a restart mends it)
     upstream status             an upstream error (openai.APIStatusError) passes with its own status and retry
                                 headers (x-should-retry included), its error object rebuilt as OpenAI's four fields (strings redacted, anything else dropped)
     404 unknown_url             an upstream with no Responses API (a 404 with no error object on /responses): said so
@@ -70,6 +71,7 @@ from ..call_log import new_call_id
 
 _PASSED_HEADERS = ("retry-after", "retry-after-ms", "x-should-retry", "x-request-id")  # what openai's clients read
 _NO_RETRY = {"x-should-retry": "false"}  # openai's clients then raise at once: retrying can't help
+TRANSIENT_RETRY_AFTER_S = 1.0  # what a 503 for a passing state (a store out of reach, the proxy starting) asks a client to wait
 _ERROR_FIELDS = ("message", "type", "param", "code")
 _URL = re.compile(r"\b[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE)  # a URL in a message: redis://..., postgresql://..., unix://...
 UNREADABLE = "the upstream answered with a body that is not OpenAI's JSON (the proxy's log has it)"
@@ -86,7 +88,7 @@ class ProxyError(BlackBoxError):
 
     def __init__(
         self, status: int, message: str, *, kind: str = "invalid_request_error", code: str | None = None, param: str | None = None,
-        retry: bool = True,
+        retry: bool = True, retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -94,6 +96,7 @@ class ProxyError(BlackBoxError):
         self.code = code
         self.param = param
         self.retry = retry  # False: sent with `x-should-retry: false` (a 5xx only the operator can mend)
+        self.retry_after = retry_after  # seconds worth waiting before a retry (Retry-After), when it can be told
 
 
 def error_body(message: str, kind: str, *, param: str | None = None, code: str | None = None) -> dict[str, Any]:
@@ -154,7 +157,7 @@ def describe(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:
     """The status, OpenAI error body and extra headers for an exception raised while serving a request."""
     message = redact_text(str(exc))
     if isinstance(exc, ProxyError):
-        return exc.status, error_body(message, exc.kind, param=exc.param, code=exc.code), {} if exc.retry else dict(_NO_RETRY)
+        return exc.status, error_body(message, exc.kind, param=exc.param, code=exc.code), _retry_advice(exc)
     if isinstance(exc, InvalidRequestError):
         return 400, error_body(message, "invalid_request_error", param=exc.param), {}
     if isinstance(exc, openai.APIStatusError):
@@ -182,7 +185,7 @@ def describe(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:
         return 400, error_body(message, "invalid_request_error"), {}
     if isinstance(exc, StoreUnavailableError):  # the store's address and the driver's words are the operator's, not the client's
         logger.error("proxy: a shared store is unavailable while serving a request: %s", message)
-        return 503, error_body(STORE_UNAVAILABLE, "server_error", code="store_unavailable"), {}
+        return 503, error_body(STORE_UNAVAILABLE, "server_error", code="store_unavailable"), retry_headers(TRANSIENT_RETRY_AFTER_S)
     logger.error("proxy: %s while serving a request: %s", type(exc).__name__, message)
     return 500, error_body("the proxy failed to serve the request", "server_error"), {}
 
@@ -192,6 +195,13 @@ def _deployment_fault(exc: BaseException, message: str, code: str) -> tuple[int,
     would fail the same way, a paid upstream answer lost each time). The message is the SDK's own, redacted."""
     logger.error("proxy: %s while serving a request (the deployment's fault, not the request's): %s", type(exc).__name__, message)
     return 500, error_body(f"the proxy can't serve this request: {message}", "server_error", code=code), dict(_NO_RETRY)
+
+
+def _retry_advice(exc: ProxyError) -> dict[str, str]:
+    """The retry headers of a refusal: `x-should-retry: false` when retrying can't help, else its Retry-After when it has one."""
+    if not exc.retry:
+        return dict(_NO_RETRY)
+    return {} if exc.retry_after is None else retry_headers(exc.retry_after)
 
 
 def retry_headers(wait: float) -> dict[str, str]:

@@ -19,7 +19,7 @@ from .._redact import redact_text
 from ._admin_gate import AdminGate
 from ._attempts import FailedAttempts
 from ._config import ProxyConfig
-from ._errors import ProxyError, without_addresses
+from ._errors import TRANSIENT_RETRY_AFTER_S, ProxyError, without_addresses
 from ._key_tenants import TenantOptions
 from ._keys import KeyStore
 from ._metrics import ProxyMetrics
@@ -128,7 +128,10 @@ class Proxy:
     def _ready(self) -> TenantClients:
         """The clients; 503 while the upstream client is still being built."""
         if self._clients is None:
-            raise ProxyError(503, self.failure or "the proxy is starting: the upstream client is not ready yet", kind="server_error", code="not_ready")
+            if self.failure:  # building failed: only the operator's restart mends it, so a retry can't help
+                raise ProxyError(503, self.failure, kind="server_error", code="not_ready", retry=False)
+            raise ProxyError(503, "the proxy is starting: the upstream client is not ready yet", kind="server_error", code="not_ready",
+                             retry_after=TRANSIENT_RETRY_AFTER_S)
         return self._clients
 
     def client_for(self, tenant: Tenant | None) -> Any:
