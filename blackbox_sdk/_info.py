@@ -37,9 +37,16 @@ def attach(obj: Any, info: BlackBoxInfo) -> Any:
     openai model the SDK built (a hit, a merged or parsed answer) gets openai's `_request_id` too
     (None when no one request answered it)."""
     object.__setattr__(obj, "blackbox", info)
-    if isinstance(obj, openai.BaseModel) and not hasattr(obj, "_request_id"):
+    if isinstance(obj, openai.BaseModel) and not _has_request_id(obj):
         add_request_id(obj, None)
     return obj
+
+
+def _has_request_id(model: openai.BaseModel) -> bool:
+    """Whether openai set the model's `_request_id` (as an attribute, or a pydantic private one), asked without `hasattr`:
+    a missing one goes through pydantic's `__getattr__` and an AttributeError, a tenth of a cache hit's time."""
+    private = model.__pydantic_private__
+    return "_request_id" in model.__dict__ or (private is not None and "_request_id" in private)
 
 
 def rebuilt(obj: Any, original: Any) -> Any:

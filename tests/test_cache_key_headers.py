@@ -29,6 +29,7 @@ PARAMS: dict[str, Any] = {"model": "m", "messages": HELLO}
         pytest.param({"User-Agent": "u", "X-Stainless-Lang": "python", "Accept": "application/json"}, None, None, id="the-clients-own"),
         pytest.param({}, {"traceparent": "00-1-2-01", "x-request-id": "r", "Idempotency-Key": "i"}, None, id="tracing-ids"),
         pytest.param({"OpenAI-Organization": openai.omit, "OpenAI-Project": "proj_1"}, None, {"openai-project": "proj_1"}, id="project"),
+        pytest.param({"x-tags": ["a", "b"], "x-tenant": "t"}, None, {"x-tenant": "t"}, id="a-value-that-cant-be-hashed"),
     ],
 )
 def test_the_headers_that_may_decide_an_answer_are_keyed_as_openai_merges_them(default: dict[str, Any], call: Any, keyed: Any) -> None:
@@ -36,6 +37,14 @@ def test_the_headers_that_may_decide_an_answer_are_keyed_as_openai_merges_them(d
     result = with_headers(canonical_params(params), params, default)
     assert result.get("extra_headers") == keyed
     assert {k: v for k, v in result.items() if k != "extra_headers"} == canonical_params(PARAMS)
+
+
+def test_a_clients_default_headers_changed_after_a_first_key_key_as_they_are_now() -> None:
+    headers = {"x-portkey-config": "a", "Authorization": "Bearer sk-1"}
+    first = with_headers(canonical_params(PARAMS), PARAMS, headers)  # worked out once per set of headers, then reused
+    headers["x-portkey-config"] = "b"  # the same mapping, changed in place (a client's project or gateway config set anew)
+    again = with_headers(canonical_params(PARAMS), PARAMS, headers)
+    assert (first["extra_headers"], again["extra_headers"]) == ({"x-portkey-config": "a"}, {"x-portkey-config": "b"})
 
 
 def test_cache_key_keys_the_headers_given_per_call_as_the_client_does(tmp_path: Path) -> None:

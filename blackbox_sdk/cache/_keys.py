@@ -100,11 +100,27 @@ def with_headers(canonical: dict[str, Any], params: Mapping[str, Any], default_h
     transport (``UNKEYED_HEADERS``: the client's own, tracing ids). A gateway's routing header (Portkey's
     ``x-portkey-config``, ``OpenAI-Project``) picks what answers, so two clients that differ in one share no answers."""
     call = params.get("extra_headers")
-    merged = {**_header_items(default_headers), **(_header_items(call) if isinstance(call, Mapping) else {})}
+    merged = {**_keyed_defaults(default_headers), **(_header_items(call) if isinstance(call, Mapping) else {})}
     headers = {name: value for name, value in merged.items() if isinstance(value, str)}  # an omit removes the header
     if not headers:
         return canonical
     return {**canonical, "extra_headers": headers}
+
+
+def _keyed_defaults(headers: Mapping[Any, Any]) -> dict[str, Any]:
+    """``_header_items`` of a client's default headers, worked out once per set of them (the same dozen, every call);
+    a set with a value that can't be hashed is worked out each time. The result is shared: never change it."""
+    items = tuple(headers.items())
+    try:
+        return _keyed_items(items)
+    except TypeError:
+        return _header_items(headers)
+
+
+@functools.lru_cache(maxsize=64)
+def _keyed_items(items: tuple[tuple[Any, Any], ...]) -> dict[str, Any]:
+    """``_header_items`` of header (name, value) pairs, cached: a key provider's refreshed token makes a new set."""
+    return _header_items(dict(items))
 
 
 def _header_items(headers: Mapping[Any, Any]) -> dict[str, Any]:
