@@ -77,6 +77,20 @@ def test_an_empty_continuation_finishes_a_beam_without_a_marker() -> None:
     assert result.steps == 5 and sampler.calls[-1][0] == result.text
 
 
+def test_a_stop_sequence_ends_its_beam_where_it_appears() -> None:
+    """The caller's `stop` was dropped by the beam sampler: answers ran on past it, as no plain call would."""
+    sampler = TreeSampler()
+    result = beam_search("q", sampler, length_scorer, beam=2, candidates=4, max_steps=8, stop=["carry", "2 + 2 ="])
+    assert [text for text, _ in result.beams] == ["Add the ones.\n4 + 8 = 11.\n#### 51", "Add the ones.\n4 + 8 = 12,"]
+    assert result.steps == 3
+    assert all(not prefix.endswith("12,") for prefix, _ in sampler.calls)  # a stopped beam is not extended
+
+
+def test_a_step_that_opens_with_a_stop_sequence_finishes_the_beam_as_it_is() -> None:
+    result = beam_search("q", TreeSampler(), length_scorer, beam=1, candidates=1, max_steps=8, answer_marker=None, stop="4 +")
+    assert result.text == "Add the ones." and result.steps == 2
+
+
 def test_max_steps_bounds_the_search() -> None:
     result = beam_search("q", TreeSampler(), length_scorer, beam=2, candidates=4, max_steps=2)
     assert result.steps == 2 and result.text.count("\n") == 1

@@ -145,6 +145,16 @@ def test_beam_search_builds_the_answer_step_by_step(llama_server: str, tmp_path:
     assert completion.usage.completion_tokens == sum(r.usage["completion_tokens"] for r in step_records)
 
 
+def test_a_beam_search_stops_its_answers_at_the_callers_stop_sequence(llama_server: str) -> None:
+    """The beam sampler replaced the caller's `stop` with its own step boundary: answers ran on past it."""
+    client = OpenAI(base_url=llama_server, api_key="sk-test", reranker=steps_scorer,
+                    beam={"beam": 2, "candidates": 2, "max_steps": 2, "answer_marker": None})
+    plain = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=12, temperature=1.0, seed=5, reranker=None, beam=None)
+    assert " " in (plain.choices[0].message.content or "")  # without the stop, SmolLM2's answers hold spaces
+    completion = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=12, temperature=1.0, seed=5, stop=[" "])
+    assert completion.blackbox.candidates and all(" " not in text for text in completion.blackbox.candidates)
+
+
 def test_a_stream_of_n_at_least_rerank_n_carries_the_reranked_order(client: OpenAI) -> None:
     stream = ask(client, n=6, stream=True)
     texts: dict[int, str] = {}

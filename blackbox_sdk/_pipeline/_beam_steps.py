@@ -18,7 +18,7 @@ from ._call import Call
 from ._core import Core, build
 from ._rerank import question_of
 
-BEAM_OWN_PARAMS = ("messages", "model", "n", "stream", "stream_options", "stop")  # the beam sampler sets these
+BEAM_OWN_PARAMS = ("messages", "model", "n", "stream", "stream_options", "stop")  # the beam sampler sets these (the caller's stop ends beams)
 
 
 class StepTally:
@@ -67,7 +67,7 @@ def run_beam(call: Call, create: Callable[[Route, Json], Any]) -> tuple[Any, Ste
     sample = client_sampler(tally, call.model, mode=options.mode, messages=messages[:-1], **extra)
     result = beam_search(
         question_of(CHAT, call.params), sample, scorer, beam=options.beam, candidates=options.candidates,
-        max_steps=options.max_steps, answer_marker=options.answer_marker, separator=options.separator,
+        max_steps=options.max_steps, answer_marker=options.answer_marker, separator=options.separator, stop=call.params.get("stop"),
     )
     return result, tally
 

@@ -47,17 +47,20 @@ class _Beam:
     done: bool = False
 
 
-def _first_line(step: str, separator: str) -> str:
-    """A sampled step cut at the first step boundary and stripped."""
-    return step.split(separator, 1)[0].strip()
+def _first_line(step: str, separator: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """A sampled step cut at the first step boundary and at the earliest stop sequence in it, stripped; whether a stop cut it."""
+    line = step.split(separator, 1)[0]
+    cut = min((line.find(s) for s in stop if s and s in line), default=-1)
+    return (line[:cut] if cut >= 0 else line).strip(), cut >= 0
 
 
-def _expand(beam: _Beam, steps: Sequence[str], separator: str, marker: str | None) -> list[_Beam]:
-    """The distinct one-step extensions of a beam (unscored); none when every step is empty."""
-    lines = dict.fromkeys(s for s in (_first_line(t, separator) for t in steps) if s)
+def _expand(beam: _Beam, steps: Sequence[str], separator: str, marker: str | None, stop: Sequence[str]) -> list[_Beam]:
+    """The distinct one-step extensions of a beam (unscored), finished where a stop sequence cut their step (a step
+    that opens with one finishes the beam as it is); none when every step is empty."""
+    lines = dict.fromkeys(cut for cut in (_first_line(t, separator, stop) for t in steps) if cut[0] or (cut[1] and beam.text))
     return [
-        _Beam(f"{beam.text}{separator}{line}" if beam.text else line, -math.inf, marker is not None and marker in line)
-        for line in lines
+        _Beam(f"{beam.text}{separator}{line}" if beam.text and line else line or beam.text, -math.inf, stopped or (marker is not None and marker in line))
+        for line, stopped in lines
     ]
 
 
@@ -79,9 +82,12 @@ def beam_search(
     max_steps: int = 8,
     answer_marker: str | None = "####",
     separator: str = "\n",
+    stop: str | Sequence[str] | None = None,
 ) -> BeamResult:
-    """Build an answer step by step, keeping the `beam` best prefixes by adapter score."""
+    """Build an answer step by step, keeping the `beam` best prefixes by adapter score; a `stop` sequence (a plain
+    call's `stop`) ends the beam whose step holds it, cut before it."""
     _check_options(beam, candidates, max_steps, separator)
+    stops = [stop] if isinstance(stop, str) else list(stop or ())
     beams = [_Beam("", -math.inf)]
     scored = steps = 0
     while steps < max_steps and not all(b.done for b in beams):
@@ -89,7 +95,7 @@ def beam_search(
         kept = [b for b in beams if b.done]
         fresh: dict[str, _Beam] = {}
         for current in (b for b in beams if not b.done):
-            grown = _expand(current, sample(question, current.text, candidates), separator, answer_marker)
+            grown = _expand(current, sample(question, current.text, candidates), separator, answer_marker, stops)
             if not grown and current.text:
                 current.done = True
                 kept.append(current)
