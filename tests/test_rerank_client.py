@@ -194,6 +194,42 @@ def test_answers_that_only_call_tools_are_scored_by_their_calls() -> None:
     assert json.loads(completion.choices[0].message.tool_calls[0].function.arguments) == {"larger": 84}
 
 
+@pytest.mark.parametrize(
+    "response_format",
+    [{"type": "json_object"}, {"type": "json_schema", "json_schema": {"name": "colour", "schema": {"type": "object"}}}],
+    ids=["json_object", "json_schema"],
+)
+def test_with_a_json_response_format_reranking_prefers_the_answers_that_are_json(response_format: dict[str, object]) -> None:
+    """`create(response_format=...)` reranked answers cut short by max_tokens (not JSON) with the whole ones: the pick
+    could be broken JSON while a whole answer was at hand (`parse` already ranks the answers that fit first)."""
+    import json
+
+    import httpx2
+
+    def answer(request: httpx2.Request) -> httpx2.Response:  # a double: which sample is cut must not depend on sampling
+        seed = json.loads(request.content).get("seed") or 0
+        whole = seed % 2 == 1
+        content, finish = ('{"colour": "red"}', "stop") if whole else ('{"colour": "a deep crimson red, like', "length")
+        return httpx2.Response(200, json={"id": "c", "object": "chat.completion", "created": 1, "model": MODEL,
+                                          "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}],
+                                          "usage": {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10}})
+
+    def longest_first(question: str, answers: Sequence[str]) -> list[float]:
+        return [float(len(a)) for a in answers]
+
+    client = OpenAI(base_url="http://double.test/v1", api_key="sk-test", reranker=longest_first, rerank_n=4,
+                    http_client=httpx2.Client(transport=httpx2.MockTransport(answer)))
+    completion = client.chat.completions.create(model=MODEL, messages=QUESTION, response_format=response_format, seed=2)
+    info = completion.blackbox
+    assert info.candidates is not None and sum(text.startswith('{"colour": "a deep') for text in info.candidates) == 2
+    assert json.loads(completion.choices[0].message.content or "") == {"colour": "red"}
+    assert info.candidates[info.chosen[0]] == completion.choices[0].message.content
+    raw = client.chat.completions.with_raw_response.create(model=MODEL, messages=QUESTION, response_format=response_format, seed=2)
+    assert json.loads(raw.parse().choices[0].message.content or "") == {"colour": "red"}
+    plain = client.chat.completions.create(model=MODEL, messages=QUESTION, seed=2)  # no JSON asked: the scores decide
+    assert plain.choices[0].message.content == '{"colour": "a deep crimson red, like'
+
+
 def test_a_client_with_beam_search_still_embeds() -> None:
     """Embeddings are never reranked, so a client's beam option (chat only) does not refuse them."""
     vectors = {"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}], "model": MODEL,

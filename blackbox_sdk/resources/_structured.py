@@ -5,7 +5,8 @@ own helpers turning a pydantic type into the request's response format and the a
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from openai import omit
@@ -38,9 +39,17 @@ def parse_request(kwargs: dict[str, Any]) -> tuple[dict[str, Any], Valid, Callab
     return request, fitting(response_format), finish
 
 
+JSON_FORMATS = ("json_object", "json_schema")  # response formats whose answers must be JSON
+
+
 def fitting(response_format: Any) -> Valid:
-    """Which answers fit a response format given as a type (`parse` and `stream` rerank those first); None for any other."""
-    return fits(lambda answer: parse_content(response_format, answer)) if isinstance(response_format, type) else None
+    """Which answers fit a response format (reranking ranks those first): a type's parse (`parse`, `stream`), JSON for
+    a `json_object` or `json_schema` format (`create`: an answer cut by max_tokens is not); None for any other."""
+    if isinstance(response_format, type):
+        return fits(lambda answer: parse_content(response_format, answer))
+    if isinstance(response_format, Mapping) and response_format.get("type") in JSON_FORMATS:
+        return fits(json.loads)
+    return None
 
 
 def fits(parse: Callable[[str], Any]) -> Callable[[str], bool]:
