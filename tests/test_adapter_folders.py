@@ -263,3 +263,27 @@ def test_a_save_racing_another_writer_is_an_adapter_error_and_leaves_no_temporar
         with swapped_in(live, another_writer_swaps_now) as temp:
             (temp / "adapter_config.json").write_text("{}")
     assert sorted(p.name for p in tmp_path.iterdir()) == [".live.old-other"]
+
+
+def test_a_misspelled_adapter_folder_names_the_adapter_folders_it_is_close_to(tmp_path: Path) -> None:
+    """`reranker="adapters/capitls"` said only "not an adapter folder": the shipped folder beside it is suggested."""
+    from blackbox_sdk import OpenAI
+
+    for name in ("capitals", "comparison"):
+        shutil.copytree(SHIPPED, tmp_path / name)
+    (tmp_path / "capitols").mkdir()  # a folder of that name that holds no adapter is not suggested
+    with pytest.raises(AdapterError, match=r"capitls is not an adapter folder .*; did you mean .*/capitals\?$"):
+        OpenAI(base_url="http://127.0.0.1:9/v1", api_key="x", reranker=str(tmp_path / "capitls"))
+    with pytest.raises(AdapterError, match=r"\(needs adapter_config.json and adapter.safetensors\)$"):
+        Adapter.load(tmp_path / "arithmetic", device="cpu")  # nothing close: no suggestion
+
+
+@pytest.mark.parametrize("name", ["adapter.bin", "pytorch_model.bin", "adapter.pt"])
+def test_a_folder_of_pickled_weights_is_refused_saying_so_and_nothing_is_unpickled(tmp_path: Path, name: str) -> None:
+    """Weights saved with torch.save (pickle) in place of safetensors: refused without reading them, and the error says why."""
+    folder = tmp_path / "mine"
+    shutil.copytree(SHIPPED, folder)
+    (folder / "adapter.safetensors").unlink()
+    (folder / name).write_bytes(b"\x80\x04 not read")  # a pickle's first bytes: the file is never opened
+    with pytest.raises(AdapterError, match=rf"holds {name}, weights in pickle form, which are never loaded: save them as adapter.safetensors"):
+        Adapter.load(folder, device="cpu")
