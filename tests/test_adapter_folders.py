@@ -287,3 +287,16 @@ def test_a_folder_of_pickled_weights_is_refused_saying_so_and_nothing_is_unpickl
     (folder / name).write_bytes(b"\x80\x04 not read")  # a pickle's first bytes: the file is never opened
     with pytest.raises(AdapterError, match=rf"holds {name}, weights in pickle form, which are never loaded: save them as adapter.safetensors"):
         Adapter.load(folder, device="cpu")
+
+
+def test_a_config_naming_a_base_encoder_that_is_not_here_names_the_adapter_and_the_names_it_takes(tmp_path: Path) -> None:
+    """A base named as on the Hugging Face hub was read as a folder below the working directory, and the error named
+    neither the adapter nor the base names that load: `base encoder folder <cwd>/sentence-transformers/... has no config.json`."""
+    folder = tmp_path / "mine"
+    shutil.copytree(SHIPPED, folder)
+    _edit_config(folder, lambda doc: doc["config"].update(base_model="sentence-transformers/all-MiniLM-L6-v2"))
+    with pytest.raises(AdapterError) as raised:
+        Adapter.load(folder, device="cpu")
+    said = str(raised.value)
+    assert said.startswith(f"{folder / 'adapter_config.json'}: base encoder folder ") and "sentence-transformers/all-MiniLM-L6-v2 has no config.json" in said
+    assert "base_model is 'default' (all-MiniLM-L6-v2), 'all-mpnet-base-v2' or an encoder folder's path" in said
