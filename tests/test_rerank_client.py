@@ -155,6 +155,18 @@ def test_a_beam_search_stops_its_answers_at_the_callers_stop_sequence(llama_serv
     assert completion.blackbox.candidates and all(" " not in text for text in completion.blackbox.candidates)
 
 
+def test_a_beam_step_cut_by_max_tokens_ends_its_answer_with_finish_reason_length(llama_server: str) -> None:
+    """A step the token cap cut was taken for a whole line: the next step started a new line after half a word, and the
+    answer said finish_reason "stop". With one token a step, every step is cut: each beam ends after its first."""
+    client = OpenAI(base_url=llama_server, api_key="sk-test", reranker=steps_scorer,
+                    beam={"beam": 2, "candidates": 2, "max_steps": 3, "answer_marker": None})
+    completion = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "List two fruits, one per line."}], max_tokens=1, temperature=1.0, seed=5
+    )
+    text = completion.choices[0].message.content or ""
+    assert text and "\n" not in text and completion.choices[0].finish_reason == "length"
+
+
 def test_a_stream_of_n_at_least_rerank_n_carries_the_reranked_order(client: OpenAI) -> None:
     stream = ask(client, n=6, stream=True)
     texts: dict[int, str] = {}

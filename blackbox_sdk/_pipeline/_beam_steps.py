@@ -83,7 +83,7 @@ def beam_response(core: Core, call: Call, result: Any, tally: StepTally) -> Any:
         "id": f"chatcmpl-{info.call_id}", "object": "chat.completion", "created": int(time.time()),
         "model": call.model, "usage": tally.usage,
         "choices": [
-            {"index": i, "message": {"role": "assistant", "content": beams[i][0]}, "finish_reason": "stop"}
+            {"index": i, "message": {"role": "assistant", "content": beams[i][0]}, "finish_reason": "length" if beams[i][0] in result.truncated else "stop"}
             for i in info.chosen
         ],
     }

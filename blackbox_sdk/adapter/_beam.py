@@ -36,6 +36,7 @@ class BeamResult:
     steps: int
     candidates_scored: int
     beams: tuple[tuple[str, float], ...] = ()  # every final beam, best first
+    truncated: tuple[str, ...] = ()  # the final beams a step cut by the token cap ended (finish_reason "length")
 
 
 @dataclass
@@ -45,6 +46,11 @@ class _Beam:
     text: str
     score: float
     done: bool = False
+    cut: bool = False  # ended by a step the token cap cut
+
+
+class CutStep(str):
+    """A sampled step that the token cap (max_tokens) cut, not a whole line: it ends its beam (`ClientSampler` marks them)."""
 
 
 def _first_line(step: str, separator: str, stop: Sequence[str]) -> tuple[str, bool]:
@@ -57,10 +63,12 @@ def _first_line(step: str, separator: str, stop: Sequence[str]) -> tuple[str, bo
 def _expand(beam: _Beam, steps: Sequence[str], separator: str, marker: str | None, stop: Sequence[str]) -> list[_Beam]:
     """The distinct one-step extensions of a beam (unscored), finished where a stop sequence cut their step (a step
     that opens with one finishes the beam as it is); none when every step is empty."""
-    lines = dict.fromkeys(cut for cut in (_first_line(t, separator, stop) for t in steps) if cut[0] or (cut[1] and beam.text))
+    found = ((*_first_line(t, separator, stop), isinstance(t, CutStep)) for t in steps)
+    lines = dict.fromkeys((line, stopped, cut and not stopped) for line, stopped, cut in found if line or (stopped and beam.text))
     return [
-        _Beam(f"{beam.text}{separator}{line}" if beam.text and line else line or beam.text, -math.inf, stopped or (marker is not None and marker in line))
-        for line, stopped in lines
+        _Beam(f"{beam.text}{separator}{line}" if beam.text and line else line or beam.text, -math.inf,
+              stopped or cut or (marker is not None and marker in line), cut)
+        for line, stopped, cut in lines
     ]
 
 
@@ -110,7 +118,8 @@ def beam_search(
             break
         beams = sorted(pool, key=lambda b: -b.score)[:beam]
     best = beams[0]
-    return BeamResult(best.text, best.score, steps, scored, tuple((b.text, b.score) for b in beams if b.text))
+    final = [b for b in beams if b.text]
+    return BeamResult(best.text, best.score, steps, scored, tuple((b.text, b.score) for b in final), tuple(b.text for b in final if b.cut))
 
 
 def _score(question: str, scorer: ScoreFn, beams: list[_Beam]) -> None:
@@ -163,6 +172,7 @@ class ClientSampler:
         else:
             response = self.client.chat.completions.create(model=self.model, messages=self._chat_messages(question, prefix), **options)
             texts = [choice.message.content or "" for choice in response.choices]
+        texts = [CutStep(text) if choice.finish_reason == "length" else text for text, choice in zip(texts, response.choices)]
         self.calls += 1
         if response.usage is not None:
             self.prompt_tokens += response.usage.prompt_tokens
