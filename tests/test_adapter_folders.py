@@ -271,7 +271,8 @@ def test_a_misspelled_adapter_folder_names_the_adapter_folders_it_is_close_to(tm
 
     for name in ("capitals", "comparison"):
         shutil.copytree(SHIPPED, tmp_path / name)
-    (tmp_path / "capitols").mkdir()  # a folder of that name that holds no adapter is not suggested
+    (tmp_path / "capitols").mkdir()  # a folder as close that holds no adapter (a LoRA adapter's lora/ has a config) is not suggested
+    shutil.copy(SHIPPED / "lora" / "adapter_config.json", tmp_path / "capitols")
     with pytest.raises(AdapterError, match=r"capitls is not an adapter folder .*; did you mean .*/capitals\?$"):
         OpenAI(base_url="http://127.0.0.1:9/v1", api_key="x", reranker=str(tmp_path / "capitls"))
     with pytest.raises(AdapterError, match=r"\(needs adapter_config.json and adapter.safetensors\)$"):

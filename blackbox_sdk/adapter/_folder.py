@@ -73,7 +73,7 @@ def _why_not_found(folder: Path) -> str:
         if folder.is_dir():
             pickled = sorted(entry.name for entry in folder.iterdir() if entry.suffix in PICKLED_SUFFIXES)
             return f"{folder} holds {pickled[0]}, weights in pickle form, which are never loaded: save them as {WEIGHTS_FILE}" if pickled else plain
-        adapters = [entry.name for entry in folder.parent.iterdir() if (entry / CONFIG_FILE).is_file()]
+        adapters = [entry.name for entry in folder.parent.iterdir() if (entry / CONFIG_FILE).is_file() and (entry / WEIGHTS_FILE).is_file()]
     except (OSError, ValueError):  # a parent it may not list, a name the system refuses
         return plain
     close = difflib.get_close_matches(folder.name, adapters, n=1, cutoff=0.75)
