@@ -15,6 +15,7 @@ from openai.lib._parsing import parse_chat_completion, type_to_response_format_p
 from openai.lib._parsing._completions import _parse_content as parse_content
 
 from .._info import attach
+from .._types import CHAT, RESPONSES, Route
 
 STRUCTURED = ("response_format", "tools")  # the arguments `parse` takes as types and openai converts
 
@@ -40,6 +41,14 @@ def parse_request(kwargs: dict[str, Any]) -> tuple[dict[str, Any], Valid, Callab
 
 
 JSON_FORMATS = ("json_object", "json_schema")  # response formats whose answers must be JSON
+
+
+def asked_format(route: Route, params: Mapping[str, Any]) -> Any:
+    """The response format a `create` call asks for: chat's `response_format`, the Responses API's `text.format`."""
+    if route is RESPONSES:
+        text = params.get("text")
+        return text.get("format") if isinstance(text, Mapping) else None
+    return params.get("response_format") if route is CHAT else None
 
 
 def fitting(response_format: Any) -> Valid:
