@@ -263,3 +263,41 @@ def test_a_save_racing_another_writer_is_an_adapter_error_and_leaves_no_temporar
         with swapped_in(live, another_writer_swaps_now) as temp:
             (temp / "adapter_config.json").write_text("{}")
     assert sorted(p.name for p in tmp_path.iterdir()) == [".live.old-other"]
+
+
+def test_a_misspelled_adapter_folder_names_the_adapter_folders_it_is_close_to(tmp_path: Path) -> None:
+    """`reranker="adapters/capitls"` said only "not an adapter folder": the shipped folder beside it is suggested."""
+    from blackbox_sdk import OpenAI
+
+    for name in ("capitals", "comparison"):
+        shutil.copytree(SHIPPED, tmp_path / name)
+    (tmp_path / "capitols").mkdir()  # a folder as close that holds no adapter (a LoRA adapter's lora/ has a config) is not suggested
+    shutil.copy(SHIPPED / "lora" / "adapter_config.json", tmp_path / "capitols")
+    with pytest.raises(AdapterError, match=r"capitls is not an adapter folder .*; did you mean .*/capitals\?$"):
+        OpenAI(base_url="http://127.0.0.1:9/v1", api_key="x", reranker=str(tmp_path / "capitls"))
+    with pytest.raises(AdapterError, match=r"\(needs adapter_config.json and adapter.safetensors\)$"):
+        Adapter.load(tmp_path / "arithmetic", device="cpu")  # nothing close: no suggestion
+
+
+@pytest.mark.parametrize("name", ["adapter.bin", "pytorch_model.bin", "adapter.pt"])
+def test_a_folder_of_pickled_weights_is_refused_saying_so_and_nothing_is_unpickled(tmp_path: Path, name: str) -> None:
+    """Weights saved with torch.save (pickle) in place of safetensors: refused without reading them, and the error says why."""
+    folder = tmp_path / "mine"
+    shutil.copytree(SHIPPED, folder)
+    (folder / "adapter.safetensors").unlink()
+    (folder / name).write_bytes(b"\x80\x04 not read")  # a pickle's first bytes: the file is never opened
+    with pytest.raises(AdapterError, match=rf"holds {name}, weights in pickle form, which are never loaded: save them as adapter.safetensors"):
+        Adapter.load(folder, device="cpu")
+
+
+def test_a_config_naming_a_base_encoder_that_is_not_here_names_the_adapter_and_the_names_it_takes(tmp_path: Path) -> None:
+    """A base named as on the Hugging Face hub was read as a folder below the working directory, and the error named
+    neither the adapter nor the base names that load: `base encoder folder <cwd>/sentence-transformers/... has no config.json`."""
+    folder = tmp_path / "mine"
+    shutil.copytree(SHIPPED, folder)
+    _edit_config(folder, lambda doc: doc["config"].update(base_model="sentence-transformers/all-MiniLM-L6-v2"))
+    with pytest.raises(AdapterError) as raised:
+        Adapter.load(folder, device="cpu")
+    said = str(raised.value)
+    assert said.startswith(f"{folder / 'adapter_config.json'}: base encoder folder ") and "sentence-transformers/all-MiniLM-L6-v2 has no config.json" in said
+    assert "base_model is 'default' (all-MiniLM-L6-v2), 'all-mpnet-base-v2' or an encoder folder's path" in said

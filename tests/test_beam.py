@@ -10,6 +10,7 @@ import torch
 
 from blackbox_sdk._exceptions import AdapterError, ConfigError, RerankerError
 from blackbox_sdk.adapter import Adapter, AdapterConfig, beam_search, render_chatml
+from blackbox_sdk.adapter._beam import CutStep
 
 # The next steps the "black box" offers after each prefix (a deterministic step tree).
 TREE: dict[str, list[str]] = {
@@ -75,6 +76,29 @@ def test_an_empty_continuation_finishes_a_beam_without_a_marker() -> None:
     result = beam_search("q", sampler, length_scorer, beam=1, candidates=1, max_steps=6, answer_marker=None)
     assert result.text == "Add the ones.\n4 + 8 = 12, carry 1.\n2 + 2 + 1 = 5.\n#### 52"
     assert result.steps == 5 and sampler.calls[-1][0] == result.text
+
+
+def test_a_stop_sequence_ends_its_beam_where_it_appears() -> None:
+    """The caller's `stop` was dropped by the beam sampler: answers ran on past it, as no plain call would."""
+    sampler = TreeSampler()
+    result = beam_search("q", sampler, length_scorer, beam=2, candidates=4, max_steps=8, stop=["carry", "2 + 2 ="])
+    assert [text for text, _ in result.beams] == ["Add the ones.\n4 + 8 = 11.\n#### 51", "Add the ones.\n4 + 8 = 12,"]
+    assert result.steps == 3
+    assert all(not prefix.endswith("12,") for prefix, _ in sampler.calls)  # a stopped beam is not extended
+
+
+def test_a_step_that_opens_with_a_stop_sequence_finishes_the_beam_as_it_is() -> None:
+    result = beam_search("q", TreeSampler(), length_scorer, beam=1, candidates=1, max_steps=8, answer_marker=None, stop="4 +")
+    assert result.text == "Add the ones." and result.steps == 2
+
+
+def test_a_step_the_token_cap_cut_ends_its_beam_and_is_reported_truncated() -> None:
+    def sampler(question: str, prefix: str, k: int) -> list[str]:
+        return {"": [CutStep("Add the on"), "Add the tens."], "Add the tens.": ["2 + 2 = 4."]}.get(prefix, [""])
+
+    result = beam_search("q", sampler, length_scorer, beam=2, candidates=2, max_steps=4, answer_marker=None)
+    assert [text for text, _ in result.beams] == ["Add the tens.\n2 + 2 = 4.", "Add the on"]
+    assert result.truncated == ("Add the on",)
 
 
 def test_max_steps_bounds_the_search() -> None:

@@ -274,6 +274,8 @@ def test_feedback_is_stored_in_order_and_rates_the_chosen_answer(log: CallLog) -
         pytest.param({"label": "maybe"}, "label", id="label-not-allowed"),
         pytest.param({"label": 1}, "^label must be one of 'correct', 'incorrect', got 1$", id="label-a-number"),
         pytest.param({"reference": 4}, "^reference must be a string, got 4$", id="reference-a-number"),
+        pytest.param({"reference": " \n"}, r"^reference must be the right answer's text, got ' \\n'$", id="reference-blank"),
+        pytest.param({"reference": "", "label": "incorrect"}, "^reference must be the right answer's text, got ''$", id="reference-empty"),
         pytest.param({"note": ["x"]}, r"^note must be a string, got \['x'\]$", id="note-a-list"),
         pytest.param({"preferred": 1.0}, r"^preferred must be an integer \(the index of a candidate\), got 1.0$", id="preferred-a-float"),
         pytest.param({"reward": math.inf}, "reward", id="reward-infinite"),

@@ -99,6 +99,7 @@ def test_a_utf8_body_with_a_byte_order_mark_is_still_read(proxy: Proxy) -> None:
         pytest.param("preferred", True, "preferred must be an integer (the index of a candidate), got True", id="preferred-bool"),
         pytest.param("preferred", "1", "preferred must be an integer (the index of a candidate), got '1'", id="preferred-text"),
         pytest.param("reference", 4, "reference must be a string, got 4", id="reference-a-number"),
+        pytest.param("reference", "  ", "reference must be the right answer's text, got '  '", id="reference-blank"),
         pytest.param("note", ["x"], "note must be a string, got ['x']", id="note-a-list"),
     ],
 )

@@ -145,6 +145,28 @@ def test_beam_search_builds_the_answer_step_by_step(llama_server: str, tmp_path:
     assert completion.usage.completion_tokens == sum(r.usage["completion_tokens"] for r in step_records)
 
 
+def test_a_beam_search_stops_its_answers_at_the_callers_stop_sequence(llama_server: str) -> None:
+    """The beam sampler replaced the caller's `stop` with its own step boundary: answers ran on past it."""
+    client = OpenAI(base_url=llama_server, api_key="sk-test", reranker=steps_scorer,
+                    beam={"beam": 2, "candidates": 2, "max_steps": 2, "answer_marker": None})
+    plain = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=12, temperature=1.0, seed=5, reranker=None, beam=None)
+    assert " " in (plain.choices[0].message.content or "")  # without the stop, SmolLM2's answers hold spaces
+    completion = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=12, temperature=1.0, seed=5, stop=[" "])
+    assert completion.blackbox.candidates and all(" " not in text for text in completion.blackbox.candidates)
+
+
+def test_a_beam_step_cut_by_max_tokens_ends_its_answer_with_finish_reason_length(llama_server: str) -> None:
+    """A step the token cap cut was taken for a whole line: the next step started a new line after half a word, and the
+    answer said finish_reason "stop". With one token a step, every step is cut: each beam ends after its first."""
+    client = OpenAI(base_url=llama_server, api_key="sk-test", reranker=steps_scorer,
+                    beam={"beam": 2, "candidates": 2, "max_steps": 3, "answer_marker": None})
+    completion = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "List two fruits, one per line."}], max_tokens=1, temperature=1.0, seed=5
+    )
+    text = completion.choices[0].message.content or ""
+    assert text and "\n" not in text and completion.choices[0].finish_reason == "length"
+
+
 def test_a_stream_of_n_at_least_rerank_n_carries_the_reranked_order(client: OpenAI) -> None:
     stream = ask(client, n=6, stream=True)
     texts: dict[int, str] = {}
@@ -182,6 +204,42 @@ def test_answers_that_only_call_tools_are_scored_by_their_calls() -> None:
     completion = client.chat.completions.create(model=MODEL, messages=QUESTION, tools=tools, seed=2)
     assert all('"name":"pick"' in text for text in seen[0])  # scored on their calls, not as four empty texts
     assert json.loads(completion.choices[0].message.tool_calls[0].function.arguments) == {"larger": 84}
+
+
+@pytest.mark.parametrize(
+    "response_format",
+    [{"type": "json_object"}, {"type": "json_schema", "json_schema": {"name": "colour", "schema": {"type": "object"}}}],
+    ids=["json_object", "json_schema"],
+)
+def test_with_a_json_response_format_reranking_prefers_the_answers_that_are_json(response_format: dict[str, object]) -> None:
+    """`create(response_format=...)` reranked answers cut short by max_tokens (not JSON) with the whole ones: the pick
+    could be broken JSON while a whole answer was at hand (`parse` already ranks the answers that fit first)."""
+    import json
+
+    import httpx2
+
+    def answer(request: httpx2.Request) -> httpx2.Response:  # a double: which sample is cut must not depend on sampling
+        seed = json.loads(request.content).get("seed") or 0
+        whole = seed % 2 == 1
+        content, finish = ('{"colour": "red"}', "stop") if whole else ('{"colour": "a deep crimson red, like', "length")
+        return httpx2.Response(200, json={"id": "c", "object": "chat.completion", "created": 1, "model": MODEL,
+                                          "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}],
+                                          "usage": {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10}})
+
+    def longest_first(question: str, answers: Sequence[str]) -> list[float]:
+        return [float(len(a)) for a in answers]
+
+    client = OpenAI(base_url="http://double.test/v1", api_key="sk-test", reranker=longest_first, rerank_n=4,
+                    http_client=httpx2.Client(transport=httpx2.MockTransport(answer)))
+    completion = client.chat.completions.create(model=MODEL, messages=QUESTION, response_format=response_format, seed=2)
+    info = completion.blackbox
+    assert info.candidates is not None and sum(text.startswith('{"colour": "a deep') for text in info.candidates) == 2
+    assert json.loads(completion.choices[0].message.content or "") == {"colour": "red"}
+    assert info.candidates[info.chosen[0]] == completion.choices[0].message.content
+    raw = client.chat.completions.with_raw_response.create(model=MODEL, messages=QUESTION, response_format=response_format, seed=2)
+    assert json.loads(raw.parse().choices[0].message.content or "") == {"colour": "red"}
+    plain = client.chat.completions.create(model=MODEL, messages=QUESTION, seed=2)  # no JSON asked: the scores decide
+    assert plain.choices[0].message.content == '{"colour": "a deep crimson red, like'
 
 
 def test_a_client_with_beam_search_still_embeds() -> None:

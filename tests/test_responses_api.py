@@ -547,3 +547,20 @@ def test_a_stored_prompt_without_a_model_is_sent_as_openai_sends_it_and_refused_
     assert len(upstream.bodies) == 1 and budget.spent() == 0
     with pytest.raises(InvalidRequestError, match="model must be a non-empty string"):
         client.responses.create(model=None, prompt=prompt, input=QUESTION)  # type: ignore[arg-type]  # would go out as null
+
+
+@pytest.mark.parametrize("kind", ["json_object", "json_schema"])
+def test_with_a_json_text_format_reranking_prefers_the_answers_that_are_json(kind: str) -> None:
+    """`responses.create(text={"format": ...})` reranked answers cut short (not JSON) with the whole ones, as chat's did."""
+    cut, whole = '{"colour": "a deep crimson red, like', '{"colour": "red"}'
+    upstream = ResponsesUpstream([cut, whole, cut, whole])
+    text_format: dict[str, object] = {"type": kind} if kind == "json_object" else {"type": kind, "name": "colour", "schema": {"type": "object"}}
+    try:
+        client = OpenAI(base_url=upstream.url, api_key="sk-test", max_retries=0,
+                        reranker=lambda question, answers: [float(len(a)) for a in answers], rerank_n=4)
+        response = client.responses.create(model=MODEL, input=QUESTION, text={"format": text_format})
+        raw = client.responses.with_raw_response.create(model=MODEL, input=QUESTION, text={"format": text_format})
+    finally:
+        upstream.close()
+    assert sorted(response.blackbox.candidates or []) == [cut, cut, whole, whole]
+    assert response.output_text == whole and raw.parse().output_text == whole

@@ -18,7 +18,7 @@ from ._call import Call
 from ._core import Core, build
 from ._rerank import question_of
 
-BEAM_OWN_PARAMS = ("messages", "model", "n", "stream", "stream_options", "stop")  # the beam sampler sets these
+BEAM_OWN_PARAMS = ("messages", "model", "n", "stream", "stream_options", "stop")  # the beam sampler sets these (the caller's stop ends beams)
 
 
 class StepTally:
@@ -67,7 +67,7 @@ def run_beam(call: Call, create: Callable[[Route, Json], Any]) -> tuple[Any, Ste
     sample = client_sampler(tally, call.model, mode=options.mode, messages=messages[:-1], **extra)
     result = beam_search(
         question_of(CHAT, call.params), sample, scorer, beam=options.beam, candidates=options.candidates,
-        max_steps=options.max_steps, answer_marker=options.answer_marker, separator=options.separator,
+        max_steps=options.max_steps, answer_marker=options.answer_marker, separator=options.separator, stop=call.params.get("stop"),
     )
     return result, tally
 
@@ -83,7 +83,7 @@ def beam_response(core: Core, call: Call, result: Any, tally: StepTally) -> Any:
         "id": f"chatcmpl-{info.call_id}", "object": "chat.completion", "created": int(time.time()),
         "model": call.model, "usage": tally.usage,
         "choices": [
-            {"index": i, "message": {"role": "assistant", "content": beams[i][0]}, "finish_reason": "stop"}
+            {"index": i, "message": {"role": "assistant", "content": beams[i][0]}, "finish_reason": "length" if beams[i][0] in result.truncated else "stop"}
             for i in info.chosen
         ],
     }

@@ -36,6 +36,7 @@ class BeamResult:
     steps: int
     candidates_scored: int
     beams: tuple[tuple[str, float], ...] = ()  # every final beam, best first
+    truncated: tuple[str, ...] = ()  # the final beams a step cut by the token cap ended (finish_reason "length")
 
 
 @dataclass
@@ -45,19 +46,29 @@ class _Beam:
     text: str
     score: float
     done: bool = False
+    cut: bool = False  # ended by a step the token cap cut
 
 
-def _first_line(step: str, separator: str) -> str:
-    """A sampled step cut at the first step boundary and stripped."""
-    return step.split(separator, 1)[0].strip()
+class CutStep(str):
+    """A sampled step that the token cap (max_tokens) cut, not a whole line: it ends its beam (`ClientSampler` marks them)."""
 
 
-def _expand(beam: _Beam, steps: Sequence[str], separator: str, marker: str | None) -> list[_Beam]:
-    """The distinct one-step extensions of a beam (unscored); none when every step is empty."""
-    lines = dict.fromkeys(s for s in (_first_line(t, separator) for t in steps) if s)
+def _first_line(step: str, separator: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """A sampled step cut at the first step boundary and at the earliest stop sequence in it, stripped; whether a stop cut it."""
+    line = step.split(separator, 1)[0]
+    cut = min((line.find(s) for s in stop if s and s in line), default=-1)
+    return (line[:cut] if cut >= 0 else line).strip(), cut >= 0
+
+
+def _expand(beam: _Beam, steps: Sequence[str], separator: str, marker: str | None, stop: Sequence[str]) -> list[_Beam]:
+    """The distinct one-step extensions of a beam (unscored), finished where a stop sequence cut their step (a step
+    that opens with one finishes the beam as it is); none when every step is empty."""
+    found = ((*_first_line(t, separator, stop), isinstance(t, CutStep)) for t in steps)
+    lines = dict.fromkeys((line, stopped, cut and not stopped) for line, stopped, cut in found if line or (stopped and beam.text))
     return [
-        _Beam(f"{beam.text}{separator}{line}" if beam.text else line, -math.inf, marker is not None and marker in line)
-        for line in lines
+        _Beam(f"{beam.text}{separator}{line}" if beam.text and line else line or beam.text, -math.inf,
+              stopped or cut or (marker is not None and marker in line), cut)
+        for line, stopped, cut in lines
     ]
 
 
@@ -79,9 +90,12 @@ def beam_search(
     max_steps: int = 8,
     answer_marker: str | None = "####",
     separator: str = "\n",
+    stop: str | Sequence[str] | None = None,
 ) -> BeamResult:
-    """Build an answer step by step, keeping the `beam` best prefixes by adapter score."""
+    """Build an answer step by step, keeping the `beam` best prefixes by adapter score; a `stop` sequence (a plain
+    call's `stop`) ends the beam whose step holds it, cut before it."""
     _check_options(beam, candidates, max_steps, separator)
+    stops = [stop] if isinstance(stop, str) else list(stop or ())
     beams = [_Beam("", -math.inf)]
     scored = steps = 0
     while steps < max_steps and not all(b.done for b in beams):
@@ -89,7 +103,7 @@ def beam_search(
         kept = [b for b in beams if b.done]
         fresh: dict[str, _Beam] = {}
         for current in (b for b in beams if not b.done):
-            grown = _expand(current, sample(question, current.text, candidates), separator, answer_marker)
+            grown = _expand(current, sample(question, current.text, candidates), separator, answer_marker, stops)
             if not grown and current.text:
                 current.done = True
                 kept.append(current)
@@ -104,7 +118,8 @@ def beam_search(
             break
         beams = sorted(pool, key=lambda b: -b.score)[:beam]
     best = beams[0]
-    return BeamResult(best.text, best.score, steps, scored, tuple((b.text, b.score) for b in beams if b.text))
+    final = [b for b in beams if b.text]
+    return BeamResult(best.text, best.score, steps, scored, tuple((b.text, b.score) for b in final), tuple(b.text for b in final if b.cut))
 
 
 def _score(question: str, scorer: ScoreFn, beams: list[_Beam]) -> None:
@@ -157,6 +172,7 @@ class ClientSampler:
         else:
             response = self.client.chat.completions.create(model=self.model, messages=self._chat_messages(question, prefix), **options)
             texts = [choice.message.content or "" for choice in response.choices]
+        texts = [CutStep(text) if choice.finish_reason == "length" else text for text, choice in zip(texts, response.choices)]
         self.calls += 1
         if response.usage is not None:
             self.prompt_tokens += response.usage.prompt_tokens

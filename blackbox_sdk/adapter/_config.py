@@ -76,8 +76,15 @@ class AdapterConfig:
         named = {DEFAULT_BASE: default_encoder_path, MPNET_ENCODER: mpnet_encoder_path}
         path = named[self.base_model]() if self.base_model in named else Path(self.base_model)
         if not (path / "config.json").is_file():
-            raise AdapterError(f"base encoder folder {path} has no config.json")
+            raise NoBaseEncoder(
+                f"base encoder folder {path} has no config.json (base_model is '{DEFAULT_BASE}' (all-MiniLM-L6-v2), "
+                f"'{MPNET_ENCODER}' or an encoder folder's path; a Hugging Face hub name is not downloaded)"
+            )
         return path
+
+
+class NoBaseEncoder(AdapterError):
+    """The base encoder a config names is not here: no such packaged name, or no encoder folder at its path."""
 
 
 def _check_template(template: Any) -> None:

@@ -7,6 +7,7 @@ gets a fresh `revision` in `adapter_config.json`, which is what a reader compare
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import shutil
@@ -29,6 +30,7 @@ CARD_FILE = "README.md"
 LORA_DIR = "lora"
 PEFT_WEIGHTS = "adapter_model.safetensors"  # a LoRA adapter's deltas in LORA_DIR, in peft's format
 SAVE_DTYPES = ("float32", "float16", "bfloat16")  # what `save` writes, and all that loading takes
+PICKLED_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")  # torch.save's weights: refused by name, never opened
 # What the SDK writes into an adapter folder (and a training run into its output folder): a folder
 # holding nothing else, or holding an adapter, may be written; any other non-empty folder is the user's.
 SDK_ENTRIES = frozenset(
@@ -45,7 +47,7 @@ def read_document(folder: Path) -> dict[str, Any]:
     except OSError as exc:  # a name too long, a folder it may not search: pathlib answers False only for a missing one
         raise AdapterError(f"can't look for an adapter folder at {folder}: {exc.strerror or exc}") from None
     if not found:
-        raise AdapterError(f"{folder} is not an adapter folder (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
+        raise AdapterError(_why_not_found(folder))
     try:
         document = json.loads(config_path.read_bytes())
     except OSError as exc:
@@ -61,6 +63,21 @@ def read_document(folder: Path) -> dict[str, Any]:
             wanted = " or ".join(names[kind] for kind in allowed)
             raise AdapterError(f"{config_path}: {key!r} must be {wanted}, not {json.dumps(document.get(key))[:40]}")
     return document
+
+
+def _why_not_found(folder: Path) -> str:
+    """Why a path is no adapter folder: weights pickled in place of safetensors (never read), or the adapter folder
+    beside it whose name is close (a misspelled `reranker="adapters/capitls"`), or what a folder needs."""
+    plain = f"{folder} is not an adapter folder (needs {CONFIG_FILE} and {WEIGHTS_FILE})"
+    try:
+        if folder.is_dir():
+            pickled = sorted(entry.name for entry in folder.iterdir() if entry.suffix in PICKLED_SUFFIXES)
+            return f"{folder} holds {pickled[0]}, weights in pickle form, which are never loaded: save them as {WEIGHTS_FILE}" if pickled else plain
+        adapters = [entry.name for entry in folder.parent.iterdir() if (entry / CONFIG_FILE).is_file() and (entry / WEIGHTS_FILE).is_file()]
+    except (OSError, ValueError):  # a parent it may not list, a name the system refuses
+        return plain
+    close = difflib.get_close_matches(folder.name, adapters, n=1, cutoff=0.75)
+    return f"{plain}; did you mean {folder.parent / close[0]}?" if close else plain
 
 
 def read_config(folder: Path) -> tuple[dict[str, Any], AdapterConfig]:

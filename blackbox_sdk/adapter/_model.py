@@ -28,7 +28,7 @@ from typing import Any
 
 from .._exceptions import AdapterError
 from .._text import is_utf8
-from ._config import AdapterConfig
+from ._config import AdapterConfig, NoBaseEncoder
 from ._consensus import log_copies
 from ._energy import PRECISIONS, autocast, checked_device, default_device, energy_model_class, import_torch
 from ._fast import OnnxScorer, check_fast, in_length_order
@@ -275,7 +275,7 @@ class Adapter:
 
             try:
                 adapter = cls._on_base(config, device, shared, attach) if config.lora_rank else cls.create(config, device="cpu").to(device)
-            except BeyondTheBase as exc:
+            except (BeyondTheBase, NoBaseEncoder) as exc:  # the folder's config names what is wrong: say which folder
                 raise AdapterError(f"{folder / CONFIG_FILE}: {exc}") from exc
             with adapter.active():  # its weights are found among a shared base's modules, which another load may be changing
                 adapter._fill(folder, document, precision)

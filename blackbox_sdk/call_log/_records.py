@@ -171,6 +171,8 @@ def feedback_fields(
     for name, text in (("reference", reference), ("note", note)):
         if text is not None and not isinstance(text, str):
             raise ConfigError(f"{name} must be a string, got {text!r:.80}")
+    if isinstance(reference, str) and not reference.strip():  # stored, it would teach nothing: training skips a blank answer
+        raise ConfigError(f"reference must be the right answer's text, got {reference!r}")
     if reward is None and label is None and preferred is None and reference is None and note is None:
         raise ConfigError("feedback() needs at least one of reward, label, preferred, reference, note")
     return {"reward": reward, "label": label, "preferred": preferred, "reference": reference, "note": note}

@@ -27,7 +27,7 @@ from .._info import attach
 from .._options import split_options
 from .._types import CHAT, COMPLETIONS, RESPONSES, Route
 from ._signature import mirrored
-from ._structured import STRUCTURED, parse_request
+from ._structured import STRUCTURED, asked_format, fitting, parse_request
 
 _UNSET = (openai.NotGiven, openai.Omit)
 PATHS: dict[Route, str] = {CHAT: "/chat/completions", COMPLETIONS: "/completions", RESPONSES: "/responses"}  # routes run whole
@@ -86,6 +86,7 @@ class RawMethod:
         """A whole completion through the pipeline, wrapped as openai's raw response."""
         request, valid, finish = self._parser(dict(kwargs)) if self._parsing else (kwargs, None, None)
         params, overrides = split_options(present(request))
+        valid = valid if self._parsing else fitting(asked_format(self._route, params))  # create's JSON formats, as the resource's own
         path = PATHS[self._route]
 
         def wrap(result: Any, http: Any) -> Any:

@@ -18,7 +18,7 @@ from .._types import CHAT, COMPLETIONS, EMBEDDINGS, Route
 from ._raw import RawViews, parts
 from ._signature import mirror
 from ._stream_helpers import Streams
-from ._structured import fitting, parse_request
+from ._structured import asked_format, fitting, parse_request
 
 
 class ChatCompletions(Streams, RawViews, oai_chat.Completions):
@@ -36,7 +36,7 @@ class ChatCompletions(Streams, RawViews, oai_chat.Completions):
     def create(self, **kwargs: Any) -> Any:
         """Create a chat completion (openai's arguments, plus the SDK's options)."""
         core, params, overrides = parts(self, kwargs)
-        return core.create(CHAT, params, overrides)
+        return core.create(CHAT, params, overrides, fitting(asked_format(CHAT, params)))
 
     @mirror(oai_chat.Completions.parse)
     def parse(self, **kwargs: Any) -> Any:
@@ -63,7 +63,7 @@ class AsyncChatCompletions(Streams, RawViews, oai_chat.AsyncCompletions):
     async def create(self, **kwargs: Any) -> Any:
         """Create a chat completion (openai's arguments, plus the SDK's options)."""
         core, params, overrides = parts(self, kwargs)
-        return await core.create(CHAT, params, overrides)
+        return await core.create(CHAT, params, overrides, fitting(asked_format(CHAT, params)))
 
     @mirror(oai_chat.AsyncCompletions.parse)
     async def parse(self, **kwargs: Any) -> Any:

@@ -25,7 +25,7 @@ from .._types import RESPONSES, Json, Route
 from ._raw import parts, present, raw_view, view_method
 from ._signature import mirror
 from ._stream_helpers import Streams
-from ._structured import fits
+from ._structured import asked_format, fits, fitting
 
 Finish = Callable[[Any], Any]
 
@@ -89,7 +89,7 @@ class Responses(Streams, oai.Responses):
     def create(self, **kwargs: Any) -> Any:
         """Create a response, whole or streamed (openai's arguments, plus the SDK's options)."""
         core, params, overrides = parts(self, kwargs)
-        return core.respond(params, overrides)
+        return core.respond(params, overrides, fitting(asked_format(RESPONSES, params)))
 
     @mirror(oai.Responses.parse)
     def parse(self, **kwargs: Any) -> Any:
@@ -124,7 +124,7 @@ class AsyncResponses(Streams, oai.AsyncResponses):
     async def create(self, **kwargs: Any) -> Any:
         """Create a response, whole or streamed (openai's arguments, plus the SDK's options)."""
         core, params, overrides = parts(self, kwargs)
-        return await core.respond(params, overrides)
+        return await core.respond(params, overrides, fitting(asked_format(RESPONSES, params)))
 
     @mirror(oai.AsyncResponses.parse)
     async def parse(self, **kwargs: Any) -> Any:

@@ -5,7 +5,8 @@ own helpers turning a pydantic type into the request's response format and the a
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from openai import omit
@@ -14,6 +15,7 @@ from openai.lib._parsing import parse_chat_completion, type_to_response_format_p
 from openai.lib._parsing._completions import _parse_content as parse_content
 
 from .._info import attach
+from .._types import CHAT, RESPONSES, Route
 
 STRUCTURED = ("response_format", "tools")  # the arguments `parse` takes as types and openai converts
 
@@ -38,9 +40,25 @@ def parse_request(kwargs: dict[str, Any]) -> tuple[dict[str, Any], Valid, Callab
     return request, fitting(response_format), finish
 
 
+JSON_FORMATS = ("json_object", "json_schema")  # response formats whose answers must be JSON
+
+
+def asked_format(route: Route, params: Mapping[str, Any]) -> Any:
+    """The response format a `create` call asks for: chat's `response_format`, the Responses API's `text.format`."""
+    if route is RESPONSES:
+        text = params.get("text")
+        return text.get("format") if isinstance(text, Mapping) else None
+    return params.get("response_format") if route is CHAT else None
+
+
 def fitting(response_format: Any) -> Valid:
-    """Which answers fit a response format given as a type (`parse` and `stream` rerank those first); None for any other."""
-    return fits(lambda answer: parse_content(response_format, answer)) if isinstance(response_format, type) else None
+    """Which answers fit a response format (reranking ranks those first): a type's parse (`parse`, `stream`), JSON for
+    a `json_object` or `json_schema` format (`create`: an answer cut by max_tokens is not); None for any other."""
+    if isinstance(response_format, type):
+        return fits(lambda answer: parse_content(response_format, answer))
+    if isinstance(response_format, Mapping) and response_format.get("type") in JSON_FORMATS:
+        return fits(json.loads)
+    return None
 
 
 def fits(parse: Callable[[str], Any]) -> Callable[[str], bool]:
