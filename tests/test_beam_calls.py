@@ -1,6 +1,6 @@
 """A beam-searched call (`beam=...` with a reranker) that fails or is cancelled: each step call is
 logged on its own, and the whole call once more, with its error and what its steps spent (the
-failing step's charge included, and their usage), as for any other call; cancelling an async one ends it at once
+failing step's charge included, and their usage; its own cost 0, so the log's spend is the ledger's), as for any other call; cancelling an async one ends it at once
 without blocking the event loop. A real HTTP server on a loopback port; real SQLite stores."""
 
 from __future__ import annotations
@@ -32,10 +32,13 @@ def second_step_slow() -> Iterator[SlowServer]:
 
 
 def whole_and_steps(log: CallLog) -> tuple[tuple[str | None, float], list[tuple[str | None, float]]]:
-    """(error, cost) of the beam call, logged last, and of each step call before it."""
+    """(error, cost) of the beam call, logged last, and of each step call before it; the beam call's record holds cost 0
+    and what its steps spent under `steps_cost_usd` (each step's record holds its own charge), so that the log's spend,
+    summed, is the ledger's."""
     log.flush()
-    records = [(r.error and r.error.split(":")[0], r.cost_usd) for r in sorted(log.calls(), key=lambda r: r.created)]
-    return records[-1], records[:-1]
+    *steps, whole = sorted(log.calls(), key=lambda r: r.created)
+    assert whole.cost_usd == 0.0 and log.stats()["cost_usd"] == pytest.approx(sum(step.cost_usd for step in steps))
+    return (whole.error and whole.error.split(":")[0], whole.extra["steps_cost_usd"]), [(r.error and r.error.split(":")[0], r.cost_usd) for r in steps]
 
 
 async def test_a_beam_call_cancelled_during_a_step_ends_at_once_and_is_logged_once(second_step_slow: SlowServer, tmp_path: Path) -> None:
@@ -81,5 +84,17 @@ async def test_a_beam_call_whose_scorer_fails_is_logged_once_with_what_its_steps
         *step_records, record = sorted(stores.log.calls(), key=lambda r: r.created)
         assert [step.usage["total_tokens"] for step in step_records] == [15, 15]
         assert record.usage == {"prompt_tokens": 20, "completion_tokens": 10, "total_tokens": 30}  # the steps' usage, as a search that ends has
+    finally:
+        fast.close()
+
+
+def test_a_beam_call_that_ends_is_logged_so_that_the_logs_spend_is_the_ledgers(tmp_path: Path) -> None:
+    fast = SlowServer(lambda body, index: 0.0)
+    try:
+        stores = Stores(tmp_path, fast.url, reranker=by_length, beam=BEAM)
+        answer = stores.sync_client().chat.completions.create(model=MODEL, messages=ask("beam"), max_tokens=50)
+        whole, steps = whole_and_steps(stores.log)  # the whole call's own cost is 0: its steps hold the charges
+        assert whole == (None, pytest.approx(answer.blackbox.cost_usd)) and answer.blackbox.cost_usd > 0
+        assert stores.held() == (0, 0.0, pytest.approx(sum(cost for _, cost in steps)))
     finally:
         fast.close()

@@ -104,6 +104,15 @@ class Call:
             self.unrecorded = (texts, usage)
         return self.deferring
 
+    def logged_spend(self) -> Json:
+        """The cost and extras of the call's log record. A beam call's steps are each logged with what they were charged, so
+        its own record holds 0 and their sum under `steps_cost_usd`: summed over the log, spend stays the ledger's."""
+        info = self.info
+        extra: Json = {"requests": info.requests, "cached_candidates": info.cached_candidates}
+        if not self.steps:
+            return {"cost_usd": info.cost_usd, "extra": extra}
+        return {"cost_usd": 0.0, "extra": {**extra, "steps_cost_usd": info.cost_usd}}
+
     def worst_case(self, choices: int) -> Json:
         """The usage of one request of `choices` at its worst as reserved, for an answer the SDK never saw (`_lost`):
         the prompt, and each choice's output cap unless streamed (a server stops a stream whose reader left)."""

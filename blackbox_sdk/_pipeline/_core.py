@@ -269,8 +269,7 @@ class Core:
         call.meter.record(
             error, call_id=info.call_id, endpoint_host=self.host, model=call.model, route=call.route.name, request=call.request,
             candidates=info.candidates or texts, chosen=info.chosen, scores=info.scores, usage=usage, usage_counted=call.usage_counted,
-            cost_usd=info.cost_usd, latency_s=info.latency_s, cache_hit=info.cache_hit, retries=info.retries,
-            extra={"requests": info.requests, "cached_candidates": info.cached_candidates},
+            latency_s=info.latency_s, cache_hit=info.cache_hit, retries=info.retries, **call.logged_spend(),
         )
         call.ended()  # after the record is queued: a close waiting for this call closes the log after it
 
