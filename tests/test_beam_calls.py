@@ -6,14 +6,18 @@ without blocking the event loop. A real HTTP server on a loopback port; real SQL
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import threading
 import time
 from collections.abc import Iterator, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from test_async_cancel import MODEL, SLOW_S, SlowServer, Stores, ask, cancelled, until
+from test_async_cancel import MODEL, PRICES, SLOW_S, SlowServer, Stores, ask, cancelled, until
 
-from blackbox_sdk import CallLog
+from blackbox_sdk import Budget, BudgetExceededError, CallLog
 
 BEAM = {"beam": 1, "candidates": 2, "max_steps": 3, "answer_marker": None}
 
@@ -98,3 +102,40 @@ def test_a_beam_call_that_ends_is_logged_so_that_the_logs_spend_is_the_ledgers(t
         assert stores.held() == (0, 0.0, pytest.approx(sum(cost for _, cost in steps)))
     finally:
         fast.close()
+
+
+class _FullUsage(BaseHTTPRequestHandler):
+    """Answers each step with as much as it may: its `n` choices, each at the step's `max_tokens`, on a 60-token prompt."""
+
+    def do_POST(self) -> None:  # http.server's name
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+        if not self.path.endswith("/chat/completions"):  # no tokenize route
+            self.send_error(404)
+            return
+        n, cap = int(body.get("n") or 1), int(body.get("max_tokens") or body.get("max_completion_tokens"))
+        usage = {"prompt_tokens": 60, "completion_tokens": cap * n, "total_tokens": 60 + cap * n}
+        data = json.dumps({"id": "x", "object": "chat.completion", "created": 1, "model": MODEL, "usage": usage, "choices": [
+            {"index": i, "message": {"role": "assistant", "content": f"step answer {i}"}, "finish_reason": "stop"} for i in range(n)]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        """Quiet."""
+
+
+def test_per_call_usd_bounds_a_beam_calls_steps_together(tmp_path: Path) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FullUsage)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:  # a step costs about $0.00026 (60 prompt tokens, 2 x 50 output at $1 and $2 per million): one fits $0.0004, three don't
+        stores = Stores(tmp_path, f"http://127.0.0.1:{server.server_address[1]}/v1", reranker=by_length, beam=BEAM)
+        stores.options["budget"] = stores.budget = Budget(total_usd=1.0, per_call_usd=0.0004, prices=PRICES, ledger=tmp_path / "capped.db")
+        with contextlib.suppress(BudgetExceededError):  # refused, or shrunk to fit: either way the whole search stays under the cap
+            stores.sync_client().chat.completions.create(model=MODEL, messages=ask("beam"), max_tokens=50)
+        outstanding, reserved, spent = stores.held()
+        assert (outstanding, reserved) == (0, 0.0) and 0.00026 <= spent <= 0.0004
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -90,6 +90,7 @@ class Call:
     deferring: bool = False  # in its last step (`flows.last`): a success is logged once the step ended, an interrupt in it instead
     unrecorded: tuple[list[str], Json | None] | None = None  # the success record (texts, usage) its last step deferred
     steps: list[BlackBoxInfo] = field(default_factory=list)  # a beam search's step calls, each as it begins: what the search spent
+    step_of: Call | None = None  # the beam-searched call this is a step of: its `per_call_usd` bounds the search's steps together
     request: Json = field(default_factory=dict)  # the request as the log keeps it
     overrides: Json = field(default_factory=dict)  # the caller's per-call SDK options
     valid: Callable[[str], bool] | None = None  # the caller's check of an answer (parse: it fits the schema); reranking prefers those it accepts
@@ -103,6 +104,12 @@ class Call:
         if self.deferring:
             self.unrecorded = (texts, usage)
         return self.deferring
+
+    def spent_in_call(self) -> float:
+        """What the call was charged already, as its per-call cap counts it: its own earlier rounds and lost answers, and for a
+        beam search's step the search's other steps (a beam call is one call to its caller, and `per_call_usd` bounds it whole)."""
+        others = 0.0 if self.step_of is None else sum(step.cost_usd for step in self.step_of.steps if step is not self.info)
+        return self.info.cost_usd + others
 
     def logged_spend(self) -> Json:
         """The cost and extras of the call's log record. A beam call's steps are each logged with what they were charged, so

@@ -155,7 +155,7 @@ class Core:
             shrink=not fixed,
             service_tier=service_tier(call.params),
             audio=has_audio(call.route, call.params),
-            call_spent_usd=call.info.cost_usd,  # earlier rounds of adaptive K: the per-call cap bounds them all
+            call_spent_usd=call.spent_in_call(),  # earlier rounds of adaptive K, a beam's other steps: the per-call cap bounds them all
         )
         granted = count if fixed else call.reservation.n
         call.cut_short = max_tokens is not None and call.reservation.max_output_tokens < max_tokens

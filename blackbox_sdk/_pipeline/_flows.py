@@ -179,6 +179,7 @@ def create(
     call.kept = kept
     if step_of is not None:
         step_of.steps.append(call.info)
+        call.step_of = step_of
     if call.opts.beam is not None and call.opts.reranker is not None:
         whole = yield from beam(core, unstreamed(call))
     elif call.opts.reranker is not None and call.want > 1 and (call.want > call.n or call.stream):  # a stream carries the pick too

@@ -140,7 +140,7 @@ def hold_retry(core: Core, call: Call, error: BaseException, send: Callable[[], 
         hold = call.meter.reserve(
             call_id=call.info.call_id, model=call.model, prompt_tokens=TokenCount(usage["prompt_tokens"], "reserved", True),
             max_output_tokens=usage["completion_tokens"] // choices, n=choices, local=core.local, shrink=False,
-            call_spent_usd=call.info.cost_usd + call.reservation.worst_case_usd,  # the retry's own hold stands
+            call_spent_usd=call.spent_in_call() + call.reservation.worst_case_usd,  # the retry's own hold stands
         )
     except (BudgetExceededError, StoreUnavailableError) as refused:  # a ledger out of reach: the lost answer's charge is owed
         add_note(refused, f"it was the retry, not sent, of a request whose answer was lost ({type(error).__name__}), charged its worst case")
