@@ -258,6 +258,26 @@ async def test_waiters_go_at_once_when_the_single_flight_winner_is_cancelled(tmp
         first_slow.close()
 
 
+async def test_waiters_left_by_a_cancelled_single_flight_winner_send_it_once_more_not_each(tmp_path: Path) -> None:
+    first_slow = SlowServer(lambda body, index: SLOW_S if index == 1 else 0.0)
+    try:
+        stores = Stores(tmp_path, first_slow.url)
+        sdk = stores.client()
+        await sdk.chat.completions.create(model=MODEL, messages=ask("hi"), max_tokens=50)
+        winner = asyncio.create_task(sdk.chat.completions.create(model=MODEL, messages=ask("again"), max_tokens=50))
+        await until(lambda: len(first_slow.bodies) == 2)
+        waiters = [asyncio.create_task(sdk.chat.completions.create(model=MODEL, messages=ask("again"), max_tokens=50)) for _ in range(6)]
+        await asyncio.sleep(0.3)  # all six waiting on the winner's claim (one not yet waiting would change nothing asserted)
+        await cancelled(winner)
+        answers = await asyncio.wait_for(asyncio.gather(*waiters), 10.0)  # not the 60 s single-flight wait
+        assert [a.choices[0].message.content for a in answers] == ["answer 0"] * 6
+        assert len(first_slow.bodies) == 3  # one of them sent it again; the other five had its answer
+        assert sum(a.blackbox.cache_hit for a in answers) == 5 and stores.held()[:2] == (0, 0.0)
+        assert [e and e.split(":")[0] for e in stores.errors()] == [None, "CancelledError"] + [None] * 6
+    finally:
+        first_slow.close()
+
+
 async def test_a_call_cancelled_while_it_waits_for_a_rate_limit_slot_holds_nothing(server: SlowServer, tmp_path: Path) -> None:
     stores = Stores(tmp_path, server.url, rate_limit=RateLimits(rpm=1, policy="wait", max_wait_s=120))
     sdk = stores.client()

@@ -5,6 +5,7 @@ the same flows and differ only in how they perform the effects.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Generator
 from functools import partial
 from typing import Any
@@ -18,7 +19,7 @@ from ._beam_steps import beam_response, spent_on_steps
 from ._calibrate import passes_gate, public_endpoint, ungate
 from ._call import Call, KeptHttp
 from ._candidates import Candidate
-from ._core import Core, checked, give_room_back, prepare
+from ._core import SINGLE_FLIGHT_WAIT_S, Core, checked, give_room_back, prepare
 from ._effects import CapReached, Effect, Flow, NowCached, T, io
 from ._relay import Relay
 from ._rerank import confidence_of
@@ -41,6 +42,7 @@ from ._responses import (
 )
 
 GATE_PAUSE_S = 0.05  # between looks at an uncalibrated endpoint's gate
+FLIGHT_LOOKS = 8  # the most looks a single-flight waiter takes while fetchers end with no answer, before it sends
 CALIBRATION_WAIT_S = 120.0  # the longest a call waits for the endpoint's first answer before it is refused
 
 
@@ -142,13 +144,20 @@ def reserve_past_gate(core: Core, call: Call, count: int, recheck: Callable[[], 
 
 def cached(core: Core, call: Call) -> Flow:
     """The cached candidates; when some are missing and an identical request is already in flight
-    (here or on another host), its answer is waited for first, so that it is sent once."""
+    (here or on another host), its answer is waited for first, so that it is sent once. A fetcher that
+    ended with no answer (failed, cancelled) leaves its waiters to look again: one claims and sends, the
+    rest wait on it, until SINGLE_FLIGHT_WAIT_S is up (or FLIGHT_LOOKS fetchers ended so)."""
     try:
-        found, in_flight = yield from io(call, partial(look, core, call))
-        if not in_flight:
-            return found
-        yield Effect("wait", call)
-        return (yield from io(call, partial(core.lookup, call)))
+        deadline = time.monotonic() + SINGLE_FLIGHT_WAIT_S
+        for _ in range(FLIGHT_LOOKS):
+            found, in_flight = yield from io(call, partial(look, core, call))
+            if not in_flight:
+                return found
+            yield Effect("wait", call)
+            found = yield from io(call, partial(core.lookup, call))
+            if len(found) >= call.want or time.monotonic() >= deadline:
+                break
+        return found
     except BaseException as error:  # cancelled while the look ran on (a claim it won is given back), or while waiting
         yield from failed(core, call, error)
         raise
