@@ -121,6 +121,36 @@ async def test_async_embeddings_asking_the_same_thing_send_it_once(cache_target:
         upstream.close()
 
 
+async def test_async_embeddings_left_by_a_cancelled_winner_send_it_once_more_not_each(cache_target: str) -> None:
+    """The call sending an embeddings request is cancelled: of those waiting on it, one sends it again, the rest wait for that."""
+    sent: list[int] = []
+    released = threading.Event()
+
+    def first_slow() -> None:
+        sent.append(1)
+        if len(sent) == 1:
+            released.wait(10)
+
+    upstream = InstantUpstream(EMBEDDING, before=first_slow, route="/embeddings")
+    try:
+        client = AsyncOpenAI(base_url=upstream.url, api_key="sk-test", cache=cache_target)
+        embed = lambda: client.embeddings.create(model="text-embedding-3-small", input="a colour")  # noqa: E731
+        winner = asyncio.create_task(embed())
+        while not sent:
+            await asyncio.sleep(0.01)
+        waiters = [asyncio.create_task(embed()) for _ in range(6)]
+        await asyncio.sleep(0.3)  # waiting on the winner's claim (one not yet waiting would change nothing asserted)
+        winner.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await winner
+        answers = await asyncio.wait_for(asyncio.gather(*waiters), 10.0)
+        assert len(sent) == 2 and sum(answer.blackbox.cache_hit for answer in answers) == 5
+        await client.close()
+    finally:
+        released.set()
+        upstream.close()
+
+
 ANSWER = {"id": "x", "object": "chat.completion", "created": 1, "model": MODEL,
           "choices": [{"index": 0, "message": {"role": "assistant", "content": "blue"}, "finish_reason": "stop"}],
           "usage": {"prompt_tokens": 9, "completion_tokens": 1, "total_tokens": 10}}

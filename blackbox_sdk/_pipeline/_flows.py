@@ -382,12 +382,17 @@ def embed(core: Core, params: Json, overrides: Json) -> Flow:
 
 def cached_embedding(core: Core, call: Call) -> Generator[Effect, Any, Json | None]:
     """The stored embeddings response; when there is none and an identical request is in flight, its answer is
-    waited for first (single flight, as `cached` does for chat), else this call holds the claim on the request."""
+    waited for first (single flight, looked at again as `cached` does for chat), else this call holds the claim on the request."""
     try:
-        stored, in_flight = yield from io(call, partial(look_embedding, core, call))
-        if in_flight:
+        deadline = time.monotonic() + SINGLE_FLIGHT_WAIT_S
+        for _ in range(FLIGHT_LOOKS):
+            stored, in_flight = yield from io(call, partial(look_embedding, core, call))
+            if not in_flight:
+                return stored
             yield Effect("wait", call)
             stored = yield from io(call, partial(lookup_embedding, call))
+            if stored is not None or time.monotonic() >= deadline:
+                break
         return stored
     except BaseException as error:  # cancelled while the look ran on (a claim it won is given back), or while waiting
         yield from failed(core, call, error)
