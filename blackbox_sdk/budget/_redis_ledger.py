@@ -57,7 +57,7 @@ class RedisLedger:
         self._client = self._url.client(  # short timeouts and a bounded retry
             retries=RETRIES, backoff=BACKOFF_S, socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=CONNECT_TIMEOUT_S
         )
-        self._url.check(CONNECT_TIMEOUT_S, forgets="the spend and holds it counts (a cap could be passed)")  # a wrong password or database: ConfigError now, not at the first call
+        self._url.check(CONNECT_TIMEOUT_S, forgets="the spend and holds it counts (a cap could be passed)", prefix=prefix)  # a wrong password or database: ConfigError now, not at the first call
         self.url = self._url.shown
         self.prefix = prefix
         self._keep = str(int(record_ttl_s))

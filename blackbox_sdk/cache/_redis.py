@@ -101,7 +101,7 @@ class RedisStore:
         wait = min(timeout, SOCKET_TIMEOUT_S)
         # one immediate retry: a pooled connection to a restarted server fails once, then reconnects
         self._client = self._url.client(retries=1, socket_timeout=wait, socket_connect_timeout=wait)
-        self._url.check(wait)  # a wrong password or database: ConfigError now, not a cache that always misses
+        self._url.check(wait, prefix=self._prefix)  # a wrong password, database or ACL: ConfigError now, not a cache that always misses
         from redis import exceptions  # installed: client() refused to go on without it
 
         self._errors = exceptions

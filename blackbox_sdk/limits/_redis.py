@@ -43,7 +43,7 @@ class RedisWindow(Closing):
         self._client = self._url.client(
             retries=RETRIES, backoff=BACKOFF_S, decode_responses=True, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
         )
-        self._url.check(timeout_s)  # a wrong password or database: ConfigError now, not at the first call
+        self._url.check(timeout_s, prefix=f"{prefix}:")  # a wrong password, database or ACL: ConfigError now, not at the first call
         self._scripts = {name: self._client.register_script(source) for name, source in (("admit", ADMIT), ("correct", CORRECT), ("release", RELEASE))}
         # per event loop (threads may each run one): its asyncio client's scripts, and what closes the client as that loop shuts down
         self._async: dict[asyncio.AbstractEventLoop, tuple[dict[str, Any], AsyncGenerator[None, None]]] = {}
