@@ -124,6 +124,22 @@ def test_a_user_whose_acl_refuses_scripts_or_the_store_s_keys_is_refused_at_open
     admin.close()
 
 
+def test_a_cache_opened_to_read_only_needs_no_scripts_nor_writes(redis_server: RedisServer) -> None:
+    admin = redis.Redis.from_url(redis_server.url)
+    admin.acl_setuser("reader", enabled=True, passwords=[f"+{PASSWORD}"], keys=["blackbox:cache:*"], commands=["+ping", "+get", "+info"])
+    writer = Cache(redis_server.url)
+    key = writer.key(route="chat", endpoint="e", params={"q": 1})
+    writer.extend(key, [{"text": "stored"}])
+    reader = Cache(redis_server.url.replace("redis://", f"redis://reader:{PASSWORD}@"), mode="read")
+    assert reader.get(key) == [{"text": "stored"}]
+    replica = RedisServer(options=("--replicaof", "127.0.0.1", str(redis_server.port))).start()
+    try:
+        Cache(replica.url, mode="read").close()  # a replica serves a reading cache
+    finally:
+        replica.close()
+    admin.close()
+
+
 @pytest.fixture(scope="module")
 def cluster_node() -> Iterator[RedisServer]:
     """A redis-server in cluster mode (no slots assigned: a node a cluster would be made of)."""
