@@ -26,6 +26,7 @@ REDIS_SCHEMES = ("redis", "rediss")
 REDIS_OR_UNIX = ("redis", "rediss", "unix")
 INSTALL_HINT = "pip install 'blackbox-sdk[redis]'"
 MASK = "***"
+_PROBE = "redis.call('SET', KEYS[1], '1', 'PX', 60000) return redis.call('DEL', KEYS[1])"  # what a store's user must be let do
 UNTRUSTED = "the server's TLS certificate is not one the URL trusts (give the CA that signed it as ?ssl_ca_certs=PATH)"
 
 
@@ -65,6 +66,14 @@ def _joined(parts: SplitResult, url: str) -> str:
     if not parts.netloc and url.lower().startswith(head + "//") and not text.startswith(head + "//"):
         text = head + "//" + text[len(head):]
     return text
+
+
+def _denied(error: BaseException) -> bool:
+    """Whether a server's error is its ACL refusing the URL's user a command or a key (NOPERM, or the same inside a script)."""
+    from redis.exceptions import NoPermissionError  # a driver's error: redis-py is installed
+
+    text = str(error)
+    return isinstance(error, NoPermissionError) or "can't access" in text or "can't run this command" in text
 
 
 def _untrusted(error: BaseException) -> bool:
@@ -228,18 +237,23 @@ class RedisURL:
             return f"{UNTRUSTED}, which no retry mends ({detail})"
         return detail
 
-    def check(self, timeout_s: float, *, forgets: str | None = None) -> None:
+    def check(self, timeout_s: float, *, forgets: str | None = None, prefix: str | None = None) -> None:
         """One PING on a connection of its own, at most one try: ConfigError (the URL without its password) when the
-        server refuses the URL's password, asks for one it lacks, has no such database or shows a TLS certificate the
-        URL does not trust; a server out of reach now is left to the store's first use, where an outage is reported as one (a budget's call refused, not run).
-        A store that must keep every key says what it would lose (``forgets``), for a warning when the server may evict keys."""
-        probe = self.client(retries=0, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)  # needs redis-py
+        server refuses the URL's password, asks for one it lacks, has no such database, shows a TLS certificate the
+        URL does not trust, or is a Redis Cluster node; a server out of reach now is left to the store's first use, where an outage is reported as one (a budget's call refused, not run).
+        A store that must keep every key says what it would lose (``forgets``), for a warning when the server may evict keys;
+        a store that names its key ``prefix`` has a key under it written by a script and deleted: ConfigError when the URL's
+        user may not (an ACL without EVALSHA, SCRIPT LOAD, or those keys), rather than a refusal at every call."""
+        probe_client = self.client(retries=0, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)  # needs redis-py
         from redis import exceptions
 
         try:
-            probe.ping()
+            probe_client.ping()
+            self._refuse_a_cluster(probe_client)
             if forgets is not None:
-                self._warn_if_evicting(probe, forgets)
+                self._warn_if_evicting(probe_client, forgets)
+            if prefix is not None:
+                probe_client.register_script(_PROBE)(keys=[prefix + "probe"])
         except exceptions.AuthenticationError as exc:
             if not self._hidden:  # none given: the server's words are about HELLO, which helps no one
                 raise self._refused("the server asks for a password and the URL gives none") from None
@@ -247,12 +261,34 @@ class RedisURL:
         except exceptions.ResponseError as exc:
             if "DB index" in str(exc) or "not an integer or out of range" in str(exc):  # SELECT at connect: past 15, or past 2^63
                 raise self._refused(f"the server has no such database ({exc})") from None
+            if isinstance(exc, exceptions.ReadOnlyError):
+                raise self._refused(f"it is a read-only replica ({exc}): give the URL of the primary") from None
+            if _denied(exc):
+                raise self._refused(
+                    f"its user may not run what the {self._what} needs ({self.scrub(str(exc))}); give it EVALSHA, SCRIPT LOAD "
+                    f"and read and write access to the keys {prefix or ''}*"
+                ) from None
         except exceptions.RedisError as exc:
             if _untrusted(exc):  # a server that answered with a certificate the URL does not trust: no outage
                 raise self._refused(f"{UNTRUSTED} ({self.scrub(str(exc))})", by="the client") from None
             # else out of reach (or busy): an outage, not a configuration error
         finally:
-            probe.close()
+            probe_client.close()
+
+    def _refuse_a_cluster(self, probe: Any) -> None:
+        """ConfigError for a Redis Cluster node: the stores' scripts touch keys a cluster may keep on other nodes, and
+        redis-py's plain client follows no redirection. A server whose ACL refuses INFO is not asked."""
+        from redis import exceptions
+
+        try:
+            cluster = probe.info("cluster")
+        except exceptions.ResponseError:
+            return
+        if cluster.get("cluster_enabled"):
+            raise self._refused(
+                "it is a Redis Cluster node (cluster_enabled:1), which the SDK's stores do not support: give the URL of a "
+                "standalone Redis or of a primary"
+            )
 
     def _warn_if_evicting(self, probe: Any, forgets: str) -> None:
         """Warn when the server has a memory limit and a policy that evicts keys under it (not ``noeviction``): it could

@@ -93,15 +93,16 @@ class RedisServer:
     """`redis-server` on a free loopback port, no persistence; `url` is redis://127.0.0.1:PORT/0, with the
     password in it (redis://:PASSWORD@...) for a server started with `--requirepass PASSWORD`. With `tls`, the
     port speaks TLS only (a certificate from a throwaway CA, `ca`, no client certificates asked) and `url` is
-    rediss://...:PORT/0?ssl_ca_certs=CA."""
+    rediss://...:PORT/0?ssl_ca_certs=CA. `options` go on its command line as they are (`--cluster-enabled yes`, ...)."""
 
-    def __init__(self, password: str | None = None, *, tls: bool = False) -> None:
+    def __init__(self, password: str | None = None, *, tls: bool = False, options: tuple[str, ...] = ()) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="bb-redis-"))
         self.port = free_port()
         self.password = password
         self.ca = make_certificates(self.folder) if tls else None
         scheme, query = ("redis", "") if self.ca is None else ("rediss", f"?ssl_ca_certs={self.ca}")
         self.url = f"{scheme}://{'' if password is None else f':{password}@'}127.0.0.1:{self.port}/0{query}"
+        self.options = options
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> RedisServer:
@@ -111,6 +112,7 @@ class RedisServer:
             command[1:3] = ["--port", "0", "--tls-port", str(self.port), "--tls-auth-clients", "no", "--tls-ca-cert-file", str(self.ca)]
             command += ["--tls-cert-file", str(self.folder / "server.pem"), "--tls-key-file", str(self.folder / "server.key")]
         command += [] if self.password is None else ["--requirepass", self.password]
+        command += self.options
         self._process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _wait_for_port(self.port, self._process)
         return self

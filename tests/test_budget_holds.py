@@ -20,7 +20,7 @@ import httpx2
 import pytest
 import redis
 
-from servers import InstantUpstream
+from servers import InstantUpstream, RedisServer
 
 from blackbox_sdk import Budget, BudgetExceededError, CallLog, OpenAI, RateLimitExceededError, StoreUnavailableError
 from blackbox_sdk._pipeline import _flows
@@ -138,8 +138,9 @@ def test_streams_closed_early_in_half_the_calls_still_hold_the_cap(llama_server:
     _check(ledger, 0.5, tmp_path / "calls.db")
 
 
-def test_redis_killed_mid_run_fails_closed_and_the_run_completes_after_restart(llama_server: str, redis_server: Any, tmp_path: Path) -> None:
+def test_redis_killed_mid_run_fails_closed_and_the_run_completes_after_restart(llama_server: str, tmp_path: Path) -> None:
     cap = 1.5  # some 30 calls: the fleet is still spending when Redis dies
+    redis_server = RedisServer(options=("--appendonly", "yes", "--appendfsync", "always")).start()  # as docs/fleet.md asks
 
     def crash() -> None:
         """Kill Redis once the fleet has spent a little (not after a fixed time: machines differ)."""
@@ -148,16 +149,20 @@ def test_redis_killed_mid_run_fails_closed_and_the_run_completes_after_restart(l
             time.sleep(0.05)
         redis_server.stop()
         time.sleep(2)
-        redis_server.start()  # empty: a Redis without persistence forgets the ledger (docs: use AOF)
+        redis_server.start()  # with its data (one without it is refused until reset: test_redis_ledger.py)
 
-    errors = _run_fleet(llama_server, redis_server.url, cap, tmp_path / "calls.db", during=crash)
-    assert all(error.startswith("unavailable") for error in errors)
-    records = list(CallLog(tmp_path / "calls.db").calls())
-    unbudgeted = [r for r in records if r.error is None and r.cost_usd == 0]
-    assert unbudgeted == []  # every call that ran was charged; none ran while the ledger was down
-    assert errors or any("StoreUnavailableError" in (r.error or "") for r in records)  # the outage was seen
-    assert any("BudgetExceededError" in (r.error or "") for r in records)  # and the run went on to the cap
-    assert _budget(redis_server.url, cap).report().outstanding_reservations == 0
+    try:
+        errors = _run_fleet(llama_server, redis_server.url, cap, tmp_path / "calls.db", during=crash)
+        assert all(error.startswith("unavailable") for error in errors)
+        records = list(CallLog(tmp_path / "calls.db").calls())
+        unbudgeted = [r for r in records if r.error is None and r.cost_usd == 0]
+        assert unbudgeted == []  # every call that ran was charged; none ran while the ledger was down
+        assert errors or any("StoreUnavailableError" in (r.error or "") for r in records)  # the outage was seen
+        assert any("BudgetExceededError" in (r.error or "") for r in records)  # and the run went on to the cap
+        report = _budget(redis_server.url, cap).report()
+        assert report.outstanding_reservations == 0 and 0.1 <= report.spent_usd <= cap  # the spend before the kill was kept
+    finally:
+        redis_server.close()
 
 
 def _settled_once_back(budget: Budget, redis_server: Any) -> float:

@@ -369,15 +369,47 @@ def test_a_client_call_on_a_stopped_redis_ledger_is_refused_unsent_and_says_so(r
     assert sent == []
 
 
-def test_the_same_budget_reconnects_after_a_restart(redis_server: RedisServer) -> None:
-    budget = capped(redis_server.url, total_usd=1.0)
-    call(budget)
+def test_the_same_budget_reconnects_after_a_restart_that_kept_the_data() -> None:
+    server = RedisServer(options=("--appendonly", "yes", "--appendfsync", "always")).start()  # the deployment docs/fleet.md asks for
+    try:
+        budget = capped(server.url, total_usd=1.0)
+        budget.settle(call(budget), prompt_tokens=0, completion_tokens=OUTPUT_TOKENS)
+        server.stop()  # SIGKILL
+        with pytest.raises(StoreUnavailableError):
+            call(budget)
+        server.start()
+        budget.settle(call(budget), prompt_tokens=0, completion_tokens=OUTPUT_TOKENS)  # scripts reloaded on the new server
+        assert budget.report().calls == 2 and budget.spent() == pytest.approx(2 * CALL_USD)
+    finally:
+        server.close()
+
+
+def test_a_ledger_that_lost_its_data_refuses_every_budget_until_it_is_reset(redis_server: RedisServer) -> None:
+    """Issue: Redis restarted without persistence (or flushed) forgot the spend, and every budget went on under caps
+    started again from zero, silently: a day's cap already spent could be spent again."""
+    first = capped(redis_server.url, total_usd=2 * CALL_USD)
+    for _ in range(2):
+        first.settle(call(first), prompt_tokens=0, completion_tokens=OUTPUT_TOKENS)
+    with pytest.raises(BudgetExceededError):
+        call(first)
     redis_server.stop()
-    with pytest.raises(StoreUnavailableError):
-        call(budget)
-    redis_server.start()
-    budget.settle(call(budget), prompt_tokens=0, completion_tokens=OUTPUT_TOKENS)  # scripts reloaded on the new server
-    assert budget.report().calls == 1
+    redis_server.start()  # empty: no persistence
+    later = capped(redis_server.url, total_usd=2 * CALL_USD)  # a process started after the restart sees an empty ledger
+    held = call(later)  # it can't know what was lost; the first process that saw the old ledger can
+    for budget in (first, later, capped(redis_server.url, total_usd=2 * CALL_USD)):
+        message = _message(lambda: call(budget))
+        assert "lost its data" in message and "the call is refused, nothing was sent" in message
+        assert "redis-cli SET 'blackbox:ledger:epoch' reset:1" in message and "appendonly yes" in message
+    raw = redis.Redis.from_url(redis_server.url)
+    raw.set("blackbox:ledger:epoch", "reset:after-the-restart")  # the operator accepts caps started again from zero
+    later.release(held)
+    for budget in (first, later):
+        budget.settle(call(budget), prompt_tokens=0, completion_tokens=OUTPUT_TOKENS)
+    with pytest.raises(BudgetExceededError):
+        call(first)
+    raw.flushall()  # lost again, another way: noticed by a process that saw the reset ledger
+    assert "lost its data" in _message(lambda: call(later))
+    raw.close()
 
 
 def test_a_budget_shows_its_redis_url_without_the_password(redis_with_password: RedisServer) -> None:

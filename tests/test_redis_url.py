@@ -12,7 +12,7 @@ import subprocess
 import threading
 import time
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +102,65 @@ def test_a_database_the_server_lacks_is_refused_at_open(redis_server: RedisServe
     for make, what in STORES.values():
         with pytest.raises(ConfigError, match=f"^the {what} URL {url} was refused by the Redis server: the server has no such database"):
             make(url)
+
+
+@pytest.mark.parametrize("store", sorted(STORES))
+def test_a_user_whose_acl_refuses_scripts_or_the_store_s_keys_is_refused_at_open(store: str, redis_server: RedisServer) -> None:
+    """Issue: a user without EVALSHA, or without the store's keys, opened, and every call then failed (a budget's refused)."""
+    make, what = STORES[store]
+    admin = redis.Redis.from_url(redis_server.url)
+    admin.acl_setuser("noscript", enabled=True, passwords=[f"+{PASSWORD}"], keys=["*"], commands=["+@all", "-@scripting"])
+    admin.acl_setuser("otherkeys", enabled=True, passwords=[f"+{PASSWORD}"], keys=["other:*"], commands=["+@all"])
+    admin.acl_setuser("everything", enabled=True, passwords=[f"+{PASSWORD}"], keys=["blackbox:*"], commands=["+@all"])
+    at = redis_server.url.replace("redis://", f"redis://{{}}:{PASSWORD}@")
+    for user, lacks in (("noscript", "'evalsha' command"), ("otherkeys", "access one of the keys")):
+        with pytest.raises(ConfigError) as refused:
+            make(at.format(user))
+        message = str(refused.value)
+        assert message.startswith(f"the {what} URL redis://{user}:***@") and f"its user may not run what the {what} needs" in message
+        assert lacks in message and "EVALSHA, SCRIPT LOAD" in message and PASSWORD not in message, message
+    getattr(make(at.format("everything")), "close", lambda: None)()  # its own keys and scripts: opens
+    assert not admin.keys("*")  # the probe left nothing behind
+    admin.close()
+
+
+def test_a_cache_opened_to_read_only_needs_no_scripts_nor_writes(redis_server: RedisServer) -> None:
+    admin = redis.Redis.from_url(redis_server.url)
+    admin.acl_setuser("reader", enabled=True, passwords=[f"+{PASSWORD}"], keys=["blackbox:cache:*"], commands=["+ping", "+get", "+info"])
+    writer = Cache(redis_server.url)
+    key = writer.key(route="chat", endpoint="e", params={"q": 1})
+    writer.extend(key, [{"text": "stored"}])
+    reader = Cache(redis_server.url.replace("redis://", f"redis://reader:{PASSWORD}@"), mode="read")
+    assert reader.get(key) == [{"text": "stored"}]
+    replica = RedisServer(options=("--replicaof", "127.0.0.1", str(redis_server.port))).start()
+    try:
+        Cache(replica.url, mode="read").close()  # a replica serves a reading cache
+    finally:
+        replica.close()
+    admin.close()
+
+
+@pytest.fixture(scope="module")
+def cluster_node() -> Iterator[RedisServer]:
+    """A redis-server in cluster mode (no slots assigned: a node a cluster would be made of)."""
+    bus = ("--cluster-port", str(free_port()))  # else the port + 10000, past 65535 for a high free port
+    server = RedisServer(options=("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", *bus)).start()
+    yield server
+    server.close()
+
+
+@pytest.mark.parametrize("store", sorted(STORES))
+def test_a_redis_cluster_node_or_a_read_only_replica_is_refused_at_open(store: str, cluster_node: RedisServer, redis_server: RedisServer) -> None:
+    """Issue: a Cluster URL opened, and the first call failed on a key of another node (the ledger's with a script's traceback)."""
+    make, what = STORES[store]
+    with pytest.raises(ConfigError, match=f"^the {what} URL {cluster_node.url} was refused by the Redis server: it is a Redis Cluster node"):
+        make(cluster_node.url)
+    replica = RedisServer(options=("--replicaof", "127.0.0.1", str(redis_server.port))).start()
+    try:
+        with pytest.raises(ConfigError, match=f"^the {what} URL {replica.url} was refused by the Redis server: it is a read-only replica"):
+            make(replica.url)
+    finally:
+        replica.close()
 
 
 @pytest.mark.parametrize("store", sorted(STORES))

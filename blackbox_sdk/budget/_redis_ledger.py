@@ -6,7 +6,9 @@ lease is kept on the server's clock and lapsed ones are purged inside the reserv
 script is idempotent by reservation id (a settle by the id and its attempt's token), so redis-py
 retrying a command whose reply was lost never holds or charges twice. When Redis can't be
 reached, times out or answers wrongly, every operation raises StoreUnavailableError: a call is
-never sent unbudgeted. The URL is checked, shown and made into a client by ``RedisURL``, which
+never sent unbudgeted. A ledger that lost its data under a process (Redis restarted without persistence, flushed, or
+its keys evicted) refuses every reserve, in every process, until an operator resets it (``_lost``):
+its caps are never silently started again from zero. The URL is checked, shown and made into a client by ``RedisURL``, which
 imports redis-py only when a Redis ledger is used; a URL the server refuses (a wrong password, a
 database it does not have) is a ConfigError when the ledger opens.
 """
@@ -57,10 +59,11 @@ class RedisLedger:
         self._client = self._url.client(  # short timeouts and a bounded retry
             retries=RETRIES, backoff=BACKOFF_S, socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=CONNECT_TIMEOUT_S
         )
-        self._url.check(CONNECT_TIMEOUT_S, forgets="the spend and holds it counts (a cap could be passed)")  # a wrong password or database: ConfigError now, not at the first call
+        self._url.check(CONNECT_TIMEOUT_S, forgets="the spend and holds it counts (a cap could be passed)", prefix=prefix)  # a wrong password or database: ConfigError now, not at the first call
         self.url = self._url.shown
         self.prefix = prefix
         self._keep = str(int(record_ttl_s))
+        self._epoch = ""  # the ledger's epoch as this process last saw it ('' before its first reserve)
         self._owner: tuple[int, list[str]] = (-1, [])  # (pid, the settling process's host, pid, start time as ARGV)
         self._scripts = {
             name: self._client.register_script(text)
@@ -86,9 +89,23 @@ class RedisLedger:
         """Hold `hold.usd_nano` if it fits every cap (None), else every cap's usage; one script."""
         reply = self._run(
             "reserve", hold.reservation_id, hold.call_id, hold.model, snapshot_base(hold.model), hold.key or "",
-            hold.day, str(hold.usd_nano), str(max(1, math.ceil(hold.lease_s * 1000))), self._keep, *_cap_args(caps),
+            hold.day, str(hold.usd_nano), str(max(1, math.ceil(hold.lease_s * 1000))), self._keep, self._epoch,
+            random_hex(16), *_cap_args(caps),
         )
-        return None if int(reply[0]) == 1 else _usages(caps, reply[1:])
+        if int(reply[0]) == -1:
+            raise self._lost()
+        self._epoch = reply[1].decode()
+        return None if int(reply[0]) == 1 else _usages(caps, reply[2:])
+
+    def _lost(self) -> StoreUnavailableError:
+        """The error every reserve raises once the ledger has lost its data: its caps would start again from nothing."""
+        key = self.prefix + "epoch"
+        return StoreUnavailableError(
+            f"the Redis budget ledger at {self.url} lost its data (a restart without persistence, a FLUSHALL or an evicting "
+            f"maxmemory-policy), so the spend its caps count is unknown{_REFUSED}. Every budget on it refuses until you set "
+            f"its key {key!r} to 'reset:' and any text (redis-cli SET '{key}' reset:1), which starts its caps again from "
+            "zero; run that Redis with appendonly yes and maxmemory-policy noeviction (docs/fleet.md)"
+        )
 
     def settle(
         self, reservation_id: str, *, usd_nano: int, prompt_tokens: int, completion_tokens: int, cached_tokens: int,

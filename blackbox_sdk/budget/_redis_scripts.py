@@ -10,7 +10,9 @@ charged, once, by a settle that says what the call was: its answer was paid); a 
 (the hash was lost under a hold, to an evicting policy) is dropped instead; `spends` is a capped stream
 of settled calls (with the host, pid and start time of the process that settled each, and the id of the
 call log each was meant for), for audit and for repairing a call log whose process ended between the
-charge and the record. Amounts travel as decimal strings and are compared as Lua numbers,
+charge and the record. `epoch` names this ledger's life: made by the first reserve, it lets a process that saw
+it notice the data gone (a restart without persistence, a FLUSHALL, an eviction), which the reserve script then marks
+`lost` for every process, refusing until an operator sets it to `reset:` and anything. Amounts travel as decimal strings and are compared as Lua numbers,
 exact to 2^53 nano-dollars (about $9 million).
 """
 
@@ -65,15 +67,27 @@ local function usages(first)  -- settled and held under each (row, limit) pair f
 end
 """
 
-# ARGV: prefix, id, call_id, model, family, key, day, usd, lease_ms, keep_s, then (row, limit) pairs.
-# Returns {1} when held (or already held under this id), else {0, spent, held, ...} per cap.
+# ARGV: prefix, id, call_id, model, family, key, day, usd, lease_ms, keep_s, the ledger's epoch as the caller last saw it
+# ('' for never), a new epoch should there be none, then (row, limit) pairs. Returns {1, epoch} when held (or already held
+# under this id), {0, epoch, spent, held, ...} per cap when refused, {-1, 'lost'} when the ledger lost its data.
 RESERVE = _PRELUDE + """
+local epoch = redis.call('GET', p .. 'epoch')
+if epoch == 'lost' then return {-1, epoch} end
+if ARGV[11] ~= '' and epoch ~= ARGV[11] and not (epoch and string.sub(epoch, 1, 6) == 'reset:') then
+  redis.call('SET', p .. 'epoch', 'lost')  -- gone, or made anew by a process that never saw the old one: spend forgotten
+  return {-1, 'lost'}
+end
+if not epoch then
+  epoch = ARGV[12]
+  redis.call('SET', p .. 'epoch', epoch)
+end
 local now = now_ms()
 purge(now, ARGV[10])
 local rk = p .. 'res:' .. ARGV[2]
-if redis.call('EXISTS', rk) == 1 or redis.call('EXISTS', p .. 'done:' .. ARGV[2]) == 1 then return {1} end
-local out, worst = usages(11)
+if redis.call('EXISTS', rk) == 1 or redis.call('EXISTS', p .. 'done:' .. ARGV[2]) == 1 then return {1, epoch} end
+local out, worst = usages(13)
 if worst ~= nil and tonumber(ARGV[8]) > worst then
+  table.insert(out, 1, epoch)
   table.insert(out, 1, 0)
   return out
 end
@@ -81,7 +95,7 @@ redis.call('HSET', rk, 'call_id', ARGV[3], 'model', ARGV[4], 'family', ARGV[5], 
   'usd', ARGV[8], 'state', 'held')
 redis.call('ZADD', p .. 'leases', now + tonumber(ARGV[9]), ARGV[2])
 add_held({ARGV[8], ARGV[7], ARGV[6], ARGV[4], ARGV[5]}, '')
-return {1}
+return {1, epoch}
 """
 
 # ARGV: prefix, id, token, usd, prompt, completion, cached, keep_s, spends_kept, then the

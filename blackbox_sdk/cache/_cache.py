@@ -111,7 +111,7 @@ class Cache(Closing):
         self._counters = _Counters()
         self._directory: Path | None = None
         if is_redis_url(directory):
-            self._store = RedisStore(str(directory), namespace=namespace, timeout=timeout)
+            self._store = RedisStore(str(directory), namespace=namespace, timeout=timeout, writes=mode in _WRITES)
         elif isinstance(directory, str) and "://" in directory:  # not a folder named "unix:" holding a password
             scheme = directory.partition("://")[0]
             raise ConfigError(f"a cache is a folder or a redis:// or rediss:// URL; {scheme}:// is neither (for a Redis socket, use a redis:// server address)")

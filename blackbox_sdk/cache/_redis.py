@@ -91,8 +91,10 @@ def _decoded(raw: bytes | None) -> str | None:
 class RedisStore:
     """A namespace on a Redis server as a :class:`~blackbox_sdk.cache.CacheStore` that many hosts share."""
 
-    def __init__(self, url: str, *, namespace: str, timeout: float) -> None:
-        """Prepare a client for ``url``, the URL tried with one PING (``RedisURL.check``); ``timeout`` bounds a contended write."""
+    def __init__(self, url: str, *, namespace: str, timeout: float, writes: bool = True) -> None:
+        """Prepare a client for ``url``, the URL tried with one PING (``RedisURL.check``); ``timeout`` bounds a contended write.
+        A cache opened to write has its user's right to run scripts on its keys tried too; one opened to read only (a
+        read-only ACL user, a replica) does not need it."""
         self._url = RedisURL(url, "cache")
         self.location = self._url.shown
         self._prefix = f"{KEY_PREFIX}{namespace}:"
@@ -101,7 +103,7 @@ class RedisStore:
         wait = min(timeout, SOCKET_TIMEOUT_S)
         # one immediate retry: a pooled connection to a restarted server fails once, then reconnects
         self._client = self._url.client(retries=1, socket_timeout=wait, socket_connect_timeout=wait)
-        self._url.check(wait)  # a wrong password or database: ConfigError now, not a cache that always misses
+        self._url.check(wait, prefix=self._prefix if writes else None)  # a wrong password, database or ACL: ConfigError now, not a cache that always misses
         from redis import exceptions  # installed: client() refused to go on without it
 
         self._errors = exceptions

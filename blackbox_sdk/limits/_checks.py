@@ -13,7 +13,7 @@ from .._exceptions import ConfigError
 from .._redis_url import REDIS_OR_UNIX, RedisURL, is_redis_url
 from .._sqlite import SHARED_TABLES, refuse_foreign
 from .._text import checked_text
-from ._redis import SOCKET_TIMEOUT_S
+from ._redis import KEY_PREFIX, SOCKET_TIMEOUT_S
 
 MAX_AMOUNT = 2**53  # the largest count every store holds exactly: Lua's numbers (Redis), SQLite's INTEGER
 MAX_WINDOW_S = 366 * 86_400.0  # a year at most: the Redis keys' expiry in ms and the stored times stay exact
@@ -62,7 +62,9 @@ def store(value: Any) -> str | Path | None:
         return None
     if is_redis_url(value) or (isinstance(value, str) and "://" in value):  # is_redis_url: ConfigError for redis:/host
         # a ConfigError now for a bad URL or option, or one the server refuses (its password never shown), not at the first call
-        RedisURL(value, "rate-limit store", schemes=REDIS_OR_UNIX).check(SOCKET_TIMEOUT_S, forgets="the requests and tokens it counts in each window")
+        RedisURL(value, "rate-limit store", schemes=REDIS_OR_UNIX).check(
+            SOCKET_TIMEOUT_S, forgets="the requests and tokens it counts in each window", prefix=f"{KEY_PREFIX}:"
+        )
         return value
     if isinstance(value, (str, os.PathLike)) and str(value).strip():
         path = Path(value).expanduser()

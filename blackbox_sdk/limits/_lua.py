@@ -26,11 +26,31 @@ local function trim(z, h, cutoff)
 end
 """
 
-# KEYS: zset, hash. ARGV: id, tokens, window_s, rpm (-1: none), tpm (-1: none), now ('' : the server's TIME), ttl_ms.
+# KEYS: zset, hash. ARGV: id, tokens, window_s, rpm (-1: none), tpm (-1: none), now ('' : the server's TIME), ttl_ms,
+# the store's epoch key, the epoch as the caller last saw it ('' for never), a new epoch should there be none.
 # Returns {1, at, requests, tokens, newest_at} when admitted (the window's after it, and its latest event's time before
 # it, '' for none; {1, at} for an id already in),
-# {0, at, wait_s, 'rpm' | 'tpm', requests, tokens, newest_at} when refused ('inf' for a call larger than tpm itself).
+# {0, at, wait_s, 'rpm' | 'tpm', requests, tokens, newest_at} when refused ('inf' for a call larger than tpm itself),
+# each with the epoch after it; {-1, ms, epoch} while the store is refusing for having lost its data (ms left).
+# An epoch gone, or made anew by a process that never saw the old one, means the server lost the windows' counts
+# (a restart without persistence, a FLUSHALL): every admission is then refused for one window, after which whatever
+# was forgotten would have left it anyway, so the limit holds.
 ADMIT = _TRIM + """
+local ek, seen = ARGV[8], ARGV[9]
+local epoch = redis.call('GET', ek)
+local lost = redis.call('PTTL', ek .. ':lost')
+if lost > 0 then return {-1, lost, epoch} end
+if seen ~= '' and epoch ~= seen and not (epoch and string.sub(epoch, -#seen - 1) == '|' .. seen) then
+  lost = math.max(1, math.ceil(tonumber(ARGV[3]) * 1000))
+  epoch = ARGV[10] .. '|' .. seen  -- the epoch after seen's: a process that saw seen adopts it, refusing nothing more
+  redis.call('SET', ek .. ':lost', '1', 'PX', lost)
+  redis.call('SET', ek, epoch)
+  return {-1, lost, epoch}
+end
+if not epoch then
+  epoch = ARGV[10]
+  redis.call('SET', ek, epoch)
+end
 local z, h = KEYS[1], KEYS[2]
 local id, tokens, window = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local rpm, tpm, now = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -41,7 +61,7 @@ end
 local at = string.format('%.6f', now)
 trim(z, h, string.format('%.6f', now - window))
 for _, late in ipairs(redis.call('ZRANGEBYSCORE', z, '(' .. at, '+inf')) do redis.call('ZADD', z, at, late) end
-if redis.call('ZSCORE', z, id) then return {1, at} end
+if redis.call('ZSCORE', z, id) then return {1, at, epoch} end
 local count = redis.call('ZCARD', z)
 local total = tonumber(redis.call('HGET', h, '#total') or '0')
 local need_requests, need_tokens = 0, 0
@@ -54,7 +74,7 @@ if need_requests <= 0 and need_tokens <= 0 then
   redis.call('HINCRBY', h, '#total', tokens)
   redis.call('PEXPIRE', z, ARGV[7])
   redis.call('PEXPIRE', h, ARGV[7])
-  return {1, at, count + 1, total + tokens, before}
+  return {1, at, count + 1, total + tokens, before, epoch}
 end
 local wait_requests, wait_tokens = 0, 0
 if need_requests > 0 then
@@ -73,9 +93,9 @@ if need_tokens > 0 then
 end
 local newest = redis.call('ZRANGE', z, -1, -1, 'WITHSCORES')[2] or at
 if wait_requests >= wait_tokens then
-  return {0, at, string.format('%.6f', wait_requests), 'rpm', count, total, newest}
+  return {0, at, string.format('%.6f', wait_requests), 'rpm', count, total, newest, epoch}
 end
-return {0, at, string.format('%.6f', wait_tokens), 'tpm', count, total, newest}
+return {0, at, string.format('%.6f', wait_tokens), 'tpm', count, total, newest, epoch}
 """
 
 # KEYS: zset, hash. ARGV: id, tokens. Returns 1 when the event was live and now holds ``tokens``.

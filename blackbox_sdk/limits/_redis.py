@@ -2,9 +2,10 @@
 
 Admission, correction and release are each one Lua script (``_lua``), so they are atomic and take
 one round trip. By default the script reads the server's clock, so hosts agree on the window
-whatever their own clocks say. Keys expire a little after their window, so idle scopes vanish.
+whatever their own clocks say. A scope's keys expire a little after their window, so idle scopes vanish (the one ``epoch`` key stays).
 An unreachable or failing server raises StoreUnavailableError, with the URL's password redacted:
-a rate limit fails closed, it is never silently off. The URL is checked, shown and made into
+a rate limit fails closed, it is never silently off; nor is it silently reset: a server that lost its data
+under a process (its ``epoch`` key gone) refuses every admission for one window, the counts it forgot. The URL is checked, shown and made into
 clients by ``RedisURL``, which imports redis-py only then; one the server refuses (a wrong password,
 a database it does not have) is a ConfigError when the store opens.
 """
@@ -16,6 +17,7 @@ import contextlib
 import hashlib
 import math
 import os
+import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -43,7 +45,8 @@ class RedisWindow(Closing):
         self._client = self._url.client(
             retries=RETRIES, backoff=BACKOFF_S, decode_responses=True, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
         )
-        self._url.check(timeout_s)  # a wrong password or database: ConfigError now, not at the first call
+        self._epoch = ""  # the store's epoch as this process last saw it ('' before its first admission)
+        self._url.check(timeout_s, prefix=f"{prefix}:")  # a wrong password, database or ACL: ConfigError now, not at the first call
         self._scripts = {name: self._client.register_script(source) for name, source in (("admit", ADMIT), ("correct", CORRECT), ("release", RELEASE))}
         # per event loop (threads may each run one): its asyncio client's scripts, and what closes the client as that loop shuts down
         self._async: dict[asyncio.AbstractEventLoop, tuple[dict[str, Any], AsyncGenerator[None, None]]] = {}
@@ -65,17 +68,25 @@ class RedisWindow(Closing):
         tag = hashlib.sha256(scope.encode()).hexdigest()[:32]
         return [f"{self._prefix}:{{{tag}}}:z", f"{self._prefix}:{{{tag}}}:h"]
 
-    @staticmethod
-    def _admit_args(event_id: str, tokens: int, window: Window, clock: Clock | None) -> list[str | int]:
-        """The admission script's ARGV."""
+    def _admit_args(self, event_id: str, tokens: int, window: Window, clock: Clock | None) -> list[str | int]:
+        """The admission script's ARGV, with the store's epoch as this process last saw it (a loss of data shows as its change)."""
         now = "" if clock is None else repr(float(clock()))
         ttl_ms = math.ceil(window.window_s * 1000) + 1000
         limit = [-1 if value is None else value for value in (window.rpm, window.tpm)]
-        return [event_id, tokens, repr(float(window.window_s)), *limit, now, ttl_ms]
+        return [event_id, tokens, repr(float(window.window_s)), *limit, now, ttl_ms, f"{self._prefix}:epoch", self._epoch, uuid.uuid4().hex]
 
     def _verdict(self, reply: Any, window: Window) -> Verdict:
-        """The admission script's reply as a Verdict; StoreUnavailableError when it is not one."""
+        """The admission script's reply as a Verdict; StoreUnavailableError when it is not one, or while the store is
+        refusing for one window after it lost its data (its counts gone, a call admitted then could pass the limit)."""
         try:
+            if reply[0] == -1:
+                self._epoch = reply[2]
+                raise StoreUnavailableError(
+                    f"the rate-limit store {self.url} lost its data (a restart without persistence or a FLUSHALL), and with it "
+                    f"the counts of its windows: calls are refused for {int(reply[1]) / 1000:.1f} s more, until what it "
+                    "forgot would have left the window (run that Redis with appendonly yes: docs/fleet.md)"
+                )
+            self._epoch, reply = reply[-1], reply[:-1]
             if reply[0] == 1:
                 if len(reply) == 2:  # an id already in: the window not read
                     return Verdict(True, float(reply[1]))

@@ -222,7 +222,7 @@ class RedisKeyStore(KeyStoreBase):
         self._pepper_value: str | None = None
         # no retry: a create whose reply was lost, sent again, would find its own name taken
         self._client = self._url.client(decode_responses=True, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
-        self._url.check(timeout_s, forgets="the tenant keys it holds (their requests would be refused)")  # a wrong password or database: ConfigError now, not at the first request
+        self._url.check(timeout_s, forgets="the tenant keys it holds (their requests would be refused)", prefix=prefix)  # a wrong password or database: ConfigError now, not at the first request
         self._create = self._client.register_script(_CREATE)
         self._revoke = self._client.register_script(_REVOKE)
         self._take = self._client.register_script(_TAKE)
