@@ -8,7 +8,6 @@ and every resource's `create` take exactly these (and openai's `max_retries`).
 from __future__ import annotations
 
 import difflib
-import hashlib
 import os
 import threading
 import weakref
@@ -20,6 +19,7 @@ from typing import Any
 from openai import NOT_GIVEN
 
 from ._adaptive import AUTO
+from ._embeds import digest_name
 from ._exceptions import ConfigError
 from ._retry import RetryPolicy
 from ._text import checked_path, checked_text
@@ -241,9 +241,7 @@ def open_beam(value: Any, current: Any, opened: Opened) -> BeamOptions | None:
 def served_name(prompt: Any) -> str:
     """The name a soft prompt is registered and sent under: its own plus a digest of its values, so two prompts sharing a
     name (one re-tuned, say) never share a backend slot or a cache key."""
-    embeds = prompt.embeds.detach().float().cpu().contiguous()
-    digest = hashlib.sha256(repr(list(embeds.shape)).encode() + embeds.numpy().tobytes()).hexdigest()
-    return f"{prompt.name}#{digest[:16]}"
+    return digest_name(prompt.name, prompt.embeds)
 
 
 def current_soft_prompt(value: Any) -> Any:

@@ -176,3 +176,22 @@ def test_a_soft_prompt_on_an_http_endpoint_is_refused_before_any_call(local: Ope
     client = OpenAI(base_url="http://127.0.0.1:9/v1", api_key="sk-test", max_retries=0)
     with pytest.raises(EmbeddingsNotSupportedError):
         client.chat.completions.create(model="m", messages=QUESTION, soft_prompt=prompt)
+
+
+def test_a_soft_prompt_registered_again_under_its_name_is_not_served_from_the_cache(
+    gguf_path: Path, local: OpenAI, tmp_path: Path
+) -> None:
+    """extra_body={"soft_prompt": name}: the cache key follows the vectors registered under the name, not the name."""
+    first, second = a_soft_prompt(local, 0), a_soft_prompt(local, 1)
+    options = {"model": "smollm2", "messages": QUESTION, "max_tokens": 2, "temperature": 0, "logprobs": True}
+    cached = OpenAI(base_url=f"hf:{gguf_path}", cache=tmp_path / "cache")
+    cached.backend.register_soft_prompt("re-tuned", first.embeds)
+    cached.chat.completions.create(**options, extra_body={"soft_prompt": "re-tuned"})
+    cached.backend.register_soft_prompt("re-tuned", second.embeds)  # the caller re-tuned the prompt under its name
+    answer = cached.chat.completions.create(**options, extra_body={"soft_prompt": "re-tuned"})
+    assert answer.blackbox.cache_hit is False
+    fresh = local.chat.completions.create(**options, soft_prompt=second)
+    assert answer.choices[0].logprobs.content[0].logprob == pytest.approx(fresh.choices[0].logprobs.content[0].logprob, abs=1e-5)
+    again = cached.chat.completions.create(**options, extra_body={"soft_prompt": "re-tuned"})
+    assert again.blackbox.cache_hit is True  # the same vectors under the same name: the same key
+

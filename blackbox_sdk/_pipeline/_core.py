@@ -79,13 +79,19 @@ class Core:
             )
 
     def with_soft_prompt(self, opts: Options, params: Json) -> Json:
-        """The request with the soft prompt registered on the local model and named in the body."""
-        self.check_soft_prompt(opts)
-        prompt = current_soft_prompt(opts.soft_prompt)  # a saved folder's as it is now: one prompt for the name and the vectors
-        name = served_name(prompt)  # the values' digest in it: one name, one prompt, one cache key
-        self.backend.register_soft_prompt(name, prompt.embeds)
+        """The request with its soft prompt named by its values' digest, so one name is one prompt and one cache key: the
+        option's, registered on the local model, or one the body names (`extra_body`) that the caller registered there."""
         extra = params.get("extra_body")
         body = extra if given(extra) else {}
+        if opts.soft_prompt is not None:
+            self.check_soft_prompt(opts)
+            prompt = current_soft_prompt(opts.soft_prompt)  # a saved folder's as it is now: one prompt for the name and the vectors
+            name = served_name(prompt)
+            self.backend.register_soft_prompt(name, prompt.embeds)
+        elif isinstance(body, dict) and isinstance(body.get("soft_prompt"), str) and self.backend is not None:
+            name = self.backend.served_soft_prompt(body["soft_prompt"])
+        else:
+            return params
         return {**params, "extra_body": {**body, "soft_prompt": name}}
 
     def lookup(self, call: Call) -> list[Candidate]:
@@ -306,7 +312,7 @@ def checked(core: Core, route: Route, params: Json, overrides: Json) -> Call:
 def prepare(core: Core, call: Call) -> Call:
     """The call under its options: soft prompt named, candidates to gather, cache key (before sending)."""
     opts, params, route = call.opts, call.params, call.route
-    if opts.soft_prompt is not None:
+    if opts.soft_prompt is not None or core.backend is not None:
         params = call.params = core.with_soft_prompt(opts, params)
     call.want = int(params["n"]) if given(params.get("n")) else 1
     if opts.reranker is not None and opts.rerank_n > call.want:

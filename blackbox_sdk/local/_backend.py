@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from .._embeds import digest_name
 from .._exceptions import BackendError
 from ._embeddings import embed, embedding_ids, forward_embeds, soft_prompt_tensor
 from ._generation import Candidate, generate
@@ -163,6 +164,16 @@ class HFBackend:
     def register_soft_prompt(self, name: str, embeds: torch.Tensor) -> None:
         """Store a soft prompt [L, H]; requests with `"soft_prompt": name` get it prepended to their input."""
         self._soft_prompts[name] = soft_prompt_tensor(self._lm, name, embeds)
+
+    def served_soft_prompt(self, name: str) -> str:
+        """The name to send for a registered soft prompt: its own plus a digest of the values registered under it now
+        (registered too), so a cache key follows the vectors, not the name; a name not registered stays, for its 400."""
+        tensor = self._soft_prompts.get(name)
+        if tensor is None:
+            return name
+        served = digest_name(name, tensor)
+        self._soft_prompts.setdefault(served, tensor)
+        return served
 
     # ------------------------------------------------------------ request -> prompt and decoding
 
