@@ -9,7 +9,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletion
 
-from blackbox_sdk import AsyncOpenAI, BackendError, Budget, OpenAI
+from blackbox_sdk import AsyncOpenAI, BackendError, Budget, BudgetExceededError, OpenAI
 from blackbox_sdk.local import default_encoder_path
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
@@ -195,3 +195,23 @@ def test_a_soft_prompt_registered_again_under_its_name_is_not_served_from_the_ca
     again = cached.chat.completions.create(**options, extra_body={"soft_prompt": "re-tuned"})
     assert again.blackbox.cache_hit is True  # the same vectors under the same name: the same key
 
+
+@pytest.mark.parametrize("route", ["chat", "completions"])
+def test_a_soft_prompts_positions_are_reserved_before_the_call(gguf_path: Path, local: OpenAI, route: str) -> None:
+    """The budget's count of a request covers the soft prompt's L vectors, as its usage does: a limit one token short
+    of the call is refused before it runs, never overspent."""
+    prompt = a_soft_prompt(local)  # 4 vectors
+    if route == "chat":
+        tokens = local.backend.chat_prompt_tokens(QUESTION) + 4 + 1
+        call = lambda client: client.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=1, soft_prompt=prompt)  # noqa: E731
+    else:
+        tokens = local.backend.count_tokens("Paris is") + 4 + 1
+        call = lambda client: client.completions.create(model="smollm2", prompt="Paris is", max_tokens=1, soft_prompt=prompt)  # noqa: E731
+    prices = {"smollm2": {"input": 1_000_000.0, "output": 1_000_000.0}}  # $1 a token
+    short = OpenAI(base_url=f"hf:{gguf_path}", budget=Budget(total_usd=tokens - 1, prices=prices))
+    with pytest.raises(BudgetExceededError):
+        call(short)
+    assert short.options.budget.spent() == 0.0
+    exact = OpenAI(base_url=f"hf:{gguf_path}", budget=Budget(total_usd=tokens, prices=prices))
+    answer = call(exact)
+    assert answer.usage.prompt_tokens + answer.usage.completion_tokens == tokens == exact.options.budget.spent()

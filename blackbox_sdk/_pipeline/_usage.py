@@ -63,7 +63,7 @@ class UsageCounter:
             messages = list(call.params["messages"]) if call.route is CHAT else input_messages(call.params)
             if self.backend is not None:
                 form = {"response_format": call.params.get("response_format")} if call.route is CHAT else {"text": call.params.get("text")}
-                return TokenCount(int(self.backend.chat_prompt_tokens(messages, **form)), "local tokenizer", True)
+                return TokenCount(int(self.backend.chat_prompt_tokens(messages, **form)) + self._soft(call), "local tokenizer", True)
             tokenizer = self._tokenizer(call)
             extras = prompt_extras(call.params)
             if tokenizer is not None and tokenizer.chat is not None and not extras:
@@ -74,7 +74,15 @@ class UsageCounter:
         if call.prompt_embeds:  # embedded prompts (and maybe texts), summed as a list of texts is
             texts = count_input_tokens(prompt, call.model, tokenizer=self._text_counter(call)).tokens if prompt else 0
             return TokenCount(sum(embeds_lengths(call.prompt_embeds)) + texts, "prompt_embeds shapes", True)
-        return count_input_tokens(prompt, call.model, tokenizer=self._text_counter(call))
+        counted, soft = count_input_tokens(prompt, call.model, tokenizer=self._text_counter(call)), self._soft(call)
+        return TokenCount(counted.tokens + soft, counted.method, counted.exact) if soft else counted
+
+    def _soft(self, call: Call) -> int:
+        """Positions the local model's soft prompt adds to the call's prompts (its L vectors each), as its usage counts them."""
+        if self.backend is None or call.route is EMBEDDINGS:
+            return 0
+        body = call.params.get("extra_body")
+        return int(self.backend.soft_prompt_tokens(body.get("soft_prompt") if isinstance(body, dict) else None)) * call.prompts
 
     def prompt_tokens(self, call: Call) -> int:
         """Prompt tokens of one request."""

@@ -175,6 +175,12 @@ class HFBackend:
         self._soft_prompts.setdefault(served, tensor)
         return served
 
+    def soft_prompt_tokens(self, name: object) -> int:
+        """Positions a request's soft prompt adds to each of its prompts (its L vectors), as its usage counts them; 0 for
+        none, or for a name not registered (that request gets a 400)."""
+        tensor = self._soft_prompts.get(name) if isinstance(name, str) else None
+        return 0 if tensor is None else int(tensor.shape[0])
+
     # ------------------------------------------------------------ request -> prompt and decoding
 
     def _soft_prompt(self, name: str | None) -> torch.Tensor | None:
