@@ -11,7 +11,7 @@ import difflib
 import os
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -242,6 +242,19 @@ def served_name(prompt: Any) -> str:
     """The name a soft prompt is registered and sent under: its own plus a digest of its values, so two prompts sharing a
     name (one re-tuned, say) never share a backend slot or a cache key."""
     return digest_name(prompt.name, prompt.embeds)
+
+
+def body_soft_prompt(params: Mapping[str, Any]) -> str | None:
+    """The soft prompt a request's body names (`extra_body={"soft_prompt": name}`), or None."""
+    extra = params.get("extra_body")
+    name = extra.get("soft_prompt") if isinstance(extra, Mapping) else None
+    return name if isinstance(name, str) else None
+
+
+def with_body_soft_prompt(params: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """The request with its body naming the soft prompt `name`, beside what the caller put in `extra_body`."""
+    extra = params.get("extra_body")
+    return {**params, "extra_body": {**(extra if isinstance(extra, Mapping) else {}), "soft_prompt": name}}
 
 
 def current_soft_prompt(value: Any) -> Any:

@@ -19,7 +19,7 @@ import pydantic
 from .._exceptions import CacheError, ConfigError, EmbeddingsNotSupportedError, StoreUnavailableError
 from .._info import BlackBoxInfo
 from .._logging import logger
-from .._options import Opened, Options, current_soft_prompt, served_name
+from .._options import Opened, Options, body_soft_prompt, current_soft_prompt, served_name, with_body_soft_prompt
 from .._redact import remember_secret
 from .._retry import counting_retries
 from .._tokenizer import ServerTokenizer
@@ -79,20 +79,14 @@ class Core:
             )
 
     def with_soft_prompt(self, opts: Options, params: Json) -> Json:
-        """The request with its soft prompt named by its values' digest, so one name is one prompt and one cache key: the
-        option's, registered on the local model, or one the body names (`extra_body`) that the caller registered there."""
-        extra = params.get("extra_body")
-        body = extra if given(extra) else {}
-        if opts.soft_prompt is not None:
-            self.check_soft_prompt(opts)
-            prompt = current_soft_prompt(opts.soft_prompt)  # a saved folder's as it is now: one prompt for the name and the vectors
-            name = served_name(prompt)
-            self.backend.register_soft_prompt(name, prompt.embeds)
-        elif isinstance(body, dict) and isinstance(body.get("soft_prompt"), str) and self.backend is not None:
-            name = self.backend.served_soft_prompt(body["soft_prompt"])
-        else:
-            return params
-        return {**params, "extra_body": {**body, "soft_prompt": name}}
+        """The request with its soft prompt sent under its values' digest: the option's (registered here), or the body's."""
+        if opts.soft_prompt is None:
+            named = body_soft_prompt(params)
+            return params if named is None or self.backend is None else with_body_soft_prompt(params, self.backend.served_soft_prompt(named))
+        self.check_soft_prompt(opts)
+        prompt = current_soft_prompt(opts.soft_prompt)  # a saved folder's as it is now: one prompt for the name and the vectors
+        self.backend.register_soft_prompt(name := served_name(prompt), prompt.embeds)
+        return with_body_soft_prompt(params, name)
 
     def lookup(self, call: Call) -> list[Candidate]:
         """Stored candidates for this request, at most `want`; foreign entries are skipped, and for `parse`
