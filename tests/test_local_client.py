@@ -215,3 +215,26 @@ def test_a_soft_prompts_positions_are_reserved_before_the_call(gguf_path: Path, 
     exact = OpenAI(base_url=f"hf:{gguf_path}", budget=Budget(total_usd=tokens, prices=prices))
     answer = call(exact)
     assert answer.usage.prompt_tokens + answer.usage.completion_tokens == tokens == exact.options.budget.spent()
+
+
+HISTORIES = {
+    "text-parts": [{"role": "user", "content": [{"type": "input_text", "text": "The capital"}, {"type": "input_text", "text": "of France?"}]}],
+    "tool-calls": [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"type": "function_call", "call_id": "c1", "name": "weather", "arguments": '{"city": "Paris"}'},
+        {"type": "function_call_output", "call_id": "c1", "output": "sunny"},
+    ],
+}
+
+
+@pytest.mark.parametrize("history", list(HISTORIES))
+def test_a_responses_input_is_reserved_as_the_local_model_reads_it(gguf_path: Path, local: OpenAI, history: str) -> None:
+    """The budget counts a Responses input's items as the local model renders them (parts joined by newlines, calls as
+    an assistant's lines, outputs as tool turns): a limit one token short of the call refuses it before it runs."""
+    options = {"model": "smollm2", "input": HISTORIES[history], "instructions": "Be brief.", "max_output_tokens": 1}
+    used = local.responses.create(**options).usage
+    prices = {"smollm2": {"input": 1_000_000.0, "output": 1_000_000.0}}  # $1 a token
+    short = OpenAI(base_url=f"hf:{gguf_path}", budget=Budget(total_usd=used.total_tokens - 1, prices=prices))
+    with pytest.raises(BudgetExceededError):
+        short.responses.create(**options)
+    assert short.options.budget.spent() == 0.0

@@ -149,6 +149,15 @@ class HFBackend:
             return chat_template_tokens(self.tokenizer, messages)
         return len(template_ids(self.tokenizer, with_instruction(parse_messages(messages), structured)))
 
+    def responses_prompt_tokens(self, input: object, *, instructions: object = None, text: object = None) -> int | None:
+        """Tokens of a Responses request's input and instructions as a request reads them (its items as the chat path
+        does, its format's instruction added); None for ones it refuses (that request gets the 400)."""
+        try:
+            request = parse_responses_request({"input": input, "instructions": instructions, "text": text})
+            return len(template_ids(self.tokenizer, with_instruction(chat_request(request).messages, text_format(request.text))))
+        except LocalRequestError:
+            return None
+
     # ------------------------------------------------------------ Black-Box Tuning hooks
 
     def input_embeddings(self) -> torch.nn.Embedding:
