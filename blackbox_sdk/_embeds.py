@@ -1,13 +1,15 @@
 """Prompt embeddings as the OpenAI-compatible wire carries them (vLLM's `prompt_embeds`): base64 of
 `torch.save(tensor)`, shape (tokens, hidden). Written by tuning's EmbedsEndpoint, read by the
-budget to count a request's prompt tokens before it is sent. torch is imported only here, inside
-the functions, and tensors are read with ``weights_only=True`` (never a full unpickle).
+budget to count a request's prompt tokens before it is sent. Also the name a soft prompt is served
+under (its own plus a digest of its values). torch is imported only here, inside the functions, and
+tensors are read with ``weights_only=True`` (never a full unpickle).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import io
 from typing import Any
 
@@ -50,3 +52,11 @@ def embeds_lengths(items: list[Any]) -> list[int]:
             raise InvalidRequestError(f"prompt_embeds[{index}] must be base64 of a 2-D tensor (tokens, hidden)", param="prompt_embeds")
         lengths.append(int(tensor.shape[0]))
     return lengths
+
+
+def digest_name(name: str, embeds: Any) -> str:
+    """A soft prompt's name plus a digest of its values [L, H], the name it is registered and sent under, so two prompts
+    sharing a name (one re-tuned, say) never share a backend slot or a cache key."""
+    values = embeds.detach().float().cpu().contiguous()
+    digest = hashlib.sha256(repr(list(values.shape)).encode() + values.numpy().tobytes()).hexdigest()
+    return f"{name}#{digest[:16]}"

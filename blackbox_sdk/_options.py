@@ -8,11 +8,10 @@ and every resource's `create` take exactly these (and openai's `max_retries`).
 from __future__ import annotations
 
 import difflib
-import hashlib
 import os
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 from openai import NOT_GIVEN
 
 from ._adaptive import AUTO
+from ._embeds import digest_name
 from ._exceptions import ConfigError
 from ._retry import RetryPolicy
 from ._text import checked_path, checked_text
@@ -241,9 +241,20 @@ def open_beam(value: Any, current: Any, opened: Opened) -> BeamOptions | None:
 def served_name(prompt: Any) -> str:
     """The name a soft prompt is registered and sent under: its own plus a digest of its values, so two prompts sharing a
     name (one re-tuned, say) never share a backend slot or a cache key."""
-    embeds = prompt.embeds.detach().float().cpu().contiguous()
-    digest = hashlib.sha256(repr(list(embeds.shape)).encode() + embeds.numpy().tobytes()).hexdigest()
-    return f"{prompt.name}#{digest[:16]}"
+    return digest_name(prompt.name, prompt.embeds)
+
+
+def body_soft_prompt(params: Mapping[str, Any]) -> str | None:
+    """The soft prompt a request's body names (`extra_body={"soft_prompt": name}`), or None."""
+    extra = params.get("extra_body")
+    name = extra.get("soft_prompt") if isinstance(extra, Mapping) else None
+    return name if isinstance(name, str) else None
+
+
+def with_body_soft_prompt(params: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """The request with its body naming the soft prompt `name`, beside what the caller put in `extra_body`."""
+    extra = params.get("extra_body")
+    return {**params, "extra_body": {**(extra if isinstance(extra, Mapping) else {}), "soft_prompt": name}}
 
 
 def current_soft_prompt(value: Any) -> Any:

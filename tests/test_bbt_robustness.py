@@ -106,6 +106,9 @@ DAMAGES: dict[str, Callable[[Path], None]] = {
     "counter-not-a-number": _rewrite_json(lambda d: {**d, "calls": "many"}),
     "best-loss-not-a-number": _rewrite_json(lambda d: {**d, "best": {**d["best"], "train_loss": "low"}}),
     "history-not-numbers": _rewrite_json(lambda d: {**d, "generations": [{**g, "best_so_far": "low"} for g in d["generations"]]}),
+    "json-nested-too-deep": lambda f: (f / "bbt_state.json").write_text("[" * 100_000 + "]" * 100_000),
+    "counter-too-big-for-a-float": _rewrite_json(lambda d: {**d, "tokens": 10**400}),
+    "negative-counter": _rewrite_json(lambda d: {**d, "calls": -8}),
     "nan-best-z": lambda f: _tensors(f).write_bytes(
         to_safetensors({**load_file(str(_tensors(f))), "best_z": torch.full((1, TINY["d"]), math.nan, dtype=torch.float64)})
     ),
@@ -194,6 +197,23 @@ def test_a_saved_prompt_whose_description_is_not_utf8_is_a_tuning_error(tmp_path
     (tmp_path / "soft_prompt.json").write_bytes(b"\xff\xfe{}")
     with pytest.raises(TuningError, match="soft_prompt.json"):
         SoftPrompt.load(tmp_path)
+
+
+def test_a_saved_prompt_whose_description_is_nested_too_deep_is_a_tuning_error(tmp_path: Path) -> None:
+    SoftPrompt.create(torch.ones(2, 8), model_id="m", template=TEMPLATE, verbalizer=VERBALIZER, placement="prefix").save(tmp_path)
+    (tmp_path / "soft_prompt.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(TuningError, match="soft_prompt.json"):
+        SoftPrompt.load(tmp_path)
+
+
+@pytest.mark.parametrize("field", ["embeds", "layers", "z"])
+def test_a_prompt_beyond_float32s_range_is_refused_as_it_would_be_kept_infinite(field: str) -> None:
+    """The values are kept as float32: float64 ones that overflow it are refused when built, not saved as infinities."""
+    tensors = {"embeds": torch.ones(2, 8), "layers": torch.ones(1, 2, 8), "z": torch.ones(2, 3)}
+    tensors[field] = torch.full_like(tensors[field], 1e300, dtype=torch.float64)
+    fields = {"model_id": "m", "template": TEMPLATE, "verbalizer": VERBALIZER, "placement": "prefix", "d": 3, "config": {"d": 3}}
+    with pytest.raises(TuningError, match="finite"):
+        SoftPrompt.create(tensors["embeds"], layers=tensors["layers"], z=tensors["z"], **fields)
 
 
 @pytest.mark.parametrize(

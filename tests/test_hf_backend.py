@@ -122,6 +122,8 @@ def test_text_parts_read_like_the_same_string(backend: HFBackend) -> None:
         pytest.param({"messages": COUNT, "top_logprobs": 2}, "top_logprobs", id="top-logprobs-alone"),
         pytest.param({"messages": COUNT, "soft_prompt": "unknown"}, "soft_prompt", id="soft-prompt"),
         pytest.param({"messages": COUNT, "tools": [{"type": "function"}]}, "tools", id="tools"),
+        pytest.param({**GREEDY, "web_search_options": {}}, "web_search_options", id="web-search-with-its-defaults"),
+        pytest.param({**GREEDY, "modalities": ["text", "audio"]}, "modalities", id="audio-answer"),
         pytest.param({**GREEDY, "tool_choice": "required"}, "tool_choice", id="tool-choice-required"),
         pytest.param({**GREEDY, "function_call": {"name": "f"}}, "function_call", id="function-call-forced"),
         pytest.param({"messages": COUNT, "max_tokens": 10**6}, "messages", id="context"),

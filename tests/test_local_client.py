@@ -9,7 +9,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletion
 
-from blackbox_sdk import AsyncOpenAI, BackendError, Budget, OpenAI
+from blackbox_sdk import AsyncOpenAI, BackendError, Budget, BudgetExceededError, OpenAI
 from blackbox_sdk.local import default_encoder_path
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
@@ -176,3 +176,65 @@ def test_a_soft_prompt_on_an_http_endpoint_is_refused_before_any_call(local: Ope
     client = OpenAI(base_url="http://127.0.0.1:9/v1", api_key="sk-test", max_retries=0)
     with pytest.raises(EmbeddingsNotSupportedError):
         client.chat.completions.create(model="m", messages=QUESTION, soft_prompt=prompt)
+
+
+def test_a_soft_prompt_registered_again_under_its_name_is_not_served_from_the_cache(
+    gguf_path: Path, local: OpenAI, tmp_path: Path
+) -> None:
+    """extra_body={"soft_prompt": name}: the cache key follows the vectors registered under the name, not the name."""
+    first, second = a_soft_prompt(local, 0), a_soft_prompt(local, 1)
+    options = {"model": "smollm2", "messages": QUESTION, "max_tokens": 2, "temperature": 0, "logprobs": True}
+    cached = OpenAI(base_url=f"hf:{gguf_path}", cache=tmp_path / "cache")
+    cached.backend.register_soft_prompt("re-tuned", first.embeds)
+    cached.chat.completions.create(**options, extra_body={"soft_prompt": "re-tuned"})
+    cached.backend.register_soft_prompt("re-tuned", second.embeds)  # the caller re-tuned the prompt under its name
+    answer = cached.chat.completions.create(**options, extra_body={"soft_prompt": "re-tuned"})
+    assert answer.blackbox.cache_hit is False
+    fresh = local.chat.completions.create(**options, soft_prompt=second)
+    assert answer.choices[0].logprobs.content[0].logprob == pytest.approx(fresh.choices[0].logprobs.content[0].logprob, abs=1e-5)
+    again = cached.chat.completions.create(**options, extra_body={"soft_prompt": "re-tuned"})
+    assert again.blackbox.cache_hit is True  # the same vectors under the same name: the same key
+
+
+@pytest.mark.parametrize("route", ["chat", "completions"])
+def test_a_soft_prompts_positions_are_reserved_before_the_call(gguf_path: Path, local: OpenAI, route: str) -> None:
+    """The budget's count of a request covers the soft prompt's L vectors, as its usage does: a limit one token short
+    of the call is refused before it runs, never overspent."""
+    prompt = a_soft_prompt(local)  # 4 vectors
+    if route == "chat":
+        tokens = local.backend.chat_prompt_tokens(QUESTION) + 4 + 1
+        call = lambda client: client.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=1, soft_prompt=prompt)  # noqa: E731
+    else:
+        tokens = local.backend.count_tokens("Paris is") + 4 + 1
+        call = lambda client: client.completions.create(model="smollm2", prompt="Paris is", max_tokens=1, soft_prompt=prompt)  # noqa: E731
+    prices = {"smollm2": {"input": 1_000_000.0, "output": 1_000_000.0}}  # $1 a token
+    short = OpenAI(base_url=f"hf:{gguf_path}", budget=Budget(total_usd=tokens - 1, prices=prices))
+    with pytest.raises(BudgetExceededError):
+        call(short)
+    assert short.options.budget.spent() == 0.0
+    exact = OpenAI(base_url=f"hf:{gguf_path}", budget=Budget(total_usd=tokens, prices=prices))
+    answer = call(exact)
+    assert answer.usage.prompt_tokens + answer.usage.completion_tokens == tokens == exact.options.budget.spent()
+
+
+HISTORIES = {
+    "text-parts": [{"role": "user", "content": [{"type": "input_text", "text": "The capital"}, {"type": "input_text", "text": "of France?"}]}],
+    "tool-calls": [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"type": "function_call", "call_id": "c1", "name": "weather", "arguments": '{"city": "Paris"}'},
+        {"type": "function_call_output", "call_id": "c1", "output": "sunny"},
+    ],
+}
+
+
+@pytest.mark.parametrize("history", list(HISTORIES))
+def test_a_responses_input_is_reserved_as_the_local_model_reads_it(gguf_path: Path, local: OpenAI, history: str) -> None:
+    """The budget counts a Responses input's items as the local model renders them (parts joined by newlines, calls as
+    an assistant's lines, outputs as tool turns): a limit one token short of the call refuses it before it runs."""
+    options = {"model": "smollm2", "input": HISTORIES[history], "instructions": "Be brief.", "max_output_tokens": 1}
+    used = local.responses.create(**options).usage
+    prices = {"smollm2": {"input": 1_000_000.0, "output": 1_000_000.0}}  # $1 a token
+    short = OpenAI(base_url=f"hf:{gguf_path}", budget=Budget(total_usd=used.total_tokens - 1, prices=prices))
+    with pytest.raises(BudgetExceededError):
+        short.responses.create(**options)
+    assert short.options.budget.spent() == 0.0

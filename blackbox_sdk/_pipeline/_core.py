@@ -19,7 +19,7 @@ import pydantic
 from .._exceptions import CacheError, ConfigError, EmbeddingsNotSupportedError, StoreUnavailableError
 from .._info import BlackBoxInfo
 from .._logging import logger
-from .._options import Opened, Options, current_soft_prompt, served_name
+from .._options import Opened, Options, body_soft_prompt, current_soft_prompt, served_name, with_body_soft_prompt
 from .._redact import remember_secret
 from .._retry import counting_retries
 from .._tokenizer import ServerTokenizer
@@ -79,14 +79,14 @@ class Core:
             )
 
     def with_soft_prompt(self, opts: Options, params: Json) -> Json:
-        """The request with the soft prompt registered on the local model and named in the body."""
+        """The request with its soft prompt sent under its values' digest: the option's (registered here), or the body's."""
+        if opts.soft_prompt is None:
+            named = body_soft_prompt(params)
+            return params if named is None or self.backend is None else with_body_soft_prompt(params, self.backend.served_soft_prompt(named))
         self.check_soft_prompt(opts)
         prompt = current_soft_prompt(opts.soft_prompt)  # a saved folder's as it is now: one prompt for the name and the vectors
-        name = served_name(prompt)  # the values' digest in it: one name, one prompt, one cache key
-        self.backend.register_soft_prompt(name, prompt.embeds)
-        extra = params.get("extra_body")
-        body = extra if given(extra) else {}
-        return {**params, "extra_body": {**body, "soft_prompt": name}}
+        self.backend.register_soft_prompt(name := served_name(prompt), prompt.embeds)
+        return with_body_soft_prompt(params, name)
 
     def lookup(self, call: Call) -> list[Candidate]:
         """Stored candidates for this request, at most `want`; foreign entries are skipped, and for `parse`
@@ -305,7 +305,7 @@ def checked(core: Core, route: Route, params: Json, overrides: Json) -> Call:
 def prepare(core: Core, call: Call) -> Call:
     """The call under its options: soft prompt named, candidates to gather, cache key (before sending)."""
     opts, params, route = call.opts, call.params, call.route
-    if opts.soft_prompt is not None:
+    if opts.soft_prompt is not None or core.backend is not None:
         params = call.params = core.with_soft_prompt(opts, params)
     call.want = int(params["n"]) if given(params.get("n")) else 1
     if opts.reranker is not None and opts.rerank_n > call.want:

@@ -15,6 +15,7 @@ from ..budget import TokenCount, count_chat_tokens, count_input_tokens, count_to
 from ._call import Call
 from ._candidates import generated
 from ._response_input import input_messages
+from ._validation import given
 
 
 class UsageCounter:
@@ -62,8 +63,7 @@ class UsageCounter:
         if call.route is CHAT or call.route is RESPONSES:
             messages = list(call.params["messages"]) if call.route is CHAT else input_messages(call.params)
             if self.backend is not None:
-                form = {"response_format": call.params.get("response_format")} if call.route is CHAT else {"text": call.params.get("text")}
-                return TokenCount(int(self.backend.chat_prompt_tokens(messages, **form)), "local tokenizer", True)
+                return TokenCount(self._local_prompt(call, messages) + self._soft(call), "local tokenizer", True)
             tokenizer = self._tokenizer(call)
             extras = prompt_extras(call.params)
             if tokenizer is not None and tokenizer.chat is not None and not extras:
@@ -74,7 +74,26 @@ class UsageCounter:
         if call.prompt_embeds:  # embedded prompts (and maybe texts), summed as a list of texts is
             texts = count_input_tokens(prompt, call.model, tokenizer=self._text_counter(call)).tokens if prompt else 0
             return TokenCount(sum(embeds_lengths(call.prompt_embeds)) + texts, "prompt_embeds shapes", True)
-        return count_input_tokens(prompt, call.model, tokenizer=self._text_counter(call))
+        counted, soft = count_input_tokens(prompt, call.model, tokenizer=self._text_counter(call)), self._soft(call)
+        return TokenCount(counted.tokens + soft, counted.method, counted.exact) if soft else counted
+
+    def _local_prompt(self, call: Call, messages: list[Json]) -> int:
+        """Tokens the local model's template renders for a chat or Responses call; a Responses input as the model reads
+        it (its parts joined by newlines, its calls as an assistant's lines), else as chat messages."""
+        params = {name: value if given(value) else None for name, value in call.params.items()}
+        if call.route is RESPONSES:
+            read = self.backend.responses_prompt_tokens(params.get("input"), instructions=params.get("instructions"), text=params.get("text"))
+            if read is not None:
+                return int(read)
+        form = {"response_format": params.get("response_format")} if call.route is CHAT else {"text": params.get("text")}
+        return int(self.backend.chat_prompt_tokens(messages, **form))
+
+    def _soft(self, call: Call) -> int:
+        """Positions the local model's soft prompt adds to the call's prompts (its L vectors each), as its usage counts them."""
+        if self.backend is None or call.route is EMBEDDINGS:
+            return 0
+        body = call.params.get("extra_body")
+        return int(self.backend.soft_prompt_tokens(body.get("soft_prompt") if isinstance(body, dict) else None)) * call.prompts
 
     def prompt_tokens(self, call: Call) -> int:
         """Prompt tokens of one request."""

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from .._embeds import digest_name
 from .._exceptions import BackendError
 from ._embeddings import embed, embedding_ids, forward_embeds, soft_prompt_tensor
 from ._generation import Candidate, generate
@@ -148,6 +149,15 @@ class HFBackend:
             return chat_template_tokens(self.tokenizer, messages)
         return len(template_ids(self.tokenizer, with_instruction(parse_messages(messages), structured)))
 
+    def responses_prompt_tokens(self, input: object, *, instructions: object = None, text: object = None) -> int | None:
+        """Tokens of a Responses request's input and instructions as a request reads them (its items as the chat path
+        does, its format's instruction added); None for ones it refuses (that request gets the 400)."""
+        try:
+            request = parse_responses_request({"input": input, "instructions": instructions, "text": text})
+            return len(template_ids(self.tokenizer, with_instruction(chat_request(request).messages, text_format(request.text))))
+        except LocalRequestError:
+            return None
+
     # ------------------------------------------------------------ Black-Box Tuning hooks
 
     def input_embeddings(self) -> torch.nn.Embedding:
@@ -163,6 +173,22 @@ class HFBackend:
     def register_soft_prompt(self, name: str, embeds: torch.Tensor) -> None:
         """Store a soft prompt [L, H]; requests with `"soft_prompt": name` get it prepended to their input."""
         self._soft_prompts[name] = soft_prompt_tensor(self._lm, name, embeds)
+
+    def served_soft_prompt(self, name: str) -> str:
+        """The name to send for a registered soft prompt: its own plus a digest of the values registered under it now
+        (registered too), so a cache key follows the vectors, not the name; a name not registered stays, for its 400."""
+        tensor = self._soft_prompts.get(name)
+        if tensor is None:
+            return name
+        served = digest_name(name, tensor)
+        self._soft_prompts.setdefault(served, tensor)
+        return served
+
+    def soft_prompt_tokens(self, name: object) -> int:
+        """Positions a request's soft prompt adds to each of its prompts (its L vectors), as its usage counts them; 0 for
+        none, or for a name not registered (that request gets a 400)."""
+        tensor = self._soft_prompts.get(name) if isinstance(name, str) else None
+        return 0 if tensor is None else int(tensor.shape[0])
 
     # ------------------------------------------------------------ request -> prompt and decoding
 

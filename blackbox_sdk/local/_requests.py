@@ -36,6 +36,7 @@ LOCAL_PARAMS = ("soft_prompt",)  # this backend's own body fields, beside OpenAI
 PART_TEXT = {"text": "text", "refusal": "refusal"}  # content part type -> the field holding its text
 ROLE_PARTS = {"assistant": ("text", "refusal"), "user": ("text", "image_url", "input_audio", "file")}  # others: text
 UNSUPPORTED_PARAMS = ("tools", "functions", "audio", "prediction", "logit_bias", "suffix", "best_of")
+ENABLING_PARAMS = ("web_search_options",)  # set at all, even to {} (its defaults), they ask for what the backend lacks
 
 Schema = TypeVar("Schema")
 OpenAIBodyT = TypeVar("OpenAIBodyT", bound="OpenAIBody")
@@ -342,6 +343,11 @@ def _reject_unsupported(params: dict[str, Any]) -> None:
     for name in UNSUPPORTED_PARAMS:
         if params.get(name) not in (None, [], {}):
             raise LocalRequestError(f"{name!r} is not supported by the local HF backend", param=name)
+    for name in ENABLING_PARAMS:
+        if params.get(name) is not None:
+            raise LocalRequestError(f"{name!r} is not supported by the local HF backend", param=name)
+    if isinstance(params.get("modalities"), list) and "audio" in params["modalities"]:
+        raise LocalRequestError("an audio answer (modalities 'audio') is not supported by the local HF backend", param="modalities")
 
 
 def reject_unknown(params: dict[str, Any], known: frozenset[str]) -> None:

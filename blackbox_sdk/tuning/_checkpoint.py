@@ -124,7 +124,7 @@ def load_checkpoint(config: BBTConfig, fingerprint: str, layers: int) -> SearchS
         if not same or document.get("fingerprint") != fingerprint:
             raise TuningError(f"the checkpoint in {folder} is for other settings or data; use another checkpoint_dir")
         return _state(config, layers, document, load_file(str(folder / Path(document.get("tensors", STATE_TENSORS)).name)))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, SafetensorError) as error:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, SafetensorError, ArithmeticError, RecursionError) as error:
         raise TuningError(f"the checkpoint in {folder} is damaged ({type(error).__name__}: {error}); use another checkpoint_dir") from None
 
 
@@ -141,8 +141,11 @@ def _numbers(values: Any, where: str, *, integers: bool = False, nullable: tuple
 
 
 def _check_document(document: dict[str, Any]) -> None:
-    """ValueError unless the counters, fitness values, history and selection of a checkpoint are finite numbers."""
-    _numbers({k: document[k] for k in ("calls", "dev_calls", "tokens")}, "a counter", integers=True)
+    """ValueError unless the counters (not negative), fitness values, history and selection of a checkpoint are finite numbers."""
+    counters = {k: document[k] for k in ("calls", "dev_calls", "tokens")}
+    _numbers(counters, "a counter", integers=True)
+    if min(counters.values()) < 0:
+        raise ValueError(f"a counter is negative: {counters}")
     _numbers(document["elapsed"], "elapsed")
     for values in document["fitness"]:
         _numbers(values, "fitness")

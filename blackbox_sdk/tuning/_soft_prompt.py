@@ -82,12 +82,13 @@ class SoftPrompt:
         if (layers is None) != (info.layers == 1) or (layers is not None and tuple(layers.shape) != want):
             got = "none" if layers is None else list(layers.shape)
             raise TuningError(f"a soft prompt of {info.layers} layer(s) needs layers {list(want)}, got {got}")
+        embeds, layers = embeds.detach().float().cpu(), None if layers is None else layers.detach().float().cpu()
         if not torch.isfinite(embeds).all() or (layers is not None and not torch.isfinite(layers).all()):
-            raise TuningError("soft prompt embeds must be finite")
+            raise TuningError("soft prompt embeds must be finite (as float32, how they are kept)")
         if z is not None:
             _check_z(z, info)
-        self.embeds = embeds.detach().float().cpu()
-        self.layers = None if layers is None else layers.detach().float().cpu()
+        self.embeds = embeds
+        self.layers = layers
         self.info = info
         self.z = None if z is None else z.detach().float().cpu()
         self.target = target  # what classify() scores on by default; not saved
@@ -278,7 +279,7 @@ def _read_info(path: Path) -> tuple[SoftPromptInfo, object]:
         document = json.loads(path.read_bytes())
     except OSError as exc:
         raise TuningError(f"{path} can't be read: {exc}") from None
-    except ValueError as exc:  # not JSON, or not UTF-8
+    except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8, or nested past what the parser takes
         raise TuningError(f"{path} is not a valid soft prompt description: {exc}") from None
     digest = document.pop(DIGEST_KEY, None) if isinstance(document, dict) else None
     try:
