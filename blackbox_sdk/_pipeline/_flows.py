@@ -142,25 +142,31 @@ def reserve_past_gate(core: Core, call: Call, count: int, recheck: Callable[[], 
     return core.reserve(call, count)
 
 
-def cached(core: Core, call: Call) -> Flow:
-    """The cached candidates; when some are missing and an identical request is already in flight
-    (here or on another host), its answer is waited for first, so that it is sent once. A fetcher that
-    ended with no answer (failed, cancelled) leaves its waiters to look again: one claims and sends, the
-    rest wait on it, until SINGLE_FLIGHT_WAIT_S is up (or FLIGHT_LOOKS fetchers ended so)."""
+def single_flight(core: Core, call: Call, look: Callable[[], tuple[T, bool]], again: Callable[[], T], enough: Callable[[T], bool]) -> Generator[Effect, Any, T]:
+    """What is stored for the call; when it lacks what the call wants and an identical request is already in flight (here
+    or on another host), that answer is waited for first, so that it is sent once. A fetcher that ended with no answer
+    (failed, cancelled) leaves its waiters to look again: one claims and sends, the rest wait on it, until
+    SINGLE_FLIGHT_WAIT_S is up (or FLIGHT_LOOKS fetchers ended so). `look`: what is stored and whether another fetches
+    it (else this call claims it); `again`: what is stored after a wait; `enough`: whether that serves the call."""
     try:
         deadline = time.monotonic() + SINGLE_FLIGHT_WAIT_S
         for _ in range(FLIGHT_LOOKS):
-            found, in_flight = yield from io(call, partial(look, core, call))
+            found, in_flight = yield from io(call, look)
             if not in_flight:
                 return found
             yield Effect("wait", call)
-            found = yield from io(call, partial(core.lookup, call))
-            if len(found) >= call.want or time.monotonic() >= deadline:
+            found = yield from io(call, again)
+            if enough(found) or time.monotonic() >= deadline:
                 break
         return found
     except BaseException as error:  # cancelled while the look ran on (a claim it won is given back), or while waiting
         yield from failed(core, call, error)
         raise
+
+
+def cached(core: Core, call: Call) -> Flow:
+    """The cached candidates, an identical request in flight waited for (`single_flight`)."""
+    return (yield from single_flight(core, call, partial(look, core, call), partial(core.lookup, call), lambda found: len(found) >= call.want))
 
 
 def begin(core: Core, route: Route, params: Json, overrides: Json) -> Generator[Effect, Any, Call]:
@@ -381,19 +387,6 @@ def embed(core: Core, params: Json, overrides: Json) -> Flow:
 
 
 def cached_embedding(core: Core, call: Call) -> Generator[Effect, Any, Json | None]:
-    """The stored embeddings response; when there is none and an identical request is in flight, its answer is
-    waited for first (single flight, looked at again as `cached` does for chat), else this call holds the claim on the request."""
-    try:
-        deadline = time.monotonic() + SINGLE_FLIGHT_WAIT_S
-        for _ in range(FLIGHT_LOOKS):
-            stored, in_flight = yield from io(call, partial(look_embedding, core, call))
-            if not in_flight:
-                return stored
-            yield Effect("wait", call)
-            stored = yield from io(call, partial(lookup_embedding, call))
-            if stored is not None or time.monotonic() >= deadline:
-                break
-        return stored
-    except BaseException as error:  # cancelled while the look ran on (a claim it won is given back), or while waiting
-        yield from failed(core, call, error)
-        raise
+    """The stored embeddings response, an identical request in flight waited for (`single_flight`); None: this call
+    holds the claim on the request."""
+    return (yield from single_flight(core, call, partial(look_embedding, core, call), partial(lookup_embedding, call), lambda stored: stored is not None))
