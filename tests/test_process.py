@@ -6,13 +6,10 @@ from __future__ import annotations
 import os
 import threading
 
-import pytest
-
 from blackbox_sdk._process import BLOCK_BYTES, pid, random_hex
 from blackbox_sdk.call_log import new_call_id
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX-only")
 def test_a_forked_child_draws_ids_of_its_own_and_knows_its_pid() -> None:
     random_hex(16)  # the parent holds a block, part drawn, at the fork
     reader, writer = os.pipe()
