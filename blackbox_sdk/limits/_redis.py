@@ -17,13 +17,13 @@ import contextlib
 import hashlib
 import math
 import os
-import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from .._closing import Closing
 from .._exceptions import StoreUnavailableError
+from .._process import random_hex
 from .._redis_url import REDIS_OR_UNIX, RedisURL
 from ._lua import ADMIT, CORRECT, RELEASE
 from ._store import Clock
@@ -73,7 +73,7 @@ class RedisWindow(Closing):
         now = "" if clock is None else repr(float(clock()))
         ttl_ms = math.ceil(window.window_s * 1000) + 1000
         limit = [-1 if value is None else value for value in (window.rpm, window.tpm)]
-        return [event_id, tokens, repr(float(window.window_s)), *limit, now, ttl_ms, f"{self._prefix}:epoch", self._epoch, uuid.uuid4().hex]
+        return [event_id, tokens, repr(float(window.window_s)), *limit, now, ttl_ms, f"{self._prefix}:epoch", self._epoch, random_hex(16)]
 
     def _verdict(self, reply: Any, window: Window) -> Verdict:
         """The admission script's reply as a Verdict; StoreUnavailableError when it is not one, or while the store is
