@@ -52,6 +52,7 @@ def _check_number(params: Mapping[str, Any], name: str, low: float, high: float)
 MAX_N = 128  # OpenAI's own limit on `n`; more would fan out that many requests where a server ignores `n`
 MAX_TOKENS = 2**53 - 1  # an output cap past it is no model's, and no budget's ledger counts it exactly
 SEEDS = (-(2**63), 2**63 - 1)  # OpenAI's range for `seed`, a signed 64-bit integer
+SAMPLING = frozenset({"n", "seed", "extra_body", "max_tokens", "max_completion_tokens", "temperature", "top_p"})
 
 
 def _check_integer(params: Mapping[str, Any], name: str, low: int, high: int | None = None) -> None:
@@ -65,19 +66,28 @@ def _check_integer(params: Mapping[str, Any], name: str, low: int, high: int | N
 def validate_sampling(params: Mapping[str, Any], min_tokens: int = 1) -> None:
     """`n` in [1, 128], the output caps from `min_tokens` to MAX_TOKENS, `temperature` and `top_p` in range, `seed`
     an integer (the SDK seeds each fanned-out request from it: a string broke that, a fraction or a bool changed it)."""
-    _check_integer(params, "n", 1, MAX_N)
-    _check_integer(params, "seed", *SEEDS)
-    body = params.get("extra_body")
-    _check_integer(body if isinstance(body, Mapping) else {}, "seed", *SEEDS)  # as the caller's seed too (`Call.seed`)
-    _check_integer(params, "max_tokens", min_tokens, MAX_TOKENS)
-    _check_integer(params, "max_completion_tokens", 1, MAX_TOKENS)
-    _check_number(params, "temperature", 0.0, 2.0)
-    _check_number(params, "top_p", 0.0, 1.0)
+    present = params.keys() & SAMPLING  # a request gives one or two of them, mostly: those are checked
+    if "n" in present:
+        _check_integer(params, "n", 1, MAX_N)
+    if "seed" in present:
+        _check_integer(params, "seed", *SEEDS)
+    if "extra_body" in present and isinstance(body := params["extra_body"], Mapping):
+        _check_integer(body, "seed", *SEEDS)  # as the caller's seed too (`Call.seed`)
+    if "max_tokens" in present:
+        _check_integer(params, "max_tokens", min_tokens, MAX_TOKENS)
+    if "max_completion_tokens" in present:
+        _check_integer(params, "max_completion_tokens", 1, MAX_TOKENS)
+    if "temperature" in present:
+        _check_number(params, "temperature", 0.0, 2.0)
+    if "top_p" in present:
+        _check_number(params, "top_p", 0.0, 1.0)
 
 
 def validate_stream(params: Mapping[str, Any]) -> None:
     """`stream` a bool and `stream_options` an object, only with `stream` true, its `include_usage` a bool (OpenAI's
     400 otherwise), when given: a truthy string would open a stream the caller does not expect to read (and so never settles)."""
+    if "stream" not in params and "stream_options" not in params:
+        return
     stream, options = params.get("stream"), params.get("stream_options")
     if given(stream) and not isinstance(stream, bool):
         raise InvalidRequestError(f"stream must be true or false, got {stream!r}", param="stream")
@@ -146,9 +156,11 @@ def validate_chat(params: Mapping[str, Any]) -> None:
         content = message.get("content")
         if content is not None and not isinstance(content, (str, list)):
             raise InvalidRequestError(f"messages[{i}].content must be a string or a list of parts", param=f"messages[{i}].content")
-        _check_parts(f"messages[{i}].content", content if isinstance(content, list) else [])
-    _check_tools(params)
-    _check_tools(params, "functions")
+        if isinstance(content, list):
+            _check_parts(f"messages[{i}].content", content)
+    if "tools" in params or "functions" in params:
+        _check_tools(params)
+        _check_tools(params, "functions")
     validate_sampling(params)
 
 

@@ -107,7 +107,7 @@ class CallRecord(BaseModel):
     @classmethod
     def _plain_json(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         """Only values that survive strict JSON encoding can be logged; lone surrogates in them are replaced."""
-        if value is not None:
+        if value:  # None and {} are plain JSON as they are
             try:
                 text = _STRICT_JSON.encode(value)
             except (TypeError, ValueError) as exc:
@@ -116,22 +116,24 @@ class CallRecord(BaseModel):
                 return _valid(value)  # type: ignore[no-any-return]  # a dict in, a dict out
         return value
 
-    @pydantic.field_validator("call_id", "endpoint_host", "model", "route", "candidates", "error", "key")
-    @classmethod
-    def _text(cls, value: str | list[str] | None) -> str | list[str] | None:
-        """Lone surrogates replaced (an answer cut mid-emoji), so that every store can write the record."""
-        if isinstance(value, list):
-            return [valid_text(text) for text in value]
-        return value if value is None else valid_text(value)
-
     @pydantic.model_validator(mode="after")
-    def _indices_fit(self) -> CallRecord:
-        """``chosen`` must index ``candidates``; ``scores`` must have one score per candidate."""
+    def _fits(self) -> CallRecord:
+        """Lone surrogates in its text replaced (an answer cut mid-emoji), so that every store can write the record (one
+        pass over the fields, not a validator each); ``chosen`` must index ``candidates``, with one score per candidate."""
+        for name in _TEXT_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, str) and not is_utf8(value):
+                setattr(self, name, valid_text(value))
+        if not all(map(is_utf8, self.candidates)):
+            self.candidates = [valid_text(text) for text in self.candidates]
         if any(i >= len(self.candidates) for i in self.chosen):
             raise ValueError(f"chosen {self.chosen} must index the {len(self.candidates)} candidates")
         if self.scores is not None and len(self.scores) != len(self.candidates):
             raise ValueError(f"{len(self.scores)} scores for {len(self.candidates)} candidates")
         return self
+
+
+_TEXT_FIELDS = ("call_id", "endpoint_host", "model", "route", "error", "key")
 
 
 class Feedback(BaseModel):

@@ -47,11 +47,12 @@ class Mirror:
         self._needed = [p.name for p in self._keywords if p.default is p.empty]
         variants = inspect.getclosurevars(upstream).nonlocals.get("variants") if hasattr(upstream, "__wrapped__") else None
         self._required = required_args(*variants)(_named(upstream.__name__)) if variants else None
+        self._variants = [frozenset(variant) for variant in variants or ()]
 
     def check(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
         """Raise openai's TypeError for arguments its method would refuse (every one is keyword-only)."""
-        if self._required is not None:
-            self._required(None, *args, **kwargs)  # openai's own decorator: its checks and messages first
+        if self._required is not None and (args or not any(variant <= kwargs.keys() for variant in self._variants)):
+            self._required(None, *args, **kwargs)  # openai's own decorator, where it may refuse: its checks and messages first
         unknown = [name for name in kwargs if name not in self.signature.parameters]
         if unknown:
             raise TypeError(f"{self._name}() got an unexpected keyword argument {unknown[0]!r}")
