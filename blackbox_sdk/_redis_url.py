@@ -251,7 +251,7 @@ class RedisURL:
             probe_client.ping()
             self._refuse_a_cluster(probe_client)
             if forgets is not None:
-                self._warn_if_evicting(probe_client, forgets)
+                self._warn_if_forgetting(probe_client, forgets)
             if prefix is not None:
                 probe_client.register_script(_PROBE)(keys=[prefix + "probe"])
         except exceptions.AuthenticationError as exc:
@@ -290,9 +290,10 @@ class RedisURL:
                 "standalone Redis or of a primary"
             )
 
-    def _warn_if_evicting(self, probe: Any, forgets: str) -> None:
-        """Warn when the server has a memory limit and a policy that evicts keys under it (not ``noeviction``): it could
-        drop this store's keys, and with them ``forgets``. A server that refuses INFO (an ACL) is not asked further."""
+    def _warn_if_forgetting(self, probe: Any, forgets: str) -> None:
+        """Warn when the server has a memory limit and a policy that evicts keys under it (not ``noeviction``), or keeps no
+        append-only file: either could drop this store's keys, and with them ``forgets``. A server that refuses INFO (an
+        ACL) is not asked further."""
         from redis import exceptions
 
         try:
@@ -304,6 +305,12 @@ class RedisURL:
             logger.warning(
                 "the Redis server of the %s %s may evict keys (maxmemory %s bytes, maxmemory-policy %s), and with them %s; "
                 "give it maxmemory-policy noeviction (docs/fleet.md)", self._what, self.shown, memory["maxmemory"], policy, forgets,
+            )
+        if not probe.info("persistence").get("aof_enabled", 1):  # snapshots alone: a restart goes back to the last one
+            logger.warning(
+                "the Redis server of the %s %s keeps no append-only file (appendonly no): a restart loses what was written "
+                "since its last snapshot (all of it, without snapshots), and with it %s; run it with appendonly yes (docs/fleet.md)",
+                self._what, self.shown, forgets,
             )
 
     def _refused(self, reason: str, by: str = "the Redis server") -> ConfigError:

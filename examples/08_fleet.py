@@ -12,6 +12,7 @@ import multiprocessing
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 import uuid
 
@@ -23,14 +24,16 @@ PRICES = {MODEL: {"input": 1000.0, "output": 1000.0}}  # pretend the model is ex
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 
-def start_redis() -> tuple[str, subprocess.Popen[bytes] | None]:
-    """REDIS_URL, or a throwaway redis-server on a free loopback port."""
+def start_redis(folder: str) -> tuple[str, subprocess.Popen[bytes] | None]:
+    """REDIS_URL, or a throwaway redis-server on a free loopback port, its append-only file in ``folder`` (as
+    docs/fleet.md asks of a ledger's Redis)."""
     if os.environ.get("REDIS_URL"):
         return os.environ["REDIS_URL"], None
     if shutil.which("redis-server") is None:
         raise SystemExit("set REDIS_URL, or install redis-server (apt-get install redis-server)")
     port = free_port()
-    server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""], stdout=subprocess.DEVNULL)
+    command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes", "--dir", folder]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL)
     time.sleep(0.5)
     return f"redis://127.0.0.1:{port}/0", server
 
@@ -52,7 +55,8 @@ def host(name: str, url: str, run: str, questions: list[str]) -> None:
 
 def main() -> None:
     """Host A asks; host B asks the same (a hit), then new questions until the shared cap refuses."""
-    url, server = start_redis()
+    folder = tempfile.mkdtemp(prefix="blackbox-fleet-")
+    url, server = start_redis(folder)
     run = uuid.uuid4().hex[:8]  # this run's own keys, so that reruns start from nothing
     spawn = multiprocessing.get_context("spawn")
     try:
@@ -63,6 +67,8 @@ def main() -> None:
     finally:
         if server is not None:
             server.terminate()
+            server.wait()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":

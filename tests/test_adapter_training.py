@@ -33,6 +33,7 @@ from blackbox_sdk.adapter import (
     train,
     train_from_log,
 )
+from blackbox_sdk.adapter._feedback import logged_question, read_records, training_record
 from blackbox_sdk.call_log import CallLog, CallRecord
 from blackbox_sdk.local import default_encoder_path, free_port
 
@@ -291,6 +292,42 @@ def test_read_log_takes_the_jsonl_export_too(tmp_path: Path) -> None:
     with CallLog(tmp_path / "calls.db") as log:
         log.export_jsonl(tmp_path / "calls.jsonl")
     assert read_log(tmp_path / "calls.jsonl") == read_log(tmp_path / "calls.db")
+
+
+def test_read_log_reads_texts_holding_line_separators_whole(tmp_path: Path) -> None:
+    """U+2028, U+2029, a form feed and NEL inside a logged answer are text, not line ends: the log and its export read whole."""
+    answer = "Paris\u2028is\u2029the\x0ccapital\x85."
+    with CallLog(tmp_path / "calls.db") as log:
+        rec = CallRecord(endpoint_host="h", model="m", route="chat", request={"messages": [{"role": "user", "content": "Capital?"}]},
+                         candidates=[answer, "Lyon."], chosen=[0])
+        log.record(rec)
+        log.feedback(rec.call_id, preferred=0)
+        log.export_jsonl(tmp_path / "calls.jsonl")
+    for source in ("calls.db", "calls.jsonl"):
+        [record] = read_log(tmp_path / source)
+        assert record["candidates"] == [answer, "Lyon."]
+    [group] = groups_from_log(read_log(tmp_path / "calls.db"))
+    assert group.positive == answer and list(group.negatives) == ["Lyon."]
+
+
+def test_read_log_names_the_byte_that_is_not_utf8(tmp_path: Path) -> None:
+    _write_log(tmp_path / "calls.db")
+    with CallLog(tmp_path / "calls.db") as log:
+        log.export_jsonl(tmp_path / "calls.jsonl")
+    good = (tmp_path / "calls.jsonl").read_bytes()
+    (tmp_path / "bad.jsonl").write_bytes(good + b'{"format": "\xff"}\n')
+    with pytest.raises(AdapterError, match=f"not UTF-8 text at byte {len(good) + 12}"):
+        read_log(tmp_path / "bad.jsonl")
+
+
+def test_training_keeps_of_each_call_only_what_it_reads(tmp_path: Path) -> None:
+    """`adapter train` holds each call's question, candidates and feedback, not its whole request: the groups are the same."""
+    _write_log(tmp_path / "calls.db")
+    whole = read_log(tmp_path / "calls.db")
+    slim = read_records(tmp_path / "calls.db", training_record)
+    assert [record["request"] for record in slim[:2]] == [{"prompt": logged_question(record)} for record in whole[:2]]
+    assert all(set(record) == {"call_id", "route", "request", "candidates", "feedback", "error"} for record in slim)
+    assert groups_from_log(slim) == groups_from_log(whole) and len(groups_from_log(slim)) > 0
 
 
 @pytest.mark.parametrize(

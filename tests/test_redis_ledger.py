@@ -580,3 +580,21 @@ def test_a_server_that_may_evict_the_ledger_s_keys_is_warned_of_at_open(redis_se
         assert len(messages) == 2 and all(f"maxmemory-policy {policy}" in text and "noeviction" in text for text in messages)
         assert "ledger" in messages[0] and "spend" in messages[0] and "rate-limit store" in messages[1]
     admin.close()
+
+
+def test_a_server_without_an_append_only_file_is_warned_of_at_open(redis_server: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
+    """Snapshots alone (or none) mean a restart goes back in time: the spend written since is gone, and the epoch, made
+    before the snapshot, does not show it. The ledger says so at open; with appendonly yes it says nothing."""
+    admin = redis.Redis.from_url(redis_server.url)
+    warned = []
+    for appendonly in ("no", "yes", "no"):
+        admin.config_set("appendonly", appendonly)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="blackbox_sdk"):
+            capped(redis_server.url, total_usd=1.0)
+        warned.append([record.getMessage() for record in caplog.records if "append-only file" in record.getMessage()])
+    assert warned[1] == []
+    for messages in (warned[0], warned[2]):
+        assert len(messages) == 1 and "appendonly no" in messages[0] and "appendonly yes" in messages[0], messages
+        assert "ledger" in messages[0] and "spend" in messages[0] and redis_server.url.split("@")[-1].split("/")[0] in messages[0]
+    admin.close()

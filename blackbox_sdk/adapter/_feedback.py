@@ -6,10 +6,11 @@ labels, non-preferred candidates and negative rewards are negatives.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import io
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -18,35 +19,89 @@ from ._groups import RankingGroup, build_groups
 
 LOG_FORMAT = "blackbox-calllog/1"
 SQLITE_MAGIC = b"SQLite format 3\x00"
+UTF8_CHUNK = 1 << 20  # bytes of a JSONL export checked at a time
 
 
 def read_log(path: str | Path) -> list[dict[str, Any]]:
     """The call log's records as export dicts: from its JSONL export, the SQLite file itself, or a postgresql:// URL."""
-    if isinstance(path, str) and "://" in path:  # a database URL (another kind than postgresql:// is refused when opened)
-        name, text = log_name(path), _export_store(path)
-    else:
-        source = Path(path)
-        if not source.is_file():
-            raise AdapterError(f"no call log at {source}")
-        with source.open("rb") as handle:
-            is_sqlite = handle.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
-        try:
-            name, text = str(source), _export_store(source) if is_sqlite else source.read_text(encoding="utf-8")
-        except UnicodeDecodeError as exc:
-            raise AdapterError(f"{source} is neither a call log nor its JSONL export (not UTF-8 text at byte {exc.start})") from None
-    records = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise AdapterError(f"{name}:{number}: not JSON ({exc.msg})") from exc
-        if not isinstance(record, dict) or record.get("format") != LOG_FORMAT:
-            raise AdapterError(f"{name}:{number}: not a {LOG_FORMAT} record")
-        _check_shape(record, f"{name}:{number}")
-        records.append(record)
-    return records
+    return read_records(path, lambda record: record)
+
+
+def read_records(path: str | Path, keep: Callable[[dict[str, Any]], dict[str, Any]]) -> list[dict[str, Any]]:
+    """``keep`` of each record of the log, checked, read a line at a time: the export is never held whole as text, and
+    a caller that keeps less of each record (``training_record``) holds only that; lines end at newlines only, so
+    a text holding U+2028 or a form feed (which ``splitlines`` splits at) is read whole."""
+    url = isinstance(path, str) and "://" in path
+    records = _Lines(log_name(path) if url else str(path), keep)
+    if url:  # a database URL (another kind than postgresql:// is refused when opened)
+        _export_store(path, records)
+        return records.done()
+    source = Path(path)
+    if not source.is_file():
+        raise AdapterError(f"no call log at {source}")
+    with source.open("rb") as handle:
+        is_sqlite = handle.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
+    if is_sqlite:
+        _export_store(source, records)
+        return records.done()
+    _check_utf8(source)
+    with source.open("rb") as handle:
+        for line in handle:  # split at b"\n" alone
+            records.write(line.decode("utf-8"))
+    return records.done()
+
+
+def _check_utf8(source: Path) -> None:
+    """AdapterError naming the first byte that is not UTF-8 (a binary file), before any line is read as a record."""
+    decoder, offset = codecs.getincrementaldecoder("utf-8")(), 0
+    with source.open("rb") as handle:
+        while True:
+            chunk = handle.read(UTF8_CHUNK)
+            held = len(decoder.getstate()[0])  # bytes of a character the chunk before cut, decoded with this one
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as exc:
+                at = offset - held + exc.start
+                raise AdapterError(f"{source} is neither a call log nor its JSONL export (not UTF-8 text at byte {at})") from None
+            if not chunk:
+                return
+            offset += len(chunk)
+
+
+class _Lines(io.TextIOBase):
+    """A text sink that parses each JSON line as it is written (an export streams into it) and keeps ``keep`` of each record."""
+
+    def __init__(self, name: str, keep: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+        super().__init__()
+        self.records: list[dict[str, Any]] = []
+        self._name, self._keep, self._partial, self._number = name, keep, "", 0
+
+    def write(self, text: str) -> int:
+        """Take written text, parsing each line it completes."""
+        *lines, self._partial = (self._partial + text).split("\n")
+        for line in lines:
+            self._number += 1
+            if line.strip():
+                self.records.append(self._keep(_parsed(line, f"{self._name}:{self._number}")))
+        return len(text)
+
+    def done(self) -> list[dict[str, Any]]:
+        """The records, the last line parsed though no newline ended it."""
+        if self._partial:
+            self.write("\n")
+        return self.records
+
+
+def _parsed(line: str, where: str) -> dict[str, Any]:
+    """One export line as its record; AdapterError naming the line for what is not one."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise AdapterError(f"{where}: not JSON ({exc.msg})") from exc
+    if not isinstance(record, dict) or record.get("format") != LOG_FORMAT:
+        raise AdapterError(f"{where}: not a {LOG_FORMAT} record")
+    _check_shape(record, where)
+    return record
 
 
 def _check_shape(record: dict[str, Any], where: str) -> None:
@@ -67,20 +122,18 @@ def log_name(path: str | Path) -> str:
     return url_without_password(path) if isinstance(path, str) and "://" in path else Path(path).name
 
 
-def _export_store(target: str | Path) -> str:
-    """The JSONL export of an existing SQLite or PostgreSQL call log, in memory; a database URL's errors as AdapterError."""
+def _export_store(target: str | Path, sink: io.TextIOBase) -> None:
+    """The JSONL export of an existing SQLite or PostgreSQL call log, written into ``sink``; a database URL's errors as AdapterError."""
     from ..call_log import open_call_log
 
-    sink = io.StringIO()
     try:
         with contextlib.closing(open_call_log(target, create=False)) as log:
-            log.export_jsonl(sink)
+            log.export_jsonl(sink)  # type: ignore[arg-type]  # a text stream, as io's own are
     except BlackBoxError as exc:
-        if isinstance(target, Path):
+        if isinstance(target, Path) or isinstance(exc, AdapterError):  # a line the export wrote that is no record says so itself
             raise
         name, message = log_name(target), str(exc)  # the log's own errors name it already, most of them
         raise AdapterError(message if name in message else f"can't read the call log {name}: {message}") from exc
-    return sink.getvalue()
 
 
 CHAT_ROUTES = ("chat.completions", "chat")  # the client's route name, and the one older logs and hand-made records use
@@ -101,6 +154,16 @@ def logged_question(record: dict[str, Any]) -> str | None:
         return None
     prompt = request.get("prompt")
     return prompt if isinstance(prompt, str) else None
+
+
+def training_record(record: dict[str, Any]) -> dict[str, Any]:
+    """What training reads of a logged call (its question, candidates, feedback and error), the rest of its request
+    (a long chat history, tools) left out: a log of a million calls is trained from without holding their requests."""
+    question = logged_question(record)
+    return {
+        "call_id": record.get("call_id"), "route": "completions", "request": {} if question is None else {"prompt": question},
+        "candidates": record.get("candidates"), "feedback": record.get("feedback"), "error": record.get("error"),
+    }
 
 
 def _text(content: Any) -> str | None:

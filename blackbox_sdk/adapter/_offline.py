@@ -18,7 +18,7 @@ from ._curve import plot_curve
 from ._consensus import normalize_answer
 from ._energy import checked_device
 from ._folder import writable_target
-from ._feedback import groups_from_log, judgements, log_name, logged_question, read_log
+from ._feedback import groups_from_log, judgements, log_name, logged_question, read_records, training_record
 from ._groups import split_groups
 from ._model import Adapter
 from ._picks import pick
@@ -41,7 +41,7 @@ def train_from_log(
     train_config = train_config or TrainConfig()
     device = checked_device(device)
     out = writable_target(out_dir)  # a file, a link or a folder of the user's files is refused before any training
-    records = read_log(log_path)
+    records = read_records(log_path, training_record)  # what training reads of each call, not its whole request
     groups = groups_from_log(records, high_reward=high_reward, low_reward=low_reward, expand_prefixes=expand_prefixes)
     if not groups:
         raise AdapterError(
