@@ -10,12 +10,13 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from blackbox_sdk import AsyncOpenAI, Budget, OpenAI
-from blackbox_sdk._pipeline import _sync
+from blackbox_sdk._pipeline import _flows
 
 from servers import InstantUpstream
 
@@ -162,7 +163,7 @@ def test_a_caller_past_its_single_flight_wait_looks_again_after_the_calibration_
 ) -> None:
     """The fetcher holds the claim and the gate of an uncalibrated endpoint; an identical caller stops
     waiting for its answer, waits at the gate meanwhile, and finds the answer stored once it passes."""
-    monkeypatch.setattr(_sync, "SINGLE_FLIGHT_WAIT_S", 0.3)
+    monkeypatch.setattr(_flows, "SINGLE_FLIGHT_WAIT_S", 0.3)
     sent, go = [], threading.Event()
 
     def held_first() -> None:
@@ -192,3 +193,23 @@ def test_a_caller_past_its_single_flight_wait_looks_again_after_the_calibration_
     finally:
         client.close()
         upstream.close()
+
+
+
+def test_the_looks_after_fetchers_that_ended_with_no_answer_share_one_single_flight_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue: each look after a fetcher that ended with no answer (failed, cancelled) waited the whole SINGLE_FLIGHT_WAIT_S
+    again, so a caller could wait up to eight times as long as promised. The flow is driven here as a core drives it,
+    on a clock of its own: each fetcher it waits on ends after 20 s of a 60 s wait, and another has claimed the request."""
+    clock = [1000.0]
+    monkeypatch.setattr(_flows.time, "monotonic", lambda: clock[0])
+    call = SimpleNamespace(opts=SimpleNamespace(has_stores=False))  # its looks are done where they are, as without a store
+    flow = _flows.single_flight(None, call, look=lambda: ([], True), again=lambda: [], enough=bool)  # type: ignore[arg-type]
+    asked = []
+    effect = next(flow)
+    with pytest.raises(StopIteration):
+        while True:
+            assert effect.kind == "wait"
+            asked.append(effect.seconds)
+            clock[0] += min(effect.seconds, 20.0)  # the fetcher it waited on ended with no answer, or the wait was up
+            effect = flow.send(None)
+    assert asked == [60.0, 40.0, 20.0]  # one wait of SINGLE_FLIGHT_WAIT_S, shared by its looks, then it sends itself

@@ -22,7 +22,7 @@ from . import _responses_api as responses_api
 from ._beam_steps import run_beam, step_options
 from ._calibrate import refused_max_tokens
 from ._call import Call, KeptHttp, keeping
-from ._core import SINGLE_FLIGHT_WAIT_S, Core, advance, keep_http, replay
+from ._core import Core, advance, keep_http, replay
 from ._lost import Retries, answered, note_lost
 from ._relay import REST_READ_S, Relay
 from ._responses import replay_response
@@ -159,7 +159,7 @@ class AsyncCore(Core):
         if effect.kind == "gate":
             return await asyncio.sleep(flows.GATE_PAUSE_S)
         if effect.kind == "wait":
-            return await effect.call.opts.cache.wait_for_async(effect.call.key, SINGLE_FLIGHT_WAIT_S, want=effect.call.want)
+            return await effect.call.opts.cache.wait_for_async(effect.call.key, effect.seconds, want=effect.call.want)
         if effect.kind == "admit":
             limits = effect.call.opts.rate_limit
             admitting = limits.aadmit(key=effect.call.meter.key, model=effect.call.model, tokens=effect.tokens)

@@ -23,7 +23,7 @@ class Effect:
     "raw" the raw response; "enter" (context, unread response) of a streaming response;
     "beam" (result, step tally) of the beam search, each step a call through the same client;
     "admit" the rate limit's admission for `tokens` (waiting for room, or refused, by its policy);
-    "wait" nothing, once the cache holds another caller's answer to the same request (single flight);
+    "wait" nothing, once the cache holds another caller's answer to the same request (single flight), or `seconds` passed;
     "gate" nothing, after a pause while another call calibrates the endpoint (`passes_gate`);
     "io" what its one function returns: work on the call's stores (cache, ledger, rate limit, call
     log), a server's tokenizer, the reranker, or opening what per-call options name, run where it is
@@ -35,6 +35,7 @@ class Effect:
     requests: tuple[Callable[[], Any], ...] = ()
     tokens: int = 0
     counts: bool = False  # an "io" effect that may count tokens (answers that came without usage)
+    seconds: float = 0.0  # the longest a "wait" waits: what is left of the call's single-flight wait
     blocks: bool = False  # an "io" effect that may block whatever the call holds (opening a path an override names)
 
     @property

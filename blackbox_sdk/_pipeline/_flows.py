@@ -154,7 +154,7 @@ def single_flight(core: Core, call: Call, look: Callable[[], tuple[T, bool]], ag
             found, in_flight = yield from io(call, look)
             if not in_flight:
                 return found
-            yield Effect("wait", call)
+            yield Effect("wait", call, seconds=max(0.0, deadline - time.monotonic()))  # the looks share one wait, never one each
             found = yield from io(call, again)
             if enough(found) or time.monotonic() >= deadline:
                 break

@@ -19,7 +19,7 @@ from . import _responses_api as responses_api
 from ._beam_steps import run_beam, step_options
 from ._calibrate import refused_max_tokens
 from ._call import Call, KeptHttp, keeping
-from ._core import MAX_FANOUT_WORKERS, SINGLE_FLIGHT_WAIT_S, Core, advance, keep_http, replay
+from ._core import MAX_FANOUT_WORKERS, Core, advance, keep_http, replay
 from ._lost import Retries, answered, note_lost
 from ._relay import REST_READ_S, Relay
 from ._responses import replay_response
@@ -104,7 +104,7 @@ class SyncCore(Core):
         if effect.kind == "gate":
             return time.sleep(flows.GATE_PAUSE_S)
         if effect.kind == "wait":
-            return effect.call.opts.cache.wait_for(effect.call.key, SINGLE_FLIGHT_WAIT_S, want=effect.call.want)
+            return effect.call.opts.cache.wait_for(effect.call.key, effect.seconds, want=effect.call.want)
         if effect.kind == "admit":
             return effect.call.opts.rate_limit.admit(key=effect.call.meter.key, model=effect.call.model, tokens=effect.tokens)
         if effect.kind == "send":
