@@ -412,6 +412,32 @@ def test_a_ledger_that_lost_its_data_refuses_every_budget_until_it_is_reset(redi
     raw.close()
 
 
+def test_a_ledger_restored_from_an_older_snapshot_refuses_until_reset(redis_server: RedisServer) -> None:
+    """Issue: Redis restarted from its last RDB snapshot (appendonly no: Redis's default) came back with the spend made
+    before the snapshot and with its epoch, so the spend made since was forgotten without a sign and a cap could be
+    passed. A process that saw the ledger further along notices, and every budget refuses until an operator resets it;
+    a second reset in the same words, after a second loss, takes as the first did."""
+    raw = redis.Redis.from_url(redis_server.url)
+    budget = capped(redis_server.url, total_usd=6 * CALL_USD)
+    for reset in ("reset:1", "reset:1"):
+        budget.settle(call(budget), prompt_tokens=0, completion_tokens=OUTPUT_TOKENS)
+        raw.save()  # the snapshot a restart goes back to
+        spent = budget.spent()
+        for _ in range(2):
+            budget.settle(call(budget), prompt_tokens=0, completion_tokens=OUTPUT_TOKENS)  # spend the snapshot never saw
+        redis_server.stop()
+        redis_server.start()
+        later = capped(redis_server.url, total_usd=6 * CALL_USD)
+        assert later.spent() == pytest.approx(spent)  # the restart went back in time: the spend since is gone
+        for refused in (budget, later):
+            message = _message(lambda: call(refused))  # noqa: B023 - called at once
+            assert "lost its data" in message and "the call is refused, nothing was sent" in message
+        raw.set("blackbox:ledger:epoch", reset)  # the operator accepts the caps as the snapshot left them
+        for budget_ in (budget, later):
+            budget_.settle(call(budget_), prompt_tokens=0, completion_tokens=OUTPUT_TOKENS)
+    raw.close()
+
+
 def test_a_budget_shows_its_redis_url_without_the_password(redis_with_password: RedisServer) -> None:
     password = str(redis_with_password.password)
     budget = capped(redis_with_password.url.replace("redis://:", "redis://default:"), total_usd=1.0)

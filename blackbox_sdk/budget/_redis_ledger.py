@@ -63,7 +63,7 @@ class RedisLedger:
         self.url = self._url.shown
         self.prefix = prefix
         self._keep = str(int(record_ttl_s))
-        self._epoch = ""  # the ledger's epoch as this process last saw it ('' before its first reserve)
+        self._seen = ("", 0)  # the ledger's epoch as this process last saw it ('' before its first reserve), and its highest seq
         self._owner: tuple[int, list[str]] = (-1, [])  # (pid, the settling process's host, pid, start time as ARGV)
         self._scripts = {
             name: self._client.register_script(text)
@@ -87,15 +87,23 @@ class RedisLedger:
 
     def reserve(self, hold: Hold, caps: Sequence[Cap]) -> list[CapUsage] | None:
         """Hold `hold.usd_nano` if it fits every cap (None), else every cap's usage; one script."""
+        epoch, seq = self._seen
         reply = self._run(
             "reserve", hold.reservation_id, hold.call_id, hold.model, snapshot_base(hold.model), hold.key or "",
-            hold.day, str(hold.usd_nano), str(max(1, math.ceil(hold.lease_s * 1000))), self._keep, self._epoch,
-            random_hex(16), *_cap_args(caps),
+            hold.day, str(hold.usd_nano), str(max(1, math.ceil(hold.lease_s * 1000))), self._keep, epoch,
+            random_hex(16), str(seq), *_cap_args(caps),
         )
         if int(reply[0]) == -1:
             raise self._lost()
-        self._epoch = reply[1].decode()
-        return None if int(reply[0]) == 1 else _usages(caps, reply[2:])
+        self._saw(reply[1].decode(), int(reply[2]))
+        return None if int(reply[0]) == 1 else _usages(caps, reply[3:])
+
+    def _saw(self, epoch: str, seq: int) -> None:
+        """Keep the ledger's epoch and the highest `seq` seen in it; a new epoch starts its count afresh, since a `seq`
+        kept from another epoch would read as data lost. Threads' replies come back in any order: one pair is swapped
+        in at once, and a race only keeps a lower `seq` (a later look), never a higher one than the epoch reached."""
+        known, highest = self._seen
+        self._seen = (epoch, seq if epoch != known else max(highest, seq))
 
     def _lost(self) -> StoreUnavailableError:
         """The error every reserve raises once the ledger has lost its data: its caps would start again from nothing."""

@@ -12,7 +12,9 @@ of settled calls (with the host, pid and start time of the process that settled 
 call log each was meant for), for audit and for repairing a call log whose process ended between the
 charge and the record. `epoch` names this ledger's life: made by the first reserve, it lets a process that saw
 it notice the data gone (a restart without persistence, a FLUSHALL, an eviction), which the reserve script then marks
-`lost` for every process, refusing until an operator sets it to `reset:` and anything. Amounts travel as decimal strings and are compared as Lua numbers,
+`lost` for every process, refusing until an operator sets it to `reset:` and anything. `seq` counts every hold and charge:
+a process that saw it higher than it is now (Redis restarted from a snapshot older than what was written, a failover to a
+replica behind its primary) marks the ledger `lost` the same way, since the epoch, older than the snapshot, came back with it. Amounts travel as decimal strings and are compared as Lua numbers,
 exact to 2^53 nano-dollars (about $9 million).
 """
 
@@ -68,25 +70,33 @@ end
 """
 
 # ARGV: prefix, id, call_id, model, family, key, day, usd, lease_ms, keep_s, the ledger's epoch as the caller last saw it
-# ('' for never), a new epoch should there be none, then (row, limit) pairs. Returns {1, epoch} when held (or already held
-# under this id), {0, epoch, spent, held, ...} per cap when refused, {-1, 'lost'} when the ledger lost its data.
+# ('' for never), a new epoch should there be none, the ledger's `seq` as the caller last saw it under that epoch, then
+# (row, limit) pairs. Returns {1, epoch, seq} when held (or already held under this id), {0, epoch, seq, spent, held, ...}
+# per cap when refused, {-1, 'lost'} when the ledger lost its data: its epoch gone or made anew, or its `seq` (counting
+# every hold and charge) behind what the caller saw, as after a restart from an older snapshot.
 RESERVE = _PRELUDE + """
 local epoch = redis.call('GET', p .. 'epoch')
 if epoch == 'lost' then return {-1, epoch} end
-if ARGV[11] ~= '' and epoch ~= ARGV[11] and not (epoch and string.sub(epoch, 1, 6) == 'reset:') then
-  redis.call('SET', p .. 'epoch', 'lost')  -- gone, or made anew by a process that never saw the old one: spend forgotten
+local reset = epoch and string.sub(epoch, 1, 6) == 'reset:'
+local seq = tonumber(redis.call('GET', p .. 'seq') or '0')
+if ARGV[11] ~= '' and ((epoch ~= ARGV[11] and not reset) or (epoch == ARGV[11] and seq < tonumber(ARGV[13]))) then
+  redis.call('SET', p .. 'epoch', 'lost')  -- gone, made anew by a process that never saw the old one, or gone back in time
   return {-1, 'lost'}
 end
 if not epoch then
   epoch = ARGV[12]
   redis.call('SET', p .. 'epoch', epoch)
+elseif reset and not string.find(epoch, '|', 1, true) then
+  epoch = epoch .. '|' .. ARGV[12]  -- an operator's reset begins a life of its own, told apart from a later reset in the same words
+  redis.call('SET', p .. 'epoch', epoch)
 end
 local now = now_ms()
 purge(now, ARGV[10])
 local rk = p .. 'res:' .. ARGV[2]
-if redis.call('EXISTS', rk) == 1 or redis.call('EXISTS', p .. 'done:' .. ARGV[2]) == 1 then return {1, epoch} end
-local out, worst = usages(13)
+if redis.call('EXISTS', rk) == 1 or redis.call('EXISTS', p .. 'done:' .. ARGV[2]) == 1 then return {1, epoch, seq} end
+local out, worst = usages(14)
 if worst ~= nil and tonumber(ARGV[8]) > worst then
+  table.insert(out, 1, seq)
   table.insert(out, 1, epoch)
   table.insert(out, 1, 0)
   return out
@@ -95,7 +105,7 @@ redis.call('HSET', rk, 'call_id', ARGV[3], 'model', ARGV[4], 'family', ARGV[5], 
   'usd', ARGV[8], 'state', 'held')
 redis.call('ZADD', p .. 'leases', now + tonumber(ARGV[9]), ARGV[2])
 add_held({ARGV[8], ARGV[7], ARGV[6], ARGV[4], ARGV[5]}, '')
-return {1, epoch}
+return {1, epoch, redis.call('INCR', p .. 'seq')}
 """
 
 # ARGV: prefix, id, token, usd, prompt, completion, cached, keep_s, spends_kept, then the
@@ -139,6 +149,7 @@ if ARGV[18] == '1' then
   entry[#entry + 1] = ARGV[19]
 end
 redis.call('XADD', p .. 'spends', 'MAXLEN', '~', ARGV[9], '*', unpack(entry))
+redis.call('INCR', p .. 'seq')
 return status
 """
 
