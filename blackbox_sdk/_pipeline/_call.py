@@ -66,6 +66,7 @@ class Call:
     opts: Options
     info: BlackBoxInfo
     want: int  # candidates to gather: the caller's n, or rerank_n when reranking
+    io_in_place: bool = False  # its "io" work is done where the flow is (the sync core's calls): no trip through the core
     started: float = field(default_factory=time.perf_counter)
     key: str | None = None
     reservation: Any = None

@@ -46,13 +46,14 @@ MAX_FANOUT_WORKERS = 8
 class Core:
     """What one client's calls share: the inner openai client, the endpoint, options and counters."""
 
+    io_in_place = False  # whether the core does "io" work where the flow is (`effects.io`), or elsewhere
+
     def __init__(self, inner: Any, opts: Options, *, endpoint: str, local: bool, backend: Any = None, opened: Opened) -> None:
         counting_retries(inner)  # its retries by the SDK's policy say which they are, as openai's own do
         self.inner = inner
         self.opts = opts
         self.endpoint = endpoint
-        self.local = local
-        self.backend = backend
+        self.local, self.backend = local, backend
         self.opened = opened  # resources opened from paths, shared with copies of the client
         server = None if backend is not None else ServerTokenizer(str(inner.base_url), inner.auth_headers)
         self.count = UsageCounter(backend, server, ask_server=local)
@@ -297,7 +298,7 @@ def checked(core: Core, route: Route, params: Json, overrides: Json) -> Call:
     client's options until the flow merges its overrides (`flows.begin`) and `prepare`s it."""
     params = as_sent(params)
     validate(route, params)
-    call = Call(route=route, params=params, opts=core.opts, info=BlackBoxInfo(call_id=new_call_id()), want=1, overrides=overrides)
+    call = Call(route, params, core.opts, BlackBoxInfo(call_id=new_call_id()), want=1, io_in_place=core.io_in_place, overrides=overrides)
     call.ended = core.opened.track(call)
     return call
 

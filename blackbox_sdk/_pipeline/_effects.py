@@ -48,8 +48,9 @@ def io(call: Call, work: Callable[[], T], *, counts: bool = False, blocks: bool 
     """`work()`, done as an "io" effect: off the event loop in an async client when the call's stores
     may block (`counts`: it may count tokens, which can ask the server's tokenizer even when the call
     has no store; `blocks`: always). With neither and no store, it is done here: both cores would run
-    it where it is, and the trip through the core costs a plain call a few microseconds each time."""
-    if not (blocks or counts or call.opts.has_stores):
+    it where it is, and the trip through the core costs a plain call a few microseconds each time; so is all of a
+    sync core's call's work (`Call.io_in_place`), which that core would run where it is too."""
+    if call.io_in_place or not (blocks or counts or call.opts.has_stores):
         return work()
     result: T = yield Effect("io", call, (work,), counts=counts, blocks=blocks)
     return result

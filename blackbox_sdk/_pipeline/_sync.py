@@ -29,6 +29,8 @@ from ._streams import BlackBoxStream
 class SyncCore(Core):
     """Runs the calls of `blackbox_sdk.OpenAI`."""
 
+    io_in_place = True  # blocking work blocks the caller's thread either way: no trip through `_perform` for it
+
     def create(self, route: Route, params: Json, overrides: Json, valid: Callable[[str], bool] | None = None) -> Any:
         """`create` for chat or legacy completions, streamed or not (`valid`: a check reranking prefers, for `parse`)."""
         return self._run(flows.create(self, route, params, overrides, valid))
@@ -99,8 +101,6 @@ class SyncCore(Core):
 
     def _perform(self, effect: flows.Effect) -> Any:
         """One effect's I/O."""
-        if effect.kind == "io":
-            return effect.request()
         if effect.kind == "gate":
             return time.sleep(flows.GATE_PAUSE_S)
         if effect.kind == "wait":
