@@ -23,7 +23,7 @@ from ._candidates import Candidate, chunks_from_candidates, response_from_candid
 from ._core import CLAIM_TTL_S, Core, build
 from ._rates import warn_unasked_priority
 from ._rerank import question_of, rank, valid_first
-from ._stored_shapes import is_number
+from ._stored_shapes import is_number, warn_skipped
 
 def unstreamed(call: Call) -> Call:
     """The same call asking for a whole response (to rerank before streaming the winner)."""
@@ -193,14 +193,16 @@ def lookup_embedding(call: Call) -> Json | None:
     """A stored embeddings response for this request, or None."""
     if call.key is None or call.opts.cache is None:
         return None
-    return embedding_in(call.opts.cache.get(call.key))
+    return embedding_in(call.opts.cache.get(call.key), call.key)
 
 
-def embedding_in(entries: list[Json]) -> Json | None:
-    """The embeddings response among a bucket's entries, or None; one shaped unlike an answer (planted) is skipped."""
+def embedding_in(entries: list[Json], key: str) -> Json | None:
+    """The embeddings response among a bucket's entries at `key`, or None; one shaped unlike an answer (planted,
+    another version's) is skipped, warned of once per key."""
     for entry in entries:
         if isinstance(entry.get("response"), dict) and _embedding_shaped(entry["response"]):
             return entry["response"]
+        warn_skipped(key, TypeError("a stored embeddings response must hold vectors at integer indices, a string model and an object usage"))
     return None
 
 
@@ -255,7 +257,7 @@ def look_embedding(core: Core, call: Call) -> tuple[Json | None, bool]:
     if stored is not None or call.key is None or call.opts.cache is None:
         return stored, False
     call.claimed, entries = call.opts.cache.claim_reading(call.key, CLAIM_TTL_S)
-    stored = embedding_in(entries)  # read with the claim: an identical call may have stored its answer since the look
+    stored = embedding_in(entries, call.key)  # read with the claim: an identical call may have stored its answer since the look
     if call.claimed and stored is not None:
         core.unclaim(call)
     return stored, not call.claimed and stored is None
