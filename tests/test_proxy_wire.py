@@ -170,3 +170,20 @@ def test_an_upstream_error_given_as_text_passes_its_words_redacted(answer: dict[
 def test_an_upstream_error_page_that_is_not_json_stays_out_of_the_answer(proxy: Proxy) -> None:
     answer = httpx2.get(f"{proxy.base_url}/models", timeout=30)  # http.server's HTML page: 501 Unsupported method
     assert _error(answer, 501, "") == "Error code: 501" and "<" not in answer.text
+
+
+def _whole_stream(headers: object) -> bytes:
+    """An upstream's stream of one chunk, as OpenAI sends it."""
+    return _a_stream(headers).replace(b"sk-secret-in-the-answer", b"Hello there.")
+
+
+def test_json_and_streamed_answers_carry_the_proxys_processing_time_as_openai_does(proxy: Proxy) -> None:
+    """openai's clients and their users read `openai-processing-ms` (whole milliseconds) on every answer."""
+    whole = proxy.client().chat.completions.with_raw_response.create(model="m", messages=[{"role": "user", "content": "hi"}])
+    streamed = json.dumps({**json.loads(BODY), "stream": True}).encode()
+    with sse_upstream(_whole_stream) as url, Proxy(ProxyConfig(upstream=url, max_retries=0)) as running:
+        stream = running.post("/chat/completions", streamed)
+    refused = proxy.post("/chat/completions", b"{not json")
+    assert stream.status_code == 200 and "Hello there." in stream.text
+    for answer in (whole, stream, refused):
+        assert answer.headers["openai-processing-ms"].isdigit(), answer.headers
