@@ -11,6 +11,7 @@ import gzip
 import json
 import zlib
 from collections.abc import Iterator
+from typing import Any
 
 import httpx2
 import pytest
@@ -47,8 +48,15 @@ def _error(answer: httpx2.Response, status: int, code: str) -> str:
     return str(error["message"])
 
 
+def _raw_deflate(data: bytes) -> bytes:
+    """Deflate without zlib's wrapper, as many clients send `Content-Encoding: deflate` (RFC 9110 says wrapped)."""
+    packer = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    return packer.compress(data) + packer.flush()
+
+
 @pytest.mark.parametrize(("coding", "compress"), [
     ("gzip", gzip.compress), ("x-gzip", gzip.compress), ("deflate", zlib.compress), ("identity", bytes), ("GZip", gzip.compress),
+    ("deflate", _raw_deflate),
 ])
 def test_a_compressed_body_is_read_as_its_content_encoding_says(proxy: Proxy, coding: str, compress: object) -> None:
     assert callable(compress)
@@ -58,26 +66,30 @@ def test_a_compressed_body_is_read_as_its_content_encoding_says(proxy: Proxy, co
 
 
 
-def test_a_gzip_body_sent_chunked_in_small_pieces_is_decoded_across_them(proxy: Proxy) -> None:
-    packed = gzip.compress(BODY)
-    pieces = [packed[start:start + 7] for start in range(0, len(packed), 7)]  # chunked transfer, no Content-Length
+@pytest.mark.parametrize(("coding", "compress", "size"), [("gzip", gzip.compress, 7), ("deflate", zlib.compress, 1), ("deflate", _raw_deflate, 1)])
+def test_a_compressed_body_sent_chunked_in_small_pieces_is_decoded_across_them(proxy: Proxy, coding: str, compress: Any, size: int) -> None:
+    packed = compress(BODY)
+    pieces = [packed[start:start + size] for start in range(0, len(packed), size)]  # chunked transfer, no Content-Length
     answer = httpx2.post(f"{proxy.base_url}/chat/completions", content=iter(pieces), timeout=30,
-                         headers={"content-type": "application/json", "content-encoding": "gzip"})
+                         headers={"content-type": "application/json", "content-encoding": coding})
     assert answer.status_code == 200, answer.text
     assert answer.json()["choices"][0]["message"]["content"] == "Hello there."
 
-def test_a_compressed_body_larger_than_the_limit_once_decoded_is_a_413(proxy: Proxy) -> None:
+@pytest.mark.parametrize(("coding", "compress"), [("gzip", gzip.compress), ("deflate", zlib.compress), ("deflate", _raw_deflate)])
+def test_a_compressed_body_larger_than_the_limit_once_decoded_is_a_413(proxy: Proxy, coding: str, compress: Any) -> None:
     padded = json.dumps({"model": "m", "messages": [{"role": "user", "content": " " * (4 * LIMIT)}]}).encode()
-    bomb = gzip.compress(padded)
+    bomb = compress(padded)
     assert len(bomb) < LIMIT // 8  # small on the wire, four times the limit once decoded
-    assert "larger than" in _error(proxy.post("/chat/completions", bomb, **{"content-encoding": "gzip"}), 413, "request_too_large")
+    assert "larger than" in _error(proxy.post("/chat/completions", bomb, **{"content-encoding": coding}), 413, "request_too_large")
 
 
-@pytest.mark.parametrize("sent", [b"not gzip at all", gzip.compress(BODY)[:-12], gzip.compress(BODY) + b"trailing"],
-                         ids=["not-gzip", "cut-short", "runs-on"])
-def test_a_body_that_is_not_what_its_content_encoding_says_is_a_400(proxy: Proxy, sent: bytes) -> None:
-    message = _error(proxy.post("/chat/completions", sent, **{"content-encoding": "gzip"}), 400, "invalid_json")
-    assert "gzip" in message
+@pytest.mark.parametrize(("coding", "sent"), [
+    ("gzip", b"not gzip at all"), ("gzip", gzip.compress(BODY)[:-12]), ("gzip", gzip.compress(BODY) + b"trailing"),
+    ("deflate", b"\xff not deflate"), ("deflate", _raw_deflate(BODY)[:-12]), ("deflate", zlib.compress(BODY) + b"trailing"), ("deflate", b"x"),
+], ids=["not-gzip", "cut-short", "runs-on", "not-deflate", "raw-cut-short", "zlib-runs-on", "one-byte"])
+def test_a_body_that_is_not_what_its_content_encoding_says_is_a_400(proxy: Proxy, coding: str, sent: bytes) -> None:
+    message = _error(proxy.post("/chat/completions", sent, **{"content-encoding": coding}), 400, "invalid_json")
+    assert coding in message
 
 
 @pytest.mark.parametrize("coding", ["br", "zstd", "compress", "gzip, gzip"])
