@@ -199,3 +199,17 @@ def test_json_and_streamed_answers_carry_the_proxys_processing_time_as_openai_do
     assert stream.status_code == 200 and "Hello there." in stream.text
     for answer in (whole, stream, refused):
         assert answer.headers["openai-processing-ms"].isdigit(), answer.headers
+
+
+def test_a_stream_asked_of_an_upstream_that_answers_whole_is_that_answer_streamed(proxy: Proxy) -> None:
+    """The upstream here ignores `stream` and answers one JSON body: the client still gets OpenAI's stream of it,
+    not a 200 followed by an error event."""
+    streamed = json.dumps({**json.loads(BODY), "stream": True, "stream_options": {"include_usage": True}}).encode()
+    answer = proxy.post("/chat/completions", streamed)
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/event-stream")
+    events = [line.removeprefix("data: ") for line in answer.text.split("\n\n") if line]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(event) for event in events[:-1]]
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]) == "Hello there."
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "stop"
+    assert chunks[-1]["usage"]["total_tokens"] == 6 and not any("error" in c for c in chunks)

@@ -11,6 +11,7 @@ from dataclasses import replace
 from typing import Any
 
 import httpx2
+import openai
 from openai.types import Completion, CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
@@ -22,6 +23,7 @@ from ._call import Call
 from ._candidates import Candidate, chunks_from_candidates, response_from_candidates, split_response, sum_usage, usage_chunk
 from ._core import CLAIM_TTL_S, Core, build
 from ._rates import warn_unasked_priority
+from ._response_events import event, events_of
 from ._rerank import question_of, rank, valid_first
 from ._stored_shapes import is_number, warn_skipped
 
@@ -34,6 +36,24 @@ def unstreamed(call: Call) -> Call:
 def chunk(call: Call, data: Json) -> Any:
     """A typed stream chunk from its JSON."""
     return build(ChatCompletionChunk if call.route is CHAT else Completion, data)
+
+
+def whole_chunks(call: Call, response: httpx2.Response) -> list[Any]:
+    """What a stream request a server answered whole (it ignored `stream`) is read as, from the response's body: the
+    answer's typed chunks as a cache replays a whole answer (Responses: its events), then its usage, for the relay."""
+    try:
+        body = json.loads(response.content)
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise openai.APIResponseValidationError(response, response.text, message="the server answered a stream request with a body that is not a JSON object")
+    if call.route is RESPONSES:
+        return [event(data) for data in events_of(body)]
+    candidates = split_response(call.route, body, {})
+    chunks = [chunk(call, data) for data in chunks_from_candidates(call.route, candidates)]
+    if candidates and isinstance(body.get("usage"), dict):
+        chunks.append(chunk(call, usage_chunk(call.route, candidates[0].meta, body["usage"])))
+    return chunks
 
 
 def replay_response() -> httpx2.Response:
