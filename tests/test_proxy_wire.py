@@ -213,3 +213,14 @@ def test_a_stream_asked_of_an_upstream_that_answers_whole_is_that_answer_streame
     assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]) == "Hello there."
     assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "stop"
     assert chunks[-1]["usage"]["total_tokens"] == 6 and not any("error" in c for c in chunks)
+
+
+def test_an_error_object_answered_whole_to_a_stream_is_the_upstreams_error_before_any_200() -> None:
+    refusal = {"error": {"message": "The model is overloaded", "type": "server_error", "param": None, "code": "overloaded"}}
+    upstream = InstantUpstream(refusal)
+    try:
+        with Proxy(ProxyConfig(upstream=upstream.url, max_retries=0)) as running:
+            answer = running.post("/chat/completions", json.dumps({**json.loads(BODY), "stream": True}).encode())
+    finally:
+        upstream.close()
+    assert _error(answer, 502, "overloaded") == "The model is overloaded"

@@ -40,13 +40,16 @@ def chunk(call: Call, data: Json) -> Any:
 
 def whole_chunks(call: Call, response: httpx2.Response) -> list[Any]:
     """What a stream request a server answered whole (it ignored `stream`) is read as, from the response's body: the
-    answer's typed chunks as a cache replays a whole answer (Responses: its events), then its usage, for the relay."""
+    answer's typed chunks as a cache replays a whole answer (Responses: its events), then its usage, for the relay;
+    an error object raised as openai's stream raises one sent as an event."""
     try:
         body = json.loads(response.content)
     except ValueError:
         body = None
     if not isinstance(body, dict):
         raise openai.APIResponseValidationError(response, response.text, message="the server answered a stream request with a body that is not a JSON object")
+    if isinstance(body.get("error"), dict):  # as openai's stream raises an error event
+        raise openai.APIError(str(body["error"].get("message") or "the server answered with an error"), response.request, body=body["error"])
     if call.route is RESPONSES:
         return [event(data) for data in events_of(body)]
     candidates = split_response(call.route, body, {})
