@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import sqlite3
 import subprocess
@@ -178,6 +179,33 @@ def test_stored_entries_shaped_unlike_an_answer_are_skipped_and_sent_for(tmp_pat
     assert not answer.blackbox.cache_hit
     text = "".join(c.choices[0].delta.content or "" for c in answer if c.choices) if stream else answer.choices[0].message.content
     assert text == "live" and len(sent) == 1
+
+
+@pytest.mark.parametrize("route", ["chat.completions", "embeddings"])
+def test_a_stored_entry_shaped_unlike_an_answer_is_warned_of_once_per_key(tmp_path: Path, caplog: pytest.LogCaptureFixture, route: str) -> None:
+    """A cache that never hit because its entries were another version's gave no sign why: one warning per key names it."""
+    whole = {"id": "c", "object": "chat.completion", "created": 1, "model": MODEL, "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+             "choices": [{"index": 0, "message": {"role": "assistant", "content": "live"}, "finish_reason": "stop"}]}
+    vectors = {"object": "list", "model": MODEL, "data": [{"object": "embedding", "index": 0, "embedding": [0.5]}], "usage": {"prompt_tokens": 2, "total_tokens": 2}}
+    answer = vectors if route == "embeddings" else whole
+    transport = httpx2.MockTransport(lambda request: httpx2.Response(200, json=answer))
+    cache = Cache(tmp_path / "cache")
+    client = OpenAI(base_url="http://api.test/v1", api_key="sk-test", max_retries=0, cache=cache, http_client=httpx2.Client(transport=transport))
+    asked = f"never asked before: {tmp_path}"  # a key of this test's own (each key is warned of once per process)
+    params: dict[str, Any] = {"model": MODEL, "input": asked, "encoding_format": "float"} if route == "embeddings" else {"model": MODEL, "messages": [{"role": "user", "content": asked}]}
+    key = cache.key(route=route, endpoint=client._core.endpoint, params=params)
+    planted = {"response": {"data": "old"}} if route == "embeddings" else {"meta": {}, "choice": {"message": "old"}, "completion_tokens": 1, "prompt_tokens": 1}
+    cache.extend(key, [planted])
+    create = client.embeddings.create if route == "embeddings" else client.chat.completions.create
+    with caplog.at_level(logging.WARNING, logger="blackbox_sdk"):
+        for _ in range(3):
+            assert not create(**params).blackbox.cache_hit
+            cache.clear()  # the fresh answer stored beside it would be the next call's hit
+            cache.extend(key, [planted])
+    warned = [record.getMessage() for record in caplog.records if key in record.getMessage()]
+    assert len(warned) == 1 and "skipped" in warned[0], caplog.text
+    client.close()
+    cache.close()
 
 
 def test_a_whole_answer_without_a_finish_reason_is_stored_and_its_hit_is_the_miss(tmp_path: Path) -> None:

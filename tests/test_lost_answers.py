@@ -8,6 +8,7 @@ can't show (a timeout followed by an answer, a background response still queued,
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 from pathlib import Path
 from typing import Any
@@ -434,3 +435,31 @@ def test_an_answer_openai_cannot_read_raises_as_openai_and_is_charged_as_lost(ki
     assert budget.spent() >= 8 * 0.001  # its 8 output tokens at least: the server generated them
     _assert_log_matches_ledger(budget, log)
     assert [record.error is not None for record in log.calls()] == [True]
+
+
+@pytest.mark.parametrize("client_class", [OpenAI, AsyncOpenAI])
+def test_a_raw_stream_never_parsed_holds_no_reservation_once_returned(tmp_path: Path, client_class: type[Any]) -> None:
+    """`with_raw_response.create(stream=True)` is settled at its worst case as it returns (the SDK can't see what the
+    caller reads): a raw response dropped unread leaves nothing reserved, whatever the garbage collector does."""
+    chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": MODEL,
+             "choices": [{"index": 0, "delta": {"content": "Apple."}, "finish_reason": "stop"}]}
+    sse = f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode()
+    budget = _budget(tmp_path)
+
+    def handle(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(200, content=sse, headers={"content-type": "text/event-stream"})
+
+    async def create(client: Any) -> Any:
+        return await client.chat.completions.with_raw_response.create(model=MODEL, messages=QUESTION, max_tokens=8, stream=True)
+
+    if client_class is OpenAI:
+        client = OpenAI(api_key="sk-test", http_client=httpx2.Client(transport=httpx2.MockTransport(handle)), budget=budget)
+        raw = client.chat.completions.with_raw_response.create(model=MODEL, messages=QUESTION, max_tokens=8, stream=True)
+    else:
+        client = AsyncOpenAI(api_key="sk-test", http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(handle)), budget=budget)
+        raw = asyncio.run(create(client))
+    assert budget.report().reserved_usd == 0.0 and budget.report().spent_usd > 0  # settled as it returned
+    spent = budget.report().spent_usd
+    del raw
+    gc.collect()
+    assert budget.report().reserved_usd == 0.0 and budget.report().spent_usd == spent

@@ -11,6 +11,7 @@ import gzip
 import json
 import zlib
 from collections.abc import Iterator
+from typing import Any
 
 import httpx2
 import pytest
@@ -47,8 +48,15 @@ def _error(answer: httpx2.Response, status: int, code: str) -> str:
     return str(error["message"])
 
 
+def _raw_deflate(data: bytes) -> bytes:
+    """Deflate without zlib's wrapper, as many clients send `Content-Encoding: deflate` (RFC 9110 says wrapped)."""
+    packer = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    return packer.compress(data) + packer.flush()
+
+
 @pytest.mark.parametrize(("coding", "compress"), [
     ("gzip", gzip.compress), ("x-gzip", gzip.compress), ("deflate", zlib.compress), ("identity", bytes), ("GZip", gzip.compress),
+    ("deflate", _raw_deflate),
 ])
 def test_a_compressed_body_is_read_as_its_content_encoding_says(proxy: Proxy, coding: str, compress: object) -> None:
     assert callable(compress)
@@ -58,26 +66,30 @@ def test_a_compressed_body_is_read_as_its_content_encoding_says(proxy: Proxy, co
 
 
 
-def test_a_gzip_body_sent_chunked_in_small_pieces_is_decoded_across_them(proxy: Proxy) -> None:
-    packed = gzip.compress(BODY)
-    pieces = [packed[start:start + 7] for start in range(0, len(packed), 7)]  # chunked transfer, no Content-Length
+@pytest.mark.parametrize(("coding", "compress", "size"), [("gzip", gzip.compress, 7), ("deflate", zlib.compress, 1), ("deflate", _raw_deflate, 1)])
+def test_a_compressed_body_sent_chunked_in_small_pieces_is_decoded_across_them(proxy: Proxy, coding: str, compress: Any, size: int) -> None:
+    packed = compress(BODY)
+    pieces = [packed[start:start + size] for start in range(0, len(packed), size)]  # chunked transfer, no Content-Length
     answer = httpx2.post(f"{proxy.base_url}/chat/completions", content=iter(pieces), timeout=30,
-                         headers={"content-type": "application/json", "content-encoding": "gzip"})
+                         headers={"content-type": "application/json", "content-encoding": coding})
     assert answer.status_code == 200, answer.text
     assert answer.json()["choices"][0]["message"]["content"] == "Hello there."
 
-def test_a_compressed_body_larger_than_the_limit_once_decoded_is_a_413(proxy: Proxy) -> None:
+@pytest.mark.parametrize(("coding", "compress"), [("gzip", gzip.compress), ("deflate", zlib.compress), ("deflate", _raw_deflate)])
+def test_a_compressed_body_larger_than_the_limit_once_decoded_is_a_413(proxy: Proxy, coding: str, compress: Any) -> None:
     padded = json.dumps({"model": "m", "messages": [{"role": "user", "content": " " * (4 * LIMIT)}]}).encode()
-    bomb = gzip.compress(padded)
+    bomb = compress(padded)
     assert len(bomb) < LIMIT // 8  # small on the wire, four times the limit once decoded
-    assert "larger than" in _error(proxy.post("/chat/completions", bomb, **{"content-encoding": "gzip"}), 413, "request_too_large")
+    assert "larger than" in _error(proxy.post("/chat/completions", bomb, **{"content-encoding": coding}), 413, "request_too_large")
 
 
-@pytest.mark.parametrize("sent", [b"not gzip at all", gzip.compress(BODY)[:-12], gzip.compress(BODY) + b"trailing"],
-                         ids=["not-gzip", "cut-short", "runs-on"])
-def test_a_body_that_is_not_what_its_content_encoding_says_is_a_400(proxy: Proxy, sent: bytes) -> None:
-    message = _error(proxy.post("/chat/completions", sent, **{"content-encoding": "gzip"}), 400, "invalid_json")
-    assert "gzip" in message
+@pytest.mark.parametrize(("coding", "sent"), [
+    ("gzip", b"not gzip at all"), ("gzip", gzip.compress(BODY)[:-12]), ("gzip", gzip.compress(BODY) + b"trailing"),
+    ("deflate", b"\xff not deflate"), ("deflate", _raw_deflate(BODY)[:-12]), ("deflate", zlib.compress(BODY) + b"trailing"), ("deflate", b"x"),
+], ids=["not-gzip", "cut-short", "runs-on", "not-deflate", "raw-cut-short", "zlib-runs-on", "one-byte"])
+def test_a_body_that_is_not_what_its_content_encoding_says_is_a_400(proxy: Proxy, coding: str, sent: bytes) -> None:
+    message = _error(proxy.post("/chat/completions", sent, **{"content-encoding": coding}), 400, "invalid_json")
+    assert coding in message
 
 
 @pytest.mark.parametrize("coding", ["br", "zstd", "compress", "gzip, gzip"])
@@ -170,3 +182,45 @@ def test_an_upstream_error_given_as_text_passes_its_words_redacted(answer: dict[
 def test_an_upstream_error_page_that_is_not_json_stays_out_of_the_answer(proxy: Proxy) -> None:
     answer = httpx2.get(f"{proxy.base_url}/models", timeout=30)  # http.server's HTML page: 501 Unsupported method
     assert _error(answer, 501, "") == "Error code: 501" and "<" not in answer.text
+
+
+def _whole_stream(headers: object) -> bytes:
+    """An upstream's stream of one chunk, as OpenAI sends it."""
+    return _a_stream(headers).replace(b"sk-secret-in-the-answer", b"Hello there.")
+
+
+def test_json_and_streamed_answers_carry_the_proxys_processing_time_as_openai_does(proxy: Proxy) -> None:
+    """openai's clients and their users read `openai-processing-ms` (whole milliseconds) on every answer."""
+    whole = proxy.client().chat.completions.with_raw_response.create(model="m", messages=[{"role": "user", "content": "hi"}])
+    streamed = json.dumps({**json.loads(BODY), "stream": True}).encode()
+    with sse_upstream(_whole_stream) as url, Proxy(ProxyConfig(upstream=url, max_retries=0)) as running:
+        stream = running.post("/chat/completions", streamed)
+    refused = proxy.post("/chat/completions", b"{not json")
+    assert stream.status_code == 200 and "Hello there." in stream.text
+    for answer in (whole, stream, refused):
+        assert answer.headers["openai-processing-ms"].isdigit(), answer.headers
+
+
+def test_a_stream_asked_of_an_upstream_that_answers_whole_is_that_answer_streamed(proxy: Proxy) -> None:
+    """The upstream here ignores `stream` and answers one JSON body: the client still gets OpenAI's stream of it,
+    not a 200 followed by an error event."""
+    streamed = json.dumps({**json.loads(BODY), "stream": True, "stream_options": {"include_usage": True}}).encode()
+    answer = proxy.post("/chat/completions", streamed)
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/event-stream")
+    events = [line.removeprefix("data: ") for line in answer.text.split("\n\n") if line]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(event) for event in events[:-1]]
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]) == "Hello there."
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "stop"
+    assert chunks[-1]["usage"]["total_tokens"] == 6 and not any("error" in c for c in chunks)
+
+
+def test_an_error_object_answered_whole_to_a_stream_is_the_upstreams_error_before_any_200() -> None:
+    refusal = {"error": {"message": "The model is overloaded", "type": "server_error", "param": None, "code": "overloaded"}}
+    upstream = InstantUpstream(refusal)
+    try:
+        with Proxy(ProxyConfig(upstream=upstream.url, max_retries=0)) as running:
+            answer = running.post("/chat/completions", json.dumps({**json.loads(BODY), "stream": True}).encode())
+    finally:
+        upstream.close()
+    assert _error(answer, 502, "overloaded") == "The model is overloaded"

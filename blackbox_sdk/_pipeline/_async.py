@@ -25,8 +25,8 @@ from ._call import Call, KeptHttp, keeping
 from ._core import Core, advance, keep_http, replay
 from ._lost import Retries, answered, note_lost
 from ._relay import REST_READ_S, Relay
-from ._responses import replay_response
-from ._streams import BlackBoxAsyncStream
+from ._responses import replay_response, whole_chunks
+from ._streams import AsyncWholeStream, BlackBoxAsyncStream, answered_whole
 
 T = TypeVar("T")
 STORE_WORKERS = 4  # threads for async clients' store work: few, so they contend little with the event loop for the GIL
@@ -250,6 +250,9 @@ class AsyncCore(Core):
         async def attempt() -> tuple[Any, Any]:
             stream = await request()
             try:
+                if answered_whole(stream):  # the server ignored `stream`: its one JSON body, as chunks
+                    await stream.response.aread()
+                    stream = AsyncWholeStream(whole_chunks(call, stream.response), stream.response)
                 return stream, await anext(stream, None)
             except BaseException:
                 await stream.close()

@@ -20,7 +20,7 @@ from typing import Any
 
 from .._types import CHAT, COMPLETIONS, DETAILS, RESPONSES, Json, Route, add_usage, is_token_count, token_count
 from ._response_events import check_stored
-from ._stored_shapes import check_shapes
+from ._stored_shapes import check_shapes, warn_skipped
 
 _PIECES = re.compile(r"\s*\S+\s*|\s+")
 
@@ -70,6 +70,15 @@ class Candidate:
         if not all(is_token_count(count) for count in counts):
             raise ValueError("a stored candidate's token counts must be whole numbers from 0")
         return cls(choice, meta, int(counts[0]), int(counts[1]), chunks, details)
+
+
+def stored(entry: Json, route: Route, key: str) -> Candidate | None:
+    """A bucket's entry at `key` as a candidate of `route`, or None when it is shaped unlike one (warned of once per key)."""
+    try:
+        return Candidate.from_json(entry, route)
+    except (KeyError, TypeError, ValueError) as error:
+        warn_skipped(key, error)
+        return None
 
 
 CORE_META = ("id", "created", "model", "system_fingerprint", "service_tier")  # what every chunk of a stream carries

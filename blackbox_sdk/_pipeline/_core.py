@@ -29,7 +29,7 @@ from ..cache import canonical_params, with_default_query, with_headers
 from ..call_log import new_call_id
 from ._call import Call, KeptHttp, Sender, answer_lost, fits_cap, marked_cut, seeded
 from ._calibrate import calibration_key, learn, public_endpoint, stored_context, takes_completion_cap, ungate
-from ._candidates import Candidate
+from ._candidates import Candidate, stored
 from ._hosted import refuse_hidden_fields, refuse_unbounded
 from ._rates import has_audio, service_tier
 from ._meter import recording, used_tokens
@@ -99,14 +99,8 @@ class Core:
 
     def candidates(self, call: Call, entries: list[Json]) -> list[Candidate]:
         """`lookup`'s candidates from a bucket's entries."""
-        found = []
-        for entry in entries:
-            if not fits_cap(call, entry):
-                continue
-            try:
-                found.append(Candidate.from_json(entry, call.route))
-            except (KeyError, TypeError, ValueError):
-                continue
+        read = (stored(entry, call.route, call.key or "") for entry in entries if fits_cap(call, entry))
+        found = [candidate for candidate in read if candidate is not None]
         if call.valid is not None and len(found) > call.want:
             found = [found[i] for i in valid_first(range(len(found)), [call.route.text(c.choice) for c in found], call.valid)]
         call.held = len(found[: call.want])

@@ -11,6 +11,7 @@ from dataclasses import replace
 from typing import Any
 
 import httpx2
+import openai
 from openai.types import Completion, CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
@@ -22,8 +23,9 @@ from ._call import Call
 from ._candidates import Candidate, chunks_from_candidates, response_from_candidates, split_response, sum_usage, usage_chunk
 from ._core import CLAIM_TTL_S, Core, build
 from ._rates import warn_unasked_priority
+from ._response_events import event, events_of
 from ._rerank import question_of, rank, valid_first
-from ._stored_shapes import is_number
+from ._stored_shapes import is_number, warn_skipped
 
 def unstreamed(call: Call) -> Call:
     """The same call asking for a whole response (to rerank before streaming the winner)."""
@@ -34,6 +36,27 @@ def unstreamed(call: Call) -> Call:
 def chunk(call: Call, data: Json) -> Any:
     """A typed stream chunk from its JSON."""
     return build(ChatCompletionChunk if call.route is CHAT else Completion, data)
+
+
+def whole_chunks(call: Call, response: httpx2.Response) -> list[Any]:
+    """What a stream request a server answered whole (it ignored `stream`) is read as, from the response's body: the
+    answer's typed chunks as a cache replays a whole answer (Responses: its events), then its usage, for the relay;
+    an error object raised as openai's stream raises one sent as an event."""
+    try:
+        body = json.loads(response.content)
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise openai.APIResponseValidationError(response, response.text, message="the server answered a stream request with a body that is not a JSON object")
+    if isinstance(body.get("error"), dict):  # as openai's stream raises an error event
+        raise openai.APIError(str(body["error"].get("message") or "the server answered with an error"), response.request, body=body["error"])
+    if call.route is RESPONSES:
+        return [event(data) for data in events_of(body)]
+    candidates = split_response(call.route, body, {})
+    chunks = [chunk(call, data) for data in chunks_from_candidates(call.route, candidates)]
+    if candidates and isinstance(body.get("usage"), dict):
+        chunks.append(chunk(call, usage_chunk(call.route, candidates[0].meta, body["usage"])))
+    return chunks
 
 
 def replay_response() -> httpx2.Response:
@@ -193,14 +216,16 @@ def lookup_embedding(call: Call) -> Json | None:
     """A stored embeddings response for this request, or None."""
     if call.key is None or call.opts.cache is None:
         return None
-    return embedding_in(call.opts.cache.get(call.key))
+    return embedding_in(call.opts.cache.get(call.key), call.key)
 
 
-def embedding_in(entries: list[Json]) -> Json | None:
-    """The embeddings response among a bucket's entries, or None; one shaped unlike an answer (planted) is skipped."""
+def embedding_in(entries: list[Json], key: str) -> Json | None:
+    """The embeddings response among a bucket's entries at `key`, or None; one shaped unlike an answer (planted,
+    another version's) is skipped, warned of once per key."""
     for entry in entries:
         if isinstance(entry.get("response"), dict) and _embedding_shaped(entry["response"]):
             return entry["response"]
+        warn_skipped(key, TypeError("a stored embeddings response must hold vectors at integer indices, a string model and an object usage"))
     return None
 
 
@@ -255,7 +280,7 @@ def look_embedding(core: Core, call: Call) -> tuple[Json | None, bool]:
     if stored is not None or call.key is None or call.opts.cache is None:
         return stored, False
     call.claimed, entries = call.opts.cache.claim_reading(call.key, CLAIM_TTL_S)
-    stored = embedding_in(entries)  # read with the claim: an identical call may have stored its answer since the look
+    stored = embedding_in(entries, call.key)  # read with the claim: an identical call may have stored its answer since the look
     if call.claimed and stored is not None:
         core.unclaim(call)
     return stored, not call.claimed and stored is None

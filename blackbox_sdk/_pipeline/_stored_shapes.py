@@ -1,12 +1,34 @@
 """The shapes a stored chat or completions answer must have to be served: a hit serves what the cache holds as it is,
 so a bucket someone edited or a corrupt shared value (a number for a text, a text for an object) is refused here,
-and skipped as a miss, rather than served with wrong types or raised raw on replay."""
+and skipped as a miss, rather than served with wrong types or raised raw on replay; warned of once per key
+(`warn_skipped`), so that a cache that never hits says why."""
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from typing import Any
 
+from .._logging import logger
 from .._types import Json
+
+_WARN_KEYS = 1024  # the latest keys warned of: each warned once, not once per call, in bounded memory
+_WARNED: OrderedDict[str, None] = OrderedDict()
+_WARNED_LOCK = threading.Lock()
+
+
+def warn_skipped(key: str, error: BaseException) -> None:
+    """Warn once per key that a stored entry shaped unlike an answer (another version's, hand-edited) was skipped:
+    its call is sent for, and each call after it too, with no other sign why the cache never hits."""
+    with _WARNED_LOCK:
+        if key in _WARNED:
+            return
+        _WARNED[key] = None
+        if len(_WARNED) > _WARN_KEYS:
+            _WARNED.popitem(last=False)
+    why = f"no {error} field" if isinstance(error, KeyError) else str(error)
+    logger.warning("cache: a stored entry at %s was skipped, shaped unlike an answer this version serves (%s); "
+                   "calls asking it are sent for (warned once per key)", key, why)
 
 
 def check_shapes(choice: Json, meta: Json, chunks: list[Json] | None) -> None:

@@ -166,3 +166,53 @@ class BlackBoxAsyncStream(openai.AsyncStream[T]):
     async def close(self) -> None:
         """Stop the stream: the SDK's bookkeeping runs, then the HTTP response closes."""
         await self.response.aclose()
+
+
+def answered_whole(stream: Any) -> bool:
+    """Whether a server answered a stream request with one JSON body (it ignored `stream`, as some OpenAI-compatible
+    servers and gateways do): openai's stream finds no events in it, and would end empty."""
+    kind = stream.response.headers.get("content-type", "")
+    return bool(kind.partition(";")[0].strip().lower() == "application/json")
+
+
+class WholeStream:
+    """A stream request answered whole, read as a stream in place of openai's: the answer's chunks (`whole_chunks`),
+    over the HTTP response that brought them."""
+
+    def __init__(self, chunks: list[Any], response: httpx2.Response) -> None:
+        self.response = response
+        self._chunks = iter(chunks)
+
+    def __iter__(self) -> Iterator[Any]:
+        """The chunks left."""
+        return self._chunks
+
+    def __next__(self) -> Any:
+        """The next chunk."""
+        return next(self._chunks)
+
+    def close(self) -> None:
+        """Close the response (read already), as openai's stream closes its own."""
+        self.response.close()
+
+
+class AsyncWholeStream:
+    """`WholeStream` for the async client."""
+
+    def __init__(self, chunks: list[Any], response: httpx2.Response) -> None:
+        self.response = response
+        self._chunks = iter(chunks)
+
+    def __aiter__(self) -> AsyncWholeStream:
+        """The chunks left."""
+        return self
+
+    async def __anext__(self) -> Any:
+        """The next chunk."""
+        for item in self._chunks:
+            return item
+        raise StopAsyncIteration
+
+    async def close(self) -> None:
+        """Close the response (read already), as openai's stream closes its own."""
+        await self.response.aclose()

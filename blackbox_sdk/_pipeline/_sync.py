@@ -22,8 +22,8 @@ from ._call import Call, KeptHttp, keeping
 from ._core import MAX_FANOUT_WORKERS, Core, advance, keep_http, replay
 from ._lost import Retries, answered, note_lost
 from ._relay import REST_READ_S, Relay
-from ._responses import replay_response
-from ._streams import BlackBoxStream
+from ._responses import replay_response, whole_chunks
+from ._streams import BlackBoxStream, WholeStream, answered_whole
 
 
 class SyncCore(Core):
@@ -180,6 +180,9 @@ class SyncCore(Core):
         def attempt() -> tuple[Any, Any]:
             stream = request()
             try:
+                if answered_whole(stream):  # the server ignored `stream`: its one JSON body, as chunks
+                    stream.response.read()
+                    stream = WholeStream(whole_chunks(call, stream.response), stream.response)
                 return stream, next(stream, None)
             except BaseException:
                 stream.close()

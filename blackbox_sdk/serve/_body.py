@@ -8,7 +8,7 @@ without asking first (a CORS "simple" type: text/plain, a form) cannot spend thr
 this machine. A body with no Content-Type is read as JSON (openai's clients always send one; curl's -d
 sends a form's, and is refused).
 
-A body sent with `Content-Encoding: gzip` (or `x-gzip`, `deflate`) is decoded as it arrives, its size limit counting the
+A body sent with `Content-Encoding: gzip` (or `x-gzip`, `deflate`: zlib-wrapped or raw) is decoded as it arrives, its size limit counting the
 decoded bytes (a small compressed body that decodes past the limit is a 413, not a decompression bomb); any other coding
 is refused with 415 before it is read, never taken as if it were plain.
 
@@ -74,11 +74,13 @@ class _Decoded:
         self.limit = limit
         self.size = 0
         self.chunks: list[bytes] = []
+        self.held: bytes | None = b"" if self.coding == "deflate" else None  # deflate's first bytes, until they say which
         self.decoder = None if self.coding in ("", "identity") else zlib.decompressobj(_window_bits(self.coding))
 
     def add(self, chunk: bytes) -> None:
         """Take the next bytes received; 413 once the decoded body passes the limit."""
         if self.decoder is not None:
+            chunk = self._unheld(chunk)
             try:  # at most one byte past the limit is decoded: a bomb is never expanded further
                 chunk = self.decoder.decompress(chunk, self.limit - self.size + 1)
             except zlib.error:
@@ -87,6 +89,19 @@ class _Decoded:
         if self.size > self.limit:
             raise _too_large(self.limit)
         self.chunks.append(chunk)
+
+    def _unheld(self, chunk: bytes) -> bytes:
+        """The compressed bytes to decode now: deflate's first two are held until they say whether it is zlib-wrapped
+        (RFC 9110) or raw (as many clients send it), and the decoder is then the one for it."""
+        if self.held is None:
+            return chunk
+        self.held += chunk
+        if len(self.held) < 2:
+            return b""
+        chunk, self.held = self.held, None
+        if not _zlib_wrapped(chunk):
+            self.decoder = zlib.decompressobj(-zlib.MAX_WBITS)
+        return chunk
 
     def end(self) -> bytes:
         """The whole decoded body; 400 when the compressed data was cut short or runs on past its end."""
@@ -98,6 +113,12 @@ class _Decoded:
         """The 400 for a body that is not the coding it was sent as."""
         return ProxyError(400, f"We could not parse the JSON body of your request: it is not valid {self.coding} data "
                           "(its Content-Encoding)", code="invalid_json")
+
+
+def _zlib_wrapped(head: bytes) -> bool:
+    """Whether deflate data starts with zlib's header (RFC 1950: method 8, a window of at most 32 KiB, a check that
+    divides by 31), which raw deflate's first block does not start with (a stored block's padding bits set)."""
+    return head[0] & 0x0F == 8 and head[0] >> 4 <= 7 and (head[0] << 8 | head[1]) % 31 == 0
 
 
 def _window_bits(coding: str) -> int:

@@ -14,6 +14,7 @@ Each /v1 request is metered (`_metrics.RequestMeter`): its labels, clock and the
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial, wraps
@@ -56,7 +57,8 @@ def blackbox_headers(info: Any, *, settled: bool = True) -> dict[str, str]:
 
 def guarded(route: str) -> Callable[[MeteredHandler], Handler]:
     """A metered route: any error becomes OpenAI's JSON error body with its status (`_errors.describe`), every answer
-    has an `x-request-id`, and the request is counted under `route` once answered (a stream counts itself when it ends)."""
+    has an `x-request-id` and OpenAI's `openai-processing-ms` (the proxy's time up to the answer's head), and the
+    request is counted under `route` once answered (a stream counts itself when it ends)."""
 
     def wrap(handler: MeteredHandler) -> Handler:
         """The handler, metered and guarded."""
@@ -79,6 +81,7 @@ def guarded(route: str) -> Callable[[MeteredHandler], Handler]:
             _release_tenant(request, response)
             response.headers.update(ratelimit_headers(seen))
             response.headers.setdefault("x-request-id", new_call_id())  # as OpenAI sends on every answer (models, feedback)
+            response.headers["openai-processing-ms"] = str(round((time.perf_counter() - meter.started) * 1000))  # to its head
             if not meter.deferred:
                 meter.answer(response.status_code)
             return response
