@@ -47,6 +47,18 @@ def test_a_clients_default_headers_changed_after_a_first_key_key_as_they_are_now
     assert (first["extra_headers"], again["extra_headers"]) == ({"x-portkey-config": "a"}, {"x-portkey-config": "b"})
 
 
+def test_a_clients_default_headers_are_worked_out_once_though_openai_lists_its_unset_ones_anew() -> None:
+    """openai's client lists each unset header (OpenAI-Organization, OpenAI-Project) as a new `Omit()` each time, so the
+    memo of a client's default headers never hit: every call worked them out again."""
+    from blackbox_sdk.cache import _keys
+
+    client = openai.OpenAI(base_url="http://127.0.0.1:9/v1", api_key="sk-test")
+    _keys._keyed_items.cache_clear()
+    for _ in range(3):
+        assert with_headers(canonical_params(PARAMS), PARAMS, client.default_headers) == canonical_params(PARAMS)
+    assert (_keys._keyed_items.cache_info().hits, _keys._keyed_items.cache_info().misses) == (2, 1)
+
+
 def test_cache_key_keys_the_headers_given_per_call_as_the_client_does(tmp_path: Path) -> None:
     with Cache(tmp_path / "c") as cache:
         per_call = cache.key(route="chat.completions", endpoint="http://api.test/v1", params={**PARAMS, "extra_headers": {"x-portkey-config": "a"}})

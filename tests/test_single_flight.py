@@ -202,7 +202,7 @@ def test_the_looks_after_fetchers_that_ended_with_no_answer_share_one_single_fli
     on a clock of its own: each fetcher it waits on ends after 20 s of a 60 s wait, and another has claimed the request."""
     clock = [1000.0]
     monkeypatch.setattr(_flows.time, "monotonic", lambda: clock[0])
-    call = SimpleNamespace(opts=SimpleNamespace(has_stores=False))  # its looks are done where they are, as without a store
+    call = SimpleNamespace(opts=SimpleNamespace(has_stores=False), io_in_place=True)  # its looks are done where they are
     flow = _flows.single_flight(None, call, look=lambda: ([], True), again=lambda: [], enough=bool)  # type: ignore[arg-type]
     asked = []
     effect = next(flow)

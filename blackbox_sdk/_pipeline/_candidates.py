@@ -60,14 +60,14 @@ class Candidate:
         if chunks is not None and not (isinstance(chunks, list) and all(isinstance(c, dict) for c in chunks)):
             raise TypeError("candidate chunks must be a list of objects")
         details = data.get("details") or {}
-        if not isinstance(details, dict) or not all(isinstance(part, dict) for part in details.values()):
+        if not isinstance(details, dict) or (details and not all(isinstance(part, dict) for part in details.values())):
             raise TypeError("candidate details must be an object of objects")
         if route is CHAT or route is COMPLETIONS:
             check_shapes(choice, meta, chunks)
         elif route is RESPONSES:
             check_stored(choice, chunks)
         counts = data["completion_tokens"], data["prompt_tokens"]
-        if not all(is_token_count(count) for count in counts):
+        if not (is_token_count(counts[0]) and is_token_count(counts[1])):
             raise ValueError("a stored candidate's token counts must be whole numbers from 0")
         return cls(choice, meta, int(counts[0]), int(counts[1]), chunks, details)
 

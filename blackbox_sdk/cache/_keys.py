@@ -109,8 +109,9 @@ def with_headers(canonical: dict[str, Any], params: Mapping[str, Any], default_h
 
 def _keyed_defaults(headers: Mapping[Any, Any]) -> dict[str, Any]:
     """``_header_items`` of a client's default headers, worked out once per set of them (the same dozen, every call);
-    a set with a value that can't be hashed is worked out each time. The result is shared: never change it."""
-    items = tuple(headers.items())
+    a set with a value that can't be hashed is worked out each time. The result is shared: never change it. An unset
+    value (openai's client makes a new ``Omit()`` for each unset header each time it lists them) counts as one."""
+    items = tuple((name, None if _is_unset(value) else value) for name, value in headers.items())  # None: not a str, so not sent either
     try:
         return _keyed_items(items)
     except TypeError:
