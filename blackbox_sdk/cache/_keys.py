@@ -108,14 +108,11 @@ def with_headers(canonical: dict[str, Any], params: Mapping[str, Any], default_h
 
 
 def _keyed_defaults(headers: Mapping[Any, Any]) -> dict[str, Any]:
-    """``_header_items`` of a client's default headers, worked out once per set of them (the same dozen, every call);
-    a set with a value that can't be hashed is worked out each time. The result is shared: never change it. An unset
-    value (openai's client makes a new ``Omit()`` for each unset header each time it lists them) counts as one."""
-    items = tuple((name, None if _is_unset(value) else value) for name, value in headers.items())  # None: not a str, so not sent either
-    try:
-        return _keyed_items(items)
-    except TypeError:
-        return _header_items(headers)
+    """``_header_items`` of a client's default headers, worked out once per set of them (the same dozen, every call).
+    The result is shared: never change it. A value that is not a string is keyed as None, which ``with_headers`` drops as
+    it drops any value that is not one: openai's client makes a new ``Omit()`` for each unset header each time it lists
+    them, which would make each set a new one, and a list can't be hashed."""
+    return _keyed_items(tuple((name, value if isinstance(value, str) else None) for name, value in headers.items()))
 
 
 @functools.lru_cache(maxsize=64)

@@ -44,6 +44,7 @@ class Mirror:
         self.signature = openai_signature.replace(parameters=[*openai_signature.parameters.values(), *OPTIONS])
         self._name = upstream.__qualname__
         self._keywords = [p for p in self.signature.parameters.values() if p.kind is _KEYWORD]
+        self._names = frozenset(self.signature.parameters)  # `parameters` makes a new mapping proxy at each use
         self._needed = [p.name for p in self._keywords if p.default is p.empty]
         variants = inspect.getclosurevars(upstream).nonlocals.get("variants") if hasattr(upstream, "__wrapped__") else None
         self._required = required_args(*variants)(_named(upstream.__name__)) if variants else None
@@ -53,7 +54,7 @@ class Mirror:
         """Raise openai's TypeError for arguments its method would refuse (every one is keyword-only)."""
         if self._required is not None and (args or not any(variant <= kwargs.keys() for variant in self._variants)):
             self._required(None, *args, **kwargs)  # openai's own decorator, where it may refuse: its checks and messages first
-        unknown = [name for name in kwargs if name not in self.signature.parameters]
+        unknown = [name for name in kwargs if name not in self._names]
         if unknown:
             raise TypeError(f"{self._name}() got an unexpected keyword argument {unknown[0]!r}")
         if args:
