@@ -29,10 +29,17 @@ TOKENIZERS_KEPT = 8  # HuggingFace tokenizers a process keeps loaded (a few MB e
 class TokenCounter:
     """Counts text (and, when it knows the model's chat template, whole chat prompts) exactly."""
 
-    def __init__(self, count: Callable[[str], int], name: str, chat: Callable[[Sequence[Mapping[str, Any]]], int] | None = None) -> None:
+    def __init__(
+        self,
+        count: Callable[[str], int],
+        name: str,
+        chat: Callable[[Sequence[Mapping[str, Any]]], int] | None = None,
+        prompt: Callable[[str], int] | None = None,
+    ) -> None:
         self.count = count
         self.name = name
         self.chat = chat  # the rendered chat template's token count, when known
+        self.prompt = prompt or count  # one text prompt as the endpoint reads it: with the special tokens (BOS) its tokenizer adds
 
     def __repr__(self) -> str:
         return f"TokenCounter({self.name})"
@@ -49,7 +56,8 @@ def _tiktoken(name: str) -> TokenCounter | None:
 
 
 def _huggingface(path: Path) -> TokenCounter:
-    """A HuggingFace tokenizer from a folder or a GGUF file, with its chat template when it has one."""
+    """A HuggingFace tokenizer from a folder or a GGUF file, with its chat template when it has one; a text prompt
+    counted with the special tokens it adds (a BOS, as llama.cpp and vLLM bill it), any other text without."""
     try:
         from transformers import AutoTokenizer
 
@@ -67,7 +75,10 @@ def _huggingface(path: Path) -> TokenCounter:
     def count(text: str) -> int:
         return len(tokenizer.encode(text, add_special_tokens=False))
 
-    return TokenCounter(count, f"{path.name} tokenizer", chat if tokenizer.chat_template else None)
+    def prompt(text: str) -> int:
+        return len(tokenizer.encode(text))
+
+    return TokenCounter(count, f"{path.name} tokenizer", chat if tokenizer.chat_template else None, prompt)
 
 
 def _stamp(path: Path) -> Hashable:

@@ -27,7 +27,7 @@ from ._embeddings import embed, embedding_ids, forward_embeds, soft_prompt_tenso
 from ._generation import Candidate, generate
 from ._loading import load_model, resolve_device, resolve_dtype
 from ._packaged import existing_path
-from ._prompts import Decoding, Prompt, chat_decoding, chat_template_tokens, completion_plan, template_ids
+from ._prompts import Decoding, Prompt, chat_decoding, chat_template_tokens, completion_plan, template_ids, text_prompt_ids
 from ._requests import (
     ChatRequest,
     CompletionRequest,
@@ -134,8 +134,12 @@ class HFBackend:
         return {"id": self.model_id, "object": "model", "created": self.created, "owned_by": "local"}
 
     def count_tokens(self, text: str) -> int:
-        """Tokens in a plain text, without special tokens."""
+        """Tokens in a plain text (an answer), without special tokens."""
         return len(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def text_prompt_tokens(self, text: str) -> int:
+        """Tokens of a text prompt of /completions or /embeddings as their usage counts it: special tokens (a BOS) in."""
+        return len(text_prompt_ids(self.tokenizer, text))
 
     def chat_prompt_tokens(
         self, messages: list[dict[str, Any]], *, response_format: object = None, text: object = None
