@@ -29,10 +29,17 @@ TOKENIZERS_KEPT = 8  # HuggingFace tokenizers a process keeps loaded (a few MB e
 class TokenCounter:
     """Counts text (and, when it knows the model's chat template, whole chat prompts) exactly."""
 
-    def __init__(self, count: Callable[[str], int], name: str, chat: Callable[[Sequence[Mapping[str, Any]]], int] | None = None) -> None:
+    def __init__(
+        self,
+        count: Callable[[str], int],
+        name: str,
+        chat: Callable[[Sequence[Mapping[str, Any]]], int] | None = None,
+        prompt: Callable[[str], int] | None = None,
+    ) -> None:
         self.count = count
         self.name = name
         self.chat = chat  # the rendered chat template's token count, when known
+        self.prompt = prompt or count  # one text prompt as the endpoint reads it: with the special tokens (BOS) its tokenizer adds
 
     def __repr__(self) -> str:
         return f"TokenCounter({self.name})"
@@ -49,7 +56,8 @@ def _tiktoken(name: str) -> TokenCounter | None:
 
 
 def _huggingface(path: Path) -> TokenCounter:
-    """A HuggingFace tokenizer from a folder or a GGUF file, with its chat template when it has one."""
+    """A HuggingFace tokenizer from a folder or a GGUF file, with its chat template when it has one; a text prompt
+    counted with the special tokens it adds (a BOS, as llama.cpp and vLLM bill it), any other text without."""
     try:
         from transformers import AutoTokenizer
 
@@ -67,7 +75,10 @@ def _huggingface(path: Path) -> TokenCounter:
     def count(text: str) -> int:
         return len(tokenizer.encode(text, add_special_tokens=False))
 
-    return TokenCounter(count, f"{path.name} tokenizer", chat if tokenizer.chat_template else None)
+    def prompt(text: str) -> int:
+        return len(tokenizer.encode(text))
+
+    return TokenCounter(count, f"{path.name} tokenizer", chat if tokenizer.chat_template else None, prompt)
 
 
 def _stamp(path: Path) -> Hashable:
@@ -140,9 +151,10 @@ class ServerTokenizer:
         self._counters: dict[str, TokenCounter] = {}
         self._lock = threading.Lock()
 
-    def _ask(self, kind: str, model: str, text: str) -> int:
-        """One count from one route."""
-        body = {"input": text, "model": model} if kind == "llama.cpp" else {"prompt": text, "model": model, "add_special_tokens": False}
+    def _ask(self, kind: str, model: str, text: str, special: bool = False) -> int:
+        """One count from one route: vLLM's with the special tokens (a BOS) its completions add to a prompt when `special`,
+        without them otherwise; llama.cpp's always with them (its route takes no such switch)."""
+        body = {"input": text, "model": model} if kind == "llama.cpp" else {"prompt": text, "model": model, "add_special_tokens": special}
         response = httpx2.post(self._routes[kind], json=body, headers=self._headers, timeout=SERVER_TIMEOUT_S)
         response.raise_for_status()
         data = response.json()
@@ -163,17 +175,22 @@ class ServerTokenizer:
             if self._found is None:
                 return None
             if model not in self._counters:
-                kind = self._found
-                count = lru_cache(maxsize=4096)(lambda text: self._count(kind, model, text))
-                self._counters[model] = TokenCounter(count, f"{kind} server tokenizer")
+                self._counters[model] = self._counter(self._found, model)
             return self._counters[model]
 
-    def _count(self, kind: str, model: str, text: str) -> int:
+    def _counter(self, kind: str, model: str) -> TokenCounter:
+        """A TokenCounter through route `kind` for `model`, each distinct text asked once (a prompt apart from an answer
+        where the route counts special tokens on request)."""
+        count = lru_cache(maxsize=4096)(lambda text: self._count(kind, model, text))
+        prompt = lru_cache(maxsize=4096)(lambda text: self._count(kind, model, text, special=True)) if kind == "vllm" else count
+        return TokenCounter(count, f"{kind} server tokenizer", prompt=prompt)
+
+    def _count(self, kind: str, model: str, text: str, special: bool = False) -> int:
         """One count from the route found; a route that fails now (a busy server past SERVER_TIMEOUT_S, a 5xx) is a
         StoreUnavailableError: what the count is for (a budget's reservation) fails closed, as on a ledger out of reach.
         Text no request can carry (a lone surrogate) is the caller's, not the route's: openai's UnicodeEncodeError."""
         try:
-            return self._ask(kind, model, text)
+            return self._ask(kind, model, text, special)
         except UnicodeEncodeError:
             raise
         except (httpx2.HTTPError, KeyError, ValueError, TypeError) as error:

@@ -76,7 +76,7 @@ def main() -> None:
 
         client = blackbox_sdk.OpenAI(base_url=base_url, api_key="sk-none")  # any OpenAI client serves it
         completion = client.completions.create(**vllm.completion_params(prompt, NEW))
-        for text, (label, probs) in zip(NEW, vllm.read_labels(prompt, completion), strict=True):
+        for text, (label, probs) in zip(NEW, vllm.read_labels(prompt, completion, NEW), strict=True):
             print(f"  create    {label:8s} {probs[label]:.2f}  {text}")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import doctest
 import gc
+import logging
 import math
 import os
 import subprocess
@@ -170,6 +171,18 @@ def test_settle_records_real_cost_and_frees_the_rest() -> None:
     report = capped.report()
     assert (report.spent_usd, report.reserved_usd, report.outstanding_reservations) == (pytest.approx(cost), 0.0, 0)
     assert capped.reserve(model="unit", prompt_tokens=100, max_output_tokens=1000).n == 1
+
+
+def test_a_call_past_its_reservation_is_warned_about_with_what_it_used_and_what_was_held(caplog: pytest.LogCaptureFixture) -> None:
+    """An exact prompt and an output past its cap (a server that ignored it): the warning names the tokens, not an
+    estimated prompt count that was never made."""
+    tracked = budget(total_usd=1.0)
+    reservation = tracked.reserve(model="unit", prompt_tokens=TokenCount(100, "token ids", True), max_output_tokens=0, n=1)
+    with caplog.at_level(logging.WARNING, logger="blackbox_sdk"):
+        tracked.settle(reservation, prompt_tokens=100, completion_tokens=180)
+    warned = [r.getMessage() for r in caplog.records if "more than its reservation" in r.getMessage()]
+    assert len(warned) == 1 and "estimate" not in warned[0]
+    assert "used 100 prompt and 180 completion tokens, 100 prompt and 0 output tokens for each of 1 choice(s)" in warned[0]
 
 
 def test_settle_bills_cached_tokens_at_the_cached_rate() -> None:

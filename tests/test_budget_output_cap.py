@@ -14,7 +14,7 @@ import httpx2
 import openai
 import pytest
 
-from blackbox_sdk import Budget, OpenAI, RateLimits
+from blackbox_sdk import Budget, BudgetExceededError, OpenAI, RateLimits
 
 MODEL = "smollm2"
 PRICES = {MODEL: {"input": 1.0, "output": 1.0}, "o3-mini": {"input": 1.0, "output": 1.0}}
@@ -180,3 +180,19 @@ def test_a_response_cut_at_a_budgets_default_cap_is_not_served_to_a_call_without
     assert capped.responses.create(model=MODEL, input="Colours?").blackbox.cache_hit  # type: ignore[attr-defined]
     assert client().responses.create(model=MODEL, input="Colours?").output_text == "Red, orange"
     assert [body.get("max_output_tokens") for body in sent] == [1, None]
+
+
+def test_a_zero_output_cap_is_reserved_as_no_cap_for_llama_cpp_reads_it_so(llama_server: str, tmp_path: Any) -> None:
+    """A scoring call (`max_tokens=0`, `echo`): llama.cpp reads a cap of 0 as none and generates on to the end of its
+    context. A budget reserves it as uncapped (its default cap), so one that can't pay for that refuses it unsent, even
+    under `policy="shrink"` (no smaller cap can be sent in place of 0); one that can is charged what llama.cpp used."""
+    prices = {MODEL: {"input": 1_000_000.0, "output": 1_000_000.0}}  # $1 a token
+    options = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 0, "echo": True, "temperature": 0}
+    for policy in ("raise", "shrink"):
+        tight = Budget(total_usd=1000.0, prices=prices, policy=policy, ledger=tmp_path / f"{policy}.db")
+        with pytest.raises(BudgetExceededError):
+            OpenAI(base_url=llama_server, api_key="sk-test", budget=tight, max_retries=0).completions.create(**options)
+        assert tight.spent() == 0.0
+    roomy = Budget(total_usd=10_000.0, prices=prices, ledger=tmp_path / "roomy.db")
+    answer = OpenAI(base_url=llama_server, api_key="sk-test", budget=roomy, max_retries=0).completions.create(**options)
+    assert answer.usage.completion_tokens > 0 and roomy.spent() == answer.usage.total_tokens

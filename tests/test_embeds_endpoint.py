@@ -412,3 +412,42 @@ def test_prompt_embeds_without_torch_is_a_missing_dependency_not_a_malformed_ite
         client.completions.create(model="smollm2", prompt=[], max_tokens=1, extra_body={"prompt_embeds": [item]})
     assert isinstance(raised.value, ImportError) and not isinstance(raised.value, InvalidRequestError)
     assert sent == [] and budget.report().outstanding_reservations == 0
+
+
+def _reshaped(answer: dict[str, Any], order: list[int]) -> dict[str, Any]:
+    """The answer with its choices taken in `order` (positions in the answer: one left out, repeated or moved)."""
+    return {**answer, "choices": [answer["choices"][i] for i in order]}
+
+
+@pytest.mark.parametrize("order", [[0], [0, 1, 1], [1, 1]], ids=["fewer", "more", "repeated"])
+def test_an_answer_without_one_choice_per_text_is_refused_not_misread(backend: HFBackend, order: list[int]) -> None:
+    """A server (or a proxy between) that answers fewer, more or repeated choices than the texts asked for: a
+    BackendError naming the indices, never labels matched to the wrong texts."""
+    import blackbox_sdk
+    from blackbox_sdk import BlackBoxError
+    from blackbox_sdk.tuning import SoftPrompt
+
+    double = VLLMDouble(backend)
+    remote = endpoint(backend, double)
+    prompt = SoftPrompt.create(torch.zeros(2, 576), model_id="smollm2", template=TEMPLATE, verbalizer=VERBALIZER, placement="suffix")
+    client = blackbox_sdk.OpenAI(base_url="http://vllm.test/v1", api_key="sk-test", http_client=httpx2.Client(transport=httpx2.MockTransport(double)))
+    answer = client.completions.create(**remote.completion_params(prompt, TEXTS)).model_dump()
+    with pytest.raises(BlackBoxError, match="indices"):
+        remote.read_labels(prompt, _reshaped(answer, order), TEXTS)
+
+
+def test_an_answers_choices_are_read_in_the_order_of_their_index(backend: HFBackend) -> None:
+    import blackbox_sdk
+    from blackbox_sdk.tuning import SoftPrompt
+
+    double = VLLMDouble(backend)
+    remote = endpoint(backend, double)
+    embeds = torch.randn(2, 576, generator=torch.Generator().manual_seed(1)) * 0.02
+    prompt = SoftPrompt.create(embeds, model_id="smollm2", template=TEMPLATE, verbalizer=VERBALIZER, placement="suffix")
+    client = blackbox_sdk.OpenAI(base_url="http://vllm.test/v1", api_key="sk-test", http_client=httpx2.Client(transport=httpx2.MockTransport(double)))
+    answer = client.completions.create(**remote.completion_params(prompt, TEXTS)).model_dump()
+    in_order = remote.read_labels(prompt, answer, TEXTS)
+    assert remote.read_labels(prompt, _reshaped(answer, [1, 0]), TEXTS) == in_order
+    assert in_order[0][1] != in_order[1][1]  # the two texts read differently: a swap would show
+    with pytest.raises(BackendError, match=r"indices \[1, 1\]"):  # a repeat shows without the texts too
+        remote.read_labels(prompt, _reshaped(answer, [1, 1]))

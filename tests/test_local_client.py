@@ -238,3 +238,30 @@ def test_a_responses_input_is_reserved_as_the_local_model_reads_it(gguf_path: Pa
     with pytest.raises(BudgetExceededError):
         short.responses.create(**options)
     assert short.options.budget.spent() == 0.0
+
+
+def test_digest_named_soft_prompts_are_bounded_and_one_dropped_is_served_again_by_its_name(
+    local: OpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tuning run re-registers candidates under one name and sends each through extra_body: the backend keeps its
+    digest-named copies for the most recent few only; the name sent again serves its vectors again, and a dropped
+    digest name sent by itself is a 400 that says what happened."""
+    from blackbox_sdk.local._soft_prompts import SoftPrompts
+
+    backend = local.backend
+    monkeypatch.setattr(backend, "_soft_prompts", SoftPrompts(kept=2))
+    options = {"model": "smollm2", "prompt": "Paris is", "max_tokens": 1, "temperature": 0, "logprobs": 1}
+    candidates = [a_soft_prompt(local, seed).embeds for seed in range(4)]
+    sent = []
+    for embeds in candidates:
+        backend.register_soft_prompt("candidate", embeds)
+        sent.append(backend.served_soft_prompt("candidate"))
+        local.completions.create(**options, extra_body={"soft_prompt": "candidate"})
+    assert len(set(sent)) == 4 and len(backend._soft_prompts) == 1 + 2  # the caller's name, the two latest digests
+    with pytest.raises(openai.BadRequestError, match="most recently used"):
+        local.completions.create(**options, extra_body={"soft_prompt": sent[0]})
+    backend.register_soft_prompt("candidate", candidates[0])  # the first candidate, named again
+    again = local.completions.create(**options, extra_body={"soft_prompt": "candidate"})
+    first = local.completions.create(**options, soft_prompt=a_soft_prompt(local, 0))  # the option registers its own
+    assert again.choices[0].logprobs.token_logprobs == pytest.approx(first.choices[0].logprobs.token_logprobs, abs=1e-5)
+    assert len(backend._soft_prompts) == 1 + 2

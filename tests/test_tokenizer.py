@@ -196,3 +196,55 @@ def test_only_the_most_recently_used_tokenizers_are_kept(tmp_path: Path, loads: 
     one, two = _tokenizer_folder(tmp_path / "one"), _tokenizer_folder(tmp_path / "two")
     kept.get(one), kept.get(two), kept.get(two), kept.get(one)
     assert loads == [str(one), str(two), str(one)]
+
+
+class _VLLMTokenizeRoute:
+    """A loopback stand-in for vLLM's `POST /tokenize` (no vLLM runs here), counting with a real HuggingFace tokenizer
+    that adds special tokens ([CLS] and [SEP]) as vLLM does: with them unless the body's `add_special_tokens` is false.
+    llama.cpp's route is absent (404), as on vLLM."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        owner = self
+        self.tokenizer = tokenizer
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+                if self.path != "/tokenize":
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                tokens = owner.tokenizer.encode(body["prompt"], add_special_tokens=body.get("add_special_tokens", True))
+                answer = json.dumps({"count": len(tokens), "tokens": tokens, "max_model_len": 512}).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *args: object) -> None:
+                """Quiet."""
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+
+def test_vllms_tokenize_route_counts_a_text_prompt_with_its_special_tokens_and_an_answer_without() -> None:
+    """vLLM's completions add the tokenizer's special tokens to every text prompt (a BOS, or BERT's [CLS] and [SEP]):
+    a prompt is counted with them, so a list of prompts is reserved as billed; an answer (and chat text) without."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(default_encoder_path()))
+    route = _VLLMTokenizeRoute(tokenizer)
+    try:
+        client = OpenAI(base_url=route.url, api_key="sk-test")  # loopback: its tokenize route is asked by default
+        prompts = ["The capital of France is", "Paris", "Rome is a city"]
+        billed = sum(len(tokenizer.encode(text)) for text in prompts)  # what vLLM reports as prompt_tokens
+        assert _counted(client, COMPLETIONS, {"prompt": prompts}).tokens == billed
+        counter = client._core.count.server.counter(MODEL)
+        assert counter.name == "vllm server tokenizer" and counter.count("Paris") == len(tokenizer.encode("Paris")) - 2
+    finally:
+        route.server.shutdown()
+        route.server.server_close()

@@ -179,17 +179,25 @@ class Call:
 
     @property
     def cap_sent(self) -> int | None:
-        """The output-token cap the call sends: the caller's; else the budget's default, which it
-        reserves; else, under a tokens-per-minute limit, that limit's default (a call without one
-        could use any number of tokens); None for embeddings and when nothing bounds it."""
+        """The output-token cap the call is reserved and admitted at: the caller's; else (none, or a cap
+        of 0, `zero_cap`) the budget's default, which it reserves; else, under a tokens-per-minute limit,
+        that limit's default (a call without one could use any number of tokens); None for embeddings
+        and when nothing bounds it."""
         if self.route is EMBEDDINGS:
             return None
-        if self.caps_given:
+        if self.caps_given and not self.zero_cap:
             return max(self.caps_given.values())  # a server may honour either: the larger bounds what it bills
         if self.opts.budget is not None:
             return int(self.opts.budget.default_max_output_tokens)
         limits = self.opts.rate_limit
         return limits.default_max_output_tokens if limits is not None and limits.counts_tokens else None
+
+    @property
+    def zero_cap(self) -> bool:
+        """Whether the caller's output caps are all 0 (a scoring call with `echo`): OpenAI generates nothing, but
+        llama.cpp reads 0 as no cap and generates on to the end of its context, so it bounds nothing to rely on; it is
+        sent as given (no other cap means the same) and reserved as a call without one, never shrunk."""
+        return bool(self.caps_given) and max(self.caps_given.values()) == 0
 
     def caps_to_send(self, granted: int, refused: bool = False) -> dict[str, int]:
         """The output caps a request carries in place of the caller's, each at most `granted`, noted as

@@ -134,7 +134,7 @@ class Core:
             return count, max_tokens
         refuse_unbounded(call.route, call.params)
         generations = call.reserved_generations(count, self.ignores_n)  # the server generates best_of and bills them all
-        fixed = call.prompts > 1 or generations != count  # every prompt gets all its generations: choices can't be dropped
+        fixed = call.prompts > 1 or generations != count or call.zero_cap  # choices can't be dropped, nor a cap of 0 shrunk
         counted = self.count.prompt(call)
         call.counted_prompt = counted.tokens
         extra = 0 if self.backend is not None else call.opts.budget.calibration.overhead(calibration_key(self, call), call.model)

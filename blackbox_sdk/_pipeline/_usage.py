@@ -51,6 +51,14 @@ class UsageCounter:
         tokenizer = self._tokenizer(call)
         return tokenizer.count if tokenizer is not None else None
 
+    def _prompt_counter(self, call: Call) -> Any:
+        """What counts one text prompt of a completion or embedding for this call: with the special tokens (a BOS) the
+        model's tokenizer adds to each, which its endpoint bills (None: tiktoken for the model)."""
+        if self.backend is not None:
+            return self.backend.text_prompt_tokens
+        tokenizer = self._tokenizer(call)
+        return tokenizer.prompt if tokenizer is not None else None
+
     def prompt(self, call: Call) -> TokenCount:
         """Prompt tokens of one request, with how they were counted; counted once per call (admission, reserve, charge)."""
         if call.prompt_count is None:
@@ -72,9 +80,9 @@ class UsageCounter:
             return count_chat_tokens(messages, call.model, tools=extras or None, tokenizer=counter)
         prompt: Any = call.params.get("input") if call.route is EMBEDDINGS else call.params.get("prompt")
         if call.prompt_embeds:  # embedded prompts (and maybe texts), summed as a list of texts is
-            texts = count_input_tokens(prompt, call.model, tokenizer=self._text_counter(call)).tokens if prompt else 0
+            texts = count_input_tokens(prompt, call.model, tokenizer=self._prompt_counter(call)).tokens if prompt else 0
             return TokenCount(sum(embeds_lengths(call.prompt_embeds)) + texts, "prompt_embeds shapes", True)
-        counted, soft = count_input_tokens(prompt, call.model, tokenizer=self._text_counter(call)), self._soft(call)
+        counted, soft = count_input_tokens(prompt, call.model, tokenizer=self._prompt_counter(call)), self._soft(call)
         return TokenCount(counted.tokens + soft, counted.method, counted.exact) if soft else counted
 
     def _local_prompt(self, call: Call, messages: list[Json]) -> int:

@@ -249,10 +249,10 @@ class Budget(BaseModel):
             )
         if usd_nano > reserved:
             logger.warning(
-                "call %s cost $%.6f, more than its reservation of $%.6f (the prompt count was an estimate)",
-                reservation.call_id,
-                nano_to_usd(usd_nano),
-                reservation.worst_case_usd,
+                "call %s cost $%.6f, more than its reservation of $%.6f: it used %d prompt and %d completion tokens, "
+                "%d prompt and %d output tokens for each of %d choice(s) were held",
+                reservation.call_id, nano_to_usd(usd_nano), reservation.worst_case_usd, prompt, completion,
+                reservation.prompt_tokens, reservation.max_output_tokens, reservation.n,
             )
         return nano_to_usd(usd_nano)
 

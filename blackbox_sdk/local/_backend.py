@@ -21,13 +21,12 @@ from typing import Any
 
 import torch
 
-from .._embeds import digest_name
 from .._exceptions import BackendError
 from ._embeddings import embed, embedding_ids, forward_embeds, soft_prompt_tensor
 from ._generation import Candidate, generate
 from ._loading import load_model, resolve_device, resolve_dtype
 from ._packaged import existing_path
-from ._prompts import Decoding, Prompt, chat_decoding, chat_template_tokens, completion_plan, template_ids
+from ._prompts import Decoding, Prompt, chat_decoding, chat_template_tokens, completion_plan, template_ids, text_prompt_ids
 from ._requests import (
     ChatRequest,
     CompletionRequest,
@@ -39,6 +38,7 @@ from ._requests import (
 from ._responses import chat_choice, completion_choice, embedding_list, envelope, usage
 from ._responses_api import Shell, response_body, response_events
 from ._responses_request import ResponsesRequest, chat_request, parse_responses_request
+from ._soft_prompts import SoftPrompts
 from ._streaming import chat_chunks, completion_chunks, stream_choice
 from ._structured import Structured, chat_format, check_json_word, conforms, text_format, with_instruction
 
@@ -57,7 +57,7 @@ class HFBackend:
         self.created = int(time.time())
         self.context_length = self._lm.context_length
         self.lock = self._lm.lock  # one model use at a time; hold it (not re-entrant) for direct use of .model
-        self._soft_prompts: dict[str, torch.Tensor] = {}
+        self._soft_prompts = SoftPrompts()
 
     # ------------------------------------------------------------ public OpenAI routes
 
@@ -134,8 +134,12 @@ class HFBackend:
         return {"id": self.model_id, "object": "model", "created": self.created, "owned_by": "local"}
 
     def count_tokens(self, text: str) -> int:
-        """Tokens in a plain text, without special tokens."""
+        """Tokens in a plain text (an answer), without special tokens."""
         return len(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def text_prompt_tokens(self, text: str) -> int:
+        """Tokens of a text prompt of /completions or /embeddings as their usage counts it: special tokens (a BOS) in."""
+        return len(text_prompt_ids(self.tokenizer, text))
 
     def chat_prompt_tokens(
         self, messages: list[dict[str, Any]], *, response_format: object = None, text: object = None
@@ -171,18 +175,14 @@ class HFBackend:
         return forward_embeds(self._lm, inputs_embeds, attention_mask, logits_to_keep)
 
     def register_soft_prompt(self, name: str, embeds: torch.Tensor) -> None:
-        """Store a soft prompt [L, H]; requests with `"soft_prompt": name` get it prepended to their input."""
-        self._soft_prompts[name] = soft_prompt_tensor(self._lm, name, embeds)
+        """Store a soft prompt [L, H]; requests with `"soft_prompt": name` get it prepended to their input. One under its
+        digest name (`served_soft_prompt`'s) is kept among the most recent SERVED_KEPT only (`SoftPrompts`)."""
+        self._soft_prompts.put(name, embeds, soft_prompt_tensor(self._lm, name, embeds))
 
     def served_soft_prompt(self, name: str) -> str:
         """The name to send for a registered soft prompt: its own plus a digest of the values registered under it now
         (registered too), so a cache key follows the vectors, not the name; a name not registered stays, for its 400."""
-        tensor = self._soft_prompts.get(name)
-        if tensor is None:
-            return name
-        served = digest_name(name, tensor)
-        self._soft_prompts.setdefault(served, tensor)
-        return served
+        return self._soft_prompts.served(name)
 
     def soft_prompt_tokens(self, name: object) -> int:
         """Positions a request's soft prompt adds to each of its prompts (its L vectors), as its usage counts them; 0 for
@@ -196,9 +196,14 @@ class HFBackend:
         """The registered soft prompt a request names, or a 400 when there is none by that name."""
         if name is None:
             return None
-        if name not in self._soft_prompts:
-            raise LocalRequestError(f"no soft prompt named {name!r} is registered", param="soft_prompt")
-        return self._soft_prompts[name]
+        tensor = self._soft_prompts.get(name)
+        if tensor is None:
+            raise LocalRequestError(
+                f"no soft prompt named {name!r} is registered (of those sent under a digest name, only the most "
+                "recently used are kept: send the prompt's own name or soft_prompt= again)",
+                param="soft_prompt",
+            )
+        return tensor
 
     def _chat_plan(self, request: ChatRequest, structured: Structured | None = None) -> tuple[Prompt, Decoding]:
         """The templated prompt of a chat request (its format's instruction added) and its decoding settings."""

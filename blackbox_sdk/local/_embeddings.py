@@ -8,6 +8,7 @@ import torch
 
 from .._exceptions import ConfigError
 from ._loading import LoadedModel
+from ._prompts import text_prompt_ids
 from ._requests import LocalRequestError
 
 EMBEDDING_BATCH = 16  # inputs per forward pass when embedding
@@ -15,7 +16,7 @@ EMBEDDING_BATCH = 16  # inputs per forward pass when embedding
 
 def embedding_ids(lm: LoadedModel, item: str | list[int], param: str) -> list[int]:
     """Token ids of one embedding input, refused when longer than the context or out of vocabulary."""
-    ids = lm.tokenizer.encode(item) if isinstance(item, str) else item
+    ids = text_prompt_ids(lm.tokenizer, item) if isinstance(item, str) else item
     vocab = lm.input_embeddings().num_embeddings
     if any(not 0 <= t < vocab for t in ids):
         raise LocalRequestError(f"{param} holds token ids outside 0..{vocab - 1}", param=param)

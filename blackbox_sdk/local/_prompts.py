@@ -56,6 +56,12 @@ def chat_template_tokens(tokenizer: Any, messages: Sequence[Mapping[str, Any]]) 
     return len(template_ids(tokenizer, parse_messages(messages)))
 
 
+def text_prompt_ids(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of a text prompt (/completions, /embeddings) as the model reads it: with the special tokens its
+    tokenizer adds (a BOS), which its usage counts and a budget must reserve."""
+    return list(tokenizer.encode(text))
+
+
 def template_ids(tokenizer: Any, messages: list[Message]) -> list[int]:
     """Token ids of the conversation after the chat template, ready for the assistant's turn."""
     conversation = [{"role": TEMPLATE_ROLES.get(m.role, m.role), "content": m.content} for m in messages]
@@ -87,7 +93,7 @@ def completion_plan(
     lm: LoadedModel, request: CompletionRequest, soft: torch.Tensor | None
 ) -> tuple[list[Prompt], Decoding]:
     """Prompts and decoding settings of a /completions request (default max_tokens 16)."""
-    prompts = [Prompt(lm.tokenizer.encode(text), soft) for text in request.prompt]
+    prompts = [Prompt(text_prompt_ids(lm.tokenizer, text), soft) for text in request.prompt]
     if request.echo and request.logprobs is not None:
         raise LocalRequestError("echo with logprobs is not supported locally", param="echo")
     limit = request.max_tokens or COMPLETION_DEFAULT_MAX_TOKENS

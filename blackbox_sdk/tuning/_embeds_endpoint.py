@@ -134,11 +134,15 @@ class EmbedsEndpoint(Closing):
         core = {key: body.pop(key) for key in ("model", "max_tokens", "temperature", "logprobs")}
         return {**core, "prompt": [], "extra_body": body}
 
-    def read_labels(self, prompt: SoftPrompt, completion: Any) -> list[tuple[str, dict[str, float]]]:
-        """(label, {label: probability}) per text of a `completions.create` answer to completion_params."""
+    def read_labels(
+        self, prompt: SoftPrompt, completion: Any, texts: Sequence[str] | None = None
+    ) -> list[tuple[str, dict[str, float]]]:
+        """(label, {label: probability}) per text of a `completions.create` answer to completion_params, in the order of
+        the texts (the choices' `index`); an answer with a choice missing, repeated or extra (more or fewer than `texts`,
+        when given) is a BackendError, never labels matched to the wrong texts."""
         template = self._template(prompt)
         answer = completion.model_dump() if hasattr(completion, "model_dump") else completion
-        choices = sorted(_field(answer, "choices", list), key=lambda c: _field(c, "index", int))
+        choices = self._ordered_choices(answer, None if texts is None else len(checked_texts(texts)))
         rows = torch.tensor([self._label_row(c, template.label_token_ids) for c in choices], dtype=torch.float32)
         return [label_and_probs(template.labels, row) for row in torch.softmax(rows, dim=-1)]
 
@@ -183,12 +187,17 @@ class EmbedsEndpoint(Closing):
             answer = response.json()
         except ValueError:
             raise BackendError(redact_text(f"{self._where} answered 200 with no JSON: {response.text[:300]}")) from None
+        return [self._label_row(choice, label_ids) for choice in self._ordered_choices(answer, len(sequences))]
+
+    def _ordered_choices(self, answer: Any, expected: int | None) -> list[Any]:
+        """The answer's choices by `index`, which must run 0, 1, ... once each (`expected` of them, when known): one per
+        prompt embedding sent, else a BackendError naming what came back."""
         choices = sorted(_field(answer, "choices", list), key=lambda c: _field(c, "index", int))
-        if [c["index"] for c in choices] != list(range(len(sequences))):
-            raise BackendError(
-                f"{self._where} returned choices {[c['index'] for c in choices]} for {len(sequences)} prompt embeddings"[:300]
-            )
-        return [self._label_row(choice, label_ids) for choice in choices]
+        indices = [c["index"] for c in choices]
+        if indices != list(range(len(indices) if expected is None else expected)):
+            asked = "" if expected is None else f" for {expected} prompt embeddings"
+            raise BackendError(f"{self._where} returned choices with the indices {indices}{asked}"[:300])
+        return choices
 
     def _label_row(self, choice: Any, label_ids: list[int]) -> list[float]:
         """Label log-probs of one choice's first generated token, with the stand-in for labels outside the top-k."""

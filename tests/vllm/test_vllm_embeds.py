@@ -140,7 +140,7 @@ def test_bbt_tuned_over_http_matches_the_local_run_and_is_served_by_create(
     # the budget counts the embeds' tokens as vLLM does: no hidden tokens learnt, the spend is the server's usage
     assert budget.calibration.overhead(f"{client.base_url}#completions", remote.model_id) == 0
     assert budget.spent() == pytest.approx(completion.usage.total_tokens / 1e6)
-    served = remote.read_labels(tuned, completion)
+    served = remote.read_labels(tuned, completion, texts)
     classified = tuned.classify(texts)
     assert [label for label, _ in served] == [label for label, _ in classified]
     for (_, mine), (_, theirs) in zip(served, classified, strict=True):
