@@ -217,6 +217,21 @@ def test_a_soft_prompts_positions_are_reserved_before_the_call(gguf_path: Path, 
     assert answer.usage.prompt_tokens + answer.usage.completion_tokens == tokens == exact.options.budget.spent()
 
 
+def test_a_list_of_prompts_is_reserved_its_prompts_once_as_the_local_model_bills_them(gguf_path: Path, local: OpenAI) -> None:
+    """The local model answers `n` itself, so a list of prompts is reserved each prompt once, not once per choice of every
+    prompt as for a server not yet seen to honour `n`: a limit of exactly the bill lets it through, one token less refuses it."""
+    prompts = ["Paris is", "The sky is", "Two and two make"]
+    used = local.completions.create(model="smollm2", prompt=prompts, max_tokens=1, temperature=0).usage
+    prices = {"smollm2": {"input": 1_000_000.0, "output": 1_000_000.0}}  # $1 a token
+    exact = OpenAI(base_url=f"hf:{gguf_path}", budget=Budget(total_usd=used.total_tokens, prices=prices))
+    answer = exact.completions.create(model="smollm2", prompt=prompts, max_tokens=1, temperature=0)
+    assert answer.usage.total_tokens == used.total_tokens == exact.options.budget.spent()
+    short = OpenAI(base_url=f"hf:{gguf_path}", budget=Budget(total_usd=used.total_tokens - 1, prices=prices))
+    with pytest.raises(BudgetExceededError):
+        short.completions.create(model="smollm2", prompt=prompts, max_tokens=1, temperature=0)
+    assert short.options.budget.spent() == 0.0
+
+
 HISTORIES = {
     "text-parts": [{"role": "user", "content": [{"type": "input_text", "text": "The capital"}, {"type": "input_text", "text": "of France?"}]}],
     "tool-calls": [

@@ -58,7 +58,7 @@ class Core:
         server = None if backend is not None else ServerTokenizer(str(inner.base_url), inner.auth_headers)
         self.count = UsageCounter(backend, server, ask_server=local)
         self.host = httpx2.URL(endpoint).host if "://" in endpoint else endpoint  # the log's endpoint_host, parsed once
-        self.ignores_n: bool | None = None  # learnt from the first multi-choice answer
+        self.ignores_n: bool | None = False if backend is not None else None  # the local model answers n itself; a server's is learnt
         self._lock = threading.Lock()
 
     # ---------------------------------------------------------------- before sending
@@ -138,7 +138,7 @@ class Core:
         counted = self.count.prompt(call)
         call.counted_prompt = counted.tokens
         extra = 0 if self.backend is not None else call.opts.budget.calibration.overhead(calibration_key(self, call), call.model)
-        call.prompt_extra = extra = (UNCALIBRATED_ALLOWANCE if extra is None else extra) + stored_context(self, call)  # charged as reserved when counted
+        call.prompt_extra = extra = (UNCALIBRATED_ALLOWANCE if extra is None else extra * call.prompts) + stored_context(self, call)  # learnt per prompt; charged as reserved when counted
         call.reservation = call.meter.reserve(
             call_id=call.info.call_id,
             model=call.model,
