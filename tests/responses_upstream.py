@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from servers import send_json
+
 Json = dict[str, Any]
 STORED_STATE = ("previous_response_id", "conversation", "prompt")  # what a request may continue
 
@@ -145,12 +147,7 @@ class ResponsesUpstream:
                     self._released.wait(30)
                     return
             return
-        payload = json.dumps(response).encode()
-        handler.send_response(200)
-        handler.send_header("Content-Type", "application/json")
-        handler.send_header("Content-Length", str(len(payload)))
-        handler.end_headers()
-        handler.wfile.write(payload)
+        send_json(handler, response)
 
     def close(self) -> None:
         """Stop serving."""

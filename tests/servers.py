@@ -5,6 +5,7 @@ after. `stop()` and `start()` let a test kill a server mid-run."""
 from __future__ import annotations
 
 import glob
+import json
 import os
 import pwd
 import shutil
@@ -291,6 +292,16 @@ def sse_upstream(events: Callable[[Any], bytes]) -> Iterator[str]:
         upstream.server_close()
 
 
+def send_json(handler: Any, answer: object) -> None:
+    """Answer an http.server request with `answer` as a 200 JSON body (a loopback double's whole reply)."""
+    data = json.dumps(answer).encode()
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
 class InstantUpstream:
     """An OpenAI-compatible endpoint on a free loopback port that answers `answer` at once on `route`
     (chat completions unless told; 404 on other routes) with `status` and `headers`; `before` runs
@@ -304,7 +315,6 @@ class InstantUpstream:
         status: int = 200,
         headers: dict[str, str] | None = None,
     ) -> None:
-        import json
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         body = json.dumps(answer).encode()

@@ -15,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from servers import send_json
 from test_async_cancel import MODEL, PRICES, SLOW_S, SlowServer, Stores, ask, cancelled, until
 
 from blackbox_sdk import Budget, BudgetExceededError, CallLog
@@ -114,13 +115,8 @@ class _FullUsage(BaseHTTPRequestHandler):
             return
         n, cap = int(body.get("n") or 1), int(body.get("max_tokens") or body.get("max_completion_tokens"))
         usage = {"prompt_tokens": 60, "completion_tokens": cap * n, "total_tokens": 60 + cap * n}
-        data = json.dumps({"id": "x", "object": "chat.completion", "created": 1, "model": MODEL, "usage": usage, "choices": [
-            {"index": i, "message": {"role": "assistant", "content": f"step answer {i}"}, "finish_reason": "stop"} for i in range(n)]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_json(self, {"id": "x", "object": "chat.completion", "created": 1, "model": MODEL, "usage": usage, "choices": [
+            {"index": i, "message": {"role": "assistant", "content": f"step answer {i}"}, "finish_reason": "stop"} for i in range(n)]})
 
     def log_message(self, *args: object) -> None:
         """Quiet."""

@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from servers import send_json
 
 from blackbox_sdk import Budget, OpenAI
 
@@ -33,12 +34,7 @@ class _Billing(BaseHTTPRequestHandler):
             "usage": {"prompt_tokens": sum(_words(p) + HIDDEN for p in prompts), "completion_tokens": choices,
                       "total_tokens": sum(_words(p) + HIDDEN for p in prompts) + choices},
         }
-        data = json.dumps(answer).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_json(self, answer)
 
     def log_message(self, *args: object) -> None:
         """Quiet."""
