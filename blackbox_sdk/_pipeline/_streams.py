@@ -209,9 +209,10 @@ class AsyncWholeStream:
 
     async def __anext__(self) -> Any:
         """The next chunk."""
-        for item in self._chunks:
-            return item
-        raise StopAsyncIteration
+        try:
+            return next(self._chunks)
+        except StopIteration:
+            raise StopAsyncIteration from None
 
     async def close(self) -> None:
         """Close the response (read already), as openai's stream closes its own."""

@@ -202,12 +202,13 @@ class Calibration:
                 self._known[(endpoint, model)] = max(stored, self._known.get((endpoint, model), 0))
         return stored
 
-    def learn(self, endpoint: str, model: str, counted: int, reported: int) -> None:
-        """One answer's evidence: the endpoint reported `reported` prompt tokens where the SDK counted `counted`;
-        a report that can't be real (negative, or from 2**53 up) teaches nothing."""
+    def learn(self, endpoint: str, model: str, counted: int, reported: int, prompts: int = 1) -> None:
+        """One answer's evidence: the endpoint reported `reported` prompt tokens where the SDK counted `counted`, for a
+        request of `prompts` prompts (a legacy completions list): what is kept is each prompt's share, rounded up, since a
+        server adds its tokens to every prompt. A report that can't be real (negative, or from 2**53 up) teaches nothing."""
         if not is_count(reported):
             return
-        extra = max(0, reported - int(counted))
+        extra = -(-max(0, reported - int(counted)) // max(1, prompts))
         with self._lock:
             known = self._known.get((endpoint, model))
             if known is not None and extra <= known:
