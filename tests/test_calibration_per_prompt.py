@@ -26,6 +26,8 @@ def _words(text: str) -> int:
 class _Billing(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self.path.endswith("/embeddings"):
+            return send_json(self, _embeddings(body))
         prompts = body["prompt"] if isinstance(body["prompt"], list) else [body["prompt"]]
         choices = len(prompts) * int(body.get("n") or 1)  # n for each prompt, one token each, as OpenAI answers
         answer = {
@@ -38,6 +40,14 @@ class _Billing(BaseHTTPRequestHandler):
 
     def log_message(self, *args: object) -> None:
         """Quiet."""
+
+
+def _embeddings(body: dict[str, object]) -> dict[str, object]:
+    """An embeddings answer billed as a server that wraps each input in tokens of its own (a BOS and an EOS) bills it."""
+    texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+    tokens = sum(_words(str(text)) + HIDDEN for text in texts)
+    data = [{"object": "embedding", "index": i, "embedding": [0.5, 0.25]} for i in range(len(texts))]
+    return {"object": "list", "data": data, "model": body["model"], "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
 
 @pytest.fixture
@@ -57,6 +67,22 @@ def test_a_list_of_prompts_is_reserved_the_hidden_tokens_of_each(billing: str, t
     prompts = ["one two", "three four five", "six", "seven eight"]
     answer = client.completions.create(model="m", prompt=prompts, max_tokens=1)
     assert answer.usage is not None and answer.usage.prompt_tokens == sum(_words(p) for p in prompts) + HIDDEN * len(prompts)
+    with sqlite3.connect(ledger) as connection:
+        spends = connection.execute("SELECT usd_nano, reserved_nano FROM spends ORDER BY id").fetchall()
+    assert len(spends) == 2 and all(spent <= reserved for spent, reserved in spends), spends  # no call settled past its hold
+    client.close()
+
+
+def test_an_embeddings_list_is_reserved_the_hidden_tokens_of_each_input(billing: str, tmp_path: Path) -> None:
+    """A server that adds its tokens to each input of an embeddings list: learnt from a one-input call, a four-input
+    call holds them four times, and settles within its hold."""
+    ledger = tmp_path / "ledger.db"
+    budget = Budget(total_usd=10.0, prices={"m": {"input": 1000.0, "output": 1000.0}}, ledger=str(ledger))
+    client = OpenAI(base_url=billing, api_key="sk-test", budget=budget, tokenizer=_words, max_retries=0)
+    client.embeddings.create(model="m", input="the first text")  # calibrates
+    texts = ["one two", "three four five", "six", "seven eight"]
+    answer = client.embeddings.create(model="m", input=texts)
+    assert answer.usage.prompt_tokens == sum(_words(t) for t in texts) + HIDDEN * len(texts)
     with sqlite3.connect(ledger) as connection:
         spends = connection.execute("SELECT usd_nano, reserved_nano FROM spends ORDER BY id").fetchall()
     assert len(spends) == 2 and all(spent <= reserved for spent, reserved in spends), spends  # no call settled past its hold

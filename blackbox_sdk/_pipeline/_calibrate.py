@@ -79,7 +79,7 @@ def passes_gate(core: Core, call: Call) -> bool:
 def learn(core: Core, call: Call, usage: Json) -> None:
     """Learn the endpoint's hidden prompt tokens from a reported usage, and let the next call through;
     not from the charge of a call interrupted with requests still in flight, or with answers lost (no answer showed it).
-    What is kept is each prompt's share (`Calibration.learn`), reserved for each prompt of a call (`Core.reserve`)."""
+    What is kept is each text's share (`Calibration.learn`), reserved for each text of a call (`Call.framed`, `Core.reserve`)."""
     budget = call.opts.budget
     if budget is None or core.backend is not None or call.counted_prompt is None or continues_stored_state(call) or call.in_flight or call.lost:
         return
@@ -89,7 +89,7 @@ def learn(core: Core, call: Call, usage: Json) -> None:
         per_request = call.counted_prompt + UNCALIBRATED_ALLOWANCE if call.gated else 0
     try:
         if per_request:
-            budget.calibration.learn(calibration_key(core, call), call.model, call.counted_prompt, per_request, call.prompts)
+            budget.calibration.learn(calibration_key(core, call), call.model, call.counted_prompt, per_request, call.framed)
     except StoreUnavailableError as error:  # learnt from a later answer instead
         logger.warning("call %s: the endpoint's overhead could not be stored now: %s", call.info.call_id, error)
     ungate(core, call)

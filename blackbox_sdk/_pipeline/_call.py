@@ -240,6 +240,15 @@ class Call:
         return max(1, texts + len(self.prompt_embeds))
 
     @property
+    def framed(self) -> int:
+        """How many texts the endpoint may add tokens of its own to (a BOS, a template): each prompt of a completions call,
+        each input of an embeddings list (texts, or lists of token ids); 1 for the rest. Calibration is learnt and reserved per text."""
+        found = self.params.get("input")
+        if self.route is EMBEDDINGS and isinstance(found, list) and found and not isinstance(found[0], int):
+            return len(found)
+        return self.prompts
+
+    @property
     def prompt_embeds(self) -> list[Any]:
         """A completions call's `prompt_embeds` items (sent in `extra_body`, or as an extra keyword); [] when none."""
         body = self.params.get("extra_body")

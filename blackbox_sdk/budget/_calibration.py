@@ -204,8 +204,8 @@ class Calibration:
 
     def learn(self, endpoint: str, model: str, counted: int, reported: int, prompts: int = 1) -> None:
         """One answer's evidence: the endpoint reported `reported` prompt tokens where the SDK counted `counted`, for a
-        request of `prompts` prompts (a legacy completions list): what is kept is each prompt's share, rounded up, since a
-        server adds its tokens to every prompt. A report that can't be real (negative, or from 2**53 up) teaches nothing."""
+        request of `prompts` texts (a legacy completions list, an embeddings list): what is kept is each one's share, rounded up, since a
+        server adds its tokens to every text. A report that can't be real (negative, or from 2**53 up) teaches nothing."""
         if not is_count(reported):
             return
         extra = -(-max(0, reported - int(counted)) // max(1, prompts))
