@@ -58,6 +58,13 @@ def test_each_cap_refuses_with_spent_reserved_limit_and_scope(
     assert capped.report().outstanding_reservations == 1  # the refused call holds nothing
 
 
+def test_a_refusal_under_a_cap_below_a_micro_dollar_shows_its_amounts() -> None:
+    """A cap of half a micro-dollar reads as such in the refusal, not as "$0.000000"."""
+    with pytest.raises(BudgetExceededError, match=r"total budget of \$0\.0000005 would be exceeded: \$0\.000000 spent") as refused:
+        budget(total_usd=5e-7).reserve(model="unit", prompt_tokens=100, max_output_tokens=200)
+    assert "up to $0.000000 " not in str(refused.value)
+
+
 def test_worst_case_is_prompt_plus_n_times_max_output() -> None:
     reservation = budget(total_usd=1.0).reserve(model="unit", prompt_tokens=300, max_output_tokens=50, n=3)
     assert reservation.worst_case_usd == pytest.approx(PRICE.cost_usd(300, 3 * 50))

@@ -40,7 +40,7 @@ from .._redact import redact_text
 from .._redis_url import redact_url
 from .._text import checked_text
 from ._calibration import Calibration, open_calibration
-from ._caps import MAX_CAP_USD, Cap, Scope, nano_to_usd, usd_to_nano
+from ._caps import MAX_CAP_USD, Cap, Scope, nano_to_usd, usd_text, usd_to_nano
 from ._keeper import KEEPER
 from ._journal import ledger_id
 from ._open import open_ledger
@@ -249,9 +249,9 @@ class Budget(BaseModel):
             )
         if usd_nano > reserved:
             logger.warning(
-                "call %s cost $%.6f, more than its reservation of $%.6f: it used %d prompt and %d completion tokens, "
+                "call %s cost %s, more than its reservation of %s: it used %d prompt and %d completion tokens, "
                 "%d prompt and %d output tokens for each of %d choice(s) were held",
-                reservation.call_id, nano_to_usd(usd_nano), reservation.worst_case_usd, prompt, completion,
+                reservation.call_id, usd_text(nano_to_usd(usd_nano)), usd_text(reservation.worst_case_usd), prompt, completion,
                 reservation.prompt_tokens, reservation.max_output_tokens, reservation.n,
             )
         return nano_to_usd(usd_nano)

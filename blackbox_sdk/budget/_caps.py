@@ -39,6 +39,13 @@ def nano_to_usd(nano: int) -> float:
     return nano / NANO_PER_USD
 
 
+def usd_text(usd: float) -> str:
+    """An amount as a message shows it: to the micro-dollar at least, and to the nano-dollar the ledger keeps where
+    that shows more (a cap of $0.0000005 is not "$0.000000")."""
+    text = f"{usd:.9f}"
+    return f"${text[:-3]}{text[-3:].rstrip('0')}"
+
+
 @dataclass(frozen=True)
 class Cap:
     """A spending limit: its scope, its limit, and the day, key or model it is for."""

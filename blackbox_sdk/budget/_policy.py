@@ -17,7 +17,7 @@ from typing import TypeGuard
 from .._exceptions import BudgetExceededError, ConfigError, PriceMissingError
 from .._logging import logger
 from .._text import checked_text
-from ._caps import EXACT_LIMIT, Cap, CapUsage, Scope, bounded_nano, nano_to_usd, usd_to_nano
+from ._caps import EXACT_LIMIT, Cap, CapUsage, Scope, bounded_nano, nano_to_usd, usd_text, usd_to_nano
 from ._prices import ModelPrice
 from ._tokens import TokenCount
 
@@ -121,8 +121,8 @@ class Policy:
         needed = nano_to_usd(request.worst_nano(request.n, request.max_output))
         shape = f"{request.prompt} prompt tokens + {request.n} x {request.max_output} output tokens"
         message = (
-            f"{label} budget of ${limit:.6f} would be exceeded: ${spent:.6f} spent + ${reserved:.6f} reserved + "
-            f"up to ${needed:.6f} for this call ({request.model}: {shape})"
+            f"{label} budget of {usd_text(limit)} would be exceeded: {usd_text(spent)} spent + {usd_text(reserved)} reserved + "
+            f"up to {usd_text(needed)} for this call ({request.model}: {shape})"
         )
         if self.shrink:
             floor = min(self.min_output_tokens, request.max_output)
