@@ -13,6 +13,7 @@ server's error body matches no pattern, but it is the one secret the SDK knows f
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import threading
@@ -47,6 +48,7 @@ _SECRET_PATTERN = re.compile(
 )
 
 
+SHORTEST_SHAPED = 15  # "Bearer " and 8 characters: no shorter text holds a match of _SECRET_PATTERN
 MIN_REMEMBERED_SECRET = 6  # shorter strings would redact ordinary words
 _remembered: frozenset[str] = frozenset()
 _remembered_pattern: re.Pattern[str] | None = None
@@ -64,23 +66,28 @@ def remember_secret(value: object) -> None:
         _remembered_pattern = re.compile("|".join(re.escape(secret) for secret in longest_first))
 
 
+@functools.lru_cache(maxsize=4096)
 def is_secret_key(name: str) -> bool:
-    """Whether a mapping key names a credential (``Authorization`` yes, ``max_tokens`` no)."""
+    """Whether a mapping key names a credential (``Authorization`` yes, ``max_tokens`` no); cached: the same few names, every record."""
     normal = name.strip().lower().replace("-", "_")
     return normal in _SECRET_NAMES or normal.endswith(_SECRET_SUFFIXES)
 
 
+@functools.lru_cache(maxsize=4096)
 def is_secret_query_param(name: str) -> bool:
     """Whether a URL query parameter carries a credential (``api-key``, ``key``, ``sig`` yes; ``api-version`` no)."""
     return is_secret_key(name) or name.strip().lower().replace("-", "_") in _SECRET_QUERY_NAMES
 
 
 def redact_text(text: str) -> str:
-    """The text with every remembered secret and every key-shaped substring replaced by ``[REDACTED]``."""
+    """The text with every remembered secret and every key-shaped substring replaced by ``[REDACTED]`` (a text too short
+    to hold either, a role or a model's name, is returned as it is, unsearched)."""
+    if len(text) < MIN_REMEMBERED_SECRET:
+        return text
     remembered = _remembered_pattern
     if remembered is not None:
         text = remembered.sub(REDACTED, text)
-    return _SECRET_PATTERN.sub(REDACTED, text)
+    return text if len(text) < SHORTEST_SHAPED else _SECRET_PATTERN.sub(REDACTED, text)
 
 
 def mask_secret(text: str, secret: str, mask: str = "***") -> str:

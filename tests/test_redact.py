@@ -227,3 +227,17 @@ def test_a_password_of_eight_characters_or_more_is_masked_inside_a_word_too_a_sh
     assert mask_secret("auth failed for xHunter2Pass!y", "Hunter2Pass!") == "auth failed for x***y"
     assert mask_secret("connection failed: bad password a", "a") == "connection failed: bad password ***"
     assert mask_secret("Hunter2 in xHunter2x", "Hunter2") == "*** in xHunter2x"
+
+
+def test_the_shortest_texts_each_rule_redacts_are_redacted_and_shorter_ones_kept() -> None:
+    """Texts too short for either rule are returned unsearched (a speed-up on every logged record): the bounds hold."""
+    from blackbox_sdk._redact import MIN_REMEMBERED_SECRET, SHORTEST_SHAPED, remember_secret
+
+    shortest = "Bearer abcdefgh"
+    assert len(shortest) == SHORTEST_SHAPED and redact_text(shortest) == REDACTED
+    assert redact_text(shortest[:-1]) == shortest[:-1]
+    secret = "q7Zx!p"  # a short custom key, shaped like nothing
+    assert len(secret) == MIN_REMEMBERED_SECRET
+    remember_secret(secret)
+    assert redact_text(secret) == REDACTED and redact_text(f"[{secret}]") == f"[{REDACTED}]"
+    assert redact({"role": "user", "content": secret}) == {"role": "user", "content": REDACTED}

@@ -40,8 +40,6 @@ _KEY_PATTERN = re.compile(r"[0-9a-f]{64}")
 _PLAIN = (str, int, bool, type(None))  # exactly these types are their own canonical JSON
 Where = str | tuple[Any, str | int]  # a value's place: the root's name, or (its parent's place, key or index)
 _KEY_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)  # made once: json.dumps with options makes one a call
-_secret_name = functools.lru_cache(maxsize=4096)(is_secret_key)  # the same few argument names, every call
-_secret_query = functools.lru_cache(maxsize=4096)(is_secret_query_param)  # one rule for every query the key sees
 
 
 def cache_key(*, namespace: str, route: str, endpoint: str, params: Mapping[str, Any]) -> str:
@@ -70,7 +68,7 @@ def key_endpoint(endpoint: str) -> str:
     hosts = rest[:cut].rpartition("@")[2]
     before, hash_, fragment = rest[cut:].partition("#")
     path, question, query = before.partition("?")
-    kept = [part for part in query.split("&") if not _secret_query(unquote_plus(part.partition("=")[0]))]
+    kept = [part for part in query.split("&") if not is_secret_query_param(unquote_plus(part.partition("=")[0]))]
     query_text = "?" + "&".join(kept) if question and kept else ""
     return f"{scheme}{sep}{hosts}{path}{query_text}{hash_}{fragment}"
 
@@ -86,7 +84,7 @@ def with_default_query(canonical: dict[str, Any], params: Mapping[str, Any], def
     overridden = raw_call if isinstance(raw_call, Mapping) else {}
     defaults = _canonical_mapping({k: v for k, v in default_query.items() if k not in overridden}, "default_query")
     merged = {**defaults, **(call_query or {})}
-    query = {name: value for name, value in merged.items() if not _secret_query(name)}
+    query = {name: value for name, value in merged.items() if not is_secret_query_param(name)}
     result = {name: value for name, value in canonical.items() if name != "extra_query"}
     if query:
         result["extra_query"] = query
@@ -130,7 +128,7 @@ def _header_items(headers: Mapping[Any, Any]) -> dict[str, Any]:
 @functools.lru_cache(maxsize=1024)
 def _unkeyed_header(name: str) -> bool:
     """Whether a (lower-cased) header is left out of keys: a credential, the client's own, or a tracing id."""
-    return name in UNKEYED_HEADERS or name.startswith(UNKEYED_HEADER_PREFIXES) or _secret_name(name) or name.endswith(("-key", "-token"))
+    return name in UNKEYED_HEADERS or name.startswith(UNKEYED_HEADER_PREFIXES) or is_secret_key(name) or name.endswith(("-key", "-token"))
 
 
 def check_key(key: str) -> None:
@@ -153,7 +151,7 @@ def canonical_params(params: Mapping[str, Any]) -> dict[str, Any]:
     kept = {name: value for name, value in params.items() if not _is_dropped_top(name, value)}
     result = _canonical_mapping(kept, "params")
     if isinstance(result.get("extra_query"), dict):
-        result["extra_query"] = {k: v for k, v in result["extra_query"].items() if not _secret_query(k)}
+        result["extra_query"] = {k: v for k, v in result["extra_query"].items() if not is_secret_query_param(k)}
     for name in _EMPTY_SENDS_NOTHING:
         if result.get(name) == {}:  # merged into the request, an empty one adds nothing: the same request as none
             del result[name]
@@ -164,7 +162,7 @@ def _is_dropped_top(name: Any, value: Any) -> bool:
     """Whether a top-level argument is left out of the key (unset, None, transport-only, or a credential)."""
     if not isinstance(name, str):
         return False
-    return value is None or _is_unset(value) or name in TRANSPORT_KEYS or _secret_name(name)
+    return value is None or _is_unset(value) or name in TRANSPORT_KEYS or is_secret_key(name)
 
 
 def _is_unset(value: Any) -> bool:

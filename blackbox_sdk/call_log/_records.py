@@ -23,6 +23,7 @@ FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 Count = Annotated[int, Field(ge=0, lt=2**63, strict=True)]  # a 64-bit SQLite INTEGER
 Label = Literal["correct", "incorrect"]
 LABELS: tuple[Label, ...] = get_args(Label)
+_COUNTS = (int, bool, type(None))  # a usage's or an extra's values, exactly typed: plain JSON with no text to check
 _STRICT_JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False)  # made once: json.dumps with options makes one a call
 
 
@@ -43,18 +44,23 @@ def _valid(value: Any) -> Any:
     return value
 
 
+def as_config_error(error: pydantic.ValidationError, what: str) -> ConfigError:
+    """pydantic's ValidationError as ConfigError naming each bad field, never the values (a request may hold a key);
+    ``model_validate`` runs ``__init__`` inside pydantic, which wraps the ConfigError raised there: that one is returned."""
+    raised = [item.get("ctx", {}).get("error") for item in error.errors()]
+    if len(raised) == 1 and isinstance(raised[0], ConfigError):
+        return raised[0]
+    problems = "; ".join(": ".join(filter(None, [".".join(map(str, e["loc"])), e["msg"]])) for e in error.errors())
+    return ConfigError(f"bad {what}: {problems}")
+
+
 @contextmanager
 def config_errors(what: str) -> Iterator[None]:
-    """pydantic's ValidationError as ConfigError naming each bad field, never the values (a request may hold a key);
-    ``model_validate`` runs ``__init__`` inside pydantic, which wraps the ConfigError raised there: that one is raised."""
+    """``as_config_error`` for what the block raises."""
     try:
         yield
     except pydantic.ValidationError as error:
-        raised = [item.get("ctx", {}).get("error") for item in error.errors()]
-        if len(raised) == 1 and isinstance(raised[0], ConfigError):
-            raise raised[0] from None
-        problems = "; ".join(": ".join(filter(None, [".".join(map(str, e["loc"])), e["msg"]])) for e in error.errors())
-        raise ConfigError(f"bad {what}: {problems}") from None
+        raise as_config_error(error, what) from None
 
 
 def new_call_id() -> str:
@@ -87,9 +93,12 @@ class CallRecord(BaseModel):
     extra: dict[str, Any] = Field(default_factory=dict)
 
     def __init__(self, /, **fields: Any) -> None:
-        """Validate the fields (pydantic, underneath); ConfigError naming each bad one, never the values (a request may hold a key)."""
-        with config_errors("CallRecord"):
+        """Validate the fields (pydantic, underneath); ConfigError naming each bad one, never the values (a request may hold a key).
+        A try of its own, not ``config_errors``: a record is built on every call's path."""
+        try:
             super().__init__(**fields)
+        except pydantic.ValidationError as error:
+            raise as_config_error(error, "CallRecord") from None
 
     @classmethod
     def model_validate(cls, obj: Any, *args: Any, **kwargs: Any) -> Self:
@@ -107,7 +116,7 @@ class CallRecord(BaseModel):
     @classmethod
     def _plain_json(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         """Only values that survive strict JSON encoding can be logged; lone surrogates in them are replaced."""
-        if value:  # None and {} are plain JSON as they are
+        if value and not all(type(k) is str and k.isascii() and type(v) in _COUNTS for k, v in value.items()):  # {} and counts: plain as they are
             try:
                 text = _STRICT_JSON.encode(value)
             except (TypeError, ValueError) as exc:
