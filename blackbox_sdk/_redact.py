@@ -49,6 +49,7 @@ _SECRET_PATTERN = re.compile(
 
 
 SHORTEST_SHAPED = 15  # "Bearer " and 8 characters: no shorter text holds a match of _SECRET_PATTERN
+_LEAVES = frozenset({int, float, bool, type(None)})
 MIN_REMEMBERED_SECRET = 6  # shorter strings would redact ordinary words
 _remembered: frozenset[str] = frozenset()
 _remembered_pattern: re.Pattern[str] | None = None
@@ -156,9 +157,12 @@ def redact(obj: Any) -> Any:
     (numbers, booleans, None: immutable in JSON) are returned as they are, never deep-copied,
     so the logging filter can pass arbitrary objects through safely.
     """
-    if isinstance(obj, str):
+    kind = type(obj)
+    if kind in _LEAVES:  # the common leaves, exactly typed: nothing to look into
+        return obj
+    if kind is str or isinstance(obj, str):
         return redact_text(obj)
-    if isinstance(obj, Mapping):  # a key-shaped name is redacted too: a client may paste its key where a field's name goes
+    if kind is dict or isinstance(obj, Mapping):  # a key-shaped name is redacted too: a client may paste its key where a field's name goes
         return {redact_text(key) if isinstance(key, str) else key: REDACTED if isinstance(key, str) and is_secret_key(key) else redact(value)
                 for key, value in obj.items()}
     if isinstance(obj, tuple):
