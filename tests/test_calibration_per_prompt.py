@@ -87,3 +87,18 @@ def test_an_embeddings_list_is_reserved_the_hidden_tokens_of_each_input(billing:
         spends = connection.execute("SELECT usd_nano, reserved_nano FROM spends ORDER BY id").fetchall()
     assert len(spends) == 2 and all(spent <= reserved for spent, reserved in spends), spends  # no call settled past its hold
     client.close()
+
+
+def test_an_uncalibrated_list_is_reserved_the_allowance_for_each_text(billing: str, tmp_path: Path) -> None:
+    """The first call to an uncalibrated endpoint holds the allowance for each text of its list: eight inputs the server
+    adds 10 tokens to each (80 in all, past one 64-token allowance) settle within the hold, and so does the next."""
+    ledger = tmp_path / "ledger.db"
+    budget = Budget(total_usd=10.0, prices={"m": {"input": 1000.0, "output": 1000.0}}, ledger=str(ledger))
+    client = OpenAI(base_url=billing, api_key="sk-test", budget=budget, tokenizer=_words, max_retries=0)
+    texts = [f"text number {i}" for i in range(8)]
+    client.embeddings.create(model="m", input=texts)
+    client.embeddings.create(model="m", input=texts[:3])
+    with sqlite3.connect(ledger) as connection:
+        spends = connection.execute("SELECT usd_nano, reserved_nano FROM spends ORDER BY id").fetchall()
+    assert len(spends) == 2 and all(spent <= reserved for spent, reserved in spends), spends
+    client.close()

@@ -86,7 +86,7 @@ def learn(core: Core, call: Call, usage: Json) -> None:
     prompt = reported(usage.get("prompt_tokens"))
     per_request = prompt // max(1, call.info.requests) if isinstance(prompt, int) else 0
     if call.usage_counted:  # the server said nothing: keep the allowance rather than stay gated
-        per_request = call.counted_prompt + UNCALIBRATED_ALLOWANCE if call.gated else 0
+        per_request = call.counted_prompt + UNCALIBRATED_ALLOWANCE * call.framed if call.gated else 0
     try:
         if per_request:
             budget.calibration.learn(calibration_key(core, call), call.model, call.counted_prompt, per_request, call.framed)

@@ -138,7 +138,7 @@ class Core:
         counted = self.count.prompt(call)
         call.counted_prompt = counted.tokens
         extra = 0 if self.backend is not None else call.opts.budget.calibration.overhead(calibration_key(self, call), call.model)
-        call.prompt_extra = extra = (UNCALIBRATED_ALLOWANCE if extra is None else extra * call.framed) + stored_context(self, call)  # learnt per text; charged as reserved when counted
+        call.prompt_extra = extra = (UNCALIBRATED_ALLOWANCE if extra is None else extra) * call.framed + stored_context(self, call)  # per text; charged as reserved when counted
         call.reservation = call.meter.reserve(
             call_id=call.info.call_id,
             model=call.model,
