@@ -564,3 +564,24 @@ def test_with_a_json_text_format_reranking_prefers_the_answers_that_are_json(kin
         upstream.close()
     assert sorted(response.blackbox.candidates or []) == [cut, cut, whole, whole]
     assert response.output_text == whole and raw.parse().output_text == whole
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("conversation", ["conv_1", {"id": "conv_1"}])
+def test_a_turn_in_a_conversation_always_reaches_the_server(
+    conversation: object, stream: bool, upstream: ResponsesUpstream, tmp_path: Path, budget: Budget, log: CallLog,
+) -> None:
+    """The server appends every turn to the conversation it names, so the same input later in it is asked in a longer
+    context: a turn is never served from the cache (it would answer from the old context and leave the turn out of the
+    conversation), nor stored; it is still budgeted and logged each time."""
+    client = double_client(OpenAI, upstream, tmp_path, budget)
+    for _ in range(2):
+        answer = client.responses.create(model=MODEL, input="yes", conversation=conversation, stream=stream)
+        if stream:
+            list(answer)
+    assert len(upstream.bodies) == 2 and [r.cache_hit for r in records(log)] == [False, False]
+    report = budget.report()
+    assert report.outstanding_reservations == 0 and report.spent_usd == pytest.approx(sum(r.cost_usd for r in records(log)))
+    client.responses.create(model=MODEL, input="yes")  # without a conversation: cached as any call
+    client.responses.create(model=MODEL, input="yes")
+    assert len(upstream.bodies) == 3

@@ -42,6 +42,8 @@ def create(core: Core, params: Json, overrides: Json, valid: Valid | None = None
     `kept` receives the last HTTP response (a raw view's whole call)."""
     call = yield from begin(core, RESPONSES, params, overrides)
     call.valid, call.kept = valid, kept
+    if call.params.get("conversation"):
+        call.key = None  # the server appends each turn to it: the same input later is asked in a longer context
     if call.opts.reranker is not None and call.want > 1:
         refuse_conversation(call)
         whole = yield from complete(core, unstreamed(call))
