@@ -585,3 +585,23 @@ def test_a_turn_in_a_conversation_always_reaches_the_server(
     client.responses.create(model=MODEL, input="yes")  # without a conversation: cached as any call
     client.responses.create(model=MODEL, input="yes")
     assert len(upstream.bodies) == 3
+
+
+SCREENSHOT = "data:image/png;base64," + "iVBORw0KGgo" * 20_000  # an image of 220,000 base64 characters
+
+
+@pytest.mark.parametrize("items", [
+    [{"role": "user", "content": [{"type": "input_image", "image_url": SCREENSHOT, "detail": "high"}]}],
+    [{"type": "function_call", "call_id": "call_1", "name": "screenshot", "arguments": "{}"},
+     {"type": "function_call_output", "call_id": "call_1", "output": [{"type": "input_image", "image_url": SCREENSHOT, "detail": "high"}]}],
+    [{"type": "computer_call", "id": "cu_1", "call_id": "call_1", "action": {"type": "screenshot"}, "pending_safety_checks": [], "status": "completed"},
+     {"type": "computer_call_output", "call_id": "call_1", "output": {"type": "computer_screenshot", "image_url": SCREENSHOT}}],
+], ids=["message", "function_call_output", "computer_call_output"])
+def test_an_image_a_tool_returns_is_reserved_as_an_image_not_as_its_base64_text(
+    items: list[dict[str, object]], upstream: ResponsesUpstream, tmp_path: Path, budget: Budget,
+) -> None:
+    """A tool's output may be an image (a screenshot): it was counted as the JSON of its data URL, 165,000 tokens
+    here, and refused under a budget that holds the call many times over; it is now counted as an image in a message is."""
+    client = double_client(OpenAI, upstream, tmp_path, budget)
+    answer = client.responses.create(model=MODEL, input=items, max_output_tokens=16)
+    assert len(upstream.bodies) == 1 and budget.report().spent_usd == pytest.approx(spent(answer.usage))
