@@ -605,3 +605,25 @@ def test_an_image_a_tool_returns_is_reserved_as_an_image_not_as_its_base64_text(
     client = double_client(OpenAI, upstream, tmp_path, budget)
     answer = client.responses.create(model=MODEL, input=items, max_output_tokens=16)
     assert len(upstream.bodies) == 1 and budget.report().spent_usd == pytest.approx(spent(answer.usage))
+
+
+@pytest.mark.parametrize("how", ["closed", "cut"])
+def test_a_background_stream_that_ends_early_is_charged_the_answer_the_server_goes_on_to_generate(
+    how: str, upstream: ResponsesUpstream, tmp_path: Path, budget: Budget, log: CallLog,
+) -> None:
+    """A `background=True` response goes on generating (and is billed) when its stream is closed or cut, as a whole
+    background call that comes back queued does: it was charged only the text that had arrived."""
+    upstream.mode = "cut" if how == "cut" else "ok"
+    client = double_client(OpenAI, upstream, tmp_path, budget)
+    stream = client.responses.create(model=MODEL, input=QUESTION, max_output_tokens=16, stream=True, background=True)
+    for event in stream:
+        if event.type == "response.output_text.delta" and how == "closed":
+            break
+    stream.close()
+    [logged] = records(log)
+    assert logged.error is not None and logged.usage["completion_tokens"] == 16  # the output cap: what the server may bill
+    report = budget.report()
+    assert report.outstanding_reservations == 0 and report.spent_usd == pytest.approx(logged.cost_usd)
+    upstream.mode = "ok"
+    list(client.responses.create(model=MODEL, input=QUESTION, max_output_tokens=16, stream=True, background=True))
+    assert len(upstream.bodies) == 2  # not served from the cache
