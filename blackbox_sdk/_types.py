@@ -154,6 +154,18 @@ class ResponsesRoute(Route):
         return {key: usage[key] for key in DETAILS if key in usage}
 
 
+class Parses:
+    """An answer check that is the caller's own parse (`parse`, a stream helper given a type): openai's helper raises at
+    an answer it rejects, so such an answer is never stored (a retry of the call would replay the error from the cache)."""
+
+    def __init__(self, check: Callable[[str], bool]) -> None:
+        self.check = check
+
+    def __call__(self, answer: str) -> bool:
+        """Whether `answer` parses as the caller's type."""
+        return self.check(answer)
+
+
 CHAT_NAME = "chat.completions"
 DETAILS = ("prompt_tokens_details", "completion_tokens_details")  # the breakdowns a usage may carry beside its counts
 CHAT = Route(name=CHAT_NAME, object="chat.completion", chunk_object="chat.completion.chunk")

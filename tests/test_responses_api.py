@@ -564,3 +564,66 @@ def test_with_a_json_text_format_reranking_prefers_the_answers_that_are_json(kin
         upstream.close()
     assert sorted(response.blackbox.candidates or []) == [cut, cut, whole, whole]
     assert response.output_text == whole and raw.parse().output_text == whole
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("conversation", ["conv_1", {"id": "conv_1"}])
+def test_a_turn_in_a_conversation_always_reaches_the_server(
+    conversation: object, stream: bool, upstream: ResponsesUpstream, tmp_path: Path, budget: Budget, log: CallLog,
+) -> None:
+    """The server appends every turn to the conversation it names, so the same input later in it is asked in a longer
+    context: a turn is never served from the cache (it would answer from the old context and leave the turn out of the
+    conversation), nor stored; it is still budgeted and logged each time."""
+    client = double_client(OpenAI, upstream, tmp_path, budget)
+    for _ in range(2):
+        answer = client.responses.create(model=MODEL, input="yes", conversation=conversation, stream=stream)
+        if stream:
+            list(answer)
+    assert len(upstream.bodies) == 2 and [r.cache_hit for r in records(log)] == [False, False]
+    report = budget.report()
+    assert report.outstanding_reservations == 0 and report.spent_usd == pytest.approx(sum(r.cost_usd for r in records(log)))
+    client.responses.create(model=MODEL, input="yes")  # without a conversation: cached as any call
+    client.responses.create(model=MODEL, input="yes")
+    assert len(upstream.bodies) == 3
+
+
+SCREENSHOT = "data:image/png;base64," + "iVBORw0KGgo" * 20_000  # an image of 220,000 base64 characters
+
+
+@pytest.mark.parametrize("items", [
+    [{"role": "user", "content": [{"type": "input_image", "image_url": SCREENSHOT, "detail": "high"}]}],
+    [{"type": "function_call", "call_id": "call_1", "name": "screenshot", "arguments": "{}"},
+     {"type": "function_call_output", "call_id": "call_1", "output": [{"type": "input_image", "image_url": SCREENSHOT, "detail": "high"}]}],
+    [{"type": "computer_call", "id": "cu_1", "call_id": "call_1", "action": {"type": "screenshot"}, "pending_safety_checks": [], "status": "completed"},
+     {"type": "computer_call_output", "call_id": "call_1", "output": {"type": "computer_screenshot", "image_url": SCREENSHOT}}],
+], ids=["message", "function_call_output", "computer_call_output"])
+def test_an_image_a_tool_returns_is_reserved_as_an_image_not_as_its_base64_text(
+    items: list[dict[str, object]], upstream: ResponsesUpstream, tmp_path: Path, budget: Budget,
+) -> None:
+    """A tool's output may be an image (a screenshot): it was counted as the JSON of its data URL, 165,000 tokens
+    here, and refused under a budget that holds the call many times over; it is now counted as an image in a message is."""
+    client = double_client(OpenAI, upstream, tmp_path, budget)
+    answer = client.responses.create(model=MODEL, input=items, max_output_tokens=16)
+    assert len(upstream.bodies) == 1 and budget.report().spent_usd == pytest.approx(spent(answer.usage))
+
+
+@pytest.mark.parametrize("how", ["closed", "cut"])
+def test_a_background_stream_that_ends_early_is_charged_the_answer_the_server_goes_on_to_generate(
+    how: str, upstream: ResponsesUpstream, tmp_path: Path, budget: Budget, log: CallLog,
+) -> None:
+    """A `background=True` response goes on generating (and is billed) when its stream is closed or cut, as a whole
+    background call that comes back queued does: it was charged only the text that had arrived."""
+    upstream.mode = "cut" if how == "cut" else "ok"
+    client = double_client(OpenAI, upstream, tmp_path, budget)
+    stream = client.responses.create(model=MODEL, input=QUESTION, max_output_tokens=16, stream=True, background=True)
+    for event in stream:
+        if event.type == "response.output_text.delta" and how == "closed":
+            break
+    stream.close()
+    [logged] = records(log)
+    assert logged.error is not None and logged.usage["completion_tokens"] == 16  # the output cap: what the server may bill
+    report = budget.report()
+    assert report.outstanding_reservations == 0 and report.spent_usd == pytest.approx(logged.cost_usd)
+    upstream.mode = "ok"
+    list(client.responses.create(model=MODEL, input=QUESTION, max_output_tokens=16, stream=True, background=True))
+    assert len(upstream.bodies) == 2  # not served from the cache

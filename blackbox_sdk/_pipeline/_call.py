@@ -123,9 +123,10 @@ class Call:
 
     def worst_case(self, choices: int) -> Json:
         """The usage of one request of `choices` at its worst as reserved, for an answer the SDK never saw (`_lost`):
-        the prompt, and each choice's output cap unless streamed (a server stops a stream whose reader left)."""
+        the prompt, and each choice's output cap unless streamed (a server stops a stream whose reader left; a
+        `background` response goes on generating)."""
         held = self.reservation
-        completion = 0 if self.stream else held.max_output_tokens * choices
+        completion = 0 if self.stream and self.params.get("background") is not True else held.max_output_tokens * choices
         return {"prompt_tokens": held.prompt_tokens, "completion_tokens": completion, "total_tokens": held.prompt_tokens + completion}
 
     def generations(self, choices: int) -> int:

@@ -12,6 +12,8 @@ from .._types import Json
 
 _ROLES = {"system", "developer", "user", "assistant"}
 _TEXT_PARTS = {"input_text", "output_text", "text", "summary_text", "reasoning_text"}
+_IMAGE_PARTS = {"input_image", "computer_screenshot"}  # an image given, or a computer-use tool's screenshot
+_TOOL_OUTPUTS = {"function_call_output", "custom_tool_call_output", "computer_call_output"}  # a tool's output, given back
 
 
 def _part(part: Any) -> Json:
@@ -25,7 +27,7 @@ def _part(part: Any) -> Json:
         return {"type": "text", "text": str(part.get("text") or "")}
     if kind == "refusal":
         return {"type": "text", "text": str(part.get("refusal") or "")}
-    if kind == "input_image":
+    if kind in _IMAGE_PARTS:
         return {"type": "image_url", "image_url": {"url": str(part.get("image_url") or part.get("file_id") or ""), "detail": part.get("detail") or "auto"}}
     return {"type": "text", "text": json.dumps(dict(part), sort_keys=True, default=str)}
 
@@ -50,9 +52,9 @@ def _message(item: Any) -> Json:
     kind = item.get("type")
     if kind == "function_call":
         return {"role": "assistant", "content": f"{item.get('name', '')}({item.get('arguments', '')})"}
-    if kind == "function_call_output":
+    if kind in _TOOL_OUTPUTS:  # text, or parts (an image counted as an image, not as its data URL's text)
         output = item.get("output")
-        return {"role": "user", "content": output if isinstance(output, str) else json.dumps(output, default=str)}
+        return {"role": "user", "content": _content(output if isinstance(output, (str, list)) else [output])}
     return {"role": "user", "content": json.dumps(dict(item), sort_keys=True, default=str)}
 
 

@@ -17,7 +17,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from .._info import attach, rebuilt
 from .._logging import logger
-from .._types import CHAT, RESPONSES, Json, add_usage, one_number_each, usage_to_charge
+from .._types import CHAT, RESPONSES, Json, Parses, add_usage, one_number_each, usage_to_charge
 from ._calibrate import warn_ignored_cap
 from ._call import Call
 from ._candidates import Candidate, chunks_from_candidates, response_from_candidates, split_response, sum_usage, usage_chunk
@@ -108,10 +108,17 @@ def pieces(core: Core, call: Call, responses: list[Json]) -> tuple[list[Candidat
     return fresh, usage_to_charge(usages)
 
 
+def kept(call: Call, fresh: list[Candidate]) -> list[Json]:
+    """The fresh candidates to store: all, but those the caller's own parse rejects (`Parses`: openai's helper raises
+    at them, so a retry must reach the server); an answer with no text (a refusal, tool calls only) is kept."""
+    check = call.valid if isinstance(call.valid, Parses) else None
+    return [c.to_json() for c in fresh if check is None or not (text := call.route.text(c.choice)) or check(text)]
+
+
 def pay(core: Core, call: Call, fresh: list[Candidate], usage: Json) -> None:
     """Store fresh candidates, then settle their reservation from their usage (whatever the store did)."""
     try:
-        core.store(call, [c.to_json() for c in fresh])  # first: an answer paid for is kept even if the ledger can't be told
+        core.store(call, kept(call, fresh))  # first: an answer paid for is kept even if the ledger can't be told
     finally:
         core.settle(call, usage)
 
@@ -124,7 +131,7 @@ def account(core: Core, call: Call, stored: list[Candidate], fresh: list[Candida
     if not paid and usage is not None:
         pay(core, call, fresh, usage)
     elif not paid:
-        core.store(call, [c.to_json() for c in fresh])
+        core.store(call, kept(call, fresh))
     total = call.settled = sum_usage(stored, call.route) if usage is None else add_usage(sum_usage(stored, call.route), usage)
     return stored + fresh, total
 

@@ -42,6 +42,8 @@ def create(core: Core, params: Json, overrides: Json, valid: Valid | None = None
     `kept` receives the last HTTP response (a raw view's whole call)."""
     call = yield from begin(core, RESPONSES, params, overrides)
     call.valid, call.kept = valid, kept
+    if call.params.get("conversation"):
+        call.key = None  # the server appends each turn to it: the same input later is asked in a longer context
     if call.opts.reranker is not None and call.want > 1:
         refuse_conversation(call)
         whole = yield from complete(core, unstreamed(call))
@@ -219,9 +221,12 @@ class ResponseRelay(Relay):
         return final_response(self.collected) is not None or self.collected[-1].get("type") == TEXT_DONE
 
     def _pieces(self) -> tuple[list[Candidate], Json]:
-        """What arrived: a failed response's own usage, else the prompt and the streamed text counted."""
+        """What arrived: a failed response's own usage; for a background response cut or left, the worst case (the
+        server generates on, and bills it, as for one that comes back queued); else the prompt and the text counted."""
         text, failed = arrived(self.collected)
         usage = RESPONSES.usage(failed) if failed is not None else None
+        if usage is None and self.call.params.get("background") is True and self.call.reservation is not None:
+            usage, self.call.usage_counted = self.call.worst_case(1), True
         return [], usage or self.core.count.counted(self.call, [text], 1)
 
     def _unfinished(self) -> Exception:

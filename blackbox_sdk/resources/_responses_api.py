@@ -21,7 +21,7 @@ from openai.resources.responses import responses as oai
 
 from .._exceptions import ConfigError
 from .._info import attach
-from .._types import RESPONSES, Json, Route
+from .._types import RESPONSES, Json, Parses, Route
 from ._raw import parts, present, raw_view, view_method
 from ._signature import mirror
 from ._stream_helpers import Streams
@@ -63,7 +63,7 @@ def parse_request(kwargs: Json) -> tuple[Json, Callable[[str], bool] | None, Fin
 
 def text_fitting(text_format: Any) -> Callable[[str], bool] | None:
     """Which answers parse as `text_format` (`parse` and `stream` rerank those first); None when not given."""
-    return fits(lambda answer: parse_text(answer, text_format, phase=None)) if is_given(text_format) else None
+    return Parses(fits(lambda answer: parse_text(answer, text_format, phase=None))) if is_given(text_format) else None
 
 
 def _views(resource: Any, view: type[Any], *, streaming: bool) -> Any:

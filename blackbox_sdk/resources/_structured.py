@@ -15,7 +15,7 @@ from openai.lib._parsing import parse_chat_completion, type_to_response_format_p
 from openai.lib._parsing._completions import _parse_content as parse_content
 
 from .._info import attach
-from .._types import CHAT, RESPONSES, Route
+from .._types import CHAT, RESPONSES, Parses, Route
 
 STRUCTURED = ("response_format", "tools")  # the arguments `parse` takes as types and openai converts
 
@@ -54,8 +54,8 @@ def asked_format(route: Route, params: Mapping[str, Any]) -> Any:
 def fitting(response_format: Any) -> Valid:
     """Which answers fit a response format (reranking ranks those first): a type's parse (`parse`, `stream`), JSON for
     a `json_object` or `json_schema` format (`create`: an answer cut by max_tokens is not); None for any other."""
-    if isinstance(response_format, type):
-        return fits(lambda answer: parse_content(response_format, answer))
+    if isinstance(response_format, type):  # openai's `parse` and stream helper parse the answer, and raise when it does not fit
+        return Parses(fits(lambda answer: parse_content(response_format, answer)))
     if isinstance(response_format, Mapping) and response_format.get("type") in JSON_FORMATS:
         return fits(json.loads)
     return None

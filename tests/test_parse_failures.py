@@ -1,0 +1,134 @@
+"""Structured outputs whose answer does not fit the caller's type: the SDK raises what openai's own `parse` and stream
+helpers raise for the same answer, charges and logs the call, and never stores that answer (a retry of the call
+reaches the server instead of replaying the error from the cache). A refusal, which openai returns without raising,
+and a plain `create` with a JSON format, which openai never parses, are stored as any answer is.
+
+Both clients talk to the same loopback doubles: `ResponsesUpstream` for the Responses API, `InstantUpstream` for chat.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pydantic
+import pytest
+from openai.lib._parsing._responses import type_to_text_format_param
+from pydantic import BaseModel
+
+from blackbox_sdk import Budget, CallLog, OpenAI
+
+from responses_upstream import ResponsesUpstream
+from servers import InstantUpstream
+
+MODEL = "gpt-4o-mini"
+PRICES = {MODEL: {"input": 1000.0, "output": 2000.0}}
+UNFIT = '{"town": "Paris"}'  # JSON, but no `name`: it does not fit City
+
+
+class City(BaseModel):
+    name: str
+
+
+@pytest.fixture
+def budget(tmp_path: Path) -> Budget:
+    return Budget(total_usd=100.0, prices=PRICES, ledger=tmp_path / "ledger.db")
+
+
+@pytest.fixture
+def upstream() -> Iterator[ResponsesUpstream]:
+    server = ResponsesUpstream([UNFIT])
+    yield server
+    server.close()
+
+
+def sdk(url: str, tmp_path: Path, budget: Budget) -> OpenAI:
+    return OpenAI(api_key="sk-test", base_url=url, max_retries=0, cache=tmp_path / "cache", budget=budget, log=tmp_path / "calls.db")
+
+
+def hits(tmp_path: Path) -> list[bool]:
+    return [r.cache_hit for r in CallLog(tmp_path / "calls.db").calls()]
+
+
+def settled(tmp_path: Path, budget: Budget) -> bool:
+    """Nothing left reserved, and the ledger spent what the log says the calls cost."""
+    report = budget.report()
+    logged = sum(r.cost_usd for r in CallLog(tmp_path / "calls.db").calls())
+    return report.outstanding_reservations == 0 and report.spent_usd == pytest.approx(logged) and logged > 0
+
+
+def _responses_parse(client: Any) -> None:
+    client.responses.parse(model=MODEL, input="Name a city", text_format=City)
+
+
+def _responses_stream(client: Any) -> None:
+    with client.responses.stream(model=MODEL, input="Name a city", text_format=City) as stream:
+        for _ in stream:
+            pass
+
+
+@pytest.mark.parametrize("ask", [_responses_parse, _responses_stream], ids=["parse", "stream"])
+def test_a_response_that_does_not_fit_text_format_raises_as_openai_and_is_never_cached(
+    ask: Any, upstream: ResponsesUpstream, tmp_path: Path, budget: Budget,
+) -> None:
+    with pytest.raises(pydantic.ValidationError) as theirs:
+        ask(openai.OpenAI(api_key="sk-test", base_url=upstream.url, max_retries=0))
+    client = sdk(upstream.url, tmp_path, budget)
+    for _ in range(2):
+        with pytest.raises(type(theirs.value)):
+            ask(client)
+    assert len(upstream.bodies) == 3 and hits(tmp_path) == [False, False] and settled(tmp_path, budget)
+
+
+def test_a_plain_create_with_a_json_schema_keeps_an_answer_that_does_not_fit(upstream: ResponsesUpstream, tmp_path: Path, budget: Budget) -> None:
+    """openai's `create` never parses: the answer is the caller's, and it is stored as any answer is."""
+    client = sdk(upstream.url, tmp_path, budget)
+    text = {"format": type_to_text_format_param(City)}
+    answers = [client.responses.create(model=MODEL, input="Name a city", text=text).output_text for _ in range(2)]
+    assert answers == [UNFIT, UNFIT] and hits(tmp_path) == [False, True] and len(upstream.bodies) == 1
+
+
+def completion(message: dict[str, Any]) -> dict[str, Any]:
+    """A chat completion with one choice."""
+    return {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": MODEL,
+            "choices": [{"index": 0, "message": {"role": "assistant", **message}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 9, "completion_tokens": 5, "total_tokens": 14}}
+
+
+@pytest.fixture
+def chat() -> Iterator[tuple[InstantUpstream, list[int]]]:
+    sent: list[int] = []
+    server = InstantUpstream(completion({"content": UNFIT}), before=lambda: sent.append(1))
+    yield server, sent
+    server.close()
+
+
+def test_a_chat_answer_that_does_not_fit_response_format_raises_as_openai_and_is_never_cached(
+    chat: tuple[InstantUpstream, list[int]], tmp_path: Path, budget: Budget,
+) -> None:
+    server, sent = chat
+    asked: dict[str, Any] = {"model": MODEL, "messages": [{"role": "user", "content": "Name a city"}], "response_format": City}
+    with pytest.raises(pydantic.ValidationError) as theirs:
+        openai.OpenAI(api_key="sk-test", base_url=server.url, max_retries=0).chat.completions.parse(**asked)
+    client = sdk(server.url, tmp_path, budget)
+    for _ in range(2):
+        with pytest.raises(type(theirs.value)):
+            client.chat.completions.parse(**asked)
+    assert len(sent) == 3 and hits(tmp_path) == [False, False] and settled(tmp_path, budget)
+
+
+def test_a_chat_refusal_is_returned_as_openai_returns_it_and_cached(tmp_path: Path, budget: Budget) -> None:
+    server = InstantUpstream(completion({"content": None, "refusal": "I can't help with that."}))
+    try:
+        asked: dict[str, Any] = {"model": MODEL, "messages": [{"role": "user", "content": "Name a city"}], "response_format": City}
+        theirs = openai.OpenAI(api_key="sk-test", base_url=server.url, max_retries=0).chat.completions.parse(**asked)
+        client = sdk(server.url, tmp_path, budget)
+        ours = [client.chat.completions.parse(**asked) for _ in range(2)]
+    finally:
+        server.close()
+    for answer in ours:
+        assert type(answer) is type(theirs) and answer.choices[0].message.parsed is None
+        assert answer.choices[0].message.refusal == theirs.choices[0].message.refusal
+    assert hits(tmp_path) == [False, True]
