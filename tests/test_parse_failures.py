@@ -90,6 +90,16 @@ def test_a_plain_create_with_a_json_schema_keeps_an_answer_that_does_not_fit(ups
     assert answers == [UNFIT, UNFIT] and hits(tmp_path) == [False, True] and len(upstream.bodies) == 1
 
 
+def test_parse_is_never_served_an_answer_a_plain_create_stored_that_does_not_fit(upstream: ResponsesUpstream, tmp_path: Path, budget: Budget) -> None:
+    """The same request by `create` (which stores what it gets) and then by `parse`: the parse is not served the stored
+    answer openai's helper would raise at, but asks the server (and raises as openai does at what it answers)."""
+    client = sdk(upstream.url, tmp_path, budget)
+    client.responses.create(model=MODEL, input="Name a city", text={"format": type_to_text_format_param(City)})
+    with pytest.raises(pydantic.ValidationError):
+        _responses_parse(client)
+    assert len(upstream.bodies) == 2 and hits(tmp_path) == [False, False] and settled(tmp_path, budget)
+
+
 def completion(message: dict[str, Any]) -> dict[str, Any]:
     """A chat completion with one choice."""
     return {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": MODEL,

@@ -15,7 +15,7 @@ import openai
 
 from .._info import BlackBoxInfo
 from .._options import Options
-from .._types import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, Json, Route
+from .._types import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, Json, Parses, Route
 from ._meter import Meter
 from ._validation import given
 
@@ -239,6 +239,14 @@ class Call:
         prompt = self.params.get("prompt")
         texts = len(prompt) if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int) else int(bool(prompt))
         return max(1, texts + len(self.prompt_embeds))
+
+    def parses(self, choice: Json) -> bool:
+        """Whether an answer may be stored and served: any, unless the caller's own parse (`Parses`: `parse`, a stream
+        helper given a type) rejects its text, since openai's helper raises at it; one with no text (a refusal, tool calls) may."""
+        if not isinstance(self.valid, Parses):
+            return True
+        text = self.route.text(choice)
+        return not text or self.valid(text)
 
     @property
     def framed(self) -> int:

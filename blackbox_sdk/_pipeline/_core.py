@@ -90,9 +90,9 @@ class Core:
         return with_body_soft_prompt(params, name)
 
     def lookup(self, call: Call) -> list[Candidate]:
-        """Stored candidates for this request, at most `want`; foreign entries are skipped, and for `parse`
-        (a `valid` check) those that fit its schema come first, so a stored answer that does not parse is
-        not served while one that does is in the bucket."""
+        """Stored candidates for this request, at most `want`; foreign entries are skipped, and so is an answer the
+        caller's own parse rejects (`Call.parses`: stored by a plain `create` of the same schema); for any other `valid`
+        check those that fit come first, so a stored answer that does not fit is not served while one that does is stored."""
         if call.key is None or call.opts.cache is None:
             return []
         return self.candidates(call, call.opts.cache.get(call.key))
@@ -100,7 +100,7 @@ class Core:
     def candidates(self, call: Call, entries: list[Json]) -> list[Candidate]:
         """`lookup`'s candidates from a bucket's entries."""
         read = (stored(entry, call.route, call.key or "") for entry in entries if fits_cap(call, entry))
-        found = [candidate for candidate in read if candidate is not None]
+        found = [candidate for candidate in read if candidate is not None and call.parses(candidate.choice)]
         if call.valid is not None and len(found) > call.want:
             found = [found[i] for i in valid_first(range(len(found)), [call.route.text(c.choice) for c in found], call.valid)]
         call.held = len(found[: call.want])

@@ -17,7 +17,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from .._info import attach, rebuilt
 from .._logging import logger
-from .._types import CHAT, RESPONSES, Json, Parses, add_usage, one_number_each, usage_to_charge
+from .._types import CHAT, RESPONSES, Json, add_usage, one_number_each, usage_to_charge
 from ._calibrate import warn_ignored_cap
 from ._call import Call
 from ._candidates import Candidate, chunks_from_candidates, response_from_candidates, split_response, sum_usage, usage_chunk
@@ -109,10 +109,8 @@ def pieces(core: Core, call: Call, responses: list[Json]) -> tuple[list[Candidat
 
 
 def kept(call: Call, fresh: list[Candidate]) -> list[Json]:
-    """The fresh candidates to store: all, but those the caller's own parse rejects (`Parses`: openai's helper raises
-    at them, so a retry must reach the server); an answer with no text (a refusal, tool calls only) is kept."""
-    check = call.valid if isinstance(call.valid, Parses) else None
-    return [c.to_json() for c in fresh if check is None or not (text := call.route.text(c.choice)) or check(text)]
+    """The fresh candidates to store: those the caller's own parse does not reject (`Call.parses`), so a retry reaches the server."""
+    return [c.to_json() for c in fresh if call.parses(c.choice)]
 
 
 def pay(core: Core, call: Call, fresh: list[Candidate], usage: Json) -> None:
