@@ -587,6 +587,15 @@ def test_a_turn_in_a_conversation_always_reaches_the_server(
     assert len(upstream.bodies) == 3
 
 
+def test_a_turn_named_in_extra_body_is_never_cached_either(upstream: ResponsesUpstream, tmp_path: Path, log: CallLog) -> None:
+    """openai sends `extra_body`'s fields over the arguments: a conversation named there is one the server appends to too
+    (with a budget such a hidden field is refused before sending; without one the cache must still see it)."""
+    client = OpenAI(api_key="sk-test", base_url=upstream.url, cache=tmp_path / "cache", log=tmp_path / "calls.db")
+    for _ in range(2):
+        client.responses.create(model=MODEL, input="yes", extra_body={"conversation": "conv_1"})
+    assert len(upstream.bodies) == 2 and [r.cache_hit for r in records(log)] == [False, False]
+
+
 SCREENSHOT = "data:image/png;base64," + "iVBORw0KGgo" * 20_000  # an image of 220,000 base64 characters
 
 

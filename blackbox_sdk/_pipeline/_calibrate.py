@@ -60,7 +60,7 @@ def calibration_key(core: Core, call: Call) -> str:
 def continues_stored_state(call: Call) -> bool:
     """Whether the call is billed for a stored history the SDK can't count (a Responses call with a
     previous response, a conversation or a stored prompt): its usage tells nothing of the endpoint."""
-    return call.route is RESPONSES and any(given(call.params.get(name)) for name in STORED_STATE)
+    return call.route is RESPONSES and any(given(call.sent(name)) for name in STORED_STATE)
 
 
 def passes_gate(core: Core, call: Call) -> bool:
@@ -157,15 +157,15 @@ def ungate(core: Core, call: Call, calibrates: bool = False) -> None:
 def context_keys(core: Core, call: Call) -> dict[str, str]:
     """The stored context a Responses call continues, by kind, as keys under its endpoint: the previous
     response, the conversation, the stored prompt (by id and version: its template's size)."""
-    base, params, keys = public_endpoint(core.endpoint), call.params, {}
-    previous = params.get("previous_response_id")
+    base, keys = public_endpoint(core.endpoint), {}
+    previous = call.sent("previous_response_id")
     if isinstance(previous, str) and previous:
         keys["response"] = f"{base}#response:{previous}"
-    conversation = params.get("conversation")
+    conversation = call.sent("conversation")
     conversation = conversation.get("id") if isinstance(conversation, dict) else conversation
     if isinstance(conversation, str) and conversation:
         keys["conversation"] = f"{base}#conversation:{conversation}"
-    prompt = params.get("prompt")
+    prompt = call.sent("prompt")
     if isinstance(prompt, dict) and isinstance(prompt.get("id"), str):
         keys["prompt"] = f"{base}#prompt:{prompt['id']}@{prompt.get('version') or ''}"
     return keys
@@ -197,7 +197,7 @@ def remember_context(core: Core, call: Call, response: Json, usage: Json) -> Non
         return
     keys, base = context_keys(core, call), public_endpoint(core.endpoint)
     kept = {keys["conversation"]: prompt + completion} if "conversation" in keys else {}
-    if isinstance(response.get("id"), str) and call.params.get("store") is not False:
+    if isinstance(response.get("id"), str) and call.sent("store") is not False:
         kept[f"{base}#response:{response['id']}"] = prompt + completion
     others = [tokens for kind, tokens in call.context.items() if kind != "prompt"]
     if "prompt" in keys and call.counted_prompt is not None and None not in others:

@@ -126,7 +126,7 @@ class Call:
         the prompt, and each choice's output cap unless streamed (a server stops a stream whose reader left; a
         `background` response goes on generating)."""
         held = self.reservation
-        completion = 0 if self.stream and self.params.get("background") is not True else held.max_output_tokens * choices
+        completion = 0 if self.stream and self.sent("background") is not True else held.max_output_tokens * choices
         return {"prompt_tokens": held.prompt_tokens, "completion_tokens": completion, "total_tokens": held.prompt_tokens + completion}
 
     def generations(self, choices: int) -> int:
@@ -239,6 +239,11 @@ class Call:
         prompt = self.params.get("prompt")
         texts = len(prompt) if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int) else int(bool(prompt))
         return max(1, texts + len(self.prompt_embeds))
+
+    def sent(self, name: str) -> Any:
+        """A body field as the request sends it: `extra_body`'s, which openai merges over the arguments, else the argument."""
+        body = self.params.get("extra_body")
+        return body[name] if isinstance(body, Mapping) and name in body else self.params.get(name)
 
     def parses(self, choice: Json) -> bool:
         """Whether an answer may be stored and served: any, unless the caller's own parse (`Parses`: `parse`, a stream

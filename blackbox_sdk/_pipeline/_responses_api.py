@@ -42,7 +42,7 @@ def create(core: Core, params: Json, overrides: Json, valid: Valid | None = None
     `kept` receives the last HTTP response (a raw view's whole call)."""
     call = yield from begin(core, RESPONSES, params, overrides)
     call.valid, call.kept = valid, kept
-    if call.params.get("conversation"):
+    if call.sent("conversation"):
         call.key = None  # the server appends each turn to it: the same input later is asked in a longer context
     if call.opts.reranker is not None and call.want > 1:
         refuse_conversation(call)
@@ -58,7 +58,7 @@ def create(core: Core, params: Json, overrides: Json, valid: Valid | None = None
 def refuse_conversation(call: Call) -> None:
     """ConfigError before a reranked call in a conversation is sent: each of its requests would add its input and
     answer to the conversation (the server appends every response to it), leaving `rerank_n` turns where one was asked."""
-    if call.params.get("conversation"):
+    if call.sent("conversation"):
         raise ConfigError(
             f"rerank_n={call.want} sends one request per answer, and the server adds each one's input and answer to the "
             "conversation it names: refused. Continue with previous_response_id instead, or pass rerank_n=1"
@@ -225,7 +225,7 @@ class ResponseRelay(Relay):
         server generates on, and bills it, as for one that comes back queued); else the prompt and the text counted."""
         text, failed = arrived(self.collected)
         usage = RESPONSES.usage(failed) if failed is not None else None
-        if usage is None and self.call.params.get("background") is True and self.call.reservation is not None:
+        if usage is None and self.call.sent("background") is True and self.call.reservation is not None:
             usage, self.call.usage_counted = self.call.worst_case(1), True
         return [], usage or self.core.count.counted(self.call, [text], 1)
 
