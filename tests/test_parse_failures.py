@@ -129,6 +129,26 @@ def test_a_chat_answer_that_does_not_fit_response_format_raises_as_openai_and_is
     assert len(sent) == 3 and hits(tmp_path) == [False, False] and settled(tmp_path, budget)
 
 
+def test_a_chat_answer_cut_by_the_output_cap_raises_as_openai_and_is_never_cached_even_when_it_parses(tmp_path: Path, budget: Budget) -> None:
+    """openai's `parse` raises LengthFinishReasonError at an answer cut by `max_tokens`, whatever its text: a cut answer
+    that happens to parse is not stored either (a retry would replay the error from the cache)."""
+    sent: list[int] = []
+    cut = completion({"content": '{"name": "Paris"}'})
+    cut["choices"][0]["finish_reason"] = "length"
+    server = InstantUpstream(cut, before=lambda: sent.append(1))
+    asked: dict[str, Any] = {"model": MODEL, "messages": [{"role": "user", "content": "Name a city"}], "response_format": City, "max_tokens": 5}
+    try:
+        with pytest.raises(openai.LengthFinishReasonError):
+            openai.OpenAI(api_key="sk-test", base_url=server.url, max_retries=0).chat.completions.parse(**asked)
+        client = sdk(server.url, tmp_path, budget)
+        for _ in range(2):
+            with pytest.raises(openai.LengthFinishReasonError):
+                client.chat.completions.parse(**asked)
+    finally:
+        server.close()
+    assert len(sent) == 3 and hits(tmp_path) == [False, False] and settled(tmp_path, budget)
+
+
 def test_a_chat_refusal_is_returned_as_openai_returns_it_and_cached(tmp_path: Path, budget: Budget) -> None:
     server = InstantUpstream(completion({"content": None, "refusal": "I can't help with that."}))
     try:

@@ -247,9 +247,12 @@ class Call:
 
     def parses(self, choice: Json) -> bool:
         """Whether an answer may be stored and served: any, unless the caller's own parse (`Parses`: `parse`, a stream
-        helper given a type) rejects its text, since openai's helper raises at it; one with no text (a refusal, tool calls) may."""
+        helper given a type) rejects its text, or it is a chat answer cut by the output cap (openai's helper raises at either);
+        one with no text (a refusal, tool calls) may."""
         if not isinstance(self.valid, Parses):
             return True
+        if self.route is CHAT and choice.get("finish_reason") == "length":
+            return False
         text = self.route.text(choice)
         return not text or self.valid(text)
 
