@@ -631,6 +631,17 @@ def test_adapter_train_reads_a_postgres_log(postgres_server: PostgresServer, tmp
     assert Adapter.load(out, device="cpu").metadata["trained_on"].startswith(f"call log {url}: 4 calls, 4 questions")
 
 
+def test_adapter_train_on_a_postgres_log_with_nothing_to_learn_never_shows_its_password(
+    pg_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with_password = pg_url.replace("@", f":{SECRET}@", 1)  # the test server trusts loopback: any password gets in
+    argv = ["adapter", "train", "--log", with_password, "--out", str(tmp_path / "adapter"), "--no-progress", "--device", "cpu"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("blackbox-sdk: ") and err.count("\n") == 1 and "no question has both" in err, err
+    assert SECRET not in err and pg_url.rsplit("/", 1)[1] in err
+
+
 def test_example_3_runs_and_keeps_the_key_out_of_the_log(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, str(REPO_ROOT / "examples" / "03_cache_and_log.py"), "--dir", str(tmp_path)],

@@ -32,7 +32,7 @@ def read_records(path: str | Path, keep: Callable[[dict[str, Any]], dict[str, An
     a caller that keeps less of each record (``training_record``) holds only that; lines end at newlines only, so
     a text holding U+2028 or a form feed (which ``splitlines`` splits at) is read whole."""
     url = isinstance(path, str) and "://" in path
-    records = _Lines(log_name(path) if url else str(path), keep)
+    records = _Lines(shown_log(path), keep)
     if url:  # a database URL (another kind than postgresql:// is refused when opened)
         _export_store(path, records)
         return records.done()
@@ -120,6 +120,11 @@ def log_name(path: str | Path) -> str:
     from ..call_log import url_without_password
 
     return url_without_password(path) if isinstance(path, str) and "://" in path else Path(path).name
+
+
+def shown_log(path: str | Path) -> str:
+    """How errors name a log: a file's path as given, or a database URL without its password (never printed)."""
+    return log_name(path) if isinstance(path, str) and "://" in path else str(path)
 
 
 def _export_store(target: str | Path, sink: io.TextIOBase) -> None:
