@@ -201,6 +201,16 @@ def test_serve_refuses_a_missing_local_model_before_it_listens(tmp_path: Path) -
     assert result.stderr.startswith(f"blackbox-sdk: no model at {missing}") and "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("command", [["stats"], ["log", "export", "--out", "-"], ["adapter", "train", "--out", "{tmp}/adapter", "--no-progress"]])
+def test_every_command_names_a_log_that_is_a_folder_as_one(command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    assert main([*(part.format(tmp=tmp_path) for part in command), "--log", str(folder)]) == 1
+    captured = capsys.readouterr()
+    assert captured.err == f"blackbox-sdk: can't open the call log {folder}: it is a folder; name a file in it, such as {folder / 'calls.db'}\n"
+    assert captured.out == "" and list(folder.iterdir()) == [] and not (tmp_path / "adapter").exists()
+
+
 def test_adapter_train_hands_its_arguments_to_the_trainer_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     missing, out = tmp_path / "missing.db", tmp_path / "adapter"
     assert main(["adapter", "train", "--log", str(missing), "--out", str(out), "--no-progress"]) == 1

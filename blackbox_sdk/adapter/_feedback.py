@@ -37,11 +37,7 @@ def read_records(path: str | Path, keep: Callable[[dict[str, Any]], dict[str, An
         _export_store(path, records)
         return records.done()
     source = Path(path)
-    if not source.is_file():
-        raise AdapterError(f"no call log at {source}")
-    with source.open("rb") as handle:
-        is_sqlite = handle.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
-    if is_sqlite:
+    if source.is_dir() or _is_sqlite(source):  # a folder: the SQLite log's own refusal says what to name instead
         _export_store(source, records)
         return records.done()
     _check_utf8(source)
@@ -49,6 +45,14 @@ def read_records(path: str | Path, keep: Callable[[dict[str, Any]], dict[str, An
         for line in handle:  # split at b"\n" alone
             records.write(line.decode("utf-8"))
     return records.done()
+
+
+def _is_sqlite(source: Path) -> bool:
+    """Whether the file at ``source`` is an SQLite database (else it is read as the JSONL export); AdapterError for no file."""
+    if not source.is_file():
+        raise AdapterError(f"no call log at {source}")
+    with source.open("rb") as handle:
+        return handle.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
 
 
 def _check_utf8(source: Path) -> None:
