@@ -113,6 +113,17 @@ def test_stats_prints_spend_by_model_and_day_with_hit_rate(log_path: Path, capsy
     assert rows == {("2024-05-01", "gpt-4o-mini", "2"), ("2024-05-02", "smollm2", "1")}
 
 
+def test_stats_shows_control_characters_in_a_model_name_escaped(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = "gpt\x1b]0;owned\x07\x1b[31m\nfake row"  # a name a proxy's client chose: terminal escapes, a line of its own
+    with CallLog(tmp_path / "calls.db") as log:
+        log.record(CallRecord(created=DAY_ONE, endpoint_host="h", model=model, route="chat", request={}, candidates=["a"], chosen=[0]))
+    assert main(["stats", "--log", str(tmp_path / "calls.db")]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and "\nfake row" not in out, out
+    shown = "gpt\\x1b]0;owned\\x07\\x1b[31m\\nfake row"
+    assert f"  {shown}      1" in out and f"2024-05-01  {shown}      1" in out, out
+
+
 def test_stats_json_matches_the_log(log_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["stats", "--log", str(log_path), "--json"]) == 0
     with CallLog(log_path) as log:
