@@ -159,8 +159,8 @@ def _format_stats(numbers: dict[str, Any]) -> str:
         f"spend ${numbers['cost_usd']:.6f}   feedback {numbers['feedback']}"
     )
     columns = ("calls", "errors", "cache_hits", "cost_usd")
-    by_model = [[model, *(_cell(row[c]) for c in columns)] for model, row in numbers["by_model"].items()]
-    by_day = [[row["day"], row["model"], *(_cell(row[c]) for c in columns)] for row in numbers["by_day_model"]]
+    by_model = [[_cell(model), *(_cell(row[c]) for c in columns)] for model, row in numbers["by_model"].items()]
+    by_day = [[row["day"], _cell(row["model"]), *(_cell(row[c]) for c in columns)] for row in numbers["by_day_model"]]
     return "\n\n".join([
         summary,
         "By model\n" + _table(["model", "calls", "errors", "cache hits", "spend $"], by_model, left=1),
@@ -169,8 +169,11 @@ def _format_stats(numbers: dict[str, Any]) -> str:
 
 
 def _cell(value: Any) -> str:
-    """A number as a table cell: spend to six decimals (a cheap call costs millionths), counts as integers."""
-    return f"{value:.6f}" if isinstance(value, float) else str(value)
+    """A table cell: spend to six decimals (a cheap call costs millionths), counts as integers, and text (a model name a
+    proxy's client chose) with its control characters escaped (``\\x1b``, ``\\n``), so none drives the terminal or breaks a row."""
+    if isinstance(value, float):
+        return f"{value:.6f}"
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in str(value))
 
 
 def _table(header: list[str], rows: list[list[str]], *, left: int) -> str:

@@ -113,6 +113,17 @@ def test_stats_prints_spend_by_model_and_day_with_hit_rate(log_path: Path, capsy
     assert rows == {("2024-05-01", "gpt-4o-mini", "2"), ("2024-05-02", "smollm2", "1")}
 
 
+def test_stats_shows_control_characters_in_a_model_name_escaped(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = "gpt\x1b]0;owned\x07\x1b[31m\nfake row"  # a name a proxy's client chose: terminal escapes, a line of its own
+    with CallLog(tmp_path / "calls.db") as log:
+        log.record(CallRecord(created=DAY_ONE, endpoint_host="h", model=model, route="chat", request={}, candidates=["a"], chosen=[0]))
+    assert main(["stats", "--log", str(tmp_path / "calls.db")]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and "\nfake row" not in out, out
+    shown = "gpt\\x1b]0;owned\\x07\\x1b[31m\\nfake row"
+    assert f"  {shown}      1" in out and f"2024-05-01  {shown}      1" in out, out
+
+
 def test_stats_json_matches_the_log(log_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["stats", "--log", str(log_path), "--json"]) == 0
     with CallLog(log_path) as log:
@@ -199,6 +210,16 @@ def test_serve_refuses_a_missing_local_model_before_it_listens(tmp_path: Path) -
     result = subprocess.run(argv, capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=120)  # one that listens times out
     assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
     assert result.stderr.startswith(f"blackbox-sdk: no model at {missing}") and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", [["stats"], ["log", "export", "--out", "-"], ["adapter", "train", "--out", "{tmp}/adapter", "--no-progress"]])
+def test_every_command_names_a_log_that_is_a_folder_as_one(command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    assert main([*(part.format(tmp=tmp_path) for part in command), "--log", str(folder)]) == 1
+    captured = capsys.readouterr()
+    assert captured.err == f"blackbox-sdk: can't open the call log {folder}: it is a folder; name a file in it, such as {folder / 'calls.db'}\n"
+    assert captured.out == "" and list(folder.iterdir()) == [] and not (tmp_path / "adapter").exists()
 
 
 def test_adapter_train_hands_its_arguments_to_the_trainer_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -629,6 +650,17 @@ def test_adapter_train_reads_a_postgres_log(postgres_server: PostgresServer, tmp
         assert main(argv) == 0, capsys.readouterr().err
     assert json.loads(capsys.readouterr().out)["calls"] == 4
     assert Adapter.load(out, device="cpu").metadata["trained_on"].startswith(f"call log {url}: 4 calls, 4 questions")
+
+
+def test_adapter_train_on_a_postgres_log_with_nothing_to_learn_never_shows_its_password(
+    pg_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with_password = pg_url.replace("@", f":{SECRET}@", 1)  # the test server trusts loopback: any password gets in
+    argv = ["adapter", "train", "--log", with_password, "--out", str(tmp_path / "adapter"), "--no-progress", "--device", "cpu"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("blackbox-sdk: ") and err.count("\n") == 1 and "no question has both" in err, err
+    assert SECRET not in err and pg_url.rsplit("/", 1)[1] in err
 
 
 def test_example_3_runs_and_keeps_the_key_out_of_the_log(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import io
+import json
 import logging
 import math
 import socket
@@ -150,6 +151,19 @@ def test_export_is_the_sqlite_logs_line_for_line(pg_log: PostgresCallLog, tmp_pa
     assert _export(pg_log) == expected
     pg_log.export_jsonl(tmp_path / "pg.jsonl")
     assert (tmp_path / "pg.jsonl").read_text(encoding="utf-8") == expected
+
+
+def test_a_negative_zero_exports_as_the_sqlite_log_writes_it(pg_log: PostgresCallLog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(records_module, "time", SimpleNamespace(time=lambda: -0.0 + FEEDBACK_TIME))
+    rec = _record(created=-0.0, cost_usd=-0.0, latency_s=-0.0)  # a sum of refunds, a clock's 0 negated: SQLite keeps no sign
+    with CallLog(tmp_path / "calls.db") as sqlite_log:
+        for log in (sqlite_log, pg_log):
+            log.record(rec)
+            log.feedback(rec.call_id, reward=-0.0)
+        expected = _export(sqlite_log)
+    assert _export(pg_log) == expected
+    line = json.loads(expected)
+    assert [str(v) for v in (line["created"], line["cost_usd"], line["latency_s"], line["feedback"][0]["reward"])] == ["0.0"] * 4
 
 
 def test_stats_and_filtered_reads_equal_the_sqlite_logs(pg_log: PostgresCallLog, tmp_path: Path) -> None:

@@ -159,3 +159,18 @@ def test_a_tpm_window_refuses_an_extra_body_that_changes_the_worst_case_it_admit
     calls = OpenAI(base_url=llama_server, api_key="sk-test", rate_limit=RateLimits(rpm=100), max_retries=0)
     answer = calls.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=50, extra_body={"max_tokens": 2})
     assert answer.usage is not None and answer.usage.completion_tokens <= 2
+
+
+def test_a_call_without_max_tokens_past_the_whole_tpm_names_the_cap_it_was_given_before_sending() -> None:
+    sent: list[int] = []
+    upstream = InstantUpstream(_answer("Hi."), before=lambda: sent.append(1))
+    client = OpenAI(base_url=upstream.url, api_key="sk-test", rate_limit=RateLimits(tpm=1_000, policy="wait"), max_retries=0)
+    try:
+        with pytest.raises(RateLimitExceededError) as refused:  # no max_tokens: RateLimits' default_max_output_tokens (4096) is admitted
+            client.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+    finally:
+        client.close()
+        upstream.close()
+    message = str(refused.value)
+    assert "can never fit tpm=1000" in message and "default_max_output_tokens" in message, message
+    assert refused.value.retry_after == float("inf") and sent == []

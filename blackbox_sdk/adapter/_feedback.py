@@ -32,16 +32,12 @@ def read_records(path: str | Path, keep: Callable[[dict[str, Any]], dict[str, An
     a caller that keeps less of each record (``training_record``) holds only that; lines end at newlines only, so
     a text holding U+2028 or a form feed (which ``splitlines`` splits at) is read whole."""
     url = isinstance(path, str) and "://" in path
-    records = _Lines(log_name(path) if url else str(path), keep)
+    records = _Lines(shown_log(path), keep)
     if url:  # a database URL (another kind than postgresql:// is refused when opened)
         _export_store(path, records)
         return records.done()
     source = Path(path)
-    if not source.is_file():
-        raise AdapterError(f"no call log at {source}")
-    with source.open("rb") as handle:
-        is_sqlite = handle.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
-    if is_sqlite:
+    if source.is_dir() or _is_sqlite(source):  # a folder: the SQLite log's own refusal says what to name instead
         _export_store(source, records)
         return records.done()
     _check_utf8(source)
@@ -49,6 +45,14 @@ def read_records(path: str | Path, keep: Callable[[dict[str, Any]], dict[str, An
         for line in handle:  # split at b"\n" alone
             records.write(line.decode("utf-8"))
     return records.done()
+
+
+def _is_sqlite(source: Path) -> bool:
+    """Whether the file at ``source`` is an SQLite database (else it is read as the JSONL export); AdapterError for no file."""
+    if not source.is_file():
+        raise AdapterError(f"no call log at {source}")
+    with source.open("rb") as handle:
+        return handle.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
 
 
 def _check_utf8(source: Path) -> None:
@@ -120,6 +124,11 @@ def log_name(path: str | Path) -> str:
     from ..call_log import url_without_password
 
     return url_without_password(path) if isinstance(path, str) and "://" in path else Path(path).name
+
+
+def shown_log(path: str | Path) -> str:
+    """How errors name a log: a file's path as given, or a database URL without its password (never printed)."""
+    return log_name(path) if isinstance(path, str) and "://" in path else str(path)
 
 
 def _export_store(target: str | Path, sink: io.TextIOBase) -> None:

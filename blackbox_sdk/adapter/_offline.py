@@ -18,7 +18,7 @@ from ._curve import plot_curve
 from ._consensus import normalize_answer
 from ._energy import checked_device
 from ._folder import writable_target
-from ._feedback import groups_from_log, judgements, log_name, logged_question, read_records, training_record
+from ._feedback import groups_from_log, judgements, log_name, logged_question, read_records, shown_log, training_record
 from ._groups import split_groups
 from ._model import Adapter
 from ._picks import pick
@@ -45,7 +45,7 @@ def train_from_log(
     groups = groups_from_log(records, high_reward=high_reward, low_reward=low_reward, expand_prefixes=expand_prefixes)
     if not groups:
         raise AdapterError(
-            f"{log_path}: no question has both a positive and a negative answer; add feedback "
+            f"{shown_log(log_path)}: no question has both a positive and a negative answer; add feedback "
             "(label, preferred, reward or reference) to calls with several candidates"
         )
     train_groups, eval_groups = split_groups(groups, train_config.eval_fraction, train_config.seed)

@@ -48,6 +48,7 @@ CALL_COLUMNS = (
     "call_id", "created", "endpoint_host", "model", "route", "request", "chosen", "scores", "usage",
     "usage_counted", "cost_usd", "latency_s", "cache_hit", "error", "retries", "key", "extra",
 )
+_NUMBER_COLUMNS = ("created", "cost_usd", "latency_s", "reward")  # the REAL / DOUBLE PRECISION columns of calls and feedback
 FEEDBACK_COLUMNS = ("call_id", "created", "reward", "label", "preferred", "reference", "note", "candidate")
 JSON_COLUMNS = ("request", "chosen", "scores", "usage", "extra")
 
@@ -148,7 +149,7 @@ def feedback_values(item: Feedback) -> dict[str, Any]:
     key or an auth header (``reference`` is an answer to train on, kept as written, as candidates are)."""
     values = item.model_dump()
     values["note"] = redact(values["note"])
-    return values
+    return _unsigned_zeros(values)
 
 
 def latest_feedback(table: str, mark: str) -> str:
@@ -172,7 +173,7 @@ def call_values(rec: CallRecord) -> dict[str, Any]:
             f"call {rec.call_id!r} can't be logged: its created time is not seconds since the epoch in the years 1 to 9999"
             " (a time in milliseconds is 1000 times too large)"
         )
-    values = rec.model_dump(exclude={"candidates"})
+    values = _unsigned_zeros(rec.model_dump(exclude={"candidates"}))
     values["request"] = redact(values["request"])
     values["extra"] = redact(values["extra"])
     values["error"] = redact(values["error"])
@@ -182,6 +183,15 @@ def call_values(rec: CallRecord) -> dict[str, Any]:
                 values[column] = _COLUMN_JSON.encode(values[column])
             except (TypeError, ValueError) as exc:
                 raise ConfigError(f"call {rec.call_id!r} can't be logged: its {column} is not plain JSON ({exc})") from exc
+    return values
+
+
+def _unsigned_zeros(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with a -0.0 in a number column as 0.0, as SQLite stores it (PostgreSQL keeps the sign), so that both
+    stores read, export and compare feedback alike."""
+    for column in _NUMBER_COLUMNS:
+        if isinstance(values.get(column), float) and values[column] == 0:
+            values[column] = 0.0
     return values
 
 

@@ -53,7 +53,10 @@ _REFUSALS = (  # libpq's words (client side, or the server's FATAL) for a URL th
     (("password authentication failed", "no password supplied"), "the server refused the URL's user name or password"),
     (('FATAL:  database "', 'FATAL:  role "'), "the server has no such database or role, or refuses it connections (the URL's path names the database, its user the role)"),
     (("no pg_hba.conf entry", "permission denied for database"), "the server does not let the URL's user connect to that database from here"),
-    (("certificate verify failed", "root certificate file", "server certificate for", "server does not support SSL"),
+    (("server does not support SSL",),  # before the certificates' entry: no CA mends a server without TLS
+     "its TLS settings do not fit the server (the server takes no TLS connections, which its sslmode=require, verify-ca or "
+     "verify-full asks for: turn TLS on at the server, or use sslmode=prefer)"),
+    (("certificate verify failed", "root certificate file", "server certificate for"),
      "its TLS settings do not fit the server (sslmode=verify-ca or verify-full needs sslrootcert=PATH, the CA that signed the server's certificate)"),
 )
 _BAD_SETTING = re.compile(  # libpq's (and psycopg's) words for a URL setting it can't use, found only when it connects

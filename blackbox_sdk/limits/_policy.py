@@ -92,7 +92,8 @@ def _refusal(request: Request, verdict: Verdict, waited_s: float) -> RateLimitEx
 def _never_fits(request: Request) -> RateLimitExceededError:
     """The error for a call larger than the whole tpm: no wait makes room for it."""
     message = (f"a call of {request.tokens} tokens can never fit tpm={request.window.tpm} for {request.scope} "
-               f"(lower max_tokens or raise tpm); retry_after is inf")
+               f"(lower max_tokens, or for a call that sets none the default_max_output_tokens of its budget or RateLimits, "
+               f"or raise tpm); retry_after is inf")
     return RateLimitExceededError(
         redact_text(message), limit=float(request.window.tpm or 0), scope=redact_text(request.scope), retry_after=math.inf, unit="tokens",
     )
