@@ -5,7 +5,7 @@ Two rules, applied together. A mapping key that names a credential (``api_key``,
 ``-`` and ``_`` treated alike) has its whole value replaced by ``[REDACTED]``; count-like names
 such as ``max_tokens`` or ``prompt_tokens`` are not credentials and are kept. Inside every string,
 substrings shaped like keys (``sk-...``, ``Bearer ...``, Hugging Face ``hf_...``, GitHub
-``ghp_...``, AWS ``AKIA...``) are replaced by ``[REDACTED]``, so a key pasted into a prompt
+``ghp_...``, AWS ``AKIA...``, Google ``AIza...``) are replaced by ``[REDACTED]``, so a key pasted into a prompt
 does not survive either. And every client's actual API key is remembered (`remember_secret`)
 and redacted wherever it appears, whatever its shape: a short or custom key echoed back in a
 server's error body matches no pattern, but it is the one secret the SDK knows for sure.
@@ -42,6 +42,7 @@ _SECRET_PATTERN = re.compile(
     r"|\bhf_[A-Za-z0-9]{20,}"                    # Hugging Face tokens
     r"|\bgh[pousr]_[A-Za-z0-9]{20,}"             # GitHub tokens
     r"|\bAKIA[0-9A-Z]{16}\b"                     # AWS access key ids
+    r"|\bAIza[0-9A-Za-z_\-]{35}"                 # Google API keys (Gemini's OpenAI-compatible endpoint takes them)
     r"|\beyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]*"  # JWTs (Entra ID / OAuth access tokens)
     r"|\bbb-[A-Za-z0-9_\-]{40,}",                # the proxy's tenant keys (call ids are shorter)
     re.IGNORECASE,

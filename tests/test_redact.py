@@ -93,6 +93,7 @@ def test_redact_returns_a_copy_and_leaves_the_input_unchanged() -> None:
         pytest.param("hf_" + "a" * 34, id="huggingface-token"),
         pytest.param("ghp_" + "B" * 36, id="github-token"),
         pytest.param("AKIAIOSFODNN7EXAMPLE", id="aws-access-key-id"),
+        pytest.param("use AIza" + "Sy0-x_Z" * 5 + " for Gemini", id="google-api-key"),
         pytest.param(f"token {JWT} expired", id="jwt-access-token"),
     ],
 )
