@@ -202,13 +202,13 @@ class Calibration:
                 self._known[(endpoint, model)] = max(stored, self._known.get((endpoint, model), 0))
         return stored
 
-    def learn(self, endpoint: str, model: str, counted: int, reported: int, prompts: int = 1) -> None:
+    def learn(self, endpoint: str, model: str, counted: int, reported: int, texts: int = 1) -> None:
         """One answer's evidence: the endpoint reported `reported` prompt tokens where the SDK counted `counted`, for a
-        request of `prompts` texts (a legacy completions list, an embeddings list): what is kept is each one's share, rounded up, since a
+        request of `texts` texts (a legacy completions list, an embeddings list): what is kept is each one's share, rounded up, since a
         server adds its tokens to every text. A report that can't be real (negative, or from 2**53 up) teaches nothing."""
         if not is_count(reported):
             return
-        extra = -(-max(0, reported - int(counted)) // max(1, prompts))
+        extra = -(-max(0, reported - int(counted)) // max(1, texts))
         with self._lock:
             known = self._known.get((endpoint, model))
             if known is not None and extra <= known:
