@@ -537,7 +537,7 @@ def test_a_stored_prompt_without_a_model_is_sent_as_openai_sends_it_and_refused_
     upstream: ResponsesUpstream, tmp_path: Path, budget: Budget, log: CallLog,
 ) -> None:
     client = OpenAI(api_key="sk-test", base_url=upstream.url, cache=tmp_path / "cache", log=log)
-    prompt = {"id": "pmpt_1", "variables": {"city": "Paris"}}
+    prompt = {"id": "pmpt_1", "version": "3", "variables": {"city": "Paris"}}
     first = client.responses.create(prompt=prompt, input=QUESTION)  # the stored prompt names the model
     again = client.responses.create(prompt=prompt, input=QUESTION)
     assert "model" not in upstream.bodies[0] and first.output_text and again.blackbox.cache_hit
@@ -594,6 +594,32 @@ def test_a_turn_named_in_extra_body_is_never_cached_either(upstream: ResponsesUp
     for _ in range(2):
         client.responses.create(model=MODEL, input="yes", extra_body={"conversation": "conv_1"})
     assert len(upstream.bodies) == 2 and [r.cache_hit for r in records(log)] == [False, False]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("where", ["argument", "extra_body"])
+def test_a_stored_prompt_without_a_version_always_reaches_the_server(
+    where: str, stream: bool, upstream: ResponsesUpstream, tmp_path: Path, budget: Budget, log: CallLog,
+) -> None:
+    """A stored prompt named without a `version` is answered from its latest version, which its owner may change at any
+    time: such a call is never served from the cache nor stored (a cached answer could come from an older template);
+    one that names its version is cached as any call (a budget refuses a prompt hidden in `extra_body`: none there)."""
+    client = double_client(OpenAI, upstream, tmp_path, budget) if where == "argument" else OpenAI(
+        api_key="sk-test", base_url=upstream.url, cache=tmp_path / "cache", log=log)
+
+    def ask_with(prompt: dict[str, object]) -> None:
+        given: dict[str, object] = {"prompt": prompt} if where == "argument" else {"extra_body": {"prompt": prompt}}
+        answer = client.responses.create(model=MODEL, input="yes", stream=stream, **given)  # type: ignore[call-overload]
+        if stream:
+            list(answer)
+
+    for prompt in ({"id": "pmpt_1"}, {"id": "pmpt_1"}, {"id": "pmpt_1", "version": None}):
+        ask_with(prompt)
+    assert len(upstream.bodies) == 3 and [r.cache_hit for r in records(log)] == [False] * 3
+    for _ in range(2):
+        ask_with({"id": "pmpt_1", "version": "2"})
+    assert len(upstream.bodies) == 4 and [r.cache_hit for r in records(log)][3:] == [False, True]
+    assert budget.report().outstanding_reservations == 0
 
 
 SCREENSHOT = "data:image/png;base64," + "iVBORw0KGgo" * 20_000  # an image of 220,000 base64 characters
