@@ -8,6 +8,8 @@ Both clients talk to the same loopback doubles: `ResponsesUpstream` for the Resp
 
 from __future__ import annotations
 
+import contextlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,10 +20,10 @@ import pytest
 from openai.lib._parsing._responses import type_to_text_format_param
 from pydantic import BaseModel
 
-from blackbox_sdk import Budget, CallLog, OpenAI
+from blackbox_sdk import AsyncOpenAI, Budget, CallLog, OpenAI
 
 from responses_upstream import ResponsesUpstream
-from servers import InstantUpstream
+from servers import InstantUpstream, sse_upstream
 
 MODEL = "gpt-4o-mini"
 PRICES = {MODEL: {"input": 1000.0, "output": 2000.0}}
@@ -129,20 +131,26 @@ def test_a_chat_answer_that_does_not_fit_response_format_raises_as_openai_and_is
     assert len(sent) == 3 and hits(tmp_path) == [False, False] and settled(tmp_path, budget)
 
 
-def test_a_chat_answer_cut_by_the_output_cap_raises_as_openai_and_is_never_cached_even_when_it_parses(tmp_path: Path, budget: Budget) -> None:
-    """openai's `parse` raises LengthFinishReasonError at an answer cut by `max_tokens`, whatever its text: a cut answer
-    that happens to parse is not stored either (a retry would replay the error from the cache)."""
+@pytest.mark.parametrize(("finish", "error"), [
+    ("length", openai.LengthFinishReasonError), ("content_filter", openai.ContentFilterFinishReasonError),
+])
+def test_a_chat_answer_cut_by_the_output_cap_raises_as_openai_and_is_never_cached_even_when_it_parses(
+    finish: str, error: type[Exception], tmp_path: Path, budget: Budget,
+) -> None:
+    """openai's `parse` raises LengthFinishReasonError at an answer cut by `max_tokens`, and ContentFilterFinishReasonError
+    at one a content filter stopped, whatever its text: such an answer that happens to parse is not stored either (a
+    retry would replay the error from the cache)."""
     sent: list[int] = []
     cut = completion({"content": '{"name": "Paris"}'})
-    cut["choices"][0]["finish_reason"] = "length"
+    cut["choices"][0]["finish_reason"] = finish
     server = InstantUpstream(cut, before=lambda: sent.append(1))
     asked: dict[str, Any] = {"model": MODEL, "messages": [{"role": "user", "content": "Name a city"}], "response_format": City, "max_tokens": 5}
     try:
-        with pytest.raises(openai.LengthFinishReasonError):
+        with pytest.raises(error):
             openai.OpenAI(api_key="sk-test", base_url=server.url, max_retries=0).chat.completions.parse(**asked)
         client = sdk(server.url, tmp_path, budget)
         for _ in range(2):
-            with pytest.raises(openai.LengthFinishReasonError):
+            with pytest.raises(error):
                 client.chat.completions.parse(**asked)
     finally:
         server.close()
@@ -162,3 +170,62 @@ def test_a_chat_refusal_is_returned_as_openai_returns_it_and_cached(tmp_path: Pa
         assert type(answer) is type(theirs) and answer.choices[0].message.parsed is None
         assert answer.choices[0].message.refusal == theirs.choices[0].message.refusal
     assert hits(tmp_path) == [False, True]
+
+
+BAD_ARGUMENTS = UNFIT  # a server that ignores `strict` may send arguments that don't fit the tool's model
+TOOL_CALL = {"id": "call_1", "type": "function", "function": {"name": "City", "arguments": BAD_ARGUMENTS}}
+TOOL_ANSWER = {
+    "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": MODEL,
+    "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant", "content": None, "tool_calls": [TOOL_CALL]}}],
+    "usage": {"prompt_tokens": 9, "completion_tokens": 7, "total_tokens": 16},
+}
+
+
+def _tool_chunks(headers: object) -> bytes:
+    """TOOL_ANSWER streamed: the call in one delta, the finish, the usage."""
+    base = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": MODEL}
+    chunks = [
+        {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "tool_calls": [{"index": 0, **TOOL_CALL}]}, "finish_reason": None}]},
+        {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
+        {**base, "choices": [], "usage": TOOL_ANSWER["usage"]},
+    ]
+    return "".join(f"data: {json.dumps(chunk)}\n\n" for chunk in chunks).encode() + b"data: [DONE]\n\n"
+
+
+async def _ask_for_tool(how: str, url: str, tmp_path: Path) -> None:
+    """One call of `how` with a strict pydantic tool, through a bare openai client ("openai parse", "openai stream") or the SDK's."""
+    asked: dict[str, Any] = {"model": MODEL, "messages": [{"role": "user", "content": "Name a city"}], "tools": [openai.pydantic_function_tool(City)]}
+    options: dict[str, Any] = {"api_key": "x", "base_url": url, "max_retries": 0}
+    stores = {"cache": tmp_path / "cache", "log": tmp_path / "calls.db"}
+    if how == "async parse":
+        async with AsyncOpenAI(**options, **stores) as client:
+            await client.chat.completions.parse(**asked)
+        return
+    with (openai.OpenAI(**options) if how.startswith("openai") else OpenAI(**options, **stores)) as each:
+        if how.endswith("stream"):
+            with each.chat.completions.stream(**asked) as stream:
+                for _ in stream:
+                    pass
+        else:
+            each.chat.completions.parse(**asked)
+
+
+@pytest.mark.parametrize("how", ["parse", "async parse", "stream"])
+async def test_a_strict_tool_call_whose_arguments_dont_fit_raises_openais_error_and_is_never_stored(how: str, tmp_path: Path) -> None:
+    """openai's `parse` and stream helper parse a strict tool's arguments into its model and raise where they don't fit
+    (a server that ignores `strict`): such an answer is neither stored nor served, so a retry reaches the server again
+    instead of replaying the error from the cache."""
+    streamed = how.endswith("stream")
+    with contextlib.ExitStack() as stack:
+        if streamed:
+            url = stack.enter_context(sse_upstream(_tool_chunks))
+        else:
+            upstream = InstantUpstream(TOOL_ANSWER)
+            stack.callback(upstream.close)
+            url = upstream.url
+        with pytest.raises(pydantic.ValidationError):
+            await _ask_for_tool("openai stream" if streamed else "openai parse", url, tmp_path)
+        for _ in range(2):
+            with pytest.raises(pydantic.ValidationError):
+                await _ask_for_tool(how, url, tmp_path)
+    assert hits(tmp_path) == [False, False]

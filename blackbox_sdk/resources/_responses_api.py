@@ -61,8 +61,9 @@ def parse_request(kwargs: Json) -> tuple[Json, Callable[[str], bool] | None, Fin
     return kwargs, text_fitting(output_format), finish
 
 
-def text_fitting(text_format: Any) -> Callable[[str], bool] | None:
-    """Which answers parse as `text_format` (`parse` and `stream` rerank those first); None when not given."""
+def text_fitting(text_format: Any, tools: Any = omit) -> Callable[[str], bool] | None:
+    """Which answers parse as `text_format` (`parse` and `stream` rerank those first); None when not given (a strict
+    tool's arguments are not checked on this route)."""
     return Parses(fits(lambda answer: parse_text(answer, text_format, phase=None))) if is_given(text_format) else None
 
 
