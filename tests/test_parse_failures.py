@@ -229,3 +229,55 @@ async def test_a_strict_tool_call_whose_arguments_dont_fit_raises_openais_error_
             with pytest.raises(pydantic.ValidationError):
                 await _ask_for_tool(how, url, tmp_path)
     assert hits(tmp_path) == [False, False]
+
+
+CALL_ITEM = {"type": "function_call", "id": "fc_1", "call_id": "call_1", "name": "City", "arguments": BAD_ARGUMENTS, "status": "completed"}
+RESPONSE_WITH_CALL = {
+    "id": "resp_1", "object": "response", "created_at": 1, "model": MODEL, "status": "completed", "output": [CALL_ITEM],
+    "parallel_tool_calls": True, "tool_choice": "auto", "tools": [],
+    "usage": {"input_tokens": 9, "output_tokens": 7, "total_tokens": 16,
+              "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}},
+}
+
+
+def _call_events(headers: object) -> bytes:
+    """RESPONSE_WITH_CALL streamed: created, the call's item and arguments, completed."""
+    events = [
+        {"type": "response.created", "sequence_number": 0, "response": {**RESPONSE_WITH_CALL, "status": "in_progress", "output": [], "usage": None}},
+        {"type": "response.output_item.added", "sequence_number": 1, "output_index": 0, "item": {**CALL_ITEM, "arguments": "", "status": "in_progress"}},
+        {"type": "response.function_call_arguments.delta", "sequence_number": 2, "item_id": "fc_1", "output_index": 0, "delta": BAD_ARGUMENTS},
+        {"type": "response.function_call_arguments.done", "sequence_number": 3, "item_id": "fc_1", "output_index": 0, "arguments": BAD_ARGUMENTS},
+        {"type": "response.output_item.done", "sequence_number": 4, "output_index": 0, "item": CALL_ITEM},
+        {"type": "response.completed", "sequence_number": 5, "response": RESPONSE_WITH_CALL},
+    ]
+    return "".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n" for e in events).encode()
+
+
+def _respond_with_tool(client: Any, streamed: bool) -> None:
+    asked: dict[str, Any] = {"model": MODEL, "input": "Name a city", "tools": [openai.pydantic_function_tool(City)]}
+    if streamed:
+        with client.responses.stream(**asked) as stream:
+            for _ in stream:
+                pass
+    else:
+        client.responses.parse(**asked)
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["parse", "stream"])
+def test_a_responses_strict_tool_call_whose_arguments_dont_fit_raises_as_openai_and_is_never_stored(streamed: bool, tmp_path: Path) -> None:
+    """`responses.parse` and `responses.stream` parse a strict tool's arguments as chat's helpers do, and raise where
+    they don't fit: such a response is neither stored nor served."""
+    with contextlib.ExitStack() as stack:
+        if streamed:
+            url = stack.enter_context(sse_upstream(_call_events))
+        else:
+            upstream = InstantUpstream(RESPONSE_WITH_CALL, route="/responses")
+            stack.callback(upstream.close)
+            url = upstream.url
+        with pytest.raises(pydantic.ValidationError):
+            _respond_with_tool(openai.OpenAI(api_key="x", base_url=url, max_retries=0), streamed)
+        with OpenAI(api_key="x", base_url=url, max_retries=0, cache=tmp_path / "cache", log=tmp_path / "calls.db") as client:
+            for _ in range(2):
+                with pytest.raises(pydantic.ValidationError):
+                    _respond_with_tool(client, streamed)
+    assert hits(tmp_path) == [False, False]
