@@ -158,12 +158,17 @@ class Parses:
     """An answer check that is the caller's own parse (`parse`, a stream helper given a type): openai's helper raises at
     an answer it rejects, so such an answer is never stored (a retry of the call would replay the error from the cache)."""
 
-    def __init__(self, check: Callable[[str], bool]) -> None:
+    def __init__(self, check: Callable[[str], bool], calls: Callable[[Json], bool] | None = None) -> None:
         self.check = check
+        self.calls = calls  # whether an answer's (a choice's) tool calls parse as the caller's strict tools' arguments
 
     def __call__(self, answer: str) -> bool:
         """Whether `answer` parses as the caller's type."""
         return self.check(answer)
+
+    def takes_calls(self, choice: Json) -> bool:
+        """Whether the tool calls of an answer (a choice) parse as the helper parses them (a strict tool's arguments)."""
+        return self.calls is None or self.calls(choice)
 
 
 CHAT_NAME = "chat.completions"

@@ -29,6 +29,7 @@ from blackbox_sdk.budget import count_tokens
 from blackbox_sdk.limits import RateLimits
 from blackbox_sdk.resources._responses_api import AsyncResponses, Responses
 
+from pdfs import data_url, pdf
 from responses_upstream import ResponsesUpstream
 from servers import sse_upstream
 
@@ -537,7 +538,7 @@ def test_a_stored_prompt_without_a_model_is_sent_as_openai_sends_it_and_refused_
     upstream: ResponsesUpstream, tmp_path: Path, budget: Budget, log: CallLog,
 ) -> None:
     client = OpenAI(api_key="sk-test", base_url=upstream.url, cache=tmp_path / "cache", log=log)
-    prompt = {"id": "pmpt_1", "variables": {"city": "Paris"}}
+    prompt = {"id": "pmpt_1", "version": "3", "variables": {"city": "Paris"}}
     first = client.responses.create(prompt=prompt, input=QUESTION)  # the stored prompt names the model
     again = client.responses.create(prompt=prompt, input=QUESTION)
     assert "model" not in upstream.bodies[0] and first.output_text and again.blackbox.cache_hit
@@ -596,6 +597,32 @@ def test_a_turn_named_in_extra_body_is_never_cached_either(upstream: ResponsesUp
     assert len(upstream.bodies) == 2 and [r.cache_hit for r in records(log)] == [False, False]
 
 
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("where", ["argument", "extra_body"])
+def test_a_stored_prompt_without_a_version_always_reaches_the_server(
+    where: str, stream: bool, upstream: ResponsesUpstream, tmp_path: Path, budget: Budget, log: CallLog,
+) -> None:
+    """A stored prompt named without a `version` is answered from its latest version, which its owner may change at any
+    time: such a call is never served from the cache nor stored (a cached answer could come from an older template);
+    one that names its version is cached as any call (a budget refuses a prompt hidden in `extra_body`: none there)."""
+    client = double_client(OpenAI, upstream, tmp_path, budget) if where == "argument" else OpenAI(
+        api_key="sk-test", base_url=upstream.url, cache=tmp_path / "cache", log=log)
+
+    def ask_with(prompt: dict[str, object]) -> None:
+        given: dict[str, object] = {"prompt": prompt} if where == "argument" else {"extra_body": {"prompt": prompt}}
+        answer = client.responses.create(model=MODEL, input="yes", stream=stream, **given)  # type: ignore[call-overload]
+        if stream:
+            list(answer)
+
+    for prompt in ({"id": "pmpt_1"}, {"id": "pmpt_1"}, {"id": "pmpt_1", "version": None}):
+        ask_with(prompt)
+    assert len(upstream.bodies) == 3 and [r.cache_hit for r in records(log)] == [False] * 3
+    for _ in range(2):
+        ask_with({"id": "pmpt_1", "version": "2"})
+    assert len(upstream.bodies) == 4 and [r.cache_hit for r in records(log)][3:] == [False, True]
+    assert budget.report().outstanding_reservations == 0
+
+
 SCREENSHOT = "data:image/png;base64," + "iVBORw0KGgo" * 20_000  # an image of 220,000 base64 characters
 
 
@@ -613,6 +640,16 @@ def test_an_image_a_tool_returns_is_reserved_as_an_image_not_as_its_base64_text(
     here, and refused under a budget that holds the call many times over; it is now counted as an image in a message is."""
     client = double_client(OpenAI, upstream, tmp_path, budget)
     answer = client.responses.create(model=MODEL, input=items, max_output_tokens=16)
+    assert len(upstream.bodies) == 1 and budget.report().spent_usd == pytest.approx(spent(answer.usage))
+
+
+def test_a_pdf_given_inline_is_reserved_at_its_pages_and_text_not_its_base64(upstream: ResponsesUpstream, tmp_path: Path, budget: Budget) -> None:
+    """A ~1 MB PDF of 3 pages was counted as its base64 text, ~1 M tokens, and refused under a budget that holds the call
+    many times over; it is reserved at 3 page images and its content's bytes now, and sent."""
+    client = double_client(OpenAI, upstream, tmp_path, budget)
+    document = {"type": "input_file", "filename": "report.pdf", "file_data": data_url(pdf(3, image_bytes=1_000_000))}
+    answer = client.responses.create(model=MODEL, input=[{"role": "user", "content": [document, {"type": "input_text", "text": "Summarise"}]}],
+                                     max_output_tokens=16)
     assert len(upstream.bodies) == 1 and budget.report().spent_usd == pytest.approx(spent(answer.usage))
 
 

@@ -247,14 +247,15 @@ class Call:
 
     def parses(self, choice: Json) -> bool:
         """Whether an answer may be stored and served: any, unless the caller's own parse (`Parses`: `parse`, a stream
-        helper given a type) rejects its text, or it is a chat answer cut by the output cap (openai's helper raises at either);
-        one with no text (a refusal, tool calls) may."""
+        helper given a type or strict tools) rejects its text or a strict tool call's arguments, or it is a chat answer
+        cut by the output cap or stopped by a content filter (openai's helper raises at each); one with no text (a refusal,
+        tool calls) may."""
         if not isinstance(self.valid, Parses):
             return True
-        if self.route is CHAT and choice.get("finish_reason") == "length":
+        if self.route is CHAT and choice.get("finish_reason") in ("length", "content_filter"):
             return False
         text = self.route.text(choice)
-        return not text or self.valid(text)
+        return (not text or self.valid(text)) and self.valid.takes_calls(choice)
 
     @property
     def framed(self) -> int:

@@ -11,7 +11,7 @@ stores chat's, under the same key scheme (the route's name in the key keeps them
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any, get_args
 
@@ -30,6 +30,7 @@ from ._flows import Effect, Flow, begin, cached, handed_over, io, last, paid, se
 from ._relay import Relay
 from ._response_events import ENDED, arrived, event, events_of, final_response
 from ._responses import account, choose, logged_texts, unstreamed
+from ._validation import given
 
 Valid = Callable[[str], bool]  # whether an answer's text is acceptable (parses against the caller's schema)
 STORED_STATUSES = (None, "completed", "incomplete")  # a queued or background response is not an answer to keep
@@ -42,8 +43,8 @@ def create(core: Core, params: Json, overrides: Json, valid: Valid | None = None
     `kept` receives the last HTTP response (a raw view's whole call)."""
     call = yield from begin(core, RESPONSES, params, overrides)
     call.valid, call.kept = valid, kept
-    if call.sent("conversation"):
-        call.key = None  # the server appends each turn to it: the same input later is asked in a longer context
+    if answers_change(call):
+        call.key = None
     if call.opts.reranker is not None and call.want > 1:
         refuse_conversation(call)
         whole = yield from complete(core, unstreamed(call))
@@ -53,6 +54,15 @@ def create(core: Core, params: Json, overrides: Json, valid: Valid | None = None
     if call.stream:
         return (yield from stream(core, call))
     return (yield from complete(core, call))
+
+
+def answers_change(call: Call) -> bool:
+    """Whether the same request may get an answer from other context later, so is never served from the cache nor stored:
+    one in a `conversation` (the server appends each turn to it: the same input later is asked in a longer context), or
+    one with a stored `prompt` named without a `version` (the server uses its latest, which its owner may change)."""
+    prompt = call.sent("prompt")
+    unversioned = isinstance(prompt, Mapping) and given(prompt.get("id")) and not prompt.get("version")
+    return bool(call.sent("conversation")) or unversioned
 
 
 def refuse_conversation(call: Call) -> None:

@@ -16,7 +16,8 @@ from openai import omit
 from openai._models import add_request_id
 from openai._utils import is_dict, is_given
 from openai.lib import _response_resources as oai_helpers
-from openai.lib._parsing._responses import parse_response, parse_text, type_to_text_format_param
+from openai.lib._parsing._responses import parse_function_tool_arguments, parse_response, parse_text, type_to_text_format_param
+from openai.types.responses import ResponseFunctionToolCall
 from openai.resources.responses import responses as oai
 
 from .._exceptions import ConfigError
@@ -58,12 +59,35 @@ def parse_request(kwargs: Json) -> tuple[Json, Callable[[str], bool] | None, Fin
         add_request_id(parsed, getattr(response, "_request_id", None))  # openai's parse keeps the request's id
         return attach(parsed, response.blackbox)
 
-    return kwargs, text_fitting(output_format), finish
+    return kwargs, text_fitting(output_format, tools), finish
 
 
-def text_fitting(text_format: Any) -> Callable[[str], bool] | None:
-    """Which answers parse as `text_format` (`parse` and `stream` rerank those first); None when not given."""
-    return Parses(fits(lambda answer: parse_text(answer, text_format, phase=None))) if is_given(text_format) else None
+def text_fitting(text_format: Any, tools: Any = omit) -> Callable[[str], bool] | None:
+    """Which answers parse as `text_format` and carry function calls whose arguments parse as the strict `tools`' (`parse`
+    and `stream` raise at the others, and rerank those first); None when neither is given."""
+    calls = calls_fitting(tools)
+    if not is_given(text_format) and calls is None:
+        return None
+    text = fits(lambda answer: parse_text(answer, text_format, phase=None)) if is_given(text_format) else fits(str)
+    return Parses(text, calls)
+
+
+def calls_fitting(tools: Any) -> Callable[[Json], bool] | None:
+    """Whether a response's function calls parse as openai's helpers parse them (a pydantic tool's arguments into its
+    model, a strict one's as JSON); None without a list of tools (an iterator, or tools openai refuses, left to it)."""
+    try:
+        given = oai_helpers._make_tools(tools) if isinstance(tools, (list, tuple)) and tools else omit  # as its helpers convert them
+    except Exception:  # noqa: BLE001 - tools openai's helper refuses: it raises, with its own message
+        return None
+    if not is_given(given):
+        return None
+    parses = fits(lambda item: parse_function_tool_arguments(input_tools=given, function_call=ResponseFunctionToolCall.construct(**item)))
+
+    def fit(response: Json) -> bool:
+        output = response.get("output") or []
+        return isinstance(output, list) and all(parses(item) for item in output if isinstance(item, dict) and item.get("type") == "function_call")
+
+    return fit
 
 
 def _views(resource: Any, view: type[Any], *, streaming: bool) -> Any:

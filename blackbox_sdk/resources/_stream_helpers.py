@@ -44,17 +44,17 @@ class StreamSource:
 
 class Streams:
     """`stream`, sync or async by `_helper`: openai's helper over `StreamSource`; `_format` names the
-    argument the helper parses into, `_fitting` turns it into the check reranking prefers. Each
+    argument the helper parses into, `_fitting` turns it and `tools` into the check reranking prefers. Each
     resource binds `_stream` as its `stream` through `mirror`, with openai's signature."""
 
     _helper: Callable[..., Any]  # openai's stream or async_stream for this resource (a staticmethod)
     _format: str  # "response_format" (chat) or "text_format" (responses)
-    _fitting: Callable[[Any], Valid]  # that argument's value -> the check (a staticmethod)
+    _fitting: Callable[[Any, Any], Valid]  # that argument's value and the tools -> the check (a staticmethod)
 
     def _stream(self, **kwargs: Any) -> Any:
         """openai's stream manager over the SDK's `create` (the SDK's options allowed per call)."""
         params, overrides = split_options(kwargs)
-        valid = self._fitting(params.get(self._format, omit))
+        valid = self._fitting(params.get(self._format, omit), params.get("tools", omit))
         return with_info_on_entry(self._helper(StreamSource(self, overrides, valid), **params))
 
 
