@@ -617,13 +617,15 @@ def test_a_path_under_a_regular_file_raises_call_log_error(tmp_path: Path) -> No
         CallLog(blocker / "calls.db")
 
 
-def test_a_log_from_a_newer_schema_is_refused(tmp_path: Path) -> None:
+def test_a_log_from_a_newer_schema_is_refused_naming_the_log(tmp_path: Path) -> None:
     path = tmp_path / "calls.db"
     CallLog(path).close()
     with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
-    with pytest.raises(CallLogError, match="upgrade"):
-        CallLog(path)
+    for create in (True, False):  # which log: a host may keep several
+        with pytest.raises(CallLogError, match="upgrade") as caught:
+            CallLog(path, create=create)
+        assert str(path) in str(caught.value)
 
 
 def test_a_schema_version_that_is_not_a_number_is_a_call_log_error(tmp_path: Path) -> None:
@@ -633,8 +635,9 @@ def test_a_schema_version_that_is_not_a_number_is_a_call_log_error(tmp_path: Pat
     with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         conn.execute("UPDATE meta SET value = 'v2-beta' WHERE key = 'schema_version'")
     for create in (True, False):
-        with pytest.raises(CallLogError, match="not a number"):
+        with pytest.raises(CallLogError, match="not a number") as caught:
             CallLog(path, create=create)
+        assert str(path) in str(caught.value)
 
 
 def test_reopening_a_log_keeps_its_calls(tmp_path: Path) -> None:

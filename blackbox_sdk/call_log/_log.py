@@ -278,7 +278,7 @@ def _open(path: Path, timeout: float, create: bool) -> tuple[sqlite3.Connection,
     except sqlite3.Error as exc:
         raise _not_a_log(path, exc, create) from exc
     try:
-        prepare(conn, create=create)
+        prepare(conn, str(path), create=create)
         log_id = _known.stored_log_id(conn, create=create)
     except BaseException as exc:
         conn.close()

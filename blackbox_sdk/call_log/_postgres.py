@@ -89,7 +89,7 @@ class PostgresCallLog(Closing):
         self._where, self._timeout = url_without_password(url), float(timeout)
         options = _connect_options(self._psycopg, url, timeout)
         self.address_id = address_id(self._psycopg.conninfo.conninfo_to_dict(url))  # checked by _connect_options
-        self._setup, self._connect = SetUp(create=create), functools.partial(self._psycopg.connect, url, **options)
+        self._setup, self._connect = SetUp(self._where, create=create), functools.partial(self._psycopg.connect, url, **options)
         try:
             self._set_up("open")
         except StoreUnavailableError as exc:
