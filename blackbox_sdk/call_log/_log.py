@@ -307,6 +307,8 @@ def _check_is_log(path: Path) -> None:
     """CallLogError unless ``path`` is an SQLite file with the call log's tables; read-only, so any other file is left as it was."""
     if not path.is_file():
         raise CallLogError(f"no call log at {path}")
+    if path.stat().st_size == 0:  # the SDK writes a log's tables as it makes it: never this, but a database nothing wrote to
+        raise CallLogError(f"{path} is not a call log: it is an empty file (0 bytes), a database nothing has written to; it was left as it was")
     try:
         tables = table_columns(path)
     except sqlite3.Error as exc:
