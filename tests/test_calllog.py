@@ -473,6 +473,42 @@ def test_calls_pages_through_more_calls_than_one_read(log: CallLog, monkeypatch:
     assert [c.call_id for c in log.calls(limit=5)] == [r.call_id for r in records[:5]]
 
 
+class CommitsMidExport(io.StringIO):
+    """An export's sink that, once its first line is written (the first page read, the rest not), runs ``commit``: another
+    writer's calls landing mid-export, driven by the export itself, so the test needs no thread and no sleep."""
+
+    def __init__(self, commit: Callable[[], None]) -> None:
+        super().__init__()
+        self._commit: Callable[[], None] | None = commit
+
+    def write(self, text: str) -> int:
+        """Keep the text; run ``commit`` at the first write."""
+        commit, self._commit = self._commit, None
+        if commit is not None:
+            commit()
+        return super().write(text)
+
+
+def exported_ids(text: str) -> list[str]:
+    """The call ids of an export's lines, in order."""
+    return [json.loads(line)["call_id"] for line in text.splitlines()]
+
+
+def test_an_export_is_one_snapshot_of_the_log(log: CallLog, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue: each page was read in a transaction of its own, so a call committed mid-export was in it or not by its time
+    (one later than the cursor in it, one earlier skipped): the export was of no moment of the log."""
+    monkeypatch.setattr(paging_module, "PAGE_SIZE", 2)
+    records = [_record(created=1_700_000_000.0 + i) for i in range(5)]
+    for rec in records:
+        log.record(rec)
+    with CallLog(log.path) as other:
+        late = [_record(created=1_600_000_000.0), _record(created=1_800_000_000.0)]
+        sink = CommitsMidExport(lambda: [other.record(rec) for rec in late])
+        assert log.export_jsonl(sink) == 5
+    assert exported_ids(sink.getvalue()) == [rec.call_id for rec in records]  # the log as the export found it
+    assert len(list(log.calls())) == 7  # the calls it did not see were committed
+
+
 def test_get_unknown_call_raises_config_error(log: CallLog) -> None:
     with pytest.raises(ConfigError, match="no call"):
         log.get("bb-missing")

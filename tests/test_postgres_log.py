@@ -25,7 +25,7 @@ import psycopg
 import pytest
 from pg_databases import fresh_database
 from servers import PostgresServer
-from test_calllog import _fields
+from test_calllog import CommitsMidExport, _fields, exported_ids
 
 from blackbox_sdk import CallLogError, ConfigError, OpenAI, StoreUnavailableError
 from blackbox_sdk.call_log import (
@@ -193,6 +193,20 @@ def test_reads_page_through_ties_on_created_in_the_sqlite_logs_order(
     assert expected[:4] == ["bb-tie-B", "bb-tie-a", "bb-tie-b", "bb-tie_a"]  # byte order, not the database's en-US order
     assert [c.call_id for c in pg_log.calls()] == expected
     assert [c.call_id for c in pg_log.calls(limit=3)] == expected[:3]
+
+
+def test_an_export_is_one_snapshot_of_the_log(pg_log: PostgresCallLog, pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue: each page was read in a transaction of its own, so a call committed mid-export was in it or not by its time."""
+    monkeypatch.setattr(paging_module, "PAGE_SIZE", 2)
+    records = [_record(created=1_700_000_000.0 + i) for i in range(5)]
+    for rec in records:
+        pg_log.record(rec)
+    with PostgresCallLog(pg_url) as other:
+        late = [_record(created=1_600_000_000.0), _record(created=1_800_000_000.0)]
+        sink = CommitsMidExport(lambda: ([other.record(rec) for rec in late], other.flush()))
+        assert pg_log.export_jsonl(sink) == 5
+    assert exported_ids(sink.getvalue()) == [rec.call_id for rec in records]  # the log as the export found it
+    assert len(list(pg_log.calls())) == 7  # the calls it did not see were committed
 
 
 def test_secrets_never_reach_the_database(pg_log: PostgresCallLog, pg_url: str) -> None:

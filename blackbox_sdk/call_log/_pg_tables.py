@@ -9,11 +9,13 @@ the SQLite log's order, byte for byte. Rows are built by ``_tables.call_values``
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from .._exceptions import CallLogError
 from ._known import stored_log_id
-from ._paging import Cursor, Page
+from ._paging import Cursor, Page, paged
 from ._records import CallRecord, Feedback, valid_text
 from ._stats import COST_DAMAGE, IN_DAYS, TIME_DAMAGE, DayModelRow, damaged_call, finite_cost
 from ._tables import (
@@ -171,6 +173,14 @@ def read_page(conn: Connection[Any], where: list[str], args: list[Any], after: C
     ids = [row[0] for row in rows]
     texts, feedback = candidate_texts(conn, ids), feedback_by_call(conn, ids)
     return [(record_from(row, texts.get(row[0], [])), feedback.get(row[0], [])) for row in rows]
+
+
+def read_snapshot(conn: Connection[Any]) -> Iterator[tuple[CallRecord, list[Feedback]]]:
+    """Every call with its feedback, oldest first, a page per query in one REPEATABLE READ transaction (``conn`` has run
+    nothing yet): the log as it stood at the first query, whatever is committed meanwhile, never held whole in memory."""
+    conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+    for page in paged(functools.partial(read_page, conn, [], []), None):
+        yield from page
 
 
 def read_call(conn: Connection[Any], call_id: str) -> CallRecord | None:

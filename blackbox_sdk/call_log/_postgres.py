@@ -21,7 +21,7 @@ import socket
 import sys
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TextIO
@@ -47,6 +47,7 @@ from ._pg_tables import (
     pg_text,
     read_call,
     read_page,
+    read_snapshot,
 )
 from ._records import CallRecord, Feedback, Label, feedback_fields, feedback_on
 from ._stats import summary
@@ -191,8 +192,13 @@ class PostgresCallLog(Closing):
     def export_jsonl(self, out: str | Path | TextIO, *, replace: bool = False) -> int:
         """Write one JSON line per call (its record, candidates and all feedback); the number of lines; unless ``replace``,
         ConfigError for a file that exists (before a call is read, or when the export is renamed into place)."""
-        self.flush()
-        return export_jsonl((pair for page in self._pages(CallFilter(), None) for pair in page), out, replace=replace)
+        with contextlib.closing(self._snapshot()) as pairs:
+            return export_jsonl(pairs, out, replace=replace)
+
+    def _snapshot(self) -> Generator[tuple[CallRecord, list[Feedback]], None, None]:
+        """Every call with its feedback as the log stood at the first read, on one pooled connection (``read_snapshot``)."""
+        with self._connection("read") as conn:
+            yield from read_snapshot(conn)
 
     def stats(self) -> dict[str, Any]:
         """Calls, errors, cache hits and hit rate, spend, and feedback count: in total, by model, by UTC day."""
