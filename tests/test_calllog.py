@@ -10,6 +10,7 @@ import io
 import json
 import math
 import multiprocessing
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -367,7 +368,7 @@ def test_feedback_on_a_call_whose_stored_choice_is_damaged_is_a_call_log_error_n
     any_log.record(rec)
     any_log.flush()
     _damage(any_log, f"UPDATE {{calls}} SET chosen = '{chosen}'")
-    with pytest.raises(CallLogError, match=rf"^call '{rec.call_id}' in the call log can't be read: its chosen is not a list of indices into its 3 candidates$"):
+    with pytest.raises(CallLogError, match=rf"^call '{rec.call_id}' in the call log {_log_name(any_log)} can't be read: its chosen is not a list of indices into its 3 candidates$"):
         any_log.feedback(rec.call_id, label="correct")
     assert any_log.stats()["feedback"] == 0
 
@@ -376,7 +377,7 @@ def test_feedback_on_a_call_whose_stored_choice_is_not_json_is_a_call_log_error_
     rec = _record()
     log.record(rec)
     _damage(log, "UPDATE {calls} SET chosen = 'not json['")
-    with pytest.raises(CallLogError, match=rf"^call '{rec.call_id}' in the call log can't be read: its chosen is not JSON$"):
+    with pytest.raises(CallLogError, match=rf"^call '{rec.call_id}' in the call log {_log_name(log)} can't be read: its chosen is not JSON$"):
         log.feedback(rec.call_id, label="correct")
 
 
@@ -389,10 +390,10 @@ def test_stats_name_a_call_whose_stored_cost_a_read_refuses(any_log: CallLog | P
     any_log.record(damaged)
     any_log.flush()
     _damage(any_log, f"UPDATE {{calls}} SET cost_usd = {cost} WHERE call_id = 'bb-damaged'")
-    message = "^call 'bb-damaged' in the call log can't be read: its cost_usd is not a finite number of dollars, 0 or more$"
+    message = f"^call 'bb-damaged' in the call log {_log_name(any_log)} can't be read: its cost_usd is not a finite number of dollars, 0 or more$"
     with pytest.raises(CallLogError, match=message):
         any_log.stats()
-    with pytest.raises(CallLogError, match="^call 'bb-damaged' in the call log can't be read: bad CallRecord: cost_usd"):
+    with pytest.raises(CallLogError, match=f"^call 'bb-damaged' in the call log {_log_name(any_log)} can't be read: bad CallRecord: cost_usd"):
         any_log.get("bb-damaged")
 
 
@@ -404,7 +405,7 @@ def test_stats_name_a_call_whose_stored_time_no_day_holds(any_log: CallLog | Pos
     any_log.record(_record(call_id="bb-damaged"))
     any_log.flush()
     _damage(any_log, f"UPDATE {{calls}} SET created = {created} WHERE call_id = 'bb-damaged'")
-    message = "^call 'bb-damaged' in the call log can't be read: its created time is not a Unix time in seconds in the years 1 to 9999$"
+    message = f"^call 'bb-damaged' in the call log {_log_name(any_log)} can't be read: its created time is not a Unix time in seconds in the years 1 to 9999$"
     with pytest.raises(CallLogError, match=message):
         any_log.stats()
 
@@ -426,10 +427,15 @@ def test_sqlite_stats_name_a_call_whose_stored_cost_or_hit_is_not_a_number_it_co
     log.record(_record(call_id="bb-kept", cost_usd=0.5))
     log.record(_record(call_id="bb-damaged", cost_usd=0.25))
     _damage(log, f"UPDATE {{calls}} SET {statement} WHERE call_id = 'bb-damaged'")
-    with pytest.raises(CallLogError, match=rf"^call 'bb-damaged' in the call log can't be read: {damage}$"):
+    with pytest.raises(CallLogError, match=rf"^call 'bb-damaged' in the call log {_log_name(log)} can't be read: {damage}$"):
         log.stats()
-    with pytest.raises(CallLogError, match="^call 'bb-damaged' in the call log can't be read: "):
+    with pytest.raises(CallLogError, match=f"^call 'bb-damaged' in the call log {_log_name(log)} can't be read: "):
         log.get("bb-damaged")
+
+
+def _log_name(log: CallLog | PostgresCallLog) -> str:
+    """How the log's errors name it, as a pattern: its file, or its URL without the password."""
+    return re.escape(str(log.path) if isinstance(log, CallLog) else log.url)
 
 
 def _damage(log: CallLog | PostgresCallLog, statement: str) -> None:

@@ -608,7 +608,7 @@ def test_a_damaged_row_is_one_error_line_naming_its_call(
     for command in commands:
         assert main([*command.split(), "--log", str(log_path), *extra[command]]) == 1, command
         err = capsys.readouterr().err
-        assert err.startswith("blackbox-sdk: call 'bb-cli-1' in the call log can't be read: ") and err.count("\n") == 1, err
+        assert err.startswith(f"blackbox-sdk: call 'bb-cli-1' in the call log {log_path} can't be read: ") and err.count("\n") == 1, err  # which log
     assert sorted(tmp_path.iterdir()) == [log_path]
 
 

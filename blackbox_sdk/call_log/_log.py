@@ -44,6 +44,7 @@ from ._tables import (
     CALL_COLUMNS,
     LOG_TABLES,
     CallFilter,
+    DamagedRowError,
     candidate_texts,
     candidates_of,
     feedback_by_call,
@@ -219,6 +220,8 @@ class CallLog(Closing):
                     yield from page
         except sqlite3.Error as exc:
             raise CallLogError(f"can't read the call log {self._path}: {exc}") from exc
+        except DamagedRowError as exc:
+            raise exc.named(str(self._path)) from None
 
     @contextlib.contextmanager
     def _write(self, action: str) -> Iterator[sqlite3.Connection]:
@@ -233,6 +236,8 @@ class CallLog(Closing):
                     yield conn
             except sqlite3.Error as exc:
                 raise CallLogError(f"can't {action} in the call log {self._path}: {exc}") from exc
+            except DamagedRowError as exc:
+                raise exc.named(str(self._path)) from None
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -243,6 +248,8 @@ class CallLog(Closing):
                 yield self._db.get()
             except sqlite3.Error as exc:
                 raise CallLogError(f"can't read the call log {self._path}: {exc}") from exc
+            except DamagedRowError as exc:
+                raise exc.named(str(self._path)) from None
 
 
 def read_page(conn: sqlite3.Connection, where: list[str], args: list[Any], after: Cursor | None, size: int) -> Page:

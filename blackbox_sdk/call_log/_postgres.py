@@ -1,14 +1,12 @@
 """The call log on PostgreSQL, for a fleet: the SQLite log's records, candidates and feedback, shared by every host.
 
-A database that can't be reached when the log opens is an outage like any other (records queue, the writer
-retries), so a process started during one runs; one that refuses the URL (password, TLS, no such database or role)
-is a ConfigError. ``record()`` only checks and redacts the record (the SQLite log's own code) and queues it; a
-background writer inserts queued records in batches, one transaction each (``_batches``), so the
-call path never waits for the database. A record is dropped from memory only once committed:
-while the database is down the writer retries with backoff, and past ``max_pending`` waiting
-records ``record()`` raises StoreUnavailableError instead of losing one. ``close()``, and
-interpreter exit, flush. Reads and ``feedback()`` flush first, so a process sees its own calls.
-psycopg 3 with a ``psycopg_pool.ConnectionPool``; the ``[postgres]`` extra installs both.
+A database that can't be reached when the log opens is an outage like any other (records queue, the writer retries), so a process started
+during one runs; one that refuses the URL (password, TLS, no such database or role) is a ConfigError. ``record()`` only checks and redacts
+the record (the SQLite log's own code) and queues it; a background writer inserts queued records in batches, one transaction each
+(``_batches``), so the call path never waits for the database. A record is dropped from memory only once committed: while the database is
+down the writer retries with backoff, and past ``max_pending`` waiting records ``record()`` raises StoreUnavailableError instead of losing
+one. ``close()``, and interpreter exit, flush. Reads and ``feedback()`` flush first, so a process sees its own calls. psycopg 3 with a
+``psycopg_pool.ConnectionPool``; the ``[postgres]`` extra installs both.
 """
 
 from __future__ import annotations
@@ -51,7 +49,7 @@ from ._pg_tables import (
 )
 from ._records import CallRecord, Feedback, Label, feedback_fields, feedback_on
 from ._stats import summary
-from ._tables import CallFilter
+from ._tables import CallFilter, DamagedRowError
 from ._urls import address_id, is_postgres_url, libpq_url, misread_password, refusal, scrub, unusable_host, url_without_password
 
 if TYPE_CHECKING:
@@ -243,6 +241,8 @@ class PostgresCallLog(Closing):
         """psycopg's errors as StoreUnavailableError (can't reach the database) or CallLogError (it refused); ``url``'s password scrubbed."""
         try:
             yield
+        except DamagedRowError as exc:
+            raise exc.named(self._where) from None
         except self._psycopg.Error as exc:
             detail = redact_text(str(exc).strip()) if url is None else scrub(redact_text(str(exc).strip()), url)
             kind = StoreUnavailableError if isinstance(exc, self._psycopg.OperationalError) else CallLogError  # includes the pool's timeouts

@@ -227,14 +227,28 @@ def feedback_from(row: Sequence[Any]) -> Feedback:
         return Feedback(**values)
 
 
+class DamagedRowError(CallLogError):
+    """A stored row the SDK could not have written (edited by hand, a damaged file), named by its call; the store whose
+    read met it raises ``named(where)``, so the error says which log too (the row's reader has no name of it)."""
+
+    def __init__(self, call_id: Any, damage: str) -> None:
+        """The call the row is of, and what is wrong with it."""
+        super().__init__(f"call {call_id!r} in the call log can't be read: {damage}")
+        self.call_id, self.damage = call_id, damage
+
+    def named(self, where: str) -> CallLogError:
+        """The error naming the log (its file, or its URL without the password)."""
+        return CallLogError(f"call {self.call_id!r} in the call log {where} can't be read: {self.damage}")
+
+
 @contextlib.contextmanager
 def _stored(call_id: Any) -> Iterator[None]:
-    """A stored row the SDK could not have written (edited by hand, a damaged file) as CallLogError naming its call, so a read
-    stops with one clear error; the ConfigError of a bad record names its fields, never their values."""
+    """A stored row the SDK could not have written as DamagedRowError naming its call, so a read stops with one clear
+    error; the ConfigError of a bad record names its fields, never their values."""
     try:
         yield
     except ConfigError as exc:
-        raise CallLogError(f"call {call_id!r} in the call log can't be read: {exc}") from None
+        raise DamagedRowError(call_id, str(exc)) from None
 
 
 def candidates_of(conn: sqlite3.Connection, call_id: str) -> tuple[int, list[int]]:
