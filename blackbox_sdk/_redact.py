@@ -6,7 +6,7 @@ Two rules, applied together. A mapping key that names a credential (``api_key``,
 such as ``max_tokens`` or ``prompt_tokens`` are not credentials and are kept. Inside every string,
 substrings shaped like keys (``sk-...``, ``Bearer ...``, Hugging Face ``hf_...``, GitHub
 ``ghp_...``, AWS ``AKIA...``, Google ``AIza...``) are replaced by ``[REDACTED]``, so a key pasted into a prompt
-does not survive either. And every client's actual API key is remembered (`remember_secret`)
+does not survive either; a URL's password (``postgresql://user:SECRET@host``) becomes ``***``, as the SDK shows URLs. And every client's actual API key is remembered (`remember_secret`)
 and redacted wherever it appears, whatever its shape: a short or custom key echoed back in a
 server's error body matches no pattern, but it is the one secret the SDK knows for sure.
 """
@@ -47,6 +47,11 @@ _SECRET_PATTERN = re.compile(
     r"|\bbb-[A-Za-z0-9_\-]{40,}",                # the proxy's tenant keys (call ids are shorter)
     re.IGNORECASE,
 )
+# A URL's password (``postgresql://user:SECRET@host``): masked as the SDK shows URLs, user and host kept. A pass of its own,
+# run only on a text holding "://": led by that literal, it is a fast scan, where one more alternative in _SECRET_PATTERN
+# made every text's pass 3 to 6 times slower.
+_URL_PASSWORD = re.compile(r"(?P<userinfo>://[^\s:/?#@]*:)[^\s/@]+@")
+URL_MARK = "://"
 
 
 SHORTEST_SHAPED = 15  # "Bearer " and 8 characters: no shorter text holds a match of _SECRET_PATTERN
@@ -82,13 +87,15 @@ def is_secret_query_param(name: str) -> bool:
 
 
 def redact_text(text: str) -> str:
-    """The text with every remembered secret and every key-shaped substring replaced by ``[REDACTED]`` (a text too short
-    to hold either, a role or a model's name, is returned as it is, unsearched)."""
+    """The text with every remembered secret and every key-shaped substring replaced by ``[REDACTED]``, and a URL's password
+    by ``***`` (a text too short to hold any, a role or a model's name, is returned as it is, unsearched)."""
     if len(text) < MIN_REMEMBERED_SECRET:
         return text
     remembered = _remembered_pattern
     if remembered is not None:
         text = remembered.sub(REDACTED, text)
+    if URL_MARK in text:  # "***" as the password: the SDK's own shown URLs stay as they are (idempotent)
+        text = _URL_PASSWORD.sub(r"\g<userinfo>***@", text)
     return text if len(text) < SHORTEST_SHAPED else _SECRET_PATTERN.sub(REDACTED, text)
 
 

@@ -10,6 +10,7 @@ import io
 import json
 import math
 import multiprocessing
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -367,7 +368,7 @@ def test_feedback_on_a_call_whose_stored_choice_is_damaged_is_a_call_log_error_n
     any_log.record(rec)
     any_log.flush()
     _damage(any_log, f"UPDATE {{calls}} SET chosen = '{chosen}'")
-    with pytest.raises(CallLogError, match=rf"^call '{rec.call_id}' in the call log can't be read: its chosen is not a list of indices into its 3 candidates$"):
+    with pytest.raises(CallLogError, match=rf"^call '{rec.call_id}' in the call log {_log_name(any_log)} can't be read: its chosen is not a list of indices into its 3 candidates$"):
         any_log.feedback(rec.call_id, label="correct")
     assert any_log.stats()["feedback"] == 0
 
@@ -376,7 +377,7 @@ def test_feedback_on_a_call_whose_stored_choice_is_not_json_is_a_call_log_error_
     rec = _record()
     log.record(rec)
     _damage(log, "UPDATE {calls} SET chosen = 'not json['")
-    with pytest.raises(CallLogError, match=rf"^call '{rec.call_id}' in the call log can't be read: its chosen is not JSON$"):
+    with pytest.raises(CallLogError, match=rf"^call '{rec.call_id}' in the call log {_log_name(log)} can't be read: its chosen is not JSON$"):
         log.feedback(rec.call_id, label="correct")
 
 
@@ -389,10 +390,10 @@ def test_stats_name_a_call_whose_stored_cost_a_read_refuses(any_log: CallLog | P
     any_log.record(damaged)
     any_log.flush()
     _damage(any_log, f"UPDATE {{calls}} SET cost_usd = {cost} WHERE call_id = 'bb-damaged'")
-    message = "^call 'bb-damaged' in the call log can't be read: its cost_usd is not a finite number of dollars, 0 or more$"
+    message = f"^call 'bb-damaged' in the call log {_log_name(any_log)} can't be read: its cost_usd is not a finite number of dollars, 0 or more$"
     with pytest.raises(CallLogError, match=message):
         any_log.stats()
-    with pytest.raises(CallLogError, match="^call 'bb-damaged' in the call log can't be read: bad CallRecord: cost_usd"):
+    with pytest.raises(CallLogError, match=f"^call 'bb-damaged' in the call log {_log_name(any_log)} can't be read: bad CallRecord: cost_usd"):
         any_log.get("bb-damaged")
 
 
@@ -404,7 +405,7 @@ def test_stats_name_a_call_whose_stored_time_no_day_holds(any_log: CallLog | Pos
     any_log.record(_record(call_id="bb-damaged"))
     any_log.flush()
     _damage(any_log, f"UPDATE {{calls}} SET created = {created} WHERE call_id = 'bb-damaged'")
-    message = "^call 'bb-damaged' in the call log can't be read: its created time is not a Unix time in seconds in the years 1 to 9999$"
+    message = f"^call 'bb-damaged' in the call log {_log_name(any_log)} can't be read: its created time is not a Unix time in seconds in the years 1 to 9999$"
     with pytest.raises(CallLogError, match=message):
         any_log.stats()
 
@@ -426,10 +427,15 @@ def test_sqlite_stats_name_a_call_whose_stored_cost_or_hit_is_not_a_number_it_co
     log.record(_record(call_id="bb-kept", cost_usd=0.5))
     log.record(_record(call_id="bb-damaged", cost_usd=0.25))
     _damage(log, f"UPDATE {{calls}} SET {statement} WHERE call_id = 'bb-damaged'")
-    with pytest.raises(CallLogError, match=rf"^call 'bb-damaged' in the call log can't be read: {damage}$"):
+    with pytest.raises(CallLogError, match=rf"^call 'bb-damaged' in the call log {_log_name(log)} can't be read: {damage}$"):
         log.stats()
-    with pytest.raises(CallLogError, match="^call 'bb-damaged' in the call log can't be read: "):
+    with pytest.raises(CallLogError, match=f"^call 'bb-damaged' in the call log {_log_name(log)} can't be read: "):
         log.get("bb-damaged")
+
+
+def _log_name(log: CallLog | PostgresCallLog) -> str:
+    """How the log's errors name it, as a pattern: its file, or its URL without the password."""
+    return re.escape(str(log.path) if isinstance(log, CallLog) else log.url)
 
 
 def _damage(log: CallLog | PostgresCallLog, statement: str) -> None:
@@ -471,6 +477,42 @@ def test_calls_pages_through_more_calls_than_one_read(log: CallLog, monkeypatch:
         log.record(rec)
     assert [c.call_id for c in log.calls()] == [r.call_id for r in records]
     assert [c.call_id for c in log.calls(limit=5)] == [r.call_id for r in records[:5]]
+
+
+class CommitsMidExport(io.StringIO):
+    """An export's sink that, once its first line is written (the first page read, the rest not), runs ``commit``: another
+    writer's calls landing mid-export, driven by the export itself, so the test needs no thread and no sleep."""
+
+    def __init__(self, commit: Callable[[], None]) -> None:
+        super().__init__()
+        self._commit: Callable[[], None] | None = commit
+
+    def write(self, text: str) -> int:
+        """Keep the text; run ``commit`` at the first write."""
+        commit, self._commit = self._commit, None
+        if commit is not None:
+            commit()
+        return super().write(text)
+
+
+def exported_ids(text: str) -> list[str]:
+    """The call ids of an export's lines, in order."""
+    return [json.loads(line)["call_id"] for line in text.splitlines()]
+
+
+def test_an_export_is_one_snapshot_of_the_log(log: CallLog, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue: each page was read in a transaction of its own, so a call committed mid-export was in it or not by its time
+    (one later than the cursor in it, one earlier skipped): the export was of no moment of the log."""
+    monkeypatch.setattr(paging_module, "PAGE_SIZE", 2)
+    records = [_record(created=1_700_000_000.0 + i) for i in range(5)]
+    for rec in records:
+        log.record(rec)
+    with CallLog(log.path) as other:
+        late = [_record(created=1_600_000_000.0), _record(created=1_800_000_000.0)]
+        sink = CommitsMidExport(lambda: [other.record(rec) for rec in late])
+        assert log.export_jsonl(sink) == 5
+    assert exported_ids(sink.getvalue()) == [rec.call_id for rec in records]  # the log as the export found it
+    assert len(list(log.calls())) == 7  # the calls it did not see were committed
 
 
 def test_get_unknown_call_raises_config_error(log: CallLog) -> None:
@@ -617,13 +659,15 @@ def test_a_path_under_a_regular_file_raises_call_log_error(tmp_path: Path) -> No
         CallLog(blocker / "calls.db")
 
 
-def test_a_log_from_a_newer_schema_is_refused(tmp_path: Path) -> None:
+def test_a_log_from_a_newer_schema_is_refused_naming_the_log(tmp_path: Path) -> None:
     path = tmp_path / "calls.db"
     CallLog(path).close()
     with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
-    with pytest.raises(CallLogError, match="upgrade"):
-        CallLog(path)
+    for create in (True, False):  # which log: a host may keep several
+        with pytest.raises(CallLogError, match="upgrade") as caught:
+            CallLog(path, create=create)
+        assert str(path) in str(caught.value)
 
 
 def test_a_schema_version_that_is_not_a_number_is_a_call_log_error(tmp_path: Path) -> None:
@@ -633,8 +677,9 @@ def test_a_schema_version_that_is_not_a_number_is_a_call_log_error(tmp_path: Pat
     with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         conn.execute("UPDATE meta SET value = 'v2-beta' WHERE key = 'schema_version'")
     for create in (True, False):
-        with pytest.raises(CallLogError, match="not a number"):
+        with pytest.raises(CallLogError, match="not a number") as caught:
             CallLog(path, create=create)
+        assert str(path) in str(caught.value)
 
 
 def test_reopening_a_log_keeps_its_calls(tmp_path: Path) -> None:

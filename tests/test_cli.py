@@ -562,7 +562,7 @@ def test_stdout_that_cant_be_written_is_a_one_line_error(log_path: Path, command
 @pytest.mark.parametrize(
     ("command", "kind"),
     [("stats", "another app's database"), ("log export", "another app's database"), ("adapter train", "another app's database"),
-     ("stats", "an empty file"), ("log export", "an empty file")],  # the trainer reads an empty file as an empty JSONL export
+     ("stats", "an empty file"), ("log export", "an empty file"), ("adapter train", "an empty file"), ("CallLog", "an empty file")],
 )
 def test_a_file_that_is_not_a_call_log_is_refused_and_left_as_it_was(
     kind: str, command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -575,9 +575,17 @@ def test_a_file_that_is_not_a_call_log_is_refused_and_left_as_it_was(
             conn.execute("CREATE TABLE users (name TEXT)")
             conn.commit()
     before = other.read_bytes()
-    extra = {"stats": [], "log export": ["--out", "-"], "adapter train": ["--out", str(tmp_path / "adapter"), "--no-progress"]}[command]
-    assert main([*command.split(), "--log", str(other), *extra]) == 1
-    assert f"{other} is not a call log" in capsys.readouterr().err
+    if command == "CallLog":  # a library reader agrees with the commands
+        with pytest.raises(CallLogError) as caught:
+            CallLog(other, create=False)
+        message = str(caught.value)
+    else:
+        extra = {"stats": [], "log export": ["--out", "-"], "adapter train": ["--out", str(tmp_path / "adapter"), "--no-progress"]}[command]
+        assert main([*command.split(), "--log", str(other), *extra]) == 1
+        message = capsys.readouterr().err
+    assert f"{other} is not a call log" in message
+    if kind == "an empty file":  # issue: the trainer read a 0-byte file as an empty export; every reader now says what it is
+        assert "empty file (0 bytes)" in message
     assert other.read_bytes() == before and list(other.parent.iterdir()) == [other] and not (tmp_path / "adapter").exists()
 
 
@@ -600,7 +608,7 @@ def test_a_damaged_row_is_one_error_line_naming_its_call(
     for command in commands:
         assert main([*command.split(), "--log", str(log_path), *extra[command]]) == 1, command
         err = capsys.readouterr().err
-        assert err.startswith("blackbox-sdk: call 'bb-cli-1' in the call log can't be read: ") and err.count("\n") == 1, err
+        assert err.startswith(f"blackbox-sdk: call 'bb-cli-1' in the call log {log_path} can't be read: ") and err.count("\n") == 1, err  # which log
     assert sorted(tmp_path.iterdir()) == [log_path]
 
 

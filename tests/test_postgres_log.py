@@ -25,7 +25,7 @@ import psycopg
 import pytest
 from pg_databases import fresh_database
 from servers import PostgresServer
-from test_calllog import _fields
+from test_calllog import CommitsMidExport, _fields, exported_ids
 
 from blackbox_sdk import CallLogError, ConfigError, OpenAI, StoreUnavailableError
 from blackbox_sdk.call_log import (
@@ -195,6 +195,20 @@ def test_reads_page_through_ties_on_created_in_the_sqlite_logs_order(
     assert [c.call_id for c in pg_log.calls(limit=3)] == expected[:3]
 
 
+def test_an_export_is_one_snapshot_of_the_log(pg_log: PostgresCallLog, pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue: each page was read in a transaction of its own, so a call committed mid-export was in it or not by its time."""
+    monkeypatch.setattr(paging_module, "PAGE_SIZE", 2)
+    records = [_record(created=1_700_000_000.0 + i) for i in range(5)]
+    for rec in records:
+        pg_log.record(rec)
+    with PostgresCallLog(pg_url) as other:
+        late = [_record(created=1_600_000_000.0), _record(created=1_800_000_000.0)]
+        sink = CommitsMidExport(lambda: ([other.record(rec) for rec in late], other.flush()))
+        assert pg_log.export_jsonl(sink) == 5
+    assert exported_ids(sink.getvalue()) == [rec.call_id for rec in records]  # the log as the export found it
+    assert len(list(pg_log.calls())) == 7  # the calls it did not see were committed
+
+
 def test_secrets_never_reach_the_database(pg_log: PostgresCallLog, pg_url: str) -> None:
     rec = _record(error=f"AuthenticationError: bad key {OPENAI_KEY}", extra={"token": PLAIN_SECRET})
     pg_log.record(rec)
@@ -295,12 +309,20 @@ def test_get_of_an_unknown_call_and_a_bad_limit_raise_config_error(pg_log: Postg
         pg_log.calls(limit=-1)
 
 
-def test_a_log_from_a_newer_schema_is_refused(pg_url: str) -> None:
+def _with_password(url: str) -> str:
+    """``url`` with PLAIN_SECRET as its password (the test server trusts loopback, so it is never checked)."""
+    return url.replace("@", f":{PLAIN_SECRET}@", 1)
+
+
+def test_a_log_from_a_newer_schema_is_refused_naming_the_log(pg_url: str) -> None:
+    """Issue: the refusal did not say which log (a fleet operator has many); it names the URL, never its password."""
     PostgresCallLog(pg_url).close()
     with psycopg.connect(pg_url) as conn:
         conn.execute("UPDATE blackbox_meta SET value = %s WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
-    with pytest.raises(CallLogError, match="upgrade"):
-        PostgresCallLog(pg_url)
+    for create in (True, False):
+        with pytest.raises(CallLogError, match="upgrade") as caught:
+            PostgresCallLog(_with_password(pg_url), create=create)
+        assert url_without_password(_with_password(pg_url)) in str(caught.value) and PLAIN_SECRET not in str(caught.value)
 
 
 def test_a_schema_version_that_is_not_a_number_is_a_call_log_error(pg_url: str) -> None:
@@ -309,8 +331,9 @@ def test_a_schema_version_that_is_not_a_number_is_a_call_log_error(pg_url: str) 
     with psycopg.connect(pg_url) as conn:
         conn.execute("UPDATE blackbox_meta SET value = 'v2-beta' WHERE key = 'schema_version'")
     for create in (True, False):
-        with pytest.raises(CallLogError, match="not a number"):
+        with pytest.raises(CallLogError, match="not a number") as caught:
             PostgresCallLog(pg_url, create=create)
+        assert url_without_password(pg_url) in str(caught.value)
 
 
 def test_several_logs_opening_one_empty_database_at_once_all_work(pg_url: str) -> None:
@@ -646,8 +669,9 @@ def test_a_url_libpq_cannot_parse_is_a_config_error_without_its_password(url: st
 
 
 def test_opening_without_create_refuses_an_empty_database_and_creates_nothing(pg_url: str) -> None:
-    with pytest.raises(CallLogError, match="no table blackbox_meta, blackbox_calls, blackbox_candidates, blackbox_feedback"):
-        open_call_log(pg_url, create=False)
+    with pytest.raises(CallLogError, match="no table blackbox_meta, blackbox_calls, blackbox_candidates, blackbox_feedback") as caught:
+        open_call_log(_with_password(pg_url), create=False)
+    assert url_without_password(_with_password(pg_url)) in str(caught.value) and PLAIN_SECRET not in str(caught.value)  # which database
     with psycopg.connect(pg_url) as conn:
         assert conn.execute("SELECT count(*) FROM pg_tables WHERE tablename LIKE 'blackbox%'").fetchone() == (0,)
 

@@ -174,6 +174,17 @@ def test_the_model_label_is_bounded() -> None:
     assert names.label("one-too-many") == "other" and names.label("m3") == "m3" and names.label(7) == ""
 
 
+def test_a_secret_pasted_as_the_model_name_never_becomes_a_label() -> None:
+    """Issue: the model label was the name the client sent, as it was: a key or a URL with its password pasted into the
+    model field (a misconfigured client) was served on /metrics to every scraper."""
+    from blackbox_sdk.serve._metrics import ModelNames
+
+    names, key = ModelNames(), "sk-proj-" + "Zx9Yw8Vu" * 6
+    assert names.label("postgresql://app:hunter2-pass@db/calls") == "postgresql://app:***@db/calls"
+    assert key not in names.label(key) and names.label("gpt-4o-mini") == "gpt-4o-mini"
+    assert names.label("x" * 89 + " " + key) == "x" * 89 + " [REDACTED]"  # redacted before it is cut: no key's head is left
+
+
 def test_refused_model_names_take_no_model_label(keyed: tuple[TestClient, str, Path]) -> None:
     from blackbox_sdk.serve._metrics import MAX_MODELS
 

@@ -242,3 +242,52 @@ def test_the_shortest_texts_each_rule_redacts_are_redacted_and_shorter_ones_kept
     remember_secret(secret)
     assert redact_text(secret) == REDACTED and redact_text(f"[{secret}]") == f"[{REDACTED}]"
     assert redact({"role": "user", "content": secret}) == {"role": "user", "content": REDACTED}
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        pytest.param("can't connect to postgresql://app:hunter2-pass@db.internal:5432/calls: timeout",
+                     "can't connect to postgresql://app:***@db.internal:5432/calls: timeout", id="postgres-url-in-an-error"),
+        pytest.param("use redis://:s3cr3t@cache:6379/0 and POSTGRES://u:p%40ss@h/d", "use redis://:***@cache:6379/0 and POSTGRES://u:***@h/d", id="two-urls"),
+        pytest.param("redis://:pw@h", "redis://:***@h", id="shorter-than-a-key-shape"),
+        pytest.param("db at postgresql://app:***@db/calls", "db at postgresql://app:***@db/calls", id="already-shown-as-the-sdk-shows-it"),
+        pytest.param(f"postgresql://u:{OPENAI_KEY}@h/d", "postgresql://u:***@h/d", id="a-key-as-the-password"),
+    ],
+)
+def test_a_password_in_a_url_in_free_text_is_masked_and_the_rest_kept(text: str, shown: str) -> None:
+    """Issue: ``scheme://user:SECRET@`` pasted into a prompt or echoed in an upstream error was logged as written."""
+    assert redact_text(text) == shown
+    assert redact_text(shown) == shown  # idempotent: the SDK's own ``:***@`` stays as it is
+    assert redact({"messages": [{"role": "user", "content": text}]}) == {"messages": [{"role": "user", "content": shown}]}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("http://localhost:8080/v1/chat", id="a-port"),
+        pytest.param("mail me at ann@example.com, see https://example.com/a@b", id="no-password"),
+        pytest.param("http://[::1]:8080/x@y", id="ipv6-host"),
+        pytest.param("ratio 3:2@noon", id="no-scheme"),
+    ],
+)
+def test_urls_without_a_password_are_left_alone(text: str) -> None:
+    assert redact_text(text) == text
+
+
+def test_a_url_password_stays_out_of_the_call_log_and_the_sdks_log_lines(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from blackbox_sdk.call_log import CallLog, CallRecord
+
+    url = "postgresql://app:Pw-in-a-prompt-77@db.internal/calls"
+    record = CallRecord(
+        endpoint_host="api.openai.com", model="m", route="chat", request={"messages": [{"role": "user", "content": f"why does {url} fail?"}]},
+        candidates=["it is down"], chosen=[0], error=f"APIError: upstream said {url} refused", extra={"note": url},
+    )
+    with CallLog(tmp_path / "calls.db") as log:
+        log.record(record)
+        stored = log.get(record.call_id)
+    assert "Pw-in-a-prompt-77" not in str(stored.model_dump()) and "postgresql://app:***@db.internal/calls" in str(stored.request)
+    assert all(b"Pw-in-a-prompt-77" not in path.read_bytes() for path in tmp_path.iterdir())
+    with caplog.at_level(logging.DEBUG, logger=logger.name):
+        logger.warning("upstream error: %s", url)
+    assert "Pw-in-a-prompt-77" not in caplog.text and "postgresql://app:***@db.internal/calls" in caplog.text

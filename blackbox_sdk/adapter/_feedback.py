@@ -48,11 +48,13 @@ def read_records(path: str | Path, keep: Callable[[dict[str, Any]], dict[str, An
 
 
 def _is_sqlite(source: Path) -> bool:
-    """Whether the file at ``source`` is an SQLite database (else it is read as the JSONL export); AdapterError for no file."""
+    """Whether the file at ``source`` is an SQLite database (else it is read as the JSONL export); AdapterError for no file.
+    A 0-byte file is what SQLite makes for a new database: the SQLite log's reader refuses it, as ``stats`` does."""
     if not source.is_file():
         raise AdapterError(f"no call log at {source}")
     with source.open("rb") as handle:
-        return handle.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
+        head = handle.read(len(SQLITE_MAGIC))
+    return head == SQLITE_MAGIC or not head
 
 
 def _check_utf8(source: Path) -> None:

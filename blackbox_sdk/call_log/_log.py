@@ -21,7 +21,7 @@ import functools
 import sqlite3
 import sys
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -30,7 +30,7 @@ from .._exceptions import CallLogError, ConfigError, StoreUnavailableError
 from .._logging import logger
 from .._redact import url_without_password
 from .._sqlite import (
-    SHARED_TABLES, ProcessConnection, connect, connect_read_only, immediate, refuse_foreign, table_columns, unreadable,
+    SHARED_TABLES, ProcessConnection, connect, connect_read_only, immediate, refuse_foreign, snapshot, table_columns, unreadable,
 )
 from .._text import checked_path, checked_text
 from . import _known
@@ -44,6 +44,7 @@ from ._tables import (
     CALL_COLUMNS,
     LOG_TABLES,
     CallFilter,
+    DamagedRowError,
     candidate_texts,
     candidates_of,
     feedback_by_call,
@@ -185,10 +186,11 @@ class CallLog(Closing):
         return (record for page in pages for record, _ in page)
 
     def export_jsonl(self, out: str | Path | TextIO, *, replace: bool = False) -> int:
-        """Write one JSON line per call (with candidates and feedback); the count; ConfigError when ``out`` is this log's own
-        file, or, unless ``replace``, a file that exists (before a call is read, or when the export is renamed into place)."""
-        pages = self._pages(CallFilter(), None)
-        return export_jsonl((pair for page in pages for pair in page), out, log=self._path, replace=replace)
+        """Write one JSON line per call (with candidates and feedback) as the log stood when the export began; the count;
+        ConfigError when ``out`` is this log's own file, or, unless ``replace``, a file that exists (before a call is read,
+        or when the export is renamed into place)."""
+        with contextlib.closing(self._snapshot()) as pairs:
+            return export_jsonl(pairs, out, log=self._path, replace=replace)
 
     def stats(self) -> dict[str, Any]:
         """Calls, errors, cache hits and hit rate, spend, and feedback count: in total, by model, by UTC day."""
@@ -201,16 +203,25 @@ class CallLog(Closing):
         return paged(lambda after, size: self._page(where, args, after, size), limit)
 
     def _page(self, where: list[str], args: list[Any], after: Cursor | None, size: int) -> Page:
-        """One page of calls after the (created, call_id) cursor, with candidates and feedback."""
-        clauses = where + (["(created, call_id) > (?, ?)"] if after else [])
-        sql = f"SELECT {', '.join(CALL_COLUMNS)} FROM calls"
-        sql += f" WHERE {' AND '.join(clauses)}" if clauses else ""
-        sql += " ORDER BY created, call_id LIMIT ?"
+        """One page of calls after the (created, call_id) cursor, with candidates and feedback, in a read of its own."""
         with self._read() as conn:
-            rows = conn.execute(sql, [*args, *(after or ()), size]).fetchall()
-            ids = [row[0] for row in rows]
-            texts, feedback = candidate_texts(conn, ids), feedback_by_call(conn, ids)
-        return [(record_from(row, texts.get(row[0], [])), feedback.get(row[0], [])) for row in rows]
+            return read_page(conn, where, args, after, size)
+
+    def _snapshot(self) -> Generator[tuple[CallRecord, list[Feedback]], None, None]:
+        """Every call with its feedback, oldest first, read a page at a time in one read transaction on a connection of
+        its own (opened at the first call asked for): what the log held when it began, whatever is committed meanwhile,
+        without holding this log's lock (its writer goes on; WAL lets a reader and a writer work at once)."""
+        self.flush()  # this process's calls are in it
+        if not self._finalizer.alive:
+            raise CallLogError(f"can't read the call log {self._path}: it is closed")
+        try:
+            with contextlib.closing(_connect_existing(self._path, self._timeout)) as conn, snapshot(conn):
+                for page in paged(functools.partial(read_page, conn, [], []), None):
+                    yield from page
+        except sqlite3.Error as exc:
+            raise CallLogError(f"can't read the call log {self._path}: {exc}") from exc
+        except DamagedRowError as exc:
+            raise exc.named(str(self._path)) from None
 
     @contextlib.contextmanager
     def _write(self, action: str) -> Iterator[sqlite3.Connection]:
@@ -225,6 +236,8 @@ class CallLog(Closing):
                     yield conn
             except sqlite3.Error as exc:
                 raise CallLogError(f"can't {action} in the call log {self._path}: {exc}") from exc
+            except DamagedRowError as exc:
+                raise exc.named(str(self._path)) from None
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -235,6 +248,20 @@ class CallLog(Closing):
                 yield self._db.get()
             except sqlite3.Error as exc:
                 raise CallLogError(f"can't read the call log {self._path}: {exc}") from exc
+            except DamagedRowError as exc:
+                raise exc.named(str(self._path)) from None
+
+
+def read_page(conn: sqlite3.Connection, where: list[str], args: list[Any], after: Cursor | None, size: int) -> Page:
+    """One page of calls after the (created, call_id) cursor, with candidates and feedback, read on ``conn``."""
+    clauses = where + (["(created, call_id) > (?, ?)"] if after else [])
+    sql = f"SELECT {', '.join(CALL_COLUMNS)} FROM calls"
+    sql += f" WHERE {' AND '.join(clauses)}" if clauses else ""
+    sql += " ORDER BY created, call_id LIMIT ?"
+    rows = conn.execute(sql, [*args, *(after or ()), size]).fetchall()
+    ids = [row[0] for row in rows]
+    texts, feedback = candidate_texts(conn, ids), feedback_by_call(conn, ids)
+    return [(record_from(row, texts.get(row[0], [])), feedback.get(row[0], [])) for row in rows]
 
 
 def _shut_down(writer: BatchWriter[CallRecord], db: ProcessConnection, where: str, timeout: float, *, raise_lost: bool = False) -> None:
@@ -278,7 +305,7 @@ def _open(path: Path, timeout: float, create: bool) -> tuple[sqlite3.Connection,
     except sqlite3.Error as exc:
         raise _not_a_log(path, exc, create) from exc
     try:
-        prepare(conn, create=create)
+        prepare(conn, str(path), create=create)
         log_id = _known.stored_log_id(conn, create=create)
     except BaseException as exc:
         conn.close()
@@ -307,6 +334,8 @@ def _check_is_log(path: Path) -> None:
     """CallLogError unless ``path`` is an SQLite file with the call log's tables; read-only, so any other file is left as it was."""
     if not path.is_file():
         raise CallLogError(f"no call log at {path}")
+    if path.stat().st_size == 0:  # the SDK writes a log's tables as it makes it: never this, but a database nothing wrote to
+        raise CallLogError(f"{path} is not a call log: it is an empty file (0 bytes), a database nothing has written to; it was left as it was")
     try:
         tables = table_columns(path)
     except sqlite3.Error as exc:

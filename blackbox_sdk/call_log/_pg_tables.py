@@ -9,11 +9,13 @@ the SQLite log's order, byte for byte. Rows are built by ``_tables.call_values``
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from .._exceptions import CallLogError
 from ._known import stored_log_id
-from ._paging import Cursor, Page
+from ._paging import Cursor, Page, paged
 from ._records import CallRecord, Feedback, valid_text
 from ._stats import COST_DAMAGE, IN_DAYS, TIME_DAMAGE, DayModelRow, damaged_call, finite_cost
 from ._tables import (
@@ -88,8 +90,9 @@ _BY_DAY_AND_MODEL = (
 )
 
 
-def prepare(conn: Connection[Any], *, create: bool = True) -> None:
-    """Create the tables if missing (one process at a time), or without ``create`` refuse a database that lacks them; refuse a newer schema.
+def prepare(conn: Connection[Any], where: str, *, create: bool = True) -> None:
+    """Create the tables if missing (one process at a time), or without ``create`` refuse a database that lacks them; refuse a
+    newer schema. ``where``: the log's URL without its password, which every refusal names.
 
     No DDL runs when every table and index is there: PostgreSQL checks CREATE on the schema even for ``CREATE ... IF NOT
     EXISTS``, and an application's role may only read and insert into tables its DBA made."""
@@ -101,17 +104,18 @@ def prepare(conn: Connection[Any], *, create: bool = True) -> None:
                 conn.execute(statement)
             conn.execute("INSERT INTO blackbox_meta (key, value) VALUES ('schema_version', %s) ON CONFLICT DO NOTHING", (str(SCHEMA_VERSION),))
         elif not create and (tables := [name for name in missing if name in _TABLES]):
-            raise CallLogError(f"the database holds no call log: no table {', '.join(tables)} in its search_path")
+            raise CallLogError(f"the database {where} holds no call log: no table {', '.join(tables)} in its search_path")
         row = conn.execute("SELECT value FROM blackbox_meta WHERE key = 'schema_version'").fetchone()
-    check_schema_version(row[0] if row else None)
+    check_schema_version(row[0] if row else None, where)
 
 
 class SetUp:
     """The log's tables made (or checked) and its id read, once: when the log opens, or, if the database could not be
     reached then, by the first write or read that reaches it (so a process started during an outage keeps its records)."""
 
-    def __init__(self, *, create: bool) -> None:
-        self._create = create
+    def __init__(self, where: str, *, create: bool) -> None:
+        """``where``: the log's URL without its password, named by its errors; ``create``: make the tables if missing."""
+        self._where, self._create = where, create
         self.log_id: str | None = None  # None until done; "" for an older log read without ``create``
 
     @property
@@ -123,7 +127,7 @@ class SetUp:
         """Set up on ``conn`` unless done; CallLogError for a database that can't hold the log. Threads (the writer, a read)
         may both do it: it is idempotent, and needs no lock that a fork mid set-up would leave held in the child."""
         if self.log_id is None:
-            prepare(conn, create=self._create)
+            prepare(conn, self._where, create=self._create)
             with conn.transaction():
                 self.log_id = stored_log_id(conn, table="blackbox_meta", mark="%s", create=self._create)
 
@@ -169,6 +173,14 @@ def read_page(conn: Connection[Any], where: list[str], args: list[Any], after: C
     ids = [row[0] for row in rows]
     texts, feedback = candidate_texts(conn, ids), feedback_by_call(conn, ids)
     return [(record_from(row, texts.get(row[0], [])), feedback.get(row[0], [])) for row in rows]
+
+
+def read_snapshot(conn: Connection[Any]) -> Iterator[tuple[CallRecord, list[Feedback]]]:
+    """Every call with its feedback, oldest first, a page per query in one REPEATABLE READ transaction (``conn`` has run
+    nothing yet): the log as it stood at the first query, whatever is committed meanwhile, never held whole in memory."""
+    conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+    for page in paged(functools.partial(read_page, conn, [], []), None):
+        yield from page
 
 
 def read_call(conn: Connection[Any], call_id: str) -> CallRecord | None:

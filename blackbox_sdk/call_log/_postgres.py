@@ -1,14 +1,12 @@
 """The call log on PostgreSQL, for a fleet: the SQLite log's records, candidates and feedback, shared by every host.
 
-A database that can't be reached when the log opens is an outage like any other (records queue, the writer
-retries), so a process started during one runs; one that refuses the URL (password, TLS, no such database or role)
-is a ConfigError. ``record()`` only checks and redacts the record (the SQLite log's own code) and queues it; a
-background writer inserts queued records in batches, one transaction each (``_batches``), so the
-call path never waits for the database. A record is dropped from memory only once committed:
-while the database is down the writer retries with backoff, and past ``max_pending`` waiting
-records ``record()`` raises StoreUnavailableError instead of losing one. ``close()``, and
-interpreter exit, flush. Reads and ``feedback()`` flush first, so a process sees its own calls.
-psycopg 3 with a ``psycopg_pool.ConnectionPool``; the ``[postgres]`` extra installs both.
+A database that can't be reached when the log opens is an outage like any other (records queue, the writer retries), so a process started
+during one runs; one that refuses the URL (password, TLS, no such database or role) is a ConfigError. ``record()`` only checks and redacts
+the record (the SQLite log's own code) and queues it; a background writer inserts queued records in batches, one transaction each
+(``_batches``), so the call path never waits for the database. A record is dropped from memory only once committed: while the database is
+down the writer retries with backoff, and past ``max_pending`` waiting records ``record()`` raises StoreUnavailableError instead of losing
+one. ``close()``, and interpreter exit, flush. Reads and ``feedback()`` flush first, so a process sees its own calls. psycopg 3 with a
+``psycopg_pool.ConnectionPool``; the ``[postgres]`` extra installs both.
 """
 
 from __future__ import annotations
@@ -21,7 +19,7 @@ import socket
 import sys
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TextIO
@@ -47,10 +45,11 @@ from ._pg_tables import (
     pg_text,
     read_call,
     read_page,
+    read_snapshot,
 )
 from ._records import CallRecord, Feedback, Label, feedback_fields, feedback_on
 from ._stats import summary
-from ._tables import CallFilter
+from ._tables import CallFilter, DamagedRowError
 from ._urls import address_id, is_postgres_url, libpq_url, misread_password, refusal, scrub, unusable_host, url_without_password
 
 if TYPE_CHECKING:
@@ -89,7 +88,7 @@ class PostgresCallLog(Closing):
         self._where, self._timeout = url_without_password(url), float(timeout)
         options = _connect_options(self._psycopg, url, timeout)
         self.address_id = address_id(self._psycopg.conninfo.conninfo_to_dict(url))  # checked by _connect_options
-        self._setup, self._connect = SetUp(create=create), functools.partial(self._psycopg.connect, url, **options)
+        self._setup, self._connect = SetUp(self._where, create=create), functools.partial(self._psycopg.connect, url, **options)
         try:
             self._set_up("open")
         except StoreUnavailableError as exc:
@@ -191,8 +190,13 @@ class PostgresCallLog(Closing):
     def export_jsonl(self, out: str | Path | TextIO, *, replace: bool = False) -> int:
         """Write one JSON line per call (its record, candidates and all feedback); the number of lines; unless ``replace``,
         ConfigError for a file that exists (before a call is read, or when the export is renamed into place)."""
-        self.flush()
-        return export_jsonl((pair for page in self._pages(CallFilter(), None) for pair in page), out, replace=replace)
+        with contextlib.closing(self._snapshot()) as pairs:
+            return export_jsonl(pairs, out, replace=replace)
+
+    def _snapshot(self) -> Generator[tuple[CallRecord, list[Feedback]], None, None]:
+        """Every call with its feedback as the log stood at the first read, on one pooled connection (``read_snapshot``)."""
+        with self._connection("read") as conn:
+            yield from read_snapshot(conn)
 
     def stats(self) -> dict[str, Any]:
         """Calls, errors, cache hits and hit rate, spend, and feedback count: in total, by model, by UTC day."""
@@ -237,6 +241,8 @@ class PostgresCallLog(Closing):
         """psycopg's errors as StoreUnavailableError (can't reach the database) or CallLogError (it refused); ``url``'s password scrubbed."""
         try:
             yield
+        except DamagedRowError as exc:
+            raise exc.named(self._where) from None
         except self._psycopg.Error as exc:
             detail = redact_text(str(exc).strip()) if url is None else scrub(redact_text(str(exc).strip()), url)
             kind = StoreUnavailableError if isinstance(exc, self._psycopg.OperationalError) else CallLogError  # includes the pool's timeouts

@@ -13,7 +13,7 @@ from typing import Any
 
 from .._exceptions import CallLogError
 from .._sqlite import snapshot
-from ._tables import CREATED_RANGE
+from ._tables import CREATED_RANGE, DamagedRowError
 
 # What makes a calls row one a store's stats can count, in SQL both stores run: a time some UTC day of the years 1 to
 # 9999 holds (PostgreSQL's NaN, SQLite's text fail it), and a finite cost of 0 or more (``inf``: the dialect's infinity).
@@ -60,9 +60,9 @@ def summarize(conn: sqlite3.Connection) -> dict[str, Any]:
     return summary([row[:-1] for row in rows], feedback)
 
 
-def damaged_call(call_id: str, damage: str) -> CallLogError:
+def damaged_call(call_id: str, damage: str) -> DamagedRowError:
     """The error of a stats read that met a row the SDK could not have written, naming its call and what is wrong."""
-    return CallLogError(f"call {call_id!r} in the call log can't be read: {damage}")
+    return DamagedRowError(call_id, damage)
 
 
 def summary(rows: Iterable[DayModelRow], feedback: int) -> dict[str, Any]:

@@ -102,8 +102,9 @@ def _is_real(value: object) -> bool:
     return isinstance(value, numbers.Real)
 
 
-def prepare(conn: sqlite3.Connection, *, create: bool = True) -> None:
-    """Create the tables if missing (not without ``create``: the caller checked they are there), and refuse a log from a newer schema."""
+def prepare(conn: sqlite3.Connection, where: str, *, create: bool = True) -> None:
+    """Create the tables if missing (not without ``create``: the caller checked they are there), and refuse a log from a
+    newer schema (``where``: the log's file, which the refusal names)."""
     conn.execute("PRAGMA foreign_keys=ON")
     if create:
         with immediate(conn):
@@ -111,17 +112,18 @@ def prepare(conn: sqlite3.Connection, *, create: bool = True) -> None:
                 conn.execute(statement)
             conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
     row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    check_schema_version(row[0] if row else None)
+    check_schema_version(row[0] if row else None, where)
 
 
-def check_schema_version(stored: object) -> None:
-    """CallLogError for a log from a newer schema, or whose meta table holds no version number (another app's table)."""
+def check_schema_version(stored: object, where: str) -> None:
+    """CallLogError naming the log (``where``: its file, or its URL without the password, so an operator of many logs
+    knows which) for a log from a newer schema, or whose meta table holds no version number (another app's table)."""
     try:
         version = SCHEMA_VERSION if stored is None else int(str(stored))
     except ValueError:
-        raise CallLogError(f"the call log's schema version is {str(stored)[:40]!r}, not a number: its meta table is not the SDK's") from None
+        raise CallLogError(f"the call log {where}: its schema version is {str(stored)[:40]!r}, not a number: its meta table is not the SDK's") from None
     if version > SCHEMA_VERSION:
-        raise CallLogError(f"the call log has schema version {version}; this SDK reads up to {SCHEMA_VERSION}: upgrade blackbox-sdk")
+        raise CallLogError(f"the call log {where} has schema version {version}; this SDK reads up to {SCHEMA_VERSION}: upgrade blackbox-sdk")
 
 
 def insert_call(conn: sqlite3.Connection, rec: CallRecord) -> None:
@@ -225,14 +227,28 @@ def feedback_from(row: Sequence[Any]) -> Feedback:
         return Feedback(**values)
 
 
+class DamagedRowError(CallLogError):
+    """A stored row the SDK could not have written (edited by hand, a damaged file), named by its call; the store whose
+    read met it raises ``named(where)``, so the error says which log too (the row's reader has no name of it)."""
+
+    def __init__(self, call_id: Any, damage: str) -> None:
+        """The call the row is of, and what is wrong with it."""
+        super().__init__(f"call {call_id!r} in the call log can't be read: {damage}")
+        self.call_id, self.damage = call_id, damage
+
+    def named(self, where: str) -> CallLogError:
+        """The error naming the log (its file, or its URL without the password)."""
+        return CallLogError(f"call {self.call_id!r} in the call log {where} can't be read: {self.damage}")
+
+
 @contextlib.contextmanager
 def _stored(call_id: Any) -> Iterator[None]:
-    """A stored row the SDK could not have written (edited by hand, a damaged file) as CallLogError naming its call, so a read
-    stops with one clear error; the ConfigError of a bad record names its fields, never their values."""
+    """A stored row the SDK could not have written as DamagedRowError naming its call, so a read stops with one clear
+    error; the ConfigError of a bad record names its fields, never their values."""
     try:
         yield
     except ConfigError as exc:
-        raise CallLogError(f"call {call_id!r} in the call log can't be read: {exc}") from None
+        raise DamagedRowError(call_id, str(exc)) from None
 
 
 def candidates_of(conn: sqlite3.Connection, call_id: str) -> tuple[int, list[int]]:

@@ -38,6 +38,7 @@ from prometheus_client import (
 )
 
 from .._exceptions import BlackBoxError
+from .._redact import redact_text
 from ..budget._policy import is_count
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -81,10 +82,10 @@ class ModelNames:
         self._seen: set[str] = set()
 
     def label(self, model: object) -> str:
-        """A bounded label value for what the client asked for."""
+        """A bounded label value for what the client asked for, secrets redacted (every scraper reads it) before it is cut."""
         if not isinstance(model, str):
             return ""
-        model = model[:MAX_LABEL_CHARS]
+        model = redact_text(model[: MAX_LABEL_CHARS * 4])[:MAX_LABEL_CHARS]  # a secret starting in what is kept is whole in what is searched
         if model in self._seen:
             return model
         if len(self._seen) >= MAX_MODELS:
