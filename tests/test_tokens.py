@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 
 import pytest
@@ -20,9 +19,6 @@ from blackbox_sdk.budget import (
     encoding_name_for_model,
 )
 from blackbox_sdk.budget import _tokens as tokens
-
-from pdfs import TEXT as PAGE_TEXT
-from pdfs import data_url, pdf
 
 TEXT = "The quick brown fox jumps over the lazy dog, 1234567 times; naïve café ünïcode!"
 
@@ -178,33 +174,3 @@ def test_no_loadable_encoding_is_a_missing_dependency_not_a_bad_argument(monkeyp
         tokens.load_encoding.cache_clear(), tokens._resolve.cache_clear()
     assert isinstance(raised.value, ConfigError) and isinstance(raised.value, ImportError)  # caught as before, and as a missing package
     assert count_tokens("hello", "gpt-4").exact
-
-
-def _file_part(file: dict[str, str]) -> list[dict[str, object]]:
-    return [{"role": "user", "content": [{"type": "text", "text": "Summarise this"}, {"type": "file", "file": file}]}]
-
-
-@pytest.mark.parametrize("in_object_stream", [False, True], ids=["pages", "pages in an object stream"])
-def test_an_inline_pdf_is_counted_at_its_pages_as_images_and_its_streams_bytes_not_its_base64(in_object_stream: bool) -> None:
-    """OpenAI bills a PDF as the text it extracts and an image of each page: a ~1 MB PDF (an image inside) of 3 pages
-    was counted as its base64 text, ~1 M tokens; it is now bounded by 3 high-detail images and its content's bytes."""
-    raw = pdf(3, image_bytes=1_000_000, in_object_stream=in_object_stream)
-    counted = count_chat_tokens(_file_part({"filename": "report.pdf", "file_data": data_url(raw)}), "gpt-4")
-    pages = 3 * tokens.IMAGE_TOKENS_HIGH_DETAIL
-    assert not counted.exact and pages + len(PAGE_TEXT) <= counted.tokens <= pages + 1_000
-    as_text = count_chat_tokens(_file_part({"filename": "report.pdf", "file_data": data_url(raw)[:200_000]}), "gpt-4").tokens
-    assert as_text > 20 * counted.tokens  # what a fifth of its base64 text alone was counted at
-
-
-@pytest.mark.parametrize("file", [
-    {"file_data": data_url(pdf(2, how="encrypted"))},
-    {"file_data": data_url(pdf(2, how="lzw"))},
-    {"file_data": data_url(pdf(0))},
-    {"file_data": "data:text/plain;base64," + base64.b64encode(b"plain text " * 200).decode()},
-], ids=["encrypted", "another filter", "no page", "not a pdf"])
-def test_a_file_whose_bytes_cant_bound_it_is_counted_as_before(file: dict[str, str]) -> None:
-    """A file the bound can't read is counted as its JSON, as before: more than its content, never less."""
-    part = {"type": "file", "file": file}
-    counted = count_chat_tokens(_file_part(file), "gpt-4").tokens
-    text_only = count_chat_tokens([{"role": "user", "content": [{"type": "text", "text": "Summarise this"}]}], "gpt-4").tokens
-    assert counted - text_only == count_tokens(json.dumps(part, sort_keys=True), "gpt-4").tokens
