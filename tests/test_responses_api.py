@@ -29,6 +29,7 @@ from blackbox_sdk.budget import count_tokens
 from blackbox_sdk.limits import RateLimits
 from blackbox_sdk.resources._responses_api import AsyncResponses, Responses
 
+from pdfs import data_url, pdf
 from responses_upstream import ResponsesUpstream
 from servers import sse_upstream
 
@@ -639,6 +640,16 @@ def test_an_image_a_tool_returns_is_reserved_as_an_image_not_as_its_base64_text(
     here, and refused under a budget that holds the call many times over; it is now counted as an image in a message is."""
     client = double_client(OpenAI, upstream, tmp_path, budget)
     answer = client.responses.create(model=MODEL, input=items, max_output_tokens=16)
+    assert len(upstream.bodies) == 1 and budget.report().spent_usd == pytest.approx(spent(answer.usage))
+
+
+def test_a_pdf_given_inline_is_reserved_at_its_pages_and_text_not_its_base64(upstream: ResponsesUpstream, tmp_path: Path, budget: Budget) -> None:
+    """A ~1 MB PDF of 3 pages was counted as its base64 text, ~1 M tokens, and refused under a budget that holds the call
+    many times over; it is reserved at 3 page images and what its strings can show now, and sent."""
+    client = double_client(OpenAI, upstream, tmp_path, budget)
+    document = {"type": "input_file", "filename": "report.pdf", "file_data": data_url(pdf(3, image_bytes=1_000_000))}
+    answer = client.responses.create(model=MODEL, input=[{"role": "user", "content": [document, {"type": "input_text", "text": "Summarise"}]}],
+                                     max_output_tokens=16)
     assert len(upstream.bodies) == 1 and budget.report().spent_usd == pytest.approx(spent(answer.usage))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 
 import pytest
@@ -19,6 +20,9 @@ from blackbox_sdk.budget import (
     encoding_name_for_model,
 )
 from blackbox_sdk.budget import _tokens as tokens
+from blackbox_sdk.budget._files import pdf_bound
+
+from pdfs import data_url, pdf
 
 TEXT = "The quick brown fox jumps over the lazy dog, 1234567 times; naïve café ünïcode!"
 
@@ -174,3 +178,59 @@ def test_no_loadable_encoding_is_a_missing_dependency_not_a_bad_argument(monkeyp
         tokens.load_encoding.cache_clear(), tokens._resolve.cache_clear()
     assert isinstance(raised.value, ConfigError) and isinstance(raised.value, ImportError)  # caught as before, and as a missing package
     assert count_tokens("hello", "gpt-4").exact
+
+
+def _file_part(file: dict[str, str]) -> list[dict[str, object]]:
+    return [{"role": "user", "content": [{"type": "text", "text": "Summarise this"}, {"type": "file", "file": file}]}]
+
+
+@pytest.mark.parametrize("in_object_stream", [False, True], ids=["pages", "pages in an object stream"])
+def test_an_inline_scan_is_counted_at_its_pages_as_images_and_its_strings_not_its_base64(in_object_stream: bool) -> None:
+    """OpenAI bills a PDF as the text it extracts and an image of each page: a ~1 MB PDF of 3 pages (an image inside)
+    was counted as its base64 text, ~1 M tokens; it is now bounded by 3 high-detail images and what its strings show."""
+    raw = pdf(3, image_bytes=1_000_000, in_object_stream=in_object_stream)
+    counted = count_chat_tokens(_file_part({"filename": "report.pdf", "file_data": data_url(raw)}), "gpt-4")
+    text_only = count_chat_tokens([{"role": "user", "content": [{"type": "text", "text": "Summarise this"}]}], "gpt-4").tokens
+    shown = 3 * len(b"The quarterly report, page one.") + 2  # the one string: 3 UTF-8 bytes a byte, 2 tokens of gaps
+    assert not counted.exact
+    assert counted.tokens - text_only == 3 * tokens.IMAGE_TOKENS_HIGH_DETAIL + shown + count_tokens("report.pdf", "gpt-4").tokens
+    as_text = count_chat_tokens(_file_part({"filename": "report.pdf", "file_data": data_url(raw)[:200_000]}), "gpt-4").tokens
+    assert as_text > 20 * counted.tokens  # what a fifth of its base64 text alone was counted at
+
+
+def test_a_pdf_whose_bound_is_more_than_its_base64_text_is_counted_as_its_base64_text() -> None:
+    """A small text PDF: its page image alone (1445) is more than its base64 text counts, which it keeps."""
+    part = {"type": "file", "file": {"file_data": data_url(pdf(1))}}
+    counted = count_chat_tokens(_file_part(part["file"]), "gpt-4").tokens
+    text_only = count_chat_tokens([{"role": "user", "content": [{"type": "text", "text": "Summarise this"}]}], "gpt-4").tokens
+    as_json = count_tokens(json.dumps(part, sort_keys=True), "gpt-4").tokens
+    assert as_json < tokens.IMAGE_TOKENS_HIGH_DETAIL and counted - text_only == as_json
+
+
+def test_the_text_bound_counts_every_string_at_its_widest_unicode_mapping() -> None:
+    """Literal strings (nested, escaped, one left open), hex strings and strings outside streams all count, each byte at
+    the widest ToUnicode target (a 3-character ligature here) times 3 UTF-8 bytes, plus 2 tokens per string; the
+    dictionaries' `<<` and a font program's bytes count nothing."""
+    cmap = b"begincmap 1 beginbfchar <01> <006600660069> endbfchar endcmap"
+    content = rb"BT (a(b)c) Tj (x\)y) Tj <414243> Tj ET (open"
+    font = b"(" * 5000  # a font program's bytes: no text, whatever they hold
+    raw = (b"%PDF-1.7\n1 0 obj\n<< /Type /Page /Annots [(note)] >>\nendobj\n"
+           + b"2 0 obj\n<< /Length %d >>\nstream\n%s\nendstream\nendobj\n" % (len(cmap), cmap)
+           + b"3 0 obj\n<< /Length %d >>\nstream\n%s\nendstream\nendobj\n" % (len(content), content)
+           + b"4 0 obj\n<< /Length %d /Length1 5000 >>\nstream\n%s\nendstream\nendobj\n" % (len(font), font))
+    strings = [len(b"note"), 1, 6, len(b"a(b)c"), len(rb"x\)y"), 3, len(b"open\n")]  # note; the cmap's two; content's four
+    assert pdf_bound(raw, 1000) == 1000 + 3 * 3 * sum(strings) + 2 * len(strings)
+
+
+@pytest.mark.parametrize("file", [
+    {"file_data": data_url(pdf(2, how="encrypted"))},
+    {"file_data": data_url(pdf(2, how="lzw"))},
+    {"file_data": data_url(pdf(0))},
+    {"file_data": "data:text/plain;base64," + base64.b64encode(b"plain text " * 200).decode()},
+], ids=["encrypted", "another filter", "no page", "not a pdf"])
+def test_a_file_whose_bytes_cant_bound_it_is_counted_as_before(file: dict[str, str]) -> None:
+    """A file the bound can't read is counted as its JSON, as before: more than its content, never less."""
+    part = {"type": "file", "file": file}
+    counted = count_chat_tokens(_file_part(file), "gpt-4").tokens
+    text_only = count_chat_tokens([{"role": "user", "content": [{"type": "text", "text": "Summarise this"}]}], "gpt-4").tokens
+    assert counted - text_only == count_tokens(json.dumps(part, sort_keys=True), "gpt-4").tokens

@@ -13,11 +13,12 @@ from .._types import Json
 _ROLES = {"system", "developer", "user", "assistant"}
 _TEXT_PARTS = {"input_text", "output_text", "text", "summary_text", "reasoning_text"}
 _IMAGE_PARTS = {"input_image", "computer_screenshot"}  # an image given, or a computer-use tool's screenshot
+_FILE_FIELDS = ("file_data", "file_id", "file_url", "filename")  # what an `input_file` part may carry
 _TOOL_OUTPUTS = {"function_call_output", "custom_tool_call_output", "computer_call_output"}  # a tool's output, given back
 
 
 def _part(part: Any) -> Json:
-    """One content part as a chat part: text as text, an image as image_url, anything else as its JSON."""
+    """One content part as a chat part: text as text, an image as image_url, a file as file, anything else as its JSON."""
     if isinstance(part, str):
         return {"type": "text", "text": part}
     if not isinstance(part, Mapping):
@@ -27,6 +28,8 @@ def _part(part: Any) -> Json:
         return {"type": "text", "text": str(part.get("text") or "")}
     if kind == "refusal":
         return {"type": "text", "text": str(part.get("refusal") or "")}
+    if kind == "input_file":  # as chat's file part, which the count bounds when it is a PDF given inline
+        return {"type": "file", "file": {key: part[key] for key in _FILE_FIELDS if key in part}}
     if kind in _IMAGE_PARTS:
         return {"type": "image_url", "image_url": {"url": str(part.get("image_url") or part.get("file_id") or ""), "detail": part.get("detail") or "auto"}}
     return {"type": "text", "text": json.dumps(dict(part), sort_keys=True, default=str)}

@@ -8,7 +8,8 @@ the count is made with cl100k_base and marked `exact=False`, with the reason in 
 A caller's own tokenizer (`Callable[[str], int]`, e.g. a local model's) gives exact text counts.
 
 Chat messages follow the OpenAI cookbook: 3 tokens per message, +1 per `name`, +3 to prime the
-reply. Tool definitions, tool calls and non-text content parts are approximations (see below).
+reply. Tool definitions, tool calls and non-text content parts are approximations (see below); a PDF given inline is
+counted at an upper bound read from its bytes (`_files`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import tiktoken
 
 from .._exceptions import ConfigError, MissingDependencyError
 from .._logging import logger
+from ._files import pdf_bound, pdf_bytes
 
 Tokenizer = Callable[[str], int]
 
@@ -157,10 +159,27 @@ def _content_tokens(content: Any, count: Tokenizer) -> tuple[int, bool]:
             detail = (part.get("image_url") or {}).get("detail", "auto")
             total += IMAGE_TOKENS_LOW_DETAIL if detail == "low" else IMAGE_TOKENS_HIGH_DETAIL
             exact = False
+        elif isinstance(part, Mapping) and part.get("type") == "file":
+            total += _file_tokens(part, count)
+            exact = False
         else:
             total += count(json.dumps(part, sort_keys=True, default=str))
             exact = False
     return total, exact
+
+
+def _file_tokens(part: Mapping[str, Any], count: Tokenizer) -> int:
+    """A file part as its JSON, or for a PDF given inline the bound read from its bytes (`_files`: its pages as images,
+    the text its strings can show) and its name where that is less: far less for a scan (its images add nothing),
+    more for most text PDFs (the bound lets every character be a three-byte one)."""
+    as_json = count(json.dumps(part, sort_keys=True, default=str))
+    file = part.get("file")
+    data = file.get("file_data") if isinstance(file, Mapping) else None
+    raw = pdf_bytes(data) if isinstance(data, str) else None
+    bound = pdf_bound(raw, IMAGE_TOKENS_HIGH_DETAIL) if raw is not None else None
+    if bound is None or not isinstance(file, Mapping):
+        return as_json
+    return min(as_json, bound + count(str(file.get("filename") or "")))
 
 
 def _message_tokens(message: Mapping[str, Any], count: Tokenizer) -> tuple[int, bool]:
