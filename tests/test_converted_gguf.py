@@ -13,7 +13,8 @@ import torch
 from transformers import modeling_gguf_pytorch_utils
 
 from blackbox_sdk.local import HFBackend, default_gguf_path
-from blackbox_sdk.local._converted import COMPLETE
+from blackbox_sdk.local import _converted
+from blackbox_sdk.local._converted import COMPLETE, converted_folder
 
 GREEDY = {"messages": [{"role": "user", "content": "Count from 1 to 10."}], "max_tokens": 8, "temperature": 0}
 
@@ -60,3 +61,10 @@ def test_a_gguf_is_converted_once_and_a_copy_loads_from_the_conversion(
     (converted / "config.json").write_text("{not json")
     assert facts(HFBackend(copy, device="cpu")) == first, "a damaged conversion falls back to the GGUF"
     assert gguf_reads
+
+
+def test_a_gguf_over_the_limit_is_not_kept_converted(monkeypatch: pytest.MonkeyPatch) -> None:
+    path = default_gguf_path()
+    assert converted_folder(path, torch.float32) is not None
+    monkeypatch.setattr(_converted, "CONVERT_AT_MOST", path.stat().st_size - 1)
+    assert converted_folder(path, torch.float32) is None

@@ -4,7 +4,8 @@ converted model folder (safetensors, its tokenizer and configs) loads in seconds
 
 The folder lives under `$XDG_CACHE_HOME/blackbox-sdk/models` (default ~/.cache), named by the
 GGUF's SHA-256, the dtype and the transformers version, so a changed file or another transformers
-converts again, and copies of one file share one folder. It is written beside its final place and
+converts again, and copies of one file share one folder; a GGUF over 512 MiB is not kept converted
+(its float32 folder would take several times its size). It is written beside its final place and
 moved in whole, so a crash or a second process converting at once leaves no half-written folder; a
 cache that can't be written is skipped (the model loads from the GGUF as before). Deleting the
 folder is always safe.
@@ -26,11 +27,15 @@ import transformers
 from ._packaged import cache_home, sha256_files
 
 logger = logging.getLogger("blackbox_sdk")
+CONVERT_AT_MOST = 512 << 20  # bytes of GGUF: SmolLM2-135M's is 94 MiB, its conversion 513 MiB
 COMPLETE = "converted.ok"  # written last: a folder without it was never finished
 
 
-def converted_folder(gguf: Path, dtype: torch.dtype) -> Path:
-    """Where the GGUF converted to `dtype` by this transformers lives (it may not exist yet)."""
+def converted_folder(gguf: Path, dtype: torch.dtype) -> Path | None:
+    """Where the GGUF converted to `dtype` by this transformers lives (it may not exist yet); None for a GGUF too big
+    to keep converted (de-quantised weights take several times its size, and hashing it would cost seconds each load)."""
+    if gguf.stat().st_size > CONVERT_AT_MOST:
+        return None
     name = f"{sha256_files([gguf])[:32]}-{str(dtype).removeprefix('torch.')}-transformers-{transformers.__version__}"
     return cache_home() / "models" / name
 

@@ -140,11 +140,11 @@ def _load(path: Path, device: torch.device, dtype: torch.dtype) -> tuple[Any, An
         return _from_pretrained(path, {}, device, dtype, check=True)
     _check_gguf(path)
     converted = converted_folder(path, dtype)
-    if is_converted(converted):
+    if converted is not None and is_converted(converted):
         with contextlib.suppress(BackendError):  # a damaged conversion: the GGUF is still there
             return _from_pretrained(converted, {}, device, dtype)
     model, tokenizer = _from_pretrained(path.parent, {"gguf_file": path.name}, device, dtype)
-    if not is_converted(converted):
+    if converted is not None and not is_converted(converted):
         with _quiet_progress():
             save_converted(model, tokenizer, converted)
     return model, tokenizer
