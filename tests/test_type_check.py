@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -81,24 +82,55 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("mypy-cache")
 
 
-def mypy(cache_dir: Path, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    """Run mypy on the interpreter running the tests (whose site-packages hold the extras). The package is
-    found on MYPYPATH: mypy does not follow the import hook of an editable install (`pip install -e`)."""
+def mypy_command(cache_dir: Path, *args: str) -> tuple[list[str], dict[str, str]]:
+    """mypy on the interpreter running the tests (whose site-packages hold the extras), and its environment. The
+    package is found on MYPYPATH: mypy does not follow the import hook of an editable install (`pip install -e`)."""
     command = [sys.executable, "-m", "mypy", "--cache-dir", str(cache_dir), "--config-file", str(ROOT / "pyproject.toml"), *args]
-    env = {**os.environ, "MYPYPATH": str(ROOT)}
+    return command, {**os.environ, "MYPYPATH": str(ROOT)}
+
+
+def mypy(cache_dir: Path, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    """Run mypy to the end."""
+    command, env = mypy_command(cache_dir, *args)
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
-@pytest.mark.parametrize("python", [None, "3.10"], ids=["running", "oldest-supported"])
-def test_the_package_type_checks(cache_dir: Path, python: str | None) -> None:
+PYTHONS = {"running": None, "oldest-supported": "3.10"}
+
+
+@pytest.fixture(scope="module")
+def package_checks(cache_dir: Path) -> Iterator[dict[str, subprocess.Popen[str]]]:
+    """The package's two checks, started together: mypy is one process on one core, and the two Python versions
+    keep apart caches (a folder each under the cache dir), so neither waits for the other."""
+    started = {}
+    for name, python in PYTHONS.items():
+        command, env = mypy_command(cache_dir, *([] if python is None else ["--python-version", python]))
+        started[name] = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    yield started
+    for process in started.values():
+        process.kill()
+        process.communicate()
+
+
+def finished(process: subprocess.Popen[str]) -> tuple[int, str]:
+    """A started check's exit status and its output, once it has finished."""
+    stdout, stderr = process.communicate(timeout=600)
+    return process.returncode, stdout + stderr
+
+
+@pytest.mark.parametrize("python", list(PYTHONS))
+def test_the_package_type_checks(package_checks: dict[str, subprocess.Popen[str]], python: str) -> None:
     """On this interpreter, and as the oldest Python the package supports (`requires-python`) would see it: a name
     its standard library lacks, or code only it reaches (a version check's other branch), fails here."""
-    result = mypy(cache_dir, *([] if python is None else ["--python-version", python]))
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert re.search(r"Success: no issues found in \d+ source files", result.stdout), result.stdout
+    returncode, output = finished(package_checks[python])
+    assert returncode == 0, output
+    assert re.search(r"Success: no issues found in \d+ source files", output), output
 
 
-def test_a_users_code_sees_openais_types_on_the_sdks_clients(cache_dir: Path, tmp_path: Path) -> None:
+def test_a_users_code_sees_openais_types_on_the_sdks_clients(
+    package_checks: dict[str, subprocess.Popen[str]], cache_dir: Path, tmp_path: Path
+) -> None:
+    finished(package_checks["running"])  # its cache holds openai's and the package's analysis for this Python
     (tmp_path / "user_code.py").write_text(USER_CODE)
     result = mypy(cache_dir, "user_code.py", cwd=tmp_path)
     revealed = {tag(line): found for line, found in re.findall(r'^user_code\.py:(\d+): note: Revealed type is "(.+)"$', result.stdout, re.M)}

@@ -18,6 +18,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 from transformers.utils import logging as hf_logging
 
 from .._exceptions import BackendError, ConfigError
+from ._converted import converted_folder, is_converted, save_converted
 from ._packaged import existing_path
 
 GGUF_MAGIC = b"GGUF"
@@ -134,20 +135,32 @@ def _quiet_progress() -> Iterator[None]:
 
 
 def _load(path: Path, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any]:
-    """Load (model, tokenizer) from a GGUF file or a model folder, wrapping failures in BackendError."""
-    if path.is_file():
-        _check_gguf(path)
-        source, extra = path.parent, {"gguf_file": path.name}
-    else:
-        source, extra = path, {}
+    """Load (model, tokenizer) from a model folder or a GGUF file, the GGUF from its converted folder once there is one."""
+    if not path.is_file():
+        return _from_pretrained(path, {}, device, dtype, check=True)
+    _check_gguf(path)
+    converted = converted_folder(path, dtype)
+    if converted is not None and is_converted(converted):
+        with contextlib.suppress(BackendError):  # a damaged conversion: the GGUF is still there
+            return _from_pretrained(converted, {}, device, dtype)
+    model, tokenizer = _from_pretrained(path.parent, {"gguf_file": path.name}, device, dtype)
+    if converted is not None and not is_converted(converted):
+        with _quiet_progress():
+            save_converted(model, tokenizer, converted)
+    return model, tokenizer
+
+
+def _from_pretrained(source: Path, extra: dict[str, str], device: torch.device, dtype: torch.dtype, *, check: bool = False) -> tuple[Any, Any]:
+    """transformers' tokenizer and model from a folder (with `gguf_file`: a GGUF in it; with `check`: a causal-LM folder
+    is checked first), wrapping failures in BackendError."""
     try:
-        if not extra:
-            _check_causal_folder(path)
+        if check:
+            _check_causal_folder(source)
         with _quiet_progress():
             tokenizer = AutoTokenizer.from_pretrained(source, **extra)
             model: Any = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **extra)
     except BackendError:
         raise
     except Exception as exc:  # any failure to read the files means the model can't be loaded
-        raise BackendError(f"can't load a causal LM from {path}: {exc}") from exc
+        raise BackendError(f"can't load a causal LM from {source / extra.get('gguf_file', '')}: {exc}") from exc
     return model.to(device).eval(), tokenizer

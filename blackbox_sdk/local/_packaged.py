@@ -87,9 +87,14 @@ def mpnet_encoder_path(cache_root: Path | None = None) -> Path:
     return target
 
 
+def cache_home() -> Path:
+    """The SDK's cache folder for model files: $XDG_CACHE_HOME/blackbox-sdk (default ~/.cache)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "blackbox-sdk"
+
+
 def _cache_root() -> Path:
     """Where unpacked encoders live: $XDG_CACHE_HOME/blackbox-sdk/encoders (default ~/.cache)."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "blackbox-sdk" / "encoders"
+    return cache_home() / "encoders"
 
 
 def _zip_part(package: str) -> Path:

@@ -1,0 +1,75 @@
+"""GGUF files converted once: transformers reads a GGUF's metadata three times (config, tokenizer,
+weights) with a pure-Python reader and de-quantises every tensor, tens of seconds each load; the
+converted model folder (safetensors, its tokenizer and configs) loads in seconds.
+
+The folder lives under `$XDG_CACHE_HOME/blackbox-sdk/models` (default ~/.cache), named by the
+GGUF's SHA-256, the dtype and the transformers version, so a changed file or another transformers
+converts again, and copies of one file share one folder; a GGUF over 512 MiB is not kept converted
+(its float32 folder would take several times its size). It is written beside its final place and
+moved in whole, so a crash or a second process converting at once leaves no half-written folder; a
+cache that can't be written is skipped (the model loads from the GGUF as before). Deleting the
+folder is always safe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+
+from ._packaged import cache_home, sha256_files
+
+logger = logging.getLogger("blackbox_sdk")
+CONVERT_AT_MOST = 512 << 20  # bytes of GGUF: SmolLM2-135M's is 94 MiB, its conversion 513 MiB
+COMPLETE = "converted.ok"  # written last: a folder without it was never finished
+
+
+def converted_folder(gguf: Path, dtype: torch.dtype) -> Path | None:
+    """Where the GGUF converted to `dtype` by this transformers lives (it may not exist yet); None for a GGUF too big
+    to keep converted (de-quantised weights take several times its size, and hashing it would cost seconds each load)."""
+    if gguf.stat().st_size > CONVERT_AT_MOST:
+        return None
+    name = f"{sha256_files([gguf])[:32]}-{str(dtype).removeprefix('torch.')}-transformers-{transformers.__version__}"
+    return cache_home() / "models" / name
+
+
+def is_converted(folder: Path) -> bool:
+    """Whether a finished conversion is in the folder."""
+    return (folder / COMPLETE).is_file()
+
+
+def save_converted(model: Any, tokenizer: Any, folder: Path) -> None:
+    """Save the loaded model and tokenizer as the folder, moved into place whole; a failure only logs."""
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=folder.parent, prefix=".converting-") as work:
+            written = Path(work) / "model"
+            with _unmarked(model):
+                model.save_pretrained(written)
+            tokenizer.save_pretrained(written)
+            (written / COMPLETE).write_text("complete\n")
+            os.replace(written, folder)
+    except OSError as exc:  # a read-only or full cache, or another process moved its copy in first
+        if not is_converted(folder):
+            logger.debug("blackbox_sdk: could not keep the converted GGUF in %s: %s", folder, exc)
+
+
+@contextlib.contextmanager
+def _unmarked(model: Any) -> Iterator[None]:
+    """The model without transformers' marks of a GGUF load while it is saved: its tensors are de-quantised already,
+    but `save_pretrained` refuses a model with a GGUF quantizer, and a config naming one would load as a GGUF again."""
+    marks = [(owner, name, owner.__dict__[name]) for owner, name in ((model, "hf_quantizer"), (model.config, "quantization_config")) if name in owner.__dict__]
+    for owner, name, _ in marks:
+        delattr(owner, name)
+    try:
+        yield
+    finally:
+        for owner, name, value in marks:
+            setattr(owner, name, value)

@@ -1,0 +1,70 @@
+"""A GGUF is converted once: the next load of the same file (or a copy of it) reads the converted folder in the
+SDK's cache, never the GGUF again, and answers exactly as the GGUF did; a damaged conversion falls back to the GGUF."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from transformers import modeling_gguf_pytorch_utils
+
+from blackbox_sdk.local import HFBackend, default_gguf_path
+from blackbox_sdk.local import _converted
+from blackbox_sdk.local._converted import COMPLETE, converted_folder
+
+GREEDY = {"messages": [{"role": "user", "content": "Count from 1 to 10."}], "max_tokens": 8, "temperature": 0}
+
+
+@pytest.fixture
+def gguf_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The GGUF files transformers reads from here on (its one reader, wrapped to note each call)."""
+    reads: list[str] = []
+    reader = modeling_gguf_pytorch_utils.load_gguf_checkpoint
+
+    def noted(gguf_path: Any, *args: Any, **kwargs: Any) -> Any:
+        reads.append(str(gguf_path))
+        return reader(gguf_path, *args, **kwargs)
+
+    monkeypatch.setattr(modeling_gguf_pytorch_utils, "load_gguf_checkpoint", noted)
+    return reads
+
+
+def facts(backend: HFBackend) -> tuple[str, ...]:
+    """What a load must keep: the weights' digest, the token facts, the chat template's ids and a greedy reply."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(backend.model.state_dict().items()):
+        digest.update(name.encode() + tensor.to(torch.float32).numpy().tobytes())
+    lm = backend._lm
+    template = backend.tokenizer.apply_chat_template(GREEDY["messages"], add_generation_prompt=True, tokenize=True, return_dict=False)
+    reply = backend.chat_completion(dict(GREEDY))["choices"][0]["message"]["content"]
+    return digest.hexdigest(), str((lm.context_length, lm.eos_ids, lm.pad_id, backend.model_id)), str(template), reply
+
+
+def test_a_gguf_is_converted_once_and_a_copy_loads_from_the_conversion(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gguf_reads: list[str]
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    first = facts(HFBackend(default_gguf_path(), device="cpu"))
+    assert gguf_reads, "the first load reads the GGUF"
+    (converted,) = (tmp_path / "cache" / "blackbox-sdk" / "models").iterdir()
+    assert (converted / COMPLETE).is_file() and (converted / "model.safetensors").is_file()
+    copy = tmp_path / "copy" / default_gguf_path().name
+    copy.parent.mkdir()
+    shutil.copyfile(default_gguf_path(), copy)
+    gguf_reads.clear()
+    assert facts(HFBackend(copy, device="cpu")) == first
+    assert gguf_reads == [], "the copy's load should read the conversion, not the GGUF"
+    (converted / "config.json").write_text("{not json")
+    assert facts(HFBackend(copy, device="cpu")) == first, "a damaged conversion falls back to the GGUF"
+    assert gguf_reads
+
+
+def test_a_gguf_over_the_limit_is_not_kept_converted(monkeypatch: pytest.MonkeyPatch) -> None:
+    path = default_gguf_path()
+    assert converted_folder(path, torch.float32) is not None
+    monkeypatch.setattr(_converted, "CONVERT_AT_MOST", path.stat().st_size - 1)
+    assert converted_folder(path, torch.float32) is None
