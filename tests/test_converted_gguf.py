@@ -1,9 +1,11 @@
 """A GGUF is converted once: the next load of the same file (or a copy of it) reads the converted folder in the
-SDK's cache, never the GGUF again, and answers exactly as the GGUF did; a damaged conversion falls back to the GGUF."""
+SDK's cache, never the GGUF again, and answers exactly as the GGUF did; a damaged conversion falls back to the GGUF, says so and is converted again."""
 
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -45,7 +47,7 @@ def facts(backend: HFBackend) -> tuple[str, ...]:
 
 
 def test_a_gguf_is_converted_once_and_a_copy_loads_from_the_conversion(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gguf_reads: list[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gguf_reads: list[str], caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     first = facts(HFBackend(default_gguf_path(), device="cpu"))
@@ -59,8 +61,10 @@ def test_a_gguf_is_converted_once_and_a_copy_loads_from_the_conversion(
     assert facts(HFBackend(copy, device="cpu")) == first
     assert gguf_reads == [], "the copy's load should read the conversion, not the GGUF"
     (converted / "config.json").write_text("{not json")
-    assert facts(HFBackend(copy, device="cpu")) == first, "a damaged conversion falls back to the GGUF"
-    assert gguf_reads
+    with caplog.at_level(logging.WARNING, logger="blackbox_sdk"):
+        assert facts(HFBackend(copy, device="cpu")) == first, "a damaged conversion falls back to the GGUF"
+    assert gguf_reads and str(converted) in caplog.text, "the fallback is said, naming the folder"
+    assert json.loads((converted / "config.json").read_text()) and (converted / COMPLETE).is_file(), "and converted again"
 
 
 def test_a_gguf_over_the_limit_is_not_kept_converted(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -59,6 +60,13 @@ def save_converted(model: Any, tokenizer: Any, folder: Path) -> None:
     except OSError as exc:  # a read-only or full cache, or another process moved its copy in first
         if not is_converted(folder):
             logger.debug("blackbox_sdk: could not keep the converted GGUF in %s: %s", folder, exc)
+
+
+def discard_converted(folder: Path, exc: BaseException) -> None:
+    """Warn of a conversion that no longer loads (edited, cut short by a full disk) and remove it, so that the load
+    reading the GGUF instead keeps a fresh one."""
+    logger.warning("blackbox_sdk: the converted model in %s does not load (%s): loading the GGUF and converting it again", folder, exc)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 from transformers.utils import logging as hf_logging
 
 from .._exceptions import BackendError, ConfigError
-from ._converted import converted_folder, is_converted, save_converted
+from ._converted import converted_folder, discard_converted, is_converted, save_converted
 from ._packaged import existing_path
 
 GGUF_MAGIC = b"GGUF"
@@ -141,8 +141,10 @@ def _load(path: Path, device: torch.device, dtype: torch.dtype) -> tuple[Any, An
     _check_gguf(path)
     converted = converted_folder(path, dtype)
     if converted is not None and is_converted(converted):
-        with contextlib.suppress(BackendError):  # a damaged conversion: the GGUF is still there
+        try:
             return _from_pretrained(converted, {}, device, dtype)
+        except BackendError as exc:  # a damaged conversion: the GGUF is still there, and is converted again
+            discard_converted(converted, exc)
     model, tokenizer = _from_pretrained(path.parent, {"gguf_file": path.name}, device, dtype)
     if converted is not None and not is_converted(converted):
         with _quiet_progress():
