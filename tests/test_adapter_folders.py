@@ -6,6 +6,7 @@ import json
 import math
 import shutil
 import struct
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -223,9 +224,11 @@ def test_a_damaged_folder_is_an_adapter_error_naming_it_and_leaves_nothing_on_th
     make(folder)
     assert shipped.base is not None and shipped.base.peft is not None
     attached = set(shipped.base.peft.peft_config)
-    with pytest.raises(AdapterError, match=message) as caught:
+    with pytest.raises(AdapterError, match=message) as caught, warnings.catch_warnings(record=True) as noted:
+        warnings.simplefilter("always")
         Adapter.load(folder, device="cpu")
     assert str(folder) in str(caught.value)
+    assert [str(note.message) for note in noted] == []  # the error says it all: not peft's warning of the same keys besides
     assert shipped.lora_name in set(shipped.base.peft.peft_config) <= attached  # adapters collected before may have left too
     assert shipped.score(QUESTION, ANSWERS)  # the adapter already on that base still scores
 

@@ -228,10 +228,12 @@ class Attachment:
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """Silence peft's and transformers' notices that say nothing to our users (deprecations, the active adapter's switch)."""
+    """Silence peft's and transformers' notices that say nothing to our users (deprecations, the active adapter's switch,
+    and peft 0.22's keys missing from or unexpected in a folder, which `_attach` refuses with an AdapterError naming them)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
         warnings.filterwarnings("ignore", message="Adapter .* was active which is now deleted.*")
+        warnings.filterwarnings("ignore", message=".*Found (missing|unexpected) adapter keys")
         yield
 
 
