@@ -11,6 +11,7 @@ import json
 import math
 import multiprocessing
 import re
+import shutil
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -754,3 +755,19 @@ def test_stats_read_one_snapshot_of_an_sqlite_log_that_another_writer_adds_to_me
         counted = log.stats()
         assert written and (writer.stats()["calls"], writer.stats()["feedback"]) == (2, 1)
         assert (counted["calls"], counted["feedback"]) == (1, 0)
+
+
+def test_a_log_copied_without_its_wal_file_is_refused_saying_so(tmp_path: Path) -> None:
+    """A log copied while its writer had it open holds its tables in its `-wal` file: the copy alone has none, and the
+    refusal says what to copy (an SQLite file of another app's tables gets no such hint)."""
+    with CallLog(tmp_path / "calls.db") as log:
+        log.record(_record())
+        shutil.copyfile(tmp_path / "calls.db", tmp_path / "copy.db")
+    with pytest.raises(CallLogError, match=r"copy\.db is not a call log .*copy copy\.db-wal beside it too"):
+        CallLog(tmp_path / "copy.db", create=False)
+    with sqlite3.connect(tmp_path / "other.db") as other:
+        other.execute("CREATE TABLE things (x)")
+    other.close()
+    with pytest.raises(CallLogError, match="other.db is not a call log") as caught:
+        CallLog(tmp_path / "other.db", create=False)
+    assert "-wal" not in str(caught.value)

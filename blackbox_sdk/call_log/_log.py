@@ -336,12 +336,16 @@ def _check_is_log(path: Path) -> None:
         raise CallLogError(f"no call log at {path}")
     if path.stat().st_size == 0:  # the SDK writes a log's tables as it makes it: never this, but a database nothing wrote to
         raise CallLogError(f"{path} is not a call log: it is an empty file (0 bytes), a database nothing has written to; it was left as it was")
+    wal_beside = Path(f"{path}-wal").exists()  # looked at first: reading a WAL-mode file makes an empty one
     try:
         tables = table_columns(path)
     except sqlite3.Error as exc:
         raise _not_a_log(path, exc, False) from exc
     if missing := [name for name in LOG_TABLES if name not in tables]:
-        raise CallLogError(f"{path} is not a call log (it has no table {', '.join(missing)}); it was left as it was")
+        copied = "" if tables or wal_beside else (
+            f"; a log copied without its write-ahead file reads so: copy {path.name}-wal beside it too, or copy a log no process has open"
+        )
+        raise CallLogError(f"{path} is not a call log (it has no table {', '.join(missing)}){copied}; it was left as it was")
 
 
 def _not_a_log(path: Path, exc: sqlite3.Error, create: bool) -> CallLogError:
