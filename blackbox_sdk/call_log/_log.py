@@ -214,14 +214,9 @@ class CallLog(Closing):
         self.flush()  # this process's calls are in it
         if not self._finalizer.alive:
             raise CallLogError(f"can't read the call log {self._path}: it is closed")
-        try:
-            with contextlib.closing(_connect_existing(self._path, self._timeout)) as conn, snapshot(conn):
-                for page in paged(functools.partial(read_page, conn, [], []), None):
-                    yield from page
-        except sqlite3.Error as exc:
-            raise CallLogError(f"can't read the call log {self._path}: {exc}") from exc
-        except DamagedRowError as exc:
-            raise exc.named(str(self._path)) from None
+        with self._errors("can't read the call log"), contextlib.closing(_connect_existing(self._path, self._timeout)) as conn, snapshot(conn):
+            for page in paged(functools.partial(read_page, conn, [], []), None):
+                yield from page
 
     @contextlib.contextmanager
     def _write(self, action: str) -> Iterator[sqlite3.Connection]:
@@ -230,26 +225,26 @@ class CallLog(Closing):
         def locked(exc: sqlite3.Error) -> CallLogError:
             return CallLogError(f"can't {action}: the call log {self._path} is locked or unwritable ({exc})")
 
-        with self._db.lock:
-            try:
-                with immediate(self._db.get(), locked) as conn:
-                    yield conn
-            except sqlite3.Error as exc:
-                raise CallLogError(f"can't {action} in the call log {self._path}: {exc}") from exc
-            except DamagedRowError as exc:
-                raise exc.named(str(self._path)) from None
+        with self._db.lock, self._errors(f"can't {action} in the call log"), immediate(self._db.get(), locked) as conn:
+            yield conn
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
         """The connection under the lock after a flush (so this process's calls are there), database errors as CallLogError."""
         self.flush()
-        with self._db.lock:
-            try:
-                yield self._db.get()
-            except sqlite3.Error as exc:
-                raise CallLogError(f"can't read the call log {self._path}: {exc}") from exc
-            except DamagedRowError as exc:
-                raise exc.named(str(self._path)) from None
+        with self._db.lock, self._errors("can't read the call log"):
+            yield self._db.get()
+
+    @contextlib.contextmanager
+    def _errors(self, failed: str) -> Iterator[None]:
+        """Database errors as CallLogError (``failed``, then this log's file and the error), and a damaged row's error
+        naming this log."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise CallLogError(f"{failed} {self._path}: {exc}") from exc
+        except DamagedRowError as exc:
+            raise exc.named(str(self._path)) from None
 
 
 def read_page(conn: sqlite3.Connection, where: list[str], args: list[Any], after: Cursor | None, size: int) -> Page:

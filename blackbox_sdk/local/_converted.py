@@ -14,7 +14,6 @@ folder is always safe.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import shutil
 import tempfile
@@ -25,9 +24,9 @@ from typing import Any
 import torch
 import transformers
 
+from .._logging import logger
 from ._packaged import cache_home, sha256_files
 
-logger = logging.getLogger("blackbox_sdk")
 CONVERT_AT_MOST = 512 << 20  # bytes of GGUF: SmolLM2-135M's is 94 MiB, its conversion 513 MiB
 COMPLETE = "converted.ok"  # written last: a folder without it was never finished
 
