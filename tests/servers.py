@@ -270,7 +270,7 @@ def sse_upstream(events: Callable[[Any], bytes]) -> Iterator[str]:
     """A fault double on a free loopback port for what a real server won't do on demand (a stream cut short, an error
     event mid-stream): every POST is answered 200 with the event-stream bytes `events(request headers)`, then the
     connection closes. Yields its /v1 base URL; stopped after."""
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from http.server import BaseHTTPRequestHandler
 
     class Streaming(BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # http.server's name
@@ -283,13 +283,23 @@ def sse_upstream(events: Callable[[Any], bytes]) -> Iterator[str]:
         def log_message(self, *args: object) -> None:
             """Quiet."""
 
-    upstream = ThreadingHTTPServer(("127.0.0.1", 0), Streaming)
-    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    with loopback(Streaming) as url:
+        yield url
+
+
+@contextmanager
+def loopback(handler: type[Any]) -> Iterator[str]:
+    """The /v1 base URL of an http.server request handler class served by a threaded server on a free loopback port,
+    stopped after."""
+    from http.server import ThreadingHTTPServer
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        yield f"http://127.0.0.1:{upstream.server_address[1]}/v1"
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
     finally:
-        upstream.shutdown()
-        upstream.server_close()
+        server.shutdown()
+        server.server_close()
 
 
 def send_json(handler: Any, answer: object) -> None:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +60,10 @@ def test_a_gguf_is_converted_once_and_a_copy_loads_from_the_conversion(
     copy.parent.mkdir()
     shutil.copyfile(default_gguf_path(), copy)
     gguf_reads.clear()
+    os.utime(converted / COMPLETE, (1.0, 1.0))  # last used in 1970
     assert facts(HFBackend(copy, device="cpu")) == first
     assert gguf_reads == [], "the copy's load should read the conversion, not the GGUF"
+    assert (converted / COMPLETE).stat().st_mtime > time.time() - 600, "a load marks the conversion used, so that pruning keeps it"
     (converted / "config.json").write_text("{not json")
     with caplog.at_level(logging.WARNING, logger="blackbox_sdk"):
         assert facts(HFBackend(copy, device="cpu")) == first, "a damaged conversion falls back to the GGUF"
@@ -72,3 +76,24 @@ def test_a_gguf_over_the_limit_is_not_kept_converted(monkeypatch: pytest.MonkeyP
     assert converted_folder(path, torch.float32) is not None
     monkeypatch.setattr(_converted, "CONVERT_AT_MOST", path.stat().st_size - 1)
     assert converted_folder(path, torch.float32) is None
+
+
+def test_a_new_conversion_removes_those_no_load_used_for_a_month_and_work_a_killed_one_left(tmp_path: Path) -> None:
+    def made(name: str, days_old: float, complete: bool = True) -> Path:
+        folder = tmp_path / "models" / name
+        folder.mkdir(parents=True)
+        (folder / "model.safetensors").write_bytes(b"weights")
+        marker = folder / COMPLETE if complete else folder
+        marker.touch()
+        os.utime(marker, (time.time() - days_old * 86400, time.time() - days_old * 86400))
+        return folder
+
+    kept = made(f"{'a' * 32}-float32-transformers-5.1.0", 0)
+    made(f"{'a' * 32}-float32-transformers-4.57.0", 40)  # another transformers', unused for 40 days
+    made(f"{'b' * 32}-bfloat16-transformers-5.1.0", 40)  # a GGUF since replaced
+    used = made(f"{'c' * 32}-float32-transformers-4.57.0", 3)  # another environment's, still in use
+    made(".converting-killed", 2, complete=False)
+    running = made(".converting-running", 0.01, complete=False)  # another process converting now
+    foreign = made("notes", 400, complete=False)  # not the SDK's
+    _converted.prune_converted(kept)
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == sorted(p.name for p in (kept, used, running, foreign))

@@ -114,6 +114,23 @@ def test_image_parts_add_the_documented_estimate_and_mark_the_count_inexact() ->
         assert (count.tokens, count.exact) == (text_only.tokens + extra, False)
 
 
+@pytest.mark.parametrize(
+    ("model", "low", "high"),
+    [
+        ("gpt-4o", 85, 1445), ("gpt-4o-mini", 2833, 2833 + 8 * 5667), ("ft:gpt-4o-mini-2024-07-18:acme::abc123", 2833, 48169),
+        ("gpt-4.1-nano-2025-04-14", 3779, 3779), ("o4-mini", 2642, 2642), ("gpt-5.4-mini", 2489, 2489), ("smollm2", 85, 1445),
+    ],
+)
+def test_an_image_is_counted_at_the_most_its_model_bills_for_one(model: str, low: int, high: int) -> None:
+    """gpt-4o-mini bills an image at 2833 + 5667 a tile, and the patch-billed models at up to 1536 patches times their
+    multiplier at any detail: counted at gpt-4o's 85 and 1445, one image could pass a cap by 46,000 tokens."""
+    text = {"type": "text", "text": "what is this?"}
+    text_only = count_chat_tokens([{"role": "user", "content": [text]}], model).tokens
+    for detail, most in (("low", low), ("high", high), ("auto", high)):
+        image = {"type": "image_url", "image_url": {"url": "https://example.invalid/cat.png", "detail": detail}}
+        assert count_chat_tokens([{"role": "user", "content": [text, image]}], model).tokens - text_only == most
+
+
 def test_tools_are_counted_as_their_json_and_mark_the_count_inexact(cl100k: tiktoken.Encoding) -> None:
     messages = [{"role": "user", "content": "weather in Paris?"}]
     tools = [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object", "properties": {}}}}]

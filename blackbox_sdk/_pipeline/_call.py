@@ -74,7 +74,9 @@ class Call:
     gated: bool = False  # this call holds its uncalibrated endpoint's gate: its answer calibrates the rest
     counted_prompt: int | None = None  # the SDK's own prompt count per request, to learn the endpoint's overhead
     prompt_extra: int = 0  # what the endpoint adds to each request's prompt, as reserved (its overhead, stored context)
-    context: dict[str, int | None] = field(default_factory=dict)  # stored context a Responses call continues: kind -> tokens (None: unknown)
+    context: dict[str, int | None] = field(default_factory=dict)  # stored context it continues, files it gives by reference: kind -> tokens (None: unknown)
+    files: list[str] | None = None  # the files it gives by reference (`file_refs`), once worked out
+    file_gates: list[str] = field(default_factory=list)  # the gates it holds of files no answer had shown (`passes_gate`)
     prompt_count: Any = None  # the prompt's TokenCount, counted once per call (`UsageCounter.prompt`)
     claimed: bool = False  # this call won the single-flight claim on its cache key: it fetches, others wait
     held: int = 0  # answers it holds (from the cache, earlier rounds): fresh seeds go on after theirs (seed + held + i), as without them

@@ -16,7 +16,7 @@ from .._logging import logger
 from .._options import needs_opening
 from .._types import EMBEDDINGS, Json, Route, add_usage
 from ._beam_steps import beam_response, spent_on_steps
-from ._calibrate import passes_gate, public_endpoint, ungate
+from ._calibrate import gate_refusal, passes_gate, ungate
 from ._call import Call, KeptHttp
 from ._candidates import Candidate
 from ._core import SINGLE_FLIGHT_WAIT_S, Core, checked, give_room_back, prepare
@@ -122,8 +122,7 @@ def admit(core: Core, call: Call, count: int, recheck: Callable[[], Any] | None 
         if granted is not None:
             return granted
         if paused >= CALIBRATION_WAIT_S:
-            message = f"{public_endpoint(core.endpoint)} is not calibrated yet for {call.model} and its first call is still running"
-            raise RateLimitExceededError(message, limit=1, scope="calibration", retry_after=GATE_PAUSE_S)
+            raise RateLimitExceededError(gate_refusal(core, call), limit=1, scope="calibration", retry_after=GATE_PAUSE_S)
         yield Effect("gate", call)
         paused += GATE_PAUSE_S
         waited = True
@@ -247,7 +246,7 @@ def handed_over(core: Core, call: Call) -> Flow:
     """A stream about to go to its caller gives the calibration gate back (its first chunk came: the server has the request):
     from then on its reader sets the pace, and one half read and left alone would hold every other call to the endpoint
     and model; the next call takes the gate, and the stream's usage, when it comes, still calibrates."""
-    if call.gated:
+    if call.gated or call.file_gates:
         yield from io(call, partial(ungate, core, call, calibrates=True))
 
 

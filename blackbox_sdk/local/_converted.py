@@ -8,15 +8,19 @@ converts again, and copies of one file share one folder; a GGUF over 512 MiB is 
 (its float32 folder would take several times its size). It is written beside its final place and
 moved in whole, so a crash or a second process converting at once leaves no half-written folder; a
 cache that can't be written is skipped (the model loads from the GGUF as before). Deleting the
-folder is always safe.
+folder is always safe. Each load from a conversion marks it used; each new conversion removes the
+ones no load used for UNUSED_KEPT_S (another transformers' or dtype's, a GGUF since replaced: half
+a gigabyte each) and the work folders of conversions a killed process left.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +32,10 @@ from .._logging import logger
 from ._packaged import cache_home, sha256_files
 
 CONVERT_AT_MOST = 512 << 20  # bytes of GGUF: SmolLM2-135M's is 94 MiB, its conversion 513 MiB
-COMPLETE = "converted.ok"  # written last: a folder without it was never finished
+COMPLETE = "converted.ok"  # written last: a folder without it was never finished; its time is the last load's
+UNUSED_KEPT_S = 30 * 86400.0  # a conversion no load used this long is removed when another is made
+WORK_KEPT_S = 86400.0  # a conversion's work folder this old was left by a killed process
+_NAMED = re.compile(r"[0-9a-f]{32}-[^/]+-transformers-[^/]+")  # a conversion's folder name (`converted_folder`)
 
 
 def converted_folder(gguf: Path, dtype: torch.dtype) -> Path | None:
@@ -59,6 +66,30 @@ def save_converted(model: Any, tokenizer: Any, folder: Path) -> None:
     except OSError as exc:  # a read-only or full cache, or another process moved its copy in first
         if not is_converted(folder):
             logger.debug("blackbox_sdk: could not keep the converted GGUF in %s: %s", folder, exc)
+        return
+    prune_converted(folder)
+
+
+def mark_used(folder: Path) -> None:
+    """Note that a load used the conversion now (its COMPLETE file's time), so that pruning keeps it; never fails a load."""
+    with contextlib.suppress(OSError):
+        os.utime(folder / COMPLETE)
+
+
+def prune_converted(kept: Path) -> None:
+    """Remove the conversions beside ``kept`` that no load used for UNUSED_KEPT_S and the work folders older than
+    WORK_KEPT_S (named as this module names them: nothing else in the folder is touched); a failure only logs."""
+    now = time.time()
+    for other in kept.parent.iterdir():
+        work = other.name.startswith(".converting-")
+        if other == kept or not (work or _NAMED.fullmatch(other.name)):
+            continue
+        try:
+            if (other if work else other / COMPLETE).stat().st_mtime < now - (WORK_KEPT_S if work else UNUSED_KEPT_S):
+                shutil.rmtree(other)
+                logger.debug("blackbox_sdk: removed the unused converted model %s", other)
+        except OSError as exc:  # unfinished (no COMPLETE yet), or removed by another process meanwhile
+            logger.debug("blackbox_sdk: left %s: %s", other, exc)
 
 
 def discard_converted(folder: Path, exc: BaseException) -> None:

@@ -18,7 +18,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 from transformers.utils import logging as hf_logging
 
 from .._exceptions import BackendError, ConfigError
-from ._converted import converted_folder, discard_converted, is_converted, save_converted
+from ._converted import converted_folder, discard_converted, is_converted, mark_used, save_converted
 from ._packaged import existing_path
 
 GGUF_MAGIC = b"GGUF"
@@ -142,9 +142,12 @@ def _load(path: Path, device: torch.device, dtype: torch.dtype) -> tuple[Any, An
     converted = converted_folder(path, dtype)
     if converted is not None and is_converted(converted):
         try:
-            return _from_pretrained(converted, {}, device, dtype)
+            loaded = _from_pretrained(converted, {}, device, dtype)
         except BackendError as exc:  # a damaged conversion: the GGUF is still there, and is converted again
             discard_converted(converted, exc)
+        else:
+            mark_used(converted)
+            return loaded
     model, tokenizer = _from_pretrained(path.parent, {"gguf_file": path.name}, device, dtype)
     if converted is not None and not is_converted(converted):
         with _quiet_progress():
