@@ -5,8 +5,9 @@ response, a conversation, a stored prompt; a chat or Responses call that gives a
 `file_id` or `file_url`) neither takes the gate nor teaches the endpoint's overhead. Instead each
 Responses answer teaches the ledger the context a continuation of it carries (its input and output,
 under its id and its conversation; a stored prompt's template size), each answer the tokens of a file
-it was the first to show, and a later call reserves what is known of them. Store outages while learning are warnings
-(a later answer teaches the same; the gate's lease frees it). An answer past the output cap sent shows
+it was the first to show (one call at a time gives a file no answer has shown: the file's gate), and a
+later call reserves what is known of them. Store outages while learning are warnings (a later answer
+teaches the same; the gate's lease frees it). An answer past the output cap sent shows
 an endpoint that ignores it: warned about once per endpoint and model. A chat endpoint that refuses a
 `max_tokens` the SDK chose (a reasoning model under a name of its own) is learnt, in this process, to
 take `max_completion_tokens` for that model.
@@ -72,10 +73,8 @@ def file_refs(call: Call) -> list[str]:
     inline as `file_data`, which the count reads), in order, once each time given: the server reads and bills them.
     Worked out once per call (its reserve, gate and settle each ask)."""
     if call.files is None:
-        messages = call.sent("messages") if call.route is CHAT else input_messages(
-            {"instructions": call.sent("instructions"), "input": call.sent("input")}) if call.route is RESPONSES else []
         call.files = []
-        for message in messages if isinstance(messages, (list, tuple)) else []:
+        for message in _messages(call):
             content = message.get("content") if isinstance(message, Mapping) else None
             for part in content if isinstance(content, (list, tuple)) else []:
                 file = part.get("file") if isinstance(part, Mapping) and part.get("type") == "file" else None
@@ -83,6 +82,16 @@ def file_refs(call: Call) -> list[str]:
                 if isinstance(ref, str) and ref:
                     call.files.append(ref)
     return call.files
+
+
+def _messages(call: Call) -> list[Any]:
+    """A chat call's messages, or a Responses call's instructions and input read as chat messages; none for other routes."""
+    if call.route is CHAT:
+        messages = call.sent("messages")
+        return list(messages) if isinstance(messages, (list, tuple)) else []
+    if call.route is RESPONSES:
+        return input_messages({"instructions": call.sent("instructions"), "input": call.sent("input")})
+    return []
 
 
 def billed_unseen(call: Call) -> bool:
@@ -111,7 +120,8 @@ def passes_gate(core: Core, call: Call) -> bool:
 def gate_refusal(core: Core, call: Call) -> str:
     """Why a call that waited its longest at a gate is refused: the endpoint's first call, or a file's, still running."""
     if billed_unseen(call):
-        return f"a file this call gives is being read by another call to {public_endpoint(core.endpoint)}, whose answer shows what it costs, and that call is still running"
+        return (f"a file this call gives is being read by another call to {public_endpoint(core.endpoint)}, "
+                "whose answer shows what it costs, and that call is still running")
     return f"{public_endpoint(core.endpoint)} is not calibrated yet for {call.model} and its first call is still running"
 
 
@@ -129,6 +139,7 @@ def _passes_file_gates(core: Core, call: Call) -> bool:
             return False
         call.file_gates.append(key)
     return True
+
 
 def learn(core: Core, call: Call, usage: Json) -> None:
     """Learn the endpoint's hidden prompt tokens from a reported usage, and let the next call through;

@@ -191,9 +191,9 @@ def _content_tokens(content: Any, count: Tokenizer, images: tuple[int, int]) -> 
 
 
 def _file_tokens(part: Mapping[str, Any], count: Tokenizer, page: int) -> int:
-    """A file part as its JSON, or for a PDF given inline the bound read from its bytes (`_files`: its pages as images,
-    the text its strings can show; a page as ``page`` tokens, a high-detail image) and its name where that is less: far less for a scan (its images add nothing),
-    more for most text PDFs (the bound lets every character be a three-byte one)."""
+    """A file part as its JSON, or for a PDF given inline the bound read from its bytes (`_files`: each page as ``page``
+    tokens, a high-detail image on the model, and the text its strings can show) and its name where that is less: far
+    less for a scan (its images add nothing), more for most text PDFs (the bound lets every character be a three-byte one)."""
     as_json = count(json.dumps(part, sort_keys=True, default=str))
     file = part.get("file")
     data = file.get("file_data") if isinstance(file, Mapping) else None
