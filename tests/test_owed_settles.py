@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -115,3 +116,24 @@ def test_a_paid_call_whose_sqlite_ledger_stayed_locked_past_its_busy_timeout_is_
     locker.execute("ROLLBACK")
     locker.close()
     assert settle_owed() == 0 and budget.spent() == pytest.approx(11e-3) and budget.report().outstanding_reservations == 0
+
+
+def test_an_owed_release_is_tried_once_a_round_while_its_ledger_is_out_of_reach_and_dropped_once_its_lease_lapsed() -> None:
+    tried: list[str] = []
+    ledger = object()
+
+    def release(name: str) -> None:
+        tried.append(name)
+        raise StoreUnavailableError("the ledger can't be reached")
+
+    owed = OwedSettles()
+    for name in ("a", "b", "c"):
+        owed.keep(_Debt(f"hold:{name}", name, 0.0, functools.partial(release, name), None, ledger, "hold", time.monotonic() + 60))
+    assert owed.settle_now() == 0  # no charge is owed: holds are given back, not charged
+    assert tried == ["a"]  # the first found the ledger out of reach; the others waited for the next round
+    owed.keep(_Debt("hold:late", "late", 0.0, functools.partial(release, "late"), None, object(), "hold", time.monotonic() - 1))
+    owed.settle_now()
+    assert tried == ["a", "a"] and "hold:late" not in owed._debts  # its lease lapsed: nothing left to give back, never tried
+    owed.keep(_Debt("hold:d", "d", 0.0, functools.partial(release, "d"), None, ledger, "hold", time.monotonic() - 1))
+    owed.settle_now()
+    assert tried == ["a", "a", "a"] and "hold:d" not in owed._debts  # dropped too behind a ledger still out of reach

@@ -23,10 +23,11 @@ from typing import Any
 
 import pytest
 import redis
+from openai import InternalServerError
 from servers import CountingRelay, InstantUpstream, RedisServer
 
-from blackbox_sdk import BudgetExceededError, ConfigError, ReservationNotHeldError, StoreUnavailableError
-from blackbox_sdk.budget import Budget, Cap, Hold, LedgerStore, RedisLedger, usd_to_nano
+from blackbox_sdk import BudgetExceededError, ConfigError, OpenAI, ReservationNotHeldError, StoreUnavailableError
+from blackbox_sdk.budget import Budget, Cap, Hold, LedgerStore, RedisLedger, owed_usd, usd_to_nano
 from blackbox_sdk.budget._keeper import KEEPER
 
 PRICES = {"unit": {"input": 1.0, "output": 10.0}}  # USD per million tokens
@@ -332,7 +333,6 @@ def test_a_killed_redis_fails_closed_and_a_restarted_one_serves_again(
     for operation in (
         lambda: call(budget),
         lambda: budget.settle(in_flight, prompt_tokens=0, completion_tokens=OUTPUT_TOKENS),
-        lambda: budget.release(in_flight),
         budget.report,
     ):
         started = time.monotonic()
@@ -341,6 +341,9 @@ def test_a_killed_redis_fails_closed_and_a_restarted_one_serves_again(
         assert time.monotonic() - started < 5.0
         message = str(unavailable.value)
         assert PASSWORD not in message and ":***@127.0.0.1" in message
+    with caplog.at_level(logging.WARNING, logger="blackbox_sdk"):
+        budget.release(in_flight)  # not raised: owed, given back once the ledger answers
+    assert "its hold could not be given back now" in caplog.text and PASSWORD not in caplog.text and ":***@127.0.0.1" in caplog.text
     assert "the call is refused, nothing was sent" in _message(lambda: call(budget))
     redis_server.start()  # empty, and with no password now
     restarted = capped(redis_server.url, total_usd=1.0)
@@ -481,17 +484,21 @@ class ReplyDropper(CountingRelay):
 
     def __init__(self, port: int) -> None:
         self.armed = threading.Event()
+        self.outage = threading.Event()  # set: every chunk is cut, as with the server down; a dropped reply may set it
+        self.then_down = False
         self.dropped = 0
         super().__init__(port)
         self.url = f"redis://127.0.0.1:{self.port}/0"
 
     def passes(self, data: bytes, replies: bool) -> bool:
-        """Every chunk but the first reply after arming."""
+        """Every chunk but the first reply after arming (and, during an outage, every one)."""
         if replies and self.armed.is_set():
             self.armed.clear()
             self.dropped += 1
+            if self.then_down:
+                self.outage.set()
             return False
-        return True
+        return not self.outage.is_set()
 
 
 @pytest.fixture
@@ -514,6 +521,56 @@ def test_a_lost_reply_is_retried_without_charging_or_holding_twice(dropper: Repl
     assert dropper.dropped == 2
     report = budget.report()
     assert (report.calls, report.spent_usd, report.outstanding_reservations) == (2, pytest.approx(2 * CALL_USD), 0)
+
+
+def _outstanding(url: str, *, after_s: float = 0.0) -> int:
+    """The reservations the ledger at `url` holds, read directly; waits up to `after_s` for them to reach none."""
+    deadline = time.monotonic() + after_s
+    while (held := capped(url).report().outstanding_reservations) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return held
+
+
+def test_a_hold_whose_reply_was_lost_with_the_ledger_is_given_back_once_it_answers(redis_server: RedisServer, dropper: ReplyDropper) -> None:
+    """Redis ran the reserve, then went out of reach before its reply (and redis-py's retries) came back: the call is
+    refused, and the hold it may have left is given back once the ledger answers, not at its lease five minutes on."""
+    budget = capped(dropper.url, total_usd=1.0)
+    budget.settle(call(budget), prompt_tokens=0, completion_tokens=OUTPUT_TOKENS)  # every script loaded
+    dropper.then_down = True
+    dropper.armed.set()
+    with pytest.raises(StoreUnavailableError):
+        call(budget)
+    assert _outstanding(redis_server.url) == 1  # the script ran: its hold is on the server, its caller gone
+    dropper.outage.clear()
+    assert _outstanding(redis_server.url, after_s=10) == 0
+    assert owed_usd() == 0 and capped(redis_server.url).report().spent_usd == pytest.approx(CALL_USD)  # nothing charged for it
+
+
+def test_a_failed_call_s_hold_is_given_back_once_the_ledger_answers(redis_server: RedisServer, dropper: ReplyDropper, caplog: pytest.LogCaptureFixture) -> None:
+    """The server failed the call while the ledger was out of reach: the call's error is raised as it is, and its hold
+    is given back once the ledger answers."""
+
+    def fail_with_the_ledger_down() -> None:
+        dropper.outage.set()
+
+    upstream = InstantUpstream({"error": {"message": "boom", "type": "server_error"}}, before=fail_with_the_ledger_down, status=500)
+    client = OpenAI(base_url=upstream.url, api_key="sk-test", budget=capped(dropper.url, total_usd=1.0), max_retries=0)
+    try:
+        with caplog.at_level(logging.WARNING, logger="blackbox_sdk"), pytest.raises(InternalServerError):
+            client.chat.completions.create(model="unit", messages=[{"role": "user", "content": "hi"}], max_tokens=OUTPUT_TOKENS)
+        assert _outstanding(redis_server.url) == 1
+        assert "its hold could not be given back now" in caplog.text and "its calibration gate could not be given back now" in caplog.text
+        gate, other = f"{client._core.endpoint}#chat.completions", capped(redis_server.url).calibration
+        assert not other.open_gate(gate, "unit", "another call")  # the failed call's gate still shuts the endpoint's others out
+        dropper.outage.clear()
+        assert _outstanding(redis_server.url, after_s=10) == 0
+        deadline = time.monotonic() + 10
+        while not (opened := other.open_gate(gate, "unit", "another call")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert opened  # given back too, not left to its five-minute lease
+    finally:
+        client.close()
+        upstream.close()
 
 
 def test_a_stalled_redis_is_asked_once_not_again_on_fresh_connections(redis_server: RedisServer, dropper: ReplyDropper) -> None:

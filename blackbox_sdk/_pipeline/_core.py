@@ -273,10 +273,7 @@ class Core:
         re-raises. The claim and the gate are given back however the charge goes, so that no other call waits on them."""
         try:
             charge_sent(self, call)
-            try:
-                call.meter.release(call.reservation)
-            except StoreUnavailableError as unreleased:  # the lease gives the hold back once it lapses
-                logger.warning("call %s: the reservation could not be released now: %s", call.info.call_id, unreleased)
+            call.meter.release(call.reservation)  # a ledger out of reach: owed, and a warning
             call.reservation = None
         finally:
             self.unclaim(call)

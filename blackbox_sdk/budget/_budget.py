@@ -44,7 +44,7 @@ from ._caps import MAX_CAP_USD, Cap, Scope, nano_to_usd, usd_text, usd_to_nano
 from ._keeper import KEEPER
 from ._journal import ledger_id
 from ._open import open_ledger
-from ._owed import adopt_owed, owe_settle
+from ._owed import adopt_owed, owe_settle, release_or_owe, released_if_unanswered
 from ._policy import (
     FREE,
     Fit,
@@ -192,7 +192,8 @@ class Budget(BaseModel):
         )
         worst = request.worst_nano(request.n, request.max_output)
         hold = Hold(random_hex(16), checked_text(call_id, "call_id") if call_id else random_hex(16), model, key, day, worst, self.lease_s)
-        fit = self._hold(request, hold, caps, shrink, usd_to_nano(checked_usd("call_spent_usd", call_spent_usd), round_up=True))
+        with released_if_unanswered(self._ledger, hold):
+            fit = self._hold(request, hold, caps, shrink, usd_to_nano(checked_usd("call_spent_usd", call_spent_usd), round_up=True))
         return KEEPER.kept(Reservation(
             id=hold.reservation_id,
             call_id=hold.call_id,
@@ -257,9 +258,9 @@ class Budget(BaseModel):
         return nano_to_usd(usd_nano)
 
     def release(self, reservation: Reservation) -> None:
-        """Give a failed call's reservation back; releasing twice does nothing."""
+        """Give a failed call's reservation back (owed, with a warning, while the ledger is out of reach); twice does nothing."""
         KEEPER.drop(reservation)
-        self._ledger.release(reservation.id)
+        release_or_owe(self._ledger, reservation.id, reservation.call_id, self.lease_s)
 
     def cost(
         self, model: str, *, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0, local: bool = False
@@ -270,7 +271,7 @@ class Budget(BaseModel):
 
     def owe(self, reservation: Reservation, counts: tuple[object, object, object, tuple[object, object]], settle: Callable[[], object], error: StoreUnavailableError, *, log_id: str | None) -> float:
         """Keep a paid call's charge (its prompt, completion, cached and audio counts) whose settle failed until the ledger takes it; its USD."""
-        return owe_settle(reservation, counts, settle, error, ledger=self._journal_ledger, lease_s=self.lease_s, log_id=log_id)
+        return owe_settle(reservation, counts, settle, error, ledger=self._journal_ledger, store=self._ledger, lease_s=self.lease_s, log_id=log_id)
 
     @property
     def ledger_path(self) -> Path | None:

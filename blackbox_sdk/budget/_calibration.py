@@ -8,12 +8,15 @@ a stored prompt's template), learnt from the answers that made it, so that a con
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import threading
 import time
 from typing import Any, Protocol
 
+from .._exceptions import StoreUnavailableError
 from ._ledger import Ledger
+from ._owed import owe_undo
 from ._policy import is_count
 from ._store import LedgerStore
 
@@ -217,12 +220,25 @@ class Calibration:
         self._store.raise_overhead(endpoint, model, extra)
 
     def open_gate(self, endpoint: str, model: str, holder: str) -> bool:
-        """Whether the call `holder` may run while the endpoint is uncalibrated (one at a time)."""
-        return self._store.open_gate(endpoint, model, holder)
+        """Whether the call `holder` may run while the endpoint is uncalibrated (one at a time); StoreUnavailableError
+        when the store can't say, and then its closing is owed (the store may have given the gate with its reply lost)."""
+        try:
+            return self._store.open_gate(endpoint, model, holder)
+        except StoreUnavailableError:
+            self._owe_close(endpoint, model, holder, None)
+            raise
 
     def close_gate(self, endpoint: str, model: str, holder: str) -> None:
-        """Let the next uncalibrated call through."""
-        self._store.close_gate(endpoint, model, holder)
+        """Let the next uncalibrated call through; a store out of reach is a warning, and the closing is owed."""
+        try:
+            self._store.close_gate(endpoint, model, holder)
+        except StoreUnavailableError as error:
+            self._owe_close(endpoint, model, holder, error)
+
+    def _owe_close(self, endpoint: str, model: str, holder: str, error: StoreUnavailableError | None) -> None:
+        """Close the gate once the store answers, rather than keep the endpoint's other calls waiting for its lease."""
+        close = functools.partial(self._store.close_gate, endpoint, model, holder)
+        owe_undo(f"{endpoint}\x1f{model}\x1f{holder}", holder, "calibration gate", close, self._store, GATE_LEASE_S, error)
 
     def context(self, key: str) -> int | None:
         """The tokens a stored context (a response, a conversation, a stored prompt's template) adds to a call

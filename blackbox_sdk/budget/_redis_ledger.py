@@ -43,7 +43,6 @@ _CONSEQUENCES = {
     "take the calibration gate": _REFUSED,
     "read the stored context": _REFUSED,
     "settle": ": the spend is not recorded, and the reservation stays held until its lease lapses",
-    "release": ": the reservation stays held until its lease lapses",
     "renew": ": its lease is tried again until it lapses",
 }
 
