@@ -174,3 +174,21 @@ def test_a_call_without_max_tokens_past_the_whole_tpm_names_the_cap_it_was_given
     message = str(refused.value)
     assert "can never fit tpm=1000" in message and "default_max_output_tokens" in message, message
     assert refused.value.retry_after == float("inf") and sent == []
+
+
+def test_tpm_admits_the_prompt_tokens_the_endpoint_adds_as_the_budget_learnt_them(tmp_path: Path) -> None:
+    """An endpoint that bills 500 prompt tokens the SDK can't count (a gateway's preamble): once an answer taught the
+    budget's ledger so, a call is admitted with them, and one that can't fit a 300-token window is refused unsent."""
+    answer = _answer("hi")
+    answer["usage"] = {"prompt_tokens": 509, "completion_tokens": 2, "total_tokens": 511}
+    sent: list[None] = []
+    upstream = InstantUpstream(answer, before=lambda: sent.append(None))
+    budget = Budget(total_usd=10.0, prices={MODEL: {"input": 1.0, "output": 1.0}}, ledger=tmp_path / "ledger.db")
+    try:
+        OpenAI(base_url=upstream.url, api_key="sk-test", budget=budget).chat.completions.create(model=MODEL, messages=HELLO, max_tokens=4)
+        limited = OpenAI(base_url=upstream.url, api_key="sk-test", budget=budget, rate_limit=RateLimits(tpm=300))
+        with pytest.raises(RateLimitExceededError) as refused:
+            limited.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=4)  # 14 tokens counted, 500 more learnt
+        assert refused.value.retry_after == float("inf") and len(sent) == 1
+    finally:
+        upstream.close()

@@ -245,16 +245,28 @@ def context_keys(core: Core, call: Call) -> dict[str, str]:
     return keys
 
 
-def stored_context(core: Core, call: Call) -> int:
+def hidden_tokens(core: Core, call: Call, warn: bool = True) -> int:
+    """The prompt tokens the server bills on top of the SDK's count, as far as the ledger knows them: the endpoint's
+    learnt overhead for each text (UNCALIBRATED_ALLOWANCE until an answer shows it), and the stored context and files
+    answers showed (`stored_context`). What a reservation and a rate limit's admission hold beside the count; 0
+    without a budget (nothing learns them) or on a local model (its count is exact)."""
+    budget = call.opts.budget
+    if budget is None or core.backend is not None:
+        return 0
+    overhead = budget.calibration.overhead(calibration_key(core, call), call.model)
+    return (UNCALIBRATED_ALLOWANCE if overhead is None else overhead) * call.framed + stored_context(core, call, warn)
+
+
+def stored_context(core: Core, call: Call, warn: bool = True) -> int:
     """The tokens of stored context this call continues and of the files it gives by reference, as far as
     answers through the ledger showed them: reserved on top of its count. A part no answer showed can't be reserved; it is charged when
-    the call settles, with a warning (one call's overshoot of a cap)."""
+    the call settles, with a warning (`warn`: one call's overshoot of a cap)."""
     budget = call.opts.budget
     if budget is None or core.backend is not None or not billed_unseen(call):
         return 0
     call.context = {kind: budget.calibration.context(key) for kind, key in context_keys(core, call).items()}
     unknown = [kind for kind, tokens in call.context.items() if tokens is None]
-    if unknown:
+    if unknown and warn:
         logger.warning(
             "call %s is billed for context this ledger has not seen (%s): it can't be reserved, and is charged "
             "when the call settles", call.info.call_id, ", ".join(unknown),

@@ -24,11 +24,11 @@ from .._redact import remember_secret
 from .._retry import counting_retries
 from .._tokenizer import ServerTokenizer
 from .._types import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, Json, Route, usage_to_charge
-from ..budget import UNCALIBRATED_ALLOWANCE, TokenCount
+from ..budget import TokenCount
 from ..cache import canonical_params, with_default_query, with_headers
 from ..call_log import new_call_id
 from ._call import Call, KeptHttp, Sender, answer_lost, fits_cap, marked_cut, seeded
-from ._calibrate import calibration_key, learn, public_endpoint, stored_context, takes_completion_cap, ungate
+from ._calibrate import hidden_tokens, learn, public_endpoint, takes_completion_cap, ungate
 from ._candidates import Candidate, stored
 from ._hosted import refuse_hidden_fields, refuse_unbounded
 from ._rates import has_audio, service_tier
@@ -108,10 +108,11 @@ class Core:
 
     def admission_tokens(self, call: Call, count: int) -> int:
         """The worst case a rate limit admits a call at: its prompts and `count` full answers each, at
-        the output cap the call will send; an `extra_body` field that would change that worst case is refused first."""
+        the output cap the call will send, and the prompt tokens the server adds as the budget's ledger learnt them; an
+        `extra_body` field that would change that worst case is refused first."""
         if call.opts.rate_limit is not None and call.opts.rate_limit.counts_tokens:
             refuse_hidden_fields(call.params, "the tokens-per-minute limit admits the call at")
-        return (self.count.prompt(call).tokens + (call.cap_sent or 0) * count) * call.prompts
+        return (self.count.prompt(call).tokens + (call.cap_sent or 0) * count) * call.prompts + hidden_tokens(self, call, warn=False)
 
     def claim(self, call: Call) -> tuple[bool, list[Candidate]]:
         """Single flight: whether this call fetches (True), or another caller is already fetching this very
@@ -137,8 +138,7 @@ class Core:
         fixed = call.prompts > 1 or generations != count or call.zero_cap  # choices can't be dropped, nor a cap of 0 shrunk
         counted = self.count.prompt(call)
         call.counted_prompt = counted.tokens
-        extra = 0 if self.backend is not None else call.opts.budget.calibration.overhead(calibration_key(self, call), call.model)
-        call.prompt_extra = extra = (UNCALIBRATED_ALLOWANCE if extra is None else extra) * call.framed + stored_context(self, call)  # per text; charged as reserved when counted
+        call.prompt_extra = extra = hidden_tokens(self, call)  # charged as reserved when the call's usage is counted
         call.reservation = call.meter.reserve(
             call_id=call.info.call_id,
             model=call.model,
