@@ -103,9 +103,10 @@ class OwedSettles:
             debts = list(self._debts.values())
         down: list[object] = []
         for debt in debts:
-            if time.monotonic() <= debt.until and any(debt.ledger is ledger for ledger in down):
+            lapsed = time.monotonic() > debt.until  # nothing left to give back
+            if not lapsed and any(debt.ledger is ledger for ledger in down):
                 continue
-            if time.monotonic() > debt.until or self._paid(debt):
+            if lapsed or self._paid(debt):
                 _journal.remove(debt.journal)
                 with self._wake:
                     self._debts.pop(debt.reservation_id, None)
